@@ -1,0 +1,1 @@
+"""Compressors of update vectors, error feedback and bit accounting."""

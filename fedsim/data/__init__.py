@@ -1,0 +1,1 @@
+"""Data: IDX files, the dataset registry and fetching, preprocessing, partitioners, synthetic data."""

@@ -1,0 +1,10 @@
+"""Numba-jitted kernels: arrays and scalars in, arrays out; no classes, no global state.
+
+Every kernel ``foo`` has a plain NumPy twin ``foo_numpy`` with the same contract; the tests compare the
+two (and the jitted function's ``.py_func``) on random and adversarial inputs. All kernels are compiled
+with the one options dict below.
+"""
+
+# nopython: no silent object-mode fallback; cache: compile once per machine, not per process;
+# nogil: callers may run kernels from threads; fastmath off: results must equal the NumPy twins bitwise.
+JIT_OPTIONS = dict(nopython=True, cache=True, nogil=True, fastmath=False)
