@@ -1,0 +1,172 @@
+"""IDX reader: round trips of arrays written here, and a clear ValueError for every kind of bad input."""
+
+import gzip
+import struct
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fedsim.data.idx import read_idx, read_images_and_labels
+
+
+def idx_bytes(array: np.ndarray, type_byte: int = 0x08) -> bytes:
+    """An IDX file written independently of the reader: magic 00 00 type ndim, big-endian dims, payload."""
+    header = struct.pack(">BBBB", 0, 0, type_byte, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + np.ascontiguousarray(array).tobytes()
+
+
+def random_uint8(rng, shape):
+    return rng.integers(0, 256, size=shape, dtype=np.uint8)
+
+
+@pytest.mark.parametrize("shape", [(7,), (3, 5), (4, 28, 28), (2, 3, 4, 5), (0, 28, 28)])
+@pytest.mark.parametrize("compressed", [False, True])
+@pytest.mark.parametrize("as_path", [False, True])
+def test_round_trip(tmp_path, shape, compressed, as_path):
+    array = random_uint8(np.random.default_rng(sum(shape)), shape)
+    data = idx_bytes(array)
+    if compressed:
+        data = gzip.compress(data)
+    source = data
+    if as_path:
+        source = tmp_path / "array.idx"
+        source.write_bytes(data)
+    result = read_idx(source)
+    assert result.dtype == np.uint8 and result.shape == shape
+    np.testing.assert_array_equal(result, array)
+    assert result.flags.writeable   # a copy, not a read-only view of the file's bytes
+
+
+@settings(max_examples=40, deadline=None)
+@given(shape=st.lists(st.integers(0, 6), min_size=1, max_size=4), seed=st.integers(0, 2**32 - 1),
+       compressed=st.booleans())
+def test_round_trip_property(shape, seed, compressed):
+    array = random_uint8(np.random.default_rng(seed), tuple(shape))
+    data = idx_bytes(array)
+    result = read_idx(gzip.compress(data) if compressed else data)
+    np.testing.assert_array_equal(result, array)
+    assert result.shape == tuple(shape)
+
+
+def test_gzip_detected_by_magic_not_by_name(tmp_path):
+    array = random_uint8(np.random.default_rng(0), (3, 4))
+    gzip_without_suffix = tmp_path / "images-idx2-ubyte"
+    gzip_without_suffix.write_bytes(gzip.compress(idx_bytes(array)))
+    raw_with_gz_suffix = tmp_path / "images-idx2-ubyte.gz"
+    raw_with_gz_suffix.write_bytes(idx_bytes(array))
+    np.testing.assert_array_equal(read_idx(gzip_without_suffix), array)
+    np.testing.assert_array_equal(read_idx(raw_with_gz_suffix), array)
+
+
+def good_idx() -> bytes:
+    return idx_bytes(np.arange(24, dtype=np.uint8).reshape(2, 3, 4))
+
+
+BAD_INPUTS = {
+    # name: (bytes, words the message must contain)
+    "wrong magic": (b"\x12\x34" + good_idx()[2:], ["wrong magic", "12 34 08 03", "00 00"]),
+    "float32 type": (good_idx()[:2] + b"\x0d" + good_idx()[3:], ["0x0d", "float32", "0x08"]),
+    "unknown type": (good_idx()[:2] + b"\x42" + good_idx()[3:], ["0x42", "not an IDX type", "0x08"]),
+    "zero dims": (b"\x00\x00\x08\x00", ["number of dimensions is 0"]),
+    "shorter than magic": (b"\x00\x00", ["only 2 bytes", "magic"]),
+    "truncated header": (good_idx()[:9], ["truncated header", "3 dimensions need 16 bytes", "has 9"]),
+    "truncated payload": (good_idx()[:-1], ["truncated payload", "(2, 3, 4)", "need 24 bytes", "only 23"]),
+    "trailing bytes": (good_idx() + b"\x00\x01\x02", ["3 unexpected bytes after the payload", "(2, 3, 4)"]),
+    "broken gzip": (gzip.compress(good_idx())[:-6], ["gzip", "does not decompress"]),
+}
+
+
+@pytest.mark.parametrize("kind, compressed", [(kind, compressed) for kind in sorted(BAD_INPUTS)
+                                                for compressed in (False, True)
+                                                if not (kind == "broken gzip" and compressed)])
+def test_bad_input_raises_naming_file_and_problem(tmp_path, kind, compressed):
+    data, words = BAD_INPUTS[kind]
+    if compressed:
+        data = gzip.compress(data)
+    path = tmp_path / f"{kind.replace(' ', '-')}.idx"
+    path.write_bytes(data)
+    with pytest.raises(ValueError) as raised:
+        read_idx(path)
+    message = str(raised.value)
+    for word in [str(path)] + words:
+        assert word in message, f"{word!r} missing from: {message}"
+
+
+def test_bytes_source_named_in_message():
+    with pytest.raises(ValueError, match="my-labels.gz.*wrong magic"):
+        read_idx(b"\x01\x00\x08\x01\x00\x00\x00\x00", name="my-labels.gz")
+    with pytest.raises(ValueError, match="<IDX bytes>"):
+        read_idx(b"\x01\x00\x08\x01\x00\x00\x00\x00")
+
+
+def test_source_of_wrong_type():
+    with pytest.raises(ValueError, match="path .* or bytes, got int"):
+        read_idx(42)
+
+
+def write_pair(tmp_path, images, labels, compress_images=True):
+    images_path, labels_path = tmp_path / "images-idx3-ubyte.gz", tmp_path / "labels-idx1-ubyte.gz"
+    image_data = idx_bytes(images)
+    images_path.write_bytes(gzip.compress(image_data) if compress_images else image_data)
+    labels_path.write_bytes(gzip.compress(idx_bytes(labels)))
+    return images_path, labels_path
+
+
+def test_images_and_labels_round_trip(tmp_path):
+    rng = np.random.default_rng(1)
+    images, labels = random_uint8(rng, (11, 28, 28)), rng.integers(0, 10, 11).astype(np.uint8)
+    images_path, labels_path = write_pair(tmp_path, images, labels, compress_images=False)
+    read_images, read_labels = read_images_and_labels(images_path, labels_path)
+    assert read_images.dtype == np.uint8 and read_images.shape == (11, 28, 28)
+    assert read_labels.dtype == np.int64 and read_labels.shape == (11,)
+    np.testing.assert_array_equal(read_images, images)
+    np.testing.assert_array_equal(read_labels, labels)
+
+
+def test_count_mismatch(tmp_path):
+    rng = np.random.default_rng(2)
+    images_path, labels_path = write_pair(tmp_path, random_uint8(rng, (5, 28, 28)), np.zeros(4, np.uint8))
+    with pytest.raises(ValueError) as raised:
+        read_images_and_labels(images_path, labels_path)
+    message = str(raised.value)
+    for word in ["count mismatch", str(images_path), "5 images", str(labels_path), "4 labels"]:
+        assert word in message, f"{word!r} missing from: {message}"
+
+
+def test_label_out_of_range(tmp_path):
+    labels = np.array([0, 9, 3, 10, 2, 12], dtype=np.uint8)
+    images_path, labels_path = write_pair(tmp_path, np.zeros((6, 28, 28), np.uint8), labels)
+    with pytest.raises(ValueError) as raised:
+        read_images_and_labels(images_path, labels_path)
+    message = str(raised.value)
+    for word in [str(labels_path), "2 labels outside [0, 9]", "n_classes=10", "label 10 at index 3"]:
+        assert word in message, f"{word!r} missing from: {message}"
+    # the same labels are fine with more classes
+    _, read_labels = read_images_and_labels(images_path, labels_path, n_classes=13)
+    np.testing.assert_array_equal(read_labels, labels)
+
+
+def test_wrong_dimensions(tmp_path):
+    images_path, labels_path = write_pair(tmp_path, np.zeros((4, 784), np.uint8), np.zeros(4, np.uint8))
+    with pytest.raises(ValueError, match="images must have 3 dimensions.*got shape \\(4, 784\\)"):
+        read_images_and_labels(images_path, labels_path)
+    images_path, labels_path = write_pair(tmp_path, np.zeros((4, 28, 28), np.uint8), np.zeros((4, 1), np.uint8))
+    with pytest.raises(ValueError, match="labels must have 1 dimension.*got shape \\(4, 1\\)"):
+        read_images_and_labels(images_path, labels_path)
+
+
+@pytest.mark.parametrize("n_classes", [0, 257, 2.5, True, "10"])
+def test_n_classes_validated(tmp_path, n_classes):
+    images_path, labels_path = write_pair(tmp_path, np.zeros((1, 28, 28), np.uint8), np.zeros(1, np.uint8))
+    with pytest.raises(ValueError, match=r"n_classes must be an integer in \[1, 256\]"):
+        read_images_and_labels(images_path, labels_path, n_classes=n_classes)
+
+
+def test_real_files_count_mismatch(shared_data):
+    # MNIST test images (10,000) against MNIST train labels (60,000): both files are fine, the pair is not.
+    images_path = shared_data / "mnist" / "t10k-images-idx3-ubyte.gz"
+    labels_path = shared_data / "mnist" / "train-labels-idx1-ubyte.gz"
+    with pytest.raises(ValueError, match="10000 images .* 60000 labels"):
+        read_images_and_labels(images_path, labels_path)
