@@ -1,0 +1,423 @@
+"""Partitioners: split a training set's sample indices among clients.
+
+Every partitioner returns a list with one int64 index array per client (indices into the training set).
+No index is used twice. Random partitioners take an explicit :class:`numpy.random.Generator`; the same
+generator state always gives the same split. Settings are validated up front: a bad one raises
+``ValueError`` naming the setting and its allowed range, and a split that cannot be made raises instead
+of looping forever or silently dropping samples.
+
+=====================  =============================================================  ==================
+method                 what a client gets                                             uses all samples
+=====================  =============================================================  ==================
+``classes_per_client`` a few classes, sizes equal or geometric (the STC reference)    not always
+``dirichlet``          per class, a Dir(alpha) share of that class (label skew)        yes
+``shards``             ``shards_per_client`` label-sorted shards (McMahan et al.)      yes
+``iid``                a uniformly random equal share                                  yes
+``contiguous``         the block [m N / M, (m + 1) N / M) in file order (LAQ seed)     yes
+=====================  =============================================================  ==================
+
+:func:`partition` dispatches by name; :func:`class_counts` and :func:`partition_report` show what each
+client received.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# ------------------------------------------------------------------------------------------------------
+# validation helpers
+
+
+def _check_labels(labels) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise ValueError(f"labels must be a 1-D array, got shape {labels.shape}")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
+    if len(labels) == 0:
+        raise ValueError("labels must hold at least one sample, got an empty array")
+    if labels.min() < 0:
+        raise ValueError(f"labels must be >= 0, got a label {labels.min()}")
+    return labels.astype(np.int64, copy=False)
+
+
+def _check_n_clients(n_clients, n_samples: int) -> int:
+    if not isinstance(n_clients, (int, np.integer)) or isinstance(n_clients, bool) or n_clients < 1:
+        raise ValueError(f"n_clients must be an integer >= 1, got {n_clients!r}")
+    if n_clients > n_samples:
+        raise ValueError(f"n_clients = {n_clients} means more clients than samples ({n_samples}); "
+                         f"n_clients must lie in [1, {n_samples}]")
+    return int(n_clients)
+
+
+def _check_rng(rng) -> None:
+    if not isinstance(rng, np.random.Generator):
+        raise ValueError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+
+
+def _check_integer(name: str, value, low: int, high: int | None = None) -> int:
+    bad_type = not isinstance(value, (int, np.integer)) or isinstance(value, bool)
+    if bad_type or value < low or (high is not None and value > high):
+        allowed = f"[{low}, {high}]" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must be an integer in {allowed}, got {value!r}")
+    return int(value)
+
+
+def _resolve_n_classes(labels: np.ndarray, n_classes) -> int:
+    observed = int(labels.max()) + 1
+    if n_classes is None:
+        return observed
+    return _check_integer("n_classes", n_classes, observed)
+
+
+def _equal_bounds(n_samples: int, n_parts: int) -> np.ndarray:
+    """Boundaries of n_parts blocks as equal as possible: block m is [m N // M, (m + 1) N // M)."""
+    return (np.arange(n_parts + 1, dtype=np.int64) * n_samples) // n_parts
+
+
+# ------------------------------------------------------------------------------------------------------
+# partitioners
+
+
+def stc_client_sizes(n_samples: int, n_clients: int, balancedness: float) -> np.ndarray:
+    """Client sizes of the STC reference split (Sattler et al., arXiv 1903.02891).
+
+    With balancedness beta = 1 every client gets ``N // n``. With beta < 1::
+
+        f_i = beta^i / sum_j beta^j           (i = 0 .. n - 1)
+        size_i = floor((0.1 / n + 0.9 f_i) * N)
+
+    and the list is reversed, so client 0 is the smallest. Every client keeps at least a tenth of an equal
+    share; the sizes sum to at most N.
+    """
+    if balancedness >= 1:
+        return np.full(n_clients, n_samples // n_clients, dtype=np.int64)
+    geometric = balancedness ** np.arange(n_clients, dtype=np.float64)
+    fractions = 0.1 / n_clients + 0.9 * geometric / geometric.sum()
+    return np.floor(fractions * n_samples).astype(np.int64)[::-1].copy()
+
+
+def classes_per_client(labels, n_clients: int, classes_per_client: int, balancedness: float,
+                       rng: np.random.Generator, n_classes: int | None = None) -> list[np.ndarray]:
+    """The STC reference split: each client draws from a few classes, sizes equal or geometric.
+
+    Algorithm (Sattler et al., arXiv 1903.02891, as in their reference code)::
+
+        size_i  = stc_client_sizes(N, n, balancedness)
+        quota_i = max(1, size_i // classes_per_client)
+        shuffle the indices of every class
+        for client i = 0 .. n - 1:
+            c = a uniformly random class; budget = size_i
+            while budget > 0:
+                take = min(quota_i, samples left in class c, budget)
+                give the next `take` unused indices of class c to client i; budget -= take
+                c = (c + 1) mod L
+
+    Samples are drawn without replacement. A client whose visited classes are exhausted moves on to the
+    next class, so a client can end up with **more** than ``classes_per_client`` classes: when
+    ``size_i > classes_per_client * quota_i`` the remainder comes from the next class, and a visited class
+    that runs short sends the client on to further ones (late clients, finding most classes exhausted,
+    may instead wrap around and take more from a class they already hold). :func:`partition_report`
+    flags clients with too many classes. When the sizes do not add up to N, the leftover samples go to
+    no client (the report counts them).
+
+    Parameters
+    ----------
+    labels : ndarray of int, shape (N,)
+        Class of every training sample, in [0, n_classes).
+    n_clients : int
+        Number of clients, in [1, N].
+    classes_per_client : int
+        Classes a client aims to cover, in [1, n_classes].
+    balancedness : float
+        In (0, 1]. 1 gives every client ``N // n_clients`` samples; smaller values make the sizes a
+        geometric sequence (see :func:`stc_client_sizes`).
+    rng : numpy.random.Generator
+        Source of the class shuffles and the clients' starting classes.
+    n_classes : int, optional
+        Number of classes L (default ``labels.max() + 1``); the starting class is uniform over [0, L).
+
+    Returns
+    -------
+    list of n_clients int64 arrays, each client's indices in the order they were taken.
+
+    Raises
+    ------
+    ValueError
+        For a setting out of range, or when some client would get no sample (the reference then
+        produced an empty client; raise the number of samples per client or ``balancedness``).
+    """
+    labels = _check_labels(labels)
+    n_samples = len(labels)
+    n_clients = _check_n_clients(n_clients, n_samples)
+    _check_rng(rng)
+    n_classes = _resolve_n_classes(labels, n_classes)
+    classes_per_client = _check_integer("classes_per_client", classes_per_client, 1, n_classes)
+    if not (np.isfinite(balancedness) and 0 < balancedness <= 1):
+        raise ValueError(f"balancedness must lie in (0, 1] (1 = equal client sizes), got {balancedness!r}")
+
+    sizes = stc_client_sizes(n_samples, n_clients, balancedness)
+    if sizes.min() < 1:
+        empty = np.flatnonzero(sizes < 1)
+        raise ValueError(f"impossible split: with {n_samples} samples, n_clients = {n_clients} and "
+                         f"balancedness = {balancedness}, clients {empty.tolist()[:10]} would get no "
+                         f"sample; use fewer clients or a balancedness closer to 1")
+    if sizes.sum() > n_samples:  # cannot happen with the sizes above; kept as the reference's guard
+        raise ValueError(f"impossible split: client sizes sum to {sizes.sum()} > {n_samples} samples")
+    quotas = np.maximum(1, sizes // classes_per_client)
+
+    class_pools = [rng.permutation(np.flatnonzero(labels == c)) for c in range(n_classes)]
+    used_per_class = np.zeros(n_classes, dtype=np.int64)
+    start_classes = rng.integers(0, n_classes, size=n_clients)
+
+    parts = []
+    for client in range(n_clients):
+        budget = int(sizes[client])
+        quota = int(quotas[client])
+        current = int(start_classes[client])
+        pieces = []
+        empty_visits = 0
+        while budget > 0:
+            left = len(class_pools[current]) - used_per_class[current]
+            take = min(quota, left, budget)
+            if take > 0:
+                start = used_per_class[current]
+                pieces.append(class_pools[current][start:start + take])
+                used_per_class[current] += take
+                budget -= take
+                empty_visits = 0
+            else:
+                empty_visits += 1
+                if empty_visits >= n_classes:  # unreachable while sum(sizes) <= N; never loop forever
+                    raise ValueError(f"impossible split: every class ran out while client {client} "
+                                     f"still needed {budget} samples")
+            current = (current + 1) % n_classes
+        parts.append(np.concatenate(pieces).astype(np.int64, copy=False))
+    return parts
+
+
+def dirichlet(labels, n_clients: int, alpha: float, rng: np.random.Generator, min_size: int = 1,
+              n_classes: int | None = None, max_attempts: int = 100) -> list[np.ndarray]:
+    """Label-skewed split: every class is shared among the clients in Dirichlet(alpha) proportions.
+
+    For each class c with n_c samples (Hsu, Qi, Brown, arXiv 1909.06335; the per-class form popularised
+    by Yurochkin et al., arXiv 1905.12022)::
+
+        (p_c1, ..., p_cn) ~ Dir(alpha, ..., alpha)
+        cut_ck = floor(n_c * (p_c1 + ... + p_ck))
+        client k gets the shuffled class-c indices [cut_c(k-1), cut_ck)
+
+    Small alpha concentrates each class on few clients; large alpha approaches an iid split. Every sample
+    goes to exactly one client.
+
+    Minimum size: if some client ends up with fewer than ``min_size`` samples, the whole split is drawn
+    again (fresh proportions and shuffles from ``rng``), at most ``max_attempts`` times; then a
+    ``ValueError`` says so. Nothing is moved between clients to force the minimum, so the accepted split
+    is an exact Dirichlet draw conditioned on all sizes >= min_size.
+
+    Parameters
+    ----------
+    labels : ndarray of int, shape (N,)
+    n_clients : int
+        In [1, N].
+    alpha : float
+        Concentration, > 0 and finite.
+    rng : numpy.random.Generator
+    min_size : int
+        Smallest client size accepted, in [0, N // n_clients].
+    n_classes : int, optional
+        Default ``labels.max() + 1``.
+    max_attempts : int
+        Draws tried before giving up, >= 1.
+
+    Returns
+    -------
+    list of n_clients int64 arrays, each sorted ascending.
+    """
+    labels = _check_labels(labels)
+    n_samples = len(labels)
+    n_clients = _check_n_clients(n_clients, n_samples)
+    _check_rng(rng)
+    n_classes = _resolve_n_classes(labels, n_classes)
+    if not (np.isfinite(alpha) and alpha > 0):
+        raise ValueError(f"alpha must be a finite number > 0, got {alpha!r}")
+    min_size = _check_integer("min_size", min_size, 0, n_samples // n_clients)
+    max_attempts = _check_integer("max_attempts", max_attempts, 1)
+
+    class_members = [np.flatnonzero(labels == c) for c in range(n_classes)]
+    client_ids = np.arange(n_clients, dtype=np.int64)
+    smallest = 0
+    for _ in range(max_attempts):
+        proportions = rng.dirichlet(np.full(n_clients, float(alpha)), size=n_classes)   # (L, n)
+        owner = np.empty(n_samples, dtype=np.int64)   # owner[j] = the client of sample j
+        for c, members in enumerate(class_members):
+            shuffled = rng.permutation(members)
+            cumulative = np.minimum(np.cumsum(proportions[c]), 1.0)
+            cuts = np.floor(cumulative * len(members)).astype(np.int64)
+            cuts[-1] = len(members)   # the last client takes the rest of the class: nothing is dropped
+            counts = np.diff(cuts, prepend=0)
+            owner[shuffled] = np.repeat(client_ids, counts)
+        sizes = np.bincount(owner, minlength=n_clients)
+        smallest = int(sizes.min())
+        if smallest >= min_size:
+            by_client = np.argsort(owner, kind="stable")
+            return [part.astype(np.int64, copy=False)
+                    for part in np.split(by_client, np.cumsum(sizes)[:-1])]
+    raise ValueError(f"dirichlet: no split with every client holding >= min_size = {min_size} samples in "
+                     f"max_attempts = {max_attempts} draws (alpha = {alpha}, n_clients = {n_clients}, "
+                     f"last smallest client: {smallest}); raise alpha or max_attempts, lower min_size, "
+                     f"or use fewer clients")
+
+
+def shards(labels, n_clients: int, rng: np.random.Generator, shards_per_client: int = 2) -> list[np.ndarray]:
+    """McMahan et al.'s pathological non-IID split (arXiv 1602.05629).
+
+    Sort the sample indices by label (a stable sort, so file order within a class), cut them into
+    S = n_clients * shards_per_client contiguous shards as equal as possible (shard j is
+    [j N // S, (j + 1) N // S) of the sorted order), and give every client ``shards_per_client`` shards
+    chosen uniformly at random without replacement. Every sample goes to exactly one client.
+
+    Parameters
+    ----------
+    labels : ndarray of int, shape (N,)
+    n_clients : int
+        In [1, N // shards_per_client].
+    rng : numpy.random.Generator
+    shards_per_client : int
+        In [1, N // n_clients] (every shard must hold a sample).
+
+    Returns
+    -------
+    list of n_clients int64 arrays (each the concatenation of its shards).
+    """
+    labels = _check_labels(labels)
+    n_samples = len(labels)
+    n_clients = _check_n_clients(n_clients, n_samples)
+    _check_rng(rng)
+    shards_per_client = _check_integer("shards_per_client", shards_per_client, 1, n_samples // n_clients)
+    n_shards = n_clients * shards_per_client
+    sorted_indices = np.argsort(labels, kind="stable").astype(np.int64)
+    bounds = _equal_bounds(n_samples, n_shards)
+    assignment = rng.permutation(n_shards).reshape(n_clients, shards_per_client)
+    return [np.concatenate([sorted_indices[bounds[s]:bounds[s + 1]] for s in client_shards])
+            for client_shards in assignment]
+
+
+def iid(n_samples: int, n_clients: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Uniformly random split into equal shares: a random permutation cut at [m N // M] (m = 0..M).
+
+    Sizes differ by at most one. Returns n_clients int64 arrays.
+    """
+    n_samples = _check_integer("n_samples", n_samples, 1)
+    n_clients = _check_n_clients(n_clients, n_samples)
+    _check_rng(rng)
+    permutation = rng.permutation(n_samples).astype(np.int64)
+    bounds = _equal_bounds(n_samples, n_clients)
+    return [permutation[bounds[m]:bounds[m + 1]] for m in range(n_clients)]
+
+
+def contiguous(n_samples: int, n_clients: int) -> list[np.ndarray]:
+    """Equal blocks in file order, as the LAQ reference: worker m gets [m N // M, (m + 1) N // M).
+
+    Deterministic. Returns n_clients int64 arrays.
+    """
+    n_samples = _check_integer("n_samples", n_samples, 1)
+    n_clients = _check_n_clients(n_clients, n_samples)
+    bounds = _equal_bounds(n_samples, n_clients)
+    return [np.arange(bounds[m], bounds[m + 1], dtype=np.int64) for m in range(n_clients)]
+
+
+# ------------------------------------------------------------------------------------------------------
+# dispatch by name
+
+
+# method -> (required settings, optional settings)
+METHOD_SETTINGS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "classes_per_client": (("classes_per_client", "balancedness"), ("n_classes",)),
+    "dirichlet": (("alpha",), ("min_size", "n_classes", "max_attempts")),
+    "shards": ((), ("shards_per_client",)),
+    "iid": ((), ()),
+    "contiguous": ((), ()),
+}
+
+
+def partition(method: str, labels, n_clients: int, rng: np.random.Generator | None = None,
+              **settings) -> list[np.ndarray]:
+    """Split ``labels``' indices among ``n_clients`` with the partitioner named ``method``.
+
+    ``settings`` are the method's own keyword arguments (see ``METHOD_SETTINGS``), e.g.
+    ``partition("dirichlet", labels, 100, rng, alpha=0.5)``. ``contiguous`` ignores ``rng``.
+    """
+    if method not in METHOD_SETTINGS:
+        raise ValueError(f"unknown partition method {method!r}; allowed: {', '.join(METHOD_SETTINGS)}")
+    required, optional = METHOD_SETTINGS[method]
+    unknown = sorted(set(settings) - set(required) - set(optional))
+    if unknown:
+        allowed = ", ".join(required + optional) or "none"
+        raise ValueError(f"partition method {method!r} got unknown settings {unknown}; allowed: {allowed}")
+    missing = [name for name in required if name not in settings]
+    if missing:
+        raise ValueError(f"partition method {method!r} needs the settings {missing}")
+    if method == "contiguous":
+        return contiguous(len(_check_labels(labels)), n_clients)
+    if method == "iid":
+        return iid(len(_check_labels(labels)), n_clients, rng)
+    if method == "shards":
+        return shards(labels, n_clients, rng, **settings)
+    if method == "dirichlet":
+        return dirichlet(labels, n_clients, rng=rng, **settings)
+    return classes_per_client(labels, n_clients, rng=rng, **settings)
+
+
+# ------------------------------------------------------------------------------------------------------
+# reports
+
+
+def class_counts(labels, parts, n_classes: int) -> np.ndarray:
+    """How many samples of each class every client holds: an (n_clients, n_classes) int64 array."""
+    labels = _check_labels(labels)
+    n_classes = _resolve_n_classes(labels, n_classes)
+    parts = [np.asarray(part, dtype=np.int64) for part in parts]
+    sizes = np.array([len(part) for part in parts], dtype=np.int64)
+    if not parts:
+        return np.zeros((0, n_classes), dtype=np.int64)
+    indices = np.concatenate(parts)
+    if len(indices) and (indices.min() < 0 or indices.max() >= len(labels)):
+        raise ValueError(f"partition indices must lie in [0, {len(labels) - 1}], "
+                         f"got [{indices.min()}, {indices.max()}]")
+    owner = np.repeat(np.arange(len(parts), dtype=np.int64), sizes)
+    # count[client, class] as one bincount over the flat key client * L + class
+    flat = np.bincount(owner * n_classes + labels[indices], minlength=len(parts) * n_classes)
+    return flat.reshape(len(parts), n_classes).astype(np.int64)
+
+
+def partition_report(labels, parts, n_classes: int, classes_per_client: int | None = None) -> str:
+    """A readable table of a split: client, size, number of classes present, count per class.
+
+    The footer gives the size range, how many samples were used (and how many went to no client or were
+    used twice), and, when ``classes_per_client`` is given, which clients hold more classes than that.
+    """
+    labels = _check_labels(labels)
+    counts = class_counts(labels, parts, n_classes)
+    sizes = counts.sum(axis=1)
+    present = (counts > 0).sum(axis=1)
+    width = max(5, len(str(int(counts.max()))) + 1) if counts.size else 5
+    class_header = "".join(f"{c:>{width}}" for c in range(counts.shape[1]))
+    lines = [f"{'client':>6} {'size':>7} {'classes':>7} |{class_header}"]
+    for client, row in enumerate(counts):
+        cells = "".join(f"{n:>{width}}" for n in row)
+        lines.append(f"{client:>6} {sizes[client]:>7} {present[client]:>7} |{cells}")
+    all_indices = (np.concatenate([np.asarray(p, dtype=np.int64) for p in parts]) if parts
+                   else np.zeros(0, dtype=np.int64))
+    distinct = len(np.unique(all_indices))
+    lines.append(f"{len(parts)} clients; sizes min {sizes.min() if len(sizes) else 0}, "
+                 f"max {sizes.max() if len(sizes) else 0}; {distinct} of {len(labels)} samples used, "
+                 f"{len(labels) - distinct} unassigned, {len(all_indices) - distinct} assigned twice")
+    if classes_per_client is not None:
+        over = np.flatnonzero(present > classes_per_client)
+        if len(over):
+            lines.append(f"{len(over)} clients hold more than classes_per_client = {classes_per_client} "
+                         f"classes: {over.tolist()}")
+        else:
+            lines.append(f"no client holds more than classes_per_client = {classes_per_client} classes")
+    return "\n".join(lines)

@@ -1,0 +1,186 @@
+"""Synthetic(alpha, beta): the natively non-IID federated data of FedProx (Li et al., arXiv 1812.06127).
+
+Generative model, for every device k = 1..K (n_features d = 60, n_classes C = 10 by default)::
+
+    u_k ~ N(0, alpha),  B_k ~ N(0, beta)                      device priors (scalars)
+    W_k ~ N(u_k, 1)   (d x C),   b_k ~ N(u_k, 1)   (C)        the device's labelling model
+    v_k ~ N(B_k, 1)   (d)                                     the device's feature mean
+    x ~ N(v_k, Sigma),  Sigma = diag(j^(-1.2)), j = 1..d       every sample of device k
+    y = argmax softmax(x W_k + b_k) = argmax (x W_k + b_k)
+
+``alpha`` moves the labelling models apart, ``beta`` the feature distributions. The paper writes
+N(0, alpha); its generator code draws ``normal(0, alpha)``, i.e. with **standard deviation** alpha. fedsim
+follows the code by default (``prior_scale="std"``), which is what produced the published Synthetic
+datasets; ``prior_scale="variance"`` reads the paper's N(0, alpha) as a variance (std sqrt(alpha)). For
+alpha, beta in {0, 1} the two agree.
+
+A property of this model worth knowing: W_k and b_k share the same mean u_k, so u_k adds
+``u_k * (sum_j x_j + 1)`` to every class's logit alike and the argmax ignores it. Given the same standard
+normal draws, alpha therefore changes W_k and b_k but not the labels (up to floating-point near-ties);
+the label skew between devices comes from the per-device noise in W_k, b_k and from beta through v_k.
+
+Samples per device follow a heavy-tailed law: the paper says "a power law", its code draws
+``floor(lognormal(4, 2)) + 50``; :class:`LognormalCounts` is that law, with an optional explicit cap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedsim.data.dataset import Dataset
+
+
+@dataclass(frozen=True)
+class LognormalCounts:
+    """Samples per device: ``n_k = floor(exp(N(log_mean, log_sigma^2))) + minimum``, then the cap.
+
+    The FedProx generator's law is the default (log_mean 4, log_sigma 2, minimum 50): median about
+    105 samples, mean about 453, and a long tail (one device in a thousand draws more than 26,000).
+    """
+
+    log_mean: float = 4.0               # mean of the underlying normal (mu of the lognormal)
+    log_sigma: float = 2.0              # standard deviation of the underlying normal (>= 0)
+    minimum: int = 50                   # added to every draw, so every device has at least this many
+    max_per_device: int | None = None   # explicit cap: n_k = min(n_k, max_per_device); None = no cap
+
+    def __post_init__(self):
+        if not np.isfinite(self.log_mean):
+            raise ValueError(f"LognormalCounts: log_mean must be finite, got {self.log_mean!r}")
+        if not (np.isfinite(self.log_sigma) and self.log_sigma >= 0):
+            raise ValueError(f"LognormalCounts: log_sigma must be a finite number >= 0, "
+                             f"got {self.log_sigma!r}")
+        if not isinstance(self.minimum, (int, np.integer)) or self.minimum < 1:
+            raise ValueError(f"LognormalCounts: minimum must be an integer >= 1, got {self.minimum!r}")
+        if self.max_per_device is not None and (not isinstance(self.max_per_device, (int, np.integer))
+                                                or self.max_per_device < self.minimum):
+            raise ValueError(f"LognormalCounts: max_per_device must be None or an integer >= minimum "
+                             f"({self.minimum}), got {self.max_per_device!r}")
+
+    def draw(self, n_devices: int, rng: np.random.Generator) -> np.ndarray:
+        """Sample counts of ``n_devices`` devices, an int64 array."""
+        draws = rng.lognormal(self.log_mean, self.log_sigma, size=n_devices)
+        # a float64 beyond 2^62 would overflow int64; such a count could never be generated anyway
+        if not np.all(draws < 2.0 ** 62):
+            raise ValueError(f"LognormalCounts: a device drew {draws.max():.3g} samples; lower log_mean or "
+                             f"log_sigma, or set max_per_device")
+        counts = np.floor(draws).astype(np.int64) + self.minimum
+        if self.max_per_device is not None:
+            counts = np.minimum(counts, self.max_per_device)
+        return counts
+
+
+def _sample_counts(samples, n_devices: int, rng: np.random.Generator) -> np.ndarray:
+    if isinstance(samples, LognormalCounts):
+        return samples.draw(n_devices, rng)
+    if isinstance(samples, (int, np.integer)) and not isinstance(samples, bool):
+        if samples < 1:
+            raise ValueError(f"samples must be >= 1 per device, got {samples}")
+        return np.full(n_devices, int(samples), dtype=np.int64)
+    counts = np.asarray(samples)
+    if counts.shape != (n_devices,) or not np.issubdtype(counts.dtype, np.integer) or counts.min() < 1:
+        raise ValueError(f"samples must be a LognormalCounts law, an integer >= 1, or {n_devices} integers "
+                         f">= 1 (one per device), got {samples!r}")
+    return counts.astype(np.int64)
+
+
+def make_synthetic(alpha: float, beta: float, n_devices: int, rng: np.random.Generator,
+                   n_features: int = 60, n_classes: int = 10, test_fraction: float = 0.2,
+                   dtype=np.float32, samples=LognormalCounts(), prior_scale: str = "std",
+                   max_total_samples: int = 2_000_000) -> Dataset:
+    """Generate Synthetic(alpha, beta) (FedProx, arXiv 1812.06127; model in the module docstring).
+
+    Parameters
+    ----------
+    alpha, beta : float
+        Spread of the device priors u_k and B_k, finite and >= 0 (see ``prior_scale``).
+    n_devices : int
+        Number of devices K >= 1 (FedProx used 30).
+    rng : numpy.random.Generator
+        The only source of randomness. Draw order: sample counts, u (K), B (K), then per device
+        v_k, W_k, b_k and the samples' noise.
+    n_features, n_classes : int
+        d >= 1 and C >= 2 (60 and 10 in FedProx).
+    test_fraction : float
+        In [0, 1). Device k keeps its first ``n_k - floor(test_fraction * n_k)`` samples for training and
+        the rest for testing (its samples are i.i.d., so this is a uniformly random split); every device
+        has at least one training sample.
+    dtype : numpy float dtype
+        Dtype of x. The model draws are float64; labels are the argmax of the logits of x as stored.
+    samples : LognormalCounts, int or sequence of int
+        Samples per device: a law (default: FedProx's), one count for every device, or one per device.
+    prior_scale : {"std", "variance"}
+        How N(0, alpha) and N(0, beta) are read: alpha is the standard deviation (FedProx's code, the
+        default) or the variance.
+    max_total_samples : int
+        Refuse (``ValueError``) to generate more samples than this in total, instead of exhausting memory
+        after an extreme heavy-tail draw; nothing is clipped. Raise it, or cap devices explicitly with
+        ``LognormalCounts(max_per_device=...)``.
+
+    Returns
+    -------
+    Dataset
+        Named ``"synthetic(alpha,beta)"``; x_train/y_train and x_test/y_test are the devices' splits
+        concatenated in device order; ``client_indices[k]`` are device k's rows of the training set.
+    """
+    for name, value in (("alpha", alpha), ("beta", beta)):
+        if not (np.isfinite(value) and value >= 0):
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    for name, value, low in (("n_devices", n_devices, 1), ("n_features", n_features, 1),
+                             ("n_classes", n_classes, 2), ("max_total_samples", max_total_samples, 1)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    if not (np.isfinite(test_fraction) and 0 <= test_fraction < 1):
+        raise ValueError(f"test_fraction must lie in [0, 1), got {test_fraction!r}")
+    if prior_scale not in ("std", "variance"):
+        raise ValueError(f"prior_scale must be 'std' or 'variance', got {prior_scale!r}")
+    dtype = np.dtype(dtype)
+    if not np.issubdtype(dtype, np.floating):
+        raise ValueError(f"dtype must be a floating-point dtype, got {dtype}")
+    if not isinstance(rng, np.random.Generator):
+        raise ValueError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+
+    counts = _sample_counts(samples, n_devices, rng)
+    if counts.sum() > max_total_samples:
+        raise ValueError(f"Synthetic({alpha}, {beta}) would hold {counts.sum()} samples, more than "
+                         f"max_total_samples = {max_total_samples}; raise max_total_samples or cap the "
+                         f"devices with samples=LognormalCounts(max_per_device=...)")
+    test_counts = np.floor(test_fraction * counts).astype(np.int64)
+    train_counts = counts - test_counts
+    train_offsets = np.concatenate(([0], np.cumsum(train_counts)))
+    test_offsets = np.concatenate(([0], np.cumsum(test_counts)))
+
+    alpha_std, beta_std = (alpha, beta) if prior_scale == "std" else (np.sqrt(alpha), np.sqrt(beta))
+    model_means = alpha_std * rng.standard_normal(n_devices)     # u_k ~ N(0, alpha)
+    feature_priors = beta_std * rng.standard_normal(n_devices)   # B_k ~ N(0, beta)
+    # Sigma_jj = j^(-1.2), j = 1..d; x = v_k + sqrt(Sigma) * standard normal
+    feature_std = np.arange(1, n_features + 1, dtype=np.float64) ** -0.6
+
+    x_train = np.empty((int(train_offsets[-1]), n_features), dtype=dtype)
+    x_test = np.empty((int(test_offsets[-1]), n_features), dtype=dtype)
+    y_train = np.empty(len(x_train), dtype=np.int64)
+    y_test = np.empty(len(x_test), dtype=np.int64)
+    for device in range(n_devices):
+        feature_mean = feature_priors[device] + rng.standard_normal(n_features)               # v_k
+        weights = model_means[device] + rng.standard_normal((n_features, n_classes))          # W_k
+        bias = model_means[device] + rng.standard_normal(n_classes)                           # b_k
+        noise = rng.standard_normal((int(counts[device]), n_features))
+        x = (feature_mean + noise * feature_std).astype(dtype)                             # x ~ N(v_k, Sigma)
+        y = np.argmax(x.astype(np.float64) @ weights + bias, axis=1)                          # argmax softmax
+        n_train = int(train_counts[device])
+        x_train[train_offsets[device]:train_offsets[device + 1]] = x[:n_train]
+        y_train[train_offsets[device]:train_offsets[device + 1]] = y[:n_train]
+        x_test[test_offsets[device]:test_offsets[device + 1]] = x[n_train:]
+        y_test[test_offsets[device]:test_offsets[device + 1]] = y[n_train:]
+
+    client_indices = tuple(np.arange(train_offsets[k], train_offsets[k + 1], dtype=np.int64)
+                           for k in range(n_devices))
+    description = (f"FedProx Synthetic(alpha={alpha:g}, beta={beta:g}) (arXiv 1812.06127): "
+                   f"{n_devices} devices, {n_features} features, {n_classes} classes, "
+                   f"priors read as {prior_scale}, "
+                   f"samples per device {samples!r}, test_fraction {test_fraction:g}; "
+                   f"{len(y_train)} train and {len(y_test)} test samples")
+    return Dataset(name=f"synthetic({alpha:g},{beta:g})", x_train=x_train, y_train=y_train,
+                   x_test=x_test, y_test=y_test, n_classes=int(n_classes),
+                   client_indices=client_indices, description=description)
