@@ -28,13 +28,13 @@ class RunStreams:
             raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
         self.seed = int(seed)
 
-    def sequence(self, purpose: str) -> np.random.SeedSequence:
-        """The SeedSequence of one purpose: the run's seed combined with the purpose's key."""
-        return np.random.SeedSequence([self.seed, _purpose_key(purpose)])
+    def sequence(self, purpose: str, *keys: int) -> np.random.SeedSequence:
+        """The SeedSequence of one purpose (and optional integer keys, e.g. client and epoch)."""
+        return np.random.SeedSequence([self.seed, _purpose_key(purpose), *map(int, keys)])
 
-    def generator(self, purpose: str) -> np.random.Generator:
-        """A fresh Generator for ``purpose``; the same purpose always gives the same stream."""
-        return np.random.Generator(np.random.PCG64(self.sequence(purpose)))
+    def generator(self, purpose: str, *keys: int) -> np.random.Generator:
+        """A fresh Generator for ``purpose``; the same purpose and keys always give the same stream."""
+        return np.random.Generator(np.random.PCG64(self.sequence(purpose, *keys)))
 
     def generators(self, purpose: str, count: int) -> list[np.random.Generator]:
         """``count`` independent Generators for ``purpose`` (one per client, say)."""

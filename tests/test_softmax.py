@@ -147,3 +147,10 @@ def test_param_spec_views_write_through_and_round_trip():
         spec.view(np.zeros(7), "W")
     with pytest.raises(ValueError, match="unique"):
         ParamSpec(("W", "W"), ((1,), (1,)))
+
+
+def test_evaluate_equals_loss_and_accuracy():
+    model, theta, x, y = _problem(np.float64, l2=0.02, n=50)
+    loss, accuracy = model.evaluate(theta, x, y)
+    assert loss == pytest.approx(model.loss(theta, x, y), rel=1e-14)
+    assert accuracy == model.accuracy(theta, x, y)

@@ -87,6 +87,15 @@ class SoftmaxRegression:
         """Fraction of samples whose predicted class equals the label."""
         return np.mean(self.predict(theta, x) == y, axis=-1)
 
+    def evaluate(self, theta: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Mean loss (with the L2 penalty) and accuracy from one pass over the logits."""
+        z = self.logits(theta, x)
+        accuracy = np.mean(np.argmax(z, axis=-1) == y, axis=-1)
+        z -= z.max(axis=-1, keepdims=True)
+        z_y = np.take_along_axis(z, np.asarray(y)[..., None], axis=-1)[..., 0]
+        nll = np.log(np.exp(z).sum(axis=-1)) - z_y
+        return nll.mean(axis=-1) + self._penalty(theta), accuracy
+
     def loss(self, theta: np.ndarray, x: np.ndarray, y: np.ndarray,
              weights: np.ndarray | None = None) -> np.ndarray:
         """Mean cross-entropy plus the L2 penalty; one value per model of the stack."""
