@@ -1,0 +1,486 @@
+"""Compressed federated learning: FedAvg, signSGD, top-k and Sparse Ternary Compression.
+
+Sattler, Wiedemann, Mueller, Samek, "Robust and Communication-Efficient Federated Learning from Non-IID
+Data", arXiv 1903.02891 (STC); McMahan et al., arXiv 1602.05629 (FedAvg); Bernstein et al.,
+arXiv 1802.04434 (signSGD with majority vote); Lin et al., arXiv 1712.01887 (top-k with residuals).
+
+One round t (all participants at once, as arrays of shape (participants, parameters))::
+
+    S_t ~ uniform subset of max(1, floor(n * participation_rate)) clients       sampling
+    w_k = W  for k in S_t (after catching up on missed downstream messages)      synchronize
+    w_k <- w_k - lr_k * SGD-momentum(grad f_k(w_k; batch))  (local_iterations)   local training
+    dW_k = w_k - W                                                                update
+    A_k <- A_k + dW_k;  m_k = C_up(A_k);  A_k <- A_k - m_k                        upstream, error feedback
+    m = mean_k m_k | sum_k n_k m_k / sum_k n_k | lr * sign(sum_k m_k)             aggregation
+    A <- A + m;  m_down = C_down(A);  A <- A - m_down                             downstream, error feedback
+    W <- W + m_down                                                               server update
+
+Client state that lasts across rounds: its residual A_k, its momentum buffer, its shuffled sample order
+and position in it, and the last round it synchronized. A client's model always equals the server model
+after synchronization, so it is not stored.
+
+Caching (STC paper, section "Communication-efficient ... partial participation"): the server keeps the
+downstream messages of recent rounds; a client that last synchronized at round t0 receives
+sum_{s = t0+1}^{t-1} m_down_s as a sparse vector (positions + 32-bit values) or the full model (32 P bits)
+when that is cheaper. Those bits count as downstream traffic, beside the round's broadcast to its
+participants.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from fedsim.compress.channel import Channel, sparse_vector_bits
+from fedsim.data.dataset import Dataset
+from fedsim.models import SoftmaxRegression
+from fedsim.rng import RunStreams
+
+
+@dataclass(frozen=True)
+class Method:
+    """What a named method sends up and down, and how the server aggregates."""
+
+    up: str                # compressor of client updates: identity | topk | stc | sign
+    down: str              # compressor of the server's aggregate: identity | topk | stc
+    aggregation: str       # mean | weighted | majority
+    accumulate_up: bool    # client-side error feedback (residuals) by default
+    accumulate_down: bool  # server-side error feedback by default
+
+
+METHODS = {
+    "none": Method("identity", "identity", "mean", False, False),
+    "fedavg": Method("identity", "identity", "weighted", False, False),
+    "signsgd": Method("sign", "identity", "majority", False, False),
+    "topk_up": Method("topk", "identity", "mean", True, False),
+    "topk_updown": Method("topk", "topk", "mean", True, True),
+    "stc_up": Method("stc", "identity", "mean", True, False),
+    "stc_updown": Method("stc", "stc", "mean", True, True),
+}
+AGGREGATIONS = ("mean", "weighted", "majority")
+LR_SCHEDULES = ("constant", "exponential", "step")
+
+
+def _check(condition: bool, setting: str, allowed: str, value) -> None:
+    if not condition:
+        raise ValueError(f"{setting} must be {allowed}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class FederatedConfig:
+    """Settings of one compressed federated learning run (defaults: the STC seed experiment)."""
+
+    method: str = "stc_updown"       # one of METHODS
+    rounds: int = 20                 # communication rounds
+    n_clients: int = 50              # clients holding data
+    participation_rate: float = 1.0  # fraction of clients sampled per round, in (0, 1]
+    local_iterations: int = 1        # SGD steps per client per round
+    batch_size: int = 100            # samples per local SGD step
+    lr: float = 0.04                 # client learning rate (and the server step of majority vote)
+    momentum: float = 0.0            # SGD momentum of each client's own optimizer
+    weight_decay: float = 0.0        # L2 added to client gradients: g + weight_decay * w
+    lr_schedule: str = "constant"    # constant | exponential (lr * decay^epoch) | step
+    lr_decay: float = 1.0            # the factor of the exponential and step schedules
+    lr_step_epochs: int = 1          # step schedule: lr * decay^(epoch // lr_step_epochs)
+    p_up: float = 0.001              # sparsity of upstream top-k / STC, in (0, 1]
+    p_down: float = 0.002            # sparsity of downstream top-k / STC, in (0, 1]
+    accumulate_up: bool | None = None    # client error feedback; None: the method's default
+    accumulate_down: bool | None = None  # server error feedback; None: the method's default
+    aggregation: str | None = None   # mean | weighted | majority; None: the method's default
+    compression_scope: str = "tensor"  # tensor (per parameter tensor, as the reference) | global
+    threshold: str = "exact"         # exact | sampled (the reference's approximate top-k threshold)
+    sample_fraction: float = 0.1     # sampled threshold: fraction of entries sampled, in (0, 1]
+    sample_mode: str = "uniform"     # sampled threshold: uniform subset | window (the reference's)
+    eval_train_samples: int = 5000   # evaluate on the first this-many training samples
+    eval_every: int = 1              # evaluate every this-many rounds (and at the last)
+    dtype: str = "float32"           # float32 | float64
+    init: str = "zeros"              # zeros | glorot
+
+    def __post_init__(self):
+        _check(self.method in METHODS, "method", f"one of {sorted(METHODS)}", self.method)
+        for name in ("rounds", "n_clients", "local_iterations", "batch_size", "lr_step_epochs",
+                     "eval_train_samples", "eval_every"):
+            value = getattr(self, name)
+            _check(isinstance(value, (int, np.integer)) and value >= 1, name, "an integer >= 1", value)
+        _check(0 < self.participation_rate <= 1, "participation_rate", "in (0, 1]", self.participation_rate)
+        for name in ("p_up", "p_down", "sample_fraction"):
+            _check(0 < getattr(self, name) <= 1, name, "in (0, 1]", getattr(self, name))
+        _check(math.isfinite(self.lr) and self.lr > 0, "lr", "a finite number > 0", self.lr)
+        _check(0 <= self.momentum < 1, "momentum", "in [0, 1)", self.momentum)
+        _check(math.isfinite(self.weight_decay) and self.weight_decay >= 0, "weight_decay", ">= 0",
+               self.weight_decay)
+        _check(self.lr_schedule in LR_SCHEDULES, "lr_schedule", f"one of {LR_SCHEDULES}", self.lr_schedule)
+        _check(0 < self.lr_decay <= 1, "lr_decay", "in (0, 1]", self.lr_decay)
+        _check(self.aggregation is None or self.aggregation in AGGREGATIONS, "aggregation",
+               f"one of {AGGREGATIONS}", self.aggregation)
+        _check(self.compression_scope in ("tensor", "global"), "compression_scope", "'tensor' or 'global'",
+               self.compression_scope)
+        _check(self.threshold in ("exact", "sampled"), "threshold", "'exact' or 'sampled'", self.threshold)
+        _check(self.sample_mode in ("uniform", "window"), "sample_mode", "'uniform' or 'window'",
+               self.sample_mode)
+        _check(self.dtype in ("float32", "float64"), "dtype", "'float32' or 'float64'", self.dtype)
+        _check(self.init in ("zeros", "glorot"), "init", "'zeros' or 'glorot'", self.init)
+        if self.aggregation == "majority" and METHODS[self.method].up != "sign":
+            raise ValueError(f"aggregation 'majority' needs sign updates (method 'signsgd'), "
+                             f"not method {self.method!r}")
+
+    @property
+    def scheme(self) -> Method:
+        """The method with this config's overrides applied."""
+        base = METHODS[self.method]
+        return Method(
+            base.up, base.down, self.aggregation or base.aggregation,
+            base.accumulate_up if self.accumulate_up is None else self.accumulate_up,
+            base.accumulate_down if self.accumulate_down is None else self.accumulate_down)
+
+    @property
+    def participants_per_round(self) -> int:
+        return max(1, int(math.floor(self.n_clients * self.participation_rate)))
+
+
+class DivergenceError(RuntimeError):
+    """A run produced NaN or inf; ``history`` holds every completed round before it."""
+
+    def __init__(self, message: str, history: list[dict]):
+        super().__init__(message)
+        self.history = history
+
+
+@dataclass
+class ClientStates:
+    """Everything each client keeps between rounds, one row or entry per client."""
+
+    samples: np.ndarray        # all clients' sample indices, client k's at samples[offsets[k]:offsets[k+1]]
+    order: np.ndarray          # the same, each client's segment in its current epoch's shuffled order
+    offsets: np.ndarray        # (n_clients + 1,) segment boundaries of `order`
+    cursor: np.ndarray         # (n_clients,) position in the current epoch's order
+    epoch: np.ndarray          # (n_clients,) completed epochs
+    order_epoch: np.ndarray    # (n_clients,) the epoch `order` is shuffled for; -1: not yet shuffled
+    last_sync: np.ndarray      # (n_clients,) last round whose downstream message the client holds
+    residual: np.ndarray | None = None   # (n_clients, P) upstream error accumulation
+    momentum: np.ndarray | None = None   # (n_clients, P) SGD momentum buffers
+
+    @property
+    def sizes(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+
+@dataclass
+class ServerState:
+    weights: np.ndarray                  # W, (P,)
+    residual: np.ndarray | None          # downstream error accumulation
+    round: int = 0                       # completed rounds
+    cache: list = field(default_factory=list)  # [(round, positions, values)] of recent downstream messages
+
+
+class FederatedRun:
+    """A federated learning run on softmax regression; :meth:`step` runs one round.
+
+    Parameters
+    ----------
+    config : FederatedConfig
+    dataset : Dataset
+        Training data (held by the clients) and test data (for evaluation).
+    client_indices : sequence of index arrays
+        Which training samples each client holds (a partitioner's output); ``len == config.n_clients``.
+    seed : int
+        Seeds every random choice of the run (sampling, batch order, initialization, sampled thresholds).
+    """
+
+    def __init__(self, config: FederatedConfig, dataset: Dataset, client_indices, seed: int = 0):
+        if len(client_indices) != config.n_clients:
+            raise ValueError(f"n_clients is {config.n_clients} but the partition has "
+                             f"{len(client_indices)} clients")
+        sizes = np.array([len(ix) for ix in client_indices], dtype=np.int64)
+        if np.any(sizes == 0):
+            raise ValueError(f"clients {np.flatnonzero(sizes == 0)[:10].tolist()} hold no samples; every "
+                             f"client needs at least one (use fewer clients or another partition)")
+        self.config = config
+        self.scheme = config.scheme
+        self.dataset = dataset
+        self.dtype = np.dtype(config.dtype)
+        self.model = SoftmaxRegression(dataset.n_features, dataset.n_classes)
+        self.x_train = np.ascontiguousarray(dataset.x_train, dtype=self.dtype)
+        self.y_train = np.asarray(dataset.y_train, dtype=np.int64)
+        n_eval = min(config.eval_train_samples, len(self.y_train))
+        self.eval_sets = {
+            "train": (self.x_train[:n_eval], self.y_train[:n_eval]),
+            "test": (np.ascontiguousarray(dataset.x_test, dtype=self.dtype),
+                     np.asarray(dataset.y_test, dtype=np.int64)),
+        }
+        self.streams = RunStreams(seed)
+        self.sampling_rng = self.streams.generator("sampling")
+        self.compression_rng = self.streams.generator("compression")
+        spec = self.model.spec
+        self.up = Channel(self.scheme.up, config.p_up, spec, config)
+        self.down = Channel(self.scheme.down, config.p_down, spec, config)
+        P = spec.size
+
+        offsets = np.concatenate(([0], np.cumsum(sizes)))
+        samples = np.concatenate([np.asarray(ix, dtype=np.int64) for ix in client_indices])
+        self.clients = ClientStates(
+            samples=samples, order=samples.copy(), offsets=offsets,
+            cursor=np.zeros(config.n_clients, np.int64), epoch=np.zeros(config.n_clients, np.int64),
+            order_epoch=np.full(config.n_clients, -1, np.int64),
+            last_sync=np.zeros(config.n_clients, np.int64),
+            # np.zeros maps untouched pages lazily: an idle client's rows cost no physical memory.
+            residual=np.zeros((config.n_clients, P), self.dtype) if self.scheme.accumulate_up else None,
+            momentum=np.zeros((config.n_clients, P), self.dtype) if config.momentum else None)
+        init_rng = self.streams.generator("init")
+        self.server = ServerState(
+            weights=self.model.init(init_rng, config.init, self.dtype),
+            residual=np.zeros(P, self.dtype) if self.scheme.accumulate_down else None)
+        self.history: list[dict] = []
+        # Set to a list to record every round's participants and batches (the oracle tests replay them).
+        self.batch_log: list | None = None
+
+    # -- the round ----------------------------------------------------------------------------------
+    def step(self) -> dict:
+        """Run one round; append its record to ``history`` and return it."""
+        config, clients, server = self.config, self.clients, self.server
+        started = time.perf_counter()
+        t = server.round + 1
+        participants = np.sort(self.sampling_rng.choice(config.n_clients, config.participants_per_round,
+                                                        replace=False))
+        catch_up_bits = self._synchronize(participants, t)
+
+        K = len(participants)
+        weights = np.broadcast_to(server.weights, (K, server.weights.size)).copy()
+        momentum = clients.momentum[participants] if clients.momentum is not None else None
+        client_loss = np.zeros(K, self.dtype)
+        lr = self._learning_rates(participants)
+        for _ in range(config.local_iterations):
+            x, y, mask = self._next_batches(participants)
+            client_loss, grad = self.model.loss_and_grad(weights, x, y, mask)
+            if config.weight_decay:
+                grad += config.weight_decay * weights          # g + weight_decay * w
+            if momentum is not None:
+                momentum *= config.momentum                     # v <- momentum * v + g
+                momentum += grad
+                grad = momentum
+            weights -= lr[:, None] * grad                       # w <- w - lr * v
+            lr = self._learning_rates(participants)
+        if momentum is not None:
+            clients.momentum[participants] = momentum
+
+        update = weights
+        update -= server.weights                                # dW_k = w_k - W
+        if not np.all(np.isfinite(update)):
+            bad = participants[~np.all(np.isfinite(update), axis=1)]
+            raise DivergenceError(
+                f"round {t}: the updates of clients {bad[:10].tolist()} contain NaN or inf (the run "
+                f"diverged; try a smaller lr than {config.lr}); {len(self.history)} completed rounds kept",
+                self.history)
+
+        residual = clients.residual[participants] if clients.residual is not None else None
+        sent, bits_up, analytic_up, residual = self.up.send(update, residual, self.compression_rng)
+        if residual is not None:
+            clients.residual[participants] = residual
+
+        aggregate = self._aggregate(sent, participants)
+        down, bits_down, analytic_down, server_residual = self.down.send(
+            aggregate[None, :], None if server.residual is None else server.residual[None, :],
+            self.compression_rng)
+        if server_residual is not None:
+            server.residual = server_residual[0]
+        message = down[0]
+        server.weights += message                                # W <- W + m_down
+        positions = np.flatnonzero(message)
+        server.cache.append((t, positions, message[positions]))
+        clients.last_sync[participants] = t
+        server.round = t
+        self._prune_cache()
+
+        record = {
+            "round": t,
+            "participants": int(K),
+            "lr": float(np.mean(self._learning_rates(participants))),
+            "epoch": float(np.mean(clients.epoch[participants]
+                                   + clients.cursor[participants] / clients.sizes[participants])),
+            "iteration": t * config.local_iterations,
+            "client_losses": client_loss.astype(float).tolist(),
+            "bits_up": int(bits_up.sum()),
+            "bits_up_analytic": float(analytic_up.sum()),
+            # the broadcast reaches every participant; returning clients also got their catch-up
+            "bits_down": int(bits_down[0]) * K + catch_up_bits,
+            "bits_down_analytic": float(analytic_down[0]) * K + catch_up_bits,
+            "bits_down_catch_up": int(catch_up_bits),
+        }
+        if t % config.eval_every == 0 or t == config.rounds:
+            for split, (x, y) in self.eval_sets.items():
+                loss, accuracy = self.model.evaluate(server.weights, x, y)
+                record[f"{split}_loss"] = float(loss)
+                record[f"{split}_accuracy"] = float(accuracy)
+        record["time"] = time.perf_counter() - started
+        self.history.append(record)
+        return record
+
+    def run(self, rounds: int | None = None, callback=None) -> list[dict]:
+        """Run until ``rounds`` (default: ``config.rounds``) rounds are complete."""
+        target = self.config.rounds if rounds is None else rounds
+        while self.server.round < target:
+            record = self.step()
+            if callback is not None:
+                callback(record)
+        return self.history
+
+    # -- pieces -------------------------------------------------------------------------------------
+    def _aggregate(self, sent: np.ndarray, participants: np.ndarray) -> np.ndarray:
+        how = self.scheme.aggregation
+        if how == "mean":
+            return sent.mean(axis=0)                             # (1/K) sum_k m_k
+        if how == "weighted":
+            n = self.clients.sizes[participants].astype(self.dtype)
+            return (n / n.sum()) @ sent                           # sum_k n_k m_k / sum_k n_k
+        votes = sent.sum(axis=0)                                  # majority: lr * sign(sum_k sign_k)
+        return (self.config.lr * np.sign(votes)).astype(self.dtype)
+
+    def _synchronize(self, participants: np.ndarray, t: int) -> int:
+        """Bits to bring returning participants up to date: per client, the sparse sum of the
+        downstream messages it missed, or the full model (32 P bits) when that is cheaper."""
+        behind = participants[self.clients.last_sync[participants] < t - 1]
+        if len(behind) == 0:
+            return 0
+        P = self.server.weights.size
+        total = 0
+        for since, count in zip(*np.unique(self.clients.last_sync[behind], return_counts=True)):
+            missed = np.zeros(P, self.dtype)
+            covered = False
+            for round_, positions, values in self.server.cache:
+                if round_ > since:
+                    missed[positions] += values
+                    covered = covered or round_ == since + 1
+            full_model = 32 * P
+            cost = sparse_vector_bits(np.flatnonzero(missed), P) if covered else full_model
+            total += int(count) * min(cost, full_model)
+        return total
+
+    def _prune_cache(self) -> None:
+        """Drop downstream messages no client can need cheaper than the full model: once the union of
+        the newest messages' positions makes a sparse catch-up cost 32 P bits or more, older ones go."""
+        P = self.server.weights.size
+        support = np.zeros(P, bool)
+        for i in range(len(self.server.cache) - 1, -1, -1):
+            support[self.server.cache[i][1]] = True
+            if sparse_vector_bits(np.flatnonzero(support), P) >= 32 * P:
+                del self.server.cache[:i]
+                return
+        oldest_needed = int(self.clients.last_sync.min())
+        self.server.cache = [entry for entry in self.server.cache if entry[0] > oldest_needed]
+
+    def _learning_rates(self, participants: np.ndarray) -> np.ndarray:
+        """lr, lr * decay^epoch or lr * decay^(epoch // step), from each client's own epoch count."""
+        config = self.config
+        epoch = self.clients.epoch[participants]
+        if config.lr_schedule == "exponential":
+            factor = config.lr_decay ** epoch
+        elif config.lr_schedule == "step":
+            factor = config.lr_decay ** (epoch // config.lr_step_epochs)
+        else:
+            factor = np.ones(len(participants))
+        return (config.lr * factor).astype(self.dtype)
+
+    def _next_batches(self, participants: np.ndarray):
+        """The next mini-batch of every participant, padded to one (K, B, F) array.
+
+        A batch never crosses an epoch boundary: the last batch of an epoch holds what is left of it
+        (as a data loader that keeps its last, smaller batch), marked by a 0/1 ``mask`` (None when every
+        batch is full). Then the client's order is reshuffled for its next epoch.
+        """
+        clients, B = self.clients, self.config.batch_size
+        # Shuffle lazily: only a client that trains needs its order for the current epoch.
+        for k in participants[clients.order_epoch[participants] != clients.epoch[participants]]:
+            self._shuffle(k)
+        sizes = clients.sizes[participants]
+        cursor = clients.cursor[participants]
+        count = np.minimum(B, sizes - cursor)
+        slot = np.arange(B)
+        positions = (clients.offsets[participants] + cursor)[:, None] + np.minimum(slot, count[:, None] - 1)
+        samples = clients.order[positions]
+        mask = None
+        if np.any(count < B):
+            mask = (slot < count[:, None]).astype(self.dtype)
+        if self.batch_log is not None:
+            self.batch_log.append((self.server.round + 1, participants.copy(), samples.copy(), count.copy()))
+        cursor = cursor + count
+        clients.cursor[participants] = cursor
+        finished = participants[cursor == sizes]
+        clients.cursor[finished] = 0
+        clients.epoch[finished] += 1
+        return self.x_train[samples], self.y_train[samples], mask
+
+    def _shuffle(self, client: int) -> None:
+        """Client ``client``'s order for its current epoch: a permutation of its samples drawn from a
+        stream keyed by (run seed, client, epoch), so no per-client generator needs storing."""
+        clients = self.clients
+        rng = self.streams.generator("batches", client, clients.epoch[client])
+        lo, hi = clients.offsets[client], clients.offsets[client + 1]
+        clients.order[lo:hi] = clients.samples[lo:hi][rng.permutation(hi - lo)]
+        clients.order_epoch[client] = clients.epoch[client]
+
+    # -- checkpoints ----------------------------------------------------------------------------------
+    @property
+    def completed(self) -> int:
+        """Rounds completed so far."""
+        return self.server.round
+
+    def state_dict(self) -> tuple[dict[str, np.ndarray], dict]:
+        """Everything needed to continue the run bitwise identically: (arrays, JSON-able metadata).
+
+        Client rows are saved only for clients that ever participated (the others are still zero), so a
+        checkpoint of 100,000 mostly idle clients stays small. Each client's sample order is not saved:
+        it is a function of (seed, client, epoch) and is recomputed on load.
+        """
+        clients, server = self.clients, self.server
+        touched = np.flatnonzero(clients.last_sync > 0)
+        arrays = {"server_weights": server.weights, "cursor": clients.cursor, "epoch": clients.epoch,
+                  "last_sync": clients.last_sync, "touched": touched}
+        if server.residual is not None:
+            arrays["server_residual"] = server.residual
+        if clients.residual is not None:
+            arrays["client_residual"] = clients.residual[touched]
+        if clients.momentum is not None:
+            arrays["client_momentum"] = clients.momentum[touched]
+        cache = server.cache
+        arrays["cache_rounds"] = np.array([entry[0] for entry in cache], np.int64)
+        arrays["cache_offsets"] = np.cumsum([0] + [len(entry[1]) for entry in cache]).astype(np.int64)
+        arrays["cache_positions"] = np.concatenate([entry[1] for entry in cache] or [np.zeros(0, np.int64)])
+        arrays["cache_values"] = np.concatenate([entry[2] for entry in cache] or [np.zeros(0, self.dtype)])
+        meta = {"round": server.round, "history": self.history,
+                "sampling_rng": self.sampling_rng.bit_generator.state,
+                "compression_rng": self.compression_rng.bit_generator.state}
+        return arrays, meta
+
+    def load_state_dict(self, arrays: dict[str, np.ndarray], meta: dict) -> None:
+        """Restore a :meth:`state_dict` into a run built with the same config, data and seed."""
+        clients, server = self.clients, self.server
+        if arrays["server_weights"].shape != server.weights.shape:
+            raise ValueError(f"checkpoint has {arrays['server_weights'].shape[0]} parameters, this run "
+                             f"{server.weights.shape[0]}: it belongs to another config or dataset")
+        server.weights = np.array(arrays["server_weights"], dtype=self.dtype)
+        if server.residual is not None:
+            server.residual = np.array(arrays["server_residual"], dtype=self.dtype)
+        server.round = int(meta["round"])
+        offsets = arrays["cache_offsets"]
+        server.cache = [(int(r), arrays["cache_positions"][offsets[i]:offsets[i + 1]].copy(),
+                         arrays["cache_values"][offsets[i]:offsets[i + 1]].astype(self.dtype))
+                        for i, r in enumerate(arrays["cache_rounds"])]
+        clients.cursor[:] = arrays["cursor"]
+        clients.epoch[:] = arrays["epoch"]
+        clients.last_sync[:] = arrays["last_sync"]
+        touched = arrays["touched"]
+        if clients.residual is not None:
+            clients.residual[touched] = arrays["client_residual"]
+        if clients.momentum is not None:
+            clients.momentum[touched] = arrays["client_momentum"]
+        clients.order_epoch[:] = -1  # orders are recomputed from (seed, client, epoch) when needed
+        self.sampling_rng.bit_generator.state = meta["sampling_rng"]
+        self.compression_rng.bit_generator.state = meta["compression_rng"]
+        self.history = list(meta["history"])
+
+    def describe(self) -> dict:
+        return {"config": asdict(self.config), "scheme": asdict(self.scheme),
+                "parameters": int(self.model.size), "dataset": self.dataset.name}

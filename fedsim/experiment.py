@@ -1,0 +1,78 @@
+"""Experiments: which data, how it is split among clients, and the run loop around an algorithm.
+
+This layer turns settings into a ready run: it loads and preprocesses the dataset, partitions the
+training set among clients (or takes a dataset's natural partition), and builds the algorithm.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedsim.data.dataset import Dataset
+from fedsim.data.datasets import DATASET_NAMES, PIPELINES, TRAIN_SPLITS, load_dataset
+from fedsim.data.partition import partition
+from fedsim.rng import RunStreams
+
+PARTITIONS = ("classes_per_client", "dirichlet", "shards", "iid", "contiguous", "natural")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which dataset, preprocessed how, split among the clients how."""
+
+    dataset: str = "mnist"             # mnist | fashion-mnist | synthetic
+    pipeline: str | None = None        # stc (32x32, normalized) | laq (784 raw / 255); None: the family's
+    train_split: str = "train"         # train | test (train on the test split, when train images are absent)
+    data_dir: str | None = None        # a folder searched first for the dataset files
+    download: bool = True              # fetch missing files from the registry's mirrors
+    partition: str = "classes_per_client"  # one of PARTITIONS; "natural": the dataset's own (synthetic)
+    classes_per_client: int = 10       # classes_per_client partition: classes per client
+    balancedness: float = 1.0          # classes_per_client partition: 1 equal sizes, < 1 geometric sizes
+    dirichlet_alpha: float = 1.0       # dirichlet partition: concentration (small: strong label skew)
+    shards_per_client: int = 2         # shards partition: label-sorted shards per client
+    synthetic_alpha: float = 1.0       # Synthetic(alpha, beta): model heterogeneity across devices
+    synthetic_beta: float = 1.0        # Synthetic(alpha, beta): feature heterogeneity across devices
+    synthetic_devices: int = 30        # Synthetic(alpha, beta): number of devices
+
+    def __post_init__(self):
+        if self.dataset not in DATASET_NAMES:
+            raise ValueError(f"dataset must be one of {list(DATASET_NAMES)}, got {self.dataset!r}")
+        if self.pipeline is not None and self.pipeline not in PIPELINES:
+            raise ValueError(f"pipeline must be one of {list(PIPELINES)}, got {self.pipeline!r}")
+        if self.train_split not in TRAIN_SPLITS:
+            raise ValueError(f"train_split must be one of {list(TRAIN_SPLITS)}, got {self.train_split!r}")
+        if self.partition not in PARTITIONS:
+            raise ValueError(f"partition must be one of {list(PARTITIONS)}, got {self.partition!r}")
+        if self.partition == "natural" and self.dataset != "synthetic":
+            raise ValueError(f"partition 'natural' needs a dataset with a natural partition ('synthetic'), "
+                             f"not {self.dataset!r}")
+
+
+def load_data(config: DataConfig, family_pipeline: str, seed: int, progress: bool | None = None) -> Dataset:
+    """The dataset of ``config``, with ``family_pipeline`` unless the config names a pipeline."""
+    return load_dataset(
+        config.dataset, config.pipeline or family_pipeline, data_dir=config.data_dir,
+        download=config.download, train_split=config.train_split,
+        synthetic_alpha=config.synthetic_alpha, synthetic_beta=config.synthetic_beta,
+        synthetic_devices=config.synthetic_devices, seed=seed, progress=progress)
+
+
+def split_among_clients(config: DataConfig, dataset: Dataset, n_clients: int, seed: int) -> list[np.ndarray]:
+    """One index array of training samples per client, as ``config.partition`` says."""
+    if config.partition == "natural":
+        if dataset.client_indices is None:
+            raise ValueError(f"dataset {dataset.name!r} has no natural partition")
+        if n_clients != len(dataset.client_indices):
+            raise ValueError(f"the natural partition of {dataset.name!r} has {len(dataset.client_indices)} "
+                             f"devices, but {n_clients} clients were asked for (set synthetic_devices)")
+        return [np.asarray(ix) for ix in dataset.client_indices]
+    rng = RunStreams(seed).generator("partition")
+    settings = {
+        "classes_per_client": dict(classes_per_client=config.classes_per_client,
+                                   balancedness=config.balancedness),
+        "dirichlet": dict(alpha=config.dirichlet_alpha),
+        "shards": dict(shards_per_client=config.shards_per_client),
+    }.get(config.partition, {})
+    return partition(config.partition, dataset.y_train, n_clients, rng, **settings)

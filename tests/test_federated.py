@@ -1,0 +1,156 @@
+"""The federated simulation: determinism, batches, caching bits, divergence, checkpoints, settings."""
+
+import numpy as np
+import pytest
+
+from fedsim.algorithms.federated import METHODS, DivergenceError, FederatedConfig, FederatedRun
+from fedsim.compress.channel import sparse_vector_bits
+from fedsim.data.datasets import load_dataset
+from fedsim.data.partition import partition
+from fedsim.experiment import DataConfig, split_among_clients
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    return load_dataset("synthetic", synthetic_devices=12, seed=5)
+
+
+def make_run(dataset, seed=0, **settings):
+    settings = {"rounds": 6, "n_clients": len(dataset.client_indices), "batch_size": 16,
+                "p_up": 0.05, "p_down": 0.1, "lr": 0.05, **settings}
+    return FederatedRun(FederatedConfig(**settings), dataset, dataset.client_indices, seed=seed)
+
+
+def without_time(history):
+    return [{k: v for k, v in record.items() if k != "time"} for record in history]
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_same_seed_same_history_and_learning(synthetic, method):
+    first = make_run(synthetic, method=method, participation_rate=0.5, rounds=8)
+    second = make_run(synthetic, method=method, participation_rate=0.5, rounds=8)
+    history = first.run()
+    assert without_time(history) == without_time(second.run())
+    np.testing.assert_array_equal(first.server.weights, second.server.weights)
+    assert history[-1]["test_loss"] < history[0]["test_loss"] or method == "signsgd"
+    other = make_run(synthetic, method=method, participation_rate=0.5, rounds=8, seed=1)
+    assert without_time(other.run()) != without_time(history)
+
+
+def test_every_sample_of_an_epoch_is_used_once(synthetic):
+    run = make_run(synthetic, method="fedavg", local_iterations=7, batch_size=10, rounds=3)
+    run.batch_log = []
+    run.run()
+    for client in range(run.config.n_clients):
+        size = len(synthetic.client_indices[client])
+        used = []
+        for _, participants, samples, count in run.batch_log:
+            row = int(np.flatnonzero(participants == client)[0])
+            used.extend(samples[row, : count[row]].tolist())
+        expected = np.sort(synthetic.client_indices[client])
+        epochs, rest = divmod(len(used), size)
+        for start in range(0, epochs * size, size):
+            np.testing.assert_array_equal(np.sort(used[start:start + size]), expected)
+        tail = used[epochs * size:]
+        assert len(set(tail)) == rest and set(tail) <= set(expected.tolist())
+        assert epochs == run.clients.epoch[client]
+
+
+def test_full_participation_downstream_is_one_broadcast_per_client(synthetic):
+    from fedsim.kernels import golomb
+
+    run = make_run(synthetic, method="stc_updown")
+    record = run.step()
+    assert record["bits_down_catch_up"] == 0
+    positions = np.flatnonzero(run.server.weights)  # zero init: the weights are the first message
+    # per segment: 32-bit count, Golomb-Rice positions, 1 sign bit per entry, 32-bit mu
+    offsets = run.model.spec.offsets
+    per_client = 0
+    for start, stop in zip(offsets[:-1], offsets[1:]):
+        local = positions[(positions >= start) & (positions < stop)] - start
+        per_client += golomb.sparse_segment_bits(local, stop - start, 1, 32)
+    assert record["bits_down"] == record["participants"] * per_client
+
+
+def test_returning_clients_pay_for_what_they_missed(synthetic):
+    run = make_run(synthetic, method="stc_updown", participation_rate=0.25, rounds=12)
+    catch_up = []
+    for _ in range(12):
+        before = run.clients.last_sync.copy()
+        cache = list(run.server.cache)
+        record = run.step()
+        participants = np.flatnonzero(run.clients.last_sync == record["round"])
+        expected = 0
+        P = run.model.size
+        for client in participants:
+            since = before[client]
+            if since < record["round"] - 1:
+                missed = np.zeros(P, np.float32)
+                for round_, positions, values in cache:
+                    if round_ > since:
+                        missed[positions] += values
+                expected += min(sparse_vector_bits(np.flatnonzero(missed), P), 32 * P)
+        assert record["bits_down_catch_up"] == expected
+        catch_up.append(expected)
+    assert sum(catch_up) > 0
+
+
+def test_catch_up_falls_back_to_the_full_model_when_cheaper(synthetic):
+    # dense downstream messages (FedAvg): any catch-up costs the full model, 32 bits per parameter
+    run = make_run(synthetic, method="fedavg", participation_rate=0.25, rounds=10)
+    records = run.run()
+    P = run.model.size
+    total = sum(r["bits_down_catch_up"] for r in records)
+    assert total > 0 and total % (32 * P) == 0
+
+
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning", "ignore:invalid value:RuntimeWarning")
+def test_divergence_stops_with_the_history_so_far(synthetic):
+    run = make_run(synthetic, method="fedavg", lr=1e38, rounds=5, local_iterations=5)
+    with pytest.raises(DivergenceError, match="NaN or inf") as error:
+        run.run()
+    assert len(error.value.history) < 5
+    assert all(np.isfinite(r["test_loss"]) for r in error.value.history)
+
+
+def test_checkpoint_round_trip_continues_bitwise(synthetic):
+    settings = dict(method="stc_updown", participation_rate=0.5, rounds=10, momentum=0.9)
+    straight = make_run(synthetic, **settings)
+    straight.run()
+    first = make_run(synthetic, **settings)
+    first.run(rounds=4)
+    arrays, meta = first.state_dict()
+    resumed = make_run(synthetic, **settings)
+    resumed.load_state_dict(arrays, meta)
+    resumed.run()
+    assert without_time(resumed.history) == without_time(straight.history)
+    np.testing.assert_array_equal(resumed.server.weights, straight.server.weights)
+
+
+def test_majority_vote_ties_give_zero(synthetic):
+    run = make_run(synthetic, method="signsgd", n_clients=12)
+    votes = np.array([[1, -1, 0], [-1, -1, 0]], np.float32)
+    np.testing.assert_array_equal(run._aggregate(votes, np.array([0, 1])), [0, -np.float32(run.config.lr), 0])
+
+
+@pytest.mark.parametrize("settings, setting", [
+    (dict(p_up=0.0), "p_up"), (dict(p_up=1.5), "p_up"), (dict(p_down=-1), "p_down"),
+    (dict(participation_rate=0.0), "participation_rate"), (dict(participation_rate=1.2), "participation_rate"),
+    (dict(method="stc_sideways"), "method"), (dict(lr=-0.1), "lr"), (dict(batch_size=0), "batch_size"),
+    (dict(aggregation="median"), "aggregation"), (dict(method="stc_updown", aggregation="majority"),
+                                                  "majority"),
+])
+def test_bad_settings_name_the_setting(settings, setting):
+    with pytest.raises(ValueError, match=setting):
+        FederatedConfig(**settings)
+
+
+def test_more_clients_than_samples_and_too_many_classes_are_rejected(synthetic):
+    with pytest.raises(ValueError, match="more clients than samples|n_clients"):
+        split_among_clients(DataConfig(dataset="synthetic", partition="iid"), synthetic,
+                            len(synthetic.y_train) + 1, seed=0)
+    with pytest.raises(ValueError, match="classes_per_client"):
+        partition("classes_per_client", synthetic.y_train, 5, np.random.default_rng(0),
+                  classes_per_client=11, balancedness=1.0)
+    with pytest.raises(ValueError, match="n_clients is 3"):
+        FederatedRun(FederatedConfig(n_clients=3), synthetic, synthetic.client_indices)
