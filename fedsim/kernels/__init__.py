@@ -5,6 +5,7 @@ two (and the jitted function's ``.py_func``) on random and adversarial inputs. A
 with the one options dict below.
 """
 
-# nopython: no silent object-mode fallback; cache: compile once per machine, not per process;
-# nogil: callers may run kernels from threads; fastmath off: results must equal the NumPy twins bitwise.
-JIT_OPTIONS = dict(nopython=True, cache=True, nogil=True, fastmath=False)
+# Used as numba.njit(**JIT_OPTIONS): nopython mode, never a silent object-mode fallback (numba >= 0.59).
+# cache: compile once per machine, not per process; nogil: callers may run kernels from threads;
+# fastmath off: results must equal the NumPy twins bitwise.
+JIT_OPTIONS = dict(cache=True, nogil=True, fastmath=False)

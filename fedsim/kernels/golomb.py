@@ -36,7 +36,7 @@ import numpy as np
 
 from fedsim.kernels import JIT_OPTIONS
 
-_jit = numba.jit(**JIT_OPTIONS)   # nopython=True is in JIT_OPTIONS (numba.njit would warn about it)
+_jit = numba.njit(**JIT_OPTIONS)
 
 # ln(phi - 1) with phi the golden ratio: ln((sqrt(5) - 1) / 2).
 LOG_GOLDEN_CONJUGATE = math.log((math.sqrt(5.0) - 1.0) / 2.0)

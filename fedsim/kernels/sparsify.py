@@ -59,7 +59,7 @@ CANDIDATE_ROOM = 1 << 16
 TINY = 5e-324
 NONFINITE_MESSAGE = "update contains NaN or inf"
 
-_jit = numba.jit(**JIT_OPTIONS)   # nopython=True is in JIT_OPTIONS (numba.njit would warn about it)
+_jit = numba.njit(**JIT_OPTIONS)
 
 
 # ----------------------------------------------------------------------------------------------------
