@@ -1,0 +1,195 @@
+"""The LAQ innovation quantizer: jitted kernel vs NumPy twin vs ``.py_func``, hand cases and invariants."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from fedsim.kernels.laq import (check_bits, code_dtype, laq_dequantize, laq_quantize, laq_quantize_numpy,
+                                quantize_innovation, zero_innovation_code)
+
+
+def _outputs(gradients, bits):
+    n_workers = gradients.shape[0]
+    return (np.empty(gradients.shape, dtype=code_dtype(bits)), np.empty_like(gradients),
+            np.empty(n_workers), np.empty(n_workers), np.empty(n_workers))
+
+
+def _run(kernel, gradients, previous, bits):
+    out = _outputs(gradients, bits)
+    kernel(gradients, previous, bits, *out)
+    return out
+
+
+def _assert_same(got, want):
+    """codes, quantized and radius bitwise (NaN == NaN); the two sums to rounding."""
+    names = ("codes", "quantized", "radius", "error", "innovation")
+    for name, a, b in zip(names, got, want):
+        assert a.dtype == b.dtype, name
+        if name in ("error", "innovation"):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=0, err_msg=name)
+        else:
+            np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+def _random_problem(seed, n_workers=5, size=300, dtype=np.float64):
+    rng = np.random.default_rng(seed)
+    gradients = rng.normal(size=(n_workers, size)).astype(dtype)
+    previous = (gradients + rng.normal(scale=0.3, size=gradients.shape)).astype(dtype)
+    return gradients, previous
+
+
+# --- validation ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bits", [0, 17, -1, 2.5, "4", True, None])
+def test_bad_bits_raise_naming_bits(bits):
+    with pytest.raises(ValueError, match=r"bits must be an integer in \[1, 16\]"):
+        check_bits(bits)
+    gradients, previous = _random_problem(0, 2, 4)
+    with pytest.raises(ValueError, match="bits"):
+        quantize_innovation(gradients, previous, bits)
+
+
+def test_code_dtype_and_zero_code():
+    assert [code_dtype(b) for b in (1, 8, 9, 16)] == [np.uint8, np.uint8, np.uint16, np.uint16]
+    assert [zero_innovation_code(b) for b in (1, 3, 4, 16)] == [1, 4, 8, 32768]
+
+
+def test_shape_and_dtype_mismatch_raise():
+    gradients, previous = _random_problem(0, 2, 4)
+    with pytest.raises(ValueError, match="shape"):
+        quantize_innovation(gradients, previous[:, :3], 4)
+    with pytest.raises(ValueError, match="shape"):
+        quantize_innovation(gradients[0], previous[0], 4)
+    with pytest.raises(ValueError, match="dtype"):
+        quantize_innovation(gradients, previous.astype(np.float32), 4)
+
+
+# --- exact hand-computed case ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("jit", [True, False])
+def test_hand_computed_two_bits(jit):
+    # R = 1, tau = 1/3, grid step 2/3: grid {-1, -1/3, 1/3, 1} around Q_prev = 0.
+    gradients = np.array([[1.0, -1.0, 0.5, 0.0]])
+    previous = np.zeros((1, 4))
+    out = quantize_innovation(gradients, previous, 2, jit=jit)
+    # q = floor((g + 1) / (2/3) + 1/2): 3.5 -> 3, 0.5 -> 0, 2.75 -> 2, 2.0 -> 2
+    np.testing.assert_array_equal(out.codes, [[3, 0, 2, 2]])
+    np.testing.assert_allclose(out.quantized, [[1.0, -1.0, 1 / 3, 1 / 3]], rtol=1e-15)
+    assert out.radius[0] == 1.0
+    np.testing.assert_allclose(out.error, [(1 / 3 - 0.5) ** 2 + (1 / 3) ** 2], rtol=1e-14)
+    np.testing.assert_allclose(out.innovation, [1 + 1 + 2 / 9], rtol=1e-14)
+
+
+@pytest.mark.parametrize("jit", [True, False])
+def test_one_bit_is_plus_minus_radius(jit):
+    gradients = np.array([[0.2, -0.5, 0.3]])
+    previous = np.array([[0.0, 0.0, 0.0]])
+    out = quantize_innovation(gradients, previous, 1, jit=jit)
+    # b = 1: tau = 1, grid {-R, +R}, R = 0.5
+    np.testing.assert_array_equal(out.codes, [[1, 0, 1]])
+    np.testing.assert_allclose(out.quantized, [[0.5, -0.5, 0.5]], rtol=1e-15)
+
+
+# --- jitted vs twin vs py_func ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 8, 9, 12, 16])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_kernel_matches_numpy_twin_and_py_func(bits, dtype):
+    gradients, previous = _random_problem(bits, dtype=dtype)
+    previous[1] = gradients[1]                         # a worker with R = 0
+    jitted = _run(laq_quantize, gradients, previous, bits)
+    _assert_same(jitted, _run(laq_quantize_numpy, gradients, previous, bits))
+    _assert_same(jitted, _run(laq_quantize.py_func, gradients, previous, bits))
+    assert jitted[1].dtype == dtype
+
+
+def test_nonfinite_worker_is_all_nan_and_others_unaffected():
+    gradients, previous = _random_problem(3)
+    gradients[1, 7] = np.nan
+    gradients[2, 0] = np.inf
+    previous[3, 5] = -np.inf
+    clean = _run(laq_quantize, gradients[[0, 4]], previous[[0, 4]], 4)
+    for kernel in (laq_quantize, laq_quantize_numpy, laq_quantize.py_func):
+        codes, quantized, radius, error, innovation = _run(kernel, gradients, previous, 4)
+        for m in (1, 2, 3):
+            assert np.isnan(radius[m]) and np.isnan(error[m]) and np.isnan(innovation[m])
+            assert np.all(codes[m] == 0) and np.all(np.isnan(quantized[m]))
+        np.testing.assert_array_equal(codes[[0, 4]], clean[0])
+        np.testing.assert_array_equal(quantized[[0, 4]], clean[1])
+
+
+@pytest.mark.parametrize("jit", [True, False])
+def test_zero_radius_keeps_previous(jit):
+    previous = np.array([[0.5, -2.0, 3.0], [1.0, 1.0, 1.0]])
+    out = quantize_innovation(previous.copy(), previous, 5, jit=jit)
+    np.testing.assert_array_equal(out.quantized, previous)
+    np.testing.assert_array_equal(out.codes, np.full((2, 3), 16))
+    np.testing.assert_array_equal(out.radius, [0, 0])
+    np.testing.assert_array_equal(out.error, [0, 0])
+    np.testing.assert_array_equal(out.innovation, [0, 0])
+    np.testing.assert_array_equal(laq_dequantize(out.codes, previous, out.radius, 5), previous)
+
+
+@pytest.mark.parametrize("jit", [True, False])
+def test_empty_inputs(jit):
+    out = quantize_innovation(np.zeros((3, 0)), np.zeros((3, 0)), 4, jit=jit)
+    assert out.codes.shape == (3, 0)
+    np.testing.assert_array_equal(out.radius, [0, 0, 0])
+    out = quantize_innovation(np.zeros((0, 5)), np.zeros((0, 5)), 4, jit=jit)
+    assert out.quantized.shape == (0, 5) and out.radius.shape == (0,)
+
+
+# --- invariants ------------------------------------------------------------------------------------------
+
+def _check_invariants(gradients, previous, bits, out):
+    levels = 2 ** bits - 1
+    tau = 1.0 / levels
+    assert out.codes.dtype == code_dtype(bits)
+    assert out.codes.min(initial=0) >= 0 and out.codes.max(initial=0) <= levels
+    radius = np.max(np.abs(gradients - previous), axis=1, initial=0.0)
+    np.testing.assert_array_equal(out.radius, radius)
+    # |Q_i - g_i| <= tau R for every entry (rounding to the nearest of the 2^b grid points)
+    # up to rounding: t_i = (g_i - Q_prev_i) / R carries a relative error of a few eps, i.e. a few eps R
+    # in position, and Q_i is rounded to a float (one spacing of the larger of |Q_i|, |g_i|).
+    gap = np.abs(out.quantized - gradients)
+    eps = np.finfo(np.float64).eps
+    bound = (tau + 8 * eps) * radius[:, None] + np.spacing(np.maximum(np.abs(out.quantized),
+                                                                      np.abs(gradients)))
+    assert np.all(gap <= bound), (gap.max(), bound.max())
+    np.testing.assert_allclose(out.error, np.sum((out.quantized - gradients) ** 2, axis=1), rtol=1e-12)
+    np.testing.assert_allclose(out.innovation, np.sum((out.quantized - previous) ** 2, axis=1), rtol=1e-12)
+    # The server reconstructs exactly what the worker holds, from the codes and R alone.
+    np.testing.assert_array_equal(laq_dequantize(out.codes, previous, out.radius, bits), out.quantized)
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4, 8, 16])
+def test_invariants_on_random_inputs(bits):
+    gradients, previous = _random_problem(10 + bits, n_workers=7, size=2000)
+    gradients[2] *= 1e-200                               # tiny and huge scales
+    previous[2] *= 1e-200
+    gradients[3] *= 1e150
+    previous[3] *= 1e150
+    _check_invariants(gradients, previous, bits, quantize_innovation(gradients, previous, bits))
+
+
+finite = st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False)
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), bits=st.integers(1, 16))
+def test_property_twin_and_invariants(data, bits):
+    shape = data.draw(hnp.array_shapes(min_dims=2, max_dims=2, min_side=0, max_side=12))
+    gradients = data.draw(hnp.arrays(np.float64, shape, elements=finite))
+    # Ties and repeated values: previous often equal to or a shifted copy of the gradient.
+    mode = data.draw(st.sampled_from(["random", "equal", "shifted"]))
+    if mode == "random":
+        previous = data.draw(hnp.arrays(np.float64, shape, elements=finite))
+    elif mode == "equal":
+        previous = gradients.copy()
+    else:
+        previous = gradients + 1.0
+    jitted = quantize_innovation(gradients, previous, bits)
+    _assert_same(jitted, quantize_innovation(gradients, previous, bits, jit=False))
+    _check_invariants(gradients, previous, bits, jitted)
