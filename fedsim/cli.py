@@ -1,0 +1,418 @@
+"""The ``fedsim`` command (also ``python -m fedsim``).
+
+::
+
+    fedsim run CONFIG.toml | --preset NAME  [--set key=value ...] [--seed N] [--dataset NAME]
+               [--data-dir DIR] [--out DIR] [--quiet]
+    fedsim run --resume RUN_DIR [--quiet]
+    fedsim presets
+    fedsim show-config [CONFIG.toml | --preset NAME] [--set key=value ...] [--seed N] [--dataset NAME]
+    fedsim data fetch NAME
+    fedsim data info
+    fedsim plot RUN_DIR [RUN_DIR ...] [--out DIR]
+    fedsim compare RUN_DIR [RUN_DIR ...] [--target-accuracy 0.8] [--target-residual 1e-6]
+
+Exit status: 0 success; 1 the run diverged, or data could not be had; 2 a bad command line or config
+(one error line on stderr); 128 + signal number when a run was stopped by a signal (130 for Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+from fedsim import __version__
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """A command line that cannot be carried out; printed as one line, exit status 2."""
+
+
+def _fail(message: str) -> int:
+    print(f"fedsim: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+# ---------------------------------------------------------------------------------------------------------
+# argument parsing
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", nargs="?", metavar="CONFIG.toml", help="experiment config file (TOML)")
+    parser.add_argument("--preset", metavar="NAME", help="a built-in config (see `fedsim presets`)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a setting, e.g. --set federated.lr=0.1 --set "
+                             "data.dataset=fashion-mnist (values are TOML values; repeatable)")
+    parser.add_argument("--seed", type=int, metavar="N", help="the run's seed (same as --set seed=N)")
+    parser.add_argument("--dataset", metavar="NAME", help="mnist | fashion-mnist | synthetic "
+                                                          "(same as --set data.dataset=NAME)")
+    parser.add_argument("--data-dir", metavar="DIR", help="a folder searched first for dataset files")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fedsim", description="Simulate communication-efficient federated learning (STC, FedAvg, "
+                                   "signSGD, top-k) and lazy aggregation (GD, QGD, LAG, LAQ, SLAQ).")
+    parser.add_argument("--version", action="version", version=f"fedsim {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = commands.add_parser("run", help="run an experiment into a run folder",
+                              description="Run an experiment from a config file or a preset; or continue "
+                                          "an interrupted run with --resume.")
+    _add_config_options(run)
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue the interrupted run in RUN_DIR from its "
+                                                         "last checkpoint")
+    run.add_argument("--out", metavar="DIR", help="the run folder (default: runs/<name>-<timestamp>)")
+    run.add_argument("--quiet", action="store_true", help="no progress bar; print only the run folder")
+
+    commands.add_parser("presets", help="list the built-in configs")
+
+    show = commands.add_parser("show-config",
+                               help="print the effective config as TOML, every setting filled in")
+    _add_config_options(show)
+
+    data = commands.add_parser("data", help="fetch datasets, or show what is on disk")
+    data_commands = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    fetch = data_commands.add_parser("fetch", help="find or download (and verify) a dataset's four files")
+    fetch.add_argument("name", metavar="NAME", help="mnist | fashion-mnist")
+    fetch.add_argument("--data-dir", metavar="DIR", help="a folder searched first")
+    fetch.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for a server")
+    info = data_commands.add_parser("info", help="for each dataset file: where it was found, whether and how "
+                                                 "its checksum verified")
+    info.add_argument("--data-dir", metavar="DIR", help="a folder searched first")
+
+    plot = commands.add_parser("plot", help="overlay runs in figures (PNG and SVG)")
+    plot.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    plot.add_argument("--out", metavar="DIR", help="where the figures go (default: RUN_DIR/plots for one "
+                                                   "run, ./plots for several)")
+
+    compare = commands.add_parser("compare",
+                                  help="a table of final and best accuracy, cost to a target, time")
+    compare.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    compare.add_argument("--target-accuracy", type=float, default=0.8, metavar="A",
+                         help="federated runs: bits and rounds to the first test accuracy >= A (default 0.8)")
+    compare.add_argument("--target-residual", type=float, default=1e-6, metavar="R",
+                         help="lazy runs: iterations, communications and bits to f - f* <= R (default 1e-6)")
+    return parser
+
+
+# ---------------------------------------------------------------------------------------------------------
+# configs
+
+
+def resolve_config(args):
+    """(ExperimentConfig, name) from CONFIG or --preset, --set and the shortcut options."""
+    from fedsim.config import load_config_file, load_preset
+    if args.config and args.preset:
+        raise UsageError("give either a CONFIG file or --preset NAME, not both")
+    overrides = list(args.overrides)
+    if args.seed is not None:
+        overrides.append(("seed", args.seed))
+    if args.dataset is not None:
+        overrides.append(("data.dataset", args.dataset))
+    if args.data_dir is not None:   # absolute, so that the saved config works from any folder
+        overrides.append(("data.data_dir", str(Path(args.data_dir).expanduser().resolve())))
+    if args.preset:
+        return load_preset(args.preset, overrides), args.preset
+    if args.config:
+        return load_config_file(args.config, overrides), Path(args.config).stem
+    if args.command == "show-config":
+        from fedsim.config import apply_overrides, config_from_dict
+        return config_from_dict(apply_overrides({}, overrides), "defaults"), "defaults"
+    raise UsageError("give a CONFIG file or --preset NAME (see `fedsim presets`), or --resume RUN_DIR")
+
+
+def command_presets(args) -> int:
+    from fedsim.config import list_presets
+    presets = list_presets()
+    width = max(map(len, presets), default=0)
+    for name, description in presets.items():
+        print(f"{name:<{width}}  {description}")
+    return EXIT_OK
+
+
+def command_show_config(args) -> int:
+    from fedsim.config import config_to_toml
+    config, name = resolve_config(args)
+    print(config_to_toml(config, header=f"fedsim {__version__} effective config ({name})"), end="")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------------------
+# run
+
+
+def _describe(config) -> str:
+    if config.family == "federated":
+        return (f"{config.method} on {config.data.dataset}, {config.federated.n_clients} clients, "
+                f"{config.federated.rounds} rounds")
+    return (f"{config.method} on {config.data.dataset}, {config.lazy.n_workers} workers, "
+            f"{config.lazy.iterations} iterations")
+
+
+def _report(outcome, quiet: bool) -> int:
+    """Tell how a run ended (a :class:`~fedsim.runner.RunOutcome`); returns the exit status."""
+    folder, unit = outcome.folder.path, outcome.unit
+    summary = outcome.summary or {}
+    if outcome.status == "interrupted":
+        print(f"fedsim: interrupted after {outcome.completed} of {outcome.planned} {unit}; everything so far "
+              f"is saved. Continue with: fedsim run --resume {folder}", file=sys.stderr)
+        return outcome.exit_code
+    if outcome.status == "finished-before":
+        print(f"fedsim: nothing to resume in {folder}: {outcome.message}", file=sys.stderr)
+        return EXIT_OK
+    if outcome.status == "diverged":
+        print(f"fedsim: the run diverged after {outcome.completed} {unit}: {outcome.message}\n"
+              f"fedsim: the completed {unit} are saved in {folder}", file=sys.stderr)
+        return outcome.exit_code
+    if quiet:
+        print(folder)
+        return EXIT_OK
+    parts = [f"{outcome.completed} {unit}"]
+    if "final_test_accuracy" in summary:
+        best = summary.get("best_test_accuracy")
+        parts.append(f"final test accuracy {summary['final_test_accuracy']:.4f}"
+                     + (f" (best {best:.4f})" if best is not None else ""))
+    if summary.get("family") == "federated":
+        parts.append(f"bits up {summary['bits_up']:.4g}, down {summary['bits_down']:.4g}")
+    elif "final_objective" in summary:
+        parts.append(f"f {summary['final_objective']:.8g}, uploads {summary['communications']}, "
+                     f"bits {summary['bits']:.4g}")
+    parts.append(f"{summary.get('seconds', 0.0):.1f} s")
+    print(f"run completed: {'; '.join(parts)}")
+    print(f"results: {folder}")
+    return EXIT_OK
+
+
+def command_run(args) -> int:
+    from fedsim.runner import default_run_dir, resume_run, start_run
+    if args.resume:
+        given = [flag for flag, value in (("CONFIG", args.config), ("--preset", args.preset),
+                                          ("--set", args.overrides), ("--seed", args.seed),
+                                          ("--dataset", args.dataset), ("--data-dir", args.data_dir),
+                                          ("--out", args.out)) if value]
+        if given:
+            raise UsageError(f"--resume continues a run with the config saved in its folder; it does not "
+                             f"take {', '.join(given)}")
+        out = Path(args.resume)
+        try:
+            return _report(resume_run(out, quiet=args.quiet), args.quiet)
+        except KeyboardInterrupt:
+            return _stopped_at_once(out)
+    config, name = resolve_config(args)
+    out = Path(args.out) if args.out else default_run_dir(name)
+    if not args.quiet:
+        print(f"fedsim: {name}: {_describe(config)} -> {out}", flush=True)
+    try:
+        return _report(start_run(config, out, name=name, quiet=args.quiet), args.quiet)
+    except KeyboardInterrupt:
+        return _stopped_at_once(out)
+
+
+def _stopped_at_once(out: Path) -> int:
+    """A second Ctrl-C stopped the run mid-step: what was checkpointed before is kept."""
+    print(f"fedsim: stopped at once; continue from the last checkpoint (if any; else from the start) "
+          f"with: fedsim run --resume {out}", file=sys.stderr)
+    return 128 + 2
+
+
+# ---------------------------------------------------------------------------------------------------------
+# data
+
+
+def command_data_fetch(args) -> int:
+    from fedsim.data.fetch import DatasetNotFoundError, dataset_status, fetch, locate
+    from fedsim.data.registry import DATASETS, FILE_KEYS
+    if args.name not in DATASETS:
+        hint = " (synthetic data is generated, it needs no files)" if args.name == "synthetic" else ""
+        raise UsageError(f"dataset NAME must be one of {', '.join(DATASETS)}, got {args.name!r}{hint}")
+    failures = []
+    for key in FILE_KEYS:
+        if locate(args.name, key, args.data_dir) is not None:
+            continue
+        try:
+            fetch(args.name, key, data_dir=args.data_dir, progress=None, timeout=args.timeout)
+        except DatasetNotFoundError as error:
+            failures.append(error)
+    rows = dataset_status(args.name, args.data_dir)
+    _print_status(args.name, rows)
+    for error in failures:
+        print(error, file=sys.stderr)
+    if failures:
+        print(f"fedsim: {len(failures)} of {len(FILE_KEYS)} files of {args.name} could not be had",
+              file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _print_status(name: str, rows: list[dict]) -> None:
+    print(f"{name}:")
+    width = max(len(row["key"]) for row in rows)
+    for row in rows:
+        if row["verified"]:
+            state = f"verified by {row['method']} ({row['reason']})"
+        elif row["path"] is not None:
+            state = f"FAILED verification: {row['reason']}"
+        else:
+            state = "not found"
+        where = f"\n    {row['path']}" if row["path"] is not None else ""
+        print(f"  {row['key']:<{width}}  {state}{where}")
+
+
+def command_data_info(args) -> int:
+    from fedsim.data.fetch import cache_dir, dataset_status, search_path
+    from fedsim.data.registry import DATASETS
+    print(f"download cache: {cache_dir()}")
+    print("search path, in order:")
+    for folder, source in search_path(args.data_dir):
+        print(f"  {folder}  [{source}]{'' if folder.is_dir() else '  (does not exist)'}")
+    for name, info in DATASETS.items():
+        _print_status(name, dataset_status(name, args.data_dir))
+    print("synthetic:\n  generated from the seed (FedProx's Synthetic(alpha, beta)); no files")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------------------
+# results
+
+
+def _read_runs(paths):
+    from fedsim.runner import read_run
+    return [read_run(path) for path in paths]
+
+
+def plot_folder(runs, out=None) -> Path:
+    """Where ``fedsim plot`` writes: ``out`` if given, else RUN_DIR/plots for one run, else ./plots."""
+    if out:
+        return Path(out)
+    return runs[0].path / "plots" if len(runs) == 1 else Path("plots")
+
+
+def command_plot(args) -> int:
+    from fedsim.plot import plot_runs
+    runs = _read_runs(args.runs)
+    out = plot_folder(runs, args.out)
+    for run in runs:
+        if not run.history:
+            print(f"fedsim: warning: {run.path} has no records yet; left out", file=sys.stderr)
+    paths = plot_runs([run for run in runs if run.history], out)
+    if not paths:
+        raise UsageError("none of the runs has any records to plot")
+    for path in paths:
+        print(path)
+    return EXIT_OK
+
+
+def _number(value, spec: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return format(value, spec)
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
+    lines = ["  ".join(str(cell).rjust(width) if i else str(cell).ljust(width)
+                       for i, (cell, width) in enumerate(zip(line, widths)))
+             for line in [headers, *rows]]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def compare_tables(runs, target_accuracy: float, target_residual: float) -> str:
+    """The text of ``fedsim compare``: one table per family present."""
+    from fedsim.runner import federated_reach, lazy_f_star, lazy_reach
+    blocks = []
+    federated = [run for run in runs if run.family == "federated"]
+    lazy = [run for run in runs if run.family == "lazy"]
+    if federated:
+        rows = []
+        for run in federated:
+            accuracies = [r["test_accuracy"] for r in run.history if "test_accuracy" in r]
+            reach = federated_reach(run.history, target_accuracy)
+            bits = sum(int(r.get("bits_up", 0)) + int(r.get("bits_down", 0)) for r in run.history)
+            rows.append([run.label, run.method, str(len(run.history)),
+                         _number(accuracies[-1] if accuracies else None, ".4f"),
+                         _number(max(accuracies) if accuracies else None, ".4f"),
+                         _number(reach and reach["round"], "d"), _number(reach and reach["bits"], ".4g"),
+                         _number(bits, ".4g"), _seconds(run), run.status])
+        blocks.append(f"federated runs (target: test accuracy >= {target_accuracy:g})\n" + _table(
+            ["run", "method", "rounds", "final acc", "best acc", "rounds to target", "bits to target",
+             "bits total", "seconds", "status"], rows))
+    if lazy:
+        usable = [run for run in lazy if run.history]
+        f_star = lazy_f_star(usable) if usable else math.nan
+        rows = []
+        for run in lazy:
+            history = run.history
+            reach = lazy_reach(history, f_star, target_residual) if history else None
+            final = (run.summary or {}).get("final_test_accuracy")
+            if final is None:
+                measured = [r["test_accuracy"] for r in history if "test_accuracy" in r]
+                final = measured[-1] if measured else None
+            rows.append([run.label, run.method, str(len(history)), _number(final, ".4f"),
+                         _number(history[-1]["objective"] - f_star if history else None, ".3e"),
+                         _number(reach and reach["iteration"], "d"),
+                         _number(reach and reach["communications"], "d"),
+                         _number(reach and reach["bits"], ".4g"),
+                         _number(history[-1]["bits"] if history else None, ".4g"), _seconds(run), run.status])
+        blocks.append(f"lazy runs (target: f - f* <= {target_residual:g}; f* = {f_star:.12g})\n" + _table(
+            ["run", "method", "iterations", "final acc", "final f - f*", "its to target", "uploads to target",
+             "bits to target", "bits total", "seconds", "status"], rows))
+    return "\n\n".join(blocks)
+
+
+def _seconds(run) -> str:
+    if run.summary is not None and "seconds" in run.summary:
+        return f"{run.summary['seconds']:.1f}"
+    times = [r["time"] for r in run.history if "time" in r]
+    return f"{sum(times):.1f}" if times else "-"
+
+
+def command_compare(args) -> int:
+    if not 0 <= args.target_accuracy <= 1:
+        raise UsageError(f"--target-accuracy must be in [0, 1], got {args.target_accuracy}")
+    if not (math.isfinite(args.target_residual) and args.target_residual >= 0):
+        raise UsageError(f"--target-residual must be a finite number >= 0, got {args.target_residual}")
+    print(compare_tables(_read_runs(args.runs), args.target_accuracy, args.target_residual))
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+
+COMMANDS = {"run": command_run, "presets": command_presets, "show-config": command_show_config,
+            "plot": command_plot, "compare": command_compare}
+
+
+def main(argv=None) -> int:
+    """Run the ``fedsim`` command with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    args = build_parser().parse_args(argv)
+    from fedsim.config import ConfigError
+    from fedsim.data.fetch import DatasetNotFoundError
+    from fedsim.runner import RunFolderError
+    try:
+        if args.command == "data":
+            handler = command_data_fetch if args.data_command == "fetch" else command_data_info
+        else:
+            handler = COMMANDS[args.command]
+        return handler(args)
+    except (UsageError, ConfigError, RunFolderError) as error:
+        return _fail(" ".join(str(error).split()))
+    except DatasetNotFoundError as error:
+        print(f"fedsim: error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("fedsim: interrupted", file=sys.stderr)
+        return 128 + 2
+    except BrokenPipeError:   # e.g. `fedsim compare ... | head`
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

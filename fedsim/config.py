@@ -1,0 +1,520 @@
+"""Experiment configs: TOML files validated into frozen dataclasses.
+
+A config file has two top-level settings and four tables, each table one frozen dataclass::
+
+    family = "federated"      # federated (STC, FedAvg, signSGD, top-k) | lazy (GD, QGD, LAG, LAQ, SLAQ)
+    seed = 0                  # seeds everything: data generation, partition, sampling, initialization
+
+    [data]                    # DataConfig (fedsim.experiment): dataset, preprocessing, partition
+    [federated]               # FederatedConfig (fedsim.algorithms.federated), used when family = "federated"
+    [lazy]                    # LazyConfig (fedsim.algorithms.lazy), used when family = "lazy"
+    [run]                     # RunConfig (below): checkpoints, f*
+
+Every setting may be left out (it takes its default). Validation happens in one place,
+:func:`config_from_dict`, in three steps, each failing with a :class:`ConfigError` whose one-line
+message names the setting:
+
+1. keys: an unknown key is reported with the closest valid key (``difflib``);
+2. types: each value must match its dataclass field's annotation (an integer is accepted for a float
+   field and converted; ``true``/``false`` is never taken for a number);
+3. ranges: the dataclasses' own ``__post_init__`` checks, then the cross-table checks of
+   :class:`ExperimentConfig`.
+
+:func:`config_to_toml` writes a config back with every setting filled in; reading that text again gives
+an equal config. Settings whose value is "unset" (``None``, which TOML cannot express) are written as
+comments that say what the unset value means.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import inspect
+import json
+import math
+import re
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 reads TOML with the tomli backport
+    import tomli as tomllib
+
+from fedsim.algorithms.federated import FederatedConfig
+from fedsim.algorithms.lazy import LazyConfig
+from fedsim.experiment import DataConfig
+
+FAMILIES = ("federated", "lazy")
+#: The preprocessing pipeline each family uses when ``data.pipeline`` is unset.
+FAMILY_PIPELINES = {"federated": "stc", "lazy": "laq"}
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message is one line naming the setting and what is allowed."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """How a run is carried out and recorded (not what it computes)."""
+
+    checkpoint_every: int = 10         # checkpoint every this many rounds / iterations; 0: only at the end
+    f_star: float | None = None        # lazy family: optimal objective for residuals f - f*
+
+    def __post_init__(self):
+        if isinstance(self.checkpoint_every, bool) or not isinstance(self.checkpoint_every, int) \
+                or self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be an integer >= 0 (0: only at the end), "
+                             f"got {self.checkpoint_every!r}")
+        if self.f_star is not None and not math.isfinite(self.f_star):
+            raise ValueError(f"f_star must be a finite number, got {self.f_star!r}")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """One experiment: which family, the seed, and the settings of data, algorithm and run."""
+
+    family: str = "federated"                                      # federated | lazy
+    seed: int = 0                                                  # seeds every random choice of the run
+    data: DataConfig = field(default_factory=DataConfig)           # dataset, pipeline, partition
+    federated: FederatedConfig = field(default_factory=FederatedConfig)  # family "federated"
+    lazy: LazyConfig = field(default_factory=LazyConfig)           # family "lazy" (its seed is `seed`)
+    run: RunConfig = field(default_factory=RunConfig)              # checkpoints, f*
+
+    def __post_init__(self):
+        if self.family not in FAMILIES:
+            raise ValueError(f"family must be one of {list(FAMILIES)}, got {self.family!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
+        # The lazy family's config carries a seed of its own; the experiment's seed is the one source.
+        if self.lazy.seed != self.seed:
+            object.__setattr__(self, "lazy", dataclasses.replace(self.lazy, seed=self.seed))
+        if self.data.partition == "natural" and self.n_clients != self.data.synthetic_devices:
+            raise ValueError(
+                f"data.synthetic_devices ({self.data.synthetic_devices}) must equal {self.clients_setting} "
+                f"({self.n_clients}) with data.partition = 'natural' (one client per device)")
+
+    @property
+    def algorithm(self) -> FederatedConfig | LazyConfig:
+        """The active family's settings."""
+        return self.federated if self.family == "federated" else self.lazy
+
+    @property
+    def n_clients(self) -> int:
+        """Clients (federated) or workers (lazy) that hold data."""
+        return self.federated.n_clients if self.family == "federated" else self.lazy.n_workers
+
+    @property
+    def clients_setting(self) -> str:
+        return "federated.n_clients" if self.family == "federated" else "lazy.n_workers"
+
+    @property
+    def steps(self) -> int:
+        """Rounds (federated) or iterations (lazy) of a complete run."""
+        return self.federated.rounds if self.family == "federated" else self.lazy.iterations
+
+    @property
+    def pipeline(self) -> str:
+        """The preprocessing pipeline in effect: ``data.pipeline`` or the family's."""
+        return self.data.pipeline or FAMILY_PIPELINES[self.family]
+
+    @property
+    def method(self) -> str:
+        return self.algorithm.method
+
+
+#: The tables of a config file and the dataclass each is validated into.
+TABLES: dict[str, type] = {"data": DataConfig, "federated": FederatedConfig, "lazy": LazyConfig,
+                           "run": RunConfig}
+#: Top-level scalar settings.
+TOP_LEVEL = ("family", "seed")
+#: Dataclass fields that a config file does not set (derived from other settings).
+DERIVED = {("lazy", "seed"): "the top-level `seed`"}
+
+
+def table_fields(table: str) -> list[str]:
+    """The settings of ``table`` that a config file may hold, in declaration order."""
+    return [f.name for f in dataclasses.fields(TABLES[table]) if (table, f.name) not in DERIVED]
+
+
+def all_settings() -> list[str]:
+    """Every valid dotted setting name: ``family``, ``seed``, ``data.dataset``, ..."""
+    return list(TOP_LEVEL) + [f"{table}.{name}" for table in TABLES for name in table_fields(table)]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# types
+
+
+_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _toml_type_name(value) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "float"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, dict):
+        return "table"
+    if isinstance(value, list):
+        return "array"
+    return type(value).__name__
+
+
+def _allowed_types(annotation) -> tuple[type, ...]:
+    """The concrete types of a field annotation, ``None`` left out (TOML cannot say None)."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return tuple(arg for arg in typing.get_args(annotation) if arg is not type(None))
+    return (annotation,)
+
+
+def coerce(value, annotation, setting: str):
+    """``value`` checked against a field annotation (int -> float where a float is wanted; ``None`` where
+    the annotation allows it).
+
+    Raises
+    ------
+    ConfigError
+        Naming ``setting``, the expected type and what was given.
+    """
+    allowed = _allowed_types(annotation)
+    if value is None and len(allowed) < len(typing.get_args(annotation)):
+        return None       # an optional setting left unset (possible from Python, not from TOML)
+    for kind in allowed:
+        if kind is bool and isinstance(value, bool):
+            return value
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if kind is str and isinstance(value, str):
+            return value
+    words = " or ".join(_TYPE_WORDS.get(kind, kind.__name__) for kind in allowed)
+    raise ConfigError(f"{setting} must be {words}, got {_format_value(value)} ({_toml_type_name(value)})")
+
+
+def _format_value(value) -> str:
+    """A value as it would be written in TOML (shortened if long)."""
+    try:
+        text = toml_value(value)
+    except TypeError:
+        text = json.dumps(value, default=str) if isinstance(value, (dict, list)) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+# ---------------------------------------------------------------------------------------------------------
+# keys
+
+
+def suggest(key: str, table: str | None = None) -> str | None:
+    """The valid dotted setting closest to ``key`` (``table`` is where the key was met), or None.
+
+    Tried in order: the closest field of the same table (``difflib``, cutoff 0.6); a field of that exact
+    name in another table (``lr`` -> ``federated.lr``); the closest field name in any table.
+    """
+    name = key.rsplit(".", 1)[-1]
+    if table in TABLES:
+        close = difflib.get_close_matches(name, table_fields(table), n=1, cutoff=0.6)
+        if close:
+            return f"{table}.{close[0]}"
+    elif table is None:
+        close = difflib.get_close_matches(name, list(TOP_LEVEL) + list(TABLES), n=1, cutoff=0.6)
+        if close:
+            return close[0]
+    exact = [f"{other}.{name}" for other in TABLES if name in table_fields(other)]
+    if exact:
+        return exact[0]
+    qualified = {field_name: f"{other}.{field_name}" for other in reversed(list(TABLES))
+                 for field_name in table_fields(other)}
+    close = difflib.get_close_matches(name, list(qualified), n=1, cutoff=0.6)
+    return qualified[close[0]] if close else None
+
+
+def _unknown_key(dotted: str, table: str | None, source: str) -> ConfigError:
+    hint = suggest(dotted, table)
+    where = f" in {source}" if source else ""
+    if hint is not None:
+        return ConfigError(f"unknown setting '{dotted}'{where}; did you mean '{hint}'?")
+    if table in TABLES:
+        valid = ", ".join(table_fields(table))
+        return ConfigError(f"unknown setting '{dotted}'{where}; [{table}] has: {valid}")
+    valid = ", ".join(list(TOP_LEVEL) + [f"[{name}]" for name in TABLES])
+    return ConfigError(f"unknown setting '{dotted}'{where}; the top level has: {valid}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# dict <-> config
+
+
+def _build_table(table: str, values: dict, source: str):
+    cls = TABLES[table]
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in values.items():
+        if (table, key) in DERIVED:
+            raise ConfigError(f"{table}.{key} cannot be set here; set {DERIVED[(table, key)]} instead")
+        if key not in hints or key not in table_fields(table):
+            raise _unknown_key(f"{table}.{key}", table, source)
+        kwargs[key] = coerce(value, hints[key], f"{table}.{key}")
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as error:
+        message = _one_line(error)
+        # The dataclasses' messages start with the setting's name: make it the dotted one.
+        first_word = re.match(r"\w+", message)
+        named = first_word is not None and first_word.group(0) in table_fields(table)
+        raise ConfigError(f"{table}.{message}" if named else f"[{table}] {message}") from None
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
+
+
+def config_from_dict(raw: dict, source: str = "") -> ExperimentConfig:
+    """Validate a parsed TOML document (nested dicts) into an :class:`ExperimentConfig`.
+
+    Parameters
+    ----------
+    raw : dict
+        ``{"family": ..., "seed": ..., "data": {...}, "federated": {...}, "lazy": {...}, "run": {...}}``;
+        every key optional.
+    source : str
+        Where the document came from (a file name), for error messages.
+
+    Raises
+    ------
+    ConfigError
+        One line: the setting, what is allowed, what was given.
+    """
+    top, tables = {}, {}
+    for key, value in raw.items():
+        if key in TABLES:
+            if not isinstance(value, dict):
+                raise ConfigError(f"'{key}' must be a table ([{key}]), got {_format_value(value)} "
+                                  f"({_toml_type_name(value)})")
+            tables[key] = _build_table(key, value, source)
+        elif key in TOP_LEVEL:
+            top[key] = coerce(value, int if key == "seed" else str, key)
+        else:
+            raise _unknown_key(key, None, source)
+    try:
+        return ExperimentConfig(**top, **tables)
+    except ValueError as error:
+        raise ConfigError(_one_line(error)) from None
+
+
+def config_to_dict(config: ExperimentConfig, *, keep_unset: bool = False) -> dict:
+    """Nested plain dict of ``config`` (derived settings left out; ``None`` values only if ``keep_unset``)."""
+    document = {"family": config.family, "seed": config.seed}
+    for table in TABLES:
+        section = getattr(config, table)
+        document[table] = {name: getattr(section, name) for name in table_fields(table)
+                           if keep_unset or getattr(section, name) is not None}
+    return document
+
+
+# ---------------------------------------------------------------------------------------------------------
+# TOML text
+
+
+def parse_toml(text: str, source: str = "") -> dict:
+    """``tomllib.loads`` with its error turned into a one-line :class:`ConfigError`."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        where = f"{source}: " if source else ""
+        raise ConfigError(f"{where}not valid TOML: {_one_line(error)}") from None
+
+
+def load_config_file(path, overrides=(), source: str | None = None) -> ExperimentConfig:
+    """Read, override (:func:`apply_overrides`) and validate the TOML config at ``path``."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"cannot read config file {path}: {_one_line(error)}") from None
+    name = source or path.name
+    return config_from_dict(apply_overrides(parse_toml(text, name), overrides), name)
+
+
+def toml_value(value) -> str:
+    """One value as TOML: a boolean, integer, float (``repr``, exact) or basic string."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, str):
+        # JSON string escapes are TOML basic-string escapes; DEL must be escaped in TOML, not in JSON.
+        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
+    raise TypeError(f"cannot write {type(value).__name__} {value!r} as a TOML value")
+
+
+def field_comments(cls) -> dict[str, str]:
+    """The one-line comment beside each field of a dataclass's source (empty if the source is missing)."""
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return {}
+    names = {f.name for f in dataclasses.fields(cls)}
+    comments = {}
+    for line in source.splitlines():
+        match = re.match(r"\s+(\w+)\s*:[^#]*#\s*(.+?)\s*$", line)
+        if match and match.group(1) in names:
+            comments[match.group(1)] = match.group(2)
+    return comments
+
+
+def _unset_meaning(config: ExperimentConfig, table: str, name: str) -> str:
+    """What an unset (None) setting means for this config, for the comment written in its place."""
+    if (table, name) == ("data", "pipeline"):
+        return f"the family's, {toml_value(FAMILY_PIPELINES[config.family])}"
+    if (table, name) == ("data", "data_dir"):
+        return "only the standard search path (FEDSIM_DATA, data/, the cache)"
+    if table == "federated" and name in ("accumulate_up", "accumulate_down", "aggregation"):
+        return f"the method's, {toml_value(getattr(config.federated.scheme, name))}"
+    if (table, name) == ("run", "f_star"):
+        return "the smallest objective among the runs compared"
+    return "default"
+
+
+def config_to_toml(config: ExperimentConfig, header: str = "", comments: bool = True) -> str:
+    """``config`` as TOML text with every setting written out.
+
+    Unset (``None``) settings become comment lines ``# name = (unset: meaning)``; reading the text back
+    with :func:`parse_toml` and :func:`config_from_dict` gives a config equal to ``config``. With
+    ``comments``, each setting carries its field's one-line comment.
+    """
+    lines = [f"# {line}".rstrip() for line in header.splitlines()] if header else []
+    top_comments = field_comments(ExperimentConfig) if comments else {}
+    for key in TOP_LEVEL:
+        lines.append(_setting_line(key, getattr(config, key), top_comments.get(key)))
+    for table in TABLES:
+        section = getattr(config, table)
+        lines.append("")
+        if table in FAMILIES and table != config.family:
+            lines.append(f"# not used: family = {toml_value(config.family)}")
+        lines.append(f"[{table}]")
+        notes = field_comments(type(section)) if comments else {}
+        for name in table_fields(table):
+            value = getattr(section, name)
+            if value is None:
+                lines.append(f"# {name} = (unset: {_unset_meaning(config, table, name)})")
+            else:
+                lines.append(_setting_line(name, value, notes.get(name)))
+    return "\n".join(lines) + "\n"
+
+
+def _setting_line(name: str, value, comment: str | None) -> str:
+    line = f"{name} = {toml_value(value)}"
+    return f"{line:<40} # {comment}" if comment else line
+
+
+# ---------------------------------------------------------------------------------------------------------
+# --set overrides
+
+
+def parse_override(text: str) -> tuple[list[str], object]:
+    """``"federated.lr=0.1"`` -> (``["federated", "lr"]``, ``0.1``).
+
+    The value is read as a TOML value (``0.1``, ``true``, ``"text"``, ``[1, 2]``); text that is not valid
+    TOML is taken as a bare string, so ``data.dataset=fashion-mnist`` needs no quotes.
+    """
+    key, sep, value_text = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set needs key=value (e.g. federated.lr=0.1), got {text!r}")
+    parts = key.split(".")
+    if len(parts) > 2 or not all(parts):
+        raise ConfigError(f"--set key must be a setting like 'seed' or 'federated.lr', got {key!r}")
+    value_text = value_text.strip()
+    try:
+        value = tomllib.loads(f"value = {value_text}")["value"]
+    except tomllib.TOMLDecodeError:
+        value = value_text
+    return parts, value
+
+
+def apply_overrides(raw: dict, overrides=()) -> dict:
+    """A copy of the parsed document ``raw`` with each override set.
+
+    Each override is a ``"key=value"`` string (:func:`parse_override`) or a ``(dotted_key, value)`` pair.
+    """
+    document = {key: dict(value) if isinstance(value, dict) else value for key, value in raw.items()}
+    for item in overrides:
+        if isinstance(item, tuple):     # an already parsed (dotted key, value) pair
+            parts, value = item[0].split("."), item[1]
+        else:
+            parts, value = parse_override(item)
+        if len(parts) == 1:
+            if parts[0] in TABLES:
+                raise ConfigError(f"--set {parts[0]}=... needs a setting of the table, like "
+                                  f"{parts[0]}.{table_fields(parts[0])[0]}=...")
+            document[parts[0]] = value
+            continue
+        table, name = parts
+        if table not in TABLES:
+            raise _unknown_key(f"{table}.{name}", None, "--set")
+        section = document.setdefault(table, {})
+        if not isinstance(section, dict):
+            raise ConfigError(f"'{table}' must be a table ([{table}]), got {_format_value(section)}")
+        section[name] = value
+    return document
+
+
+# ---------------------------------------------------------------------------------------------------------
+# presets
+
+
+PRESETS_PACKAGE = "fedsim.presets"
+
+
+def _preset_files() -> dict:
+    folder = resources.files(PRESETS_PACKAGE)
+    return {entry.name[:-len(".toml")]: entry for entry in folder.iterdir() if entry.name.endswith(".toml")}
+
+
+def list_presets() -> dict[str, str]:
+    """Preset name -> one-line description (the first comment line of its file), sorted by name."""
+    presets = {}
+    for name, entry in sorted(_preset_files().items()):
+        first = entry.read_text(encoding="utf-8").splitlines()[0] if entry.is_file() else ""
+        presets[name] = first.lstrip("#").strip()
+    return presets
+
+
+def preset_text(name: str) -> str:
+    """The TOML text of preset ``name``."""
+    files = _preset_files()
+    if name not in files:
+        close = difflib.get_close_matches(name, list(files), n=1, cutoff=0.5)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise ConfigError(f"unknown preset '{name}'; {hint}presets: {', '.join(sorted(files))}")
+    return files[name].read_text(encoding="utf-8")
+
+
+def load_preset(name: str, overrides=()) -> ExperimentConfig:
+    """Preset ``name`` with ``overrides`` applied, validated."""
+    source = f"preset {name}"
+    return config_from_dict(apply_overrides(parse_toml(preset_text(name), source), overrides), source)
+
+
+__all__ = ["ConfigError", "ExperimentConfig", "FAMILIES", "RunConfig", "TABLES", "all_settings",
+           "apply_overrides", "coerce", "config_from_dict", "config_to_dict", "config_to_toml",
+           "list_presets", "load_config_file", "load_preset", "parse_override", "parse_toml", "preset_text",
+           "suggest", "table_fields", "toml_value"]

@@ -1,0 +1,396 @@
+"""The ``fedsim`` command, run as a subprocess of the installed package (``python -m fedsim`` and the
+console script): configs and their errors, runs, kill -9 / Ctrl-C and resume, plots, compare, data."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fedsim.cli import main, plot_folder
+from fedsim.config import config_from_dict, load_preset, parse_toml
+from fedsim.runner import RunFolder, read_run, start_run, strip_wall_time
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
+
+TINY = ["--set", "data.synthetic_devices=8", "--set", "federated.n_clients=8"]
+TINY_LAZY = ["--set", "data.synthetic_devices=6", "--set", "lazy.n_workers=6", "--set", "lazy.iterations=20",
+             "--set", "lazy.eval_every=10"]
+# The run that is killed: long enough to be caught mid-way (a few seconds), checkpoints every 2 rounds.
+LONG = TINY + ["--set", "federated.rounds=100", "--set", "run.checkpoint_every=2"]
+
+
+def clean_env(tmp_path: Path, **extra) -> dict:
+    """The environment of a fedsim subprocess: no developer data, a private download cache."""
+    env = dict(os.environ)
+    for variable in ("FEDSIM_DATA", "FEDSIM_MIRRORS", "XDG_CACHE_HOME"):
+        env.pop(variable, None)
+    env.update(FEDSIM_NO_REPO_DATA="1", FEDSIM_CACHE=str(tmp_path / "cache"), COLUMNS="200")
+    env.update(extra)
+    return env
+
+
+def fedsim(tmp_path, *args, timeout=120, **env):
+    """Run ``python -m fedsim ARGS`` in ``tmp_path``; returns the CompletedProcess (text)."""
+    return subprocess.run([sys.executable, "-m", "fedsim", *map(str, args)], cwd=tmp_path,
+                          env=clean_env(tmp_path, **env), capture_output=True, text=True, timeout=timeout)
+
+
+def error_lines(stderr: str) -> list[str]:
+    """stderr without Python warnings (``file:line: XWarning: ...`` and the source line under it), which
+    come from imported libraries, not from the command's own error reporting."""
+    lines, skip_next = [], False
+    for line in stderr.splitlines():
+        if skip_next and line.startswith(" "):
+            skip_next = False
+            continue
+        skip_next = False
+        if re.match(r"^\S.*:\d+: \w*Warning: ", line):
+            skip_next = True
+            continue
+        if line.strip():
+            lines.append(line)
+    return lines
+
+
+def assert_one_error_line(result, *fragments):
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    lines = error_lines(result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    assert len(lines) == 1, f"want one error line, got:\n{result.stderr}"
+    assert lines[0].startswith("fedsim: error: "), lines[0]
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+def history_without_time(run_dir) -> list[dict]:
+    return strip_wall_time(RunFolder(run_dir).read_history())
+
+
+def wait_for_checkpoint(process, run_dir: Path, at_least: int, timeout: float = 60.0) -> int:
+    """Poll checkpoint.json until it records ``at_least`` completed rounds; returns that count."""
+    note = run_dir / "checkpoint.json"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"the run ended before it could be stopped: {process.communicate()}"
+        if note.is_file():
+            completed = json.loads(note.read_text())["completed"]
+            if completed >= at_least:
+                return completed
+        time.sleep(0.02)
+    process.kill()
+    raise AssertionError(f"no checkpoint with {at_least} rounds within {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def reference_history(tmp_path_factory):
+    """Records (without wall time) of the LONG run, uninterrupted, run in this process."""
+    config = load_preset("synthetic", LONG[1::2])     # the values of the --set pairs
+    out = tmp_path_factory.mktemp("reference") / "run"
+    assert start_run(config, out, name="reference", quiet=True).status == "completed"
+    return history_without_time(out)
+
+
+# --- configs ------------------------------------------------------------------------------------------------
+
+def test_console_script_and_version(tmp_path):
+    script = Path(sys.executable).with_name("fedsim")
+    if not script.is_file():
+        pytest.skip("the fedsim console script is not installed next to this Python")
+    result = subprocess.run([str(script), "presets"], capture_output=True, text=True, cwd=tmp_path,
+                            env=clean_env(tmp_path), timeout=60)
+    assert result.returncode == 0, result.stderr
+    names = [line.split()[0] for line in result.stdout.splitlines()]
+    assert {"stc-mnist", "laq-mnist", "synthetic", "laq-synthetic"} <= set(names), result.stdout
+    version = fedsim(tmp_path, "--version")
+    assert version.returncode == 0 and version.stdout.startswith("fedsim "), version
+
+
+def test_show_config_prints_every_setting_as_toml(tmp_path):
+    result = fedsim(tmp_path, "show-config", "--preset", "synthetic", "--set", "federated.lr=0.125",
+                    "--seed", "5")
+    assert result.returncode == 0, result.stderr
+    document = tomllib.loads(result.stdout)
+    assert document["seed"] == 5 and document["federated"]["lr"] == 0.125
+    assert document["data"]["dataset"] == "synthetic" and document["federated"]["batch_size"] == 10
+    assert config_from_dict(document) == load_preset("synthetic", ["federated.lr=0.125", "seed=5"])
+    defaults = fedsim(tmp_path, "show-config")
+    assert defaults.returncode == 0 and 'method = "stc_updown"' in defaults.stdout
+
+
+def test_show_config_of_a_file(tmp_path):
+    (tmp_path / "exp.toml").write_text('family = "lazy"\n[lazy]\nmethod = "gd"\n')
+    result = fedsim(tmp_path, "show-config", "exp.toml", "--dataset", "fashion-mnist")
+    assert result.returncode == 0, result.stderr
+    document = tomllib.loads(result.stdout)
+    assert (document["family"], document["lazy"]["method"], document["data"]["dataset"]) == \
+        ("lazy", "gd", "fashion-mnist")
+
+
+def test_bad_config_file_gives_one_error_line_and_exit_2(tmp_path):
+    (tmp_path / "exp.toml").write_text("[federated]\nlrr = 0.1\n")
+    assert_one_error_line(fedsim(tmp_path, "run", "exp.toml", "--quiet"),
+                          "unknown setting 'federated.lrr' in exp.toml; did you mean 'federated.lr'?")
+    bad_type = fedsim(tmp_path, "show-config", "--preset", "synthetic", "--set", "federated.lr=fast")
+    assert_one_error_line(bad_type, 'federated.lr must be a number, got "fast" (string)')
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.fixture
+def in_process(tmp_path, monkeypatch, capsys):
+    """``fedsim.cli.main`` called in this process, in ``tmp_path``: returns (exit status, stdout, stderr)."""
+    monkeypatch.chdir(tmp_path)
+    for variable, value in clean_env(tmp_path).items():
+        monkeypatch.setenv(variable, value)
+    for variable in ("FEDSIM_DATA", "FEDSIM_MIRRORS", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(variable, raising=False)
+
+    def call(*args):
+        status = main([str(arg) for arg in args])
+        captured = capsys.readouterr()
+        return status, captured.out, captured.err
+    return call
+
+
+@pytest.mark.parametrize("text, args, fragments", [
+    ("[federated]\nlr = \"fast\"\n", [], ['federated.lr must be a number, got "fast" (string)']),
+    ("[federated]\np_up = 1.5\n", [], ["federated.p_up must be in (0, 1], got 1.5"]),
+    ("[federated\n", [], ["exp.toml: not valid TOML"]),
+    ("", ["--set", "federated.rounds=0"], ["federated.rounds must be an integer >= 1, got 0"]),
+    ("", ["--set", "data.datset=mnist"], ["did you mean 'data.dataset'?"]),
+    ("", ["--set", "federated.lr"], ["--set needs key=value"]),
+    ("", ["--dataset", "cifar"], ["data.dataset must be one of"]),
+    ("[lazy]\nseed = 1\n", [], ["lazy.seed cannot be set here; set the top-level `seed` instead"]),
+])
+def test_bad_configs(in_process, tmp_path, text, args, fragments):
+    (tmp_path / "exp.toml").write_text(text)
+    status, out, err = in_process("run", "exp.toml", "--quiet", *args)
+    assert status == 2 and out == "" and err.count("\n") == 1 and err.startswith("fedsim: error: "), err
+    for fragment in fragments:
+        assert fragment in err, (fragment, err)
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["run", "--preset", "stc-minst"], ["did you mean 'stc-mnist'"]),
+    (["run", "missing.toml"], ["config file missing.toml does not exist"]),
+    (["run", "exp.toml", "--preset", "synthetic"], ["not both"]),
+    (["run"], ["give a CONFIG file or --preset NAME"]),
+    (["run", "--resume", "somewhere", "--set", "seed=1"],
+     ["--resume continues a run with the config saved in its folder", "--set"]),
+    (["run", "--resume", "nowhere"], ["nowhere is not a fedsim run folder"]),
+    (["run", "--preset", "synthetic", "--set", "data.partition=classes_per_client", "--set",
+      "federated.n_clients=100000"], ["the config does not fit the data"]),
+    (["compare", "nothing"], ["nothing is not a fedsim run folder"]),
+    (["data", "fetch", "synthetic"], ["needs no files"]),
+])
+def test_command_line_errors(in_process, tmp_path, args, fragments):
+    (tmp_path / "exp.toml").write_text("")
+    status, out, err = in_process(*args)
+    assert status == 2 and err.count("\n") == 1 and err.startswith("fedsim: error: "), err
+    for fragment in fragments:
+        assert fragment in err, (fragment, err)
+
+
+# --- runs ---------------------------------------------------------------------------------------------------
+
+def test_run_writes_a_run_folder(tmp_path):
+    result = fedsim(tmp_path, "run", "--preset", "synthetic", *TINY, "--set", "federated.rounds=3")
+    assert result.returncode == 0, result.stderr
+    assert "run completed: 3 rounds; final test accuracy" in result.stdout
+    folders = list((tmp_path / "runs").iterdir())
+    assert len(folders) == 1 and re.fullmatch(r"synthetic-\d{8}-\d{6}", folders[0].name), folders
+    run_dir = folders[0]
+    assert f"results: {Path('runs') / run_dir.name}" in result.stdout
+    assert {"config.toml", "meta.json", "history.jsonl", "summary.json", "checkpoint.npz",
+            "checkpoint.json"} <= set(os.listdir(run_dir))
+    config = config_from_dict(parse_toml((run_dir / "config.toml").read_text()))
+    assert config == load_preset("synthetic", ["data.synthetic_devices=8", "federated.n_clients=8",
+                                               "federated.rounds=3"])
+    assert len(RunFolder(run_dir).read_history()) == 3
+    # --quiet: only the run folder on stdout, nothing on stderr but library warnings
+    quiet = fedsim(tmp_path, "run", "--preset", "synthetic", *TINY, "--set", "federated.rounds=2", "--quiet",
+                   "--out", "q")
+    assert quiet.returncode == 0 and quiet.stdout.strip() == "q" and error_lines(quiet.stderr) == []
+
+
+def test_a_finished_run_folder_is_neither_overwritten_nor_resumed(in_process, tmp_path):
+    assert in_process("run", "--preset", "synthetic", *TINY, "--set", "federated.rounds=2", "--quiet",
+                      "--out", "q")[0] == 0
+    status, _, err = in_process("run", "--preset", "synthetic", "--out", "q")
+    assert status == 2 and "q already holds a run; continue it with `fedsim run --resume q`" in err, err
+    status, _, err = in_process("run", "--resume", "q")
+    assert status == 0 and "nothing to resume in q: the run already ended (completed)" in err, err
+
+
+def test_lazy_run(tmp_path):
+    result = fedsim(tmp_path, "run", "--preset", "laq-synthetic", *TINY_LAZY, "--out", "lazy")
+    assert result.returncode == 0, result.stderr
+    assert "run completed: 20 iterations" in result.stdout
+    history = RunFolder(tmp_path / "lazy").read_history()
+    assert [r["iteration"] for r in history] == list(range(20))
+    assert json.loads((tmp_path / "lazy" / "summary.json").read_text())["status"] == "completed"
+
+
+def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path, reference_history):
+    run_dir = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, "-m", "fedsim", "run", "--preset", "synthetic", *LONG,
+                                "--quiet", "--out", str(run_dir)], cwd=tmp_path, env=clean_env(tmp_path),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_for_checkpoint(process, run_dir, at_least=10)
+        process.send_signal(signal.SIGKILL)
+        process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == -signal.SIGKILL
+    checkpointed = json.loads((run_dir / "checkpoint.json").read_text())["completed"]
+    recorded = len(RunFolder(run_dir).read_history())
+    assert 10 <= checkpointed <= recorded < 100, (checkpointed, recorded)
+    assert not (run_dir / "summary.json").exists()
+
+    resumed = fedsim(tmp_path, "run", "--resume", run_dir, "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    history = history_without_time(run_dir)
+    assert len(history) == len(reference_history) == 100
+    assert history == reference_history
+    meta = json.loads((run_dir / "meta.json").read_text())
+    assert [session["from"] for session in meta["sessions"]] == [0, checkpointed]
+
+
+def test_ctrl_c_stops_cleanly_and_resumes(tmp_path, reference_history):
+    run_dir = tmp_path / "interrupted"
+    process = subprocess.Popen([sys.executable, "-m", "fedsim", "run", "--preset", "synthetic", *LONG,
+                                "--out", str(run_dir)], cwd=tmp_path, env=clean_env(tmp_path),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_checkpoint(process, run_dir, at_least=4)
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, (process.returncode, stderr)
+    assert "Traceback" not in stderr
+    assert f"fedsim run --resume {run_dir}" in stderr, stderr
+    done = json.loads((run_dir / "checkpoint.json").read_text())["completed"]
+    assert len(RunFolder(run_dir).read_history()) == done     # stopped at the checkpointed round boundary
+    assert re.search(rf"interrupted after {done} of 100 rounds", stderr), stderr
+    resumed = fedsim(tmp_path, "run", "--resume", run_dir, "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    assert history_without_time(run_dir) == reference_history
+
+
+# --- results ------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def finished_runs(tmp_path_factory):
+    """Two federated runs and two lazy runs, made in this process."""
+    root = tmp_path_factory.mktemp("finished")
+    settings = ["data.synthetic_devices=8", "federated.n_clients=8", "federated.rounds=6"]
+    lazy = ["data.synthetic_devices=6", "lazy.n_workers=6", "lazy.iterations=30", "lazy.eval_every=10"]
+    specs = {"stc": ("synthetic", settings), "fedavg": ("synthetic", settings + ["federated.method=fedavg"]),
+             "laq": ("laq-synthetic", lazy), "gd": ("laq-synthetic", lazy + ["lazy.method=gd"])}
+    for name, (preset, overrides) in specs.items():
+        outcome = start_run(load_preset(preset, overrides), root / name, name=name, quiet=True)
+        assert outcome.status == "completed"
+    return root
+
+
+def test_plot_writes_png_and_svg(tmp_path, finished_runs):
+    runs = [finished_runs / name for name in ("stc", "fedavg", "laq", "gd")]
+    result = fedsim(tmp_path, "plot", *runs, "--out", "figures")
+    assert result.returncode == 0, result.stderr
+    expected = {f"{stem}.{kind}" for stem in ("federated_accuracy", "lazy_residual", "lazy_uploads")
+                for kind in ("png", "svg")}
+    assert set(os.listdir(tmp_path / "figures")) == expected
+    for name in expected:
+        data = (tmp_path / "figures" / name).read_bytes()
+        assert data.startswith(b"\x89PNG") if name.endswith(".png") else b"<svg" in data[:1000], name
+    assert len(result.stdout.splitlines()) == 6
+    # without --out: into the run folder for one run, into ./plots for several
+    one, two = read_run(runs[0]), read_run(runs[2])
+    assert plot_folder([one]) == runs[0] / "plots"
+    assert plot_folder([one, two]) == Path("plots") and plot_folder([one], "x") == Path("x")
+
+
+def test_compare_prints_a_table(tmp_path, finished_runs):
+    runs = [finished_runs / name for name in ("stc", "fedavg", "laq", "gd")]
+    result = fedsim(tmp_path, "compare", *runs, "--target-accuracy", "0.5", "--target-residual", "1e-3")
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+    assert "federated runs (target: test accuracy >= 0.5)" in text
+    assert "lazy runs (target: f - f* <= 0.001; f* = " in text
+    rows = {line.split()[0]: line.split() for line in text.splitlines() if line.split()
+            and line.split()[0] in ("stc", "fedavg", "laq", "gd")}
+    assert set(rows) == {"stc", "fedavg", "laq", "gd"}
+    stc = json.loads((finished_runs / "stc" / "summary.json").read_text())
+    assert rows["stc"][1:5] == ["stc_updown", "6", f"{stc['final_test_accuracy']:.4f}",
+                                f"{stc['best_test_accuracy']:.4f}"]
+    assert rows["gd"][2] == "30" and rows["gd"][-1] == "completed"
+    bad = fedsim(tmp_path, "compare", *runs, "--target-accuracy", "2")
+    assert_one_error_line(bad, "--target-accuracy must be in [0, 1]")
+
+
+# --- data ---------------------------------------------------------------------------------------------------
+
+def test_data_info_reports_where_and_how_files_verified(tmp_path, shared_data):
+    result = fedsim(tmp_path, "data", "info", FEDSIM_DATA=str(shared_data))
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+    assert f"{shared_data}  [FEDSIM_DATA]" in text and f"download cache: {tmp_path / 'cache'}" in text
+    block = text.split("fashion-mnist:")[1].split("synthetic:")[0]
+    assert block.count("verified by") == 4, text
+    assert str(shared_data / "fashion-mnist" / "train-images-idx3-ubyte.gz") in block
+    mnist = text.split("mnist:")[1].split("fashion-mnist:")[0]
+    assert re.search(r"train-images\s+not found", mnist) and mnist.count("verified by md5") == 3, text
+
+
+def test_data_fetch_downloads_verifies_and_reports(tmp_path, shared_data):
+    mirror = shared_data.resolve().as_uri()          # file:///.../data, laid out as <base>/<name>/<file>
+    result = fedsim(tmp_path, "data", "fetch", "fashion-mnist", FEDSIM_MIRRORS=mirror)
+    assert result.returncode == 0, result.stderr
+    cached = tmp_path / "cache" / "fashion-mnist"
+    assert sorted(os.listdir(cached)) == sorted(["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+                                                 "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"])
+    assert result.stdout.count("verified by") == 4 and str(cached) in result.stdout
+    # MNIST's train images are not on this mirror: the three others arrive, the error says what is missing
+    partial = fedsim(tmp_path, "data", "fetch", "mnist", FEDSIM_MIRRORS=mirror)
+    assert partial.returncode == 1
+    assert "no verified copy of train-images" in partial.stderr and "Traceback" not in partial.stderr
+    assert partial.stdout.count("verified by") == 3
+
+
+# --- real data ----------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_real_data_runs_of_both_families(tmp_path, shared_data):
+    federated = fedsim(tmp_path, "run", "--preset", "stc-mnist", "--dataset", "fashion-mnist", "--data-dir",
+                       shared_data, "--set", "data.train_split=test", "--set", "federated.n_clients=10",
+                       "--set", "federated.rounds=2", "--set", "federated.eval_train_samples=500",
+                       "--quiet", "--out", "fashion")
+    assert federated.returncode == 0, federated.stderr
+    history = RunFolder(tmp_path / "fashion").read_history()
+    assert len(history) == 2 and 0.1 < history[-1]["test_accuracy"] <= 1
+    saved = tomllib.loads((tmp_path / "fashion" / "config.toml").read_text())
+    assert saved["data"]["data_dir"] == str(shared_data.resolve())
+    lazy = fedsim(tmp_path, "run", "--preset", "laq-mnist", "--set", "data.train_split=test",
+                  "--set", "lazy.iterations=3", "--quiet", "--out", "mnist-laq", FEDSIM_DATA=str(shared_data))
+    assert lazy.returncode == 0, lazy.stderr
+    records = RunFolder(tmp_path / "mnist-laq").read_history()
+    assert len(records) == 3 and records[0]["uploads"] == list(range(10))
+
+
+def test_missing_data_is_a_data_error_not_a_config_error(in_process):
+    status, out, err = in_process("run", "--preset", "stc-mnist", "--set", "data.download=false", "--quiet")
+    assert status == 1 and out == ""
+    assert err.startswith("fedsim: error: dataset 'mnist': no verified copy of") and "How to fix" in err, err

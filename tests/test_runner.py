@@ -1,0 +1,277 @@
+"""Run folders: atomic files, history/checkpoint consistency, summaries, crash / interrupt and resume."""
+
+import json
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from fedsim.algorithms.federated import FederatedRun
+from fedsim.config import ConfigError, load_preset
+from fedsim.runner import (CHECKPOINT_FILE, CHECKPOINT_NOTE_FILE, CONFIG_FILE, HISTORY_FILE, META_FILE,
+                           SUMMARY_FILE, RunFolder, RunFolderError, atomic_write_bytes, default_run_dir,
+                           federated_reach, lazy_bits_before, lazy_f_star, lazy_reach, read_run, resume_run,
+                           start_run, strip_wall_time, summarize)
+
+# Small offline configs: 8 synthetic devices, a dozen rounds (about 10 ms each).
+TINY_FEDERATED = ["data.synthetic_devices=8", "federated.n_clients=8", "federated.rounds=12",
+                  "run.checkpoint_every=4"]
+TINY_LAZY = ["data.synthetic_devices=6", "lazy.n_workers=6", "lazy.iterations=25", "lazy.eval_every=10"]
+
+
+def tiny_federated(*overrides):
+    return load_preset("synthetic", TINY_FEDERATED + list(overrides))
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    """An uninterrupted tiny federated run: (config, its records without wall time)."""
+    config = tiny_federated()
+    out = tmp_path_factory.mktemp("reference") / "run"
+    outcome = start_run(config, out, name="reference", quiet=True)
+    assert outcome.status == "completed"
+    return config, strip_wall_time(RunFolder(out).read_history())
+
+
+# --- atomic files -------------------------------------------------------------------------------------------
+
+def test_atomic_write_replaces_whole_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "file.json"
+    atomic_write_bytes(path, b"old")
+    atomic_write_bytes(path, b"new content")
+    assert path.read_bytes() == b"new content"
+    assert sorted(os.listdir(tmp_path)) == ["file.json"]
+
+
+def test_atomic_write_that_fails_keeps_the_old_content(tmp_path, monkeypatch):
+    path = tmp_path / "file.json"
+    atomic_write_bytes(path, b"old")
+
+    def broken_replace(source, target):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write_bytes(path, b"new")
+    assert path.read_bytes() == b"old"
+    assert sorted(os.listdir(tmp_path)) == ["file.json"]
+
+
+# --- the folder ---------------------------------------------------------------------------------------------
+
+def test_history_is_cut_back_to_the_checkpoint(tmp_path):
+    folder = RunFolder(tmp_path)
+    lines = [json.dumps({"round": r}) for r in range(1, 6)]
+    (tmp_path / HISTORY_FILE).write_text("\n".join(lines) + "\n" + '{"round": 6, "tr')   # half-written line
+    assert [r["round"] for r in folder.read_history()] == [1, 2, 3, 4, 5]
+    folder.truncate_history(3)
+    assert (tmp_path / HISTORY_FILE).read_text() == "\n".join(lines[:3]) + "\n"
+    folder.truncate_history(0)
+    assert (tmp_path / HISTORY_FILE).read_bytes() == b""
+    # fewer records than the checkpoint: rebuilt from the checkpoint's own copy, or refused
+    folder.truncate_history(2, [{"round": 1}, {"round": 2}])
+    assert folder.read_history() == [{"round": 1}, {"round": 2}]
+    with pytest.raises(RunFolderError, match="holds 2 records but the checkpoint has 4"):
+        folder.truncate_history(4)
+
+
+def test_checkpoint_round_trip(tmp_path):
+    folder = RunFolder(tmp_path)
+    assert folder.read_checkpoint() is None
+    arrays = {"weights": np.arange(5, dtype=np.float32), "touched": np.array([0, 3], np.int64)}
+    meta = {"round": 7, "history": [{"round": 1, "x": 0.1}], "rng": {"state": 2 ** 100}}
+    folder.write_checkpoint(arrays, meta, planned=20)
+    read_arrays, read_meta = folder.read_checkpoint()
+    assert read_meta == meta
+    assert read_arrays.keys() == arrays.keys()
+    for key in arrays:
+        np.testing.assert_array_equal(read_arrays[key], arrays[key])
+        assert read_arrays[key].dtype == arrays[key].dtype
+    note = json.loads((tmp_path / CHECKPOINT_NOTE_FILE).read_text())
+    assert (note["completed"], note["planned"]) == (7, 20)
+    with pytest.raises(ValueError, match="reserved"):
+        folder.write_checkpoint({"__meta__": np.zeros(1)}, meta, planned=20)
+
+
+def test_default_run_dir_is_new_and_safe(tmp_path):
+    first = default_run_dir("my config/v1", root=tmp_path)
+    assert first.parent == tmp_path and first.name.startswith("my-config-v1-")
+    first.mkdir()
+    second = default_run_dir("my config/v1", root=tmp_path)
+    assert second != first and not second.exists()
+
+
+# --- summaries and targets ----------------------------------------------------------------------------------
+
+def test_federated_summary_and_reach_on_hand_made_records():
+    history = [{"round": 1, "bits_up": 10, "bits_down": 5, "test_accuracy": 0.5, "time": 1.0},
+               {"round": 2, "bits_up": 10, "bits_down": 5, "time": 1.0},
+               {"round": 3, "bits_up": 10, "bits_down": 5, "test_accuracy": 0.9, "time": 1.0},
+               {"round": 4, "bits_up": 10, "bits_down": 5, "test_accuracy": 0.85, "time": 0.5}]
+    assert federated_reach(history, 0.8) == {"round": 3, "bits_up": 30, "bits_down": 15, "bits": 45}
+    assert federated_reach(history, 0.95) is None
+    summary = summarize(tiny_federated(), history)
+    assert summary["bits_up"] == 40 and summary["bits_down"] == 20 and summary["bits"] == 60
+    assert (summary["final_test_accuracy"], summary["best_test_accuracy"], summary["best_round"]) == \
+        (0.85, 0.9, 3)
+    assert summary["seconds"] == 3.5 and summary["completed"] == 4
+
+
+def test_lazy_reach_counts_the_cost_of_reaching_theta_k():
+    # record k: objective at theta^k; communications / bits cumulative THROUGH iteration k
+    history = [{"objective": 5.0, "communications": 3, "bits": 30},
+               {"objective": 2.0, "communications": 4, "bits": 40},
+               {"objective": 1.0 + 1e-7, "communications": 6, "bits": 60},
+               {"objective": 1.0, "communications": 7, "bits": 70}]
+    communications, bits = lazy_bits_before(history)
+    assert communications.tolist() == [0, 3, 4, 6] and bits.tolist() == [0, 30, 40, 60]
+    assert lazy_reach(history, 1.0, 1e-6) == {"iteration": 2, "communications": 4, "bits": 40}
+    assert lazy_reach(history, 0.0, 1e-6) is None
+
+
+# --- runs ---------------------------------------------------------------------------------------------------
+
+def test_run_writes_every_file(tmp_path, reference_run):
+    config, reference = reference_run
+    out = tmp_path / "run"
+    outcome = start_run(config, out, name="tiny", quiet=True, command=["fedsim", "run"])
+    assert (outcome.status, outcome.completed, outcome.exit_code) == ("completed", 12, 0)
+    for name in (CONFIG_FILE, META_FILE, HISTORY_FILE, SUMMARY_FILE, CHECKPOINT_FILE, CHECKPOINT_NOTE_FILE):
+        assert (out / name).is_file(), name
+    assert not [name for name in os.listdir(out) if name.endswith(".tmp")]
+    folder = RunFolder(out)
+    assert folder.read_config() == config
+    history = folder.read_history()
+    assert [r["round"] for r in history] == list(range(1, 13))
+    assert strip_wall_time(history) == reference          # same seed, same records, bit for bit
+    meta = json.loads((out / META_FILE).read_text())
+    assert meta["seed"] == 0 and meta["command"] == ["fedsim", "run"]
+    for key in ("fedsim", "numpy", "numba", "python", "started"):
+        assert meta[key], key
+    assert meta["sessions"][0]["status"] == "completed"
+    summary = json.loads((out / SUMMARY_FILE).read_text())
+    assert summary["status"] == "completed" and summary["completed"] == 12
+    assert summary["final_test_accuracy"] == history[-1]["test_accuracy"]
+    assert summary["bits"] == sum(r["bits_up"] + r["bits_down"] for r in history)
+    result = read_run(out)
+    assert (result.family, result.method, result.status) == ("federated", "stc_updown", "completed")
+    with pytest.raises(RunFolderError, match="already holds a run"):
+        start_run(config, out, name="tiny", quiet=True)
+
+
+def test_crash_then_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch, reference_run):
+    config, reference = reference_run
+    out = tmp_path / "run"
+    original_step = FederatedRun.step
+
+    def crash_in_round_7(self):
+        if self.completed == 6:
+            raise RuntimeError("simulated crash")
+        return original_step(self)
+
+    monkeypatch.setattr(FederatedRun, "step", crash_in_round_7)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        start_run(config, out, name="crash", quiet=True)
+    monkeypatch.undo()
+    folder = RunFolder(out)
+    assert len(folder.read_history()) == 6                  # rounds 5 and 6 are past the checkpoint
+    assert json.loads((out / CHECKPOINT_NOTE_FILE).read_text())["completed"] == 4
+    assert not (out / SUMMARY_FILE).exists()
+    outcome = resume_run(out, quiet=True)
+    assert (outcome.status, outcome.completed) == ("completed", 12)
+    assert strip_wall_time(folder.read_history()) == reference
+    meta = json.loads((out / META_FILE).read_text())
+    assert [s["from"] for s in meta["sessions"]] == [0, 4]
+    again = resume_run(out, quiet=True)
+    assert again.status == "finished-before" and again.exit_code == 0
+
+
+def test_sigint_stops_at_a_round_boundary_and_resumes(tmp_path, monkeypatch, reference_run):
+    config, reference = reference_run
+    out = tmp_path / "run"
+    original_step = FederatedRun.step
+
+    def interrupted_during_round_6(self):
+        if self.completed == 5:
+            signal.raise_signal(signal.SIGINT)      # as Ctrl-C: the round still completes
+        return original_step(self)
+
+    monkeypatch.setattr(FederatedRun, "step", interrupted_during_round_6)
+    outcome = start_run(config, out, name="sigint", quiet=True)
+    monkeypatch.undo()
+    assert (outcome.status, outcome.completed, outcome.exit_code) == ("interrupted", 6, 130)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler      # handlers restored
+    folder = RunFolder(out)
+    assert len(folder.read_history()) == 6
+    assert json.loads((out / CHECKPOINT_NOTE_FILE).read_text())["completed"] == 6
+    assert not (out / SUMMARY_FILE).exists()
+    assert resume_run(out, quiet=True).status == "completed"
+    assert strip_wall_time(folder.read_history()) == reference
+
+
+def test_resume_refuses_a_folder_that_is_not_a_run(tmp_path):
+    with pytest.raises(RunFolderError, match="is not a fedsim run folder"):
+        resume_run(tmp_path, quiet=True)
+
+
+def test_checkpoint_of_another_config_is_refused(tmp_path):
+    out = tmp_path / "run"
+    start_run(tiny_federated("federated.rounds=4"), out, name="a", quiet=True)
+    (out / SUMMARY_FILE).unlink()
+    # the same folder, but a config whose model has other dimensions than the checkpoint's
+    RunFolder(out).write_config(load_preset("synthetic", TINY_FEDERATED + ["federated.rounds=6"]))
+    arrays, meta = RunFolder(out).read_checkpoint()
+    arrays["server_weights"] = arrays["server_weights"][:-1]
+    RunFolder(out).write_checkpoint(arrays, meta, planned=6)
+    with pytest.raises(RunFolderError, match="does not fit the run's config"):
+        resume_run(out, quiet=True)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_divergence_is_recorded(tmp_path):
+    config = tiny_federated("federated.method=fedavg", "federated.lr=1e38", "federated.local_iterations=10")
+    outcome = start_run(config, tmp_path / "run", name="diverge", quiet=True)
+    assert outcome.status == "diverged" and outcome.exit_code == 1
+    assert "NaN or inf" in outcome.message
+    summary = json.loads((tmp_path / "run" / SUMMARY_FILE).read_text())
+    assert summary["status"] == "diverged" and "NaN or inf" in summary["message"]
+
+
+def test_setting_that_does_not_fit_the_data_is_a_config_error(tmp_path):
+    config = load_preset("synthetic", ["data.partition=classes_per_client", "federated.n_clients=100000"])
+    with pytest.raises(ConfigError, match="the config does not fit the data: n_clients"):
+        start_run(config, tmp_path / "run", name="bad", quiet=True)
+    assert not (tmp_path / "run").exists()
+
+
+def test_lazy_run(tmp_path):
+    config = load_preset("laq-synthetic", TINY_LAZY)
+    out = tmp_path / "lazy"
+    outcome = start_run(config, out, name="lazy", quiet=True)
+    assert outcome.status == "completed" and outcome.completed == 25
+    history = RunFolder(out).read_history()
+    assert [r["iteration"] for r in history] == list(range(25))
+    first, last = history[0], history[-1]
+    assert first["uploads"] == list(range(6))             # every worker uploads at k = 0
+    assert last["communications"] == sum(len(r["uploads"]) for r in history)
+    # LAQ, b = 4: each upload costs b P + 32 bits; P = 60 * 10 + 10
+    assert last["bits"] == last["communications"] * (4 * 610 + 32)
+    assert [r["iteration"] for r in history if "test_accuracy" in r] == [0, 10, 20]
+    summary = json.loads((out / SUMMARY_FILE).read_text())
+    assert summary["final_objective"] == last["objective"] and "final_test_accuracy" in summary
+    runs = [read_run(out)]
+    assert lazy_f_star(runs) == min(r["objective"] for r in history)
+
+
+def test_lazy_run_without_checkpoints_resumes_from_the_start(tmp_path):
+    config = load_preset("laq-synthetic", TINY_LAZY)
+    out = tmp_path / "lazy"
+    start_run(config, out, name="lazy", quiet=True)
+    first = strip_wall_time(RunFolder(out).read_history())
+    # as if killed before the end: no summary, a partial history, no checkpoint
+    (out / SUMMARY_FILE).unlink()
+    RunFolder(out).truncate_history(7)
+    assert not (out / CHECKPOINT_FILE).exists()
+    assert resume_run(out, quiet=True).status == "completed"
+    assert strip_wall_time(RunFolder(out).read_history()) == first
