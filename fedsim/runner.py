@@ -317,62 +317,8 @@ def _build_checked(config: ExperimentConfig, progress: bool | None):
 
 
 def _build_lazy(config: ExperimentConfig, dataset, clients):
-    from fedsim.algorithms import lazy
-    if hasattr(lazy, "LazyRun"):
-        return lazy.LazyRun(config.lazy, dataset, clients, f_star=config.run.f_star)
-    return WholeLazyRun(config, dataset, clients)
-
-
-class WholeLazyRun:
-    """The lazy family run as one piece by :func:`fedsim.algorithms.lazy.run_lazy` (no per-iteration
-    steps, so no checkpoints and no resume mid-run); its :meth:`run_to_end` returns the records."""
-
-    def __init__(self, config: ExperimentConfig, dataset, clients):
-        self.experiment = config
-        self.config = config.lazy
-        self.dataset = dataset
-        self.clients = clients
-        self.history: list[dict] = []
-        self.completed = 0
-
-    def run_to_end(self, progress: bool) -> list[dict]:
-        from fedsim.algorithms.lazy import DivergenceError, run_lazy
-        try:
-            history = run_lazy(self.config, self.dataset, self.clients, f_star=self.experiment.run.f_star,
-                               progress=progress)
-        except DivergenceError as error:
-            self.history = lazy_records(error.history)
-            self.completed = len(self.history)
-            raise
-        self.history = lazy_records(history)
-        self.completed = len(self.history)
-        return self.history
-
-
-def lazy_records(history) -> list[dict]:
-    """Per-iteration records of a :class:`~fedsim.algorithms.lazy.LazyHistory`.
-
-    Record k: ``iteration`` k, ``objective`` f(theta^k), ``grad_norm_sq`` ||grad f(theta^k)||^2,
-    ``aggregate_norm_sq``, ``uploads`` (the workers that uploaded), ``communications`` and ``bits``
-    (cumulative through iteration k), and ``test_accuracy`` where it was measured at theta^k. The final
-    accuracy (at theta^K, after the last iteration) goes into the last record as ``final_test_accuracy``.
-    """
-    records = []
-    accuracy = dict(zip(history.eval_iterations.tolist(), history.test_accuracy.tolist()))
-    communications, bits = history.communications, history.bits
-    for k in range(history.n_iterations):
-        record = {"iteration": k, "objective": float(history.objective[k]),
-                  "grad_norm_sq": float(history.grad_norm_sq[k]),
-                  "aggregate_norm_sq": float(history.aggregate_norm_sq[k]),
-                  "uploads": np.flatnonzero(history.uploads[k]).tolist(),
-                  "communications": int(communications[k]), "bits": int(bits[k])}
-        if k in accuracy:
-            record["test_accuracy"] = float(accuracy[k])
-        records.append(record)
-    final = history.n_iterations
-    if records and final in accuracy:
-        records[-1]["final_test_accuracy"] = float(accuracy[final])
-    return records
+    from fedsim.algorithms.lazy import LazyRun
+    return LazyRun(config.lazy, dataset, clients, f_star=config.run.f_star)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -540,7 +486,7 @@ def execute(run, folder: RunFolder, config: ExperimentConfig, *, name: str,
     """Step ``run`` to the end of ``config``, recording into ``folder``.
 
     The step protocol: ``run.completed`` (steps done), ``run.step() -> record``, ``run.history``,
-    ``run.state_dict() -> (arrays, meta)``; a run without ``step`` is run whole by ``run.run_to_end``.
+    ``run.state_dict() -> (arrays, meta)``.
     Appends each record to history.jsonl (flushed), checkpoints every ``config.run.checkpoint_every``
     steps and at the end, stops at a step boundary on SIGINT/SIGTERM (checkpointing there), and writes
     summary.json when the run completes or diverges.
@@ -556,45 +502,34 @@ def execute(run, folder: RunFolder, config: ExperimentConfig, *, name: str,
     status, message = "completed", ""
     from tqdm.auto import tqdm
 
-    stepwise = hasattr(run, "step")
-    # A run in one piece cannot stop at a step boundary: there, Ctrl-C interrupts at once.
-    with _StopOnSignals(active=stepwise) as stop, folder.open_history() as history_file:
-        if not stepwise:
-            try:
-                records = run.run_to_end(progress)
-            except _divergence_errors() as error:
-                records, status, message = run.history, "diverged", str(error)
-            for record in records:
+    with _StopOnSignals() as stop, folder.open_history() as history_file:
+        unit = "round" if family == "federated" else "it"
+        # Follow the terminal's size; one that reports none (0 x 0, tqdm would then hide the bar)
+        # gets 100 columns and 20 rows.
+        sized = shutil.get_terminal_size((0, 0)).columns > 0
+        bar = tqdm(total=planned, initial=run.completed, desc=name, unit=unit, disable=not progress,
+                   file=sys.stderr, dynamic_ncols=sized, ncols=None if sized else 100,
+                   nrows=None if sized else 20)
+        try:
+            while run.completed < planned:
+                if stop.received is not None:
+                    status = "interrupted"
+                    break
+                try:
+                    record = run.step()
+                except _divergence_errors() as error:
+                    status, message = "diverged", str(error)
+                    break
                 history_file.write(to_json(record) + "\n")
-            history_file.flush()
-        else:
-            unit = "round" if family == "federated" else "it"
-            # Follow the terminal's size; one that reports none (0 x 0, tqdm would then hide the bar)
-            # gets 100 columns and 20 rows.
-            sized = shutil.get_terminal_size((0, 0)).columns > 0
-            bar = tqdm(total=planned, initial=run.completed, desc=name, unit=unit, disable=not progress,
-                       file=sys.stderr, dynamic_ncols=sized, ncols=None if sized else 100,
-                       nrows=None if sized else 20)
-            try:
-                while run.completed < planned:
-                    if stop.received is not None:
-                        status = "interrupted"
-                        break
-                    try:
-                        record = run.step()
-                    except _divergence_errors() as error:
-                        status, message = "diverged", str(error)
-                        break
-                    history_file.write(to_json(record) + "\n")
-                    history_file.flush()
-                    bar.set_postfix_str(_postfix(family, record, state), refresh=False)
-                    bar.update(1)
-                    if every and run.completed % every == 0 and run.completed < planned:
-                        folder.write_checkpoint(*run.state_dict(), planned=planned)
-            finally:
-                bar.close()
-            if status in ("completed", "interrupted"):
-                folder.write_checkpoint(*run.state_dict(), planned=planned)
+                history_file.flush()
+                bar.set_postfix_str(_postfix(family, record, state), refresh=False)
+                bar.update(1)
+                if every and run.completed % every == 0 and run.completed < planned:
+                    folder.write_checkpoint(*run.state_dict(), planned=planned)
+        finally:
+            bar.close()
+        if status in ("completed", "interrupted"):
+            folder.write_checkpoint(*run.state_dict(), planned=planned)
     _end_session(folder, status, run.completed, time.perf_counter() - session_started)
     summary = None
     if status in ("completed", "diverged"):
@@ -664,9 +599,6 @@ def resume_run(path, *, quiet: bool = False, progress_data: bool | None = None) 
     run = _build_checked(config, show_progress(quiet) if progress_data is None else progress_data)
     checkpoint = folder.read_checkpoint()
     if checkpoint is not None:
-        if not hasattr(run, "load_state_dict"):
-            raise RunFolderError(f"{folder.path}: this family's runs cannot be resumed mid-run "
-                                 f"(the lazy run has no load_state_dict)")
         arrays, state = checkpoint
         try:
             run.load_state_dict(arrays, state)
@@ -740,5 +672,5 @@ def strip_wall_time(records: list[dict]) -> list[dict]:
 
 __all__ = ["RunFolder", "RunFolderError", "RunOutcome", "RunResult", "atomic_write_bytes",
            "atomic_write_text", "build_run", "default_run_dir", "environment", "execute", "federated_reach",
-           "git_commit", "lazy_bits_before", "lazy_f_star", "lazy_reach", "lazy_records", "read_run",
+           "git_commit", "lazy_bits_before", "lazy_f_star", "lazy_reach", "read_run",
            "resume_run", "start_run", "strip_wall_time", "summarize"]

@@ -264,14 +264,26 @@ def test_lazy_run(tmp_path):
     assert lazy_f_star(runs) == min(r["objective"] for r in history)
 
 
-def test_lazy_run_without_checkpoints_resumes_from_the_start(tmp_path):
-    config = load_preset("laq-synthetic", TINY_LAZY)
-    out = tmp_path / "lazy"
-    start_run(config, out, name="lazy", quiet=True)
-    first = strip_wall_time(RunFolder(out).read_history())
-    # as if killed before the end: no summary, a partial history, no checkpoint
-    (out / SUMMARY_FILE).unlink()
-    RunFolder(out).truncate_history(7)
-    assert not (out / CHECKPOINT_FILE).exists()
+@pytest.mark.parametrize("method", ["laq", "lag-ps", "slaq"])
+def test_lazy_crash_then_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch, method):
+    from fedsim.algorithms.lazy import LazyRun
+
+    overrides = TINY_LAZY + [f"lazy.method={method}", "run.checkpoint_every=4", "lazy.minibatch_size=5"]
+    config = load_preset("laq-synthetic", overrides)
+    start_run(config, tmp_path / "straight", name="straight", quiet=True)
+    reference = strip_wall_time(RunFolder(tmp_path / "straight").read_history())
+    original_step = LazyRun.step
+
+    def crash_in_iteration_11(self):
+        if self.completed == 10:
+            raise RuntimeError("simulated crash")
+        return original_step(self)
+
+    out = tmp_path / "crashed"
+    monkeypatch.setattr(LazyRun, "step", crash_in_iteration_11)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        start_run(config, out, name="crashed", quiet=True)
+    monkeypatch.undo()
+    assert json.loads((out / CHECKPOINT_NOTE_FILE).read_text())["completed"] == 8
     assert resume_run(out, quiet=True).status == "completed"
-    assert strip_wall_time(RunFolder(out).read_history()) == first
+    assert strip_wall_time(RunFolder(out).read_history()) == reference

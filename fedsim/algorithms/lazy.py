@@ -432,11 +432,8 @@ class _Recorder:
         self.uploads = np.zeros((self.n_iterations, self.n_workers), dtype=bool)
 
 
-def run_lazy(config: LazyConfig, data: Dataset, partition: Sequence[np.ndarray] | None = None, *,
-             f_star: float | None = None, smoothness: np.ndarray | None = None,
-             callback: Callable[[int, np.ndarray], None] | None = None,
-             progress: bool = True) -> LazyHistory:
-    """Run one lazy-aggregation method (see the module docstring for the equations).
+class LazyRun:
+    """One lazy-aggregation run, an iteration per :meth:`step` (module docstring: the equations).
 
     Parameters
     ----------
@@ -451,115 +448,99 @@ def run_lazy(config: LazyConfig, data: Dataset, partition: Sequence[np.ndarray] 
         The optimal value, stored with the history for its residuals (see :func:`estimate_f_star`).
     smoothness : ndarray, shape (M,), optional
         LAG-PS: the ``L_m`` to use; computed by :func:`smoothness_bounds` when omitted.
-    callback : callable, optional
-        Called as ``callback(k + 1, theta)`` with each new iterate ``theta^{k+1}`` (a fresh array the
-        run no longer writes to), e.g. to compare runs iterate by iterate.
-    progress : bool
-        Show a tqdm bar over the iterations.
 
-    Returns
-    -------
-    LazyHistory
-
-    Raises
-    ------
-    DivergenceError
-        NaN or inf in the objective, a gradient or theta; carries the history so far.
+    ``history`` holds one JSON-able record per completed iteration k: ``objective`` f(theta^k),
+    ``grad_norm_sq``, ``aggregate_norm_sq``, ``uploads`` (the workers that uploaded), cumulative
+    ``communications`` and ``bits``, ``test_accuracy`` where measured at theta^k, ``time``; the last
+    iteration's record also has ``final_test_accuracy`` at theta^K. :meth:`state_dict` and
+    :meth:`load_state_dict` checkpoint and restore the run bitwise.
     """
-    n_samples = len(data.x_train)
-    n_workers = config.n_workers
-    if n_workers > n_samples:
-        raise ValueError(f"n_workers (M) must be in [1, {n_samples}] (the number of training samples), "
-                         f"got {n_workers}")
-    if partition is None:
-        partition = _contiguous(n_samples, n_workers)
-    if len(partition) != n_workers:
-        raise ValueError(f"partition has {len(partition)} index arrays but n_workers (M) is {n_workers}")
-    dtype = np.dtype(config.dtype)
-    shards = stack_shards(data.x_train, data.y_train, partition, dtype)
-    if config.method == "slaq" and config.minibatch_size > shards.sizes.min():
-        raise ValueError(f"minibatch_size must be in [1, {shards.sizes.min()}] (the smallest shard), "
-                         f"got {config.minibatch_size}")
-    model = SoftmaxRegression(data.n_features, data.n_classes, config.l2)
-    x_test = np.asarray(data.x_test).astype(dtype, copy=False)
-    y_test = data.y_test
-    streams = RunStreams(config.seed)
-    theta = model.init(streams.generator("init"), kind=config.init, dtype=dtype)
-    minibatch_rng = streams.generator("minibatch")
 
-    method = config.method
-    alpha, n_params = config.step_size, model.size
-    if method == "lag-ps":
-        if smoothness is None:
-            smoothness, _ = smoothness_bounds(shards, config.l2)
-        smoothness = np.asarray(smoothness, dtype=np.float64)
-        if smoothness.shape != (n_workers,) or not np.all(np.isfinite(smoothness) & (smoothness > 0)):
-            raise ValueError(f"smoothness must hold {n_workers} finite positive numbers, got {smoothness!r}")
-    else:
-        smoothness = None
+    def __init__(self, config: LazyConfig, data: Dataset, partition: Sequence[np.ndarray] | None = None, *,
+                 f_star: float | None = None, smoothness: np.ndarray | None = None):
+        n_samples = len(data.x_train)
+        n_workers = config.n_workers
+        if n_workers > n_samples:
+            raise ValueError(f"n_workers (M) must be in [1, {n_samples}] (the number of training samples), "
+                             f"got {n_workers}")
+        if partition is None:
+            partition = _contiguous(n_samples, n_workers)
+        if len(partition) != n_workers:
+            raise ValueError(f"partition has {len(partition)} index arrays but n_workers (M) is {n_workers}")
+        dtype = np.dtype(config.dtype)
+        self.config, self.f_star = config, f_star
+        self.shards = stack_shards(data.x_train, data.y_train, partition, dtype)
+        if config.method == "slaq" and config.minibatch_size > self.shards.sizes.min():
+            raise ValueError(f"minibatch_size must be in [1, {self.shards.sizes.min()}] (the smallest "
+                             f"shard), got {config.minibatch_size}")
+        self.model = SoftmaxRegression(data.n_features, data.n_classes, config.l2)
+        self.x_test = np.asarray(data.x_test).astype(dtype, copy=False)
+        self.y_test = data.y_test
+        streams = RunStreams(config.seed)
+        self.theta = self.model.init(streams.generator("init"), kind=config.init, dtype=dtype)
+        self.minibatch_rng = streams.generator("minibatch")
+        n_params = self.model.size
+        if config.method == "lag-ps":
+            if smoothness is None:
+                smoothness, _ = smoothness_bounds(self.shards, config.l2)
+            smoothness = np.asarray(smoothness, dtype=np.float64)
+            if smoothness.shape != (n_workers,) or not np.all(np.isfinite(smoothness) & (smoothness > 0)):
+                raise ValueError(f"smoothness must hold {n_workers} finite positive numbers, "
+                                 f"got {smoothness!r}")
+        else:
+            smoothness = None
+        self.smoothness = smoothness
+        self.bits_per_upload = bits_per_upload(config.method, n_params, config.bits)
 
-    # Server and worker state.
-    uploaded = np.zeros((n_workers, n_params), dtype=dtype)      # Q_m, each worker's last upload
-    aggregate = np.zeros(n_params, dtype=dtype)                  # sum_m Q_m, updated by innovations
-    error_at_upload = np.zeros(n_workers)                        # e_hat_m
-    skips = np.zeros(n_workers, dtype=np.int64)                  # consecutive skips (the clock)
-    step_history = np.zeros(config.history_length)               # ring of ||theta^{j+1} - theta^j||^2
-    theta_at_gradient = np.zeros((n_workers, n_params), dtype=dtype)   # LAG-PS: theta_hat_m
-    if config.quantized:
-        codes = np.empty((n_workers, n_params), dtype=code_dtype(config.bits))
-        quantized = np.empty((n_workers, n_params), dtype=dtype)
-        radius, error, innovation = (np.empty(n_workers) for _ in range(3))
-    rows = np.arange(n_workers)[:, None]
+        # Server and worker state.
+        self.uploaded = np.zeros((n_workers, n_params), dtype=dtype)     # Q_m, each worker's last upload
+        self.aggregate = np.zeros(n_params, dtype=dtype)                 # sum_m Q_m, updated by innovations
+        self.error_at_upload = np.zeros(n_workers)                       # e_hat_m
+        self.skips = np.zeros(n_workers, dtype=np.int64)                 # consecutive skips (the clock)
+        self.step_history = np.zeros(config.history_length)              # ring of ||theta^{j+1} - theta^j||^2
+        self.theta_at_gradient = np.zeros((n_workers, n_params), dtype=dtype)   # LAG-PS: theta_hat_m
+        if config.quantized:
+            self._codes = np.empty((n_workers, n_params), dtype=code_dtype(config.bits))
+            self._quantized = np.empty((n_workers, n_params), dtype=dtype)
+            self._radius, self._error, self._innovation = (np.empty(n_workers) for _ in range(3))
+        self._rows = np.arange(n_workers)[:, None]
+        self.record = _Recorder(config.iterations, n_workers)
+        self.history: list[dict] = []
+        self.completed = 0
+        self.seconds = 0.0
 
-    record = _Recorder(config.iterations, n_workers)
-    start = time.perf_counter()
-
-    def history(completed: int, last_theta: np.ndarray, diverged: bool) -> LazyHistory:
-        return LazyHistory(
-            config=config, n_params=n_params,
-            bits_per_upload=bits_per_upload(method, n_params, config.bits),
-            objective=record.objective[:completed].copy(),
-            grad_norm_sq=record.grad_norm_sq[:completed].copy(),
-            aggregate_norm_sq=record.aggregate_norm_sq[:completed].copy(),
-            uploads=record.uploads[:completed].copy(),
-            eval_iterations=np.array(record.eval_iterations, dtype=np.int64),
-            test_accuracy=np.array(record.test_accuracy, dtype=np.float64),
-            theta=last_theta.copy(), f_star=f_star, seconds=time.perf_counter() - start,
-            smoothness=smoothness, diverged=diverged)
-
-    def diverge(k: int, what: str) -> None:
-        raise DivergenceError(
-            f"{method}: {what} is not finite at iteration {k} (step_size alpha = {alpha}); "
-            f"the run diverged - try a smaller step_size", history(k, theta, True))
-
-    def evaluate(k: int, point: np.ndarray) -> None:
-        if len(y_test):
-            record.eval_iterations.append(k)
-            record.test_accuracy.append(float(model.accuracy(point, x_test, y_test)))
-
-    for k in tqdm(range(config.iterations), desc=method, disable=not progress):
+    # -- one iteration ------------------------------------------------------------------------------
+    def step(self) -> dict:
+        """Iteration k = ``completed``: gradients at theta^k, uploads, theta^{k+1}; returns its record."""
+        config, shards, model, record = self.config, self.shards, self.model, self.record
+        method, alpha, n_workers = config.method, config.step_size, config.n_workers
+        k = self.completed
+        if k >= config.iterations:
+            raise RuntimeError(f"the run is complete ({config.iterations} iterations)")
+        started = time.perf_counter()
+        theta, uploaded, skips = self.theta, self.uploaded, self.skips
         # All M gradients at theta^k in one batched call (theta (P,) broadcasts against x (M, n, F)).
         loss, gradients = model.loss_and_grad(theta, shards.x, shards.y, shards.weights)
         full_gradient = gradients.sum(axis=0)                     # grad f = sum_m grad f_m
         objective = float(loss.sum())                             # f = sum_m f_m
         grad_norm_sq = float(full_gradient @ full_gradient)
         if not (math.isfinite(objective) and math.isfinite(grad_norm_sq)):
-            diverge(k, "the objective or a gradient")
+            self._diverge(k, "the objective or a gradient")
         if method == "slaq":
             # Each worker's gradient on its own minibatch, drawn without replacement.
-            batch = _minibatch_indices(minibatch_rng, shards.sizes, config.minibatch_size)
-            _, gradients = model.loss_and_grad(theta, shards.x[rows, batch], shards.y[rows, batch])
+            batch = _minibatch_indices(self.minibatch_rng, shards.sizes, config.minibatch_size)
+            _, gradients = model.loss_and_grad(theta, shards.x[self._rows, batch], shards.y[self._rows, batch])
             if not np.all(np.isfinite(gradients)):
-                diverge(k, "a minibatch gradient")
+                self._diverge(k, "a minibatch gradient")
         record.objective[k] = objective
         record.grad_norm_sq[k] = grad_norm_sq
-        if k % config.eval_every == 0:
-            evaluate(k, theta)
+        accuracy = self._evaluate(k, theta) if k % config.eval_every == 0 else None
 
-        threshold = history_threshold(step_history, k, config.history_weight, alpha, n_workers)
+        threshold = history_threshold(self.step_history, k, config.history_weight, alpha, n_workers)
         if config.quantized:
-            laq_quantize(gradients, uploaded, config.bits, codes, quantized, radius, error, innovation)
-            candidates = quantized
+            laq_quantize(gradients, uploaded, config.bits, self._codes, self._quantized, self._radius,
+                         self._error, self._innovation)
+            candidates = self._quantized
         else:
             candidates = gradients
         if method in ("gd", "qgd"):
@@ -570,47 +551,146 @@ def run_lazy(config: LazyConfig, data: Dataset, partition: Sequence[np.ndarray] 
             zeros = np.zeros(n_workers)
             upload = laq_upload_decision(innovation_exact, threshold, zeros, zeros, skips, config.max_skips)
         elif method == "laq":
-            upload = laq_upload_decision(innovation, threshold, error, error_at_upload, skips,
-                                         config.max_skips)
+            upload = laq_upload_decision(self._innovation, threshold, self._error, self.error_at_upload,
+                                         skips, config.max_skips)
         elif method == "slaq":
-            upload = laq_upload_decision(innovation, threshold, error, error_at_upload, skips,
-                                         config.max_skips, config.slaq_error_scale,
+            upload = laq_upload_decision(self._innovation, threshold, self._error, self.error_at_upload,
+                                         skips, config.max_skips, config.slaq_error_scale,
                                          config.slaq_threshold_offset)
         else:  # lag-ps: the server decides from theta_hat_m alone; everyone is asked at k = 0
-            offset = theta_at_gradient - theta
+            offset = self.theta_at_gradient - theta
             distance_sq = np.einsum("mp,mp->m", offset, offset)
-            upload = lag_ps_request_decision(smoothness, distance_sq, threshold, skips, config.max_skips)
+            upload = lag_ps_request_decision(self.smoothness, distance_sq, threshold, skips, config.max_skips)
             if k == 0:
                 upload[:] = True
-            theta_at_gradient[upload] = theta
+            self.theta_at_gradient[upload] = theta
 
         # The server adds only the uploaders' innovations to its running sum of the last uploads.
         if upload.all():
-            aggregate += (candidates - uploaded).sum(axis=0)
+            self.aggregate += (candidates - uploaded).sum(axis=0)
             uploaded[...] = candidates
         elif upload.any():
-            aggregate += (candidates[upload] - uploaded[upload]).sum(axis=0)
+            self.aggregate += (candidates[upload] - uploaded[upload]).sum(axis=0)
             uploaded[upload] = candidates[upload]
         if config.quantized:
-            error_at_upload[upload] = error[upload]
+            self.error_at_upload[upload] = self._error[upload]
         skips[upload] = 0
         skips[~upload] += 1
         record.uploads[k] = upload
-        record.aggregate_norm_sq[k] = float(aggregate @ aggregate)
+        record.aggregate_norm_sq[k] = float(self.aggregate @ self.aggregate)
 
         with np.errstate(over="ignore", invalid="ignore"):       # checked just below
-            new_theta = theta - alpha * aggregate                 # theta^{k+1} = theta^k - alpha sum_m Q_m
+            new_theta = theta - alpha * self.aggregate            # theta^{k+1} = theta^k - alpha sum_m Q_m
             step = new_theta - theta
             step_sq = float(step @ step)
         if not math.isfinite(step_sq):
-            diverge(k, "theta")
-        step_history[k % config.history_length] = step_sq
-        theta = new_theta
-        if callback is not None:
-            callback(k + 1, theta)
+            self._diverge(k, "theta")
+        self.step_history[k % config.history_length] = step_sq
+        self.theta = new_theta
+        self.completed = k + 1
 
-    evaluate(config.iterations, theta)
-    return history(config.iterations, theta, False)
+        uploads_so_far = (self.history[-1]["communications"] if self.history else 0) + int(upload.sum())
+        entry = {"iteration": k, "objective": objective, "grad_norm_sq": grad_norm_sq,
+                 "aggregate_norm_sq": float(record.aggregate_norm_sq[k]),
+                 "uploads": np.flatnonzero(upload).tolist(), "communications": uploads_so_far,
+                 "bits": uploads_so_far * self.bits_per_upload}
+        if accuracy is not None:
+            entry["test_accuracy"] = accuracy
+        if self.completed == config.iterations:
+            final = self._evaluate(self.completed, self.theta)
+            if final is not None:
+                entry["final_test_accuracy"] = final
+        entry["time"] = time.perf_counter() - started
+        self.seconds += entry["time"]
+        self.history.append(entry)
+        return entry
+
+    def run(self, callback: Callable[[int, np.ndarray], None] | None = None,
+            progress: bool = False) -> LazyHistory:
+        """Step to ``config.iterations``; ``callback(k + 1, theta^{k+1})`` after each step."""
+        remaining = range(self.completed, self.config.iterations)
+        for _ in tqdm(remaining, desc=self.config.method, disable=not progress):
+            self.step()
+            if callback is not None:
+                callback(self.completed, self.theta.copy())
+        return self.to_history()
+
+    # -- results and checkpoints ---------------------------------------------------------------------
+    def to_history(self, diverged: bool = False) -> LazyHistory:
+        """The completed iterations as a :class:`LazyHistory` of arrays."""
+        record, completed = self.record, self.completed
+        return LazyHistory(
+            config=self.config, n_params=self.model.size, bits_per_upload=self.bits_per_upload,
+            objective=record.objective[:completed].copy(), grad_norm_sq=record.grad_norm_sq[:completed].copy(),
+            aggregate_norm_sq=record.aggregate_norm_sq[:completed].copy(),
+            uploads=record.uploads[:completed].copy(),
+            eval_iterations=np.array(record.eval_iterations, dtype=np.int64),
+            test_accuracy=np.array(record.test_accuracy, dtype=np.float64),
+            theta=self.theta.copy(), f_star=self.f_star, seconds=self.seconds,
+            smoothness=self.smoothness, diverged=diverged)
+
+    def state_dict(self) -> tuple[dict[str, np.ndarray], dict]:
+        """Everything needed to continue bitwise identically: (arrays, JSON-able metadata)."""
+        record = self.record
+        arrays = {"theta": self.theta, "uploaded": self.uploaded, "aggregate": self.aggregate,
+                  "error_at_upload": self.error_at_upload, "skips": self.skips,
+                  "step_history": self.step_history, "theta_at_gradient": self.theta_at_gradient,
+                  "objective": record.objective, "grad_norm_sq": record.grad_norm_sq,
+                  "aggregate_norm_sq": record.aggregate_norm_sq, "uploads": record.uploads,
+                  "eval_iterations": np.array(record.eval_iterations, np.int64),
+                  "test_accuracy": np.array(record.test_accuracy, np.float64)}
+        if self.smoothness is not None:
+            arrays["smoothness"] = self.smoothness
+        meta = {"completed": self.completed, "history": self.history, "seconds": self.seconds,
+                "minibatch_rng": self.minibatch_rng.bit_generator.state}
+        return arrays, meta
+
+    def load_state_dict(self, arrays: dict[str, np.ndarray], meta: dict) -> None:
+        """Restore a :meth:`state_dict` into a run built with the same config and data."""
+        if arrays["theta"].shape != self.theta.shape or arrays["uploads"].shape != self.record.uploads.shape:
+            raise ValueError("the checkpoint belongs to another config or dataset (its shapes differ)")
+        for name in ("theta", "aggregate"):
+            setattr(self, name, np.array(arrays[name], dtype=self.theta.dtype))
+        for name in ("uploaded", "error_at_upload", "skips", "step_history", "theta_at_gradient"):
+            getattr(self, name)[...] = arrays[name]
+        for name in ("objective", "grad_norm_sq", "aggregate_norm_sq", "uploads"):
+            getattr(self.record, name)[...] = arrays[name]
+        self.record.eval_iterations = arrays["eval_iterations"].tolist()
+        self.record.test_accuracy = arrays["test_accuracy"].tolist()
+        if "smoothness" in arrays:
+            self.smoothness = np.array(arrays["smoothness"])
+        self.completed = int(meta["completed"])
+        self.history = list(meta["history"])
+        self.seconds = float(meta.get("seconds", 0.0))
+        self.minibatch_rng.bit_generator.state = meta["minibatch_rng"]
+
+    # -- pieces --------------------------------------------------------------------------------------
+    def _evaluate(self, k: int, point: np.ndarray) -> float | None:
+        if not len(self.y_test):
+            return None
+        accuracy = float(self.model.accuracy(point, self.x_test, self.y_test))
+        self.record.eval_iterations.append(k)
+        self.record.test_accuracy.append(accuracy)
+        return accuracy
+
+    def _diverge(self, k: int, what: str) -> None:
+        raise DivergenceError(
+            f"{self.config.method}: {what} is not finite at iteration {k} (step_size alpha = "
+            f"{self.config.step_size}); the run diverged - try a smaller step_size",
+            self.to_history(diverged=True))
+
+
+def run_lazy(config: LazyConfig, data: Dataset, partition: Sequence[np.ndarray] | None = None, *,
+             f_star: float | None = None, smoothness: np.ndarray | None = None,
+             callback: Callable[[int, np.ndarray], None] | None = None,
+             progress: bool = True) -> LazyHistory:
+    """Run one lazy-aggregation method to the end: ``LazyRun(...).run(...)``.
+
+    ``callback(k + 1, theta)`` is called with each new iterate ``theta^{k+1}`` (a fresh copy). Raises
+    :class:`DivergenceError` (carrying the :class:`LazyHistory` so far) on NaN or inf.
+    """
+    run = LazyRun(config, data, partition, f_star=f_star, smoothness=smoothness)
+    return run.run(callback=callback, progress=progress)
 
 
 def _contiguous(n_samples: int, n_workers: int) -> list[np.ndarray]:
