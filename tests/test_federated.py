@@ -154,3 +154,31 @@ def test_more_clients_than_samples_and_too_many_classes_are_rejected(synthetic):
                   classes_per_client=11, balancedness=1.0)
     with pytest.raises(ValueError, match="n_clients is 3"):
         FederatedRun(FederatedConfig(n_clients=3), synthetic, synthetic.client_indices)
+
+
+@pytest.mark.parametrize("schedule, decay", [("exponential", 0.7), ("step", 0.5), ("constant", 1.0)])
+def test_client_optimizer_momentum_weight_decay_and_schedules(synthetic, schedule, decay):
+    """One client, no compression: the server model after each round is the client's own SGD with
+    momentum, weight decay and lr = lr0 * schedule(epoch of the batch), replayed here by hand."""
+    client = synthetic.client_indices[0]
+    config = FederatedConfig(method="none", rounds=3, n_clients=1, batch_size=7, local_iterations=5,
+                             lr=0.1, momentum=0.8, weight_decay=0.01, lr_schedule=schedule,
+                             lr_decay=decay, lr_step_epochs=2, dtype="float64")
+    run = FederatedRun(config, synthetic, [client], seed=2)
+    run.batch_log = []
+    run.run()
+    model = run.model
+    x = synthetic.x_train.astype(np.float64)
+    w = np.zeros(model.size)
+    velocity = np.zeros(model.size)
+    used = 0
+    for _, _, samples, count in run.batch_log:
+        epoch = used // len(client)
+        factor = {"exponential": decay ** epoch, "step": decay ** (epoch // 2), "constant": 1.0}[schedule]
+        batch = samples[0, : count[0]]
+        _, grad = model.loss_and_grad(w, x[batch], synthetic.y_train[batch])
+        velocity = 0.8 * velocity + grad + 0.01 * w
+        w = w - 0.1 * factor * velocity
+        used += count[0]
+    np.testing.assert_allclose(run.server.weights, w, rtol=1e-12, atol=1e-14)
+    assert run.clients.epoch[0] == used // len(client) > 1
