@@ -29,6 +29,7 @@ participants.
 from __future__ import annotations
 
 import math
+import mmap
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -149,6 +150,21 @@ class DivergenceError(RuntimeError):
         self.history = history
 
 
+def lazy_zeros(shape: tuple[int, ...], dtype) -> np.ndarray:
+    """A zero array whose memory the operating system provides page by page, when first written.
+
+    An anonymous memory map in the system's small pages (4 KiB). ``np.zeros`` is lazy too, but NumPy
+    advises Linux to back large arrays with 2 MiB huge pages, so writing one client's row would make the
+    2 MiB around it resident: with 100,000 clients a few rounds of 1% participation touch every huge page
+    of the residual matrix. Here a participant costs the pages of its own row.
+    """
+    dtype = np.dtype(dtype)
+    size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if size == 0:
+        return np.zeros(shape, dtype)
+    return np.frombuffer(mmap.mmap(-1, size), dtype=dtype).reshape(shape)
+
+
 @dataclass
 class ClientStates:
     """Everything each client keeps between rounds, one row or entry per client."""
@@ -226,9 +242,9 @@ class FederatedRun:
             cursor=np.zeros(config.n_clients, np.int64), epoch=np.zeros(config.n_clients, np.int64),
             order_epoch=np.full(config.n_clients, -1, np.int64),
             last_sync=np.zeros(config.n_clients, np.int64),
-            # np.zeros maps untouched pages lazily: an idle client's rows cost no physical memory.
-            residual=np.zeros((config.n_clients, P), self.dtype) if self.scheme.accumulate_up else None,
-            momentum=np.zeros((config.n_clients, P), self.dtype) if config.momentum else None)
+            # Pages are mapped only when written: an idle client's rows cost no physical memory.
+            residual=lazy_zeros((config.n_clients, P), self.dtype) if self.scheme.accumulate_up else None,
+            momentum=lazy_zeros((config.n_clients, P), self.dtype) if config.momentum else None)
         init_rng = self.streams.generator("init")
         self.server = ServerState(
             weights=self.model.init(init_rng, config.init, self.dtype),

@@ -101,9 +101,24 @@ def _get_bit(stream, bit_offset):
 @_jit
 def write_uint(stream, bit_offset, value, width):
     """Write ``value`` (0 <= value < 2^width, width <= 64) in ``width`` bits at ``bit_offset``, most
-    significant first. Returns the offset after it. A 64-bit field takes the value's int64 bit pattern."""
-    for j in range(width):
-        _put_bit(stream, bit_offset + j, (value >> (width - 1 - j)) & 1)
+    significant first. Returns the offset after it. A 64-bit field takes the value's int64 bit pattern.
+
+    Byte by byte: each byte the field touches is masked and merged once (bits around the field keep
+    their values).
+    """
+    bits = np.int64(value)
+    offset = bit_offset
+    remaining = width
+    while remaining > 0:
+        used = offset & 7                          # bits of this byte before the field
+        take = min(8 - used, remaining)            # field bits that land in this byte
+        shift = 8 - used - take
+        chunk = (bits >> (remaining - take)) & ((1 << take) - 1)
+        mask = ((1 << take) - 1) << shift
+        byte = offset >> 3
+        stream[byte] = (stream[byte] & (255 ^ mask)) | (chunk << shift)
+        offset += take
+        remaining -= take
     return bit_offset + width
 
 
@@ -114,8 +129,15 @@ def read_uint(stream, bit_offset, width):
     if bit_offset + width > stream.shape[0] * 8:
         raise ValueError("bit stream ends inside a fixed-width field")
     value = 0
-    for j in range(width):
-        value = (value << 1) | _get_bit(stream, bit_offset + j)
+    offset = bit_offset
+    remaining = width
+    while remaining > 0:
+        used = offset & 7
+        take = min(8 - used, remaining)
+        chunk = (np.int64(stream[offset >> 3]) >> (8 - used - take)) & ((1 << take) - 1)
+        value = (value << take) | chunk
+        offset += take
+        remaining -= take
     return value
 
 
@@ -168,11 +190,18 @@ def golomb_rice_encode_into(positions, b, stream, bit_offset):
         if gap < 1:
             raise ValueError("positions must be non-negative and strictly increasing")
         quotient = (gap - 1) >> b
-        for _ in range(quotient):
-            _put_bit(stream, offset, 1)
-            offset += 1
-        _put_bit(stream, offset, 0)
-        offset = write_uint(stream, offset + 1, (gap - 1) & remainder_mask, b)
+        remainder = (gap - 1) & remainder_mask
+        if quotient + 1 + b <= MAX_RICE_PARAMETER:
+            # q ones, a zero, r in b bits = the (q + 1 + b)-bit field ((2^q - 1) << (b + 1)) | r
+            offset = write_uint(stream, offset, (((1 << quotient) - 1) << (b + 1)) | remainder,
+                                quotient + 1 + b)
+        else:
+            ones = quotient
+            while ones > 0:
+                run = min(ones, 32)
+                offset = write_uint(stream, offset, (1 << run) - 1, run)
+                ones -= run
+            offset = write_uint(stream, offset, remainder, b + 1)     # the zero, then r
         previous = positions[j]
     return offset
 

@@ -8,7 +8,7 @@ Each worker quantizes its gradient ``g`` *relative to the last quantized gradien
     q_i   = floor((g_i - Q_prev_i + R) / (2 tau R) + 1/2)   integer code in [0, 2^b - 1] (b bits each)
     Q     = Q_prev + 2 tau R q - R                          what the server reconstructs
     e     = ||Q - g||^2                                     quantization error
-    |Q_i - g_i| <= tau R                                    for every entry (rounding to the nearest grid point)
+    |Q_i - g_i| <= tau R                                    every entry (rounding to the nearest grid point)
 
 ``R = 0`` means the gradient equals ``Q_prev``: then ``Q = Q_prev``, ``e = 0`` and every code is
 ``2^(b-1)``, the code the formula gives an entry with zero innovation (the limit R -> 0 of

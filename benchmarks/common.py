@@ -1,0 +1,235 @@
+"""Shared pieces of the benchmarks: modes, thread control, timing, validation errors, machine info, JSON.
+
+Timing protocol
+---------------
+Every benchmark first *validates* (the implementations it compares must agree on the very inputs it
+times; a disagreement raises :class:`ValidationError` and nothing is timed), then times each
+implementation ``repeats`` times after ``warmup`` untimed calls, **interleaved** (one call of each
+implementation per repeat), so that a change of load on a shared machine hits all of them alike. Reported
+numbers are medians; ratios are ratios of medians from the same run.
+
+Threads
+-------
+BLAS (OpenBLAS for NumPy, MKL for torch), OpenMP, torch and Numba all use the same fixed thread count
+(default 1). BLAS and OpenMP read their count from environment variables when they load, so
+:mod:`benchmarks.run` starts every suite in a fresh process with :func:`thread_environment`;
+:func:`apply_threads` then sets torch's and Numba's counts and records what each library reports.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+MODES = ("smoke", "quick", "full")
+# Environment variables that fix the thread pools of BLAS, OpenMP and Numba before they load.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS",
+                    "VECLIB_MAXIMUM_THREADS")
+REPO = Path(__file__).resolve().parents[1]
+
+
+class ValidationError(AssertionError):
+    """Two implementations that a benchmark compares disagree: the benchmark refuses to time them."""
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Wall-clock seconds of repeated calls of one implementation."""
+
+    samples: tuple[float, ...]   # one duration per repeat, in call order
+
+    @property
+    def median(self) -> float:
+        return float(np.median(self.samples))
+
+    @property
+    def minimum(self) -> float:
+        return float(np.min(self.samples))
+
+    def to_dict(self) -> dict:
+        return {"median": self.median, "min": self.minimum, "repeats": len(self.samples),
+                "samples": [float(s) for s in self.samples]}
+
+
+def check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    return mode
+
+
+def check_threads(threads) -> int:
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+        raise ValueError(f"threads must be an integer >= 1, got {threads!r}")
+    return int(threads)
+
+
+def thread_environment(threads: int, base: dict | None = None) -> dict:
+    """A copy of ``base`` (default: this process's environment) with every thread variable = threads."""
+    env = dict(os.environ if base is None else base)
+    for name in THREAD_VARIABLES:
+        env[name] = str(check_threads(threads))
+    return env
+
+
+def apply_threads(threads: int, torch: bool = True) -> dict:
+    """Set torch's (unless ``torch`` is False: a suite that does not use it need not load it) and Numba's
+    thread counts; return what every library reports (for the results)."""
+    threads = check_threads(threads)
+    report = {"requested": threads,
+              "environment": {name: os.environ.get(name) for name in THREAD_VARIABLES}}
+    import numba
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    report["numba"] = numba.get_num_threads()
+    if not torch:
+        report["torch"] = "not loaded"
+    else:
+        try:
+            import torch as torch_module
+        except ImportError:
+            report["torch"] = None
+        else:
+            torch_module.set_num_threads(threads)
+            report["torch"] = torch_module.get_num_threads()
+    mismatched = [name for name in THREAD_VARIABLES if os.environ.get(name) != str(threads)]
+    report["blas_fixed_by_environment"] = not mismatched
+    return report
+
+
+def time_interleaved(functions: dict[str, Callable[[], object]], repeats: int,
+                     warmup: int = 1) -> dict[str, Timing]:
+    """Time each function ``repeats`` times, one call of each per repeat, after ``warmup`` calls each."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    for function in functions.values():
+        for _ in range(warmup):
+            function()
+    samples: dict[str, list[float]] = {name: [] for name in functions}
+    for _ in range(repeats):
+        for name, function in functions.items():
+            started = time.perf_counter()
+            function()
+            samples[name].append(time.perf_counter() - started)
+    return {name: Timing(tuple(values)) for name, values in samples.items()}
+
+
+def assert_equal(name: str, got, want) -> None:
+    """Exact equality of two arrays or scalars (dtype, shape, bits; NaN equals NaN), else ValidationError."""
+    got_array, want_array = np.asarray(got), np.asarray(want)
+    if got_array.shape != want_array.shape:
+        raise ValidationError(f"{name}: shape {got_array.shape} != {want_array.shape}")
+    if got_array.dtype != want_array.dtype:
+        raise ValidationError(f"{name}: dtype {got_array.dtype} != {want_array.dtype}")
+    if not np.array_equal(got_array, want_array, equal_nan=got_array.dtype.kind in "fc"):
+        where = np.flatnonzero(got_array.ravel() != want_array.ravel())[:5]
+        raise ValidationError(f"{name}: values differ at flat positions {where.tolist()}: "
+                              f"{got_array.ravel()[where].tolist()} != {want_array.ravel()[where].tolist()}")
+
+
+def assert_close(name: str, got, want, rtol: float, atol: float = 0.0) -> None:
+    """``|got - want| <= atol + rtol |want|`` everywhere (shapes equal), else ValidationError."""
+    got_array = np.asarray(got, dtype=np.float64)
+    want_array = np.asarray(want, dtype=np.float64)
+    if got_array.shape != want_array.shape:
+        raise ValidationError(f"{name}: shape {got_array.shape} != {want_array.shape}")
+    error = np.abs(got_array - want_array)
+    bad = ~(error <= atol + rtol * np.abs(want_array))
+    if np.any(bad):
+        where = np.flatnonzero(bad.ravel())[:5]
+        raise ValidationError(f"{name}: {int(bad.sum())} of {bad.size} values differ beyond rtol={rtol}, "
+                              f"atol={atol}; first at {where.tolist()}: {got_array.ravel()[where].tolist()} "
+                              f"!= {want_array.ravel()[where].tolist()}")
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _memory_bytes() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _git_commit() -> str | None:
+    try:
+        result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                                text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() or None
+
+
+def machine_info(threads: dict | None = None) -> dict:
+    """Machine, versions, date and thread settings, for every results file."""
+    import numba
+    import scipy
+    versions = {"python": platform.python_version(), "numpy": np.__version__, "numba": numba.__version__,
+                "scipy": scipy.__version__}
+    try:
+        import torch
+        versions["torch"] = torch.__version__
+    except ImportError:
+        versions["torch"] = None
+    try:
+        blas = np.show_config(mode="dicts").get("Build Dependencies", {}).get("blas", {})
+        versions["numpy_blas"] = f"{blas.get('name', '?')} {blas.get('version', '')}".strip()
+    except (TypeError, AttributeError):
+        versions["numpy_blas"] = None
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "cpu": _cpu_model(), "logical_cpus": os.cpu_count(), "memory_bytes": _memory_bytes(),
+        "platform": platform.platform(), "versions": versions, "threads": threads,
+        "fedsim_commit": _git_commit(),
+    }
+
+
+def write_json(path: Path, payload: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=1, default=_json_default) + "\n")
+
+
+def _json_default(value):
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def suite_arguments(description: str, argv: Sequence[str] | None = None):
+    """The command line every suite module accepts when run on its own (``python -m benchmarks.kernels``)."""
+    import argparse
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--mode", default="quick", choices=MODES)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", type=Path, required=True, help="where to write the results")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="folder with the fashion-mnist IDX files (default: fedsim's search path)")
+    return parser.parse_args(argv)
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)

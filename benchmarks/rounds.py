@@ -1,0 +1,323 @@
+"""Round benchmarks: a round of the STC seed experiment and an iteration of the LAQ seed experiment,
+fedsim against an equivalent torch (CPU) implementation, evaluation timed apart.
+
+STC seed round: 50 clients (all participate), softmax regression on 32x32 Fashion-MNIST (1024 features,
+10 classes, 10,250 parameters), batch 100, 1 local iteration, ``stc_updown`` (p_up 0.001, p_down 0.002,
+error feedback both ways), evaluation on 15,000 samples (the first 5,000 training samples and the 10,000
+test samples). LAQ seed iteration: 10 workers x 6,000 samples x 784 features (float64), full-batch
+gradients, b = 4, the LAQ upload rule; evaluation = test accuracy on 10,000 samples.
+
+Validation first: from the same state, fedsim's round and the torch round must give the same server
+model (float32 tolerance), the same bit count and the same evaluation; the first LAQ iterations must give
+the same iterates and the same upload decisions. Then both are timed, interleaved, on the same batches.
+
+The floating-point limit: a round's multiply-add work is dominated by its matrix products (forward
+``x W`` and backward ``x^T delta``, 2 F C flops per sample each; evaluation 2 F C per sample). Its time at
+the machine's peak is that count over the peak matmul rate, measured with a large NumPy matmul on the same
+thread count.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from benchmarks import common
+from benchmarks.common import ValidationError, assert_close, assert_equal, log
+
+# Per mode: repeats (timed rounds / iterations, after validation and warm-up), the peak-matmul size, and the
+# data: None = Fashion-MNIST with the seed shapes; otherwise random data of the given (small) shapes.
+SETTINGS = {
+    "smoke": dict(repeats=2, peak_size=256, synthetic_shape=(2000, 64), eval_train=300, n_test=400,
+                  n_clients=5, batch=20, laq_shape=(3, 200, 40), laq_validate=3, laq_repeats=3),
+    "quick": dict(repeats=7, peak_size=2000, synthetic_shape=None, eval_train=5000, n_test=None,
+                  n_clients=50, batch=100, laq_shape=None, laq_validate=5, laq_repeats=7),
+    "full": dict(repeats=21, peak_size=3000, synthetic_shape=None, eval_train=5000, n_test=None,
+                 n_clients=50, batch=100, laq_shape=None, laq_validate=10, laq_repeats=21),
+}
+
+
+@dataclass(frozen=True)
+class Data:
+    """A dataset for a benchmark and where it came from."""
+
+    dataset: object            # fedsim Dataset
+    source: str                # what it is, for the results
+
+
+def load_or_synthesize(pipeline: str, data_dir, synthetic_shape, n_test, seed: int = 0) -> Data:
+    """Fashion-MNIST through fedsim's pipeline (``stc`` or ``laq``), or random data of the same shapes when
+    the files are not available (or ``synthetic_shape`` asks for small data)."""
+    from fedsim.data.dataset import Dataset
+    dtype = np.float32 if pipeline == "stc" else np.float64
+    if synthetic_shape is None:
+        from fedsim.data.datasets import load_dataset
+        try:
+            dataset = load_dataset("fashion-mnist", pipeline, data_dir=data_dir, download=False,
+                                   progress=False)
+            return Data(dataset, f"Fashion-MNIST (60,000 train / 10,000 test images), {pipeline} pipeline")
+        except (OSError, ValueError) as error:
+            log(f"fashion-mnist not available ({type(error).__name__}: {error}); using random data")
+            synthetic_shape = (60000, 1024 if pipeline == "stc" else 784)
+            n_test = 10000
+    n_train, n_features = synthetic_shape
+    n_test = n_test or 10000
+    rng = np.random.default_rng(seed)
+    dataset = Dataset(name="random", x_train=rng.standard_normal((n_train, n_features)).astype(dtype),
+                      y_train=rng.integers(0, 10, n_train), x_test=rng.standard_normal(
+                          (n_test, n_features)).astype(dtype), y_test=rng.integers(0, 10, n_test), n_classes=10)
+    return Data(dataset, f"random normal data of shape {n_train} x {n_features} (train), {n_test} test "
+                         f"(not the real images)")
+
+
+def peak_matmul_gflops(size: int, dtype, repeats: int = 3) -> dict:
+    """The machine's matmul rate: a (size x size) @ (size x size) NumPy product, 2 size^3 flops."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((size, size)).astype(dtype)
+    b = rng.standard_normal((size, size)).astype(dtype)
+    timing = common.time_interleaved({"matmul": lambda: a @ b}, repeats)["matmul"]
+    return {"size": size, "dtype": np.dtype(dtype).name, "seconds": timing.median,
+            "gflops": 2 * size ** 3 / timing.median / 1e9}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# STC
+
+
+def _replay(run) -> tuple[np.ndarray, np.ndarray]:
+    """Participants and batch rows (iterations, K, B) of the round fedsim just ran (from its batch log)."""
+    entries = run.batch_log
+    participants = entries[0][1]
+    rows = []
+    for _, _, samples, count in entries:
+        if np.any(count < samples.shape[1]):
+            raise ValidationError("a ragged batch (end of a client's epoch) in a replayed round; the torch "
+                                  "round assumes full batches")
+        rows.append(samples)
+    run.batch_log = []
+    return participants, np.stack(rows)
+
+
+def stc_round_benchmark(mode: str, data_dir=None) -> dict:
+    """Validate, then time fedsim's and torch's STC seed rounds (and their evaluations)."""
+    import torch
+
+    from benchmarks.torch_reference import TorchSTCRound
+    from fedsim.algorithms.federated import FederatedConfig, FederatedRun
+    from fedsim.experiment import DataConfig, split_among_clients
+
+    settings = SETTINGS[common.check_mode(mode)]
+    data = load_or_synthesize("stc", data_dir, settings["synthetic_shape"], settings["n_test"])
+    dataset = data.dataset
+    n_clients = settings["n_clients"]
+    clients = split_among_clients(DataConfig(dataset="fashion-mnist"), dataset, n_clients, seed=0)
+    never = 10 ** 9                          # evaluation is timed on its own, not inside step()
+    config = FederatedConfig(method="stc_updown", rounds=never, n_clients=n_clients, batch_size=settings["batch"],
+                             eval_train_samples=settings["eval_train"], eval_every=never)
+    run = FederatedRun(config, dataset, clients, seed=0)
+    for _ in range(3):                        # compile, and leave the all-zero start (exact ties)
+        run.step()
+
+    # -- validation: one round from the same state ---------------------------------------------------
+    state = (run.server.weights.copy(), run.clients.residual.copy(), run.server.residual.copy())
+    run.batch_log = []
+    record = run.step()
+    participants, rows = _replay(run)
+    reference = TorchSTCRound(run.x_train, run.y_train, run.eval_sets, dataset.n_classes, config.lr,
+                              config.p_up, config.p_down, *state)
+    choices = reference.choose_formulations(rows[0], repeats=3)
+    outcome = reference.step(participants, rows)
+    scale = float(np.abs(run.server.weights).max())
+    assert_close("STC round: server weights (torch vs fedsim)", reference.weights.numpy(), run.server.weights,
+                 rtol=1e-4, atol=1e-5 * scale)
+    assert_close("STC round: client losses", outcome["client_losses"].numpy(), record["client_losses"],
+                 rtol=1e-4, atol=1e-6)
+    assert_equal("STC round: upstream bits", outcome["bits_up"], record["bits_up"])
+    assert_equal("STC round: downstream bits", outcome["bits_down"], record["bits_down"])
+    fedsim_eval = _fedsim_evaluate(run)
+    torch_eval = reference.evaluate()
+    for key, value in fedsim_eval.items():
+        assert_close(f"STC evaluation: {key}", torch_eval[key], value, rtol=1e-4, atol=1e-6)
+
+    # -- timing: the same batches for both, interleaved --------------------------------------------------
+    repeats = settings["repeats"]
+    fedsim_round, torch_round = [], []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run.step()
+        fedsim_round.append(time.perf_counter() - started)
+        participants, rows = _replay(run)
+        started = time.perf_counter()
+        reference.step(participants, rows)
+        torch_round.append(time.perf_counter() - started)
+    evaluation = common.time_interleaved({"fedsim": lambda: _fedsim_evaluate(run),
+                                          "torch": reference.evaluate}, repeats)
+
+    n_features, n_classes = dataset.n_features, dataset.n_classes
+    K, B = len(participants), config.batch_size
+    eval_samples = sum(len(y) for _, y in run.eval_sets.values())
+    training_flops = 2 * (2 * K * B * n_features * n_classes) * config.local_iterations
+    evaluation_flops = 2 * eval_samples * n_features * n_classes
+    peak = peak_matmul_gflops(settings["peak_size"], np.float32)
+    fedsim_median, torch_median = float(np.median(fedsim_round)), float(np.median(torch_round))
+    return {
+        "name": "stc_round", "data": data.source,
+        "setting": {"clients": n_clients, "participants": K, "batch": B, "features": n_features,
+                    "classes": n_classes, "parameters": int(run.model.size), "local_iterations": 1,
+                    "method": "stc_updown", "p_up": config.p_up, "p_down": config.p_down,
+                    "evaluation_samples": eval_samples, "dtype": "float32"},
+        "torch_formulations": choices,
+        "round": {"fedsim": common.Timing(tuple(fedsim_round)).to_dict(),
+                  "torch": common.Timing(tuple(torch_round)).to_dict()},
+        "evaluation": {name: timing.to_dict() for name, timing in evaluation.items()},
+        "flops": {"training": training_flops, "evaluation": evaluation_flops,
+                  "note": "matrix products only: forward x W and backward x^T delta (2 F C per sample each), "
+                          "evaluation x W (2 F C per sample)"},
+        "peak_matmul": peak,
+        "summary": {
+            "round_speedup_vs_torch": torch_median / fedsim_median,
+            "evaluation_speedup_vs_torch": evaluation["torch"].median / evaluation["fedsim"].median,
+            "round_with_evaluation_speedup_vs_torch": (torch_median + evaluation["torch"].median)
+            / (fedsim_median + evaluation["fedsim"].median),
+            "round_gflops": training_flops / fedsim_median / 1e9,
+            "round_with_evaluation_gflops": (training_flops + evaluation_flops)
+            / (fedsim_median + evaluation["fedsim"].median) / 1e9,
+            "round_at_peak_seconds": training_flops / (peak["gflops"] * 1e9),
+            "round_with_evaluation_at_peak_seconds": (training_flops + evaluation_flops) / (peak["gflops"] * 1e9),
+        },
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def _fedsim_evaluate(run) -> dict:
+    """What fedsim's round does when it evaluates (the same calls, on the same sets)."""
+    results = {}
+    for split, (x, y) in run.eval_sets.items():
+        loss, accuracy = run.model.evaluate(run.server.weights, x, y)
+        results[f"{split}_loss"] = float(loss)
+        results[f"{split}_accuracy"] = float(accuracy)
+    return results
+
+
+# ---------------------------------------------------------------------------------------------------------
+# LAQ
+
+
+def laq_iteration_benchmark(mode: str, data_dir=None) -> dict:
+    """Validate, then time fedsim's and torch's LAQ seed iterations (and the test-accuracy evaluation)."""
+    import torch
+
+    from benchmarks.torch_reference import TorchLAQRun
+    from fedsim.algorithms.lazy import LazyConfig, run_lazy, stack_shards
+    from fedsim.models.softmax import SoftmaxRegression
+    from fedsim.rng import RunStreams
+
+    settings = SETTINGS[common.check_mode(mode)]
+    if settings["laq_shape"] is None:
+        data = load_or_synthesize("laq", data_dir, None, None)
+        n_workers = 10
+    else:
+        n_workers, per_worker, n_features = settings["laq_shape"]
+        data = load_or_synthesize("laq", data_dir, (n_workers * per_worker, n_features), 300)
+    dataset = data.dataset
+    validate, repeats = settings["laq_validate"], settings["laq_repeats"]
+    warmup = 2
+    iterations = validate + warmup + repeats
+    # Glorot initial weights: from zeros, the first gradients of b are exact fractions (0.1 - n_c / n) whose
+    # quantization can land exactly on a rounding boundary, where the last bit of a differently ordered
+    # sum decides the code; the timing does not depend on the starting point.
+    config = LazyConfig(method="laq", n_workers=n_workers, iterations=iterations, eval_every=10 ** 9,
+                        init="glorot")
+    n_samples = len(dataset.y_train)
+    partition = [np.arange(m * n_samples // n_workers, (m + 1) * n_samples // n_workers)
+                 for m in range(n_workers)]
+    shards = stack_shards(dataset.x_train, dataset.y_train, partition, np.float64)
+    model = SoftmaxRegression(dataset.n_features, dataset.n_classes, config.l2)
+    initial = model.init(RunStreams(config.seed).generator("init"), kind=config.init, dtype=np.float64)
+    reference = TorchLAQRun(shards.x, shards.y, dataset.n_classes, initial,
+                            config.step_size, config.bits, config.l2, config.history_length,
+                            config.history_weight, config.max_skips)
+    choices = reference.choose_formulations(repeats=3)
+
+    moments = []                 # perf_counter when fedsim hands over theta^{k+1}, and when it gets it back
+    torch_seconds = []
+    uploads = []
+
+    def callback(k: int, theta: np.ndarray) -> None:
+        arrived = time.perf_counter()
+        started = time.perf_counter()
+        outcome = reference.step()
+        torch_seconds.append(time.perf_counter() - started)
+        if k <= validate:
+            scale = float(np.abs(theta).max()) or 1.0
+            assert_close(f"LAQ iterate theta^{k} (torch vs fedsim)", reference.theta.numpy(), theta,
+                         rtol=1e-9, atol=1e-10 * scale)
+        uploads.append(outcome["uploads"])
+        moments.append((arrived, time.perf_counter()))
+
+    run_started = time.perf_counter()
+    history = run_lazy(config, dataset, partition, callback=callback, progress=False)
+    # fedsim's iteration k (k >= 1) runs between the callback of k - 1 returning and the callback of k
+    fedsim_seconds = [moments[k][0] - moments[k - 1][1] for k in range(1, len(moments))]
+    assert_equal("LAQ upload decisions (torch vs fedsim), validated iterations",
+                 np.array(uploads[:validate]), history.uploads[:validate])
+    timed = slice(validate + warmup - 1, None)
+    fedsim_timing = common.Timing(tuple(fedsim_seconds[timed]))
+    torch_timing = common.Timing(tuple(torch_seconds[validate + warmup:]))
+
+    x_test = np.asarray(dataset.x_test, dtype=np.float64)
+    theta = history.theta
+    test_x, test_y = torch.from_numpy(x_test), torch.from_numpy(np.asarray(dataset.y_test, dtype=np.int64))
+    fedsim_accuracy = float(model.accuracy(theta, x_test, dataset.y_test))
+    reference.theta = torch.tensor(theta)
+    assert_close("LAQ test accuracy", reference.test_accuracy(test_x, test_y), fedsim_accuracy, rtol=0,
+                 atol=1e-12)
+    evaluation = common.time_interleaved({
+        "fedsim": lambda: model.accuracy(theta, x_test, dataset.y_test),
+        "torch": lambda: reference.test_accuracy(test_x, test_y)}, repeats)
+
+    M, n, F = shards.x.shape
+    C = dataset.n_classes
+    flops = 2 * (2 * M * n * F * C)
+    peak = peak_matmul_gflops(settings["peak_size"], np.float64)
+    return {
+        "name": "laq_iteration", "data": data.source,
+        "setting": {"workers": M, "samples_per_worker": n, "features": F, "classes": C,
+                    "parameters": int(model.size), "bits": config.bits, "method": "laq", "dtype": "float64",
+                    "evaluation_samples": int(len(dataset.y_test))},
+        "torch_formulations": choices,
+        "iteration": {"fedsim": fedsim_timing.to_dict(), "torch": torch_timing.to_dict()},
+        "evaluation": {name: timing.to_dict() for name, timing in evaluation.items()},
+        "validated_iterations": validate,
+        "uploads_in_timed_iterations": int(history.uploads[validate + warmup:].sum()),
+        "flops": {"iteration": flops, "note": "matrix products only: forward and backward, 2 F C per sample each"},
+        "peak_matmul": peak,
+        "seconds_total": time.perf_counter() - run_started,
+        "summary": {
+            "iteration_speedup_vs_torch": torch_timing.median / fedsim_timing.median,
+            "evaluation_speedup_vs_torch": evaluation["torch"].median / evaluation["fedsim"].median,
+            "iteration_gflops": flops / fedsim_timing.median / 1e9,
+            "iteration_at_peak_seconds": flops / (peak["gflops"] * 1e9),
+        },
+    }
+
+
+def run(mode: str, threads: int, data_dir=None) -> dict:
+    thread_report = common.apply_threads(threads)
+    results = {"suite": "rounds", "mode": mode, "machine": common.machine_info(thread_report)}
+    log("rounds: STC seed round")
+    results["stc_round"] = stc_round_benchmark(mode, data_dir)
+    log("rounds: LAQ seed iteration")
+    results["laq_iteration"] = laq_iteration_benchmark(mode, data_dir)
+    return results
+
+
+def main(argv=None) -> None:
+    args = common.suite_arguments(__doc__.splitlines()[0], argv)
+    common.write_json(args.json, run(args.mode, args.threads, args.data_dir))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""Run the benchmark suites and regenerate the tables of ``benchmarks/README.md``.
+
+Usage::
+
+    python -m benchmarks.run --quick            # a few minutes: fewer sizes and repeats
+    python -m benchmarks.run --full             # everything in the issue's grid
+    python -m benchmarks.run --full --threads 2 --only kernels rounds
+
+Every suite runs in a fresh process whose BLAS, OpenMP, torch and Numba thread counts are all set to
+``--threads`` (default 1) before any of them loads. Results go to ``benchmarks/results/`` (``--full``) or
+``benchmarks/results/<mode>/`` (other modes) as one JSON file per suite, each with the machine, library
+versions, date and thread settings; the README's generated block is rebuilt from them. A suite that fails
+(for instance because two implementations disagree) makes the command exit with status 1 and leaves the
+README untouched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from benchmarks import common, report
+
+SUITES = ("kernels", "rounds", "scale", "compile")
+RESULTS = Path(__file__).resolve().parent / "results"
+README = Path(__file__).resolve().parent / "README.md"
+
+
+def default_data_dir() -> Path | None:
+    """``shared/data`` next to the checkout, if present (fedsim's own search path is used otherwise)."""
+    candidate = common.REPO.parent / "shared" / "data"
+    return candidate if candidate.is_dir() else None
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    modes = parser.add_mutually_exclusive_group()
+    modes.add_argument("--quick", dest="mode", action="store_const", const="quick", help="a few minutes (default)")
+    modes.add_argument("--full", dest="mode", action="store_const", const="full", help="the whole grid")
+    modes.add_argument("--smoke", dest="mode", action="store_const", const="smoke",
+                       help="tiny sizes, seconds: checks that everything runs and validates")
+    parser.set_defaults(mode="quick")
+    parser.add_argument("--threads", type=int, default=1, help="threads for BLAS, torch and Numba alike")
+    parser.add_argument("--only", nargs="+", choices=SUITES, default=list(SUITES))
+    parser.add_argument("--out", type=Path, default=None,
+                        help="results folder (default: benchmarks/results, or benchmarks/results/<mode>)")
+    parser.add_argument("--readme", type=Path, default=README, help="README whose tables are regenerated")
+    parser.add_argument("--no-readme", action="store_true", help="write the JSON results only")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="folder with the Fashion-MNIST files (default: ../shared/data if present, "
+                             "else fedsim's search path; random data of the same shapes if none)")
+    args = parser.parse_args(argv)
+    common.check_threads(args.threads)
+    return args
+
+
+def run_suite(suite: str, mode: str, threads: int, out: Path, data_dir: Path | None) -> bool:
+    """Run one suite in a fresh process; True if it succeeded."""
+    environment = common.thread_environment(threads)
+    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(common.REPO), environment.get("PYTHONPATH")]))
+    command = [sys.executable, "-m", f"benchmarks.{suite}", "--mode", mode, "--threads", str(threads),
+               "--json", str(out / f"{suite}.json")]
+    if data_dir is not None:
+        command += ["--data-dir", str(data_dir)]
+    common.log(f"== {suite} ({mode}, {threads} thread{'s' if threads > 1 else ''})")
+    started = time.perf_counter()
+    finished = subprocess.run(command, cwd=common.REPO, env=environment)
+    common.log(f"== {suite}: {'ok' if finished.returncode == 0 else 'FAILED'} in "
+               f"{time.perf_counter() - started:.0f} s")
+    return finished.returncode == 0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    out = args.out or (RESULTS if args.mode == "full" else RESULTS / args.mode)
+    out.mkdir(parents=True, exist_ok=True)
+    data_dir = args.data_dir or default_data_dir()
+    failed = [suite for suite in args.only if not run_suite(suite, args.mode, args.threads, out, data_dir)]
+    if failed:
+        common.log(f"failed suites: {', '.join(failed)}; README not updated")
+        return 1
+    results = {suite: json.loads((out / f"{suite}.json").read_text()) for suite in SUITES
+               if (out / f"{suite}.json").exists()}
+    for row in report.targets(results):
+        common.log(f"target: {row['target']}: {row['measured']} ({row['bound']}): "
+                   f"{row.get('status', 'met')}")
+    if not args.no_readme:
+        report.update_readme(args.readme, results)
+        common.log(f"tables written to {args.readme}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

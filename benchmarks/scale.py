@@ -1,0 +1,198 @@
+"""Scale benchmark: seconds per round and peak memory from 100 to 100,000 simulated clients.
+
+Setting: ``stc_updown`` (p_up 0.001, p_down 0.002, error feedback both ways) on FedProx's Synthetic(1, 1)
+(60 features, 10 classes: 610 parameters, float32), one client per device (the data's natural partition),
+participation 0.01 and 0.1, plus a series at a fixed 100 participants per round (1,000 / 10,000 /
+100,000 clients at 0.1 / 0.01 / 0.001) that separates the effect of total clients from that of
+participants. FedProx's own sample-count law (lognormal, mean ~450 per device) would need ~45 million
+samples (~11 GB) at 100,000 devices, so every device here holds ``SAMPLES_PER_DEVICE`` = 10 training
+samples (``make_synthetic(samples=10, test_fraction=0)``: same generative model, smaller devices), and a
+local step uses all 10 (batch 10). Evaluation is off (it measures the model, not the simulator's scale).
+
+Each configuration runs in its own process, so its peak resident memory (``ru_maxrss``) is its own; the
+report splits it into the interpreter with its libraries, the data, and the run's state (RSS growth while
+building the run and while running). The fixed-participants series is timed once more with its three
+runs in one process, rounds interleaved, so that the comparison does not depend on when each process ran
+on this shared machine. An idle client's cost is also computed from the arrays that hold it:
+index and bookkeeping arrays are allocated up front; the residual row (P floats) is a row of one
+``np.zeros`` array whose pages the operating system maps only when a client first writes to it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks import common
+from benchmarks.common import log
+
+SAMPLES_PER_DEVICE = 10
+# Every configuration times the same number of rounds after the same warm-up, so that all are measured
+# in the same state (the server's message cache, the share of clients that have participated).
+SETTINGS = {
+    "smoke": dict(grid=((200, 0.05),), fixed=(), rounds=2, warmup=1),
+    "quick": dict(grid=tuple((n, r) for n in (100, 1_000, 10_000, 100_000) for r in (0.01, 0.1)),
+                  fixed=((1_000, 0.1), (10_000, 0.01), (100_000, 0.001)), rounds=10, warmup=3),
+    "full": dict(grid=tuple((n, r) for n in (100, 1_000, 10_000, 100_000) for r in (0.01, 0.1)),
+                 fixed=((1_000, 0.1), (10_000, 0.01), (100_000, 0.001)), rounds=30, warmup=3),
+}
+
+
+def _rss_bytes() -> int:
+    """Current resident set size (Linux /proc), 0 where unavailable."""
+    try:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def measure_one(n_clients: int, participation: float, rounds: int, warmup: int, threads: int) -> dict:
+    """Build and run one configuration in this process (call it in a fresh process; torch stays unloaded,
+    so the memory measured is fedsim's)."""
+    common.apply_threads(threads, torch=False)
+    from fedsim.algorithms.federated import FederatedConfig, FederatedRun
+    from fedsim.data.synthetic import make_synthetic
+
+    rss_start = _rss_bytes()
+    started = time.perf_counter()
+    dataset = make_synthetic(1.0, 1.0, n_clients, np.random.default_rng(0), samples=SAMPLES_PER_DEVICE,
+                             test_fraction=0.0)
+    data_seconds = time.perf_counter() - started
+    rss_data = _rss_bytes()
+    never = 10 ** 9
+    config = FederatedConfig(method="stc_updown", rounds=never, n_clients=n_clients,
+                             participation_rate=participation, batch_size=SAMPLES_PER_DEVICE,
+                             eval_every=never)
+    started = time.perf_counter()
+    run = FederatedRun(config, dataset, dataset.client_indices, seed=0)
+    build_seconds = time.perf_counter() - started
+    rss_built = _rss_bytes()
+    for _ in range(warmup):
+        run.step()
+    seconds = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        run.step()
+        seconds.append(time.perf_counter() - started)
+    rss_end = _rss_bytes()
+    clients = run.clients
+    per_client_arrays = {name: getattr(clients, name).nbytes for name in
+                         ("samples", "order", "offsets", "cursor", "epoch", "order_epoch", "last_sync")}
+    residual_row = clients.residual[0].nbytes if clients.residual is not None else 0
+    return {
+        "clients": n_clients, "participation": participation,
+        "participants": config.participants_per_round, "parameters": int(run.model.size),
+        "rounds_timed": len(seconds), "round": common.Timing(tuple(seconds)).to_dict(),
+        "data_seconds": data_seconds, "build_seconds": build_seconds,
+        "touched_clients": int(np.count_nonzero(clients.last_sync)),
+        "memory": {
+            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "rss_after_imports_bytes": rss_start, "data_bytes": rss_data - rss_start,
+            "dataset_array_bytes": int(dataset.x_train.nbytes + dataset.y_train.nbytes),
+            "run_build_bytes": rss_built - rss_data, "running_growth_bytes": rss_end - rss_built,
+            "client_bookkeeping_bytes": int(sum(per_client_arrays.values())),
+            "client_bookkeeping_arrays": per_client_arrays,
+            "residual_row_bytes": int(residual_row),
+            "residual_array_virtual_bytes": int(clients.residual.nbytes) if clients.residual is not None else 0,
+        },
+    }
+
+
+def measure_series_interleaved(configurations, rounds: int, warmup: int, threads: int) -> dict:
+    """The fixed-participants series in one process, rounds interleaved (one round of each run in turn),
+    so that load from other processes falls on all configurations alike."""
+    common.apply_threads(threads, torch=False)
+    from fedsim.algorithms.federated import FederatedConfig, FederatedRun
+    from fedsim.data.synthetic import make_synthetic
+
+    runs = []
+    never = 10 ** 9
+    for n_clients, participation in configurations:
+        dataset = make_synthetic(1.0, 1.0, n_clients, np.random.default_rng(0), samples=SAMPLES_PER_DEVICE,
+                                 test_fraction=0.0)
+        config = FederatedConfig(method="stc_updown", rounds=never, n_clients=n_clients,
+                                 participation_rate=participation, batch_size=SAMPLES_PER_DEVICE,
+                                 eval_every=never)
+        runs.append(FederatedRun(config, dataset, dataset.client_indices, seed=0))
+    for run in runs:
+        for _ in range(warmup):
+            run.step()
+    seconds = [[] for _ in runs]
+    for _ in range(rounds):
+        for index, run in enumerate(runs):
+            started = time.perf_counter()
+            run.step()
+            seconds[index].append(time.perf_counter() - started)
+    return {"configurations": [{"clients": n, "participation": r, "participants": run.config.participants_per_round,
+                                "round": common.Timing(tuple(times)).to_dict()}
+                               for (n, r), run, times in zip(configurations, runs, seconds)]}
+
+
+def run(mode: str, threads: int) -> dict:
+    common.check_mode(mode)
+    thread_report = common.apply_threads(threads)
+    settings = SETTINGS[mode]
+    configurations = list(settings["grid"]) + [c for c in settings["fixed"] if c not in settings["grid"]]
+    results = {"suite": "scale", "mode": mode, "machine": common.machine_info(thread_report),
+               "samples_per_device": SAMPLES_PER_DEVICE, "fixed_participants_series": [list(c) for c in settings["fixed"]],
+               "configurations": []}
+    environment = common.thread_environment(threads)
+    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(common.REPO), environment.get("PYTHONPATH")]))
+    for n_clients, participation in configurations:
+        log(f"scale: {n_clients:,} clients, participation {participation}")
+        command = [sys.executable, "-m", "benchmarks.scale", "--one", str(n_clients), str(participation),
+                   "--rounds", str(settings["rounds"]), "--warmup", str(settings["warmup"]),
+                   "--threads", str(threads)]
+        finished = subprocess.run(command, cwd=common.REPO, env=environment, capture_output=True, text=True)
+        if finished.returncode != 0:
+            raise RuntimeError(f"scale configuration {n_clients} x {participation} failed:\n{finished.stderr}")
+        results["configurations"].append(json.loads(finished.stdout.strip().splitlines()[-1]))
+    if settings["fixed"]:
+        log("scale: fixed participants, interleaved in one process")
+        command = [sys.executable, "-m", "benchmarks.scale", "--series", *[f"{n}:{r}" for n, r in settings["fixed"]],
+                   "--rounds", str(settings["rounds"]), "--warmup", str(settings["warmup"]),
+                   "--threads", str(threads)]
+        finished = subprocess.run(command, cwd=common.REPO, env=environment, capture_output=True, text=True)
+        if finished.returncode != 0:
+            raise RuntimeError(f"the interleaved fixed-participants series failed:\n{finished.stderr}")
+        results["fixed_participants_interleaved"] = json.loads(finished.stdout.strip().splitlines()[-1])
+    return results
+
+
+def main(argv=None) -> None:
+    import argparse
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mode", default="quick", choices=common.MODES)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", type=Path, help="where to write the results (suite mode)")
+    parser.add_argument("--one", nargs=2, metavar=("CLIENTS", "PARTICIPATION"),
+                        help="measure one configuration in this process and print its JSON")
+    parser.add_argument("--series", nargs="+", metavar="CLIENTS:PARTICIPATION",
+                        help="measure these configurations interleaved in this process and print JSON")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--data-dir", type=Path, default=None, help="unused (synthetic data)")
+    args = parser.parse_args(argv)
+    if args.series:
+        configurations = [(int(item.split(":")[0]), float(item.split(":")[1])) for item in args.series]
+        print(json.dumps(measure_series_interleaved(configurations, args.rounds, args.warmup, args.threads)))
+        return
+    if args.one:
+        result = measure_one(int(args.one[0]), float(args.one[1]), args.rounds, args.warmup, args.threads)
+        print(json.dumps(result))
+        return
+    if args.json is None:
+        parser.error("--json is required unless --one is given")
+    common.write_json(args.json, run(args.mode, args.threads))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,486 @@
+"""The torch (CPU) baselines: compressor kernels, a round of the STC seed experiment, an iteration of the
+LAQ seed experiment.
+
+These are written to be fast in torch, not to mirror fedsim's code: data is preloaded as tensors, every
+client (worker) of a round is handled in one batched call (``bmm`` over clients, never a Python loop over
+them), selection uses ``torch.topk``, and elementwise work runs in place where that saves a pass. Each
+matrix product can be written several equivalent ways whose speed differs a lot on skinny matrices
+(MKL picks different kernels for ``X @ W`` and ``(W^T X^T)^T``), so :func:`fastest` times the candidate
+formulations once on the real shapes, checks that they agree, and the round uses the fastest; the choice
+is reported with the results.
+
+Semantics follow fedsim's definitions (DESIGN sections 5 and 6), so the benchmarks can check that both
+compute the same thing before timing them:
+
+* top-k / STC keep ``min(k, nonzeros)`` entries; ties at the threshold go to the lowest indices (the
+  rounds' :func:`stc_rows` implements that rule exactly, since aggregates of ternary messages do tie;
+  the single-vector kernels use plain ``torch.topk``, and the benchmarks validate them on inputs
+  without ties at the threshold);
+* mu = mean kept magnitude, summed in float64, rounded to the data's dtype;
+* the LAQ quantizer uses the same two-division form as fedsim, so codes and Q agree bitwise.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+
+from fedsim.compress.base import ceil_product
+from fedsim.kernels.golomb import LOG_GOLDEN_CONJUGATE, MAX_RICE_PARAMETER
+
+COUNT_BITS = 32          # the count field that starts every sparse segment (fedsim's wire format)
+MU_BITS = 32             # mu of a float32 STC message (the STC seed runs in float32)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# choosing among equivalent formulations
+
+
+def fastest(candidates: dict[str, Callable[[], torch.Tensor]], repeats: int = 3,
+            rtol: float = 1e-4) -> tuple[str, dict[str, float]]:
+    """The name of the fastest of ``candidates`` (zero-argument callables computing the same tensor)
+    and each one's median seconds. Raises AssertionError if they disagree beyond ``rtol``."""
+    results = {name: candidate() for name, candidate in candidates.items()}
+    reference = next(iter(results.values()))
+    scale = float(reference.abs().max()) or 1.0
+    for name, result in results.items():
+        if result.shape != reference.shape or not torch.allclose(result, reference, rtol=rtol,
+                                                                 atol=rtol * scale):
+            raise AssertionError(f"torch formulation {name!r} disagrees with {next(iter(results))!r}")
+    seconds = {}
+    for name, candidate in candidates.items():
+        samples = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            candidate()
+            samples.append(time.perf_counter() - started)
+        seconds[name] = float(np.median(samples))
+    return min(seconds, key=seconds.get), seconds
+
+
+# ---------------------------------------------------------------------------------------------------------
+# kernels on one vector (the kernel benchmarks)
+
+
+def top_k_threshold(x: torch.Tensor, k: int):
+    """(threshold v, mu, count) as :func:`fedsim.kernels.sparsify.top_k_threshold` (torch.topk)."""
+    values = torch.topk(x.abs(), k, sorted=False).values
+    threshold = values.min()
+    if threshold > 0:
+        return threshold, (values.double().sum() / k).to(x.dtype), k
+    kept = values[values > 0]                       # fewer than k nonzeros: keep them all, v = 0
+    count = kept.numel()
+    mu = (kept.double().sum() / count).to(x.dtype) if count else torch.zeros((), dtype=x.dtype)
+    return torch.zeros((), dtype=x.dtype), mu, count
+
+
+def _top_k_positions(x: torch.Tensor, k: int):
+    """Kept positions (increasing) and their magnitudes, by torch.topk."""
+    magnitudes, indices = torch.topk(x.abs(), k, sorted=False)
+    if magnitudes.min() == 0:
+        nonzero = magnitudes > 0
+        magnitudes, indices = magnitudes[nonzero], indices[nonzero]
+    positions, order = torch.sort(indices)
+    return positions, magnitudes[order]
+
+
+def ternarize(x: torch.Tensor, k: int):
+    """STC with the exact threshold: (positions, int8 signs, mu)."""
+    positions, magnitudes = _top_k_positions(x, k)
+    signs = torch.where(x[positions] > 0, 1, -1).to(torch.int8)
+    count = positions.numel()
+    mu = (magnitudes.double().sum() / count).to(x.dtype) if count else torch.zeros((), dtype=x.dtype)
+    return positions, signs, mu
+
+
+def sampled_ternarize(x: torch.Tensor, sample_positions: torch.Tensor, k_sample: int, k: int):
+    """STC with the sampled threshold (fallback to the exact one): (positions, signs, mu, exact)."""
+    threshold, mu, _ = top_k_threshold(x[sample_positions], k_sample)
+    if threshold > 0:
+        magnitudes = x.abs()
+        positions = torch.nonzero(magnitudes >= threshold).flatten()
+        if magnitudes[positions].max() != threshold:
+            return positions, torch.where(x[positions] > 0, 1, -1).to(torch.int8), mu, False
+    positions, signs, mu = ternarize(x, k)
+    return positions, signs, mu, True
+
+
+def top_k_sparsify(x: torch.Tensor, k: int):
+    """Top-k with values: (positions, values)."""
+    positions, _ = _top_k_positions(x, k)
+    return positions, x[positions]
+
+
+def sign(x: torch.Tensor) -> torch.Tensor:
+    """sign(x_i) in {-1, 0, +1} as int8."""
+    return torch.sign(x).to(torch.int8)
+
+
+def laq_quantize(gradients: torch.Tensor, previous: torch.Tensor, bits: int):
+    """LAQ quantizer of each row (finite inputs): (codes, Q, R, e = ||Q - g||^2, ||Q - Q_prev||^2).
+
+    As fedsim: float64 arithmetic inside, q = floor(((g - Q_prev) / R + 1) h + 1/2) and
+    Q = Q_prev + R (q / h - 1) with h = (2^b - 1) / 2 (in place where possible), Q stored in the input's
+    dtype and the errors measured on Q as stored. Rows with R = 0 keep Q = Q_prev and the code 2^(b-1).
+    """
+    half_levels = 0.5 * ((1 << bits) - 1)
+    g, q_prev = gradients.double(), previous.double()           # no copy for float64 input
+    difference = g - q_prev
+    radius = difference.abs().amax(dim=1)
+    moving = radius > 0
+    safe_radius = torch.where(moving, radius, torch.ones_like(radius))[:, None]
+    codes = difference.div_(safe_radius).add_(1.0).mul_(half_levels).add_(0.5).floor_()   # q
+    quantized = (codes / half_levels).sub_(1.0).mul_(safe_radius).add_(q_prev)            # Q
+    if not bool(moving.all()):
+        still = ~moving
+        quantized[still] = q_prev[still]
+        codes[still] = float(1 << (bits - 1))
+    quantized = quantized.to(gradients.dtype)
+    stored = quantized.double()
+    error = (stored - g).square_().sum(dim=1)
+    innovation = (stored - q_prev).square_().sum(dim=1)
+    return codes.to(torch.uint8 if bits <= 8 else torch.int32), quantized, radius, error, innovation
+
+
+# ---------------------------------------------------------------------------------------------------------
+# batched STC with error feedback (the rounds)
+
+
+def rice_parameters(counts: np.ndarray, size: int) -> np.ndarray:
+    """The Golomb-Rice parameter b* for ``counts`` kept positions out of ``size`` (0 for no positions)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        ratio = LOG_GOLDEN_CONJUGATE / np.log1p(-counts / size)     # b* = 1 + floor(log2(ratio))
+    valid = (counts > 0) & (ratio >= 1)
+    parameter = np.minimum(1 + np.floor(np.log2(np.where(valid, ratio, 1.0))), MAX_RICE_PARAMETER)
+    return np.where(valid, parameter, 0).astype(np.int64)
+
+
+def stc_rows(accumulated: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """STC of every row of one segment, exactly fedsim's kept set (ties to the lowest index).
+
+    Returns the dense messages (rows) and the encoded bits of each row: 32-bit count, Golomb-Rice
+    positions, one sign bit per entry, 32 bits for mu.
+    """
+    magnitudes = accumulated.abs()
+    kth = torch.topk(magnitudes, min(k, magnitudes.shape[1]), dim=1, sorted=False).values.amin(
+        dim=1, keepdim=True)
+    keep = magnitudes > kth                                        # every nonzero when kth = 0
+    ties = (magnitudes == kth) & (kth > 0)
+    if bool(ties.any()):
+        room = k - keep.sum(dim=1, keepdim=True)
+        keep |= ties & (ties.cumsum(dim=1) <= room)
+    counts = keep.sum(dim=1)
+    mu = ((magnitudes.double() * keep).sum(dim=1) / counts.clamp(min=1)).to(accumulated.dtype)
+    sent = torch.where(keep, torch.sign(accumulated) * mu[:, None], torch.zeros((), dtype=mu.dtype))
+    return sent, _sparse_bits(keep, counts)
+
+
+def _sparse_bits(keep: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Encoded bits of each row's ternary message (fedsim's format) from its keep mask."""
+    size = keep.shape[1]
+    rows, columns = keep.nonzero(as_tuple=True)
+    previous = torch.empty_like(columns)
+    previous[0:1] = -1
+    previous[1:] = columns[:-1]
+    previous[torch.cat([torch.ones(min(1, rows.numel()), dtype=torch.bool), rows[1:] != rows[:-1]])] = -1
+    gaps = columns - previous                                          # g = s_j - s_(j-1), first s_1 + 1
+    parameters = torch.from_numpy(rice_parameters(counts.numpy(), size))
+    quotients = torch.zeros(keep.shape[0], dtype=torch.int64)
+    quotients.index_add_(0, rows, (gaps - 1) >> parameters[rows])
+    return (COUNT_BITS + quotients + counts * (1 + parameters) + counts
+            + torch.where(counts > 0, MU_BITS, 0))
+
+
+class TorchSTCRound:
+    """One round of the STC seed experiment (stc_updown, mean aggregation, error feedback up and down,
+    plain SGD), batched over the participants, on preloaded tensors.
+
+    ``weights``, ``client_residuals`` (n_clients, P) and ``server_residual`` start as copies of a fedsim
+    run's state; :meth:`step` takes the participants and their batches (fedsim's, replayed), so both
+    compute the same round.
+    """
+
+    def __init__(self, x_train: np.ndarray, y_train: np.ndarray, eval_sets: dict, n_classes: int,
+                 lr: float, p_up: float, p_down: float, weights: np.ndarray,
+                 client_residuals: np.ndarray, server_residual: np.ndarray):
+        self.x_train = torch.from_numpy(np.ascontiguousarray(x_train))
+        self.y_train = torch.from_numpy(np.asarray(y_train, dtype=np.int64))
+        self.eval_sets = {name: (torch.from_numpy(np.ascontiguousarray(x)),
+                                 torch.from_numpy(np.asarray(y, dtype=np.int64)))
+                          for name, (x, y) in eval_sets.items()}
+        self.n_features = self.x_train.shape[1]
+        self.n_classes = n_classes
+        self.lr = lr
+        self.weights = torch.tensor(weights)
+        self.client_residuals = torch.tensor(client_residuals)
+        self.server_residual = torch.tensor(server_residual)
+        w_size = self.n_features * n_classes
+        self.segments = ((0, w_size), (w_size, w_size + n_classes))
+        self.k_up = [ceil_product(p_up, stop - start) for start, stop in self.segments]
+        self.k_down = [ceil_product(p_down, stop - start) for start, stop in self.segments]
+        self.choices: dict[str, object] = {}
+
+    # -- formulations -------------------------------------------------------------------------------
+    def choose_formulations(self, batch_rows: np.ndarray, repeats: int = 3) -> dict:
+        """Time the equivalent ways of writing the three products on the real shapes; keep the fastest."""
+        K, B = batch_rows.shape
+        F, C = self.n_features, self.n_classes
+        generator = torch.Generator().manual_seed(0)
+        x = self.x_train.index_select(0, torch.from_numpy(batch_rows.reshape(-1))).view(K, B, F)
+        stacked = torch.randn(K, F, C, generator=generator, dtype=x.dtype) * 0.01
+        bias = torch.randn(K, C, generator=generator, dtype=x.dtype) * 0.01
+        delta = torch.randn(K, B, C, generator=generator, dtype=x.dtype)
+        forward = {
+            "baddbmm": lambda: torch.baddbmm(bias[:, None, :], x, stacked),
+            "bmm + bias": lambda: torch.bmm(x, stacked) + bias[:, None, :],
+            "einsum": lambda: torch.einsum("kbf,kfc->kbc", x, stacked) + bias[:, None, :],
+            "transposed bmm": lambda: torch.bmm(stacked.transpose(1, 2), x.transpose(1, 2)).transpose(1, 2)
+            + bias[:, None, :],
+        }
+        backward = {
+            "bmm x^T delta": lambda: torch.bmm(x.transpose(1, 2), delta),
+            "(delta^T x)^T": lambda: torch.bmm(delta.transpose(1, 2), x).transpose(1, 2).contiguous(),
+            "einsum": lambda: torch.einsum("kbf,kbc->kfc", x, delta),
+        }
+        x_eval = self.eval_sets["test"][0]
+        weights_eval, bias_eval = stacked[0].contiguous(), bias[0]
+        weights_eval_t = weights_eval.t().contiguous()
+        evaluate = {
+            "addmm": lambda: torch.addmm(bias_eval, x_eval, weights_eval),
+            "linear (W^T stored)": lambda: torch.nn.functional.linear(x_eval, weights_eval_t, bias_eval),
+            "(W^T X^T)^T": lambda: (weights_eval.t() @ x_eval.t()).t() + bias_eval,
+        }
+        report = {}
+        for name, candidates in (("forward", forward), ("backward", backward), ("evaluate", evaluate)):
+            best, seconds = fastest(candidates, repeats)
+            self.choices[name] = best
+            report[name] = {"chosen": best, "seconds": seconds}
+        return report
+
+    def _logits(self, x, stacked, bias):
+        how = self.choices.get("forward", "baddbmm")
+        if how == "bmm + bias":
+            return torch.bmm(x, stacked) + bias[:, None, :]
+        if how == "einsum":
+            return torch.einsum("kbf,kfc->kbc", x, stacked) + bias[:, None, :]
+        if how == "transposed bmm":
+            return torch.bmm(stacked.transpose(1, 2), x.transpose(1, 2)).transpose(1, 2) + bias[:, None, :]
+        return torch.baddbmm(bias[:, None, :], x, stacked)
+
+    def _weight_gradient(self, x, delta, out):
+        how = self.choices.get("backward", "bmm x^T delta")
+        if how == "(delta^T x)^T":
+            out.copy_(torch.bmm(delta.transpose(1, 2), x).transpose(1, 2))
+        elif how == "einsum":
+            out.copy_(torch.einsum("kbf,kbc->kfc", x, delta))
+        else:
+            torch.bmm(x.transpose(1, 2), delta, out=out)
+
+    # -- the round ------------------------------------------------------------------------------------
+    def step(self, participants: np.ndarray, batch_rows: np.ndarray) -> dict:
+        """One round. ``batch_rows`` (iterations, K, B): the samples of each local step of each participant."""
+        F, C = self.n_features, self.n_classes
+        w_size = F * C
+        participants = torch.from_numpy(np.asarray(participants, dtype=np.int64))
+        K = participants.numel()
+        local = self.weights.expand(K, -1).clone()               # every participant starts from W
+        gradient = torch.empty_like(local)
+        gradient_w = gradient[:, :w_size].view(K, F, C)
+        client_loss = None
+        for rows in batch_rows:
+            rows = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64))
+            B = rows.shape[1]
+            x = self.x_train.index_select(0, rows.reshape(-1)).view(K, B, F)
+            y = self.y_train[rows]
+            logits = self._logits(x, local[:, :w_size].view(K, F, C), local[:, w_size:])
+            log_p = torch.log_softmax(logits, dim=2)
+            client_loss = -log_p.gather(2, y[:, :, None]).mean(dim=(1, 2))
+            delta = log_p.exp_()                                     # p - onehot(y), / B
+            delta.scatter_add_(2, y[:, :, None], torch.full((K, B, 1), -1.0, dtype=delta.dtype))
+            delta /= B
+            self._weight_gradient(x, delta, gradient_w)
+            torch.sum(delta, dim=1, out=gradient[:, w_size:])
+            local.add_(gradient, alpha=-self.lr)                     # w <- w - lr * g
+        accumulated = local.sub_(self.weights)                       # dW_k = w_k - W
+        accumulated += self.client_residuals[participants]           # A_k + dW_k
+        sent = torch.empty_like(accumulated)
+        bits_up = torch.zeros(K, dtype=torch.int64)
+        for (start, stop), k in zip(self.segments, self.k_up):
+            sent[:, start:stop], bits = stc_rows(accumulated[:, start:stop], k)
+            bits_up += bits
+        self.client_residuals[participants] = accumulated - sent      # A_k <- A_k - m_k
+        aggregate = sent.mean(dim=0)
+        accumulated_down = self.server_residual + aggregate
+        down = torch.empty_like(accumulated_down)
+        bits_down = 0
+        for (start, stop), k in zip(self.segments, self.k_down):
+            message, bits = stc_rows(accumulated_down[None, start:stop], k)
+            down[start:stop] = message[0]
+            bits_down += int(bits[0])
+        self.server_residual = accumulated_down - down
+        self.weights += down                                          # W <- W + m_down
+        return {"client_losses": client_loss, "bits_up": int(bits_up.sum()), "bits_down": bits_down * K}
+
+    def evaluate(self) -> dict:
+        """Loss and accuracy of the server model on every evaluation set."""
+        F, C = self.n_features, self.n_classes
+        weights = self.weights[:F * C].view(F, C)
+        bias = self.weights[F * C:]
+        how = self.choices.get("evaluate", "addmm")
+        results = {}
+        for name, (x, y) in self.eval_sets.items():
+            if how == "linear (W^T stored)":
+                logits = torch.nn.functional.linear(x, weights.t().contiguous(), bias)
+            elif how == "(W^T X^T)^T":
+                logits = (weights.t() @ x.t()).t() + bias
+            else:
+                logits = torch.addmm(bias, x, weights)
+            results[f"{name}_loss"] = float(torch.nn.functional.cross_entropy(logits, y))
+            results[f"{name}_accuracy"] = float((logits.argmax(dim=1) == y).double().mean())
+        return results
+
+
+# ---------------------------------------------------------------------------------------------------------
+# LAQ (the lazy seed experiment)
+
+
+class TorchLAQRun:
+    """LAQ iterations (arXiv 1909.07588; fedsim's rule, DESIGN section 6) on preloaded tensors.
+
+    ``x`` (M, n, F) and ``y`` (M, n) are the workers' shards; all M gradients come from one batched
+    product per direction.
+    """
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, n_classes: int, theta: np.ndarray, step_size: float,
+                 bits: int, l2: float, history_length: int, history_weight: float, max_skips: int):
+        self.x = torch.from_numpy(np.ascontiguousarray(x))
+        self.y = torch.from_numpy(np.asarray(y, dtype=np.int64))
+        self.n_workers, self.n_samples, self.n_features = self.x.shape
+        self.n_classes = n_classes
+        self.theta = torch.tensor(theta)
+        self.step_size, self.bits, self.l2 = step_size, bits, l2
+        self.history_weight, self.max_skips = history_weight, max_skips
+        n_params = self.theta.numel()
+        self.uploaded = torch.zeros(self.n_workers, n_params, dtype=self.x.dtype)   # Q_m
+        self.aggregate = torch.zeros(n_params, dtype=self.x.dtype)                   # sum_m Q_m
+        self.error_at_upload = torch.zeros(self.n_workers, dtype=torch.float64)       # e_hat_m
+        self.skips = torch.zeros(self.n_workers, dtype=torch.int64)
+        self.step_history = torch.zeros(history_length, dtype=torch.float64)
+        self.iteration = 0
+        self.choices: dict[str, str] = {}
+        # one-hot labels / n, fixed: p - Y is computed as p - this * n
+        self.targets = torch.zeros(self.n_workers, self.n_samples, n_classes, dtype=self.x.dtype)
+        self.targets.scatter_(2, self.y[:, :, None], 1.0)
+
+    def choose_formulations(self, repeats: int = 3) -> dict:
+        M, n, F = self.x.shape
+        C = self.n_classes
+        generator = torch.Generator().manual_seed(0)
+        weights = torch.randn(F, C, generator=generator, dtype=self.x.dtype) * 0.01
+        bias = torch.randn(C, generator=generator, dtype=self.x.dtype) * 0.01
+        delta = torch.randn(M, n, C, generator=generator, dtype=self.x.dtype)
+        flat = self.x.view(M * n, F)
+        forward = {
+            "addmm (workers stacked)": lambda: torch.addmm(bias, flat, weights).view(M, n, C),
+            "matmul (broadcast)": lambda: torch.matmul(self.x, weights) + bias,
+            "(W^T X^T)^T": lambda: (weights.t() @ flat.t()).t().reshape(M, n, C) + bias,
+        }
+        backward = {
+            "bmm x^T delta": lambda: torch.bmm(self.x.transpose(1, 2), delta),
+            "(delta^T x)^T": lambda: torch.bmm(delta.transpose(1, 2), self.x).transpose(1, 2).contiguous(),
+            "einsum": lambda: torch.einsum("mnf,mnc->mfc", self.x, delta),
+        }
+        report = {}
+        for name, candidates in (("forward", forward), ("backward", backward)):
+            best, seconds = fastest(candidates, repeats, rtol=1e-9)
+            self.choices[name] = best
+            report[name] = {"chosen": best, "seconds": seconds}
+        return report
+
+    def gradients(self, theta: torch.Tensor):
+        """Each worker's loss and gradient at theta: (M,), (M, P)."""
+        M, n, F = self.x.shape
+        C = self.n_classes
+        weights = theta[:F * C].view(F, C)
+        bias = theta[F * C:]
+        how = self.choices.get("forward", "addmm (workers stacked)")
+        if how == "matmul (broadcast)":
+            logits = torch.matmul(self.x, weights) + bias
+        elif how == "(W^T X^T)^T":
+            logits = (weights.t() @ self.x.view(M * n, F).t()).t().reshape(M, n, C) + bias
+        else:
+            logits = torch.addmm(bias, self.x.view(M * n, F), weights).view(M, n, C)
+        log_p = torch.log_softmax(logits, dim=2)
+        penalty = 0.5 * self.l2 * float(theta @ theta)
+        loss = -(log_p * self.targets).sum(dim=2).mean(dim=1) + penalty
+        delta = log_p.exp_().sub_(self.targets).div_(n)                  # (p - Y) / n
+        gradients = torch.empty(M, theta.numel(), dtype=theta.dtype)
+        how = self.choices.get("backward", "bmm x^T delta")
+        gradient_w = gradients[:, :F * C].view(M, F, C)
+        if how == "(delta^T x)^T":
+            gradient_w.copy_(torch.bmm(delta.transpose(1, 2), self.x).transpose(1, 2))
+        elif how == "einsum":
+            gradient_w.copy_(torch.einsum("mnf,mnc->mfc", self.x, delta))
+        else:
+            torch.bmm(self.x.transpose(1, 2), delta, out=gradient_w)
+        torch.sum(delta, dim=1, out=gradients[:, F * C:])
+        gradients += self.l2 * theta
+        return loss, gradients
+
+    def step(self) -> dict:
+        """One LAQ iteration: gradients, quantized innovations, the upload rule, the server step."""
+        k = self.iteration
+        loss, gradients = self.gradients(self.theta)
+        full_gradient = gradients.sum(dim=0)
+        objective = float(loss.sum())
+        grad_norm_sq = float(full_gradient @ full_gradient)
+        available = min(k, self.step_history.numel())
+        threshold = 0.0 if available == 0 else (
+            self.history_weight / available * float(self.step_history.sum())
+            / (self.step_size ** 2 * self.n_workers ** 2))
+        _, quantized, _, error, innovation = laq_quantize(gradients, self.uploaded, self.bits)
+        upload = (innovation >= threshold + 3.0 * (error + self.error_at_upload)) | (self.skips >= self.max_skips)
+        if bool(upload.all()):
+            self.aggregate += (quantized - self.uploaded).sum(dim=0)
+            self.uploaded.copy_(quantized)
+        elif bool(upload.any()):
+            self.aggregate += (quantized[upload] - self.uploaded[upload]).sum(dim=0)
+            self.uploaded[upload] = quantized[upload]
+        self.error_at_upload[upload] = error[upload]
+        self.skips[upload] = 0
+        self.skips[~upload] += 1
+        new_theta = self.theta - self.step_size * self.aggregate
+        step = new_theta - self.theta
+        self.step_history[k % self.step_history.numel()] = float(step @ step)
+        self.theta = new_theta
+        self.iteration += 1
+        return {"objective": objective, "grad_norm_sq": grad_norm_sq, "uploads": upload.numpy().copy()}
+
+    def test_accuracy(self, x_test: torch.Tensor, y_test: torch.Tensor) -> float:
+        F, C = self.n_features, self.n_classes
+        logits = torch.addmm(self.theta[F * C:], x_test, self.theta[:F * C].view(F, C))
+        return float((logits.argmax(dim=1) == y_test).double().mean())
+
+
+def torch_tensor(array: np.ndarray) -> torch.Tensor:
+    """A torch view of a NumPy array (no copy), for the kernel benchmarks' shared inputs."""
+    return torch.from_numpy(np.ascontiguousarray(array))
+
+
+def budget(p: float, size: int) -> int:
+    """k = ceil(p N) (fedsim's rounding rule)."""
+    return ceil_product(p, size)
+
+
+def sample_size(p: float, fraction: float, size: int) -> int:
+    """n_s = min(max(ceil(N f), ceil(100 / p)), N): the sampled threshold's sample size."""
+    return min(max(ceil_product(fraction, size), ceil_product(100 / p, 1)), size)
+
+
+__all__ = ["TorchLAQRun", "TorchSTCRound", "budget", "fastest", "laq_quantize", "sample_size",
+           "sampled_ternarize", "sign", "stc_rows", "ternarize", "top_k_sparsify", "top_k_threshold",
+           "torch_tensor"]

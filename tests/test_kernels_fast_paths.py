@@ -1,0 +1,167 @@
+"""The fast paths added for performance (issue #5), each against its NumPy twin, bitwise.
+
+* top-k selection guesses its candidates' bound from a strided sample of every SAMPLE_STRIDE-th entry (at
+  most PIVOT_SAMPLE) on every segment longer than SHORT_SEGMENT: the result must not depend on the guess,
+  including when the sampled entries are the largest ones (the guess is too high and the pass repeats);
+* the LAQ kernel sums its errors in NumPy's pairwise order, chunk by chunk: ``error`` and ``innovation``
+  must equal the twin's ``np.sum`` bitwise, at every block and chunk boundary;
+* fixed-width bit fields are written and read byte by byte, and a Golomb-Rice code word is written as one
+  field: the bits around a field must survive, and the stream must equal the twin's;
+* the federated run's per-client matrices map memory page by page, when written.
+"""
+
+import os
+
+import numpy as np
+import pytest
+
+from fedsim.algorithms.federated import lazy_zeros
+from fedsim.kernels import golomb, laq, sparsify
+
+SAMPLED_SIZES = [sparsify.SHORT_SEGMENT + 1, 10_240, sparsify.SMALL_SEGMENT, 100_000, 200_003]
+
+
+def _select(kernel, x, k):
+    positions = np.empty(max(1, min(k, x.size)), np.int64)
+    count = kernel(x, k, positions)
+    return count, positions[:count].copy()
+
+
+def _stride(size):
+    return size // min(sparsify.PIVOT_SAMPLE, size // sparsify.SAMPLE_STRIDE)
+
+
+def _sampled_inputs(size, rng):
+    stride = _stride(size)
+    spiky = rng.uniform(0, 1, size).astype(np.float32)
+    spiky[stride // 2::stride] = 10 + rng.uniform(0, 1, spiky[stride // 2::stride].size)   # guess too high
+    sparse = np.zeros(size)
+    sparse[rng.choice(size, 7, replace=False)] = rng.standard_normal(7)
+    return {"normal": rng.standard_normal(size).astype(np.float32), "spiky": spiky, "ones": np.ones(size),
+            "integers": rng.integers(-3, 4, size).astype(np.float32), "sparse": sparse,
+            "ramp": np.arange(size, dtype=np.float64)}
+
+
+@pytest.mark.parametrize("size", SAMPLED_SIZES)
+def test_sampled_segments_match_twin(size):
+    rng = np.random.default_rng(size)
+    for name, x in _sampled_inputs(size, rng).items():
+        for k in (1, 2, 11, 100, size // 3, size - 1, size):
+            got, want = _select(sparsify.top_k_select, x, k), _select(sparsify.top_k_select_numpy, x, k)
+            assert got[0] == want[0], (name, k, got[0], want[0])
+            np.testing.assert_array_equal(got[1], want[1], err_msg=f"{name}, k={k}")
+            positions, signs = np.empty(size, np.int64), np.empty(size, np.int8)
+            twin_positions, twin_signs = np.empty(size, np.int64), np.empty(size, np.int8)
+            count, mu = sparsify.ternarize(x, k, positions, signs)
+            twin_count, twin_mu = sparsify.ternarize_numpy(x, k, twin_positions, twin_signs)
+            assert (count, mu) == (twin_count, twin_mu), (name, k, mu, twin_mu)
+            np.testing.assert_array_equal(signs[:count], twin_signs[:count])
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_sampled_segment_rejects_nonfinite_at_a_sample_position(bad):
+    size = 10_240
+    x = np.ones(size, np.float32)
+    stride = _stride(size)
+    x[stride // 2] = bad                     # the first strided sample position
+    with pytest.raises(ValueError, match="NaN or inf"):
+        sparsify.top_k_select(x, 5, np.empty(5, np.int64))
+
+
+LAQ_SIZES = [0, 1, 7, 8, 9, 127, 128, 129, 136, 255, 256, 1_000, laq.QUANTIZE_CHUNK - 1, laq.QUANTIZE_CHUNK,
+             laq.QUANTIZE_CHUNK + 1, 2 * laq.QUANTIZE_CHUNK + 8, 7_850, 100_003]
+
+
+def _laq(kernel, gradients, previous, bits):
+    n_workers = gradients.shape[0]
+    out = (np.empty(gradients.shape, laq.code_dtype(bits)), np.empty_like(gradients), np.empty(n_workers),
+           np.empty(n_workers), np.empty(n_workers))
+    kernel(gradients, previous, bits, *out)
+    return out
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("bits", [1, 4, 9])
+def test_laq_sums_are_bitwise_numpy_pairwise_sums(dtype, bits):
+    rng = np.random.default_rng(bits)
+    for size in LAQ_SIZES:
+        gradients = rng.standard_normal((3, size)).astype(dtype)
+        previous = (gradients + rng.normal(scale=0.3, size=gradients.shape)).astype(dtype)
+        if size:
+            previous[1] = gradients[1]                       # R = 0 for worker 1
+        jitted = _laq(laq.laq_quantize, gradients, previous, bits)
+        for other in (laq.laq_quantize_numpy, laq.laq_quantize.py_func):
+            for name, a, b in zip(("codes", "quantized", "radius", "error", "innovation"), jitted,
+                                  _laq(other, gradients, previous, bits)):
+                np.testing.assert_array_equal(a, b, err_msg=f"{name}, size {size}, {other.__name__}")
+        stored = jitted[1].astype(np.float64)
+        np.testing.assert_array_equal(jitted[3], np.sum((stored - gradients.astype(np.float64)) ** 2, axis=1))
+        np.testing.assert_array_equal(jitted[4], np.sum((stored - previous.astype(np.float64)) ** 2, axis=1))
+
+
+def test_laq_long_vector_bitwise():
+    rng = np.random.default_rng(0)
+    gradients = rng.standard_normal((1, 1_000_003))
+    previous = rng.standard_normal((1, 1_000_003))
+    for a, b in zip(_laq(laq.laq_quantize, gradients, previous, 4),
+                    _laq(laq.laq_quantize_numpy, gradients, previous, 4)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_lazy_zeros_is_a_writable_zero_array():
+    array = lazy_zeros((3, 5), np.float32)
+    assert array.shape == (3, 5) and array.dtype == np.float32 and not array.any()
+    array[1, 2] = 7
+    assert array.sum() == 7 and array.flags.writeable and array.flags.c_contiguous
+    other = lazy_zeros((3, 5), np.float32)
+    assert not other.any()                          # a fresh mapping each time
+    empty = lazy_zeros((0, 5), np.float64)
+    assert empty.shape == (0, 5) and empty.dtype == np.float64
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs Linux /proc to read the RSS")
+def test_lazy_zeros_maps_only_the_rows_written():
+    def resident():
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    rows, row_floats = 20_000, 2_500          # 200 MB of float32, 10 kB per row
+    before = resident()
+    array = lazy_zeros((rows, row_floats), np.float32)
+    array[::100] = 1.0                         # 200 rows, spread over the whole array
+    grown = resident() - before
+    assert grown < 30e6, f"writing 200 rows of 10 kB made {grown / 1e6:.0f} MB resident"
+    del array
+
+
+@pytest.mark.parametrize("width", [1, 3, 8, 13, 32, 57, 63, 64])
+def test_bit_fields_at_every_offset_keep_their_neighbours(width):
+    rng = np.random.default_rng(width)
+    for start in range(17):
+        background = rng.integers(0, 256, 12, dtype=np.uint8)
+        stream = background.copy()
+        value = int(rng.integers(0, 2 ** min(width, 63)))
+        if width == 64:
+            value = -value - 1                       # a negative int64 bit pattern
+        assert golomb.write_uint(stream, start, value, width) == start + width
+        assert golomb.read_uint(stream, start, width) == value
+        bits, before = np.unpackbits(stream), np.unpackbits(background)
+        outside = np.r_[0:start, start + width:bits.size]
+        np.testing.assert_array_equal(bits[outside], before[outside])
+
+
+@pytest.mark.parametrize("b", [0, 1, 2, 5, 61, 62])
+def test_golomb_code_words_long_and_short_match_twin(b):
+    # gaps whose code word is longer than one field (q + 1 + b > 62) take the run-of-ones path
+    positions = np.array([0, 1, 9, 200, 201, 5_000, 70_000, 70_001], np.int64)
+    stream, n_bits = golomb.golomb_rice_encode(positions, b)
+    twin_stream, twin_bits = golomb.golomb_rice_encode_numpy(positions, b)
+    assert n_bits == twin_bits
+    np.testing.assert_array_equal(stream, twin_stream)
+    np.testing.assert_array_equal(golomb.golomb_rice_decode(stream, n_bits, positions.size, b), positions)
+    garbage = np.full(stream.size + 2, 0xFF, np.uint8)          # encoding into a used stream overwrites
+    end = golomb.golomb_rice_encode_into(positions, b, garbage, 3)
+    assert end == 3 + n_bits
+    decoded = np.empty(positions.size, np.int64)
+    assert golomb.golomb_rice_decode_from(garbage, 3, end, positions.size, b, decoded) == end
+    np.testing.assert_array_equal(decoded, positions)
