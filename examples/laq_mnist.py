@@ -6,7 +6,7 @@ C = 100, l2 = 0.01, 4,000 full-batch iterations, pixels / 255 (784 features, 7,8
 
     python examples/laq_mnist.py                                  # MNIST train split (60,000 images)
     python examples/laq_mnist.py --train-split test               # train on the 10,000 test images
-    python examples/laq_mnist.py --dataset fashion-mnist --alpha 0.005
+    python examples/laq_mnist.py --dataset fashion-mnist --train-split test --alpha 0.01 --iterations 7000
     python examples/laq_mnist.py --dataset synthetic --methods gd laq
 
 SLAQ (``--methods slaq``) runs with the same alpha and b as the others and ``--minibatch`` samples; the
@@ -20,9 +20,12 @@ Choices to know about
 ---------------------
 * f = sum_m f_m (the sum over workers, as in the papers' analysis). The reference code logged the mean
   (sum / M), so its residual threshold 1e-6 is 10x looser than the same number here.
-* f* is the smallest objective value seen across the runs of this invocation (the reference's choice),
-  unless ``--f-star`` gives one. The run that attains it reaches residual 0 by construction, so a method
-  "reaches 1e-6" only relative to the best of the compared runs.
+* f* is, by default, the smallest objective value seen across the runs of this invocation (the
+  reference's choice). The run that attains it reaches residual 0 by construction, so a method "reaches
+  1e-6" only relative to the best of the compared runs, which is meaningful only if that run converged
+  far below 1e-6 (it does on MNIST; on Fashion-MNIST at small alpha it does not). ``--f-star-from lbfgs``
+  also minimizes f with SciPy's L-BFGS-B until it stalls (||grad f||^2 about 1e-13 on the 10,000-image
+  splits, a minute) and takes the smaller of that and the runs' best; ``--f-star`` gives f* outright.
 * Communications and bits are those spent *before* the first iterate within the tolerance.
 * With ``--train-split test`` the test split is both training and evaluation data: the "test" accuracy is
   then a training accuracy.
@@ -37,7 +40,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -46,8 +48,10 @@ import numpy as np
 from fedsim.algorithms.lazy import (METHODS, DivergenceError, LazyConfig, estimate_f_star, run_lazy,
                                     smoothness_bounds, stack_shards)
 from fedsim.data.datasets import load_dataset
+from fedsim.models import SoftmaxRegression
 
 DEFAULT_METHODS = ("gd", "qgd", "lag-wk", "lag-ps", "laq")
+LINE_STYLES = ("-", "--", ":", "-.")    # GD, QGD and LAG-PS often coincide: keep every curve visible
 WORKERS_SHOWN = 3       # upload events of the first, a middle and the last worker (the reference: 0, 5, 9)
 
 
@@ -69,7 +73,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--minibatch", type=int, default=500, help="slaq: samples per worker per iteration")
     parser.add_argument("--tolerance", type=float, default=1e-6, help="residual f - f* of the table")
     parser.add_argument("--f-star", type=float, default=None,
-                        help="known optimal value; default: the smallest objective seen in these runs")
+                        help="known optimal value (overrides --f-star-from)")
+    parser.add_argument("--f-star-from", default="runs", choices=["runs", "lbfgs"],
+                        help="f* = the smallest objective seen in these runs, or the smaller of that and an "
+                             "L-BFGS-B minimum of f")
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", default=None, help="a folder searched first for dataset files")
@@ -147,6 +154,25 @@ def format_table(rows: list[dict], tolerance: float) -> str:
     return "\n".join(lines)
 
 
+def minimize_objective(data, partition, l2: float) -> float:
+    """min f = sum_m f_m by SciPy's L-BFGS-B from theta = 0 (one batched gradient per evaluation)."""
+    from scipy.optimize import minimize
+
+    shards = stack_shards(data.x_train, data.y_train, partition)
+    model = SoftmaxRegression(data.n_features, data.n_classes, l2)
+
+    def objective_and_gradient(theta):
+        loss, gradients = model.loss_and_grad(theta, shards.x, shards.y, shards.weights)
+        return float(loss.sum()), gradients.sum(axis=0)
+
+    result = minimize(objective_and_gradient, np.zeros(model.size), jac=True, method="L-BFGS-B",
+                      options=dict(maxiter=5000, maxcor=30, ftol=0.0, gtol=1e-10))
+    gradient_norm = float(np.linalg.norm(result.jac))
+    print(f"L-BFGS-B: f = {result.fun:.12g} after {result.nit} iterations, ||grad f|| = "
+          f"{gradient_norm:.2e} ({result.message})")
+    return float(result.fun)
+
+
 def oscillation_notes(histories: dict) -> list[str]:
     """A note for every run whose objective rose in more than 5% of its second half of iterations.
 
@@ -179,9 +205,10 @@ def plot(histories: dict, f_star: float, out: Path, tolerance: float) -> list[Pa
                 continue
             y = values(history)
             y = np.where(y > 0, y, np.nan)                         # log axis: f* itself is residual 0
-            axes[0].plot(np.arange(history.n_iterations), y, label=method)
-            axes[1].plot(np.maximum(history.communications_before, 1), y, label=method)
-            axes[2].plot(np.maximum(history.bits_before, 1), y, label=method)
+            style = dict(label=method, ls=LINE_STYLES[list(histories).index(method) % len(LINE_STYLES)])
+            axes[0].plot(np.arange(history.n_iterations), y, **style)
+            axes[1].plot(np.maximum(history.communications_before, 1), y, **style)
+            axes[2].plot(np.maximum(history.bits_before, 1), y, **style)
         for axis, xlabel in zip(axes, ("iterations", "communications (uploads)", "bits")):
             axis.set(xlabel=xlabel, ylabel=ylabel, yscale="log")
             if xlabel != "iterations":
@@ -241,8 +268,14 @@ def main(argv=None) -> dict:
               f"final f = {history.objective[-1] if history.n_iterations else float('nan'):.10g}, "
               f"accuracy {history.final_accuracy:.4f}", flush=True)
 
-    f_star = args.f_star if args.f_star is not None else estimate_f_star(list(histories.values()))
-    f_star_source = "given (--f-star)" if args.f_star is not None else "smallest objective seen in these runs"
+    if args.f_star is not None:
+        f_star, f_star_source = args.f_star, "given (--f-star)"
+    elif args.f_star_from == "lbfgs":
+        f_star = min(minimize_objective(data, partition, args.l2), estimate_f_star(list(histories.values())))
+        f_star_source = "the smaller of an L-BFGS-B minimum and the best value of these runs"
+    else:
+        f_star = estimate_f_star(list(histories.values()))
+        f_star_source = "smallest objective seen in these runs"
     for history in histories.values():
         history.f_star = f_star
     rows = table(histories, f_star, args.tolerance)

@@ -56,13 +56,25 @@ def test_example_on_synthetic_data(example, tmp_path, capsys):
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)        # alpha well below 2 / L_f: no warning
         result = example.main(["--dataset", "synthetic", "--iterations", "15", "--alpha", "0.002",
-                               "--methods", "gd", "laq", "slaq", "--minibatch", "20", "--out", str(out), "--no-progress"])
+                               "--methods", "gd", "laq", "slaq", "--minibatch", "20", "--out", str(out),
+                               "--no-progress"])
     _check_outputs(result, out, capsys, ["gd", "laq", "slaq"])
+
+
+def test_example_f_star_from_lbfgs(example, tmp_path, capsys):
+    out = tmp_path / "lbfgs"
+    result = example.main(["--dataset", "synthetic", "--iterations", "10", "--alpha", "0.002",
+                           "--methods", "gd", "--f-star-from", "lbfgs", "--out", str(out), "--no-progress"])
+    printed = capsys.readouterr().out
+    assert "L-BFGS-B: f = " in printed
+    gd = result["histories"]["gd"]
+    assert result["f_star"] < gd.objective.min() - 1e-3          # 10 small GD steps are far from optimal
+    assert json.loads((out / "history.json").read_text())["f_star_source"].startswith("the smaller of")
 
 
 def test_oscillation_notes(example):
     steady = np.linspace(10, 1, 100)
-    zigzag = steady + np.where(np.arange(100) % 2, 0.5, 0.0)     # period-2 oscillation, as GD at too large alpha
+    zigzag = steady + np.where(np.arange(100) % 2, 0.5, 0.0)     # period 2, as GD with alpha too large
     histories = {name: SimpleNamespace(objective=values, n_iterations=100)
                  for name, values in (("gd", zigzag), ("laq", steady))}
     notes = example.oscillation_notes(histories)

@@ -147,8 +147,9 @@ def test_run_matches_torch_iterate_by_iterate(torch, method, bits):
                        callback=lambda k, theta: iterates.append(theta.copy()), progress=False)
     ref_iterates, ref_events, ref_objectives = torch_run(torch, data, method, **settings)
     mismatched = np.flatnonzero((history.uploads != ref_events).any(axis=1))
-    assert mismatched.size == 0, (f"upload events differ first at iteration {mismatched[:1]}:\n"
-                                  f"fedsim {history.uploads[mismatched[:1]]}\ntorch  {ref_events[mismatched[:1]]}")
+    first = mismatched[:1]
+    assert mismatched.size == 0, (f"upload events differ first at iteration {first}:\n"
+                                  f"fedsim {history.uploads[first]}\ntorch  {ref_events[first]}")
     for k, (ours, ref) in enumerate(zip(iterates, ref_iterates)):
         scale = np.abs(ref).max()
         np.testing.assert_allclose(ours, ref, rtol=1e-10, atol=1e-10 * scale,
