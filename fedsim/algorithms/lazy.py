@@ -64,6 +64,7 @@ import scipy.linalg
 from tqdm.auto import tqdm
 
 from fedsim.data.dataset import Dataset
+from fedsim.data.partition import contiguous
 from fedsim.kernels.laq import MAX_BITS, MIN_BITS, code_dtype, laq_quantize
 from fedsim.models.softmax import SoftmaxRegression
 from fedsim.rng import RunStreams
@@ -464,7 +465,7 @@ class LazyRun:
             raise ValueError(f"n_workers (M) must be in [1, {n_samples}] (the number of training samples), "
                              f"got {n_workers}")
         if partition is None:
-            partition = _contiguous(n_samples, n_workers)
+            partition = contiguous(n_samples, n_workers)
         if len(partition) != n_workers:
             raise ValueError(f"partition has {len(partition)} index arrays but n_workers (M) is {n_workers}")
         dtype = np.dtype(config.dtype)
@@ -691,12 +692,6 @@ def run_lazy(config: LazyConfig, data: Dataset, partition: Sequence[np.ndarray] 
     """
     run = LazyRun(config, data, partition, f_star=f_star, smoothness=smoothness)
     return run.run(callback=callback, progress=progress)
-
-
-def _contiguous(n_samples: int, n_workers: int) -> list[np.ndarray]:
-    """Worker m gets samples ``[m N // M, (m + 1) N // M)`` (the LAQ reference's split)."""
-    return [np.arange(m * n_samples // n_workers, (m + 1) * n_samples // n_workers, dtype=np.int64)
-            for m in range(n_workers)]
 
 
 def _minibatch_indices(rng: np.random.Generator, sizes: np.ndarray, batch: int) -> np.ndarray:
