@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 import mmap
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -266,7 +266,6 @@ class FederatedRun:
         K = len(participants)
         weights = np.broadcast_to(server.weights, (K, server.weights.size)).copy()
         momentum = clients.momentum[participants] if clients.momentum is not None else None
-        client_loss = np.zeros(K, self.dtype)
         lr = self._learning_rates(participants)
         for _ in range(config.local_iterations):
             x, y, mask = self._next_batches(participants)
@@ -496,7 +495,3 @@ class FederatedRun:
         self.sampling_rng.bit_generator.state = meta["sampling_rng"]
         self.compression_rng.bit_generator.state = meta["compression_rng"]
         self.history = list(meta["history"])
-
-    def describe(self) -> dict:
-        return {"config": asdict(self.config), "scheme": asdict(self.scheme),
-                "parameters": int(self.model.size), "dataset": self.dataset.name}

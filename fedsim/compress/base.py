@@ -47,7 +47,7 @@ from fedsim.params import ParamSpec
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 # Integer views of the float dtypes' bit patterns for the bit writer/reader.
-_PATTERN_WRITE = {np.dtype(np.float32): np.dtype(np.uint32), np.dtype(np.float64): np.dtype(np.int64)}
+_BIT_PATTERN = {np.dtype(np.float32): np.dtype(np.uint32), np.dtype(np.float64): np.dtype(np.int64)}
 
 SCOPES = ("tensor", "global")
 
@@ -313,13 +313,12 @@ class SparseMessage(_SparseBase):
         n_bits = self.encoded_bits()
         stream = _new_stream(n_bits)
         width = 8 * self.values.itemsize
-        patterns = self.values.view(_PATTERN_WRITE[self.values.dtype])
+        patterns = self.values.view(_BIT_PATTERN[self.values.dtype])
         offset = 0
         start = 0
         for local, size in zip(self._local_positions(), self.layout.sizes):
             count = local.size
-            offset = golomb.write_uint(stream, offset, count, golomb.COUNT_BITS)
-            offset = golomb.golomb_rice_encode_into(local, golomb.rice_parameter(count, size), stream, offset)
+            offset = _encode_positions(stream, offset, local, size)
             offset = golomb.write_uints(stream, offset, patterns[start:start + count], width)
             start += count
         assert offset == n_bits
@@ -336,11 +335,18 @@ class SparseMessage(_SparseBase):
         offset = 0
         for start, stop in Layout(fmt.segment_offsets).segments():
             count, offset, local = _decode_positions(stream, offset, stop - start)
-            patterns = np.empty(count, np.uint32 if width == 32 else np.int64)
+            patterns = np.empty(count, _BIT_PATTERN[dtype])
             offset = golomb.read_uints(stream, offset, width, patterns)
             positions.append(local + start)
             values.append(patterns.view(dtype))
         return cls(fmt.segment_offsets, np.concatenate(positions), np.concatenate(values).astype(dtype))
+
+
+def _encode_positions(stream, offset, local, size):
+    """Write a segment's 32-bit count and its Golomb-Rice coded positions; the new bit offset."""
+    count = local.size
+    offset = golomb.write_uint(stream, offset, count, golomb.COUNT_BITS)
+    return golomb.golomb_rice_encode_into(local, golomb.rice_parameter(count, size), stream, offset)
 
 
 def _decode_positions(stream, offset, size):
@@ -397,13 +403,12 @@ class TernaryMessage(_SparseBase):
         n_bits = self.encoded_bits()
         stream = _new_stream(n_bits)
         width = 8 * self.mu.itemsize
-        patterns = self.mu.view(_PATTERN_WRITE[self.mu.dtype])
+        patterns = self.mu.view(_BIT_PATTERN[self.mu.dtype])
         offset = 0
         start = 0
         for j, (local, size) in enumerate(zip(self._local_positions(), self.layout.sizes)):
             count = local.size
-            offset = golomb.write_uint(stream, offset, count, golomb.COUNT_BITS)
-            offset = golomb.golomb_rice_encode_into(local, golomb.rice_parameter(count, size), stream, offset)
+            offset = _encode_positions(stream, offset, local, size)
             offset = golomb.pack_signs_into(self.signs[start:start + count], stream, offset)
             if count:
                 offset = golomb.write_uints(stream, offset, patterns[j:j + 1], width)
@@ -427,7 +432,7 @@ class TernaryMessage(_SparseBase):
             segment_signs = np.empty(count, np.int8)
             offset = golomb.unpack_signs_from(stream, offset, count, segment_signs)
             if count:
-                pattern = np.empty(1, np.uint32 if width == 32 else np.int64)
+                pattern = np.empty(1, _BIT_PATTERN[dtype])
                 offset = golomb.read_uints(stream, offset, width, pattern)
                 mu[j] = pattern.view(dtype)[0]
             positions.append(local + start)
@@ -489,7 +494,7 @@ class SignMessage(Message):
         n_bits = self.encoded_bits()
         stream = _new_stream(n_bits)
         width = 8 * self.scales.itemsize
-        patterns = self.scales.view(_PATTERN_WRITE[self.scales.dtype])
+        patterns = self.scales.view(_BIT_PATTERN[self.scales.dtype])
         offset = 0
         for j, (start, stop) in enumerate(self.layout.segments()):
             segment = self.signs[start:stop]
@@ -525,7 +530,7 @@ class SignMessage(Message):
             is_nonzero[zeros] = False
             segment[is_nonzero] = nonzero_signs
             if fmt.scaled:
-                pattern = np.empty(1, np.uint32 if width == 32 else np.int64)
+                pattern = np.empty(1, _BIT_PATTERN[dtype])
                 offset = golomb.read_uints(np.asarray(stream, np.uint8), offset, width, pattern)
                 scales[j] = pattern.view(dtype)[0]
         return cls(fmt.segment_offsets, signs, scales, fmt.scaled)
