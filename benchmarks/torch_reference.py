@@ -17,7 +17,7 @@ compute the same thing before timing them:
   the single-vector kernels use plain ``torch.topk``, and the benchmarks validate them on inputs
   without ties at the threshold);
 * mu = mean kept magnitude, summed in float64, rounded to the data's dtype;
-* the LAQ quantizer uses the same two-division form as fedsim, so codes and Q agree bitwise.
+* the LAQ quantizer uses the same multiplication form as fedsim, so codes and Q agree bitwise.
 """
 
 from __future__ import annotations
@@ -122,9 +122,10 @@ def sign(x: torch.Tensor) -> torch.Tensor:
 def laq_quantize(gradients: torch.Tensor, previous: torch.Tensor, bits: int):
     """LAQ quantizer of each row (finite inputs): (codes, Q, R, e = ||Q - g||^2, ||Q - Q_prev||^2).
 
-    As fedsim: float64 arithmetic inside, q = floor(((g - Q_prev) / R + 1) h + 1/2) and
-    Q = Q_prev + R (q / h - 1) with h = (2^b - 1) / 2 (in place where possible), Q stored in the input's
+    As fedsim: float64 arithmetic inside, q = floor((g - Q_prev) s + 2^(b-1)) and Q = Q_prev + (q delta - R)
+    with s = h / R, delta = R / h, h = (2^b - 1) / 2 (in place where possible), Q stored in the input's
     dtype and the errors measured on Q as stored. Rows with R = 0 keep Q = Q_prev and the code 2^(b-1).
+    Radii so extreme that s or delta is not a normal float (fedsim's division form) are not supported.
     """
     half_levels = 0.5 * ((1 << bits) - 1)
     g, q_prev = gradients.double(), previous.double()           # no copy for float64 input
@@ -132,8 +133,12 @@ def laq_quantize(gradients: torch.Tensor, previous: torch.Tensor, bits: int):
     radius = difference.abs().amax(dim=1)
     moving = radius > 0
     safe_radius = torch.where(moving, radius, torch.ones_like(radius))[:, None]
-    codes = difference.div_(safe_radius).add_(1.0).mul_(half_levels).add_(0.5).floor_()   # q
-    quantized = (codes / half_levels).sub_(1.0).mul_(safe_radius).add_(q_prev)            # Q
+    scale, step = half_levels / safe_radius, safe_radius / half_levels
+    tiny = torch.finfo(torch.float64).tiny
+    if not bool(((scale >= tiny) & (step >= tiny) & scale.isfinite() & step.isfinite()).all()):
+        raise ValueError("radius outside the range of the multiplication form")
+    codes = difference.mul_(scale).add_(float(1 << (bits - 1))).floor_()                 # q
+    quantized = (codes * step).sub_(safe_radius).add_(q_prev)                            # Q
     if not bool(moving.all()):
         still = ~moving
         quantized[still] = q_prev[still]

@@ -3,14 +3,17 @@
 * top-k selection guesses its candidates' bound from a strided sample of every SAMPLE_STRIDE-th entry (at
   most PIVOT_SAMPLE) on every segment longer than SHORT_SEGMENT: the result must not depend on the guess,
   including when the sampled entries are the largest ones (the guess is too high and the pass repeats);
-* the LAQ kernel sums its errors in NumPy's pairwise order, chunk by chunk: ``error`` and ``innovation``
-  must equal the twin's ``np.sum`` bitwise, at every block and chunk boundary;
+* the LAQ kernel sums its errors in column order inside its quantization loop: ``error`` and ``innovation``
+  must equal the twin's ``column_order_sum`` bitwise at every row boundary, and stay within a few ulp of
+  the exactly rounded sum;
 * fixed-width bit fields are written and read byte by byte, and a Golomb-Rice code word is written as one
   field: the bits around a field must survive, and the stream must equal the twin's;
 * the federated run's per-client matrices map memory page by page, when written.
 """
 
 import os
+
+import math
 
 import numpy as np
 import pytest
@@ -68,8 +71,8 @@ def test_sampled_segment_rejects_nonfinite_at_a_sample_position(bad):
         sparsify.top_k_select(x, 5, np.empty(5, np.int64))
 
 
-LAQ_SIZES = [0, 1, 7, 8, 9, 127, 128, 129, 136, 255, 256, 1_000, laq.QUANTIZE_CHUNK - 1, laq.QUANTIZE_CHUNK,
-             laq.QUANTIZE_CHUNK + 1, 2 * laq.QUANTIZE_CHUNK + 8, 7_850, 100_003]
+LAQ_SIZES = [0, 1, 7, 8, 9, 127, 128, 129, 136, 255, 256, 1_000, laq.SUM_COLUMNS - 1, laq.SUM_COLUMNS,
+             laq.SUM_COLUMNS + 1, 2 * laq.SUM_COLUMNS + 8, 7_850, 100_003]
 
 
 def _laq(kernel, gradients, previous, bits):
@@ -82,7 +85,7 @@ def _laq(kernel, gradients, previous, bits):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("bits", [1, 4, 9])
-def test_laq_sums_are_bitwise_numpy_pairwise_sums(dtype, bits):
+def test_laq_sums_are_bitwise_column_order_sums(dtype, bits):
     rng = np.random.default_rng(bits)
     for size in LAQ_SIZES:
         gradients = rng.standard_normal((3, size)).astype(dtype)
@@ -95,8 +98,28 @@ def test_laq_sums_are_bitwise_numpy_pairwise_sums(dtype, bits):
                                   _laq(other, gradients, previous, bits)):
                 np.testing.assert_array_equal(a, b, err_msg=f"{name}, size {size}, {other.__name__}")
         stored = jitted[1].astype(np.float64)
-        np.testing.assert_array_equal(jitted[3], np.sum((stored - gradients.astype(np.float64)) ** 2, axis=1))
-        np.testing.assert_array_equal(jitted[4], np.sum((stored - previous.astype(np.float64)) ** 2, axis=1))
+        error_terms = (stored - gradients.astype(np.float64)) ** 2
+        innovation_terms = (stored - previous.astype(np.float64)) ** 2
+        np.testing.assert_array_equal(jitted[3], laq.column_order_sum(error_terms))
+        np.testing.assert_array_equal(jitted[4], laq.column_order_sum(innovation_terms))
+        # and the column order is an accurate sum: within a few ulp of the exactly rounded one
+        for got, terms in ((jitted[3], error_terms), (jitted[4], innovation_terms)):
+            exact = [math.fsum(row) for row in terms]
+            np.testing.assert_allclose(got, exact, rtol=1e-13, atol=0, err_msg=f"size {size}")
+
+
+def test_column_order_sum_is_the_documented_order():
+    """Rows of SUM_COLUMNS added down the columns one after another, then np.sum of the columns:
+    recomputed here with plain Python floats for the column sums."""
+    rng = np.random.default_rng(5)
+    width = laq.SUM_COLUMNS
+    for size in (1, width - 3, width, 3 * width + 17):
+        terms = rng.random((2, size))
+        for m in range(2):
+            columns = [0.0] * width
+            for i, value in enumerate(terms[m].tolist()):
+                columns[i % width] += value
+            assert laq.column_order_sum(terms)[m] == np.sum(np.array(columns))
 
 
 def test_laq_long_vector_bitwise():

@@ -193,3 +193,43 @@ def test_property_twin_and_invariants(data, bits):
     jitted = quantize_innovation(gradients, previous, bits)
     _assert_same(jitted, quantize_innovation(gradients, previous, bits, jit=False))
     _check_invariants(gradients, previous, bits, jitted)
+
+
+@pytest.mark.parametrize("bits", [1, 4, 16])
+def test_extreme_radii_use_the_division_form(bits):
+    """R near the ends of the float64 range (a subnormal R, R near the largest float): the grid step or
+    the scale would not be a normal number, so those workers take the division form; the kernel, its
+    twin and ``.py_func`` agree bitwise, the invariants hold and the server reconstructs Q exactly."""
+    from fedsim.kernels.laq import grid_constants
+    rng = np.random.default_rng(bits)
+    half_levels = 0.5 * (2 ** bits - 1)
+    gradients = rng.uniform(-1, 1, size=(4, 500))
+    previous = gradients * rng.uniform(0.2, 0.8, size=gradients.shape)
+    gradients[0] *= 1e-310                                # subnormal innovations: R ~ 1e-310
+    previous[0] *= 1e-310
+    gradients[1] *= 1e308                                 # R ~ 8e307: h / R is subnormal for b = 1
+    previous[1] *= 1e308
+    gradients[2] *= 1e-300                                # ordinary scales: the multiplication form
+    previous[2] *= 1e-300
+    jitted = _run(laq_quantize, gradients, previous, bits)
+    radius = jitted[2]
+    with np.errstate(over="ignore", divide="ignore"):
+        forms = [grid_constants(r, half_levels)[1] > 0 for r in radius]
+    assert forms == [False, half_levels / radius[1] >= np.finfo(np.float64).tiny, True, True]
+    _assert_same(jitted, _run(laq_quantize_numpy, gradients, previous, bits))
+    _assert_same(jitted, _run(laq_quantize.py_func, gradients, previous, bits))
+    _check_invariants(gradients, previous, bits, quantize_innovation(gradients, previous, bits))
+
+
+def test_codes_match_the_published_formula_on_ordinary_inputs():
+    """The multiplication form gives the published codes floor((g - Q_prev + R) / (2 tau R) + 1/2) except
+    where the two roundings straddle an integer; on random inputs that is (almost) never."""
+    gradients, previous = _random_problem(3, n_workers=4, size=5000)
+    bits = 4
+    out = quantize_innovation(gradients, previous, bits)
+    tau = 1.0 / (2 ** bits - 1)
+    radius = out.radius[:, None]
+    published = np.floor((gradients - previous + radius) / (2 * tau * radius) + 0.5)
+    assert np.mean(out.codes != published) < 1e-3
+    np.testing.assert_allclose(out.quantized, previous + 2 * tau * radius * out.codes - radius, rtol=0,
+                               atol=1e-15 * float(radius.max()))

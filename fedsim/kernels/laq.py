@@ -19,16 +19,19 @@ A worker whose innovation ``g - Q_prev`` has a NaN or an infinite entry gets ``R
 ``Q``, ``e`` and ``||Q - Q_prev||^2`` all NaN: nothing finite is pretended. Callers that must stop on
 divergence check ``radius`` (the lazy algorithms check the gradient before quantizing).
 
-Evaluation. With ``t_i = (g_i - Q_prev_i) / R`` in [-1, 1] and ``h = (2^b - 1) / 2 = 1 / (2 tau)`` the
-same two equations read::
+Evaluation. With ``h = (2^b - 1) / 2 = 1 / (2 tau)`` (so ``h + 1/2 = 2^(b-1)``), a scale ``s = h / R`` and
+the grid step ``delta = R / h = 2 tau R``, both computed once per worker, the two equations read::
 
-    q_i = floor((t_i + 1) h + 1/2)          = floor((g_i - Q_prev_i + R) / (2 tau R) + 1/2)
-    Q_i = Q_prev_i + R (q_i / h - 1)        = Q_prev_i + 2 tau R q_i - R
+    q_i = floor((g_i - Q_prev_i) s + 2^(b-1))   = floor((g_i - Q_prev_i + R) / (2 tau R) + 1/2)
+    Q_i = Q_prev_i + (q_i delta - R)            = Q_prev_i + 2 tau R q_i - R
 
-and are computed in this form: the grid step ``2 tau R`` itself would underflow to 0 for a subnormal R
-(a division by zero) and ``2 R`` would overflow for R above half the largest float. Both forms agree to
-rounding; a zero-innovation entry (t = 0) gets exactly ``q = 2^(b-1)``. Arithmetic is float64 inside
-(R, t, the codes, the reductions); ``Q`` is stored in the dtype of the ``quantized`` output array, so
+and are computed in this form: a multiplication per entry where the published form divides. Where ``s`` or
+``delta`` would leave the normal float64 range (R within a factor ``h`` of the smallest normal number or
+of the largest float: a step of a subnormal R underflows, ``2 R`` overflows) the division form
+``q_i = floor(((g_i - Q_prev_i) / R + 1) h + 1/2)``, ``Q_i = Q_prev_i + R (q_i / h - 1)`` is used for that
+worker instead. All forms agree to rounding; a zero-innovation entry gets exactly ``q = 2^(b-1)`` in
+both, and the codes stay in [0, 2^b - 1] (``|(g_i - Q_prev_i) s| <= h (1 + eps)``). Arithmetic is float64
+inside (R, the codes, the reductions); ``Q`` is stored in the dtype of the ``quantized`` output array, so
 |Q_i - g_i| <= tau R holds up to the rounding of Q_i to that dtype. An innovation ``g - Q_prev`` that
 overflows (to inf) counts as non-finite.
 
@@ -79,20 +82,18 @@ def zero_innovation_code(bits) -> int:
     return 1 << (check_bits(bits) - 1)
 
 
-# NumPy's pairwise summation (``np.sum`` of a contiguous float64 row, numpy >= 1.9): a range of more than
-# PAIRWISE_BLOCK entries is split in two (the first part a multiple of PAIRWISE_LANES long, about half) and
-# the halves' sums are added; a range of 8..128 entries is summed in 8 interleaved running sums combined as
-# ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7)), then its tail (< 8 entries) added in order; fewer than
-# 8 entries are added in order from 0. The jitted kernel computes its two sums in exactly this order, so it
-# agrees bitwise with the twin's ``np.sum(..., axis=1)`` (the tests check it), and 8 independent sums keep
-# the pipeline busy where one running sum would wait on every addition.
+# The two sums e = ||Q - g||^2 and ||Q - Q_prev||^2 are taken in column order: the P terms of a worker,
+# laid out row by row in rows of SUM_COLUMNS (the last row padded with zeros), are added down each column
+# row after row, and the SUM_COLUMNS column sums are then added by ``np.sum`` (NumPy's pairwise summation:
+# two halves of 256, each two leaves of 128 summed in 8 interleaved running sums combined as
+# ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))). Adding a row of terms into a row of column sums is an
+# elementwise operation, so the kernel folds it into its vectorized quantization loop; a pairwise sum
+# over the whole vector would need a separate, scalar reduction. The twin computes the same order with
+# NumPy, so the two agree bitwise.
+SUM_COLUMNS = 512
 PAIRWISE_BLOCK = 128
 PAIRWISE_LANES = 8
-# Depth bound of the split tree: ranges halve down to PAIRWISE_BLOCK, so 64 levels cover any int64 size.
-PAIRWISE_DEPTH = 64
-# The codes and Q of a range of at most this many entries are computed just before its sums, which then
-# read g, Q_prev and Q from the cache instead of memory (3 x 16 KiB in float64).
-QUANTIZE_CHUNK = 2048
+SMALLEST_NORMAL = float(np.finfo(np.float64).tiny)
 
 
 @numba.njit(**JIT_OPTIONS)
@@ -127,39 +128,57 @@ def _radius(gradient, previous):
     return max(max(r0, r1), max(r2, r3)), nan
 
 
-@numba.njit(**JIT_OPTIONS)
-def _quantize_chunk(gradient, previous, r, half_levels, codes, quantized, error_terms, innovation_terms):
-    """Codes and Q of one chunk of one worker (R > 0 and finite), and the chunk's terms (Q_i - g_i)^2 and
-    (Q_i - Q_prev_i)^2 (Q as stored) into ``error_terms`` / ``innovation_terms``. One vectorized loop; it
-    takes views of the chunk, so its index runs from 0 and needs no negative-index handling."""
-    for i in range(gradient.shape[0]):
-        g = np.float64(gradient[i])
-        q_prev = np.float64(previous[i])
-        # q_i = floor((g_i - Q_prev_i + R) / (2 tau R) + 1/2) = floor((t_i + 1) h + 1/2)
-        q = np.floor(((g - q_prev) / r + 1.0) * half_levels + 0.5)
-        codes[i] = q
-        # Q_i = Q_prev_i + 2 tau R q_i - R = Q_prev_i + R (q_i / h - 1)
-        quantized[i] = q_prev + r * (q / half_levels - 1.0)
-        stored = np.float64(quantized[i])
-        error_terms[i] = (stored - g) ** 2
-        innovation_terms[i] = (stored - q_prev) ** 2
+def grid_constants(radius, half_levels):
+    """``(s, delta) = (h / R, R / h)`` for the multiplication form, or ``(0.0, 0.0)`` where either is not
+    a normal float64 (then the worker is quantized in the division form). Shared by the kernel, its twin
+    and the server's dequantizer, so all three choose the same form."""
+    scale = half_levels / radius
+    step = radius / half_levels
+    if SMALLEST_NORMAL <= scale < np.inf and SMALLEST_NORMAL <= step < np.inf:
+        return scale, step
+    return 0.0, 0.0
+
+
+_grid_constants = numba.njit(**JIT_OPTIONS)(grid_constants)
 
 
 @numba.njit(**JIT_OPTIONS)
-def _block_sum(values):
-    """NumPy's pairwise-sum leaf of ``values`` (at most PAIRWISE_BLOCK non-negative entries)."""
-    count = values.shape[0]
-    if count < PAIRWISE_LANES:
-        total = 0.0
-        for i in range(count):
-            total += values[i]
-        return total
-    # Lane j sums entries j, j + 8, ... NumPy starts its 8 sums from the first 8 entries rather than from 0;
-    # 0 + t == t for the non-negative terms summed here, so starting from 0 gives the same bits.
+def _quantize_row(gradient, previous, r, half_levels, scale, step, zero_code, codes, quantized,
+                  error_columns, innovation_columns):
+    """Codes and Q of one row of at most SUM_COLUMNS entries of one worker (R > 0 and finite), adding the
+    row's terms (Q_i - g_i)^2 and (Q_i - Q_prev_i)^2 (Q as stored) into the column sums. One vectorized
+    loop per form; it takes views of the row, so its index runs from 0 and needs no negative-index
+    handling."""
+    if step > 0.0:
+        for i in range(gradient.shape[0]):
+            g = np.float64(gradient[i])
+            q_prev = np.float64(previous[i])
+            q = np.floor((g - q_prev) * scale + zero_code)          # q_i = floor(d_i s + 2^(b-1))
+            codes[i] = q
+            quantized[i] = q_prev + (q * step - r)                   # Q_i = Q_prev_i + (q_i delta - R)
+            stored = np.float64(quantized[i])
+            error_columns[i] += (stored - g) ** 2
+            innovation_columns[i] += (stored - q_prev) ** 2
+    else:
+        for i in range(gradient.shape[0]):
+            g = np.float64(gradient[i])
+            q_prev = np.float64(previous[i])
+            q = np.floor(((g - q_prev) / r + 1.0) * half_levels + 0.5)   # q_i = floor((d_i / R + 1) h + 1/2)
+            codes[i] = q
+            quantized[i] = q_prev + r * (q / half_levels - 1.0)        # Q_i = Q_prev_i + R (q_i / h - 1)
+            stored = np.float64(quantized[i])
+            error_columns[i] += (stored - g) ** 2
+            innovation_columns[i] += (stored - q_prev) ** 2
+
+
+@numba.njit(**JIT_OPTIONS)
+def _leaf_sum(values):
+    """NumPy's pairwise-sum leaf of PAIRWISE_BLOCK non-negative entries: 8 interleaved running sums.
+
+    NumPy starts its 8 sums from the first 8 entries rather than from 0; 0 + t == t for the non-negative
+    terms summed here, so starting from 0 gives the same bits."""
     s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
-    whole = count - count % PAIRWISE_LANES
-    for block in range(whole // PAIRWISE_LANES):
-        i = block * PAIRWISE_LANES
+    for i in range(0, PAIRWISE_BLOCK, PAIRWISE_LANES):
         s0 += values[i]
         s1 += values[i + 1]
         s2 += values[i + 2]
@@ -168,73 +187,22 @@ def _block_sum(values):
         s5 += values[i + 5]
         s6 += values[i + 6]
         s7 += values[i + 7]
-    total = ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
-    for i in range(whole, count):
-        total += values[i]
-    return total
+    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
 
 
 @numba.njit(**JIT_OPTIONS)
-def _quantize_and_sum(gradient, previous, r, half_levels, codes, quantized):
-    """Codes and Q of one worker (R > 0 and finite), and (||Q - g||^2, ||Q - Q_prev||^2) summed in NumPy's
-    pairwise order.
-
-    The split tree is walked with an explicit stack (post-order), leaves left to right: a node's sum is
-    its left half's sum plus its right half's sum, as in NumPy's recursion. The first node of at most
-    ``QUANTIZE_CHUNK`` entries on each path is quantized when it is first visited (with its squared
-    terms, into a small buffer), so every entry is quantized once, just before its terms are summed.
-    """
-    node_start = np.empty(PAIRWISE_DEPTH, np.int64)
-    node_count = np.empty(PAIRWISE_DEPTH, np.int64)
-    node_phase = np.empty(PAIRWISE_DEPTH, np.int64)     # 0: new, 1: left half pending, 2: right pending
-    left_error = np.empty(PAIRWISE_DEPTH, np.float64)
-    left_innovation = np.empty(PAIRWISE_DEPTH, np.float64)
-    error_terms = np.empty(QUANTIZE_CHUNK, np.float64)        # the current chunk's squared terms
-    innovation_terms = np.empty(QUANTIZE_CHUNK, np.float64)
-    chunk_start = 0
-    node_start[0] = 0
-    node_count[0] = gradient.shape[0]
-    node_phase[0] = 0
-    depth = 1
-    error_sum = 0.0          # the sums of the node finished last
-    innovation_sum = 0.0
-    while depth > 0:
-        top = depth - 1
-        start = node_start[top]
-        count = node_count[top]
-        phase = node_phase[top]
-        if phase == 0 and count <= QUANTIZE_CHUNK and (top == 0 or node_count[top - 1] > QUANTIZE_CHUNK):
-            stop = start + count
-            _quantize_chunk(gradient[start:stop], previous[start:stop], r, half_levels, codes[start:stop],
-                            quantized[start:stop], error_terms, innovation_terms)
-            chunk_start = start
-        if count <= PAIRWISE_BLOCK:
-            offset = start - chunk_start
-            error_sum = _block_sum(error_terms[offset:offset + count])
-            innovation_sum = _block_sum(innovation_terms[offset:offset + count])
-            depth -= 1
-            continue
-        first = count // 2
-        first -= first % PAIRWISE_LANES
-        if phase == 0:
-            node_phase[top] = 1
-            node_start[depth] = start
-            node_count[depth] = first
-            node_phase[depth] = 0
-            depth += 1
-        elif phase == 1:
-            left_error[top] = error_sum
-            left_innovation[top] = innovation_sum
-            node_phase[top] = 2
-            node_start[depth] = start + first
-            node_count[depth] = count - first
-            node_phase[depth] = 0
-            depth += 1
-        else:
-            error_sum = left_error[top] + error_sum
-            innovation_sum = left_innovation[top] + innovation_sum
-            depth -= 1
-    return error_sum, innovation_sum
+def _column_total(columns):
+    """``np.sum`` of the SUM_COLUMNS (a power of two times PAIRWISE_BLOCK) column sums, in its pairwise
+    order: the leaves' sums, then adjacent pairs added level by level."""
+    sums = np.empty(SUM_COLUMNS // PAIRWISE_BLOCK, np.float64)
+    for leaf in range(sums.shape[0]):
+        sums[leaf] = _leaf_sum(columns[leaf * PAIRWISE_BLOCK:(leaf + 1) * PAIRWISE_BLOCK])
+    count = sums.shape[0]
+    while count > 1:
+        count //= 2
+        for j in range(count):
+            sums[j] = sums[2 * j] + sums[2 * j + 1]
+    return sums[0]
 
 
 @numba.njit(**JIT_OPTIONS)
@@ -242,13 +210,15 @@ def laq_quantize(gradients, previous, bits, codes, quantized, radius, error, inn
     """Quantize each worker's gradient innovation to ``bits`` bits (see the module docstring).
 
     Writes ``codes``, ``quantized``, ``radius``, ``error`` and ``innovation``, all bitwise equal to
-    :func:`laq_quantize_numpy`. Two passes per worker: R (four running maxima), then, chunk by chunk,
-    the codes and Q (a vectorized loop; its two divisions dominate the arithmetic) and the two sums in
-    NumPy's pairwise order (8 independent running sums per block) while the chunk is in the cache.
+    :func:`laq_quantize_numpy`. Two passes per worker: R (four running maxima), then, row by row of
+    SUM_COLUMNS entries, the codes, Q and the two sums' column sums in one vectorized loop of
+    multiplications; the column sums are added in NumPy's pairwise order at the end.
     """
     n_workers, size = gradients.shape
     half_levels = 0.5 * ((1 << bits) - 1)        # h = (2^b - 1) / 2 = 1 / (2 tau)
     zero_code = 1 << (bits - 1)
+    error_columns = np.empty(SUM_COLUMNS, np.float64)
+    innovation_columns = np.empty(SUM_COLUMNS, np.float64)
     for m in range(n_workers):
         # Pass 1: R = max_i |g_i - Q_prev_i|, watching for NaN.
         r, nan = _radius(gradients[m], previous[m])
@@ -269,21 +239,29 @@ def laq_quantize(gradients, previous, bits, codes, quantized, radius, error, inn
             error[m] = 0.0
             innovation[m] = 0.0
             continue
-        error_sum, innovation_sum = _quantize_and_sum(gradients[m], previous[m], r, half_levels, codes[m],
-                                                      quantized[m])
-        # e = ||Q - g||^2, ||Q - Q_prev||^2; np.sum starts from its identity 0.0
-        error[m] = 0.0 + error_sum
-        innovation[m] = 0.0 + innovation_sum
+        scale, step = _grid_constants(r, half_levels)
+        error_columns[:] = 0.0
+        innovation_columns[:] = 0.0
+        for start in range(0, size, SUM_COLUMNS):
+            stop = min(start + SUM_COLUMNS, size)
+            width = stop - start
+            _quantize_row(gradients[m, start:stop], previous[m, start:stop], r, half_levels, scale, step,
+                          float(zero_code), codes[m, start:stop], quantized[m, start:stop],
+                          error_columns[:width], innovation_columns[:width])
+        # e = ||Q - g||^2, ||Q - Q_prev||^2 from the column sums; np.sum starts from its identity 0.0
+        error[m] = 0.0 + _column_total(error_columns)
+        innovation[m] = 0.0 + _column_total(innovation_columns)
 
 
 def laq_quantize_numpy(gradients, previous, bits, codes, quantized, radius, error, innovation):
     """NumPy twin of :func:`laq_quantize`: same contract, same arithmetic, bitwise equal outputs.
 
-    The reductions (``error``, ``innovation``) are ``np.sum`` (NumPy's pairwise summation), which the
-    jitted kernel reproduces step for step.
+    The reductions (``error``, ``innovation``) are :func:`column_order_sum`, the order the jitted kernel
+    sums in.
     """
     bits = check_bits(bits)
     half_levels = 0.5 * ((1 << bits) - 1)                           # h = 1 / (2 tau)
+    zero_code = float(1 << (bits - 1))                              # 2^(b-1) = h + 1/2
     g = np.asarray(gradients).astype(np.float64, copy=False)
     q_prev = np.asarray(previous).astype(np.float64, copy=False)
     with np.errstate(invalid="ignore"):                            # inf - inf is reported as NaN R
@@ -291,22 +269,43 @@ def laq_quantize_numpy(gradients, previous, bits, codes, quantized, radius, erro
     r = np.max(np.abs(difference), axis=1, initial=0.0)           # R per worker (NaN propagates)
     finite = np.isfinite(r)
     positive = finite & (r > 0)
-    safe_r = np.where(positive, r, 1.0)[:, None]                   # no 0/0 where R = 0 or not finite
-    with np.errstate(invalid="ignore"):
-        q = np.floor((difference / safe_r + 1.0) * half_levels + 0.5)   # q_i = floor((t_i + 1) h + 1/2)
+    safe_r = np.where(positive, r, 1.0)                            # no 0/0 where R = 0 or not finite
+    with np.errstate(over="ignore", divide="ignore"):
+        scale, step = np.array([grid_constants(r_m, half_levels) for r_m in safe_r]).reshape(-1, 2).T
+    multiply = (step > 0)[:, None]
+    scale, step, safe_r = scale[:, None], step[:, None], safe_r[:, None]
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        # q_i = floor(d_i s + 2^(b-1)), or floor((d_i / R + 1) h + 1/2) where s or delta is not normal
+        q = np.where(multiply, np.floor(difference * scale + zero_code),
+                     np.floor((difference / safe_r + 1.0) * half_levels + 0.5))
         q[~positive] = 0.0
-        dequantized = q_prev + safe_r * (q / half_levels - 1.0)    # Q = Q_prev + R (q / h - 1)
+        # Q_i = Q_prev_i + (q_i delta - R), or Q_prev_i + R (q_i / h - 1)
+        dequantized = np.where(multiply, q_prev + (q * step - safe_r), q_prev + safe_r * (q / half_levels - 1.0))
     quantized[...] = dequantized
     quantized[~positive] = previous[~positive]                     # R = 0: Q = Q_prev
     quantized[~finite] = np.nan
     codes[...] = q
     codes[finite & ~positive] = 1 << (bits - 1)                    # R = 0: the zero-innovation code
     stored = quantized.astype(np.float64, copy=False)
-    error[...] = np.sum((stored - g) ** 2, axis=1)                 # e = ||Q - g||^2
-    innovation[...] = np.sum((stored - q_prev) ** 2, axis=1)       # ||Q - Q_prev||^2
+    error[...] = column_order_sum((stored - g) ** 2)               # e = ||Q - g||^2
+    innovation[...] = column_order_sum((stored - q_prev) ** 2)     # ||Q - Q_prev||^2
     radius[...] = np.where(finite, r, np.nan)
     error[~finite] = np.nan
     innovation[~finite] = np.nan
+
+
+def column_order_sum(terms: np.ndarray) -> np.ndarray:
+    """Each row of ``terms`` (shape ``(M, P)``) summed in the kernel's order: laid out in rows of
+    SUM_COLUMNS (zero-padded), added down the columns row after row, then ``np.sum`` of the columns."""
+    n_workers, size = terms.shape
+    rows = -(-size // SUM_COLUMNS)
+    padded = np.zeros((n_workers, rows * SUM_COLUMNS), dtype=np.float64)
+    padded[:, :size] = terms
+    padded = padded.reshape(n_workers, rows, SUM_COLUMNS)
+    columns = np.zeros((n_workers, SUM_COLUMNS), dtype=np.float64)
+    for row in range(rows):
+        columns += padded[:, row]              # one row at a time: the order is the kernel's, not NumPy's choice
+    return np.sum(columns, axis=1)
 
 
 class QuantizedInnovation(NamedTuple):
@@ -354,15 +353,23 @@ def quantize_innovation(gradients: np.ndarray, previous: np.ndarray, bits: int,
 
 
 def laq_dequantize(codes: np.ndarray, previous: np.ndarray, radius: np.ndarray, bits: int) -> np.ndarray:
-    """The server's reconstruction ``Q = Q_prev + 2 tau R q - R = Q_prev + R (q / h - 1)`` from what was sent.
+    """The server's reconstruction ``Q = Q_prev + 2 tau R q - R`` from what was sent.
 
-    One vectorised expression (no kernel needed); equals the ``quantized`` output of the quantizer
-    bitwise. ``R = 0`` gives ``Q_prev`` whatever the codes.
+    The same arithmetic as the quantizer (``Q_prev + (q delta - R)``, or ``Q_prev + R (q / h - 1)`` for
+    an extreme R), vectorised; equals the ``quantized`` output of the quantizer bitwise. ``R = 0`` gives
+    ``Q_prev`` whatever the codes.
     """
     bits = check_bits(bits)
     half_levels = 0.5 * ((1 << bits) - 1)
-    r = np.asarray(radius, dtype=np.float64)[:, None]
+    r = np.asarray(radius, dtype=np.float64)
     q_prev = np.asarray(previous)
-    offsets = r * (codes.astype(np.float64) / half_levels - 1.0)                # R (q / h - 1)
-    dequantized = q_prev.astype(np.float64, copy=False) + offsets
+    q = codes.astype(np.float64)
+    moving = r > 0
+    safe_r = np.where(moving, r, 1.0)
+    with np.errstate(over="ignore", divide="ignore"):
+        step = np.array([grid_constants(r_m, half_levels) for r_m in safe_r]).reshape(-1, 2)[:, 1:]
+    safe_r = safe_r[:, None]
+    offsets = np.where(step > 0, q * step - safe_r, safe_r * (q / half_levels - 1.0))
+    q_prev64 = q_prev.astype(np.float64, copy=False)
+    dequantized = np.where(moving[:, None], q_prev64 + offsets, q_prev64)
     return dequantized.astype(q_prev.dtype, copy=False)
