@@ -177,6 +177,14 @@ def _kernel_tables(kernels: dict) -> list[str]:
     return lines
 
 
+def _products_row(label: str, result: dict, unit: str) -> str:
+    products, summary = result["products_alone"], result["summary"]
+    return (f"| {label} | {_ms(products['fedsim']['total'])} | {summary[f'fedsim_products_share_of_{unit}']:.0%} "
+            f"| {_ms(products['torch']['total'])} | {summary[f'torch_products_share_of_{unit}']:.0%} "
+            f"| {_ratio(summary['products_speedup_vs_torch'])} "
+            f"| {_ratio(summary['speedup_ceiling_with_these_products'])} |")
+
+
 def _round_tables(rounds: dict) -> list[str]:
     stc, laq = rounds["stc_round"], rounds["laq_iteration"]
     lines = ["", f"Data: STC {stc['data']}; LAQ {laq['data']}.", "",
@@ -209,6 +217,14 @@ def _round_tables(rounds: dict) -> list[str]:
         f"| LAQ iteration | {laq['flops']['iteration'] / 1e9:.3f} G | {laq_summary['iteration_gflops']:.1f} "
         f"| {laq_peak['gflops']:.1f} (float64) | {laq_summary['iteration_gflops'] / laq_peak['gflops']:.0%} "
         f"| {_ms(laq_summary['iteration_at_peak_seconds'])} |",
+        "", "Where the time goes: each side's matrix products (and, for STC, the gather of the batches) timed "
+            "alone on the round's shapes, interleaved; the ceiling is the speed-up over torch that fedsim would "
+            "reach if everything in its round but these calls took no time:", "",
+        "| | fedsim products ms | share of fedsim's round | torch products ms | share of torch's round "
+        "| torch / fedsim products | ceiling: torch round / fedsim products |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+        _products_row("STC round (gather, forward, backward)", stc, "round"),
+        _products_row("LAQ iteration (forward, backward)", laq, "iteration"),
         "", "torch formulations chosen (fastest of several equivalent ones, timed on these shapes): "
         + "; ".join(f"STC {name}: {value['chosen']}" for name, value in stc["torch_formulations"].items())
         + "; " + "; ".join(f"LAQ {name}: {value['chosen']}" for name, value in laq["torch_formulations"].items())

@@ -154,6 +154,10 @@ def stc_round_benchmark(mode: str, data_dir=None) -> dict:
         torch_round.append(time.perf_counter() - started)
     evaluation = common.time_interleaved({"fedsim": lambda: _fedsim_evaluate(run),
                                           "torch": reference.evaluate}, repeats)
+    x_batches = run.x_train[rows[0]]
+    products = _products_alone(
+        {"gather": lambda: run.x_train[rows[0]], **_fedsim_products(run.model, x_batches, len(participants))},
+        {name: reference.product_calls[name] for name in ("gather", "forward", "backward")}, repeats)
 
     n_features, n_classes = dataset.n_features, dataset.n_classes
     K, B = len(participants), config.batch_size
@@ -176,7 +180,9 @@ def stc_round_benchmark(mode: str, data_dir=None) -> dict:
                   "note": "matrix products only: forward x W and backward x^T delta (2 F C per sample each), "
                           "evaluation x W (2 F C per sample)"},
         "peak_matmul": peak,
+        "products_alone": products,
         "summary": {
+            **_ceiling(products, fedsim_median, torch_median, "round"),
             "round_speedup_vs_torch": torch_median / fedsim_median,
             "evaluation_speedup_vs_torch": evaluation["torch"].median / evaluation["fedsim"].median,
             "round_with_evaluation_speedup_vs_torch": (torch_median + evaluation["torch"].median)
@@ -189,6 +195,39 @@ def stc_round_benchmark(mode: str, data_dir=None) -> dict:
         },
         "torch_threads": torch.get_num_threads(),
     }
+
+
+def _fedsim_products(model, x: np.ndarray, n_models: int | None) -> dict:
+    """fedsim's own matrix-product calls on the round's shapes: the model's forward ``x W + b`` and its
+    backward ``x^T delta`` (``n_models`` stacked models, one per client, or one model for all)."""
+    rng = np.random.default_rng(0)
+    batch = () if n_models is None else (n_models,)
+    theta = (rng.standard_normal(batch + (model.size,)) * 0.01).astype(x.dtype)
+    delta = rng.standard_normal(x.shape[:-1] + (model.n_classes,)).astype(x.dtype)
+    out = np.empty(x.shape[:-2] + (model.n_features, model.n_classes), dtype=x.dtype)
+    return {"forward": lambda: model.logits(theta, x),
+            "backward": lambda: model.weight_gradient(x, delta, out)}
+
+
+def _products_alone(fedsim_calls: dict, torch_calls: dict, repeats: int) -> dict:
+    """Median seconds of each side's matrix products (and batch gather) timed alone, interleaved."""
+    calls = {f"fedsim {name}": call for name, call in fedsim_calls.items()}
+    calls.update({f"torch {name}": call for name, call in torch_calls.items()})
+    timings = common.time_interleaved(calls, repeats)
+    result = {}
+    for side, names in (("fedsim", fedsim_calls), ("torch", torch_calls)):
+        parts = {name: timings[f"{side} {name}"].median for name in names}
+        result[side] = {"parts": parts, "total": sum(parts.values())}
+    return result
+
+
+def _ceiling(products: dict, fedsim_seconds: float, torch_seconds: float, unit: str) -> dict:
+    """Where a round's time goes: each side's share spent in its products (and gather), and the
+    speed-up over torch fedsim would reach if everything else in its {unit} took no time at all."""
+    return {f"fedsim_products_share_of_{unit}": products["fedsim"]["total"] / fedsim_seconds,
+            f"torch_products_share_of_{unit}": products["torch"]["total"] / torch_seconds,
+            "speedup_ceiling_with_these_products": torch_seconds / products["fedsim"]["total"],
+            "products_speedup_vs_torch": products["torch"]["total"] / products["fedsim"]["total"]}
 
 
 def _fedsim_evaluate(run) -> dict:
@@ -278,6 +317,9 @@ def laq_iteration_benchmark(mode: str, data_dir=None) -> dict:
         "fedsim": lambda: model.accuracy(theta, x_test, dataset.y_test),
         "torch": lambda: reference.test_accuracy(test_x, test_y)}, repeats)
 
+    products = _products_alone(_fedsim_products(model, shards.x, None),
+                               {name: reference.product_calls[name] for name in ("forward", "backward")},
+                               repeats)
     M, n, F = shards.x.shape
     C = dataset.n_classes
     flops = 2 * (2 * M * n * F * C)
@@ -294,8 +336,10 @@ def laq_iteration_benchmark(mode: str, data_dir=None) -> dict:
         "uploads_in_timed_iterations": int(history.uploads[validate + warmup:].sum()),
         "flops": {"iteration": flops, "note": "matrix products only: forward and backward, 2 F C per sample each"},
         "peak_matmul": peak,
+        "products_alone": products,
         "seconds_total": time.perf_counter() - run_started,
         "summary": {
+            **_ceiling(products, fedsim_timing.median, torch_timing.median, "iteration"),
             "iteration_speedup_vs_torch": torch_timing.median / fedsim_timing.median,
             "evaluation_speedup_vs_torch": evaluation["torch"].median / evaluation["fedsim"].median,
             "iteration_gflops": flops / fedsim_timing.median / 1e9,

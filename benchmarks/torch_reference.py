@@ -228,6 +228,9 @@ class TorchSTCRound:
         self.k_up = [ceil_product(p_up, stop - start) for start, stop in self.segments]
         self.k_down = [ceil_product(p_down, stop - start) for start, stop in self.segments]
         self.choices: dict[str, object] = {}
+        # The chosen formulations as zero-argument calls on the real shapes (set by choose_formulations),
+        # for timing the products alone.
+        self.product_calls: dict[str, Callable[[], torch.Tensor]] = {}
 
     # -- formulations -------------------------------------------------------------------------------
     def choose_formulations(self, batch_rows: np.ndarray, repeats: int = 3) -> dict:
@@ -263,7 +266,10 @@ class TorchSTCRound:
         for name, candidates in (("forward", forward), ("backward", backward), ("evaluate", evaluate)):
             best, seconds = fastest(candidates, repeats)
             self.choices[name] = best
+            self.product_calls[name] = candidates[best]
             report[name] = {"chosen": best, "seconds": seconds}
+        rows = torch.from_numpy(batch_rows.reshape(-1))
+        self.product_calls["gather"] = lambda: self.x_train.index_select(0, rows)
         return report
 
     def _logits(self, x, stacked, bias):
@@ -377,6 +383,7 @@ class TorchLAQRun:
         self.step_history = torch.zeros(history_length, dtype=torch.float64)
         self.iteration = 0
         self.choices: dict[str, str] = {}
+        self.product_calls: dict[str, Callable[[], torch.Tensor]] = {}     # as in TorchSTCRound
         # one-hot labels / n, fixed: p - Y is computed as p - this * n
         self.targets = torch.zeros(self.n_workers, self.n_samples, n_classes, dtype=self.x.dtype)
         self.targets.scatter_(2, self.y[:, :, None], 1.0)
@@ -403,6 +410,7 @@ class TorchLAQRun:
         for name, candidates in (("forward", forward), ("backward", backward)):
             best, seconds = fastest(candidates, repeats, rtol=1e-9)
             self.choices[name] = best
+            self.product_calls[name] = candidates[best]
             report[name] = {"chosen": best, "seconds": seconds}
         return report
 

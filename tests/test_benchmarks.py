@@ -51,12 +51,19 @@ def test_smoke_run_writes_validated_results_and_tables(tmp_path):
     assert stc["round"]["fedsim"]["repeats"] == rounds.SETTINGS["smoke"]["repeats"]
     assert stc["torch_formulations"]["forward"]["chosen"] in stc["torch_formulations"]["forward"]["seconds"]
     assert results["rounds"]["laq_iteration"]["validated_iterations"] > 0
+    for name, parts in (("stc_round", {"gather", "forward", "backward"}), ("laq_iteration", {"forward", "backward"})):
+        products = results["rounds"][name]["products_alone"]
+        for side in ("fedsim", "torch"):
+            assert set(products[side]["parts"]) == parts, (name, side)
+            assert products[side]["total"] == pytest.approx(sum(products[side]["parts"].values()))
+        assert results["rounds"][name]["summary"]["speedup_ceiling_with_these_products"] > 0
     assert results["scale"]["configurations"][0]["memory"]["peak_rss_bytes"] > 0
     assert results["compile"]["summary"]["cold_compile_seconds"] > 0
     text = readme.read_text()
     assert text.startswith("# hand-written part\n\nkept as is\n")
     assert text.count(report.BEGIN) == 1 and text.count(report.END) == 1
-    for heading in ("### Targets", "### Kernels", "### Rounds", "### Scale", "### JIT compile time"):
+    for heading in ("### Targets", "### Kernels", "### Rounds", "### Scale", "### JIT compile time",
+                    "ceiling: torch round / fedsim products"):
         assert heading in text
     # regenerating replaces the block instead of appending a second one
     report.update_readme(readme, results)

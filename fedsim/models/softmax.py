@@ -124,16 +124,21 @@ class SoftmaxRegression:
                         dtype=np.result_type(theta, delta))
         spec = self.spec
         # grad_W = x^T delta, grad_b = sum_i delta_i  (then + l2 * theta)
-        if x.shape[-2] > x.shape[-1]:
-            # More samples than features (e.g. the LAQ shards, 6,000 x 784): BLAS computes the same
-            # products about 20% faster as (delta^T x)^T, transposed into place (a small copy).
-            spec.view(grad, "W")[...] = np.swapaxes(np.matmul(np.swapaxes(delta, -1, -2), x), -1, -2)
-        else:
-            np.matmul(np.swapaxes(x, -1, -2), delta, out=spec.view(grad, "W"))
+        self.weight_gradient(x, delta, spec.view(grad, "W"))
         spec.view(grad, "b")[...] = delta.sum(axis=-2)
         if self.l2:
             grad += self.l2 * theta
         return loss, grad
+
+    @staticmethod
+    def weight_gradient(x: np.ndarray, delta: np.ndarray, out: np.ndarray) -> None:
+        """``out = x^T delta`` (shape ``(..., n_features, n_classes)``): the backward matrix product."""
+        if x.shape[-2] > x.shape[-1]:
+            # More samples than features (e.g. the LAQ shards, 6,000 x 784): BLAS computes the same
+            # products about 20% faster as (delta^T x)^T, transposed into place (a small copy).
+            out[...] = np.swapaxes(np.matmul(np.swapaxes(delta, -1, -2), x), -1, -2)
+        else:
+            np.matmul(np.swapaxes(x, -1, -2), delta, out=out)
 
     # -- pieces -----------------------------------------------------------------------------------
     def _shifted_exp_and_nll(self, theta, x, y):
