@@ -278,6 +278,30 @@ def _compile_table(compiled: dict) -> list[str]:
     return lines
 
 
+def _products_tables(products: dict) -> list[str]:
+    """One row per implementation of each experiment of ``benchmarks/products.py``: median ms and its
+    ratio to the experiment's first row (the NumPy / BLAS way fedsim runs it)."""
+    data = products["laq_data"]
+    lines = ["", f"`benchmarks/products.py`; LAQ shapes: {data['samples']:,} x {data['features']} float64 "
+                 f"({data['source']}, {data['zero_share']:.0%} zeros); STC shapes as in the rounds. Ratio > 1: "
+                 "faster than the first row of its experiment.", "",
+             "| experiment | implementation | ms | first row / this |", "|---|---|---:|---:|"]
+    experiments = [("columns", products["columns"]), ("fixed order", products["fixed_order"]),
+                   ("reassociated (LAQ)", products["reassociated"]["laq"]),
+                   ("reassociated (STC)", products["reassociated"]["stc"]),
+                   ("client blocks (STC)", products["client_blocks"]), ("sparse (LAQ)", products["sparse"])]
+    for experiment, timings in experiments:
+        if experiment == "fixed order":       # two pairs: forward, backward
+            groups = [dict(list(timings.items())[:2]), dict(list(timings.items())[2:])]
+        else:
+            groups = [timings]
+        for group in groups:
+            first = next(iter(group.values()))
+            for name, seconds in group.items():
+                lines.append(f"| {experiment} | {name} | {_ms(seconds)} | {_ratio(first / seconds)} |")
+    return lines
+
+
 def render(results: dict) -> str:
     """The generated block: machine, targets, then one section per suite present in ``results``."""
     lines = [BEGIN, "", _machine(results), "", "### Targets", ""] + _targets_table(results)
@@ -291,6 +315,8 @@ def render(results: dict) -> str:
         lines += ["", "### Scale"] + _scale_tables(results["scale"])
     if "compile" in results:
         lines += ["", "### JIT compile time"] + _compile_table(results["compile"])
+    if "products" in results:
+        lines += ["", "### Hand-written products against BLAS"] + _products_tables(results["products"])
     lines += ["", END]
     return "\n".join(lines)
 

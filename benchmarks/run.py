@@ -26,7 +26,7 @@ from pathlib import Path
 
 from benchmarks import common, report
 
-SUITES = ("kernels", "rounds", "scale", "compile")
+SUITES = ("kernels", "rounds", "scale", "compile", "products")
 RESULTS = Path(__file__).resolve().parent / "results"
 README = Path(__file__).resolve().parent / "README.md"
 

@@ -34,12 +34,14 @@ def test_smoke_run_writes_validated_results_and_tables(tmp_path):
                               text=True, timeout=240)
     assert finished.returncode == 0, finished.stderr[-3000:]
     results = {suite: json.loads((tmp_path / f"{suite}.json").read_text())
-               for suite in ("kernels", "rounds", "scale", "compile")}
+               for suite in ("kernels", "rounds", "scale", "compile", "products")}
     for suite, payload in results.items():
         machine = payload["machine"]
         assert payload["mode"] == "smoke", suite
         assert machine["date"] and machine["versions"]["numpy"] and machine["versions"]["torch"], suite
-        assert machine["threads"]["requested"] == 1 and machine["threads"]["torch"] == 1, suite
+        # the products suite compares against NumPy's BLAS only and never loads torch
+        assert machine["threads"]["requested"] == 1, suite
+        assert machine["threads"]["torch"] == ("not loaded" if suite == "products" else 1), suite
         assert machine["threads"]["blas_fixed_by_environment"], suite
     cases = results["kernels"]["cases"]
     assert {case["kernel"] for case in cases} == set(kernels.KERNELS)
@@ -62,8 +64,11 @@ def test_smoke_run_writes_validated_results_and_tables(tmp_path):
     text = readme.read_text()
     assert text.startswith("# hand-written part\n\nkept as is\n")
     assert text.count(report.BEGIN) == 1 and text.count(report.END) == 1
+    products = results["products"]
+    for experiment in ("columns", "fixed_order", "client_blocks", "sparse"):
+        assert len(products[experiment]) >= 2 and all(t > 0 for t in products[experiment].values()), experiment
     for heading in ("### Targets", "### Kernels", "### Rounds", "### Scale", "### JIT compile time",
-                    "ceiling: torch round / fedsim products"):
+                    "ceiling: torch round / fedsim products", "### Hand-written products against BLAS"):
         assert heading in text
     # regenerating replaces the block instead of appending a second one
     report.update_readme(readme, results)
