@@ -218,7 +218,8 @@ def test_extreme_radii_use_the_division_form(bits):
     assert forms == [False, half_levels / radius[1] >= np.finfo(np.float64).tiny, True, True]
     _assert_same(jitted, _run(laq_quantize_numpy, gradients, previous, bits))
     _assert_same(jitted, _run(laq_quantize.py_func, gradients, previous, bits))
-    _check_invariants(gradients, previous, bits, quantize_innovation(gradients, previous, bits))
+    with np.errstate(over="ignore"):          # worker 1's squared errors (~R^2) overflow to inf, as they should
+        _check_invariants(gradients, previous, bits, quantize_innovation(gradients, previous, bits))
 
 
 def test_codes_match_the_published_formula_on_ordinary_inputs():

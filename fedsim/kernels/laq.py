@@ -287,8 +287,9 @@ def laq_quantize_numpy(gradients, previous, bits, codes, quantized, radius, erro
     codes[...] = q
     codes[finite & ~positive] = 1 << (bits - 1)                    # R = 0: the zero-innovation code
     stored = quantized.astype(np.float64, copy=False)
-    error[...] = column_order_sum((stored - g) ** 2)               # e = ||Q - g||^2
-    innovation[...] = column_order_sum((stored - q_prev) ** 2)     # ||Q - Q_prev||^2
+    with np.errstate(over="ignore"):                               # R near the largest float: e = inf
+        error[...] = column_order_sum((stored - g) ** 2)           # e = ||Q - g||^2
+        innovation[...] = column_order_sum((stored - q_prev) ** 2) # ||Q - Q_prev||^2
     radius[...] = np.where(finite, r, np.nan)
     error[~finite] = np.nan
     innovation[~finite] = np.nan
