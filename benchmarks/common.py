@@ -231,5 +231,11 @@ def suite_arguments(description: str, argv: Sequence[str] | None = None):
     return parser.parse_args(argv)
 
 
+def suite_main(doc: str, run: Callable[..., dict], argv: Sequence[str] | None = None) -> None:
+    """Run a suite from its own command line (see :func:`suite_arguments`) and write its JSON."""
+    args = suite_arguments(doc.splitlines()[0], argv)
+    write_json(args.json, run(args.mode, args.threads, args.data_dir))
+
+
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)

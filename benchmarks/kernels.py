@@ -288,8 +288,7 @@ def run(mode: str, threads: int, only: tuple[str, ...] | None = None) -> dict:
 
 
 def main(argv=None) -> None:
-    args = common.suite_arguments(__doc__.splitlines()[0], argv)
-    common.write_json(args.json, run(args.mode, args.threads))
+    common.suite_main(__doc__, lambda mode, threads, data_dir: run(mode, threads), argv)
 
 
 if __name__ == "__main__":

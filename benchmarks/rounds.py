@@ -359,8 +359,7 @@ def run(mode: str, threads: int, data_dir=None) -> dict:
 
 
 def main(argv=None) -> None:
-    args = common.suite_arguments(__doc__.splitlines()[0], argv)
-    common.write_json(args.json, run(args.mode, args.threads, args.data_dir))
+    common.suite_main(__doc__, run, argv)
 
 
 if __name__ == "__main__":
