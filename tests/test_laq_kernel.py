@@ -151,8 +151,8 @@ def _check_invariants(gradients, previous, bits, out):
     radius = np.max(np.abs(gradients - previous), axis=1, initial=0.0)
     np.testing.assert_array_equal(out.radius, radius)
     # |Q_i - g_i| <= tau R for every entry (rounding to the nearest of the 2^b grid points)
-    # up to rounding: t_i = (g_i - Q_prev_i) / R carries a relative error of a few eps, i.e. a few eps R
-    # in position, and Q_i is rounded to a float (one spacing of the larger of |Q_i|, |g_i|).
+    # up to rounding: the position (g_i - Q_prev_i) s (or (g_i - Q_prev_i) / R) carries a relative error of
+    # a few eps, i.e. a few eps R, and Q_i is rounded to a float (one spacing of the larger of |Q_i|, |g_i|).
     gap = np.abs(out.quantized - gradients)
     eps = np.finfo(np.float64).eps
     bound = (tau + 8 * eps) * radius[:, None] + np.spacing(np.maximum(np.abs(out.quantized),

@@ -142,6 +142,14 @@ def grid_constants(radius, half_levels):
 _grid_constants = numba.njit(**JIT_OPTIONS)(grid_constants)
 
 
+def _grid_constants_per_worker(safe_radius: np.ndarray, half_levels: float) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`grid_constants` of each worker's (positive, finite) radius, as two ``(M, 1)`` columns."""
+    with np.errstate(over="ignore", divide="ignore"):
+        constants = np.array([grid_constants(r_m, half_levels) for r_m in safe_radius], dtype=np.float64)
+    constants = constants.reshape(-1, 2)
+    return constants[:, :1], constants[:, 1:]
+
+
 @numba.njit(**JIT_OPTIONS)
 def _quantize_row(gradient, previous, r, half_levels, scale, step, zero_code, codes, quantized,
                   error_columns, innovation_columns):
@@ -270,10 +278,9 @@ def laq_quantize_numpy(gradients, previous, bits, codes, quantized, radius, erro
     finite = np.isfinite(r)
     positive = finite & (r > 0)
     safe_r = np.where(positive, r, 1.0)                            # no 0/0 where R = 0 or not finite
-    with np.errstate(over="ignore", divide="ignore"):
-        scale, step = np.array([grid_constants(r_m, half_levels) for r_m in safe_r]).reshape(-1, 2).T
-    multiply = (step > 0)[:, None]
-    scale, step, safe_r = scale[:, None], step[:, None], safe_r[:, None]
+    scale, step = _grid_constants_per_worker(safe_r, half_levels)
+    multiply = step > 0
+    safe_r = safe_r[:, None]
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         # q_i = floor(d_i s + 2^(b-1)), or floor((d_i / R + 1) h + 1/2) where s or delta is not normal
         q = np.where(multiply, np.floor(difference * scale + zero_code),
@@ -367,8 +374,7 @@ def laq_dequantize(codes: np.ndarray, previous: np.ndarray, radius: np.ndarray, 
     q = codes.astype(np.float64)
     moving = r > 0
     safe_r = np.where(moving, r, 1.0)
-    with np.errstate(over="ignore", divide="ignore"):
-        step = np.array([grid_constants(r_m, half_levels) for r_m in safe_r]).reshape(-1, 2)[:, 1:]
+    _, step = _grid_constants_per_worker(safe_r, half_levels)
     safe_r = safe_r[:, None]
     offsets = np.where(step > 0, q * step - safe_r, safe_r * (q / half_levels - 1.0))
     q_prev64 = q_prev.astype(np.float64, copy=False)
