@@ -1,0 +1,85 @@
+"""The runs whose histories are recorded in ``tests/golden/histories.json`` and checked bit for bit.
+
+Every preset, every federated method at full and half participation, every lazy method, and the client
+optimizer, threshold, scope and dtype variants, on offline data (plus the two MNIST-scale presets on the
+shared Fashion-MNIST files when they are there). Recorded once before a refactor
+(``python -m tests.golden_cases --record``); ``tests/test_golden_histories.py`` reruns each case and
+compares every record field except wall time.
+
+A case is (preset, overrides, steps). Overrides use today's setting names; a renamed setting is renamed
+here, with the recorded numbers left as they are.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+GOLDEN_FILE = Path(__file__).with_name("golden") / "histories.json"
+
+FEDERATED_METHODS = ("none", "fedavg", "signsgd", "topk_up", "topk_updown", "stc_up", "stc_updown")
+LAZY_METHODS = ("gd", "qgd", "lag-wk", "lag-ps", "laq", "slaq")
+SMALL_FEDERATED = ["data.synthetic_devices=10", "federated.n_clients=10"]
+SMALL_LAZY = ["data.synthetic_devices=8", "lazy.n_workers=8", "lazy.eval_every=10"]
+
+
+def cases() -> dict[str, tuple[str, list[str], int]]:
+    """name -> (preset, overrides, number of steps)."""
+    found = {"preset synthetic": ("synthetic", [], 15), "preset laq-synthetic": ("laq-synthetic", [], 60)}
+    for method in FEDERATED_METHODS:
+        for rate in (1.0, 0.5):
+            found[f"federated {method} participation {rate}"] = (
+                "synthetic", SMALL_FEDERATED + [f"federated.method={method}",
+                                                f"federated.participation_rate={rate}"], 8)
+    found["federated optimizer"] = ("synthetic", SMALL_FEDERATED + [
+        "federated.momentum=0.8", "federated.weight_decay=0.01", "federated.lr_schedule=exponential",
+        "federated.lr_decay=0.9", "federated.local_iterations=3", "federated.init=glorot"], 6)
+    found["federated stc sampled window global"] = ("synthetic", SMALL_FEDERATED + [
+        "federated.threshold=sampled", "federated.sample_mode=window", "federated.compression_scope=global",
+        "federated.sample_fraction=0.3"], 6)
+    found["federated stc sampled uniform"] = ("synthetic", SMALL_FEDERATED + [
+        "federated.threshold=sampled", "federated.participation_rate=0.5"], 6)
+    found["federated float64 topk"] = ("synthetic", SMALL_FEDERATED + [
+        "federated.method=topk_updown", "federated.dtype=float64"], 6)
+    for method in LAZY_METHODS:
+        extra = ["lazy.minibatch_size=20"] if method == "slaq" else []
+        found[f"lazy {method}"] = ("laq-synthetic", SMALL_LAZY + [f"lazy.method={method}"] + extra, 40)
+    found["lazy laq float32 glorot"] = ("laq-synthetic", SMALL_LAZY + [
+        "lazy.dtype=float32", "lazy.init=glorot", "lazy.bits=2"], 30)
+    return found
+
+
+def data_cases() -> dict[str, tuple[str, list[str], int]]:
+    """The MNIST-scale presets on Fashion-MNIST (need the shared data folder)."""
+    return {"preset stc-mnist on fashion-mnist": ("stc-mnist", ["data.dataset=fashion-mnist"], 2),
+            "preset laq-mnist on fashion-mnist test split": (
+                "laq-mnist", ["data.dataset=fashion-mnist", "data.train_split=test"], 15)}
+
+
+def history_of(preset: str, overrides: list[str], steps: int) -> list[dict]:
+    """The records (wall time left out) of the first ``steps`` steps of the case, as JSON values."""
+    from fedsim.config import load_preset
+    from fedsim.runner import build_run, strip_wall_time, to_json
+    run = build_run(load_preset(preset, overrides), progress=False)
+    for _ in range(steps):
+        run.step()
+    return json.loads(to_json(strip_wall_time(run.history)))
+
+
+def record(include_data: bool) -> None:
+    chosen = dict(cases())
+    if include_data:
+        chosen.update(data_cases())
+    golden = {name: {"preset": preset, "overrides": overrides, "steps": steps,
+                     "history": history_of(preset, overrides, steps)}
+              for name, (preset, overrides, steps) in chosen.items()}
+    GOLDEN_FILE.parent.mkdir(exist_ok=True)
+    GOLDEN_FILE.write_text(json.dumps(golden, indent=0, sort_keys=True) + "\n")
+    print(f"recorded {len(golden)} cases into {GOLDEN_FILE}")
+
+
+if __name__ == "__main__":
+    if "--record" not in sys.argv:
+        sys.exit("usage: python -m tests.golden_cases --record [--with-data]")
+    record("--with-data" in sys.argv)
