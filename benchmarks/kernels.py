@@ -41,11 +41,30 @@ SETTINGS = {
     "full": dict(sizes=(10_000, 100_000, 1_000_000, 10_000_000), dtypes=("float32", "float64"),
                  ps=(0.001, 0.01), repeats=7),
 }
-SAMPLE_FRACTION = 0.01           # the sampled threshold's sample share f (fedsim's STC default)
+SAMPLE_FRACTION = 0.01           # the sampled threshold's sample share f in these cases
 LAQ_BITS = 4
 # The NumPy twin of the Golomb-Rice decoder rescans the rest of the stream for every position, so its cost
 # grows like (positions x stream bits); above this product it is not run (reported as skipped).
 TWIN_DECODE_LIMIT = 3e8
+
+
+#: Benchmark cases of the compressors added after the kernels above, each registered by its own block
+#: at the end of this file: kernel name -> (title for the report, whether it has a sparsity p, builder).
+#: A builder takes (x, size, dtype, p, rng, captured) and returns a :class:`Case`; ``x`` is the seeded
+#: standard-normal input vector and ``captured`` the dict of inputs to fill (see :func:`make_case`).
+COMPRESSOR_CASES: dict[str, tuple[str, bool, Callable]] = {}
+
+
+def compressor_case(kernel: str, title: str, sparse: bool = False):
+    """Decorator registering a compressor's benchmark case builder under ``kernel``."""
+    def register(builder):
+        COMPRESSOR_CASES[kernel] = (title, sparse, builder)
+        return builder
+    return register
+
+
+def all_kernels() -> tuple[str, ...]:
+    return KERNELS + tuple(COMPRESSOR_CASES)
 
 
 @dataclass
@@ -109,10 +128,12 @@ def _make_case(kernel, size, dtype, p, seed, captured) -> Case:
     from benchmarks import torch_reference as reference
     from fedsim.kernels import golomb, laq, sparsify
 
-    if kernel not in KERNELS:
-        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    if kernel not in all_kernels():
+        raise ValueError(f"kernel must be one of {all_kernels()}, got {kernel!r}")
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(size).astype(dtype)
+    if kernel in COMPRESSOR_CASES:
+        return COMPRESSOR_CASES[kernel][2](x, size, dtype, p, rng, captured)
     x_torch = reference.torch_tensor(x)
     mean_tolerance = _mean_tolerance(dtype)
     k = reference.budget(p, size) if p is not None else None
@@ -253,11 +274,12 @@ def _make_case(kernel, size, dtype, p, seed, captured) -> Case:
 def cases(mode: str):
     """Every (kernel, size, dtype, p) of a mode, in run order."""
     settings = SETTINGS[common.check_mode(mode)]
-    for kernel in KERNELS:
+    for kernel in all_kernels():
         golomb_kernel = kernel.startswith("golomb")
+        sparse = kernel in SPARSE_KERNELS or (kernel in COMPRESSOR_CASES and COMPRESSOR_CASES[kernel][1])
         for size in settings["sizes"]:
             for dtype in (("int64",) if golomb_kernel else settings["dtypes"]):
-                for p in (settings["ps"] if kernel in SPARSE_KERNELS else (None,)):
+                for p in (settings["ps"] if sparse else (None,)):
                     yield kernel, size, dtype, p
 
 
@@ -289,6 +311,10 @@ def run(mode: str, threads: int, only: tuple[str, ...] | None = None) -> dict:
 
 def main(argv=None) -> None:
     common.suite_main(__doc__, lambda mode, threads, data_dir: run(mode, threads), argv)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Compressor cases (one block each; see COMPRESSOR_CASES)
 
 
 if __name__ == "__main__":

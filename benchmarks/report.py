@@ -13,7 +13,7 @@ END = "<!-- results:end -->"
 KERNEL_TITLES = {
     "top_k_threshold": "Top-k threshold selection (v and mu of the k largest magnitudes)",
     "stc_exact": "STC, exact threshold",
-    "stc_sampled": "STC, sampled threshold (sample fraction 0.01)",
+    "stc_sampled": "STC, sampled threshold (sample fraction 0.01 here)",
     "top_k_sparsify": "Top-k sparsification (positions and values)",
     "sign": "Sign",
     "laq_quantize": "LAQ quantizer (b = 4, one worker)",
@@ -148,9 +148,14 @@ def _targets_table(results: dict) -> list[str]:
     return lines
 
 
+def _kernel_titles() -> dict[str, str]:
+    from benchmarks.kernels import COMPRESSOR_CASES
+    return {**KERNEL_TITLES, **{kernel: entry[0] for kernel, entry in COMPRESSOR_CASES.items()}}
+
+
 def _kernel_tables(kernels: dict) -> list[str]:
     lines = []
-    for kernel, title in KERNEL_TITLES.items():
+    for kernel, title in _kernel_titles().items():
         cases = [c for c in kernels["cases"] if c["kernel"] == kernel]
         if not cases:
             continue

@@ -87,8 +87,8 @@ def peak_matmul_gflops(size: int, dtype, repeats: int = 3) -> dict:
 
 
 def _replay(run) -> tuple[np.ndarray, np.ndarray]:
-    """Participants and batch rows (iterations, K, B) of the round fedsim just ran (from its batch log)."""
-    entries = run.batch_log
+    """Participants and batch rows (iterations, K, B) of the round fedsim just ran (from its batch trace)."""
+    entries = run.batch_trace
     participants = entries[0][1]
     rows = []
     for _, _, samples, count in entries:
@@ -96,7 +96,7 @@ def _replay(run) -> tuple[np.ndarray, np.ndarray]:
             raise ValidationError("a ragged batch (end of a client's epoch) in a replayed round; the torch "
                                   "round assumes full batches")
         rows.append(samples)
-    run.batch_log = []
+    run.batch_trace.clear()
     return participants, np.stack(rows)
 
 
@@ -116,13 +116,13 @@ def stc_round_benchmark(mode: str, data_dir=None) -> dict:
     never = 10 ** 9                          # evaluation is timed on its own, not inside step()
     config = FederatedConfig(method="stc_updown", rounds=never, n_clients=n_clients, batch_size=settings["batch"],
                              eval_train_samples=settings["eval_train"], eval_every=never)
-    run = FederatedRun(config, dataset, clients, seed=0)
+    run = FederatedRun(config, dataset, clients, seed=0, trace_batches=True)
     for _ in range(3):                        # compile, and leave the all-zero start (exact ties)
         run.step()
 
     # -- validation: one round from the same state ---------------------------------------------------
     state = (run.server.weights.copy(), run.clients.residual.copy(), run.server.residual.copy())
-    run.batch_log = []
+    run.batch_trace.clear()
     record = run.step()
     participants, rows = _replay(run)
     reference = TorchSTCRound(run.x_train, run.y_train, run.eval_sets, dataset.n_classes, config.lr,

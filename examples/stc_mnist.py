@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fedsim.algorithms.federated import METHODS, DivergenceError, FederatedConfig, FederatedRun
+from fedsim.algorithms.federated import FederatedConfig, FederatedRun, methods
+from fedsim.errors import DivergenceError
 from fedsim.data.partition import partition_report
 from fedsim.experiment import DataConfig, load_data, split_among_clients
 
@@ -35,7 +36,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist", "synthetic"])
-    parser.add_argument("--method", nargs="+", default=["stc_updown"], choices=sorted(METHODS),
+    parser.add_argument("--method", nargs="+", default=["stc_updown"], choices=sorted(methods()),
                         help="one or more methods, run one after the other on the same data")
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--clients", type=int, default=50)

@@ -46,6 +46,7 @@ else:  # pragma: no cover - Python 3.10 reads TOML with the tomli backport
     import tomli as tomllib
 
 from fedsim.algorithms.federated import FederatedConfig
+from fedsim.compress import COMPRESSORS
 from fedsim.algorithms.lazy import LazyConfig
 from fedsim.experiment import DataConfig
 
@@ -127,13 +128,36 @@ class ExperimentConfig:
         return self.algorithm.method
 
 
+#: Settings of a compressor that its table does not hold: the federated table sets them per direction.
+COMPRESSOR_SETTINGS_ELSEWHERE = {"p": "federated.p_up / federated.p_down",
+                                 "scope": "federated.compression_scope"}
+
+
+def _compressor_tables() -> dict[str, type]:
+    """One table per registered compressor that has settings of its own ([stc], [sign], [qsgd], ...)."""
+    return {name: cls for name, cls in COMPRESSORS.items()
+            if any(f.name not in COMPRESSOR_SETTINGS_ELSEWHERE for f in dataclasses.fields(cls))}
+
+
+#: The compressor tables, each validated into the compressor class of that name.
+COMPRESSOR_TABLES: dict[str, type] = _compressor_tables()
 #: The tables of a config file and the dataclass each is validated into.
 TABLES: dict[str, type] = {"data": DataConfig, "federated": FederatedConfig, "lazy": LazyConfig,
-                           "run": RunConfig}
+                           "run": RunConfig, **COMPRESSOR_TABLES}
 #: Top-level scalar settings.
 TOP_LEVEL = ("family", "seed")
 #: Dataclass fields that a config file does not set (derived from other settings).
-DERIVED = {("lazy", "seed"): "the top-level `seed`"}
+DERIVED = {("lazy", "seed"): "the top-level `seed`",
+           ("federated", "compressors"): "the compressor tables ([stc], [sign], ...)",
+           **{(name, setting): where for name in COMPRESSOR_TABLES
+              for setting, where in COMPRESSOR_SETTINGS_ELSEWHERE.items()}}
+
+
+def section(config: "ExperimentConfig", table: str):
+    """The dataclass instance that holds ``table``'s settings in ``config``."""
+    if table in COMPRESSOR_TABLES:
+        return config.federated.compressors.get(table) or COMPRESSOR_TABLES[table]()
+    return getattr(config, table)
 
 
 def table_fields(table: str) -> list[str]:
@@ -254,10 +278,10 @@ def _unknown_key(dotted: str, table: str | None, source: str) -> ConfigError:
 # dict <-> config
 
 
-def _build_table(table: str, values: dict, source: str):
+def _build_table(table: str, values: dict, source: str, **derived):
     cls = TABLES[table]
     hints = typing.get_type_hints(cls)
-    kwargs = {}
+    kwargs = dict(derived)
     for key, value in values.items():
         if (table, key) in DERIVED:
             raise ConfigError(f"{table}.{key} cannot be set here; set {DERIVED[(table, key)]} instead")
@@ -294,17 +318,23 @@ def config_from_dict(raw: dict, source: str = "") -> ExperimentConfig:
     ConfigError
         One line: the setting, what is allowed, what was given.
     """
-    top, tables = {}, {}
+    top, tables, compressors = {}, {}, {}
     for key, value in raw.items():
         if key in TABLES:
             if not isinstance(value, dict):
                 raise ConfigError(f"'{key}' must be a table ([{key}]), got {_format_value(value)} "
                                   f"({_toml_type_name(value)})")
-            tables[key] = _build_table(key, value, source)
+            if key in COMPRESSOR_TABLES:
+                compressors[key] = _build_table(key, value, source)
+            elif key != "federated":
+                tables[key] = _build_table(key, value, source)
         elif key in TOP_LEVEL:
             top[key] = coerce(value, int if key == "seed" else str, key)
         else:
             raise _unknown_key(key, None, source)
+    # [federated] last: it holds the compressor tables' settings.
+    tables["federated"] = _build_table("federated", raw.get("federated", {}), source,
+                                       compressors=compressors)
     try:
         return ExperimentConfig(**top, **tables)
     except ValueError as error:
@@ -315,9 +345,9 @@ def config_to_dict(config: ExperimentConfig, *, keep_unset: bool = False) -> dic
     """Nested plain dict of ``config`` (derived settings left out; ``None`` values only if ``keep_unset``)."""
     document = {"family": config.family, "seed": config.seed}
     for table in TABLES:
-        section = getattr(config, table)
-        document[table] = {name: getattr(section, name) for name in table_fields(table)
-                           if keep_unset or getattr(section, name) is not None}
+        settings = section(config, table)
+        document[table] = {name: getattr(settings, name) for name in table_fields(table)
+                           if keep_unset or getattr(settings, name) is not None}
     return document
 
 
@@ -405,14 +435,16 @@ def config_to_toml(config: ExperimentConfig, header: str = "", comments: bool = 
     for key in TOP_LEVEL:
         lines.append(_setting_line(key, getattr(config, key), top_comments.get(key)))
     for table in TABLES:
-        section = getattr(config, table)
+        settings = section(config, table)
         lines.append("")
         if table in FAMILIES and table != config.family:
             lines.append(f"# not used: family = {toml_value(config.family)}")
+        if table in COMPRESSOR_TABLES:
+            lines.append(f"# the {table} compressor's settings (p and scope: [federated])")
         lines.append(f"[{table}]")
-        notes = field_comments(type(section)) if comments else {}
+        notes = field_comments(type(settings)) if comments else {}
         for name in table_fields(table):
-            value = getattr(section, name)
+            value = getattr(settings, name)
             if value is None:
                 lines.append(f"# {name} = (unset: {_unset_meaning(config, table, name)})")
             else:

@@ -49,6 +49,7 @@ import numpy as np
 
 from fedsim import __version__
 from fedsim.config import (ConfigError, ExperimentConfig, config_to_toml, load_config_file)
+from fedsim.errors import DivergenceError
 from fedsim.experiment import load_data, split_among_clients
 
 CONFIG_FILE = "config.toml"
@@ -456,12 +457,6 @@ class _StopOnSignals:
         return False
 
 
-def _divergence_errors() -> tuple[type, ...]:
-    """The DivergenceError classes of both families (a run that met NaN or inf)."""
-    from fedsim.algorithms import federated, lazy
-    return federated.DivergenceError, lazy.DivergenceError
-
-
 def show_progress(quiet: bool) -> bool:
     """Progress bars: on unless ``quiet`` or stderr is not a terminal."""
     return not quiet and sys.stderr.isatty()
@@ -517,7 +512,7 @@ def execute(run, folder: RunFolder, config: ExperimentConfig, *, name: str,
                     break
                 try:
                     record = run.step()
-                except _divergence_errors() as error:
+                except DivergenceError as error:
                     status, message = "diverged", str(error)
                     break
                 history_file.write(to_json(record) + "\n")

@@ -33,13 +33,13 @@ def cases() -> dict[str, tuple[str, list[str], int]]:
                 "synthetic", SMALL_FEDERATED + [f"federated.method={method}",
                                                 f"federated.participation_rate={rate}"], 8)
     found["federated optimizer"] = ("synthetic", SMALL_FEDERATED + [
-        "federated.momentum=0.8", "federated.weight_decay=0.01", "federated.lr_schedule=exponential",
+        "federated.momentum=0.8", "federated.l2=0.01", "federated.lr_schedule=exponential",
         "federated.lr_decay=0.9", "federated.local_iterations=3", "federated.init=glorot"], 6)
     found["federated stc sampled window global"] = ("synthetic", SMALL_FEDERATED + [
-        "federated.threshold=sampled", "federated.sample_mode=window", "federated.compression_scope=global",
-        "federated.sample_fraction=0.3"], 6)
+        "stc.threshold=sampled", "stc.sample_mode=window", "federated.compression_scope=global",
+        "stc.sample_fraction=0.3"], 6)
     found["federated stc sampled uniform"] = ("synthetic", SMALL_FEDERATED + [
-        "federated.threshold=sampled", "federated.participation_rate=0.5"], 6)
+        "stc.threshold=sampled", "federated.participation_rate=0.5"], 6)
     found["federated float64 topk"] = ("synthetic", SMALL_FEDERATED + [
         "federated.method=topk_updown", "federated.dtype=float64"], 6)
     for method in LAZY_METHODS:

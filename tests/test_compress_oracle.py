@@ -60,8 +60,8 @@ def test_stc_matches_torch(torch, scope, p):
     state = compressor.init(SPEC)
     for _ in range(3):
         x = rng.standard_normal(SPEC.size).astype(np.float32)
-        message, _ = compressor.compress(x, state)
-        ours = compressor.decompress(message)
+        compressed, _ = compressor.compress(x, state)
+        message, ours = compressed.message(0), compressed.decoded[0]
         theirs, torch_mu = torch_stc(torch, x, p, scope)
         print("mu fedsim", message.mu, "torch", torch_mu)
         assert np.all(np.abs(message.mu.astype(np.float64) - torch_mu) <= np.spacing(torch_mu)), \
@@ -81,7 +81,7 @@ def test_top_k_matches_torch(torch, scope, p):
     compressor = TopK(p, scope=scope)
     state = compressor.init(SPEC)
     x = rng.standard_normal(SPEC.size).astype(np.float32)
-    ours = compressor.decompress(compressor.compress(x, state)[0])
+    ours = compressor.compress(x, state)[0].decoded[0]
     theirs = torch_top_k(torch, x, p, scope)
     np.testing.assert_array_equal(ours, theirs, report("top-k", ours, theirs))
 
@@ -94,7 +94,7 @@ def test_sign_matches_torch(torch, scope, scale):
     state = compressor.init(SPEC)
     x = rng.standard_normal(SPEC.size).astype(np.float32)
     x[::97] = 0.0                                   # torch.sign(0) = 0 as well
-    ours = compressor.decompress(compressor.compress(x, state)[0])
+    ours = compressor.compress(x, state)[0].decoded[0]
     theirs = torch.sign(torch.from_numpy(x))
     if scale == "mean":
         for start, stop, segment in torch_segments(torch, x, scope):
@@ -114,10 +114,10 @@ def test_error_feedback_top_k_matches_torch_over_rounds(torch):
     torch_residual = torch.zeros(SPEC.size, dtype=torch.float32)
     for round_index in range(5):
         x = rng.standard_normal(SPEC.size).astype(np.float32)
-        message, state = wrapper.compress(x, state)
+        compressed, state = wrapper.compress(x, state)
         accumulated = torch.from_numpy(x) + torch_residual
         sent = torch.from_numpy(torch_top_k(torch, accumulated.numpy(), 0.01, "tensor"))
         torch_residual = accumulated - sent
-        ours = wrapper.decompress(message)
+        ours = compressed.decoded[0]
         np.testing.assert_array_equal(ours, sent.numpy(), report(f"round {round_index}", ours, sent.numpy()))
         np.testing.assert_array_equal(state.residual, torch_residual.numpy())

@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from fedsim.algorithms.federated import METHODS, DivergenceError, FederatedConfig, FederatedRun
-from fedsim.compress.channel import sparse_vector_bits
+from fedsim.algorithms.federated import FederatedConfig, FederatedRun, methods
+from fedsim.compress.bits import sparse_vector_bits
+from fedsim.errors import DivergenceError
 from fedsim.data.datasets import load_dataset
 from fedsim.data.partition import partition
 from fedsim.experiment import DataConfig, split_among_clients
@@ -15,17 +16,18 @@ def synthetic():
     return load_dataset("synthetic", synthetic_devices=12, seed=5)
 
 
-def make_run(dataset, seed=0, **settings):
+def make_run(dataset, seed=0, trace=False, **settings):
     settings = {"rounds": 6, "n_clients": len(dataset.client_indices), "batch_size": 16,
                 "p_up": 0.05, "p_down": 0.1, "lr": 0.05, **settings}
-    return FederatedRun(FederatedConfig(**settings), dataset, dataset.client_indices, seed=seed)
+    return FederatedRun(FederatedConfig(**settings), dataset, dataset.client_indices, seed=seed,
+                        trace_batches=trace)
 
 
 def without_time(history):
     return [{k: v for k, v in record.items() if k != "time"} for record in history]
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("method", sorted(methods()))
 def test_same_seed_same_history_and_learning(synthetic, method):
     first = make_run(synthetic, method=method, participation_rate=0.5, rounds=8)
     second = make_run(synthetic, method=method, participation_rate=0.5, rounds=8)
@@ -38,13 +40,12 @@ def test_same_seed_same_history_and_learning(synthetic, method):
 
 
 def test_every_sample_of_an_epoch_is_used_once(synthetic):
-    run = make_run(synthetic, method="fedavg", local_iterations=7, batch_size=10, rounds=3)
-    run.batch_log = []
+    run = make_run(synthetic, method="fedavg", local_iterations=7, batch_size=10, rounds=3, trace=True)
     run.run()
     for client in range(run.config.n_clients):
         size = len(synthetic.client_indices[client])
         used = []
-        for _, participants, samples, count in run.batch_log:
+        for _, participants, samples, count in run.batch_trace:
             row = int(np.flatnonzero(participants == client)[0])
             used.extend(samples[row, : count[row]].tolist())
         expected = np.sort(synthetic.client_indices[client])
@@ -130,7 +131,8 @@ def test_checkpoint_round_trip_continues_bitwise(synthetic):
 def test_majority_vote_ties_give_zero(synthetic):
     run = make_run(synthetic, method="signsgd", n_clients=12)
     votes = np.array([[1, -1, 0], [-1, -1, 0]], np.float32)
-    np.testing.assert_array_equal(run._aggregate(votes, np.array([0, 1])), [0, -np.float32(run.config.lr), 0])
+    np.testing.assert_array_equal(run.up.aggregate(votes, run.clients.sizes[[0, 1]], "majority", run.config.lr),
+                                  [0, -np.float32(run.config.lr), 0])
 
 
 @pytest.mark.parametrize("settings, setting", [
@@ -157,22 +159,21 @@ def test_more_clients_than_samples_and_too_many_classes_are_rejected(synthetic):
 
 
 @pytest.mark.parametrize("schedule, decay", [("exponential", 0.7), ("step", 0.5), ("constant", 1.0)])
-def test_client_optimizer_momentum_weight_decay_and_schedules(synthetic, schedule, decay):
+def test_client_optimizer_momentum_l2_and_schedules(synthetic, schedule, decay):
     """One client, no compression: the server model after each round is the client's own SGD with
-    momentum, weight decay and lr = lr0 * schedule(epoch of the batch), replayed here by hand."""
+    momentum, L2 (g + l2 w) and lr = lr0 * schedule(epoch of the batch), replayed here by hand."""
     client = synthetic.client_indices[0]
     config = FederatedConfig(method="none", rounds=3, n_clients=1, batch_size=7, local_iterations=5,
-                             lr=0.1, momentum=0.8, weight_decay=0.01, lr_schedule=schedule,
+                             lr=0.1, momentum=0.8, l2=0.01, lr_schedule=schedule,
                              lr_decay=decay, lr_step_epochs=2, dtype="float64")
-    run = FederatedRun(config, synthetic, [client], seed=2)
-    run.batch_log = []
+    run = FederatedRun(config, synthetic, [client], seed=2, trace_batches=True)
     run.run()
     model = run.model
     x = synthetic.x_train.astype(np.float64)
     w = np.zeros(model.size)
     velocity = np.zeros(model.size)
     used = 0
-    for _, _, samples, count in run.batch_log:
+    for _, _, samples, count in run.batch_trace:
         epoch = used // len(client)
         factor = {"exponential": decay ** epoch, "step": decay ** (epoch // 2), "constant": 1.0}[schedule]
         batch = samples[0, : count[0]]

@@ -125,8 +125,7 @@ def test_server_weights_match_torch_round_by_round(torch, small_dataset, method,
                     init="glorot")
     settings.update(extra)
     config = FederatedConfig(**settings)
-    run = FederatedRun(config, dataset, parts, seed=3)
-    run.batch_log = []
+    run = FederatedRun(config, dataset, parts, seed=3, trace_batches=True)
     spec = run.model.spec
     boundary = spec.sizes[0]
     sizes = run.clients.sizes
@@ -135,7 +134,7 @@ def test_server_weights_match_torch_round_by_round(torch, small_dataset, method,
     for _ in range(ROUNDS):
         run.step()
         fedsim_weights.append(run.server.weights.copy())
-    oracle = torch_rounds(torch, dataset, run.batch_log, sizes, config, up, down, aggregation, boundary,
+    oracle = torch_rounds(torch, dataset, run.batch_trace, sizes, config, up, down, aggregation, boundary,
                           initial)
     for (t, expected), actual in zip(oracle, fedsim_weights):
         expected = expected.numpy()

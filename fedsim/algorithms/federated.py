@@ -28,15 +28,19 @@ participants.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import mmap
 import time
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
-from fedsim.compress.channel import Channel, sparse_vector_bits
+from fedsim.compress import COMPRESSORS, ErrorFeedback, ErrorFeedbackState, aggregation, compressor_class
+from fedsim.compress.bits import dense_bits, sparse_vector_bits
 from fedsim.data.dataset import Dataset
+from fedsim.errors import DivergenceError
 from fedsim.models import SoftmaxRegression
 from fedsim.rng import RunStreams
 
@@ -45,24 +49,35 @@ from fedsim.rng import RunStreams
 class Method:
     """What a named method sends up and down, and how the server aggregates."""
 
-    up: str                # compressor of client updates: identity | topk | stc | sign
-    down: str              # compressor of the server's aggregate: identity | topk | stc
-    aggregation: str       # mean | weighted | majority
+    up: str                # compressor of client updates (a name in fedsim.compress.COMPRESSORS)
+    down: str              # compressor of the server's aggregate
+    aggregation: str       # mean | weighted | majority (fedsim.compress.aggregation)
     accumulate_up: bool    # client-side error feedback (residuals) by default
     accumulate_down: bool  # server-side error feedback by default
 
 
-METHODS = {
+#: Methods with names of their own; every other method is built from a compressor (:func:`methods`).
+NAMED_METHODS = {
     "none": Method("identity", "identity", "mean", False, False),
     "fedavg": Method("identity", "identity", "weighted", False, False),
     "signsgd": Method("sign", "identity", "majority", False, False),
-    "topk_up": Method("topk", "identity", "mean", True, False),
-    "topk_updown": Method("topk", "topk", "mean", True, True),
-    "stc_up": Method("stc", "identity", "mean", True, False),
-    "stc_updown": Method("stc", "stc", "mean", True, True),
 }
-AGGREGATIONS = ("mean", "weighted", "majority")
+AGGREGATIONS = tuple(aggregation.AGGREGATIONS)
 LR_SCHEDULES = ("constant", "exponential", "step")
+
+
+def methods() -> dict[str, Method]:
+    """Every federated method: the named ones, and for each registered compressor C (as its class says,
+    ``Compressor.directions``) ``C_up`` (C upstream, nothing downstream) and ``C_updown`` (C both ways),
+    with C's default aggregation and error feedback: ``stc_updown`` is STC up and down with residuals."""
+    table = dict(NAMED_METHODS)
+    for name, cls in COMPRESSORS.items():
+        if "up" in cls.directions:
+            table[f"{name}_up"] = Method(name, "identity", cls.aggregations[0], cls.error_feedback, False)
+        if "updown" in cls.directions:
+            table[f"{name}_updown"] = Method(name, name, cls.aggregations[0], cls.error_feedback,
+                                             cls.error_feedback)
+    return table
 
 
 def _check(condition: bool, setting: str, allowed: str, value) -> None:
@@ -74,7 +89,7 @@ def _check(condition: bool, setting: str, allowed: str, value) -> None:
 class FederatedConfig:
     """Settings of one compressed federated learning run (defaults: the STC seed experiment)."""
 
-    method: str = "stc_updown"       # one of METHODS
+    method: str = "stc_updown"       # a named method (none, fedavg, signsgd) or <compressor>_up / _updown
     rounds: int = 20                 # communication rounds
     n_clients: int = 50              # clients holding data
     participation_rate: float = 1.0  # fraction of clients sampled per round, in (0, 1]
@@ -82,72 +97,100 @@ class FederatedConfig:
     batch_size: int = 100            # samples per local SGD step
     lr: float = 0.04                 # client learning rate (and the server step of majority vote)
     momentum: float = 0.0            # SGD momentum of each client's own optimizer
-    weight_decay: float = 0.0        # L2 added to client gradients: g + weight_decay * w
+    l2: float = 0.0                  # L2 coefficient: (l2 / 2) ||w||^2 in each client's loss, g + l2 w
     lr_schedule: str = "constant"    # constant | exponential (lr * decay^epoch) | step
     lr_decay: float = 1.0            # the factor of the exponential and step schedules
     lr_step_epochs: int = 1          # step schedule: lr * decay^(epoch // lr_step_epochs)
-    p_up: float = 0.001              # sparsity of upstream top-k / STC, in (0, 1]
-    p_down: float = 0.002            # sparsity of downstream top-k / STC, in (0, 1]
+    p_up: float = 0.001              # sparsity of upstream top-k / STC / random-k, in (0, 1]
+    p_down: float = 0.002            # sparsity of downstream top-k / STC / random-k, in (0, 1]
     accumulate_up: bool | None = None    # client error feedback; None: the method's default
     accumulate_down: bool | None = None  # server error feedback; None: the method's default
     aggregation: str | None = None   # mean | weighted | majority; None: the method's default
     compression_scope: str = "tensor"  # tensor (per parameter tensor, as the reference) | global
-    threshold: str = "exact"         # exact | sampled (the reference's approximate top-k threshold)
-    sample_fraction: float = 0.1     # sampled threshold: fraction of entries sampled, in (0, 1]
-    sample_mode: str = "uniform"     # sampled threshold: uniform subset | window (the reference's)
     eval_train_samples: int = 5000   # evaluate on the first this-many training samples
     eval_every: int = 1              # evaluate every this-many rounds (and at the last)
     dtype: str = "float32"           # float32 | float64
     init: str = "zeros"              # zeros | glorot
+    # The settings of each compressor by name (the config file's [stc], [qsgd], ... tables); p and scope
+    # come from p_up / p_down and compression_scope above. A compressor not listed takes its defaults.
+    compressors: dict = field(default_factory=dict, compare=True)
 
     def __post_init__(self):
-        _check(self.method in METHODS, "method", f"one of {sorted(METHODS)}", self.method)
+        table = methods()
+        _check(self.method in table, "method", f"one of {sorted(table)}", self.method)
         for name in ("rounds", "n_clients", "local_iterations", "batch_size", "lr_step_epochs",
                      "eval_train_samples", "eval_every"):
             value = getattr(self, name)
             _check(isinstance(value, (int, np.integer)) and value >= 1, name, "an integer >= 1", value)
         _check(0 < self.participation_rate <= 1, "participation_rate", "in (0, 1]", self.participation_rate)
-        for name in ("p_up", "p_down", "sample_fraction"):
+        for name in ("p_up", "p_down"):
             _check(0 < getattr(self, name) <= 1, name, "in (0, 1]", getattr(self, name))
         _check(math.isfinite(self.lr) and self.lr > 0, "lr", "a finite number > 0", self.lr)
         _check(0 <= self.momentum < 1, "momentum", "in [0, 1)", self.momentum)
-        _check(math.isfinite(self.weight_decay) and self.weight_decay >= 0, "weight_decay", ">= 0",
-               self.weight_decay)
+        _check(math.isfinite(self.l2) and self.l2 >= 0, "l2", ">= 0", self.l2)
         _check(self.lr_schedule in LR_SCHEDULES, "lr_schedule", f"one of {LR_SCHEDULES}", self.lr_schedule)
         _check(0 < self.lr_decay <= 1, "lr_decay", "in (0, 1]", self.lr_decay)
         _check(self.aggregation is None or self.aggregation in AGGREGATIONS, "aggregation",
                f"one of {AGGREGATIONS}", self.aggregation)
         _check(self.compression_scope in ("tensor", "global"), "compression_scope", "'tensor' or 'global'",
                self.compression_scope)
-        _check(self.threshold in ("exact", "sampled"), "threshold", "'exact' or 'sampled'", self.threshold)
-        _check(self.sample_mode in ("uniform", "window"), "sample_mode", "'uniform' or 'window'",
-               self.sample_mode)
         _check(self.dtype in ("float32", "float64"), "dtype", "'float32' or 'float64'", self.dtype)
         _check(self.init in ("zeros", "glorot"), "init", "'zeros' or 'glorot'", self.init)
-        if self.aggregation == "majority" and METHODS[self.method].up != "sign":
-            raise ValueError(f"aggregation 'majority' needs sign updates (method 'signsgd'), "
-                             f"not method {self.method!r}")
+        for name, compressor in self.compressors.items():
+            _check(name in COMPRESSORS and isinstance(compressor, COMPRESSORS[name]), "compressors",
+                   "a mapping of compressor names to compressors of that name", {name: compressor})
+        # Canonical form: every registered compressor, with its defaults where none was given.
+        object.__setattr__(self, "compressors", {name: self.compressors.get(name) or cls()
+                                                 for name, cls in COMPRESSORS.items()})
+        scheme = table[self.method]
+        allowed = COMPRESSORS[scheme.up].aggregations
+        if self.aggregation is not None and self.aggregation not in allowed:
+            raise ValueError(f"aggregation {self.aggregation!r} does not fit the {scheme.up} updates of "
+                             f"method {self.method!r} (allowed: {', '.join(allowed)}; 'majority' needs sign "
+                             f"updates, method 'signsgd')")
+        for direction in ("up", "down"):
+            self.compressor(direction)        # builds (and so validates) both compressors
 
     @property
     def scheme(self) -> Method:
         """The method with this config's overrides applied."""
-        base = METHODS[self.method]
+        base = methods()[self.method]
         return Method(
             base.up, base.down, self.aggregation or base.aggregation,
             base.accumulate_up if self.accumulate_up is None else self.accumulate_up,
             base.accumulate_down if self.accumulate_down is None else self.accumulate_down)
+
+    def compressor(self, direction: str):
+        """The compressor of ``direction`` ("up" or "down"): the method's, with its settings from
+        ``compressors``, its p from ``p_up`` / ``p_down`` and its scope from ``compression_scope``."""
+        name = self.scheme.up if direction == "up" else self.scheme.down
+        cls = compressor_class(name)
+        base = self.compressors[name]
+        names = {f.name for f in dataclasses.fields(cls)}
+        changes = {}
+        if "p" in names:
+            changes["p"] = self.p_up if direction == "up" else self.p_down
+        if "scope" in names:
+            changes["scope"] = self.compression_scope
+        return dataclasses.replace(base, **changes)
 
     @property
     def participants_per_round(self) -> int:
         return max(1, int(math.floor(self.n_clients * self.participation_rate)))
 
 
-class DivergenceError(RuntimeError):
-    """A run produced NaN or inf; ``history`` holds every completed round before it."""
+class BatchTrace(NamedTuple):
+    """One local step of a round, as ``FederatedRun(..., trace_batches=True)`` records it."""
 
-    def __init__(self, message: str, history: list[dict]):
-        super().__init__(message)
-        self.history = history
+    round: int                 # the round (1-based)
+    participants: np.ndarray   # (K,) clients, increasing
+    samples: np.ndarray        # (K, B) training-sample rows of each participant's batch
+    counts: np.ndarray         # (K,) real rows of each batch (the rest repeat the last one, masked out)
+
+
+class _Sent(NamedTuple):
+    compressed: object                 # fedsim.compress.Compressed
+    residual: np.ndarray | None        # the senders' new residuals under error feedback
 
 
 def lazy_zeros(shape: tuple[int, ...], dtype) -> np.ndarray:
@@ -206,7 +249,8 @@ class FederatedRun:
         Seeds every random choice of the run (sampling, batch order, initialization, sampled thresholds).
     """
 
-    def __init__(self, config: FederatedConfig, dataset: Dataset, client_indices, seed: int = 0):
+    def __init__(self, config: FederatedConfig, dataset: Dataset, client_indices, seed: int = 0, *,
+                 trace_batches: bool = False):
         if len(client_indices) != config.n_clients:
             raise ValueError(f"n_clients is {config.n_clients} but the partition has "
                              f"{len(client_indices)} clients")
@@ -231,8 +275,14 @@ class FederatedRun:
         self.sampling_rng = self.streams.generator("sampling")
         self.compression_rng = self.streams.generator("compression")
         spec = self.model.spec
-        self.up = Channel(self.scheme.up, config.p_up, spec, config)
-        self.down = Channel(self.scheme.down, config.p_down, spec, config)
+        # The two links: a compressor, wrapped in error feedback where the method keeps residuals.
+        self.compressors = {"up": config.compressor("up"), "down": config.compressor("down")}
+        up, down = self.compressors["up"], self.compressors["down"]
+        self.up = ErrorFeedback(up) if self.scheme.accumulate_up else up
+        self.down = ErrorFeedback(down) if self.scheme.accumulate_down else down
+        # The compressors' own states (a Layout when stateless); residuals are kept with their owners.
+        self.up_state = up.init(spec)
+        self.down_state = down.init(spec)
         P = spec.size
 
         offsets = np.concatenate(([0], np.cumsum(sizes)))
@@ -250,8 +300,9 @@ class FederatedRun:
             weights=self.model.init(init_rng, config.init, self.dtype),
             residual=np.zeros(P, self.dtype) if self.scheme.accumulate_down else None)
         self.history: list[dict] = []
-        # Set to a list to record every round's participants and batches (the oracle tests replay them).
-        self.batch_log: list | None = None
+        # With trace_batches, every local step's participants and batch rows, so that another
+        # implementation (the torch oracle and baselines) can replay the same rounds.
+        self.batch_trace: list[BatchTrace] | None = [] if trace_batches else None
 
     # -- the round ----------------------------------------------------------------------------------
     def step(self) -> dict:
@@ -270,8 +321,8 @@ class FederatedRun:
         for _ in range(config.local_iterations):
             x, y, mask = self._next_batches(participants)
             client_loss, grad = self.model.loss_and_grad(weights, x, y, mask)
-            if config.weight_decay:
-                grad += config.weight_decay * weights          # g + weight_decay * w
+            if config.l2:
+                grad += config.l2 * weights                    # g + l2 w
             if momentum is not None:
                 momentum *= config.momentum                     # v <- momentum * v + g
                 momentum += grad
@@ -290,18 +341,22 @@ class FederatedRun:
                 f"diverged; try a smaller lr than {config.lr}); {len(self.history)} completed rounds kept",
                 self.history)
 
-        residual = clients.residual[participants] if clients.residual is not None else None
-        sent, bits_up, analytic_up, residual = self.up.send(update, residual, self.compression_rng)
-        if residual is not None:
-            clients.residual[participants] = residual
-
-        aggregate = self._aggregate(sent, participants)
-        down, bits_down, analytic_down, server_residual = self.down.send(
-            aggregate[None, :], None if server.residual is None else server.residual[None, :],
-            self.compression_rng)
-        if server_residual is not None:
-            server.residual = server_residual[0]
-        message = down[0]
+        # Upstream: the participants' rows (with their residuals under error feedback).
+        up = self._send(self.up, "up_state", update,
+                                 clients.residual[participants] if clients.residual is not None else None)
+        if clients.residual is not None:
+            clients.residual[participants] = up.residual
+        aggregate = self.up.aggregate(up.compressed.decoded, clients.sizes[participants],
+                                      self.scheme.aggregation, config.lr)
+        # Downstream: the server's aggregate, one row (with the server's residual).
+        down = self._send(self.down, "down_state", aggregate[None, :],
+                             None if server.residual is None else server.residual[None, :])
+        if server.residual is not None:
+            server.residual = down.residual[0]
+        bits_up, analytic_up = up.compressed.encoded_bits, up.compressed.analytic_bits
+        bits_down, analytic_down = down.compressed.encoded_bits, down.compressed.analytic_bits
+        protocol_bits = up.compressed.broadcast_bits * K       # sent to the participants mid-protocol
+        message = down.compressed.decoded[0]
         server.weights += message                                # W <- W + m_down
         positions = np.flatnonzero(message)
         server.cache.append((t, positions, message[positions]))
@@ -320,8 +375,8 @@ class FederatedRun:
             "bits_up": int(bits_up.sum()),
             "bits_up_analytic": float(analytic_up.sum()),
             # the broadcast reaches every participant; returning clients also got their catch-up
-            "bits_down": int(bits_down[0]) * K + catch_up_bits,
-            "bits_down_analytic": float(analytic_down[0]) * K + catch_up_bits,
+            "bits_down": int(bits_down[0]) * K + catch_up_bits + protocol_bits,
+            "bits_down_analytic": float(analytic_down[0]) * K + catch_up_bits + protocol_bits,
             "bits_down_catch_up": int(catch_up_bits),
         }
         if t % config.eval_every == 0 or t == config.rounds:
@@ -343,15 +398,18 @@ class FederatedRun:
         return self.history
 
     # -- pieces -------------------------------------------------------------------------------------
-    def _aggregate(self, sent: np.ndarray, participants: np.ndarray) -> np.ndarray:
-        how = self.scheme.aggregation
-        if how == "mean":
-            return sent.mean(axis=0)                             # (1/K) sum_k m_k
-        if how == "weighted":
-            n = self.clients.sizes[participants].astype(self.dtype)
-            return (n / n.sum()) @ sent                           # sum_k n_k m_k / sum_k n_k
-        votes = sent.sum(axis=0)                                  # majority: lr * sign(sum_k sign_k)
-        return (self.config.lr * np.sign(votes)).astype(self.dtype)
+    def _send(self, link, state_name: str, rows: np.ndarray, residual: np.ndarray | None):
+        """Compress ``rows`` over ``link`` (with ``residual`` under error feedback), keeping the
+        compressor's state in ``self.<state_name>``."""
+        state = getattr(self, state_name)
+        if residual is not None:
+            compressed, feedback = link.compress(rows, ErrorFeedbackState(state, residual),
+                                                 self.compression_rng)
+            setattr(self, state_name, feedback.inner)
+            return _Sent(compressed, feedback.residual)
+        compressed, state = link.compress(rows, state, self.compression_rng)
+        setattr(self, state_name, state)
+        return _Sent(compressed, None)
 
     def _synchronize(self, participants: np.ndarray, t: int) -> int:
         """Bits to bring returning participants up to date: per client, the sparse sum of the
@@ -368,7 +426,7 @@ class FederatedRun:
                 if round_ > since:
                     missed[positions] += values
                     covered = covered or round_ == since + 1
-            full_model = 32 * P
+            full_model = dense_bits(P)
             cost = sparse_vector_bits(np.flatnonzero(missed), P) if covered else full_model
             total += int(count) * min(cost, full_model)
         return total
@@ -380,7 +438,7 @@ class FederatedRun:
         support = np.zeros(P, bool)
         for i in range(len(self.server.cache) - 1, -1, -1):
             support[self.server.cache[i][1]] = True
-            if sparse_vector_bits(np.flatnonzero(support), P) >= 32 * P:
+            if sparse_vector_bits(np.flatnonzero(support), P) >= dense_bits(P):
                 del self.server.cache[:i]
                 return
         oldest_needed = int(self.clients.last_sync.min())
@@ -418,8 +476,9 @@ class FederatedRun:
         mask = None
         if np.any(count < B):
             mask = (slot < count[:, None]).astype(self.dtype)
-        if self.batch_log is not None:
-            self.batch_log.append((self.server.round + 1, participants.copy(), samples.copy(), count.copy()))
+        if self.batch_trace is not None:
+            self.batch_trace.append(BatchTrace(self.server.round + 1, participants.copy(), samples.copy(),
+                                               count.copy()))
         cursor = cursor + count
         clients.cursor[participants] = cursor
         finished = participants[cursor == sizes]
@@ -464,6 +523,9 @@ class FederatedRun:
         arrays["cache_offsets"] = np.cumsum([0] + [len(entry[1]) for entry in cache]).astype(np.int64)
         arrays["cache_positions"] = np.concatenate([entry[1] for entry in cache] or [np.zeros(0, np.int64)])
         arrays["cache_values"] = np.concatenate([entry[2] for entry in cache] or [np.zeros(0, self.dtype)])
+        for direction, compressor in self.compressors.items():
+            state = getattr(self, f"{direction}_state")
+            arrays.update({f"{direction}_{key}": value for key, value in compressor.state_arrays(state).items()})
         meta = {"round": server.round, "history": self.history,
                 "sampling_rng": self.sampling_rng.bit_generator.state,
                 "compression_rng": self.compression_rng.bit_generator.state}
@@ -491,6 +553,10 @@ class FederatedRun:
             clients.residual[touched] = arrays["client_residual"]
         if clients.momentum is not None:
             clients.momentum[touched] = arrays["client_momentum"]
+        for direction, compressor in self.compressors.items():
+            prefix, name = f"{direction}_", f"{direction}_state"
+            saved = {key[len(prefix):]: value for key, value in arrays.items() if key.startswith(prefix)}
+            setattr(self, name, compressor.load_state_arrays(getattr(self, name), saved))
         clients.order_epoch[:] = -1  # orders are recomputed from (seed, client, epoch) when needed
         self.sampling_rng.bit_generator.state = meta["sampling_rng"]
         self.compression_rng.bit_generator.state = meta["compression_rng"]

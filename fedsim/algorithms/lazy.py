@@ -63,7 +63,9 @@ import numpy as np
 import scipy.linalg
 from tqdm.auto import tqdm
 
+from fedsim.compress.bits import FLOAT_BITS
 from fedsim.data.dataset import Dataset
+from fedsim.errors import DivergenceError
 from fedsim.data.partition import contiguous
 from fedsim.kernels.laq import MAX_BITS, MIN_BITS, code_dtype, laq_quantize
 from fedsim.models.softmax import SoftmaxRegression
@@ -71,7 +73,6 @@ from fedsim.rng import RunStreams
 
 METHODS = ("gd", "qgd", "lag-wk", "lag-ps", "laq", "slaq")
 QUANTIZED_METHODS = ("qgd", "laq", "slaq")
-FLOAT_BITS = 32              # an uploaded float costs 32 bits, whatever dtype the simulation runs in
 INIT_KINDS = ("zeros", "glorot")
 DTYPES = ("float64", "float32")
 LAQ_ERROR_FACTOR = 3.0       # the 3 in 3 (e + e_hat) of the LAQ rule (arXiv 1909.07588)
@@ -399,14 +400,6 @@ def estimate_f_star(histories: Sequence[LazyHistory]) -> float:
     if not values:
         raise ValueError("estimate_f_star needs at least one history with at least one iteration")
     return float(min(values))
-
-
-class DivergenceError(RuntimeError):
-    """A run met NaN or inf; ``history`` holds the iterations completed before that."""
-
-    def __init__(self, message: str, history: LazyHistory):
-        super().__init__(message)
-        self.history = history
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -1,17 +1,20 @@
-"""Compressors of update vectors, error feedback and bit accounting."""
+"""Compressors of update vectors, error feedback, aggregation and bit accounting.
+
+Each compressor is one module (its class and its message type); importing it registers it. To add one,
+write the module and add its import line below (ARCHITECTURE.md, "Adding a compressor").
+"""
 
 from fedsim.compress.base import (
-    BatchResult,
+    COMPRESSORS,
+    Compressed,
     Compressor,
-    DenseMessage,
     Layout,
     Message,
     MessageFormat,
-    SignMessage,
-    SparseMessage,
-    TernaryMessage,
     ceil_product,
+    compressor_class,
     decode,
+    make_compressor,
     make_layout,
 )
 from fedsim.compress.bits import (
@@ -20,12 +23,18 @@ from fedsim.compress.bits import (
     sparse_analytic_bits,
     stc_bits_per_entry,
 )
-from fedsim.compress.compressors import STC, Identity, Sign, TopK, make_compressor
 from fedsim.compress.error_feedback import ErrorFeedback, ErrorFeedbackState
 
+# The compressors (one registration line each).
+from fedsim.compress.identity import DenseMessage, Identity
+from fedsim.compress.topk import SparseMessage, TopK
+from fedsim.compress.stc import STC, TernaryMessage
+from fedsim.compress.sign import Sign, SignMessage
+
 __all__ = [
-    "BatchResult", "Compressor", "DenseMessage", "ErrorFeedback", "ErrorFeedbackState", "Identity", "Layout",
-    "Message", "MessageFormat", "STC", "Sign", "SignMessage", "SparseMessage", "TernaryMessage", "TopK",
-    "ceil_product", "decode", "expected_position_bits", "make_compressor", "make_layout",
-    "rice_parameter_for_density", "sparse_analytic_bits", "stc_bits_per_entry",
+    "COMPRESSORS", "Compressed", "Compressor", "DenseMessage", "ErrorFeedback", "ErrorFeedbackState",
+    "Identity", "Layout", "Message", "MessageFormat", "STC", "Sign", "SignMessage", "SparseMessage",
+    "TernaryMessage", "TopK", "ceil_product", "compressor_class", "decode", "expected_position_bits",
+    "make_compressor", "make_layout", "rice_parameter_for_density", "sparse_analytic_bits",
+    "stc_bits_per_entry",
 ]

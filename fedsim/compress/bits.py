@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedsim.kernels.golomb import LOG_GOLDEN_CONJUGATE, MAX_RICE_PARAMETER
+from fedsim.kernels.golomb import LOG_GOLDEN_CONJUGATE, MAX_RICE_PARAMETER, sparse_segment_bits
 
-# Bits the paper counts for every transmitted float (values, mu, scales).
+# Bits of every transmitted float (values, mu, scales, R) in the estimates and in the lazy family's
+# counts, whatever dtype the simulation runs in: the one definition of the float width.
 FLOAT_BITS = 32
 
 
@@ -110,3 +111,15 @@ def top_k_analytic_bits(counts, sizes):
 def stc_analytic_bits(counts, sizes):
     """STC: position code + 1 sign bit per kept entry + 32 bits for mu (per nonempty segment)."""
     return sparse_analytic_bits(counts, sizes, 1.0, FLOAT_BITS)
+
+
+def sparse_vector_bits(positions: np.ndarray, size: int, value_bits: int = FLOAT_BITS) -> int:
+    """Encoded bits of a sparse vector sent as positions + values (the format of top-k's message, one
+    segment): a 32-bit count, the Golomb-Rice coded positions (b* for density count / size) and
+    ``value_bits`` per value. The partial-participation catch-up of the federated family uses it."""
+    return int(sparse_segment_bits(np.asarray(positions, np.int64), size, value_bits, 0))
+
+
+def dense_bits(size: int) -> int:
+    """Encoded bits of a dense vector of 32-bit floats (a full model, a GD upload): 32 N."""
+    return FLOAT_BITS * int(size)

@@ -1,0 +1,86 @@
+"""No compression: every entry as is (FedAvg's and GD's upload).
+
+Wire format (``dense``, no segments): the N values, big-endian, in the message dtype. Bits: 32 N for
+float32 (64 N for float64); the paper's estimate counts 32 N whatever the dtype.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from fedsim.compress import bits as analytic
+from fedsim.compress.base import (SCOPES, Compressor, Message, MessageFormat, check_choice, float_bits,
+                                  float_dtype, frozen_array, register, register_message)
+from fedsim.kernels import sparsify
+
+
+@register_message
+@dataclass(frozen=True, eq=False)
+class DenseMessage(Message):
+    """Every entry, as is."""
+
+    kind: ClassVar[str] = "dense"
+    values: np.ndarray   # (N,) float32/float64
+
+    def __post_init__(self):
+        dtype = float_dtype(np.asarray(self.values).dtype)
+        object.__setattr__(self, "values", frozen_array(self.values, dtype))
+
+    @property
+    def size(self) -> int:
+        return self.values.size
+
+    @property
+    def format(self) -> MessageFormat:
+        return MessageFormat(self.kind, (0, self.size), self.values.dtype.name)
+
+    def to_dense(self) -> np.ndarray:
+        return self.values.copy()
+
+    def encoded_bits(self) -> int:
+        return float_bits(self.values.dtype) * self.size
+
+    def encode_with_bit_count(self):
+        big_endian = self.values.astype(self.values.dtype.newbyteorder(">"))
+        return np.frombuffer(big_endian.tobytes(), np.uint8).copy(), self.encoded_bits()
+
+    def analytic_bits(self) -> float:
+        return analytic.dense_analytic_bits(self.size)
+
+    @classmethod
+    def decode(cls, stream: np.ndarray, fmt: MessageFormat) -> "DenseMessage":
+        dtype = np.dtype(fmt.dtype)
+        size = fmt.segment_offsets[-1]
+        data = np.asarray(stream, np.uint8)
+        if data.size < size * dtype.itemsize:
+            raise ValueError(f"dense stream has {data.size} bytes, needs {size * dtype.itemsize}")
+        values = np.frombuffer(data[: size * dtype.itemsize].tobytes(), dtype.newbyteorder(">"))
+        return cls(values.astype(dtype))
+
+
+@register
+@dataclass(frozen=True)
+class Identity(Compressor):
+    """No compression: the message is the update itself (32 bits per entry, 64 in float64)."""
+
+    name: ClassVar[str] = "identity"
+    directions: ClassVar[tuple[str, ...]] = ()   # used by the named methods none, fedavg and GD
+
+    scope: str = "tensor"   # irrelevant for a dense message; accepted for a uniform interface
+
+    def __post_init__(self):
+        check_choice("scope", self.scope, SCOPES)
+
+    def _compress_rows(self, rows, layout, rng):
+        if not sparsify.all_finite(rows):
+            raise ValueError(sparsify.NONFINITE_MESSAGE)
+        n_rows, size = rows.shape
+        encoded = np.full(n_rows, float_bits(rows.dtype) * size, np.int64)
+        estimated = np.full(n_rows, analytic.dense_analytic_bits(size), np.float64)
+        return rows.copy(), encoded, estimated, {}
+
+    def message(self, compressed, row):
+        return DenseMessage(compressed.decoded[row])

@@ -1,0 +1,192 @@
+"""Sparse Ternary Compression (Sattler, Wiedemann, Mueller, Samek, arXiv 1903.02891).
+
+Per segment of N entries: k = ceil(p N); the kept set K is the k largest nonzero magnitudes (exactly
+min(k, nonzeros) entries; ties at the threshold to the lowest indices) and the message is
+``mu * sign(x_i)`` on K, 0 elsewhere, with mu = mean |x_i| over K (:func:`fedsim.kernels.sparsify.ternarize`).
+
+With ``threshold="sampled"`` the threshold and mu are estimated from a sample of
+``n_s = min(max(ceil(N f), ceil(100 / p)), N)`` entries with ``k_s = ceil(n_s p)``, and every entry with
+``|x_i| >= threshold`` is sent (falling back to the exact computation when that threshold is 0 or equals
+max |x_i|; :func:`fedsim.kernels.sparsify.sampled_ternarize`). The sample is drawn from the Generator
+passed to ``compress``: ``"uniform"`` (the default, a uniform subset without replacement: an unbiased
+estimate of the quantile) or ``"window"`` (the reference's contiguous window at a uniform random offset,
+biased when magnitudes vary along the tensor).
+
+Wire format (``ternary``), per segment: count c (32 bits); Golomb-Rice code of the c positions (as top-k);
+c sign bits (1 = negative); mu (only if c > 0). Paper's estimate: c (E(c / N) + 1) + 32 per nonempty
+segment (:mod:`fedsim.compress.bits`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from fedsim.compress import bits as analytic
+from fedsim.compress.base import (SCOPES, Compressor, Layout, MessageFormat, PositionsMessage, ceil_product,
+                                  check_choice, check_fraction, decode_positions, encode_positions,
+                                  float_bits, float_dtype, frozen_array, new_stream, read_floats, register,
+                                  register_message, write_floats)
+from fedsim.compress.topk import budgets
+from fedsim.kernels import golomb, sparsify
+
+THRESHOLDS = ("exact", "sampled")
+SAMPLE_MODES = ("uniform", "window")
+# The sampled threshold keeps at least this many expected entries in its sample: n_s >= ceil(100 / p).
+MIN_SAMPLED_ENTRIES = 100
+
+
+@register_message
+@dataclass(frozen=True, eq=False)
+class TernaryMessage(PositionsMessage):
+    """Kept positions, their signs, and one mean magnitude mu per segment."""
+
+    kind: ClassVar[str] = "ternary"
+    signs: np.ndarray   # (c,) int8, +1 or -1
+    mu: np.ndarray      # (segments,) float32/float64; 0 for an empty segment
+
+    def __post_init__(self):
+        self._check_positions()
+        object.__setattr__(self, "signs", frozen_array(self.signs, np.int8))
+        dtype = float_dtype(np.asarray(self.mu).dtype)
+        object.__setattr__(self, "mu", frozen_array(self.mu, dtype))
+        if self.signs.size != self.positions.size:
+            raise ValueError(f"{self.positions.size} positions but {self.signs.size} signs")
+        if np.any(np.abs(self.signs) != 1):
+            raise ValueError("ternary signs must be +1 or -1")
+        if self.mu.size != len(self.segment_offsets) - 1:
+            raise ValueError(f"one mu per segment: {len(self.segment_offsets) - 1} segments, "
+                             f"{self.mu.size} mu")
+
+    @classmethod
+    def from_dense(cls, dense: np.ndarray, segment_offsets) -> "TernaryMessage":
+        """The message whose :meth:`to_dense` is ``dense`` (values +-mu_j in segment j, or 0)."""
+        dense = np.asarray(dense)
+        positions = np.flatnonzero(dense)
+        mu = np.zeros(len(segment_offsets) - 1, dense.dtype)
+        first = np.searchsorted(positions, np.asarray(segment_offsets[:-1], np.int64))
+        for j, start in enumerate(first):
+            if start < positions.size and positions[start] < segment_offsets[j + 1]:
+                mu[j] = abs(dense[positions[start]])
+        return cls(tuple(segment_offsets), positions, np.sign(dense[positions]).astype(np.int8), mu)
+
+    @property
+    def format(self) -> MessageFormat:
+        return MessageFormat(self.kind, self.segment_offsets, self.mu.dtype.name)
+
+    def to_dense(self) -> np.ndarray:
+        dense = np.zeros(self.size, self.mu.dtype)
+        dense[self.positions] = self.signs * np.repeat(self.mu, self.counts)
+        return dense
+
+    def encoded_bits(self) -> int:
+        mu_bits = float_bits(self.mu.dtype)
+        return int(sum(golomb.sparse_segment_bits(local, size, 1, mu_bits)
+                       for local, size in zip(self.local_positions(), self.layout.sizes)))
+
+    def encode_with_bit_count(self):
+        n_bits = self.encoded_bits()
+        stream = new_stream(n_bits)
+        offset = start = 0
+        for j, (local, size) in enumerate(zip(self.local_positions(), self.layout.sizes)):
+            count = local.size
+            offset = encode_positions(stream, offset, local, size)
+            offset = golomb.pack_signs_into(self.signs[start:start + count], stream, offset)
+            if count:
+                offset = write_floats(stream, offset, self.mu[j:j + 1])
+            start += count
+        assert offset == n_bits
+        return stream, n_bits
+
+    def analytic_bits(self) -> float:
+        return float(analytic.stc_analytic_bits(self.counts, self.layout.sizes))
+
+    @classmethod
+    def decode(cls, stream: np.ndarray, fmt: MessageFormat) -> "TernaryMessage":
+        layout = Layout(fmt.segment_offsets)
+        positions, signs = [], []
+        mu = np.zeros(layout.n_segments, fmt.dtype)
+        offset = 0
+        for j, (start, stop) in enumerate(layout.segments()):
+            count, offset, local = decode_positions(stream, offset, stop - start)
+            segment_signs = np.empty(count, np.int8)
+            offset = golomb.unpack_signs_from(np.asarray(stream, np.uint8), offset, count, segment_signs)
+            if count:
+                value, offset = read_floats(stream, offset, 1, fmt.dtype)
+                mu[j] = value[0]
+            positions.append(local + start)
+            signs.append(segment_signs)
+        return cls(fmt.segment_offsets, np.concatenate(positions), np.concatenate(signs), mu)
+
+
+@register
+@dataclass(frozen=True)
+class STC(Compressor):
+    """Sparse ternary compression (module docstring). Message: :class:`TernaryMessage`."""
+
+    name: ClassVar[str] = "stc"
+    error_feedback: ClassVar[bool] = True
+
+    p: float = 0.01                 # fraction of entries kept per segment, in (0, 1]
+    threshold: str = "exact"        # exact | sampled (the reference's approximate top-k threshold)
+    sample_fraction: float = 0.1    # sampled threshold: fraction f of each segment sampled, in (0, 1]
+    sample_mode: str = "uniform"    # sampled threshold: uniform subset | window (the reference's)
+    scope: str = "tensor"           # "tensor": per parameter tensor (the reference); "global": whole vector
+
+    def __post_init__(self):
+        object.__setattr__(self, "p", check_fraction("p", self.p))
+        check_choice("threshold", self.threshold, THRESHOLDS)
+        object.__setattr__(self, "sample_fraction", check_fraction("sample_fraction", self.sample_fraction))
+        check_choice("sample_mode", self.sample_mode, SAMPLE_MODES)
+        check_choice("scope", self.scope, SCOPES)
+
+    def budgets(self, state: Layout) -> np.ndarray:
+        """k = ceil(p N) per segment."""
+        return budgets(self.p, state.layout)
+
+    def sample_sizes(self, state: Layout) -> np.ndarray:
+        """n_s = min(max(ceil(N f), ceil(100 / p)), N) per segment."""
+        floor_size = ceil_product(MIN_SAMPLED_ENTRIES / self.p, 1)
+        return np.array([min(max(ceil_product(self.sample_fraction, size), floor_size), size)
+                         for size in state.layout.sizes], np.int64)
+
+    def sample_budgets(self, state: Layout) -> np.ndarray:
+        """k_s = ceil(n_s p) per segment."""
+        return np.array([ceil_product(self.p, n) for n in self.sample_sizes(state)], np.int64)
+
+    def draw_sample(self, size: int, sample_size: int, rng: np.random.Generator) -> np.ndarray:
+        """Sample positions within a segment of ``size`` entries (int64; nothing drawn if empty)."""
+        if sample_size == 0:
+            return np.zeros(0, np.int64)
+        if self.sample_mode == "uniform":
+            return rng.choice(size, size=sample_size, replace=False, shuffle=False).astype(np.int64)
+        offset = int(rng.integers(0, size - sample_size + 1))
+        return np.arange(offset, offset + sample_size, dtype=np.int64)
+
+    def _compress_rows(self, rows, layout, rng):
+        sampled = self.threshold == "sampled"
+        if sampled and not isinstance(rng, np.random.Generator):
+            raise ValueError("STC with threshold='sampled' needs a numpy.random.Generator (rng), "
+                             f"got {type(rng).__name__}")
+        n_rows = rows.shape[0]
+        decoded = np.zeros_like(rows)
+        counts = np.zeros((n_rows, layout.n_segments), np.int64)
+        encoded = np.zeros(n_rows, np.int64)
+        if sampled:     # drawn row by row, segment by segment: row r consumes what it would alone
+            sample_sizes = self.sample_sizes(layout)
+            samples = [self.draw_sample(stop - start, sample_sizes[j], rng)
+                       for _ in range(n_rows) for j, (start, stop) in enumerate(layout.segments())]
+            sample_starts = np.concatenate(([0], np.cumsum([s.size for s in samples]))).astype(np.int64)
+            sample_positions = np.concatenate(samples).astype(np.int64)
+        else:
+            sample_positions = np.zeros(0, np.int64)
+            sample_starts = np.zeros(1, np.int64)
+        sparsify.sparse_compress_batch(rows, layout.offsets_array, self.budgets(layout), True,
+                                       float_bits(rows.dtype), sampled, sample_positions, sample_starts,
+                                       self.sample_budgets(layout), decoded, counts, encoded)
+        return decoded, encoded, analytic.stc_analytic_bits(counts, layout.sizes), {}
+
+    def message(self, compressed, row):
+        return TernaryMessage.from_dense(compressed.decoded[row], compressed.layout.segment_offsets)

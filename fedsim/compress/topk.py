@@ -1,0 +1,130 @@
+"""Top-k sparsification (DGC-style; Lin et al., arXiv 1712.01887): the k largest magnitudes, values kept.
+
+Per segment of N entries, k = ceil(p N); the kept set is that of :mod:`fedsim.kernels.sparsify` (the k
+largest nonzero magnitudes, ties at the threshold to the lowest indices, zeros never sent).
+
+Wire format (``sparse``), per segment: count c (32 bits); Golomb-Rice code of the c positions within the
+segment with b* = rice_parameter(c, N); the c values. Paper's estimate: c (E(c / N) + 32) per segment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from fedsim.compress import bits as analytic
+from fedsim.compress.base import (SCOPES, Compressor, Layout, MessageFormat, PositionsMessage, ceil_product,
+                                  check_choice, check_fraction, decode_positions, encode_positions,
+                                  float_bits, float_dtype, frozen_array, new_stream, read_floats, register,
+                                  register_message, write_floats)
+from fedsim.kernels import golomb, sparsify
+
+
+@register_message
+@dataclass(frozen=True, eq=False)
+class SparseMessage(PositionsMessage):
+    """Kept positions and their exact values."""
+
+    kind: ClassVar[str] = "sparse"
+    values: np.ndarray   # (c,) float32/float64, x at the positions
+
+    def __post_init__(self):
+        self._check_positions()
+        dtype = float_dtype(np.asarray(self.values).dtype)
+        object.__setattr__(self, "values", frozen_array(self.values, dtype))
+        if self.values.size != self.positions.size:
+            raise ValueError(f"{self.positions.size} positions but {self.values.size} values")
+
+    @classmethod
+    def from_dense(cls, dense: np.ndarray, segment_offsets=None) -> "SparseMessage":
+        """The nonzero entries of ``dense`` as a sparse message (e.g. the sum of a client's missed STC
+        messages under caching: positions + values, no longer ternary). One segment unless given."""
+        dense = np.asarray(dense)
+        offsets = (0, dense.size) if segment_offsets is None else tuple(segment_offsets)
+        positions = np.flatnonzero(dense)
+        return cls(offsets, positions, dense[positions])
+
+    @property
+    def format(self) -> MessageFormat:
+        return MessageFormat(self.kind, self.segment_offsets, self.values.dtype.name)
+
+    def to_dense(self) -> np.ndarray:
+        dense = np.zeros(self.size, self.values.dtype)
+        dense[self.positions] = self.values
+        return dense
+
+    def encoded_bits(self) -> int:
+        value_bits = float_bits(self.values.dtype)
+        return int(sum(golomb.sparse_segment_bits(local, size, value_bits, 0)
+                       for local, size in zip(self.local_positions(), self.layout.sizes)))
+
+    def encode_with_bit_count(self):
+        n_bits = self.encoded_bits()
+        stream = new_stream(n_bits)
+        offset = start = 0
+        for local, size in zip(self.local_positions(), self.layout.sizes):
+            offset = encode_positions(stream, offset, local, size)
+            offset = write_floats(stream, offset, self.values[start:start + local.size])
+            start += local.size
+        assert offset == n_bits
+        return stream, n_bits
+
+    def analytic_bits(self) -> float:
+        return float(analytic.top_k_analytic_bits(self.counts, self.layout.sizes))
+
+    @classmethod
+    def decode(cls, stream: np.ndarray, fmt: MessageFormat) -> "SparseMessage":
+        positions, values = [], []
+        offset = 0
+        for start, stop in Layout(fmt.segment_offsets).segments():
+            count, offset, local = decode_positions(stream, offset, stop - start)
+            segment_values, offset = read_floats(stream, offset, count, fmt.dtype)
+            positions.append(local + start)
+            values.append(segment_values)
+        return cls(fmt.segment_offsets, np.concatenate(positions),
+                   np.concatenate(values).astype(fmt.dtype))
+
+
+def budgets(p: float, layout: Layout) -> np.ndarray:
+    """k = ceil(p N) per segment."""
+    return np.array([ceil_product(p, size) for size in layout.sizes], np.int64)
+
+
+@register
+@dataclass(frozen=True)
+class TopK(Compressor):
+    """Top-k sparsification: the ``ceil(p N)`` largest-magnitude entries of each segment, values exact.
+
+    Message: :class:`SparseMessage`.
+    """
+
+    name: ClassVar[str] = "topk"
+    error_feedback: ClassVar[bool] = True
+
+    p: float = 0.01         # fraction of entries kept per segment, in (0, 1]
+    scope: str = "tensor"   # "tensor": per parameter tensor (the reference); "global": whole vector
+
+    def __post_init__(self):
+        object.__setattr__(self, "p", check_fraction("p", self.p))
+        check_choice("scope", self.scope, SCOPES)
+
+    def budgets(self, state: Layout) -> np.ndarray:
+        """k = ceil(p N) per segment."""
+        return budgets(self.p, state.layout)
+
+    def _compress_rows(self, rows, layout, rng):
+        n_rows = rows.shape[0]
+        decoded = np.zeros_like(rows)
+        counts = np.zeros((n_rows, layout.n_segments), np.int64)
+        encoded = np.zeros(n_rows, np.int64)
+        empty = np.zeros(0, np.int64)
+        sparsify.sparse_compress_batch(rows, layout.offsets_array, self.budgets(layout), False,
+                                       float_bits(rows.dtype), False, empty, np.zeros(1, np.int64),
+                                       empty, decoded, counts, encoded)
+        return decoded, encoded, analytic.top_k_analytic_bits(counts, layout.sizes), {}
+
+    def message(self, compressed, row):
+        dense = compressed.decoded[row]
+        return SparseMessage.from_dense(dense, compressed.layout.segment_offsets)
