@@ -149,15 +149,13 @@ def command_show_config(args) -> int:
 
 
 def _describe(config) -> str:
-    if config.family == "federated":
-        return (f"{config.method} on {config.data.dataset}, {config.federated.n_clients} clients, "
-                f"{config.federated.rounds} rounds")
-    return (f"{config.method} on {config.data.dataset}, {config.lazy.n_workers} workers, "
-            f"{config.lazy.iterations} iterations")
+    family = config.algorithm_family
+    return (f"{config.method} on {config.data.dataset}, {config.n_clients} {family.clients_word}, "
+            f"{config.steps} {family.units}")
 
 
 def _report(outcome, quiet: bool) -> int:
-    """Tell how a run ended (a :class:`~fedsim.runner.RunOutcome`); returns the exit status."""
+    """Tell how a run ended (a :class:`~fedsim.runs.RunOutcome`); returns the exit status."""
     folder, unit = outcome.folder.path, outcome.unit
     summary = outcome.summary or {}
     if outcome.status == "interrupted":
@@ -179,11 +177,8 @@ def _report(outcome, quiet: bool) -> int:
         best = summary.get("best_test_accuracy")
         parts.append(f"final test accuracy {summary['final_test_accuracy']:.4f}"
                      + (f" (best {best:.4f})" if best is not None else ""))
-    if summary.get("family") == "federated":
-        parts.append(f"bits up {summary['bits_up']:.4g}, down {summary['bits_down']:.4g}")
-    elif "final_objective" in summary:
-        parts.append(f"f {summary['final_objective']:.8g}, uploads {summary['communications']}, "
-                     f"bits {summary['bits']:.4g}")
+    from fedsim.algorithms.family import family
+    parts += family(outcome.family).report(summary)
     parts.append(f"{summary.get('seconds', 0.0):.1f} s")
     print(f"run completed: {'; '.join(parts)}")
     print(f"results: {folder}")
@@ -191,7 +186,7 @@ def _report(outcome, quiet: bool) -> int:
 
 
 def command_run(args) -> int:
-    from fedsim.runner import default_run_dir, resume_run, start_run
+    from fedsim.runs import default_run_dir, resume_run, start_run
     if args.resume:
         given = [flag for flag, value in (("CONFIG", args.config), ("--preset", args.preset),
                                           ("--set", args.overrides), ("--seed", args.seed),
@@ -283,7 +278,7 @@ def command_data_info(args) -> int:
 
 
 def _read_runs(paths):
-    from fedsim.runner import read_run
+    from fedsim.runs import read_run
     return [read_run(path) for path in paths]
 
 
@@ -309,12 +304,6 @@ def command_plot(args) -> int:
     return EXIT_OK
 
 
-def _number(value, spec: str) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    return format(value, spec)
-
-
 def _table(headers: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
     lines = ["  ".join(str(cell).rjust(width) if i else str(cell).ljust(width)
@@ -325,53 +314,14 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
 
 
 def compare_tables(runs, target_accuracy: float, target_residual: float) -> str:
-    """The text of ``fedsim compare``: one table per family present."""
-    from fedsim.runner import federated_reach, lazy_f_star, lazy_reach
+    """The text of ``fedsim compare``: one table per family present, each drawn up by its family."""
+    from fedsim.algorithms.family import group_by_family
+    targets = {"accuracy": target_accuracy, "residual": target_residual}
     blocks = []
-    federated = [run for run in runs if run.family == "federated"]
-    lazy = [run for run in runs if run.family == "lazy"]
-    if federated:
-        rows = []
-        for run in federated:
-            accuracies = [r["test_accuracy"] for r in run.history if "test_accuracy" in r]
-            reach = federated_reach(run.history, target_accuracy)
-            bits = sum(int(r.get("bits_up", 0)) + int(r.get("bits_down", 0)) for r in run.history)
-            rows.append([run.label, run.method, str(len(run.history)),
-                         _number(accuracies[-1] if accuracies else None, ".4f"),
-                         _number(max(accuracies) if accuracies else None, ".4f"),
-                         _number(reach and reach["round"], "d"), _number(reach and reach["bits"], ".4g"),
-                         _number(bits, ".4g"), _seconds(run), run.status])
-        blocks.append(f"federated runs (target: test accuracy >= {target_accuracy:g})\n" + _table(
-            ["run", "method", "rounds", "final acc", "best acc", "rounds to target", "bits to target",
-             "bits total", "seconds", "status"], rows))
-    if lazy:
-        usable = [run for run in lazy if run.history]
-        f_star = lazy_f_star(usable) if usable else math.nan
-        rows = []
-        for run in lazy:
-            history = run.history
-            reach = lazy_reach(history, f_star, target_residual) if history else None
-            final = (run.summary or {}).get("final_test_accuracy")
-            if final is None:
-                measured = [r["test_accuracy"] for r in history if "test_accuracy" in r]
-                final = measured[-1] if measured else None
-            rows.append([run.label, run.method, str(len(history)), _number(final, ".4f"),
-                         _number(history[-1]["objective"] - f_star if history else None, ".3e"),
-                         _number(reach and reach["iteration"], "d"),
-                         _number(reach and reach["communications"], "d"),
-                         _number(reach and reach["bits"], ".4g"),
-                         _number(history[-1]["bits"] if history else None, ".4g"), _seconds(run), run.status])
-        blocks.append(f"lazy runs (target: f - f* <= {target_residual:g}; f* = {f_star:.12g})\n" + _table(
-            ["run", "method", "iterations", "final acc", "final f - f*", "its to target", "uploads to target",
-             "bits to target", "bits total", "seconds", "status"], rows))
+    for declared, chosen in group_by_family(runs):
+        title, headers, rows = declared.compare(chosen, targets)
+        blocks.append(f"{title}\n{_table(headers, rows)}")
     return "\n\n".join(blocks)
-
-
-def _seconds(run) -> str:
-    if run.summary is not None and "seconds" in run.summary:
-        return f"{run.summary['seconds']:.1f}"
-    times = [r["time"] for r in run.history if "time" in r]
-    return f"{sum(times):.1f}" if times else "-"
 
 
 def command_compare(args) -> int:
@@ -395,7 +345,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from fedsim.config import ConfigError
     from fedsim.data.fetch import DatasetNotFoundError
-    from fedsim.runner import RunFolderError
+    from fedsim.runs import RunFolderError
     try:
         if args.command == "data":
             handler = command_data_fetch if args.data_command == "fetch" else command_data_info

@@ -47,12 +47,9 @@ else:  # pragma: no cover - Python 3.10 reads TOML with the tomli backport
 
 from fedsim.algorithms.federated import FederatedConfig
 from fedsim.compress import COMPRESSORS
+from fedsim.algorithms.family import FAMILIES, Family, family
 from fedsim.algorithms.lazy import LazyConfig
 from fedsim.experiment import DataConfig
-
-FAMILIES = ("federated", "lazy")
-#: The preprocessing pipeline each family uses when ``data.pipeline`` is unset.
-FAMILY_PIPELINES = {"federated": "stc", "lazy": "laq"}
 
 
 class ConfigError(ValueError):
@@ -87,41 +84,47 @@ class ExperimentConfig:
     run: RunConfig = field(default_factory=RunConfig)              # checkpoints, f*
 
     def __post_init__(self):
-        if self.family not in FAMILIES:
-            raise ValueError(f"family must be one of {list(FAMILIES)}, got {self.family!r}")
+        family(self.family)            # ValueError naming the families
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
-        # The lazy family's config carries a seed of its own; the experiment's seed is the one source.
-        if self.lazy.seed != self.seed:
-            object.__setattr__(self, "lazy", dataclasses.replace(self.lazy, seed=self.seed))
+        # A family config that carries a seed of its own takes the experiment's: one source.
+        for name, declared in FAMILIES.items():
+            settings = getattr(self, name)
+            if "seed" in declared.derived and settings.seed != self.seed:
+                object.__setattr__(self, name, dataclasses.replace(settings, seed=self.seed))
         if self.data.partition == "natural" and self.n_clients != self.data.synthetic_devices:
             raise ValueError(
                 f"data.synthetic_devices ({self.data.synthetic_devices}) must equal {self.clients_setting} "
                 f"({self.n_clients}) with data.partition = 'natural' (one client per device)")
 
     @property
+    def algorithm_family(self) -> Family:
+        """The registered family of this experiment (:mod:`fedsim.algorithms.family`)."""
+        return family(self.family)
+
+    @property
     def algorithm(self) -> FederatedConfig | LazyConfig:
         """The active family's settings."""
-        return self.federated if self.family == "federated" else self.lazy
+        return getattr(self, self.family)
 
     @property
     def n_clients(self) -> int:
         """Clients (federated) or workers (lazy) that hold data."""
-        return self.federated.n_clients if self.family == "federated" else self.lazy.n_workers
+        return getattr(self.algorithm, self.algorithm_family.clients_setting)
 
     @property
     def clients_setting(self) -> str:
-        return "federated.n_clients" if self.family == "federated" else "lazy.n_workers"
+        return self.algorithm_family.setting(self.algorithm_family.clients_setting)
 
     @property
     def steps(self) -> int:
         """Rounds (federated) or iterations (lazy) of a complete run."""
-        return self.federated.rounds if self.family == "federated" else self.lazy.iterations
+        return getattr(self.algorithm, self.algorithm_family.steps_setting)
 
     @property
     def pipeline(self) -> str:
         """The preprocessing pipeline in effect: ``data.pipeline`` or the family's."""
-        return self.data.pipeline or FAMILY_PIPELINES[self.family]
+        return self.data.pipeline or self.algorithm_family.pipeline
 
     @property
     def method(self) -> str:
@@ -141,22 +144,26 @@ def _compressor_tables() -> dict[str, type]:
 
 #: The compressor tables, each validated into the compressor class of that name.
 COMPRESSOR_TABLES: dict[str, type] = _compressor_tables()
-#: The tables of a config file and the dataclass each is validated into.
-TABLES: dict[str, type] = {"data": DataConfig, "federated": FederatedConfig, "lazy": LazyConfig,
+#: The tables of a config file and the dataclass each is validated into: data, one per algorithm family,
+#: run, and one per compressor with settings of its own.
+TABLES: dict[str, type] = {"data": DataConfig,
+                           **{name: declared.config_class for name, declared in FAMILIES.items()},
                            "run": RunConfig, **COMPRESSOR_TABLES}
 #: Top-level scalar settings.
 TOP_LEVEL = ("family", "seed")
 #: Dataclass fields that a config file does not set (derived from other settings).
-DERIVED = {("lazy", "seed"): "the top-level `seed`",
-           ("federated", "compressors"): "the compressor tables ([stc], [sign], ...)",
+DERIVED = {**{(name, setting): where for name, declared in FAMILIES.items()
+              for setting, where in declared.derived.items()},
            **{(name, setting): where for name in COMPRESSOR_TABLES
               for setting, where in COMPRESSOR_SETTINGS_ELSEWHERE.items()}}
+#: The table that holds the compressor tables' settings (its field ``compressors``).
+COMPRESSORS_HOLDER = next(name for name, declared in FAMILIES.items() if "compressors" in declared.derived)
 
 
 def section(config: "ExperimentConfig", table: str):
     """The dataclass instance that holds ``table``'s settings in ``config``."""
     if table in COMPRESSOR_TABLES:
-        return config.federated.compressors.get(table) or COMPRESSOR_TABLES[table]()
+        return getattr(config, COMPRESSORS_HOLDER).compressors[table]
     return getattr(config, table)
 
 
@@ -326,15 +333,15 @@ def config_from_dict(raw: dict, source: str = "") -> ExperimentConfig:
                                   f"({_toml_type_name(value)})")
             if key in COMPRESSOR_TABLES:
                 compressors[key] = _build_table(key, value, source)
-            elif key != "federated":
+            elif key != COMPRESSORS_HOLDER:
                 tables[key] = _build_table(key, value, source)
         elif key in TOP_LEVEL:
             top[key] = coerce(value, int if key == "seed" else str, key)
         else:
             raise _unknown_key(key, None, source)
     # [federated] last: it holds the compressor tables' settings.
-    tables["federated"] = _build_table("federated", raw.get("federated", {}), source,
-                                       compressors=compressors)
+    tables[COMPRESSORS_HOLDER] = _build_table(COMPRESSORS_HOLDER, raw.get(COMPRESSORS_HOLDER, {}), source,
+                                              compressors=compressors)
     try:
         return ExperimentConfig(**top, **tables)
     except ValueError as error:
@@ -413,11 +420,12 @@ def field_comments(cls) -> dict[str, str]:
 def _unset_meaning(config: ExperimentConfig, table: str, name: str) -> str:
     """What an unset (None) setting means for this config, for the comment written in its place."""
     if (table, name) == ("data", "pipeline"):
-        return f"the family's, {toml_value(FAMILY_PIPELINES[config.family])}"
+        return f"the family's, {toml_value(config.algorithm_family.pipeline)}"
     if (table, name) == ("data", "data_dir"):
         return "only the standard search path (FEDSIM_DATA, data/, the cache)"
-    if table == "federated" and name in ("accumulate_up", "accumulate_down", "aggregation"):
-        return f"the method's, {toml_value(getattr(config.federated.scheme, name))}"
+    if table in FAMILIES and name in FAMILIES[table].unset_meanings:
+        whose, value_of = FAMILIES[table].unset_meanings[name]
+        return f"{whose}, {toml_value(value_of(config))}"
     if (table, name) == ("run", "f_star"):
         return "the smallest objective among the runs compared"
     return "default"

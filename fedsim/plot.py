@@ -18,7 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from fedsim.runner import RunResult, lazy_bits_before, lazy_f_star
+from fedsim.algorithms.family import group_by_family
+from fedsim.algorithms.lazy import f_star_of, records_spent_before
+from fedsim.runs import RunResult
 
 FORMATS = ("png", "svg")
 
@@ -87,7 +89,7 @@ def lazy_figures(runs: list[RunResult], out: Path, max_workers: int = 10) -> lis
     runs = [run for run in runs if run.history]
     if not runs:
         return []
-    f_star = lazy_f_star(runs)
+    f_star = f_star_of(runs)
     figure, axes = _figure(2, 3)
     for run in runs:
         history = run.history
@@ -95,7 +97,7 @@ def lazy_figures(runs: list[RunResult], out: Path, max_workers: int = 10) -> lis
         grad_norm = np.array([r["grad_norm_sq"] for r in history])
         residual = objective - f_star
         residual = np.where(residual > 0, residual, np.nan)      # a log axis cannot show 0 (the best run)
-        communications, bits = lazy_bits_before(history)
+        communications, bits = records_spent_before(history)
         x_axes = (np.arange(len(history)), communications, bits)
         for column, x in enumerate(x_axes):
             axes[0, column].plot(x, residual, label=_label(run))
@@ -126,16 +128,13 @@ def lazy_figures(runs: list[RunResult], out: Path, max_workers: int = 10) -> lis
 
 
 def plot_runs(runs: list[RunResult], out) -> list[Path]:
-    """All figures for ``runs`` (federated and lazy ones separately) into folder ``out``."""
+    """All figures for ``runs`` into folder ``out``: each family's runs drawn by the figure function
+    its registration names (``Family.figures``)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    federated = [run for run in runs if run.family == "federated"]
-    lazy = [run for run in runs if run.family == "lazy"]
     paths = []
-    if federated:
-        paths += federated_figure(federated, out)
-    if lazy:
-        paths += lazy_figures(lazy, out)
+    for declared, chosen in group_by_family(runs):
+        paths += globals()[declared.figures](chosen, out)
     return paths
 
 

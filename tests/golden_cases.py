@@ -60,7 +60,8 @@ def data_cases() -> dict[str, tuple[str, list[str], int]]:
 def history_of(preset: str, overrides: list[str], steps: int) -> list[dict]:
     """The records (wall time left out) of the first ``steps`` steps of the case, as JSON values."""
     from fedsim.config import load_preset
-    from fedsim.runner import build_run, strip_wall_time, to_json
+    from fedsim.runs import build_run, strip_wall_time
+    from fedsim.runs.folder import to_json
     run = build_run(load_preset(preset, overrides), progress=False)
     for _ in range(steps):
         run.step()

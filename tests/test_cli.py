@@ -14,7 +14,7 @@ import pytest
 
 from fedsim.cli import main, plot_folder
 from fedsim.config import config_from_dict, load_preset, parse_toml
-from fedsim.runner import RunFolder, read_run, start_run, strip_wall_time
+from fedsim.runs import RunFolder, read_run, start_run, strip_wall_time
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -9,10 +9,13 @@ import pytest
 
 from fedsim.algorithms.federated import FederatedRun
 from fedsim.config import ConfigError, load_preset
-from fedsim.runner import (CHECKPOINT_FILE, CHECKPOINT_NOTE_FILE, CONFIG_FILE, HISTORY_FILE, META_FILE,
-                           SUMMARY_FILE, RunFolder, RunFolderError, atomic_write_bytes, default_run_dir,
-                           federated_reach, lazy_bits_before, lazy_f_star, lazy_reach, read_run, resume_run,
-                           start_run, strip_wall_time, summarize)
+from fedsim.algorithms.federated import reach as federated_reach
+from fedsim.algorithms.lazy import f_star_of as lazy_f_star
+from fedsim.algorithms.lazy import records_reach as lazy_reach
+from fedsim.algorithms.lazy import records_spent_before as lazy_bits_before
+from fedsim.runs import RunFolder, RunFolderError, default_run_dir, read_run, resume_run, start_run, strip_wall_time, summarize
+from fedsim.runs.folder import (CHECKPOINT_FILE, CHECKPOINT_NOTE_FILE, CONFIG_FILE, HISTORY_FILE, META_FILE,
+                                SUMMARY_FILE, atomic_write_bytes)
 
 # Small offline configs: 8 synthetic devices, a dozen rounds (about 10 ms each).
 TINY_FEDERATED = ["data.synthetic_devices=8", "federated.n_clients=8", "federated.rounds=12",

@@ -63,6 +63,7 @@ import numpy as np
 import scipy.linalg
 from tqdm.auto import tqdm
 
+from fedsim.algorithms.family import Family, cell, register_family, run_seconds
 from fedsim.compress.bits import FLOAT_BITS
 from fedsim.data.dataset import Dataset
 from fedsim.errors import DivergenceError
@@ -71,8 +72,27 @@ from fedsim.kernels.laq import MAX_BITS, MIN_BITS, code_dtype, laq_quantize
 from fedsim.models.softmax import SoftmaxRegression
 from fedsim.rng import RunStreams
 
-METHODS = ("gd", "qgd", "lag-wk", "lag-ps", "laq", "slaq")
-QUANTIZED_METHODS = ("qgd", "laq", "slaq")
+
+
+class LazyRule(NamedTuple):
+    """What a lazy method uploads and when a worker skips: one row of :data:`RULES`."""
+
+    upload: str      # "gradient": g_m itself (32 P bits); "quantized": Q = quantize(g_m | Q_m) (b P + 32)
+    gradient: str    # "full": the shard's gradient; "minibatch": a minibatch gradient (SLAQ)
+    skip: str        # "never"; "worker": ||new - Q_m||^2 < H^k + error terms; "server": L_m^2 ||.||^2 <= H^k
+    slaq_terms: bool = False   # the worker rule with SLAQ's constants (ec * 3 (e + e_hat) + offset)
+
+
+#: The lazy methods as a table: every difference between them is in these columns.
+RULES = {
+    "gd": LazyRule("gradient", "full", "never"),
+    "qgd": LazyRule("quantized", "full", "never"),
+    "lag-wk": LazyRule("gradient", "full", "worker"),
+    "lag-ps": LazyRule("gradient", "full", "server"),
+    "laq": LazyRule("quantized", "full", "worker"),
+    "slaq": LazyRule("quantized", "minibatch", "worker", slaq_terms=True),
+}
+METHODS = tuple(RULES)
 INIT_KINDS = ("zeros", "glorot")
 DTYPES = ("float64", "float32")
 LAQ_ERROR_FACTOR = 3.0       # the 3 in 3 (e + e_hat) of the LAQ rule (arXiv 1909.07588)
@@ -134,7 +154,7 @@ class LazyConfig:
     @property
     def quantized(self) -> bool:
         """Whether uploads are LAQ-quantized innovations (qgd, laq, slaq)."""
-        return self.method in QUANTIZED_METHODS
+        return RULES[self.method].upload == "quantized"
 
 
 def _check_int(name, value, low, high=None):
@@ -160,7 +180,7 @@ def bits_per_upload(method: str, n_params: int, bits: int) -> int:
     """Bits of one upload: ``32 P`` (gd, lag-wk, lag-ps) or ``b P + 32`` (qgd, laq, slaq: codes + R)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
-    if method in QUANTIZED_METHODS:
+    if RULES[method].upload == "quantized":
         return int(bits) * int(n_params) + FLOAT_BITS
     return FLOAT_BITS * int(n_params)
 
@@ -306,6 +326,19 @@ class ReachPoint(NamedTuple):
     bits: int                # bits spent to get there
 
 
+def spent_before(cumulative: np.ndarray) -> np.ndarray:
+    """What was spent to reach ``theta^k`` from the totals through each iteration: those of 0..k-1."""
+    return np.concatenate(([0], np.asarray(cumulative)[:-1])).astype(np.int64)
+
+
+def first_within(objective: np.ndarray, f_star: float | None, tolerance: float) -> int | None:
+    """The first k with ``f(theta^k) - f* <= tolerance``, or None."""
+    if f_star is None:
+        raise ValueError("the residual needs f_star: pass it, or set it from estimate_f_star(histories)")
+    hits = np.flatnonzero(np.asarray(objective) - f_star <= tolerance)
+    return int(hits[0]) if hits.size else None
+
+
 @dataclass
 class LazyHistory:
     """Per-iteration record of one run (arrays of length K = completed iterations, k = 0..K-1).
@@ -354,11 +387,11 @@ class LazyHistory:
     @property
     def communications_before(self) -> np.ndarray:
         """Uploads spent to reach ``theta^k``: those of iterations 0..k-1."""
-        return np.concatenate(([0], self.communications[:-1])).astype(np.int64)
+        return spent_before(self.communications)
 
     @property
     def bits_before(self) -> np.ndarray:
-        return self.communications_before * np.int64(self.bits_per_upload)
+        return spent_before(self.bits)
 
     @property
     def final_accuracy(self) -> float:
@@ -373,10 +406,9 @@ class LazyHistory:
 
     def reach(self, tolerance: float = 1e-6, f_star: float | None = None) -> ReachPoint | None:
         """Iterations, communications and bits to the first ``theta^k`` with residual <= tolerance."""
-        hits = np.flatnonzero(self.residual(f_star) <= tolerance)
-        if hits.size == 0:
+        k = first_within(self.objective, self.f_star if f_star is None else f_star, tolerance)
+        if k is None:
             return None
-        k = int(hits[0])
         return ReachPoint(k, int(self.communications_before[k]), int(self.bits_before[k]))
 
     def to_dict(self) -> dict:
@@ -464,7 +496,7 @@ class LazyRun:
         dtype = np.dtype(config.dtype)
         self.config, self.f_star = config, f_star
         self.shards = stack_shards(data.x_train, data.y_train, partition, dtype)
-        if config.method == "slaq" and config.minibatch_size > self.shards.sizes.min():
+        if RULES[config.method].gradient == "minibatch" and config.minibatch_size > self.shards.sizes.min():
             raise ValueError(f"minibatch_size must be in [1, {self.shards.sizes.min()}] (the smallest "
                              f"shard), got {config.minibatch_size}")
         self.model = SoftmaxRegression(data.n_features, data.n_classes, config.l2)
@@ -474,7 +506,7 @@ class LazyRun:
         self.theta = self.model.init(streams.generator("init"), kind=config.init, dtype=dtype)
         self.minibatch_rng = streams.generator("minibatch")
         n_params = self.model.size
-        if config.method == "lag-ps":
+        if RULES[config.method].skip == "server":
             if smoothness is None:
                 smoothness, _ = smoothness_bounds(self.shards, config.l2)
             smoothness = np.asarray(smoothness, dtype=np.float64)
@@ -507,7 +539,7 @@ class LazyRun:
     def step(self) -> dict:
         """Iteration k = ``completed``: gradients at theta^k, uploads, theta^{k+1}; returns its record."""
         config, shards, model, record = self.config, self.shards, self.model, self.record
-        method, alpha, n_workers = config.method, config.step_size, config.n_workers
+        rule, alpha, n_workers = RULES[config.method], config.step_size, config.n_workers
         k = self.completed
         if k >= config.iterations:
             raise RuntimeError(f"the run is complete ({config.iterations} iterations)")
@@ -520,7 +552,7 @@ class LazyRun:
         grad_norm_sq = float(full_gradient @ full_gradient)
         if not (math.isfinite(objective) and math.isfinite(grad_norm_sq)):
             self._diverge(k, "the objective or a gradient")
-        if method == "slaq":
+        if rule.gradient == "minibatch":
             # Each worker's gradient on its own minibatch, drawn without replacement.
             batch = _minibatch_indices(self.minibatch_rng, shards.sizes, config.minibatch_size)
             _, gradients = model.loss_and_grad(theta, shards.x[self._rows, batch], shards.y[self._rows, batch])
@@ -531,27 +563,24 @@ class LazyRun:
         accuracy = self._evaluate(k, theta) if k % config.eval_every == 0 else None
 
         threshold = history_threshold(self.step_history, k, config.history_weight, alpha, n_workers)
-        if config.quantized:
+        # What would be uploaded: Q = quantize(g_m | Q_m) with its error e_m and ||Q - Q_m||^2, or g_m.
+        if rule.upload == "quantized":
             laq_quantize(gradients, uploaded, config.bits, self._codes, self._quantized, self._radius,
                          self._error, self._innovation)
-            candidates = self._quantized
+            candidates, error, innovation = self._quantized, self._error, self._innovation
         else:
-            candidates = gradients
-        if method in ("gd", "qgd"):
+            candidates, error, innovation = gradients, np.zeros(n_workers), None
+        # Who uploads.
+        if rule.skip == "never":
             upload = np.ones(n_workers, dtype=bool)
-        elif method == "lag-wk":
-            difference = gradients - uploaded
-            innovation_exact = np.einsum("mp,mp->m", difference, difference)
-            zeros = np.zeros(n_workers)
-            upload = laq_upload_decision(innovation_exact, threshold, zeros, zeros, skips, config.max_skips)
-        elif method == "laq":
-            upload = laq_upload_decision(self._innovation, threshold, self._error, self.error_at_upload,
-                                         skips, config.max_skips)
-        elif method == "slaq":
-            upload = laq_upload_decision(self._innovation, threshold, self._error, self.error_at_upload,
-                                         skips, config.max_skips, config.slaq_error_scale,
-                                         config.slaq_threshold_offset)
-        else:  # lag-ps: the server decides from theta_hat_m alone; everyone is asked at k = 0
+        elif rule.skip == "worker":
+            if innovation is None:                               # ||g_m - Q_m||^2, exact
+                difference = gradients - uploaded
+                innovation = np.einsum("mp,mp->m", difference, difference)
+            constants = (config.slaq_error_scale, config.slaq_threshold_offset) if rule.slaq_terms else ()
+            upload = laq_upload_decision(innovation, threshold, error, self.error_at_upload, skips,
+                                         config.max_skips, *constants)
+        else:  # "server" (LAG-PS): the server decides from theta_hat_m alone; everyone is asked at k = 0
             offset = self.theta_at_gradient - theta
             distance_sq = np.einsum("mp,mp->m", offset, offset)
             upload = lag_ps_request_decision(self.smoothness, distance_sq, threshold, skips, config.max_skips)
@@ -566,7 +595,7 @@ class LazyRun:
         elif upload.any():
             self.aggregate += (candidates[upload] - uploaded[upload]).sum(axis=0)
             uploaded[upload] = candidates[upload]
-        if config.quantized:
+        if rule.upload == "quantized":
             self.error_at_upload[upload] = self._error[upload]
         skips[upload] = 0
         skips[~upload] += 1
@@ -697,3 +726,101 @@ def _minibatch_indices(rng: np.random.Generator, sizes: np.ndarray, batch: int) 
     keys = rng.random((n_workers, n_max))
     keys[np.arange(n_max)[None, :] >= sizes[:, None]] = 2.0
     return np.argpartition(keys, batch - 1, axis=1)[:, :batch]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the family's metrics (over the JSON records of history.jsonl) and its registration
+
+
+def records_spent_before(history: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """Uploads and bits spent to reach theta^k, for each record k (those of iterations 0..k-1)."""
+    return (spent_before([r["communications"] for r in history]), spent_before([r["bits"] for r in history]))
+
+
+def records_reach(history: list[dict], f_star: float, tolerance: float) -> dict | None:
+    """Iterations, communications and bits to the first theta^k with f(theta^k) - f* <= tolerance."""
+    if not history:
+        return None
+    k = first_within([r["objective"] for r in history], f_star, tolerance)
+    if k is None:
+        return None
+    communications, bits = records_spent_before(history)
+    return {"iteration": k, "communications": int(communications[k]), "bits": int(bits[k])}
+
+
+def f_star_of(runs) -> float:
+    """``f*`` for lazy runs read back together: the one in their configs if they all agree on one, else
+    the smallest objective any of them reached (:func:`estimate_f_star`'s rule)."""
+    configured = {run.config.get("run", {}).get("f_star") for run in runs}
+    if len(configured) == 1 and None not in configured:
+        return float(configured.pop())
+    values = [min(r["objective"] for r in run.history) for run in runs if run.history]
+    if not values:
+        raise ValueError("no lazy run with at least one iteration to estimate f* from")
+    return float(min(values))
+
+
+def summarize(history: list[dict]) -> dict:
+    """The last objective, gradient norm, uploads and bits; the smallest objective; test accuracies."""
+    if not history:
+        return {}
+    last = history[-1]
+    summary = {"final_objective": last["objective"], "final_grad_norm_sq": last["grad_norm_sq"],
+               "communications": last["communications"], "bits": last["bits"],
+               "min_objective": float(min(r["objective"] for r in history))}
+    accuracies = [r["test_accuracy"] for r in history if "test_accuracy" in r]
+    final = last.get("final_test_accuracy", accuracies[-1] if accuracies else None)
+    if final is not None:
+        summary["final_test_accuracy"] = final
+        summary["best_test_accuracy"] = max(accuracies + [final])
+    return summary
+
+
+def progress_text(record: dict, state: dict) -> str:
+    if "test_accuracy" in record:
+        state["accuracy"] = record["test_accuracy"]
+    accuracy = f"  acc {state['accuracy']:.4f}" if "accuracy" in state else ""
+    return (f"f {record['objective']:.6g}  |grad|^2 {record['grad_norm_sq']:.3g}  "
+            f"bits {record['bits']:.3g}{accuracy}")
+
+
+def report(summary: dict) -> list[str]:
+    if "final_objective" not in summary:
+        return []
+    return [f"f {summary['final_objective']:.8g}, uploads {summary['communications']}, "
+            f"bits {summary['bits']:.4g}"]
+
+
+def compare(runs, targets: dict) -> tuple[str, list[str], list[list[str]]]:
+    """The `fedsim compare` table of lazy runs: iterations, uploads and bits to the target residual."""
+    target = targets["residual"]
+    usable = [run for run in runs if run.history]
+    f_star = f_star_of(usable) if usable else math.nan
+    rows = []
+    for run in runs:
+        history = run.history
+        reached = records_reach(history, f_star, target) if history else None
+        final = (run.summary or {}).get("final_test_accuracy")
+        if final is None:
+            measured = [r["test_accuracy"] for r in history if "test_accuracy" in r]
+            final = measured[-1] if measured else None
+        rows.append([run.label, run.method, str(len(history)), cell(final, ".4f"),
+                     cell(history[-1]["objective"] - f_star if history else None, ".3e"),
+                     cell(reached and reached["iteration"], "d"),
+                     cell(reached and reached["communications"], "d"),
+                     cell(reached and reached["bits"], ".4g"),
+                     cell(history[-1]["bits"] if history else None, ".4g"), run_seconds(run), run.status])
+    headers = ["run", "method", "iterations", "final acc", "final f - f*", "its to target",
+               "uploads to target", "bits to target", "bits total", "seconds", "status"]
+    return f"lazy runs (target: f - f* <= {target:g}; f* = {f_star:.12g})", headers, rows
+
+
+def _make_run(config, dataset, clients):
+    return LazyRun(config.lazy, dataset, clients, f_star=config.run.f_star)
+
+
+FAMILY = register_family(Family(
+    name="lazy", description="lazy aggregation: GD, QGD, LAG-WK, LAG-PS, LAQ, SLAQ",
+    config_class=LazyConfig, make_run=_make_run, pipeline="laq", unit="iteration", clients_word="workers",
+    clients_setting="n_workers", steps_setting="iterations", summarize=summarize, progress=progress_text,
+    report=report, compare=compare, figures="lazy_figures", derived={"seed": "the top-level `seed`"}))

@@ -1,0 +1,287 @@
+"""The run folder and its files: what each holds, atomic writes, checkpoints, reading a run back.
+
+A run folder holds::
+
+    config.toml        the effective config (every setting written out); what --resume rebuilds the run from
+    meta.json          seed, versions (fedsim, numpy, numba, python), git commit, start time, sessions
+    history.jsonl      one JSON record per round (federated) or iteration (lazy), appended and flushed
+    checkpoint.npz     the run's state after `completed` steps: arrays + the JSON metadata (key __meta__)
+    checkpoint.json    a small readable note of the checkpoint: completed steps, time, checksum of the npz
+    summary.json       written when the run ends (completed or diverged)
+
+Consistency rules (so that a run killed at any instant, even by SIGKILL, resumes exactly):
+
+* every file except history.jsonl is replaced atomically (temporary file in the same folder, fsync,
+  :func:`os.replace`); checkpoint.npz is self-contained (its metadata is inside it), so a kill between the
+  two checkpoint files leaves a usable checkpoint;
+* a history record is appended after its step and before any checkpoint that includes the step, so
+  history.jsonl always holds at least the checkpoint's steps; on resume it is cut back (atomically) to
+  exactly the checkpoint's ``completed`` records, dropping records of steps done after the checkpoint and
+  a possibly half-written last line;
+* the run state restores every random stream, so the continued run is bitwise identical to an
+  uninterrupted one (only the wall-time field ``time`` of the records differs).
+"""
+
+from __future__ import annotations
+
+import datetime as _datetime
+import hashlib
+import io
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fedsim.config import ExperimentConfig, config_to_toml, load_config_file, parse_toml
+
+CONFIG_FILE = "config.toml"
+META_FILE = "meta.json"
+HISTORY_FILE = "history.jsonl"
+SUMMARY_FILE = "summary.json"
+CHECKPOINT_FILE = "checkpoint.npz"
+CHECKPOINT_NOTE_FILE = "checkpoint.json"
+_META_KEY = "__meta__"
+
+
+class RunFolderError(ValueError):
+    """A run folder that is missing, not a fedsim run, or cannot be continued."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# atomic files
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that ``path`` holds either its old or its new content, never a part.
+
+    The bytes go to a temporary file in the same folder, are flushed to disk (fsync), and the file is
+    moved over ``path`` with :func:`os.replace` (atomic on POSIX and Windows within one file system).
+    """
+    path = Path(path)
+    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
+                                         delete=False)
+    try:
+        with handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(handle.name, path)
+    finally:
+        if os.path.exists(handle.name):
+            os.unlink(handle.name)
+    _fsync_folder(path.parent)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (POSIX; a no-op where folders cannot be opened)."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def _json_default(value):
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def to_json(value, indent: int | None = None) -> str:
+    """JSON text of records and metadata (NumPy scalars and arrays become numbers and lists; floats
+    are written with ``repr``, so they read back bit for bit)."""
+    return json.dumps(value, default=_json_default, indent=indent)
+
+
+def now() -> str:
+    return _datetime.datetime.now(_datetime.timezone.utc).astimezone().isoformat(timespec="seconds")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the folder
+
+
+class RunFolder:
+    """The files of one run folder (see the module docstring for what each holds)."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def exists(self) -> bool:
+        return self.file(CONFIG_FILE).is_file()
+
+    # config, meta, summary
+    def write_config(self, config: ExperimentConfig, header: str = "") -> None:
+        atomic_write_text(self.file(CONFIG_FILE), config_to_toml(config, header=header))
+
+    def read_config(self) -> ExperimentConfig:
+        if not self.exists:
+            raise RunFolderError(f"{self.path} is not a fedsim run folder (no {CONFIG_FILE} in it)")
+        return load_config_file(self.file(CONFIG_FILE), source=str(self.file(CONFIG_FILE)))
+
+    def write_json(self, name: str, value) -> None:
+        atomic_write_text(self.file(name), to_json(value, indent=1) + "\n")
+
+    def read_json(self, name: str) -> dict | None:
+        path = self.file(name)
+        if not path.is_file():
+            return None
+        return json.loads(path.read_text(encoding="utf-8"))
+
+    # history
+    def read_history(self) -> list[dict]:
+        """The complete records of history.jsonl (a half-written last line is left out)."""
+        return [json.loads(line) for line in self._complete_lines()]
+
+    def _complete_lines(self) -> list[bytes]:
+        path = self.file(HISTORY_FILE)
+        if not path.is_file():
+            return []
+        lines = path.read_bytes().split(b"\n")
+        return [line for line in lines[:-1] if line.strip()]   # the part after the last newline is partial
+
+    def truncate_history(self, count: int, records: list[dict] | None = None) -> None:
+        """Cut history.jsonl back to its first ``count`` records (atomically).
+
+        If it holds fewer (it cannot, unless edited by hand), ``records`` (the checkpoint's own copy of
+        the history) are written instead.
+        """
+        lines = self._complete_lines()
+        if len(lines) >= count:
+            kept = b"".join(line + b"\n" for line in lines[:count])
+        elif records is not None and len(records) == count:
+            kept = "".join(to_json(record) + "\n" for record in records).encode("utf-8")
+        else:
+            raise RunFolderError(f"{self.file(HISTORY_FILE)} holds {len(lines)} records but the checkpoint "
+                                 f"has {count} completed steps")
+        atomic_write_bytes(self.file(HISTORY_FILE), kept)
+
+    def open_history(self):
+        """history.jsonl opened for appending (text, line by line)."""
+        return open(self.file(HISTORY_FILE), "a", encoding="utf-8")
+
+    # checkpoints
+    def write_checkpoint(self, arrays: dict[str, np.ndarray], meta: dict, planned: int) -> None:
+        """checkpoint.npz (arrays + metadata, atomically), then the note checkpoint.json."""
+        for key in arrays:
+            if key == _META_KEY:
+                raise ValueError(f"state array name {_META_KEY!r} is reserved for the checkpoint metadata")
+        meta_bytes = to_json(meta).encode("utf-8")
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays, **{_META_KEY: np.frombuffer(meta_bytes, dtype=np.uint8)})
+        data = buffer.getvalue()
+        atomic_write_bytes(self.file(CHECKPOINT_FILE), data)
+        completed = _completed_of(meta)
+        self.write_json(CHECKPOINT_NOTE_FILE, {
+            "completed": completed, "planned": planned, "written": now(), "file": CHECKPOINT_FILE,
+            "sha256": hashlib.sha256(data).hexdigest()})
+
+    def read_checkpoint(self) -> tuple[dict[str, np.ndarray], dict] | None:
+        """(arrays, metadata) of checkpoint.npz, or None when the run has no checkpoint yet."""
+        path = self.file(CHECKPOINT_FILE)
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                arrays = {key: archive[key] for key in archive.files}
+        except (OSError, ValueError) as error:
+            raise RunFolderError(f"{path} cannot be read ({error}); it was not written by fedsim") from None
+        if _META_KEY not in arrays:
+            raise RunFolderError(f"{path} has no {_META_KEY} entry; it was not written by fedsim")
+        meta = json.loads(arrays.pop(_META_KEY).tobytes().decode("utf-8"))
+        return arrays, meta
+
+
+def _completed_of(meta: dict) -> int:
+    """Steps done according to a run's state metadata (federated: ``round``; lazy: ``completed``)."""
+    for key in ("completed", "round", "iteration"):
+        if key in meta:
+            return int(meta[key])
+    raise RunFolderError(f"checkpoint metadata has none of completed/round/iteration: {sorted(meta)}")
+
+
+def default_run_dir(name: str, root="runs") -> Path:
+    """``<root>/<name>-<YYYYmmdd-HHMMSS>``, with ``-2``, ``-3``, ... appended if that exists already."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-.") or "run"
+    stamp = _datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path(root) / f"{safe}-{stamp}"
+    candidate, count = base, 1
+    while candidate.exists():
+        count += 1
+        candidate = Path(f"{base}-{count}")
+    return candidate
+
+
+
+# ---------------------------------------------------------------------------------------------------------
+# reading finished runs
+
+
+@dataclass
+class RunResult:
+    """A run folder read back: its config (as parsed TOML), records, summary and metadata."""
+
+    path: Path
+    config: dict
+    history: list[dict]
+    summary: dict | None
+    meta: dict
+
+    @property
+    def family(self) -> str:
+        return self.config.get("family", ExperimentConfig.family)
+
+    @property
+    def method(self) -> str:
+        return self.config.get(self.family, {}).get("method", "?")
+
+    @property
+    def label(self) -> str:
+        return self.path.name
+
+    @property
+    def status(self) -> str:
+        if self.summary is not None:
+            return self.summary.get("status", "completed")
+        return "unfinished"
+
+
+def read_run(path) -> RunResult:
+    """Read a run folder (finished or not) for plots and comparisons."""
+    folder = RunFolder(path)
+    if not folder.exists:
+        raise RunFolderError(f"{folder.path} is not a fedsim run folder (no {CONFIG_FILE} in it)")
+    config = parse_toml(folder.file(CONFIG_FILE).read_text(encoding="utf-8"), str(folder.file(CONFIG_FILE)))
+    return RunResult(folder.path, config, folder.read_history(), folder.read_json(SUMMARY_FILE),
+                     folder.read_json(META_FILE) or {})
+
+
+__all__ = ["CHECKPOINT_FILE", "CHECKPOINT_NOTE_FILE", "CONFIG_FILE", "HISTORY_FILE", "META_FILE", "SUMMARY_FILE",
+           "RunFolder", "RunFolderError", "RunResult", "atomic_write_bytes", "atomic_write_text",
+           "default_run_dir", "now", "read_run", "to_json"]

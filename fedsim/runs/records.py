@@ -1,0 +1,30 @@
+"""What a run's records and summary hold: the summary of a history, and what of a record is reproducible.
+
+A record is one JSON object per round (federated) or iteration (lazy), written by the family's
+``step`` (:mod:`fedsim.algorithms`); ``summary.json`` holds :func:`summarize` of them, whose family part
+comes from the family's own ``summarize``.
+"""
+
+from __future__ import annotations
+
+from fedsim.config import ExperimentConfig
+
+#: Record fields that measure wall time; everything else in a record is reproducible bit for bit.
+WALL_TIME_FIELDS = ("time",)
+
+
+def summarize(config: ExperimentConfig, history: list[dict]) -> dict:
+    """Family, method, steps done and planned, compute seconds, and the family's own summary."""
+    summary = {"family": config.family, "method": config.method, "completed": len(history),
+               "planned": config.steps, "seconds": float(sum(r.get("time", 0.0) for r in history))}
+    summary.update(config.algorithm_family.summarize(history))
+    return summary
+
+
+def strip_wall_time(records: list[dict]) -> list[dict]:
+    """Records without their wall-time fields (:data:`WALL_TIME_FIELDS`): what reproduces bit for bit."""
+    return [{key: value for key, value in record.items() if key not in WALL_TIME_FIELDS}
+            for record in records]
+
+
+__all__ = ["WALL_TIME_FIELDS", "strip_wall_time", "summarize"]
