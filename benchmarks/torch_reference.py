@@ -497,3 +497,99 @@ def sample_size(p: float, fraction: float, size: int) -> int:
 __all__ = ["TorchLAQRun", "TorchSTCRound", "budget", "fastest", "laq_quantize", "sample_size",
            "sampled_ternarize", "sign", "stc_rows", "ternarize", "top_k_sparsify", "top_k_threshold",
            "torch_tensor"]
+
+
+# --- qsgd ---
+# QSGD (arXiv 1610.02132) given its uniforms (fedsim.compress.qsgd, fedsim.kernels.qsgd): the buckets of
+# a segment are one (K, buckets, d) block (plus a (K, 1, tail) block for a shorter last bucket), so every
+# step is one batched tensor operation; the Elias omega lengths come from a table indexed by bit length.
+
+
+def _omega_bits_by_length() -> torch.Tensor:
+    """Bits of the Elias omega code of an integer of bit length L (index L; 0 for L = 0)."""
+    table = [0, 1]
+    for length in range(2, 64):
+        table.append(length + table[(length - 1).bit_length()])
+    return torch.tensor(table, dtype=torch.int64)
+
+
+_OMEGA_BITS = _omega_bits_by_length()
+
+
+def _omega_bits(values: torch.Tensor) -> torch.Tensor:
+    """Omega code lengths of positive int64 values (below 2^53: the frexp exponent is the bit length)."""
+    return _OMEGA_BITS[torch.frexp(values.double()).exponent.long()]
+
+
+def _qsgd_block(x: torch.Tensor, uniforms: torch.Tensor, levels: int, float_bits: int):
+    """QSGD of a (K, m, d) block of m buckets of d entries: (decoded, norms (K, m), signed levels, encoded
+    bits (K,))."""
+    wide = x.double()
+    norms = torch.sqrt(torch.cumsum(wide * wide, dim=2)[:, :, -1]).to(x.dtype)   # sequential float64 sum
+    norm64 = norms.double().unsqueeze(2)
+    s = float(levels)
+    live = norm64 > 0
+    ratio = (wide.abs() / norm64 * s).clamp_(max=s)           # (|v| / norm) * s, as fedsim; NaN if norm 0
+    lower = torch.floor(ratio)
+    level = torch.where(live, lower + (uniforms < ratio - lower), torch.zeros((), dtype=torch.float64))
+    magnitude = (norm64 * (level / s)).to(x.dtype)
+    negative = x < 0
+    decoded = torch.where(level > 0, torch.where(negative, -magnitude, magnitude),
+                          torch.zeros((), dtype=x.dtype))
+    signed = torch.where(negative, -level, level).long()
+    # bits: gap to each nonzero (from the previous nonzero of its bucket, or from -1), its sign bit, its level
+    nonzero = signed != 0
+    index = torch.arange(x.shape[2], dtype=torch.int64)
+    marked = torch.where(nonzero, index, torch.full((), -1, dtype=torch.int64))
+    previous_inclusive = torch.cummax(marked, dim=2).values
+    previous = torch.cat([torch.full_like(previous_inclusive[:, :, :1], -1), previous_inclusive[:, :, :-1]],
+                         dim=2)
+    entry_bits = _omega_bits(index - previous) + 1 + _omega_bits(signed.abs())
+    entry_bits = torch.where(nonzero, entry_bits, torch.zeros((), dtype=torch.int64)).sum(dim=2)
+    end_bits = _omega_bits(x.shape[2] - previous_inclusive[:, :, -1])
+    bucket_bits = float_bits + torch.where(live[:, :, 0], entry_bits + end_bits,
+                                           torch.zeros((), dtype=torch.int64))
+    return decoded, norms, signed, bucket_bits.sum(dim=1)
+
+
+def qsgd(x: torch.Tensor, segment_offsets, bucket_size: int, levels: int, uniforms: torch.Tensor,
+         float_bits: int):
+    """QSGD of every row of ``x`` (K, P) with the given uniforms (K, P) float64, buckets of ``bucket_size``
+    entries within each segment (0: one per segment): ``(decoded (K, P), norms (K, B), signed levels (K, P)
+    int64, encoded bits (K,) int64)`` as :func:`fedsim.kernels.qsgd.qsgd_quantize`.
+
+    Per bucket: norm = dtype(sqrt(float64 ``torch.cumsum`` of the squares)) (a sequential scan on CPU, the
+    order of fedsim's loop); r = min(s, (|v| / norm) * s); level = floor(r) + (u < r - floor(r)); decoded
+    ``+-dtype(norm * (level / s))`` (+0.0 for level 0); a zero-norm bucket sends zeros.
+
+    Rounding: every step is the same IEEE operation as fedsim's except the square root: ``torch.sqrt`` on
+    float64 is not correctly rounded on every CPU build (on an AVX-512 build about 1% of results are 1 ulp
+    off ``math.sqrt``). So float64 norms (and the decoded values scaled by them) may differ from fedsim's
+    by 1 ulp; float32 norms agree unless the float64 error straddles a float32 rounding boundary
+    (probability ~2^-29 per bucket); a level can change only where r lies within ~2^-52 (relative) of an
+    integer or of floor(r) + u, which random inputs do not produce.
+    """
+    rows = x.shape[0]
+    decoded = torch.zeros_like(x)
+    signed = torch.zeros(x.shape, dtype=torch.int64)
+    norms, bits = [], torch.zeros(rows, dtype=torch.int64)
+    for start, stop in zip(segment_offsets[:-1], segment_offsets[1:]):
+        start, stop = int(start), int(stop)
+        size = stop - start
+        if size == 0:
+            continue
+        width = bucket_size if 0 < bucket_size < size else size
+        full = size // width
+        blocks = [(start, full, width)]
+        if size > full * width:
+            blocks.append((start + full * width, 1, size - full * width))
+        for first, count, length in blocks:
+            last = first + count * length
+            block = _qsgd_block(x[:, first:last].reshape(rows, count, length),
+                                uniforms[:, first:last].reshape(rows, count, length), levels, float_bits)
+            decoded[:, first:last] = block[0].reshape(rows, -1)
+            signed[:, first:last] = block[2].reshape(rows, -1)
+            norms.append(block[1])
+            bits += block[3]
+    norms = torch.cat(norms, dim=1) if norms else torch.zeros((rows, 0), dtype=x.dtype)
+    return decoded, norms, signed, bits
