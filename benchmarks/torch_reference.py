@@ -499,6 +499,43 @@ __all__ = ["TorchLAQRun", "TorchSTCRound", "budget", "fastest", "laq_quantize", 
            "torch_tensor"]
 
 
+# --- terngrad ---
+
+
+def terngrad(x: torch.Tensor, segment_offsets, uniforms: torch.Tensor, clip: float = 0.0):
+    """TernGrad (arXiv 1705.07878) of every row of ``x`` (K, P) with the given uniforms (K, P) float64:
+    ``(decoded (K, P), scales (K, S))`` as :func:`fedsim.kernels.terngrad.terngrad_batch`.
+
+    Per segment, all rows at once: sigma from float64 ``torch.cumsum`` (a sequential scan on CPU, the
+    same order as fedsim's loop), ``b = dtype(c sigma)`` (+inf when c = 0 or b = 0), magnitudes
+    ``min(|x|, b)``, ``s`` their row maximum, ``keep = u < float64(m) / float64(s)`` and
+    ``+-s`` where kept, +0.0 elsewhere (0 / 0 is NaN where s = 0, so nothing is kept there).
+    """
+    rows = x.shape[0]
+    decoded = torch.empty_like(x)
+    scales = torch.zeros((rows, len(segment_offsets) - 1), dtype=x.dtype)
+    zero = torch.zeros((), dtype=x.dtype)
+    for j, (start, stop) in enumerate(zip(segment_offsets[:-1], segment_offsets[1:])):
+        start, stop = int(start), int(stop)
+        if stop == start:
+            continue
+        segment = x[:, start:stop]
+        magnitudes = segment.abs()
+        if clip > 0:
+            wide = segment.double()
+            mean = torch.cumsum(wide, dim=1)[:, -1:] / (stop - start)
+            deviations = wide - mean
+            sigma = torch.sqrt(torch.cumsum(deviations.mul_(deviations), dim=1)[:, -1:] / (stop - start))
+            bound = (clip * sigma).to(x.dtype)
+            bound = torch.where(bound > 0, bound, torch.full_like(bound, float("inf")))
+            magnitudes = torch.minimum(magnitudes, bound)
+        scale = magnitudes.amax(dim=1, keepdim=True)
+        keep = uniforms[:, start:stop] < magnitudes.double().div_(scale.double())
+        decoded[:, start:stop] = torch.where(keep, torch.where(segment < 0, -scale, scale), zero)
+        scales[:, j] = scale[:, 0]
+    return decoded, scales
+
+
 # --- qsgd ---
 # QSGD (arXiv 1610.02132) given its uniforms (fedsim.compress.qsgd, fedsim.kernels.qsgd): the buckets of
 # a segment are one (K, buckets, d) block (plus a (K, 1, tail) block for a shorter last bucket), so every

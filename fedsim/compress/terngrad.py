@@ -1,0 +1,189 @@
+"""TernGrad: ternary gradients (Wen, Xu, Yan, Wu, Wang, Chen, Li, NeurIPS 2017, arXiv 1705.07878).
+
+Per segment (one parameter tensor with ``scope="tensor"``: the paper's layer-wise ternarizing; the whole
+vector with ``scope="global"``) of N entries g_i, with the paper's optional gradient clipping at
+``clip = c`` (0: off; the paper uses c = 2.5)::
+
+    sigma = population standard deviation of the segment   (float64 mean and variance, summed in index order)
+    h_i   = g_i clipped to [-c sigma, c sigma]               (c sigma rounded to the data's dtype; no clipping
+                                                              when c = 0 or c sigma rounds to 0)
+    s     = max_i |h_i|                                      the scale, sent as one float
+    b_i   = [u_i < |h_i| / s]                                Bernoulli(|h_i| / s); u_i uniform in [0, 1) from
+                                                              the Generator, the division in float64
+    m_i   = s sign(g_i) b_i                                  what the receiver reconstructs (+-s or 0)
+
+TernGrad is unbiased: E[m_i] = h_i (= g_i without clipping), so it needs no error feedback. Clipping
+trades a small bias for a smaller scale s (the paper's bound on the variance s |h_i| - h_i^2). The exact
+arithmetic (sums, roundings, the constant-segment rule) is that of :mod:`fedsim.kernels.terngrad`.
+A segment with s = 0 (all zero, or empty) sends its scale only.
+
+Randomness: each row consumes exactly P uniforms (``rng.random``, float64), row after row, whatever its
+values; so row r of a batch equals compressing ``updates[r]`` alone with the Generator consumed in row order.
+
+Wire format (``terngrad``), per segment in order: the scale s (32 bits for float32 data, 64 for float64);
+then, only if s != 0, the N ternary digits (0 for 0, 1 for +s, 2 for -s) in base 3, five per 8-bit field
+(value d_0 + 3 d_1 + 9 d_2 + 27 d_3 + 81 d_4 <= 242), the last r = N mod 5 digits in 2, 4, 5 or 7 bits
+(ceil(log2 3^r)). Encoded bits per segment, in closed form: ``F + [s != 0] (8 floor(N / 5) + R[N mod 5])``
+with F the float width and R = (0, 2, 4, 5, 7); the simulation counts them in the ternarization kernel.
+
+Analytic bits: ``log2(3) N + 32`` per segment, the information content of N ternary digits plus the
+32-bit scale (what an ideal entropy-free ternary code needs; the code above is within 0.015 bits per
+entry of it). The paper itself counts 2 bits per entry (2 N + 32 per layer, a 16x reduction from 32-bit
+floats); fedsim reports the tighter log2(3) figure.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from fedsim.compress import bits as analytic
+from fedsim.compress.base import (SCOPES, Compressor, Layout, Message, MessageFormat, check_choice,
+                                  float_bits, float_dtype, frozen_array, new_stream, read_floats, register,
+                                  register_message, write_floats)
+from fedsim.kernels import terngrad as kernels
+
+# The rows compressed per kernel call are limited so that their uniforms (8 bytes per entry) stay below
+# this many bytes; the Generator is consumed in row order either way.
+UNIFORM_BUFFER_BYTES = 64 << 20
+
+
+def terngrad_analytic_bits(sizes) -> float:
+    """Sum over segments, in order, of log2(3) N + 32 (module docstring)."""
+    total = 0.0
+    for size in sizes:
+        total += math.log2(3.0) * int(size) + analytic.FLOAT_BITS
+    return total
+
+
+@register_message
+@dataclass(frozen=True, eq=False)
+class TernGradMessage(Message):
+    """One scale per segment and a ternary code (-1, 0, +1) per entry."""
+
+    kind: ClassVar[str] = "terngrad"
+    segment_offsets: tuple[int, ...]   # segment boundaries; the last is the vector length
+    codes: np.ndarray                  # (N,) int8 in {-1, 0, +1}; all 0 in a segment whose scale is 0
+    scales: np.ndarray                 # (segments,) float32/float64, >= 0
+
+    def __post_init__(self):
+        object.__setattr__(self, "segment_offsets", Layout(self.segment_offsets).segment_offsets)
+        object.__setattr__(self, "codes", frozen_array(self.codes, np.int8))
+        dtype = float_dtype(np.asarray(self.scales).dtype)
+        object.__setattr__(self, "scales", frozen_array(self.scales, dtype))
+        if self.codes.size != self.segment_offsets[-1]:
+            raise ValueError(f"{self.codes.size} codes for a vector of {self.segment_offsets[-1]}")
+        if np.any(np.abs(self.codes) > 1):
+            raise ValueError("ternary codes must be -1, 0 or +1")
+        if self.scales.size != len(self.segment_offsets) - 1:
+            raise ValueError(f"one scale per segment: {len(self.segment_offsets) - 1} segments, "
+                             f"{self.scales.size} scales")
+        if not np.all(np.isfinite(self.scales) & (self.scales >= 0)):
+            raise ValueError(f"scales must be finite and >= 0, got {self.scales}")
+        for j, (start, stop) in enumerate(self.layout.segments()):
+            if self.scales[j] == 0 and np.any(self.codes[start:stop]):
+                raise ValueError(f"segment {j} has scale 0 but nonzero codes")
+
+    @property
+    def size(self) -> int:
+        return self.segment_offsets[-1]
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(self.segment_offsets)
+
+    @property
+    def format(self) -> MessageFormat:
+        return MessageFormat(self.kind, self.segment_offsets, self.scales.dtype.name)
+
+    def to_dense(self) -> np.ndarray:
+        return self.codes.astype(self.scales.dtype) * np.repeat(self.scales, self.layout.sizes)
+
+    def encoded_bits(self) -> int:
+        scale_bits = float_bits(self.scales.dtype)
+        return int(sum(kernels.segment_bits(size, scale != 0, scale_bits)
+                       for size, scale in zip(self.layout.sizes, self.scales)))
+
+    def encode_with_bit_count(self):
+        n_bits = self.encoded_bits()
+        stream = new_stream(n_bits)
+        offset = 0
+        for j, (start, stop) in enumerate(self.layout.segments()):
+            offset = write_floats(stream, offset, self.scales[j:j + 1])
+            if self.scales[j] != 0:
+                offset = kernels.pack_ternary_into(self.codes[start:stop], stream, offset)
+        assert offset == n_bits
+        return stream, n_bits
+
+    def analytic_bits(self) -> float:
+        return terngrad_analytic_bits(self.layout.sizes)
+
+    @classmethod
+    def decode(cls, stream: np.ndarray, fmt: MessageFormat) -> "TernGradMessage":
+        layout = Layout(fmt.segment_offsets)
+        stream = np.asarray(stream, np.uint8)
+        codes = np.zeros(layout.size, np.int8)
+        scales = np.zeros(layout.n_segments, fmt.dtype)
+        offset = 0
+        for j, (start, stop) in enumerate(layout.segments()):
+            value, offset = read_floats(stream, offset, 1, fmt.dtype)
+            scales[j] = value[0]
+            if scales[j] != 0:
+                offset = kernels.unpack_ternary_from(stream, offset, stop - start, codes[start:stop])
+        return cls(fmt.segment_offsets, codes, scales)
+
+
+def check_clip(value) -> float:
+    """``clip`` as a float, or ValueError unless it is a finite number >= 0."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not (0 <= value < math.inf):
+        raise ValueError(f"clip must be a finite number >= 0 (0: no clipping; the paper uses 2.5), "
+                         f"got {value!r}")
+    return float(value)
+
+
+@register
+@dataclass(frozen=True)
+class TernGrad(Compressor):
+    """Stochastic ternarization, one scale per segment (module docstring); sends a TernGradMessage."""
+
+    name: ClassVar[str] = "terngrad"
+    aggregations: ClassVar[tuple[str, ...]] = ("mean", "weighted")
+    error_feedback: ClassVar[bool] = False      # unbiased: no residuals by default
+    directions: ClassVar[tuple[str, ...]] = ("up", "updown")
+
+    clip: float = 0.0       # c >= 0: clip entries to [-c sigma, c sigma] (segment std); 0 = off, paper 2.5
+    scope: str = "tensor"   # "tensor": one scale per parameter tensor (the paper's layer-wise); "global": one
+
+    def __post_init__(self):
+        object.__setattr__(self, "clip", check_clip(self.clip))
+        check_choice("scope", self.scope, SCOPES)
+
+    def draw_uniforms(self, rows: int, size: int, rng: np.random.Generator) -> np.ndarray:
+        """The u_i of ``rows`` rows: (rows, size) float64 in [0, 1), drawn row after row."""
+        return rng.random((rows, size))
+
+    def _compress_rows(self, rows, layout, rng):
+        if not isinstance(rng, np.random.Generator):
+            raise ValueError("TernGrad needs a numpy.random.Generator (rng) for its Bernoulli draws, "
+                             f"got {type(rng).__name__}")
+        n_rows, size = rows.shape
+        decoded = np.empty_like(rows)
+        scales = np.empty((n_rows, layout.n_segments), rows.dtype)
+        encoded = np.zeros(n_rows, np.int64)
+        offsets = layout.offsets_array
+        chunk = max(1, UNIFORM_BUFFER_BYTES // max(1, 8 * size))
+        for first in range(0, n_rows, chunk):
+            last = min(n_rows, first + chunk)
+            uniforms = self.draw_uniforms(last - first, size, rng)
+            kernels.terngrad_batch(rows[first:last], offsets, uniforms, self.clip, float_bits(rows.dtype),
+                                   decoded[first:last], scales[first:last], encoded[first:last])
+        estimated = np.full(n_rows, terngrad_analytic_bits(layout.sizes), np.float64)
+        return decoded, encoded, estimated, {"scales": scales}
+
+    def message(self, compressed, row):
+        codes = np.sign(compressed.decoded[row]).astype(np.int8)
+        return TernGradMessage(compressed.layout.segment_offsets, codes, compressed.fields["scales"][row])

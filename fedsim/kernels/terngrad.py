@@ -1,0 +1,376 @@
+"""Kernels of TernGrad (Wen et al., arXiv 1705.07878): stochastic ternarization and the base-3 code.
+
+Ternarization
+-------------
+:func:`terngrad_batch` ternarizes every row of a (K, P) batch segment by segment (a segment is one
+parameter tensor, the paper's layer-wise scaling, or the whole vector). For a segment ``x`` of N entries
+(dtype float32 or float64), a clipping factor ``c >= 0`` and N uniforms ``u_i`` in [0, 1) (float64, drawn
+by the caller)::
+
+    mean  = (sum_i float64(x_i)) / N                       sequential float64 sums, in index order
+    var   = (sum_i (float64(x_i) - mean)^2) / N            (population variance)
+    sigma = sqrt(var)
+    b     = dtype(c * sigma)           if c > 0 and that is > 0;  +inf otherwise (no clipping)
+    m_i   = min(|x_i|, b)              magnitude after clipping to [-b, b] (exact, in the dtype)
+    s     = max_i m_i = min(max_i |x_i|, b)                the segment's scale (0 for an empty segment)
+    r_i   = float64(m_i) / float64(s)                      one correctly rounded float64 division
+    keep  = u_i < r_i                                      Bernoulli(r_i) (never where s = 0)
+    out_i = +s if keep and x_i >= 0;  -s if keep and x_i < 0;  +0.0 otherwise
+
+So ``out_i = s sign(x_i) b_i`` with ``b_i ~ Bernoulli(m_i / s)``: ``E[out_i] = sign(x_i) m_i``, the clipped
+entry, exactly up to the float64 rounding of ``r_i`` (relative 2^-53) and the 2^-53 grid of the uniforms.
+The largest magnitude has ``r_i = 1`` and is always kept. A segment with ``s = 0`` (all zero, or empty)
+sends zeros and consumes its uniforms like any other. ``b`` rounds to 0 when sigma is 0 (a constant
+segment, a single entry): such a segment is not clipped, since clipping it to [0, 0] would erase it.
+For float64 data so large that a sum overflows, sigma is inf and nothing is clipped.
+
+Arithmetic: the mean and variance sums are plain sequential float64 loops (the NumPy twin uses
+``np.cumsum``, which adds in the same order; numba's fastmath is off, so no reassociation and no fused
+multiply-add); maxima and minima are exact in any order.
+
+Base-3 code of ternary symbols
+------------------------------
+Each entry is one ternary digit ``d_i``: 0 for 0, 1 for +s, 2 for -s. Groups of five consecutive digits
+form one value ``v = d_0 + 3 d_1 + 9 d_2 + 27 d_3 + 81 d_4 <= 242`` written in 8 bits (3^5 = 243 <= 256:
+1.6 bits per entry, 0.015 bits above the information content log2(3) = 1.585). The last group of
+``r = N mod 5`` digits (if r > 0) is written in ``REMAINDER_BITS[r] = ceil(log2(3^r))`` = 2, 4, 5, 7 bits
+(a whole byte would be as easy and waste up to 6 bits per segment). Fields are most significant bit first
+in the bit order of :mod:`fedsim.kernels.golomb`. The code of N digits takes, in closed form,
+``8 floor(N / 5) + REMAINDER_BITS[N mod 5]`` bits (:func:`ternary_code_bits`). The decoder rejects a group
+value >= 3^r.
+
+Every kernel ``foo`` has a NumPy twin ``foo_numpy``, bitwise equal; non-finite input raises
+``ValueError(sparsify.NONFINITE_MESSAGE)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+from numba import types
+from numba.extending import overload
+
+from fedsim.kernels import JIT_OPTIONS
+from fedsim.kernels.golomb import read_uint, write_uint
+from fedsim.kernels.sparsify import NONFINITE_MESSAGE, _round_to_dtype
+
+_jit = numba.njit(**JIT_OPTIONS)
+
+# Ternary digits per packed group, and the bits of a full group.
+GROUP = 5
+GROUP_BITS = 8
+# Bits of a last group of r = 0..4 digits: ceil(log2(3^r)).
+REMAINDER_BITS = (0, 2, 4, 5, 7)
+# 3^r for r = 0..5 (a group of r digits must hold a value below 3^r).
+POWERS_OF_THREE = (1, 3, 9, 27, 81, 243)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Sizes
+# ----------------------------------------------------------------------------------------------------
+
+@_jit
+def ternary_code_bits(count):
+    """Bits of the base-3 code of ``count`` digits: 8 floor(count / 5) + REMAINDER_BITS[count mod 5]."""
+    return GROUP_BITS * (count // GROUP) + REMAINDER_BITS[count % GROUP]
+
+
+def ternary_code_bits_numpy(count):
+    """NumPy twin of :func:`ternary_code_bits` (also for arrays of counts)."""
+    count = np.asarray(count, np.int64)
+    return GROUP_BITS * (count // GROUP) + np.asarray(REMAINDER_BITS, np.int64)[count % GROUP]
+
+
+@_jit
+def segment_bits(size, scale_nonzero, float_bits):
+    """Encoded bits of one TernGrad segment: the scale, then the code of its ``size`` digits unless the
+    scale is 0."""
+    if scale_nonzero:
+        return float_bits + ternary_code_bits(size)
+    return float_bits
+
+
+# ----------------------------------------------------------------------------------------------------
+# Ternarization
+# ----------------------------------------------------------------------------------------------------
+
+def _max_magnitude(x):
+    """(max_i |x_i| in x's dtype, whether every x_i is finite), for jitted callers.
+
+    On the IEEE bit patterns: with the sign bit cleared, the patterns of finite floats are ordered as
+    their magnitudes, and inf and NaN have the largest patterns (exponent all ones). So one integer
+    maximum (which the compiler vectorizes; a float maximum it may not reorder) gives the largest
+    magnitude and the finiteness check at once. Exact: a maximum does not depend on the order.
+    """
+    magnitudes = np.abs(x)
+    largest = magnitudes.max() if x.size else x.dtype.type(0)
+    return x.dtype.type(largest), bool(np.all(np.isfinite(x)))
+
+
+def _max_magnitude_of(unsigned, sign_mask, infinity_pattern, float_type):
+    def implementation(x):
+        patterns = x.view(unsigned)
+        largest = unsigned(0)
+        for i in range(patterns.shape[0]):
+            pattern = patterns[i] & sign_mask
+            largest = pattern if pattern > largest else largest
+        holder = np.empty(1, unsigned)
+        holder[0] = largest
+        return holder.view(float_type)[0], largest < infinity_pattern
+    return implementation
+
+
+@overload(_max_magnitude, jit_options=JIT_OPTIONS)
+def _max_magnitude_overload(x):
+    if x.dtype == types.float32:
+        return _max_magnitude_of(np.uint32, np.uint32(0x7FFF_FFFF), np.uint32(0x7F80_0000), np.float32)
+    if x.dtype == types.float64:
+        return _max_magnitude_of(np.uint64, np.uint64(0x7FFF_FFFF_FFFF_FFFF),
+                                 np.uint64(0x7FF0_0000_0000_0000), np.float64)
+    return None
+
+
+@_jit
+def _standard_deviation(x):
+    """sigma of the module docstring: sequential float64 mean and population variance (x nonempty)."""
+    size = x.shape[0]
+    total = 0.0
+    for i in range(size):
+        total += np.float64(x[i])
+    mean = total / size
+    squares = 0.0
+    for i in range(size):
+        deviation = np.float64(x[i]) - mean
+        squares += deviation * deviation
+    return math.sqrt(squares / size)
+
+
+@_jit
+def _clip_bound(x, clip):
+    """b = dtype(c sigma), or +inf when c = 0 or b rounds to 0 (returned in x's dtype)."""
+    if clip > 0 and x.shape[0] > 0:
+        bound = _round_to_dtype(x, clip * _standard_deviation(x))
+        if bound > 0:
+            return bound
+    return _round_to_dtype(x, np.inf)
+
+
+@_jit
+def _ternarize_segment(x, uniforms, clip, out):
+    """Ternarize one segment into ``out`` (module docstring); returns the scale s (x's dtype)."""
+    largest, finite = _max_magnitude(x)
+    if not finite:
+        raise ValueError(NONFINITE_MESSAGE)
+    bound = _clip_bound(x, clip)
+    scale = min(largest, bound)
+    zero = _round_to_dtype(x, 0.0)
+    if scale == 0:
+        for i in range(x.shape[0]):
+            out[i] = zero
+        return scale
+    scale64 = np.float64(scale)
+    negative_scale = -scale
+    for i in range(x.shape[0]):
+        value = x[i]
+        magnitude = min(abs(value), bound)
+        keep = uniforms[i] < np.float64(magnitude) / scale64
+        signed = negative_scale if value < 0 else scale
+        out[i] = signed if keep else zero
+    return scale
+
+
+@_jit
+def terngrad_batch(updates, segment_offsets, uniforms, clip, float_bits, decoded_out, scales_out,
+                   encoded_bits_out):
+    """TernGrad of every row of ``updates``, segment by segment (module docstring), in one call.
+
+    Parameters
+    ----------
+    updates : (K, P) float32 or float64, C-contiguous
+    segment_offsets : (S + 1,) int64
+        Segment j of a row is ``[offsets[j], offsets[j + 1])``.
+    uniforms : (K, P) float64 in [0, 1)
+        ``u`` of each entry (row r, entry i uses ``uniforms[r, i]``).
+    clip : float
+        c >= 0 (0: no clipping).
+    float_bits : int
+        Bits of the encoded scale (32 for float32 data, 64 for float64).
+    decoded_out : (K, P), the dtype of ``updates``
+        Receives the ternary rows (+-s_j or +0.0).
+    scales_out : (K, S), the dtype of ``updates``
+        Receives s of every row and segment.
+    encoded_bits_out : (K,) int64
+        Receives each row's message length: per segment ``float_bits`` + (the base-3 code of its N digits
+        if s > 0), closed form (:func:`segment_bits`).
+    """
+    n_rows = updates.shape[0]
+    n_segments = segment_offsets.shape[0] - 1
+    for row in range(n_rows):
+        total_bits = 0
+        for j in range(n_segments):
+            start = segment_offsets[j]
+            stop = segment_offsets[j + 1]
+            scale = _ternarize_segment(updates[row, start:stop], uniforms[row, start:stop], clip,
+                                       decoded_out[row, start:stop])
+            scales_out[row, j] = scale
+            total_bits += segment_bits(stop - start, scale != 0, float_bits)
+        encoded_bits_out[row] = total_bits
+
+
+def clip_bound_numpy(x, clip):
+    """NumPy twin of the clipping bound b (x's dtype; +inf when not clipping)."""
+    dtype = x.dtype.type
+    if clip > 0 and x.size > 0:
+        with np.errstate(over="ignore", invalid="ignore"):
+            wide = x.astype(np.float64)
+            mean = np.cumsum(wide)[-1] / x.size
+            deviations = wide - mean
+            sigma = math.sqrt(np.cumsum(deviations * deviations)[-1] / x.size)
+            bound = dtype(clip * sigma)
+        if bound > 0:
+            return bound
+    return dtype(np.inf)
+
+
+def _ternarize_segment_numpy(x, uniforms, clip, out):
+    if not np.all(np.isfinite(x)):
+        raise ValueError(NONFINITE_MESSAGE)
+    bound = clip_bound_numpy(x, clip)
+    magnitudes = np.minimum(np.abs(x), bound)
+    scale = min(x.dtype.type(magnitudes.max()) if x.size else x.dtype.type(0), bound)
+    if scale == 0:
+        out[:] = 0
+        return scale
+    keep = uniforms < magnitudes.astype(np.float64) / np.float64(scale)
+    out[:] = np.where(keep, np.where(x < 0, -scale, scale), x.dtype.type(0))
+    return scale
+
+
+def terngrad_batch_numpy(updates, segment_offsets, uniforms, clip, float_bits, decoded_out, scales_out,
+                         encoded_bits_out):
+    """NumPy twin of :func:`terngrad_batch`."""
+    offsets = np.asarray(segment_offsets, np.int64)
+    for row in range(updates.shape[0]):
+        total_bits = 0
+        for j, (start, stop) in enumerate(zip(offsets[:-1], offsets[1:])):
+            scale = _ternarize_segment_numpy(updates[row, start:stop], uniforms[row, start:stop], clip,
+                                             decoded_out[row, start:stop])
+            scales_out[row, j] = scale
+            total_bits += (float_bits + int(ternary_code_bits_numpy(stop - start))) if scale != 0 \
+                else float_bits
+        encoded_bits_out[row] = total_bits
+
+
+# ----------------------------------------------------------------------------------------------------
+# Base-3 code
+# ----------------------------------------------------------------------------------------------------
+
+@_jit
+def _digit(code):
+    if code == 0:
+        return 0
+    if code == 1:
+        return 1
+    if code == -1:
+        return 2
+    raise ValueError("ternary codes must be -1, 0 or +1")
+
+
+@_jit
+def pack_ternary_into(codes, stream, bit_offset):
+    """Write the base-3 code of ``codes`` (int8 in {-1, 0, +1}) from ``bit_offset``; returns the offset
+    after it (``bit_offset + ternary_code_bits(len(codes))``)."""
+    count = codes.shape[0]
+    offset = bit_offset
+    start = 0
+    while start < count:
+        width = min(GROUP, count - start)
+        value = 0
+        for t in range(width - 1, -1, -1):              # digit 0 least significant
+            value = 3 * value + _digit(codes[start + t])
+        offset = write_uint(stream, offset, value, GROUP_BITS if width == GROUP else REMAINDER_BITS[width])
+        start += width
+    return offset
+
+
+@_jit
+def unpack_ternary_from(stream, bit_offset, count, codes_out):
+    """Read the base-3 code of ``count`` digits from ``bit_offset`` into ``codes_out`` (int8 -1/0/+1);
+    returns the end offset. A group value >= 3^r is a corrupt stream (ValueError)."""
+    offset = bit_offset
+    start = 0
+    while start < count:
+        width = min(GROUP, count - start)
+        bits = GROUP_BITS if width == GROUP else REMAINDER_BITS[width]
+        value = read_uint(stream, offset, bits)
+        offset += bits
+        if value >= POWERS_OF_THREE[width]:
+            raise ValueError("corrupt stream: a base-3 group holds a value beyond its digits")
+        for t in range(width):
+            digit = value % 3
+            value //= 3
+            codes_out[start + t] = -1 if digit == 2 else digit
+        start += width
+    return offset
+
+
+@_jit
+def pack_ternary(codes):
+    """``codes`` as a base-3 code: (stream uint8, number of bits)."""
+    n_bits = ternary_code_bits(codes.shape[0])
+    stream = np.zeros((n_bits + 7) // 8, np.uint8)
+    pack_ternary_into(codes, stream, 0)
+    return stream, n_bits
+
+
+def pack_ternary_numpy(codes):
+    """NumPy twin of :func:`pack_ternary`."""
+    codes = np.asarray(codes)
+    if np.any((codes != 0) & (codes != 1) & (codes != -1)):
+        raise ValueError("ternary codes must be -1, 0 or +1")
+    digits = np.where(codes < 0, 2, codes).astype(np.int64)
+    full = digits.size // GROUP
+    weights = np.asarray(POWERS_OF_THREE[:GROUP], np.int64)
+    values = digits[:full * GROUP].reshape(full, GROUP) @ weights
+    bits = [np.unpackbits(values.astype(np.uint8))]
+    rest = digits[full * GROUP:]
+    if rest.size:
+        width = REMAINDER_BITS[rest.size]
+        value = int(rest @ weights[:rest.size])
+        bits.append(((value >> np.arange(width - 1, -1, -1)) & 1).astype(np.uint8))
+    bits = np.concatenate(bits)
+    return np.packbits(bits), int(bits.size)
+
+
+@_jit
+def unpack_ternary(stream, count):
+    """Inverse of :func:`pack_ternary`: ``count`` int8 codes."""
+    codes = np.empty(count, np.int8)
+    unpack_ternary_from(stream, 0, count, codes)
+    return codes
+
+
+def unpack_ternary_numpy(stream, count):
+    """NumPy twin of :func:`unpack_ternary`."""
+    n_bits = int(ternary_code_bits_numpy(count))
+    bits = np.unpackbits(np.asarray(stream, np.uint8))
+    if bits.size < n_bits:
+        raise ValueError("bit stream ends inside a fixed-width field")
+    full = count // GROUP
+    values = [np.packbits(bits[:full * GROUP_BITS].reshape(full, GROUP_BITS), axis=1)[:, 0].astype(np.int64)]
+    widths = [GROUP] * full
+    rest = count - full * GROUP
+    if rest:
+        tail = bits[full * GROUP_BITS:n_bits].astype(np.int64)
+        values.append(np.array([int(tail @ (1 << np.arange(tail.size - 1, -1, -1)))], np.int64))
+        widths.append(rest)
+    values = np.concatenate(values)
+    limits = np.asarray(POWERS_OF_THREE, np.int64)[np.asarray(widths, np.int64)]
+    if np.any(values >= limits):
+        raise ValueError("corrupt stream: a base-3 group holds a value beyond its digits")
+    digits = (values[:, None] // np.asarray(POWERS_OF_THREE[:GROUP], np.int64)) % 3
+    digits = digits.reshape(-1)[:count] if full * GROUP == count else \
+        np.concatenate([digits[:full].reshape(-1), digits[full, :rest]])
+    return np.where(digits == 2, -1, digits).astype(np.int8)
