@@ -536,6 +536,25 @@ def terngrad(x: torch.Tensor, segment_offsets, uniforms: torch.Tensor, clip: flo
     return decoded, scales
 
 
+# --- randomk ---
+# Random-k given its positions (fedsim.compress.randomk): torch has no counterpart of the seeded position
+# generator (Floyd's algorithm is sequential), so the positions are an input; the test derives them again
+# from the seeds in plain Python, the benchmark takes fedsim's.
+
+
+def randomk_rows(x: torch.Tensor, positions: torch.Tensor, scales: torch.Tensor):
+    """(decoded, values) of random-k for the rows of ``x`` (K, P) at ``positions`` (K, total) int64.
+
+    ``values = x[r, positions[r]]``; ``decoded`` is zero except ``decoded[r, positions[r]] = values *
+    scales`` (one multiply in x's dtype; ``scales`` (total,) holds each position's segment factor,
+    dtype(N / k) or 1). Positions within a row are distinct, so the scatter has no collisions.
+    """
+    values = torch.gather(x, 1, positions)
+    decoded = torch.zeros_like(x)
+    decoded.scatter_(1, positions, values * scales)
+    return decoded, values
+
+
 # --- qsgd ---
 # QSGD (arXiv 1610.02132) given its uniforms (fedsim.compress.qsgd, fedsim.kernels.qsgd): the buckets of
 # a segment are one (K, buckets, d) block (plus a (K, 1, tail) block for a shorter last bucket), so every

@@ -1,0 +1,244 @@
+"""Random-k sparsification (Stich, Cordonnier, Jaggi, "Sparsified SGD with Memory", arXiv 1809.07599;
+Wangni, Wang, Liu, Zhang, "Gradient Sparsification for Communication-Efficient Distributed
+Optimization", arXiv 1710.09854): k entries chosen uniformly at random, their values sent.
+
+Per segment of N entries, k = ceil(p N) positions ``i_1, ..., i_k`` are drawn uniformly without
+replacement, and the receiver reconstructs::
+
+    unbiased:  decoded_i = dtype(N / k) * x_i    at the k positions, 0 elsewhere    (E[decoded] = x)
+    none:      decoded_i = x_i                   at the k positions, 0 elsewhere    (E[decoded] = (k / N) x)
+
+``dtype(N / k)`` is N / k in float64 rounded once to the data's dtype, and ``*`` is one multiply in that
+dtype (so E[decoded] = x up to that one rounding, a relative 2^-24 in float32). The unscaled form is the
+one used with error feedback (Stich et al.'s memory: ``federated.accumulate_up = true``); the unbiased
+form is Wangni et al.'s unbiased sparsifier with uniform probabilities, meant without residuals.
+
+Shared randomness: the positions cost no bits. For each row (each sender) the compressor draws one
+64-bit seed from the Generator passed to ``compress`` (one ``integers`` draw per row, in row order); the
+positions of segment j are a pure function of (seed, j, N, k) that sender and receiver both compute:
+SplitMix64 streams and Floyd's algorithm, defined bit for bit in :mod:`fedsim.kernels.randomk`. The
+Generator is used for the seeds only.
+
+Wire format (``randomk``): the seed (64 bits, as an unsigned integer, most significant bit first); then,
+segment after segment, the k values ``x_i`` (unscaled) in increasing position order as floats of the
+message dtype (32 bits each for float32, 64 for float64). No count is sent (k follows from p and N, and
+the receiver knows p, the scaling and the segments from the configuration: the format's options).
+
+Bits: encoded = 64 + sum over segments of k * float bits; the paper's estimate (analytic) = 32 k per
+segment. The 64 seed bits are counted because the seed is in the stream and the receiver reads it from
+there: in fedsim it is drawn from the run's shared compression stream, whose state at a given row depends
+on every draw made before it in the run, so a receiver holding only the message could not know it. A
+deployment that derives each sender's seed from state both sides already share (the run's seed, the
+round, the client's id) could leave it out and save these 64 bits per message; the analytic estimate, like
+the paper's, leaves it out (it counts no headers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from fedsim.compress import bits as analytic
+from fedsim.compress.base import (SCOPES, Compressor, Layout, Message, MessageFormat, check_choice,
+                                  check_fraction, float_bits, float_dtype, frozen_array, new_stream,
+                                  read_floats, register, register_message, write_floats)
+from fedsim.compress.topk import budgets
+from fedsim.kernels import golomb
+from fedsim.kernels import randomk as kernels
+
+SCALINGS = ("unbiased", "none")
+# Bits of the per-message seed (an unsigned 64-bit integer).
+SEED_BITS = 64
+SEED_MAX = (1 << SEED_BITS) - 1
+
+
+def check_seed(seed) -> int:
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) \
+            or not 0 <= int(seed) <= SEED_MAX:
+        raise ValueError(f"seed must be an integer in [0, 2^64), got {seed!r}")
+    return int(seed)
+
+
+def segment_scales(p: float, scaling: str, layout: Layout, dtype) -> np.ndarray:
+    """The factor of each segment's sent values, in ``dtype``: dtype(N / k) for ``scaling="unbiased"``
+    (N / k in float64, rounded once; 0 for an empty segment, where it is never used) or 1 for
+    ``scaling="none"`` (multiplying a finite value by 1 is exact, so the values are sent as they are)."""
+    dtype = float_dtype(dtype)
+    if scaling == "none":
+        return np.ones(layout.n_segments, dtype)
+    ratios = [size / k if k else 0.0 for size, k in zip(layout.sizes, budgets(p, layout).tolist())]
+    return np.array(ratios, np.float64).astype(dtype)
+
+
+def check_segments(layout: Layout) -> None:
+    if layout.n_segments and max(layout.sizes) > kernels.MAX_SEGMENT:
+        raise ValueError(f"random-k needs segments of at most 2^32 entries, got {max(layout.sizes)}")
+
+
+def segment_positions(seed: int, layout: Layout, ks) -> list[np.ndarray]:
+    """The chosen positions of each segment (within the segment) in Floyd's order, for ``seed``."""
+    result = []
+    for j, (size, k) in enumerate(zip(layout.sizes, ks)):
+        positions = np.empty(int(k), np.int64)
+        kernels.random_positions(np.uint64(seed), j, size, int(k), positions)
+        result.append(positions)
+    return result
+
+
+@register_message
+@dataclass(frozen=True, eq=False)
+class RandomKMessage(Message):
+    """A seed and the values at the positions it determines (module docstring)."""
+
+    kind: ClassVar[str] = "randomk"
+    segment_offsets: tuple[int, ...]   # segment boundaries; the last is the vector length
+    p: float                           # the sparsity: k = ceil(p N) per segment
+    seed: int                          # 64-bit seed of the positions, in [0, 2^64)
+    values: np.ndarray                 # (sum of k,) the unscaled x_i, segment by segment, positions ascending
+    scaling: str = "unbiased"          # unbiased (receiver multiplies by dtype(N / k)) | none
+
+    def __post_init__(self):
+        layout = Layout(self.segment_offsets)
+        object.__setattr__(self, "segment_offsets", layout.segment_offsets)
+        object.__setattr__(self, "p", check_fraction("p", self.p))
+        object.__setattr__(self, "seed", check_seed(self.seed))
+        check_choice("scaling", self.scaling, SCALINGS)
+        dtype = float_dtype(np.asarray(self.values).dtype)
+        object.__setattr__(self, "values", frozen_array(self.values, dtype))
+        check_segments(layout)
+        expected = int(self.budgets.sum())
+        if self.values.size != expected:
+            raise ValueError(f"random-k with p={self.p} on segments {layout.sizes} sends {expected} "
+                             f"values, got {self.values.size}")
+
+    @property
+    def size(self) -> int:
+        return self.segment_offsets[-1]
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(self.segment_offsets)
+
+    @property
+    def budgets(self) -> np.ndarray:
+        """k = ceil(p N) per segment."""
+        return budgets(self.p, self.layout)
+
+    @property
+    def positions(self) -> np.ndarray:
+        """The global positions of the values (int64, increasing), rebuilt from the seed."""
+        starts = self.segment_offsets[:-1]
+        local = segment_positions(self.seed, self.layout, self.budgets)
+        return np.concatenate([np.sort(part) + start for part, start in zip(local, starts)] +
+                              [np.zeros(0, np.int64)])
+
+    @property
+    def format(self) -> MessageFormat:
+        return MessageFormat(self.kind, self.segment_offsets, self.values.dtype.name,
+                             options=(("p", self.p), ("scaling", self.scaling)))
+
+    def to_dense(self) -> np.ndarray:
+        """decoded_i = values * scale of the segment at the positions (one multiply in the dtype)."""
+        dense = np.zeros(self.size, self.values.dtype)
+        scales = segment_scales(self.p, self.scaling, self.layout, self.values.dtype)
+        positions = self.positions
+        with np.errstate(over="ignore"):        # |x_i| > max / (N / k) gives inf, as the kernel does
+            dense[positions] = self.values * np.repeat(scales, self.budgets)
+        return dense
+
+    def encoded_bits(self) -> int:
+        return SEED_BITS + float_bits(self.values.dtype) * self.values.size
+
+    def encode_with_bit_count(self):
+        n_bits = self.encoded_bits()
+        stream = new_stream(n_bits)
+        seed = np.array([self.seed], np.uint64).view(np.int64)       # write_uint takes the int64 pattern
+        offset = golomb.write_uints(stream, 0, seed, SEED_BITS)
+        offset = write_floats(stream, offset, self.values)
+        assert offset == n_bits
+        return stream, n_bits
+
+    def analytic_bits(self) -> float:
+        return float(analytic.FLOAT_BITS * self.values.size)
+
+    @classmethod
+    def decode(cls, stream: np.ndarray, fmt: MessageFormat) -> "RandomKMessage":
+        options = dict(fmt.options)
+        if set(options) != {"p", "scaling"}:
+            raise ValueError(f"a randomk format needs the options p and scaling, got {fmt.options}")
+        p = check_fraction("p", options["p"])
+        count = int(budgets(p, Layout(fmt.segment_offsets)).sum())
+        stream = np.asarray(stream, np.uint8)
+        if stream.size * 8 < SEED_BITS + count * float_bits(fmt.dtype):
+            raise ValueError(f"randomk stream has {stream.size} bytes, too few for a seed and {count} "
+                             f"{fmt.dtype} values")
+        seed = np.zeros(1, np.int64)
+        offset = golomb.read_uints(stream, 0, SEED_BITS, seed)
+        values, _ = read_floats(stream, offset, count, fmt.dtype)
+        return cls(fmt.segment_offsets, p, int(seed.view(np.uint64)[0]), values, options["scaling"])
+
+
+@register
+@dataclass(frozen=True)
+class RandomK(Compressor):
+    """Random-k sparsification: ``ceil(p N)`` uniformly random entries of each segment, scaled by N / k
+    (unbiased) or as they are. Message: :class:`RandomKMessage`.
+
+    Rows are independent: row r gets seed r of the batch's draws, exactly what compressing ``updates[r]``
+    alone gives when the Generator is in the same state.
+    """
+
+    name: ClassVar[str] = "randomk"
+    error_feedback: ClassVar[bool] = False
+
+    p: float = 0.01              # fraction of entries kept per segment, in (0, 1]
+    scaling: str = "unbiased"    # unbiased (N / k x_i, E[decoded] = x) | none (x_i as is, for error feedback)
+    scope: str = "tensor"        # "tensor": per parameter tensor; "global": whole vector
+
+    def __post_init__(self):
+        object.__setattr__(self, "p", check_fraction("p", self.p))
+        check_choice("scaling", self.scaling, SCALINGS)
+        check_choice("scope", self.scope, SCOPES)
+
+    def budgets(self, state: Layout) -> np.ndarray:
+        """k = ceil(p N) per segment."""
+        return budgets(self.p, state.layout)
+
+    def scales(self, state: Layout, dtype) -> np.ndarray:
+        """The factor of each segment's values: dtype(N / k) or 1 (:func:`segment_scales`)."""
+        return segment_scales(self.p, self.scaling, state.layout, dtype)
+
+    def draw_seeds(self, rng: np.random.Generator, rows: int) -> np.ndarray:
+        """One uniform 64-bit seed per row (uint64); each consumes one 64-bit output of the Generator, so
+        drawing K at once equals K draws of one."""
+        if not isinstance(rng, np.random.Generator):
+            raise ValueError("random-k needs a numpy.random.Generator (rng) for the seeds of its positions, "
+                             f"got {type(rng).__name__}")
+        return rng.integers(0, SEED_MAX, size=rows, dtype=np.uint64, endpoint=True)
+
+    def _compress_rows(self, rows, layout, rng):
+        check_segments(layout)
+        n_rows = rows.shape[0]
+        ks = self.budgets(layout)
+        seeds = self.draw_seeds(rng, n_rows)
+        decoded = np.empty_like(rows)
+        values = np.empty((n_rows, int(ks.sum())), rows.dtype)
+        kernels.randomk_compress_batch(rows, layout.offsets_array, ks, self.scales(layout, rows.dtype), seeds,
+                                       decoded, values)
+        encoded = np.full(n_rows, SEED_BITS + float_bits(rows.dtype) * int(ks.sum()), np.int64)
+        estimated = np.full(n_rows, float(analytic.FLOAT_BITS * int(ks.sum())), np.float64)
+        return decoded, encoded, estimated, {"seeds": seeds, "values": values}
+
+    def message(self, compressed, row):
+        layout = compressed.layout
+        ks = self.budgets(layout)
+        seed = int(compressed.fields["seeds"][row])
+        values = compressed.fields["values"][row]
+        ordered, start = [], 0
+        for positions in segment_positions(seed, layout, ks):     # Floyd's order -> position order
+            ordered.append(values[start:start + positions.size][np.argsort(positions, kind="stable")])
+            start += positions.size
+        return RandomKMessage(layout.segment_offsets, self.p, seed,
+                              np.concatenate(ordered + [np.zeros(0, values.dtype)]), self.scaling)

@@ -1,0 +1,274 @@
+"""Kernels of random-k sparsification: seeded positions, and the gather / scale / scatter of a batch.
+
+Positions from a seed
+---------------------
+The k positions of a segment of N entries are a pure function of ``(seed, segment, N, k)`` (the seed is a
+64-bit integer, the segment its index in the layout), so that a receiver holding the seed rebuilds them
+without their being sent. Their definition, bit for bit (all arithmetic on unsigned 64-bit integers,
+modulo 2^64)::
+
+    mix(z)         = z3 where  z1 = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9
+                               z2 = (z1 ^ (z1 >> 27)) * 0x94D049BB133111EB
+                               z3 = z2 ^ (z2 >> 31)
+    output(s, n)   = mix(s + n * 0x9E3779B97F4A7C15)           the n-th output (n >= 1) of SplitMix64
+                                                                started at state s
+    key            = output(seed, segment + 1)                  one stream per segment
+    draw(t)        = output(key, t + 1)                         t = 0, 1, ..., k - 1
+    below(z, r)    = floor(z r / 2^64)                          in [0, r), for 1 <= r <= 2^32
+
+SplitMix64 is Steele, Lea and Flood's generator (OOPSLA 2014; ``mix`` is Stafford's "variant 13"
+finalizer); its outputs are a counter-based function of the state, so each draw is computed directly.
+The positions are then chosen by Floyd's algorithm (Bentley and Floyd, "A sample of brilliance", CACM
+1987), k distinct values of [0, N) drawn uniformly without replacement::
+
+    S = {}
+    for t in 0 .. k - 1:
+        j = N - k + t
+        i = below(draw(t), j + 1)                               uniform on [0, j]
+        if i in S: i = j                                        j is never in S yet
+        S = S + {i};  position[t] = i
+
+``position`` lists the chosen positions in the order they were chosen (not sorted). If ``below`` were
+exactly uniform every k-subset would have probability 1 / C(N, k); the multiply-high map gives each
+value of [0, j] a probability within 2^-64 of 1 / (j + 1) (a bias below 2^-32 for any segment of up to
+2^32 entries, the largest allowed), and SplitMix64's outputs stand in for independent uniform 64-bit
+words. ``below`` is computed on 32-bit halves so that no product exceeds 64 bits::
+
+    below(z, r) = ( (z >> 32) r + (((z & 0xFFFFFFFF) r) >> 32) ) >> 32
+
+which equals floor(z r / 2^64) exactly for r <= 2^32 (both terms and their sum stay below 2^64).
+
+Batch
+-----
+:func:`randomk_compress_batch` takes K rows (each with its own seed) and writes, for row r and segment j
+(``x = updates[r, offsets[j]:offsets[j + 1]]``, positions ``i_t`` of ``(seeds[r], j)``)::
+
+    decoded[r, offsets[j] + i_t] = x[i_t] * scales[j]           one multiply in the data's dtype
+    decoded[r, elsewhere]        = 0
+    values[r, start_j + t]       = x[i_t]                       start_j = k_0 + ... + k_(j-1)
+
+``scales[j]`` is ``dtype(N / k)`` for unbiased random-k and 1 (an exact multiply) for the unscaled form.
+A value beyond ``max / scale`` (3.4e38 / (N / k) in float32: a diverged update) overflows to inf in
+``decoded``, silently as in IEEE arithmetic; the sent value itself stays finite, and the simulation rejects
+the next update that carries the inf.
+The whole of every row is checked: a NaN or an infinite entry anywhere raises
+``ValueError(sparsify.NONFINITE_MESSAGE)``, as the other compressors' kernels do. Work per row: one pass
+over the row (the finiteness check fused with zeroing ``decoded``) and O(k) for the positions.
+
+Every kernel has a NumPy twin (``*_numpy``), bitwise equal: the twin computes the draws vectorized in
+NumPy uint64 arithmetic and runs Floyd's loop with a Python set.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from fedsim.kernels import JIT_OPTIONS
+from fedsim.kernels.sparsify import NONFINITE_MESSAGE
+
+_jit = numba.njit(**JIT_OPTIONS)
+
+# SplitMix64's increment (2^64 / phi, odd) and the two multipliers of its output finalizer.
+GOLDEN_GAMMA = 0x9E3779B97F4A7C15
+MIX_MULTIPLIER_1 = 0xBF58476D1CE4E5B9
+MIX_MULTIPLIER_2 = 0x94D049BB133111EB
+# Segments may have up to this many entries (``below`` needs bounds r <= 2^32).
+MAX_SEGMENT = 1 << 32
+
+_GAMMA = np.uint64(GOLDEN_GAMMA)
+_M1 = np.uint64(MIX_MULTIPLIER_1)
+_M2 = np.uint64(MIX_MULTIPLIER_2)
+_LOW_HALF = np.uint64(0xFFFFFFFF)
+_S27 = np.uint64(27)
+_S30 = np.uint64(30)
+_S31 = np.uint64(31)
+_S32 = np.uint64(32)
+
+
+def check_positions_arguments(size, k) -> None:
+    """ValueError unless 0 <= k <= size <= MAX_SEGMENT."""
+    if not (0 <= k <= size <= MAX_SEGMENT):
+        raise ValueError(f"random positions need 0 <= k <= size <= 2^32, got k={k}, size={size}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# SplitMix64 and the bounded map (jitted)
+# ----------------------------------------------------------------------------------------------------
+
+@_jit
+def _mix(z):
+    z = (z ^ (z >> _S30)) * _M1
+    z = (z ^ (z >> _S27)) * _M2
+    return z ^ (z >> _S31)
+
+
+@_jit
+def _output(state, n):
+    """The n-th output (n >= 1, uint64) of SplitMix64 started at ``state``."""
+    return _mix(state + n * _GAMMA)
+
+
+@_jit
+def _below(z, bound):
+    """floor(z bound / 2^64) for 1 <= bound <= 2^32 (uint64 in, uint64 out)."""
+    high = (z >> _S32) * bound
+    low = ((z & _LOW_HALF) * bound) >> _S32
+    return (high + low) >> _S32
+
+
+@_jit
+def splitmix64(state, count, out):
+    """``out[:count]`` = the first ``count`` outputs of SplitMix64 started at ``state`` (uint64)."""
+    start = np.uint64(state)
+    for n in range(count):
+        out[n] = _output(start, np.uint64(n + 1))
+
+
+def splitmix64_numpy(state, count, out):
+    """NumPy twin of :func:`splitmix64`."""
+    out[:count] = _mix_numpy(np.uint64(state) + np.arange(1, count + 1, dtype=np.uint64) * _GAMMA)
+
+
+def _mix_numpy(z):
+    """``mix`` of a uint64 array (array arithmetic wraps modulo 2^64 without warnings)."""
+    z = np.asarray(z, np.uint64)
+    z = (z ^ (z >> _S30)) * _M1
+    z = (z ^ (z >> _S27)) * _M2
+    return z ^ (z >> _S31)
+
+
+def _below_numpy(z, bounds):
+    high = (z >> _S32) * bounds
+    low = ((z & _LOW_HALF) * bounds) >> _S32
+    return (high + low) >> _S32
+
+
+# ----------------------------------------------------------------------------------------------------
+# Positions of one segment
+# ----------------------------------------------------------------------------------------------------
+
+@_jit
+def _floyd_into(seed, segment, size, k, positions_out, marks):
+    """Floyd's algorithm (module docstring) into ``positions_out[:k]``; ``marks`` (uint8, >= size long)
+    must be all zero on entry and is all zero again on return."""
+    key = _output(np.uint64(seed), np.uint64(segment + 1))
+    first = size - k
+    for t in range(k):
+        j = first + t
+        i = np.int64(_below(_output(key, np.uint64(t + 1)), np.uint64(j + 1)))
+        if marks[i]:
+            i = j
+        marks[i] = 1
+        positions_out[t] = i
+    for t in range(k):
+        marks[positions_out[t]] = 0
+
+
+@_jit
+def random_positions(seed, segment, size, k, positions_out):
+    """The k positions of segment ``segment`` (of ``size`` entries) for ``seed``, in the order Floyd's
+    algorithm picks them, into ``positions_out[:k]`` (int64). Requires 0 <= k <= size <= 2^32."""
+    if k < 0 or k > size or size > MAX_SEGMENT:
+        raise ValueError("random positions need 0 <= k <= size <= 2^32")
+    marks = np.zeros(size, np.uint8)
+    _floyd_into(seed, segment, size, k, positions_out, marks)
+
+
+def random_positions_numpy(seed, segment, size, k, positions_out):
+    """NumPy twin of :func:`random_positions`."""
+    check_positions_arguments(size, k)
+    if k == 0:
+        return
+    key = _mix_numpy(np.array([seed], np.uint64) + np.array([segment + 1], np.uint64) * _GAMMA)
+    draws = _mix_numpy(key + np.arange(1, k + 1, dtype=np.uint64) * _GAMMA)
+    bounds = np.arange(size - k + 1, size + 1, dtype=np.uint64)
+    picks = _below_numpy(draws, bounds).astype(np.int64)
+    chosen = set()
+    for t, (i, j) in enumerate(zip(picks.tolist(), range(size - k, size))):
+        if i in chosen:
+            i = j
+        chosen.add(i)
+        positions_out[t] = i
+
+
+# ----------------------------------------------------------------------------------------------------
+# The batch: K rows, segment by segment
+# ----------------------------------------------------------------------------------------------------
+
+@_jit
+def _longest_segment(segment_offsets):
+    longest = 0
+    for j in range(segment_offsets.shape[0] - 1):
+        longest = max(longest, segment_offsets[j + 1] - segment_offsets[j])
+    return longest
+
+
+@_jit
+def randomk_compress_batch(updates, segment_offsets, budgets, scales, seeds, decoded_out, values_out):
+    """Random-k of every row of ``updates`` (module docstring, "Batch"), in one call.
+
+    Parameters
+    ----------
+    updates : (K, P) float32 or float64, C-contiguous
+    segment_offsets : (S + 1,) int64
+    budgets : (S,) int64
+        k of each segment (0 <= k_j <= N_j).
+    scales : (S,) the dtype of ``updates``
+        The factor of each segment's sent values: dtype(N / k) (unbiased) or 1.
+    seeds : (K,) uint64
+        One seed per row.
+    decoded_out : (K, P), the dtype of ``updates``
+        Overwritten with the decoded rows (zeros where nothing is sent).
+    values_out : (K, sum of budgets), the dtype of ``updates``
+        The sent values ``x[i_t]`` (unscaled), segment after segment, each in Floyd's order.
+    """
+    n_rows = updates.shape[0]
+    n_segments = segment_offsets.shape[0] - 1
+    longest = _longest_segment(segment_offsets)
+    for j in range(n_segments):
+        if budgets[j] < 0 or budgets[j] > segment_offsets[j + 1] - segment_offsets[j]:
+            raise ValueError("budgets must be in [0, segment size]")
+    if longest > MAX_SEGMENT:
+        raise ValueError("random positions need segments of at most 2^32 entries")
+    marks = np.zeros(longest, np.uint8)
+    positions = np.empty(longest, np.int64)
+    for row in range(n_rows):
+        finite = True
+        for i in range(updates.shape[1]):
+            value = updates[row, i]
+            finite &= value - value == 0
+            decoded_out[row, i] = 0
+        if not finite:
+            raise ValueError(NONFINITE_MESSAGE)
+        written = 0
+        for j in range(n_segments):
+            start = segment_offsets[j]
+            k = budgets[j]
+            _floyd_into(seeds[row], j, segment_offsets[j + 1] - start, k, positions, marks)
+            scale = scales[j]
+            for t in range(k):
+                value = updates[row, start + positions[t]]
+                decoded_out[row, start + positions[t]] = value * scale
+                values_out[row, written + t] = value
+            written += k
+
+
+def randomk_compress_batch_numpy(updates, segment_offsets, budgets, scales, seeds, decoded_out, values_out):
+    """NumPy twin of :func:`randomk_compress_batch`."""
+    sizes = np.diff(segment_offsets)
+    if np.any((budgets < 0) | (budgets > sizes)):
+        raise ValueError("budgets must be in [0, segment size]")
+    if not np.all(np.isfinite(updates)):
+        raise ValueError(NONFINITE_MESSAGE)
+    decoded_out[...] = 0
+    positions = np.empty(int(sizes.max(initial=0)), np.int64)
+    for row in range(updates.shape[0]):
+        written = 0
+        for j, (start, k) in enumerate(zip(segment_offsets[:-1].tolist(), budgets.tolist())):
+            random_positions_numpy(seeds[row], j, int(sizes[j]), k, positions)
+            chosen = updates[row, start + positions[:k]]
+            with np.errstate(over="ignore"):                   # as the kernel: overflow gives inf
+                decoded_out[row, start + positions[:k]] = chosen * scales[j]
+            values_out[row, written:written + k] = chosen
+            written += k
