@@ -555,6 +555,85 @@ def randomk_rows(x: torch.Tensor, positions: torch.Tensor, scales: torch.Tensor)
     return decoded, values
 
 
+# --- powersgd ---
+# PowerSGD (arXiv 1905.13727) with fedsim's definitions (fedsim.compress.powersgd,
+# fedsim.kernels.powersgd), written independently: Householder QR (torch.linalg.qr) instead of
+# Gram-Schmidt, batched matmuls over the senders, torch's own means.
+
+
+def powersgd_orthogonalize(p: torch.Tensor, tolerance: float) -> torch.Tensor:
+    """The orthonormalized columns of ``p`` (n, r), in ``p``'s dtype: Householder QR in float64 with the
+    signs fixed so that R's diagonal is positive (which is what Gram-Schmidt computes). A column whose part
+    outside the span of the earlier kept columns, |R_jj|, is at most ``tolerance`` times its length is a
+    zero column (fedsim's drop rule); the later columns are then orthogonalized against the kept ones only
+    (QR over the kept columns, rebuilt column by column: rare, only when something is dropped)."""
+    wide = p.double()
+    lengths = torch.linalg.vector_norm(wide, dim=0)
+    q, r = torch.linalg.qr(wide)
+    diagonal = torch.diagonal(r)
+    if bool((diagonal.abs() > tolerance * lengths).all()):
+        return (q * torch.sign(diagonal)).to(p.dtype)
+    kept: list[int] = []
+    for j in range(wide.shape[1]):
+        _, r = torch.linalg.qr(wide[:, kept + [j]])
+        if float(r[-1, -1].abs()) > tolerance * float(lengths[j]):
+            kept.append(j)
+    result = torch.zeros_like(wide)
+    if kept:
+        q, r = torch.linalg.qr(wide[:, kept])
+        result[:, kept] = q * torch.sign(torch.diagonal(r))
+    return result.to(p.dtype)
+
+
+def powersgd_step(matrices: torch.Tensor, q: torch.Tensor, tolerance: float):
+    """One power step for the K senders' matrices (K, n, m) with warm start ``q`` (m, r):
+    ``(P_hat, Q_k (K, m, r), decoded (K, n, m), Q_new = mean_k Q_k)``."""
+    p_hat = powersgd_orthogonalize(torch.matmul(matrices, q).mean(dim=0), tolerance)
+    q_each = torch.matmul(matrices.transpose(1, 2), p_hat)
+    decoded = torch.matmul(p_hat, q_each.transpose(1, 2))
+    return p_hat, q_each, decoded, q_each.mean(dim=0)
+
+
+class TorchPowerSGD:
+    """PowerSGD with error feedback over rounds: one link (K senders sharing the warm start Q).
+
+    ``shapes`` are the tensors of the flat vector (2-D or more: a matrix (shape[0], rest); others sent as
+    they are); ``draw(count, m)`` returns ``count`` rows of m standard normal numbers (a NumPy array), the
+    draws of the zero columns of each Q (all of them at the first step), matrix by matrix, as fedsim takes
+    them from its Generator.
+    """
+
+    def __init__(self, shapes, rank: int, tolerance: float, draw: Callable[[int, int], np.ndarray]):
+        self.rank, self.tolerance, self.draw = rank, tolerance, draw
+        self.matrices = []
+        start = 0
+        for shape in shapes:
+            size = int(np.prod(shape))
+            if len(shape) >= 2 and size:
+                self.matrices.append((start, int(shape[0]), size // int(shape[0])))
+            start += size
+        self.factors: list[torch.Tensor] | None = None
+        self.residual: torch.Tensor | None = None
+
+    def step(self, updates: torch.Tensor) -> torch.Tensor:
+        """The decoded rows (K, P) of one round; keeps the residuals and the factors."""
+        accumulated = updates if self.residual is None else updates + self.residual
+        decoded = accumulated.clone()
+        if self.factors is None:
+            self.factors = [torch.zeros(m, self.rank, dtype=updates.dtype) for _, _, m in self.matrices]
+        K = accumulated.shape[0]
+        for index, (start, n, m) in enumerate(self.matrices):
+            q = self.factors[index].clone()
+            zero = torch.nonzero((q == 0).all(dim=0)).flatten()
+            if zero.numel():
+                q[:, zero] = torch.from_numpy(self.draw(int(zero.numel()), m).T.copy()).to(q.dtype)
+            matrices = accumulated[:, start:start + n * m].reshape(K, n, m)
+            _, _, rows, self.factors[index] = powersgd_step(matrices, q, self.tolerance)
+            decoded[:, start:start + n * m] = rows.reshape(K, n * m)
+        self.residual = accumulated - decoded
+        return decoded
+
+
 # --- qsgd ---
 # QSGD (arXiv 1610.02132) given its uniforms (fedsim.compress.qsgd, fedsim.kernels.qsgd): the buckets of
 # a segment are one (K, buckets, d) block (plus a (K, 1, tail) block for a shorter last bucket), so every

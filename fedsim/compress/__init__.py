@@ -30,6 +30,7 @@ from fedsim.compress.identity import DenseMessage, Identity
 from fedsim.compress.topk import SparseMessage, TopK
 from fedsim.compress.stc import STC, TernaryMessage
 from fedsim.compress.sign import Sign, SignMessage
+from fedsim.compress.powersgd import PowerSGD, PowerSGDMessage
 from fedsim.compress.randomk import RandomK, RandomKMessage
 from fedsim.compress.terngrad import TernGrad, TernGradMessage
 from fedsim.compress.qsgd import QSGD, QSGDMessage
