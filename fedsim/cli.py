@@ -34,9 +34,13 @@ class UsageError(Exception):
     """A command line that cannot be carried out; printed as one line, exit status 2."""
 
 
-def _fail(message: str) -> int:
-    print(f"fedsim: error: {message}", file=sys.stderr)
-    return EXIT_USAGE
+def _fail(message: str, status: int = EXIT_USAGE) -> int:
+    """Print ``message`` as the one error line (its middle cut if it is very long); return ``status``."""
+    text = " ".join(str(message).split())
+    if len(text) > 4000:
+        text = f"{text[:2000]} ... [{len(text) - 4000:,} characters cut] ... {text[-2000:]}"
+    print(f"fedsim: error: {text}", file=sys.stderr)
+    return status
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -55,17 +59,38 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", metavar="DIR", help="a folder searched first for dataset files")
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors as fedsim's one line (usage through --help)."""
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"fedsim: error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="fedsim", description="Simulate communication-efficient federated learning (STC, FedAvg, "
                                    "signSGD, top-k) and lazy aggregation (GD, QGD, LAG, LAQ, SLAQ).")
     parser.add_argument("--version", action="version", version=f"fedsim {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="on an error, show the Python traceback instead of the one-line message")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     run = commands.add_parser("run", help="run an experiment into a run folder",
                               description="Run an experiment from a config file or a preset; or continue "
                                           "an interrupted run with --resume.")
     _add_config_options(run)
+    run.add_argument("--extend-to", type=int, metavar="N",
+                     help="with --resume: continue to N rounds / iterations in all (also a finished run)")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue the interrupted run in RUN_DIR from its "
                                                          "last checkpoint")
     run.add_argument("--out", metavar="DIR", help="the run folder (default: runs/<name>-<timestamp>)")
@@ -82,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     fetch = data_commands.add_parser("fetch", help="find or download (and verify) a dataset's four files")
     fetch.add_argument("name", metavar="NAME", help="mnist | fashion-mnist")
     fetch.add_argument("--data-dir", metavar="DIR", help="a folder searched first")
-    fetch.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for a server")
+    fetch.add_argument("--timeout", type=_positive_seconds, default=30.0,
+                       help="seconds to wait for a server to answer (a number > 0)")
     info = data_commands.add_parser("info", help="for each dataset file: where it was found, whether and how "
                                                  "its checksum verified")
     info.add_argument("--data-dir", metavar="DIR", help="a folder searched first")
@@ -194,12 +220,14 @@ def command_run(args) -> int:
                                           ("--out", args.out)) if value]
         if given:
             raise UsageError(f"--resume continues a run with the config saved in its folder; it does not "
-                             f"take {', '.join(given)}")
+                             f"take {', '.join(given)} (to run more steps: --extend-to N)")
         out = Path(args.resume)
         try:
-            return _report(resume_run(out, quiet=args.quiet), args.quiet)
+            return _report(resume_run(out, quiet=args.quiet, extend_to=args.extend_to), args.quiet)
         except KeyboardInterrupt:
             return _stopped_at_once(out)
+    if args.extend_to is not None:
+        raise UsageError("--extend-to goes with --resume RUN_DIR")
     config, name = resolve_config(args)
     out = Path(args.out) if args.out else default_run_dir(name)
     if not args.quiet:
@@ -344,24 +372,33 @@ def main(argv=None) -> int:
     """Run the ``fedsim`` command with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     args = build_parser().parse_args(argv)
     from fedsim.config import ConfigError
-    from fedsim.data.fetch import DatasetNotFoundError
+    from fedsim.data import fetch
     from fedsim.runs import RunFolderError
+    setting_errors = (UsageError, ConfigError, RunFolderError) + tuple(
+        [fetch.DataSettingError] if hasattr(fetch, "DataSettingError") else [])
     try:
         if args.command == "data":
             handler = command_data_fetch if args.data_command == "fetch" else command_data_info
         else:
             handler = COMMANDS[args.command]
         return handler(args)
-    except (UsageError, ConfigError, RunFolderError) as error:
-        return _fail(" ".join(str(error).split()))
-    except DatasetNotFoundError as error:
-        print(f"fedsim: error: {error}", file=sys.stderr)
-        return EXIT_FAILED
     except KeyboardInterrupt:
         print("fedsim: interrupted", file=sys.stderr)
         return 128 + 2
     except BrokenPipeError:   # e.g. `fedsim compare ... | head`
         return EXIT_OK
+    except Exception as error:
+        if args.debug:
+            raise
+        if isinstance(error, setting_errors):
+            return _fail(str(error))
+        if isinstance(error, fetch.DatasetNotFoundError):
+            return _fail(str(error), EXIT_FAILED)
+        if isinstance(error, OSError):      # a disk, a permission, a path: the system's words
+            where = f" ({error.filename})" if error.filename else ""
+            return _fail(f"{error.strerror or error}{where}", EXIT_FAILED)
+        return _fail(f"unexpected {type(error).__name__}: {error} (run again with --debug for the traceback, "
+                     f"and please report it)", EXIT_FAILED)
 
 
 if __name__ == "__main__":

@@ -62,12 +62,16 @@ class RunConfig:
 
     checkpoint_every: int = 10         # checkpoint every this many rounds / iterations; 0: only at the end
     f_star: float | None = None        # lazy family: optimal objective for residuals f - f*
+    blas_threads: int = 1              # BLAS threads of the run; results are bitwise the same for one value
 
     def __post_init__(self):
         if isinstance(self.checkpoint_every, bool) or not isinstance(self.checkpoint_every, int) \
                 or self.checkpoint_every < 0:
             raise ValueError(f"checkpoint_every must be an integer >= 0 (0: only at the end), "
                              f"got {self.checkpoint_every!r}")
+        if isinstance(self.blas_threads, bool) or not isinstance(self.blas_threads, int) \
+                or not 1 <= self.blas_threads <= 1024:
+            raise ValueError(f"blas_threads must be an integer in [1, 1024], got {self.blas_threads!r}")
         if self.f_star is not None and not math.isfinite(self.f_star):
             raise ValueError(f"f_star must be a finite number, got {self.f_star!r}")
 
@@ -305,8 +309,14 @@ def _build_table(table: str, values: dict, source: str, **derived):
         raise ConfigError(f"{table}.{message}" if named else f"[{table}] {message}") from None
 
 
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split())
+def _one_line(error: BaseException, limit: int = 400) -> str:
+    """The error's message on one line, its middle cut out if longer than ``limit`` characters (a
+    50 MB value is not echoed back whole)."""
+    text = " ".join(str(error).split())
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return f"{text[:half]} ... [{len(text) - 2 * half:,} characters cut] ... {text[-half:]}"
 
 
 def config_from_dict(raw: dict, source: str = "") -> ExperimentConfig:
@@ -358,17 +368,42 @@ def config_to_dict(config: ExperimentConfig, *, keep_unset: bool = False) -> dic
     return document
 
 
+def config_fingerprint(config: ExperimentConfig) -> str:
+    """The sha256 of the config's canonical form (every setting, sorted): equal configs, equal hashes."""
+    import hashlib
+    document = config_to_dict(config, keep_unset=True)
+    return hashlib.sha256(json.dumps(document, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def config_differences(before: dict, after: dict) -> list[str]:
+    """``"table.setting: old -> new"`` for every setting that differs between two config dicts (as
+    :func:`config_to_dict` gives them, with ``keep_unset``)."""
+    def flat(document: dict) -> dict:
+        items = {}
+        for key, value in document.items():
+            if isinstance(value, dict):
+                items.update({f"{key}.{name}": inner for name, inner in value.items()})
+            else:
+                items[key] = value
+        return items
+    old, new = flat(before), flat(after)
+    return [f"{key}: {_format_value(old.get(key))} -> {_format_value(new.get(key))}"
+            for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
+
+
 # ---------------------------------------------------------------------------------------------------------
 # TOML text
 
 
 def parse_toml(text: str, source: str = "") -> dict:
     """``tomllib.loads`` with its error turned into a one-line :class:`ConfigError`."""
+    where = f"{source}: " if source else ""
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
-        where = f"{source}: " if source else ""
         raise ConfigError(f"{where}not valid TOML: {_one_line(error)}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}not a usable config: its tables or arrays are nested too deeply") from None
 
 
 def load_config_file(path, overrides=(), source: str | None = None) -> ExperimentConfig:
@@ -554,7 +589,7 @@ def load_preset(name: str, overrides=()) -> ExperimentConfig:
     return config_from_dict(apply_overrides(parse_toml(preset_text(name), source), overrides), source)
 
 
-__all__ = ["ConfigError", "ExperimentConfig", "FAMILIES", "RunConfig", "TABLES", "all_settings",
+__all__ = ["config_differences", "config_fingerprint", "ConfigError", "ExperimentConfig", "FAMILIES", "RunConfig", "TABLES", "all_settings",
            "apply_overrides", "coerce", "config_from_dict", "config_to_dict", "config_to_toml",
            "list_presets", "load_config_file", "load_preset", "parse_override", "parse_toml", "preset_text",
            "suggest", "table_fields", "toml_value"]

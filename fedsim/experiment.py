@@ -1,11 +1,13 @@
-"""Experiments: which data, how it is split among clients, and the run loop around an algorithm.
+"""The data side of an experiment: which dataset, preprocessed how, and how it is split among clients.
 
-This layer turns settings into a ready run: it loads and preprocesses the dataset, partitions the
-training set among clients (or takes a dataset's natural partition), and builds the algorithm.
+:class:`DataConfig` is the config file's ``[data]`` table; :func:`load_data` loads and preprocesses the
+dataset, :func:`split_among_clients` partitions the training set among the clients (or takes a dataset's
+natural partition). The run loop that uses them is :mod:`fedsim.runs.loop`.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,8 +61,17 @@ def load_data(config: DataConfig, family_pipeline: str, seed: int, progress: boo
         synthetic_devices=config.synthetic_devices, seed=seed, progress=progress)
 
 
-def split_among_clients(config: DataConfig, dataset: Dataset, n_clients: int, seed: int) -> list[np.ndarray]:
-    """One index array of training samples per client, as ``config.partition`` says."""
+def split_among_clients(config: DataConfig, dataset: Dataset, n_clients: int, seed: int,
+                        clients_setting: str = "n_clients") -> list[np.ndarray]:
+    """One index array of training samples per client, as ``config.partition`` says; an error names the
+    number of clients by ``clients_setting`` (``federated.n_clients``, ``lazy.n_workers``)."""
+    try:
+        return _split(config, dataset, n_clients, seed)
+    except ValueError as error:
+        raise ValueError(re.sub(r"\bn_clients\b", clients_setting, str(error))) from None
+
+
+def _split(config: DataConfig, dataset: Dataset, n_clients: int, seed: int) -> list[np.ndarray]:
     if config.partition == "natural":
         if dataset.client_indices is None:
             raise ValueError(f"dataset {dataset.name!r} has no natural partition")

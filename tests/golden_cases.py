@@ -62,9 +62,12 @@ def history_of(preset: str, overrides: list[str], steps: int) -> list[dict]:
     from fedsim.config import load_preset
     from fedsim.runs import build_run, strip_wall_time
     from fedsim.runs.folder import to_json
-    run = build_run(load_preset(preset, overrides), progress=False)
-    for _ in range(steps):
-        run.step()
+    from fedsim.runs.provenance import pinned_threads
+    config = load_preset(preset, overrides)
+    run = build_run(config, progress=False)
+    with pinned_threads(config.run.blas_threads):      # as fedsim run steps it
+        for _ in range(steps):
+            run.step()
     return json.loads(to_json(strip_wall_time(run.history)))
 
 

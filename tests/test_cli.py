@@ -255,7 +255,7 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path, reference_hist
     assert process.returncode == -signal.SIGKILL
     # checkpoint.npz is what a resume starts from; the note checkpoint.json is written after it, so a kill
     # between the two leaves the note one checkpoint behind (never ahead)
-    _, state = RunFolder(run_dir).read_checkpoint()
+    _, state, _ = RunFolder(run_dir).read_checkpoint()
     checkpointed = state["round"]
     noted = json.loads((run_dir / "checkpoint.json").read_text())["completed"]
     recorded = len(RunFolder(run_dir).read_history())

@@ -85,7 +85,7 @@ def test_checkpoint_round_trip(tmp_path):
     arrays = {"weights": np.arange(5, dtype=np.float32), "touched": np.array([0, 3], np.int64)}
     meta = {"round": 7, "history": [{"round": 1, "x": 0.1}], "rng": {"state": 2 ** 100}}
     folder.write_checkpoint(arrays, meta, planned=20)
-    read_arrays, read_meta = folder.read_checkpoint()
+    read_arrays, read_meta, _ = folder.read_checkpoint()
     assert read_meta == meta
     assert read_arrays.keys() == arrays.keys()
     for key in arrays:
@@ -222,12 +222,15 @@ def test_checkpoint_of_another_config_is_refused(tmp_path):
     out = tmp_path / "run"
     start_run(tiny_federated("federated.rounds=4"), out, name="a", quiet=True)
     (out / SUMMARY_FILE).unlink()
-    # the same folder, but a config whose model has other dimensions than the checkpoint's
-    RunFolder(out).write_config(load_preset("synthetic", TINY_FEDERATED + ["federated.rounds=6"]))
-    arrays, meta = RunFolder(out).read_checkpoint()
+    # a checkpoint of this run whose model has other dimensions than the config's
+    arrays, meta, identity = RunFolder(out).read_checkpoint()
     arrays["server_weights"] = arrays["server_weights"][:-1]
-    RunFolder(out).write_checkpoint(arrays, meta, planned=6)
+    RunFolder(out).write_checkpoint(arrays, meta, planned=4, identity=identity)
     with pytest.raises(RunFolderError, match="does not fit the run's config"):
+        resume_run(out, quiet=True)
+    # and a config.toml edited to fit another run is refused before any checkpoint is read
+    RunFolder(out).write_config(load_preset("synthetic", TINY_FEDERATED + ["federated.rounds=6"]))
+    with pytest.raises(RunFolderError, match=r"was edited after the run started \(federated.rounds: 4 -> 6\)"):
         resume_run(out, quiet=True)
 
 

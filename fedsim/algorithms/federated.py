@@ -322,6 +322,9 @@ class FederatedRun:
         for _ in range(config.local_iterations):
             x, y, mask = self._next_batches(participants)
             client_loss, grad = self.model.loss_and_grad(weights, x, y, mask)
+            if not np.all(np.isfinite(client_loss)):
+                bad = participants[~np.isfinite(client_loss)]
+                self._diverge(t, f"the training losses of clients {bad[:10].tolist()} are NaN or inf")
             if config.l2:
                 grad += config.l2 * weights                    # g + l2 w
             if momentum is not None:
@@ -337,10 +340,7 @@ class FederatedRun:
         update -= server.weights                                # dW_k = w_k - W
         if not np.all(np.isfinite(update)):
             bad = participants[~np.all(np.isfinite(update), axis=1)]
-            raise DivergenceError(
-                f"round {t}: the updates of clients {bad[:10].tolist()} contain NaN or inf (the run "
-                f"diverged; try a smaller lr than {config.lr}); {len(self.history)} completed rounds kept",
-                self.history)
+            self._diverge(t, f"the updates of clients {bad[:10].tolist()} contain NaN or inf")
 
         # Upstream: the participants' rows (with their residuals under error feedback).
         up = self._send(self.up, "up_state", update,
@@ -383,6 +383,8 @@ class FederatedRun:
         if t % config.eval_every == 0 or t == config.rounds:
             for split, (x, y) in self.eval_sets.items():
                 loss, accuracy = self.model.evaluate(server.weights, x, y)
+                if not math.isfinite(loss):
+                    self._diverge(t, f"the {split} loss of the server model is NaN or inf")
                 record[f"{split}_loss"] = float(loss)
                 record[f"{split}_accuracy"] = float(accuracy)
         record["time"] = time.perf_counter() - started
@@ -399,6 +401,14 @@ class FederatedRun:
         return self.history
 
     # -- pieces -------------------------------------------------------------------------------------
+    def _diverge(self, t: int, what: str) -> None:
+        """Stop the run: round ``t`` met NaN or inf; the message names the last finite values."""
+        evaluated = [r for r in self.history if "test_accuracy" in r]
+        last = (f"; last finite: test accuracy {evaluated[-1]['test_accuracy']:.4f}, test loss "
+                f"{evaluated[-1]['test_loss']:.4g} at round {evaluated[-1]['round']}") if evaluated else ""
+        raise DivergenceError(f"round {t}: {what} (the run diverged; try a smaller lr than "
+                              f"{self.config.lr}){last}; {len(self.history)} completed rounds kept", self.history)
+
     def _send(self, link, state_name: str, rows: np.ndarray, residual: np.ndarray | None):
         """Compress ``rows`` over ``link`` (with ``residual`` under error feedback), keeping the
         compressor's state in ``self.<state_name>``."""

@@ -64,7 +64,7 @@ import scipy.linalg
 from tqdm.auto import tqdm
 
 from fedsim.algorithms.family import Family, cell, register_family, run_seconds
-from fedsim.compress.bits import FLOAT_BITS
+from fedsim.compress.bits import dense_bits, quantized_bits
 from fedsim.data.dataset import Dataset
 from fedsim.errors import DivergenceError
 from fedsim.data.partition import contiguous
@@ -181,8 +181,8 @@ def bits_per_upload(method: str, n_params: int, bits: int) -> int:
     if method not in METHODS:
         raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
     if RULES[method].upload == "quantized":
-        return int(bits) * int(n_params) + FLOAT_BITS
-    return FLOAT_BITS * int(n_params)
+        return quantized_bits(n_params, bits)
+    return dense_bits(n_params)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -669,20 +669,23 @@ class LazyRun:
         return arrays, meta
 
     def load_state_dict(self, arrays: dict[str, np.ndarray], meta: dict) -> None:
-        """Restore a :meth:`state_dict` into a run built with the same config and data."""
-        if arrays["theta"].shape != self.theta.shape or arrays["uploads"].shape != self.record.uploads.shape:
+        """Restore a :meth:`state_dict` into a run built with the same config and data (or with more
+        iterations: a run extended after its checkpoint)."""
+        completed = int(meta["completed"])
+        if arrays["theta"].shape != self.theta.shape or arrays["uploads"].shape[1:] != (self.config.n_workers,) \
+                or completed > self.config.iterations:
             raise ValueError("the checkpoint belongs to another config or dataset (its shapes differ)")
         for name in ("theta", "aggregate"):
             setattr(self, name, np.array(arrays[name], dtype=self.theta.dtype))
         for name in ("uploaded", "error_at_upload", "skips", "step_history", "theta_at_gradient"):
             getattr(self, name)[...] = arrays[name]
         for name in ("objective", "grad_norm_sq", "aggregate_norm_sq", "uploads"):
-            getattr(self.record, name)[...] = arrays[name]
+            getattr(self.record, name)[:completed] = arrays[name][:completed]
         self.record.eval_iterations = arrays["eval_iterations"].tolist()
         self.record.test_accuracy = arrays["test_accuracy"].tolist()
         if "smoothness" in arrays:
             self.smoothness = np.array(arrays["smoothness"])
-        self.completed = int(meta["completed"])
+        self.completed = completed
         self.history = list(meta["history"])
         self.seconds = float(meta.get("seconds", 0.0))
         self.minibatch_rng.bit_generator.state = meta["minibatch_rng"]
@@ -697,9 +700,11 @@ class LazyRun:
         return accuracy
 
     def _diverge(self, k: int, what: str) -> None:
+        last = (f"; last finite objective {self.history[-1]['objective']:.10g} at iteration "
+                f"{self.history[-1]['iteration']}") if self.history else ""
         raise DivergenceError(
             f"{self.config.method}: {what} is not finite at iteration {k} (step_size alpha = "
-            f"{self.config.step_size}); the run diverged - try a smaller step_size",
+            f"{self.config.step_size}); the run diverged - try a smaller step_size{last}",
             self.to_history(diverged=True))
 
 

@@ -121,5 +121,11 @@ def sparse_vector_bits(positions: np.ndarray, size: int, value_bits: int = FLOAT
 
 
 def dense_bits(size: int) -> int:
-    """Encoded bits of a dense vector of 32-bit floats (a full model, a GD upload): 32 N."""
+    """Encoded bits of a dense vector of 32-bit floats (a full model, a GD or LAG upload): 32 N."""
     return FLOAT_BITS * int(size)
+
+
+def quantized_bits(size: int, bits: int) -> int:
+    """A LAQ / QGD upload: b bits per entry and the radius R as one float, ``b N + 32`` (the LAQ
+    reference counted ``b N``, forgetting R)."""
+    return int(bits) * int(size) + FLOAT_BITS

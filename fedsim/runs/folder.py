@@ -8,6 +8,12 @@ A run folder holds::
     checkpoint.npz     the run's state after `completed` steps: arrays + the JSON metadata (key __meta__)
     checkpoint.json    a small readable note of the checkpoint: completed steps, time, checksum of the npz
     summary.json       written when the run ends (completed or diverged)
+    .lock              held (an OS file lock) by the one process writing the folder; holds its pid
+
+Identity: meta.json records a random ``run_id`` and the sha256 of the canonical effective config
+(:func:`fedsim.config.config_fingerprint`); every checkpoint carries both, and checkpoint.json the sha256
+of checkpoint.npz. A resume refuses an edited config.toml (listing the changed settings), a checkpoint
+of another run, and a corrupt or truncated checkpoint, each with one line; nothing is deleted.
 
 Consistency rules (so that a run killed at any instant, even by SIGKILL, resumes exactly):
 
@@ -44,7 +50,15 @@ HISTORY_FILE = "history.jsonl"
 SUMMARY_FILE = "summary.json"
 CHECKPOINT_FILE = "checkpoint.npz"
 CHECKPOINT_NOTE_FILE = "checkpoint.json"
+LOCK_FILE = ".lock"
+#: The files fedsim writes into a run folder (anything else in a folder marks it as not a run folder).
+RUN_FILES = (CONFIG_FILE, META_FILE, HISTORY_FILE, SUMMARY_FILE, CHECKPOINT_FILE, CHECKPOINT_NOTE_FILE, LOCK_FILE)
 _META_KEY = "__meta__"
+_IDENTITY_KEY = "__identity__"
+
+# The process's umask, read once: files are created with mode 0o666 & ~umask, as open() would.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 class RunFolderError(ValueError):
@@ -66,6 +80,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
                                          delete=False)
     try:
         with handle:
+            os.chmod(handle.name, 0o666 & ~_UMASK)      # mkstemp makes 0600; readable as the umask says
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
@@ -149,15 +164,35 @@ class RunFolder:
         atomic_write_text(self.file(name), to_json(value, indent=1) + "\n")
 
     def read_json(self, name: str) -> dict | None:
+        """The JSON object in file ``name``, None if there is no such file (RunFolderError if it is not
+        a JSON object)."""
         path = self.file(name)
         if not path.is_file():
             return None
-        return json.loads(path.read_text(encoding="utf-8"))
+        try:
+            value = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+            raise RunFolderError(f"{path} is not valid JSON ({_short(error)}); it was changed or damaged "
+                                 f"outside fedsim") from None
+        if not isinstance(value, dict):
+            raise RunFolderError(f"{path} must hold a JSON object, got {type(value).__name__}")
+        return value
 
     # history
     def read_history(self) -> list[dict]:
-        """The complete records of history.jsonl (a half-written last line is left out)."""
-        return [json.loads(line) for line in self._complete_lines()]
+        """The complete records of history.jsonl (a half-written last line is left out; a complete line
+        that is not a JSON object is a RunFolderError naming its line number)."""
+        records = []
+        for number, line in enumerate(self._complete_lines(), start=1):
+            try:
+                record = json.loads(line)
+            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+                raise RunFolderError(f"{self.file(HISTORY_FILE)} line {number} is not a JSON record "
+                                     f"({_short(error)}); it was changed or damaged outside fedsim") from None
+            if not isinstance(record, dict):
+                raise RunFolderError(f"{self.file(HISTORY_FILE)} line {number} must be a JSON object")
+            records.append(record)
+        return records
 
     def _complete_lines(self) -> list[bytes]:
         path = self.file(HISTORY_FILE)
@@ -187,14 +222,18 @@ class RunFolder:
         return open(self.file(HISTORY_FILE), "a", encoding="utf-8")
 
     # checkpoints
-    def write_checkpoint(self, arrays: dict[str, np.ndarray], meta: dict, planned: int) -> None:
-        """checkpoint.npz (arrays + metadata, atomically), then the note checkpoint.json."""
+    def write_checkpoint(self, arrays: dict[str, np.ndarray], meta: dict, planned: int,
+                         identity: dict | None = None) -> None:
+        """checkpoint.npz (arrays + metadata + the run's identity, atomically), then the note
+        checkpoint.json with the npz's sha256."""
         for key in arrays:
-            if key == _META_KEY:
-                raise ValueError(f"state array name {_META_KEY!r} is reserved for the checkpoint metadata")
+            if key in (_META_KEY, _IDENTITY_KEY):
+                raise ValueError(f"state array name {key!r} is reserved for the checkpoint metadata")
         meta_bytes = to_json(meta).encode("utf-8")
+        identity_bytes = to_json(identity or {}).encode("utf-8")
         buffer = io.BytesIO()
-        np.savez(buffer, **arrays, **{_META_KEY: np.frombuffer(meta_bytes, dtype=np.uint8)})
+        np.savez(buffer, **arrays, **{_META_KEY: np.frombuffer(meta_bytes, dtype=np.uint8),
+                                      _IDENTITY_KEY: np.frombuffer(identity_bytes, dtype=np.uint8)})
         data = buffer.getvalue()
         atomic_write_bytes(self.file(CHECKPOINT_FILE), data)
         completed = _completed_of(meta)
@@ -202,20 +241,42 @@ class RunFolder:
             "completed": completed, "planned": planned, "written": now(), "file": CHECKPOINT_FILE,
             "sha256": hashlib.sha256(data).hexdigest()})
 
-    def read_checkpoint(self) -> tuple[dict[str, np.ndarray], dict] | None:
-        """(arrays, metadata) of checkpoint.npz, or None when the run has no checkpoint yet."""
+    def read_checkpoint(self) -> tuple[dict[str, np.ndarray], dict, dict] | None:
+        """(arrays, metadata, identity) of checkpoint.npz, or None when the run has no checkpoint yet.
+
+        A file that is not a complete fedsim checkpoint (truncated, corrupt, not an npz, arrays of
+        Python objects) is a RunFolderError in one line; so is a file whose sha256 is not the one
+        checkpoint.json recorded, unless the note is older than the file (a kill between the two writes).
+        """
         path = self.file(CHECKPOINT_FILE)
         if not path.is_file():
             return None
         try:
-            with np.load(path, allow_pickle=False) as archive:
+            data = path.read_bytes()
+            with np.load(io.BytesIO(data), allow_pickle=False) as archive:
                 arrays = {key: archive[key] for key in archive.files}
-        except (OSError, ValueError) as error:
-            raise RunFolderError(f"{path} cannot be read ({error}); it was not written by fedsim") from None
-        if _META_KEY not in arrays:
-            raise RunFolderError(f"{path} has no {_META_KEY} entry; it was not written by fedsim")
-        meta = json.loads(arrays.pop(_META_KEY).tobytes().decode("utf-8"))
-        return arrays, meta
+            meta = json.loads(arrays.pop(_META_KEY).tobytes().decode("utf-8"))
+            identity = json.loads(arrays.pop(_IDENTITY_KEY).tobytes().decode("utf-8")) \
+                if _IDENTITY_KEY in arrays else {}
+            completed = _completed_of(meta)
+        except Exception as error:          # zipfile, EOF, pickle refusal, missing keys, bad JSON, ...
+            why = ("it holds Python objects, which fedsim never writes" if "allow_pickle" in str(error)
+                   else f"{type(error).__name__}: {_short(error)}")
+            raise RunFolderError(f"{path} is not a readable fedsim checkpoint ({why}): it is truncated, "
+                                 f"damaged or not fedsim's; the run cannot be resumed from it") from None
+        note = self.read_json(CHECKPOINT_NOTE_FILE) or {}
+        digest = hashlib.sha256(data).hexdigest()
+        if note.get("sha256") not in (None, digest) and int(note.get("completed", -1)) >= completed:
+            raise RunFolderError(f"{path} is not the checkpoint {CHECKPOINT_NOTE_FILE} recorded (sha256 "
+                                 f"{digest[:12]}... instead of {str(note['sha256'])[:12]}...): it was replaced "
+                                 f"or damaged; the run cannot be resumed from it")
+        return arrays, meta, identity
+
+    # ownership
+    def lock(self) -> "FolderLock":
+        """Own the folder for this process (an exclusive OS file lock on .lock, released when the
+        process ends in any way); RunFolderError naming the holder's pid if another process owns it."""
+        return FolderLock(self.file(LOCK_FILE))
 
 
 def _completed_of(meta: dict) -> int:
@@ -224,6 +285,65 @@ def _completed_of(meta: dict) -> int:
         if key in meta:
             return int(meta[key])
     raise RunFolderError(f"checkpoint metadata has none of completed/round/iteration: {sorted(meta)}")
+
+
+def _short(error: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(error).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class FolderLock:
+    """An exclusive, non-blocking lock on a file (fcntl.flock); the file holds the owner's pid.
+
+    The operating system releases the lock when the process ends, however it ends (kill -9 included), so
+    a lock left by a dead process is no lock: the next owner takes it and writes its own pid.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._descriptor: int | None = None
+
+    def __enter__(self) -> "FolderLock":
+        import fcntl
+        try:
+            descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as error:
+            raise RunFolderError(f"cannot create {self.path} ({error.strerror}); the run folder must be "
+                                 f"writable") from None
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(descriptor, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(descriptor)
+            raise RunFolderError(f"{self.path.parent} is in use by another fedsim process (pid {holder}); "
+                                 f"wait for it to end, or stop it, before writing this run folder") from None
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, f"{os.getpid()}\n".encode("ascii"), 0)
+        self._descriptor = descriptor
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        if self._descriptor is not None:
+            os.ftruncate(self._descriptor, 0)
+            os.close(self._descriptor)          # releases the lock
+            self._descriptor = None
+        return False
+
+
+def check_new_run_target(path: Path) -> None:
+    """Refuse an --out that is a file, or a folder that holds files fedsim did not write."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise RunFolderError(f"--out {path} is a file, not a folder; choose a new or empty folder")
+    if path.is_dir():
+        foreign = sorted(entry.name for entry in path.iterdir()
+                         if entry.name not in RUN_FILES and not entry.name.startswith(".")
+                         and entry.name != "plots")
+        if foreign:
+            listed = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
+            raise RunFolderError(f"--out {path} is not empty and not a fedsim run folder (it holds {listed}); "
+                                 f"fedsim writes only into a new or empty folder, so nothing of yours is "
+                                 f"overwritten")
 
 
 def default_run_dir(name: str, root="runs") -> Path:
@@ -282,6 +402,6 @@ def read_run(path) -> RunResult:
                      folder.read_json(META_FILE) or {})
 
 
-__all__ = ["CHECKPOINT_FILE", "CHECKPOINT_NOTE_FILE", "CONFIG_FILE", "HISTORY_FILE", "META_FILE", "SUMMARY_FILE",
+__all__ = ["FolderLock", "LOCK_FILE", "RUN_FILES", "check_new_run_target", "CHECKPOINT_FILE", "CHECKPOINT_NOTE_FILE", "CONFIG_FILE", "HISTORY_FILE", "META_FILE", "SUMMARY_FILE",
            "RunFolder", "RunFolderError", "RunResult", "atomic_write_bytes", "atomic_write_text",
            "default_run_dir", "now", "read_run", "to_json"]

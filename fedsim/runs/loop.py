@@ -11,21 +11,25 @@ periodic checkpoint is then what a resume starts from).
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import shutil
 import signal
 import sys
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 
 from fedsim import __version__
 from fedsim.algorithms.family import family
-from fedsim.config import ConfigError, ExperimentConfig
+from fedsim.config import ConfigError, ExperimentConfig, config_differences, config_fingerprint, config_to_dict
 from fedsim.errors import DivergenceError
 from fedsim.experiment import load_data, split_among_clients
-from fedsim.runs.folder import (CHECKPOINT_FILE, HISTORY_FILE, META_FILE, SUMMARY_FILE, RunFolder,
-                                RunFolderError, atomic_write_bytes, now, to_json)
-from fedsim.runs.provenance import environment, git_commit
+from fedsim.runs.folder import (CHECKPOINT_FILE, CHECKPOINT_NOTE_FILE, CONFIG_FILE, HISTORY_FILE, META_FILE,
+                                SUMMARY_FILE, RunFolder, RunFolderError, atomic_write_bytes,
+                                check_new_run_target, now, to_json)
+from fedsim.runs.provenance import environment, git_commit, pinned_threads, thread_settings
 from fedsim.runs.records import summarize
 
 #: Exit status of a run stopped by a signal: 128 + the signal number (130 for Ctrl-C), as shells report.
@@ -40,8 +44,10 @@ def build_run(config: ExperimentConfig, progress: bool | None = None):
     ``progress`` shows download bars (default: when stderr is a terminal).
     """
     dataset = load_data(config.data, config.pipeline, seed=config.seed, progress=progress)
-    clients = split_among_clients(config.data, dataset, config.n_clients, seed=config.seed)
-    return config.algorithm_family.make_run(config, dataset, clients)
+    clients = split_among_clients(config.data, dataset, config.n_clients, seed=config.seed,
+                                  clients_setting=config.clients_setting)
+    with pinned_threads(config.run.blas_threads):      # some runs compute with BLAS when built (LAG-PS)
+        return config.algorithm_family.make_run(config, dataset, clients)
 
 
 def _build_checked(config: ExperimentConfig, progress: bool | None):
@@ -111,8 +117,8 @@ def show_progress(quiet: bool) -> bool:
     return not quiet and sys.stderr.isatty()
 
 
-def execute(run, folder: RunFolder, config: ExperimentConfig, *, name: str,
-            quiet: bool = False) -> RunOutcome:
+def execute(run, folder: RunFolder, config: ExperimentConfig, *, name: str, quiet: bool = False,
+            identity: dict | None = None) -> RunOutcome:
     """Step ``run`` to the end of ``config``, recording into ``folder``.
 
     The step protocol: ``run.completed`` (steps done), ``run.step() -> record``, ``run.history``,
@@ -132,7 +138,11 @@ def execute(run, folder: RunFolder, config: ExperimentConfig, *, name: str,
     status, message = "completed", ""
     from tqdm.auto import tqdm
 
-    with _StopOnSignals() as stop, folder.open_history() as history_file:
+    def checkpoint():
+        folder.write_checkpoint(*run.state_dict(), planned=planned, identity=identity)
+
+    with _StopOnSignals() as stop, folder.open_history() as history_file, \
+            pinned_threads(config.run.blas_threads):
         unit = algorithms.unit
         # Follow the terminal's size; one that reports none (0 x 0, tqdm would then hide the bar)
         # gets 100 columns and 20 rows.
@@ -155,11 +165,11 @@ def execute(run, folder: RunFolder, config: ExperimentConfig, *, name: str,
                 bar.set_postfix_str(algorithms.progress(record, state), refresh=False)
                 bar.update(1)
                 if every and run.completed % every == 0 and run.completed < planned:
-                    folder.write_checkpoint(*run.state_dict(), planned=planned)
+                    checkpoint()
         finally:
             bar.close()
         if status in ("completed", "interrupted"):
-            folder.write_checkpoint(*run.state_dict(), planned=planned)
+            checkpoint()
     _end_session(folder, status, run.completed, time.perf_counter() - session_started)
     summary = None
     if status in ("completed", "diverged"):
@@ -183,71 +193,183 @@ def _end_session(folder: RunFolder, status: str, completed: int, seconds: float)
     folder.write_json(META_FILE, meta)
 
 
+def _identity(meta: dict) -> dict:
+    return {"run_id": meta.get("run_id"), "config_sha256": meta.get("config_sha256")}
+
+
 def start_run(config: ExperimentConfig, out, *, name: str, quiet: bool = False, command=None,
               progress_data: bool | None = None) -> RunOutcome:
-    """Create the run folder ``out``, write config.toml and meta.json, build the run and execute it.
+    """Create the run folder ``out``, write config.toml and meta.json, build the run and execute it,
+    owning the folder (its lock) throughout.
 
     Raises
     ------
     RunFolderError
-        ``out`` already holds a run (resume it, or choose another folder).
+        ``out`` is a file, a folder of other files, already holds a run (resume it, or choose another
+        folder), is owned by another process, or cannot be written.
     """
     folder = RunFolder(out)
-    if folder.exists or folder.file(HISTORY_FILE).exists():
-        raise RunFolderError(f"{folder.path} already holds a run; continue it with "
-                             f"`fedsim run --resume {folder.path}` or choose another --out")
+    check_new_run_target(folder.path)
     run = _build_checked(config, show_progress(quiet) if progress_data is None else progress_data)
-    folder.path.mkdir(parents=True, exist_ok=True)
-    folder.write_config(config, header=f"fedsim {__version__} effective config of run {name!r}")
-    meta = {"name": name, "family": config.family, "method": config.method, "seed": config.seed,
-            **environment(), **git_commit(), "started": now(),
-            "command": list(sys.argv if command is None else command),
-            "sessions": [{"started": now(), "from": 0}]}
-    folder.write_json(META_FILE, meta)
-    atomic_write_bytes(folder.file(HISTORY_FILE), b"")
-    return execute(run, folder, config, name=name, quiet=quiet)
+    try:
+        folder.path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise RunFolderError(f"cannot create the run folder {folder.path} ({error.strerror})") from None
+    with folder.lock():
+        if folder.exists or folder.file(HISTORY_FILE).exists():
+            raise RunFolderError(f"{folder.path} already holds a run; continue it with "
+                                 f"`fedsim run --resume {folder.path}` or choose another --out")
+        check_new_run_target(folder.path)
+        try:
+            folder.write_config(config, header=f"fedsim {__version__} effective config of run {name!r}")
+        except OSError as error:
+            raise RunFolderError(f"cannot write into {folder.path} ({error.strerror})") from None
+        meta = {"name": name, "family": config.family, "method": config.method, "seed": config.seed,
+                "run_id": uuid.uuid4().hex, "config_sha256": config_fingerprint(config),
+                "config": config_to_dict(config, keep_unset=True),
+                **environment(), "threads": thread_settings(config.run.blas_threads), **git_commit(),
+                "started": now(), "command": list(sys.argv if command is None else command),
+                "sessions": [{"started": now(), "from": 0}]}
+        folder.write_json(META_FILE, meta)
+        atomic_write_bytes(folder.file(HISTORY_FILE), b"")
+        return execute(run, folder, config, name=name, quiet=quiet, identity=_identity(meta))
 
 
-def resume_run(path, *, quiet: bool = False, progress_data: bool | None = None) -> RunOutcome:
+def _check_identity(folder: RunFolder, config: ExperimentConfig, meta: dict) -> None:
+    """Refuse a config.toml edited since the run started (listing what changed)."""
+    recorded = meta.get("config_sha256")
+    if recorded is None:
+        raise RunFolderError(f"{folder.file(META_FILE)} has no config_sha256: the run was started by an older "
+                             f"fedsim or meta.json was edited; it cannot be resumed safely")
+    if config_fingerprint(config) != recorded:
+        changes = config_differences(meta.get("config", {}), config_to_dict(config, keep_unset=True))
+        listed = "; ".join(changes[:8]) + (f"; and {len(changes) - 8} more" if len(changes) > 8 else "")
+        raise RunFolderError(f"{folder.file(CONFIG_FILE)} was edited after the run started "
+                             f"({listed or 'its text changed'}); restore it, or start a new run with the new settings "
+                             f"(to run more {config.algorithm_family.units}: fedsim run --resume "
+                             f"{folder.path} --extend-to N)")
+
+
+def _load_checkpoint(folder: RunFolder, run, config: ExperimentConfig, meta: dict) -> int:
+    """Restore the last checkpoint into ``run`` (after checking it is this run's); the steps it holds."""
+    checkpoint = folder.read_checkpoint()
+    if checkpoint is None:
+        return 0
+    arrays, state, identity = checkpoint
+    if identity.get("run_id") != meta.get("run_id"):
+        raise RunFolderError(f"{folder.file(CHECKPOINT_FILE)} belongs to another run (run id "
+                             f"{identity.get('run_id')}, this folder's is {meta.get('run_id')}): refused; "
+                             f"put back this run's checkpoint or start the run again")
+    try:
+        run.load_state_dict(arrays, state)
+    except (KeyError, ValueError, TypeError, IndexError) as error:
+        raise RunFolderError(f"{folder.file(CHECKPOINT_FILE)} does not fit the run's config: "
+                             f"{error}") from None
+    if run.completed > config.steps:
+        raise RunFolderError(f"{folder.file(CHECKPOINT_FILE)} holds {run.completed} "
+                             f"{config.algorithm_family.units}, more than the {config.steps} the config asks "
+                             f"for; refused")
+    return run.completed
+
+
+def _check_history(folder: RunFolder, run, completed: int) -> None:
+    """The history file's first ``completed`` records must be the checkpoint's own copy of them."""
+    records = folder.read_history()
+    if len(records) < completed:
+        return      # fewer lines (they cannot be, unless edited): rewritten from the checkpoint's copy
+    for number, (written, kept) in enumerate(zip(records, run.history), start=1):
+        if written != json.loads(to_json(kept)):
+            raise RunFolderError(f"{folder.file(HISTORY_FILE)} line {number} differs from the checkpoint's "
+                                 f"copy of that record (edited outside fedsim?): refused; the checkpoint's "
+                                 f"history is the reference")
+
+
+def resume_run(path, *, quiet: bool = False, progress_data: bool | None = None,
+               extend_to: int | None = None) -> RunOutcome:
     """Continue the run in folder ``path`` from its last checkpoint (or from the start if it has none).
+
+    ``extend_to``: continue to this many rounds / iterations in all (at least the steps done); the
+    folder's config is updated to it, and a finished run continues. The continued history equals that of
+    a run started with the larger number, except for the evaluation the old last step made as the end.
 
     Raises
     ------
     RunFolderError
-        Not a run folder, or a checkpoint that does not fit the run's config.
+        Not a run folder, owned by another process, an edited config.toml, a checkpoint of another run,
+        a corrupt checkpoint, an edited history, or a checkpoint that does not fit the run's config.
     ConfigError
         The folder's config.toml is not valid (for this version of fedsim).
     """
     folder = RunFolder(path)
-    config = folder.read_config()
-    meta = folder.read_json(META_FILE) or {}
+    if not folder.path.is_dir():
+        raise RunFolderError(f"{folder.path} is not a fedsim run folder (no such folder)")
+    with folder.lock():
+        config = folder.read_config()
+        meta = folder.read_json(META_FILE) or {}
+        _check_identity(folder, config, meta)
+        if extend_to is not None:
+            config, meta = _extend(folder, config, meta, extend_to)
+        summary = folder.read_json(SUMMARY_FILE)
+        if summary is not None:
+            ended = summary.get("status", "completed")
+            return RunOutcome("finished-before", config.family, folder, int(summary.get("completed", 0)),
+                              config.steps, summary, f"the run already ended ({ended})")
+        run = _build_checked(config, show_progress(quiet) if progress_data is None else progress_data)
+        with pinned_threads(config.run.blas_threads):
+            completed = _load_checkpoint(folder, run, config, meta)
+        _check_history(folder, run, completed)
+        folder.truncate_history(completed, list(run.history) if completed else [])
+        meta.setdefault("sessions", []).append({"started": now(), "from": completed})
+        _warn_on_changes(meta)
+        folder.write_json(META_FILE, meta)
+        return execute(run, folder, config, name=meta.get("name", folder.path.name), quiet=quiet,
+                       identity=_identity(meta))
+
+
+def _extend(folder: RunFolder, config: ExperimentConfig, meta: dict, extend_to: int):
+    """The config with ``extend_to`` steps, written into the folder (config.toml, meta.json), and the run
+    reopened if it had ended."""
+    declared = config.algorithm_family
+    setting = declared.setting(declared.steps_setting)
+    checkpoint = folder.read_json(CHECKPOINT_NOTE_FILE) or {}
+    done = int(checkpoint.get("completed", 0))
+    if isinstance(extend_to, bool) or not isinstance(extend_to, int) or extend_to < max(done, 1):
+        raise RunFolderError(f"--extend-to must be an integer >= {max(done, 1)} (the {declared.units} "
+                             f"already done), got {extend_to!r}")
     summary = folder.read_json(SUMMARY_FILE)
+    if summary is not None and summary.get("status") == "diverged":
+        raise RunFolderError(f"{folder.path} diverged; extending it would only diverge again")
+    extended = dataclasses.replace(config, **{declared.name: dataclasses.replace(
+        config.algorithm, **{declared.steps_setting: extend_to})})
+    folder.write_config(extended, header=f"fedsim {__version__} effective config of run "
+                                         f"{meta.get('name', folder.path.name)!r}")
+    meta["sessions"] = meta.get("sessions", []) + [
+        {"extended": f"{setting}: {config.steps} -> {extend_to}", "at": now()}]
+    meta.update(config_sha256=config_fingerprint(extended), config=config_to_dict(extended, keep_unset=True))
+    folder.write_json(META_FILE, meta)
     if summary is not None:
-        ended = summary.get("status", "completed")
-        return RunOutcome("finished-before", config.family, folder, int(summary.get("completed", 0)),
-                          config.steps, summary, f"the run already ended ({ended})")
-    run = _build_checked(config, show_progress(quiet) if progress_data is None else progress_data)
-    checkpoint = folder.read_checkpoint()
-    if checkpoint is not None:
-        arrays, state = checkpoint
-        try:
-            run.load_state_dict(arrays, state)
-        except (KeyError, ValueError) as error:
-            raise RunFolderError(f"{folder.file(CHECKPOINT_FILE)} does not fit the run's config: "
-                                 f"{error}") from None
-    completed = run.completed if checkpoint is not None else 0
-    folder.truncate_history(completed, list(run.history) if checkpoint is not None else [])
-    meta.setdefault("sessions", []).append({"started": now(), "from": completed})
+        folder.file(SUMMARY_FILE).unlink()      # rewritten when the extended run ends
+    return extended, meta
+
+
+def _warn_on_changes(meta: dict) -> None:
+    """Warn when the versions or the BLAS library differ from those the run started with."""
     versions = environment()
     changed = {key: (meta.get(key), value) for key, value in versions.items()
                if key in ("fedsim", "numpy", "numba") and meta.get(key) not in (None, value)}
+    recorded = meta.get("threads") or {}
+    now_settings = thread_settings(recorded.get("blas_threads", 1))
+    if recorded.get("blas") not in (None, now_settings["blas"]):
+        changed["BLAS"] = (recorded["blas"], now_settings["blas"])
+    if recorded.get("environment", {}) != now_settings["environment"]:
+        print(f"fedsim: warning: the thread settings of the environment differ from the run's start "
+              f"({recorded.get('environment', {})} -> {now_settings['environment']}); the results do not "
+              f"depend on them (run.blas_threads = {now_settings['blas_threads']} is pinned)", file=sys.stderr)
     if changed:
         meta["sessions"][-1]["versions"] = versions
         details = ", ".join(f"{key} {old} -> {new}" for key, (old, new) in changed.items())
         print(f"fedsim: warning: resuming with other versions than the run started with ({details}); "
               f"the continuation may not be bitwise identical", file=sys.stderr)
-    folder.write_json(META_FILE, meta)
-    return execute(run, folder, config, name=meta.get("name", folder.path.name), quiet=quiet)
 
 
 __all__ = ["EXIT_SIGNAL_BASE", "RunOutcome", "build_run", "execute", "resume_run", "show_progress", "start_run"]

@@ -1,4 +1,11 @@
-"""Provenance of a run: the versions it ran with and the git commit of the checkout holding fedsim."""
+"""Provenance of a run: the versions it ran with, its threads and BLAS, and the git commit of fedsim.
+
+Threads: a run's matrix products run on ``run.blas_threads`` BLAS threads, pinned with threadpoolctl for
+the run's whole life whatever the environment says (OMP_NUM_THREADS, OPENBLAS_NUM_THREADS, ...). A BLAS
+product split over several threads sums in another order, so the last bits of the results depend on the
+thread count: pinning makes a run's history the same on any machine and under any environment for one
+value of ``run.blas_threads`` (1 by default). fedsim's Numba kernels are single-threaded.
+"""
 
 from __future__ import annotations
 
@@ -38,4 +45,24 @@ def environment() -> dict:
             "numba": numba.__version__, "platform": platform.platform()}
 
 
-__all__ = ["environment", "git_commit"]
+def pinned_threads(blas_threads: int):
+    """A context in which BLAS (and OpenMP) thread pools use ``blas_threads`` threads."""
+    from threadpoolctl import threadpool_limits
+    return threadpool_limits(limits=int(blas_threads))
+
+
+def thread_settings(blas_threads: int) -> dict:
+    """The thread settings a run records: its pinned BLAS threads, the BLAS libraries loaded (API,
+    version, kernel) and the thread variables of the environment."""
+    import os
+
+    from threadpoolctl import threadpool_info
+    libraries = sorted({f"{pool.get('internal_api')} {pool.get('version')} {pool.get('architecture', '')}".strip()
+                        for pool in threadpool_info() if pool.get("user_api") == "blas"})
+    variables = {name: os.environ[name] for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                                                     "NUMBA_NUM_THREADS", "OPENBLAS_CORETYPE")
+                 if name in os.environ}
+    return {"blas_threads": int(blas_threads), "blas": libraries, "environment": variables}
+
+
+__all__ = ["environment", "git_commit", "pinned_threads", "thread_settings"]

@@ -1,0 +1,355 @@
+"""Run folders that cannot be corrupted, and one clear line (never a traceback) on bad input.
+
+One test (or a few) per item of the reliability issue: folder ownership, resume identity, corrupt
+checkpoints, thread-count independence, foreign files in --out, one-line errors, and the smaller items.
+Every fedsim command runs as a real subprocess (tests/test_cli.py's helpers).
+"""
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedsim.runs import RunFolder, strip_wall_time
+from fedsim.runs.folder import CHECKPOINT_FILE, CONFIG_FILE, HISTORY_FILE, META_FILE, SUMMARY_FILE
+from tests.test_cli import TINY, TINY_LAZY, clean_env, error_lines, fedsim
+
+ROUNDS12 = TINY + ["--set", "federated.rounds=12", "--set", "run.checkpoint_every=4"]
+
+
+def one_line_error(result, status=2, *fragments):
+    """The command failed with ``status`` and said so in exactly one line containing ``fragments``."""
+    lines = error_lines(result.stderr)
+    assert result.returncode == status, (result.returncode, result.stderr)
+    assert len(lines) == 1 and lines[0].startswith("fedsim: error: "), result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    return lines[0]
+
+
+def history(run_dir) -> list[dict]:
+    return strip_wall_time(RunFolder(run_dir).read_history())
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished 12-round run and its history: (folder, records without wall time)."""
+    base = tmp_path_factory.mktemp("finished")
+    result = fedsim(base, "run", "--preset", "synthetic", *ROUNDS12, "--quiet", "--out", base / "run")
+    assert result.returncode == 0, result.stderr
+    return base / "run", history(base / "run")
+
+
+def unfinished_copy(finished, tmp_path, name="run", stop_after=9) -> Path:
+    """The finished run's settings, interrupted (a real SIGINT, handled by the runner) after round
+    ``stop_after``: a folder checkpointed at that round, as Ctrl-C leaves it."""
+    from fedsim.algorithms.federated import FederatedRun
+    from fedsim.config import load_preset
+    from fedsim.runs import start_run
+    target = tmp_path / name
+    original = FederatedRun.step
+
+    def step(self):
+        record = original(self)
+        if self.completed == stop_after:
+            os.kill(os.getpid(), signal.SIGINT)
+        return record
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(FederatedRun, "step", step)
+        outcome = start_run(load_preset("synthetic", ROUNDS12[1::2]), target, name=name, quiet=True)
+    assert outcome.status == "interrupted" and outcome.completed == stop_after
+    return target
+
+
+# --- 1. one process owns a run folder ------------------------------------------------------------------
+
+def test_a_second_writer_is_refused_with_the_holders_pid_and_a_killed_holder_leaves_no_lock(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from fedsim.runs.folder import FolderLock\n"
+                               f"with FolderLock({str(run_dir / '.lock')!r}):\n"
+                               "    print('locked', flush=True); time.sleep(120)"],
+        stdout=subprocess.PIPE, text=True, env=clean_env(tmp_path))
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        started = fedsim(tmp_path, "run", "--preset", "synthetic", *ROUNDS12, "--quiet", "--out", run_dir)
+        one_line_error(started, 2, "in use by another fedsim process", f"pid {holder.pid}")
+        assert sorted(p.name for p in run_dir.iterdir()) == [".lock"]      # nothing written
+        resumed = fedsim(tmp_path, "run", "--resume", run_dir, "--quiet")
+        assert resumed.returncode == 2
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+    # the lock of a killed process is gone with it: the folder is free
+    started = fedsim(tmp_path, "run", "--preset", "synthetic", *ROUNDS12, "--quiet", "--out", run_dir)
+    assert started.returncode == 0, started.stderr
+
+
+def test_two_concurrent_runs_into_one_folder_leave_one_consistent_run(tmp_path, finished):
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "fedsim", "run", "--preset", "synthetic", *ROUNDS12, "--quiet",
+               "--out", str(run_dir)]
+    processes = [subprocess.Popen(command, cwd=tmp_path, env=clean_env(tmp_path), stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outcomes = [(process.wait(timeout=120), process.stderr.read()) for process in processes]
+    statuses = sorted(status for status, _ in outcomes)
+    assert statuses == [0, 2], outcomes
+    loser = next(err for status, err in outcomes if status == 2)
+    assert "in use by another fedsim process" in loser or "already holds a run" in loser, loser
+    assert history(run_dir) == finished[1]                    # the winner's run, whole and unmixed
+
+
+# --- 2. a resume refuses what does not match ------------------------------------------------------------
+
+@pytest.mark.parametrize("edit, changed", [
+    (("seed = 0", "seed = 3"), "seed: 0 -> 3"),
+    (("lr = 0.05", "lr = 0.1"), "federated.lr: 0.05 -> 0.1"),
+    (('method = "stc_updown"', 'method = "fedavg"'), 'federated.method: "stc_updown" -> "fedavg"'),
+    (("rounds = 12", "rounds = 5"), "federated.rounds: 12 -> 5"),
+])
+def test_an_edited_config_is_refused_with_the_changed_settings(tmp_path, finished, edit, changed):
+    run_dir = unfinished_copy(finished, tmp_path)
+    config = run_dir / CONFIG_FILE
+    text = config.read_text()
+    assert edit[0] in text
+    config.write_text(text.replace(edit[0], edit[1], 1))
+    before = {path.name: path.read_bytes() for path in run_dir.iterdir()}
+    result = fedsim(tmp_path, "run", "--resume", run_dir, "--quiet")
+    one_line_error(result, 2, "was edited after the run started", changed)
+    after = {path.name: path.read_bytes() for path in run_dir.iterdir()}
+    assert after == before                                   # nothing lost, nothing changed
+
+
+def test_a_checkpoint_of_another_run_is_refused(tmp_path, finished):
+    run_dir = unfinished_copy(finished, tmp_path, "run")
+    other = unfinished_copy(finished, tmp_path, "other")     # the same settings: only its id differs
+    (run_dir / CHECKPOINT_FILE).write_bytes((other / CHECKPOINT_FILE).read_bytes())
+    result = fedsim(tmp_path, "run", "--resume", run_dir, "--quiet")
+    one_line_error(result, 2, "is not the checkpoint checkpoint.json recorded")
+    # with its note copied too, the checksum agrees; the run id inside the checkpoint does not
+    (run_dir / "checkpoint.json").write_bytes((other / "checkpoint.json").read_bytes())
+    result = fedsim(tmp_path, "run", "--resume", run_dir, "--quiet")
+    one_line_error(result, 2, "belongs to another run")
+
+
+def test_more_steps_than_asked_is_impossible_and_extend_to_continues(tmp_path, finished):
+    source, reference = finished
+    run_dir = unfinished_copy(finished, tmp_path)
+    result = fedsim(tmp_path, "run", "--resume", run_dir, "--quiet", "--extend-to", "5")
+    one_line_error(result, 2, "--extend-to must be an integer >= 9")
+    # extending to 20 rounds gives the first 20 rounds of a 20-round run
+    longer = fedsim(tmp_path, "run", "--preset", "synthetic", *TINY, "--set", "federated.rounds=20",
+                    "--set", "run.checkpoint_every=4", "--quiet", "--out", tmp_path / "twenty")
+    assert longer.returncode == 0, longer.stderr
+    extended = fedsim(tmp_path, "run", "--resume", run_dir, "--quiet", "--extend-to", "20")
+    assert extended.returncode == 0, extended.stderr
+    assert history(run_dir) == history(tmp_path / "twenty")
+    summary = json.loads((run_dir / SUMMARY_FILE).read_text())
+    assert summary["completed"] == summary["planned"] == 20
+    assert "federated.rounds: 12 -> 20" in json.dumps(json.loads((run_dir / META_FILE).read_text()))
+    # a finished run can be extended too, and then resumes as the config says
+    again = fedsim(tmp_path, "run", "--resume", run_dir, "--quiet", "--extend-to", "24")
+    assert again.returncode == 0, again.stderr
+    assert len(history(run_dir)) == 24
+
+
+def test_a_lazy_run_extends_like_a_longer_one_except_for_the_old_final_evaluation(tmp_path):
+    short = fedsim(tmp_path, "run", "--preset", "laq-synthetic", *TINY_LAZY, "--quiet", "--out", tmp_path / "a")
+    long = fedsim(tmp_path, "run", "--preset", "laq-synthetic", *TINY_LAZY, "--set", "lazy.iterations=30",
+                  "--quiet", "--out", tmp_path / "b")
+    assert short.returncode == 0 and long.returncode == 0, short.stderr + long.stderr
+    extended = fedsim(tmp_path, "run", "--resume", tmp_path / "a", "--quiet", "--extend-to", "30")
+    assert extended.returncode == 0, extended.stderr
+    got, want = history(tmp_path / "a"), history(tmp_path / "b")
+    assert "final_test_accuracy" in got[19] and "final_test_accuracy" not in want[19]
+    del got[19]["final_test_accuracy"]
+    assert got == want
+
+
+# --- 3. a corrupt checkpoint: one line, nothing lost -----------------------------------------------------
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "one byte changed", "empty"])
+def test_a_damaged_checkpoint_is_refused_in_one_line(tmp_path, finished, damage):
+    run_dir = unfinished_copy(finished, tmp_path)
+    path = run_dir / CHECKPOINT_FILE
+    data = bytearray(path.read_bytes())
+    if damage == "truncated":
+        data = data[: len(data) // 2]
+    elif damage == "garbage":
+        data = bytearray(os.urandom(len(data)))
+    elif damage == "one byte changed":
+        data[len(data) // 2] ^= 0xFF
+    else:
+        data = bytearray()
+    path.write_bytes(bytes(data))
+    result = fedsim(tmp_path, "run", "--resume", run_dir, "--quiet")
+    line = one_line_error(result, 2, str(path))
+    assert "allow_pickle" not in line
+    assert path.read_bytes() == bytes(data)                  # left as found, for the user to look at
+
+
+def test_a_kill_during_the_checkpoint_write_leaves_a_resumable_folder(tmp_path, finished):
+    """What a kill -9 inside the atomic write leaves: a half-written temporary file beside the
+    complete old checkpoint. The resume uses the old one and ends as an uninterrupted run."""
+    run_dir = unfinished_copy(finished, tmp_path)
+    (run_dir / f".{CHECKPOINT_FILE}.x1y2z3.tmp").write_bytes(b"PK\x03\x04 half a zip")
+    result = fedsim(tmp_path, "run", "--resume", run_dir, "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert history(run_dir) == finished[1]
+
+
+# --- 4. results independent of the thread count -----------------------------------------------------------
+
+def test_lazy_results_do_not_depend_on_the_environments_thread_count(tmp_path, shared_data):
+    """LAQ at the MNIST scale, where two BLAS threads sum the gradient products in another order: with
+    run.blas_threads pinned, the histories at 1 and 2 environment threads are identical bit for bit."""
+    histories = []
+    for threads in ("1", "2"):
+        out = tmp_path / f"threads{threads}"
+        result = fedsim(tmp_path, "run", "--preset", "laq-mnist", "--dataset", "fashion-mnist",
+                        "--set", "data.train_split=test", "--set", "lazy.iterations=4", "--quiet", "--out", out,
+                        FEDSIM_DATA=str(shared_data), OPENBLAS_NUM_THREADS=threads, OMP_NUM_THREADS=threads)
+        assert result.returncode == 0, result.stderr
+        histories.append(history(out))
+        meta = json.loads((out / META_FILE).read_text())
+        assert meta["threads"]["blas_threads"] == 1 and meta["threads"]["blas"]
+        assert meta["threads"]["environment"]["OPENBLAS_NUM_THREADS"] == threads
+    assert histories[0] == histories[1]
+
+
+def test_a_resume_under_other_thread_settings_warns(tmp_path, finished):
+    run_dir = unfinished_copy(finished, tmp_path)
+    result = fedsim(tmp_path, "run", "--resume", run_dir, "--quiet", OMP_NUM_THREADS="2")
+    assert result.returncode == 0, result.stderr
+    assert "thread settings of the environment differ" in result.stderr
+    assert history(run_dir) == finished[1]
+
+
+# --- 5. never overwrite a file fedsim did not write --------------------------------------------------------
+
+def test_out_with_files_of_the_user_is_refused_and_left_alone(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "history.jsonl").write_text("my own notes\n")
+    (mine / "thesis.tex").write_text("chapter 1\n")
+    result = fedsim(tmp_path, "run", "--preset", "synthetic", *ROUNDS12, "--quiet", "--out", mine)
+    one_line_error(result, 2, "not empty and not a fedsim run folder", "thesis.tex")
+    assert (mine / "history.jsonl").read_text() == "my own notes\n"
+    assert sorted(p.name for p in mine.iterdir()) == ["history.jsonl", "thesis.tex"]
+
+
+def test_out_naming_a_file_or_an_unwritable_place_is_one_line(tmp_path):
+    (tmp_path / "file").write_text("x")
+    one_line_error(fedsim(tmp_path, "run", "--preset", "synthetic", *ROUNDS12, "--quiet", "--out",
+                          tmp_path / "file"), 2, "is a file, not a folder")
+    assert (tmp_path / "file").read_text() == "x"
+    # /proc refuses new folders even to root (CI runs as root, for whom a read-only mode means nothing)
+    one_line_error(fedsim(tmp_path, "run", "--preset", "synthetic", *ROUNDS12, "--quiet", "--out",
+                          "/proc/fedsim-run"), 2, "cannot create the run folder")
+
+
+# --- 6. one line, never a traceback ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, damage", [
+    (HISTORY_FILE, lambda text: text.replace("\n", "\n{not json\n", 1)),
+    (META_FILE, lambda text: text[: len(text) // 2]),
+    (SUMMARY_FILE, lambda text: "[1, 2"),
+])
+def test_damaged_run_files_give_one_line_in_resume_compare_and_plot(tmp_path, finished, name, damage):
+    unfinished = unfinished_copy(finished, tmp_path, "unfinished")
+    complete = tmp_path / "complete"
+    complete.mkdir()
+    for path in finished[0].iterdir():
+        if path.is_file():
+            (complete / path.name).write_bytes(path.read_bytes())
+    commands = [["compare", complete], ["plot", complete, "--out", tmp_path / "plots"]]
+    damaged = [complete / name]
+    if name != HISTORY_FILE:                 # a finished run's resume reads meta and summary, not history
+        commands.append(["run", "--resume", complete])
+    if name != SUMMARY_FILE:                 # an unfinished run has no summary
+        commands.append(["run", "--resume", unfinished])
+        damaged.append(unfinished / name)
+    for path in damaged:
+        path.write_text(damage(path.read_text()))
+    for command in commands:
+        folder = Path(command[2] if command[0] == "run" else command[1])
+        one_line_error(fedsim(tmp_path, *command), 2, str(folder / name))
+
+
+def test_an_edited_history_line_is_refused_on_resume(tmp_path, finished):
+    run_dir = unfinished_copy(finished, tmp_path)
+    path = run_dir / HISTORY_FILE
+    lines = path.read_text().splitlines(keepends=True)
+    record = json.loads(lines[2])
+    record["test_accuracy"] = 0.99
+    lines[2] = json.dumps(record) + "\n"
+    path.write_text("".join(lines))
+    one_line_error(fedsim(tmp_path, "run", "--resume", run_dir, "--quiet"), 2,
+                   f"{HISTORY_FILE} line 3 differs from the checkpoint")
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["data", "fetch", "fashion-mnist", "--timeout", "0"], ["--timeout", "must be a number of seconds > 0"]),
+    (["data", "fetch", "fashion-mnist", "--timeout", "nan"], ["--timeout"]),
+    (["run", "nested.toml"], ["nested too deeply"]),
+    (["run", "--preset", "synthetic", "--extend-to", "3"], ["--extend-to goes with --resume"]),
+])
+def test_more_bad_command_lines_are_one_line(tmp_path, args, fragments):
+    (tmp_path / "nested.toml").write_text("x = " + "[" * 5000 + "]" * 5000 + "\n")
+    result = fedsim(tmp_path, *args)
+    one_line_error(result, 2, *fragments)
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    (tmp_path / "nested.toml").write_text("x = " + "[" * 5000 + "]" * 5000 + "\n")
+    result = fedsim(tmp_path, "--debug", "run", "nested.toml")
+    assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+# --- 8. the smaller items -------------------------------------------------------------------------------------
+
+def test_run_files_follow_the_umask(tmp_path):
+    out = tmp_path / "run"
+    result = subprocess.run(["sh", "-c", f"umask 022 && exec {sys.executable} -m fedsim run --preset synthetic "
+                             + " ".join(ROUNDS12) + f" --quiet --out {out}"],
+                            cwd=tmp_path, env=clean_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    for name in (CONFIG_FILE, META_FILE, HISTORY_FILE, SUMMARY_FILE, CHECKPOINT_FILE):
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o644, name
+
+
+def test_a_loss_that_overflows_stops_as_divergence_with_the_last_finite_values(tmp_path):
+    out = tmp_path / "run"
+    result = fedsim(tmp_path, "run", "--preset", "synthetic", *TINY, "--set", "federated.method=fedavg",
+                    "--set", "federated.lr=1e35", "--set", "federated.rounds=10", "--quiet", "--out", out)
+    assert result.returncode == 1, result.stderr
+    summary = json.loads((out / SUMMARY_FILE).read_text())
+    assert summary["status"] == "diverged" and "NaN or inf" in summary["message"]
+    assert "last finite: test accuracy" in summary["message"] and summary["completed"] >= 2, summary
+    assert all(np.isfinite(r["test_loss"]) for r in RunFolder(out).read_history())
+
+
+def test_a_huge_config_value_is_not_echoed_whole(tmp_path):
+    (tmp_path / "huge.toml").write_text('[federated]\nmethod = "' + "x" * 5_000_000 + '"\n')
+    result = fedsim(tmp_path, "run", "huge.toml")
+    line = one_line_error(result, 2, "federated.method", "characters cut")
+    assert len(line) < 2_000
+
+
+def test_a_lazy_error_names_the_lazy_setting(tmp_path):
+    result = fedsim(tmp_path, "run", "--preset", "laq-synthetic", "--set", "lazy.n_workers=5000",
+                    "--set", "data.partition=iid", "--quiet")
+    line = one_line_error(result, 2, "lazy.n_workers")
+    assert "n_clients" not in line
