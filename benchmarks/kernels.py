@@ -1,7 +1,8 @@
 """Kernel micro-benchmarks: fedsim's jitted kernels against their NumPy twins, torch (CPU) and a memory copy.
 
 Kernels: top-k threshold selection, STC with the exact and the sampled threshold, top-k sparsification,
-sign, the LAQ quantizer, Golomb-Rice encoding and decoding. Inputs: one vector of N standard normal
+sign, the LAQ quantizer, Golomb-Rice encoding and decoding; and the compressors added on the registry
+(QSGD, TernGrad, random-k, PowerSGD), each registered by its own block at the end (``COMPRESSOR_CASES``). Inputs: one vector of N standard normal
 values (seeded) for N in 1e4, 1e5, 1e6, 1e7, in float32 and float64, with sparsity p in {0.001, 0.01}
 where the kernel has one (k = ceil(p N)). The LAQ quantizer takes a gradient and a previous quantized
 gradient (two normal vectors, one worker) and b = 4 bits; the Golomb-Rice coder takes ceil(p N) sorted
@@ -315,6 +316,253 @@ def main(argv=None) -> None:
 
 # ---------------------------------------------------------------------------------------------------------
 # Compressor cases (one block each; see COMPRESSOR_CASES)
+
+# --- qsgd ---
+QSGD_LEVELS = 16
+QSGD_BUCKET = 512
+# torch's norms and decoded values against fedsim's: relative, in ulp (eps) of the data dtype. torch.sqrt
+# on float64 is not correctly rounded on every build (about 1% of results 1 ulp off), which moves a norm
+# by 1 ulp and a decoded value (norm * level / s, rounded) by up to 2.
+QSGD_ULPS = 4
+
+
+@compressor_case("qsgd", f"QSGD (s = {QSGD_LEVELS} levels, buckets of {QSGD_BUCKET}, one row)")
+def _qsgd_case(x, size, dtype, p, rng, captured) -> Case:
+    """QSGD of one row (1, N), one segment, s = 16, buckets of 512, on uniforms drawn up front.
+
+    torch (:func:`benchmarks.torch_reference.qsgd`) gets the same uniforms: signed levels, encoded bits and
+    the signs of the decoded values (+0.0 where the level is 0) must agree exactly, norms and decoded
+    values to ``QSGD_ULPS`` ulp of the dtype (torch's float64 sqrt, see ``QSGD_ULPS``).
+    """
+    from benchmarks import torch_reference as reference
+    from fedsim.compress.qsgd import level_dtype
+    from fedsim.kernels import qsgd
+
+    updates = x[None, :]
+    uniforms = rng.random((1, size))
+    offsets = qsgd.bucket_offsets((0, size), QSGD_BUCKET)
+    float_bits = 8 * np.dtype(dtype).itemsize
+    updates_torch, uniforms_torch = reference.torch_tensor(updates), reference.torch_tensor(uniforms)
+    captured.update(x=x, updates=updates, uniforms=uniforms, updates_torch=updates_torch,
+                    uniforms_torch=uniforms_torch, bucket_offsets=offsets, levels=QSGD_LEVELS,
+                    bucket_size=QSGD_BUCKET, float_bits=float_bits)
+    outputs = {name: (np.empty((1, size), dtype), np.empty((1, offsets.size - 1), dtype),
+                      np.empty((1, size), level_dtype(QSGD_LEVELS)), np.empty(1, np.int64))
+               for name in ("fedsim", "numpy")}
+
+    def named(decoded, norms, levels, bits):
+        return {"decoded": decoded, "decoded_signbit": np.signbit(decoded), "norms": norms,
+                "levels": levels.astype(np.int64), "encoded_bits": bits}
+
+    def unpacker(name):
+        return lambda _: named(*(array.copy() for array in outputs[name]))
+    rtol = QSGD_ULPS * float(np.finfo(dtype).eps)
+    return Case("qsgd", size, dtype, None, {
+        "fedsim": lambda: qsgd.qsgd_quantize(updates, offsets, QSGD_LEVELS, uniforms, float_bits, *outputs["fedsim"]),
+        "numpy": lambda: qsgd.qsgd_quantize_numpy(updates, offsets, QSGD_LEVELS, uniforms, float_bits,
+                                                  *outputs["numpy"]),
+        "torch": lambda: reference.qsgd(updates_torch, (0, size), QSGD_BUCKET, QSGD_LEVELS, uniforms_torch,
+                                        float_bits),
+        "copy": lambda: np.copy(x)},
+        {"fedsim": unpacker("fedsim"), "numpy": unpacker("numpy"),
+         "torch": lambda out: named(*(tensor.numpy() for tensor in out))},
+        tolerance={"decoded": rtol, "norms": rtol})
+
+
+# --- terngrad ---
+TERNGRAD_CLIP = 2.5
+
+
+def _ternary_message_bits(sizes, scales, float_bits: int) -> int:
+    """A TernGrad message's length written out again: per segment the scale, then (if it is not 0) five
+    digits per byte and the last r = N mod 5 digits in the bits of 3^r - 1."""
+    total = 0
+    for n, scale in zip(sizes, scales):
+        total += float_bits + ((8 * (n // 5) + (3 ** (n % 5) - 1).bit_length()) if scale != 0 else 0)
+    return total
+
+
+@compressor_case("terngrad", f"TernGrad (clip c = {TERNGRAD_CLIP}, one segment, one row)")
+def _terngrad_case(x, size, dtype, p, rng, captured) -> Case:
+    """TernGrad of one row (1, N), one segment, clipped at c = 2.5 (so the mean and variance passes run),
+    on uniforms drawn up front.
+
+    torch (:func:`benchmarks.torch_reference.terngrad`) gets the same uniforms; decoded values and scales
+    are exact by definition and must agree bitwise. torch returns no bit count: its message length is
+    written out again from its own scales (:func:`_ternary_message_bits`).
+    """
+    from benchmarks import torch_reference as reference
+    from fedsim.kernels import terngrad
+
+    updates = x[None, :]
+    uniforms = rng.random((1, size))
+    offsets = np.array([0, size], np.int64)
+    float_bits = 8 * np.dtype(dtype).itemsize
+    updates_torch, uniforms_torch = reference.torch_tensor(updates), reference.torch_tensor(uniforms)
+    captured.update(x=x, updates=updates, uniforms=uniforms, updates_torch=updates_torch,
+                    uniforms_torch=uniforms_torch, segment_offsets=offsets, clip=TERNGRAD_CLIP,
+                    float_bits=float_bits)
+    outputs = {name: (np.empty((1, size), dtype), np.empty((1, 1), dtype), np.empty(1, np.int64))
+               for name in ("fedsim", "numpy")}
+
+    def unpacker(name):
+        def unpack(_):
+            decoded, scales, bits = (array.copy() for array in outputs[name])
+            return {"decoded": decoded, "scales": scales, "encoded_bits": bits}
+        return unpack
+
+    def unpack_torch(out):
+        decoded, scales = out[0].numpy(), out[1].numpy()
+        bits = np.array([_ternary_message_bits([size], scales[0].tolist(), float_bits)], np.int64)
+        return {"decoded": decoded, "scales": scales, "encoded_bits": bits}
+    return Case("terngrad", size, dtype, None, {
+        "fedsim": lambda: terngrad.terngrad_batch(updates, offsets, uniforms, TERNGRAD_CLIP, float_bits,
+                                                  *outputs["fedsim"]),
+        "numpy": lambda: terngrad.terngrad_batch_numpy(updates, offsets, uniforms, TERNGRAD_CLIP, float_bits,
+                                                       *outputs["numpy"]),
+        "torch": lambda: reference.terngrad(updates_torch, offsets, uniforms_torch, TERNGRAD_CLIP),
+        "copy": lambda: np.copy(x)},
+        {"fedsim": unpacker("fedsim"), "numpy": unpacker("numpy"), "torch": unpack_torch})
+
+
+# --- randomk ---
+@compressor_case("randomk", "Random-k (k = ceil(p N), unbiased N / k scaling, positions from a seed)", sparse=True)
+def _randomk_case(x, size, dtype, p, rng, captured) -> Case:
+    """Random-k of one row (1, N), one segment, k = ceil(p N), unbiased scaling dtype(N / k), one seed
+    drawn up front.
+
+    fedsim and its twin derive the positions from the seed (SplitMix64 and Floyd's algorithm) inside the
+    timed call. torch has no counterpart of that sequential generator, so it is handed the positions
+    fedsim's generator chose (:func:`fedsim.kernels.randomk.random_positions`, computed once, outside the
+    timing) and the scale of each position, and times only the gather, multiply and scatter
+    (:func:`benchmarks.torch_reference.randomk_rows`). Decoded rows and sent values are exact by
+    definition and must agree bitwise.
+    """
+    import torch
+
+    from benchmarks import torch_reference as reference
+    from fedsim.compress.base import Layout
+    from fedsim.compress.randomk import SEED_MAX, budgets, segment_scales
+    from fedsim.kernels import randomk
+
+    updates = x[None, :]
+    layout = Layout((0, size))
+    offsets = layout.offsets_array
+    ks = budgets(p, layout)
+    scales = segment_scales(p, "unbiased", layout, dtype)
+    seeds = rng.integers(0, SEED_MAX, size=1, dtype=np.uint64, endpoint=True)
+    k = int(ks[0])
+    positions = np.empty(k, np.int64)
+    randomk.random_positions(seeds[0], 0, size, k, positions)
+    updates_torch = reference.torch_tensor(updates)
+    positions_torch = torch.from_numpy(positions[None, :].copy())
+    scales_torch = torch.from_numpy(np.repeat(scales, ks))
+    captured.update(x=x, updates=updates, segment_offsets=offsets, budgets=ks, scales=scales, seeds=seeds,
+                    k=k, positions=positions, updates_torch=updates_torch, positions_torch=positions_torch,
+                    scales_torch=scales_torch)
+    outputs = {name: (np.empty((1, size), dtype), np.empty((1, k), dtype)) for name in ("fedsim", "numpy")}
+
+    def unpacker(name):
+        return lambda _: {"decoded": outputs[name][0].copy(), "values": outputs[name][1].copy()}
+    return Case("randomk", size, dtype, p, {
+        "fedsim": lambda: randomk.randomk_compress_batch(updates, offsets, ks, scales, seeds, *outputs["fedsim"]),
+        "numpy": lambda: randomk.randomk_compress_batch_numpy(updates, offsets, ks, scales, seeds,
+                                                              *outputs["numpy"]),
+        "torch": lambda: reference.randomk_rows(updates_torch, positions_torch, scales_torch),
+        "copy": lambda: np.copy(x)},
+        {"fedsim": unpacker("fedsim"), "numpy": unpacker("numpy"),
+         "torch": lambda out: {"decoded": out[0].numpy(), "values": out[1].numpy()}})
+
+
+# --- powersgd ---
+POWERSGD_RANK = 2
+# torch against fedsim on the summaries (relative): the two take other floating-point paths (torch's
+# matmuls and Householder QR against BLAS and modified Gram-Schmidt twice), each a few ulp off.
+POWERSGD_RTOL = {"float32": 1e-4, "float64": 1e-10}
+
+
+@dataclass
+class _SummaryCase(Case):
+    """A :class:`Case` whose torch implementation is checked on summaries only.
+
+    ``full`` maps fedsim and its twin to unpackers of their whole outputs, compared bitwise first; then
+    :meth:`Case.validate` compares every implementation's summaries (``results``: torch within
+    ``tolerance``, the twin bitwise).
+    """
+
+    full: dict[str, Callable[[object], dict]] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        outputs = {name: self.full[name](self.implementations[name]()) for name in self.full}
+        reference = outputs["fedsim"]
+        for name, output in outputs.items():
+            if name == "fedsim":
+                continue
+            if set(output) != set(reference):
+                raise ValidationError(f"{self.label}: {name} returns {sorted(output)}, fedsim {sorted(reference)}")
+            for key, value in output.items():
+                assert_equal(f"{self.label}: {name} vs fedsim, {key}", value, reference[key])
+        super().validate()
+
+
+def _powersgd_summaries(matrix, decoded, q_new) -> dict:
+    """Summaries of a power step that are not near zero (float64): the row norms of the decoded matrix,
+    the column norms of the new Q, and the relative fit ||M - decoded|| / ||M|| (Frobenius)."""
+    wide_matrix, wide_decoded = matrix.astype(np.float64), decoded.astype(np.float64)
+    return {"decoded_row_norms": np.linalg.norm(wide_decoded, axis=1),
+            "q_column_norms": np.linalg.norm(q_new.astype(np.float64), axis=0),
+            "relative_fit": np.float64(np.linalg.norm(wide_matrix - wide_decoded) / np.linalg.norm(wide_matrix))}
+
+
+@compressor_case("powersgd", f"PowerSGD power step (rank {POWERSGD_RANK}, one sender, n x m matrix, "
+                             "n = floor(sqrt(N)), m = N // n)")
+def _powersgd_case(x, size, dtype, p, rng, captured) -> Case:
+    """One PowerSGD power step, one sender, rank 2, on the n x m matrix of the first n m entries of x
+    (n = floor(sqrt(N)), m = N // n), with the warm start Q (m, 2) drawn standard normal up front.
+
+    fedsim is :func:`fedsim.kernels.powersgd.power_step` (BLAS products, jitted Gram-Schmidt and low-rank
+    product), the twin :func:`~fedsim.kernels.powersgd.power_step_numpy`: P_hat, Q_k, the decoded matrix
+    and the new Q must agree bitwise. torch (:func:`benchmarks.torch_reference.powersgd_step`: its
+    matmuls and Householder QR) computes the same step in another order, and entries near zero make
+    relative tolerances meaningless, so it is compared on summaries that are not near zero
+    (:func:`_powersgd_summaries`) within ``POWERSGD_RTOL``.
+    """
+    import math
+
+    import torch
+
+    from benchmarks import torch_reference as reference
+    from fedsim.kernels import powersgd
+
+    n = math.isqrt(size)
+    m = size // n
+    matrices = x[:n * m].reshape(1, n, m)
+    q = rng.standard_normal((m, POWERSGD_RANK)).astype(dtype)
+    tolerance = powersgd.drop_tolerance(dtype)
+    matrices_torch, q_torch = torch.from_numpy(matrices), torch.from_numpy(q)
+    captured.update(x=x, matrices=matrices, q=q, tolerance=tolerance, rank=POWERSGD_RANK,
+                    matrices_torch=matrices_torch, q_torch=q_torch)
+    decoded = {name: np.empty((1, n, m), dtype) for name in ("fedsim", "numpy")}
+
+    def full(name):
+        def unpack(out):
+            p_hat, q_each, q_new = out
+            return {"p_hat": p_hat.copy(), "q_each": q_each.copy(), "q_new": q_new.copy(),
+                    "decoded": decoded[name].copy()}
+        return unpack
+
+    def summaries(name):
+        return lambda out: _powersgd_summaries(matrices[0], decoded[name][0], out[2])
+    rtol = POWERSGD_RTOL[np.dtype(dtype).name]
+    return _SummaryCase("powersgd", size, dtype, None, {
+        "fedsim": lambda: powersgd.power_step(matrices, q, tolerance, decoded["fedsim"]),
+        "numpy": lambda: powersgd.power_step_numpy(matrices, q, tolerance, decoded["numpy"]),
+        "torch": lambda: reference.powersgd_step(matrices_torch, q_torch, tolerance),
+        "copy": lambda: np.copy(x)},
+        {"fedsim": summaries("fedsim"), "numpy": summaries("numpy"),
+         "torch": lambda out: _powersgd_summaries(matrices[0], out[2][0].numpy(), out[3].numpy())},
+        tolerance={key: rtol for key in ("decoded_row_norms", "q_column_norms", "relative_fit")},
+        full={"fedsim": full("fedsim"), "numpy": full("numpy")})
 
 
 if __name__ == "__main__":
