@@ -10,10 +10,15 @@ import functools
 import gzip
 import hashlib
 import http.server
+import json
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import threading
+import time
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -133,7 +138,7 @@ def test_unknown_names_list_the_allowed_ones(isolated):
         fetch.locate("mnist", "images")
     with pytest.raises(ValueError, match="mnist, fashion-mnist"):
         fetch.dataset_status("emnist")
-    with pytest.raises(ValueError, match="timeout must be a number of seconds > 0"):
+    with pytest.raises(ValueError, match=r"timeout \(--timeout\) must be a number of seconds > 0"):
         fetch.fetch("mnist", "test-labels", timeout=0)
 
 
@@ -448,3 +453,397 @@ def test_bad_cached_copy_replaced_by_download(isolated, shared_data, serve):
 def test_file_url_mirror(isolated, shared_data):
     path = fetch.fetch("mnist", "test-labels", mirrors=[shared_data.resolve().as_uri()], progress=False)
     assert path == isolated / "mnist" / LABELS_GZ and fetch.locate("mnist", "test-labels") == path
+
+
+# --------------------------------------------------------------------------------------------------------
+# Bad input: settings out of range, malformed mirrors, hostile servers, broken caches and folders. Settings
+# raise DataSettingError (a ValueError) with a one-line message naming the setting; files that cannot be had
+# raise DatasetNotFoundError; never anything else.
+
+
+def one_line_setting_error(raised, *words) -> str:
+    message = str(raised.value)
+    assert isinstance(raised.value, ValueError) and "\n" not in message, message
+    for word in words:
+        assert word in message, f"{word!r} missing from: {message}"
+    return message
+
+
+@pytest.mark.parametrize("timeout", [0, -1, -0.5, float("nan"), float("inf"), float("-inf"), 3601, 1e300,
+                                     "30", None, True])
+def test_timeout_out_of_range_is_a_setting_error(isolated, timeout):
+    with pytest.raises(fetch.DataSettingError) as raised:
+        fetch.fetch("mnist", "test-labels", timeout=timeout, mirrors=["http://127.0.0.1:9"])
+    one_line_setting_error(raised, "timeout (--timeout)", "> 0 and <= 3600", f"got {timeout!r}")
+    with pytest.raises(fetch.DataSettingError):
+        fetch.load_split("mnist", "test", timeout=timeout, download=False)
+    assert not files_under(isolated)
+
+
+@pytest.mark.parametrize("deadline", [0, -3, float("nan"), float("inf"), 86401, "60", False])
+def test_deadline_out_of_range_is_a_setting_error(isolated, deadline):
+    with pytest.raises(fetch.DataSettingError) as raised:
+        fetch.fetch("mnist", "test-labels", deadline=deadline, mirrors=["http://127.0.0.1:9"])
+    one_line_setting_error(raised, "deadline must be None (automatic", "> 0 and <= 86400", f"got {deadline!r}")
+
+
+def test_valid_timeouts_and_deadlines_are_accepted(isolated, shared_data):
+    for timeout, deadline in [(1, None), (0.25, 0.5), (3600, 86400), (np.float64(2.5), np.int64(10))]:
+        path = fetch.fetch("mnist", "test-labels", data_dir=shared_data, timeout=timeout, deadline=deadline)
+        assert path == shared_data / "mnist" / LABELS_GZ
+
+
+@pytest.mark.parametrize("value, problem", [
+    (":", "holds no URL"),
+    (f"{os.pathsep}{os.pathsep}", "holds no URL"),
+    ("127.0.0.1:8000", "does not start with a scheme"),
+    ("mirror.example.org/mnist", "does not start with a scheme"),
+    ("ftp://127.0.0.1/data", "scheme 'ftp' is not supported (only http, https, file)"),
+    ("gopher://127.0.0.1/data", "scheme 'gopher' is not supported"),
+    ("http://", "names no host"),
+    ("http://:8000/data", "names no host"),
+    ("http://[::1/data", "not a valid URL"),
+    ("http://127.0.0.1:99999/", "not a valid URL"),
+    ("http://127.0.0.1:port/", "not a valid URL"),
+    ("http://127.0.0.1:0/", "port 0"),
+    ("http://127.0.0.1/data?token=1", "no query"),
+    ("http://127.0.0.1/data#part", "no query (?) or fragment (#)"),
+    ("file://server/folder", "a file URL names no host"),
+    ("file://", "names no folder"),
+    ("http://127.0.0.1/ok garbage", "'garbage' is not one"),
+    ("http://127.0.0.1/ok http://mirror.example/\u00e9", "non-ASCII"),
+])
+def test_malformed_env_mirrors_is_a_setting_error(isolated, shared_data, monkeypatch, value, problem):
+    monkeypatch.setenv("FEDSIM_MIRRORS", value)
+    with pytest.raises(fetch.DataSettingError) as raised:
+        fetch.fetch("mnist", "test-labels", progress=False, timeout=1)
+    one_line_setting_error(raised, "FEDSIM_MIRRORS must hold base URLs such as http://host:port/path",
+                           f"separated by whitespace or {os.pathsep!r}", problem)
+    with pytest.raises(fetch.DataSettingError):
+        fetch.mirror_urls("fashion-mnist", "test-images")
+    # reported whether or not a download is needed, so a typo shows up before it matters...
+    with pytest.raises(fetch.DataSettingError):
+        fetch.load_split("mnist", "test", data_dir=shared_data)
+    # ...but not where downloading is off, and FEDSIM_MIRRORS is not used
+    assert fetch.fetch("mnist", "test-labels", data_dir=shared_data, download=False).name == LABELS_GZ
+    assert not files_under(isolated)
+
+
+def test_blank_env_mirrors_means_the_registry_mirrors(isolated, monkeypatch):
+    monkeypatch.setenv("FEDSIM_MIRRORS", "  \n\t ")
+    assert fetch.mirror_urls("mnist", "test-labels") == [
+        f"{mirror.rstrip('/')}/{LABELS_GZ}" for mirror in get_dataset("mnist").mirrors]
+    # empty entries between URLs are skipped
+    monkeypatch.setenv("FEDSIM_MIRRORS", f"{os.pathsep}http://127.0.0.1:1{os.pathsep}{os.pathsep}"
+                                         f"https://mirror.example/x/{os.pathsep} file://localhost/srv")
+    assert fetch.mirror_urls("mnist", "test-labels") == [
+        f"http://127.0.0.1:1/mnist/{LABELS_GZ}", f"https://mirror.example/x/mnist/{LABELS_GZ}",
+        f"file://localhost/srv/mnist/{LABELS_GZ}"]
+
+
+@pytest.mark.parametrize("mirrors, problem", [
+    (5, "not a string or a sequence"),
+    ([b"http://127.0.0.1/"], "a bytes, not a string"),
+    (["http://127.0.0.1/", None], "a NoneType, not a string"),
+    (["ftp://127.0.0.1/"], "scheme 'ftp'"),
+    (["http://127.0.0.1/a b"], "contains a space"),
+    ("http://127.0.0.1/ nonsense", "'nonsense' is not one"),
+])
+def test_malformed_mirrors_argument_is_a_setting_error(isolated, mirrors, problem):
+    with pytest.raises(fetch.DataSettingError) as raised:
+        fetch.fetch("mnist", "test-labels", mirrors=mirrors, progress=False, timeout=1)
+    one_line_setting_error(raised, "mirrors must", problem)
+
+
+# --- data_dir and the other folder settings
+
+
+def make_symlink_loop(folder: Path) -> Path:
+    loop = folder / "loop"
+    loop.symlink_to(loop)
+    return loop
+
+
+@pytest.mark.parametrize("kind", ["missing", "file", "empty", "not a path", "unknown user", "symlink loop"])
+def test_bad_data_dir_is_a_setting_error(isolated, tmp_path, kind):
+    from fedsim.data.datasets import load_dataset
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    data_dir, words = {
+        "missing": (tmp_path / "nonexistent", [str(tmp_path / "nonexistent"), "does not exist"]),
+        "file": (a_file, [str(a_file), "is not a folder"]),
+        "empty": ("", ["empty path"]),
+        "not a path": (42, ["must be the path of a folder", "got int"]),
+        "unknown user": ("~no-such-user-fedsim/data", ["cannot expand '~'"]),
+        "symlink loop": (make_symlink_loop(tmp_path), ["cannot be examined"]),
+    }[kind]
+    calls = [lambda: fetch.fetch("mnist", "test-labels", data_dir=data_dir, download=False),
+             lambda: fetch.load_split("mnist", "test", data_dir=data_dir, download=False),
+             lambda: fetch.locate("mnist", "test-labels", data_dir=data_dir),
+             lambda: fetch.dataset_status("mnist", data_dir=data_dir),
+             lambda: fetch.search_path(data_dir),
+             lambda: load_dataset("mnist", data_dir=data_dir, download=False)]
+    for call in calls:
+        with pytest.raises(fetch.DataSettingError) as raised:
+            call()
+        one_line_setting_error(raised, "data_dir (--data-dir)", *words)
+    assert not files_under(isolated)
+
+
+def test_bad_env_folders(isolated, tmp_path, monkeypatch):
+    # a FEDSIM_DATA folder that is a symlink loop is searched (in vain) and listed with what is wrong
+    loop = make_symlink_loop(tmp_path)
+    monkeypatch.setenv("FEDSIM_DATA", str(loop))
+    with pytest.raises(fetch.DatasetNotFoundError) as raised:
+        fetch.fetch("mnist", "test-labels", download=False)
+    assert f"{loop}  [FEDSIM_DATA]  (cannot be examined" in str(raised.value)
+    # a ~user that cannot be expanded, in FEDSIM_DATA or FEDSIM_CACHE
+    monkeypatch.setenv("FEDSIM_DATA", "~no-such-user-fedsim/data")
+    with pytest.raises(fetch.DataSettingError) as raised:
+        fetch.locate("mnist", "test-labels")
+    one_line_setting_error(raised, "FEDSIM_DATA", "cannot expand '~'", "~no-such-user-fedsim/data")
+    monkeypatch.delenv("FEDSIM_DATA")
+    monkeypatch.setenv("FEDSIM_CACHE", "~no-such-user-fedsim/cache")
+    with pytest.raises(fetch.DataSettingError) as raised:
+        fetch.fetch("mnist", "test-labels", mirrors=["http://127.0.0.1:9"])
+    one_line_setting_error(raised, "FEDSIM_CACHE", "cannot expand '~'")
+
+
+def test_unknown_names_are_setting_errors(isolated):
+    from fedsim.data.datasets import load_dataset
+    for call, setting in [(lambda: fetch.fetch("cifar10", "test-labels"), "dataset name"),
+                          (lambda: fetch.fetch("mnist", ["test-labels"]), "file_key"),
+                          (lambda: fetch.load_split("mnist", "validation"), "split"),
+                          (lambda: load_dataset("cifar10"), "dataset"),
+                          (lambda: load_dataset("mnist", pipeline="vgg"), "pipeline"),
+                          (lambda: load_dataset("mnist", train_split="all"), "train_split")]:
+        with pytest.raises(fetch.DataSettingError) as raised:
+            call()
+        one_line_setting_error(raised, setting, "must be one of")
+
+
+# --- hostile servers: the overall deadline and the size cap
+
+
+class TrickleBodyHandler(http.server.BaseHTTPRequestHandler):
+    """Announces 4,542 bytes, then sends one byte a second (for at most 12 s): each read gets a byte well
+    within any per-read timeout, so only an overall deadline ends the download."""
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "4542")
+        self.end_headers()
+        try:
+            for _ in range(12):
+                self.wfile.write(b"\x1f")
+                time.sleep(1.0)
+        except OSError:
+            pass
+        self.close_connection = True
+
+    def log_message(self, format, *args):
+        pass
+
+
+class TrickleHeaderHandler(http.server.BaseHTTPRequestHandler):
+    """Starts a header line and never ends it: one byte a second (for at most 12 s)."""
+
+    def do_GET(self):
+        try:
+            self.wfile.write(b"HTTP/1.0 200 OK\r\nX-Slow: ")
+            for _ in range(12):
+                self.wfile.write(b"z")
+                time.sleep(1.0)
+        except OSError:
+            pass
+        self.close_connection = True
+
+    def log_message(self, format, *args):
+        pass
+
+
+class EndlessHandler(http.server.BaseHTTPRequestHandler):
+    """A body with no Content-Length that does not end (until the client leaves, or 256 MiB)."""
+
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+        try:
+            for _ in range(4096):
+                self.wfile.write(bytes(1 << 16))
+        except OSError:
+            pass
+        self.close_connection = True
+
+    def log_message(self, format, *args):
+        pass
+
+
+class HugeAnnouncedHandler(http.server.BaseHTTPRequestHandler):
+    """Announces a terabyte."""
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", str(10 ** 12))
+        self.end_headers()
+        self.close_connection = True
+
+    def log_message(self, format, *args):
+        pass
+
+
+def download_threads() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name.startswith("fedsim-download")]
+
+
+def test_trickling_servers_stopped_by_the_deadline(isolated, shared_data, serve):
+    body, header = serve(handler=TrickleBodyHandler), serve(handler=TrickleHeaderHandler)
+    start = time.monotonic()
+    with pytest.raises(fetch.DatasetNotFoundError) as raised:
+        fetch.fetch("mnist", "test-labels", mirrors=[body, header], progress=False, timeout=5, deadline=1.5)
+    elapsed = time.monotonic() - start
+    attempts = dict(raised.value.attempts)
+    assert list(attempts) == [f"{base}/mnist/{LABELS_GZ}" for base in (body, header)]
+    for error in attempts.values():
+        assert "gave up at the download's deadline of 1.5 s" in error, attempts
+    assert "bytes received" in attempts[f"{body}/mnist/{LABELS_GZ}"]
+    assert elapsed < 2 * 1.5 + 3, elapsed
+    assert files_under(isolated) == []
+    time.sleep(0.2)
+    assert download_threads() == []     # the connections were shut down: no worker is left trickling
+    # the next mirror is tried after a trickling one
+    start = time.monotonic()
+    path = fetch.fetch("mnist", "test-labels", mirrors=[body, serve(shared_data)], progress=False, timeout=5,
+                       deadline=1.0)
+    assert path == isolated / "mnist" / LABELS_GZ and files_under(isolated) == [path]
+    assert time.monotonic() - start < 1.0 + 3
+
+
+def test_automatic_deadline_follows_the_file_size(isolated, serve, monkeypatch):
+    labels, images = get_dataset("mnist").file("test-labels"), get_dataset("mnist").file("train-images")
+    assert fetch.download_deadline(labels) == pytest.approx(60 + 10008 / 65536)
+    assert fetch.download_deadline(images) == pytest.approx(60 + 47040016 / 65536)   # about 13 minutes
+    assert fetch.download_size_limit(labels) == 10008 + (1 << 20)
+    # deadline=None uses download_deadline: shrink its constants to see it at work
+    monkeypatch.setattr(fetch, "DEADLINE_BASE_SECONDS", 0.5)
+    monkeypatch.setattr(fetch, "DEADLINE_MIN_BYTES_PER_SECOND", 10 ** 9)
+    with pytest.raises(fetch.DatasetNotFoundError) as raised:
+        fetch.fetch("mnist", "test-labels", mirrors=[serve(handler=TrickleBodyHandler)], progress=False)
+    [(_, error)] = raised.value.attempts
+    assert "deadline of 0.50001 s" in error, error
+
+
+def test_oversized_bodies_cut_off_at_the_size_cap(isolated, shared_data, serve):
+    endless, huge = serve(handler=EndlessHandler), serve(handler=HugeAnnouncedHandler)
+    limit = fetch.download_size_limit(get_dataset("mnist").file("test-labels"))
+    with pytest.raises(fetch.DatasetNotFoundError) as raised:
+        fetch.fetch("mnist", "test-labels", mirrors=[endless, huge], progress=False, timeout=5)
+    errors = [error for _, error in raised.value.attempts]
+    assert errors == [f"more than {limit} bytes received; no copy of {LABELS_GZ} is that large",
+                      f"server announces {10 ** 12} bytes; no copy of {LABELS_GZ} is larger than {limit}"]
+    assert files_under(isolated) == []
+    path = fetch.fetch("mnist", "test-labels", mirrors=[endless, huge, serve(shared_data)], progress=False)
+    assert files_under(isolated) == [path]
+
+
+# --- broken caches and search folders
+
+
+def test_cache_that_cannot_take_the_file_stops_the_downloads(isolated, shared_data, serve):
+    # where the file should go, there is a folder: no mirror can help, so only the first is tried
+    blocker = isolated / "mnist" / LABELS_GZ
+    blocker.mkdir(parents=True)
+    first, second = serve(shared_data), serve(shared_data)
+    with pytest.raises(fetch.DatasetNotFoundError) as raised:
+        fetch.fetch("mnist", "test-labels", mirrors=[first, second], progress=False, timeout=5)
+    assert raised.value.attempts == ((f"{first}/mnist/{LABELS_GZ}", "downloaded and verified, but not saved"),)
+    message = str(raised.value)
+    assert f"downloads stopped: cannot save the download in the cache folder {isolated / 'mnist'}" in message
+    assert "Is a directory" in message and "set FEDSIM_CACHE to another folder" in message
+    assert files_under(isolated) == []       # no temporary file left behind
+    assert blocker.is_dir()
+
+
+FULL_DISK_SCRIPT = """
+import json, resource, sys
+from fedsim.data import fetch
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+resource.setrlimit(resource.RLIMIT_FSIZE, (1024, hard))   # no file may grow past 1 KiB: a full disk
+try:
+    fetch.fetch("mnist", "test-labels", mirrors=sys.argv[1:], progress=False, timeout=5)
+except fetch.DatasetNotFoundError as error:
+    print(json.dumps({"attempts": error.attempts, "message": str(error)}))
+"""
+
+
+def test_full_disk_stops_the_downloads_and_leaves_nothing(isolated, shared_data, serve):
+    first, second = serve(shared_data), serve(shared_data)
+    result = subprocess.run([sys.executable, "-c", FULL_DISK_SCRIPT, first, second], capture_output=True,
+                            text=True, timeout=120, check=False)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    report = json.loads(result.stdout)
+    assert [url for url, _ in report["attempts"]] == [f"{first}/mnist/{LABELS_GZ}"]
+    assert "downloads stopped: cannot save the download" in report["message"]
+    assert "File too large" in report["message"] and "free space there" in report["message"]
+    assert files_under(isolated) == []
+
+
+def test_cache_folder_that_cannot_be_created(isolated, tmp_path, serve, shared_data, monkeypatch):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("in the way")
+    monkeypatch.setenv("FEDSIM_CACHE", str(a_file / "cache"))
+    with pytest.raises(fetch.DatasetNotFoundError) as raised:
+        fetch.fetch("mnist", "test-labels", mirrors=[serve(shared_data)], progress=False)
+    assert "no download tried: cannot create the cache folder" in str(raised.value)
+    assert raised.value.attempts == ()
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0,
+                    reason="permissions do not stop root")
+def test_unwritable_cache_folder(isolated, serve, shared_data):
+    (isolated / "mnist").mkdir(parents=True)
+    (isolated / "mnist").chmod(0o500)
+    try:
+        with pytest.raises(fetch.DatasetNotFoundError) as raised:
+            fetch.fetch("mnist", "test-labels", mirrors=[serve(shared_data)], progress=False)
+        assert "is not writable" in str(raised.value) and raised.value.attempts == ()
+    finally:
+        (isolated / "mnist").chmod(0o700)
+
+
+def test_oversized_file_in_a_search_folder_is_rejected_unread(isolated, tmp_path):
+    folder = tmp_path / "junk"
+    junk = folder / "mnist" / LABELS_GZ
+    junk.parent.mkdir(parents=True)
+    with open(junk, "wb") as handle:         # 64 MiB, sparse: takes no disk space
+        handle.truncate(64 << 20)
+    limit = fetch.download_size_limit(get_dataset("mnist").file("test-labels"))
+    tracemalloc.start()
+    try:
+        with pytest.raises(fetch.DatasetNotFoundError) as raised:
+            fetch.fetch("mnist", "test-labels", data_dir=folder, download=False)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    reason = f"larger than {limit} bytes, more than any copy of {LABELS_GZ} can be"
+    assert raised.value.rejected == ((junk, reason),)
+    assert peak < limit + (2 << 20), peak
+
+
+def test_gzip_bomb_in_a_search_folder_is_rejected_in_bounded_memory(isolated, tmp_path):
+    file = get_dataset("mnist").file("test-images")
+    bomb = gzip.compress(bytes(1 << 20)) * 512          # 512 KiB that decompress to 512 MiB
+    folder = tmp_path / "bombs"
+    (folder / "mnist").mkdir(parents=True)
+    (folder / "mnist" / file.filename).write_bytes(bomb)
+    tracemalloc.start()
+    try:
+        with pytest.raises(fetch.DatasetNotFoundError) as raised:
+            fetch.load_split("mnist", "test", data_dir=folder, download=False)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    reason = (f"decompressed size is more than {file.decompressed_size} bytes (reading stopped there), "
+              f"expected {file.decompressed_size}")
+    assert [(path.name, why) for path, why in raised.value.rejected] == [(file.filename, reason)]
+    assert peak < file.decompressed_size + (2 << 20), peak    # one buffer of the registry's size, and a little

@@ -1,7 +1,11 @@
 """IDX reader: round trips of arrays written here, and a clear ValueError for every kind of bad input."""
 
 import gzip
+import os
 import struct
+import threading
+import time
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -170,3 +174,108 @@ def test_real_files_count_mismatch(shared_data):
     labels_path = shared_data / "mnist" / "train-labels-idx1-ubyte.gz"
     with pytest.raises(ValueError, match="10000 images .* 60000 labels"):
         read_images_and_labels(images_path, labels_path)
+
+
+# --- bounded memory on hostile input: gzip bombs, headers that lie, files larger than they say
+
+
+def traced_peak(call) -> tuple[BaseException, int]:
+    """The ValueError ``call()`` raises and the peak of Python/NumPy memory it allocated, in bytes."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError) as raised:
+            call()
+        return raised.value, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def gzip_of_zeros(mebibytes: int) -> bytes:
+    """A small gzip file (about 1 KiB per MiB) that decompresses to ``mebibytes`` MiB of zeros: gzip
+    members one after the other are one valid gzip stream."""
+    return gzip.compress(bytes(1 << 20), compresslevel=9) * mebibytes
+
+
+SLACK = 2 << 20        # what reading may allocate beyond the declared payload: a read buffer or two
+
+
+@pytest.mark.parametrize("as_path", [False, True])
+def test_gzip_bomb_fails_early_in_bounded_memory(tmp_path, as_path):
+    payload = np.zeros((10, 28, 28), np.uint8)
+    bomb = gzip.compress(idx_bytes(payload)) + gzip_of_zeros(1024)     # ~1 MiB, decompresses to 1 GiB
+    assert len(bomb) < 2 << 20
+    source = bomb
+    if as_path:
+        source = tmp_path / "t10k-images-idx3-ubyte.gz"
+        source.write_bytes(bomb)
+    start = time.monotonic()
+    error, peak = traced_peak(lambda: read_idx(source, name="bomb.gz"))
+    assert peak < payload.size + SLACK, peak          # the code before this check took 2 GiB
+    assert "bomb.gz: more than 65536 unexpected bytes after the payload (dims (10, 28, 28) need 7840 " \
+           "bytes); stopped reading there" in str(error)
+    assert time.monotonic() - start < 5
+
+
+def test_header_declaring_more_than_allowed_fails_before_allocating():
+    # dims (1000, 1000, 1000): 1 GB declared, and that many zeros follow; the registry says 47 MB at most
+    header = struct.pack(">BBBB3I", 0, 0, 8, 3, 1000, 1000, 1000)
+    bomb = gzip.compress(header) + gzip_of_zeros(1000)
+    error, peak = traced_peak(lambda: read_idx(bomb, name="images.gz", max_bytes=47040016))
+    assert "images.gz: dims (1000, 1000, 1000) make a file of 1000000016 bytes, more than the 47040016 " \
+           "bytes this file has (max_bytes)" in str(error)
+    assert peak < SLACK, peak
+    # 68 GB declared in a file of a few dozen bytes: more than any gzip file that small can hold (deflate
+    # expands at most 1032:1), so it fails before allocating, with or without max_bytes
+    lie = gzip.compress(struct.pack(">BBBB3I", 0, 0, 8, 3, 4096, 4096, 4096)) + gzip.compress(bytes(64))
+    error, peak = traced_peak(lambda: read_idx(lie, name="lie.gz"))
+    assert "lie.gz: truncated payload: dims (4096, 4096, 4096) need 68719476736 bytes, more than a gzip file " \
+           f"of {len(lie)} bytes can hold" in str(error)
+    assert peak < SLACK, peak
+
+
+def test_raw_file_larger_than_its_header_fails_unread(tmp_path):
+    path = tmp_path / "t10k-labels-idx1-ubyte"
+    with open(path, "wb") as handle:
+        handle.write(idx_bytes(np.zeros(10, np.uint8)))
+        handle.truncate(256 << 20)          # sparse: 256 MiB that take no disk space
+    error, peak = traced_peak(lambda: read_idx(path))
+    assert f"{path}: {(256 << 20) - 18} unexpected bytes after the payload (dims (10,) need 10 bytes" in str(error)
+    assert peak < SLACK, peak               # the code before this check read all 256 MiB
+
+
+def test_endless_streams_are_read_only_as_far_as_needed(tmp_path):
+    # a named pipe (no size known in advance) with a good header and then 32 MiB of zeros
+    fifo = tmp_path / "labels.fifo"
+    os.mkfifo(fifo)
+
+    def write():
+        try:
+            with open(fifo, "wb") as pipe:
+                pipe.write(idx_bytes(np.zeros(10, np.uint8)))
+                pipe.writelines(bytes(1 << 16) for _ in range(512))
+        except OSError:                    # the reader has gone: it stopped reading, as it should
+            pass
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    error, peak = traced_peak(lambda: read_idx(fifo))
+    writer.join(timeout=10)
+    assert peak < SLACK, peak
+    assert "more than 65536 unexpected bytes after the payload (dims (10,) need 10 bytes)" in str(error)
+    # an endless device: the zero type byte is seen after 4 bytes
+    if os.path.exists("/dev/zero"):
+        with pytest.raises(ValueError, match="/dev/zero: type byte is 0x00"):
+            read_idx("/dev/zero")
+
+
+def test_max_bytes(shared_data):
+    images = shared_data / "mnist" / "t10k-images-idx3-ubyte.gz"
+    labels = shared_data / "mnist" / "t10k-labels-idx1-ubyte.gz"
+    read_images, read_labels = read_images_and_labels(images, labels, images_max_bytes=7840016,
+                                                      labels_max_bytes=10008)
+    assert read_images.shape == (10000, 28, 28) and read_labels.shape == (10000,)
+    with pytest.raises(ValueError, match=r"dims \(10000,\) make a file of 10008 bytes, more than the 10007"):
+        read_images_and_labels(images, labels, labels_max_bytes=10007)
+    for bad in (-1, 2.5, True, "10"):
+        with pytest.raises(ValueError, match="max_bytes must be None or an integer"):
+            read_idx(labels, max_bytes=bad)

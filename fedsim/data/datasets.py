@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from fedsim.data.dataset import Dataset
-from fedsim.data.fetch import load_split
+from fedsim.data.fetch import DataSettingError, load_split
 from fedsim.data.preprocess import PIXEL_STATISTICS, laq_pipeline, stc_pipeline
 from fedsim.data.registry import DATASETS
 from fedsim.data.synthetic import make_synthetic
@@ -38,13 +38,23 @@ def load_dataset(name: str, pipeline: str = "stc", *, data_dir=None, download: b
         reporting accuracies.
     synthetic_alpha, synthetic_beta, synthetic_devices, seed
         Synthetic(alpha, beta) settings and the seed of its generator.
+    data_dir, download, progress
+        As in :func:`fedsim.data.fetch.load_split`; ``data_dir``, if given, must be an existing folder.
+
+    Raises
+    ------
+    fedsim.data.fetch.DataSettingError
+        A ValueError with a one-line message, for an unknown dataset, pipeline or split, or a ``data_dir``
+        that is not an existing folder.
+    fedsim.data.fetch.DatasetNotFoundError
+        If the dataset's files are neither on disk nor downloadable.
     """
-    if name not in DATASET_NAMES:
-        raise ValueError(f"dataset must be one of {list(DATASET_NAMES)}, got {name!r}")
-    if pipeline not in PIPELINES:
-        raise ValueError(f"pipeline must be one of {list(PIPELINES)}, got {pipeline!r}")
-    if train_split not in TRAIN_SPLITS:
-        raise ValueError(f"train_split must be one of {list(TRAIN_SPLITS)}, got {train_split!r}")
+    if not isinstance(name, str) or name not in DATASET_NAMES:
+        raise DataSettingError(f"dataset must be one of {list(DATASET_NAMES)}, got {name!r}")
+    if not isinstance(pipeline, str) or pipeline not in PIPELINES:
+        raise DataSettingError(f"pipeline must be one of {list(PIPELINES)}, got {pipeline!r}")
+    if not isinstance(train_split, str) or train_split not in TRAIN_SPLITS:
+        raise DataSettingError(f"train_split must be one of {list(TRAIN_SPLITS)}, got {train_split!r}")
     if dtype is None:
         dtype = np.float32 if pipeline == "stc" else np.float64
     if name == "synthetic":

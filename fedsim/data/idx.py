@@ -9,6 +9,8 @@ Layout (all integers big-endian)::
     prod(dims)  payload            the entries, row-major
 
 A file may be gzip-compressed; that is detected from its first two bytes (``1f 8b``), not from its name.
+Gzip is decompressed as a stream, so memory stays at the size the header declares (plus about 1 MiB): a
+small file that decompresses to gigabytes is rejected after reading a few kilobytes past the declared end.
 Anything else is rejected with a ValueError that names the file and says what is wrong: a wrong magic or type
 byte, a truncated header or payload, bytes after the payload, images and labels of different counts, labels
 outside ``[0, n_classes)``.
@@ -16,8 +18,11 @@ outside ``[0, n_classes)``.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import io
 import os
+import stat
 import zlib
 from math import prod
 
@@ -28,21 +33,101 @@ from fedsim.data.registry import is_gzip
 # IDX type bytes other than 0x08, to name them when rejecting a file.
 _OTHER_IDX_TYPES = {0x09: "signed byte", 0x0B: "int16", 0x0C: "int32", 0x0D: "float32", 0x0E: "float64"}
 _UINT8_TYPE = 0x08
+# The payload is read in pieces of this size; a few pieces are all the memory reading needs beyond the
+# output array.
+_CHUNK_BYTES = 1 << 18
+# Past the payload, a gzip stream (or a stream of unknown size) is read at most this far: enough to count a
+# few stray bytes exactly, and the most memory a gzip bomb's tail can take.
+_TRAILING_BYTES = 1 << 16
+# Deflate expands at most 1032:1 (zlib's documented limit), so a gzip file of n bytes holds at most this
+# many times n; a header declaring more cannot be honest, and is rejected before anything is allocated.
+_MAX_GZIP_RATIO = 1032
+_GZIP_ERRORS = (gzip.BadGzipFile, EOFError, zlib.error)
 
 
-def _read_source(source, name: str | None) -> tuple[bytes, str]:
-    """The bytes of ``source`` (a path or bytes) and the name to use for it in messages."""
+class _BufferReader(io.RawIOBase):
+    """A read-only stream over a bytearray or memoryview, without copying it."""
+
+    def __init__(self, buffer: memoryview):
+        super().__init__()
+        self._view = buffer               # one-dimensional, of bytes
+        self._position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, target) -> int:
+        count = min(len(target), len(self._view) - self._position)
+        target[:count] = self._view[self._position:self._position + count]
+        self._position += count
+        return count
+
+
+
+@contextlib.contextmanager
+def _opened(source, name: str | None):
+    """Yield ``(stream, label, compressed, stored_size)`` for a path or bytes.
+
+    ``stream`` reads the IDX bytes (decompressing gzip on the fly), ``stored_size`` is the size of the
+    stored (possibly compressed) bytes, or None when unknown (a pipe or device).
+    """
     if isinstance(source, (bytes, bytearray, memoryview)):
-        return bytes(source), name or "<IDX bytes>"
-    if isinstance(source, (str, os.PathLike)):
-        path = os.fspath(source)
-        with open(path, "rb") as handle:
-            return handle.read(), name or str(path)
-    raise ValueError(f"IDX source must be a path (str or os.PathLike) or bytes, got {type(source).__name__}")
+        if not isinstance(source, bytes):
+            view = memoryview(source)
+            source = view.cast("B") if view.c_contiguous else view.tobytes()
+        # bytes are shared by BytesIO; other buffers are read in place (no copy of a large payload)
+        raw = io.BytesIO(source) if isinstance(source, bytes) else io.BufferedReader(_BufferReader(source))
+        compressed = is_gzip(source)
+        size = len(source)
+        with raw, (gzip.GzipFile(fileobj=raw, mode="rb") if compressed else contextlib.nullcontext(raw)) \
+                as stream:
+            yield stream, name or "<IDX bytes>", compressed, size
+        return
+    if not isinstance(source, (str, os.PathLike)):
+        raise ValueError(f"IDX source must be a path (str or os.PathLike) or bytes, got {type(source).__name__}")
+    path = os.fspath(source)
+    with open(path, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        stored = info.st_size if stat.S_ISREG(info.st_mode) else None
+        compressed = is_gzip(handle.peek(2)[:2])
+        label = name or str(path)
+        if compressed:
+            with gzip.GzipFile(fileobj=handle, mode="rb") as stream:
+                yield stream, label, True, stored
+        else:
+            yield handle, label, False, stored
 
 
-def read_idx(source, *, name: str | None = None) -> np.ndarray:
+def _read_up_to(stream, count: int) -> bytes:
+    """Up to ``count`` bytes, fewer only at the end of the stream."""
+    pieces, have = [], 0
+    while have < count:
+        piece = stream.read(count - have)
+        if not piece:
+            break
+        pieces.append(piece)
+        have += len(piece)
+    return b"".join(pieces)
+
+
+def _read_into(stream, out: np.ndarray) -> int:
+    """Fill ``out`` (1-D uint8) from ``stream`` piece by piece; the number of bytes read."""
+    view, filled = memoryview(out), 0
+    while filled < len(out):
+        count = stream.readinto(view[filled:filled + _CHUNK_BYTES])
+        if not count:
+            break
+        filled += count
+    return filled
+
+
+def read_idx(source, *, name: str | None = None, max_bytes: int | None = None) -> np.ndarray:
     """Read an IDX array of unsigned bytes from a file or from bytes, gzip-compressed or raw.
+
+    Memory is bounded by what the header declares: gzip is decompressed as a stream, the payload goes
+    straight into the output array, and at most 64 KiB past the declared end are looked at. So a small gzip
+    file that decompresses to gigabytes (a "gzip bomb") fails after a few kilobytes, and a header declaring
+    more than the file can hold (or more than ``max_bytes``) fails before anything is allocated.
 
     Parameters
     ----------
@@ -50,6 +135,9 @@ def read_idx(source, *, name: str | None = None) -> np.ndarray:
         The file to read, or its contents.
     name : str, optional
         What to call the source in error messages (default: the path, or ``"<IDX bytes>"``).
+    max_bytes : int, optional
+        The most bytes (header included, decompressed) the IDX file may have, when the caller knows its size
+        (e.g. from the dataset registry); a header declaring more is rejected at once.
 
     Returns
     -------
@@ -59,21 +147,32 @@ def read_idx(source, *, name: str | None = None) -> np.ndarray:
     Raises
     ------
     ValueError
-        If the data is not a well-formed IDX file of type 0x08 (see the module docstring).
+        If the data is not a well-formed IDX file of type 0x08 (see the module docstring), or is larger
+        than ``max_bytes``.
+    OSError
+        If the file cannot be opened or read.
     """
-    data, label = _read_source(source, name)
-    if is_gzip(data):
+    if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, (int, np.integer))
+                                  or max_bytes < 0):
+        raise ValueError(f"max_bytes must be None or an integer >= 0, got {max_bytes!r}")
+    with _opened(source, name) as (stream, label, compressed, stored):
         try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as error:
+            return _parse(stream, label, compressed, stored, max_bytes)
+        except _GZIP_ERRORS as error:
+            if not compressed:
+                raise
             raise ValueError(f"IDX file {label}: starts like gzip (1f 8b) but does not decompress: {error}") \
                 from None
-    if len(data) < 4:
-        raise ValueError(f"IDX file {label}: only {len(data)} bytes, shorter than the 4-byte magic")
-    if data[0] != 0 or data[1] != 0:
-        raise ValueError(f"IDX file {label}: wrong magic {data[:4].hex(' ')}; an IDX file starts with "
+
+
+def _parse(stream, label: str, compressed: bool, stored: int | None, max_bytes: int | None) -> np.ndarray:
+    head = _read_up_to(stream, 4)
+    if len(head) < 4:
+        raise ValueError(f"IDX file {label}: only {len(head)} bytes, shorter than the 4-byte magic")
+    if head[0] != 0 or head[1] != 0:
+        raise ValueError(f"IDX file {label}: wrong magic {head.hex(' ')}; an IDX file starts with "
                          f"00 00, then the type byte and the number of dimensions")
-    type_byte, ndim = data[2], data[3]
+    type_byte, ndim = head[2], head[3]
     if type_byte != _UINT8_TYPE:
         known = _OTHER_IDX_TYPES.get(type_byte)
         described = f"0x{type_byte:02x} ({known})" if known else f"0x{type_byte:02x} (not an IDX type)"
@@ -81,24 +180,51 @@ def read_idx(source, *, name: str | None = None) -> np.ndarray:
     if ndim < 1:
         raise ValueError(f"IDX file {label}: number of dimensions is 0, expected at least 1")
     header_size = 4 + 4 * ndim
-    if len(data) < header_size:
+    dims_bytes = _read_up_to(stream, 4 * ndim)
+    if len(dims_bytes) < 4 * ndim:
         raise ValueError(f"IDX file {label}: truncated header: {ndim} dimensions need {header_size} bytes, "
-                         f"the file has {len(data)}")
-    dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
+                         f"the file has {4 + len(dims_bytes)}")
+    dims = tuple(int(d) for d in np.frombuffer(dims_bytes, dtype=">u4"))
     expected = prod(dims)
-    present = len(data) - header_size
-    if present < expected:
+    if max_bytes is not None and header_size + expected > max_bytes:
+        raise ValueError(f"IDX file {label}: dims {dims} make a file of {header_size + expected} bytes, more "
+                         f"than the {max_bytes} bytes this file has (max_bytes)")
+    if not compressed and stored is not None:       # a raw file or bytes: the size is known, check first
+        present = stored - header_size
+        if present < expected:
+            raise ValueError(f"IDX file {label}: truncated payload: dims {dims} need {expected} bytes, "
+                             f"only {present} present")
+        if present > expected:
+            raise ValueError(f"IDX file {label}: {present - expected} unexpected bytes after the payload "
+                             f"(dims {dims} need {expected} bytes, {present} present)")
+    if compressed and stored is not None and header_size + expected > stored * _MAX_GZIP_RATIO:
+        raise ValueError(f"IDX file {label}: truncated payload: dims {dims} need {expected} bytes, more than "
+                         f"a gzip file of {stored} bytes can hold (at most {stored * _MAX_GZIP_RATIO} "
+                         f"decompressed)")
+    try:
+        out = np.empty(expected, dtype=np.uint8)
+    except (MemoryError, ValueError):
+        raise ValueError(f"IDX file {label}: dims {dims} need {expected} bytes, more than can be "
+                         f"allocated") from None
+    filled = _read_into(stream, out)
+    if filled < expected:
         raise ValueError(f"IDX file {label}: truncated payload: dims {dims} need {expected} bytes, "
-                         f"only {present} present")
-    if present > expected:
-        raise ValueError(f"IDX file {label}: {present - expected} unexpected bytes after the payload "
-                         f"(dims {dims} need {expected} bytes, {present} present)")
-    return np.frombuffer(data, dtype=np.uint8, offset=header_size).reshape(dims).copy()
+                         f"only {filled} present")
+    if compressed or stored is None:                # the end is only found by reading on (a little)
+        extra = len(_read_up_to(stream, _TRAILING_BYTES + 1))
+        if extra > _TRAILING_BYTES:
+            raise ValueError(f"IDX file {label}: more than {_TRAILING_BYTES} unexpected bytes after the "
+                             f"payload (dims {dims} need {expected} bytes); stopped reading there")
+        if extra:
+            raise ValueError(f"IDX file {label}: {extra} unexpected bytes after the payload "
+                             f"(dims {dims} need {expected} bytes, {expected + extra} present)")
+    return out.reshape(dims)
 
 
 def read_images_and_labels(images_path, labels_path, n_classes: int = 10, *,
-                           images_name: str | None = None,
-                           labels_name: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+                           images_name: str | None = None, labels_name: str | None = None,
+                           images_max_bytes: int | None = None,
+                           labels_max_bytes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Read a matching pair of image and label IDX files.
 
     Parameters
@@ -109,6 +235,9 @@ def read_images_and_labels(images_path, labels_path, n_classes: int = 10, *,
         Labels must lie in ``[0, n_classes)``; between 1 and 256.
     images_name, labels_name : str, optional
         Names for the sources in error messages, when they are given as bytes.
+    images_max_bytes, labels_max_bytes : int, optional
+        The most bytes each decompressed IDX file may have (``max_bytes`` of :func:`read_idx`), when the
+        caller knows the files' sizes.
 
     Returns
     -------
@@ -125,8 +254,8 @@ def read_images_and_labels(images_path, labels_path, n_classes: int = 10, *,
     """
     if isinstance(n_classes, bool) or not isinstance(n_classes, (int, np.integer)) or not 1 <= n_classes <= 256:
         raise ValueError(f"n_classes must be an integer in [1, 256], got {n_classes!r}")
-    images = read_idx(images_path, name=images_name)
-    labels = read_idx(labels_path, name=labels_name)
+    images = read_idx(images_path, name=images_name, max_bytes=images_max_bytes)
+    labels = read_idx(labels_path, name=labels_name, max_bytes=labels_max_bytes)
     images_label = images_name or _describe(images_path, "images")
     labels_label = labels_name or _describe(labels_path, "labels")
     if images.ndim != 3:

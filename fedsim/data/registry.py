@@ -35,11 +35,32 @@ SPLIT_FILES: Mapping[str, tuple[str, str]] = MappingProxyType({
 })
 
 GZIP_MAGIC = b"\x1f\x8b"
+# Gzip is decompressed in pieces of this size; a few pieces are all the memory a check needs beyond the
+# file's size.
+_CHUNK_BYTES = 1 << 18
 
 
 def is_gzip(data: bytes) -> bool:
     """Whether ``data`` starts with the gzip magic bytes ``1f 8b``."""
-    return data[:2] == GZIP_MAGIC
+    return bytes(data[:2]) == GZIP_MAGIC
+
+
+def gunzip_at_most(data: bytes, limit: int) -> bytearray:
+    """The decompressed gzip ``data``, at most ``limit`` bytes of it (reading stops there).
+
+    Memory is one buffer of ``limit`` bytes plus about 1 MiB, however far the data would decompress.
+    Raises OSError (gzip.BadGzipFile), EOFError or zlib.error for data that is not valid gzip.
+    """
+    out = bytearray(limit)
+    filled = 0
+    with memoryview(out) as view, gzip.GzipFile(fileobj=io.BytesIO(data)) as stream:
+        while filled < limit:
+            count = stream.readinto(view[filled:filled + _CHUNK_BYTES])
+            if not count:
+                break
+            filled += count
+    del out[filled:]
+    return out
 
 
 @dataclass(frozen=True)
@@ -48,13 +69,14 @@ class Verification:
 
     ``method`` is ``"md5"`` (the gzip bytes' MD5 is an accepted one) or ``"sha256"`` (the decompressed IDX's
     SHA-256 matches) when ``ok``, else ``None``, and ``reason`` then says what did not match. ``payload`` is
-    the decompressed IDX (kept so a caller that loads the file does not read and decompress it again).
+    the decompressed IDX, bytes or a bytearray (kept so a caller that loads the file does not read and
+    decompress it again).
     """
 
     ok: bool
     method: str | None
     reason: str
-    payload: bytes | None = field(default=None, repr=False)
+    payload: bytes | bytearray | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -87,23 +109,23 @@ class DatasetFile:
 
         The gzip MD5 is tried first (one pass over the small compressed bytes); the SHA-256 of the
         decompressed IDX only when the MD5 is not an accepted one. The decompressed size is always checked.
-        Decompression reads at most ``decompressed_size + 1`` bytes, so a corrupt or hostile file cannot
-        make it allocate more.
+        Decompression reads at most ``decompressed_size + 1`` bytes (:func:`gunzip_at_most`), so a corrupt
+        or hostile file (a gzip bomb) cannot make it allocate more than that plus about 1 MiB.
         """
         compressed = is_gzip(data)
         md5_ok = False
         if compressed:
             md5_ok = hashlib.md5(data, usedforsecurity=False).hexdigest() in self.gzip_md5
             try:
-                with gzip.GzipFile(fileobj=io.BytesIO(data)) as stream:
-                    payload = stream.read(self.decompressed_size + 1)
+                payload = gunzip_at_most(data, self.decompressed_size + 1)
             except (OSError, EOFError, zlib.error) as error:
                 return Verification(False, None, f"not a valid gzip file ({error})")
         else:
             payload = data
         if len(payload) != self.decompressed_size:
-            got = f"{len(payload)}" if len(payload) <= self.decompressed_size else "more than that"
-            return Verification(False, None, f"decompressed size is {got} bytes, expected "
+            got = (f"{len(payload)} bytes" if len(payload) <= self.decompressed_size
+                   else f"more than {self.decompressed_size} bytes (reading stopped there)")
+            return Verification(False, None, f"decompressed size is {got}, expected "
                                              f"{self.decompressed_size}")
         if md5_ok:
             return Verification(True, "md5", "gzip MD5 is a published one", payload)
