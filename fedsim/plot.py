@@ -5,8 +5,13 @@ Lazy runs: residual ``f(theta^k) - f*`` and ``||grad f(theta^k)||^2`` against it
 (uploads) and bits spent to reach ``theta^k`` (log scale, as in the LAQ paper, arXiv 1909.07588), and an
 upload-event raster per run (a mark where worker m uploaded at iteration k).
 
-``f*`` is each run's ``run.f_star`` if set, else the smallest objective among the lazy runs plotted
-together (the reference's estimate; the best run then touches residual 0, which a log axis cannot show).
+``f*`` is the runs' ``run.f_star`` if set (the LAQ example computes it with L-BFGS), else the smallest
+objective among the lazy runs plotted together, and the axis then says "relative to the best value
+reached" (the best run touches 0 there, which a log axis cannot show).
+
+Titles hold the dataset, the partition and the settings the runs share; legends the method and the
+settings in which the runs differ. Colours, line styles and markers all change from run to run, so the
+figures survive greyscale printing; bits and communications are on log axes in both families.
 
 Every figure is written as PNG and SVG. Only :class:`matplotlib.figure.Figure` is used (no pyplot), so
 plotting never touches a GUI backend or global figure state.
@@ -48,27 +53,85 @@ def _save(figure, out: Path, stem: str) -> list[Path]:
     return paths
 
 
-def _label(run: RunResult) -> str:
-    return f"{run.label} ({run.method})"
+# Distinguishable in colour (Okabe-Ito, safe for colour-blind readers) and in greyscale print (line style
+# and marker change with every run too).
+COLOURS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442")
+LINE_STYLES = ("-", "--", ":", "-.")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+#: Settings that say nothing about the experiment (left out of titles and legends).
+_BOOKKEEPING = ("run.checkpoint_every", "data.data_dir", "data.download", "federated.eval_every",
+                "lazy.eval_every", "seed_of_run")
 
 
-def _finish(axis, xlabel: str, ylabel: str, xscale: str = "linear", yscale: str = "linear") -> None:
+def _style(index: int) -> dict:
+    return {"color": COLOURS[index % len(COLOURS)], "linestyle": LINE_STYLES[index % len(LINE_STYLES)],
+            "marker": MARKERS[index % len(MARKERS)], "markevery": 0.1, "markersize": 4, "linewidth": 1.4}
+
+
+def _flat_settings(run: RunResult) -> dict:
+    """The run's settings as ``table.name -> value`` (the family's own table and [data], [run], seed)."""
+    settings = {"seed": run.config.get("seed", 0)}
+    for table in ("data", run.family, "run"):
+        for name, value in (run.config.get(table) or {}).items():
+            settings[f"{table}.{name}"] = value
+    return {key: value for key, value in settings.items() if key not in _BOOKKEEPING}
+
+
+def _short(key: str, value) -> str:
+    name = key.rsplit(".", 1)[-1]
+    return f"{name} {value:g}" if isinstance(value, float) else f"{name} {value}"
+
+
+def describe(runs: list[RunResult]) -> tuple[str, list[str]]:
+    """(title, one legend label per run): the title holds the dataset, partition and the settings the
+    runs share that matter most; each label the method and the settings in which the runs differ."""
+    flats = [_flat_settings(run) for run in runs]
+    keys = sorted(set().union(*flats))
+    differing = [key for key in keys if len({repr(flat.get(key)) for flat in flats}) > 1]
+    common = flats[0]
+    family = runs[0].family
+    data = [f"{common.get('data.dataset', '?')}"]
+    partition = common.get("data.partition")
+    if partition and "data.partition" not in differing:
+        detail = {"classes_per_client": f" ({common.get('data.classes_per_client')} classes per client)",
+                  "dirichlet": f" (alpha {common.get('data.dirichlet_alpha')})"}.get(partition, "")
+        data.append(f"partition {partition}{detail}")
+    clients = common.get(f"{family}.n_clients", common.get(f"{family}.n_workers"))
+    if clients is not None and not any(key.endswith(("n_clients", "n_workers")) for key in differing):
+        data.append(f"{clients} {'clients' if family == 'federated' else 'workers'}")
+    shared = [_short(key, common[key]) for key in (f"{family}.lr", f"{family}.step_size", f"{family}.p_up",
+                                                   f"{family}.p_down", f"{family}.batch_size", f"{family}.bits")
+              if key in common and key not in differing]
+    title = ", ".join(data) + (f"; {', '.join(shared)}" if shared else "")
+    method_key = f"{family}.method"
+    labels = []
+    for run, flat in zip(runs, flats):
+        extra = [_short(key, flat.get(key)) for key in differing if key != method_key and key in flat]
+        labels.append(", ".join([run.method] + extra))
+    if len(set(labels)) < len(labels):             # the same settings twice: tell them apart by folder
+        labels = [f"{label} ({run.label})" for label, run in zip(labels, runs)]
+    return title, labels
+
+
+def _finish(axis, xlabel: str, ylabel: str, xscale: str = "linear", yscale: str = "linear",
+            integer_x: bool = False) -> None:
+    from matplotlib.ticker import MaxNLocator
     axis.set(xlabel=xlabel, ylabel=ylabel, xscale=xscale, yscale=yscale)
     axis.grid(alpha=0.3)
-    if xscale == "linear":   # large counts (bits) as "x 1e5" beside the axis, not as long overlapping labels
-        axis.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))
+    if integer_x:
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def federated_figure(runs: list[RunResult], out: Path) -> list[Path]:
     """Test accuracy against rounds and cumulative bits (up, down, total); returns the files written."""
+    runs = [run for run in runs if run.history]
+    title, labels = describe(runs)
     figure, axes = _figure(2, 2)
-    panels = [(axes[0, 0], None, "round"), (axes[0, 1], "bits_up", "cumulative bits up"),
-              (axes[1, 0], "bits_down", "cumulative bits down"),
-              (axes[1, 1], "total", "cumulative bits, up + down")]
-    for run in runs:
+    panels = [(axes[0, 0], None, "round"), (axes[0, 1], "bits_up", "bits sent up (cumulative)"),
+              (axes[1, 0], "bits_down", "bits sent down (cumulative)"),
+              (axes[1, 1], "total", "bits up + down (cumulative)")]
+    for index, (run, label) in enumerate(zip(runs, labels)):
         history = run.history
-        if not history:
-            continue
         up = np.cumsum([r.get("bits_up", 0) for r in history], dtype=np.float64)
         down = np.cumsum([r.get("bits_down", 0) for r in history], dtype=np.float64)
         totals = {"bits_up": up, "bits_down": down, "total": up + down}
@@ -76,11 +139,11 @@ def federated_figure(runs: list[RunResult], out: Path) -> list[Path]:
         accuracy = [history[i]["test_accuracy"] for i in evaluated]
         for axis, key, _ in panels:
             x = [history[i]["round"] for i in evaluated] if key is None else totals[key][evaluated]
-            axis.plot(x, accuracy, marker="." if len(evaluated) < 40 else None, label=_label(run))
+            axis.plot(x, accuracy, label=label, **_style(index))
     for axis, key, xlabel in panels:
-        _finish(axis, xlabel, "test accuracy", xscale="linear" if key is None else "log")
+        _finish(axis, xlabel, "test accuracy", xscale="linear" if key is None else "log", integer_x=key is None)
     axes[0, 0].legend(fontsize="small")
-    figure.suptitle("federated runs: test accuracy")
+    figure.suptitle(title)
     return _save(figure, out, "federated_accuracy")
 
 
@@ -89,9 +152,13 @@ def lazy_figures(runs: list[RunResult], out: Path, max_workers: int = 10) -> lis
     runs = [run for run in runs if run.history]
     if not runs:
         return []
+    title, labels = describe(runs)
     f_star = f_star_of(runs)
+    configured = all(run.config.get("run", {}).get("f_star") is not None for run in runs)
+    # Without a known f*, the residual is relative to the best value these runs reached, and says so.
+    residual_label = "f - f*" if configured else "f - (smallest f of these runs)"
     figure, axes = _figure(2, 3)
-    for run in runs:
+    for index, (run, label) in enumerate(zip(runs, labels)):
         history = run.history
         objective = np.array([r["objective"] for r in history])
         grad_norm = np.array([r["grad_norm_sq"] for r in history])
@@ -100,29 +167,34 @@ def lazy_figures(runs: list[RunResult], out: Path, max_workers: int = 10) -> lis
         communications, bits = records_spent_before(history)
         x_axes = (np.arange(len(history)), communications, bits)
         for column, x in enumerate(x_axes):
-            axes[0, column].plot(x, residual, label=_label(run))
-            axes[1, column].plot(x, grad_norm, label=_label(run))
-    for column, xlabel in enumerate(("iteration", "communications (uploads)", "bits")):
-        _finish(axes[0, column], xlabel, "f - f*", yscale="log")
-        _finish(axes[1, column], xlabel, "||grad f||^2", yscale="log")
+            axes[0, column].plot(x, residual, label=label, **_style(index))
+            axes[1, column].plot(x, grad_norm, label=label, **_style(index))
+    for column, xlabel in enumerate(("iteration", "communications (uploads, cumulative)", "bits (cumulative)")):
+        xscale = "linear" if column == 0 else "log"
+        _finish(axes[0, column], xlabel, residual_label, xscale=xscale, yscale="log", integer_x=column == 0)
+        _finish(axes[1, column], xlabel, "||grad f||^2", xscale=xscale, yscale="log", integer_x=column == 0)
     axes[0, 0].legend(fontsize="small")
-    figure.suptitle(f"lazy runs: residual (f* = {f_star:.10g}) and gradient norm")
+    reference = f"f* = {f_star:.10g}" if configured else f"relative to the best value reached, {f_star:.10g}"
+    figure.suptitle(f"{title}\nresidual ({reference}) and gradient norm")
     paths = _save(figure, out, "lazy_residual")
 
     raster, raster_axes = _figure(len(runs), 1, width=9.0, height=max(1.4, 0.25 * max_workers + 0.8))
-    for axis, run in zip(raster_axes[:, 0], runs):
+    for index, (axis, run, label) in enumerate(zip(raster_axes[:, 0], runs, labels)):
         shown = set(range(max_workers))
         events = [(r["iteration"] if "iteration" in r else k, m)
                   for k, r in enumerate(run.history) for m in r.get("uploads", []) if m in shown]
         if events:
             iterations, workers = np.array(events).T
-            axis.scatter(iterations, workers, marker="|", s=30, linewidths=0.8)
+            axis.scatter(iterations, workers, marker="|", s=30, linewidths=0.8, color=_style(index)["color"])
         n_workers = run.config.get("lazy", {}).get("n_workers", max_workers)
         axis.set_ylim(-0.5, min(n_workers, max_workers) - 0.5)
         axis.invert_yaxis()
-        axis.set(xlabel="iteration", ylabel="worker", title=f"{_label(run)}: uploads"
+        axis.set(xlabel="iteration", ylabel="worker", title=f"{label}: uploads"
                  + (f" (first {max_workers} of {n_workers} workers)" if n_workers > max_workers else ""))
         axis.set_xlim(-0.5, len(run.history) - 0.5)
+        _finish(axis, "iteration", "worker", integer_x=True)
+        axis.grid(False)
+    raster.suptitle(title)
     paths += _save(raster, out, "lazy_uploads")
     return paths
 
@@ -138,4 +210,4 @@ def plot_runs(runs: list[RunResult], out) -> list[Path]:
     return paths
 
 
-__all__ = ["federated_figure", "lazy_figures", "plot_runs"]
+__all__ = ["describe", "federated_figure", "lazy_figures", "plot_runs"]

@@ -1,4 +1,5 @@
-"""Smoke test of examples/stc_mnist.py: two rounds on real and on synthetic data."""
+"""examples/stc_mnist.py: the same experiment API as `fedsim run` (presets, run folders, resume, one-line
+errors), and its default settings showing STC at its best on the offline data."""
 
 import importlib.util
 import json
@@ -16,16 +17,44 @@ def load_example():
     return module
 
 
-@pytest.mark.parametrize("dataset", ["fashion-mnist", "synthetic"])
-def test_two_rounds_write_history_and_figure(shared_data, tmp_path, capsys, dataset):
+def test_synthetic_stc_is_within_five_points_of_fedavg_and_reruns_skip(tmp_path, capsys):
     example = load_example()
-    methods = ["stc_updown", "fedavg"]
-    results = example.main(["--dataset", dataset, "--rounds", "2", "--data-dir", str(shared_data),
-                            "--out", str(tmp_path), "--method", *methods])
-    assert set(results) == set(methods) and all(len(h) == 2 for h in results.values())
-    saved = json.loads((tmp_path / "history.json").read_text())
-    assert saved["histories"]["stc_updown"][1]["round"] == 2
-    assert (tmp_path / "accuracy.png").stat().st_size > 1000
+    args = ["--dataset", "synthetic", "--rounds", "20", "--method", "stc_updown", "fedavg", "--out", str(tmp_path)]
+    assert example.main(args) == 0
     out = capsys.readouterr().out
-    assert "round 2/2" in out and "bits up" in out and "estimated time left" in out
-    assert 0 < results["stc_updown"][-1]["test_accuracy"] <= 1
+    assert "settings (synthetic preset): synthetic, 30 clients, partition natural" in out
+    assert "p_up 0.05, p_down 0.1" in out
+    assert "clients" in out and "class" in out.lower()           # the whole partition report, not a header
+    assert "[stc_updown] round 20/20" in out
+    summaries = {m: json.loads((tmp_path / m / "summary.json").read_text()) for m in ("stc_updown", "fedavg")}
+    stc, fedavg = (summaries[m]["final_test_accuracy"] for m in ("stc_updown", "fedavg"))
+    assert stc >= fedavg - 0.05, (stc, fedavg)
+    assert summaries["stc_updown"]["bits"] < summaries["fedavg"]["bits"] / 20
+    assert (tmp_path / "federated_accuracy.png").stat().st_size > 10_000
+    # the same command again: finished runs are not run again
+    before = (tmp_path / "fedavg" / "history.jsonl").read_bytes()
+    assert example.main(args + ["--quiet"]) == 0
+    assert (tmp_path / "fedavg" / "history.jsonl").read_bytes() == before
+    assert "round 1/20" not in capsys.readouterr().out
+
+
+def test_errors_are_one_line_like_the_cli(tmp_path, capsys):
+    example = load_example()
+    status = example.main(["--dataset", "synthetic", "--set", "federated.lrr=0.1", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1 and "did you mean 'federated.lr'" in err, err
+    status = example.main(["--dataset", "fashion-mnist", "--data-dir", str(tmp_path / "nowhere"),
+                           "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1 and "data_dir" in err and "Traceback" not in err, err
+
+
+def test_two_rounds_on_fashion_mnist(shared_data, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("FEDSIM_DATA", str(shared_data))
+    example = load_example()
+    assert example.main(["--dataset", "fashion-mnist", "--rounds", "2", "--out", str(tmp_path),
+                         "--method", "stc_updown", "qsgd_up"]) == 0
+    out = capsys.readouterr().out
+    assert "settings (stc-mnist preset): fashion-mnist, 50 clients" in out and "[qsgd_up] round 2/2" in out
+    for method in ("stc_updown", "qsgd_up"):
+        assert 0 < json.loads((tmp_path / method / "summary.json").read_text())["final_test_accuracy"] <= 1

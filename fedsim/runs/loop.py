@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shutil
 import signal
 import sys
@@ -117,39 +118,92 @@ def show_progress(quiet: bool) -> bool:
     return not quiet and sys.stderr.isatty()
 
 
+#: On a pipe or a file, a progress line at most this often (seconds).
+PROGRESS_LINE_SECONDS = 5.0
+
+
+class _Progress:
+    """A bar on a terminal (tqdm); on a pipe or a file, one line every PROGRESS_LINE_SECONDS at most (and
+    the last); nothing when quiet. Before the first step, a note if kernels are about to compile."""
+
+    def __init__(self, name: str, planned: int, done: int, unit: str, quiet: bool):
+        self.name, self.planned, self.unit, self.quiet = name, planned, unit, quiet
+        self.terminal = sys.stderr.isatty()
+        self.started = time.perf_counter()
+        self.first_done = done
+        self.last_line = -math.inf
+        self.bar = None
+        if not quiet and self.terminal:
+            from tqdm.auto import tqdm
+            # Follow the terminal's size; one that reports none (0 x 0, tqdm would then hide the bar)
+            # gets 100 columns and 20 rows.
+            sized = shutil.get_terminal_size((0, 0)).columns > 0
+            self.bar = tqdm(total=planned, initial=done, desc=name, unit=unit, file=sys.stderr,
+                            dynamic_ncols=sized, ncols=None if sized else 100, nrows=None if sized else 20)
+
+    def first_step(self):
+        """A timer that, if the first step takes longer than 2 s (the Numba kernels compiling into their
+        on-disk cache), says so once; cancel it when the step is done."""
+        def note():
+            if self.bar is not None:
+                self.bar.write("fedsim: compiling the kernels this run uses (once per machine; later runs "
+                               "start at once)", file=sys.stderr)
+            else:
+                print("fedsim: compiling the kernels this run uses (once per machine; later runs start at "
+                      "once)", file=sys.stderr, flush=True)
+        timer = threading.Timer(2.0, note)
+        timer.daemon = True
+        if not self.quiet:
+            timer.start()
+        return timer
+
+    def update(self, completed: int, text: str) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(text, refresh=False)
+            self.bar.update(1)
+            return
+        now_ = time.perf_counter()
+        if self.quiet or (now_ - self.last_line < PROGRESS_LINE_SECONDS and completed < self.planned):
+            return
+        self.last_line = now_
+        elapsed = now_ - self.started
+        rate = (completed - self.first_done) / elapsed if elapsed > 0 else 0.0
+        left = f", ~{(self.planned - completed) / rate:.0f} s left" if rate > 0 and completed < self.planned else ""
+        print(f"fedsim: {self.name}: {self.unit} {completed}/{self.planned}  {text}  ({elapsed:.0f} s{left})",
+              file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def execute(run, folder: RunFolder, config: ExperimentConfig, *, name: str, quiet: bool = False,
-            identity: dict | None = None) -> RunOutcome:
+            identity: dict | None = None, observer=None) -> RunOutcome:
     """Step ``run`` to the end of ``config``, recording into ``folder``.
 
     The step protocol: ``run.completed`` (steps done), ``run.step() -> record``, ``run.history``,
     ``run.state_dict() -> (arrays, meta)``.
     Appends each record to history.jsonl (flushed), checkpoints every ``config.run.checkpoint_every``
     steps and at the end, stops at a step boundary on SIGINT/SIGTERM (checkpointing there), and writes
-    summary.json when the run completes or diverges.
+    summary.json when the run completes or diverges. ``observer(record)``, if given, is called after
+    each step (the examples print a block per round with it).
     """
     planned = config.steps
     every = config.run.checkpoint_every
     algorithms = config.algorithm_family
-    progress = show_progress(quiet)
     state: dict = {}
     for record in run.history:           # a resumed run: the postfix starts from the totals so far
         algorithms.progress(record, state)
     session_started = time.perf_counter()
     status, message = "completed", ""
-    from tqdm.auto import tqdm
 
     def checkpoint():
         folder.write_checkpoint(*run.state_dict(), planned=planned, identity=identity)
 
     with _StopOnSignals() as stop, folder.open_history() as history_file, \
             pinned_threads(config.run.blas_threads):
-        unit = algorithms.unit
-        # Follow the terminal's size; one that reports none (0 x 0, tqdm would then hide the bar)
-        # gets 100 columns and 20 rows.
-        sized = shutil.get_terminal_size((0, 0)).columns > 0
-        bar = tqdm(total=planned, initial=run.completed, desc=name, unit=unit, disable=not progress,
-                   file=sys.stderr, dynamic_ncols=sized, ncols=None if sized else 100,
-                   nrows=None if sized else 20)
+        bar = _Progress(name, planned, run.completed, algorithms.unit, quiet)
+        compiling = bar.first_step()
         try:
             while run.completed < planned:
                 if stop.received is not None:
@@ -160,13 +214,17 @@ def execute(run, folder: RunFolder, config: ExperimentConfig, *, name: str, quie
                 except DivergenceError as error:
                     status, message = "diverged", str(error)
                     break
+                finally:
+                    compiling.cancel()
                 history_file.write(to_json(record) + "\n")
                 history_file.flush()
-                bar.set_postfix_str(algorithms.progress(record, state), refresh=False)
-                bar.update(1)
+                bar.update(run.completed, algorithms.progress(record, state))
+                if observer is not None:
+                    observer(record)
                 if every and run.completed % every == 0 and run.completed < planned:
                     checkpoint()
         finally:
+            compiling.cancel()
             bar.close()
         if status in ("completed", "interrupted"):
             checkpoint()
@@ -198,7 +256,7 @@ def _identity(meta: dict) -> dict:
 
 
 def start_run(config: ExperimentConfig, out, *, name: str, quiet: bool = False, command=None,
-              progress_data: bool | None = None) -> RunOutcome:
+              progress_data: bool | None = None, observer=None) -> RunOutcome:
     """Create the run folder ``out``, write config.toml and meta.json, build the run and execute it,
     owning the folder (its lock) throughout.
 
@@ -232,7 +290,7 @@ def start_run(config: ExperimentConfig, out, *, name: str, quiet: bool = False, 
                 "sessions": [{"started": now(), "from": 0}]}
         folder.write_json(META_FILE, meta)
         atomic_write_bytes(folder.file(HISTORY_FILE), b"")
-        return execute(run, folder, config, name=name, quiet=quiet, identity=_identity(meta))
+        return execute(run, folder, config, name=name, quiet=quiet, identity=_identity(meta), observer=observer)
 
 
 def _check_identity(folder: RunFolder, config: ExperimentConfig, meta: dict) -> None:
@@ -285,7 +343,7 @@ def _check_history(folder: RunFolder, run, completed: int) -> None:
 
 
 def resume_run(path, *, quiet: bool = False, progress_data: bool | None = None,
-               extend_to: int | None = None) -> RunOutcome:
+               extend_to: int | None = None, observer=None) -> RunOutcome:
     """Continue the run in folder ``path`` from its last checkpoint (or from the start if it has none).
 
     ``extend_to``: continue to this many rounds / iterations in all (at least the steps done); the
@@ -323,7 +381,7 @@ def resume_run(path, *, quiet: bool = False, progress_data: bool | None = None,
         _warn_on_changes(meta)
         folder.write_json(META_FILE, meta)
         return execute(run, folder, config, name=meta.get("name", folder.path.name), quiet=quiet,
-                       identity=_identity(meta))
+                       identity=_identity(meta), observer=observer)
 
 
 def _extend(folder: RunFolder, config: ExperimentConfig, meta: dict, extend_to: int):
