@@ -246,7 +246,7 @@ def test_divergence_is_recorded(tmp_path):
 
 def test_setting_that_does_not_fit_the_data_is_a_config_error(tmp_path):
     config = load_preset("synthetic", ["data.partition=classes_per_client", "federated.n_clients=100000"])
-    with pytest.raises(ConfigError, match="the config does not fit the data: n_clients"):
+    with pytest.raises(ConfigError, match="the config does not fit the data: federated.n_clients"):
         start_run(config, tmp_path / "run", name="bad", quiet=True)
     assert not (tmp_path / "run").exists()
 
