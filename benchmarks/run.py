@@ -1,17 +1,19 @@
-"""Run the benchmark suites and regenerate the tables of ``benchmarks/README.md``.
+"""Run the benchmark suites; print the targets; write the results outside the source tree.
 
 Usage::
 
     python -m benchmarks.run --quick            # a few minutes: fewer sizes and repeats
     python -m benchmarks.run --full             # everything in the issue's grid
     python -m benchmarks.run --full --threads 2 --only kernels rounds
+    python -m benchmarks.run --full --write-readme   # the maintainers' run: tables into the tracked files
 
 Every suite runs in a fresh process whose BLAS, OpenMP, torch and Numba thread counts are all set to
-``--threads`` (default 1) before any of them loads. Results go to ``benchmarks/results/`` (``--full``) or
-``benchmarks/results/<mode>/`` (other modes) as one JSON file per suite, each with the machine, library
-versions, date and thread settings; the README's generated block is rebuilt from them. A suite that fails
-(for instance because two implementations disagree) makes the command exit with status 1 and leaves the
-README untouched.
+``--threads`` (default 1) before any of them loads. Results go to ``--out`` (default: the user cache,
+``$FEDSIM_CACHE/benchmarks/<mode>`` or ``~/.cache/fedsim/benchmarks/<mode>``) as one JSON file per suite,
+each with the machine, library versions, date and thread settings, and ``tables.md`` beside them (the
+tables of benchmarks/README.md). Only ``--write-readme`` touches tracked files: it writes the JSON into
+``benchmarks/results/`` (full mode) and regenerates the README's generated block. A suite that fails (for
+instance because two implementations disagree) makes the command exit with status 1 and writes no tables.
 """
 
 from __future__ import annotations
@@ -48,9 +50,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="threads for BLAS, torch and Numba alike")
     parser.add_argument("--only", nargs="+", choices=SUITES, default=list(SUITES))
     parser.add_argument("--out", type=Path, default=None,
-                        help="results folder (default: benchmarks/results, or benchmarks/results/<mode>)")
-    parser.add_argument("--readme", type=Path, default=README, help="README whose tables are regenerated")
-    parser.add_argument("--no-readme", action="store_true", help="write the JSON results only")
+                        help="results folder (default: the user cache's benchmarks/<mode>; with "
+                             "--write-readme in full mode: benchmarks/results)")
+    parser.add_argument("--write-readme", action="store_true",
+                        help="regenerate the generated block of --readme (a tracked file) from these results")
+    parser.add_argument("--readme", type=Path, default=README, help="README whose tables --write-readme regenerates")
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="folder with the Fashion-MNIST files (default: ../shared/data if present, "
                              "else fedsim's search path; random data of the same shapes if none)")
@@ -75,9 +79,18 @@ def run_suite(suite: str, mode: str, threads: int, out: Path, data_dir: Path | N
     return finished.returncode == 0
 
 
+def default_out(mode: str, write_readme: bool) -> Path:
+    """Where results go unless --out says: the tracked benchmarks/results only for a full --write-readme
+    run; otherwise the user cache (never a file of the source tree)."""
+    if write_readme and mode == "full":
+        return RESULTS
+    from fedsim.data.fetch import cache_dir
+    return cache_dir() / "benchmarks" / mode
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    out = args.out or (RESULTS if args.mode == "full" else RESULTS / args.mode)
+    out = args.out or default_out(args.mode, args.write_readme)
     out.mkdir(parents=True, exist_ok=True)
     data_dir = args.data_dir or default_data_dir()
     failed = [suite for suite in args.only if not run_suite(suite, args.mode, args.threads, out, data_dir)]
@@ -89,7 +102,9 @@ def main(argv=None) -> int:
     for row in report.targets(results):
         common.log(f"target: {row['target']}: {row['measured']} ({row['bound']}): "
                    f"{row.get('status', 'met')}")
-    if not args.no_readme:
+    (out / "tables.md").write_text(report.render(results) + "\n")
+    common.log(f"results and tables.md in {out}")
+    if args.write_readme:
         report.update_readme(args.readme, results)
         common.log(f"tables written to {args.readme}")
     return 0

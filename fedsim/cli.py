@@ -114,13 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--data-dir", metavar="DIR", help="a folder searched first")
 
     plot = commands.add_parser("plot", help="overlay runs in figures (PNG and SVG)")
-    plot.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    plot.add_argument("runs", nargs="+", metavar="RUN_DIR",
+                      help="run folders (of `fedsim run`; finished or not); runs of one family are overlaid")
     plot.add_argument("--out", metavar="DIR", help="where the figures go (default: RUN_DIR/plots for one "
                                                    "run, ./plots for several)")
 
     compare = commands.add_parser("compare",
                                   help="a table of final and best accuracy, cost to a target, time")
-    compare.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    compare.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (of `fedsim run`; finished or not)")
     compare.add_argument("--target-accuracy", type=float, default=0.8, metavar="A",
                          help="federated runs: bits and rounds to the first test accuracy >= A (default 0.8)")
     compare.add_argument("--target-residual", type=float, default=1e-6, metavar="R",
@@ -144,10 +145,17 @@ def resolve_config(args):
         overrides.append(("data.dataset", args.dataset))
     if args.data_dir is not None:   # absolute, so that the saved config works from any folder
         overrides.append(("data.data_dir", str(Path(args.data_dir).expanduser().resolve())))
+    notes: list[str] = []
     if args.preset:
-        return load_preset(args.preset, overrides), args.preset
-    if args.config:
-        return load_config_file(args.config, overrides), Path(args.config).stem
+        resolved = load_preset(args.preset, overrides, notes=notes), args.preset
+    elif args.config:
+        resolved = load_config_file(args.config, overrides, notes=notes), Path(args.config).stem
+    else:
+        resolved = None
+    for note in notes:
+        print(f"fedsim: warning: settings not used by this run: {note}", file=sys.stderr)
+    if resolved is not None:
+        return resolved
     if args.command == "show-config":
         from fedsim.config import apply_overrides, config_from_dict
         return config_from_dict(apply_overrides({}, overrides), "defaults"), "defaults"

@@ -358,6 +358,23 @@ def config_from_dict(raw: dict, source: str = "") -> ExperimentConfig:
         raise ConfigError(_one_line(error)) from None
 
 
+def unused_tables(raw: dict, config: ExperimentConfig) -> list[str]:
+    """The tables a document sets that ``config`` does not use: another family's, or a compressor's that
+    neither direction of the federated method uses (their settings would be ignored without a word)."""
+    unused = []
+    for table, values in raw.items():
+        if not isinstance(values, dict) or not values:
+            continue
+        if table in FAMILIES and table != config.family:
+            unused.append(f"[{table}] (family is {config.family!r})")
+        elif table in COMPRESSOR_TABLES:
+            holder = getattr(config, COMPRESSORS_HOLDER)
+            used = {holder.scheme.up, holder.scheme.down} if config.algorithm is holder else set()
+            if table not in used:
+                unused.append(f"[{table}] (method {config.method!r} does not use the {table} compressor)")
+    return unused
+
+
 def config_to_dict(config: ExperimentConfig, *, keep_unset: bool = False) -> dict:
     """Nested plain dict of ``config`` (derived settings left out; ``None`` values only if ``keep_unset``)."""
     document = {"family": config.family, "seed": config.seed}
@@ -406,8 +423,16 @@ def parse_toml(text: str, source: str = "") -> dict:
         raise ConfigError(f"{where}not a usable config: its tables or arrays are nested too deeply") from None
 
 
-def load_config_file(path, overrides=(), source: str | None = None) -> ExperimentConfig:
-    """Read, override (:func:`apply_overrides`) and validate the TOML config at ``path``."""
+def _validated(raw: dict, source: str, notes: list | None) -> ExperimentConfig:
+    config = config_from_dict(raw, source)
+    if notes is not None:
+        notes.extend(unused_tables(raw, config))
+    return config
+
+
+def load_config_file(path, overrides=(), source: str | None = None, notes: list | None = None) -> ExperimentConfig:
+    """Read, override (:func:`apply_overrides`) and validate the TOML config at ``path``; the tables it
+    sets but does not use are added to ``notes`` if given (:func:`unused_tables`)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -416,7 +441,7 @@ def load_config_file(path, overrides=(), source: str | None = None) -> Experimen
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(f"cannot read config file {path}: {_one_line(error)}") from None
     name = source or path.name
-    return config_from_dict(apply_overrides(parse_toml(text, name), overrides), name)
+    return _validated(apply_overrides(parse_toml(text, name), overrides), name, notes)
 
 
 def toml_value(value) -> str:
@@ -486,6 +511,8 @@ def config_to_toml(config: ExperimentConfig, header: str = "", comments: bool = 
             lines.append(f"# the {table} compressor's settings (p and scope: [federated])")
         lines.append(f"[{table}]")
         notes = field_comments(type(settings)) if comments else {}
+        if comments and table in FAMILIES and "method" in notes:
+            notes["method"] = f"{notes['method']}: {', '.join(FAMILIES[table].method_names())}"
         for name in table_fields(table):
             value = getattr(settings, name)
             if value is None:
@@ -583,13 +610,13 @@ def preset_text(name: str) -> str:
     return files[name].read_text(encoding="utf-8")
 
 
-def load_preset(name: str, overrides=()) -> ExperimentConfig:
-    """Preset ``name`` with ``overrides`` applied, validated."""
+def load_preset(name: str, overrides=(), notes: list | None = None) -> ExperimentConfig:
+    """Preset ``name`` with ``overrides`` applied, validated (unused tables into ``notes``, if given)."""
     source = f"preset {name}"
-    return config_from_dict(apply_overrides(parse_toml(preset_text(name), source), overrides), source)
+    return _validated(apply_overrides(parse_toml(preset_text(name), source), overrides), source, notes)
 
 
-__all__ = ["config_differences", "config_fingerprint", "ConfigError", "ExperimentConfig", "FAMILIES", "RunConfig", "TABLES", "all_settings",
+__all__ = ["unused_tables", "config_differences", "config_fingerprint", "ConfigError", "ExperimentConfig", "FAMILIES", "RunConfig", "TABLES", "all_settings",
            "apply_overrides", "coerce", "config_from_dict", "config_to_dict", "config_to_toml",
            "list_presets", "load_config_file", "load_preset", "parse_override", "parse_toml", "preset_text",
            "suggest", "table_fields", "toml_value"]

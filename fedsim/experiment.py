@@ -29,7 +29,7 @@ class DataConfig:
     train_split: str = "train"         # train | test (train on the test split, when train images are absent)
     data_dir: str | None = None        # a folder searched first for the dataset files
     download: bool = True              # fetch missing files from the registry's mirrors
-    partition: str = "classes_per_client"  # one of PARTITIONS; "natural": the dataset's own (synthetic)
+    partition: str = "classes_per_client"  # classes_per_client | dirichlet | shards | iid | contiguous | natural (synthetic's own)
     classes_per_client: int = 10       # classes_per_client partition: classes per client
     balancedness: float = 1.0          # classes_per_client partition: 1 equal sizes, < 1 geometric sizes
     dirichlet_alpha: float = 1.0       # dirichlet partition: concentration (small: strong label skew)

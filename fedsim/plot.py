@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedsim.algorithms.family import group_by_family
+from fedsim.algorithms.family import FAMILIES, group_by_family
 from fedsim.algorithms.lazy import f_star_of, records_spent_before
 from fedsim.runs import RunResult
 
@@ -96,9 +96,11 @@ def describe(runs: list[RunResult]) -> tuple[str, list[str]]:
         detail = {"classes_per_client": f" ({common.get('data.classes_per_client')} classes per client)",
                   "dirichlet": f" (alpha {common.get('data.dirichlet_alpha')})"}.get(partition, "")
         data.append(f"partition {partition}{detail}")
-    clients = common.get(f"{family}.n_clients", common.get(f"{family}.n_workers"))
-    if clients is not None and not any(key.endswith(("n_clients", "n_workers")) for key in differing):
-        data.append(f"{clients} {'clients' if family == 'federated' else 'workers'}")
+    declared = FAMILIES.get(family)
+    if declared is not None:
+        clients_key = declared.setting(declared.clients_setting)
+        if clients_key in common and clients_key not in differing:
+            data.append(f"{common[clients_key]} {declared.clients_word}")
     shared = [_short(key, common[key]) for key in (f"{family}.lr", f"{family}.step_size", f"{family}.p_up",
                                                    f"{family}.p_down", f"{family}.batch_size", f"{family}.bits")
               if key in common and key not in differing]

@@ -24,17 +24,32 @@ from benchmarks.common import ValidationError  # noqa: E402
 pytest.importorskip("torch")
 
 
-def test_smoke_run_writes_validated_results_and_tables(tmp_path):
-    readme = tmp_path / "README.md"
-    readme.write_text("# hand-written part\n\nkept as is\n")
+def _git_status() -> str | None:
+    try:
+        return subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True,
+                              timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def test_smoke_run_writes_validated_results_and_tables_and_leaves_the_checkout_alone(tmp_path):
+    """The README's command as a user runs it (no --out): results into the user cache, no tracked file
+    touched; then the tables are regenerated into a README of our own, as --write-readme would."""
     environment = dict(os.environ)
     environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), environment.get("PYTHONPATH")]))
-    finished = subprocess.run([sys.executable, "-m", "benchmarks.run", "--smoke", "--out", str(tmp_path),
-                               "--readme", str(readme)], cwd=REPO, env=environment, capture_output=True,
-                              text=True, timeout=240)
+    environment["FEDSIM_CACHE"] = str(tmp_path / "cache")
+    status_before = _git_status()
+    finished = subprocess.run([sys.executable, "-m", "benchmarks.run", "--smoke"], cwd=REPO, env=environment,
+                              capture_output=True, text=True, timeout=240)
     assert finished.returncode == 0, finished.stderr[-3000:]
-    results = {suite: json.loads((tmp_path / f"{suite}.json").read_text())
+    assert _git_status() == status_before, "the benchmark run changed files of the checkout"
+    out = tmp_path / "cache" / "benchmarks" / "smoke"
+    assert (out / "tables.md").read_text().count("### Kernels") == 1
+    results = {suite: json.loads((out / f"{suite}.json").read_text())
                for suite in ("kernels", "rounds", "scale", "compile", "products")}
+    readme = tmp_path / "README.md"
+    readme.write_text("# hand-written part\n\nkept as is\n")
+    report.update_readme(readme, results)
     for suite, payload in results.items():
         machine = payload["machine"]
         assert payload["mode"] == "smoke", suite

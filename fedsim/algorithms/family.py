@@ -41,6 +41,7 @@ class Family:
     report: Callable           # (summary) -> list of "what the run achieved" phrases, for the CLI
     compare: Callable          # (run results, targets dict) -> the `fedsim compare` table text
     figures: str               # name of the fedsim.plot function that draws the family's runs
+    method_names: Callable     # () -> the names its `method` setting accepts
     #: Settings of config_class that a config file does not set, and where they come from.
     derived: dict[str, str] = field(default_factory=dict)
     #: Settings left unset (None) and what that means, for `fedsim show-config`:

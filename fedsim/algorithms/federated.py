@@ -90,7 +90,7 @@ def _check(condition: bool, setting: str, allowed: str, value) -> None:
 class FederatedConfig:
     """Settings of one compressed federated learning run (defaults: the STC seed experiment)."""
 
-    method: str = "stc_updown"       # a named method (none, fedavg, signsgd) or <compressor>_up / _updown
+    method: str = "stc_updown"       # a named method or <compressor>_up / <compressor>_updown
     rounds: int = 20                 # communication rounds
     n_clients: int = 50              # clients holding data
     participation_rate: float = 1.0  # fraction of clients sampled per round, in (0, 1]
@@ -646,7 +646,7 @@ FAMILY = register_family(Family(
     name="federated", description="compressed federated averaging: STC, FedAvg, signSGD, top-k, ...",
     config_class=FederatedConfig, make_run=_make_run, pipeline="stc", unit="round", clients_word="clients",
     clients_setting="n_clients", steps_setting="rounds", summarize=summarize, progress=progress_text,
-    report=report, compare=compare, figures="federated_figure",
+    report=report, compare=compare, figures="federated_figure", method_names=lambda: sorted(methods()),
     derived={"compressors": "the compressor tables ([stc], [sign], ...)"},
     unset_meanings={name: ("the method's", lambda config, name=name: getattr(config.federated.scheme, name))
                     for name in ("accumulate_up", "accumulate_down", "aggregation")}))

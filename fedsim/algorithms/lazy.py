@@ -106,7 +106,7 @@ class LazyConfig:
     settings (SLAQ: alpha 0.008, b 3).
     """
 
-    method: str = "laq"                  # one of METHODS
+    method: str = "laq"                  # a row of RULES
     n_workers: int = 10                  # M, number of workers (<= number of training samples)
     step_size: float = 0.02              # alpha, the server's step: theta <- theta - alpha sum_m Q_m
     bits: int = 4                        # b, bits per quantized entry (qgd, laq, slaq), in [1, 16]
@@ -828,4 +828,5 @@ FAMILY = register_family(Family(
     name="lazy", description="lazy aggregation: GD, QGD, LAG-WK, LAG-PS, LAQ, SLAQ",
     config_class=LazyConfig, make_run=_make_run, pipeline="laq", unit="iteration", clients_word="workers",
     clients_setting="n_workers", steps_setting="iterations", summarize=summarize, progress=progress_text,
-    report=report, compare=compare, figures="lazy_figures", derived={"seed": "the top-level `seed`"}))
+    report=report, compare=compare, figures="lazy_figures", method_names=lambda: list(RULES),
+    derived={"seed": "the top-level `seed`"}))
