@@ -1,20 +1,24 @@
-"""The LAQ reference experiment: GD, QGD, LAG-WK, LAG-PS and LAQ on softmax regression over MNIST.
+"""The LAQ reference experiment: GD, QGD, LAG-WK, LAG-PS and LAQ on softmax regression, one run folder each.
 
-Sun, Chen, Giannakis, Yang, arXiv 1909.07588 (LAQ) and Chen et al., arXiv 1805.09965 (LAG). Defaults are
-the reference code's: M = 10 workers on contiguous shards, alpha = 0.02, b = 4 bits, D = 10, xi = 0.8,
-C = 100, l2 = 0.01, 4,000 full-batch iterations, pixels / 255 (784 features, 7,850 parameters). Run::
+Sun, Chen, Giannakis, Yang, arXiv 1909.07588 (LAQ) and Chen et al., arXiv 1805.09965 (LAG). A thin layer
+over the same experiment API as ``fedsim run``: the settings come from the dataset's preset (``laq-mnist``
+for MNIST and Fashion-MNIST: the reference's M = 10 contiguous shards, alpha = 0.02, b = 4, D = 10,
+xi = 0.8, C = 100, l2 = 0.01, 4,000 full-batch iterations, pixels / 255; ``laq-synthetic`` offline), then
+the options below. Each method runs into ``OUT/<method>`` as ``fedsim run`` would: run the same command
+again to resume an interrupted method (Ctrl-C saves and stops) or to skip finished ones. Run::
 
-    python examples/laq_mnist.py                                  # MNIST train split (60,000 images)
-    python examples/laq_mnist.py --train-split test               # train on the 10,000 test images
-    python examples/laq_mnist.py --dataset fashion-mnist --train-split test --alpha 0.01 --iterations 7000
-    python examples/laq_mnist.py --dataset synthetic --methods gd laq
+    python examples/laq_mnist.py --dataset mnist --train-split test     # ~4 min per method (see below)
+    python examples/laq_mnist.py --dataset fashion-mnist --train-split test --alpha 0.01 --iterations 7000 \\
+        --methods gd lag-wk laq --f-star-from lbfgs
+    python examples/laq_mnist.py --dataset synthetic --methods gd laq    # offline, seconds
 
-SLAQ (``--methods slaq``) runs with the same alpha and b as the others and ``--minibatch`` samples; the
-reference ran it with alpha = 0.008 and b = 3.
+Expected time on this project's 2-core machine, one BLAS thread: an iteration on the 10,000-image split
+takes about 12 ms for every method, so the reference's 4,000 iterations take about 50 s per method and the
+five default methods about 4 minutes; on the 60,000-image train split about six times that.
 
 Output: the paper-style table (iterations, communications and bits until the residual f - f* first drops
-to the tolerance, final accuracy), figures of residual and gradient norm against iterations,
-communications and bits, the upload events of three workers, and every history as JSON.
+to the tolerance, final accuracy) in ``OUT/table.txt``, and ``fedsim plot``'s figures of residual and
+gradient norm against iterations, communications and bits, and of the upload events.
 
 Choices to know about
 ---------------------
@@ -24,8 +28,8 @@ Choices to know about
   reference's choice). The run that attains it reaches residual 0 by construction, so a method "reaches
   1e-6" only relative to the best of the compared runs, which is meaningful only if that run converged
   far below 1e-6 (it does on MNIST; on Fashion-MNIST at small alpha it does not). ``--f-star-from lbfgs``
-  also minimizes f with SciPy's L-BFGS-B until it stalls (||grad f||^2 about 1e-13 on the 10,000-image
-  splits, a minute) and takes the smaller of that and the runs' best; ``--f-star`` gives f* outright.
+  also minimizes f with SciPy's L-BFGS-B until it stalls and takes the smaller of that and the runs'
+  best; ``--f-star`` gives f* outright.
 * Communications and bits are those spent *before* the first iterate within the tolerance.
 * With ``--train-split test`` the test split is both training and evaluation data: the "test" accuracy is
   then a training accuracy.
@@ -45,88 +49,112 @@ from pathlib import Path
 
 import numpy as np
 
-from fedsim.algorithms.lazy import (METHODS, DivergenceError, LazyConfig, estimate_f_star, run_lazy,
-                                    smoothness_bounds, stack_shards)
-from fedsim.data.datasets import load_dataset
-from fedsim.models import SoftmaxRegression
-
+PRESETS = {"mnist": "laq-mnist", "fashion-mnist": "laq-mnist", "synthetic": "laq-synthetic"}
 DEFAULT_METHODS = ("gd", "qgd", "lag-wk", "lag-ps", "laq")
-LINE_STYLES = ("-", "--", ":", "-.")    # GD, QGD and LAG-PS often coincide: keep every curve visible
-WORKERS_SHOWN = 3       # upload events of the first, a middle and the last worker (the reference: 0, 5, 9)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist", "synthetic"])
-    parser.add_argument("--train-split", default="train", choices=["train", "test"],
+    from fedsim.algorithms.lazy import METHODS
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", default="mnist", choices=sorted(PRESETS),
+                        help="the data; it chooses the preset whose settings are the defaults (default mnist)")
+    parser.add_argument("--train-split", choices=["train", "test"],
                         help="'test' trains on the 10,000-image test split (10 shards of 1,000)")
     parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=list(METHODS))
-    parser.add_argument("--iterations", type=int, default=4000)
-    parser.add_argument("--workers", type=int, default=10, help="M (synthetic: the number of devices)")
-    parser.add_argument("--alpha", type=float, default=0.02, help="step size")
-    parser.add_argument("--bits", type=int, default=4, help="b, bits per entry (qgd, laq, slaq)")
-    parser.add_argument("--history-length", type=int, default=10, help="D")
-    parser.add_argument("--xi", type=float, default=0.8, help="total weight of the D-step history")
-    parser.add_argument("--max-skips", type=int, default=100, help="C, forced upload after C skips")
-    parser.add_argument("--l2", type=float, default=0.01)
-    parser.add_argument("--minibatch", type=int, default=500, help="slaq: samples per worker per iteration")
+    parser.add_argument("--iterations", type=int, help="iterations (default: the preset's)")
+    parser.add_argument("--alpha", type=float, help="step size (lazy.step_size; default: the preset's)")
+    parser.add_argument("--bits", type=int, help="b, bits per entry of qgd, laq, slaq (lazy.bits)")
+    parser.add_argument("--minibatch", type=int, help="slaq: samples per worker per iteration")
+    parser.add_argument("--eval-every", type=int, help="test accuracy every this many iterations")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="any other setting, as for `fedsim run` (e.g. lazy.history_length=5)")
     parser.add_argument("--tolerance", type=float, default=1e-6, help="residual f - f* of the table")
-    parser.add_argument("--f-star", type=float, default=None,
-                        help="known optimal value (overrides --f-star-from)")
+    parser.add_argument("--f-star", type=float, default=None, help="known optimal value (overrides --f-star-from)")
     parser.add_argument("--f-star-from", default="runs", choices=["runs", "lbfgs"],
                         help="f* = the smallest objective seen in these runs, or the smaller of that and an "
                              "L-BFGS-B minimum of f")
-    parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", default=None, help="a folder searched first for dataset files")
-    parser.add_argument("--out", default="runs/laq_mnist", help="folder for figures and history.json")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--out", default="runs/laq_mnist", help="folder of the run folders, table and figures")
+    parser.add_argument("--quiet", action="store_true", help="no progress, only the table")
     return parser.parse_args(argv)
 
 
-def load(args):
-    """The dataset and its partition (contiguous shards; synthetic data: its devices)."""
-    if args.dataset == "synthetic":
-        data = load_dataset("synthetic", "laq", synthetic_devices=args.workers, seed=args.seed,
-                            dtype=np.float64)
-        return data, list(data.client_indices)
-    data = load_dataset(args.dataset, "laq", data_dir=args.data_dir, train_split=args.train_split,
-                        dtype=np.float64, progress=not args.no_progress)
-    n = len(data.y_train)
-    return data, [np.arange(m * n // args.workers, (m + 1) * n // args.workers) for m in range(args.workers)]
+def config_of(args, method: str):
+    """The experiment of one method: the dataset's preset, then the options (as `fedsim run` does)."""
+    from fedsim.config import load_preset
+    overrides = [("data.dataset", args.dataset), ("seed", args.seed), ("lazy.method", method)]
+    for option, setting in (("iterations", "lazy.iterations"), ("alpha", "lazy.step_size"), ("bits", "lazy.bits"),
+                            ("minibatch", "lazy.minibatch_size"), ("eval_every", "lazy.eval_every"),
+                            ("train_split", "data.train_split")):
+        if getattr(args, option) is not None:
+            overrides.append((setting, getattr(args, option)))
+    if args.data_dir is not None:
+        overrides.append(("data.data_dir", str(Path(args.data_dir).expanduser().resolve())))
+    return load_preset(PRESETS[args.dataset], overrides + list(args.overrides))
 
 
-def check_step_size(args, data, partition) -> dict:
-    """Smoothness bounds of the chosen data, and a warning when alpha > 2 / L_f."""
-    per_worker, total = smoothness_bounds(stack_shards(data.x_train, data.y_train, partition), args.l2)
-    n_workers = len(partition)
-    at_zero = (total - n_workers * args.l2) * 2 / data.n_classes + n_workers * args.l2
+def load(config):
+    """The training data and its split among the workers, as the runs see them."""
+    from fedsim.experiment import load_data, split_among_clients
+    data = load_data(config.data, config.pipeline, seed=config.seed, progress=False)
+    return data, split_among_clients(config.data, data, config.n_clients, seed=config.seed,
+                                     clients_setting=config.clients_setting)
+
+
+def check_step_size(config, data, partition) -> dict:
+    """Smoothness bounds of the data, and a warning when alpha > 2 / L_f."""
+    from fedsim.algorithms.lazy import smoothness_bounds, stack_shards
+    lazy = config.lazy
+    per_worker, total = smoothness_bounds(stack_shards(data.x_train, data.y_train, partition), lazy.l2)
+    at_zero = (total - lazy.n_workers * lazy.l2) * 2 / data.n_classes + lazy.n_workers * lazy.l2
     print(f"smoothness: Hessian bound L_f = {total:.4g} (2 / L_f = {2 / total:.4g}); curvature at "
           f"theta = 0: {at_zero:.4g} (2 / L = {2 / at_zero:.4g}); L_m in [{per_worker.min():.4g}, "
           f"{per_worker.max():.4g}]")
-    if args.alpha > 2 / total:
-        warnings.warn(f"step size alpha = {args.alpha} exceeds 2 / L_f = {2 / total:.4g} (L_f = {total:.4g}, "
+    if lazy.step_size > 2 / total:
+        warnings.warn(f"step size alpha = {lazy.step_size} exceeds 2 / L_f = {2 / total:.4g} (L_f = {total:.4g}, "
                       f"the Hessian bound of f = sum_m f_m on this data): gradient descent is not guaranteed "
                       f"to converge and may oscillate or diverge", stacklevel=2)
-    return {"per_worker": per_worker, "total": total, "at_zero": at_zero}
+    return {"per_worker": per_worker.tolist(), "total": total, "at_zero": at_zero}
 
 
-def table(histories: dict, f_star: float, tolerance: float) -> list[dict]:
+def minimize_objective(data, partition, l2: float) -> float:
+    """min f = sum_m f_m by SciPy's L-BFGS-B from theta = 0 (one batched gradient per evaluation)."""
+    from scipy.optimize import minimize
+
+    from fedsim.algorithms.lazy import stack_shards
+    from fedsim.models import SoftmaxRegression
+    shards = stack_shards(data.x_train, data.y_train, partition)
+    model = SoftmaxRegression(data.n_features, data.n_classes, l2)
+
+    def objective_and_gradient(theta):
+        loss, gradients = model.loss_and_grad(theta, shards.x, shards.y, shards.weights)
+        return float(loss.sum()), gradients.sum(axis=0)
+
+    result = minimize(objective_and_gradient, np.zeros(model.size), jac=True, method="L-BFGS-B",
+                      options=dict(maxiter=5000, maxcor=30, ftol=0.0, gtol=1e-10))
+    print(f"L-BFGS-B: f = {result.fun:.12g} after {result.nit} iterations, ||grad f|| = "
+          f"{float(np.linalg.norm(result.jac)):.2e} ({result.message})")
+    return float(result.fun)
+
+
+def table(runs, f_star: float, tolerance: float) -> list[dict]:
     """One row per method: cost to reach the tolerance, and the savings against GD."""
+    from fedsim.algorithms.lazy import records_reach
     rows = []
-    for method, history in histories.items():
-        point = history.reach(tolerance, f_star)
+    for run in runs:
+        history, summary = run.history, run.summary or {}
+        point = records_reach(history, f_star, tolerance)
         rows.append({
-            "method": method, "reached": point is not None,
-            "iterations": None if point is None else point.iterations,
-            "communications": None if point is None else point.communications,
-            "bits": None if point is None else point.bits,
-            "final_residual": float(history.objective[-1] - f_star) if history.n_iterations else None,
-            "total_communications": int(history.communications[-1]) if history.n_iterations else 0,
-            "final_accuracy": history.final_accuracy, "seconds": history.seconds,
-            "diverged": history.diverged, "completed_iterations": history.n_iterations,
-        })
+            "method": run.method, "reached": point is not None,
+            "iterations": None if point is None else point["iteration"],
+            "communications": None if point is None else point["communications"],
+            "bits": None if point is None else point["bits"],
+            "final_residual": history[-1]["objective"] - f_star if history else None,
+            "total_communications": history[-1]["communications"] if history else 0,
+            "final_accuracy": summary.get("final_test_accuracy", float("nan")),
+            "seconds": summary.get("seconds", 0.0), "diverged": run.status == "diverged",
+            "completed_iterations": len(history)})
     baseline = next((r for r in rows if r["method"] == "gd" and r["reached"]), None)
     for row in rows:
         for cost in ("communications", "bits"):
@@ -144,36 +172,15 @@ def format_table(rows: list[dict], tolerance: float) -> str:
     lines = [f"to reach f - f* <= {tolerance:g}:", header, "-" * len(header)]
     for row in rows:
         note = "  (diverged)" if row["diverged"] else ("" if row["reached"] else
-                                                        f"  (not reached; final residual "
-                                                        f"{row['final_residual']:.3g})")
+                                                        f"  (not reached; final residual {row['final_residual']:.3g})")
         lines.append(
             f"{row['method']:<8} {number(row['iterations']):>10} {number(row['communications']):>15} "
             f"{number(row['bits']):>16} {number(row['communications_saving'], '.1f'):>13} "
-            f"{number(row['bits_saving'], '.1f'):>12} {row['final_accuracy']:>9.4f} "
-            f"{row['seconds']:>8.1f}{note}")
+            f"{number(row['bits_saving'], '.1f'):>12} {row['final_accuracy']:>9.4f} {row['seconds']:>8.1f}{note}")
     return "\n".join(lines)
 
 
-def minimize_objective(data, partition, l2: float) -> float:
-    """min f = sum_m f_m by SciPy's L-BFGS-B from theta = 0 (one batched gradient per evaluation)."""
-    from scipy.optimize import minimize
-
-    shards = stack_shards(data.x_train, data.y_train, partition)
-    model = SoftmaxRegression(data.n_features, data.n_classes, l2)
-
-    def objective_and_gradient(theta):
-        loss, gradients = model.loss_and_grad(theta, shards.x, shards.y, shards.weights)
-        return float(loss.sum()), gradients.sum(axis=0)
-
-    result = minimize(objective_and_gradient, np.zeros(model.size), jac=True, method="L-BFGS-B",
-                      options=dict(maxiter=5000, maxcor=30, ftol=0.0, gtol=1e-10))
-    gradient_norm = float(np.linalg.norm(result.jac))
-    print(f"L-BFGS-B: f = {result.fun:.12g} after {result.nit} iterations, ||grad f|| = "
-          f"{gradient_norm:.2e} ({result.message})")
-    return float(result.fun)
-
-
-def oscillation_notes(histories: dict) -> list[str]:
+def oscillation_notes(objectives: dict) -> list[str]:
     """A note for every run whose objective rose in more than 5% of its second half of iterations.
 
     Gradient descent on a smooth convex f decreases f at every step when alpha < 2 / L; a run that keeps
@@ -181,8 +188,8 @@ def oscillation_notes(histories: dict) -> list[str]:
     runs that includes such a run is a poor f*.
     """
     notes = []
-    for method, history in histories.items():
-        second_half = history.objective[history.n_iterations // 2:]
+    for method, objective in objectives.items():
+        second_half = np.asarray(objective)[len(objective) // 2:]
         rises = int(np.sum(np.diff(second_half) > 0))
         if len(second_half) > 10 and rises > 0.05 * (len(second_half) - 1):
             notes.append(f"note: {method}: f rose in {rises} of the last {len(second_half) - 1} iterations - "
@@ -190,116 +197,70 @@ def oscillation_notes(histories: dict) -> list[str]:
     return notes
 
 
-def plot(histories: dict, f_star: float, out: Path, tolerance: float) -> list[Path]:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    paths = []
-    for name, ylabel, values in (
-            ("residual", "f - f*", lambda h: h.residual(f_star)),
-            ("gradient_norm", "||grad f||^2", lambda h: h.grad_norm_sq)):
-        fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-        for method, history in histories.items():
-            if not history.n_iterations:
-                continue
-            y = values(history)
-            y = np.where(y > 0, y, np.nan)                         # log axis: f* itself is residual 0
-            style = dict(label=method, ls=LINE_STYLES[list(histories).index(method) % len(LINE_STYLES)])
-            axes[0].plot(np.arange(history.n_iterations), y, **style)
-            axes[1].plot(np.maximum(history.communications_before, 1), y, **style)
-            axes[2].plot(np.maximum(history.bits_before, 1), y, **style)
-        for axis, xlabel in zip(axes, ("iterations", "communications (uploads)", "bits")):
-            axis.set(xlabel=xlabel, ylabel=ylabel, yscale="log")
-            if xlabel != "iterations":
-                axis.set_xscale("log")
-            if name == "residual":
-                axis.axhline(tolerance, color="grey", lw=0.8, ls=":")
-            axis.grid(alpha=0.3, which="both")
-            axis.legend()
-        fig.tight_layout()
-        paths.append(out / f"{name}.png")
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
-
-    fig, axes = plt.subplots(len(histories), 1, figsize=(12, 1.2 + 1.0 * len(histories)), squeeze=False)
-    for axis, (method, history) in zip(axes[:, 0], histories.items()):
-        n_workers = history.config.n_workers
-        shown = sorted({0, n_workers // 2, n_workers - 1})[:WORKERS_SHOWN]
-        events = [np.flatnonzero(history.uploads[:, m]) for m in shown]
-        axis.eventplot(events, lineoffsets=range(len(shown)), linelengths=0.8, linewidths=0.6)
-        axis.set_yticks(range(len(shown)), [f"worker {m}" for m in shown])
-        axis.set_title(f"{method}: uploads", fontsize=9, loc="left")
-        axis.set_xlim(0, max(history.config.iterations, 1))
-    axes[-1, 0].set_xlabel("iteration")
-    fig.tight_layout()
-    paths.append(out / "uploads.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
-    return paths
+def run_method(config, out: Path, quiet: bool):
+    from fedsim.runs import resume_run, start_run
+    if (out / "config.toml").exists():
+        return resume_run(out, quiet=quiet)
+    return start_run(config, out, name=config.method, quiet=quiet)
 
 
-def main(argv=None) -> dict:
+def main(argv=None) -> dict | int:
+    from fedsim.algorithms.lazy import f_star_of
+    from fedsim.config import ConfigError
+    from fedsim.data.fetch import DataSettingError, DatasetNotFoundError
+    from fedsim.plot import plot_runs
+    from fedsim.runs import RunFolderError, read_run
+
     args = parse_args(argv)
-    data, partition = load(args)
-    n_workers = len(partition)
-    print(f"{data.description or data.name}: {len(data.y_train):,} training samples in {n_workers} shards "
-          f"of {min(map(len, partition)):,}-{max(map(len, partition)):,}, {data.n_features} features, "
-          f"{data.n_features * data.n_classes + data.n_classes:,} parameters")
-    if args.dataset != "synthetic" and args.train_split == "test":
-        print("note: trained on the test split, so the accuracy below is measured on the training data")
-    smoothness = check_step_size(args, data, partition)
-
-    histories = {}
-    for method in args.methods:
-        config = LazyConfig(method=method, n_workers=n_workers, step_size=args.alpha, bits=args.bits,
-                            history_length=args.history_length, history_weight=args.xi,
-                            max_skips=args.max_skips, l2=args.l2, iterations=args.iterations,
-                            minibatch_size=args.minibatch, seed=args.seed, eval_every=args.eval_every)
-        try:
-            history = run_lazy(config, data, partition, smoothness=smoothness["per_worker"],
-                               progress=not args.no_progress)
-        except DivergenceError as error:
-            print(f"[{method}] stopped: {error}", file=sys.stderr)
-            history = error.history
-        histories[method] = history
-        print(f"[{method}] {history.n_iterations} iterations in {history.seconds:.1f} s, "
-              f"{history.communications[-1] if history.n_iterations else 0:,} uploads, "
-              f"final f = {history.objective[-1] if history.n_iterations else float('nan'):.10g}, "
-              f"accuracy {history.final_accuracy:.4f}", flush=True)
+    out = Path(args.out)
+    try:
+        configs = {method: config_of(args, method) for method in args.methods}
+        first = next(iter(configs.values()))
+        data, partition = load(first)
+        lazy = first.lazy
+        print(f"{data.description or data.name}: {len(data.y_train):,} training samples in {len(partition)} shards "
+              f"of {min(map(len, partition)):,}-{max(map(len, partition)):,}, {data.n_features} features; "
+              f"alpha {lazy.step_size:g}, b {lazy.bits}, D {lazy.history_length}, xi {lazy.history_weight:g}, "
+              f"C {lazy.max_skips}, l2 {lazy.l2:g}, {lazy.iterations} iterations ({PRESETS[args.dataset]} preset)")
+        if args.dataset != "synthetic" and first.data.train_split == "test":
+            print("note: trained on the test split, so the accuracy below is measured on the training data")
+        smoothness = check_step_size(first, data, partition)
+        for method, config in configs.items():
+            outcome = run_method(config, out / method, args.quiet)
+            if outcome.status == "interrupted":
+                print(f"stopped after {outcome.completed} iterations of {method}; everything is saved. Run the "
+                      f"same command again to continue.", file=sys.stderr)
+                return outcome.exit_code
+            if outcome.status == "diverged":
+                print(f"[{method}] diverged: {outcome.message}", file=sys.stderr)
+        runs = [read_run(out / method) for method in args.methods]
+    except (ConfigError, RunFolderError, DataSettingError) as error:
+        print(f"laq_mnist.py: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2
+    except DatasetNotFoundError as error:
+        print(f"laq_mnist.py: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 1
 
     if args.f_star is not None:
         f_star, f_star_source = args.f_star, "given (--f-star)"
     elif args.f_star_from == "lbfgs":
-        f_star = min(minimize_objective(data, partition, args.l2), estimate_f_star(list(histories.values())))
+        f_star = min(minimize_objective(data, partition, first.lazy.l2), f_star_of(runs))
         f_star_source = "the smaller of an L-BFGS-B minimum and the best value of these runs"
     else:
-        f_star = estimate_f_star(list(histories.values()))
-        f_star_source = "smallest objective seen in these runs"
-    for history in histories.values():
-        history.f_star = f_star
-    rows = table(histories, f_star, args.tolerance)
-    text = format_table(rows, args.tolerance)
-    notes = oscillation_notes(histories)
-    text = "\n".join([text] + notes)
+        f_star, f_star_source = f_star_of(runs), "smallest objective seen in these runs"
+    rows = table(runs, f_star, args.tolerance)
+    notes = oscillation_notes({run.method: [r["objective"] for r in run.history] for run in runs})
+    text = "\n".join([format_table(rows, args.tolerance)] + notes)
     print(f"\nf* = {f_star:.12g} ({f_star_source})\n{text}")
-
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    figures = plot(histories, f_star, out, args.tolerance)
     (out / "table.txt").write_text(f"f* = {f_star:.12g} ({f_star_source})\n{text}\n")
-    summary = {
-        "args": vars(args), "dataset": data.description or data.name, "f_star": f_star,
-        "f_star_source": f_star_source,
-        "smoothness": {"bound_total": smoothness["total"], "at_zero": smoothness["at_zero"],
-                       "per_worker": smoothness["per_worker"].tolist()},
-        "table": rows, "notes": notes, "histories": {m: h.to_dict() for m, h in histories.items()},
-    }
-    (out / "history.json").write_text(json.dumps(summary))
-    print(f"figures: {', '.join(str(p) for p in figures)}\nhistory: {out / 'history.json'}")
-    return {"table": rows, "histories": histories, "f_star": f_star, "figures": figures,
-            "history_path": out / "history.json"}
+    (out / "table.json").write_text(json.dumps({"f_star": f_star, "f_star_source": f_star_source,
+                                                "smoothness": smoothness, "table": rows, "notes": notes}))
+    figures = plot_runs(runs, out, f_star=f_star, tolerance=args.tolerance)
+    print(f"run folders: {out}/<method>   figures: "
+          f"{', '.join(str(path) for path in figures if path.suffix == '.png')}")
+    return {"table": rows, "runs": runs, "f_star": f_star, "f_star_source": f_star_source, "figures": figures}
 
 
 if __name__ == "__main__":
-    main()
+    result = main()
+    sys.exit(result if isinstance(result, int) else 0)

@@ -149,14 +149,18 @@ def federated_figure(runs: list[RunResult], out: Path) -> list[Path]:
     return _save(figure, out, "federated_accuracy")
 
 
-def lazy_figures(runs: list[RunResult], out: Path, max_workers: int = 10) -> list[Path]:
-    """Residual and gradient norm against iterations, communications and bits; upload rasters."""
+def lazy_figures(runs: list[RunResult], out: Path, max_workers: int = 10, f_star: float | None = None,
+                 tolerance: float | None = None) -> list[Path]:
+    """Residual and gradient norm against iterations, communications and bits; upload rasters.
+
+    ``f_star``: a known optimum (e.g. from L-BFGS) instead of the runs' own; ``tolerance``: a dotted line
+    at that residual."""
     runs = [run for run in runs if run.history]
     if not runs:
         return []
     title, labels = describe(runs)
-    f_star = f_star_of(runs)
-    configured = all(run.config.get("run", {}).get("f_star") is not None for run in runs)
+    configured = f_star is not None or all(run.config.get("run", {}).get("f_star") is not None for run in runs)
+    f_star = f_star_of(runs) if f_star is None else f_star
     # Without a known f*, the residual is relative to the best value these runs reached, and says so.
     residual_label = "f - f*" if configured else "f - (smallest f of these runs)"
     figure, axes = _figure(2, 3)
@@ -173,6 +177,8 @@ def lazy_figures(runs: list[RunResult], out: Path, max_workers: int = 10) -> lis
             axes[1, column].plot(x, grad_norm, label=label, **_style(index))
     for column, xlabel in enumerate(("iteration", "communications (uploads, cumulative)", "bits (cumulative)")):
         xscale = "linear" if column == 0 else "log"
+        if tolerance is not None:
+            axes[0, column].axhline(tolerance, color="grey", linewidth=0.8, linestyle=":")
         _finish(axes[0, column], xlabel, residual_label, xscale=xscale, yscale="log", integer_x=column == 0)
         _finish(axes[1, column], xlabel, "||grad f||^2", xscale=xscale, yscale="log", integer_x=column == 0)
     axes[0, 0].legend(fontsize="small")
@@ -201,14 +207,17 @@ def lazy_figures(runs: list[RunResult], out: Path, max_workers: int = 10) -> lis
     return paths
 
 
-def plot_runs(runs: list[RunResult], out) -> list[Path]:
+def plot_runs(runs: list[RunResult], out, **options) -> list[Path]:
     """All figures for ``runs`` into folder ``out``: each family's runs drawn by the figure function
-    its registration names (``Family.figures``)."""
+    its registration names (``Family.figures``), with the ``options`` that function takes."""
+    import inspect
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for declared, chosen in group_by_family(runs):
-        paths += globals()[declared.figures](chosen, out)
+        draw = globals()[declared.figures]
+        accepted = inspect.signature(draw).parameters
+        paths += draw(chosen, out, **{key: value for key, value in options.items() if key in accepted})
     return paths
 
 
