@@ -119,6 +119,25 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--out", metavar="DIR", help="where the figures go (default: RUN_DIR/plots for one "
                                                    "run, ./plots for several)")
 
+    sweep = commands.add_parser(
+        "sweep", help="run a grid of runs (local cores or Dask), or report / plot a sweep folder",
+        description="fedsim sweep SWEEP.toml [options]: run every run of the sweep, each into its own run folder "
+                    "(again: finished runs are skipped, interrupted ones resumed). fedsim sweep report DIR: the tidy "
+                    "table (report.csv) and a summary over seeds. fedsim sweep plot DIR: curves with a band over "
+                    "seeds and the final metric against an axis.")
+    sweep.add_argument("target", metavar="SWEEP.toml | report | plot", help="a sweep file, or report / plot")
+    sweep.add_argument("folder", nargs="?", metavar="DIR", help="with report / plot: the sweep folder")
+    sweep.add_argument("--workers", type=int, default=None, help="processes running runs (default: the cores, "
+                                                                 "at most the number of runs)")
+    sweep.add_argument("--threads", type=int, default=1, help="BLAS / OpenMP / Numba threads per worker (default 1)")
+    sweep.add_argument("--backend", default="local", help="local (a process pool, default) | dask")
+    sweep.add_argument("--scheduler", metavar="ADDRESS", help="with --backend dask: tcp://host:port of a running "
+                                                              "scheduler (default: a LocalCluster)")
+    sweep.add_argument("--out", metavar="DIR", help="the sweep folder (default runs/<sweep name>); plot: where the "
+                                                    "figures go (default DIR/plots)")
+    sweep.add_argument("--dry-run", action="store_true", help="list the runs and their folders; run nothing")
+    sweep.add_argument("--quiet", action="store_true", help="no progress")
+
     compare = commands.add_parser("compare",
                                   help="a table of final and best accuracy, cost to a target, time")
     compare.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (of `fedsim run`; finished or not)")
@@ -372,7 +391,48 @@ def command_compare(args) -> int:
 # ---------------------------------------------------------------------------------------------------------
 
 
-COMMANDS = {"run": command_run, "presets": command_presets, "show-config": command_show_config,
+def command_sweep(args) -> int:
+    import os
+
+    from fedsim.sweeps import all_finished, load_sweep, run_sweep
+    from fedsim.sweeps.report import format_summary, plot_sweep, summarize_over_seeds, tidy_rows, write_csv
+    if args.target in ("report", "plot"):
+        if not args.folder:
+            raise UsageError(f"fedsim sweep {args.target} needs the sweep folder DIR")
+        if args.target == "plot":
+            for path in plot_sweep(args.folder, args.out):
+                print(path)
+            return EXIT_OK
+        from fedsim.sweeps import read_manifest
+        axes = list(read_manifest(args.folder)["axes"])
+        rows = tidy_rows(args.folder)
+        print(f"tidy table: {write_csv(args.folder, rows)} ({len(rows)} rows)")
+        print(format_summary(summarize_over_seeds(rows, axes), axes))
+        return EXIT_OK
+    if args.folder:
+        raise UsageError(f"fedsim sweep SWEEP.toml takes no second argument (got {args.folder!r})")
+    sweep = load_sweep(args.target)
+    out = Path(args.out) if args.out else Path("runs") / sweep.name
+    if args.dry_run:
+        print(f"sweep {sweep.name}: {len(sweep.runs)} runs of {sweep.base} into {out}")
+        for planned in sweep.runs:
+            print(f"  runs/{planned.folder_name}  {planned.label}")
+        return EXIT_OK
+    workers = args.workers if args.workers is not None else min(os.cpu_count() or 1, max(len(sweep.runs), 1))
+    statuses = run_sweep(sweep, out, backend=args.backend, workers=workers, threads=args.threads,
+                         scheduler=args.scheduler, quiet=args.quiet)
+    counts: dict[str, int] = {}
+    for entry in statuses.values():
+        counts[entry.get("status", "failed")] = counts.get(entry.get("status", "failed"), 0) + 1
+    print(f"sweep {sweep.name}: " + ", ".join(f"{count} {status}" for status, count in sorted(counts.items()))
+          + f"; manifest: {out / 'manifest.json'}")
+    for name, entry in statuses.items():
+        if entry.get("status") not in ("completed",):
+            print(f"fedsim: {name}: {entry.get('status')}: {entry.get('message', '')}", file=sys.stderr)
+    return EXIT_OK if all_finished(statuses) else EXIT_FAILED
+
+
+COMMANDS = {"run": command_run, "sweep": command_sweep, "presets": command_presets, "show-config": command_show_config,
             "plot": command_plot, "compare": command_compare}
 
 
@@ -382,7 +442,8 @@ def main(argv=None) -> int:
     from fedsim.config import ConfigError
     from fedsim.data import fetch
     from fedsim.runs import RunFolderError
-    setting_errors = (UsageError, ConfigError, RunFolderError) + tuple(
+    from fedsim.sweeps.execute import SweepError
+    setting_errors = (UsageError, ConfigError, RunFolderError, SweepError) + tuple(
         [fetch.DataSettingError] if hasattr(fetch, "DataSettingError") else [])
     try:
         if args.command == "data":

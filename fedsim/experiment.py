@@ -52,8 +52,31 @@ class DataConfig:
                              f"not {self.dataset!r}")
 
 
+_MEMORY: dict | None = None      # the datasets kept by keep_datasets_in_memory(True), by their settings
+
+
+def keep_datasets_in_memory(keep: bool = True) -> None:
+    """Keep every dataset :func:`load_data` loads in this process, for the next run that asks for the same
+    data (a sweep worker runs many runs on one dataset). The arrays are then read-only."""
+    global _MEMORY
+    _MEMORY = ({} if _MEMORY is None else _MEMORY) if keep else None
+
+
 def load_data(config: DataConfig, family_pipeline: str, seed: int, progress: bool | None = None) -> Dataset:
     """The dataset of ``config``, with ``family_pipeline`` unless the config names a pipeline."""
+    if _MEMORY is None:
+        return _load(config, family_pipeline, seed, progress)
+    # Only synthetic data depends on the seed; the partition is drawn later, from the run's seed.
+    key = (config, config.pipeline or family_pipeline, seed if config.dataset == "synthetic" else None)
+    if key not in _MEMORY:
+        dataset = _load(config, family_pipeline, seed, progress)
+        for array in (dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test):
+            array.setflags(write=False)
+        _MEMORY[key] = dataset
+    return _MEMORY[key]
+
+
+def _load(config: DataConfig, family_pipeline: str, seed: int, progress: bool | None) -> Dataset:
     return load_dataset(
         config.dataset, config.pipeline or family_pipeline, data_dir=config.data_dir,
         download=config.download, train_split=config.train_split,

@@ -42,6 +42,8 @@ class Family:
     compare: Callable          # (run results, targets dict) -> the `fedsim compare` table text
     figures: str               # name of the fedsim.plot function that draws the family's runs
     method_names: Callable     # () -> the names its `method` setting accepts
+    metrics: tuple = ()        # the summary.json metrics a sweep report tabulates; the first is "the result"
+    curve: tuple = ()          # (x field, y field, y label, "value" | "residual"): a record's curve in a sweep
     #: Settings of config_class that a config file does not set, and where they come from.
     derived: dict[str, str] = field(default_factory=dict)
     #: Settings left unset (None) and what that means, for `fedsim show-config`:

@@ -647,6 +647,8 @@ FAMILY = register_family(Family(
     config_class=FederatedConfig, make_run=_make_run, pipeline="stc", unit="round", clients_word="clients",
     clients_setting="n_clients", steps_setting="rounds", summarize=summarize, progress=progress_text,
     report=report, compare=compare, figures="federated_figure", method_names=lambda: sorted(methods()),
+    metrics=("final_test_accuracy", "best_test_accuracy", "bits_up", "bits_down", "bits"),
+    curve=("round", "test_accuracy", "test accuracy", "value"),
     derived={"compressors": "the compressor tables ([stc], [sign], ...)"},
     unset_meanings={name: ("the method's", lambda config, name=name: getattr(config.federated.scheme, name))
                     for name in ("accumulate_up", "accumulate_down", "aggregation")}))

@@ -829,4 +829,6 @@ FAMILY = register_family(Family(
     config_class=LazyConfig, make_run=_make_run, pipeline="laq", unit="iteration", clients_word="workers",
     clients_setting="n_workers", steps_setting="iterations", summarize=summarize, progress=progress_text,
     report=report, compare=compare, figures="lazy_figures", method_names=lambda: list(RULES),
+    metrics=("final_objective", "min_objective", "communications", "bits", "final_test_accuracy"),
+    curve=("iteration", "objective", "f - (smallest f of the sweep)", "residual"),
     derived={"seed": "the top-level `seed`"}))

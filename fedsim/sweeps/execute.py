@@ -1,0 +1,207 @@
+"""Running a sweep: every planned run into its own run folder, on a local process pool or a Dask cluster.
+
+The sweep folder holds ``manifest.json`` (the sweep file's text, the axes, and per run its folder, axis
+values and status) and ``runs/<label>-<hash>/``, each an ordinary run folder (the files of ``fedsim run``,
+resumable the same way). The coordinator (the process that runs ``fedsim sweep``) is the only writer of
+the manifest; each run folder is written by the worker running it, under the folder's lock.
+
+Running the same sweep again skips finished runs (their summary.json is there) and resumes interrupted
+ones from their checkpoints; a run that fails or diverges is recorded and the others go on.
+
+Backends
+--------
+``local`` (default): a pool of ``workers`` processes (spawned), each with BLAS, OpenMP and Numba pinned to
+``threads`` before anything numerical loads, each keeping the datasets it loaded for its next runs, and
+each dying with the coordinator (so a killed sweep leaves no worker holding a run folder).
+
+``dask``: the same runs as tasks of a ``dask.distributed`` cluster: the scheduler at ``scheduler``
+(``tcp://host:port``), or a ``LocalCluster`` of ``workers`` processes when none is given. The workers write
+the run folders themselves, so **the sweep folder must be on a file system every worker sees under the
+same path** (a cluster's shared home or scratch). That choice, rather than returning results to the
+client, keeps what matters on a cluster: a run's checkpoints are written as it goes, so a worker that dies
+(a pre-empted node) costs only the rounds since its last checkpoint; Dask gives the task to another worker
+(``retries``), which resumes the same folder.
+
+Every run's history is bitwise the same whichever backend ran it and with how many workers: each run
+seeds its own random streams from its config and pins its BLAS threads (``run.blas_threads``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from fedsim.runs.folder import RunFolder, RunFolderError, atomic_write_text, now, to_json
+from fedsim.sweeps.spec import Sweep
+
+MANIFEST = "manifest.json"
+RUNS_FOLDER = "runs"
+BACKENDS = ("local", "dask")
+PROGRESS_LINE_SECONDS = 5.0
+#: Statuses that end a run for good (a rerun skips them); "interrupted" and "failed" runs are tried again.
+FINAL = ("completed", "diverged")
+
+
+class SweepError(ValueError):
+    """A sweep that cannot be run as asked (a bad backend, worker count, folder)."""
+
+
+def run_folder(out: Path, planned) -> Path:
+    return Path(out) / RUNS_FOLDER / planned.folder_name
+
+
+def write_manifest(out: Path, sweep: Sweep, statuses: dict[str, dict]) -> None:
+    runs = [{"folder": f"{RUNS_FOLDER}/{planned.folder_name}", "label": planned.label,
+             "values": dict(planned.values), **statuses.get(planned.folder_name, {"status": "pending"})}
+            for planned in sweep.runs]
+    manifest = {"name": sweep.name, "base": sweep.base, "sweep_file": str(sweep.source),
+                "sweep_text": sweep.source.read_text(encoding="utf-8"), "fixed": dict(sweep.fixed),
+                "axes": {name: list(values) for name, values in sweep.axes}, "zipped": list(sweep.zipped),
+                "updated": now(), "runs": runs}
+    atomic_write_text(Path(out) / MANIFEST, to_json(manifest, indent=1) + "\n")
+
+
+def read_manifest(out) -> dict:
+    manifest = RunFolder(out).read_json(MANIFEST)
+    if manifest is None:
+        raise RunFolderError(f"{out} is not a sweep folder (no {MANIFEST} in it)")
+    return manifest
+
+
+class _Progress:
+    """One bar for the sweep (runs done, failed, ETA) on a terminal; a line every few seconds elsewhere."""
+
+    def __init__(self, total: int, done: int, quiet: bool):
+        self.total, self.done, self.failed, self.quiet = total, done, 0, quiet
+        self.started, self.first, self.last_line = time.perf_counter(), done, -1e9
+        self.bar = None
+        if not quiet and sys.stderr.isatty():
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=total, initial=done, desc="sweep", unit="run", file=sys.stderr)
+
+    def update(self, status: str) -> None:
+        self.done += 1
+        self.failed += status not in FINAL
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"failed {self.failed}", refresh=False)
+            self.bar.update(1)
+            return
+        moment = time.perf_counter()
+        if self.quiet or (moment - self.last_line < PROGRESS_LINE_SECONDS and self.done < self.total):
+            return
+        self.last_line = moment
+        rate = (self.done - self.first) / max(moment - self.started, 1e-9)
+        left = f", ~{(self.total - self.done) / rate:.0f} s left" if rate > 0 and self.done < self.total else ""
+        print(f"fedsim: sweep: {self.done}/{self.total} runs done, {self.failed} not finished "
+              f"({moment - self.started:.0f} s{left})", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def run_sweep(sweep: Sweep, out, *, backend: str = "local", workers: int = 1, threads: int = 1,
+              scheduler: str | None = None, quiet: bool = False) -> dict[str, dict]:
+    """Run every planned run of ``sweep`` into ``out``; the status of each run folder (by folder name)."""
+    if backend not in BACKENDS:
+        raise SweepError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    for name, value, low in (("--workers", workers, 1), ("--threads", threads, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise SweepError(f"{name} must be an integer >= {low}, got {value!r}")
+    if scheduler is not None and backend != "dask":
+        raise SweepError("--scheduler goes with --backend dask")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise SweepError(f"--out {out} is a file, not a folder")
+    (out / RUNS_FOLDER).mkdir(parents=True, exist_ok=True)
+    statuses: dict[str, dict] = {}
+    pending = []
+    for planned in sweep.runs:
+        summary = RunFolder(run_folder(out, planned)).read_json("summary.json")
+        if summary is not None and summary.get("status") in FINAL:
+            statuses[planned.folder_name] = {"status": summary["status"], "message": summary.get("message", "")}
+        else:
+            pending.append(planned)
+    write_manifest(out, sweep, statuses)
+    progress = _Progress(len(sweep.runs), len(sweep.runs) - len(pending), quiet)
+    command = ["fedsim", "sweep", str(sweep.source)]
+
+    def finished(planned, result: dict) -> None:
+        statuses[planned.folder_name] = {key: result.get(key) for key in ("status", "message", "completed")}
+        write_manifest(out, sweep, statuses)
+        progress.update(result.get("status", "failed"))
+
+    try:
+        if not pending:
+            pass
+        elif backend == "local":
+            _run_local(pending, out, workers, threads, command, finished)
+        else:
+            _run_dask(pending, out, workers, scheduler, command, finished)
+    finally:
+        progress.close()
+    return statuses
+
+
+def _run_local(pending, out: Path, workers: int, threads: int, command, finished) -> None:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from fedsim.sweeps.worker import pin_threads, run_one
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=context,
+                             initializer=pin_threads, initargs=(threads,)) as pool:
+        futures = {pool.submit(run_one, planned.config, str(run_folder(out, planned)), planned.label, command):
+                   planned for planned in pending}
+        try:
+            for future in as_completed(futures):
+                try:
+                    result = future.result()
+                except Exception as error:       # a worker that died (killed, out of memory)
+                    result = {"status": "failed", "message": f"worker lost: {type(error).__name__}: {error}"}
+                finished(futures[future], result)
+        except KeyboardInterrupt:
+            for future in futures:
+                future.cancel()
+            raise
+
+
+def _run_dask(pending, out: Path, workers: int, scheduler: str | None, command, finished) -> None:
+    try:
+        from dask.distributed import Client, LocalCluster, as_completed
+    except ImportError:
+        raise SweepError("--backend dask needs dask.distributed: pip install 'fedsim-compress[dask]'") from None
+    from fedsim.sweeps.worker import run_one
+    cluster = None
+    if scheduler is None:
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+        client = Client(cluster)
+    else:
+        try:
+            client = Client(scheduler, timeout=30)
+        except (OSError, TimeoutError) as error:
+            raise SweepError(f"--scheduler {scheduler}: cannot reach a Dask scheduler there ({error})") from None
+    try:
+        futures = {client.submit(run_one, planned.config, str(Path(run_folder(out, planned)).resolve()),
+                                 planned.label, command, pure=False, retries=3, key=f"run-{planned.folder_name}"):
+                   planned for planned in pending}
+        for future in as_completed(list(futures)):
+            try:
+                result = future.result()
+            except Exception as error:
+                result = {"status": "failed", "message": f"{type(error).__name__}: {error}"}
+            finished(futures[future], result)
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def all_finished(statuses: dict[str, dict]) -> bool:
+    return all(entry.get("status") == "completed" for entry in statuses.values())
+
+
+__all__ = ["BACKENDS", "MANIFEST", "RUNS_FOLDER", "SweepError", "all_finished", "read_manifest", "run_folder",
+           "run_sweep", "write_manifest"]

@@ -1,0 +1,176 @@
+"""What a sweep found: a tidy table of every run's metrics, a summary over seeds, and figures.
+
+``report.csv`` has one row per (run, metric): the run's folder, its status, one column per axis, then
+``metric`` and ``value``. The summary groups the runs by every axis except ``seed`` and gives, per metric,
+mean +- standard deviation (over seeds, ``ddof=1``) and n. The figures: the runs' curves as the mean over
+seeds with a band of +-1 standard deviation (min-max when n = 2), and each metric at the end against the
+first axis that is not the method or the seed.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+
+from fedsim.algorithms.family import family
+from fedsim.runs import read_run
+from fedsim.sweeps.execute import read_manifest
+
+SEED = "seed"
+
+
+def collect(out) -> tuple[dict, list[dict]]:
+    """(manifest, one entry per run: folder, status, axis values, run result or None)."""
+    out = Path(out)
+    manifest = read_manifest(out)
+    entries = []
+    for run in manifest["runs"]:
+        folder = out / run["folder"]
+        result = read_run(folder) if (folder / "config.toml").exists() else None
+        entries.append({"folder": run["folder"], "status": run.get("status", "pending"), "values": run["values"],
+                        "result": result})
+    return manifest, entries
+
+
+def tidy_rows(out) -> list[dict]:
+    """One row per (run, metric) of the finished runs."""
+    manifest, entries = collect(out)
+    axes = list(manifest["axes"])
+    rows = []
+    for entry in entries:
+        result = entry["result"]
+        if result is None or result.summary is None:
+            continue
+        for metric in family(result.family).metrics:
+            if metric in result.summary:
+                rows.append({"run": entry["folder"], "status": result.status,
+                             **{axis: entry["values"].get(axis) for axis in axes},
+                             "metric": metric, "value": result.summary[metric]})
+    return rows
+
+
+def write_csv(out, rows: list[dict]) -> Path:
+    path = Path(out) / "report.csv"
+    columns = list(rows[0]) if rows else ["run", "status", "metric", "value"]
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def summarize_over_seeds(rows: list[dict], axes: list[str]) -> list[dict]:
+    """Per group of runs equal in every axis but the seed, and per metric: mean, std (ddof 1) and n."""
+    grouping = [axis for axis in axes if axis != SEED]
+    groups: dict[tuple, list[float]] = {}
+    for row in rows:
+        key = tuple(repr(row.get(axis)) for axis in grouping) + (row["metric"],)
+        groups.setdefault(key, []).append(float(row["value"]))
+    summary = []
+    for key, values in groups.items():
+        array = np.asarray(values)
+        summary.append({**{axis: eval_repr(text) for axis, text in zip(grouping, key[:-1])}, "metric": key[-1],
+                        "mean": float(array.mean()), "std": float(array.std(ddof=1)) if len(array) > 1 else math.nan,
+                        "n": len(array)})
+    return summary
+
+
+def eval_repr(text: str):
+    """Back from the repr of a TOML value (str, int, float, bool)."""
+    import ast
+    return ast.literal_eval(text)
+
+
+def format_summary(summary: list[dict], axes: list[str]) -> str:
+    grouping = [axis for axis in axes if axis != SEED]
+    headers = [axis.rsplit(".", 1)[-1] for axis in grouping] + ["metric", "mean +- std", "n"]
+    lines = []
+    for row in summary:
+        spread = "" if math.isnan(row["std"]) else f" +- {row['std']:.4g}"
+        lines.append([str(row[axis]) for axis in grouping] + [row["metric"], f"{row['mean']:.4g}{spread}", str(row["n"])])
+    widths = [max(len(cell) for cell in column) for column in zip(headers, *lines)] if lines else [len(h) for h in headers]
+    text = ["  ".join(cell.ljust(width) for cell, width in zip(headers, widths)),
+            "  ".join("-" * width for width in widths)]
+    text += ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)) for line in lines]
+    return "\n".join(text)
+
+
+def plot_sweep(out, figures_out=None) -> list[Path]:
+    """The sweep's figures (PNG and SVG): curves with a band over seeds, and final metrics against an axis."""
+    from fedsim.plot import COLOURS, LINE_STYLES, MARKERS, _figure, _finish, _save
+    manifest, entries = collect(out)
+    figures_out = Path(figures_out) if figures_out else Path(out) / "plots"
+    figures_out.mkdir(parents=True, exist_ok=True)
+    axes = list(manifest["axes"])
+    grouping = [axis for axis in axes if axis != SEED]
+    finished = [entry for entry in entries if entry["result"] is not None and entry["result"].history]
+    if not finished:
+        return []
+    declared = family(finished[0]["result"].family)
+    x_name, y_name, ylabel, kind = declared.curve
+    residual = kind == "residual"
+    if residual:
+        floor = min(r[y_name] for entry in finished for r in entry["result"].history)
+    groups: dict[tuple, list] = {}
+    for entry in finished:
+        groups.setdefault(tuple(entry["values"].get(axis) for axis in grouping), []).append(entry["result"])
+    paths = []
+    figure, panels = _figure(1, 1, width=6.0, height=4.2)
+    axis = panels[0, 0]
+    for index, (key, results) in enumerate(sorted(groups.items(), key=lambda item: repr(item[0]))):
+        curves = []
+        for result in results:
+            records = [r for r in result.history if y_name in r]
+            x = np.array([r[x_name] for r in records], dtype=float)
+            y = np.array([r[y_name] for r in records], dtype=float)
+            curves.append((x, np.maximum(y - floor, np.finfo(float).tiny) if residual else y))
+        length = min(len(x) for x, _ in curves)
+        x = curves[0][0][:length]
+        stack = np.vstack([y[:length] for _, y in curves])
+        mean = stack.mean(axis=0)
+        low, high = ((stack.min(axis=0), stack.max(axis=0)) if len(curves) == 2 else
+                     (mean - stack.std(axis=0, ddof=1), mean + stack.std(axis=0, ddof=1)) if len(curves) > 2 else
+                     (mean, mean))
+        label = ", ".join(f"{name.rsplit('.', 1)[-1]} {value}" for name, value in zip(grouping, key)) or "runs"
+        style = {"color": COLOURS[index % len(COLOURS)], "linestyle": LINE_STYLES[index % len(LINE_STYLES)]}
+        axis.plot(x, mean, label=f"{label} (n={len(curves)})", marker=MARKERS[index % len(MARKERS)], markevery=0.1,
+                  markersize=4, **style)
+        axis.fill_between(x, low, high, color=style["color"], alpha=0.15, linewidth=0)
+    _finish(axis, x_name, ylabel, yscale="log" if residual else "linear", integer_x=True)
+    axis.legend(fontsize="x-small")
+    figure.suptitle(f"sweep {manifest['name']}: mean over seeds, band +-1 std (min-max for 2)", fontsize="medium")
+    paths += _save(figure, figures_out, "sweep_curves")
+
+    numeric = [axis for axis in grouping if not axis.endswith(".method")]
+    if numeric:
+        x_axis = numeric[0]
+        others = [axis for axis in grouping if axis != x_axis]
+        metric = declared.metrics[0]
+        rows = summarize_over_seeds(tidy_rows(out), axes)
+        figure, panels = _figure(1, 1, width=6.0, height=4.2)
+        axis = panels[0, 0]
+        lines: dict[tuple, list] = {}
+        for row in rows:
+            if row["metric"] == metric:
+                lines.setdefault(tuple(row[name] for name in others), []).append(row)
+        for index, (key, points) in enumerate(sorted(lines.items(), key=lambda item: repr(item[0]))):
+            points.sort(key=lambda row: row[x_axis])
+            xs = [str(row[x_axis]) for row in points]
+            means = np.array([row["mean"] for row in points])
+            spread = np.nan_to_num(np.array([row["std"] for row in points]))
+            label = ", ".join(f"{name.rsplit('.', 1)[-1]} {value}" for name, value in zip(others, key)) or metric
+            axis.errorbar(xs, means, yerr=spread, label=label, color=COLOURS[index % len(COLOURS)],
+                          linestyle=LINE_STYLES[index % len(LINE_STYLES)], marker=MARKERS[index % len(MARKERS)],
+                          capsize=3)
+        _finish(axis, x_axis.rsplit(".", 1)[-1].replace("_", " "), metric.replace("_", " "))
+        axis.legend(fontsize="x-small")
+        figure.suptitle(f"sweep {manifest['name']}: {metric.replace('_', ' ')} (mean +- std over seeds)",
+                        fontsize="medium")
+        paths += _save(figure, figures_out, "sweep_final")
+    return paths
+
+
+__all__ = ["collect", "format_summary", "plot_sweep", "summarize_over_seeds", "tidy_rows", "write_csv"]

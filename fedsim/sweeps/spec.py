@@ -1,0 +1,162 @@
+"""A sweep file: a base experiment and axes, expanded into the runs of the sweep.
+
+::
+
+    # examples/sweeps/stc_noniid.toml
+    base = "stc-mnist"                  # a preset, or:  config = "my.toml" (relative to the sweep file)
+    name = "stc-noniid"                 # optional; default: the file's stem
+
+    [set]                               # settings every run shares (as `fedsim run --set`)
+    "data.dataset" = "fashion-mnist"
+    "federated.rounds" = 100
+
+    [grid]                              # the cartesian product of these axes
+    "federated.method" = ["fedavg", "signsgd", "topk_updown", "stc_updown"]
+    "data.classes_per_client" = [1, 2, 4, 10]
+    seed = [0, 1, 2]
+
+    [zip]                               # optional: axes walked together (equal lengths), one more grid axis
+    "federated.p_up" = [0.001, 0.01]
+    "federated.p_down" = [0.002, 0.02]
+
+Keys are dotted settings, quoted or as TOML dotted keys (``federated.method = [...]``). Every run's
+config is resolved and validated before anything runs, so an invalid axis fails with one line naming the
+setting. A run's folder is ``runs/<label>-<hash>``: the label from its axis values, the hash the first 10
+hex digits of its full resolved config's sha256 (:func:`fedsim.config.config_fingerprint`), so the same
+settings always map to the same folder and a rerun finds it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fedsim.config import (ConfigError, ExperimentConfig, all_settings, config_fingerprint, load_config_file,
+                           load_preset, parse_toml, suggest)
+
+TOP_LEVEL = ("base", "config", "name", "set", "grid", "zip")
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run of a sweep: its axis values, its overrides and its resolved config."""
+
+    values: tuple[tuple[str, object], ...]       # (setting, value) of each axis, in axis order
+    overrides: tuple[tuple[str, object], ...]    # everything applied on the base: [set] then the axes
+    config: ExperimentConfig = field(compare=False)
+    folder_name: str = ""
+
+    @property
+    def label(self) -> str:
+        return ",".join(f"{key.rsplit('.', 1)[-1]}={value}" for key, value in self.values)
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A parsed sweep file: where it came from, its base, axes and runs."""
+
+    name: str
+    source: Path
+    base: str                                    # "preset NAME" or the config file's path
+    fixed: tuple[tuple[str, object], ...]        # the [set] table
+    axes: tuple[tuple[str, tuple], ...]          # grid axes, then zipped axes, in file order
+    zipped: tuple[str, ...]                      # which axes are walked together
+    runs: tuple[PlannedRun, ...]
+
+    @property
+    def axis_names(self) -> list[str]:
+        return [name for name, _ in self.axes]
+
+
+def _flatten(table: dict, prefix: str = "") -> dict:
+    """Nested TOML tables -> dotted keys (``{"federated": {"method": [...]}}`` -> ``federated.method``)."""
+    flat = {}
+    for key, value in table.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{dotted}."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def _check_setting(key: str, where: str) -> None:
+    if key not in all_settings():
+        hint = suggest(key, key.split(".")[0] if "." in key else None)
+        raise ConfigError(f"{where}: unknown setting '{key}'" + (f"; did you mean '{hint}'?" if hint else ""))
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=,-]+", "-", text).strip("-.")[:80] or "run"
+
+
+def load_sweep(path) -> Sweep:
+    """Read and expand the sweep file at ``path`` (ConfigError, one line, on anything invalid)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"cannot read sweep file {path}: {error.strerror}") from None
+    raw = parse_toml(text, path.name)
+    for key in raw:
+        if key not in TOP_LEVEL:
+            raise ConfigError(f"{path.name}: unknown key '{key}'; a sweep file has: {', '.join(TOP_LEVEL)}")
+    if ("base" in raw) == ("config" in raw):
+        raise ConfigError(f"{path.name}: give either base = \"PRESET\" or config = \"FILE.toml\", exactly one")
+    for table in ("set", "grid", "zip"):
+        if table in raw and not isinstance(raw[table], dict):
+            raise ConfigError(f"{path.name}: '{table}' must be a table ([{table}])")
+    fixed = _flatten(raw.get("set", {}))
+    grid = _flatten(raw.get("grid", {}))
+    zipped = _flatten(raw.get("zip", {}))
+    for where, table in (("[set]", fixed), ("[grid]", grid), ("[zip]", zipped)):
+        for key in table:
+            _check_setting(key, f"{path.name} {where}")
+    for where, table in (("[grid]", grid), ("[zip]", zipped)):
+        for key, values in table.items():
+            if not isinstance(values, list) or not values:
+                raise ConfigError(f"{path.name} {where}: '{key}' must be a non-empty array of values, got {values!r}")
+            if len(set(map(repr, values))) != len(values):
+                raise ConfigError(f"{path.name} {where}: '{key}' lists a value twice")
+    repeated = set(grid) & set(zipped) | (set(fixed) & (set(grid) | set(zipped)))
+    if repeated:
+        raise ConfigError(f"{path.name}: '{sorted(repeated)[0]}' is set in more than one of [set], [grid], [zip]")
+    if len({len(values) for values in zipped.values()}) > 1:
+        lengths = ", ".join(f"{key}: {len(values)}" for key, values in zipped.items())
+        raise ConfigError(f"{path.name} [zip]: the axes must have equal lengths, got {lengths}")
+
+    if "base" in raw:
+        base = str(raw["base"])
+        load = lambda overrides: load_preset(base, overrides)      # noqa: E731
+        base_text = f"preset {base}"
+    else:
+        config_path = (path.parent / str(raw["config"])).resolve()
+        load = lambda overrides: load_config_file(config_path, overrides)      # noqa: E731
+        base_text = str(config_path)
+
+    grid_axes = list(grid.items())
+    zip_rows = list(zip(*zipped.values())) if zipped else [()]
+    runs, names = [], set()
+    for grid_values in itertools.product(*(values for _, values in grid_axes)):
+        for zip_values in zip_rows:
+            values = tuple(zip(grid, grid_values)) + tuple(zip(zipped, zip_values))
+            overrides = tuple(fixed.items()) + values
+            try:
+                config = load(list(overrides))
+            except ConfigError as error:
+                combination = ", ".join(f"{key} = {value!r}" for key, value in values)
+                raise ConfigError(f"{path.name}: the run with {combination}: {error}") from None
+            planned = PlannedRun(values, overrides, config)
+            folder = f"{_safe(planned.label)}-{config_fingerprint(config)[:10]}"
+            if folder in names:
+                raise ConfigError(f"{path.name}: two runs resolve to the same config ({planned.label})")
+            names.add(folder)
+            runs.append(PlannedRun(values, overrides, config, folder))
+    axes = tuple((key, tuple(values)) for key, values in list(grid.items()) + list(zipped.items()))
+    return Sweep(str(raw.get("name", path.stem)), path, base_text, tuple(fixed.items()), axes, tuple(zipped),
+                 tuple(runs))
+
+
+__all__ = ["PlannedRun", "Sweep", "load_sweep"]

@@ -1,0 +1,66 @@
+"""What a sweep worker process does: pin its threads before anything numerical loads, then run one run
+folder to its end (start it, resume it, or find it finished).
+
+This module imports nothing numerical at its top, so that :func:`pin_threads`, the process pool's
+initializer, sets the thread variables before NumPy, SciPy or Numba are first imported in the worker.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS",
+                    "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+def pin_threads(threads: int) -> None:
+    """Initializer of a local worker: at most ``threads`` threads for BLAS, OpenMP and Numba, set before
+    they load; the worker dies with the process that started it (Linux), so a killed sweep leaves no
+    worker holding a run folder."""
+    for name in THREAD_VARIABLES:
+        os.environ[name] = str(threads)
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))   # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    import numba
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    from threadpoolctl import threadpool_limits
+    threadpool_limits(limits=threads)
+
+
+def run_one(config, folder: str, name: str, command: list[str]) -> dict:
+    """Bring the run folder ``folder`` of ``config`` to its end; how it ended, as a JSON-able dict.
+
+    A finished folder (summary.json) is reported as it is; a folder with a config is resumed (from its
+    checkpoint); otherwise the run starts. Any failure is reported, never raised, so one bad run does not
+    stop the others. Datasets are kept in memory between the runs of this process.
+    """
+    from fedsim.experiment import keep_datasets_in_memory
+    from fedsim.runs import resume_run, start_run
+    from fedsim.runs.folder import RunFolder, SUMMARY_FILE
+
+    keep_datasets_in_memory(True)
+    path = Path(folder)
+    try:
+        summary = RunFolder(path).read_json(SUMMARY_FILE)
+        if summary is not None:
+            return {"status": summary.get("status", "completed"), "completed": summary.get("completed"),
+                    "planned": summary.get("planned"), "message": summary.get("message", ""), "ran": False}
+        if (path / "config.toml").exists():
+            outcome = resume_run(path, quiet=True)
+        else:
+            outcome = start_run(config, path, name=name, quiet=True, command=command)
+        return {"status": outcome.status, "completed": outcome.completed, "planned": outcome.planned,
+                "message": outcome.message, "ran": True}
+    except Exception as error:       # recorded in the manifest; the sweep goes on
+        return {"status": "failed", "message": f"{type(error).__name__}: {' '.join(str(error).split())}",
+                "ran": True}
+
+
+__all__ = ["THREAD_VARIABLES", "pin_threads", "run_one"]

@@ -1,0 +1,154 @@
+"""Sweeps on the local backend: the sweep file, one-line errors, bitwise determinism against single runs
+and across worker counts, skipping and resuming on a rerun (after a kill -9 of the whole sweep), failed
+runs that do not stop the others, the report and the figures."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fedsim.runs import RunFolder, strip_wall_time
+from fedsim.sweeps import load_sweep
+from tests.test_cli import clean_env, error_lines, fedsim
+
+SMALL = '''
+[set]
+"data.synthetic_devices" = 8
+"federated.n_clients" = 8
+"federated.rounds" = {rounds}
+"run.checkpoint_every" = 5
+'''
+
+
+def sweep_file(tmp_path, name="small", rounds=12, grid='"federated.method" = ["fedavg", "stc_updown"]\nseed = [0, 1]',
+               extra="") -> Path:
+    path = tmp_path / f"{name}.toml"
+    path.write_text(f'base = "synthetic"\nname = "{name}"\n' + SMALL.format(rounds=rounds) + "\n[grid]\n" + grid
+                    + "\n" + extra)
+    return path
+
+
+def histories(out: Path) -> dict[str, list]:
+    return {folder.name: strip_wall_time(RunFolder(folder).read_history())
+            for folder in sorted((out / "runs").iterdir())}
+
+
+def test_a_sweep_file_expands_to_named_runs(tmp_path):
+    sweep = load_sweep(sweep_file(tmp_path, extra='[zip]\n"federated.p_up" = [0.05, 0.1]\n"federated.p_down" = [0.1, 0.2]'))
+    assert len(sweep.runs) == 2 * 2 * 2
+    assert sweep.axis_names == ["federated.method", "seed", "federated.p_up", "federated.p_down"]
+    labels = [run.label for run in sweep.runs]
+    assert labels[0] == "method=fedavg,seed=0,p_up=0.05,p_down=0.1"
+    assert all(run.config.federated.rounds == 12 and run.config.federated.n_clients == 8 for run in sweep.runs)
+    assert {(run.config.federated.p_up, run.config.federated.p_down) for run in sweep.runs} == {(0.05, 0.1), (0.1, 0.2)}
+    # the folder name is stable: the same file gives the same names
+    assert [run.folder_name for run in load_sweep(sweep.source).runs] == [run.folder_name for run in sweep.runs]
+
+
+@pytest.mark.parametrize("grid, fragment", [
+    ('"federated.lrr" = [0.1]', "unknown setting 'federated.lrr'; did you mean 'federated.lr'?"),
+    ('"federated.lr" = [0.1, -1.0]', "federated.lr = -1.0"),
+    ('"federated.method" = "fedavg"', "must be a non-empty array"),
+    ('"federated.method" = []', "must be a non-empty array"),
+])
+def test_invalid_axes_fail_before_anything_runs_in_one_line(tmp_path, grid, fragment):
+    path = sweep_file(tmp_path, grid=grid)
+    result = fedsim(tmp_path, "sweep", path, "--out", tmp_path / "out")
+    lines = error_lines(result.stderr)
+    assert result.returncode == 2 and len(lines) == 1 and fragment in lines[0], result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_zip_axes_of_unequal_length_are_refused(tmp_path):
+    path = sweep_file(tmp_path, extra='[zip]\n"federated.p_up" = [0.05, 0.1]\n"federated.p_down" = [0.1]')
+    result = fedsim(tmp_path, "sweep", path, "--dry-run")
+    assert result.returncode == 2 and "equal lengths" in result.stderr
+
+
+def test_pool_runs_equal_single_runs_at_any_worker_count_and_reruns_skip(tmp_path):
+    path = sweep_file(tmp_path)
+    two = fedsim(tmp_path, "sweep", path, "--workers", "2", "--out", tmp_path / "two", "--quiet")
+    assert two.returncode == 0, two.stderr
+    one = fedsim(tmp_path, "sweep", path, "--workers", "1", "--out", tmp_path / "one", "--quiet")
+    assert one.returncode == 0, one.stderr
+    assert histories(tmp_path / "two") == histories(tmp_path / "one")
+    # a run of the sweep equals the same settings run alone with `fedsim run`
+    planned = load_sweep(path).runs[3]
+    alone = fedsim(tmp_path, "run", "--preset", "synthetic", *[f"--set={key}={json.dumps(value)}"
+                                                            for key, value in planned.overrides],
+                   "--quiet", "--out", tmp_path / "alone")
+    assert alone.returncode == 0, alone.stderr
+    assert strip_wall_time(RunFolder(tmp_path / "alone").read_history()) == \
+        histories(tmp_path / "two")[planned.folder_name]
+    manifest = json.loads((tmp_path / "two" / "manifest.json").read_text())
+    assert [run["status"] for run in manifest["runs"]] == ["completed"] * 4
+    assert manifest["axes"] == {"federated.method": ["fedavg", "stc_updown"], "seed": [0, 1]}
+    # the same command again: nothing is run again
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "two" / "runs").rglob("history.jsonl")}
+    again = fedsim(tmp_path, "sweep", path, "--workers", "2", "--out", tmp_path / "two", "--quiet")
+    assert again.returncode == 0 and "4 completed" in again.stdout
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+
+def test_kill_9_of_the_whole_sweep_then_the_same_command_finishes_it_identically(tmp_path):
+    path = sweep_file(tmp_path, rounds=300)
+    reference = fedsim(tmp_path, "sweep", path, "--workers", "2", "--out", tmp_path / "reference", "--quiet",
+                       timeout=300)
+    assert reference.returncode == 0, reference.stderr
+    out = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, "-m", "fedsim", "sweep", str(path), "--workers", "2", "--out",
+                                str(out), "--quiet"], cwd=tmp_path, env=clean_env(tmp_path),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:      # until some run has a checkpoint and some run is unfinished
+            done = list(out.glob("runs/*/summary.json"))
+            checkpoints = list(out.glob("runs/*/checkpoint.npz"))
+            if checkpoints and len(done) < 4:
+                break
+            time.sleep(0.05)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert len(list(out.glob("runs/*/summary.json"))) < 4
+    time.sleep(0.5)                                # the pool's workers die with their parent
+    finished = fedsim(tmp_path, "sweep", path, "--workers", "2", "--out", out, "--quiet", timeout=300)
+    assert finished.returncode == 0, finished.stderr
+    assert histories(out) == histories(tmp_path / "reference")
+    report = fedsim(tmp_path, "sweep", "report", out)
+    reference_report = fedsim(tmp_path, "sweep", "report", tmp_path / "reference")
+    assert report.returncode == 0 and report.stdout.splitlines()[1:] == reference_report.stdout.splitlines()[1:]
+
+
+def test_a_diverged_run_is_recorded_and_the_others_finish(tmp_path):
+    path = sweep_file(tmp_path, grid='"federated.method" = ["fedavg"]\n"federated.lr" = [0.05, 1e35]')
+    result = fedsim(tmp_path, "sweep", path, "--workers", "2", "--out", tmp_path / "out", "--quiet")
+    assert result.returncode == 1, result.stderr
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert sorted(run["status"] for run in manifest["runs"]) == ["completed", "diverged"]
+    assert "1 completed, 1 diverged" in result.stdout and "NaN or inf" in result.stderr
+
+
+def test_report_and_plot(tmp_path):
+    path = sweep_file(tmp_path, grid='"federated.method" = ["fedavg", "stc_updown"]\n"data.synthetic_alpha" = [0.5, 1.0]\nseed = [0, 1]')
+    assert fedsim(tmp_path, "sweep", path, "--workers", "2", "--out", tmp_path / "out", "--quiet").returncode == 0
+    report = fedsim(tmp_path, "sweep", "report", tmp_path / "out")
+    assert report.returncode == 0, report.stderr
+    rows = list(csv.DictReader((tmp_path / "out" / "report.csv").open()))
+    assert {row["metric"] for row in rows} >= {"final_test_accuracy", "bits"}
+    assert set(rows[0]) == {"run", "status", "federated.method", "data.synthetic_alpha", "seed", "metric", "value"}
+    assert len([row for row in rows if row["metric"] == "final_test_accuracy"]) == 8
+    summary_lines = [line for line in report.stdout.splitlines() if "final_test_accuracy" in line]
+    assert len(summary_lines) == 4 and all(line.rstrip().endswith(" 2") and "+-" in line for line in summary_lines)
+    plot = fedsim(tmp_path, "sweep", "plot", tmp_path / "out")
+    assert plot.returncode == 0, plot.stderr
+    for name in ("sweep_curves.png", "sweep_final.png"):
+        assert (tmp_path / "out" / "plots" / name).stat().st_size > 10_000
