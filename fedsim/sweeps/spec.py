@@ -118,7 +118,7 @@ def load_sweep(path) -> Sweep:
         for key, values in table.items():
             if not isinstance(values, list) or not values:
                 raise ConfigError(f"{path.name} {where}: '{key}' must be a non-empty array of values, got {values!r}")
-            if len(set(map(repr, values))) != len(values):
+            if where == "[grid]" and len(set(map(repr, values))) != len(values):
                 raise ConfigError(f"{path.name} {where}: '{key}' lists a value twice")
     repeated = set(grid) & set(zipped) | (set(fixed) & (set(grid) | set(zipped)))
     if repeated:
@@ -126,6 +126,9 @@ def load_sweep(path) -> Sweep:
     if len({len(values) for values in zipped.values()}) > 1:
         lengths = ", ".join(f"{key}: {len(values)}" for key, values in zipped.items())
         raise ConfigError(f"{path.name} [zip]: the axes must have equal lengths, got {lengths}")
+    rows = [tuple(map(repr, row)) for row in zip(*zipped.values())]
+    if len(set(rows)) != len(rows):
+        raise ConfigError(f"{path.name} [zip]: two positions of the zipped axes give the same values")
 
     if "base" in raw:
         base = str(raw["base"])
