@@ -55,7 +55,7 @@ def _save(figure, out: Path, stem: str) -> list[Path]:
 
 # Distinguishable in colour (Okabe-Ito, safe for colour-blind readers) and in greyscale print (line style
 # and marker change with every run too).
-COLOURS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442")
+COLOURS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#999999")
 LINE_STYLES = ("-", "--", ":", "-.")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 #: Settings that say nothing about the experiment (left out of titles and legends).
@@ -64,8 +64,11 @@ _BOOKKEEPING = ("run.checkpoint_every", "data.data_dir", "data.download", "feder
 
 
 def _style(index: int) -> dict:
-    return {"color": COLOURS[index % len(COLOURS)], "linestyle": LINE_STYLES[index % len(LINE_STYLES)],
-            "marker": MARKERS[index % len(MARKERS)], "markevery": 0.1, "markersize": 4, "linewidth": 1.4}
+    """Colour, line style and marker of the index-th run: no two of the first 32 runs look alike."""
+    cycle = index // len(COLOURS)
+    return {"color": COLOURS[index % len(COLOURS)], "linestyle": LINE_STYLES[(index + cycle) % len(LINE_STYLES)],
+            "marker": MARKERS[(index + 3 * cycle) % len(MARKERS)], "markevery": 0.1, "markersize": 4,
+            "linewidth": 1.4}
 
 
 def _flat_settings(run: RunResult) -> dict:
