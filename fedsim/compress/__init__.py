@@ -41,4 +41,5 @@ __all__ = [
     "TernaryMessage", "TopK", "ceil_product", "compressor_class", "decode", "expected_position_bits",
     "make_compressor", "make_layout", "rice_parameter_for_density", "sparse_analytic_bits",
     "stc_bits_per_entry",
+    "PowerSGD", "PowerSGDMessage", "QSGD", "QSGDMessage", "RandomK", "RandomKMessage", "TernGrad", "TernGradMessage",
 ]

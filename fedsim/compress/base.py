@@ -292,11 +292,10 @@ class Message:
 
 
 @dataclass(frozen=True, eq=False)
-class PositionsMessage(Message):
-    """Common part of the messages that send a set of positions (top-k, STC): segments and positions."""
+class SegmentedMessage(Message):
+    """Common part of the messages of a segmented vector: the segment boundaries, the vector's size."""
 
     segment_offsets: tuple[int, ...]   # segment boundaries; the last is the vector length
-    positions: np.ndarray              # (c,) int64, global, strictly increasing
 
     @property
     def size(self) -> int:
@@ -305,6 +304,13 @@ class PositionsMessage(Message):
     @property
     def layout(self) -> Layout:
         return Layout(self.segment_offsets)
+
+
+@dataclass(frozen=True, eq=False)
+class PositionsMessage(SegmentedMessage):
+    """Common part of the messages that send a set of positions (top-k, STC): segments and positions."""
+
+    positions: np.ndarray              # (c,) int64, global, strictly increasing
 
     @property
     def counts(self) -> np.ndarray:
@@ -466,7 +472,7 @@ class Compressor:
 
 
 __all__ = ["BIT_PATTERN", "COMPRESSORS", "Compressed", "Compressor", "FLOAT_DTYPES", "Layout",
-           "MESSAGE_KINDS", "Message", "MessageFormat", "PositionsMessage", "SCOPES", "as_rows", "ceil_product",
+           "MESSAGE_KINDS", "Message", "MessageFormat", "PositionsMessage", "SegmentedMessage", "SCOPES", "as_rows", "ceil_product",
            "check_choice", "check_fraction", "check_integer", "compressor_class", "decode",
            "decode_positions", "encode_positions", "float_bits", "float_dtype", "frozen_array",
            "make_compressor", "make_layout", "new_stream", "read_floats", "register", "register_message",

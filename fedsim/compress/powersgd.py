@@ -59,7 +59,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from fedsim.compress.base import (Compressed, Compressor, Layout, Message, MessageFormat, as_rows,
+from fedsim.compress.base import (SegmentedMessage, Compressed, Compressor, Layout, MessageFormat, as_rows,
                                   check_integer, float_bits, float_dtype, frozen_array, make_layout,
                                   new_stream, read_floats, register, register_message, same_array,
                                   write_floats)
@@ -93,11 +93,10 @@ def _floats_per_message(shapes, rank: int) -> tuple[int, int]:
 
 @register_message
 @dataclass(frozen=True, eq=False)
-class PowerSGDMessage(Message):
+class PowerSGDMessage(SegmentedMessage):
     """One sender's reconstruction: P_hat and Q_k per matrix segment, the other segments as they are."""
 
     kind: ClassVar[str] = "powersgd"
-    segment_offsets: tuple[int, ...]       # segment boundaries; the last is the vector length
     shapes: tuple[tuple[int, ...], ...]    # each segment's tensor shape (known to the receiver)
     rank: int                              # r (known to the receiver)
     left: np.ndarray    # P_hat of every matrix segment, each row-major n x r, concatenated in segment order
@@ -125,9 +124,6 @@ class PowerSGDMessage(Message):
                 raise ValueError(f"PowerSGD message: {name} has {getattr(self, name).size} floats, the "
                                  f"shapes {self.shapes} with rank {self.rank} need {expected}")
 
-    @property
-    def size(self) -> int:
-        return self.segment_offsets[-1]
 
     @property
     def dtype(self) -> np.dtype:

@@ -63,11 +63,10 @@ from typing import ClassVar
 import numpy as np
 
 from fedsim.compress import bits as analytic
-from fedsim.compress.base import (
+from fedsim.compress.base import (SegmentedMessage, 
     SCOPES,
     Compressor,
     Layout,
-    Message,
     MessageFormat,
     check_choice,
     check_integer,
@@ -129,11 +128,10 @@ def norms_from_patterns(patterns: np.ndarray, dtype) -> np.ndarray:
 
 @register_message
 @dataclass(frozen=True, eq=False)
-class QSGDMessage(Message):
+class QSGDMessage(SegmentedMessage):
     """One norm per bucket and a signed level in {-s, ..., s} per entry."""
 
     kind: ClassVar[str] = "qsgd"
-    segment_offsets: tuple[int, ...]   # segment boundaries; the last is the vector length
     levels: int                        # s, the number of levels
     bucket_size: int                   # d: entries per bucket (0: one bucket per segment)
     norms: np.ndarray                  # (B,) float32/float64, >= 0: each bucket's norm
@@ -159,9 +157,6 @@ class QSGDMessage(Message):
         if np.any(self.signed_levels[zero_buckets]):
             raise ValueError("a bucket whose norm is 0 has nonzero levels")
 
-    @property
-    def size(self) -> int:
-        return self.segment_offsets[-1]
 
     @property
     def bucket_offsets(self) -> np.ndarray:

@@ -41,7 +41,7 @@ from typing import ClassVar
 import numpy as np
 
 from fedsim.compress import bits as analytic
-from fedsim.compress.base import (SCOPES, Compressor, Layout, Message, MessageFormat, check_choice,
+from fedsim.compress.base import (SegmentedMessage, SCOPES, Compressor, Layout, MessageFormat, check_choice,
                                   check_fraction, float_bits, float_dtype, frozen_array, new_stream,
                                   read_floats, register, register_message, write_floats)
 from fedsim.compress.topk import budgets
@@ -89,11 +89,10 @@ def segment_positions(seed: int, layout: Layout, ks) -> list[np.ndarray]:
 
 @register_message
 @dataclass(frozen=True, eq=False)
-class RandomKMessage(Message):
+class RandomKMessage(SegmentedMessage):
     """A seed and the values at the positions it determines (module docstring)."""
 
     kind: ClassVar[str] = "randomk"
-    segment_offsets: tuple[int, ...]   # segment boundaries; the last is the vector length
     p: float                           # the sparsity: k = ceil(p N) per segment
     seed: int                          # 64-bit seed of the positions, in [0, 2^64)
     values: np.ndarray                 # (sum of k,) the unscaled x_i, segment by segment, positions ascending
@@ -113,13 +112,6 @@ class RandomKMessage(Message):
             raise ValueError(f"random-k with p={self.p} on segments {layout.sizes} sends {expected} "
                              f"values, got {self.values.size}")
 
-    @property
-    def size(self) -> int:
-        return self.segment_offsets[-1]
-
-    @property
-    def layout(self) -> Layout:
-        return Layout(self.segment_offsets)
 
     @property
     def budgets(self) -> np.ndarray:

@@ -18,7 +18,7 @@ from typing import ClassVar
 import numpy as np
 
 from fedsim.compress import bits as analytic
-from fedsim.compress.base import (SCOPES, Compressor, Layout, Message, MessageFormat, check_choice,
+from fedsim.compress.base import (SegmentedMessage, SCOPES, Compressor, Layout, MessageFormat, check_choice,
                                   decode_positions, encode_positions, float_bits, float_dtype, frozen_array,
                                   new_stream, read_floats, register, register_message, write_floats)
 from fedsim.kernels import golomb, sparsify
@@ -28,11 +28,10 @@ SIGN_SCALES = ("none", "mean")
 
 @register_message
 @dataclass(frozen=True, eq=False)
-class SignMessage(Message):
+class SignMessage(SegmentedMessage):
     """The sign of every entry (-1, 0, +1), optionally times one scale per segment."""
 
     kind: ClassVar[str] = "sign"
-    segment_offsets: tuple[int, ...]   # segment boundaries; the last is the vector length
     signs: np.ndarray                  # (N,) int8 in {-1, 0, +1}
     scales: np.ndarray                 # (segments,) float32/float64; all 1 and not sent when unscaled
     scaled: bool = False               # whether the scales are part of the message
@@ -52,13 +51,6 @@ class SignMessage(Message):
         if not self.scaled and np.any(self.scales != 1):
             raise ValueError("an unscaled sign message has scales 1")
 
-    @property
-    def size(self) -> int:
-        return self.segment_offsets[-1]
-
-    @property
-    def layout(self) -> Layout:
-        return Layout(self.segment_offsets)
 
     @property
     def format(self) -> MessageFormat:

@@ -41,7 +41,7 @@ from typing import ClassVar
 import numpy as np
 
 from fedsim.compress import bits as analytic
-from fedsim.compress.base import (SCOPES, Compressor, Layout, Message, MessageFormat, check_choice,
+from fedsim.compress.base import (SegmentedMessage, SCOPES, Compressor, Layout, MessageFormat, check_choice,
                                   float_bits, float_dtype, frozen_array, new_stream, read_floats, register,
                                   register_message, write_floats)
 from fedsim.kernels import terngrad as kernels
@@ -61,11 +61,10 @@ def terngrad_analytic_bits(sizes) -> float:
 
 @register_message
 @dataclass(frozen=True, eq=False)
-class TernGradMessage(Message):
+class TernGradMessage(SegmentedMessage):
     """One scale per segment and a ternary code (-1, 0, +1) per entry."""
 
     kind: ClassVar[str] = "terngrad"
-    segment_offsets: tuple[int, ...]   # segment boundaries; the last is the vector length
     codes: np.ndarray                  # (N,) int8 in {-1, 0, +1}; all 0 in a segment whose scale is 0
     scales: np.ndarray                 # (segments,) float32/float64, >= 0
 
@@ -87,13 +86,6 @@ class TernGradMessage(Message):
             if self.scales[j] == 0 and np.any(self.codes[start:stop]):
                 raise ValueError(f"segment {j} has scale 0 but nonzero codes")
 
-    @property
-    def size(self) -> int:
-        return self.segment_offsets[-1]
-
-    @property
-    def layout(self) -> Layout:
-        return Layout(self.segment_offsets)
 
     @property
     def format(self) -> MessageFormat:
