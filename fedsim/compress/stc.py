@@ -183,9 +183,11 @@ class STC(Compressor):
         else:
             sample_positions = np.zeros(0, np.int64)
             sample_starts = np.zeros(1, np.int64)
-        sparsify.sparse_compress_batch(rows, layout.offsets_array, self.budgets(layout), True,
-                                       float_bits(rows.dtype), sampled, sample_positions, sample_starts,
-                                       self.sample_budgets(layout), decoded, counts, encoded)
+        # The samples were drawn here, each within its segment: the unchecked core skips the public
+        # kernel's pass over them (every other argument is built here too).
+        kernel = sparsify.sparse_compress_batch.core if sampled else sparsify.sparse_compress_batch
+        kernel(rows, layout.offsets_array, self.budgets(layout), True, float_bits(rows.dtype), sampled,
+               sample_positions, sample_starts, self.sample_budgets(layout), decoded, counts, encoded)
         return decoded, encoded, analytic.stc_analytic_bits(counts, layout.sizes), {}
 
     def message(self, compressed, row):

@@ -49,6 +49,14 @@ outputs written, nothing returned)::
 
 :func:`quantize_innovation` validates, allocates and calls one of them; :func:`laq_dequantize` is the
 server's side (codes + R -> Q).
+
+Arguments. :func:`laq_quantize` and its twin check the contract above in plain Python before any jitted
+code runs (:mod:`fedsim.kernels.checks`): C-contiguous arrays of the stated shapes and dtypes, outputs
+writable, ``bits`` in [1, 16] and a code dtype wide enough for it (uint16 beyond 8 bits); a violation
+raises ValueError (TypeError for a wrong type or dtype) naming the argument. The jitted core
+``_laq_quantize_core`` trusts its arguments. :func:`laq_dequantize` checks its shapes, the codes
+(integers in [0, 2^b - 1]) and the radii (finite and >= 0: a NaN radius is a diverged worker, whose
+upload the server must not reconstruct).
 """
 
 from __future__ import annotations
@@ -58,7 +66,8 @@ from typing import NamedTuple
 import numba
 import numpy as np
 
-from fedsim.kernels import JIT_OPTIONS
+from fedsim.kernels import JIT_OPTIONS, checks
+from fedsim.kernels.checks import checked
 
 MIN_BITS = 1
 MAX_BITS = 16
@@ -214,14 +223,8 @@ def _column_total(columns):
 
 
 @numba.njit(**JIT_OPTIONS)
-def laq_quantize(gradients, previous, bits, codes, quantized, radius, error, innovation):
-    """Quantize each worker's gradient innovation to ``bits`` bits (see the module docstring).
-
-    Writes ``codes``, ``quantized``, ``radius``, ``error`` and ``innovation``, all bitwise equal to
-    :func:`laq_quantize_numpy`. Two passes per worker: R (four running maxima), then, row by row of
-    SUM_COLUMNS entries, the codes, Q and the two sums' column sums in one vectorized loop of
-    multiplications; the column sums are added in NumPy's pairwise order at the end.
-    """
+def _laq_quantize_core(gradients, previous, bits, codes, quantized, radius, error, innovation):
+    """:func:`laq_quantize` without the argument checks."""
     n_workers, size = gradients.shape
     half_levels = 0.5 * ((1 << bits) - 1)        # h = (2^b - 1) / 2 = 1 / (2 tau)
     zero_code = 1 << (bits - 1)
@@ -261,13 +264,42 @@ def laq_quantize(gradients, previous, bits, codes, quantized, radius, error, inn
         innovation[m] = 0.0 + _column_total(innovation_columns)
 
 
+@checked(_laq_quantize_core)
+def laq_quantize(gradients, previous, bits, codes, quantized, radius, error, innovation):
+    """Quantize each worker's gradient innovation to ``bits`` bits (see the module docstring).
+
+    Writes ``codes``, ``quantized``, ``radius``, ``error`` and ``innovation``, all bitwise equal to
+    :func:`laq_quantize_numpy`. Two passes per worker: R (four running maxima), then, row by row of
+    SUM_COLUMNS entries, the codes, Q and the two sums' column sums in one vectorized loop of
+    multiplications; the column sums are added in NumPy's pairwise order at the end.
+
+    The arguments must follow the contract of the module docstring (checked before the jitted code runs):
+    ``gradients``, ``previous``, ``quantized`` (M, P) float32 or float64, ``codes`` (M, P) uint8 or
+    uint16 wide enough for ``bits``, ``radius``, ``error``, ``innovation`` (M,) float64; all C-contiguous,
+    the outputs writable.
+    """
+    bits = check_bits(bits)
+    checks.array("gradients", gradients, checks.FLOAT, 2)
+    shape = gradients.shape
+    checks.shaped("previous", previous, checks.FLOAT, shape)
+    checks.shaped("codes", codes, checks.CODE, shape, True)
+    if bits > 8 * codes.dtype.itemsize:
+        raise TypeError(f"codes must have dtype {code_dtype(bits)} (or wider) for {bits}-bit codes, got "
+                        f"{codes.dtype}")
+    checks.shaped("quantized", quantized, checks.FLOAT, shape, True)
+    for name, out in (("radius", radius), ("error", error), ("innovation", innovation)):
+        checks.shaped(name, out, checks.FLOAT64, shape[:1], True)
+    return gradients, previous, bits, codes, quantized, radius, error, innovation
+
+
 def laq_quantize_numpy(gradients, previous, bits, codes, quantized, radius, error, innovation):
     """NumPy twin of :func:`laq_quantize`: same contract, same arithmetic, bitwise equal outputs.
 
     The reductions (``error``, ``innovation``) are :func:`column_order_sum`, the order the jitted kernel
     sums in.
     """
-    bits = check_bits(bits)
+    gradients, previous, bits, codes, quantized, radius, error, innovation = laq_quantize.check(
+        gradients, previous, bits, codes, quantized, radius, error, innovation)
     half_levels = 0.5 * ((1 << bits) - 1)                           # h = 1 / (2 tau)
     zero_code = float(1 << (bits - 1))                              # 2^(b-1) = h + 1/2
     g = np.asarray(gradients).astype(np.float64, copy=False)
@@ -350,6 +382,8 @@ def quantize_innovation(gradients: np.ndarray, previous: np.ndarray, bits: int,
         raise ValueError(f"gradients and previous must share one float dtype, got {gradients.dtype} "
                          f"and {previous.dtype}")
     n_workers = gradients.shape[0]
+    gradients = np.ascontiguousarray(gradients)          # the kernels take C-contiguous arrays
+    previous = np.ascontiguousarray(previous)
     codes = np.empty(gradients.shape, dtype=code_dtype(bits))
     quantized = np.empty_like(gradients)
     radius = np.empty(n_workers, dtype=np.float64)
@@ -360,17 +394,45 @@ def quantize_innovation(gradients: np.ndarray, previous: np.ndarray, bits: int,
     return QuantizedInnovation(codes, quantized, radius, error, innovation)
 
 
+def _check_dequantize(codes, previous, radius, bits):
+    """(codes, previous, radius as float64) for :func:`laq_dequantize`, or ValueError / TypeError."""
+    for name, value in (("codes", codes), ("previous", previous), ("radius", radius)):
+        if not isinstance(value, np.ndarray):
+            raise TypeError(f"{name} must be a NumPy array, got {type(value).__name__}")
+    if codes.dtype not in checks.INTEGER:
+        raise TypeError(f"codes must have an integer dtype, got {codes.dtype}")
+    if previous.dtype not in checks.FLOAT:
+        raise TypeError(f"previous must have dtype float32 or float64, got {previous.dtype}")
+    if radius.dtype not in checks.FLOAT:
+        raise TypeError(f"radius must have dtype float32 or float64, got {radius.dtype}")
+    if previous.ndim != 2 or codes.shape != previous.shape:
+        raise ValueError(f"codes and previous must both have shape (workers, parameters), got {codes.shape} "
+                         f"and {previous.shape}")
+    if radius.shape != previous.shape[:1]:
+        raise ValueError(f"radius must have shape {previous.shape[:1]} (one per worker), got {radius.shape}")
+    if codes.size and (codes.min() < 0 or codes.max() > (1 << bits) - 1):
+        bad = codes[(codes < 0) | (codes > (1 << bits) - 1)][0]
+        raise ValueError(f"codes must be in [0, {(1 << bits) - 1}] for {bits}-bit quantization, got {int(bad)}")
+    r = radius.astype(np.float64)
+    if not np.all(np.isfinite(r) & (r >= 0)):
+        bad = r[~(np.isfinite(r) & (r >= 0))][0]
+        raise ValueError(f"radius must be finite and >= 0 (a NaN radius is a diverged worker), got {bad}")
+    return codes, previous, r
+
+
 def laq_dequantize(codes: np.ndarray, previous: np.ndarray, radius: np.ndarray, bits: int) -> np.ndarray:
     """The server's reconstruction ``Q = Q_prev + 2 tau R q - R`` from what was sent.
 
     The same arithmetic as the quantizer (``Q_prev + (q delta - R)``, or ``Q_prev + R (q / h - 1)`` for
     an extreme R), vectorised; equals the ``quantized`` output of the quantizer bitwise. ``R = 0`` gives
     ``Q_prev`` whatever the codes.
+
+    ``codes``: (M, P) integers in [0, 2^bits - 1]; ``previous``: (M, P) float32 or float64; ``radius``:
+    (M,) real, finite and >= 0 (a NaN radius marks a diverged worker: ValueError); ``bits`` in [1, 16].
     """
     bits = check_bits(bits)
+    codes, q_prev, r = _check_dequantize(codes, previous, radius, bits)
     half_levels = 0.5 * ((1 << bits) - 1)
-    r = np.asarray(radius, dtype=np.float64)
-    q_prev = np.asarray(previous)
     q = codes.astype(np.float64)
     moving = r > 0
     safe_r = np.where(moving, r, 1.0)

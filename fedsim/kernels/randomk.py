@@ -56,7 +56,10 @@ The whole of every row is checked: a NaN or an infinite entry anywhere raises
 over the row (the finiteness check fused with zeroing ``decoded``) and O(k) for the positions.
 
 Every kernel has a NumPy twin (``*_numpy``), bitwise equal: the twin computes the draws vectorized in
-NumPy uint64 arithmetic and runs Floyd's loop with a Python set.
+NumPy uint64 arithmetic and runs Floyd's loop with a Python set. The kernels and their twins check their
+arguments first (seeds and states in [0, 2^64), counts, shapes, dtypes, contiguity, segment offsets,
+budgets, output sizes; :mod:`fedsim.kernels.checks`) and raise ValueError or TypeError naming the
+argument; the jitted cores ``_<name>_core`` behind the kernels trust their arguments.
 """
 
 from __future__ import annotations
@@ -64,7 +67,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from fedsim.kernels import JIT_OPTIONS
+from fedsim.kernels import JIT_OPTIONS, checks
+from fedsim.kernels.checks import checked
 from fedsim.kernels.sparsify import NONFINITE_MESSAGE
 
 _jit = numba.njit(**JIT_OPTIONS)
@@ -75,6 +79,8 @@ MIX_MULTIPLIER_1 = 0xBF58476D1CE4E5B9
 MIX_MULTIPLIER_2 = 0x94D049BB133111EB
 # Segments may have up to this many entries (``below`` needs bounds r <= 2^32).
 MAX_SEGMENT = 1 << 32
+BUDGETS_MESSAGE = "budgets must be in [0, segment size]"
+SEGMENTS_MESSAGE = "random positions need segments of at most 2^32 entries"
 
 _GAMMA = np.uint64(GOLDEN_GAMMA)
 _M1 = np.uint64(MIX_MULTIPLIER_1)
@@ -86,10 +92,19 @@ _S31 = np.uint64(31)
 _S32 = np.uint64(32)
 
 
-def check_positions_arguments(size, k) -> None:
-    """ValueError unless 0 <= k <= size <= MAX_SEGMENT."""
+def check_positions_arguments(size, k) -> tuple[int, int]:
+    """(size, k) as ints; TypeError unless both are integers, ValueError unless 0 <= k <= size <=
+    MAX_SEGMENT."""
+    size = checks.integer("size", size, -checks.INT64_MAX, checks.INT64_MAX)
+    k = checks.integer("k", k, -checks.INT64_MAX, checks.INT64_MAX)
     if not (0 <= k <= size <= MAX_SEGMENT):
         raise ValueError(f"random positions need 0 <= k <= size <= 2^32, got k={k}, size={size}")
+    return size, k
+
+
+def _uint64(name, value):
+    """``value`` (an integer in [0, 2^64)) as numpy.uint64."""
+    return np.uint64(checks.integer(name, value, 0, (1 << 64) - 1))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -118,15 +133,26 @@ def _below(z, bound):
 
 
 @_jit
-def splitmix64(state, count, out):
-    """``out[:count]`` = the first ``count`` outputs of SplitMix64 started at ``state`` (uint64)."""
+def _splitmix64_core(state, count, out):
+    """:func:`splitmix64` without the argument checks."""
     start = np.uint64(state)
     for n in range(count):
         out[n] = _output(start, np.uint64(n + 1))
 
 
+@checked(_splitmix64_core)
+def splitmix64(state, count, out):
+    """``out[:count]`` = the first ``count`` outputs of SplitMix64 started at ``state`` (an integer in
+    [0, 2^64)); ``out`` is a uint64 vector of at least ``count`` entries."""
+    state = _uint64("state", state)
+    count = checks.integer("count", count)
+    checks.output("out", out, checks.UINT64, count)
+    return state, count, out
+
+
 def splitmix64_numpy(state, count, out):
     """NumPy twin of :func:`splitmix64`."""
+    state, count, out = splitmix64.check(state, count, out)
     out[:count] = _mix_numpy(np.uint64(state) + np.arange(1, count + 1, dtype=np.uint64) * _GAMMA)
 
 
@@ -166,18 +192,29 @@ def _floyd_into(seed, segment, size, k, positions_out, marks):
 
 
 @_jit
-def random_positions(seed, segment, size, k, positions_out):
-    """The k positions of segment ``segment`` (of ``size`` entries) for ``seed``, in the order Floyd's
-    algorithm picks them, into ``positions_out[:k]`` (int64). Requires 0 <= k <= size <= 2^32."""
+def _random_positions_core(seed, segment, size, k, positions_out):
+    """:func:`random_positions` without the argument checks (it still checks k and size)."""
     if k < 0 or k > size or size > MAX_SEGMENT:
         raise ValueError("random positions need 0 <= k <= size <= 2^32")
     marks = np.zeros(size, np.uint8)
     _floyd_into(seed, segment, size, k, positions_out, marks)
 
 
+@checked(_random_positions_core)
+def random_positions(seed, segment, size, k, positions_out):
+    """The k positions of segment ``segment`` (of ``size`` entries) for ``seed``, in the order Floyd's
+    algorithm picks them, into ``positions_out[:k]`` (int64, at least k entries). Requires
+    0 <= k <= size <= 2^32, a seed in [0, 2^64) and a segment index in [0, 2^63 - 1)."""
+    seed = _uint64("seed", seed)
+    segment = checks.integer("segment", segment, 0, checks.INT64_MAX - 1)
+    size, k = check_positions_arguments(size, k)
+    checks.output("positions_out", positions_out, checks.INT64, k)
+    return seed, segment, size, k, positions_out
+
+
 def random_positions_numpy(seed, segment, size, k, positions_out):
     """NumPy twin of :func:`random_positions`."""
-    check_positions_arguments(size, k)
+    seed, segment, size, k, positions_out = random_positions.check(seed, segment, size, k, positions_out)
     if k == 0:
         return
     key = _mix_numpy(np.array([seed], np.uint64) + np.array([segment + 1], np.uint64) * _GAMMA)
@@ -205,32 +242,17 @@ def _longest_segment(segment_offsets):
 
 
 @_jit
-def randomk_compress_batch(updates, segment_offsets, budgets, scales, seeds, decoded_out, values_out):
-    """Random-k of every row of ``updates`` (module docstring, "Batch"), in one call.
-
-    Parameters
-    ----------
-    updates : (K, P) float32 or float64, C-contiguous
-    segment_offsets : (S + 1,) int64
-    budgets : (S,) int64
-        k of each segment (0 <= k_j <= N_j).
-    scales : (S,) the dtype of ``updates``
-        The factor of each segment's sent values: dtype(N / k) (unbiased) or 1.
-    seeds : (K,) uint64
-        One seed per row.
-    decoded_out : (K, P), the dtype of ``updates``
-        Overwritten with the decoded rows (zeros where nothing is sent).
-    values_out : (K, sum of budgets), the dtype of ``updates``
-        The sent values ``x[i_t]`` (unscaled), segment after segment, each in Floyd's order.
-    """
+def _randomk_compress_batch_core(updates, segment_offsets, budgets, scales, seeds, decoded_out, values_out):
+    """:func:`randomk_compress_batch` without the argument checks (it still checks the budgets and the
+    segment sizes)."""
     n_rows = updates.shape[0]
     n_segments = segment_offsets.shape[0] - 1
     longest = _longest_segment(segment_offsets)
     for j in range(n_segments):
         if budgets[j] < 0 or budgets[j] > segment_offsets[j + 1] - segment_offsets[j]:
-            raise ValueError("budgets must be in [0, segment size]")
+            raise ValueError(BUDGETS_MESSAGE)
     if longest > MAX_SEGMENT:
-        raise ValueError("random positions need segments of at most 2^32 entries")
+        raise ValueError(SEGMENTS_MESSAGE)
     marks = np.zeros(longest, np.uint8)
     positions = np.empty(longest, np.int64)
     for row in range(n_rows):
@@ -254,11 +276,60 @@ def randomk_compress_batch(updates, segment_offsets, budgets, scales, seeds, dec
             written += k
 
 
+@checked(_randomk_compress_batch_core)
+def randomk_compress_batch(updates, segment_offsets, budgets, scales, seeds, decoded_out, values_out):
+    """Random-k of every row of ``updates`` (module docstring, "Batch"), in one call.
+
+    Parameters
+    ----------
+    updates : (K, P) float32 or float64, C-contiguous
+    segment_offsets : (S + 1,) int64
+        From 0 to P, non-decreasing; segments of at most 2^32 entries.
+    budgets : (S,) int64
+        k of each segment (0 <= k_j <= N_j).
+    scales : (S,) the dtype of ``updates``
+        The factor of each segment's sent values: dtype(N / k) (unbiased) or 1.
+    seeds : (K,) uint64
+        One seed per row.
+    decoded_out : (K, P), the dtype of ``updates``
+        Overwritten with the decoded rows (zeros where nothing is sent).
+    values_out : (K, sum of budgets), the dtype of ``updates``
+        The sent values ``x[i_t]`` (unscaled), segment after segment, each in Floyd's order.
+    """
+    checks.array("updates", updates, checks.FLOAT, 2)
+    n_rows, size = updates.shape
+    n_segments = checks.segment_count("segment_offsets", segment_offsets, size)
+    checks.shaped("budgets", budgets, checks.INT64, (n_segments,))
+    if n_segments <= checks.SHORT_ARRAY:          # (lists: cheaper than NumPy calls for a few segments)
+        offsets = segment_offsets.tolist()
+        sizes = [stop - start for start, stop in zip(offsets[:-1], offsets[1:])]
+        ks = budgets.tolist()
+        within = all(0 <= k <= n for k, n in zip(ks, sizes))
+        longest, total = max(sizes, default=0), sum(ks)
+    else:
+        sizes = np.diff(segment_offsets)
+        within = budgets.min() >= 0 and not np.any(budgets > sizes)
+        longest, total = int(sizes.max()), int(budgets.sum())
+    if not within:
+        raise ValueError(f"{BUDGETS_MESSAGE}, got budgets {budgets[:8].tolist()} for segments of "
+                         f"{list(sizes[:8])} entries")
+    if longest > MAX_SEGMENT:
+        raise ValueError(SEGMENTS_MESSAGE)
+    checks.shaped("scales", scales, checks.FLOAT, (n_segments,))
+    checks.same_dtype("scales", scales, "updates", updates)
+    checks.shaped("seeds", seeds, checks.UINT64, (n_rows,))
+    checks.shaped("decoded_out", decoded_out, checks.FLOAT, updates.shape, True)
+    checks.same_dtype("decoded_out", decoded_out, "updates", updates)
+    checks.shaped("values_out", values_out, checks.FLOAT, (n_rows, total), True)
+    checks.same_dtype("values_out", values_out, "updates", updates)
+    return updates, segment_offsets, budgets, scales, seeds, decoded_out, values_out
+
+
 def randomk_compress_batch_numpy(updates, segment_offsets, budgets, scales, seeds, decoded_out, values_out):
     """NumPy twin of :func:`randomk_compress_batch`."""
+    updates, segment_offsets, budgets, scales, seeds, decoded_out, values_out = randomk_compress_batch.check(
+        updates, segment_offsets, budgets, scales, seeds, decoded_out, values_out)
     sizes = np.diff(segment_offsets)
-    if np.any((budgets < 0) | (budgets > sizes)):
-        raise ValueError("budgets must be in [0, segment size]")
     if not np.all(np.isfinite(updates)):
         raise ValueError(NONFINITE_MESSAGE)
     decoded_out[...] = 0

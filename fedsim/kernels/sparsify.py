@@ -5,7 +5,9 @@ Conventions
 All kernels take one 1-D float32 or float64 array ``x`` (one tensor, or the whole flat vector) and work in
 its dtype; outputs go into preallocated arrays where their size is known to the caller. Every kernel raises
 ``ValueError("update contains NaN or inf")`` when it meets a non-finite entry (the simulator relies on this
-to detect divergence).
+to detect divergence). The public kernels check their arguments first (types, shapes, contiguity, buffer
+lengths, ranges; :mod:`fedsim.kernels.checks`) and raise ValueError or TypeError naming the argument; the
+jitted cores ``_<name>_core`` behind them trust their arguments.
 
 **The kept set** ``K(x, k)`` of top-k selection (top-k sparsification and STC, arXiv 1903.02891) is the
 positions of the ``k`` largest magnitudes among the *nonzero* entries of ``x``::
@@ -50,8 +52,10 @@ import math
 import numba
 import numpy as np
 
-from fedsim.kernels import JIT_OPTIONS
-from fedsim.kernels.golomb import COUNT_BITS, golomb_rice_bits, rice_parameter, sparse_segment_bits
+from fedsim.kernels import JIT_OPTIONS, checks
+from fedsim.kernels.checks import checked
+from fedsim.kernels.golomb import (COUNT_BITS, _golomb_rice_bits_core, _rice_parameter_core,
+                                   _sparse_segment_bits_core)
 
 # Segments up to this length skip the pivot sample: every nonzero entry is a candidate.
 SHORT_SEGMENT = 1 << 12
@@ -277,9 +281,30 @@ def _mean_of(x, positions, count):
 
 # ----------------------------------------------------------------------------------------------------
 # Public kernels and their NumPy twins
+#
+# Each public kernel checks its arguments in plain Python (fedsim.kernels.checks) and then calls its
+# unchecked jitted core ``_<name>_core``; the twins run the same checks. Jitted callers use the cores.
 # ----------------------------------------------------------------------------------------------------
 
+def _budget(name, k, size):
+    """``k`` (an integer >= 0) as the kernels receive it: any ``k > size`` is passed as ``size + 1``.
+
+    The kept set has at most ``size`` entries, so ``count < k`` for every such k and the results do not
+    change; the kernels' buffer arithmetic (``2 k``) stays far from int64 overflow."""
+    return min(checks.integer(name, k), size + 1)
+
+
 @_jit
+def _top_k_select_core(x, k, positions_out):
+    """:func:`top_k_select` without the argument checks."""
+    capacity = _candidate_capacity(x.shape[0], k)
+    candidate_positions = np.empty(capacity, np.int64)
+    candidate_magnitudes = np.empty(capacity, x.dtype)
+    scratch = np.empty(_scratch_length(x.shape[0], k), x.dtype)
+    return _top_k_into(x, k, candidate_positions, candidate_magnitudes, scratch, positions_out)
+
+
+@checked(_top_k_select_core)
 def top_k_select(x, k, positions_out):
     """Write the kept set K(x, k) (module docstring) into ``positions_out``; return its size.
 
@@ -296,11 +321,10 @@ def top_k_select(x, k, positions_out):
     count : int
         ``min(k, number of nonzeros of x)``.
     """
-    capacity = _candidate_capacity(x.shape[0], k)
-    candidate_positions = np.empty(capacity, np.int64)
-    candidate_magnitudes = np.empty(capacity, x.dtype)
-    scratch = np.empty(_scratch_length(x.shape[0], k), x.dtype)
-    return _top_k_into(x, k, candidate_positions, candidate_magnitudes, scratch, positions_out)
+    checks.float_vector("x", x)
+    k = _budget("k", k, x.shape[0])
+    checks.output("positions_out", positions_out, checks.INT64, min(k, x.shape[0]))
+    return x, k, positions_out
 
 
 def _check_finite_numpy(x):
@@ -310,6 +334,7 @@ def _check_finite_numpy(x):
 
 def top_k_select_numpy(x, k, positions_out):
     """NumPy twin of :func:`top_k_select` (np.partition on the nonzero magnitudes)."""
+    x, k, positions_out = top_k_select.check(x, k, positions_out)
     _check_finite_numpy(x)
     magnitudes = np.abs(x)
     nonzero = np.flatnonzero(magnitudes > 0)
@@ -335,8 +360,17 @@ def _mean_of_numpy(x, positions):
 
 
 @_jit
+def _top_k_threshold_core(x, k):
+    """:func:`top_k_threshold` without the argument checks."""
+    positions = np.empty(max(0, min(k, x.shape[0])), np.int64)
+    count = _top_k_select_core(x, k, positions)
+    threshold, mu = _threshold_and_mean(x, positions, count, k)
+    return threshold, mu, count
+
+
+@checked(_top_k_threshold_core)
 def top_k_threshold(x, k):
-    """Threshold and mean of the top-k magnitudes.
+    """Threshold and mean of the top-k magnitudes (``x``: (N,) float32 or float64, ``k >= 0``).
 
     Returns
     -------
@@ -347,14 +381,13 @@ def top_k_threshold(x, k):
     count : int
         |K(x, k)| = min(k, number of nonzeros).
     """
-    positions = np.empty(max(0, min(k, x.shape[0])), np.int64)
-    count = top_k_select(x, k, positions)
-    threshold, mu = _threshold_and_mean(x, positions, count, k)
-    return threshold, mu, count
+    checks.float_vector("x", x)
+    return x, _budget("k", k, x.shape[0])
 
 
 def top_k_threshold_numpy(x, k):
     """NumPy twin of :func:`top_k_threshold`."""
+    x, k = top_k_threshold.check(x, k)
     positions = np.empty(max(0, min(k, x.shape[0])), np.int64)
     count = top_k_select_numpy(x, k, positions)
     positions = positions[:count]
@@ -380,6 +413,17 @@ def _ternarize_into(x, k, candidate_positions, candidate_magnitudes, scratch, po
 
 
 @_jit
+def _ternarize_core(x, k, positions_out, signs_out):
+    """:func:`ternarize` without the argument checks."""
+    capacity = _candidate_capacity(x.shape[0], k)
+    candidate_positions = np.empty(capacity, np.int64)
+    candidate_magnitudes = np.empty(capacity, x.dtype)
+    scratch = np.empty(_scratch_length(x.shape[0], k), x.dtype)
+    return _ternarize_into(x, k, candidate_positions, candidate_magnitudes, scratch, positions_out,
+                           signs_out)
+
+
+@checked(_ternarize_core)
 def ternarize(x, k, positions_out, signs_out):
     """Sparse ternary compression of one tensor (STC, arXiv 1903.02891, exact threshold).
 
@@ -390,7 +434,7 @@ def ternarize(x, k, positions_out, signs_out):
     ----------
     x : (N,) float32 or float64
     k : int
-        ``ceil(p N)`` for sparsity p.
+        ``ceil(p N)`` for sparsity p (any ``k >= 0``).
     positions_out : (>= min(k, N),) int64
         Kept positions, increasing.
     signs_out : (>= min(k, N),) int8
@@ -401,16 +445,17 @@ def ternarize(x, k, positions_out, signs_out):
     count : int
     mu : dtype of x
     """
-    capacity = _candidate_capacity(x.shape[0], k)
-    candidate_positions = np.empty(capacity, np.int64)
-    candidate_magnitudes = np.empty(capacity, x.dtype)
-    scratch = np.empty(_scratch_length(x.shape[0], k), x.dtype)
-    return _ternarize_into(x, k, candidate_positions, candidate_magnitudes, scratch, positions_out,
-                           signs_out)
+    checks.float_vector("x", x)
+    k = _budget("k", k, x.shape[0])
+    kept = min(k, x.shape[0])
+    checks.output("positions_out", positions_out, checks.INT64, kept)
+    checks.output("signs_out", signs_out, checks.INT8, kept)
+    return x, k, positions_out, signs_out
 
 
 def ternarize_numpy(x, k, positions_out, signs_out):
     """NumPy twin of :func:`ternarize`."""
+    x, k, positions_out, signs_out = ternarize.check(x, k, positions_out, signs_out)
     count = top_k_select_numpy(x, k, positions_out)
     positions = positions_out[:count]
     signs_out[:count] = np.where(x[positions] > 0, 1, -1)
@@ -418,20 +463,33 @@ def ternarize_numpy(x, k, positions_out, signs_out):
 
 
 @_jit
-def top_k_sparsify(x, k, positions_out, values_out):
-    """Top-k sparsification: keep x_i (exact copies) on the kept set K(x, k), drop the rest.
-
-    ``positions_out`` (int64) and ``values_out`` (x's dtype) each need length >= min(k, N).
-    Returns the count ``min(k, number of nonzeros)``.
-    """
-    count = top_k_select(x, k, positions_out)
+def _top_k_sparsify_core(x, k, positions_out, values_out):
+    """:func:`top_k_sparsify` without the argument checks."""
+    count = _top_k_select_core(x, k, positions_out)
     for j in range(count):
         values_out[j] = x[positions_out[j]]
     return count
 
 
+@checked(_top_k_sparsify_core)
+def top_k_sparsify(x, k, positions_out, values_out):
+    """Top-k sparsification: keep x_i (exact copies) on the kept set K(x, k), drop the rest.
+
+    ``x`` is (N,) float32 or float64 and ``k >= 0``; ``positions_out`` (int64) and ``values_out`` (x's
+    dtype) each need length >= min(k, N). Returns the count ``min(k, number of nonzeros)``.
+    """
+    checks.float_vector("x", x)
+    k = _budget("k", k, x.shape[0])
+    kept = min(k, x.shape[0])
+    checks.output("positions_out", positions_out, checks.INT64, kept)
+    checks.output("values_out", values_out, checks.FLOAT, kept)
+    checks.same_dtype("values_out", values_out, "x", x)
+    return x, k, positions_out, values_out
+
+
 def top_k_sparsify_numpy(x, k, positions_out, values_out):
     """NumPy twin of :func:`top_k_sparsify`."""
+    x, k, positions_out, values_out = top_k_sparsify.check(x, k, positions_out, values_out)
     count = top_k_select_numpy(x, k, positions_out)
     values_out[:count] = x[positions_out[:count]]
     return count
@@ -465,14 +523,8 @@ def _sampled_threshold_into(x, sample_positions, k_sample, sample_buffer, candid
 
 
 @_jit
-def sampled_top_k_threshold(x, sample_positions, k_sample):
-    """Threshold and mean estimated from a sample (the reference's approximate threshold).
-
-    The sample is ``x[sample_positions]`` in the given order; its statistics are those of
-    :func:`top_k_threshold` with budget ``k_sample``: threshold = the k_sample-th largest sampled magnitude
-    (0 if the sample has fewer than k_sample nonzeros), mu = mean magnitude of the sample's kept set.
-    Returns (threshold, mu) in x's dtype.
-    """
+def _sampled_top_k_threshold_core(x, sample_positions, k_sample):
+    """:func:`sampled_top_k_threshold` without the argument checks."""
     n_sample = sample_positions.shape[0]
     capacity = _candidate_capacity(n_sample, k_sample)
     return _sampled_threshold_into(x, sample_positions, k_sample, np.empty(n_sample, x.dtype),
@@ -481,16 +533,35 @@ def sampled_top_k_threshold(x, sample_positions, k_sample):
                                    np.empty(n_sample, np.int64))
 
 
+def _check_sample(x, sample_positions):
+    checks.array("sample_positions", sample_positions, checks.INT64)
+    checks.within("sample_positions", sample_positions, x.shape[0])
+
+
+@checked(_sampled_top_k_threshold_core)
+def sampled_top_k_threshold(x, sample_positions, k_sample):
+    """Threshold and mean estimated from a sample (the reference's approximate threshold).
+
+    The sample is ``x[sample_positions]`` in the given order (``sample_positions``: int64, each in
+    [0, N)); its statistics are those of :func:`top_k_threshold` with budget ``k_sample >= 0``:
+    threshold = the k_sample-th largest sampled magnitude (0 if the sample has fewer than k_sample
+    nonzeros), mu = mean magnitude of the sample's kept set. Returns (threshold, mu) in x's dtype.
+    """
+    checks.float_vector("x", x)
+    _check_sample(x, sample_positions)
+    return x, sample_positions, _budget("k_sample", k_sample, sample_positions.shape[0])
+
+
 def sampled_top_k_threshold_numpy(x, sample_positions, k_sample):
     """NumPy twin of :func:`sampled_top_k_threshold`."""
+    x, sample_positions, k_sample = sampled_top_k_threshold.check(x, sample_positions, k_sample)
     threshold, mu, _ = top_k_threshold_numpy(x[sample_positions], k_sample)
     return threshold, mu
 
 
 @_jit
-def select_at_least(x, threshold, positions_out):
-    """Positions with ``|x_i| >= threshold`` (threshold > 0), increasing, into ``positions_out``
-    (length N suffices). Returns (count, largest magnitude among them, 0 if none)."""
+def _select_at_least_core(x, threshold, positions_out):
+    """:func:`select_at_least` without the argument checks."""
     bound = np.float64(threshold)
     count = 0
     largest = _round_to_dtype(x, 0.0)
@@ -506,8 +577,20 @@ def select_at_least(x, threshold, positions_out):
     return count, largest
 
 
+@checked(_select_at_least_core)
+def select_at_least(x, threshold, positions_out):
+    """Positions with ``|x_i| >= threshold`` (a finite threshold > 0), increasing, into ``positions_out``
+    (int64, at least N entries: the count is not known in advance). Returns (count, largest magnitude
+    among them, 0 if none)."""
+    checks.float_vector("x", x)
+    threshold = checks.real("threshold", threshold, 0.0, low_open=True)
+    checks.output("positions_out", positions_out, checks.INT64, x.shape[0])
+    return x, threshold, positions_out
+
+
 def select_at_least_numpy(x, threshold, positions_out):
     """NumPy twin of :func:`select_at_least`."""
+    x, threshold, positions_out = select_at_least.check(x, threshold, positions_out)
     _check_finite_numpy(x)
     magnitudes = np.abs(x)
     kept = np.flatnonzero(magnitudes >= threshold)
@@ -524,7 +607,7 @@ def _sampled_ternarize_into(x, sample_positions, k_sample, k, sample_buffer, can
                                             candidate_positions, candidate_magnitudes, scratch,
                                             positions_out)
     if threshold > 0:
-        count, largest = select_at_least(x, threshold, positions_out)
+        count, largest = _select_at_least_core(x, threshold, positions_out)
         if largest != threshold:
             _signs_at(x, positions_out, count, signs_out)
             return count, mu, False
@@ -534,6 +617,18 @@ def _sampled_ternarize_into(x, sample_positions, k_sample, k, sample_buffer, can
 
 
 @_jit
+def _sampled_ternarize_core(x, sample_positions, k_sample, k, positions_out, signs_out):
+    """:func:`sampled_ternarize` without the argument checks."""
+    size = x.shape[0]
+    capacity = max(_candidate_capacity(size, k), _candidate_capacity(sample_positions.shape[0], k_sample))
+    scratch_length = max(_scratch_length(size, k), _scratch_length(sample_positions.shape[0], k_sample))
+    return _sampled_ternarize_into(x, sample_positions, k_sample, k,
+                                   np.empty(sample_positions.shape[0], x.dtype),
+                                   np.empty(capacity, np.int64), np.empty(capacity, x.dtype),
+                                   np.empty(scratch_length, x.dtype), positions_out, signs_out)
+
+
+@checked(_sampled_ternarize_core)
 def sampled_ternarize(x, sample_positions, k_sample, k, positions_out, signs_out):
     """STC with the sampled threshold (DESIGN "Approximate threshold"), with its exact fallback.
 
@@ -546,13 +641,13 @@ def sampled_ternarize(x, sample_positions, k_sample, k, positions_out, signs_out
     ----------
     x : (N,) float32 or float64
     sample_positions : (n_s,) int64
-        Positions of the sample (drawn by the caller).
+        Positions of the sample (drawn by the caller), each in [0, N), at most N of them.
     k_sample : int
-        ``ceil(n_s p)``.
+        ``ceil(n_s p)`` (any integer >= 0).
     k : int
-        ``ceil(N p)``, for the fallback.
-    positions_out, signs_out : (N,) int64 and int8
-        Outputs (length N suffices whatever the threshold).
+        ``ceil(N p)``, for the fallback (any integer >= 0).
+    positions_out, signs_out : (>= N,) int64 and int8
+        Outputs (length N suffices whatever the threshold, and is required).
 
     Returns
     -------
@@ -561,17 +656,22 @@ def sampled_ternarize(x, sample_positions, k_sample, k, positions_out, signs_out
     exact : bool
         True if the exact fallback was used.
     """
-    size = x.shape[0]
-    capacity = max(_candidate_capacity(size, k), _candidate_capacity(sample_positions.shape[0], k_sample))
-    scratch_length = max(_scratch_length(size, k), _scratch_length(sample_positions.shape[0], k_sample))
-    return _sampled_ternarize_into(x, sample_positions, k_sample, k,
-                                   np.empty(sample_positions.shape[0], x.dtype),
-                                   np.empty(capacity, np.int64), np.empty(capacity, x.dtype),
-                                   np.empty(scratch_length, x.dtype), positions_out, signs_out)
+    checks.float_vector("x", x)
+    _check_sample(x, sample_positions)
+    if sample_positions.shape[0] > x.shape[0]:     # (the sample's kept positions go to positions_out)
+        raise ValueError(f"sample_positions holds {sample_positions.shape[0]} positions, more than the "
+                         f"{x.shape[0]} entries of x")
+    k_sample = _budget("k_sample", k_sample, sample_positions.shape[0])
+    k = _budget("k", k, x.shape[0])
+    checks.output("positions_out", positions_out, checks.INT64, x.shape[0])
+    checks.output("signs_out", signs_out, checks.INT8, x.shape[0])
+    return x, sample_positions, k_sample, k, positions_out, signs_out
 
 
 def sampled_ternarize_numpy(x, sample_positions, k_sample, k, positions_out, signs_out):
     """NumPy twin of :func:`sampled_ternarize`."""
+    x, sample_positions, k_sample, k, positions_out, signs_out = sampled_ternarize.check(
+        x, sample_positions, k_sample, k, positions_out, signs_out)
     threshold, mu = sampled_top_k_threshold_numpy(x, sample_positions, k_sample)
     if threshold > 0:
         count, largest = select_at_least_numpy(x, threshold, positions_out)
@@ -583,13 +683,8 @@ def sampled_ternarize_numpy(x, sample_positions, k_sample, k, positions_out, sig
 
 
 @_jit
-def sign(x, signs_out):
-    """signs_out[i] = sign(x_i) in {-1, 0, +1} (int8; sign(0) = sign(-0) = 0). Returns the zero count.
-
-    One branch-free pass that the compiler vectorizes (random signs would mispredict a branch on every
-    other entry): sign = [x > 0] - [x < 0]; the finiteness check ``x - x == 0`` (false for NaN and +-inf)
-    is accumulated and raised after the pass.
-    """
+def _sign_core(x, signs_out):
+    """:func:`sign` without the argument checks."""
     zeros = 0
     finite = True
     for i in range(x.shape[0]):
@@ -604,16 +699,31 @@ def sign(x, signs_out):
     return zeros
 
 
+@checked(_sign_core)
+def sign(x, signs_out):
+    """signs_out[i] = sign(x_i) in {-1, 0, +1} (int8, at least N entries; sign(0) = sign(-0) = 0).
+    Returns the zero count.
+
+    One branch-free pass that the compiler vectorizes (random signs would mispredict a branch on every
+    other entry): sign = [x > 0] - [x < 0]; the finiteness check ``x - x == 0`` (false for NaN and +-inf)
+    is accumulated and raised after the pass.
+    """
+    checks.float_vector("x", x)
+    checks.output("signs_out", signs_out, checks.INT8, x.shape[0])
+    return x, signs_out
+
+
 def sign_numpy(x, signs_out):
     """NumPy twin of :func:`sign`."""
+    x, signs_out = sign.check(x, signs_out)
     _check_finite_numpy(x)
-    signs_out[:] = np.sign(x).astype(np.int8)
+    signs_out[:x.shape[0]] = np.sign(x).astype(np.int8)
     return int(np.count_nonzero(x == 0))
 
 
 @_jit
-def mean_magnitude(x):
-    """dtype( (sequential float64 sum of |x_i|) / N ), 0 for an empty x (the scale of scaled sign)."""
+def _mean_magnitude_core(x):
+    """:func:`mean_magnitude` without the argument checks."""
     total = 0.0
     for i in range(x.shape[0]):
         value = x[i]
@@ -625,8 +735,16 @@ def mean_magnitude(x):
     return _round_to_dtype(x, total / x.shape[0])
 
 
+@checked(_mean_magnitude_core)
+def mean_magnitude(x):
+    """dtype( (sequential float64 sum of |x_i|) / N ), 0 for an empty x (the scale of scaled sign);
+    ``x``: (N,) float32 or float64."""
+    return (checks.float_vector("x", x),)
+
+
 def mean_magnitude_numpy(x):
     """NumPy twin of :func:`mean_magnitude`."""
+    (x,) = mean_magnitude.check(x)
     _check_finite_numpy(x)
     if x.size == 0:
         return x.dtype.type(0)
@@ -634,8 +752,8 @@ def mean_magnitude_numpy(x):
 
 
 @_jit
-def all_finite(x):
-    """True if every entry of ``x`` (any shape) is finite."""
+def _all_finite_core(x):
+    """:func:`all_finite` without the argument checks."""
     flat = x.reshape(-1)
     for i in range(flat.shape[0]):
         if not np.isfinite(flat[i]):
@@ -643,8 +761,20 @@ def all_finite(x):
     return True
 
 
+@checked(_all_finite_core)
+def all_finite(x):
+    """True if every entry of ``x`` (a C-contiguous float32 or float64 array of any shape, at least 1-D)
+    is finite."""
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"x must be a NumPy array of dtype float32 or float64, got {type(x).__name__}")
+    if x.ndim == 0:
+        raise ValueError("x must be an array of at least one dimension, got a 0-D array")
+    return (checks.array("x", x, checks.FLOAT, x.ndim),)
+
+
 def all_finite_numpy(x):
     """NumPy twin of :func:`all_finite`."""
+    (x,) = all_finite.check(x)
     return bool(np.all(np.isfinite(x)))
 
 
@@ -661,40 +791,10 @@ def _longest_segment(segment_offsets):
 
 
 @_jit
-def sparse_compress_batch(updates, segment_offsets, budgets, ternary, float_bits, sampled,
-                          sample_positions, sample_starts, sample_budgets,
-                          sent_out, counts_out, encoded_bits_out):
-    """Top-k or STC of every row of ``updates``, segment by segment, in one call.
-
-    Row r, segment j (``updates[r, offsets[j]:offsets[j + 1]]``) gets exactly what
-    :func:`top_k_sparsify` (``ternary`` False), :func:`ternarize` (``ternary`` True) or
-    :func:`sampled_ternarize` (``ternary`` and ``sampled``) give it with budget ``budgets[j]``.
-
-    Parameters
-    ----------
-    updates : (K, P) float32 or float64, C-contiguous
-    segment_offsets : (S + 1,) int64
-    budgets : (S,) int64
-        k of each segment.
-    ternary : bool
-        STC (True) or top-k with values (False).
-    float_bits : int
-        Bits of one encoded float (32 or 64): the values of top-k, the mu of STC.
-    sampled : bool
-        Sampled threshold (STC only).
-    sample_positions : (total,) int64
-        All samples, row-major over (row, segment), positions within the segment.
-    sample_starts : (K S + 1,) int64
-        Sample of row r, segment j: ``sample_positions[sample_starts[r S + j]:sample_starts[r S + j + 1]]``.
-    sample_budgets : (S,) int64
-        k_s of each segment.
-    sent_out : (K, P), zero-filled
-        Receives the decompressed messages.
-    counts_out : (K, S) int64
-        Kept entries per row and segment.
-    encoded_bits_out : (K,) int64
-        Encoded message length per row (the message formats of :mod:`fedsim.compress.base`).
-    """
+def _sparse_compress_batch_core(updates, segment_offsets, budgets, ternary, float_bits, sampled,
+                                sample_positions, sample_starts, sample_budgets,
+                                sent_out, counts_out, encoded_bits_out):
+    """:func:`sparse_compress_batch` without the argument checks."""
     n_rows = updates.shape[0]
     n_segments = segment_offsets.shape[0] - 1
     longest = _longest_segment(segment_offsets)
@@ -723,26 +823,115 @@ def sparse_compress_batch(updates, segment_offsets, budgets, ternary, float_bits
                                                 scratch, positions, signs)
                 for t in range(count):
                     sent_out[row, start + positions[t]] = signs[t] * mu
-                total_bits += sparse_segment_bits(positions[:count], stop - start, 1, float_bits)
+                total_bits += _sparse_segment_bits_core(positions[:count], stop - start, 1, float_bits)
             else:
                 count = _top_k_into(x, budgets[j], candidate_positions, candidate_magnitudes, scratch,
                                     positions)
                 for t in range(count):
                     sent_out[row, start + positions[t]] = x[positions[t]]
-                total_bits += sparse_segment_bits(positions[:count], stop - start, float_bits, 0)
+                total_bits += _sparse_segment_bits_core(positions[:count], stop - start, float_bits, 0)
             counts_out[row, j] = count
         encoded_bits_out[row] = total_bits
 
 
-@_jit
-def sign_compress_batch(updates, segment_offsets, scaled, float_bits, sent_out, scales_out,
-                        encoded_bits_out):
-    """sign (times the segment's mean magnitude if ``scaled``) of every row, in one call.
+def _check_batch_rows(updates, segment_offsets):
+    """(n_rows, n_segments) of a batch: ``updates`` (K, P) float, offsets cutting [0, P)."""
+    checks.array("updates", updates, checks.FLOAT, 2)
+    return updates.shape[0], checks.segment_count("segment_offsets", segment_offsets, updates.shape[1])
 
-    ``sent_out[r, i] = sign(x_ri) * scale_rj`` (scale 1 when unscaled), ``scales_out[r, j]`` the scale,
-    ``encoded_bits_out[r]`` the sign message length: per segment 32 + Golomb-Rice bits of the zero
-    positions + one bit per nonzero entry (+ ``float_bits`` for the scale when scaled).
+
+def _check_batch_samples(segment_offsets, n_rows, sample_positions, sample_starts, sample_budgets):
+    """The samples of a sampled STC batch: one per (row, segment), row-major, each position within its
+    segment and no more positions than the segment has entries (a pass over the sample positions)."""
+    sizes = np.diff(segment_offsets)
+    n_segments = sizes.shape[0]
+    checks.shaped("sample_budgets", sample_budgets, checks.INT64, (n_segments,))
+    checks.nonnegative("sample_budgets", sample_budgets)
+    n_samples = n_rows * n_segments
+    checks.shaped("sample_starts", sample_starts, checks.INT64, (n_samples + 1,))
+    counts = np.diff(sample_starts)
+    if sample_starts[0] != 0 or sample_starts[-1] != sample_positions.shape[0] \
+            or (n_samples and counts.min() < 0):
+        raise ValueError(f"sample_starts must run from 0 to len(sample_positions) = "
+                         f"{sample_positions.shape[0]} without decreasing")
+    limits = np.tile(sizes, n_rows)
+    if n_samples and np.any(counts > limits):
+        where = int(np.flatnonzero(counts > limits)[0])
+        raise ValueError(f"sample_starts gives row {where // n_segments}, segment {where % n_segments} "
+                         f"{int(counts[where])} sample positions, more than its {int(limits[where])} "
+                         f"entries")
+    if sample_positions.shape[0]:
+        bounds = np.repeat(limits, counts)
+        outside = (sample_positions < 0) | (sample_positions >= bounds)
+        if outside.any():
+            where = int(np.flatnonzero(outside)[0])
+            raise ValueError(f"sample_positions must lie within their segment: entry {where} is "
+                             f"{int(sample_positions[where])}, its segment has {int(bounds[where])} entries")
+
+
+@checked(_sparse_compress_batch_core)
+def sparse_compress_batch(updates, segment_offsets, budgets, ternary, float_bits, sampled,
+                          sample_positions, sample_starts, sample_budgets,
+                          sent_out, counts_out, encoded_bits_out):
+    """Top-k or STC of every row of ``updates``, segment by segment, in one call.
+
+    Row r, segment j (``updates[r, offsets[j]:offsets[j + 1]]``) gets exactly what
+    :func:`top_k_sparsify` (``ternary`` False), :func:`ternarize` (``ternary`` True) or
+    :func:`sampled_ternarize` (``ternary`` and ``sampled``) give it with budget ``budgets[j]``.
+
+    Parameters
+    ----------
+    updates : (K, P) float32 or float64, C-contiguous
+    segment_offsets : (S + 1,) int64
+        From 0 to P, non-decreasing.
+    budgets : (S,) int64
+        k of each segment (>= 0).
+    ternary : bool
+        STC (True) or top-k with values (False).
+    float_bits : int
+        Bits of one encoded float (32 or 64): the values of top-k, the mu of STC.
+    sampled : bool
+        Sampled threshold (STC only).
+    sample_positions : (total,) int64
+        All samples, row-major over (row, segment), positions within the segment.
+    sample_starts : (K S + 1,) int64
+        Sample of row r, segment j: ``sample_positions[sample_starts[r S + j]:sample_starts[r S + j + 1]]``
+        (at most as many positions as the segment has entries).
+    sample_budgets : (S,) int64
+        k_s of each segment (>= 0).
+    sent_out : (K, P), the dtype of ``updates``, zero-filled
+        Receives the decompressed messages.
+    counts_out : (K, S) int64
+        Kept entries per row and segment.
+    encoded_bits_out : (K,) int64
+        Encoded message length per row (the message formats of :mod:`fedsim.compress.base`).
+
+    The three sample arrays must be int64 vectors in any case; their lengths and contents are checked
+    (and used) only for sampled STC.
     """
+    n_rows, n_segments = _check_batch_rows(updates, segment_offsets)
+    checks.shaped("budgets", budgets, checks.INT64, (n_segments,))
+    checks.nonnegative("budgets", budgets)
+    ternary = checks.flag("ternary", ternary)
+    float_bits = checks.float_bits("float_bits", float_bits)
+    sampled = checks.flag("sampled", sampled)
+    checks.array("sample_positions", sample_positions, checks.INT64)
+    checks.array("sample_starts", sample_starts, checks.INT64)
+    checks.array("sample_budgets", sample_budgets, checks.INT64)
+    if ternary and sampled:
+        _check_batch_samples(segment_offsets, n_rows, sample_positions, sample_starts, sample_budgets)
+    checks.shaped("sent_out", sent_out, checks.FLOAT, updates.shape, True)
+    checks.same_dtype("sent_out", sent_out, "updates", updates)
+    checks.shaped("counts_out", counts_out, checks.INT64, (n_rows, n_segments), True)
+    checks.shaped("encoded_bits_out", encoded_bits_out, checks.INT64, (n_rows,), True)
+    return (updates, segment_offsets, budgets, ternary, float_bits, sampled, sample_positions, sample_starts,
+            sample_budgets, sent_out, counts_out, encoded_bits_out)
+
+
+@_jit
+def _sign_compress_batch_core(updates, segment_offsets, scaled, float_bits, sent_out, scales_out,
+                              encoded_bits_out):
+    """:func:`sign_compress_batch` without the argument checks."""
     n_rows = updates.shape[0]
     n_segments = segment_offsets.shape[0] - 1
     longest = _longest_segment(segment_offsets)
@@ -754,8 +943,8 @@ def sign_compress_batch(updates, segment_offsets, scaled, float_bits, sent_out, 
             start = segment_offsets[j]
             stop = segment_offsets[j + 1]
             x = updates[row, start:stop]
-            n_zeros = sign(x, signs)
-            scale = mean_magnitude(x) if scaled else _round_to_dtype(x, 1.0)
+            n_zeros = _sign_core(x, signs)
+            scale = _mean_magnitude_core(x) if scaled else _round_to_dtype(x, 1.0)
             scales_out[row, j] = scale
             found = 0
             for i in range(stop - start):
@@ -763,9 +952,32 @@ def sign_compress_batch(updates, segment_offsets, scaled, float_bits, sent_out, 
                     zero_positions[found] = i
                     found += 1
                 sent_out[row, start + i] = signs[i] * scale
-            total_bits += COUNT_BITS + golomb_rice_bits(zero_positions[:n_zeros],
-                                                        rice_parameter(n_zeros, stop - start))
+            total_bits += COUNT_BITS + _golomb_rice_bits_core(zero_positions[:n_zeros],
+                                                              _rice_parameter_core(n_zeros, stop - start))
             total_bits += stop - start - n_zeros
             if scaled:
                 total_bits += float_bits
         encoded_bits_out[row] = total_bits
+
+
+@checked(_sign_compress_batch_core)
+def sign_compress_batch(updates, segment_offsets, scaled, float_bits, sent_out, scales_out,
+                        encoded_bits_out):
+    """sign (times the segment's mean magnitude if ``scaled``) of every row, in one call.
+
+    ``updates`` (K, P) float32 or float64 and ``segment_offsets`` (S + 1,) int64 as in
+    :func:`sparse_compress_batch`; ``sent_out[r, i] = sign(x_ri) * scale_rj`` (scale 1 when unscaled;
+    (K, P) in the dtype of ``updates``), ``scales_out[r, j]`` the scale ((K, S), same dtype),
+    ``encoded_bits_out[r]`` ((K,) int64) the sign message length: per segment 32 + Golomb-Rice bits of
+    the zero positions + one bit per nonzero entry (+ ``float_bits``, 32 or 64, for the scale when
+    scaled).
+    """
+    n_rows, n_segments = _check_batch_rows(updates, segment_offsets)
+    scaled = checks.flag("scaled", scaled)
+    float_bits = checks.float_bits("float_bits", float_bits)
+    checks.shaped("sent_out", sent_out, checks.FLOAT, updates.shape, True)
+    checks.same_dtype("sent_out", sent_out, "updates", updates)
+    checks.shaped("scales_out", scales_out, checks.FLOAT, (n_rows, n_segments), True)
+    checks.same_dtype("scales_out", scales_out, "updates", updates)
+    checks.shaped("encoded_bits_out", encoded_bits_out, checks.INT64, (n_rows,), True)
+    return updates, segment_offsets, scaled, float_bits, sent_out, scales_out, encoded_bits_out

@@ -40,7 +40,10 @@ in the bit order of :mod:`fedsim.kernels.golomb`. The code of N digits takes, in
 value >= 3^r.
 
 Every kernel ``foo`` has a NumPy twin ``foo_numpy``, bitwise equal; non-finite input raises
-``ValueError(sparsify.NONFINITE_MESSAGE)``.
+``ValueError(sparsify.NONFINITE_MESSAGE)``. The public kernels and the twins check their arguments first
+(shapes, dtypes, contiguity, segment offsets, output sizes, the clipping factor, stream lengths;
+:mod:`fedsim.kernels.checks`) and raise ValueError or TypeError naming the argument; the jitted cores
+``_<name>_core`` behind the kernels trust their arguments.
 """
 
 from __future__ import annotations
@@ -52,8 +55,9 @@ import numpy as np
 from numba import types
 from numba.extending import overload
 
-from fedsim.kernels import JIT_OPTIONS
-from fedsim.kernels.golomb import read_uint, write_uint
+from fedsim.kernels import JIT_OPTIONS, checks
+from fedsim.kernels.checks import checked
+from fedsim.kernels.golomb import FIELD_MESSAGE, _read_uint_core, _write_uint_core
 from fedsim.kernels.sparsify import NONFINITE_MESSAGE, _round_to_dtype
 
 _jit = numba.njit(**JIT_OPTIONS)
@@ -71,25 +75,49 @@ POWERS_OF_THREE = (1, 3, 9, 27, 81, 243)
 # Sizes
 # ----------------------------------------------------------------------------------------------------
 
+def _count(name, count):
+    return checks.integer(name, count, 0, checks.COUNT_MAX)
+
+
 @_jit
-def ternary_code_bits(count):
-    """Bits of the base-3 code of ``count`` digits: 8 floor(count / 5) + REMAINDER_BITS[count mod 5]."""
+def _ternary_code_bits_core(count):
+    """:func:`ternary_code_bits` without the argument checks."""
     return GROUP_BITS * (count // GROUP) + REMAINDER_BITS[count % GROUP]
 
 
+@checked(_ternary_code_bits_core)
+def ternary_code_bits(count):
+    """Bits of the base-3 code of ``count`` digits (an integer in [0, 2^62)): 8 floor(count / 5) +
+    REMAINDER_BITS[count mod 5]."""
+    return (_count("count", count),)
+
+
 def ternary_code_bits_numpy(count):
-    """NumPy twin of :func:`ternary_code_bits` (also for arrays of counts)."""
+    """NumPy twin of :func:`ternary_code_bits` (also for arrays of counts: integers in [0, 2^62))."""
+    if isinstance(count, np.ndarray):
+        checks.array("count", count, checks.INTEGER, count.ndim)
+        if count.size and (count.min() < 0 or count.max() > checks.COUNT_MAX):
+            raise ValueError(f"count must hold integers in [0, {checks.COUNT_MAX}]")
+    else:
+        (count,) = ternary_code_bits.check(count)
     count = np.asarray(count, np.int64)
     return GROUP_BITS * (count // GROUP) + np.asarray(REMAINDER_BITS, np.int64)[count % GROUP]
 
 
 @_jit
-def segment_bits(size, scale_nonzero, float_bits):
-    """Encoded bits of one TernGrad segment: the scale, then the code of its ``size`` digits unless the
-    scale is 0."""
+def _segment_bits_core(size, scale_nonzero, float_bits):
+    """:func:`segment_bits` without the argument checks."""
     if scale_nonzero:
-        return float_bits + ternary_code_bits(size)
+        return float_bits + _ternary_code_bits_core(size)
     return float_bits
+
+
+@checked(_segment_bits_core)
+def segment_bits(size, scale_nonzero, float_bits):
+    """Encoded bits of one TernGrad segment of ``size`` entries: the scale (``float_bits``, 32 or 64),
+    then the code of its ``size`` digits unless the scale is 0 (``scale_nonzero``, a bool)."""
+    return (_count("size", size), checks.flag("scale_nonzero", scale_nonzero),
+            checks.float_bits("float_bits", float_bits))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -182,29 +210,9 @@ def _ternarize_segment(x, uniforms, clip, out):
 
 
 @_jit
-def terngrad_batch(updates, segment_offsets, uniforms, clip, float_bits, decoded_out, scales_out,
-                   encoded_bits_out):
-    """TernGrad of every row of ``updates``, segment by segment (module docstring), in one call.
-
-    Parameters
-    ----------
-    updates : (K, P) float32 or float64, C-contiguous
-    segment_offsets : (S + 1,) int64
-        Segment j of a row is ``[offsets[j], offsets[j + 1])``.
-    uniforms : (K, P) float64 in [0, 1)
-        ``u`` of each entry (row r, entry i uses ``uniforms[r, i]``).
-    clip : float
-        c >= 0 (0: no clipping).
-    float_bits : int
-        Bits of the encoded scale (32 for float32 data, 64 for float64).
-    decoded_out : (K, P), the dtype of ``updates``
-        Receives the ternary rows (+-s_j or +0.0).
-    scales_out : (K, S), the dtype of ``updates``
-        Receives s of every row and segment.
-    encoded_bits_out : (K,) int64
-        Receives each row's message length: per segment ``float_bits`` + (the base-3 code of its N digits
-        if s > 0), closed form (:func:`segment_bits`).
-    """
+def _terngrad_batch_core(updates, segment_offsets, uniforms, clip, float_bits, decoded_out, scales_out,
+                         encoded_bits_out):
+    """:func:`terngrad_batch` without the argument checks."""
     n_rows = updates.shape[0]
     n_segments = segment_offsets.shape[0] - 1
     for row in range(n_rows):
@@ -215,8 +223,46 @@ def terngrad_batch(updates, segment_offsets, uniforms, clip, float_bits, decoded
             scale = _ternarize_segment(updates[row, start:stop], uniforms[row, start:stop], clip,
                                        decoded_out[row, start:stop])
             scales_out[row, j] = scale
-            total_bits += segment_bits(stop - start, scale != 0, float_bits)
+            total_bits += _segment_bits_core(stop - start, scale != 0, float_bits)
         encoded_bits_out[row] = total_bits
+
+
+@checked(_terngrad_batch_core)
+def terngrad_batch(updates, segment_offsets, uniforms, clip, float_bits, decoded_out, scales_out,
+                   encoded_bits_out):
+    """TernGrad of every row of ``updates``, segment by segment (module docstring), in one call.
+
+    Parameters
+    ----------
+    updates : (K, P) float32 or float64, C-contiguous
+    segment_offsets : (S + 1,) int64
+        Segment j of a row is ``[offsets[j], offsets[j + 1])``; from 0 to P, non-decreasing.
+    uniforms : (K, P) float64 in [0, 1)
+        ``u`` of each entry (row r, entry i uses ``uniforms[r, i]``; their range is not checked).
+    clip : float
+        c >= 0, finite (0: no clipping).
+    float_bits : int
+        Bits of the encoded scale (32 for float32 data, 64 for float64).
+    decoded_out : (K, P), the dtype of ``updates``
+        Receives the ternary rows (+-s_j or +0.0).
+    scales_out : (K, S), the dtype of ``updates``
+        Receives s of every row and segment.
+    encoded_bits_out : (K,) int64
+        Receives each row's message length: per segment ``float_bits`` + (the base-3 code of its N digits
+        if s > 0), closed form (:func:`segment_bits`).
+    """
+    checks.array("updates", updates, checks.FLOAT, 2)
+    n_rows, size = updates.shape
+    n_segments = checks.segment_count("segment_offsets", segment_offsets, size)
+    checks.shaped("uniforms", uniforms, checks.FLOAT64, updates.shape)
+    clip = checks.real("clip", clip, 0.0)
+    float_bits = checks.float_bits("float_bits", float_bits)
+    checks.shaped("decoded_out", decoded_out, checks.FLOAT, updates.shape, True)
+    checks.same_dtype("decoded_out", decoded_out, "updates", updates)
+    checks.shaped("scales_out", scales_out, checks.FLOAT, (n_rows, n_segments), True)
+    checks.same_dtype("scales_out", scales_out, "updates", updates)
+    checks.shaped("encoded_bits_out", encoded_bits_out, checks.INT64, (n_rows,), True)
+    return updates, segment_offsets, uniforms, clip, float_bits, decoded_out, scales_out, encoded_bits_out
 
 
 def clip_bound_numpy(x, clip):
@@ -251,7 +297,9 @@ def _ternarize_segment_numpy(x, uniforms, clip, out):
 def terngrad_batch_numpy(updates, segment_offsets, uniforms, clip, float_bits, decoded_out, scales_out,
                          encoded_bits_out):
     """NumPy twin of :func:`terngrad_batch`."""
-    offsets = np.asarray(segment_offsets, np.int64)
+    (updates, offsets, uniforms, clip, float_bits, decoded_out, scales_out,
+     encoded_bits_out) = terngrad_batch.check(updates, segment_offsets, uniforms, clip, float_bits,
+                                              decoded_out, scales_out, encoded_bits_out)
     for row in range(updates.shape[0]):
         total_bits = 0
         for j, (start, stop) in enumerate(zip(offsets[:-1], offsets[1:])):
@@ -279,9 +327,8 @@ def _digit(code):
 
 
 @_jit
-def pack_ternary_into(codes, stream, bit_offset):
-    """Write the base-3 code of ``codes`` (int8 in {-1, 0, +1}) from ``bit_offset``; returns the offset
-    after it (``bit_offset + ternary_code_bits(len(codes))``)."""
+def _pack_ternary_into_core(codes, stream, bit_offset):
+    """:func:`pack_ternary_into` without the argument checks (it still rejects codes outside {-1, 0, 1})."""
     count = codes.shape[0]
     offset = bit_offset
     start = 0
@@ -290,21 +337,41 @@ def pack_ternary_into(codes, stream, bit_offset):
         value = 0
         for t in range(width - 1, -1, -1):              # digit 0 least significant
             value = 3 * value + _digit(codes[start + t])
-        offset = write_uint(stream, offset, value, GROUP_BITS if width == GROUP else REMAINDER_BITS[width])
+        offset = _write_uint_core(stream, offset, value,
+                                  GROUP_BITS if width == GROUP else REMAINDER_BITS[width])
         start += width
     return offset
 
 
+def _codes(codes):
+    return checks.array("codes", codes, checks.INTEGER)
+
+
+def _stream(stream, writable=False):
+    return checks.array("stream", stream, checks.UINT8, 1, writable)
+
+
+@checked(_pack_ternary_into_core)
+def pack_ternary_into(codes, stream, bit_offset):
+    """Write the base-3 code of ``codes`` (1-D integers in {-1, 0, +1}, int8 in practice) from
+    ``bit_offset``; returns the offset after it (``bit_offset + ternary_code_bits(len(codes))``, which
+    must not pass the end of ``stream``)."""
+    _codes(codes)
+    _stream(stream, writable=True)
+    bit_offset = _count("bit_offset", bit_offset)
+    checks.bits_fit("stream", stream, bit_offset, _ternary_code_bits_core(codes.shape[0]))
+    return codes, stream, bit_offset
+
+
 @_jit
-def unpack_ternary_from(stream, bit_offset, count, codes_out):
-    """Read the base-3 code of ``count`` digits from ``bit_offset`` into ``codes_out`` (int8 -1/0/+1);
-    returns the end offset. A group value >= 3^r is a corrupt stream (ValueError)."""
+def _unpack_ternary_from_core(stream, bit_offset, count, codes_out):
+    """:func:`unpack_ternary_from` without the argument checks (reads still stop at the stream's end)."""
     offset = bit_offset
     start = 0
     while start < count:
         width = min(GROUP, count - start)
         bits = GROUP_BITS if width == GROUP else REMAINDER_BITS[width]
-        value = read_uint(stream, offset, bits)
+        value = _read_uint_core(stream, offset, bits)
         offset += bits
         if value >= POWERS_OF_THREE[width]:
             raise ValueError("corrupt stream: a base-3 group holds a value beyond its digits")
@@ -316,18 +383,42 @@ def unpack_ternary_from(stream, bit_offset, count, codes_out):
     return offset
 
 
+def _check_unpack(stream, bit_offset, count):
+    _stream(stream)
+    bit_offset = _count("bit_offset", bit_offset)
+    count = _count("count", count)
+    checks.bits_fit("stream", stream, bit_offset, _ternary_code_bits_core(count), FIELD_MESSAGE)
+    return bit_offset, count
+
+
+@checked(_unpack_ternary_from_core)
+def unpack_ternary_from(stream, bit_offset, count, codes_out):
+    """Read the base-3 code of ``count`` digits from ``bit_offset`` into ``codes_out`` (int8 -1/0/+1, at
+    least ``count`` entries); returns the end offset. The code must lie inside ``stream``; a group value
+    >= 3^r is a corrupt stream (ValueError)."""
+    bit_offset, count = _check_unpack(stream, bit_offset, count)
+    checks.output("codes_out", codes_out, checks.INT8, count)
+    return stream, bit_offset, count, codes_out
+
+
 @_jit
-def pack_ternary(codes):
-    """``codes`` as a base-3 code: (stream uint8, number of bits)."""
-    n_bits = ternary_code_bits(codes.shape[0])
+def _pack_ternary_core(codes):
+    """:func:`pack_ternary` without the argument checks."""
+    n_bits = _ternary_code_bits_core(codes.shape[0])
     stream = np.zeros((n_bits + 7) // 8, np.uint8)
-    pack_ternary_into(codes, stream, 0)
+    _pack_ternary_into_core(codes, stream, 0)
     return stream, n_bits
+
+
+@checked(_pack_ternary_core)
+def pack_ternary(codes):
+    """``codes`` (1-D integers in {-1, 0, +1}) as a base-3 code: (stream uint8, number of bits)."""
+    return (_codes(codes),)
 
 
 def pack_ternary_numpy(codes):
     """NumPy twin of :func:`pack_ternary`."""
-    codes = np.asarray(codes)
+    (codes,) = pack_ternary.check(codes)
     if np.any((codes != 0) & (codes != 1) & (codes != -1)):
         raise ValueError("ternary codes must be -1, 0 or +1")
     digits = np.where(codes < 0, 2, codes).astype(np.int64)
@@ -345,19 +436,25 @@ def pack_ternary_numpy(codes):
 
 
 @_jit
-def unpack_ternary(stream, count):
-    """Inverse of :func:`pack_ternary`: ``count`` int8 codes."""
+def _unpack_ternary_core(stream, count):
+    """:func:`unpack_ternary` without the argument checks."""
     codes = np.empty(count, np.int8)
-    unpack_ternary_from(stream, 0, count, codes)
+    _unpack_ternary_from_core(stream, 0, count, codes)
     return codes
+
+
+@checked(_unpack_ternary_core)
+def unpack_ternary(stream, count):
+    """Inverse of :func:`pack_ternary`: ``count`` int8 codes (their code must fit in ``stream``)."""
+    _, count = _check_unpack(stream, 0, count)
+    return stream, count
 
 
 def unpack_ternary_numpy(stream, count):
     """NumPy twin of :func:`unpack_ternary`."""
+    stream, count = unpack_ternary.check(stream, count)
     n_bits = int(ternary_code_bits_numpy(count))
-    bits = np.unpackbits(np.asarray(stream, np.uint8))
-    if bits.size < n_bits:
-        raise ValueError("bit stream ends inside a fixed-width field")
+    bits = np.unpackbits(stream)
     full = count // GROUP
     values = [np.packbits(bits[:full * GROUP_BITS].reshape(full, GROUP_BITS), axis=1)[:, 0].astype(np.int64)]
     widths = [GROUP] * full

@@ -1,0 +1,1065 @@
+"""Hostile arguments to the public kernels (issue 12): a clean ValueError or TypeError that names the
+argument, never a crash and never a silent result.
+
+* Property tests (hypothesis): every public kernel of ``fedsim.kernels`` sparsify, golomb, laq, terngrad
+  and randomk (and its NumPy twin) is called with valid arguments of random sizes in which at most one
+  argument is spoiled: the wrong type, dtype or number of dimensions, a non-contiguous array, a read-only
+  output, an output one entry too short (or an exact-shape array one entry too long), a count, offset,
+  width or index out of range, NaN or inf, a code out of range, decreasing offsets... A spoiled call must
+  raise the documented exception with a message naming the argument (the twin the same exception type);
+  an unspoiled call must be accepted. The loops run in a child process (this file run as a script), so
+  that a segfault fails the test instead of killing pytest.
+* One hand-picked call per kernel that crashed or corrupted memory before the argument checks, run here
+  in the main process (the canaries behind the short buffers must survive).
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import os
+import re
+import subprocess
+import sys
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fedsim.kernels import checks, golomb, laq, randomk, sparsify, terngrad
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULES = ("sparsify", "golomb", "laq", "terngrad", "randomk")
+EXAMPLES = 1000        # hypothesis examples per module (each spoils at most one argument of one kernel)
+CHILD_TIMEOUT = 240     # seconds; a first run may compile a few kernel signatures
+
+ALL_DTYPES = tuple(np.dtype(t) for t in (np.float32, np.float64, np.int8, np.int16, np.int32, np.int64,
+                                         np.uint8, np.uint16, np.uint32, np.uint64, np.bool_, np.complex128))
+FLOAT = checks.FLOAT
+INT64 = checks.INT64
+INT64_MAX = checks.INT64_MAX
+NONFINITE = "NaN or inf"
+
+
+# ----------------------------------------------------------------------------------------------------
+# What each argument is (drives the generic spoilers)
+# ----------------------------------------------------------------------------------------------------
+
+@dataclass
+class Arr:
+    dtypes: tuple                        # the dtypes the argument accepts
+    output: bool = False                 # written by the kernel: must be writable
+    length: str | None = None            # "at_least": the valid value has the minimal first axis;
+    #                                      "shape": the valid value has the only accepted shape
+    contiguous: bool = True              # C-contiguity is required
+    fixed_ndim: bool = True              # one more dimension is rejected
+    strict_type: bool = True             # a list is rejected (TypeError)
+    dtype_errors: tuple = (TypeError,)
+    shrink_match: str | None = None      # what a too-short value's message names (default: the argument)
+
+
+@dataclass
+class Int:
+    low: int
+    high: int
+    type_errors: tuple = (TypeError,)
+
+
+@dataclass
+class Real:
+    low: float | None = None
+    low_open: bool = False
+
+
+@dataclass
+class Flag:
+    pass
+
+
+@dataclass
+class Choice:
+    values: tuple
+
+
+@dataclass
+class Call:
+    args: dict                           # the valid arguments, in signature order
+    kinds: dict                          # name -> Arr / Int / Real / Flag / Choice (unlisted: not spoiled)
+    custom: list = field(default_factory=list)   # (label, name, value, errors, match)
+
+
+@dataclass
+class Case:
+    name: str
+    kernel: object
+    twin: object
+    build: object                        # draw -> Call
+
+
+def strided(value):
+    holder = np.zeros(value.shape[:-1] + (2 * value.shape[-1],), value.dtype)
+    holder[..., ::2] = value
+    return holder[..., ::2]
+
+
+def read_only(value):
+    value = value.copy()
+    value.setflags(write=False)
+    return value
+
+
+def grown(value):
+    return np.concatenate([value, np.zeros((1,) + value.shape[1:], value.dtype)])
+
+
+def array_spoilers(draw, name, kind, value):
+    found = []
+    if kind.strict_type:
+        found.append(("a list", value.tolist(), (TypeError,), name))
+    dtype = draw(st.sampled_from([d for d in ALL_DTYPES if d not in kind.dtypes]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        found.append((f"dtype {dtype}", value.astype(dtype), kind.dtype_errors, name))
+    if kind.fixed_ndim:
+        found.append(("one more dimension", value[None], (ValueError,), name))
+    if kind.contiguous and value.shape[-1] >= 2 and value.size >= 2:
+        found.append(("not contiguous", strided(value), (ValueError,), name))
+    if kind.output:
+        found.append(("read-only", read_only(value), (ValueError,), name))
+    if kind.length and value.shape[0] > 0:
+        found.append(("one entry short", value[:-1].copy(), (ValueError,), kind.shrink_match or name))
+    if kind.length == "shape":
+        found.append(("one entry long", grown(value), (ValueError,), name))
+        if value.ndim == 2 and value.shape[1] > 0:
+            found.append(("one column short", np.ascontiguousarray(value[:, :-1]), (ValueError,), name))
+    return found
+
+
+def spoilers(draw, call):
+    """(label, name, value, errors, match) for every applicable spoiler; name None is the valid call (a
+    tuple of names and a tuple of values change several arguments at once)."""
+    found = [("valid", None, None, None, None)]
+    for name, kind in call.kinds.items():
+        value = call.args[name]
+        if isinstance(kind, Arr):
+            found += [(label, name, v, e, m) for label, v, e, m in array_spoilers(draw, name, kind, value)]
+        elif isinstance(kind, Int):
+            for label, bad in (("a float", float(value) + 0.5), ("a bool", True), ("a string", "1"),
+                               ("None", None), ("a numpy float", np.float64(value))):
+                found.append((label, name, bad, kind.type_errors, name))
+            found.append(("below range", name, kind.low - draw(st.integers(1, 1 << 66)), (ValueError,), name))
+            found.append(("above range", name, kind.high + draw(st.integers(1, 1 << 66)), (ValueError,), name))
+        elif isinstance(kind, Real):
+            for bad in (np.nan, np.inf, -np.inf):
+                found.append((f"{bad}", name, bad, (ValueError,), name))
+            for label, bad in (("a string", "1.0"), ("None", None), ("a bool", True), ("complex", 1j)):
+                found.append((label, name, bad, (TypeError,), name))
+            if kind.low is not None:
+                below = kind.low if kind.low_open else kind.low - draw(st.floats(1e-6, 1e6))
+                found.append(("below range", name, below, (ValueError,), name))
+        elif isinstance(kind, Flag):
+            for label, bad in (("an int", 1), ("a string", "yes"), ("None", None)):
+                found.append((label, name, bad, (TypeError,), name))
+        elif isinstance(kind, Choice):
+            found.append(("not a choice", name, draw(st.sampled_from([0, 1, 16, 33, 63, 65, 128, -32])),
+                          (ValueError,), name))
+            found.append(("a float", name, float(kind.values[0]), (TypeError,), name))
+    return found + call.custom
+
+
+def exercise(case, call, spoiler):
+    """Call the kernel and its twin with the spoiled arguments; the assertions of the module docstring."""
+    label, name, value, errors, match = spoiler
+    args = dict(call.args)
+    if isinstance(name, tuple):                # a spoiler that changes several arguments together
+        args.update(zip(name, value))
+    elif name is not None:
+        args[name] = value
+    for function in (case.kernel, case.twin):
+        if function is None:
+            continue
+        print(f"{case.name}: {label} {name or ''} -> {getattr(function, '__name__', function)}", flush=True)
+        if name is None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)      # overflow to inf, as documented
+                function(*args.values())
+            continue
+        with pytest.raises(errors) as raised:
+            function(*args.values())
+        if function is case.kernel and match is not None:
+            assert re.search(match, str(raised.value)), \
+                f"{case.name}, {label} {name}: message {str(raised.value)!r} does not name {match!r}"
+
+
+# ----------------------------------------------------------------------------------------------------
+# Builders of valid calls
+# ----------------------------------------------------------------------------------------------------
+
+def rng_of(draw):
+    return np.random.default_rng(draw(st.integers(0, 2 ** 32 - 1)))
+
+
+def vector(rng, dtype, shape):
+    x = rng.standard_normal(shape).astype(dtype)
+    x[rng.random(shape) < 0.2] = 0
+    return x
+
+
+def nonfinite(name, x, rng):
+    if x.size == 0:
+        return []
+    bad = x.copy()
+    bad.flat[int(rng.integers(0, x.size))] = rng.choice([np.nan, np.inf, -np.inf])
+    return [("a non-finite entry", name, bad, (ValueError,), NONFINITE)]
+
+
+def out_of_range(name, values, size, rng, what=None):
+    """``values`` with one entry moved outside [0, size)."""
+    if values.size == 0:
+        return []
+    bad = values.copy()
+    bad.flat[int(rng.integers(0, values.size))] = rng.choice([size, size + 7, -1, 1 << 40])
+    return [("an index out of range", name, bad, (ValueError,), what or name)]
+
+
+def stream_of(rng, n_bits):
+    return rng.integers(0, 256, (n_bits + 7) // 8, dtype=np.uint8)
+
+
+def layout(draw, max_segments=3, max_size=12):
+    sizes = [draw(st.integers(0, max_size)) for _ in range(draw(st.integers(0, max_segments)))]
+    return sizes, np.concatenate(([0], np.cumsum(sizes, dtype=np.int64))).astype(np.int64)
+
+
+def offsets_spoilers(offsets, rng):
+    """Offsets that decrease, or do not run from 0 to P."""
+    found = []
+    end = offsets.copy()
+    end[-1] += int(rng.integers(1, 1 << 40))
+    found.append(("offsets past P", "segment_offsets", end, (ValueError,), "segment_offsets"))
+    if offsets.size >= 2:
+        start = offsets.copy()
+        start[0] = -1
+        found.append(("a negative offset", "segment_offsets", start, (ValueError,), "segment_offsets"))
+    if offsets.size >= 3:
+        down = offsets.copy()
+        down[1] = down[2] + 1
+        found.append(("decreasing offsets", "segment_offsets", down, (ValueError,), "segment_offsets"))
+    found.append(("no offsets", "segment_offsets", offsets[:0].copy(), (ValueError,), "segment_offsets"))
+    return found
+
+
+def negative_entry(name, values, rng):
+    if values.size == 0:
+        return []
+    bad = values.copy()
+    bad[int(rng.integers(0, values.size))] = -int(rng.integers(1, 1 << 40))
+    return [("a negative entry", name, bad, (ValueError,), name)]
+
+
+# --- sparsify --------------------------------------------------------------------------------------
+
+def _x(draw, rng, max_size=40):
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    return vector(rng, dtype, draw(st.integers(0, max_size)))
+
+
+def build_top_k_select(draw):
+    rng = rng_of(draw)
+    x = _x(draw, rng)
+    k = draw(st.integers(0, x.size + 3))
+    return Call({"x": x, "k": k, "positions_out": np.empty(min(k, x.size), np.int64)},
+                {"x": Arr(FLOAT), "k": Int(0, INT64_MAX),
+                 "positions_out": Arr(INT64, output=True, length="at_least")}, nonfinite("x", x, rng))
+
+
+def build_top_k_threshold(draw):
+    rng = rng_of(draw)
+    x = _x(draw, rng)
+    return Call({"x": x, "k": draw(st.integers(0, x.size + 3))}, {"x": Arr(FLOAT), "k": Int(0, INT64_MAX)},
+                nonfinite("x", x, rng))
+
+
+def build_ternarize(draw):
+    call = build_top_k_select(draw)
+    call.args["signs_out"] = np.empty(call.args["positions_out"].size, np.int8)
+    call.kinds["signs_out"] = Arr(checks.INT8, output=True, length="at_least")
+    return call
+
+
+def build_top_k_sparsify(draw):
+    call = build_top_k_select(draw)
+    x = call.args["x"]
+    call.args["values_out"] = np.empty(call.args["positions_out"].size, x.dtype)
+    call.kinds["values_out"] = Arr((x.dtype,), output=True, length="at_least")
+    return call
+
+
+def _sample(draw, rng, x, longest=2):
+    n_sample = draw(st.integers(0, longest * x.size)) if x.size else 0
+    return rng.integers(0, max(1, x.size), n_sample).astype(np.int64)
+
+
+def build_sampled_top_k_threshold(draw):
+    rng = rng_of(draw)
+    x = _x(draw, rng)
+    sample = _sample(draw, rng, x)
+    return Call({"x": x, "sample_positions": sample, "k_sample": draw(st.integers(0, sample.size + 2))},
+                {"x": Arr(FLOAT), "sample_positions": Arr(INT64), "k_sample": Int(0, INT64_MAX)},
+                out_of_range("sample_positions", sample, x.size, rng))
+
+
+def build_select_at_least(draw):
+    rng = rng_of(draw)
+    x = _x(draw, rng)
+    return Call({"x": x, "threshold": draw(st.floats(1e-3, 3.0)), "positions_out": np.empty(x.size, np.int64)},
+                {"x": Arr(FLOAT), "threshold": Real(0.0, low_open=True),
+                 "positions_out": Arr(INT64, output=True, length="at_least")}, nonfinite("x", x, rng))
+
+
+def build_sampled_ternarize(draw):
+    rng = rng_of(draw)
+    x = _x(draw, rng)
+    sample = _sample(draw, rng, x, longest=1)              # at most N positions
+    args = {"x": x, "sample_positions": sample, "k_sample": draw(st.integers(0, sample.size + 2)),
+            "k": draw(st.integers(0, x.size + 2)), "positions_out": np.empty(x.size, np.int64),
+            "signs_out": np.empty(x.size, np.int8)}
+    kinds = {"x": Arr(FLOAT), "sample_positions": Arr(INT64), "k_sample": Int(0, INT64_MAX),
+             "k": Int(0, INT64_MAX), "positions_out": Arr(INT64, output=True, length="at_least"),
+             "signs_out": Arr(checks.INT8, output=True, length="at_least")}
+    longer = np.zeros(x.size + 1, np.int64)
+    custom = [("more sample positions than entries", "sample_positions", longer, (ValueError,),
+               "sample_positions")]
+    custom += out_of_range("sample_positions", sample, x.size, rng) + nonfinite("x", x, rng)
+    return Call(args, kinds, custom)
+
+
+def build_sign(draw):
+    rng = rng_of(draw)
+    x = _x(draw, rng)
+    return Call({"x": x, "signs_out": np.empty(x.size, np.int8)},
+                {"x": Arr(FLOAT), "signs_out": Arr(checks.INT8, output=True, length="at_least")},
+                nonfinite("x", x, rng))
+
+
+def build_mean_magnitude(draw):
+    rng = rng_of(draw)
+    x = _x(draw, rng)
+    return Call({"x": x}, {"x": Arr(FLOAT)}, nonfinite("x", x, rng))
+
+
+def build_all_finite(draw):
+    rng = rng_of(draw)
+    x = _x(draw, rng)
+    if draw(st.booleans()):
+        x = np.concatenate([x, x]).reshape(2, -1)
+    return Call({"x": x}, {"x": Arr(FLOAT, fixed_ndim=False)},
+                [("a 0-D array", "x", np.array(1.0), (ValueError,), "x")])
+
+
+def _batch(draw, rng):
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    sizes, offsets = layout(draw)
+    n_rows = draw(st.integers(0, 3))
+    updates = vector(rng, dtype, (n_rows, int(offsets[-1])))
+    return dtype, sizes, offsets, n_rows, updates
+
+
+def build_sparse_compress_batch(draw):
+    rng = rng_of(draw)
+    dtype, sizes, offsets, n_rows, updates = _batch(draw, rng)
+    n_segments = len(sizes)
+    budgets = np.array([draw(st.integers(0, n + 2)) for n in sizes], np.int64)
+    ternary, sampled = draw(st.booleans()), draw(st.booleans())
+    active = ternary and sampled
+    custom = offsets_spoilers(offsets, rng) + negative_entry("budgets", budgets, rng) + \
+        nonfinite("updates", updates, rng)
+    if active:
+        samples = [rng.permutation(n)[:draw(st.integers(0, n))].astype(np.int64)
+                   for _ in range(n_rows) for n in sizes]
+        starts = np.concatenate(([0], np.cumsum([s.size for s in samples]))).astype(np.int64)
+        positions = np.concatenate(samples + [np.zeros(0, np.int64)])
+        sample_budgets = np.array([draw(st.integers(0, n + 2)) for n in sizes], np.int64)
+        bounds = np.repeat(np.tile(np.array(sizes, np.int64), n_rows), np.diff(starts))
+        if positions.size:
+            bad = positions.copy()
+            where = int(rng.integers(0, bad.size))
+            bad[where] = bounds[where] + int(rng.integers(0, 3)) if rng.random() < 0.5 else -1
+            custom.append(("a sample outside its segment", "sample_positions", bad, (ValueError,),
+                           "sample_positions"))
+        late = starts.copy()
+        late[-1] += 1
+        custom.append(("sample starts past the samples", "sample_starts", late, (ValueError,), "sample_starts"))
+        custom += negative_entry("sample_budgets", sample_budgets, rng)
+        if n_rows and n_segments:
+            j = int(rng.integers(0, n_segments))
+            crowded = list(samples)
+            crowded[j] = np.zeros(sizes[j] + 1, np.int64)                  # row 0, segment j
+            crowded_starts = np.concatenate(([0], np.cumsum([s.size for s in crowded]))).astype(np.int64)
+            custom.append(("more samples than entries", ("sample_positions", "sample_starts"),
+                           (np.concatenate(crowded), crowded_starts), (ValueError,), "sample_starts"))
+    else:
+        positions, starts, sample_budgets = np.zeros(0, np.int64), np.zeros(1, np.int64), np.zeros(0, np.int64)
+    args = {"updates": updates, "segment_offsets": offsets, "budgets": budgets, "ternary": ternary,
+            "float_bits": 32 if dtype == np.float32 else 64, "sampled": sampled,
+            "sample_positions": positions, "sample_starts": starts, "sample_budgets": sample_budgets,
+            "sent_out": np.zeros_like(updates), "counts_out": np.zeros((n_rows, n_segments), np.int64),
+            "encoded_bits_out": np.zeros(n_rows, np.int64)}
+    kinds = {"updates": Arr(FLOAT), "segment_offsets": Arr(INT64), "budgets": Arr(INT64, length="shape"),
+             "ternary": Flag(), "float_bits": Choice((32, 64)), "sampled": Flag(),
+             "sample_positions": Arr(INT64), "sample_starts": Arr(INT64, length="shape" if active else None),
+             "sample_budgets": Arr(INT64, length="shape" if active else None),
+             "sent_out": Arr((np.dtype(dtype),), output=True, length="shape"),
+             "counts_out": Arr(INT64, output=True, length="shape"),
+             "encoded_bits_out": Arr(INT64, output=True, length="shape")}
+    return Call(args, kinds, custom)
+
+
+def build_sign_compress_batch(draw):
+    rng = rng_of(draw)
+    dtype, sizes, offsets, n_rows, updates = _batch(draw, rng)
+    args = {"updates": updates, "segment_offsets": offsets, "scaled": draw(st.booleans()),
+            "float_bits": 32 if dtype == np.float32 else 64, "sent_out": np.zeros_like(updates),
+            "scales_out": np.zeros((n_rows, len(sizes)), dtype), "encoded_bits_out": np.zeros(n_rows, np.int64)}
+    kinds = {"updates": Arr(FLOAT), "segment_offsets": Arr(INT64), "scaled": Flag(),
+             "float_bits": Choice((32, 64)),
+             "sent_out": Arr((np.dtype(dtype),), output=True, length="shape"),
+             "scales_out": Arr((np.dtype(dtype),), output=True, length="shape"),
+             "encoded_bits_out": Arr(INT64, output=True, length="shape")}
+    return Call(args, kinds, offsets_spoilers(offsets, rng) + nonfinite("updates", updates, rng))
+
+
+# --- golomb ----------------------------------------------------------------------------------------
+
+UINT8 = checks.UINT8
+
+
+def _positions(draw, rng, high=5000, max_count=30):
+    return np.sort(rng.choice(high, draw(st.integers(0, max_count)), replace=False)).astype(np.int64)
+
+
+def not_increasing(name, positions, rng):
+    found = [("a negative position", name, np.concatenate([[-1 - int(rng.integers(0, 9))], positions[1:]])
+              .astype(np.int64), (ValueError,), "positions")]
+    if positions.size >= 2:
+        bad = positions.copy()
+        bad[1] = bad[0]
+        found.append(("a repeated position", name, bad, (ValueError,), "positions"))
+    return found
+
+
+def build_rice_parameter(draw):
+    size = draw(st.integers(0, 10 ** 7))
+    return Call({"count": draw(st.integers(0, size)), "size": size},
+                {"count": Int(0, size), "size": Int(0, INT64_MAX)})
+
+
+def _field(draw):
+    width = draw(st.integers(0, 64))
+    low, high = (-(1 << 63), (1 << 64) - 1) if width == 64 else (0, (1 << width) - 1)
+    return width, low, high
+
+
+def build_write_uint(draw):
+    rng = rng_of(draw)
+    width, low, high = _field(draw)
+    bit_offset = draw(st.integers(0, 20))
+    return Call({"stream": stream_of(rng, bit_offset + width), "bit_offset": bit_offset,
+                 "value": draw(st.integers(low, high)), "width": width},
+                {"stream": Arr(UINT8, output=True, length="at_least"), "bit_offset": Int(0, checks.COUNT_MAX),
+                 "value": Int(low, high), "width": Int(0, 64)})
+
+
+def build_read_uint(draw):
+    rng = rng_of(draw)
+    width = draw(st.integers(0, 64))
+    bit_offset = draw(st.integers(0, 20))
+    return Call({"stream": stream_of(rng, bit_offset + width), "bit_offset": bit_offset, "width": width},
+                {"stream": Arr(UINT8, length="at_least", shrink_match="stream"),
+                 "bit_offset": Int(0, checks.COUNT_MAX), "width": Int(0, 64)})
+
+
+def build_golomb_rice_bits(draw):
+    rng = rng_of(draw)
+    positions = _positions(draw, rng)
+    return Call({"positions": positions, "b": draw(st.integers(0, 62))},
+                {"positions": Arr(INT64), "b": Int(0, 62)}, not_increasing("positions", positions, rng))
+
+
+def build_golomb_rice_encode_into(draw):
+    rng = rng_of(draw)
+    positions = _positions(draw, rng)
+    b = draw(st.integers(0, 62))
+    bit_offset = draw(st.integers(0, 13))
+    stream = stream_of(rng, bit_offset + golomb.golomb_rice_bits(positions, b))
+    return Call({"positions": positions, "b": b, "stream": stream, "bit_offset": bit_offset},
+                {"positions": Arr(INT64), "b": Int(0, 62), "stream": Arr(UINT8, output=True, length="at_least"),
+                 "bit_offset": Int(0, checks.COUNT_MAX)}, not_increasing("positions", positions, rng))
+
+
+def _coded(draw, rng):
+    positions = _positions(draw, rng)
+    b = draw(st.integers(0, 20))
+    bit_offset = draw(st.integers(0, 13))
+    stream = stream_of(rng, bit_offset + golomb.golomb_rice_bits(positions, b))
+    end = golomb.golomb_rice_encode_into(positions, b, stream, bit_offset)
+    return positions, b, bit_offset, stream, end
+
+
+def build_golomb_rice_decode_from(draw):
+    rng = rng_of(draw)
+    positions, b, bit_offset, stream, end = _coded(draw, rng)
+    n = positions.size
+    args = {"stream": stream, "bit_offset": bit_offset, "bit_end": end, "count": n, "b": b,
+            "positions_out": np.empty(n, np.int64)}
+    kinds = {"stream": Arr(UINT8, length="at_least", shrink_match="bit_end"), "bit_offset": Int(0, end),
+             "bit_end": Int(0, 8 * stream.size), "count": Int(0, INT64_MAX), "b": Int(0, 62),
+             "positions_out": Arr(INT64, output=True, length="at_least")}
+    return Call(args, kinds, [("one position more than coded", ("count", "positions_out"),
+                               (n + 1, np.empty(n + 1, np.int64)), (ValueError,), "ends before")])
+
+
+def build_golomb_rice_decode(draw):
+    rng = rng_of(draw)
+    positions = _positions(draw, rng)
+    b = draw(st.integers(0, 20))
+    stream, n_bits = golomb.golomb_rice_encode(positions, b)
+    return Call({"stream": stream, "n_bits": n_bits, "count": positions.size, "b": b},
+                {"stream": Arr(UINT8, length="at_least", shrink_match="n_bits"),
+                 "n_bits": Int(0, 8 * stream.size),
+                 "count": Int(0, INT64_MAX), "b": Int(0, 62)},
+                [("one position more than coded", "count", positions.size + 1, (ValueError,), "ends before")])
+
+
+def build_write_uints(draw):
+    rng = rng_of(draw)
+    width = draw(st.integers(0, 64))
+    dtype = np.uint32 if width <= 32 and draw(st.booleans()) else np.int64
+    values = rng.integers(0, 1 << 31, draw(st.integers(0, 12))).astype(dtype)
+    bit_offset = draw(st.integers(0, 13))
+    return Call({"stream": stream_of(rng, bit_offset + values.size * width), "bit_offset": bit_offset,
+                 "values": values, "width": width},
+                {"stream": Arr(UINT8, output=True, length="at_least"), "bit_offset": Int(0, checks.COUNT_MAX),
+                 "values": Arr(checks.INTEGER), "width": Int(0, 64)})
+
+
+def _holds(dtype, width):
+    held = 8 * dtype.itemsize
+    return held >= width if dtype.kind == "u" else held > width or held == width == 64
+
+
+def build_read_uints(draw):
+    rng = rng_of(draw)
+    width = draw(st.integers(0, 64))
+    dtype = np.dtype(np.uint32 if width <= 32 and draw(st.booleans()) else np.int64)
+    count = draw(st.integers(0, 12))
+    bit_offset = draw(st.integers(0, 13))
+    return Call({"stream": stream_of(rng, bit_offset + count * width), "bit_offset": bit_offset, "width": width,
+                 "values_out": np.zeros(count, dtype)},
+                {"stream": Arr(UINT8, length="at_least", shrink_match="stream"),
+                 "bit_offset": Int(0, checks.COUNT_MAX), "width": Int(0, 64),
+                 "values_out": Arr(tuple(d for d in checks.INTEGER if _holds(d, width)), output=True)})
+
+
+def _signs(draw, rng):
+    return rng.choice(np.array([-1, 1], np.int8), draw(st.integers(0, 40)))
+
+
+def bad_sign(name, signs, rng, values=(0, 2, -2), match="only signs"):
+    if signs.size == 0:
+        return []
+    bad = signs.copy()
+    bad[int(rng.integers(0, bad.size))] = rng.choice(values)
+    return [("a value that is not a sign", name, bad, (ValueError,), match)]
+
+
+def build_pack_signs_into(draw):
+    rng = rng_of(draw)
+    signs = _signs(draw, rng)
+    bit_offset = draw(st.integers(0, 13))
+    return Call({"signs": signs, "stream": stream_of(rng, bit_offset + signs.size), "bit_offset": bit_offset},
+                {"signs": Arr(checks.INTEGER), "stream": Arr(UINT8, output=True, length="at_least"),
+                 "bit_offset": Int(0, checks.COUNT_MAX)}, bad_sign("signs", signs, rng))
+
+
+def build_unpack_signs_from(draw):
+    rng = rng_of(draw)
+    count = draw(st.integers(0, 40))
+    bit_offset = draw(st.integers(0, 13))
+    return Call({"stream": stream_of(rng, bit_offset + count), "bit_offset": bit_offset, "count": count,
+                 "signs_out": np.empty(count, np.int8)},
+                {"stream": Arr(UINT8, length="at_least", shrink_match="stream"),
+                 "bit_offset": Int(0, checks.COUNT_MAX), "count": Int(0, checks.COUNT_MAX),
+                 "signs_out": Arr(checks.INT8, output=True, length="at_least")})
+
+
+def build_pack_signs(draw):
+    rng = rng_of(draw)
+    signs = _signs(draw, rng)
+    return Call({"signs": signs}, {"signs": Arr(checks.INTEGER)}, bad_sign("signs", signs, rng))
+
+
+def build_unpack_signs(draw):
+    rng = rng_of(draw)
+    count = draw(st.integers(0, 40))
+    return Call({"stream": stream_of(rng, count), "count": count},
+                {"stream": Arr(UINT8, length="at_least", shrink_match="stream"),
+                 "count": Int(0, checks.COUNT_MAX)})
+
+
+def build_sparse_segment_bits(draw):
+    rng = rng_of(draw)
+    positions = _positions(draw, rng)
+    size = int(positions[-1]) + 1 + draw(st.integers(0, 100)) if positions.size else draw(st.integers(0, 100))
+    custom = not_increasing("local_positions", positions, rng)
+    if positions.size:
+        custom.append(("a position at size", "size", int(positions[-1]), (ValueError,), "local_positions"))
+    return Call({"local_positions": positions, "size": size, "bits_per_entry": draw(st.integers(0, 64)),
+                 "trailer_bits": draw(st.integers(0, 64))},
+                {"local_positions": Arr(INT64), "size": Int(0, golomb.MAX_SEGMENT_SIZE),
+                 "bits_per_entry": Int(0, 64), "trailer_bits": Int(0, 64)}, custom)
+
+
+# --- laq -------------------------------------------------------------------------------------------
+
+def _laq_problem(draw, rng):
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    shape = (draw(st.integers(0, 3)), draw(st.integers(0, 20)))
+    gradients = rng.standard_normal(shape).astype(dtype)
+    previous = (gradients + rng.normal(scale=0.3, size=shape)).astype(dtype)
+    return dtype, shape, gradients, previous, draw(st.integers(1, 16))
+
+
+LAQ_BITS = Int(1, 16, type_errors=(ValueError,))
+
+
+def build_laq_quantize(draw):
+    rng = rng_of(draw)
+    dtype, shape, gradients, previous, bits = _laq_problem(draw, rng)
+    codes_dtypes = checks.CODE if bits <= 8 else (np.dtype(np.uint16),)
+    args = {"gradients": gradients, "previous": previous, "bits": bits,
+            "codes": np.zeros(shape, laq.code_dtype(bits)), "quantized": np.zeros(shape, dtype),
+            "radius": np.zeros(shape[0]), "error": np.zeros(shape[0]), "innovation": np.zeros(shape[0])}
+    kinds = {"gradients": Arr(FLOAT), "previous": Arr(FLOAT, length="shape"), "bits": LAQ_BITS,
+             "codes": Arr(codes_dtypes, output=True, length="shape"),
+             "quantized": Arr(FLOAT, output=True, length="shape"),
+             "radius": Arr(checks.FLOAT64, output=True, length="shape"),
+             "error": Arr(checks.FLOAT64, output=True, length="shape"),
+             "innovation": Arr(checks.FLOAT64, output=True, length="shape")}
+    custom = [("codes too narrow for the bits", "bits", 12, (TypeError,), "codes")] if bits <= 8 else []
+    return Call(args, kinds, custom)
+
+
+def build_quantize_innovation(draw):
+    rng = rng_of(draw)
+    _, _, gradients, previous, bits = _laq_problem(draw, rng)
+    loose = {"contiguous": False, "strict_type": False, "dtype_errors": (TypeError, ValueError)}
+    return Call({"gradients": gradients, "previous": previous, "bits": bits, "jit": draw(st.booleans())},
+                {"gradients": Arr(FLOAT, **loose), "previous": Arr(FLOAT, length="shape", **loose),
+                 "bits": LAQ_BITS})
+
+
+def build_laq_dequantize(draw):
+    rng = rng_of(draw)
+    _, shape, _, previous, bits = _laq_problem(draw, rng)
+    codes = rng.integers(0, 1 << bits, shape).astype(laq.code_dtype(bits))
+    radius = rng.uniform(0, 2, shape[0]) * (rng.random(shape[0]) < 0.8)
+    loose = {"contiguous": False, "length": "shape"}
+    custom = []
+    if codes.size:
+        for bad_code in (1 << bits, -1):
+            bad = codes.astype(np.int64)
+            bad.flat[int(rng.integers(0, bad.size))] = bad_code
+            custom.append((f"a code {bad_code}", "codes", bad, (ValueError,), "codes"))
+    if radius.size:
+        for bad_radius in (np.nan, np.inf, -1.0):
+            bad = radius.copy()
+            bad[int(rng.integers(0, bad.size))] = bad_radius
+            custom.append((f"a radius {bad_radius}", "radius", bad, (ValueError,), "radius"))
+    return Call({"codes": codes, "previous": previous, "radius": radius, "bits": bits},
+                {"codes": Arr(checks.INTEGER, **loose), "previous": Arr(FLOAT, **loose),
+                 "radius": Arr(FLOAT, **loose), "bits": LAQ_BITS}, custom)
+
+
+# --- terngrad --------------------------------------------------------------------------------------
+
+def build_ternary_code_bits(draw):
+    return Call({"count": draw(st.integers(0, 10 ** 6))}, {"count": Int(0, checks.COUNT_MAX)})
+
+
+def build_segment_bits(draw):
+    return Call({"size": draw(st.integers(0, 10 ** 6)), "scale_nonzero": draw(st.booleans()),
+                 "float_bits": draw(st.sampled_from([32, 64]))},
+                {"size": Int(0, checks.COUNT_MAX), "scale_nonzero": Flag(), "float_bits": Choice((32, 64))})
+
+
+def build_terngrad_batch(draw):
+    rng = rng_of(draw)
+    dtype, sizes, offsets, n_rows, updates = _batch(draw, rng)
+    args = {"updates": updates, "segment_offsets": offsets, "uniforms": rng.random(updates.shape),
+            "clip": draw(st.sampled_from([0.0, 0.3, 2.5])), "float_bits": 32 if dtype == np.float32 else 64,
+            "decoded_out": np.zeros_like(updates), "scales_out": np.zeros((n_rows, len(sizes)), dtype),
+            "encoded_bits_out": np.zeros(n_rows, np.int64)}
+    kinds = {"updates": Arr(FLOAT), "segment_offsets": Arr(INT64),
+             "uniforms": Arr(checks.FLOAT64, length="shape"), "clip": Real(0.0), "float_bits": Choice((32, 64)),
+             "decoded_out": Arr((np.dtype(dtype),), output=True, length="shape"),
+             "scales_out": Arr((np.dtype(dtype),), output=True, length="shape"),
+             "encoded_bits_out": Arr(INT64, output=True, length="shape")}
+    return Call(args, kinds, offsets_spoilers(offsets, rng) + nonfinite("updates", updates, rng))
+
+
+def _ternary_codes(draw, rng):
+    return rng.integers(-1, 2, draw(st.integers(0, 40))).astype(np.int8)
+
+
+def build_pack_ternary_into(draw):
+    rng = rng_of(draw)
+    codes = _ternary_codes(draw, rng)
+    bit_offset = draw(st.integers(0, 13))
+    stream = stream_of(rng, bit_offset + terngrad.ternary_code_bits(codes.size))
+    return Call({"codes": codes, "stream": stream, "bit_offset": bit_offset},
+                {"codes": Arr(checks.INTEGER), "stream": Arr(UINT8, output=True, length="at_least"),
+                 "bit_offset": Int(0, checks.COUNT_MAX)},
+                bad_sign("codes", codes, rng, (2, -2, 5), "ternary codes"))
+
+
+def _packed(draw, rng):
+    codes = _ternary_codes(draw, rng)
+    bit_offset = draw(st.integers(0, 13))
+    stream = stream_of(rng, bit_offset + terngrad.ternary_code_bits(codes.size))
+    terngrad.pack_ternary_into(codes, stream, bit_offset)
+    custom = []
+    if codes.size >= 5:
+        corrupt = stream.copy()
+        golomb.write_uint(corrupt, bit_offset, 243 + int(rng.integers(0, 13)), 8)
+        custom.append(("a group value beyond 3^5", "stream", corrupt, (ValueError,), "corrupt stream"))
+    return codes.size, bit_offset, stream, custom
+
+
+def build_unpack_ternary_from(draw):
+    rng = rng_of(draw)
+    count, bit_offset, stream, custom = _packed(draw, rng)
+    return Call({"stream": stream, "bit_offset": bit_offset, "count": count,
+                 "codes_out": np.empty(count, np.int8)},
+                {"stream": Arr(UINT8, length="at_least", shrink_match="stream"),
+                 "bit_offset": Int(0, checks.COUNT_MAX), "count": Int(0, checks.COUNT_MAX),
+                 "codes_out": Arr(checks.INT8, output=True, length="at_least")}, custom)
+
+
+def build_pack_ternary(draw):
+    rng = rng_of(draw)
+    codes = _ternary_codes(draw, rng)
+    return Call({"codes": codes}, {"codes": Arr(checks.INTEGER)},
+                bad_sign("codes", codes, rng, (2, -2, 5), "ternary codes"))
+
+
+def build_unpack_ternary(draw):
+    rng = rng_of(draw)
+    codes = _ternary_codes(draw, rng)
+    stream, _ = terngrad.pack_ternary(codes)
+    custom = []
+    if codes.size >= 5:
+        corrupt = stream.copy()
+        corrupt[0] = 243 + int(rng.integers(0, 13))
+        custom.append(("a group value beyond 3^5", "stream", corrupt, (ValueError,), "corrupt stream"))
+    return Call({"stream": stream, "count": codes.size},
+                {"stream": Arr(UINT8, length="at_least", shrink_match="stream"),
+                 "count": Int(0, checks.COUNT_MAX)},
+                custom)
+
+
+# --- randomk ---------------------------------------------------------------------------------------
+
+UINT64_MAX = (1 << 64) - 1
+
+
+def build_splitmix64(draw):
+    count = draw(st.integers(0, 20))
+    return Call({"state": draw(st.integers(0, UINT64_MAX)), "count": count, "out": np.zeros(count, np.uint64)},
+                {"state": Int(0, UINT64_MAX), "count": Int(0, INT64_MAX),
+                 "out": Arr(checks.UINT64, output=True, length="at_least")})
+
+
+def build_random_positions(draw):
+    size = draw(st.integers(0, 60))
+    k = draw(st.integers(0, size))
+    return Call({"seed": draw(st.integers(0, UINT64_MAX)), "segment": draw(st.integers(0, 10)), "size": size,
+                 "k": k, "positions_out": np.empty(k, np.int64)},
+                {"seed": Int(0, UINT64_MAX), "segment": Int(0, INT64_MAX - 1),
+                 "size": Int(k, randomk.MAX_SEGMENT),
+                 "k": Int(0, size), "positions_out": Arr(INT64, output=True, length="at_least")})
+
+
+def build_randomk_compress_batch(draw):
+    rng = rng_of(draw)
+    dtype, sizes, offsets, n_rows, updates = _batch(draw, rng)
+    budgets = np.array([draw(st.integers(0, n)) for n in sizes], np.int64)
+    scales = np.array([n / k if k else 0.0 for n, k in zip(sizes, budgets.tolist())]).astype(dtype)
+    args = {"updates": updates, "segment_offsets": offsets, "budgets": budgets, "scales": scales,
+            "seeds": rng.integers(0, UINT64_MAX, n_rows, dtype=np.uint64, endpoint=True),
+            "decoded_out": np.zeros_like(updates), "values_out": np.zeros((n_rows, int(budgets.sum())), dtype)}
+    kinds = {"updates": Arr(FLOAT), "segment_offsets": Arr(INT64), "budgets": Arr(INT64, length="shape"),
+             "scales": Arr((np.dtype(dtype),), length="shape"), "seeds": Arr(checks.UINT64, length="shape"),
+             "decoded_out": Arr((np.dtype(dtype),), output=True, length="shape"),
+             "values_out": Arr((np.dtype(dtype),), output=True, length="shape")}
+    custom = offsets_spoilers(offsets, rng) + negative_entry("budgets", budgets, rng) + \
+        nonfinite("updates", updates, rng)
+    if sizes:
+        big = budgets.copy()
+        j = int(rng.integers(0, len(sizes)))
+        big[j] = sizes[j] + int(rng.integers(1, 5))
+        custom.append(("a budget beyond its segment", "budgets", big, (ValueError,), "budgets"))
+    return Call(args, kinds, custom)
+
+
+CASES = {
+    "sparsify": [
+        Case("top_k_select", sparsify.top_k_select, sparsify.top_k_select_numpy, build_top_k_select),
+        Case("top_k_threshold", sparsify.top_k_threshold, sparsify.top_k_threshold_numpy,
+             build_top_k_threshold),
+        Case("ternarize", sparsify.ternarize, sparsify.ternarize_numpy, build_ternarize),
+        Case("top_k_sparsify", sparsify.top_k_sparsify, sparsify.top_k_sparsify_numpy, build_top_k_sparsify),
+        Case("sampled_top_k_threshold", sparsify.sampled_top_k_threshold,
+             sparsify.sampled_top_k_threshold_numpy, build_sampled_top_k_threshold),
+        Case("select_at_least", sparsify.select_at_least, sparsify.select_at_least_numpy,
+             build_select_at_least),
+        Case("sampled_ternarize", sparsify.sampled_ternarize, sparsify.sampled_ternarize_numpy,
+             build_sampled_ternarize),
+        Case("sign", sparsify.sign, sparsify.sign_numpy, build_sign),
+        Case("mean_magnitude", sparsify.mean_magnitude, sparsify.mean_magnitude_numpy, build_mean_magnitude),
+        Case("all_finite", sparsify.all_finite, sparsify.all_finite_numpy, build_all_finite),
+        Case("sparse_compress_batch", sparsify.sparse_compress_batch, None, build_sparse_compress_batch),
+        Case("sign_compress_batch", sparsify.sign_compress_batch, None, build_sign_compress_batch),
+    ],
+    "golomb": [
+        Case("rice_parameter", golomb.rice_parameter, golomb.rice_parameter_numpy, build_rice_parameter),
+        Case("write_uint", golomb.write_uint, None, build_write_uint),
+        Case("read_uint", golomb.read_uint, None, build_read_uint),
+        Case("golomb_rice_bits", golomb.golomb_rice_bits, golomb.golomb_rice_bits_numpy,
+             build_golomb_rice_bits),
+        Case("golomb_rice_encode_into", golomb.golomb_rice_encode_into, None, build_golomb_rice_encode_into),
+        Case("golomb_rice_encode", golomb.golomb_rice_encode, golomb.golomb_rice_encode_numpy,
+             build_golomb_rice_bits),
+        Case("golomb_rice_decode_from", golomb.golomb_rice_decode_from, None, build_golomb_rice_decode_from),
+        Case("golomb_rice_decode", golomb.golomb_rice_decode, golomb.golomb_rice_decode_numpy,
+             build_golomb_rice_decode),
+        Case("write_uints", golomb.write_uints, None, build_write_uints),
+        Case("read_uints", golomb.read_uints, None, build_read_uints),
+        Case("pack_signs_into", golomb.pack_signs_into, None, build_pack_signs_into),
+        Case("unpack_signs_from", golomb.unpack_signs_from, None, build_unpack_signs_from),
+        Case("pack_signs", golomb.pack_signs, golomb.pack_signs_numpy, build_pack_signs),
+        Case("unpack_signs", golomb.unpack_signs, golomb.unpack_signs_numpy, build_unpack_signs),
+        Case("sparse_segment_bits", golomb.sparse_segment_bits, None, build_sparse_segment_bits),
+    ],
+    "laq": [
+        Case("laq_quantize", laq.laq_quantize, laq.laq_quantize_numpy, build_laq_quantize),
+        Case("quantize_innovation", laq.quantize_innovation, None, build_quantize_innovation),
+        Case("laq_dequantize", laq.laq_dequantize, None, build_laq_dequantize),
+    ],
+    "terngrad": [
+        Case("ternary_code_bits", terngrad.ternary_code_bits, terngrad.ternary_code_bits_numpy,
+             build_ternary_code_bits),
+        Case("segment_bits", terngrad.segment_bits, None, build_segment_bits),
+        Case("terngrad_batch", terngrad.terngrad_batch, terngrad.terngrad_batch_numpy, build_terngrad_batch),
+        Case("pack_ternary_into", terngrad.pack_ternary_into, None, build_pack_ternary_into),
+        Case("unpack_ternary_from", terngrad.unpack_ternary_from, None, build_unpack_ternary_from),
+        Case("pack_ternary", terngrad.pack_ternary, terngrad.pack_ternary_numpy, build_pack_ternary),
+        Case("unpack_ternary", terngrad.unpack_ternary, terngrad.unpack_ternary_numpy, build_unpack_ternary),
+    ],
+    "randomk": [
+        Case("splitmix64", randomk.splitmix64, randomk.splitmix64_numpy, build_splitmix64),
+        Case("random_positions", randomk.random_positions, randomk.random_positions_numpy,
+             build_random_positions),
+        Case("randomk_compress_batch", randomk.randomk_compress_batch, randomk.randomk_compress_batch_numpy,
+             build_randomk_compress_batch),
+    ],
+}
+
+
+def run_hostile(module: str, examples: int) -> None:
+    """The hypothesis loop of one module (run in the child process)."""
+    cases = CASES[module]
+
+    @settings(max_examples=examples, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(st.data())
+    def hostile(data):
+        case = data.draw(st.sampled_from(cases), label="kernel")
+        call = case.build(data.draw)
+        spoiler = data.draw(st.sampled_from(spoilers(data.draw, call)), label="spoiler")
+        exercise(case, call, spoiler)
+
+    hostile()
+    print(f"hostile arguments, {module}: {examples} examples passed", flush=True)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The property tests, each module in its own child process
+# ----------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("module", MODULES)
+def test_hostile_arguments_in_a_child_process(module):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
+    result = subprocess.run([sys.executable, str(Path(__file__).resolve()), module, str(EXAMPLES)],
+                            capture_output=True, text=True, timeout=CHILD_TIMEOUT, env=env, cwd=str(ROOT),
+                            check=False)
+    tail = "\n".join(result.stdout.splitlines()[-5:] + result.stderr.splitlines()[-60:])
+    code = result.returncode
+    died = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+    assert result.returncode == 0, f"hostile-argument child for {module}: {died}; last output:\n{tail}"
+    assert f"hostile arguments, {module}: {EXAMPLES} examples passed" in result.stdout, tail
+
+
+# ----------------------------------------------------------------------------------------------------
+# In the main process: one call per kernel that crashed (signal) or corrupted memory before the checks
+# ----------------------------------------------------------------------------------------------------
+
+CANARY = 0x5A
+
+
+def guarded(n, dtype, shape=None):
+    """A C-contiguous view of the first ``n`` entries of a longer buffer whose tail holds canaries."""
+    buffer = np.full(n + 4096, CANARY, dtype)
+    view = buffer[:n]
+    return buffer, view if shape is None else view.reshape(shape)
+
+
+def _stc_exact(n):
+    return (np.ones((1, n)), np.array([0, n], np.int64), np.array([n], np.int64), True, 64, False,
+            np.zeros(0, np.int64), np.zeros(1, np.int64), np.zeros(0, np.int64))
+
+
+# name -> (what happened before, the call (given a guarded buffer maker), expected error, message)
+CRASHED_BEFORE = {
+    "ternarize (short signs_out)": (
+        "SIGSEGV",
+        lambda g: sparsify.ternarize(np.ones(5000, np.float32), 5000, np.empty(5000, np.int64), g(1, np.int8)),
+        ValueError, "signs_out"),
+    "top_k_sparsify (short values_out)": (
+        "wrote past values_out",
+        lambda g: sparsify.top_k_sparsify(np.ones(3000), 3000, np.empty(3000, np.int64), g(1, np.float64)),
+        ValueError, "values_out"),
+    "select_at_least (short positions_out)": (
+        "wrote past positions_out",
+        lambda g: sparsify.select_at_least(np.ones(3000), 0.5, g(1, np.int64)), ValueError, "positions_out"),
+    "sampled_top_k_threshold (sample position 2^40)": (
+        "SIGSEGV",
+        lambda g: sparsify.sampled_top_k_threshold(np.ones(10), np.array([0, 1 << 40], np.int64), 1),
+        ValueError, "sample_positions"),
+    "sampled_ternarize (short positions_out)": (
+        "wrote past positions_out",
+        lambda g: sparsify.sampled_ternarize(np.arange(1.0, 3001.0), np.array([2500], np.int64), 1, 30,
+                                             g(1, np.int64), np.empty(3000, np.int8)),
+        ValueError, "positions_out"),
+    "sign (short signs_out)": (
+        "wrote past signs_out", lambda g: sparsify.sign(np.ones(3000), g(1, np.int8)), ValueError, "signs_out"),
+    "sparse_compress_batch (sample position 2^40)": (
+        "SIGSEGV",
+        lambda g: sparsify.sparse_compress_batch(
+            np.ones((1, 10)), np.array([0, 10], np.int64), np.array([3], np.int64), True, 64, True,
+            np.array([1 << 40], np.int64), np.array([0, 1], np.int64), np.array([1], np.int64),
+            np.zeros((1, 10)), np.zeros((1, 1), np.int64), np.zeros(1, np.int64)),
+        ValueError, "sample_positions"),
+    "sparse_compress_batch (short sent_out)": (
+        "wrote past sent_out",
+        lambda g: sparsify.sparse_compress_batch(*_stc_exact(4000), g(10, np.float64, (1, 10)),
+                                                 np.zeros((1, 1), np.int64), np.zeros(1, np.int64)),
+        ValueError, "sent_out"),
+    "sign_compress_batch (short scales_out)": (
+        "wrote past scales_out",
+        lambda g: sparsify.sign_compress_batch(np.ones((4, 10)), np.array([0, 5, 10], np.int64), True, 64,
+                                               np.zeros((4, 10)), g(1, np.float64, (1, 1)),
+                                               np.zeros(4, np.int64)),
+        ValueError, "scales_out"),
+    "write_uint (bit offset 2^40)": (
+        "SIGSEGV", lambda g: golomb.write_uint(g(2, np.uint8), 1 << 40, 255, 8), ValueError, "stream"),
+    "read_uint (negative bit offset)": (
+        "read the stream's last byte",
+        lambda g: golomb.read_uint(np.array([0, 0, 0, 0xF0], np.uint8), -8, 8), ValueError, "bit_offset"),
+    "golomb_rice_encode_into (short stream)": (
+        "wrote past the stream",
+        lambda g: golomb.golomb_rice_encode_into(np.arange(0, 20000, 7, dtype=np.int64), 0, g(1, np.uint8), 0),
+        ValueError, "stream"),
+    "golomb_rice_decode_from (short positions_out)": (
+        "wrote past positions_out",
+        lambda g: golomb.golomb_rice_decode_from(np.zeros(375, np.uint8), 0, 3000, 3000, 0, g(1, np.int64)),
+        ValueError, "positions_out"),
+    "write_uints (short stream)": (
+        "wrote past the stream",
+        lambda g: golomb.write_uints(g(1, np.uint8), 0, np.full(1000, 0xFFFFFFFF, np.uint32), 32),
+        ValueError, "stream"),
+    "pack_signs_into (short stream)": (
+        "wrote past the stream",
+        lambda g: golomb.pack_signs_into(-np.ones(8000, np.int8), g(1, np.uint8), 0), ValueError, "stream"),
+    "unpack_signs_from (short signs_out)": (
+        "SIGABRT (heap corruption)",
+        lambda g: golomb.unpack_signs_from(np.zeros(1000, np.uint8), 0, 8000, g(1, np.int8)),
+        ValueError, "signs_out"),
+    "terngrad_batch (short decoded_out)": (
+        "wrote past decoded_out",
+        lambda g: terngrad.terngrad_batch(np.ones((1, 3000)), np.array([0, 3000], np.int64),
+                                          np.zeros((1, 3000)), 0.0, 64, g(10, np.float64, (1, 10)),
+                                          np.zeros((1, 1)), np.zeros(1, np.int64)),
+        ValueError, "decoded_out"),
+    "pack_ternary_into (short stream)": (
+        "wrote past the stream",
+        lambda g: terngrad.pack_ternary_into(-np.ones(8000, np.int8), g(1, np.uint8), 0), ValueError, "stream"),
+    "unpack_ternary_from (short codes_out)": (
+        "SIGABRT (heap corruption)",
+        lambda g: terngrad.unpack_ternary_from(np.zeros(2000, np.uint8), 0, 8000, g(1, np.int8)),
+        ValueError, "codes_out"),
+    "splitmix64 (short out)": (
+        "wrote past out", lambda g: randomk.splitmix64(3, 3000, g(1, np.uint64)), ValueError, "out"),
+    "random_positions (short positions_out)": (
+        "wrote past positions_out",
+        lambda g: randomk.random_positions(1, 0, 5000, 3000, g(1, np.int64)), ValueError, "positions_out"),
+    "randomk_compress_batch (short values_out)": (
+        "wrote past values_out",
+        lambda g: randomk.randomk_compress_batch(np.ones((1, 5000)), np.array([0, 5000], np.int64),
+                                                 np.array([3000], np.int64), np.ones(1), np.zeros(1, np.uint64),
+                                                 np.zeros((1, 5000)), g(1, np.float64, (1, 1))),
+        ValueError, "values_out"),
+    "laq_quantize (short radius)": (
+        "wrote past radius",
+        lambda g: laq.laq_quantize(np.ones((50, 3000)), np.zeros((50, 3000)), 4, np.zeros((50, 3000), np.uint8),
+                                   np.zeros((50, 3000)), g(1, np.float64), np.zeros(50), np.zeros(50)),
+        ValueError, "radius"),
+    "laq_dequantize (NaN radius)": (
+        "silently returned Q_prev",
+        lambda g: laq.laq_dequantize(np.zeros((1, 3), np.uint8), np.zeros((1, 3)), np.array([np.nan]), 4),
+        ValueError, "radius"),
+}
+
+
+@pytest.mark.parametrize("name", list(CRASHED_BEFORE))
+def test_call_that_crashed_before_raises_in_process(name):
+    _, call, error, match = CRASHED_BEFORE[name]
+    buffers = []
+
+    def make(n, dtype, shape=None):
+        buffer, view = guarded(n, dtype, shape)
+        buffers.append((buffer, n))
+        return view
+
+    with pytest.raises(error, match=match):
+        call(make)
+    for buffer, n in buffers:
+        assert np.all(buffer[n:] == buffer.dtype.type(CANARY)), f"{name}: a canary behind the buffer changed"
+
+
+def test_every_public_kernel_is_exercised():
+    """Every public checked kernel of the five modules has a hostile-argument case."""
+    covered = {case.name for cases in CASES.values() for case in cases}
+    for module in (sparsify, golomb, laq, terngrad, randomk):
+        public = {name for name, value in vars(module).items()
+                  if not name.startswith("_") and callable(getattr(value, "check", None))
+                  and getattr(value, "__module__", None) == module.__name__}
+        assert public <= covered, f"{module.__name__}: no hostile case for {sorted(public - covered)}"
+
+
+if __name__ == "__main__":
+    faulthandler.enable()
+    run_hostile(sys.argv[1], int(sys.argv[2]))
