@@ -156,9 +156,11 @@ def plot_sweep(out, figures_out=None) -> list[Path]:
         for row in rows:
             if row["metric"] == metric:
                 lines.setdefault(tuple(row[name] for name in others), []).append(row)
+        values = sorted({row[x_axis] for group in lines.values() for row in group})
+        position = {value: i for i, value in enumerate(values)}       # evenly spaced, labelled by value
         for index, (key, points) in enumerate(sorted(lines.items(), key=lambda item: repr(item[0]))):
             points.sort(key=lambda row: row[x_axis])
-            xs = [str(row[x_axis]) for row in points]
+            xs = [position[row[x_axis]] for row in points]
             means = np.array([row["mean"] for row in points])
             spread = np.nan_to_num(np.array([row["std"] for row in points]))
             label = ", ".join(f"{name.rsplit('.', 1)[-1]} {value}" for name, value in zip(others, key)) or metric
@@ -166,6 +168,7 @@ def plot_sweep(out, figures_out=None) -> list[Path]:
                           linestyle=LINE_STYLES[index % len(LINE_STYLES)], marker=MARKERS[index % len(MARKERS)],
                           capsize=3)
         _finish(axis, x_axis.rsplit(".", 1)[-1].replace("_", " "), metric.replace("_", " "))
+        axis.set_xticks(range(len(values)), [str(value) for value in values])
         axis.legend(fontsize="x-small")
         figure.suptitle(f"sweep {manifest['name']}: {metric.replace('_', ' ')} (mean +- std over seeds)",
                         fontsize="medium")
