@@ -791,39 +791,41 @@ def _longest_segment(segment_offsets):
 
 
 @_jit
-def _sparse_compress_batch_core(updates, segment_offsets, budgets, ternary, float_bits, sampled,
-                                sample_positions, sample_starts, sample_budgets,
-                                sent_out, counts_out, encoded_bits_out):
-    """:func:`sparse_compress_batch` without the argument checks."""
-    n_rows = updates.shape[0]
-    n_segments = segment_offsets.shape[0] - 1
+def _batch_buffers(segment_offsets, dtype_like):
+    """The work buffers of a batch, sized for its longest segment."""
     longest = _longest_segment(segment_offsets)
     scratch_length = longest if longest <= SMALL_SEGMENT else max(longest, PIVOT_SAMPLE)
-    candidate_positions = np.empty(longest, np.int64)
-    candidate_magnitudes = np.empty(longest, updates.dtype)
-    scratch = np.empty(scratch_length, updates.dtype)
-    sample_buffer = np.empty(longest, updates.dtype)
-    positions = np.empty(longest, np.int64)
-    signs = np.empty(longest, np.int8)
-    for row in range(n_rows):
+    return (np.empty(longest, np.int64), np.empty(longest, dtype_like.dtype), np.empty(scratch_length, dtype_like.dtype),
+            np.empty(longest, dtype_like.dtype), np.empty(longest, np.int64), np.empty(longest, np.int8))
+
+
+@_jit
+def _write_ternary(sent_out, row, start, stop, positions, signs, count, mu, float_bits):
+    """Row ``row``'s segment [start, stop) of ``sent_out`` = signs * mu at the kept positions; its bits."""
+    for t in range(count):
+        sent_out[row, start + positions[t]] = signs[t] * mu
+    return _sparse_segment_bits_core(positions[:count], stop - start, 1, float_bits)
+
+
+@_jit
+def _exact_batch_core(updates, segment_offsets, budgets, ternary, float_bits, sent_out, counts_out,
+                      encoded_bits_out):
+    """Top-k (``ternary`` False) or exact STC of every row: the part of :func:`sparse_compress_batch`
+    that a run with the exact threshold compiles (the sampled threshold is a kernel of its own, so that
+    a run compiles only what it uses)."""
+    n_segments = segment_offsets.shape[0] - 1
+    candidate_positions, candidate_magnitudes, scratch, _, positions, signs = _batch_buffers(segment_offsets,
+                                                                                            updates)
+    for row in range(updates.shape[0]):
         total_bits = 0
         for j in range(n_segments):
             start = segment_offsets[j]
             stop = segment_offsets[j + 1]
             x = updates[row, start:stop]
             if ternary:
-                if sampled:
-                    first = sample_starts[row * n_segments + j]
-                    last = sample_starts[row * n_segments + j + 1]
-                    count, mu, _ = _sampled_ternarize_into(
-                        x, sample_positions[first:last], sample_budgets[j], budgets[j], sample_buffer,
-                        candidate_positions, candidate_magnitudes, scratch, positions, signs)
-                else:
-                    count, mu = _ternarize_into(x, budgets[j], candidate_positions, candidate_magnitudes,
-                                                scratch, positions, signs)
-                for t in range(count):
-                    sent_out[row, start + positions[t]] = signs[t] * mu
-                total_bits += _sparse_segment_bits_core(positions[:count], stop - start, 1, float_bits)
+                count, mu = _ternarize_into(x, budgets[j], candidate_positions, candidate_magnitudes,
+                                            scratch, positions, signs)
+                total_bits += _write_ternary(sent_out, row, start, stop, positions, signs, count, mu, float_bits)
             else:
                 count = _top_k_into(x, budgets[j], candidate_positions, candidate_magnitudes, scratch,
                                     positions)
@@ -832,6 +834,54 @@ def _sparse_compress_batch_core(updates, segment_offsets, budgets, ternary, floa
                 total_bits += _sparse_segment_bits_core(positions[:count], stop - start, float_bits, 0)
             counts_out[row, j] = count
         encoded_bits_out[row] = total_bits
+
+
+@_jit
+def _sampled_batch_core(updates, segment_offsets, budgets, float_bits, sample_positions, sample_starts,
+                        sample_budgets, sent_out, counts_out, encoded_bits_out):
+    """STC with the sampled threshold of every row (see :func:`sparse_compress_batch`)."""
+    n_segments = segment_offsets.shape[0] - 1
+    candidate_positions, candidate_magnitudes, scratch, sample_buffer, positions, signs = _batch_buffers(
+        segment_offsets, updates)
+    for row in range(updates.shape[0]):
+        total_bits = 0
+        for j in range(n_segments):
+            start = segment_offsets[j]
+            stop = segment_offsets[j + 1]
+            first = sample_starts[row * n_segments + j]
+            last = sample_starts[row * n_segments + j + 1]
+            count, mu, _ = _sampled_ternarize_into(
+                updates[row, start:stop], sample_positions[first:last], sample_budgets[j], budgets[j],
+                sample_buffer, candidate_positions, candidate_magnitudes, scratch, positions, signs)
+            total_bits += _write_ternary(sent_out, row, start, stop, positions, signs, count, mu, float_bits)
+            counts_out[row, j] = count
+        encoded_bits_out[row] = total_bits
+
+
+def _sparse_compress_batch_core(updates, segment_offsets, budgets, ternary, float_bits, sampled,
+                                sample_positions, sample_starts, sample_budgets,
+                                sent_out, counts_out, encoded_bits_out):
+    """:func:`sparse_compress_batch` without the argument checks: the exact or the sampled kernel."""
+    if ternary and sampled:
+        return _sampled_batch_core(updates, segment_offsets, budgets, float_bits, sample_positions,
+                                   sample_starts, sample_budgets, sent_out, counts_out, encoded_bits_out)
+    return _exact_batch_core(updates, segment_offsets, budgets, ternary, float_bits, sent_out, counts_out,
+                             encoded_bits_out)
+
+
+def _sparse_compress_batch_py(updates, segment_offsets, budgets, ternary, float_bits, sampled,
+                              sample_positions, sample_starts, sample_budgets,
+                              sent_out, counts_out, encoded_bits_out):
+    """The same in pure Python (the kernels' ``py_func``), for the tests."""
+    if ternary and sampled:
+        return _sampled_batch_core.py_func(updates, segment_offsets, budgets, float_bits, sample_positions,
+                                           sample_starts, sample_budgets, sent_out, counts_out,
+                                           encoded_bits_out)
+    return _exact_batch_core.py_func(updates, segment_offsets, budgets, ternary, float_bits, sent_out,
+                                     counts_out, encoded_bits_out)
+
+
+_sparse_compress_batch_core.py_func = _sparse_compress_batch_py
 
 
 def _check_batch_rows(updates, segment_offsets):
