@@ -12,9 +12,10 @@ again to resume an interrupted method (Ctrl-C saves and stops) or to skip finish
         --methods gd lag-wk laq --f-star-from lbfgs
     python examples/laq_mnist.py --dataset synthetic --methods gd laq    # offline, seconds
 
-Expected time on this project's 2-core machine, one BLAS thread: an iteration on the 10,000-image split
-takes about 12 ms for every method, so the reference's 4,000 iterations take about 50 s per method and the
-five default methods about 4 minutes; on the 60,000-image train split about six times that.
+Expected time, measured on this project's 2-core machine with one BLAS thread per run while other jobs
+shared it: the reference's 4,000 iterations on the 10,000-image split took 90-180 s per method, 11 minutes
+for the five default methods (`fedsim sweep examples/sweeps/laq_bits.toml --workers 2` runs five in 7
+minutes); the 60,000-image train split takes about six times as long.
 
 Output: the paper-style table (iterations, communications and bits until the residual f - f* first drops
 to the tolerance, final accuracy) in ``OUT/table.txt``, and ``fedsim plot``'s figures of residual and

@@ -12,9 +12,10 @@ and stops), or to skip the finished ones. The figure is ``fedsim plot``'s, over 
     python examples/stc_mnist.py --dataset fashion-mnist --rounds 300      # ~2 min on one core
     python examples/stc_mnist.py                                           # MNIST (downloaded when online)
 
-Expected time (this repo's 2-core machine): about 1.5 s per 100 synthetic rounds and 0.35 s per round at
-the MNIST scale with evaluation, per method, once the kernels are compiled (the first run compiles them:
-about 10 s, once per machine).
+Expected time (this project's 2-core machine, one thread, measured): 0.4-0.8 s per 100 synthetic rounds per
+method; at the MNIST scale about 1.3 s per 60 rounds evaluated every 5 (the non-IID sweep's runs), the
+evaluation on 15,000 samples costing more than a round. The first run on a machine also compiles the
+kernels (about 7 s, once).
 
 Why round 1 here is lower than the seed's printed log (0.79, 0.89, 0.90 after rounds 1-3): in the seed,
 every client and the server shared one model object, so the 50 "clients" of a round trained one after
