@@ -108,6 +108,23 @@ def check_integer(name: str, value, low: int, high: int | None = None) -> int:
     return int(value)
 
 
+def require_generator(rng, needs: str) -> None:
+    """ValueError naming ``rng`` unless it is a numpy.random.Generator; ``needs`` says who needs it and
+    for what (``"QSGD, for its stochastic rounding"``)."""
+    if not isinstance(rng, np.random.Generator):
+        raise ValueError(f"{needs} needs a numpy.random.Generator (rng), got {type(rng).__name__}")
+
+
+def uniform_chunks(n_rows: int, size: int, rng: np.random.Generator, buffer_bytes: int):
+    """``(first, last, uniforms)`` over the rows in chunks: ``uniforms`` is ``rng.random((last - first,
+    size))``, at most ``buffer_bytes`` of them at once. The Generator gives the same numbers, row after row,
+    as one draw of all the rows would."""
+    chunk = max(1, buffer_bytes // max(1, 8 * size))
+    for first in range(0, n_rows, chunk):
+        last = min(n_rows, first + chunk)
+        yield first, last, rng.random((last - first, size))
+
+
 # ----------------------------------------------------------------------------------------------------
 # Layout (the state of a stateless compressor)
 # ----------------------------------------------------------------------------------------------------
@@ -475,5 +492,5 @@ __all__ = ["BIT_PATTERN", "COMPRESSORS", "Compressed", "Compressor", "FLOAT_DTYP
            "MESSAGE_KINDS", "Message", "MessageFormat", "PositionsMessage", "SegmentedMessage", "SCOPES", "as_rows", "ceil_product",
            "check_choice", "check_fraction", "check_integer", "compressor_class", "decode",
            "decode_positions", "encode_positions", "float_bits", "float_dtype", "frozen_array",
-           "make_compressor", "make_layout", "new_stream", "read_floats", "register", "register_message",
+           "make_compressor", "make_layout", "new_stream", "read_floats", "register", "register_message", "require_generator", "uniform_chunks",
            "same_array", "segment_counts", "write_floats"]

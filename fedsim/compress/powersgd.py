@@ -59,9 +59,9 @@ from typing import ClassVar
 
 import numpy as np
 
-from fedsim.compress.base import (SegmentedMessage, Compressed, Compressor, Layout, MessageFormat, as_rows,
-                                  check_integer, float_bits, float_dtype, frozen_array, make_layout,
-                                  new_stream, read_floats, register, register_message, same_array,
+from fedsim.compress.base import (as_rows, check_integer, Compressed, Compressor, float_bits, float_dtype,
+                                  frozen_array, Layout, make_layout, MessageFormat, new_stream, read_floats,
+                                  register, register_message, require_generator, same_array, SegmentedMessage,
                                   write_floats)
 from fedsim.compress.bits import FLOAT_BITS
 from fedsim.kernels import powersgd as kernels
@@ -312,9 +312,7 @@ class PowerSGD(Compressor):
 
     def compress(self, updates, state: PowerSGDState, rng: np.random.Generator | None = None):
         """``(Compressed, new state)``: one power step over the K rows (coupled through P_hat)."""
-        if not isinstance(rng, np.random.Generator):       # ValueError: the compressors' common contract
-            raise ValueError("PowerSGD needs a numpy.random.Generator (rng) for its factors' draws, "  # noqa: TRY004
-                             f"got {type(rng).__name__}")
+        require_generator(rng, "PowerSGD, for its factors' draws,")
         if not isinstance(state, PowerSGDState):
             raise TypeError(f"PowerSGD's state comes from its init, got {type(state).__name__}")
         layout = state.layout

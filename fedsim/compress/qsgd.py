@@ -63,20 +63,9 @@ from typing import ClassVar
 import numpy as np
 
 from fedsim.compress import bits as analytic
-from fedsim.compress.base import (SegmentedMessage, 
-    SCOPES,
-    Compressor,
-    Layout,
-    MessageFormat,
-    check_choice,
-    check_integer,
-    float_bits,
-    float_dtype,
-    frozen_array,
-    new_stream,
-    register,
-    register_message,
-)
+from fedsim.compress.base import (SCOPES, check_choice, check_integer, Compressor, float_bits, float_dtype,
+                                  frozen_array, Layout, MessageFormat, new_stream, register, register_message,
+                                  require_generator, SegmentedMessage, uniform_chunks)
 from fedsim.kernels import qsgd as kernels
 
 # The rows compressed per kernel call are limited so that their uniforms (8 bytes per entry) stay below
@@ -232,24 +221,15 @@ class QSGD(Compressor):
         """Boundaries of the buckets of the state's layout (int64, from 0 to P)."""
         return kernels.bucket_offsets(state.layout.segment_offsets, self.bucket_size)
 
-    def draw_uniforms(self, rows: int, size: int, rng: np.random.Generator) -> np.ndarray:
-        """The u_i of ``rows`` rows: (rows, size) float64 in [0, 1), drawn row after row."""
-        return rng.random((rows, size))
-
     def _compress_rows(self, rows, layout, rng):
-        if not isinstance(rng, np.random.Generator):
-            raise ValueError("QSGD needs a numpy.random.Generator (rng) for its stochastic rounding, "
-                             f"got {type(rng).__name__}")
+        require_generator(rng, "QSGD, for its stochastic rounding,")
         n_rows, size = rows.shape
         offsets = self.bucket_offsets(layout)
         decoded = np.empty_like(rows)
         norms = np.empty((n_rows, offsets.size - 1), rows.dtype)
         signed_levels = np.empty((n_rows, size), level_dtype(self.levels))
         encoded = np.zeros(n_rows, np.int64)
-        chunk = max(1, UNIFORM_BUFFER_BYTES // max(1, 8 * size))
-        for first in range(0, n_rows, chunk):
-            last = min(n_rows, first + chunk)
-            uniforms = self.draw_uniforms(last - first, size, rng)
+        for first, last, uniforms in uniform_chunks(n_rows, size, rng, UNIFORM_BUFFER_BYTES):
             kernels.qsgd_quantize(rows[first:last], offsets, self.levels, uniforms, float_bits(rows.dtype),
                                   decoded[first:last], norms[first:last], signed_levels[first:last],
                                   encoded[first:last])

@@ -41,9 +41,9 @@ from typing import ClassVar
 import numpy as np
 
 from fedsim.compress import bits as analytic
-from fedsim.compress.base import (SegmentedMessage, SCOPES, Compressor, Layout, MessageFormat, check_choice,
-                                  check_fraction, float_bits, float_dtype, frozen_array, new_stream,
-                                  read_floats, register, register_message, write_floats)
+from fedsim.compress.base import (SCOPES, check_choice, check_fraction, Compressor, float_bits, float_dtype,
+                                  frozen_array, Layout, MessageFormat, new_stream, read_floats, register,
+                                  register_message, require_generator, SegmentedMessage, write_floats)
 from fedsim.compress.topk import budgets
 from fedsim.kernels import golomb
 from fedsim.kernels import randomk as kernels
@@ -205,9 +205,7 @@ class RandomK(Compressor):
     def draw_seeds(self, rng: np.random.Generator, rows: int) -> np.ndarray:
         """One uniform 64-bit seed per row (uint64); each consumes one 64-bit output of the Generator, so
         drawing K at once equals K draws of one."""
-        if not isinstance(rng, np.random.Generator):
-            raise ValueError("random-k needs a numpy.random.Generator (rng) for the seeds of its positions, "
-                             f"got {type(rng).__name__}")
+        require_generator(rng, "random-k, for the seeds of its positions,")
         return rng.integers(0, SEED_MAX, size=rows, dtype=np.uint64, endpoint=True)
 
     def _compress_rows(self, rows, layout, rng):

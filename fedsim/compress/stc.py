@@ -25,10 +25,10 @@ from typing import ClassVar
 import numpy as np
 
 from fedsim.compress import bits as analytic
-from fedsim.compress.base import (SCOPES, Compressor, Layout, MessageFormat, PositionsMessage, ceil_product,
-                                  check_choice, check_fraction, decode_positions, encode_positions,
-                                  float_bits, float_dtype, frozen_array, new_stream, read_floats, register,
-                                  register_message, write_floats)
+from fedsim.compress.base import (SCOPES, ceil_product, check_choice, check_fraction, Compressor,
+                                  decode_positions, encode_positions, float_bits, float_dtype, frozen_array,
+                                  Layout, MessageFormat, new_stream, PositionsMessage, read_floats, register,
+                                  register_message, require_generator, write_floats)
 from fedsim.compress.topk import budgets
 from fedsim.kernels import golomb, sparsify
 
@@ -167,9 +167,8 @@ class STC(Compressor):
 
     def _compress_rows(self, rows, layout, rng):
         sampled = self.threshold == "sampled"
-        if sampled and not isinstance(rng, np.random.Generator):
-            raise ValueError("STC with threshold='sampled' needs a numpy.random.Generator (rng), "
-                             f"got {type(rng).__name__}")
+        if sampled:
+            require_generator(rng, "STC with threshold='sampled'")
         n_rows = rows.shape[0]
         decoded = np.zeros_like(rows)
         counts = np.zeros((n_rows, layout.n_segments), np.int64)

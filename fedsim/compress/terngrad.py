@@ -41,9 +41,9 @@ from typing import ClassVar
 import numpy as np
 
 from fedsim.compress import bits as analytic
-from fedsim.compress.base import (SegmentedMessage, SCOPES, Compressor, Layout, MessageFormat, check_choice,
-                                  float_bits, float_dtype, frozen_array, new_stream, read_floats, register,
-                                  register_message, write_floats)
+from fedsim.compress.base import (SCOPES, check_choice, Compressor, float_bits, float_dtype, frozen_array,
+                                  Layout, MessageFormat, new_stream, read_floats, register, register_message,
+                                  require_generator, SegmentedMessage, uniform_chunks, write_floats)
 from fedsim.kernels import terngrad as kernels
 
 # The rows compressed per kernel call are limited so that their uniforms (8 bytes per entry) stay below
@@ -154,23 +154,14 @@ class TernGrad(Compressor):
         object.__setattr__(self, "clip", check_clip(self.clip))
         check_choice("scope", self.scope, SCOPES)
 
-    def draw_uniforms(self, rows: int, size: int, rng: np.random.Generator) -> np.ndarray:
-        """The u_i of ``rows`` rows: (rows, size) float64 in [0, 1), drawn row after row."""
-        return rng.random((rows, size))
-
     def _compress_rows(self, rows, layout, rng):
-        if not isinstance(rng, np.random.Generator):
-            raise ValueError("TernGrad needs a numpy.random.Generator (rng) for its Bernoulli draws, "
-                             f"got {type(rng).__name__}")
+        require_generator(rng, "TernGrad, for its Bernoulli draws,")
         n_rows, size = rows.shape
         decoded = np.empty_like(rows)
         scales = np.empty((n_rows, layout.n_segments), rows.dtype)
         encoded = np.zeros(n_rows, np.int64)
         offsets = layout.offsets_array
-        chunk = max(1, UNIFORM_BUFFER_BYTES // max(1, 8 * size))
-        for first in range(0, n_rows, chunk):
-            last = min(n_rows, first + chunk)
-            uniforms = self.draw_uniforms(last - first, size, rng)
+        for first, last, uniforms in uniform_chunks(n_rows, size, rng, UNIFORM_BUFFER_BYTES):
             kernels.terngrad_batch(rows[first:last], offsets, uniforms, self.clip, float_bits(rows.dtype),
                                    decoded[first:last], scales[first:last], encoded[first:last])
         estimated = np.full(n_rows, terngrad_analytic_bits(layout.sizes), np.float64)
