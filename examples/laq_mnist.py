@@ -241,6 +241,10 @@ def main(argv=None) -> dict | int:
     except DatasetNotFoundError as error:
         print(f"laq_mnist.py: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:     # a second Ctrl-C: stopped at once, the last checkpoint is kept
+        print(f"stopped at once; the last checkpoint is kept. Run the same command again to continue.",
+              file=sys.stderr)
+        return 130
 
     if args.f_star is not None:
         f_star, f_star_source = args.f_star, "given (--f-star)"
