@@ -242,7 +242,7 @@ def main(argv=None) -> dict | int:
         print(f"laq_mnist.py: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:     # a second Ctrl-C: stopped at once, the last checkpoint is kept
-        print(f"stopped at once; the last checkpoint is kept. Run the same command again to continue.",
+        print("stopped at once; the last checkpoint is kept. Run the same command again to continue.",
               file=sys.stderr)
         return 130
 

@@ -136,7 +136,7 @@ def main(argv=None) -> int:
         print(f"stc_mnist.py: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:     # a second Ctrl-C: stopped at once, the last checkpoint is kept
-        print(f"stopped at once; the last checkpoint is kept. Run the same command again to continue.",
+        print("stopped at once; the last checkpoint is kept. Run the same command again to continue.",
               file=sys.stderr)
         return 130
     print(f"\n{'method':<16} {'rounds':>6} {'test acc':>9} {'bits up':>15} {'bits down':>15} {'seconds':>8}")
