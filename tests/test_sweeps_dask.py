@@ -1,0 +1,219 @@
+"""A sweep on a real Dask cluster: a ``dask scheduler`` and two ``dask worker`` processes on 127.0.0.1,
+started here as subprocesses; one worker is killed (SIGKILL) in the middle of a run, and every run must
+still complete, the killed one resumed from its checkpoint by the other worker, each with a history equal
+bit for bit to the local backend's and to a plain ``fedsim run`` of the same settings.
+
+The cluster's processes run in their own process groups and are killed in the fixture's teardown however
+the test ends; every wait is bounded. dask.distributed is the ``dask`` extra, which CI installs: there
+(``FEDSIM_REQUIRE_ORACLE=1``) a missing dask fails the test instead of skipping it.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from fedsim.runs import RunFolder, strip_wall_time
+from fedsim.sweeps import load_sweep
+from tests.test_cli import clean_env, fedsim
+
+if os.environ.get("FEDSIM_REQUIRE_ORACLE") != "1":
+    pytest.importorskip("distributed", reason="dask.distributed is not installed (pip install -e '.[dask]')")
+
+ROUNDS = 1000
+CHECKPOINT_EVERY = 10
+SWEEP = f'''base = "synthetic"
+name = "dask-kill"
+
+[set]
+"data.synthetic_devices" = 8
+"federated.n_clients" = 8
+"federated.rounds" = {ROUNDS}
+"run.checkpoint_every" = {CHECKPOINT_EVERY}
+
+[grid]
+"federated.method" = ["fedavg", "stc_updown"]
+seed = [0, 1]
+'''
+RUNS = 4
+# Seconds: for the cluster to come up, for the sweep to reach a killable state, for a whole sweep.
+START_TIMEOUT = 60
+KILL_TIMEOUT = 90
+SWEEP_TIMEOUT = 180
+
+
+@dataclass
+class Cluster:
+    address: str
+    scheduler: subprocess.Popen
+    workers: list[subprocess.Popen]
+    logs: list[Path] = field(default_factory=list)
+
+    def log_tails(self, characters: int = 1500) -> str:
+        return "\n".join(f"--- {path.name}\n{path.read_text(errors='replace')[-characters:]}"
+                         for path in self.logs if path.exists())
+
+
+def _start(command: list[str], log: Path, cwd: Path, env: dict) -> subprocess.Popen:
+    """``command`` in its own process group (so that killing the group kills all of it), output to ``log``."""
+    with log.open("wb") as handle:
+        return subprocess.Popen(command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=handle,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _kill(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+@pytest.fixture
+def dask_cluster(tmp_path):
+    """A scheduler and two single-threaded workers without nannies (SIGKILL of a worker's process is the
+    worker's death) on 127.0.0.1; all killed at teardown."""
+    from dask.distributed import Client
+
+    folder = tmp_path / "cluster"
+    folder.mkdir()
+    env = clean_env(tmp_path, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    scheduler_file = folder / "scheduler.json"
+    dask = [sys.executable, "-m", "dask"]
+    processes = []
+    logs = [folder / "scheduler.log", folder / "worker-0.log", folder / "worker-1.log"]
+    try:
+        # --idle-timeout and --death-timeout: a safety net should this process die before its teardown.
+        processes.append(_start(dask + ["scheduler", "--host", "127.0.0.1", "--port", "0", "--scheduler-file",
+                                        str(scheduler_file), "--no-dashboard", "--dashboard-address",
+                                        "127.0.0.1:0", "--idle-timeout", "600"], logs[0], folder, env))
+        deadline = time.monotonic() + START_TIMEOUT
+        while not scheduler_file.is_file():
+            assert processes[0].poll() is None and time.monotonic() < deadline, \
+                f"the scheduler did not start:\n{logs[0].read_text(errors='replace')[-3000:]}"
+            time.sleep(0.05)
+        time.sleep(0.2)                        # the file is written in one go; let it land
+        address = json.loads(scheduler_file.read_text())["address"]
+        assert address.startswith("tcp://127.0.0.1:"), address
+        for number in range(2):
+            processes.append(_start(dask + ["worker", "--scheduler-file", str(scheduler_file), "--nthreads", "1",
+                                            "--nworkers", "1", "--no-nanny", "--no-dashboard",
+                                            "--dashboard-address", "127.0.0.1:0", "--host", "127.0.0.1",
+                                            "--name", f"worker-{number}", "--local-directory",
+                                            str(folder / f"worker-{number}"), "--death-timeout", "60"],
+                                    logs[1 + number], folder, env))
+        with Client(address, timeout=START_TIMEOUT) as client:
+            client.wait_for_workers(2, timeout=START_TIMEOUT)
+            assert len(client.scheduler_info(n_workers=-1)["workers"]) == 2
+        cluster = Cluster(address, processes[0], processes[1:], logs)
+        yield cluster
+    finally:
+        for process in reversed(processes):
+            _kill(process)
+
+
+def _histories(out: Path) -> dict[str, list]:
+    return {folder.name: strip_wall_time(RunFolder(folder).read_history())
+            for folder in sorted((out / "runs").iterdir())}
+
+
+def _checkpointed(folder: Path) -> int:
+    try:
+        return int(json.loads((folder / "checkpoint.json").read_text())["completed"])
+    except (OSError, ValueError, KeyError):
+        return 0          # not written yet (or being replaced)
+
+
+def _owner(folder: Path) -> int | None:
+    """The pid holding the run folder's lock (written by the owner, emptied when it lets go)."""
+    try:
+        text = (folder / ".lock").read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _kill_a_worker_mid_run(sweep_process, out: Path, cluster: Cluster):
+    """Wait until some run, owned by one of the workers, has a checkpoint of at least a tenth of its rounds
+    but is less than half done; SIGKILL that worker. Returns (run folder, worker, rounds in its checkpoint)."""
+    pids = {worker.pid: worker for worker in cluster.workers}
+    deadline = time.monotonic() + KILL_TIMEOUT
+    while time.monotonic() < deadline:
+        assert sweep_process.poll() is None, \
+            f"the sweep ended before a worker could be killed mid-run:\n{sweep_process.communicate()}"
+        assert len(list(out.glob("runs/*/summary.json"))) < RUNS
+        runs = out / "runs"
+        for folder in sorted(runs.iterdir()) if runs.is_dir() else []:
+            completed = _checkpointed(folder)
+            owner = _owner(folder)
+            unfinished = not (folder / "summary.json").exists()
+            if owner in pids and ROUNDS // 10 <= completed <= ROUNDS // 2 and unfinished:
+                os.killpg(owner, signal.SIGKILL)
+                pids[owner].wait(timeout=10)
+                return folder, pids[owner], completed
+        time.sleep(0.02)
+    raise AssertionError(f"no run reached a checkpoint within {KILL_TIMEOUT} s\n{cluster.log_tails()}")
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_sweep_loses_no_run_and_changes_no_history(tmp_path, dask_cluster):
+    path = tmp_path / "sweep.toml"
+    path.write_text(SWEEP)
+    sweep = load_sweep(path)
+    assert len(sweep.runs) == RUNS
+    out = tmp_path / "dask"
+    command = [sys.executable, "-m", "fedsim", "sweep", str(path), "--backend", "dask", "--scheduler",
+               dask_cluster.address, "--out", str(out), "--quiet"]
+    process = subprocess.Popen(command, cwd=tmp_path, env=clean_env(tmp_path), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        killed_folder, killed_worker, at = _kill_a_worker_mid_run(process, out, dask_cluster)
+        stdout, stderr = process.communicate(timeout=SWEEP_TIMEOUT)
+    finally:
+        _kill(process)
+    assert killed_worker.returncode == -signal.SIGKILL
+    assert [worker.poll() for worker in dask_cluster.workers].count(None) == 1, "the other worker must live on"
+    assert process.returncode == 0, f"{stdout}\n{stderr}\n{dask_cluster.log_tails()}"
+    assert f"{RUNS} completed" in stdout, stdout
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert len(manifest["runs"]) == RUNS
+    assert {run["folder"] for run in manifest["runs"]} == {f"runs/{planned.folder_name}" for planned in sweep.runs}
+    assert all(run["status"] == "completed" and run["completed"] == ROUNDS for run in manifest["runs"]), manifest
+
+    # The killed worker's run was resumed by the surviving worker from its checkpoint, not started again:
+    # a second session that began at the checkpoint's round (or later: the killed worker may have written
+    # a newer checkpoint between our reading and the kill) and ended the run.
+    sessions = RunFolder(killed_folder).read_json("meta.json")["sessions"]
+    assert len(sessions) == 2, sessions
+    assert "ended" not in sessions[0], sessions          # the killed session never ended
+    assert at <= sessions[1]["from"] < ROUNDS and sessions[1]["from"] % CHECKPOINT_EVERY == 0, (at, sessions)
+    assert sessions[1]["status"] == "completed" and sessions[1]["to"] == ROUNDS
+    assert _owner(killed_folder) is None                # the lock was let go
+
+    # The same sweep on the local backend: the same folders, bitwise the same histories.
+    local = fedsim(tmp_path, "sweep", path, "--backend", "local", "--workers", "2", "--out", tmp_path / "local",
+                   "--quiet", timeout=SWEEP_TIMEOUT)
+    assert local.returncode == 0, local.stderr
+    dask_histories = _histories(out)
+    assert set(dask_histories) == {planned.folder_name for planned in sweep.runs}
+    assert all(len(history) == ROUNDS for history in dask_histories.values())
+    assert dask_histories == _histories(tmp_path / "local")
+
+    # The killed run, run alone and uninterrupted with `fedsim run`, has the same history too.
+    planned = next(planned for planned in sweep.runs if planned.folder_name == killed_folder.name)
+    alone = fedsim(tmp_path, "run", "--preset", "synthetic",
+                   *[f"--set={key}={json.dumps(value)}" for key, value in planned.overrides],
+                   "--quiet", "--out", tmp_path / "alone", timeout=SWEEP_TIMEOUT)
+    assert alone.returncode == 0, alone.stderr
+    assert strip_wall_time(RunFolder(tmp_path / "alone").read_history()) == dask_histories[planned.folder_name]
