@@ -198,23 +198,15 @@ def oscillation_notes(objectives: dict) -> list[str]:
     return notes
 
 
-def run_method(config, out: Path, quiet: bool):
-    from fedsim.runs import resume_run, start_run
-    if (out / "config.toml").exists():
-        return resume_run(out, quiet=quiet)
-    return start_run(config, out, name=config.method, quiet=quiet)
-
-
 def main(argv=None) -> dict | int:
-    from fedsim.algorithms.lazy import f_star_of
-    from fedsim.config import ConfigError
-    from fedsim.data.fetch import DataSettingError, DatasetNotFoundError
-    from fedsim.plot import plot_runs
-    from fedsim.runs import RunFolderError, read_run
+    from fedsim.cli import one_line_errors, report_outcomes
+    from fedsim.runs import read_run, run_each
 
     args = parse_args(argv)
     out = Path(args.out)
-    try:
+    prepared = {}
+
+    def run_all():
         configs = {method: config_of(args, method) for method in args.methods}
         first = next(iter(configs.values()))
         data, partition = load(first)
@@ -226,25 +218,23 @@ def main(argv=None) -> dict | int:
         if args.dataset != "synthetic" and first.data.train_split == "test":
             print("note: trained on the test split, so the accuracy below is measured on the training data")
         smoothness = check_step_size(first, data, partition)
-        for method, config in configs.items():
-            outcome = run_method(config, out / method, args.quiet)
-            if outcome.status == "interrupted":
-                print(f"stopped after {outcome.completed} iterations of {method}; everything is saved. Run the "
-                      f"same command again to continue.", file=sys.stderr)
-                return outcome.exit_code
-            if outcome.status == "diverged":
-                print(f"[{method}] diverged: {outcome.message}", file=sys.stderr)
-        runs = [read_run(out / method) for method in args.methods]
-    except (ConfigError, RunFolderError, DataSettingError) as error:
-        print(f"laq_mnist.py: error: {' '.join(str(error).split())}", file=sys.stderr)
-        return 2
-    except DatasetNotFoundError as error:
-        print(f"laq_mnist.py: error: {' '.join(str(error).split())}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:     # a second Ctrl-C: stopped at once, the last checkpoint is kept
-        print("stopped at once; the last checkpoint is kept. Run the same command again to continue.",
-              file=sys.stderr)
-        return 130
+        stopped = report_outcomes(run_each(configs, out, quiet=args.quiet), "iterations")
+        if stopped is not None:
+            return stopped
+        prepared.update(first=first, data=data, partition=partition, smoothness=smoothness,
+                        runs=[read_run(out / method) for method in args.methods])
+        return 0
+
+    status = one_line_errors("laq_mnist.py", run_all)
+    if status != 0:
+        return status
+    return report(args, out, **prepared)
+
+
+def report(args, out: Path, first, data, partition, smoothness, runs) -> dict:
+    """f*, the table, the notes and the figures of the finished runs."""
+    from fedsim.algorithms.lazy import f_star_of
+    from fedsim.plot import plot_runs
 
     if args.f_star is not None:
         f_star, f_star_source = args.f_star, "given (--f-star)"

@@ -95,57 +95,41 @@ def print_partition(config) -> None:
     print(partition_report(dataset.y_train, clients, dataset.n_classes), flush=True)
 
 
-def run_method(args, method: str, out: Path):
-    """Start, resume or skip (if finished) the run folder of ``method``; its outcome."""
-    from fedsim.runs import resume_run, start_run
-    config = config_of(args, method)
-    observer = None if args.quiet else (lambda record: print_round(record, config.federated.rounds, method))
-    if (out / "config.toml").exists():
-        return resume_run(out, quiet=True, observer=observer)
-    return start_run(config, out, name=method, quiet=True, observer=observer)
-
-
 def main(argv=None) -> int:
-    from fedsim.config import ConfigError
-    from fedsim.data.fetch import DataSettingError, DatasetNotFoundError
-    from fedsim.runs import RunFolderError, read_run
+    from fedsim.cli import one_line_errors, report_outcomes
+    from fedsim.runs import read_run, run_each
 
     args = parse_args(argv)
     out = Path(args.out)
-    try:
-        first = config_of(args, args.method[0])
+
+    def run_all():
+        configs = {method: config_of(args, method) for method in args.method}
+        first = configs[args.method[0]]
         print(f"settings ({PRESETS[args.dataset]} preset{' + options' if args.overrides else ''}): "
               f"{describe(first)}", flush=True)
         if not args.quiet:
             print_partition(first)
-        outcomes = {}
-        for method in args.method:
-            outcome = run_method(args, method, out / method)
-            outcomes[method] = outcome
-            if outcome.status == "interrupted":
-                print(f"stopped after {outcome.completed} rounds of {method}; everything is saved. Run the same "
-                      f"command again to continue.", file=sys.stderr)
-                return outcome.exit_code
-            if outcome.status == "diverged":
-                print(f"[{method}] diverged: {outcome.message}", file=sys.stderr)
-        runs = [read_run(out / method) for method in args.method]
-    except (ConfigError, RunFolderError, DataSettingError) as error:
-        print(f"stc_mnist.py: error: {' '.join(str(error).split())}", file=sys.stderr)
-        return 2
-    except DatasetNotFoundError as error:
-        print(f"stc_mnist.py: error: {' '.join(str(error).split())}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:     # a second Ctrl-C: stopped at once, the last checkpoint is kept
-        print("stopped at once; the last checkpoint is kept. Run the same command again to continue.",
-              file=sys.stderr)
-        return 130
+        observers = {} if args.quiet else {
+            method: (lambda record, m=method, c=config: print_round(record, c.federated.rounds, m))
+            for method, config in configs.items()}
+        stopped = report_outcomes(run_each(configs, out, quiet=True, observers=observers), "rounds")
+        if stopped is not None:
+            return stopped
+        return show([read_run(out / method) for method in args.method])
+
+    return one_line_errors("stc_mnist.py", run_all)
+
+
+def show(runs) -> int:
+    """The summary table and fedsim plot's figure of the finished runs."""
+    from fedsim.plot import plot_runs
+    out = runs[0].path.parent
     print(f"\n{'method':<16} {'rounds':>6} {'test acc':>9} {'bits up':>15} {'bits down':>15} {'seconds':>8}")
-    for method, run in zip(args.method, runs):
+    for run in runs:
         summary = run.summary or {}
-        print(f"{method:<16} {summary.get('completed', len(run.history)):>6} "
+        print(f"{run.method:<16} {summary.get('completed', len(run.history)):>6} "
               f"{summary.get('final_test_accuracy', float('nan')):>9.4f} {summary.get('bits_up', 0):>15,} "
               f"{summary.get('bits_down', 0):>15,} {summary.get('seconds', 0.0):>8.1f}")
-    from fedsim.plot import plot_runs
     figures = plot_runs(runs, out)
     print(f"run folders: {out}/<method>   figures: {', '.join(str(path) for path in figures if path.suffix == '.png')}")
     return 0

@@ -30,6 +30,39 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 
 
+def one_line_errors(prog: str, body) -> int:
+    """``body()``'s exit status, with the failures a user can fix printed as ``PROG: error: ...`` in one line
+    (2 for settings, 1 for data that cannot be had, 130 for a second Ctrl-C): the examples behave like the
+    command."""
+    from fedsim.config import ConfigError
+    from fedsim.data.fetch import DataSettingError, DatasetNotFoundError
+    from fedsim.runs import RunFolderError
+    try:
+        return body()
+    except (ConfigError, RunFolderError, DataSettingError, UsageError) as error:
+        print(f"{prog}: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return EXIT_USAGE
+    except DatasetNotFoundError as error:
+        print(f"{prog}: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:     # a second Ctrl-C: stopped at once, the last checkpoint is kept
+        print(f"{prog}: stopped at once; the last checkpoint is kept. Run the same command again to continue.",
+              file=sys.stderr)
+        return 128 + 2
+
+
+def report_outcomes(outcomes: dict, unit: str) -> int | None:
+    """Tell of interrupted and diverged runs among ``outcomes``; the exit status if one was interrupted."""
+    for name, outcome in outcomes.items():
+        if outcome.status == "interrupted":
+            print(f"stopped after {outcome.completed} {unit} of {name}; everything is saved. Run the same "
+                  f"command again to continue.", file=sys.stderr)
+            return outcome.exit_code
+        if outcome.status == "diverged":
+            print(f"[{name}] diverged: {outcome.message}", file=sys.stderr)
+    return None
+
+
 class UsageError(Exception):
     """A command line that cannot be carried out; printed as one line, exit status 2."""
 

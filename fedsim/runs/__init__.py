@@ -7,9 +7,9 @@ the loop.
 """
 
 from fedsim.runs.folder import RunFolder, RunFolderError, RunResult, default_run_dir, read_run
-from fedsim.runs.loop import RunOutcome, build_run, execute, resume_run, start_run
+from fedsim.runs.loop import RunOutcome, build_run, execute, resume_run, run_each, start_run
 from fedsim.runs.records import WALL_TIME_FIELDS, strip_wall_time, summarize
 
 __all__ = ["RunFolder", "RunFolderError", "RunOutcome", "RunResult", "WALL_TIME_FIELDS", "build_run",
-           "default_run_dir", "execute", "read_run", "resume_run", "start_run", "strip_wall_time",
+           "default_run_dir", "execute", "read_run", "resume_run", "run_each", "start_run", "strip_wall_time",
            "summarize"]

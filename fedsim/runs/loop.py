@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 import uuid
+from pathlib import Path
 from dataclasses import dataclass
 
 from fedsim import __version__
@@ -430,4 +431,21 @@ def _warn_on_changes(meta: dict) -> None:
               f"the continuation may not be bitwise identical", file=sys.stderr)
 
 
-__all__ = ["EXIT_SIGNAL_BASE", "RunOutcome", "build_run", "execute", "resume_run", "show_progress", "start_run"]
+def run_each(configs: dict, out, *, quiet: bool = False, observers: dict | None = None) -> dict:
+    """Bring ``OUT/<name>`` of each named config to its end, one after the other, as ``fedsim run`` would:
+    start it, resume it (interrupted), or find it finished. Stops at the first run a signal interrupted;
+    the outcomes by name (the examples' loop over methods)."""
+    outcomes = {}
+    for name, config in configs.items():
+        folder = Path(out) / name
+        observer = (observers or {}).get(name)
+        if (folder / CONFIG_FILE).exists():
+            outcomes[name] = resume_run(folder, quiet=quiet, observer=observer)
+        else:
+            outcomes[name] = start_run(config, folder, name=name, quiet=quiet, observer=observer)
+        if outcomes[name].status == "interrupted":
+            break
+    return outcomes
+
+
+__all__ = ["run_each", "EXIT_SIGNAL_BASE", "RunOutcome", "build_run", "execute", "resume_run", "show_progress", "start_run"]
