@@ -1,12 +1,12 @@
 """Hostile arguments to the public kernels (issue 12): a clean ValueError or TypeError that names the
 argument, never a crash and never a silent result.
 
-* Property tests (hypothesis): every public kernel of ``fedsim.kernels`` sparsify, golomb, laq, terngrad
-  and randomk (and its NumPy twin) is called with valid arguments of random sizes in which at most one
-  argument is spoiled: the wrong type, dtype or number of dimensions, a non-contiguous array, a read-only
-  output, an output one entry too short (or an exact-shape array one entry too long), a count, offset,
-  width or index out of range, NaN or inf, a code out of range, decreasing offsets... A spoiled call must
-  raise the documented exception with a message naming the argument (the twin the same exception type);
+* Property tests (hypothesis): every public kernel of ``fedsim.kernels`` sparsify, golomb, laq, terngrad,
+  randomk, qsgd and powersgd (and its NumPy twin) is called with valid arguments of random sizes in which
+  at most one argument is spoiled: the wrong type, dtype or number of dimensions, a non-contiguous array,
+  a read-only output, an output one entry too short (or an exact-shape array one entry too long), a count,
+  offset, width or index out of range, NaN or inf, a code out of range, decreasing offsets... A spoiled call
+  must raise the documented exception with a message naming the argument (the twin the same exception type);
   an unspoiled call must be accepted. The loops run in a child process (this file run as a script), so
   that a segfault fails the test instead of killing pytest.
 * One hand-picked call per kernel that crashed or corrupted memory before the argument checks, run here
@@ -29,10 +29,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fedsim.kernels import checks, golomb, laq, randomk, sparsify, terngrad
+from fedsim.kernels import checks, golomb, laq, powersgd, qsgd, randomk, sparsify, terngrad
 
 ROOT = Path(__file__).resolve().parents[1]
-MODULES = ("sparsify", "golomb", "laq", "terngrad", "randomk")
+MODULES = ("sparsify", "golomb", "laq", "terngrad", "randomk", "qsgd", "powersgd")
 EXAMPLES = 1000        # hypothesis examples per module (each spoils at most one argument of one kernel)
 CHILD_TIMEOUT = 240     # seconds; a first run may compile a few kernel signatures
 
@@ -234,21 +234,22 @@ def layout(draw, max_segments=3, max_size=12):
     return sizes, np.concatenate(([0], np.cumsum(sizes, dtype=np.int64))).astype(np.int64)
 
 
-def offsets_spoilers(offsets, rng):
-    """Offsets that decrease, or do not run from 0 to P."""
+def offsets_spoilers(offsets, rng, name="segment_offsets", past_end=True):
+    """Offsets that decrease, or do not run from 0 to P (``past_end``: also one that ends past P)."""
     found = []
-    end = offsets.copy()
-    end[-1] += int(rng.integers(1, 1 << 40))
-    found.append(("offsets past P", "segment_offsets", end, (ValueError,), "segment_offsets"))
+    if past_end:
+        end = offsets.copy()
+        end[-1] += int(rng.integers(1, 1 << 40))
+        found.append(("offsets past P", name, end, (ValueError,), name))
     if offsets.size >= 2:
         start = offsets.copy()
         start[0] = -1
-        found.append(("a negative offset", "segment_offsets", start, (ValueError,), "segment_offsets"))
+        found.append(("a negative offset", name, start, (ValueError,), name))
     if offsets.size >= 3:
         down = offsets.copy()
         down[1] = down[2] + 1
-        found.append(("decreasing offsets", "segment_offsets", down, (ValueError,), "segment_offsets"))
-    found.append(("no offsets", "segment_offsets", offsets[:0].copy(), (ValueError,), "segment_offsets"))
+        found.append(("decreasing offsets", name, down, (ValueError,), name))
+    found.append(("no offsets", name, offsets[:0].copy(), (ValueError,), name))
     return found
 
 
@@ -815,6 +816,227 @@ def build_randomk_compress_batch(draw):
     return Call(args, kinds, custom)
 
 
+# --- qsgd ------------------------------------------------------------------------------------------
+
+LEVEL_DTYPES = (np.dtype(np.int16), np.dtype(np.int32))
+SIGNED_DTYPES = (np.int8, np.int16, np.int32, np.int64)
+
+
+def _buckets(draw):
+    """(segment sizes, bucket offsets) of a random layout and bucket size (0: one bucket per segment)."""
+    sizes, segments = layout(draw)
+    return sizes, qsgd.bucket_offsets(segments, draw(st.integers(0, 5)))
+
+
+def _signed(draw, rng, size, levels=None):
+    levels = levels or draw(st.integers(1, 300))
+    dtype = draw(st.sampled_from(SIGNED_DTYPES if levels < 128 else SIGNED_DTYPES[1:]))
+    values = rng.integers(-levels, levels + 1, size) * (rng.random(size) < 0.6)
+    return values.astype(dtype)
+
+
+def beyond_omega(name, values, rng):
+    """``values`` as int64 with one entry beyond the omega code's +-(2^62 - 1)."""
+    if values.size == 0:
+        return []
+    bad = values.astype(np.int64)
+    bad[int(rng.integers(0, bad.size))] = rng.choice([1 << 62, -(1 << 62), INT64_MAX, -INT64_MAX - 1])
+    return [("a level beyond 2^62", name, bad, (ValueError,), name)]
+
+
+def build_elias_omega_bits(draw):
+    return Call({"value": draw(st.one_of(st.integers(1, 300), st.integers(1, qsgd.MAX_OMEGA_VALUE)))},
+                {"value": Int(1, qsgd.MAX_OMEGA_VALUE)})
+
+
+def build_write_elias_omega(draw):
+    rng = rng_of(draw)
+    value = draw(st.one_of(st.integers(1, 300), st.integers(1, qsgd.MAX_OMEGA_VALUE)))
+    bit_offset = draw(st.integers(0, 13))
+    return Call({"stream": stream_of(rng, bit_offset + qsgd.elias_omega_bits(value)), "bit_offset": bit_offset,
+                 "value": value},
+                {"stream": Arr(UINT8, output=True, length="at_least"), "bit_offset": Int(0, checks.COUNT_MAX),
+                 "value": Int(1, qsgd.MAX_OMEGA_VALUE)})
+
+
+def build_read_elias_omega(draw):
+    rng = rng_of(draw)
+    value = draw(st.one_of(st.integers(1, 300), st.integers(1, qsgd.MAX_OMEGA_VALUE)))
+    bit_offset = draw(st.integers(0, 13))
+    stream = stream_of(rng, bit_offset + qsgd.elias_omega_bits(value))
+    end = qsgd.write_elias_omega(stream, bit_offset, value)
+    return Call({"stream": stream, "bit_offset": bit_offset, "bit_end": end},
+                {"stream": Arr(UINT8, length="at_least", shrink_match="bit_end"), "bit_offset": Int(0, end),
+                 "bit_end": Int(0, 8 * stream.size)},
+                [("a code cut short", "bit_end", end - 1, (ValueError,), "past the end")])
+
+
+def build_bucket_bits(draw):
+    rng = rng_of(draw)
+    levels = _signed(draw, rng, draw(st.integers(0, 30)))
+    return Call({"signed_levels": levels, "norm_nonzero": draw(st.booleans()),
+                 "float_bits": draw(st.sampled_from([32, 64]))},
+                {"signed_levels": Arr(checks.INTEGER), "norm_nonzero": Flag(), "float_bits": Choice((32, 64))},
+                beyond_omega("signed_levels", levels, rng))
+
+
+def _norms(rng, dtype, n_buckets):
+    norms = rng.random(n_buckets).astype(dtype) + dtype(0.5)
+    norms[rng.random(n_buckets) < 0.3] = 0
+    return norms
+
+
+def build_qsgd_bits(draw):
+    rng = rng_of(draw)
+    _, offsets = _buckets(draw)
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    levels = _signed(draw, rng, int(offsets[-1]))
+    return Call({"signed_levels": levels, "bucket_offsets": offsets,
+                 "norms": _norms(rng, dtype, offsets.size - 1), "float_bits": draw(st.sampled_from([32, 64]))},
+                {"signed_levels": Arr(checks.INTEGER), "bucket_offsets": Arr(INT64),
+                 "norms": Arr(FLOAT, length="shape"), "float_bits": Choice((32, 64))},
+                offsets_spoilers(offsets, rng, "bucket_offsets") + beyond_omega("signed_levels", levels, rng))
+
+
+def build_qsgd_quantize(draw):
+    rng = rng_of(draw)
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    _, offsets = _buckets(draw)
+    n_rows = draw(st.integers(0, 3))
+    updates = vector(rng, dtype, (n_rows, int(offsets[-1])))
+    levels = draw(st.one_of(st.integers(1, 40), st.integers(1, qsgd.MAX_LEVELS)))
+    level_dtype = np.dtype(np.int16 if levels <= 32767 else np.int32)
+    args = {"updates": updates, "bucket_offsets": offsets, "levels": levels,
+            "uniforms": rng.random(updates.shape), "float_bits": 32 if dtype == np.float32 else 64,
+            "decoded_out": np.zeros_like(updates),
+            "norms_out": np.zeros((n_rows, offsets.size - 1), dtype),
+            "levels_out": np.zeros(updates.shape, level_dtype), "encoded_bits_out": np.zeros(n_rows, np.int64)}
+    kinds = {"updates": Arr(FLOAT), "bucket_offsets": Arr(INT64), "levels": Int(1, qsgd.MAX_LEVELS),
+             "uniforms": Arr(checks.FLOAT64, length="shape"), "float_bits": Choice((32, 64)),
+             "decoded_out": Arr((np.dtype(dtype),), output=True, length="shape"),
+             "norms_out": Arr((np.dtype(dtype),), output=True, length="shape"),
+             "levels_out": Arr(tuple(d for d in LEVEL_DTYPES if levels <= np.iinfo(d).max), output=True,
+                               length="shape"),
+             "encoded_bits_out": Arr(INT64, output=True, length="shape")}
+    custom = offsets_spoilers(offsets, rng, "bucket_offsets") + nonfinite("updates", updates, rng)
+    custom.append(("levels beyond int16", ("levels", "levels_out"),
+                   (int(rng.integers(32768, 1 << 31)), np.zeros(updates.shape, np.int16)), (TypeError,),
+                   "levels_out"))
+    return Call(args, kinds, custom)
+
+
+def _patterns(norms):
+    if norms.dtype == np.float32:
+        return norms.view(np.uint32).astype(np.int64)
+    return norms.view(np.int64).copy()
+
+
+def _qsgd_message(draw, rng):
+    _, offsets = _buckets(draw)
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    float_bits = 32 if dtype == np.float32 else 64
+    norms = _norms(rng, dtype, offsets.size - 1)
+    levels = _signed(draw, rng, int(offsets[-1]))
+    levels[np.repeat(norms == 0, np.diff(offsets))] = 0
+    return offsets, float_bits, norms, levels
+
+
+def build_qsgd_encode_into(draw):
+    rng = rng_of(draw)
+    offsets, float_bits, norms, levels = _qsgd_message(draw, rng)
+    bit_offset = draw(st.integers(0, 13))
+    patterns = _patterns(norms)
+    stream = stream_of(rng, bit_offset + qsgd.qsgd_bits(levels, offsets, norms, float_bits))
+    custom = offsets_spoilers(offsets, rng, "bucket_offsets") + beyond_omega("signed_levels", levels, rng)
+    if float_bits == 32 and patterns.size:
+        bad = patterns.copy()
+        bad[int(rng.integers(0, bad.size))] = rng.choice([1 << 32, -1, 1 << 40])
+        custom.append(("a pattern beyond 32 bits", "norm_patterns", bad, (ValueError,), "norm_patterns"))
+    return Call({"signed_levels": levels, "bucket_offsets": offsets, "norm_patterns": patterns,
+                 "float_bits": float_bits, "stream": stream, "bit_offset": bit_offset},
+                {"signed_levels": Arr(checks.INTEGER), "bucket_offsets": Arr(INT64),
+                 "norm_patterns": Arr(INT64, length="shape"), "float_bits": Choice((32, 64)),
+                 "stream": Arr(UINT8, output=True, length="at_least"), "bit_offset": Int(0, checks.COUNT_MAX)},
+                custom)
+
+
+def build_qsgd_decode_from(draw):
+    rng = rng_of(draw)
+    offsets, float_bits, norms, levels = _qsgd_message(draw, rng)
+    bit_offset = draw(st.integers(0, 13))
+    stream = stream_of(rng, bit_offset + qsgd.qsgd_bits(levels, offsets, norms, float_bits))
+    end = qsgd.qsgd_encode_into(levels, offsets, _patterns(norms), float_bits, stream, bit_offset)
+    size, n_buckets = int(offsets[-1]), offsets.size - 1
+    args = {"stream": stream, "bit_offset": bit_offset, "bit_end": end, "bucket_offsets": offsets,
+            "float_bits": float_bits, "norm_patterns_out": np.zeros(n_buckets, np.int64),
+            "levels_out": np.zeros(size, np.int64)}
+    kinds = {"stream": Arr(UINT8, length="at_least", shrink_match="bit_end"), "bit_offset": Int(0, end),
+             "bit_end": Int(0, 8 * stream.size), "bucket_offsets": Arr(INT64), "float_bits": Choice((32, 64)),
+             "norm_patterns_out": Arr(INT64, output=True, length="shape"),
+             "levels_out": Arr(INT64, output=True, length="shape")}
+    # the offsets give P here (levels_out must match them): no "past P" spoiler
+    custom = offsets_spoilers(offsets, rng, "bucket_offsets", past_end=False)
+    if end > bit_offset:
+        custom.append(("a code cut short", "bit_end", end - 1, (ValueError,), "ends|past the end"))
+    if size:
+        dirty = np.zeros(size, np.int64)
+        dirty[int(rng.integers(0, size))] = 1
+        custom.append(("levels_out not zero-filled", "levels_out", dirty, (ValueError,), "levels_out"))
+    return Call(args, kinds, custom)
+
+
+# --- powersgd --------------------------------------------------------------------------------------
+
+def _matrix(rng, dtype, shape):
+    return rng.standard_normal(shape).astype(dtype)
+
+
+def build_orthogonalize(draw):
+    rng = rng_of(draw)
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    p = _matrix(rng, dtype, (draw(st.integers(0, 12)), draw(st.integers(0, 4))))
+    tolerance = draw(st.sampled_from([0.0, powersgd.drop_tolerance(dtype), 0.5]))
+    return Call({"p": p, "tolerance": tolerance, "out": np.zeros_like(p)},
+                {"p": Arr(FLOAT), "tolerance": Real(0.0),
+                 "out": Arr((np.dtype(dtype),), output=True, length="shape")},
+                nonfinite("p", p, rng))
+
+
+def build_low_rank_product(draw):
+    rng = rng_of(draw)
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    n, m, rank = draw(st.integers(0, 8)), draw(st.integers(0, 8)), draw(st.integers(1, 4))
+    left, right = _matrix(rng, dtype, (n, rank)), _matrix(rng, dtype, (m, rank))
+    custom = [("rank 0", ("left", "right"), (np.zeros((n, 0), dtype), np.zeros((m, 0), dtype)), (ValueError,),
+               "left"),
+              ("right with a column more", "right", _matrix(rng, dtype, (m, rank + 1)), (ValueError,), "right")]
+    if rank >= 2:
+        custom.append(("right with a column less", "right", _matrix(rng, dtype, (m, rank - 1)), (ValueError,),
+                       "right"))
+    return Call({"left": left, "right": right, "out": np.zeros((n, m), dtype)},
+                {"left": Arr(FLOAT), "right": Arr((np.dtype(dtype),)),
+                 "out": Arr((np.dtype(dtype),), output=True, length="shape")}, custom)
+
+
+def build_power_step(draw):
+    rng = rng_of(draw)
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    senders, n, m, rank = (draw(st.integers(1, 3)), draw(st.integers(1, 6)), draw(st.integers(1, 6)),
+                           draw(st.integers(1, 3)))
+    matrices = _matrix(rng, dtype, (senders, n, m))
+    q = _matrix(rng, dtype, (m, rank))
+    custom = [("no senders", ("matrices", "decoded_out"), (matrices[:0].copy(), np.zeros((0, n, m), dtype)),
+               (ValueError,), "matrices"),
+              ("rank 0", "q", np.zeros((m, 0), dtype), (ValueError,), "q"),
+              ("q of another m", "q", _matrix(rng, dtype, (m + 1, rank)), (ValueError,), "q")]
+    custom += nonfinite("matrices", matrices, rng)
+    return Call({"matrices": matrices, "q": q, "tolerance": powersgd.drop_tolerance(dtype),
+                 "decoded_out": np.zeros((senders, n, m), dtype)},
+                {"matrices": Arr(FLOAT, contiguous=False), "q": Arr((np.dtype(dtype),), contiguous=False),
+                 "tolerance": Real(0.0), "decoded_out": Arr((np.dtype(dtype),), output=True, length="shape")},
+                custom)
+
+
 CASES = {
     "sparsify": [
         Case("top_k_select", sparsify.top_k_select, sparsify.top_k_select_numpy, build_top_k_select),
@@ -876,6 +1098,22 @@ CASES = {
         Case("randomk_compress_batch", randomk.randomk_compress_batch, randomk.randomk_compress_batch_numpy,
              build_randomk_compress_batch),
     ],
+    "qsgd": [
+        Case("elias_omega_bits", qsgd.elias_omega_bits, qsgd.elias_omega_bits_numpy, build_elias_omega_bits),
+        Case("write_elias_omega", qsgd.write_elias_omega, None, build_write_elias_omega),
+        Case("read_elias_omega", qsgd.read_elias_omega, None, build_read_elias_omega),
+        Case("bucket_bits", qsgd.bucket_bits, None, build_bucket_bits),
+        Case("qsgd_bits", qsgd.qsgd_bits, qsgd.qsgd_bits_numpy, build_qsgd_bits),
+        Case("qsgd_quantize", qsgd.qsgd_quantize, qsgd.qsgd_quantize_numpy, build_qsgd_quantize),
+        Case("qsgd_encode_into", qsgd.qsgd_encode_into, None, build_qsgd_encode_into),
+        Case("qsgd_decode_from", qsgd.qsgd_decode_from, None, build_qsgd_decode_from),
+    ],
+    "powersgd": [
+        Case("orthogonalize", powersgd.orthogonalize, powersgd.orthogonalize_numpy, build_orthogonalize),
+        Case("low_rank_product", powersgd.low_rank_product, powersgd.low_rank_product_numpy,
+             build_low_rank_product),
+        Case("power_step", powersgd.power_step, powersgd.power_step_numpy, build_power_step),
+    ],
 }
 
 
@@ -931,6 +1169,36 @@ def _stc_exact(n):
     return (np.ones((1, n)), np.array([0, n], np.int64), np.array([n], np.int64), True, 64, False,
             np.zeros(0, np.int64), np.zeros(1, np.int64), np.zeros(0, np.int64))
 
+
+def _qsgd_rows(n_rows, size, d=0, levels=4):
+    """Valid qsgd_quantize arguments (ones, buckets of d) with fresh outputs."""
+    offsets = qsgd.bucket_offsets((0, size), d)
+    return [np.ones((n_rows, size)), offsets, levels, np.zeros((n_rows, size)), 64,
+            np.zeros((n_rows, size)), np.zeros((n_rows, offsets.size - 1)), np.zeros((n_rows, size), np.int16),
+            np.zeros(n_rows, np.int64)]
+
+
+def _qsgd_with(index, value, *args):
+    call = _qsgd_rows(*args)
+    call[index] = value
+    return qsgd.qsgd_quantize(*call)
+
+
+def _qsgd_stream(size, d=0):
+    """(stream, bucket offsets) of a float32 message of ``size`` levels 1 in buckets of d."""
+    levels, offsets = np.ones(size, np.int16), qsgd.bucket_offsets((0, size), d)
+    norms = np.ones(offsets.size - 1, np.float32)
+    stream = np.zeros((qsgd.qsgd_bits(levels, offsets, norms, 32) + 7) // 8, np.uint8)
+    qsgd.qsgd_encode_into(levels, offsets, norms.view(np.uint32).astype(np.int64), 32, stream, 0)
+    return stream, offsets
+
+
+def _qsgd_decode(size, d, patterns_out, levels_out):
+    stream, offsets = _qsgd_stream(size, d)
+    return qsgd.qsgd_decode_from(stream, 0, 8 * stream.size, offsets, 32, patterns_out, levels_out)
+
+
+FLOAT32_ONE = np.array([int(np.float32(1).view(np.uint32))], np.int64)
 
 # name -> (what happened before, the call (given a guarded buffer maker), expected error, message)
 CRASHED_BEFORE = {
@@ -1031,6 +1299,93 @@ CRASHED_BEFORE = {
         "silently returned Q_prev",
         lambda g: laq.laq_dequantize(np.zeros((1, 3), np.uint8), np.zeros((1, 3)), np.array([np.nan]), 4),
         ValueError, "radius"),
+    "qsgd_quantize (short decoded_out)": (
+        "SIGSEGV", lambda g: _qsgd_with(5, g(10, np.float64, (1, 10)), 1, 5000), ValueError, "decoded_out"),
+    "qsgd_quantize (short levels_out)": (
+        "SIGSEGV", lambda g: _qsgd_with(7, g(10, np.int16, (1, 10)), 1, 5000), ValueError, "levels_out"),
+    "qsgd_quantize (short norms_out)": (
+        "wrote past norms_out", lambda g: _qsgd_with(6, g(1, np.float64, (1, 1)), 1, 5000, 1), ValueError,
+        "norms_out"),
+    "qsgd_quantize (short encoded_bits_out)": (
+        "wrote past encoded_bits_out", lambda g: _qsgd_with(8, g(1, np.int64), 3000, 2), ValueError,
+        "encoded_bits_out"),
+    "qsgd_quantize (s = 100000 into int16 levels)": (
+        "silently wrapped the levels (1 became -31072)", lambda g: _qsgd_with(2, 100000, 1, 2), TypeError,
+        "levels_out"),
+    "qsgd_bits (short norms)": (
+        "read past norms (a count from garbage)",
+        lambda g: qsgd.qsgd_bits(np.ones(1 << 20, np.int16), np.arange((1 << 20) + 1, dtype=np.int64),
+                                 np.zeros(1), 32),
+        ValueError, "norms"),
+    "qsgd_encode_into (short stream)": (
+        "SIGABRT (heap corruption)",
+        lambda g: qsgd.qsgd_encode_into(np.ones(20000, np.int16), np.array([0, 20000], np.int64),
+                                        FLOAT32_ONE, 32, g(1, np.uint8), 0),
+        ValueError, "stream"),
+    "qsgd_encode_into (bit offset 2^40)": (
+        "SIGSEGV",
+        lambda g: qsgd.qsgd_encode_into(np.ones(4, np.int16), np.array([0, 4], np.int64), FLOAT32_ONE, 32,
+                                        g(2, np.uint8), 1 << 40),
+        ValueError, "stream"),
+    "qsgd_encode_into (bucket offset 2^40)": (
+        "SIGSEGV",
+        lambda g: qsgd.qsgd_encode_into(np.ones(4, np.int16), np.array([0, 1 << 40], np.int64),
+                                        FLOAT32_ONE, 32, g(1024, np.uint8), 0),
+        ValueError, "bucket_offsets"),
+    "qsgd_encode_into (float_bits 1000)": (
+        "wrote past the stream",
+        lambda g: qsgd.qsgd_encode_into(np.ones(4, np.int16), np.array([0, 4], np.int64), FLOAT32_ONE, 1000,
+                                        g(8, np.uint8), 0),
+        ValueError, "float_bits"),
+    "qsgd_decode_from (short levels_out)": (
+        "wrote past levels_out", lambda g: _qsgd_decode(3000, 0, np.zeros(1, np.int64), g(1, np.int64)),
+        ValueError, "levels_out"),
+    "qsgd_decode_from (short norm_patterns_out)": (
+        "wrote past norm_patterns_out",
+        lambda g: _qsgd_decode(3000, 1, g(1, np.int64), np.zeros(3000, np.int64)), ValueError,
+        "norm_patterns_out"),
+    "qsgd_decode_from (bit offset -2^40)": (
+        "SIGSEGV",
+        lambda g: qsgd.qsgd_decode_from(np.zeros(4, np.uint8), -(1 << 40), 32, np.array([0, 1], np.int64), 32,
+                                        np.zeros(1, np.int64), np.zeros(1, np.int64)),
+        ValueError, "bit_offset"),
+    "write_elias_omega (short stream)": (
+        "wrote past the stream", lambda g: qsgd.write_elias_omega(g(1, np.uint8), 0, (1 << 62) - 1), ValueError,
+        "stream"),
+    "write_elias_omega (bit offset 2^40)": (
+        "SIGSEGV", lambda g: qsgd.write_elias_omega(g(1, np.uint8), 1 << 40, 5), ValueError, "stream"),
+    "read_elias_omega (bit offset -2^40)": (
+        "SIGSEGV", lambda g: qsgd.read_elias_omega(np.zeros(1, np.uint8), -(1 << 40), 8), ValueError,
+        "bit_offset"),
+    "orthogonalize (short out)": (
+        "SIGSEGV (heap corruption)",
+        lambda g: powersgd.orthogonalize(np.ones((3000, 2)), 1e-4, g(2, np.float64, (1, 2))), ValueError,
+        "out"),
+    "orthogonalize (NaN tolerance)": (
+        "silently dropped every column",
+        lambda g: powersgd.orthogonalize(np.eye(3), np.nan, np.zeros((3, 3))), ValueError, "tolerance"),
+    "low_rank_product (short out)": (
+        "wrote past out",
+        lambda g: powersgd.low_rank_product(np.ones((100, 2)), np.ones((100, 2)), g(4, np.float64, (2, 2))),
+        ValueError, "out"),
+    "low_rank_product (rank 0)": (
+        "read past left and right (garbage out)",
+        lambda g: powersgd.low_rank_product(np.ones((3000, 0)), np.ones((3000, 0)), np.zeros((3000, 3000))),
+        ValueError, "left"),
+    "low_rank_product (right of rank 1 for a left of rank 4)": (
+        "read past right",
+        lambda g: powersgd.low_rank_product(np.ones((2000, 4)), np.ones((2000, 1)), np.zeros((2000, 2000))),
+        ValueError, "right"),
+    "power_step (short decoded_out)": (
+        "wrote past decoded_out",
+        lambda g: powersgd.power_step(np.ones((1, 100, 100)), np.ones((100, 2)), 1e-4,
+                                      g(4, np.float64, (1, 2, 2))),
+        ValueError, "decoded_out"),
+    "power_step (rank 0)": (
+        "read past P_hat and Q_k (garbage decoded)",
+        lambda g: powersgd.power_step(np.ones((1, 3000, 3000)), np.ones((3000, 0)), 1e-4,
+                                      np.zeros((1, 3000, 3000))),
+        ValueError, "q"),
 }
 
 
@@ -1050,10 +1405,26 @@ def test_call_that_crashed_before_raises_in_process(name):
         assert np.all(buffer[n:] == buffer.dtype.type(CANARY)), f"{name}: a canary behind the buffer changed"
 
 
+def test_power_step_takes_views_into_a_batch():
+    """The senders' matrices and decoded_out may be views into wider (K, P) rows (as the compressor's
+    segments are); only each decoded_out[k] must be C-contiguous."""
+    rng = np.random.default_rng(0)
+    rows, decoded = rng.standard_normal((3, 40)), np.zeros((3, 40))
+    matrices, out = rows[:, 5:35].reshape(3, 5, 6), decoded[:, 5:35].reshape(3, 5, 6)
+    assert not matrices.flags.c_contiguous and not out.flags.c_contiguous
+    q = rng.standard_normal((6, 2))
+    contiguous = np.zeros((3, 5, 6))
+    want = powersgd.power_step(np.ascontiguousarray(matrices), q, 1e-4, contiguous)
+    for got, expected in zip(powersgd.power_step(matrices, q[::1], 1e-4, out), want):
+        np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(out, contiguous)
+    assert not decoded[:, :5].any() and not decoded[:, 35:].any()
+
+
 def test_every_public_kernel_is_exercised():
-    """Every public checked kernel of the five modules has a hostile-argument case."""
+    """Every public checked kernel of the seven modules has a hostile-argument case."""
     covered = {case.name for cases in CASES.values() for case in cases}
-    for module in (sparsify, golomb, laq, terngrad, randomk):
+    for module in (sparsify, golomb, laq, terngrad, randomk, qsgd, powersgd):
         public = {name for name, value in vars(module).items()
                   if not name.startswith("_") and callable(getattr(value, "check", None))
                   and getattr(value, "__module__", None) == module.__name__}

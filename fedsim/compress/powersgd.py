@@ -156,7 +156,7 @@ class PowerSGDMessage(SegmentedMessage):
                 dense[start:stop] = self.values[values]
             else:
                 n, m = matrix
-                kernels.low_rank_product(self.left[left].reshape(n, self.rank),
+                kernels.low_rank_product.core(self.left[left].reshape(n, self.rank),
                                          self.right[right].reshape(m, self.rank),
                                          dense[start:stop].reshape(n, m))
         return dense
@@ -328,7 +328,8 @@ class PowerSGD(Compressor):
             stop = start + n * m
             matrices = rows[:, start:stop].reshape(n_rows, n, m)
             out = decoded[:, start:stop].reshape(n_rows, n, m)       # a view into decoded
-            p_hat, q_each, q_mean = kernels.power_step(matrices, factor, tolerance, out)
+            # every argument is built here (the factor by warm_start, out a view into decoded): the core
+            p_hat, q_each, q_mean = kernels.power_step.core(matrices, factor, tolerance, out)
             lefts.append(p_hat.reshape(-1))
             rights.append(q_each.reshape(n_rows, -1))
             new_factors.append(q_mean)

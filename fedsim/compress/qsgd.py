@@ -164,15 +164,18 @@ class QSGDMessage(SegmentedMessage):
         magnitudes = magnitudes.astype(self.norms.dtype)
         return np.where(self.signed_levels < 0, -magnitudes, magnitudes)
 
+    # The message built and validated its arrays itself (__post_init__): it calls the kernels' unchecked
+    # cores. decode reads a stream from outside and calls the checked kernel.
     def encoded_bits(self) -> int:
-        return int(kernels.qsgd_bits(self.signed_levels, self.bucket_offsets, self.norms,
-                                     float_bits(self.norms.dtype)))
+        return int(kernels.qsgd_bits.core(self.signed_levels, self.bucket_offsets, self.norms,
+                                          float_bits(self.norms.dtype)))
 
     def encode_with_bit_count(self):
         n_bits = self.encoded_bits()
         stream = new_stream(n_bits)
-        end = kernels.qsgd_encode_into(self.signed_levels, self.bucket_offsets, norm_patterns(self.norms),
-                                       float_bits(self.norms.dtype), stream, 0)
+        end = kernels.qsgd_encode_into.core(self.signed_levels, self.bucket_offsets,
+                                            norm_patterns(self.norms), float_bits(self.norms.dtype),
+                                            stream, 0)
         assert end == n_bits
         return stream, n_bits
 
@@ -184,7 +187,7 @@ class QSGDMessage(SegmentedMessage):
         options = dict(fmt.options)
         if set(options) != {"levels", "bucket_size"}:
             raise ValueError(f"a qsgd format needs the options levels and bucket_size, got {fmt.options}")
-        stream = np.asarray(stream, np.uint8)
+        stream = np.ascontiguousarray(stream, np.uint8)
         offsets = kernels.bucket_offsets(fmt.segment_offsets, options["bucket_size"])
         patterns = np.zeros(offsets.size - 1, np.int64)
         levels = np.zeros(offsets[-1], np.int64)
@@ -229,10 +232,11 @@ class QSGD(Compressor):
         norms = np.empty((n_rows, offsets.size - 1), rows.dtype)
         signed_levels = np.empty((n_rows, size), level_dtype(self.levels))
         encoded = np.zeros(n_rows, np.int64)
+        # every argument is built here (rows: contiguous (K, P) float from as_rows): the unchecked core
         for first, last, uniforms in uniform_chunks(n_rows, size, rng, UNIFORM_BUFFER_BYTES):
-            kernels.qsgd_quantize(rows[first:last], offsets, self.levels, uniforms, float_bits(rows.dtype),
-                                  decoded[first:last], norms[first:last], signed_levels[first:last],
-                                  encoded[first:last])
+            kernels.qsgd_quantize.core(rows[first:last], offsets, self.levels, uniforms,
+                                       float_bits(rows.dtype), decoded[first:last], norms[first:last],
+                                       signed_levels[first:last], encoded[first:last])
         estimated = np.full(n_rows, qsgd_analytic_bits(self.levels, np.diff(offsets)), np.float64)
         return decoded, encoded, estimated, {"norms": norms, "signed_levels": signed_levels}
 

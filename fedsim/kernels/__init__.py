@@ -4,8 +4,8 @@ Every kernel ``foo`` has a plain NumPy twin ``foo_numpy`` with the same contract
 two (and the jitted function's ``.py_func``) on random and adversarial inputs. All kernels are compiled
 with the one options dict below.
 
-The public kernels of sparsify, golomb, laq, terngrad and randomk check their arguments in plain Python
-before any jitted code runs (:mod:`fedsim.kernels.checks`); their unchecked jitted cores are
+The public kernels of sparsify, golomb, laq, terngrad, randomk, qsgd and powersgd check their arguments in
+plain Python before any jitted code runs (:mod:`fedsim.kernels.checks`); their unchecked jitted cores are
 ``kernel.core`` (also ``_<name>_core``), for callers that built every argument themselves.
 """
 

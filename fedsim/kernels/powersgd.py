@@ -42,6 +42,14 @@ whatever BLAS does.
 
 (sums in sender order, elementwise in the data dtype). Each kernel has a NumPy twin ``*_numpy``, bitwise
 equal; :func:`power_step_numpy` is the same step built on the twins.
+
+The public kernels and the twins check their arguments first (:mod:`fedsim.kernels.checks`): float32 or
+float64 arrays of one dtype, ``P`` / ``out`` (n, r), ``left`` (n, r) and ``right`` (m, r) with r >= 1,
+``out`` (n, m), the senders' ``matrices`` (K, n, m) with K >= 1 against ``q`` (m, r), ``decoded_out``
+(K, n, m); C-contiguous where jitted code reads or writes them (the matrices and ``q``, which only NumPy's
+products read, may have any strides; each ``decoded_out[k]`` must be C-contiguous), outputs writable, a
+finite ``tolerance >= 0``; they raise ValueError or TypeError naming the argument. The cores behind them
+(``_<name>_core``, also ``kernel.core``) trust their arguments.
 """
 
 from __future__ import annotations
@@ -49,7 +57,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from fedsim.kernels import JIT_OPTIONS
+from fedsim.kernels import JIT_OPTIONS, checks
+from fedsim.kernels.checks import checked
 from fedsim.kernels.sparsify import NONFINITE_MESSAGE
 
 # Relative drop tolerance of the orthogonalization: sqrt(eps) of the data dtype (module docstring).
@@ -88,9 +97,8 @@ def _scaled_norm(columns, j):
 
 
 @_jit
-def orthogonalize(p, tolerance, out):
-    """Gram-Schmidt on the r columns of ``p`` (n, r) into ``out`` (n, r, ``p``'s dtype); returns the number
-    of kept (nonzero) columns. Definition, drop rule and ``tolerance``: module docstring."""
+def _orthogonalize_core(p, tolerance, out):
+    """:func:`orthogonalize` without the argument checks (it still rejects non-finite entries of ``p``)."""
     n, rank = p.shape
     columns = np.empty((rank, n), np.float64)     # column j of p as row j: contiguous
     for i in range(n):
@@ -123,6 +131,18 @@ def orthogonalize(p, tolerance, out):
     return kept
 
 
+@checked(_orthogonalize_core)
+def orthogonalize(p, tolerance, out):
+    """Gram-Schmidt on the r columns of ``p`` (n, r; float32 or float64, C-contiguous) into ``out`` (n, r,
+    ``p``'s dtype, C-contiguous, writable); returns the number of kept (nonzero) columns. Definition, drop
+    rule and ``tolerance`` (finite, >= 0): module docstring."""
+    checks.array("p", p, checks.FLOAT, 2)
+    tolerance = checks.real("tolerance", tolerance, 0.0)
+    checks.shaped("out", out, checks.FLOAT, p.shape, True)
+    checks.same_dtype("out", out, "p", p)
+    return p, tolerance, out
+
+
 def _scaled_norm_numpy(column):
     largest = np.max(np.abs(column)) if column.size else 0.0
     if largest == 0.0:
@@ -134,6 +154,7 @@ def _scaled_norm_numpy(column):
 
 def orthogonalize_numpy(p, tolerance, out):
     """NumPy twin of :func:`orthogonalize` (bitwise equal)."""
+    p, tolerance, out = orthogonalize.check(p, tolerance, out)
     if not np.all(np.isfinite(p)):
         raise ValueError(NONFINITE_MESSAGE)
     columns = np.ascontiguousarray(p.T, dtype=np.float64)
@@ -159,8 +180,8 @@ def orthogonalize_numpy(p, tolerance, out):
 # ----------------------------------------------------------------------------------------------------
 
 @_jit
-def low_rank_product(left, right, out):
-    """``out`` (n, m) = ``left`` (n, r) times ``right`` (m, r) transposed, summed over the rank in order."""
+def _low_rank_product_core(left, right, out):
+    """:func:`low_rank_product` without the argument checks (r >= 1)."""
     n, rank = left.shape
     m = right.shape[0]
     transposed = np.empty((rank, m), right.dtype)   # rows of right^T: the inner loop runs contiguously
@@ -177,8 +198,26 @@ def low_rank_product(left, right, out):
                 out[i, j] = out[i, j] + weight * transposed[t, j]
 
 
+@checked(_low_rank_product_core)
+def low_rank_product(left, right, out):
+    """``out`` (n, m) = ``left`` (n, r) times ``right`` (m, r) transposed, summed over the rank in order
+    (r >= 1; float32 or float64 of one dtype, C-contiguous, ``out`` writable)."""
+    checks.array("left", left, checks.FLOAT, 2)
+    n, rank = left.shape
+    if rank < 1:
+        raise ValueError(f"left must have r >= 1 columns (the rank), got shape {left.shape}")
+    checks.array("right", right, checks.FLOAT, 2)
+    checks.same_dtype("right", right, "left", left)
+    if right.shape[1] != rank:
+        raise ValueError(f"right must have the r = {rank} columns of left, got shape {right.shape}")
+    checks.shaped("out", out, checks.FLOAT, (n, right.shape[0]), True)
+    checks.same_dtype("out", out, "left", left)
+    return left, right, out
+
+
 def low_rank_product_numpy(left, right, out):
     """NumPy twin of :func:`low_rank_product` (bitwise equal)."""
+    left, right, out = low_rank_product.check(left, right, out)
     np.multiply(left[:, 0:1], right[:, 0][None, :], out=out)
     for t in range(1, left.shape[1]):
         out += left[:, t:t + 1] * right[:, t][None, :]
@@ -197,7 +236,6 @@ def _sender_mean(stacked):
 
 
 def _power_step(matrices, q, tolerance, decoded_out, orthogonalize_fn, product_fn):
-    matrices = np.asarray(matrices)
     p_each = np.matmul(matrices, q)                                     # P_k = M_k Q      (K, n, r)
     p_hat = np.empty(p_each.shape[1:], matrices.dtype)
     orthogonalize_fn(_sender_mean(p_each), tolerance, p_hat)           # P_hat = orth(mean_k P_k)
@@ -207,29 +245,93 @@ def _power_step(matrices, q, tolerance, decoded_out, orthogonalize_fn, product_f
     return p_hat, q_each, _sender_mean(q_each)
 
 
+def _power_step_core(matrices, q, tolerance, decoded_out):
+    """:func:`power_step` without the argument checks (plain Python: NumPy's products and the jitted
+    cores)."""
+    return _power_step(matrices, q, tolerance, decoded_out, _orthogonalize_core, _low_rank_product_core)
+
+
+def _power_step_py_func(matrices, q, tolerance, decoded_out):
+    """:func:`_power_step_core` with the cores' pure-Python bodies."""
+    return _power_step(matrices, q, tolerance, decoded_out, _orthogonalize_core.py_func,
+                       _low_rank_product_core.py_func)
+
+
+_power_step_core.py_func = _power_step_py_func
+
+
+def _sender_matrices(name, value):
+    """A (K, n, m) float32/float64 array of K >= 1 matrices, any strides (only NumPy reads it)."""
+    if not isinstance(value, np.ndarray):
+        raise TypeError(f"{name} must be a NumPy array of dtype float32 or float64, got "
+                        f"{type(value).__name__}")
+    if value.dtype not in checks.FLOAT:
+        raise TypeError(f"{name} must have dtype float32 or float64, got {value.dtype}")
+    if value.ndim != 3:
+        raise ValueError(f"{name} must be a 3-D array (K, n, m), got shape {value.shape}")
+    if value.shape[0] == 0:
+        raise ValueError(f"{name} must hold K >= 1 senders' matrices, got shape {value.shape}")
+    return value
+
+
+def _warm_start(q, matrices):
+    """The (m, r) factor, r >= 1, of the matrices' dtype, any strides."""
+    if not isinstance(q, np.ndarray):
+        raise TypeError(f"q must be a NumPy array of dtype {matrices.dtype}, got {type(q).__name__}")
+    checks.same_dtype("q", q, "matrices", matrices)
+    m = matrices.shape[2]
+    if q.ndim != 2 or q.shape[0] != m or q.shape[1] < 1:
+        raise ValueError(f"q must have shape (m, r) = ({m}, r) with r >= 1, got {q.shape}")
+    return q
+
+
+def _decoded_out(decoded_out, matrices):
+    """(K, n, m) of the matrices' dtype, writable, each decoded_out[k] C-contiguous (the rows of a batch
+    may be apart: a view into a wider (K, P) array is accepted)."""
+    if not isinstance(decoded_out, np.ndarray):
+        raise TypeError(f"decoded_out must be a NumPy array of dtype {matrices.dtype}, got "
+                        f"{type(decoded_out).__name__}")
+    checks.same_dtype("decoded_out", decoded_out, "matrices", matrices)
+    if decoded_out.shape != matrices.shape:
+        raise ValueError(f"decoded_out must have shape {matrices.shape}, got {decoded_out.shape}")
+    if not decoded_out[0].flags.c_contiguous:
+        raise ValueError("decoded_out must hold C-contiguous (n, m) matrices (np.ascontiguousarray gives a "
+                         "contiguous copy)")
+    if not decoded_out.flags.writeable:
+        raise ValueError("decoded_out must be writable (it is an output)")
+    return decoded_out
+
+
+@checked(_power_step_core)
 def power_step(matrices, q, tolerance, decoded_out):
     """One PowerSGD power step (module docstring) with the jitted kernels.
 
     Parameters
     ----------
-    matrices : (K, n, m) float32/float64
-        The senders' matrices M_k.
-    q : (m, r), same dtype
-        The shared warm start Q.
+    matrices : (K, n, m) float32/float64, K >= 1
+        The senders' matrices M_k (any strides).
+    q : (m, r), same dtype, r >= 1
+        The shared warm start Q (any strides).
     tolerance : float
-        The drop tolerance of :func:`orthogonalize`.
-    decoded_out : (K, n, m), same dtype
-        Out: ``decoded_k = P_hat Q_k^T`` (:func:`low_rank_product`).
+        The drop tolerance of :func:`orthogonalize` (finite, >= 0).
+    decoded_out : (K, n, m), same dtype, writable
+        Out: ``decoded_k = P_hat Q_k^T`` (:func:`low_rank_product`); each ``decoded_out[k]``
+        C-contiguous.
 
     Returns
     -------
     (P_hat (n, r), Q_k (K, m, r), Q_new = mean_k Q_k (m, r))
     """
-    return _power_step(matrices, q, tolerance, decoded_out, orthogonalize, low_rank_product)
+    _sender_matrices("matrices", matrices)
+    _warm_start(q, matrices)
+    tolerance = checks.real("tolerance", tolerance, 0.0)
+    _decoded_out(decoded_out, matrices)
+    return matrices, q, tolerance, decoded_out
 
 
 def power_step_numpy(matrices, q, tolerance, decoded_out):
     """:func:`power_step` built on the NumPy twins (bitwise equal to it)."""
+    matrices, q, tolerance, decoded_out = power_step.check(matrices, q, tolerance, decoded_out)
     return _power_step(matrices, q, tolerance, decoded_out, orthogonalize_numpy, low_rank_product_numpy)
 
 

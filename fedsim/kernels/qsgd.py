@@ -63,7 +63,12 @@ log2(gap) bits per bucket. Bits of a bucket (:func:`bucket_bits`)::
     F + sum over nonzero i of (B(gap_i) + 1 + B(|level_i|)) + B(n - last)    norm > 0
 
 Every kernel ``foo`` has a NumPy twin ``foo_numpy``, bitwise equal; a non-finite input raises
-``ValueError(sparsify.NONFINITE_MESSAGE)``.
+``ValueError(sparsify.NONFINITE_MESSAGE)``. The public kernels and the twins check their arguments first
+(:mod:`fedsim.kernels.checks`: shapes, dtypes, contiguity, bucket offsets that tile the row, ``levels`` in
+[1, 2^31) and held by the levels' dtype, ``float_bits`` 32 or 64, signed levels within the omega code's
++-(2^62 - 1), norm patterns within ``float_bits``, a bit count before encoding so that the code fits the
+stream, ``0 <= bit_offset <= bit_end <= 8 len(stream)`` when decoding) and raise ValueError or TypeError
+naming the argument; the jitted cores ``_<name>_core`` behind the kernels trust their arguments.
 """
 
 from __future__ import annotations
@@ -74,8 +79,10 @@ import math
 import numba
 import numpy as np
 
-from fedsim.kernels import JIT_OPTIONS
-from fedsim.kernels.golomb import _get_bit, read_uint, write_uint
+from fedsim.kernels import JIT_OPTIONS, checks
+from fedsim.kernels.checks import checked
+from fedsim.kernels.golomb import _get_bit, _read_uint_core, _write_uint_core
+from fedsim.kernels.golomb import read_uint, write_uint  # noqa: F401 (the bit fields of a QSGD stream)
 from fedsim.kernels.sparsify import NONFINITE_MESSAGE
 
 _jit = numba.njit(**JIT_OPTIONS)
@@ -84,6 +91,11 @@ NORM_OVERFLOW_MESSAGE = ("QSGD: a bucket's norm overflows its dtype (entries nea
                          "the update has diverged)")
 # Largest integer the Elias omega coder takes (a group of at most 63 bits).
 MAX_OMEGA_VALUE = (1 << 62) - 1
+OMEGA_RANGE_MESSAGE = "Elias omega codes integers in [1, 2^62)"
+# Largest number of levels s (the signed levels are held in int16 or int32).
+MAX_LEVELS = (1 << 31) - 1
+# The dtypes of the signed levels written by qsgd_quantize.
+LEVEL_DTYPES = (np.dtype(np.int16), np.dtype(np.int32))
 
 
 def _bit_length_table() -> np.ndarray:
@@ -123,6 +135,68 @@ def bucket_offsets(segment_offsets, bucket_size: int) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------------
+# Argument checks shared by the kernels and their twins
+# ----------------------------------------------------------------------------------------------------
+
+def _omega_value(name, value):
+    """``value`` as an int in [1, 2^62): TypeError for a non-integer, ValueError out of range."""
+    try:
+        return checks.integer(name, value, 1, MAX_OMEGA_VALUE)
+    except ValueError as error:
+        raise ValueError(f"{OMEGA_RANGE_MESSAGE}: {error}") from None
+
+
+def _bit_offset(name, bit_offset, high=checks.COUNT_MAX):
+    return checks.integer(name, bit_offset, 0, high)
+
+
+def _stream(stream, writable=False):
+    return checks.array("stream", stream, checks.UINT8, 1, writable)
+
+
+def _decode_span(stream, bit_offset, bit_end):
+    """(bit_offset, bit_end) of a read: 0 <= bit_offset <= bit_end <= 8 len(stream)."""
+    _stream(stream)
+    bit_end = _bit_offset("bit_end", bit_end, 8 * stream.shape[0])
+    return _bit_offset("bit_offset", bit_offset, bit_end), bit_end
+
+
+def _signed_levels(name, values, ndim=1):
+    """Integer signed levels, each within +-(2^62 - 1) (what the omega code carries): one pass over the
+    data for 64-bit dtypes only (narrower ones hold nothing larger)."""
+    checks.array(name, values, checks.INTEGER, ndim)
+    if values.dtype.itemsize == 8 and values.size:
+        low, high = int(values.min()), int(values.max())
+        if low < -MAX_OMEGA_VALUE or high > MAX_OMEGA_VALUE:
+            bad = low if low < -MAX_OMEGA_VALUE else high
+            raise ValueError(f"{name} must lie within +-(2^62 - 1) (the Elias omega code's range), got {bad}")
+    return values
+
+
+def _bucket_count(offsets, size):
+    """The number of buckets of ``bucket_offsets``, which must tile [0, size)."""
+    return checks.segment_count("bucket_offsets", offsets, size)
+
+
+def _offsets_end(offsets):
+    """The last of the ``bucket_offsets`` (int64, at least one entry), before checking that they tile."""
+    checks.array("bucket_offsets", offsets, checks.INT64)
+    if offsets.shape[0] == 0:
+        raise ValueError("bucket_offsets must hold B + 1 >= 1 offsets, got none")
+    return int(offsets[-1])
+
+
+def _norm_patterns(name, patterns, float_bits):
+    """A float32 norm's pattern lies in [0, 2^32) (a float64's is any int64)."""
+    if float_bits == 32 and patterns.shape[0]:
+        low, high = checks.smallest(patterns), int(patterns.max())
+        if low < 0 or high >= 1 << 32:
+            raise ValueError(f"{name} must be float32 bit patterns in [0, 2^32) for float_bits 32, got "
+                             f"{low if low < 0 else high}")
+    return patterns
+
+
+# ----------------------------------------------------------------------------------------------------
 # Elias omega code
 # ----------------------------------------------------------------------------------------------------
 
@@ -144,18 +218,30 @@ def _omega_bits_unchecked(value):
 
 
 @_jit
-def elias_omega_bits(value):
-    """Bits of the Elias omega code of ``value`` (an integer in [1, 2^62))."""
+def _elias_omega_bits_core(value):
+    """:func:`elias_omega_bits` without the argument checks (it still rejects a value out of range)."""
     if value < 1 or value > MAX_OMEGA_VALUE:
-        raise ValueError("Elias omega codes integers in [1, 2^62)")
+        raise ValueError(OMEGA_RANGE_MESSAGE)
     return _omega_bits_unchecked(value)
 
 
+@checked(_elias_omega_bits_core)
+def elias_omega_bits(value):
+    """Bits of the Elias omega code of ``value`` (an integer in [1, 2^62))."""
+    return (_omega_value("value", value),)
+
+
 def elias_omega_bits_numpy(values):
-    """NumPy twin of :func:`elias_omega_bits`, elementwise (int64 array or scalar)."""
-    values = np.asarray(values, np.int64)
-    if np.any((values < 1) | (values > MAX_OMEGA_VALUE)):
-        raise ValueError("Elias omega codes integers in [1, 2^62)")
+    """NumPy twin of :func:`elias_omega_bits`, elementwise (an integer, or an integer array or list)."""
+    if isinstance(values, (np.ndarray, list, tuple)):
+        values = np.asarray(values)
+        if values.dtype.kind not in "iu" and values.size:
+            raise TypeError(f"values must be integers, got dtype {values.dtype}")
+        if values.size and (values.min() < 1 or values.max() > MAX_OMEGA_VALUE):
+            raise ValueError(OMEGA_RANGE_MESSAGE)
+        values = values.astype(np.int64)
+    else:
+        values = np.int64(_omega_value("value", values))
     # bit length = the frexp exponent of float64(value); above 2^53 the conversion may round a value up
     # to the next power of two, which the comparison corrects
     exponent = np.frexp(values.astype(np.float64))[1].astype(np.int64)
@@ -164,25 +250,36 @@ def elias_omega_bits_numpy(values):
 
 
 @_jit
-def write_elias_omega(stream, bit_offset, value):
-    """Write the omega code of ``value`` at ``bit_offset``; returns the offset after it.
+def _write_elias_omega_core(stream, bit_offset, value):
+    """:func:`write_elias_omega` without the argument checks.
 
     The groups are placed from the end backwards (the terminating 0 last), so no group list is needed."""
-    total = elias_omega_bits(value)
+    total = _elias_omega_bits_core(value)
     position = bit_offset + total - 1
-    write_uint(stream, position, 0, 1)
+    _write_uint_core(stream, position, 0, 1)
     group = value
     while group > 1:
         width = _bit_length(group)
         position -= width
-        write_uint(stream, position, group, width)
+        _write_uint_core(stream, position, group, width)
         group = width - 1
     return bit_offset + total
 
 
+@checked(_write_elias_omega_core)
+def write_elias_omega(stream, bit_offset, value):
+    """Write the omega code of ``value`` (an integer in [1, 2^62)) at ``bit_offset``; returns the offset
+    after it. The code must lie inside ``stream`` (writable uint8)."""
+    _stream(stream, writable=True)
+    bit_offset = _bit_offset("bit_offset", bit_offset)
+    value = _omega_value("value", value)
+    checks.bits_fit("stream", stream, bit_offset, _omega_bits_unchecked(value))
+    return stream, bit_offset, value
+
+
 @_jit
-def read_elias_omega(stream, bit_offset, bit_end):
-    """Read one omega code at ``bit_offset`` (never past ``bit_end``): (value, offset after it)."""
+def _read_elias_omega_core(stream, bit_offset, bit_end):
+    """:func:`read_elias_omega` without the argument checks (reads still stop at ``bit_end``)."""
     value = 1
     offset = bit_offset
     while True:
@@ -197,8 +294,16 @@ def read_elias_omega(stream, bit_offset, bit_end):
             raise ValueError("corrupt Elias omega code (a value of 2^62 or more)")
         if offset + width > bit_end:
             raise ValueError("Elias omega code runs past the end of the stream")
-        value = (np.int64(1) << width) | read_uint(stream, offset, width)
+        value = (np.int64(1) << width) | _read_uint_core(stream, offset, width)
         offset += width
+
+
+@checked(_read_elias_omega_core)
+def read_elias_omega(stream, bit_offset, bit_end):
+    """Read one omega code at ``bit_offset``, never past ``bit_end`` (0 <= bit_offset <= bit_end <=
+    8 len(stream)): (value, offset after it)."""
+    bit_offset, bit_end = _decode_span(stream, bit_offset, bit_end)
+    return stream, bit_offset, bit_end
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -206,8 +311,8 @@ def read_elias_omega(stream, bit_offset, bit_end):
 # ----------------------------------------------------------------------------------------------------
 
 @_jit
-def bucket_bits(signed_levels, norm_nonzero, float_bits):
-    """Encoded bits of one bucket from its signed levels (module docstring)."""
+def _bucket_bits_core(signed_levels, norm_nonzero, float_bits):
+    """:func:`bucket_bits` without the argument checks."""
     if not norm_nonzero:
         return float_bits
     total = float_bits
@@ -222,25 +327,51 @@ def bucket_bits(signed_levels, norm_nonzero, float_bits):
     return total + _omega_bits_unchecked(signed_levels.shape[0] - previous)
 
 
-@_jit
-def qsgd_bits(signed_levels, bucket_offsets, norms, float_bits):
-    """Encoded bits of one row's message: the sum of :func:`bucket_bits` over its buckets.
+@checked(_bucket_bits_core)
+def bucket_bits(signed_levels, norm_nonzero, float_bits):
+    """Encoded bits of one bucket (module docstring) from its signed levels (1-D integers within
+    +-(2^62 - 1)), whether its norm is nonzero (a bool) and the width of the norm (32 or 64)."""
+    return (_signed_levels("signed_levels", signed_levels), checks.flag("norm_nonzero", norm_nonzero),
+            checks.float_bits("float_bits", float_bits))
 
-    ``signed_levels`` (P,) integer, ``bucket_offsets`` (B + 1,) int64, ``norms`` (B,) float."""
+
+@_jit
+def _qsgd_bits_core(signed_levels, bucket_offsets, norms, float_bits):
+    """:func:`qsgd_bits` without the argument checks (``norms`` may also be the norms' bit patterns: only
+    which of them are nonzero counts)."""
     total = 0
     for b in range(bucket_offsets.shape[0] - 1):
-        total += bucket_bits(signed_levels[bucket_offsets[b]:bucket_offsets[b + 1]], norms[b] != 0,
-                             float_bits)
+        total += _bucket_bits_core(signed_levels[bucket_offsets[b]:bucket_offsets[b + 1]], norms[b] != 0,
+                                   float_bits)
     return total
 
 
+def _check_bits(signed_levels, bucket_offsets, norms, float_bits, ndim=1):
+    """The checks of :func:`qsgd_bits` (its twin also takes a (K, P) batch with (K, B) norms)."""
+    _signed_levels("signed_levels", signed_levels, ndim)
+    n_buckets = _bucket_count(bucket_offsets, signed_levels.shape[-1])
+    checks.shaped("norms", norms, checks.FLOAT, signed_levels.shape[:-1] + (n_buckets,))
+    return signed_levels, bucket_offsets, norms, checks.float_bits("float_bits", float_bits)
+
+
+@checked(_qsgd_bits_core)
+def qsgd_bits(signed_levels, bucket_offsets, norms, float_bits):
+    """Encoded bits of one row's message: the sum of :func:`bucket_bits` over its buckets.
+
+    ``signed_levels`` (P,) integers within +-(2^62 - 1), ``bucket_offsets`` (B + 1,) int64 tiling [0, P)
+    (from 0 to P, non-decreasing), ``norms`` (B,) float32 or float64 (only whether each is nonzero
+    counts), ``float_bits`` 32 or 64."""
+    return _check_bits(signed_levels, bucket_offsets, norms, float_bits)
+
+
 def qsgd_bits_numpy(signed_levels, bucket_offsets, norms, float_bits):
-    """NumPy twin of :func:`qsgd_bits`, vectorized over a (P,) row or a (K, P) batch (then (K,) int64)."""
-    levels = np.asarray(signed_levels).astype(np.int64)
-    norms = np.asarray(norms)
-    single = levels.ndim == 1
+    """NumPy twin of :func:`qsgd_bits`, vectorized over a (P,) row or a (K, P) batch (then (K, B) norms,
+    and (K,) int64 bits)."""
+    batch = isinstance(signed_levels, np.ndarray) and signed_levels.ndim == 2
+    levels, offsets, norms, float_bits = _check_bits(signed_levels, bucket_offsets, norms, float_bits,
+                                                     2 if batch else 1)
+    levels = levels.astype(np.int64)
     levels, norms = np.atleast_2d(levels), np.atleast_2d(norms)
-    offsets = np.asarray(bucket_offsets, np.int64)
     n_rows, n_buckets = norms.shape
     sizes = np.diff(offsets)
     live = norms != 0                                             # (K, B): buckets that send entries
@@ -262,7 +393,7 @@ def qsgd_bits_numpy(signed_levels, bucket_offsets, norms, float_bits):
     bucket_totals[live_flat] += elias_omega_bits_numpy(end_gaps[live_flat])
     np.add.at(bucket_totals, keys, per_entry)
     totals = bucket_totals.reshape(n_rows, n_buckets).sum(axis=1)
-    return int(totals[0]) if single else totals
+    return totals if batch else int(totals[0])
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -309,6 +440,25 @@ def _quantize_bucket(x, uniforms, levels, norm_out, decoded_out, levels_out):
 
 
 @_jit
+def _qsgd_quantize_core(updates, bucket_offsets, levels, uniforms, float_bits, decoded_out, norms_out,
+                        levels_out, encoded_bits_out):
+    """:func:`qsgd_quantize` without the argument checks (it still rejects non-finite data and an
+    overflowing norm)."""
+    n_rows = updates.shape[0]
+    n_buckets = bucket_offsets.shape[0] - 1
+    for row in range(n_rows):
+        total_bits = 0
+        for b in range(n_buckets):
+            start = bucket_offsets[b]
+            stop = bucket_offsets[b + 1]
+            norm = _quantize_bucket(updates[row, start:stop], uniforms[row, start:stop], levels,
+                                    norms_out[row, b:b + 1], decoded_out[row, start:stop],
+                                    levels_out[row, start:stop])
+            total_bits += _bucket_bits_core(levels_out[row, start:stop], norm != 0, float_bits)
+        encoded_bits_out[row] = total_bits
+
+
+@checked(_qsgd_quantize_core)
 def qsgd_quantize(updates, bucket_offsets, levels, uniforms, float_bits, decoded_out, norms_out, levels_out,
                   encoded_bits_out):
     """QSGD of every row of ``updates``, bucket by bucket (module docstring), in one call.
@@ -320,9 +470,9 @@ def qsgd_quantize(updates, bucket_offsets, levels, uniforms, float_bits, decoded
         Bucket b of a row is ``[offsets[b], offsets[b + 1])``; 0 = offsets[0] <= ... <= offsets[B] = P
         (:func:`bucket_offsets`).
     levels : int
-        s >= 1.
+        s in [1, 2^31).
     uniforms : (K, P) float64 in [0, 1)
-        ``u`` of each entry (row r, entry i uses ``uniforms[r, i]``).
+        ``u`` of each entry (row r, entry i uses ``uniforms[r, i]``; their range is not checked).
     float_bits : int
         Bits of an encoded norm (32 for float32 data, 64 for float64).
     decoded_out : (K, P), the dtype of ``updates``
@@ -330,28 +480,29 @@ def qsgd_quantize(updates, bucket_offsets, levels, uniforms, float_bits, decoded
     norms_out : (K, B), the dtype of ``updates``
         Receives each bucket's norm.
     levels_out : (K, P) int16 or int32
-        Receives the signed levels ``sign(v_i) level_i`` (int16 suffices for s <= 32767).
+        Receives the signed levels ``sign(v_i) level_i`` in [-s, s] (int16 holds s <= 32767, int32 any s).
     encoded_bits_out : (K,) int64
         Receives each row's encoded message length (:func:`qsgd_bits` of its levels and norms).
+
+    All arrays C-contiguous, the outputs writable.
     """
+    checks.array("updates", updates, checks.FLOAT, 2)
     n_rows, size = updates.shape
-    n_buckets = bucket_offsets.shape[0] - 1
-    if bucket_offsets[0] != 0 or bucket_offsets[n_buckets] != size:
-        raise ValueError("bucket_offsets must start at 0 and end at the row length")
-    if levels < 1:
-        raise ValueError("levels must be >= 1")
-    for row in range(n_rows):
-        total_bits = 0
-        for b in range(n_buckets):
-            start = bucket_offsets[b]
-            stop = bucket_offsets[b + 1]
-            if stop < start:
-                raise ValueError("bucket_offsets must be non-decreasing")
-            norm = _quantize_bucket(updates[row, start:stop], uniforms[row, start:stop], levels,
-                                    norms_out[row, b:b + 1], decoded_out[row, start:stop],
-                                    levels_out[row, start:stop])
-            total_bits += bucket_bits(levels_out[row, start:stop], norm != 0, float_bits)
-        encoded_bits_out[row] = total_bits
+    n_buckets = _bucket_count(bucket_offsets, size)
+    levels = checks.integer("levels", levels, 1, MAX_LEVELS)
+    checks.shaped("uniforms", uniforms, checks.FLOAT64, updates.shape)
+    float_bits = checks.float_bits("float_bits", float_bits)
+    checks.shaped("decoded_out", decoded_out, checks.FLOAT, updates.shape, True)
+    checks.same_dtype("decoded_out", decoded_out, "updates", updates)
+    checks.shaped("norms_out", norms_out, checks.FLOAT, (n_rows, n_buckets), True)
+    checks.same_dtype("norms_out", norms_out, "updates", updates)
+    checks.shaped("levels_out", levels_out, LEVEL_DTYPES, updates.shape, True)
+    if levels > np.iinfo(levels_out.dtype).max:
+        raise TypeError(f"levels_out ({levels_out.dtype}) cannot hold the signed levels +-{levels}: int16 "
+                        f"holds s <= 32767, int32 any s")
+    checks.shaped("encoded_bits_out", encoded_bits_out, checks.INT64, (n_rows,), True)
+    return (updates, bucket_offsets, levels, uniforms, float_bits, decoded_out, norms_out, levels_out,
+            encoded_bits_out)
 
 
 def _bucket_norms_numpy(updates, offsets):
@@ -376,13 +527,10 @@ def _bucket_norms_numpy(updates, offsets):
 def qsgd_quantize_numpy(updates, bucket_offsets, levels, uniforms, float_bits, decoded_out, norms_out,
                         levels_out, encoded_bits_out):
     """NumPy twin of :func:`qsgd_quantize` (vectorized over the whole batch)."""
-    updates = np.asarray(updates)
-    offsets = np.asarray(bucket_offsets, np.int64)
-    n_rows, size = updates.shape
-    if offsets[0] != 0 or offsets[-1] != size or np.any(np.diff(offsets) < 0):
-        raise ValueError("bucket_offsets must start at 0, be non-decreasing and end at the row length")
-    if levels < 1:
-        raise ValueError("levels must be >= 1")
+    (updates, offsets, levels, uniforms, float_bits, decoded_out, norms_out, levels_out,
+     encoded_bits_out) = qsgd_quantize.check(updates, bucket_offsets, levels, uniforms, float_bits,
+                                             decoded_out, norms_out, levels_out, encoded_bits_out)
+    n_rows = updates.shape[0]
     if not np.all(np.isfinite(updates)):
         raise ValueError(NONFINITE_MESSAGE)
     dtype = updates.dtype
@@ -415,38 +563,53 @@ def qsgd_quantize_numpy(updates, bucket_offsets, levels, uniforms, float_bits, d
 # ----------------------------------------------------------------------------------------------------
 
 @_jit
-def qsgd_encode_into(signed_levels, bucket_offsets, norm_patterns, float_bits, stream, bit_offset):
-    """Write a row's buckets (module docstring) from ``bit_offset``; returns the offset after them.
-
-    ``norm_patterns`` (B,) int64 holds each norm's IEEE bit pattern (a float32's as a non-negative
-    int64); a bucket whose pattern is 0 (norm +0.0) sends its norm only."""
+def _qsgd_encode_into_core(signed_levels, bucket_offsets, norm_patterns, float_bits, stream, bit_offset):
+    """:func:`qsgd_encode_into` without the argument checks."""
     offset = bit_offset
     for b in range(bucket_offsets.shape[0] - 1):
         start = bucket_offsets[b]
         stop = bucket_offsets[b + 1]
-        offset = write_uint(stream, offset, norm_patterns[b], float_bits)
+        offset = _write_uint_core(stream, offset, norm_patterns[b], float_bits)
         if norm_patterns[b] == 0:
             continue
         previous = -1
         for i in range(stop - start):
             level = np.int64(signed_levels[start + i])
             if level != 0:
-                offset = write_elias_omega(stream, offset, i - previous)
-                offset = write_uint(stream, offset, 1 if level < 0 else 0, 1)
-                offset = write_elias_omega(stream, offset, abs(level))
+                offset = _write_elias_omega_core(stream, offset, i - previous)
+                offset = _write_uint_core(stream, offset, 1 if level < 0 else 0, 1)
+                offset = _write_elias_omega_core(stream, offset, abs(level))
                 previous = i
-        offset = write_elias_omega(stream, offset, stop - start - previous)
+        offset = _write_elias_omega_core(stream, offset, stop - start - previous)
     return offset
 
 
-@_jit
-def qsgd_decode_from(stream, bit_offset, bit_end, bucket_offsets, float_bits, norm_patterns_out,
-                     levels_out):
-    """Read the buckets written by :func:`qsgd_encode_into`; returns the offset after them.
+@checked(_qsgd_encode_into_core)
+def qsgd_encode_into(signed_levels, bucket_offsets, norm_patterns, float_bits, stream, bit_offset):
+    """Write a row's buckets (module docstring) from ``bit_offset``; returns the offset after them.
 
-    ``levels_out`` (P,) int64 must be zero-filled; ``norm_patterns_out`` (B,) int64 receives the norm bit
-    patterns. A gap that jumps past a bucket's end, a zero level, or a stream that ends early raise
-    ValueError."""
+    ``signed_levels`` (P,) integers within +-(2^62 - 1); ``bucket_offsets`` (B + 1,) int64 tiling [0, P);
+    ``norm_patterns`` (B,) int64 holds each norm's IEEE bit pattern (a float32's as a non-negative int64
+    below 2^32 for ``float_bits`` 32, any int64 for 64); a bucket whose pattern is 0 (norm +0.0) sends its
+    norm only. The code (:func:`qsgd_bits` of the levels and patterns, counted first) must fit in
+    ``stream`` (writable uint8) from ``bit_offset``."""
+    _signed_levels("signed_levels", signed_levels)
+    n_buckets = _bucket_count(bucket_offsets, signed_levels.shape[0])
+    checks.shaped("norm_patterns", norm_patterns, checks.INT64, (n_buckets,))
+    float_bits = checks.float_bits("float_bits", float_bits)
+    _norm_patterns("norm_patterns", norm_patterns, float_bits)
+    _stream(stream, writable=True)
+    bit_offset = _bit_offset("bit_offset", bit_offset)
+    checks.bits_fit("stream", stream, bit_offset,
+                    _qsgd_bits_core(signed_levels, bucket_offsets, norm_patterns, float_bits))
+    return signed_levels, bucket_offsets, norm_patterns, float_bits, stream, bit_offset
+
+
+@_jit
+def _qsgd_decode_from_core(stream, bit_offset, bit_end, bucket_offsets, float_bits, norm_patterns_out,
+                           levels_out):
+    """:func:`qsgd_decode_from` without the argument checks (reads still stop at ``bit_end``, which it
+    still rejects beyond the stream)."""
     if bit_end > stream.shape[0] * 8:
         raise ValueError("bit_end lies beyond the stream")
     offset = bit_offset
@@ -455,14 +618,14 @@ def qsgd_decode_from(stream, bit_offset, bit_end, bucket_offsets, float_bits, no
         size = bucket_offsets[b + 1] - start
         if offset + float_bits > bit_end:
             raise ValueError("QSGD stream ends inside a norm")
-        pattern = read_uint(stream, offset, float_bits)
+        pattern = _read_uint_core(stream, offset, float_bits)
         offset += float_bits
         norm_patterns_out[b] = pattern
         if pattern == 0:
             continue
         position = -1
         while True:
-            gap, offset = read_elias_omega(stream, offset, bit_end)
+            gap, offset = _read_elias_omega_core(stream, offset, bit_end)
             position += gap
             if position == size:
                 break
@@ -472,6 +635,26 @@ def qsgd_decode_from(stream, bit_offset, bit_end, bucket_offsets, float_bits, no
                 raise ValueError("QSGD stream ends before a sign bit")
             negative = _get_bit(stream, offset)
             offset += 1
-            level, offset = read_elias_omega(stream, offset, bit_end)
+            level, offset = _read_elias_omega_core(stream, offset, bit_end)
             levels_out[start + position] = -level if negative else level
     return offset
+
+
+@checked(_qsgd_decode_from_core)
+def qsgd_decode_from(stream, bit_offset, bit_end, bucket_offsets, float_bits, norm_patterns_out,
+                     levels_out):
+    """Read the buckets written by :func:`qsgd_encode_into`, never past ``bit_end`` (0 <= bit_offset <=
+    bit_end <= 8 len(stream)); returns the offset after them.
+
+    ``bucket_offsets`` (B + 1,) int64 from 0, non-decreasing, to P; ``levels_out`` (P,) int64 must be
+    zero-filled; ``norm_patterns_out`` (B,) int64 receives the norm bit patterns (both writable). A gap
+    that jumps past a bucket's end, a zero level, or a stream that ends early raise ValueError."""
+    bit_offset, bit_end = _decode_span(stream, bit_offset, bit_end)
+    size = _offsets_end(bucket_offsets)
+    n_buckets = _bucket_count(bucket_offsets, size)
+    float_bits = checks.float_bits("float_bits", float_bits)
+    checks.shaped("norm_patterns_out", norm_patterns_out, checks.INT64, (n_buckets,), True)
+    checks.shaped("levels_out", levels_out, checks.INT64, (size,), True)
+    if levels_out.size and levels_out.any():
+        raise ValueError("levels_out must be zero-filled (the decoder writes the nonzero levels only)")
+    return stream, bit_offset, bit_end, bucket_offsets, float_bits, norm_patterns_out, levels_out
