@@ -104,6 +104,15 @@ def targets(results: dict) -> list[dict]:
         largest = max(scale["configurations"], key=lambda c: (c["clients"], c["participation"]))
         rows.append({"target": f"{largest['clients']:,} clients fit in memory (peak RSS of the process)",
                      "measured": _bytes(largest["memory"]["peak_rss_bytes"]), "bound": "fits", "met": True})
+    sweep = results.get("sweep")
+    if sweep:
+        summary, runs = sweep["summary"], sweep["settings"]["runs"]
+        workers = sweep["settings"]["workers"]
+        rows.append(_target(f"Sweep of {runs} runs on {workers} local workers: wall time / sequential",
+                            summary["pool_over_sequential"], "<=", 0.55))
+        if summary.get("dask_over_sequential") is not None:
+            rows.append(_target(f"Sweep of {runs} runs on Dask with {workers} workers: wall time / sequential",
+                                summary["dask_over_sequential"], "<=", 0.6))
     return rows
 
 
@@ -307,6 +316,43 @@ def _products_tables(products: dict) -> list[str]:
     return lines
 
 
+def _sweep_tables(sweep: dict) -> list[str]:
+    settings, summary = sweep["settings"], sweep["summary"]
+    runs, workers = settings["runs"], settings["workers"]
+    overrides = ", ".join(f"{key} = {value}" for key, value in settings["overrides"].items())
+    grid = " x ".join(f"{key} in {{{', '.join(map(str, values))}}}" for key, values in settings["grid"].items())
+    trivial = sweep.get("trivial")
+    lines = ["", f"{runs} runs of preset `{settings['preset']}` ({overrides}; {grid}), each way into a fresh "
+                 f"folder; medians of {settings['repeats']} interleaved repeats after a validation pass "
+                 f"(bitwise equal histories). Sequential: the runs one after the other in one process; pool: "
+                 f"`fedsim sweep --workers {workers}`; Dask: `--backend dask --workers {workers}` (a LocalCluster "
+                 f"started and closed by the sweep). Overhead per run: (T - T_sequential / {workers}) / {runs}"
+                 + (f"; trivial run: the wall time of the same way over {runs} runs of "
+                    f"{settings['trivial_overrides']['federated.rounds']} round(s) on "
+                    f"{settings['trivial_overrides']['data.synthetic_devices']} devices, per run." if trivial
+                    else ".") + " Runs' own s: the sum of the runs' session times (meta.json), without the "
+                 "backend's start-up and dispatch; slowdown: that sum over sequential's.", "",
+             "| | wall s | min s | / sequential | speed-up | overhead per run s | runs' own s | run slowdown "
+             "| trivial run s |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for way, label in (("sequential", "sequential"), ("pool", f"local pool, {workers} workers"),
+                       ("dask", f"Dask, {workers} workers")):
+        timing = sweep["timings"].get(way)
+        if timing is None:
+            lines.append(f"| {label} | n/a | | | | | | | |")
+            continue
+        ratio = timing["median"] / summary["sequential_seconds"]
+        overhead = "" if way == "sequential" else f"{summary[f'{way}_overhead_per_run_seconds']:.3f}"
+        slowdown = "1" if way == "sequential" else f"{summary[f'{way}_run_slowdown']:.3f}"
+        per_run = "" if not trivial else f"{trivial['per_run_seconds'][way]:.3f}"
+        lines.append(f"| {label} | {timing['median']:.2f} | {timing['min']:.2f} | {ratio:.3f} "
+                     f"| {1 / ratio:.2f} | {overhead} | {sweep['run_seconds'][way]['median']:.2f} | {slowdown} "
+                     f"| {per_run} |")
+    if sweep.get("skipped"):
+        lines += ["", "n/a: " + "; ".join(f"{way}: {why}" for way, why in sweep["skipped"].items()) + "."]
+    return lines
+
+
 def render(results: dict) -> str:
     """The generated block: machine, targets, then one section per suite present in ``results``."""
     lines = [BEGIN, "", _machine(results), "", "### Targets", ""] + _targets_table(results)
@@ -322,6 +368,8 @@ def render(results: dict) -> str:
         lines += ["", "### JIT compile time"] + _compile_table(results["compile"])
     if "products" in results:
         lines += ["", "### Hand-written products against BLAS"] + _products_tables(results["products"])
+    if "sweep" in results:
+        lines += ["", "### Sweeps"] + _sweep_tables(results["sweep"])
     lines += ["", END]
     return "\n".join(lines)
 

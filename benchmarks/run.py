@@ -28,7 +28,7 @@ from pathlib import Path
 
 from benchmarks import common, report
 
-SUITES = ("kernels", "rounds", "scale", "compile", "products")
+SUITES = ("kernels", "rounds", "scale", "compile", "products", "sweep")
 RESULTS = Path(__file__).resolve().parent / "results"
 README = Path(__file__).resolve().parent / "README.md"
 

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from benchmarks import common, kernels, report, rounds  # noqa: E402
+from benchmarks import sweep as benchmarks_sweep  # noqa: E402
 from benchmarks.common import ValidationError  # noqa: E402
 
 pytest.importorskip("torch")
@@ -46,7 +48,7 @@ def test_smoke_run_writes_validated_results_and_tables_and_leaves_the_checkout_a
     out = tmp_path / "cache" / "benchmarks" / "smoke"
     assert (out / "tables.md").read_text().count("### Kernels") == 1
     results = {suite: json.loads((out / f"{suite}.json").read_text())
-               for suite in ("kernels", "rounds", "scale", "compile", "products")}
+               for suite in ("kernels", "rounds", "scale", "compile", "products", "sweep")}
     readme = tmp_path / "README.md"
     readme.write_text("# hand-written part\n\nkept as is\n")
     report.update_readme(readme, results)
@@ -54,9 +56,10 @@ def test_smoke_run_writes_validated_results_and_tables_and_leaves_the_checkout_a
         machine = payload["machine"]
         assert payload["mode"] == "smoke", suite
         assert machine["date"] and machine["versions"]["numpy"] and machine["versions"]["torch"], suite
-        # the products suite compares against NumPy's BLAS only and never loads torch
+        # the products suite compares against NumPy's BLAS only, the sweep suite times fedsim alone: neither
+        # loads torch
         assert machine["threads"]["requested"] == 1, suite
-        assert machine["threads"]["torch"] == ("not loaded" if suite == "products" else 1), suite
+        assert machine["threads"]["torch"] == ("not loaded" if suite in ("products", "sweep") else 1), suite
         assert machine["threads"]["blas_fixed_by_environment"], suite
     cases = results["kernels"]["cases"]
     assert {case["kernel"] for case in cases} == set(kernels.all_kernels())
@@ -82,8 +85,24 @@ def test_smoke_run_writes_validated_results_and_tables_and_leaves_the_checkout_a
     products = results["products"]
     for experiment in ("columns", "fixed_order", "client_blocks", "sparse"):
         assert len(products[experiment]) >= 2 and all(t > 0 for t in products[experiment].values()), experiment
+    sweep = results["sweep"]
+    ways = ["sequential", "pool"] + ([] if sweep["skipped"] else ["dask"])
+    assert sweep["validated"] and sweep["ways"] == ways and set(sweep["timings"]) == set(ways)
+    assert sweep["rounds_per_run"] == benchmarks_sweep.SETTINGS["smoke"]["overrides"]["federated.rounds"]
+    assert all(sweep["timings"][way]["median"] > 0 for way in ways)
+    assert sweep["timings"]["pool"]["repeats"] == benchmarks_sweep.SETTINGS["smoke"]["repeats"]
+    for way in ways[1:]:
+        summary = sweep["summary"]
+        ratio = summary[f"{way}_seconds"] / summary["sequential_seconds"]
+        assert summary[f"{way}_over_sequential"] == pytest.approx(ratio)
+        assert 0 < sweep["run_seconds"][way]["median"] <= sweep["timings"][way]["median"] * benchmarks_sweep.WORKERS
+    if sweep["skipped"]:        # on a machine without dask.distributed (CI installs it)
+        assert sweep["summary"]["dask_over_sequential"] is None and "dask" in sweep["skipped"]
+    targets = [row["target"] for row in report.targets(results)]
+    assert sum(target.startswith("Sweep of 8 runs") for target in targets) == len(ways) - 1
     for heading in ("### Targets", "### Kernels", "### Rounds", "### Scale", "### JIT compile time",
-                    "ceiling: torch round / fedsim products", "### Hand-written products against BLAS"):
+                    "ceiling: torch round / fedsim products", "### Hand-written products against BLAS",
+                    "### Sweeps", "| local pool, 2 workers |"):
         assert heading in text
     # regenerating replaces the block instead of appending a second one
     report.update_readme(readme, results)
@@ -166,6 +185,28 @@ def test_targets_read_ratios_the_right_way_round():
     assert not rows["Top-k selection, 1e7 float32, p = 0.001: speed-up over torch.topk"]["met"]
     laq = rows["LAQ quantizer, 1e7 float64: time / numpy.copy"]
     assert not laq["met"] and laq["status"] == "missed: 1.50x the bound"
+
+    sweep = {"settings": {"runs": 8, "workers": 2},
+             "summary": {"pool_over_sequential": 0.5, "dask_over_sequential": 0.66}}
+    rows = {row["target"]: row for row in report.targets({"sweep": sweep})}
+    assert rows["Sweep of 8 runs on 2 local workers: wall time / sequential"]["met"]
+    dask = rows["Sweep of 8 runs on Dask with 2 workers: wall time / sequential"]
+    assert not dask["met"] and dask["status"] == "missed: 1.10x the bound"
+    sweep["summary"]["dask_over_sequential"] = None            # dask not installed: no Dask target
+    assert len(report.targets({"sweep": sweep})) == 1
+
+
+def test_sweep_validation_catches_a_differing_history():
+    reference = {"run-a": [{"round": 1, "train_loss": 0.5}, {"round": 2, "train_loss": 0.25}]}
+    benchmarks_sweep.compare(reference, {"run-a": [dict(record) for record in reference["run-a"]]}, "pool")
+    with pytest.raises(ValidationError, match="record 2 differs.*train_loss"):
+        changed = [reference["run-a"][0], {"round": 2, "train_loss": 0.2500001}]
+        benchmarks_sweep.compare(reference, {"run-a": changed}, "pool")
+    with pytest.raises(ValidationError, match="1 records"):
+        benchmarks_sweep.compare(reference, {"run-a": reference["run-a"][:1]}, "dask")
+    one_run = SimpleNamespace(runs=[SimpleNamespace(folder_name="run-a", label="a")])
+    with pytest.raises(ValidationError, match="did not complete"):
+        benchmarks_sweep.histories(one_run, Path("."), {"run-a": {"status": "failed"}}, "dask")
 
 
 def test_thread_environment_and_bad_settings():
