@@ -217,3 +217,21 @@ def test_a_worker_killed_mid_sweep_loses_no_run_and_changes_no_history(tmp_path,
                    "--quiet", "--out", tmp_path / "alone", timeout=SWEEP_TIMEOUT)
     assert alone.returncode == 0, alone.stderr
     assert strip_wall_time(RunFolder(tmp_path / "alone").read_history()) == dask_histories[planned.folder_name]
+
+
+def test_the_threads_option_reaches_the_workers_of_a_local_dask_cluster(tmp_path):
+    """`--backend dask` without a scheduler starts a LocalCluster whose workers get --threads in their
+    environment before anything numerical loads, as the local pool's do (each run records it)."""
+    path = tmp_path / "sweep.toml"
+    path.write_text('base = "synthetic"\nname = "threads"\n\n[set]\n"federated.rounds" = 3\n'
+                    '"data.synthetic_devices" = 4\n"federated.n_clients" = 4\n\n[grid]\nseed = [0, 1]\n')
+    env = {key: value for key, value in os.environ.items() if key not in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS")}
+    result = subprocess.run([sys.executable, "-m", "fedsim", "sweep", str(path), "--backend", "dask", "--workers",
+                             "2", "--threads", "1", "--out", str(tmp_path / "out"), "--quiet"], cwd=tmp_path,
+                            env=env, capture_output=True, text=True, timeout=SWEEP_TIMEOUT)
+    assert result.returncode == 0, result.stderr
+    folders = sorted((tmp_path / "out" / "runs").iterdir())
+    assert len(folders) == 2
+    for folder in folders:
+        recorded = RunFolder(folder).read_json("meta.json")["threads"]["environment"]
+        assert recorded["OMP_NUM_THREADS"] == "1" and recorded["NUMBA_NUM_THREADS"] == "1", recorded

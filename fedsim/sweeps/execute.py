@@ -139,7 +139,7 @@ def run_sweep(sweep: Sweep, out, *, backend: str = "local", workers: int = 1, th
         elif backend == "local":
             _run_local(pending, out, workers, threads, command, finished)
         else:
-            _run_dask(pending, out, workers, scheduler, command, finished)
+            _run_dask(pending, out, workers, threads, scheduler, command, finished)
     finally:
         progress.close()
     return statuses
@@ -168,15 +168,17 @@ def _run_local(pending, out: Path, workers: int, threads: int, command, finished
             raise
 
 
-def _run_dask(pending, out: Path, workers: int, scheduler: str | None, command, finished) -> None:
+def _run_dask(pending, out: Path, workers: int, threads: int, scheduler: str | None, command, finished) -> None:
     try:
         from dask.distributed import Client, LocalCluster, as_completed
     except ImportError:
         raise SweepError("--backend dask needs dask.distributed: pip install 'fedsim-compress[dask]'") from None
-    from fedsim.sweeps.worker import run_one
+    from fedsim.sweeps.worker import THREAD_VARIABLES, run_one
     cluster = None
     if scheduler is None:
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+        # The nannies start each worker with the thread variables set, before anything numerical loads.
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                               env={name: str(threads) for name in THREAD_VARIABLES})
         client = Client(cluster)
     else:
         try:
@@ -185,7 +187,7 @@ def _run_dask(pending, out: Path, workers: int, scheduler: str | None, command, 
             raise SweepError(f"--scheduler {scheduler}: cannot reach a Dask scheduler there ({error})") from None
     try:
         futures = {client.submit(run_one, planned.config, str(Path(run_folder(out, planned)).resolve()),
-                                 planned.label, command, pure=False, retries=3, key=f"run-{planned.folder_name}"):
+                                 planned.label, command, threads, pure=False, retries=3, key=f"run-{planned.folder_name}"):
                    planned for planned in pending}
         for future in as_completed(list(futures)):
             try:

@@ -28,13 +28,19 @@ def pin_threads(threads: int) -> None:
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))   # PR_SET_PDEATHSIG
         except (OSError, AttributeError):
             pass
+    limit_threads(threads)
+
+
+def limit_threads(threads: int) -> None:
+    """Limit BLAS, OpenMP and Numba to ``threads`` threads in a process where they may already be loaded
+    (a Dask worker): runtime limits, as the thread variables would come too late there."""
     import numba
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     from threadpoolctl import threadpool_limits
     threadpool_limits(limits=threads)
 
 
-def run_one(config, folder: str, name: str, command: list[str]) -> dict:
+def run_one(config, folder: str, name: str, command: list[str], threads: int | None = None) -> dict:
     """Bring the run folder ``folder`` of ``config`` to its end; how it ended, as a JSON-able dict.
 
     A finished folder (summary.json) is reported as it is; a folder with a config is resumed (from its
@@ -63,4 +69,4 @@ def run_one(config, folder: str, name: str, command: list[str]) -> dict:
                 "ran": True}
 
 
-__all__ = ["THREAD_VARIABLES", "pin_threads", "run_one"]
+__all__ = ["THREAD_VARIABLES", "limit_threads", "pin_threads", "run_one"]
