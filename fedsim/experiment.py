@@ -7,6 +7,7 @@ natural partition). The run loop that uses them is :mod:`fedsim.runs.loop`.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 
@@ -15,9 +16,12 @@ import numpy as np
 from fedsim.data.dataset import Dataset
 from fedsim.data.datasets import DATASET_NAMES, PIPELINES, TRAIN_SPLITS, load_dataset
 from fedsim.data.partition import partition
+from fedsim.data.preprocess import PIXEL_STATISTICS
+from fedsim.models.features import Codes
 from fedsim.rng import RunStreams
 
 PARTITIONS = ("classes_per_client", "dirichlet", "shards", "iid", "contiguous", "natural")
+STORAGES = ("float", "uint8")
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,7 @@ class DataConfig:
     synthetic_alpha: float = 1.0       # Synthetic(alpha, beta): model heterogeneity across devices
     synthetic_beta: float = 1.0        # Synthetic(alpha, beta): feature heterogeneity across devices
     synthetic_devices: int = 30        # Synthetic(alpha, beta): number of devices
+    storage: str = "float"             # float | uint8 (image pixels kept as 8-bit codes: 4-8x fewer bytes read)
 
     def __post_init__(self):
         if self.dataset not in DATASET_NAMES:
@@ -47,6 +52,11 @@ class DataConfig:
             raise ValueError(f"train_split must be one of {list(TRAIN_SPLITS)}, got {self.train_split!r}")
         if self.partition not in PARTITIONS:
             raise ValueError(f"partition must be one of {list(PARTITIONS)}, got {self.partition!r}")
+        if self.storage not in STORAGES:
+            raise ValueError(f"storage must be one of {list(STORAGES)}, got {self.storage!r}")
+        if self.storage == "uint8" and self.dataset == "synthetic":
+            raise ValueError("storage 'uint8' needs an 8-bit image dataset (mnist, fashion-mnist); "
+                             "synthetic data are floats: use storage 'float'")
         if self.partition == "natural" and self.dataset != "synthetic":
             raise ValueError(f"partition 'natural' needs a dataset with a natural partition ('synthetic'), "
                              f"not {self.dataset!r}")
@@ -71,17 +81,54 @@ def load_data(config: DataConfig, family_pipeline: str, seed: int, progress: boo
     if key not in _MEMORY:
         dataset = _load(config, family_pipeline, seed, progress)
         for array in (dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test):
-            array.setflags(write=False)
+            getattr(array, "codes", array).setflags(write=False)
         _MEMORY[key] = dataset
     return _MEMORY[key]
 
 
 def _load(config: DataConfig, family_pipeline: str, seed: int, progress: bool | None) -> Dataset:
-    return load_dataset(
+    dataset = load_dataset(
         config.dataset, config.pipeline or family_pipeline, data_dir=config.data_dir,
         download=config.download, train_split=config.train_split,
         synthetic_alpha=config.synthetic_alpha, synthetic_beta=config.synthetic_beta,
         synthetic_devices=config.synthetic_devices, seed=seed, progress=progress)
+    if config.storage == "uint8":
+        dataset = stored_as_codes(dataset, config.pipeline or family_pipeline)
+    return dataset
+
+
+def pixel_affine(name: str, pipeline: str) -> tuple[float, float]:
+    """``(scale, offset)`` with ``x = scale * u + offset`` from 8-bit pixels ``u`` to the pipeline's features:
+    LAQ ``x = u / 255``; STC ``x = (u / 255 - mean) / std`` (on the resized pixels, rounded to 1/255 steps)."""
+    if pipeline == "laq":
+        return 1.0 / 255.0, 0.0
+    stats = PIXEL_STATISTICS[name]
+    return 1.0 / (255.0 * stats.std), -stats.mean / stats.std
+
+
+def to_codes(x: np.ndarray, scale: float, offset: float, chunk: int = 8192) -> np.ndarray:
+    """The 8-bit codes ``u = round((x - offset) / scale)`` of features ``x``, checked to lie in [0, 255]."""
+    codes = np.empty(x.shape, dtype=np.uint8)
+    for start in range(0, len(x), chunk):
+        u = np.rint((np.asarray(x[start:start + chunk], dtype=np.float64) - offset) / scale)
+        if u.size and (u.min() < 0 or u.max() > 255):
+            raise ValueError(f"features outside the 8-bit range of their pipeline ({u.min():g} to {u.max():g} "
+                             f"after undoing its scaling): data.storage 'uint8' cannot hold them")
+        codes[start:start + chunk] = u
+    return codes
+
+
+def stored_as_codes(dataset: Dataset, pipeline: str) -> Dataset:
+    """``dataset`` with its image features kept as 8-bit :class:`~fedsim.models.features.Codes` (the STC
+    pipeline's resized pixels rounded to 1/255 steps, as its reference code's PIL resize did; the LAQ
+    pipeline's pixels exactly)."""
+    scale, offset = pixel_affine(dataset.name, pipeline)
+    dtype = dataset.x_train.dtype
+    test = Codes(to_codes(dataset.x_test, scale, offset), scale, offset, dtype)
+    train = test if dataset.x_train is dataset.x_test else Codes(to_codes(dataset.x_train, scale, offset), scale,
+                                                                 offset, dtype)
+    return dataclasses.replace(dataset, x_train=train, x_test=test,
+                               description=dataset.description + ", stored as 8-bit codes")
 
 
 def split_among_clients(config: DataConfig, dataset: Dataset, n_clients: int, seed: int,

@@ -6,6 +6,14 @@ shared Fashion-MNIST files when they are there). Recorded once before a refactor
 (``python -m tests.golden_cases --record``); ``tests/test_golden_histories.py`` reruns each case and
 compares every record field except wall time.
 
+Re-recorded only when a change alters results on purpose, each time listed here:
+
+* the BLAS thread fix (one BLAS thread by default): laq-mnist, in its last bits;
+* the one-pass gradient (``fedsim.models.softmax``: blocks of rows, the weight gradient summed block by
+  block): laq-mnist, whose 1,000-sample shards are the only data here large enough to be split into
+  blocks; its iteration-0 quantized aggregate moved (an exact tie of the all-zero start, rounded the
+  other way). Every offline case and stc-mnist stayed bitwise equal.
+
 A case is (preset, overrides, steps). Overrides use today's setting names; a renamed setting is renamed
 here, with the recorded numbers left as they are.
 """

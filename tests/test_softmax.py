@@ -154,3 +154,132 @@ def test_evaluate_equals_loss_and_accuracy():
     loss, accuracy = model.evaluate(theta, x, y)
     assert loss == pytest.approx(model.loss(theta, x, y), rel=1e-14)
     assert accuracy == model.accuracy(theta, x, y)
+
+
+# -- one pass over the data: the blocks -------------------------------------------------------------
+import fedsim.models.softmax as softmax_module  # noqa: E402
+from fedsim.models.features import Codes  # noqa: E402
+
+# (whole, block, product) byte sizes that force each way of walking the data on small problems.
+WALKS = {
+    "one block": (10 ** 9, 10 ** 9, 10 ** 9),
+    "models grouped": (0, 6000, 6000),                # several whole models a block
+    "rows of one model": (0, 500, 200),               # row blocks, each in several products
+    "one row a block": (0, 1, 1),
+}
+
+
+@pytest.fixture(params=list(WALKS))
+def walk(request, monkeypatch):
+    whole, block, product = WALKS[request.param]
+    monkeypatch.setattr(softmax_module, "WHOLE_BYTES", whole)
+    monkeypatch.setattr(softmax_module, "BLOCK_BYTES", block)
+    monkeypatch.setattr(softmax_module, "PRODUCT_BYTES", product)
+    return request.param
+
+
+def _plan_blocks(model, theta, x, rows=None):
+    return softmax_module._Plan(model, theta, x, rows).blocks()
+
+
+@pytest.mark.oracle
+@pytest.mark.parametrize("batch", [(), (5,), (2, 3)])
+def test_every_walk_over_the_data_matches_torch_autograd(torch, walk, batch):
+    model, theta, x, y = _problem(np.float64, batch, n=37, features=9, classes=4, seed=4, l2=0.05)
+    blocks = _plan_blocks(model, theta, x)
+    if walk == "one block" or (walk == "models grouped" and batch == ()):
+        assert len(blocks) == 1
+    else:
+        assert len(blocks) > 1, blocks
+    if walk == "models grouped" and batch:
+        assert all(s0 == 0 and s1 == 37 for _, _, s0, s1 in blocks) and max(k1 - k0 for k0, k1, _, _ in blocks) > 1
+    if walk == "rows of one model":
+        assert all(k1 - k0 == 1 and (s1 - s0 == 6 or s1 == 37) for k0, k1, s0, s1 in blocks)
+    covered = np.zeros((int(np.prod(batch)), 37), dtype=int)
+    for k0, k1, s0, s1 in blocks:
+        covered[k0:k1, s0:s1] += 1
+    assert np.all(covered == 1), "every sample of every model in exactly one block"
+    loss, grad = model.loss_and_grad(theta, x, y)
+    ref_loss, ref_grad = _torch_loss_and_grad(torch, model, theta, x, y)
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(grad, ref_grad, rtol=1e-12, atol=1e-13)
+    loss_eval, accuracy = model.evaluate(theta, x, y)
+    np.testing.assert_allclose(loss_eval, ref_loss, rtol=1e-13)
+    np.testing.assert_array_equal(accuracy, np.mean(np.argmax(np.matmul(x, theta[..., :36].reshape(
+        batch + (9, 4))) + theta[..., 36:][..., None, :], axis=-1) == y, axis=-1))
+
+
+def test_a_shared_model_over_stacked_shards_and_stacked_models_over_one_set(walk):
+    """LAQ's call (one theta, M shards) and an evaluation of K models on one set, against one model at a
+    time."""
+    model, theta, x, y = _problem(np.float64, (4,), n=29, features=7, classes=3, seed=5)
+    loss, grad = model.loss_and_grad(theta[0], x, y)
+    for m in range(4):
+        one_loss, one_grad = model.loss_and_grad(theta[0], x[m], y[m])
+        np.testing.assert_allclose(loss[m], one_loss, rtol=1e-13)
+        np.testing.assert_allclose(grad[m], one_grad, rtol=1e-12, atol=1e-14)
+    loss, grad = model.loss_and_grad(theta, x[0], y[0])
+    logits = model.logits(theta, x[0])
+    for k in range(4):
+        one_loss, one_grad = model.loss_and_grad(theta[k], x[0], y[0])
+        np.testing.assert_allclose(loss[k], one_loss, rtol=1e-13)
+        np.testing.assert_allclose(grad[k], one_grad, rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(logits[k], model.logits(theta[k], x[0]), rtol=1e-13)
+
+
+def test_gathered_rows_and_weights_equal_the_gathered_copy(walk):
+    """``rows=`` gathers block by block what ``x[rows]`` would copy out; weights (a padding mask) too."""
+    model, theta, _, _ = _problem(np.float32, (3,), features=8, classes=5, seed=6)
+    rng = np.random.default_rng(7)
+    source = rng.normal(size=(50, 8)).astype(np.float32)
+    labels = rng.integers(0, 5, size=50)
+    rows = rng.integers(0, 50, size=(3, 11))
+    mask = (np.arange(11) < np.array([[11], [7], [3]])).astype(np.float32)
+    got = model.loss_and_grad(theta, source, labels[rows], mask, rows=rows)
+    expected = model.loss_and_grad(theta, source[rows], labels[rows], mask)
+    np.testing.assert_allclose(got[0], expected[0], rtol=1e-6)
+    np.testing.assert_allclose(got[1], expected[1], rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="rows"):
+        model.loss_and_grad(theta, source[None], labels[rows], rows=rows)
+
+
+@pytest.mark.oracle
+@pytest.mark.parametrize("dtype, scale, offset, tol", [(np.float64, 1 / 255, 0.0, 1e-13),
+                                                       (np.float64, 1 / (255 * 0.3384), -0.2854 / 0.3384, 1e-12),
+                                                       (np.float32, 1 / (255 * 0.3384), -0.2854 / 0.3384, 3e-5)])
+def test_codes_fold_their_affine_map_into_the_weights_side(torch, walk, dtype, scale, offset, tol):
+    """8-bit features ``x = scale u + offset``: loss, gradient, logits and accuracy equal those of the
+    decoded floats (to rounding) and torch autograd's on them."""
+    model, theta, _, y = _problem(dtype, (3,), n=31, features=10, classes=4, seed=8, l2=0.01)
+    codes = np.random.default_rng(9).integers(0, 256, size=(3, 31, 10), dtype=np.uint8)
+    features = Codes(codes, scale, offset, dtype)
+    x = features.decode()
+    assert x.dtype == dtype
+    np.testing.assert_array_equal(x, (codes.astype(dtype) * dtype(scale) + dtype(offset)))
+    loss, grad = model.loss_and_grad(theta, features, y)
+    assert loss.dtype == dtype and grad.dtype == dtype
+    ref_loss, ref_grad = _torch_loss_and_grad(torch, model, theta, x, y)
+    np.testing.assert_allclose(loss, ref_loss, rtol=tol, atol=tol)
+    np.testing.assert_allclose(grad, ref_grad, rtol=tol, atol=tol)
+    np.testing.assert_allclose(model.logits(theta, features), model.logits(theta, x), rtol=tol, atol=tol)
+    np.testing.assert_allclose(model.evaluate(theta, features, y)[0], model.evaluate(theta, x, y)[0], rtol=tol)
+    rows = np.array([[0, 5, 9], [30, 1, 1], [2, 2, 2]])
+    gathered = model.loss_and_grad(theta, features[0], y[0][rows], rows=rows)
+    np.testing.assert_allclose(gathered[1], model.loss_and_grad(theta, x[0][rows], y[0][rows])[1],
+                               rtol=tol, atol=tol)
+
+
+def test_codes_refuse_what_they_cannot_stand_for():
+    with pytest.raises(ValueError, match="uint8"):
+        Codes(np.zeros((3, 4), np.int16), 1.0)
+    with pytest.raises(ValueError, match="float32 or float64"):
+        Codes(np.zeros((3, 4), np.uint8), 1.0, dtype=np.float16)
+    with pytest.raises(ValueError, match="scale must not be 0"):
+        Codes(np.zeros((3, 4), np.uint8), 0.0)
+    with pytest.raises(ValueError, match="offset must be finite"):
+        Codes(np.zeros((3, 4), np.uint8), 1.0, float("nan"))
+    model = SoftmaxRegression(4, 3)
+    with pytest.raises(ValueError, match="float32 or float64 array or Codes"):
+        model.loss_and_grad(model.init(), np.zeros((5, 4), np.uint8), np.zeros(5, int))
+    with pytest.raises(ValueError, match="4 features"):
+        model.loss_and_grad(model.init(), np.zeros((5, 3)), np.zeros(5, int))

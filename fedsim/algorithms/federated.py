@@ -43,6 +43,7 @@ from fedsim.algorithms.family import Family, cell, register_family, run_seconds
 from fedsim.data.dataset import Dataset
 from fedsim.errors import DivergenceError
 from fedsim.models import SoftmaxRegression
+from fedsim.models.features import as_dtype
 from fedsim.rng import RunStreams
 
 
@@ -264,12 +265,12 @@ class FederatedRun:
         self.dataset = dataset
         self.dtype = np.dtype(config.dtype)
         self.model = SoftmaxRegression(dataset.n_features, dataset.n_classes)
-        self.x_train = np.ascontiguousarray(dataset.x_train, dtype=self.dtype)
+        self.x_train = as_dtype(dataset.x_train, self.dtype)        # floats, or 8-bit Codes
         self.y_train = np.asarray(dataset.y_train, dtype=np.int64)
         n_eval = min(config.eval_train_samples, len(self.y_train))
         self.eval_sets = {
             "train": (self.x_train[:n_eval], self.y_train[:n_eval]),
-            "test": (np.ascontiguousarray(dataset.x_test, dtype=self.dtype),
+            "test": (as_dtype(dataset.x_test, self.dtype),
                      np.asarray(dataset.y_test, dtype=np.int64)),
         }
         self.streams = RunStreams(seed)
@@ -320,8 +321,10 @@ class FederatedRun:
         momentum = clients.momentum[participants] if clients.momentum is not None else None
         lr = self._learning_rates(participants)
         for _ in range(config.local_iterations):
-            x, y, mask = self._next_batches(participants)
-            client_loss, grad = self.model.loss_and_grad(weights, x, y, mask)
+            samples, mask = self._next_batches(participants)
+            # One pass: each client's batch is gathered from x_train block by block, in cache.
+            client_loss, grad = self.model.loss_and_grad(weights, self.x_train, self.y_train[samples], mask,
+                                                         rows=samples)
             if not np.all(np.isfinite(client_loss)):
                 bad = participants[~np.isfinite(client_loss)]
                 self._diverge(t, f"the training losses of clients {bad[:10].tolist()} are NaN or inf")
@@ -468,7 +471,7 @@ class FederatedRun:
         return (config.lr * factor).astype(self.dtype)
 
     def _next_batches(self, participants: np.ndarray):
-        """The next mini-batch of every participant, padded to one (K, B, F) array.
+        """The rows of the next mini-batch of every participant, padded to one (K, B) index array.
 
         A batch never crosses an epoch boundary: the last batch of an epoch holds what is left of it
         (as a data loader that keeps its last, smaller batch), marked by a 0/1 ``mask`` (None when every
@@ -495,7 +498,7 @@ class FederatedRun:
         finished = participants[cursor == sizes]
         clients.cursor[finished] = 0
         clients.epoch[finished] += 1
-        return self.x_train[samples], self.y_train[samples], mask
+        return samples, mask
 
     def _shuffle(self, client: int) -> None:
         """Client ``client``'s order for its current epoch: a permutation of its samples drawn from a

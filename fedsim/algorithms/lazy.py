@@ -69,6 +69,7 @@ from fedsim.data.dataset import Dataset
 from fedsim.errors import DivergenceError
 from fedsim.data.partition import contiguous
 from fedsim.kernels.laq import MAX_BITS, MIN_BITS, code_dtype, laq_quantize
+from fedsim.models.features import Codes, as_dtype, decoded
 from fedsim.models.softmax import SoftmaxRegression
 from fedsim.rng import RunStreams
 
@@ -261,22 +262,24 @@ def stack_shards(x: np.ndarray, y: np.ndarray, partition: Sequence[np.ndarray], 
                              f"{n_samples} training samples")
     sizes = np.array([part.size for part in parts], dtype=np.int64)
     n_workers, n_max = len(parts), int(sizes.max())
-    x = np.asarray(x).astype(dtype, copy=False)
+    codes = x if isinstance(x, Codes) else None            # 8-bit features: stack the codes
+    x = codes.codes if codes is not None else np.asarray(x).astype(dtype, copy=False)
+    wrap = (lambda a: a) if codes is None else (lambda a: Codes(a, codes.scale, codes.offset, dtype))
     y = np.asarray(y).astype(np.int64, copy=False)
     block = int(sizes[0])
     if np.all(sizes == block) and all(np.array_equal(part, np.arange(m * block, (m + 1) * block))
                                       for m, part in enumerate(parts)):
         used = n_workers * block
-        return Shards(x[:used].reshape(n_workers, block, -1), y[:used].reshape(n_workers, block), None,
+        return Shards(wrap(x[:used].reshape(n_workers, block, -1)), y[:used].reshape(n_workers, block), None,
                       sizes)
-    x_shards = np.zeros((n_workers, n_max, x.shape[1]), dtype=dtype)
+    x_shards = np.zeros((n_workers, n_max, x.shape[1]), dtype=x.dtype)
     y_shards = np.zeros((n_workers, n_max), dtype=np.int64)
     weights = np.zeros((n_workers, n_max), dtype=dtype)
     for m, part in enumerate(parts):           # O(M) copies, once per run
         x_shards[m, : part.size] = x[part]
         y_shards[m, : part.size] = y[part]
         weights[m, : part.size] = 1
-    return Shards(x_shards, y_shards, None if np.all(sizes == n_max) else weights, sizes)
+    return Shards(wrap(x_shards), y_shards, None if np.all(sizes == n_max) else weights, sizes)
 
 
 def smoothness_bounds(shards: Shards, l2: float) -> tuple[np.ndarray, float]:
@@ -294,7 +297,7 @@ def smoothness_bounds(shards: Shards, l2: float) -> tuple[np.ndarray, float]:
     without it, bounds only the W block). Computed exactly: one (F+1)^2 Gram matrix per worker
     (a batched matmul) and ``scipy.linalg.eigvalsh`` for its largest eigenvalue.
     """
-    x, weights, sizes = shards.x, shards.weights, shards.sizes
+    x, weights, sizes = decoded(shards.x), shards.weights, shards.sizes
     n_workers, _, n_features = x.shape
     gram = np.empty((n_workers, n_features + 1, n_features + 1), dtype=np.float64)
     gram[:, :n_features, :n_features] = np.matmul(np.swapaxes(x, 1, 2), x)       # X^T X (padding is 0)
@@ -500,7 +503,7 @@ class LazyRun:
             raise ValueError(f"minibatch_size must be in [1, {self.shards.sizes.min()}] (the smallest "
                              f"shard), got {config.minibatch_size}")
         self.model = SoftmaxRegression(data.n_features, data.n_classes, config.l2)
-        self.x_test = np.asarray(data.x_test).astype(dtype, copy=False)
+        self.x_test = as_dtype(data.x_test, dtype)
         self.y_test = data.y_test
         streams = RunStreams(config.seed)
         self.theta = self.model.init(streams.generator("init"), kind=config.init, dtype=dtype)

@@ -2,8 +2,14 @@
 
 Parameters are one flat vector ``theta`` = [W (n_features x n_classes, row-major), b (n_classes)]
 (:mod:`fedsim.params`). Every function also takes a stack of models, ``theta`` of shape
-``(clients, size)`` with ``x`` of shape ``(clients, batch, n_features)``: one batched matmul serves
-all clients, no Python loop.
+``(clients, size)`` with ``x`` of shape ``(clients, batch, n_features)``, and data as a float array or
+as 8-bit :class:`~fedsim.models.features.Codes`.
+
+One pass over the data: the samples are visited in cache-sized blocks (``_Plan``), and a gradient
+computes each block's logits, residual and weight-gradient share while the block is in cache, so each
+sample is read from memory once per gradient (twice with two whole-array products: forward, then
+backward). Small data (the clients of a round, at most ``WHOLE_BYTES``) is one block, one batched
+product for all clients.
 
 Equations (n samples, one-hot labels Y, optional weights m_i for ragged batches, sum m_i = n)::
 
@@ -20,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedsim.models.features import split as split_features
 from fedsim.params import ParamSpec
 
 
@@ -73,22 +80,24 @@ class SoftmaxRegression:
         W[...] = rng.uniform(-limit, limit, size=W.shape)
         return theta
 
-    def logits(self, theta: np.ndarray, x: np.ndarray) -> np.ndarray:
-        """z = x W + b, shape ``(..., n, n_classes)``."""
-        W = self.spec.view(theta, "W")
-        b = self.spec.view(theta, "b")
-        return np.matmul(x, W) + b[..., None, :]
+    def logits(self, theta: np.ndarray, x) -> np.ndarray:
+        """z = x W + b, shape ``(..., n, n_classes)``; ``x`` a float array or :class:`Codes`."""
+        plan = _Plan(self, theta, x)
+        z = np.empty((plan.models, plan.n, self.n_classes), dtype=plan.dtype)
+        for k0, k1, s0, s1 in plan.blocks():
+            z[k0:k1, s0:s1] = plan.forward(k0, k1, s0, s1)[0]
+        return z.reshape(plan.batch + (plan.n, self.n_classes))
 
-    def predict(self, theta: np.ndarray, x: np.ndarray) -> np.ndarray:
+    def predict(self, theta: np.ndarray, x) -> np.ndarray:
         """Predicted class of each sample, ``argmax_c z``."""
         return np.argmax(self.logits(theta, x), axis=-1)
 
-    def accuracy(self, theta: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    def accuracy(self, theta: np.ndarray, x, y: np.ndarray) -> np.ndarray:
         """Fraction of samples whose predicted class equals the label."""
         return np.mean(self.predict(theta, x) == y, axis=-1)
 
-    def evaluate(self, theta: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Mean loss (with the L2 penalty) and accuracy from one pass over the logits."""
+    def evaluate(self, theta: np.ndarray, x, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Mean loss (with the L2 penalty) and accuracy from one pass over the data."""
         z = self.logits(theta, x)
         accuracy = np.mean(np.argmax(z, axis=-1) == y, axis=-1)
         z -= z.max(axis=-1, keepdims=True)
@@ -96,36 +105,68 @@ class SoftmaxRegression:
         nll = np.log(np.exp(z).sum(axis=-1)) - z_y
         return nll.mean(axis=-1) + self._penalty(theta), accuracy
 
-    def loss(self, theta: np.ndarray, x: np.ndarray, y: np.ndarray,
-             weights: np.ndarray | None = None) -> np.ndarray:
+    def loss(self, theta: np.ndarray, x, y: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
         """Mean cross-entropy plus the L2 penalty; one value per model of the stack."""
-        _, nll = self._shifted_exp_and_nll(theta, x, y)
+        self._check_labels(y)
+        z = self.logits(theta, x)
+        z -= z.max(axis=-1, keepdims=True)
+        z_y = np.take_along_axis(z, np.asarray(y)[..., None], axis=-1)[..., 0]
+        nll = np.log(np.exp(z).sum(axis=-1)) - z_y
         return self._mean(nll, weights) + self._penalty(theta)
 
-    def loss_and_grad(self, theta: np.ndarray, x: np.ndarray, y: np.ndarray,
-                      weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Loss (shape ``theta.shape[:-1]``) and its gradient (shape of ``theta``).
+    def loss_and_grad(self, theta: np.ndarray, x, y: np.ndarray, weights: np.ndarray | None = None,
+                      rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Loss (shape ``theta.shape[:-1]``) and its gradient (shape of ``theta``), in one pass over x.
 
         ``weights`` (shape ``(..., n)``, optional) weigh the samples: the mean becomes
         ``sum_i m_i l_i / sum_i m_i``, so a 0/1 mask pads ragged client batches to one array.
+        ``rows`` (shape ``(..., n)``, optional): the samples are ``x[rows]`` of a ``(N, F)`` set, gathered
+        block by block rather than copied out first. ``x`` may be :class:`Codes` (8-bit features).
+
+        Each cache-sized block of samples is read from memory once: its logits, the residual
+        ``delta = m (p - Y) / sum m`` and its share ``x_block^T delta`` of the weight gradient are computed
+        while it is in cache (the products' summation order is that of the blocks, see ``_Plan``).
         """
-        shifted_exp, nll = self._shifted_exp_and_nll(theta, x, y)
-        loss = self._mean(nll, weights) + self._penalty(theta)
-        # p - Y, scaled by m_i / sum m: the derivative of the weighted mean cross-entropy w.r.t. z.
-        delta = shifted_exp
-        delta /= delta.sum(axis=-1, keepdims=True)
-        np.put_along_axis(delta, y[..., None],
-                          np.take_along_axis(delta, y[..., None], axis=-1) - 1, axis=-1)
-        if weights is None:
-            delta /= x.shape[-2]
-        else:
-            delta *= (weights / weights.sum(axis=-1, keepdims=True))[..., None]
-        grad = np.empty(np.broadcast_shapes(theta.shape, delta.shape[:-2] + (self.size,)),
-                        dtype=np.result_type(theta, delta))
-        spec = self.spec
-        # grad_W = x^T delta, grad_b = sum_i delta_i  (then + l2 * theta)
-        self.weight_gradient(x, delta, spec.view(grad, "W"))
-        spec.view(grad, "b")[...] = delta.sum(axis=-2)
+        self._check_labels(y)
+        plan = _Plan(self, theta, x, rows)
+        L, n, F, C = plan.models, plan.n, self.n_features, self.n_classes
+        y_flat = plan.flat(np.asarray(y), 1)
+        mask = None if weights is None else plan.flat(np.asarray(weights, dtype=plan.dtype), 1)
+        # The residual's per-sample factor: m_i / sum m (or 1 / n).
+        share = None if mask is None else mask / mask.sum(axis=-1, keepdims=True)
+        nll = np.empty((L, n), dtype=plan.dtype)
+        grad = np.empty((L, self.size), dtype=plan.dtype)
+        grad_W = grad[:, :F * C].reshape(L, F, C)
+        grad_b = grad[:, F * C:]
+        grad_W[...] = 0
+        grad_b[...] = 0
+        part = np.empty((plan.group, F, C), dtype=plan.dtype)
+        for k0, k1, s0, s1 in plan.blocks():
+            z, x_block = plan.forward(k0, k1, s0, s1)
+            labels = y_flat[k0:k1, s0:s1, None] if y_flat.shape[0] > 1 else y_flat[:, s0:s1, None]
+            labels = np.broadcast_to(labels, z.shape[:-1] + (1,))
+            z -= z.max(axis=-1, keepdims=True)
+            z_y = np.take_along_axis(z, labels, axis=-1)[..., 0]
+            np.exp(z, out=z)
+            total = z.sum(axis=-1)
+            nll[k0:k1, s0:s1] = np.log(total) - z_y             # -log p[y] = log sum exp - z_y
+            delta = z
+            delta /= total[..., None]                            # p
+            np.put_along_axis(delta, labels, np.take_along_axis(delta, labels, axis=-1) - 1, axis=-1)
+            if share is None:                                    # p - Y, times m_i / sum m
+                delta /= n
+            else:
+                delta *= (share[k0:k1, s0:s1] if share.shape[0] > 1 else share[:, s0:s1])[..., None]
+            plan.backward(x_block, delta, grad_W[k0:k1], part[: k1 - k0])   # grad_W += x_block^T delta
+            grad_b[k0:k1] += delta.sum(axis=-2)                 # grad_b += sum_i delta_i
+        if plan.scale != 1.0:                                    # x = scale u + offset (Codes)
+            grad_W *= plan.dtype.type(plan.scale)
+        if plan.offset != 0.0:
+            grad_W += plan.dtype.type(plan.offset) * grad_b[:, None, :]
+        loss = self._mean(nll.reshape(plan.batch + (n,)),
+                          None if weights is None else np.asarray(weights, dtype=plan.dtype))
+        grad = grad.reshape(plan.batch + (self.size,))
+        loss = loss + self._penalty(theta)
         if self.l2:
             grad += self.l2 * theta
         return loss, grad
@@ -141,18 +182,11 @@ class SoftmaxRegression:
             np.matmul(np.swapaxes(x, -1, -2), delta, out=out)
 
     # -- pieces -----------------------------------------------------------------------------------
-    def _shifted_exp_and_nll(self, theta, x, y):
-        """exp(z - max z) (rows not normalised) and -log p[y] = log sum exp(z - max z) - (z - max z)[y]."""
+    def _check_labels(self, y):
         y = np.asarray(y)
         if y.size and (y.min() < 0 or y.max() >= self.n_classes):
             raise ValueError(f"labels must lie in [0, {self.n_classes - 1}], got range "
                              f"[{y.min()}, {y.max()}]")
-        z = self.logits(theta, x)
-        z -= z.max(axis=-1, keepdims=True)
-        z_y = np.take_along_axis(z, y[..., None], axis=-1)[..., 0]
-        np.exp(z, out=z)
-        nll = np.log(z.sum(axis=-1)) - z_y
-        return z, nll
 
     @staticmethod
     def _mean(nll, weights):
@@ -164,3 +198,137 @@ class SoftmaxRegression:
         if not self.l2:
             return 0.0
         return 0.5 * self.l2 * np.einsum("...i,...i->...", theta, theta)
+
+
+# Block sizes, measured at 1 thread on 60,000 x 784 float64 (benchmarks/README.md, "one pass over the
+# data"). A product on 64 rows (400 KiB) takes OpenBLAS's small-matrix path: 19 us forward and 17 us
+# backward, where 128 rows take 66 and 70 us and two whole-array products 131 ms in all. The softmax
+# between them costs about 20 us a call whatever its size below a few hundred rows, so it runs on
+# blocks of four product blocks (1.6 MiB, still in a 4 MiB L2 cache between the forward and the
+# backward). Data of at most WHOLE_BYTES in all is one block (small runs: no Python loop at all).
+PRODUCT_BYTES = 400 * 1024
+BLOCK_BYTES = 4 * PRODUCT_BYTES
+WHOLE_BYTES = 1024 * 1024
+
+
+class _Plan:
+    """How one call walks its data: the stack of L models (flattened batch dimensions), and the blocks
+    ``(k0, k1, s0, s1)`` of models ``k0:k1`` and samples ``s0:s1`` it visits, each a cache-sized piece.
+
+    A block holds several whole models' samples when a model's samples are small (the clients of a
+    round), else a run of rows of one model (a LAQ worker's shard). The weight gradient is the sum of the
+    blocks' products in block order; logits and per-sample losses do not depend on the blocks.
+    """
+
+    def __init__(self, model: SoftmaxRegression, theta, x, rows=None):
+        array, self.scale, self.offset, data_dtype = split_features(x)
+        theta = np.asarray(theta)
+        self.dtype = np.result_type(theta.dtype, data_dtype)
+        F, C = model.n_features, model.n_classes
+        if array.shape[-1] != F:
+            raise ValueError(f"the model has {F} features, the data has {array.shape[-1]}")
+        if rows is None:
+            data_batch, self.n = array.shape[:-2], array.shape[-2]
+        else:
+            rows = np.asarray(rows)
+            if array.ndim != 2 or rows.ndim < 1:
+                raise ValueError("with rows, x must be one (samples, features) set and rows an index array")
+            data_batch, self.n = rows.shape[:-1], rows.shape[-1]
+        self.batch = np.broadcast_shapes(theta.shape[:-1], data_batch)
+        self.models = int(np.prod(self.batch, dtype=np.int64))
+        spec = model.spec
+        self.W = self.flat(spec.view(theta, "W"), 2)             # (1 or L, F, C)
+        bias = spec.view(theta, "b").astype(self.dtype, copy=False)
+        if self.offset != 0.0:                                   # offset * 1^T W + b
+            bias = bias + self.dtype.type(self.offset) * spec.view(theta, "W").sum(axis=-2, dtype=self.dtype)
+        self.bias = self.flat(bias, 1)                           # (1 or L, C)
+        if rows is None:
+            self.x, self.rows = self.flat(array, 2), None        # (1 or L, n, F)
+        else:
+            self.x, self.rows = array, self.flat(rows, 1)        # (N, F) and (1 or L, n)
+        shared_data = (self.x if rows is None else self.rows).shape[0] == 1
+        row_bytes = F * self.dtype.itemsize
+        model_bytes = self.n * row_bytes
+        L = self.models
+        if (1 if shared_data else L) * model_bytes <= WHOLE_BYTES:
+            self._blocks = [(0, L, 0, self.n)]
+        elif model_bytes <= BLOCK_BYTES:
+            g = max(1, BLOCK_BYTES // model_bytes)
+            self._blocks = [(k0, min(L, k0 + g), 0, self.n) for k0 in range(0, L, g)]
+        else:
+            r = max(1, BLOCK_BYTES // row_bytes)
+            self._blocks = [(k, k + 1, s0, min(self.n, s0 + r)) for k in range(L) for s0 in range(0, self.n, r)]
+        self.group = max(k1 - k0 for k0, k1, _, _ in self._blocks)
+        self.product_rows = max(1, PRODUCT_BYTES // row_bytes)
+        self._buffer = None
+
+    def flat(self, a: np.ndarray, tail: int) -> np.ndarray:
+        """``a`` of shape ``(*lead, *tail shape)`` as ``(L, *tail shape)``, or ``(1, ...)`` if shared."""
+        lead, rest = a.shape[:a.ndim - tail], a.shape[a.ndim - tail:]
+        if lead == ():
+            return a.reshape((1,) + rest)
+        if lead != self.batch:
+            a = np.broadcast_to(a, self.batch + rest)
+        return a.reshape((self.models,) + rest)
+
+    def blocks(self) -> list[tuple[int, int, int, int]]:
+        return self._blocks
+
+    def _scratch(self, shape: tuple[int, ...], source: np.ndarray | None = None) -> np.ndarray:
+        """A block-sized float buffer reused from block to block (it stays in cache), holding ``source``."""
+        size = int(np.prod(shape))
+        if self._buffer is None or self._buffer.size < size:
+            self._buffer = np.empty(size, dtype=self.dtype)
+        out = self._buffer[:size].reshape(shape)
+        if source is not None:
+            np.copyto(out, source, casting="safe")
+        return out
+
+    def backward(self, x: np.ndarray, delta: np.ndarray, out: np.ndarray, part: np.ndarray) -> None:
+        """``out += x^T delta`` for one block, in products of PRODUCT_BYTES (``part``: scratch of out's
+        shape)."""
+        rows, step = x.shape[-2], self.product_rows
+        if x.ndim == 2 and delta.ndim == 3 and delta.shape[0] == 1:     # one model: 2-D products
+            delta, out, part = delta[0], out[0], part[0]
+        if rows <= step or x.ndim != 2 or delta.ndim != 2:
+            SoftmaxRegression.weight_gradient(x, delta, part)
+            out += part
+            return
+        for r0 in range(0, rows, step):
+            SoftmaxRegression.weight_gradient(x[r0:r0 + step], delta[..., r0:r0 + step, :], part)
+            out += part
+
+    @staticmethod
+    def _take(a: np.ndarray, k0: int, k1: int):
+        """Models k0:k1 of ``a`` (a shared ``a``, or a single model, without its stack axis)."""
+        if a.shape[0] == 1:
+            return a[0]
+        return a[k0] if k1 - k0 == 1 else a[k0:k1]
+
+    def forward(self, k0: int, k1: int, s0: int, s1: int) -> tuple[np.ndarray, np.ndarray]:
+        """The block's logits ``z = scale (x W) + bias`` (shape ``(models or 1, rows, C)``) and its samples
+        as floats (in cache, for the backward product)."""
+        if self.rows is None:
+            x = self._take(self.x, k0, k1)[..., s0:s1, :]
+            if x.dtype != self.dtype:                             # 8-bit codes to floats (exact), in cache
+                x = self._scratch(x.shape, x)
+        else:
+            index = self._take(self.rows, k0, k1)[..., s0:s1]
+            if self.x.dtype == self.dtype:                        # the gather: one read of each sample
+                x = np.take(self.x, index, axis=0, out=self._scratch(index.shape + self.x.shape[-1:]))
+            else:
+                x = self._scratch(index.shape + self.x.shape[-1:], self.x[index])
+        W = self._take(self.W, k0, k1)
+        rows, step = s1 - s0, self.product_rows
+        if rows <= step or x.ndim != 2 or W.ndim != 2:
+            z = np.matmul(x, W)
+        else:                                   # one model's rows: products of PRODUCT_BYTES each
+            z = np.empty((rows, W.shape[-1]), dtype=self.dtype)
+            for r0 in range(0, rows, step):
+                np.matmul(x[r0:r0 + step], W, out=z[r0:r0 + step])
+        if z.ndim == 2:
+            z = z[None]
+        if self.scale != 1.0:
+            z *= self.dtype.type(self.scale)
+        z += self._take(self.bias, k0, k1)[..., None, :]
+        return z, x
