@@ -164,7 +164,7 @@ from fedsim.models.features import Codes  # noqa: E402
 WALKS = {
     "one block": (10 ** 9, 10 ** 9, 10 ** 9),
     "models grouped": (0, 6000, 6000),                # several whole models a block
-    "rows of one model": (0, 500, 200),               # row blocks, each in several products
+    "rows of one model": (0, 500, 200),               # row blocks, each in several products (2 rows)
     "one row a block": (0, 1, 1),
 }
 

@@ -200,14 +200,18 @@ class SoftmaxRegression:
         return 0.5 * self.l2 * np.einsum("...i,...i->...", theta, theta)
 
 
-# Block sizes, measured at 1 thread on 60,000 x 784 float64 (benchmarks/README.md, "one pass over the
-# data"). A product on 64 rows (400 KiB) takes OpenBLAS's small-matrix path: 19 us forward and 17 us
-# backward, where 128 rows take 66 and 70 us and two whole-array products 131 ms in all. The softmax
-# between them costs about 20 us a call whatever its size below a few hundred rows, so it runs on
-# blocks of four product blocks (1.6 MiB, still in a 4 MiB L2 cache between the forward and the
-# backward). Data of at most WHOLE_BYTES in all is one block (small runs: no Python loop at all).
-PRODUCT_BYTES = 400 * 1024
-BLOCK_BYTES = 4 * PRODUCT_BYTES
+# Block sizes, measured at 1 thread (in cache; float64, 784 features, 10 classes): a product of at most
+# SMALL_PRODUCT multiply-adds (rows x features x classes) takes OpenBLAS's small-matrix path at 50-56
+# GFLOP/s (96-127 rows), where 128 rows fall to 28 GFLOP/s; float32 with 1,024 features likewise, 77 GFLOP/s
+# at 96 rows, 54 at 100. So one model's rows go through the products SMALL_PRODUCT at a time (and at most
+# PRODUCT_BYTES). The softmax between forward and backward costs about 20 us a call at any size below a few
+# hundred rows, so it runs on a block of several products (at most BLOCK_BYTES, still in a 4 MiB L2 cache
+# between the forward and the backward). On 60,000 x 784 float64 the two products then take 54 ms in
+# blocks, against 131 ms as two whole-array products. Data of at most WHOLE_BYTES in all is one block
+# (small runs: no Python loop at all).
+SMALL_PRODUCT = 1_000_000
+PRODUCT_BYTES = 800 * 1024
+BLOCK_BYTES = 1600 * 1024
 WHOLE_BYTES = 1024 * 1024
 
 
@@ -249,6 +253,7 @@ class _Plan:
         shared_data = (self.x if rows is None else self.rows).shape[0] == 1
         row_bytes = F * self.dtype.itemsize
         model_bytes = self.n * row_bytes
+        self.product_rows = max(1, min(PRODUCT_BYTES // row_bytes, SMALL_PRODUCT // (F * C)))
         L = self.models
         if (1 if shared_data else L) * model_bytes <= WHOLE_BYTES:
             self._blocks = [(0, L, 0, self.n)]
@@ -256,10 +261,9 @@ class _Plan:
             g = max(1, BLOCK_BYTES // model_bytes)
             self._blocks = [(k0, min(L, k0 + g), 0, self.n) for k0 in range(0, L, g)]
         else:
-            r = max(1, BLOCK_BYTES // row_bytes)
+            r = self.product_rows * max(1, BLOCK_BYTES // (self.product_rows * row_bytes))
             self._blocks = [(k, k + 1, s0, min(self.n, s0 + r)) for k in range(L) for s0 in range(0, self.n, r)]
         self.group = max(k1 - k0 for k0, k1, _, _ in self._blocks)
-        self.product_rows = max(1, PRODUCT_BYTES // row_bytes)
         self._buffer = None
 
     def flat(self, a: np.ndarray, tail: int) -> np.ndarray:
@@ -285,7 +289,7 @@ class _Plan:
         return out
 
     def backward(self, x: np.ndarray, delta: np.ndarray, out: np.ndarray, part: np.ndarray) -> None:
-        """``out += x^T delta`` for one block, in products of PRODUCT_BYTES (``part``: scratch of out's
+        """``out += x^T delta`` for one block, ``product_rows`` rows a product (``part``: scratch of out's
         shape)."""
         rows, step = x.shape[-2], self.product_rows
         if x.ndim == 2 and delta.ndim == 3 and delta.shape[0] == 1:     # one model: 2-D products
@@ -322,7 +326,7 @@ class _Plan:
         rows, step = s1 - s0, self.product_rows
         if rows <= step or x.ndim != 2 or W.ndim != 2:
             z = np.matmul(x, W)
-        else:                                   # one model's rows: products of PRODUCT_BYTES each
+        else:                                   # one model's rows: ``product_rows`` a product
             z = np.empty((rows, W.shape[-1]), dtype=self.dtype)
             for r0 in range(0, rows, step):
                 np.matmul(x[r0:r0 + step], W, out=z[r0:r0 + step])
