@@ -319,7 +319,7 @@ class _Plan:
         else:
             index = self._take(self.rows, k0, k1)[..., s0:s1]
             if self.x.dtype == self.dtype:                        # the gather: one read of each sample
-                x = np.take(self.x, index, axis=0, out=self._scratch(index.shape + self.x.shape[-1:]))
+                x = self.x[index]              # (fancy indexing copies rows 2x faster than np.take(out=))
             else:
                 x = self._scratch(index.shape + self.x.shape[-1:], self.x[index])
         W = self._take(self.W, k0, k1)
