@@ -349,9 +349,15 @@ def _print_status(name: str, rows: list[dict]) -> None:
 
 
 def command_data_info(args) -> int:
+    from fedsim.data.cache import array_cache_dir, cache_enabled, cache_entries, stored_bytes
     from fedsim.data.fetch import cache_dir, dataset_status, search_path
     from fedsim.data.registry import DATASETS
     print(f"download cache: {cache_dir()}")
+    entries = cache_entries()
+    stored = stored_bytes(entries)
+    state = "" if cache_enabled() else "; off (FEDSIM_ARRAY_CACHE=0)"
+    print(f"preprocessed arrays: {array_cache_dir()} ({len(entries)} entries, {stored / 1e6:.0f} MB{state}; "
+          f"delete the folder to clear it)")
     print("search path, in order:")
     for folder, source in search_path(args.data_dir):
         print(f"  {folder}  [{source}]{'' if folder.is_dir() else '  (does not exist)'}")

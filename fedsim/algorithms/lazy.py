@@ -60,7 +60,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
-import scipy.linalg
 from tqdm.auto import tqdm
 
 from fedsim.algorithms.family import Family, cell, register_family, run_seconds
@@ -68,7 +67,7 @@ from fedsim.compress.bits import dense_bits, quantized_bits
 from fedsim.data.dataset import Dataset
 from fedsim.errors import DivergenceError
 from fedsim.data.partition import contiguous
-from fedsim.kernels.laq import MAX_BITS, MIN_BITS, code_dtype, laq_quantize
+from fedsim.kernels import LAQ_MAX_BITS as MAX_BITS, LAQ_MIN_BITS as MIN_BITS, laq
 from fedsim.models.features import Codes, as_dtype, decoded
 from fedsim.models.softmax import SoftmaxRegression
 from fedsim.rng import RunStreams
@@ -313,6 +312,7 @@ def smoothness_bounds(shards: Shards, l2: float) -> tuple[np.ndarray, float]:
 
 
 def _largest_eigenvalue(symmetric: np.ndarray) -> float:
+    import scipy.linalg   # here, not at the top: a federated run, or a config, needs no SciPy
     size = symmetric.shape[0]
     return float(scipy.linalg.eigvalsh(symmetric, subset_by_index=[size - 1, size - 1])[0])
 
@@ -529,7 +529,7 @@ class LazyRun:
         self.step_history = np.zeros(config.history_length)              # ring of ||theta^{j+1} - theta^j||^2
         self.theta_at_gradient = np.zeros((n_workers, n_params), dtype=dtype)   # LAG-PS: theta_hat_m
         if config.quantized:
-            self._codes = np.empty((n_workers, n_params), dtype=code_dtype(config.bits))
+            self._codes = np.empty((n_workers, n_params), dtype=laq.code_dtype(config.bits))
             self._quantized = np.empty((n_workers, n_params), dtype=dtype)
             self._radius, self._error, self._innovation = (np.empty(n_workers) for _ in range(3))
         self._rows = np.arange(n_workers)[:, None]
@@ -568,7 +568,7 @@ class LazyRun:
         threshold = history_threshold(self.step_history, k, config.history_weight, alpha, n_workers)
         # What would be uploaded: Q = quantize(g_m | Q_m) with its error e_m and ||Q - Q_m||^2, or g_m.
         if rule.upload == "quantized":
-            laq_quantize(gradients, uploaded, config.bits, self._codes, self._quantized, self._radius,
+            laq.laq_quantize(gradients, uploaded, config.bits, self._codes, self._quantized, self._radius,
                          self._error, self._innovation)
             candidates, error, innovation = self._quantized, self._error, self._innovation
         else:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedsim.kernels.golomb import LOG_GOLDEN_CONJUGATE, MAX_RICE_PARAMETER, sparse_segment_bits
+from fedsim.kernels import golomb
 
 # Bits of every transmitted float (values, mu, scales, R) in the estimates and in the lazy family's
 # counts, whatever dtype the simulation runs in: the one definition of the float width.
@@ -39,9 +39,9 @@ def rice_parameter_for_density(density):
     if np.any((density < 0) | (density > 1)):
         raise ValueError(f"density must be in [0, 1], got {density}")
     with np.errstate(divide="ignore"):
-        ratio = LOG_GOLDEN_CONJUGATE / np.log1p(-density)      # 0 at q' = 1, +-inf at q' = 0
+        ratio = golomb.LOG_GOLDEN_CONJUGATE / np.log1p(-density)      # 0 at q' = 1, +-inf at q' = 0
         exponent = np.floor(np.log2(np.where((ratio >= 1) & np.isfinite(ratio), ratio, 1.0)))
-    parameter = np.where(ratio >= 1, np.minimum(1 + exponent, MAX_RICE_PARAMETER), 0)
+    parameter = np.where(ratio >= 1, np.minimum(1 + exponent, golomb.MAX_RICE_PARAMETER), 0)
     return np.where(density > 0, parameter, 0).astype(np.int64)
 
 
@@ -117,7 +117,7 @@ def sparse_vector_bits(positions: np.ndarray, size: int, value_bits: int = FLOAT
     """Encoded bits of a sparse vector sent as positions + values (the format of top-k's message, one
     segment): a 32-bit count, the Golomb-Rice coded positions (b* for density count / size) and
     ``value_bits`` per value. The partial-participation catch-up of the federated family uses it."""
-    return int(sparse_segment_bits(np.asarray(positions, np.int64), size, value_bits, 0))
+    return int(golomb.sparse_segment_bits(np.asarray(positions, np.int64), size, value_bits, 0))
 
 
 def dense_bits(size: int) -> int:

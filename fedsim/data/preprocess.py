@@ -26,6 +26,10 @@ import numpy as np
 # Images are resized and normalized this many at a time, to bound the memory of the temporaries.
 _CHUNK_IMAGES = 8192
 
+#: The version of this module's arithmetic, part of the key of every cached pipeline output
+#: (:mod:`fedsim.data.cache`): increase it with any change that can change a bit of a pipeline's result.
+PREPROCESS_VERSION = 1
+
 
 class PixelStatistics(NamedTuple):
     """Mean and standard deviation used to normalize a dataset's pixels, and where they come from."""

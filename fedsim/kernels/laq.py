@@ -66,11 +66,8 @@ from typing import NamedTuple
 import numba
 import numpy as np
 
-from fedsim.kernels import JIT_OPTIONS, checks
+from fedsim.kernels import JIT_OPTIONS, LAQ_MAX_BITS as MAX_BITS, LAQ_MIN_BITS as MIN_BITS, checks
 from fedsim.kernels.checks import checked
-
-MIN_BITS = 1
-MAX_BITS = 16
 
 
 def check_bits(bits) -> int:

@@ -1,0 +1,359 @@
+"""The cache of computed arrays (fedsim.data.cache) and its use for the STC pipeline (load_dataset)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedsim.data import cache, datasets, preprocess
+from fedsim.data.cache import cached_array, entry_path
+from fedsim.data.fetch import DataSettingError
+from fedsim.data.registry import DATASETS
+
+REPO = Path(__file__).resolve().parents[1]
+KEY = {"function": "test", "version": 1, "parameters": {"scale": 0.5, "size": 3}}
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path, monkeypatch):
+    """Every test gets its own user cache; the cache is on unless a test says otherwise."""
+    monkeypatch.setenv("FEDSIM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("FEDSIM_ARRAY_CACHE", raising=False)
+    return tmp_path / "cache" / "arrays"
+
+
+class Counter:
+    """A compute() that counts its calls and returns a fresh copy of ``array``."""
+
+    def __init__(self, array):
+        self.array, self.calls = array, 0
+
+    def __call__(self):
+        self.calls += 1
+        return self.array.copy()
+
+
+def awkward_array():
+    """float32 values whose bits a careless round trip would change: -0.0, NaNs with payloads, subnormals."""
+    values = np.random.default_rng(0).standard_normal((7, 5)).astype(np.float32)
+    values[0, 0] = -0.0
+    values[0, 1] = np.finfo(np.float32).smallest_subnormal
+    values[0, 2] = np.inf
+    bits = values.view(np.uint32)
+    bits[1, 0] = 0x7FC01234          # a quiet NaN with a payload
+    bits[1, 1] = 0xFFA00001          # a negative signalling NaN
+    return values
+
+
+def same_bits(a, b) -> bool:
+    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
+def only_entry(folder: Path) -> Path:
+    files = list(folder.iterdir())
+    assert len(files) == 1, files
+    return files[0]
+
+
+def test_miss_then_hit_is_bitwise_the_computed_array(isolated_cache):
+    compute = Counter(awkward_array())
+    first = cached_array("values", KEY, compute)
+    assert compute.calls == 1 and same_bits(first, compute.array)
+    path = only_entry(isolated_cache)
+    assert path == entry_path("values", KEY) and path.name.startswith("values-") and path.suffix == ".array"
+    second = cached_array("values", KEY, compute)
+    assert compute.calls == 1, "a hit must not compute"
+    assert same_bits(second, compute.array)
+    assert second.flags.writeable and second.flags.owndata and second.flags.c_contiguous
+
+
+@pytest.mark.parametrize("array", [np.arange(12, dtype=np.int64).reshape(3, 4), np.zeros((0, 4), np.float64),
+                                   np.array(3.5), np.arange(6, dtype=np.uint8)[::2], np.ones((2, 3), bool),
+                                   np.asfortranarray(np.arange(6.0).reshape(2, 3))])
+def test_dtypes_shapes_and_layouts_round_trip(array):
+    compute = Counter(array)
+    cached_array("other", KEY, compute)
+    again = cached_array("other", KEY, compute)
+    assert compute.calls == 1
+    assert same_bits(again, np.ascontiguousarray(array))
+
+
+def test_the_key_and_the_name_select_the_entry(isolated_cache):
+    compute = Counter(np.arange(4.0))
+    cached_array("values", KEY, compute)
+    changed = json.loads(json.dumps(KEY))
+    changed["parameters"]["scale"] = 0.5000000000000001     # one ulp: another key
+    cached_array("values", changed, compute)
+    cached_array("values-b", KEY, compute)
+    assert compute.calls == 3
+    assert len(list(isolated_cache.iterdir())) == 3
+    for key in (KEY, changed):
+        cached_array("values", key, compute)
+    assert compute.calls == 3
+
+
+def test_stc_key_changes_with_every_input():
+    fashion, mnist = DATASETS["fashion-mnist"], DATASETS["mnist"]
+    base = dict(size=32, mean=0.25, std=0.5, dtype=np.float32)
+    key = datasets.stc_cache_key(fashion.file("train-images"), **base)
+    assert key["source"]["sha256"] == fashion.file("train-images").sha256
+    assert key["version"] == preprocess.PREPROCESS_VERSION
+    assert key["environment"]["numpy"] == np.__version__ and key["environment"]["blas"]
+    variants = [datasets.stc_cache_key(fashion.file("test-images"), **base),
+                datasets.stc_cache_key(mnist.file("train-images"), **base),   # no SHA-256 known: its MD5s
+                datasets.stc_cache_key(fashion.file("train-images"), **dict(base, size=28)),
+                datasets.stc_cache_key(fashion.file("train-images"), **dict(base, mean=0.26)),
+                datasets.stc_cache_key(fashion.file("train-images"), **dict(base, std=0.51)),
+                datasets.stc_cache_key(fashion.file("train-images"), **dict(base, dtype=np.float64))]
+    assert variants[1]["source"]["gzip_md5"] == list(mnist.file("train-images").gzip_md5)
+    paths = {entry_path("x", k) for k in [key] + variants}
+    assert len(paths) == len(variants) + 1
+    assert datasets.stc_cache_key(fashion.file("train-images"), **base) == key
+
+
+def test_stc_key_changes_with_the_code_version_and_the_chunking(monkeypatch):
+    file = DATASETS["fashion-mnist"].file("test-images")
+    before = datasets.stc_cache_key(file, size=32, mean=0.1, std=0.2, dtype=np.float32)
+    monkeypatch.setattr(preprocess, "PREPROCESS_VERSION", preprocess.PREPROCESS_VERSION + 1)
+    bumped = datasets.stc_cache_key(file, size=32, mean=0.1, std=0.2, dtype=np.float32)
+    monkeypatch.setattr(preprocess, "_CHUNK_IMAGES", 100)
+    rechunked = datasets.stc_cache_key(file, size=32, mean=0.1, std=0.2, dtype=np.float32)
+    assert len({entry_path("x", k) for k in (before, bumped, rechunked)}) == 3
+
+
+def entry_parts(path: Path):
+    data = path.read_bytes()
+    magic_end = data.index(b"\n") + 1
+    header_end = data.index(b"\n", magic_end) + 1
+    return data[:magic_end], json.loads(data[magic_end:header_end]), data[header_end:]
+
+
+def flip_last_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:-3])
+
+
+def wrong_magic(path: Path) -> None:
+    path.write_bytes(b"NOT-OURS 1\n" + path.read_bytes().split(b"\n", 1)[1])
+
+
+def garbled_header(path: Path) -> None:
+    magic, _, payload = entry_parts(path)
+    path.write_bytes(magic + b"{not json\n" + payload)
+
+
+def other_key(path: Path) -> None:
+    magic, header, payload = entry_parts(path)
+    header["key"]["version"] = 2
+    path.write_bytes(magic + json.dumps(header).encode() + b"\n" + payload)
+
+
+def huge_shape(path: Path) -> None:
+    magic, header, payload = entry_parts(path)
+    header["shape"], header["nbytes"] = [1 << 40, 1 << 20], (1 << 60) * 4
+    path.write_bytes(magic + json.dumps(header).encode() + b"\n" + payload)
+
+
+def empty(path: Path) -> None:
+    path.write_bytes(b"")
+
+
+@pytest.mark.parametrize("damage, reason", [(flip_last_byte, "SHA-256"), (truncate, "bytes of data"),
+                                            (wrong_magic, "wrong first line"), (garbled_header, "header"),
+                                            (other_key, "another name or key"), (huge_shape, "bytes of data"),
+                                            (empty, "wrong first line")])
+def test_a_damaged_entry_is_recomputed_with_one_warning_line(isolated_cache, capsys, damage, reason):
+    compute = Counter(awkward_array())
+    cached_array("values", KEY, compute)
+    path = only_entry(isolated_cache)
+    damage(path)
+    capsys.readouterr()
+    got = cached_array("values", KEY, compute)
+    assert compute.calls == 2, "a damaged entry must never be trusted"
+    assert same_bits(got, compute.array)
+    warning = capsys.readouterr().err
+    assert warning.count("\n") == 1 and warning.startswith("fedsim: warning: ") and reason in warning
+    assert str(path) in warning
+    # the entry was replaced by a good one: the next call is a silent hit
+    again = cached_array("values", KEY, compute)
+    assert compute.calls == 2 and same_bits(again, compute.array) and capsys.readouterr().err == ""
+
+
+def test_an_entry_copied_under_another_key_is_not_used(isolated_cache, capsys):
+    first, second = Counter(np.arange(5.0)), Counter(np.arange(5.0) * 2)
+    cached_array("values", KEY, first)
+    other = dict(KEY, version=2)
+    entry_path("values", KEY).replace(entry_path("values", other))
+    assert same_bits(cached_array("values", other, second), second.array)
+    assert second.calls == 1 and "another name or key" in capsys.readouterr().err
+
+
+def test_disabled_by_the_environment_variable_or_the_argument(isolated_cache, monkeypatch):
+    compute = Counter(np.arange(3.0))
+    for value in ("0", "off", "False", "no"):
+        monkeypatch.setenv("FEDSIM_ARRAY_CACHE", value)
+        cached_array("values", KEY, compute)
+    assert compute.calls == 4 and not isolated_cache.exists()
+    monkeypatch.setenv("FEDSIM_ARRAY_CACHE", "1")
+    cached_array("values", KEY, compute)
+    assert compute.calls == 5 and isolated_cache.exists()
+    cached_array("values", KEY, compute, enabled=False)          # neither read ...
+    assert compute.calls == 6
+    entry_path("values", KEY).unlink()
+    cached_array("values", KEY, compute, enabled=False)          # ... nor written
+    assert not entry_path("values", KEY).exists()
+    monkeypatch.setenv("FEDSIM_ARRAY_CACHE", "0")
+    cached_array("values", KEY, compute, enabled=True)           # the argument wins
+    assert entry_path("values", KEY).exists()
+
+
+def test_a_bad_environment_value_is_a_one_line_setting_error(monkeypatch):
+    monkeypatch.setenv("FEDSIM_ARRAY_CACHE", "maybe")
+    with pytest.raises(DataSettingError, match="FEDSIM_ARRAY_CACHE must be 1 .* or 0 .*'maybe'"):
+        cached_array("values", KEY, Counter(np.zeros(1)))
+    with pytest.raises(DataSettingError, match="FEDSIM_ARRAY_CACHE"):
+        datasets.load_dataset("synthetic", synthetic_devices=3)   # checked before anything is loaded
+
+
+def test_bad_names_keys_and_results_are_refused():
+    for name in ("", ".hidden", "a/b", "a b", None):
+        with pytest.raises(ValueError, match="name must be"):
+            cached_array(name, KEY, Counter(np.zeros(1)))
+    with pytest.raises(ValueError, match="JSON values"):
+        cached_array("values", {"mean": float("nan")}, Counter(np.zeros(1)))
+    with pytest.raises(ValueError, match="JSON values"):
+        cached_array("values", {"what": object()}, Counter(np.zeros(1)))
+    with pytest.raises(TypeError, match="NumPy array of numbers"):
+        cached_array("values", KEY, lambda: [1.0, 2.0])
+    with pytest.raises(TypeError, match="NumPy array of numbers"):
+        cached_array("values", KEY, lambda: np.array([object()]))
+
+
+class FailingFile:
+    """A file object that writes its first ``allowed`` calls and then fails like a full disk."""
+
+    def __init__(self, handle, allowed: int):
+        self.handle, self.allowed = handle, allowed
+
+    def write(self, data):
+        if self.allowed == 0:
+            self.handle.write(bytes(data)[: len(data) // 2])       # half of it reached the disk
+            raise OSError(28, "No space left on device")
+        self.allowed -= 1
+        return self.handle.write(data)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.close()
+        return False
+
+
+@pytest.mark.parametrize("allowed", [0, 1, 2])
+def test_a_write_that_fails_leaves_no_file_and_returns_the_computed_array(isolated_cache, monkeypatch, capsys,
+                                                                           allowed):
+    real_fdopen = os.fdopen
+    monkeypatch.setattr(cache.os, "fdopen", lambda *a, **k: FailingFile(real_fdopen(*a, **k), allowed))
+    compute = Counter(awkward_array())
+    got = cached_array("values", KEY, compute)
+    assert same_bits(got, compute.array)
+    assert list(isolated_cache.iterdir()) == [], "neither a partial entry nor a temporary file may be left"
+    warning = capsys.readouterr().err
+    assert warning.count("\n") == 1 and "No space left on device" in warning and "continuing without it" in warning
+
+
+def test_the_entry_appears_whole_in_one_rename(isolated_cache, monkeypatch):
+    """Until os.replace, the final path does not exist and the temporary file is already complete; after
+    it, only the final file is there."""
+    seen = []
+    real_replace = os.replace
+
+    def replace(source, target):
+        source, target = Path(source), Path(target)
+        seen.append((source.name, target.exists(), source.stat().st_size))
+        assert source.parent == target.parent and source.name.startswith(".") and source.suffix == ".part"
+        return real_replace(source, target)
+
+    monkeypatch.setattr(cache.os, "replace", replace)
+    array = awkward_array()
+    cached_array("values", KEY, Counter(array))
+    (name, final_existed, size), = seen
+    path = entry_path("values", KEY)
+    assert not final_existed and size == path.stat().st_size and size > array.nbytes
+    assert [p.name for p in isolated_cache.iterdir()] == [path.name]
+
+
+def test_an_unwritable_folder_costs_a_warning_only(tmp_path, monkeypatch, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("FEDSIM_CACHE", str(blocker))
+    compute = Counter(np.arange(3.0))
+    assert same_bits(cached_array("values", KEY, compute), compute.array)
+    assert same_bits(cached_array("values", KEY, compute), compute.array)
+    assert compute.calls == 2 and "cannot store the computed array" in capsys.readouterr().err
+
+
+WRITER = """
+import sys
+import numpy as np
+from fedsim.data.cache import cached_array
+array = np.arange(2_000_000, dtype=np.float64) * 0.5
+for _ in range(5):
+    got = cached_array("shared", {"k": 1}, lambda: array.copy())
+    assert got.tobytes() == array.tobytes()
+print("ok")
+"""
+
+
+def test_two_processes_writing_one_entry_at_once(isolated_cache):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    (isolated_cache.parent).mkdir(parents=True, exist_ok=True)
+    processes = [subprocess.Popen([sys.executable, "-c", WRITER], env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for process in processes:
+        out, err = process.communicate(timeout=120)
+        assert process.returncode == 0 and out.strip() == "ok", err
+        assert "warning" not in err, err
+    assert [p.suffix for p in isolated_cache.iterdir()] == [".array"]
+
+
+def test_load_dataset_caches_the_stc_pipeline_bitwise(isolated_cache, shared_data, monkeypatch):
+    calls = []
+    real = datasets.stc_pipeline
+    monkeypatch.setattr(datasets, "stc_pipeline", lambda *a, **k: calls.append(1) or real(*a, **k))
+    arguments = dict(data_dir=shared_data, download=False, train_split="test")
+    computed = datasets.load_dataset("fashion-mnist", "stc", cache=False, **arguments)
+    assert len(calls) == 1 and not isolated_cache.exists()
+    stored = datasets.load_dataset("fashion-mnist", "stc", **arguments)
+    assert len(calls) == 2
+    loaded = datasets.load_dataset("fashion-mnist", "stc", **arguments)
+    assert len(calls) == 2, "the second load must read the cached array"
+    for data in (stored, loaded):
+        assert same_bits(data.x_test, computed.x_test) and same_bits(data.x_train, computed.x_train)
+        assert np.array_equal(data.y_test, computed.y_test)
+    path = only_entry(isolated_cache)
+    assert path.name.startswith("fashion-mnist-test-stc-")
+    # the LAQ pipeline is not cached
+    datasets.load_dataset("fashion-mnist", "laq", **arguments)
+    assert len(list(isolated_cache.iterdir())) == 1
+
+
+def test_data_info_shows_the_cache(isolated_cache, capsys, monkeypatch):
+    from fedsim import cli
+    cached_array("values", KEY, Counter(np.zeros(1000)))
+    assert cli.main(["data", "info"]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("preprocessed arrays:"))
+    assert str(isolated_cache) in line and "1 entries" in line and "off" not in line
+    monkeypatch.setenv("FEDSIM_ARRAY_CACHE", "0")
+    assert cli.main(["data", "info"]) == 0
+    assert "off (FEDSIM_ARRAY_CACHE=0)" in capsys.readouterr().out
