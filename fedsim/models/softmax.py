@@ -144,15 +144,16 @@ class SoftmaxRegression:
         for k0, k1, s0, s1 in plan.blocks():
             z, x_block = plan.forward(k0, k1, s0, s1)
             labels = y_flat[k0:k1, s0:s1, None] if y_flat.shape[0] > 1 else y_flat[:, s0:s1, None]
-            labels = np.broadcast_to(labels, z.shape[:-1] + (1,))
+            labels = np.broadcast_to(labels[..., 0], z.shape[:-1])
+            at_label = np.arange(labels.size) * C + labels.ravel()   # where z[..., y] is in z (contiguous)
             z -= z.max(axis=-1, keepdims=True)
-            z_y = np.take_along_axis(z, labels, axis=-1)[..., 0]
+            z_y = z.reshape(-1)[at_label].reshape(labels.shape)
             np.exp(z, out=z)
             total = z.sum(axis=-1)
             nll[k0:k1, s0:s1] = np.log(total) - z_y             # -log p[y] = log sum exp - z_y
             delta = z
             delta /= total[..., None]                            # p
-            np.put_along_axis(delta, labels, np.take_along_axis(delta, labels, axis=-1) - 1, axis=-1)
+            delta.reshape(-1)[at_label] -= 1                     # p - Y
             if share is None:                                    # p - Y, times m_i / sum m
                 delta /= n
             else:
@@ -204,14 +205,14 @@ class SoftmaxRegression:
 # SMALL_PRODUCT multiply-adds (rows x features x classes) takes OpenBLAS's small-matrix path at 50-56
 # GFLOP/s (96-127 rows), where 128 rows fall to 28 GFLOP/s; float32 with 1,024 features likewise, 77 GFLOP/s
 # at 96 rows, 54 at 100. So one model's rows go through the products SMALL_PRODUCT at a time (and at most
-# PRODUCT_BYTES). The softmax between forward and backward costs about 20 us a call at any size below a few
-# hundred rows, so it runs on a block of several products (at most BLOCK_BYTES, still in a 4 MiB L2 cache
-# between the forward and the backward). On 60,000 x 784 float64 the two products then take 54 ms in
-# blocks, against 131 ms as two whole-array products. Data of at most WHOLE_BYTES in all is one block
-# (small runs: no Python loop at all).
+# PRODUCT_BYTES), and a block (the rows between one softmax and the backward) holds at most BLOCK_BYTES:
+# on 60,000 x 784 float64, a gradient in blocks of one 127-row product takes 89 ms, of two 110 ms (the
+# backward no longer finds the block in a 2 MiB L2), of 65-row products 100-110 ms (the softmax's ~40 us
+# a call adds up), and as two whole-array products 148 ms. Data of at most WHOLE_BYTES in all is one
+# block (small runs: no Python loop at all).
 SMALL_PRODUCT = 1_000_000
 PRODUCT_BYTES = 800 * 1024
-BLOCK_BYTES = 1600 * 1024
+BLOCK_BYTES = 800 * 1024
 WHOLE_BYTES = 1024 * 1024
 
 
