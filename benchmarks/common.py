@@ -179,8 +179,31 @@ def _git_commit() -> str | None:
     return result.stdout.strip() or None
 
 
+# OpenBLAS reads these when it loads: the kernel family it uses (instead of the one it detects) and the L2
+# size it blocks for. They are recorded, and the round benchmarks also measure the peak without them (in a
+# child process); the benchmarks never set or change them.
+BLAS_KERNEL_VARIABLES = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+
+def blas_libraries() -> list[dict]:
+    """Every BLAS library loaded in this process as threadpoolctl reports it: API, version, kernel family
+    (``architecture``, OpenBLAS's name for the kernels it picked), threads, threading layer, file name and
+    the name of its folder (``numpy.libs``: NumPy's own; SciPy brings another). torch's MKL is linked into
+    torch statically and is not listed."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return []
+    return [{"internal_api": pool.get("internal_api"), "version": pool.get("version"),
+             "architecture": pool.get("architecture"), "num_threads": pool.get("num_threads"),
+             "threading_layer": pool.get("threading_layer"),
+             "filepath": Path(pool["filepath"]).name if pool.get("filepath") else None,
+             "package_dir": Path(pool["filepath"]).parent.name if pool.get("filepath") else None}
+            for pool in threadpool_info() if pool.get("user_api") == "blas"]
+
+
 def machine_info(threads: dict | None = None) -> dict:
-    """Machine, versions, date and thread settings, for every results file."""
+    """Machine, versions, date, thread settings and the BLAS in use, for every results file."""
     import numba
     import scipy
     versions = {"python": platform.python_version(), "numpy": np.__version__, "numba": numba.__version__,
@@ -199,6 +222,8 @@ def machine_info(threads: dict | None = None) -> dict:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "cpu": _cpu_model(), "logical_cpus": os.cpu_count(), "memory_bytes": _memory_bytes(),
         "platform": platform.platform(), "versions": versions, "threads": threads,
+        "blas": blas_libraries(),
+        "blas_environment": {name: os.environ.get(name) for name in BLAS_KERNEL_VARIABLES},
         "fedsim_commit": _git_commit(),
     }
 

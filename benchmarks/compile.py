@@ -12,12 +12,29 @@ measures both in fresh processes whose ``NUMBA_CACHE_DIR`` points at a new tempo
 Each kernel is called once with small inputs of the types a federated run uses (float32 updates, float64
 LAQ gradients). The order is fixed, so shared helpers are charged to the first kernel that needs them.
 A whole first round of a small STC run is measured the same way (it compiles everything a round needs).
+
+**Start-up** (the time to a first result): the whole command ``fedsim run --preset stc-mnist --set
+federated.rounds=5`` (and ``--preset laq-mnist --set lazy.iterations=5``), each a fresh process timed from
+outside, medians of the repeats:
+
+* **cold**: empty Numba cache and empty fedsim cache (fresh ``NUMBA_CACHE_DIR`` and ``FEDSIM_CACHE`` for each
+  repeat): the kernels compile and the STC pipeline's arrays are computed and stored;
+* **warm**: the caches a first run filled: the kernels' machine code and the preprocessed arrays are loaded.
+
+Each is broken down from inside the process (:data:`STARTUP_CHILD` runs ``fedsim.cli.main`` with timers):
+interpreter start-up (the wall time outside ``main``), imports (what ``fedsim run`` imports before it runs),
+data (locating, verifying and preprocessing the dataset, or loading the cached arrays), the first round
+(which imports Numba and loads or compiles the kernels it uses) and the rest (the other rounds, building the
+run, writing the run folder). The presets train on MNIST; where its train images are not on disk the same
+command runs on Fashion-MNIST (``--dataset fashion-mnist``, the same sizes). Smoke mode runs the offline
+``synthetic`` preset (FedAvg, 1 round) once each way.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -121,7 +138,143 @@ def measure_process(mode: str) -> dict:
     return results
 
 
-def run(mode: str, threads: int) -> dict:
+# The start-up commands: (label, fedsim run arguments, steps) by mode; repeats of each, cold and warm.
+STARTUP = {
+    "smoke": {"repeats": 1, "runs": [("synthetic", ["--preset", "synthetic", "--set", "federated.rounds=1",
+                                                    "--set", "federated.method=fedavg"], 1)]},
+    "quick": {"repeats": 3, "runs": [("stc-mnist", ["--preset", "stc-mnist", "--set", "federated.rounds=5"], 5),
+                                     ("laq-mnist", ["--preset", "laq-mnist", "--set", "lazy.iterations=5"], 5)]},
+    "full": {"repeats": 5, "runs": [("stc-mnist", ["--preset", "stc-mnist", "--set", "federated.rounds=5"], 5),
+                                    ("laq-mnist", ["--preset", "laq-mnist", "--set", "lazy.iterations=5"], 5)]},
+}
+
+# Run in a fresh process as `python -c STARTUP_CHILD TIMINGS.json ARGS...`: `fedsim ARGS` with timers around
+# its imports, its data loading and each step; the timings go to TIMINGS.json (fedsim's own output is left
+# alone). Nothing of the benchmarks is imported, so the imports timed are fedsim's alone.
+STARTUP_CHILD = """
+import json, sys, time
+started = time.perf_counter()
+import fedsim.cli
+import fedsim.config, fedsim.data.fetch, fedsim.runs, fedsim.sweeps.execute  # what `fedsim run` imports
+imported = time.perf_counter()
+from fedsim.runs import loop
+timings = {"import_seconds": imported - started, "step_seconds": []}
+load_data, execute = loop.load_data, loop.execute
+
+def timed_load_data(*args, **kwargs):
+    begun = time.perf_counter()
+    try:
+        return load_data(*args, **kwargs)
+    finally:
+        timings["data_seconds"] = time.perf_counter() - begun
+
+def timed_execute(run, *args, **kwargs):
+    step = run.step
+    def timed_step():
+        begun = time.perf_counter()
+        try:
+            return step()
+        finally:
+            timings["step_seconds"].append(time.perf_counter() - begun)
+    run.step = timed_step
+    return execute(run, *args, **kwargs)
+
+loop.load_data, loop.execute = timed_load_data, timed_execute
+status = fedsim.cli.main(sys.argv[2:])
+timings["main_seconds"] = time.perf_counter() - started
+timings["exit_status"] = status
+with open(sys.argv[1], "w") as handle:
+    json.dump(timings, handle)
+sys.exit(status)
+"""
+
+
+def startup_dataset(data_dir) -> list[str]:
+    """Extra ``fedsim run`` arguments for the MNIST presets: none if MNIST's four files are on disk, else
+    ``--dataset fashion-mnist`` if its files are; ``--data-dir`` if given. None if neither dataset is."""
+    from fedsim.data.fetch import locate
+    from fedsim.data.registry import FILE_KEYS
+    extra = ["--data-dir", str(data_dir)] if data_dir is not None else []
+    for name, arguments in (("mnist", []), ("fashion-mnist", ["--dataset", "fashion-mnist"])):
+        if all(locate(name, key, data_dir) is not None for key in FILE_KEYS):
+            return arguments + extra
+    return None
+
+
+def _startup_once(arguments: list[str], environment: dict, caches: Path, scratch: Path) -> dict:
+    """One fresh ``fedsim run`` process with its caches in ``caches``: wall time and breakdown."""
+    out = Path(tempfile.mkdtemp(prefix="run-", dir=scratch))
+    timings_file = out / "timings.json"
+    environment = dict(environment, NUMBA_CACHE_DIR=str(caches / "numba"), FEDSIM_CACHE=str(caches / "fedsim"))
+    command = [sys.executable, "-c", STARTUP_CHILD, str(timings_file), "run", *arguments,
+               "--out", str(out / "run"), "--quiet"]
+    started = time.perf_counter()
+    finished = subprocess.run(command, cwd=scratch, env=environment, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if finished.returncode != 0 or not timings_file.exists():
+        raise RuntimeError(f"start-up measurement `fedsim run {' '.join(arguments)}` failed "
+                           f"(exit {finished.returncode}):\n{finished.stderr[-3000:]}")
+    timings = json.loads(timings_file.read_text())
+    steps = timings["step_seconds"]
+    shutil.rmtree(out, ignore_errors=True)
+    first = steps[0] if steps else 0.0
+    return {"wall_seconds": wall, "interpreter_seconds": wall - timings["main_seconds"],
+            "import_seconds": timings["import_seconds"], "data_seconds": timings.get("data_seconds", 0.0),
+            "first_round_seconds": first,
+            "rest_seconds": timings["main_seconds"] - timings["import_seconds"] - timings.get("data_seconds", 0.0)
+                            - first,
+            "other_rounds_seconds": float(sum(steps[1:])), "steps": len(steps)}
+
+
+STARTUP_PARTS = ("wall_seconds", "interpreter_seconds", "import_seconds", "data_seconds", "first_round_seconds",
+                 "rest_seconds", "other_rounds_seconds")
+
+
+def _medians(samples: list[dict]) -> dict:
+    return {part: float(np.median([sample[part] for sample in samples])) for part in STARTUP_PARTS}
+
+
+def startup_benchmark(mode: str, threads: int, data_dir=None) -> dict:
+    """Cold and warm start of each command of :data:`STARTUP` ``[mode]``, interleaved (cold, warm, cold,
+    warm, ...): each cold repeat in new empty caches, each warm one in the caches the first cold run
+    filled."""
+    settings = STARTUP[mode]
+    dataset_arguments = [] if mode == "smoke" else startup_dataset(data_dir)
+    results = {"repeats": settings["repeats"], "runs": {}}
+    if dataset_arguments is None:
+        results["skipped"] = "neither MNIST nor Fashion-MNIST is on disk"
+        return results
+    from fedsim.data.fetch import cache_dir, user_cache_dir
+    environment = common.thread_environment(threads)
+    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(common.REPO), environment.get("PYTHONPATH")]))
+    # The children get caches of their own: the dataset files this process finds in its caches stay found.
+    environment["FEDSIM_DATA"] = os.pathsep.join(filter(None, [environment.get("FEDSIM_DATA"), str(cache_dir()),
+                                                                str(user_cache_dir())]))
+    environment.pop("FEDSIM_ARRAY_CACHE", None)
+    for label, arguments, steps in settings["runs"]:
+        # the command as recorded: without --data-dir (a path of this machine)
+        shown = arguments + [a for a, before in zip(dataset_arguments, [None] + dataset_arguments)
+                             if a != "--data-dir" and before != "--data-dir"]
+        arguments = arguments + dataset_arguments
+        log(f"compile: start-up of fedsim run {' '.join(arguments)}")
+        samples: dict[str, list[dict]] = {"cold": [], "warm": []}
+        with tempfile.TemporaryDirectory(prefix="fedsim-startup-") as scratch:
+            scratch = Path(scratch)
+            warm_caches = scratch / "warm"
+            for repeat in range(settings["repeats"]):
+                cold_caches = warm_caches if repeat == 0 else scratch / f"cold-{repeat}"
+                samples["cold"].append(_startup_once(arguments, environment, cold_caches, scratch))
+                if cold_caches != warm_caches:
+                    shutil.rmtree(cold_caches, ignore_errors=True)
+                samples["warm"].append(_startup_once(arguments, environment, warm_caches, scratch))
+        results["runs"][label] = {
+            "command": ["fedsim", "run", *shown], "steps": steps,
+            "cold": {"median": _medians(samples["cold"]), "samples": samples["cold"]},
+            "warm": {"median": _medians(samples["warm"]), "samples": samples["warm"]}}
+    return results
+
+
+def run(mode: str, threads: int, data_dir=None) -> dict:
     common.check_mode(mode)
     thread_report = common.apply_threads(threads)
     results = {"suite": "compile", "mode": mode, "machine": common.machine_info(thread_report)}
@@ -149,6 +302,10 @@ def run(mode: str, threads: int) -> dict:
             "first_round_after_compile_seconds": cold["first_round"]["first_call"],
             "first_round_cached_seconds": cached["first_round"]["first_call"],
             "round_steady_seconds": cached["first_round"]["second_call"]})
+    results["startup"] = startup_benchmark(mode, threads, data_dir)
+    for label, measured in results["startup"]["runs"].items():
+        results["summary"][f"startup_{label}_cold_seconds"] = measured["cold"]["median"]["wall_seconds"]
+        results["summary"][f"startup_{label}_warm_seconds"] = measured["warm"]["median"]["wall_seconds"]
     return results
 
 
@@ -159,14 +316,15 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--measure", action="store_true", help="measure this process and print JSON")
-    parser.add_argument("--data-dir", type=Path, default=None, help="unused")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="folder with the dataset files of the start-up runs (default: fedsim's search path)")
     args = parser.parse_args(argv)
     if args.measure:
         print(json.dumps(measure_process(args.mode)))
         return
     if args.json is None:
         parser.error("--json is required unless --measure is given")
-    common.write_json(args.json, run(args.mode, args.threads))
+    common.write_json(args.json, run(args.mode, args.threads, args.data_dir))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Round benchmarks: a round of the STC seed experiment and an iteration of the LAQ seed experiment,
-fedsim against an equivalent torch (CPU) implementation, evaluation timed apart.
+fedsim against equivalent torch (CPU) implementations and against the machine's floor, evaluation timed
+apart.
 
 STC seed round: 50 clients (all participate), softmax regression on 32x32 Fashion-MNIST (1024 features,
 10 classes, 10,250 parameters), batch 100, 1 local iteration, ``stc_updown`` (p_up 0.001, p_down 0.002,
@@ -7,18 +8,31 @@ error feedback both ways), evaluation on 15,000 samples (the first 5,000 trainin
 test samples). LAQ seed iteration: 10 workers x 6,000 samples x 784 features (float64), full-batch
 gradients, b = 4, the LAQ upload rule; evaluation = test accuracy on 10,000 samples.
 
-Validation first: from the same state, fedsim's round and the torch round must give the same server
+Two torch baselines for the STC round: the batched one (all participants in one ``bmm``,
+:class:`~benchmarks.torch_reference.TorchSTCRound`) and the one users would write, one client at a time
+with its own ``nn.Linear`` and ``torch.optim.SGD`` (:class:`~benchmarks.torch_reference.TorchSTCClientLoop`).
+Validation first: from the same state, fedsim's round and each torch round must give the same server
 model (float32 tolerance), the same bit count and the same evaluation; the first LAQ iterations must give
-the same iterates and the same upload decisions. Then both are timed, interleaved, on the same batches.
+the same iterates and the same upload decisions. Then all are timed, interleaved, on the same batches.
 
-The floating-point limit: a round's multiply-add work is dominated by its matrix products (forward
-``x W`` and backward ``x^T delta``, 2 F C flops per sample each; evaluation 2 F C per sample). Its time at
-the machine's peak is that count over the peak matmul rate, measured with a large NumPy matmul on the same
-thread count.
+The floor of each round, iteration and evaluation, measured in the same run: ``max(bytes / bandwidth,
+flops / peak)``. The bytes are those of the samples it reads, once (the gathered training rows of the STC
+round, the evaluation sets, the LAQ shards); the bandwidth is that of a streaming sum over those very
+arrays (in place, timed interleaved with the rounds, medians); the flops are those of its matrix products
+(forward ``x W`` and backward ``x^T delta``, 2 F C per sample each; evaluation 2 F C per sample) and the
+peak is that of a large NumPy matmul on the same threads (float32 for STC, float64 for LAQ). The peak is
+measured twice: in this process (the floor uses it) and in a child process whose environment lacks
+``OPENBLAS_CORETYPE`` and ``OPENBLAS_L2_SIZE`` (OpenBLAS then picks its kernels for the CPU it detects);
+neither variable is ever changed in this process.
 """
 
 from __future__ import annotations
 
+import functools
+import json
+import os
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 
@@ -37,6 +51,11 @@ SETTINGS = {
     "full": dict(repeats=21, peak_size=3000, synthetic_shape=None, eval_train=5000, n_test=None,
                  n_clients=50, batch=100, laq_shape=None, laq_validate=10, laq_repeats=21),
 }
+
+
+# Repeats of each peak measurement (median); the two peaks (here and in the child) are taken one after the
+# other, so on a shared machine load can separate them by a few tens of percent.
+PEAK_REPEATS = 5
 
 
 @dataclass(frozen=True)
@@ -82,6 +101,96 @@ def peak_matmul_gflops(size: int, dtype, repeats: int = 3) -> dict:
             "gflops": 2 * size ** 3 / timing.median / 1e9}
 
 
+def peak_here(size: int, dtype, repeats: int = 3) -> dict:
+    """:func:`peak_matmul_gflops` in this process, with the BLAS that ran it and the environment's
+    values of the OpenBLAS kernel variables (None: not set)."""
+    peak = peak_matmul_gflops(size, dtype, repeats)
+    peak["blas"] = common.blas_libraries()
+    peak["environment"] = {name: os.environ.get(name) for name in common.BLAS_KERNEL_VARIABLES}
+    return peak
+
+
+_PEAK_IN_CHILD = ("import json, sys\n"
+                  "from benchmarks.rounds import peak_here\n"
+                  "print(json.dumps(peak_here(int(sys.argv[1]), sys.argv[2], int(sys.argv[3]))))\n")
+
+
+def peak_without_kernel_variables(size: int, dtype, repeats: int = 3) -> dict:
+    """:func:`peak_here` in a child process whose environment is this one without ``OPENBLAS_CORETYPE``
+    and ``OPENBLAS_L2_SIZE`` (thread variables kept): the peak OpenBLAS reaches with the kernels it picks
+    for the CPU it detects. This process's environment is left as it is."""
+    environment = {name: value for name, value in os.environ.items()
+                   if name not in common.BLAS_KERNEL_VARIABLES}
+    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(common.REPO), environment.get("PYTHONPATH")]))
+    finished = subprocess.run([sys.executable, "-c", _PEAK_IN_CHILD, str(size), np.dtype(dtype).name,
+                               str(repeats)], cwd=common.REPO, env=environment, capture_output=True, text=True,
+                              timeout=900)
+    if finished.returncode != 0:
+        raise RuntimeError(f"the peak measurement in a child process failed: {finished.stderr[-2000:]}")
+    peak = json.loads(finished.stdout.strip().splitlines()[-1])
+    peak["removed_from_environment"] = {name: os.environ.get(name) for name in common.BLAS_KERNEL_VARIABLES}
+    return peak
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the floor: the samples read once at the measured bandwidth, or the products at the peak
+
+
+@functools.cache
+def _row_sum_kernel():
+    """A Numba loop adding the rows ``x[rows]`` into ``out`` in place: a streaming read of exactly the
+    training rows a round gathers, without the gather's copy (compiled on first use, not cached on disk)."""
+    import numba
+
+    @numba.njit(nogil=True)
+    def add_rows(x, rows, out):
+        out[:] = 0
+        for i in range(rows.shape[0]):
+            row = x[rows[i]]
+            for j in range(out.shape[0]):
+                out[j] += row[j]
+        return out
+
+    return add_rows
+
+
+def row_reader(x: np.ndarray, rows: np.ndarray):
+    """A zero-argument call that reads the rows ``x[rows]`` once (in place) and the bytes it reads."""
+    kernel = _row_sum_kernel()
+    flat = np.ascontiguousarray(rows, dtype=np.int64).reshape(-1)
+    out = np.zeros(x.shape[1], dtype=x.dtype)
+    kernel(x, flat, out)                             # compile outside any timing
+    return (lambda: kernel(x, flat, out)), int(flat.size) * x.shape[1] * x.itemsize
+
+
+def array_reader(arrays):
+    """A zero-argument call that reads each (C-contiguous) array once, a float sum of all its entries
+    (``np.add.reduce`` on its flat view), and the bytes it reads."""
+    arrays = list(arrays)
+    for array in arrays:
+        if not array.flags.c_contiguous:
+            raise ValueError("a streaming read needs C-contiguous arrays (a copy would double the bytes)")
+
+    def read():
+        return [np.add.reduce(array.reshape(-1)) for array in arrays]
+    return read, sum(int(array.nbytes) for array in arrays)
+
+
+def floor(read_bytes: int, read_seconds: float, flops: float, peak: dict, seconds: dict) -> dict:
+    """The floor ``max(bytes / bandwidth, flops / peak)`` of a computation that reads ``read_bytes`` (read
+    in ``read_seconds`` by a streaming sum) and does ``flops`` of matrix products, and each implementation's
+    time (``seconds``, by name) as a multiple of it."""
+    bandwidth = read_bytes / read_seconds
+    memory_seconds = read_bytes / bandwidth
+    compute_seconds = flops / (peak["gflops"] * 1e9)
+    floor_seconds = max(memory_seconds, compute_seconds)
+    return {"bytes": int(read_bytes), "read_seconds": read_seconds, "bandwidth_gbps": bandwidth / 1e9,
+            "memory_seconds": memory_seconds, "flops": int(flops), "peak_gflops": peak["gflops"],
+            "peak_dtype": peak["dtype"], "compute_seconds": compute_seconds, "floor_seconds": floor_seconds,
+            "binds": "memory" if memory_seconds >= compute_seconds else "compute",
+            "seconds": dict(seconds), "multiple": {name: value / floor_seconds for name, value in seconds.items()}}
+
+
 # ---------------------------------------------------------------------------------------------------------
 # STC
 
@@ -100,11 +209,37 @@ def _replay(run) -> tuple[np.ndarray, np.ndarray]:
     return participants, np.stack(rows)
 
 
+def _validate_stc(label: str, reference, outcome: dict, run, record: dict, fedsim_eval: dict) -> dict:
+    """Check one torch round (``outcome`` of ``reference.step``) against fedsim's (``record``, the run's
+    state after it) and the evaluations; raise ValidationError, else return the deviations found."""
+    scale = float(np.abs(run.server.weights).max())
+    weights = reference.weights.numpy()
+    losses = outcome["client_losses"].numpy()
+    assert_close(f"STC round: server weights ({label} vs fedsim)", weights, run.server.weights,
+                 rtol=1e-4, atol=1e-5 * scale)
+    assert_close(f"STC round: client losses ({label} vs fedsim)", losses, record["client_losses"],
+                 rtol=1e-4, atol=1e-6)
+    assert_equal(f"STC round: upstream bits ({label} vs fedsim)", outcome["bits_up"], record["bits_up"])
+    assert_equal(f"STC round: downstream bits ({label} vs fedsim)", outcome["bits_down"], record["bits_down"])
+    evaluation = reference.evaluate()
+    for key, value in fedsim_eval.items():
+        assert_close(f"STC evaluation ({label} vs fedsim): {key}", evaluation[key], value, rtol=1e-4, atol=1e-6)
+    return {"passed": True,
+            "server_weights_max_abs_difference": float(np.abs(weights.astype(np.float64) - run.server.weights).max()),
+            "server_weights_max_abs": scale,
+            "client_losses_max_abs_difference": float(np.abs(losses - np.asarray(record["client_losses"])).max()),
+            "bits_up": int(outcome["bits_up"]), "bits_down": int(outcome["bits_down"]),
+            "evaluation_max_abs_difference": max(abs(evaluation[key] - value) for key, value in fedsim_eval.items()),
+            "tolerances": {"server_weights": "rtol 1e-4, atol 1e-5 max|W|", "client_losses": "rtol 1e-4, atol 1e-6",
+                           "bits": "exact", "evaluation": "rtol 1e-4, atol 1e-6"}}
+
+
 def stc_round_benchmark(mode: str, data_dir=None) -> dict:
-    """Validate, then time fedsim's and torch's STC seed rounds (and their evaluations)."""
+    """Validate, then time fedsim's STC seed round, the batched torch round and the per-client torch loop
+    (and their evaluations), and the streaming read of the samples they read (the floor)."""
     import torch
 
-    from benchmarks.torch_reference import TorchSTCRound
+    from benchmarks.torch_reference import TorchSTCClientLoop, TorchSTCRound
     from fedsim.algorithms.federated import FederatedConfig, FederatedRun
     from fedsim.experiment import DataConfig, split_among_clients
 
@@ -127,23 +262,18 @@ def stc_round_benchmark(mode: str, data_dir=None) -> dict:
     participants, rows = _replay(run)
     reference = TorchSTCRound(run.x_train, run.y_train, run.eval_sets, dataset.n_classes, config.lr,
                               config.p_up, config.p_down, *state)
+    loop = TorchSTCClientLoop(run.x_train, run.y_train, run.eval_sets, dataset.n_classes, config.lr,
+                              config.p_up, config.p_down, *state)
     choices = reference.choose_formulations(rows[0], repeats=3)
-    outcome = reference.step(participants, rows)
-    scale = float(np.abs(run.server.weights).max())
-    assert_close("STC round: server weights (torch vs fedsim)", reference.weights.numpy(), run.server.weights,
-                 rtol=1e-4, atol=1e-5 * scale)
-    assert_close("STC round: client losses", outcome["client_losses"].numpy(), record["client_losses"],
-                 rtol=1e-4, atol=1e-6)
-    assert_equal("STC round: upstream bits", outcome["bits_up"], record["bits_up"])
-    assert_equal("STC round: downstream bits", outcome["bits_down"], record["bits_down"])
     fedsim_eval = _fedsim_evaluate(run)
-    torch_eval = reference.evaluate()
-    for key, value in fedsim_eval.items():
-        assert_close(f"STC evaluation: {key}", torch_eval[key], value, rtol=1e-4, atol=1e-6)
+    validation = {"torch": _validate_stc("torch", reference, reference.step(participants, rows), run, record,
+                                         fedsim_eval),
+                  "torch_per_client": _validate_stc("per-client torch", loop, loop.step(participants, rows), run,
+                                                    record, fedsim_eval)}
 
-    # -- timing: the same batches for both, interleaved --------------------------------------------------
+    # -- timing: the same batches for all, interleaved, and the read of the rows they gather -----------
     repeats = settings["repeats"]
-    fedsim_round, torch_round = [], []
+    fedsim_round, torch_round, loop_round, read_round = [], [], [], []
     for _ in range(repeats):
         started = time.perf_counter()
         run.step()
@@ -152,8 +282,18 @@ def stc_round_benchmark(mode: str, data_dir=None) -> dict:
         started = time.perf_counter()
         reference.step(participants, rows)
         torch_round.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        loop.step(participants, rows)
+        loop_round.append(time.perf_counter() - started)
+        read_rows, round_bytes = row_reader(run.x_train, rows)
+        started = time.perf_counter()
+        read_rows()
+        read_round.append(time.perf_counter() - started)
+    read_eval, eval_bytes = array_reader(x for x, _ in run.eval_sets.values())
     evaluation = common.time_interleaved({"fedsim": lambda: _fedsim_evaluate(run),
-                                          "torch": reference.evaluate}, repeats)
+                                          "torch": reference.evaluate, "torch_per_client": loop.evaluate,
+                                          "read": read_eval}, repeats)
+    read_timings = {"round": common.Timing(tuple(read_round)), "evaluation": evaluation.pop("read")}
     x_batches = run.x_train[rows[0]]
     products = _products_alone(
         {"gather": lambda: run.x_train[rows[0]], **_fedsim_products(run.model, x_batches, len(participants))},
@@ -164,8 +304,24 @@ def stc_round_benchmark(mode: str, data_dir=None) -> dict:
     eval_samples = sum(len(y) for _, y in run.eval_sets.values())
     training_flops = 2 * (2 * K * B * n_features * n_classes) * config.local_iterations
     evaluation_flops = 2 * eval_samples * n_features * n_classes
-    peak = peak_matmul_gflops(settings["peak_size"], np.float32)
+    peak = peak_here(settings["peak_size"], np.float32, PEAK_REPEATS)
+    peak_defaults = peak_without_kernel_variables(settings["peak_size"], np.float32, PEAK_REPEATS)
     fedsim_median, torch_median = float(np.median(fedsim_round)), float(np.median(torch_round))
+    loop_median = float(np.median(loop_round))
+    eval_medians = {name: timing.median for name, timing in evaluation.items()}
+    round_medians = {"fedsim": fedsim_median, "torch": torch_median, "torch_per_client": loop_median}
+    floors = {
+        "round": floor(round_bytes, read_timings["round"].median, training_flops, peak, round_medians),
+        "evaluation": floor(eval_bytes, read_timings["evaluation"].median, evaluation_flops, peak, eval_medians),
+        "round_with_evaluation": floor(
+            round_bytes + eval_bytes, read_timings["round"].median + read_timings["evaluation"].median,
+            training_flops + evaluation_flops, peak,
+            {name: round_medians[name] + eval_medians[name] for name in round_medians}),
+    }
+    floor_notes = {"round": "the rows of every local step of every participant, summed in place in the "
+                            "training set (Numba, by row index) right after the rounds that read them",
+                   "evaluation": "each evaluation set summed whole (np.add.reduce of its flat view)",
+                   "bytes": "the samples (x) read once; labels, model and residuals not counted"}
     return {
         "name": "stc_round", "data": data.source,
         "setting": {"clients": n_clients, "participants": K, "batch": B, "features": n_features,
@@ -173,16 +329,29 @@ def stc_round_benchmark(mode: str, data_dir=None) -> dict:
                     "method": "stc_updown", "p_up": config.p_up, "p_down": config.p_down,
                     "evaluation_samples": eval_samples, "dtype": "float32"},
         "torch_formulations": choices,
+        "validation": validation,
         "round": {"fedsim": common.Timing(tuple(fedsim_round)).to_dict(),
-                  "torch": common.Timing(tuple(torch_round)).to_dict()},
+                  "torch": common.Timing(tuple(torch_round)).to_dict(),
+                  "torch_per_client": common.Timing(tuple(loop_round)).to_dict()},
         "evaluation": {name: timing.to_dict() for name, timing in evaluation.items()},
+        "read": {name: timing.to_dict() for name, timing in read_timings.items()},
+        "floor": floors,
+        "floor_notes": floor_notes,
         "flops": {"training": training_flops, "evaluation": evaluation_flops,
                   "note": "matrix products only: forward x W and backward x^T delta (2 F C per sample each), "
                           "evaluation x W (2 F C per sample)"},
         "peak_matmul": peak,
+        "peak_matmul_without_kernel_variables": peak_defaults,
         "products_alone": products,
         "summary": {
             **_ceiling(products, fedsim_median, torch_median, "round"),
+            "round_over_floor": floors["round"]["multiple"]["fedsim"],
+            "evaluation_over_floor": floors["evaluation"]["multiple"]["fedsim"],
+            "round_with_evaluation_over_floor": floors["round_with_evaluation"]["multiple"]["fedsim"],
+            "round_speedup_vs_torch_per_client": loop_median / fedsim_median,
+            "evaluation_speedup_vs_torch_per_client": eval_medians["torch_per_client"] / eval_medians["fedsim"],
+            "round_with_evaluation_speedup_vs_torch_per_client": (loop_median + eval_medians["torch_per_client"])
+            / (fedsim_median + eval_medians["fedsim"]),
             "round_speedup_vs_torch": torch_median / fedsim_median,
             "evaluation_speedup_vs_torch": evaluation["torch"].median / evaluation["fedsim"].median,
             "round_with_evaluation_speedup_vs_torch": (torch_median + evaluation["torch"].median)
@@ -282,6 +451,9 @@ def laq_iteration_benchmark(mode: str, data_dir=None) -> dict:
 
     moments = []                 # perf_counter when fedsim hands over theta^{k+1}, and when it gets it back
     torch_seconds = []
+    read_seconds = []            # the streaming read of the shards, after each torch iteration
+    read_shards, shard_bytes = array_reader([shards.x])
+    read_shards()
     uploads = []
 
     def callback(k: int, theta: np.ndarray) -> None:
@@ -289,6 +461,9 @@ def laq_iteration_benchmark(mode: str, data_dir=None) -> dict:
         started = time.perf_counter()
         outcome = reference.step()
         torch_seconds.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        read_shards()
+        read_seconds.append(time.perf_counter() - started)
         if k <= validate:
             scale = float(np.abs(theta).max()) or 1.0
             assert_close(f"LAQ iterate theta^{k} (torch vs fedsim)", reference.theta.numpy(), theta,
@@ -305,6 +480,7 @@ def laq_iteration_benchmark(mode: str, data_dir=None) -> dict:
     timed = slice(validate + warmup - 1, None)
     fedsim_timing = common.Timing(tuple(fedsim_seconds[timed]))
     torch_timing = common.Timing(tuple(torch_seconds[validate + warmup:]))
+    read_timings = {"iteration": common.Timing(tuple(read_seconds[validate + warmup:]))}
 
     x_test = np.asarray(dataset.x_test, dtype=np.float64)
     theta = history.theta
@@ -313,9 +489,12 @@ def laq_iteration_benchmark(mode: str, data_dir=None) -> dict:
     reference.theta = torch.tensor(theta)
     assert_close("LAQ test accuracy", reference.test_accuracy(test_x, test_y), fedsim_accuracy, rtol=0,
                  atol=1e-12)
+    read_test, test_bytes = array_reader([x_test])
     evaluation = common.time_interleaved({
         "fedsim": lambda: model.accuracy(theta, x_test, dataset.y_test),
-        "torch": lambda: reference.test_accuracy(test_x, test_y)}, repeats)
+        "torch": lambda: reference.test_accuracy(test_x, test_y),
+        "read": read_test}, repeats)
+    read_timings["evaluation"] = evaluation.pop("read")
 
     products = _products_alone(_fedsim_products(model, shards.x, None),
                                {name: reference.product_calls[name] for name in ("forward", "backward")},
@@ -323,7 +502,19 @@ def laq_iteration_benchmark(mode: str, data_dir=None) -> dict:
     M, n, F = shards.x.shape
     C = dataset.n_classes
     flops = 2 * (2 * M * n * F * C)
-    peak = peak_matmul_gflops(settings["peak_size"], np.float64)
+    evaluation_flops = 2 * len(dataset.y_test) * F * C
+    peak = peak_here(settings["peak_size"], np.float64, PEAK_REPEATS)
+    peak_defaults = peak_without_kernel_variables(settings["peak_size"], np.float64, PEAK_REPEATS)
+    eval_medians = {name: timing.median for name, timing in evaluation.items()}
+    floors = {
+        "iteration": floor(shard_bytes, read_timings["iteration"].median, flops, peak,
+                           {"fedsim": fedsim_timing.median, "torch": torch_timing.median}),
+        "evaluation": floor(test_bytes, read_timings["evaluation"].median, evaluation_flops, peak, eval_medians),
+    }
+    floor_notes = {"iteration": "the (M, n, F) shards summed whole (np.add.reduce of their flat view) after "
+                                "each torch iteration",
+                   "evaluation": "the test set summed whole (np.add.reduce of its flat view)",
+                   "bytes": "the samples (x) read once; labels and model not counted"}
     return {
         "name": "laq_iteration", "data": data.source,
         "setting": {"workers": M, "samples_per_worker": n, "features": F, "classes": C,
@@ -332,15 +523,23 @@ def laq_iteration_benchmark(mode: str, data_dir=None) -> dict:
         "torch_formulations": choices,
         "iteration": {"fedsim": fedsim_timing.to_dict(), "torch": torch_timing.to_dict()},
         "evaluation": {name: timing.to_dict() for name, timing in evaluation.items()},
+        "read": {name: timing.to_dict() for name, timing in read_timings.items()},
+        "floor": floors,
+        "floor_notes": floor_notes,
         "validated_iterations": validate,
         "uploads_in_timed_iterations": int(history.uploads[validate + warmup:].sum()),
-        "flops": {"iteration": flops, "note": "matrix products only: forward and backward, 2 F C per sample each"},
+        "flops": {"iteration": flops, "evaluation": evaluation_flops,
+                  "note": "matrix products only: forward and backward, 2 F C per sample each; evaluation "
+                          "x W, 2 F C per sample"},
         "peak_matmul": peak,
+        "peak_matmul_without_kernel_variables": peak_defaults,
         "products_alone": products,
         "seconds_total": time.perf_counter() - run_started,
         "summary": {
             **_ceiling(products, fedsim_timing.median, torch_timing.median, "iteration"),
             "iteration_speedup_vs_torch": torch_timing.median / fedsim_timing.median,
+            "iteration_over_floor": floors["iteration"]["multiple"]["fedsim"],
+            "evaluation_over_floor": floors["evaluation"]["multiple"]["fedsim"],
             "evaluation_speedup_vs_torch": evaluation["torch"].median / evaluation["fedsim"].median,
             "iteration_gflops": flops / fedsim_timing.median / 1e9,
             "iteration_at_peak_seconds": flops / (peak["gflops"] * 1e9),

@@ -5,6 +5,7 @@ Usage::
     python -m benchmarks.run --quick            # a few minutes: fewer sizes and repeats
     python -m benchmarks.run --full             # everything in the issue's grid
     python -m benchmarks.run --full --threads 2 --only kernels rounds
+    python -m benchmarks.run --full --threads 1 2 --only kernels rounds   # and their thread scaling
     python -m benchmarks.run --full --write-readme   # the maintainers' run: tables into the tracked files
 
 Every suite runs in a fresh process whose BLAS, OpenMP, torch and Numba thread counts are all set to
@@ -14,6 +15,12 @@ each with the machine, library versions, date and thread settings, and ``tables.
 tables of benchmarks/README.md). Only ``--write-readme`` touches tracked files: it writes the JSON into
 ``benchmarks/results/`` (full mode) and regenerates the README's generated block. A suite that fails (for
 instance because two implementations disagree) makes the command exit with status 1 and writes no tables.
+
+Several thread counts (``--threads 1 2``): every suite runs at the first count as above (``<suite>.json``);
+the suites of :data:`SCALING_SUITES` also run once more at each further count N, each count in its own
+fresh process, into ``<suite>.threads-N.json``, and the tables gain a thread-scaling section. Running a
+suite removes its results at other counts from earlier runs in ``--out``, so the scaling section never
+compares results of different versions.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -28,7 +36,9 @@ from pathlib import Path
 
 from benchmarks import common, report
 
-SUITES = ("kernels", "rounds", "scale", "compile", "products", "sweep")
+SUITES = ("kernels", "rounds", "storage", "scale", "compile", "products", "sweep")
+# The suites that run at every count of ``--threads`` (the others run at the first count only).
+SCALING_SUITES = ("kernels", "rounds")
 RESULTS = Path(__file__).resolve().parent / "results"
 README = Path(__file__).resolve().parent / "README.md"
 
@@ -47,7 +57,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     modes.add_argument("--smoke", dest="mode", action="store_const", const="smoke",
                        help="tiny sizes, seconds: checks that everything runs and validates")
     parser.set_defaults(mode="quick")
-    parser.add_argument("--threads", type=int, default=1, help="threads for BLAS, torch and Numba alike")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1], metavar="N",
+                        help="threads for BLAS, torch and Numba alike (default 1); several counts (e.g. 1 2) "
+                             f"run {' and '.join(SCALING_SUITES)} at each of them, the other suites at the "
+                             "first, and add a thread-scaling table")
     parser.add_argument("--only", nargs="+", choices=SUITES, default=list(SUITES))
     parser.add_argument("--out", type=Path, default=None,
                         help="results folder (default: the user cache's benchmarks/<mode>; with "
@@ -59,24 +72,66 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="folder with the Fashion-MNIST files (default: ../shared/data if present, "
                              "else fedsim's search path; random data of the same shapes if none)")
     args = parser.parse_args(argv)
-    common.check_threads(args.threads)
+    for threads in args.threads:
+        if threads < 1:
+            parser.error(f"argument --threads: every count must be >= 1, got {threads}")
+    if len(set(args.threads)) != len(args.threads):
+        parser.error(f"argument --threads: counts repeated: {' '.join(map(str, args.threads))}")
     return args
 
 
-def run_suite(suite: str, mode: str, threads: int, out: Path, data_dir: Path | None) -> bool:
-    """Run one suite in a fresh process; True if it succeeded."""
+def result_name(suite: str, threads: int | None = None) -> str:
+    """The results file stem (and key of the results dict) of a suite: ``kernels`` at the first thread
+    count, ``kernels.threads-2`` at a further count."""
+    return suite if threads is None else f"{suite}.threads-{threads}"
+
+
+def load_results(out: Path) -> dict:
+    """Every suite's results in ``out``: ``{suite: payload}`` first (in :data:`SUITES` order), then
+    ``{"<suite>.threads-N": payload}`` for the scaling suites' results at further counts (N ascending)."""
+    results = {suite: json.loads((out / f"{suite}.json").read_text()) for suite in SUITES
+               if (out / f"{suite}.json").exists()}
+    for suite in SCALING_SUITES:
+        pattern = re.compile(rf"{suite}\.threads-([0-9]+)\.json")
+        counts = sorted(int(match.group(1)) for match in map(pattern.fullmatch, os.listdir(out)) if match)
+        for threads in counts:
+            name = result_name(suite, threads)
+            results[name] = json.loads((out / f"{name}.json").read_text())
+    return results
+
+
+def run_suite(suite: str, mode: str, threads: int, out: Path, data_dir: Path | None,
+              name: str | None = None) -> bool:
+    """Run one suite in a fresh process into ``out/<name>.json`` (default name: the suite's); True if it
+    succeeded."""
     environment = common.thread_environment(threads)
     environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(common.REPO), environment.get("PYTHONPATH")]))
     command = [sys.executable, "-m", f"benchmarks.{suite}", "--mode", mode, "--threads", str(threads),
-               "--json", str(out / f"{suite}.json")]
+               "--json", str(out / f"{name or suite}.json")]
     if data_dir is not None:
         command += ["--data-dir", str(data_dir)]
     common.log(f"== {suite} ({mode}, {threads} thread{'s' if threads > 1 else ''})")
     started = time.perf_counter()
     finished = subprocess.run(command, cwd=common.REPO, env=environment)
+    load = " ".join(f"{value:.2f}" for value in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
     common.log(f"== {suite}: {'ok' if finished.returncode == 0 else 'FAILED'} in "
-               f"{time.perf_counter() - started:.0f} s")
+               f"{time.perf_counter() - started:.0f} s (load average now {load})")
     return finished.returncode == 0
+
+
+def run_counts(suite: str, args, out: Path, data_dir: Path | None) -> bool:
+    """Run one suite at the first thread count, and a scaling suite also at the further counts (after
+    removing its results at other counts left by earlier runs); True if every run succeeded."""
+    first, *further = args.threads
+    if suite in SCALING_SUITES:
+        for stale in out.glob(f"{suite}.threads-*.json"):
+            stale.unlink()
+    else:
+        further = []
+    succeeded = run_suite(suite, args.mode, first, out, data_dir)
+    for threads in further:
+        succeeded = run_suite(suite, args.mode, threads, out, data_dir, result_name(suite, threads)) and succeeded
+    return succeeded
 
 
 def default_out(mode: str, write_readme: bool) -> Path:
@@ -93,12 +148,11 @@ def main(argv=None) -> int:
     out = args.out or default_out(args.mode, args.write_readme)
     out.mkdir(parents=True, exist_ok=True)
     data_dir = args.data_dir or default_data_dir()
-    failed = [suite for suite in args.only if not run_suite(suite, args.mode, args.threads, out, data_dir)]
+    failed = [suite for suite in args.only if not run_counts(suite, args, out, data_dir)]
     if failed:
         common.log(f"failed suites: {', '.join(failed)}; README not updated")
         return 1
-    results = {suite: json.loads((out / f"{suite}.json").read_text()) for suite in SUITES
-               if (out / f"{suite}.json").exists()}
+    results = load_results(out)
     for row in report.targets(results):
         common.log(f"target: {row['target']}: {row['measured']} ({row['bound']}): "
                    f"{row.get('status', 'met')}")

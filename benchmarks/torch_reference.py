@@ -7,7 +7,10 @@ them), selection uses ``torch.topk``, and elementwise work runs in place where t
 matrix product can be written several equivalent ways whose speed differs a lot on skinny matrices
 (MKL picks different kernels for ``X @ W`` and ``(W^T X^T)^T``), so :func:`fastest` times the candidate
 formulations once on the real shapes, checks that they agree, and the round uses the fastest; the choice
-is reported with the results.
+is reported with the results. :class:`TorchSTCClientLoop` is the exception on purpose: the STC round
+written the way federated simulations usually are (one client at a time, each with its own
+``torch.nn.Linear`` and ``torch.optim.SGD``, autograd for the gradient), the baseline a user would
+actually pick.
 
 Semantics follow fedsim's definitions (DESIGN sections 5 and 6), so the benchmarks can check that both
 compute the same thing before timing them:
@@ -355,6 +358,104 @@ class TorchSTCRound:
         return results
 
 
+class TorchSTCClientLoop:
+    """The STC seed round as federated-learning simulations usually run it: one client at a time.
+
+    This is the baseline a user would write with torch (the way Flower and FedLab simulations and the STC
+    authors' reference code run their clients): every client owns a model (``torch.nn.Linear``, softmax
+    regression) and a ``torch.optim.SGD`` with the run's learning rate, both made once; in a round each
+    participant in turn loads the server weights into its model, trains on its batches with
+    ``torch.nn.functional.cross_entropy``, ``loss.backward()`` and ``optimizer.step()``, takes its update
+    (local weights minus server weights), adds its residual and compresses it with STC per parameter
+    tensor (:func:`stc_rows` on its own row), keeping the new residual. The server then averages the
+    messages and compresses the aggregate with its own error feedback, as :class:`TorchSTCRound` does.
+
+    The server state (``weights`` in fedsim's flat layout, W (F, C) row-major then b; the clients'
+    residuals; the server's residual) starts as copies of a fedsim run's state, and :meth:`step` replays
+    fedsim's participants and batches, so the round can be checked against fedsim's before it is timed.
+    """
+
+    def __init__(self, x_train: np.ndarray, y_train: np.ndarray, eval_sets: dict, n_classes: int,
+                 lr: float, p_up: float, p_down: float, weights: np.ndarray,
+                 client_residuals: np.ndarray, server_residual: np.ndarray):
+        self.x_train = torch.from_numpy(np.ascontiguousarray(x_train))
+        self.y_train = torch.from_numpy(np.asarray(y_train, dtype=np.int64))
+        self.eval_sets = {name: (torch.from_numpy(np.ascontiguousarray(x)),
+                                 torch.from_numpy(np.asarray(y, dtype=np.int64)))
+                          for name, (x, y) in eval_sets.items()}
+        self.n_features = self.x_train.shape[1]
+        self.n_classes = n_classes
+        dtype = self.x_train.dtype
+        self.weights = torch.tensor(weights)
+        self.client_residuals = torch.tensor(client_residuals)
+        self.server_residual = torch.tensor(server_residual)
+        w_size = self.n_features * n_classes
+        self.segments = ((0, w_size), (w_size, w_size + n_classes))
+        self.k_up = [ceil_product(p_up, stop - start) for start, stop in self.segments]
+        self.k_down = [ceil_product(p_down, stop - start) for start, stop in self.segments]
+        n_clients = self.client_residuals.shape[0]
+        self.models = [torch.nn.Linear(self.n_features, n_classes, dtype=dtype) for _ in range(n_clients)]
+        self.optimizers = [torch.optim.SGD(model.parameters(), lr=lr) for model in self.models]
+        self.server_model = torch.nn.Linear(self.n_features, n_classes, dtype=dtype)
+
+    def _load(self, model: torch.nn.Linear) -> None:
+        """Copy the server weights (flat, W (F, C) then b) into ``model`` (weight (C, F), bias (C,))."""
+        F, C = self.n_features, self.n_classes
+        with torch.no_grad():
+            model.weight.copy_(self.weights[:F * C].view(F, C).t())
+            model.bias.copy_(self.weights[F * C:])
+
+    def step(self, participants: np.ndarray, batch_rows: np.ndarray) -> dict:
+        """One round. ``batch_rows`` (iterations, K, B): the samples of each local step of each participant."""
+        participants = np.asarray(participants, dtype=np.int64)
+        K = len(participants)
+        batch_rows = torch.from_numpy(np.ascontiguousarray(batch_rows, dtype=np.int64))
+        sent = torch.empty(K, self.weights.numel(), dtype=self.weights.dtype)
+        losses = torch.empty(K, dtype=self.weights.dtype)
+        bits_up = 0
+        for slot, client in enumerate(participants.tolist()):
+            model, optimizer = self.models[client], self.optimizers[client]
+            self._load(model)
+            for rows in batch_rows[:, slot]:
+                x = self.x_train.index_select(0, rows)
+                y = self.y_train.index_select(0, rows)
+                optimizer.zero_grad(set_to_none=True)
+                loss = torch.nn.functional.cross_entropy(model(x), y)
+                loss.backward()
+                optimizer.step()
+                losses[slot] = loss.detach()
+            with torch.no_grad():
+                update = torch.cat([model.weight.t().reshape(-1), model.bias]).sub_(self.weights)
+                accumulated = update.add_(self.client_residuals[client])       # A_k + dW_k
+                for (start, stop), k in zip(self.segments, self.k_up):
+                    message, bits = stc_rows(accumulated[None, start:stop], k)
+                    sent[slot, start:stop] = message[0]
+                    bits_up += int(bits[0])
+                self.client_residuals[client] = accumulated - sent[slot]        # A_k <- A_k - m_k
+        aggregate = sent.mean(dim=0)
+        accumulated_down = self.server_residual + aggregate
+        down = torch.empty_like(accumulated_down)
+        bits_down = 0
+        for (start, stop), k in zip(self.segments, self.k_down):
+            message, bits = stc_rows(accumulated_down[None, start:stop], k)
+            down[start:stop] = message[0]
+            bits_down += int(bits[0])
+        self.server_residual = accumulated_down - down
+        self.weights += down                                                   # W <- W + m_down
+        return {"client_losses": losses, "bits_up": bits_up, "bits_down": bits_down * K}
+
+    def evaluate(self) -> dict:
+        """Loss and accuracy of the server model on every evaluation set (the server's ``nn.Linear``)."""
+        self._load(self.server_model)
+        results = {}
+        with torch.no_grad():
+            for name, (x, y) in self.eval_sets.items():
+                logits = self.server_model(x)
+                results[f"{name}_loss"] = float(torch.nn.functional.cross_entropy(logits, y))
+                results[f"{name}_accuracy"] = float((logits.argmax(dim=1) == y).double().mean())
+        return results
+
+
 # ---------------------------------------------------------------------------------------------------------
 # LAQ (the lazy seed experiment)
 
@@ -494,7 +595,7 @@ def sample_size(p: float, fraction: float, size: int) -> int:
     return min(max(ceil_product(fraction, size), ceil_product(100 / p, 1)), size)
 
 
-__all__ = ["TorchLAQRun", "TorchSTCRound", "budget", "fastest", "laq_quantize", "sample_size",
+__all__ = ["TorchLAQRun", "TorchSTCClientLoop", "TorchSTCRound", "budget", "fastest", "laq_quantize", "sample_size",
            "sampled_ternarize", "sign", "stc_rows", "ternarize", "top_k_sparsify", "top_k_threshold",
            "torch_tensor"]
 

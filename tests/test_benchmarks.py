@@ -34,6 +34,33 @@ def _git_status() -> str | None:
         return None
 
 
+def _check_startup(compiled: dict, readme) -> None:
+    """The compile suite's start-up part: cold and warm start of the smoke command as fresh processes, with
+    a breakdown that adds up, its summary fields, its target row and its table."""
+    from benchmarks import compile as benchmarks_compile
+    startup = compiled["startup"]
+    assert startup["repeats"] == benchmarks_compile.STARTUP["smoke"]["repeats"]
+    (label, arguments, steps), = benchmarks_compile.STARTUP["smoke"]["runs"]
+    measured = startup["runs"][label]
+    assert measured["command"] == ["fedsim", "run", *arguments] and measured["steps"] == steps
+    for start in ("cold", "warm"):
+        assert len(measured[start]["samples"]) == startup["repeats"]
+        for sample in measured[start]["samples"]:
+            assert sample["steps"] == steps
+            assert all(sample[part] >= 0 for part in benchmarks_compile.STARTUP_PARTS), sample
+            inside = (sample["import_seconds"] + sample["data_seconds"] + sample["first_round_seconds"]
+                      + sample["rest_seconds"])
+            assert sample["wall_seconds"] == pytest.approx(sample["interpreter_seconds"] + inside)
+            assert sample["other_rounds_seconds"] <= sample["rest_seconds"]
+        assert set(measured[start]["median"]) == set(benchmarks_compile.STARTUP_PARTS)
+        assert compiled["summary"][f"startup_{label}_{start}_seconds"] == measured[start]["median"]["wall_seconds"]
+    rows = [row for row in report.targets({"compile": compiled}) if row["target"].startswith("Warm start")]
+    assert len(rows) == 1 and rows[0]["bound"] == "<= 3" and "(cold start " in rows[0]["measured"]
+    assert rows[0]["value"] == measured["warm"]["median"]["wall_seconds"]
+    text = readme.read_text()
+    assert "### Time to a first result" in text and f"`fedsim run {' '.join(arguments)}` | warm |" in text
+
+
 def test_smoke_run_writes_validated_results_and_tables_and_leaves_the_checkout_alone(tmp_path):
     """The README's command as a user runs it (no --out): results into the user cache, no tracked file
     touched; then the tables are regenerated into a README of our own, as --write-readme would."""
@@ -48,7 +75,7 @@ def test_smoke_run_writes_validated_results_and_tables_and_leaves_the_checkout_a
     out = tmp_path / "cache" / "benchmarks" / "smoke"
     assert (out / "tables.md").read_text().count("### Kernels") == 1
     results = {suite: json.loads((out / f"{suite}.json").read_text())
-               for suite in ("kernels", "rounds", "scale", "compile", "products", "sweep")}
+               for suite in ("kernels", "rounds", "storage", "scale", "compile", "products", "sweep")}
     readme = tmp_path / "README.md"
     readme.write_text("# hand-written part\n\nkept as is\n")
     report.update_readme(readme, results)
@@ -59,8 +86,9 @@ def test_smoke_run_writes_validated_results_and_tables_and_leaves_the_checkout_a
         # the products suite compares against NumPy's BLAS only, the sweep suite times fedsim alone: neither
         # loads torch
         assert machine["threads"]["requested"] == 1, suite
-        assert machine["threads"]["torch"] == ("not loaded" if suite in ("products", "sweep") else 1), suite
+        assert machine["threads"]["torch"] == ("not loaded" if suite in ("products", "sweep", "storage") else 1), suite
         assert machine["threads"]["blas_fixed_by_environment"], suite
+        _check_blas_record(machine, suite)
     cases = results["kernels"]["cases"]
     assert {case["kernel"] for case in cases} == set(kernels.all_kernels())
     assert all(case["validated"] for case in cases)
@@ -77,8 +105,18 @@ def test_smoke_run_writes_validated_results_and_tables_and_leaves_the_checkout_a
             assert set(products[side]["parts"]) == parts, (name, side)
             assert products[side]["total"] == pytest.approx(sum(products[side]["parts"].values()))
         assert results["rounds"][name]["summary"]["speedup_ceiling_with_these_products"] > 0
+    _check_round_floors_and_baselines(results["rounds"])
+    storage = results["storage"]
+    laq_storage = storage["laq_iteration"]
+    assert laq_storage["validated_iterations"] > 0 and storage["stc_round"]["validated_rounds"] > 0
+    assert laq_storage["bytes_per_gradient"]["float64"] == 8 * laq_storage["bytes_per_gradient"]["uint8"]
+    assert laq_storage["speedup"] == pytest.approx(laq_storage["iteration"]["float64"]["median"]
+                                                   / laq_storage["iteration"]["uint8"]["median"])
+    storage_rows = [row for row in report.targets(results) if "storage = uint8" in row["target"]]
+    assert len(storage_rows) == 1 and storage_rows[0]["value"] == laq_storage["speedup"]
     assert results["scale"]["configurations"][0]["memory"]["peak_rss_bytes"] > 0
     assert results["compile"]["summary"]["cold_compile_seconds"] > 0
+    _check_startup(results["compile"], readme)
     text = readme.read_text()
     assert text.startswith("# hand-written part\n\nkept as is\n")
     assert text.count(report.BEGIN) == 1 and text.count(report.END) == 1
@@ -102,11 +140,113 @@ def test_smoke_run_writes_validated_results_and_tables_and_leaves_the_checkout_a
     assert sum(target.startswith("Sweep of 8 runs") for target in targets) == len(ways) - 1
     for heading in ("### Targets", "### Kernels", "### Rounds", "### Scale", "### JIT compile time",
                     "ceiling: torch round / fedsim products", "### Hand-written products against BLAS",
-                    "### Sweeps", "| local pool, 2 workers |"):
+                    "### Sweeps", "| local pool, 2 workers |", "### 8-bit storage", "fedsim / floor | batched torch / floor",
+                    "| per-client torch ms |", "in a child process with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE removed",
+                    "BLAS loaded (threadpoolctl): openblas"):
         assert heading in text
     # regenerating replaces the block instead of appending a second one
     report.update_readme(readme, results)
     assert readme.read_text().count(report.BEGIN) == 1
+
+
+def _positive(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value) and value > 0
+
+
+def _check_blas_record(machine: dict, suite: str) -> None:
+    """The BLAS record every suite shares: threadpoolctl's view of each loaded BLAS, and the OpenBLAS kernel
+    variables of the environment as they were (never set by the benchmarks)."""
+    assert machine["blas"], suite
+    for blas in machine["blas"]:
+        assert set(blas) >= {"internal_api", "version", "architecture", "num_threads", "filepath"}, suite
+        assert blas["internal_api"] and blas["version"] and blas["architecture"], (suite, blas)
+        assert blas["num_threads"] == 1, (suite, blas)                  # --threads 1
+        assert blas["filepath"] and "/" not in blas["filepath"], (suite, blas)     # a file name, no path
+    assert machine["blas_environment"] == {name: os.environ.get(name) for name in common.BLAS_KERNEL_VARIABLES}
+
+
+def _check_floor(floor: dict, names: set) -> None:
+    """A floor's pieces are positive and finite, the floor is the larger of its two parts, and every
+    multiple is that implementation's time over the floor."""
+    for key in ("bytes", "read_seconds", "bandwidth_gbps", "memory_seconds", "flops", "peak_gflops",
+                "compute_seconds", "floor_seconds"):
+        assert _positive(floor[key]), (key, floor)
+    assert floor["bandwidth_gbps"] * 1e9 == pytest.approx(floor["bytes"] / floor["read_seconds"])
+    assert floor["memory_seconds"] == pytest.approx(floor["bytes"] / (floor["bandwidth_gbps"] * 1e9))
+    assert floor["compute_seconds"] == pytest.approx(floor["flops"] / (floor["peak_gflops"] * 1e9))
+    assert floor["floor_seconds"] == max(floor["memory_seconds"], floor["compute_seconds"])
+    assert floor["binds"] == ("memory" if floor["memory_seconds"] >= floor["compute_seconds"] else "compute")
+    assert set(floor["seconds"]) == set(floor["multiple"]) == names
+    for name in names:
+        assert _positive(floor["seconds"][name])
+        assert floor["multiple"][name] == pytest.approx(floor["seconds"][name] / floor["floor_seconds"])
+
+
+def _check_round_floors_and_baselines(rounds_results: dict) -> None:
+    stc, laq = rounds_results["stc_round"], rounds_results["laq_iteration"]
+    settings = rounds.SETTINGS["smoke"]
+    # the per-client torch loop: validated like the batched round, then timed with it
+    for name in ("torch", "torch_per_client"):
+        check = stc["validation"][name]
+        assert check["passed"], name
+        assert 0 <= check["server_weights_max_abs_difference"] <= 1e-4 * check["server_weights_max_abs"] + 1e-5
+        assert check["bits_up"] == stc["validation"]["torch"]["bits_up"] > 0
+        assert check["bits_down"] == stc["validation"]["torch"]["bits_down"] > 0
+    assert set(stc["round"]) == set(stc["evaluation"]) == {"fedsim", "torch", "torch_per_client"}
+    assert stc["round"]["torch_per_client"]["repeats"] == settings["repeats"]
+    assert all(_positive(t) for t in stc["round"]["torch_per_client"]["samples"])
+    # floors: the pieces, the multiples, and the with-evaluation floor adds both parts' bytes, reads and flops
+    three = {"fedsim", "torch", "torch_per_client"}
+    for key in ("round", "evaluation", "round_with_evaluation"):
+        _check_floor(stc["floor"][key], three)
+        assert stc["floor"][key]["peak_gflops"] == stc["peak_matmul"]["gflops"]
+        assert stc["floor"][key]["peak_dtype"] == "float32"
+    parts = stc["floor"]["round"], stc["floor"]["evaluation"]
+    combined = stc["floor"]["round_with_evaluation"]
+    for key in ("bytes", "flops", "read_seconds"):
+        assert combined[key] == pytest.approx(parts[0][key] + parts[1][key])
+    for name in three:
+        both = stc["round"][name]["median"] + stc["evaluation"][name]["median"]
+        assert combined["seconds"][name] == pytest.approx(both)
+    n_rows = stc["setting"]["participants"] * stc["setting"]["batch"] * stc["setting"]["local_iterations"]
+    assert stc["floor"]["round"]["bytes"] == n_rows * stc["setting"]["features"] * 4
+    assert stc["floor"]["round"]["flops"] == stc["flops"]["training"]
+    assert stc["floor"]["evaluation"]["flops"] == stc["flops"]["evaluation"]
+    assert stc["read"]["round"]["repeats"] == settings["repeats"]
+    for key in ("iteration", "evaluation"):
+        _check_floor(laq["floor"][key], {"fedsim", "torch"})
+        assert laq["floor"][key]["peak_gflops"] == laq["peak_matmul"]["gflops"]
+        assert laq["floor"][key]["peak_dtype"] == "float64"
+    workers, per_worker, features = settings["laq_shape"]
+    assert laq["floor"]["iteration"]["bytes"] == workers * per_worker * features * 8
+    assert laq["floor"]["iteration"]["seconds"]["fedsim"] == laq["iteration"]["fedsim"]["median"]
+    assert laq["read"]["iteration"]["repeats"] == settings["laq_repeats"]
+    # both peaks: here, and in a child process without the OpenBLAS kernel variables
+    for result, dtype in ((stc, "float32"), (laq, "float64")):
+        here, child = result["peak_matmul"], result["peak_matmul_without_kernel_variables"]
+        for peak in (here, child):
+            assert peak["dtype"] == dtype and peak["size"] == settings["peak_size"] and _positive(peak["gflops"])
+            assert peak["blas"] and all(blas["architecture"] for blas in peak["blas"])
+        assert here["environment"] == {name: os.environ.get(name) for name in common.BLAS_KERNEL_VARIABLES}
+        assert child["removed_from_environment"] == here["environment"]
+        assert child["environment"] == {name: None for name in common.BLAS_KERNEL_VARIABLES}
+    # the summaries the targets read
+    summary = stc["summary"]
+    assert summary["round_with_evaluation_over_floor"] == combined["multiple"]["fedsim"]
+    assert summary["round_speedup_vs_torch_per_client"] == pytest.approx(
+        stc["round"]["torch_per_client"]["median"] / stc["round"]["fedsim"]["median"])
+    assert summary["round_with_evaluation_speedup_vs_torch_per_client"] == pytest.approx(
+        combined["seconds"]["torch_per_client"] / combined["seconds"]["fedsim"])
+    assert laq["summary"]["iteration_over_floor"] == laq["floor"]["iteration"]["multiple"]["fedsim"]
+    rows = {row["target"]: row for row in report.targets({"rounds": rounds_results})}
+    floor_rows = [row for name, row in rows.items() if "/ its floor" in name]
+    assert [row["value"] for row in floor_rows] == [laq["summary"]["iteration_over_floor"],
+                                                   summary["round_with_evaluation_over_floor"]]
+    assert all(row["bound"] == "<= 2" for row in floor_rows)
+    per_client = [row for name, row in rows.items() if "per-client torch" in name]
+    assert len(per_client) == 1 and per_client[0]["bound"] == ">= 10"
+    assert per_client[0]["value"] == summary["round_with_evaluation_speedup_vs_torch_per_client"]
+    assert sum("batched torch" in name for name in rows) == 2
 
 
 def _wrong_implementations():
@@ -167,6 +307,32 @@ def test_round_validation_catches_a_wrong_torch_round(monkeypatch):
         rounds.stc_round_benchmark("smoke")
 
 
+def test_round_validation_catches_a_wrong_per_client_loop(monkeypatch):
+    from benchmarks import torch_reference
+
+    original = torch_reference.TorchSTCClientLoop._load
+
+    def off_by_a_percent(self, model):                 # each client starts from 1.01 W
+        original(self, model)
+        with torch_reference.torch.no_grad():
+            model.weight.mul_(1.01)
+    monkeypatch.setattr(torch_reference.TorchSTCClientLoop, "_load", off_by_a_percent)
+    with pytest.raises(ValidationError, match="per-client torch"):
+        rounds.stc_round_benchmark("smoke")
+
+
+def test_floor_is_the_larger_part_and_multiples_are_times_over_it():
+    peak = {"gflops": 100.0, "dtype": "float32"}
+    memory_bound = rounds.floor(2_000_000_000, 0.2, 1e9, peak, {"fedsim": 0.5, "torch": 1.0})
+    assert memory_bound["bandwidth_gbps"] == pytest.approx(10.0)
+    assert memory_bound["compute_seconds"] == pytest.approx(0.01)
+    assert memory_bound["floor_seconds"] == pytest.approx(0.2) and memory_bound["binds"] == "memory"
+    assert memory_bound["multiple"] == pytest.approx({"fedsim": 2.5, "torch": 5.0})
+    compute_bound = rounds.floor(1_000_000, 0.001, 1e12, peak, {"fedsim": 20.0})
+    assert compute_bound["floor_seconds"] == pytest.approx(10.0) and compute_bound["binds"] == "compute"
+    assert compute_bound["multiple"]["fedsim"] == pytest.approx(2.0)
+
+
 def test_targets_read_ratios_the_right_way_round():
     def case(kernel, dtype, fedsim, copy, torch=None):
         timings = {"fedsim": {"median": fedsim}, "copy": {"median": copy}}
@@ -195,6 +361,17 @@ def test_targets_read_ratios_the_right_way_round():
     sweep["summary"]["dask_over_sequential"] = None            # dask not installed: no Dask target
     assert len(report.targets({"sweep": sweep})) == 1
 
+    round_results = {"stc_round": {"summary": {"round_with_evaluation_over_floor": 2.5,
+                                               "round_with_evaluation_speedup_vs_torch": 2.2,
+                                               "round_with_evaluation_speedup_vs_torch_per_client": 8.0}},
+                     "laq_iteration": {"summary": {"iteration_over_floor": 1.5, "iteration_speedup_vs_torch": 1.6}}}
+    rows = report.targets({"rounds": round_results})
+    assert [(row["met"], row["bound"]) for row in rows] == [(True, "<= 2"), (False, ">= 2"), (False, "<= 2"),
+                                                           (True, ">= 2"), (False, ">= 10")]
+    assert rows[0]["target"].startswith("LAQ seed iteration: time / its floor")
+    assert "batched torch" in rows[1]["target"] and "per-client torch" in rows[4]["target"]
+    assert rows[2]["status"] == "missed: 1.25x the bound" and rows[4]["status"] == "missed: 80% of the bound"
+
 
 def test_sweep_validation_catches_a_differing_history():
     reference = {"run-a": [{"round": 1, "train_loss": 0.5}, {"round": 2, "train_loss": 0.25}]}
@@ -218,3 +395,112 @@ def test_thread_environment_and_bad_settings():
         common.check_mode("fast")
     with pytest.raises(ValueError, match="kernel"):
         kernels.make_case("fft", 100, "float32", None)
+
+
+def _table_under(text: str, heading: str) -> tuple[list[str], list[list[str]]]:
+    """The header cells and row cells of the first Markdown table after ``heading`` in ``text``."""
+    lines = text[text.index(heading):].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    table = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        table.append([cell.strip() for cell in line.strip()[1:-1].split("|")])
+    return table[0], table[2:]
+
+
+def test_smoke_run_at_two_thread_counts_reports_the_scaling(tmp_path):
+    """``--threads 1 2``: kernels and rounds once per count, each in its own process and file, and a thread
+    scaling table whose medians are the files' and whose speed-ups are their ratios."""
+    from benchmarks import run as benchmarks_run
+    environment = dict(os.environ)
+    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), environment.get("PYTHONPATH")]))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "kernels.threads-4.json").write_text("{}")         # an earlier run's: replaced, not reported
+    finished = subprocess.run([sys.executable, "-m", "benchmarks.run", "--smoke", "--threads", "1", "2", "--only",
+                               "kernels", "rounds", "--out", str(out)], cwd=REPO, env=environment,
+                              capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert sorted(path.name for path in out.glob("*.json")) == [
+        "kernels.json", "kernels.threads-2.json", "rounds.json", "rounds.threads-2.json"]
+    results = benchmarks_run.load_results(out)
+    assert list(results) == ["kernels", "rounds", "kernels.threads-2", "rounds.threads-2"]
+    for name, payload in results.items():
+        threads = 2 if name.endswith("threads-2") else 1
+        reported = payload["machine"]["threads"]
+        assert reported["requested"] == threads and reported["torch"] == threads, name
+        assert reported["environment"]["OPENBLAS_NUM_THREADS"] == str(threads) and reported["blas_fixed_by_environment"]
+    text = (out / "tables.md").read_text()
+    assert text.count("### Thread scaling") == 1 and text.index("### Kernels") < text.index("### Thread scaling")
+    scaling = text[text.index("### Thread scaling"):]
+
+    def expected(one: dict, two: dict, names: list[str]) -> list[str]:
+        cells = []
+        for name in names:
+            if name not in one or name not in two:
+                cells += ["n/a"] * 3
+                continue
+            cells += [report._ms(one[name]), report._ms(two[name]), report._ratio(one[name] / two[name])]
+        return cells
+
+    header, rows = _table_under(scaling, "#### Kernels")
+    names = ["fedsim", "numpy", "torch"]
+    assert header == ["kernel", "N", "dtype", "p"] + [
+        f"{report.SCALING_LABELS[name]} {column}" for name in names for column in ("1T ms", "2T ms", "1T / 2T")]
+    cases = list(zip(results["kernels"]["cases"], results["kernels.threads-2"]["cases"]))
+    assert len(rows) == len(cases) > 0
+    for row, (one, two) in zip(rows, cases):
+        key = ("kernel", "size", "dtype", "p")
+        assert [one[name] for name in key] == [two[name] for name in key]
+        assert row[:4] == [f"`{one['kernel']}`", report._size(one["size"]), one["dtype"],
+                           "" if one["p"] is None else f"{one['p']:g}"]
+        medians = [{name: timing["median"] for name, timing in case["timings"].items()} for case in (one, two)]
+        assert row[4:] == expected(*medians, names), row
+
+    header, rows = _table_under(scaling, "#### Rounds")
+    names = [name for name in report.SCALING_LABELS if f"{report.SCALING_LABELS[name]} 1T ms" in header]
+    assert names[:2] == ["fedsim", "torch"] and len(header) == 1 + 3 * len(names)
+    figures = []
+    for payload in (results["rounds"], results["rounds.threads-2"]):
+        stc, laq = payload["stc_round"], payload["laq_iteration"]
+        medians = [{name: timing["median"] for name, timing in timings.items()}
+                   for timings in (stc["round"], stc["evaluation"], laq["iteration"], laq["evaluation"])]
+        both = {name: medians[0][name] + medians[1][name] for name in medians[0] if name in medians[1]}
+        figures.append([medians[0], medians[1], both, medians[2], medians[3]])
+    assert [row[0] for row in rows][::3] == ["STC seed round, without evaluation",
+                                             "LAQ seed iteration, without evaluation"]
+    assert len(rows) == 5
+    for row, one, two in zip(rows, *figures):
+        assert row[1:] == expected(one, two, names), row
+    # the numbers behind the cells: speed-up = 1-thread median / 2-thread median, exactly
+    for suite in report.thread_scaling(results).values():
+        assert suite["threads"] == [1, 2]
+        for row in suite["rows"]:
+            for timing in row["implementations"].values():
+                assert timing["speedups"] == {2: timing["medians"][1] / timing["medians"][2]}
+
+
+def test_thread_counts_run_the_scaling_suites_at_each_and_the_others_once(tmp_path, monkeypatch):
+    from benchmarks import run as benchmarks_run
+    assert benchmarks_run.parse_args([]).threads == [1]
+    assert benchmarks_run.parse_args(["--threads", "2"]).threads == [2]
+    for bad in (["0"], ["1", "1"], ["2", "-1"], ["x"]):
+        with pytest.raises(SystemExit):
+            benchmarks_run.parse_args(["--threads", *bad])
+    calls = []
+
+    def run_suite(suite, mode, threads, out, data_dir, name=None):
+        calls.append((suite, threads, name or suite))
+        (out / f"{name or suite}.json").write_text(json.dumps({"machine": {"threads": {"requested": threads}}}))
+        return True
+    monkeypatch.setattr(benchmarks_run, "run_suite", run_suite)
+    (tmp_path / "rounds.threads-4.json").write_text("{}")     # left by an earlier run of rounds
+    args = benchmarks_run.parse_args(["--smoke", "--threads", "2", "1", "--only", "scale", "rounds"])
+    assert all(benchmarks_run.run_counts(suite, args, tmp_path, None) for suite in args.only)
+    assert calls == [("scale", 2, "scale"), ("rounds", 2, "rounds"), ("rounds", 1, "rounds.threads-1")]
+    results = benchmarks_run.load_results(tmp_path)
+    assert list(results) == ["rounds", "scale", "rounds.threads-1"]
+    assert list(report.runs_by_threads(results, "rounds")) == [1, 2]     # ascending, whichever came first
+    assert report.thread_scaling({"scale": results["scale"]}) == {}
+    assert "Thread scaling" not in "\n".join(report._thread_scaling_section({"rounds": results["rounds"]}))
