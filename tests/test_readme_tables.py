@@ -1,0 +1,260 @@
+"""The README's tables of the examples' results are what the examples print (issue #14).
+
+Each table is checked against a fresh run of the command the README gives for it, taken from the README
+itself (the last ``python examples/...`` command before the table), run as a subprocess into a temporary
+folder: every cell must be the example's number as the README writes it (integers exactly, ratios and
+accuracies to the README's decimals, ``1.33 M`` as millions to its decimals). The README's f* of the LAQ
+experiment and the STC seed experiment's sentence of results are checked the same way.
+
+The LAQ MNIST table is the expensive one (5 methods x 4,000 full-batch iterations on 10,000 images): its
+methods run in two processes at once, each its own run folders in the same output folder, then the
+README's command itself runs, finds every run finished and prints the table of all of them. The results
+are those of one process: every run pins its BLAS threads (``run.blas_threads = 1``), so its history does
+not depend on what runs beside it or before it. Measured on the project's 2-core machine with other jobs
+running: LAQ MNIST about 5 minutes, LAQ Fashion-MNIST (3 methods x 7,000 iterations) about 6, the STC
+tables and sentence under a minute together.
+"""
+
+import importlib.util
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
+TIMEOUT = 1800                    # seconds for one example process; the slowest takes minutes
+
+# (test id, the table's header line in README.md, the example it reports)
+TABLES = [
+    ("stc-synthetic", "| method | test accuracy | bits up | bits down |", "stc_mnist.py"),
+    ("stc-fashion-mnist", "| method | test accuracy after 100 rounds | bits up | bits down |", "stc_mnist.py"),
+    ("laq-mnist", "| method | iterations to f - f* <= 1e-6 | communications | bits | fewer communications than GD "
+                  "| fewer bits than GD | accuracy |", "laq_mnist.py"),
+    ("laq-fashion-mnist", "| method (Fashion-MNIST, alpha 0.01, f* from L-BFGS) | iterations to 1e-6 | "
+                          "communications | bits | fewer communications | fewer bits | accuracy |", "laq_mnist.py"),
+]
+# The columns of a LAQ table after the method, as keys of the example's table.json rows.
+LAQ_COLUMNS = ("iterations", "communications", "bits", "communications_saving", "bits_saving", "final_accuracy")
+# The columns of an STC table after the method, as keys of a run's summary.json.
+STC_COLUMNS = ("final_test_accuracy", "bits_up", "bits_down")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the README
+
+
+def commands(text: str) -> list[tuple[int, list[str]]]:
+    """Every example command of a README text, with its position: inline (`python examples/...`, possibly
+    over several lines) and in code blocks (a line, with backslash continuations, without its comment)."""
+    found = [(match.start(), match.group(1)) for match in re.finditer(r"`(python examples/[^`]+)`", text)]
+    for match in re.finditer(r"^(python examples/(?:[^\n]*\\\n)*[^\n]*)$", text, flags=re.MULTILINE):
+        found.append((match.start(), match.group(1).replace("\\\n", " ").split("#", 1)[0]))
+    return sorted((position, shlex.split(command)) for position, command in found)
+
+
+def readme_table(text: str, header: str) -> dict:
+    """The table of ``text`` whose header line is ``header``: its rows (the method's cell -> the other cells),
+    the command that precedes it, and the text between that command and the table."""
+    assert text.count(header + "\n") == 1, f"README.md: the table {header!r} is missing or repeated"
+    start = text.index(header + "\n")
+    lines = text[start:].splitlines()
+    assert re.fullmatch(r"\|(-+:?\|)+", lines[1]), lines[1]
+    rows = {}
+    for line in lines[2:]:
+        if not line.startswith("|"):
+            break
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        assert len(cells) == header.count("|") - 1, line
+        rows[cells[0]] = cells[1:]
+    before = [(position, command) for position, command in commands(text) if position < start]
+    assert before, f"README.md: no example command before the table {header!r}"
+    position, command = before[-1]
+    return {"rows": rows, "command": command, "prose": text[position:start]}
+
+
+def formatted_like(cell: str, value) -> str:
+    """``value`` written the way ``cell`` is: the same decimals, thousands separated by commas, and the
+    cell's unit (" M": millions; "x": a ratio); compare with ``cell``."""
+    match = re.fullmatch(r"[0-9,]+(?:\.([0-9]+))?( M|x)?", cell)
+    assert match, f"README.md: {cell!r} is not a number the test knows how to read"
+    decimals, unit = len(match.group(1) or ""), match.group(2) or ""
+    if value is None:
+        return "(none)"
+    if isinstance(value, int) and not unit and not decimals:
+        return f"{value:,}"
+    return f"{value / (1e6 if unit == ' M' else 1):,.{decimals}f}{unit}"
+
+
+def number(value, spec: str) -> str:
+    """A number as examples/laq_mnist.py prints it in its table ("-": none)."""
+    return "-" if value is None else format(value, spec)
+
+
+def method_of(cell: str) -> str:
+    """The method a row of a table is about: `stc_updown` -> stc_updown, "LAQ (b = 4)" -> laq."""
+    return cell.strip("`").split(" (")[0].lower()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the examples
+
+
+def example_command(command: list[str], out: Path, *extra: str) -> list[str]:
+    """The README's command with this interpreter, then ``extra`` options, the output folder and --quiet."""
+    assert command[0] == "python" and command[1].startswith("examples/"), command
+    return [sys.executable, str(REPO / command[1]), *command[2:], *extra, "--out", str(out), "--quiet"]
+
+
+def run(command: list[str], environment: dict) -> str:
+    finished = subprocess.run(command, cwd=REPO, env=environment, capture_output=True, text=True,
+                              timeout=TIMEOUT)
+    assert finished.returncode == 0, f"{' '.join(command)}:\n{finished.stdout[-3000:]}\n{finished.stderr[-3000:]}"
+    return finished.stdout
+
+
+def laq_methods(command: list[str]) -> list[str]:
+    """The methods a laq_mnist.py command runs, as the example's own parser reads its options."""
+    spec = importlib.util.spec_from_file_location("laq_mnist_example", REPO / "examples" / "laq_mnist.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.parse_args(command[2:]).methods
+
+
+def run_laq(command: list[str], out: Path, environment: dict) -> str:
+    """The README's laq_mnist.py command; its methods first in two processes at once (two halves, each with
+    f* from its own runs: those tables are discarded), then the command itself, which finds the runs done."""
+    methods = laq_methods(command)
+    halves = [half for half in (methods[0::2], methods[1::2]) if half]
+    started = []
+    try:
+        for half in halves:
+            started.append(subprocess.Popen(example_command(command, out, "--methods", *half, "--f-star-from", "runs"),
+                                            cwd=REPO, env=environment, stdout=subprocess.PIPE,
+                                            stderr=subprocess.PIPE, text=True))
+        for process in started:
+            stdout, stderr = process.communicate(timeout=TIMEOUT)
+            assert process.returncode == 0, f"{' '.join(process.args)}:\n{stdout[-3000:]}\n{stderr[-3000:]}"
+    finally:
+        for process in started:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    return run(example_command(command, out), environment)
+
+
+def example_environment(request, needs_data: bool) -> dict:
+    """The examples' environment: figures without a display, and the shared data folder (the test skips
+    without it when ``needs_data``)."""
+    environment = dict(os.environ, MPLBACKEND="Agg")
+    if needs_data:
+        environment["FEDSIM_DATA"] = str(request.getfixturevalue("shared_data"))
+    return environment
+
+
+def printed_rows(printed: str, header: str) -> dict[str, list[str]]:
+    """The rows of the table an example printed after its ``header`` line: method -> the other cells."""
+    lines = printed[printed.index(header):].splitlines()[1:]
+    rows = {}
+    for line in lines:
+        if set(line) == {"-"}:
+            continue
+        if not line.strip() or line.startswith(("run folders:", "note:")):
+            break
+        words = line.split()
+        rows[words[0]] = words[1:]
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the tests
+
+
+def check_table(rows: dict, values: dict, columns: tuple[str, ...]) -> list[str]:
+    """Each differing cell of a README table against the example's values (method -> {column: value})."""
+    differences = []
+    assert sorted(map(method_of, rows)) == sorted(values), (list(rows), list(values))
+    for label, cells in rows.items():
+        for column, cell in zip(columns, cells):
+            expected = formatted_like(cell, values[method_of(label)][column])
+            if cell != expected:
+                differences.append(f"{label}, {column}: README {cell}, the example {expected}")
+    return differences
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, header, example", TABLES, ids=[name for name, _, _ in TABLES])
+def test_readme_table_is_what_the_example_prints(name, header, example, tmp_path, request):
+    table = readme_table(README.read_text(), header)
+    command, out = table["command"], tmp_path / "out"
+    assert command[1] == f"examples/{example}", (name, command)
+    env = example_environment(request, needs_data="synthetic" not in command)
+    differences = []
+    if example == "stc_mnist.py":
+        printed = run(example_command(command, out), env)
+        printed_table = printed_rows(printed, "method           rounds")
+        values = {}
+        for method in printed_table:
+            summary = json.loads((out / method / "summary.json").read_text())
+            # the printed table shows the summary's integers as they are, its accuracy to 4 decimals
+            assert printed_table[method][2:4] == [f"{summary['bits_up']:,}", f"{summary['bits_down']:,}"], method
+            values[method] = summary
+        differences += check_table(table["rows"], values, STC_COLUMNS)
+    else:
+        printed = run_laq(command, out, env)
+        saved = json.loads((out / "table.json").read_text())
+        printed_table = printed_rows(printed, "method   iterations")
+        values = {row["method"]: row for row in saved["table"]}
+        assert list(printed_table) == list(values)
+        for method, cells in printed_table.items():       # the printed table is the saved one
+            row = values[method]
+            assert cells[:6] == [number(row[key], ",") for key in LAQ_COLUMNS[:3]] + [
+                number(row[key], ".1f") for key in LAQ_COLUMNS[3:5]] + [f"{row['final_accuracy']:.4f}"], method
+        differences += check_table(table["rows"], values, LAQ_COLUMNS)
+        for claimed in re.findall(r"\(([0-9]+\.[0-9]{6,})\)", table["prose"]):     # f*, to the README's digits
+            if claimed != f"{saved['f_star']:.{len(claimed.split('.')[1])}f}":
+                differences.append(f"f*: README {claimed}, the example {saved['f_star']:.12g}")
+        assert f"f* = {saved['f_star']:.12g}" in printed
+    assert not differences, f"README.md's table for `{' '.join(command)}` is out of date:\n" + "\n".join(differences)
+
+
+@pytest.mark.slow
+def test_readme_stc_seed_experiment_sentence(tmp_path, request):
+    """ "300 rounds reach **79.3% test accuracy** (0.7931) (81.2% on the first 5,000 training samples), with
+    4.0 Mbit sent up and 5.6 Mbit down in all (the paper's estimate for the upstream: 3.1 Mbit)" against the
+    section's command with that many rounds."""
+    text = README.read_text()
+    section = text[text.index("### The STC seed experiment"):text.index("All methods on the same data")]
+    sentence = (r"(\d+) rounds reach \*\*([0-9.]+)% test accuracy\*\* \((0\.[0-9]+)\) \(([0-9.]+)% on the first "
+                r"([0-9,]+) training samples\), with ([0-9.]+) Mbit sent up and ([0-9.]+) Mbit down in all \(the "
+                r"paper's estimate for the upstream: ([0-9.]+) Mbit\)")
+    claim = re.search(sentence.replace(" ", r"\s+"), section)          # the README wraps it anywhere
+    assert claim, "README.md: the STC seed experiment's sentence of results is not where the test looks"
+    rounds, percent, accuracy, train_percent, train_samples, up, down, estimate = claim.groups()
+    command = next(command for _, command in commands(section) if f"--rounds {rounds}" in " ".join(command))
+    out = tmp_path / "out"
+    run(example_command(command, out), example_environment(request, needs_data=True))
+    folder = out / "stc_updown"
+    summary = json.loads((folder / "summary.json").read_text())
+    history = [json.loads(line) for line in (folder / "history.jsonl").read_text().splitlines()]
+    evaluated = int(re.search(r"^eval_train_samples = ([0-9]+)", (folder / "config.toml").read_text(),
+                              flags=re.MULTILINE).group(1))
+    assert summary["completed"] == int(rounds)
+
+    def mbit(claimed, bits):
+        return claimed, f"{bits / 1e6:.{len(claimed.split('.')[1])}f}"
+    measured = {"test accuracy %": (percent, f"{100 * summary['final_test_accuracy']:.{len(percent.split('.')[1])}f}"),
+                "test accuracy": (accuracy, f"{summary['final_test_accuracy']:.{len(accuracy) - 2}f}"),
+                "training accuracy %": (train_percent,
+                                        f"{100 * history[-1]['train_accuracy']:.{len(train_percent.split('.')[1])}f}"),
+                "training samples evaluated": (train_samples, f"{evaluated:,}"),
+                "Mbit up": mbit(up, summary["bits_up"]), "Mbit down": mbit(down, summary["bits_down"]),
+                "the paper's estimate, Mbit up": mbit(estimate, sum(r["bits_up_analytic"] for r in history))}
+    differences = [f"{what}: README {claimed}, the example {got}" for what, (claimed, got) in measured.items()
+                   if claimed != got]
+    assert not differences, "README.md's STC seed experiment sentence is out of date:\n" + "\n".join(differences)
