@@ -3,8 +3,9 @@
 ``data.storage = "uint8"`` keeps the images as their 8-bit codes (:class:`fedsim.models.features.Codes`):
 a gradient reads 1 byte per feature instead of 8 (LAQ, float64) or 4 (STC, float32). This suite builds the
 same run twice, on the float features and on the codes of the same dataset, validates that they agree
-(the LAQ objective to 1e-10 relative and the same upload decisions; the STC client losses to 1e-3, since
-the STC codes round the resized pixels by up to half a grey level), then steps both runs interleaved and
+(the LAQ objective to 1e-10 relative and the same upload decisions in each validated iteration; the STC
+client losses of the first round, from the same start, to 1e-3, since the STC codes round the resized
+pixels by up to half a grey level and later rounds drift apart through STC's top-k picks), then steps both runs interleaved and
 reports the medians and the speed-up of the codes. Both runs hold the same data in memory the whole time.
 """
 
@@ -84,11 +85,12 @@ def stc_storage_benchmark(mode: str, data_dir=None) -> dict:
                              eval_every=never)
     runs = {"float32": FederatedRun(config, dataset, clients, seed=0),
             "uint8": FederatedRun(config, stored_as_codes(dataset, "stc"), clients, seed=0)}
-    for r in range(validate):
-        records = {name: run.step() for name, run in runs.items()}
-        assert_close(f"STC client losses in round {r + 1} (uint8 vs float32)",
-                     np.array(records["uint8"]["client_losses"]), np.array(records["float32"]["client_losses"]),
-                     rtol=1e-3, atol=1e-4)
+    # The first round starts both runs from the same weights: its losses differ only by the codes' rounding.
+    # Later rounds drift apart (STC's top-k picks amplify last-bit differences), so they are not compared.
+    records = {name: run.step() for name, run in runs.items()}
+    assert_close("STC client losses in round 1 (uint8 vs float32)", np.array(records["uint8"]["client_losses"]),
+                 np.array(records["float32"]["client_losses"]), rtol=1e-3, atol=1e-4)
+    validate = 1
     timings = common.time_interleaved({name: run.step for name, run in runs.items()}, repeats, warmup=1)
     evaluation = common.time_interleaved(
         {name: (lambda run=run: [run.model.evaluate(run.server.weights, x, y) for x, y in run.eval_sets.values()])

@@ -203,14 +203,9 @@ def _sparse_bits(keep: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
             + torch.where(counts > 0, MU_BITS, 0))
 
 
-class TorchSTCRound:
-    """One round of the STC seed experiment (stc_updown, mean aggregation, error feedback up and down,
-    plain SGD), batched over the participants, on preloaded tensors.
-
-    ``weights``, ``client_residuals`` (n_clients, P) and ``server_residual`` start as copies of a fedsim
-    run's state; :meth:`step` takes the participants and their batches (fedsim's, replayed), so both
-    compute the same round.
-    """
+class _TorchSTCState:
+    """What both torch STC rounds start from: the data as tensors, a copy of a fedsim run's server and
+    residual state, and the per-segment budgets k of the two links."""
 
     def __init__(self, x_train: np.ndarray, y_train: np.ndarray, eval_sets: dict, n_classes: int,
                  lr: float, p_up: float, p_down: float, weights: np.ndarray,
@@ -230,6 +225,37 @@ class TorchSTCRound:
         self.segments = ((0, w_size), (w_size, w_size + n_classes))
         self.k_up = [ceil_product(p_up, stop - start) for start, stop in self.segments]
         self.k_down = [ceil_product(p_down, stop - start) for start, stop in self.segments]
+
+
+    def _downstream(self, aggregate: torch.Tensor) -> int:
+        """The server's half of a round: STC of residual + aggregate per segment, the new residual, the
+        weights moved by the message; the message's bits."""
+        accumulated_down = self.server_residual + aggregate
+        down = torch.empty_like(accumulated_down)
+        bits_down = 0
+        for (start, stop), k in zip(self.segments, self.k_down):
+            message, bits = stc_rows(accumulated_down[None, start:stop], k)
+            down[start:stop] = message[0]
+            bits_down += int(bits[0])
+        self.server_residual = accumulated_down - down
+        self.weights += down                                          # W <- W + m_down
+        return bits_down
+
+
+class TorchSTCRound(_TorchSTCState):
+    """One round of the STC seed experiment (stc_updown, mean aggregation, error feedback up and down,
+    plain SGD), batched over the participants, on preloaded tensors.
+
+    ``weights``, ``client_residuals`` (n_clients, P) and ``server_residual`` start as copies of a fedsim
+    run's state; :meth:`step` takes the participants and their batches (fedsim's, replayed), so both
+    compute the same round.
+    """
+
+    def __init__(self, x_train: np.ndarray, y_train: np.ndarray, eval_sets: dict, n_classes: int,
+                 lr: float, p_up: float, p_down: float, weights: np.ndarray,
+                 client_residuals: np.ndarray, server_residual: np.ndarray):
+        super().__init__(x_train, y_train, eval_sets, n_classes, lr, p_up, p_down, weights, client_residuals,
+                         server_residual)
         self.choices: dict[str, object] = {}
         # The chosen formulations as zero-argument calls on the real shapes (set by choose_formulations),
         # for timing the products alone.
@@ -327,16 +353,7 @@ class TorchSTCRound:
             sent[:, start:stop], bits = stc_rows(accumulated[:, start:stop], k)
             bits_up += bits
         self.client_residuals[participants] = accumulated - sent      # A_k <- A_k - m_k
-        aggregate = sent.mean(dim=0)
-        accumulated_down = self.server_residual + aggregate
-        down = torch.empty_like(accumulated_down)
-        bits_down = 0
-        for (start, stop), k in zip(self.segments, self.k_down):
-            message, bits = stc_rows(accumulated_down[None, start:stop], k)
-            down[start:stop] = message[0]
-            bits_down += int(bits[0])
-        self.server_residual = accumulated_down - down
-        self.weights += down                                          # W <- W + m_down
+        bits_down = self._downstream(sent.mean(dim=0))
         return {"client_losses": client_loss, "bits_up": int(bits_up.sum()), "bits_down": bits_down * K}
 
     def evaluate(self) -> dict:
@@ -358,7 +375,7 @@ class TorchSTCRound:
         return results
 
 
-class TorchSTCClientLoop:
+class TorchSTCClientLoop(_TorchSTCState):
     """The STC seed round as federated-learning simulations usually run it: one client at a time.
 
     This is the baseline a user would write with torch (the way Flower and FedLab simulations and the STC
@@ -378,21 +395,9 @@ class TorchSTCClientLoop:
     def __init__(self, x_train: np.ndarray, y_train: np.ndarray, eval_sets: dict, n_classes: int,
                  lr: float, p_up: float, p_down: float, weights: np.ndarray,
                  client_residuals: np.ndarray, server_residual: np.ndarray):
-        self.x_train = torch.from_numpy(np.ascontiguousarray(x_train))
-        self.y_train = torch.from_numpy(np.asarray(y_train, dtype=np.int64))
-        self.eval_sets = {name: (torch.from_numpy(np.ascontiguousarray(x)),
-                                 torch.from_numpy(np.asarray(y, dtype=np.int64)))
-                          for name, (x, y) in eval_sets.items()}
-        self.n_features = self.x_train.shape[1]
-        self.n_classes = n_classes
+        super().__init__(x_train, y_train, eval_sets, n_classes, lr, p_up, p_down, weights, client_residuals,
+                         server_residual)
         dtype = self.x_train.dtype
-        self.weights = torch.tensor(weights)
-        self.client_residuals = torch.tensor(client_residuals)
-        self.server_residual = torch.tensor(server_residual)
-        w_size = self.n_features * n_classes
-        self.segments = ((0, w_size), (w_size, w_size + n_classes))
-        self.k_up = [ceil_product(p_up, stop - start) for start, stop in self.segments]
-        self.k_down = [ceil_product(p_down, stop - start) for start, stop in self.segments]
         n_clients = self.client_residuals.shape[0]
         self.models = [torch.nn.Linear(self.n_features, n_classes, dtype=dtype) for _ in range(n_clients)]
         self.optimizers = [torch.optim.SGD(model.parameters(), lr=lr) for model in self.models]
@@ -432,16 +437,7 @@ class TorchSTCClientLoop:
                     sent[slot, start:stop] = message[0]
                     bits_up += int(bits[0])
                 self.client_residuals[client] = accumulated - sent[slot]        # A_k <- A_k - m_k
-        aggregate = sent.mean(dim=0)
-        accumulated_down = self.server_residual + aggregate
-        down = torch.empty_like(accumulated_down)
-        bits_down = 0
-        for (start, stop), k in zip(self.segments, self.k_down):
-            message, bits = stc_rows(accumulated_down[None, start:stop], k)
-            down[start:stop] = message[0]
-            bits_down += int(bits[0])
-        self.server_residual = accumulated_down - down
-        self.weights += down                                                   # W <- W + m_down
+        bits_down = self._downstream(sent.mean(dim=0))
         return {"client_losses": losses, "bits_up": bits_up, "bits_down": bits_down * K}
 
     def evaluate(self) -> dict:
