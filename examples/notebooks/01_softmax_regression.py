@@ -108,13 +108,16 @@ ax.set_title(f"true class {CLASSES[y[0]]} (red): loss = -log p_y = {-np.log(p[y[
 # $$\nabla_W L = \tfrac1n X^\top (P - Y) + \lambda W, \qquad
 #   \nabla_b L = \tfrac1n \textstyle\sum_i (p_i - e_{y_i}) + \lambda b .$$
 #
-# Here are the lines of `SoftmaxRegression.loss_and_grad` that compute it (`delta` is $(P - Y)/n$; the
-# sample weights serve clients whose batches are padded to one array):
+# Here are the lines of `SoftmaxRegression.loss_and_grad` that compute it. fedsim walks the samples in
+# cache-sized blocks, so that each sample is read from memory once per gradient: for each block, the
+# logits `z`, then `delta` $= (P - Y)/n$ in place of `z` (the sample weights serve clients whose batches are
+# padded to one array), then the block's share $X_\text{block}^\top \delta$ of the weight gradient:
 
 # %%
 lines, first = inspect.getsourcelines(SoftmaxRegression.loss_and_grad)
-start = next(i for i, line in enumerate(lines) if "delta = shifted_exp" in line)
-for number, line in enumerate(lines[start - 1:], first + start - 1):
+start = next(i for i, line in enumerate(lines) if "for k0, k1, s0, s1 in plan.blocks()" in line)
+stop = next(i for i, line in enumerate(lines) if "grad_b[k0:k1] +=" in line)
+for number, line in enumerate(lines[start:stop + 1], first + start):
     print(f"{number:4d} {line.rstrip()}")
 print(inspect.getsource(SoftmaxRegression.weight_gradient))
 
