@@ -296,7 +296,7 @@ def smoothness_bounds(shards: Shards, l2: float) -> tuple[np.ndarray, float]:
     without it, bounds only the W block). Computed exactly: one (F+1)^2 Gram matrix per worker
     (a batched matmul) and ``scipy.linalg.eigvalsh`` for its largest eigenvalue.
     """
-    x, weights, sizes = decoded(shards.x), shards.weights, shards.sizes
+    x, sizes = decoded(shards.x), shards.sizes
     n_workers, _, n_features = x.shape
     gram = np.empty((n_workers, n_features + 1, n_features + 1), dtype=np.float64)
     gram[:, :n_features, :n_features] = np.matmul(np.swapaxes(x, 1, 2), x)       # X^T X (padding is 0)

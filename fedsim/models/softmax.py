@@ -100,19 +100,12 @@ class SoftmaxRegression:
         """Mean loss (with the L2 penalty) and accuracy from one pass over the data."""
         z = self.logits(theta, x)
         accuracy = np.mean(np.argmax(z, axis=-1) == y, axis=-1)
-        z -= z.max(axis=-1, keepdims=True)
-        z_y = np.take_along_axis(z, np.asarray(y)[..., None], axis=-1)[..., 0]
-        nll = np.log(np.exp(z).sum(axis=-1)) - z_y
-        return nll.mean(axis=-1) + self._penalty(theta), accuracy
+        return self._nll(z, y).mean(axis=-1) + self._penalty(theta), accuracy
 
     def loss(self, theta: np.ndarray, x, y: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
         """Mean cross-entropy plus the L2 penalty; one value per model of the stack."""
         self._check_labels(y)
-        z = self.logits(theta, x)
-        z -= z.max(axis=-1, keepdims=True)
-        z_y = np.take_along_axis(z, np.asarray(y)[..., None], axis=-1)[..., 0]
-        nll = np.log(np.exp(z).sum(axis=-1)) - z_y
-        return self._mean(nll, weights) + self._penalty(theta)
+        return self._mean(self._nll(self.logits(theta, x), y), weights) + self._penalty(theta)
 
     def loss_and_grad(self, theta: np.ndarray, x, y: np.ndarray, weights: np.ndarray | None = None,
                       rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -143,8 +136,7 @@ class SoftmaxRegression:
         part = np.empty((plan.group, F, C), dtype=plan.dtype)
         for k0, k1, s0, s1 in plan.blocks():
             z, x_block = plan.forward(k0, k1, s0, s1)
-            labels = y_flat[k0:k1, s0:s1, None] if y_flat.shape[0] > 1 else y_flat[:, s0:s1, None]
-            labels = np.broadcast_to(labels[..., 0], z.shape[:-1])
+            labels = np.broadcast_to(plan.block_of(y_flat, k0, k1, s0, s1), z.shape[:-1])
             at_label = np.arange(labels.size) * C + labels.ravel()   # where z[..., y] is in z (contiguous)
             z -= z.max(axis=-1, keepdims=True)
             z_y = z.reshape(-1)[at_label].reshape(labels.shape)
@@ -157,7 +149,7 @@ class SoftmaxRegression:
             if share is None:                                    # p - Y, times m_i / sum m
                 delta /= n
             else:
-                delta *= (share[k0:k1, s0:s1] if share.shape[0] > 1 else share[:, s0:s1])[..., None]
+                delta *= plan.block_of(share, k0, k1, s0, s1)[..., None]
             plan.backward(x_block, delta, grad_W[k0:k1], part[: k1 - k0])   # grad_W += x_block^T delta
             grad_b[k0:k1] += delta.sum(axis=-2)                 # grad_b += sum_i delta_i
         if plan.scale != 1.0:                                    # x = scale u + offset (Codes)
@@ -183,6 +175,13 @@ class SoftmaxRegression:
             np.matmul(np.swapaxes(x, -1, -2), delta, out=out)
 
     # -- pieces -----------------------------------------------------------------------------------
+    @staticmethod
+    def _nll(z: np.ndarray, y) -> np.ndarray:
+        """-log p[y] = log sum exp(z - max z) - (z - max z)[y], from logits ``z`` (overwritten)."""
+        z -= z.max(axis=-1, keepdims=True)
+        z_y = np.take_along_axis(z, np.asarray(y)[..., None], axis=-1)[..., 0]
+        return np.log(np.exp(z).sum(axis=-1)) - z_y
+
     def _check_labels(self, y):
         y = np.asarray(y)
         if y.size and (y.min() < 0 or y.max() >= self.n_classes):
@@ -302,6 +301,11 @@ class _Plan:
         for r0 in range(0, rows, step):
             SoftmaxRegression.weight_gradient(x[r0:r0 + step], delta[..., r0:r0 + step, :], part)
             out += part
+
+    @staticmethod
+    def block_of(a: np.ndarray, k0: int, k1: int, s0: int, s1: int) -> np.ndarray:
+        """Samples s0:s1 of models k0:k1 of a per-sample array ``(1 or L, n)`` (all of a shared one's)."""
+        return a[k0:k1, s0:s1] if a.shape[0] > 1 else a[:, s0:s1]
 
     @staticmethod
     def _take(a: np.ndarray, k0: int, k1: int):

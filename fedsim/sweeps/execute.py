@@ -28,7 +28,6 @@ seeds its own random streams from its config and pins its BLAS threads (``run.bl
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
