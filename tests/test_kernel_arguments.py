@@ -2,7 +2,7 @@
 argument, never a crash and never a silent result.
 
 * Property tests (hypothesis): every public kernel of ``fedsim.kernels`` sparsify, golomb, laq, terngrad,
-  randomk, qsgd and powersgd (and its NumPy twin) is called with valid arguments of random sizes in which
+  randomk, qsgd, powersgd and softmax (and its NumPy twin) is called with valid arguments of random sizes in which
   at most one argument is spoiled: the wrong type, dtype or number of dimensions, a non-contiguous array,
   a read-only output, an output one entry too short (or an exact-shape array one entry too long), a count,
   offset, width or index out of range, NaN or inf, a code out of range, decreasing offsets... A spoiled call
@@ -29,10 +29,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fedsim.kernels import checks, golomb, laq, powersgd, qsgd, randomk, sparsify, terngrad
+from fedsim.kernels import checks, golomb, laq, powersgd, qsgd, randomk, softmax, sparsify, terngrad
 
 ROOT = Path(__file__).resolve().parents[1]
-MODULES = ("sparsify", "golomb", "laq", "terngrad", "randomk", "qsgd", "powersgd")
+MODULES = ("sparsify", "golomb", "laq", "terngrad", "randomk", "qsgd", "powersgd", "softmax")
 EXAMPLES = 1000        # hypothesis examples per module (each spoils at most one argument of one kernel)
 CHILD_TIMEOUT = 240     # seconds; a first run may compile a few kernel signatures
 
@@ -1037,6 +1037,56 @@ def build_power_step(draw):
                 custom)
 
 
+def _softmax_block(draw, rng):
+    dtype = np.dtype(draw(st.sampled_from([np.float32, np.float64])))
+    G, R, C = draw(st.integers(1, 3)), draw(st.integers(0, 6)), draw(st.integers(1, 5))
+    labels = rng.integers(0, C, (draw(st.sampled_from([1, G])), R))
+    return dtype, G, R, C, labels
+
+
+def _labels_spoilers(labels, C, rng):
+    custom = out_of_range("labels", labels, C, rng)
+    if labels.shape[1]:
+        custom.append(("labels one sample short", "labels", np.ascontiguousarray(labels[:, :-1]),
+                       (ValueError,), "labels"))
+    return custom
+
+
+def build_shift_logits(draw):
+    rng = rng_of(draw)
+    dtype, G, R, C, labels = _softmax_block(draw, rng)
+    z = (rng.standard_normal((G, R, C)) * 4).astype(dtype)
+    bias = rng.standard_normal((draw(st.sampled_from([1, G])), C)).astype(dtype)
+    like = (dtype,)
+    custom = _labels_spoilers(labels, C, rng)
+    custom.append(("bias one class short", "bias", np.ascontiguousarray(bias[:, :-1]), (ValueError,), "bias"))
+    return Call({"z": z, "bias": bias, "scale": float(rng.uniform(0.001, 2)), "labels": labels,
+                 "z_y": np.zeros((G, R), dtype)},
+                {"z": Arr(FLOAT, output=True, contiguous=False), "bias": Arr(like, contiguous=False),
+                 "scale": Real(), "labels": Arr(INT64, contiguous=False),
+                 "z_y": Arr(like, output=True, contiguous=False)}, custom)
+
+
+def build_softmax_residual(draw):
+    rng = rng_of(draw)
+    dtype, G, R, C, labels = _softmax_block(draw, rng)
+    z = rng.uniform(0, 1, (G, R, C)).astype(dtype)
+    total = z.sum(axis=-1) + dtype.type(1)
+    weighted = draw(st.booleans())
+    share = (rng.uniform(0, 1, (draw(st.sampled_from([1, G])), R)) if weighted else np.empty((0, 0))).astype(dtype)
+    like = (dtype,)
+    custom = _labels_spoilers(labels, C, rng)
+    custom.append(("share of another length", "share", np.zeros((1, R + 1), dtype), (ValueError,), "share"))
+    return Call({"z": z, "total": total, "log_total": np.log(total), "z_y": np.zeros((G, R), dtype),
+                 "labels": labels, "share": share, "divisor": float(max(R, 1)), "nll": np.zeros((G, R), dtype),
+                 "grad_b": np.zeros((G, C), dtype)},
+                {"z": Arr(FLOAT, output=True, contiguous=False), "total": Arr(like, contiguous=False),
+                 "log_total": Arr(like, contiguous=False), "z_y": Arr(like, contiguous=False),
+                 "labels": Arr(INT64, contiguous=False), "share": Arr(like, contiguous=False),
+                 "divisor": Real(0.0, low_open=True), "nll": Arr(like, output=True, contiguous=False),
+                 "grad_b": Arr(like, output=True, contiguous=False)}, custom)
+
+
 CASES = {
     "sparsify": [
         Case("top_k_select", sparsify.top_k_select, sparsify.top_k_select_numpy, build_top_k_select),
@@ -1113,6 +1163,11 @@ CASES = {
         Case("low_rank_product", powersgd.low_rank_product, powersgd.low_rank_product_numpy,
              build_low_rank_product),
         Case("power_step", powersgd.power_step, powersgd.power_step_numpy, build_power_step),
+    ],
+    "softmax": [
+        Case("shift_logits", softmax.shift_logits, softmax.shift_logits_numpy, build_shift_logits),
+        Case("softmax_residual", softmax.softmax_residual, softmax.softmax_residual_numpy,
+             build_softmax_residual),
     ],
 }
 
@@ -1422,9 +1477,9 @@ def test_power_step_takes_views_into_a_batch():
 
 
 def test_every_public_kernel_is_exercised():
-    """Every public checked kernel of the seven modules has a hostile-argument case."""
+    """Every public checked kernel of the eight modules has a hostile-argument case."""
     covered = {case.name for cases in CASES.values() for case in cases}
-    for module in (sparsify, golomb, laq, terngrad, randomk, qsgd, powersgd):
+    for module in (sparsify, golomb, laq, terngrad, randomk, qsgd, powersgd, softmax):
         public = {name for name, value in vars(module).items()
                   if not name.startswith("_") and callable(getattr(value, "check", None))
                   and getattr(value, "__module__", None) == module.__name__}

@@ -28,7 +28,7 @@ LAQ_MAX_BITS = 16
 import importlib as _importlib
 import types as _types
 
-_KERNEL_MODULES = ("golomb", "laq", "powersgd", "qsgd", "randomk", "sparsify", "terngrad")
+_KERNEL_MODULES = ("golomb", "laq", "powersgd", "qsgd", "randomk", "softmax", "sparsify", "terngrad")
 
 
 class _DeferredModule(_types.ModuleType):

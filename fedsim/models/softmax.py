@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedsim.kernels import softmax as softmax_kernels
 from fedsim.models.features import split as split_features
 from fedsim.params import ParamSpec
 
@@ -123,10 +124,11 @@ class SoftmaxRegression:
         self._check_labels(y)
         plan = _Plan(self, theta, x, rows)
         L, n, F, C = plan.models, plan.n, self.n_features, self.n_classes
-        y_flat = plan.flat(np.asarray(y), 1)
+        dtype = plan.dtype.type
+        labels = plan.flat(np.asarray(y).astype(np.int64, copy=False), 1)
         mask = None if weights is None else plan.flat(np.asarray(weights, dtype=plan.dtype), 1)
-        # The residual's per-sample factor: m_i / sum m (or 1 / n).
-        share = None if mask is None else mask / mask.sum(axis=-1, keepdims=True)
+        # The residual's per-sample factor: m_i / sum m (or 1 / n, a division by n: share of shape (0, 0)).
+        share = np.empty((0, 0), plan.dtype) if mask is None else mask / mask.sum(axis=-1, keepdims=True)
         nll = np.empty((L, n), dtype=plan.dtype)
         grad = np.empty((L, self.size), dtype=plan.dtype)
         grad_W = grad[:, :F * C].reshape(L, F, C)
@@ -134,24 +136,19 @@ class SoftmaxRegression:
         grad_W[...] = 0
         grad_b[...] = 0
         part = np.empty((plan.group, F, C), dtype=plan.dtype)
+        shift, residual = softmax_kernels.shift_logits.core, softmax_kernels.softmax_residual.core
         for k0, k1, s0, s1 in plan.blocks():
-            z, x_block = plan.forward(k0, k1, s0, s1)
-            labels = np.broadcast_to(plan.block_of(y_flat, k0, k1, s0, s1), z.shape[:-1])
-            at_label = np.arange(labels.size) * C + labels.ravel()   # where z[..., y] is in z (contiguous)
-            z -= z.max(axis=-1, keepdims=True)
-            z_y = z.reshape(-1)[at_label].reshape(labels.shape)
+            z, x_block = plan.products(k0, k1, s0, s1)         # x W, then in place:
+            block_labels = plan.block_of(labels, k0, k1, s0, s1)
+            z_y = np.empty(z.shape[:-1], dtype=plan.dtype)
+            bias = plan.bias[k0:k1] if plan.bias.shape[0] > 1 else plan.bias
+            shift(z, bias, dtype(plan.scale), block_labels, z_y)   # z = scale x W + b, minus its maximum
             np.exp(z, out=z)
-            total = z.sum(axis=-1)
-            nll[k0:k1, s0:s1] = np.log(total) - z_y             # -log p[y] = log sum exp - z_y
-            delta = z
-            delta /= total[..., None]                            # p
-            delta.reshape(-1)[at_label] -= 1                     # p - Y
-            if share is None:                                    # p - Y, times m_i / sum m
-                delta /= n
-            else:
-                delta *= plan.block_of(share, k0, k1, s0, s1)[..., None]
-            plan.backward(x_block, delta, grad_W[k0:k1], part[: k1 - k0])   # grad_W += x_block^T delta
-            grad_b[k0:k1] += delta.sum(axis=-2)                 # grad_b += sum_i delta_i
+            total = np.add.reduce(z, axis=-1)
+            residual(z, total, np.log(total), z_y, block_labels,   # z = delta = (p - Y) m_i / sum m
+                     share if mask is None else plan.block_of(share, k0, k1, s0, s1), dtype(n),
+                     nll[k0:k1, s0:s1], grad_b[k0:k1])         # nll = -log p[y]; grad_b += sum_i delta_i
+            plan.backward(x_block, z, grad_W[k0:k1], part[: k1 - k0])   # grad_W += x_block^T delta
         if plan.scale != 1.0:                                    # x = scale u + offset (Codes)
             grad_W *= plan.dtype.type(plan.scale)
         if plan.offset != 0.0:
@@ -308,36 +305,40 @@ class _Plan:
         return a[k0:k1, s0:s1] if a.shape[0] > 1 else a[:, s0:s1]
 
     @staticmethod
-    def _take(a: np.ndarray, k0: int, k1: int):
+    def take(a: np.ndarray, k0: int, k1: int):
         """Models k0:k1 of ``a`` (a shared ``a``, or a single model, without its stack axis)."""
         if a.shape[0] == 1:
             return a[0]
         return a[k0] if k1 - k0 == 1 else a[k0:k1]
 
-    def forward(self, k0: int, k1: int, s0: int, s1: int) -> tuple[np.ndarray, np.ndarray]:
-        """The block's logits ``z = scale (x W) + bias`` (shape ``(models or 1, rows, C)``) and its samples
-        as floats (in cache, for the backward product)."""
+    def products(self, k0: int, k1: int, s0: int, s1: int) -> tuple[np.ndarray, np.ndarray]:
+        """The block's forward products ``u = x W`` (a new C-contiguous array of shape ``(k1 - k0, rows, C)``,
+        or ``(1, rows, C)`` when data and model are both shared) and its samples as floats (in cache, for
+        the backward product)."""
         if self.rows is None:
-            x = self._take(self.x, k0, k1)[..., s0:s1, :]
+            x = self.take(self.x, k0, k1)[..., s0:s1, :]
             if x.dtype != self.dtype:                             # 8-bit codes to floats (exact), in cache
                 x = self._scratch(x.shape, x)
         else:
-            index = self._take(self.rows, k0, k1)[..., s0:s1]
+            index = self.take(self.rows, k0, k1)[..., s0:s1]
             if self.x.dtype == self.dtype:                        # the gather: one read of each sample
                 x = self.x[index]              # (fancy indexing copies rows 2x faster than np.take(out=))
             else:
                 x = self._scratch(index.shape + self.x.shape[-1:], self.x[index])
-        W = self._take(self.W, k0, k1)
+        W = self.take(self.W, k0, k1)
         rows, step = s1 - s0, self.product_rows
         if rows <= step or x.ndim != 2 or W.ndim != 2:
-            z = np.matmul(x, W)
+            u = np.matmul(x, W)
         else:                                   # one model's rows: ``product_rows`` a product
-            z = np.empty((rows, W.shape[-1]), dtype=self.dtype)
+            u = np.empty((rows, W.shape[-1]), dtype=self.dtype)
             for r0 in range(0, rows, step):
-                np.matmul(x[r0:r0 + step], W, out=z[r0:r0 + step])
-        if z.ndim == 2:
-            z = z[None]
+                np.matmul(x[r0:r0 + step], W, out=u[r0:r0 + step])
+        return (u[None] if u.ndim == 2 else u), x
+
+    def forward(self, k0: int, k1: int, s0: int, s1: int) -> tuple[np.ndarray, np.ndarray]:
+        """The block's logits ``z = scale (x W) + bias`` and its samples as floats (see :meth:`products`)."""
+        z, x = self.products(k0, k1, s0, s1)
         if self.scale != 1.0:
             z *= self.dtype.type(self.scale)
-        z += self._take(self.bias, k0, k1)[..., None, :]
+        z += self.take(self.bias, k0, k1)[..., None, :]
         return z, x

@@ -1,0 +1,188 @@
+"""Kernels of the softmax gradient's elementwise part: the work between a block's two matrix products.
+
+:meth:`fedsim.models.softmax.SoftmaxRegression.loss_and_grad` walks its data in cache-sized blocks; for
+each block of G models x R samples x C classes, after the forward product ``u = x W``, it computes::
+
+    z = scale * u + b                        logits (scale: the 8-bit codes' factor, else 1)
+    z = z - max_c z                          shift_logits: so that exp cannot overflow
+    z_y = z[y]                               the shifted logit of each sample's label
+    e = exp(z)                               NumPy (np.exp), in place
+    t = sum_c e                              NumPy (np.add.reduce), one total per sample
+    lt = log t                               NumPy (np.log)
+    nll = lt - z_y                           softmax_residual: -log p[y]
+    delta = (e / t - onehot(y)) * w          p - Y, times the sample's share w (m_i / sum m),
+                                             or divided by n when the samples are unweighted
+    grad_b += sum_i delta_i                  the bias gradient's share of the block
+
+Two kernels do the two elementwise stretches in one pass each over the block, where NumPy needs about
+twenty small calls (each a few microseconds, times hundreds of blocks per gradient). The transcendental
+functions and the row totals stay NumPy's own calls, so the results are bitwise those of the NumPy twins
+below, which are the lines the model ran before these kernels existed.
+
+Arithmetic, in the dtype of ``z`` (float32 or float64; no fused multiply-add, fastmath off): the product
+``scale * u`` then the sum with ``b``; the maximum propagates NaN as ``np.max`` does; ``delta`` is the
+division ``e / t``, then the subtraction of 1 at the label, then one division by ``n`` or one
+multiplication by ``w``; the bias gradient's share is summed over the samples in index order (as NumPy
+reduces a non-contiguous axis) and then added to ``grad_b``.
+
+Shapes: ``z`` (G, R, C); ``bias`` (G or 1, C); ``labels`` (G or 1, R) int64 in [0, C); ``z_y``,
+``total``, ``log_total``, ``nll`` (G, R); ``share`` (G or 1, R), or (0, 0) for unweighted samples (then
+``divisor`` = n); ``grad_b`` (G, C). A leading 1 is shared by all G models.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from fedsim.kernels import JIT_OPTIONS, checks
+from fedsim.kernels.checks import checked
+
+
+@numba.njit(**JIT_OPTIONS)
+def _shift_logits_core(z, bias, scale, labels, z_y):
+    G, R, C = z.shape
+    shared_bias = bias.shape[0] == 1
+    shared_labels = labels.shape[0] == 1
+    for g in range(G):
+        gb = 0 if shared_bias else g
+        gl = 0 if shared_labels else g
+        for r in range(R):
+            top = z[g, r, 0] * scale + bias[gb, 0]
+            z[g, r, 0] = top
+            for c in range(1, C):
+                v = z[g, r, c] * scale + bias[gb, c]
+                z[g, r, c] = v
+                if v > top or v != v:          # once NaN, stays NaN (np.max propagates it)
+                    if top == top:
+                        top = v
+            for c in range(C):
+                z[g, r, c] -= top
+            z_y[g, r] = z[g, r, labels[gl, r]]
+
+
+def _block_array(name, value, dtypes, shapes, writable=False):
+    """``value`` if it is a NumPy array of one of ``dtypes`` whose shape is one of ``shapes`` (any strides;
+    writable if it is an output): TypeError for a wrong type or dtype, ValueError otherwise."""
+    if not isinstance(value, np.ndarray):
+        raise TypeError(f"{name} must be a NumPy array, got {type(value).__name__}")
+    if value.dtype not in dtypes:
+        raise TypeError(f"{name} must have dtype {' or '.join(str(d) for d in dtypes)}, got {value.dtype}")
+    if value.shape not in shapes:
+        raise ValueError(f"{name} must have shape {' or '.join(str(s) for s in dict.fromkeys(shapes))}, "
+                         f"got {value.shape}")
+    if writable and not value.flags.writeable:
+        raise ValueError(f"{name} must be writable (it is an output)")
+    return value
+
+
+def _check_labels(labels, G, R, C):
+    _block_array("labels", labels, checks.INT64, ((1, R), (G, R)))
+    if labels.size and (labels.min() < 0 or labels.max() >= C):
+        raise ValueError(f"labels must lie in [0, {C - 1}], got range [{labels.min()}, {labels.max()}]")
+
+
+def _check_z(z):
+    if not isinstance(z, np.ndarray) or z.ndim != 3:
+        raise (TypeError if not isinstance(z, np.ndarray) else ValueError)(
+            f"z must be a 3-D NumPy array (models, samples, classes), got "
+            f"{getattr(z, 'shape', type(z).__name__)}")
+    _block_array("z", z, checks.FLOAT, (z.shape,), writable=True)
+    if z.shape[2] < 1:
+        raise ValueError(f"z must have at least one class (its last axis), got shape {z.shape}")
+    return z.shape
+
+
+@checked(_shift_logits_core)
+def shift_logits(z, bias, scale, labels, z_y):
+    """In place: ``z = scale * z + bias``, then ``z -= max_c z``; ``z_y = z[labels]`` (module docstring).
+
+    ``scale`` is a scalar of z's dtype (1 when the data are floats). Bitwise equal to
+    :func:`shift_logits_numpy`.
+    """
+    G, R, C = _check_z(z)
+    like = (z.dtype,)
+    _block_array("bias", bias, like, ((1, C), (G, C)))
+    scale = checks.real("scale", scale)
+    _check_labels(labels, G, R, C)
+    _block_array("z_y", z_y, like, ((G, R),), writable=True)
+    return z, bias, z.dtype.type(scale), labels, z_y
+
+
+def shift_logits_numpy(z, bias, scale, labels, z_y):
+    """NumPy twin of :func:`shift_logits`."""
+    z, bias, scale, labels, z_y = shift_logits.check(z, bias, scale, labels, z_y)
+    z *= scale
+    z += bias[:, None, :]
+    z -= z.max(axis=-1, keepdims=True)
+    z_y[...] = np.take_along_axis(z, np.broadcast_to(labels, z_y.shape)[..., None], axis=-1)[..., 0]
+
+
+@numba.njit(**JIT_OPTIONS)
+def _softmax_residual_core(z, total, log_total, z_y, labels, share, divisor, nll, grad_b):
+    G, R, C = z.shape
+    shared_labels = labels.shape[0] == 1
+    weighted = share.shape[1] > 0
+    shared_share = share.shape[0] == 1
+    block_sum = np.empty(C, dtype=z.dtype)
+    one = z.dtype.type(1)                                     # not the int 1: that would compute in float64
+    for g in range(G):
+        gl = 0 if shared_labels else g
+        gs = 0 if shared_share else g
+        for r in range(R):
+            nll[g, r] = log_total[g, r] - z_y[g, r]           # -log p[y] = log sum exp - z_y
+            t = total[g, r]
+            for c in range(C):
+                z[g, r, c] = z[g, r, c] / t                   # p
+            z[g, r, labels[gl, r]] -= one                     # p - Y
+            if weighted:
+                w = share[gs, r]
+                for c in range(C):
+                    z[g, r, c] = z[g, r, c] * w
+            else:
+                for c in range(C):
+                    z[g, r, c] = z[g, r, c] / divisor
+            if r == 0:
+                for c in range(C):
+                    block_sum[c] = z[g, 0, c]
+            else:
+                for c in range(C):
+                    block_sum[c] += z[g, r, c]
+        if R > 0:
+            for c in range(C):
+                grad_b[g, c] += block_sum[c]
+
+
+@checked(_softmax_residual_core)
+def softmax_residual(z, total, log_total, z_y, labels, share, divisor, nll, grad_b):
+    """From ``z`` = exp of the shifted logits (in place): ``z = (z / total - onehot) * share`` (or
+    ``/ divisor``), ``nll = log_total - z_y``, ``grad_b += sum over samples of z`` (module docstring).
+
+    Bitwise equal to :func:`softmax_residual_numpy`.
+    """
+    G, R, C = _check_z(z)
+    like = (z.dtype,)
+    for name, value in (("total", total), ("log_total", log_total), ("z_y", z_y)):
+        _block_array(name, value, like, ((G, R),))
+    _check_labels(labels, G, R, C)
+    _block_array("share", share, like, ((0, 0), (1, R), (G, R)))
+    divisor = checks.real("divisor", divisor, 0.0, low_open=True)
+    _block_array("nll", nll, like, ((G, R),), writable=True)
+    _block_array("grad_b", grad_b, like, ((G, C),), writable=True)
+    return z, total, log_total, z_y, labels, share, z.dtype.type(divisor), nll, grad_b
+
+
+def softmax_residual_numpy(z, total, log_total, z_y, labels, share, divisor, nll, grad_b):
+    """NumPy twin of :func:`softmax_residual`."""
+    z, total, log_total, z_y, labels, share, divisor, nll, grad_b = softmax_residual.check(
+        z, total, log_total, z_y, labels, share, divisor, nll, grad_b)
+    G, R, C = z.shape
+    nll[...] = log_total - z_y
+    z /= total[..., None]
+    at_label = np.arange(G * R) * C + np.broadcast_to(labels, (G, R)).ravel()
+    z.reshape(-1)[at_label] -= 1
+    if share.size:
+        z *= share[..., None]
+    else:
+        z /= divisor
+    grad_b += z.sum(axis=-2)
