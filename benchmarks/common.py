@@ -82,14 +82,17 @@ def thread_environment(threads: int, base: dict | None = None) -> dict:
 
 
 def apply_threads(threads: int, torch: bool = True) -> dict:
-    """Set torch's (unless ``torch`` is False: a suite that does not use it need not load it) and Numba's
-    thread counts; return what every library reports (for the results)."""
+    """Set torch's (unless ``torch`` is False: a suite that does not use it need not load it), Numba's and
+    fedsim's block loops' thread counts; return what every library reports (for the results)."""
     threads = check_threads(threads)
     report = {"requested": threads,
               "environment": {name: os.environ.get(name) for name in THREAD_VARIABLES}}
     import numba
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     report["numba"] = numba.get_num_threads()
+    from fedsim.models import softmax
+    softmax.set_threads(threads)
+    report["fedsim_blocks"] = softmax.threads()
     if not torch:
         report["torch"] = "not loaded"
     else:

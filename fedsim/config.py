@@ -62,7 +62,7 @@ class RunConfig:
 
     checkpoint_every: int = 10         # checkpoint every this many rounds / iterations; 0: only at the end
     f_star: float | None = None        # lazy family: optimal objective for residuals f - f*
-    blas_threads: int = 1              # BLAS threads of the run; results are bitwise the same for one value
+    blas_threads: int = 1              # threads of the run (BLAS, the gradient's blocks); same results for one value
 
     def __post_init__(self):
         if isinstance(self.checkpoint_every, bool) or not isinstance(self.checkpoint_every, int) \

@@ -229,6 +229,23 @@ def test_lazy_results_do_not_depend_on_the_environments_thread_count(tmp_path, s
     assert histories[0] == histories[1]
 
 
+def test_lazy_results_are_the_same_on_one_and_two_run_threads(tmp_path, shared_data):
+    """run.blas_threads = 2 walks the gradient's blocks on two threads (each worker's blocks on one, in
+    order) and gives BLAS two threads; the blocks' products are small enough that OpenBLAS runs each on
+    one thread, so the history equals the one-thread run's bit for bit."""
+    histories = []
+    for threads in (1, 2):
+        out = tmp_path / f"run-threads{threads}"
+        result = fedsim(tmp_path, "run", "--preset", "laq-mnist", "--dataset", "fashion-mnist",
+                        "--set", "data.train_split=test", "--set", "lazy.iterations=4",
+                        "--set", f"run.blas_threads={threads}", "--quiet", "--out", out,
+                        FEDSIM_DATA=str(shared_data))
+        assert result.returncode == 0, result.stderr
+        histories.append(history(out))
+        assert json.loads((out / META_FILE).read_text())["threads"]["blas_threads"] == threads
+    assert histories[0] == histories[1]
+
+
 def test_a_resume_under_other_thread_settings_warns(tmp_path, finished):
     run_dir = unfinished_copy(finished, tmp_path)
     result = fedsim(tmp_path, "run", "--resume", run_dir, "--quiet", OMP_NUM_THREADS="2")

@@ -283,3 +283,95 @@ def test_codes_refuse_what_they_cannot_stand_for():
         model.loss_and_grad(model.init(), np.zeros((5, 4), np.uint8), np.zeros(5, int))
     with pytest.raises(ValueError, match="4 features"):
         model.loss_and_grad(model.init(), np.zeros((5, 3)), np.zeros(5, int))
+
+
+# -- threads ----------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def threads_restored():
+    previous = softmax_module.threads()
+    yield
+    softmax_module.set_threads(previous)
+
+
+def _calls_of_every_kind():
+    """(name, call) for each way the model is called: LAQ's shards, a round's gathered clients with a
+    padding mask, 8-bit codes, one model over one set, and the logits of stacked models."""
+    rng = np.random.default_rng(11)
+    model = SoftmaxRegression(9, 4, l2=0.01)
+    theta_one = rng.normal(size=model.size)
+    theta_many = rng.normal(size=(5, model.size)).astype(np.float32)
+    shards, shard_labels = rng.normal(size=(5, 37, 9)), rng.integers(0, 4, size=(5, 37))
+    source, labels = rng.normal(size=(60, 9)).astype(np.float32), rng.integers(0, 4, size=60)
+    rows = rng.integers(0, 60, size=(5, 13))
+    mask = (np.arange(13) < np.array([[13], [9], [5], [13], [1]])).astype(np.float32)
+    codes = Codes(rng.integers(0, 256, size=(5, 37, 9)).astype(np.uint8), 1 / 255, -0.25, np.float64)
+    return [
+        ("shared model, stacked shards", lambda: model.loss_and_grad(theta_one, shards, shard_labels)),
+        ("gathered clients, masked", lambda: model.loss_and_grad(theta_many, source, labels[rows], mask, rows=rows)),
+        ("codes", lambda: model.loss_and_grad(theta_one, codes, shard_labels)),
+        ("one model, one set", lambda: model.loss_and_grad(theta_one, shards[0], shard_labels[0])),
+        ("evaluate, stacked models", lambda: model.evaluate(theta_many, source, labels)),
+        ("logits, one model", lambda: (model.logits(theta_one, shards[1]),)),
+    ]
+
+
+def test_results_are_bitwise_the_same_on_any_number_of_threads(walk, threads_restored):
+    for name, call in _calls_of_every_kind():
+        softmax_module.set_threads(1)
+        reference = call()
+        for count in (2, 3, 8):
+            softmax_module.set_threads(count)
+            for got, expected in zip(call(), reference):
+                assert got.tobytes() == expected.tobytes(), f"{name}, {walk}, {count} threads"
+
+
+def test_the_blocks_run_on_the_pool_threads(monkeypatch, threads_restored):
+    """With 2 threads the shares of a multi-model call run on two pool threads, each a contiguous run of
+    whole models; with 1, everything stays on the calling thread."""
+    import threading
+    monkeypatch.setattr(softmax_module, "WHOLE_BYTES", 0)
+    monkeypatch.setattr(softmax_module, "BLOCK_BYTES", 500)
+    monkeypatch.setattr(softmax_module, "PRODUCT_BYTES", 200)
+    from fedsim.kernels import softmax as kernels
+    seen = []
+    core = kernels.shift_logits.core
+    meeting, first = threading.Barrier(2, timeout=30), threading.local()
+
+    class Recording:
+        @staticmethod
+        def core(z, bias, scale, labels, z_y):
+            name = threading.current_thread().name
+            if name.startswith("fedsim-blocks") and not getattr(first, "met", False):
+                first.met = True
+                meeting.wait()          # both shares are under way at once (else: BrokenBarrierError)
+            seen.append((name, z.shape))
+            return core(z, bias, scale, labels, z_y)
+
+    monkeypatch.setattr(kernels, "shift_logits", Recording)
+    model, theta, x, y = _problem(np.float64, (4,), n=37, features=9, classes=4, seed=4)
+    for count in (1, 2):
+        seen.clear()
+        softmax_module.set_threads(count)
+        loss, grad = model.loss_and_grad(theta[0], x, y)
+        names = {name for name, _ in seen}
+        if count == 1:
+            assert names == {threading.current_thread().name}
+            reference = grad
+        else:
+            assert len(names) == 2 and all(name.startswith("fedsim-blocks") for name in names), names
+            assert grad.tobytes() == reference.tobytes()
+    blocks = [(k, k + 1, s0, s0 + 10) for k in range(3) for s0 in (0, 10)]
+    runs = [blocks[0:2], blocks[2:4], blocks[4:6]]
+    softmax_module.set_threads(2)
+    assert softmax_module._split(blocks, runs) == [blocks[0:4], blocks[4:6]]   # whole models, in order
+    softmax_module.set_threads(5)
+    assert softmax_module._split(blocks, runs) == runs                        # at most one share a run
+    softmax_module.set_threads(1)
+    assert softmax_module._split(blocks, runs) == [blocks]
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2", None])
+def test_set_threads_refuses_what_is_not_a_count(bad, threads_restored):
+    with pytest.raises(ValueError, match="threads must be an integer >= 1"):
+        softmax_module.set_threads(bad)

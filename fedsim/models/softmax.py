@@ -22,6 +22,9 @@ Equations (n samples, one-hot labels Y, optional weights m_i for ragged batches,
 
 from __future__ import annotations
 
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 import numpy as np
@@ -85,8 +88,13 @@ class SoftmaxRegression:
         """z = x W + b, shape ``(..., n, n_classes)``; ``x`` a float array or :class:`Codes`."""
         plan = _Plan(self, theta, x)
         z = np.empty((plan.models, plan.n, self.n_classes), dtype=plan.dtype)
-        for k0, k1, s0, s1 in plan.blocks():
-            z[k0:k1, s0:s1] = plan.forward(k0, k1, s0, s1)[0]
+
+        def work(blocks):                     # the blocks write disjoint rows of z: any split is exact
+            scratch = _Scratch(plan.dtype)
+            for k0, k1, s0, s1 in blocks:
+                z[k0:k1, s0:s1] = plan.forward(k0, k1, s0, s1, scratch)[0]
+
+        _on_threads(work, _split(plan.blocks(), [[block] for block in plan.blocks()]))
         return z.reshape(plan.batch + (plan.n, self.n_classes))
 
     def predict(self, theta: np.ndarray, x) -> np.ndarray:
@@ -135,20 +143,27 @@ class SoftmaxRegression:
         grad_b = grad[:, F * C:]
         grad_W[...] = 0
         grad_b[...] = 0
-        part = np.empty((plan.group, F, C), dtype=plan.dtype)
         shift, residual = softmax_kernels.shift_logits.core, softmax_kernels.softmax_residual.core
-        for k0, k1, s0, s1 in plan.blocks():
-            z, x_block = plan.products(k0, k1, s0, s1)         # x W, then in place:
-            block_labels = plan.block_of(labels, k0, k1, s0, s1)
-            z_y = np.empty(z.shape[:-1], dtype=plan.dtype)
-            bias = plan.bias[k0:k1] if plan.bias.shape[0] > 1 else plan.bias
-            shift(z, bias, dtype(plan.scale), block_labels, z_y)   # z = scale x W + b, minus its maximum
-            np.exp(z, out=z)
-            total = np.add.reduce(z, axis=-1)
-            residual(z, total, np.log(total), z_y, block_labels,   # z = delta = (p - Y) m_i / sum m
-                     share if mask is None else plan.block_of(share, k0, k1, s0, s1), dtype(n),
-                     nll[k0:k1, s0:s1], grad_b[k0:k1])         # nll = -log p[y]; grad_b += sum_i delta_i
-            plan.backward(x_block, z, grad_W[k0:k1], part[: k1 - k0])   # grad_W += x_block^T delta
+
+        def work(blocks):
+            part = np.empty((plan.group, F, C), dtype=plan.dtype)
+            scratch = _Scratch(plan.dtype)
+            for k0, k1, s0, s1 in blocks:
+                z, x_block = plan.products(k0, k1, s0, s1, scratch)   # x W, then in place:
+                block_labels = plan.block_of(labels, k0, k1, s0, s1)
+                z_y = np.empty(z.shape[:-1], dtype=plan.dtype)
+                bias = plan.bias[k0:k1] if plan.bias.shape[0] > 1 else plan.bias
+                shift(z, bias, dtype(plan.scale), block_labels, z_y)   # z = scale x W + b, minus its max
+                np.exp(z, out=z)
+                total = np.add.reduce(z, axis=-1)
+                residual(z, total, np.log(total), z_y, block_labels,   # z = delta = (p - Y) m_i / sum m
+                         share if mask is None else plan.block_of(share, k0, k1, s0, s1), dtype(n),
+                         nll[k0:k1, s0:s1], grad_b[k0:k1])         # nll = -log p[y]; grad_b += sum_i delta_i
+                plan.backward(x_block, z, grad_W[k0:k1], part[: k1 - k0])   # grad_W += x_block^T delta
+
+        # A model's blocks add into its gradient in block order, so they stay on one thread (in order):
+        # the result is bitwise the same on any number of threads.
+        _on_threads(work, _split(plan.blocks(), plan.by_model()))
         if plan.scale != 1.0:                                    # x = scale u + offset (Codes)
             grad_W *= plan.dtype.type(plan.scale)
         if plan.offset != 0.0:
@@ -176,7 +191,7 @@ class SoftmaxRegression:
     def _nll(z: np.ndarray, y) -> np.ndarray:
         """-log p[y] = log sum exp(z - max z) - (z - max z)[y], from logits ``z`` (overwritten)."""
         z -= z.max(axis=-1, keepdims=True)
-        z_y = np.take_along_axis(z, np.asarray(y)[..., None], axis=-1)[..., 0]
+        z_y = np.take_along_axis(z, np.broadcast_to(np.asarray(y), z.shape[:-1])[..., None], axis=-1)[..., 0]
         return np.log(np.exp(z).sum(axis=-1)) - z_y
 
     def _check_labels(self, y):
@@ -261,7 +276,6 @@ class _Plan:
             r = self.product_rows * max(1, BLOCK_BYTES // (self.product_rows * row_bytes))
             self._blocks = [(k, k + 1, s0, min(self.n, s0 + r)) for k in range(L) for s0 in range(0, self.n, r)]
         self.group = max(k1 - k0 for k0, k1, _, _ in self._blocks)
-        self._buffer = None
 
     def flat(self, a: np.ndarray, tail: int) -> np.ndarray:
         """``a`` of shape ``(*lead, *tail shape)`` as ``(L, *tail shape)``, or ``(1, ...)`` if shared."""
@@ -275,15 +289,15 @@ class _Plan:
     def blocks(self) -> list[tuple[int, int, int, int]]:
         return self._blocks
 
-    def _scratch(self, shape: tuple[int, ...], source: np.ndarray | None = None) -> np.ndarray:
-        """A block-sized float buffer reused from block to block (it stays in cache), holding ``source``."""
-        size = int(np.prod(shape))
-        if self._buffer is None or self._buffer.size < size:
-            self._buffer = np.empty(size, dtype=self.dtype)
-        out = self._buffer[:size].reshape(shape)
-        if source is not None:
-            np.copyto(out, source, casting="safe")
-        return out
+    def by_model(self) -> list[list[tuple[int, int, int, int]]]:
+        """The blocks in runs that share their models (one model's row blocks; a group of whole models)."""
+        runs = []
+        for block in self._blocks:
+            if runs and runs[-1][-1][:2] == block[:2]:
+                runs[-1].append(block)
+            else:
+                runs.append([block])
+        return runs
 
     def backward(self, x: np.ndarray, delta: np.ndarray, out: np.ndarray, part: np.ndarray) -> None:
         """``out += x^T delta`` for one block, ``product_rows`` rows a product (``part``: scratch of out's
@@ -311,20 +325,20 @@ class _Plan:
             return a[0]
         return a[k0] if k1 - k0 == 1 else a[k0:k1]
 
-    def products(self, k0: int, k1: int, s0: int, s1: int) -> tuple[np.ndarray, np.ndarray]:
+    def products(self, k0: int, k1: int, s0: int, s1: int, scratch: _Scratch) -> tuple[np.ndarray, np.ndarray]:
         """The block's forward products ``u = x W`` (a new C-contiguous array of shape ``(k1 - k0, rows, C)``,
         or ``(1, rows, C)`` when data and model are both shared) and its samples as floats (in cache, for
-        the backward product)."""
+        the backward product; 8-bit codes are cast into ``scratch``, the calling thread's buffer)."""
         if self.rows is None:
             x = self.take(self.x, k0, k1)[..., s0:s1, :]
             if x.dtype != self.dtype:                             # 8-bit codes to floats (exact), in cache
-                x = self._scratch(x.shape, x)
+                x = scratch.holding(x)
         else:
             index = self.take(self.rows, k0, k1)[..., s0:s1]
             if self.x.dtype == self.dtype:                        # the gather: one read of each sample
                 x = self.x[index]              # (fancy indexing copies rows 2x faster than np.take(out=))
             else:
-                x = self._scratch(index.shape + self.x.shape[-1:], self.x[index])
+                x = scratch.holding(self.x[index])
         W = self.take(self.W, k0, k1)
         rows, step = s1 - s0, self.product_rows
         if rows <= step or x.ndim != 2 or W.ndim != 2:
@@ -335,10 +349,91 @@ class _Plan:
                 np.matmul(x[r0:r0 + step], W, out=u[r0:r0 + step])
         return (u[None] if u.ndim == 2 else u), x
 
-    def forward(self, k0: int, k1: int, s0: int, s1: int) -> tuple[np.ndarray, np.ndarray]:
+    def forward(self, k0: int, k1: int, s0: int, s1: int, scratch: _Scratch) -> tuple[np.ndarray, np.ndarray]:
         """The block's logits ``z = scale (x W) + bias`` and its samples as floats (see :meth:`products`)."""
-        z, x = self.products(k0, k1, s0, s1)
+        z, x = self.products(k0, k1, s0, s1, scratch)
         if self.scale != 1.0:
             z *= self.dtype.type(self.scale)
         z += self.take(self.bias, k0, k1)[..., None, :]
         return z, x
+
+
+class _Scratch:
+    """A block-sized float buffer of one thread, reused from block to block (so it stays in cache)."""
+
+    def __init__(self, dtype):
+        self.dtype = dtype
+        self._buffer = np.empty(0, dtype=dtype)
+
+    def holding(self, source: np.ndarray) -> np.ndarray:
+        """The buffer, shaped as ``source`` and holding its values cast to floats (exact for 8-bit codes)."""
+        size = source.size
+        if self._buffer.size < size:
+            self._buffer = np.empty(size, dtype=self.dtype)
+        out = self._buffer[:size].reshape(source.shape)
+        np.copyto(out, source, casting="safe")
+        return out
+
+
+# -- threads ------------------------------------------------------------------------------------------
+# The block loops run on ``threads()`` threads (1 unless set_threads or fedsim.runs.provenance.pinned_threads
+# says otherwise). Each thread walks its own contiguous share of the blocks; NumPy's ufuncs and products
+# and the Numba kernels release the GIL, so the threads compute and read memory at the same time. Results
+# do not depend on the thread count: blocks that add into one model's gradient stay on one thread, in order.
+
+_threads = 1
+_pool = None                 # (executor, its thread count, the process id that made it)
+_pool_lock = threading.Lock()
+
+
+def threads() -> int:
+    """How many threads the block loops use."""
+    return _threads
+
+
+def set_threads(count: int) -> int:
+    """Run the block loops on ``count`` threads (an integer >= 1); returns the previous count."""
+    global _threads
+    if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
+        raise ValueError(f"threads must be an integer >= 1, got {count!r}")
+    previous, _threads = _threads, int(count)
+    return previous
+
+
+def _split(blocks: list, runs: list[list]) -> list[list]:
+    """``runs`` (consecutive blocks that must stay together) dealt into at most ``threads()`` contiguous
+    shares of about equal numbers of samples; one share (the whole list) on one thread."""
+    count = min(_threads, len(runs))
+    if count <= 1:
+        return [blocks]
+    weight = [sum((k1 - k0) * (s1 - s0) for k0, k1, s0, s1 in run) for run in runs]
+    total, shares, taken, current = sum(weight), [], 0, []
+    for run, w in zip(runs, weight):
+        current += run
+        taken += w
+        if len(shares) < count - 1 and taken * count >= total * (len(shares) + 1):
+            shares.append(current)
+            current = []
+    if current:
+        shares.append(current)
+    return shares
+
+
+def _on_threads(work, shares: list[list]) -> None:
+    """``work(share)`` for every share: on this thread if there is one share, else on the pool's threads
+    (the first exception is raised here, after every share has finished)."""
+    if len(shares) == 1:
+        work(shares[0])
+        return
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool[1] < len(shares) or _pool[2] != os.getpid():   # none yet, or a forked copy
+            if _pool is not None and _pool[2] == os.getpid():
+                _pool[0].shutdown(wait=True)
+            _pool = (ThreadPoolExecutor(max_workers=len(shares), thread_name_prefix="fedsim-blocks"),
+                     len(shares), os.getpid())
+        pool = _pool[0]
+    futures = [pool.submit(work, share) for share in shares]
+    wait(futures)
+    for future in futures:
+        future.result()

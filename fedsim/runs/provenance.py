@@ -1,14 +1,18 @@
 """Provenance of a run: the versions it ran with, its threads and BLAS, and the git commit of fedsim.
 
 Threads: a run's matrix products run on ``run.blas_threads`` BLAS threads, pinned with threadpoolctl for
-the run's whole life whatever the environment says (OMP_NUM_THREADS, OPENBLAS_NUM_THREADS, ...). A BLAS
-product split over several threads sums in another order, so the last bits of the results depend on the
-thread count: pinning makes a run's history the same on any machine and under any environment for one
-value of ``run.blas_threads`` (1 by default). fedsim's Numba kernels are single-threaded.
+the run's whole life whatever the environment says (OMP_NUM_THREADS, OPENBLAS_NUM_THREADS, ...), and the
+softmax gradient walks its blocks on as many threads of its own (:mod:`fedsim.models.softmax`). A BLAS
+product split over several threads sums in another order, so the last bits of a large product's result
+depend on the thread count: pinning makes a run's history the same on any machine and under any
+environment for one value of ``run.blas_threads`` (1 by default). The block threads change no result
+(each model's blocks stay on one thread, in order), and the blocks' products are small enough that
+OpenBLAS runs each on one thread. fedsim's Numba kernels are single-threaded.
 """
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import subprocess
 from pathlib import Path
@@ -45,10 +49,20 @@ def environment() -> dict:
             "numba": numba.__version__, "platform": platform.platform()}
 
 
+@contextlib.contextmanager
 def pinned_threads(blas_threads: int):
-    """A context in which BLAS (and OpenMP) thread pools use ``blas_threads`` threads."""
+    """A context in which BLAS (and OpenMP) thread pools use ``blas_threads`` threads, and so do the
+    softmax model's block loops (:func:`fedsim.models.softmax.set_threads`; their results do not depend
+    on the count)."""
     from threadpoolctl import threadpool_limits
-    return threadpool_limits(limits=int(blas_threads))
+
+    from fedsim.models import softmax
+    with threadpool_limits(limits=int(blas_threads)):
+        previous = softmax.set_threads(int(blas_threads))
+        try:
+            yield
+        finally:
+            softmax.set_threads(previous)
 
 
 def thread_settings(blas_threads: int) -> dict:
