@@ -110,16 +110,28 @@ ax.set_title(f"true class {CLASSES[y[0]]} (red): loss = -log p_y = {-np.log(p[y[
 #
 # Here are the lines of `SoftmaxRegression.loss_and_grad` that compute it. fedsim walks the samples in
 # cache-sized blocks, so that each sample is read from memory once per gradient: for each block, the
-# logits `z`, then `delta` $= (P - Y)/n$ in place of `z` (the sample weights serve clients whose batches are
-# padded to one array), then the block's share $X_\text{block}^\top \delta$ of the weight gradient:
+# forward product $u = X_\text{block} W$, then the logits and `delta` $= (P - Y)/n$ in place of `z` (the
+# sample weights serve clients whose batches are padded to one array), then the block's share
+# $X_\text{block}^\top \delta$ of the weight gradient. The elementwise work between the two products is two
+# Numba kernels, `shift_logits` and `softmax_residual`; `exp`, `log` and the row totals stay NumPy's:
 
 # %%
 lines, first = inspect.getsourcelines(SoftmaxRegression.loss_and_grad)
-start = next(i for i, line in enumerate(lines) if "for k0, k1, s0, s1 in plan.blocks()" in line)
-stop = next(i for i, line in enumerate(lines) if "grad_b[k0:k1] +=" in line)
+start = next(i for i, line in enumerate(lines) if "for k0, k1, s0, s1 in blocks:" in line)
+stop = next(i for i, line in enumerate(lines) if "plan.backward(x_block, z" in line)
 for number, line in enumerate(lines[start:stop + 1], first + start):
     print(f"{number:4d} {line.rstrip()}")
 print(inspect.getsource(SoftmaxRegression.weight_gradient))
+
+# %% [markdown]
+# Each kernel has a NumPy twin that does the same arithmetic in the same order (the tests check they agree
+# bit for bit). The twins read like the equations:
+
+# %%
+from fedsim.kernels import softmax as softmax_kernels
+
+print(inspect.getsource(softmax_kernels.shift_logits_numpy))
+print(inspect.getsource(softmax_kernels.softmax_residual_numpy))
 
 # %% [markdown]
 # The formula computed directly with NumPy on a batch of 100 images, against fedsim:
