@@ -258,3 +258,67 @@ def test_readme_stc_seed_experiment_sentence(tmp_path, request):
     differences = [f"{what}: README {claimed}, the example {got}" for what, (claimed, got) in measured.items()
                    if claimed != got]
     assert not differences, "README.md's STC seed experiment sentence is out of date:\n" + "\n".join(differences)
+
+
+@pytest.mark.slow
+def test_readme_laq_bits_sweep_sentence(tmp_path, request):
+    """ "b = 8 and b = 4 reach the residual ... with 453 and 505 uploads ..., while b = 2 does not converge:
+    f climbs above 1,000 within 400 iterations, peaks at 5,074 and ends at 1,945 after 4,000" against the
+    sweep file's three LAQ runs (fedsim run with the sweep's settings; two at a time)."""
+    import tomllib
+
+    from fedsim.algorithms.lazy import records_reach
+    text = README.read_text()
+    section = text[text.index("LAQ's bits (`fedsim sweep examples/sweeps/laq_bits.toml"):]
+    sentence = (r"b = 8 and b = 4 reach the residual \(f - f\* <= 1e-([0-9]+), with the f\* of the LAQ table above\) "
+                r"with ([0-9,]+) and ([0-9,]+) uploads .*?\*\*b = 2 does not converge\*\*: f climbs above ([0-9,]+) "
+                r"within ([0-9,]+) iterations, peaks at ([0-9,]+) and ends at ([0-9,]+) after ([0-9,]+)")
+    claim = re.search(sentence.replace(" ", r"\s+"), section, flags=re.DOTALL)
+    assert claim, "README.md: the LAQ bits sweep's sentence is not where the test looks"
+    exponent, uploads_8, uploads_4, above, within, peak, final, iterations = claim.groups()
+    f_star = float(re.search(r"f\* is the smallest objective any of the five runs reached \(([0-9.]+)\)",
+                             text).group(1))
+    sweep = tomllib.loads((REPO / "examples" / "sweeps" / "laq_bits.toml").read_text())
+    settings = [f"{key}={value}" for key, value in sweep["set"].items()]
+    runs = {bits: settings + [f"lazy.method={method}", f"lazy.bits={bits}"]
+            for method, bits in zip(sweep["zip"]["lazy.method"], sweep["zip"]["lazy.bits"]) if method == "laq"}
+    assert sorted(runs) == [2, 4, 8]
+    environment = example_environment(request, needs_data=True)
+    histories = {}
+    for batch in ([8, 4], [2]):
+        started = []
+        try:
+            for bits in batch:
+                command = [sys.executable, "-m", "fedsim", "run", "--preset", sweep["base"], "--quiet",
+                           "--out", str(tmp_path / f"b{bits}")]
+                for setting in runs[bits]:
+                    command += ["--set", setting]
+                started.append(subprocess.Popen(command, cwd=REPO, env=environment, stdout=subprocess.PIPE,
+                                                stderr=subprocess.PIPE, text=True))
+            for process in started:
+                stdout, stderr = process.communicate(timeout=TIMEOUT)
+                assert process.returncode == 0, f"{' '.join(process.args)}:\n{stdout[-2000:]}\n{stderr[-2000:]}"
+        finally:
+            for process in started:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
+        for bits in batch:
+            histories[bits] = [json.loads(line) for line in
+                               (tmp_path / f"b{bits}" / "history.jsonl").read_text().splitlines()]
+    tolerance = 10.0 ** -int(exponent)
+    reached = {bits: records_reach(histories[bits], f_star, tolerance) for bits in (8, 4, 2)}
+    objective = [row["objective"] for row in histories[2]]
+    first_above = next((row["iteration"] for row in histories[2] if row["objective"] > int(above.replace(",", ""))),
+                       None)
+    measured = {"b = 8 uploads": (uploads_8, f"{reached[8]['communications']:,}" if reached[8] else "never"),
+                "b = 4 uploads": (uploads_4, f"{reached[4]['communications']:,}" if reached[4] else "never"),
+                "b = 2 reaches the residual": ("no", "no" if reached[2] is None else "yes"),
+                f"b = 2 above {above} within": (within, within if first_above is not None and
+                                                first_above <= int(within.replace(",", "")) else str(first_above)),
+                "b = 2 peak": (peak, f"{max(objective):,.0f}"),
+                "b = 2 final": (final, f"{objective[-1]:,.0f}"),
+                "iterations": (iterations, f"{len(histories[2]):,}")}
+    differences = [f"{what}: README {claimed}, measured {got}" for what, (claimed, got) in measured.items()
+                   if claimed != got]
+    assert not differences, "README.md's LAQ bits sweep sentence is out of date:\n" + "\n".join(differences)
