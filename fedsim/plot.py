@@ -19,6 +19,8 @@ plotting never touches a GUI backend or global figure state.
 
 from __future__ import annotations
 
+import re
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -37,8 +39,36 @@ def _figure(rows: int, columns: int, width: float = 4.6, height: float = 3.4):
     return figure, axes
 
 
+def _fit_title(figure, margin: float = 0.97) -> None:
+    """Wrap the figure's title (at spaces, each of its lines) until it is at most ``margin`` of the figure's
+    width: a title of many shared settings would otherwise run off both edges."""
+    title = figure._suptitle
+    if title is None or not title.get_text():
+        return
+    lines = title.get_text().split("\n")
+    width = max(map(len, lines))
+    while title.get_window_extent().width > margin * figure.bbox.width and width > 20:
+        width -= 4
+        title.set_text("\n".join(_wrap_settings(line, width) for line in lines))
+
+
+def _wrap_settings(line: str, width: int) -> str:
+    """``line`` in lines of at most ``width`` characters, broken after a comma or semicolon (a setting
+    and its value stay together), or at a space inside a setting longer than that."""
+    pieces = [piece for item in re.split(r"(?<=[,;]) ", line)
+              for piece in (textwrap.wrap(item, width, break_long_words=False) if len(item) > width else [item])]
+    wrapped = [pieces[0]]
+    for piece in pieces[1:]:
+        if len(wrapped[-1]) + 1 + len(piece) <= width:
+            wrapped[-1] += " " + piece
+        else:
+            wrapped.append(piece)
+    return "\n".join(wrapped)
+
+
 def _save(figure, out: Path, stem: str) -> list[Path]:
     import matplotlib
+    _fit_title(figure)
     # Lay the figure out once (constrained layout), then keep those positions for every format.
     figure.draw_without_rendering()
     figure.set_layout_engine("none")

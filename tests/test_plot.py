@@ -68,3 +68,28 @@ def test_a_single_lazy_run_says_what_its_residual_is_relative_to(tmp_path, monke
     f_star = min(r["objective"] for r in lazy.history) - 1e-3
     lazy_figures([lazy], tmp_path, f_star=f_star, tolerance=1e-6)
     assert captured["lazy_residual"].axes[0].get_ylabel() == "f - f*"
+
+
+def test_a_long_title_is_wrapped_inside_the_figure(federated_runs, tmp_path, monkeypatch):
+    """A title of many shared settings (the STC example's is about 130 characters) is wrapped at spaces
+    until it lies within the saved figure, instead of running off both edges."""
+    import fedsim.plot as plot
+    captured = {}
+    original = plot._save
+    monkeypatch.setattr(plot, "_save", lambda figure, out, stem: captured.setdefault(stem, figure) and original(figure, out, stem))
+    long_title = ("fashion-mnist, partition classes_per_client (10 classes per client), 50 clients; lr 0.04, "
+                  "p_up 0.001, p_down 0.002, batch_size 100, and a few more words to be sure")
+    monkeypatch.setattr(plot, "describe", lambda runs: (long_title, describe(runs)[1]))
+    federated_figure(federated_runs, tmp_path)
+    figure = captured["federated_accuracy"]
+    title = figure._suptitle
+    extent = title.get_window_extent()
+    assert "\n" in title.get_text() and title.get_text().replace("\n", " ") == long_title
+    assert 0 <= extent.x0 and extent.x1 <= figure.bbox.width
+    lines = title.get_text().split("\n")
+    assert all(any(setting in line for line in lines) for setting in ("p_down 0.002", "batch_size 100", "lr 0.04"))
+    # a short title is left as it is
+    captured.clear()
+    monkeypatch.setattr(plot, "describe", lambda runs: ("synthetic, 8 clients", describe(runs)[1]))
+    federated_figure(federated_runs, tmp_path)
+    assert captured["federated_accuracy"]._suptitle.get_text() == "synthetic, 8 clients"
