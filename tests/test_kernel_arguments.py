@@ -1087,6 +1087,18 @@ def build_softmax_residual(draw):
                  "grad_b": Arr(like, output=True, contiguous=False)}, custom)
 
 
+def build_gather_rows(draw):
+    rng = rng_of(draw)
+    dtype = np.dtype(draw(st.sampled_from([np.float32, np.float64])))
+    N, F, G, R = draw(st.integers(1, 9)), draw(st.integers(1, 6)), draw(st.integers(1, 3)), draw(st.integers(0, 5))
+    x = rng.standard_normal((N, F)).astype(dtype)
+    index = rng.integers(0, N, (G, R))
+    return Call({"x": x, "index": index, "out": np.zeros((G, R, F), dtype)},
+                {"x": Arr(FLOAT), "index": Arr(INT64, contiguous=False),
+                 "out": Arr((dtype,), output=True, contiguous=False, length="shape")},
+                out_of_range("index", index, N, rng))
+
+
 CASES = {
     "sparsify": [
         Case("top_k_select", sparsify.top_k_select, sparsify.top_k_select_numpy, build_top_k_select),
@@ -1168,6 +1180,7 @@ CASES = {
         Case("shift_logits", softmax.shift_logits, softmax.shift_logits_numpy, build_shift_logits),
         Case("softmax_residual", softmax.softmax_residual, softmax.softmax_residual_numpy,
              build_softmax_residual),
+        Case("gather_rows", softmax.gather_rows, softmax.gather_rows_numpy, build_gather_rows),
     ],
 }
 

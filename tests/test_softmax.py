@@ -241,6 +241,9 @@ def test_gathered_rows_and_weights_equal_the_gathered_copy(walk):
     np.testing.assert_allclose(got[1], expected[1], rtol=1e-5, atol=1e-7)
     with pytest.raises(ValueError, match="rows"):
         model.loss_and_grad(theta, source[None], labels[rows], rows=rows)
+    for bad in (rows - 50, rows + 50):                   # no wrap-around of negative rows, no read past the set
+        with pytest.raises(ValueError, match=r"rows must lie in \[0, 50\)"):
+            model.loss_and_grad(theta, source, labels[rows], rows=bad)
 
 
 @pytest.mark.oracle

@@ -122,3 +122,17 @@ def test_bad_arguments_raise_naming_the_argument(call, match):
     y, o = np.zeros((G, R), np.int64), np.zeros((G, R))
     with pytest.raises((ValueError, TypeError), match=match):
         call(z, b, y, o)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gather_rows_copies_the_indexed_rows(dtype):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((40, 7)).astype(dtype)
+    index_all = rng.integers(0, 40, (3, 30))
+    index = index_all[:, 5:20]                          # a view with strides, as the model hands it
+    for function in (kernels.gather_rows, kernels.gather_rows.py_func, kernels.gather_rows_numpy):
+        out = np.full((3, 15, 7), np.nan, dtype)
+        function(x, index, out)
+        assert identical(out, x[index])
+    with pytest.raises(ValueError, match="index"):
+        kernels.gather_rows(x, index + 40, np.empty((3, 15, 7), dtype))

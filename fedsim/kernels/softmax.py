@@ -25,6 +25,10 @@ division ``e / t``, then the subtraction of 1 at the label, then one division by
 multiplication by ``w``; the bias gradient's share is summed over the samples in index order (as NumPy
 reduces a non-contiguous axis) and then added to ``grad_b``.
 
+The clients' batches of a round are rows of one training set; :func:`gather_rows` copies a block's rows
+into a buffer the caller reuses from block to block (it stays in cache, and the copy releases the GIL),
+where NumPy's fancy indexing allocates fresh pages for every block.
+
 Shapes: ``z`` (G, R, C); ``bias`` (G or 1, C); ``labels`` (G or 1, R) int64 in [0, C); ``z_y``,
 ``total``, ``log_total``, ``nll`` (G, R); ``share`` (G or 1, R), or (0, 0) for unweighted samples (then
 ``divisor`` = n); ``grad_b`` (G, C). A leading 1 is shared by all G models.
@@ -186,3 +190,33 @@ def softmax_residual_numpy(z, total, log_total, z_y, labels, share, divisor, nll
     else:
         z /= divisor
     grad_b += z.sum(axis=-2)
+
+
+@numba.njit(**JIT_OPTIONS)
+def _gather_rows_core(x, index, out):
+    G, R = index.shape
+    F = x.shape[1]
+    for g in range(G):
+        for r in range(R):
+            row = index[g, r]
+            for f in range(F):
+                out[g, r, f] = x[row, f]
+
+
+@checked(_gather_rows_core)
+def gather_rows(x, index, out):
+    """``out[g, r] = x[index[g, r]]``: rows of the (N, F) array ``x`` (float32 or float64) into ``out``
+    (G, R, F) of its dtype; ``index`` (G, R) int64 in [0, N). Bitwise equal to :func:`gather_rows_numpy`."""
+    checks.array("x", x, checks.FLOAT, 2)
+    _block_array("index", index, checks.INT64, (getattr(index, "shape", None),))
+    if index.ndim != 2:
+        raise ValueError(f"index must be a 2-D array (models, samples), got shape {index.shape}")
+    checks.within("index", np.ascontiguousarray(index), x.shape[0])
+    _block_array("out", out, (x.dtype,), (index.shape + x.shape[1:],), writable=True)
+    return x, index, out
+
+
+def gather_rows_numpy(x, index, out):
+    """NumPy twin of :func:`gather_rows`."""
+    x, index, out = gather_rows.check(x, index, out)
+    out[...] = x[index]
