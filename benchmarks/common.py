@@ -73,11 +73,20 @@ def check_threads(threads) -> int:
     return int(threads)
 
 
+# OpenMP threads (torch's) that finish a parallel region spin on their cores for a while by default;
+# interleaved with fedsim's calls at 2 threads they took the second core from fedsim's block threads and
+# from torch's own next call (a quick run: torch's STC round 95 ms spinning, 36 ms passive). Passive
+# threads sleep when they have nothing to do.
+WAIT_POLICY = {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
 def thread_environment(threads: int, base: dict | None = None) -> dict:
-    """A copy of ``base`` (default: this process's environment) with every thread variable = threads."""
+    """A copy of ``base`` (default: this process's environment) with every thread variable = threads
+    and OpenMP's idle threads passive (``WAIT_POLICY``)."""
     env = dict(os.environ if base is None else base)
     for name in THREAD_VARIABLES:
         env[name] = str(check_threads(threads))
+    env.update(WAIT_POLICY)
     return env
 
 
@@ -86,7 +95,7 @@ def apply_threads(threads: int, torch: bool = True) -> dict:
     fedsim's block loops' thread counts; return what every library reports (for the results)."""
     threads = check_threads(threads)
     report = {"requested": threads,
-              "environment": {name: os.environ.get(name) for name in THREAD_VARIABLES}}
+              "environment": {name: os.environ.get(name) for name in THREAD_VARIABLES + tuple(WAIT_POLICY)}}
     import numba
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     report["numba"] = numba.get_num_threads()

@@ -389,6 +389,7 @@ def test_sweep_validation_catches_a_differing_history():
 def test_thread_environment_and_bad_settings():
     environment = common.thread_environment(3, base={})
     assert all(environment[name] == "3" for name in common.THREAD_VARIABLES)
+    assert environment["OMP_WAIT_POLICY"] == "PASSIVE"
     with pytest.raises(ValueError, match="threads"):
         common.thread_environment(0)
     with pytest.raises(ValueError, match="mode"):
