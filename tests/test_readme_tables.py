@@ -131,11 +131,17 @@ def run_laq(command: list[str], out: Path, environment: dict) -> str:
     f* from its own runs: those tables are discarded), then the command itself, which finds the runs done."""
     methods = laq_methods(command)
     halves = [half for half in (methods[0::2], methods[1::2]) if half]
+    run_at_once([example_command(command, out, "--methods", *half, "--f-star-from", "runs") for half in halves],
+                environment)
+    return run(example_command(command, out), environment)
+
+
+def run_at_once(commands: list[list[str]], environment: dict) -> None:
+    """Run the commands as processes side by side; each must succeed (none outlives a failure)."""
     started = []
     try:
-        for half in halves:
-            started.append(subprocess.Popen(example_command(command, out, "--methods", *half, "--f-star-from", "runs"),
-                                            cwd=REPO, env=environment, stdout=subprocess.PIPE,
+        for command in commands:
+            started.append(subprocess.Popen(command, cwd=REPO, env=environment, stdout=subprocess.PIPE,
                                             stderr=subprocess.PIPE, text=True))
         for process in started:
             stdout, stderr = process.communicate(timeout=TIMEOUT)
@@ -145,7 +151,6 @@ def run_laq(command: list[str], out: Path, environment: dict) -> str:
             if process.poll() is None:
                 process.kill()
                 process.wait()
-    return run(example_command(command, out), environment)
 
 
 def example_environment(request, needs_data: bool) -> dict:
@@ -286,23 +291,9 @@ def test_readme_laq_bits_sweep_sentence(tmp_path, request):
     environment = example_environment(request, needs_data=True)
     histories = {}
     for batch in ([8, 4], [2]):
-        started = []
-        try:
-            for bits in batch:
-                command = [sys.executable, "-m", "fedsim", "run", "--preset", sweep["base"], "--quiet",
-                           "--out", str(tmp_path / f"b{bits}")]
-                for setting in runs[bits]:
-                    command += ["--set", setting]
-                started.append(subprocess.Popen(command, cwd=REPO, env=environment, stdout=subprocess.PIPE,
-                                                stderr=subprocess.PIPE, text=True))
-            for process in started:
-                stdout, stderr = process.communicate(timeout=TIMEOUT)
-                assert process.returncode == 0, f"{' '.join(process.args)}:\n{stdout[-2000:]}\n{stderr[-2000:]}"
-        finally:
-            for process in started:
-                if process.poll() is None:
-                    process.kill()
-                    process.wait()
+        run_at_once([[sys.executable, "-m", "fedsim", "run", "--preset", sweep["base"], "--quiet",
+                      "--out", str(tmp_path / f"b{bits}")] + [arg for setting in runs[bits] for arg in ("--set", setting)]
+                     for bits in batch], environment)
         for bits in batch:
             histories[bits] = [json.loads(line) for line in
                                (tmp_path / f"b{bits}" / "history.jsonl").read_text().splitlines()]
