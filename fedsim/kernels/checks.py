@@ -91,9 +91,9 @@ def _dtype_names(dtypes) -> str:
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
 
 
-def array(name, value, dtypes, ndim=1, writable=False):
-    """``value`` if it is a C-contiguous ``ndim``-D NumPy array of one of ``dtypes`` (and writable if
-    asked); TypeError for a wrong type or dtype, ValueError otherwise."""
+def array(name, value, dtypes, ndim=1, writable=False, contiguous=True):
+    """``value`` if it is a C-contiguous (unless ``contiguous`` is False) ``ndim``-D NumPy array of one of
+    ``dtypes`` (and writable if asked); TypeError for a wrong type or dtype, ValueError otherwise."""
     if not isinstance(value, np.ndarray):
         raise TypeError(f"{name} must be a NumPy array of dtype {_dtype_names(dtypes)}, got "
                         f"{type(value).__name__}")
@@ -102,7 +102,7 @@ def array(name, value, dtypes, ndim=1, writable=False):
     if value.ndim != ndim:
         raise ValueError(f"{name} must be a {ndim}-D array, got shape {value.shape}")
     flags = value.flags
-    if not flags.c_contiguous:
+    if contiguous and not flags.c_contiguous:
         raise ValueError(f"{name} must be C-contiguous (np.ascontiguousarray gives a contiguous copy)")
     if writable and not flags.writeable:
         raise ValueError(f"{name} must be writable (it is an output)")

@@ -66,17 +66,12 @@ def _shift_logits_core(z, bias, scale, labels, z_y):
 
 
 def _block_array(name, value, dtypes, shapes, writable=False):
-    """``value`` if it is a NumPy array of one of ``dtypes`` whose shape is one of ``shapes`` (any strides;
-    writable if it is an output): TypeError for a wrong type or dtype, ValueError otherwise."""
-    if not isinstance(value, np.ndarray):
-        raise TypeError(f"{name} must be a NumPy array, got {type(value).__name__}")
-    if value.dtype not in dtypes:
-        raise TypeError(f"{name} must have dtype {' or '.join(str(d) for d in dtypes)}, got {value.dtype}")
+    """``value`` if it is a NumPy array (any strides) of one of ``dtypes`` whose shape is one of ``shapes``
+    (all of one number of dimensions), writable if it is an output."""
+    checks.array(name, value, dtypes, len(shapes[0]), writable, contiguous=False)
     if value.shape not in shapes:
         raise ValueError(f"{name} must have shape {' or '.join(str(s) for s in dict.fromkeys(shapes))}, "
                          f"got {value.shape}")
-    if writable and not value.flags.writeable:
-        raise ValueError(f"{name} must be writable (it is an output)")
     return value
 
 
@@ -87,11 +82,7 @@ def _check_labels(labels, G, R, C):
 
 
 def _check_z(z):
-    if not isinstance(z, np.ndarray) or z.ndim != 3:
-        raise (TypeError if not isinstance(z, np.ndarray) else ValueError)(
-            f"z must be a 3-D NumPy array (models, samples, classes), got "
-            f"{getattr(z, 'shape', type(z).__name__)}")
-    _block_array("z", z, checks.FLOAT, (z.shape,), writable=True)
+    checks.array("z", z, checks.FLOAT, 3, writable=True, contiguous=False)
     if z.shape[2] < 1:
         raise ValueError(f"z must have at least one class (its last axis), got shape {z.shape}")
     return z.shape
@@ -208,9 +199,7 @@ def gather_rows(x, index, out):
     """``out[g, r] = x[index[g, r]]``: rows of the (N, F) array ``x`` (float32 or float64) into ``out``
     (G, R, F) of its dtype; ``index`` (G, R) int64 in [0, N). Bitwise equal to :func:`gather_rows_numpy`."""
     checks.array("x", x, checks.FLOAT, 2)
-    _block_array("index", index, checks.INT64, (getattr(index, "shape", None),))
-    if index.ndim != 2:
-        raise ValueError(f"index must be a 2-D array (models, samples), got shape {index.shape}")
+    checks.array("index", index, checks.INT64, 2, contiguous=False)
     checks.within("index", np.ascontiguousarray(index), x.shape[0])
     _block_array("out", out, (x.dtype,), (index.shape + x.shape[1:],), writable=True)
     return x, index, out

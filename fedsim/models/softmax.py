@@ -375,23 +375,22 @@ class _Scratch:
         self.dtype = dtype
         self._buffer = np.empty(0, dtype=dtype)
 
-    def holding(self, source: np.ndarray) -> np.ndarray:
-        """The buffer, shaped as ``source`` and holding its values cast to floats (exact for 8-bit codes)."""
-        size = source.size
+    def _shaped(self, shape: tuple[int, ...]) -> np.ndarray:
+        size = int(np.prod(shape))
         if self._buffer.size < size:
             self._buffer = np.empty(size, dtype=self.dtype)
-        out = self._buffer[:size].reshape(source.shape)
+        return self._buffer[:size].reshape(shape)
+
+    def holding(self, source: np.ndarray) -> np.ndarray:
+        """The buffer, shaped as ``source`` and holding its values cast to floats (exact for 8-bit codes)."""
+        out = self._shaped(source.shape)
         np.copyto(out, source, casting="safe")
         return out
 
     def gathered(self, x: np.ndarray, index: np.ndarray) -> np.ndarray:
         """The buffer holding ``x[index]`` (``index`` of shape (R,) or (G, R), in range), shaped so."""
-        shape = index.shape + x.shape[1:]
-        size = int(np.prod(shape))
-        if self._buffer.size < size:
-            self._buffer = np.empty(size, dtype=self.dtype)
-        out = self._buffer[:size].reshape(shape)
-        rows = index.reshape(-1, index.shape[-1]) if index.ndim != 2 else index
+        out = self._shaped(index.shape + x.shape[1:])
+        rows = index.reshape(-1, index.shape[-1])
         softmax_kernels.gather_rows.core(x, rows, out.reshape(rows.shape + x.shape[1:]))
         return out
 
