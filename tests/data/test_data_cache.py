@@ -14,7 +14,7 @@ from fedsim.data.cache import cached_array, entry_path
 from fedsim.data.fetch import DataSettingError
 from fedsim.data.registry import DATASETS
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 KEY = {"function": "test", "version": 1, "parameters": {"scale": 0.5, "size": 3}}
 
 

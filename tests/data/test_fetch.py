@@ -319,7 +319,7 @@ def test_repo_data_dir_detection(monkeypatch):
     monkeypatch.setenv("FEDSIM_NO_REPO_DATA", "1")
     assert fetch.repo_data_dir() is None
     monkeypatch.delenv("FEDSIM_NO_REPO_DATA")
-    checkout = Path(__file__).resolve().parents[1]
+    checkout = Path(__file__).resolve().parents[2]
     assert fetch.repo_data_dir() == checkout / "data"           # the tests run from a checkout
 
 

@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 
 from fedsim.kernels import checks, golomb, laq, powersgd, qsgd, randomk, softmax, sparsify, terngrad
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MODULES = ("sparsify", "golomb", "laq", "terngrad", "randomk", "qsgd", "powersgd", "softmax")
 EXAMPLES = 1000        # hypothesis examples per module (each spoils at most one argument of one kernel)
 CHILD_TIMEOUT = 240     # seconds; a first run may compile a few kernel signatures

@@ -4,7 +4,7 @@ The LAQ pipeline's features are ``pixels / 255``: its codes are the pixels thems
 from the float run only by the rounding of the products' regrouping (``(u W) / 255`` for ``(u / 255) W``).
 The STC pipeline interpolates: its codes are the resized pixels rounded to 1/255 steps (as the STC reference
 code's PIL resize did), half a grey level at most. Both are checked against the float path and, through the
-model's own oracle tests (tests/test_softmax.py), against torch autograd.
+model's own oracle tests (tests/models/test_softmax.py), against torch autograd.
 """
 
 import numpy as np
