@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedsim.data import fetch
+from fedsim.data import fetch, search
 from fedsim.data.registry import DATASETS, FILE_KEYS, DatasetFile, get_dataset
 
 MNIST_TEST_LABEL_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
@@ -40,7 +40,7 @@ def isolated(monkeypatch, tmp_path):
     monkeypatch.setenv("FEDSIM_CACHE", str(cache))
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("FEDSIM_NO_REPO_DATA", "1")
-    monkeypatch.setattr(fetch, "SYSTEM_DATASET_DIRS", (tmp_path / "system-datasets",))
+    monkeypatch.setattr(search, "SYSTEM_DATASET_DIRS", (tmp_path / "system-datasets",))
     return cache
 
 
@@ -245,7 +245,7 @@ def test_search_order(isolated, shared_data, tmp_path, monkeypatch):
     assert fetch.locate("mnist", "test-labels") == copies[1]
     monkeypatch.delenv("FEDSIM_DATA")
     assert fetch.locate("mnist", "test-labels") == cached
-    monkeypatch.setattr(fetch, "SYSTEM_DATASET_DIRS", (third,))
+    monkeypatch.setattr(search, "SYSTEM_DATASET_DIRS", (third,))
     cached.unlink()
     assert fetch.locate("mnist", "test-labels") == copies[2]
 
@@ -308,7 +308,7 @@ def test_cache_dir_choices(isolated, tmp_path, monkeypatch):
     assert fetch.cache_dir() == tmp_path / "home" / ".cache" / "fedsim"
     checkout_data = tmp_path / "checkout-data"
     checkout_data.mkdir()
-    monkeypatch.setattr(fetch, "repo_data_dir", lambda: checkout_data)
+    monkeypatch.setattr(search, "repo_data_dir", lambda: checkout_data)
     assert fetch.cache_dir() == checkout_data                  # a writable checkout data/ folder
     assert (checkout_data, "checkout data/ folder") in fetch.search_path()
     monkeypatch.setenv("FEDSIM_CACHE", str(isolated))
@@ -319,7 +319,7 @@ def test_repo_data_dir_detection(monkeypatch):
     monkeypatch.setenv("FEDSIM_NO_REPO_DATA", "1")
     assert fetch.repo_data_dir() is None
     monkeypatch.delenv("FEDSIM_NO_REPO_DATA")
-    checkout = Path(__file__).resolve().parents[1]
+    checkout = Path(__file__).resolve().parents[2]
     assert fetch.repo_data_dir() == checkout / "data"           # the tests run from a checkout
 
 
@@ -566,7 +566,7 @@ def make_symlink_loop(folder: Path) -> Path:
 
 @pytest.mark.parametrize("kind", ["missing", "file", "empty", "not a path", "unknown user", "symlink loop"])
 def test_bad_data_dir_is_a_setting_error(isolated, tmp_path, kind):
-    from fedsim.data.datasets import load_dataset
+    from fedsim.data.load import load_dataset
     a_file = tmp_path / "a-file"
     a_file.write_text("not a folder")
     data_dir, words = {
@@ -610,7 +610,7 @@ def test_bad_env_folders(isolated, tmp_path, monkeypatch):
 
 
 def test_unknown_names_are_setting_errors(isolated):
-    from fedsim.data.datasets import load_dataset
+    from fedsim.data.load import load_dataset
     for call, setting in [(lambda: fetch.fetch("cifar10", "test-labels"), "dataset name"),
                           (lambda: fetch.fetch("mnist", ["test-labels"]), "file_key"),
                           (lambda: fetch.load_split("mnist", "validation"), "split"),
