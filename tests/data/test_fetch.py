@@ -53,19 +53,42 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-class TruncatingHandler(http.server.BaseHTTPRequestHandler):
-    """Announces 4,542 bytes, sends 1,000, then closes the connection."""
+class ScriptedHandler(http.server.BaseHTTPRequestHandler):
+    """Writes ``head`` (the raw status line and headers), then ``piece`` ``count`` times, ``pause`` seconds
+    apart, as long as the client listens; then closes the connection."""
+
+    head, piece, count, pause = b"", b"", 0, 0.0
 
     def do_GET(self):
-        self.send_response(200)
-        self.send_header("Content-Length", "4542")
-        self.end_headers()
-        self.wfile.write(b"\x1f\x8b" + bytes(998))
-        self.wfile.flush()
+        try:
+            self.wfile.write(self.head)
+            for _ in range(self.count):
+                self.wfile.write(self.piece)
+                time.sleep(self.pause)
+        except OSError:
+            pass
         self.close_connection = True
 
     def log_message(self, format, *args):
         pass
+
+
+def scripted(head: bytes, piece: bytes = b"", count: int = 0, pause: float = 0.0) -> type:
+    return type("Scripted", (ScriptedHandler,), {"head": head, "piece": piece, "count": count, "pause": pause})
+
+
+OK = b"HTTP/1.0 200 OK\r\n"
+#: Announces 4,542 bytes, sends 1,000, then closes the connection.
+TRUNCATING = scripted(OK + b"Content-Length: 4542\r\n\r\n\x1f\x8b" + bytes(998))
+#: Announces 4,542 bytes, then sends one byte a second (for at most 12 s): each read gets a byte well within
+#: any per-read timeout, so only an overall deadline ends the download.
+TRICKLE_BODY = scripted(OK + b"Content-Length: 4542\r\n\r\n", b"\x1f", 12, 1.0)
+#: Starts a header line and never ends it: one byte a second (for at most 12 s).
+TRICKLE_HEADER = scripted(OK + b"X-Slow: ", b"z", 12, 1.0)
+#: A body with no Content-Length that does not end (until the client leaves, or 256 MiB).
+ENDLESS = scripted(OK + b"\r\n", bytes(1 << 16), 4096)
+#: Announces a terabyte.
+HUGE_ANNOUNCED = scripted(OK + f"Content-Length: {10 ** 12}\r\n\r\n".encode())
 
 
 @pytest.fixture
@@ -400,7 +423,7 @@ def test_corrupt_download_rejected_and_nothing_left(isolated, shared_data, tmp_p
 
 
 def test_truncated_transfer_rejected_and_nothing_left(isolated, serve):
-    base = serve(handler=TruncatingHandler)
+    base = serve(handler=TRUNCATING)
     with pytest.raises(fetch.DatasetNotFoundError) as raised:
         fetch.fetch("mnist", "test-labels", mirrors=[base], progress=False, timeout=5)
     [(_, error)] = raised.value.attempts
@@ -450,9 +473,23 @@ def test_bad_cached_copy_replaced_by_download(isolated, shared_data, serve):
     assert files_under(isolated) == [path]
 
 
-def test_file_url_mirror(isolated, shared_data):
-    path = fetch.fetch("mnist", "test-labels", mirrors=[shared_data.resolve().as_uri()], progress=False)
+def test_file_url_mirror(isolated, shared_data, tmp_path):
+    # a folder without the file, then one with a file larger than any copy (sparse), then the real one
+    empty, oversized = tmp_path / "empty", tmp_path / "oversized"
+    empty.mkdir()
+    (oversized / "mnist").mkdir(parents=True)
+    with open(oversized / "mnist" / LABELS_GZ, "wb") as handle:
+        handle.truncate(64 << 20)
+    mirrors = [folder.resolve().as_uri() for folder in (empty, oversized, shared_data)]
+    with pytest.raises(fetch.DatasetNotFoundError) as raised:
+        fetch.fetch("mnist", "test-labels", mirrors=mirrors[:2], progress=False)
+    limit = fetch.download_size_limit(get_dataset("mnist").file("test-labels"))
+    assert [error for _, error in raised.value.attempts] == [
+        "FileNotFoundError: No such file or directory",
+        f"more than {limit} bytes received; no copy of {LABELS_GZ} is that large"]
+    path = fetch.fetch("mnist", "test-labels", mirrors=mirrors, progress=False)
     assert path == isolated / "mnist" / LABELS_GZ and fetch.locate("mnist", "test-labels") == path
+    assert files_under(isolated) == [path]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -625,79 +662,12 @@ def test_unknown_names_are_setting_errors(isolated):
 # --- hostile servers: the overall deadline and the size cap
 
 
-class TrickleBodyHandler(http.server.BaseHTTPRequestHandler):
-    """Announces 4,542 bytes, then sends one byte a second (for at most 12 s): each read gets a byte well
-    within any per-read timeout, so only an overall deadline ends the download."""
-
-    def do_GET(self):
-        self.send_response(200)
-        self.send_header("Content-Length", "4542")
-        self.end_headers()
-        try:
-            for _ in range(12):
-                self.wfile.write(b"\x1f")
-                time.sleep(1.0)
-        except OSError:
-            pass
-        self.close_connection = True
-
-    def log_message(self, format, *args):
-        pass
-
-
-class TrickleHeaderHandler(http.server.BaseHTTPRequestHandler):
-    """Starts a header line and never ends it: one byte a second (for at most 12 s)."""
-
-    def do_GET(self):
-        try:
-            self.wfile.write(b"HTTP/1.0 200 OK\r\nX-Slow: ")
-            for _ in range(12):
-                self.wfile.write(b"z")
-                time.sleep(1.0)
-        except OSError:
-            pass
-        self.close_connection = True
-
-    def log_message(self, format, *args):
-        pass
-
-
-class EndlessHandler(http.server.BaseHTTPRequestHandler):
-    """A body with no Content-Length that does not end (until the client leaves, or 256 MiB)."""
-
-    def do_GET(self):
-        self.send_response(200)
-        self.end_headers()
-        try:
-            for _ in range(4096):
-                self.wfile.write(bytes(1 << 16))
-        except OSError:
-            pass
-        self.close_connection = True
-
-    def log_message(self, format, *args):
-        pass
-
-
-class HugeAnnouncedHandler(http.server.BaseHTTPRequestHandler):
-    """Announces a terabyte."""
-
-    def do_GET(self):
-        self.send_response(200)
-        self.send_header("Content-Length", str(10 ** 12))
-        self.end_headers()
-        self.close_connection = True
-
-    def log_message(self, format, *args):
-        pass
-
-
 def download_threads() -> list[threading.Thread]:
     return [thread for thread in threading.enumerate() if thread.name.startswith("fedsim-download")]
 
 
 def test_trickling_servers_stopped_by_the_deadline(isolated, shared_data, serve):
-    body, header = serve(handler=TrickleBodyHandler), serve(handler=TrickleHeaderHandler)
+    body, header = serve(handler=TRICKLE_BODY), serve(handler=TRICKLE_HEADER)
     start = time.monotonic()
     with pytest.raises(fetch.DatasetNotFoundError) as raised:
         fetch.fetch("mnist", "test-labels", mirrors=[body, header], progress=False, timeout=5, deadline=1.5)
@@ -728,13 +698,13 @@ def test_automatic_deadline_follows_the_file_size(isolated, serve, monkeypatch):
     monkeypatch.setattr(fetch, "DEADLINE_BASE_SECONDS", 0.5)
     monkeypatch.setattr(fetch, "DEADLINE_MIN_BYTES_PER_SECOND", 10 ** 9)
     with pytest.raises(fetch.DatasetNotFoundError) as raised:
-        fetch.fetch("mnist", "test-labels", mirrors=[serve(handler=TrickleBodyHandler)], progress=False)
+        fetch.fetch("mnist", "test-labels", mirrors=[serve(handler=TRICKLE_BODY)], progress=False)
     [(_, error)] = raised.value.attempts
     assert "deadline of 0.50001 s" in error, error
 
 
 def test_oversized_bodies_cut_off_at_the_size_cap(isolated, shared_data, serve):
-    endless, huge = serve(handler=EndlessHandler), serve(handler=HugeAnnouncedHandler)
+    endless, huge = serve(handler=ENDLESS), serve(handler=HUGE_ANNOUNCED)
     limit = fetch.download_size_limit(get_dataset("mnist").file("test-labels"))
     with pytest.raises(fetch.DatasetNotFoundError) as raised:
         fetch.fetch("mnist", "test-labels", mirrors=[endless, huge], progress=False, timeout=5)
@@ -811,6 +781,17 @@ def test_unwritable_cache_folder(isolated, serve, shared_data):
         (isolated / "mnist").chmod(0o700)
 
 
+def not_found_and_peak_memory(call) -> tuple[fetch.DatasetNotFoundError, int]:
+    """The DatasetNotFoundError that ``call()`` raises, and the peak of Python's allocations meanwhile."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(fetch.DatasetNotFoundError) as raised:
+            call()
+        return raised.value, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def test_oversized_file_in_a_search_folder_is_rejected_unread(isolated, tmp_path):
     folder = tmp_path / "junk"
     junk = folder / "mnist" / LABELS_GZ
@@ -818,15 +799,10 @@ def test_oversized_file_in_a_search_folder_is_rejected_unread(isolated, tmp_path
     with open(junk, "wb") as handle:         # 64 MiB, sparse: takes no disk space
         handle.truncate(64 << 20)
     limit = fetch.download_size_limit(get_dataset("mnist").file("test-labels"))
-    tracemalloc.start()
-    try:
-        with pytest.raises(fetch.DatasetNotFoundError) as raised:
-            fetch.fetch("mnist", "test-labels", data_dir=folder, download=False)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    error, peak = not_found_and_peak_memory(lambda: fetch.fetch("mnist", "test-labels", data_dir=folder,
+                                                                download=False))
     reason = f"larger than {limit} bytes, more than any copy of {LABELS_GZ} can be"
-    assert raised.value.rejected == ((junk, reason),)
+    assert error.rejected == ((junk, reason),)
     assert peak < limit + (2 << 20), peak
 
 
@@ -836,14 +812,9 @@ def test_gzip_bomb_in_a_search_folder_is_rejected_in_bounded_memory(isolated, tm
     folder = tmp_path / "bombs"
     (folder / "mnist").mkdir(parents=True)
     (folder / "mnist" / file.filename).write_bytes(bomb)
-    tracemalloc.start()
-    try:
-        with pytest.raises(fetch.DatasetNotFoundError) as raised:
-            fetch.load_split("mnist", "test", data_dir=folder, download=False)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    error, peak = not_found_and_peak_memory(lambda: fetch.load_split("mnist", "test", data_dir=folder,
+                                                                     download=False))
     reason = (f"decompressed size is more than {file.decompressed_size} bytes (reading stopped there), "
               f"expected {file.decompressed_size}")
-    assert [(path.name, why) for path, why in raised.value.rejected] == [(file.filename, reason)]
+    assert [(path.name, why) for path, why in error.rejected] == [(file.filename, reason)]
     assert peak < file.decompressed_size + (2 << 20), peak    # one buffer of the registry's size, and a little
