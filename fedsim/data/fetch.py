@@ -35,7 +35,7 @@ from fedsim.data.mirrors import download_urls, mirror_bases, mirror_urls, parse_
 from fedsim.data.registry import (DATASETS, SPLIT_FILES, DatasetFile, DatasetInfo, DataSettingError,
                                   Verification, get_dataset, is_gzip)
 from fedsim.data.search import (ENV_CACHE, DatasetNotFoundError, Outcome, cache_dir, dataset_status,
-                                download_size_limit, find_local, folder_problem, locate, not_found,
+                                download_size_limit, find_local, folder_problem, locate, not_found_error,
                                 repo_data_dir, search_path, user_cache_dir)
 from fedsim.files import write_atomic
 
@@ -79,10 +79,6 @@ def download_deadline(file: DatasetFile) -> float:
 # Downloading one file
 
 
-class _CacheError(Exception):
-    """The cache folder cannot take the file: no other mirror can help."""
-
-
 def _stderr_is_terminal() -> bool:
     try:
         return sys.stderr is not None and sys.stderr.isatty()
@@ -111,24 +107,23 @@ def _download(info: DatasetInfo, file: DatasetFile, outcome: Outcome, *, urls: l
         try:
             data = receive(url, file.filename, limit=download_size_limit(file), timeout=timeout,
                            seconds=seconds, progress=show_progress)
-            verification = file.verify(data)
-            if not verification.ok:
-                raise DownloadFailed(f"downloaded file failed verification: {verification.reason}")
-            final = folder / (file.filename if is_gzip(data) else file.uncompressed_filename)
-            try:
-                write_atomic(final, data)
-            except OSError as error:
-                where = getattr(error, "filename2", None) or error.filename or folder
-                raise _CacheError(f"cannot save the download in the cache folder {folder}: "
-                                  f"{error.strerror or error} ({where}); free space there, fix its "
-                                  f"permissions, or set {ENV_CACHE} to another folder") from None
-        except _CacheError as error:
-            outcome.attempts.append((url, "downloaded and verified, but not saved"))
-            outcome.download_note = f"downloads stopped: {error}"
-            return
         except DownloadFailed as error:
             outcome.attempts.append((url, str(error)))
             continue
+        verification = file.verify(data)
+        if not verification.ok:
+            outcome.attempts.append((url, f"downloaded file failed verification: {verification.reason}"))
+            continue
+        final = folder / (file.filename if is_gzip(data) else file.uncompressed_filename)
+        try:
+            write_atomic(final, data)
+        except OSError as error:   # the cache folder cannot take the file: no other mirror can help
+            where = getattr(error, "filename2", None) or error.filename or folder
+            outcome.attempts.append((url, "downloaded and verified, but not saved"))
+            outcome.download_note = (f"downloads stopped: cannot save the download in the cache folder {folder}: "
+                                     f"{error.strerror or error} ({where}); free space there, fix its "
+                                     f"permissions, or set {ENV_CACHE} to another folder")
+            return
         outcome.path, outcome.verification = final, verification
         return
 
@@ -154,7 +149,7 @@ def _obtain(info: DatasetInfo, keys, *, data_dir, download: bool, mirrors, progr
                       deadline=deadline)
     failures = [outcome for outcome in outcomes if outcome.path is None]
     if failures:
-        raise not_found(info, failures, folders)
+        raise not_found_error(info, failures, folders)
     return outcomes
 
 

@@ -289,7 +289,7 @@ def find_local(info: DatasetInfo, file: DatasetFile, folders: list[tuple[Path, s
     return False
 
 
-def not_found(info: DatasetInfo, failures: list[Outcome], folders: list[tuple[Path, str]]):
+def not_found_error(info: DatasetInfo, failures: list[Outcome], folders: list[tuple[Path, str]]):
     """The one error for files that could not be had: where fedsim looked, what it found, how to fix it."""
     listed = ", ".join(f"{o.file.key} ({o.file.filename})" for o in failures)
     lines = [f"dataset {info.name!r}: no verified copy of {listed}.",
