@@ -9,6 +9,7 @@ and nothing is ever written into the shared data folder.
 import functools
 import http.server
 import threading
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -71,3 +72,14 @@ def one_line_setting_error(raised, *words) -> str:
     for word in words:
         assert word in message, f"{word!r} missing from: {message}"
     return message
+
+
+def raised_and_peak_memory(call, expected: type = ValueError) -> tuple[BaseException, int]:
+    """The ``expected`` error that ``call()`` raises, and the peak of Python/NumPy memory it allocated, in bytes."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(expected) as raised:
+            call()
+        return raised.value, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()

@@ -4,7 +4,6 @@ copies that fail verification, and the one error listing where fedsim looked (al
 import gzip
 import os
 import shutil
-import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,8 @@ import pytest
 from fedsim.data import fetch, search
 from fedsim.data.registry import DataSettingError, DatasetFile, get_dataset
 from fedsim.data.search import DatasetNotFoundError
-from tests.data.conftest import LABELS_GZ, MNIST_TEST_LABEL_COUNTS, files_under, one_line_setting_error
+from tests.data.conftest import (LABELS_GZ, MNIST_TEST_LABEL_COUNTS, files_under, one_line_setting_error,
+                                 raised_and_peak_memory)
 
 
 def test_unknown_names_list_the_allowed_ones(isolated):
@@ -274,17 +274,6 @@ def test_unknown_names_are_setting_errors(isolated):
 
 
 
-def not_found_and_peak_memory(call) -> tuple[DatasetNotFoundError, int]:
-    """The DatasetNotFoundError that ``call()`` raises, and the peak of Python's allocations meanwhile."""
-    tracemalloc.start()
-    try:
-        with pytest.raises(DatasetNotFoundError) as raised:
-            call()
-        return raised.value, tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-
-
 def test_oversized_file_in_a_search_folder_is_rejected_unread(isolated, tmp_path):
     folder = tmp_path / "junk"
     junk = folder / "mnist" / LABELS_GZ
@@ -292,8 +281,8 @@ def test_oversized_file_in_a_search_folder_is_rejected_unread(isolated, tmp_path
     with open(junk, "wb") as handle:         # 64 MiB, sparse: takes no disk space
         handle.truncate(64 << 20)
     limit = search.download_size_limit(get_dataset("mnist").file("test-labels"))
-    error, peak = not_found_and_peak_memory(lambda: fetch.fetch("mnist", "test-labels", data_dir=folder,
-                                                                download=False))
+    error, peak = raised_and_peak_memory(lambda: fetch.fetch("mnist", "test-labels", data_dir=folder, download=False),
+                                         DatasetNotFoundError)
     reason = f"larger than {limit} bytes, more than any copy of {LABELS_GZ} can be"
     assert error.rejected == ((junk, reason),)
     assert peak < limit + (2 << 20), peak
@@ -305,8 +294,8 @@ def test_gzip_bomb_in_a_search_folder_is_rejected_in_bounded_memory(isolated, tm
     folder = tmp_path / "bombs"
     (folder / "mnist").mkdir(parents=True)
     (folder / "mnist" / file.filename).write_bytes(bomb)
-    error, peak = not_found_and_peak_memory(lambda: fetch.load_split("mnist", "test", data_dir=folder,
-                                                                     download=False))
+    error, peak = raised_and_peak_memory(lambda: fetch.load_split("mnist", "test", data_dir=folder, download=False),
+                                         DatasetNotFoundError)
     reason = (f"decompressed size is more than {file.decompressed_size} bytes (reading stopped there), "
               f"expected {file.decompressed_size}")
     assert [(path.name, why) for path, why in error.rejected] == [(file.filename, reason)]
