@@ -26,8 +26,8 @@ one-line warning on stderr. A missing entry is computed silently.
 Writes are atomic (:func:`fedsim.files.atomic_file`: a temporary file in the same folder, renamed into
 place), so no process ever sees half an entry; two processes computing one entry at once both write a whole
 file and the last one stays. (The file is not fsynced: after a crash, a damaged entry fails its checksum and
-is recomputed.) A folder that cannot take the file (not
-writable, disk full) costs a one-line warning and nothing else: the computed array is returned.
+is recomputed.) A folder that cannot take the file (not writable, disk full) costs a one-line warning and
+nothing else: the computed array is returned.
 
 Disable the cache with ``FEDSIM_ARRAY_CACHE=0`` (also ``off``, ``false``, ``no``), or ``enabled=False``:
 the array is then always computed and nothing is read or written.

@@ -23,6 +23,7 @@ import urllib.request
 
 import requests
 import urllib3
+from requests.adapters import HTTPAdapter
 from tqdm import tqdm
 
 from fedsim import __version__
@@ -77,7 +78,7 @@ def _session(deadline: _Deadline) -> requests.Session:
                 deadline.watch(self.sock)
         return type(pool_class.__name__, (pool_class,), {"ConnectionCls": Connection})
 
-    class Adapter(requests.adapters.HTTPAdapter):
+    class Adapter(HTTPAdapter):
         def init_poolmanager(self, *args, **kwargs):
             super().init_poolmanager(*args, **kwargs)
             manager = self.poolmanager
