@@ -72,7 +72,7 @@ def load_or_synthesize(pipeline: str, data_dir, synthetic_shape, n_test, seed: i
     from fedsim.data.dataset import Dataset
     dtype = np.float32 if pipeline == "stc" else np.float64
     if synthetic_shape is None:
-        from fedsim.data.datasets import load_dataset
+        from fedsim.data.load import load_dataset
         try:
             dataset = load_dataset("fashion-mnist", pipeline, data_dir=data_dir, download=False,
                                    progress=False)

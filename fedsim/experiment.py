@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedsim.data.dataset import Dataset
-from fedsim.data.datasets import DATASET_NAMES, PIPELINES, TRAIN_SPLITS, load_dataset
+from fedsim.data.load import DATASET_NAMES, PIPELINES, TRAIN_SPLITS, load_dataset
 from fedsim.data.partition import partition
 from fedsim.data.preprocess import PIXEL_STATISTICS
 from fedsim.models.features import Codes

@@ -7,7 +7,7 @@ function, its parameters, the version of its code and whatever of the machine ch
 (:func:`compute_environment`). The array read back is bitwise the array ``compute()`` returned.
 
 Where: ``<user cache>/arrays/`` (:func:`array_cache_dir`), the user cache being ``FEDSIM_CACHE`` if set,
-else ``$XDG_CACHE_HOME/fedsim``, else ``~/.cache/fedsim`` (:func:`fedsim.data.fetch.user_cache_dir`; never
+else ``$XDG_CACHE_HOME/fedsim``, else ``~/.cache/fedsim`` (:func:`fedsim.data.search.user_cache_dir`; never
 the checkout). One file per entry, ``<name>-<digest>.array``, the digest being the SHA-256 of the canonical
 JSON of ``name`` and ``key``. Deleting the folder (or any file in it) clears the cache; nothing else refers
 to it.
@@ -23,11 +23,11 @@ header's plus ``nbytes``, and the SHA-256 of the bytes read is the recorded one.
 corrupt or foreign file) is never trusted: the array is computed again and the entry replaced, with a
 one-line warning on stderr. A missing entry is computed silently.
 
-Writes are atomic: the file is written under a temporary name (``.<file>.<pid>-<random>.part``) in the same
-folder and moved into place with :func:`os.replace`, so no process ever sees half an entry; two processes
-computing one entry at once both write a whole file and the last one stays. (The file is not fsynced: after
-a crash, a damaged entry fails its checksum and is recomputed.) A folder that cannot take the file (not
-writable, disk full) costs a one-line warning and nothing else: the computed array is returned.
+Writes are atomic (:func:`fedsim.files.atomic_file`: a temporary file in the same folder, renamed into
+place), so no process ever sees half an entry; two processes computing one entry at once both write a whole
+file and the last one stays. (The file is not fsynced: after a crash, a damaged entry fails its checksum and
+is recomputed.) A folder that cannot take the file (not writable, disk full) costs a one-line warning and
+nothing else: the computed array is returned.
 
 Disable the cache with ``FEDSIM_ARRAY_CACHE=0`` (also ``off``, ``false``, ``no``), or ``enabled=False``:
 the array is then always computed and nothing is read or written.
@@ -38,14 +38,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import secrets
 import sys
 from pathlib import Path
 from typing import Callable, Mapping
 
 import numpy as np
 
-from fedsim.data.fetch import DataSettingError, user_cache_dir
+from fedsim.data.registry import DataSettingError
+from fedsim.data.search import user_cache_dir
+from fedsim.files import atomic_file
 
 ENV_ARRAY_CACHE = "FEDSIM_ARRAY_CACHE"
 #: The first line of every entry: magic and the version of this file format.
@@ -193,28 +194,10 @@ def _write(path: Path, name: str, key, array: np.ndarray) -> None:
     header = {"name": name, "key": json.loads(_canonical(key)), "dtype": array.dtype.str,
               "shape": list(array.shape), "nbytes": int(array.nbytes), "sha256": _sha256(array)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = None
-    try:
-        while temp is None:
-            candidate = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.part")
-            try:
-                descriptor = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
-                                     0o644)
-            except FileExistsError:
-                continue
-            temp = candidate
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(MAGIC)
-            handle.write(_canonical(header).encode() + b"\n")
-            handle.write(memoryview(array.reshape(-1)).cast("B"))
-        os.replace(temp, path)
-        temp = None
-    finally:
-        if temp is not None:
-            try:
-                temp.unlink(missing_ok=True)
-            except OSError:
-                pass
+    with atomic_file(path, durable=False) as handle:
+        handle.write(MAGIC)
+        handle.write(_canonical(header).encode() + b"\n")
+        handle.write(memoryview(array.reshape(-1)).cast("B"))    # streamed: no copy of the array
 
 
 def cached_array(name: str, key: Mapping, compute: Callable[[], np.ndarray], *, enabled: bool | None = None,

@@ -40,6 +40,11 @@ GZIP_MAGIC = b"\x1f\x8b"
 _CHUNK_BYTES = 1 << 18
 
 
+class DataSettingError(ValueError):
+    """A data setting (an argument, a command-line option or an environment variable) has a value that is
+    not allowed. The message is one line that names the setting and says what it may be."""
+
+
 def is_gzip(data: bytes) -> bool:
     """Whether ``data`` starts with the gzip magic bytes ``1f 8b``."""
     return bytes(data[:2]) == GZIP_MAGIC
@@ -169,7 +174,21 @@ class DatasetInfo:
         for candidate in self.files:
             if candidate.key == key:
                 return candidate
-        raise ValueError(f"file_key must be one of {', '.join(FILE_KEYS)}; got {key!r}")
+        raise DataSettingError(f"file_key must be one of {', '.join(FILE_KEYS)}; got {key!r}")
+
+
+# Each file's standard gzip name and decompressed size: the same for both datasets.
+_IDX_FILES: Mapping[str, tuple[str, int]] = MappingProxyType({
+    "train-images": ("train-images-idx3-ubyte.gz", 47040016),
+    "train-labels": ("train-labels-idx1-ubyte.gz", 60008),
+    "test-images": ("t10k-images-idx3-ubyte.gz", 7840016),
+    "test-labels": ("t10k-labels-idx1-ubyte.gz", 10008),
+})
+
+
+def _files(checksums: Mapping[str, tuple[tuple[str, ...], str | None]]) -> tuple[DatasetFile, ...]:
+    """A dataset's four files from each key's (accepted gzip MD5s, SHA-256 of the decompressed IDX or None)."""
+    return tuple(DatasetFile(key, *_IDX_FILES[key], *checksums[key]) for key in FILE_KEYS)
 
 
 _MNIST = DatasetInfo(
@@ -181,19 +200,15 @@ _MNIST = DatasetInfo(
         "https://storage.googleapis.com/cvdf-datasets/mnist/",
         "http://yann.lecun.com/exdb/mnist/",
     ),
-    files=(
-        DatasetFile("train-images", "train-images-idx3-ubyte.gz", 47040016,
-                    ("f68b3c2dcbeaaa9fbdd348bbdeb94873",), None),
-        DatasetFile("train-labels", "train-labels-idx1-ubyte.gz", 60008,
-                    ("d53e105ee54ea40749a09fcbcd1e9432",),
-                    "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5"),
-        DatasetFile("test-images", "t10k-images-idx3-ubyte.gz", 7840016,
-                    ("9fb629c4189551a2d022fa330f9573f3",),
-                    "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7"),
-        DatasetFile("test-labels", "t10k-labels-idx1-ubyte.gz", 10008,
-                    ("ec29112dd5afa0611ce80d1b7f02629c",),
-                    "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"),
-    ),
+    files=_files({
+        "train-images": (("f68b3c2dcbeaaa9fbdd348bbdeb94873",), None),
+        "train-labels": (("d53e105ee54ea40749a09fcbcd1e9432",),
+                         "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5"),
+        "test-images": (("9fb629c4189551a2d022fa330f9573f3",),
+                        "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7"),
+        "test-labels": (("ec29112dd5afa0611ce80d1b7f02629c",),
+                        "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"),
+    }),
     class_names=tuple(str(digit) for digit in range(10)),
 )
 
@@ -206,20 +221,16 @@ _FASHION_MNIST = DatasetInfo(
         "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
     ),
     # Each MD5 pair: upstream release, then Debian's re-compressed copy.
-    files=(
-        DatasetFile("train-images", "train-images-idx3-ubyte.gz", 47040016,
-                    ("8d4fb7e6c68d591d4c3dfef9ec88bf0d", "cf8536b0aa1a6ac5fa3f23001093305c"),
-                    "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888"),
-        DatasetFile("train-labels", "train-labels-idx1-ubyte.gz", 60008,
-                    ("25c81989df183df01b3e8a0aad5dffbe", "10bea18fdb374794d4bb42e356e600c9"),
-                    "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9"),
-        DatasetFile("test-images", "t10k-images-idx3-ubyte.gz", 7840016,
-                    ("bef4ecab320f06d8554ea6380940ec79", "f78720b4224f21cce2f2ccf2d7a94c9a"),
-                    "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b"),
-        DatasetFile("test-labels", "t10k-labels-idx1-ubyte.gz", 10008,
-                    ("bb300cfdad3c16e7a12a480ee83cd310", "0d30e22e447f3c33dab9ed536400ac01"),
-                    "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"),
-    ),
+    files=_files({
+        "train-images": (("8d4fb7e6c68d591d4c3dfef9ec88bf0d", "cf8536b0aa1a6ac5fa3f23001093305c"),
+                         "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888"),
+        "train-labels": (("25c81989df183df01b3e8a0aad5dffbe", "10bea18fdb374794d4bb42e356e600c9"),
+                         "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9"),
+        "test-images": (("bef4ecab320f06d8554ea6380940ec79", "f78720b4224f21cce2f2ccf2d7a94c9a"),
+                        "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b"),
+        "test-labels": (("bb300cfdad3c16e7a12a480ee83cd310", "0d30e22e447f3c33dab9ed536400ac01"),
+                        "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"),
+    }),
     class_names=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                  "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
     install_hint="dataset-fashion-mnist",
@@ -230,8 +241,8 @@ DATASETS: Mapping[str, DatasetInfo] = MappingProxyType({info.name: info for info
 
 
 def get_dataset(name: str) -> DatasetInfo:
-    """The registry entry of dataset ``name``; ValueError naming the registered datasets otherwise."""
+    """The registry entry of dataset ``name``; DataSettingError naming the registered datasets otherwise."""
     try:
         return DATASETS[name]
     except (KeyError, TypeError):
-        raise ValueError(f"dataset name must be one of {', '.join(DATASETS)}; got {name!r}") from None
+        raise DataSettingError(f"dataset name must be one of {', '.join(DATASETS)}; got {name!r}") from None

@@ -17,8 +17,8 @@ of another run, and a corrupt or truncated checkpoint, each with one line; nothi
 
 Consistency rules (so that a run killed at any instant, even by SIGKILL, resumes exactly):
 
-* every file except history.jsonl is replaced atomically (temporary file in the same folder, fsync,
-  :func:`os.replace`); checkpoint.npz is self-contained (its metadata is inside it), so a kill between the
+* every file except history.jsonl is replaced atomically (:func:`fedsim.files.write_atomic`: temporary
+  file in the same folder, fsync, rename); checkpoint.npz is self-contained (its metadata is inside it), so a kill between the
   two checkpoint files leaves a usable checkpoint;
 * a history record is appended after its step and before any checkpoint that includes the step, so
   history.jsonl always holds at least the checkpoint's steps; on resume it is cut back (atomically) to
@@ -36,13 +36,13 @@ import io
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from fedsim.config import ExperimentConfig, config_to_toml, load_config_file, parse_toml
+from fedsim.files import write_atomic
 
 CONFIG_FILE = "config.toml"
 META_FILE = "meta.json"
@@ -56,57 +56,9 @@ RUN_FILES = (CONFIG_FILE, META_FILE, HISTORY_FILE, SUMMARY_FILE, CHECKPOINT_FILE
 _META_KEY = "__meta__"
 _IDENTITY_KEY = "__identity__"
 
-# The process's umask, read once: files are created with mode 0o666 & ~umask, as open() would.
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
 
 class RunFolderError(ValueError):
     """A run folder that is missing, not a fedsim run, or cannot be continued."""
-
-
-# ---------------------------------------------------------------------------------------------------------
-# atomic files
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that ``path`` holds either its old or its new content, never a part.
-
-    The bytes go to a temporary file in the same folder, are flushed to disk (fsync), and the file is
-    moved over ``path`` with :func:`os.replace` (atomic on POSIX and Windows within one file system).
-    """
-    path = Path(path)
-    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
-                                         delete=False)
-    try:
-        with handle:
-            os.chmod(handle.name, 0o666 & ~_UMASK)      # mkstemp makes 0600; readable as the umask says
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(handle.name, path)
-    finally:
-        if os.path.exists(handle.name):
-            os.unlink(handle.name)
-    _fsync_folder(path.parent)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (POSIX; a no-op where folders cannot be opened)."""
-    try:
-        descriptor = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
 
 
 def _json_default(value):
@@ -153,7 +105,7 @@ class RunFolder:
 
     # config, meta, summary
     def write_config(self, config: ExperimentConfig, header: str = "") -> None:
-        atomic_write_text(self.file(CONFIG_FILE), config_to_toml(config, header=header))
+        write_atomic(self.file(CONFIG_FILE), config_to_toml(config, header=header))
 
     def read_config(self) -> ExperimentConfig:
         if not self.exists:
@@ -161,7 +113,7 @@ class RunFolder:
         return load_config_file(self.file(CONFIG_FILE), source=str(self.file(CONFIG_FILE)))
 
     def write_json(self, name: str, value) -> None:
-        atomic_write_text(self.file(name), to_json(value, indent=1) + "\n")
+        write_atomic(self.file(name), to_json(value, indent=1) + "\n")
 
     def read_json(self, name: str) -> dict | None:
         """The JSON object in file ``name``, None if there is no such file (RunFolderError if it is not
@@ -215,7 +167,7 @@ class RunFolder:
         else:
             raise RunFolderError(f"{self.file(HISTORY_FILE)} holds {len(lines)} records but the checkpoint "
                                  f"has {count} completed steps")
-        atomic_write_bytes(self.file(HISTORY_FILE), kept)
+        write_atomic(self.file(HISTORY_FILE), kept)
 
     def open_history(self):
         """history.jsonl opened for appending (text, line by line)."""
@@ -235,7 +187,7 @@ class RunFolder:
         np.savez(buffer, **arrays, **{_META_KEY: np.frombuffer(meta_bytes, dtype=np.uint8),
                                       _IDENTITY_KEY: np.frombuffer(identity_bytes, dtype=np.uint8)})
         data = buffer.getvalue()
-        atomic_write_bytes(self.file(CHECKPOINT_FILE), data)
+        write_atomic(self.file(CHECKPOINT_FILE), data)
         completed = _completed_of(meta)
         self.write_json(CHECKPOINT_NOTE_FILE, {
             "completed": completed, "planned": planned, "written": now(), "file": CHECKPOINT_FILE,
@@ -403,5 +355,4 @@ def read_run(path) -> RunResult:
 
 
 __all__ = ["FolderLock", "LOCK_FILE", "RUN_FILES", "check_new_run_target", "CHECKPOINT_FILE", "CHECKPOINT_NOTE_FILE", "CONFIG_FILE", "HISTORY_FILE", "META_FILE", "SUMMARY_FILE",
-           "RunFolder", "RunFolderError", "RunResult", "atomic_write_bytes", "atomic_write_text",
-           "default_run_dir", "now", "read_run", "to_json"]
+           "RunFolder", "RunFolderError", "RunResult", "default_run_dir", "now", "read_run", "to_json"]

@@ -28,9 +28,9 @@ from fedsim.algorithms.family import family
 from fedsim.config import ConfigError, ExperimentConfig, config_differences, config_fingerprint, config_to_dict
 from fedsim.errors import DivergenceError
 from fedsim.experiment import load_data, split_among_clients
+from fedsim.files import write_atomic
 from fedsim.runs.folder import (CHECKPOINT_FILE, CHECKPOINT_NOTE_FILE, CONFIG_FILE, HISTORY_FILE, META_FILE,
-                                SUMMARY_FILE, RunFolder, RunFolderError, atomic_write_bytes,
-                                check_new_run_target, now, to_json)
+                                SUMMARY_FILE, RunFolder, RunFolderError, check_new_run_target, now, to_json)
 from fedsim.runs.provenance import environment, git_commit, pinned_threads, thread_settings
 from fedsim.runs.records import summarize
 
@@ -290,7 +290,7 @@ def start_run(config: ExperimentConfig, out, *, name: str, quiet: bool = False, 
                 "started": now(), "command": list(sys.argv if command is None else command),
                 "sessions": [{"started": now(), "from": 0}]}
         folder.write_json(META_FILE, meta)
-        atomic_write_bytes(folder.file(HISTORY_FILE), b"")
+        write_atomic(folder.file(HISTORY_FILE), b"")
         return execute(run, folder, config, name=name, quiet=quiet, identity=_identity(meta), observer=observer)
 
 

@@ -32,7 +32,8 @@ import sys
 import time
 from pathlib import Path
 
-from fedsim.runs.folder import RunFolder, RunFolderError, atomic_write_text, now, to_json
+from fedsim.files import write_atomic
+from fedsim.runs.folder import RunFolder, RunFolderError, now, to_json
 from fedsim.sweeps.spec import Sweep
 
 MANIFEST = "manifest.json"
@@ -59,7 +60,7 @@ def write_manifest(out: Path, sweep: Sweep, statuses: dict[str, dict]) -> None:
                 "sweep_text": sweep.source.read_text(encoding="utf-8"), "fixed": dict(sweep.fixed),
                 "axes": {name: list(values) for name, values in sweep.axes}, "zipped": list(sweep.zipped),
                 "updated": now(), "runs": runs}
-    atomic_write_text(Path(out) / MANIFEST, to_json(manifest, indent=1) + "\n")
+    write_atomic(Path(out) / MANIFEST, to_json(manifest, indent=1) + "\n")
 
 
 def read_manifest(out) -> dict:

@@ -6,7 +6,7 @@ import pytest
 from fedsim.algorithms.federated import FederatedConfig, FederatedRun, methods
 from fedsim.compress.bits import sparse_vector_bits
 from fedsim.errors import DivergenceError
-from fedsim.data.datasets import load_dataset
+from fedsim.data.load import load_dataset
 from fedsim.data.partition import partition
 from fedsim.experiment import DataConfig, split_among_clients
 

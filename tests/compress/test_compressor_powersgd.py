@@ -518,7 +518,7 @@ def test_checkpoint_continues_bitwise(dtype):
 
 @pytest.fixture(scope="module")
 def synthetic():
-    from fedsim.data.datasets import load_dataset
+    from fedsim.data.load import load_dataset
     return load_dataset("synthetic", synthetic_devices=8, seed=3)
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedsim.data import cache, datasets, preprocess
+from fedsim.data import cache, load, preprocess
 from fedsim.data.cache import cached_array, entry_path
-from fedsim.data.fetch import DataSettingError
+from fedsim.data.registry import DataSettingError
 from fedsim.data.registry import DATASETS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -99,29 +99,29 @@ def test_the_key_and_the_name_select_the_entry(isolated_cache):
 def test_stc_key_changes_with_every_input():
     fashion, mnist = DATASETS["fashion-mnist"], DATASETS["mnist"]
     base = dict(size=32, mean=0.25, std=0.5, dtype=np.float32)
-    key = datasets.stc_cache_key(fashion.file("train-images"), **base)
+    key = load.stc_cache_key(fashion.file("train-images"), **base)
     assert key["source"]["sha256"] == fashion.file("train-images").sha256
     assert key["version"] == preprocess.PREPROCESS_VERSION
     assert key["environment"]["numpy"] == np.__version__ and key["environment"]["blas"]
-    variants = [datasets.stc_cache_key(fashion.file("test-images"), **base),
-                datasets.stc_cache_key(mnist.file("train-images"), **base),   # no SHA-256 known: its MD5s
-                datasets.stc_cache_key(fashion.file("train-images"), **dict(base, size=28)),
-                datasets.stc_cache_key(fashion.file("train-images"), **dict(base, mean=0.26)),
-                datasets.stc_cache_key(fashion.file("train-images"), **dict(base, std=0.51)),
-                datasets.stc_cache_key(fashion.file("train-images"), **dict(base, dtype=np.float64))]
+    variants = [load.stc_cache_key(fashion.file("test-images"), **base),
+                load.stc_cache_key(mnist.file("train-images"), **base),   # no SHA-256 known: its MD5s
+                load.stc_cache_key(fashion.file("train-images"), **dict(base, size=28)),
+                load.stc_cache_key(fashion.file("train-images"), **dict(base, mean=0.26)),
+                load.stc_cache_key(fashion.file("train-images"), **dict(base, std=0.51)),
+                load.stc_cache_key(fashion.file("train-images"), **dict(base, dtype=np.float64))]
     assert variants[1]["source"]["gzip_md5"] == list(mnist.file("train-images").gzip_md5)
     paths = {entry_path("x", k) for k in [key] + variants}
     assert len(paths) == len(variants) + 1
-    assert datasets.stc_cache_key(fashion.file("train-images"), **base) == key
+    assert load.stc_cache_key(fashion.file("train-images"), **base) == key
 
 
 def test_stc_key_changes_with_the_code_version_and_the_chunking(monkeypatch):
     file = DATASETS["fashion-mnist"].file("test-images")
-    before = datasets.stc_cache_key(file, size=32, mean=0.1, std=0.2, dtype=np.float32)
+    before = load.stc_cache_key(file, size=32, mean=0.1, std=0.2, dtype=np.float32)
     monkeypatch.setattr(preprocess, "PREPROCESS_VERSION", preprocess.PREPROCESS_VERSION + 1)
-    bumped = datasets.stc_cache_key(file, size=32, mean=0.1, std=0.2, dtype=np.float32)
+    bumped = load.stc_cache_key(file, size=32, mean=0.1, std=0.2, dtype=np.float32)
     monkeypatch.setattr(preprocess, "_CHUNK_IMAGES", 100)
-    rechunked = datasets.stc_cache_key(file, size=32, mean=0.1, std=0.2, dtype=np.float32)
+    rechunked = load.stc_cache_key(file, size=32, mean=0.1, std=0.2, dtype=np.float32)
     assert len({entry_path("x", k) for k in (before, bumped, rechunked)}) == 3
 
 
@@ -221,7 +221,7 @@ def test_a_bad_environment_value_is_a_one_line_setting_error(monkeypatch):
     with pytest.raises(DataSettingError, match="FEDSIM_ARRAY_CACHE must be 1 .* or 0 .*'maybe'"):
         cached_array("values", KEY, Counter(np.zeros(1)))
     with pytest.raises(DataSettingError, match="FEDSIM_ARRAY_CACHE"):
-        datasets.load_dataset("synthetic", synthetic_devices=3)   # checked before anything is loaded
+        load.load_dataset("synthetic", synthetic_devices=3)   # checked before anything is loaded
 
 
 def test_bad_names_keys_and_results_are_refused():
@@ -329,14 +329,14 @@ def test_two_processes_writing_one_entry_at_once(isolated_cache):
 
 def test_load_dataset_caches_the_stc_pipeline_bitwise(isolated_cache, shared_data, monkeypatch):
     calls = []
-    real = datasets.stc_pipeline
-    monkeypatch.setattr(datasets, "stc_pipeline", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = load.stc_pipeline
+    monkeypatch.setattr(load, "stc_pipeline", lambda *a, **k: calls.append(1) or real(*a, **k))
     arguments = dict(data_dir=shared_data, download=False, train_split="test")
-    computed = datasets.load_dataset("fashion-mnist", "stc", cache=False, **arguments)
+    computed = load.load_dataset("fashion-mnist", "stc", cache=False, **arguments)
     assert len(calls) == 1 and not isolated_cache.exists()
-    stored = datasets.load_dataset("fashion-mnist", "stc", **arguments)
+    stored = load.load_dataset("fashion-mnist", "stc", **arguments)
     assert len(calls) == 2
-    loaded = datasets.load_dataset("fashion-mnist", "stc", **arguments)
+    loaded = load.load_dataset("fashion-mnist", "stc", **arguments)
     assert len(calls) == 2, "the second load must read the cached array"
     for data in (stored, loaded):
         assert same_bits(data.x_test, computed.x_test) and same_bits(data.x_train, computed.x_train)
@@ -344,7 +344,7 @@ def test_load_dataset_caches_the_stc_pipeline_bitwise(isolated_cache, shared_dat
     path = only_entry(isolated_cache)
     assert path.name.startswith("fashion-mnist-test-stc-")
     # the LAQ pipeline is not cached
-    datasets.load_dataset("fashion-mnist", "laq", **arguments)
+    load.load_dataset("fashion-mnist", "laq", **arguments)
     assert len(list(isolated_cache.iterdir())) == 1
 
 

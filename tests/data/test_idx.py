@@ -5,7 +5,6 @@ import os
 import struct
 import threading
 import time
-import tracemalloc
 
 import numpy as np
 import pytest
@@ -13,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedsim.data.idx import read_idx, read_images_and_labels
+from tests.data.conftest import raised_and_peak_memory
 
 
 def idx_bytes(array: np.ndarray, type_byte: int = 0x08) -> bytes:
@@ -179,17 +179,6 @@ def test_real_files_count_mismatch(shared_data):
 # --- bounded memory on hostile input: gzip bombs, headers that lie, files larger than they say
 
 
-def traced_peak(call) -> tuple[BaseException, int]:
-    """The ValueError ``call()`` raises and the peak of Python/NumPy memory it allocated, in bytes."""
-    tracemalloc.start()
-    try:
-        with pytest.raises(ValueError) as raised:
-            call()
-        return raised.value, tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-
-
 def gzip_of_zeros(mebibytes: int) -> bytes:
     """A small gzip file (about 1 KiB per MiB) that decompresses to ``mebibytes`` MiB of zeros: gzip
     members one after the other are one valid gzip stream."""
@@ -209,7 +198,7 @@ def test_gzip_bomb_fails_early_in_bounded_memory(tmp_path, as_path):
         source = tmp_path / "t10k-images-idx3-ubyte.gz"
         source.write_bytes(bomb)
     start = time.monotonic()
-    error, peak = traced_peak(lambda: read_idx(source, name="bomb.gz"))
+    error, peak = raised_and_peak_memory(lambda: read_idx(source, name="bomb.gz"))
     assert peak < payload.size + SLACK, peak          # the code before this check took 2 GiB
     assert "bomb.gz: more than 65536 unexpected bytes after the payload (dims (10, 28, 28) need 7840 " \
            "bytes); stopped reading there" in str(error)
@@ -220,14 +209,14 @@ def test_header_declaring_more_than_allowed_fails_before_allocating():
     # dims (1000, 1000, 1000): 1 GB declared, and that many zeros follow; the registry says 47 MB at most
     header = struct.pack(">BBBB3I", 0, 0, 8, 3, 1000, 1000, 1000)
     bomb = gzip.compress(header) + gzip_of_zeros(1000)
-    error, peak = traced_peak(lambda: read_idx(bomb, name="images.gz", max_bytes=47040016))
+    error, peak = raised_and_peak_memory(lambda: read_idx(bomb, name="images.gz", max_bytes=47040016))
     assert "images.gz: dims (1000, 1000, 1000) make a file of 1000000016 bytes, more than the 47040016 " \
            "bytes this file has (max_bytes)" in str(error)
     assert peak < SLACK, peak
     # 68 GB declared in a file of a few dozen bytes: more than any gzip file that small can hold (deflate
     # expands at most 1032:1), so it fails before allocating, with or without max_bytes
     lie = gzip.compress(struct.pack(">BBBB3I", 0, 0, 8, 3, 4096, 4096, 4096)) + gzip.compress(bytes(64))
-    error, peak = traced_peak(lambda: read_idx(lie, name="lie.gz"))
+    error, peak = raised_and_peak_memory(lambda: read_idx(lie, name="lie.gz"))
     assert "lie.gz: truncated payload: dims (4096, 4096, 4096) need 68719476736 bytes, more than a gzip file " \
            f"of {len(lie)} bytes can hold" in str(error)
     assert peak < SLACK, peak
@@ -238,7 +227,7 @@ def test_raw_file_larger_than_its_header_fails_unread(tmp_path):
     with open(path, "wb") as handle:
         handle.write(idx_bytes(np.zeros(10, np.uint8)))
         handle.truncate(256 << 20)          # sparse: 256 MiB that take no disk space
-    error, peak = traced_peak(lambda: read_idx(path))
+    error, peak = raised_and_peak_memory(lambda: read_idx(path))
     assert f"{path}: {(256 << 20) - 18} unexpected bytes after the payload (dims (10,) need 10 bytes" in str(error)
     assert peak < SLACK, peak               # the code before this check read all 256 MiB
 
@@ -258,7 +247,7 @@ def test_endless_streams_are_read_only_as_far_as_needed(tmp_path):
 
     writer = threading.Thread(target=write, daemon=True)
     writer.start()
-    error, peak = traced_peak(lambda: read_idx(fifo))
+    error, peak = raised_and_peak_memory(lambda: read_idx(fifo))
     writer.join(timeout=10)
     assert peak < SLACK, peak
     assert "more than 65536 unexpected bytes after the payload (dims (10,) need 10 bytes)" in str(error)

@@ -204,7 +204,7 @@ def test_a_kill_during_the_checkpoint_write_leaves_a_resumable_folder(tmp_path, 
     """What a kill -9 inside the atomic write leaves: a half-written temporary file beside the
     complete old checkpoint. The resume uses the old one and ends as an uninterrupted run."""
     run_dir = unfinished_copy(finished, tmp_path)
-    (run_dir / f".{CHECKPOINT_FILE}.x1y2z3.tmp").write_bytes(b"PK\x03\x04 half a zip")
+    (run_dir / f".{CHECKPOINT_FILE}.4242-x1y2z3.part").write_bytes(b"PK\x03\x04 half a zip")
     result = fedsim(tmp_path, "run", "--resume", run_dir, "--quiet")
     assert result.returncode == 0, result.stderr
     assert history(run_dir) == finished[1]

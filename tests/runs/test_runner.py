@@ -1,4 +1,4 @@
-"""Run folders: atomic files, history/checkpoint consistency, summaries, crash / interrupt and resume."""
+"""Run folders: history/checkpoint consistency, summaries, crash / interrupt and resume."""
 
 import json
 import os
@@ -15,7 +15,7 @@ from fedsim.algorithms.lazy import records_reach as lazy_reach
 from fedsim.algorithms.lazy import records_spent_before as lazy_bits_before
 from fedsim.runs import RunFolder, RunFolderError, default_run_dir, read_run, resume_run, start_run, strip_wall_time, summarize
 from fedsim.runs.folder import (CHECKPOINT_FILE, CHECKPOINT_NOTE_FILE, CONFIG_FILE, HISTORY_FILE, META_FILE,
-                                SUMMARY_FILE, atomic_write_bytes)
+                                SUMMARY_FILE)
 
 # Small offline configs: 8 synthetic devices, a dozen rounds (about 10 ms each).
 TINY_FEDERATED = ["data.synthetic_devices=8", "federated.n_clients=8", "federated.rounds=12",
@@ -35,30 +35,6 @@ def reference_run(tmp_path_factory):
     outcome = start_run(config, out, name="reference", quiet=True)
     assert outcome.status == "completed"
     return config, strip_wall_time(RunFolder(out).read_history())
-
-
-# --- atomic files -------------------------------------------------------------------------------------------
-
-def test_atomic_write_replaces_whole_and_leaves_no_temporary(tmp_path):
-    path = tmp_path / "file.json"
-    atomic_write_bytes(path, b"old")
-    atomic_write_bytes(path, b"new content")
-    assert path.read_bytes() == b"new content"
-    assert sorted(os.listdir(tmp_path)) == ["file.json"]
-
-
-def test_atomic_write_that_fails_keeps_the_old_content(tmp_path, monkeypatch):
-    path = tmp_path / "file.json"
-    atomic_write_bytes(path, b"old")
-
-    def broken_replace(source, target):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(os, "replace", broken_replace)
-    with pytest.raises(OSError, match="disk full"):
-        atomic_write_bytes(path, b"new")
-    assert path.read_bytes() == b"old"
-    assert sorted(os.listdir(tmp_path)) == ["file.json"]
 
 
 # --- the folder ---------------------------------------------------------------------------------------------
@@ -142,7 +118,7 @@ def test_run_writes_every_file(tmp_path, reference_run):
     assert (outcome.status, outcome.completed, outcome.exit_code) == ("completed", 12, 0)
     for name in (CONFIG_FILE, META_FILE, HISTORY_FILE, SUMMARY_FILE, CHECKPOINT_FILE, CHECKPOINT_NOTE_FILE):
         assert (out / name).is_file(), name
-    assert not [name for name in os.listdir(out) if name.endswith(".tmp")]
+    assert not [name for name in os.listdir(out) if name.endswith(".part")]    # no temporary file left
     folder = RunFolder(out)
     assert folder.read_config() == config
     history = folder.read_history()

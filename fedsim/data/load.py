@@ -19,9 +19,9 @@ import numpy as np
 from fedsim.data import preprocess
 from fedsim.data.cache import cache_enabled, cached_array, compute_environment
 from fedsim.data.dataset import Dataset
-from fedsim.data.fetch import DataSettingError, load_split
+from fedsim.data.fetch import load_split
 from fedsim.data.preprocess import PIXEL_STATISTICS, laq_pipeline, stc_pipeline
-from fedsim.data.registry import DATASETS, SPLIT_FILES, DatasetFile
+from fedsim.data.registry import DATASETS, SPLIT_FILES, DatasetFile, DataSettingError
 from fedsim.data.synthetic import make_synthetic
 
 PIPELINES = ("stc", "laq")
@@ -55,10 +55,10 @@ def load_dataset(name: str, pipeline: str = "stc", *, data_dir=None, download: b
 
     Raises
     ------
-    fedsim.data.fetch.DataSettingError
+    fedsim.data.registry.DataSettingError
         A ValueError with a one-line message, for an unknown dataset, pipeline or split, or a ``data_dir``
         that is not an existing folder.
-    fedsim.data.fetch.DatasetNotFoundError
+    fedsim.data.search.DatasetNotFoundError
         If the dataset's files are neither on disk nor downloadable.
     """
     if not isinstance(name, str) or name not in DATASET_NAMES:

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fedsim.data.datasets import load_dataset
+from fedsim.data.load import load_dataset
 
 
 def test_fashion_mnist_with_the_stc_pipeline(shared_data):

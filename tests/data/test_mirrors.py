@@ -1,0 +1,94 @@
+"""The mirrors: FEDSIM_MIRRORS and the mirrors argument, the URLs they give, and malformed values."""
+
+import os
+
+import pytest
+
+from fedsim.data import fetch
+from fedsim.data.mirrors import mirror_urls, parse_mirror_list
+from fedsim.data.registry import DataSettingError, get_dataset
+from tests.data.conftest import LABELS_GZ, files_under, one_line_setting_error
+
+
+def test_parse_mirror_list():
+    sep = os.pathsep
+    text = f"http://127.0.0.1:8000/a{sep}https://example.org:8443/b/{sep}  file:///srv/mirror\n"
+    assert parse_mirror_list(text) == ["http://127.0.0.1:8000/a", "https://example.org:8443/b/",
+                                             "file:///srv/mirror"]
+    with pytest.raises(ValueError, match="FEDSIM_MIRRORS must hold base URLs.*'not-a-url'"):
+        parse_mirror_list("http://ok not-a-url")
+
+
+def test_mirror_urls(isolated, monkeypatch):
+    assert mirror_urls("mnist", "test-labels") == [
+        f"{mirror.rstrip('/')}/{LABELS_GZ}" for mirror in get_dataset("mnist").mirrors]
+    monkeypatch.setenv("FEDSIM_MIRRORS", "http://127.0.0.1:1/x/ http://127.0.0.1:2")
+    assert mirror_urls("fashion-mnist", "test-labels") == [
+        f"http://127.0.0.1:1/x/fashion-mnist/{LABELS_GZ}", f"http://127.0.0.1:2/fashion-mnist/{LABELS_GZ}"]
+    assert mirror_urls("mnist", "test-labels", mirrors=["http://h/"]) == [f"http://h/mnist/{LABELS_GZ}"]
+    with pytest.raises(ValueError, match="mirrors must be base URLs"):
+        mirror_urls("mnist", "test-labels", mirrors=["/just/a/folder"])
+
+
+@pytest.mark.parametrize("value, problem", [
+    (":", "holds no URL"),
+    (f"{os.pathsep}{os.pathsep}", "holds no URL"),
+    ("127.0.0.1:8000", "does not start with a scheme"),
+    ("mirror.example.org/mnist", "does not start with a scheme"),
+    ("ftp://127.0.0.1/data", "scheme 'ftp' is not supported (only http, https, file)"),
+    ("gopher://127.0.0.1/data", "scheme 'gopher' is not supported"),
+    ("http://", "names no host"),
+    ("http://:8000/data", "names no host"),
+    ("http://[::1/data", "not a valid URL"),
+    ("http://127.0.0.1:99999/", "not a valid URL"),
+    ("http://127.0.0.1:port/", "not a valid URL"),
+    ("http://127.0.0.1:0/", "port 0"),
+    ("http://127.0.0.1/data?token=1", "no query"),
+    ("http://127.0.0.1/data#part", "no query (?) or fragment (#)"),
+    ("file://server/folder", "a file URL names no host"),
+    ("file://", "names no folder"),
+    ("http://127.0.0.1/ok garbage", "'garbage' is not one"),
+    ("http://127.0.0.1/ok http://mirror.example/\u00e9", "non-ASCII"),
+])
+def test_malformed_env_mirrors_is_a_setting_error(isolated, shared_data, monkeypatch, value, problem):
+    monkeypatch.setenv("FEDSIM_MIRRORS", value)
+    with pytest.raises(DataSettingError) as raised:
+        fetch.fetch("mnist", "test-labels", progress=False, timeout=1)
+    one_line_setting_error(raised, "FEDSIM_MIRRORS must hold base URLs such as http://host:port/path",
+                           f"separated by whitespace or {os.pathsep!r}", problem)
+    with pytest.raises(DataSettingError):
+        mirror_urls("fashion-mnist", "test-images")
+    # reported whether or not a download is needed, so a typo shows up before it matters...
+    with pytest.raises(DataSettingError):
+        fetch.load_split("mnist", "test", data_dir=shared_data)
+    # ...but not where downloading is off, and FEDSIM_MIRRORS is not used
+    assert fetch.fetch("mnist", "test-labels", data_dir=shared_data, download=False).name == LABELS_GZ
+    assert not files_under(isolated)
+
+
+def test_blank_env_mirrors_means_the_registry_mirrors(isolated, monkeypatch):
+    monkeypatch.setenv("FEDSIM_MIRRORS", "  \n\t ")
+    assert mirror_urls("mnist", "test-labels") == [
+        f"{mirror.rstrip('/')}/{LABELS_GZ}" for mirror in get_dataset("mnist").mirrors]
+    # empty entries between URLs are skipped
+    monkeypatch.setenv("FEDSIM_MIRRORS", f"{os.pathsep}http://127.0.0.1:1{os.pathsep}{os.pathsep}"
+                                         f"https://mirror.example/x/{os.pathsep} file://localhost/srv")
+    assert mirror_urls("mnist", "test-labels") == [
+        f"http://127.0.0.1:1/mnist/{LABELS_GZ}", f"https://mirror.example/x/mnist/{LABELS_GZ}",
+        f"file://localhost/srv/mnist/{LABELS_GZ}"]
+
+
+@pytest.mark.parametrize("mirrors, problem", [
+    (5, "not a string or a sequence"),
+    ([b"http://127.0.0.1/"], "a bytes, not a string"),
+    (["http://127.0.0.1/", None], "a NoneType, not a string"),
+    (["ftp://127.0.0.1/"], "scheme 'ftp'"),
+    (["http://127.0.0.1/a b"], "contains a space"),
+    ("http://127.0.0.1/ nonsense", "'nonsense' is not one"),
+])
+def test_malformed_mirrors_argument_is_a_setting_error(isolated, mirrors, problem):
+    with pytest.raises(DataSettingError) as raised:
+        fetch.fetch("mnist", "test-labels", mirrors=mirrors, progress=False, timeout=1)
+    one_line_setting_error(raised, "mirrors must", problem)
+
+

@@ -1,0 +1,302 @@
+"""Finding verified copies on disk: the search path, the cache folders, the data_dir and FEDSIM_DATA settings,
+copies that fail verification, and the one error listing where fedsim looked (all with download=False)."""
+
+import gzip
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedsim.data import fetch, search
+from fedsim.data.registry import DataSettingError, DatasetFile, get_dataset
+from fedsim.data.search import DatasetNotFoundError
+from tests.data.conftest import (LABELS_GZ, MNIST_TEST_LABEL_COUNTS, files_under, one_line_setting_error,
+                                 raised_and_peak_memory)
+
+
+def test_unknown_names_list_the_allowed_ones(isolated):
+    with pytest.raises(ValueError, match="mnist, fashion-mnist; got 'cifar10'"):
+        fetch.load_split("cifar10", "train")
+    with pytest.raises(ValueError, match="train, test; got 'validation'"):
+        fetch.load_split("mnist", "validation")
+    with pytest.raises(ValueError, match="train-images, train-labels, test-images, test-labels; got 'images'"):
+        search.locate("mnist", "images")
+    with pytest.raises(ValueError, match="mnist, fashion-mnist"):
+        search.dataset_status("emnist")
+    with pytest.raises(ValueError, match=r"timeout \(--timeout\) must be a number of seconds > 0"):
+        fetch.fetch("mnist", "test-labels", timeout=0)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Real data from the shared folder
+
+
+def test_fashion_mnist_from_shared_folder(isolated, shared_data, monkeypatch):
+    images, labels = fetch.load_split("fashion-mnist", "train", data_dir=shared_data, download=False)
+    assert images.dtype == np.uint8 and images.shape == (60000, 28, 28)
+    assert labels.dtype == np.int64 and labels.shape == (60000,)
+    assert np.bincount(labels).tolist() == [6000] * 10
+    assert 0 < images.mean() < 255
+    monkeypatch.setenv("FEDSIM_DATA", str(shared_data))   # found through the search path this time
+    images, labels = fetch.load_split("fashion-mnist", "test", download=False)
+    assert images.shape == (10000, 28, 28) and np.bincount(labels).tolist() == [1000] * 10
+
+
+def test_mnist_test_split_verifies_by_published_md5(isolated, shared_data, monkeypatch):
+    monkeypatch.setenv("FEDSIM_DATA", str(shared_data))
+    status = {row["key"]: row for row in search.dataset_status("mnist")}
+    for key in ("test-images", "test-labels", "train-labels"):
+        assert status[key]["verified"] and status[key]["method"] == "md5", status[key]
+        assert status[key]["path"] == shared_data / "mnist" / status[key]["filename"]
+    assert status["train-images"] == {"key": "train-images", "filename": "train-images-idx3-ubyte.gz",
+                                      "path": None, "verified": False, "method": None, "reason": "not found"}
+    images, labels = fetch.load_split("mnist", "test", download=False)
+    assert images.shape == (10000, 28, 28) and images.dtype == np.uint8
+    assert np.bincount(labels).tolist() == MNIST_TEST_LABEL_COUNTS
+
+
+def test_debian_fashion_copy_verifies_by_its_md5(isolated, shared_data):
+    status = search.dataset_status("fashion-mnist", data_dir=shared_data)
+    assert [row["method"] for row in status] == ["md5"] * 4, status
+
+
+def test_partial_split_error_names_only_the_missing_file(isolated, shared_data):
+    with pytest.raises(DatasetNotFoundError) as raised:
+        fetch.load_split("mnist", "train", data_dir=shared_data, download=False)
+    error = raised.value
+    assert isinstance(error, FileNotFoundError)
+    assert error.missing == ("train-images",)
+    assert "train-images-idx3-ubyte.gz" in str(error) and "train-labels-idx1-ubyte.gz" not in str(error)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Locating local copies
+
+
+def copy_file(source: Path, target: Path) -> Path:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, target)
+    return target
+
+
+def test_flat_folder_and_shared_filenames(isolated, shared_data, tmp_path):
+    # A flat folder holding Fashion-MNIST's test labels: it serves fashion-mnist, and is skipped (with a
+    # reason) for mnist, whose file has the same name.
+    flat = tmp_path / "flat"
+    fashion_labels = copy_file(shared_data / "fashion-mnist" / LABELS_GZ, flat / LABELS_GZ)
+    assert search.locate("fashion-mnist", "test-labels", data_dir=flat) == fashion_labels
+    assert search.locate("mnist", "test-labels", data_dir=flat) is None
+    with pytest.raises(DatasetNotFoundError) as raised:
+        fetch.fetch("mnist", "test-labels", data_dir=flat, download=False)
+    assert [path for path, _ in raised.value.rejected] == [fashion_labels]
+    message = str(raised.value)
+    assert "failed verification" in message and str(fashion_labels) in message
+    assert "SHA-256 of the decompressed IDX is not" in message
+
+
+def test_uncompressed_copy_verifies_by_sha256(isolated, shared_data, tmp_path, monkeypatch):
+    folder = tmp_path / "raw"
+    raw_labels = folder / "mnist" / "t10k-labels-idx1-ubyte"
+    raw_labels.parent.mkdir(parents=True)
+    raw_labels.write_bytes(gzip.decompress((shared_data / "mnist" / LABELS_GZ).read_bytes()))
+    assert search.locate("mnist", "test-labels", data_dir=folder) == raw_labels
+    status = {row["key"]: row for row in search.dataset_status("mnist", data_dir=folder)}
+    assert status["test-labels"]["method"] == "sha256" and status["test-labels"]["path"] == raw_labels
+    # images from the shared folder (FEDSIM_DATA), labels from the uncompressed copy (data_dir)
+    monkeypatch.setenv("FEDSIM_DATA", str(shared_data))
+    _, labels = fetch.load_split("mnist", "test", data_dir=folder, download=False)
+    assert np.bincount(labels).tolist() == MNIST_TEST_LABEL_COUNTS
+    # a damaged uncompressed copy is skipped, and the search goes on to the shared folder
+    damaged = bytearray(raw_labels.read_bytes())
+    damaged[100] = (damaged[100] + 1) % 10
+    raw_labels.write_bytes(bytes(damaged))
+    assert search.locate("mnist", "test-labels", data_dir=folder) == shared_data / "mnist" / LABELS_GZ
+
+
+def test_search_order(isolated, shared_data, tmp_path, monkeypatch):
+    first, second, third = (tmp_path / name for name in ("first", "second", "third"))
+    source = shared_data / "mnist" / LABELS_GZ
+    copies = [copy_file(source, folder / "mnist" / LABELS_GZ) for folder in (first, second, third)]
+    cached = copy_file(source, isolated / "mnist" / LABELS_GZ)
+    missing = tmp_path / "missing"
+    monkeypatch.setenv("FEDSIM_DATA", os.pathsep.join([str(missing), str(second), str(third)]))
+    assert search.locate("mnist", "test-labels", data_dir=first) == copies[0]
+    assert search.locate("mnist", "test-labels") == copies[1]
+    monkeypatch.delenv("FEDSIM_DATA")
+    assert search.locate("mnist", "test-labels") == cached
+    monkeypatch.setattr(search, "SYSTEM_DATASET_DIRS", (third,))
+    cached.unlink()
+    assert search.locate("mnist", "test-labels") == copies[2]
+
+
+def test_each_file_verified_once_per_call(isolated, shared_data, tmp_path, monkeypatch):
+    calls = []
+    original = DatasetFile.verify
+
+    def counting_verify(self, data):
+        calls.append(self.key)
+        return original(self, data)
+
+    monkeypatch.setattr(DatasetFile, "verify", counting_verify)
+    # the same folder as data_dir and twice in FEDSIM_DATA
+    monkeypatch.setenv("FEDSIM_DATA", os.pathsep.join([str(shared_data), str(shared_data)]))
+    fetch.load_split("mnist", "test", data_dir=shared_data, download=False)
+    assert sorted(calls) == ["test-images", "test-labels"]
+    # a bad copy reachable through two folders (X and X/mnist) is read and rejected once
+    calls.clear()
+    outer = tmp_path / "outer"
+    bad = outer / "mnist" / LABELS_GZ
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"not a gzip file")
+    monkeypatch.setenv("FEDSIM_DATA", str(outer / "mnist"))
+    with pytest.raises(DatasetNotFoundError) as raised:
+        fetch.fetch("mnist", "test-labels", data_dir=outer, download=False)
+    assert calls == ["test-labels"]
+    assert [path for path, _ in raised.value.rejected] == [bad]
+
+
+def test_offline_error_lists_every_place_searched(isolated, tmp_path, monkeypatch):
+    data_dir, extra = tmp_path / "explicit", tmp_path / "extra"
+    data_dir.mkdir()
+    monkeypatch.setenv("FEDSIM_DATA", str(extra))
+    with pytest.raises(DatasetNotFoundError) as raised:
+        fetch.load_split("fashion-mnist", "test", data_dir=data_dir, download=False)
+    error = raised.value
+    assert error.searched == (data_dir, extra, isolated, tmp_path / "system-datasets")
+    assert error.missing == ("test-images", "test-labels") and error.attempts == ()
+    message = str(error)
+    for word in [f"{data_dir}  [data_dir argument]", f"{extra}  [FEDSIM_DATA]  (does not exist)",
+                 f"{isolated}  [user cache]", "system datasets folder", "t10k-images-idx3-ubyte.gz",
+                 LABELS_GZ, "download=False", "set FEDSIM_DATA", "data_dir=",
+                 "fedsim data fetch fashion-mnist", "apt-get install dataset-fashion-mnist"]:
+        assert word in message, f"{word!r} missing from:\n{message}"
+    assert not files_under(isolated)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Folders: cache and checkout
+
+
+def test_cache_dir_choices(isolated, tmp_path, monkeypatch):
+    assert search.cache_dir() == isolated                       # FEDSIM_CACHE wins
+    monkeypatch.delenv("FEDSIM_CACHE")
+    assert search.cache_dir() == tmp_path / "home" / ".cache" / "fedsim"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert search.cache_dir() == tmp_path / "xdg" / "fedsim"
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/xdg")       # the XDG spec says: ignore relative paths
+    assert search.cache_dir() == tmp_path / "home" / ".cache" / "fedsim"
+    checkout_data = tmp_path / "checkout-data"
+    checkout_data.mkdir()
+    monkeypatch.setattr(search, "repo_data_dir", lambda: checkout_data)
+    assert search.cache_dir() == checkout_data                  # a writable checkout data/ folder
+    assert (checkout_data, "checkout data/ folder") in search.search_path()
+    monkeypatch.setenv("FEDSIM_CACHE", str(isolated))
+    assert search.cache_dir() == isolated
+
+
+def test_repo_data_dir_detection(monkeypatch):
+    monkeypatch.setenv("FEDSIM_NO_REPO_DATA", "1")
+    assert search.repo_data_dir() is None
+    monkeypatch.delenv("FEDSIM_NO_REPO_DATA")
+    checkout = Path(__file__).resolve().parents[2]
+    assert search.repo_data_dir() == checkout / "data"           # the tests run from a checkout
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Folder settings that are not allowed
+
+
+def make_symlink_loop(folder: Path) -> Path:
+    loop = folder / "loop"
+    loop.symlink_to(loop)
+    return loop
+
+
+@pytest.mark.parametrize("kind", ["missing", "file", "empty", "not a path", "unknown user", "symlink loop"])
+def test_bad_data_dir_is_a_setting_error(isolated, tmp_path, kind):
+    from fedsim.data.load import load_dataset
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    data_dir, words = {
+        "missing": (tmp_path / "nonexistent", [str(tmp_path / "nonexistent"), "does not exist"]),
+        "file": (a_file, [str(a_file), "is not a folder"]),
+        "empty": ("", ["empty path"]),
+        "not a path": (42, ["must be the path of a folder", "got int"]),
+        "unknown user": ("~no-such-user-fedsim/data", ["cannot expand '~'"]),
+        "symlink loop": (make_symlink_loop(tmp_path), ["cannot be examined"]),
+    }[kind]
+    calls = [lambda: fetch.fetch("mnist", "test-labels", data_dir=data_dir, download=False),
+             lambda: fetch.load_split("mnist", "test", data_dir=data_dir, download=False),
+             lambda: search.locate("mnist", "test-labels", data_dir=data_dir),
+             lambda: search.dataset_status("mnist", data_dir=data_dir),
+             lambda: search.search_path(data_dir),
+             lambda: load_dataset("mnist", data_dir=data_dir, download=False)]
+    for call in calls:
+        with pytest.raises(DataSettingError) as raised:
+            call()
+        one_line_setting_error(raised, "data_dir (--data-dir)", *words)
+    assert not files_under(isolated)
+
+
+def test_bad_env_folders(isolated, tmp_path, monkeypatch):
+    # a FEDSIM_DATA folder that is a symlink loop is searched (in vain) and listed with what is wrong
+    loop = make_symlink_loop(tmp_path)
+    monkeypatch.setenv("FEDSIM_DATA", str(loop))
+    with pytest.raises(DatasetNotFoundError) as raised:
+        fetch.fetch("mnist", "test-labels", download=False)
+    assert f"{loop}  [FEDSIM_DATA]  (cannot be examined" in str(raised.value)
+    # a ~user that cannot be expanded, in FEDSIM_DATA or FEDSIM_CACHE
+    monkeypatch.setenv("FEDSIM_DATA", "~no-such-user-fedsim/data")
+    with pytest.raises(DataSettingError) as raised:
+        search.locate("mnist", "test-labels")
+    one_line_setting_error(raised, "FEDSIM_DATA", "cannot expand '~'", "~no-such-user-fedsim/data")
+    monkeypatch.delenv("FEDSIM_DATA")
+    monkeypatch.setenv("FEDSIM_CACHE", "~no-such-user-fedsim/cache")
+    with pytest.raises(DataSettingError) as raised:
+        fetch.fetch("mnist", "test-labels", mirrors=["http://127.0.0.1:9"])
+    one_line_setting_error(raised, "FEDSIM_CACHE", "cannot expand '~'")
+
+
+def test_unknown_names_are_setting_errors(isolated):
+    from fedsim.data.load import load_dataset
+    for call, setting in [(lambda: fetch.fetch("cifar10", "test-labels"), "dataset name"),
+                          (lambda: fetch.fetch("mnist", ["test-labels"]), "file_key"),
+                          (lambda: fetch.load_split("mnist", "validation"), "split"),
+                          (lambda: load_dataset("cifar10"), "dataset"),
+                          (lambda: load_dataset("mnist", pipeline="vgg"), "pipeline"),
+                          (lambda: load_dataset("mnist", train_split="all"), "train_split")]:
+        with pytest.raises(DataSettingError) as raised:
+            call()
+        one_line_setting_error(raised, setting, "must be one of")
+
+
+
+
+def test_oversized_file_in_a_search_folder_is_rejected_unread(isolated, tmp_path):
+    folder = tmp_path / "junk"
+    junk = folder / "mnist" / LABELS_GZ
+    junk.parent.mkdir(parents=True)
+    with open(junk, "wb") as handle:         # 64 MiB, sparse: takes no disk space
+        handle.truncate(64 << 20)
+    limit = search.download_size_limit(get_dataset("mnist").file("test-labels"))
+    error, peak = raised_and_peak_memory(lambda: fetch.fetch("mnist", "test-labels", data_dir=folder, download=False),
+                                         DatasetNotFoundError)
+    reason = f"larger than {limit} bytes, more than any copy of {LABELS_GZ} can be"
+    assert error.rejected == ((junk, reason),)
+    assert peak < limit + (2 << 20), peak
+
+
+def test_gzip_bomb_in_a_search_folder_is_rejected_in_bounded_memory(isolated, tmp_path):
+    file = get_dataset("mnist").file("test-images")
+    bomb = gzip.compress(bytes(1 << 20)) * 512          # 512 KiB that decompress to 512 MiB
+    folder = tmp_path / "bombs"
+    (folder / "mnist").mkdir(parents=True)
+    (folder / "mnist" / file.filename).write_bytes(bomb)
+    error, peak = raised_and_peak_memory(lambda: fetch.load_split("mnist", "test", data_dir=folder, download=False),
+                                         DatasetNotFoundError)
+    reason = (f"decompressed size is more than {file.decompressed_size} bytes (reading stopped there), "
+              f"expected {file.decompressed_size}")
+    assert [(path.name, why) for path, why in error.rejected] == [(file.filename, reason)]
+    assert peak < file.decompressed_size + (2 << 20), peak    # one buffer of the registry's size, and a little
