@@ -18,50 +18,15 @@ from fedsim.config import ConfigError, config_from_dict, load_preset, parse_toml
 from fedsim.data.fetch import DataSettingError, DatasetNotFoundError
 from fedsim.runs import RunFolder, RunFolderError, RunOutcome, read_run, start_run, strip_wall_time
 from fedsim.sweeps import SweepError
+from tests.conftest import TINY, TINY_LAZY, clean_env, error_lines, fedsim
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:
     import tomli as tomllib
 
-TINY = ["--set", "data.synthetic_devices=8", "--set", "federated.n_clients=8"]
-TINY_LAZY = ["--set", "data.synthetic_devices=6", "--set", "lazy.n_workers=6", "--set", "lazy.iterations=20",
-             "--set", "lazy.eval_every=10"]
 # The run that is killed: long enough to be caught mid-way (a few seconds), checkpoints every 2 rounds.
 LONG = TINY + ["--set", "federated.rounds=100", "--set", "run.checkpoint_every=2"]
-
-
-def clean_env(tmp_path: Path, **extra) -> dict:
-    """The environment of a fedsim subprocess: no developer data, a private download cache."""
-    env = dict(os.environ)
-    for variable in ("FEDSIM_DATA", "FEDSIM_MIRRORS", "XDG_CACHE_HOME"):
-        env.pop(variable, None)
-    env.update(FEDSIM_NO_REPO_DATA="1", FEDSIM_CACHE=str(tmp_path / "cache"), COLUMNS="200")
-    env.update(extra)
-    return env
-
-
-def fedsim(tmp_path, *args, timeout=120, **env):
-    """Run ``python -m fedsim ARGS`` in ``tmp_path``; returns the CompletedProcess (text)."""
-    return subprocess.run([sys.executable, "-m", "fedsim", *map(str, args)], cwd=tmp_path,
-                          env=clean_env(tmp_path, **env), capture_output=True, text=True, timeout=timeout)
-
-
-def error_lines(stderr: str) -> list[str]:
-    """stderr without Python warnings (``file:line: XWarning: ...`` and the source line under it), which
-    come from imported libraries, not from the command's own error reporting."""
-    lines, skip_next = [], False
-    for line in stderr.splitlines():
-        if skip_next and line.startswith(" "):
-            skip_next = False
-            continue
-        skip_next = False
-        if re.match(r"^\S.*:\d+: \w*Warning: ", line):
-            skip_next = True
-            continue
-        if line.strip():
-            lines.append(line)
-    return lines
 
 
 def assert_one_error_line(result, *fragments):

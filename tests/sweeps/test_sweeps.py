@@ -15,7 +15,7 @@ import pytest
 
 from fedsim.runs import RunFolder, strip_wall_time
 from fedsim.sweeps import load_sweep
-from tests.test_cli import clean_env, error_lines, fedsim
+from tests.conftest import clean_env, error_lines, fedsim
 
 SMALL = '''
 [set]
