@@ -23,6 +23,7 @@ import argparse
 import math
 import signal
 import sys
+from collections import Counter
 from functools import partial
 from pathlib import Path
 
@@ -485,13 +486,11 @@ def command_sweep(args) -> int:
     workers = args.workers if args.workers is not None else min(os.cpu_count() or 1, max(len(sweep.runs), 1))
     statuses = run_sweep(sweep, out, backend=args.backend, workers=workers, threads=args.threads,
                          scheduler=args.scheduler, quiet=args.quiet)
-    counts: dict[str, int] = {}
-    for entry in statuses.values():
-        counts[entry.get("status", "failed")] = counts.get(entry.get("status", "failed"), 0) + 1
+    counts = Counter(entry.get("status", "failed") for entry in statuses.values())
     print(f"sweep {sweep.name}: " + ", ".join(f"{count} {status}" for status, count in sorted(counts.items()))
           + f"; manifest: {out / 'manifest.json'}")
     for name, entry in statuses.items():
-        if entry.get("status") not in ("completed",):
+        if entry.get("status") != "completed":
             print(f"fedsim: {name}: {entry.get('status')}: {entry.get('message', '')}", file=sys.stderr)
     return EXIT_OK if all_finished(statuses) else EXIT_FAILED
 

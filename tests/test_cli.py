@@ -413,6 +413,16 @@ def test_ctrl_c_is_130_with_the_interrupts_own_words_or_the_callers(capsys):
         "prog: stopped here"]
 
 
+def test_a_second_ctrl_c_during_a_run_says_how_to_continue(in_process, monkeypatch):
+    def second_ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr("fedsim.runs.start_run", second_ctrl_c)
+    status, out, err = in_process("run", "--preset", "synthetic", "--quiet", "--out", "q")
+    assert (status, out) == (130, "") and err == (
+        "fedsim: stopped at once; continue from the last checkpoint (if any; else from the start) with: "
+        "fedsim run --resume q\n"), err
+
+
 @pytest.mark.parametrize("status, completed, message, signal_number, exit_status, told", [
     ("completed", 6, "", None, 0, []),
     ("interrupted", 4, "", signal.SIGTERM, 143,
