@@ -52,6 +52,7 @@ import numpy as np
 
 PRESETS = {"mnist": "laq-mnist", "fashion-mnist": "laq-mnist", "synthetic": "laq-synthetic"}
 DEFAULT_METHODS = ("gd", "qgd", "lag-wk", "lag-ps", "laq")
+AGAIN = "this command again"        # what continues the runs after an interrupt
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -199,7 +200,7 @@ def oscillation_notes(objectives: dict) -> list[str]:
 
 
 def main(argv=None) -> dict | int:
-    from fedsim.cli import one_line_errors, report_outcomes
+    from fedsim.cli import one_line_errors, report_outcomes, stopped_at_once
     from fedsim.runs import read_run, run_each
 
     args = parse_args(argv)
@@ -218,14 +219,15 @@ def main(argv=None) -> dict | int:
         if args.dataset != "synthetic" and first.data.train_split == "test":
             print("note: trained on the test split, so the accuracy below is measured on the training data")
         smoothness = check_step_size(first, data, partition)
-        stopped = report_outcomes(run_each(configs, out, quiet=args.quiet), "iterations")
+        stopped = report_outcomes(run_each(configs, out, quiet=args.quiet), prog="laq_mnist.py",
+                                  again=AGAIN)
         if stopped is not None:
             return stopped
         prepared.update(first=first, data=data, partition=partition, smoothness=smoothness,
                         runs=[read_run(out / method) for method in args.methods])
         return 0
 
-    status = one_line_errors("laq_mnist.py", run_all)
+    status = one_line_errors("laq_mnist.py", run_all, interrupted=stopped_at_once(AGAIN))
     if status != 0:
         return status
     return report(args, out, **prepared)

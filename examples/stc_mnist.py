@@ -32,6 +32,7 @@ import sys
 from pathlib import Path
 
 PRESETS = {"mnist": "stc-mnist", "fashion-mnist": "stc-mnist", "synthetic": "synthetic"}
+AGAIN = "this command again"        # what continues the runs after an interrupt
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -96,7 +97,7 @@ def print_partition(config) -> None:
 
 
 def main(argv=None) -> int:
-    from fedsim.cli import one_line_errors, report_outcomes
+    from fedsim.cli import one_line_errors, report_outcomes, stopped_at_once
     from fedsim.runs import read_run, run_each
 
     args = parse_args(argv)
@@ -112,12 +113,13 @@ def main(argv=None) -> int:
         observers = {} if args.quiet else {
             method: (lambda record, m=method, c=config: print_round(record, c.federated.rounds, m))
             for method, config in configs.items()}
-        stopped = report_outcomes(run_each(configs, out, quiet=True, observers=observers), "rounds")
+        stopped = report_outcomes(run_each(configs, out, quiet=True, observers=observers),
+                                  prog="stc_mnist.py", again=AGAIN)
         if stopped is not None:
             return stopped
         return show([read_run(out / method) for method in args.method])
 
-    return one_line_errors("stc_mnist.py", run_all)
+    return one_line_errors("stc_mnist.py", run_all, interrupted=stopped_at_once(AGAIN))
 
 
 def show(runs) -> int:

@@ -11,6 +11,7 @@
     fedsim data info
     fedsim plot RUN_DIR [RUN_DIR ...] [--out DIR]
     fedsim compare RUN_DIR [RUN_DIR ...] [--target-accuracy 0.8] [--target-residual 1e-6]
+    fedsim sweep SWEEP.toml [--workers N] [--backend local | dask] ... | fedsim sweep report | plot DIR
 
 Exit status: 0 success; 1 the run diverged, or data could not be had; 2 a bad command line or config
 (one error line on stderr); 128 + signal number when a run was stopped by a signal (130 for Ctrl-C).
@@ -20,7 +21,10 @@ from __future__ import annotations
 
 import argparse
 import math
+import signal
 import sys
+from collections import Counter
+from functools import partial
 from pathlib import Path
 
 from fedsim import __version__
@@ -30,50 +34,90 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 
 
-def one_line_errors(prog: str, body) -> int:
-    """``body()``'s exit status, with the failures a user can fix printed as ``PROG: error: ...`` in one line
-    (2 for settings, 1 for data that cannot be had, 130 for a second Ctrl-C): the examples behave like the
-    command."""
-    from fedsim.config import ConfigError
-    from fedsim.data.fetch import DataSettingError, DatasetNotFoundError
-    from fedsim.runs import RunFolderError
-    try:
-        return body()
-    except (ConfigError, RunFolderError, DataSettingError, UsageError) as error:
-        print(f"{prog}: error: {' '.join(str(error).split())}", file=sys.stderr)
-        return EXIT_USAGE
-    except DatasetNotFoundError as error:
-        print(f"{prog}: error: {' '.join(str(error).split())}", file=sys.stderr)
-        return EXIT_FAILED
-    except KeyboardInterrupt:     # a second Ctrl-C: stopped at once, the last checkpoint is kept
-        print(f"{prog}: stopped at once; the last checkpoint is kept. Run the same command again to continue.",
-              file=sys.stderr)
-        return 128 + 2
-
-
-def report_outcomes(outcomes: dict, unit: str) -> int | None:
-    """Tell of interrupted and diverged runs among ``outcomes``; the exit status if one was interrupted."""
-    for name, outcome in outcomes.items():
-        if outcome.status == "interrupted":
-            print(f"stopped after {outcome.completed} {unit} of {name}; everything is saved. Run the same "
-                  f"command again to continue.", file=sys.stderr)
-            return outcome.exit_code
-        if outcome.status == "diverged":
-            print(f"[{name}] diverged: {outcome.message}", file=sys.stderr)
-    return None
-
-
 class UsageError(Exception):
     """A command line that cannot be carried out; printed as one line, exit status 2."""
 
 
-def _fail(message: str, status: int = EXIT_USAGE) -> int:
-    """Print ``message`` as the one error line (its middle cut if it is very long); return ``status``."""
-    text = " ".join(str(message).split())
-    if len(text) > 4000:
-        text = f"{text[:2000]} ... [{len(text) - 4000:,} characters cut] ... {text[-2000:]}"
-    print(f"fedsim: error: {text}", file=sys.stderr)
-    return status
+def error_status(error: Exception) -> tuple[int, str] | None:
+    """The exit status and the one line telling of an error a user can fix: 2 for a setting (a command
+    line, a config, a run or sweep folder), 1 for data that cannot be had or the system refusing (a disk,
+    a permission, a path); None for an error fedsim did not expect."""
+    from fedsim.config import ConfigError
+    from fedsim.data.fetch import DataSettingError, DatasetNotFoundError
+    from fedsim.runs import RunFolderError
+    from fedsim.sweeps.execute import SweepError
+    if isinstance(error, (UsageError, ConfigError, RunFolderError, SweepError, DataSettingError)):
+        return EXIT_USAGE, str(error)
+    if isinstance(error, DatasetNotFoundError):
+        return EXIT_FAILED, str(error)
+    if isinstance(error, OSError):      # the system's words
+        where = f" ({error.filename})" if error.filename else ""
+        return EXIT_FAILED, f"{error.strerror or error}{where}"
+    return None
+
+
+def one_line_errors(prog: str, body, *, interrupted: str = "interrupted", debug: bool = False,
+                    unexpected: str | None = None) -> int:
+    """``body()``'s exit status, with an error printed as the one line ``PROG: error: ...`` and given its
+    exit status by :func:`error_status`: ``fedsim`` and the examples end alike.
+
+    Ctrl-C prints ``PROG: `` and the interrupt's text (``interrupted`` if it has none) and gives
+    128 + SIGINT = 130; a closed pipe (``fedsim compare ... | head``) ends quietly with 0. An error fedsim
+    did not expect is one line too, with the advice ``unexpected``, if that is given; else it raises (its
+    traceback), as every error does with ``debug``.
+    """
+    try:
+        return body()
+    except KeyboardInterrupt as error:
+        from fedsim.runs.loop import EXIT_SIGNAL_BASE
+        print(f"{prog}: {str(error) or interrupted}", file=sys.stderr)
+        return EXIT_SIGNAL_BASE + signal.SIGINT
+    except BrokenPipeError:
+        return EXIT_OK
+    except Exception as error:
+        if debug:
+            raise
+        told = error_status(error)
+        if told is None and unexpected is None:
+            raise
+        status, text = told or (EXIT_FAILED, f"unexpected {type(error).__name__}: {error} ({unexpected})")
+        text = " ".join(text.split())
+        if len(text) > 4000:
+            text = f"{text[:2000]} ... [{len(text) - 4000:,} characters cut] ... {text[-2000:]}"
+        print(f"{prog}: error: {text}", file=sys.stderr)
+        return status
+
+
+def stopped_at_once(again: str) -> str:
+    """What a second Ctrl-C during a run means: stopped mid-step; ``again`` (the command that continues)
+    starts from the last checkpoint."""
+    return f"stopped at once; continue from the last checkpoint (if any; else from the start) with: {again}"
+
+
+def report_outcome(outcome, *, prog: str = "fedsim", again: str | None = None) -> int:
+    """Tell on stderr how a run ended (a :class:`~fedsim.runs.RunOutcome`) unless it completed now; its
+    exit status. ``again`` is the command that continues an interrupted run (default
+    ``fedsim run --resume RUN_DIR``)."""
+    folder, unit = outcome.folder.path, outcome.unit
+    if outcome.status == "interrupted":
+        print(f"{prog}: interrupted after {outcome.completed} of {outcome.planned} {unit}; everything so far "
+              f"is saved. Continue with: {again or f'fedsim run --resume {folder}'}", file=sys.stderr)
+    elif outcome.status == "finished-before":
+        print(f"{prog}: nothing to resume in {folder}: {outcome.message}", file=sys.stderr)
+    elif outcome.status == "diverged":
+        print(f"{prog}: the run diverged after {outcome.completed} {unit}: {outcome.message}\n"
+              f"{prog}: the completed {unit} are saved in {folder}", file=sys.stderr)
+    return outcome.exit_code
+
+
+def report_outcomes(outcomes: dict, *, prog: str, again: str) -> int | None:
+    """:func:`report_outcome` of each of ``outcomes`` (those of :func:`fedsim.runs.run_each`); the exit
+    status of the interrupted run that ended them, if one did."""
+    for outcome in outcomes.values():
+        status = report_outcome(outcome, prog=prog, again=again)
+        if outcome.status == "interrupted":
+            return status
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -240,25 +284,13 @@ def _describe(config) -> str:
             f"{config.steps} {family.units}")
 
 
-def _report(outcome, quiet: bool) -> int:
-    """Tell how a run ended (a :class:`~fedsim.runs.RunOutcome`); returns the exit status."""
-    folder, unit = outcome.folder.path, outcome.unit
-    summary = outcome.summary or {}
-    if outcome.status == "interrupted":
-        print(f"fedsim: interrupted after {outcome.completed} of {outcome.planned} {unit}; everything so far "
-              f"is saved. Continue with: fedsim run --resume {folder}", file=sys.stderr)
-        return outcome.exit_code
-    if outcome.status == "finished-before":
-        print(f"fedsim: nothing to resume in {folder}: {outcome.message}", file=sys.stderr)
-        return EXIT_OK
-    if outcome.status == "diverged":
-        print(f"fedsim: the run diverged after {outcome.completed} {unit}: {outcome.message}\n"
-              f"fedsim: the completed {unit} are saved in {folder}", file=sys.stderr)
-        return outcome.exit_code
+def _print_results(outcome, quiet: bool) -> None:
+    """What a run that completed now reached (the run folder alone when ``quiet``)."""
+    folder, summary = outcome.folder.path, outcome.summary or {}
     if quiet:
         print(folder)
-        return EXIT_OK
-    parts = [f"{outcome.completed} {unit}"]
+        return
+    parts = [f"{outcome.completed} {outcome.unit}"]
     if "final_test_accuracy" in summary:
         best = summary.get("best_test_accuracy")
         parts.append(f"final test accuracy {summary['final_test_accuracy']:.4f}"
@@ -268,7 +300,6 @@ def _report(outcome, quiet: bool) -> int:
     parts.append(f"{summary.get('seconds', 0.0):.1f} s")
     print(f"run completed: {'; '.join(parts)}")
     print(f"results: {folder}")
-    return EXIT_OK
 
 
 def command_run(args) -> int:
@@ -282,27 +313,22 @@ def command_run(args) -> int:
             raise UsageError(f"--resume continues a run with the config saved in its folder; it does not "
                              f"take {', '.join(given)} (to run more steps: --extend-to N)")
         out = Path(args.resume)
-        try:
-            return _report(resume_run(out, quiet=args.quiet, extend_to=args.extend_to), args.quiet)
-        except KeyboardInterrupt:
-            return _stopped_at_once(out)
-    if args.extend_to is not None:
-        raise UsageError("--extend-to goes with --resume RUN_DIR")
-    config, name = resolve_config(args)
-    out = Path(args.out) if args.out else default_run_dir(name)
-    if not args.quiet:
-        print(f"fedsim: {name}: {_describe(config)} -> {out}", flush=True)
+        run = partial(resume_run, out, quiet=args.quiet, extend_to=args.extend_to)
+    else:
+        if args.extend_to is not None:
+            raise UsageError("--extend-to goes with --resume RUN_DIR")
+        config, name = resolve_config(args)
+        out = Path(args.out) if args.out else default_run_dir(name)
+        if not args.quiet:
+            print(f"fedsim: {name}: {_describe(config)} -> {out}", flush=True)
+        run = partial(start_run, config, out, name=name, quiet=args.quiet)
     try:
-        return _report(start_run(config, out, name=name, quiet=args.quiet), args.quiet)
-    except KeyboardInterrupt:
-        return _stopped_at_once(out)
-
-
-def _stopped_at_once(out: Path) -> int:
-    """A second Ctrl-C stopped the run mid-step: what was checkpointed before is kept."""
-    print(f"fedsim: stopped at once; continue from the last checkpoint (if any; else from the start) "
-          f"with: fedsim run --resume {out}", file=sys.stderr)
-    return 128 + 2
+        outcome = run()
+    except KeyboardInterrupt:       # a second Ctrl-C: stopped mid-step
+        raise KeyboardInterrupt(stopped_at_once(f"fedsim run --resume {out}")) from None
+    if outcome.status == "completed":
+        _print_results(outcome, args.quiet)
+    return report_outcome(outcome)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -460,13 +486,11 @@ def command_sweep(args) -> int:
     workers = args.workers if args.workers is not None else min(os.cpu_count() or 1, max(len(sweep.runs), 1))
     statuses = run_sweep(sweep, out, backend=args.backend, workers=workers, threads=args.threads,
                          scheduler=args.scheduler, quiet=args.quiet)
-    counts: dict[str, int] = {}
-    for entry in statuses.values():
-        counts[entry.get("status", "failed")] = counts.get(entry.get("status", "failed"), 0) + 1
+    counts = Counter(entry.get("status", "failed") for entry in statuses.values())
     print(f"sweep {sweep.name}: " + ", ".join(f"{count} {status}" for status, count in sorted(counts.items()))
           + f"; manifest: {out / 'manifest.json'}")
     for name, entry in statuses.items():
-        if entry.get("status") not in ("completed",):
+        if entry.get("status") != "completed":
             print(f"fedsim: {name}: {entry.get('status')}: {entry.get('message', '')}", file=sys.stderr)
     return EXIT_OK if all_finished(statuses) else EXIT_FAILED
 
@@ -478,35 +502,12 @@ COMMANDS = {"run": command_run, "sweep": command_sweep, "presets": command_prese
 def main(argv=None) -> int:
     """Run the ``fedsim`` command with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     args = build_parser().parse_args(argv)
-    from fedsim.config import ConfigError
-    from fedsim.data import fetch
-    from fedsim.runs import RunFolderError
-    from fedsim.sweeps.execute import SweepError
-    setting_errors = (UsageError, ConfigError, RunFolderError, SweepError) + tuple(
-        [fetch.DataSettingError] if hasattr(fetch, "DataSettingError") else [])
-    try:
-        if args.command == "data":
-            handler = command_data_fetch if args.data_command == "fetch" else command_data_info
-        else:
-            handler = COMMANDS[args.command]
-        return handler(args)
-    except KeyboardInterrupt:
-        print("fedsim: interrupted", file=sys.stderr)
-        return 128 + 2
-    except BrokenPipeError:   # e.g. `fedsim compare ... | head`
-        return EXIT_OK
-    except Exception as error:
-        if args.debug:
-            raise
-        if isinstance(error, setting_errors):
-            return _fail(str(error))
-        if isinstance(error, fetch.DatasetNotFoundError):
-            return _fail(str(error), EXIT_FAILED)
-        if isinstance(error, OSError):      # a disk, a permission, a path: the system's words
-            where = f" ({error.filename})" if error.filename else ""
-            return _fail(f"{error.strerror or error}{where}", EXIT_FAILED)
-        return _fail(f"unexpected {type(error).__name__}: {error} (run again with --debug for the traceback, "
-                     f"and please report it)", EXIT_FAILED)
+    if args.command == "data":
+        handler = command_data_fetch if args.data_command == "fetch" else command_data_info
+    else:
+        handler = COMMANDS[args.command]
+    return one_line_errors("fedsim", partial(handler, args), debug=args.debug,
+                           unexpected="run again with --debug for the traceback, and please report it")
 
 
 if __name__ == "__main__":

@@ -64,3 +64,49 @@ def pytest_runtest_makereport(item, call):
     if REQUIRE_ORACLE and report.skipped and item.get_closest_marker("oracle") is not None:
         report.outcome = "failed"
         report.longrepr = f"oracle test {item.nodeid} was skipped, but FEDSIM_REQUIRE_ORACLE=1"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The fedsim command as a subprocess, shared by the tests of the CLI, runs, sweeps and the first hour
+# (``from tests.conftest import fedsim, ...``). Its imports are here, so that the section stands alone.
+
+import re  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+TINY = ["--set", "data.synthetic_devices=8", "--set", "federated.n_clients=8"]
+TINY_LAZY = ["--set", "data.synthetic_devices=6", "--set", "lazy.n_workers=6", "--set", "lazy.iterations=20",
+             "--set", "lazy.eval_every=10"]
+
+
+def clean_env(tmp_path: Path, **extra) -> dict:
+    """The environment of a fedsim subprocess: no developer data, a private download cache."""
+    env = dict(os.environ)
+    for variable in ("FEDSIM_DATA", "FEDSIM_MIRRORS", "XDG_CACHE_HOME"):
+        env.pop(variable, None)
+    env.update(FEDSIM_NO_REPO_DATA="1", FEDSIM_CACHE=str(tmp_path / "cache"), COLUMNS="200")
+    env.update(extra)
+    return env
+
+
+def fedsim(tmp_path, *args, timeout=120, **env):
+    """Run ``python -m fedsim ARGS`` in ``tmp_path``; returns the CompletedProcess (text)."""
+    return subprocess.run([sys.executable, "-m", "fedsim", *map(str, args)], cwd=tmp_path,
+                          env=clean_env(tmp_path, **env), capture_output=True, text=True, timeout=timeout)
+
+
+def error_lines(stderr: str) -> list[str]:
+    """stderr without Python warnings (``file:line: XWarning: ...`` and the source line under it), which
+    come from imported libraries, not from the command's own error reporting."""
+    lines, skip_next = [], False
+    for line in stderr.splitlines():
+        if skip_next and line.startswith(" "):
+            skip_next = False
+            continue
+        skip_next = False
+        if re.match(r"^\S.*:\d+: \w*Warning: ", line):
+            skip_next = True
+            continue
+        if line.strip():
+            lines.append(line)
+    return lines

@@ -12,53 +12,21 @@ from pathlib import Path
 
 import pytest
 
-from fedsim.cli import main, plot_folder
-from fedsim.config import config_from_dict, load_preset, parse_toml
-from fedsim.runs import RunFolder, read_run, start_run, strip_wall_time
+from fedsim.cli import (UsageError, main, one_line_errors, plot_folder, report_outcome, report_outcomes,
+                        stopped_at_once)
+from fedsim.config import ConfigError, config_from_dict, load_preset, parse_toml
+from fedsim.data.fetch import DataSettingError, DatasetNotFoundError
+from fedsim.runs import RunFolder, RunFolderError, RunOutcome, read_run, start_run, strip_wall_time
+from fedsim.sweeps import SweepError
+from tests.conftest import TINY, TINY_LAZY, clean_env, error_lines, fedsim
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:
     import tomli as tomllib
 
-TINY = ["--set", "data.synthetic_devices=8", "--set", "federated.n_clients=8"]
-TINY_LAZY = ["--set", "data.synthetic_devices=6", "--set", "lazy.n_workers=6", "--set", "lazy.iterations=20",
-             "--set", "lazy.eval_every=10"]
 # The run that is killed: long enough to be caught mid-way (a few seconds), checkpoints every 2 rounds.
 LONG = TINY + ["--set", "federated.rounds=100", "--set", "run.checkpoint_every=2"]
-
-
-def clean_env(tmp_path: Path, **extra) -> dict:
-    """The environment of a fedsim subprocess: no developer data, a private download cache."""
-    env = dict(os.environ)
-    for variable in ("FEDSIM_DATA", "FEDSIM_MIRRORS", "XDG_CACHE_HOME"):
-        env.pop(variable, None)
-    env.update(FEDSIM_NO_REPO_DATA="1", FEDSIM_CACHE=str(tmp_path / "cache"), COLUMNS="200")
-    env.update(extra)
-    return env
-
-
-def fedsim(tmp_path, *args, timeout=120, **env):
-    """Run ``python -m fedsim ARGS`` in ``tmp_path``; returns the CompletedProcess (text)."""
-    return subprocess.run([sys.executable, "-m", "fedsim", *map(str, args)], cwd=tmp_path,
-                          env=clean_env(tmp_path, **env), capture_output=True, text=True, timeout=timeout)
-
-
-def error_lines(stderr: str) -> list[str]:
-    """stderr without Python warnings (``file:line: XWarning: ...`` and the source line under it), which
-    come from imported libraries, not from the command's own error reporting."""
-    lines, skip_next = [], False
-    for line in stderr.splitlines():
-        if skip_next and line.startswith(" "):
-            skip_next = False
-            continue
-        skip_next = False
-        if re.match(r"^\S.*:\d+: \w*Warning: ", line):
-            skip_next = True
-            continue
-        if line.strip():
-            lines.append(line)
-    return lines
 
 
 def assert_one_error_line(result, *fragments):
@@ -398,3 +366,81 @@ def test_missing_data_is_a_data_error_not_a_config_error(in_process):
     status, out, err = in_process("run", "--preset", "stc-mnist", "--set", "data.download=false", "--quiet")
     assert status == 1 and out == ""
     assert err.startswith("fedsim: error: dataset 'mnist': no verified copy of") and "How to fix" in err, err
+
+
+# --- how a command ends: one mapping of errors, one outcome reporter (the examples share both) -------------
+
+def _raising(error):
+    def body():
+        raise error
+    return body
+
+
+@pytest.mark.parametrize("error, status, line", [
+    (UsageError("give a CONFIG file"), 2, "give a CONFIG file"),
+    (ConfigError("federated.lr must be a number,\n  got 'x'"), 2, "federated.lr must be a number, got 'x'"),
+    (RunFolderError("q already holds a run"), 2, "q already holds a run"),
+    (SweepError("--workers must be an integer >= 1, got 0"), 2, "--workers must be an integer >= 1, got 0"),
+    (DataSettingError("data_dir (--data-dir) x does not exist"), 2, "data_dir (--data-dir) x does not exist"),
+    (DatasetNotFoundError("dataset 'mnist': no verified copy"), 1, "dataset 'mnist': no verified copy"),
+    (PermissionError(13, "Permission denied", "runs/x"), 1, "Permission denied (runs/x)"),
+    (OSError("disk full"), 1, "disk full"),
+    (RuntimeError("boom"), 1, "unexpected RuntimeError: boom (please report it)"),
+    (ConfigError("x" * 5000), 2, f"{'x' * 2000} ... [1,000 characters cut] ... {'x' * 2000}"),
+])
+def test_each_error_is_one_line_with_its_exit_status(capsys, error, status, line):
+    assert one_line_errors("prog", _raising(error), unexpected="please report it") == status
+    assert capsys.readouterr() == ("", f"prog: error: {line}\n")
+
+
+def test_unexpected_errors_keep_their_traceback_unless_advice_is_given_and_debug_keeps_all(capsys):
+    with pytest.raises(RuntimeError, match="boom"):
+        one_line_errors("prog", _raising(RuntimeError("boom")))
+    with pytest.raises(ConfigError):
+        one_line_errors("prog", _raising(ConfigError("bad")), debug=True, unexpected="advice")
+    assert one_line_errors("prog", lambda: 7) == 7
+    assert one_line_errors("prog", _raising(BrokenPipeError())) == 0       # `fedsim compare ... | head`
+    assert capsys.readouterr() == ("", "")
+
+
+def test_ctrl_c_is_130_with_the_interrupts_own_words_or_the_callers(capsys):
+    assert one_line_errors("prog", _raising(KeyboardInterrupt())) == 130
+    assert one_line_errors("prog", _raising(KeyboardInterrupt()), interrupted=stopped_at_once("again")) == 130
+    assert one_line_errors("prog", _raising(KeyboardInterrupt("stopped here"))) == 130
+    assert capsys.readouterr().err.splitlines() == [
+        "prog: interrupted",
+        "prog: stopped at once; continue from the last checkpoint (if any; else from the start) with: again",
+        "prog: stopped here"]
+
+
+def test_a_second_ctrl_c_during_a_run_says_how_to_continue(in_process, monkeypatch):
+    def second_ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr("fedsim.runs.start_run", second_ctrl_c)
+    status, out, err = in_process("run", "--preset", "synthetic", "--quiet", "--out", "q")
+    assert (status, out) == (130, "") and err == (
+        "fedsim: stopped at once; continue from the last checkpoint (if any; else from the start) with: "
+        "fedsim run --resume q\n"), err
+
+
+@pytest.mark.parametrize("status, completed, message, signal_number, exit_status, told", [
+    ("completed", 6, "", None, 0, []),
+    ("interrupted", 4, "", signal.SIGTERM, 143,
+     ["p: interrupted after 4 of 6 rounds; everything so far is saved. Continue with: {again}"]),
+    ("diverged", 3, "NaN or inf", None, 1,
+     ["p: the run diverged after 3 rounds: NaN or inf", "p: the completed rounds are saved in {folder}"]),
+    ("finished-before", 6, "the run already ended (completed)", None, 0,
+     ["p: nothing to resume in {folder}: the run already ended (completed)"]),
+])
+def test_one_reporter_tells_how_a_run_ended(tmp_path, capsys, status, completed, message, signal_number,
+                                            exit_status, told):
+    outcome = RunOutcome(status, "federated", RunFolder(tmp_path), completed, 6, None, message, signal_number)
+    for again in (None, "this command again"):
+        assert report_outcome(outcome, prog="p", again=again) == exit_status
+        hint = again or f"fedsim run --resume {tmp_path}"
+        assert capsys.readouterr() == ("", "".join(f"{line.format(again=hint, folder=tmp_path)}\n"
+                                                   for line in told))
+    # a batch (the examples' methods) ends at its interrupted run, with that run's exit status
+    stopped = report_outcomes({"a": outcome, "b": outcome}, prog="p", again="x")
+    assert stopped == (exit_status if status == "interrupted" else None)
+    assert len(capsys.readouterr().err.splitlines()) == len(told) * (1 if status == "interrupted" else 2)

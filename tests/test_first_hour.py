@@ -4,7 +4,7 @@ values, a warning for settings a run does not use, help texts, a data_dir that d
 import re
 import sys
 
-from tests.test_cli import TINY, error_lines, fedsim
+from tests.conftest import TINY, error_lines, fedsim
 
 
 def test_progress_on_a_pipe_is_a_line_every_few_seconds_at_most(tmp_path):

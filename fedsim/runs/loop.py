@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-import shutil
 import signal
 import sys
 import threading
@@ -29,6 +27,7 @@ from fedsim.config import ConfigError, ExperimentConfig, config_differences, con
 from fedsim.errors import DivergenceError
 from fedsim.experiment import load_data, split_among_clients
 from fedsim.files import write_atomic
+from fedsim.progress import Progress, show_progress
 from fedsim.runs.folder import (CHECKPOINT_FILE, CHECKPOINT_NOTE_FILE, CONFIG_FILE, HISTORY_FILE, META_FILE,
                                 SUMMARY_FILE, RunFolder, RunFolderError, check_new_run_target, now, to_json)
 from fedsim.runs.provenance import environment, git_commit, pinned_threads, thread_settings
@@ -114,68 +113,10 @@ class _StopOnSignals:
         return False
 
 
-def show_progress(quiet: bool) -> bool:
-    """Progress bars: on unless ``quiet`` or stderr is not a terminal."""
-    return not quiet and sys.stderr.isatty()
-
-
-#: On a pipe or a file, a progress line at most this often (seconds).
-PROGRESS_LINE_SECONDS = 5.0
-
-
-class _Progress:
-    """A bar on a terminal (tqdm); on a pipe or a file, one line every PROGRESS_LINE_SECONDS at most (and
-    the last); nothing when quiet. Before the first step, a note if kernels are about to compile."""
-
-    def __init__(self, name: str, planned: int, done: int, unit: str, quiet: bool):
-        self.name, self.planned, self.unit, self.quiet = name, planned, unit, quiet
-        self.terminal = sys.stderr.isatty()
-        self.started = time.perf_counter()
-        self.first_done = done
-        self.last_line = -math.inf
-        self.bar = None
-        if not quiet and self.terminal:
-            from tqdm.auto import tqdm
-            # Follow the terminal's size; one that reports none (0 x 0, tqdm would then hide the bar)
-            # gets 100 columns and 20 rows.
-            sized = shutil.get_terminal_size((0, 0)).columns > 0
-            self.bar = tqdm(total=planned, initial=done, desc=name, unit=unit, file=sys.stderr,
-                            dynamic_ncols=sized, ncols=None if sized else 100, nrows=None if sized else 20)
-
-    def first_step(self):
-        """A timer that, if the first step takes longer than 2 s (the Numba kernels compiling into their
-        on-disk cache), says so once; cancel it when the step is done."""
-        def note():
-            if self.bar is not None:
-                self.bar.write("fedsim: compiling the kernels this run uses (once per machine; later runs "
-                               "start at once)", file=sys.stderr)
-            else:
-                print("fedsim: compiling the kernels this run uses (once per machine; later runs start at "
-                      "once)", file=sys.stderr, flush=True)
-        timer = threading.Timer(2.0, note)
-        timer.daemon = True
-        if not self.quiet:
-            timer.start()
-        return timer
-
-    def update(self, completed: int, text: str) -> None:
-        if self.bar is not None:
-            self.bar.set_postfix_str(text, refresh=False)
-            self.bar.update(1)
-            return
-        now_ = time.perf_counter()
-        if self.quiet or (now_ - self.last_line < PROGRESS_LINE_SECONDS and completed < self.planned):
-            return
-        self.last_line = now_
-        elapsed = now_ - self.started
-        rate = (completed - self.first_done) / elapsed if elapsed > 0 else 0.0
-        left = f", ~{(self.planned - completed) / rate:.0f} s left" if rate > 0 and completed < self.planned else ""
-        print(f"fedsim: {self.name}: {self.unit} {completed}/{self.planned}  {text}  ({elapsed:.0f} s{left})",
-              file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+#: The note shown when the first step takes longer than :data:`COMPILE_NOTE_SECONDS` (the Numba kernels
+#: compiling into their on-disk cache).
+COMPILE_NOTE = "fedsim: compiling the kernels this run uses (once per machine; later runs start at once)"
+COMPILE_NOTE_SECONDS = 2.0
 
 
 def execute(run, folder: RunFolder, config: ExperimentConfig, *, name: str, quiet: bool = False,
@@ -203,8 +144,8 @@ def execute(run, folder: RunFolder, config: ExperimentConfig, *, name: str, quie
 
     with _StopOnSignals() as stop, folder.open_history() as history_file, \
             pinned_threads(config.run.blas_threads):
-        bar = _Progress(name, planned, run.completed, algorithms.unit, quiet)
-        compiling = bar.first_step()
+        bar = Progress(name, planned, run.completed, algorithms.unit, quiet)
+        compiling = bar.note_if_slow(COMPILE_NOTE_SECONDS, COMPILE_NOTE)
         try:
             while run.completed < planned:
                 if stop.received is not None:
@@ -448,4 +389,4 @@ def run_each(configs: dict, out, *, quiet: bool = False, observers: dict | None 
     return outcomes
 
 
-__all__ = ["run_each", "EXIT_SIGNAL_BASE", "RunOutcome", "build_run", "execute", "resume_run", "show_progress", "start_run"]
+__all__ = ["run_each", "EXIT_SIGNAL_BASE", "RunOutcome", "build_run", "execute", "resume_run", "start_run"]

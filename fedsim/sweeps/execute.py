@@ -28,18 +28,16 @@ seeds its own random streams from its config and pins its BLAS threads (``run.bl
 
 from __future__ import annotations
 
-import sys
-import time
 from pathlib import Path
 
 from fedsim.files import write_atomic
+from fedsim.progress import Progress
 from fedsim.runs.folder import RunFolder, RunFolderError, now, to_json
 from fedsim.sweeps.spec import Sweep
 
 MANIFEST = "manifest.json"
 RUNS_FOLDER = "runs"
 BACKENDS = ("local", "dask")
-PROGRESS_LINE_SECONDS = 5.0
 #: Statuses that end a run for good (a rerun skips them); "interrupted" and "failed" runs are tried again.
 FINAL = ("completed", "diverged")
 
@@ -70,38 +68,6 @@ def read_manifest(out) -> dict:
     return manifest
 
 
-class _Progress:
-    """One bar for the sweep (runs done, failed, ETA) on a terminal; a line every few seconds elsewhere."""
-
-    def __init__(self, total: int, done: int, quiet: bool):
-        self.total, self.done, self.failed, self.quiet = total, done, 0, quiet
-        self.started, self.first, self.last_line = time.perf_counter(), done, -1e9
-        self.bar = None
-        if not quiet and sys.stderr.isatty():
-            from tqdm.auto import tqdm
-            self.bar = tqdm(total=total, initial=done, desc="sweep", unit="run", file=sys.stderr)
-
-    def update(self, status: str) -> None:
-        self.done += 1
-        self.failed += status not in FINAL
-        if self.bar is not None:
-            self.bar.set_postfix_str(f"failed {self.failed}", refresh=False)
-            self.bar.update(1)
-            return
-        moment = time.perf_counter()
-        if self.quiet or (moment - self.last_line < PROGRESS_LINE_SECONDS and self.done < self.total):
-            return
-        self.last_line = moment
-        rate = (self.done - self.first) / max(moment - self.started, 1e-9)
-        left = f", ~{(self.total - self.done) / rate:.0f} s left" if rate > 0 and self.done < self.total else ""
-        print(f"fedsim: sweep: {self.done}/{self.total} runs done, {self.failed} not finished "
-              f"({moment - self.started:.0f} s{left})", file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 def run_sweep(sweep: Sweep, out, *, backend: str = "local", workers: int = 1, threads: int = 1,
               scheduler: str | None = None, quiet: bool = False) -> dict[str, dict]:
     """Run every planned run of ``sweep`` into ``out``; the status of each run folder (by folder name)."""
@@ -125,13 +91,18 @@ def run_sweep(sweep: Sweep, out, *, backend: str = "local", workers: int = 1, th
         else:
             pending.append(planned)
     write_manifest(out, sweep, statuses)
-    progress = _Progress(len(sweep.runs), len(sweep.runs) - len(pending), quiet)
+    done, not_finished = len(sweep.runs) - len(pending), 0
+    progress = Progress("sweep", len(sweep.runs), done, "run", quiet,
+                        line="{completed}/{total} runs done, {not_finished} not finished ({timing})")
     command = ["fedsim", "sweep", str(sweep.source)]
 
     def finished(planned, result: dict) -> None:
+        nonlocal done, not_finished
         statuses[planned.folder_name] = {key: result.get(key) for key in ("status", "message", "completed")}
         write_manifest(out, sweep, statuses)
-        progress.update(result.get("status", "failed"))
+        done += 1
+        not_finished += result.get("status", "failed") not in FINAL
+        progress.update(done, f"failed {not_finished}", not_finished=not_finished)
 
     try:
         if not pending:

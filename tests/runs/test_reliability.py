@@ -2,7 +2,7 @@
 
 One test (or a few) per item of the reliability issue: folder ownership, resume identity, corrupt
 checkpoints, thread-count independence, foreign files in --out, one-line errors, and the smaller items.
-Every fedsim command runs as a real subprocess (tests/test_cli.py's helpers).
+Every fedsim command runs as a real subprocess (tests/conftest.py's helpers).
 """
 
 import json
@@ -19,7 +19,7 @@ import pytest
 
 from fedsim.runs import RunFolder, strip_wall_time
 from fedsim.runs.folder import CHECKPOINT_FILE, CONFIG_FILE, HISTORY_FILE, META_FILE, SUMMARY_FILE
-from tests.test_cli import TINY, TINY_LAZY, clean_env, error_lines, fedsim
+from tests.conftest import TINY, TINY_LAZY, clean_env, error_lines, fedsim
 
 ROUNDS12 = TINY + ["--set", "federated.rounds=12", "--set", "run.checkpoint_every=4"]
 

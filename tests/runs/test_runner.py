@@ -139,17 +139,25 @@ def test_run_writes_every_file(tmp_path, reference_run):
         start_run(config, out, name="tiny", quiet=True)
 
 
+def before_step(monkeypatch, run_class, completed: int, action) -> None:
+    """``run_class.step`` calls ``action()`` first when ``completed`` steps are done."""
+    original_step = run_class.step
+
+    def step(self):
+        if self.completed == completed:
+            action()
+        return original_step(self)
+    monkeypatch.setattr(run_class, "step", step)
+
+
+def crash():
+    raise RuntimeError("simulated crash")
+
+
 def test_crash_then_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch, reference_run):
     config, reference = reference_run
     out = tmp_path / "run"
-    original_step = FederatedRun.step
-
-    def crash_in_round_7(self):
-        if self.completed == 6:
-            raise RuntimeError("simulated crash")
-        return original_step(self)
-
-    monkeypatch.setattr(FederatedRun, "step", crash_in_round_7)
+    before_step(monkeypatch, FederatedRun, 6, crash)           # in round 7
     with pytest.raises(RuntimeError, match="simulated crash"):
         start_run(config, out, name="crash", quiet=True)
     monkeypatch.undo()
@@ -169,14 +177,8 @@ def test_crash_then_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch, re
 def test_sigint_stops_at_a_round_boundary_and_resumes(tmp_path, monkeypatch, reference_run):
     config, reference = reference_run
     out = tmp_path / "run"
-    original_step = FederatedRun.step
-
-    def interrupted_during_round_6(self):
-        if self.completed == 5:
-            signal.raise_signal(signal.SIGINT)      # as Ctrl-C: the round still completes
-        return original_step(self)
-
-    monkeypatch.setattr(FederatedRun, "step", interrupted_during_round_6)
+    # as Ctrl-C during round 6: the round still completes
+    before_step(monkeypatch, FederatedRun, 5, lambda: signal.raise_signal(signal.SIGINT))
     outcome = start_run(config, out, name="sigint", quiet=True)
     monkeypatch.undo()
     assert (outcome.status, outcome.completed, outcome.exit_code) == ("interrupted", 6, 130)
@@ -254,15 +256,8 @@ def test_lazy_crash_then_resume_equals_an_uninterrupted_run(tmp_path, monkeypatc
     config = load_preset("laq-synthetic", overrides)
     start_run(config, tmp_path / "straight", name="straight", quiet=True)
     reference = strip_wall_time(RunFolder(tmp_path / "straight").read_history())
-    original_step = LazyRun.step
-
-    def crash_in_iteration_11(self):
-        if self.completed == 10:
-            raise RuntimeError("simulated crash")
-        return original_step(self)
-
     out = tmp_path / "crashed"
-    monkeypatch.setattr(LazyRun, "step", crash_in_iteration_11)
+    before_step(monkeypatch, LazyRun, 10, crash)               # in iteration 11
     with pytest.raises(RuntimeError, match="simulated crash"):
         start_run(config, out, name="crashed", quiet=True)
     monkeypatch.undo()

@@ -15,7 +15,7 @@ import pytest
 
 from fedsim.runs import RunFolder, strip_wall_time
 from fedsim.sweeps import load_sweep
-from tests.test_cli import clean_env, error_lines, fedsim
+from tests.conftest import clean_env, error_lines, fedsim
 
 SMALL = '''
 [set]
@@ -130,11 +130,13 @@ def test_kill_9_of_the_whole_sweep_then_the_same_command_finishes_it_identically
 
 def test_a_diverged_run_is_recorded_and_the_others_finish(tmp_path):
     path = sweep_file(tmp_path, grid='"federated.method" = ["fedavg"]\n"federated.lr" = [0.05, 1e35]')
-    result = fedsim(tmp_path, "sweep", path, "--workers", "2", "--out", tmp_path / "out", "--quiet")
+    result = fedsim(tmp_path, "sweep", path, "--workers", "2", "--out", tmp_path / "out")
     assert result.returncode == 1, result.stderr
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert sorted(run["status"] for run in manifest["runs"]) == ["completed", "diverged"]
     assert "1 completed, 1 diverged" in result.stdout and "NaN or inf" in result.stderr
+    # progress on a pipe: the last line always (the diverged run counts as finished: it is not run again)
+    assert "fedsim: sweep: 2/2 runs done, 0 not finished (" in result.stderr, result.stderr
 
 
 def test_report_and_plot(tmp_path):

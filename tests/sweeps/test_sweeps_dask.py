@@ -21,7 +21,7 @@ import pytest
 
 from fedsim.runs import RunFolder, strip_wall_time
 from fedsim.sweeps import load_sweep
-from tests.test_cli import clean_env, fedsim
+from tests.conftest import clean_env, fedsim
 
 if os.environ.get("FEDSIM_REQUIRE_ORACLE") != "1":
     pytest.importorskip("distributed", reason="dask.distributed is not installed (pip install -e '.[dask]')")
