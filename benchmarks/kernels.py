@@ -2,7 +2,7 @@
 
 Kernels: top-k threshold selection, STC with the exact and the sampled threshold, top-k sparsification,
 sign, the LAQ quantizer, Golomb-Rice encoding and decoding; and the compressors added on the registry
-(QSGD, TernGrad, random-k, PowerSGD), each registered by its own block at the end (``COMPRESSOR_CASES``). Inputs: one vector of N standard normal
+(QSGD, TernGrad, random-k, PowerSGD), each registered by its own ``@benchmark_case`` block at the end (``CASES``). Inputs: one vector of N standard normal
 values (seeded) for N in 1e4, 1e5, 1e6, 1e7, in float32 and float64, with sparsity p in {0.001, 0.01}
 where the kernel has one (k = ceil(p N)). The LAQ quantizer takes a gradient and a previous quantized
 gradient (two normal vectors, one worker) and b = 4 bits; the Golomb-Rice coder takes ceil(p N) sorted
@@ -25,17 +25,13 @@ data) or 1e-12 (float64 data), since it sums in another order. A disagreement ra
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 
 from benchmarks import common
 from benchmarks.common import ValidationError, assert_close, assert_equal, log
 
-KERNELS = ("top_k_threshold", "stc_exact", "stc_sampled", "top_k_sparsify", "sign", "laq_quantize",
-           "golomb_encode", "golomb_decode")
-SPARSE_KERNELS = ("top_k_threshold", "stc_exact", "stc_sampled", "top_k_sparsify", "golomb_encode",
-                  "golomb_decode")
 SETTINGS = {
     "smoke": dict(sizes=(1_000, 40_000), dtypes=("float32", "float64"), ps=(0.01,), repeats=1),
     "quick": dict(sizes=(100_000, 10_000_000), dtypes=("float32", "float64"), ps=(0.001, 0.01), repeats=3),
@@ -49,23 +45,32 @@ LAQ_BITS = 4
 TWIN_DECODE_LIMIT = 3e8
 
 
-#: Benchmark cases of the compressors added after the kernels above, each registered by its own block
-#: at the end of this file: kernel name -> (title for the report, whether it has a sparsity p, builder).
+class Registered(NamedTuple):
+    """A registered benchmark case: its report title, whether it takes a sparsity p, its builder and the
+    dtypes it runs in (None: the mode's float dtypes)."""
+
+    title: str
+    sparse: bool
+    build: Callable
+    dtypes: tuple[str, ...] | None
+
+
+#: Every benchmark case, one ``@benchmark_case`` block each, in run order: kernel name -> Registered.
 #: A builder takes (x, size, dtype, p, rng, captured) and returns a :class:`Case`; ``x`` is the seeded
 #: standard-normal input vector and ``captured`` the dict of inputs to fill (see :func:`make_case`).
-COMPRESSOR_CASES: dict[str, tuple[str, bool, Callable]] = {}
+CASES: dict[str, Registered] = {}
 
 
-def compressor_case(kernel: str, title: str, sparse: bool = False):
-    """Decorator registering a compressor's benchmark case builder under ``kernel``."""
+def benchmark_case(kernel: str, title: str, sparse: bool = False, dtypes: tuple[str, ...] | None = None):
+    """Decorator registering the builder of the benchmark case ``kernel`` (a new compressor adds one)."""
     def register(builder):
-        COMPRESSOR_CASES[kernel] = (title, sparse, builder)
+        CASES[kernel] = Registered(title, sparse, builder, dtypes)
         return builder
     return register
 
 
 def all_kernels() -> tuple[str, ...]:
-    return KERNELS + tuple(COMPRESSOR_CASES)
+    return tuple(CASES)
 
 
 @dataclass
@@ -124,139 +129,205 @@ def make_case(kernel: str, size: int, dtype: str, p: float | None, seed: int = 0
 
 
 def _make_case(kernel, size, dtype, p, seed, captured) -> Case:
-    import torch
-
-    from benchmarks import torch_reference as reference
-    from fedsim.kernels import golomb, laq, sparsify
-
-    if kernel not in all_kernels():
+    if kernel not in CASES:
         raise ValueError(f"kernel must be one of {all_kernels()}, got {kernel!r}")
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(size).astype(dtype)
-    if kernel in COMPRESSOR_CASES:
-        return COMPRESSOR_CASES[kernel][2](x, size, dtype, p, rng, captured)
+    return CASES[kernel].build(x, size, dtype, p, rng, captured)
+
+
+def _vector_inputs(x, size, p, captured):
+    """The torch copy of ``x`` and the budget k = ceil(p N) (None without p), recorded in ``captured``."""
+    from benchmarks import torch_reference as reference
+
     x_torch = reference.torch_tensor(x)
-    mean_tolerance = _mean_tolerance(dtype)
     k = reference.budget(p, size) if p is not None else None
     captured.update(x=x, x_torch=x_torch, k=k)
+    return x_torch, k
 
-    if kernel == "top_k_threshold":
+
+@benchmark_case("top_k_threshold", "Top-k threshold selection (v and mu of the k largest magnitudes)",
+                sparse=True)
+def _top_k_threshold_case(x, size, dtype, p, rng, captured) -> Case:
+    from benchmarks import torch_reference as reference
+    from fedsim.kernels import sparsify
+
+    x_torch, k = _vector_inputs(x, size, p, captured)
+    mean_tolerance = _mean_tolerance(dtype)
+
+    def unpack(out):
+        threshold, mu, count = out
+        return {"threshold": np.asarray(threshold, dtype), "mu": np.asarray(mu, dtype),
+                "count": np.int64(count)}
+
+    def unpack_torch(out):
+        threshold, mu, count = out
+        return {"threshold": threshold.numpy(), "mu": mu.numpy(), "count": np.int64(count)}
+    return Case("top_k_threshold", size, dtype, p, {
+        "fedsim": lambda: sparsify.top_k_threshold(x, k),
+        "numpy": lambda: sparsify.top_k_threshold_numpy(x, k),
+        "torch": lambda: reference.top_k_threshold(x_torch, k),
+        "copy": lambda: np.copy(x)},
+        {"fedsim": unpack, "numpy": unpack, "torch": unpack_torch}, tolerance={"mu": mean_tolerance})
+
+
+def _stc_case(kernel, x, size, dtype, p, rng, captured) -> Case:
+    """STC of one vector, with the exact or the sampled threshold."""
+    import torch
+
+    from benchmarks import torch_reference as reference
+    from fedsim.kernels import sparsify
+
+    x_torch, k = _vector_inputs(x, size, p, captured)
+    mean_tolerance = _mean_tolerance(dtype)
+    positions = {name: np.empty(size, np.int64) for name in ("fedsim", "numpy")}
+    signs = {name: np.empty(size, np.int8) for name in ("fedsim", "numpy")}
+    captured.update(positions_out=positions, signs_out=signs)
+    if kernel == "stc_exact":
+        calls = {name: (lambda f, n: lambda: f(x, k, positions[n], signs[n]))(function, name)
+                 for name, function in (("fedsim", sparsify.ternarize), ("numpy", sparsify.ternarize_numpy))}
+        calls["torch"] = lambda: reference.ternarize(x_torch, k)
+    else:
+        n_sample = reference.sample_size(p, SAMPLE_FRACTION, size)
+        sample = rng.choice(size, size=n_sample, replace=False, shuffle=False).astype(np.int64)
+        sample_torch = torch.from_numpy(sample)
+        k_sample = reference.budget(p, n_sample)
+        captured.update(sample=sample, sample_torch=sample_torch, k_sample=k_sample)
+        calls = {name: (lambda f, n: lambda: f(x, sample, k_sample, k, positions[n], signs[n]))(function, name)
+                 for name, function in (("fedsim", sparsify.sampled_ternarize),
+                                        ("numpy", sparsify.sampled_ternarize_numpy))}
+        calls["torch"] = lambda: reference.sampled_ternarize(x_torch, sample_torch, k_sample, k)
+    calls["copy"] = lambda: np.copy(x)
+
+    def unpacker(name):
         def unpack(out):
-            threshold, mu, count = out
-            return {"threshold": np.asarray(threshold, dtype), "mu": np.asarray(mu, dtype),
-                    "count": np.int64(count)}
-
-        def unpack_torch(out):
-            threshold, mu, count = out
-            return {"threshold": threshold.numpy(), "mu": mu.numpy(), "count": np.int64(count)}
-        return Case(kernel, size, dtype, p, {
-            "fedsim": lambda: sparsify.top_k_threshold(x, k),
-            "numpy": lambda: sparsify.top_k_threshold_numpy(x, k),
-            "torch": lambda: reference.top_k_threshold(x_torch, k),
-            "copy": lambda: np.copy(x)},
-            {"fedsim": unpack, "numpy": unpack, "torch": unpack_torch}, tolerance={"mu": mean_tolerance})
-
-    if kernel in ("stc_exact", "stc_sampled"):
-        positions = {name: np.empty(size, np.int64) for name in ("fedsim", "numpy")}
-        signs = {name: np.empty(size, np.int8) for name in ("fedsim", "numpy")}
-        captured.update(positions_out=positions, signs_out=signs)
-        if kernel == "stc_exact":
-            calls = {name: (lambda f, n: lambda: f(x, k, positions[n], signs[n]))(function, name)
-                     for name, function in (("fedsim", sparsify.ternarize), ("numpy", sparsify.ternarize_numpy))}
-            calls["torch"] = lambda: reference.ternarize(x_torch, k)
-        else:
-            n_sample = reference.sample_size(p, SAMPLE_FRACTION, size)
-            sample = rng.choice(size, size=n_sample, replace=False, shuffle=False).astype(np.int64)
-            sample_torch = torch.from_numpy(sample)
-            k_sample = reference.budget(p, n_sample)
-            captured.update(sample=sample, sample_torch=sample_torch, k_sample=k_sample)
-            calls = {name: (lambda f, n: lambda: f(x, sample, k_sample, k, positions[n], signs[n]))(function, name)
-                     for name, function in (("fedsim", sparsify.sampled_ternarize),
-                                            ("numpy", sparsify.sampled_ternarize_numpy))}
-            calls["torch"] = lambda: reference.sampled_ternarize(x_torch, sample_torch, k_sample, k)
-        calls["copy"] = lambda: np.copy(x)
-
-        def unpacker(name):
-            def unpack(out):
-                count, mu = out[0], out[1]
-                result = {"positions": positions[name][:count].copy(), "signs": signs[name][:count].copy(),
-                          "mu": np.asarray(mu, dtype)}
-                if kernel == "stc_sampled":
-                    result["exact_fallback"] = np.bool_(out[2])
-                return result
-            return unpack
-
-        def unpack_torch(out):
-            result = {"positions": out[0].numpy().astype(np.int64), "signs": out[1].numpy(),
-                      "mu": out[2].numpy()}
+            count, mu = out[0], out[1]
+            result = {"positions": positions[name][:count].copy(), "signs": signs[name][:count].copy(),
+                      "mu": np.asarray(mu, dtype)}
             if kernel == "stc_sampled":
-                result["exact_fallback"] = np.bool_(out[3])
+                result["exact_fallback"] = np.bool_(out[2])
             return result
-        return Case(kernel, size, dtype, p, calls, {"fedsim": unpacker("fedsim"), "numpy": unpacker("numpy"),
-                                                    "torch": unpack_torch}, tolerance={"mu": mean_tolerance})
+        return unpack
 
-    if kernel == "top_k_sparsify":
-        positions = {name: np.empty(k, np.int64) for name in ("fedsim", "numpy")}
-        values = {name: np.empty(k, dtype) for name in ("fedsim", "numpy")}
+    def unpack_torch(out):
+        result = {"positions": out[0].numpy().astype(np.int64), "signs": out[1].numpy(),
+                  "mu": out[2].numpy()}
+        if kernel == "stc_sampled":
+            result["exact_fallback"] = np.bool_(out[3])
+        return result
+    return Case(kernel, size, dtype, p, calls, {"fedsim": unpacker("fedsim"), "numpy": unpacker("numpy"),
+                                                "torch": unpack_torch}, tolerance={"mu": mean_tolerance})
 
-        def unpacker(name):
-            return lambda count: {"positions": positions[name][:count].copy(), "values": values[name][:count].copy()}
-        return Case(kernel, size, dtype, p, {
-            "fedsim": lambda: sparsify.top_k_sparsify(x, k, positions["fedsim"], values["fedsim"]),
-            "numpy": lambda: sparsify.top_k_sparsify_numpy(x, k, positions["numpy"], values["numpy"]),
-            "torch": lambda: reference.top_k_sparsify(x_torch, k),
-            "copy": lambda: np.copy(x)},
-            {"fedsim": unpacker("fedsim"), "numpy": unpacker("numpy"),
-             "torch": lambda out: {"positions": out[0].numpy().astype(np.int64), "values": out[1].numpy()}})
 
-    if kernel == "sign":
-        x[rng.integers(0, size, max(1, size // 1000))] = 0          # a few exact zeros: sign(0) = 0
-        signs = {name: np.empty(size, np.int8) for name in ("fedsim", "numpy")}
-        captured.update(signs_out=signs)
+@benchmark_case("stc_exact", "STC, exact threshold", sparse=True)
+def _stc_exact_case(x, size, dtype, p, rng, captured) -> Case:
+    return _stc_case("stc_exact", x, size, dtype, p, rng, captured)
 
-        def unpacker(name):
-            return lambda zeros: {"signs": signs[name].copy(), "zeros": np.int64(zeros)}
-        return Case(kernel, size, dtype, None, {
-            "fedsim": lambda: sparsify.sign(x, signs["fedsim"]),
-            "numpy": lambda: sparsify.sign_numpy(x, signs["numpy"]),
-            "torch": lambda: reference.sign(x_torch),
-            "copy": lambda: np.copy(x)},
-            {"fedsim": unpacker("fedsim"), "numpy": unpacker("numpy"),
-             "torch": lambda out: {"signs": out.numpy(), "zeros": np.int64(int((out == 0).sum()))}})
 
-    if kernel == "laq_quantize":
-        gradients = x[None, :]
-        previous = rng.standard_normal((1, size)).astype(dtype)
-        gradients_torch, previous_torch = reference.torch_tensor(gradients), reference.torch_tensor(previous)
-        captured.update(gradients=gradients, previous=previous, gradients_torch=gradients_torch,
-                        previous_torch=previous_torch, bits=LAQ_BITS)
-        outputs = {name: (np.empty((1, size), laq.code_dtype(LAQ_BITS)), np.empty((1, size), dtype),
-                          np.empty(1), np.empty(1), np.empty(1)) for name in ("fedsim", "numpy")}
-        names = ("codes", "quantized", "radius", "error", "innovation")
+@benchmark_case("stc_sampled", "STC, sampled threshold (sample fraction 0.01 here)", sparse=True)
+def _stc_sampled_case(x, size, dtype, p, rng, captured) -> Case:
+    return _stc_case("stc_sampled", x, size, dtype, p, rng, captured)
 
-        def unpacker(name):
-            return lambda _: {key: value.copy() for key, value in zip(names, outputs[name])}
-        return Case(kernel, size, dtype, None, {
-            "fedsim": lambda: laq.laq_quantize(gradients, previous, LAQ_BITS, *outputs["fedsim"]),
-            "numpy": lambda: laq.laq_quantize_numpy(gradients, previous, LAQ_BITS, *outputs["numpy"]),
-            "torch": lambda: reference.laq_quantize(gradients_torch, previous_torch, LAQ_BITS),
-            "copy": lambda: np.copy(gradients)},
-            {"fedsim": unpacker("fedsim"), "numpy": unpacker("numpy"),
-             "torch": lambda out: {key: value.numpy() for key, value in zip(names, out)}},
-            tolerance={"error": 1e-12, "innovation": 1e-12})
 
-    # Golomb-Rice: positions are a sorted random subset; dtype does not matter (reported as int64)
+@benchmark_case("top_k_sparsify", "Top-k sparsification (positions and values)", sparse=True)
+def _top_k_sparsify_case(x, size, dtype, p, rng, captured) -> Case:
+    from benchmarks import torch_reference as reference
+    from fedsim.kernels import sparsify
+
+    x_torch, k = _vector_inputs(x, size, p, captured)
+    positions = {name: np.empty(k, np.int64) for name in ("fedsim", "numpy")}
+    values = {name: np.empty(k, dtype) for name in ("fedsim", "numpy")}
+
+    def unpacker(name):
+        return lambda count: {"positions": positions[name][:count].copy(), "values": values[name][:count].copy()}
+    return Case("top_k_sparsify", size, dtype, p, {
+        "fedsim": lambda: sparsify.top_k_sparsify(x, k, positions["fedsim"], values["fedsim"]),
+        "numpy": lambda: sparsify.top_k_sparsify_numpy(x, k, positions["numpy"], values["numpy"]),
+        "torch": lambda: reference.top_k_sparsify(x_torch, k),
+        "copy": lambda: np.copy(x)},
+        {"fedsim": unpacker("fedsim"), "numpy": unpacker("numpy"),
+         "torch": lambda out: {"positions": out[0].numpy().astype(np.int64), "values": out[1].numpy()}})
+
+
+@benchmark_case("sign", "Sign")
+def _sign_case(x, size, dtype, p, rng, captured) -> Case:
+    from benchmarks import torch_reference as reference
+    from fedsim.kernels import sparsify
+
+    x_torch, _ = _vector_inputs(x, size, p, captured)
+    x[rng.integers(0, size, max(1, size // 1000))] = 0          # a few exact zeros: sign(0) = 0
+    signs = {name: np.empty(size, np.int8) for name in ("fedsim", "numpy")}
+    captured.update(signs_out=signs)
+
+    def unpacker(name):
+        return lambda zeros: {"signs": signs[name].copy(), "zeros": np.int64(zeros)}
+    return Case("sign", size, dtype, None, {
+        "fedsim": lambda: sparsify.sign(x, signs["fedsim"]),
+        "numpy": lambda: sparsify.sign_numpy(x, signs["numpy"]),
+        "torch": lambda: reference.sign(x_torch),
+        "copy": lambda: np.copy(x)},
+        {"fedsim": unpacker("fedsim"), "numpy": unpacker("numpy"),
+         "torch": lambda out: {"signs": out.numpy(), "zeros": np.int64(int((out == 0).sum()))}})
+
+
+@benchmark_case("laq_quantize", "LAQ quantizer (b = 4, one worker)")
+def _laq_quantize_case(x, size, dtype, p, rng, captured) -> Case:
+    from benchmarks import torch_reference as reference
+    from fedsim.kernels import laq
+
+    _vector_inputs(x, size, p, captured)
+    gradients = x[None, :]
+    previous = rng.standard_normal((1, size)).astype(dtype)
+    gradients_torch, previous_torch = reference.torch_tensor(gradients), reference.torch_tensor(previous)
+    captured.update(gradients=gradients, previous=previous, gradients_torch=gradients_torch,
+                    previous_torch=previous_torch, bits=LAQ_BITS)
+    outputs = {name: (np.empty((1, size), laq.code_dtype(LAQ_BITS)), np.empty((1, size), dtype),
+                      np.empty(1), np.empty(1), np.empty(1)) for name in ("fedsim", "numpy")}
+    names = ("codes", "quantized", "radius", "error", "innovation")
+
+    def unpacker(name):
+        return lambda _: {key: value.copy() for key, value in zip(names, outputs[name])}
+    return Case("laq_quantize", size, dtype, None, {
+        "fedsim": lambda: laq.laq_quantize(gradients, previous, LAQ_BITS, *outputs["fedsim"]),
+        "numpy": lambda: laq.laq_quantize_numpy(gradients, previous, LAQ_BITS, *outputs["numpy"]),
+        "torch": lambda: reference.laq_quantize(gradients_torch, previous_torch, LAQ_BITS),
+        "copy": lambda: np.copy(gradients)},
+        {"fedsim": unpacker("fedsim"), "numpy": unpacker("numpy"),
+         "torch": lambda out: {key: value.numpy() for key, value in zip(names, out)}},
+        tolerance={"error": 1e-12, "innovation": 1e-12})
+
+
+def _golomb_positions(x, size, p, rng, captured):
+    """Golomb-Rice: positions are a sorted random subset; dtype does not matter (reported as int64)."""
+    from fedsim.kernels import golomb
+
+    _, k = _vector_inputs(x, size, p, captured)
     positions = np.sort(rng.choice(size, size=k, replace=False)).astype(np.int64)
     parameter = golomb.rice_parameter(k, size)
     captured.update(positions=positions, parameter=parameter)
-    if kernel == "golomb_encode":
-        def unpack(out):
-            return {"stream": np.asarray(out[0]), "bits": np.int64(out[1])}
-        return Case(kernel, size, "int64", p, {
-            "fedsim": lambda: golomb.golomb_rice_encode(positions, parameter),
-            "numpy": lambda: golomb.golomb_rice_encode_numpy(positions, parameter),
-            "copy": lambda: np.copy(positions)},
-            {"fedsim": unpack, "numpy": unpack}, skipped={"torch": "no tensor formulation of a bit-serial code"})
+    return positions, parameter, k
+
+
+@benchmark_case("golomb_encode", "Golomb-Rice encoding of ceil(p N) positions", sparse=True, dtypes=("int64",))
+def _golomb_encode_case(x, size, dtype, p, rng, captured) -> Case:
+    from fedsim.kernels import golomb
+
+    positions, parameter, k = _golomb_positions(x, size, p, rng, captured)
+
+    def unpack(out):
+        return {"stream": np.asarray(out[0]), "bits": np.int64(out[1])}
+    return Case("golomb_encode", size, "int64", p, {
+        "fedsim": lambda: golomb.golomb_rice_encode(positions, parameter),
+        "numpy": lambda: golomb.golomb_rice_encode_numpy(positions, parameter),
+        "copy": lambda: np.copy(positions)},
+        {"fedsim": unpack, "numpy": unpack}, skipped={"torch": "no tensor formulation of a bit-serial code"})
+
+
+@benchmark_case("golomb_decode", "Golomb-Rice decoding of ceil(p N) positions", sparse=True, dtypes=("int64",))
+def _golomb_decode_case(x, size, dtype, p, rng, captured) -> Case:
+    from fedsim.kernels import golomb
+
+    positions, parameter, k = _golomb_positions(x, size, p, rng, captured)
     stream, n_bits = golomb.golomb_rice_encode(positions, parameter)
     captured.update(stream=stream, n_bits=n_bits)
     calls = {"fedsim": lambda: golomb.golomb_rice_decode(stream, n_bits, k, parameter),
@@ -267,7 +338,7 @@ def _make_case(kernel, size, dtype, p, seed, captured) -> Case:
         del calls["numpy"]
         skipped["numpy"] = (f"the twin rescans the remaining stream for each of the {k:,} positions "
                             f"(~{float(k) * n_bits:.1e} bit visits)")
-    return Case(kernel, size, "int64", p, calls, {"fedsim": lambda out: {"positions": np.asarray(out)},
+    return Case("golomb_decode", size, "int64", p, calls, {"fedsim": lambda out: {"positions": np.asarray(out)},
                                                   "numpy": lambda out: {"positions": np.asarray(out)}},
                 skipped=skipped)
 
@@ -275,12 +346,10 @@ def _make_case(kernel, size, dtype, p, seed, captured) -> Case:
 def cases(mode: str):
     """Every (kernel, size, dtype, p) of a mode, in run order."""
     settings = SETTINGS[common.check_mode(mode)]
-    for kernel in all_kernels():
-        golomb_kernel = kernel.startswith("golomb")
-        sparse = kernel in SPARSE_KERNELS or (kernel in COMPRESSOR_CASES and COMPRESSOR_CASES[kernel][1])
+    for kernel, registered in CASES.items():
         for size in settings["sizes"]:
-            for dtype in (("int64",) if golomb_kernel else settings["dtypes"]):
-                for p in (settings["ps"] if sparse else (None,)):
+            for dtype in registered.dtypes or settings["dtypes"]:
+                for p in (settings["ps"] if registered.sparse else (None,)):
                     yield kernel, size, dtype, p
 
 
@@ -315,7 +384,7 @@ def main(argv=None) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Compressor cases (one block each; see COMPRESSOR_CASES)
+# Compressor cases (one block each, registered like the kernels' above)
 
 # --- qsgd ---
 QSGD_LEVELS = 16
@@ -326,7 +395,7 @@ QSGD_BUCKET = 512
 QSGD_ULPS = 4
 
 
-@compressor_case("qsgd", f"QSGD (s = {QSGD_LEVELS} levels, buckets of {QSGD_BUCKET}, one row)")
+@benchmark_case("qsgd", f"QSGD (s = {QSGD_LEVELS} levels, buckets of {QSGD_BUCKET}, one row)")
 def _qsgd_case(x, size, dtype, p, rng, captured) -> Case:
     """QSGD of one row (1, N), one segment, s = 16, buckets of 512, on uniforms drawn up front.
 
@@ -382,7 +451,7 @@ def _ternary_message_bits(sizes, scales, float_bits: int) -> int:
     return total
 
 
-@compressor_case("terngrad", f"TernGrad (clip c = {TERNGRAD_CLIP}, one segment, one row)")
+@benchmark_case("terngrad", f"TernGrad (clip c = {TERNGRAD_CLIP}, one segment, one row)")
 def _terngrad_case(x, size, dtype, p, rng, captured) -> Case:
     """TernGrad of one row (1, N), one segment, clipped at c = 2.5 (so the mean and variance passes run),
     on uniforms drawn up front.
@@ -426,7 +495,7 @@ def _terngrad_case(x, size, dtype, p, rng, captured) -> Case:
 
 
 # --- randomk ---
-@compressor_case("randomk", "Random-k (k = ceil(p N), unbiased N / k scaling, positions from a seed)", sparse=True)
+@benchmark_case("randomk", "Random-k (k = ceil(p N), unbiased N / k scaling, positions from a seed)", sparse=True)
 def _randomk_case(x, size, dtype, p, rng, captured) -> Case:
     """Random-k of one row (1, N), one segment, k = ceil(p N), unbiased scaling dtype(N / k), one seed
     drawn up front.
@@ -514,7 +583,7 @@ def _powersgd_summaries(matrix, decoded, q_new) -> dict:
             "relative_fit": np.float64(np.linalg.norm(wide_matrix - wide_decoded) / np.linalg.norm(wide_matrix))}
 
 
-@compressor_case("powersgd", f"PowerSGD power step (rank {POWERSGD_RANK}, one sender, n x m matrix, "
+@benchmark_case("powersgd", f"PowerSGD power step (rank {POWERSGD_RANK}, one sender, n x m matrix, "
                              "n = floor(sqrt(N)), m = N // n)")
 def _powersgd_case(x, size, dtype, p, rng, captured) -> Case:
     """One PowerSGD power step, one sender, rank 2, on the n x m matrix of the first n m entries of x

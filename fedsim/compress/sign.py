@@ -127,8 +127,8 @@ class Sign(Compressor):
         scales = np.empty((n_rows, layout.n_segments), rows.dtype)
         encoded = np.zeros(n_rows, np.int64)
         scaled = self.scale == "mean"
-        sparsify.sign_compress_batch(rows, layout.offsets_array, scaled, float_bits(rows.dtype), decoded,
-                                     scales, encoded)
+        sparsify.sign_compress_batch(rows, layout.offsets_array, scaled=scaled, float_bits=float_bits(rows.dtype),
+                                     sent_out=decoded, scales_out=scales, encoded_bits_out=encoded)
         estimated = np.full(n_rows, analytic.sign_analytic_bits(layout.size, layout.n_segments if scaled else 0))
         return decoded, encoded, estimated, {"scales": scales}
 

@@ -185,8 +185,10 @@ class STC(Compressor):
         # The samples were drawn here, each within its segment: the unchecked core skips the public
         # kernel's pass over them (every other argument is built here too).
         kernel = sparsify.sparse_compress_batch.core if sampled else sparsify.sparse_compress_batch
-        kernel(rows, layout.offsets_array, self.budgets(layout), True, float_bits(rows.dtype), sampled,
-               sample_positions, sample_starts, self.sample_budgets(layout), decoded, counts, encoded)
+        kernel(rows, layout.offsets_array, self.budgets(layout), ternary=True, float_bits=float_bits(rows.dtype),
+               sampled=sampled, sample_positions=sample_positions, sample_starts=sample_starts,
+               sample_budgets=self.sample_budgets(layout), sent_out=decoded, counts_out=counts,
+               encoded_bits_out=encoded)
         return decoded, encoded, analytic.stc_analytic_bits(counts, layout.sizes), {}
 
     def message(self, compressed, row):

@@ -96,7 +96,7 @@ class TernGradMessage(SegmentedMessage):
 
     def encoded_bits(self) -> int:
         scale_bits = float_bits(self.scales.dtype)
-        return int(sum(kernels.segment_bits(size, scale != 0, scale_bits)
+        return int(sum(kernels.segment_bits(size, scale_nonzero=scale != 0, float_bits=scale_bits)
                        for size, scale in zip(self.layout.sizes, self.scales)))
 
     def encode_with_bit_count(self):

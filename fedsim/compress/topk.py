@@ -120,9 +120,10 @@ class TopK(Compressor):
         counts = np.zeros((n_rows, layout.n_segments), np.int64)
         encoded = np.zeros(n_rows, np.int64)
         empty = np.zeros(0, np.int64)
-        sparsify.sparse_compress_batch(rows, layout.offsets_array, self.budgets(layout), False,
-                                       float_bits(rows.dtype), False, empty, np.zeros(1, np.int64),
-                                       empty, decoded, counts, encoded)
+        sparsify.sparse_compress_batch(rows, layout.offsets_array, self.budgets(layout), ternary=False,
+                                       float_bits=float_bits(rows.dtype), sampled=False, sample_positions=empty,
+                                       sample_starts=np.zeros(1, np.int64), sample_budgets=empty,
+                                       sent_out=decoded, counts_out=counts, encoded_bits_out=encoded)
         return decoded, encoded, analytic.top_k_analytic_bits(counts, layout.sizes), {}
 
     def message(self, compressed, row):

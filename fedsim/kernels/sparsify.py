@@ -79,6 +79,46 @@ _jit = numba.njit(**JIT_OPTIONS)
 # ----------------------------------------------------------------------------------------------------
 
 @_jit
+def _copy_prefix(source, count, destination):
+    """destination[:count] = source[:count], as a loop: a slice assignment would compile NumPy's
+    shape-mismatch error message (integer-to-string formatting), seconds of a cold start."""
+    for j in range(count):
+        destination[j] = source[j]
+
+
+@_jit
+def _sift_down(values, start, root, end):
+    """Restore the max-heap of ``values[start:end]`` (children of i at 2i + 1, 2i + 2, relative to start)
+    below ``root``."""
+    while True:
+        child = 2 * root + 1
+        if child >= end - start:
+            return
+        if child + 1 < end - start and values[start + child] < values[start + child + 1]:
+            child += 1
+        if not values[start + root] < values[start + child]:
+            return
+        swap = values[start + root]
+        values[start + root] = values[start + child]
+        values[start + child] = swap
+        root = child
+
+
+@_jit
+def _heap_sort(values, start, end):
+    """Sort ``values[start:end]`` ascending in place (heapsort: n log n in the worst case). Written out
+    rather than ``ndarray.sort()``, whose quicksort takes seconds to compile on a cold start."""
+    n = end - start
+    for root in range(n // 2 - 1, -1, -1):
+        _sift_down(values, start, root, end)
+    for last in range(n - 1, 0, -1):
+        swap = values[start]
+        values[start] = values[start + last]
+        values[start + last] = swap
+        _sift_down(values, start, 0, start + last)
+
+
+@_jit
 def _kth_largest(values, count, k, spare_rounds=8):
     """The k-th largest (1 <= k <= count) of ``values[:count]``; reorders ``values[:count]`` in place.
 
@@ -98,7 +138,7 @@ def _kth_largest(values, count, k, spare_rounds=8):
     while low < high:
         rounds += 1
         if rounds > round_limit:
-            values[low:high + 1].sort()
+            _heap_sort(values, low, high + 1)
             return values[target]
         middle = low + (high - low) // 2
         a = values[low]
@@ -194,7 +234,7 @@ def _collect_candidates(x, lower, k, candidate_positions, candidate_magnitudes, 
             if not np.isfinite(magnitude):
                 raise ValueError(NONFINITE_MESSAGE)
             if count == capacity:
-                scratch[:count] = candidate_magnitudes[:count]
+                _copy_prefix(candidate_magnitudes, count, scratch)
                 kth = _kth_largest(scratch, count, k)
                 count = _compact(candidate_positions, candidate_magnitudes, count, k, kth)
                 # A later entry equal to kth loses the tie to an earlier one: admit only |x_i| > kth.
@@ -247,10 +287,10 @@ def _top_k_into(x, k, candidate_positions, candidate_magnitudes, scratch, positi
         count, compacted = _collect_candidates(x, TINY, k, candidate_positions, candidate_magnitudes,
                                                scratch)
     if count > k:
-        scratch[:count] = candidate_magnitudes[:count]
+        _copy_prefix(candidate_magnitudes, count, scratch)
         kth = _kth_largest(scratch, count, k)
         count = _compact(candidate_positions, candidate_magnitudes, count, k, kth)
-    positions_out[:count] = candidate_positions[:count]
+    _copy_prefix(candidate_positions, count, positions_out)
     return count
 
 
@@ -804,15 +844,13 @@ def _write_ternary(sent_out, row, start, stop, positions, signs, count, mu, floa
     """Row ``row``'s segment [start, stop) of ``sent_out`` = signs * mu at the kept positions; its bits."""
     for t in range(count):
         sent_out[row, start + positions[t]] = signs[t] * mu
-    return _sparse_segment_bits_core(positions[:count], stop - start, 1, float_bits)
+    # (np.int64: one compiled bit counter for every caller, not one per literal argument)
+    return _sparse_segment_bits_core(positions[:count], stop - start, np.int64(1), float_bits)
 
 
 @_jit
-def _exact_batch_core(updates, segment_offsets, budgets, ternary, float_bits, sent_out, counts_out,
-                      encoded_bits_out):
-    """Top-k (``ternary`` False) or exact STC of every row: the part of :func:`sparse_compress_batch`
-    that a run with the exact threshold compiles (the sampled threshold is a kernel of its own, so that
-    a run compiles only what it uses)."""
+def _stc_batch_core(updates, segment_offsets, budgets, float_bits, sent_out, counts_out, encoded_bits_out):
+    """Exact STC of every row (see :func:`sparse_compress_batch`)."""
     n_segments = segment_offsets.shape[0] - 1
     candidate_positions, candidate_magnitudes, scratch, _, positions, signs = _batch_buffers(segment_offsets,
                                                                                             updates)
@@ -821,17 +859,29 @@ def _exact_batch_core(updates, segment_offsets, budgets, ternary, float_bits, se
         for j in range(n_segments):
             start = segment_offsets[j]
             stop = segment_offsets[j + 1]
+            count, mu = _ternarize_into(updates[row, start:stop], budgets[j], candidate_positions,
+                                        candidate_magnitudes, scratch, positions, signs)
+            total_bits += _write_ternary(sent_out, row, start, stop, positions, signs, count, mu, float_bits)
+            counts_out[row, j] = count
+        encoded_bits_out[row] = total_bits
+
+
+@_jit
+def _top_k_batch_core(updates, segment_offsets, budgets, float_bits, sent_out, counts_out, encoded_bits_out):
+    """Top-k (with values) of every row (see :func:`sparse_compress_batch`)."""
+    n_segments = segment_offsets.shape[0] - 1
+    candidate_positions, candidate_magnitudes, scratch, _, positions, _ = _batch_buffers(segment_offsets,
+                                                                                        updates)
+    for row in range(updates.shape[0]):
+        total_bits = 0
+        for j in range(n_segments):
+            start = segment_offsets[j]
+            stop = segment_offsets[j + 1]
             x = updates[row, start:stop]
-            if ternary:
-                count, mu = _ternarize_into(x, budgets[j], candidate_positions, candidate_magnitudes,
-                                            scratch, positions, signs)
-                total_bits += _write_ternary(sent_out, row, start, stop, positions, signs, count, mu, float_bits)
-            else:
-                count = _top_k_into(x, budgets[j], candidate_positions, candidate_magnitudes, scratch,
-                                    positions)
-                for t in range(count):
-                    sent_out[row, start + positions[t]] = x[positions[t]]
-                total_bits += _sparse_segment_bits_core(positions[:count], stop - start, float_bits, 0)
+            count = _top_k_into(x, budgets[j], candidate_positions, candidate_magnitudes, scratch, positions)
+            for t in range(count):
+                sent_out[row, start + positions[t]] = x[positions[t]]
+            total_bits += _sparse_segment_bits_core(positions[:count], stop - start, float_bits, np.int64(0))
             counts_out[row, j] = count
         encoded_bits_out[row] = total_bits
 
@@ -861,12 +911,13 @@ def _sampled_batch_core(updates, segment_offsets, budgets, float_bits, sample_po
 def _sparse_compress_batch_core(updates, segment_offsets, budgets, ternary, float_bits, sampled,
                                 sample_positions, sample_starts, sample_budgets,
                                 sent_out, counts_out, encoded_bits_out):
-    """:func:`sparse_compress_batch` without the argument checks: the exact or the sampled kernel."""
+    """:func:`sparse_compress_batch` without the argument checks: one jitted kernel for each of top-k,
+    exact STC and sampled STC, so that a run compiles only the one it uses."""
     if ternary and sampled:
         return _sampled_batch_core(updates, segment_offsets, budgets, float_bits, sample_positions,
                                    sample_starts, sample_budgets, sent_out, counts_out, encoded_bits_out)
-    return _exact_batch_core(updates, segment_offsets, budgets, ternary, float_bits, sent_out, counts_out,
-                             encoded_bits_out)
+    exact = _stc_batch_core if ternary else _top_k_batch_core
+    return exact(updates, segment_offsets, budgets, float_bits, sent_out, counts_out, encoded_bits_out)
 
 
 def _sparse_compress_batch_py(updates, segment_offsets, budgets, ternary, float_bits, sampled,
@@ -877,8 +928,8 @@ def _sparse_compress_batch_py(updates, segment_offsets, budgets, ternary, float_
         return _sampled_batch_core.py_func(updates, segment_offsets, budgets, float_bits, sample_positions,
                                            sample_starts, sample_budgets, sent_out, counts_out,
                                            encoded_bits_out)
-    return _exact_batch_core.py_func(updates, segment_offsets, budgets, ternary, float_bits, sent_out,
-                                     counts_out, encoded_bits_out)
+    exact = _stc_batch_core if ternary else _top_k_batch_core
+    return exact.py_func(updates, segment_offsets, budgets, float_bits, sent_out, counts_out, encoded_bits_out)
 
 
 _sparse_compress_batch_core.py_func = _sparse_compress_batch_py

@@ -285,7 +285,7 @@ def _wrong_implementations():
                          ids=[f"{kernel}-{name}" for kernel, name, _ in _wrong_implementations()])
 def test_validation_catches_a_wrong_implementation(kernel, name, wrong):
     dtype = "int64" if kernel.startswith("golomb") else "float32"
-    p = 0.01 if kernel in kernels.SPARSE_KERNELS else None
+    p = 0.01 if kernels.CASES[kernel].sparse else None
     case = kernels.make_case(kernel, 20_000, dtype, p)
     case.validate()                                    # the real implementations agree
     case.implementations[name] = wrong(case.inputs)

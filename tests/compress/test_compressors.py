@@ -24,7 +24,6 @@ from fedsim.compress import (
     expected_position_bits,
     make_compressor,
 )
-from fedsim.kernels import sparsify
 from fedsim.params import ParamSpec
 
 SETTINGS = settings(max_examples=40, deadline=None)
@@ -179,28 +178,6 @@ def test_round_trip_hypothesis(compressor, dtype):
         check_message(compressor, message, x)
 
     run()
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_stc_message_content(dtype):
-    rng = np.random.default_rng(0)
-    x = random_updates(rng, 1, SPEC.size, dtype)[0]
-    compressor = STC(0.1)
-    message, _ = one(compressor, x, compressor.init(SPEC))
-    dense = check_message(compressor, message, x)
-    for j, (start, stop) in enumerate([(0, 120), (120, 124)]):
-        k = ceil_product(0.1, stop - start)
-        positions = np.empty(k, np.int64)
-        signs = np.empty(k, np.int8)
-        count, mu = sparsify.ternarize_numpy(x[start:stop], k, positions, signs)
-        expected = np.zeros(stop - start, dtype)
-        expected[positions[:count]] = signs[:count] * dtype(mu)
-        assert_bitwise(dense[start:stop], expected, f"segment {j}")
-        assert message.mu[j] == mu
-    np.testing.assert_array_equal(message.counts, [12, 1])
-    sizes = np.array([120, 4])
-    analytic = sum(c * (expected_position_bits(c / n) + 1) + 32 for c, n in zip([12, 1], sizes))
-    assert analytic_of(message) == pytest.approx(float(analytic), rel=1e-14)
 
 
 def test_stc_all_zero_and_sparse_updates():
