@@ -130,7 +130,11 @@ def _retrieve(url: str, file: DatasetFile, folder: Path, **limits) -> tuple[Path
                                  f"verification: {found.reason}")
         return saved, found
     if not received["gzip"]:   # the raw IDX (a server sent it unzipped) takes fedsim's name for it
-        saved = saved.replace(folder / file.uncompressed_filename)
+        try:
+            saved = saved.replace(folder / file.uncompressed_filename)
+        except OSError:
+            saved.unlink(missing_ok=True)
+            raise
     return saved, received["verification"]
 
 

@@ -110,6 +110,13 @@ def test_pooch_and_requests_are_imported_only_to_download(isolated, shared_data)
     assert result.returncode == 0 and result.stdout.split() == ["[]"], (result.stdout, result.stderr)
 
 
+def test_pooch_checks_the_md5_only_where_it_alone_decides():
+    hashes = {(info.name, file.key): fetch._pooch_hash(file) for info in fetch.DATASETS.values()
+              for file in info.files}
+    assert {key: value for key, value in hashes.items() if value} == {
+        ("mnist", "train-images"): "md5:f68b3c2dcbeaaa9fbdd348bbdeb94873"}
+
+
 def test_load_split_downloads_via_env_mirrors(isolated, shared_data, serve, closed_port_url, monkeypatch):
     monkeypatch.setenv("FEDSIM_MIRRORS", os.pathsep.join([closed_port_url, serve(shared_data)]))
     images, labels = fetch.load_split("mnist", "test", progress=False)
@@ -196,18 +203,39 @@ def test_bad_cached_copy_replaced_by_download(isolated, shared_data, serve):
     assert files_under(isolated) == [path]
 
 
-def test_unzipped_download_saved_under_the_uncompressed_name(isolated, shared_data, tmp_path, serve):
-    # a server that sends the raw IDX for the .gz name: it verifies by SHA-256 and is named without .gz
+def serve_unzipped_labels(shared_data, tmp_path, serve) -> tuple[str, bytes]:
+    """A server that sends the raw IDX for the .gz name; its base URL and the IDX."""
     served = tmp_path / "served"
     (served / "mnist").mkdir(parents=True)
     raw = gzip.decompress((shared_data / "mnist" / LABELS_GZ).read_bytes())
     (served / "mnist" / LABELS_GZ).write_bytes(raw)
+    return serve(served), raw
+
+
+def test_unzipped_download_saved_under_the_uncompressed_name(isolated, shared_data, tmp_path, serve):
+    # it verifies by SHA-256, and replaces a stale copy under the name without .gz
+    base, raw = serve_unzipped_labels(shared_data, tmp_path, serve)
     stale = isolated / "mnist" / LABELS_GZ.removesuffix(".gz")
     stale.parent.mkdir(parents=True)
     stale.write_bytes(raw[:-1])
-    path = fetch.fetch("mnist", "test-labels", mirrors=[serve(served)], progress=False, timeout=5)
+    path = fetch.fetch("mnist", "test-labels", mirrors=[base], progress=False, timeout=5)
     assert path == stale and path.read_bytes() == raw and files_under(isolated) == [path]
     assert search.dataset_status("mnist")[3]["method"] == "sha256"
+
+
+def test_cache_that_cannot_take_the_download_stops_the_downloads(isolated, shared_data, tmp_path, serve):
+    # a folder where the unzipped download should go: no mirror can help, so only the first is tried
+    first, _ = serve_unzipped_labels(shared_data, tmp_path, serve)
+    blocker = isolated / "mnist" / LABELS_GZ.removesuffix(".gz")
+    blocker.mkdir(parents=True)
+    with pytest.raises(DatasetNotFoundError) as raised:
+        fetch.fetch("mnist", "test-labels", mirrors=[first, serve(shared_data)], progress=False, timeout=5)
+    assert raised.value.attempts == ((f"{first}/mnist/{LABELS_GZ}", "not saved: the cache folder cannot take "
+                                                                     "the file"),)
+    message = str(raised.value)
+    assert f"downloads stopped: cannot save the download in the cache folder {isolated / 'mnist'}" in message
+    assert "Is a directory" in message and "set FEDSIM_CACHE to another folder" in message
+    assert files_under(isolated) == [] and blocker.is_dir()   # neither the download nor a temporary file
 
 
 @pytest.mark.parametrize("meanwhile", ["good copy", "bad copy"])
