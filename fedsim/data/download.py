@@ -1,9 +1,12 @@
 """One download attempt: the bytes at one URL, received into memory within a size cap and an overall deadline.
 
-HTTP(S) goes through :mod:`requests` (connections, redirects, proxies, TLS); a ``file://`` URL is read from
-disk. The bytes are kept as sent (a ``Content-Encoding`` is not undone: the registry's checksums are of the
-files). :func:`receive` bounds an attempt three ways, and reports each failure as :class:`DownloadFailed` with
-a short description:
+:func:`receive` is the transfer of fedsim's pooch downloader (:func:`fedsim.data.fetch._retrieve`), which writes
+the bytes into pooch's temporary file once they verify. pooch's own ``HTTPDownloader`` cannot keep an overall
+deadline: it calls ``requests.get``, whose sockets no one else can reach, so a server that trickles a byte a
+second holds it for good. HTTP(S) goes through :mod:`requests` (connections, redirects, proxies, TLS); a
+``file://`` URL (which pooch does not download) is read from disk. The bytes are kept as sent (a
+``Content-Encoding`` is not undone: the registry's checksums are of the files). :func:`receive` bounds an
+attempt three ways, and reports each failure as :class:`DownloadFailed` with a short description:
 
 * ``timeout``: seconds the server may stay silent, on connecting and on each read (requests' timeout);
 * ``limit``: the most bytes a good copy can have. A server that announces more is refused at once; one that

@@ -1,17 +1,21 @@
-"""A verified copy of a registry file: found on disk, else downloaded; and loading one split (:func:`load_split`).
+"""A verified copy of a registry file: found on disk, else downloaded with pooch; and loading one split.
 
 :func:`fetch` first searches the folders of :func:`~fedsim.data.search.search_path`. Failing that, it tries the
-mirrors in order (:mod:`fedsim.data.mirrors`): each file is received into memory (:mod:`fedsim.data.download`),
-verified (:meth:`~fedsim.data.registry.DatasetFile.verify`) and only then written to
-``<cache_dir()>/<name>/<filename>`` with :func:`fedsim.files.write_atomic`, so a partial or corrupt download
-never sits at the final path. A problem with the cache folder itself (cannot be created, not writable, disk
-full) stops the downloads of that file at once, as trying the other mirrors cannot help.
+mirrors in order (:mod:`fedsim.data.mirrors`), each with :func:`pooch.retrieve` into
+``<cache_dir()>/<name>/<filename>``. pooch does what it does for every project: the temporary file beside the
+target, the hash check where one hash decides (:func:`_pooch_hash`), the move into place, or the removal of
+the temporary file on any error. fedsim's downloader does the rest: the transfer within a size cap and an
+overall deadline (:func:`fedsim.data.download.receive`), and :meth:`~fedsim.data.registry.DatasetFile.verify`
+(any accepted MD5, or the SHA-256 of the decompressed IDX) before a byte reaches pooch's file, so a partial or
+corrupt download never sits at the final path. A problem with the cache folder itself (cannot be created,
+not writable, a folder in the way, disk full) stops the downloads of that file at once, as trying the other
+mirrors cannot help.
 
-Limits of one download attempt (one file from one mirror, :func:`fedsim.data.download.receive`); passing
-one counts as that mirror failing, and the next mirror is tried: ``timeout``, the seconds the server may stay
-silent on connecting and on each read (default 30); the **deadline**, the seconds the whole attempt may take
-(default :func:`download_deadline`: 60 s plus the file's decompressed size at 64 KiB/s, so 60 s for a label
-file and about 13 min for the train images); the **size cap**, :func:`~fedsim.data.search.download_size_limit`.
+Limits of one download attempt (one file from one mirror); passing one counts as that mirror failing, and the
+next mirror is tried: ``timeout``, the seconds the server may stay silent on connecting and on each read
+(default 30); the **deadline**, the seconds the whole attempt may take (default :func:`download_deadline`:
+60 s plus the file's decompressed size at 64 KiB/s, so 60 s for a label file and about 13 min for the train
+images); the **size cap**, :func:`~fedsim.data.search.download_size_limit`.
 
 Settings that are not allowed (a timeout or deadline out of range, a malformed ``FEDSIM_MIRRORS`` or
 ``mirrors``, a ``data_dir`` that is not an existing folder, an unknown dataset, file key or split) raise
@@ -36,8 +40,7 @@ from fedsim.data.registry import (DATASETS, SPLIT_FILES, DatasetFile, DatasetInf
                                   Verification, get_dataset, is_gzip)
 from fedsim.data.search import (ENV_CACHE, DatasetNotFoundError, Outcome, cache_dir, dataset_status,
                                 download_size_limit, find_local, folder_problem, locate, not_found_error,
-                                repo_data_dir, search_path, user_cache_dir)
-from fedsim.files import write_atomic
+                                repo_data_dir, search_path, user_cache_dir, verify_path)
 
 #: The per-read ``timeout`` must lie in (0, MAX_TIMEOUT_SECONDS].
 MAX_TIMEOUT_SECONDS = 3600.0
@@ -86,11 +89,62 @@ def _stderr_is_terminal() -> bool:
         return False
 
 
+def _pooch_hash(file: DatasetFile) -> str | None:
+    """The ``known_hash`` pooch checks: the gzip MD5 where it alone decides (MNIST's train images).
+
+    None where fedsim accepts any of several MD5s or the SHA-256 of the decompressed IDX: pooch checks one hash
+    of the file as sent, so those copies are checked by :meth:`DatasetFile.verify` alone, in the downloader.
+    """
+    return f"md5:{file.gzip_md5[0]}" if len(file.gzip_md5) == 1 and file.sha256 is None else None
+
+
+def _retrieve(url: str, file: DatasetFile, folder: Path, **limits) -> tuple[Path, Verification]:
+    """One mirror: ``pooch.retrieve`` with fedsim's downloader; where the copy was saved and how it verified.
+
+    pooch makes the temporary file beside the target, checks :func:`_pooch_hash` and moves the file into place
+    (or removes it). The downloader fills that file: :func:`~fedsim.data.download.receive` (size cap and
+    deadline), then :meth:`DatasetFile.verify`, so only a verified copy reaches the target. The move is not
+    fsynced: a copy damaged by a crash fails verification when next searched, and is downloaded again.
+    """
+    import pooch   # imports requests (~0.1 s) only when a download happens
+    from fedsim.data.download import DownloadFailed, receive
+    received = {}
+
+    def download_verified(url: str, output_file: str, pooch_instance) -> None:
+        data = receive(url, file.filename, **limits)
+        verification = file.verify(data)
+        if not verification.ok:
+            raise DownloadFailed(f"downloaded file failed verification: {verification.reason}")
+        os.unlink(output_file)   # pooch's temporary file is private (0o600); a new one follows the umask
+        with open(output_file, "xb") as handle:
+            handle.write(data)
+        received.update(verification=verification, gzip=is_gzip(data))
+
+    pooch.retrieve(url, _pooch_hash(file), fname=file.filename, path=folder, downloader=download_verified,
+                   progressbar=False)
+    saved = folder / file.filename
+    if not received:   # pooch found a copy that another process saved meanwhile: checked as any copy on disk
+        found = verify_path(saved, file, {})
+        if not found.ok:
+            raise DownloadFailed(f"not downloaded: a copy saved meanwhile is in the way and failed "
+                                 f"verification: {found.reason}")
+        return saved, found
+    if not received["gzip"]:   # the raw IDX (a server sent it unzipped) takes fedsim's name for it
+        try:
+            saved = saved.replace(folder / file.uncompressed_filename)
+        except OSError:
+            saved.unlink(missing_ok=True)
+            raise
+    return saved, received["verification"]
+
+
 def _download(info: DatasetInfo, file: DatasetFile, outcome: Outcome, *, urls: list[str], progress,
               timeout: float, deadline: float | None) -> None:
     """Try ``urls`` in order until one delivers a copy that verifies; it is saved into the cache folder."""
-    from fedsim.data.download import DownloadFailed, receive   # imports requests (~0.1 s) only when needed
+    import pooch
+    from fedsim.data.download import DownloadFailed
     folder = cache_dir() / info.name
+    target = folder / file.filename
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -101,31 +155,34 @@ def _download(info: DatasetInfo, file: DatasetFile, outcome: Outcome, *, urls: l
         outcome.download_note = (f"no download tried: the cache folder {folder} is not writable; "
                                  f"set {ENV_CACHE} to a writable folder")
         return
-    show_progress = _stderr_is_terminal() if progress is None else bool(progress)
-    seconds = download_deadline(file) if deadline is None else deadline
-    for url in urls:
-        try:
-            data = receive(url, file.filename, limit=download_size_limit(file), timeout=timeout,
-                           seconds=seconds, progress=show_progress)
-        except DownloadFailed as error:
-            outcome.attempts.append((url, str(error)))
-            continue
-        verification = file.verify(data)
-        if not verification.ok:
-            outcome.attempts.append((url, f"downloaded file failed verification: {verification.reason}"))
-            continue
-        final = folder / (file.filename if is_gzip(data) else file.uncompressed_filename)
-        try:
-            write_atomic(final, data)
-        except OSError as error:   # the cache folder cannot take the file: no other mirror can help
-            where = getattr(error, "filename2", None) or error.filename or folder
-            outcome.attempts.append((url, "downloaded and verified, but not saved"))
-            outcome.download_note = (f"downloads stopped: cannot save the download in the cache folder {folder}: "
-                                     f"{error.strerror or error} ({where}); free space there, fix its "
-                                     f"permissions, or set {ENV_CACHE} to another folder")
-            return
-        outcome.path, outcome.verification = final, verification
+    try:   # a copy here failed verification when searched: pooch would keep it (and move a download into a folder)
+        target.unlink(missing_ok=True)
+    except OSError as error:   # a folder, say
+        outcome.download_note = (f"no download tried: {target} is in the way of the download "
+                                 f"({error.strerror or error}); remove it, or set {ENV_CACHE} to another folder")
         return
+    limits = {"limit": download_size_limit(file), "timeout": timeout,
+              "seconds": download_deadline(file) if deadline is None else deadline,
+              "progress": _stderr_is_terminal() if progress is None else bool(progress)}
+    logger = pooch.get_logger()
+    level = logger.level
+    logger.setLevel("WARNING")   # pooch reports each download on stderr; fedsim's callers report their own way
+    try:
+        for url in urls:
+            try:
+                outcome.path, outcome.verification = _retrieve(url, file, folder, **limits)
+            except (DownloadFailed, ValueError) as error:   # ValueError: pooch's hash check
+                outcome.attempts.append((url, str(error)))
+                continue
+            except OSError as error:   # the cache folder cannot take the file: no other mirror can help
+                where = getattr(error, "filename2", None) or error.filename or folder
+                outcome.attempts.append((url, "not saved: the cache folder cannot take the file"))
+                outcome.download_note = (f"downloads stopped: cannot save the download in the cache folder "
+                                         f"{folder}: {error.strerror or error} ({where}); free space there, fix "
+                                         f"its permissions, or set {ENV_CACHE} to another folder")
+            return
+    finally:
+        logger.setLevel(level)
 
 
 def _obtain(info: DatasetInfo, keys, *, data_dir, download: bool, mirrors, progress, timeout,

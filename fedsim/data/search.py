@@ -249,7 +249,7 @@ class Outcome:
     download_note: str = ""      # why no download was tried, or a problem with the cache folder
 
 
-def _verify_path(path: Path, file: DatasetFile, verified: dict[str, Verification]) -> Verification:
+def verify_path(path: Path, file: DatasetFile, verified: dict[str, Verification]) -> Verification:
     """Verify the copy at ``path``, at most once per ``verified`` memo (one public call).
 
     At most :func:`download_size_limit` + 1 bytes are read: a larger file is rejected without reading it all.
@@ -280,7 +280,7 @@ def find_local(info: DatasetInfo, file: DatasetFile, folders: list[tuple[Path, s
                      folder / file.filename, folder / file.uncompressed_filename):
             if not _is_file(path):
                 continue
-            verification = _verify_path(path, file, verified)
+            verification = verify_path(path, file, verified)
             if verification.ok:
                 outcome.path, outcome.verification = path, verification
                 return True

@@ -7,6 +7,7 @@ import http.server
 import json
 import os
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -84,15 +85,36 @@ def silent_url():
 
 def test_download_lands_in_cache_and_verifies(isolated, shared_data, serve, capsys):
     base = serve(shared_data)
-    path = fetch.fetch("mnist", "test-labels", mirrors=[base], progress=True, timeout=5)
+    umask = os.umask(0o027)
+    try:
+        path = fetch.fetch("mnist", "test-labels", mirrors=[base], progress=True, timeout=5)
+    finally:
+        os.umask(umask)
     assert path == isolated / "mnist" / LABELS_GZ
     assert path.read_bytes() == (shared_data / "mnist" / LABELS_GZ).read_bytes()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640          # the umask's mode, not a temporary file's 0o600
     assert files_under(isolated) == [path]                     # no temporary file left behind
-    assert LABELS_GZ in capsys.readouterr().err                # the progress bar was drawn
+    err = capsys.readouterr().err
+    assert LABELS_GZ in err and "Downloading data" not in err  # fedsim's progress bar; pooch's log kept quiet
     status = {row["key"]: row for row in search.dataset_status("mnist")}
     assert status["test-labels"]["path"] == path and status["test-labels"]["method"] == "md5"
     # found in the cache from now on, with no server needed
     assert fetch.fetch("mnist", "test-labels", download=False) == path
+
+
+def test_pooch_and_requests_are_imported_only_to_download(isolated, shared_data):
+    code = ("import sys\nfrom fedsim.data import fetch\n"
+            f"fetch.fetch('mnist', 'test-labels', data_dir={str(shared_data)!r})\n"
+            "print(sorted({'pooch', 'requests'} & set(sys.modules)))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0 and result.stdout.split() == ["[]"], (result.stdout, result.stderr)
+
+
+def test_pooch_checks_the_md5_only_where_it_alone_decides():
+    hashes = {(info.name, file.key): fetch._pooch_hash(file) for info in fetch.DATASETS.values()
+              for file in info.files}
+    assert {key: value for key, value in hashes.items() if value} == {
+        ("mnist", "train-images"): "md5:f68b3c2dcbeaaa9fbdd348bbdeb94873"}
 
 
 def test_load_split_downloads_via_env_mirrors(isolated, shared_data, serve, closed_port_url, monkeypatch):
@@ -179,6 +201,63 @@ def test_bad_cached_copy_replaced_by_download(isolated, shared_data, serve):
     path = fetch.fetch("mnist", "test-labels", mirrors=[serve(shared_data)], progress=False, timeout=5)
     assert path == stale and path.read_bytes() == (shared_data / "mnist" / LABELS_GZ).read_bytes()
     assert files_under(isolated) == [path]
+
+
+def serve_unzipped_labels(shared_data, tmp_path, serve) -> tuple[str, bytes]:
+    """A server that sends the raw IDX for the .gz name; its base URL and the IDX."""
+    served = tmp_path / "served"
+    (served / "mnist").mkdir(parents=True)
+    raw = gzip.decompress((shared_data / "mnist" / LABELS_GZ).read_bytes())
+    (served / "mnist" / LABELS_GZ).write_bytes(raw)
+    return serve(served), raw
+
+
+def test_unzipped_download_saved_under_the_uncompressed_name(isolated, shared_data, tmp_path, serve):
+    # it verifies by SHA-256, and replaces a stale copy under the name without .gz
+    base, raw = serve_unzipped_labels(shared_data, tmp_path, serve)
+    stale = isolated / "mnist" / LABELS_GZ.removesuffix(".gz")
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(raw[:-1])
+    path = fetch.fetch("mnist", "test-labels", mirrors=[base], progress=False, timeout=5)
+    assert path == stale and path.read_bytes() == raw and files_under(isolated) == [path]
+    assert search.dataset_status("mnist")[3]["method"] == "sha256"
+
+
+def test_cache_that_cannot_take_the_download_stops_the_downloads(isolated, shared_data, tmp_path, serve):
+    # a folder where the unzipped download should go: no mirror can help, so only the first is tried
+    first, _ = serve_unzipped_labels(shared_data, tmp_path, serve)
+    blocker = isolated / "mnist" / LABELS_GZ.removesuffix(".gz")
+    blocker.mkdir(parents=True)
+    with pytest.raises(DatasetNotFoundError) as raised:
+        fetch.fetch("mnist", "test-labels", mirrors=[first, serve(shared_data)], progress=False, timeout=5)
+    assert raised.value.attempts == ((f"{first}/mnist/{LABELS_GZ}", "not saved: the cache folder cannot take "
+                                                                     "the file"),)
+    message = str(raised.value)
+    assert f"downloads stopped: cannot save the download in the cache folder {isolated / 'mnist'}" in message
+    assert "Is a directory" in message and "set FEDSIM_CACHE to another folder" in message
+    assert files_under(isolated) == [] and blocker.is_dir()   # neither the download nor a temporary file
+
+
+@pytest.mark.parametrize("meanwhile", ["good copy", "bad copy"])
+def test_copy_saved_meanwhile_by_another_process(isolated, shared_data, monkeypatch, meanwhile):
+    # another process saves the file after this one searched and cleared the way: pooch finds it, fedsim checks it
+    target = isolated / "mnist" / LABELS_GZ
+    good = (shared_data / "mnist" / LABELS_GZ).read_bytes()
+    automatic_deadline = fetch.download_deadline
+
+    def deadline_while_another_process_saves(file):   # called between clearing the way and pooch.retrieve
+        target.write_bytes(good if meanwhile == "good copy" else good[:-1])
+        return automatic_deadline(file)
+
+    monkeypatch.setattr(fetch, "download_deadline", deadline_while_another_process_saves)
+    mirror = "http://127.0.0.1:9"            # never asked: pooch takes the file it finds
+    if meanwhile == "good copy":
+        assert fetch.fetch("mnist", "test-labels", mirrors=[mirror], progress=False) == target
+        return
+    with pytest.raises(DatasetNotFoundError) as raised:
+        fetch.fetch("mnist", "test-labels", mirrors=[mirror], progress=False)
+    [(_, error)] = raised.value.attempts
+    assert error.startswith("not downloaded: a copy saved meanwhile is in the way and failed verification"), error
 
 
 def test_file_url_mirror(isolated, shared_data, tmp_path):
@@ -290,17 +369,17 @@ def test_oversized_bodies_cut_off_at_the_size_cap(isolated, shared_data, serve):
 # --- broken caches and search folders
 
 
-def test_cache_that_cannot_take_the_file_stops_the_downloads(isolated, shared_data, serve):
-    # where the file should go, there is a folder: no mirror can help, so only the first is tried
+def test_folder_in_the_way_stops_the_downloads(isolated, shared_data, serve):
+    # where the file should go, there is a folder: no mirror can help, so none is tried
     blocker = isolated / "mnist" / LABELS_GZ
     blocker.mkdir(parents=True)
-    first, second = serve(shared_data), serve(shared_data)
     with pytest.raises(DatasetNotFoundError) as raised:
-        fetch.fetch("mnist", "test-labels", mirrors=[first, second], progress=False, timeout=5)
-    assert raised.value.attempts == ((f"{first}/mnist/{LABELS_GZ}", "downloaded and verified, but not saved"),)
+        fetch.fetch("mnist", "test-labels", mirrors=[serve(shared_data), serve(shared_data)], progress=False,
+                    timeout=5)
+    assert raised.value.attempts == ()
     message = str(raised.value)
-    assert f"downloads stopped: cannot save the download in the cache folder {isolated / 'mnist'}" in message
-    assert "Is a directory" in message and "set FEDSIM_CACHE to another folder" in message
+    assert f"no download tried: {blocker} is in the way of the download (Is a directory)" in message
+    assert "set FEDSIM_CACHE to another folder" in message
     assert files_under(isolated) == []       # no temporary file left behind
     assert blocker.is_dir()
 
@@ -324,7 +403,8 @@ def test_full_disk_stops_the_downloads_and_leaves_nothing(isolated, shared_data,
                             text=True, timeout=120, check=False)
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
     report = json.loads(result.stdout)
-    assert [url for url, _ in report["attempts"]] == [f"{first}/mnist/{LABELS_GZ}"]
+    assert report["attempts"] == [[f"{first}/mnist/{LABELS_GZ}",
+                                   "not saved: the cache folder cannot take the file"]]
     assert "downloads stopped: cannot save the download" in report["message"]
     assert "File too large" in report["message"] and "free space there" in report["message"]
     assert files_under(isolated) == []
