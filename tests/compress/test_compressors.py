@@ -92,6 +92,7 @@ def test_stc_all_zero_and_sparse_updates():
     assert message.positions.size == 0
     assert message.encoded_bits() == 64                 # two 32-bit zero counts
     assert message.analytic_bits() == 0.0
+    check_message(compressor, message, np.zeros(SPEC.size, np.float32))
     x = np.zeros(SPEC.size, np.float32)
     x[[5, 121]] = [2.0, -3.0]
     message, _ = one(compressor, x, state)               # budget 60 and 2, only 2 nonzeros
@@ -104,16 +105,17 @@ def test_top_k_keeps_exact_values_and_sign_codes_zeros():
     x = random_updates(rng, 1, SPEC.size)[0]
     compressor = TopK(0.25)
     message, _ = one(compressor, x, compressor.init(SPEC))
-    dense = message.to_dense()
+    dense = check_message(compressor, message, x)
     assert_bitwise(dense[message.positions], x[message.positions], "kept values")
     assert np.count_nonzero(dense) == ceil_product(0.25, 120) + ceil_product(0.25, 4)
 
     x = np.array([0.0, -0.0, 1.5, -2.0, 0.0, 3.0], np.float32)
     for compressor in (Sign(), Sign(scale="mean")):
         message, _ = one(compressor, x, compressor.init(6))
+        dense = check_message(compressor, message, x)
         np.testing.assert_array_equal(message.signs, [0, 0, 1, -1, 0, 1])
         scale = np.float32(6.5 / 6) if compressor.scale == "mean" else np.float32(1)
-        assert_bitwise(message.to_dense(), np.array([0, 0, 1, -1, 0, 1], np.float32) * scale, "sign dense")
+        assert_bitwise(dense, np.array([0, 0, 1, -1, 0, 1], np.float32) * scale, "sign dense")
     # 3 zeros among 6: count 32 + Golomb bits of [0, 1, 4] at b*(3, 6) = 0 -> 1 + 1 + 3 = 5; 3 sign bits
     message, _ = one(Sign(), x, Sign().init(6))
     assert message.encoded_bits() == 32 + 5 + 3 and message.analytic_bits() == 6.0
@@ -134,6 +136,7 @@ def test_identity_bits():
     x = np.arange(10, dtype=np.float64)
     message, _ = one(Identity(), x, Identity().init(10))
     assert message.encoded_bits() == 640 and message.analytic_bits() == 320
+    check_message(Identity(), message, x)
 
 
 def test_message_validation():
@@ -158,6 +161,7 @@ def test_sampled_stc_details():
     other, _ = one(compressor, x, state, np.random.default_rng(8))
     assert first == again and not first == other
     assert abs(first.positions.size - 500) < 150          # about p N entries
+    check_message(compressor, first, x)
     # threshold 0 (the sample is all zero) and threshold == max |x| fall back to the exact computation
     sparse = np.zeros(50_000, np.float32)
     sparse[[10, 20]] = [1.0, -1.0]
