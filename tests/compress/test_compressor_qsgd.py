@@ -367,16 +367,6 @@ def test_uniforms_consumed_row_by_row():
     assert_bitwise(compressed.fields["signed_levels"], expected[2], "levels")
 
 
-def test_chunked_uniforms_equal_one_call(monkeypatch):
-    c = QSGD(5, 16)
-    x = np.random.default_rng(0).standard_normal((7, SPEC.size)).astype(np.float32)
-    whole, _ = c.compress(x, c.init(SPEC), np.random.default_rng(9))
-    monkeypatch.setattr(qsgd_module, "UNIFORM_BUFFER_BYTES", 8 * SPEC.size * 2)   # two rows per call
-    chunked, _ = c.compress(x, c.init(SPEC), np.random.default_rng(9))
-    assert_bitwise(chunked.decoded, whole.decoded, "decoded")
-    np.testing.assert_array_equal(chunked.encoded_bits, whole.encoded_bits)
-
-
 # ----------------------------------------------------------------------------------------------------
 # kernel == twin
 # ----------------------------------------------------------------------------------------------------

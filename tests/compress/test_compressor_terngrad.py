@@ -11,7 +11,6 @@ from hypothesis import given, note, settings
 from hypothesis import strategies as st
 
 from fedsim.compress import TernGrad, TernGradMessage, decode
-from fedsim.compress import terngrad as terngrad_module
 from fedsim.kernels import sparsify
 from fedsim.kernels import terngrad as kernels
 from fedsim.params import ParamSpec
@@ -265,21 +264,6 @@ def test_message_validation_and_corrupt_streams():
     with pytest.raises(ValueError, match="bit stream ends"):
         decode(stream[:9], message.format)
     assert decode(stream, message.format) == message
-
-
-# ----------------------------------------------------------------------------------------------------
-# batches
-# ----------------------------------------------------------------------------------------------------
-
-def test_chunked_uniforms_equal_one_call(monkeypatch):
-    rng = np.random.default_rng(5)
-    updates = rng.standard_normal((7, SPEC.size)).astype(np.float32)
-    compressor = TernGrad(clip=2.5)
-    whole, _ = compressor.compress(updates, compressor.init(SPEC), np.random.default_rng(1))
-    monkeypatch.setattr(terngrad_module, "UNIFORM_BUFFER_BYTES", 8 * SPEC.size * 2)     # 2 rows per call
-    chunked, _ = compressor.compress(updates, compressor.init(SPEC), np.random.default_rng(1))
-    assert_bitwise(chunked.decoded, whole.decoded, "chunked")
-    assert_bitwise(chunked.fields["scales"], whole.fields["scales"], "scales")
 
 
 # ----------------------------------------------------------------------------------------------------

