@@ -1,4 +1,8 @@
-"""Shared test setup.
+"""Shared test setup and helpers.
+
+Helpers used by several test files live here, defined once: ``assert_bitwise`` (the comparison every
+bitwise claim uses) and the compressor helpers (random updates, the hypothesis strategy of updates, the
+message contract ``message_of`` / ``check_message``). Import them: ``from tests.conftest import ...``.
 
 Oracle tests (marked ``oracle``) compare fedsim with an independent torch implementation. They skip when
 torch is missing on a developer's machine, but with ``FEDSIM_REQUIRE_ORACLE=1`` (set by CI) a skipped
@@ -8,7 +12,87 @@ oracle test fails the run instead: a green CI always means the oracle ran.
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+
+def assert_bitwise(got, want, what=""):
+    """Assert equal dtype, shape and bytes (so -0.0 differs from +0.0, and a NaN equals the same NaN).
+
+    A failure names ``what`` and prints both values where they first differ (and how many entries do).
+    """
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.dtype == want.dtype and got.shape == want.shape, \
+        f"{what}: {got.dtype}{got.shape} vs {want.dtype}{want.shape}"
+    if got.tobytes() != want.tobytes():
+        flat_got, flat_want = np.ascontiguousarray(got).reshape(-1), np.ascontiguousarray(want).reshape(-1)
+        entry_bytes = (flat_got.size, got.dtype.itemsize)
+        differs = np.any(flat_got.view(np.uint8).reshape(entry_bytes) != flat_want.view(np.uint8)
+                         .reshape(entry_bytes), axis=1)
+        where = np.flatnonzero(differs)[:5]
+        raise AssertionError(f"{what}: {np.count_nonzero(differs)} of {flat_got.size} entries differ; at "
+                             f"{where.tolist()}: got {flat_got[where]}, want {flat_want[where]}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# compressor helpers (tests/compress)
+# ----------------------------------------------------------------------------------------------------
+
+# Values that stress a compressor beside the general floats: signed zeros, ties, tiny magnitudes.
+SPECIAL_UPDATES = (0.0, -0.0, 0.25, -0.25, 1.0, 1e-30, -3e-38)
+
+
+def random_updates(rng, rows: int, size: int, dtype=np.float32) -> np.ndarray:
+    """(rows, size) standard normal updates with zeros (every 7th entry) and ties (every 11th from 3)."""
+    x = rng.standard_normal((rows, size)).astype(dtype)
+    x[:, ::7] = 0.0
+    x[:, 3::11] = x[:, 3:4]
+    return x
+
+
+def updates_strategy(shape, dtype):
+    """Hypothesis arrays of ``shape``: floats in [-1e6, 1e6] of the dtype's width (subnormals included)
+    mixed with SPECIAL_UPDATES."""
+    from hypothesis import strategies as st
+    from hypothesis.extra.numpy import arrays
+
+    general = st.floats(-1e6, 1e6, width=8 * np.dtype(dtype).itemsize, allow_subnormal=True)
+    return arrays(dtype, shape, elements=st.one_of(general, st.sampled_from(SPECIAL_UPDATES)))
+
+
+def check_message(message, dtype, size: int) -> np.ndarray:
+    """The wire contract of one message: ``encode_with_bit_count`` gives ``encoded_bits()`` meaningful
+    bits padded to whole bytes, ``decode(encode(m), m.format) == m``, and the decoded message rebuilds
+    the same dense row (of ``dtype`` and ``size``) bitwise. Returns that row."""
+    from fedsim.compress import decode
+
+    stream, n_bits = message.encode_with_bit_count()
+    assert n_bits == message.encoded_bits(), (n_bits, message.encoded_bits())
+    assert stream.dtype == np.uint8 and stream.size == (n_bits + 7) // 8
+    assert_bitwise(stream, message.encode(), "encode() vs encode_with_bit_count()")
+    back = decode(stream, message.format)
+    assert back == message, f"decode(encode(m)) != m:\n{back}\n{message}"
+    dense = message.to_dense()
+    assert dense.dtype == dtype and dense.shape == (size,), (dense.dtype, dense.shape)
+    assert_bitwise(back.to_dense(), dense, "to_dense() after the round trip")
+    return dense
+
+
+def message_of(compressed, row: int):
+    """Row ``row`` of a Compressed batch as its wire message, checked against the batch: ``to_dense()``
+    equals the decoded row bitwise, and the encoded and analytic bit counts are the batch's."""
+    message = compressed.message(row)
+    assert_bitwise(message.to_dense(), compressed.decoded[row], f"message({row}).to_dense() vs decoded row")
+    assert message.encoded_bits() == compressed.encoded_bits[row]
+    assert message.analytic_bits() == compressed.analytic_bits[row]
+    return message
+
+
+def compress_one(compressor, x, state, rng=None):
+    """Compress one vector (a batch of one): (its wire message checked by ``message_of``, the new state)."""
+    compressed, new_state = compressor.compress(x, state, rng)
+    return message_of(compressed, 0), new_state
+
 
 REPO = Path(__file__).resolve().parents[1]
 REQUIRE_ORACLE = os.environ.get("FEDSIM_REQUIRE_ORACLE") == "1"

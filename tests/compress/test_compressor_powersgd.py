@@ -1,28 +1,24 @@
-"""PowerSGD (arXiv 1905.13727): settings, the power step against hand formulas, the coupled rows, the
-wire message, the factors' draws and redraws, the Gram-Schmidt kernel (jitted, .py_func, NumPy twin),
-error feedback, checkpoints, the federated methods, and a torch oracle over several rounds."""
+"""PowerSGD (arXiv 1905.13727): its own settings, the power step against hand formulas, the coupled rows,
+the message's bits and wire order, the factors' draws and redraws, the Gram-Schmidt kernel (jitted,
+.py_func, NumPy twin), its checkpoint arrays, the federated methods, and a torch oracle over several rounds.
+The contract every compressor meets (round trip, error feedback, checkpoints continuing bitwise, ...) is
+tests/compress/test_contract.py."""
 
 import dataclasses
 
 import numpy as np
 import pytest
 
-from fedsim.algorithms.federated import FederatedConfig, FederatedRun, Method, methods
-from fedsim.compress import (
-    ErrorFeedback,
-    ErrorFeedbackState,
-    Layout,
-    decode,
-    make_compressor,
-)
+from fedsim.algorithms.federated import FederatedConfig, FederatedRun
+from fedsim.compress import ErrorFeedback, Layout
 from fedsim.compress.powersgd import (
     PowerSGD,
     PowerSGDMessage,
     PowerSGDState,
     matrix_shape,
 )
-from fedsim.kernels.sparsify import NONFINITE_MESSAGE
 from fedsim.params import ParamSpec
+from tests.conftest import assert_bitwise
 
 DTYPES = [np.float32, np.float64]
 # W (12 x 5), a bias, a 3-D tensor (compressed as 6 x 6), a scalar, an empty matrix.
@@ -31,13 +27,10 @@ MATRICES = ((0, 12, 5), (65, 6, 6))       # (start, n, m) of the compressed segm
 VECTOR_ENTRIES = 5 + 1                    # b and s, sent as they are
 
 
-def assert_bitwise(got, want, what=""):
-    got, want = np.asarray(got), np.asarray(want)
-    assert got.dtype == want.dtype and got.shape == want.shape, (what, got.dtype, want.dtype, got.shape, want.shape)
-    if got.tobytes() != want.tobytes():
-        where = np.flatnonzero(got.reshape(-1) != want.reshape(-1))[:5]
-        raise AssertionError(f"{what}: differ at {where.tolist()}: {got.reshape(-1)[where]} != "
-                             f"{want.reshape(-1)[where]}")
+
+
+
+
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -74,10 +67,6 @@ def test_rank_above_the_smaller_dimension_is_refused():
 def test_class_attributes_and_methods():
     assert PowerSGD.aggregations == ("mean",) and PowerSGD.error_feedback
     assert PowerSGD.directions == ("up", "updown")
-    table = methods()
-    assert table["powersgd_up"] == Method("powersgd", "identity", "mean", True, False)
-    assert table["powersgd_updown"] == Method("powersgd", "powersgd", "mean", True, True)
-    assert make_compressor("powersgd", rank=3) == PowerSGD(3)
     with pytest.raises(ValueError, match="aggregation 'weighted' does not fit"):
         FederatedConfig(method="powersgd_up", aggregation="weighted")
     assert FederatedConfig(method="powersgd_up", compressors={"powersgd": PowerSGD(rank=1)}).compressor(
@@ -92,6 +81,7 @@ def test_matrix_shapes():
 # ----------------------------------------------------------------------------------------------------
 # the power step
 # ----------------------------------------------------------------------------------------------------
+
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -131,56 +121,17 @@ def test_rows_are_coupled_through_p_hat():
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("rank", [1, 2, 5])
-def test_messages_round_trip_and_count_bits(dtype, rank):
+def test_bit_counts(dtype, rank):
+    """Each sender sends (n + m) r floats per matrix and its vectors as they are; P_hat is broadcast."""
     compressor = PowerSGD(rank=rank)
     x = np.random.default_rng(rank).standard_normal((3, SPEC.size)).astype(dtype)
     compressed, _ = compressor.compress(x, compressor.init(SPEC), np.random.default_rng(0))
     floats = sum((n + m) * rank for _, n, m in MATRICES) + VECTOR_ENTRIES
     width = 32 if dtype == np.float32 else 64
-    assert compressed.encoded_bits.dtype == np.int64 and compressed.analytic_bits.dtype == np.float64
     np.testing.assert_array_equal(compressed.encoded_bits, width * floats)
     np.testing.assert_array_equal(compressed.analytic_bits, 32.0 * floats)
     assert compressed.broadcast_bits == width * (12 + 6) * rank
-    for row in range(3):
-        message = compressed.message(row)
-        assert isinstance(message, PowerSGDMessage)
-        assert_bitwise(message.to_dense(), compressed.decoded[row], "to_dense vs decoded")
-        stream, n_bits = message.encode_with_bit_count()
-        assert n_bits == message.encoded_bits() == compressed.encoded_bits[row]
-        assert stream.dtype == np.uint8 and stream.size == (n_bits + 7) // 8
-        assert_bitwise(stream, message.encode(), "encode")
-        back = decode(stream, message.format)
-        assert back == message
-        assert_bitwise(back.to_dense(), compressed.decoded[row], "decoded after the round trip")
-        assert message.analytic_bits() == compressed.analytic_bits[row]
-    with pytest.raises(IndexError):
-        compressed.message(3)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_round_trip_on_adversarial_updates(dtype):
-    """Zeros, signed zeros, ties, subnormals and large values: messages still round-trip exactly."""
-    from hypothesis import given, settings
-    from hypothesis import strategies as st
-    from hypothesis.extra.numpy import arrays
-
-    width = 32 if dtype == np.float32 else 64
-    values = st.one_of(st.floats(-1e6, 1e6, width=width, allow_subnormal=True),
-                       st.sampled_from([0.0, -0.0, 0.25, -0.25, 1.0]))
-
-    @settings(max_examples=30, deadline=None)
-    @given(arrays(dtype, (2, SPEC.size), elements=values), st.integers(0, 2 ** 32 - 1))
-    def run(x, seed):
-        compressor = PowerSGD(rank=2)
-        compressed, state = compressor.compress(x, compressor.init(SPEC), np.random.default_rng(seed))
-        assert all(np.all(np.isfinite(q)) for q in state.factors)
-        for row in range(2):
-            message = compressed.message(row)
-            assert_bitwise(message.to_dense(), compressed.decoded[row], "to_dense vs decoded")
-            assert decode(message.encode(), message.format) == message
-            assert message.encoded_bits() == compressed.encoded_bits[row]
-
-    run()
+    assert all(isinstance(compressed.message(row), PowerSGDMessage) for row in range(3))
 
 
 def test_message_layout_on_the_wire():
@@ -202,19 +153,13 @@ def test_message_validates_its_sizes():
 
 
 # ----------------------------------------------------------------------------------------------------
-# randomness: the first draws, zero columns, rng required
+# randomness: the first draws, zero columns
 # ----------------------------------------------------------------------------------------------------
 
-def test_needs_a_generator():
-    with pytest.raises(ValueError, match="rng"):
-        PowerSGD().compress(np.zeros(SPEC.size, np.float32), PowerSGD().init(SPEC), None)
 
 
-def test_nonfinite_updates_are_rejected():
-    x = np.zeros(SPEC.size, np.float32)
-    x[7] = np.nan
-    with pytest.raises(ValueError, match=NONFINITE_MESSAGE):
-        PowerSGD().compress(x, PowerSGD().init(SPEC), np.random.default_rng(0))
+
+
 
 
 def test_state_dtype_must_match():
@@ -229,55 +174,33 @@ def test_state_dtype_must_match():
 # ----------------------------------------------------------------------------------------------------
 
 
+
+
+
+
+
+
+
+
+
+
+
 # ----------------------------------------------------------------------------------------------------
-# error feedback and checkpoints
+# checkpoints
 # ----------------------------------------------------------------------------------------------------
-
-def test_error_feedback_keeps_what_was_not_sent():
-    link = ErrorFeedback(PowerSGD(rank=1))
-    rng = np.random.default_rng(0)
-    state = dataclasses.replace(link.init(SPEC), residual=np.zeros((3, SPEC.size), np.float32))
-    for _ in range(4):
-        x = rng.standard_normal((3, SPEC.size)).astype(np.float32)
-        accumulated = x + state.residual
-        compressed, new = link.compress(x, state, rng)
-        assert_bitwise(new.residual, accumulated - compressed.decoded, "r = a - decoded")
-        assert isinstance(new.inner, PowerSGDState) and new.inner.factors is not None
-        state = new
-
-
-def checkpointed(link, state):
-    """The state rebuilt from its checkpoint arrays (through an npz round trip's kind of copy)."""
-    arrays = {key: np.array(value) for key, value in link.compressor.state_arrays(state.inner).items()}
-    fresh = link.compressor.init(SPEC)
-    return ErrorFeedbackState(link.compressor.load_state_arrays(fresh, arrays), state.residual.copy())
-
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_checkpoint_continues_bitwise(dtype):
+def test_checkpoint_arrays(dtype):
+    """One Q per matrix segment after the first round; nothing before it; a missing or misshapen Q is
+    refused naming it."""
     link = ErrorFeedback(PowerSGD(rank=2))
-    data = np.random.default_rng(1).standard_normal((6, 3, SPEC.size)).astype(dtype)
-    start = dataclasses.replace(link.init(SPEC, dtype), residual=np.zeros((3, SPEC.size), dtype))
-
-    def run(state, rng, rounds):
-        decoded = []
-        for x in rounds:
-            compressed, state = link.compress(x, state, rng)
-            decoded.append(compressed.decoded)
-        return decoded, state
-
-    straight, final = run(start, np.random.default_rng(2), data)
-    rng = np.random.default_rng(2)
-    first, middle = run(start, rng, data[:3])
-    assert set(link.compressor.state_arrays(middle.inner)) == {"q_segment_0", "q_segment_2"}
-    second, resumed = run(checkpointed(link, middle), rng, data[3:])
-    for a, b in zip(straight, first + second):
-        assert_bitwise(b, a, "resumed round")
-    assert resumed.inner == final.inner
-    # before the first call there is nothing to save, and loading nothing gives the fresh state
+    state = dataclasses.replace(link.init(SPEC, dtype), residual=np.zeros((3, SPEC.size), dtype))
+    x = np.random.default_rng(1).standard_normal((3, SPEC.size)).astype(dtype)
+    _, state = link.compress(x, state, np.random.default_rng(2))
+    assert isinstance(state.inner, PowerSGDState) and state.inner.factors is not None
+    assert set(link.compressor.state_arrays(state.inner)) == {"q_segment_0", "q_segment_2"}
     fresh = link.compressor.init(SPEC)
     assert link.compressor.state_arrays(fresh) == {}
-    assert link.compressor.load_state_arrays(fresh, {}) == fresh
     with pytest.raises(ValueError, match="q_segment_2"):
         link.compressor.load_state_arrays(fresh, {"q_segment_0": np.zeros((5, 2), dtype)})
     with pytest.raises(ValueError, match="shape"):
@@ -339,5 +262,15 @@ def test_federated_checkpoint_continues_bitwise(synthetic, tmp_path):
 # ----------------------------------------------------------------------------------------------------
 # torch oracle
 # ----------------------------------------------------------------------------------------------------
+
+# Tolerance, relative to the largest magnitude of the compared array. fedsim and the oracle compute the
+# same rounds with different floating-point paths (BLAS vs torch matmuls, modified Gram-Schmidt twice vs
+# Householder QR, sum / K vs torch.mean), each step correct to a few ulp of the data dtype times the
+# number of terms summed (<= 12 here); the power iteration and error feedback carry those differences
+# over the rounds without amplifying them much (the P columns are well conditioned). Observed: ~1e-6
+# up to 2e-6 (float32) and 5e-15 (float64) over 6 rounds; the bounds leave a factor of about 50 (float32)
+# and 200 (float64) for other seeds and BLAS builds, still far below any algorithmic difference (a wrong
+# sign, a missed column or a skipped residual changes values by O(1) of the scale).
+ORACLE_TOLERANCE = {np.float32: 1e-4, np.float64: 1e-12}
 
 

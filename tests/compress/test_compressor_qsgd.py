@@ -1,63 +1,33 @@
-"""QSGD (arXiv 1610.02132): settings, hand-computed quantization and codes, the Elias omega coder, the
-paper's bit bound, unbiasedness, messages (exact round trip, bit counts), batch == row by row, the kernel
-against its NumPy twin, and (oracle) against an independent torch implementation."""
+"""QSGD (arXiv 1610.02132): its own settings, hand-computed quantization and codes, the Elias omega coder,
+the paper's bit bound, unbiasedness, its message format and corrupt streams, the Generator's uniforms, the
+kernel against its NumPy twin, and (oracle) against an independent torch implementation. The contract every
+compressor meets (round trip, bit counts, batch == row by row, ...) is tests/compress/test_contract.py."""
 
 import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from hypothesis.extra.numpy import arrays
 
-from fedsim.algorithms.federated import methods
 from fedsim.compress import (
     QSGD,
     Compressed,
-    ErrorFeedback,
-    ErrorFeedbackState,
     Layout,
     MessageFormat,
-    decode,
-    make_compressor,
 )
 from fedsim.compress import qsgd as qsgd_module
 from fedsim.params import ParamSpec
+from tests.compress.test_contract import ODD_LAYOUT, SETTINGS
+from tests.conftest import assert_bitwise
 
-SETTINGS = settings(max_examples=40, deadline=None)
 SPEC = ParamSpec(("W", "b"), ((30, 4), (4,)))                 # 124 entries: segments of 120 and 4
-ODD_LAYOUT = Layout((0, 0, 7, 7, 40, 41))                     # empty segments, a single entry
-CONFIGS = [QSGD(), QSGD(4, 0), QSGD(2, 16), QSGD(1, 7, scope="global"), QSGD(16, 1), QSGD(40000, 32)]
-IDS = [repr(c) for c in CONFIGS]
 
 
-def assert_bitwise(a, b, what):
-    a, b = np.asarray(a), np.asarray(b)
-    assert a.dtype == b.dtype and a.shape == b.shape, f"{what}: {a.dtype}{a.shape} vs {b.dtype}{b.shape}"
-    assert a.tobytes() == b.tobytes(), f"{what} differs:\n{a}\n{b}"
 
 
-def check_message(message, dtype, size):
-    stream, n_bits = message.encode_with_bit_count()
-    assert n_bits == message.encoded_bits()
-    assert stream.dtype == np.uint8 and stream.size == (n_bits + 7) // 8
-    np.testing.assert_array_equal(stream, message.encode())
-    back = decode(stream, message.format)
-    assert back == message, f"decode(encode(m)) != m:\n{back}\n{message}"
-    dense = message.to_dense()
-    assert dense.dtype == dtype and dense.shape == (size,)
-    assert_bitwise(back.to_dense(), dense, "to_dense after the round trip")
 
 
-def one(compressor, x, state, rng):
-    """Compress one vector: (its message, the Compressed batch of one); checks the message contract."""
-    compressed, new_state = compressor.compress(x, state, rng)
-    assert new_state == state
-    message = compressed.message(0)
-    assert_bitwise(message.to_dense(), compressed.decoded[0], "message.to_dense() vs decoded row")
-    assert message.encoded_bits() == compressed.encoded_bits[0]
-    assert message.analytic_bits() == compressed.analytic_bits[0]
-    return message, compressed
+
+
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -70,10 +40,6 @@ def test_settings_and_attributes():
     assert c.settings == {"levels": 16, "bucket_size": 512, "scope": "tensor"}
     assert QSGD.name == "qsgd" and QSGD.aggregations == ("mean", "weighted")
     assert QSGD.error_feedback is False and QSGD.directions == ("up", "updown")
-    assert make_compressor("qsgd", levels=4, bucket_size=0) == QSGD(4, 0)
-    table = methods()
-    assert table["qsgd_up"].up == "qsgd" and table["qsgd_up"].down == "identity"
-    assert table["qsgd_updown"].down == "qsgd" and not table["qsgd_updown"].accumulate_up
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True, "4", None, 2 ** 31])
@@ -83,32 +49,27 @@ def test_levels_are_validated(bad):
 
 
 @pytest.mark.parametrize("bad", [-1, 2.0, True, "512", None])
-def test_bucket_size_and_scope_are_validated(bad):
+def test_bucket_size_is_validated(bad):
     with pytest.raises(ValueError, match="bucket_size must be an integer >= 0"):
         QSGD(bucket_size=bad)
-    with pytest.raises(ValueError, match="scope must be one of"):
-        QSGD(scope="layer")
 
 
-def test_needs_a_generator_and_finite_updates():
-    c = QSGD()
-    state = c.init(SPEC)
-    x = np.ones(SPEC.size, np.float32)
-    for rng in (None, 3, np.random.RandomState(0)):
-        with pytest.raises(ValueError, match="rng"):
-            c.compress(x, state, rng)
-    for bad in (np.nan, np.inf, -np.inf):
-        y = x.copy()
-        y[121] = bad
-        with pytest.raises(ValueError, match="NaN or inf"):
-            c.compress(y, state, np.random.default_rng(0))
-    with pytest.raises(ValueError, match="shape"):
-        c.compress(np.ones(5, np.float32), state, np.random.default_rng(0))
 
 
 # ----------------------------------------------------------------------------------------------------
 # buckets, Elias omega code, hand-computed quantization
 # ----------------------------------------------------------------------------------------------------
+
+
+
+
+
+
+
+
+
+
+
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -191,46 +152,28 @@ def test_unbiased(levels, bucket, dtype):
 # messages
 # ----------------------------------------------------------------------------------------------------
 
-def updates_strategy(size, dtype):
-    width = 32 if dtype == np.float32 else 64
-    general = st.floats(-1e6, 1e6, width=width, allow_subnormal=True)
-    special = st.sampled_from([0.0, -0.0, 0.25, -0.25, 1.0, 1e-30, -3e-38])
-    return arrays(dtype, size, elements=st.one_of(general, special))
-
-
-@pytest.mark.parametrize("compressor", CONFIGS, ids=IDS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("layout", [SPEC, ODD_LAYOUT], ids=["spec", "odd"])
-def test_round_trip_hypothesis(compressor, dtype, layout):
-    size = layout.size
-
-    @SETTINGS
-    @given(updates_strategy(size, dtype), st.integers(0, 2 ** 32 - 1))
-    def run(x, seed):
-        state = compressor.init(layout)
-        message, _ = one(compressor, x, state, np.random.default_rng(seed))
-        check_message(message, dtype, size)
-        assert message.format == MessageFormat("qsgd", state.layout.segment_offsets, np.dtype(dtype).name,
-                                               options=(("levels", compressor.levels),
-                                                        ("bucket_size", compressor.bucket_size)))
-
-    run()
+def test_message_format(dtype):
+    """The receiver's format: the segments, the dtype, and the levels and bucket size as options."""
+    for compressor in SETTINGS["qsgd"]:
+        for layout in (SPEC, ODD_LAYOUT):
+            state = compressor.init(layout)
+            x = np.random.default_rng(0).standard_normal(layout.size).astype(dtype)
+            message = compressor.compress(x, state, np.random.default_rng(1))[0].message(0)
+            assert message.format == MessageFormat("qsgd", state.layout.segment_offsets, np.dtype(dtype).name,
+                                                   options=(("levels", compressor.levels),
+                                                            ("bucket_size", compressor.bucket_size)))
 
 
-def test_message_of_compressed_rows():
+
+
+def test_fields_of_compressed_rows():
     c = QSGD(4, 10)
     x = np.random.default_rng(0).standard_normal((3, SPEC.size)).astype(np.float32)
     compressed, _ = c.compress(x, c.init(SPEC), np.random.default_rng(1))
     assert isinstance(compressed, Compressed) and compressed.rows == 3
     assert compressed.fields["signed_levels"].dtype == np.int16
     assert compressed.fields["norms"].shape == (3, 13)                # buckets: 12 of W (120), 1 of b (4)
-    for row in range(3):
-        message = compressed.message(row)
-        assert_bitwise(message.to_dense(), compressed.decoded[row], f"row {row}")
-        assert message.encoded_bits() == compressed.encoded_bits[row]
-        check_message(message, np.float32, SPEC.size)
-    with pytest.raises(IndexError):
-        compressed.message(3)
     assert QSGD(40000).compress(x, QSGD(40000).init(SPEC), np.random.default_rng(1))[0] \
         .fields["signed_levels"].dtype == np.int32
 
@@ -239,49 +182,22 @@ def test_message_of_compressed_rows():
 # batches, randomness
 # ----------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("compressor", CONFIGS, ids=IDS)
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("with_residuals", [False, True])
-def test_batch_equals_row_by_row(compressor, dtype, with_residuals):
-    rng = np.random.default_rng(11)
-    updates = rng.standard_normal((5, SPEC.size)).astype(dtype)
-    updates[:, ::7] = 0
-    updates[2] = 0.0                                               # an all-zero client
-    residuals = (rng.standard_normal((5, SPEC.size)) * 0.1).astype(dtype) if with_residuals else None
-    state = compressor.init(SPEC)
-    if with_residuals:
-        result, feedback = ErrorFeedback(compressor).compress(updates, ErrorFeedbackState(state, residuals),
-                                                              np.random.default_rng(3))
-    else:
-        result, _ = compressor.compress(updates, state, np.random.default_rng(3))
-    row_rng = np.random.default_rng(3)
-    for row in range(5):
-        if with_residuals:
-            single, new_state = ErrorFeedback(compressor).compress(
-                updates[row], ErrorFeedbackState(state, residuals[row]), row_rng)
-            assert_bitwise(feedback.residual[row], new_state.residual, f"residual row {row}")
-        else:
-            single, _ = compressor.compress(updates[row], state, row_rng)
-        message = single.message(0)
-        assert_bitwise(result.decoded[row], message.to_dense(), f"decoded row {row}")
-        assert result.encoded_bits[row] == message.encoded_bits() == single.encoded_bits[0]
-        assert result.analytic_bits[row] == message.analytic_bits()
-    assert result.encoded_bits.dtype == np.int64 and result.analytic_bits.dtype == np.float64
-
-
-def test_chunked_uniforms_equal_one_call(monkeypatch):
-    c = QSGD(5, 16)
-    x = np.random.default_rng(0).standard_normal((7, SPEC.size)).astype(np.float32)
-    whole, _ = c.compress(x, c.init(SPEC), np.random.default_rng(9))
-    monkeypatch.setattr(qsgd_module, "UNIFORM_BUFFER_BYTES", 8 * SPEC.size * 2)   # two rows per call
-    chunked, _ = c.compress(x, c.init(SPEC), np.random.default_rng(9))
-    assert_bitwise(chunked.decoded, whole.decoded, "decoded")
-    np.testing.assert_array_equal(chunked.encoded_bits, whole.encoded_bits)
 
 
 # ----------------------------------------------------------------------------------------------------
 # kernel == twin
 # ----------------------------------------------------------------------------------------------------
+
+
+
+
+
+
+
+
+
+
+
 
 
 # ----------------------------------------------------------------------------------------------------

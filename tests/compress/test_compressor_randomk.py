@@ -1,78 +1,34 @@
-"""Random-k sparsification: settings, the seeded position generator (against an independent pure-Python
-derivation and SplitMix64's published outputs), kernels vs their NumPy twins, the wire message (round
-trip, bit counts, decoding from the stream alone), batch == row by row, unbiasedness and uniformity
-(statistical, fixed seeds), error feedback, and a torch oracle."""
+"""Random-k sparsification: its own settings, the seeded position generator (against an independent
+pure-Python derivation and SplitMix64's published outputs), kernels vs their NumPy twins, the wire message
+(positions and values, bit counts, decoding from the stream alone), one seed per row, unbiasedness and
+uniformity (statistical, fixed seeds), and a torch oracle. The contract every compressor meets is
+tests/compress/test_contract.py."""
 
 import math
 
 import numpy as np
 import pytest
 
-from fedsim.algorithms.federated import FederatedConfig, methods
-from fedsim.compress import (
-    ErrorFeedback,
-    ErrorFeedbackState,
-    Layout,
-    MessageFormat,
-    RandomK,
-    RandomKMessage,
-    decode,
-    make_compressor,
-)
+from fedsim.algorithms.federated import FederatedConfig
+from fedsim.compress import Layout, MessageFormat, RandomK, RandomKMessage, decode
 from fedsim.compress.base import ceil_product
 from fedsim.compress.randomk import SEED_BITS
 from fedsim.config import field_comments
-from fedsim.kernels.sparsify import NONFINITE_MESSAGE
 from fedsim.params import ParamSpec
+from tests.compress.test_contract import SETTINGS
+from tests.kernels.test_randomk import python_positions
+from tests.conftest import assert_bitwise, check_message, message_of, random_updates
 
 SPEC = ParamSpec(("W", "b"), ((30, 4), (4,)))          # 124 entries: segments of 120 and 4
-CONFIGS = [RandomK(0.1), RandomK(0.1, scaling="none"), RandomK(0.05, scope="global"), RandomK(1.0),
-           RandomK(0.5, scaling="none", scope="global"), RandomK(0.001)]
+CONFIGS = SETTINGS["randomk"]
 IDS = [repr(c) for c in CONFIGS]
 DTYPES = [np.float32, np.float64]
-
-
-def assert_bitwise(a, b, what):
-    a, b = np.asarray(a), np.asarray(b)
-    assert a.dtype == b.dtype and a.shape == b.shape, f"{what}: {a.dtype}{a.shape} vs {b.dtype}{b.shape}"
-    assert a.tobytes() == b.tobytes(), f"{what} differs:\n{a}\n{b}"
-
-
-def random_updates(rng, rows, size, dtype=np.float32):
-    x = rng.standard_normal((rows, size)).astype(dtype)
-    x[:, ::7] = 0.0                        # zeros (random-k sends a chosen zero as a zero value)
-    x[:, 3::11] = x[:, 3:4]                # ties (irrelevant to random-k, harmless)
-    return x
 
 
 # ----------------------------------------------------------------------------------------------------
 # An independent derivation of the positions, in Python integers (the definition in the docstring of
 # fedsim.kernels.randomk, written again: no NumPy, no 32-bit halves, a Python set)
 # ----------------------------------------------------------------------------------------------------
-
-MASK = (1 << 64) - 1
-GAMMA = 0x9E3779B97F4A7C15
-
-
-def python_mix(z):
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK
-    return z ^ (z >> 31)
-
-
-def python_positions(seed, segment, size, k):
-    """Floyd's algorithm on SplitMix64 draws; positions in the order chosen."""
-    key = python_mix((seed + (segment + 1) * GAMMA) & MASK)
-    chosen, order = set(), []
-    for t in range(k):
-        j = size - k + t
-        i = (python_mix((key + (t + 1) * GAMMA) & MASK) * (j + 1)) >> 64
-        if i in chosen:
-            i = j
-        chosen.add(i)
-        order.append(i)
-    return order
-
 
 def python_row_positions(seed, layout, p):
     """Global positions of a row (segment after segment, each in Floyd's order)."""
@@ -86,18 +42,9 @@ def python_row_positions(seed, layout, p):
 # settings and class attributes
 # ----------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("bad", [0, -0.1, 1.5, float("nan"), float("inf"), "0.1", True])
-def test_p_outside_range_is_rejected(bad):
-    with pytest.raises(ValueError, match=r"p must be a number in \(0, 1\]"):
-        RandomK(bad)
-
-
 def test_settings_are_validated_and_described():
     with pytest.raises(ValueError, match=r"scaling must be one of \('unbiased', 'none'\), got 'biased'"):
         RandomK(0.1, scaling="biased")
-    with pytest.raises(ValueError, match=r"scope must be one of \('tensor', 'global'\)"):
-        RandomK(0.1, scope="layer")
-    assert make_compressor("randomk", p=0.2, scaling="none") == RandomK(0.2, scaling="none")
     assert RandomK().settings == {"p": 0.01, "scaling": "unbiased", "scope": "tensor"}
     comments = field_comments(RandomK)
     assert set(comments) == {"p", "scaling", "scope"} and "unbiased" in comments["scaling"]
@@ -106,43 +53,11 @@ def test_settings_are_validated_and_described():
 def test_class_attributes_and_methods():
     assert RandomK.name == "randomk" and RandomK.aggregations == ("mean", "weighted")
     assert RandomK.error_feedback is False and RandomK.directions == ("up", "updown")
-    table = methods()
-    assert table["randomk_up"].up == "randomk" and table["randomk_up"].down == "identity"
-    assert table["randomk_updown"].down == "randomk"
-    assert not table["randomk_up"].accumulate_up and not table["randomk_updown"].accumulate_down
     config = FederatedConfig(method="randomk_updown", p_up=0.05, p_down=0.2, compression_scope="global",
                              accumulate_up=True, compressors={"randomk": RandomK(scaling="none")})
     assert config.compressor("up") == RandomK(0.05, scaling="none", scope="global")
     assert config.compressor("down") == RandomK(0.2, scaling="none", scope="global")
     assert config.scheme.accumulate_up and not config.scheme.accumulate_down
-
-
-def test_generator_is_required_and_updates_are_checked():
-    compressor = RandomK(0.1)
-    state = compressor.init(SPEC)
-    for rng in (None, 7, np.random.RandomState(0)):
-        with pytest.raises(ValueError, match=r"numpy.random.Generator \(rng\)"):
-            compressor.compress(np.ones(SPEC.size, np.float32), state, rng)
-    with pytest.raises(ValueError, match="float32 or float64"):
-        compressor.compress(np.zeros(SPEC.size, np.int32), state, np.random.default_rng(0))
-    with pytest.raises(ValueError, match="shape"):
-        compressor.compress(np.zeros(SPEC.size + 1, np.float32), state, np.random.default_rng(0))
-
-
-@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-def test_non_finite_update_is_rejected_even_where_nothing_is_sent(bad):
-    compressor = RandomK(0.001)             # k = 1 of 120 and 1 of 4: the bad entry is almost never chosen
-    state = compressor.init(SPEC)
-    for position in (0, 60, SPEC.size - 1):
-        x = np.ones(SPEC.size, np.float32)
-        x[position] = bad
-        with pytest.raises(ValueError, match=NONFINITE_MESSAGE):
-            compressor.compress(x, state, np.random.default_rng(0))
-        with pytest.raises(ValueError, match=NONFINITE_MESSAGE):
-            compressor.compress(np.stack([np.ones_like(x), x]), state, np.random.default_rng(0))
-        wrapper = ErrorFeedback(compressor)
-        with pytest.raises(ValueError, match=NONFINITE_MESSAGE):
-            wrapper.compress(x, wrapper.init(SPEC), np.random.default_rng(0))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -159,44 +74,28 @@ def test_non_finite_update_is_rejected_even_where_nothing_is_sent(bad):
 # messages
 # ----------------------------------------------------------------------------------------------------
 
-def check_row(compressed, row, x):
-    message = compressed.message(row)
-    assert isinstance(message, RandomKMessage)
-    assert_bitwise(message.to_dense(), compressed.decoded[row], "message.to_dense() vs decoded row")
-    assert message.encoded_bits() == compressed.encoded_bits[row]
-    assert message.analytic_bits() == compressed.analytic_bits[row]
-    stream, n_bits = message.encode_with_bit_count()
-    assert n_bits == message.encoded_bits() and stream.dtype == np.uint8 and stream.size == (n_bits + 7) // 8
-    np.testing.assert_array_equal(stream, message.encode())
-    back = decode(stream, message.format)
-    assert back == message, f"decode(encode(m)) != m:\n{back}\n{message}"
-    assert_bitwise(back.to_dense(), compressed.decoded[row], "receiver's reconstruction")
-    # the message's values are x at the positions, in increasing position order
-    assert np.all(np.diff(message.positions) > 0)
-    assert_bitwise(message.values, x[message.positions], "sent values")
-    return message
-
-
 @pytest.mark.parametrize("compressor", CONFIGS, ids=IDS)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_message_contract(compressor, dtype):
+def test_positions_and_values(compressor, dtype):
+    """Each row sends exactly k positions per segment, those of the independent derivation from its seed,
+    in increasing order, with the values of x there."""
     rng = np.random.default_rng(3)
     updates = random_updates(rng, 4, SPEC.size, dtype)
     updates[1] = 0.0
     state = compressor.init(SPEC)
-    compressed, new_state = compressor.compress(updates, state, np.random.default_rng(8))
-    assert new_state == state and compressed.decoded.dtype == dtype
-    assert compressed.encoded_bits.dtype == np.int64 and compressed.analytic_bits.dtype == np.float64
+    compressed, _ = compressor.compress(updates, state, np.random.default_rng(8))
     layout = state.layout
     ks = np.array([ceil_product(compressor.p, n) for n in layout.sizes])
     for row in range(4):
-        message = check_row(compressed, row, updates[row])
-        assert message.positions.size == ks.sum()
+        message = compressed.message(row)
+        assert isinstance(message, RandomKMessage)
+        assert message.positions.size == ks.sum() and np.all(np.diff(message.positions) > 0)
         for j, (start, stop) in enumerate(layout.segments()):     # exactly k per segment
             inside = (message.positions >= start) & (message.positions < stop)
             assert inside.sum() == ks[j]
         expected = np.sort(python_row_positions(int(compressed.fields["seeds"][row]), layout, compressor.p))
         np.testing.assert_array_equal(message.positions, expected)
+        assert_bitwise(message.values, updates[row][message.positions], "sent values")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -272,45 +171,24 @@ def test_empty_layout():
     compressed, _ = compressor.compress(np.zeros((2, 0), np.float32), compressor.init(0),
                                         np.random.default_rng(0))
     assert compressed.decoded.shape == (2, 0) and list(compressed.encoded_bits) == [64, 64]
-    check_row(compressed, 1, np.zeros(0, np.float32))
+    check_message(message_of(compressed, 1), np.float32, 0)
 
 
 # ----------------------------------------------------------------------------------------------------
-# batch == row by row, the Generator consumed in row order
+# the Generator: one seed per row, in row order
 # ----------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("compressor", CONFIGS, ids=IDS)
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("with_residuals", [False, True])
-def test_batch_equals_row_by_row(compressor, dtype, with_residuals):
-    rng = np.random.default_rng(11)
-    updates = random_updates(rng, 5, SPEC.size, dtype)
-    updates[2] = 0.0
-    residuals = random_updates(rng, 5, SPEC.size, dtype) * dtype(0.1) if with_residuals else None
+def test_one_seed_per_row(compressor):
+    updates = random_updates(np.random.default_rng(11), 5, SPEC.size)
     state = compressor.init(SPEC)
-    batch_rng = np.random.default_rng(3)
-    if with_residuals:
-        result, feedback = ErrorFeedback(compressor).compress(updates, ErrorFeedbackState(state, residuals),
-                                                              batch_rng)
-    else:
-        result, _ = compressor.compress(updates, state, batch_rng)
+    batch, _ = compressor.compress(updates, state, np.random.default_rng(3))
     row_rng = np.random.default_rng(3)
     for row in range(5):
-        if with_residuals:
-            single, single_state = ErrorFeedback(compressor).compress(
-                updates[row], ErrorFeedbackState(state, residuals[row]), row_rng)
-            assert_bitwise(feedback.residual[row], single_state.residual, f"residual row {row}")
-        else:
-            single, _ = compressor.compress(updates[row], state, row_rng)
-        assert_bitwise(result.decoded[row], single.decoded[0], f"decoded row {row}")
-        assert result.fields["seeds"][row] == single.fields["seeds"][0]
-        assert result.encoded_bits[row] == single.encoded_bits[0]
-        assert result.analytic_bits[row] == single.analytic_bits[0]
-        assert result.message(row) == single.message(0)
-    # one 64-bit output per row: the two Generators are in the same state afterwards
-    assert batch_rng.bit_generator.state == row_rng.bit_generator.state
+        single, _ = compressor.compress(updates[row], state, row_rng)
+        assert batch.fields["seeds"][row] == single.fields["seeds"][0]
     expected_seeds = np.random.default_rng(3).integers(0, 2 ** 64 - 1, size=5, dtype=np.uint64, endpoint=True)
-    np.testing.assert_array_equal(result.fields["seeds"], expected_seeds)
+    np.testing.assert_array_equal(batch.fields["seeds"], expected_seeds)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -343,28 +221,6 @@ def test_unbiased_scaling_is_unbiased():
     assert_bitwise(plain.decoded != 0, unbiased.decoded != 0, "same seeds, same positions")
     deviation = np.abs(plain.decoded.mean(axis=0) - density * x)
     assert np.all(deviation <= 5 * np.abs(x) * np.sqrt(density * (1 - density) / trials))
-
-
-# ----------------------------------------------------------------------------------------------------
-# error feedback (scaling "none": Stich et al.'s memory)
-# ----------------------------------------------------------------------------------------------------
-
-def test_error_feedback_invariant_without_scaling():
-    rng = np.random.default_rng(9)
-    wrapper = ErrorFeedback(RandomK(0.1, scaling="none"))
-    state = wrapper.init(SPEC, np.float32)
-    for _ in range(5):
-        x = random_updates(rng, 1, SPEC.size)[0]
-        accumulated = x + state.residual
-        compressed, state = wrapper.compress(x, state, rng)
-        sent = compressed.decoded[0]
-        message = compressed.message(0)
-        # the values are sent as they are: a == sent + residual bitwise, the residual 0 where sent
-        assert_bitwise(sent + state.residual, accumulated, "a == sent + residual")
-        assert np.all(state.residual[message.positions] == 0)
-        untouched = np.ones(SPEC.size, bool)
-        untouched[message.positions] = False
-        assert_bitwise(state.residual[untouched], accumulated[untouched], "residual where nothing was sent")
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -1,64 +1,33 @@
-"""TernGrad (arXiv 1705.07878): settings, exact hand-computed cases, clipping, unbiasedness, the wire
-message (round trip, bit counts, corrupt streams), batch == row by row, the kernels against their NumPy
-twins and ``.py_func``, and the torch oracle (same uniforms: codes, scales and decoded values exact)."""
+"""TernGrad (arXiv 1705.07878): its own settings, exact hand-computed cases, clipping, unbiasedness, the
+decoded values' form, the wire message's validation and corrupt streams, the Generator's uniforms, the
+kernels against their NumPy twins and ``.py_func``, and the torch oracle (same uniforms: codes, scales and
+decoded values exact). The contract every compressor meets is tests/compress/test_contract.py."""
 
 import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given, note, settings
 from hypothesis import strategies as st
-from hypothesis.extra.numpy import arrays
 
-from fedsim.compress import (
-    ErrorFeedback,
-    ErrorFeedbackState,
-    Layout,
-    TernGrad,
-    TernGradMessage,
-    decode,
-    make_compressor,
-)
-from fedsim.compress import terngrad as terngrad_module
+from fedsim.compress import TernGrad, TernGradMessage, decode
 from fedsim.params import ParamSpec
+from tests.compress.test_contract import ODD_LAYOUT, SETTINGS
+from tests.conftest import assert_bitwise, check_message, message_of, updates_strategy
 
-SETTINGS = settings(max_examples=40, deadline=None)
 SPEC = ParamSpec(("W", "b"), ((30, 4), (4,)))          # 124 entries: segments of 120 and 4
-# Segment sizes 0, 1, 2, 3, 4, 5 and 12: every remainder of the base-3 groups, and an empty segment.
-ODD_LAYOUT = Layout((0, 0, 1, 3, 6, 10, 15, 27))
-
-CONFIGS = [TernGrad(), TernGrad(scope="global"), TernGrad(clip=2.5), TernGrad(clip=0.5, scope="global")]
+LOG2_3 = math.log2(3.0)
+CONFIGS = SETTINGS["terngrad"]
 IDS = [repr(c) for c in CONFIGS]
 
 
-def assert_bitwise(a, b, what):
-    a, b = np.asarray(a), np.asarray(b)
-    assert a.dtype == b.dtype and a.shape == b.shape, f"{what}: {a.dtype}{a.shape} vs {b.dtype}{b.shape}"
-    assert a.tobytes() == b.tobytes(), f"{what} differs:\n{a}\n{b}"
-
-
 def one(compressor, x, state, rng):
-    """Compress one vector; check the message against the batch result; return (compressed, message)."""
+    """Compress one vector: (the batch of one, its wire message checked against it)."""
     compressed, new_state = compressor.compress(x, state, rng)
     assert new_state == state
-    message = compressed.message(0)
-    assert_bitwise(message.to_dense(), compressed.decoded[0], "message.to_dense() vs decoded row")
-    assert message.encoded_bits() == compressed.encoded_bits[0]
-    assert message.analytic_bits() == compressed.analytic_bits[0]
-    return compressed, message
+    return compressed, message_of(compressed, 0)
 
 
-def check_message(message, x):
-    stream, n_bits = message.encode_with_bit_count()
-    assert n_bits == message.encoded_bits()
-    assert stream.dtype == np.uint8 and stream.size == (n_bits + 7) // 8
-    np.testing.assert_array_equal(stream, message.encode())
-    back = decode(stream, message.format)
-    assert back == message, f"decode(encode(m)) != m:\n{back}\n{message}"
-    dense = message.to_dense()
-    assert dense.dtype == x.dtype and dense.shape == x.shape
-    assert_bitwise(back.to_dense(), dense, "to_dense after round trip")
-    return dense
 
 
 def clipped_magnitudes(x, clip):
@@ -80,37 +49,22 @@ def test_clip_is_validated(bad):
 
 
 def test_settings_and_attributes():
-    with pytest.raises(ValueError, match=r"scope must be one of \('tensor', 'global'\)"):
-        TernGrad(scope="layer")
     assert TernGrad(clip=2).clip == 2.0 and isinstance(TernGrad(clip=2).clip, float)
-    assert make_compressor("terngrad", clip=2.5) == TernGrad(clip=2.5)
     assert TernGrad.name == "terngrad" and TernGrad.aggregations == ("mean", "weighted")
     assert TernGrad.error_feedback is False and TernGrad.directions == ("up", "updown")
     assert TernGrad().settings == {"clip": 0.0, "scope": "tensor"}
-    from fedsim.algorithms.federated import methods
     from fedsim.config import COMPRESSOR_TABLES, field_comments
-    assert methods()["terngrad_up"].up == "terngrad" and methods()["terngrad_updown"].down == "terngrad"
-    assert not methods()["terngrad_up"].accumulate_up
     assert COMPRESSOR_TABLES["terngrad"] is TernGrad and "clip" in field_comments(TernGrad)
-
-
-def test_needs_a_generator_and_finite_updates():
-    compressor = TernGrad()
-    state = compressor.init(SPEC)
-    with pytest.raises(ValueError, match="rng"):
-        compressor.compress(np.ones(SPEC.size, np.float32), state, None)
-    for bad in (np.nan, np.inf, -np.inf):
-        x = np.ones((2, SPEC.size), np.float32)
-        x[1, 121] = bad
-        with pytest.raises(ValueError, match="update contains NaN or inf"):
-            compressor.compress(x, state, np.random.default_rng(0))
-        with pytest.raises(ValueError, match="update contains NaN or inf"):
-            TernGrad(clip=2.5).compress(x, state, np.random.default_rng(0))
 
 
 # ----------------------------------------------------------------------------------------------------
 # exact cases
 # ----------------------------------------------------------------------------------------------------
+
+
+
+
+
 
 
 def test_all_zero_and_empty_segments_send_the_scale_only():
@@ -120,12 +74,16 @@ def test_all_zero_and_empty_segments_send_the_scale_only():
     compressed, message = one(compressor, x, state, np.random.default_rng(0))
     assert message.encoded_bits() == 32 * ODD_LAYOUT.n_segments
     assert np.all(message.scales == 0) and not np.any(message.codes)
-    check_message(message, x)
+    check_message(message, np.float32, ODD_LAYOUT.size)
     x[13] = -2.0                                  # one nonzero in the segment of 5 (entries 10..14)
     compressed, message = one(compressor, x, state, np.random.default_rng(0))
     assert message.scales[5] == 2.0 and message.codes[13] == -1 and np.count_nonzero(message.codes) == 1
     assert message.encoded_bits() == 32 * ODD_LAYOUT.n_segments + 8
-    check_message(message, x)
+    check_message(message, np.float32, ODD_LAYOUT.size)
+
+
+
+
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -172,37 +130,30 @@ def test_unbiased(compressor):
 # messages
 # ----------------------------------------------------------------------------------------------------
 
-def updates_strategy(size, dtype):
-    width = 32 if dtype == np.float32 else 64
-    general = st.floats(-1e6, 1e6, width=width, allow_subnormal=True)
-    ties = st.sampled_from([0.0, -0.0, 0.25, -0.25, 1.0])
-    return arrays(dtype, size, elements=st.one_of(general, ties))
-
-
-@pytest.mark.parametrize("compressor", CONFIGS, ids=IDS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("layout", [SPEC, ODD_LAYOUT], ids=["spec", "odd"])
-def test_round_trip_hypothesis(compressor, dtype, layout):
-    size = layout.size
+def test_decoded_values_hypothesis(dtype):
+    """Decoded values are +-s_j or +0.0, with the sign of x; each segment's largest clipped magnitude is
+    sent; without clipping s_j = max |x| over the segment. (Each example goes through every setting.)"""
 
-    @SETTINGS
-    @given(updates_strategy(size, dtype), st.integers(0, 2 ** 32 - 1))
-    def run(x, seed):
-        state = compressor.init(layout)
-        compressed, message = one(compressor, x, state, np.random.default_rng(seed))
-        dense = check_message(message, x)
-        # decoded values are +-s_j or +0.0, with the sign of x where nonzero
-        scales = np.repeat(message.scales, state.layout.sizes)
-        assert np.all((dense == 0) | (np.abs(dense) == scales))
-        assert np.all(np.sign(dense[dense != 0]) == np.sign(x[dense != 0]))
-        assert not np.any(np.signbit(dense[dense == 0]))
-        # the largest clipped magnitude of each segment is always sent
-        for j, (start, stop) in enumerate(state.layout.segments()):
-            if stop > start and message.scales[j] > 0:
-                assert np.any(np.abs(dense[start:stop]) == message.scales[j])
-        if compressor.clip == 0:
+    @settings(max_examples=40, deadline=None)
+    @given(st.sampled_from([SPEC, ODD_LAYOUT]), updates_strategy(SPEC.size, dtype), st.integers(0, 2 ** 32 - 1))
+    def run(layout, updates, seed):
+        x = np.ascontiguousarray(updates[:layout.size])
+        for compressor in CONFIGS:
+            note(f"compressor {compressor!r}")
+            state = compressor.init(layout)
+            message = compressor.compress(x, state, np.random.default_rng(seed))[0].message(0)
+            dense = message.to_dense()
+            scales = np.repeat(message.scales, state.layout.sizes)
+            assert np.all((dense == 0) | (np.abs(dense) == scales))
+            assert np.all(np.sign(dense[dense != 0]) == np.sign(x[dense != 0]))
+            assert not np.any(np.signbit(dense[dense == 0]))
             for j, (start, stop) in enumerate(state.layout.segments()):
-                assert message.scales[j] == (np.abs(x[start:stop]).max() if stop > start else 0)
+                if stop > start and message.scales[j] > 0:
+                    assert np.any(np.abs(dense[start:stop]) == message.scales[j])
+            if compressor.clip == 0:
+                for j, (start, stop) in enumerate(state.layout.segments()):
+                    assert message.scales[j] == (np.abs(x[start:stop]).max() if stop > start else 0)
 
     run()
 
@@ -235,54 +186,17 @@ def test_message_validation_and_corrupt_streams():
 
 
 # ----------------------------------------------------------------------------------------------------
-# batch == row by row
-# ----------------------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("compressor", CONFIGS, ids=IDS)
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("with_residuals", [False, True])
-def test_batch_equals_row_by_row(compressor, dtype, with_residuals):
-    rng = np.random.default_rng(11)
-    updates = rng.standard_normal((5, SPEC.size)).astype(dtype)
-    updates[2] = 0.0
-    updates[3, ::3] = updates[3, 1]                                # ties
-    residuals = rng.standard_normal((5, SPEC.size)).astype(dtype) * dtype(0.1) if with_residuals else None
-    state = compressor.init(SPEC)
-    if with_residuals:
-        result, feedback = ErrorFeedback(compressor).compress(updates, ErrorFeedbackState(state, residuals),
-                                                              np.random.default_rng(3))
-    else:
-        result, _ = compressor.compress(updates, state, np.random.default_rng(3))
-    row_rng = np.random.default_rng(3)
-    for row in range(updates.shape[0]):
-        if with_residuals:
-            wrapper = ErrorFeedback(compressor)
-            single, new_state = wrapper.compress(updates[row], ErrorFeedbackState(state, residuals[row]), row_rng)
-            assert_bitwise(feedback.residual[row], new_state.residual, f"residual row {row}")
-        else:
-            single, _ = compressor.compress(updates[row], state, row_rng)
-        message = single.message(0)
-        assert_bitwise(result.decoded[row], message.to_dense(), f"decoded row {row}")
-        assert result.message(row) == message
-        assert result.encoded_bits[row] == message.encoded_bits() == single.encoded_bits[0]
-        assert result.analytic_bits[row] == message.analytic_bits()
-    assert result.encoded_bits.dtype == np.int64 and result.analytic_bits.dtype == np.float64
-
-
-def test_chunked_uniforms_equal_one_call(monkeypatch):
-    rng = np.random.default_rng(5)
-    updates = rng.standard_normal((7, SPEC.size)).astype(np.float32)
-    compressor = TernGrad(clip=2.5)
-    whole, _ = compressor.compress(updates, compressor.init(SPEC), np.random.default_rng(1))
-    monkeypatch.setattr(terngrad_module, "UNIFORM_BUFFER_BYTES", 8 * SPEC.size * 2)     # 2 rows per call
-    chunked, _ = compressor.compress(updates, compressor.init(SPEC), np.random.default_rng(1))
-    assert_bitwise(chunked.decoded, whole.decoded, "chunked")
-    assert_bitwise(chunked.fields["scales"], whole.fields["scales"], "scales")
-
-
-# ----------------------------------------------------------------------------------------------------
 # kernels: jitted == py_func == NumPy twin, bitwise
 # ----------------------------------------------------------------------------------------------------
+
+
+
+
+
+
+
+
+
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -1,18 +1,15 @@
-"""Compressor objects: validation, messages (exact encode/decode round trip, bit counts), batched
-compression equal to row-by-row compression, and the error-feedback invariant."""
+"""Identity, top-k, STC and sign: what is specific to each (settings, hand-computed messages and bit
+counts, sampled STC, message validation), ``ceil_product``, and the error-feedback wrapper's state. The
+contract every compressor meets is tests/compress/test_contract.py."""
 
 import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from hypothesis.extra.numpy import arrays
 
 from fedsim.compress import (
     STC,
     ErrorFeedback,
-    ErrorFeedbackState,
     Identity,
     Layout,
     Sign,
@@ -22,117 +19,35 @@ from fedsim.compress import (
     ceil_product,
     decode,
     expected_position_bits,
-    make_compressor,
 )
 from fedsim.params import ParamSpec
+from tests.conftest import assert_bitwise, compress_one, message_of, random_updates
+from tests.conftest import check_message as check_wire_message
 
-SETTINGS = settings(max_examples=40, deadline=None)
 SPEC = ParamSpec(("W", "b"), ((30, 4), (4,)))          # 124 entries: two segments
-
-CONFIGS = [
-    Identity(),
-    TopK(0.1), TopK(0.05, scope="global"), TopK(1.0),
-    STC(0.1), STC(0.02, scope="global"), STC(1.0),
-    STC(0.1, threshold="sampled"), STC(0.01, threshold="sampled", sample_mode="window"),
-    STC(0.3, threshold="sampled", sample_fraction=0.5, scope="global"),
-    Sign(), Sign(scale="mean"), Sign(scope="global"),
-]
-IDS = [repr(c) for c in CONFIGS]
+one = compress_one                                      # (message, new state) of one compressed vector
 
 
-def updates_strategy(size, dtype):
-    width = 32 if dtype == np.float32 else 64
-    general = st.floats(-1e6, 1e6, width=width, allow_subnormal=True)
-    ties = st.sampled_from([0.0, -0.0, 0.25, -0.25, 1.0])
-    return arrays(dtype, size, elements=st.one_of(general, ties))
+def check_message(compressor, message, x):
+    """``message`` (``compressor`` on ``x``) meets the wire contract; returns its dense row."""
+    return check_wire_message(message, x.dtype, x.size)
 
 
-def random_updates(rng, rows, size, dtype=np.float32):
-    x = rng.standard_normal((rows, size)).astype(dtype)
-    x[:, ::7] = 0.0                        # zeros (sign codes them, sparsifiers skip them)
-    x[:, 3::11] = x[:, 3:4]                # ties
-    return x
-
-
-def one(compressor, x, state, rng=None):
-    """Compress one vector (a batch of one): (its wire message, the new state)."""
-    compressed, new_state = compressor.compress(x, state, rng)
-    message = compressed.message(0)
-    assert_bitwise(message.to_dense(), compressed.decoded[0], "message.to_dense() vs decoded row")
-    assert message.encoded_bits() == compressed.encoded_bits[0]
-    assert message.analytic_bits() == compressed.analytic_bits[0]
-    return message, new_state
-
-
-def decoded_of(message):
-    return message.to_dense()
-
-
-def bits_of(message):
-    return message.encoded_bits()
-
-
-def analytic_of(message):
-    return message.analytic_bits()
-
-
-def assert_bitwise(a, b, what):
-    a, b = np.asarray(a), np.asarray(b)
-    assert a.dtype == b.dtype and a.shape == b.shape, f"{what}: {a.dtype}{a.shape} vs {b.dtype}{b.shape}"
-    assert a.tobytes() == b.tobytes(), f"{what} differs:\n{a}\n{b}"
 
 
 # ----------------------------------------------------------------------------------------------------
-# validation
+# settings
 # ----------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("bad", [0, -0.1, 1.5, float("nan"), float("inf"), "0.1", True])
-def test_p_outside_range_is_rejected(bad):
-    for make in (TopK, STC):
-        with pytest.raises(ValueError, match=r"p must be a number in \(0, 1\]"):
-            make(bad)
-
-
-def test_other_settings_are_validated():
+def test_own_settings_are_validated():
     with pytest.raises(ValueError, match=r"sample_fraction must be a number in \(0, 1\]"):
         STC(0.1, threshold="sampled", sample_fraction=0)
     with pytest.raises(ValueError, match=r"threshold must be one of \('exact', 'sampled'\)"):
         STC(0.1, threshold="approx")
     with pytest.raises(ValueError, match=r"sample_mode must be one of \('uniform', 'window'\)"):
         STC(0.1, sample_mode="random")
-    with pytest.raises(ValueError, match=r"scope must be one of \('tensor', 'global'\)"):
-        TopK(0.1, scope="layer")
     with pytest.raises(ValueError, match=r"scale must be one of \('none', 'mean'\)"):
         Sign(scale="max")
-    with pytest.raises(ValueError, match="compressor must be one of"):
-        make_compressor("no-such-compressor")
-    assert make_compressor("stc", p=0.01) == STC(0.01)
-    assert make_compressor("identity") == Identity()
-
-
-def test_bad_updates_are_rejected():
-    compressor = STC(0.1)
-    state = compressor.init(SPEC)
-    with pytest.raises(ValueError, match="float32 or float64"):
-        one(compressor, np.zeros(SPEC.size, np.int32), state)
-    with pytest.raises(ValueError, match="shape"):
-        one(compressor, np.zeros(SPEC.size + 1, np.float32), state)
-    with pytest.raises(ValueError, match="needs a numpy.random.Generator"):
-        STC(0.1, threshold="sampled").compress(np.ones(SPEC.size, np.float32), state, None)
-
-
-@pytest.mark.parametrize("compressor", CONFIGS, ids=IDS)
-@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-def test_non_finite_update_is_rejected(compressor, bad):
-    state = compressor.init(SPEC)
-    x = np.ones(SPEC.size, np.float32)
-    x[SPEC.size - 2] = bad
-    with pytest.raises(ValueError, match="update contains NaN or inf"):
-        one(compressor, x, state, np.random.default_rng(0))
-    with pytest.raises(ValueError, match="update contains NaN or inf"):
-        compressor.compress(np.stack([np.ones_like(x), x]), state, np.random.default_rng(0))
-    with pytest.raises(ValueError, match="update contains NaN or inf"):
-        ErrorFeedback(compressor).compress(x, ErrorFeedback(compressor).init(SPEC), np.random.default_rng(0))
 
 
 def test_ceil_product_forgives_float_rounding():
@@ -141,43 +56,10 @@ def test_ceil_product_forgives_float_rounding():
     assert ceil_product(0.5, 0) == 0
 
 
-def test_layouts():
-    assert TopK(0.1).init(SPEC) == Layout((0, 120, 124))
-    assert TopK(0.1, scope="global").init(SPEC) == Layout((0, 124))
-    assert TopK(0.1).init(50) == Layout((0, 50))
-    with pytest.raises(ValueError, match="ParamSpec, a Layout or an int"):
-        TopK(0.1).init("W")
-
-
 # ----------------------------------------------------------------------------------------------------
-# messages: content, round trip, bits
+# messages: content, bits
 # ----------------------------------------------------------------------------------------------------
 
-def check_message(compressor, message, x):
-    stream, n_bits = message.encode_with_bit_count()
-    assert n_bits == bits_of(message), (n_bits, bits_of(message))
-    assert stream.dtype == np.uint8 and stream.size == (n_bits + 7) // 8
-    np.testing.assert_array_equal(stream, message.encode())
-    back = decode(stream, message.format)
-    assert back == message, f"decode(encode(m)) != m:\n{back}\n{message}"
-    dense = decoded_of(message)
-    assert dense.dtype == x.dtype and dense.shape == x.shape
-    assert_bitwise(decoded_of(back), dense, "decompress after round trip")
-    return dense
-
-
-@pytest.mark.parametrize("compressor", CONFIGS, ids=IDS)
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_round_trip_hypothesis(compressor, dtype):
-    @SETTINGS
-    @given(updates_strategy(SPEC.size, dtype), st.integers(0, 2 ** 32 - 1))
-    def run(x, seed):
-        state = compressor.init(SPEC)
-        message, new_state = one(compressor, x, state, np.random.default_rng(seed))
-        assert new_state == state
-        check_message(compressor, message, x)
-
-    run()
 
 
 def test_stc_all_zero_and_sparse_updates():
@@ -185,14 +67,14 @@ def test_stc_all_zero_and_sparse_updates():
     state = compressor.init(SPEC)
     message, _ = one(compressor, np.zeros(SPEC.size, np.float32), state)
     assert message.positions.size == 0
-    assert bits_of(message) == 64                   # two 32-bit zero counts
-    assert analytic_of(message) == 0.0
+    assert message.encoded_bits() == 64                 # two 32-bit zero counts
+    assert message.analytic_bits() == 0.0
     check_message(compressor, message, np.zeros(SPEC.size, np.float32))
     x = np.zeros(SPEC.size, np.float32)
     x[[5, 121]] = [2.0, -3.0]
     message, _ = one(compressor, x, state)               # budget 60 and 2, only 2 nonzeros
     np.testing.assert_array_equal(message.positions, [5, 121])
-    assert_bitwise(decoded_of(message), x, "no densification")
+    assert_bitwise(message.to_dense(), x, "no densification")
 
 
 def test_top_k_keeps_exact_values_and_sign_codes_zeros():
@@ -212,8 +94,22 @@ def test_top_k_keeps_exact_values_and_sign_codes_zeros():
         scale = np.float32(6.5 / 6) if compressor.scale == "mean" else np.float32(1)
         assert_bitwise(dense, np.array([0, 0, 1, -1, 0, 1], np.float32) * scale, "sign dense")
     # 3 zeros among 6: count 32 + Golomb bits of [0, 1, 4] at b*(3, 6) = 0 -> 1 + 1 + 3 = 5; 3 sign bits
-    assert bits_of(one(Sign(), x, Sign().init(6))[0]) == 32 + 5 + 3
-    assert analytic_of(one(Sign(), x, Sign().init(6))[0]) == 6.0
+    message, _ = one(Sign(), x, Sign().init(6))
+    assert message.encoded_bits() == 32 + 5 + 3 and message.analytic_bits() == 6.0
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="known defect: Sign's message reads its signs back from the decoded row, so where "
+                          "the mean scale underflows to 0 it loses the signs the batch counted")
+@pytest.mark.parametrize("tiny", [-1e-45, 1e-45])
+def test_sign_mean_scale_underflow(tiny):
+    """A segment whose only nonzero entry is the smallest subnormal: mean |x| over 120 entries is 0 in
+    float32. The message should still match the batch (decoded row and bit count)."""
+    x = np.zeros(SPEC.size, np.float32)
+    x[0] = tiny
+    compressed, _ = Sign(scale="mean").compress(x, Sign(scale="mean").init(SPEC))
+    assert compressed.fields["scales"][0, 0] == 0
+    message_of(compressed, 0)
 
 
 def test_sparse_message_from_dense():
@@ -230,7 +126,7 @@ def test_sparse_message_from_dense():
 def test_identity_bits():
     x = np.arange(10, dtype=np.float64)
     message, _ = one(Identity(), x, Identity().init(10))
-    assert bits_of(message) == 640 and analytic_of(message) == 320
+    assert message.encoded_bits() == 640 and message.analytic_bits() == 320
     check_message(Identity(), message, x)
 
 
@@ -272,91 +168,8 @@ def test_sampled_stc_details():
 
 
 # ----------------------------------------------------------------------------------------------------
-# batched compression == row by row
+# the error-feedback wrapper
 # ----------------------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("compressor", CONFIGS, ids=IDS)
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("with_residuals", [False, True])
-def test_batch_equals_row_by_row(compressor, dtype, with_residuals):
-    rng = np.random.default_rng(11)
-    updates = random_updates(rng, 5, SPEC.size, dtype)
-    updates[2] = 0.0                                             # an all-zero client
-    residuals = random_updates(rng, 5, SPEC.size, dtype) * dtype(0.1) if with_residuals else None
-    state = compressor.init(SPEC)
-    if with_residuals:
-        result, feedback = ErrorFeedback(compressor).compress(updates, ErrorFeedbackState(state, residuals),
-                                                              np.random.default_rng(3))
-        new_residuals = feedback.residual
-    else:
-        result, _ = compressor.compress(updates, state, np.random.default_rng(3))
-    row_rng = np.random.default_rng(3)
-    for row in range(updates.shape[0]):
-        if with_residuals:
-            wrapper = ErrorFeedback(compressor)
-            message, new_state = one(wrapper, updates[row], ErrorFeedbackState(state, residuals[row]),
-                                                  row_rng)
-            assert_bitwise(new_residuals[row], new_state.residual, f"residual row {row}")
-        else:
-            message, _ = one(compressor, updates[row], state, row_rng)
-        assert_bitwise(result.decoded[row], decoded_of(message), f"decoded row {row}")
-        assert result.encoded_bits[row] == bits_of(message), row
-        assert result.analytic_bits[row] == analytic_of(message), row
-    assert result.encoded_bits.dtype == np.int64 and result.analytic_bits.dtype == np.float64
-
-
-def test_batch_error_feedback_over_rounds():
-    rng = np.random.default_rng(2)
-    compressor = STC(0.05)
-    wrapper = ErrorFeedback(compressor)
-    layout = compressor.init(SPEC)
-    states = [wrapper.init(SPEC) for _ in range(3)]
-    residuals = None
-    for _ in range(4):
-        updates = rng.standard_normal((3, SPEC.size)).astype(np.float32)
-        batch_state = ErrorFeedbackState(layout, np.zeros_like(updates) if residuals is None else residuals)
-        result, batch_state = wrapper.compress(updates, batch_state)
-        residuals = batch_state.residual
-        for row in range(3):
-            message, states[row] = one(wrapper, updates[row], states[row])
-            assert_bitwise(result.decoded[row], decoded_of(message), "sent")
-            assert_bitwise(residuals[row], states[row].residual, "residual")
-
-
-# ----------------------------------------------------------------------------------------------------
-# error feedback invariant: x + old residual == sent + new residual
-# ----------------------------------------------------------------------------------------------------
-
-def _half_ulp(values):
-    return 0.5 * np.spacing(np.abs(values).astype(values.dtype)).astype(np.float64)
-
-
-@pytest.mark.parametrize("compressor", CONFIGS, ids=IDS)
-def test_error_feedback_invariant(compressor):
-    rng = np.random.default_rng(9)
-    wrapper = ErrorFeedback(compressor)
-    state = wrapper.init(SPEC, np.float32)
-    for _ in range(5):
-        x = random_updates(rng, 1, SPEC.size)[0]
-        accumulated = x + state.residual
-        message, state = one(wrapper, x, state, rng)
-        sent = decoded_of(message)
-        residual = state.residual
-        rebuilt = sent + residual                               # in float32
-        untouched = sent == 0
-        assert_bitwise(residual[untouched], accumulated[untouched], "residual where nothing was sent")
-        if isinstance(compressor, (TopK, Identity)):
-            assert_bitwise(rebuilt, accumulated, "x + old residual == sent + new residual")
-            assert np.all(residual[~untouched] == 0)
-        else:
-            # residual = fl(a - sent): exact where sent/2 <= a <= 2 sent (Sterbenz), else within half an ulp
-            error = np.abs(sent.astype(np.float64) + residual.astype(np.float64) - accumulated)
-            assert np.all(error <= _half_ulp(residual)), error.max()
-            same_sign = (np.sign(sent) == np.sign(accumulated)) & ~untouched
-            ratio = accumulated[same_sign] / sent[same_sign]
-            sterbenz = (ratio >= 0.5) & (ratio <= 2)
-            assert_bitwise(rebuilt[same_sign][sterbenz], accumulated[same_sign][sterbenz], "Sterbenz range")
-
 
 def test_error_feedback_state_and_dtype():
     wrapper = ErrorFeedback(TopK(0.1))
@@ -370,6 +183,6 @@ def test_error_feedback_state_and_dtype():
     message, state = one(wrapper, x, state)
     # from a zero residual the wrapper sends what the bare compressor sends, with the same bit counts
     bare, _ = one(TopK(0.1), x, TopK(0.1).init(SPEC))
-    assert message == bare and bits_of(message) == bits_of(bare)
-    assert math.isclose(analytic_of(message), analytic_of(bare))
+    assert message == bare and message.encoded_bits() == bare.encoded_bits()
+    assert math.isclose(message.analytic_bits(), bare.analytic_bits())
     assert wrapper.name == "topk" and wrapper.aggregations == TopK.aggregations

@@ -13,6 +13,7 @@ from fedsim.data import cache, load, preprocess
 from fedsim.data.cache import cached_array, entry_path
 from fedsim.data.registry import DataSettingError
 from fedsim.data.registry import DATASETS
+from tests.conftest import assert_bitwise
 
 REPO = Path(__file__).resolve().parents[2]
 KEY = {"function": "test", "version": 1, "parameters": {"scale": 0.5, "size": 3}}
@@ -49,10 +50,6 @@ def awkward_array():
     return values
 
 
-def same_bits(a, b) -> bool:
-    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
-
-
 def only_entry(folder: Path) -> Path:
     files = list(folder.iterdir())
     assert len(files) == 1, files
@@ -62,12 +59,13 @@ def only_entry(folder: Path) -> Path:
 def test_miss_then_hit_is_bitwise_the_computed_array(isolated_cache):
     compute = Counter(awkward_array())
     first = cached_array("values", KEY, compute)
-    assert compute.calls == 1 and same_bits(first, compute.array)
+    assert compute.calls == 1
+    assert_bitwise(first, compute.array)
     path = only_entry(isolated_cache)
     assert path == entry_path("values", KEY) and path.name.startswith("values-") and path.suffix == ".array"
     second = cached_array("values", KEY, compute)
     assert compute.calls == 1, "a hit must not compute"
-    assert same_bits(second, compute.array)
+    assert_bitwise(second, compute.array)
     assert second.flags.writeable and second.flags.owndata and second.flags.c_contiguous
 
 
@@ -79,7 +77,7 @@ def test_dtypes_shapes_and_layouts_round_trip(array):
     cached_array("other", KEY, compute)
     again = cached_array("other", KEY, compute)
     assert compute.calls == 1
-    assert same_bits(again, np.ascontiguousarray(array))
+    assert_bitwise(again, np.ascontiguousarray(array))
 
 
 def test_the_key_and_the_name_select_the_entry(isolated_cache):
@@ -179,13 +177,14 @@ def test_a_damaged_entry_is_recomputed_with_one_warning_line(isolated_cache, cap
     capsys.readouterr()
     got = cached_array("values", KEY, compute)
     assert compute.calls == 2, "a damaged entry must never be trusted"
-    assert same_bits(got, compute.array)
+    assert_bitwise(got, compute.array)
     warning = capsys.readouterr().err
     assert warning.count("\n") == 1 and warning.startswith("fedsim: warning: ") and reason in warning
     assert str(path) in warning
     # the entry was replaced by a good one: the next call is a silent hit
     again = cached_array("values", KEY, compute)
-    assert compute.calls == 2 and same_bits(again, compute.array) and capsys.readouterr().err == ""
+    assert_bitwise(again, compute.array)
+    assert compute.calls == 2 and capsys.readouterr().err == ""
 
 
 def test_an_entry_copied_under_another_key_is_not_used(isolated_cache, capsys):
@@ -193,7 +192,7 @@ def test_an_entry_copied_under_another_key_is_not_used(isolated_cache, capsys):
     cached_array("values", KEY, first)
     other = dict(KEY, version=2)
     entry_path("values", KEY).replace(entry_path("values", other))
-    assert same_bits(cached_array("values", other, second), second.array)
+    assert_bitwise(cached_array("values", other, second), second.array)
     assert second.calls == 1 and "another name or key" in capsys.readouterr().err
 
 
@@ -266,7 +265,7 @@ def test_a_write_that_fails_leaves_no_file_and_returns_the_computed_array(isolat
     monkeypatch.setattr(cache.os, "fdopen", lambda *a, **k: FailingFile(real_fdopen(*a, **k), allowed))
     compute = Counter(awkward_array())
     got = cached_array("values", KEY, compute)
-    assert same_bits(got, compute.array)
+    assert_bitwise(got, compute.array)
     assert list(isolated_cache.iterdir()) == [], "neither a partial entry nor a temporary file may be left"
     warning = capsys.readouterr().err
     assert warning.count("\n") == 1 and "No space left on device" in warning and "continuing without it" in warning
@@ -298,8 +297,8 @@ def test_an_unwritable_folder_costs_a_warning_only(tmp_path, monkeypatch, capsys
     blocker.write_text("not a folder")
     monkeypatch.setenv("FEDSIM_CACHE", str(blocker))
     compute = Counter(np.arange(3.0))
-    assert same_bits(cached_array("values", KEY, compute), compute.array)
-    assert same_bits(cached_array("values", KEY, compute), compute.array)
+    assert_bitwise(cached_array("values", KEY, compute), compute.array)
+    assert_bitwise(cached_array("values", KEY, compute), compute.array)
     assert compute.calls == 2 and "cannot store the computed array" in capsys.readouterr().err
 
 
@@ -339,7 +338,8 @@ def test_load_dataset_caches_the_stc_pipeline_bitwise(isolated_cache, shared_dat
     loaded = load.load_dataset("fashion-mnist", "stc", **arguments)
     assert len(calls) == 2, "the second load must read the cached array"
     for data in (stored, loaded):
-        assert same_bits(data.x_test, computed.x_test) and same_bits(data.x_train, computed.x_train)
+        assert_bitwise(data.x_test, computed.x_test)
+        assert_bitwise(data.x_train, computed.x_train)
         assert np.array_equal(data.y_test, computed.y_test)
     path = only_entry(isolated_cache)
     assert path.name.startswith("fashion-mnist-test-stc-")
