@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -64,8 +65,16 @@ def _is_integer(value) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
+def _bound(value) -> str:
+    """A bound as text; the largest values of unsigned and signed integer types as ``2^n - 1``."""
+    if isinstance(value, int) and value >= 2 ** 16 - 1 and (value + 1) & value == 0:
+        return f"2^{value.bit_length()} - 1"
+    return str(value)
+
+
 def _interval(low, high, low_open: bool, high_open: bool) -> str:
     """``"in [0, 1)"``, ``">= 1"`` or ``"> 0"``: the shortest text for the interval."""
+    low, high = (None if bound is None else _bound(bound) for bound in (low, high))
     if low is not None and high is not None:
         return f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
     if low is not None:
@@ -142,6 +151,26 @@ class OneOf(Constraint):
 
     def allows(self, value) -> bool:
         return value in self.choices
+
+
+@dataclass(frozen=True)
+class Registered(Constraint):
+    """One of the names ``names()`` gives when the value is checked: a registry that may still grow after the
+    declaration (the federated methods, one pair per registered compressor)."""
+
+    names: Callable[[], Iterable]
+
+    def _now(self) -> OneOf:
+        return OneOf(*self.names())
+
+    def describe(self) -> str:
+        return self._now().describe()
+
+    def normalize(self, value):
+        return self._now().normalize(value)
+
+    def allows(self, value) -> bool:
+        return self._now().allows(value)
 
 
 @dataclass(frozen=True)
@@ -232,3 +261,20 @@ def constraint_of(cls, name: str) -> Constraint | None:
         if field.name == name:
             return field.metadata.get(CONSTRAINT)
     raise KeyError(name)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# registries: a name's allowed values are the registered names
+
+
+def register_into(registry: dict, name: str, value, what: str):
+    """``registry[name] = value`` (returns ``value``); ValueError if another value holds ``name``."""
+    if name in registry and registry[name] is not value:
+        raise ValueError(f"{what} {name!r} is registered twice")
+    registry[name] = value
+    return value
+
+
+def lookup(registry: dict, name, what: str):
+    """``registry[name]``, or a one-line error naming ``what`` and the registered names."""
+    return registry[OneOf(*registry).check(what, name)]

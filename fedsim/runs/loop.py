@@ -27,7 +27,7 @@ from fedsim import __version__
 from fedsim.algorithms.family import family
 from fedsim.config import ConfigError, ExperimentConfig, config_differences, config_fingerprint, config_to_dict
 from fedsim.errors import DivergenceError
-from fedsim.experiment import load_data, split_among_clients
+from fedsim.experiment_data import load_data, split_among_clients
 from fedsim.runs.folder import (CHECKPOINT_FILE, CHECKPOINT_NOTE_FILE, CONFIG_FILE, HISTORY_FILE, META_FILE,
                                 SUMMARY_FILE, RunFolder, RunFolderError, atomic_write_bytes,
                                 check_new_run_target, now, to_json)
@@ -194,7 +194,7 @@ def execute(run, folder: RunFolder, config: ExperimentConfig, *, name: str, quie
     algorithms = config.algorithm_family
     state: dict = {}
     for record in run.history:           # a resumed run: the postfix starts from the totals so far
-        algorithms.progress(record, state)
+        algorithms.report.progress(record, state)
     session_started = time.perf_counter()
     status, message = "completed", ""
 
@@ -219,7 +219,7 @@ def execute(run, folder: RunFolder, config: ExperimentConfig, *, name: str, quie
                     compiling.cancel()
                 history_file.write(to_json(record) + "\n")
                 history_file.flush()
-                bar.update(run.completed, algorithms.progress(record, state))
+                bar.update(run.completed, algorithms.report.progress(record, state))
                 if observer is not None:
                     observer(record)
                 if every and run.completed % every == 0 and run.completed < planned:

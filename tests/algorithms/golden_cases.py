@@ -1,9 +1,9 @@
-"""The runs whose histories are recorded in ``tests/golden/histories.json`` and checked bit for bit.
+"""The runs whose histories are recorded in ``tests/algorithms/golden/histories.json`` and checked bit for bit.
 
 Every preset, every federated method at full and half participation, every lazy method, and the client
 optimizer, threshold, scope and dtype variants, on offline data (plus the two MNIST-scale presets on the
 shared Fashion-MNIST files when they are there). Recorded once before a refactor
-(``python -m tests.golden_cases --record``); ``tests/test_golden_histories.py`` reruns each case and
+(``python -m tests.algorithms.golden_cases --record``); ``tests/algorithms/test_golden_histories.py`` reruns each case and
 compares every record field except wall time.
 
 Re-recorded only when a change alters results on purpose, each time listed here:
@@ -93,5 +93,5 @@ def record(include_data: bool) -> None:
 
 if __name__ == "__main__":
     if "--record" not in sys.argv:
-        sys.exit("usage: python -m tests.golden_cases --record [--with-data]")
+        sys.exit("usage: python -m tests.algorithms.golden_cases --record [--with-data]")
     record("--with-data" in sys.argv)

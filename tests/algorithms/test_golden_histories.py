@@ -1,11 +1,11 @@
 """Every preset and method gives, record for record and bit for bit, the history recorded before the
-compressor and algorithm registries replaced the family branches (see tests/golden_cases.py)."""
+compressor and algorithm registries replaced the family branches (see tests/algorithms/golden_cases.py)."""
 
 import json
 
 import pytest
 
-from tests.golden_cases import GOLDEN_FILE, cases, data_cases, history_of
+from tests.algorithms.golden_cases import GOLDEN_FILE, cases, data_cases, history_of
 
 GOLDEN = json.loads(GOLDEN_FILE.read_text())
 OFFLINE = cases()

@@ -88,12 +88,12 @@ def clipped_magnitudes(x, clip):
 
 @pytest.mark.parametrize("bad", [-0.5, float("nan"), float("inf"), "2.5", True, None])
 def test_clip_is_validated(bad):
-    with pytest.raises(ValueError, match=r"clip must be a finite number >= 0"):
+    with pytest.raises((TypeError, ValueError), match=r"clip must be a finite number >= 0"):
         TernGrad(clip=bad)
 
 
 def test_settings_and_attributes():
-    with pytest.raises(ValueError, match=r"scope must be one of \('tensor', 'global'\)"):
+    with pytest.raises(ValueError, match=r"scope must be one of 'tensor', 'global'"):
         TernGrad(scope="layer")
     assert TernGrad(clip=2).clip == 2.0 and isinstance(TernGrad(clip=2).clip, float)
     assert make_compressor("terngrad", clip=2.5) == TernGrad(clip=2.5)
@@ -101,10 +101,11 @@ def test_settings_and_attributes():
     assert TernGrad.error_feedback is False and TernGrad.directions == ("up", "updown")
     assert TernGrad().settings == {"clip": 0.0, "scope": "tensor"}
     from fedsim.algorithms.federated import methods
-    from fedsim.config import COMPRESSOR_TABLES, field_comments
+    from fedsim.config import COMPRESSOR_TABLES
+    from fedsim.constraints import descriptions
     assert methods()["terngrad_up"].up == "terngrad" and methods()["terngrad_updown"].down == "terngrad"
     assert not methods()["terngrad_up"].accumulate_up
-    assert COMPRESSOR_TABLES["terngrad"] is TernGrad and "clip" in field_comments(TernGrad)
+    assert COMPRESSOR_TABLES["terngrad"] is TernGrad and "clip" in descriptions(TernGrad)
 
 
 def test_needs_a_generator_and_finite_updates():
@@ -285,16 +286,16 @@ def test_round_trip_hypothesis(compressor, dtype, layout):
         compressed, message = one(compressor, x, state, np.random.default_rng(seed))
         dense = check_message(message, x)
         # decoded values are +-s_j or +0.0, with the sign of x where nonzero
-        scales = np.repeat(message.scales, state.layout.sizes)
+        scales = np.repeat(message.scales, state.sizes)
         assert np.all((dense == 0) | (np.abs(dense) == scales))
         assert np.all(np.sign(dense[dense != 0]) == np.sign(x[dense != 0]))
         assert not np.any(np.signbit(dense[dense == 0]))
         # the largest clipped magnitude of each segment is always sent
-        for j, (start, stop) in enumerate(state.layout.segments()):
+        for j, (start, stop) in enumerate(state.segments()):
             if stop > start and message.scales[j] > 0:
                 assert np.any(np.abs(dense[start:stop]) == message.scales[j])
         if compressor.clip == 0:
-            for j, (start, stop) in enumerate(state.layout.segments()):
+            for j, (start, stop) in enumerate(state.segments()):
                 assert message.scales[j] == (np.abs(x[start:stop]).max() if stop > start else 0)
 
     run()
