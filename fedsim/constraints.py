@@ -228,12 +228,15 @@ class Optional(Constraint):
 
 DESCRIPTION = "description"
 CONSTRAINT = "constraint"
+SYMBOL = "symbol"
 
 
-def setting(default, description: str, constraint: Constraint | None = None, **field_options):
+def setting(default, description: str, constraint: Constraint | None = None, *, symbol: str | None = None,
+            **field_options):
     """A dataclass field with its ``default``, its one-line ``description`` and its ``constraint``
-    (``default_factory`` may replace ``default`` by passing ``default=dataclasses.MISSING``)."""
-    metadata = {DESCRIPTION: description, CONSTRAINT: constraint}
+    (``default_factory`` may replace ``default`` by passing ``default=dataclasses.MISSING``). ``symbol``:
+    the letter the equations use for it (``"b"``), shown in its errors and before its description."""
+    metadata = {DESCRIPTION: description, CONSTRAINT: constraint, SYMBOL: symbol}
     if default is dataclasses.MISSING:
         return dataclasses.field(metadata=metadata, **field_options)
     return dataclasses.field(default=default, metadata=metadata, **field_options)
@@ -241,18 +244,20 @@ def setting(default, description: str, constraint: Constraint | None = None, **f
 
 def check_fields(instance, prefix: str = "") -> None:
     """Check every field of the (frozen) dataclass ``instance`` that declares a constraint, and store the
-    normalized value; errors name the field as ``prefix + name``."""
+    normalized value; errors name the field as ``prefix + name``, with its symbol (``bits (b)``)."""
     for field in dataclasses.fields(instance):
         constraint = field.metadata.get(CONSTRAINT)
         if constraint is not None:
-            value = constraint.check(prefix + field.name, getattr(instance, field.name))
-            object.__setattr__(instance, field.name, value)
+            symbol = field.metadata.get(SYMBOL)
+            name = prefix + field.name + (f" ({symbol})" if symbol else "")
+            object.__setattr__(instance, field.name, constraint.check(name, getattr(instance, field.name)))
 
 
 def descriptions(cls) -> dict[str, str]:
-    """The one-line description of each field of the dataclass ``cls`` that has one."""
-    return {field.name: field.metadata[DESCRIPTION] for field in dataclasses.fields(cls)
-            if DESCRIPTION in field.metadata}
+    """The one-line description of each field of the dataclass ``cls`` that has one (``"b, bits per
+    quantized entry"`` for a field with a symbol)."""
+    return {field.name: ", ".join(filter(None, (field.metadata.get(SYMBOL), field.metadata[DESCRIPTION])))
+            for field in dataclasses.fields(cls) if DESCRIPTION in field.metadata}
 
 
 def constraint_of(cls, name: str) -> Constraint | None:

@@ -34,8 +34,9 @@ class DataConfig:
                                    Optional(OneOf(*PIPELINES), "the family's"))
     train_split: str = setting("train", "train | test (train on the test split, when train images are absent)",
                                OneOf(*TRAIN_SPLITS))
-    data_dir: str | None = setting(None, "a folder searched first for the dataset files",
-                                   Optional(Text(), "only the standard search path (FEDSIM_DATA, data/, the cache)"))
+    data_dir: str | None = setting(
+        None, "a folder searched first for the dataset files",
+        Optional(Text(), "only the standard search path (FEDSIM_DATA, data/, the cache)"))
     download: bool = setting(True, "fetch missing files from the registry's mirrors", Flag())
     partition: str = setting("classes_per_client", "classes_per_client | dirichlet | shards | iid | contiguous | "
                              "natural (synthetic's own)", OneOf(*PARTITIONS))

@@ -154,7 +154,7 @@ def test_integer_is_accepted_for_a_float_setting_and_stored_as_float():
     ({"federated": {"lr": -1}}, "federated.lr must be a finite number > 0, got -1"),
     ({"federated": {"p_up": 2.0}}, "federated.p_up must be a finite number in (0, 1], got 2.0"),
     ({"federated": {"method": "stc"}}, "federated.method must be one of"),
-    ({"lazy": {"bits": 0}}, "lazy.bits must be an integer in [1, 16], got 0"),
+    ({"lazy": {"bits": 0}}, "lazy.bits (b) must be an integer in [1, 16], got 0"),
     ({"lazy": {"method": "lag"}}, "lazy.method must be one of"),
     ({"data": {"dataset": "cifar"}}, "data.dataset must be one of"),
     ({"run": {"checkpoint_every": -1}}, "run.checkpoint_every must be an integer >= 0"),

@@ -105,7 +105,18 @@ def run_seconds(run) -> str:
     return f"{sum(times):.1f}" if times else "-"
 
 
-__all__ += ["cell", "run_seconds"]
+def compare_table(title: str, steps_word: str, columns: list[str], rows: list[list[str]]):
+    """A `fedsim compare` table ``(title, headers, rows)``: each row is the run's label, method and steps,
+    the family's ``columns`` (from :func:`compare_row`), its compute time and status."""
+    return title, ["run", "method", steps_word, *columns, "seconds", "status"], rows
+
+
+def compare_row(run, *cells: str) -> list[str]:
+    """One run's row of :func:`compare_table`, with the family's ``cells``."""
+    return [run.label, run.method, str(len(run.history)), *cells, run_seconds(run), run.status]
+
+
+__all__ += ["cell", "compare_row", "compare_table", "run_seconds"]
 
 
 def group_by_family(runs) -> list[tuple[Family, list]]:

@@ -485,9 +485,9 @@ class Compressor:
         return state
 
 
-__all__ = ["BIT_PATTERN", "COMPRESSORS", "Compressed", "Compressor", "FLOAT_DTYPES", "Layout",
-           "MESSAGE_KINDS", "Message", "MessageFormat", "PositionsMessage", "SegmentedMessage", "SCOPES", "as_rows", "ceil_product",
-           "FRACTION", "compressor_class", "decode",
-           "decode_positions", "encode_positions", "float_bits", "float_dtype", "frozen_array",
-           "layout_of", "make_compressor", "make_layout", "scope_setting", "new_stream", "read_floats", "register", "register_message", "require_generator", "uniform_chunks",
-           "same_array", "segment_counts", "write_floats"]
+__all__ = ["as_rows", "BIT_PATTERN", "ceil_product", "Compressed", "Compressor", "compressor_class",
+           "COMPRESSORS", "decode", "decode_positions", "encode_positions", "float_bits", "float_dtype",
+           "FLOAT_DTYPES", "FRACTION", "frozen_array", "Layout", "layout_of", "make_compressor",
+           "make_layout", "Message", "MESSAGE_KINDS", "MessageFormat", "new_stream", "PositionsMessage",
+           "read_floats", "register", "register_message", "require_generator", "same_array", "scope_setting",
+           "SCOPES", "segment_counts", "SegmentedMessage", "uniform_chunks", "write_floats"]

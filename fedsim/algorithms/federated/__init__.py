@@ -44,7 +44,8 @@ FAMILY = register_family(Family(
     name="federated", config_class=FederatedConfig, make_run=_make_run, pipeline="stc", unit="round",
     clients_setting="n_clients", steps_setting="rounds", method_names=lambda: sorted(methods()), report=REPORT,
     derived={"compressors": "the compressor tables ([stc], [sign], ...)"},
-    unset_meanings={name: ("the method's", lambda config, name=name: getattr(config.federated.resolved_method, name))
+    unset_meanings={name: ("the method's", lambda config, name=name: getattr(config.federated.resolved_method,
+                                                                             name))
                     for name in ("accumulate_up", "accumulate_down", "aggregation")}))
 
 __all__ = ["AGGREGATIONS", "BatchTrace", "ClientStates", "FAMILY", "FederatedConfig", "FederatedRun",

@@ -1,5 +1,6 @@
 """The federated family's settings: the methods (:data:`NAMED_METHODS` and one or two per compressor) and
-:class:`FederatedConfig`, the config file's ``[federated]`` table (the round: :mod:`fedsim.algorithms.federated`)."""
+:class:`FederatedConfig`, the config file's ``[federated]`` table (the round:
+:mod:`fedsim.algorithms.federated`)."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ holds them): bits, the round that reaches a target accuracy, the summary, the pr
 
 from __future__ import annotations
 
-from fedsim.algorithms.family import Report, cell, run_seconds
+from fedsim.algorithms.family import Report, cell, compare_row, compare_table
 
 
 def total_bits(record: dict) -> int:
@@ -58,14 +58,12 @@ def compare(runs, targets: dict) -> tuple[str, list[str], list[list[str]]]:
     for run in runs:
         accuracies = [r["test_accuracy"] for r in run.history if "test_accuracy" in r]
         reached = reach(run.history, target)
-        rows.append([run.label, run.method, str(len(run.history)),
-                     cell(accuracies[-1] if accuracies else None, ".4f"),
-                     cell(max(accuracies) if accuracies else None, ".4f"),
-                     cell(reached and reached["round"], "d"), cell(reached and reached["bits"], ".4g"),
-                     cell(sum(map(total_bits, run.history)), ".4g"), run_seconds(run), run.status])
-    headers = ["run", "method", "rounds", "final acc", "best acc", "rounds to target", "bits to target",
-               "bits total", "seconds", "status"]
-    return f"federated runs (target: test accuracy >= {target:g})", headers, rows
+        rows.append(compare_row(run, cell(accuracies[-1] if accuracies else None, ".4f"),
+                                cell(max(accuracies) if accuracies else None, ".4f"),
+                                cell(reached and reached["round"], "d"), cell(reached and reached["bits"], ".4g"),
+                                cell(sum(map(total_bits, run.history)), ".4g")))
+    return compare_table(f"federated runs (target: test accuracy >= {target:g})", "rounds",
+                         ["final acc", "best acc", "rounds to target", "bits to target", "bits total"], rows)
 
 
 REPORT = Report(

@@ -136,7 +136,8 @@ class FederatedRun:
             order_epoch=np.full(config.n_clients, -1, np.int64),
             last_sync=np.zeros(config.n_clients, np.int64),
             # Pages are mapped only when written: an idle client's rows cost no physical memory.
-            residual=paged_zeros((config.n_clients, P), self.dtype) if self.resolved_method.accumulate_up else None,
+            residual=(paged_zeros((config.n_clients, P), self.dtype) if self.resolved_method.accumulate_up
+                      else None),
             momentum=paged_zeros((config.n_clients, P), self.dtype) if config.momentum else None)
         init_rng = self.streams.generator("init")
         self.server = ServerState(

@@ -48,17 +48,21 @@ class LazyConfig:
     """
 
     method: str = setting("laq", "a row of RULES", OneOf(*METHODS))
-    n_workers: int = setting(10, "M, number of workers (<= number of training samples)", AT_LEAST_ONE)
-    step_size: float = setting(0.02, "alpha, the server's step: theta <- theta - alpha sum_m Q_m", POSITIVE)
-    bits: int = setting(4, "b, bits per quantized entry (qgd, laq, slaq)", Integer(MIN_BITS, MAX_BITS))
-    history_length: int = setting(10, "D, how many past squared steps the upload threshold uses", AT_LEAST_ONE)
-    history_weight: float = setting(0.8, "xi, total weight of those D steps: xi_d = xi / min(k, D)", NONNEGATIVE)
-    max_skips: int = setting(100, "C, a worker that skipped C times in a row must upload", AT_LEAST_ONE)
+    n_workers: int = setting(10, "number of workers (<= number of training samples)", AT_LEAST_ONE, symbol="M")
+    step_size: float = setting(0.02, "the server's step: theta <- theta - alpha sum_m Q_m", POSITIVE,
+                               symbol="alpha")
+    bits: int = setting(4, "bits per quantized entry (qgd, laq, slaq)", Integer(MIN_BITS, MAX_BITS), symbol="b")
+    history_length: int = setting(10, "how many past squared steps the upload threshold uses", AT_LEAST_ONE,
+                                  symbol="D")
+    history_weight: float = setting(0.8, "total weight of those D steps: xi_d = xi / min(k, D)", NONNEGATIVE,
+                                    symbol="xi")
+    max_skips: int = setting(100, "a worker that skipped C times in a row must upload", AT_LEAST_ONE, symbol="C")
     l2: float = setting(0.01, "L2 coefficient of each f_m: (l2 / 2) ||theta||^2", NONNEGATIVE)
-    iterations: int = setting(4000, "K, number of server steps", AT_LEAST_ONE)
+    iterations: int = setting(4000, "number of server steps", AT_LEAST_ONE, symbol="K")
     minibatch_size: int = setting(500, "SLAQ: samples per worker per iteration (without replacement)",
                                   AT_LEAST_ONE)
-    slaq_error_scale: float = setting(0.5, "SLAQ: ec, the factor on the error term 3 (e + e_hat)", NONNEGATIVE)
+    slaq_error_scale: float = setting(0.5, "the SLAQ factor on the error term 3 (e + e_hat)", NONNEGATIVE,
+                                      symbol="ec")
     slaq_threshold_offset: float = setting(0.2, "SLAQ: constant added to the upload threshold", NONNEGATIVE)
     init: str = setting("zeros", 'theta^0: "zeros" or seeded "glorot" (uniform)', OneOf(*INIT_KINDS))
     seed: int = setting(0, "seeds the glorot init and SLAQ's minibatches", Integer(low=0))

@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from fedsim.algorithms.family import Report, cell, run_seconds
+from fedsim.algorithms.family import Report, cell, compare_row, compare_table
 
 
 def records_to_arrays(records: list[dict], n_workers: int | None = None) -> dict[str, np.ndarray]:
@@ -126,17 +126,15 @@ def compare(runs, targets: dict) -> tuple[str, list[str], list[list[str]]]:
         if final is None:
             measured = [r["test_accuracy"] for r in history if "test_accuracy" in r]
             final = measured[-1] if measured else None
-        rows.append([run.label, run.method, str(len(history)), cell(final, ".4f"),
-                     cell(history[-1]["objective"] - f_star if history else None, ".3e"),
-                     cell(reached and reached["iteration"], "d"),
-                     cell(reached and reached["communications"], "d"),
-                     cell(reached and reached["bits"], ".4g"),
-                     cell(history[-1]["bits"] if history else None, ".4g"), run_seconds(run), run.status])
-    headers = ["run", "method", "iterations", "final acc", "final f - f*", "its to target",
-               "uploads to target", "bits to target", "bits total", "seconds", "status"]
-    return f"lazy runs (target: f - f* <= {target:g}; f* = {f_star:.12g})", headers, rows
-
-
+        rows.append(compare_row(run, cell(final, ".4f"),
+                                cell(history[-1]["objective"] - f_star if history else None, ".3e"),
+                                cell(reached and reached["iteration"], "d"),
+                                cell(reached and reached["communications"], "d"),
+                                cell(reached and reached["bits"], ".4g"),
+                                cell(history[-1]["bits"] if history else None, ".4g")))
+    return compare_table(f"lazy runs (target: f - f* <= {target:g}; f* = {f_star:.12g})", "iterations",
+                         ["final acc", "final f - f*", "its to target", "uploads to target", "bits to target",
+                          "bits total"], rows)
 
 
 REPORT = Report(
