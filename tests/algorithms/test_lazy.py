@@ -118,6 +118,8 @@ def test_check_values_from_a_run_with_7850_parameters(method, per_iteration):
     history = _finished(LazyConfig(method=method, iterations=3, eval_every=10), data)
     assert history.run.model.size == 7850
     np.testing.assert_array_equal(history.uploads.sum(axis=1), [10, 10, 10])
+    # Without n_workers, the raster is as wide as the workers that uploaded (here all ten).
+    np.testing.assert_array_equal(records_to_arrays(history.records)["uploads"], history.uploads)
     np.testing.assert_array_equal(history.communications, [10, 20, 30])
     np.testing.assert_array_equal(np.diff(history.bits, prepend=0), [per_iteration] * 3)
 

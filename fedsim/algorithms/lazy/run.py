@@ -23,7 +23,7 @@ from fedsim.rng import RunStreams
 
 
 class LazyRun:
-    """One lazy-aggregation run, an iteration per :meth:`step` (module docstring: the equations).
+    """One lazy-aggregation run, an iteration per :meth:`step` (the equations: :mod:`fedsim.algorithms.lazy`).
 
     Parameters
     ----------
@@ -34,8 +34,6 @@ class LazyRun:
     partition : sequence of int arrays, optional
         One index array into ``data.x_train`` per worker (``config.n_workers`` of them). Default:
         contiguous blocks in file order, worker m gets ``[m N // M, (m + 1) N // M)``.
-    f_star : float, optional
-        The optimal value, if known (the residuals of the records: :mod:`fedsim.algorithms.lazy.report`).
     smoothness : ndarray, shape (M,), optional
         LAG-PS: the ``L_m`` to use; computed by :func:`smoothness_bounds` when omitted.
 
@@ -47,7 +45,7 @@ class LazyRun:
     """
 
     def __init__(self, config: LazyConfig, data: Dataset, partition: Sequence[np.ndarray] | None = None, *,
-                 f_star: float | None = None, smoothness: np.ndarray | None = None):
+                 smoothness: np.ndarray | None = None):
         n_samples = len(data.x_train)
         n_workers = config.n_workers
         if n_workers > n_samples:
@@ -58,7 +56,7 @@ class LazyRun:
         if len(partition) != n_workers:
             raise ValueError(f"partition has {len(partition)} index arrays but n_workers (M) is {n_workers}")
         dtype = np.dtype(config.dtype)
-        self.config, self.f_star = config, f_star
+        self.config = config
         self.shards = stack_shards(data.x_train, data.y_train, partition, dtype)
         if RULES[config.method].gradient == "minibatch" and config.minibatch_size > self.shards.sizes.min():
             raise ValueError(f"minibatch_size must be in [1, {self.shards.sizes.min()}] (the smallest "
