@@ -32,7 +32,6 @@ class Report:
     """What is said about a family's runs: the CLI's lines, the progress text, the summary, the compare table
     and the figure (each function reads the JSON records of history.jsonl, or the summary made from them)."""
 
-    description: str           # one line, for help texts
     clients_word: str          # what the data holders are called: "clients" or "workers"
     summarize: Callable        # (records) -> dict: the family's part of summary.json
     progress: Callable         # (record, state dict carried across records) -> progress-bar text

@@ -67,7 +67,7 @@ def compare(runs, targets: dict) -> tuple[str, list[str], list[list[str]]]:
 
 
 REPORT = Report(
-    description="compressed federated averaging: STC, FedAvg, signSGD, top-k, ...", clients_word="clients",
-    summarize=summarize, progress=progress_text, achieved=achieved, compare=compare, figure="federated_figure",
+    clients_word="clients", summarize=summarize, progress=progress_text, achieved=achieved, compare=compare,
+    figure="federated_figure",
     metrics=("final_test_accuracy", "best_test_accuracy", "bits_up", "bits_down", "bits"),
     curve=("round", "test_accuracy", "test accuracy", "value"))

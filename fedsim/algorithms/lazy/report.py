@@ -138,7 +138,7 @@ def compare(runs, targets: dict) -> tuple[str, list[str], list[list[str]]]:
 
 
 REPORT = Report(
-    description="lazy aggregation: GD, QGD, LAG-WK, LAG-PS, LAQ, SLAQ", clients_word="workers",
-    summarize=summarize, progress=progress_text, achieved=achieved, compare=compare, figure="lazy_figures",
+    clients_word="workers", summarize=summarize, progress=progress_text, achieved=achieved, compare=compare,
+    figure="lazy_figures",
     metrics=("final_objective", "min_objective", "communications", "bits", "final_test_accuracy"),
     curve=("iteration", "objective", "f - (smallest f of the sweep)", "residual"))
