@@ -241,7 +241,7 @@ def stc_round_benchmark(mode: str, data_dir=None) -> dict:
 
     from benchmarks.torch_reference import TorchSTCClientLoop, TorchSTCRound
     from fedsim.algorithms.federated import FederatedConfig, FederatedRun
-    from fedsim.experiment import DataConfig, split_among_clients
+    from fedsim.experiment_data import DataConfig, split_among_clients
 
     settings = SETTINGS[common.check_mode(mode)]
     data = load_or_synthesize("stc", data_dir, settings["synthetic_shape"], settings["n_test"])
@@ -418,7 +418,7 @@ def laq_iteration_benchmark(mode: str, data_dir=None) -> dict:
     import torch
 
     from benchmarks.torch_reference import TorchLAQRun
-    from fedsim.algorithms.lazy import LazyConfig, run_lazy, stack_shards
+    from fedsim.algorithms.lazy import LazyConfig, LazyRun, records_to_arrays, stack_shards
     from fedsim.models.softmax import SoftmaxRegression
     from fedsim.rng import RunStreams
 
@@ -472,18 +472,19 @@ def laq_iteration_benchmark(mode: str, data_dir=None) -> dict:
         moments.append((arrived, time.perf_counter()))
 
     run_started = time.perf_counter()
-    history = run_lazy(config, dataset, partition, callback=callback, progress=False)
+    run = LazyRun(config, dataset, partition)
+    upload_raster = records_to_arrays(run.run(callback=callback), n_workers)["uploads"]
     # fedsim's iteration k (k >= 1) runs between the callback of k - 1 returning and the callback of k
     fedsim_seconds = [moments[k][0] - moments[k - 1][1] for k in range(1, len(moments))]
     assert_equal("LAQ upload decisions (torch vs fedsim), validated iterations",
-                 np.array(uploads[:validate]), history.uploads[:validate])
+                 np.array(uploads[:validate]), upload_raster[:validate])
     timed = slice(validate + warmup - 1, None)
     fedsim_timing = common.Timing(tuple(fedsim_seconds[timed]))
     torch_timing = common.Timing(tuple(torch_seconds[validate + warmup:]))
     read_timings = {"iteration": common.Timing(tuple(read_seconds[validate + warmup:]))}
 
     x_test = np.asarray(dataset.x_test, dtype=np.float64)
-    theta = history.theta
+    theta = run.theta
     test_x, test_y = torch.from_numpy(x_test), torch.from_numpy(np.asarray(dataset.y_test, dtype=np.int64))
     fedsim_accuracy = float(model.accuracy(theta, x_test, dataset.y_test))
     reference.theta = torch.tensor(theta)
@@ -527,7 +528,7 @@ def laq_iteration_benchmark(mode: str, data_dir=None) -> dict:
         "floor": floors,
         "floor_notes": floor_notes,
         "validated_iterations": validate,
-        "uploads_in_timed_iterations": int(history.uploads[validate + warmup:].sum()),
+        "uploads_in_timed_iterations": int(upload_raster[validate + warmup:].sum()),
         "flops": {"iteration": flops, "evaluation": evaluation_flops,
                   "note": "matrix products only: forward and backward, 2 F C per sample each; evaluation "
                           "x W, 2 F C per sample"},

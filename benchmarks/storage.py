@@ -29,7 +29,7 @@ def _images_dataset(pipeline: str, data_dir, shape, seed: int = 0):
     """Fashion-MNIST through ``pipeline``, or 8-bit random images of the same kind (a known source)."""
     from benchmarks.rounds import load_or_synthesize
     from fedsim.data.dataset import Dataset
-    from fedsim.experiment import pixel_affine
+    from fedsim.experiment_data import pixel_affine
     if shape is None:
         data = load_or_synthesize(pipeline, data_dir, None, None)
         if "Fashion-MNIST" in data.source:
@@ -47,7 +47,7 @@ def _images_dataset(pipeline: str, data_dir, shape, seed: int = 0):
 
 def laq_storage_benchmark(mode: str, data_dir=None) -> dict:
     from fedsim.algorithms.lazy import LazyConfig, LazyRun
-    from fedsim.experiment import stored_as_codes
+    from fedsim.experiment_data import stored_as_codes
     settings = SETTINGS[common.check_mode(mode)]
     shape = settings["laq_shape"]
     dataset, source = _images_dataset("laq", data_dir, None if shape is None else (shape[0] * shape[1], shape[2]))
@@ -75,7 +75,7 @@ def laq_storage_benchmark(mode: str, data_dir=None) -> dict:
 
 def stc_storage_benchmark(mode: str, data_dir=None) -> dict:
     from fedsim.algorithms.federated import FederatedConfig, FederatedRun
-    from fedsim.experiment import DataConfig, split_among_clients, stored_as_codes
+    from fedsim.experiment_data import DataConfig, split_among_clients, stored_as_codes
     settings = SETTINGS[common.check_mode(mode)]
     dataset, source = _images_dataset("stc", data_dir, settings["stc_shape"])
     n_clients, validate, repeats = settings["n_clients"], settings["validate"], settings["repeats"]

@@ -81,7 +81,7 @@ def write_sweep(folder: Path, name: str, overrides: dict):
 
 def run_sequential(sweep, out: Path) -> dict[str, dict]:
     """The sweep's runs one after the other in this process, into ``out/runs/<folder>`` as a sweep would."""
-    from fedsim.experiment import keep_datasets_in_memory
+    from fedsim.experiment_data import keep_datasets_in_memory
     from fedsim.sweeps.execute import run_folder
     from fedsim.sweeps.worker import run_one
     keep_datasets_in_memory(False)        # forget the datasets of the previous pass (run_one keeps them)

@@ -98,7 +98,7 @@ def config_of(args, method: str):
 
 def load(config):
     """The training data and its split among the workers, as the runs see them."""
-    from fedsim.experiment import load_data, split_among_clients
+    from fedsim.experiment_data import load_data, split_among_clients
     data = load_data(config.data, config.pipeline, seed=config.seed, progress=False)
     return data, split_among_clients(config.data, data, config.n_clients, seed=config.seed,
                                      clients_setting=config.clients_setting)

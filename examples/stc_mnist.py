@@ -90,7 +90,7 @@ def print_round(record: dict, rounds: int, method: str) -> None:
 def print_partition(config) -> None:
     """The clients' class counts (the same data and split the runs use)."""
     from fedsim.data.partition import partition_report
-    from fedsim.experiment import load_data, split_among_clients
+    from fedsim.experiment_data import load_data, split_among_clients
     dataset = load_data(config.data, config.pipeline, seed=config.seed, progress=False)
     clients = split_among_clients(config.data, dataset, config.n_clients, seed=config.seed)
     print(partition_report(dataset.y_train, clients, dataset.n_classes), flush=True)

@@ -280,7 +280,7 @@ def command_show_config(args) -> int:
 
 def _describe(config) -> str:
     family = config.algorithm_family
-    return (f"{config.method} on {config.data.dataset}, {config.n_clients} {family.clients_word}, "
+    return (f"{config.method} on {config.data.dataset}, {config.n_clients} {family.report.clients_word}, "
             f"{config.steps} {family.units}")
 
 
@@ -296,7 +296,7 @@ def _print_results(outcome, quiet: bool) -> None:
         parts.append(f"final test accuracy {summary['final_test_accuracy']:.4f}"
                      + (f" (best {best:.4f})" if best is not None else ""))
     from fedsim.algorithms.family import family
-    parts += family(outcome.family).report(summary)
+    parts += family(outcome.family).report.achieved(summary)
     parts.append(f"{summary.get('seconds', 0.0):.1f} s")
     print(f"run completed: {'; '.join(parts)}")
     print(f"results: {folder}")
@@ -439,7 +439,7 @@ def compare_tables(runs, target_accuracy: float, target_residual: float) -> str:
     targets = {"accuracy": target_accuracy, "residual": target_residual}
     blocks = []
     for declared, chosen in group_by_family(runs):
-        title, headers, rows = declared.compare(chosen, targets)
+        title, headers, rows = declared.report.compare(chosen, targets)
         blocks.append(f"{title}\n{_table(headers, rows)}")
     return "\n\n".join(blocks)
 

@@ -5,7 +5,7 @@ A config file has two top-level settings and four tables, each table one frozen 
     family = "federated"      # federated (STC, FedAvg, signSGD, top-k) | lazy (GD, QGD, LAG, LAQ, SLAQ)
     seed = 0                  # seeds everything: data generation, partition, sampling, initialization
 
-    [data]                    # DataConfig (fedsim.experiment): dataset, preprocessing, partition
+    [data]                    # DataConfig (fedsim.experiment_data): dataset, preprocessing, partition
     [federated]               # FederatedConfig (fedsim.algorithms.federated), used when family = "federated"
     [lazy]                    # LazyConfig (fedsim.algorithms.lazy), used when family = "lazy"
     [run]                     # RunConfig (below): checkpoints, f*
@@ -15,10 +15,13 @@ Every setting may be left out (it takes its default). Validation happens in one 
 message names the setting:
 
 1. keys: an unknown key is reported with the closest valid key (``difflib``);
-2. types: each value must match its dataclass field's annotation (an integer is accepted for a float
-   field and converted; ``true``/``false`` is never taken for a number);
-3. ranges: the dataclasses' own ``__post_init__`` checks, then the cross-table checks of
-   :class:`ExperimentConfig`.
+2. values: each dataclass checks its fields against the constraints they declare
+   (:mod:`fedsim.constraints`: an integer is accepted for a float field and converted; ``true``/``false`` is
+   never taken for a number), then the checks that relate several of its fields;
+3. the cross-table checks of :class:`ExperimentConfig`.
+
+Each field's one-line description is declared beside its constraint; ``show-config`` writes it as the
+setting's comment.
 
 :func:`config_to_toml` writes a config back with every setting filled in; reading that text again gives
 an equal config. Settings whose value is "unset" (``None``, which TOML cannot express) are written as
@@ -29,14 +32,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import inspect
 import json
 import math
 import re
 import sys
-import types
-import typing
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -49,7 +49,9 @@ from fedsim.algorithms.federated import FederatedConfig
 from fedsim.compress import COMPRESSORS
 from fedsim.algorithms.family import FAMILIES, Family, family
 from fedsim.algorithms.lazy import LazyConfig
-from fedsim.experiment import DataConfig
+from fedsim.constraints import (Integer, Optional, Real, Registered, check_fields, constraint_of, descriptions,
+                                setting)
+from fedsim.experiment_data import DataConfig
 
 
 class ConfigError(ValueError):
@@ -60,37 +62,30 @@ class ConfigError(ValueError):
 class RunConfig:
     """How a run is carried out and recorded (not what it computes)."""
 
-    checkpoint_every: int = 10         # checkpoint every this many rounds / iterations; 0: only at the end
-    f_star: float | None = None        # lazy family: optimal objective for residuals f - f*
-    blas_threads: int = 1              # threads of the run (BLAS, the gradient's blocks); same results for one value
+    checkpoint_every: int = setting(10, "checkpoint every this many rounds / iterations; 0: only at the end",
+                                    Integer(low=0))
+    f_star: float | None = setting(None, "lazy family: optimal objective for residuals f - f*",
+                                   Optional(Real(), "the smallest objective among the runs compared"))
+    blas_threads: int = setting(1, "threads of the run (BLAS, the gradient's blocks); same results for one value",
+                                Integer(1, 1024))
 
     def __post_init__(self):
-        if isinstance(self.checkpoint_every, bool) or not isinstance(self.checkpoint_every, int) \
-                or self.checkpoint_every < 0:
-            raise ValueError(f"checkpoint_every must be an integer >= 0 (0: only at the end), "
-                             f"got {self.checkpoint_every!r}")
-        if isinstance(self.blas_threads, bool) or not isinstance(self.blas_threads, int) \
-                or not 1 <= self.blas_threads <= 1024:
-            raise ValueError(f"blas_threads must be an integer in [1, 1024], got {self.blas_threads!r}")
-        if self.f_star is not None and not math.isfinite(self.f_star):
-            raise ValueError(f"f_star must be a finite number, got {self.f_star!r}")
+        check_fields(self)
 
 
 @dataclass(frozen=True)
 class ExperimentConfig:
     """One experiment: which family, the seed, and the settings of data, algorithm and run."""
 
-    family: str = "federated"                                      # federated | lazy
-    seed: int = 0                                                  # seeds every random choice of the run
-    data: DataConfig = field(default_factory=DataConfig)           # dataset, pipeline, partition
-    federated: FederatedConfig = field(default_factory=FederatedConfig)  # family "federated"
-    lazy: LazyConfig = field(default_factory=LazyConfig)           # family "lazy" (its seed is `seed`)
-    run: RunConfig = field(default_factory=RunConfig)              # checkpoints, f*
+    family: str = setting("federated", "federated | lazy", Registered(lambda: FAMILIES))
+    seed: int = setting(0, "seeds every random choice of the run", Integer(low=0))
+    data: DataConfig = setting(MISSING, "dataset, pipeline, partition", default_factory=DataConfig)
+    federated: FederatedConfig = setting(MISSING, 'family "federated"', default_factory=FederatedConfig)
+    lazy: LazyConfig = setting(MISSING, 'family "lazy" (its seed is `seed`)', default_factory=LazyConfig)
+    run: RunConfig = setting(MISSING, "checkpoints, f*", default_factory=RunConfig)
 
     def __post_init__(self):
-        family(self.family)            # ValueError naming the families
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
+        check_fields(self)
         # A family config that carries a seed of its own takes the experiment's: one source.
         for name, declared in FAMILIES.items():
             settings = getattr(self, name)
@@ -182,58 +177,16 @@ def all_settings() -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# types
+# values in messages
 
 
-_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+_TOML_TYPES = ((bool, "boolean"), (int, "integer"), (float, "float"), (str, "string"), (dict, "table"),
+               (list, "array"))
 
 
 def _toml_type_name(value) -> str:
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "float"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, dict):
-        return "table"
-    if isinstance(value, list):
-        return "array"
-    return type(value).__name__
-
-
-def _allowed_types(annotation) -> tuple[type, ...]:
-    """The concrete types of a field annotation, ``None`` left out (TOML cannot say None)."""
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        return tuple(arg for arg in typing.get_args(annotation) if arg is not type(None))
-    return (annotation,)
-
-
-def coerce(value, annotation, setting: str):
-    """``value`` checked against a field annotation (int -> float where a float is wanted; ``None`` where
-    the annotation allows it).
-
-    Raises
-    ------
-    ConfigError
-        Naming ``setting``, the expected type and what was given.
-    """
-    allowed = _allowed_types(annotation)
-    if value is None and len(allowed) < len(typing.get_args(annotation)):
-        return None       # an optional setting left unset (possible from Python, not from TOML)
-    for kind in allowed:
-        if kind is bool and isinstance(value, bool):
-            return value
-        if kind is int and isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if kind is str and isinstance(value, str):
-            return value
-    words = " or ".join(_TYPE_WORDS.get(kind, kind.__name__) for kind in allowed)
-    raise ConfigError(f"{setting} must be {words}, got {_format_value(value)} ({_toml_type_name(value)})")
+    """The TOML name of a value's type (``bool`` first: a bool is also an int)."""
+    return next((name for kind, name in _TOML_TYPES if isinstance(value, kind)), type(value).__name__)
 
 
 def _format_value(value) -> str:
@@ -291,14 +244,13 @@ def _unknown_key(dotted: str, table: str | None, source: str) -> ConfigError:
 
 def _build_table(table: str, values: dict, source: str, **derived):
     cls = TABLES[table]
-    hints = typing.get_type_hints(cls)
     kwargs = dict(derived)
     for key, value in values.items():
         if (table, key) in DERIVED:
             raise ConfigError(f"{table}.{key} cannot be set here; set {DERIVED[(table, key)]} instead")
-        if key not in hints or key not in table_fields(table):
+        if key not in table_fields(table):
             raise _unknown_key(f"{table}.{key}", table, source)
-        kwargs[key] = coerce(value, hints[key], f"{table}.{key}")
+        kwargs[key] = value
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as error:
@@ -346,7 +298,7 @@ def config_from_dict(raw: dict, source: str = "") -> ExperimentConfig:
             elif key != COMPRESSORS_HOLDER:
                 tables[key] = _build_table(key, value, source)
         elif key in TOP_LEVEL:
-            top[key] = coerce(value, int if key == "seed" else str, key)
+            top[key] = value
         else:
             raise _unknown_key(key, None, source)
     # [federated] last: it holds the compressor tables' settings.
@@ -354,7 +306,7 @@ def config_from_dict(raw: dict, source: str = "") -> ExperimentConfig:
                                               compressors=compressors)
     try:
         return ExperimentConfig(**top, **tables)
-    except ValueError as error:
+    except (ValueError, TypeError) as error:
         raise ConfigError(_one_line(error)) from None
 
 
@@ -369,7 +321,8 @@ def unused_tables(raw: dict, config: ExperimentConfig) -> list[str]:
             unused.append(f"[{table}] (family is {config.family!r})")
         elif table in COMPRESSOR_TABLES:
             holder = getattr(config, COMPRESSORS_HOLDER)
-            used = {holder.scheme.up, holder.scheme.down} if config.algorithm is holder else set()
+            resolved = holder.resolved_method
+            used = {resolved.up, resolved.down} if config.algorithm is holder else set()
             if table not in used:
                 unused.append(f"[{table}] (method {config.method!r} does not use the {table} compressor)")
     return unused
@@ -462,33 +415,15 @@ def toml_value(value) -> str:
     raise TypeError(f"cannot write {type(value).__name__} {value!r} as a TOML value")
 
 
-def field_comments(cls) -> dict[str, str]:
-    """The one-line comment beside each field of a dataclass's source (empty if the source is missing)."""
-    try:
-        source = inspect.getsource(cls)
-    except (OSError, TypeError):
-        return {}
-    names = {f.name for f in dataclasses.fields(cls)}
-    comments = {}
-    for line in source.splitlines():
-        match = re.match(r"\s+(\w+)\s*:[^#]*#\s*(.+?)\s*$", line)
-        if match and match.group(1) in names:
-            comments[match.group(1)] = match.group(2)
-    return comments
-
-
 def _unset_meaning(config: ExperimentConfig, table: str, name: str) -> str:
     """What an unset (None) setting means for this config, for the comment written in its place."""
     if (table, name) == ("data", "pipeline"):
         return f"the family's, {toml_value(config.algorithm_family.pipeline)}"
-    if (table, name) == ("data", "data_dir"):
-        return "only the standard search path (FEDSIM_DATA, data/, the cache)"
     if table in FAMILIES and name in FAMILIES[table].unset_meanings:
         whose, value_of = FAMILIES[table].unset_meanings[name]
         return f"{whose}, {toml_value(value_of(config))}"
-    if (table, name) == ("run", "f_star"):
-        return "the smallest objective among the runs compared"
-    return "default"
+    constraint = constraint_of(TABLES[table], name)
+    return constraint.unset if isinstance(constraint, Optional) else "default"
 
 
 def config_to_toml(config: ExperimentConfig, header: str = "", comments: bool = True) -> str:
@@ -496,10 +431,10 @@ def config_to_toml(config: ExperimentConfig, header: str = "", comments: bool = 
 
     Unset (``None``) settings become comment lines ``# name = (unset: meaning)``; reading the text back
     with :func:`parse_toml` and :func:`config_from_dict` gives a config equal to ``config``. With
-    ``comments``, each setting carries its field's one-line comment.
+    ``comments``, each setting carries its field's one-line description.
     """
     lines = [f"# {line}".rstrip() for line in header.splitlines()] if header else []
-    top_comments = field_comments(ExperimentConfig) if comments else {}
+    top_comments = _comments(ExperimentConfig) if comments else {}
     for key in TOP_LEVEL:
         lines.append(_setting_line(key, getattr(config, key), top_comments.get(key)))
     for table in TABLES:
@@ -510,7 +445,7 @@ def config_to_toml(config: ExperimentConfig, header: str = "", comments: bool = 
         if table in COMPRESSOR_TABLES:
             lines.append(f"# the {table} compressor's settings (p and scope: [federated])")
         lines.append(f"[{table}]")
-        notes = field_comments(type(settings)) if comments else {}
+        notes = _comments(type(settings)) if comments else {}
         if comments and table in FAMILIES and "method" in notes:
             notes["method"] = f"{notes['method']}: {', '.join(FAMILIES[table].method_names())}"
         for name in table_fields(table):
@@ -520,6 +455,17 @@ def config_to_toml(config: ExperimentConfig, header: str = "", comments: bool = 
             else:
                 lines.append(_setting_line(name, value, notes.get(name)))
     return "\n".join(lines) + "\n"
+
+
+def _comments(cls) -> dict[str, str]:
+    """Each field's description, with the numbers its constraint allows (``communication rounds; an integer
+    >= 1``)."""
+    comments = descriptions(cls)
+    for name in comments:
+        constraint = constraint_of(cls, name)
+        if isinstance(constraint, (Integer, Real)):
+            comments[name] += f"; {constraint.describe()}"
+    return comments
 
 
 def _setting_line(name: str, value, comment: str | None) -> str:
@@ -617,6 +563,6 @@ def load_preset(name: str, overrides=(), notes: list | None = None) -> Experimen
 
 
 __all__ = ["unused_tables", "config_differences", "config_fingerprint", "ConfigError", "ExperimentConfig", "FAMILIES", "RunConfig", "TABLES", "all_settings",
-           "apply_overrides", "coerce", "config_from_dict", "config_to_dict", "config_to_toml",
+           "apply_overrides", "config_from_dict", "config_to_dict", "config_to_toml",
            "list_presets", "load_config_file", "load_preset", "parse_override", "parse_toml", "preset_text",
            "suggest", "table_fields", "toml_value"]

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -64,8 +65,16 @@ def _is_integer(value) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
+def _bound(value) -> str:
+    """A bound as text; the largest values of unsigned and signed integer types as ``2^n - 1``."""
+    if isinstance(value, int) and value >= 2 ** 16 - 1 and (value + 1) & value == 0:
+        return f"2^{value.bit_length()} - 1"
+    return str(value)
+
+
 def _interval(low, high, low_open: bool, high_open: bool) -> str:
     """``"in [0, 1)"``, ``">= 1"`` or ``"> 0"``: the shortest text for the interval."""
+    low, high = (None if bound is None else _bound(bound) for bound in (low, high))
     if low is not None and high is not None:
         return f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
     if low is not None:
@@ -145,6 +154,26 @@ class OneOf(Constraint):
 
 
 @dataclass(frozen=True)
+class Registered(Constraint):
+    """One of the names ``names()`` gives when the value is checked: a registry that may still grow after the
+    declaration (the federated methods, one pair per registered compressor)."""
+
+    names: Callable[[], Iterable]
+
+    def _now(self) -> OneOf:
+        return OneOf(*self.names())
+
+    def describe(self) -> str:
+        return self._now().describe()
+
+    def normalize(self, value):
+        return self._now().normalize(value)
+
+    def allows(self, value) -> bool:
+        return self._now().allows(value)
+
+
+@dataclass(frozen=True)
 class Flag(Constraint):
     """``true`` or ``false`` (a Python or NumPy bool)."""
 
@@ -199,12 +228,15 @@ class Optional(Constraint):
 
 DESCRIPTION = "description"
 CONSTRAINT = "constraint"
+SYMBOL = "symbol"
 
 
-def setting(default, description: str, constraint: Constraint | None = None, **field_options):
+def setting(default, description: str, constraint: Constraint | None = None, *, symbol: str | None = None,
+            **field_options):
     """A dataclass field with its ``default``, its one-line ``description`` and its ``constraint``
-    (``default_factory`` may replace ``default`` by passing ``default=dataclasses.MISSING``)."""
-    metadata = {DESCRIPTION: description, CONSTRAINT: constraint}
+    (``default_factory`` may replace ``default`` by passing ``default=dataclasses.MISSING``). ``symbol``:
+    the letter the equations use for it (``"b"``), shown in its errors and before its description."""
+    metadata = {DESCRIPTION: description, CONSTRAINT: constraint, SYMBOL: symbol}
     if default is dataclasses.MISSING:
         return dataclasses.field(metadata=metadata, **field_options)
     return dataclasses.field(default=default, metadata=metadata, **field_options)
@@ -212,18 +244,20 @@ def setting(default, description: str, constraint: Constraint | None = None, **f
 
 def check_fields(instance, prefix: str = "") -> None:
     """Check every field of the (frozen) dataclass ``instance`` that declares a constraint, and store the
-    normalized value; errors name the field as ``prefix + name``."""
+    normalized value; errors name the field as ``prefix + name``, with its symbol (``bits (b)``)."""
     for field in dataclasses.fields(instance):
         constraint = field.metadata.get(CONSTRAINT)
         if constraint is not None:
-            value = constraint.check(prefix + field.name, getattr(instance, field.name))
-            object.__setattr__(instance, field.name, value)
+            symbol = field.metadata.get(SYMBOL)
+            name = prefix + field.name + (f" ({symbol})" if symbol else "")
+            object.__setattr__(instance, field.name, constraint.check(name, getattr(instance, field.name)))
 
 
 def descriptions(cls) -> dict[str, str]:
-    """The one-line description of each field of the dataclass ``cls`` that has one."""
-    return {field.name: field.metadata[DESCRIPTION] for field in dataclasses.fields(cls)
-            if DESCRIPTION in field.metadata}
+    """The one-line description of each field of the dataclass ``cls`` that has one (``"b, bits per
+    quantized entry"`` for a field with a symbol)."""
+    return {field.name: ", ".join(filter(None, (field.metadata.get(SYMBOL), field.metadata[DESCRIPTION])))
+            for field in dataclasses.fields(cls) if DESCRIPTION in field.metadata}
 
 
 def constraint_of(cls, name: str) -> Constraint | None:
@@ -232,3 +266,20 @@ def constraint_of(cls, name: str) -> Constraint | None:
         if field.name == name:
             return field.metadata.get(CONSTRAINT)
     raise KeyError(name)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# registries: a name's allowed values are the registered names
+
+
+def register_into(registry: dict, name: str, value, what: str):
+    """``registry[name] = value`` (returns ``value``); ValueError if another value holds ``name``."""
+    if name in registry and registry[name] is not value:
+        raise ValueError(f"{what} {name!r} is registered twice")
+    registry[name] = value
+    return value
+
+
+def lookup(registry: dict, name, what: str):
+    """``registry[name]``, or a one-line error naming ``what`` and the registered names."""
+    return registry[OneOf(*registry).check(what, name)]

@@ -6,8 +6,7 @@ from __future__ import annotations
 class DivergenceError(RuntimeError):
     """A run met NaN or inf (in a loss, an update, a gradient or the parameters) and stopped.
 
-    ``history`` holds what was completed before it: the record list of a federated run, the
-    :class:`~fedsim.algorithms.lazy.LazyHistory` of a lazy one.
+    ``history`` holds the records (one JSON-able dict per round or iteration) completed before it.
     """
 
     def __init__(self, message: str, history):

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from fedsim.algorithms.family import FAMILIES, group_by_family
-from fedsim.algorithms.lazy import f_star_of, records_spent_before
+from fedsim.algorithms.lazy import f_star_of, records_to_arrays
 from fedsim.runs import RunResult
 
 FORMATS = ("png", "svg")
@@ -133,7 +133,7 @@ def describe(runs: list[RunResult]) -> tuple[str, list[str]]:
     if declared is not None:
         clients_key = declared.setting(declared.clients_setting)
         if clients_key in common and clients_key not in differing:
-            data.append(f"{common[clients_key]} {declared.clients_word}")
+            data.append(f"{common[clients_key]} {declared.report.clients_word}")
     shared = [_short(key, common[key]) for key in (f"{family}.lr", f"{family}.step_size", f"{family}.p_up",
                                                    f"{family}.p_down", f"{family}.batch_size", f"{family}.bits")
               if key in common and key not in differing]
@@ -198,16 +198,13 @@ def lazy_figures(runs: list[RunResult], out: Path, max_workers: int = 10, f_star
     residual_label = "f - f*" if configured else "f - (smallest f of these runs)"
     figure, axes = _figure(2, 3)
     for index, (run, label) in enumerate(zip(runs, labels)):
-        history = run.history
-        objective = np.array([r["objective"] for r in history])
-        grad_norm = np.array([r["grad_norm_sq"] for r in history])
-        residual = objective - f_star
+        arrays = records_to_arrays(run.history)
+        residual = arrays["objective"] - f_star
         residual = np.where(residual > 0, residual, np.nan)      # a log axis cannot show 0 (the best run)
-        communications, bits = records_spent_before(history)
-        x_axes = (np.arange(len(history)), communications, bits)
+        x_axes = (np.arange(len(run.history)), arrays["communications_before"], arrays["bits_before"])
         for column, x in enumerate(x_axes):
             axes[0, column].plot(x, residual, label=label, **_style(index))
-            axes[1, column].plot(x, grad_norm, label=label, **_style(index))
+            axes[1, column].plot(x, arrays["grad_norm_sq"], label=label, **_style(index))
     for column, xlabel in enumerate(("iteration", "communications (uploads, cumulative)", "bits (cumulative)")):
         xscale = "linear" if column == 0 else "log"
         if tolerance is not None:
@@ -242,13 +239,13 @@ def lazy_figures(runs: list[RunResult], out: Path, max_workers: int = 10, f_star
 
 def plot_runs(runs: list[RunResult], out, **options) -> list[Path]:
     """All figures for ``runs`` into folder ``out``: each family's runs drawn by the figure function
-    its registration names (``Family.figures``), with the ``options`` that function takes."""
+    its registration names (``Report.figure``), with the ``options`` that function takes."""
     import inspect
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for declared, chosen in group_by_family(runs):
-        draw = globals()[declared.figures]
+        draw = globals()[declared.report.figure]
         accepted = inspect.signature(draw).parameters
         paths += draw(chosen, out, **{key: value for key, value in options.items() if key in accepted})
     return paths

@@ -108,7 +108,7 @@ def test_bad_config_file_gives_one_error_line_and_exit_2(tmp_path):
     assert_one_error_line(fedsim(tmp_path, "run", "exp.toml", "--quiet"),
                           "unknown setting 'federated.lrr' in exp.toml; did you mean 'federated.lr'?")
     bad_type = fedsim(tmp_path, "show-config", "--preset", "synthetic", "--set", "federated.lr=fast")
-    assert_one_error_line(bad_type, 'federated.lr must be a number, got "fast" (string)')
+    assert_one_error_line(bad_type, "federated.lr must be a finite number > 0, got 'fast'")
     assert not (tmp_path / "runs").exists()
 
 
@@ -129,8 +129,8 @@ def in_process(tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("text, args, fragments", [
-    ("[federated]\nlr = \"fast\"\n", [], ['federated.lr must be a number, got "fast" (string)']),
-    ("[federated]\np_up = 1.5\n", [], ["federated.p_up must be in (0, 1], got 1.5"]),
+    ("[federated]\nlr = \"fast\"\n", [], ["federated.lr must be a finite number > 0, got 'fast'"]),
+    ("[federated]\np_up = 1.5\n", [], ["federated.p_up must be a finite number in (0, 1], got 1.5"]),
     ("[federated\n", [], ["exp.toml: not valid TOML"]),
     ("", ["--set", "federated.rounds=0"], ["federated.rounds must be an integer >= 1, got 0"]),
     ("", ["--set", "data.datset=mnist"], ["did you mean 'data.dataset'?"]),

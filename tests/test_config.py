@@ -120,20 +120,22 @@ def test_derived_lazy_seed_cannot_be_set_and_follows_the_top_level_seed():
     assert "seed" not in table_fields("lazy")
 
 
-# --- types --------------------------------------------------------------------------------------------------
+# --- types (each field's constraint, fedsim.constraints) ------------------------------------------------------
 
 @pytest.mark.parametrize("raw, expected", [
-    ({"federated": {"lr": "fast"}}, 'federated.lr must be a number, got "fast" (string)'),
-    ({"federated": {"rounds": 2.5}}, "federated.rounds must be an integer, got 2.5 (float)"),
-    ({"federated": {"rounds": True}}, "federated.rounds must be an integer, got true (boolean)"),
-    ({"data": {"download": 1}}, "data.download must be true or false, got 1 (integer)"),
-    ({"data": {"pipeline": 3}}, "data.pipeline must be a string, got 3 (integer)"),
-    ({"federated": {"accumulate_up": "yes"}}, 'federated.accumulate_up must be true or false, got "yes"'),
-    ({"seed": "0"}, 'seed must be an integer, got "0" (string)'),
-    ({"family": 1}, "family must be a string, got 1 (integer)"),
+    ({"federated": {"lr": "fast"}}, "federated.lr must be a finite number > 0, got 'fast'"),
+    ({"federated": {"rounds": 2.5}}, "federated.rounds must be an integer >= 1, got 2.5"),
+    ({"federated": {"rounds": True}}, "federated.rounds must be an integer >= 1, got True"),
+    ({"data": {"download": 1}}, "data.download must be true or false, got 1"),
+    ({"data": {"pipeline": 3}}, "data.pipeline must be one of 'stc', 'laq', or unset (the family's), got 3"),
+    ({"federated": {"accumulate_up": "yes"}},
+     "federated.accumulate_up must be true or false, or unset (the method's), got 'yes'"),
+    ({"seed": "0"}, "seed must be an integer >= 0, got '0'"),
+    ({"family": 1}, "family must be one of 'federated', 'lazy', got 1"),
     ({"data": 3}, "'data' must be a table ([data]), got 3 (integer)"),
-    ({"federated": {"lr": [0.1]}}, "federated.lr must be a number, got [0.1] (array)"),
-    ({"run": {"f_star": "low"}}, 'run.f_star must be a number, got "low" (string)'),
+    ({"federated": {"lr": [0.1]}}, "federated.lr must be a finite number > 0, got [0.1]"),
+    ({"run": {"f_star": "low"}}, "run.f_star must be a finite number, or unset (the smallest objective among the "
+                                 "runs compared), got 'low'"),
 ])
 def test_wrong_type_names_setting_and_type(raw, expected):
     message = _error(raw)
@@ -149,16 +151,16 @@ def test_integer_is_accepted_for_a_float_setting_and_stored_as_float():
 # --- ranges -------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("raw, expected", [
-    ({"federated": {"lr": -1}}, "federated.lr must be a finite number > 0, got -1.0"),
-    ({"federated": {"p_up": 2.0}}, "federated.p_up must be in (0, 1], got 2.0"),
+    ({"federated": {"lr": -1}}, "federated.lr must be a finite number > 0, got -1"),
+    ({"federated": {"p_up": 2.0}}, "federated.p_up must be a finite number in (0, 1], got 2.0"),
     ({"federated": {"method": "stc"}}, "federated.method must be one of"),
-    ({"lazy": {"bits": 0}}, "lazy.bits (b) must be an integer [1, 16], got 0"),
+    ({"lazy": {"bits": 0}}, "lazy.bits (b) must be an integer in [1, 16], got 0"),
     ({"lazy": {"method": "lag"}}, "lazy.method must be one of"),
     ({"data": {"dataset": "cifar"}}, "data.dataset must be one of"),
     ({"run": {"checkpoint_every": -1}}, "run.checkpoint_every must be an integer >= 0"),
     ({"run": {"f_star": math.inf}}, "run.f_star must be a finite number"),
     ({"seed": -1}, "seed must be an integer >= 0, got -1"),
-    ({"family": "lazzy"}, "family must be one of ['federated', 'lazy'], got 'lazzy'"),
+    ({"family": "lazzy"}, "family must be one of 'federated', 'lazy', got 'lazzy'"),
     ({"data": {"dataset": "synthetic", "partition": "natural"}},
      "data.synthetic_devices (30) must equal federated.n_clients (50) with data.partition = 'natural'"),
     ({"family": "lazy", "data": {"dataset": "synthetic", "partition": "natural"}},
@@ -170,8 +172,10 @@ def test_out_of_range_names_setting_and_range(raw, expected):
 
 
 def test_run_config_validates_itself():
-    with pytest.raises(ValueError, match="checkpoint_every must be an integer >= 0"):
+    with pytest.raises(TypeError, match="checkpoint_every must be an integer >= 0"):
         RunConfig(checkpoint_every=1.5)
+    with pytest.raises(ValueError, match=r"blas_threads must be an integer in \[1, 1024\], got 0"):
+        RunConfig(blas_threads=0)
     assert RunConfig(checkpoint_every=0).checkpoint_every == 0
 
 

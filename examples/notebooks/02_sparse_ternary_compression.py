@@ -36,7 +36,7 @@ from fedsim.algorithms.federated import FederatedRun
 from fedsim.compress import ErrorFeedback, expected_position_bits, make_compressor, stc_bits_per_entry
 from fedsim.config import load_preset
 from fedsim.data import load_dataset
-from fedsim.experiment import split_among_clients
+from fedsim.experiment_data import split_among_clients
 from fedsim.kernels import golomb, sparsify
 from fedsim.models import SoftmaxRegression
 

@@ -32,8 +32,9 @@ import numpy as np
 from scipy.optimize import minimize
 from threadpoolctl import threadpool_limits
 
-from fedsim.algorithms.lazy import (LAQ_ERROR_FACTOR, LazyRun, estimate_f_star, history_threshold,
-                                    laq_upload_decision, run_lazy, smoothness_bounds, stack_shards)
+from fedsim.algorithms.lazy import (LAQ_ERROR_FACTOR, LazyRun, history_threshold, laq_upload_decision,
+                                    records_reach, records_to_arrays, smallest_objective, smoothness_bounds,
+                                    stack_shards)
 from fedsim.config import load_preset
 from fedsim.data import load_dataset
 from fedsim.data.partition import contiguous
@@ -98,13 +99,15 @@ print(f"L-BFGS: f* = {best.fun:.10f} after {best.nit} iterations")
 #   H^k = \frac{1}{\alpha^2 M^2} \sum_{d=1}^{D} \xi_d \|\theta^{k+1-d} - \theta^{k-d}\|^2 ,$$
 #
 # a threshold that shrinks with the server's recent steps ($D = 10$, $\xi_d = 0.8 / D$), or after $C = 100$
-# skips in a row. Both are one call of `run_lazy`.
+# skips in a row. Both are one `LazyRun(...).run()`, which returns the run's records: one dict per
+# iteration, as a run folder's history.jsonl holds them. `records_to_arrays` turns them into arrays.
 
 # %%
-histories = {method: run_lazy(dataclasses.replace(config, method=method), data, workers, progress=False)
-             for method in ("gd", "lag-wk")}
+records = {method: LazyRun(dataclasses.replace(config, method=method), data, workers).run()
+           for method in ("gd", "lag-wk")}
+histories = {method: records_to_arrays(history, M) for method, history in records.items()}
 for method, history in histories.items():
-    print(f"{method:6}: {history.communications[-1]:6d} uploads in {history.n_iterations} iterations")
+    print(f"{method:6}: {history['communications'][-1]:6d} uploads in {len(records[method])} iterations")
 
 # %% [markdown]
 # ## LAQ, and the two sides of its rule
@@ -132,9 +135,10 @@ for k in range(ITERATIONS):
     decision = laq_upload_decision(would_send.innovation, threshold, would_send.error,
                                    laq.error_at_upload, laq.skips, config.max_skips)
     assert np.flatnonzero(decision).tolist() == laq.step()["uploads"], k
-histories["laq"] = laq.to_history()
-forced = histories["laq"].uploads & (left < right)         # uploaded although the rule said skip
-print(f"laq   : {histories['laq'].communications[-1]:6d} uploads ({forced.sum()} forced by the clock); "
+records["laq"] = laq.history
+histories["laq"] = records_to_arrays(laq.history, M)
+forced = histories["laq"]["uploads"] & (left < right)      # uploaded although the rule said skip
+print(f"laq   : {histories['laq']['communications'][-1]:6d} uploads ({forced.sum()} forced by the clock); "
       f"every decision matched the run's")
 
 # %%
@@ -142,7 +146,7 @@ fig, axes = plt.subplots(1, 2, figsize=(12, 3), sharey=True)
 for ax, m in zip(axes, (0, 7)):
     ax.semilogy(left[:, m], lw=0.8, label="left: ||Q - Q_m||^2")
     ax.semilogy(right[:, m], lw=0.8, label="right: H^k + 3 (e + e_hat)")
-    sent = np.flatnonzero(histories["laq"].uploads[:, m])
+    sent = np.flatnonzero(histories["laq"]["uploads"][:, m])
     ax.semilogy(sent, left[sent, m], "k.", ms=4, label="upload")
     ax.set_title(f"worker {m}: {len(sent)} uploads")
     ax.set_xlabel("iteration k")
@@ -161,7 +165,7 @@ axes[0].legend(fontsize=8);
 # %%
 fig, axes = plt.subplots(3, 1, figsize=(11, 3.6), sharex=True)
 for ax, (method, history) in zip(axes, histories.items()):
-    ax.imshow(history.uploads.T, aspect="auto", cmap="Greys", vmin=0, vmax=1, interpolation="nearest")
+    ax.imshow(history["uploads"].T, aspect="auto", cmap="Greys", vmin=0, vmax=1, interpolation="nearest")
     ax.set_ylabel(method, rotation=0, ha="right", va="center")
     ax.set_yticks([])
 axes[-1].set_xlabel("iteration k");
@@ -223,13 +227,13 @@ ax.legend(fontsize=8);
 # $32P$ bits for GD and LAG-WK and $bP + 32$ for LAQ (the codes and $R$).
 
 # %%
-f_star = min(best.fun, estimate_f_star(list(histories.values())))
+f_star = min(best.fun, smallest_objective(records.values()))
 fig, axes = plt.subplots(1, 3, figsize=(13, 3.2), sharey=True)
 for method, history in histories.items():
-    residual = np.maximum(history.residual(f_star), 1e-16)
+    residual = np.maximum(history["objective"] - f_star, 1e-16)
     axes[0].semilogy(residual, label=method)
-    axes[1].loglog(np.maximum(history.communications_before, 1), residual, label=method)
-    axes[2].loglog(np.maximum(history.bits_before, 1), residual, label=method)
+    axes[1].loglog(np.maximum(history["communications_before"], 1), residual, label=method)
+    axes[2].loglog(np.maximum(history["bits_before"], 1), residual, label=method)
 for ax, label in zip(axes, ("iterations", "uploads (all workers)", "bits uploaded")):
     ax.axhline(TOLERANCE, color="tab:gray", ls=":")
     ax.set_xlabel(label)
@@ -243,16 +247,16 @@ if FIGURES:
 # model on the 10,000 images (at the small size, the first 1,000 of them are the training data):
 
 # %%
-gd = histories["gd"].reach(TOLERANCE, f_star)
+gd = records_reach(records["gd"], f_star, TOLERANCE)
 print(f"to reach f - f* <= {TOLERANCE:g}:")
 for method, history in histories.items():
-    point = history.reach(TOLERANCE, f_star)
+    point = records_reach(records[method], f_star, TOLERANCE)
     if point is None or gd is None:
-        print(f"{method:6}: not reached (final residual {history.residual(f_star)[-1]:.2e})")
+        print(f"{method:6}: not reached (final residual {history['objective'][-1] - f_star:.2e})")
         continue
-    print(f"{method:6}: {point.iterations:5d} iterations, {point.communications:6d} uploads "
-          f"({gd.communications / point.communications:5.1f}x fewer), {point.bits:14,d} bits "
-          f"({gd.bits / point.bits:6.1f}x fewer); accuracy {history.final_accuracy:.3f}")
+    print(f"{method:6}: {point['iteration']:5d} iterations, {point['communications']:6d} uploads "
+          f"({gd['communications'] / point['communications']:5.1f}x fewer), {point['bits']:14,d} bits "
+          f"({gd['bits'] / point['bits']:6.1f}x fewer); accuracy {history['test_accuracy'][-1]:.3f}")
 
 # %% [markdown]
 # **What to take away.** Skipping costs a few more iterations but saves most uploads: LAG-WK and LAQ

@@ -1,10 +1,12 @@
 """The algorithm protocol and the registry of algorithm families (federated, lazy).
 
-A family is everything the experiment layer, the command line and the figures need to know about one kind
-of algorithm, declared once beside its algorithms (fedjax's ``FederatedAlgorithm(init, apply)`` is the
-model: an object that says how to start and how to step, and nothing else is special-cased). Config
-validation, the runner, ``fedsim show-config``, ``compare`` and ``plot`` ask :data:`FAMILIES` instead of
-branching on a family's name.
+A family is the run protocol of one kind of algorithm, declared once beside its algorithms (fedjax's
+``FederatedAlgorithm(init, apply)`` is the model: an object that says how to start and how to step): its
+config table, ``make_run`` and the few words the runner needs (unit, clients and steps settings), plus one
+:class:`Report` holding what the command line, the progress bar, ``compare``, ``plot`` and the sweeps say
+about its runs. Config validation, the runner and ``fedsim show-config`` ask :data:`FAMILIES` instead of
+branching on a family's name. A run builds its model in its constructor (``FederatedRun``, ``LazyRun``:
+``self.model = ...``), from the dataset's shape and the config.
 
 The run protocol (what :meth:`Family.make_run` returns)::
 
@@ -22,31 +24,40 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from fedsim.constraints import lookup, register_into
+
+
+@dataclass(frozen=True)
+class Report:
+    """What is said about a family's runs: the CLI's lines, the progress text, the summary, the compare table
+    and the figure (each function reads the JSON records of history.jsonl, or the summary made from them)."""
+
+    clients_word: str          # what the data holders are called: "clients" or "workers"
+    summarize: Callable        # (records) -> dict: the family's part of summary.json
+    progress: Callable         # (record, state dict carried across records) -> progress-bar text
+    achieved: Callable         # (summary) -> list of "what the run achieved" phrases, for the CLI
+    compare: Callable          # (run results, targets dict) -> the `fedsim compare` table text
+    figure: str                # name of the fedsim.plot function that draws the family's runs
+    metrics: tuple = ()        # the summary.json metrics a sweep report tabulates; the first is "the result"
+    curve: tuple = ()          # (x field, y field, y label, "value" | "residual"): a record's curve in a sweep
+
 
 @dataclass(frozen=True)
 class Family:
-    """One algorithm family: its config table, how to build and step a run, its metrics and figures."""
+    """One algorithm family: its config table, how to build and step a run, and its :class:`Report`."""
 
     name: str                  # the config's `family` value, and the name of its table ([federated])
-    description: str           # one line, for help texts
     config_class: type         # the frozen dataclass its table is validated into
     make_run: Callable         # (experiment config, dataset, client index arrays) -> a run (protocol above)
     pipeline: str              # the preprocessing pipeline used when data.pipeline is unset
     unit: str                  # what one step is: "round" or "iteration"
-    clients_word: str          # what the data holders are called: "clients" or "workers"
-    clients_setting: str       # the config_class field giving their number
+    clients_setting: str       # the config_class field giving the number of data holders
     steps_setting: str         # the config_class field giving the number of steps of a complete run
-    summarize: Callable        # (records) -> dict: the family's part of summary.json
-    progress: Callable         # (record, state dict carried across records) -> progress-bar text
-    report: Callable           # (summary) -> list of "what the run achieved" phrases, for the CLI
-    compare: Callable          # (run results, targets dict) -> the `fedsim compare` table text
-    figures: str               # name of the fedsim.plot function that draws the family's runs
     method_names: Callable     # () -> the names its `method` setting accepts
-    metrics: tuple = ()        # the summary.json metrics a sweep report tabulates; the first is "the result"
-    curve: tuple = ()          # (x field, y field, y label, "value" | "residual"): a record's curve in a sweep
+    report: Report             # what the CLI, progress bar, compare, plot and sweeps say about its runs
     #: Settings of config_class that a config file does not set, and where they come from.
     derived: dict[str, str] = field(default_factory=dict)
-    #: Settings left unset (None) and what that means, for `fedsim show-config`:
+    #: Settings left unset (None) whose meaning depends on the config, for `fedsim show-config`:
     #: name -> (whose value it takes, experiment config -> that value).
     unset_meanings: dict[str, tuple[str, Callable[[Any], Any]]] = field(default_factory=dict)
 
@@ -63,20 +74,15 @@ FAMILIES: dict[str, Family] = {}
 
 
 def register_family(family: Family) -> Family:
-    if family.name in FAMILIES and FAMILIES[family.name] is not family:
-        raise ValueError(f"algorithm family {family.name!r} is registered twice")
-    FAMILIES[family.name] = family
-    return family
+    return register_into(FAMILIES, family.name, family, "algorithm family")
 
 
 def family(name: str) -> Family:
-    """The registered family ``name`` (ValueError listing the families otherwise)."""
-    if name not in FAMILIES:
-        raise ValueError(f"family must be one of {list(FAMILIES)}, got {name!r}")
-    return FAMILIES[name]
+    """The registered family ``name`` (a one-line error listing the families otherwise)."""
+    return lookup(FAMILIES, name, "family")
 
 
-__all__ = ["FAMILIES", "Family", "family", "register_family"]
+__all__ = ["FAMILIES", "Family", "Report", "family", "register_family"]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -98,7 +104,18 @@ def run_seconds(run) -> str:
     return f"{sum(times):.1f}" if times else "-"
 
 
-__all__ += ["cell", "run_seconds"]
+def compare_table(title: str, steps_word: str, columns: list[str], rows: list[list[str]]):
+    """A `fedsim compare` table ``(title, headers, rows)``: each row is the run's label, method and steps,
+    the family's ``columns`` (from :func:`compare_row`), its compute time and status."""
+    return title, ["run", "method", steps_word, *columns, "seconds", "status"], rows
+
+
+def compare_row(run, *cells: str) -> list[str]:
+    """One run's row of :func:`compare_table`, with the family's ``cells``."""
+    return [run.label, run.method, str(len(run.history)), *cells, run_seconds(run), run.status]
+
+
+__all__ += ["cell", "compare_row", "compare_table", "run_seconds"]
 
 
 def group_by_family(runs) -> list[tuple[Family, list]]:

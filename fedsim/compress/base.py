@@ -39,6 +39,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from fedsim.compress import aggregation
+from fedsim.constraints import OneOf, Real, check_fields, lookup, register_into, setting
 from fedsim.kernels import golomb
 from fedsim.params import ParamSpec
 
@@ -84,28 +85,16 @@ def ceil_product(fraction: float, count: int) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------
-# settings checks shared by the compressors' constructors
+# settings shared by the compressors (fedsim.constraints: declared once, read by checks and show-config)
 # ----------------------------------------------------------------------------------------------------
 
-def check_fraction(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
-            or not (0 < value <= 1):
-        raise ValueError(f"{name} must be a number in (0, 1], got {value!r}")
-    return float(value)
+#: A fraction of entries kept: p in (0, 1].
+FRACTION = Real(0, 1, low_open=True)
 
 
-def check_choice(name: str, value, allowed) -> str:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-    return value
-
-
-def check_integer(name: str, value, low: int, high: int | None = None) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) \
-            or value < low or (high is not None and value > high):
-        allowed = f"in [{low}, {high}]" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must be an integer {allowed}, got {value!r}")
-    return int(value)
+def scope_setting(description: str):
+    """The ``scope`` field of a compressor: "tensor" (per parameter tensor) or "global" (whole vector)."""
+    return setting("tensor", description, OneOf(*SCOPES))
 
 
 def require_generator(rng, needs: str) -> None:
@@ -149,11 +138,6 @@ class Layout:
             object.__setattr__(self, "shapes", shapes)
 
     @property
-    def layout(self) -> "Layout":
-        """A stateless compressor's state is its layout."""
-        return self
-
-    @property
     def size(self) -> int:
         return self.segment_offsets[-1]
 
@@ -175,11 +159,16 @@ class Layout:
         return list(zip(self.segment_offsets, self.segment_offsets[1:]))
 
 
+def layout_of(state) -> Layout:
+    """The segments of a compressor's state: the state itself for a stateless compressor, else its
+    ``layout`` (PowerSGD's state, error feedback's state)."""
+    return state if isinstance(state, Layout) else state.layout
+
+
 def make_layout(spec_or_size, scope: str) -> Layout:
     """Segments for a :class:`ParamSpec` (one per tensor, or one over all for ``scope="global"``), an int
     size (one segment), or a :class:`Layout` (kept as is for "tensor", merged for "global")."""
-    if scope not in SCOPES:
-        raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
+    OneOf(*SCOPES).check("scope", scope)
     if isinstance(spec_or_size, Layout):
         layout = spec_or_size
     elif isinstance(spec_or_size, ParamSpec):
@@ -214,10 +203,7 @@ MESSAGE_KINDS: dict[str, type] = {}
 
 def register_message(cls):
     """Class decorator: make ``decode`` know the message type ``cls`` (by its ``kind``)."""
-    if cls.kind in MESSAGE_KINDS and MESSAGE_KINDS[cls.kind] is not cls:
-        raise ValueError(f"message kind {cls.kind!r} is registered twice")
-    MESSAGE_KINDS[cls.kind] = cls
-    return cls
+    return register_into(MESSAGE_KINDS, cls.kind, cls, "message kind")
 
 
 def segment_counts(positions: np.ndarray, offsets: tuple[int, ...]) -> np.ndarray:
@@ -340,6 +326,20 @@ class PositionsMessage(SegmentedMessage):
         return [self.positions[bounds[j]:bounds[j + 1]] - start
                 for j, start in enumerate(self.segment_offsets[:-1])]
 
+    def _encode_segments(self, write_segment) -> tuple[np.ndarray, int]:
+        """(stream, bits): each segment's count and coded positions (:func:`encode_positions`), then what
+        ``write_segment(stream, offset, j, start, count)`` writes of segment j (its entries start at
+        ``start`` of the message's arrays) and returns the new offset of."""
+        n_bits = self.encoded_bits()
+        stream = new_stream(n_bits)
+        offset = start = 0
+        for j, (local, size) in enumerate(zip(self.local_positions(), self.layout.sizes)):
+            offset = encode_positions(stream, offset, local, size)
+            offset = write_segment(stream, offset, j, start, local.size)
+            start += local.size
+        assert offset == n_bits
+        return stream, n_bits
+
     def _check_positions(self):
         object.__setattr__(self, "segment_offsets", Layout(self.segment_offsets).segment_offsets)
         object.__setattr__(self, "positions", frozen_array(self.positions, np.int64))
@@ -351,10 +351,9 @@ def decode(stream: np.ndarray, fmt: MessageFormat) -> Message:
 
     ``decode(m.encode(), m.format) == m`` for every message ``m``.
     """
-    if fmt.kind not in MESSAGE_KINDS:
-        raise ValueError(f"message kind must be one of {tuple(MESSAGE_KINDS)}, got {fmt.kind!r}")
+    kind = lookup(MESSAGE_KINDS, fmt.kind, "message kind")
     float_dtype(fmt.dtype)
-    return MESSAGE_KINDS[fmt.kind].decode(np.asarray(stream, np.uint8), fmt)
+    return kind.decode(np.asarray(stream, np.uint8), fmt)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -402,16 +401,11 @@ COMPRESSORS: dict[str, type] = {}
 
 def register(cls):
     """Class decorator: make compressor ``cls`` available by its ``name`` (configs, methods, the CLI)."""
-    if cls.name in COMPRESSORS and COMPRESSORS[cls.name] is not cls:
-        raise ValueError(f"compressor name {cls.name!r} is registered twice")
-    COMPRESSORS[cls.name] = cls
-    return cls
+    return register_into(COMPRESSORS, cls.name, cls, "compressor name")
 
 
 def compressor_class(name: str) -> type:
-    if name not in COMPRESSORS:
-        raise ValueError(f"compressor must be one of {tuple(COMPRESSORS)}, got {name!r}")
-    return COMPRESSORS[name]
+    return lookup(COMPRESSORS, name, "compressor")
 
 
 def make_compressor(name: str, **options) -> "Compressor":
@@ -442,6 +436,9 @@ class Compressor:
     directions: ClassVar[tuple[str, ...]] = ("up", "updown")
     scope: str = "tensor"
 
+    def __post_init__(self):
+        check_fields(self)      # each setting against the constraint its field declares
+
     @property
     def settings(self) -> dict:
         """The compressor's settings by name (its dataclass fields)."""
@@ -453,7 +450,7 @@ class Compressor:
 
     def compress(self, updates: np.ndarray, state, rng: np.random.Generator | None = None):
         """``(Compressed, state)`` for the K rows of ``updates`` (a (P,) vector is K = 1)."""
-        layout = state.layout
+        layout = layout_of(state)
         rows = as_rows(updates, layout)
         decoded, encoded, analytic, fields = self._compress_rows(rows, layout, rng)
         return Compressed(decoded, encoded, analytic, layout, self, fields), state
@@ -488,9 +485,9 @@ class Compressor:
         return state
 
 
-__all__ = ["BIT_PATTERN", "COMPRESSORS", "Compressed", "Compressor", "FLOAT_DTYPES", "Layout",
-           "MESSAGE_KINDS", "Message", "MessageFormat", "PositionsMessage", "SegmentedMessage", "SCOPES", "as_rows", "ceil_product",
-           "check_choice", "check_fraction", "check_integer", "compressor_class", "decode",
-           "decode_positions", "encode_positions", "float_bits", "float_dtype", "frozen_array",
-           "make_compressor", "make_layout", "new_stream", "read_floats", "register", "register_message", "require_generator", "uniform_chunks",
-           "same_array", "segment_counts", "write_floats"]
+__all__ = ["as_rows", "BIT_PATTERN", "ceil_product", "Compressed", "Compressor", "compressor_class",
+           "COMPRESSORS", "decode", "decode_positions", "encode_positions", "float_bits", "float_dtype",
+           "FLOAT_DTYPES", "FRACTION", "frozen_array", "Layout", "layout_of", "make_compressor",
+           "make_layout", "Message", "MESSAGE_KINDS", "MessageFormat", "new_stream", "PositionsMessage",
+           "read_floats", "register", "register_message", "require_generator", "same_array", "scope_setting",
+           "SCOPES", "segment_counts", "SegmentedMessage", "uniform_chunks", "write_floats"]

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from fedsim.compress.base import Compressed, Compressor, Layout, as_rows, float_dtype
+from fedsim.compress.base import Compressed, Compressor, Layout, as_rows, float_dtype, layout_of
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class ErrorFeedbackState:
 
     @property
     def layout(self) -> Layout:
-        return self.inner.layout
+        return layout_of(self.inner)
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ class ErrorFeedback:
         """The wrapped compressor's state and a zero residual vector of ``dtype`` (float32 or float64).
         For K senders, put their (K, P) residual rows into the state (``dataclasses.replace``)."""
         inner = self.compressor.init(spec_or_size)
-        return ErrorFeedbackState(inner, np.zeros(inner.layout.size, float_dtype(dtype)))
+        return ErrorFeedbackState(inner, np.zeros(layout_of(inner).size, float_dtype(dtype)))
 
     def compress(self, updates, state: ErrorFeedbackState, rng: np.random.Generator | None = None):
         """``(Compressed, new state)``: row r compresses ``updates[r] + residual[r]``; the new residual

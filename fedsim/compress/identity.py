@@ -12,8 +12,8 @@ from typing import ClassVar
 import numpy as np
 
 from fedsim.compress import bits as analytic
-from fedsim.compress.base import (SCOPES, Compressor, Message, MessageFormat, check_choice, float_bits,
-                                  float_dtype, frozen_array, register, register_message)
+from fedsim.compress.base import (Compressor, Message, MessageFormat, float_bits, float_dtype, frozen_array,
+                                  register, register_message, scope_setting)
 from fedsim.kernels import sparsify
 
 
@@ -69,10 +69,7 @@ class Identity(Compressor):
     name: ClassVar[str] = "identity"
     directions: ClassVar[tuple[str, ...]] = ()   # used by the named methods none, fedavg and GD
 
-    scope: str = "tensor"   # irrelevant for a dense message; accepted for a uniform interface
-
-    def __post_init__(self):
-        check_choice("scope", self.scope, SCOPES)
+    scope: str = scope_setting("irrelevant for a dense message; accepted for a uniform interface")
 
     def _compress_rows(self, rows, layout, rng):
         if not sparsify.all_finite(rows):

@@ -59,15 +59,17 @@ from typing import ClassVar
 
 import numpy as np
 
-from fedsim.compress.base import (as_rows, check_integer, Compressed, Compressor, float_bits, float_dtype,
+from fedsim.compress.base import (as_rows, Compressed, Compressor, float_bits, float_dtype,
                                   frozen_array, Layout, make_layout, MessageFormat, new_stream, read_floats,
                                   register, register_message, require_generator, same_array, SegmentedMessage,
                                   write_floats)
 from fedsim.compress.bits import FLOAT_BITS
+from fedsim.constraints import Integer, OneOf, setting
 from fedsim.kernels import powersgd as kernels
 from fedsim.kernels import sparsify
 
 SCOPES = ("tensor",)   # PowerSGD factors matrices: it needs the tensors' shapes
+RANK = Integer(low=1)  # r (and at most min(n, m) of each matrix, checked by init)
 
 
 def matrix_shape(shape) -> tuple[int, int] | None:
@@ -107,7 +109,7 @@ class PowerSGDMessage(SegmentedMessage):
         layout = Layout(self.segment_offsets, self.shapes)
         object.__setattr__(self, "segment_offsets", layout.segment_offsets)
         object.__setattr__(self, "shapes", layout.shapes)
-        object.__setattr__(self, "rank", check_integer("rank", self.rank, 1))
+        object.__setattr__(self, "rank", RANK.check("rank", self.rank))
         dtype = float_dtype(np.asarray(self.left).dtype)
         for name in ("left", "right", "values"):
             object.__setattr__(self, name, frozen_array(getattr(self, name), dtype))
@@ -234,14 +236,9 @@ class PowerSGD(Compressor):
     aggregations: ClassVar[tuple[str, ...]] = ("mean",)
     error_feedback: ClassVar[bool] = True
 
-    rank: int = 2           # r, the rank of each matrix's approximation; integer >= 1, <= min(n, m)
-    scope: str = "tensor"   # must be "tensor": the matrices are the ParamSpec's tensors
-
-    def __post_init__(self):
-        object.__setattr__(self, "rank", check_integer("rank", self.rank, 1))
-        if self.scope not in SCOPES:
-            raise ValueError(f"scope must be 'tensor' for PowerSGD (it compresses each tensor of the "
-                             f"ParamSpec as a matrix and needs its shape), got {self.scope!r}")
+    rank: int = setting(2, "r, the rank of each matrix's approximation (at most min(n, m))", RANK)
+    scope: str = setting("tensor", "must be \"tensor\": each tensor of the ParamSpec is factored as a matrix",
+                         OneOf(*SCOPES))
 
     # -- state ---------------------------------------------------------------------------------------
     def init(self, spec_or_size) -> PowerSGDState:

@@ -63,9 +63,10 @@ from typing import ClassVar
 import numpy as np
 
 from fedsim.compress import bits as analytic
-from fedsim.compress.base import (SCOPES, check_choice, check_integer, Compressor, float_bits, float_dtype,
-                                  frozen_array, Layout, MessageFormat, new_stream, register, register_message,
-                                  require_generator, SegmentedMessage, uniform_chunks)
+from fedsim.compress.base import (Compressor, float_bits, float_dtype, frozen_array, Layout, layout_of,
+                                  MessageFormat, new_stream, register, register_message, require_generator,
+                                  scope_setting, SegmentedMessage, uniform_chunks)
+from fedsim.constraints import Integer, setting
 from fedsim.kernels import qsgd as kernels
 
 # The rows compressed per kernel call are limited so that their uniforms (8 bytes per entry) stay below
@@ -73,6 +74,8 @@ from fedsim.kernels import qsgd as kernels
 UNIFORM_BUFFER_BYTES = 64 << 20
 # Largest number of levels (the signed levels are held in int32).
 MAX_LEVELS = 2 ** 31 - 1
+LEVELS = Integer(1, MAX_LEVELS)        # s, the number of levels
+BUCKET_SIZE = Integer(low=0)           # d, entries per bucket (0: one bucket per segment)
 # Levels up to this are held in int16 in the batch's fields (int32 beyond).
 INT16_LEVELS = 2 ** 15 - 1
 
@@ -128,8 +131,8 @@ class QSGDMessage(SegmentedMessage):
 
     def __post_init__(self):
         object.__setattr__(self, "segment_offsets", Layout(self.segment_offsets).segment_offsets)
-        object.__setattr__(self, "levels", check_integer("levels", self.levels, 1, MAX_LEVELS))
-        object.__setattr__(self, "bucket_size", check_integer("bucket_size", self.bucket_size, 0))
+        object.__setattr__(self, "levels", LEVELS.check("levels", self.levels))
+        object.__setattr__(self, "bucket_size", BUCKET_SIZE.check("bucket_size", self.bucket_size))
         dtype = float_dtype(np.asarray(self.norms).dtype)
         object.__setattr__(self, "norms", frozen_array(self.norms, dtype))
         object.__setattr__(self, "signed_levels", frozen_array(self.signed_levels, np.int32))
@@ -206,23 +209,17 @@ class QSGDMessage(SegmentedMessage):
 class QSGD(Compressor):
     """Stochastic quantization to s levels per bucket (module docstring); sends a QSGDMessage."""
 
-    name: ClassVar[str] = "qsgd"
-    aggregations: ClassVar[tuple[str, ...]] = ("mean", "weighted")
-    error_feedback: ClassVar[bool] = False      # unbiased: no residuals by default
-    directions: ClassVar[tuple[str, ...]] = ("up", "updown")
+    name: ClassVar[str] = "qsgd"     # unbiased: no residuals by default (Compressor.error_feedback)
 
-    levels: int = 16        # s >= 1: magnitudes are sent as multiples 0, 1/s, ..., 1 of their bucket's norm
-    bucket_size: int = 512  # d >= 0: entries per bucket, each with its own norm; 0 = one bucket per segment
-    scope: str = "tensor"   # "tensor": buckets within each parameter tensor; "global": over the whole vector
-
-    def __post_init__(self):
-        object.__setattr__(self, "levels", check_integer("levels", self.levels, 1, MAX_LEVELS))
-        object.__setattr__(self, "bucket_size", check_integer("bucket_size", self.bucket_size, 0))
-        check_choice("scope", self.scope, SCOPES)
+    levels: int = setting(16, "s: magnitudes are sent as multiples 0, 1/s, ..., 1 of their bucket's norm",
+                          LEVELS)
+    bucket_size: int = setting(512, "d: entries per bucket, each with its own norm; 0 = one bucket per segment",
+                               BUCKET_SIZE)
+    scope: str = scope_setting('"tensor": buckets within each parameter tensor; "global": over the whole vector')
 
     def bucket_offsets(self, state) -> np.ndarray:
         """Boundaries of the buckets of the state's layout (int64, from 0 to P)."""
-        return kernels.bucket_offsets(state.layout.segment_offsets, self.bucket_size)
+        return kernels.bucket_offsets(layout_of(state).segment_offsets, self.bucket_size)
 
     def _compress_rows(self, rows, layout, rng):
         require_generator(rng, "QSGD, for its stochastic rounding,")

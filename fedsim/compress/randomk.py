@@ -41,9 +41,10 @@ from typing import ClassVar
 import numpy as np
 
 from fedsim.compress import bits as analytic
-from fedsim.compress.base import (SCOPES, check_choice, check_fraction, Compressor, float_bits, float_dtype,
-                                  frozen_array, Layout, MessageFormat, new_stream, read_floats, register,
-                                  register_message, require_generator, SegmentedMessage, write_floats)
+from fedsim.compress.base import (FRACTION, Compressor, float_bits, float_dtype, frozen_array, Layout, layout_of,
+                                  MessageFormat, new_stream, read_floats, register, register_message,
+                                  require_generator, scope_setting, SegmentedMessage, write_floats)
+from fedsim.constraints import Integer, OneOf, setting
 from fedsim.compress.topk import budgets
 from fedsim.kernels import golomb
 from fedsim.kernels import randomk as kernels
@@ -54,11 +55,8 @@ SEED_BITS = 64
 SEED_MAX = (1 << SEED_BITS) - 1
 
 
-def check_seed(seed) -> int:
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) \
-            or not 0 <= int(seed) <= SEED_MAX:
-        raise ValueError(f"seed must be an integer in [0, 2^64), got {seed!r}")
-    return int(seed)
+SEED = Integer(0, SEED_MAX)
+SCALING = OneOf(*SCALINGS)
 
 
 def segment_scales(p: float, scaling: str, layout: Layout, dtype) -> np.ndarray:
@@ -101,9 +99,9 @@ class RandomKMessage(SegmentedMessage):
     def __post_init__(self):
         layout = Layout(self.segment_offsets)
         object.__setattr__(self, "segment_offsets", layout.segment_offsets)
-        object.__setattr__(self, "p", check_fraction("p", self.p))
-        object.__setattr__(self, "seed", check_seed(self.seed))
-        check_choice("scaling", self.scaling, SCALINGS)
+        object.__setattr__(self, "p", FRACTION.check("p", self.p))
+        object.__setattr__(self, "seed", SEED.check("seed", self.seed))
+        SCALING.check("scaling", self.scaling)
         dtype = float_dtype(np.asarray(self.values).dtype)
         object.__setattr__(self, "values", frozen_array(self.values, dtype))
         check_segments(layout)
@@ -160,7 +158,7 @@ class RandomKMessage(SegmentedMessage):
         options = dict(fmt.options)
         if set(options) != {"p", "scaling"}:
             raise ValueError(f"a randomk format needs the options p and scaling, got {fmt.options}")
-        p = check_fraction("p", options["p"])
+        p = FRACTION.check("p", options["p"])
         count = int(budgets(p, Layout(fmt.segment_offsets)).sum())
         stream = np.asarray(stream, np.uint8)
         if stream.size * 8 < SEED_BITS + count * float_bits(fmt.dtype):
@@ -185,22 +183,18 @@ class RandomK(Compressor):
     name: ClassVar[str] = "randomk"
     error_feedback: ClassVar[bool] = False
 
-    p: float = 0.01              # fraction of entries kept per segment, in (0, 1]
-    scaling: str = "unbiased"    # unbiased (N / k x_i, E[decoded] = x) | none (x_i as is, for error feedback)
-    scope: str = "tensor"        # "tensor": per parameter tensor; "global": whole vector
-
-    def __post_init__(self):
-        object.__setattr__(self, "p", check_fraction("p", self.p))
-        check_choice("scaling", self.scaling, SCALINGS)
-        check_choice("scope", self.scope, SCOPES)
+    p: float = setting(0.01, "fraction of entries kept per segment", FRACTION)
+    scaling: str = setting("unbiased", "unbiased (N / k x_i, E[decoded] = x) | none (x_i as is, for error "
+                           "feedback)", SCALING)
+    scope: str = scope_setting('"tensor": per parameter tensor; "global": whole vector')
 
     def budgets(self, state: Layout) -> np.ndarray:
         """k = ceil(p N) per segment."""
-        return budgets(self.p, state.layout)
+        return budgets(self.p, layout_of(state))
 
     def scales(self, state: Layout, dtype) -> np.ndarray:
         """The factor of each segment's values: dtype(N / k) or 1 (:func:`segment_scales`)."""
-        return segment_scales(self.p, self.scaling, state.layout, dtype)
+        return segment_scales(self.p, self.scaling, layout_of(state), dtype)
 
     def draw_seeds(self, rng: np.random.Generator, rows: int) -> np.ndarray:
         """One uniform 64-bit seed per row (uint64); each consumes one 64-bit output of the Generator, so

@@ -18,9 +18,10 @@ from typing import ClassVar
 import numpy as np
 
 from fedsim.compress import bits as analytic
-from fedsim.compress.base import (SegmentedMessage, SCOPES, Compressor, Layout, MessageFormat, check_choice,
+from fedsim.compress.base import (SegmentedMessage, Compressor, Layout, MessageFormat, scope_setting,
                                   decode_positions, encode_positions, float_bits, float_dtype, frozen_array,
                                   new_stream, read_floats, register, register_message, write_floats)
+from fedsim.constraints import OneOf, setting
 from fedsim.kernels import golomb, sparsify
 
 SIGN_SCALES = ("none", "mean")
@@ -114,12 +115,9 @@ class Sign(Compressor):
     aggregations: ClassVar[tuple[str, ...]] = ("majority", "mean", "weighted")
     directions: ClassVar[tuple[str, ...]] = ()   # used by the named method signsgd
 
-    scale: str = "none"     # none | mean (mean |x_i| per segment, sent as one float)
-    scope: str = "tensor"   # the segments the scales (and the zero codes) refer to
-
-    def __post_init__(self):
-        check_choice("scale", self.scale, SIGN_SCALES)
-        check_choice("scope", self.scope, SCOPES)
+    scale: str = setting("none", "none | mean (mean |x_i| per segment, sent as one float)",
+                         OneOf(*SIGN_SCALES))
+    scope: str = scope_setting("the segments the scales (and the zero codes) refer to")
 
     def _compress_rows(self, rows, layout, rng):
         n_rows = rows.shape[0]

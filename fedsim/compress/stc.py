@@ -25,10 +25,10 @@ from typing import ClassVar
 import numpy as np
 
 from fedsim.compress import bits as analytic
-from fedsim.compress.base import (SCOPES, ceil_product, check_choice, check_fraction, Compressor,
-                                  decode_positions, encode_positions, float_bits, float_dtype, frozen_array,
-                                  Layout, MessageFormat, new_stream, PositionsMessage, read_floats, register,
-                                  register_message, require_generator, write_floats)
+from fedsim.compress.base import (FRACTION, ceil_product, Compressor, decode_positions, float_bits, float_dtype,
+                                  frozen_array, Layout, layout_of, MessageFormat, PositionsMessage, read_floats,
+                                  register, register_message, require_generator, scope_setting, write_floats)
+from fedsim.constraints import OneOf, setting
 from fedsim.compress.topk import budgets
 from fedsim.kernels import golomb, sparsify
 
@@ -87,18 +87,14 @@ class TernaryMessage(PositionsMessage):
                        for local, size in zip(self.local_positions(), self.layout.sizes)))
 
     def encode_with_bit_count(self):
-        n_bits = self.encoded_bits()
-        stream = new_stream(n_bits)
-        offset = start = 0
-        for j, (local, size) in enumerate(zip(self.local_positions(), self.layout.sizes)):
-            count = local.size
-            offset = encode_positions(stream, offset, local, size)
-            offset = golomb.pack_signs_into(self.signs[start:start + count], stream, offset)
-            if count:
-                offset = write_floats(stream, offset, self.mu[j:j + 1])
-            start += count
-        assert offset == n_bits
-        return stream, n_bits
+        return self._encode_segments(self._write_segment)
+
+    def _write_segment(self, stream, offset: int, j: int, start: int, count: int) -> int:
+        """Segment j after its positions: its signs, then its mu (if it keeps any entry)."""
+        offset = golomb.pack_signs_into(self.signs[start:start + count], stream, offset)
+        if count:
+            offset = write_floats(stream, offset, self.mu[j:j + 1])
+        return offset
 
     def analytic_bits(self) -> float:
         return float(analytic.stc_analytic_bits(self.counts, self.layout.sizes))
@@ -129,28 +125,23 @@ class STC(Compressor):
     name: ClassVar[str] = "stc"
     error_feedback: ClassVar[bool] = True
 
-    p: float = 0.01                 # fraction of entries kept per segment, in (0, 1]
-    threshold: str = "exact"        # exact | sampled (the reference's approximate top-k threshold)
-    sample_fraction: float = 0.1    # sampled threshold: fraction f of each segment sampled, in (0, 1]
-    sample_mode: str = "uniform"    # sampled threshold: uniform subset | window (the reference's)
-    scope: str = "tensor"           # "tensor": per parameter tensor (the reference); "global": whole vector
+    p: float = setting(0.01, "fraction of entries kept per segment", FRACTION)
+    threshold: str = setting("exact", "exact | sampled (the reference's approximate top-k threshold)",
+                             OneOf(*THRESHOLDS))
+    sample_fraction: float = setting(0.1, "sampled threshold: fraction f of each segment sampled", FRACTION)
+    sample_mode: str = setting("uniform", "sampled threshold: uniform subset | window (the reference's)",
+                               OneOf(*SAMPLE_MODES))
+    scope: str = scope_setting('"tensor": per parameter tensor (the reference); "global": whole vector')
 
-    def __post_init__(self):
-        object.__setattr__(self, "p", check_fraction("p", self.p))
-        check_choice("threshold", self.threshold, THRESHOLDS)
-        object.__setattr__(self, "sample_fraction", check_fraction("sample_fraction", self.sample_fraction))
-        check_choice("sample_mode", self.sample_mode, SAMPLE_MODES)
-        check_choice("scope", self.scope, SCOPES)
-
-    def budgets(self, state: Layout) -> np.ndarray:
+    def budgets(self, state) -> np.ndarray:
         """k = ceil(p N) per segment."""
-        return budgets(self.p, state.layout)
+        return budgets(self.p, layout_of(state))
 
     def sample_sizes(self, state: Layout) -> np.ndarray:
         """n_s = min(max(ceil(N f), ceil(100 / p)), N) per segment."""
         floor_size = ceil_product(MIN_SAMPLED_ENTRIES / self.p, 1)
         return np.array([min(max(ceil_product(self.sample_fraction, size), floor_size), size)
-                         for size in state.layout.sizes], np.int64)
+                         for size in layout_of(state).sizes], np.int64)
 
     def sample_budgets(self, state: Layout) -> np.ndarray:
         """k_s = ceil(n_s p) per segment."""

@@ -41,9 +41,10 @@ from typing import ClassVar
 import numpy as np
 
 from fedsim.compress import bits as analytic
-from fedsim.compress.base import (SCOPES, check_choice, Compressor, float_bits, float_dtype, frozen_array,
-                                  Layout, MessageFormat, new_stream, read_floats, register, register_message,
-                                  require_generator, SegmentedMessage, uniform_chunks, write_floats)
+from fedsim.compress.base import (Compressor, float_bits, float_dtype, frozen_array, Layout, MessageFormat,
+                                  new_stream, read_floats, register, register_message, require_generator,
+                                  scope_setting, SegmentedMessage, uniform_chunks, write_floats)
+from fedsim.constraints import Real, setting
 from fedsim.kernels import terngrad as kernels
 
 # The rows compressed per kernel call are limited so that their uniforms (8 bytes per entry) stay below
@@ -128,31 +129,16 @@ class TernGradMessage(SegmentedMessage):
         return cls(fmt.segment_offsets, codes, scales)
 
 
-def check_clip(value) -> float:
-    """``clip`` as a float, or ValueError unless it is a finite number >= 0."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) \
-            or not (0 <= value < math.inf):
-        raise ValueError(f"clip must be a finite number >= 0 (0: no clipping; the paper uses 2.5), "
-                         f"got {value!r}")
-    return float(value)
-
-
 @register
 @dataclass(frozen=True)
 class TernGrad(Compressor):
     """Stochastic ternarization, one scale per segment (module docstring); sends a TernGradMessage."""
 
-    name: ClassVar[str] = "terngrad"
-    aggregations: ClassVar[tuple[str, ...]] = ("mean", "weighted")
-    error_feedback: ClassVar[bool] = False      # unbiased: no residuals by default
-    directions: ClassVar[tuple[str, ...]] = ("up", "updown")
+    name: ClassVar[str] = "terngrad"     # unbiased: no residuals by default (Compressor.error_feedback)
 
-    clip: float = 0.0       # c >= 0: clip entries to [-c sigma, c sigma] (segment std); 0 = off, paper 2.5
-    scope: str = "tensor"   # "tensor": one scale per parameter tensor (the paper's layer-wise); "global": one
-
-    def __post_init__(self):
-        object.__setattr__(self, "clip", check_clip(self.clip))
-        check_choice("scope", self.scope, SCOPES)
+    clip: float = setting(0.0, "c: clip entries to [-c sigma, c sigma] (segment std); 0 = off, paper 2.5",
+                          Real(low=0))
+    scope: str = scope_setting('"tensor": one scale per parameter tensor (the paper\'s layer-wise); "global": one')
 
     def _compress_rows(self, rows, layout, rng):
         require_generator(rng, "TernGrad, for its Bernoulli draws,")

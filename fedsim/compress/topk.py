@@ -15,10 +15,10 @@ from typing import ClassVar
 import numpy as np
 
 from fedsim.compress import bits as analytic
-from fedsim.compress.base import (SCOPES, Compressor, Layout, MessageFormat, PositionsMessage, ceil_product,
-                                  check_choice, check_fraction, decode_positions, encode_positions,
-                                  float_bits, float_dtype, frozen_array, new_stream, read_floats, register,
-                                  register_message, write_floats)
+from fedsim.compress.base import (FRACTION, Compressor, Layout, MessageFormat, PositionsMessage, ceil_product,
+                                  decode_positions, float_bits, float_dtype, frozen_array, layout_of,
+                                  read_floats, register, register_message, scope_setting, write_floats)
+from fedsim.constraints import setting
 from fedsim.kernels import golomb, sparsify
 
 
@@ -61,15 +61,9 @@ class SparseMessage(PositionsMessage):
                        for local, size in zip(self.local_positions(), self.layout.sizes)))
 
     def encode_with_bit_count(self):
-        n_bits = self.encoded_bits()
-        stream = new_stream(n_bits)
-        offset = start = 0
-        for local, size in zip(self.local_positions(), self.layout.sizes):
-            offset = encode_positions(stream, offset, local, size)
-            offset = write_floats(stream, offset, self.values[start:start + local.size])
-            start += local.size
-        assert offset == n_bits
-        return stream, n_bits
+        # each segment: its positions, then its values
+        return self._encode_segments(
+            lambda stream, offset, j, start, count: write_floats(stream, offset, self.values[start:start + count]))
 
     def analytic_bits(self) -> float:
         return float(analytic.top_k_analytic_bits(self.counts, self.layout.sizes))
@@ -103,16 +97,12 @@ class TopK(Compressor):
     name: ClassVar[str] = "topk"
     error_feedback: ClassVar[bool] = True
 
-    p: float = 0.01         # fraction of entries kept per segment, in (0, 1]
-    scope: str = "tensor"   # "tensor": per parameter tensor (the reference); "global": whole vector
+    p: float = setting(0.01, "fraction of entries kept per segment", FRACTION)
+    scope: str = scope_setting('"tensor": per parameter tensor (the reference); "global": whole vector')
 
-    def __post_init__(self):
-        object.__setattr__(self, "p", check_fraction("p", self.p))
-        check_choice("scope", self.scope, SCOPES)
-
-    def budgets(self, state: Layout) -> np.ndarray:
+    def budgets(self, state) -> np.ndarray:
         """k = ceil(p N) per segment."""
-        return budgets(self.p, state.layout)
+        return budgets(self.p, layout_of(state))
 
     def _compress_rows(self, rows, layout, rng):
         n_rows = rows.shape[0]

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from fedsim.constraints import Integer, Real
+
 # ------------------------------------------------------------------------------------------------------
 # validation helpers
 
@@ -42,12 +44,11 @@ def _check_labels(labels) -> np.ndarray:
 
 
 def _check_n_clients(n_clients, n_samples: int) -> int:
-    if not isinstance(n_clients, (int, np.integer)) or isinstance(n_clients, bool) or n_clients < 1:
-        raise ValueError(f"n_clients must be an integer >= 1, got {n_clients!r}")
+    n_clients = Integer(low=1).check("n_clients", n_clients)
     if n_clients > n_samples:
         raise ValueError(f"n_clients = {n_clients} means more clients than samples ({n_samples}); "
                          f"n_clients must lie in [1, {n_samples}]")
-    return int(n_clients)
+    return n_clients
 
 
 def _check_rng(rng) -> None:
@@ -55,19 +56,11 @@ def _check_rng(rng) -> None:
         raise ValueError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
 
 
-def _check_integer(name: str, value, low: int, high: int | None = None) -> int:
-    bad_type = not isinstance(value, (int, np.integer)) or isinstance(value, bool)
-    if bad_type or value < low or (high is not None and value > high):
-        allowed = f"[{low}, {high}]" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must be an integer in {allowed}, got {value!r}")
-    return int(value)
-
-
 def _resolve_n_classes(labels: np.ndarray, n_classes) -> int:
     observed = int(labels.max()) + 1
     if n_classes is None:
         return observed
-    return _check_integer("n_classes", n_classes, observed)
+    return Integer(low=observed).check("n_classes", n_classes)
 
 
 def _equal_bounds(n_samples: int, n_parts: int) -> np.ndarray:
@@ -152,9 +145,8 @@ def classes_per_client(labels, n_clients: int, classes_per_client: int, balanced
     n_clients = _check_n_clients(n_clients, n_samples)
     _check_rng(rng)
     n_classes = _resolve_n_classes(labels, n_classes)
-    classes_per_client = _check_integer("classes_per_client", classes_per_client, 1, n_classes)
-    if not (np.isfinite(balancedness) and 0 < balancedness <= 1):
-        raise ValueError(f"balancedness must lie in (0, 1] (1 = equal client sizes), got {balancedness!r}")
+    classes_per_client = Integer(1, n_classes).check("classes_per_client", classes_per_client)
+    Real(0, 1, low_open=True).check("balancedness", balancedness)      # 1: equal client sizes
 
     sizes = stc_client_sizes(n_samples, n_clients, balancedness)
     if sizes.min() < 1:
@@ -239,10 +231,9 @@ def dirichlet(labels, n_clients: int, alpha: float, rng: np.random.Generator, mi
     n_clients = _check_n_clients(n_clients, n_samples)
     _check_rng(rng)
     n_classes = _resolve_n_classes(labels, n_classes)
-    if not (np.isfinite(alpha) and alpha > 0):
-        raise ValueError(f"alpha must be a finite number > 0, got {alpha!r}")
-    min_size = _check_integer("min_size", min_size, 0, n_samples // n_clients)
-    max_attempts = _check_integer("max_attempts", max_attempts, 1)
+    Real(0, low_open=True).check("alpha", alpha)
+    min_size = Integer(0, n_samples // n_clients).check("min_size", min_size)
+    max_attempts = Integer(low=1).check("max_attempts", max_attempts)
 
     class_members = [np.flatnonzero(labels == c) for c in range(n_classes)]
     client_ids = np.arange(n_clients, dtype=np.int64)
@@ -294,7 +285,7 @@ def shards(labels, n_clients: int, rng: np.random.Generator, shards_per_client: 
     n_samples = len(labels)
     n_clients = _check_n_clients(n_clients, n_samples)
     _check_rng(rng)
-    shards_per_client = _check_integer("shards_per_client", shards_per_client, 1, n_samples // n_clients)
+    shards_per_client = Integer(1, n_samples // n_clients).check("shards_per_client", shards_per_client)
     n_shards = n_clients * shards_per_client
     sorted_indices = np.argsort(labels, kind="stable").astype(np.int64)
     bounds = _equal_bounds(n_samples, n_shards)
@@ -308,7 +299,7 @@ def iid(n_samples: int, n_clients: int, rng: np.random.Generator) -> list[np.nda
 
     Sizes differ by at most one. Returns n_clients int64 arrays.
     """
-    n_samples = _check_integer("n_samples", n_samples, 1)
+    n_samples = Integer(low=1).check("n_samples", n_samples)
     n_clients = _check_n_clients(n_clients, n_samples)
     _check_rng(rng)
     permutation = rng.permutation(n_samples).astype(np.int64)
@@ -321,7 +312,7 @@ def contiguous(n_samples: int, n_clients: int) -> list[np.ndarray]:
 
     Deterministic. Returns n_clients int64 arrays.
     """
-    n_samples = _check_integer("n_samples", n_samples, 1)
+    n_samples = Integer(low=1).check("n_samples", n_samples)
     n_clients = _check_n_clients(n_clients, n_samples)
     bounds = _equal_bounds(n_samples, n_clients)
     return [np.arange(bounds[m], bounds[m + 1], dtype=np.int64) for m in range(n_clients)]

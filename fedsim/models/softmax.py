@@ -25,10 +25,11 @@ from __future__ import annotations
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass
 
 import numpy as np
 
+from fedsim.constraints import Integer, Real, check_fields, setting
 from fedsim.kernels import softmax as softmax_kernels
 from fedsim.models.features import split as split_features
 from fedsim.params import ParamSpec
@@ -49,17 +50,12 @@ class SoftmaxRegression:
         (as in the LAQ reference). 0 disables it.
     """
 
-    n_features: int
-    n_classes: int
-    l2: float = 0.0
+    n_features: int = setting(MISSING, "input dimension", Integer(low=1))
+    n_classes: int = setting(MISSING, "number of classes", Integer(low=2))
+    l2: float = setting(0.0, "coefficient of the (l2 / 2) ||theta||^2 penalty; 0 disables it", Real(low=0))
 
     def __post_init__(self):
-        if int(self.n_features) < 1:
-            raise ValueError(f"n_features must be >= 1, got {self.n_features}")
-        if int(self.n_classes) < 2:
-            raise ValueError(f"n_classes must be >= 2, got {self.n_classes}")
-        if not (np.isfinite(self.l2) and self.l2 >= 0):
-            raise ValueError(f"l2 must be a finite number >= 0, got {self.l2}")
+        check_fields(self)
 
     @property
     def spec(self) -> ParamSpec:

@@ -25,7 +25,7 @@ from fedsim import __version__
 from fedsim.algorithms.family import family
 from fedsim.config import ConfigError, ExperimentConfig, config_differences, config_fingerprint, config_to_dict
 from fedsim.errors import DivergenceError
-from fedsim.experiment import load_data, split_among_clients
+from fedsim.experiment_data import load_data, split_among_clients
 from fedsim.files import write_atomic
 from fedsim.progress import Progress, show_progress
 from fedsim.runs.folder import (CHECKPOINT_FILE, CHECKPOINT_NOTE_FILE, CONFIG_FILE, HISTORY_FILE, META_FILE,
@@ -135,7 +135,7 @@ def execute(run, folder: RunFolder, config: ExperimentConfig, *, name: str, quie
     algorithms = config.algorithm_family
     state: dict = {}
     for record in run.history:           # a resumed run: the postfix starts from the totals so far
-        algorithms.progress(record, state)
+        algorithms.report.progress(record, state)
     session_started = time.perf_counter()
     status, message = "completed", ""
 
@@ -160,7 +160,7 @@ def execute(run, folder: RunFolder, config: ExperimentConfig, *, name: str, quie
                     compiling.cancel()
                 history_file.write(to_json(record) + "\n")
                 history_file.flush()
-                bar.update(run.completed, algorithms.progress(record, state))
+                bar.update(run.completed, algorithms.report.progress(record, state))
                 if observer is not None:
                     observer(record)
                 if every and run.completed % every == 0 and run.completed < planned:

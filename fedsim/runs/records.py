@@ -17,7 +17,7 @@ def summarize(config: ExperimentConfig, history: list[dict]) -> dict:
     """Family, method, steps done and planned, compute seconds, and the family's own summary."""
     summary = {"family": config.family, "method": config.method, "completed": len(history),
                "planned": config.steps, "seconds": float(sum(r.get("time", 0.0) for r in history))}
-    summary.update(config.algorithm_family.summarize(history))
+    summary.update(config.algorithm_family.report.summarize(history))
     return summary
 
 

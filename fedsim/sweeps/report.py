@@ -44,7 +44,7 @@ def tidy_rows(out) -> list[dict]:
         result = entry["result"]
         if result is None or result.summary is None:
             continue
-        for metric in family(result.family).metrics:
+        for metric in family(result.family).report.metrics:
             if metric in result.summary:
                 rows.append({"run": entry["folder"], "status": result.status,
                              **{axis: entry["values"].get(axis) for axis in axes},
@@ -110,7 +110,7 @@ def plot_sweep(out, figures_out=None) -> list[Path]:
     if not finished:
         return []
     declared = family(finished[0]["result"].family)
-    x_name, y_name, ylabel, kind = declared.curve
+    x_name, y_name, ylabel, kind = declared.report.curve
     residual = kind == "residual"
     if residual:
         floor = min(r[y_name] for entry in finished for r in entry["result"].history)
@@ -148,7 +148,7 @@ def plot_sweep(out, figures_out=None) -> list[Path]:
     if numeric:
         x_axis = numeric[0]
         others = [axis for axis in grouping if axis != x_axis]
-        metric = declared.metrics[0]
+        metric = declared.report.metrics[0]
         rows = summarize_over_seeds(tidy_rows(out), axes)
         figure, panels = _figure(1, 1, width=6.0, height=4.2)
         axis = panels[0, 0]

@@ -47,7 +47,7 @@ def run_one(config, folder: str, name: str, command: list[str], threads: int | N
     checkpoint); otherwise the run starts. Any failure is reported, never raised, so one bad run does not
     stop the others. Datasets are kept in memory between the runs of this process.
     """
-    from fedsim.experiment import keep_datasets_in_memory
+    from fedsim.experiment_data import keep_datasets_in_memory
     from fedsim.runs import resume_run, start_run
     from fedsim.runs.folder import RunFolder, SUMMARY_FILE
 

@@ -8,7 +8,7 @@ from fedsim.compress.bits import sparse_vector_bits
 from fedsim.errors import DivergenceError
 from fedsim.data.load import load_dataset
 from fedsim.data.partition import partition
-from fedsim.experiment import DataConfig, split_among_clients
+from fedsim.experiment_data import DataConfig, split_among_clients
 
 
 @pytest.fixture(scope="module")

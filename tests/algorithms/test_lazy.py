@@ -2,13 +2,15 @@
 
 import json
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from fedsim.algorithms.lazy import (METHODS, DivergenceError, LazyConfig, LazyHistory, bits_per_upload,
-                                    estimate_f_star, history_threshold, lag_ps_request_decision,
-                                    laq_upload_decision, run_lazy, smoothness_bounds, stack_shards)
+from fedsim.algorithms.lazy import (METHODS, DivergenceError, LazyConfig, LazyRun, bits_per_upload,
+                                    history_threshold, lag_ps_request_decision, laq_upload_decision,
+                                    records_reach, records_to_arrays, smallest_objective, smoothness_bounds,
+                                    stack_shards)
 from fedsim.data.dataset import Dataset
 from fedsim.models import SoftmaxRegression
 from fedsim.rng import RunStreams
@@ -23,27 +25,35 @@ def _toy(n_samples=600, n_features=12, n_classes=4, seed=0, n_test=100):
     return Dataset("toy", x[:n_samples], y[:n_samples], x[n_samples:], y[n_samples:], n_classes)
 
 
+def _finished(config, data, partition=None, progress=False):
+    """A run to its end: its records as arrays (records_to_arrays), its final theta, the run and the records."""
+    run = LazyRun(config, data, partition)
+    records = run.run(progress=progress)
+    return SimpleNamespace(**records_to_arrays(records, config.n_workers), theta=run.theta, run=run,
+                           records=records)
+
+
 def _run(method, data=None, progress=False, **settings):
     settings.setdefault("iterations", 60)
     settings.setdefault("eval_every", 20)
-    return run_lazy(LazyConfig.reference(method, **settings), data or _toy(), progress=progress)
+    return _finished(LazyConfig.reference(method, **settings), data or _toy(), progress=progress)
 
 
 # --- settings --------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("setting, value, message", [
-    ("bits", 0, r"bits \(b\) must be an integer \[1, 16\]"),
-    ("bits", 17, r"bits \(b\) must be an integer \[1, 16\]"),
+    ("bits", 0, r"bits \(b\) must be an integer in \[1, 16\]"),
+    ("bits", 17, r"bits \(b\) must be an integer in \[1, 16\]"),
     ("step_size", 0.0, r"step_size \(alpha\) must be a finite number > 0"),
     ("step_size", -0.1, r"step_size \(alpha\)"),
     ("step_size", float("nan"), r"step_size \(alpha\)"),
     ("history_length", 0, r"history_length \(D\) must be an integer >= 1"),
     ("max_skips", 0, r"max_skips \(C\) must be an integer >= 1"),
-    ("method", "lag", r"method must be one of \['gd', 'qgd', 'lag-wk', 'lag-ps', 'laq', 'slaq'\]"),
+    ("method", "lag", r"method must be one of 'gd', 'qgd', 'lag-wk', 'lag-ps', 'laq', 'slaq', got 'lag'"),
     ("n_workers", 0, r"n_workers \(M\)"),
     ("history_weight", -1.0, r"history_weight \(xi\) must be a finite number >= 0"),
     ("iterations", 0, "iterations"),
-    ("init", "normal", r"init must be one of \['zeros', 'glorot'\]"),
+    ("init", "normal", r"init must be one of 'zeros', 'glorot'"),
     ("dtype", "float16", "dtype must be one of"),
     ("eval_every", 0, "eval_every"),
     ("minibatch_size", 0, "minibatch_size"),
@@ -74,11 +84,11 @@ def test_more_workers_than_samples_raises():
 def test_partition_checks():
     data = _toy()
     with pytest.raises(ValueError, match="partition has 2 index arrays but n_workers"):
-        run_lazy(LazyConfig(n_workers=3), data, [np.arange(10), np.arange(10, 20)], progress=False)
+        LazyRun(LazyConfig(n_workers=3), data, [np.arange(10), np.arange(10, 20)])
     with pytest.raises(ValueError, match=r"partition\[1\] must be a non-empty"):
-        run_lazy(LazyConfig(n_workers=2), data, [np.arange(10), np.arange(0)], progress=False)
+        LazyRun(LazyConfig(n_workers=2), data, [np.arange(10), np.arange(0)])
     with pytest.raises(ValueError, match=r"partition\[0\] indexes"):
-        run_lazy(LazyConfig(n_workers=1), data, [np.arange(590, 610)], progress=False)
+        LazyRun(LazyConfig(n_workers=1), data, [np.arange(590, 610)])
 
 
 def test_slaq_minibatch_larger_than_a_shard_raises():
@@ -105,9 +115,11 @@ def test_check_values_from_a_run_with_7850_parameters(method, per_iteration):
     x = rng.random((40, 784))
     y = np.arange(40) % 10
     data = Dataset("mnist-shaped", x, y, x[:5], y[:5], 10)
-    history = run_lazy(LazyConfig(method=method, iterations=3, eval_every=10), data, progress=False)
-    assert history.n_params == 7850
+    history = _finished(LazyConfig(method=method, iterations=3, eval_every=10), data)
+    assert history.run.model.size == 7850
     np.testing.assert_array_equal(history.uploads.sum(axis=1), [10, 10, 10])
+    # Without n_workers, the raster is as wide as the workers that uploaded (here all ten).
+    np.testing.assert_array_equal(records_to_arrays(history.records)["uploads"], history.uploads)
     np.testing.assert_array_equal(history.communications, [10, 20, 30])
     np.testing.assert_array_equal(np.diff(history.bits, prepend=0), [per_iteration] * 3)
 
@@ -217,7 +229,7 @@ def test_qgd_with_many_bits_tracks_gd():
     gd = _run("gd", iterations=40)
     qgd = _run("qgd", iterations=40, bits=16)
     np.testing.assert_allclose(qgd.objective, gd.objective, rtol=1e-6)
-    assert qgd.bits[-1] == 40 * 10 * (16 * gd.n_params + 32)
+    assert qgd.bits[-1] == 40 * 10 * (16 * gd.run.model.size + 32)
 
 
 @pytest.mark.parametrize("method", ["lag-wk", "lag-ps", "laq"])
@@ -255,8 +267,8 @@ def test_lag_ps_smoothness_bounds():
         curvature = (model.loss_and_grad(theta + h * direction, x, y)[1]
                      - model.loss_and_grad(theta - h * direction, x, y)[1]) @ direction / (2 * h)
         assert curvature <= per_worker[0]
-    history = run_lazy(LazyConfig(method="lag-ps", n_workers=4, iterations=5), data, parts, progress=False)
-    np.testing.assert_allclose(history.smoothness, per_worker, rtol=1e-12)
+    run = LazyRun(LazyConfig(method="lag-ps", n_workers=4, iterations=5), data, parts)
+    np.testing.assert_allclose(run.smoothness, per_worker, rtol=1e-12)
 
 
 def test_ragged_partition_objective():
@@ -264,8 +276,7 @@ def test_ragged_partition_objective():
     rng = np.random.default_rng(5)
     order = rng.permutation(600)
     parts = [order[:50], order[50:250], order[250:600]]
-    history = run_lazy(LazyConfig(method="laq", n_workers=3, iterations=3, init="glorot", seed=4), data,
-                       parts, progress=False)
+    history = _finished(LazyConfig(method="laq", n_workers=3, iterations=3, init="glorot", seed=4), data, parts)
     model = SoftmaxRegression(data.n_features, data.n_classes, 0.01)
     theta0 = model.init(RunStreams(4).generator("init"), kind="glorot", dtype=np.float64)
     expected = sum(model.loss(theta0, data.x_train[p], data.y_train[p]) for p in parts)
@@ -276,8 +287,8 @@ def test_ragged_partition_objective():
 def test_same_seed_same_history(method):
     settings = dict(iterations=15, init="glorot", seed=7, minibatch_size=20)
     first, second = _run(method, **settings), _run(method, **settings)
-    for name in ("objective", "grad_norm_sq", "aggregate_norm_sq", "uploads", "eval_iterations",
-                 "test_accuracy", "theta"):
+    for name in ("objective", "grad_norm_sq", "aggregate_norm_sq", "uploads", "communications", "bits",
+                 "eval_iterations", "test_accuracy", "theta"):
         np.testing.assert_array_equal(getattr(first, name), getattr(second, name), err_msg=name)
     if method == "slaq":
         other = _run(method, **dict(settings, seed=8))
@@ -296,37 +307,42 @@ def test_evaluation_schedule_and_float32():
     history = _run("laq", iterations=25, eval_every=10, dtype="float32")
     np.testing.assert_array_equal(history.eval_iterations, [0, 10, 20, 25])
     assert history.theta.dtype == np.float32
-    assert 0 <= history.final_accuracy <= 1
+    assert 0 <= history.test_accuracy[-1] <= 1
+    assert history.records[-1]["final_test_accuracy"] == history.test_accuracy[-1]
 
 
 def test_divergence_raises_with_history_so_far():
+    run = LazyRun(LazyConfig.reference("gd", iterations=500, eval_every=20, step_size=1e5), _toy())
     with pytest.raises(DivergenceError, match="not finite at iteration") as caught:
-        _run("gd", iterations=500, step_size=1e5)
-    history = caught.value.history
-    assert isinstance(history, LazyHistory) and history.diverged
-    assert 0 < history.n_iterations < 500
-    assert np.all(np.isfinite(history.objective)) and np.all(np.isfinite(history.theta))
-    assert history.uploads.shape == (history.n_iterations, 10)
+        run.run()
+    records = caught.value.history
+    assert records == run.history and 0 < len(records) < 500
+    history = records_to_arrays(records, 10)
+    assert np.all(np.isfinite(history["objective"]))
+    assert np.all(np.isfinite(run.theta))               # the last finite iterate is kept
+    assert history["uploads"].shape == (len(records), 10)
 
 
 def test_f_star_residual_reach_and_json():
     gd = _run("gd", iterations=100)
     laq = _run("laq", iterations=100)
-    f_star = estimate_f_star([gd, laq])
+    f_star = smallest_objective([gd.records, laq.records])
     assert f_star == min(gd.objective.min(), laq.objective.min())
     with pytest.raises(ValueError, match="f_star"):
-        gd.residual()
-    residual = laq.residual(f_star)
+        records_reach(gd.records, None, 1e-6)
+    residual = laq.objective - f_star
     assert residual.min() >= 0
     tolerance = float(np.sort(residual)[5])
-    point = laq.reach(tolerance, f_star)
+    point = records_reach(laq.records, f_star, tolerance)
     k = int(np.flatnonzero(residual <= tolerance)[0])
-    assert point.iterations == k
-    assert point.communications == laq.uploads[:k].sum()
-    assert point.bits == point.communications * laq.bits_per_upload
-    assert laq.reach(-1.0, f_star) is None
-    text = json.dumps(laq.to_dict())
-    assert json.loads(text)["communications"][-1] == laq.communications[-1]
+    assert point["iteration"] == k
+    assert point["communications"] == laq.uploads[:k].sum() == laq.communications_before[k]
+    assert point["bits"] == point["communications"] * laq.run.bits_per_upload == laq.bits_before[k]
+    assert records_reach(laq.records, f_star, -1.0) is None
+    # The records are the history as history.jsonl holds it: JSON in, the same arrays out.
+    again = records_to_arrays(json.loads(json.dumps(laq.records)), 10)
+    for name, array in records_to_arrays(laq.records, 10).items():
+        np.testing.assert_array_equal(again[name], array, err_msg=name)
 
 
 def test_progress_bar_runs(capsys):

@@ -7,10 +7,12 @@ the upload test written out per worker. fedsim must produce the same iterates (t
 exactly the same upload events.
 """
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
-from fedsim.algorithms.lazy import LazyConfig, laq_upload_decision, run_lazy
+from fedsim.algorithms.lazy import LazyConfig, LazyRun, laq_upload_decision, records_to_arrays
 from fedsim.data.dataset import Dataset
 from fedsim.kernels.laq import quantize_innovation
 
@@ -143,8 +145,9 @@ def test_run_matches_torch_iterate_by_iterate(torch, method, bits):
     settings = dict(n_workers=10, step_size=0.02, bits=bits, history_length=10, history_weight=0.8,
                     max_skips=8, l2=0.01, iterations=50)
     iterates = []
-    history = run_lazy(LazyConfig(method=method, eval_every=100, **settings), data,
-                       callback=lambda k, theta: iterates.append(theta.copy()), progress=False)
+    config = LazyConfig(method=method, eval_every=100, **settings)
+    records = LazyRun(config, data).run(callback=lambda k, theta: iterates.append(theta.copy()))
+    history = SimpleNamespace(**records_to_arrays(records, config.n_workers))
     ref_iterates, ref_events, ref_objectives = torch_run(torch, data, method, **settings)
     mismatched = np.flatnonzero((history.uploads != ref_events).any(axis=1))
     first = mismatched[:1]

@@ -39,12 +39,12 @@ VECTOR_ENTRIES = 5 + 1                    # b and s, sent as they are
 
 @pytest.mark.parametrize("rank", [0, -1, 2.5, True, "2", None])
 def test_rank_must_be_a_positive_integer(rank):
-    with pytest.raises(ValueError, match="rank must be an integer"):
+    with pytest.raises((TypeError, ValueError), match="rank must be an integer"):
         PowerSGD(rank=rank)
 
 
 def test_scope_must_be_tensor():
-    with pytest.raises(ValueError, match="scope must be 'tensor' for PowerSGD.*ParamSpec"):
+    with pytest.raises(ValueError, match="scope must be one of 'tensor', got 'global'"):
         PowerSGD(scope="global")
     with pytest.raises(ValueError, match="scope"):
         FederatedConfig(method="powersgd_up", compression_scope="global")

@@ -44,13 +44,13 @@ def test_settings_and_attributes():
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True, "4", None, 2 ** 31])
 def test_levels_are_validated(bad):
-    with pytest.raises(ValueError, match="levels must be an integer in"):
+    with pytest.raises((TypeError, ValueError), match="levels must be an integer in"):
         QSGD(levels=bad)
 
 
 @pytest.mark.parametrize("bad", [-1, 2.0, True, "512", None])
 def test_bucket_size_is_validated(bad):
-    with pytest.raises(ValueError, match="bucket_size must be an integer >= 0"):
+    with pytest.raises((TypeError, ValueError), match="bucket_size must be an integer >= 0"):
         QSGD(bucket_size=bad)
 
 
@@ -160,7 +160,7 @@ def test_message_format(dtype):
             state = compressor.init(layout)
             x = np.random.default_rng(0).standard_normal(layout.size).astype(dtype)
             message = compressor.compress(x, state, np.random.default_rng(1))[0].message(0)
-            assert message.format == MessageFormat("qsgd", state.layout.segment_offsets, np.dtype(dtype).name,
+            assert message.format == MessageFormat("qsgd", state.segment_offsets, np.dtype(dtype).name,
                                                    options=(("levels", compressor.levels),
                                                             ("bucket_size", compressor.bucket_size)))
 
@@ -226,7 +226,7 @@ def test_matches_torch(torch, scope, levels, bucket, dtype):
     x[1, :2000] = 0                                              # zero buckets
     compressed, _ = c.compress(x, state, np.random.default_rng(5))
     uniforms = np.random.default_rng(5).random(x.shape)          # the same draws
-    decoded, norms, signed, bits = reference.qsgd(torch.from_numpy(x), state.layout.segment_offsets, bucket,
+    decoded, norms, signed, bits = reference.qsgd(torch.from_numpy(x), state.segment_offsets, bucket,
                                                   levels, torch.from_numpy(uniforms), 8 * x.itemsize)
     np.testing.assert_array_equal(signed.numpy(), compressed.fields["signed_levels"].astype(np.int64))
     np.testing.assert_array_equal(bits.numpy(), compressed.encoded_bits)

@@ -13,7 +13,7 @@ from fedsim.algorithms.federated import FederatedConfig
 from fedsim.compress import Layout, MessageFormat, RandomK, RandomKMessage, decode
 from fedsim.compress.base import ceil_product
 from fedsim.compress.randomk import SEED_BITS
-from fedsim.config import field_comments
+from fedsim.constraints import descriptions
 from fedsim.params import ParamSpec
 from tests.compress.test_contract import SETTINGS
 from tests.kernels.test_randomk import python_positions
@@ -43,10 +43,10 @@ def python_row_positions(seed, layout, p):
 # ----------------------------------------------------------------------------------------------------
 
 def test_settings_are_validated_and_described():
-    with pytest.raises(ValueError, match=r"scaling must be one of \('unbiased', 'none'\), got 'biased'"):
+    with pytest.raises(ValueError, match=r"scaling must be one of 'unbiased', 'none', got 'biased'"):
         RandomK(0.1, scaling="biased")
     assert RandomK().settings == {"p": 0.01, "scaling": "unbiased", "scope": "tensor"}
-    comments = field_comments(RandomK)
+    comments = descriptions(RandomK)
     assert set(comments) == {"p", "scaling", "scope"} and "unbiased" in comments["scaling"]
 
 
@@ -57,7 +57,7 @@ def test_class_attributes_and_methods():
                              accumulate_up=True, compressors={"randomk": RandomK(scaling="none")})
     assert config.compressor("up") == RandomK(0.05, scaling="none", scope="global")
     assert config.compressor("down") == RandomK(0.2, scaling="none", scope="global")
-    assert config.scheme.accumulate_up and not config.scheme.accumulate_down
+    assert config.resolved_method.accumulate_up and not config.resolved_method.accumulate_down
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -84,7 +84,7 @@ def test_positions_and_values(compressor, dtype):
     updates[1] = 0.0
     state = compressor.init(SPEC)
     compressed, _ = compressor.compress(updates, state, np.random.default_rng(8))
-    layout = state.layout
+    layout = state
     ks = np.array([ceil_product(compressor.p, n) for n in layout.sizes])
     for row in range(4):
         message = compressed.message(row)
@@ -146,7 +146,7 @@ def test_receiver_rebuilds_positions_from_the_stream_alone():
 def test_message_validation():
     with pytest.raises(ValueError, match="sends 2 values, got 3"):
         RandomKMessage((0, 10), 0.2, 5, np.zeros(3, np.float32))
-    with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\^64\)"):
+    with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\^64 - 1\]"):
         RandomKMessage((0, 10), 0.2, 2 ** 64, np.zeros(2, np.float32))
     with pytest.raises(ValueError, match=r"seed must be an integer"):
         RandomKMessage((0, 10), 0.2, -1, np.zeros(2, np.float32))
@@ -240,7 +240,7 @@ def test_matches_torch(torch, dtype, scaling, scope, p):
     spec = ParamSpec(("W", "b"), ((1024, 10), (10,)))           # the STC pipeline's softmax regression
     compressor = RandomK(p, scaling=scaling, scope=scope)
     state = compressor.init(spec)
-    layout = state.layout
+    layout = state
     updates = np.random.default_rng(1).standard_normal((4, spec.size)).astype(dtype)
     compressed, _ = compressor.compress(updates, state, np.random.default_rng(2))
 

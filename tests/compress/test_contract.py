@@ -154,7 +154,7 @@ def test_p_outside_its_range_is_rejected(bad):
     with_p = [cls for cls in COMPRESSORS.values() if "p" in {f.name for f in dataclasses.fields(cls)}]
     assert {cls.name for cls in with_p} >= {"topk", "stc", "randomk"}
     for cls in with_p:
-        with pytest.raises(ValueError, match=r"p must be a number in \(0, 1\]"):
+        with pytest.raises((TypeError, ValueError), match=r"p must be a finite number in \(0, 1\]"):
             cls(p=bad)
 
 
@@ -162,7 +162,7 @@ def test_p_outside_its_range_is_rejected(bad):
 def test_scope_outside_its_choices_is_rejected(name):
     cls = COMPRESSORS[name]
     assert "scope" in {f.name for f in dataclasses.fields(cls)}
-    with pytest.raises(ValueError, match=r"scope must be (one of \('tensor', 'global'\)|'tensor')"):
+    with pytest.raises(ValueError, match=r"scope must be one of 'tensor'(, 'global')?, got 'layer'"):
         cls(scope="layer")
 
 

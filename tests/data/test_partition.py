@@ -138,7 +138,7 @@ def test_classes_per_client_errors():
     with pytest.raises(ValueError, match="classes_per_client"):
         classes_per_client(labels, 5, 0, 1.0, rng)
     for bad in (0.0, -0.5, 1.5, float("nan")):
-        with pytest.raises(ValueError, match=r"balancedness must lie in \(0, 1\]"):
+        with pytest.raises(ValueError, match=r"balancedness must be a finite number in \(0, 1\]"):
             classes_per_client(labels, 5, 2, bad, rng)
     with pytest.raises(ValueError, match="impossible split"):
         classes_per_client(labels, 50, 2, 0.5, rng)   # 0.1 * 100 / 50 < 1: empty clients

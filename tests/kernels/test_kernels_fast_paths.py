@@ -18,7 +18,7 @@ import math
 import numpy as np
 import pytest
 
-from fedsim.algorithms.federated import lazy_zeros
+from fedsim.algorithms.federated import paged_zeros
 from fedsim.kernels import golomb, laq, sparsify
 
 SAMPLED_SIZES = [sparsify.SHORT_SEGMENT + 1, 10_240, sparsify.SMALL_SEGMENT, 100_000, 200_003]
@@ -131,26 +131,26 @@ def test_laq_long_vector_bitwise():
         np.testing.assert_array_equal(a, b)
 
 
-def test_lazy_zeros_is_a_writable_zero_array():
-    array = lazy_zeros((3, 5), np.float32)
+def test_paged_zeros_is_a_writable_zero_array():
+    array = paged_zeros((3, 5), np.float32)
     assert array.shape == (3, 5) and array.dtype == np.float32 and not array.any()
     array[1, 2] = 7
     assert array.sum() == 7 and array.flags.writeable and array.flags.c_contiguous
-    other = lazy_zeros((3, 5), np.float32)
+    other = paged_zeros((3, 5), np.float32)
     assert not other.any()                          # a fresh mapping each time
-    empty = lazy_zeros((0, 5), np.float64)
+    empty = paged_zeros((0, 5), np.float64)
     assert empty.shape == (0, 5) and empty.dtype == np.float64
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs Linux /proc to read the RSS")
-def test_lazy_zeros_maps_only_the_rows_written():
+def test_paged_zeros_maps_only_the_rows_written():
     def resident():
         with open("/proc/self/statm") as handle:
             return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
     rows, row_floats = 20_000, 2_500          # 200 MB of float32, 10 kB per row
     before = resident()
-    array = lazy_zeros((rows, row_floats), np.float32)
+    array = paged_zeros((rows, row_floats), np.float32)
     array[::100] = 1.0                         # 200 rows, spread over the whole array
     grown = resident() - before
     assert grown < 30e6, f"writing 200 rows of 10 kB made {grown / 1e6:.0f} MB resident"

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from fedsim.algorithms.federated import FederatedConfig, FederatedRun
-from fedsim.algorithms.lazy import LazyConfig, run_lazy
+from fedsim.algorithms.lazy import LazyConfig, LazyRun, records_to_arrays
 from fedsim.data.dataset import Dataset
 from fedsim.data.preprocess import PIXEL_STATISTICS, laq_pipeline, stc_pipeline
-from fedsim.experiment import DataConfig, pixel_affine, split_among_clients, stored_as_codes, to_codes
+from fedsim.experiment_data import DataConfig, pixel_affine, split_among_clients, stored_as_codes, to_codes
 from fedsim.models.features import Codes
 from tests.conftest import synthetic_images
 
@@ -59,12 +59,13 @@ def test_features_outside_the_8_bit_range_are_refused():
 def test_a_lazy_run_on_codes_follows_the_float_run_to_rounding(method):
     dataset, _ = _dataset("laq")
     config = LazyConfig(method=method, n_workers=4, iterations=40, eval_every=10, init="glorot")
-    floats = run_lazy(config, dataset, progress=False)
-    codes = run_lazy(config, stored_as_codes(dataset, "laq"), progress=False)
-    np.testing.assert_allclose(codes.objective, floats.objective, rtol=1e-12)
+    floats = LazyRun(config, dataset)
+    codes = LazyRun(config, stored_as_codes(dataset, "laq"))
+    float_history, code_history = (records_to_arrays(run.run(), config.n_workers) for run in (floats, codes))
+    np.testing.assert_allclose(code_history["objective"], float_history["objective"], rtol=1e-12)
     np.testing.assert_allclose(codes.theta, floats.theta, rtol=1e-9, atol=1e-12)
     # The upload decisions compare innovations with a threshold; none sits within rounding of it here.
-    np.testing.assert_array_equal(codes.uploads, floats.uploads)
+    np.testing.assert_array_equal(code_history["uploads"], float_history["uploads"])
 
 
 def test_a_federated_run_on_codes_stays_within_half_a_grey_level_of_the_float_run():

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedsim.constraints import Flag, Integer, OneOf, Optional, Real, Text, check_fields, setting
 from fedsim.data.dataset import Dataset
 from fedsim.data.load import DATASET_NAMES, PIPELINES, TRAIN_SPLITS, load_dataset
 from fedsim.data.partition import partition
@@ -28,32 +29,33 @@ STORAGES = ("float", "uint8")
 class DataConfig:
     """Which dataset, preprocessed how, split among the clients how."""
 
-    dataset: str = "mnist"             # mnist | fashion-mnist | synthetic
-    pipeline: str | None = None        # stc (32x32, normalized) | laq (784 raw / 255); None: the family's
-    train_split: str = "train"         # train | test (train on the test split, when train images are absent)
-    data_dir: str | None = None        # a folder searched first for the dataset files
-    download: bool = True              # fetch missing files from the registry's mirrors
-    partition: str = "classes_per_client"  # classes_per_client | dirichlet | shards | iid | contiguous | natural (synthetic's own)
-    classes_per_client: int = 10       # classes_per_client partition: classes per client
-    balancedness: float = 1.0          # classes_per_client partition: 1 equal sizes, < 1 geometric sizes
-    dirichlet_alpha: float = 1.0       # dirichlet partition: concentration (small: strong label skew)
-    shards_per_client: int = 2         # shards partition: label-sorted shards per client
-    synthetic_alpha: float = 1.0       # Synthetic(alpha, beta): model heterogeneity across devices
-    synthetic_beta: float = 1.0        # Synthetic(alpha, beta): feature heterogeneity across devices
-    synthetic_devices: int = 30        # Synthetic(alpha, beta): number of devices
-    storage: str = "float"             # float | uint8 (image pixels kept as 8-bit codes: 4-8x fewer bytes read)
+    dataset: str = setting("mnist", "mnist | fashion-mnist | synthetic", OneOf(*DATASET_NAMES))
+    pipeline: str | None = setting(None, "stc (32x32, normalized) | laq (784 raw / 255); None: the family's",
+                                   Optional(OneOf(*PIPELINES), "the family's"))
+    train_split: str = setting("train", "train | test (train on the test split, when train images are absent)",
+                               OneOf(*TRAIN_SPLITS))
+    data_dir: str | None = setting(
+        None, "a folder searched first for the dataset files",
+        Optional(Text(), "only the standard search path (FEDSIM_DATA, data/, the cache)"))
+    download: bool = setting(True, "fetch missing files from the registry's mirrors", Flag())
+    partition: str = setting("classes_per_client", "classes_per_client | dirichlet | shards | iid | contiguous | "
+                             "natural (synthetic's own)", OneOf(*PARTITIONS))
+    classes_per_client: int = setting(10, "classes_per_client partition: classes per client", Integer(low=1))
+    balancedness: float = setting(1.0, "classes_per_client partition: 1 equal sizes, < 1 geometric sizes",
+                                  Real(0, 1, low_open=True))
+    dirichlet_alpha: float = setting(1.0, "dirichlet partition: concentration (small: strong label skew)",
+                                     Real(0, low_open=True))
+    shards_per_client: int = setting(2, "shards partition: label-sorted shards per client", Integer(low=1))
+    synthetic_alpha: float = setting(1.0, "Synthetic(alpha, beta): model heterogeneity across devices",
+                                     Real(low=0))
+    synthetic_beta: float = setting(1.0, "Synthetic(alpha, beta): feature heterogeneity across devices",
+                                    Real(low=0))
+    synthetic_devices: int = setting(30, "Synthetic(alpha, beta): number of devices", Integer(low=1))
+    storage: str = setting("float", "float | uint8 (image pixels kept as 8-bit codes: 4-8x fewer bytes read)",
+                           OneOf(*STORAGES))
 
     def __post_init__(self):
-        if self.dataset not in DATASET_NAMES:
-            raise ValueError(f"dataset must be one of {list(DATASET_NAMES)}, got {self.dataset!r}")
-        if self.pipeline is not None and self.pipeline not in PIPELINES:
-            raise ValueError(f"pipeline must be one of {list(PIPELINES)}, got {self.pipeline!r}")
-        if self.train_split not in TRAIN_SPLITS:
-            raise ValueError(f"train_split must be one of {list(TRAIN_SPLITS)}, got {self.train_split!r}")
-        if self.partition not in PARTITIONS:
-            raise ValueError(f"partition must be one of {list(PARTITIONS)}, got {self.partition!r}")
-        if self.storage not in STORAGES:
-            raise ValueError(f"storage must be one of {list(STORAGES)}, got {self.storage!r}")
+        check_fields(self)
         if self.storage == "uint8" and self.dataset == "synthetic":
             raise ValueError("storage 'uint8' needs an 8-bit image dataset (mnist, fashion-mnist); "
                              "synthetic data are floats: use storage 'float'")

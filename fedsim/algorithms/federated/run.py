@@ -1,34 +1,8 @@
-"""Compressed federated learning: FedAvg, signSGD, top-k and Sparse Ternary Compression.
-
-Sattler, Wiedemann, Mueller, Samek, "Robust and Communication-Efficient Federated Learning from Non-IID
-Data", arXiv 1903.02891 (STC); McMahan et al., arXiv 1602.05629 (FedAvg); Bernstein et al.,
-arXiv 1802.04434 (signSGD with majority vote); Lin et al., arXiv 1712.01887 (top-k with residuals).
-
-One round t (all participants at once, as arrays of shape (participants, parameters))::
-
-    S_t ~ uniform subset of max(1, floor(n * participation_rate)) clients       sampling
-    w_k = W  for k in S_t (after catching up on missed downstream messages)      synchronize
-    w_k <- w_k - lr_k * SGD-momentum(grad f_k(w_k; batch))  (local_iterations)   local training
-    dW_k = w_k - W                                                                update
-    A_k <- A_k + dW_k;  m_k = C_up(A_k);  A_k <- A_k - m_k                        upstream, error feedback
-    m = mean_k m_k | sum_k n_k m_k / sum_k n_k | lr * sign(sum_k m_k)             aggregation
-    A <- A + m;  m_down = C_down(A);  A <- A - m_down                             downstream, error feedback
-    W <- W + m_down                                                               server update
-
-Client state that lasts across rounds: its residual A_k, its momentum buffer, its shuffled sample order
-and position in it, and the last round it synchronized. A client's model always equals the server model
-after synchronization, so it is not stored.
-
-Caching (STC paper, section "Communication-efficient ... partial participation"): the server keeps the
-downstream messages of recent rounds; a client that last synchronized at round t0 receives
-sum_{s = t0+1}^{t-1} m_down_s as a sparse vector (positions + 32-bit values) or the full model (32 P bits)
-when that is cheaper. Those bits count as downstream traffic, beside the round's broadcast to its
-participants.
-"""
+"""One compressed federated learning run, a round per :meth:`FederatedRun.step` (the round and the catch-up
+of returning clients: :mod:`fedsim.algorithms.federated`)."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import mmap
 import time
@@ -37,148 +11,14 @@ from typing import NamedTuple
 
 import numpy as np
 
-from fedsim.compress import COMPRESSORS, ErrorFeedback, ErrorFeedbackState, aggregation, compressor_class
+from fedsim.algorithms.federated.config import FederatedConfig
+from fedsim.compress import ErrorFeedback, ErrorFeedbackState
 from fedsim.compress.bits import dense_bits, sparse_vector_bits
-from fedsim.algorithms.family import Family, cell, register_family, run_seconds
 from fedsim.data.dataset import Dataset
 from fedsim.errors import DivergenceError
 from fedsim.models import SoftmaxRegression
 from fedsim.models.features import as_dtype
 from fedsim.rng import RunStreams
-
-
-@dataclass(frozen=True)
-class Method:
-    """What a named method sends up and down, and how the server aggregates."""
-
-    up: str                # compressor of client updates (a name in fedsim.compress.COMPRESSORS)
-    down: str              # compressor of the server's aggregate
-    aggregation: str       # mean | weighted | majority (fedsim.compress.aggregation)
-    accumulate_up: bool    # client-side error feedback (residuals) by default
-    accumulate_down: bool  # server-side error feedback by default
-
-
-#: Methods with names of their own; every other method is built from a compressor (:func:`methods`).
-NAMED_METHODS = {
-    "none": Method("identity", "identity", "mean", False, False),
-    "fedavg": Method("identity", "identity", "weighted", False, False),
-    "signsgd": Method("sign", "identity", "majority", False, False),
-}
-AGGREGATIONS = tuple(aggregation.AGGREGATIONS)
-LR_SCHEDULES = ("constant", "exponential", "step")
-
-
-def methods() -> dict[str, Method]:
-    """Every federated method: the named ones, and for each registered compressor C (as its class says,
-    ``Compressor.directions``) ``C_up`` (C upstream, nothing downstream) and ``C_updown`` (C both ways),
-    with C's default aggregation and error feedback: ``stc_updown`` is STC up and down with residuals."""
-    table = dict(NAMED_METHODS)
-    for name, cls in COMPRESSORS.items():
-        if "up" in cls.directions:
-            table[f"{name}_up"] = Method(name, "identity", cls.aggregations[0], cls.error_feedback, False)
-        if "updown" in cls.directions:
-            table[f"{name}_updown"] = Method(name, name, cls.aggregations[0], cls.error_feedback,
-                                             cls.error_feedback)
-    return table
-
-
-def _check(condition: bool, setting: str, allowed: str, value) -> None:
-    if not condition:
-        raise ValueError(f"{setting} must be {allowed}, got {value!r}")
-
-
-@dataclass(frozen=True)
-class FederatedConfig:
-    """Settings of one compressed federated learning run (defaults: the STC seed experiment)."""
-
-    method: str = "stc_updown"       # a named method or <compressor>_up / <compressor>_updown
-    rounds: int = 20                 # communication rounds
-    n_clients: int = 50              # clients holding data
-    participation_rate: float = 1.0  # fraction of clients sampled per round, in (0, 1]
-    local_iterations: int = 1        # SGD steps per client per round
-    batch_size: int = 100            # samples per local SGD step
-    lr: float = 0.04                 # client learning rate (and the server step of majority vote)
-    momentum: float = 0.0            # SGD momentum of each client's own optimizer
-    l2: float = 0.0                  # L2 coefficient: (l2 / 2) ||w||^2 in each client's loss, g + l2 w
-    lr_schedule: str = "constant"    # constant | exponential (lr * decay^epoch) | step
-    lr_decay: float = 1.0            # the factor of the exponential and step schedules
-    lr_step_epochs: int = 1          # step schedule: lr * decay^(epoch // lr_step_epochs)
-    p_up: float = 0.001              # sparsity of upstream top-k / STC / random-k, in (0, 1]
-    p_down: float = 0.002            # sparsity of downstream top-k / STC / random-k, in (0, 1]
-    accumulate_up: bool | None = None    # client error feedback; None: the method's default
-    accumulate_down: bool | None = None  # server error feedback; None: the method's default
-    aggregation: str | None = None   # mean | weighted | majority; None: the method's default
-    compression_scope: str = "tensor"  # tensor (per parameter tensor, as the reference) | global
-    eval_train_samples: int = 5000   # evaluate on the first this-many training samples
-    eval_every: int = 1              # evaluate every this-many rounds (and at the last)
-    dtype: str = "float32"           # float32 | float64
-    init: str = "zeros"              # zeros | glorot
-    # The settings of each compressor by name (the config file's [stc], [qsgd], ... tables); p and scope
-    # come from p_up / p_down and compression_scope above. A compressor not listed takes its defaults.
-    compressors: dict = field(default_factory=dict, compare=True)
-
-    def __post_init__(self):
-        table = methods()
-        _check(self.method in table, "method", f"one of {sorted(table)}", self.method)
-        for name in ("rounds", "n_clients", "local_iterations", "batch_size", "lr_step_epochs",
-                     "eval_train_samples", "eval_every"):
-            value = getattr(self, name)
-            _check(isinstance(value, (int, np.integer)) and value >= 1, name, "an integer >= 1", value)
-        _check(0 < self.participation_rate <= 1, "participation_rate", "in (0, 1]", self.participation_rate)
-        for name in ("p_up", "p_down"):
-            _check(0 < getattr(self, name) <= 1, name, "in (0, 1]", getattr(self, name))
-        _check(math.isfinite(self.lr) and self.lr > 0, "lr", "a finite number > 0", self.lr)
-        _check(0 <= self.momentum < 1, "momentum", "in [0, 1)", self.momentum)
-        _check(math.isfinite(self.l2) and self.l2 >= 0, "l2", ">= 0", self.l2)
-        _check(self.lr_schedule in LR_SCHEDULES, "lr_schedule", f"one of {LR_SCHEDULES}", self.lr_schedule)
-        _check(0 < self.lr_decay <= 1, "lr_decay", "in (0, 1]", self.lr_decay)
-        _check(self.aggregation is None or self.aggregation in AGGREGATIONS, "aggregation",
-               f"one of {AGGREGATIONS}", self.aggregation)
-        _check(self.compression_scope in ("tensor", "global"), "compression_scope", "'tensor' or 'global'",
-               self.compression_scope)
-        _check(self.dtype in ("float32", "float64"), "dtype", "'float32' or 'float64'", self.dtype)
-        _check(self.init in ("zeros", "glorot"), "init", "'zeros' or 'glorot'", self.init)
-        for name, compressor in self.compressors.items():
-            _check(name in COMPRESSORS and isinstance(compressor, COMPRESSORS[name]), "compressors",
-                   "a mapping of compressor names to compressors of that name", {name: compressor})
-        # Canonical form: every registered compressor, with its defaults where none was given.
-        object.__setattr__(self, "compressors", {name: self.compressors.get(name) or cls()
-                                                 for name, cls in COMPRESSORS.items()})
-        scheme = table[self.method]
-        allowed = COMPRESSORS[scheme.up].aggregations
-        if self.aggregation is not None and self.aggregation not in allowed:
-            raise ValueError(f"aggregation {self.aggregation!r} does not fit the {scheme.up} updates of "
-                             f"method {self.method!r} (allowed: {', '.join(allowed)}; 'majority' needs sign "
-                             f"updates, method 'signsgd')")
-        for direction in ("up", "down"):
-            self.compressor(direction)        # builds (and so validates) both compressors
-
-    @property
-    def scheme(self) -> Method:
-        """The method with this config's overrides applied."""
-        base = methods()[self.method]
-        return Method(
-            base.up, base.down, self.aggregation or base.aggregation,
-            base.accumulate_up if self.accumulate_up is None else self.accumulate_up,
-            base.accumulate_down if self.accumulate_down is None else self.accumulate_down)
-
-    def compressor(self, direction: str):
-        """The compressor of ``direction`` ("up" or "down"): the method's, with its settings from
-        ``compressors``, its p from ``p_up`` / ``p_down`` and its scope from ``compression_scope``."""
-        name = self.scheme.up if direction == "up" else self.scheme.down
-        cls = compressor_class(name)
-        base = self.compressors[name]
-        names = {f.name for f in dataclasses.fields(cls)}
-        changes = {}
-        if "p" in names:
-            changes["p"] = self.p_up if direction == "up" else self.p_down
-        if "scope" in names:
-            changes["scope"] = self.compression_scope
-        return dataclasses.replace(base, **changes)
-
-    @property
-    def participants_per_round(self) -> int:
-        return max(1, int(math.floor(self.n_clients * self.participation_rate)))
 
 
 class BatchTrace(NamedTuple):
@@ -195,7 +35,7 @@ class _Sent(NamedTuple):
     residual: np.ndarray | None        # the senders' new residuals under error feedback
 
 
-def lazy_zeros(shape: tuple[int, ...], dtype) -> np.ndarray:
+def paged_zeros(shape: tuple[int, ...], dtype) -> np.ndarray:
     """A zero array whose memory the operating system provides page by page, when first written.
 
     An anonymous memory map in the system's small pages (4 KiB). ``np.zeros`` is lazy too, but NumPy
@@ -261,9 +101,10 @@ class FederatedRun:
             raise ValueError(f"clients {np.flatnonzero(sizes == 0)[:10].tolist()} hold no samples; every "
                              f"client needs at least one (use fewer clients or another partition)")
         self.config = config
-        self.scheme = config.scheme
+        self.resolved_method = config.resolved_method
         self.dataset = dataset
         self.dtype = np.dtype(config.dtype)
+        # The model: softmax regression, shaped by the dataset.
         self.model = SoftmaxRegression(dataset.n_features, dataset.n_classes)
         self.x_train = as_dtype(dataset.x_train, self.dtype)        # floats, or 8-bit Codes
         self.y_train = np.asarray(dataset.y_train, dtype=np.int64)
@@ -280,8 +121,8 @@ class FederatedRun:
         # The two links: a compressor, wrapped in error feedback where the method keeps residuals.
         self.compressors = {"up": config.compressor("up"), "down": config.compressor("down")}
         up, down = self.compressors["up"], self.compressors["down"]
-        self.up = ErrorFeedback(up) if self.scheme.accumulate_up else up
-        self.down = ErrorFeedback(down) if self.scheme.accumulate_down else down
+        self.up = ErrorFeedback(up) if self.resolved_method.accumulate_up else up
+        self.down = ErrorFeedback(down) if self.resolved_method.accumulate_down else down
         # The compressors' own states (a Layout when stateless); residuals are kept with their owners.
         self.up_state = up.init(spec)
         self.down_state = down.init(spec)
@@ -295,12 +136,13 @@ class FederatedRun:
             order_epoch=np.full(config.n_clients, -1, np.int64),
             last_sync=np.zeros(config.n_clients, np.int64),
             # Pages are mapped only when written: an idle client's rows cost no physical memory.
-            residual=lazy_zeros((config.n_clients, P), self.dtype) if self.scheme.accumulate_up else None,
-            momentum=lazy_zeros((config.n_clients, P), self.dtype) if config.momentum else None)
+            residual=(paged_zeros((config.n_clients, P), self.dtype) if self.resolved_method.accumulate_up
+                      else None),
+            momentum=paged_zeros((config.n_clients, P), self.dtype) if config.momentum else None)
         init_rng = self.streams.generator("init")
         self.server = ServerState(
             weights=self.model.init(init_rng, config.init, self.dtype),
-            residual=np.zeros(P, self.dtype) if self.scheme.accumulate_down else None)
+            residual=np.zeros(P, self.dtype) if self.resolved_method.accumulate_down else None)
         self.history: list[dict] = []
         # With trace_batches, every local step's participants and batch rows, so that another
         # implementation (the torch oracle and baselines) can replay the same rounds.
@@ -351,7 +193,7 @@ class FederatedRun:
         if clients.residual is not None:
             clients.residual[participants] = up.residual
         aggregate = self.up.aggregate(up.compressed.decoded, clients.sizes[participants],
-                                      self.scheme.aggregation, config.lr)
+                                      self.resolved_method.aggregation, config.lr)
         # Downstream: the server's aggregate, one row (with the server's residual).
         down = self._send(self.down, "down_state", aggregate[None, :],
                              None if server.residual is None else server.residual[None, :])
@@ -575,83 +417,3 @@ class FederatedRun:
         self.sampling_rng.bit_generator.state = meta["sampling_rng"]
         self.compression_rng.bit_generator.state = meta["compression_rng"]
         self.history = list(meta["history"])
-
-
-# ---------------------------------------------------------------------------------------------------------
-# the family's metrics (over the JSON records of history.jsonl) and its registration
-
-
-def total_bits(record: dict) -> int:
-    """Bits of one round, up + down."""
-    return int(record.get("bits_up", 0)) + int(record.get("bits_down", 0))
-
-
-def reach(history: list[dict], target_accuracy: float) -> dict | None:
-    """The first round whose test accuracy is >= ``target_accuracy``: its round and the bits (up, down,
-    total) spent through it; None if never reached."""
-    up = down = 0
-    for record in history:
-        up += int(record.get("bits_up", 0))
-        down += int(record.get("bits_down", 0))
-        if record.get("test_accuracy", -1.0) >= target_accuracy:
-            return {"round": int(record["round"]), "bits_up": up, "bits_down": down, "bits": up + down}
-    return None
-
-
-def summarize(history: list[dict]) -> dict:
-    """Totals of bits; final and best test accuracy, and the round of the best."""
-    summary = {"bits_up": sum(int(r.get("bits_up", 0)) for r in history),
-               "bits_down": sum(int(r.get("bits_down", 0)) for r in history)}
-    summary["bits"] = summary["bits_up"] + summary["bits_down"]
-    accuracies = [(r["test_accuracy"], i) for i, r in enumerate(history) if "test_accuracy" in r]
-    if accuracies:
-        best, at = max(accuracies)
-        summary.update(final_test_accuracy=accuracies[-1][0], best_test_accuracy=best,
-                       best_round=history[at]["round"])
-    return summary
-
-
-def progress_text(record: dict, state: dict) -> str:
-    """The progress bar's text after ``record``: the last accuracy and the bits so far."""
-    state["bits"] = state.get("bits", 0) + total_bits(record)
-    if "test_accuracy" in record:
-        state["accuracy"] = record["test_accuracy"]
-    accuracy = f"acc {state['accuracy']:.4f}  " if "accuracy" in state else ""
-    return f"{accuracy}bits {state['bits']:.3g}"
-
-
-def report(summary: dict) -> list[str]:
-    return [f"bits up {summary['bits_up']:.4g}, down {summary['bits_down']:.4g}"]
-
-
-def compare(runs, targets: dict) -> tuple[str, list[str], list[list[str]]]:
-    """The `fedsim compare` table of federated runs: accuracy, and rounds and bits to the target."""
-    target = targets["accuracy"]
-    rows = []
-    for run in runs:
-        accuracies = [r["test_accuracy"] for r in run.history if "test_accuracy" in r]
-        reached = reach(run.history, target)
-        rows.append([run.label, run.method, str(len(run.history)),
-                     cell(accuracies[-1] if accuracies else None, ".4f"),
-                     cell(max(accuracies) if accuracies else None, ".4f"),
-                     cell(reached and reached["round"], "d"), cell(reached and reached["bits"], ".4g"),
-                     cell(sum(map(total_bits, run.history)), ".4g"), run_seconds(run), run.status])
-    headers = ["run", "method", "rounds", "final acc", "best acc", "rounds to target", "bits to target",
-               "bits total", "seconds", "status"]
-    return f"federated runs (target: test accuracy >= {target:g})", headers, rows
-
-
-def _make_run(config, dataset, clients):
-    return FederatedRun(config.federated, dataset, clients, seed=config.seed)
-
-
-FAMILY = register_family(Family(
-    name="federated", description="compressed federated averaging: STC, FedAvg, signSGD, top-k, ...",
-    config_class=FederatedConfig, make_run=_make_run, pipeline="stc", unit="round", clients_word="clients",
-    clients_setting="n_clients", steps_setting="rounds", summarize=summarize, progress=progress_text,
-    report=report, compare=compare, figures="federated_figure", method_names=lambda: sorted(methods()),
-    metrics=("final_test_accuracy", "best_test_accuracy", "bits_up", "bits_down", "bits"),
-    curve=("round", "test_accuracy", "test accuracy", "value"),
-    derived={"compressors": "the compressor tables ([stc], [sign], ...)"},
-    unset_meanings={name: ("the method's", lambda config, name=name: getattr(config.federated.scheme, name))
-                    for name in ("accumulate_up", "accumulate_down", "aggregation")}))

@@ -1,0 +1,139 @@
+"""The federated family's settings: the methods (:data:`NAMED_METHODS` and one or two per compressor) and
+:class:`FederatedConfig`, the config file's ``[federated]`` table (the round:
+:mod:`fedsim.algorithms.federated`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+from fedsim.compress import COMPRESSORS, aggregation, compressor_class
+from fedsim.compress.base import FRACTION, SCOPES
+from fedsim.constraints import Flag, Integer, OneOf, Optional, Real, Registered, check_fields, setting
+
+
+@dataclass(frozen=True)
+class Method:
+    """What a named method sends up and down, and how the server aggregates."""
+
+    up: str                # compressor of client updates (a name in fedsim.compress.COMPRESSORS)
+    down: str              # compressor of the server's aggregate
+    aggregation: str       # mean | weighted | majority (fedsim.compress.aggregation)
+    accumulate_up: bool    # client-side error feedback (residuals) by default
+    accumulate_down: bool  # server-side error feedback by default
+
+
+#: Methods with names of their own; every other method is built from a compressor (:func:`methods`).
+NAMED_METHODS = {
+    "none": Method("identity", "identity", "mean", False, False),
+    "fedavg": Method("identity", "identity", "weighted", False, False),
+    "signsgd": Method("sign", "identity", "majority", False, False),
+}
+AGGREGATIONS = tuple(aggregation.AGGREGATIONS)
+LR_SCHEDULES = ("constant", "exponential", "step")
+
+
+def methods() -> dict[str, Method]:
+    """Every federated method: the named ones, and for each registered compressor C (as its class says,
+    ``Compressor.directions``) ``C_up`` (C upstream, nothing downstream) and ``C_updown`` (C both ways),
+    with C's default aggregation and error feedback: ``stc_updown`` is STC up and down with residuals."""
+    table = dict(NAMED_METHODS)
+    for name, cls in COMPRESSORS.items():
+        if "up" in cls.directions:
+            table[f"{name}_up"] = Method(name, "identity", cls.aggregations[0], cls.error_feedback, False)
+        if "updown" in cls.directions:
+            table[f"{name}_updown"] = Method(name, name, cls.aggregations[0], cls.error_feedback,
+                                             cls.error_feedback)
+    return table
+
+
+
+AT_LEAST_ONE = Integer(low=1)
+METHODS_DEFAULT = "the method's"     # what an unset error feedback or aggregation takes
+
+
+@dataclass(frozen=True)
+class FederatedConfig:
+    """Settings of one compressed federated learning run (defaults: the STC seed experiment)."""
+
+    method: str = setting("stc_updown", "a named method or <compressor>_up / <compressor>_updown",
+                          Registered(lambda: sorted(methods())))
+    rounds: int = setting(20, "communication rounds", AT_LEAST_ONE)
+    n_clients: int = setting(50, "clients holding data", AT_LEAST_ONE)
+    participation_rate: float = setting(1.0, "fraction of clients sampled per round", FRACTION)
+    local_iterations: int = setting(1, "SGD steps per client per round", AT_LEAST_ONE)
+    batch_size: int = setting(100, "samples per local SGD step", AT_LEAST_ONE)
+    lr: float = setting(0.04, "client learning rate (and the server step of majority vote)",
+                        Real(0, low_open=True))
+    momentum: float = setting(0.0, "SGD momentum of each client's own optimizer", Real(0, 1, high_open=True))
+    l2: float = setting(0.0, "L2 coefficient: (l2 / 2) ||w||^2 in each client's loss, g + l2 w", Real(low=0))
+    lr_schedule: str = setting("constant", "constant | exponential (lr * decay^epoch) | step",
+                               OneOf(*LR_SCHEDULES))
+    lr_decay: float = setting(1.0, "the factor of the exponential and step schedules", FRACTION)
+    lr_step_epochs: int = setting(1, "step schedule: lr * decay^(epoch // lr_step_epochs)", AT_LEAST_ONE)
+    p_up: float = setting(0.001, "sparsity of upstream top-k / STC / random-k", FRACTION)
+    p_down: float = setting(0.002, "sparsity of downstream top-k / STC / random-k", FRACTION)
+    accumulate_up: bool | None = setting(None, "client error feedback; None: the method's default",
+                                         Optional(Flag(), METHODS_DEFAULT))
+    accumulate_down: bool | None = setting(None, "server error feedback; None: the method's default",
+                                           Optional(Flag(), METHODS_DEFAULT))
+    aggregation: str | None = setting(None, "mean | weighted | majority; None: the method's default",
+                                      Optional(OneOf(*AGGREGATIONS), METHODS_DEFAULT))
+    compression_scope: str = setting("tensor", "tensor (per parameter tensor, as the reference) | global",
+                                     OneOf(*SCOPES))
+    eval_train_samples: int = setting(5000, "evaluate on the first this-many training samples", AT_LEAST_ONE)
+    eval_every: int = setting(1, "evaluate every this-many rounds (and at the last)", AT_LEAST_ONE)
+    dtype: str = setting("float32", "float32 | float64", OneOf("float32", "float64"))
+    init: str = setting("zeros", "zeros | glorot", OneOf("zeros", "glorot"))
+    # The settings of each compressor by name (the config file's [stc], [qsgd], ... tables); p and scope
+    # come from p_up / p_down and compression_scope above. A compressor not listed takes its defaults.
+    compressors: dict = setting(dataclasses.MISSING, "the compressor tables ([stc], [sign], ...)",
+                                default_factory=dict)
+
+    def __post_init__(self):
+        check_fields(self)
+        for name, compressor in self.compressors.items():
+            if not (name in COMPRESSORS and isinstance(compressor, COMPRESSORS[name])):
+                raise ValueError(f"compressors must be a mapping of compressor names to compressors of that "
+                                 f"name, got {{{name!r}: {compressor!r}}}")
+        # Canonical form: every registered compressor, with its defaults where none was given.
+        object.__setattr__(self, "compressors", {name: self.compressors.get(name) or cls()
+                                                 for name, cls in COMPRESSORS.items()})
+        resolved = methods()[self.method]
+        allowed = COMPRESSORS[resolved.up].aggregations
+        if self.aggregation is not None and self.aggregation not in allowed:
+            raise ValueError(f"aggregation {self.aggregation!r} does not fit the {resolved.up} updates of "
+                             f"method {self.method!r} (allowed: {', '.join(allowed)}; 'majority' needs sign "
+                             f"updates, method 'signsgd')")
+        for direction in ("up", "down"):
+            self.compressor(direction)        # builds (and so validates) both compressors
+
+    @property
+    def resolved_method(self) -> Method:
+        """The :class:`Method` named by ``method``, with this config's overrides (error feedback,
+        aggregation) applied."""
+        base = methods()[self.method]
+        return Method(
+            base.up, base.down, self.aggregation or base.aggregation,
+            base.accumulate_up if self.accumulate_up is None else self.accumulate_up,
+            base.accumulate_down if self.accumulate_down is None else self.accumulate_down)
+
+    def compressor(self, direction: str):
+        """The compressor of ``direction`` ("up" or "down"): the method's, with its settings from
+        ``compressors``, its p from ``p_up`` / ``p_down`` and its scope from ``compression_scope``."""
+        resolved = self.resolved_method
+        name = resolved.up if direction == "up" else resolved.down
+        cls = compressor_class(name)
+        base = self.compressors[name]
+        names = {f.name for f in dataclasses.fields(cls)}
+        changes = {}
+        if "p" in names:
+            changes["p"] = self.p_up if direction == "up" else self.p_down
+        if "scope" in names:
+            changes["scope"] = self.compression_scope
+        return dataclasses.replace(base, **changes)
+
+    @property
+    def participants_per_round(self) -> int:
+        return max(1, int(math.floor(self.n_clients * self.participation_rate)))

@@ -1,0 +1,73 @@
+"""What is said about federated runs, all read from their JSON records (one per round, as history.jsonl
+holds them): bits, the round that reaches a target accuracy, the summary, the progress text and the
+``fedsim compare`` table."""
+
+from __future__ import annotations
+
+from fedsim.algorithms.family import Report, cell, compare_row, compare_table
+
+
+def total_bits(record: dict) -> int:
+    """Bits of one round, up + down."""
+    return int(record.get("bits_up", 0)) + int(record.get("bits_down", 0))
+
+
+def reach(history: list[dict], target_accuracy: float) -> dict | None:
+    """The first round whose test accuracy is >= ``target_accuracy``: its round and the bits (up, down,
+    total) spent through it; None if never reached."""
+    up = down = 0
+    for record in history:
+        up += int(record.get("bits_up", 0))
+        down += int(record.get("bits_down", 0))
+        if record.get("test_accuracy", -1.0) >= target_accuracy:
+            return {"round": int(record["round"]), "bits_up": up, "bits_down": down, "bits": up + down}
+    return None
+
+
+def summarize(history: list[dict]) -> dict:
+    """Totals of bits; final and best test accuracy, and the round of the best."""
+    summary = {"bits_up": sum(int(r.get("bits_up", 0)) for r in history),
+               "bits_down": sum(int(r.get("bits_down", 0)) for r in history)}
+    summary["bits"] = summary["bits_up"] + summary["bits_down"]
+    accuracies = [(r["test_accuracy"], i) for i, r in enumerate(history) if "test_accuracy" in r]
+    if accuracies:
+        best, at = max(accuracies)
+        summary.update(final_test_accuracy=accuracies[-1][0], best_test_accuracy=best,
+                       best_round=history[at]["round"])
+    return summary
+
+
+def progress_text(record: dict, state: dict) -> str:
+    """The progress bar's text after ``record``: the last accuracy and the bits so far."""
+    state["bits"] = state.get("bits", 0) + total_bits(record)
+    if "test_accuracy" in record:
+        state["accuracy"] = record["test_accuracy"]
+    accuracy = f"acc {state['accuracy']:.4f}  " if "accuracy" in state else ""
+    return f"{accuracy}bits {state['bits']:.3g}"
+
+
+def achieved(summary: dict) -> list[str]:
+    """What the run achieved, for the command line's closing line."""
+    return [f"bits up {summary['bits_up']:.4g}, down {summary['bits_down']:.4g}"]
+
+
+def compare(runs, targets: dict) -> tuple[str, list[str], list[list[str]]]:
+    """The `fedsim compare` table of federated runs: accuracy, and rounds and bits to the target."""
+    target = targets["accuracy"]
+    rows = []
+    for run in runs:
+        accuracies = [r["test_accuracy"] for r in run.history if "test_accuracy" in r]
+        reached = reach(run.history, target)
+        rows.append(compare_row(run, cell(accuracies[-1] if accuracies else None, ".4f"),
+                                cell(max(accuracies) if accuracies else None, ".4f"),
+                                cell(reached and reached["round"], "d"), cell(reached and reached["bits"], ".4g"),
+                                cell(sum(map(total_bits, run.history)), ".4g")))
+    return compare_table(f"federated runs (target: test accuracy >= {target:g})", "rounds",
+                         ["final acc", "best acc", "rounds to target", "bits to target", "bits total"], rows)
+
+
+REPORT = Report(
+    clients_word="clients", summarize=summarize, progress=progress_text, achieved=achieved, compare=compare,
+    figure="federated_figure",
+    metrics=("final_test_accuracy", "best_test_accuracy", "bits_up", "bits_down", "bits"),
+    curve=("round", "test_accuracy", "test accuracy", "value"))

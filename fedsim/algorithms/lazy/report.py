@@ -1,0 +1,144 @@
+"""What is said about lazy runs, all read from their JSON records (one per iteration, as history.jsonl holds
+them): arrays for notebooks and plots, the cost of reaching a residual, f*, the summary, the progress text
+and the ``fedsim compare`` table.
+
+The residual ``f - f*`` needs ``f*``: take it from the config if known, or :func:`smallest_objective` of the
+compared runs (the reference's choice; the best run then reaches residual 0 by construction, so it is a fair
+yardstick only if that run has converged well below the tolerance of interest).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from fedsim.algorithms.family import Report, cell, compare_row, compare_table
+
+
+def records_to_arrays(records: list[dict], n_workers: int | None = None) -> dict[str, np.ndarray]:
+    """The records of a lazy run as arrays over its K iterations k = 0..K-1, for notebooks and plots.
+
+    ``objective``, ``grad_norm_sq`` (at theta^k), ``aggregate_norm_sq`` (the aggregate of step k),
+    ``communications`` and ``bits`` (cumulative through iteration k), ``communications_before`` and
+    ``bits_before`` (spent to reach theta^k: the x-axis of residual-vs-cost plots), ``uploads`` (K, M) bools
+    (with ``n_workers``; M defaults to one past the largest worker that uploaded), and ``eval_iterations``
+    with the ``test_accuracy`` measured there (the last at the final theta^K when the run completed).
+    """
+    arrays = {name: np.array([r.get(name, math.nan) for r in records], np.float64)
+              for name in ("objective", "grad_norm_sq", "aggregate_norm_sq")}
+    for name in ("communications", "bits"):
+        arrays[name] = np.array([r[name] for r in records], np.int64)
+    arrays["communications_before"], arrays["bits_before"] = records_spent_before(records)
+    if n_workers is None:
+        n_workers = 1 + max((max(r["uploads"]) for r in records if r.get("uploads")), default=-1)
+    arrays["uploads"] = np.zeros((len(records), n_workers), bool)
+    for k, record in enumerate(records):
+        arrays["uploads"][k, record.get("uploads", [])] = True
+    measured = [(r["iteration"], r["test_accuracy"]) for r in records if "test_accuracy" in r]
+    if records and "final_test_accuracy" in records[-1]:
+        measured.append((len(records), records[-1]["final_test_accuracy"]))
+    arrays["eval_iterations"] = np.array([k for k, _ in measured], np.int64)
+    arrays["test_accuracy"] = np.array([accuracy for _, accuracy in measured], np.float64)
+    return arrays
+
+
+def records_spent_before(records: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """Uploads and bits spent to reach theta^k, for each record k (those of iterations 0..k-1)."""
+    def before(cumulative) -> np.ndarray:
+        return np.concatenate(([0], np.asarray(cumulative)[:-1])).astype(np.int64)
+    return before([r["communications"] for r in records]), before([r["bits"] for r in records])
+
+
+def records_reach(records: list[dict], f_star: float, tolerance: float) -> dict | None:
+    """Iterations, communications and bits to the first theta^k with ``f(theta^k) - f* <= tolerance``
+    (None if no record gets there)."""
+    if f_star is None:
+        raise ValueError("the residual needs f_star: pass it, or take smallest_objective(histories)")
+    hits = np.flatnonzero(np.array([r["objective"] for r in records]) - f_star <= tolerance)
+    if not hits.size:
+        return None
+    k = int(hits[0])
+    communications, bits = records_spent_before(records)
+    return {"iteration": k, "communications": int(communications[k]), "bits": int(bits[k])}
+
+
+def smallest_objective(histories) -> float:
+    """The smallest objective in any of ``histories`` (record lists): the reference's estimate of f*."""
+    values = [min(r["objective"] for r in records) for records in histories if records]
+    if not values:
+        raise ValueError("no lazy run with at least one iteration to estimate f* from")
+    return float(min(values))
+
+
+def f_star_of(runs) -> float:
+    """``f*`` for lazy runs read back together: the one in their configs if they all agree on one, else
+    :func:`smallest_objective` of their records."""
+    configured = {run.config.get("run", {}).get("f_star") for run in runs}
+    if len(configured) == 1 and None not in configured:
+        return float(configured.pop())
+    return smallest_objective([run.history for run in runs])
+
+
+def summarize(history: list[dict]) -> dict:
+    """The last objective, gradient norm, uploads and bits; the smallest objective; test accuracies."""
+    if not history:
+        return {}
+    last = history[-1]
+    summary = {"final_objective": last["objective"], "final_grad_norm_sq": last["grad_norm_sq"],
+               "communications": last["communications"], "bits": last["bits"],
+               "min_objective": float(min(r["objective"] for r in history))}
+    accuracies = [r["test_accuracy"] for r in history if "test_accuracy" in r]
+    final = last.get("final_test_accuracy", accuracies[-1] if accuracies else None)
+    if final is not None:
+        summary["final_test_accuracy"] = final
+        summary["best_test_accuracy"] = max(accuracies + [final])
+    return summary
+
+
+def progress_text(record: dict, state: dict) -> str:
+    """The progress bar's text after ``record``: objective, gradient norm, bits and the last accuracy."""
+    if "test_accuracy" in record:
+        state["accuracy"] = record["test_accuracy"]
+    accuracy = f"  acc {state['accuracy']:.4f}" if "accuracy" in state else ""
+    return (f"f {record['objective']:.6g}  |grad|^2 {record['grad_norm_sq']:.3g}  "
+            f"bits {record['bits']:.3g}{accuracy}")
+
+
+def achieved(summary: dict) -> list[str]:
+    """What the run achieved, for the command line's closing line."""
+    if "final_objective" not in summary:
+        return []
+    return [f"f {summary['final_objective']:.8g}, uploads {summary['communications']}, "
+            f"bits {summary['bits']:.4g}"]
+
+
+def compare(runs, targets: dict) -> tuple[str, list[str], list[list[str]]]:
+    """The `fedsim compare` table of lazy runs: iterations, uploads and bits to the target residual."""
+    target = targets["residual"]
+    usable = [run for run in runs if run.history]
+    f_star = f_star_of(usable) if usable else math.nan
+    rows = []
+    for run in runs:
+        history = run.history
+        reached = records_reach(history, f_star, target) if history else None
+        final = (run.summary or {}).get("final_test_accuracy")
+        if final is None:
+            measured = [r["test_accuracy"] for r in history if "test_accuracy" in r]
+            final = measured[-1] if measured else None
+        rows.append(compare_row(run, cell(final, ".4f"),
+                                cell(history[-1]["objective"] - f_star if history else None, ".3e"),
+                                cell(reached and reached["iteration"], "d"),
+                                cell(reached and reached["communications"], "d"),
+                                cell(reached and reached["bits"], ".4g"),
+                                cell(history[-1]["bits"] if history else None, ".4g")))
+    return compare_table(f"lazy runs (target: f - f* <= {target:g}; f* = {f_star:.12g})", "iterations",
+                         ["final acc", "final f - f*", "its to target", "uploads to target", "bits to target",
+                          "bits total"], rows)
+
+
+REPORT = Report(
+    clients_word="workers", summarize=summarize, progress=progress_text, achieved=achieved, compare=compare,
+    figure="lazy_figures",
+    metrics=("final_objective", "min_objective", "communications", "bits", "final_test_accuracy"),
+    curve=("iteration", "objective", "f - (smallest f of the sweep)", "residual"))
