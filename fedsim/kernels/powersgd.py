@@ -59,7 +59,7 @@ import numpy as np
 
 from fedsim.kernels import JIT_OPTIONS, checks
 from fedsim.kernels.checks import checked
-from fedsim.kernels.sparsify import NONFINITE_MESSAGE
+from fedsim.kernels.selection import NONFINITE_MESSAGE
 
 # Relative drop tolerance of the orthogonalization: sqrt(eps) of the data dtype (module docstring).
 DROP_TOLERANCE = {np.dtype(np.float32): float(np.sqrt(np.finfo(np.float32).eps)),

@@ -69,7 +69,7 @@ import numpy as np
 
 from fedsim.kernels import JIT_OPTIONS, checks
 from fedsim.kernels.checks import checked
-from fedsim.kernels.sparsify import NONFINITE_MESSAGE
+from fedsim.kernels.selection import NONFINITE_MESSAGE
 
 _jit = numba.njit(**JIT_OPTIONS)
 

@@ -57,8 +57,8 @@ from numba.extending import overload
 
 from fedsim.kernels import JIT_OPTIONS, checks
 from fedsim.kernels.checks import checked
-from fedsim.kernels.golomb import FIELD_MESSAGE, _read_uint_core, _write_uint_core
-from fedsim.kernels.sparsify import NONFINITE_MESSAGE, _round_to_dtype
+from fedsim.kernels.bitstream import FIELD_MESSAGE, _read_uint_core, _write_uint_core
+from fedsim.kernels.selection import NONFINITE_MESSAGE, _round_to_dtype
 
 _jit = numba.njit(**JIT_OPTIONS)
 
