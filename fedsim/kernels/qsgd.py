@@ -331,10 +331,8 @@ def qsgd_quantize(updates, bucket_offsets, levels, uniforms, float_bits, decoded
     levels = checks.integer("levels", levels, 1, MAX_LEVELS)
     checks.shaped("uniforms", uniforms, checks.FLOAT64, updates.shape)
     float_bits = checks.float_bits("float_bits", float_bits)
-    checks.shaped("decoded_out", decoded_out, checks.FLOAT, updates.shape, True)
-    checks.same_dtype("decoded_out", decoded_out, "updates", updates)
-    checks.shaped("norms_out", norms_out, checks.FLOAT, (n_rows, n_buckets), True)
-    checks.same_dtype("norms_out", norms_out, "updates", updates)
+    checks.output_like("decoded_out", decoded_out, "updates", updates, updates.shape)
+    checks.output_like("norms_out", norms_out, "updates", updates, (n_rows, n_buckets))
     checks.shaped("levels_out", levels_out, LEVEL_DTYPES, updates.shape, True)
     if levels > np.iinfo(levels_out.dtype).max:
         raise TypeError(f"levels_out ({levels_out.dtype}) cannot hold the signed levels +-{levels}: int16 "

@@ -258,8 +258,7 @@ def sparse_compress_batch(updates, segment_offsets, budgets, ternary, float_bits
     checks.array("sample_budgets", sample_budgets, checks.INT64)
     if ternary and sampled:
         _check_batch_samples(segment_offsets, n_rows, sample_positions, sample_starts, sample_budgets)
-    checks.shaped("sent_out", sent_out, checks.FLOAT, updates.shape, True)
-    checks.same_dtype("sent_out", sent_out, "updates", updates)
+    checks.output_like("sent_out", sent_out, "updates", updates, updates.shape)
     checks.shaped("counts_out", counts_out, checks.INT64, (n_rows, n_segments), True)
     checks.shaped("encoded_bits_out", encoded_bits_out, checks.INT64, (n_rows,), True)
     return (updates, segment_offsets, budgets, ternary, float_bits, sampled, sample_positions, sample_starts,
@@ -313,9 +312,7 @@ def sign_compress_batch(updates, segment_offsets, scaled, float_bits, sent_out, 
     n_rows, n_segments = _check_batch_rows(updates, segment_offsets)
     scaled = checks.flag("scaled", scaled)
     float_bits = checks.float_bits("float_bits", float_bits)
-    checks.shaped("sent_out", sent_out, checks.FLOAT, updates.shape, True)
-    checks.same_dtype("sent_out", sent_out, "updates", updates)
-    checks.shaped("scales_out", scales_out, checks.FLOAT, (n_rows, n_segments), True)
-    checks.same_dtype("scales_out", scales_out, "updates", updates)
+    checks.output_like("sent_out", sent_out, "updates", updates, updates.shape)
+    checks.output_like("scales_out", scales_out, "updates", updates, (n_rows, n_segments))
     checks.shaped("encoded_bits_out", encoded_bits_out, checks.INT64, (n_rows,), True)
     return updates, segment_offsets, scaled, float_bits, sent_out, scales_out, encoded_bits_out

@@ -257,10 +257,8 @@ def terngrad_batch(updates, segment_offsets, uniforms, clip, float_bits, decoded
     checks.shaped("uniforms", uniforms, checks.FLOAT64, updates.shape)
     clip = checks.real("clip", clip, 0.0)
     float_bits = checks.float_bits("float_bits", float_bits)
-    checks.shaped("decoded_out", decoded_out, checks.FLOAT, updates.shape, True)
-    checks.same_dtype("decoded_out", decoded_out, "updates", updates)
-    checks.shaped("scales_out", scales_out, checks.FLOAT, (n_rows, n_segments), True)
-    checks.same_dtype("scales_out", scales_out, "updates", updates)
+    checks.output_like("decoded_out", decoded_out, "updates", updates, updates.shape)
+    checks.output_like("scales_out", scales_out, "updates", updates, (n_rows, n_segments))
     checks.shaped("encoded_bits_out", encoded_bits_out, checks.INT64, (n_rows,), True)
     return updates, segment_offsets, uniforms, clip, float_bits, decoded_out, scales_out, encoded_bits_out
 
