@@ -53,7 +53,7 @@ SMOKE_KERNELS = ("sign", "golomb_rice_encode")
 
 def _calls(mode: str):
     """(name, zero-argument call) of each kernel of ``mode``, with small inputs."""
-    from fedsim.kernels import golomb, laq, sparsify
+    from fedsim.kernels import golomb, laq, selection, sparsify, ternary
     rng = np.random.default_rng(0)
     x = rng.standard_normal(50_000).astype(np.float32)
     positions = np.empty(x.size, np.int64)
@@ -72,11 +72,11 @@ def _calls(mode: str):
     previous = rng.standard_normal((3, 2_000))
     laq_out = (np.empty((3, 2_000), np.uint8), np.empty((3, 2_000)), np.empty(3), np.empty(3), np.empty(3))
     calls = [
-        ("ternarize", lambda: sparsify.ternarize(x, 50, positions, signs)),
-        ("sampled_ternarize", lambda: sparsify.sampled_ternarize(x, sample, 5, 50, positions, signs)),
-        ("top_k_threshold", lambda: sparsify.top_k_threshold(x, 50)),
-        ("top_k_sparsify", lambda: sparsify.top_k_sparsify(x, 50, positions, values)),
-        ("sign", lambda: sparsify.sign(x, signs)),
+        ("ternarize", lambda: ternary._ternarize(x, 50, positions, signs)),
+        ("sampled_ternarize", lambda: ternary._sampled_ternarize(x, sample, 5, 50, positions, signs)),
+        ("top_k_threshold", lambda: selection._top_k_threshold(x, 50)),
+        ("top_k_sparsify", lambda: selection._top_k_sparsify(x, 50, positions, values)),
+        ("sign", lambda: ternary._sign(x, signs)),
         ("sparse_compress_batch", lambda: sparsify.sparse_compress_batch(
             rows, offsets, np.array([1, 1], np.int64), True, 32, False, np.zeros(0, np.int64),
             np.zeros(1, np.int64), np.zeros(2, np.int64), sent, counts, encoded)),

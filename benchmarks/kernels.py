@@ -150,7 +150,7 @@ def _vector_inputs(x, size, p, captured):
                 sparse=True)
 def _top_k_threshold_case(x, size, dtype, p, rng, captured) -> Case:
     from benchmarks import torch_reference as reference
-    from fedsim.kernels import sparsify
+    from fedsim.kernels import selection
 
     x_torch, k = _vector_inputs(x, size, p, captured)
     mean_tolerance = _mean_tolerance(dtype)
@@ -164,8 +164,8 @@ def _top_k_threshold_case(x, size, dtype, p, rng, captured) -> Case:
         threshold, mu, count = out
         return {"threshold": threshold.numpy(), "mu": mu.numpy(), "count": np.int64(count)}
     return Case("top_k_threshold", size, dtype, p, {
-        "fedsim": lambda: sparsify.top_k_threshold(x, k),
-        "numpy": lambda: sparsify.top_k_threshold_numpy(x, k),
+        "fedsim": lambda: selection._top_k_threshold(x, k),
+        "numpy": lambda: selection._top_k_threshold_numpy(x, k),
         "torch": lambda: reference.top_k_threshold(x_torch, k),
         "copy": lambda: np.copy(x)},
         {"fedsim": unpack, "numpy": unpack, "torch": unpack_torch}, tolerance={"mu": mean_tolerance})
@@ -176,7 +176,7 @@ def _stc_case(kernel, x, size, dtype, p, rng, captured) -> Case:
     import torch
 
     from benchmarks import torch_reference as reference
-    from fedsim.kernels import sparsify
+    from fedsim.kernels import ternary
 
     x_torch, k = _vector_inputs(x, size, p, captured)
     mean_tolerance = _mean_tolerance(dtype)
@@ -185,7 +185,7 @@ def _stc_case(kernel, x, size, dtype, p, rng, captured) -> Case:
     captured.update(positions_out=positions, signs_out=signs)
     if kernel == "stc_exact":
         calls = {name: (lambda f, n: lambda: f(x, k, positions[n], signs[n]))(function, name)
-                 for name, function in (("fedsim", sparsify.ternarize), ("numpy", sparsify.ternarize_numpy))}
+                 for name, function in (("fedsim", ternary._ternarize), ("numpy", ternary._ternarize_numpy))}
         calls["torch"] = lambda: reference.ternarize(x_torch, k)
     else:
         n_sample = reference.sample_size(p, SAMPLE_FRACTION, size)
@@ -194,8 +194,8 @@ def _stc_case(kernel, x, size, dtype, p, rng, captured) -> Case:
         k_sample = reference.budget(p, n_sample)
         captured.update(sample=sample, sample_torch=sample_torch, k_sample=k_sample)
         calls = {name: (lambda f, n: lambda: f(x, sample, k_sample, k, positions[n], signs[n]))(function, name)
-                 for name, function in (("fedsim", sparsify.sampled_ternarize),
-                                        ("numpy", sparsify.sampled_ternarize_numpy))}
+                 for name, function in (("fedsim", ternary._sampled_ternarize),
+                                        ("numpy", ternary._sampled_ternarize_numpy))}
         calls["torch"] = lambda: reference.sampled_ternarize(x_torch, sample_torch, k_sample, k)
     calls["copy"] = lambda: np.copy(x)
 
@@ -232,7 +232,7 @@ def _stc_sampled_case(x, size, dtype, p, rng, captured) -> Case:
 @benchmark_case("top_k_sparsify", "Top-k sparsification (positions and values)", sparse=True)
 def _top_k_sparsify_case(x, size, dtype, p, rng, captured) -> Case:
     from benchmarks import torch_reference as reference
-    from fedsim.kernels import sparsify
+    from fedsim.kernels import selection
 
     x_torch, k = _vector_inputs(x, size, p, captured)
     positions = {name: np.empty(k, np.int64) for name in ("fedsim", "numpy")}
@@ -241,8 +241,8 @@ def _top_k_sparsify_case(x, size, dtype, p, rng, captured) -> Case:
     def unpacker(name):
         return lambda count: {"positions": positions[name][:count].copy(), "values": values[name][:count].copy()}
     return Case("top_k_sparsify", size, dtype, p, {
-        "fedsim": lambda: sparsify.top_k_sparsify(x, k, positions["fedsim"], values["fedsim"]),
-        "numpy": lambda: sparsify.top_k_sparsify_numpy(x, k, positions["numpy"], values["numpy"]),
+        "fedsim": lambda: selection._top_k_sparsify(x, k, positions["fedsim"], values["fedsim"]),
+        "numpy": lambda: selection._top_k_sparsify_numpy(x, k, positions["numpy"], values["numpy"]),
         "torch": lambda: reference.top_k_sparsify(x_torch, k),
         "copy": lambda: np.copy(x)},
         {"fedsim": unpacker("fedsim"), "numpy": unpacker("numpy"),
@@ -252,7 +252,7 @@ def _top_k_sparsify_case(x, size, dtype, p, rng, captured) -> Case:
 @benchmark_case("sign", "Sign")
 def _sign_case(x, size, dtype, p, rng, captured) -> Case:
     from benchmarks import torch_reference as reference
-    from fedsim.kernels import sparsify
+    from fedsim.kernels import ternary
 
     x_torch, _ = _vector_inputs(x, size, p, captured)
     x[rng.integers(0, size, max(1, size // 1000))] = 0          # a few exact zeros: sign(0) = 0
@@ -262,8 +262,8 @@ def _sign_case(x, size, dtype, p, rng, captured) -> Case:
     def unpacker(name):
         return lambda zeros: {"signs": signs[name].copy(), "zeros": np.int64(zeros)}
     return Case("sign", size, dtype, None, {
-        "fedsim": lambda: sparsify.sign(x, signs["fedsim"]),
-        "numpy": lambda: sparsify.sign_numpy(x, signs["numpy"]),
+        "fedsim": lambda: ternary._sign(x, signs["fedsim"]),
+        "numpy": lambda: ternary._sign_numpy(x, signs["numpy"]),
         "torch": lambda: reference.sign(x_torch),
         "copy": lambda: np.copy(x)},
         {"fedsim": unpacker("fedsim"), "numpy": unpacker("numpy"),

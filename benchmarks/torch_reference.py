@@ -69,7 +69,7 @@ def fastest(candidates: dict[str, Callable[[], torch.Tensor]], repeats: int = 3,
 
 
 def top_k_threshold(x: torch.Tensor, k: int):
-    """(threshold v, mu, count) as :func:`fedsim.kernels.sparsify.top_k_threshold` (torch.topk)."""
+    """(threshold v, mu, count) as :func:`fedsim.kernels.selection._top_k_threshold` (torch.topk)."""
     values = torch.topk(x.abs(), k, sorted=False).values
     threshold = values.min()
     if threshold > 0:

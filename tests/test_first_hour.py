@@ -2,7 +2,6 @@
 values, a warning for settings a run does not use, help texts, a data_dir that does not exist."""
 
 import re
-import sys
 
 from tests.conftest import TINY, error_lines, fedsim
 

@@ -40,7 +40,7 @@ import numpy as np
 
 from fedsim.compress import aggregation
 from fedsim.constraints import OneOf, Real, check_fields, lookup, register_into, setting
-from fedsim.kernels import golomb
+from fedsim.kernels import bitstream, golomb
 from fedsim.params import ParamSpec
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -224,14 +224,14 @@ def encode_positions(stream, offset, local, size):
     """Write a segment's 32-bit count and its Golomb-Rice coded positions (parameter b*(count, size));
     returns the new bit offset."""
     count = local.size
-    offset = golomb.write_uint(stream, offset, count, golomb.COUNT_BITS)
+    offset = bitstream.write_uint(stream, offset, count, golomb.COUNT_BITS)
     return golomb.golomb_rice_encode_into(local, golomb.rice_parameter(count, size), stream, offset)
 
 
 def decode_positions(stream, offset, size):
     """Read a segment's 32-bit count and its Golomb-Rice coded positions: (count, new offset, positions)."""
     stream = np.asarray(stream, np.uint8)
-    count = int(golomb.read_uint(stream, offset, golomb.COUNT_BITS))
+    count = int(bitstream.read_uint(stream, offset, golomb.COUNT_BITS))
     offset += golomb.COUNT_BITS
     if count > size:
         raise ValueError(f"corrupt stream: segment of {size} entries claims {count} positions")
@@ -246,14 +246,14 @@ def decode_positions(stream, offset, size):
 def write_floats(stream, offset, values: np.ndarray) -> int:
     """Write float32/float64 ``values`` as their bit patterns; returns the new bit offset."""
     values = np.ascontiguousarray(values)
-    return golomb.write_uints(stream, offset, values.view(BIT_PATTERN[values.dtype]), float_bits(values.dtype))
+    return bitstream.write_uints(stream, offset, values.view(BIT_PATTERN[values.dtype]), float_bits(values.dtype))
 
 
 def read_floats(stream, offset, count: int, dtype) -> tuple[np.ndarray, int]:
     """Read ``count`` floats of ``dtype``: (values, new bit offset)."""
     dtype = np.dtype(dtype)
     patterns = np.empty(count, BIT_PATTERN[dtype])
-    offset = golomb.read_uints(np.asarray(stream, np.uint8), offset, float_bits(dtype), patterns)
+    offset = bitstream.read_uints(np.asarray(stream, np.uint8), offset, float_bits(dtype), patterns)
     return patterns.view(dtype), offset
 
 

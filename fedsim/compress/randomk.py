@@ -46,7 +46,7 @@ from fedsim.compress.base import (FRACTION, Compressor, float_bits, float_dtype,
                                   require_generator, scope_setting, SegmentedMessage, write_floats)
 from fedsim.constraints import Integer, OneOf, setting
 from fedsim.compress.topk import budgets
-from fedsim.kernels import golomb
+from fedsim.kernels import bitstream
 from fedsim.kernels import randomk as kernels
 
 SCALINGS = ("unbiased", "none")
@@ -145,7 +145,7 @@ class RandomKMessage(SegmentedMessage):
         n_bits = self.encoded_bits()
         stream = new_stream(n_bits)
         seed = np.array([self.seed], np.uint64).view(np.int64)       # write_uint takes the int64 pattern
-        offset = golomb.write_uints(stream, 0, seed, SEED_BITS)
+        offset = bitstream.write_uints(stream, 0, seed, SEED_BITS)
         offset = write_floats(stream, offset, self.values)
         assert offset == n_bits
         return stream, n_bits
@@ -165,7 +165,7 @@ class RandomKMessage(SegmentedMessage):
             raise ValueError(f"randomk stream has {stream.size} bytes, too few for a seed and {count} "
                              f"{fmt.dtype} values")
         seed = np.zeros(1, np.int64)
-        offset = golomb.read_uints(stream, 0, SEED_BITS, seed)
+        offset = bitstream.read_uints(stream, 0, SEED_BITS, seed)
         values, _ = read_floats(stream, offset, count, fmt.dtype)
         return cls(fmt.segment_offsets, p, int(seed.view(np.uint64)[0]), values, options["scaling"])
 

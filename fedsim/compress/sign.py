@@ -22,7 +22,7 @@ from fedsim.compress.base import (SegmentedMessage, Compressor, Layout, MessageF
                                   decode_positions, encode_positions, float_bits, float_dtype, frozen_array,
                                   new_stream, read_floats, register, register_message, write_floats)
 from fedsim.constraints import OneOf, setting
-from fedsim.kernels import golomb, sparsify
+from fedsim.kernels import bitstream, golomb, sparsify
 
 SIGN_SCALES = ("none", "mean")
 
@@ -77,7 +77,7 @@ class SignMessage(SegmentedMessage):
         for j, (start, stop) in enumerate(self.layout.segments()):
             segment = self.signs[start:stop]
             offset = encode_positions(stream, offset, np.flatnonzero(segment == 0), stop - start)
-            offset = golomb.pack_signs_into(segment[segment != 0], stream, offset)
+            offset = bitstream.pack_signs_into(segment[segment != 0], stream, offset)
             if self.scaled:
                 offset = write_floats(stream, offset, self.scales[j:j + 1])
         assert offset == n_bits
@@ -95,7 +95,7 @@ class SignMessage(SegmentedMessage):
         for j, (start, stop) in enumerate(layout.segments()):
             n_zeros, offset, zeros = decode_positions(stream, offset, stop - start)
             nonzero_signs = np.empty(stop - start - n_zeros, np.int8)
-            offset = golomb.unpack_signs_from(np.asarray(stream, np.uint8), offset, nonzero_signs.size,
+            offset = bitstream.unpack_signs_from(np.asarray(stream, np.uint8), offset, nonzero_signs.size,
                                               nonzero_signs)
             is_nonzero = np.ones(stop - start, bool)
             is_nonzero[zeros] = False

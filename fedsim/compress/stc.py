@@ -2,12 +2,12 @@
 
 Per segment of N entries: k = ceil(p N); the kept set K is the k largest nonzero magnitudes (exactly
 min(k, nonzeros) entries; ties at the threshold to the lowest indices) and the message is
-``mu * sign(x_i)`` on K, 0 elsewhere, with mu = mean |x_i| over K (:func:`fedsim.kernels.sparsify.ternarize`).
+``mu * sign(x_i)`` on K, 0 elsewhere, with mu = mean |x_i| over K (:func:`fedsim.kernels.ternary._ternarize`).
 
 With ``threshold="sampled"`` the threshold and mu are estimated from a sample of
 ``n_s = min(max(ceil(N f), ceil(100 / p)), N)`` entries with ``k_s = ceil(n_s p)``, and every entry with
 ``|x_i| >= threshold`` is sent (falling back to the exact computation when that threshold is 0 or equals
-max |x_i|; :func:`fedsim.kernels.sparsify.sampled_ternarize`). The sample is drawn from the Generator
+max |x_i|; :func:`fedsim.kernels.ternary._sampled_ternarize`). The sample is drawn from the Generator
 passed to ``compress``: ``"uniform"`` (the default, a uniform subset without replacement: an unbiased
 estimate of the quantile) or ``"window"`` (the reference's contiguous window at a uniform random offset,
 biased when magnitudes vary along the tensor).
@@ -30,7 +30,7 @@ from fedsim.compress.base import (FRACTION, ceil_product, Compressor, decode_pos
                                   register, register_message, require_generator, scope_setting, write_floats)
 from fedsim.constraints import OneOf, setting
 from fedsim.compress.topk import budgets
-from fedsim.kernels import golomb, sparsify
+from fedsim.kernels import bitstream, golomb, sparsify
 
 THRESHOLDS = ("exact", "sampled")
 SAMPLE_MODES = ("uniform", "window")
@@ -91,7 +91,7 @@ class TernaryMessage(PositionsMessage):
 
     def _write_segment(self, stream, offset: int, j: int, start: int, count: int) -> int:
         """Segment j after its positions: its signs, then its mu (if it keeps any entry)."""
-        offset = golomb.pack_signs_into(self.signs[start:start + count], stream, offset)
+        offset = bitstream.pack_signs_into(self.signs[start:start + count], stream, offset)
         if count:
             offset = write_floats(stream, offset, self.mu[j:j + 1])
         return offset
@@ -108,7 +108,7 @@ class TernaryMessage(PositionsMessage):
         for j, (start, stop) in enumerate(layout.segments()):
             count, offset, local = decode_positions(stream, offset, stop - start)
             segment_signs = np.empty(count, np.int8)
-            offset = golomb.unpack_signs_from(np.asarray(stream, np.uint8), offset, count, segment_signs)
+            offset = bitstream.unpack_signs_from(np.asarray(stream, np.uint8), offset, count, segment_signs)
             if count:
                 value, offset = read_floats(stream, offset, 1, fmt.dtype)
                 mu[j] = value[0]

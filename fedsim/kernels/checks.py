@@ -128,6 +128,12 @@ def same_dtype(name, value, like_name, like):
     return value
 
 
+def output_like(name, value, like_name, like, shape):
+    """A writable C-contiguous float array of exactly ``shape`` in the dtype of ``like``."""
+    shaped(name, value, FLOAT, shape, True)
+    return same_dtype(name, value, like_name, like)
+
+
 def shaped(name, value, dtypes, shape, writable=False):
     """A C-contiguous array of one of ``dtypes`` with exactly this ``shape``."""
     array(name, value, dtypes, len(shape), writable)

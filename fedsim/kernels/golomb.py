@@ -1,10 +1,6 @@
-"""Bit streams: Golomb-Rice coding of sorted positions, sign bits and fixed-width fields.
+"""Golomb-Rice coding of sorted positions, and the bit count of a sparse segment.
 
-Bit order
----------
-A stream is a uint8 array; stream bit ``t`` is bit ``7 - t % 8`` of byte ``t // 8`` (most significant bit
-first, the order of ``np.packbits`` / ``np.unpackbits`` with their default ``bitorder="big"``). Multi-bit
-fields are written most significant bit first. Bits after the last written one are zero.
+The streams are those of :mod:`fedsim.kernels.bitstream` (bit order, fixed-width fields).
 
 Golomb-Rice code of positions (STC, arXiv 1903.02891, section on encoding)
 ----------------------------------------------------------------------------
@@ -20,20 +16,14 @@ taken as ``max(0, .)`` (for ``q' >= 1 - (phi - 1)^2 ~ 0.62`` the formula drops b
 unary code) and capped at 62 (gaps are int64). ``ln(1 - q')`` is computed as ``log1p(-q')`` so tiny
 densities keep their precision.
 
-Sign bits
----------
-One bit per sign: 1 for a negative sign (-1), 0 for a positive one (+1), like an IEEE sign bit; so
-``pack_signs(s) == np.packbits(s < 0)``. Only +-1 can be packed: zeros need a separate code (see the sign
-compressor's message format in :mod:`fedsim.compress.base`).
-
 Arguments
 ---------
 The public kernels check their arguments in plain Python before any jitted code runs
 (:mod:`fedsim.kernels.checks`): streams are C-contiguous 1-D uint8 arrays (writable where written),
 bit offsets are integers >= 0 and every field, code or sign bit must lie inside the stream, outputs must
 be long enough, widths are in [0, 64] and the Rice parameter in [0, 62]; a violation raises ValueError
-(TypeError for a wrong type or dtype) naming the argument. The jitted cores ``_<name>_core`` behind
-them trust their arguments (jitted code that calls a public name compiles to its core).
+(TypeError for a wrong type or dtype) naming the argument. The jitted cores ``_<name>_core`` behind them
+trust their arguments (jitted code that calls a public name compiles to its core).
 """
 
 from __future__ import annotations
@@ -44,6 +34,7 @@ import numba
 import numpy as np
 
 from fedsim.kernels import JIT_OPTIONS, checks
+from fedsim.kernels.bitstream import MAX_FIELD_BITS, _bit_offset, _get_bit, _read_uint_core, _stream, _write_uint_core
 from fedsim.kernels.checks import checked
 
 _jit = numba.njit(**JIT_OPTIONS)
@@ -55,11 +46,6 @@ MAX_RICE_PARAMETER = 62
 # Largest segment size whose message length is computed (kept far from int64 overflow: 64 bits per
 # entry for 2^56 entries is 2^62 bits).
 MAX_SEGMENT_SIZE = 1 << 56
-# Widest fixed-width field.
-MAX_FIELD_BITS = 64
-
-FIELD_MESSAGE = "bit stream ends inside a fixed-width field"
-SIGNS_MESSAGE = "bit stream ends before the last sign bit"
 GOLOMB_END_MESSAGE = "Golomb-Rice stream ends before the last position"
 
 
@@ -71,34 +57,6 @@ def _parameter(b):
     """The Rice parameter as an int in [0, 62]."""
     return checks.integer("Golomb-Rice parameter b", b, 0, MAX_RICE_PARAMETER)
 
-
-def _width(width):
-    return checks.integer("width", width, 0, MAX_FIELD_BITS)
-
-
-def _bit_offset(bit_offset, name="bit_offset"):
-    return checks.integer(name, bit_offset, 0, checks.COUNT_MAX)
-
-
-def _stream(stream, writable=False):
-    return checks.array("stream", stream, checks.UINT8, 1, writable)
-
-
-def _integers(name, values, writable=False):
-    return checks.array(name, values, checks.INTEGER, 1, writable)
-
-
-def _field_value(value, width):
-    """``value`` as the int64 the core writes: in [0, 2^width), or for a 64-bit field any integer in
-    [-2^63, 2^64) (an int64 or uint64 bit pattern; returned as the int64 with that pattern)."""
-    if width == MAX_FIELD_BITS:
-        value = checks.integer("value", value, -(1 << 63), (1 << 64) - 1)
-        return value - (1 << 64) if value > checks.INT64_MAX else value
-    return checks.integer("value", value, 0, (1 << width) - 1)
-
-
-def _signs_fit(stream, bit_offset, count):
-    checks.bits_fit("stream", stream, bit_offset, count, SIGNS_MESSAGE)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -140,89 +98,6 @@ def rice_parameter_numpy(count, size):
     if ratio < 1.0:
         return 0
     return int(min(1 + np.floor(np.log2(ratio)), MAX_RICE_PARAMETER))
-
-
-# ----------------------------------------------------------------------------------------------------
-# Single bits and fixed-width fields
-# ----------------------------------------------------------------------------------------------------
-
-@_jit
-def _put_bit(stream, bit_offset, bit):
-    byte = bit_offset >> 3
-    mask = 1 << (7 - (bit_offset & 7))
-    if bit:
-        stream[byte] = stream[byte] | mask
-    else:
-        stream[byte] = stream[byte] & (255 ^ mask)
-
-
-@_jit
-def _get_bit(stream, bit_offset):
-    return (stream[bit_offset >> 3] >> (7 - (bit_offset & 7))) & 1
-
-
-@_jit
-def _write_uint_core(stream, bit_offset, value, width):
-    """:func:`write_uint` without the argument checks.
-
-    Byte by byte: each byte the field touches is masked and merged once (bits around the field keep
-    their values).
-    """
-    bits = np.int64(value)
-    offset = bit_offset
-    remaining = width
-    while remaining > 0:
-        used = offset & 7                          # bits of this byte before the field
-        take = min(8 - used, remaining)            # field bits that land in this byte
-        shift = 8 - used - take
-        chunk = (bits >> (remaining - take)) & ((1 << take) - 1)
-        mask = ((1 << take) - 1) << shift
-        byte = offset >> 3
-        stream[byte] = (stream[byte] & (255 ^ mask)) | (chunk << shift)
-        offset += take
-        remaining -= take
-    return bit_offset + width
-
-
-@checked(_write_uint_core)
-def write_uint(stream, bit_offset, value, width):
-    """Write ``value`` (0 <= value < 2^width, width <= 64) in ``width`` bits at ``bit_offset``, most
-    significant first. Returns the offset after it. A 64-bit field takes the value's int64 bit pattern
-    (any integer in [-2^63, 2^64)). The field must lie inside ``stream`` (writable uint8)."""
-    _stream(stream, writable=True)
-    bit_offset = _bit_offset(bit_offset)
-    width = _width(width)
-    checks.bits_fit("stream", stream, bit_offset, width)
-    return stream, bit_offset, _field_value(value, width), width
-
-
-@_jit
-def _read_uint_core(stream, bit_offset, width):
-    """:func:`read_uint` without the argument checks (it still rejects a field past the stream's end)."""
-    if bit_offset + width > stream.shape[0] * 8:
-        raise ValueError(FIELD_MESSAGE)
-    value = 0
-    offset = bit_offset
-    remaining = width
-    while remaining > 0:
-        used = offset & 7
-        take = min(8 - used, remaining)
-        chunk = (np.int64(stream[offset >> 3]) >> (8 - used - take)) & ((1 << take) - 1)
-        value = (value << take) | chunk
-        offset += take
-        remaining -= take
-    return value
-
-
-@checked(_read_uint_core)
-def read_uint(stream, bit_offset, width):
-    """Read a ``width``-bit field (0 <= width <= 64, most significant first) at ``bit_offset``; returns
-    it as int64 (a 64-bit field comes back as the same int64 bit pattern that :func:`write_uint` took)."""
-    _stream(stream)
-    bit_offset = _bit_offset(bit_offset)
-    width = _width(width)
-    checks.bits_fit("stream", stream, bit_offset, width, FIELD_MESSAGE)
-    return stream, bit_offset, width
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -446,148 +321,6 @@ def golomb_rice_decode_numpy(stream, n_bits, count, b):
         positions[j] = previous
     return positions
 
-
-# ----------------------------------------------------------------------------------------------------
-# Sign bits
-# ----------------------------------------------------------------------------------------------------
-
-@_jit
-def _write_uints_core(stream, bit_offset, values, width):
-    """:func:`write_uints` without the argument checks."""
-    offset = bit_offset
-    for j in range(values.shape[0]):
-        offset = _write_uint_core(stream, offset, values[j], width)
-    return offset
-
-
-@checked(_write_uints_core)
-def write_uints(stream, bit_offset, values, width):
-    """Write each of ``values`` (a 1-D integer array; their low ``width`` bits, 0 <= width <= 64) as a
-    ``width``-bit field, in order. Returns the offset after them. Used for IEEE bit patterns of floats
-    (viewed as integers). All fields must lie inside ``stream``."""
-    _stream(stream, writable=True)
-    bit_offset = _bit_offset(bit_offset)
-    _integers("values", values)
-    width = _width(width)
-    checks.bits_fit("stream", stream, bit_offset, values.shape[0] * width)
-    return stream, bit_offset, values, width
-
-
-@_jit
-def _read_uints_core(stream, bit_offset, width, values_out):
-    """:func:`read_uints` without the argument checks."""
-    offset = bit_offset
-    for j in range(values_out.shape[0]):
-        values_out[j] = _read_uint_core(stream, offset, width)
-        offset += width
-    return offset
-
-
-@checked(_read_uints_core)
-def read_uints(stream, bit_offset, width, values_out):
-    """Read ``len(values_out)`` fields of ``width`` bits into ``values_out`` (an integer array wide
-    enough: an unsigned type of at least ``width`` bits, e.g. uint32 for 32-bit fields, or a signed type
-    of more than ``width`` bits, or int64 for 64-bit fields). Returns the offset after them."""
-    _stream(stream)
-    bit_offset = _bit_offset(bit_offset)
-    width = _width(width)
-    _integers("values_out", values_out, writable=True)
-    held = 8 * values_out.dtype.itemsize
-    if not (held >= width if values_out.dtype.kind == "u" else held > width or held == width == 64):
-        raise TypeError(f"values_out of dtype {values_out.dtype} cannot hold {width}-bit fields")
-    checks.bits_fit("stream", stream, bit_offset, values_out.shape[0] * width, FIELD_MESSAGE)
-    return stream, bit_offset, width, values_out
-
-
-@_jit
-def _pack_signs_into_core(signs, stream, bit_offset):
-    """:func:`pack_signs_into` without the argument checks (it still rejects signs other than +-1)."""
-    for j in range(signs.shape[0]):
-        value = signs[j]
-        if value != 1 and value != -1:
-            raise ValueError("only signs +1 and -1 can be packed")
-        _put_bit(stream, bit_offset + j, value < 0)
-    return bit_offset + signs.shape[0]
-
-
-@checked(_pack_signs_into_core)
-def pack_signs_into(signs, stream, bit_offset):
-    """Write one bit per sign (``signs``: 1-D integers +-1; bit 1 for -1, 0 for +1) from ``bit_offset``;
-    returns the offset after them. The bits must lie inside ``stream``."""
-    _integers("signs", signs)
-    _stream(stream, writable=True)
-    bit_offset = _bit_offset(bit_offset)
-    _signs_fit(stream, bit_offset, signs.shape[0])
-    return signs, stream, bit_offset
-
-
-@_jit
-def _unpack_signs_from_core(stream, bit_offset, count, signs_out):
-    """:func:`unpack_signs_from` without the argument checks (it still checks the stream's length)."""
-    if bit_offset + count > stream.shape[0] * 8:
-        raise ValueError(SIGNS_MESSAGE)
-    for j in range(count):
-        signs_out[j] = -1 if _get_bit(stream, bit_offset + j) else 1
-    return bit_offset + count
-
-
-@checked(_unpack_signs_from_core)
-def unpack_signs_from(stream, bit_offset, count, signs_out):
-    """Read ``count`` sign bits from ``bit_offset`` into ``signs_out`` (int8 +-1, at least ``count``
-    entries); returns the end offset."""
-    _stream(stream)
-    bit_offset = _bit_offset(bit_offset)
-    count = checks.integer("count", count, 0, checks.COUNT_MAX)
-    _signs_fit(stream, bit_offset, count)
-    checks.output("signs_out", signs_out, checks.INT8, count)
-    return stream, bit_offset, count, signs_out
-
-
-@_jit
-def _pack_signs_core(signs):
-    """:func:`pack_signs` without the argument checks."""
-    stream = np.zeros((signs.shape[0] + 7) // 8, np.uint8)
-    _pack_signs_into_core(signs, stream, 0)
-    return stream
-
-
-@checked(_pack_signs_core)
-def pack_signs(signs):
-    """Signs (+-1, a 1-D array of any integer dtype) as a bit stream: bit 1 for -1; equals
-    ``np.packbits(signs < 0)``."""
-    return (_integers("signs", signs),)
-
-
-def pack_signs_numpy(signs):
-    """NumPy twin of :func:`pack_signs`."""
-    (signs,) = pack_signs.check(signs)
-    if np.any((signs != 1) & (signs != -1)):
-        raise ValueError("only signs +1 and -1 can be packed")
-    return np.packbits(signs < 0)
-
-
-@_jit
-def _unpack_signs_core(stream, count):
-    """:func:`unpack_signs` without the argument checks."""
-    signs = np.empty(count, np.int8)
-    _unpack_signs_from_core(stream, 0, count, signs)
-    return signs
-
-
-@checked(_unpack_signs_core)
-def unpack_signs(stream, count):
-    """Inverse of :func:`pack_signs`: ``count`` int8 signs (+-1), ``count <= 8 len(stream)``."""
-    _stream(stream)
-    count = checks.integer("count", count, 0, checks.COUNT_MAX)
-    _signs_fit(stream, 0, count)
-    return stream, count
-
-
-def unpack_signs_numpy(stream, count):
-    """NumPy twin of :func:`unpack_signs`."""
-    stream, count = unpack_signs.check(stream, count)
-    bits = np.unpackbits(stream, count=count)
-    return (1 - 2 * bits.astype(np.int8)).astype(np.int8)
 
 
 # ----------------------------------------------------------------------------------------------------

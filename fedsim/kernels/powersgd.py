@@ -59,7 +59,7 @@ import numpy as np
 
 from fedsim.kernels import JIT_OPTIONS, checks
 from fedsim.kernels.checks import checked
-from fedsim.kernels.sparsify import NONFINITE_MESSAGE
+from fedsim.kernels.selection import NONFINITE_MESSAGE
 
 # Relative drop tolerance of the orthogonalization: sqrt(eps) of the data dtype (module docstring).
 DROP_TOLERANCE = {np.dtype(np.float32): float(np.sqrt(np.finfo(np.float32).eps)),
@@ -138,8 +138,7 @@ def orthogonalize(p, tolerance, out):
     rule and ``tolerance`` (finite, >= 0): module docstring."""
     checks.array("p", p, checks.FLOAT, 2)
     tolerance = checks.real("tolerance", tolerance, 0.0)
-    checks.shaped("out", out, checks.FLOAT, p.shape, True)
-    checks.same_dtype("out", out, "p", p)
+    checks.output_like("out", out, "p", p, p.shape)
     return p, tolerance, out
 
 
@@ -210,8 +209,7 @@ def low_rank_product(left, right, out):
     checks.same_dtype("right", right, "left", left)
     if right.shape[1] != rank:
         raise ValueError(f"right must have the r = {rank} columns of left, got shape {right.shape}")
-    checks.shaped("out", out, checks.FLOAT, (n, right.shape[0]), True)
-    checks.same_dtype("out", out, "left", left)
+    checks.output_like("out", out, "left", left, (n, right.shape[0]))
     return left, right, out
 
 

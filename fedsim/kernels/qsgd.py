@@ -37,16 +37,7 @@ no fused multiply-add); the NumPy twin sums with ``np.cumsum`` along the bucket,
 order. Each remaining step is one correctly rounded IEEE operation, so kernel, twin and any other
 implementation of the same steps (the torch reference) agree bitwise.
 
-Elias omega code (the paper's "Elias recursive coding")
----------------------------------------------------------
-A positive integer k is written as: the binary digits of k preceded by the omega code of (its number of
-binary digits - 1), recursively, down to a group "1x"; a single 0 ends the code. Procedure: code = "0";
-while k > 1: code = binary(k) + code; k = bit_length(k) - 1. Examples: 1 -> ``0``, 2 -> ``100``,
-3 -> ``110``, 4 -> ``101000``, 16 -> ``10100100000``. Length: ``B(1) = 1``,
-``B(k) = bit_length(k) + B(bit_length(k) - 1)``: it depends on the bit length alone (``OMEGA_BITS``).
-Decoding starts from n = 1: read a bit; 0 ends with the value n; 1 starts a group of n + 1 bits (that 1
-and n more) whose value becomes the new n. Fields are written most significant bit first, in the bit
-order of :mod:`fedsim.kernels.golomb`.
+The Elias omega code (the paper's "Elias recursive coding") of the integers is in :mod:`fedsim.kernels.omega`.
 
 Code of one bucket (the paper's Code_s, section 3 and its coding appendix)
 --------------------------------------------------------------------------
@@ -80,41 +71,20 @@ import numba
 import numpy as np
 
 from fedsim.kernels import JIT_OPTIONS, checks
+from fedsim.kernels.bitstream import _get_bit, _read_uint_core, _write_uint_core
 from fedsim.kernels.checks import checked
-from fedsim.kernels.golomb import _get_bit, _read_uint_core, _write_uint_core
-from fedsim.kernels.golomb import read_uint, write_uint  # noqa: F401 (the bit fields of a QSGD stream)
-from fedsim.kernels.sparsify import NONFINITE_MESSAGE
+from fedsim.kernels.omega import (MAX_OMEGA_VALUE, _bit_offset, _decode_span, _elias_omega_bits_numpy,
+                                  _omega_bits_unchecked, _read_elias_omega_core, _stream, _write_elias_omega_core)
+from fedsim.kernels.selection import NONFINITE_MESSAGE
 
 _jit = numba.njit(**JIT_OPTIONS)
 
 NORM_OVERFLOW_MESSAGE = ("QSGD: a bucket's norm overflows its dtype (entries near the float maximum; "
                          "the update has diverged)")
-# Largest integer the Elias omega coder takes (a group of at most 63 bits).
-MAX_OMEGA_VALUE = (1 << 62) - 1
-OMEGA_RANGE_MESSAGE = "Elias omega codes integers in [1, 2^62)"
 # Largest number of levels s (the signed levels are held in int16 or int32).
 MAX_LEVELS = (1 << 31) - 1
 # The dtypes of the signed levels written by qsgd_quantize.
 LEVEL_DTYPES = (np.dtype(np.int16), np.dtype(np.int32))
-
-
-def _bit_length_table() -> np.ndarray:
-    return np.array([int(v).bit_length() for v in range(256)], np.int64)
-
-
-def _omega_bits_table() -> np.ndarray:
-    """OMEGA_BITS[L]: bits of the omega code of any integer of bit length L (1 <= L <= 63)."""
-    table = np.zeros(64, np.int64)
-    table[1] = 1
-    for length in range(2, 64):
-        table[length] = length + table[(length - 1).bit_length()]
-    return table
-
-
-BYTE_BIT_LENGTH = _bit_length_table()
-OMEGA_BITS = _omega_bits_table()
-# The omega code length of every value below 256 (index 0 unused: 0).
-OMEGA_BITS_SMALL = OMEGA_BITS[BYTE_BIT_LENGTH]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -138,27 +108,6 @@ def bucket_offsets(segment_offsets, bucket_size: int) -> np.ndarray:
 # Argument checks shared by the kernels and their twins
 # ----------------------------------------------------------------------------------------------------
 
-def _omega_value(name, value):
-    """``value`` as an int in [1, 2^62): TypeError for a non-integer, ValueError out of range."""
-    try:
-        return checks.integer(name, value, 1, MAX_OMEGA_VALUE)
-    except ValueError as error:
-        raise ValueError(f"{OMEGA_RANGE_MESSAGE}: {error}") from None
-
-
-def _bit_offset(name, bit_offset, high=checks.COUNT_MAX):
-    return checks.integer(name, bit_offset, 0, high)
-
-
-def _stream(stream, writable=False):
-    return checks.array("stream", stream, checks.UINT8, 1, writable)
-
-
-def _decode_span(stream, bit_offset, bit_end):
-    """(bit_offset, bit_end) of a read: 0 <= bit_offset <= bit_end <= 8 len(stream)."""
-    _stream(stream)
-    bit_end = _bit_offset("bit_end", bit_end, 8 * stream.shape[0])
-    return _bit_offset("bit_offset", bit_offset, bit_end), bit_end
 
 
 def _signed_levels(name, values, ndim=1):
@@ -194,116 +143,6 @@ def _norm_patterns(name, patterns, float_bits):
             raise ValueError(f"{name} must be float32 bit patterns in [0, 2^32) for float_bits 32, got "
                              f"{low if low < 0 else high}")
     return patterns
-
-
-# ----------------------------------------------------------------------------------------------------
-# Elias omega code
-# ----------------------------------------------------------------------------------------------------
-
-@_jit
-def _bit_length(value):
-    length = 0
-    while value >= 256:
-        value >>= 8
-        length += 8
-    return length + BYTE_BIT_LENGTH[value]
-
-
-@_jit
-def _omega_bits_unchecked(value):
-    """Bits of the omega code of ``value`` >= 1 (a table lookup for values below 256)."""
-    if value < 256:
-        return OMEGA_BITS_SMALL[value]
-    return OMEGA_BITS[_bit_length(value)]
-
-
-@_jit
-def _elias_omega_bits_core(value):
-    """:func:`elias_omega_bits` without the argument checks (it still rejects a value out of range)."""
-    if value < 1 or value > MAX_OMEGA_VALUE:
-        raise ValueError(OMEGA_RANGE_MESSAGE)
-    return _omega_bits_unchecked(value)
-
-
-@checked(_elias_omega_bits_core)
-def elias_omega_bits(value):
-    """Bits of the Elias omega code of ``value`` (an integer in [1, 2^62))."""
-    return (_omega_value("value", value),)
-
-
-def elias_omega_bits_numpy(values):
-    """NumPy twin of :func:`elias_omega_bits`, elementwise (an integer, or an integer array or list)."""
-    if isinstance(values, (np.ndarray, list, tuple)):
-        values = np.asarray(values)
-        if values.dtype.kind not in "iu" and values.size:
-            raise TypeError(f"values must be integers, got dtype {values.dtype}")
-        if values.size and (values.min() < 1 or values.max() > MAX_OMEGA_VALUE):
-            raise ValueError(OMEGA_RANGE_MESSAGE)
-        values = values.astype(np.int64)
-    else:
-        values = np.int64(_omega_value("value", values))
-    # bit length = the frexp exponent of float64(value); above 2^53 the conversion may round a value up
-    # to the next power of two, which the comparison corrects
-    exponent = np.frexp(values.astype(np.float64))[1].astype(np.int64)
-    exponent -= (np.left_shift(np.int64(1), exponent - 1) > values)
-    return OMEGA_BITS[exponent]
-
-
-@_jit
-def _write_elias_omega_core(stream, bit_offset, value):
-    """:func:`write_elias_omega` without the argument checks.
-
-    The groups are placed from the end backwards (the terminating 0 last), so no group list is needed."""
-    total = _elias_omega_bits_core(value)
-    position = bit_offset + total - 1
-    _write_uint_core(stream, position, 0, 1)
-    group = value
-    while group > 1:
-        width = _bit_length(group)
-        position -= width
-        _write_uint_core(stream, position, group, width)
-        group = width - 1
-    return bit_offset + total
-
-
-@checked(_write_elias_omega_core)
-def write_elias_omega(stream, bit_offset, value):
-    """Write the omega code of ``value`` (an integer in [1, 2^62)) at ``bit_offset``; returns the offset
-    after it. The code must lie inside ``stream`` (writable uint8)."""
-    _stream(stream, writable=True)
-    bit_offset = _bit_offset("bit_offset", bit_offset)
-    value = _omega_value("value", value)
-    checks.bits_fit("stream", stream, bit_offset, _omega_bits_unchecked(value))
-    return stream, bit_offset, value
-
-
-@_jit
-def _read_elias_omega_core(stream, bit_offset, bit_end):
-    """:func:`read_elias_omega` without the argument checks (reads still stop at ``bit_end``)."""
-    value = 1
-    offset = bit_offset
-    while True:
-        if offset >= bit_end:
-            raise ValueError("Elias omega code runs past the end of the stream")
-        bit = _get_bit(stream, offset)
-        offset += 1
-        if bit == 0:
-            return value, offset
-        width = value
-        if width > 61:
-            raise ValueError("corrupt Elias omega code (a value of 2^62 or more)")
-        if offset + width > bit_end:
-            raise ValueError("Elias omega code runs past the end of the stream")
-        value = (np.int64(1) << width) | _read_uint_core(stream, offset, width)
-        offset += width
-
-
-@checked(_read_elias_omega_core)
-def read_elias_omega(stream, bit_offset, bit_end):
-    """Read one omega code at ``bit_offset``, never past ``bit_end`` (0 <= bit_offset <= bit_end <=
-    8 len(stream)): (value, offset after it)."""
-    bit_offset, bit_end = _decode_span(stream, bit_offset, bit_end)
-    return stream, bit_offset, bit_end
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -384,13 +223,13 @@ def qsgd_bits_numpy(signed_levels, bucket_offsets, norms, float_bits):
     first = np.ones(keys.size, bool)
     first[1:] = keys[1:] != keys[:-1]
     gaps = np.where(first, local + 1, local - np.concatenate(([0], local[:-1])))
-    per_entry = elias_omega_bits_numpy(gaps) + 1 + elias_omega_bits_numpy(np.abs(levels[rows, columns]))
+    per_entry = _elias_omega_bits_numpy(gaps) + 1 + _elias_omega_bits_numpy(np.abs(levels[rows, columns]))
     last = np.full(n_rows * n_buckets, -1, np.int64)
     np.maximum.at(last, keys, local)
     end_gaps = np.tile(sizes, n_rows) - last
     bucket_totals = np.full(n_rows * n_buckets, float_bits, np.int64)
     live_flat = live.reshape(-1)
-    bucket_totals[live_flat] += elias_omega_bits_numpy(end_gaps[live_flat])
+    bucket_totals[live_flat] += _elias_omega_bits_numpy(end_gaps[live_flat])
     np.add.at(bucket_totals, keys, per_entry)
     totals = bucket_totals.reshape(n_rows, n_buckets).sum(axis=1)
     return totals if batch else int(totals[0])
@@ -492,10 +331,8 @@ def qsgd_quantize(updates, bucket_offsets, levels, uniforms, float_bits, decoded
     levels = checks.integer("levels", levels, 1, MAX_LEVELS)
     checks.shaped("uniforms", uniforms, checks.FLOAT64, updates.shape)
     float_bits = checks.float_bits("float_bits", float_bits)
-    checks.shaped("decoded_out", decoded_out, checks.FLOAT, updates.shape, True)
-    checks.same_dtype("decoded_out", decoded_out, "updates", updates)
-    checks.shaped("norms_out", norms_out, checks.FLOAT, (n_rows, n_buckets), True)
-    checks.same_dtype("norms_out", norms_out, "updates", updates)
+    checks.output_like("decoded_out", decoded_out, "updates", updates, updates.shape)
+    checks.output_like("norms_out", norms_out, "updates", updates, (n_rows, n_buckets))
     checks.shaped("levels_out", levels_out, LEVEL_DTYPES, updates.shape, True)
     if levels > np.iinfo(levels_out.dtype).max:
         raise TypeError(f"levels_out ({levels_out.dtype}) cannot hold the signed levels +-{levels}: int16 "

@@ -69,7 +69,8 @@ import numpy as np
 
 from fedsim.kernels import JIT_OPTIONS, checks
 from fedsim.kernels.checks import checked
-from fedsim.kernels.sparsify import NONFINITE_MESSAGE
+from fedsim.kernels.selection import NONFINITE_MESSAGE
+from fedsim.kernels.sparsify import _longest_segment
 
 _jit = numba.njit(**JIT_OPTIONS)
 
@@ -234,14 +235,6 @@ def random_positions_numpy(seed, segment, size, k, positions_out):
 # ----------------------------------------------------------------------------------------------------
 
 @_jit
-def _longest_segment(segment_offsets):
-    longest = 0
-    for j in range(segment_offsets.shape[0] - 1):
-        longest = max(longest, segment_offsets[j + 1] - segment_offsets[j])
-    return longest
-
-
-@_jit
 def _randomk_compress_batch_core(updates, segment_offsets, budgets, scales, seeds, decoded_out, values_out):
     """:func:`randomk_compress_batch` without the argument checks (it still checks the budgets and the
     segment sizes)."""
@@ -318,10 +311,8 @@ def randomk_compress_batch(updates, segment_offsets, budgets, scales, seeds, dec
     checks.shaped("scales", scales, checks.FLOAT, (n_segments,))
     checks.same_dtype("scales", scales, "updates", updates)
     checks.shaped("seeds", seeds, checks.UINT64, (n_rows,))
-    checks.shaped("decoded_out", decoded_out, checks.FLOAT, updates.shape, True)
-    checks.same_dtype("decoded_out", decoded_out, "updates", updates)
-    checks.shaped("values_out", values_out, checks.FLOAT, (n_rows, total), True)
-    checks.same_dtype("values_out", values_out, "updates", updates)
+    checks.output_like("decoded_out", decoded_out, "updates", updates, updates.shape)
+    checks.output_like("values_out", values_out, "updates", updates, (n_rows, total))
     return updates, segment_offsets, budgets, scales, seeds, decoded_out, values_out
 
 

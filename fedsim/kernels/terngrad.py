@@ -57,8 +57,8 @@ from numba.extending import overload
 
 from fedsim.kernels import JIT_OPTIONS, checks
 from fedsim.kernels.checks import checked
-from fedsim.kernels.golomb import FIELD_MESSAGE, _read_uint_core, _write_uint_core
-from fedsim.kernels.sparsify import NONFINITE_MESSAGE, _round_to_dtype
+from fedsim.kernels.bitstream import FIELD_MESSAGE, _read_uint_core, _write_uint_core
+from fedsim.kernels.selection import NONFINITE_MESSAGE, _round_to_dtype
 
 _jit = numba.njit(**JIT_OPTIONS)
 
@@ -257,10 +257,8 @@ def terngrad_batch(updates, segment_offsets, uniforms, clip, float_bits, decoded
     checks.shaped("uniforms", uniforms, checks.FLOAT64, updates.shape)
     clip = checks.real("clip", clip, 0.0)
     float_bits = checks.float_bits("float_bits", float_bits)
-    checks.shaped("decoded_out", decoded_out, checks.FLOAT, updates.shape, True)
-    checks.same_dtype("decoded_out", decoded_out, "updates", updates)
-    checks.shaped("scales_out", scales_out, checks.FLOAT, (n_rows, n_segments), True)
-    checks.same_dtype("scales_out", scales_out, "updates", updates)
+    checks.output_like("decoded_out", decoded_out, "updates", updates, updates.shape)
+    checks.output_like("scales_out", scales_out, "updates", updates, (n_rows, n_segments))
     checks.shaped("encoded_bits_out", encoded_bits_out, checks.INT64, (n_rows,), True)
     return updates, segment_offsets, uniforms, clip, float_bits, decoded_out, scales_out, encoded_bits_out
 

@@ -252,10 +252,10 @@ def _check_round_floors_and_baselines(rounds_results: dict) -> None:
 def _wrong_implementations():
     """(kernel, implementation name, a factory of a wrong implementation from the case's inputs)."""
     from benchmarks import torch_reference as reference
-    from fedsim.kernels import golomb, sparsify
+    from fedsim.kernels import golomb, ternary
 
     def stc_one_short(inputs):           # keeps k - 1 entries
-        return lambda: sparsify.ternarize_numpy(inputs["x"], inputs["k"] - 1, inputs["positions_out"]["numpy"],
+        return lambda: ternary._ternarize_numpy(inputs["x"], inputs["k"] - 1, inputs["positions_out"]["numpy"],
                                                 inputs["signs_out"]["numpy"])
 
     def top_k_mean_off(inputs):          # a mean off by 1e-4 (relative)

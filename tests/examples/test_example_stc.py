@@ -5,7 +5,6 @@ import importlib.util
 import json
 from pathlib import Path
 
-import pytest
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "stc_mnist.py"
 

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedsim.compress import bits
-from fedsim.kernels import golomb
+from fedsim.kernels import bitstream, golomb
 
 SETTINGS = settings(max_examples=60, deadline=None)
 
@@ -171,35 +171,35 @@ def test_analytic_message_bits():
 @given(st.lists(st.sampled_from([-1, 1]), max_size=100))
 def test_sign_packing_round_trip(values):
     signs = np.array(values, np.int8)
-    stream = golomb.pack_signs(signs)
+    stream = bitstream.pack_signs(signs)
     np.testing.assert_array_equal(stream, np.packbits(signs < 0))
-    np.testing.assert_array_equal(stream, golomb.pack_signs_numpy(signs))
-    np.testing.assert_array_equal(golomb.unpack_signs(stream, signs.size), signs)
-    np.testing.assert_array_equal(golomb.unpack_signs_numpy(stream, signs.size), signs)
+    np.testing.assert_array_equal(stream, bitstream.pack_signs_numpy(signs))
+    np.testing.assert_array_equal(bitstream.unpack_signs(stream, signs.size), signs)
+    np.testing.assert_array_equal(bitstream.unpack_signs_numpy(stream, signs.size), signs)
 
 
 def test_sign_packing_rejects_zero_and_short_streams():
     with pytest.raises(ValueError, match="only signs"):
-        golomb.pack_signs(np.array([1, 0, -1], np.int8))
+        bitstream.pack_signs(np.array([1, 0, -1], np.int8))
     with pytest.raises(ValueError, match="only signs"):
-        golomb.pack_signs_numpy(np.array([1, 0, -1], np.int8))
+        bitstream.pack_signs_numpy(np.array([1, 0, -1], np.int8))
     with pytest.raises(ValueError, match="ends before"):
-        golomb.unpack_signs(np.zeros(1, np.uint8), 9)
+        bitstream.unpack_signs(np.zeros(1, np.uint8), 9)
 
 
 @SETTINGS
 @given(st.integers(0, 2 ** 32 - 1), st.integers(-2 ** 63, 2 ** 63 - 1), st.integers(0, 7))
 def test_fixed_width_fields(unsigned32, signed64, start):
     stream = np.full(14, 0xAA, np.uint8)
-    offset = golomb.write_uint(stream, start, unsigned32, 32)
-    offset = golomb.write_uint(stream, offset, signed64, 64)
+    offset = bitstream.write_uint(stream, start, unsigned32, 32)
+    offset = bitstream.write_uint(stream, offset, signed64, 64)
     assert offset == start + 96
-    assert golomb.read_uint(stream, start, 32) == unsigned32
-    assert golomb.read_uint(stream, start + 32, 64) == signed64
+    assert bitstream.read_uint(stream, start, 32) == unsigned32
+    assert bitstream.read_uint(stream, start + 32, 64) == signed64
     patterns = np.array([1.5, -2.25, np.float32(3.1)], np.float32).view(np.uint32)
-    end = golomb.write_uints(stream, 0, patterns, 32)
+    end = bitstream.write_uints(stream, 0, patterns, 32)
     back = np.empty(3, np.uint32)
-    assert golomb.read_uints(stream, 0, 32, back) == end == 96
+    assert bitstream.read_uints(stream, 0, 32, back) == end == 96
     np.testing.assert_array_equal(back, patterns)
     with pytest.raises(ValueError, match="ends inside"):
-        golomb.read_uint(stream, 100, 32)
+        bitstream.read_uint(stream, 100, 32)

@@ -29,7 +29,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fedsim.kernels import checks, golomb, laq, powersgd, qsgd, randomk, softmax, sparsify, terngrad
+from fedsim.kernels import (bitstream, checks, golomb, laq, omega, powersgd, qsgd, randomk, selection, softmax,
+                            sparsify, ternary, terngrad)
 
 ROOT = Path(__file__).resolve().parents[2]
 MODULES = ("sparsify", "golomb", "laq", "terngrad", "randomk", "qsgd", "powersgd", "softmax")
@@ -735,7 +736,7 @@ def _packed(draw, rng):
     custom = []
     if codes.size >= 5:
         corrupt = stream.copy()
-        golomb.write_uint(corrupt, bit_offset, 243 + int(rng.integers(0, 13)), 8)
+        bitstream.write_uint(corrupt, bit_offset, 243 + int(rng.integers(0, 13)), 8)
         custom.append(("a group value beyond 3^5", "stream", corrupt, (ValueError,), "corrupt stream"))
     return codes.size, bit_offset, stream, custom
 
@@ -845,26 +846,26 @@ def beyond_omega(name, values, rng):
 
 
 def build_elias_omega_bits(draw):
-    return Call({"value": draw(st.one_of(st.integers(1, 300), st.integers(1, qsgd.MAX_OMEGA_VALUE)))},
-                {"value": Int(1, qsgd.MAX_OMEGA_VALUE)})
+    return Call({"value": draw(st.one_of(st.integers(1, 300), st.integers(1, omega.MAX_OMEGA_VALUE)))},
+                {"value": Int(1, omega.MAX_OMEGA_VALUE)})
 
 
 def build_write_elias_omega(draw):
     rng = rng_of(draw)
-    value = draw(st.one_of(st.integers(1, 300), st.integers(1, qsgd.MAX_OMEGA_VALUE)))
+    value = draw(st.one_of(st.integers(1, 300), st.integers(1, omega.MAX_OMEGA_VALUE)))
     bit_offset = draw(st.integers(0, 13))
-    return Call({"stream": stream_of(rng, bit_offset + qsgd.elias_omega_bits(value)), "bit_offset": bit_offset,
+    return Call({"stream": stream_of(rng, bit_offset + omega._elias_omega_bits(value)), "bit_offset": bit_offset,
                  "value": value},
                 {"stream": Arr(UINT8, output=True, length="at_least"), "bit_offset": Int(0, checks.COUNT_MAX),
-                 "value": Int(1, qsgd.MAX_OMEGA_VALUE)})
+                 "value": Int(1, omega.MAX_OMEGA_VALUE)})
 
 
 def build_read_elias_omega(draw):
     rng = rng_of(draw)
-    value = draw(st.one_of(st.integers(1, 300), st.integers(1, qsgd.MAX_OMEGA_VALUE)))
+    value = draw(st.one_of(st.integers(1, 300), st.integers(1, omega.MAX_OMEGA_VALUE)))
     bit_offset = draw(st.integers(0, 13))
-    stream = stream_of(rng, bit_offset + qsgd.elias_omega_bits(value))
-    end = qsgd.write_elias_omega(stream, bit_offset, value)
+    stream = stream_of(rng, bit_offset + omega._elias_omega_bits(value))
+    end = omega._write_elias_omega(stream, bit_offset, value)
     return Call({"stream": stream, "bit_offset": bit_offset, "bit_end": end},
                 {"stream": Arr(UINT8, length="at_least", shrink_match="bit_end"), "bit_offset": Int(0, end),
                  "bit_end": Int(0, 8 * stream.size)},
@@ -1101,27 +1102,27 @@ def build_gather_rows(draw):
 
 CASES = {
     "sparsify": [
-        Case("top_k_select", sparsify.top_k_select, sparsify.top_k_select_numpy, build_top_k_select),
-        Case("top_k_threshold", sparsify.top_k_threshold, sparsify.top_k_threshold_numpy,
+        Case("top_k_select", selection._top_k_select, selection._top_k_select_numpy, build_top_k_select),
+        Case("top_k_threshold", selection._top_k_threshold, selection._top_k_threshold_numpy,
              build_top_k_threshold),
-        Case("ternarize", sparsify.ternarize, sparsify.ternarize_numpy, build_ternarize),
-        Case("top_k_sparsify", sparsify.top_k_sparsify, sparsify.top_k_sparsify_numpy, build_top_k_sparsify),
-        Case("sampled_top_k_threshold", sparsify.sampled_top_k_threshold,
-             sparsify.sampled_top_k_threshold_numpy, build_sampled_top_k_threshold),
-        Case("select_at_least", sparsify.select_at_least, sparsify.select_at_least_numpy,
+        Case("ternarize", ternary._ternarize, ternary._ternarize_numpy, build_ternarize),
+        Case("top_k_sparsify", selection._top_k_sparsify, selection._top_k_sparsify_numpy, build_top_k_sparsify),
+        Case("sampled_top_k_threshold", selection._sampled_top_k_threshold,
+             selection._sampled_top_k_threshold_numpy, build_sampled_top_k_threshold),
+        Case("select_at_least", selection._select_at_least, selection._select_at_least_numpy,
              build_select_at_least),
-        Case("sampled_ternarize", sparsify.sampled_ternarize, sparsify.sampled_ternarize_numpy,
+        Case("sampled_ternarize", ternary._sampled_ternarize, ternary._sampled_ternarize_numpy,
              build_sampled_ternarize),
-        Case("sign", sparsify.sign, sparsify.sign_numpy, build_sign),
-        Case("mean_magnitude", sparsify.mean_magnitude, sparsify.mean_magnitude_numpy, build_mean_magnitude),
+        Case("sign", ternary._sign, ternary._sign_numpy, build_sign),
+        Case("mean_magnitude", ternary._mean_magnitude, ternary._mean_magnitude_numpy, build_mean_magnitude),
         Case("all_finite", sparsify.all_finite, sparsify.all_finite_numpy, build_all_finite),
         Case("sparse_compress_batch", sparsify.sparse_compress_batch, None, build_sparse_compress_batch),
         Case("sign_compress_batch", sparsify.sign_compress_batch, None, build_sign_compress_batch),
     ],
     "golomb": [
         Case("rice_parameter", golomb.rice_parameter, golomb.rice_parameter_numpy, build_rice_parameter),
-        Case("write_uint", golomb.write_uint, None, build_write_uint),
-        Case("read_uint", golomb.read_uint, None, build_read_uint),
+        Case("write_uint", bitstream.write_uint, None, build_write_uint),
+        Case("read_uint", bitstream.read_uint, None, build_read_uint),
         Case("golomb_rice_bits", golomb.golomb_rice_bits, golomb.golomb_rice_bits_numpy,
              build_golomb_rice_bits),
         Case("golomb_rice_encode_into", golomb.golomb_rice_encode_into, None, build_golomb_rice_encode_into),
@@ -1130,12 +1131,12 @@ CASES = {
         Case("golomb_rice_decode_from", golomb.golomb_rice_decode_from, None, build_golomb_rice_decode_from),
         Case("golomb_rice_decode", golomb.golomb_rice_decode, golomb.golomb_rice_decode_numpy,
              build_golomb_rice_decode),
-        Case("write_uints", golomb.write_uints, None, build_write_uints),
-        Case("read_uints", golomb.read_uints, None, build_read_uints),
-        Case("pack_signs_into", golomb.pack_signs_into, None, build_pack_signs_into),
-        Case("unpack_signs_from", golomb.unpack_signs_from, None, build_unpack_signs_from),
-        Case("pack_signs", golomb.pack_signs, golomb.pack_signs_numpy, build_pack_signs),
-        Case("unpack_signs", golomb.unpack_signs, golomb.unpack_signs_numpy, build_unpack_signs),
+        Case("write_uints", bitstream.write_uints, None, build_write_uints),
+        Case("read_uints", bitstream.read_uints, None, build_read_uints),
+        Case("pack_signs_into", bitstream.pack_signs_into, None, build_pack_signs_into),
+        Case("unpack_signs_from", bitstream.unpack_signs_from, None, build_unpack_signs_from),
+        Case("pack_signs", bitstream.pack_signs, bitstream.pack_signs_numpy, build_pack_signs),
+        Case("unpack_signs", bitstream.unpack_signs, bitstream.unpack_signs_numpy, build_unpack_signs),
         Case("sparse_segment_bits", golomb.sparse_segment_bits, None, build_sparse_segment_bits),
     ],
     "laq": [
@@ -1161,9 +1162,9 @@ CASES = {
              build_randomk_compress_batch),
     ],
     "qsgd": [
-        Case("elias_omega_bits", qsgd.elias_omega_bits, qsgd.elias_omega_bits_numpy, build_elias_omega_bits),
-        Case("write_elias_omega", qsgd.write_elias_omega, None, build_write_elias_omega),
-        Case("read_elias_omega", qsgd.read_elias_omega, None, build_read_elias_omega),
+        Case("elias_omega_bits", omega._elias_omega_bits, omega._elias_omega_bits_numpy, build_elias_omega_bits),
+        Case("write_elias_omega", omega._write_elias_omega, None, build_write_elias_omega),
+        Case("read_elias_omega", omega._read_elias_omega, None, build_read_elias_omega),
         Case("bucket_bits", qsgd.bucket_bits, None, build_bucket_bits),
         Case("qsgd_bits", qsgd.qsgd_bits, qsgd.qsgd_bits_numpy, build_qsgd_bits),
         Case("qsgd_quantize", qsgd.qsgd_quantize, qsgd.qsgd_quantize_numpy, build_qsgd_quantize),
@@ -1272,26 +1273,26 @@ FLOAT32_ONE = np.array([int(np.float32(1).view(np.uint32))], np.int64)
 CRASHED_BEFORE = {
     "ternarize (short signs_out)": (
         "SIGSEGV",
-        lambda g: sparsify.ternarize(np.ones(5000, np.float32), 5000, np.empty(5000, np.int64), g(1, np.int8)),
+        lambda g: ternary._ternarize(np.ones(5000, np.float32), 5000, np.empty(5000, np.int64), g(1, np.int8)),
         ValueError, "signs_out"),
     "top_k_sparsify (short values_out)": (
         "wrote past values_out",
-        lambda g: sparsify.top_k_sparsify(np.ones(3000), 3000, np.empty(3000, np.int64), g(1, np.float64)),
+        lambda g: selection._top_k_sparsify(np.ones(3000), 3000, np.empty(3000, np.int64), g(1, np.float64)),
         ValueError, "values_out"),
     "select_at_least (short positions_out)": (
         "wrote past positions_out",
-        lambda g: sparsify.select_at_least(np.ones(3000), 0.5, g(1, np.int64)), ValueError, "positions_out"),
+        lambda g: selection._select_at_least(np.ones(3000), 0.5, g(1, np.int64)), ValueError, "positions_out"),
     "sampled_top_k_threshold (sample position 2^40)": (
         "SIGSEGV",
-        lambda g: sparsify.sampled_top_k_threshold(np.ones(10), np.array([0, 1 << 40], np.int64), 1),
+        lambda g: selection._sampled_top_k_threshold(np.ones(10), np.array([0, 1 << 40], np.int64), 1),
         ValueError, "sample_positions"),
     "sampled_ternarize (short positions_out)": (
         "wrote past positions_out",
-        lambda g: sparsify.sampled_ternarize(np.arange(1.0, 3001.0), np.array([2500], np.int64), 1, 30,
+        lambda g: ternary._sampled_ternarize(np.arange(1.0, 3001.0), np.array([2500], np.int64), 1, 30,
                                              g(1, np.int64), np.empty(3000, np.int8)),
         ValueError, "positions_out"),
     "sign (short signs_out)": (
-        "wrote past signs_out", lambda g: sparsify.sign(np.ones(3000), g(1, np.int8)), ValueError, "signs_out"),
+        "wrote past signs_out", lambda g: ternary._sign(np.ones(3000), g(1, np.int8)), ValueError, "signs_out"),
     "sparse_compress_batch (sample position 2^40)": (
         "SIGSEGV",
         lambda g: sparsify.sparse_compress_batch(
@@ -1311,10 +1312,10 @@ CRASHED_BEFORE = {
                                                np.zeros(4, np.int64)),
         ValueError, "scales_out"),
     "write_uint (bit offset 2^40)": (
-        "SIGSEGV", lambda g: golomb.write_uint(g(2, np.uint8), 1 << 40, 255, 8), ValueError, "stream"),
+        "SIGSEGV", lambda g: bitstream.write_uint(g(2, np.uint8), 1 << 40, 255, 8), ValueError, "stream"),
     "read_uint (negative bit offset)": (
         "read the stream's last byte",
-        lambda g: golomb.read_uint(np.array([0, 0, 0, 0xF0], np.uint8), -8, 8), ValueError, "bit_offset"),
+        lambda g: bitstream.read_uint(np.array([0, 0, 0, 0xF0], np.uint8), -8, 8), ValueError, "bit_offset"),
     "golomb_rice_encode_into (short stream)": (
         "wrote past the stream",
         lambda g: golomb.golomb_rice_encode_into(np.arange(0, 20000, 7, dtype=np.int64), 0, g(1, np.uint8), 0),
@@ -1325,14 +1326,14 @@ CRASHED_BEFORE = {
         ValueError, "positions_out"),
     "write_uints (short stream)": (
         "wrote past the stream",
-        lambda g: golomb.write_uints(g(1, np.uint8), 0, np.full(1000, 0xFFFFFFFF, np.uint32), 32),
+        lambda g: bitstream.write_uints(g(1, np.uint8), 0, np.full(1000, 0xFFFFFFFF, np.uint32), 32),
         ValueError, "stream"),
     "pack_signs_into (short stream)": (
         "wrote past the stream",
-        lambda g: golomb.pack_signs_into(-np.ones(8000, np.int8), g(1, np.uint8), 0), ValueError, "stream"),
+        lambda g: bitstream.pack_signs_into(-np.ones(8000, np.int8), g(1, np.uint8), 0), ValueError, "stream"),
     "unpack_signs_from (short signs_out)": (
         "SIGABRT (heap corruption)",
-        lambda g: golomb.unpack_signs_from(np.zeros(1000, np.uint8), 0, 8000, g(1, np.int8)),
+        lambda g: bitstream.unpack_signs_from(np.zeros(1000, np.uint8), 0, 8000, g(1, np.int8)),
         ValueError, "signs_out"),
     "terngrad_batch (short decoded_out)": (
         "wrote past decoded_out",
@@ -1418,12 +1419,12 @@ CRASHED_BEFORE = {
                                         np.zeros(1, np.int64), np.zeros(1, np.int64)),
         ValueError, "bit_offset"),
     "write_elias_omega (short stream)": (
-        "wrote past the stream", lambda g: qsgd.write_elias_omega(g(1, np.uint8), 0, (1 << 62) - 1), ValueError,
+        "wrote past the stream", lambda g: omega._write_elias_omega(g(1, np.uint8), 0, (1 << 62) - 1), ValueError,
         "stream"),
     "write_elias_omega (bit offset 2^40)": (
-        "SIGSEGV", lambda g: qsgd.write_elias_omega(g(1, np.uint8), 1 << 40, 5), ValueError, "stream"),
+        "SIGSEGV", lambda g: omega._write_elias_omega(g(1, np.uint8), 1 << 40, 5), ValueError, "stream"),
     "read_elias_omega (bit offset -2^40)": (
-        "SIGSEGV", lambda g: qsgd.read_elias_omega(np.zeros(1, np.uint8), -(1 << 40), 8), ValueError,
+        "SIGSEGV", lambda g: omega._read_elias_omega(np.zeros(1, np.uint8), -(1 << 40), 8), ValueError,
         "bit_offset"),
     "orthogonalize (short out)": (
         "SIGSEGV (heap corruption)",
@@ -1489,14 +1490,14 @@ def test_power_step_takes_views_into_a_batch():
     assert not decoded[:, :5].any() and not decoded[:, 35:].any()
 
 
-def test_every_public_kernel_is_exercised():
-    """Every public checked kernel of the eight modules has a hostile-argument case."""
+def test_every_checked_kernel_is_exercised():
+    """Every checked kernel of the kernel modules (public, or a private helper) has a hostile-argument case."""
     covered = {case.name for cases in CASES.values() for case in cases}
-    for module in (sparsify, golomb, laq, terngrad, randomk, qsgd, powersgd, softmax):
-        public = {name for name, value in vars(module).items()
-                  if not name.startswith("_") and callable(getattr(value, "check", None))
-                  and getattr(value, "__module__", None) == module.__name__}
-        assert public <= covered, f"{module.__name__}: no hostile case for {sorted(public - covered)}"
+    for module in (sparsify, selection, ternary, bitstream, golomb, omega, laq, terngrad, randomk, qsgd, powersgd, softmax):
+        kernels = {name.lstrip("_") for name, value in vars(module).items()
+                   if callable(getattr(value, "check", None))
+                   and getattr(value, "__module__", None) == module.__name__}
+        assert kernels <= covered, f"{module.__name__}: no hostile case for {sorted(kernels - covered)}"
 
 
 if __name__ == "__main__":

@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 
 from fedsim.algorithms.federated import paged_zeros
-from fedsim.kernels import golomb, laq, sparsify
+from fedsim.kernels import bitstream, golomb, laq, selection, ternary
 
-SAMPLED_SIZES = [sparsify.SHORT_SEGMENT + 1, 10_240, sparsify.SMALL_SEGMENT, 100_000, 200_003]
+SAMPLED_SIZES = [selection.SHORT_SEGMENT + 1, 10_240, selection.SMALL_SEGMENT, 100_000, 200_003]
 
 
 def _select(kernel, x, k):
@@ -31,7 +31,7 @@ def _select(kernel, x, k):
 
 
 def _stride(size):
-    return size // min(sparsify.PIVOT_SAMPLE, size // sparsify.SAMPLE_STRIDE)
+    return size // min(selection.PIVOT_SAMPLE, size // selection.SAMPLE_STRIDE)
 
 
 def _sampled_inputs(size, rng):
@@ -50,13 +50,13 @@ def test_sampled_segments_match_twin(size):
     rng = np.random.default_rng(size)
     for name, x in _sampled_inputs(size, rng).items():
         for k in (1, 2, 11, 100, size // 3, size - 1, size):
-            got, want = _select(sparsify.top_k_select, x, k), _select(sparsify.top_k_select_numpy, x, k)
+            got, want = _select(selection._top_k_select, x, k), _select(selection._top_k_select_numpy, x, k)
             assert got[0] == want[0], (name, k, got[0], want[0])
             np.testing.assert_array_equal(got[1], want[1], err_msg=f"{name}, k={k}")
             positions, signs = np.empty(size, np.int64), np.empty(size, np.int8)
             twin_positions, twin_signs = np.empty(size, np.int64), np.empty(size, np.int8)
-            count, mu = sparsify.ternarize(x, k, positions, signs)
-            twin_count, twin_mu = sparsify.ternarize_numpy(x, k, twin_positions, twin_signs)
+            count, mu = ternary._ternarize(x, k, positions, signs)
+            twin_count, twin_mu = ternary._ternarize_numpy(x, k, twin_positions, twin_signs)
             assert (count, mu) == (twin_count, twin_mu), (name, k, mu, twin_mu)
             np.testing.assert_array_equal(signs[:count], twin_signs[:count])
 
@@ -68,7 +68,7 @@ def test_sampled_segment_rejects_nonfinite_at_a_sample_position(bad):
     stride = _stride(size)
     x[stride // 2] = bad                     # the first strided sample position
     with pytest.raises(ValueError, match="NaN or inf"):
-        sparsify.top_k_select(x, 5, np.empty(5, np.int64))
+        selection._top_k_select(x, 5, np.empty(5, np.int64))
 
 
 LAQ_SIZES = [0, 1, 7, 8, 9, 127, 128, 129, 136, 255, 256, 1_000, laq.SUM_COLUMNS - 1, laq.SUM_COLUMNS,
@@ -166,8 +166,8 @@ def test_bit_fields_at_every_offset_keep_their_neighbours(width):
         value = int(rng.integers(0, 2 ** min(width, 63)))
         if width == 64:
             value = -value - 1                       # a negative int64 bit pattern
-        assert golomb.write_uint(stream, start, value, width) == start + width
-        assert golomb.read_uint(stream, start, width) == value
+        assert bitstream.write_uint(stream, start, value, width) == start + width
+        assert bitstream.read_uint(stream, start, width) == value
         bits, before = np.unpackbits(stream), np.unpackbits(background)
         outside = np.r_[0:start, start + width:bits.size]
         np.testing.assert_array_equal(bits[outside], before[outside])

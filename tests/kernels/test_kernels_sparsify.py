@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from fedsim.kernels import sparsify
+from fedsim.kernels import selection, sparsify, ternary
 
 SETTINGS = settings(max_examples=60, deadline=None)
 DTYPES = (np.float32, np.float64)
@@ -55,23 +55,23 @@ def test_ternarize_hand_computed(dtype):
     x = np.array([3.0, -1.0, 2.0, -3.0, 0.0], dtype)
     positions = np.empty(2, np.int64)
     signs = np.empty(2, np.int8)
-    count, mu = sparsify.ternarize(x, 2, positions, signs)
+    count, mu = ternary._ternarize(x, 2, positions, signs)
     assert count == 2
     np.testing.assert_array_equal(positions, [0, 3])
     np.testing.assert_array_equal(signs, [1, -1])
     assert mu == 3.0
-    threshold, mu, count = sparsify.top_k_threshold(x, 3)
+    threshold, mu, count = selection._top_k_threshold(x, 3)
     assert (threshold, count) == (2.0, 3)
     assert mu == dtype((3.0 + 2.0 + 3.0) / 3)
 
 
 def test_ties_keep_exactly_k_lowest_indices_first():
     x = np.array([1.0, -1.0, 1.0, 1.0, 0.5], np.float32)
-    count, positions = run_select(sparsify.top_k_select, x, 2)
+    count, positions = run_select(selection._top_k_select, x, 2)
     assert count == 2
     np.testing.assert_array_equal(positions, [0, 1])
     x = np.array([0.5, 2.0, 1.0, 1.0, 1.0], np.float32)
-    count, positions = run_select(sparsify.top_k_select, x, 3)
+    count, positions = run_select(selection._top_k_select, x, 3)
     np.testing.assert_array_equal(positions, [1, 2, 3])
 
 
@@ -79,12 +79,12 @@ def test_fewer_nonzeros_than_k_keeps_only_nonzeros():
     x = np.array([0.0, -0.0, 2.0, 0.0, -4.0], np.float32)
     positions = np.empty(4, np.int64)
     signs = np.empty(4, np.int8)
-    count, mu = sparsify.ternarize(x, 4, positions, signs)
+    count, mu = ternary._ternarize(x, 4, positions, signs)
     assert count == 2
     np.testing.assert_array_equal(positions[:2], [2, 4])
     np.testing.assert_array_equal(signs[:2], [1, -1])
     assert mu == 3.0
-    threshold, _, _ = sparsify.top_k_threshold(x, 4)
+    threshold, _, _ = selection._top_k_threshold(x, 4)
     assert threshold == 0.0
 
 
@@ -93,7 +93,7 @@ def test_all_zero_and_empty_give_empty_message(dtype):
     for x in (np.zeros(7, dtype), np.array([-0.0, 0.0], dtype), np.zeros(0, dtype)):
         positions = np.empty(x.size, np.int64)
         signs = np.empty(x.size, np.int8)
-        count, mu = sparsify.ternarize(x, max(1, x.size), positions, signs)
+        count, mu = ternary._ternarize(x, max(1, x.size), positions, signs)
         assert count == 0 and mu == 0.0
 
 
@@ -101,10 +101,10 @@ def test_single_entry_and_k_at_least_n():
     x = np.array([-2.5], np.float32)
     positions = np.empty(1, np.int64)
     signs = np.empty(1, np.int8)
-    assert sparsify.ternarize(x, 1, positions, signs) == (1, 2.5)
+    assert ternary._ternarize(x, 1, positions, signs) == (1, 2.5)
     assert signs[0] == -1
     x = np.array([1.0, -3.0, 2.0], np.float64)
-    count, positions = run_select(sparsify.top_k_select, x, 10)
+    count, positions = run_select(selection._top_k_select, x, 10)
     assert count == 3
     np.testing.assert_array_equal(positions, [0, 1, 2])
 
@@ -113,12 +113,12 @@ def test_float64_mu_overflow_is_inf_as_documented():
     x = np.array([1.5e308, -1.6e308, 1.0], np.float64)
     positions, signs = np.empty(2, np.int64), np.empty(2, np.int8)
     with np.errstate(over="ignore"):
-        count, mu = sparsify.ternarize(x, 2, positions, signs)
-        twin = sparsify.ternarize_numpy(x, 2, np.empty(2, np.int64), np.empty(2, np.int8))
+        count, mu = ternary._ternarize(x, 2, positions, signs)
+        twin = ternary._ternarize_numpy(x, 2, np.empty(2, np.int64), np.empty(2, np.int8))
     assert count == 2 and mu == np.inf and twin[1] == np.inf
     # float32 input never overflows: its sum is taken in float64
     x32 = np.full(1000, np.finfo(np.float32).max, np.float32)
-    assert sparsify.top_k_threshold(x32, 1000)[1] == np.finfo(np.float32).max
+    assert selection._top_k_threshold(x32, 1000)[1] == np.finfo(np.float32).max
 
 
 def test_mu_is_float64_sum_in_index_order_rounded_once():
@@ -126,7 +126,7 @@ def test_mu_is_float64_sum_in_index_order_rounded_once():
     x = np.array([1.0, 2.0 ** -30, 2.0 ** -30, 2.0 ** -30, 3.0], np.float32)
     positions = np.empty(5, np.int64)
     signs = np.empty(5, np.int8)
-    count, mu = sparsify.ternarize(x, 5, positions, signs)
+    count, mu = ternary._ternarize(x, 5, positions, signs)
     expected = np.float32((1.0 + 3 * 2.0 ** -30 + 3.0) / 5)
     assert np.float32(mu) == expected and count == 5
 
@@ -139,9 +139,9 @@ def test_mu_is_float64_sum_in_index_order_rounded_once():
 @given(vector_and_budget())
 def test_top_k_select_matches_twin(case):
     x, k = case
-    count, positions = run_select(sparsify.top_k_select, x, k)
-    twin_count, twin_positions = run_select(sparsify.top_k_select_numpy, x, k)
-    py_count, py_positions = run_select(sparsify.top_k_select.py_func, x, k)
+    count, positions = run_select(selection._top_k_select, x, k)
+    twin_count, twin_positions = run_select(selection._top_k_select_numpy, x, k)
+    py_count, py_positions = run_select(selection._top_k_select.py_func, x, k)
     assert count == twin_count == py_count, (count, twin_count, py_count)
     np.testing.assert_array_equal(positions, twin_positions)
     np.testing.assert_array_equal(positions, py_positions)
@@ -152,8 +152,8 @@ def test_top_k_select_matches_twin(case):
 @given(vector_and_budget())
 def test_threshold_ternarize_sparsify_match_twins(case):
     x, k = case
-    threshold, mu, count = sparsify.top_k_threshold(x, k)
-    twin = sparsify.top_k_threshold_numpy(x, k)
+    threshold, mu, count = selection._top_k_threshold(x, k)
+    twin = selection._top_k_threshold_numpy(x, k)
     assert_same_scalar(threshold, twin[0], "threshold")
     assert_same_scalar(mu, twin[1], "mu")
     assert count == twin[2]
@@ -164,7 +164,7 @@ def test_threshold_ternarize_sparsify_match_twins(case):
 
     length = max(0, min(k, x.size))
     outputs = []
-    for kernel in (sparsify.ternarize, sparsify.ternarize_numpy, sparsify.ternarize.py_func):
+    for kernel in (ternary._ternarize, ternary._ternarize_numpy, ternary._ternarize.py_func):
         positions, signs = np.empty(length, np.int64), np.empty(length, np.int8)
         count_mu = kernel(x, k, positions, signs)
         outputs.append((count_mu, positions[:count_mu[0]], signs[:count_mu[0]]))
@@ -177,8 +177,8 @@ def test_threshold_ternarize_sparsify_match_twins(case):
 
     positions, values = np.empty(length, np.int64), np.empty(length, x.dtype)
     twin_positions, twin_values = np.empty(length, np.int64), np.empty(length, x.dtype)
-    count = sparsify.top_k_sparsify(x, k, positions, values)
-    assert count == sparsify.top_k_sparsify_numpy(x, k, twin_positions, twin_values)
+    count = selection._top_k_sparsify(x, k, positions, values)
+    assert count == selection._top_k_sparsify_numpy(x, k, twin_positions, twin_values)
     np.testing.assert_array_equal(positions[:count], twin_positions[:count])
     assert values[:count].tobytes() == x[positions[:count]].tobytes()
 
@@ -191,13 +191,13 @@ def test_sampled_kernels_match_twins(dtype, data):
     sample = np.array(data.draw(st.permutations(range(x.size)))[:n_sample], np.int64)
     k_sample = data.draw(st.integers(1, n_sample))
     k = data.draw(st.integers(1, x.size))
-    threshold, mu = sparsify.sampled_top_k_threshold(x, sample, k_sample)
-    twin = sparsify.sampled_top_k_threshold_numpy(x, sample, k_sample)
+    threshold, mu = selection._sampled_top_k_threshold(x, sample, k_sample)
+    twin = selection._sampled_top_k_threshold_numpy(x, sample, k_sample)
     assert_same_scalar(threshold, twin[0], "sampled threshold")
     assert_same_scalar(mu, twin[1], "sampled mu")
 
     results = []
-    for kernel in (sparsify.sampled_ternarize, sparsify.sampled_ternarize_numpy):
+    for kernel in (ternary._sampled_ternarize, ternary._sampled_ternarize_numpy):
         positions, signs = np.empty(x.size, np.int64), np.empty(x.size, np.int8)
         count, mu, exact = kernel(x, sample, k_sample, k, positions, signs)
         results.append((count, mu, exact, positions[:count].copy(), signs[:count].copy()))
@@ -216,17 +216,17 @@ def test_select_at_least_sign_mean_match_twins(dtype, data):
     x = data.draw(vectors(dtype))
     threshold = data.draw(st.sampled_from([0.5, 1.0, 2.0, 1e-30, 1e30]))
     positions, twin_positions = np.empty(x.size, np.int64), np.empty(x.size, np.int64)
-    count, largest = sparsify.select_at_least(x, threshold, positions)
-    twin_count, twin_largest = sparsify.select_at_least_numpy(x, threshold, twin_positions)
+    count, largest = selection._select_at_least(x, threshold, positions)
+    twin_count, twin_largest = selection._select_at_least_numpy(x, threshold, twin_positions)
     assert count == twin_count
     assert_same_scalar(largest, twin_largest, "largest")
     np.testing.assert_array_equal(positions[:count], twin_positions[:count])
 
     signs, twin_signs = np.empty(x.size, np.int8), np.empty(x.size, np.int8)
-    assert sparsify.sign(x, signs) == sparsify.sign_numpy(x, twin_signs)
+    assert ternary._sign(x, signs) == ternary._sign_numpy(x, twin_signs)
     np.testing.assert_array_equal(signs, twin_signs)
-    assert_same_scalar(sparsify.mean_magnitude(x), sparsify.mean_magnitude_numpy(x), "mean magnitude")
-    assert_same_scalar(sparsify.mean_magnitude.py_func(x), sparsify.mean_magnitude_numpy(x), "py_func")
+    assert_same_scalar(ternary._mean_magnitude(x), ternary._mean_magnitude_numpy(x), "mean magnitude")
+    assert_same_scalar(ternary._mean_magnitude.py_func(x), ternary._mean_magnitude_numpy(x), "py_func")
     assert sparsify.all_finite(x) and sparsify.all_finite_numpy(x)
 
 
@@ -240,12 +240,12 @@ def test_huge_dynamic_range_and_subnormals(dtype):
     x *= rng.choice([-1, 1], x.size)
     rng.shuffle(x)
     for k in range(0, x.size + 2):
-        count, positions = run_select(sparsify.top_k_select, x, k)
-        twin_count, twin_positions = run_select(sparsify.top_k_select_numpy, x, k)
+        count, positions = run_select(selection._top_k_select, x, k)
+        twin_count, twin_positions = run_select(selection._top_k_select_numpy, x, k)
         assert count == twin_count
         np.testing.assert_array_equal(positions, twin_positions)
-        threshold, mu, _ = sparsify.top_k_threshold(x, k)
-        twin = sparsify.top_k_threshold_numpy(x, k)
+        threshold, mu, _ = selection._top_k_threshold(x, k)
+        twin = selection._top_k_threshold_numpy(x, k)
         assert_same_scalar(threshold, twin[0], f"threshold k={k}")
         assert_same_scalar(mu, twin[1], f"mu k={k}")
 
@@ -255,16 +255,16 @@ def test_huge_dynamic_range_and_subnormals(dtype):
 # ----------------------------------------------------------------------------------------------------
 
 def _compare_long(x, k):
-    count, positions = run_select(sparsify.top_k_select, x, k)
-    twin_count, twin_positions = run_select(sparsify.top_k_select_numpy, x, k)
+    count, positions = run_select(selection._top_k_select, x, k)
+    twin_count, twin_positions = run_select(selection._top_k_select_numpy, x, k)
     assert count == twin_count
     np.testing.assert_array_equal(positions, twin_positions)
     length = min(k, x.size)
     signs = np.empty(length, np.int8)
     twin_signs = np.empty(length, np.int8)
     positions = np.empty(length, np.int64)
-    result = sparsify.ternarize(x, k, positions, signs)
-    twin = sparsify.ternarize_numpy(x, k, np.empty(length, np.int64), twin_signs)
+    result = ternary._ternarize(x, k, positions, signs)
+    twin = ternary._ternarize_numpy(x, k, np.empty(length, np.int64), twin_signs)
     assert result[0] == twin[0]
     assert_same_scalar(result[1], twin[1], "long mu")
     return count
@@ -280,7 +280,7 @@ def test_long_random_vector(dtype):
 def test_long_vector_guess_too_high_recollects():
     # large values exactly at the strided sample positions: the guessed bound lets fewer than k through
     size = 200_000
-    stride = size // sparsify.PIVOT_SAMPLE
+    stride = size // selection.PIVOT_SAMPLE
     rng = np.random.default_rng(1)
     x = rng.uniform(0, 1, size).astype(np.float32)
     x[stride // 2::stride] = 10 + rng.uniform(0, 1, x[stride // 2::stride].size)
@@ -290,7 +290,7 @@ def test_long_vector_guess_too_high_recollects():
 
 def test_long_vector_compaction_and_ties():
     size = 150_000
-    assert size > sparsify.SMALL_SEGMENT and size > sparsify.CANDIDATE_ROOM + 10
+    assert size > selection.SMALL_SEGMENT and size > selection.CANDIDATE_ROOM + 10
     for x in (np.ones(size, np.float32), np.arange(size, dtype=np.float64),
               np.random.default_rng(2).integers(-3, 4, size).astype(np.float32)):
         _compare_long(x, 10)
@@ -300,7 +300,7 @@ def test_long_vector_compaction_and_ties():
 def test_long_mostly_zero_vector():
     x = np.zeros(100_000, np.float32)
     x[[5, 70_000, 99_999]] = [1.0, -2.0, 3.0]
-    count, positions = run_select(sparsify.top_k_select, x, 100)
+    count, positions = run_select(selection._top_k_select, x, 100)
     assert count == 3
     np.testing.assert_array_equal(positions, [5, 70_000, 99_999])
 
@@ -313,12 +313,12 @@ def test_kth_largest_and_compact_helpers():
             expected = np.sort(values)[::-1][k - 1]
             for spare_rounds in (8, 1, -10 ** 6):       # -10**6: straight to the sorting fallback
                 scratch = values.copy()
-                got = sparsify._kth_largest(scratch, values.size, k, spare_rounds)
+                got = selection._kth_largest(scratch, values.size, k, spare_rounds)
                 assert got == expected, (got, expected, spare_rounds)
                 np.testing.assert_array_equal(np.sort(scratch), np.sort(values))
     positions = np.arange(6, dtype=np.int64)
     magnitudes = np.array([1.0, 3.0, 2.0, 2.0, 2.0, 0.5])
-    kept = sparsify._compact(positions, magnitudes, 6, 3, 2.0)
+    kept = selection._compact(positions, magnitudes, 6, 3, 2.0)
     assert kept == 3
     np.testing.assert_array_equal(positions[:3], [1, 2, 3])
 
@@ -335,23 +335,23 @@ def test_non_finite_raises(bad, size):
     positions = np.empty(size, np.int64)
     signs = np.empty(size, np.int8)
     calls = [
-        lambda: sparsify.top_k_select(x, 2, positions),
-        lambda: sparsify.top_k_select(x, 0, positions),
-        lambda: sparsify.ternarize(x, 2, positions, signs),
-        lambda: sparsify.top_k_sparsify(x, 2, positions, np.empty(size, np.float32)),
-        lambda: sparsify.sign(x, signs),
-        lambda: sparsify.mean_magnitude(x),
-        lambda: sparsify.select_at_least(x, 0.5, positions),
-        lambda: sparsify.sampled_ternarize(x, np.arange(3, dtype=np.int64), 1, 2, positions, signs),
-        lambda: sparsify.top_k_select_numpy(x, 2, positions),
-        lambda: sparsify.sign_numpy(x, signs),
+        lambda: selection._top_k_select(x, 2, positions),
+        lambda: selection._top_k_select(x, 0, positions),
+        lambda: ternary._ternarize(x, 2, positions, signs),
+        lambda: selection._top_k_sparsify(x, 2, positions, np.empty(size, np.float32)),
+        lambda: ternary._sign(x, signs),
+        lambda: ternary._mean_magnitude(x),
+        lambda: selection._select_at_least(x, 0.5, positions),
+        lambda: ternary._sampled_ternarize(x, np.arange(3, dtype=np.int64), 1, 2, positions, signs),
+        lambda: selection._top_k_select_numpy(x, 2, positions),
+        lambda: ternary._sign_numpy(x, signs),
     ]
     for call in calls:
         with pytest.raises(ValueError, match="update contains NaN or inf"):
             call()
     assert not sparsify.all_finite(x) and not sparsify.all_finite_numpy(x)
     x[size // 2 + 1] = 1.0
-    first_sampled = (size // sparsify.PIVOT_SAMPLE) // 2     # the strided sample's first position
+    first_sampled = (size // selection.PIVOT_SAMPLE) // 2     # the strided sample's first position
     x[first_sampled] = bad
     with pytest.raises(ValueError, match="NaN or inf"):
-        sparsify.top_k_select(x, 2, positions)
+        selection._top_k_select(x, 2, positions)

@@ -6,8 +6,8 @@ import pytest
 
 from fedsim.compress import QSGD, MessageFormat, QSGDMessage, decode
 from fedsim.compress import qsgd as qsgd_module
+from fedsim.kernels import bitstream, omega, sparsify
 from fedsim.kernels import qsgd as kernels
-from fedsim.kernels import sparsify
 from fedsim.params import ParamSpec
 
 
@@ -91,10 +91,10 @@ def test_elias_omega_hand_codes():
     for value, code in known.items():
         assert omega_reference(value) == code
         stream = np.zeros(4, np.uint8)
-        end = kernels.write_elias_omega(stream, 3, value)
+        end = omega._write_elias_omega(stream, 3, value)
         assert end == 3 + len(code) and bit_string(stream, end)[3:] == code, value
-        assert kernels.elias_omega_bits(value) == len(code)
-        assert kernels.read_elias_omega(stream, 3, end) == (value, end)
+        assert omega._elias_omega_bits(value) == len(code)
+        assert omega._read_elias_omega(stream, 3, end) == (value, end)
 
 
 def test_elias_omega_lengths_and_round_trip():
@@ -102,26 +102,26 @@ def test_elias_omega_lengths_and_round_trip():
     values = np.concatenate([np.arange(1, 5000), 2 ** np.arange(1, 62), 2 ** np.arange(1, 62) - 1,
                              rng.integers(1, 2 ** 62, 200), [2 ** 62 - 1]]).astype(np.int64)
     expected = np.array([len(omega_reference(int(v))) for v in values])
-    np.testing.assert_array_equal([kernels.elias_omega_bits(v) for v in values], expected)
-    np.testing.assert_array_equal(kernels.elias_omega_bits_numpy(values), expected)
-    np.testing.assert_array_equal([kernels.elias_omega_bits.py_func(v) for v in values[:300]], expected[:300])
+    np.testing.assert_array_equal([omega._elias_omega_bits(v) for v in values], expected)
+    np.testing.assert_array_equal(omega._elias_omega_bits_numpy(values), expected)
+    np.testing.assert_array_equal([omega._elias_omega_bits.py_func(v) for v in values[:300]], expected[:300])
     stream = np.zeros((int(expected.sum()) + 7) // 8, np.uint8)
     offset = 0
     for v in values:
-        offset = kernels.write_elias_omega(stream, offset, v)
+        offset = omega._write_elias_omega(stream, offset, v)
     assert offset == expected.sum()
     assert bit_string(stream, offset) == "".join(omega_reference(int(v)) for v in values)
     offset = 0
     for v in values:
-        got, offset = kernels.read_elias_omega(stream, offset, stream.size * 8)
+        got, offset = omega._read_elias_omega(stream, offset, stream.size * 8)
         assert got == v
     for bad in (0, -3, 2 ** 62):
         with pytest.raises(ValueError, match="Elias omega codes integers"):
-            kernels.elias_omega_bits(bad)
+            omega._elias_omega_bits(bad)
         with pytest.raises(ValueError, match="Elias omega codes integers"):
-            kernels.elias_omega_bits_numpy([5, bad])
+            omega._elias_omega_bits_numpy([5, bad])
     with pytest.raises(ValueError, match="past the end"):
-        kernels.read_elias_omega(np.array([0b10100100], np.uint8), 0, 8)     # 16 cut after 8 bits
+        omega._read_elias_omega(np.array([0b10100100], np.uint8), 0, 8)     # 16 cut after 8 bits
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -216,8 +216,8 @@ def test_message_validation_and_corrupt_streams():
                                      options=(("levels", 1), ("bucket_size", 0))))
     # a gap past the end of a bucket of 2: norm 1.0f, then omega(4) = 101000
     corrupt = np.zeros(5, np.uint8)
-    offset = kernels.write_uint(corrupt, 0, int(np.float32(1).view(np.uint32)), 32)
-    kernels.write_elias_omega(corrupt, offset, 4)
+    offset = bitstream.write_uint(corrupt, 0, int(np.float32(1).view(np.uint32)), 32)
+    omega._write_elias_omega(corrupt, offset, 4)
     with pytest.raises(ValueError, match="jumps past the end"):
         decode(corrupt, MessageFormat("qsgd", (0, 2), "float32", options=(("levels", 2), ("bucket_size", 0))))
 
@@ -333,7 +333,7 @@ def test_bit_counter_equals_twin():
     batch = np.stack([levels, levels * 0])
     np.testing.assert_array_equal(kernels.qsgd_bits_numpy(batch, offsets, np.stack([norms, norms]), 32),
                                   [kernels.qsgd_bits(levels, offsets, norms, 32),
-                                   32 * (offsets.size - 1) + sum(kernels.elias_omega_bits(int(n) + 1)
+                                   32 * (offsets.size - 1) + sum(omega._elias_omega_bits(int(n) + 1)
                                                                  for j, n in enumerate(np.diff(offsets))
                                                                  if norms[j] != 0)])
 

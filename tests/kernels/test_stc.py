@@ -1,11 +1,11 @@
-"""STC's message content against the sparsify kernels' NumPy twin (fedsim.kernels.sparsify.ternarize_numpy);
+"""STC's message content against the sparsify kernels' NumPy twin (fedsim.kernels.ternary._ternarize_numpy);
 moved verbatim from tests/compress/test_compressors.py."""
 
 import numpy as np
 import pytest
 
 from fedsim.compress import STC, ceil_product, decode, expected_position_bits
-from fedsim.kernels import sparsify
+from fedsim.kernels import ternary
 from fedsim.params import ParamSpec
 
 
@@ -71,7 +71,7 @@ def test_stc_message_content(dtype):
         k = ceil_product(0.1, stop - start)
         positions = np.empty(k, np.int64)
         signs = np.empty(k, np.int8)
-        count, mu = sparsify.ternarize_numpy(x[start:stop], k, positions, signs)
+        count, mu = ternary._ternarize_numpy(x[start:stop], k, positions, signs)
         expected = np.zeros(stop - start, dtype)
         expected[positions[:count]] = signs[:count] * dtype(mu)
         assert_bitwise(dense[start:stop], expected, f"segment {j}")

@@ -1,0 +1,238 @@
+"""STC ternarization (exact and with the sampled threshold), sign and mean magnitude of one vector.
+
+Private helpers of the batched kernels of :mod:`fedsim.kernels.sparsify`; the kept set K(x, k), its mean
+magnitude mu and the sampled threshold are defined in :mod:`fedsim.kernels.selection`. Each is checked
+(:mod:`fedsim.kernels.checks`) and has a NumPy twin ``_<name>_numpy``.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from fedsim.kernels import JIT_OPTIONS, checks
+from fedsim.kernels.checks import checked
+from fedsim.kernels.selection import (NONFINITE_MESSAGE, _budget, _candidate_capacity, _check_finite_numpy,
+                                      _check_sample, _mean_of, _mean_of_numpy, _round_to_dtype,
+                                      _sampled_threshold_into, _sampled_top_k_threshold_numpy, _scratch_length,
+                                      _select_at_least_core, _select_at_least_numpy, _top_k_into,
+                                      _top_k_select_numpy)
+
+_jit = numba.njit(**JIT_OPTIONS)
+
+
+@_jit
+def _signs_at(x, positions, count, signs_out):
+    """signs_out[j] = +1 if x[positions[j]] > 0 else -1 (the positions hold nonzero entries)."""
+    for j in range(count):
+        signs_out[j] = 1 if x[positions[j]] > 0 else -1
+
+
+@_jit
+def _ternarize_into(x, k, candidate_positions, candidate_magnitudes, scratch, positions_out, signs_out):
+    """:func:`_ternarize` with caller-provided buffers (see :func:`_top_k_into`)."""
+    count = _top_k_into(x, k, candidate_positions, candidate_magnitudes, scratch, positions_out)
+    _signs_at(x, positions_out, count, signs_out)
+    return count, _mean_of(x, positions_out, count)
+
+
+@_jit
+def _ternarize_core(x, k, positions_out, signs_out):
+    """:func:`_ternarize` without the argument checks."""
+    capacity = _candidate_capacity(x.shape[0], k)
+    candidate_positions = np.empty(capacity, np.int64)
+    candidate_magnitudes = np.empty(capacity, x.dtype)
+    scratch = np.empty(_scratch_length(x.shape[0], k), x.dtype)
+    return _ternarize_into(x, k, candidate_positions, candidate_magnitudes, scratch, positions_out,
+                           signs_out)
+
+
+@checked(_ternarize_core)
+def _ternarize(x, k, positions_out, signs_out):
+    """Sparse ternary compression of one tensor (STC, arXiv 1903.02891, exact threshold).
+
+    STC(x)_i = mu * sign(x_i) for i in the kept set K(x, k), 0 elsewhere; mu = mean |x_i| over K (module
+    docstring: exactly ``min(k, nonzeros)`` entries, ties at the threshold go to the lowest indices).
+
+    Parameters
+    ----------
+    x : (N,) float32 or float64
+    k : int
+        ``ceil(p N)`` for sparsity p (any ``k >= 0``).
+    positions_out : (>= min(k, N),) int64
+        Kept positions, increasing.
+    signs_out : (>= min(k, N),) int8
+        +1 or -1 for each kept position.
+
+    Returns
+    -------
+    count : int
+    mu : dtype of x
+    """
+    checks.float_vector("x", x)
+    k = _budget("k", k, x.shape[0])
+    kept = min(k, x.shape[0])
+    checks.output("positions_out", positions_out, checks.INT64, kept)
+    checks.output("signs_out", signs_out, checks.INT8, kept)
+    return x, k, positions_out, signs_out
+
+
+def _ternarize_numpy(x, k, positions_out, signs_out):
+    """NumPy twin of :func:`_ternarize`."""
+    x, k, positions_out, signs_out = _ternarize.check(x, k, positions_out, signs_out)
+    count = _top_k_select_numpy(x, k, positions_out)
+    positions = positions_out[:count]
+    signs_out[:count] = np.where(x[positions] > 0, 1, -1)
+    return count, _mean_of_numpy(x, positions)
+
+
+@_jit
+def _sampled_ternarize_into(x, sample_positions, k_sample, k, sample_buffer, candidate_positions,
+                            candidate_magnitudes, scratch, positions_out, signs_out):
+    """:func:`_sampled_ternarize` with caller-provided buffers (all of length N suffice)."""
+    threshold, mu = _sampled_threshold_into(x, sample_positions, k_sample, sample_buffer,
+                                            candidate_positions, candidate_magnitudes, scratch,
+                                            positions_out)
+    if threshold > 0:
+        count, largest = _select_at_least_core(x, threshold, positions_out)
+        if largest != threshold:
+            _signs_at(x, positions_out, count, signs_out)
+            return count, mu, False
+    count, mu = _ternarize_into(x, k, candidate_positions, candidate_magnitudes, scratch, positions_out,
+                                signs_out)
+    return count, mu, True
+
+
+@_jit
+def _sampled_ternarize_core(x, sample_positions, k_sample, k, positions_out, signs_out):
+    """:func:`_sampled_ternarize` without the argument checks."""
+    size = x.shape[0]
+    capacity = max(_candidate_capacity(size, k), _candidate_capacity(sample_positions.shape[0], k_sample))
+    scratch_length = max(_scratch_length(size, k), _scratch_length(sample_positions.shape[0], k_sample))
+    return _sampled_ternarize_into(x, sample_positions, k_sample, k,
+                                   np.empty(sample_positions.shape[0], x.dtype),
+                                   np.empty(capacity, np.int64), np.empty(capacity, x.dtype),
+                                   np.empty(scratch_length, x.dtype), positions_out, signs_out)
+
+
+@checked(_sampled_ternarize_core)
+def _sampled_ternarize(x, sample_positions, k_sample, k, positions_out, signs_out):
+    """STC with the sampled threshold (DESIGN "Approximate threshold"), with its exact fallback.
+
+    threshold, mu = :func:`_sampled_top_k_threshold` of the sample; output mu * sign(x_i) wherever
+    ``|x_i| >= threshold`` (every such entry, ties included; the count is not fixed, and mu is the
+    sample's estimate, as in the reference). If the threshold is 0 or equals max |x_i|, the exact
+    :func:`_ternarize` with budget ``k`` is used instead.
+
+    Parameters
+    ----------
+    x : (N,) float32 or float64
+    sample_positions : (n_s,) int64
+        Positions of the sample (drawn by the caller), each in [0, N), at most N of them.
+    k_sample : int
+        ``ceil(n_s p)`` (any integer >= 0).
+    k : int
+        ``ceil(N p)``, for the fallback (any integer >= 0).
+    positions_out, signs_out : (>= N,) int64 and int8
+        Outputs (length N suffices whatever the threshold, and is required).
+
+    Returns
+    -------
+    count : int
+    mu : dtype of x
+    exact : bool
+        True if the exact fallback was used.
+    """
+    checks.float_vector("x", x)
+    _check_sample(x, sample_positions)
+    if sample_positions.shape[0] > x.shape[0]:     # (the sample's kept positions go to positions_out)
+        raise ValueError(f"sample_positions holds {sample_positions.shape[0]} positions, more than the "
+                         f"{x.shape[0]} entries of x")
+    k_sample = _budget("k_sample", k_sample, sample_positions.shape[0])
+    k = _budget("k", k, x.shape[0])
+    checks.output("positions_out", positions_out, checks.INT64, x.shape[0])
+    checks.output("signs_out", signs_out, checks.INT8, x.shape[0])
+    return x, sample_positions, k_sample, k, positions_out, signs_out
+
+
+def _sampled_ternarize_numpy(x, sample_positions, k_sample, k, positions_out, signs_out):
+    """NumPy twin of :func:`_sampled_ternarize`."""
+    x, sample_positions, k_sample, k, positions_out, signs_out = _sampled_ternarize.check(
+        x, sample_positions, k_sample, k, positions_out, signs_out)
+    threshold, mu = _sampled_top_k_threshold_numpy(x, sample_positions, k_sample)
+    if threshold > 0:
+        count, largest = _select_at_least_numpy(x, threshold, positions_out)
+        if largest != threshold:
+            signs_out[:count] = np.where(x[positions_out[:count]] > 0, 1, -1)
+            return count, mu, False
+    count, mu = _ternarize_numpy(x, k, positions_out, signs_out)
+    return count, mu, True
+
+
+@_jit
+def _sign_core(x, signs_out):
+    """:func:`_sign` without the argument checks."""
+    zeros = 0
+    finite = True
+    for i in range(x.shape[0]):
+        value = x[i]
+        positive = value > 0
+        negative = value < 0
+        signs_out[i] = np.int8(positive) - np.int8(negative)
+        zeros += np.int64(not (positive or negative))
+        finite &= value - value == 0
+    if not finite:
+        raise ValueError(NONFINITE_MESSAGE)
+    return zeros
+
+
+@checked(_sign_core)
+def _sign(x, signs_out):
+    """signs_out[i] = sign(x_i) in {-1, 0, +1} (int8, at least N entries; sign(0) = sign(-0) = 0).
+    Returns the zero count.
+
+    One branch-free pass that the compiler vectorizes (random signs would mispredict a branch on every
+    other entry): sign = [x > 0] - [x < 0]; the finiteness check ``x - x == 0`` (false for NaN and +-inf)
+    is accumulated and raised after the pass.
+    """
+    checks.float_vector("x", x)
+    checks.output("signs_out", signs_out, checks.INT8, x.shape[0])
+    return x, signs_out
+
+
+def _sign_numpy(x, signs_out):
+    """NumPy twin of :func:`_sign`."""
+    x, signs_out = _sign.check(x, signs_out)
+    _check_finite_numpy(x)
+    signs_out[:x.shape[0]] = np.sign(x).astype(np.int8)
+    return int(np.count_nonzero(x == 0))
+
+
+@_jit
+def _mean_magnitude_core(x):
+    """:func:`_mean_magnitude` without the argument checks."""
+    total = 0.0
+    for i in range(x.shape[0]):
+        value = x[i]
+        if not np.isfinite(value):
+            raise ValueError(NONFINITE_MESSAGE)
+        total += np.float64(abs(value))
+    if x.shape[0] == 0:
+        return _round_to_dtype(x, 0.0)
+    return _round_to_dtype(x, total / x.shape[0])
+
+
+@checked(_mean_magnitude_core)
+def _mean_magnitude(x):
+    """dtype( (sequential float64 sum of |x_i|) / N ), 0 for an empty x (the scale of scaled sign);
+    ``x``: (N,) float32 or float64."""
+    return (checks.float_vector("x", x),)
+
+
+def _mean_magnitude_numpy(x):
+    """NumPy twin of :func:`_mean_magnitude`."""
+    (x,) = _mean_magnitude.check(x)
+    _check_finite_numpy(x)
+    if x.size == 0:
+        return x.dtype.type(0)
+    return x.dtype.type(np.cumsum(np.abs(x).astype(np.float64))[-1] / x.size)
