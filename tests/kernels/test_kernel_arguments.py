@@ -60,6 +60,8 @@ class Arr:
     strict_type: bool = True             # a list is rejected (TypeError)
     dtype_errors: tuple = (TypeError,)
     shrink_match: str | None = None      # what a too-short value's message names (default: the argument)
+    within: int | None = None            # every entry must be in [0, within)
+    nonnegative: bool = False            # every entry must be >= 0
 
 
 @dataclass
@@ -86,10 +88,43 @@ class Choice:
 
 
 @dataclass
+class Offs:
+    total: int                           # segment offsets: from 0 to total, never decreasing
+
+
+@dataclass
 class Call:
     args: dict                           # the valid arguments, in signature order
-    kinds: dict                          # name -> Arr / Int / Real / Flag / Choice (unlisted: not spoiled)
+    kinds: dict | None = None            # name -> Arr / Int / Real / Flag / Choice / Offs (unlisted: not
+    #                                      spoiled); None: read from the kernel's contract (declared)
     custom: list = field(default_factory=list)   # (label, name, value, errors, match)
+
+
+def declared(kernel, args):
+    """The kinds of a kernel's arguments, read from its declared contract (``kernel.contract``, the specs of
+    fedsim.kernels.checks) for the valid arguments ``args``."""
+    kinds = {}
+    for name, spec in kernel.contract.items():
+        if isinstance(spec, checks.Array):
+            shape = checks.resolve(spec.shape, args)
+            kinds[name] = Arr(spec.accepted_dtypes(args), output=spec.output,
+                              length="shape" if shape is not None else "at_least" if spec.at_least else None,
+                              contiguous=spec.contiguous, fixed_ndim=spec.ndim is not None,
+                              within=checks.resolve(spec.within, args),
+                              nonnegative=bool(checks.resolve(spec.nonnegative, args)))
+        elif isinstance(spec, (checks.Count, checks.Budget)):
+            kinds[name] = Int(checks.resolve(spec.low, args), checks.resolve(spec.high, args))
+        elif isinstance(spec, checks.Real):
+            kinds[name] = Real(spec.low, spec.low_open)
+        elif isinstance(spec, checks.Flag):
+            kinds[name] = Flag()
+        elif isinstance(spec, checks.Choice):
+            kinds[name] = Choice(spec.values)
+        elif isinstance(spec, checks.Offsets):
+            kinds[name] = Offs(checks.resolve(spec.total, args))
+        else:
+            raise TypeError(f"{name}: no kind for the spec {spec!r}")
+    return kinds
 
 
 @dataclass
@@ -117,6 +152,7 @@ def grown(value):
 
 
 def array_spoilers(draw, name, kind, value):
+    rng = rng_of(draw)
     found = []
     if kind.strict_type:
         found.append(("a list", value.tolist(), (TypeError,), name))
@@ -136,6 +172,10 @@ def array_spoilers(draw, name, kind, value):
         found.append(("one entry long", grown(value), (ValueError,), name))
         if value.ndim == 2 and value.shape[1] > 0:
             found.append(("one column short", np.ascontiguousarray(value[:, :-1]), (ValueError,), name))
+    if kind.within is not None:
+        found += [(label, v, e, m) for label, _, v, e, m in out_of_range(name, value, kind.within, rng)]
+    if kind.nonnegative:
+        found += [(label, v, e, m) for label, _, v, e, m in negative_entry(name, value, rng)]
     return found
 
 
@@ -164,6 +204,9 @@ def spoilers(draw, call):
         elif isinstance(kind, Flag):
             for label, bad in (("an int", 1), ("a string", "yes"), ("None", None)):
                 found.append((label, name, bad, (TypeError,), name))
+        elif isinstance(kind, Offs):
+            found += [(label, name, v, e, m) for label, v, e, m in array_spoilers(draw, name, Arr(INT64), value)]
+            found += offsets_spoilers(value, rng_of(draw), name)
         elif isinstance(kind, Choice):
             found.append(("not a choice", name, draw(st.sampled_from([0, 1, 16, 33, 63, 65, 128, -32])),
                           (ValueError,), name))
@@ -274,21 +317,18 @@ def build_top_k_select(draw):
     x = _x(draw, rng)
     k = draw(st.integers(0, x.size + 3))
     return Call({"x": x, "k": k, "positions_out": np.empty(min(k, x.size), np.int64)},
-                {"x": Arr(FLOAT), "k": Int(0, INT64_MAX),
-                 "positions_out": Arr(INT64, output=True, length="at_least")}, nonfinite("x", x, rng))
+                custom=nonfinite("x", x, rng))
 
 
 def build_top_k_threshold(draw):
     rng = rng_of(draw)
     x = _x(draw, rng)
-    return Call({"x": x, "k": draw(st.integers(0, x.size + 3))}, {"x": Arr(FLOAT), "k": Int(0, INT64_MAX)},
-                nonfinite("x", x, rng))
+    return Call({"x": x, "k": draw(st.integers(0, x.size + 3))}, custom=nonfinite("x", x, rng))
 
 
 def build_ternarize(draw):
     call = build_top_k_select(draw)
     call.args["signs_out"] = np.empty(call.args["positions_out"].size, np.int8)
-    call.kinds["signs_out"] = Arr(checks.INT8, output=True, length="at_least")
     return call
 
 
@@ -296,7 +336,6 @@ def build_top_k_sparsify(draw):
     call = build_top_k_select(draw)
     x = call.args["x"]
     call.args["values_out"] = np.empty(call.args["positions_out"].size, x.dtype)
-    call.kinds["values_out"] = Arr((x.dtype,), output=True, length="at_least")
     return call
 
 
@@ -309,17 +348,14 @@ def build_sampled_top_k_threshold(draw):
     rng = rng_of(draw)
     x = _x(draw, rng)
     sample = _sample(draw, rng, x)
-    return Call({"x": x, "sample_positions": sample, "k_sample": draw(st.integers(0, sample.size + 2))},
-                {"x": Arr(FLOAT), "sample_positions": Arr(INT64), "k_sample": Int(0, INT64_MAX)},
-                out_of_range("sample_positions", sample, x.size, rng))
+    return Call({"x": x, "sample_positions": sample, "k_sample": draw(st.integers(0, sample.size + 2))})
 
 
 def build_select_at_least(draw):
     rng = rng_of(draw)
     x = _x(draw, rng)
     return Call({"x": x, "threshold": draw(st.floats(1e-3, 3.0)), "positions_out": np.empty(x.size, np.int64)},
-                {"x": Arr(FLOAT), "threshold": Real(0.0, low_open=True),
-                 "positions_out": Arr(INT64, output=True, length="at_least")}, nonfinite("x", x, rng))
+                custom=nonfinite("x", x, rng))
 
 
 def build_sampled_ternarize(draw):
@@ -329,28 +365,22 @@ def build_sampled_ternarize(draw):
     args = {"x": x, "sample_positions": sample, "k_sample": draw(st.integers(0, sample.size + 2)),
             "k": draw(st.integers(0, x.size + 2)), "positions_out": np.empty(x.size, np.int64),
             "signs_out": np.empty(x.size, np.int8)}
-    kinds = {"x": Arr(FLOAT), "sample_positions": Arr(INT64), "k_sample": Int(0, INT64_MAX),
-             "k": Int(0, INT64_MAX), "positions_out": Arr(INT64, output=True, length="at_least"),
-             "signs_out": Arr(checks.INT8, output=True, length="at_least")}
-    longer = np.zeros(x.size + 1, np.int64)
+    longer = np.zeros(x.size + 1, np.int64)          # (the extra check: at most N sample positions)
     custom = [("more sample positions than entries", "sample_positions", longer, (ValueError,),
                "sample_positions")]
-    custom += out_of_range("sample_positions", sample, x.size, rng) + nonfinite("x", x, rng)
-    return Call(args, kinds, custom)
+    return Call(args, custom=custom + nonfinite("x", x, rng))
 
 
 def build_sign(draw):
     rng = rng_of(draw)
     x = _x(draw, rng)
-    return Call({"x": x, "signs_out": np.empty(x.size, np.int8)},
-                {"x": Arr(FLOAT), "signs_out": Arr(checks.INT8, output=True, length="at_least")},
-                nonfinite("x", x, rng))
+    return Call({"x": x, "signs_out": np.empty(x.size, np.int8)}, custom=nonfinite("x", x, rng))
 
 
 def build_mean_magnitude(draw):
     rng = rng_of(draw)
     x = _x(draw, rng)
-    return Call({"x": x}, {"x": Arr(FLOAT)}, nonfinite("x", x, rng))
+    return Call({"x": x}, custom=nonfinite("x", x, rng))
 
 
 def build_all_finite(draw):
@@ -358,8 +388,7 @@ def build_all_finite(draw):
     x = _x(draw, rng)
     if draw(st.booleans()):
         x = np.concatenate([x, x]).reshape(2, -1)
-    return Call({"x": x}, {"x": Arr(FLOAT, fixed_ndim=False)},
-                [("a 0-D array", "x", np.array(1.0), (ValueError,), "x")])
+    return Call({"x": x}, custom=[("a 0-D array", "x", np.array(1.0), (ValueError,), "x")])
 
 
 def _batch(draw, rng):
@@ -377,9 +406,8 @@ def build_sparse_compress_batch(draw):
     budgets = np.array([draw(st.integers(0, n + 2)) for n in sizes], np.int64)
     ternary, sampled = draw(st.booleans()), draw(st.booleans())
     active = ternary and sampled
-    custom = offsets_spoilers(offsets, rng) + negative_entry("budgets", budgets, rng) + \
-        nonfinite("updates", updates, rng)
-    if active:
+    custom = nonfinite("updates", updates, rng)
+    if active:        # (the extra check: each sample within its segment, no more samples than entries)
         samples = [rng.permutation(n)[:draw(st.integers(0, n))].astype(np.int64)
                    for _ in range(n_rows) for n in sizes]
         starts = np.concatenate(([0], np.cumsum([s.size for s in samples]))).astype(np.int64)
@@ -395,7 +423,6 @@ def build_sparse_compress_batch(draw):
         late = starts.copy()
         late[-1] += 1
         custom.append(("sample starts past the samples", "sample_starts", late, (ValueError,), "sample_starts"))
-        custom += negative_entry("sample_budgets", sample_budgets, rng)
         if n_rows and n_segments:
             j = int(rng.integers(0, n_segments))
             crowded = list(samples)
@@ -410,14 +437,7 @@ def build_sparse_compress_batch(draw):
             "sample_positions": positions, "sample_starts": starts, "sample_budgets": sample_budgets,
             "sent_out": np.zeros_like(updates), "counts_out": np.zeros((n_rows, n_segments), np.int64),
             "encoded_bits_out": np.zeros(n_rows, np.int64)}
-    kinds = {"updates": Arr(FLOAT), "segment_offsets": Arr(INT64), "budgets": Arr(INT64, length="shape"),
-             "ternary": Flag(), "float_bits": Choice((32, 64)), "sampled": Flag(),
-             "sample_positions": Arr(INT64), "sample_starts": Arr(INT64, length="shape" if active else None),
-             "sample_budgets": Arr(INT64, length="shape" if active else None),
-             "sent_out": Arr((np.dtype(dtype),), output=True, length="shape"),
-             "counts_out": Arr(INT64, output=True, length="shape"),
-             "encoded_bits_out": Arr(INT64, output=True, length="shape")}
-    return Call(args, kinds, custom)
+    return Call(args, custom=custom)
 
 
 def build_sign_compress_batch(draw):
@@ -426,12 +446,7 @@ def build_sign_compress_batch(draw):
     args = {"updates": updates, "segment_offsets": offsets, "scaled": draw(st.booleans()),
             "float_bits": 32 if dtype == np.float32 else 64, "sent_out": np.zeros_like(updates),
             "scales_out": np.zeros((n_rows, len(sizes)), dtype), "encoded_bits_out": np.zeros(n_rows, np.int64)}
-    kinds = {"updates": Arr(FLOAT), "segment_offsets": Arr(INT64), "scaled": Flag(),
-             "float_bits": Choice((32, 64)),
-             "sent_out": Arr((np.dtype(dtype),), output=True, length="shape"),
-             "scales_out": Arr((np.dtype(dtype),), output=True, length="shape"),
-             "encoded_bits_out": Arr(INT64, output=True, length="shape")}
-    return Call(args, kinds, offsets_spoilers(offsets, rng) + nonfinite("updates", updates, rng))
+    return Call(args, custom=nonfinite("updates", updates, rng))
 
 
 # --- golomb ----------------------------------------------------------------------------------------
@@ -1195,6 +1210,8 @@ def run_hostile(module: str, examples: int) -> None:
     def hostile(data):
         case = data.draw(st.sampled_from(cases), label="kernel")
         call = case.build(data.draw)
+        if call.kinds is None:
+            call.kinds = declared(case.kernel, call.args)
         spoiler = data.draw(st.sampled_from(spoilers(data.draw, call)), label="spoiler")
         exercise(case, call, spoiler)
 
