@@ -72,11 +72,12 @@ def checked(core, extra=None, **contract):
     function (its signature and docstring; its body is not run).
 
     ``contract`` gives every argument a spec (:class:`Array`, :class:`Count`, :class:`Budget`, :class:`Real`,
-    :class:`Flag`, :class:`Choice`, :class:`Offsets`); the check runs them in signature order, then
-    ``extra`` (a function of the checked arguments, declared next to the kernel) for the relations a spec
-    cannot say. A bound that depends on other arguments is a function whose parameters are named after
-    them (``at_least=lambda k, x: min(k, x.shape[0])``), or just the name of the argument whose length it
-    is (``within="x"``): it sees those arguments as checked. The kernel keeps the specs as ``.contract`` and
+    :class:`Flag`, :class:`Choice`, :class:`Offsets`, :class:`Stream`). A bound that depends on other
+    arguments is a function whose parameters are named after them (``at_least=lambda k, x: min(k,
+    x.shape[0])``), or just the name of the argument whose length it is (``within="x"``); it sees those
+    arguments checked: the specs run in signature order, except that a spec runs after the arguments its
+    bounds name. Then ``extra``, a function of the checked arguments it names (declared next to the
+    kernel), checks the relations a spec cannot say. The kernel keeps the specs as ``.contract`` and
     ``extra`` as ``.extra`` (the hostile-argument tests read them) and has ``.core``, ``.check`` and
     ``.py_func`` (module docstring)."""
     def decorate(public):
@@ -87,16 +88,19 @@ def checked(core, extra=None, **contract):
         if set(contract) != set(names):
             raise TypeError(f"{public.__name__}: the contract names {sorted(contract)}, the signature "
                             f"{list(names)}")
-        # Each spec with its bounds reading the arguments by position: no per-call dictionary.
-        steps = tuple((i, name, contract[name].at_positions(names)) for i, name in enumerate(names))
+        # Each spec with its bounds reading the arguments by position (no per-call dictionary), run after
+        # the arguments they name.
+        steps = tuple((names.index(name), name, contract[name].at_positions(names))
+                      for name in _order(names, contract))
+        relations = None if extra is None else _positional(extra, names)
 
         def check(*args, **kwargs):
             values = list(args if not kwargs and len(args) == len(names) else
                           _bind(signature, names, args, kwargs))
             for i, name, spec in steps:
                 values[i] = spec.check(name, values[i], values)
-            if extra is not None:
-                extra(*values)
+            if relations is not None:
+                relations(values)
             return values
 
         check.__name__ = check.__qualname__ = f"{public.__name__}.check"
@@ -131,11 +135,37 @@ def _kernel(core, public, check, contract, extra):
     return kernel
 
 
+def _order(names, contract):
+    """The arguments in signature order, except that each comes after those its bounds name."""
+    order = []
+
+    def visit(name, path):
+        if name in path:
+            raise TypeError(f"the bounds of {' -> '.join(path + (name,))} name each other")
+        if name not in order:
+            for other in contract[name].depends():
+                visit(other, path + (name,))
+            order.append(name)
+
+    for name in names:
+        visit(name, ())
+    return order
+
+
 def _bind(signature, names, args, kwargs):
     """The arguments in signature order (keywords placed; Python's TypeError for a wrong call)."""
     if len(args) + len(kwargs) == len(names) and all(name in kwargs for name in names[len(args):]):
         return args + tuple(kwargs[name] for name in names[len(args):])
     return signature.bind(*args, **kwargs).args
+
+
+def _named(bound):
+    """The arguments a bound names (see :func:`resolve`)."""
+    if isinstance(bound, str):
+        return (bound,)
+    if callable(bound):
+        return tuple(inspect.signature(bound).parameters)
+    return ()
 
 
 def resolve(bound, args):
@@ -168,9 +198,13 @@ def _positional(bound, names):
 
 class Spec:
     """An argument's contract: ``check(name, value, values)`` returns the value the core receives
-    (``values``: the kernel's arguments in signature order, those before this one checked)."""
+    (``values``: the kernel's arguments in signature order, those that the bounds name checked)."""
 
     BOUNDS = ()                           # the attributes that may depend on other arguments
+
+    def depends(self):
+        """The arguments that this spec's bounds name."""
+        return [name for attribute in self.BOUNDS for name in _named(getattr(self, attribute))]
 
     def at_positions(self, names):
         """This spec for a kernel with arguments ``names``: each bound a function of the values."""
@@ -202,6 +236,9 @@ class Array(Spec):
         self._bounded = not (at_least is like is within is None and not nonnegative)
         self._plain = ndim is not None and shape is None and not self._bounded
         self._like_index = None
+
+    def depends(self):
+        return super().depends() + ([self.like] if self.like is not None else [])
 
     def at_positions(self, names):
         bound = super().at_positions(names)
@@ -244,14 +281,29 @@ class Array(Spec):
         return (args[self.like].dtype,) if self.like is not None else self.dtypes
 
 
+class Stream(Spec):
+    """A bit stream (a 1-D uint8 array; writable if ``output``) holding ``bits`` bits (a bound) from the bit
+    offset ``start`` (a bound); ``message``: the error's text if it is too short (default: the numbers)."""
+
+    BOUNDS = ("start", "bits")
+
+    def __init__(self, output=False, start=0, bits=0, message=None):
+        self.output, self.start, self.bits, self.message = output, start, bits, message
+
+    def check(self, name, value, values):
+        array(name, value, UINT8, 1, self.output)
+        bits_fit(name, value, self.start(values), self.bits(values), self.message)
+        return value
+
+
 class Count(Spec):
     """An integer argument (``int`` or a NumPy integer, not ``bool``) in [low, high] (constants or bounds on
-    other arguments, :func:`checked`)."""
+    other arguments, :func:`checked`); ``label``: what the errors call it (default: its name)."""
 
     BOUNDS = ("low", "high")
 
-    def __init__(self, low=0, high=INT64_MAX):
-        self.low, self.high = low, high
+    def __init__(self, low=0, high=INT64_MAX, label=None):
+        self.low, self.high, self.label = low, high, label
 
     def at_positions(self, names):
         constant = not any(callable(b) or isinstance(b, str) for b in (self.low, self.high))
@@ -259,7 +311,7 @@ class Count(Spec):
 
     def check(self, name, value, values):
         low, high = self.low, self.high
-        return integer(name, value, low(values) if callable(low) else low,
+        return integer(self.label or name, value, low(values) if callable(low) else low,
                        high(values) if callable(high) else high)
 
 

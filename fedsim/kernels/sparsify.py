@@ -200,8 +200,7 @@ SENT_OUT = Array(checks.FLOAT, output=True, shape=lambda updates: updates.shape,
 ENCODED_BITS_OUT = Array(checks.INT64, output=True, shape=_rows)
 
 
-def _batch_samples_fit(updates, segment_offsets, budgets, ternary, float_bits, sampled, sample_positions,
-                       sample_starts, sample_budgets, sent_out, counts_out, encoded_bits_out):
+def _batch_samples_fit(updates, segment_offsets, ternary, sampled, sample_positions, sample_starts):
     """The samples of a sampled STC batch: one per (row, segment), row-major, each position within its
     segment and no more positions than the segment has entries (a pass over the sample positions)."""
     if not (ternary and sampled):

@@ -13,9 +13,9 @@ import numpy as np
 from fedsim.kernels import JIT_OPTIONS
 from fedsim.kernels.checks import FLOAT_VECTOR, INT8, INT64, Array, Budget, checked
 from fedsim.kernels.selection import (_BUDGET, _POSITIONS_OUT, _SAMPLE_POSITIONS, NONFINITE_MESSAGE,
-                                      _candidate_capacity, _check_finite_numpy, _kept, _mean_of, _mean_of_numpy, _round_to_dtype,
-                                      _sampled_threshold_into, _sampled_top_k_threshold_numpy, _scratch_length,
-                                      _select_at_least_core, _select_at_least_numpy, _top_k_into,
+                                      _candidate_capacity, _check_finite_numpy, _kept, _mean_of, _mean_of_numpy,
+                                      _round_to_dtype, _sampled_threshold_into, _sampled_top_k_threshold_numpy,
+                                      _scratch_length, _select_at_least_core, _select_at_least_numpy, _top_k_into,
                                       _top_k_select_numpy)
 
 _jit = numba.njit(**JIT_OPTIONS)
@@ -113,7 +113,7 @@ def _sampled_ternarize_core(x, sample_positions, k_sample, k, positions_out, sig
 _SIGNS_OUT = Array(INT8, output=True, at_least="x")
 
 
-def _sample_fits(x, sample_positions, k_sample, k, positions_out, signs_out):
+def _sample_fits(x, sample_positions):
     """At most N sample positions (the sample's kept positions go to positions_out)."""
     if sample_positions.shape[0] > x.shape[0]:
         raise ValueError(f"sample_positions holds {sample_positions.shape[0]} positions, more than the "
