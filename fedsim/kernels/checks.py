@@ -378,6 +378,31 @@ FLOAT_BITS = Choice(FLOAT_BIT_WIDTHS)
 FLOAT_VECTOR = Array(FLOAT)
 
 
+# The batched kernels: K updates (rows, float32 or float64) cut into S segments by their offsets, and
+# their outputs: per entry (K, P) and per (row, segment) (K, S) in the updates' dtype, per row (K,) int64.
+def rows(updates):
+    return (updates.shape[0],)
+
+
+def segments(segment_offsets):
+    return (segment_offsets.shape[0] - 1,)
+
+
+def rows_by_segments(updates, segment_offsets):
+    return (updates.shape[0], segment_offsets.shape[0] - 1)
+
+
+def updates_shape(updates):
+    return updates.shape
+
+
+UPDATES = Array(FLOAT, ndim=2)
+SEGMENT_OFFSETS = Offsets(total=lambda updates: updates.shape[1])
+PER_ENTRY_OUT = Array(FLOAT, output=True, shape=updates_shape, like="updates")
+PER_SEGMENT_OUT = Array(FLOAT, output=True, shape=rows_by_segments, like="updates")
+ENCODED_BITS_OUT = Array(INT64, output=True, shape=rows)
+
+
 def _dtype_names(dtypes) -> str:
     names = [str(d) for d in dtypes]
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]

@@ -14,7 +14,7 @@ import numba
 import numpy as np
 
 from fedsim.kernels import JIT_OPTIONS, checks
-from fedsim.kernels.checks import Array, Flag, Offsets, checked
+from fedsim.kernels.checks import Array, Flag, checked
 from fedsim.kernels.golomb import (COUNT_BITS, _golomb_rice_bits_core, _rice_parameter_core,
                                    _sparse_segment_bits_core)
 from fedsim.kernels.selection import (NONFINITE_MESSAGE, PIVOT_SAMPLE, SMALL_SEGMENT, _round_to_dtype,
@@ -167,18 +167,6 @@ def _sparse_compress_batch_py(updates, segment_offsets, budgets, ternary, float_
 _sparse_compress_batch_core.py_func = _sparse_compress_batch_py
 
 
-def _rows(updates):
-    return (updates.shape[0],)
-
-
-def _segments(segment_offsets):
-    return (segment_offsets.shape[0] - 1,)
-
-
-def _rows_by_segments(updates, segment_offsets):
-    return (updates.shape[0], segment_offsets.shape[0] - 1)
-
-
 def _sample_starts_shape(updates, segment_offsets, ternary, sampled):
     """(K S + 1,) for sampled STC; not checked otherwise."""
     return (updates.shape[0] * (segment_offsets.shape[0] - 1) + 1,) if ternary and sampled else None
@@ -186,18 +174,11 @@ def _sample_starts_shape(updates, segment_offsets, ternary, sampled):
 
 def _sample_budgets_shape(segment_offsets, ternary, sampled):
     """(S,) for sampled STC; not checked otherwise."""
-    return _segments(segment_offsets) if ternary and sampled else None
+    return checks.segments(segment_offsets) if ternary and sampled else None
 
 
 def _sampled_stc(ternary, sampled):
     return ternary and sampled
-
-
-# The batch of K updates (rows) cut into S segments, and its outputs (K, P), (K, S) and (K,)
-UPDATES = Array(checks.FLOAT, ndim=2)
-SEGMENT_OFFSETS = Offsets(total=lambda updates: updates.shape[1])
-SENT_OUT = Array(checks.FLOAT, output=True, shape=lambda updates: updates.shape, like="updates")
-ENCODED_BITS_OUT = Array(checks.INT64, output=True, shape=_rows)
 
 
 def _batch_samples_fit(updates, segment_offsets, ternary, sampled, sample_positions, sample_starts):
@@ -229,13 +210,14 @@ def _batch_samples_fit(updates, segment_offsets, ternary, sampled, sample_positi
                              f"{int(sample_positions[where])}, its segment has {int(bounds[where])} entries")
 
 
-@checked(_sparse_compress_batch_core, extra=_batch_samples_fit, updates=UPDATES, segment_offsets=SEGMENT_OFFSETS,
-         budgets=Array(checks.INT64, shape=_segments, nonnegative=True), ternary=Flag(),
+@checked(_sparse_compress_batch_core, extra=_batch_samples_fit, updates=checks.UPDATES,
+         segment_offsets=checks.SEGMENT_OFFSETS, budgets=Array(checks.INT64, shape=checks.segments, nonnegative=True),
+         ternary=Flag(),
          float_bits=checks.FLOAT_BITS, sampled=Flag(), sample_positions=Array(checks.INT64),
          sample_starts=Array(checks.INT64, shape=_sample_starts_shape),
          sample_budgets=Array(checks.INT64, shape=_sample_budgets_shape, nonnegative=_sampled_stc),
-         sent_out=SENT_OUT, counts_out=Array(checks.INT64, output=True, shape=_rows_by_segments),
-         encoded_bits_out=ENCODED_BITS_OUT)
+         sent_out=checks.PER_ENTRY_OUT, counts_out=Array(checks.INT64, output=True, shape=checks.rows_by_segments),
+         encoded_bits_out=checks.ENCODED_BITS_OUT)
 def sparse_compress_batch(updates, segment_offsets, budgets, ternary, float_bits, sampled,
                           sample_positions, sample_starts, sample_budgets,
                           sent_out, counts_out, encoded_bits_out):
@@ -309,10 +291,9 @@ def _sign_compress_batch_core(updates, segment_offsets, scaled, float_bits, sent
         encoded_bits_out[row] = total_bits
 
 
-@checked(_sign_compress_batch_core, updates=UPDATES, segment_offsets=SEGMENT_OFFSETS, scaled=Flag(),
-         float_bits=checks.FLOAT_BITS, sent_out=SENT_OUT,
-         scales_out=Array(checks.FLOAT, output=True, shape=_rows_by_segments, like="updates"),
-         encoded_bits_out=ENCODED_BITS_OUT)
+@checked(_sign_compress_batch_core, updates=checks.UPDATES, segment_offsets=checks.SEGMENT_OFFSETS, scaled=Flag(),
+         float_bits=checks.FLOAT_BITS, sent_out=checks.PER_ENTRY_OUT, scales_out=checks.PER_SEGMENT_OUT,
+         encoded_bits_out=checks.ENCODED_BITS_OUT)
 def sign_compress_batch(updates, segment_offsets, scaled, float_bits, sent_out, scales_out,
                         encoded_bits_out):
     """sign (times the segment's mean magnitude if ``scaled``) of every row, in one call.

@@ -118,7 +118,8 @@ def declared(kernel, args):
         elif isinstance(spec, checks.Stream):
             kinds[name] = Arr(checks.UINT8, output=spec.output, length="at_least")
         elif isinstance(spec, (checks.Count, checks.Budget)):
-            kinds[name] = Int(checks.resolve(spec.low, args), checks.resolve(spec.high, args))
+            kinds[name] = Int(checks.resolve(spec.low, args), checks.resolve(spec.high, args),
+                              getattr(spec, "type_errors", (TypeError,)))
         elif isinstance(spec, checks.Real):
             kinds[name] = Real(spec.low, spec.low_open)
         elif isinstance(spec, checks.Flag):
@@ -639,18 +640,13 @@ LAQ_BITS = Int(1, 16, type_errors=(ValueError,))
 def build_laq_quantize(draw):
     rng = rng_of(draw)
     dtype, shape, gradients, previous, bits = _laq_problem(draw, rng)
-    codes_dtypes = checks.CODE if bits <= 8 else (np.dtype(np.uint16),)
     args = {"gradients": gradients, "previous": previous, "bits": bits,
             "codes": np.zeros(shape, laq.code_dtype(bits)), "quantized": np.zeros(shape, dtype),
             "radius": np.zeros(shape[0]), "error": np.zeros(shape[0]), "innovation": np.zeros(shape[0])}
-    kinds = {"gradients": Arr(FLOAT), "previous": Arr(FLOAT, length="shape"), "bits": LAQ_BITS,
-             "codes": Arr(codes_dtypes, output=True, length="shape"),
-             "quantized": Arr(FLOAT, output=True, length="shape"),
-             "radius": Arr(checks.FLOAT64, output=True, length="shape"),
-             "error": Arr(checks.FLOAT64, output=True, length="shape"),
-             "innovation": Arr(checks.FLOAT64, output=True, length="shape")}
-    custom = [("codes too narrow for the bits", "bits", 12, (TypeError,), "codes")] if bits <= 8 else []
-    return Call(args, kinds, custom)
+    # (the extra check: codes wide enough for the bits)
+    custom = [("codes too narrow for the bits", "bits", 12, (TypeError,), "codes") if bits <= 8 else
+              ("codes too narrow for the bits", "codes", np.zeros(shape, np.uint8), (TypeError,), "codes")]
+    return Call(args, custom=custom)
 
 
 def build_quantize_innovation(draw):
@@ -687,13 +683,12 @@ def build_laq_dequantize(draw):
 # --- terngrad --------------------------------------------------------------------------------------
 
 def build_ternary_code_bits(draw):
-    return Call({"count": draw(st.integers(0, 10 ** 6))}, {"count": Int(0, checks.COUNT_MAX)})
+    return Call({"count": draw(st.integers(0, 10 ** 6))})
 
 
 def build_segment_bits(draw):
     return Call({"size": draw(st.integers(0, 10 ** 6)), "scale_nonzero": draw(st.booleans()),
-                 "float_bits": draw(st.sampled_from([32, 64]))},
-                {"size": Int(0, checks.COUNT_MAX), "scale_nonzero": Flag(), "float_bits": Choice((32, 64))})
+                 "float_bits": draw(st.sampled_from([32, 64]))})
 
 
 def build_terngrad_batch(draw):
@@ -703,12 +698,7 @@ def build_terngrad_batch(draw):
             "clip": draw(st.sampled_from([0.0, 0.3, 2.5])), "float_bits": 32 if dtype == np.float32 else 64,
             "decoded_out": np.zeros_like(updates), "scales_out": np.zeros((n_rows, len(sizes)), dtype),
             "encoded_bits_out": np.zeros(n_rows, np.int64)}
-    kinds = {"updates": Arr(FLOAT), "segment_offsets": Arr(INT64),
-             "uniforms": Arr(checks.FLOAT64, length="shape"), "clip": Real(0.0), "float_bits": Choice((32, 64)),
-             "decoded_out": Arr((np.dtype(dtype),), output=True, length="shape"),
-             "scales_out": Arr((np.dtype(dtype),), output=True, length="shape"),
-             "encoded_bits_out": Arr(INT64, output=True, length="shape")}
-    return Call(args, kinds, offsets_spoilers(offsets, rng) + nonfinite("updates", updates, rng))
+    return Call(args, custom=nonfinite("updates", updates, rng))
 
 
 def _ternary_codes(draw, rng):
@@ -721,9 +711,7 @@ def build_pack_ternary_into(draw):
     bit_offset = draw(st.integers(0, 13))
     stream = stream_of(rng, bit_offset + terngrad.ternary_code_bits(codes.size))
     return Call({"codes": codes, "stream": stream, "bit_offset": bit_offset},
-                {"codes": Arr(checks.INTEGER), "stream": Arr(UINT8, output=True, length="at_least"),
-                 "bit_offset": Int(0, checks.COUNT_MAX)},
-                bad_sign("codes", codes, rng, (2, -2, 5), "ternary codes"))
+                custom=bad_sign("codes", codes, rng, (2, -2, 5), "ternary codes"))
 
 
 def _packed(draw, rng):
@@ -743,17 +731,13 @@ def build_unpack_ternary_from(draw):
     rng = rng_of(draw)
     count, bit_offset, stream, custom = _packed(draw, rng)
     return Call({"stream": stream, "bit_offset": bit_offset, "count": count,
-                 "codes_out": np.empty(count, np.int8)},
-                {"stream": Arr(UINT8, length="at_least", shrink_match="stream"),
-                 "bit_offset": Int(0, checks.COUNT_MAX), "count": Int(0, checks.COUNT_MAX),
-                 "codes_out": Arr(checks.INT8, output=True, length="at_least")}, custom)
+                 "codes_out": np.empty(count, np.int8)}, custom=custom)
 
 
 def build_pack_ternary(draw):
     rng = rng_of(draw)
     codes = _ternary_codes(draw, rng)
-    return Call({"codes": codes}, {"codes": Arr(checks.INTEGER)},
-                bad_sign("codes", codes, rng, (2, -2, 5), "ternary codes"))
+    return Call({"codes": codes}, custom=bad_sign("codes", codes, rng, (2, -2, 5), "ternary codes"))
 
 
 def build_unpack_ternary(draw):
@@ -765,10 +749,7 @@ def build_unpack_ternary(draw):
         corrupt = stream.copy()
         corrupt[0] = 243 + int(rng.integers(0, 13))
         custom.append(("a group value beyond 3^5", "stream", corrupt, (ValueError,), "corrupt stream"))
-    return Call({"stream": stream, "count": codes.size},
-                {"stream": Arr(UINT8, length="at_least", shrink_match="stream"),
-                 "count": Int(0, checks.COUNT_MAX)},
-                custom)
+    return Call({"stream": stream, "count": codes.size}, custom=custom)
 
 
 # --- randomk ---------------------------------------------------------------------------------------
