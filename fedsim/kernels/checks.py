@@ -79,7 +79,9 @@ def checked(core, extra=None, **contract):
     bounds name. Then ``extra``, a function of the checked arguments it names (declared next to the
     kernel), checks the relations a spec cannot say. The kernel keeps the specs as ``.contract`` and
     ``extra`` as ``.extra`` (the hostile-argument tests read them) and has ``.core``, ``.check`` and
-    ``.py_func`` (module docstring)."""
+    ``.py_func`` (module docstring). A relation that must hold before later arguments are checked (their
+    bounds rely on it) is a spec's ``then``: a function of the arguments it names, run right after the
+    spec's own check."""
     def decorate(public):
         signature = inspect.signature(public)
         names = tuple(signature.parameters)
@@ -92,13 +94,16 @@ def checked(core, extra=None, **contract):
         # the arguments they name.
         steps = tuple((names.index(name), name, contract[name].at_positions(names))
                       for name in _order(names, contract))
+        steps = tuple((i, name, spec, spec.then) for i, name, spec in steps)
         relations = None if extra is None else _positional(extra, names)
 
         def check(*args, **kwargs):
             values = list(args if not kwargs and len(args) == len(names) else
                           _bind(signature, names, args, kwargs))
-            for i, name, spec in steps:
+            for i, name, spec, then in steps:
                 values[i] = spec.check(name, values[i], values)
+                if then is not None:
+                    then(values)
             if relations is not None:
                 relations(values)
             return values
@@ -144,7 +149,8 @@ def _order(names, contract):
             raise TypeError(f"the bounds of {' -> '.join(path + (name,))} name each other")
         if name not in order:
             for other in contract[name].depends():
-                visit(other, path + (name,))
+                if other != name:
+                    visit(other, path + (name,))
             order.append(name)
 
     for name in names:
@@ -201,16 +207,19 @@ class Spec:
     (``values``: the kernel's arguments in signature order, those that the bounds name checked)."""
 
     BOUNDS = ()                           # the attributes that may depend on other arguments
+    then = None                           # a relation checked right after this argument (checked)
 
     def depends(self):
-        """The arguments that this spec's bounds name."""
-        return [name for attribute in self.BOUNDS for name in _named(getattr(self, attribute))]
+        """The arguments that this spec's bounds and its ``then`` name."""
+        return [name for attribute in self.BOUNDS + ("then",) for name in _named(getattr(self, attribute))]
 
     def at_positions(self, names):
         """This spec for a kernel with arguments ``names``: each bound a function of the values."""
-        if not self.BOUNDS:
+        if not self.BOUNDS and self.then is None:
             return self
         bound = copy.copy(self)
+        if self.then is not None:
+            bound.then = _positional(self.then, names)
         for attribute in self.BOUNDS:
             value = getattr(self, attribute)
             if value is not None and value is not False:
@@ -229,8 +238,8 @@ class Array(Spec):
     BOUNDS = ("at_least", "shape", "within", "nonnegative")
 
     def __init__(self, dtypes, ndim=1, output=False, contiguous=True, at_least=None, shape=None, like=None,
-                 within=None, nonnegative=False):
-        self.dtypes, self.ndim, self.output, self.contiguous = dtypes, ndim, output, contiguous
+                 within=None, nonnegative=False, then=None):
+        self.dtypes, self.ndim, self.output, self.contiguous, self.then = dtypes, ndim, output, contiguous, then
         self.at_least, self.shape, self.like = at_least, shape, like
         self.within, self.nonnegative = within, nonnegative
         self._bounded = not (at_least is like is within is None and not nonnegative)
@@ -302,11 +311,12 @@ class Count(Spec):
 
     BOUNDS = ("low", "high")
 
-    def __init__(self, low=0, high=INT64_MAX, label=None):
-        self.low, self.high, self.label = low, high, label
+    def __init__(self, low=0, high=INT64_MAX, label=None, then=None):
+        self.low, self.high, self.label, self.then = low, high, label, then
 
     def at_positions(self, names):
-        constant = not any(callable(b) or isinstance(b, str) for b in (self.low, self.high))
+        constant = self.then is None and not any(callable(bound) or isinstance(bound, str)
+                                                 for bound in (self.low, self.high))
         return self if constant else super().at_positions(names)
 
     def check(self, name, value, values):

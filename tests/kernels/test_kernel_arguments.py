@@ -759,19 +759,19 @@ UINT64_MAX = (1 << 64) - 1
 
 def build_splitmix64(draw):
     count = draw(st.integers(0, 20))
-    return Call({"state": draw(st.integers(0, UINT64_MAX)), "count": count, "out": np.zeros(count, np.uint64)},
-                {"state": Int(0, UINT64_MAX), "count": Int(0, INT64_MAX),
-                 "out": Arr(checks.UINT64, output=True, length="at_least")})
+    return Call({"state": draw(st.integers(0, UINT64_MAX)), "count": count, "out": np.zeros(count, np.uint64)})
 
 
 def build_random_positions(draw):
     size = draw(st.integers(0, 60))
     k = draw(st.integers(0, size))
+    # (the relation checked after k: 0 <= k <= size <= 2^32)
+    custom = [("below range", "size", k - draw(st.integers(1, 1 << 66)), (ValueError,), "size"),
+              ("above range", "size", randomk.MAX_SEGMENT + draw(st.integers(1, 1 << 66)), (ValueError,), "size"),
+              ("below range", "k", -draw(st.integers(1, 1 << 66)), (ValueError,), "k"),
+              ("above range", "k", size + draw(st.integers(1, 1 << 66)), (ValueError,), "k")]
     return Call({"seed": draw(st.integers(0, UINT64_MAX)), "segment": draw(st.integers(0, 10)), "size": size,
-                 "k": k, "positions_out": np.empty(k, np.int64)},
-                {"seed": Int(0, UINT64_MAX), "segment": Int(0, INT64_MAX - 1),
-                 "size": Int(k, randomk.MAX_SEGMENT),
-                 "k": Int(0, size), "positions_out": Arr(INT64, output=True, length="at_least")})
+                 "k": k, "positions_out": np.empty(k, np.int64)}, custom=custom)
 
 
 def build_randomk_compress_batch(draw):
@@ -782,18 +782,14 @@ def build_randomk_compress_batch(draw):
     args = {"updates": updates, "segment_offsets": offsets, "budgets": budgets, "scales": scales,
             "seeds": rng.integers(0, UINT64_MAX, n_rows, dtype=np.uint64, endpoint=True),
             "decoded_out": np.zeros_like(updates), "values_out": np.zeros((n_rows, int(budgets.sum())), dtype)}
-    kinds = {"updates": Arr(FLOAT), "segment_offsets": Arr(INT64), "budgets": Arr(INT64, length="shape"),
-             "scales": Arr((np.dtype(dtype),), length="shape"), "seeds": Arr(checks.UINT64, length="shape"),
-             "decoded_out": Arr((np.dtype(dtype),), output=True, length="shape"),
-             "values_out": Arr((np.dtype(dtype),), output=True, length="shape")}
-    custom = offsets_spoilers(offsets, rng) + negative_entry("budgets", budgets, rng) + \
-        nonfinite("updates", updates, rng)
+    # (the relation checked after the budgets: each in [0, its segment's size])
+    custom = negative_entry("budgets", budgets, rng) + nonfinite("updates", updates, rng)
     if sizes:
         big = budgets.copy()
         j = int(rng.integers(0, len(sizes)))
         big[j] = sizes[j] + int(rng.integers(1, 5))
         custom.append(("a budget beyond its segment", "budgets", big, (ValueError,), "budgets"))
-    return Call(args, kinds, custom)
+    return Call(args, custom=custom)
 
 
 # --- qsgd ------------------------------------------------------------------------------------------
