@@ -80,7 +80,19 @@ def _sign_bits(signs):
     return signs.shape[0]
 
 
+def _stream_bits(stream):
+    return 8 * stream.shape[0]
+
+
+def _bit_end(bit_end):
+    return bit_end
+
+
 BIT_OFFSET = Count(0, checks.COUNT_MAX)
+# A read from a stream that stops at bit_end: 0 <= bit_offset <= bit_end <= 8 len(stream)
+STREAM = Array(checks.UINT8)
+BIT_END = Count(0, high=_stream_bits)
+BIT_OFFSET_TO_END = Count(0, high=_bit_end)
 WIDTH = Count(0, MAX_FIELD_BITS)
 COUNT = Count(0, checks.COUNT_MAX)
 INTEGERS = Array(checks.INTEGER)

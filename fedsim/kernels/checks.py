@@ -372,15 +372,19 @@ class Choice(Spec):
 
 class Offsets(Spec):
     """Segment offsets (int64, S + 1 entries) cutting [0, ``total``) (a bound, :func:`checked`): from 0,
-    never decreasing, to the total (:func:`segment_count`)."""
+    never decreasing, to the total (:func:`segment_count`); ``total`` None: to wherever they end."""
 
     BOUNDS = ("total",)
 
-    def __init__(self, total):
+    def __init__(self, total=None):
         self.total = total
 
     def check(self, name, value, values):
-        segment_count(name, value, self.total(values))
+        if self.total is None:
+            array(name, value, INT64)
+            segment_count(name, value, int(value[-1]) if value.shape[0] else 0)
+        else:
+            segment_count(name, value, self.total(values))
         return value
 
 

@@ -34,9 +34,9 @@ import numba
 import numpy as np
 
 from fedsim.kernels import JIT_OPTIONS
-from fedsim.kernels.bitstream import (BIT_OFFSET, COUNT, MAX_FIELD_BITS, _count, _from_bit_offset, _get_bit,
-                                     _read_uint_core, _write_uint_core)
-from fedsim.kernels.checks import INT64, UINT8, Array, Count, Stream, checked
+from fedsim.kernels.bitstream import (BIT_END, BIT_OFFSET, BIT_OFFSET_TO_END, STREAM, MAX_FIELD_BITS, _count,
+                                     _from_bit_offset, _get_bit, _read_uint_core, _write_uint_core)
+from fedsim.kernels.checks import INT64, Array, Count, Stream, checked
 
 _jit = numba.njit(**JIT_OPTIONS)
 
@@ -56,18 +56,12 @@ GOLOMB_END_MESSAGE = "Golomb-Rice stream ends before the last position"
 
 RICE = Count(0, MAX_RICE_PARAMETER, label="Golomb-Rice parameter b")
 POSITIONS = Array(INT64)
-STREAM = Array(UINT8)
 FIELD_WIDTH = Count(0, MAX_FIELD_BITS)
 
 
 def _code_bits(positions, b):
     """The length of the positions' code (one pass over them; rejects positions that do not increase)."""
     return _golomb_rice_bits_core(positions, b)
-
-
-def _in_stream(stream):
-    """8 len(stream): the last bit offset a code may end at."""
-    return 8 * stream.shape[0]
 
 
 def _room_for(count, b, first, last):
@@ -278,7 +272,7 @@ def _golomb_rice_decode_from_core(stream, bit_offset, bit_end, count, b, positio
 
 
 @checked(_golomb_rice_decode_from_core, extra=_decode_from_fits, stream=STREAM,
-         bit_offset=Count(0, high=lambda bit_end: bit_end), bit_end=Count(0, high=_in_stream), count=Count(),
+         bit_offset=BIT_OFFSET_TO_END, bit_end=BIT_END, count=Count(),
          b=RICE, positions_out=Array(INT64, output=True, at_least=_count))
 def golomb_rice_decode_from(stream, bit_offset, bit_end, count, b, positions_out):
     """Read ``count`` Golomb-Rice coded positions from ``stream`` starting at ``bit_offset``, never past
@@ -295,7 +289,7 @@ def _golomb_rice_decode_core(stream, n_bits, count, b):
     return positions
 
 
-@checked(_golomb_rice_decode_core, extra=_decode_fits, stream=STREAM, n_bits=Count(0, high=_in_stream),
+@checked(_golomb_rice_decode_core, extra=_decode_fits, stream=STREAM, n_bits=BIT_END,
          count=Count(), b=RICE)
 def golomb_rice_decode(stream, n_bits, count, b):
     """Inverse of :func:`golomb_rice_encode`: ``count`` positions (int64) from the first ``n_bits`` bits

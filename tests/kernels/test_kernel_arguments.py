@@ -89,7 +89,8 @@ class Choice:
 
 @dataclass
 class Offs:
-    total: int                           # segment offsets: from 0 to total, never decreasing
+    total: int | None                    # segment offsets: from 0 to total, never decreasing
+    past_end: bool = True                # ending past the total is an error (not if they give it)
 
 
 @dataclass
@@ -127,7 +128,7 @@ def declared(kernel, args):
         elif isinstance(spec, checks.Choice):
             kinds[name] = Choice(spec.values)
         elif isinstance(spec, checks.Offsets):
-            kinds[name] = Offs(checks.resolve(spec.total, args))
+            kinds[name] = Offs(checks.resolve(spec.total, args), past_end=spec.total is not None)
         else:
             raise TypeError(f"{name}: no kind for the spec {spec!r}")
     return kinds
@@ -212,7 +213,7 @@ def spoilers(draw, call):
                 found.append((label, name, bad, (TypeError,), name))
         elif isinstance(kind, Offs):
             found += [(label, name, v, e, m) for label, v, e, m in array_spoilers(draw, name, Arr(INT64), value)]
-            found += offsets_spoilers(value, rng_of(draw), name)
+            found += offsets_spoilers(value, rng_of(draw), name, kind.past_end)
         elif isinstance(kind, Choice):
             found.append(("not a choice", name, draw(st.sampled_from([0, 1, 16, 33, 63, 65, 128, -32])),
                           (ValueError,), name))
@@ -821,8 +822,7 @@ def beyond_omega(name, values, rng):
 
 
 def build_elias_omega_bits(draw):
-    return Call({"value": draw(st.one_of(st.integers(1, 300), st.integers(1, omega.MAX_OMEGA_VALUE)))},
-                {"value": Int(1, omega.MAX_OMEGA_VALUE)})
+    return Call({"value": draw(st.one_of(st.integers(1, 300), st.integers(1, omega.MAX_OMEGA_VALUE)))})
 
 
 def build_write_elias_omega(draw):
@@ -830,9 +830,7 @@ def build_write_elias_omega(draw):
     value = draw(st.one_of(st.integers(1, 300), st.integers(1, omega.MAX_OMEGA_VALUE)))
     bit_offset = draw(st.integers(0, 13))
     return Call({"stream": stream_of(rng, bit_offset + omega._elias_omega_bits(value)), "bit_offset": bit_offset,
-                 "value": value},
-                {"stream": Arr(UINT8, output=True, length="at_least"), "bit_offset": Int(0, checks.COUNT_MAX),
-                 "value": Int(1, omega.MAX_OMEGA_VALUE)})
+                 "value": value})
 
 
 def build_read_elias_omega(draw):
@@ -842,18 +840,14 @@ def build_read_elias_omega(draw):
     stream = stream_of(rng, bit_offset + omega._elias_omega_bits(value))
     end = omega._write_elias_omega(stream, bit_offset, value)
     return Call({"stream": stream, "bit_offset": bit_offset, "bit_end": end},
-                {"stream": Arr(UINT8, length="at_least", shrink_match="bit_end"), "bit_offset": Int(0, end),
-                 "bit_end": Int(0, 8 * stream.size)},
-                [("a code cut short", "bit_end", end - 1, (ValueError,), "past the end")])
+                custom=[("a code cut short", "bit_end", end - 1, (ValueError,), "past the end")])
 
 
 def build_bucket_bits(draw):
     rng = rng_of(draw)
     levels = _signed(draw, rng, draw(st.integers(0, 30)))
     return Call({"signed_levels": levels, "norm_nonzero": draw(st.booleans()),
-                 "float_bits": draw(st.sampled_from([32, 64]))},
-                {"signed_levels": Arr(checks.INTEGER), "norm_nonzero": Flag(), "float_bits": Choice((32, 64))},
-                beyond_omega("signed_levels", levels, rng))
+                 "float_bits": draw(st.sampled_from([32, 64]))}, custom=beyond_omega("signed_levels", levels, rng))
 
 
 def _norms(rng, dtype, n_buckets):
@@ -869,9 +863,7 @@ def build_qsgd_bits(draw):
     levels = _signed(draw, rng, int(offsets[-1]))
     return Call({"signed_levels": levels, "bucket_offsets": offsets,
                  "norms": _norms(rng, dtype, offsets.size - 1), "float_bits": draw(st.sampled_from([32, 64]))},
-                {"signed_levels": Arr(checks.INTEGER), "bucket_offsets": Arr(INT64),
-                 "norms": Arr(FLOAT, length="shape"), "float_bits": Choice((32, 64))},
-                offsets_spoilers(offsets, rng, "bucket_offsets") + beyond_omega("signed_levels", levels, rng))
+                custom=beyond_omega("signed_levels", levels, rng))
 
 
 def build_qsgd_quantize(draw):
@@ -887,18 +879,15 @@ def build_qsgd_quantize(draw):
             "decoded_out": np.zeros_like(updates),
             "norms_out": np.zeros((n_rows, offsets.size - 1), dtype),
             "levels_out": np.zeros(updates.shape, level_dtype), "encoded_bits_out": np.zeros(n_rows, np.int64)}
-    kinds = {"updates": Arr(FLOAT), "bucket_offsets": Arr(INT64), "levels": Int(1, qsgd.MAX_LEVELS),
-             "uniforms": Arr(checks.FLOAT64, length="shape"), "float_bits": Choice((32, 64)),
-             "decoded_out": Arr((np.dtype(dtype),), output=True, length="shape"),
-             "norms_out": Arr((np.dtype(dtype),), output=True, length="shape"),
-             "levels_out": Arr(tuple(d for d in LEVEL_DTYPES if levels <= np.iinfo(d).max), output=True,
-                               length="shape"),
-             "encoded_bits_out": Arr(INT64, output=True, length="shape")}
-    custom = offsets_spoilers(offsets, rng, "bucket_offsets") + nonfinite("updates", updates, rng)
+    custom = nonfinite("updates", updates, rng)
+    # (the relation checked after levels_out: wide enough for +-s)
     custom.append(("levels beyond int16", ("levels", "levels_out"),
                    (int(rng.integers(32768, 1 << 31)), np.zeros(updates.shape, np.int16)), (TypeError,),
                    "levels_out"))
-    return Call(args, kinds, custom)
+    if levels > np.iinfo(np.int16).max:
+        custom.append(("levels beyond int16", "levels_out", np.zeros(updates.shape, np.int16), (TypeError,),
+                       "levels_out"))
+    return Call(args, custom=custom)
 
 
 def _patterns(norms):
@@ -923,17 +912,13 @@ def build_qsgd_encode_into(draw):
     bit_offset = draw(st.integers(0, 13))
     patterns = _patterns(norms)
     stream = stream_of(rng, bit_offset + qsgd.qsgd_bits(levels, offsets, norms, float_bits))
-    custom = offsets_spoilers(offsets, rng, "bucket_offsets") + beyond_omega("signed_levels", levels, rng)
+    custom = beyond_omega("signed_levels", levels, rng)
     if float_bits == 32 and patterns.size:
         bad = patterns.copy()
         bad[int(rng.integers(0, bad.size))] = rng.choice([1 << 32, -1, 1 << 40])
         custom.append(("a pattern beyond 32 bits", "norm_patterns", bad, (ValueError,), "norm_patterns"))
     return Call({"signed_levels": levels, "bucket_offsets": offsets, "norm_patterns": patterns,
-                 "float_bits": float_bits, "stream": stream, "bit_offset": bit_offset},
-                {"signed_levels": Arr(checks.INTEGER), "bucket_offsets": Arr(INT64),
-                 "norm_patterns": Arr(INT64, length="shape"), "float_bits": Choice((32, 64)),
-                 "stream": Arr(UINT8, output=True, length="at_least"), "bit_offset": Int(0, checks.COUNT_MAX)},
-                custom)
+                 "float_bits": float_bits, "stream": stream, "bit_offset": bit_offset}, custom=custom)
 
 
 def build_qsgd_decode_from(draw):
@@ -946,19 +931,14 @@ def build_qsgd_decode_from(draw):
     args = {"stream": stream, "bit_offset": bit_offset, "bit_end": end, "bucket_offsets": offsets,
             "float_bits": float_bits, "norm_patterns_out": np.zeros(n_buckets, np.int64),
             "levels_out": np.zeros(size, np.int64)}
-    kinds = {"stream": Arr(UINT8, length="at_least", shrink_match="bit_end"), "bit_offset": Int(0, end),
-             "bit_end": Int(0, 8 * stream.size), "bucket_offsets": Arr(INT64), "float_bits": Choice((32, 64)),
-             "norm_patterns_out": Arr(INT64, output=True, length="shape"),
-             "levels_out": Arr(INT64, output=True, length="shape")}
-    # the offsets give P here (levels_out must match them): no "past P" spoiler
-    custom = offsets_spoilers(offsets, rng, "bucket_offsets", past_end=False)
+    custom = []
     if end > bit_offset:
         custom.append(("a code cut short", "bit_end", end - 1, (ValueError,), "ends|past the end"))
     if size:
         dirty = np.zeros(size, np.int64)
         dirty[int(rng.integers(0, size))] = 1
         custom.append(("levels_out not zero-filled", "levels_out", dirty, (ValueError,), "levels_out"))
-    return Call(args, kinds, custom)
+    return Call(args, custom=custom)
 
 
 # --- powersgd --------------------------------------------------------------------------------------
