@@ -58,7 +58,7 @@ import numba
 import numpy as np
 
 from fedsim.kernels import JIT_OPTIONS, checks
-from fedsim.kernels.checks import checked
+from fedsim.kernels.checks import FLOAT, Array, Real, checked
 from fedsim.kernels.selection import NONFINITE_MESSAGE
 
 # Relative drop tolerance of the orthogonalization: sqrt(eps) of the data dtype (module docstring).
@@ -131,15 +131,12 @@ def _orthogonalize_core(p, tolerance, out):
     return kept
 
 
-@checked(_orthogonalize_core)
+@checked(_orthogonalize_core, p=Array(FLOAT, ndim=2), tolerance=Real(0.0),
+         out=Array(FLOAT, output=True, shape=lambda p: p.shape, like="p"))
 def orthogonalize(p, tolerance, out):
     """Gram-Schmidt on the r columns of ``p`` (n, r; float32 or float64, C-contiguous) into ``out`` (n, r,
     ``p``'s dtype, C-contiguous, writable); returns the number of kept (nonzero) columns. Definition, drop
     rule and ``tolerance`` (finite, >= 0): module docstring."""
-    checks.array("p", p, checks.FLOAT, 2)
-    tolerance = checks.real("tolerance", tolerance, 0.0)
-    checks.output_like("out", out, "p", p, p.shape)
-    return p, tolerance, out
 
 
 def _scaled_norm_numpy(column):
@@ -197,20 +194,22 @@ def _low_rank_product_core(left, right, out):
                 out[i, j] = out[i, j] + weight * transposed[t, j]
 
 
-@checked(_low_rank_product_core)
+def _has_rank(left):
+    if left.shape[1] < 1:
+        raise ValueError(f"left must have r >= 1 columns (the rank), got shape {left.shape}")
+
+
+def _same_rank(left, right):
+    if right.shape[1] != left.shape[1]:
+        raise ValueError(f"right must have the r = {left.shape[1]} columns of left, got shape {right.shape}")
+
+
+@checked(_low_rank_product_core, left=Array(FLOAT, ndim=2, then=_has_rank),
+         right=Array(FLOAT, ndim=2, like="left", then=_same_rank),
+         out=Array(FLOAT, output=True, shape=lambda left, right: (left.shape[0], right.shape[0]), like="left"))
 def low_rank_product(left, right, out):
     """``out`` (n, m) = ``left`` (n, r) times ``right`` (m, r) transposed, summed over the rank in order
     (r >= 1; float32 or float64 of one dtype, C-contiguous, ``out`` writable)."""
-    checks.array("left", left, checks.FLOAT, 2)
-    n, rank = left.shape
-    if rank < 1:
-        raise ValueError(f"left must have r >= 1 columns (the rank), got shape {left.shape}")
-    checks.array("right", right, checks.FLOAT, 2)
-    checks.same_dtype("right", right, "left", left)
-    if right.shape[1] != rank:
-        raise ValueError(f"right must have the r = {rank} columns of left, got shape {right.shape}")
-    checks.output_like("out", out, "left", left, (n, right.shape[0]))
-    return left, right, out
 
 
 def low_rank_product_numpy(left, right, out):
@@ -258,6 +257,36 @@ def _power_step_py_func(matrices, q, tolerance, decoded_out):
 _power_step_core.py_func = _power_step_py_func
 
 
+class _SenderMatrices(Array):
+    """A (K, n, m) float32/float64 array of K >= 1 matrices, any strides (only NumPy reads it)."""
+
+    def __init__(self):
+        super().__init__(FLOAT, ndim=3, contiguous=False)
+
+    def check(self, name, value, values):
+        return _sender_matrices(name, value)
+
+
+class _WarmStart(Array):
+    """The (m, r) factor, r >= 1, of the matrices' dtype, any strides."""
+
+    def __init__(self):
+        super().__init__(FLOAT, ndim=2, contiguous=False, like="matrices")
+
+    def check(self, name, value, values):
+        return _warm_start(value, values[self._like_index])
+
+
+class _DecodedOut(Array):
+    """(K, n, m) of the matrices' dtype, writable, each decoded_out[k] C-contiguous."""
+
+    def __init__(self):
+        super().__init__(FLOAT, ndim=3, output=True, shape=lambda matrices: matrices.shape, like="matrices")
+
+    def check(self, name, value, values):
+        return _decoded_out(value, values[self._like_index])
+
+
 def _sender_matrices(name, value):
     """A (K, n, m) float32/float64 array of K >= 1 matrices, any strides (only NumPy reads it)."""
     if not isinstance(value, np.ndarray):
@@ -300,7 +329,8 @@ def _decoded_out(decoded_out, matrices):
     return decoded_out
 
 
-@checked(_power_step_core)
+@checked(_power_step_core, matrices=_SenderMatrices(), q=_WarmStart(), tolerance=Real(0.0),
+         decoded_out=_DecodedOut())
 def power_step(matrices, q, tolerance, decoded_out):
     """One PowerSGD power step (module docstring) with the jitted kernels.
 
@@ -320,11 +350,6 @@ def power_step(matrices, q, tolerance, decoded_out):
     -------
     (P_hat (n, r), Q_k (K, m, r), Q_new = mean_k Q_k (m, r))
     """
-    _sender_matrices("matrices", matrices)
-    _warm_start(q, matrices)
-    tolerance = checks.real("tolerance", tolerance, 0.0)
-    _decoded_out(decoded_out, matrices)
-    return matrices, q, tolerance, decoded_out
 
 
 def power_step_numpy(matrices, q, tolerance, decoded_out):
