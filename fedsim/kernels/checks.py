@@ -85,8 +85,6 @@ def checked(core, extra=None, **contract):
     def decorate(public):
         signature = inspect.signature(public)
         names = tuple(signature.parameters)
-        if not contract:                   # (not yet migrated: the decorated function is the check)
-            return _kernel(core, public, public, None, None)
         if set(contract) != set(names):
             raise TypeError(f"{public.__name__}: the contract names {sorted(contract)}, the signature "
                             f"{list(names)}")
@@ -450,29 +448,10 @@ def any_ndim(name, value, dtypes):
     return array(name, value, dtypes, value.ndim)
 
 
-def float_vector(name, value):
-    """A C-contiguous 1-D float32 or float64 array."""
-    return array(name, value, FLOAT)
-
-
-def output(name, value, dtypes, length):
-    """A writable C-contiguous 1-D array of one of ``dtypes`` with at least ``length`` entries."""
-    array(name, value, dtypes, 1, True)
-    if value.shape[0] < length:
-        raise ValueError(f"{name} has {value.shape[0]} entries, needs at least {length}")
-    return value
-
-
 def same_dtype(name, value, like_name, like):
     if value.dtype != like.dtype:
         raise TypeError(f"{name} must have the dtype of {like_name} ({like.dtype}), got {value.dtype}")
     return value
-
-
-def output_like(name, value, like_name, like, shape):
-    """A writable C-contiguous float array of exactly ``shape`` in the dtype of ``like``."""
-    shaped(name, value, FLOAT, shape, True)
-    return same_dtype(name, value, like_name, like)
 
 
 def shaped(name, value, dtypes, shape, writable=False):
@@ -522,14 +501,6 @@ def flag(name, value):
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
     return bool(value)
-
-
-def float_bits(name, value):
-    """The width of an encoded float: 32 or 64."""
-    value = integer(name, value, 0, 64)
-    if value not in FLOAT_BIT_WIDTHS:
-        raise ValueError(f"{name} must be 32 or 64, got {value}")
-    return value
 
 
 def segment_count(name, offsets, total):

@@ -208,7 +208,7 @@ def _check_bits(signed_levels, bucket_offsets, norms, float_bits, ndim=1):
     _within_omega(signed_levels)
     n_buckets = checks.segment_count("bucket_offsets", bucket_offsets, signed_levels.shape[-1])
     checks.shaped("norms", norms, checks.FLOAT, signed_levels.shape[:-1] + (n_buckets,))
-    return signed_levels, bucket_offsets, norms, checks.float_bits("float_bits", float_bits)
+    return signed_levels, bucket_offsets, norms, checks.FLOAT_BITS.check("float_bits", float_bits, None)
 
 
 @checked(_qsgd_bits_core, signed_levels=SIGNED_LEVELS, bucket_offsets=ROW_BUCKETS,
