@@ -258,21 +258,21 @@ def unpack_signs_from(stream, bit_offset, count, signs_out):
 
 @_jit
 def _pack_signs_core(signs):
-    """:func:`pack_signs` without the argument checks."""
+    """:func:`_pack_signs` without the argument checks."""
     stream = np.zeros((signs.shape[0] + 7) // 8, np.uint8)
     _pack_signs_into_core(signs, stream, 0)
     return stream
 
 
 @checked(_pack_signs_core, signs=INTEGERS)
-def pack_signs(signs):
+def _pack_signs(signs):
     """Signs (+-1, a 1-D array of any integer dtype) as a bit stream: bit 1 for -1; equals
     ``np.packbits(signs < 0)``."""
 
 
-def pack_signs_numpy(signs):
-    """NumPy twin of :func:`pack_signs`."""
-    (signs,) = pack_signs.check(signs)
+def _pack_signs_numpy(signs):
+    """NumPy twin of :func:`_pack_signs`."""
+    (signs,) = _pack_signs.check(signs)
     if np.any((signs != 1) & (signs != -1)):
         raise ValueError("only signs +1 and -1 can be packed")
     return np.packbits(signs < 0)
@@ -280,19 +280,19 @@ def pack_signs_numpy(signs):
 
 @_jit
 def _unpack_signs_core(stream, count):
-    """:func:`unpack_signs` without the argument checks."""
+    """:func:`_unpack_signs` without the argument checks."""
     signs = np.empty(count, np.int8)
     _unpack_signs_from_core(stream, 0, count, signs)
     return signs
 
 
 @checked(_unpack_signs_core, stream=Stream(bits=_count, message=SIGNS_MESSAGE), count=COUNT)
-def unpack_signs(stream, count):
-    """Inverse of :func:`pack_signs`: ``count`` int8 signs (+-1), ``count <= 8 len(stream)``."""
+def _unpack_signs(stream, count):
+    """Inverse of :func:`_pack_signs`: ``count`` int8 signs (+-1), ``count <= 8 len(stream)``."""
 
 
-def unpack_signs_numpy(stream, count):
-    """NumPy twin of :func:`unpack_signs`."""
-    stream, count = unpack_signs.check(stream, count)
+def _unpack_signs_numpy(stream, count):
+    """NumPy twin of :func:`_unpack_signs`."""
+    stream, count = _unpack_signs.check(stream, count)
     bits = np.unpackbits(stream, count=count)
     return (1 - 2 * bits.astype(np.int8)).astype(np.int8)

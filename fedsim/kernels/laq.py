@@ -47,14 +47,14 @@ outputs written, nothing returned)::
     error      (M,)   float64    out: e = ||Q - g||^2
     innovation (M,)   float64    out: ||Q - Q_prev||^2 (what the LAQ upload rule compares)
 
-:func:`quantize_innovation` validates, allocates and calls one of them; :func:`laq_dequantize` is the
+:func:`quantize_innovation` validates, allocates and calls one of them; :func:`_laq_dequantize` is the
 server's side (codes + R -> Q).
 
 Arguments. :func:`laq_quantize` and its twin check the contract above in plain Python before any jitted
 code runs (:mod:`fedsim.kernels.checks`): C-contiguous arrays of the stated shapes and dtypes, outputs
 writable, ``bits`` in [1, 16] and a code dtype wide enough for it (uint16 beyond 8 bits); a violation
 raises ValueError (TypeError for a wrong type or dtype) naming the argument. The jitted core
-``_laq_quantize_core`` trusts its arguments. :func:`laq_dequantize` checks its shapes, the codes
+``_laq_quantize_core`` trusts its arguments. :func:`_laq_dequantize` checks its shapes, the codes
 (integers in [0, 2^b - 1]) and the radii (finite and >= 0: a NaN radius is a diverged worker, whose
 upload the server must not reconstruct).
 """
@@ -414,7 +414,7 @@ def quantize_innovation(gradients: np.ndarray, previous: np.ndarray, bits: int,
 
 
 def _check_dequantize(codes, previous, radius, bits):
-    """(codes, previous, radius as float64) for :func:`laq_dequantize`, or ValueError / TypeError."""
+    """(codes, previous, radius as float64) for :func:`_laq_dequantize`, or ValueError / TypeError."""
     for name, value in (("codes", codes), ("previous", previous), ("radius", radius)):
         if not isinstance(value, np.ndarray):
             raise TypeError(f"{name} must be a NumPy array, got {type(value).__name__}")
@@ -439,7 +439,7 @@ def _check_dequantize(codes, previous, radius, bits):
     return codes, previous, r
 
 
-def laq_dequantize(codes: np.ndarray, previous: np.ndarray, radius: np.ndarray, bits: int) -> np.ndarray:
+def _laq_dequantize(codes: np.ndarray, previous: np.ndarray, radius: np.ndarray, bits: int) -> np.ndarray:
     """The server's reconstruction ``Q = Q_prev + 2 tau R q - R`` from what was sent.
 
     The same arithmetic as the quantizer (``Q_prev + (q delta - R)``, or ``Q_prev + R (q / h - 1)`` for

@@ -7,7 +7,7 @@ arrays ``P`` / ``P_hat`` of shape ``(n, r)`` and ``Q`` of shape ``(m, r)``. The 
 their input (float32 or float64) except where said; non-finite input raises
 ``ValueError(sparsify.NONFINITE_MESSAGE)``.
 
-**Orthogonalization** (:func:`orthogonalize`), defined bit for bit. The r columns ``p_0 .. p_(r-1)`` of
+**Orthogonalization** (:func:`_orthogonalize`), defined bit for bit. The r columns ``p_0 .. p_(r-1)`` of
 ``P`` are converted to float64 and processed in order; ``norm(v)`` is the scaled 2-norm
 ``s * sqrt(sum_i (v_i / s)^2)`` with ``s = max_i |v_i|`` (0 when ``s = 0``), the sum taken sequentially in
 index order, so that no square under- or overflows::
@@ -71,7 +71,7 @@ _jit = numba.njit(**JIT_OPTIONS)
 
 
 def drop_tolerance(dtype) -> float:
-    """``tol`` of :func:`orthogonalize` for data of ``dtype`` (float32 or float64)."""
+    """``tol`` of :func:`_orthogonalize` for data of ``dtype`` (float32 or float64)."""
     return DROP_TOLERANCE[np.dtype(dtype)]
 
 
@@ -98,7 +98,7 @@ def _scaled_norm(columns, j):
 
 @_jit
 def _orthogonalize_core(p, tolerance, out):
-    """:func:`orthogonalize` without the argument checks (it still rejects non-finite entries of ``p``)."""
+    """:func:`_orthogonalize` without the argument checks (it still rejects non-finite entries of ``p``)."""
     n, rank = p.shape
     columns = np.empty((rank, n), np.float64)     # column j of p as row j: contiguous
     for i in range(n):
@@ -133,7 +133,7 @@ def _orthogonalize_core(p, tolerance, out):
 
 @checked(_orthogonalize_core, p=Array(FLOAT, ndim=2), tolerance=Real(0.0),
          out=Array(FLOAT, output=True, shape=lambda p: p.shape, like="p"))
-def orthogonalize(p, tolerance, out):
+def _orthogonalize(p, tolerance, out):
     """Gram-Schmidt on the r columns of ``p`` (n, r; float32 or float64, C-contiguous) into ``out`` (n, r,
     ``p``'s dtype, C-contiguous, writable); returns the number of kept (nonzero) columns. Definition, drop
     rule and ``tolerance`` (finite, >= 0): module docstring."""
@@ -148,9 +148,9 @@ def _scaled_norm_numpy(column):
     return largest * root, largest, root
 
 
-def orthogonalize_numpy(p, tolerance, out):
-    """NumPy twin of :func:`orthogonalize` (bitwise equal)."""
-    p, tolerance, out = orthogonalize.check(p, tolerance, out)
+def _orthogonalize_numpy(p, tolerance, out):
+    """NumPy twin of :func:`_orthogonalize` (bitwise equal)."""
+    p, tolerance, out = _orthogonalize.check(p, tolerance, out)
     if not np.all(np.isfinite(p)):
         raise ValueError(NONFINITE_MESSAGE)
     columns = np.ascontiguousarray(p.T, dtype=np.float64)
@@ -341,7 +341,7 @@ def power_step(matrices, q, tolerance, decoded_out):
     q : (m, r), same dtype, r >= 1
         The shared warm start Q (any strides).
     tolerance : float
-        The drop tolerance of :func:`orthogonalize` (finite, >= 0).
+        The drop tolerance of :func:`_orthogonalize` (finite, >= 0).
     decoded_out : (K, n, m), same dtype, writable
         Out: ``decoded_k = P_hat Q_k^T`` (:func:`low_rank_product`); each ``decoded_out[k]``
         C-contiguous.
@@ -355,8 +355,8 @@ def power_step(matrices, q, tolerance, decoded_out):
 def power_step_numpy(matrices, q, tolerance, decoded_out):
     """:func:`power_step` built on the NumPy twins (bitwise equal to it)."""
     matrices, q, tolerance, decoded_out = power_step.check(matrices, q, tolerance, decoded_out)
-    return _power_step(matrices, q, tolerance, decoded_out, orthogonalize_numpy, low_rank_product_numpy)
+    return _power_step(matrices, q, tolerance, decoded_out, _orthogonalize_numpy, low_rank_product_numpy)
 
 
-__all__ = ["DROP_TOLERANCE", "drop_tolerance", "low_rank_product", "low_rank_product_numpy", "orthogonalize",
-           "orthogonalize_numpy", "power_step", "power_step_numpy"]
+__all__ = ["DROP_TOLERANCE", "drop_tolerance", "low_rank_product", "low_rank_product_numpy", "power_step",
+           "power_step_numpy"]

@@ -48,7 +48,7 @@ index difference to the previous nonzero after that. Then an end marker, ``omega
 the local index of the bucket's last nonzero (-1 if none): the gap to the virtual position n just past
 the bucket. The paper leaves the end of the code implicit (it counts the norm and the nonzeros only);
 the marker is what lets a decoder that knows n find where the next bucket starts, at about
-log2(gap) bits per bucket. Bits of a bucket (:func:`bucket_bits`)::
+log2(gap) bits per bucket. Bits of a bucket (:func:`_bucket_bits`)::
 
     F                                                                         norm = 0
     F + sum over nonzero i of (B(gap_i) + 1 + B(|level_i|)) + B(n - last)    norm > 0
@@ -170,7 +170,7 @@ ROW_BUCKETS = Offsets(total=lambda signed_levels: signed_levels.shape[-1])
 
 @_jit
 def _bucket_bits_core(signed_levels, norm_nonzero, float_bits):
-    """:func:`bucket_bits` without the argument checks."""
+    """:func:`_bucket_bits` without the argument checks."""
     if not norm_nonzero:
         return float_bits
     total = float_bits
@@ -186,7 +186,7 @@ def _bucket_bits_core(signed_levels, norm_nonzero, float_bits):
 
 
 @checked(_bucket_bits_core, signed_levels=SIGNED_LEVELS, norm_nonzero=Flag(), float_bits=checks.FLOAT_BITS)
-def bucket_bits(signed_levels, norm_nonzero, float_bits):
+def _bucket_bits(signed_levels, norm_nonzero, float_bits):
     """Encoded bits of one bucket (module docstring) from its signed levels (1-D integers within
     +-(2^62 - 1)), whether its norm is nonzero (a bool) and the width of the norm (32 or 64)."""
 
@@ -214,7 +214,7 @@ def _check_bits(signed_levels, bucket_offsets, norms, float_bits, ndim=1):
 @checked(_qsgd_bits_core, signed_levels=SIGNED_LEVELS, bucket_offsets=ROW_BUCKETS,
          norms=Array(checks.FLOAT, shape=_buckets), float_bits=checks.FLOAT_BITS)
 def qsgd_bits(signed_levels, bucket_offsets, norms, float_bits):
-    """Encoded bits of one row's message: the sum of :func:`bucket_bits` over its buckets.
+    """Encoded bits of one row's message: the sum of :func:`_bucket_bits` over its buckets.
 
     ``signed_levels`` (P,) integers within +-(2^62 - 1), ``bucket_offsets`` (B + 1,) int64 tiling [0, P)
     (from 0 to P, non-decreasing), ``norms`` (B,) float32 or float64 (only whether each is nonzero

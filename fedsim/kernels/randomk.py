@@ -174,7 +174,7 @@ def _below(z, bound):
 
 @_jit
 def _splitmix64_core(state, count, out):
-    """:func:`splitmix64` without the argument checks."""
+    """:func:`_splitmix64` without the argument checks."""
     start = np.uint64(state)
     for n in range(count):
         out[n] = _output(start, np.uint64(n + 1))
@@ -182,14 +182,14 @@ def _splitmix64_core(state, count, out):
 
 @checked(_splitmix64_core, state=_UInt64(), count=Count(),
          out=Array(checks.UINT64, output=True, at_least=_count))
-def splitmix64(state, count, out):
+def _splitmix64(state, count, out):
     """``out[:count]`` = the first ``count`` outputs of SplitMix64 started at ``state`` (an integer in
     [0, 2^64)); ``out`` is a uint64 vector of at least ``count`` entries."""
 
 
-def splitmix64_numpy(state, count, out):
-    """NumPy twin of :func:`splitmix64`."""
-    state, count, out = splitmix64.check(state, count, out)
+def _splitmix64_numpy(state, count, out):
+    """NumPy twin of :func:`_splitmix64`."""
+    state, count, out = _splitmix64.check(state, count, out)
     out[:count] = _mix_numpy(np.uint64(state) + np.arange(1, count + 1, dtype=np.uint64) * _GAMMA)
 
 

@@ -36,7 +36,7 @@ form one value ``v = d_0 + 3 d_1 + 9 d_2 + 27 d_3 + 81 d_4 <= 242`` written in 8
 ``r = N mod 5`` digits (if r > 0) is written in ``REMAINDER_BITS[r] = ceil(log2(3^r))`` = 2, 4, 5, 7 bits
 (a whole byte would be as easy and waste up to 6 bits per segment). Fields are most significant bit first
 in the bit order of :mod:`fedsim.kernels.golomb`. The code of N digits takes, in closed form,
-``8 floor(N / 5) + REMAINDER_BITS[N mod 5]`` bits (:func:`ternary_code_bits`). The decoder rejects a group
+``8 floor(N / 5) + REMAINDER_BITS[N mod 5]`` bits (:func:`_ternary_code_bits`). The decoder rejects a group
 value >= 3^r.
 
 Every kernel ``foo`` has a NumPy twin ``foo_numpy``, bitwise equal; non-finite input raises
@@ -80,24 +80,24 @@ COUNT = Count(0, checks.COUNT_MAX)
 
 @_jit
 def _ternary_code_bits_core(count):
-    """:func:`ternary_code_bits` without the argument checks."""
+    """:func:`_ternary_code_bits` without the argument checks."""
     return GROUP_BITS * (count // GROUP) + REMAINDER_BITS[count % GROUP]
 
 
 @checked(_ternary_code_bits_core, count=COUNT)
-def ternary_code_bits(count):
+def _ternary_code_bits(count):
     """Bits of the base-3 code of ``count`` digits (an integer in [0, 2^62)): 8 floor(count / 5) +
     REMAINDER_BITS[count mod 5]."""
 
 
-def ternary_code_bits_numpy(count):
-    """NumPy twin of :func:`ternary_code_bits` (also for arrays of counts: integers in [0, 2^62))."""
+def _ternary_code_bits_numpy(count):
+    """NumPy twin of :func:`_ternary_code_bits` (also for arrays of counts: integers in [0, 2^62))."""
     if isinstance(count, np.ndarray):
         checks.array("count", count, checks.INTEGER, count.ndim)
         if count.size and (count.min() < 0 or count.max() > checks.COUNT_MAX):
             raise ValueError(f"count must hold integers in [0, {checks.COUNT_MAX}]")
     else:
-        (count,) = ternary_code_bits.check(count)
+        (count,) = _ternary_code_bits.check(count)
     count = np.asarray(count, np.int64)
     return GROUP_BITS * (count // GROUP) + np.asarray(REMAINDER_BITS, np.int64)[count % GROUP]
 
@@ -294,7 +294,7 @@ def terngrad_batch_numpy(updates, segment_offsets, uniforms, clip, float_bits, d
             scale = _ternarize_segment_numpy(updates[row, start:stop], uniforms[row, start:stop], clip,
                                              decoded_out[row, start:stop])
             scales_out[row, j] = scale
-            total_bits += (float_bits + int(ternary_code_bits_numpy(stop - start))) if scale != 0 \
+            total_bits += (float_bits + int(_ternary_code_bits_numpy(stop - start))) if scale != 0 \
                 else float_bits
         encoded_bits_out[row] = total_bits
 
@@ -350,7 +350,7 @@ def _count_bits(count):
          bit_offset=COUNT)
 def pack_ternary_into(codes, stream, bit_offset):
     """Write the base-3 code of ``codes`` (1-D integers in {-1, 0, +1}, int8 in practice) from
-    ``bit_offset``; returns the offset after it (``bit_offset + ternary_code_bits(len(codes))``, which
+    ``bit_offset``; returns the offset after it (``bit_offset + _ternary_code_bits(len(codes))``, which
     must not pass the end of ``stream``)."""
 
 
@@ -384,7 +384,7 @@ def unpack_ternary_from(stream, bit_offset, count, codes_out):
 
 @_jit
 def _pack_ternary_core(codes):
-    """:func:`pack_ternary` without the argument checks."""
+    """:func:`_pack_ternary` without the argument checks."""
     n_bits = _ternary_code_bits_core(codes.shape[0])
     stream = np.zeros((n_bits + 7) // 8, np.uint8)
     _pack_ternary_into_core(codes, stream, 0)
@@ -392,13 +392,13 @@ def _pack_ternary_core(codes):
 
 
 @checked(_pack_ternary_core, codes=CODES)
-def pack_ternary(codes):
+def _pack_ternary(codes):
     """``codes`` (1-D integers in {-1, 0, +1}) as a base-3 code: (stream uint8, number of bits)."""
 
 
-def pack_ternary_numpy(codes):
-    """NumPy twin of :func:`pack_ternary`."""
-    (codes,) = pack_ternary.check(codes)
+def _pack_ternary_numpy(codes):
+    """NumPy twin of :func:`_pack_ternary`."""
+    (codes,) = _pack_ternary.check(codes)
     if np.any((codes != 0) & (codes != 1) & (codes != -1)):
         raise ValueError("ternary codes must be -1, 0 or +1")
     digits = np.where(codes < 0, 2, codes).astype(np.int64)
@@ -417,21 +417,21 @@ def pack_ternary_numpy(codes):
 
 @_jit
 def _unpack_ternary_core(stream, count):
-    """:func:`unpack_ternary` without the argument checks."""
+    """:func:`_unpack_ternary` without the argument checks."""
     codes = np.empty(count, np.int8)
     _unpack_ternary_from_core(stream, 0, count, codes)
     return codes
 
 
 @checked(_unpack_ternary_core, stream=Stream(bits=_count_bits, message=FIELD_MESSAGE), count=COUNT)
-def unpack_ternary(stream, count):
-    """Inverse of :func:`pack_ternary`: ``count`` int8 codes (their code must fit in ``stream``)."""
+def _unpack_ternary(stream, count):
+    """Inverse of :func:`_pack_ternary`: ``count`` int8 codes (their code must fit in ``stream``)."""
 
 
-def unpack_ternary_numpy(stream, count):
-    """NumPy twin of :func:`unpack_ternary`."""
-    stream, count = unpack_ternary.check(stream, count)
-    n_bits = int(ternary_code_bits_numpy(count))
+def _unpack_ternary_numpy(stream, count):
+    """NumPy twin of :func:`_unpack_ternary`."""
+    stream, count = _unpack_ternary.check(stream, count)
+    n_bits = int(_ternary_code_bits_numpy(count))
     bits = np.unpackbits(stream)
     full = count // GROUP
     values = [np.packbits(bits[:full * GROUP_BITS].reshape(full, GROUP_BITS), axis=1)[:, 0].astype(np.int64)]

@@ -710,7 +710,7 @@ def build_pack_ternary_into(draw):
     rng = rng_of(draw)
     codes = _ternary_codes(draw, rng)
     bit_offset = draw(st.integers(0, 13))
-    stream = stream_of(rng, bit_offset + terngrad.ternary_code_bits(codes.size))
+    stream = stream_of(rng, bit_offset + terngrad._ternary_code_bits(codes.size))
     return Call({"codes": codes, "stream": stream, "bit_offset": bit_offset},
                 custom=bad_sign("codes", codes, rng, (2, -2, 5), "ternary codes"))
 
@@ -718,7 +718,7 @@ def build_pack_ternary_into(draw):
 def _packed(draw, rng):
     codes = _ternary_codes(draw, rng)
     bit_offset = draw(st.integers(0, 13))
-    stream = stream_of(rng, bit_offset + terngrad.ternary_code_bits(codes.size))
+    stream = stream_of(rng, bit_offset + terngrad._ternary_code_bits(codes.size))
     terngrad.pack_ternary_into(codes, stream, bit_offset)
     custom = []
     if codes.size >= 5:
@@ -744,7 +744,7 @@ def build_pack_ternary(draw):
 def build_unpack_ternary(draw):
     rng = rng_of(draw)
     codes = _ternary_codes(draw, rng)
-    stream, _ = terngrad.pack_ternary(codes)
+    stream, _ = terngrad._pack_ternary(codes)
     custom = []
     if codes.size >= 5:
         corrupt = stream.copy()
@@ -1069,27 +1069,27 @@ CASES = {
         Case("read_uints", bitstream.read_uints, None, build_read_uints),
         Case("pack_signs_into", bitstream.pack_signs_into, None, build_pack_signs_into),
         Case("unpack_signs_from", bitstream.unpack_signs_from, None, build_unpack_signs_from),
-        Case("pack_signs", bitstream.pack_signs, bitstream.pack_signs_numpy, build_pack_signs),
-        Case("unpack_signs", bitstream.unpack_signs, bitstream.unpack_signs_numpy, build_unpack_signs),
+        Case("pack_signs", bitstream._pack_signs, bitstream._pack_signs_numpy, build_pack_signs),
+        Case("unpack_signs", bitstream._unpack_signs, bitstream._unpack_signs_numpy, build_unpack_signs),
         Case("sparse_segment_bits", golomb.sparse_segment_bits, None, build_sparse_segment_bits),
     ],
     "laq": [
         Case("laq_quantize", laq.laq_quantize, laq.laq_quantize_numpy, build_laq_quantize),
         Case("quantize_innovation", laq.quantize_innovation, None, build_quantize_innovation),
-        Case("laq_dequantize", laq.laq_dequantize, None, build_laq_dequantize),
+        Case("laq_dequantize", laq._laq_dequantize, None, build_laq_dequantize),
     ],
     "terngrad": [
-        Case("ternary_code_bits", terngrad.ternary_code_bits, terngrad.ternary_code_bits_numpy,
+        Case("ternary_code_bits", terngrad._ternary_code_bits, terngrad._ternary_code_bits_numpy,
              build_ternary_code_bits),
         Case("segment_bits", terngrad.segment_bits, None, build_segment_bits),
         Case("terngrad_batch", terngrad.terngrad_batch, terngrad.terngrad_batch_numpy, build_terngrad_batch),
         Case("pack_ternary_into", terngrad.pack_ternary_into, None, build_pack_ternary_into),
         Case("unpack_ternary_from", terngrad.unpack_ternary_from, None, build_unpack_ternary_from),
-        Case("pack_ternary", terngrad.pack_ternary, terngrad.pack_ternary_numpy, build_pack_ternary),
-        Case("unpack_ternary", terngrad.unpack_ternary, terngrad.unpack_ternary_numpy, build_unpack_ternary),
+        Case("pack_ternary", terngrad._pack_ternary, terngrad._pack_ternary_numpy, build_pack_ternary),
+        Case("unpack_ternary", terngrad._unpack_ternary, terngrad._unpack_ternary_numpy, build_unpack_ternary),
     ],
     "randomk": [
-        Case("splitmix64", randomk.splitmix64, randomk.splitmix64_numpy, build_splitmix64),
+        Case("splitmix64", randomk._splitmix64, randomk._splitmix64_numpy, build_splitmix64),
         Case("random_positions", randomk.random_positions, randomk.random_positions_numpy,
              build_random_positions),
         Case("randomk_compress_batch", randomk.randomk_compress_batch, randomk.randomk_compress_batch_numpy,
@@ -1099,14 +1099,14 @@ CASES = {
         Case("elias_omega_bits", omega._elias_omega_bits, omega._elias_omega_bits_numpy, build_elias_omega_bits),
         Case("write_elias_omega", omega._write_elias_omega, None, build_write_elias_omega),
         Case("read_elias_omega", omega._read_elias_omega, None, build_read_elias_omega),
-        Case("bucket_bits", qsgd.bucket_bits, None, build_bucket_bits),
+        Case("bucket_bits", qsgd._bucket_bits, None, build_bucket_bits),
         Case("qsgd_bits", qsgd.qsgd_bits, qsgd.qsgd_bits_numpy, build_qsgd_bits),
         Case("qsgd_quantize", qsgd.qsgd_quantize, qsgd.qsgd_quantize_numpy, build_qsgd_quantize),
         Case("qsgd_encode_into", qsgd.qsgd_encode_into, None, build_qsgd_encode_into),
         Case("qsgd_decode_from", qsgd.qsgd_decode_from, None, build_qsgd_decode_from),
     ],
     "powersgd": [
-        Case("orthogonalize", powersgd.orthogonalize, powersgd.orthogonalize_numpy, build_orthogonalize),
+        Case("orthogonalize", powersgd._orthogonalize, powersgd._orthogonalize_numpy, build_orthogonalize),
         Case("low_rank_product", powersgd.low_rank_product, powersgd.low_rank_product_numpy,
              build_low_rank_product),
         Case("power_step", powersgd.power_step, powersgd.power_step_numpy, build_power_step),
@@ -1285,7 +1285,7 @@ CRASHED_BEFORE = {
         lambda g: terngrad.unpack_ternary_from(np.zeros(2000, np.uint8), 0, 8000, g(1, np.int8)),
         ValueError, "codes_out"),
     "splitmix64 (short out)": (
-        "wrote past out", lambda g: randomk.splitmix64(3, 3000, g(1, np.uint64)), ValueError, "out"),
+        "wrote past out", lambda g: randomk._splitmix64(3, 3000, g(1, np.uint64)), ValueError, "out"),
     "random_positions (short positions_out)": (
         "wrote past positions_out",
         lambda g: randomk.random_positions(1, 0, 5000, 3000, g(1, np.int64)), ValueError, "positions_out"),
@@ -1302,7 +1302,7 @@ CRASHED_BEFORE = {
         ValueError, "radius"),
     "laq_dequantize (NaN radius)": (
         "silently returned Q_prev",
-        lambda g: laq.laq_dequantize(np.zeros((1, 3), np.uint8), np.zeros((1, 3)), np.array([np.nan]), 4),
+        lambda g: laq._laq_dequantize(np.zeros((1, 3), np.uint8), np.zeros((1, 3)), np.array([np.nan]), 4),
         ValueError, "radius"),
     "qsgd_quantize (short decoded_out)": (
         "SIGSEGV", lambda g: _qsgd_with(5, g(10, np.float64, (1, 10)), 1, 5000), ValueError, "decoded_out"),
@@ -1364,11 +1364,11 @@ CRASHED_BEFORE = {
         "bit_offset"),
     "orthogonalize (short out)": (
         "SIGSEGV (heap corruption)",
-        lambda g: powersgd.orthogonalize(np.ones((3000, 2)), 1e-4, g(2, np.float64, (1, 2))), ValueError,
+        lambda g: powersgd._orthogonalize(np.ones((3000, 2)), 1e-4, g(2, np.float64, (1, 2))), ValueError,
         "out"),
     "orthogonalize (NaN tolerance)": (
         "silently dropped every column",
-        lambda g: powersgd.orthogonalize(np.eye(3), np.nan, np.zeros((3, 3))), ValueError, "tolerance"),
+        lambda g: powersgd._orthogonalize(np.eye(3), np.nan, np.zeros((3, 3))), ValueError, "tolerance"),
     "low_rank_product (short out)": (
         "wrote past out",
         lambda g: powersgd.low_rank_product(np.ones((100, 2)), np.ones((100, 2)), g(4, np.float64, (2, 2))),
