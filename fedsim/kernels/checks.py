@@ -92,14 +92,14 @@ def checked(core, extra=None, **contract):
         # the arguments they name.
         steps = tuple((names.index(name), name, contract[name].at_positions(names))
                       for name in _order(names, contract))
-        steps = tuple((i, name, spec, spec.then) for i, name, spec in steps)
+        steps = tuple((i, name, spec.check, spec.then) for i, name, spec in steps)
         relations = None if extra is None else _positional(extra, names)
 
         def check(*args, **kwargs):
             values = list(args if not kwargs and len(args) == len(names) else
                           _bind(signature, names, args, kwargs))
-            for i, name, spec, then in steps:
-                values[i] = spec.check(name, values[i], values)
+            for i, name, check_spec, then in steps:
+                values[i] = check_spec(name, values[i], values)
                 if then is not None:
                     then(values)
             if relations is not None:

@@ -7,8 +7,11 @@ argument, never a crash and never a silent result.
   a read-only output, an output one entry too short (or an exact-shape array one entry too long), a count,
   offset, width or index out of range, NaN or inf, a code out of range, decreasing offsets... A spoiled call
   must raise the documented exception with a message naming the argument (the twin the same exception type);
-  an unspoiled call must be accepted. The loops run in a child process (this file run as a script), so
-  that a segfault fails the test instead of killing pytest.
+  an unspoiled call must be accepted. What each argument is, and so which spoilers apply, is read from the
+  kernel's declared contract (``kernel.contract``, fedsim.kernels.checks; :func:`declared`); the builders
+  make valid random calls and list beside them only the cases of the relations a spec cannot say (the
+  kernel's ``extra`` and ``then`` checks) and of the data (NaN or inf entries). The loops run in a child
+  process (this file run as a script), so that a segfault fails the test instead of killing pytest.
 * One hand-picked call per kernel that crashed or corrupted memory before the argument checks, run here
   in the main process (the canaries behind the short buffers must survive).
 """
@@ -795,7 +798,6 @@ def build_randomk_compress_batch(draw):
 
 # --- qsgd ------------------------------------------------------------------------------------------
 
-LEVEL_DTYPES = (np.dtype(np.int16), np.dtype(np.int32))
 SIGNED_DTYPES = (np.int8, np.int16, np.int32, np.int64)
 
 
