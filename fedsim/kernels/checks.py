@@ -76,12 +76,13 @@ def checked(core, extra=None, **contract):
     arguments is a function whose parameters are named after them (``at_least=lambda k, x: min(k,
     x.shape[0])``), or just the name of the argument whose length it is (``within="x"``); it sees those
     arguments checked: the specs run in signature order, except that a spec runs after the arguments its
-    bounds name. Then ``extra``, a function of the checked arguments it names (declared next to the
-    kernel), checks the relations a spec cannot say. The kernel keeps the specs as ``.contract`` and
-    ``extra`` as ``.extra`` (the hostile-argument tests read them) and has ``.core``, ``.check`` and
-    ``.py_func`` (module docstring). A relation that must hold before later arguments are checked (their
-    bounds rely on it) is a spec's ``then``: a function of the arguments it names, run right after the
-    spec's own check."""
+    bounds name.
+
+    Relations a spec cannot say are small functions of the arguments they name, declared next to the
+    kernel: a spec's ``then`` runs right after that spec (for a relation that later bounds rely on), and
+    ``extra`` after all of them. The kernel keeps the specs as ``.contract`` and ``extra`` as ``.extra``
+    (the hostile-argument tests read them) and has ``.core``, ``.check`` and ``.py_func`` (module
+    docstring)."""
     def decorate(public):
         signature = inspect.signature(public)
         names = tuple(signature.parameters)
@@ -90,9 +91,9 @@ def checked(core, extra=None, **contract):
                             f"{list(names)}")
         # Each spec with its bounds reading the arguments by position (no per-call dictionary), run after
         # the arguments they name.
-        steps = tuple((names.index(name), name, contract[name].at_positions(names))
+        specs = {name: contract[name].at_positions(names) for name in names}
+        steps = tuple((names.index(name), name, specs[name].check, specs[name].then)
                       for name in _order(names, contract))
-        steps = tuple((i, name, spec.check, spec.then) for i, name, spec in steps)
         relations = None if extra is None else _positional(extra, names)
 
         def check(*args, **kwargs):
