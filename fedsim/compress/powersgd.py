@@ -16,7 +16,7 @@ in the state::
 
     P_k = M_k Q                       sender k uploads P_k (n r floats)
     P   = (1/K) sum_k P_k             the all-reduce (the server's mean)
-    P_hat = orthogonalize(P)          Gram-Schmidt, fedsim.kernels.powersgd.orthogonalize; sent to all
+    P_hat = orthogonalize(P)          Gram-Schmidt, fedsim.kernels.powersgd._orthogonalize; sent to all
     Q_k = M_k^T P_hat                 sender k uploads Q_k (m r floats)
     decoded_k = P_hat Q_k^T           what sender k's two uploads reconstruct
     Q  <- (1/K) sum_k Q_k             the next round's warm start

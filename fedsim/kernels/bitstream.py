@@ -28,7 +28,7 @@ import numba
 import numpy as np
 
 from fedsim.kernels import JIT_OPTIONS, checks
-from fedsim.kernels.checks import checked
+from fedsim.kernels.checks import Array, Count, Stream, checked
 
 _jit = numba.njit(**JIT_OPTIONS)
 
@@ -42,33 +42,68 @@ SIGNS_MESSAGE = "bit stream ends before the last sign bit"
 # Argument checks shared by the kernels and their twins
 # ----------------------------------------------------------------------------------------------------
 
-def _width(width):
-    return checks.integer("width", width, 0, MAX_FIELD_BITS)
+class _FieldValue(Count):
+    """The value of a ``width``-bit field: in [0, 2^width), or for a 64-bit field any integer in
+    [-2^63, 2^64) (an int64 or uint64 bit pattern; passed on as the int64 with that pattern)."""
 
+    def __init__(self):
+        super().__init__(low=lambda width: -(1 << 63) if width == MAX_FIELD_BITS else 0,
+                         high=lambda width: (1 << MAX_FIELD_BITS) - 1 if width == MAX_FIELD_BITS else
+                         (1 << width) - 1)
 
-def _bit_offset(bit_offset, name="bit_offset"):
-    return checks.integer(name, bit_offset, 0, checks.COUNT_MAX)
-
-
-def _stream(stream, writable=False):
-    return checks.array("stream", stream, checks.UINT8, 1, writable)
-
-
-def _integers(name, values, writable=False):
-    return checks.array(name, values, checks.INTEGER, 1, writable)
-
-
-def _field_value(value, width):
-    """``value`` as the int64 the core writes: in [0, 2^width), or for a 64-bit field any integer in
-    [-2^63, 2^64) (an int64 or uint64 bit pattern; returned as the int64 with that pattern)."""
-    if width == MAX_FIELD_BITS:
-        value = checks.integer("value", value, -(1 << 63), (1 << 64) - 1)
+    def check(self, name, value, values):
+        value = super().check(name, value, values)
         return value - (1 << 64) if value > checks.INT64_MAX else value
-    return checks.integer("value", value, 0, (1 << width) - 1)
 
 
-def _signs_fit(stream, bit_offset, count):
-    checks.bits_fit("stream", stream, bit_offset, count, SIGNS_MESSAGE)
+def _from_bit_offset(bit_offset):
+    return bit_offset
+
+
+def _count(count):
+    return count
+
+
+def _field_bits(width):
+    return width
+
+
+def _fields_bits(values, width):
+    return values.shape[0] * width
+
+
+def _fields_out_bits(width, values_out):
+    return values_out.shape[0] * width
+
+
+def _sign_bits(signs):
+    return signs.shape[0]
+
+
+def _stream_bits(stream):
+    return 8 * stream.shape[0]
+
+
+def _bit_end(bit_end):
+    return bit_end
+
+
+BIT_OFFSET = Count(0, checks.COUNT_MAX)
+# A read from a stream that stops at bit_end: 0 <= bit_offset <= bit_end <= 8 len(stream)
+STREAM = Array(checks.UINT8)
+BIT_END = Count(0, high=_stream_bits)
+BIT_OFFSET_TO_END = Count(0, high=_bit_end)
+WIDTH = Count(0, MAX_FIELD_BITS)
+COUNT = Count(0, checks.COUNT_MAX)
+INTEGERS = Array(checks.INTEGER)
+
+
+def _holds_fields(width, values_out):
+    """values_out's integer dtype holds ``width``-bit fields."""
+    held = 8 * values_out.dtype.itemsize
+    if not (held >= width if values_out.dtype.kind == "u" else held > width or held == width == 64):
+        raise TypeError(f"values_out of dtype {values_out.dtype} cannot hold {width}-bit fields")
+
 
 # ----------------------------------------------------------------------------------------------------
 # Single bits and fixed-width fields
@@ -112,16 +147,12 @@ def _write_uint_core(stream, bit_offset, value, width):
     return bit_offset + width
 
 
-@checked(_write_uint_core)
+@checked(_write_uint_core, stream=Stream(output=True, start=_from_bit_offset, bits=_field_bits),
+         bit_offset=BIT_OFFSET, value=_FieldValue(), width=WIDTH)
 def write_uint(stream, bit_offset, value, width):
     """Write ``value`` (0 <= value < 2^width, width <= 64) in ``width`` bits at ``bit_offset``, most
     significant first. Returns the offset after it. A 64-bit field takes the value's int64 bit pattern
     (any integer in [-2^63, 2^64)). The field must lie inside ``stream`` (writable uint8)."""
-    _stream(stream, writable=True)
-    bit_offset = _bit_offset(bit_offset)
-    width = _width(width)
-    checks.bits_fit("stream", stream, bit_offset, width)
-    return stream, bit_offset, _field_value(value, width), width
 
 
 @_jit
@@ -142,15 +173,11 @@ def _read_uint_core(stream, bit_offset, width):
     return value
 
 
-@checked(_read_uint_core)
+@checked(_read_uint_core, stream=Stream(start=_from_bit_offset, bits=_field_bits, message=FIELD_MESSAGE),
+         bit_offset=BIT_OFFSET, width=WIDTH)
 def read_uint(stream, bit_offset, width):
     """Read a ``width``-bit field (0 <= width <= 64, most significant first) at ``bit_offset``; returns
     it as int64 (a 64-bit field comes back as the same int64 bit pattern that :func:`write_uint` took)."""
-    _stream(stream)
-    bit_offset = _bit_offset(bit_offset)
-    width = _width(width)
-    checks.bits_fit("stream", stream, bit_offset, width, FIELD_MESSAGE)
-    return stream, bit_offset, width
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -166,17 +193,12 @@ def _write_uints_core(stream, bit_offset, values, width):
     return offset
 
 
-@checked(_write_uints_core)
+@checked(_write_uints_core, stream=Stream(output=True, start=_from_bit_offset, bits=_fields_bits),
+         bit_offset=BIT_OFFSET, values=INTEGERS, width=WIDTH)
 def write_uints(stream, bit_offset, values, width):
     """Write each of ``values`` (a 1-D integer array; their low ``width`` bits, 0 <= width <= 64) as a
     ``width``-bit field, in order. Returns the offset after them. Used for IEEE bit patterns of floats
     (viewed as integers). All fields must lie inside ``stream``."""
-    _stream(stream, writable=True)
-    bit_offset = _bit_offset(bit_offset)
-    _integers("values", values)
-    width = _width(width)
-    checks.bits_fit("stream", stream, bit_offset, values.shape[0] * width)
-    return stream, bit_offset, values, width
 
 
 @_jit
@@ -189,20 +211,13 @@ def _read_uints_core(stream, bit_offset, width, values_out):
     return offset
 
 
-@checked(_read_uints_core)
+@checked(_read_uints_core, extra=_holds_fields,
+         stream=Stream(start=_from_bit_offset, bits=_fields_out_bits, message=FIELD_MESSAGE),
+         bit_offset=BIT_OFFSET, width=WIDTH, values_out=Array(checks.INTEGER, output=True))
 def read_uints(stream, bit_offset, width, values_out):
     """Read ``len(values_out)`` fields of ``width`` bits into ``values_out`` (an integer array wide
     enough: an unsigned type of at least ``width`` bits, e.g. uint32 for 32-bit fields, or a signed type
     of more than ``width`` bits, or int64 for 64-bit fields). Returns the offset after them."""
-    _stream(stream)
-    bit_offset = _bit_offset(bit_offset)
-    width = _width(width)
-    _integers("values_out", values_out, writable=True)
-    held = 8 * values_out.dtype.itemsize
-    if not (held >= width if values_out.dtype.kind == "u" else held > width or held == width == 64):
-        raise TypeError(f"values_out of dtype {values_out.dtype} cannot hold {width}-bit fields")
-    checks.bits_fit("stream", stream, bit_offset, values_out.shape[0] * width, FIELD_MESSAGE)
-    return stream, bit_offset, width, values_out
 
 
 @_jit
@@ -216,15 +231,12 @@ def _pack_signs_into_core(signs, stream, bit_offset):
     return bit_offset + signs.shape[0]
 
 
-@checked(_pack_signs_into_core)
+@checked(_pack_signs_into_core, signs=INTEGERS,
+         stream=Stream(output=True, start=_from_bit_offset, bits=_sign_bits, message=SIGNS_MESSAGE),
+         bit_offset=BIT_OFFSET)
 def pack_signs_into(signs, stream, bit_offset):
     """Write one bit per sign (``signs``: 1-D integers +-1; bit 1 for -1, 0 for +1) from ``bit_offset``;
     returns the offset after them. The bits must lie inside ``stream``."""
-    _integers("signs", signs)
-    _stream(stream, writable=True)
-    bit_offset = _bit_offset(bit_offset)
-    _signs_fit(stream, bit_offset, signs.shape[0])
-    return signs, stream, bit_offset
 
 
 @_jit
@@ -237,36 +249,30 @@ def _unpack_signs_from_core(stream, bit_offset, count, signs_out):
     return bit_offset + count
 
 
-@checked(_unpack_signs_from_core)
+@checked(_unpack_signs_from_core, stream=Stream(start=_from_bit_offset, bits=_count, message=SIGNS_MESSAGE),
+         bit_offset=BIT_OFFSET, count=COUNT, signs_out=Array(checks.INT8, output=True, at_least=_count))
 def unpack_signs_from(stream, bit_offset, count, signs_out):
     """Read ``count`` sign bits from ``bit_offset`` into ``signs_out`` (int8 +-1, at least ``count``
     entries); returns the end offset."""
-    _stream(stream)
-    bit_offset = _bit_offset(bit_offset)
-    count = checks.integer("count", count, 0, checks.COUNT_MAX)
-    _signs_fit(stream, bit_offset, count)
-    checks.output("signs_out", signs_out, checks.INT8, count)
-    return stream, bit_offset, count, signs_out
 
 
 @_jit
 def _pack_signs_core(signs):
-    """:func:`pack_signs` without the argument checks."""
+    """:func:`_pack_signs` without the argument checks."""
     stream = np.zeros((signs.shape[0] + 7) // 8, np.uint8)
     _pack_signs_into_core(signs, stream, 0)
     return stream
 
 
-@checked(_pack_signs_core)
-def pack_signs(signs):
+@checked(_pack_signs_core, signs=INTEGERS)
+def _pack_signs(signs):
     """Signs (+-1, a 1-D array of any integer dtype) as a bit stream: bit 1 for -1; equals
     ``np.packbits(signs < 0)``."""
-    return (_integers("signs", signs),)
 
 
-def pack_signs_numpy(signs):
-    """NumPy twin of :func:`pack_signs`."""
-    (signs,) = pack_signs.check(signs)
+def _pack_signs_numpy(signs):
+    """NumPy twin of :func:`_pack_signs`."""
+    (signs,) = _pack_signs.check(signs)
     if np.any((signs != 1) & (signs != -1)):
         raise ValueError("only signs +1 and -1 can be packed")
     return np.packbits(signs < 0)
@@ -274,23 +280,19 @@ def pack_signs_numpy(signs):
 
 @_jit
 def _unpack_signs_core(stream, count):
-    """:func:`unpack_signs` without the argument checks."""
+    """:func:`_unpack_signs` without the argument checks."""
     signs = np.empty(count, np.int8)
     _unpack_signs_from_core(stream, 0, count, signs)
     return signs
 
 
-@checked(_unpack_signs_core)
-def unpack_signs(stream, count):
-    """Inverse of :func:`pack_signs`: ``count`` int8 signs (+-1), ``count <= 8 len(stream)``."""
-    _stream(stream)
-    count = checks.integer("count", count, 0, checks.COUNT_MAX)
-    _signs_fit(stream, 0, count)
-    return stream, count
+@checked(_unpack_signs_core, stream=Stream(bits=_count, message=SIGNS_MESSAGE), count=COUNT)
+def _unpack_signs(stream, count):
+    """Inverse of :func:`_pack_signs`: ``count`` int8 signs (+-1), ``count <= 8 len(stream)``."""
 
 
-def unpack_signs_numpy(stream, count):
-    """NumPy twin of :func:`unpack_signs`."""
-    stream, count = unpack_signs.check(stream, count)
+def _unpack_signs_numpy(stream, count):
+    """NumPy twin of :func:`_unpack_signs`."""
+    stream, count = _unpack_signs.check(stream, count)
     bits = np.unpackbits(stream, count=count)
     return (1 - 2 * bits.astype(np.int8)).astype(np.int8)

@@ -3,16 +3,22 @@
 A jitted kernel trusts its arguments: numba does no bounds checking, so a short output buffer, an offset
 past the end of a stream or a position outside a vector is read or written out of bounds (a segfault, or
 silently corrupted memory). Every public kernel is therefore a plain-Python function that checks its
-arguments and then calls an unchecked jitted *core*::
+arguments and then calls an unchecked jitted *core*. Its argument contract is declared once, one spec per
+argument, and both the check and the hostile-argument tests (tests/kernels/test_kernel_arguments.py) are
+derived from it::
 
-    @checked(_ternarize_core)
+    @checked(_ternarize_core, x=FLOAT_VECTOR, k=Budget(size="x"),
+             positions_out=Array(INT64, output=True, at_least=_kept),
+             signs_out=Array(INT8, output=True, at_least=_kept))
     def ternarize(x, k, positions_out, signs_out):
-        '''The public contract.'''
-        ...checks, raising ValueError / TypeError that name the argument...
-        return x, k, positions_out, signs_out          # the arguments the core is called with
+        '''The public contract (the body is not run).'''
 
-:func:`checked` turns the decorated check into the kernel ``core(*check(...))``. The result also has
+A relation that no spec can say (samples within their segments, a stream holding enough bits) is a small
+function of the checked arguments, passed as ``extra=`` and declared next to the kernel.
 
+:func:`checked` makes the kernel ``core(*check(...))``. The result also has
+
+* ``.contract`` and ``.extra``: the declaration (the hostile-argument tests read it);
 * ``.core``: the jitted core, for callers that have checked (or built) every argument themselves;
 * ``.check``: the check alone (the NumPy twins call it, so that they reject the same input);
 * ``.py_func``: the check, then the core's pure-Python ``py_func`` (what the tests compare);
@@ -32,8 +38,11 @@ range, a bit count) is done only where the kernel would otherwise go out of boun
 
 from __future__ import annotations
 
+import copy
 import functools
+import inspect
 import math
+import operator
 
 import numpy as np
 from numba.extending import overload
@@ -58,32 +67,353 @@ FLOAT_BIT_WIDTHS = (32, 64)
 SHORT_ARRAY = 64
 
 
-def checked(core):
-    """Decorator: the decorated function checks the arguments of ``core`` and returns them (as a tuple,
-    possibly normalized); the result is the public kernel (module docstring)."""
-    def decorate(check):
-        @functools.wraps(check)
-        def kernel(*args, **kwargs):
-            return core(*check(*args, **kwargs))
+def checked(core, extra=None, **contract):
+    """Decorator: the public kernel ``core(*check(...))`` from the argument contract of the decorated
+    function (its signature and docstring; its body is not run).
 
-        def py_func(*args, **kwargs):
-            return core.py_func(*check(*args, **kwargs))
+    ``contract`` gives every argument a spec (:class:`Array`, :class:`Count`, :class:`Budget`, :class:`Real`,
+    :class:`Flag`, :class:`Choice`, :class:`Offsets`, :class:`Stream`). A bound that depends on other
+    arguments is a function whose parameters are named after them (``at_least=lambda k, x: min(k,
+    x.shape[0])``), or just the name of the argument whose length it is (``within="x"``); it sees those
+    arguments checked: the specs run in signature order, except that a spec runs after the arguments its
+    bounds name.
 
-        py_func.__name__ = check.__name__
-        py_func.__qualname__ = f"{check.__qualname__}.py_func"
-        py_func.__doc__ = f"{check.__name__} with the core's pure-Python body (core.py_func)."
-        kernel.core = core
-        kernel.check = check
-        kernel.py_func = py_func
+    Relations a spec cannot say are small functions of the arguments they name, declared next to the
+    kernel: a spec's ``then`` runs right after that spec (for a relation that later bounds rely on), and
+    ``extra`` after all of them. The kernel keeps the specs as ``.contract`` and ``extra`` as ``.extra``
+    (the hostile-argument tests read them) and has ``.core``, ``.check`` and ``.py_func`` (module
+    docstring)."""
+    def decorate(public):
+        signature = inspect.signature(public)
+        names = tuple(signature.parameters)
+        if set(contract) != set(names):
+            raise TypeError(f"{public.__name__}: the contract names {sorted(contract)}, the signature "
+                            f"{list(names)}")
+        # Each spec with its bounds reading the arguments by position (no per-call dictionary), run after
+        # the arguments they name.
+        specs = {name: contract[name].at_positions(names) for name in names}
+        steps = tuple((names.index(name), name, specs[name].check, specs[name].then)
+                      for name in _order(names, contract))
+        relations = None if extra is None else _positional(extra, names)
 
-        def jitted_call(*args):
-            def call_core(*args):
-                return core(*args)
-            return call_core
+        def check(*args, **kwargs):
+            values = list(args if not kwargs and len(args) == len(names) else
+                          _bind(signature, names, args, kwargs))
+            for i, name, check_spec, then in steps:
+                values[i] = check_spec(name, values[i], values)
+                if then is not None:
+                    then(values)
+            if relations is not None:
+                relations(values)
+            return values
 
-        overload(kernel, jit_options=JIT_OPTIONS)(jitted_call)
-        return kernel
+        check.__name__ = check.__qualname__ = f"{public.__name__}.check"
+        return _kernel(core, public, check, {name: contract[name] for name in names}, extra)
     return decorate
+
+
+def _kernel(core, public, check, contract, extra):
+    """``core(*check(...))`` named and documented as ``public``, with its attributes and its overload."""
+    @functools.wraps(public)
+    def kernel(*args, **kwargs):
+        return core(*check(*args, **kwargs))
+
+    def py_func(*args, **kwargs):
+        return core.py_func(*check(*args, **kwargs))
+
+    py_func.__name__ = public.__name__
+    py_func.__qualname__ = f"{public.__qualname__}.py_func"
+    py_func.__doc__ = f"{public.__name__} with the core's pure-Python body (core.py_func)."
+    kernel.core = core
+    kernel.check = check
+    kernel.py_func = py_func
+    kernel.contract = contract
+    kernel.extra = extra
+
+    def jitted_call(*args):
+        def call_core(*args):
+            return core(*args)
+        return call_core
+
+    overload(kernel, jit_options=JIT_OPTIONS)(jitted_call)
+    return kernel
+
+
+def _order(names, contract):
+    """The arguments in signature order, except that each comes after those its bounds name."""
+    order = []
+
+    def visit(name, path):
+        if name in path:
+            raise TypeError(f"the bounds of {' -> '.join(path + (name,))} name each other")
+        if name not in order:
+            for other in contract[name].depends():
+                if other != name:
+                    visit(other, path + (name,))
+            order.append(name)
+
+    for name in names:
+        visit(name, ())
+    return order
+
+
+def _bind(signature, names, args, kwargs):
+    """The arguments in signature order (keywords placed; Python's TypeError for a wrong call)."""
+    if len(args) + len(kwargs) == len(names) and all(name in kwargs for name in names[len(args):]):
+        return args + tuple(kwargs[name] for name in names[len(args):])
+    return signature.bind(*args, **kwargs).args
+
+
+def _named(bound):
+    """The arguments a bound names (see :func:`resolve`)."""
+    if isinstance(bound, str):
+        return (bound,)
+    if callable(bound):
+        return tuple(inspect.signature(bound).parameters)
+    return ()
+
+
+def resolve(bound, args):
+    """A bound's value for the arguments ``args`` (by name): a constant as it is, an argument's name as
+    that argument's length, a function called with the arguments it names."""
+    if isinstance(bound, str):
+        return args[bound].shape[0]
+    if callable(bound):
+        return bound(**{name: args[name] for name in inspect.signature(bound).parameters})
+    return bound
+
+
+def _positional(bound, names):
+    """``bound`` (see :func:`resolve`) as a function of the list of a kernel's arguments (``names``)."""
+    if isinstance(bound, str):
+        index = names.index(bound)
+        return lambda values: values[index].shape[0]
+    if callable(bound):
+        indices = [names.index(name) for name in inspect.signature(bound).parameters]
+        if len(indices) == 1:                  # (the common cases spelled out: cheaper than a loop)
+            (first,) = indices
+            return lambda values: bound(values[first])
+        if len(indices) == 2:
+            first, second = indices
+            return lambda values: bound(values[first], values[second])
+        getter = operator.itemgetter(*indices)
+        return lambda values: bound(*getter(values))
+    return lambda values: bound
+
+
+class Spec:
+    """An argument's contract: ``check(name, value, values)`` returns the value the core receives
+    (``values``: the kernel's arguments in signature order, those that the bounds name checked)."""
+
+    BOUNDS = ()                           # the attributes that may depend on other arguments
+    then = None                           # a relation checked right after this argument (checked)
+
+    def depends(self):
+        """The arguments that this spec's bounds and its ``then`` name."""
+        return [name for attribute in self.BOUNDS + ("then",) for name in _named(getattr(self, attribute))]
+
+    def at_positions(self, names):
+        """This spec for a kernel with arguments ``names``: each bound a function of the values."""
+        if not self.BOUNDS and self.then is None:
+            return self
+        bound = copy.copy(self)
+        if self.then is not None:
+            bound.then = _positional(self.then, names)
+        for attribute in self.BOUNDS:
+            value = getattr(self, attribute)
+            if value is not None and value is not False:
+                setattr(bound, attribute, _positional(value, names))
+        return bound
+
+
+class Array(Spec):
+    """A NumPy array argument: one of ``dtypes`` (or the dtype of the argument named ``like``), ``ndim``
+    dimensions (None: any number >= 1), C-contiguous if ``contiguous``, writable if ``output``.
+
+    Bounds on other arguments (:func:`checked`): ``at_least`` entries along the first axis, or exactly
+    ``shape`` (a tuple; None: not checked in this call); every entry in [0, ``within``); ``nonnegative``
+    (True, or a bound saying whether): every entry >= 0."""
+
+    BOUNDS = ("at_least", "shape", "within", "nonnegative")
+
+    def __init__(self, dtypes, ndim=1, output=False, contiguous=True, at_least=None, shape=None, like=None,
+                 within=None, nonnegative=False, then=None):
+        self.dtypes, self.ndim, self.output, self.contiguous, self.then = dtypes, ndim, output, contiguous, then
+        self.at_least, self.shape, self.like = at_least, shape, like
+        self.within, self.nonnegative = within, nonnegative
+        self._bounded = not (at_least is like is within is None and not nonnegative)
+        self._plain = ndim is not None and shape is None and not self._bounded
+        self._like_index = None
+
+    def depends(self):
+        return super().depends() + ([self.like] if self.like is not None else [])
+
+    def at_positions(self, names):
+        bound = super().at_positions(names)
+        if self.like is not None:
+            bound._like_index = names.index(self.like)
+        return bound
+
+    def check(self, name, value, values):
+        if self._plain:        # (the common case, kept cheap: the checks run on every kernel call)
+            return array(name, value, self.dtypes, self.ndim, self.output, self.contiguous)
+        if self.ndim is None:
+            return any_ndim(name, value, self.dtypes)
+        shape = self.shape
+        if shape is None:
+            array(name, value, self.dtypes, self.ndim, self.output, self.contiguous)
+        else:
+            shape = shape(values)
+            array(name, value, self.dtypes, self.ndim if shape is None else len(shape), self.output,
+                  self.contiguous)
+            if shape is not None and value.shape != shape:
+                raise ValueError(f"{name} must have shape {shape}, got {value.shape}")
+        if self._bounded:
+            self._check_bounds(name, value, values)
+        return value
+
+    def _check_bounds(self, name, value, values):
+        if self.at_least is not None:
+            length = self.at_least(values)
+            if value.shape[0] < length:
+                raise ValueError(f"{name} has {value.shape[0]} entries, needs at least {length}")
+        if self.like is not None:
+            same_dtype(name, value, self.like, values[self._like_index])
+        if self.nonnegative and self.nonnegative(values):
+            nonnegative(name, value)
+        if self.within is not None:
+            within(name, value, self.within(values))
+
+    def accepted_dtypes(self, args):
+        """The dtypes accepted in a call with these (valid) arguments (by name)."""
+        return (args[self.like].dtype,) if self.like is not None else self.dtypes
+
+
+class Stream(Spec):
+    """A bit stream (a 1-D uint8 array; writable if ``output``) holding ``bits`` bits (a bound) from the bit
+    offset ``start`` (a bound); ``message``: the error's text if it is too short (default: the numbers)."""
+
+    BOUNDS = ("start", "bits")
+
+    def __init__(self, output=False, start=0, bits=0, message=None):
+        self.output, self.start, self.bits, self.message = output, start, bits, message
+
+    def check(self, name, value, values):
+        array(name, value, UINT8, 1, self.output)
+        bits_fit(name, value, self.start(values), self.bits(values), self.message)
+        return value
+
+
+class Count(Spec):
+    """An integer argument (``int`` or a NumPy integer, not ``bool``) in [low, high] (constants or bounds on
+    other arguments, :func:`checked`); ``label``: what the errors call it (default: its name)."""
+
+    BOUNDS = ("low", "high")
+
+    def __init__(self, low=0, high=INT64_MAX, label=None, then=None):
+        self.low, self.high, self.label, self.then = low, high, label, then
+
+    def at_positions(self, names):
+        constant = self.then is None and not any(callable(bound) or isinstance(bound, str)
+                                                 for bound in (self.low, self.high))
+        return self if constant else super().at_positions(names)
+
+    def check(self, name, value, values):
+        low, high = self.low, self.high
+        return integer(self.label or name, value, low(values) if callable(low) else low,
+                       high(values) if callable(high) else high)
+
+
+class Budget(Spec):
+    """A budget k >= 0 of a vector of ``size`` entries (a bound, :func:`checked`), passed on as
+    ``min(k, size + 1)``: the kept set has at most ``size`` entries, so the result does not change, and
+    the kernels' buffer arithmetic (``2 k``) stays far from int64 overflow."""
+
+    BOUNDS = ("size",)
+    low, high = 0, INT64_MAX
+
+    def __init__(self, size):
+        self.size = size
+
+    def check(self, name, value, values):
+        return min(integer(name, value), self.size(values) + 1)
+
+
+class Real(Spec):
+    """A finite real argument, ``>= low`` (``> low`` if ``low_open``; no bound if ``low`` is None)."""
+
+    def __init__(self, low=None, low_open=False):
+        self.low, self.low_open = low, low_open
+
+    def check(self, name, value, values):
+        return real(name, value, self.low, self.low_open)
+
+
+class Flag(Spec):
+    """A ``bool`` or ``numpy.bool_`` argument."""
+
+    def check(self, name, value, values):
+        return flag(name, value)
+
+
+class Choice(Spec):
+    """An integer argument that must be one of ``values`` (nonnegative, increasing)."""
+
+    def __init__(self, values):
+        self.values = values
+
+    def check(self, name, value, values):
+        value = integer(name, value, 0, self.values[-1])
+        if value not in self.values:
+            raise ValueError(f"{name} must be {' or '.join(map(str, self.values))}, got {value}")
+        return value
+
+
+class Offsets(Spec):
+    """Segment offsets (int64, S + 1 entries) cutting [0, ``total``) (a bound, :func:`checked`): from 0,
+    never decreasing, to the total (:func:`segment_count`); ``total`` None: to wherever they end."""
+
+    BOUNDS = ("total",)
+
+    def __init__(self, total=None):
+        self.total = total
+
+    def check(self, name, value, values):
+        if self.total is None:
+            array(name, value, INT64)
+            segment_count(name, value, int(value[-1]) if value.shape[0] else 0)
+        else:
+            segment_count(name, value, self.total(values))
+        return value
+
+
+FLOAT_BITS = Choice(FLOAT_BIT_WIDTHS)
+FLOAT_VECTOR = Array(FLOAT)
+
+
+# The batched kernels: K updates (rows, float32 or float64) cut into S segments by their offsets, and
+# their outputs: per entry (K, P) and per (row, segment) (K, S) in the updates' dtype, per row (K,) int64.
+def rows(updates):
+    return (updates.shape[0],)
+
+
+def segments(segment_offsets):
+    return (segment_offsets.shape[0] - 1,)
+
+
+def rows_by_segments(updates, segment_offsets):
+    return (updates.shape[0], segment_offsets.shape[0] - 1)
+
+
+def updates_shape(updates):
+    return updates.shape
+
+
+UPDATES = Array(FLOAT, ndim=2)
+SEGMENT_OFFSETS = Offsets(total=lambda updates: updates.shape[1])
+PER_ENTRY_OUT = Array(FLOAT, output=True, shape=updates_shape, like="updates")
+PER_SEGMENT_OUT = Array(FLOAT, output=True, shape=rows_by_segments, like="updates")
+ENCODED_BITS_OUT = Array(INT64, output=True, shape=rows)
 
 
 def _dtype_names(dtypes) -> str:
@@ -109,29 +439,20 @@ def array(name, value, dtypes, ndim=1, writable=False, contiguous=True):
     return value
 
 
-def float_vector(name, value):
-    """A C-contiguous 1-D float32 or float64 array."""
-    return array(name, value, FLOAT)
-
-
-def output(name, value, dtypes, length):
-    """A writable C-contiguous 1-D array of one of ``dtypes`` with at least ``length`` entries."""
-    array(name, value, dtypes, 1, True)
-    if value.shape[0] < length:
-        raise ValueError(f"{name} has {value.shape[0]} entries, needs at least {length}")
-    return value
+def any_ndim(name, value, dtypes):
+    """A C-contiguous array of one of ``dtypes`` with at least one dimension."""
+    if not isinstance(value, np.ndarray):
+        raise TypeError(f"{name} must be a NumPy array of dtype {_dtype_names(dtypes)}, got "
+                        f"{type(value).__name__}")
+    if value.ndim == 0:
+        raise ValueError(f"{name} must be an array of at least one dimension, got a 0-D array")
+    return array(name, value, dtypes, value.ndim)
 
 
 def same_dtype(name, value, like_name, like):
     if value.dtype != like.dtype:
         raise TypeError(f"{name} must have the dtype of {like_name} ({like.dtype}), got {value.dtype}")
     return value
-
-
-def output_like(name, value, like_name, like, shape):
-    """A writable C-contiguous float array of exactly ``shape`` in the dtype of ``like``."""
-    shaped(name, value, FLOAT, shape, True)
-    return same_dtype(name, value, like_name, like)
 
 
 def shaped(name, value, dtypes, shape, writable=False):
@@ -181,14 +502,6 @@ def flag(name, value):
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
     return bool(value)
-
-
-def float_bits(name, value):
-    """The width of an encoded float: 32 or 64."""
-    value = integer(name, value, 0, 64)
-    if value not in FLOAT_BIT_WIDTHS:
-        raise ValueError(f"{name} must be 32 or 64, got {value}")
-    return value
 
 
 def segment_count(name, offsets, total):

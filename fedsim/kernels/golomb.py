@@ -33,9 +33,10 @@ import math
 import numba
 import numpy as np
 
-from fedsim.kernels import JIT_OPTIONS, checks
-from fedsim.kernels.bitstream import MAX_FIELD_BITS, _bit_offset, _get_bit, _read_uint_core, _stream, _write_uint_core
-from fedsim.kernels.checks import checked
+from fedsim.kernels import JIT_OPTIONS
+from fedsim.kernels.bitstream import (BIT_END, BIT_OFFSET, BIT_OFFSET_TO_END, STREAM, MAX_FIELD_BITS, _count,
+                                     _from_bit_offset, _get_bit, _read_uint_core, _write_uint_core)
+from fedsim.kernels.checks import INT64, Array, Count, Stream, checked
 
 _jit = numba.njit(**JIT_OPTIONS)
 
@@ -53,9 +54,28 @@ GOLOMB_END_MESSAGE = "Golomb-Rice stream ends before the last position"
 # Argument checks shared by the kernels and their twins
 # ----------------------------------------------------------------------------------------------------
 
-def _parameter(b):
-    """The Rice parameter as an int in [0, 62]."""
-    return checks.integer("Golomb-Rice parameter b", b, 0, MAX_RICE_PARAMETER)
+RICE = Count(0, MAX_RICE_PARAMETER, label="Golomb-Rice parameter b")
+POSITIONS = Array(INT64)
+FIELD_WIDTH = Count(0, MAX_FIELD_BITS)
+
+
+def _code_bits(positions, b):
+    """The length of the positions' code (one pass over them; rejects positions that do not increase)."""
+    return _golomb_rice_bits_core(positions, b)
+
+
+def _room_for(count, b, first, last):
+    """Room for ``count`` code words of at least 1 + b bits each in [first, last)."""
+    if count * (b + 1) > last - first:
+        raise ValueError(GOLOMB_END_MESSAGE)
+
+
+def _decode_from_fits(bit_offset, bit_end, count, b):
+    _room_for(count, b, bit_offset, bit_end)
+
+
+def _decode_fits(n_bits, count, b):
+    _room_for(count, b, 0, n_bits)
 
 
 
@@ -78,14 +98,12 @@ def _rice_parameter_core(count, size):
     return min(parameter, MAX_RICE_PARAMETER)
 
 
-@checked(_rice_parameter_core)
+@checked(_rice_parameter_core, count=Count(0, high=lambda size: size), size=Count())
 def rice_parameter(count, size):
     """b* for ``count`` kept positions out of ``size`` (density q' = count / size); 0 if count is 0.
 
     b* = max(0, min(62, 1 + floor(log2(ln(phi - 1) / ln(1 - q'))))). Integers, 0 <= count <= size < 2^63.
     """
-    size = checks.integer("size", size)
-    return checks.integer("count", count, 0, size), size
 
 
 def rice_parameter_numpy(count, size):
@@ -122,12 +140,11 @@ def _golomb_rice_bits_core(positions, b):
     return total
 
 
-@checked(_golomb_rice_bits_core)
+@checked(_golomb_rice_bits_core, positions=POSITIONS, b=RICE)
 def golomb_rice_bits(positions, b):
     """Exact length in bits of the Golomb-Rice code of ``positions`` (int64, strictly increasing,
     non-negative; sum of q + 1 + b over the gaps), equal to the encoder's ``n_bits``, computed without
     encoding."""
-    return checks.array("positions", positions, checks.INT64), _parameter(b)
 
 
 def golomb_rice_bits_numpy(positions, b):
@@ -168,17 +185,12 @@ def _golomb_rice_encode_into_core(positions, b, stream, bit_offset):
     return offset
 
 
-@checked(_golomb_rice_encode_into_core)
+@checked(_golomb_rice_encode_into_core, positions=POSITIONS, b=RICE,
+         stream=Stream(output=True, start=_from_bit_offset, bits=_code_bits), bit_offset=BIT_OFFSET)
 def golomb_rice_encode_into(positions, b, stream, bit_offset):
     """Write the Golomb-Rice code of ``positions`` into ``stream`` from ``bit_offset`` (the stream must
     be long enough: :func:`golomb_rice_bits` tells how much, and is computed here to check it: one pass
     over the positions). Returns the offset after the code."""
-    checks.array("positions", positions, checks.INT64)
-    b = _parameter(b)
-    _stream(stream, writable=True)
-    bit_offset = _bit_offset(bit_offset)
-    checks.bits_fit("stream", stream, bit_offset, _golomb_rice_bits_core(positions, b))
-    return positions, b, stream, bit_offset
 
 
 @_jit
@@ -190,7 +202,7 @@ def _golomb_rice_encode_core(positions, b):
     return stream, n_bits
 
 
-@checked(_golomb_rice_encode_core)
+@checked(_golomb_rice_encode_core, positions=POSITIONS, b=RICE)
 def golomb_rice_encode(positions, b):
     """Golomb-Rice code of sorted positions.
 
@@ -208,7 +220,6 @@ def golomb_rice_encode(positions, b):
     n_bits : int
         Its length in bits (= :func:`golomb_rice_bits`).
     """
-    return checks.array("positions", positions, checks.INT64), _parameter(b)
 
 
 def golomb_rice_encode_numpy(positions, b):
@@ -260,28 +271,14 @@ def _golomb_rice_decode_from_core(stream, bit_offset, bit_end, count, b, positio
     return offset
 
 
-def _check_decode(stream, bit_offset, bit_end, count, b, end_name="bit_end"):
-    """(bit_offset, bit_end, count, b) of a decode: 0 <= bit_offset <= bit_end <= 8 len(stream), and
-    room for ``count`` code words of at least 1 + b bits each (``end_name``: what the caller calls
-    ``bit_end``)."""
-    _stream(stream)
-    b = _parameter(b)
-    bit_end = checks.integer(end_name, bit_end, 0, 8 * stream.shape[0])
-    bit_offset = checks.integer("bit_offset", bit_offset, 0, bit_end)
-    count = checks.integer("count", count)
-    if count * (b + 1) > bit_end - bit_offset:
-        raise ValueError(GOLOMB_END_MESSAGE)
-    return bit_offset, bit_end, count, b
-
-
-@checked(_golomb_rice_decode_from_core)
+@checked(_golomb_rice_decode_from_core, extra=_decode_from_fits, stream=STREAM,
+         bit_offset=BIT_OFFSET_TO_END, bit_end=BIT_END, count=Count(),
+         b=RICE, positions_out=Array(INT64, output=True, at_least=_count))
 def golomb_rice_decode_from(stream, bit_offset, bit_end, count, b, positions_out):
     """Read ``count`` Golomb-Rice coded positions from ``stream`` starting at ``bit_offset``, never past
     ``bit_end`` (0 <= bit_offset <= bit_end <= 8 len(stream)), into ``positions_out[:count]`` (int64,
-    at least ``count`` entries). Returns the offset after the code."""
-    bit_offset, bit_end, count, b = _check_decode(stream, bit_offset, bit_end, count, b)
-    checks.output("positions_out", positions_out, checks.INT64, count)
-    return stream, bit_offset, bit_end, count, b, positions_out
+    at least ``count`` entries). Returns the offset after the code. There must be room for ``count``
+    code words of at least 1 + b bits each."""
 
 
 @_jit
@@ -292,12 +289,11 @@ def _golomb_rice_decode_core(stream, n_bits, count, b):
     return positions
 
 
-@checked(_golomb_rice_decode_core)
+@checked(_golomb_rice_decode_core, extra=_decode_fits, stream=STREAM, n_bits=BIT_END,
+         count=Count(), b=RICE)
 def golomb_rice_decode(stream, n_bits, count, b):
     """Inverse of :func:`golomb_rice_encode`: ``count`` positions (int64) from the first ``n_bits`` bits
     (``n_bits <= 8 len(stream)``)."""
-    _, n_bits, count, b = _check_decode(stream, 0, n_bits, count, b, "n_bits")
-    return stream, n_bits, count, b
 
 
 def golomb_rice_decode_numpy(stream, n_bits, count, b):
@@ -342,20 +338,20 @@ def _sparse_segment_bits_core(local_positions, size, bits_per_entry, trailer_bit
     return total
 
 
-@checked(_sparse_segment_bits_core)
+def _segment_holds(local_positions, size):
+    """At most ``size`` positions, the last below ``size`` (the core checks that they increase)."""
+    count = local_positions.shape[0]
+    if count > size:
+        raise ValueError(f"local_positions holds {count} positions, more than the segment's {size} entries")
+    if count and local_positions[-1] >= size:
+        raise ValueError(f"local_positions must lie in [0, {size}), got {int(local_positions[-1])}")
+
+
+@checked(_sparse_segment_bits_core, extra=_segment_holds, local_positions=POSITIONS,
+         size=Count(0, MAX_SEGMENT_SIZE), bits_per_entry=FIELD_WIDTH, trailer_bits=FIELD_WIDTH)
 def sparse_segment_bits(local_positions, size, bits_per_entry, trailer_bits):
     """Encoded bits of one sparse segment: 32-bit count + Golomb-Rice positions (b* from count / size)
     + ``bits_per_entry`` per kept entry + ``trailer_bits`` (the mean, if any entry is kept).
 
     ``local_positions``: int64, strictly increasing, in [0, size); ``size`` <= 2^56; the two widths are
     integers in [0, 64]."""
-    checks.array("local_positions", local_positions, checks.INT64)
-    size = checks.integer("size", size, 0, MAX_SEGMENT_SIZE)
-    count = local_positions.shape[0]
-    if count > size:
-        raise ValueError(f"local_positions holds {count} positions, more than the segment's {size} entries")
-    if count and local_positions[-1] >= size:       # (the core checks that the positions increase)
-        raise ValueError(f"local_positions must lie in [0, {size}), got {int(local_positions[-1])}")
-    bits_per_entry = checks.integer("bits_per_entry", bits_per_entry, 0, MAX_FIELD_BITS)
-    trailer_bits = checks.integer("trailer_bits", trailer_bits, 0, MAX_FIELD_BITS)
-    return local_positions, size, bits_per_entry, trailer_bits

@@ -47,14 +47,14 @@ outputs written, nothing returned)::
     error      (M,)   float64    out: e = ||Q - g||^2
     innovation (M,)   float64    out: ||Q - Q_prev||^2 (what the LAQ upload rule compares)
 
-:func:`quantize_innovation` validates, allocates and calls one of them; :func:`laq_dequantize` is the
+:func:`quantize_innovation` validates, allocates and calls one of them; :func:`_laq_dequantize` is the
 server's side (codes + R -> Q).
 
 Arguments. :func:`laq_quantize` and its twin check the contract above in plain Python before any jitted
 code runs (:mod:`fedsim.kernels.checks`): C-contiguous arrays of the stated shapes and dtypes, outputs
 writable, ``bits`` in [1, 16] and a code dtype wide enough for it (uint16 beyond 8 bits); a violation
 raises ValueError (TypeError for a wrong type or dtype) naming the argument. The jitted core
-``_laq_quantize_core`` trusts its arguments. :func:`laq_dequantize` checks its shapes, the codes
+``_laq_quantize_core`` trusts its arguments. :func:`_laq_dequantize` checks its shapes, the codes
 (integers in [0, 2^b - 1]) and the radii (finite and >= 0: a NaN radius is a diverged worker, whose
 upload the server must not reconstruct).
 """
@@ -67,7 +67,7 @@ import numba
 import numpy as np
 
 from fedsim.kernels import JIT_OPTIONS, LAQ_MAX_BITS as MAX_BITS, LAQ_MIN_BITS as MIN_BITS, checks
-from fedsim.kernels.checks import checked
+from fedsim.kernels.checks import CODE, FLOAT, FLOAT64, Array, Count, checked
 
 
 def check_bits(bits) -> int:
@@ -261,7 +261,41 @@ def _laq_quantize_core(gradients, previous, bits, codes, quantized, radius, erro
         innovation[m] = 0.0 + _column_total(innovation_columns)
 
 
-@checked(_laq_quantize_core)
+class _Bits(Count):
+    """The bits b of the quantization (:func:`check_bits`: ValueError for any wrong value or type)."""
+
+    type_errors = (ValueError,)
+
+    def __init__(self):
+        super().__init__(MIN_BITS, MAX_BITS)
+
+    def check(self, name, value, values):
+        return check_bits(value)
+
+
+def _workers_and_parameters(gradients):
+    return gradients.shape
+
+
+def _workers(gradients):
+    return gradients.shape[:1]
+
+
+def _codes_hold(bits, codes):
+    """codes wide enough for ``bits``-bit codes."""
+    if bits > 8 * codes.dtype.itemsize:
+        raise TypeError(f"codes must have dtype {code_dtype(bits)} (or wider) for {bits}-bit codes, got "
+                        f"{codes.dtype}")
+
+
+_PER_WORKER = Array(FLOAT64, output=True, shape=_workers)
+
+
+@checked(_laq_quantize_core, extra=_codes_hold, gradients=Array(FLOAT, ndim=2),
+         previous=Array(FLOAT, shape=_workers_and_parameters), bits=_Bits(),
+         codes=Array(CODE, output=True, shape=_workers_and_parameters),
+         quantized=Array(FLOAT, output=True, shape=_workers_and_parameters), radius=_PER_WORKER,
+         error=_PER_WORKER, innovation=_PER_WORKER)
 def laq_quantize(gradients, previous, bits, codes, quantized, radius, error, innovation):
     """Quantize each worker's gradient innovation to ``bits`` bits (see the module docstring).
 
@@ -275,18 +309,6 @@ def laq_quantize(gradients, previous, bits, codes, quantized, radius, error, inn
     uint16 wide enough for ``bits``, ``radius``, ``error``, ``innovation`` (M,) float64; all C-contiguous,
     the outputs writable.
     """
-    bits = check_bits(bits)
-    checks.array("gradients", gradients, checks.FLOAT, 2)
-    shape = gradients.shape
-    checks.shaped("previous", previous, checks.FLOAT, shape)
-    checks.shaped("codes", codes, checks.CODE, shape, True)
-    if bits > 8 * codes.dtype.itemsize:
-        raise TypeError(f"codes must have dtype {code_dtype(bits)} (or wider) for {bits}-bit codes, got "
-                        f"{codes.dtype}")
-    checks.shaped("quantized", quantized, checks.FLOAT, shape, True)
-    for name, out in (("radius", radius), ("error", error), ("innovation", innovation)):
-        checks.shaped(name, out, checks.FLOAT64, shape[:1], True)
-    return gradients, previous, bits, codes, quantized, radius, error, innovation
 
 
 def laq_quantize_numpy(gradients, previous, bits, codes, quantized, radius, error, innovation):
@@ -392,7 +414,7 @@ def quantize_innovation(gradients: np.ndarray, previous: np.ndarray, bits: int,
 
 
 def _check_dequantize(codes, previous, radius, bits):
-    """(codes, previous, radius as float64) for :func:`laq_dequantize`, or ValueError / TypeError."""
+    """(codes, previous, radius as float64) for :func:`_laq_dequantize`, or ValueError / TypeError."""
     for name, value in (("codes", codes), ("previous", previous), ("radius", radius)):
         if not isinstance(value, np.ndarray):
             raise TypeError(f"{name} must be a NumPy array, got {type(value).__name__}")
@@ -417,7 +439,7 @@ def _check_dequantize(codes, previous, radius, bits):
     return codes, previous, r
 
 
-def laq_dequantize(codes: np.ndarray, previous: np.ndarray, radius: np.ndarray, bits: int) -> np.ndarray:
+def _laq_dequantize(codes: np.ndarray, previous: np.ndarray, radius: np.ndarray, bits: int) -> np.ndarray:
     """The server's reconstruction ``Q = Q_prev + 2 tau R q - R`` from what was sent.
 
     The same arithmetic as the quantizer (``Q_prev + (q delta - R)``, or ``Q_prev + R (q / h - 1)`` for

@@ -20,9 +20,10 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from fedsim.kernels import JIT_OPTIONS, checks
-from fedsim.kernels.bitstream import _get_bit, _read_uint_core, _write_uint_core
-from fedsim.kernels.checks import checked
+from fedsim.kernels import JIT_OPTIONS
+from fedsim.kernels.bitstream import (BIT_END, BIT_OFFSET, BIT_OFFSET_TO_END, STREAM, _from_bit_offset, _get_bit,
+                                     _read_uint_core, _write_uint_core)
+from fedsim.kernels.checks import Count, Stream, checked
 
 _jit = numba.njit(**JIT_OPTIONS)
 
@@ -50,27 +51,25 @@ OMEGA_BITS = _omega_bits_table()
 OMEGA_BITS_SMALL = OMEGA_BITS[BYTE_BIT_LENGTH]
 
 
-def _omega_value(name, value):
-    """``value`` as an int in [1, 2^62): TypeError for a non-integer, ValueError out of range."""
-    try:
-        return checks.integer(name, value, 1, MAX_OMEGA_VALUE)
-    except ValueError as error:
-        raise ValueError(f"{OMEGA_RANGE_MESSAGE}: {error}") from None
+class _OmegaValue(Count):
+    """A value the omega code carries: an int in [1, 2^62) (TypeError for a non-integer, ValueError with
+    the code's range out of range)."""
+
+    def __init__(self):
+        super().__init__(1, MAX_OMEGA_VALUE)
+
+    def check(self, name, value, values=None):
+        try:
+            return super().check(name, value, values)
+        except ValueError as error:
+            raise ValueError(f"{OMEGA_RANGE_MESSAGE}: {error}") from None
 
 
-def _bit_offset(name, bit_offset, high=checks.COUNT_MAX):
-    return checks.integer(name, bit_offset, 0, high)
+OMEGA_VALUE = _OmegaValue()
 
 
-def _stream(stream, writable=False):
-    return checks.array("stream", stream, checks.UINT8, 1, writable)
-
-
-def _decode_span(stream, bit_offset, bit_end):
-    """(bit_offset, bit_end) of a read: 0 <= bit_offset <= bit_end <= 8 len(stream)."""
-    _stream(stream)
-    bit_end = _bit_offset("bit_end", bit_end, 8 * stream.shape[0])
-    return _bit_offset("bit_offset", bit_offset, bit_end), bit_end
+def _code_bits(value):
+    return _omega_bits_unchecked(value)
 
 # ----------------------------------------------------------------------------------------------------
 # Elias omega code
@@ -101,10 +100,9 @@ def _elias_omega_bits_core(value):
     return _omega_bits_unchecked(value)
 
 
-@checked(_elias_omega_bits_core)
+@checked(_elias_omega_bits_core, value=OMEGA_VALUE)
 def _elias_omega_bits(value):
     """Bits of the Elias omega code of ``value`` (an integer in [1, 2^62))."""
-    return (_omega_value("value", value),)
 
 
 def _elias_omega_bits_numpy(values):
@@ -117,7 +115,7 @@ def _elias_omega_bits_numpy(values):
             raise ValueError(OMEGA_RANGE_MESSAGE)
         values = values.astype(np.int64)
     else:
-        values = np.int64(_omega_value("value", values))
+        values = np.int64(OMEGA_VALUE.check("value", values))
     # bit length = the frexp exponent of float64(value); above 2^53 the conversion may round a value up
     # to the next power of two, which the comparison corrects
     exponent = np.frexp(values.astype(np.float64))[1].astype(np.int64)
@@ -142,15 +140,11 @@ def _write_elias_omega_core(stream, bit_offset, value):
     return bit_offset + total
 
 
-@checked(_write_elias_omega_core)
+@checked(_write_elias_omega_core, stream=Stream(output=True, start=_from_bit_offset, bits=_code_bits),
+         bit_offset=BIT_OFFSET, value=OMEGA_VALUE)
 def _write_elias_omega(stream, bit_offset, value):
     """Write the omega code of ``value`` (an integer in [1, 2^62)) at ``bit_offset``; returns the offset
     after it. The code must lie inside ``stream`` (writable uint8)."""
-    _stream(stream, writable=True)
-    bit_offset = _bit_offset("bit_offset", bit_offset)
-    value = _omega_value("value", value)
-    checks.bits_fit("stream", stream, bit_offset, _omega_bits_unchecked(value))
-    return stream, bit_offset, value
 
 
 @_jit
@@ -174,9 +168,7 @@ def _read_elias_omega_core(stream, bit_offset, bit_end):
         offset += width
 
 
-@checked(_read_elias_omega_core)
+@checked(_read_elias_omega_core, stream=STREAM, bit_offset=BIT_OFFSET_TO_END, bit_end=BIT_END)
 def _read_elias_omega(stream, bit_offset, bit_end):
     """Read one omega code at ``bit_offset``, never past ``bit_end`` (0 <= bit_offset <= bit_end <=
     8 len(stream)): (value, offset after it)."""
-    bit_offset, bit_end = _decode_span(stream, bit_offset, bit_end)
-    return stream, bit_offset, bit_end

@@ -7,7 +7,7 @@ arrays ``P`` / ``P_hat`` of shape ``(n, r)`` and ``Q`` of shape ``(m, r)``. The 
 their input (float32 or float64) except where said; non-finite input raises
 ``ValueError(sparsify.NONFINITE_MESSAGE)``.
 
-**Orthogonalization** (:func:`orthogonalize`), defined bit for bit. The r columns ``p_0 .. p_(r-1)`` of
+**Orthogonalization** (:func:`_orthogonalize`), defined bit for bit. The r columns ``p_0 .. p_(r-1)`` of
 ``P`` are converted to float64 and processed in order; ``norm(v)`` is the scaled 2-norm
 ``s * sqrt(sum_i (v_i / s)^2)`` with ``s = max_i |v_i|`` (0 when ``s = 0``), the sum taken sequentially in
 index order, so that no square under- or overflows::
@@ -58,7 +58,7 @@ import numba
 import numpy as np
 
 from fedsim.kernels import JIT_OPTIONS, checks
-from fedsim.kernels.checks import checked
+from fedsim.kernels.checks import FLOAT, Array, Real, checked
 from fedsim.kernels.selection import NONFINITE_MESSAGE
 
 # Relative drop tolerance of the orthogonalization: sqrt(eps) of the data dtype (module docstring).
@@ -71,7 +71,7 @@ _jit = numba.njit(**JIT_OPTIONS)
 
 
 def drop_tolerance(dtype) -> float:
-    """``tol`` of :func:`orthogonalize` for data of ``dtype`` (float32 or float64)."""
+    """``tol`` of :func:`_orthogonalize` for data of ``dtype`` (float32 or float64)."""
     return DROP_TOLERANCE[np.dtype(dtype)]
 
 
@@ -98,7 +98,7 @@ def _scaled_norm(columns, j):
 
 @_jit
 def _orthogonalize_core(p, tolerance, out):
-    """:func:`orthogonalize` without the argument checks (it still rejects non-finite entries of ``p``)."""
+    """:func:`_orthogonalize` without the argument checks (it still rejects non-finite entries of ``p``)."""
     n, rank = p.shape
     columns = np.empty((rank, n), np.float64)     # column j of p as row j: contiguous
     for i in range(n):
@@ -131,15 +131,12 @@ def _orthogonalize_core(p, tolerance, out):
     return kept
 
 
-@checked(_orthogonalize_core)
-def orthogonalize(p, tolerance, out):
+@checked(_orthogonalize_core, p=Array(FLOAT, ndim=2), tolerance=Real(0.0),
+         out=Array(FLOAT, output=True, shape=lambda p: p.shape, like="p"))
+def _orthogonalize(p, tolerance, out):
     """Gram-Schmidt on the r columns of ``p`` (n, r; float32 or float64, C-contiguous) into ``out`` (n, r,
     ``p``'s dtype, C-contiguous, writable); returns the number of kept (nonzero) columns. Definition, drop
     rule and ``tolerance`` (finite, >= 0): module docstring."""
-    checks.array("p", p, checks.FLOAT, 2)
-    tolerance = checks.real("tolerance", tolerance, 0.0)
-    checks.output_like("out", out, "p", p, p.shape)
-    return p, tolerance, out
 
 
 def _scaled_norm_numpy(column):
@@ -151,9 +148,9 @@ def _scaled_norm_numpy(column):
     return largest * root, largest, root
 
 
-def orthogonalize_numpy(p, tolerance, out):
-    """NumPy twin of :func:`orthogonalize` (bitwise equal)."""
-    p, tolerance, out = orthogonalize.check(p, tolerance, out)
+def _orthogonalize_numpy(p, tolerance, out):
+    """NumPy twin of :func:`_orthogonalize` (bitwise equal)."""
+    p, tolerance, out = _orthogonalize.check(p, tolerance, out)
     if not np.all(np.isfinite(p)):
         raise ValueError(NONFINITE_MESSAGE)
     columns = np.ascontiguousarray(p.T, dtype=np.float64)
@@ -197,20 +194,22 @@ def _low_rank_product_core(left, right, out):
                 out[i, j] = out[i, j] + weight * transposed[t, j]
 
 
-@checked(_low_rank_product_core)
+def _has_rank(left):
+    if left.shape[1] < 1:
+        raise ValueError(f"left must have r >= 1 columns (the rank), got shape {left.shape}")
+
+
+def _same_rank(left, right):
+    if right.shape[1] != left.shape[1]:
+        raise ValueError(f"right must have the r = {left.shape[1]} columns of left, got shape {right.shape}")
+
+
+@checked(_low_rank_product_core, left=Array(FLOAT, ndim=2, then=_has_rank),
+         right=Array(FLOAT, ndim=2, like="left", then=_same_rank),
+         out=Array(FLOAT, output=True, shape=lambda left, right: (left.shape[0], right.shape[0]), like="left"))
 def low_rank_product(left, right, out):
     """``out`` (n, m) = ``left`` (n, r) times ``right`` (m, r) transposed, summed over the rank in order
     (r >= 1; float32 or float64 of one dtype, C-contiguous, ``out`` writable)."""
-    checks.array("left", left, checks.FLOAT, 2)
-    n, rank = left.shape
-    if rank < 1:
-        raise ValueError(f"left must have r >= 1 columns (the rank), got shape {left.shape}")
-    checks.array("right", right, checks.FLOAT, 2)
-    checks.same_dtype("right", right, "left", left)
-    if right.shape[1] != rank:
-        raise ValueError(f"right must have the r = {rank} columns of left, got shape {right.shape}")
-    checks.output_like("out", out, "left", left, (n, right.shape[0]))
-    return left, right, out
 
 
 def low_rank_product_numpy(left, right, out):
@@ -258,6 +257,36 @@ def _power_step_py_func(matrices, q, tolerance, decoded_out):
 _power_step_core.py_func = _power_step_py_func
 
 
+class _SenderMatrices(Array):
+    """A (K, n, m) float32/float64 array of K >= 1 matrices, any strides (only NumPy reads it)."""
+
+    def __init__(self):
+        super().__init__(FLOAT, ndim=3, contiguous=False)
+
+    def check(self, name, value, values):
+        return _sender_matrices(name, value)
+
+
+class _WarmStart(Array):
+    """The (m, r) factor, r >= 1, of the matrices' dtype, any strides."""
+
+    def __init__(self):
+        super().__init__(FLOAT, ndim=2, contiguous=False, like="matrices")
+
+    def check(self, name, value, values):
+        return _warm_start(value, values[self._like_index])
+
+
+class _DecodedOut(Array):
+    """(K, n, m) of the matrices' dtype, writable, each decoded_out[k] C-contiguous."""
+
+    def __init__(self):
+        super().__init__(FLOAT, ndim=3, output=True, shape=lambda matrices: matrices.shape, like="matrices")
+
+    def check(self, name, value, values):
+        return _decoded_out(value, values[self._like_index])
+
+
 def _sender_matrices(name, value):
     """A (K, n, m) float32/float64 array of K >= 1 matrices, any strides (only NumPy reads it)."""
     if not isinstance(value, np.ndarray):
@@ -300,7 +329,8 @@ def _decoded_out(decoded_out, matrices):
     return decoded_out
 
 
-@checked(_power_step_core)
+@checked(_power_step_core, matrices=_SenderMatrices(), q=_WarmStart(), tolerance=Real(0.0),
+         decoded_out=_DecodedOut())
 def power_step(matrices, q, tolerance, decoded_out):
     """One PowerSGD power step (module docstring) with the jitted kernels.
 
@@ -311,7 +341,7 @@ def power_step(matrices, q, tolerance, decoded_out):
     q : (m, r), same dtype, r >= 1
         The shared warm start Q (any strides).
     tolerance : float
-        The drop tolerance of :func:`orthogonalize` (finite, >= 0).
+        The drop tolerance of :func:`_orthogonalize` (finite, >= 0).
     decoded_out : (K, n, m), same dtype, writable
         Out: ``decoded_k = P_hat Q_k^T`` (:func:`low_rank_product`); each ``decoded_out[k]``
         C-contiguous.
@@ -320,18 +350,13 @@ def power_step(matrices, q, tolerance, decoded_out):
     -------
     (P_hat (n, r), Q_k (K, m, r), Q_new = mean_k Q_k (m, r))
     """
-    _sender_matrices("matrices", matrices)
-    _warm_start(q, matrices)
-    tolerance = checks.real("tolerance", tolerance, 0.0)
-    _decoded_out(decoded_out, matrices)
-    return matrices, q, tolerance, decoded_out
 
 
 def power_step_numpy(matrices, q, tolerance, decoded_out):
     """:func:`power_step` built on the NumPy twins (bitwise equal to it)."""
     matrices, q, tolerance, decoded_out = power_step.check(matrices, q, tolerance, decoded_out)
-    return _power_step(matrices, q, tolerance, decoded_out, orthogonalize_numpy, low_rank_product_numpy)
+    return _power_step(matrices, q, tolerance, decoded_out, _orthogonalize_numpy, low_rank_product_numpy)
 
 
-__all__ = ["DROP_TOLERANCE", "drop_tolerance", "low_rank_product", "low_rank_product_numpy", "orthogonalize",
-           "orthogonalize_numpy", "power_step", "power_step_numpy"]
+__all__ = ["DROP_TOLERANCE", "drop_tolerance", "low_rank_product", "low_rank_product_numpy", "power_step",
+           "power_step_numpy"]

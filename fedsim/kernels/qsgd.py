@@ -48,7 +48,7 @@ index difference to the previous nonzero after that. Then an end marker, ``omega
 the local index of the bucket's last nonzero (-1 if none): the gap to the virtual position n just past
 the bucket. The paper leaves the end of the code implicit (it counts the norm and the nonzeros only);
 the marker is what lets a decoder that knows n find where the next bucket starts, at about
-log2(gap) bits per bucket. Bits of a bucket (:func:`bucket_bits`)::
+log2(gap) bits per bucket. Bits of a bucket (:func:`_bucket_bits`)::
 
     F                                                                         norm = 0
     F + sum over nonzero i of (B(gap_i) + 1 + B(|level_i|)) + B(n - last)    norm > 0
@@ -71,10 +71,11 @@ import numba
 import numpy as np
 
 from fedsim.kernels import JIT_OPTIONS, checks
-from fedsim.kernels.bitstream import _get_bit, _read_uint_core, _write_uint_core
-from fedsim.kernels.checks import checked
-from fedsim.kernels.omega import (MAX_OMEGA_VALUE, _bit_offset, _decode_span, _elias_omega_bits_numpy,
-                                  _omega_bits_unchecked, _read_elias_omega_core, _stream, _write_elias_omega_core)
+from fedsim.kernels.bitstream import (BIT_END, BIT_OFFSET, BIT_OFFSET_TO_END, STREAM, _from_bit_offset, _get_bit,
+                                     _read_uint_core, _write_uint_core)
+from fedsim.kernels.checks import Array, Count, Flag, Offsets, Stream, checked
+from fedsim.kernels.omega import (MAX_OMEGA_VALUE, _elias_omega_bits_numpy, _omega_bits_unchecked,
+                                  _read_elias_omega_core, _write_elias_omega_core)
 from fedsim.kernels.selection import NONFINITE_MESSAGE
 
 _jit = numba.njit(**JIT_OPTIONS)
@@ -110,39 +111,57 @@ def bucket_offsets(segment_offsets, bucket_size: int) -> np.ndarray:
 
 
 
-def _signed_levels(name, values, ndim=1):
+def _within_omega(signed_levels):
     """Integer signed levels, each within +-(2^62 - 1) (what the omega code carries): one pass over the
     data for 64-bit dtypes only (narrower ones hold nothing larger)."""
-    checks.array(name, values, checks.INTEGER, ndim)
-    if values.dtype.itemsize == 8 and values.size:
-        low, high = int(values.min()), int(values.max())
+    if signed_levels.dtype.itemsize == 8 and signed_levels.size:
+        low, high = int(signed_levels.min()), int(signed_levels.max())
         if low < -MAX_OMEGA_VALUE or high > MAX_OMEGA_VALUE:
             bad = low if low < -MAX_OMEGA_VALUE else high
-            raise ValueError(f"{name} must lie within +-(2^62 - 1) (the Elias omega code's range), got {bad}")
-    return values
+            raise ValueError(f"signed_levels must lie within +-(2^62 - 1) (the Elias omega code's range), "
+                             f"got {bad}")
 
 
-def _bucket_count(offsets, size):
-    """The number of buckets of ``bucket_offsets``, which must tile [0, size)."""
-    return checks.segment_count("bucket_offsets", offsets, size)
-
-
-def _offsets_end(offsets):
-    """The last of the ``bucket_offsets`` (int64, at least one entry), before checking that they tile."""
-    checks.array("bucket_offsets", offsets, checks.INT64)
-    if offsets.shape[0] == 0:
-        raise ValueError("bucket_offsets must hold B + 1 >= 1 offsets, got none")
-    return int(offsets[-1])
-
-
-def _norm_patterns(name, patterns, float_bits):
+def _patterns_fit(norm_patterns, float_bits):
     """A float32 norm's pattern lies in [0, 2^32) (a float64's is any int64)."""
-    if float_bits == 32 and patterns.shape[0]:
-        low, high = checks.smallest(patterns), int(patterns.max())
+    if float_bits == 32 and norm_patterns.shape[0]:
+        low, high = checks.smallest(norm_patterns), int(norm_patterns.max())
         if low < 0 or high >= 1 << 32:
-            raise ValueError(f"{name} must be float32 bit patterns in [0, 2^32) for float_bits 32, got "
+            raise ValueError(f"norm_patterns must be float32 bit patterns in [0, 2^32) for float_bits 32, got "
                              f"{low if low < 0 else high}")
-    return patterns
+
+
+def _buckets(bucket_offsets):
+    return (bucket_offsets.shape[0] - 1,)
+
+
+def _rows_by_buckets(updates, bucket_offsets):
+    return (updates.shape[0], bucket_offsets.shape[0] - 1)
+
+
+def _levels_shape(bucket_offsets):
+    """(P,): the end of the bucket offsets."""
+    return (int(bucket_offsets[-1]),)
+
+
+def _levels_fit(levels, levels_out):
+    if levels > np.iinfo(levels_out.dtype).max:
+        raise TypeError(f"levels_out ({levels_out.dtype}) cannot hold the signed levels +-{levels}: int16 "
+                        f"holds s <= 32767, int32 any s")
+
+
+def _zero_filled(levels_out):
+    if levels_out.size and levels_out.any():
+        raise ValueError("levels_out must be zero-filled (the decoder writes the nonzero levels only)")
+
+
+def _message_bits(signed_levels, bucket_offsets, norm_patterns, float_bits):
+    return _qsgd_bits_core(signed_levels, bucket_offsets, norm_patterns, float_bits)
+
+
+# Signed levels: integers within +-(2^62 - 1), what the omega code carries (one pass for 64-bit dtypes)
+SIGNED_LEVELS = Array(checks.INTEGER, then=_within_omega)
+ROW_BUCKETS = Offsets(total=lambda signed_levels: signed_levels.shape[-1])
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -151,7 +170,7 @@ def _norm_patterns(name, patterns, float_bits):
 
 @_jit
 def _bucket_bits_core(signed_levels, norm_nonzero, float_bits):
-    """:func:`bucket_bits` without the argument checks."""
+    """:func:`_bucket_bits` without the argument checks."""
     if not norm_nonzero:
         return float_bits
     total = float_bits
@@ -166,12 +185,10 @@ def _bucket_bits_core(signed_levels, norm_nonzero, float_bits):
     return total + _omega_bits_unchecked(signed_levels.shape[0] - previous)
 
 
-@checked(_bucket_bits_core)
-def bucket_bits(signed_levels, norm_nonzero, float_bits):
+@checked(_bucket_bits_core, signed_levels=SIGNED_LEVELS, norm_nonzero=Flag(), float_bits=checks.FLOAT_BITS)
+def _bucket_bits(signed_levels, norm_nonzero, float_bits):
     """Encoded bits of one bucket (module docstring) from its signed levels (1-D integers within
     +-(2^62 - 1)), whether its norm is nonzero (a bool) and the width of the norm (32 or 64)."""
-    return (_signed_levels("signed_levels", signed_levels), checks.flag("norm_nonzero", norm_nonzero),
-            checks.float_bits("float_bits", float_bits))
 
 
 @_jit
@@ -187,20 +204,21 @@ def _qsgd_bits_core(signed_levels, bucket_offsets, norms, float_bits):
 
 def _check_bits(signed_levels, bucket_offsets, norms, float_bits, ndim=1):
     """The checks of :func:`qsgd_bits` (its twin also takes a (K, P) batch with (K, B) norms)."""
-    _signed_levels("signed_levels", signed_levels, ndim)
-    n_buckets = _bucket_count(bucket_offsets, signed_levels.shape[-1])
+    checks.array("signed_levels", signed_levels, checks.INTEGER, ndim)
+    _within_omega(signed_levels)
+    n_buckets = checks.segment_count("bucket_offsets", bucket_offsets, signed_levels.shape[-1])
     checks.shaped("norms", norms, checks.FLOAT, signed_levels.shape[:-1] + (n_buckets,))
-    return signed_levels, bucket_offsets, norms, checks.float_bits("float_bits", float_bits)
+    return signed_levels, bucket_offsets, norms, checks.FLOAT_BITS.check("float_bits", float_bits, None)
 
 
-@checked(_qsgd_bits_core)
+@checked(_qsgd_bits_core, signed_levels=SIGNED_LEVELS, bucket_offsets=ROW_BUCKETS,
+         norms=Array(checks.FLOAT, shape=_buckets), float_bits=checks.FLOAT_BITS)
 def qsgd_bits(signed_levels, bucket_offsets, norms, float_bits):
-    """Encoded bits of one row's message: the sum of :func:`bucket_bits` over its buckets.
+    """Encoded bits of one row's message: the sum of :func:`_bucket_bits` over its buckets.
 
     ``signed_levels`` (P,) integers within +-(2^62 - 1), ``bucket_offsets`` (B + 1,) int64 tiling [0, P)
     (from 0 to P, non-decreasing), ``norms`` (B,) float32 or float64 (only whether each is nonzero
     counts), ``float_bits`` 32 or 64."""
-    return _check_bits(signed_levels, bucket_offsets, norms, float_bits)
 
 
 def qsgd_bits_numpy(signed_levels, bucket_offsets, norms, float_bits):
@@ -297,7 +315,12 @@ def _qsgd_quantize_core(updates, bucket_offsets, levels, uniforms, float_bits, d
         encoded_bits_out[row] = total_bits
 
 
-@checked(_qsgd_quantize_core)
+@checked(_qsgd_quantize_core, updates=checks.UPDATES, bucket_offsets=checks.SEGMENT_OFFSETS,
+         levels=Count(1, MAX_LEVELS), uniforms=Array(checks.FLOAT64, shape=checks.updates_shape),
+         float_bits=checks.FLOAT_BITS, decoded_out=checks.PER_ENTRY_OUT,
+         norms_out=Array(checks.FLOAT, output=True, shape=_rows_by_buckets, like="updates"),
+         levels_out=Array(LEVEL_DTYPES, output=True, shape=checks.updates_shape, then=_levels_fit),
+         encoded_bits_out=checks.ENCODED_BITS_OUT)
 def qsgd_quantize(updates, bucket_offsets, levels, uniforms, float_bits, decoded_out, norms_out, levels_out,
                   encoded_bits_out):
     """QSGD of every row of ``updates``, bucket by bucket (module docstring), in one call.
@@ -325,21 +348,6 @@ def qsgd_quantize(updates, bucket_offsets, levels, uniforms, float_bits, decoded
 
     All arrays C-contiguous, the outputs writable.
     """
-    checks.array("updates", updates, checks.FLOAT, 2)
-    n_rows, size = updates.shape
-    n_buckets = _bucket_count(bucket_offsets, size)
-    levels = checks.integer("levels", levels, 1, MAX_LEVELS)
-    checks.shaped("uniforms", uniforms, checks.FLOAT64, updates.shape)
-    float_bits = checks.float_bits("float_bits", float_bits)
-    checks.output_like("decoded_out", decoded_out, "updates", updates, updates.shape)
-    checks.output_like("norms_out", norms_out, "updates", updates, (n_rows, n_buckets))
-    checks.shaped("levels_out", levels_out, LEVEL_DTYPES, updates.shape, True)
-    if levels > np.iinfo(levels_out.dtype).max:
-        raise TypeError(f"levels_out ({levels_out.dtype}) cannot hold the signed levels +-{levels}: int16 "
-                        f"holds s <= 32767, int32 any s")
-    checks.shaped("encoded_bits_out", encoded_bits_out, checks.INT64, (n_rows,), True)
-    return (updates, bucket_offsets, levels, uniforms, float_bits, decoded_out, norms_out, levels_out,
-            encoded_bits_out)
 
 
 def _bucket_norms_numpy(updates, offsets):
@@ -421,7 +429,9 @@ def _qsgd_encode_into_core(signed_levels, bucket_offsets, norm_patterns, float_b
     return offset
 
 
-@checked(_qsgd_encode_into_core)
+@checked(_qsgd_encode_into_core, extra=_patterns_fit, signed_levels=SIGNED_LEVELS, bucket_offsets=ROW_BUCKETS,
+         norm_patterns=Array(checks.INT64, shape=_buckets), float_bits=checks.FLOAT_BITS,
+         stream=Stream(output=True, start=_from_bit_offset, bits=_message_bits), bit_offset=BIT_OFFSET)
 def qsgd_encode_into(signed_levels, bucket_offsets, norm_patterns, float_bits, stream, bit_offset):
     """Write a row's buckets (module docstring) from ``bit_offset``; returns the offset after them.
 
@@ -430,16 +440,6 @@ def qsgd_encode_into(signed_levels, bucket_offsets, norm_patterns, float_bits, s
     below 2^32 for ``float_bits`` 32, any int64 for 64); a bucket whose pattern is 0 (norm +0.0) sends its
     norm only. The code (:func:`qsgd_bits` of the levels and patterns, counted first) must fit in
     ``stream`` (writable uint8) from ``bit_offset``."""
-    _signed_levels("signed_levels", signed_levels)
-    n_buckets = _bucket_count(bucket_offsets, signed_levels.shape[0])
-    checks.shaped("norm_patterns", norm_patterns, checks.INT64, (n_buckets,))
-    float_bits = checks.float_bits("float_bits", float_bits)
-    _norm_patterns("norm_patterns", norm_patterns, float_bits)
-    _stream(stream, writable=True)
-    bit_offset = _bit_offset("bit_offset", bit_offset)
-    checks.bits_fit("stream", stream, bit_offset,
-                    _qsgd_bits_core(signed_levels, bucket_offsets, norm_patterns, float_bits))
-    return signed_levels, bucket_offsets, norm_patterns, float_bits, stream, bit_offset
 
 
 @_jit
@@ -477,7 +477,10 @@ def _qsgd_decode_from_core(stream, bit_offset, bit_end, bucket_offsets, float_bi
     return offset
 
 
-@checked(_qsgd_decode_from_core)
+@checked(_qsgd_decode_from_core, stream=STREAM, bit_offset=BIT_OFFSET_TO_END, bit_end=BIT_END,
+         bucket_offsets=Offsets(), float_bits=checks.FLOAT_BITS,
+         norm_patterns_out=Array(checks.INT64, output=True, shape=_buckets),
+         levels_out=Array(checks.INT64, output=True, shape=_levels_shape, then=_zero_filled))
 def qsgd_decode_from(stream, bit_offset, bit_end, bucket_offsets, float_bits, norm_patterns_out,
                      levels_out):
     """Read the buckets written by :func:`qsgd_encode_into`, never past ``bit_end`` (0 <= bit_offset <=
@@ -486,12 +489,3 @@ def qsgd_decode_from(stream, bit_offset, bit_end, bucket_offsets, float_bits, no
     ``bucket_offsets`` (B + 1,) int64 from 0, non-decreasing, to P; ``levels_out`` (P,) int64 must be
     zero-filled; ``norm_patterns_out`` (B,) int64 receives the norm bit patterns (both writable). A gap
     that jumps past a bucket's end, a zero level, or a stream that ends early raise ValueError."""
-    bit_offset, bit_end = _decode_span(stream, bit_offset, bit_end)
-    size = _offsets_end(bucket_offsets)
-    n_buckets = _bucket_count(bucket_offsets, size)
-    float_bits = checks.float_bits("float_bits", float_bits)
-    checks.shaped("norm_patterns_out", norm_patterns_out, checks.INT64, (n_buckets,), True)
-    checks.shaped("levels_out", levels_out, checks.INT64, (size,), True)
-    if levels_out.size and levels_out.any():
-        raise ValueError("levels_out must be zero-filled (the decoder writes the nonzero levels only)")
-    return stream, bit_offset, bit_end, bucket_offsets, float_bits, norm_patterns_out, levels_out

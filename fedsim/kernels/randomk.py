@@ -68,7 +68,7 @@ import numba
 import numpy as np
 
 from fedsim.kernels import JIT_OPTIONS, checks
-from fedsim.kernels.checks import checked
+from fedsim.kernels.checks import Array, Count, checked
 from fedsim.kernels.selection import NONFINITE_MESSAGE
 from fedsim.kernels.sparsify import _longest_segment
 
@@ -103,9 +103,48 @@ def check_positions_arguments(size, k) -> tuple[int, int]:
     return size, k
 
 
-def _uint64(name, value):
-    """``value`` (an integer in [0, 2^64)) as numpy.uint64."""
-    return np.uint64(checks.integer(name, value, 0, (1 << 64) - 1))
+class _UInt64(Count):
+    """An integer in [0, 2^64), passed on as numpy.uint64."""
+
+    def __init__(self):
+        super().__init__(0, (1 << 64) - 1)
+
+    def check(self, name, value, values):
+        return np.uint64(super().check(name, value, values))
+
+
+def _segment_fits(size, k):
+    check_positions_arguments(size, k)
+
+
+def _count(count):
+    return count
+
+
+def _budgets_fit(segment_offsets, budgets):
+    """0 <= k_j <= N_j <= 2^32 for every segment."""
+    n_segments = budgets.shape[0]
+    if n_segments <= checks.SHORT_ARRAY:          # (lists: cheaper than NumPy calls for a few segments)
+        offsets = segment_offsets.tolist()
+        sizes = [stop - start for start, stop in zip(offsets[:-1], offsets[1:])]
+        ks = budgets.tolist()
+        within = all(0 <= k <= n for k, n in zip(ks, sizes))
+        longest = max(sizes, default=0)
+    else:
+        sizes = np.diff(segment_offsets)
+        within = budgets.min() >= 0 and not np.any(budgets > sizes)
+        longest = int(sizes.max())
+    if not within:
+        raise ValueError(f"{BUDGETS_MESSAGE}, got budgets {budgets[:8].tolist()} for segments of "
+                         f"{list(sizes[:8])} entries")
+    if longest > MAX_SEGMENT:
+        raise ValueError(SEGMENTS_MESSAGE)
+
+
+def _sent_values_shape(updates, budgets):
+    """(K, sum of the budgets)."""
+    total = sum(budgets.tolist()) if budgets.shape[0] <= checks.SHORT_ARRAY else int(budgets.sum())
+    return (updates.shape[0], total)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -135,25 +174,22 @@ def _below(z, bound):
 
 @_jit
 def _splitmix64_core(state, count, out):
-    """:func:`splitmix64` without the argument checks."""
+    """:func:`_splitmix64` without the argument checks."""
     start = np.uint64(state)
     for n in range(count):
         out[n] = _output(start, np.uint64(n + 1))
 
 
-@checked(_splitmix64_core)
-def splitmix64(state, count, out):
+@checked(_splitmix64_core, state=_UInt64(), count=Count(),
+         out=Array(checks.UINT64, output=True, at_least=_count))
+def _splitmix64(state, count, out):
     """``out[:count]`` = the first ``count`` outputs of SplitMix64 started at ``state`` (an integer in
     [0, 2^64)); ``out`` is a uint64 vector of at least ``count`` entries."""
-    state = _uint64("state", state)
-    count = checks.integer("count", count)
-    checks.output("out", out, checks.UINT64, count)
-    return state, count, out
 
 
-def splitmix64_numpy(state, count, out):
-    """NumPy twin of :func:`splitmix64`."""
-    state, count, out = splitmix64.check(state, count, out)
+def _splitmix64_numpy(state, count, out):
+    """NumPy twin of :func:`_splitmix64`."""
+    state, count, out = _splitmix64.check(state, count, out)
     out[:count] = _mix_numpy(np.uint64(state) + np.arange(1, count + 1, dtype=np.uint64) * _GAMMA)
 
 
@@ -201,16 +237,14 @@ def _random_positions_core(seed, segment, size, k, positions_out):
     _floyd_into(seed, segment, size, k, positions_out, marks)
 
 
-@checked(_random_positions_core)
+@checked(_random_positions_core, seed=_UInt64(), segment=Count(0, checks.INT64_MAX - 1),
+         size=Count(-checks.INT64_MAX, checks.INT64_MAX),
+         k=Count(-checks.INT64_MAX, checks.INT64_MAX, then=_segment_fits),
+         positions_out=Array(checks.INT64, output=True, at_least=lambda k: k))
 def random_positions(seed, segment, size, k, positions_out):
     """The k positions of segment ``segment`` (of ``size`` entries) for ``seed``, in the order Floyd's
     algorithm picks them, into ``positions_out[:k]`` (int64, at least k entries). Requires
     0 <= k <= size <= 2^32, a seed in [0, 2^64) and a segment index in [0, 2^63 - 1)."""
-    seed = _uint64("seed", seed)
-    segment = checks.integer("segment", segment, 0, checks.INT64_MAX - 1)
-    size, k = check_positions_arguments(size, k)
-    checks.output("positions_out", positions_out, checks.INT64, k)
-    return seed, segment, size, k, positions_out
 
 
 def random_positions_numpy(seed, segment, size, k, positions_out):
@@ -269,7 +303,11 @@ def _randomk_compress_batch_core(updates, segment_offsets, budgets, scales, seed
             written += k
 
 
-@checked(_randomk_compress_batch_core)
+@checked(_randomk_compress_batch_core, updates=checks.UPDATES, segment_offsets=checks.SEGMENT_OFFSETS,
+         budgets=Array(checks.INT64, shape=checks.segments, then=_budgets_fit),
+         scales=Array(checks.FLOAT, shape=checks.segments, like="updates"),
+         seeds=Array(checks.UINT64, shape=checks.rows), decoded_out=checks.PER_ENTRY_OUT,
+         values_out=Array(checks.FLOAT, output=True, shape=_sent_values_shape, like="updates"))
 def randomk_compress_batch(updates, segment_offsets, budgets, scales, seeds, decoded_out, values_out):
     """Random-k of every row of ``updates`` (module docstring, "Batch"), in one call.
 
@@ -289,31 +327,6 @@ def randomk_compress_batch(updates, segment_offsets, budgets, scales, seeds, dec
     values_out : (K, sum of budgets), the dtype of ``updates``
         The sent values ``x[i_t]`` (unscaled), segment after segment, each in Floyd's order.
     """
-    checks.array("updates", updates, checks.FLOAT, 2)
-    n_rows, size = updates.shape
-    n_segments = checks.segment_count("segment_offsets", segment_offsets, size)
-    checks.shaped("budgets", budgets, checks.INT64, (n_segments,))
-    if n_segments <= checks.SHORT_ARRAY:          # (lists: cheaper than NumPy calls for a few segments)
-        offsets = segment_offsets.tolist()
-        sizes = [stop - start for start, stop in zip(offsets[:-1], offsets[1:])]
-        ks = budgets.tolist()
-        within = all(0 <= k <= n for k, n in zip(ks, sizes))
-        longest, total = max(sizes, default=0), sum(ks)
-    else:
-        sizes = np.diff(segment_offsets)
-        within = budgets.min() >= 0 and not np.any(budgets > sizes)
-        longest, total = int(sizes.max()), int(budgets.sum())
-    if not within:
-        raise ValueError(f"{BUDGETS_MESSAGE}, got budgets {budgets[:8].tolist()} for segments of "
-                         f"{list(sizes[:8])} entries")
-    if longest > MAX_SEGMENT:
-        raise ValueError(SEGMENTS_MESSAGE)
-    checks.shaped("scales", scales, checks.FLOAT, (n_segments,))
-    checks.same_dtype("scales", scales, "updates", updates)
-    checks.shaped("seeds", seeds, checks.UINT64, (n_rows,))
-    checks.output_like("decoded_out", decoded_out, "updates", updates, updates.shape)
-    checks.output_like("values_out", values_out, "updates", updates, (n_rows, total))
-    return updates, segment_offsets, budgets, scales, seeds, decoded_out, values_out
 
 
 def randomk_compress_batch_numpy(updates, segment_offsets, budgets, scales, seeds, decoded_out, values_out):

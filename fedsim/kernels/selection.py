@@ -56,7 +56,7 @@ import numba
 import numpy as np
 
 from fedsim.kernels import JIT_OPTIONS, checks
-from fedsim.kernels.checks import checked
+from fedsim.kernels.checks import FLOAT_VECTOR, INT64, Array, Budget, Real, checked
 
 # Segments up to this length skip the pivot sample: every nonzero entry is a candidate.
 SHORT_SEGMENT = 1 << 12
@@ -320,15 +320,6 @@ def _mean_of(x, positions, count):
     return _round_to_dtype(x, _magnitude_sum(x, positions, count) / count)
 
 
-def _budget(name, k, size):
-    """``k`` (an integer >= 0) as the kernels receive it: any ``k > size`` is passed as ``size + 1``.
-
-    The kept set has at most ``size`` entries, so ``count < k`` for every such k and the results do not
-    change; the kernels' buffer arithmetic (``2 k``) stays far from int64 overflow."""
-    return min(checks.integer(name, k), size + 1)
-
-
-
 @_jit
 def _top_k_select_core(x, k, positions_out):
     """:func:`_top_k_select` without the argument checks."""
@@ -339,7 +330,16 @@ def _top_k_select_core(x, k, positions_out):
     return _top_k_into(x, k, candidate_positions, candidate_magnitudes, scratch, positions_out)
 
 
-@checked(_top_k_select_core)
+def _kept(x, k):
+    """min(k, N): the most entries a kept set of x can have."""
+    return min(k, x.shape[0])
+
+
+_BUDGET = Budget(size="x")
+_POSITIONS_OUT = Array(INT64, output=True, at_least=_kept)
+
+
+@checked(_top_k_select_core, x=FLOAT_VECTOR, k=_BUDGET, positions_out=_POSITIONS_OUT)
 def _top_k_select(x, k, positions_out):
     """Write the kept set K(x, k) (module docstring) into ``positions_out``; return its size.
 
@@ -356,10 +356,6 @@ def _top_k_select(x, k, positions_out):
     count : int
         ``min(k, number of nonzeros of x)``.
     """
-    checks.float_vector("x", x)
-    k = _budget("k", k, x.shape[0])
-    checks.output("positions_out", positions_out, checks.INT64, min(k, x.shape[0]))
-    return x, k, positions_out
 
 
 def _check_finite_numpy(x):
@@ -403,7 +399,7 @@ def _top_k_threshold_core(x, k):
     return threshold, mu, count
 
 
-@checked(_top_k_threshold_core)
+@checked(_top_k_threshold_core, x=FLOAT_VECTOR, k=_BUDGET)
 def _top_k_threshold(x, k):
     """Threshold and mean of the top-k magnitudes (``x``: (N,) float32 or float64, ``k >= 0``).
 
@@ -416,8 +412,6 @@ def _top_k_threshold(x, k):
     count : int
         |K(x, k)| = min(k, number of nonzeros).
     """
-    checks.float_vector("x", x)
-    return x, _budget("k", k, x.shape[0])
 
 
 def _top_k_threshold_numpy(x, k):
@@ -441,20 +435,14 @@ def _top_k_sparsify_core(x, k, positions_out, values_out):
     return count
 
 
-@checked(_top_k_sparsify_core)
+@checked(_top_k_sparsify_core, x=FLOAT_VECTOR, k=_BUDGET, positions_out=_POSITIONS_OUT,
+         values_out=Array(checks.FLOAT, output=True, at_least=_kept, like="x"))
 def _top_k_sparsify(x, k, positions_out, values_out):
     """Top-k sparsification: keep x_i (exact copies) on the kept set K(x, k), drop the rest.
 
     ``x`` is (N,) float32 or float64 and ``k >= 0``; ``positions_out`` (int64) and ``values_out`` (x's
     dtype) each need length >= min(k, N). Returns the count ``min(k, number of nonzeros)``.
     """
-    checks.float_vector("x", x)
-    k = _budget("k", k, x.shape[0])
-    kept = min(k, x.shape[0])
-    checks.output("positions_out", positions_out, checks.INT64, kept)
-    checks.output("values_out", values_out, checks.FLOAT, kept)
-    checks.same_dtype("values_out", values_out, "x", x)
-    return x, k, positions_out, values_out
 
 
 def _top_k_sparsify_numpy(x, k, positions_out, values_out):
@@ -503,12 +491,11 @@ def _sampled_top_k_threshold_core(x, sample_positions, k_sample):
                                    np.empty(n_sample, np.int64))
 
 
-def _check_sample(x, sample_positions):
-    checks.array("sample_positions", sample_positions, checks.INT64)
-    checks.within("sample_positions", sample_positions, x.shape[0])
+_SAMPLE_POSITIONS = Array(INT64, within="x")
 
 
-@checked(_sampled_top_k_threshold_core)
+@checked(_sampled_top_k_threshold_core, x=FLOAT_VECTOR, sample_positions=_SAMPLE_POSITIONS,
+         k_sample=Budget(size="sample_positions"))
 def _sampled_top_k_threshold(x, sample_positions, k_sample):
     """Threshold and mean estimated from a sample (the reference's approximate threshold).
 
@@ -517,9 +504,6 @@ def _sampled_top_k_threshold(x, sample_positions, k_sample):
     threshold = the k_sample-th largest sampled magnitude (0 if the sample has fewer than k_sample
     nonzeros), mu = mean magnitude of the sample's kept set. Returns (threshold, mu) in x's dtype.
     """
-    checks.float_vector("x", x)
-    _check_sample(x, sample_positions)
-    return x, sample_positions, _budget("k_sample", k_sample, sample_positions.shape[0])
 
 
 def _sampled_top_k_threshold_numpy(x, sample_positions, k_sample):
@@ -547,15 +531,12 @@ def _select_at_least_core(x, threshold, positions_out):
     return count, largest
 
 
-@checked(_select_at_least_core)
+@checked(_select_at_least_core, x=FLOAT_VECTOR, threshold=Real(0.0, low_open=True),
+         positions_out=Array(INT64, output=True, at_least="x"))
 def _select_at_least(x, threshold, positions_out):
     """Positions with ``|x_i| >= threshold`` (a finite threshold > 0), increasing, into ``positions_out``
     (int64, at least N entries: the count is not known in advance). Returns (count, largest magnitude
     among them, 0 if none)."""
-    checks.float_vector("x", x)
-    threshold = checks.real("threshold", threshold, 0.0, low_open=True)
-    checks.output("positions_out", positions_out, checks.INT64, x.shape[0])
-    return x, threshold, positions_out
 
 
 def _select_at_least_numpy(x, threshold, positions_out):

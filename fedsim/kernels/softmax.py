@@ -40,7 +40,7 @@ import numba
 import numpy as np
 
 from fedsim.kernels import JIT_OPTIONS, checks
-from fedsim.kernels.checks import checked
+from fedsim.kernels.checks import FLOAT, INT64, Array, Real, checked
 
 
 @numba.njit(**JIT_OPTIONS)
@@ -75,33 +75,53 @@ def _block_array(name, value, dtypes, shapes, writable=False):
     return value
 
 
-def _check_labels(labels, G, R, C):
-    _block_array("labels", labels, checks.INT64, ((1, R), (G, R)))
+class _Block(Array):
+    """An array of a block (any strides) in the dtype of ``z`` (or of ``dtypes``), whose shape is one of
+    ``shapes`` (a function of ``z``'s shape (G, R, C)), writable if ``output`` (:func:`_block_array`)."""
+
+    def __init__(self, shapes, dtypes=None, output=False, then=None):
+        super().__init__(dtypes or FLOAT, ndim=2, output=output, contiguous=False,
+                         like=None if dtypes else "z", then=then)
+        self.shapes = shapes
+
+    def check(self, name, value, values):
+        z = values[0]                                     # (z is each kernel's first argument)
+        dtypes = self.dtypes if self.like is None else (z.dtype,)
+        return _block_array(name, value, dtypes, self.shapes(*z.shape), self.output)
+
+
+class _ScalarOfZ(Real):
+    """A finite real passed on as a scalar of z's dtype (z: the kernel's first argument)."""
+
+    def check(self, name, value, values):
+        return values[0].dtype.type(super().check(name, value, values))
+
+
+def _has_a_class(z):
+    if z.shape[2] < 1:
+        raise ValueError(f"z must have at least one class (its last axis), got shape {z.shape}")
+
+
+def _labels_in_range(z, labels):
+    C = z.shape[2]
     if labels.size and (labels.min() < 0 or labels.max() >= C):
         raise ValueError(f"labels must lie in [0, {C - 1}], got range [{labels.min()}, {labels.max()}]")
 
 
-def _check_z(z):
-    checks.array("z", z, checks.FLOAT, 3, writable=True, contiguous=False)
-    if z.shape[2] < 1:
-        raise ValueError(f"z must have at least one class (its last axis), got shape {z.shape}")
-    return z.shape
+Z = Array(FLOAT, ndim=3, output=True, contiguous=False, then=_has_a_class)
+LABELS = _Block(lambda G, R, C: ((1, R), (G, R)), dtypes=INT64, then=_labels_in_range)
+PER_SAMPLE = _Block(lambda G, R, C: ((G, R),))
+PER_SAMPLE_OUT = _Block(lambda G, R, C: ((G, R),), output=True)
 
 
-@checked(_shift_logits_core)
+@checked(_shift_logits_core, z=Z, bias=_Block(lambda G, R, C: ((1, C), (G, C))), scale=_ScalarOfZ(),
+         labels=LABELS, z_y=PER_SAMPLE_OUT)
 def shift_logits(z, bias, scale, labels, z_y):
     """In place: ``z = scale * z + bias``, then ``z -= max_c z``; ``z_y = z[labels]`` (module docstring).
 
     ``scale`` is a scalar of z's dtype (1 when the data are floats). Bitwise equal to
     :func:`shift_logits_numpy`.
     """
-    G, R, C = _check_z(z)
-    like = (z.dtype,)
-    _block_array("bias", bias, like, ((1, C), (G, C)))
-    scale = checks.real("scale", scale)
-    _check_labels(labels, G, R, C)
-    _block_array("z_y", z_y, like, ((G, R),), writable=True)
-    return z, bias, z.dtype.type(scale), labels, z_y
 
 
 def shift_logits_numpy(z, bias, scale, labels, z_y):
@@ -148,23 +168,15 @@ def _softmax_residual_core(z, total, log_total, z_y, labels, share, divisor, nll
                 grad_b[g, c] += block_sum[c]
 
 
-@checked(_softmax_residual_core)
+@checked(_softmax_residual_core, z=Z, total=PER_SAMPLE, log_total=PER_SAMPLE, z_y=PER_SAMPLE, labels=LABELS,
+         share=_Block(lambda G, R, C: ((0, 0), (1, R), (G, R))), divisor=_ScalarOfZ(0.0, low_open=True),
+         nll=PER_SAMPLE_OUT, grad_b=_Block(lambda G, R, C: ((G, C),), output=True))
 def softmax_residual(z, total, log_total, z_y, labels, share, divisor, nll, grad_b):
     """From ``z`` = exp of the shifted logits (in place): ``z = (z / total - onehot) * share`` (or
     ``/ divisor``), ``nll = log_total - z_y``, ``grad_b += sum over samples of z`` (module docstring).
 
     Bitwise equal to :func:`softmax_residual_numpy`.
     """
-    G, R, C = _check_z(z)
-    like = (z.dtype,)
-    for name, value in (("total", total), ("log_total", log_total), ("z_y", z_y)):
-        _block_array(name, value, like, ((G, R),))
-    _check_labels(labels, G, R, C)
-    _block_array("share", share, like, ((0, 0), (1, R), (G, R)))
-    divisor = checks.real("divisor", divisor, 0.0, low_open=True)
-    _block_array("nll", nll, like, ((G, R),), writable=True)
-    _block_array("grad_b", grad_b, like, ((G, C),), writable=True)
-    return z, total, log_total, z_y, labels, share, z.dtype.type(divisor), nll, grad_b
 
 
 def softmax_residual_numpy(z, total, log_total, z_y, labels, share, divisor, nll, grad_b):
@@ -194,15 +206,23 @@ def _gather_rows_core(x, index, out):
                 out[g, r, f] = x[row, f]
 
 
-@checked(_gather_rows_core)
+class _Gathered(Array):
+    """(G, R, F) in x's dtype, writable, any strides (:func:`_block_array`)."""
+
+    def __init__(self):
+        super().__init__(FLOAT, ndim=3, output=True, contiguous=False,
+                         shape=lambda x, index: index.shape + x.shape[1:], like="x")
+
+    def check(self, name, value, values):
+        x = values[self._like_index]
+        return _block_array(name, value, (x.dtype,), (self.shape(values),), writable=True)
+
+
+@checked(_gather_rows_core, x=Array(FLOAT, ndim=2),
+         index=Array(INT64, ndim=2, contiguous=False, within=lambda x: x.shape[0]), out=_Gathered())
 def gather_rows(x, index, out):
     """``out[g, r] = x[index[g, r]]``: rows of the (N, F) array ``x`` (float32 or float64) into ``out``
     (G, R, F) of its dtype; ``index`` (G, R) int64 in [0, N). Bitwise equal to :func:`gather_rows_numpy`."""
-    checks.array("x", x, checks.FLOAT, 2)
-    checks.array("index", index, checks.INT64, 2, contiguous=False)
-    checks.within("index", np.ascontiguousarray(index), x.shape[0])
-    _block_array("out", out, (x.dtype,), (index.shape + x.shape[1:],), writable=True)
-    return x, index, out
 
 
 def gather_rows_numpy(x, index, out):

@@ -14,7 +14,7 @@ import numba
 import numpy as np
 
 from fedsim.kernels import JIT_OPTIONS, checks
-from fedsim.kernels.checks import checked
+from fedsim.kernels.checks import Array, Flag, checked
 from fedsim.kernels.golomb import (COUNT_BITS, _golomb_rice_bits_core, _rice_parameter_core,
                                    _sparse_segment_bits_core)
 from fedsim.kernels.selection import (NONFINITE_MESSAGE, PIVOT_SAMPLE, SMALL_SEGMENT, _round_to_dtype,
@@ -37,15 +37,10 @@ def _all_finite_core(x):
     return True
 
 
-@checked(_all_finite_core)
+@checked(_all_finite_core, x=Array(checks.FLOAT, ndim=None))
 def all_finite(x):
     """True if every entry of ``x`` (a C-contiguous float32 or float64 array of any shape, at least 1-D)
     is finite."""
-    if not isinstance(x, np.ndarray):
-        raise TypeError(f"x must be a NumPy array of dtype float32 or float64, got {type(x).__name__}")
-    if x.ndim == 0:
-        raise ValueError("x must be an array of at least one dimension, got a 0-D array")
-    return (checks.array("x", x, checks.FLOAT, x.ndim),)
 
 
 def all_finite_numpy(x):
@@ -172,21 +167,29 @@ def _sparse_compress_batch_py(updates, segment_offsets, budgets, ternary, float_
 _sparse_compress_batch_core.py_func = _sparse_compress_batch_py
 
 
-def _check_batch_rows(updates, segment_offsets):
-    """(n_rows, n_segments) of a batch: ``updates`` (K, P) float, offsets cutting [0, P)."""
-    checks.array("updates", updates, checks.FLOAT, 2)
-    return updates.shape[0], checks.segment_count("segment_offsets", segment_offsets, updates.shape[1])
+def _sample_starts_shape(updates, segment_offsets, ternary, sampled):
+    """(K S + 1,) for sampled STC; not checked otherwise."""
+    return (updates.shape[0] * (segment_offsets.shape[0] - 1) + 1,) if ternary and sampled else None
 
 
-def _check_batch_samples(segment_offsets, n_rows, sample_positions, sample_starts, sample_budgets):
+def _sample_budgets_shape(segment_offsets, ternary, sampled):
+    """(S,) for sampled STC; not checked otherwise."""
+    return checks.segments(segment_offsets) if ternary and sampled else None
+
+
+def _sampled_stc(ternary, sampled):
+    return ternary and sampled
+
+
+def _batch_samples_fit(updates, segment_offsets, ternary, sampled, sample_positions, sample_starts):
     """The samples of a sampled STC batch: one per (row, segment), row-major, each position within its
     segment and no more positions than the segment has entries (a pass over the sample positions)."""
+    if not (ternary and sampled):
+        return
+    n_rows = updates.shape[0]
     sizes = np.diff(segment_offsets)
     n_segments = sizes.shape[0]
-    checks.shaped("sample_budgets", sample_budgets, checks.INT64, (n_segments,))
-    checks.nonnegative("sample_budgets", sample_budgets)
     n_samples = n_rows * n_segments
-    checks.shaped("sample_starts", sample_starts, checks.INT64, (n_samples + 1,))
     counts = np.diff(sample_starts)
     if sample_starts[0] != 0 or sample_starts[-1] != sample_positions.shape[0] \
             or (n_samples and counts.min() < 0):
@@ -207,7 +210,14 @@ def _check_batch_samples(segment_offsets, n_rows, sample_positions, sample_start
                              f"{int(sample_positions[where])}, its segment has {int(bounds[where])} entries")
 
 
-@checked(_sparse_compress_batch_core)
+@checked(_sparse_compress_batch_core, extra=_batch_samples_fit, updates=checks.UPDATES,
+         segment_offsets=checks.SEGMENT_OFFSETS, budgets=Array(checks.INT64, shape=checks.segments, nonnegative=True),
+         ternary=Flag(),
+         float_bits=checks.FLOAT_BITS, sampled=Flag(), sample_positions=Array(checks.INT64),
+         sample_starts=Array(checks.INT64, shape=_sample_starts_shape),
+         sample_budgets=Array(checks.INT64, shape=_sample_budgets_shape, nonnegative=_sampled_stc),
+         sent_out=checks.PER_ENTRY_OUT, counts_out=Array(checks.INT64, output=True, shape=checks.rows_by_segments),
+         encoded_bits_out=checks.ENCODED_BITS_OUT)
 def sparse_compress_batch(updates, segment_offsets, budgets, ternary, float_bits, sampled,
                           sample_positions, sample_starts, sample_budgets,
                           sent_out, counts_out, encoded_bits_out):
@@ -247,22 +257,6 @@ def sparse_compress_batch(updates, segment_offsets, budgets, ternary, float_bits
     The three sample arrays must be int64 vectors in any case; their lengths and contents are checked
     (and used) only for sampled STC.
     """
-    n_rows, n_segments = _check_batch_rows(updates, segment_offsets)
-    checks.shaped("budgets", budgets, checks.INT64, (n_segments,))
-    checks.nonnegative("budgets", budgets)
-    ternary = checks.flag("ternary", ternary)
-    float_bits = checks.float_bits("float_bits", float_bits)
-    sampled = checks.flag("sampled", sampled)
-    checks.array("sample_positions", sample_positions, checks.INT64)
-    checks.array("sample_starts", sample_starts, checks.INT64)
-    checks.array("sample_budgets", sample_budgets, checks.INT64)
-    if ternary and sampled:
-        _check_batch_samples(segment_offsets, n_rows, sample_positions, sample_starts, sample_budgets)
-    checks.output_like("sent_out", sent_out, "updates", updates, updates.shape)
-    checks.shaped("counts_out", counts_out, checks.INT64, (n_rows, n_segments), True)
-    checks.shaped("encoded_bits_out", encoded_bits_out, checks.INT64, (n_rows,), True)
-    return (updates, segment_offsets, budgets, ternary, float_bits, sampled, sample_positions, sample_starts,
-            sample_budgets, sent_out, counts_out, encoded_bits_out)
 
 
 @_jit
@@ -297,7 +291,9 @@ def _sign_compress_batch_core(updates, segment_offsets, scaled, float_bits, sent
         encoded_bits_out[row] = total_bits
 
 
-@checked(_sign_compress_batch_core)
+@checked(_sign_compress_batch_core, updates=checks.UPDATES, segment_offsets=checks.SEGMENT_OFFSETS, scaled=Flag(),
+         float_bits=checks.FLOAT_BITS, sent_out=checks.PER_ENTRY_OUT, scales_out=checks.PER_SEGMENT_OUT,
+         encoded_bits_out=checks.ENCODED_BITS_OUT)
 def sign_compress_batch(updates, segment_offsets, scaled, float_bits, sent_out, scales_out,
                         encoded_bits_out):
     """sign (times the segment's mean magnitude if ``scaled``) of every row, in one call.
@@ -309,10 +305,3 @@ def sign_compress_batch(updates, segment_offsets, scaled, float_bits, sent_out, 
     the zero positions + one bit per nonzero entry (+ ``float_bits``, 32 or 64, for the scale when
     scaled).
     """
-    n_rows, n_segments = _check_batch_rows(updates, segment_offsets)
-    scaled = checks.flag("scaled", scaled)
-    float_bits = checks.float_bits("float_bits", float_bits)
-    checks.output_like("sent_out", sent_out, "updates", updates, updates.shape)
-    checks.output_like("scales_out", scales_out, "updates", updates, (n_rows, n_segments))
-    checks.shaped("encoded_bits_out", encoded_bits_out, checks.INT64, (n_rows,), True)
-    return updates, segment_offsets, scaled, float_bits, sent_out, scales_out, encoded_bits_out

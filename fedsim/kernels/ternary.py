@@ -10,12 +10,12 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from fedsim.kernels import JIT_OPTIONS, checks
-from fedsim.kernels.checks import checked
-from fedsim.kernels.selection import (NONFINITE_MESSAGE, _budget, _candidate_capacity, _check_finite_numpy,
-                                      _check_sample, _mean_of, _mean_of_numpy, _round_to_dtype,
-                                      _sampled_threshold_into, _sampled_top_k_threshold_numpy, _scratch_length,
-                                      _select_at_least_core, _select_at_least_numpy, _top_k_into,
+from fedsim.kernels import JIT_OPTIONS
+from fedsim.kernels.checks import FLOAT_VECTOR, INT8, INT64, Array, Budget, checked
+from fedsim.kernels.selection import (_BUDGET, _POSITIONS_OUT, _SAMPLE_POSITIONS, NONFINITE_MESSAGE,
+                                      _candidate_capacity, _check_finite_numpy, _kept, _mean_of, _mean_of_numpy,
+                                      _round_to_dtype, _sampled_threshold_into, _sampled_top_k_threshold_numpy,
+                                      _scratch_length, _select_at_least_core, _select_at_least_numpy, _top_k_into,
                                       _top_k_select_numpy)
 
 _jit = numba.njit(**JIT_OPTIONS)
@@ -47,7 +47,8 @@ def _ternarize_core(x, k, positions_out, signs_out):
                            signs_out)
 
 
-@checked(_ternarize_core)
+@checked(_ternarize_core, x=FLOAT_VECTOR, k=_BUDGET, positions_out=_POSITIONS_OUT,
+         signs_out=Array(INT8, output=True, at_least=_kept))
 def _ternarize(x, k, positions_out, signs_out):
     """Sparse ternary compression of one tensor (STC, arXiv 1903.02891, exact threshold).
 
@@ -69,12 +70,6 @@ def _ternarize(x, k, positions_out, signs_out):
     count : int
     mu : dtype of x
     """
-    checks.float_vector("x", x)
-    k = _budget("k", k, x.shape[0])
-    kept = min(k, x.shape[0])
-    checks.output("positions_out", positions_out, checks.INT64, kept)
-    checks.output("signs_out", signs_out, checks.INT8, kept)
-    return x, k, positions_out, signs_out
 
 
 def _ternarize_numpy(x, k, positions_out, signs_out):
@@ -115,7 +110,19 @@ def _sampled_ternarize_core(x, sample_positions, k_sample, k, positions_out, sig
                                    np.empty(scratch_length, x.dtype), positions_out, signs_out)
 
 
-@checked(_sampled_ternarize_core)
+_SIGNS_OUT = Array(INT8, output=True, at_least="x")
+
+
+def _sample_fits(x, sample_positions):
+    """At most N sample positions (the sample's kept positions go to positions_out)."""
+    if sample_positions.shape[0] > x.shape[0]:
+        raise ValueError(f"sample_positions holds {sample_positions.shape[0]} positions, more than the "
+                         f"{x.shape[0]} entries of x")
+
+
+@checked(_sampled_ternarize_core, extra=_sample_fits, x=FLOAT_VECTOR, sample_positions=_SAMPLE_POSITIONS,
+         k_sample=Budget(size="sample_positions"), k=_BUDGET,
+         positions_out=Array(INT64, output=True, at_least="x"), signs_out=_SIGNS_OUT)
 def _sampled_ternarize(x, sample_positions, k_sample, k, positions_out, signs_out):
     """STC with the sampled threshold (DESIGN "Approximate threshold"), with its exact fallback.
 
@@ -143,16 +150,6 @@ def _sampled_ternarize(x, sample_positions, k_sample, k, positions_out, signs_ou
     exact : bool
         True if the exact fallback was used.
     """
-    checks.float_vector("x", x)
-    _check_sample(x, sample_positions)
-    if sample_positions.shape[0] > x.shape[0]:     # (the sample's kept positions go to positions_out)
-        raise ValueError(f"sample_positions holds {sample_positions.shape[0]} positions, more than the "
-                         f"{x.shape[0]} entries of x")
-    k_sample = _budget("k_sample", k_sample, sample_positions.shape[0])
-    k = _budget("k", k, x.shape[0])
-    checks.output("positions_out", positions_out, checks.INT64, x.shape[0])
-    checks.output("signs_out", signs_out, checks.INT8, x.shape[0])
-    return x, sample_positions, k_sample, k, positions_out, signs_out
 
 
 def _sampled_ternarize_numpy(x, sample_positions, k_sample, k, positions_out, signs_out):
@@ -186,7 +183,7 @@ def _sign_core(x, signs_out):
     return zeros
 
 
-@checked(_sign_core)
+@checked(_sign_core, x=FLOAT_VECTOR, signs_out=_SIGNS_OUT)
 def _sign(x, signs_out):
     """signs_out[i] = sign(x_i) in {-1, 0, +1} (int8, at least N entries; sign(0) = sign(-0) = 0).
     Returns the zero count.
@@ -195,9 +192,6 @@ def _sign(x, signs_out):
     other entry): sign = [x > 0] - [x < 0]; the finiteness check ``x - x == 0`` (false for NaN and +-inf)
     is accumulated and raised after the pass.
     """
-    checks.float_vector("x", x)
-    checks.output("signs_out", signs_out, checks.INT8, x.shape[0])
-    return x, signs_out
 
 
 def _sign_numpy(x, signs_out):
@@ -222,11 +216,10 @@ def _mean_magnitude_core(x):
     return _round_to_dtype(x, total / x.shape[0])
 
 
-@checked(_mean_magnitude_core)
+@checked(_mean_magnitude_core, x=FLOAT_VECTOR)
 def _mean_magnitude(x):
     """dtype( (sequential float64 sum of |x_i|) / N ), 0 for an empty x (the scale of scaled sign);
     ``x``: (N,) float32 or float64."""
-    return (checks.float_vector("x", x),)
 
 
 def _mean_magnitude_numpy(x):

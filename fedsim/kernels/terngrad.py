@@ -36,7 +36,7 @@ form one value ``v = d_0 + 3 d_1 + 9 d_2 + 27 d_3 + 81 d_4 <= 242`` written in 8
 ``r = N mod 5`` digits (if r > 0) is written in ``REMAINDER_BITS[r] = ceil(log2(3^r))`` = 2, 4, 5, 7 bits
 (a whole byte would be as easy and waste up to 6 bits per segment). Fields are most significant bit first
 in the bit order of :mod:`fedsim.kernels.golomb`. The code of N digits takes, in closed form,
-``8 floor(N / 5) + REMAINDER_BITS[N mod 5]`` bits (:func:`ternary_code_bits`). The decoder rejects a group
+``8 floor(N / 5) + REMAINDER_BITS[N mod 5]`` bits (:func:`_ternary_code_bits`). The decoder rejects a group
 value >= 3^r.
 
 Every kernel ``foo`` has a NumPy twin ``foo_numpy``, bitwise equal; non-finite input raises
@@ -56,7 +56,7 @@ from numba import types
 from numba.extending import overload
 
 from fedsim.kernels import JIT_OPTIONS, checks
-from fedsim.kernels.checks import checked
+from fedsim.kernels.checks import Array, Count, Flag, Real, Stream, checked
 from fedsim.kernels.bitstream import FIELD_MESSAGE, _read_uint_core, _write_uint_core
 from fedsim.kernels.selection import NONFINITE_MESSAGE, _round_to_dtype
 
@@ -75,31 +75,29 @@ POWERS_OF_THREE = (1, 3, 9, 27, 81, 243)
 # Sizes
 # ----------------------------------------------------------------------------------------------------
 
-def _count(name, count):
-    return checks.integer(name, count, 0, checks.COUNT_MAX)
+COUNT = Count(0, checks.COUNT_MAX)
 
 
 @_jit
 def _ternary_code_bits_core(count):
-    """:func:`ternary_code_bits` without the argument checks."""
+    """:func:`_ternary_code_bits` without the argument checks."""
     return GROUP_BITS * (count // GROUP) + REMAINDER_BITS[count % GROUP]
 
 
-@checked(_ternary_code_bits_core)
-def ternary_code_bits(count):
+@checked(_ternary_code_bits_core, count=COUNT)
+def _ternary_code_bits(count):
     """Bits of the base-3 code of ``count`` digits (an integer in [0, 2^62)): 8 floor(count / 5) +
     REMAINDER_BITS[count mod 5]."""
-    return (_count("count", count),)
 
 
-def ternary_code_bits_numpy(count):
-    """NumPy twin of :func:`ternary_code_bits` (also for arrays of counts: integers in [0, 2^62))."""
+def _ternary_code_bits_numpy(count):
+    """NumPy twin of :func:`_ternary_code_bits` (also for arrays of counts: integers in [0, 2^62))."""
     if isinstance(count, np.ndarray):
         checks.array("count", count, checks.INTEGER, count.ndim)
         if count.size and (count.min() < 0 or count.max() > checks.COUNT_MAX):
             raise ValueError(f"count must hold integers in [0, {checks.COUNT_MAX}]")
     else:
-        (count,) = ternary_code_bits.check(count)
+        (count,) = _ternary_code_bits.check(count)
     count = np.asarray(count, np.int64)
     return GROUP_BITS * (count // GROUP) + np.asarray(REMAINDER_BITS, np.int64)[count % GROUP]
 
@@ -112,12 +110,10 @@ def _segment_bits_core(size, scale_nonzero, float_bits):
     return float_bits
 
 
-@checked(_segment_bits_core)
+@checked(_segment_bits_core, size=COUNT, scale_nonzero=Flag(), float_bits=checks.FLOAT_BITS)
 def segment_bits(size, scale_nonzero, float_bits):
     """Encoded bits of one TernGrad segment of ``size`` entries: the scale (``float_bits``, 32 or 64),
     then the code of its ``size`` digits unless the scale is 0 (``scale_nonzero``, a bool)."""
-    return (_count("size", size), checks.flag("scale_nonzero", scale_nonzero),
-            checks.float_bits("float_bits", float_bits))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -227,7 +223,10 @@ def _terngrad_batch_core(updates, segment_offsets, uniforms, clip, float_bits, d
         encoded_bits_out[row] = total_bits
 
 
-@checked(_terngrad_batch_core)
+@checked(_terngrad_batch_core, updates=checks.UPDATES, segment_offsets=checks.SEGMENT_OFFSETS,
+         uniforms=Array(checks.FLOAT64, shape=checks.updates_shape), clip=Real(0.0), float_bits=checks.FLOAT_BITS,
+         decoded_out=checks.PER_ENTRY_OUT, scales_out=checks.PER_SEGMENT_OUT,
+         encoded_bits_out=checks.ENCODED_BITS_OUT)
 def terngrad_batch(updates, segment_offsets, uniforms, clip, float_bits, decoded_out, scales_out,
                    encoded_bits_out):
     """TernGrad of every row of ``updates``, segment by segment (module docstring), in one call.
@@ -251,15 +250,6 @@ def terngrad_batch(updates, segment_offsets, uniforms, clip, float_bits, decoded
         Receives each row's message length: per segment ``float_bits`` + (the base-3 code of its N digits
         if s > 0), closed form (:func:`segment_bits`).
     """
-    checks.array("updates", updates, checks.FLOAT, 2)
-    n_rows, size = updates.shape
-    n_segments = checks.segment_count("segment_offsets", segment_offsets, size)
-    checks.shaped("uniforms", uniforms, checks.FLOAT64, updates.shape)
-    clip = checks.real("clip", clip, 0.0)
-    float_bits = checks.float_bits("float_bits", float_bits)
-    checks.output_like("decoded_out", decoded_out, "updates", updates, updates.shape)
-    checks.output_like("scales_out", scales_out, "updates", updates, (n_rows, n_segments))
-    checks.shaped("encoded_bits_out", encoded_bits_out, checks.INT64, (n_rows,), True)
     return updates, segment_offsets, uniforms, clip, float_bits, decoded_out, scales_out, encoded_bits_out
 
 
@@ -304,7 +294,7 @@ def terngrad_batch_numpy(updates, segment_offsets, uniforms, clip, float_bits, d
             scale = _ternarize_segment_numpy(updates[row, start:stop], uniforms[row, start:stop], clip,
                                              decoded_out[row, start:stop])
             scales_out[row, j] = scale
-            total_bits += (float_bits + int(ternary_code_bits_numpy(stop - start))) if scale != 0 \
+            total_bits += (float_bits + int(_ternary_code_bits_numpy(stop - start))) if scale != 0 \
                 else float_bits
         encoded_bits_out[row] = total_bits
 
@@ -341,24 +331,27 @@ def _pack_ternary_into_core(codes, stream, bit_offset):
     return offset
 
 
-def _codes(codes):
-    return checks.array("codes", codes, checks.INTEGER)
+CODES = Array(checks.INTEGER)
 
 
-def _stream(stream, writable=False):
-    return checks.array("stream", stream, checks.UINT8, 1, writable)
+def _from_bit_offset(bit_offset):
+    return bit_offset
 
 
-@checked(_pack_ternary_into_core)
+def _code_bits(codes):
+    return _ternary_code_bits_core(codes.shape[0])
+
+
+def _count_bits(count):
+    return _ternary_code_bits_core(count)
+
+
+@checked(_pack_ternary_into_core, codes=CODES, stream=Stream(output=True, start=_from_bit_offset, bits=_code_bits),
+         bit_offset=COUNT)
 def pack_ternary_into(codes, stream, bit_offset):
     """Write the base-3 code of ``codes`` (1-D integers in {-1, 0, +1}, int8 in practice) from
-    ``bit_offset``; returns the offset after it (``bit_offset + ternary_code_bits(len(codes))``, which
+    ``bit_offset``; returns the offset after it (``bit_offset + _ternary_code_bits(len(codes))``, which
     must not pass the end of ``stream``)."""
-    _codes(codes)
-    _stream(stream, writable=True)
-    bit_offset = _count("bit_offset", bit_offset)
-    checks.bits_fit("stream", stream, bit_offset, _ternary_code_bits_core(codes.shape[0]))
-    return codes, stream, bit_offset
 
 
 @_jit
@@ -381,42 +374,31 @@ def _unpack_ternary_from_core(stream, bit_offset, count, codes_out):
     return offset
 
 
-def _check_unpack(stream, bit_offset, count):
-    _stream(stream)
-    bit_offset = _count("bit_offset", bit_offset)
-    count = _count("count", count)
-    checks.bits_fit("stream", stream, bit_offset, _ternary_code_bits_core(count), FIELD_MESSAGE)
-    return bit_offset, count
-
-
-@checked(_unpack_ternary_from_core)
+@checked(_unpack_ternary_from_core, stream=Stream(start=_from_bit_offset, bits=_count_bits, message=FIELD_MESSAGE),
+         bit_offset=COUNT, count=COUNT, codes_out=Array(checks.INT8, output=True, at_least=lambda count: count))
 def unpack_ternary_from(stream, bit_offset, count, codes_out):
     """Read the base-3 code of ``count`` digits from ``bit_offset`` into ``codes_out`` (int8 -1/0/+1, at
     least ``count`` entries); returns the end offset. The code must lie inside ``stream``; a group value
     >= 3^r is a corrupt stream (ValueError)."""
-    bit_offset, count = _check_unpack(stream, bit_offset, count)
-    checks.output("codes_out", codes_out, checks.INT8, count)
-    return stream, bit_offset, count, codes_out
 
 
 @_jit
 def _pack_ternary_core(codes):
-    """:func:`pack_ternary` without the argument checks."""
+    """:func:`_pack_ternary` without the argument checks."""
     n_bits = _ternary_code_bits_core(codes.shape[0])
     stream = np.zeros((n_bits + 7) // 8, np.uint8)
     _pack_ternary_into_core(codes, stream, 0)
     return stream, n_bits
 
 
-@checked(_pack_ternary_core)
-def pack_ternary(codes):
+@checked(_pack_ternary_core, codes=CODES)
+def _pack_ternary(codes):
     """``codes`` (1-D integers in {-1, 0, +1}) as a base-3 code: (stream uint8, number of bits)."""
-    return (_codes(codes),)
 
 
-def pack_ternary_numpy(codes):
-    """NumPy twin of :func:`pack_ternary`."""
-    (codes,) = pack_ternary.check(codes)
+def _pack_ternary_numpy(codes):
+    """NumPy twin of :func:`_pack_ternary`."""
+    (codes,) = _pack_ternary.check(codes)
     if np.any((codes != 0) & (codes != 1) & (codes != -1)):
         raise ValueError("ternary codes must be -1, 0 or +1")
     digits = np.where(codes < 0, 2, codes).astype(np.int64)
@@ -435,23 +417,21 @@ def pack_ternary_numpy(codes):
 
 @_jit
 def _unpack_ternary_core(stream, count):
-    """:func:`unpack_ternary` without the argument checks."""
+    """:func:`_unpack_ternary` without the argument checks."""
     codes = np.empty(count, np.int8)
     _unpack_ternary_from_core(stream, 0, count, codes)
     return codes
 
 
-@checked(_unpack_ternary_core)
-def unpack_ternary(stream, count):
-    """Inverse of :func:`pack_ternary`: ``count`` int8 codes (their code must fit in ``stream``)."""
-    _, count = _check_unpack(stream, 0, count)
-    return stream, count
+@checked(_unpack_ternary_core, stream=Stream(bits=_count_bits, message=FIELD_MESSAGE), count=COUNT)
+def _unpack_ternary(stream, count):
+    """Inverse of :func:`_pack_ternary`: ``count`` int8 codes (their code must fit in ``stream``)."""
 
 
-def unpack_ternary_numpy(stream, count):
-    """NumPy twin of :func:`unpack_ternary`."""
-    stream, count = unpack_ternary.check(stream, count)
-    n_bits = int(ternary_code_bits_numpy(count))
+def _unpack_ternary_numpy(stream, count):
+    """NumPy twin of :func:`_unpack_ternary`."""
+    stream, count = _unpack_ternary.check(stream, count)
+    n_bits = int(_ternary_code_bits_numpy(count))
     bits = np.unpackbits(stream)
     full = count // GROUP
     values = [np.packbits(bits[:full * GROUP_BITS].reshape(full, GROUP_BITS), axis=1)[:, 0].astype(np.int64)]

@@ -171,20 +171,20 @@ def test_analytic_message_bits():
 @given(st.lists(st.sampled_from([-1, 1]), max_size=100))
 def test_sign_packing_round_trip(values):
     signs = np.array(values, np.int8)
-    stream = bitstream.pack_signs(signs)
+    stream = bitstream._pack_signs(signs)
     np.testing.assert_array_equal(stream, np.packbits(signs < 0))
-    np.testing.assert_array_equal(stream, bitstream.pack_signs_numpy(signs))
-    np.testing.assert_array_equal(bitstream.unpack_signs(stream, signs.size), signs)
-    np.testing.assert_array_equal(bitstream.unpack_signs_numpy(stream, signs.size), signs)
+    np.testing.assert_array_equal(stream, bitstream._pack_signs_numpy(signs))
+    np.testing.assert_array_equal(bitstream._unpack_signs(stream, signs.size), signs)
+    np.testing.assert_array_equal(bitstream._unpack_signs_numpy(stream, signs.size), signs)
 
 
 def test_sign_packing_rejects_zero_and_short_streams():
     with pytest.raises(ValueError, match="only signs"):
-        bitstream.pack_signs(np.array([1, 0, -1], np.int8))
+        bitstream._pack_signs(np.array([1, 0, -1], np.int8))
     with pytest.raises(ValueError, match="only signs"):
-        bitstream.pack_signs_numpy(np.array([1, 0, -1], np.int8))
+        bitstream._pack_signs_numpy(np.array([1, 0, -1], np.int8))
     with pytest.raises(ValueError, match="ends before"):
-        bitstream.unpack_signs(np.zeros(1, np.uint8), 9)
+        bitstream._unpack_signs(np.zeros(1, np.uint8), 9)
 
 
 @SETTINGS

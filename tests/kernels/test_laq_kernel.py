@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from fedsim.kernels.laq import (check_bits, code_dtype, laq_dequantize, laq_quantize, laq_quantize_numpy,
+from fedsim.kernels.laq import (check_bits, code_dtype, _laq_dequantize, laq_quantize, laq_quantize_numpy,
                                 quantize_innovation, zero_innovation_code)
 
 
@@ -129,7 +129,7 @@ def test_zero_radius_keeps_previous(jit):
     np.testing.assert_array_equal(out.radius, [0, 0])
     np.testing.assert_array_equal(out.error, [0, 0])
     np.testing.assert_array_equal(out.innovation, [0, 0])
-    np.testing.assert_array_equal(laq_dequantize(out.codes, previous, out.radius, 5), previous)
+    np.testing.assert_array_equal(_laq_dequantize(out.codes, previous, out.radius, 5), previous)
 
 
 @pytest.mark.parametrize("jit", [True, False])
@@ -161,7 +161,7 @@ def _check_invariants(gradients, previous, bits, out):
     np.testing.assert_allclose(out.error, np.sum((out.quantized - gradients) ** 2, axis=1), rtol=1e-12)
     np.testing.assert_allclose(out.innovation, np.sum((out.quantized - previous) ** 2, axis=1), rtol=1e-12)
     # The server reconstructs exactly what the worker holds, from the codes and R alone.
-    np.testing.assert_array_equal(laq_dequantize(out.codes, previous, out.radius, bits), out.quantized)
+    np.testing.assert_array_equal(_laq_dequantize(out.codes, previous, out.radius, bits), out.quantized)
 
 
 @pytest.mark.parametrize("bits", [1, 2, 4, 8, 16])

@@ -178,8 +178,8 @@ def test_orthogonalize_twins_agree_bitwise(dtype):
     tolerance = kernels.drop_tolerance(dtype)
     for p in orthogonalize_inputs(dtype):
         outs = {}
-        for name, function in (("jit", kernels.orthogonalize), ("py_func", kernels.orthogonalize.py_func),
-                               ("numpy", kernels.orthogonalize_numpy)):
+        for name, function in (("jit", kernels._orthogonalize), ("py_func", kernels._orthogonalize.py_func),
+                               ("numpy", kernels._orthogonalize_numpy)):
             out = np.full(p.shape, np.nan, dtype)
             outs[name] = (function(p, tolerance, out), out)
         for name in ("py_func", "numpy"):
@@ -206,13 +206,13 @@ def test_orthogonalize_drop_rule(dtype):
     for p, want_kept in ((dependent, [True, False, True]), (zero_middle, [True, False, True]),
                          (nearly, [True, False]), (np.zeros((4, 2), dtype), [False, False])):
         out = np.empty_like(p)
-        kept = kernels.orthogonalize(p, tolerance, out)
+        kept = kernels._orthogonalize(p, tolerance, out)
         assert kept == sum(want_kept)
         np.testing.assert_array_equal(np.any(out != 0, axis=0), want_kept)
     # extreme scales still give unit columns (the norms are scaled: no square under- or overflows)
     for p in cases[-2:]:
         out = np.empty_like(p)
-        assert kernels.orthogonalize(p, tolerance, out) == 2
+        assert kernels._orthogonalize(p, tolerance, out) == 2
         np.testing.assert_allclose(np.linalg.norm(out.astype(np.float64), axis=0), 1, rtol=1e-6)
 
 
@@ -221,7 +221,7 @@ def test_orthogonalize_drop_rule(dtype):
 def test_orthogonalize_rejects_nonfinite(dtype, bad):
     p = np.ones((4, 2), dtype)
     p[2, 1] = bad
-    for function in (kernels.orthogonalize, kernels.orthogonalize.py_func, kernels.orthogonalize_numpy):
+    for function in (kernels._orthogonalize, kernels._orthogonalize.py_func, kernels._orthogonalize_numpy):
         with pytest.raises(ValueError, match=NONFINITE_MESSAGE):
             function(p, 1e-4, np.empty_like(p))
 

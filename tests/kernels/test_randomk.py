@@ -52,9 +52,9 @@ def python_positions(seed, segment, size, k):
 
 
 def test_splitmix64_published_outputs():
-    # SplitMix64 started at state 0: its published first outputs (Vigna's splitmix64.c).
+    # SplitMix64 started at state 0: its published first outputs (Vigna's _splitmix64.c).
     expected = [0xE220A8397B1DCDAF, 0x6E789E6AA1B965F4, 0x06C45D188009454F, 0xF88BB8A8724C81EC]
-    for function in (kernels.splitmix64, kernels.splitmix64.py_func, kernels.splitmix64_numpy):
+    for function in (kernels._splitmix64, kernels._splitmix64.py_func, kernels._splitmix64_numpy):
         out = np.zeros(4, np.uint64)
         function(np.uint64(0), 4, out)
         assert out.tolist() == expected, function

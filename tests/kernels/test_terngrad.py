@@ -105,7 +105,7 @@ def test_bit_counts():
     for count in range(40):
         remainder = count % 5
         expected = 8 * (count // 5) + (3 ** remainder - 1).bit_length()     # ceil(log2 3^r) bits for r digits
-        assert kernels.ternary_code_bits(count) == kernels.ternary_code_bits_numpy(count) == expected
+        assert kernels._ternary_code_bits(count) == kernels._ternary_code_bits_numpy(count) == expected
     assert kernels.REMAINDER_BITS == (0, 2, 4, 5, 7)
 
 
@@ -190,26 +190,26 @@ def test_ternary_code_kernels_equal_twins():
     for count in list(range(0, 23)) + [1000, 4097]:
         for codes in (rng.integers(-1, 2, count).astype(np.int8), np.full(count, -1, np.int8),
                       np.zeros(count, np.int8)):
-            packed = [kernels.pack_ternary(codes), kernels.pack_ternary.py_func(codes),
-                      kernels.pack_ternary_numpy(codes)]
+            packed = [kernels._pack_ternary(codes), kernels._pack_ternary.py_func(codes),
+                      kernels._pack_ternary_numpy(codes)]
             for stream, n_bits in packed:
-                assert n_bits == kernels.ternary_code_bits(count)
+                assert n_bits == kernels._ternary_code_bits(count)
                 assert_bitwise(stream, packed[0][0], f"pack {count}")
             stream = packed[0][0]
-            for unpack in (kernels.unpack_ternary, kernels.unpack_ternary.py_func, kernels.unpack_ternary_numpy):
+            for unpack in (kernels._unpack_ternary, kernels._unpack_ternary.py_func, kernels._unpack_ternary_numpy):
                 assert_bitwise(unpack(stream, count), codes, f"unpack {count}")
     # at a bit offset inside a byte
     codes = rng.integers(-1, 2, 13).astype(np.int8)
     stream = np.zeros(8, np.uint8)
     end = kernels.pack_ternary_into(codes, stream, 3)
-    assert end == 3 + kernels.ternary_code_bits(13)
+    assert end == 3 + kernels._ternary_code_bits(13)
     out = np.empty(13, np.int8)
     assert kernels.unpack_ternary_from(stream, 3, 13, out) == end
     assert_bitwise(out, codes, "offset round trip")
-    for pack in (kernels.pack_ternary, kernels.pack_ternary_numpy):
+    for pack in (kernels._pack_ternary, kernels._pack_ternary_numpy):
         with pytest.raises(ValueError, match="ternary codes must be"):
             pack(np.array([0, 2], np.int8))
-    for unpack in (kernels.unpack_ternary, kernels.unpack_ternary_numpy):
+    for unpack in (kernels._unpack_ternary, kernels._unpack_ternary_numpy):
         with pytest.raises(ValueError, match="corrupt stream"):
             unpack(np.array([243], np.uint8), 5)
         with pytest.raises(ValueError, match="corrupt stream"):
