@@ -12,6 +12,7 @@ from fedsim.compress.powersgd import PowerSGD
 from fedsim.kernels import powersgd as kernels
 from fedsim.kernels.sparsify import NONFINITE_MESSAGE
 from fedsim.params import ParamSpec
+from tests.conftest import assert_bitwise
 
 
 DTYPES = [np.float32, np.float64]
@@ -22,15 +23,6 @@ SPEC = ParamSpec(("W", "b", "conv", "s", "e"), ((12, 5), (5,), (6, 3, 2), (), (0
 
 
 MATRICES = ((0, 12, 5), (65, 6, 6))       # (start, n, m) of the compressed segments of SPEC
-
-
-def assert_bitwise(got, want, what=""):
-    got, want = np.asarray(got), np.asarray(want)
-    assert got.dtype == want.dtype and got.shape == want.shape, (what, got.dtype, want.dtype, got.shape, want.shape)
-    if got.tobytes() != want.tobytes():
-        where = np.flatnonzero(got.reshape(-1) != want.reshape(-1))[:5]
-        raise AssertionError(f"{what}: differ at {where.tolist()}: {got.reshape(-1)[where]} != "
-                             f"{want.reshape(-1)[where]}")
 
 
 def gram_schmidt(p, tolerance):

@@ -9,15 +9,10 @@ from fedsim.compress import qsgd as qsgd_module
 from fedsim.kernels import bitstream, omega, sparsify
 from fedsim.kernels import qsgd as kernels
 from fedsim.params import ParamSpec
+from tests.conftest import assert_bitwise
 
 
 SPEC = ParamSpec(("W", "b"), ((30, 4), (4,)))                 # 124 entries: segments of 120 and 4
-
-
-def assert_bitwise(a, b, what):
-    a, b = np.asarray(a), np.asarray(b)
-    assert a.dtype == b.dtype and a.shape == b.shape, f"{what}: {a.dtype}{a.shape} vs {b.dtype}{b.shape}"
-    assert a.tobytes() == b.tobytes(), f"{what} differs:\n{a}\n{b}"
 
 
 def bit_string(stream, n_bits):

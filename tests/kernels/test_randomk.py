@@ -14,15 +14,10 @@ from fedsim.compress.base import ceil_product
 from fedsim.compress.randomk import segment_scales
 from fedsim.kernels import randomk as kernels
 from fedsim.kernels.sparsify import NONFINITE_MESSAGE
+from tests.conftest import assert_bitwise
 
 
 DTYPES = [np.float32, np.float64]
-
-
-def assert_bitwise(a, b, what):
-    a, b = np.asarray(a), np.asarray(b)
-    assert a.dtype == b.dtype and a.shape == b.shape, f"{what}: {a.dtype}{a.shape} vs {b.dtype}{b.shape}"
-    assert a.tobytes() == b.tobytes(), f"{what} differs:\n{a}\n{b}"
 
 
 MASK = (1 << 64) - 1

@@ -7,16 +7,10 @@ import pytest
 from fedsim.compress import STC, ceil_product, decode, expected_position_bits
 from fedsim.kernels import ternary
 from fedsim.params import ParamSpec
+from tests.conftest import assert_bitwise, random_updates
 
 
 SPEC = ParamSpec(("W", "b"), ((30, 4), (4,)))          # 124 entries: two segments
-
-
-def random_updates(rng, rows, size, dtype=np.float32):
-    x = rng.standard_normal((rows, size)).astype(dtype)
-    x[:, ::7] = 0.0                        # zeros (sign codes them, sparsifiers skip them)
-    x[:, 3::11] = x[:, 3:4]                # ties
-    return x
 
 
 def one(compressor, x, state, rng=None):
@@ -39,12 +33,6 @@ def bits_of(message):
 
 def analytic_of(message):
     return message.analytic_bits()
-
-
-def assert_bitwise(a, b, what):
-    a, b = np.asarray(a), np.asarray(b)
-    assert a.dtype == b.dtype and a.shape == b.shape, f"{what}: {a.dtype}{a.shape} vs {b.dtype}{b.shape}"
-    assert a.tobytes() == b.tobytes(), f"{what} differs:\n{a}\n{b}"
 
 
 def check_message(compressor, message, x):
