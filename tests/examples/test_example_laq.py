@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "laq_mnist.py"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "laq_mnist.py"
 METHODS = ["gd", "qgd", "lag-wk", "lag-ps", "laq"]
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "stc_mnist.py"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "stc_mnist.py"
 
 
 def load_example():

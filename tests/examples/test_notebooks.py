@@ -25,7 +25,7 @@ else:
     jupytext = pytest.importorskip("jupytext", reason="the notebook tests need jupytext (the test extra)")
     nbformat = pytest.importorskip("nbformat", reason="the notebook tests need nbformat (the test extra)")
 
-FOLDER = Path(__file__).resolve().parents[1] / "examples" / "notebooks"
+FOLDER = Path(__file__).resolve().parents[2] / "examples" / "notebooks"
 REGENERATE = "jupytext --update --to ipynb examples/notebooks/*.py"
 
 
