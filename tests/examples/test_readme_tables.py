@@ -4,17 +4,19 @@ Each table is checked against a fresh run of the command the README gives for it
 itself (the last ``python examples/...`` command before the table), run as a subprocess into a temporary
 folder: every cell must be the example's number as the README writes it (integers exactly, ratios and
 accuracies to the README's decimals, ``1.33 M`` as millions to its decimals). The README's f* of the LAQ
-experiment and the STC seed experiment's sentence of results are checked the same way.
+experiment, the STC seed experiment's sentence and the LAQ bits sweep's sentence are checked the same way.
 
-The LAQ MNIST table is the expensive one (5 methods x 4,000 full-batch iterations on 10,000 images): its
-methods run in two processes at once, each its own run folders in the same output folder, then the
-README's command itself runs, finds every run finished and prints the table of all of them. The results
-are those of one process: every run pins its BLAS threads (``run.blas_threads = 1``), so its history does
-not depend on what runs beside it or before it. Measured on the project's 2-core machine with other jobs
-running: LAQ MNIST about 5 minutes, LAQ Fashion-MNIST (3 methods x 7,000 iterations) about 6, the STC
-tables and sentence under a minute together.
+The LAQ tables are the expensive ones (MNIST: 5 methods x 4,000 full-batch iterations on 10,000 images;
+Fashion-MNIST: 3 x 7,000): each method runs as a process of its own into the same output folder, as many
+at a time as this test process has cores (all of them, or its share under pytest-xdist), then the README's
+command itself runs, finds every run finished and prints the table of all of them. The results are those of
+one process: every run pins its BLAS threads (``run.blas_threads = 1``), so its history does not depend on
+what runs beside it or before it. The bits sweep's LAQ runs are made in the same batch as the MNIST table's
+(one session fixture, so both tests share one xdist group), and its b = 4 run, whose config is the table's
+LAQ run's (same fingerprint), is read from the table's folder rather than run twice.
 """
 
+import functools
 import importlib.util
 import json
 import os
@@ -22,11 +24,13 @@ import re
 import shlex
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"
 TIMEOUT = 1800                    # seconds for one example process; the slowest takes minutes
 
@@ -118,39 +122,57 @@ def run(command: list[str], environment: dict) -> str:
     return finished.stdout
 
 
-def laq_methods(command: list[str]) -> list[str]:
-    """The methods a laq_mnist.py command runs, as the example's own parser reads its options."""
+@functools.cache
+def laq_example():
+    """examples/laq_mnist.py as a module (its option parser and configs)."""
     spec = importlib.util.spec_from_file_location("laq_mnist_example", REPO / "examples" / "laq_mnist.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.parse_args(command[2:]).methods
+    return module
 
 
-def run_laq(command: list[str], out: Path, environment: dict) -> str:
-    """The README's laq_mnist.py command; its methods first in two processes at once (two halves, each with
-    f* from its own runs: those tables are discarded), then the command itself, which finds the runs done."""
-    methods = laq_methods(command)
-    halves = [half for half in (methods[0::2], methods[1::2]) if half]
-    run_at_once([example_command(command, out, "--methods", *half, "--f-star-from", "runs") for half in halves],
-                environment)
-    return run(example_command(command, out), environment)
+def laq_methods(command: list[str]) -> list[str]:
+    """The methods a laq_mnist.py command runs, as the example's own parser reads its options."""
+    return laq_example().parse_args(command[2:]).methods
 
 
-def run_at_once(commands: list[list[str]], environment: dict) -> None:
-    """Run the commands as processes side by side; each must succeed (none outlives a failure)."""
-    started = []
+def laq_runs(command: list[str], out: Path) -> list[list[str]]:
+    """One process per method of the README's laq_mnist.py ``command``, each into its folder of ``out`` (with
+    f* from its own run: the table each prints is discarded; the command itself prints the table of all)."""
+    return [example_command(command, out, "--methods", method, "--f-star-from", "runs")
+            for method in laq_methods(command)]
+
+
+#: Processes run side by side: this test process's share of the cores (pytest-xdist's workers split them).
+SIDE_BY_SIDE = max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+
+
+def run_side_by_side(commands: list[list[str]], environment: dict) -> None:
+    """Run the commands as processes, in order, ``SIDE_BY_SIDE`` at a time (the next starts as soon as one
+    ends); each must succeed within ``TIMEOUT``, and none outlives a failure."""
+    waiting, running = list(commands), {}          # running: process -> (its output file, its deadline)
     try:
-        for command in commands:
-            started.append(subprocess.Popen(command, cwd=REPO, env=environment, stdout=subprocess.PIPE,
-                                            stderr=subprocess.PIPE, text=True))
-        for process in started:
-            stdout, stderr = process.communicate(timeout=TIMEOUT)
-            assert process.returncode == 0, f"{' '.join(process.args)}:\n{stdout[-3000:]}\n{stderr[-3000:]}"
+        while waiting or running:
+            while waiting and len(running) < SIDE_BY_SIDE:
+                output = tempfile.TemporaryFile()
+                process = subprocess.Popen(waiting.pop(0), cwd=REPO, env=environment, stdout=output,
+                                           stderr=subprocess.STDOUT)
+                running[process] = (output, time.monotonic() + TIMEOUT)
+            time.sleep(0.1)
+            for process, (output, deadline) in list(running.items()):
+                if process.poll() is None:
+                    assert time.monotonic() < deadline, f"{' '.join(process.args)}: not done in {TIMEOUT} s"
+                    continue
+                del running[process]
+                output.seek(0)
+                printed = output.read().decode(errors="replace")
+                output.close()
+                assert process.returncode == 0, f"{' '.join(process.args)}:\n{printed[-6000:]}"
     finally:
-        for process in started:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+        for process, (output, _) in running.items():
+            process.kill()
+            process.wait()
+            output.close()
 
 
 def example_environment(request, needs_data: bool) -> dict:
@@ -177,6 +199,54 @@ def printed_rows(printed: str, header: str) -> dict[str, list[str]]:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# the runs two tests read
+
+LAQ_MNIST = "laq-mnist"
+#: The LAQ MNIST table and the bits sweep's sentence read the same runs: under pytest-xdist they go to one
+#: worker (its session fixture makes the runs once), and as a group of two they are scheduled first.
+SHARES_LAQ_MNIST_RUNS = pytest.mark.xdist_group("laq-mnist-runs")
+
+
+@pytest.fixture(scope="session")
+def laq_mnist_runs(tmp_path_factory, request) -> dict:
+    """The runs of the README's LAQ MNIST table and of the bits sweep's LAQ runs, each made once, side by
+    side: the table's methods (laq_mnist.py, one process each), the sweep's LAQ runs whose config is not
+    one of the table's (``fedsim run`` with the sweep's settings), then the table's command itself.
+
+    Returns the table's ``command``, its output folder ``out``, what the command ``printed``, and the run
+    folder of each of the sweep's LAQ runs by bits (``sweep_runs``; b = 4 is the table's LAQ run)."""
+    from fedsim.config import config_fingerprint
+    from fedsim.sweeps import load_sweep
+
+    header = next(header for name, header, _ in TABLES if name == LAQ_MNIST)
+    command = readme_table(README.read_text(), header)["command"]
+    out = tmp_path_factory.mktemp(LAQ_MNIST) / "out"
+    options = laq_example().parse_args(command[2:])
+    table_runs = {config_fingerprint(laq_example().config_of(options, method)): out / method
+                  for method in options.methods}
+    sweep = load_sweep(REPO / "examples" / "sweeps" / "laq_bits.toml")
+    assert sweep.base.startswith("preset "), sweep.base
+    commands, sweep_runs, fingerprints = laq_runs(command, out), {}, {}
+    for planned in sweep.runs:
+        if planned.config.lazy.method != "laq":
+            continue
+        bits = planned.config.lazy.bits
+        fingerprints[bits] = config_fingerprint(planned.config)
+        shared = table_runs.get(fingerprints[bits])
+        sweep_runs[bits] = shared or out.parent / f"sweep-b{bits}"
+        if shared is None:
+            commands.append([sys.executable, "-m", "fedsim", "run", "--preset", sweep.base.removeprefix("preset "),
+                             "--quiet", "--out", str(sweep_runs[bits])] +
+                            [part for key, value in planned.overrides for part in ("--set", f"{key}={value}")])
+    environment = example_environment(request, needs_data=True)
+    run_side_by_side(commands, environment)
+    for bits, folder in sweep_runs.items():            # each folder holds the sweep's run, shared or not
+        assert json.loads((folder / "meta.json").read_text())["config_sha256"] == fingerprints[bits], (bits, folder)
+    printed = run(example_command(command, out), environment)
+    return {"command": command, "out": out, "printed": printed, "sweep_runs": sweep_runs}
+
+
+# ---------------------------------------------------------------------------------------------------------
 # the tests
 
 
@@ -193,7 +263,9 @@ def check_table(rows: dict, values: dict, columns: tuple[str, ...]) -> list[str]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name, header, example", TABLES, ids=[name for name, _, _ in TABLES])
+@pytest.mark.parametrize("name, header, example", [
+    pytest.param(*table, id=table[0], marks=[SHARES_LAQ_MNIST_RUNS] if table[0] == LAQ_MNIST else [])
+    for table in TABLES])
 def test_readme_table_is_what_the_example_prints(name, header, example, tmp_path, request):
     table = readme_table(README.read_text(), header)
     command, out = table["command"], tmp_path / "out"
@@ -211,7 +283,13 @@ def test_readme_table_is_what_the_example_prints(name, header, example, tmp_path
             values[method] = summary
         differences += check_table(table["rows"], values, STC_COLUMNS)
     else:
-        printed = run_laq(command, out, env)
+        if name == LAQ_MNIST:
+            shared = request.getfixturevalue("laq_mnist_runs")
+            assert shared["command"] == command
+            printed, out = shared["printed"], shared["out"]
+        else:
+            run_side_by_side(laq_runs(command, out), env)
+            printed = run(example_command(command, out), env)
         saved = json.loads((out / "table.json").read_text())
         printed_table = printed_rows(printed, "method   iterations")
         values = {row["method"]: row for row in saved["table"]}
@@ -266,12 +344,11 @@ def test_readme_stc_seed_experiment_sentence(tmp_path, request):
 
 
 @pytest.mark.slow
-def test_readme_laq_bits_sweep_sentence(tmp_path, request):
+@SHARES_LAQ_MNIST_RUNS
+def test_readme_laq_bits_sweep_sentence(laq_mnist_runs):
     """ "b = 8 and b = 4 reach the residual ... with 453 and 505 uploads ..., while b = 2 does not converge:
     f climbs above 1,000 within 400 iterations, peaks at 5,074 and ends at 1,945 after 4,000" against the
-    sweep file's three LAQ runs (fedsim run with the sweep's settings; two at a time)."""
-    import tomllib
-
+    sweep file's three LAQ runs (made with the LAQ MNIST table's, which holds the b = 4 run)."""
     from fedsim.algorithms.lazy import records_reach
     text = README.read_text()
     section = text[text.index("LAQ's bits (`fedsim sweep examples/sweeps/laq_bits.toml"):]
@@ -283,20 +360,10 @@ def test_readme_laq_bits_sweep_sentence(tmp_path, request):
     exponent, uploads_8, uploads_4, above, within, peak, final, iterations = claim.groups()
     f_star = float(re.search(r"f\* is the smallest objective any of the five runs reached \(([0-9.]+)\)",
                              text).group(1))
-    sweep = tomllib.loads((REPO / "examples" / "sweeps" / "laq_bits.toml").read_text())
-    settings = [f"{key}={value}" for key, value in sweep["set"].items()]
-    runs = {bits: settings + [f"lazy.method={method}", f"lazy.bits={bits}"]
-            for method, bits in zip(sweep["zip"]["lazy.method"], sweep["zip"]["lazy.bits"]) if method == "laq"}
+    runs = laq_mnist_runs["sweep_runs"]
     assert sorted(runs) == [2, 4, 8]
-    environment = example_environment(request, needs_data=True)
-    histories = {}
-    for batch in ([8, 4], [2]):
-        run_at_once([[sys.executable, "-m", "fedsim", "run", "--preset", sweep["base"], "--quiet",
-                      "--out", str(tmp_path / f"b{bits}")] + [arg for setting in runs[bits] for arg in ("--set", setting)]
-                     for bits in batch], environment)
-        for bits in batch:
-            histories[bits] = [json.loads(line) for line in
-                               (tmp_path / f"b{bits}" / "history.jsonl").read_text().splitlines()]
+    histories = {bits: [json.loads(line) for line in (folder / "history.jsonl").read_text().splitlines()]
+                 for bits, folder in runs.items()}
     tolerance = 10.0 ** -int(exponent)
     reached = {bits: records_reach(histories[bits], f_star, tolerance) for bits in (8, 4, 2)}
     objective = [row["objective"] for row in histories[2]]
