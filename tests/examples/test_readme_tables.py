@@ -4,17 +4,21 @@ Each table is checked against a fresh run of the command the README gives for it
 itself (the last ``python examples/...`` command before the table), run as a subprocess into a temporary
 folder: every cell must be the example's number as the README writes it (integers exactly, ratios and
 accuracies to the README's decimals, ``1.33 M`` as millions to its decimals). The README's f* of the LAQ
-experiment and the STC seed experiment's sentence of results are checked the same way.
+experiment, the STC seed experiment's sentence and the LAQ bits sweep's sentence are checked the same way.
 
-The LAQ MNIST table is the expensive one (5 methods x 4,000 full-batch iterations on 10,000 images): its
-methods run in two processes at once, each its own run folders in the same output folder, then the
-README's command itself runs, finds every run finished and prints the table of all of them. The results
-are those of one process: every run pins its BLAS threads (``run.blas_threads = 1``), so its history does
-not depend on what runs beside it or before it. Measured on the project's 2-core machine with other jobs
-running: LAQ MNIST about 5 minutes, LAQ Fashion-MNIST (3 methods x 7,000 iterations) about 6, the STC
-tables and sentence under a minute together.
+The LAQ tables are the expensive ones (MNIST: 5 methods x 4,000 full-batch iterations on 10,000 images;
+Fashion-MNIST: 3 x 7,000): their methods are shared among as many processes at a time as this test
+process has cores (two on the 2-core machine; one, its share, under ``pytest -n 2``), each its own run
+folders in the same output folder, then the README's command itself runs, finds every run finished and
+prints the table of all of them (with one process, the command alone runs them all). The results are
+those of one process: every run pins its BLAS threads (``run.blas_threads = 1``), so its history does not
+depend on what runs beside it or before it. The LAQ MNIST table and the bits sweep's sentence are one test:
+the sweep's b = 4 run has the table's LAQ run's config (same fingerprint, checked on the run folder), so it
+is read from the table's folder rather than run twice, whichever pytest-xdist worker runs the test.
 """
 
+import concurrent.futures
+import functools
 import importlib.util
 import json
 import os
@@ -118,39 +122,39 @@ def run(command: list[str], environment: dict) -> str:
     return finished.stdout
 
 
-def laq_methods(command: list[str]) -> list[str]:
-    """The methods a laq_mnist.py command runs, as the example's own parser reads its options."""
+@functools.cache
+def laq_example():
+    """examples/laq_mnist.py as a module (its option parser and configs)."""
     spec = importlib.util.spec_from_file_location("laq_mnist_example", REPO / "examples" / "laq_mnist.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.parse_args(command[2:]).methods
+    return module
 
 
-def run_laq(command: list[str], out: Path, environment: dict) -> str:
-    """The README's laq_mnist.py command; its methods first in two processes at once (two halves, each with
-    f* from its own runs: those tables are discarded), then the command itself, which finds the runs done."""
-    methods = laq_methods(command)
-    halves = [half for half in (methods[0::2], methods[1::2]) if half]
-    run_at_once([example_command(command, out, "--methods", *half, "--f-star-from", "runs") for half in halves],
-                environment)
-    return run(example_command(command, out), environment)
+def laq_runs(command: list[str], out: Path) -> list[list[str]]:
+    """The README's laq_mnist.py ``command`` split into ``SIDE_BY_SIDE`` processes, each running every
+    ``SIDE_BY_SIDE``-th method into its folder of ``out`` with f* from its own runs (the table each prints is
+    discarded: the command itself then prints the table of all). None with one process at a time: then the
+    command alone runs every method, without a process more to start."""
+    if SIDE_BY_SIDE == 1:
+        return []
+    methods = laq_example().parse_args(command[2:]).methods      # as the example reads its options
+    return [example_command(command, out, "--methods", *methods[start::SIDE_BY_SIDE], "--f-star-from", "runs")
+            for start in range(min(SIDE_BY_SIDE, len(methods)))]
 
 
-def run_at_once(commands: list[list[str]], environment: dict) -> None:
-    """Run the commands as processes side by side; each must succeed (none outlives a failure)."""
-    started = []
+#: Processes run side by side: this test process's share of the cores (pytest-xdist's workers split them).
+SIDE_BY_SIDE = max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+
+
+def run_side_by_side(commands: list[list[str]], environment: dict) -> None:
+    """Run the commands as processes, in order, ``SIDE_BY_SIDE`` at a time; each must succeed (after a
+    failure, those running finish and no other starts)."""
+    pool = concurrent.futures.ThreadPoolExecutor(SIDE_BY_SIDE)
     try:
-        for command in commands:
-            started.append(subprocess.Popen(command, cwd=REPO, env=environment, stdout=subprocess.PIPE,
-                                            stderr=subprocess.PIPE, text=True))
-        for process in started:
-            stdout, stderr = process.communicate(timeout=TIMEOUT)
-            assert process.returncode == 0, f"{' '.join(process.args)}:\n{stdout[-3000:]}\n{stderr[-3000:]}"
+        list(pool.map(functools.partial(run, environment=environment), commands))
     finally:
-        for process in started:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+        pool.shutdown(cancel_futures=True)
 
 
 def example_environment(request, needs_data: bool) -> dict:
@@ -177,6 +181,44 @@ def printed_rows(printed: str, header: str) -> dict[str, list[str]]:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# the runs of the LAQ MNIST table and of the bits sweep, made once for both
+
+LAQ_MNIST = "laq-mnist"
+
+
+def laq_mnist_and_sweep_runs(command: list[str], out: Path, environment: dict) -> tuple[str, dict[int, Path]]:
+    """The README's LAQ MNIST ``command`` into ``out`` and the bits sweep's LAQ runs, each run once: the
+    sweep's runs whose config is not one of the table's (``fedsim run`` with the sweep's settings) and the
+    table's methods (:func:`laq_runs`) side by side, then the command itself. What the command printed, and
+    the run folder of each of the sweep's LAQ runs by bits (b = 4 is the table's LAQ run: same config)."""
+    from fedsim.config import config_fingerprint
+    from fedsim.sweeps import load_sweep
+
+    options = laq_example().parse_args(command[2:])
+    table_runs = {config_fingerprint(laq_example().config_of(options, method)): out / method
+                  for method in options.methods}
+    sweep = load_sweep(REPO / "examples" / "sweeps" / "laq_bits.toml")
+    assert sweep.base.startswith("preset "), sweep.base
+    commands, sweep_runs, fingerprints = [], {}, {}
+    for planned in sweep.runs:
+        if planned.config.lazy.method != "laq":
+            continue
+        bits = planned.config.lazy.bits
+        fingerprints[bits] = config_fingerprint(planned.config)
+        shared = table_runs.get(fingerprints[bits])
+        sweep_runs[bits] = shared or out.parent / f"sweep-b{bits}"
+        if shared is None:
+            commands.append([sys.executable, "-m", "fedsim", "run", "--preset", sweep.base.removeprefix("preset "),
+                             "--quiet", "--out", str(sweep_runs[bits])] +
+                            [part for key, value in planned.overrides for part in ("--set", f"{key}={value}")])
+    run_side_by_side(commands + laq_runs(command, out), environment)
+    printed = run(example_command(command, out), environment)
+    for bits, folder in sweep_runs.items():            # each folder holds the sweep's run, shared or not
+        assert json.loads((folder / "meta.json").read_text())["config_sha256"] == fingerprints[bits], (bits, folder)
+    return printed, sweep_runs
+
+
+# ---------------------------------------------------------------------------------------------------------
 # the tests
 
 
@@ -192,14 +234,33 @@ def check_table(rows: dict, values: dict, columns: tuple[str, ...]) -> list[str]
     return differences
 
 
+def laq_table_differences(table: dict, printed: str, out: Path) -> list[str]:
+    """Each difference between a README LAQ ``table`` and the laq_mnist.py run in ``out`` that ``printed``
+    it (after checking that the printed table is the saved one), f* included."""
+    saved = json.loads((out / "table.json").read_text())
+    printed_table = printed_rows(printed, "method   iterations")
+    values = {row["method"]: row for row in saved["table"]}
+    assert list(printed_table) == list(values)
+    for method, cells in printed_table.items():       # the printed table is the saved one
+        row = values[method]
+        assert cells[:6] == [number(row[key], ",") for key in LAQ_COLUMNS[:3]] + [
+            number(row[key], ".1f") for key in LAQ_COLUMNS[3:5]] + [f"{row['final_accuracy']:.4f}"], method
+    differences = check_table(table["rows"], values, LAQ_COLUMNS)
+    for claimed in re.findall(r"\(([0-9]+\.[0-9]{6,})\)", table["prose"]):     # f*, to the README's digits
+        if claimed != f"{saved['f_star']:.{len(claimed.split('.')[1])}f}":
+            differences.append(f"f*: README {claimed}, the example {saved['f_star']:.12g}")
+    assert f"f* = {saved['f_star']:.12g}" in printed
+    return differences
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name, header, example", TABLES, ids=[name for name, _, _ in TABLES])
+@pytest.mark.parametrize("name, header, example", [table for table in TABLES if table[0] != LAQ_MNIST],
+                         ids=[name for name, _, _ in TABLES if name != LAQ_MNIST])
 def test_readme_table_is_what_the_example_prints(name, header, example, tmp_path, request):
     table = readme_table(README.read_text(), header)
     command, out = table["command"], tmp_path / "out"
     assert command[1] == f"examples/{example}", (name, command)
     env = example_environment(request, needs_data="synthetic" not in command)
-    differences = []
     if example == "stc_mnist.py":
         printed = run(example_command(command, out), env)
         printed_table = printed_rows(printed, "method           rounds")
@@ -209,22 +270,10 @@ def test_readme_table_is_what_the_example_prints(name, header, example, tmp_path
             # the printed table shows the summary's integers as they are, its accuracy to 4 decimals
             assert printed_table[method][2:4] == [f"{summary['bits_up']:,}", f"{summary['bits_down']:,}"], method
             values[method] = summary
-        differences += check_table(table["rows"], values, STC_COLUMNS)
+        differences = check_table(table["rows"], values, STC_COLUMNS)
     else:
-        printed = run_laq(command, out, env)
-        saved = json.loads((out / "table.json").read_text())
-        printed_table = printed_rows(printed, "method   iterations")
-        values = {row["method"]: row for row in saved["table"]}
-        assert list(printed_table) == list(values)
-        for method, cells in printed_table.items():       # the printed table is the saved one
-            row = values[method]
-            assert cells[:6] == [number(row[key], ",") for key in LAQ_COLUMNS[:3]] + [
-                number(row[key], ".1f") for key in LAQ_COLUMNS[3:5]] + [f"{row['final_accuracy']:.4f}"], method
-        differences += check_table(table["rows"], values, LAQ_COLUMNS)
-        for claimed in re.findall(r"\(([0-9]+\.[0-9]{6,})\)", table["prose"]):     # f*, to the README's digits
-            if claimed != f"{saved['f_star']:.{len(claimed.split('.')[1])}f}":
-                differences.append(f"f*: README {claimed}, the example {saved['f_star']:.12g}")
-        assert f"f* = {saved['f_star']:.12g}" in printed
+        run_side_by_side(laq_runs(command, out), env)
+        differences = laq_table_differences(table, run(example_command(command, out), env), out)
     assert not differences, f"README.md's table for `{' '.join(command)}` is out of date:\n" + "\n".join(differences)
 
 
@@ -266,14 +315,22 @@ def test_readme_stc_seed_experiment_sentence(tmp_path, request):
 
 
 @pytest.mark.slow
-def test_readme_laq_bits_sweep_sentence(tmp_path, request):
-    """ "b = 8 and b = 4 reach the residual ... with 453 and 505 uploads ..., while b = 2 does not converge:
-    f climbs above 1,000 within 400 iterations, peaks at 5,074 and ends at 1,945 after 4,000" against the
-    sweep file's three LAQ runs (fedsim run with the sweep's settings; two at a time)."""
-    import tomllib
-
+def test_readme_laq_mnist_table_and_bits_sweep_sentence(tmp_path, request):
+    """The LAQ MNIST table, as test_readme_table_is_what_the_example_prints checks the others, and "b = 8
+    and b = 4 reach the residual ... with 453 and 505 uploads ..., while b = 2 does not converge: f climbs
+    above 1,000 within 400 iterations, peaks at 5,074 and ends at 1,945 after 4,000" against the sweep
+    file's three LAQ runs: one test, so that the runs they share (the sweep's b = 4 run is the table's LAQ
+    run) are made once whichever pytest-xdist worker runs it."""
     from fedsim.algorithms.lazy import records_reach
     text = README.read_text()
+    header = next(header for name, header, _ in TABLES if name == LAQ_MNIST)
+    table = readme_table(text, header)
+    command, out = table["command"], tmp_path / "out"
+    assert command[1] == "examples/laq_mnist.py", command
+    printed, runs = laq_mnist_and_sweep_runs(command, out, example_environment(request, needs_data=True))
+    differences = laq_table_differences(table, printed, out)
+    assert not differences, f"README.md's table for `{' '.join(command)}` is out of date:\n" + "\n".join(differences)
+
     section = text[text.index("LAQ's bits (`fedsim sweep examples/sweeps/laq_bits.toml"):]
     sentence = (r"b = 8 and b = 4 reach the residual \(f - f\* <= 1e-([0-9]+), with the f\* of the LAQ table above\) "
                 r"with ([0-9,]+) and ([0-9,]+) uploads .*?\*\*b = 2 does not converge\*\*: f climbs above ([0-9,]+) "
@@ -283,20 +340,9 @@ def test_readme_laq_bits_sweep_sentence(tmp_path, request):
     exponent, uploads_8, uploads_4, above, within, peak, final, iterations = claim.groups()
     f_star = float(re.search(r"f\* is the smallest objective any of the five runs reached \(([0-9.]+)\)",
                              text).group(1))
-    sweep = tomllib.loads((REPO / "examples" / "sweeps" / "laq_bits.toml").read_text())
-    settings = [f"{key}={value}" for key, value in sweep["set"].items()]
-    runs = {bits: settings + [f"lazy.method={method}", f"lazy.bits={bits}"]
-            for method, bits in zip(sweep["zip"]["lazy.method"], sweep["zip"]["lazy.bits"]) if method == "laq"}
     assert sorted(runs) == [2, 4, 8]
-    environment = example_environment(request, needs_data=True)
-    histories = {}
-    for batch in ([8, 4], [2]):
-        run_at_once([[sys.executable, "-m", "fedsim", "run", "--preset", sweep["base"], "--quiet",
-                      "--out", str(tmp_path / f"b{bits}")] + [arg for setting in runs[bits] for arg in ("--set", setting)]
-                     for bits in batch], environment)
-        for bits in batch:
-            histories[bits] = [json.loads(line) for line in
-                               (tmp_path / f"b{bits}" / "history.jsonl").read_text().splitlines()]
+    histories = {bits: [json.loads(line) for line in (folder / "history.jsonl").read_text().splitlines()]
+                 for bits, folder in runs.items()}
     tolerance = 10.0 ** -int(exponent)
     reached = {bits: records_reach(histories[bits], f_star, tolerance) for bits in (8, 4, 2)}
     objective = [row["objective"] for row in histories[2]]
