@@ -37,7 +37,8 @@ from fedsim.compress import ErrorFeedback, expected_position_bits, make_compress
 from fedsim.config import load_preset
 from fedsim.data import load_dataset
 from fedsim.experiment_data import split_among_clients
-from fedsim.kernels import golomb, sparsify
+from fedsim.kernels import golomb, selection
+from fedsim.kernels import ternary as ternary_kernels
 from fedsim.models import SoftmaxRegression
 
 FULL = False                                          # True: the seed experiment's scale (minutes)
@@ -81,16 +82,17 @@ print(f"N = {x.size} entries, |x| from {np.abs(x).min():.2e} to {np.abs(x).max()
 # $$v = \text{the } k\text{-th largest } |x_i|, \qquad
 #   \operatorname{top}_k(x)_i = \begin{cases} x_i & |x_i| \ge v \\ 0 & \text{otherwise.} \end{cases}$$
 #
-# `sparsify.top_k_threshold` returns $v$, the mean kept magnitude $\mu$ and the count;
-# `sparsify.top_k_sparsify` writes the kept positions and values into arrays we give it (fedsim's
-# kernels never allocate in the hot path).
+# `selection._top_k_threshold` returns $v$, the mean kept magnitude $\mu$ and the count;
+# `selection._top_k_sparsify` writes the kept positions and values into arrays we give it (fedsim's
+# kernels never allocate in the hot path). Both are private: the compressors call them through the
+# batched `sparse_compress_batch` of `fedsim.kernels.sparsify`; here we call them on one vector to look inside.
 
 # %%
 p = 0.01
 k = math.ceil(p * x.size)
-v, mu, count = sparsify.top_k_threshold(x, k)
+v, mu, count = selection._top_k_threshold(x, k)
 positions, values = np.empty(k, np.int64), np.empty(k, x.dtype)
-count = sparsify.top_k_sparsify(x, k, positions, values)
+count = selection._top_k_sparsify(x, k, positions, values)
 kept_energy = np.sum(values.astype(float) ** 2) / np.sum(x.astype(float) ** 2)
 print(f"k = {k}: threshold v = {v:.3e}, {count} entries kept, {kept_energy:.1%} of ||x||^2")
 
@@ -120,11 +122,12 @@ right.set_yticks([]);
 # $$\operatorname{STC}(x)_i = \begin{cases} \mu \operatorname{sign}(x_i) & |x_i| \ge v \\
 #   0 & \text{otherwise,} \end{cases} \qquad \mu = \frac1k \sum_{|x_i| \ge v} |x_i| .$$
 #
-# `sparsify.ternarize` returns the kept positions (the same as top-k's), their signs and $\mu$.
+# `ternary._ternarize` (private too: one vector of the batched STC) returns the kept positions (the same
+# as top-k's), their signs and $\mu$.
 
 # %%
 signs = np.empty(k, np.int8)
-count, mu = sparsify.ternarize(x, k, positions, signs)
+count, mu = ternary_kernels._ternarize(x, k, positions, signs)
 ternary = np.zeros_like(x)
 ternary[positions] = mu * signs
 top_k = np.zeros_like(x)

@@ -35,7 +35,7 @@ import numpy as np
 from threadpoolctl import threadpool_info, threadpool_limits
 
 import fedsim
-from fedsim.kernels import sparsify
+from fedsim.kernels import ternary
 
 sys.path.insert(0, str(Path(fedsim.__file__).resolve().parents[1]))   # benchmarks/ sits beside fedsim/
 common = importlib.import_module("benchmarks.common")                   # the suite's timing helpers
@@ -98,8 +98,8 @@ size = 1_000_000
 x = rng.standard_normal(size).astype(np.float32)
 k = math.ceil(0.01 * size)
 outputs = {name: (np.empty(k, np.int64), np.empty(k, np.int8)) for name in ("fedsim", "numpy")}
-kernels = {"fedsim": lambda: sparsify.ternarize(x, k, *outputs["fedsim"]),
-           "numpy": lambda: sparsify.ternarize_numpy(x, k, *outputs["numpy"])}
+kernels = {"fedsim": lambda: ternary._ternarize(x, k, *outputs["fedsim"]),
+           "numpy": lambda: ternary._ternarize_numpy(x, k, *outputs["numpy"])}
 first_calls = {name: [] for name in kernels}
 for name, kernel in kernels.items():
     for _ in range(15):
@@ -175,8 +175,8 @@ def medians(size):
     budget = math.ceil(0.01 * size)
     buffers = {name: (np.empty(budget, np.int64), np.empty(budget, np.int8)) for name in ("fedsim", "numpy")}
     measured = common.time_interleaved({
-        "fedsim": lambda: sparsify.ternarize(vector, budget, *buffers["fedsim"]),
-        "numpy": lambda: sparsify.ternarize_numpy(vector, budget, *buffers["numpy"]),
+        "fedsim": lambda: ternary._ternarize(vector, budget, *buffers["fedsim"]),
+        "numpy": lambda: ternary._ternarize_numpy(vector, budget, *buffers["numpy"]),
         "copy": lambda: np.copy(vector), "copyto": lambda: np.copyto(target, vector)},
         repeats=9 if size < 10 ** 6 else 5)
     return {name: timing.median for name, timing in measured.items()}
