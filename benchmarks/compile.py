@@ -192,7 +192,7 @@ sys.exit(status)
 def startup_dataset(data_dir) -> list[str]:
     """Extra ``fedsim run`` arguments for the MNIST presets: none if MNIST's four files are on disk, else
     ``--dataset fashion-mnist`` if its files are; ``--data-dir`` if given. None if neither dataset is."""
-    from fedsim.data.fetch import locate
+    from fedsim.data.search import locate
     from fedsim.data.registry import FILE_KEYS
     extra = ["--data-dir", str(data_dir)] if data_dir is not None else []
     for name, arguments in (("mnist", []), ("fashion-mnist", ["--dataset", "fashion-mnist"])):
@@ -244,7 +244,7 @@ def startup_benchmark(mode: str, threads: int, data_dir=None) -> dict:
     if dataset_arguments is None:
         results["skipped"] = "neither MNIST nor Fashion-MNIST is on disk"
         return results
-    from fedsim.data.fetch import cache_dir, user_cache_dir
+    from fedsim.data.search import cache_dir, user_cache_dir
     environment = common.thread_environment(threads)
     environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(common.REPO), environment.get("PYTHONPATH")]))
     # The children get caches of their own: the dataset files this process finds in its caches stay found.

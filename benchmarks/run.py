@@ -139,7 +139,7 @@ def default_out(mode: str, write_readme: bool) -> Path:
     run; otherwise the user cache (never a file of the source tree)."""
     if write_readme and mode == "full":
         return RESULTS
-    from fedsim.data.fetch import cache_dir
+    from fedsim.data.search import cache_dir
     return cache_dir() / "benchmarks" / mode
 
 

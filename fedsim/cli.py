@@ -43,7 +43,8 @@ def error_status(error: Exception) -> tuple[int, str] | None:
     line, a config, a run or sweep folder), 1 for data that cannot be had or the system refusing (a disk,
     a permission, a path); None for an error fedsim did not expect."""
     from fedsim.config import ConfigError
-    from fedsim.data.fetch import DataSettingError, DatasetNotFoundError
+    from fedsim.data.registry import DataSettingError
+    from fedsim.data.search import DatasetNotFoundError
     from fedsim.runs import RunFolderError
     from fedsim.sweeps.execute import SweepError
     if isinstance(error, (UsageError, ConfigError, RunFolderError, SweepError, DataSettingError)):
@@ -336,7 +337,8 @@ def command_run(args) -> int:
 
 
 def command_data_fetch(args) -> int:
-    from fedsim.data.fetch import DatasetNotFoundError, dataset_status, fetch, locate
+    from fedsim.data.fetch import fetch
+    from fedsim.data.search import DatasetNotFoundError, dataset_status, locate
     from fedsim.data.registry import DATASETS, FILE_KEYS
     if args.name not in DATASETS:
         hint = " (synthetic data is generated, it needs no files)" if args.name == "synthetic" else ""
@@ -376,7 +378,7 @@ def _print_status(name: str, rows: list[dict]) -> None:
 
 def command_data_info(args) -> int:
     from fedsim.data.cache import array_cache_dir, cache_enabled, cache_entries, stored_bytes
-    from fedsim.data.fetch import cache_dir, dataset_status, search_path
+    from fedsim.data.search import cache_dir, dataset_status, search_path
     from fedsim.data.registry import DATASETS
     print(f"download cache: {cache_dir()}")
     entries = cache_entries()

@@ -15,7 +15,8 @@ import pytest
 from fedsim.cli import (UsageError, main, one_line_errors, plot_folder, report_outcome, report_outcomes,
                         stopped_at_once)
 from fedsim.config import ConfigError, config_from_dict, load_preset, parse_toml
-from fedsim.data.fetch import DataSettingError, DatasetNotFoundError
+from fedsim.data.registry import DataSettingError
+from fedsim.data.search import DatasetNotFoundError
 from fedsim.runs import RunFolder, RunFolderError, RunOutcome, read_run, start_run, strip_wall_time
 from fedsim.sweeps import SweepError
 from tests.conftest import TINY, TINY_LAZY, clean_env, error_lines, fedsim

@@ -35,12 +35,11 @@ from pathlib import Path
 import numpy as np
 
 from fedsim.data.idx import read_images_and_labels
-from fedsim.data.mirrors import download_urls, mirror_bases, mirror_urls, parse_mirror_list
-from fedsim.data.registry import (DATASETS, SPLIT_FILES, DatasetFile, DatasetInfo, DataSettingError,
+from fedsim.data.mirrors import download_urls, mirror_bases
+from fedsim.data.registry import (SPLIT_FILES, DatasetFile, DatasetInfo, DataSettingError,
                                   Verification, get_dataset, is_gzip)
-from fedsim.data.search import (ENV_CACHE, DatasetNotFoundError, Outcome, cache_dir, dataset_status,
-                                download_size_limit, find_local, folder_problem, locate, not_found_error,
-                                repo_data_dir, search_path, user_cache_dir, verify_path)
+from fedsim.data.search import (ENV_CACHE, Outcome, cache_dir, download_size_limit, find_local, not_found_error,
+                                search_path, verify_path)
 
 #: The per-read ``timeout`` must lie in (0, MAX_TIMEOUT_SECONDS].
 MAX_TIMEOUT_SECONDS = 3600.0
@@ -287,6 +286,4 @@ def load_split(name: str, split: str, *, data_dir=None, download: bool = True, p
                                   labels_max_bytes=labels.file.decompressed_size)
 
 
-__all__ = ["DATASETS", "DataSettingError", "DatasetNotFoundError", "cache_dir", "dataset_status",
-           "download_deadline", "download_size_limit", "fetch", "folder_problem", "load_split", "locate",
-           "mirror_urls", "parse_mirror_list", "repo_data_dir", "search_path", "user_cache_dir"]
+__all__ = ["download_deadline", "fetch", "load_split"]

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from fedsim.data import fetch, search
-from fedsim.data.registry import DataSettingError, get_dataset
+from fedsim.data.registry import DATASETS, DataSettingError, get_dataset
 from fedsim.data.search import DatasetNotFoundError
 from tests.data.conftest import LABELS_GZ, MNIST_TEST_LABEL_COUNTS, files_under, one_line_setting_error
 
@@ -111,7 +111,7 @@ def test_pooch_and_requests_are_imported_only_to_download(isolated, shared_data)
 
 
 def test_pooch_checks_the_md5_only_where_it_alone_decides():
-    hashes = {(info.name, file.key): fetch._pooch_hash(file) for info in fetch.DATASETS.values()
+    hashes = {(info.name, file.key): fetch._pooch_hash(file) for info in DATASETS.values()
               for file in info.files}
     assert {key: value for key, value in hashes.items() if value} == {
         ("mnist", "train-images"): "md5:f68b3c2dcbeaaa9fbdd348bbdeb94873"}

@@ -85,7 +85,7 @@ def test_readme_shows_the_notebook_and_its_figure(name):
 @functools.cache
 def missing_files(dataset: str, keys: tuple[str, ...]) -> tuple[str, ...]:
     """The files of ``dataset`` that fedsim's data search does not find verified on disk."""
-    from fedsim.data.fetch import locate
+    from fedsim.data.search import locate
     return tuple(key for key in keys if locate(dataset, key) is None)
 
 
