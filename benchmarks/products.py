@@ -166,6 +166,29 @@ def _timed(calls: dict, repeats: int) -> dict:
     return {name: timing.median for name, timing in common.time_interleaved(calls, repeats).items()}
 
 
+def _fixed_order(x, weights, delta, delta_t, repeats: int) -> dict:
+    """The fixed-order products against BLAS, validated, then timed; the feature-major copy of ``x`` they
+    need lives only while this runs (it is as large as ``x``)."""
+    n_samples, n_features = x.shape
+    n_classes = weights.shape[1]
+    x_t = np.ascontiguousarray(x.T)
+    logits_t = np.empty((n_classes, n_samples))
+    gradient_t = np.empty((n_classes, n_features))
+    forward_feature_major(x_t, weights, logits_t)
+    backward_sample_major(x, delta, gradient_t)
+    reference_logits, reference_gradient = x @ weights, delta_t @ x
+    assert_close("fixed-order forward vs BLAS", logits_t.T, reference_logits, rtol=1e-10,
+                 atol=1e-12 * float(np.abs(reference_logits).max()))
+    assert_close("fixed-order backward vs BLAS", gradient_t, reference_gradient, rtol=1e-10,
+                 atol=1e-12 * float(np.abs(reference_gradient).max()))
+    return _timed({
+        "BLAS forward x W": lambda: x @ weights,
+        "Numba forward, feature-major x": lambda: forward_feature_major(x_t, weights, logits_t),
+        "BLAS backward (delta^T x)^T": lambda: delta_t @ x,
+        "Numba backward, sample-major x": lambda: backward_sample_major(x, delta, gradient_t),
+    }, repeats)
+
+
 def run(mode: str, threads: int, data_dir=None) -> dict:
     import scipy.sparse
 
@@ -191,23 +214,8 @@ def run(mode: str, threads: int, data_dir=None) -> dict:
     results["columns"] = _timed(by_columns, repeats)
 
     log("products: fixed order (LAQ shapes, float64)")
-    x_t = np.ascontiguousarray(x.T)
-    logits_t = np.empty((n_classes, n_samples))
-    gradient_t = np.empty((n_classes, n_features))
-    forward_feature_major(x_t, weights, logits_t)
-    backward_sample_major(x, delta, gradient_t)
-    reference_logits, reference_gradient = x @ weights, delta_t @ x
-    assert_close("fixed-order forward vs BLAS", logits_t.T, reference_logits, rtol=1e-10,
-                 atol=1e-12 * float(np.abs(reference_logits).max()))
-    assert_close("fixed-order backward vs BLAS", gradient_t, reference_gradient, rtol=1e-10,
-                 atol=1e-12 * float(np.abs(reference_gradient).max()))
-    results["fixed_order"] = _timed({
-        "BLAS forward x W": lambda: x @ weights,
-        "Numba forward, feature-major x": lambda: forward_feature_major(x_t, weights, logits_t),
-        "BLAS backward (delta^T x)^T": lambda: delta_t @ x,
-        "Numba backward, sample-major x": lambda: backward_sample_major(x, delta, gradient_t),
-    }, repeats)
-    del x_t
+    results["fixed_order"] = _fixed_order(x, weights, delta, delta_t, repeats)
+    reference_logits = x @ weights
 
     log("products: reassociated dot products")
     all_rows = np.arange(n_samples)

@@ -272,21 +272,8 @@ def _one_line(error: BaseException, limit: int = 400) -> str:
 
 
 def config_from_dict(raw: dict, source: str = "") -> ExperimentConfig:
-    """Validate a parsed TOML document (nested dicts) into an :class:`ExperimentConfig`.
-
-    Parameters
-    ----------
-    raw : dict
-        ``{"family": ..., "seed": ..., "data": {...}, "federated": {...}, "lazy": {...}, "run": {...}}``;
-        every key optional.
-    source : str
-        Where the document came from (a file name), for error messages.
-
-    Raises
-    ------
-    ConfigError
-        One line: the setting, what is allowed, what was given.
-    """
+    """Validate a parsed TOML document (nested dicts, every key optional) into an
+    :class:`ExperimentConfig`; ``source`` (a file name) goes into the one-line :class:`ConfigError`."""
     top, tables, compressors = {}, {}, {}
     for key, value in raw.items():
         if key in TABLES:

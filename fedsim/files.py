@@ -50,21 +50,12 @@ def fsync_folder(folder: Path) -> None:
 
 @contextlib.contextmanager
 def atomic_file(path, *, durable: bool = True) -> Iterator[BinaryIO]:
-    """A binary file to write that replaces ``path`` atomically when the ``with`` block ends without error.
+    """A binary file to write that replaces ``path`` (its folder must exist) atomically when the ``with``
+    block ends without error.
 
-    Parameters
-    ----------
-    path : str or os.PathLike
-        The file to create or replace; its folder must exist.
-    durable : bool
-        fsync the file and the folder, so that the new content survives a crash (default). ``False`` for a
-        file whose damage after a crash is detected anyway (a checksummed cache entry): faster for large files.
-
-    Raises
-    ------
-    OSError
-        If the folder cannot take the file (not writable, disk full, a folder in the way): the temporary
-        file is removed and ``path`` is left as it was.
+    ``durable`` fsyncs the file and the folder, so that the new content survives a crash; ``False`` for a
+    file whose damage after a crash is detected anyway (a checksummed cache entry). An OSError (folder not
+    writable, disk full, a folder in the way) removes the temporary file and leaves ``path`` as it was.
     """
     path = Path(path)
     temporary, handle = _create_temporary(path)

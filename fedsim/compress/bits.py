@@ -76,21 +76,9 @@ def sign_analytic_bits(size, n_scales=0):
 def sparse_analytic_bits(counts, sizes, bits_per_entry, trailer_bits):
     """Sum over segments of ``c (E(c / N) + bits_per_entry) + trailer_bits [c > 0]``.
 
-    Parameters
-    ----------
-    counts : (..., S) int
-        Kept entries per segment (one row per message).
-    sizes : (S,) int
-        Segment lengths N.
-    bits_per_entry : float
-        32 for top-k values, 1 for STC signs.
-    trailer_bits : float
-        32 for STC's mu, 0 for top-k.
-
-    Returns
-    -------
-    (...) float64 : the estimate, summed over segments in order (the same order for one message and for
-    a batch, so the two agree bitwise).
+    ``counts`` (..., S): kept entries per segment, a row per message; ``sizes`` (S,): the lengths N;
+    ``bits_per_entry``: 32 for top-k values, 1 for STC signs; ``trailer_bits``: 32 for STC's mu, 0 for
+    top-k. Summed over segments in order (for one message and a batch alike: they agree bitwise).
     """
     counts = np.asarray(counts, dtype=np.int64)
     sizes = np.asarray(sizes, dtype=np.int64)

@@ -37,18 +37,8 @@ from fedsim.params import ParamSpec
 
 @dataclass(frozen=True)
 class SoftmaxRegression:
-    """Softmax regression on ``n_features`` inputs and ``n_classes`` classes.
-
-    Parameters
-    ----------
-    n_features : int
-        Input dimension (1024 for the STC pipeline's 32x32 images, 784 for the LAQ pipeline).
-    n_classes : int
-        Number of classes (at least 2).
-    l2 : float
-        Coefficient of the ``(l2 / 2) * ||theta||^2`` penalty over all parameters, W and b alike
-        (as in the LAQ reference). 0 disables it.
-    """
+    """Softmax regression on ``n_features`` inputs (1024 for the STC pipeline, 784 for LAQ's) and
+    ``n_classes`` classes; the L2 penalty covers W and b alike (as in the LAQ reference)."""
 
     n_features: int = setting(MISSING, "input dimension", Integer(low=1))
     n_classes: int = setting(MISSING, "number of classes", Integer(low=2))

@@ -27,12 +27,6 @@ MATRICES = ((0, 12, 5), (65, 6, 6))       # (start, n, m) of the compressed segm
 VECTOR_ENTRIES = 5 + 1                    # b and s, sent as they are
 
 
-
-
-
-
-
-
 # ----------------------------------------------------------------------------------------------------
 # settings and init
 # ----------------------------------------------------------------------------------------------------
@@ -81,7 +75,6 @@ def test_matrix_shapes():
 # ----------------------------------------------------------------------------------------------------
 # the power step
 # ----------------------------------------------------------------------------------------------------
-
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -157,32 +150,11 @@ def test_message_validates_its_sizes():
 # ----------------------------------------------------------------------------------------------------
 
 
-
-
-
-
-
 def test_state_dtype_must_match():
     compressor = PowerSGD()
     _, state = compressor.compress(np.ones(SPEC.size, np.float32), compressor.init(SPEC), np.random.default_rng(0))
     with pytest.raises(ValueError, match="dtype"):
         compressor.compress(np.ones(SPEC.size), state, np.random.default_rng(0))
-
-
-# ----------------------------------------------------------------------------------------------------
-# kernels: jitted, .py_func and NumPy twin bitwise equal
-# ----------------------------------------------------------------------------------------------------
-
-
-
-
-
-
-
-
-
-
-
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -272,5 +244,3 @@ def test_federated_checkpoint_continues_bitwise(synthetic, tmp_path):
 # and 200 (float64) for other seeds and BLAS builds, still far below any algorithmic difference (a wrong
 # sign, a missed column or a skipped residual changes values by O(1) of the scale).
 ORACLE_TOLERANCE = {np.float32: 1e-4, np.float64: 1e-12}
-
-

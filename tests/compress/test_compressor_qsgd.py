@@ -22,14 +22,6 @@ from tests.conftest import assert_bitwise
 SPEC = ParamSpec(("W", "b"), ((30, 4), (4,)))                 # 124 entries: segments of 120 and 4
 
 
-
-
-
-
-
-
-
-
 # ----------------------------------------------------------------------------------------------------
 # settings
 # ----------------------------------------------------------------------------------------------------
@@ -52,24 +44,6 @@ def test_levels_are_validated(bad):
 def test_bucket_size_is_validated(bad):
     with pytest.raises((TypeError, ValueError), match="bucket_size must be an integer >= 0"):
         QSGD(bucket_size=bad)
-
-
-
-
-# ----------------------------------------------------------------------------------------------------
-# buckets, Elias omega code, hand-computed quantization
-# ----------------------------------------------------------------------------------------------------
-
-
-
-
-
-
-
-
-
-
-
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -165,8 +139,6 @@ def test_message_format(dtype):
                                                             ("bucket_size", compressor.bucket_size)))
 
 
-
-
 def test_fields_of_compressed_rows():
     c = QSGD(4, 10)
     x = np.random.default_rng(0).standard_normal((3, SPEC.size)).astype(np.float32)
@@ -176,28 +148,6 @@ def test_fields_of_compressed_rows():
     assert compressed.fields["norms"].shape == (3, 13)                # buckets: 12 of W (120), 1 of b (4)
     assert QSGD(40000).compress(x, QSGD(40000).init(SPEC), np.random.default_rng(1))[0] \
         .fields["signed_levels"].dtype == np.int32
-
-
-# ----------------------------------------------------------------------------------------------------
-# batches, randomness
-# ----------------------------------------------------------------------------------------------------
-
-
-
-# ----------------------------------------------------------------------------------------------------
-# kernel == twin
-# ----------------------------------------------------------------------------------------------------
-
-
-
-
-
-
-
-
-
-
-
 
 
 # ----------------------------------------------------------------------------------------------------

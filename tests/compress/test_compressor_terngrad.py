@@ -28,8 +28,6 @@ def one(compressor, x, state, rng):
     return compressed, message_of(compressed, 0)
 
 
-
-
 def clipped_magnitudes(x, clip):
     """min(|x|, b) with b from a plain float64 std (np.std: another summation order; for the statistics)."""
     if clip == 0 or x.size == 0:
@@ -63,11 +61,6 @@ def test_settings_and_attributes():
 # ----------------------------------------------------------------------------------------------------
 
 
-
-
-
-
-
 def test_all_zero_and_empty_segments_send_the_scale_only():
     compressor = TernGrad()
     state = compressor.init(ODD_LAYOUT)
@@ -81,10 +74,6 @@ def test_all_zero_and_empty_segments_send_the_scale_only():
     assert message.scales[5] == 2.0 and message.codes[13] == -1 and np.count_nonzero(message.codes) == 1
     assert message.encoded_bits() == 32 * ODD_LAYOUT.n_segments + 8
     check_message(message, np.float32, ODD_LAYOUT.size)
-
-
-
-
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -184,20 +173,6 @@ def test_message_validation_and_corrupt_streams():
     with pytest.raises(ValueError, match="bit stream ends"):
         decode(stream[:9], message.format)
     assert decode(stream, message.format) == message
-
-
-# ----------------------------------------------------------------------------------------------------
-# kernels: jitted == py_func == NumPy twin, bitwise
-# ----------------------------------------------------------------------------------------------------
-
-
-
-
-
-
-
-
-
 
 
 # ----------------------------------------------------------------------------------------------------

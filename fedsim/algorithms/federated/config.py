@@ -48,7 +48,6 @@ def methods() -> dict[str, Method]:
     return table
 
 
-
 AT_LEAST_ONE = Integer(low=1)
 METHODS_DEFAULT = "the method's"     # what an unset error feedback or aggregation takes
 

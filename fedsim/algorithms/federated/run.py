@@ -80,15 +80,8 @@ class ServerState:
 class FederatedRun:
     """A federated learning run on softmax regression; :meth:`step` runs one round.
 
-    Parameters
-    ----------
-    config : FederatedConfig
-    dataset : Dataset
-        Training data (held by the clients) and test data (for evaluation).
-    client_indices : sequence of index arrays
-        Which training samples each client holds (a partitioner's output); ``len == config.n_clients``.
-    seed : int
-        Seeds every random choice of the run (sampling, batch order, initialization, sampled thresholds).
+    ``client_indices``: the training samples each client holds (a partitioner's output, one array per
+    client); ``seed`` seeds every random choice (sampling, batch order, initialization, thresholds).
     """
 
     def __init__(self, config: FederatedConfig, dataset: Dataset, client_indices, seed: int = 0, *,

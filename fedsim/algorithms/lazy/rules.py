@@ -16,15 +16,9 @@ def history_threshold(step_history: np.ndarray, n_steps: int, history_weight: fl
                       n_workers: int) -> float:
     """``H^k = (1 / (alpha^2 M^2)) sum_{d=1..min(k,D)} xi_d ||theta^{k+1-d} - theta^{k-d}||^2``.
 
-    Parameters
-    ----------
-    step_history : ndarray, shape (D,)
-        Ring of the last D squared steps ``||theta^{j+1} - theta^j||^2`` (entries not yet written are 0).
-    n_steps : int
-        k, the number of steps taken so far; ``min(k, D)`` of the ring's entries are real.
-    history_weight : float
-        xi; each of the ``min(k, D)`` entries gets ``xi_d = xi / min(k, D)`` (the reference's weighting:
-        ``xi / D`` once k >= D, normalised by the number of existing differences before). ``H^0 = 0``.
+    ``step_history``: ring of the last D squared steps (entries not yet written are 0); ``n_steps`` = k.
+    Each of the ``min(k, D)`` real entries gets ``xi_d = xi / min(k, D)`` (the reference's weighting:
+    ``xi / D`` once k >= D, normalised by the number of existing differences before). ``H^0 = 0``.
     """
     available = min(int(n_steps), len(step_history))
     if available == 0:
@@ -138,4 +132,3 @@ def _largest_eigenvalue(symmetric: np.ndarray) -> float:
     import scipy.linalg   # here, not at the top: a federated run, or a config, needs no SciPy
     size = symmetric.shape[0]
     return float(scipy.linalg.eigvalsh(symmetric, subset_by_index=[size - 1, size - 1])[0])
-

@@ -25,17 +25,9 @@ from fedsim.rng import RunStreams
 class LazyRun:
     """One lazy-aggregation run, an iteration per :meth:`step` (the equations: :mod:`fedsim.algorithms.lazy`).
 
-    Parameters
-    ----------
-    config : LazyConfig
-        Method and settings.
-    data : Dataset
-        Training data (split among the workers) and test data (for accuracy; may be empty).
-    partition : sequence of int arrays, optional
-        One index array into ``data.x_train`` per worker (``config.n_workers`` of them). Default:
-        contiguous blocks in file order, worker m gets ``[m N // M, (m + 1) N // M)``.
-    smoothness : ndarray, shape (M,), optional
-        LAG-PS: the ``L_m`` to use; computed by :func:`smoothness_bounds` when omitted.
+    ``partition``: one index array into ``data.x_train`` per worker; default contiguous blocks in file
+    order, worker m gets ``[m N // M, (m + 1) N // M)``. ``smoothness``: LAG-PS's ``L_m``, computed by
+    :func:`smoothness_bounds` when omitted. The test data may be empty.
 
     ``history`` holds one JSON-able record per completed iteration k: ``objective`` f(theta^k),
     ``grad_norm_sq``, ``aggregate_norm_sq``, ``uploads`` (the workers that uploaded), cumulative
