@@ -23,30 +23,6 @@ SPEC = ParamSpec(("W", "b"), ((30, 4), (4,)))                 # 124 entries: seg
 
 
 # ----------------------------------------------------------------------------------------------------
-# settings
-# ----------------------------------------------------------------------------------------------------
-
-def test_settings_and_attributes():
-    c = QSGD()
-    assert (c.levels, c.bucket_size, c.scope) == (16, 512, "tensor")
-    assert c.settings == {"levels": 16, "bucket_size": 512, "scope": "tensor"}
-    assert QSGD.name == "qsgd" and QSGD.aggregations == ("mean", "weighted")
-    assert QSGD.error_feedback is False and QSGD.directions == ("up", "updown")
-
-
-@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "4", None, 2 ** 31])
-def test_levels_are_validated(bad):
-    with pytest.raises((TypeError, ValueError), match="levels must be an integer in"):
-        QSGD(levels=bad)
-
-
-@pytest.mark.parametrize("bad", [-1, 2.0, True, "512", None])
-def test_bucket_size_is_validated(bad):
-    with pytest.raises((TypeError, ValueError), match="bucket_size must be an integer >= 0"):
-        QSGD(bucket_size=bad)
-
-
-# ----------------------------------------------------------------------------------------------------
 # analytic bits (the paper's bound) and measured bits
 # ----------------------------------------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ from hypothesis import given, note, settings
 from hypothesis import strategies as st
 
 from fedsim.algorithms.federated import methods
+from fedsim.config import COMPRESSOR_TABLES
 from fedsim.compress import (
     COMPRESSORS,
     QSGD,
@@ -39,6 +40,7 @@ from fedsim.compress import (
     TopK,
     make_compressor,
 )
+from fedsim.constraints import descriptions
 from fedsim.kernels.sparsify import NONFINITE_MESSAGE
 from fedsim.params import ParamSpec
 from tests.conftest import (
@@ -147,6 +149,57 @@ def test_registered_rebuilt_by_name_and_its_methods(compressor):
         assert method.aggregation == cls.aggregations[0]
         assert method.accumulate_up == cls.error_feedback
         assert method.accumulate_down == (cls.error_feedback and direction == "updown")
+
+
+# Each compressor's class attributes (aggregations, error feedback by default, directions) and its settings
+# when built with none given.
+DEFAULTS = {
+    "identity": (("mean", "weighted"), False, (), {"scope": "tensor"}),
+    "topk": (("mean", "weighted"), True, ("up", "updown"), {"p": 0.01, "scope": "tensor"}),
+    "stc": (("mean", "weighted"), True, ("up", "updown"), {"p": 0.01, "threshold": "exact", "sample_fraction": 0.1,
+                                                           "sample_mode": "uniform", "scope": "tensor"}),
+    "sign": (("majority", "mean", "weighted"), False, (), {"scale": "none", "scope": "tensor"}),
+    "qsgd": (("mean", "weighted"), False, ("up", "updown"), {"levels": 16, "bucket_size": 512, "scope": "tensor"}),
+    "terngrad": (("mean", "weighted"), False, ("up", "updown"), {"clip": 0.0, "scope": "tensor"}),
+    "randomk": (("mean", "weighted"), False, ("up", "updown"), {"p": 0.01, "scaling": "unbiased",
+                                                                "scope": "tensor"}),
+    "powersgd": (("mean",), True, ("up", "updown"), {"rank": 2, "scope": "tensor"}),
+}
+
+
+@pytest.mark.parametrize("name", list(SETTINGS))
+def test_class_attributes_and_defaults(name):
+    """The attributes and defaults above; every setting described; a config table ([<name>]) exactly for
+    the compressors with settings besides p and scope."""
+    cls = COMPRESSORS[name]
+    aggregations, error_feedback, directions, defaults = DEFAULTS[name]
+    assert (cls.name, cls.aggregations, cls.error_feedback, cls.directions) == (name, aggregations, error_feedback,
+                                                                              directions)
+    assert cls().settings == defaults and set(descriptions(cls)) == set(defaults)
+    assert COMPRESSOR_TABLES.get(name) is (cls if set(defaults) - {"p", "scope"} else None)
+
+
+# Each compressor's own settings: values they refuse, the error's type and the start of its message.
+NUMBER_ERRORS = (TypeError, ValueError)      # a value of the wrong kind is a TypeError
+REFUSED = [(cls, setting, bad, errors, match) for cls, setting, values, errors, match in [
+    (STC, "sample_fraction", [0], ValueError, r"sample_fraction must be a finite number in \(0, 1\]"),
+    (STC, "threshold", ["approx"], ValueError, r"threshold must be one of 'exact', 'sampled'"),
+    (STC, "sample_mode", ["random"], ValueError, r"sample_mode must be one of 'uniform', 'window'"),
+    (Sign, "scale", ["max"], ValueError, r"scale must be one of 'none', 'mean'"),
+    (QSGD, "levels", [0, -1, 1.5, True, "4", None, 2 ** 31], NUMBER_ERRORS, "levels must be an integer in"),
+    (QSGD, "bucket_size", [-1, 2.0, True, "512", None], NUMBER_ERRORS, "bucket_size must be an integer >= 0"),
+    (TernGrad, "clip", [-0.5, float("nan"), float("inf"), "2.5", True, None], NUMBER_ERRORS,
+     "clip must be a finite number >= 0"),
+    (RandomK, "scaling", ["biased"], ValueError, r"scaling must be one of 'unbiased', 'none', got 'biased'"),
+    (PowerSGD, "rank", [0, -1, 2.5, True, "2", None], NUMBER_ERRORS, "rank must be an integer"),
+] for bad in values]
+
+
+@pytest.mark.parametrize("cls, setting, bad, errors, match", REFUSED,
+                         ids=[f"{cls.name}-{setting}-{bad!r}" for cls, setting, bad, _, _ in REFUSED])
+def test_own_setting_outside_its_constraint_is_rejected(cls, setting, bad, errors, match):
+    with pytest.raises(errors, match=match):
+        cls(**{setting: bad})
 
 
 @pytest.mark.parametrize("bad", [0, -0.1, 1.5, float("nan"), float("inf"), "0.1", True])
