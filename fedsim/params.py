@@ -6,8 +6,8 @@ A model's parameters are one contiguous 1-D array ``theta`` of length ``spec.siz
 out one after another in ``spec.names`` order, each row-major. Softmax regression stores ``W``
 (n_features x n_classes) then ``b`` (n_classes). Many clients at once are a 2-D array
 (clients x spec.size); every function that takes ``theta`` also accepts such a stack, the parameter axis
-being the last one. :meth:`ParamSpec.views` returns views, never copies, so writing into a view writes
-into the flat vector.
+being the last one. :meth:`ParamSpec.view` returns a view, never a copy, so writing into it writes into
+the flat vector.
 """
 
 from __future__ import annotations
@@ -60,10 +60,6 @@ class ParamSpec:
         self._check(theta)
         shape = self.shapes[self.names.index(name)]
         return theta[..., self.slice(name)].reshape(theta.shape[:-1] + tuple(shape))
-
-    def views(self, theta: np.ndarray) -> dict[str, np.ndarray]:
-        """All tensors of ``theta`` by name, as views."""
-        return {name: self.view(theta, name) for name in self.names}
 
     def flatten(self, tensors: dict[str, np.ndarray], dtype=None) -> np.ndarray:
         """Pack named tensors (each ``(..., *shape)``) into a new flat array ``(..., size)``."""

@@ -5,7 +5,7 @@ purpose name, so adding a new consumer of randomness does not shift the numbers 
 
     streams = RunStreams(seed=0)
     partition_rng = streams.generator("partition")
-    client_rngs = streams.generators("client", n_clients)   # one independent stream per client
+    batch_rng = streams.generator("batches", client, epoch)    # one independent stream per key
 """
 
 from __future__ import annotations
@@ -28,14 +28,8 @@ class RunStreams:
             raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
         self.seed = int(seed)
 
-    def sequence(self, purpose: str, *keys: int) -> np.random.SeedSequence:
-        """The SeedSequence of one purpose (and optional integer keys, e.g. client and epoch)."""
-        return np.random.SeedSequence([self.seed, _purpose_key(purpose), *map(int, keys)])
-
     def generator(self, purpose: str, *keys: int) -> np.random.Generator:
-        """A fresh Generator for ``purpose``; the same purpose and keys always give the same stream."""
-        return np.random.Generator(np.random.PCG64(self.sequence(purpose, *keys)))
-
-    def generators(self, purpose: str, count: int) -> list[np.random.Generator]:
-        """``count`` independent Generators for ``purpose`` (one per client, say)."""
-        return [np.random.Generator(np.random.PCG64(s)) for s in self.sequence(purpose).spawn(count)]
+        """A fresh Generator for ``purpose`` and optional integer keys (client, epoch): the same purpose and
+        keys always give the same stream."""
+        sequence = np.random.SeedSequence([self.seed, _purpose_key(purpose), *map(int, keys)])
+        return np.random.Generator(np.random.PCG64(sequence))

@@ -206,16 +206,6 @@ def register_message(cls):
     return register_into(MESSAGE_KINDS, cls.kind, cls, "message kind")
 
 
-def segment_counts(positions: np.ndarray, offsets: tuple[int, ...]) -> np.ndarray:
-    """Kept entries per segment, from sorted global positions."""
-    return np.diff(np.searchsorted(positions, np.asarray(offsets, np.int64)))
-
-
-def check_positions(positions: np.ndarray, size: int) -> None:
-    if positions.size and (positions[0] < 0 or positions[-1] >= size or np.any(np.diff(positions) <= 0)):
-        raise ValueError(f"positions must be strictly increasing and within [0, {size})")
-
-
 def new_stream(n_bits: int) -> np.ndarray:
     return np.zeros((n_bits + 7) // 8, np.uint8)
 
@@ -318,7 +308,7 @@ class PositionsMessage(SegmentedMessage):
     @property
     def counts(self) -> np.ndarray:
         """Kept entries per segment."""
-        return segment_counts(self.positions, self.segment_offsets)
+        return np.diff(np.searchsorted(self.positions, np.asarray(self.segment_offsets, np.int64)))
 
     def local_positions(self):
         """Positions within each segment, one array per segment."""
@@ -342,8 +332,10 @@ class PositionsMessage(SegmentedMessage):
 
     def _check_positions(self):
         object.__setattr__(self, "segment_offsets", Layout(self.segment_offsets).segment_offsets)
-        object.__setattr__(self, "positions", frozen_array(self.positions, np.int64))
-        check_positions(self.positions, self.size)
+        positions, size = frozen_array(self.positions, np.int64), self.size
+        object.__setattr__(self, "positions", positions)
+        if positions.size and (positions[0] < 0 or positions[-1] >= size or np.any(np.diff(positions) <= 0)):
+            raise ValueError(f"positions must be strictly increasing and within [0, {size})")
 
 
 def decode(stream: np.ndarray, fmt: MessageFormat) -> Message:
@@ -419,21 +411,12 @@ class Compressor:
     A stateless compressor implements :meth:`_compress_rows` (the batched kernel call) and
     :meth:`message`; its state is its :class:`Layout`. A compressor with state of its own (PowerSGD)
     overrides :meth:`init`, :meth:`compress`, :meth:`state_arrays` and :meth:`load_state_arrays`.
-
-    Class attributes describe how the compressor is used:
-
-    * ``name``: the registered name;
-    * ``aggregations``: what the server may do with the decoded rows (``mean``, ``weighted``, ``majority``),
-      the first being the default;
-    * ``error_feedback``: whether methods built on it keep residuals by default (biased compressors do);
-    * ``directions``: which federated methods are built on it (``up``: ``<name>_up``, compressed upstream
-      only; ``updown``: ``<name>_updown``, both ways); empty for compressors used by named methods only.
     """
 
-    name: ClassVar[str]
-    aggregations: ClassVar[tuple[str, ...]] = ("mean", "weighted")
-    error_feedback: ClassVar[bool] = False
-    directions: ClassVar[tuple[str, ...]] = ("up", "updown")
+    name: ClassVar[str]                                              # the registered name
+    aggregations: ClassVar[tuple[str, ...]] = ("mean", "weighted")   # allowed for its rows; first: default
+    error_feedback: ClassVar[bool] = False       # do its methods keep residuals by default (biased ones do)
+    directions: ClassVar[tuple[str, ...]] = ("up", "updown")   # the methods <name>_up, <name>_updown; () none
     scope: str = "tensor"
 
     def __post_init__(self):
@@ -463,9 +446,6 @@ class Compressor:
         """Row ``row`` of ``compressed`` as the compressor's wire message."""
         raise NotImplementedError
 
-    def decode(self, stream: np.ndarray, fmt: MessageFormat) -> Message:
-        return decode(stream, fmt)
-
     def aggregate(self, decoded: np.ndarray, sizes: np.ndarray, how: str | None = None,
                   lr: float = 1.0) -> np.ndarray:
         """The server's combination of the decoded rows (:mod:`fedsim.compress.aggregation`); ``how``
@@ -490,4 +470,4 @@ __all__ = ["as_rows", "BIT_PATTERN", "ceil_product", "Compressed", "Compressor",
            "FLOAT_DTYPES", "FRACTION", "frozen_array", "Layout", "layout_of", "make_compressor",
            "make_layout", "Message", "MESSAGE_KINDS", "MessageFormat", "new_stream", "PositionsMessage",
            "read_floats", "register", "register_message", "require_generator", "same_array", "scope_setting",
-           "SCOPES", "segment_counts", "SegmentedMessage", "uniform_chunks", "write_floats"]
+           "SCOPES", "SegmentedMessage", "uniform_chunks", "write_floats"]

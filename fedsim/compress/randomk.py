@@ -41,7 +41,7 @@ from typing import ClassVar
 import numpy as np
 
 from fedsim.compress import bits as analytic
-from fedsim.compress.base import (FRACTION, Compressor, float_bits, float_dtype, frozen_array, Layout, layout_of,
+from fedsim.compress.base import (FRACTION, Compressor, float_bits, float_dtype, frozen_array, Layout,
                                   MessageFormat, new_stream, read_floats, register, register_message,
                                   require_generator, scope_setting, SegmentedMessage, write_floats)
 from fedsim.constraints import Integer, OneOf, setting
@@ -181,43 +181,30 @@ class RandomK(Compressor):
     """
 
     name: ClassVar[str] = "randomk"
-    error_feedback: ClassVar[bool] = False
 
     p: float = setting(0.01, "fraction of entries kept per segment", FRACTION)
     scaling: str = setting("unbiased", "unbiased (N / k x_i, E[decoded] = x) | none (x_i as is, for error "
                            "feedback)", SCALING)
     scope: str = scope_setting('"tensor": per parameter tensor; "global": whole vector')
 
-    def budgets(self, state: Layout) -> np.ndarray:
-        """k = ceil(p N) per segment."""
-        return budgets(self.p, layout_of(state))
-
-    def scales(self, state: Layout, dtype) -> np.ndarray:
-        """The factor of each segment's values: dtype(N / k) or 1 (:func:`segment_scales`)."""
-        return segment_scales(self.p, self.scaling, layout_of(state), dtype)
-
-    def draw_seeds(self, rng: np.random.Generator, rows: int) -> np.ndarray:
-        """One uniform 64-bit seed per row (uint64); each consumes one 64-bit output of the Generator, so
-        drawing K at once equals K draws of one."""
-        require_generator(rng, "random-k, for the seeds of its positions,")
-        return rng.integers(0, SEED_MAX, size=rows, dtype=np.uint64, endpoint=True)
-
     def _compress_rows(self, rows, layout, rng):
         check_segments(layout)
+        require_generator(rng, "random-k, for the seeds of its positions,")
         n_rows = rows.shape[0]
-        ks = self.budgets(layout)
-        seeds = self.draw_seeds(rng, n_rows)
+        ks = budgets(self.p, layout)
+        # one uniform 64-bit seed per row, each one 64-bit output of the Generator: K at once = K draws of one
+        seeds = rng.integers(0, SEED_MAX, size=n_rows, dtype=np.uint64, endpoint=True)
         decoded = np.empty_like(rows)
         values = np.empty((n_rows, int(ks.sum())), rows.dtype)
-        kernels.randomk_compress_batch(rows, layout.offsets_array, ks, self.scales(layout, rows.dtype), seeds,
-                                       decoded, values)
+        scales = segment_scales(self.p, self.scaling, layout, rows.dtype)
+        kernels.randomk_compress_batch(rows, layout.offsets_array, ks, scales, seeds, decoded, values)
         encoded = np.full(n_rows, SEED_BITS + float_bits(rows.dtype) * int(ks.sum()), np.int64)
         estimated = np.full(n_rows, float(analytic.FLOAT_BITS * int(ks.sum())), np.float64)
         return decoded, encoded, estimated, {"seeds": seeds, "values": values}
 
     def message(self, compressed, row):
         layout = compressed.layout
-        ks = self.budgets(layout)
+        ks = budgets(self.p, layout)
         seed = int(compressed.fields["seeds"][row])
         values = compressed.fields["values"][row]
         ordered, start = [], 0

@@ -133,10 +133,6 @@ class STC(Compressor):
                                OneOf(*SAMPLE_MODES))
     scope: str = scope_setting('"tensor": per parameter tensor (the reference); "global": whole vector')
 
-    def budgets(self, state) -> np.ndarray:
-        """k = ceil(p N) per segment."""
-        return budgets(self.p, layout_of(state))
-
     def sample_sizes(self, state: Layout) -> np.ndarray:
         """n_s = min(max(ceil(N f), ceil(100 / p)), N) per segment."""
         floor_size = ceil_product(MIN_SAMPLED_ENTRIES / self.p, 1)
@@ -176,7 +172,7 @@ class STC(Compressor):
         # The samples were drawn here, each within its segment: the unchecked core skips the public
         # kernel's pass over them (every other argument is built here too).
         kernel = sparsify.sparse_compress_batch.core if sampled else sparsify.sparse_compress_batch
-        kernel(rows, layout.offsets_array, self.budgets(layout), ternary=True, float_bits=float_bits(rows.dtype),
+        kernel(rows, layout.offsets_array, budgets(self.p, layout), ternary=True, float_bits=float_bits(rows.dtype),
                sampled=sampled, sample_positions=sample_positions, sample_starts=sample_starts,
                sample_budgets=self.sample_budgets(layout), sent_out=decoded, counts_out=counts,
                encoded_bits_out=encoded)

@@ -16,7 +16,7 @@ import numpy as np
 
 from fedsim.compress import bits as analytic
 from fedsim.compress.base import (FRACTION, Compressor, Layout, MessageFormat, PositionsMessage, ceil_product,
-                                  decode_positions, float_bits, float_dtype, frozen_array, layout_of,
+                                  decode_positions, float_bits, float_dtype, frozen_array,
                                   read_floats, register, register_message, scope_setting, write_floats)
 from fedsim.constraints import setting
 from fedsim.kernels import golomb, sparsify
@@ -100,17 +100,13 @@ class TopK(Compressor):
     p: float = setting(0.01, "fraction of entries kept per segment", FRACTION)
     scope: str = scope_setting('"tensor": per parameter tensor (the reference); "global": whole vector')
 
-    def budgets(self, state) -> np.ndarray:
-        """k = ceil(p N) per segment."""
-        return budgets(self.p, layout_of(state))
-
     def _compress_rows(self, rows, layout, rng):
         n_rows = rows.shape[0]
         decoded = np.zeros_like(rows)
         counts = np.zeros((n_rows, layout.n_segments), np.int64)
         encoded = np.zeros(n_rows, np.int64)
         empty = np.zeros(0, np.int64)
-        sparsify.sparse_compress_batch(rows, layout.offsets_array, self.budgets(layout), ternary=False,
+        sparsify.sparse_compress_batch(rows, layout.offsets_array, budgets(self.p, layout), ternary=False,
                                        float_bits=float_bits(rows.dtype), sampled=False, sample_positions=empty,
                                        sample_starts=np.zeros(1, np.int64), sample_budgets=empty,
                                        sent_out=decoded, counts_out=counts, encoded_bits_out=encoded)

@@ -9,7 +9,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from fedsim.algorithms.federated import FederatedConfig, FederatedRun
+from fedsim.algorithms.federated import FederatedConfig
 from fedsim.compress import ErrorFeedback, Layout
 from fedsim.compress.powersgd import (
     PowerSGD,
@@ -18,6 +18,7 @@ from fedsim.compress.powersgd import (
     matrix_shape,
 )
 from fedsim.params import ParamSpec
+from tests.algorithms.test_federated import make_run, without_time
 from tests.conftest import assert_bitwise
 
 DTYPES = [np.float32, np.float64]
@@ -180,15 +181,6 @@ def test_checkpoint_arrays(dtype):
 def synthetic():
     from fedsim.data.load import load_dataset
     return load_dataset("synthetic", synthetic_devices=8, seed=3)
-
-
-def make_run(dataset, **settings):
-    settings = {"rounds": 6, "n_clients": len(dataset.client_indices), "batch_size": 16, "lr": 0.05, **settings}
-    return FederatedRun(FederatedConfig(**settings), dataset, dataset.client_indices, seed=0)
-
-
-def without_time(history):
-    return [{k: v for k, v in record.items() if k != "time"} for record in history]
 
 
 def test_federated_bits_include_the_broadcast(synthetic):

@@ -23,10 +23,7 @@ Caching (STC paper, section "Communication-efficient ... partial participation")
 downstream messages of recent rounds; a client that last synchronized at round t0 receives
 sum_{s = t0+1}^{t-1} m_down_s as a sparse vector (positions + 32-bit values) or the full model (32 P bits)
 when that is cheaper. Those bits count as downstream traffic, beside the round's broadcast to its
-participants.
-
-Modules: :mod:`~.config` (the methods and the settings), :mod:`~.run` (the run), :mod:`~.report` (bits,
-reach, summary, progress, compare).
+participants. (The modules: ARCHITECTURE.md.)
 """
 
 from fedsim.algorithms.family import Family, register_family

@@ -48,11 +48,7 @@ Each iteration k = 0..K-1 gives one JSON record (:class:`~fedsim.algorithms.lazy
 a residual ``f - f*``.
 
 Divergence: a NaN or inf in the objective, a gradient or theta stops the run with :class:`DivergenceError`,
-which carries the records of the iterations completed before it.
-
-Modules: :mod:`~.config` (the rules table and the settings), :mod:`~.rules` (the upload rules as pure
-functions, the stacked shards, the smoothness bounds), :mod:`~.run` (the run), :mod:`~.report` (records
-to arrays, reach and f*, summary, progress, compare).
+which carries the records of the iterations completed before it. (The modules: ARCHITECTURE.md.)
 """
 
 from fedsim.algorithms.family import Family, register_family
