@@ -120,7 +120,7 @@ def test_derived_lazy_seed_cannot_be_set_and_follows_the_top_level_seed():
     assert "seed" not in table_fields("lazy")
 
 
-# --- types (each field's constraint, fedsim.constraints) ------------------------------------------------------
+# --- types and ranges (each field's constraint, fedsim.constraints) -------------------------------------------
 
 @pytest.mark.parametrize("raw, expected", [
     ({"federated": {"lr": "fast"}}, "federated.lr must be a finite number > 0, got 'fast'"),
@@ -136,21 +136,7 @@ def test_derived_lazy_seed_cannot_be_set_and_follows_the_top_level_seed():
     ({"federated": {"lr": [0.1]}}, "federated.lr must be a finite number > 0, got [0.1]"),
     ({"run": {"f_star": "low"}}, "run.f_star must be a finite number, or unset (the smallest objective among the "
                                  "runs compared), got 'low'"),
-])
-def test_wrong_type_names_setting_and_type(raw, expected):
-    message = _error(raw)
-    assert expected in message, message
-
-
-def test_integer_is_accepted_for_a_float_setting_and_stored_as_float():
-    config = config_from_dict({"federated": {"lr": 1}, "data": {"balancedness": 1}})
-    assert config.federated.lr == 1.0 and type(config.federated.lr) is float
-    assert type(config.data.balancedness) is float
-
-
-# --- ranges -------------------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("raw, expected", [
+    # ranges
     ({"federated": {"lr": -1}}, "federated.lr must be a finite number > 0, got -1"),
     ({"federated": {"p_up": 2.0}}, "federated.p_up must be a finite number in (0, 1], got 2.0"),
     ({"federated": {"method": "stc"}}, "federated.method must be one of"),
@@ -166,9 +152,15 @@ def test_integer_is_accepted_for_a_float_setting_and_stored_as_float():
     ({"family": "lazy", "data": {"dataset": "synthetic", "partition": "natural"}},
      "must equal lazy.n_workers (10)"),
 ])
-def test_out_of_range_names_setting_and_range(raw, expected):
+def test_wrong_type_or_range_names_setting_and_what_is_allowed(raw, expected):
     message = _error(raw)
     assert expected in message, message
+
+
+def test_integer_is_accepted_for_a_float_setting_and_stored_as_float():
+    config = config_from_dict({"federated": {"lr": 1}, "data": {"balancedness": 1}})
+    assert config.federated.lr == 1.0 and type(config.federated.lr) is float
+    assert type(config.data.balancedness) is float
 
 
 def test_run_config_validates_itself():

@@ -82,9 +82,6 @@ def family(name: str) -> Family:
     return lookup(FAMILIES, name, "family")
 
 
-__all__ = ["FAMILIES", "Family", "Report", "family", "register_family"]
-
-
 # ---------------------------------------------------------------------------------------------------------
 # helpers of the families' compare tables
 
@@ -115,13 +112,11 @@ def compare_row(run, *cells: str) -> list[str]:
     return [run.label, run.method, str(len(run.history)), *cells, run_seconds(run), run.status]
 
 
-__all__ += ["cell", "compare_row", "compare_table", "run_seconds"]
-
-
 def group_by_family(runs) -> list[tuple[Family, list]]:
     """``runs`` (anything with a ``family`` name) grouped by registered family, in registration order."""
     return [(declared, [run for run in runs if run.family == name]) for name, declared in FAMILIES.items()
             if any(run.family == name for run in runs)]
 
 
-__all__ += ["group_by_family"]
+__all__ = ["FAMILIES", "Family", "Report", "cell", "compare_row", "compare_table", "family", "group_by_family",
+           "register_family", "run_seconds"]
