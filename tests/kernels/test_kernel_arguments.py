@@ -846,13 +846,6 @@ def build_read_elias_omega(draw):
                 custom=[("a code cut short", "bit_end", end - 1, (ValueError,), "past the end")])
 
 
-def build_bucket_bits(draw):
-    rng = rng_of(draw)
-    levels = _signed(draw, rng, draw(st.integers(0, 30)))
-    return Call({"signed_levels": levels, "norm_nonzero": draw(st.booleans()),
-                 "float_bits": draw(st.sampled_from([32, 64]))}, custom=beyond_omega("signed_levels", levels, rng))
-
-
 def _norms(rng, dtype, n_buckets):
     norms = rng.random(n_buckets).astype(dtype) + dtype(0.5)
     norms[rng.random(n_buckets) < 0.3] = 0
@@ -1102,7 +1095,6 @@ CASES = {
         Case("elias_omega_bits", omega._elias_omega_bits, omega._elias_omega_bits_numpy, build_elias_omega_bits),
         Case("write_elias_omega", omega._write_elias_omega, None, build_write_elias_omega),
         Case("read_elias_omega", omega._read_elias_omega, None, build_read_elias_omega),
-        Case("bucket_bits", qsgd._bucket_bits, None, build_bucket_bits),
         Case("qsgd_bits", qsgd.qsgd_bits, qsgd.qsgd_bits_numpy, build_qsgd_bits),
         Case("qsgd_quantize", qsgd.qsgd_quantize, qsgd.qsgd_quantize_numpy, build_qsgd_quantize),
         Case("qsgd_encode_into", qsgd.qsgd_encode_into, None, build_qsgd_encode_into),

@@ -326,7 +326,7 @@ def test_bit_counter_equals_twin():
                                                                      8 * np.dtype(dtype).itemsize)
             check_message(message, dtype, 9000)
     batch = np.stack([levels, levels * 0])
-    np.testing.assert_array_equal(kernels.qsgd_bits_numpy(batch, offsets, np.stack([norms, norms]), 32),
+    np.testing.assert_array_equal(kernels._rows_bits_numpy(batch, offsets, np.stack([norms, norms]), 32),
                                   [kernels.qsgd_bits(levels, offsets, norms, 32),
                                    32 * (offsets.size - 1) + sum(omega._elias_omega_bits(int(n) + 1)
                                                                  for j, n in enumerate(np.diff(offsets))
