@@ -687,10 +687,6 @@ def build_laq_dequantize(draw):
 
 # --- terngrad --------------------------------------------------------------------------------------
 
-def build_ternary_code_bits(draw):
-    return Call({"count": draw(st.integers(0, 10 ** 6))})
-
-
 def build_segment_bits(draw):
     return Call({"size": draw(st.integers(0, 10 ** 6)), "scale_nonzero": draw(st.booleans()),
                  "float_bits": draw(st.sampled_from([32, 64]))})
@@ -737,24 +733,6 @@ def build_unpack_ternary_from(draw):
     count, bit_offset, stream, custom = _packed(draw, rng)
     return Call({"stream": stream, "bit_offset": bit_offset, "count": count,
                  "codes_out": np.empty(count, np.int8)}, custom=custom)
-
-
-def build_pack_ternary(draw):
-    rng = rng_of(draw)
-    codes = _ternary_codes(draw, rng)
-    return Call({"codes": codes}, custom=bad_sign("codes", codes, rng, (2, -2, 5), "ternary codes"))
-
-
-def build_unpack_ternary(draw):
-    rng = rng_of(draw)
-    codes = _ternary_codes(draw, rng)
-    stream, _ = terngrad._pack_ternary(codes)
-    custom = []
-    if codes.size >= 5:
-        corrupt = stream.copy()
-        corrupt[0] = 243 + int(rng.integers(0, 13))
-        custom.append(("a group value beyond 3^5", "stream", corrupt, (ValueError,), "corrupt stream"))
-    return Call({"stream": stream, "count": codes.size}, custom=custom)
 
 
 # --- randomk ---------------------------------------------------------------------------------------
@@ -1075,14 +1053,10 @@ CASES = {
         Case("laq_dequantize", laq._laq_dequantize, None, build_laq_dequantize),
     ],
     "terngrad": [
-        Case("ternary_code_bits", terngrad._ternary_code_bits, terngrad._ternary_code_bits_numpy,
-             build_ternary_code_bits),
         Case("segment_bits", terngrad.segment_bits, None, build_segment_bits),
         Case("terngrad_batch", terngrad.terngrad_batch, terngrad.terngrad_batch_numpy, build_terngrad_batch),
         Case("pack_ternary_into", terngrad.pack_ternary_into, None, build_pack_ternary_into),
         Case("unpack_ternary_from", terngrad.unpack_ternary_from, None, build_unpack_ternary_from),
-        Case("pack_ternary", terngrad._pack_ternary, terngrad._pack_ternary_numpy, build_pack_ternary),
-        Case("unpack_ternary", terngrad._unpack_ternary, terngrad._unpack_ternary_numpy, build_unpack_ternary),
     ],
     "randomk": [
         Case("splitmix64", randomk._splitmix64, randomk._splitmix64_numpy, build_splitmix64),
