@@ -740,11 +740,6 @@ def build_unpack_ternary_from(draw):
 UINT64_MAX = (1 << 64) - 1
 
 
-def build_splitmix64(draw):
-    count = draw(st.integers(0, 20))
-    return Call({"state": draw(st.integers(0, UINT64_MAX)), "count": count, "out": np.zeros(count, np.uint64)})
-
-
 def build_random_positions(draw):
     size = draw(st.integers(0, 60))
     k = draw(st.integers(0, size))
@@ -1059,7 +1054,6 @@ CASES = {
         Case("unpack_ternary_from", terngrad.unpack_ternary_from, None, build_unpack_ternary_from),
     ],
     "randomk": [
-        Case("splitmix64", randomk._splitmix64, randomk._splitmix64_numpy, build_splitmix64),
         Case("random_positions", randomk.random_positions, randomk.random_positions_numpy,
              build_random_positions),
         Case("randomk_compress_batch", randomk.randomk_compress_batch, randomk.randomk_compress_batch_numpy,
@@ -1255,8 +1249,6 @@ CRASHED_BEFORE = {
         "SIGABRT (heap corruption)",
         lambda g: terngrad.unpack_ternary_from(np.zeros(2000, np.uint8), 0, 8000, g(1, np.int8)),
         ValueError, "codes_out"),
-    "splitmix64 (short out)": (
-        "wrote past out", lambda g: randomk._splitmix64(3, 3000, g(1, np.uint64)), ValueError, "out"),
     "random_positions (short positions_out)": (
         "wrote past positions_out",
         lambda g: randomk.random_positions(1, 0, 5000, 3000, g(1, np.int64)), ValueError, "positions_out"),

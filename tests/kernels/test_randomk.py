@@ -49,10 +49,11 @@ def python_positions(seed, segment, size, k):
 def test_splitmix64_published_outputs():
     # SplitMix64 started at state 0: its published first outputs (Vigna's _splitmix64.c).
     expected = [0xE220A8397B1DCDAF, 0x6E789E6AA1B965F4, 0x06C45D188009454F, 0xF88BB8A8724C81EC]
-    for function in (kernels._splitmix64, kernels._splitmix64.py_func, kernels._splitmix64_numpy):
-        out = np.zeros(4, np.uint64)
-        function(np.uint64(0), 4, out)
-        assert out.tolist() == expected, function
+    steps = np.arange(1, 5, dtype=np.uint64)
+    assert [int(kernels._output(np.uint64(0), n)) for n in steps] == expected
+    with np.errstate(over="ignore"):                  # (NumPy scalars warn where uint64 arithmetic wraps)
+        assert [int(kernels._output.py_func(np.uint64(0), n)) for n in steps] == expected
+    assert kernels._mix_numpy(steps * kernels._GAMMA).tolist() == expected
     assert [python_mix((n * GAMMA) & MASK) for n in range(1, 5)] == expected
 
 
