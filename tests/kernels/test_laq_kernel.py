@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from fedsim.kernels.laq import (check_bits, code_dtype, _laq_dequantize, laq_quantize, laq_quantize_numpy,
-                                quantize_innovation, zero_innovation_code)
+                                quantize_innovation)
 
 
 def _outputs(gradients, bits):
@@ -51,9 +51,8 @@ def test_bad_bits_raise_naming_bits(bits):
         quantize_innovation(gradients, previous, bits)
 
 
-def test_code_dtype_and_zero_code():
+def test_code_dtype():
     assert [code_dtype(b) for b in (1, 8, 9, 16)] == [np.uint8, np.uint8, np.uint16, np.uint16]
-    assert [zero_innovation_code(b) for b in (1, 3, 4, 16)] == [1, 4, 8, 32768]
 
 
 def test_shape_and_dtype_mismatch_raise():
