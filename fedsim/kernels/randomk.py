@@ -17,9 +17,8 @@ modulo 2^64)::
     below(z, r)    = floor(z r / 2^64)                          in [0, r), for 1 <= r <= 2^32
 
 SplitMix64 is Steele, Lea and Flood's generator (OOPSLA 2014; ``mix`` is Stafford's "variant 13"
-finalizer); its outputs are a counter-based function of the state, so each draw is computed directly.
-The positions are then chosen by Floyd's algorithm (Bentley and Floyd, "A sample of brilliance", CACM
-1987), k distinct values of [0, N) drawn uniformly without replacement::
+finalizer), a counter-based function of the state. Floyd's algorithm (Bentley and Floyd, "A sample of
+brilliance", CACM 1987) then draws k distinct values of [0, N) uniformly without replacement::
 
     S = {}
     for t in 0 .. k - 1:
@@ -28,11 +27,10 @@ The positions are then chosen by Floyd's algorithm (Bentley and Floyd, "A sample
         if i in S: i = j                                        j is never in S yet
         S = S + {i};  position[t] = i
 
-``position`` lists the chosen positions in the order they were chosen (not sorted). If ``below`` were
-exactly uniform every k-subset would have probability 1 / C(N, k); the multiply-high map gives each
-value of [0, j] a probability within 2^-64 of 1 / (j + 1) (a bias below 2^-32 for any segment of up to
-2^32 entries, the largest allowed), and SplitMix64's outputs stand in for independent uniform 64-bit
-words. ``below`` is computed on 32-bit halves so that no product exceeds 64 bits::
+``position`` lists the positions in the order chosen (not sorted). Every k-subset has probability
+1 / C(N, k) up to the multiply-high map's bias (each value of [0, j] within 2^-64 of 1 / (j + 1): below
+2^-32 for segments of up to 2^32 entries, the largest allowed). ``below`` is computed on 32-bit halves so
+that no product exceeds 64 bits::
 
     below(z, r) = ( (z >> 32) r + (((z & 0xFFFFFFFF) r) >> 32) ) >> 32
 
@@ -48,12 +46,10 @@ Batch
     values[r, start_j + t]       = x[i_t]                       start_j = k_0 + ... + k_(j-1)
 
 ``scales[j]`` is ``dtype(N / k)`` for unbiased random-k and 1 (an exact multiply) for the unscaled form.
-A value beyond ``max / scale`` (3.4e38 / (N / k) in float32: a diverged update) overflows to inf in
-``decoded``, silently as in IEEE arithmetic; the sent value itself stays finite, and the simulation rejects
-the next update that carries the inf.
-The whole of every row is checked: a NaN or an infinite entry anywhere raises
-``ValueError(sparsify.NONFINITE_MESSAGE)``, as the other compressors' kernels do. Work per row: one pass
-over the row (the finiteness check fused with zeroing ``decoded``) and O(k) for the positions.
+A value beyond ``max / scale`` (a diverged update) overflows to inf in ``decoded``, silently as in IEEE
+arithmetic; the simulation rejects the next update that carries the inf. A NaN or an infinite entry
+anywhere in a row raises ``ValueError(NONFINITE_MESSAGE)``. Work per row: one pass over the row (the
+finiteness check fused with zeroing ``decoded``) and O(k) for the positions.
 
 Every kernel has a NumPy twin (``*_numpy``), bitwise equal: the draws in NumPy uint64 arithmetic, Floyd's
 loop with a Python set. Both check their arguments first (:mod:`fedsim.kernels.checks`; seeds in [0, 2^64)).
@@ -130,39 +126,28 @@ def _sent_values_shape(updates, budgets):
 
 # --- SplitMix64 and the bounded map (jitted) ------------------------------------------------------
 
-@_jit
-def _mix(z):
+def _mix_numpy(z):
+    """``mix`` of uint64 values (NumPy arrays wrap modulo 2^64 without warnings); jitted as ``_mix``."""
     z = (z ^ (z >> _S30)) * _M1
     z = (z ^ (z >> _S27)) * _M2
     return z ^ (z >> _S31)
+
+
+def _below_numpy(z, bound):
+    """floor(z bound / 2^64) for 1 <= bound <= 2^32 (uint64 in, uint64 out); jitted as ``_below``."""
+    high = (z >> _S32) * bound
+    low = ((z & _LOW_HALF) * bound) >> _S32
+    return (high + low) >> _S32
+
+
+_mix = _jit(_mix_numpy)
+_below = _jit(_below_numpy)
 
 
 @_jit
 def _output(state, n):
     """The n-th output (n >= 1, uint64) of SplitMix64 started at ``state``."""
     return _mix(state + n * _GAMMA)
-
-
-@_jit
-def _below(z, bound):
-    """floor(z bound / 2^64) for 1 <= bound <= 2^32 (uint64 in, uint64 out)."""
-    high = (z >> _S32) * bound
-    low = ((z & _LOW_HALF) * bound) >> _S32
-    return (high + low) >> _S32
-
-
-def _mix_numpy(z):
-    """``mix`` of a uint64 array (array arithmetic wraps modulo 2^64 without warnings)."""
-    z = np.asarray(z, np.uint64)
-    z = (z ^ (z >> _S30)) * _M1
-    z = (z ^ (z >> _S27)) * _M2
-    return z ^ (z >> _S31)
-
-
-def _below_numpy(z, bounds):
-    high = (z >> _S32) * bounds
-    low = ((z & _LOW_HALF) * bounds) >> _S32
-    return (high + low) >> _S32
 
 
 # --- Positions of one segment ---------------------------------------------------------------------
