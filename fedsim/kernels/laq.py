@@ -68,14 +68,11 @@ def code_dtype(bits) -> np.dtype:
     return np.dtype(np.uint8) if check_bits(bits) <= 8 else np.dtype(np.uint16)
 
 
-# The two sums e = ||Q - g||^2 and ||Q - Q_prev||^2 are taken in column order: the P terms of a worker,
-# laid out row by row in rows of SUM_COLUMNS (the last row padded with zeros), are added down each column
-# row after row, and the SUM_COLUMNS column sums are then added by ``np.sum`` (NumPy's pairwise summation:
-# two halves of 256, each two leaves of 128 summed in 8 interleaved running sums combined as
-# ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))). Adding a row of terms into a row of column sums is an
-# elementwise operation, so the kernel folds it into its vectorized quantization loop; a pairwise sum
-# over the whole vector would need a separate, scalar reduction. The twin computes the same order with
-# NumPy, so the two agree bitwise.
+# The two sums e = ||Q - g||^2 and ||Q - Q_prev||^2 are taken in column order: a worker's P terms, laid out
+# in rows of SUM_COLUMNS (the last padded with zeros), are added down each column row after row (elementwise:
+# the kernel folds it into its vectorized quantization loop), then the column sums are added by ``np.sum``
+# (pairwise: two halves of 256, each two leaves of 128 summed in 8 interleaved running sums combined as
+# ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))). The twin computes the same order with NumPy.
 SUM_COLUMNS = 512
 PAIRWISE_BLOCK = 128
 PAIRWISE_LANES = 8
@@ -376,16 +373,10 @@ def quantize_innovation(gradients: np.ndarray, previous: np.ndarray, bits: int,
 
 def _check_dequantize(codes, previous, radius, bits):
     """(codes, previous, radius as float64) for :func:`_laq_dequantize`, or ValueError / TypeError."""
-    for name, value in (("codes", codes), ("previous", previous), ("radius", radius)):
-        if not isinstance(value, np.ndarray):
-            raise TypeError(f"{name} must be a NumPy array, got {type(value).__name__}")
-    if codes.dtype not in checks.INTEGER:
-        raise TypeError(f"codes must have an integer dtype, got {codes.dtype}")
-    if previous.dtype not in checks.FLOAT:
-        raise TypeError(f"previous must have dtype float32 or float64, got {previous.dtype}")
-    if radius.dtype not in checks.FLOAT:
-        raise TypeError(f"radius must have dtype float32 or float64, got {radius.dtype}")
-    if previous.ndim != 2 or codes.shape != previous.shape:
+    checks.array("codes", codes, checks.INTEGER, 2, contiguous=False)
+    checks.array("previous", previous, checks.FLOAT, 2, contiguous=False)
+    checks.array("radius", radius, checks.FLOAT, 1, contiguous=False)
+    if codes.shape != previous.shape:
         raise ValueError(f"codes and previous must both have shape (workers, parameters), got {codes.shape} "
                          f"and {previous.shape}")
     if radius.shape != previous.shape[:1]:
