@@ -1,16 +1,11 @@
 """Kernels of PowerSGD (Vogels, Karimireddy, Jaggi, arXiv 1905.13727): Gram-Schmidt and the low-rank product.
 
-Conventions
------------
 A matrix segment of the flat vector is an ``n x m`` row-major matrix ``M``; its factors are row-major
-arrays ``P`` / ``P_hat`` of shape ``(n, r)`` and ``Q`` of shape ``(m, r)``. The kernels work in the dtype of
-their input (float32 or float64) except where said; non-finite input raises
-``ValueError(sparsify.NONFINITE_MESSAGE)``.
+``P`` / ``P_hat`` (n, r) and ``Q`` (m, r), in the input's dtype (float32 or float64) except where said.
 
-**Orthogonalization** (:func:`_orthogonalize`), defined bit for bit. The r columns ``p_0 .. p_(r-1)`` of
-``P`` are converted to float64 and processed in order; ``norm(v)`` is the scaled 2-norm
-``s * sqrt(sum_i (v_i / s)^2)`` with ``s = max_i |v_i|`` (0 when ``s = 0``), the sum taken sequentially in
-index order, so that no square under- or overflows::
+**Orthogonalization** (:func:`_orthogonalize`), bit for bit. The r columns ``p_j`` of ``P`` are converted to
+float64 and processed in order; ``norm(v) = s * sqrt(sum_i (v_i / s)^2)`` with ``s = max_i |v_i|`` (0 when
+``s = 0``), summed sequentially in index order, so that no square under- or overflows::
 
     a_j = norm(p_j)
     v   = p_j
@@ -19,20 +14,16 @@ index order, so that no square under- or overflows::
     q_j = (v / s) / sqrt(sum_i (v_i / s)^2)     if b_j > tol * a_j      (a unit vector; s = max |v_i|)
     q_j = 0                                      otherwise               (dropped: zero or dependent)
 
-``q_i . v`` is the sequential float64 sum of ``q_ki v_k`` in index order. The second projection pass
-("twice is enough", Kahan and Parlett) keeps the kept columns orthogonal to working precision even when a
-column is nearly dependent on the earlier ones; a dropped (zero) column projects out nothing. ``P_hat``
-is the q_j rounded to ``P``'s dtype. The paper orthogonalizes with Gram-Schmidt; the drop rule is
-fedsim's (the paper does not say what happens to a zero column). :data:`DROP_TOLERANCE` gives ``tol``:
-``sqrt(eps)`` of the data dtype. Rounding in ``P = M Q`` alone perturbs a column by about
-``eps sqrt(m)`` of its length, so a column whose part outside the earlier columns' span is below
-``sqrt(eps)`` of its length carries no trustworthy new direction (rank-deficient ``M``, an all-zero
-matrix); dropping it leaves that part of ``M`` in the error-feedback residual.
+``q_i . v`` is the sequential float64 sum of ``q_ki v_k``. The second pass ("twice is enough", Kahan and
+Parlett) keeps the kept columns orthogonal to working precision; a dropped (zero) column projects out
+nothing. ``P_hat`` is the q_j rounded to ``P``'s dtype. The drop rule is fedsim's (the paper does not say
+what happens to a zero column): ``tol`` = sqrt(eps) of the dtype (:data:`DROP_TOLERANCE`), since rounding
+in ``P = M Q`` alone perturbs a column by about ``eps sqrt(m)`` of its length; a dropped column leaves its
+part of ``M`` in the error-feedback residual.
 
 **Low-rank product** (:func:`low_rank_product`): ``out = left right^T``, each entry
-``out_ij = (((l_i0 r_j0) + l_i1 r_j1) + ...) + l_i(r-1) r_j(r-1)``, summed over the rank in order in the
-data dtype (no fused multiply-add), so the sender, the receiver's message and the NumPy twin agree bitwise
-whatever BLAS does.
+``out_ij = (((l_i0 r_j0) + l_i1 r_j1) + ...) + l_i(r-1) r_j(r-1)`` summed over the rank in order in the
+data dtype (no fused multiply-add), so that sender, receiver and NumPy twin agree whatever BLAS does.
 
 **One power step** (:func:`power_step`) on the K senders' matrices ``M_k`` with the shared warm start
 ``Q`` (the matrix products are NumPy's, BLAS)::

@@ -91,13 +91,9 @@ def segment_bits(size, scale_nonzero, float_bits):
 # --- Ternarization --------------------------------------------------------------------------------
 
 def _max_magnitude(x):
-    """(max_i |x_i| in x's dtype, whether every x_i is finite), for jitted callers.
-
-    On the IEEE bit patterns: with the sign bit cleared, the patterns of finite floats are ordered as
-    their magnitudes, and inf and NaN have the largest patterns (exponent all ones). So one integer
-    maximum (which the compiler vectorizes; a float maximum it may not reorder) gives the largest
-    magnitude and the finiteness check at once. Exact: a maximum does not depend on the order.
-    """
+    """(max_i |x_i| in x's dtype, whether every x_i is finite). Jitted, on the IEEE bit patterns with the
+    sign bit cleared: they are ordered as the magnitudes, inf and NaN last, so one integer maximum (which
+    the compiler vectorizes) gives both at once."""
     magnitudes = np.abs(x)
     largest = magnitudes.max() if x.size else x.dtype.type(0)
     return x.dtype.type(largest), bool(np.all(np.isfinite(x)))
