@@ -1,5 +1,5 @@
-"""TernGrad's kernels (fedsim.kernels.terngrad): ternarization, clipping, the ternary code and bit counts
-against hand-computed cases and their NumPy twins, bitwise; moved verbatim from tests/compress/test_compressor_terngrad.py."""
+"""TernGrad's kernels: ternarization, clipping, the ternary code and bit counts against hand-computed cases
+and their NumPy twins, bitwise."""
 
 import math
 
@@ -10,24 +10,11 @@ from fedsim.compress import TernGrad
 from fedsim.kernels import sparsify
 from fedsim.kernels import terngrad as kernels
 from fedsim.params import ParamSpec
-from tests.conftest import assert_bitwise
+from tests.conftest import assert_bitwise, compress_one
 
 
 SPEC = ParamSpec(("W", "b"), ((30, 4), (4,)))          # 124 entries: segments of 120 and 4
-
-
 LOG2_3 = math.log2(3.0)
-
-
-def one(compressor, x, state, rng):
-    """Compress one vector; check the message against the batch result; return (compressed, message)."""
-    compressed, new_state = compressor.compress(x, state, rng)
-    assert new_state == state
-    message = compressed.message(0)
-    assert_bitwise(message.to_dense(), compressed.decoded[0], "message.to_dense() vs decoded row")
-    assert message.encoded_bits() == compressed.encoded_bits[0]
-    assert message.analytic_bits() == compressed.analytic_bits[0]
-    return compressed, message
 
 
 def run_kernel(function, updates, offsets, uniforms, clip):
@@ -91,10 +78,11 @@ def test_constant_and_single_entry_segments_are_not_clipped(dtype):
 def test_bit_counts():
     rng = np.random.default_rng(3)
     x = rng.standard_normal(SPEC.size)
-    compressed, message = one(TernGrad(), x, TernGrad().init(SPEC), rng)
+    message, state = compress_one(TernGrad(), x, TernGrad().init(SPEC), rng)
+    assert state == TernGrad().init(SPEC)
     assert message.encoded_bits() == (64 + 8 * 24) + (64 + 7)        # float64 scales; 120 = 24 groups; 4 -> 7
     assert message.analytic_bits() == (LOG2_3 * 120 + 32) + (LOG2_3 * 4 + 32)
-    compressed, message = one(TernGrad(scope="global"), x.astype(np.float32), TernGrad(scope="global").init(SPEC),
+    message, _ = compress_one(TernGrad(scope="global"), x.astype(np.float32), TernGrad(scope="global").init(SPEC),
                               rng)
     assert message.encoded_bits() == 32 + 8 * 24 + 7 and message.analytic_bits() == LOG2_3 * 124 + 32
     for count in range(40):
