@@ -10,14 +10,11 @@ Each worker quantizes its gradient ``g`` *relative to the last quantized gradien
     e     = ||Q - g||^2                                     quantization error
     |Q_i - g_i| <= tau R                                    every entry (rounding to the nearest grid point)
 
-``R = 0`` means the gradient equals ``Q_prev``: then ``Q = Q_prev``, ``e = 0`` and every code is
-``2^(b-1)``, the code the formula gives an entry with zero innovation (the limit R -> 0 of
-``(0 + R) / (2 tau R) + 1/2 = 2^(b-1)``); the reference code divided by zero there. Any code dequantizes to
-``Q_prev`` when ``R = 0``, so the server needs no special case.
-
-A worker whose innovation ``g - Q_prev`` has a NaN or an infinite entry gets ``R = nan``, all codes 0 and
-``Q``, ``e`` and ``||Q - Q_prev||^2`` all NaN: nothing finite is pretended. Callers that must stop on
-divergence check ``radius`` (the lazy algorithms check the gradient before quantizing).
+``R = 0`` (the gradient equals ``Q_prev``) gives ``Q = Q_prev``, ``e = 0`` and every code ``2^(b-1)``,
+the limit R -> 0 of the formula for a zero innovation (the reference code divided by zero there); any code
+dequantizes to ``Q_prev`` when ``R = 0``. A worker whose innovation ``g - Q_prev`` has a NaN or an
+infinite entry (also by overflow) gets ``R = nan``, all codes 0 and ``Q``, ``e`` and ``||Q - Q_prev||^2``
+NaN: callers that must stop on divergence check ``radius``.
 
 Evaluation. With ``h = (2^b - 1) / 2 = 1 / (2 tau)`` (so ``h + 1/2 = 2^(b-1)``), a scale ``s = h / R`` and
 the grid step ``delta = R / h = 2 tau R``, both computed once per worker, the two equations read::
@@ -25,18 +22,14 @@ the grid step ``delta = R / h = 2 tau R``, both computed once per worker, the tw
     q_i = floor((g_i - Q_prev_i) s + 2^(b-1))   = floor((g_i - Q_prev_i + R) / (2 tau R) + 1/2)
     Q_i = Q_prev_i + (q_i delta - R)            = Q_prev_i + 2 tau R q_i - R
 
-and are computed in this form: a multiplication per entry where the published form divides. Where ``s`` or
-``delta`` would leave the normal float64 range (R within a factor ``h`` of the smallest normal number or
-of the largest float: a step of a subnormal R underflows, ``2 R`` overflows) the division form
-``q_i = floor(((g_i - Q_prev_i) / R + 1) h + 1/2)``, ``Q_i = Q_prev_i + R (q_i / h - 1)`` is used for that
-worker instead. All forms agree to rounding; a zero-innovation entry gets exactly ``q = 2^(b-1)`` in
-both, and the codes stay in [0, 2^b - 1] (``|(g_i - Q_prev_i) s| <= h (1 + eps)``). Arithmetic is float64
-inside (R, the codes, the reductions); ``Q`` is stored in the dtype of the ``quantized`` output array, so
-|Q_i - g_i| <= tau R holds up to the rounding of Q_i to that dtype. An innovation ``g - Q_prev`` that
-overflows (to inf) counts as non-finite.
+a multiplication per entry where the published form divides. Where ``s`` or ``delta`` would not be a
+normal float64 (R within a factor ``h`` of the smallest normal number or of the largest float) that worker
+takes the division form ``q_i = floor(((g_i - Q_prev_i) / R + 1) h + 1/2)``, ``Q_i = Q_prev_i + R (q_i / h
+- 1)``. The forms agree to rounding; a zero-innovation entry gets exactly ``q = 2^(b-1)`` in both and the
+codes stay in [0, 2^b - 1]. Arithmetic is float64 inside; ``Q`` is stored in the dtype of the
+``quantized`` output, so |Q_i - g_i| <= tau R holds up to that rounding.
 
-Contract of :func:`laq_quantize` and its NumPy twin :func:`laq_quantize_numpy` (arrays in, preallocated
-outputs written, nothing returned)::
+:func:`laq_quantize` (and its NumPy twin, bitwise equal) writes preallocated outputs::
 
     gradients  (M, P) float      g of each worker
     previous   (M, P) float      Q_prev of each worker (its last upload)
@@ -47,16 +40,8 @@ outputs written, nothing returned)::
     error      (M,)   float64    out: e = ||Q - g||^2
     innovation (M,)   float64    out: ||Q - Q_prev||^2 (what the LAQ upload rule compares)
 
-:func:`quantize_innovation` validates, allocates and calls one of them; :func:`_laq_dequantize` is the
-server's side (codes + R -> Q).
-
-Arguments. :func:`laq_quantize` and its twin check the contract above in plain Python before any jitted
-code runs (:mod:`fedsim.kernels.checks`): C-contiguous arrays of the stated shapes and dtypes, outputs
-writable, ``bits`` in [1, 16] and a code dtype wide enough for it (uint16 beyond 8 bits); a violation
-raises ValueError (TypeError for a wrong type or dtype) naming the argument. The jitted core
-``_laq_quantize_core`` trusts its arguments. :func:`_laq_dequantize` checks its shapes, the codes
-(integers in [0, 2^b - 1]) and the radii (finite and >= 0: a NaN radius is a diverged worker, whose
-upload the server must not reconstruct).
+checking that contract first (:mod:`fedsim.kernels.checks`). :func:`quantize_innovation` validates,
+allocates and calls one of them; :func:`_laq_dequantize` is the server's side (codes + R -> Q).
 """
 
 from __future__ import annotations
@@ -83,19 +68,11 @@ def code_dtype(bits) -> np.dtype:
     return np.dtype(np.uint8) if check_bits(bits) <= 8 else np.dtype(np.uint16)
 
 
-def zero_innovation_code(bits) -> int:
-    """The code every entry gets when ``R = 0``: ``2^(b-1)``."""
-    return 1 << (check_bits(bits) - 1)
-
-
-# The two sums e = ||Q - g||^2 and ||Q - Q_prev||^2 are taken in column order: the P terms of a worker,
-# laid out row by row in rows of SUM_COLUMNS (the last row padded with zeros), are added down each column
-# row after row, and the SUM_COLUMNS column sums are then added by ``np.sum`` (NumPy's pairwise summation:
-# two halves of 256, each two leaves of 128 summed in 8 interleaved running sums combined as
-# ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))). Adding a row of terms into a row of column sums is an
-# elementwise operation, so the kernel folds it into its vectorized quantization loop; a pairwise sum
-# over the whole vector would need a separate, scalar reduction. The twin computes the same order with
-# NumPy, so the two agree bitwise.
+# The two sums e = ||Q - g||^2 and ||Q - Q_prev||^2 are taken in column order: a worker's P terms, laid out
+# in rows of SUM_COLUMNS (the last padded with zeros), are added down each column row after row (elementwise:
+# the kernel folds it into its vectorized quantization loop), then the column sums are added by ``np.sum``
+# (pairwise: two halves of 256, each two leaves of 128 summed in 8 interleaved running sums combined as
+# ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))). The twin computes the same order with NumPy.
 SUM_COLUMNS = 512
 PAIRWISE_BLOCK = 128
 PAIRWISE_LANES = 8
@@ -297,26 +274,17 @@ _PER_WORKER = Array(FLOAT64, output=True, shape=_workers)
          quantized=Array(FLOAT, output=True, shape=_workers_and_parameters), radius=_PER_WORKER,
          error=_PER_WORKER, innovation=_PER_WORKER)
 def laq_quantize(gradients, previous, bits, codes, quantized, radius, error, innovation):
-    """Quantize each worker's gradient innovation to ``bits`` bits (see the module docstring).
+    """Quantize each worker's gradient innovation to ``bits`` bits (module docstring for the contract).
 
-    Writes ``codes``, ``quantized``, ``radius``, ``error`` and ``innovation``, all bitwise equal to
-    :func:`laq_quantize_numpy`. Two passes per worker: R (four running maxima), then, row by row of
-    SUM_COLUMNS entries, the codes, Q and the two sums' column sums in one vectorized loop of
-    multiplications; the column sums are added in NumPy's pairwise order at the end.
-
-    The arguments must follow the contract of the module docstring (checked before the jitted code runs):
-    ``gradients``, ``previous``, ``quantized`` (M, P) float32 or float64, ``codes`` (M, P) uint8 or
-    uint16 wide enough for ``bits``, ``radius``, ``error``, ``innovation`` (M,) float64; all C-contiguous,
-    the outputs writable.
+    Two passes per worker: R (four running maxima), then, row by row of SUM_COLUMNS entries, the codes, Q
+    and the two sums' column sums in one vectorized loop; the column sums are added in NumPy's pairwise
+    order at the end.
     """
 
 
 def laq_quantize_numpy(gradients, previous, bits, codes, quantized, radius, error, innovation):
-    """NumPy twin of :func:`laq_quantize`: same contract, same arithmetic, bitwise equal outputs.
-
-    The reductions (``error``, ``innovation``) are :func:`column_order_sum`, the order the jitted kernel
-    sums in.
-    """
+    """NumPy twin of :func:`laq_quantize`, bitwise equal (the sums in the kernel's order:
+    :func:`column_order_sum`)."""
     gradients, previous, bits, codes, quantized, radius, error, innovation = laq_quantize.check(
         gradients, previous, bits, codes, quantized, radius, error, innovation)
     half_levels = 0.5 * ((1 << bits) - 1)                           # h = 1 / (2 tau)
@@ -379,18 +347,8 @@ class QuantizedInnovation(NamedTuple):
 
 def quantize_innovation(gradients: np.ndarray, previous: np.ndarray, bits: int,
                         jit: bool = True) -> QuantizedInnovation:
-    """Validate, allocate and quantize ``gradients`` relative to ``previous`` (both ``(M, P)``).
-
-    Parameters
-    ----------
-    gradients, previous : ndarray, shape (M, P)
-        Each worker's gradient ``g`` and its last uploaded quantized gradient ``Q_prev``; same shape
-        and float dtype. ``quantized`` comes back in that dtype.
-    bits : int
-        ``b`` in [1, 16]; codes are uint8 for ``b <= 8``, else uint16.
-    jit : bool
-        Use the Numba kernel (default) or its NumPy twin.
-    """
+    """Validate, allocate and quantize ``gradients`` relative to ``previous`` (both (M, P), one float dtype,
+    which ``quantized`` keeps), with the Numba kernel (``jit``) or its NumPy twin."""
     bits = check_bits(bits)
     gradients = np.asarray(gradients)
     previous = np.asarray(previous)
@@ -415,16 +373,10 @@ def quantize_innovation(gradients: np.ndarray, previous: np.ndarray, bits: int,
 
 def _check_dequantize(codes, previous, radius, bits):
     """(codes, previous, radius as float64) for :func:`_laq_dequantize`, or ValueError / TypeError."""
-    for name, value in (("codes", codes), ("previous", previous), ("radius", radius)):
-        if not isinstance(value, np.ndarray):
-            raise TypeError(f"{name} must be a NumPy array, got {type(value).__name__}")
-    if codes.dtype not in checks.INTEGER:
-        raise TypeError(f"codes must have an integer dtype, got {codes.dtype}")
-    if previous.dtype not in checks.FLOAT:
-        raise TypeError(f"previous must have dtype float32 or float64, got {previous.dtype}")
-    if radius.dtype not in checks.FLOAT:
-        raise TypeError(f"radius must have dtype float32 or float64, got {radius.dtype}")
-    if previous.ndim != 2 or codes.shape != previous.shape:
+    checks.array("codes", codes, checks.INTEGER, 2, contiguous=False)
+    checks.array("previous", previous, checks.FLOAT, 2, contiguous=False)
+    checks.array("radius", radius, checks.FLOAT, 1, contiguous=False)
+    if codes.shape != previous.shape:
         raise ValueError(f"codes and previous must both have shape (workers, parameters), got {codes.shape} "
                          f"and {previous.shape}")
     if radius.shape != previous.shape[:1]:
@@ -440,15 +392,9 @@ def _check_dequantize(codes, previous, radius, bits):
 
 
 def _laq_dequantize(codes: np.ndarray, previous: np.ndarray, radius: np.ndarray, bits: int) -> np.ndarray:
-    """The server's reconstruction ``Q = Q_prev + 2 tau R q - R`` from what was sent.
-
-    The same arithmetic as the quantizer (``Q_prev + (q delta - R)``, or ``Q_prev + R (q / h - 1)`` for
-    an extreme R), vectorised; equals the ``quantized`` output of the quantizer bitwise. ``R = 0`` gives
-    ``Q_prev`` whatever the codes.
-
-    ``codes``: (M, P) integers in [0, 2^bits - 1]; ``previous``: (M, P) float32 or float64; ``radius``:
-    (M,) real, finite and >= 0 (a NaN radius marks a diverged worker: ValueError); ``bits`` in [1, 16].
-    """
+    """The server's reconstruction ``Q = Q_prev + 2 tau R q - R`` from the (M, P) codes and the (M,) radii,
+    in the quantizer's arithmetic (so bitwise its ``quantized``); ``R = 0`` gives ``Q_prev``. A NaN radius
+    (a diverged worker) raises ValueError."""
     bits = check_bits(bits)
     codes, q_prev, r = _check_dequantize(codes, previous, radius, bits)
     half_levels = 0.5 * ((1 << bits) - 1)

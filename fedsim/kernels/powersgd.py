@@ -1,16 +1,11 @@
 """Kernels of PowerSGD (Vogels, Karimireddy, Jaggi, arXiv 1905.13727): Gram-Schmidt and the low-rank product.
 
-Conventions
------------
 A matrix segment of the flat vector is an ``n x m`` row-major matrix ``M``; its factors are row-major
-arrays ``P`` / ``P_hat`` of shape ``(n, r)`` and ``Q`` of shape ``(m, r)``. The kernels work in the dtype of
-their input (float32 or float64) except where said; non-finite input raises
-``ValueError(sparsify.NONFINITE_MESSAGE)``.
+``P`` / ``P_hat`` (n, r) and ``Q`` (m, r), in the input's dtype (float32 or float64) except where said.
 
-**Orthogonalization** (:func:`_orthogonalize`), defined bit for bit. The r columns ``p_0 .. p_(r-1)`` of
-``P`` are converted to float64 and processed in order; ``norm(v)`` is the scaled 2-norm
-``s * sqrt(sum_i (v_i / s)^2)`` with ``s = max_i |v_i|`` (0 when ``s = 0``), the sum taken sequentially in
-index order, so that no square under- or overflows::
+**Orthogonalization** (:func:`_orthogonalize`), bit for bit. The r columns ``p_j`` of ``P`` are converted to
+float64 and processed in order; ``norm(v) = s * sqrt(sum_i (v_i / s)^2)`` with ``s = max_i |v_i|`` (0 when
+``s = 0``), summed sequentially in index order, so that no square under- or overflows::
 
     a_j = norm(p_j)
     v   = p_j
@@ -19,20 +14,16 @@ index order, so that no square under- or overflows::
     q_j = (v / s) / sqrt(sum_i (v_i / s)^2)     if b_j > tol * a_j      (a unit vector; s = max |v_i|)
     q_j = 0                                      otherwise               (dropped: zero or dependent)
 
-``q_i . v`` is the sequential float64 sum of ``q_ki v_k`` in index order. The second projection pass
-("twice is enough", Kahan and Parlett) keeps the kept columns orthogonal to working precision even when a
-column is nearly dependent on the earlier ones; a dropped (zero) column projects out nothing. ``P_hat``
-is the q_j rounded to ``P``'s dtype. The paper orthogonalizes with Gram-Schmidt; the drop rule is
-fedsim's (the paper does not say what happens to a zero column). :data:`DROP_TOLERANCE` gives ``tol``:
-``sqrt(eps)`` of the data dtype. Rounding in ``P = M Q`` alone perturbs a column by about
-``eps sqrt(m)`` of its length, so a column whose part outside the earlier columns' span is below
-``sqrt(eps)`` of its length carries no trustworthy new direction (rank-deficient ``M``, an all-zero
-matrix); dropping it leaves that part of ``M`` in the error-feedback residual.
+``q_i . v`` is the sequential float64 sum of ``q_ki v_k``. The second pass ("twice is enough", Kahan and
+Parlett) keeps the kept columns orthogonal to working precision; a dropped (zero) column projects out
+nothing. ``P_hat`` is the q_j rounded to ``P``'s dtype. The drop rule is fedsim's (the paper does not say
+what happens to a zero column): ``tol`` = sqrt(eps) of the dtype (:data:`DROP_TOLERANCE`), since rounding
+in ``P = M Q`` alone perturbs a column by about ``eps sqrt(m)`` of its length; a dropped column leaves its
+part of ``M`` in the error-feedback residual.
 
 **Low-rank product** (:func:`low_rank_product`): ``out = left right^T``, each entry
-``out_ij = (((l_i0 r_j0) + l_i1 r_j1) + ...) + l_i(r-1) r_j(r-1)``, summed over the rank in order in the
-data dtype (no fused multiply-add), so the sender, the receiver's message and the NumPy twin agree bitwise
-whatever BLAS does.
+``out_ij = (((l_i0 r_j0) + l_i1 r_j1) + ...) + l_i(r-1) r_j(r-1)`` summed over the rank in order in the
+data dtype (no fused multiply-add), so that sender, receiver and NumPy twin agree whatever BLAS does.
 
 **One power step** (:func:`power_step`) on the K senders' matrices ``M_k`` with the shared warm start
 ``Q`` (the matrix products are NumPy's, BLAS)::
@@ -41,15 +32,9 @@ whatever BLAS does.
     Q_k = M_k^T P_hat;  decoded_k = low_rank_product(P_hat, Q_k);  Q_new = (Q_0 + ... + Q_(K-1)) / K
 
 (sums in sender order, elementwise in the data dtype). Each kernel has a NumPy twin ``*_numpy``, bitwise
-equal; :func:`power_step_numpy` is the same step built on the twins.
-
-The public kernels and the twins check their arguments first (:mod:`fedsim.kernels.checks`): float32 or
-float64 arrays of one dtype, ``P`` / ``out`` (n, r), ``left`` (n, r) and ``right`` (m, r) with r >= 1,
-``out`` (n, m), the senders' ``matrices`` (K, n, m) with K >= 1 against ``q`` (m, r), ``decoded_out``
-(K, n, m); C-contiguous where jitted code reads or writes them (the matrices and ``q``, which only NumPy's
-products read, may have any strides; each ``decoded_out[k]`` must be C-contiguous), outputs writable, a
-finite ``tolerance >= 0``; they raise ValueError or TypeError naming the argument. The cores behind them
-(``_<name>_core``, also ``kernel.core``) trust their arguments.
+equal; :func:`power_step_numpy` is the same step built on the twins. Kernels and twins check their
+arguments first (:mod:`fedsim.kernels.checks`): arrays of one float dtype, C-contiguous where jitted code
+reads or writes them (the matrices and ``q``, read by NumPy's products only, may have any strides).
 """
 
 from __future__ import annotations
@@ -75,9 +60,7 @@ def drop_tolerance(dtype) -> float:
     return DROP_TOLERANCE[np.dtype(dtype)]
 
 
-# ----------------------------------------------------------------------------------------------------
-# Orthogonalization
-# ----------------------------------------------------------------------------------------------------
+# --- Orthogonalization ----------------------------------------------------------------------------
 
 @_jit
 def _scaled_norm(columns, j):
@@ -171,9 +154,7 @@ def _orthogonalize_numpy(p, tolerance, out):
     return kept
 
 
-# ----------------------------------------------------------------------------------------------------
-# Low-rank product
-# ----------------------------------------------------------------------------------------------------
+# --- Low-rank product -----------------------------------------------------------------------------
 
 @_jit
 def _low_rank_product_core(left, right, out):
@@ -220,9 +201,7 @@ def low_rank_product_numpy(left, right, out):
         out += left[:, t:t + 1] * right[:, t][None, :]
 
 
-# ----------------------------------------------------------------------------------------------------
-# One power step over K senders
-# ----------------------------------------------------------------------------------------------------
+# --- One power step over K senders ----------------------------------------------------------------
 
 def _sender_mean(stacked):
     """(x_0 + x_1 + ... + x_(K-1)) / K, elementwise in sender order, in the data dtype."""
@@ -264,7 +243,16 @@ class _SenderMatrices(Array):
         super().__init__(FLOAT, ndim=3, contiguous=False)
 
     def check(self, name, value, values):
-        return _sender_matrices(name, value)
+        if not isinstance(value, np.ndarray):
+            raise TypeError(f"{name} must be a NumPy array of dtype float32 or float64, got "
+                            f"{type(value).__name__}")
+        if value.dtype not in checks.FLOAT:
+            raise TypeError(f"{name} must have dtype float32 or float64, got {value.dtype}")
+        if value.ndim != 3:
+            raise ValueError(f"{name} must be a 3-D array (K, n, m), got shape {value.shape}")
+        if value.shape[0] == 0:
+            raise ValueError(f"{name} must hold K >= 1 senders' matrices, got shape {value.shape}")
+        return value
 
 
 class _WarmStart(Array):
@@ -273,82 +261,47 @@ class _WarmStart(Array):
     def __init__(self):
         super().__init__(FLOAT, ndim=2, contiguous=False, like="matrices")
 
-    def check(self, name, value, values):
-        return _warm_start(value, values[self._like_index])
+    def check(self, name, q, values):
+        matrices = values[self._like_index]
+        if not isinstance(q, np.ndarray):
+            raise TypeError(f"q must be a NumPy array of dtype {matrices.dtype}, got {type(q).__name__}")
+        checks.same_dtype("q", q, "matrices", matrices)
+        m = matrices.shape[2]
+        if q.ndim != 2 or q.shape[0] != m or q.shape[1] < 1:
+            raise ValueError(f"q must have shape (m, r) = ({m}, r) with r >= 1, got {q.shape}")
+        return q
 
 
 class _DecodedOut(Array):
-    """(K, n, m) of the matrices' dtype, writable, each decoded_out[k] C-contiguous."""
+    """(K, n, m) of the matrices' dtype, writable, each decoded_out[k] C-contiguous (the rows of a batch may
+    be apart: a view into a wider (K, P) array is accepted)."""
 
     def __init__(self):
         super().__init__(FLOAT, ndim=3, output=True, shape=lambda matrices: matrices.shape, like="matrices")
 
-    def check(self, name, value, values):
-        return _decoded_out(value, values[self._like_index])
-
-
-def _sender_matrices(name, value):
-    """A (K, n, m) float32/float64 array of K >= 1 matrices, any strides (only NumPy reads it)."""
-    if not isinstance(value, np.ndarray):
-        raise TypeError(f"{name} must be a NumPy array of dtype float32 or float64, got "
-                        f"{type(value).__name__}")
-    if value.dtype not in checks.FLOAT:
-        raise TypeError(f"{name} must have dtype float32 or float64, got {value.dtype}")
-    if value.ndim != 3:
-        raise ValueError(f"{name} must be a 3-D array (K, n, m), got shape {value.shape}")
-    if value.shape[0] == 0:
-        raise ValueError(f"{name} must hold K >= 1 senders' matrices, got shape {value.shape}")
-    return value
-
-
-def _warm_start(q, matrices):
-    """The (m, r) factor, r >= 1, of the matrices' dtype, any strides."""
-    if not isinstance(q, np.ndarray):
-        raise TypeError(f"q must be a NumPy array of dtype {matrices.dtype}, got {type(q).__name__}")
-    checks.same_dtype("q", q, "matrices", matrices)
-    m = matrices.shape[2]
-    if q.ndim != 2 or q.shape[0] != m or q.shape[1] < 1:
-        raise ValueError(f"q must have shape (m, r) = ({m}, r) with r >= 1, got {q.shape}")
-    return q
-
-
-def _decoded_out(decoded_out, matrices):
-    """(K, n, m) of the matrices' dtype, writable, each decoded_out[k] C-contiguous (the rows of a batch
-    may be apart: a view into a wider (K, P) array is accepted)."""
-    if not isinstance(decoded_out, np.ndarray):
-        raise TypeError(f"decoded_out must be a NumPy array of dtype {matrices.dtype}, got "
-                        f"{type(decoded_out).__name__}")
-    checks.same_dtype("decoded_out", decoded_out, "matrices", matrices)
-    if decoded_out.shape != matrices.shape:
-        raise ValueError(f"decoded_out must have shape {matrices.shape}, got {decoded_out.shape}")
-    if not decoded_out[0].flags.c_contiguous:
-        raise ValueError("decoded_out must hold C-contiguous (n, m) matrices (np.ascontiguousarray gives a "
-                         "contiguous copy)")
-    if not decoded_out.flags.writeable:
-        raise ValueError("decoded_out must be writable (it is an output)")
-    return decoded_out
+    def check(self, name, decoded_out, values):
+        matrices = values[self._like_index]
+        if not isinstance(decoded_out, np.ndarray):
+            raise TypeError(f"decoded_out must be a NumPy array of dtype {matrices.dtype}, got "
+                            f"{type(decoded_out).__name__}")
+        checks.same_dtype("decoded_out", decoded_out, "matrices", matrices)
+        if decoded_out.shape != matrices.shape:
+            raise ValueError(f"decoded_out must have shape {matrices.shape}, got {decoded_out.shape}")
+        if not decoded_out[0].flags.c_contiguous:
+            raise ValueError("decoded_out must hold C-contiguous (n, m) matrices (np.ascontiguousarray gives a "
+                             "contiguous copy)")
+        if not decoded_out.flags.writeable:
+            raise ValueError("decoded_out must be writable (it is an output)")
+        return decoded_out
 
 
 @checked(_power_step_core, matrices=_SenderMatrices(), q=_WarmStart(), tolerance=Real(0.0),
          decoded_out=_DecodedOut())
 def power_step(matrices, q, tolerance, decoded_out):
-    """One PowerSGD power step (module docstring) with the jitted kernels.
-
-    Parameters
-    ----------
-    matrices : (K, n, m) float32/float64, K >= 1
-        The senders' matrices M_k (any strides).
-    q : (m, r), same dtype, r >= 1
-        The shared warm start Q (any strides).
-    tolerance : float
-        The drop tolerance of :func:`_orthogonalize` (finite, >= 0).
-    decoded_out : (K, n, m), same dtype, writable
-        Out: ``decoded_k = P_hat Q_k^T`` (:func:`low_rank_product`); each ``decoded_out[k]``
-        C-contiguous.
-
-    Returns
-    -------
-    (P_hat (n, r), Q_k (K, m, r), Q_new = mean_k Q_k (m, r))
+    """One PowerSGD power step (module docstring) with the jitted kernels: the senders' matrices M_k
+    (K, n, m), the shared warm start Q (m, r), the drop ``tolerance`` of :func:`_orthogonalize`; writes
+    ``decoded_k = P_hat Q_k^T`` into ``decoded_out`` (K, n, m). Returns (P_hat (n, r), Q_k (K, m, r),
+    Q_new = mean_k Q_k (m, r)).
     """
 
 

@@ -1,18 +1,17 @@
 """Kernels of QSGD (Alistarh, Grubic, Li, Tomioka, Vojnovic, arXiv 1610.02132): stochastic quantization
-of buckets to s levels, and the Elias omega code of the quantized buckets.
+of buckets to s levels, and the Elias omega code (:mod:`fedsim.kernels.omega`) of the quantized buckets.
 
 Buckets
 -------
 A row of P entries is cut into segments (one per parameter tensor, or one for the whole vector), and each
-segment into buckets: with a bucket size ``d > 0`` a segment of N entries has buckets of d consecutive
-entries, the last one holding the remaining ``N - d floor((N - 1) / d)``; with ``d = 0`` the segment is
-one bucket (the paper's basic scheme). Empty segments have no bucket. :func:`bucket_offsets` lists the
-boundaries: bucket b is ``[offsets[b], offsets[b + 1])``, and the buckets tile ``[0, P)`` in order.
+segment into buckets of d consecutive entries (the last one holding the remaining ``N - d floor((N - 1) /
+d)``), or with ``d = 0`` into one bucket (the paper's basic scheme). Empty segments have no bucket.
+Bucket b is ``[offsets[b], offsets[b + 1])`` (:func:`bucket_offsets`); the buckets tile ``[0, P)``.
 
 Quantization
 ------------
-For a bucket v of n entries (dtype float32 or float64), s >= 1 levels and n uniforms u_i in [0, 1)
-(float64, drawn by the caller), bit for bit::
+For a bucket v of n entries (float32 or float64), s >= 1 levels and n float64 uniforms u_i in [0, 1)
+drawn by the caller, bit for bit::
 
     norm    = dtype(sqrt(sum_i float64(v_i)^2))        float64 squares summed sequentially in index order,
                                                         one float64 sqrt, one rounding to the data's dtype
@@ -21,45 +20,33 @@ For a bucket v of n entries (dtype float32 or float64), s >= 1 levels and n unif
     level_i = l_i + [u_i < r_i - l_i]                  in {0, 1, ..., s} (r_i - l_i is exact)
     out_i   = sign(v_i) dtype(float64(norm) * (level_i / s))   +0.0 where level_i = 0
 
-so level_i is l_i + 1 with probability r_i - l_i and E[out_i] = v_i up to the roundings (relative
-~2^-52 in r_i, one rounding of out_i to the dtype, and the 2^-53 grid of the uniforms). The clamp
-``min(s, .)`` only matters when the rounded norm is below the largest |v_i| (possible in float64 by one
-ulp; in float32 the float64 sum of exact squares never rounds below it): that entry then gets level s.
-A bucket whose norm is 0 (all zero) gets level 0 everywhere, out = +0.0, and uses none of its uniforms
-(they are still consumed: each row takes P uniforms). The signed levels ``sign(v_i) level_i`` are the
-message's payload. For float64 data the squares can overflow (entries beyond ~1e154) or underflow
-(entries below ~1e-154 lose precision, and a bucket whose entries are all below ~1e-162 has norm 0 and
-is sent as zero: QSGD is then no longer unbiased there); an overflowing norm (also a float32 norm beyond
-the float32 maximum) raises ``ValueError(NORM_OVERFLOW_MESSAGE)``. float32 data has neither problem.
+so E[out_i] = v_i up to the roundings. The clamp ``min(s, .)`` only matters when the rounded norm is below
+the largest |v_i| (float64, by one ulp): that entry gets level s. An all-zero bucket (norm 0) gets level 0
+and out = +0.0 everywhere; its uniforms are consumed all the same (each row takes P). The signed levels
+``sign(v_i) level_i`` are the message's payload. float64 squares can overflow (entries beyond ~1e154) or
+underflow (a bucket whose entries are all below ~1e-162 has norm 0 and is sent as zero: QSGD is then
+biased there); an overflowing norm raises ``ValueError(NORM_OVERFLOW_MESSAGE)``.
 
-Arithmetic: the sum is a plain sequential float64 loop (numba's fastmath is off, so no reassociation and
-no fused multiply-add); the NumPy twin sums with ``np.cumsum`` along the bucket, which adds in the same
-order. Each remaining step is one correctly rounded IEEE operation, so kernel, twin and any other
-implementation of the same steps (the torch reference) agree bitwise.
-
-The Elias omega code (the paper's "Elias recursive coding") of the integers is in :mod:`fedsim.kernels.omega`.
+Arithmetic: a plain sequential float64 sum (fastmath off: no reassociation, no fused multiply-add); the
+NumPy twin sums with ``np.cumsum``, which adds in the same order; every other step is one correctly
+rounded IEEE operation, so kernel, twin and the torch reference agree bitwise.
 
 Code of one bucket (the paper's Code_s, section 3 and its coding appendix)
 --------------------------------------------------------------------------
-The norm as a float (32 bits for float32 data, 64 for float64: its IEEE bit pattern). If the norm is 0,
-nothing else. Otherwise, for each nonzero level in index order: ``omega(gap)``, one sign bit (1 =
-negative), ``omega(|level|)``, where gap = local index + 1 for the first nonzero of the bucket and the
-index difference to the previous nonzero after that. Then an end marker, ``omega(n - last)`` with ``last``
-the local index of the bucket's last nonzero (-1 if none): the gap to the virtual position n just past
-the bucket. The paper leaves the end of the code implicit (it counts the norm and the nonzeros only);
-the marker is what lets a decoder that knows n find where the next bucket starts, at about
-log2(gap) bits per bucket. Bits of a bucket (:func:`_bucket_bits`)::
+The norm's IEEE bit pattern (F = 32 bits for float32 data, 64 for float64). If the norm is 0, nothing else.
+Otherwise, for each nonzero level in index order: ``omega(gap)``, one sign bit (1 = negative),
+``omega(|level|)``, with gap = local index + 1 for the bucket's first nonzero and the index difference to
+the previous nonzero after that. Then the end marker ``omega(n - last)`` (``last`` the local index of the
+last nonzero, -1 if none): the paper leaves the end implicit; the marker lets a decoder that knows n find
+where the next bucket starts. Bits of a bucket (:func:`_bucket_bits`)::
 
     F                                                                         norm = 0
     F + sum over nonzero i of (B(gap_i) + 1 + B(|level_i|)) + B(n - last)    norm > 0
 
-Every kernel ``foo`` has a NumPy twin ``foo_numpy``, bitwise equal; a non-finite input raises
-``ValueError(sparsify.NONFINITE_MESSAGE)``. The public kernels and the twins check their arguments first
-(:mod:`fedsim.kernels.checks`: shapes, dtypes, contiguity, bucket offsets that tile the row, ``levels`` in
-[1, 2^31) and held by the levels' dtype, ``float_bits`` 32 or 64, signed levels within the omega code's
-+-(2^62 - 1), norm patterns within ``float_bits``, a bit count before encoding so that the code fits the
-stream, ``0 <= bit_offset <= bit_end <= 8 len(stream)`` when decoding) and raise ValueError or TypeError
-naming the argument; the jitted cores ``_<name>_core`` behind the kernels trust their arguments.
+Every public kernel ``foo`` has a NumPy twin ``foo_numpy``, bitwise equal; both check their arguments
+first (:mod:`fedsim.kernels.checks`: also signed levels within the omega code's +-(2^62 - 1), norm patterns
+within ``float_bits``, a code that fits its stream) and reject non-finite data with
+``ValueError(NONFINITE_MESSAGE)``.
 """
 
 from __future__ import annotations
@@ -73,7 +60,7 @@ import numpy as np
 from fedsim.kernels import JIT_OPTIONS, checks
 from fedsim.kernels.bitstream import (BIT_END, BIT_OFFSET, BIT_OFFSET_TO_END, STREAM, _from_bit_offset, _get_bit,
                                      _read_uint_core, _write_uint_core)
-from fedsim.kernels.checks import Array, Count, Flag, Offsets, Stream, checked
+from fedsim.kernels.checks import Array, Count, Offsets, Stream, checked
 from fedsim.kernels.omega import (MAX_OMEGA_VALUE, _elias_omega_bits_numpy, _omega_bits_unchecked,
                                   _read_elias_omega_core, _write_elias_omega_core)
 from fedsim.kernels.selection import NONFINITE_MESSAGE
@@ -82,18 +69,15 @@ _jit = numba.njit(**JIT_OPTIONS)
 
 NORM_OVERFLOW_MESSAGE = ("QSGD: a bucket's norm overflows its dtype (entries near the float maximum; "
                          "the update has diverged)")
-# Largest number of levels s (the signed levels are held in int16 or int32).
+# Largest number of levels s: the signed levels written by qsgd_quantize are int16 or int32.
 MAX_LEVELS = (1 << 31) - 1
-# The dtypes of the signed levels written by qsgd_quantize.
 LEVEL_DTYPES = (np.dtype(np.int16), np.dtype(np.int32))
 
 
-# ----------------------------------------------------------------------------------------------------
-# Buckets
-# ----------------------------------------------------------------------------------------------------
+# --- Buckets --------------------------------------------------------------------------------------
 
 def bucket_offsets(segment_offsets, bucket_size: int) -> np.ndarray:
-    """Boundaries (int64, starting at 0) of the buckets of every segment, in order (module docstring)."""
+    """Boundaries (int64, from 0) of the buckets of every segment, in order (module docstring)."""
     offsets = np.asarray(segment_offsets, np.int64)
     bounds = [np.zeros(1, np.int64)]
     for start, stop in itertools.pairwise(offsets):
@@ -105,11 +89,7 @@ def bucket_offsets(segment_offsets, bucket_size: int) -> np.ndarray:
     return np.concatenate(bounds)
 
 
-# ----------------------------------------------------------------------------------------------------
-# Argument checks shared by the kernels and their twins
-# ----------------------------------------------------------------------------------------------------
-
-
+# --- Argument checks shared by the kernels and their twins ----------------------------------------
 
 def _within_omega(signed_levels):
     """Integer signed levels, each within +-(2^62 - 1) (what the omega code carries): one pass over the
@@ -140,7 +120,6 @@ def _rows_by_buckets(updates, bucket_offsets):
 
 
 def _levels_shape(bucket_offsets):
-    """(P,): the end of the bucket offsets."""
     return (int(bucket_offsets[-1]),)
 
 
@@ -164,13 +143,12 @@ SIGNED_LEVELS = Array(checks.INTEGER, then=_within_omega)
 ROW_BUCKETS = Offsets(total=lambda signed_levels: signed_levels.shape[-1])
 
 
-# ----------------------------------------------------------------------------------------------------
-# Bit counts
-# ----------------------------------------------------------------------------------------------------
+# --- Bit counts -----------------------------------------------------------------------------------
 
 @_jit
-def _bucket_bits_core(signed_levels, norm_nonzero, float_bits):
-    """:func:`_bucket_bits` without the argument checks."""
+def _bucket_bits(signed_levels, norm_nonzero, float_bits):
+    """Encoded bits of one bucket (module docstring) from its signed levels, whether its norm is nonzero
+    and the width of the norm (32 or 64)."""
     if not norm_nonzero:
         return float_bits
     total = float_bits
@@ -185,50 +163,33 @@ def _bucket_bits_core(signed_levels, norm_nonzero, float_bits):
     return total + _omega_bits_unchecked(signed_levels.shape[0] - previous)
 
 
-@checked(_bucket_bits_core, signed_levels=SIGNED_LEVELS, norm_nonzero=Flag(), float_bits=checks.FLOAT_BITS)
-def _bucket_bits(signed_levels, norm_nonzero, float_bits):
-    """Encoded bits of one bucket (module docstring) from its signed levels (1-D integers within
-    +-(2^62 - 1)), whether its norm is nonzero (a bool) and the width of the norm (32 or 64)."""
-
-
 @_jit
 def _qsgd_bits_core(signed_levels, bucket_offsets, norms, float_bits):
     """:func:`qsgd_bits` without the argument checks (``norms`` may also be the norms' bit patterns: only
     which of them are nonzero counts)."""
     total = 0
     for b in range(bucket_offsets.shape[0] - 1):
-        total += _bucket_bits_core(signed_levels[bucket_offsets[b]:bucket_offsets[b + 1]], norms[b] != 0,
+        total += _bucket_bits(signed_levels[bucket_offsets[b]:bucket_offsets[b + 1]], norms[b] != 0,
                                    float_bits)
     return total
-
-
-def _check_bits(signed_levels, bucket_offsets, norms, float_bits, ndim=1):
-    """The checks of :func:`qsgd_bits` (its twin also takes a (K, P) batch with (K, B) norms)."""
-    checks.array("signed_levels", signed_levels, checks.INTEGER, ndim)
-    _within_omega(signed_levels)
-    n_buckets = checks.segment_count("bucket_offsets", bucket_offsets, signed_levels.shape[-1])
-    checks.shaped("norms", norms, checks.FLOAT, signed_levels.shape[:-1] + (n_buckets,))
-    return signed_levels, bucket_offsets, norms, checks.FLOAT_BITS.check("float_bits", float_bits, None)
 
 
 @checked(_qsgd_bits_core, signed_levels=SIGNED_LEVELS, bucket_offsets=ROW_BUCKETS,
          norms=Array(checks.FLOAT, shape=_buckets), float_bits=checks.FLOAT_BITS)
 def qsgd_bits(signed_levels, bucket_offsets, norms, float_bits):
-    """Encoded bits of one row's message: the sum of :func:`_bucket_bits` over its buckets.
-
-    ``signed_levels`` (P,) integers within +-(2^62 - 1), ``bucket_offsets`` (B + 1,) int64 tiling [0, P)
-    (from 0 to P, non-decreasing), ``norms`` (B,) float32 or float64 (only whether each is nonzero
-    counts), ``float_bits`` 32 or 64."""
+    """Encoded bits of one row's message, the sum of :func:`_bucket_bits` over its buckets: ``signed_levels``
+    (P,), ``bucket_offsets`` (B + 1,) tiling [0, P), ``norms`` (B,) (only whether each is nonzero counts)."""
 
 
 def qsgd_bits_numpy(signed_levels, bucket_offsets, norms, float_bits):
-    """NumPy twin of :func:`qsgd_bits`, vectorized over a (P,) row or a (K, P) batch (then (K, B) norms,
-    and (K,) int64 bits)."""
-    batch = isinstance(signed_levels, np.ndarray) and signed_levels.ndim == 2
-    levels, offsets, norms, float_bits = _check_bits(signed_levels, bucket_offsets, norms, float_bits,
-                                                     2 if batch else 1)
+    """NumPy twin of :func:`qsgd_bits`."""
+    levels, offsets, norms, float_bits = qsgd_bits.check(signed_levels, bucket_offsets, norms, float_bits)
+    return int(_rows_bits_numpy(levels[None], offsets, norms[None], float_bits)[0])
+
+
+def _rows_bits_numpy(levels, offsets, norms, float_bits):
+    """:func:`qsgd_bits` of each row of a (K, P) batch with (K, B) norms, vectorized: (K,) int64."""
     levels = levels.astype(np.int64)
-    levels, norms = np.atleast_2d(levels), np.atleast_2d(norms)
     n_rows, n_buckets = norms.shape
     sizes = np.diff(offsets)
     live = norms != 0                                             # (K, B): buckets that send entries
@@ -249,13 +210,10 @@ def qsgd_bits_numpy(signed_levels, bucket_offsets, norms, float_bits):
     live_flat = live.reshape(-1)
     bucket_totals[live_flat] += _elias_omega_bits_numpy(end_gaps[live_flat])
     np.add.at(bucket_totals, keys, per_entry)
-    totals = bucket_totals.reshape(n_rows, n_buckets).sum(axis=1)
-    return totals if batch else int(totals[0])
+    return bucket_totals.reshape(n_rows, n_buckets).sum(axis=1)
 
 
-# ----------------------------------------------------------------------------------------------------
-# Quantization
-# ----------------------------------------------------------------------------------------------------
+# --- Quantization ---------------------------------------------------------------------------------
 
 @_jit
 def _quantize_bucket(x, uniforms, levels, norm_out, decoded_out, levels_out):
@@ -311,7 +269,7 @@ def _qsgd_quantize_core(updates, bucket_offsets, levels, uniforms, float_bits, d
             norm = _quantize_bucket(updates[row, start:stop], uniforms[row, start:stop], levels,
                                     norms_out[row, b:b + 1], decoded_out[row, start:stop],
                                     levels_out[row, start:stop])
-            total_bits += _bucket_bits_core(levels_out[row, start:stop], norm != 0, float_bits)
+            total_bits += _bucket_bits(levels_out[row, start:stop], norm != 0, float_bits)
         encoded_bits_out[row] = total_bits
 
 
@@ -323,38 +281,20 @@ def _qsgd_quantize_core(updates, bucket_offsets, levels, uniforms, float_bits, d
          encoded_bits_out=checks.ENCODED_BITS_OUT)
 def qsgd_quantize(updates, bucket_offsets, levels, uniforms, float_bits, decoded_out, norms_out, levels_out,
                   encoded_bits_out):
-    """QSGD of every row of ``updates``, bucket by bucket (module docstring), in one call.
+    """QSGD of every row of ``updates`` (K, P), bucket by bucket (module docstring), in one call.
 
-    Parameters
-    ----------
-    updates : (K, P) float32 or float64, C-contiguous
-    bucket_offsets : (B + 1,) int64
-        Bucket b of a row is ``[offsets[b], offsets[b + 1])``; 0 = offsets[0] <= ... <= offsets[B] = P
-        (:func:`bucket_offsets`).
-    levels : int
-        s in [1, 2^31).
-    uniforms : (K, P) float64 in [0, 1)
-        ``u`` of each entry (row r, entry i uses ``uniforms[r, i]``; their range is not checked).
-    float_bits : int
-        Bits of an encoded norm (32 for float32 data, 64 for float64).
-    decoded_out : (K, P), the dtype of ``updates``
-        Receives what the receiver reconstructs.
-    norms_out : (K, B), the dtype of ``updates``
-        Receives each bucket's norm.
-    levels_out : (K, P) int16 or int32
-        Receives the signed levels ``sign(v_i) level_i`` in [-s, s] (int16 holds s <= 32767, int32 any s).
-    encoded_bits_out : (K,) int64
-        Receives each row's encoded message length (:func:`qsgd_bits` of its levels and norms).
-
-    All arrays C-contiguous, the outputs writable.
+    ``bucket_offsets`` (B + 1,) tile each row (:func:`bucket_offsets`); ``levels`` is s in [1, 2^31);
+    ``uniforms`` (K, P) float64 in [0, 1) are the u of each entry (their range is not checked);
+    ``float_bits`` is the width of an encoded norm (32 for float32 data, 64 for float64). Written:
+    ``decoded_out`` (K, P), what the receiver reconstructs; ``norms_out`` (K, B), each bucket's norm (both
+    in the updates' dtype); ``levels_out`` (K, P) int16 or int32, the signed levels (int16 holds s <=
+    32767); ``encoded_bits_out`` (K,) int64, each row's :func:`qsgd_bits`.
     """
 
 
 def _bucket_norms_numpy(updates, offsets):
-    """(K, B) float64 sqrt of the sequential float64 sums of squares of every bucket (before rounding).
-
-    Buckets of equal length are gathered into a (K, count, length) block and summed along their last axis
-    with ``np.cumsum`` (sequential, as the kernel's loop)."""
+    """(K, B) float64 sequential sums of squares of every bucket: buckets of equal length are gathered into
+    a (K, count, length) block and summed along their last axis with ``np.cumsum`` (the kernel's order)."""
     n_rows = updates.shape[0]
     sizes = np.diff(offsets)
     sums = np.zeros((n_rows, sizes.size), np.float64)
@@ -375,7 +315,6 @@ def qsgd_quantize_numpy(updates, bucket_offsets, levels, uniforms, float_bits, d
     (updates, offsets, levels, uniforms, float_bits, decoded_out, norms_out, levels_out,
      encoded_bits_out) = qsgd_quantize.check(updates, bucket_offsets, levels, uniforms, float_bits,
                                              decoded_out, norms_out, levels_out, encoded_bits_out)
-    n_rows = updates.shape[0]
     if not np.all(np.isfinite(updates)):
         raise ValueError(NONFINITE_MESSAGE)
     dtype = updates.dtype
@@ -400,12 +339,10 @@ def qsgd_quantize_numpy(updates, bucket_offsets, levels, uniforms, float_bits, d
     signed = np.where(updates < 0, -level, level).astype(np.int64)
     levels_out[...] = np.where(nonzero, signed, 0)
     norms_out[...] = norms
-    encoded_bits_out[...] = qsgd_bits_numpy(levels_out, offsets, norms, float_bits) if n_rows else 0
+    encoded_bits_out[...] = _rows_bits_numpy(levels_out, offsets, norms, float_bits)
 
 
-# ----------------------------------------------------------------------------------------------------
-# The wire code of a message
-# ----------------------------------------------------------------------------------------------------
+# --- The wire code of a message -------------------------------------------------------------------
 
 @_jit
 def _qsgd_encode_into_core(signed_levels, bucket_offsets, norm_patterns, float_bits, stream, bit_offset):
@@ -433,13 +370,9 @@ def _qsgd_encode_into_core(signed_levels, bucket_offsets, norm_patterns, float_b
          norm_patterns=Array(checks.INT64, shape=_buckets), float_bits=checks.FLOAT_BITS,
          stream=Stream(output=True, start=_from_bit_offset, bits=_message_bits), bit_offset=BIT_OFFSET)
 def qsgd_encode_into(signed_levels, bucket_offsets, norm_patterns, float_bits, stream, bit_offset):
-    """Write a row's buckets (module docstring) from ``bit_offset``; returns the offset after them.
-
-    ``signed_levels`` (P,) integers within +-(2^62 - 1); ``bucket_offsets`` (B + 1,) int64 tiling [0, P);
-    ``norm_patterns`` (B,) int64 holds each norm's IEEE bit pattern (a float32's as a non-negative int64
-    below 2^32 for ``float_bits`` 32, any int64 for 64); a bucket whose pattern is 0 (norm +0.0) sends its
-    norm only. The code (:func:`qsgd_bits` of the levels and patterns, counted first) must fit in
-    ``stream`` (writable uint8) from ``bit_offset``."""
+    """Write a row's buckets (module docstring) into ``stream`` from ``bit_offset``; returns the offset after
+    them. ``norm_patterns`` (B,) int64 holds each norm's IEEE bit pattern (a float32's below 2^32); a bucket
+    whose pattern is 0 (norm +0.0) sends its norm only. The code (:func:`qsgd_bits`) must fit."""
 
 
 @_jit
@@ -483,9 +416,6 @@ def _qsgd_decode_from_core(stream, bit_offset, bit_end, bucket_offsets, float_bi
          levels_out=Array(checks.INT64, output=True, shape=_levels_shape, then=_zero_filled))
 def qsgd_decode_from(stream, bit_offset, bit_end, bucket_offsets, float_bits, norm_patterns_out,
                      levels_out):
-    """Read the buckets written by :func:`qsgd_encode_into`, never past ``bit_end`` (0 <= bit_offset <=
-    bit_end <= 8 len(stream)); returns the offset after them.
-
-    ``bucket_offsets`` (B + 1,) int64 from 0, non-decreasing, to P; ``levels_out`` (P,) int64 must be
-    zero-filled; ``norm_patterns_out`` (B,) int64 receives the norm bit patterns (both writable). A gap
-    that jumps past a bucket's end, a zero level, or a stream that ends early raise ValueError."""
+    """Read the buckets written by :func:`qsgd_encode_into`, never past ``bit_end``; returns the offset
+    after them. ``levels_out`` (P,) must be zero-filled; ``norm_patterns_out`` (B,) receives the norms' bit
+    patterns. A gap past a bucket's end, a zero level or a stream that ends early raise ValueError."""

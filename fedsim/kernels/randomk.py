@@ -17,9 +17,8 @@ modulo 2^64)::
     below(z, r)    = floor(z r / 2^64)                          in [0, r), for 1 <= r <= 2^32
 
 SplitMix64 is Steele, Lea and Flood's generator (OOPSLA 2014; ``mix`` is Stafford's "variant 13"
-finalizer); its outputs are a counter-based function of the state, so each draw is computed directly.
-The positions are then chosen by Floyd's algorithm (Bentley and Floyd, "A sample of brilliance", CACM
-1987), k distinct values of [0, N) drawn uniformly without replacement::
+finalizer), a counter-based function of the state. Floyd's algorithm (Bentley and Floyd, "A sample of
+brilliance", CACM 1987) then draws k distinct values of [0, N) uniformly without replacement::
 
     S = {}
     for t in 0 .. k - 1:
@@ -28,11 +27,10 @@ The positions are then chosen by Floyd's algorithm (Bentley and Floyd, "A sample
         if i in S: i = j                                        j is never in S yet
         S = S + {i};  position[t] = i
 
-``position`` lists the chosen positions in the order they were chosen (not sorted). If ``below`` were
-exactly uniform every k-subset would have probability 1 / C(N, k); the multiply-high map gives each
-value of [0, j] a probability within 2^-64 of 1 / (j + 1) (a bias below 2^-32 for any segment of up to
-2^32 entries, the largest allowed), and SplitMix64's outputs stand in for independent uniform 64-bit
-words. ``below`` is computed on 32-bit halves so that no product exceeds 64 bits::
+``position`` lists the positions in the order chosen (not sorted). Every k-subset has probability
+1 / C(N, k) up to the multiply-high map's bias (each value of [0, j] within 2^-64 of 1 / (j + 1): below
+2^-32 for segments of up to 2^32 entries, the largest allowed). ``below`` is computed on 32-bit halves so
+that no product exceeds 64 bits::
 
     below(z, r) = ( (z >> 32) r + (((z & 0xFFFFFFFF) r) >> 32) ) >> 32
 
@@ -48,18 +46,13 @@ Batch
     values[r, start_j + t]       = x[i_t]                       start_j = k_0 + ... + k_(j-1)
 
 ``scales[j]`` is ``dtype(N / k)`` for unbiased random-k and 1 (an exact multiply) for the unscaled form.
-A value beyond ``max / scale`` (3.4e38 / (N / k) in float32: a diverged update) overflows to inf in
-``decoded``, silently as in IEEE arithmetic; the sent value itself stays finite, and the simulation rejects
-the next update that carries the inf.
-The whole of every row is checked: a NaN or an infinite entry anywhere raises
-``ValueError(sparsify.NONFINITE_MESSAGE)``, as the other compressors' kernels do. Work per row: one pass
-over the row (the finiteness check fused with zeroing ``decoded``) and O(k) for the positions.
+A value beyond ``max / scale`` (a diverged update) overflows to inf in ``decoded``, silently as in IEEE
+arithmetic; the simulation rejects the next update that carries the inf. A NaN or an infinite entry
+anywhere in a row raises ``ValueError(NONFINITE_MESSAGE)``. Work per row: one pass over the row (the
+finiteness check fused with zeroing ``decoded``) and O(k) for the positions.
 
-Every kernel has a NumPy twin (``*_numpy``), bitwise equal: the twin computes the draws vectorized in
-NumPy uint64 arithmetic and runs Floyd's loop with a Python set. The kernels and their twins check their
-arguments first (seeds and states in [0, 2^64), counts, shapes, dtypes, contiguity, segment offsets,
-budgets, output sizes; :mod:`fedsim.kernels.checks`) and raise ValueError or TypeError naming the
-argument; the jitted cores ``_<name>_core`` behind the kernels trust their arguments.
+Every kernel has a NumPy twin (``*_numpy``), bitwise equal: the draws in NumPy uint64 arithmetic, Floyd's
+loop with a Python set. Both check their arguments first (:mod:`fedsim.kernels.checks`; seeds in [0, 2^64)).
 """
 
 from __future__ import annotations
@@ -74,33 +67,20 @@ from fedsim.kernels.sparsify import _longest_segment
 
 _jit = numba.njit(**JIT_OPTIONS)
 
-# SplitMix64's increment (2^64 / phi, odd) and the two multipliers of its output finalizer.
-GOLDEN_GAMMA = 0x9E3779B97F4A7C15
-MIX_MULTIPLIER_1 = 0xBF58476D1CE4E5B9
-MIX_MULTIPLIER_2 = 0x94D049BB133111EB
 # Segments may have up to this many entries (``below`` needs bounds r <= 2^32).
 MAX_SEGMENT = 1 << 32
 BUDGETS_MESSAGE = "budgets must be in [0, segment size]"
 SEGMENTS_MESSAGE = "random positions need segments of at most 2^32 entries"
 
-_GAMMA = np.uint64(GOLDEN_GAMMA)
-_M1 = np.uint64(MIX_MULTIPLIER_1)
-_M2 = np.uint64(MIX_MULTIPLIER_2)
+# SplitMix64's increment (2^64 / phi, odd) and the two multipliers of its output finalizer.
+_GAMMA = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
 _LOW_HALF = np.uint64(0xFFFFFFFF)
 _S27 = np.uint64(27)
 _S30 = np.uint64(30)
 _S31 = np.uint64(31)
 _S32 = np.uint64(32)
-
-
-def check_positions_arguments(size, k) -> tuple[int, int]:
-    """(size, k) as ints; TypeError unless both are integers, ValueError unless 0 <= k <= size <=
-    MAX_SEGMENT."""
-    size = checks.integer("size", size, -checks.INT64_MAX, checks.INT64_MAX)
-    k = checks.integer("k", k, -checks.INT64_MAX, checks.INT64_MAX)
-    if not (0 <= k <= size <= MAX_SEGMENT):
-        raise ValueError(f"random positions need 0 <= k <= size <= 2^32, got k={k}, size={size}")
-    return size, k
 
 
 class _UInt64(Count):
@@ -114,11 +94,8 @@ class _UInt64(Count):
 
 
 def _segment_fits(size, k):
-    check_positions_arguments(size, k)
-
-
-def _count(count):
-    return count
+    if not (0 <= k <= size <= MAX_SEGMENT):
+        raise ValueError(f"random positions need 0 <= k <= size <= 2^32, got k={k}, size={size}")
 
 
 def _budgets_fit(segment_offsets, budgets):
@@ -147,15 +124,24 @@ def _sent_values_shape(updates, budgets):
     return (updates.shape[0], total)
 
 
-# ----------------------------------------------------------------------------------------------------
-# SplitMix64 and the bounded map (jitted)
-# ----------------------------------------------------------------------------------------------------
+# --- SplitMix64 and the bounded map (jitted) ------------------------------------------------------
 
-@_jit
-def _mix(z):
+def _mix_numpy(z):
+    """``mix`` of uint64 values (NumPy arrays wrap modulo 2^64 without warnings); jitted as ``_mix``."""
     z = (z ^ (z >> _S30)) * _M1
     z = (z ^ (z >> _S27)) * _M2
     return z ^ (z >> _S31)
+
+
+def _below_numpy(z, bound):
+    """floor(z bound / 2^64) for 1 <= bound <= 2^32 (uint64 in, uint64 out); jitted as ``_below``."""
+    high = (z >> _S32) * bound
+    low = ((z & _LOW_HALF) * bound) >> _S32
+    return (high + low) >> _S32
+
+
+_mix = _jit(_mix_numpy)
+_below = _jit(_below_numpy)
 
 
 @_jit
@@ -164,52 +150,7 @@ def _output(state, n):
     return _mix(state + n * _GAMMA)
 
 
-@_jit
-def _below(z, bound):
-    """floor(z bound / 2^64) for 1 <= bound <= 2^32 (uint64 in, uint64 out)."""
-    high = (z >> _S32) * bound
-    low = ((z & _LOW_HALF) * bound) >> _S32
-    return (high + low) >> _S32
-
-
-@_jit
-def _splitmix64_core(state, count, out):
-    """:func:`_splitmix64` without the argument checks."""
-    start = np.uint64(state)
-    for n in range(count):
-        out[n] = _output(start, np.uint64(n + 1))
-
-
-@checked(_splitmix64_core, state=_UInt64(), count=Count(),
-         out=Array(checks.UINT64, output=True, at_least=_count))
-def _splitmix64(state, count, out):
-    """``out[:count]`` = the first ``count`` outputs of SplitMix64 started at ``state`` (an integer in
-    [0, 2^64)); ``out`` is a uint64 vector of at least ``count`` entries."""
-
-
-def _splitmix64_numpy(state, count, out):
-    """NumPy twin of :func:`_splitmix64`."""
-    state, count, out = _splitmix64.check(state, count, out)
-    out[:count] = _mix_numpy(np.uint64(state) + np.arange(1, count + 1, dtype=np.uint64) * _GAMMA)
-
-
-def _mix_numpy(z):
-    """``mix`` of a uint64 array (array arithmetic wraps modulo 2^64 without warnings)."""
-    z = np.asarray(z, np.uint64)
-    z = (z ^ (z >> _S30)) * _M1
-    z = (z ^ (z >> _S27)) * _M2
-    return z ^ (z >> _S31)
-
-
-def _below_numpy(z, bounds):
-    high = (z >> _S32) * bounds
-    low = ((z & _LOW_HALF) * bounds) >> _S32
-    return (high + low) >> _S32
-
-
-# ----------------------------------------------------------------------------------------------------
-# Positions of one segment
-# ----------------------------------------------------------------------------------------------------
+# --- Positions of one segment ---------------------------------------------------------------------
 
 @_jit
 def _floyd_into(seed, segment, size, k, positions_out, marks):
@@ -264,9 +205,7 @@ def random_positions_numpy(seed, segment, size, k, positions_out):
         positions_out[t] = i
 
 
-# ----------------------------------------------------------------------------------------------------
-# The batch: K rows, segment by segment
-# ----------------------------------------------------------------------------------------------------
+# --- The batch: K rows, segment by segment --------------------------------------------------------
 
 @_jit
 def _randomk_compress_batch_core(updates, segment_offsets, budgets, scales, seeds, decoded_out, values_out):
@@ -309,23 +248,12 @@ def _randomk_compress_batch_core(updates, segment_offsets, budgets, scales, seed
          seeds=Array(checks.UINT64, shape=checks.rows), decoded_out=checks.PER_ENTRY_OUT,
          values_out=Array(checks.FLOAT, output=True, shape=_sent_values_shape, like="updates"))
 def randomk_compress_batch(updates, segment_offsets, budgets, scales, seeds, decoded_out, values_out):
-    """Random-k of every row of ``updates`` (module docstring, "Batch"), in one call.
+    """Random-k of every row of ``updates`` (K, P) (module docstring, "Batch"), in one call.
 
-    Parameters
-    ----------
-    updates : (K, P) float32 or float64, C-contiguous
-    segment_offsets : (S + 1,) int64
-        From 0 to P, non-decreasing; segments of at most 2^32 entries.
-    budgets : (S,) int64
-        k of each segment (0 <= k_j <= N_j).
-    scales : (S,) the dtype of ``updates``
-        The factor of each segment's sent values: dtype(N / k) (unbiased) or 1.
-    seeds : (K,) uint64
-        One seed per row.
-    decoded_out : (K, P), the dtype of ``updates``
-        Overwritten with the decoded rows (zeros where nothing is sent).
-    values_out : (K, sum of budgets), the dtype of ``updates``
-        The sent values ``x[i_t]`` (unscaled), segment after segment, each in Floyd's order.
+    ``budgets`` (S,) are the k_j (0 <= k_j <= N_j <= 2^32); ``scales`` (S,) the factor of each segment's sent
+    values, dtype(N / k) (unbiased) or 1; ``seeds`` (K,) uint64, one per row. Written: ``decoded_out``
+    (K, P) (zeros where nothing is sent), ``values_out`` (K, sum of budgets): the sent values ``x[i_t]``
+    (unscaled), segment after segment, each in Floyd's order.
     """
 
 

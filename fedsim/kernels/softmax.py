@@ -15,19 +15,14 @@ each block of G models x R samples x C classes, after the forward product ``u = 
     grad_b += sum_i delta_i                  the bias gradient's share of the block
 
 Two kernels do the two elementwise stretches in one pass each over the block, where NumPy needs about
-twenty small calls (each a few microseconds, times hundreds of blocks per gradient). The transcendental
-functions and the row totals stay NumPy's own calls, so the results are bitwise those of the NumPy twins
-below, which are the lines the model ran before these kernels existed.
+twenty small calls (a few microseconds each, times hundreds of blocks per gradient). exp, log and the row
+totals stay NumPy's own calls, so the results are bitwise those of the NumPy twins below (the lines the
+model ran before these kernels existed): in z's dtype, fastmath off, the operations in the order written
+above; the maximum propagates NaN as ``np.max`` does; the bias gradient's share is summed over the samples
+in index order (as NumPy reduces a non-contiguous axis), then added to ``grad_b``.
 
-Arithmetic, in the dtype of ``z`` (float32 or float64; no fused multiply-add, fastmath off): the product
-``scale * u`` then the sum with ``b``; the maximum propagates NaN as ``np.max`` does; ``delta`` is the
-division ``e / t``, then the subtraction of 1 at the label, then one division by ``n`` or one
-multiplication by ``w``; the bias gradient's share is summed over the samples in index order (as NumPy
-reduces a non-contiguous axis) and then added to ``grad_b``.
-
-The clients' batches of a round are rows of one training set; :func:`gather_rows` copies a block's rows
-into a buffer the caller reuses from block to block (it stays in cache, and the copy releases the GIL),
-where NumPy's fancy indexing allocates fresh pages for every block.
+:func:`gather_rows` copies a block's rows of the training set into a buffer the caller reuses from block
+to block (it stays in cache, and the copy releases the GIL), where fancy indexing allocates fresh pages.
 
 Shapes: ``z`` (G, R, C); ``bias`` (G or 1, C); ``labels`` (G or 1, R) int64 in [0, C); ``z_y``,
 ``total``, ``log_total``, ``nll`` (G, R); ``share`` (G or 1, R), or (0, 0) for unweighted samples (then
@@ -117,11 +112,7 @@ PER_SAMPLE_OUT = _Block(lambda G, R, C: ((G, R),), output=True)
 @checked(_shift_logits_core, z=Z, bias=_Block(lambda G, R, C: ((1, C), (G, C))), scale=_ScalarOfZ(),
          labels=LABELS, z_y=PER_SAMPLE_OUT)
 def shift_logits(z, bias, scale, labels, z_y):
-    """In place: ``z = scale * z + bias``, then ``z -= max_c z``; ``z_y = z[labels]`` (module docstring).
-
-    ``scale`` is a scalar of z's dtype (1 when the data are floats). Bitwise equal to
-    :func:`shift_logits_numpy`.
-    """
+    """In place: ``z = scale * z + bias``, then ``z -= max_c z``; ``z_y = z[labels]`` (module docstring)."""
 
 
 def shift_logits_numpy(z, bias, scale, labels, z_y):
@@ -173,10 +164,7 @@ def _softmax_residual_core(z, total, log_total, z_y, labels, share, divisor, nll
          nll=PER_SAMPLE_OUT, grad_b=_Block(lambda G, R, C: ((G, C),), output=True))
 def softmax_residual(z, total, log_total, z_y, labels, share, divisor, nll, grad_b):
     """From ``z`` = exp of the shifted logits (in place): ``z = (z / total - onehot) * share`` (or
-    ``/ divisor``), ``nll = log_total - z_y``, ``grad_b += sum over samples of z`` (module docstring).
-
-    Bitwise equal to :func:`softmax_residual_numpy`.
-    """
+    ``/ divisor``), ``nll = log_total - z_y``, ``grad_b += sum over samples of z`` (module docstring)."""
 
 
 def softmax_residual_numpy(z, total, log_total, z_y, labels, share, divisor, nll, grad_b):
@@ -221,8 +209,7 @@ class _Gathered(Array):
 @checked(_gather_rows_core, x=Array(FLOAT, ndim=2),
          index=Array(INT64, ndim=2, contiguous=False, within=lambda x: x.shape[0]), out=_Gathered())
 def gather_rows(x, index, out):
-    """``out[g, r] = x[index[g, r]]``: rows of the (N, F) array ``x`` (float32 or float64) into ``out``
-    (G, R, F) of its dtype; ``index`` (G, R) int64 in [0, N). Bitwise equal to :func:`gather_rows_numpy`."""
+    """``out[g, r] = x[index[g, r]]``: rows of the (N, F) array ``x`` into ``out`` (G, R, F)."""
 
 
 def gather_rows_numpy(x, index, out):

@@ -4,8 +4,8 @@ Ternarization
 -------------
 :func:`terngrad_batch` ternarizes every row of a (K, P) batch segment by segment (a segment is one
 parameter tensor, the paper's layer-wise scaling, or the whole vector). For a segment ``x`` of N entries
-(dtype float32 or float64), a clipping factor ``c >= 0`` and N uniforms ``u_i`` in [0, 1) (float64, drawn
-by the caller)::
+(float32 or float64), a clipping factor ``c >= 0`` and N float64 uniforms ``u_i`` in [0, 1) drawn by the
+caller::
 
     mean  = (sum_i float64(x_i)) / N                       sequential float64 sums, in index order
     var   = (sum_i (float64(x_i) - mean)^2) / N            (population variance)
@@ -17,33 +17,25 @@ by the caller)::
     keep  = u_i < r_i                                      Bernoulli(r_i) (never where s = 0)
     out_i = +s if keep and x_i >= 0;  -s if keep and x_i < 0;  +0.0 otherwise
 
-So ``out_i = s sign(x_i) b_i`` with ``b_i ~ Bernoulli(m_i / s)``: ``E[out_i] = sign(x_i) m_i``, the clipped
-entry, exactly up to the float64 rounding of ``r_i`` (relative 2^-53) and the 2^-53 grid of the uniforms.
-The largest magnitude has ``r_i = 1`` and is always kept. A segment with ``s = 0`` (all zero, or empty)
-sends zeros and consumes its uniforms like any other. ``b`` rounds to 0 when sigma is 0 (a constant
-segment, a single entry): such a segment is not clipped, since clipping it to [0, 0] would erase it.
-For float64 data so large that a sum overflows, sigma is inf and nothing is clipped.
-
-Arithmetic: the mean and variance sums are plain sequential float64 loops (the NumPy twin uses
-``np.cumsum``, which adds in the same order; numba's fastmath is off, so no reassociation and no fused
-multiply-add); maxima and minima are exact in any order.
+So ``E[out_i] = sign(x_i) m_i``, the clipped entry, up to the rounding of ``r_i`` and the 2^-53 grid of the
+uniforms; the largest magnitude is always kept. A segment with ``s = 0`` sends zeros and consumes its
+uniforms like any other. A constant segment (sigma = 0, also a single entry) is not clipped: clipping it to
+[0, 0] would erase it. For float64 data so large that a sum overflows, sigma is inf and nothing is clipped.
+The sums are plain sequential float64 loops (the NumPy twin uses ``np.cumsum``, which adds in the same
+order; fastmath is off); maxima and minima are exact in any order.
 
 Base-3 code of ternary symbols
 ------------------------------
 Each entry is one ternary digit ``d_i``: 0 for 0, 1 for +s, 2 for -s. Groups of five consecutive digits
 form one value ``v = d_0 + 3 d_1 + 9 d_2 + 27 d_3 + 81 d_4 <= 242`` written in 8 bits (3^5 = 243 <= 256:
-1.6 bits per entry, 0.015 bits above the information content log2(3) = 1.585). The last group of
-``r = N mod 5`` digits (if r > 0) is written in ``REMAINDER_BITS[r] = ceil(log2(3^r))`` = 2, 4, 5, 7 bits
-(a whole byte would be as easy and waste up to 6 bits per segment). Fields are most significant bit first
-in the bit order of :mod:`fedsim.kernels.golomb`. The code of N digits takes, in closed form,
-``8 floor(N / 5) + REMAINDER_BITS[N mod 5]`` bits (:func:`_ternary_code_bits`). The decoder rejects a group
-value >= 3^r.
+1.6 bits per entry against log2(3) = 1.585). A last group of ``r = N mod 5`` digits is written in
+``REMAINDER_BITS[r] = ceil(log2(3^r))`` = 2, 4, 5, 7 bits. Fields are most significant bit first
+(:mod:`fedsim.kernels.bitstream`); N digits take ``8 floor(N / 5) + REMAINDER_BITS[N mod 5]`` bits
+(:func:`_ternary_code_bits`). The decoder rejects a group value >= 3^r.
 
-Every kernel ``foo`` has a NumPy twin ``foo_numpy``, bitwise equal; non-finite input raises
-``ValueError(sparsify.NONFINITE_MESSAGE)``. The public kernels and the twins check their arguments first
-(shapes, dtypes, contiguity, segment offsets, output sizes, the clipping factor, stream lengths;
-:mod:`fedsim.kernels.checks`) and raise ValueError or TypeError naming the argument; the jitted cores
-``_<name>_core`` behind the kernels trust their arguments.
+:func:`terngrad_batch` has a NumPy twin, bitwise equal. The public kernels (and the twin) check their
+arguments first (:mod:`fedsim.kernels.checks`) and reject non-finite data with
+``ValueError(NONFINITE_MESSAGE)``.
 """
 
 from __future__ import annotations
@@ -57,7 +49,7 @@ from numba.extending import overload
 
 from fedsim.kernels import JIT_OPTIONS, checks
 from fedsim.kernels.checks import Array, Count, Flag, Real, Stream, checked
-from fedsim.kernels.bitstream import FIELD_MESSAGE, _read_uint_core, _write_uint_core
+from fedsim.kernels.bitstream import FIELD_MESSAGE, _from_bit_offset, _read_uint_core, _write_uint_core
 from fedsim.kernels.selection import NONFINITE_MESSAGE, _round_to_dtype
 
 _jit = numba.njit(**JIT_OPTIONS)
@@ -71,42 +63,22 @@ REMAINDER_BITS = (0, 2, 4, 5, 7)
 POWERS_OF_THREE = (1, 3, 9, 27, 81, 243)
 
 
-# ----------------------------------------------------------------------------------------------------
-# Sizes
-# ----------------------------------------------------------------------------------------------------
+# --- Sizes ----------------------------------------------------------------------------------------
 
 COUNT = Count(0, checks.COUNT_MAX)
 
 
 @_jit
-def _ternary_code_bits_core(count):
-    """:func:`_ternary_code_bits` without the argument checks."""
-    return GROUP_BITS * (count // GROUP) + REMAINDER_BITS[count % GROUP]
-
-
-@checked(_ternary_code_bits_core, count=COUNT)
 def _ternary_code_bits(count):
-    """Bits of the base-3 code of ``count`` digits (an integer in [0, 2^62)): 8 floor(count / 5) +
-    REMAINDER_BITS[count mod 5]."""
-
-
-def _ternary_code_bits_numpy(count):
-    """NumPy twin of :func:`_ternary_code_bits` (also for arrays of counts: integers in [0, 2^62))."""
-    if isinstance(count, np.ndarray):
-        checks.array("count", count, checks.INTEGER, count.ndim)
-        if count.size and (count.min() < 0 or count.max() > checks.COUNT_MAX):
-            raise ValueError(f"count must hold integers in [0, {checks.COUNT_MAX}]")
-    else:
-        (count,) = _ternary_code_bits.check(count)
-    count = np.asarray(count, np.int64)
-    return GROUP_BITS * (count // GROUP) + np.asarray(REMAINDER_BITS, np.int64)[count % GROUP]
+    """Bits of the base-3 code of ``count`` digits: 8 floor(count / 5) + REMAINDER_BITS[count mod 5]."""
+    return GROUP_BITS * (count // GROUP) + REMAINDER_BITS[count % GROUP]
 
 
 @_jit
 def _segment_bits_core(size, scale_nonzero, float_bits):
     """:func:`segment_bits` without the argument checks."""
     if scale_nonzero:
-        return float_bits + _ternary_code_bits_core(size)
+        return float_bits + _ternary_code_bits(size)
     return float_bits
 
 
@@ -116,18 +88,12 @@ def segment_bits(size, scale_nonzero, float_bits):
     then the code of its ``size`` digits unless the scale is 0 (``scale_nonzero``, a bool)."""
 
 
-# ----------------------------------------------------------------------------------------------------
-# Ternarization
-# ----------------------------------------------------------------------------------------------------
+# --- Ternarization --------------------------------------------------------------------------------
 
 def _max_magnitude(x):
-    """(max_i |x_i| in x's dtype, whether every x_i is finite), for jitted callers.
-
-    On the IEEE bit patterns: with the sign bit cleared, the patterns of finite floats are ordered as
-    their magnitudes, and inf and NaN have the largest patterns (exponent all ones). So one integer
-    maximum (which the compiler vectorizes; a float maximum it may not reorder) gives the largest
-    magnitude and the finiteness check at once. Exact: a maximum does not depend on the order.
-    """
+    """(max_i |x_i| in x's dtype, whether every x_i is finite). Jitted, on the IEEE bit patterns with the
+    sign bit cleared: they are ordered as the magnitudes, inf and NaN last, so one integer maximum (which
+    the compiler vectorizes) gives both at once."""
     magnitudes = np.abs(x)
     largest = magnitudes.max() if x.size else x.dtype.type(0)
     return x.dtype.type(largest), bool(np.all(np.isfinite(x)))
@@ -229,28 +195,14 @@ def _terngrad_batch_core(updates, segment_offsets, uniforms, clip, float_bits, d
          encoded_bits_out=checks.ENCODED_BITS_OUT)
 def terngrad_batch(updates, segment_offsets, uniforms, clip, float_bits, decoded_out, scales_out,
                    encoded_bits_out):
-    """TernGrad of every row of ``updates``, segment by segment (module docstring), in one call.
+    """TernGrad of every row of ``updates`` (K, P), segment by segment (module docstring), in one call.
 
-    Parameters
-    ----------
-    updates : (K, P) float32 or float64, C-contiguous
-    segment_offsets : (S + 1,) int64
-        Segment j of a row is ``[offsets[j], offsets[j + 1])``; from 0 to P, non-decreasing.
-    uniforms : (K, P) float64 in [0, 1)
-        ``u`` of each entry (row r, entry i uses ``uniforms[r, i]``; their range is not checked).
-    clip : float
-        c >= 0, finite (0: no clipping).
-    float_bits : int
-        Bits of the encoded scale (32 for float32 data, 64 for float64).
-    decoded_out : (K, P), the dtype of ``updates``
-        Receives the ternary rows (+-s_j or +0.0).
-    scales_out : (K, S), the dtype of ``updates``
-        Receives s of every row and segment.
-    encoded_bits_out : (K,) int64
-        Receives each row's message length: per segment ``float_bits`` + (the base-3 code of its N digits
-        if s > 0), closed form (:func:`segment_bits`).
+    ``uniforms`` (K, P) float64 in [0, 1) are the u of each entry (their range is not checked); ``clip`` is
+    c >= 0 (0: no clipping); ``float_bits`` is the width of an encoded scale (32 for float32 data, 64 for
+    float64). Written: ``decoded_out`` (K, P), the ternary rows (+-s_j or +0.0); ``scales_out`` (K, S),
+    s of every row and segment (both in the updates' dtype); ``encoded_bits_out`` (K,) int64, each row's
+    message length (the sum of :func:`segment_bits` over its segments).
     """
-    return updates, segment_offsets, uniforms, clip, float_bits, decoded_out, scales_out, encoded_bits_out
 
 
 def clip_bound_numpy(x, clip):
@@ -294,14 +246,12 @@ def terngrad_batch_numpy(updates, segment_offsets, uniforms, clip, float_bits, d
             scale = _ternarize_segment_numpy(updates[row, start:stop], uniforms[row, start:stop], clip,
                                              decoded_out[row, start:stop])
             scales_out[row, j] = scale
-            total_bits += (float_bits + int(_ternary_code_bits_numpy(stop - start))) if scale != 0 \
-                else float_bits
+            size = int(stop - start)
+            total_bits += float_bits + (GROUP_BITS * (size // GROUP) + REMAINDER_BITS[size % GROUP] if scale else 0)
         encoded_bits_out[row] = total_bits
 
 
-# ----------------------------------------------------------------------------------------------------
-# Base-3 code
-# ----------------------------------------------------------------------------------------------------
+# --- Base-3 code ----------------------------------------------------------------------------------
 
 @_jit
 def _digit(code):
@@ -334,16 +284,12 @@ def _pack_ternary_into_core(codes, stream, bit_offset):
 CODES = Array(checks.INTEGER)
 
 
-def _from_bit_offset(bit_offset):
-    return bit_offset
-
-
 def _code_bits(codes):
-    return _ternary_code_bits_core(codes.shape[0])
+    return _ternary_code_bits(codes.shape[0])
 
 
 def _count_bits(count):
-    return _ternary_code_bits_core(count)
+    return _ternary_code_bits(count)
 
 
 @checked(_pack_ternary_into_core, codes=CODES, stream=Stream(output=True, start=_from_bit_offset, bits=_code_bits),
@@ -380,72 +326,3 @@ def unpack_ternary_from(stream, bit_offset, count, codes_out):
     """Read the base-3 code of ``count`` digits from ``bit_offset`` into ``codes_out`` (int8 -1/0/+1, at
     least ``count`` entries); returns the end offset. The code must lie inside ``stream``; a group value
     >= 3^r is a corrupt stream (ValueError)."""
-
-
-@_jit
-def _pack_ternary_core(codes):
-    """:func:`_pack_ternary` without the argument checks."""
-    n_bits = _ternary_code_bits_core(codes.shape[0])
-    stream = np.zeros((n_bits + 7) // 8, np.uint8)
-    _pack_ternary_into_core(codes, stream, 0)
-    return stream, n_bits
-
-
-@checked(_pack_ternary_core, codes=CODES)
-def _pack_ternary(codes):
-    """``codes`` (1-D integers in {-1, 0, +1}) as a base-3 code: (stream uint8, number of bits)."""
-
-
-def _pack_ternary_numpy(codes):
-    """NumPy twin of :func:`_pack_ternary`."""
-    (codes,) = _pack_ternary.check(codes)
-    if np.any((codes != 0) & (codes != 1) & (codes != -1)):
-        raise ValueError("ternary codes must be -1, 0 or +1")
-    digits = np.where(codes < 0, 2, codes).astype(np.int64)
-    full = digits.size // GROUP
-    weights = np.asarray(POWERS_OF_THREE[:GROUP], np.int64)
-    values = digits[:full * GROUP].reshape(full, GROUP) @ weights
-    bits = [np.unpackbits(values.astype(np.uint8))]
-    rest = digits[full * GROUP:]
-    if rest.size:
-        width = REMAINDER_BITS[rest.size]
-        value = int(rest @ weights[:rest.size])
-        bits.append(((value >> np.arange(width - 1, -1, -1)) & 1).astype(np.uint8))
-    bits = np.concatenate(bits)
-    return np.packbits(bits), int(bits.size)
-
-
-@_jit
-def _unpack_ternary_core(stream, count):
-    """:func:`_unpack_ternary` without the argument checks."""
-    codes = np.empty(count, np.int8)
-    _unpack_ternary_from_core(stream, 0, count, codes)
-    return codes
-
-
-@checked(_unpack_ternary_core, stream=Stream(bits=_count_bits, message=FIELD_MESSAGE), count=COUNT)
-def _unpack_ternary(stream, count):
-    """Inverse of :func:`_pack_ternary`: ``count`` int8 codes (their code must fit in ``stream``)."""
-
-
-def _unpack_ternary_numpy(stream, count):
-    """NumPy twin of :func:`_unpack_ternary`."""
-    stream, count = _unpack_ternary.check(stream, count)
-    n_bits = int(_ternary_code_bits_numpy(count))
-    bits = np.unpackbits(stream)
-    full = count // GROUP
-    values = [np.packbits(bits[:full * GROUP_BITS].reshape(full, GROUP_BITS), axis=1)[:, 0].astype(np.int64)]
-    widths = [GROUP] * full
-    rest = count - full * GROUP
-    if rest:
-        tail = bits[full * GROUP_BITS:n_bits].astype(np.int64)
-        values.append(np.array([int(tail @ (1 << np.arange(tail.size - 1, -1, -1)))], np.int64))
-        widths.append(rest)
-    values = np.concatenate(values)
-    limits = np.asarray(POWERS_OF_THREE, np.int64)[np.asarray(widths, np.int64)]
-    if np.any(values >= limits):
-        raise ValueError("corrupt stream: a base-3 group holds a value beyond its digits")
-    digits = (values[:, None] // np.asarray(POWERS_OF_THREE[:GROUP], np.int64)) % 3
-    digits = digits.reshape(-1)[:count] if full * GROUP == count else \
-        np.concatenate([digits[:full].reshape(-1), digits[full, :rest]])
-    return np.where(digits == 2, -1, digits).astype(np.int8)

@@ -687,10 +687,6 @@ def build_laq_dequantize(draw):
 
 # --- terngrad --------------------------------------------------------------------------------------
 
-def build_ternary_code_bits(draw):
-    return Call({"count": draw(st.integers(0, 10 ** 6))})
-
-
 def build_segment_bits(draw):
     return Call({"size": draw(st.integers(0, 10 ** 6)), "scale_nonzero": draw(st.booleans()),
                  "float_bits": draw(st.sampled_from([32, 64]))})
@@ -739,32 +735,9 @@ def build_unpack_ternary_from(draw):
                  "codes_out": np.empty(count, np.int8)}, custom=custom)
 
 
-def build_pack_ternary(draw):
-    rng = rng_of(draw)
-    codes = _ternary_codes(draw, rng)
-    return Call({"codes": codes}, custom=bad_sign("codes", codes, rng, (2, -2, 5), "ternary codes"))
-
-
-def build_unpack_ternary(draw):
-    rng = rng_of(draw)
-    codes = _ternary_codes(draw, rng)
-    stream, _ = terngrad._pack_ternary(codes)
-    custom = []
-    if codes.size >= 5:
-        corrupt = stream.copy()
-        corrupt[0] = 243 + int(rng.integers(0, 13))
-        custom.append(("a group value beyond 3^5", "stream", corrupt, (ValueError,), "corrupt stream"))
-    return Call({"stream": stream, "count": codes.size}, custom=custom)
-
-
 # --- randomk ---------------------------------------------------------------------------------------
 
 UINT64_MAX = (1 << 64) - 1
-
-
-def build_splitmix64(draw):
-    count = draw(st.integers(0, 20))
-    return Call({"state": draw(st.integers(0, UINT64_MAX)), "count": count, "out": np.zeros(count, np.uint64)})
 
 
 def build_random_positions(draw):
@@ -844,13 +817,6 @@ def build_read_elias_omega(draw):
     end = omega._write_elias_omega(stream, bit_offset, value)
     return Call({"stream": stream, "bit_offset": bit_offset, "bit_end": end},
                 custom=[("a code cut short", "bit_end", end - 1, (ValueError,), "past the end")])
-
-
-def build_bucket_bits(draw):
-    rng = rng_of(draw)
-    levels = _signed(draw, rng, draw(st.integers(0, 30)))
-    return Call({"signed_levels": levels, "norm_nonzero": draw(st.booleans()),
-                 "float_bits": draw(st.sampled_from([32, 64]))}, custom=beyond_omega("signed_levels", levels, rng))
 
 
 def _norms(rng, dtype, n_buckets):
@@ -1082,17 +1048,12 @@ CASES = {
         Case("laq_dequantize", laq._laq_dequantize, None, build_laq_dequantize),
     ],
     "terngrad": [
-        Case("ternary_code_bits", terngrad._ternary_code_bits, terngrad._ternary_code_bits_numpy,
-             build_ternary_code_bits),
         Case("segment_bits", terngrad.segment_bits, None, build_segment_bits),
         Case("terngrad_batch", terngrad.terngrad_batch, terngrad.terngrad_batch_numpy, build_terngrad_batch),
         Case("pack_ternary_into", terngrad.pack_ternary_into, None, build_pack_ternary_into),
         Case("unpack_ternary_from", terngrad.unpack_ternary_from, None, build_unpack_ternary_from),
-        Case("pack_ternary", terngrad._pack_ternary, terngrad._pack_ternary_numpy, build_pack_ternary),
-        Case("unpack_ternary", terngrad._unpack_ternary, terngrad._unpack_ternary_numpy, build_unpack_ternary),
     ],
     "randomk": [
-        Case("splitmix64", randomk._splitmix64, randomk._splitmix64_numpy, build_splitmix64),
         Case("random_positions", randomk.random_positions, randomk.random_positions_numpy,
              build_random_positions),
         Case("randomk_compress_batch", randomk.randomk_compress_batch, randomk.randomk_compress_batch_numpy,
@@ -1102,7 +1063,6 @@ CASES = {
         Case("elias_omega_bits", omega._elias_omega_bits, omega._elias_omega_bits_numpy, build_elias_omega_bits),
         Case("write_elias_omega", omega._write_elias_omega, None, build_write_elias_omega),
         Case("read_elias_omega", omega._read_elias_omega, None, build_read_elias_omega),
-        Case("bucket_bits", qsgd._bucket_bits, None, build_bucket_bits),
         Case("qsgd_bits", qsgd.qsgd_bits, qsgd.qsgd_bits_numpy, build_qsgd_bits),
         Case("qsgd_quantize", qsgd.qsgd_quantize, qsgd.qsgd_quantize_numpy, build_qsgd_quantize),
         Case("qsgd_encode_into", qsgd.qsgd_encode_into, None, build_qsgd_encode_into),
@@ -1289,8 +1249,6 @@ CRASHED_BEFORE = {
         "SIGABRT (heap corruption)",
         lambda g: terngrad.unpack_ternary_from(np.zeros(2000, np.uint8), 0, 8000, g(1, np.int8)),
         ValueError, "codes_out"),
-    "splitmix64 (short out)": (
-        "wrote past out", lambda g: randomk._splitmix64(3, 3000, g(1, np.uint64)), ValueError, "out"),
     "random_positions (short positions_out)": (
         "wrote past positions_out",
         lambda g: randomk.random_positions(1, 0, 5000, 3000, g(1, np.int64)), ValueError, "positions_out"),

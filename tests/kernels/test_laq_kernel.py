@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from fedsim.kernels.laq import (check_bits, code_dtype, _laq_dequantize, laq_quantize, laq_quantize_numpy,
-                                quantize_innovation, zero_innovation_code)
+                                quantize_innovation)
 
 
 def _outputs(gradients, bits):
@@ -51,9 +51,8 @@ def test_bad_bits_raise_naming_bits(bits):
         quantize_innovation(gradients, previous, bits)
 
 
-def test_code_dtype_and_zero_code():
+def test_code_dtype():
     assert [code_dtype(b) for b in (1, 8, 9, 16)] == [np.uint8, np.uint8, np.uint16, np.uint16]
-    assert [zero_innovation_code(b) for b in (1, 3, 4, 16)] == [1, 4, 8, 32768]
 
 
 def test_shape_and_dtype_mismatch_raise():
@@ -68,28 +67,24 @@ def test_shape_and_dtype_mismatch_raise():
 
 # --- exact hand-computed case ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("jit", [True, False])
-def test_hand_computed_two_bits(jit):
-    # R = 1, tau = 1/3, grid step 2/3: grid {-1, -1/3, 1/3, 1} around Q_prev = 0.
-    gradients = np.array([[1.0, -1.0, 0.5, 0.0]])
-    previous = np.zeros((1, 4))
-    out = quantize_innovation(gradients, previous, 2, jit=jit)
-    # q = floor((g + 1) / (2/3) + 1/2): 3.5 -> 3, 0.5 -> 0, 2.75 -> 2, 2.0 -> 2
-    np.testing.assert_array_equal(out.codes, [[3, 0, 2, 2]])
-    np.testing.assert_allclose(out.quantized, [[1.0, -1.0, 1 / 3, 1 / 3]], rtol=1e-15)
-    assert out.radius[0] == 1.0
-    np.testing.assert_allclose(out.error, [(1 / 3 - 0.5) ** 2 + (1 / 3) ** 2], rtol=1e-14)
-    np.testing.assert_allclose(out.innovation, [1 + 1 + 2 / 9], rtol=1e-14)
-
-
-@pytest.mark.parametrize("jit", [True, False])
-def test_one_bit_is_plus_minus_radius(jit):
-    gradients = np.array([[0.2, -0.5, 0.3]])
-    previous = np.array([[0.0, 0.0, 0.0]])
-    out = quantize_innovation(gradients, previous, 1, jit=jit)
+HAND_CASES = [
+    # b = 2: R = 1, tau = 1/3, grid {-1, -1/3, 1/3, 1} around Q_prev = 0; q = floor((g + 1) / (2/3) + 1/2):
+    # 3.5 -> 3, 0.5 -> 0, 2.75 -> 2, 2.0 -> 2; e = (1/3 - 1/2)^2 + (1/3)^2, ||Q||^2 = 1 + 1 + 2/9
+    (2, [1.0, -1.0, 0.5, 0.0], [3, 0, 2, 2], [1.0, -1.0, 1 / 3, 1 / 3], (1 / 3 - 0.5) ** 2 + (1 / 3) ** 2, 2 + 2 / 9),
     # b = 1: tau = 1, grid {-R, +R}, R = 0.5
-    np.testing.assert_array_equal(out.codes, [[1, 0, 1]])
-    np.testing.assert_allclose(out.quantized, [[0.5, -0.5, 0.5]], rtol=1e-15)
+    (1, [0.2, -0.5, 0.3], [1, 0, 1], [0.5, -0.5, 0.5], 0.3 ** 2 + 0.2 ** 2, 0.75)]
+
+
+@pytest.mark.parametrize("jit", [True, False])
+@pytest.mark.parametrize("bits, gradient, codes, quantized, error, innovation", HAND_CASES)
+def test_hand_computed(jit, bits, gradient, codes, quantized, error, innovation):
+    gradients = np.array([gradient])
+    out = quantize_innovation(gradients, np.zeros_like(gradients), bits, jit=jit)
+    np.testing.assert_array_equal(out.codes, [codes])
+    np.testing.assert_allclose(out.quantized, [quantized], rtol=1e-15)
+    assert out.radius[0] == np.abs(gradients).max()
+    np.testing.assert_allclose(out.error, [error], rtol=1e-14)
+    np.testing.assert_allclose(out.innovation, [innovation], rtol=1e-14)
 
 
 # --- jitted vs twin vs py_func ---------------------------------------------------------------------------

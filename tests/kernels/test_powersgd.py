@@ -1,6 +1,5 @@
-"""PowerSGD's kernels (fedsim.kernels.powersgd): orthogonalization, the low-rank product and the power step
-against the paper's formulas, their NumPy twins (bitwise) and torch; moved verbatim from
-tests/compress/test_compressor_powersgd.py."""
+"""PowerSGD's kernels: orthogonalization, the low-rank product and the power step against the paper's
+formulas, their NumPy twins (bitwise) and torch."""
 
 import dataclasses
 
@@ -52,6 +51,13 @@ def reference_round(rows, q, rank, tolerance):
     return decoded, new_q
 
 
+def by_hand(x, q, n, m, dtype):
+    """The decoded (K, n * m) rows of one power step of the (K, n * m) rows ``x`` from the factor ``q``."""
+    out = np.empty((x.shape[0], n, m), dtype)
+    kernels.power_step(x.reshape(-1, n, m), q, kernels.drop_tolerance(dtype), out)
+    return out.reshape(x.shape[0], -1)
+
+
 def first_draws(seed, rank, dtype):
     """The initial Q of each matrix, as the compressor draws them: standard_normal((r, m)).T per matrix."""
     rng = np.random.default_rng(seed)
@@ -95,17 +101,15 @@ def test_first_call_draws_q_and_warm_start_carries_it():
     compressed, state = compressor.compress(x, compressor.init(SPEC), rng)
     # the step with the same draws by hand (kernels.power_step, the same jitted pieces)
     for (start, n, m), q in zip(MATRICES, first_draws(21, 2, np.float32)):
-        out = np.empty((2, n, m), np.float32)
-        kernels.power_step(x[:, start:start + n * m].reshape(2, n, m), q, kernels.drop_tolerance(np.float32), out)
-        assert_bitwise(compressed.decoded[:, start:start + n * m], out.reshape(2, -1), "first round")
+        segment = slice(start, start + n * m)
+        assert_bitwise(compressed.decoded[:, segment], by_hand(x[:, segment], q, n, m, np.float32), "first round")
     # the warm start: the second round draws nothing and starts from the state's Q
     before = rng.bit_generator.state
     second, _ = compressor.compress(x, state, rng)
     assert rng.bit_generator.state == before
     for (start, n, m), q in zip(MATRICES, state.factors):
-        out = np.empty((2, n, m), np.float32)
-        kernels.power_step(x[:, start:start + n * m].reshape(2, n, m), q, kernels.drop_tolerance(np.float32), out)
-        assert_bitwise(second.decoded[:, start:start + n * m], out.reshape(2, -1), "warm start")
+        segment = slice(start, start + n * m)
+        assert_bitwise(second.decoded[:, segment], by_hand(x[:, segment], q, n, m, np.float32), "warm start")
 
 
 def test_all_zero_matrix_sends_zero_and_redraws_next_round():
@@ -122,9 +126,7 @@ def test_all_zero_matrix_sends_zero_and_redraws_next_round():
     draws = replay.standard_normal((2, 4)).T.astype(np.float32)       # both columns again
     x = np.random.default_rng(1).standard_normal(28).astype(np.float32)
     again, _ = compressor.compress(x, state, rng)
-    out = np.empty((1, 7, 4), np.float32)
-    kernels.power_step(x.reshape(1, 7, 4), draws, kernels.drop_tolerance(np.float32), out)
-    assert_bitwise(again.decoded[0], out.reshape(-1), "redrawn factors")
+    assert_bitwise(again.decoded, by_hand(x[None], draws, 7, 4, np.float32), "redrawn factors")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -145,9 +147,7 @@ def test_rank_one_matrix_drops_the_dependent_column_and_redraws_only_it(dtype):
     redrawn = state.factors[0].copy()
     redrawn[:, 1] = replay.standard_normal((1, 6)).T[:, 0].astype(dtype)
     again, _ = compressor.compress(x, state, rng)
-    out = np.empty((1, 8, 6), dtype)
-    kernels.power_step(x.reshape(1, 8, 6), redrawn, kernels.drop_tolerance(dtype), out)
-    assert_bitwise(again.decoded[0], out.reshape(-1), "only the zero column is redrawn")
+    assert_bitwise(again.decoded, by_hand(x[None], redrawn, 8, 6, dtype), "only the zero column is redrawn")
 
 
 def orthogonalize_inputs(dtype):
@@ -253,14 +253,10 @@ def test_power_step_twin_agrees_bitwise(dtype):
         assert_bitwise(outs[1], outs[0], "power step decoded")
 
 
-# Tolerance, relative to the largest magnitude of the compared array. fedsim and the oracle compute the
-# same rounds with different floating-point paths (BLAS vs torch matmuls, modified Gram-Schmidt twice vs
-# Householder QR, sum / K vs torch.mean), each step correct to a few ulp of the data dtype times the
-# number of terms summed (<= 12 here); the power iteration and error feedback carry those differences
-# over the rounds without amplifying them much (the P columns are well conditioned). Observed: ~1e-6
-# up to 2e-6 (float32) and 5e-15 (float64) over 6 rounds; the bounds leave a factor of about 50 (float32)
-# and 200 (float64) for other seeds and BLAS builds, still far below any algorithmic difference (a wrong
-# sign, a missed column or a skipped residual changes values by O(1) of the scale).
+# Tolerance, relative to the largest magnitude compared: fedsim and the oracle take different floating-point
+# paths (BLAS vs torch matmuls, Gram-Schmidt twice vs Householder QR), a few ulp per step that the rounds
+# carry without amplifying much. Observed up to 2e-6 (float32) and 5e-15 (float64) over 6 rounds: a margin
+# of 50 and 200 for other seeds and BLAS builds, far below any algorithmic difference (O(1) of the scale).
 ORACLE_TOLERANCE = {np.float32: 1e-4, np.float64: 1e-12}
 
 

@@ -1,5 +1,5 @@
-"""QSGD's kernels (fedsim.kernels.qsgd): bucket offsets, the Elias omega code, the quantizer and the bit counter
-against hand-computed cases and their NumPy twins, bitwise; moved verbatim from tests/compress/test_compressor_qsgd.py."""
+"""QSGD's kernels: bucket offsets, the Elias omega code, the quantizer and the bit counter against hand-computed
+cases and their NumPy twins, bitwise."""
 
 import numpy as np
 import pytest
@@ -9,10 +9,11 @@ from fedsim.compress import qsgd as qsgd_module
 from fedsim.kernels import bitstream, omega, sparsify
 from fedsim.kernels import qsgd as kernels
 from fedsim.params import ParamSpec
-from tests.conftest import assert_bitwise
+from tests.conftest import assert_bitwise, check_message
 
 
 SPEC = ParamSpec(("W", "b"), ((30, 4), (4,)))                 # 124 entries: segments of 120 and 4
+NONFINITE = sparsify.NONFINITE_MESSAGE.replace(" ", ".")
 
 
 def bit_string(stream, n_bits):
@@ -45,27 +46,6 @@ def run_kernel(function, updates, offsets, levels, uniforms, dtype=None):
     bits = np.full(rows, -1, np.int64)
     function(updates, offsets, levels, uniforms, 8 * updates.dtype.itemsize, decoded, norms, signed, bits)
     return decoded, norms, signed, bits
-
-
-def check_message(message, dtype, size):
-    stream, n_bits = message.encode_with_bit_count()
-    assert n_bits == message.encoded_bits()
-    assert stream.dtype == np.uint8 and stream.size == (n_bits + 7) // 8
-    np.testing.assert_array_equal(stream, message.encode())
-    back = decode(stream, message.format)
-    assert back == message, f"decode(encode(m)) != m:\n{back}\n{message}"
-    dense = message.to_dense()
-    assert dense.dtype == dtype and dense.shape == (size,)
-    assert_bitwise(back.to_dense(), dense, "to_dense after the round trip")
-
-
-@pytest.mark.parametrize("dtype, value", [(np.float32, 3e38), (np.float64, 1e200)])
-def test_overflowing_norm_is_rejected(dtype, value):
-    """float32: the float64 norm 4.2e38 exceeds the float32 maximum; float64: the sum of squares overflows."""
-    x = np.full((1, 2), value, dtype)
-    for function in (kernels.qsgd_quantize, kernels.qsgd_quantize_numpy):
-        with pytest.raises(ValueError, match="norm overflows"):
-            run_kernel(function, x, kernels.bucket_offsets((0, 2), 0), 4, np.zeros((1, 2)))
 
 
 def test_bucket_offsets():
@@ -287,15 +267,16 @@ def test_kernel_on_empty_and_tiny_batches(dtype):
     check_message(compressed.message(0), dtype, 0)
 
 
-@pytest.mark.parametrize("bad", [np.nan, -np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("bad, match", [(np.nan, NONFINITE), (-np.nan, NONFINITE), (np.inf, NONFINITE),
+                                        (-np.inf, NONFINITE), ("huge", "norm overflows")])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_kernel_rejects_non_finite(bad, dtype):
+def test_kernel_rejects_non_finite_and_overflowing_norms(bad, match, dtype):
+    """huge: float32's float64 norm 4.2e38 exceeds the float32 maximum; float64's sum of squares overflows."""
     x = np.ones((2, 9), dtype)
-    x[1, 6] = bad
-    offsets = kernels.bucket_offsets((0, 9), 4)
+    x[1, 6:8] = (3e38 if dtype == np.float32 else 1e200) if bad == "huge" else bad
     for function in (kernels.qsgd_quantize, kernels.qsgd_quantize_numpy):
-        with pytest.raises(ValueError, match=sparsify.NONFINITE_MESSAGE.replace(" ", ".")):
-            run_kernel(function, x, offsets, 4, np.zeros((2, 9)))
+        with pytest.raises(ValueError, match=match):
+            run_kernel(function, x, kernels.bucket_offsets((0, 9), 4), 4, np.zeros((2, 9)))
 
 
 def test_kernel_rejects_bad_offsets_and_levels():
@@ -326,7 +307,7 @@ def test_bit_counter_equals_twin():
                                                                      8 * np.dtype(dtype).itemsize)
             check_message(message, dtype, 9000)
     batch = np.stack([levels, levels * 0])
-    np.testing.assert_array_equal(kernels.qsgd_bits_numpy(batch, offsets, np.stack([norms, norms]), 32),
+    np.testing.assert_array_equal(kernels._rows_bits_numpy(batch, offsets, np.stack([norms, norms]), 32),
                                   [kernels.qsgd_bits(levels, offsets, norms, 32),
                                    32 * (offsets.size - 1) + sum(omega._elias_omega_bits(int(n) + 1)
                                                                  for j, n in enumerate(np.diff(offsets))

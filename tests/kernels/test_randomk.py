@@ -1,5 +1,5 @@
-"""Random-k's kernels (fedsim.kernels.randomk): SplitMix64, the positions (against an independent derivation),
-the batch kernel against its NumPy twin, bitwise; moved verbatim from tests/compress/test_compressor_randomk.py."""
+"""Random-k's kernels: SplitMix64, the positions (against an independent derivation), the batch kernel
+against its NumPy twin, bitwise."""
 
 from itertools import combinations
 
@@ -18,11 +18,7 @@ from tests.conftest import assert_bitwise
 
 
 DTYPES = [np.float32, np.float64]
-
-
 MASK = (1 << 64) - 1
-
-
 GAMMA = 0x9E3779B97F4A7C15
 
 
@@ -49,16 +45,15 @@ def python_positions(seed, segment, size, k):
 def test_splitmix64_published_outputs():
     # SplitMix64 started at state 0: its published first outputs (Vigna's _splitmix64.c).
     expected = [0xE220A8397B1DCDAF, 0x6E789E6AA1B965F4, 0x06C45D188009454F, 0xF88BB8A8724C81EC]
-    for function in (kernels._splitmix64, kernels._splitmix64.py_func, kernels._splitmix64_numpy):
-        out = np.zeros(4, np.uint64)
-        function(np.uint64(0), 4, out)
-        assert out.tolist() == expected, function
+    steps = np.arange(1, 5, dtype=np.uint64)
+    assert [int(kernels._output(np.uint64(0), n)) for n in steps] == expected
+    with np.errstate(over="ignore"):                  # (NumPy scalars warn where uint64 arithmetic wraps)
+        assert [int(kernels._output.py_func(np.uint64(0), n)) for n in steps] == expected
+    assert kernels._mix_numpy(steps * kernels._GAMMA).tolist() == expected
     assert [python_mix((n * GAMMA) & MASK) for n in range(1, 5)] == expected
 
 
 SEEDS = [0, 1, 12345, 2 ** 63 - 1, 2 ** 63, 2 ** 64 - 1, 0xDEADBEEFCAFEF00D]
-
-
 SHAPES = [(0, 0), (1, 0), (1, 1), (2, 1), (5, 2), (10, 10), (17, 16), (1000, 10), (1000, 999),
           (100_003, 1001)]
 
@@ -134,14 +129,10 @@ BATCH_FUNCTIONS = [kernels.randomk_compress_batch, kernels.randomk_compress_batc
 
 
 def check_batch(updates, offsets, ks, scales, seeds):
-    with np.errstate(over="ignore"):            # huge values times N / k overflow to inf in all three
-        return _check_batch(updates, offsets, ks, scales, seeds)
-
-
-def _check_batch(updates, offsets, ks, scales, seeds):
     reference = run_batch(BATCH_FUNCTIONS[0], updates, offsets, ks, scales, seeds)
     for function in BATCH_FUNCTIONS[1:]:
-        other = run_batch(function, updates, offsets, ks, scales, seeds)
+        with np.errstate(over="ignore"):            # huge values times N / k overflow to inf in all three
+            other = run_batch(function, updates, offsets, ks, scales, seeds)
         assert_bitwise(other[0], reference[0], f"decoded, {function}")
         assert_bitwise(other[1], reference[1], f"values, {function}")
     # and the definition: decoded = x * scale at the python positions, values = x there
@@ -152,7 +143,8 @@ def _check_batch(updates, offsets, ks, scales, seeds):
         for j, k in enumerate(ks.tolist()):
             local = python_positions(seed, j, int(offsets[j + 1] - offsets[j]), k)
             where = np.array(local, np.int64) + offsets[j]
-            expected[where] = updates[row, where] * scales[j]
+            with np.errstate(over="ignore"):
+                expected[where] = updates[row, where] * scales[j]
             gathered.append(updates[row, where])
         assert_bitwise(decoded[row], expected, f"decoded row {row} vs definition")
         assert_bitwise(values[row], np.concatenate(gathered + [np.zeros(0, updates.dtype)]), "values")

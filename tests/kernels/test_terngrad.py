@@ -1,5 +1,5 @@
-"""TernGrad's kernels (fedsim.kernels.terngrad): ternarization, clipping, the ternary code and bit counts
-against hand-computed cases and their NumPy twins, bitwise; moved verbatim from tests/compress/test_compressor_terngrad.py."""
+"""TernGrad's kernels: ternarization, clipping, the ternary code and bit counts against hand-computed cases
+and their NumPy twins, bitwise."""
 
 import math
 
@@ -10,24 +10,11 @@ from fedsim.compress import TernGrad
 from fedsim.kernels import sparsify
 from fedsim.kernels import terngrad as kernels
 from fedsim.params import ParamSpec
-from tests.conftest import assert_bitwise
+from tests.conftest import assert_bitwise, compress_one
 
 
 SPEC = ParamSpec(("W", "b"), ((30, 4), (4,)))          # 124 entries: segments of 120 and 4
-
-
 LOG2_3 = math.log2(3.0)
-
-
-def one(compressor, x, state, rng):
-    """Compress one vector; check the message against the batch result; return (compressed, message)."""
-    compressed, new_state = compressor.compress(x, state, rng)
-    assert new_state == state
-    message = compressed.message(0)
-    assert_bitwise(message.to_dense(), compressed.decoded[0], "message.to_dense() vs decoded row")
-    assert message.encoded_bits() == compressed.encoded_bits[0]
-    assert message.analytic_bits() == compressed.analytic_bits[0]
-    return compressed, message
 
 
 def run_kernel(function, updates, offsets, uniforms, clip):
@@ -91,16 +78,17 @@ def test_constant_and_single_entry_segments_are_not_clipped(dtype):
 def test_bit_counts():
     rng = np.random.default_rng(3)
     x = rng.standard_normal(SPEC.size)
-    compressed, message = one(TernGrad(), x, TernGrad().init(SPEC), rng)
+    message, state = compress_one(TernGrad(), x, TernGrad().init(SPEC), rng)
+    assert state == TernGrad().init(SPEC)
     assert message.encoded_bits() == (64 + 8 * 24) + (64 + 7)        # float64 scales; 120 = 24 groups; 4 -> 7
     assert message.analytic_bits() == (LOG2_3 * 120 + 32) + (LOG2_3 * 4 + 32)
-    compressed, message = one(TernGrad(scope="global"), x.astype(np.float32), TernGrad(scope="global").init(SPEC),
+    message, _ = compress_one(TernGrad(scope="global"), x.astype(np.float32), TernGrad(scope="global").init(SPEC),
                               rng)
     assert message.encoded_bits() == 32 + 8 * 24 + 7 and message.analytic_bits() == LOG2_3 * 124 + 32
     for count in range(40):
         remainder = count % 5
         expected = 8 * (count // 5) + (3 ** remainder - 1).bit_length()     # ceil(log2 3^r) bits for r digits
-        assert kernels._ternary_code_bits(count) == kernels._ternary_code_bits_numpy(count) == expected
+        assert kernels._ternary_code_bits(count) == expected
     assert kernels.REMAINDER_BITS == (0, 2, 4, 5, 7)
 
 
@@ -180,35 +168,35 @@ def test_kernel_rejects_non_finite(bad, dtype):
                 run_kernel(function, x, [0, 4, 9], np.zeros((2, 9)), clip)
 
 
-def test_ternary_code_kernels_equal_twins():
+def ternary_code_reference(codes) -> str:
+    """The base-3 code as a bit string, from its definition (module docstring of fedsim.kernels.terngrad)."""
+    digits = [2 if c == -1 else int(c) for c in codes]
+    groups = [digits[i:i + 5] for i in range(0, len(digits), 5)]
+    return "".join(format(sum(d * 3 ** t for t, d in enumerate(g)), f"0{(8, 2, 4, 5, 7)[len(g) % 5]}b")
+                   for g in groups)
+
+
+def test_ternary_code_against_its_definition():
     rng = np.random.default_rng(23)
     for count in list(range(0, 23)) + [1000, 4097]:
         for codes in (rng.integers(-1, 2, count).astype(np.int8), np.full(count, -1, np.int8),
                       np.zeros(count, np.int8)):
-            packed = [kernels._pack_ternary(codes), kernels._pack_ternary.py_func(codes),
-                      kernels._pack_ternary_numpy(codes)]
-            for stream, n_bits in packed:
-                assert n_bits == kernels._ternary_code_bits(count)
-                assert_bitwise(stream, packed[0][0], f"pack {count}")
-            stream = packed[0][0]
-            for unpack in (kernels._unpack_ternary, kernels._unpack_ternary.py_func, kernels._unpack_ternary_numpy):
-                assert_bitwise(unpack(stream, count), codes, f"unpack {count}")
-    # at a bit offset inside a byte
-    codes = rng.integers(-1, 2, 13).astype(np.int8)
-    stream = np.zeros(8, np.uint8)
-    end = kernels.pack_ternary_into(codes, stream, 3)
-    assert end == 3 + kernels._ternary_code_bits(13)
-    out = np.empty(13, np.int8)
-    assert kernels.unpack_ternary_from(stream, 3, 13, out) == end
-    assert_bitwise(out, codes, "offset round trip")
-    for pack in (kernels._pack_ternary, kernels._pack_ternary_numpy):
-        with pytest.raises(ValueError, match="ternary codes must be"):
-            pack(np.array([0, 2], np.int8))
-    for unpack in (kernels._unpack_ternary, kernels._unpack_ternary_numpy):
-        with pytest.raises(ValueError, match="corrupt stream"):
-            unpack(np.array([243], np.uint8), 5)
-        with pytest.raises(ValueError, match="corrupt stream"):
-            unpack(np.array([0b11000000], np.uint8), 2)            # remainder of 2 digits: value 12 >= 9
-        with pytest.raises(ValueError, match="bit stream ends"):
-            unpack(np.array([0], np.uint8), 6)
-
+            code = ternary_code_reference(codes)
+            assert len(code) == kernels._ternary_code_bits(count)
+            for offset in (0, 3):
+                stream = np.zeros((offset + len(code) + 7) // 8, np.uint8)
+                for pack in (kernels.pack_ternary_into, kernels.pack_ternary_into.py_func):
+                    stream[:] = 0
+                    assert pack(codes, stream, offset) == offset + len(code)
+                    assert "".join(map(str, np.unpackbits(stream)))[offset:offset + len(code)] == code
+                for unpack in (kernels.unpack_ternary_from, kernels.unpack_ternary_from.py_func):
+                    out = np.empty(count, np.int8)
+                    assert unpack(stream, offset, count, out) == offset + len(code)
+                    assert_bitwise(out, codes, f"unpack {count} at {offset}")
+    with pytest.raises(ValueError, match="ternary codes must be"):
+        kernels.pack_ternary_into(np.array([0, 2], np.int8), np.zeros(1, np.uint8), 0)
+    for stream, count, match in ((np.array([243], np.uint8), 5, "corrupt stream"),
+                                 (np.array([0b11000000], np.uint8), 2, "corrupt stream"),   # 12 >= 9
+                                 (np.array([0], np.uint8), 6, "bit stream ends")):
+        with pytest.raises(ValueError, match=match):
+            kernels.unpack_ternary_from(stream, 0, count, np.empty(count, np.int8))
