@@ -52,9 +52,11 @@ def run_sweep(sweep: Sweep, out, *, backend: str = "local", workers: int = 1, th
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise SweepError(f"--out {out} is a file, not a folder")
-    (out / RUNS_FOLDER).mkdir(parents=True, exist_ok=True)
+    sweep_folder.claim(out, sweep)             # before anything is written; again once the folder is ours
+    out.mkdir(parents=True, exist_ok=True)
     with sweep_folder.lock(out):
         sweep_folder.claim(out, sweep)
+        (out / RUNS_FOLDER).mkdir(exist_ok=True)
         statuses, pending = sweep_folder.reuse_decision(out, sweep)
         write_manifest(out, sweep, statuses)
         try:

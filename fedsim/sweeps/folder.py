@@ -107,6 +107,8 @@ def lock(out: Path) -> SweepLock:
 
 def claim(out: Path, sweep: Sweep) -> None:
     """Make sure ``out`` is this sweep's folder, or a new one (SweepError, one line, if it is another's)."""
+    if not out.is_dir():
+        return
     manifest = RunFolder(out).read_json(MANIFEST)
     if manifest is None:
         foreign = sorted(entry.name for entry in out.iterdir()
@@ -151,19 +153,21 @@ def identity_problem(path: Path, *, label: str, config_sha256: str | None, confi
     if meta is None:
         started = folder.exists or any(folder.file(name).exists() for name in (SUMMARY_FILE, CHECKPOINT_NOTE_FILE))
         return f"it has no {META_FILE}, so it is not a run this sweep started" if started else None
-    recorded = str(meta.get("config_sha256"))
+    recorded, name = str(meta.get("config_sha256")), meta.get("name")
+    holds = f"the run {name!r}, not {label!r}" if name != label else "a run of other settings"
     if config_sha256 is None:
         named = path.name.rsplit("-", 1)[-1]
         if not recorded.startswith(named):
-            return f"its config sha256 {recorded[:10]}... is not the {named} in its name: it was extended, moved or edited"
+            return (f"its config sha256 {recorded[:10]}... is not the {named} in its name (it holds {holds}): "
+                    f"it was extended, moved or edited")
     elif recorded != config_sha256:
         changes = config_differences(config_to_dict(config, keep_unset=True), meta.get("config") or {}) \
             if config is not None else []
         listed = "; ".join(changes[:4]) + (f"; and {len(changes) - 4} more" if len(changes) > 4 else "")
-        return (f"it holds a run of other settings ({listed or f'config sha256 {recorded[:12]}...'} against the "
-                f"planned run's): it was extended, moved or edited")
-    if meta.get("name") != label:
-        return f"it holds the run {meta.get('name')!r}, not {label!r}"
+        return (f"it holds {holds} ({listed or f'config sha256 {recorded[:12]}...'} against the planned run's "
+                f"{config_sha256[:12]}...): it was extended, moved or edited")
+    if name != label:
+        return f"it holds {holds}"
     return None
 
 
