@@ -31,8 +31,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fedsim.progress import Progress
 import fedsim.sweeps.folder as sweep_folder
+from fedsim.progress import Progress
 from fedsim.sweeps.folder import FINAL, RUNS_FOLDER, SweepError, run_folder, write_manifest
 from fedsim.sweeps.spec import Sweep
 

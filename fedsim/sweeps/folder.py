@@ -91,13 +91,14 @@ def read_manifest(out) -> dict:
 class SweepLock(FolderLock):
     """The sweep folder's ``.lock``: the run folder's lock, refusing in a sweep's words."""
 
-    def __enter__(self) -> "SweepLock":
+    def __enter__(self) -> SweepLock:
         try:
-            return super().__enter__()
+            super().__enter__()
         except RunFolderError:
             holder = (self.path.read_text(encoding="ascii", errors="replace").split() or ["unknown"])[0]
             raise SweepError(f"{self.path.parent} is in use by another fedsim sweep (pid {holder}); wait for it "
                              f"to end (or stop it), then run the same command again to finish this one") from None
+        return self
 
 
 def lock(out: Path) -> SweepLock:

@@ -4,7 +4,6 @@ nor reported under the wrong settings; a folder belongs to one sweep and one swe
 sweep file is read once; a damaged summary.json costs only its run; the sweep name cannot leave runs/."""
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -17,6 +16,7 @@ import pytest
 from fedsim.runs import RunFolder, strip_wall_time
 from fedsim.sweeps import load_sweep, resume_hint
 from tests.conftest import clean_env, error_lines, fedsim
+from tests.sweeps.test_sweeps import signal_when
 
 SWEEP = '''base = "synthetic"    # four seeds of one method
 name = "seeds"
@@ -36,6 +36,13 @@ def write_sweep(folder: Path, rounds: int = 12, text: str | None = None) -> Path
     path = folder / "seeds.toml"
     path.write_text(SWEEP.format(rounds=rounds) if text is None else text)
     return path
+
+
+def start_sweep(tmp_path: Path, path: Path, out: Path, **popen) -> subprocess.Popen:
+    """``fedsim sweep PATH --workers 1 --out OUT --quiet`` started in ``tmp_path`` (text pipes)."""
+    return subprocess.Popen([sys.executable, "-m", "fedsim", "sweep", str(path), "--workers", "1", "--out", str(out),
+                             "--quiet"], cwd=tmp_path, env=clean_env(tmp_path), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **popen)
 
 
 def run_of(out: Path, seed: int) -> Path:
@@ -155,9 +162,7 @@ def test_a_sweep_folder_belongs_to_one_sweep(sweep, tmp_path):
 def test_two_sweeps_of_one_file_into_one_folder_at_once(tmp_path):
     path = write_sweep(tmp_path, rounds=150)
     out = tmp_path / "S"
-    command = [sys.executable, "-m", "fedsim", "sweep", str(path), "--workers", "1", "--out", str(out), "--quiet"]
-    processes = [subprocess.Popen(command, cwd=tmp_path, env=clean_env(tmp_path), stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    processes = [start_sweep(tmp_path, path, out) for _ in range(2)]
     results = [(process.wait(timeout=300), *process.communicate()) for process in processes]
     (refused,) = [stderr for status, _, stderr in results if status == 2]
     assert sorted(status for status, _, _ in results) == [0, 2], results
@@ -170,9 +175,7 @@ def test_the_sweep_file_is_read_once_and_the_manifest_follows_every_run(tmp_path
     path = write_sweep(tmp_path, rounds=60)
     text = path.read_text()
     out = tmp_path / "S"
-    process = subprocess.Popen([sys.executable, "-m", "fedsim", "sweep", str(path), "--workers", "1", "--out",
-                                str(out), "--quiet"], cwd=tmp_path, env=clean_env(tmp_path),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = start_sweep(tmp_path, path, out)
     try:
         edited = deleted = False
         deadline = time.monotonic() + 240
@@ -188,7 +191,7 @@ def test_the_sweep_file_is_read_once_and_the_manifest_follows_every_run(tmp_path
                 recorded = [run for run in manifest_of(out)["runs"] if run["status"] == "completed"]
                 assert len(recorded) >= len(finished) - 1           # at most the run ending now
             time.sleep(0.05)
-        stdout, stderr = process.communicate(timeout=60)
+        _, stderr = process.communicate(timeout=60)
     finally:
         if process.poll() is None:
             process.kill()
@@ -202,18 +205,8 @@ def test_the_sweep_file_is_read_once_and_the_manifest_follows_every_run(tmp_path
 def test_ctrl_c_leaves_a_manifest_that_says_what_each_run_folder_holds(tmp_path):
     path = write_sweep(tmp_path, rounds=400)
     out = tmp_path / "S"
-    process = subprocess.Popen([sys.executable, "-m", "fedsim", "sweep", str(path), "--workers", "1", "--out",
-                                str(out), "--quiet"], cwd=tmp_path, env=clean_env(tmp_path),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and not list(out.glob("runs/*/checkpoint.json")):
-            time.sleep(0.05)
-        os.killpg(process.pid, signal.SIGINT)
-        process.communicate(timeout=120)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
+    process = start_sweep(tmp_path, path, out, start_new_session=True)
+    signal_when(process, lambda: list(out.glob("runs/*/checkpoint.json")), signal.SIGINT, timeout=240)
     assert process.returncode == 130
     for run in manifest_of(out)["runs"]:
         folder = RunFolder(out / run["folder"])
