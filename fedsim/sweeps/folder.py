@@ -155,20 +155,20 @@ def identity_problem(path: Path, *, label: str, config_sha256: str | None, confi
         started = folder.exists or any(folder.file(name).exists() for name in (SUMMARY_FILE, CHECKPOINT_NOTE_FILE))
         return f"it has no {META_FILE}, so it is not a run this sweep started" if started else None
     recorded, name = str(meta.get("config_sha256")), meta.get("name")
-    holds = f"the run {name!r}, not {label!r}" if name != label else "a run of other settings"
+    holds = f"the run {name!r}, not {label!r}," if name != label else "a run"
     if config_sha256 is None:
         named = path.name.rsplit("-", 1)[-1]
         if not recorded.startswith(named):
-            return (f"its config sha256 {recorded[:10]}... is not the {named} in its name (it holds {holds}): "
-                    f"it was extended, moved or edited")
+            return (f"its config sha256 {recorded[:10]}... is not the {named} in its name (it holds {holds} of "
+                    f"other settings): it was extended, moved or edited")
     elif recorded != config_sha256:
         changes = config_differences(config_to_dict(config, keep_unset=True), meta.get("config") or {}) \
             if config is not None else []
         listed = "; ".join(changes[:4]) + (f"; and {len(changes) - 4} more" if len(changes) > 4 else "")
-        return (f"it holds {holds} ({listed or f'config sha256 {recorded[:12]}...'} against the planned run's "
-                f"{config_sha256[:12]}...): it was extended, moved or edited")
+        listed = listed or f"config sha256 {recorded[:12]}... instead of {config_sha256[:12]}..."
+        return f"it holds {holds} of other settings than planned ({listed}): it was extended, moved or edited"
     if name != label:
-        return f"it holds {holds}"
+        return f"it holds the run {name!r}, not {label!r}"
     return None
 
 
@@ -196,9 +196,9 @@ def reuse_decision(out: Path, sweep: Sweep) -> tuple[dict[str, dict], list]:
             problem = problem or summary_problem(summary)
         except RunFolderError as error:
             problem = str(error)
-        if problem is not None:        # said at the end, with every run that did not complete
-            statuses[planned.folder_name] = {"status": MISMATCHED, "message": f"{where}: {problem}; left as found "
-                                             f"(move it out of {RUNS_FOLDER}/ to run it again)"}
+        if problem is not None:        # said at the end (naming the folder), with every run that did not complete
+            statuses[planned.folder_name] = {"status": MISMATCHED, "message": f"{problem}; left as found (move "
+                                             f"it out of {RUNS_FOLDER}/ to run it again)"}
         elif summary is not None and summary.get("status") in FINAL:
             statuses[planned.folder_name] = {"status": summary["status"], "message": summary.get("message", ""),
                                              "completed": summary.get("completed")}

@@ -108,7 +108,7 @@ def test_run_folders_swapped_with_mv_are_detected(sweep, tmp_path, finished):
     assert accuracy_rows(out) == {seed: value for seed, value in accuracy_rows(finished / "S").items()
                                   if seed in ("2", "3")}
     again = fedsim(tmp_path, "sweep", path, "--out", out, "--quiet")
-    assert again.returncode == 1 and again.stderr.count("mismatched: runs/seed=") == 2, again.stderr
+    assert again.returncode == 1 and again.stderr.count("mismatched: it holds the run 'seed=") == 2, again.stderr
     assert strip_wall_time(RunFolder(zero).read_history()) == \
         strip_wall_time(RunFolder(run_of(finished / "S", 1)).read_history())      # left as found
 
