@@ -200,8 +200,7 @@ def reuse_decision(out: Path, sweep: Sweep) -> tuple[dict[str, dict], list]:
             statuses[planned.folder_name] = {"status": MISMATCHED, "message": f"{problem}; left as found (move "
                                              f"it out of {RUNS_FOLDER}/ to run it again)"}
         elif summary is not None and summary.get("status") in FINAL:
-            statuses[planned.folder_name] = {"status": summary["status"], "message": summary.get("message", ""),
-                                             "completed": summary.get("completed")}
+            statuses[planned.folder_name] = _ended(summary)
         else:
             pending.append(planned)
     return statuses, pending
@@ -222,6 +221,12 @@ def _readable_summary(path: Path, where: str) -> dict | None:
     return None
 
 
+def _ended(summary: dict) -> dict:
+    """A run's entry in the manifest, from its summary.json."""
+    return {"status": summary.get("status", "completed"), "message": summary.get("message", ""),
+            "completed": summary.get("completed")}
+
+
 def record_from_folders(out: Path, sweep: Sweep, statuses: dict[str, dict]) -> None:
     """Fill in, from their folders, the runs of ``statuses`` that have none yet (a sweep that stopped
     early): ended runs as their summary says, started ones as interrupted after their checkpoint's steps."""
@@ -235,9 +240,7 @@ def record_from_folders(out: Path, sweep: Sweep, statuses: dict[str, dict]) -> N
         except RunFolderError:
             continue
         if summary is not None:
-            statuses[planned.folder_name] = {"status": summary.get("status", "completed"),
-                                             "message": summary.get("message", ""),
-                                             "completed": summary.get("completed")}
+            statuses[planned.folder_name] = _ended(summary)
         elif note is not None:
             statuses[planned.folder_name] = {"status": "interrupted", "message": "",
                                              "completed": note.get("completed")}
