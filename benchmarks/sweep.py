@@ -82,7 +82,7 @@ def write_sweep(folder: Path, name: str, overrides: dict):
 def run_sequential(sweep, out: Path) -> dict[str, dict]:
     """The sweep's runs one after the other in this process, into ``out/runs/<folder>`` as a sweep would."""
     from fedsim.experiment_data import keep_datasets_in_memory
-    from fedsim.sweeps.execute import run_folder
+    from fedsim.sweeps.folder import run_folder
     from fedsim.sweeps.worker import run_one
     keep_datasets_in_memory(False)        # forget the datasets of the previous pass (run_one keeps them)
     command = ["benchmarks.sweep", "sequential"]
@@ -102,7 +102,7 @@ def run_way(way: str, sweep, out: Path, threads: int) -> dict[str, dict]:
 def histories(sweep, out: Path, statuses: dict[str, dict], way: str) -> dict[str, list]:
     """Every run's records without wall time (ValidationError if a run did not complete)."""
     from fedsim.runs import RunFolder, strip_wall_time
-    from fedsim.sweeps.execute import run_folder
+    from fedsim.sweeps.folder import run_folder
     records = {}
     for planned in sweep.runs:
         status = statuses.get(planned.folder_name, {})
@@ -136,7 +136,7 @@ def run_seconds(sweep, out: Path) -> float:
     """The seconds the runs themselves took (the sum of their sessions' ``seconds`` in meta.json): the
     work, without what the backend spends around the runs."""
     from fedsim.runs import RunFolder
-    from fedsim.sweeps.execute import run_folder
+    from fedsim.sweeps.folder import run_folder
     return float(sum(session.get("seconds", 0.0) for planned in sweep.runs
                      for session in RunFolder(run_folder(out, planned)).read_json("meta.json")["sessions"]))
 

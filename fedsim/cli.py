@@ -46,7 +46,7 @@ def error_status(error: Exception) -> tuple[int, str] | None:
     from fedsim.data.registry import DataSettingError
     from fedsim.data.search import DatasetNotFoundError
     from fedsim.runs import RunFolderError
-    from fedsim.sweeps.execute import SweepError
+    from fedsim.sweeps.folder import SweepError
     if isinstance(error, (UsageError, ConfigError, RunFolderError, SweepError, DataSettingError)):
         return EXIT_USAGE, str(error)
     if isinstance(error, DatasetNotFoundError):
@@ -462,7 +462,7 @@ def command_sweep(args) -> int:
     import os
 
     from fedsim.sweeps import all_finished, load_sweep, run_sweep
-    from fedsim.sweeps.report import format_summary, plot_sweep, summarize_over_seeds, tidy_rows, write_csv
+    from fedsim.sweeps.report import collect, format_summary, plot_sweep, summarize_over_seeds, tidy_rows, write_csv
     if args.target in ("report", "plot"):
         if not args.folder:
             raise UsageError(f"fedsim sweep {args.target} needs the sweep folder DIR")
@@ -470,12 +470,15 @@ def command_sweep(args) -> int:
             for path in plot_sweep(args.folder, args.out):
                 print(path)
             return EXIT_OK
-        from fedsim.sweeps import read_manifest
-        axes = list(read_manifest(args.folder)["axes"])
-        rows = tidy_rows(args.folder)
+        manifest, entries = collect(args.folder)
+        axes = list(manifest["axes"])
+        rows = tidy_rows(args.folder, (manifest, entries))
         print(f"tidy table: {write_csv(args.folder, rows)} ({len(rows)} rows)")
         print(format_summary(summarize_over_seeds(rows, axes), axes))
-        return EXIT_OK
+        left_out = [entry["problem"] for entry in entries if entry["problem"]]
+        for problem in left_out:          # checked folders only: no number under the wrong settings
+            print(f"fedsim: sweep report: {problem}; left out of the report", file=sys.stderr)
+        return EXIT_FAILED if left_out else EXIT_OK
     if args.folder:
         raise UsageError(f"fedsim sweep SWEEP.toml takes no second argument (got {args.folder!r})")
     sweep = load_sweep(args.target)

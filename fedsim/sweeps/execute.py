@@ -1,12 +1,13 @@
 """Running a sweep: every planned run into its own run folder, on a local process pool or a Dask cluster.
 
-The sweep folder holds ``manifest.json`` (the sweep file's text, the axes, and per run its folder, axis
-values and status) and ``runs/<label>-<hash>/``, each an ordinary run folder (the files of ``fedsim run``,
-resumable the same way). The coordinator (the process that runs ``fedsim sweep``) is the only writer of
-the manifest; each run folder is written by the worker running it, under the folder's lock.
+The sweep folder (:mod:`fedsim.sweeps.folder`) holds ``manifest.json`` and ``runs/<label>-<hash>/``, each
+an ordinary run folder (the files of ``fedsim run``, resumable the same way). The coordinator (the process
+that runs ``fedsim sweep``) owns the sweep folder (its lock) and is the only writer of the manifest; each
+run folder is written by the worker running it, under the run folder's lock.
 
-Running the same sweep again skips finished runs (their summary.json is there) and resumes interrupted
-ones from their checkpoints; a run that fails or diverges is recorded and the others go on.
+Running the same sweep again skips finished runs and resumes interrupted ones from their checkpoints,
+once each folder is checked to be the planned run's; a run that fails or diverges is recorded and the
+others go on.
 
 Backends
 --------
@@ -30,42 +31,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fedsim.files import write_atomic
+import fedsim.sweeps.folder as sweep_folder
 from fedsim.progress import Progress
-from fedsim.runs.folder import RunFolder, RunFolderError, now, to_json
+from fedsim.sweeps.folder import FINAL, RUNS_FOLDER, SweepError, run_folder, write_manifest
 from fedsim.sweeps.spec import Sweep
 
-MANIFEST = "manifest.json"
-RUNS_FOLDER = "runs"
 BACKENDS = ("local", "dask")
-#: Statuses that end a run for good (a rerun skips them); "interrupted" and "failed" runs are tried again.
-FINAL = ("completed", "diverged")
-
-
-class SweepError(ValueError):
-    """A sweep that cannot be run as asked (a bad backend, worker count, folder)."""
-
-
-def run_folder(out: Path, planned) -> Path:
-    return Path(out) / RUNS_FOLDER / planned.folder_name
-
-
-def write_manifest(out: Path, sweep: Sweep, statuses: dict[str, dict]) -> None:
-    runs = [{"folder": f"{RUNS_FOLDER}/{planned.folder_name}", "label": planned.label,
-             "values": dict(planned.values), **statuses.get(planned.folder_name, {"status": "pending"})}
-            for planned in sweep.runs]
-    manifest = {"name": sweep.name, "base": sweep.base, "sweep_file": str(sweep.source),
-                "sweep_text": sweep.source.read_text(encoding="utf-8"), "fixed": dict(sweep.fixed),
-                "axes": {name: list(values) for name, values in sweep.axes}, "zipped": list(sweep.zipped),
-                "updated": now(), "runs": runs}
-    write_atomic(Path(out) / MANIFEST, to_json(manifest, indent=1) + "\n")
-
-
-def read_manifest(out) -> dict:
-    manifest = RunFolder(out).read_json(MANIFEST)
-    if manifest is None:
-        raise RunFolderError(f"{out} is not a sweep folder (no {MANIFEST} in it)")
-    return manifest
 
 
 def run_sweep(sweep: Sweep, out, *, backend: str = "local", workers: int = 1, threads: int = 1,
@@ -81,16 +52,22 @@ def run_sweep(sweep: Sweep, out, *, backend: str = "local", workers: int = 1, th
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise SweepError(f"--out {out} is a file, not a folder")
-    (out / RUNS_FOLDER).mkdir(parents=True, exist_ok=True)
-    statuses: dict[str, dict] = {}
-    pending = []
-    for planned in sweep.runs:
-        summary = RunFolder(run_folder(out, planned)).read_json("summary.json")
-        if summary is not None and summary.get("status") in FINAL:
-            statuses[planned.folder_name] = {"status": summary["status"], "message": summary.get("message", "")}
-        else:
-            pending.append(planned)
-    write_manifest(out, sweep, statuses)
+    sweep_folder.claim(out, sweep)             # before anything is written; again once the folder is ours
+    out.mkdir(parents=True, exist_ok=True)
+    with sweep_folder.lock(out):
+        sweep_folder.claim(out, sweep)
+        (out / RUNS_FOLDER).mkdir(exist_ok=True)
+        statuses, pending = sweep_folder.reuse_decision(out, sweep)
+        write_manifest(out, sweep, statuses)
+        try:
+            return _run_pending(sweep, out, statuses, pending, backend, workers, threads, scheduler, quiet)
+        finally:        # however the sweep ends, the manifest says what each run folder holds
+            sweep_folder.record_from_folders(out, sweep, statuses)
+            write_manifest(out, sweep, statuses)
+
+
+def _run_pending(sweep: Sweep, out: Path, statuses: dict[str, dict], pending: list, backend: str, workers: int,
+                 threads: int, scheduler: str | None, quiet: bool) -> dict[str, dict]:
     done, not_finished = len(sweep.runs) - len(pending), 0
     progress = Progress("sweep", len(sweep.runs), done, "run", quiet,
                         line="{completed}/{total} runs done, {not_finished} not finished ({timing})")
@@ -176,5 +153,4 @@ def all_finished(statuses: dict[str, dict]) -> bool:
     return all(entry.get("status") == "completed" for entry in statuses.values())
 
 
-__all__ = ["BACKENDS", "MANIFEST", "RUNS_FOLDER", "SweepError", "all_finished", "read_manifest", "run_folder",
-           "run_sweep", "write_manifest"]
+__all__ = ["BACKENDS", "all_finished", "run_sweep"]

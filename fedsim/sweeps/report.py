@@ -16,28 +16,44 @@ from pathlib import Path
 import numpy as np
 
 from fedsim.algorithms.family import family
-from fedsim.runs import read_run
-from fedsim.sweeps.execute import read_manifest
+from fedsim.runs import RunFolderError, read_run
+from fedsim.sweeps.folder import MANIFEST, RUNS_FOLDER, check_run_folder, read_manifest
+from fedsim.sweeps.spec import run_label
 
 SEED = "seed"
 
 
 def collect(out) -> tuple[dict, list[dict]]:
-    """(manifest, one entry per run: folder, status, axis values, run result or None)."""
+    """(manifest, one entry per run: folder, status, axis values, run result or None, problem or None).
+
+    Each run folder is checked to be the run the manifest names (:func:`fedsim.sweeps.folder.check_run_folder`:
+    its config sha256, its name made of the manifest's axis values, its completed steps); one that is not
+    gets a one-line ``problem`` and no result, so no number is reported under the wrong settings.
+    """
     out = Path(out)
     manifest = read_manifest(out)
     entries = []
     for run in manifest["runs"]:
-        folder = out / run["folder"]
-        result = read_run(folder) if (folder / "config.toml").exists() else None
+        relative = Path(run["folder"])
+        folder, result, problem = out / relative, None, None
+        if relative.parent != Path(RUNS_FOLDER) or relative.name in ("", ".", ".."):
+            problem = f"{out / MANIFEST} names the folder {run['folder']!r}, which is not in {RUNS_FOLDER}/"
+        elif (folder / "config.toml").exists():
+            try:
+                mismatch = check_run_folder(folder, label=run_label(run["values"].items()),
+                                            config_sha256=run.get("config_sha256"))
+                problem = mismatch and f"{run['folder']}: {mismatch}"
+                result = None if problem else read_run(folder)
+            except RunFolderError as error:
+                problem = str(error)
         entries.append({"folder": run["folder"], "status": run.get("status", "pending"), "values": run["values"],
-                        "result": result})
+                        "result": result, "problem": problem})
     return manifest, entries
 
 
-def tidy_rows(out) -> list[dict]:
-    """One row per (run, metric) of the finished runs."""
-    manifest, entries = collect(out)
+def tidy_rows(out, collected: tuple[dict, list[dict]] | None = None) -> list[dict]:
+    """One row per (run, metric) of the finished runs (of ``collected``, :func:`collect`, if given)."""
+    manifest, entries = collected or collect(out)
     axes = list(manifest["axes"])
     rows = []
     for entry in entries:

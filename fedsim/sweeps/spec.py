@@ -4,7 +4,7 @@
 
     # examples/sweeps/stc_noniid.toml
     base = "stc-mnist"                  # a preset, or:  config = "my.toml" (relative to the sweep file)
-    name = "stc-noniid"                 # optional; default: the file's stem
+    name = "stc-noniid"                 # optional (a folder name: letters, digits, . _ -); default: the file's stem
 
     [set]                               # settings every run shares (as `fedsim run --set`)
     "data.dataset" = "fashion-mnist"
@@ -24,11 +24,18 @@ config is resolved and validated before anything runs, so an invalid axis fails 
 setting. A run's folder is ``runs/<label>-<hash>``: the label from its axis values, the hash the first 10
 hex digits of its full resolved config's sha256 (:func:`fedsim.config.config_fingerprint`), so the same
 settings always map to the same folder and a rerun finds it.
+
+The file is read once: its text (:attr:`Sweep.text`) and the runs planned from it are all a sweep uses, so
+editing or deleting the file while the sweep runs changes nothing. A sweep's identity
+(:attr:`Sweep.identity`) is the sha256 of its normalized plan: the axes and every run's label and config
+sha256, so comments, spacing and the order of ``[set]`` keys do not change it, and any change of what runs does.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +44,13 @@ from fedsim.config import (ConfigError, ExperimentConfig, all_settings, config_f
                            load_preset, parse_toml, suggest)
 
 TOP_LEVEL = ("base", "config", "name", "set", "grid", "zip")
+#: A sweep's name is the name of its folder (runs/<name> by default): no path separators, no "..", not empty.
+SWEEP_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
+
+
+def run_label(values) -> str:
+    """A run's name from its (setting, value) pairs: ``method=stc_updown,seed=0`` (the last part of each setting)."""
+    return ",".join(f"{key.rsplit('.', 1)[-1]}={value}" for key, value in values)
 
 
 @dataclass(frozen=True)
@@ -50,7 +64,12 @@ class PlannedRun:
 
     @property
     def label(self) -> str:
-        return ",".join(f"{key.rsplit('.', 1)[-1]}={value}" for key, value in self.values)
+        return run_label(self.values)
+
+    @property
+    def config_sha256(self) -> str:
+        """The sha256 of the resolved config (:func:`fedsim.config.config_fingerprint`), as meta.json records it."""
+        return config_fingerprint(self.config)
 
 
 @dataclass(frozen=True)
@@ -64,10 +83,18 @@ class Sweep:
     axes: tuple[tuple[str, tuple], ...]          # grid axes, then zipped axes, in file order
     zipped: tuple[str, ...]                      # which axes are walked together
     runs: tuple[PlannedRun, ...]
+    text: str = ""                               # the sweep file's text as read, once
 
     @property
     def axis_names(self) -> list[str]:
         return [name for name, _ in self.axes]
+
+    @property
+    def identity(self) -> str:
+        """sha256 of the normalized plan: the axes (zipped marked) and each run's label and config sha256."""
+        plan = {"axes": [[name, list(values)] for name, values in self.axes], "zipped": list(self.zipped),
+                "runs": [[planned.label, planned.config_sha256] for planned in self.runs]}
+        return hashlib.sha256(json.dumps(plan, sort_keys=True).encode("utf-8")).hexdigest()
 
 
 def _flatten(table: dict, prefix: str = "") -> dict:
@@ -92,6 +119,17 @@ def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=,-]+", "-", text).strip("-.")[:80] or "run"
 
 
+def _sweep_name(raw: dict, path: Path) -> str:
+    """The sweep's name: ``name`` if it is a safe folder name (else ConfigError), or the file's stem made one."""
+    if "name" not in raw:
+        return _safe(path.stem)
+    name = raw["name"]
+    if not isinstance(name, str) or not SWEEP_NAME.fullmatch(name):
+        raise ConfigError(f"{path.name}: name = {name!r} cannot name the sweep's folder: give 1 to 100 letters, "
+                          f"digits, '_', '-' or '.', not starting with '.' or '-' (no '/', no '..')")
+    return name
+
+
 def load_sweep(path) -> Sweep:
     """Read and expand the sweep file at ``path`` (ConfigError, one line, on anything invalid)."""
     path = Path(path)
@@ -105,6 +143,7 @@ def load_sweep(path) -> Sweep:
             raise ConfigError(f"{path.name}: unknown key '{key}'; a sweep file has: {', '.join(TOP_LEVEL)}")
     if ("base" in raw) == ("config" in raw):
         raise ConfigError(f"{path.name}: give either base = \"PRESET\" or config = \"FILE.toml\", exactly one")
+    name = _sweep_name(raw, path)
     for table in ("set", "grid", "zip"):
         if table in raw and not isinstance(raw[table], dict):
             raise ConfigError(f"{path.name}: '{table}' must be a table ([{table}])")
@@ -158,8 +197,7 @@ def load_sweep(path) -> Sweep:
             names.add(folder)
             runs.append(PlannedRun(values, overrides, config, folder))
     axes = tuple((key, tuple(values)) for key, values in list(grid.items()) + list(zipped.items()))
-    return Sweep(str(raw.get("name", path.stem)), path, base_text, tuple(fixed.items()), axes, tuple(zipped),
-                 tuple(runs))
+    return Sweep(name, path, base_text, tuple(fixed.items()), axes, tuple(zipped), tuple(runs), text)
 
 
-__all__ = ["PlannedRun", "Sweep", "load_sweep"]
+__all__ = ["PlannedRun", "SWEEP_NAME", "Sweep", "load_sweep", "run_label"]

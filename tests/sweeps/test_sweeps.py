@@ -39,6 +39,20 @@ def histories(out: Path) -> dict[str, list]:
             for folder in sorted((out / "runs").iterdir())}
 
 
+def signal_when(process: subprocess.Popen, ready, signum: int, timeout: float = 120) -> None:
+    """Send ``signum`` to the process group of ``process`` once ``ready()`` is true (or after ``timeout``
+    seconds) and wait for the process to end; the group is killed if it outlives the wait."""
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not ready():
+            time.sleep(0.05)
+        os.killpg(process.pid, signum)
+        process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
 def test_a_sweep_file_expands_to_named_runs(tmp_path):
     sweep = load_sweep(sweep_file(tmp_path, extra='[zip]\n"federated.p_up" = [0.05, 0.1]\n"federated.p_down" = [0.1, 0.2]'))
     assert len(sweep.runs) == 2 * 2 * 2
@@ -105,19 +119,9 @@ def test_kill_9_of_the_whole_sweep_then_the_same_command_finishes_it_identically
     process = subprocess.Popen([sys.executable, "-m", "fedsim", "sweep", str(path), "--workers", "2", "--out",
                                 str(out), "--quiet"], cwd=tmp_path, env=clean_env(tmp_path),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:      # until some run has a checkpoint and some run is unfinished
-            done = list(out.glob("runs/*/summary.json"))
-            checkpoints = list(out.glob("runs/*/checkpoint.npz"))
-            if checkpoints and len(done) < 4:
-                break
-            time.sleep(0.05)
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
+    # once some run has a checkpoint and some run is unfinished
+    signal_when(process, lambda: list(out.glob("runs/*/checkpoint.npz")) and len(list(out.glob("runs/*/summary.json"))) < 4,
+                signal.SIGKILL)
     assert len(list(out.glob("runs/*/summary.json"))) < 4
     time.sleep(0.5)                                # the pool's workers die with their parent
     finished = fedsim(tmp_path, "sweep", path, "--workers", "2", "--out", out, "--quiet", timeout=300)

@@ -1,0 +1,251 @@
+"""The sweep folder: its manifest, its one owner, and the check of every run folder it reuses or reports.
+
+A sweep folder holds::
+
+    manifest.json     the sweep's identity (spec_sha256, :attr:`fedsim.sweeps.spec.Sweep.identity`), the text
+                      of its sweep file as the runs used it, its axes, and per run: folder, label, axis values,
+                      config sha256 and status; replaced atomically after every finished run
+    runs/<folder>/    one ordinary run folder per planned run
+    .lock             held (an OS file lock, :class:`fedsim.runs.folder.FolderLock`) by the sweep writing it
+
+Trust, in three rules:
+
+* **one sweep per folder**: a sweep whose identity differs from the manifest's is refused in one line
+  (the same sweep resumes); so is a folder holding files that no sweep wrote;
+* **one writer**: the coordinator holds ``.lock`` from before it reads the manifest to after it writes
+  the last one, so a second sweep into the folder is refused at once and touches nothing;
+* **no run taken on trust**: a run folder is reused (skipped or resumed) or reported only if its
+  meta.json is the planned run's (config sha256 and name) and, when it ended, its summary's completed
+  steps are the planned ones (:func:`check_run_folder`). A folder that is not is left alone and named in
+  one line with what differs; a damaged summary.json is put aside and the run finished again.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+from fedsim.config import config_differences, config_to_dict
+from fedsim.files import write_atomic
+from fedsim.runs.folder import (CHECKPOINT_NOTE_FILE, CONFIG_FILE, LOCK_FILE, META_FILE, SUMMARY_FILE, FolderLock,
+                                RunFolder, RunFolderError, now, to_json)
+from fedsim.sweeps.spec import Sweep
+
+MANIFEST = "manifest.json"
+RUNS_FOLDER = "runs"
+#: What a sweep writes at the top of its folder (besides hidden files).
+SWEEP_FILES = (MANIFEST, RUNS_FOLDER, "report.csv", "plots")
+#: Statuses that end a run for good (a rerun skips them); "interrupted" and "failed" runs are tried again.
+FINAL = ("completed", "diverged")
+#: The status of a planned run whose folder holds something else: never run over, never reported.
+MISMATCHED = "mismatched"
+#: Where a damaged summary.json is put aside (hidden, so the folder stays a run folder).
+DAMAGED_SUMMARY = ".damaged-summary.json"
+
+
+class SweepError(ValueError):
+    """A sweep that cannot be run as asked (a bad backend, worker count, folder)."""
+
+
+def run_folder(out: Path, planned) -> Path:
+    return Path(out) / RUNS_FOLDER / planned.folder_name
+
+
+def resume_hint(sweep_path, out) -> str:
+    """What to say when a sweep stops early: the command that continues it (finished runs are skipped,
+    interrupted ones resume from their checkpoints)."""
+    command = shlex.join(["fedsim", "sweep", str(sweep_path), "--out", str(out)])
+    return f"finished runs and checkpoints are kept. Continue with: {command}"
+
+
+def say(text: str) -> None:
+    """One line about the sweep folder on stderr (``fedsim: sweep: ...``), also when progress is quiet."""
+    print(f"fedsim: sweep: {text}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the manifest
+
+
+def write_manifest(out: Path, sweep: Sweep, statuses: dict[str, dict]) -> None:
+    """Replace manifest.json (atomically) by the sweep's plan and the runs' ``statuses`` (by folder name)."""
+    runs = [{"folder": f"{RUNS_FOLDER}/{planned.folder_name}", "label": planned.label,
+             "values": dict(planned.values), "config_sha256": planned.config_sha256,
+             **statuses.get(planned.folder_name, {"status": "pending"})}
+            for planned in sweep.runs]
+    manifest = {"name": sweep.name, "spec_sha256": sweep.identity, "base": sweep.base,
+                "sweep_file": str(sweep.source), "sweep_text": sweep.text, "fixed": dict(sweep.fixed),
+                "axes": {name: list(values) for name, values in sweep.axes}, "zipped": list(sweep.zipped),
+                "updated": now(), "runs": runs}
+    write_atomic(Path(out) / MANIFEST, to_json(manifest, indent=1) + "\n")
+
+
+def read_manifest(out) -> dict:
+    manifest = RunFolder(out).read_json(MANIFEST)
+    if manifest is None:
+        raise RunFolderError(f"{out} is not a sweep folder (no {MANIFEST} in it)")
+    return manifest
+
+
+class SweepLock(FolderLock):
+    """The sweep folder's ``.lock``: the run folder's lock, refusing in a sweep's words."""
+
+    def __enter__(self) -> SweepLock:
+        try:
+            super().__enter__()
+        except RunFolderError:
+            holder = (self.path.read_text(encoding="ascii", errors="replace").split() or ["unknown"])[0]
+            raise SweepError(f"{self.path.parent} is in use by another fedsim sweep (pid {holder}); wait for it "
+                             f"to end (or stop it), then run the same command again to finish this one") from None
+        return self
+
+
+def lock(out: Path) -> SweepLock:
+    """Own the sweep folder ``out`` for this process (SweepError naming the holder's pid if another has it)."""
+    return SweepLock(Path(out) / LOCK_FILE)
+
+
+def claim(out: Path, sweep: Sweep) -> None:
+    """Make sure ``out`` is this sweep's folder, or a new one (SweepError, one line, if it is another's)."""
+    if not out.is_dir():
+        return
+    manifest = RunFolder(out).read_json(MANIFEST)
+    if manifest is None:
+        foreign = sorted(entry.name for entry in out.iterdir()
+                         if entry.name not in SWEEP_FILES and not entry.name.startswith("."))
+        if foreign:
+            raise SweepError(f"--out {out} is not a sweep folder (it holds {', '.join(foreign[:3])}"
+                             f"{' ...' if len(foreign) > 3 else ''}); give the sweep a new or empty folder")
+        return
+    recorded = manifest.get("spec_sha256")
+    if recorded is None:        # a manifest of a fedsim before spec_sha256: the same runs, the same sweep
+        mine = {f"{RUNS_FOLDER}/{planned.folder_name}" for planned in sweep.runs}
+        same = {run.get("folder") for run in manifest.get("runs", []) if isinstance(run, dict)} == mine
+    else:
+        same = recorded == sweep.identity
+    if not same:
+        raise SweepError(f"--out {out} holds another sweep ({manifest.get('name')!r} of "
+                         f"{manifest.get('sweep_file')}, its text in {MANIFEST}); a sweep folder belongs to one "
+                         f"sweep: give this one another --out (or run that sweep's file to continue it)")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the run folders
+
+
+def check_run_folder(path: Path, *, label: str, config_sha256: str | None, config=None) -> str | None:
+    """What keeps the run folder ``path`` from being the run ``label`` of config ``config_sha256``, in a
+    few words; None if it is that run (or holds no run yet). RunFolderError if a file cannot be read.
+
+    Its meta.json must hold that name and config sha256 (:func:`identity_problem`) and, if it ended as
+    completed, its summary the planned number of completed steps (:func:`summary_problem`).
+    """
+    return (identity_problem(path, label=label, config_sha256=config_sha256, config=config)
+            or summary_problem(RunFolder(path).read_json(SUMMARY_FILE)))
+
+
+def identity_problem(path: Path, *, label: str, config_sha256: str | None, config=None) -> str | None:
+    """What in the run folder's meta.json is not the run ``label`` of config ``config_sha256`` (None: the
+    sha256 whose first 10 hex digits end the folder's name, as a sweep names it; ``config``, the planned
+    ExperimentConfig, lists the settings that differ); None if it is that run or the folder holds no run."""
+    folder = RunFolder(path)
+    meta = folder.read_json(META_FILE)
+    if meta is None:
+        started = folder.exists or any(folder.file(name).exists() for name in (SUMMARY_FILE, CHECKPOINT_NOTE_FILE))
+        return f"it has no {META_FILE}, so it is not a run this sweep started" if started else None
+    recorded, name = str(meta.get("config_sha256")), meta.get("name")
+    holds = f"the run {name!r}, not {label!r}," if name != label else "a run"
+    if config_sha256 is None:
+        named = path.name.rsplit("-", 1)[-1]
+        if not recorded.startswith(named):
+            return (f"its config sha256 {recorded[:10]}... is not the {named} in its name (it holds {holds} of "
+                    f"other settings): it was extended, moved or edited")
+    elif recorded != config_sha256:
+        changes = config_differences(config_to_dict(config, keep_unset=True), meta.get("config") or {}) \
+            if config is not None else []
+        listed = "; ".join(changes[:4]) + (f"; and {len(changes) - 4} more" if len(changes) > 4 else "")
+        listed = listed or f"config sha256 {recorded[:12]}... instead of {config_sha256[:12]}..."
+        return f"it holds {holds} of other settings than planned ({listed}): it was extended, moved or edited"
+    if name != label:
+        return f"it holds the run {name!r}, not {label!r}"
+    return None
+
+
+def summary_problem(summary: dict | None) -> str | None:
+    """A completed summary whose completed steps are not its planned ones (an edited summary.json)."""
+    if summary is not None and summary.get("status", "completed") == "completed" and \
+            summary.get("completed") != summary.get("planned"):
+        return f"its summary says completed after {summary.get('completed')} of {summary.get('planned')} steps"
+    return None
+
+
+def reuse_decision(out: Path, sweep: Sweep) -> tuple[dict[str, dict], list]:
+    """(the statuses of the planned runs not to run, finished or mismatched, by folder name; the planned
+    runs to start or resume). Every existing run folder is checked first (:func:`check_run_folder`); a
+    mismatch is left as found, a damaged summary.json put aside, each said in one line."""
+    statuses: dict[str, dict] = {}
+    pending = []
+    for planned in sweep.runs:
+        path = run_folder(out, planned)
+        where = f"{RUNS_FOLDER}/{planned.folder_name}"
+        try:
+            problem = identity_problem(path, label=planned.label, config_sha256=planned.config_sha256,
+                                       config=planned.config)
+            summary = None if problem else _readable_summary(path, where)
+            problem = problem or summary_problem(summary)
+        except RunFolderError as error:
+            problem = str(error)
+        if problem is not None:        # said at the end (naming the folder), with every run that did not complete
+            statuses[planned.folder_name] = {"status": MISMATCHED, "message": f"{problem}; left as found (move "
+                                             f"it out of {RUNS_FOLDER}/ to run it again)"}
+        elif summary is not None and summary.get("status") in FINAL:
+            statuses[planned.folder_name] = _ended(summary)
+        else:
+            pending.append(planned)
+    return statuses, pending
+
+
+def _readable_summary(path: Path, where: str) -> dict | None:
+    """The run folder's summary.json; one that cannot be read is moved to :data:`DAMAGED_SUMMARY` (said in
+    one line) and the run finishes again from its last checkpoint (a completed run's is its last step)."""
+    try:
+        return RunFolder(path).read_json(SUMMARY_FILE)
+    except RunFolderError as error:
+        try:
+            path.joinpath(SUMMARY_FILE).replace(path / DAMAGED_SUMMARY)
+        except OSError as failure:
+            raise RunFolderError(f"{error}; it cannot be put aside ({failure.strerror})") from None
+    again = "from its last checkpoint" if path.joinpath(CONFIG_FILE).is_file() else "from the start"
+    say(f"{where}/{SUMMARY_FILE} is damaged (kept as {DAMAGED_SUMMARY}); the run is finished again {again}")
+    return None
+
+
+def _ended(summary: dict) -> dict:
+    """A run's entry in the manifest, from its summary.json."""
+    return {"status": summary.get("status", "completed"), "message": summary.get("message", ""),
+            "completed": summary.get("completed")}
+
+
+def record_from_folders(out: Path, sweep: Sweep, statuses: dict[str, dict]) -> None:
+    """Fill in, from their folders, the runs of ``statuses`` that have none yet (a sweep that stopped
+    early): ended runs as their summary says, started ones as interrupted after their checkpoint's steps."""
+    for planned in sweep.runs:
+        if planned.folder_name in statuses:
+            continue
+        folder = RunFolder(run_folder(out, planned))
+        try:
+            summary = folder.read_json(SUMMARY_FILE)
+            note = folder.read_json(CHECKPOINT_NOTE_FILE)
+        except RunFolderError:
+            continue
+        if summary is not None:
+            statuses[planned.folder_name] = _ended(summary)
+        elif note is not None:
+            statuses[planned.folder_name] = {"status": "interrupted", "message": "",
+                                             "completed": note.get("completed")}
+
+
+__all__ = ["DAMAGED_SUMMARY", "FINAL", "MANIFEST", "MISMATCHED", "RUNS_FOLDER", "SweepError", "SweepLock",
+           "check_run_folder", "claim", "identity_problem", "lock", "read_manifest", "record_from_folders", "resume_hint",
+           "reuse_decision", "run_folder", "say", "summary_problem", "write_manifest"]

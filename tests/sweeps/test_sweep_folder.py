@@ -1,0 +1,256 @@
+"""The sweep folder's trust (issue #28 items 1, 2, 7, 8, 9; issue #23 item 1), each attack as a real
+``fedsim`` process: run folders extended, swapped with mv or mis-pointed by the manifest are never reused
+nor reported under the wrong settings; a folder belongs to one sweep and one sweep process at a time; the
+sweep file is read once; a damaged summary.json costs only its run; the sweep name cannot leave runs/."""
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fedsim.runs import RunFolder, strip_wall_time
+from fedsim.sweeps import load_sweep, resume_hint
+from tests.conftest import clean_env, error_lines, fedsim
+from tests.sweeps.test_sweeps import signal_when
+
+SWEEP = '''base = "synthetic"    # four seeds of one method
+name = "seeds"
+
+[set]
+"data.synthetic_devices" = 8
+"federated.n_clients" = 8
+"federated.rounds" = {rounds}
+"run.checkpoint_every" = 5
+
+[grid]
+seed = [0, 1, 2, 3]
+'''
+
+
+def write_sweep(folder: Path, rounds: int = 12, text: str | None = None) -> Path:
+    path = folder / "seeds.toml"
+    path.write_text(SWEEP.format(rounds=rounds) if text is None else text)
+    return path
+
+
+def start_sweep(tmp_path: Path, path: Path, out: Path, **popen) -> subprocess.Popen:
+    """``fedsim sweep PATH --workers 1 --out OUT --quiet`` started in ``tmp_path`` (text pipes)."""
+    return subprocess.Popen([sys.executable, "-m", "fedsim", "sweep", str(path), "--workers", "1", "--out", str(out),
+                             "--quiet"], cwd=tmp_path, env=clean_env(tmp_path), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **popen)
+
+
+def run_of(out: Path, seed: int) -> Path:
+    (folder,) = (out / "runs").glob(f"seed={seed}-*")
+    return folder
+
+
+def manifest_of(out: Path) -> dict:
+    return json.loads((out / "manifest.json").read_text())
+
+
+def accuracy_rows(out: Path) -> dict[str, str]:
+    """report.csv's final test accuracy by seed."""
+    import csv
+    with open(out / "report.csv", newline="") as handle:
+        return {row["seed"]: row["value"] for row in csv.DictReader(handle) if row["metric"] == "final_test_accuracy"}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    """A finished sweep of four seeds (and its sweep file beside it), built once; tests work on copies."""
+    where = tmp_path_factory.mktemp("finished")
+    result = fedsim(where, "sweep", write_sweep(where), "--workers", "2", "--out", where / "S", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert fedsim(where, "sweep", "report", where / "S").returncode == 0
+    return where
+
+
+@pytest.fixture
+def sweep(finished, tmp_path) -> tuple[Path, Path]:
+    """(the sweep file, a copy of the finished sweep folder) in ``tmp_path``."""
+    shutil.copytree(finished / "S", tmp_path / "S")
+    return write_sweep(tmp_path), tmp_path / "S"
+
+
+def test_a_run_extended_past_its_plan_is_neither_reused_nor_reported(sweep, tmp_path):
+    path, out = sweep
+    extended = run_of(out, 0)
+    result = fedsim(tmp_path, "run", "--resume", extended, "--extend-to", "16", "--quiet")
+    assert result.returncode == 0, result.stderr
+    again = fedsim(tmp_path, "sweep", path, "--out", out, "--quiet")
+    lines = [line for line in error_lines(again.stderr) if extended.name in line]
+    assert again.returncode == 1 and len(lines) == 1, again.stderr
+    assert "federated.rounds: 12 -> 16" in lines[0] and "left as found" in lines[0]
+    assert len(RunFolder(extended).read_history()) == 16           # not touched
+    assert {run["status"] for run in manifest_of(out)["runs"]} == {"completed", "mismatched"}
+    report = fedsim(tmp_path, "sweep", "report", out)
+    lines = [line for line in error_lines(report.stderr) if extended.name in line]
+    assert report.returncode == 1 and len(lines) == 1 and "left out of the report" in lines[0], report.stderr
+    assert sorted(accuracy_rows(out)) == ["1", "2", "3"]
+
+
+def test_run_folders_swapped_with_mv_are_detected(sweep, tmp_path, finished):
+    path, out = sweep
+    zero, one = run_of(out, 0), run_of(out, 1)
+    zero.rename(out / "runs" / "aside")
+    one.rename(zero)
+    (out / "runs" / "aside").rename(one)
+    report = fedsim(tmp_path, "sweep", "report", out)
+    named = [line for line in error_lines(report.stderr) if zero.name in line or one.name in line]
+    assert report.returncode == 1 and len(named) == 2, report.stderr
+    assert any("'seed=1', not 'seed=0'" in line or "seed: 0 -> 1" in line for line in named), named
+    assert accuracy_rows(out) == {seed: value for seed, value in accuracy_rows(finished / "S").items()
+                                  if seed in ("2", "3")}
+    again = fedsim(tmp_path, "sweep", path, "--out", out, "--quiet")
+    assert again.returncode == 1 and again.stderr.count("mismatched: it holds the run 'seed=") == 2, again.stderr
+    assert strip_wall_time(RunFolder(zero).read_history()) == \
+        strip_wall_time(RunFolder(run_of(finished / "S", 1)).read_history())      # left as found
+
+
+def test_a_manifest_pointing_a_run_at_another_folder_reports_nothing_wrong(sweep, tmp_path, finished):
+    _, out = sweep
+    manifest = manifest_of(out)
+    manifest["runs"][3]["folder"] = manifest["runs"][0]["folder"]     # seed 3 -> seed 0's folder
+    manifest["runs"][2]["folder"] = "runs/../../elsewhere"
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    report = fedsim(tmp_path, "sweep", "report", out)
+    lines = error_lines(report.stderr)
+    assert report.returncode == 1 and len(lines) == 2, report.stderr
+    assert "'seed=0', not 'seed=3'" in lines[1] and "not in runs/" in lines[0]
+    truth = accuracy_rows(finished / "S")
+    assert accuracy_rows(out) == {"0": truth["0"], "1": truth["1"]}
+    # a manifest written before config sha256s were recorded: the folder's name still says the run's hash
+    for run in manifest["runs"]:
+        run.pop("config_sha256")
+    manifest["runs"][2]["folder"] = manifest["runs"][3]["folder"] = "runs/" + run_of(out, 3).name
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    assert fedsim(tmp_path, "run", "--resume", run_of(out, 3), "--extend-to", "13", "--quiet").returncode == 0
+    report = fedsim(tmp_path, "sweep", "report", out)
+    lines = error_lines(report.stderr)
+    assert report.returncode == 1 and len(lines) == 2 and all("is not the" in line for line in lines), report.stderr
+    assert sorted(accuracy_rows(out)) == ["0", "1"]
+
+
+def test_a_sweep_folder_belongs_to_one_sweep(sweep, tmp_path):
+    path, out = sweep
+    before = (out / "manifest.json").read_bytes()
+    other = tmp_path / "other.toml"
+    other.write_text(SWEEP.format(rounds=12).replace("[0, 1, 2, 3]", "[0, 1, 2, 3, 4]"))
+    result = fedsim(tmp_path, "sweep", other, "--out", out, "--quiet")
+    lines = error_lines(result.stderr)
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert "holds another sweep ('seeds' of" in lines[0] and "give this one another --out" in lines[0]
+    assert (out / "manifest.json").read_bytes() == before and len(list((out / "runs").iterdir())) == 4
+    # the same sweep, its file reworded (comments, spacing, key order): resumes, nothing run again
+    path.write_text("# the same plan\n" + SWEEP.format(rounds=12).replace('"federated.rounds" = 12', '"federated.rounds"=12'))
+    again = fedsim(tmp_path, "sweep", path, "--out", out)
+    assert again.returncode == 0 and "4 completed" in again.stdout, again.stderr
+    # a folder holding files no sweep wrote
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    refused = fedsim(tmp_path, "sweep", path, "--out", tmp_path / "mine")
+    assert refused.returncode == 2 and "is not a sweep folder (it holds notes.txt)" in refused.stderr
+    assert [entry.name for entry in (tmp_path / "mine").iterdir()] == ["notes.txt"]
+
+
+def test_two_sweeps_of_one_file_into_one_folder_at_once(tmp_path):
+    path = write_sweep(tmp_path, rounds=150)
+    out = tmp_path / "S"
+    processes = [start_sweep(tmp_path, path, out) for _ in range(2)]
+    results = [(process.wait(timeout=300), *process.communicate()) for process in processes]
+    (refused,) = [stderr for status, _, stderr in results if status == 2]
+    assert sorted(status for status, _, _ in results) == [0, 2], results
+    lines = error_lines(refused)
+    assert len(lines) == 1 and "is in use by another fedsim sweep (pid " in lines[0], refused
+    assert [run["status"] for run in manifest_of(out)["runs"]] == ["completed"] * 4
+
+
+def test_the_sweep_file_is_read_once_and_the_manifest_follows_every_run(tmp_path):
+    path = write_sweep(tmp_path, rounds=60)
+    text = path.read_text()
+    out = tmp_path / "S"
+    process = start_sweep(tmp_path, path, out)
+    try:
+        edited = deleted = False
+        deadline = time.monotonic() + 240
+        while process.poll() is None and time.monotonic() < deadline:
+            finished = [folder for folder in out.glob("runs/*") if (folder / "summary.json").exists()]
+            if finished and not edited:
+                path.write_text(SWEEP.format(rounds=7))             # edited mid-sweep ...
+                edited = True
+            if len(finished) >= 2 and not deleted:
+                path.unlink()                                       # ... then deleted
+                deleted = True
+            if finished and (out / "manifest.json").exists():      # the manifest is never behind the folders
+                recorded = [run for run in manifest_of(out)["runs"] if run["status"] == "completed"]
+                assert len(recorded) >= len(finished) - 1           # at most the run ending now
+            time.sleep(0.05)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert edited and deleted and process.returncode == 0, stderr
+    manifest = manifest_of(out)
+    assert manifest["sweep_text"] == text
+    assert [run["status"] for run in manifest["runs"]] == ["completed"] * 4
+    assert all(len(RunFolder(folder).read_history()) == 60 for folder in out.glob("runs/*"))
+
+
+def test_ctrl_c_leaves_a_manifest_that_says_what_each_run_folder_holds(tmp_path):
+    path = write_sweep(tmp_path, rounds=400)
+    out = tmp_path / "S"
+    process = start_sweep(tmp_path, path, out, start_new_session=True)
+    signal_when(process, lambda: list(out.glob("runs/*/checkpoint.json")), signal.SIGINT, timeout=240)
+    assert process.returncode == 130
+    for run in manifest_of(out)["runs"]:
+        folder = RunFolder(out / run["folder"])
+        summary = folder.read_json("summary.json")
+        expected = (summary["status"] if summary else "interrupted" if folder.read_json("checkpoint.json")
+                    else "pending")
+        assert run["status"] == expected, (run, expected)
+    assert "interrupted" in {run["status"] for run in manifest_of(out)["runs"]}
+
+
+def test_a_truncated_summary_costs_only_its_run(sweep, tmp_path, finished):
+    path, out = sweep
+    damaged = run_of(out, 2) / "summary.json"
+    damaged.write_bytes(damaged.read_bytes()[:40])
+    result = fedsim(tmp_path, "sweep", path, "--out", out, "--quiet")
+    lines = [line for line in error_lines(result.stderr) if "summary.json" in line]
+    assert result.returncode == 0 and "4 completed" in result.stdout, result.stderr
+    assert len(lines) == 1 and f"runs/{damaged.parent.name}/summary.json is damaged" in lines[0]
+    assert "finished again from its last checkpoint" in lines[0]
+    wall = ("seconds", "wall_seconds")
+    original = json.loads((run_of(finished / "S", 2) / "summary.json").read_text())
+    again = json.loads(damaged.read_text())
+    assert {key: value for key, value in again.items() if key not in wall} == \
+        {key: value for key, value in original.items() if key not in wall}
+    assert strip_wall_time(RunFolder(damaged.parent).read_history()) == \
+        strip_wall_time(RunFolder(run_of(finished / "S", 2)).read_history())
+    assert (damaged.parent / ".damaged-summary.json").stat().st_size == 40
+
+
+@pytest.mark.parametrize("name", ["/abs", "../x", "", "a/b", ".hidden", "x\\\\y"])
+def test_a_sweep_name_cannot_leave_runs(tmp_path, name):
+    path = write_sweep(tmp_path, text=SWEEP.format(rounds=2).replace('name = "seeds"', f'name = "{name}"'))
+    result = fedsim(tmp_path, "sweep", path, "--dry-run")      # (a real sweep on main wrote to /abs)
+    lines = error_lines(result.stderr)
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert "name = " in lines[0] and "cannot name the sweep's folder" in lines[0] and "letters, digits" in lines[0]
+
+
+def test_a_name_from_the_file_is_made_a_folder_name(tmp_path):
+    path = tmp_path / "my sweep.toml"
+    path.write_text(SWEEP.format(rounds=2).replace('name = "seeds"\n', ""))
+    assert load_sweep(path).name == "my-sweep"
+
+
+def test_the_resume_hint_is_a_command_to_paste(tmp_path):
+    hint = resume_hint(Path("my sweeps/a.toml"), Path("runs/a"))
+    assert hint.endswith("Continue with: fedsim sweep 'my sweeps/a.toml' --out runs/a")
