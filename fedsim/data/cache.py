@@ -62,13 +62,8 @@ _CHUNK_BYTES = 1 << 24
 
 
 def cache_enabled(enabled: bool | None = None) -> bool:
-    """``enabled`` if given, else what ``FEDSIM_ARRAY_CACHE`` says (unset: on).
-
-    Raises
-    ------
-    DataSettingError
-        If ``FEDSIM_ARRAY_CACHE`` is set to something other than 1/on/true/yes or 0/off/false/no.
-    """
+    """``enabled`` if given, else what ``FEDSIM_ARRAY_CACHE`` says (unset: on); DataSettingError for a value
+    other than 1/on/true/yes or 0/off/false/no."""
     if enabled is not None:
         return bool(enabled)
     value = os.environ.get(ENV_ARRAY_CACHE, "").strip().lower()
@@ -202,27 +197,11 @@ def _write(path: Path, name: str, key, array: np.ndarray) -> None:
 
 def cached_array(name: str, key: Mapping, compute: Callable[[], np.ndarray], *, enabled: bool | None = None,
                  folder=None) -> np.ndarray:
-    """``compute()``, or the array a previous call with the same ``name`` and ``key`` stored.
+    """``compute()``, or the array a previous call with the same ``name`` and ``key`` stored (the module docstring).
 
-    Parameters
-    ----------
-    name : str
-        What the array is, e.g. ``"fashion-mnist-train-stc"``: the start of the entry's file name (letters,
-        digits, ``-``, ``_``, ``.``).
-    key : mapping
-        Everything the array depends on, as JSON values (str, int, float, bool, None, lists, dicts): an
-        entry is used only for an equal key. Floats are kept exactly.
-    compute : callable
-        Returns the array (a NumPy array of numbers; it is stored C-contiguous and returned as computed).
-    enabled : bool, optional
-        Use the cache; default: ``FEDSIM_ARRAY_CACHE`` (unset: yes).
-    folder : path, optional
-        The folder of the entries (default :func:`array_cache_dir`).
-
-    Returns
-    -------
-    numpy.ndarray
-        Bitwise equal to ``compute()``'s result, a writable array that owns its memory when read back.
+    ``name`` (e.g. ``"fashion-mnist-train-stc"``) starts the entry's file name: letters, digits, ``-``,
+    ``_``, ``.``. ``key`` holds JSON values only (floats kept exactly). ``compute`` returns a NumPy array
+    of numbers. The result is bitwise ``compute()``'s, a writable array that owns its memory when read back.
     """
     _check_name(name)
     try:

@@ -11,11 +11,9 @@ corrupt download never sits at the final path. A problem with the cache folder i
 not writable, a folder in the way, disk full) stops the downloads of that file at once, as trying the other
 mirrors cannot help.
 
-Limits of one download attempt (one file from one mirror); passing one counts as that mirror failing, and the
-next mirror is tried: ``timeout``, the seconds the server may stay silent on connecting and on each read
-(default 30); the **deadline**, the seconds the whole attempt may take (default :func:`download_deadline`:
-60 s plus the file's decompressed size at 64 KiB/s, so 60 s for a label file and about 13 min for the train
-images); the **size cap**, :func:`~fedsim.data.search.download_size_limit`.
+An attempt (one file from one mirror) that passes a limit counts as that mirror failing, and the next is
+tried: ``timeout``, the seconds the server may stay silent (default 30); the ``deadline`` of the whole attempt
+(default :func:`download_deadline`); the size cap, :func:`~fedsim.data.search.download_size_limit`.
 
 Settings that are not allowed (a timeout or deadline out of range, a malformed ``FEDSIM_MIRRORS`` or
 ``mirrors``, a ``data_dir`` that is not an existing folder, an unknown dataset, file key or split) raise
@@ -68,17 +66,11 @@ def _checked_limits(timeout, deadline) -> tuple[float, float | None]:
 
 
 def download_deadline(file: DatasetFile) -> float:
-    """The automatic overall deadline, in seconds, of one attempt to download ``file`` from one mirror.
-
-    ``DEADLINE_BASE_SECONDS + file.decompressed_size / DEADLINE_MIN_BYTES_PER_SECOND``: 60 s of setup plus
-    the time to move the uncompressed file (the most a mirror can have to send) at 64 KiB/s, a bandwidth
-    any working connection exceeds (the gzip files are smaller still).
-    """
+    """The automatic overall deadline, in seconds, of one attempt to download ``file`` from one mirror:
+    ``DEADLINE_BASE_SECONDS + file.decompressed_size / DEADLINE_MIN_BYTES_PER_SECOND``, 60 s of setup plus
+    the uncompressed file (the most a mirror can have to send) at 64 KiB/s, a bandwidth any working
+    connection exceeds; 60 s for a label file, about 13 min for the train images."""
     return DEADLINE_BASE_SECONDS + file.decompressed_size / DEADLINE_MIN_BYTES_PER_SECOND
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Downloading one file
 
 
 def _stderr_is_terminal() -> bool:
@@ -98,13 +90,9 @@ def _pooch_hash(file: DatasetFile) -> str | None:
 
 
 def _retrieve(url: str, file: DatasetFile, folder: Path, **limits) -> tuple[Path, Verification]:
-    """One mirror: ``pooch.retrieve`` with fedsim's downloader; where the copy was saved and how it verified.
-
-    pooch makes the temporary file beside the target, checks :func:`_pooch_hash` and moves the file into place
-    (or removes it). The downloader fills that file: :func:`~fedsim.data.download.receive` (size cap and
-    deadline), then :meth:`DatasetFile.verify`, so only a verified copy reaches the target. The move is not
-    fsynced: a copy damaged by a crash fails verification when next searched, and is downloaded again.
-    """
+    """One mirror: ``pooch.retrieve`` with fedsim's downloader (the module docstring); where the copy was
+    saved and how it verified. The move is not fsynced: a copy damaged by a crash fails verification when
+    next searched, and is downloaded again."""
     import pooch   # imports requests (~0.1 s) only when a download happens
     from fedsim.data.download import DownloadFailed, receive
     received = {}
@@ -209,36 +197,15 @@ def _obtain(info: DatasetInfo, keys, *, data_dir, download: bool, mirrors, progr
     return outcomes
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Public API
-
-
 def fetch(name: str, file_key: str, *, data_dir=None, download: bool = True, mirrors=None,
           progress: bool | None = None, timeout: float = 30, deadline: float | None = None) -> Path:
-    """A verified copy of a dataset file: found locally (:func:`locate`), else downloaded into :func:`cache_dir`.
+    """A verified copy of a dataset file: found locally (as :func:`~fedsim.data.search.locate`), else, if
+    ``download``, downloaded into :func:`cache_dir` from ``mirrors`` (:mod:`fedsim.data.mirrors`).
 
-    Parameters
-    ----------
-    name, file_key, data_dir
-        As in :func:`~fedsim.data.search.locate`.
-    download : bool
-        Whether to download when no verified local copy exists.
-    mirrors : str or sequence of str, optional
-        Base URLs replacing the registry's mirrors (see :func:`~fedsim.data.mirrors.mirror_urls`).
-    progress : bool, optional
-        Show a progress bar; default: only when stderr is a terminal.
-    timeout : float
-        Seconds to wait for a server on each connect and each read; in (0, 3600].
-    deadline : float, optional
-        Seconds one download attempt (one mirror) may take in all; in (0, 86400]. Default:
-        :func:`download_deadline` of the file.
-
-    Raises
-    ------
-    DataSettingError
-        For a setting that is not allowed (see the module docstring); checked before anything is searched.
-    DatasetNotFoundError
-        Listing the folders searched, copies that failed verification, and mirrors tried with their errors.
+    ``progress`` shows a bar (default: when stderr is a terminal); ``timeout`` in (0, 3600] and ``deadline``
+    in (0, 86400] are in seconds, as in the module docstring. DataSettingError for a setting that is not
+    allowed, before anything is searched; DatasetNotFoundError listing the folders searched, the copies
+    that failed verification, and the mirrors tried with their errors.
     """
     info = get_dataset(name)
     [outcome] = _obtain(info, [info.file(file_key).key], data_dir=data_dir, download=download, mirrors=mirrors,
@@ -248,31 +215,9 @@ def fetch(name: str, file_key: str, *, data_dir=None, download: bool = True, mir
 
 def load_split(name: str, split: str, *, data_dir=None, download: bool = True, progress: bool | None = None,
                mirrors=None, timeout: float = 30, deadline: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Images and labels of one split of a registered dataset, located or downloaded and verified.
-
-    Parameters
-    ----------
-    name : str
-        Registry name (``"mnist"`` or ``"fashion-mnist"``).
-    split : str
-        ``"train"`` or ``"test"``.
-    data_dir, download, progress, mirrors, timeout, deadline
-        As in :func:`fetch`.
-
-    Returns
-    -------
-    images : numpy.ndarray
-        uint8, shape (N, 28, 28).
-    labels : numpy.ndarray
-        int64, shape (N,), in ``[0, n_classes)``.
-
-    Raises
-    ------
-    DataSettingError
-        For a setting that is not allowed.
-    DatasetNotFoundError
-        One error covering every file of the split that could not be had.
-    """
+    """uint8 images (N, 28, 28) and int64 labels (N,) of split ``"train"`` or ``"test"`` of a registered
+    dataset, located or downloaded and verified; the settings and errors as in :func:`fetch` (one error
+    covering every file of the split that could not be had)."""
     info = get_dataset(name)
     if split not in SPLIT_FILES:
         raise DataSettingError(f"split must be one of {', '.join(SPLIT_FILES)}; got {split!r}")

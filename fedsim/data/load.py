@@ -33,33 +33,15 @@ def load_dataset(name: str, pipeline: str = "stc", *, data_dir=None, download: b
                  train_split: str = "train", dtype=None, synthetic_alpha: float = 1.0,
                  synthetic_beta: float = 1.0, synthetic_devices: int = 30, seed: int = 0,
                  progress: bool | None = None, cache: bool | None = None) -> Dataset:
-    """Load and preprocess a dataset.
+    """Load dataset ``name`` (one of ``DATASET_NAMES``) and preprocess it.
 
-    Parameters
-    ----------
-    name : {"mnist", "fashion-mnist", "synthetic"}
-    pipeline : {"stc", "laq"}
-        ``"stc"``: /255, bilinear resize to 32x32, normalize (1024 features, float32 by default);
-        ``"laq"``: /255 (784 features, float64 by default). Ignored for synthetic data.
-    train_split : {"train", "test"}
-        Which file split serves as training data. ``"test"`` trains on the 10,000-image test split (the
-        MNIST train images are not always at hand) and then evaluates on that same split: say so when
-        reporting accuracies.
-    synthetic_alpha, synthetic_beta, synthetic_devices, seed
-        Synthetic(alpha, beta) settings and the seed of its generator.
-    data_dir, download, progress
-        As in :func:`fedsim.data.fetch.load_split`; ``data_dir``, if given, must be an existing folder.
-    cache : bool, optional
-        Read and write the STC pipeline's output in the cache of computed arrays (:mod:`fedsim.data.cache`);
-        default: ``FEDSIM_ARRAY_CACHE`` (unset: yes). The arrays are bitwise the same either way.
-
-    Raises
-    ------
-    fedsim.data.registry.DataSettingError
-        A ValueError with a one-line message, for an unknown dataset, pipeline or split, or a ``data_dir``
-        that is not an existing folder.
-    fedsim.data.search.DatasetNotFoundError
-        If the dataset's files are neither on disk nor downloadable.
+    ``pipeline`` ``"stc"``: /255, bilinear resize to 32x32, normalize (1024 features, float32 by default);
+    ``"laq"``: /255 (784 features, float64 by default); ignored for synthetic data. ``train_split="test"``
+    trains on the 10,000-image test split (the MNIST train images are not always at hand) and evaluates on
+    that same split: say so when reporting accuracies. ``data_dir``, ``download`` and ``progress`` are
+    :func:`~fedsim.data.fetch.load_split`'s; ``cache`` (default ``FEDSIM_ARRAY_CACHE``) keeps the STC
+    output in :mod:`fedsim.data.cache`, bitwise the same either way. DataSettingError (one line) for an
+    unknown dataset, pipeline or split, or a bad ``data_dir``; DatasetNotFoundError for missing files.
     """
     if not isinstance(name, str) or name not in DATASET_NAMES:
         raise DataSettingError(f"dataset must be one of {list(DATASET_NAMES)}, got {name!r}")

@@ -66,14 +66,7 @@ def bilinear_matrix(n_in: int, n_out: int, dtype=np.float64) -> np.ndarray:
         out_i = (1 - lambda) * in_lo + lambda * in_hi
 
     so the first output samples clamp to the first input sample and the last ones to the last input
-    sample. Every row sums to 1.
-
-    Parameters
-    ----------
-    n_in, n_out : int
-        Input and output lengths, both >= 1.
-    dtype : numpy dtype
-        Dtype of the returned matrix (the weights are computed in float64, then cast).
+    sample. Every row sums to 1. The weights are computed in float64, then cast to ``dtype``.
     """
     for name, value in (("n_in", n_in), ("n_out", n_out)):
         if not isinstance(value, (int, np.integer)) or value < 1:
@@ -92,19 +85,8 @@ def bilinear_matrix(n_in: int, n_out: int, dtype=np.float64) -> np.ndarray:
 
 
 def resize_bilinear(images: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
-    """Bilinear resize of a stack of images, ``out[n] = R_h @ images[n] @ R_w^T`` for all n at once.
-
-    Parameters
-    ----------
-    images : ndarray of float, shape (N, H, W)
-        The images; their dtype is kept (float32 in, float32 out).
-    out_h, out_w : int
-        Output height and width (>= 1). Shrinking and growing both follow :func:`bilinear_matrix`.
-
-    Returns
-    -------
-    ndarray, shape (N, out_h, out_w), the dtype of ``images``
-    """
+    """Bilinear resize of a stack of float images (N, H, W) to (N, out_h, out_w), their dtype kept:
+    ``out[n] = R_h @ images[n] @ R_w^T`` for all n at once (:func:`bilinear_matrix`)."""
     images = np.asarray(images)
     if images.ndim != 3:
         raise ValueError(f"resize_bilinear: images must be 3-D (N, H, W), got shape {images.shape}")
@@ -151,14 +133,8 @@ def pixel_statistics(images: np.ndarray, size: int = 32) -> tuple[float, float]:
 
     Sums are accumulated in float64 over chunks of images, so the result does not depend on the chunking
     beyond float64 rounding. ``std = sqrt(E[x^2] - E[x]^2)`` with both moments taken about a shift
-    (the first chunk's mean) to avoid cancellation.
-
-    Parameters
-    ----------
-    images : ndarray of uint8, shape (N, H, W)
-        Raw pixels (the training split, to normalize without looking at the test set).
-    size : int
-        The side of the square the images are resized to (32 for the STC pipeline).
+    (the first chunk's mean) to avoid cancellation. ``images`` are raw uint8 pixels (N, H, W): the training
+    split, to normalize without looking at the test set.
     """
     images = _check_pixels(images, "pixel_statistics")
     _check_size(size)
@@ -182,24 +158,11 @@ def pixel_statistics(images: np.ndarray, size: int = 32) -> tuple[float, float]:
 
 def stc_pipeline(images: np.ndarray, size: int = 32, mean: float | None = 0.06078,
                  std: float | None = 0.1957, dtype=np.float32) -> np.ndarray:
-    """STC preprocessing: ``((resize(pixels / 255) - mean) / std).reshape(N, size * size)``.
+    """STC preprocessing of uint8 pixels (N, H, W): ``((resize(pixels / 255) - mean) / std).reshape(N, size ** 2)``.
 
-    Parameters
-    ----------
-    images : ndarray of uint8, shape (N, H, W)
-        Raw pixels (28x28 for MNIST and Fashion-MNIST).
-    size : int
-        Output side; 32 as in the STC seed (1,024 features, 10,250 softmax parameters).
-    mean, std : float or None
-        Normalization constants; the defaults are the STC reference's MNIST values
-        (``PIXEL_STATISTICS["mnist"]``). ``None`` computes that statistic from ``images`` with
-        :func:`pixel_statistics`. ``std`` must be > 0.
-    dtype : numpy float dtype
-        Dtype of the computation and of the result.
-
-    Returns
-    -------
-    ndarray of dtype, shape (N, size * size), each row a row-major flattened image.
+    ``size`` 32 is the STC seed's (1,024 features, 10,250 softmax parameters). The default ``mean`` and
+    ``std`` are the STC reference's MNIST values (``PIXEL_STATISTICS["mnist"]``); ``None`` computes that
+    statistic from ``images`` (:func:`pixel_statistics`). ``dtype`` is that of the computation and the result.
     """
     images = _check_pixels(images, "stc_pipeline")
     _check_size(size)
@@ -223,15 +186,8 @@ def stc_pipeline(images: np.ndarray, size: int = 32, mean: float | None = 0.0607
 
 
 def laq_pipeline(images: np.ndarray, dtype=np.float64) -> np.ndarray:
-    """LAQ preprocessing: ``(pixels / 255).reshape(N, H * W)`` (784 features for 28x28 images).
-
-    Parameters
-    ----------
-    images : ndarray of uint8, shape (N, H, W)
-        Raw pixels.
-    dtype : numpy float dtype
-        Dtype of the result (float64, as the LAQ reference ran).
-    """
+    """LAQ preprocessing of uint8 pixels (N, H, W): ``(pixels / 255).reshape(N, H * W)`` (784 features for
+    28x28 images), in ``dtype`` (float64, as the LAQ reference ran)."""
     images = _check_pixels(images, "laq_pipeline")
     dtype = np.dtype(dtype)
     if not np.issubdtype(dtype, np.floating):

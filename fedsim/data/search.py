@@ -52,18 +52,8 @@ _DATA_DIR_SETTING = "data_dir (--data-dir)"
 class DatasetNotFoundError(FileNotFoundError):
     """A dataset file is neither on disk (verified) nor downloadable; the message says where fedsim looked.
 
-    Attributes
-    ----------
-    dataset : str
-        The dataset's registry name.
-    missing : tuple of str
-        File keys that could not be had.
-    searched : tuple of pathlib.Path
-        Folders searched, in order.
-    rejected : tuple of (pathlib.Path, str)
-        Copies that were found but failed verification, with the reason.
-    attempts : tuple of (str, str)
-        URLs tried, with what went wrong.
+    Its attributes: the ``dataset`` name, the ``missing`` file keys, the folders ``searched`` in order, the
+    copies ``rejected`` by verification as (path, reason), and the download ``attempts`` as (URL, error).
     """
 
     def __init__(self, message: str, *, dataset: str = "", missing: tuple[str, ...] = (),
@@ -83,10 +73,6 @@ def download_size_limit(file: DatasetFile) -> int:
     A download is cut off, and a file found on disk rejected unread, beyond this.
     """
     return file.decompressed_size + _SLACK_BYTES
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Folders
 
 
 def _expand(text: str, setting: str) -> Path:
@@ -189,16 +175,9 @@ def cache_dir() -> Path:
 
 
 def search_path(data_dir=None) -> list[tuple[Path, str]]:
-    """The folders searched for dataset files, in order, each with where it came from.
-
-    Duplicates (the same folder reached twice) are kept once, at their first position.
-
-    Raises
-    ------
-    DataSettingError
-        If ``data_dir`` is given but is not an existing, readable folder, or a ``~`` in a setting cannot be
-        expanded. Folders from ``FEDSIM_DATA`` that do not exist are kept (and listed as such in errors).
-    """
+    """The folders searched for dataset files, in order, each with where it came from; a folder reached
+    twice is kept at its first position. Folders of ``FEDSIM_DATA`` that do not exist are kept (and listed as
+    such in errors); a ``data_dir`` that is not an existing, readable folder is a DataSettingError."""
     folders: list[tuple[Path, str]] = []
     if data_dir is not None:
         folders.append((_checked_data_dir(data_dir), "data_dir argument"))
@@ -231,10 +210,6 @@ def _is_file(path: Path) -> bool:
         return path.is_file()
     except (OSError, ValueError):   # e.g. a folder on the way that may not be searched
         return False
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Finding one file
 
 
 @dataclass
@@ -325,26 +300,11 @@ def not_found_error(info: DatasetInfo, failures: list[Outcome], folders: list[tu
         attempts=tuple(item for o in failures for item in o.attempts))
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Public API
-
-
 def locate(name: str, file_key: str, data_dir=None) -> Path | None:
-    """The first verified local copy of a dataset file, or None; never downloads.
+    """The first verified local copy of file ``file_key`` of dataset ``name``, or None; never downloads.
 
-    Parameters
-    ----------
-    name : str
-        Registry name (``"mnist"`` or ``"fashion-mnist"``).
-    file_key : str
-        One of ``"train-images"``, ``"train-labels"``, ``"test-images"``, ``"test-labels"``.
-    data_dir : str or os.PathLike, optional
-        Folder searched first; it must exist.
-
-    Raises
-    ------
-    DataSettingError
-        For an unknown name or file key, or a ``data_dir`` that is not an existing folder.
+    ``data_dir``, searched first, must be an existing folder: DataSettingError otherwise, and for an unknown
+    name or file key.
     """
     info = get_dataset(name)
     outcome = Outcome(info.file(file_key))
@@ -355,18 +315,10 @@ def locate(name: str, file_key: str, data_dir=None) -> Path | None:
 def dataset_status(name: str, data_dir=None) -> list[dict]:
     """What is on disk for each file of a dataset (for ``fedsim data info``); never downloads.
 
-    Returns
-    -------
-    list of dict
-        One per file key, in :data:`~fedsim.data.registry.FILE_KEYS` order, with ``key``, ``filename``,
-        ``path`` (the verified copy; else the first copy found that failed verification; else None),
-        ``verified`` (bool), ``method`` (``"md5"``, ``"sha256"`` or None) and ``reason`` (how it verified,
-        why it failed, or ``"not found"``).
-
-    Raises
-    ------
-    DataSettingError
-        For an unknown name, or a ``data_dir`` that is not an existing folder.
+    One dict per file key, in ``FILE_KEYS`` order: ``key``, ``filename``, ``path`` (the verified copy; else
+    the first copy that failed verification; else None), ``verified``, ``method`` (``"md5"``, ``"sha256"``
+    or None) and ``reason`` (how it verified, why it failed, or ``"not found"``). DataSettingError as
+    :func:`locate`.
     """
     info = get_dataset(name)
     folders = search_path(data_dir)

@@ -89,40 +89,17 @@ def make_synthetic(alpha: float, beta: float, n_devices: int, rng: np.random.Gen
                    n_features: int = 60, n_classes: int = 10, test_fraction: float = 0.2,
                    dtype=np.float32, samples=LognormalCounts(), prior_scale: str = "std",
                    max_total_samples: int = 2_000_000) -> Dataset:
-    """Generate Synthetic(alpha, beta) (FedProx, arXiv 1812.06127; model in the module docstring).
+    """Generate Synthetic(alpha, beta) (FedProx, arXiv 1812.06127; model in the module docstring) on
+    ``n_devices`` devices (FedProx used 30, with d = 60 features and C = 10 classes).
 
-    Parameters
-    ----------
-    alpha, beta : float
-        Spread of the device priors u_k and B_k, finite and >= 0 (see ``prior_scale``).
-    n_devices : int
-        Number of devices K >= 1 (FedProx used 30).
-    rng : numpy.random.Generator
-        The only source of randomness. Draw order: sample counts, u (K), B (K), then per device
-        v_k, W_k, b_k and the samples' noise.
-    n_features, n_classes : int
-        d >= 1 and C >= 2 (60 and 10 in FedProx).
-    test_fraction : float
-        In [0, 1). Device k keeps its first ``n_k - floor(test_fraction * n_k)`` samples for training and
-        the rest for testing (its samples are i.i.d., so this is a uniformly random split); every device
-        has at least one training sample.
-    dtype : numpy float dtype
-        Dtype of x. The model draws are float64; labels are the argmax of the logits of x as stored.
-    samples : LognormalCounts, int or sequence of int
-        Samples per device: a law (default: FedProx's), one count for every device, or one per device.
-    prior_scale : {"std", "variance"}
-        How N(0, alpha) and N(0, beta) are read: alpha is the standard deviation (FedProx's code, the
-        default) or the variance.
-    max_total_samples : int
-        Refuse (``ValueError``) to generate more samples than this in total, instead of exhausting memory
-        after an extreme heavy-tail draw; nothing is clipped. Raise it, or cap devices explicitly with
-        ``LognormalCounts(max_per_device=...)``.
+    ``rng`` is the only source of randomness; draw order: sample counts, u (K), B (K), then per device
+    v_k, W_k, b_k and the samples' noise. Device k keeps its first ``n_k - floor(test_fraction * n_k)``
+    samples for training and the rest for testing (i.i.d. samples: a uniformly random split). The model
+    draws are float64; x is stored in ``dtype`` and labels are the argmax of the logits of x as stored.
+    ``samples``: a law, one count for every device, or one per device. More than ``max_total_samples`` in
+    all is refused (ValueError), not clipped: raise it, or cap with ``LognormalCounts(max_per_device=...)``.
 
-    Returns
-    -------
-    Dataset
-        Named ``"synthetic(alpha,beta)"``; x_train/y_train and x_test/y_test are the devices' splits
-        concatenated in device order; ``client_indices[k]`` are device k's rows of the training set.
+    The splits are concatenated in device order; ``client_indices[k]`` are device k's training rows.
     """
     for name, value in (("alpha", alpha), ("beta", beta)):
         if not (np.isfinite(value) and value >= 0):

@@ -285,22 +285,17 @@ def test_file_url_mirror(isolated, shared_data, tmp_path):
 # raise DatasetNotFoundError; never anything else.
 
 
-@pytest.mark.parametrize("timeout", [0, -1, -0.5, float("nan"), float("inf"), float("-inf"), 3601, 1e300,
-                                     "30", None, True])
-def test_timeout_out_of_range_is_a_setting_error(isolated, timeout):
-    with pytest.raises(DataSettingError) as raised:
-        fetch.fetch("mnist", "test-labels", timeout=timeout, mirrors=["http://127.0.0.1:9"])
-    one_line_setting_error(raised, "timeout (--timeout)", "> 0 and <= 3600", f"got {timeout!r}")
+@pytest.mark.parametrize("setting, value, words", [
+    *(("timeout", value, ["timeout (--timeout) must be a number of seconds > 0 and <= 3600"])
+      for value in [0, -1, -0.5, float("nan"), float("inf"), float("-inf"), 3601, 1e300, "30", None, True]),
+    *(("deadline", value, ["deadline must be None (automatic", "> 0 and <= 86400"])
+      for value in [0, -3, float("nan"), float("inf"), 86401, "60", False])])
+def test_limits_out_of_range_are_setting_errors(isolated, setting, value, words):
+    one_line_setting_error(lambda: fetch.fetch("mnist", "test-labels", mirrors=["http://127.0.0.1:9"],
+                                               **{setting: value}), *words, f"got {value!r}")
     with pytest.raises(DataSettingError):
-        fetch.load_split("mnist", "test", timeout=timeout, download=False)
+        fetch.load_split("mnist", "test", download=False, **{setting: value})
     assert not files_under(isolated)
-
-
-@pytest.mark.parametrize("deadline", [0, -3, float("nan"), float("inf"), 86401, "60", False])
-def test_deadline_out_of_range_is_a_setting_error(isolated, deadline):
-    with pytest.raises(DataSettingError) as raised:
-        fetch.fetch("mnist", "test-labels", deadline=deadline, mirrors=["http://127.0.0.1:9"])
-    one_line_setting_error(raised, "deadline must be None (automatic", "> 0 and <= 86400", f"got {deadline!r}")
 
 
 def test_valid_timeouts_and_deadlines_are_accepted(isolated, shared_data):

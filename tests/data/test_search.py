@@ -1,5 +1,6 @@
-"""Finding verified copies on disk: the search path, the cache folders, the data_dir and FEDSIM_DATA settings,
-copies that fail verification, and the one error listing where fedsim looked (all with download=False)."""
+"""The registry, and finding verified copies on disk: the search path, the cache folders, the data_dir and
+FEDSIM_DATA settings, copies that fail verification, and the one error listing where fedsim looked (all with
+download=False)."""
 
 import gzip
 import os
@@ -10,23 +11,47 @@ import numpy as np
 import pytest
 
 from fedsim.data import fetch, search
-from fedsim.data.registry import DataSettingError, DatasetFile, get_dataset
+from fedsim.data.registry import DATASETS, FILE_KEYS, DatasetFile, get_dataset
 from fedsim.data.search import DatasetNotFoundError
 from tests.data.conftest import (LABELS_GZ, MNIST_TEST_LABEL_COUNTS, files_under, one_line_setting_error,
                                  raised_and_peak_memory)
 
 
-def test_unknown_names_list_the_allowed_ones(isolated):
-    with pytest.raises(ValueError, match="mnist, fashion-mnist; got 'cifar10'"):
-        fetch.load_split("cifar10", "train")
-    with pytest.raises(ValueError, match="train, test; got 'validation'"):
-        fetch.load_split("mnist", "validation")
-    with pytest.raises(ValueError, match="train-images, train-labels, test-images, test-labels; got 'images'"):
-        search.locate("mnist", "images")
-    with pytest.raises(ValueError, match="mnist, fashion-mnist"):
-        search.dataset_status("emnist")
-    with pytest.raises(ValueError, match=r"timeout \(--timeout\) must be a number of seconds > 0"):
-        fetch.fetch("mnist", "test-labels", timeout=0)
+def test_registry_entries():
+    assert set(DATASETS) == {"mnist", "fashion-mnist"}
+    for info in DATASETS.values():
+        assert tuple(file.key for file in info.files) == FILE_KEYS
+        assert len(info.mirrors) >= 2 and all(m.startswith(("http://", "https://")) for m in info.mirrors)
+        assert info.n_classes == 10
+        for file in info.files:
+            assert file.filename.endswith("-ubyte.gz") and file.gzip_md5
+    assert get_dataset("mnist").file("train-images").sha256 is None       # unknown: gzip MD5 only
+    assert len(get_dataset("fashion-mnist").file("train-images").gzip_md5) == 2   # upstream and Debian
+    with pytest.raises(Exception):
+        get_dataset("mnist").mirrors = ()   # frozen
+
+
+def test_uncompressed_mnist_train_images_cannot_verify():
+    file = get_dataset("mnist").file("train-images")
+    verification = file.verify(bytes(file.decompressed_size))
+    assert not verification.ok and "no SHA-256" in verification.reason
+
+
+def test_unknown_names_are_setting_errors_listing_the_allowed_ones(isolated):
+    from fedsim.data.load import load_dataset
+    files = "train-images, train-labels, test-images, test-labels"
+    for call, words in [
+            (lambda: fetch.load_split("cifar10", "train"), "dataset name must be one of mnist, fashion-mnist; "
+                                                           "got 'cifar10'"),
+            (lambda: fetch.fetch("cifar10", "test-labels"), "dataset name must be one of"),
+            (lambda: search.dataset_status("emnist"), "dataset name must be one of mnist, fashion-mnist"),
+            (lambda: fetch.load_split("mnist", "validation"), "split must be one of train, test; got 'validation'"),
+            (lambda: search.locate("mnist", "images"), f"file_key must be one of {files}; got 'images'"),
+            (lambda: fetch.fetch("mnist", ["test-labels"]), "file_key must be one of"),
+            (lambda: load_dataset("cifar10"), "dataset must be one of"),
+            (lambda: load_dataset("mnist", pipeline="vgg"), "pipeline must be one of"),
+            (lambda: load_dataset("mnist", train_split="all"), "train_split must be one of")]:
+        one_line_setting_error(call, words)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -234,9 +259,7 @@ def test_bad_data_dir_is_a_setting_error(isolated, tmp_path, kind):
              lambda: search.search_path(data_dir),
              lambda: load_dataset("mnist", data_dir=data_dir, download=False)]
     for call in calls:
-        with pytest.raises(DataSettingError) as raised:
-            call()
-        one_line_setting_error(raised, "data_dir (--data-dir)", *words)
+        one_line_setting_error(call, "data_dir (--data-dir)", *words)
     assert not files_under(isolated)
 
 
@@ -249,29 +272,12 @@ def test_bad_env_folders(isolated, tmp_path, monkeypatch):
     assert f"{loop}  [FEDSIM_DATA]  (cannot be examined" in str(raised.value)
     # a ~user that cannot be expanded, in FEDSIM_DATA or FEDSIM_CACHE
     monkeypatch.setenv("FEDSIM_DATA", "~no-such-user-fedsim/data")
-    with pytest.raises(DataSettingError) as raised:
-        search.locate("mnist", "test-labels")
-    one_line_setting_error(raised, "FEDSIM_DATA", "cannot expand '~'", "~no-such-user-fedsim/data")
+    one_line_setting_error(lambda: search.locate("mnist", "test-labels"), "FEDSIM_DATA", "cannot expand '~'",
+                           "~no-such-user-fedsim/data")
     monkeypatch.delenv("FEDSIM_DATA")
     monkeypatch.setenv("FEDSIM_CACHE", "~no-such-user-fedsim/cache")
-    with pytest.raises(DataSettingError) as raised:
-        fetch.fetch("mnist", "test-labels", mirrors=["http://127.0.0.1:9"])
-    one_line_setting_error(raised, "FEDSIM_CACHE", "cannot expand '~'")
-
-
-def test_unknown_names_are_setting_errors(isolated):
-    from fedsim.data.load import load_dataset
-    for call, setting in [(lambda: fetch.fetch("cifar10", "test-labels"), "dataset name"),
-                          (lambda: fetch.fetch("mnist", ["test-labels"]), "file_key"),
-                          (lambda: fetch.load_split("mnist", "validation"), "split"),
-                          (lambda: load_dataset("cifar10"), "dataset"),
-                          (lambda: load_dataset("mnist", pipeline="vgg"), "pipeline"),
-                          (lambda: load_dataset("mnist", train_split="all"), "train_split")]:
-        with pytest.raises(DataSettingError) as raised:
-            call()
-        one_line_setting_error(raised, setting, "must be one of")
-
-
+    one_line_setting_error(lambda: fetch.fetch("mnist", "test-labels", mirrors=["http://127.0.0.1:9"]),
+                           "FEDSIM_CACHE", "cannot expand '~'")
 
 
 def test_oversized_file_in_a_search_folder_is_rejected_unread(isolated, tmp_path):
