@@ -123,57 +123,33 @@ def test_stc_key_changes_with_the_code_version_and_the_chunking(monkeypatch):
     assert len({entry_path("x", k) for k in (before, bumped, rechunked)}) == 3
 
 
-def entry_parts(path: Path):
-    data = path.read_bytes()
-    magic_end = data.index(b"\n") + 1
-    header_end = data.index(b"\n", magic_end) + 1
-    return data[:magic_end], json.loads(data[magic_end:header_end]), data[header_end:]
+def edit_header(data: bytes, **changes) -> bytes:
+    """The entry ``data`` with the header's entries in ``changes`` replaced (``key`` merged)."""
+    magic, line, payload = data.split(b"\n", 2)
+    header = json.loads(line)
+    header.update(changes, key=dict(header["key"], **changes.get("key", {})))
+    return magic + b"\n" + json.dumps(header).encode() + b"\n" + payload
 
 
-def flip_last_byte(path: Path) -> None:
-    data = bytearray(path.read_bytes())
-    data[-1] ^= 0x01
-    path.write_bytes(bytes(data))
+DAMAGES = {   # name: (what becomes of the entry's bytes, the reason the warning gives)
+    "last byte flipped": (lambda data: data[:-1] + bytes([data[-1] ^ 0x01]), "SHA-256"),
+    "truncated": (lambda data: data[:-3], "bytes of data"),
+    "wrong magic": (lambda data: b"NOT-OURS 1\n" + data.split(b"\n", 1)[1], "wrong first line"),
+    "garbled header": (lambda data: b"\n".join([data.split(b"\n")[0], b"{not json", data.split(b"\n", 2)[2]]),
+                       "header"),
+    "other key": (lambda data: edit_header(data, key={"version": 2}), "another name or key"),
+    "huge shape": (lambda data: edit_header(data, shape=[1 << 40, 1 << 20], nbytes=(1 << 60) * 4), "bytes of data"),
+    "empty": (lambda data: b"", "wrong first line"),
+}
 
 
-def truncate(path: Path) -> None:
-    path.write_bytes(path.read_bytes()[:-3])
-
-
-def wrong_magic(path: Path) -> None:
-    path.write_bytes(b"NOT-OURS 1\n" + path.read_bytes().split(b"\n", 1)[1])
-
-
-def garbled_header(path: Path) -> None:
-    magic, _, payload = entry_parts(path)
-    path.write_bytes(magic + b"{not json\n" + payload)
-
-
-def other_key(path: Path) -> None:
-    magic, header, payload = entry_parts(path)
-    header["key"]["version"] = 2
-    path.write_bytes(magic + json.dumps(header).encode() + b"\n" + payload)
-
-
-def huge_shape(path: Path) -> None:
-    magic, header, payload = entry_parts(path)
-    header["shape"], header["nbytes"] = [1 << 40, 1 << 20], (1 << 60) * 4
-    path.write_bytes(magic + json.dumps(header).encode() + b"\n" + payload)
-
-
-def empty(path: Path) -> None:
-    path.write_bytes(b"")
-
-
-@pytest.mark.parametrize("damage, reason", [(flip_last_byte, "SHA-256"), (truncate, "bytes of data"),
-                                            (wrong_magic, "wrong first line"), (garbled_header, "header"),
-                                            (other_key, "another name or key"), (huge_shape, "bytes of data"),
-                                            (empty, "wrong first line")])
-def test_a_damaged_entry_is_recomputed_with_one_warning_line(isolated_cache, capsys, damage, reason):
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_a_damaged_entry_is_recomputed_with_one_warning_line(isolated_cache, capsys, damage):
     compute = Counter(awkward_array())
     cached_array("values", KEY, compute)
     path = only_entry(isolated_cache)
-    damage(path)
+    spoil, reason = DAMAGES[damage]
+    path.write_bytes(spoil(path.read_bytes()))
     capsys.readouterr()
     got = cached_array("values", KEY, compute)
     assert compute.calls == 2, "a damaged entry must never be trusted"

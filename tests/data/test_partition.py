@@ -25,6 +25,13 @@ def _assert_disjoint_in_range(parts, n_samples):
     assert joined.min() >= 0 and joined.max() < n_samples
 
 
+def _raise_each(cases):
+    """Each (call, pattern): ``call()`` raises a ValueError matching ``pattern``."""
+    for call, pattern in cases:
+        with pytest.raises(ValueError, match=pattern):
+            call()
+
+
 def _same(parts_a, parts_b):
     return len(parts_a) == len(parts_b) and all(np.array_equal(a, b) for a, b in zip(parts_a, parts_b))
 
@@ -129,27 +136,19 @@ def test_classes_per_client_different_seeds_differ():
 def test_classes_per_client_errors():
     labels = _labels(100, 10, 0)
     rng = np.random.default_rng(0)
-    with pytest.raises(ValueError, match="n_clients"):
-        classes_per_client(labels, 0, 2, 1.0, rng)
-    with pytest.raises(ValueError, match="more clients than samples"):
-        classes_per_client(labels, 101, 2, 1.0, rng)
-    with pytest.raises(ValueError, match=r"classes_per_client must be an integer in \[1, 10\]"):
-        classes_per_client(labels, 5, 11, 1.0, rng)
-    with pytest.raises(ValueError, match="classes_per_client"):
-        classes_per_client(labels, 5, 0, 1.0, rng)
-    for bad in (0.0, -0.5, 1.5, float("nan")):
-        with pytest.raises(ValueError, match=r"balancedness must be a finite number in \(0, 1\]"):
-            classes_per_client(labels, 5, 2, bad, rng)
-    with pytest.raises(ValueError, match="impossible split"):
-        classes_per_client(labels, 50, 2, 0.5, rng)   # 0.1 * 100 / 50 < 1: empty clients
-    with pytest.raises(ValueError, match="n_classes"):
-        classes_per_client(labels, 5, 2, 1.0, rng, n_classes=3)
-    with pytest.raises(ValueError, match="rng"):
-        classes_per_client(labels, 5, 2, 1.0, 0)
-    with pytest.raises(ValueError, match="labels"):
-        classes_per_client(labels.astype(float), 5, 2, 1.0, rng)
-    with pytest.raises(ValueError, match="labels"):
-        classes_per_client(-labels - 1, 5, 2, 1.0, rng)
+    _raise_each([(lambda: classes_per_client(labels, 0, 2, 1.0, rng), "n_clients"),
+                 (lambda: classes_per_client(labels, 101, 2, 1.0, rng), "more clients than samples"),
+                 (lambda: classes_per_client(labels, 5, 11, 1.0, rng),
+                  r"classes_per_client must be an integer in \[1, 10\]"),
+                 (lambda: classes_per_client(labels, 5, 0, 1.0, rng), "classes_per_client"),
+                 # 0.1 * 100 / 50 < 1: empty clients
+                 (lambda: classes_per_client(labels, 50, 2, 0.5, rng), "impossible split"),
+                 (lambda: classes_per_client(labels, 5, 2, 1.0, rng, n_classes=3), "n_classes"),
+                 (lambda: classes_per_client(labels, 5, 2, 1.0, 0), "rng"),
+                 (lambda: classes_per_client(labels.astype(float), 5, 2, 1.0, rng), "labels"),
+                 (lambda: classes_per_client(-labels - 1, 5, 2, 1.0, rng), "labels")]
+                + [(lambda bad=bad: classes_per_client(labels, 5, 2, bad, rng),
+                    r"balancedness must be a finite number in \(0, 1\]") for bad in (0.0, -0.5, 1.5, float("nan"))])
 
 
 # ------------------------------------------------------------------------------------- dirichlet
@@ -191,15 +190,13 @@ def test_dirichlet_alpha_controls_skew():
 def test_dirichlet_errors():
     labels = _labels(100, 10, 0)
     rng = np.random.default_rng(0)
-    for bad in (0.0, -1.0, float("inf")):
-        with pytest.raises(ValueError, match="alpha must be a finite number > 0"):
-            dirichlet(labels, 5, bad, rng)
-    with pytest.raises(ValueError, match=r"min_size must be an integer in \[0, 20\]"):
-        dirichlet(labels, 5, 1.0, rng, min_size=21)
-    with pytest.raises(ValueError, match="max_attempts"):
-        dirichlet(labels, 5, 1.0, rng, max_attempts=0)
-    with pytest.raises(ValueError, match="min_size = 20 samples in max_attempts = 3 draws"):
-        dirichlet(labels, 5, 0.01, rng, min_size=20, max_attempts=3)   # each client exactly 20: hopeless
+    _raise_each([(lambda bad=bad: dirichlet(labels, 5, bad, rng), "alpha must be a finite number > 0")
+                 for bad in (0.0, -1.0, float("inf"))]
+                + [(lambda: dirichlet(labels, 5, 1.0, rng, min_size=21), r"min_size must be an integer in \[0, 20\]"),
+                   (lambda: dirichlet(labels, 5, 1.0, rng, max_attempts=0), "max_attempts"),
+                   # each client exactly 20: hopeless
+                   (lambda: dirichlet(labels, 5, 0.01, rng, min_size=20, max_attempts=3),
+                    "min_size = 20 samples in max_attempts = 3 draws")])
 
 
 # ------------------------------------------------------------------------------------- shards
@@ -301,14 +298,13 @@ def test_partition_errors_list_the_allowed_values():
     labels = _labels(100, 10, 0)
     rng = np.random.default_rng(0)
     allowed = "allowed: classes_per_client, dirichlet, shards, iid, contiguous"
-    with pytest.raises(ValueError, match=f"unknown partition method 'pathological'; {allowed}"):
-        partition("pathological", labels, 5, rng)
-    with pytest.raises(ValueError, match=r"unknown settings \['beta'\]; allowed: alpha, min_size"):
-        partition("dirichlet", labels, 5, rng, alpha=1.0, beta=2.0)
-    with pytest.raises(ValueError, match=r"needs the settings \['balancedness'\]"):
-        partition("classes_per_client", labels, 5, rng, classes_per_client=2)
-    with pytest.raises(ValueError, match="rng must be a numpy.random.Generator"):
-        partition("iid", labels, 5)
+    _raise_each([(lambda: partition("pathological", labels, 5, rng),
+                  f"unknown partition method 'pathological'; {allowed}"),
+                 (lambda: partition("dirichlet", labels, 5, rng, alpha=1.0, beta=2.0),
+                  r"unknown settings \['beta'\]; allowed: alpha, min_size"),
+                 (lambda: partition("classes_per_client", labels, 5, rng, classes_per_client=2),
+                  r"needs the settings \['balancedness'\]"),
+                 (lambda: partition("iid", labels, 5), "rng must be a numpy.random.Generator")])
 
 
 def test_class_counts_and_report():
