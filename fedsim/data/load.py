@@ -80,22 +80,14 @@ def load_dataset(name: str, pipeline: str = "stc", *, data_dir=None, download: b
                                              f"{pipeline} pipeline")
 
 
-def source_identity(file: DatasetFile) -> dict:
-    """What the registry records of ``file``'s content: every copy that verifies has exactly that content
-    (the SHA-256 of the decompressed IDX, or where it is unknown the accepted gzip MD5s, and the size)."""
-    identity = {"file": file.filename, "bytes": file.decompressed_size}
-    if file.sha256 is not None:
-        identity["sha256"] = file.sha256
-    else:
-        identity["gzip_md5"] = list(file.gzip_md5)
-    return identity
-
-
 def stc_cache_key(source: DatasetFile, *, size: int, mean: float, std: float, dtype) -> dict:
     """The key under which :func:`fedsim.data.cache.cached_array` keeps the STC pipeline's output of the
-    images in ``source``: everything that output depends on."""
+    images in ``source``: everything that output depends on. The source is what the registry records of its
+    content, which every copy that verifies has: the SHA-256 of the decompressed IDX, or where it is unknown
+    the accepted gzip MD5s, and the size."""
+    checksum = {"sha256": source.sha256} if source.sha256 is not None else {"gzip_md5": list(source.gzip_md5)}
     return {"function": "fedsim.data.preprocess.stc_pipeline", "version": preprocess.PREPROCESS_VERSION,
-            "source": source_identity(source),
+            "source": {"file": source.filename, "bytes": source.decompressed_size, **checksum},
             "parameters": {"size": int(size), "mean": float(mean), "std": float(std),
                            "dtype": np.dtype(dtype).str, "chunk_images": preprocess._CHUNK_IMAGES},
             "environment": compute_environment()}

@@ -99,9 +99,7 @@ def mirror_bases(mirrors) -> list[str] | None:
     except TypeError:
         raise _mirror_format_error("mirrors", mirrors, "not a string or a sequence of strings", False) from None
     for base in bases:
-        if not isinstance(base, str):
-            raise _mirror_format_error("mirrors", base, f"a {type(base).__name__}, not a string", False)
-        problem = _mirror_problem(base)
+        problem = _mirror_problem(base) if isinstance(base, str) else f"a {type(base).__name__}, not a string"
         if problem:
             raise _mirror_format_error("mirrors", base, problem, False)
     return bases

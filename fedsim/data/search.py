@@ -68,10 +68,7 @@ class DatasetNotFoundError(FileNotFoundError):
 
 
 def download_size_limit(file: DatasetFile) -> int:
-    """The most bytes a copy of ``file`` can have: its decompressed size plus 1 MiB of slack.
-
-    A download is cut off, and a file found on disk rejected unread, beyond this.
-    """
+    """The most bytes a copy of ``file`` can have: its decompressed size plus 1 MiB of slack (``_SLACK_BYTES``)."""
     return file.decompressed_size + _SLACK_BYTES
 
 
@@ -127,11 +124,8 @@ def _checked_data_dir(data_dir) -> Path:
 
 
 def repo_data_dir() -> Path | None:
-    """The checkout's ``data/`` folder, or None when fedsim is not running from a source checkout.
-
-    A checkout is recognised by a ``data/README.md`` next to the ``fedsim/`` package folder and a
-    ``pyproject.toml`` beside them. ``FEDSIM_NO_REPO_DATA=1`` makes this return None.
-    """
+    """The checkout's ``data/`` folder (with a ``README.md``, beside ``fedsim/`` and ``pyproject.toml``), or
+    None when fedsim is not running from a source checkout or ``FEDSIM_NO_REPO_DATA=1``."""
     if os.environ.get(ENV_NO_REPO_DATA, "").strip() not in ("", "0"):
         return None
     root = Path(__file__).resolve().parents[2]
@@ -189,13 +183,10 @@ def search_path(data_dir=None) -> list[tuple[Path, str]]:
         folders.append((repo, "checkout data/ folder"))
     folders.append((user_cache_dir(), "user cache"))
     folders.extend((folder, "system datasets folder") for folder in SYSTEM_DATASET_DIRS)
-    unique, seen = [], set()
+    unique = {}
     for folder, source in folders:
-        key = _identity(folder)
-        if key not in seen:
-            seen.add(key)
-            unique.append((folder, source))
-    return unique
+        unique.setdefault(_identity(folder), (folder, source))
+    return list(unique.values())
 
 
 def _identity(path: Path) -> str:
@@ -225,10 +216,8 @@ class Outcome:
 
 
 def verify_path(path: Path, file: DatasetFile, verified: dict[str, Verification]) -> Verification:
-    """Verify the copy at ``path``, at most once per ``verified`` memo (one public call).
-
-    At most :func:`download_size_limit` + 1 bytes are read: a larger file is rejected without reading it all.
-    """
+    """Verify the copy at ``path``, at most once per ``verified`` memo (one public call); a file larger than
+    :func:`download_size_limit` is rejected after reading one byte more."""
     key = _identity(path)
     if key not in verified:
         limit = download_size_limit(file)
