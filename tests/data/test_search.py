@@ -40,11 +40,11 @@ def test_uncompressed_mnist_train_images_cannot_verify():
 def test_unknown_names_are_setting_errors_listing_the_allowed_ones(isolated):
     from fedsim.data.load import load_dataset
     files = "train-images, train-labels, test-images, test-labels"
+    datasets = "dataset name must be one of mnist, fashion-mnist"
     for call, words in [
-            (lambda: fetch.load_split("cifar10", "train"), "dataset name must be one of mnist, fashion-mnist; "
-                                                           "got 'cifar10'"),
+            (lambda: fetch.load_split("cifar10", "train"), f"{datasets}; got 'cifar10'"),
             (lambda: fetch.fetch("cifar10", "test-labels"), "dataset name must be one of"),
-            (lambda: search.dataset_status("emnist"), "dataset name must be one of mnist, fashion-mnist"),
+            (lambda: search.dataset_status("emnist"), datasets),
             (lambda: fetch.load_split("mnist", "validation"), "split must be one of train, test; got 'validation'"),
             (lambda: search.locate("mnist", "images"), f"file_key must be one of {files}; got 'images'"),
             (lambda: fetch.fetch("mnist", ["test-labels"]), "file_key must be one of"),
