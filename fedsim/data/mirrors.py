@@ -3,11 +3,12 @@ given by the user.
 
 ``FEDSIM_MIRRORS`` (or the ``mirrors`` argument of :func:`fedsim.data.fetch.fetch`, a string or a sequence)
 holds base URLs that replace the registry's mirrors for every dataset, separated by whitespace or
-``os.pathsep`` (a ``:`` inside a URL is kept); empty entries are skipped. Each is ``http://host[:port][/path]``, ``https://...`` or
-``file:///absolute/folder``, with no query (``?``) or fragment (``#``). A file is fetched from
-``<base>/<name>/<filename>``, so an HTTP server (or a ``file://`` URL) over a folder laid out like the cache
-works as a mirror. Unset or blank: the registry's mirrors, where a file is at ``<mirror>/<filename>``.
-Anything else raises :class:`~fedsim.data.registry.DataSettingError` with a one-line message.
+``os.pathsep`` (a ``:`` inside a URL is kept); empty entries are skipped. Each is
+``http://host[:port][/path]``, ``https://...`` or ``file:///absolute/folder``, with no query (``?``) or
+fragment (``#``). A file is fetched from ``<base>/<name>/<filename>``, so an HTTP server (or a ``file://``
+URL) over a folder laid out like the cache works as a mirror. Unset or blank: the registry's mirrors, where a
+file is at ``<mirror>/<filename>``. Anything else raises :class:`~fedsim.data.registry.DataSettingError`
+with a one-line message.
 """
 
 from __future__ import annotations
