@@ -24,14 +24,14 @@ that cannot be had raise :class:`DatasetNotFoundError`.
 
 from __future__ import annotations
 
-import math
-import numbers
+import errno
 import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from fedsim.constraints import Optional, Real
 from fedsim.data.idx import read_images_and_labels
 from fedsim.data.mirrors import download_urls, mirror_bases
 from fedsim.data.registry import (SPLIT_FILES, DatasetFile, DatasetInfo, DataSettingError,
@@ -40,29 +40,25 @@ from fedsim.data.search import (ENV_CACHE, Outcome, cache_dir, download_size_lim
                                 search_path, verify_path)
 
 #: The per-read ``timeout`` must lie in (0, MAX_TIMEOUT_SECONDS].
-MAX_TIMEOUT_SECONDS = 3600.0
+MAX_TIMEOUT_SECONDS = 3600
 #: An explicit ``deadline`` must lie in (0, MAX_DEADLINE_SECONDS].
-MAX_DEADLINE_SECONDS = 86400.0
+MAX_DEADLINE_SECONDS = 86400
 #: The automatic deadline of one download attempt is DEADLINE_BASE_SECONDS plus the file's decompressed
 #: size at DEADLINE_MIN_BYTES_PER_SECOND (see :func:`download_deadline`).
 DEADLINE_BASE_SECONDS = 60.0
 DEADLINE_MIN_BYTES_PER_SECOND = 64 * 1024
 
 
-def _check_seconds(value, setting: str, maximum: float, unset: str = "") -> float:
-    if (isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value)
-            or not 0 < value <= maximum):
-        raise DataSettingError(f"{setting} must be {unset}a number of seconds > 0 and <= {maximum:g}; "
-                               f"got {value!r}")
-    return float(value)
-
-
 def _checked_limits(timeout, deadline) -> tuple[float, float | None]:
-    """``timeout`` and ``deadline`` as floats (``deadline`` may be None), or DataSettingError."""
-    unset = (f"None (automatic: {DEADLINE_BASE_SECONDS:g} s plus the file's size at "
-             f"{DEADLINE_MIN_BYTES_PER_SECOND // 1024} KiB/s) or ")
-    return (_check_seconds(timeout, "timeout (--timeout)", MAX_TIMEOUT_SECONDS),
-            None if deadline is None else _check_seconds(deadline, "deadline", MAX_DEADLINE_SECONDS, unset))
+    """``timeout`` and ``deadline`` in seconds as floats (``deadline`` may be None), or DataSettingError."""
+    automatic = (f"automatic: {DEADLINE_BASE_SECONDS:g} s plus the file's size at "
+                 f"{DEADLINE_MIN_BYTES_PER_SECOND // 1024} KiB/s")
+    deadline_range = Optional(Real(0, MAX_DEADLINE_SECONDS, low_open=True), automatic)
+    try:
+        return (Real(0, MAX_TIMEOUT_SECONDS, low_open=True).check("timeout (--timeout, seconds)", timeout),
+                deadline_range.check("deadline (seconds)", deadline))
+    except (TypeError, ValueError) as error:
+        raise DataSettingError(str(error)) from None
 
 
 def download_deadline(file: DatasetFile) -> float:
@@ -134,19 +130,14 @@ def _download(info: DatasetInfo, file: DatasetFile, outcome: Outcome, *, urls: l
     target = folder / file.filename
     try:
         folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        outcome.download_note = (f"no download tried: cannot create the cache folder {folder} "
-                                 f"({error.strerror or error}); set {ENV_CACHE} to a writable folder")
-        return
-    if not os.access(folder, os.W_OK):
-        outcome.download_note = (f"no download tried: the cache folder {folder} is not writable; "
-                                 f"set {ENV_CACHE} to a writable folder")
-        return
-    try:   # a copy here failed verification when searched: pooch would keep it (and move a download into a folder)
+        if not os.access(folder, os.W_OK):
+            raise PermissionError(errno.EACCES, "not writable", str(folder))
+        # a copy here failed verification when searched: pooch would keep it (and move a download into a folder)
         target.unlink(missing_ok=True)
-    except OSError as error:   # a folder, say
-        outcome.download_note = (f"no download tried: {target} is in the way of the download "
-                                 f"({error.strerror or error}); remove it, or set {ENV_CACHE} to another folder")
+    except OSError as error:   # a file where a folder belongs, no permission, a folder in the way
+        outcome.download_note = (f"no download tried: the cache folder {folder} cannot take the file: "
+                                 f"{error.strerror or error} ({error.filename or folder}); fix that, or set "
+                                 f"{ENV_CACHE} to another, writable folder")
         return
     limits = {"limit": download_size_limit(file), "timeout": timeout,
               "seconds": download_deadline(file) if deadline is None else deadline,

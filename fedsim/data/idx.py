@@ -28,6 +28,7 @@ from math import prod
 
 import numpy as np
 
+from fedsim.constraints import Integer, Optional
 from fedsim.data.registry import is_gzip
 
 # IDX type bytes other than 0x08, to name them when rejecting a file.
@@ -123,9 +124,7 @@ def read_idx(source, *, name: str | None = None, max_bytes: int | None = None) -
     allocated. ``name`` is the source in error messages (default: the path, or ``"<IDX bytes>"``).
     ValueError for anything but a well-formed IDX file of type 0x08; OSError if the file cannot be read.
     """
-    if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, (int, np.integer))
-                                  or max_bytes < 0):
-        raise ValueError(f"max_bytes must be None or an integer >= 0, got {max_bytes!r}")
+    Optional(Integer(low=0), "no limit").check("max_bytes", max_bytes)
     with _opened(source, name) as (stream, label, compressed, stored):
         try:
             return _parse(stream, label, compressed, stored, max_bytes)
@@ -202,8 +201,7 @@ def read_images_and_labels(images_path, labels_path, n_classes: int = 10, *,
     ValueError if either file is malformed, the images are not 3-D or the labels not 1-D, the counts
     differ, or a label is out of range.
     """
-    if isinstance(n_classes, bool) or not isinstance(n_classes, (int, np.integer)) or not 1 <= n_classes <= 256:
-        raise ValueError(f"n_classes must be an integer in [1, 256], got {n_classes!r}")
+    Integer(1, 256).check("n_classes", n_classes)
     images = read_idx(images_path, name=images_name, max_bytes=images_max_bytes)
     labels = read_idx(labels_path, name=labels_name, max_bytes=labels_max_bytes)
     images_label = images_name or _describe(images_path, "images")

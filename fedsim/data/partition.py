@@ -281,11 +281,8 @@ def partition(method: str, labels, n_clients: int, rng: np.random.Generator | No
         return contiguous(len(_check_labels(labels)), n_clients)
     if method == "iid":
         return iid(len(_check_labels(labels)), n_clients, rng)
-    if method == "shards":
-        return shards(labels, n_clients, rng, **settings)
-    if method == "dirichlet":
-        return dirichlet(labels, n_clients, rng=rng, **settings)
-    return classes_per_client(labels, n_clients, rng=rng, **settings)
+    splitter = {"shards": shards, "dirichlet": dirichlet, "classes_per_client": classes_per_client}[method]
+    return splitter(labels, n_clients, rng=rng, **settings)
 
 
 def class_counts(labels, parts, n_classes: int) -> np.ndarray:

@@ -23,6 +23,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from fedsim.constraints import Integer, Real
+
 # Images are resized and normalized this many at a time, to bound the memory of the temporaries.
 _CHUNK_IMAGES = 8192
 
@@ -69,8 +71,7 @@ def bilinear_matrix(n_in: int, n_out: int, dtype=np.float64) -> np.ndarray:
     sample. Every row sums to 1. The weights are computed in float64, then cast to ``dtype``.
     """
     for name, value in (("n_in", n_in), ("n_out", n_out)):
-        if not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"bilinear_matrix: {name} must be an integer >= 1, got {value!r}")
+        Integer(low=1).check(f"bilinear_matrix: {name}", value)
     out_positions = np.arange(n_out, dtype=np.float64)
     source = np.maximum((out_positions + 0.5) * (n_in / n_out) - 0.5, 0.0)
     lower = np.floor(source).astype(np.int64)  # <= n_in - 1, since source < n_in - 0.5
@@ -94,8 +95,7 @@ def resize_bilinear(images: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
         raise ValueError(f"resize_bilinear: images must be floating point (divide uint8 pixels by 255 "
                          f"first), got dtype {images.dtype}")
     for name, value in (("out_h", out_h), ("out_w", out_w)):
-        if not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"resize_bilinear: {name} must be an integer >= 1, got {value!r}")
+        Integer(low=1).check(f"resize_bilinear: {name}", value)
     n_images, height, width = images.shape
     rows_matrix = bilinear_matrix(height, out_h, images.dtype)   # R_h, (out_h, H)
     cols_matrix = bilinear_matrix(width, out_w, images.dtype)    # R_w, (out_w, W)
@@ -123,11 +123,6 @@ def _scaled_resized_chunks(images: np.ndarray, size: int, dtype):
         yield start, resize_bilinear(scaled, size, size)
 
 
-def _check_size(size) -> None:
-    if not isinstance(size, (int, np.integer)) or size < 1:
-        raise ValueError(f"size must be an integer >= 1 (the output height and width), got {size!r}")
-
-
 def pixel_statistics(images: np.ndarray, size: int = 32) -> tuple[float, float]:
     """Mean and population standard deviation (ddof=0) of all pixels after ``/ 255`` and the resize.
 
@@ -137,7 +132,7 @@ def pixel_statistics(images: np.ndarray, size: int = 32) -> tuple[float, float]:
     split, to normalize without looking at the test set.
     """
     images = _check_pixels(images, "pixel_statistics")
-    _check_size(size)
+    Integer(low=1).check("size (the output height and width)", size)
     if len(images) == 0:
         raise ValueError("pixel_statistics: images must hold at least one image, got 0")
     count = 0
@@ -165,7 +160,7 @@ def stc_pipeline(images: np.ndarray, size: int = 32, mean: float | None = 0.0607
     statistic from ``images`` (:func:`pixel_statistics`). ``dtype`` is that of the computation and the result.
     """
     images = _check_pixels(images, "stc_pipeline")
-    _check_size(size)
+    Integer(low=1).check("size (the output height and width)", size)
     dtype = np.dtype(dtype)
     if not np.issubdtype(dtype, np.floating):
         raise ValueError(f"stc_pipeline: dtype must be a floating-point dtype, got {dtype}")
@@ -173,10 +168,8 @@ def stc_pipeline(images: np.ndarray, size: int = 32, mean: float | None = 0.0607
         data_mean, data_std = pixel_statistics(images, size)
         mean = data_mean if mean is None else mean
         std = data_std if std is None else std
-    if not np.isfinite(mean):
-        raise ValueError(f"stc_pipeline: mean must be a finite number, got {mean!r}")
-    if not (np.isfinite(std) and std > 0):
-        raise ValueError(f"stc_pipeline: std must be a finite number > 0, got {std!r}")
+    Real().check("stc_pipeline: mean", mean)
+    Real(low=0, low_open=True).check("stc_pipeline: std", std)
     features = np.empty((len(images), size * size), dtype=dtype)
     mean_d, std_d = dtype.type(mean), dtype.type(std)
     for start, chunk in _scaled_resized_chunks(images, size, dtype.type):

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedsim.constraints import Integer, OneOf, Optional, Real
 from fedsim.data.dataset import Dataset
 
 
@@ -46,17 +47,10 @@ class LognormalCounts:
     max_per_device: int | None = None   # explicit cap: n_k = min(n_k, max_per_device); None = no cap
 
     def __post_init__(self):
-        if not np.isfinite(self.log_mean):
-            raise ValueError(f"LognormalCounts: log_mean must be finite, got {self.log_mean!r}")
-        if not (np.isfinite(self.log_sigma) and self.log_sigma >= 0):
-            raise ValueError(f"LognormalCounts: log_sigma must be a finite number >= 0, "
-                             f"got {self.log_sigma!r}")
-        if not isinstance(self.minimum, (int, np.integer)) or self.minimum < 1:
-            raise ValueError(f"LognormalCounts: minimum must be an integer >= 1, got {self.minimum!r}")
-        if self.max_per_device is not None and (not isinstance(self.max_per_device, (int, np.integer))
-                                                or self.max_per_device < self.minimum):
-            raise ValueError(f"LognormalCounts: max_per_device must be None or an integer >= minimum "
-                             f"({self.minimum}), got {self.max_per_device!r}")
+        Real().check("LognormalCounts: log_mean", self.log_mean)
+        Real(low=0).check("LognormalCounts: log_sigma", self.log_sigma)
+        Integer(low=1).check("LognormalCounts: minimum", self.minimum)
+        Optional(Integer(low=self.minimum), "no cap").check("LognormalCounts: max_per_device", self.max_per_device)
 
     def draw(self, n_devices: int, rng: np.random.Generator) -> np.ndarray:
         """Sample counts of ``n_devices`` devices, an int64 array."""
@@ -102,16 +96,12 @@ def make_synthetic(alpha: float, beta: float, n_devices: int, rng: np.random.Gen
     The splits are concatenated in device order; ``client_indices[k]`` are device k's training rows.
     """
     for name, value in (("alpha", alpha), ("beta", beta)):
-        if not (np.isfinite(value) and value >= 0):
-            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        Real(low=0).check(name, value)
     for name, value, low in (("n_devices", n_devices, 1), ("n_features", n_features, 1),
                              ("n_classes", n_classes, 2), ("max_total_samples", max_total_samples, 1)):
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    if not (np.isfinite(test_fraction) and 0 <= test_fraction < 1):
-        raise ValueError(f"test_fraction must lie in [0, 1), got {test_fraction!r}")
-    if prior_scale not in ("std", "variance"):
-        raise ValueError(f"prior_scale must be 'std' or 'variance', got {prior_scale!r}")
+        Integer(low=low).check(name, value)
+    Real(0, 1, high_open=True).check("test_fraction", test_fraction)
+    OneOf("std", "variance").check("prior_scale", prior_scale)
     dtype = np.dtype(dtype)
     if not np.issubdtype(dtype, np.floating):
         raise ValueError(f"dtype must be a floating-point dtype, got {dtype}")

@@ -34,8 +34,8 @@ def test_round_trip(tmp_path, shape, compressed, as_path):
     if compressed:
         data = gzip.compress(data)
     source = data
-    if as_path:
-        source = tmp_path / "array.idx"
+    if as_path:   # gzip is told by its magic, not by the name: the name says the opposite
+        source = tmp_path / ("array-idx-ubyte" if compressed else "array-idx-ubyte.gz")
         source.write_bytes(data)
     result = read_idx(source)
     assert result.dtype == np.uint8 and result.shape == shape
@@ -52,16 +52,6 @@ def test_round_trip_property(shape, seed, compressed):
     result = read_idx(gzip.compress(data) if compressed else data)
     np.testing.assert_array_equal(result, array)
     assert result.shape == tuple(shape)
-
-
-def test_gzip_detected_by_magic_not_by_name(tmp_path):
-    array = random_uint8(np.random.default_rng(0), (3, 4))
-    gzip_without_suffix = tmp_path / "images-idx2-ubyte"
-    gzip_without_suffix.write_bytes(gzip.compress(idx_bytes(array)))
-    raw_with_gz_suffix = tmp_path / "images-idx2-ubyte.gz"
-    raw_with_gz_suffix.write_bytes(idx_bytes(array))
-    np.testing.assert_array_equal(read_idx(gzip_without_suffix), array)
-    np.testing.assert_array_equal(read_idx(raw_with_gz_suffix), array)
 
 
 def good_idx() -> bytes:
@@ -120,60 +110,29 @@ def write_pair(tmp_path, images, labels, compress_images=True):
 
 def test_images_and_labels_round_trip(tmp_path):
     rng = np.random.default_rng(1)
-    images, labels = random_uint8(rng, (11, 28, 28)), rng.integers(0, 10, 11).astype(np.uint8)
+    images, labels = random_uint8(rng, (11, 28, 28)), rng.integers(0, 13, 11).astype(np.uint8)
     images_path, labels_path = write_pair(tmp_path, images, labels, compress_images=False)
-    read_images, read_labels = read_images_and_labels(images_path, labels_path)
+    read_images, read_labels = read_images_and_labels(images_path, labels_path, n_classes=13)
     assert read_images.dtype == np.uint8 and read_images.shape == (11, 28, 28)
     assert read_labels.dtype == np.int64 and read_labels.shape == (11,)
     np.testing.assert_array_equal(read_images, images)
     np.testing.assert_array_equal(read_labels, labels)
 
 
-def test_count_mismatch(tmp_path):
-    rng = np.random.default_rng(2)
-    images_path, labels_path = write_pair(tmp_path, random_uint8(rng, (5, 28, 28)), np.zeros(4, np.uint8))
-    with pytest.raises(ValueError) as raised:
-        read_images_and_labels(images_path, labels_path)
-    message = str(raised.value)
-    for word in ["count mismatch", str(images_path), "5 images", str(labels_path), "4 labels"]:
-        assert word in message, f"{word!r} missing from: {message}"
-
-
-def test_label_out_of_range(tmp_path):
-    labels = np.array([0, 9, 3, 10, 2, 12], dtype=np.uint8)
-    images_path, labels_path = write_pair(tmp_path, np.zeros((6, 28, 28), np.uint8), labels)
-    with pytest.raises(ValueError) as raised:
-        read_images_and_labels(images_path, labels_path)
-    message = str(raised.value)
-    for word in [str(labels_path), "2 labels outside [0, 9]", "n_classes=10", "label 10 at index 3"]:
-        assert word in message, f"{word!r} missing from: {message}"
-    # the same labels are fine with more classes
-    _, read_labels = read_images_and_labels(images_path, labels_path, n_classes=13)
-    np.testing.assert_array_equal(read_labels, labels)
-
-
-def test_wrong_dimensions(tmp_path):
-    images_path, labels_path = write_pair(tmp_path, np.zeros((4, 784), np.uint8), np.zeros(4, np.uint8))
-    with pytest.raises(ValueError, match="images must have 3 dimensions.*got shape \\(4, 784\\)"):
-        read_images_and_labels(images_path, labels_path)
-    images_path, labels_path = write_pair(tmp_path, np.zeros((4, 28, 28), np.uint8), np.zeros((4, 1), np.uint8))
-    with pytest.raises(ValueError, match="labels must have 1 dimension.*got shape \\(4, 1\\)"):
-        read_images_and_labels(images_path, labels_path)
-
-
-@pytest.mark.parametrize("n_classes", [0, 257, 2.5, True, "10"])
-def test_n_classes_validated(tmp_path, n_classes):
-    images_path, labels_path = write_pair(tmp_path, np.zeros((1, 28, 28), np.uint8), np.zeros(1, np.uint8))
-    with pytest.raises(ValueError, match=r"n_classes must be an integer in \[1, 256\]"):
+@pytest.mark.parametrize("images_shape, labels, n_classes, words", [
+    ((5, 28, 28), np.zeros(4), 10, ["count mismatch", "{images}", "5 images", "{labels}", "4 labels"]),
+    ((6, 28, 28), [0, 9, 3, 10, 2, 12], 10,
+     ["{labels}", "2 labels outside [0, 9]", "n_classes=10", "label 10 at index 3"]),
+    ((4, 784), np.zeros(4), 10, ["{images}", "images must have 3 dimensions", "got shape (4, 784)"]),
+    ((4, 28, 28), np.zeros((4, 1)), 10, ["{labels}", "labels must have 1 dimension", "got shape (4, 1)"]),
+    *(((1, 28, 28), [0], bad, ["n_classes must be an integer in [1, 256], got"]) for bad in (0, 257, 2.5, True, "10"))])
+def test_bad_pair_raises_naming_file_and_problem(tmp_path, images_shape, labels, n_classes, words):
+    images_path, labels_path = write_pair(tmp_path, np.zeros(images_shape, np.uint8), np.array(labels, np.uint8))
+    wrong_kind = isinstance(n_classes, (bool, float, str))
+    with pytest.raises(TypeError if wrong_kind else ValueError) as raised:
         read_images_and_labels(images_path, labels_path, n_classes=n_classes)
-
-
-def test_real_files_count_mismatch(shared_data):
-    # MNIST test images (10,000) against MNIST train labels (60,000): both files are fine, the pair is not.
-    images_path = shared_data / "mnist" / "t10k-images-idx3-ubyte.gz"
-    labels_path = shared_data / "mnist" / "train-labels-idx1-ubyte.gz"
-    with pytest.raises(ValueError, match="10000 images .* 60000 labels"):
-        read_images_and_labels(images_path, labels_path)
+    for word in words:
+        assert word.format(images=images_path, labels=labels_path) in str(raised.value), str(raised.value)
 
 
 # --- bounded memory on hostile input: gzip bombs, headers that lie, files larger than they say
@@ -265,6 +224,6 @@ def test_max_bytes(shared_data):
     assert read_images.shape == (10000, 28, 28) and read_labels.shape == (10000,)
     with pytest.raises(ValueError, match=r"dims \(10000,\) make a file of 10008 bytes, more than the 10007"):
         read_images_and_labels(images, labels, labels_max_bytes=10007)
-    for bad in (-1, 2.5, True, "10"):
-        with pytest.raises(ValueError, match="max_bytes must be None or an integer"):
+    for bad, error in ((-1, ValueError), (2.5, TypeError), (True, TypeError), ("10", TypeError)):
+        with pytest.raises(error, match=r"max_bytes must be an integer >= 0, or unset \(no limit\)"):
             read_idx(labels, max_bytes=bad)
