@@ -192,15 +192,6 @@ def test_all_mirrors_dead_error_lists_each(isolated, tmp_path, serve, closed_por
     assert "apt-get install dataset-fashion-mnist" in message
 
 
-def test_bad_cached_copy_replaced_by_download(isolated, shared_data, serve):
-    stale = isolated / "mnist" / LABELS_GZ
-    stale.parent.mkdir(parents=True)
-    stale.write_bytes(b"\x1f\x8b partial download from some other tool")
-    path = fetch.fetch("mnist", "test-labels", mirrors=[serve(shared_data)], progress=False, timeout=5)
-    assert path == stale and path.read_bytes() == (shared_data / "mnist" / LABELS_GZ).read_bytes()
-    assert files_under(isolated) == [path]
-
-
 def serve_unzipped_labels(shared_data, tmp_path, serve) -> tuple[str, bytes]:
     """A server that sends the raw IDX for the .gz name; its base URL and the IDX."""
     served = tmp_path / "served"
@@ -210,15 +201,19 @@ def serve_unzipped_labels(shared_data, tmp_path, serve) -> tuple[str, bytes]:
     return serve(served), raw
 
 
-def test_unzipped_download_saved_under_the_uncompressed_name(isolated, shared_data, tmp_path, serve):
-    # it verifies by SHA-256, and replaces a stale copy under the name without .gz
-    base, raw = serve_unzipped_labels(shared_data, tmp_path, serve)
-    stale = isolated / "mnist" / LABELS_GZ.removesuffix(".gz")
+@pytest.mark.parametrize("unzipped", [False, True])
+def test_bad_cached_copy_replaced_by_download(isolated, shared_data, tmp_path, serve, unzipped):
+    # a raw IDX sent for the .gz name verifies by SHA-256, and is saved under the name without .gz
+    if unzipped:
+        base, sent = serve_unzipped_labels(shared_data, tmp_path, serve)
+    else:
+        base, sent = serve(shared_data), (shared_data / "mnist" / LABELS_GZ).read_bytes()
+    stale = isolated / "mnist" / (LABELS_GZ.removesuffix(".gz") if unzipped else LABELS_GZ)
     stale.parent.mkdir(parents=True)
-    stale.write_bytes(raw[:-1])
+    stale.write_bytes(sent[:-1])      # a partial download from some other tool
     path = fetch.fetch("mnist", "test-labels", mirrors=[base], progress=False, timeout=5)
-    assert path == stale and path.read_bytes() == raw and files_under(isolated) == [path]
-    assert search.dataset_status("mnist")[3]["method"] == "sha256"
+    assert path == stale and path.read_bytes() == sent and files_under(isolated) == [path]
+    assert search.dataset_status("mnist")[3]["method"] == ("sha256" if unzipped else "md5")
 
 
 def test_cache_that_cannot_take_the_download_stops_the_downloads(isolated, shared_data, tmp_path, serve):

@@ -88,16 +88,12 @@ def test_bad_input_raises_naming_file_and_problem(tmp_path, kind, compressed):
         assert word in message, f"{word!r} missing from: {message}"
 
 
-def test_bytes_source_named_in_message():
-    with pytest.raises(ValueError, match="my-labels.gz.*wrong magic"):
-        read_idx(b"\x01\x00\x08\x01\x00\x00\x00\x00", name="my-labels.gz")
-    with pytest.raises(ValueError, match="<IDX bytes>"):
-        read_idx(b"\x01\x00\x08\x01\x00\x00\x00\x00")
-
-
-def test_source_of_wrong_type():
-    with pytest.raises(ValueError, match="path .* or bytes, got int"):
-        read_idx(42)
+@pytest.mark.parametrize("source, name, pattern", [(b"\x01\x00\x08\x01", "my-labels.gz", "my-labels.gz.*wrong magic"),
+                                                  (b"\x01\x00\x08\x01", None, "<IDX bytes>"),
+                                                  (42, None, "path .* or bytes, got int")])
+def test_the_source_is_named_in_the_message(source, name, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        read_idx(source, name=name)
 
 
 def write_pair(tmp_path, images, labels, compress_images=True):
