@@ -35,6 +35,7 @@ the array is then always computed and nothing is read or written.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -44,7 +45,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from fedsim.data.registry import DataSettingError
+from fedsim.data.registry import DataSettingError, read_into
 from fedsim.data.search import user_cache_dir
 from fedsim.files import atomic_file
 
@@ -170,13 +171,9 @@ def _read(path: Path, name: str, key) -> np.ndarray | None:
             if size != handle.tell() + nbytes:
                 raise _Unusable(f"it holds {size - handle.tell()} bytes of data, the header says {nbytes}")
             array = np.empty(shape, dtype)
-            view = memoryview(array.reshape(-1)).cast("B")
-            filled = 0
-            while filled < nbytes:
-                count = handle.readinto(view[filled:filled + _CHUNK_BYTES])
-                if not count:
-                    raise _Unusable(f"it ended after {filled} of {nbytes} bytes of data")
-                filled += count
+            filled = read_into(handle, memoryview(array.reshape(-1)).cast("B"), _CHUNK_BYTES)
+            if filled < nbytes:
+                raise _Unusable(f"it ended after {filled} of {nbytes} bytes of data")
         except OSError as error:
             raise _Unusable(f"cannot be read ({error.strerror or error})") from None
     if _sha256(array) != recorded:
@@ -197,12 +194,9 @@ def _write(path: Path, name: str, key, array: np.ndarray) -> None:
 
 def cached_array(name: str, key: Mapping, compute: Callable[[], np.ndarray], *, enabled: bool | None = None,
                  folder=None) -> np.ndarray:
-    """``compute()``, or the array a previous call with the same ``name`` and ``key`` stored (the module docstring).
-
-    ``name`` (e.g. ``"fashion-mnist-train-stc"``) starts the entry's file name: letters, digits, ``-``,
-    ``_``, ``.``. ``key`` holds JSON values only (floats kept exactly). ``compute`` returns a NumPy array
-    of numbers. The result is bitwise ``compute()``'s, a writable array that owns its memory when read back.
-    """
+    """``compute()``, or the array a previous call with the same ``name`` and ``key`` stored (the module docstring):
+    bitwise ``compute()``'s, a writable array that owns its memory when read back. ``name`` (such as
+    ``"fashion-mnist-train-stc"``) starts the entry's file name; ``key`` holds JSON values only."""
     _check_name(name)
     try:
         _canonical(key)
@@ -236,10 +230,8 @@ def stored_bytes(entries) -> int:
     """The bytes on disk of ``entries`` (a file deleted meanwhile counts 0)."""
     total = 0
     for path in entries:
-        try:
+        with contextlib.suppress(OSError):
             total += path.stat().st_size
-        except OSError:
-            pass
     return total
 
 

@@ -15,11 +15,9 @@ An attempt (one file from one mirror) that passes a limit counts as that mirror 
 tried: ``timeout``, the seconds the server may stay silent (default 30); the ``deadline`` of the whole attempt
 (default :func:`download_deadline`); the size cap, :func:`~fedsim.data.search.download_size_limit`.
 
-Settings that are not allowed (a timeout or deadline out of range, a malformed ``FEDSIM_MIRRORS`` or
-``mirrors``, a ``data_dir`` that is not an existing folder, an unknown dataset, file key or split) raise
-:class:`DataSettingError` with a one-line message, before anything is searched; the mirrors whenever
-downloading is allowed, even if the files turn out to be on disk, so a typo shows before it matters. Files
-that cannot be had raise :class:`DatasetNotFoundError`.
+Settings that are not allowed (a timeout or deadline out of range, malformed mirrors, a bad ``data_dir``, an
+unknown dataset, file key or split) raise a one-line :class:`DataSettingError` before anything is searched;
+the mirrors whenever downloading is allowed, even if the files are on disk, so a typo shows before it matters.
 """
 
 from __future__ import annotations
@@ -62,10 +60,9 @@ def _checked_limits(timeout, deadline) -> tuple[float, float | None]:
 
 
 def download_deadline(file: DatasetFile) -> float:
-    """The automatic overall deadline, in seconds, of one attempt to download ``file`` from one mirror:
-    ``DEADLINE_BASE_SECONDS + file.decompressed_size / DEADLINE_MIN_BYTES_PER_SECOND``, 60 s of setup plus
-    the uncompressed file (the most a mirror can have to send) at 64 KiB/s, a bandwidth any working
-    connection exceeds; 60 s for a label file, about 13 min for the train images."""
+    """The automatic deadline in seconds of one attempt: ``DEADLINE_BASE_SECONDS + decompressed_size /
+    DEADLINE_MIN_BYTES_PER_SECOND``, 60 s of setup plus the uncompressed file (the most a mirror can have to
+    send) at 64 KiB/s, which any working connection exceeds; about 13 min for the train images."""
     return DEADLINE_BASE_SECONDS + file.decompressed_size / DEADLINE_MIN_BYTES_PER_SECOND
 
 
@@ -190,14 +187,9 @@ def _obtain(info: DatasetInfo, keys, *, data_dir, download: bool, mirrors, progr
 
 def fetch(name: str, file_key: str, *, data_dir=None, download: bool = True, mirrors=None,
           progress: bool | None = None, timeout: float = 30, deadline: float | None = None) -> Path:
-    """A verified copy of a dataset file: found locally (as :func:`~fedsim.data.search.locate`), else, if
-    ``download``, downloaded into :func:`cache_dir` from ``mirrors`` (:mod:`fedsim.data.mirrors`).
-
-    ``progress`` shows a bar (default: when stderr is a terminal); ``timeout`` in (0, 3600] and ``deadline``
-    in (0, 86400] are in seconds, as in the module docstring. DataSettingError for a setting that is not
-    allowed, before anything is searched; DatasetNotFoundError listing the folders searched, the copies
-    that failed verification, and the mirrors tried with their errors.
-    """
+    """A verified copy of a dataset file, found locally or downloaded (the module docstring); ``progress``
+    shows a bar (default: when stderr is a terminal). DatasetNotFoundError lists the folders searched, the
+    copies that failed verification, and the mirrors tried with their errors."""
     info = get_dataset(name)
     [outcome] = _obtain(info, [info.file(file_key).key], data_dir=data_dir, download=download, mirrors=mirrors,
                         progress=progress, timeout=timeout, deadline=deadline)

@@ -29,14 +29,11 @@ from math import prod
 import numpy as np
 
 from fedsim.constraints import Integer, Optional
-from fedsim.data.registry import is_gzip
+from fedsim.data.registry import is_gzip, read_into
 
 # IDX type bytes other than 0x08, to name them when rejecting a file.
 _OTHER_IDX_TYPES = {0x09: "signed byte", 0x0B: "int16", 0x0C: "int32", 0x0D: "float32", 0x0E: "float64"}
 _UINT8_TYPE = 0x08
-# The payload is read in pieces of this size; a few pieces are all the memory reading needs beyond the
-# output array.
-_CHUNK_BYTES = 1 << 18
 # Past the payload, a gzip stream (or a stream of unknown size) is read at most this far: enough to count a
 # few stray bytes exactly, and the most memory a gzip bomb's tail can take.
 _TRAILING_BYTES = 1 << 16
@@ -101,25 +98,15 @@ def _opened(source, name: str | None):
 def _read_up_to(stream, count: int) -> bytes:
     """Up to ``count`` bytes, fewer only at the end of the stream."""
     buffer = bytearray(count)
-    return bytes(buffer[:_read_into(stream, buffer)])
-
-
-def _read_into(stream, out) -> int:
-    """Fill ``out`` (1-D uint8 array or bytearray) from ``stream`` piece by piece; the number of bytes read."""
-    view, filled = memoryview(out), 0
-    while filled < len(out):
-        count = stream.readinto(view[filled:filled + _CHUNK_BYTES])
-        if not count:
-            break
-        filled += count
-    return filled
+    with memoryview(buffer) as view:
+        filled = read_into(stream, view)
+    return bytes(buffer[:filled])
 
 
 def read_idx(source, *, name: str | None = None, max_bytes: int | None = None) -> np.ndarray:
     """A new, writable uint8 array of shape ``dims`` from an IDX file (a path) or its bytes, gzip or raw.
 
-    The payload goes straight into the output array, and at most 64 KiB past the declared end are looked
-    at; a header declaring more than the file can hold, or more than ``max_bytes`` (the most bytes the
+    A header declaring more than the file can hold, or more than ``max_bytes`` (the most bytes the
     decompressed file may have, header included, when the caller knows it), fails before anything is
     allocated. ``name`` is the source in error messages (default: the path, or ``"<IDX bytes>"``).
     ValueError for anything but a well-formed IDX file of type 0x08; OSError if the file cannot be read.
@@ -176,7 +163,7 @@ def _parse(stream, label: str, compressed: bool, stored: int | None, max_bytes: 
     except (MemoryError, ValueError):
         raise ValueError(f"IDX file {label}: dims {dims} need {expected} bytes, more than can be "
                          f"allocated") from None
-    filled = _read_into(stream, out)
+    filled = read_into(stream, memoryview(out))
     if filled < expected:
         raise ValueError(f"IDX file {label}: truncated payload: dims {dims} need {expected} bytes, "
                          f"only {filled} present")

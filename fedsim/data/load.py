@@ -38,17 +38,14 @@ def load_dataset(name: str, pipeline: str = "stc", *, data_dir=None, download: b
     ``pipeline`` ``"stc"``: /255, bilinear resize to 32x32, normalize (1024 features, float32 by default);
     ``"laq"``: /255 (784 features, float64 by default); ignored for synthetic data. ``train_split="test"``
     trains on the 10,000-image test split (the MNIST train images are not always at hand) and evaluates on
-    that same split: say so when reporting accuracies. ``data_dir``, ``download`` and ``progress`` are
-    :func:`~fedsim.data.fetch.load_split`'s; ``cache`` (default ``FEDSIM_ARRAY_CACHE``) keeps the STC
-    output in :mod:`fedsim.data.cache`, bitwise the same either way. DataSettingError (one line) for an
-    unknown dataset, pipeline or split, or a bad ``data_dir``; DatasetNotFoundError for missing files.
+    that same split: say so when reporting accuracies. ``cache`` (default ``FEDSIM_ARRAY_CACHE``) keeps the
+    STC output, bitwise the same either way. DataSettingError (one line) for a setting not allowed,
+    DatasetNotFoundError for missing files.
     """
-    if not isinstance(name, str) or name not in DATASET_NAMES:
-        raise DataSettingError(f"dataset must be one of {list(DATASET_NAMES)}, got {name!r}")
-    if not isinstance(pipeline, str) or pipeline not in PIPELINES:
-        raise DataSettingError(f"pipeline must be one of {list(PIPELINES)}, got {pipeline!r}")
-    if not isinstance(train_split, str) or train_split not in TRAIN_SPLITS:
-        raise DataSettingError(f"train_split must be one of {list(TRAIN_SPLITS)}, got {train_split!r}")
+    for setting, value, allowed in (("dataset", name, DATASET_NAMES), ("pipeline", pipeline, PIPELINES),
+                                    ("train_split", train_split, TRAIN_SPLITS)):
+        if not isinstance(value, str) or value not in allowed:
+            raise DataSettingError(f"{setting} must be one of {list(allowed)}, got {value!r}")
     cache_enabled(cache)   # a bad FEDSIM_ARRAY_CACHE is reported before anything is loaded
     if dtype is None:
         dtype = np.float32 if pipeline == "stc" else np.float64
@@ -81,10 +78,8 @@ def load_dataset(name: str, pipeline: str = "stc", *, data_dir=None, download: b
 
 
 def stc_cache_key(source: DatasetFile, *, size: int, mean: float, std: float, dtype) -> dict:
-    """The key under which :func:`fedsim.data.cache.cached_array` keeps the STC pipeline's output of the
-    images in ``source``: everything that output depends on. The source is what the registry records of its
-    content, which every copy that verifies has: the SHA-256 of the decompressed IDX, or where it is unknown
-    the accepted gzip MD5s, and the size."""
+    """The cache key of the STC pipeline's output of the images in ``source`` (the module docstring); the
+    source is the SHA-256 of its decompressed IDX, or where it is unknown its accepted gzip MD5s."""
     checksum = {"sha256": source.sha256} if source.sha256 is not None else {"gzip_md5": list(source.gzip_md5)}
     return {"function": "fedsim.data.preprocess.stc_pipeline", "version": preprocess.PREPROCESS_VERSION,
             "source": {"file": source.filename, "bytes": source.decompressed_size, **checksum},

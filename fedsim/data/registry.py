@@ -35,8 +35,8 @@ SPLIT_FILES: Mapping[str, tuple[str, str]] = MappingProxyType({
 })
 
 GZIP_MAGIC = b"\x1f\x8b"
-# Gzip is decompressed in pieces of this size; a few pieces are all the memory a check needs beyond the
-# file's size.
+# Streams are read (and gzip decompressed) in pieces of this size: a few pieces are all the memory reading
+# needs beyond the output buffer.
 _CHUNK_BYTES = 1 << 18
 
 
@@ -57,15 +57,22 @@ def gunzip_at_most(data: bytes, limit: int) -> bytearray:
     Raises OSError (gzip.BadGzipFile), EOFError or zlib.error for data that is not valid gzip.
     """
     out = bytearray(limit)
-    filled = 0
     with memoryview(out) as view, gzip.GzipFile(fileobj=io.BytesIO(data)) as stream:
-        while filled < limit:
-            count = stream.readinto(view[filled:filled + _CHUNK_BYTES])
-            if not count:
-                break
-            filled += count
+        filled = read_into(stream, view)
     del out[filled:]
     return out
+
+
+def read_into(stream, view: memoryview, chunk_bytes: int = _CHUNK_BYTES) -> int:
+    """Fill the bytes of ``view`` from the binary ``stream``, ``chunk_bytes`` at a time; the number of bytes
+    read (fewer than ``len(view)`` only at the end of the stream)."""
+    filled = 0
+    while filled < len(view):
+        count = stream.readinto(view[filled:filled + chunk_bytes])
+        if not count:
+            break
+        filled += count
+    return filled
 
 
 @dataclass(frozen=True)

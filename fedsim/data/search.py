@@ -3,8 +3,9 @@
 Where fedsim looks for a file, in order (see :func:`search_path`):
 
 1. the ``data_dir`` argument (it must be an existing folder: anything else is a :class:`DataSettingError`);
-2. each folder in ``FEDSIM_DATA`` (several separated by ``os.pathsep``, ``:`` on POSIX);
-3. the checkout's ``data/`` folder, when fedsim runs from a source checkout (:func:`repo_data_dir`);
+2. each folder in ``FEDSIM_DATA`` (separated by ``os.pathsep``; folders that do not exist are listed as such);
+3. the checkout's ``data/`` folder, when fedsim runs from a source checkout (:func:`repo_data_dir`), unless
+   ``FEDSIM_NO_REPO_DATA=1`` (then it is neither searched nor the cache; the tests set it);
 4. the user cache: ``FEDSIM_CACHE`` if set, else ``$XDG_CACHE_HOME/fedsim``, else ``~/.cache/fedsim``;
 5. ``/usr/share/datasets`` (Debian's ``dataset-fashion-mnist`` installs ``/usr/share/datasets/fashion-mnist``).
 
@@ -13,17 +14,7 @@ and as an uncompressed copy (the name without ``.gz``). Only a copy that verifie
 Fashion-MNIST share file names, so a file in a flat folder may belong to the other dataset); a copy that is
 present but fails verification is skipped and reported if nothing better is found. A copy larger than
 :func:`download_size_limit` is rejected without being read. Downloads go to ``<cache_dir()>/<name>/``
-(:mod:`fedsim.data.fetch`).
-
-Environment variables
----------------------
-FEDSIM_DATA
-    Extra folders to search, separated by ``os.pathsep``. Folders that do not exist are listed as such.
-FEDSIM_CACHE
-    The download cache (overrides both the checkout's ``data/`` folder and the user cache).
-FEDSIM_NO_REPO_DATA
-    Set to ``1`` to ignore the checkout's ``data/`` folder, both for searching and as the cache (the tests
-    set it so they never touch a developer's data).
+(:mod:`fedsim.data.fetch`): ``FEDSIM_CACHE`` if set, else the checkout's ``data/`` if writable, else the user cache.
 """
 
 from __future__ import annotations
@@ -61,10 +52,8 @@ class DatasetNotFoundError(FileNotFoundError):
                  attempts: tuple[tuple[str, str], ...] = ()):
         super().__init__(message)
         self.dataset = dataset
-        self.missing = tuple(missing)
-        self.searched = tuple(searched)
-        self.rejected = tuple(rejected)
-        self.attempts = tuple(attempts)
+        self.missing, self.searched = tuple(missing), tuple(searched)
+        self.rejected, self.attempts = tuple(rejected), tuple(attempts)
 
 
 def download_size_limit(file: DatasetFile) -> int:
@@ -157,8 +146,7 @@ def user_cache_dir() -> Path:
 
 
 def cache_dir() -> Path:
-    """Where downloads go: ``FEDSIM_CACHE`` if set, else the checkout's ``data/`` if writable, else the user
-    cache (:func:`user_cache_dir`). Files land in ``<cache_dir()>/<name>/<filename>``."""
+    """Where downloads go (the module docstring)."""
     explicit = _env_cache()
     if explicit is not None:
         return explicit
@@ -291,10 +279,7 @@ def not_found_error(info: DatasetInfo, failures: list[Outcome], folders: list[tu
 
 def locate(name: str, file_key: str, data_dir=None) -> Path | None:
     """The first verified local copy of file ``file_key`` of dataset ``name``, or None; never downloads.
-
-    ``data_dir``, searched first, must be an existing folder: DataSettingError otherwise, and for an unknown
-    name or file key.
-    """
+    DataSettingError for a bad ``data_dir``, an unknown name or file key."""
     info = get_dataset(name)
     outcome = Outcome(info.file(file_key))
     find_local(info, outcome.file, search_path(data_dir), {}, outcome)
