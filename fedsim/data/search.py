@@ -94,12 +94,10 @@ def folder_problem(folder) -> str:
 def _checked_data_dir(data_dir) -> Path:
     """The ``data_dir`` argument as a Path, if it names an existing, readable folder; else DataSettingError."""
     try:
-        text = os.fspath(data_dir)
+        text = os.fsdecode(data_dir)
     except TypeError:
         raise DataSettingError(f"{_DATA_DIR_SETTING} must be the path of a folder (str or os.PathLike); "
                                f"got {type(data_dir).__name__}") from None
-    if isinstance(text, bytes):
-        text = os.fsdecode(text)
     must = f"{_DATA_DIR_SETTING} must be an existing folder holding dataset files"
     if not text.strip():
         raise DataSettingError(f"{must}; got an empty path")
