@@ -222,27 +222,27 @@ class FailingFile:
         return False
 
 
-@pytest.mark.parametrize("allowed", [0, 1, 2])
-def test_a_write_that_fails_leaves_no_file_and_returns_the_computed_array(isolated_cache, monkeypatch, capsys,
-                                                                           allowed):
-    real_fdopen = os.fdopen
-    monkeypatch.setattr(cache.os, "fdopen", lambda *a, **k: FailingFile(real_fdopen(*a, **k), allowed))
+@pytest.mark.parametrize("failure", [0, 1, 2, "the cache is a file"])
+def test_a_cache_that_cannot_take_the_entry_costs_one_warning_line(isolated_cache, tmp_path, monkeypatch, capsys,
+                                                                   failure):
+    # a disk that fills up at the 1st, 2nd or 3rd write (magic, header, data), or a file where the cache should be
+    if failure == "the cache is a file":
+        (tmp_path / "a-file").write_text("not a folder")
+        monkeypatch.setenv("FEDSIM_CACHE", str(tmp_path / "a-file"))
+        reason = "Not a directory"
+    else:
+        real_fdopen = os.fdopen
+        monkeypatch.setattr(cache.os, "fdopen", lambda *a, **k: FailingFile(real_fdopen(*a, **k), failure))
+        reason = "No space left on device"
     compute = Counter(awkward_array())
-    got = cached_array("values", KEY, compute)
-    assert_bitwise(got, compute.array)
-    assert list(isolated_cache.iterdir()) == [], "neither a partial entry nor a temporary file may be left"
-    warning = capsys.readouterr().err
-    assert warning.count("\n") == 1 and "No space left on device" in warning and "continuing without it" in warning
-
-
-def test_an_unwritable_folder_costs_a_warning_only(tmp_path, monkeypatch, capsys):
-    blocker = tmp_path / "a-file"
-    blocker.write_text("not a folder")
-    monkeypatch.setenv("FEDSIM_CACHE", str(blocker))
-    compute = Counter(np.arange(3.0))
-    assert_bitwise(cached_array("values", KEY, compute), compute.array)
-    assert_bitwise(cached_array("values", KEY, compute), compute.array)
-    assert compute.calls == 2 and "cannot store the computed array" in capsys.readouterr().err
+    for calls in (1, 2):
+        assert_bitwise(cached_array("values", KEY, compute), compute.array)
+        *unreadable, warning = capsys.readouterr().err.splitlines()   # a file is also an entry that cannot be read
+        assert compute.calls == calls and len(unreadable) == (failure == "the cache is a file"), unreadable
+        assert "cannot store the computed array" in warning and "continuing without it" in warning
+        assert reason in warning and warning.startswith("fedsim: warning: "), warning
+    # neither a partial entry nor a temporary file may be left
+    assert not isolated_cache.exists() or list(isolated_cache.iterdir()) == []
 
 
 WRITER = """

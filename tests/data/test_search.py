@@ -213,14 +213,11 @@ def test_cache_dir_choices(isolated, tmp_path, monkeypatch):
     assert (checkout_data, "checkout data/ folder") in search.search_path()
     monkeypatch.setenv("FEDSIM_CACHE", str(isolated))
     assert search.cache_dir() == isolated
-
-
-def test_repo_data_dir_detection(monkeypatch):
+    monkeypatch.undo()   # the real repo_data_dir and FEDSIM_NO_REPO_DATA=1 again
     monkeypatch.setenv("FEDSIM_NO_REPO_DATA", "1")
     assert search.repo_data_dir() is None
     monkeypatch.delenv("FEDSIM_NO_REPO_DATA")
-    checkout = Path(__file__).resolve().parents[2]
-    assert search.repo_data_dir() == checkout / "data"           # the tests run from a checkout
+    assert search.repo_data_dir() == Path(__file__).resolve().parents[2] / "data"   # the tests run from a checkout
 
 
 # ---------------------------------------------------------------------------------------------------------
