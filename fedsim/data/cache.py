@@ -35,6 +35,7 @@ the array is then always computed and nothing is read or written.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -44,7 +45,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from fedsim.data.registry import DataSettingError
+from fedsim.data.registry import DataSettingError, read_into
 from fedsim.data.search import user_cache_dir
 from fedsim.files import atomic_file
 
@@ -62,13 +63,8 @@ _CHUNK_BYTES = 1 << 24
 
 
 def cache_enabled(enabled: bool | None = None) -> bool:
-    """``enabled`` if given, else what ``FEDSIM_ARRAY_CACHE`` says (unset: on).
-
-    Raises
-    ------
-    DataSettingError
-        If ``FEDSIM_ARRAY_CACHE`` is set to something other than 1/on/true/yes or 0/off/false/no.
-    """
+    """``enabled`` if given, else what ``FEDSIM_ARRAY_CACHE`` says (unset: on); DataSettingError for a value
+    other than 1/on/true/yes or 0/off/false/no."""
     if enabled is not None:
         return bool(enabled)
     value = os.environ.get(ENV_ARRAY_CACHE, "").strip().lower()
@@ -175,13 +171,9 @@ def _read(path: Path, name: str, key) -> np.ndarray | None:
             if size != handle.tell() + nbytes:
                 raise _Unusable(f"it holds {size - handle.tell()} bytes of data, the header says {nbytes}")
             array = np.empty(shape, dtype)
-            view = memoryview(array.reshape(-1)).cast("B")
-            filled = 0
-            while filled < nbytes:
-                count = handle.readinto(view[filled:filled + _CHUNK_BYTES])
-                if not count:
-                    raise _Unusable(f"it ended after {filled} of {nbytes} bytes of data")
-                filled += count
+            filled = read_into(handle, memoryview(array.reshape(-1)).cast("B"), _CHUNK_BYTES)
+            if filled < nbytes:
+                raise _Unusable(f"it ended after {filled} of {nbytes} bytes of data")
         except OSError as error:
             raise _Unusable(f"cannot be read ({error.strerror or error})") from None
     if _sha256(array) != recorded:
@@ -202,28 +194,9 @@ def _write(path: Path, name: str, key, array: np.ndarray) -> None:
 
 def cached_array(name: str, key: Mapping, compute: Callable[[], np.ndarray], *, enabled: bool | None = None,
                  folder=None) -> np.ndarray:
-    """``compute()``, or the array a previous call with the same ``name`` and ``key`` stored.
-
-    Parameters
-    ----------
-    name : str
-        What the array is, e.g. ``"fashion-mnist-train-stc"``: the start of the entry's file name (letters,
-        digits, ``-``, ``_``, ``.``).
-    key : mapping
-        Everything the array depends on, as JSON values (str, int, float, bool, None, lists, dicts): an
-        entry is used only for an equal key. Floats are kept exactly.
-    compute : callable
-        Returns the array (a NumPy array of numbers; it is stored C-contiguous and returned as computed).
-    enabled : bool, optional
-        Use the cache; default: ``FEDSIM_ARRAY_CACHE`` (unset: yes).
-    folder : path, optional
-        The folder of the entries (default :func:`array_cache_dir`).
-
-    Returns
-    -------
-    numpy.ndarray
-        Bitwise equal to ``compute()``'s result, a writable array that owns its memory when read back.
-    """
+    """``compute()``, or the array a previous call with the same ``name`` and ``key`` stored (the module docstring):
+    bitwise ``compute()``'s, a writable array that owns its memory when read back. ``name`` (such as
+    ``"fashion-mnist-train-stc"``) starts the entry's file name; ``key`` holds JSON values only."""
     _check_name(name)
     try:
         _canonical(key)
@@ -257,10 +230,8 @@ def stored_bytes(entries) -> int:
     """The bytes on disk of ``entries`` (a file deleted meanwhile counts 0)."""
     total = 0
     for path in entries:
-        try:
+        with contextlib.suppress(OSError):
             total += path.stat().st_size
-        except OSError:
-            pass
     return total
 
 

@@ -146,17 +146,10 @@ def _describe(error: BaseException, timeout: float) -> str:
 
 
 def receive(url: str, name: str, *, limit: int, timeout: float, seconds: float, progress: bool) -> bytes:
-    """The bytes at ``url`` (a file called ``name``), at most ``limit`` of them, within ``seconds`` overall.
-
-    The transfer runs in a worker thread. At the deadline its connections are shut down (which ends any
-    blocked read) and the attempt is given up even if the worker has not ended yet (it may be stuck where no
-    socket is watched, e.g. resolving the host name); it then ends on its own, and its bytes are dropped.
-
-    Raises
-    ------
-    DownloadFailed
-        For anything that went wrong: the server, the connection, the size cap or the deadline.
-    """
+    """The bytes at ``url`` (a file called ``name``) within the limits of the module docstring; DownloadFailed
+    for anything that went wrong. The transfer runs in a worker thread; at the deadline the attempt is given
+    up even if the worker has not ended (it may be stuck where no socket is watched, e.g. resolving the host
+    name): it then ends on its own, and its bytes are dropped."""
     deadline, result = _Deadline(), {}
 
     def work():

@@ -11,29 +11,25 @@ corrupt download never sits at the final path. A problem with the cache folder i
 not writable, a folder in the way, disk full) stops the downloads of that file at once, as trying the other
 mirrors cannot help.
 
-Limits of one download attempt (one file from one mirror); passing one counts as that mirror failing, and the
-next mirror is tried: ``timeout``, the seconds the server may stay silent on connecting and on each read
-(default 30); the **deadline**, the seconds the whole attempt may take (default :func:`download_deadline`:
-60 s plus the file's decompressed size at 64 KiB/s, so 60 s for a label file and about 13 min for the train
-images); the **size cap**, :func:`~fedsim.data.search.download_size_limit`.
+An attempt (one file from one mirror) that passes a limit counts as that mirror failing, and the next is
+tried: ``timeout``, the seconds the server may stay silent (default 30); the ``deadline`` of the whole attempt
+(default :func:`download_deadline`); the size cap, :func:`~fedsim.data.search.download_size_limit`.
 
-Settings that are not allowed (a timeout or deadline out of range, a malformed ``FEDSIM_MIRRORS`` or
-``mirrors``, a ``data_dir`` that is not an existing folder, an unknown dataset, file key or split) raise
-:class:`DataSettingError` with a one-line message, before anything is searched; the mirrors whenever
-downloading is allowed, even if the files turn out to be on disk, so a typo shows before it matters. Files
-that cannot be had raise :class:`DatasetNotFoundError`.
+Settings that are not allowed (a timeout or deadline out of range, malformed mirrors, a bad ``data_dir``, an
+unknown dataset, file key or split) raise a one-line :class:`DataSettingError` before anything is searched;
+the mirrors whenever downloading is allowed, even if the files are on disk, so a typo shows before it matters.
 """
 
 from __future__ import annotations
 
-import math
-import numbers
+import errno
 import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from fedsim.constraints import Optional, Real
 from fedsim.data.idx import read_images_and_labels
 from fedsim.data.mirrors import download_urls, mirror_bases
 from fedsim.data.registry import (SPLIT_FILES, DatasetFile, DatasetInfo, DataSettingError,
@@ -42,43 +38,32 @@ from fedsim.data.search import (ENV_CACHE, Outcome, cache_dir, download_size_lim
                                 search_path, verify_path)
 
 #: The per-read ``timeout`` must lie in (0, MAX_TIMEOUT_SECONDS].
-MAX_TIMEOUT_SECONDS = 3600.0
+MAX_TIMEOUT_SECONDS = 3600
 #: An explicit ``deadline`` must lie in (0, MAX_DEADLINE_SECONDS].
-MAX_DEADLINE_SECONDS = 86400.0
+MAX_DEADLINE_SECONDS = 86400
 #: The automatic deadline of one download attempt is DEADLINE_BASE_SECONDS plus the file's decompressed
 #: size at DEADLINE_MIN_BYTES_PER_SECOND (see :func:`download_deadline`).
 DEADLINE_BASE_SECONDS = 60.0
 DEADLINE_MIN_BYTES_PER_SECOND = 64 * 1024
 
 
-def _check_seconds(value, setting: str, maximum: float, unset: str = "") -> float:
-    if (isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value)
-            or not 0 < value <= maximum):
-        raise DataSettingError(f"{setting} must be {unset}a number of seconds > 0 and <= {maximum:g}; "
-                               f"got {value!r}")
-    return float(value)
-
-
 def _checked_limits(timeout, deadline) -> tuple[float, float | None]:
-    """``timeout`` and ``deadline`` as floats (``deadline`` may be None), or DataSettingError."""
-    unset = (f"None (automatic: {DEADLINE_BASE_SECONDS:g} s plus the file's size at "
-             f"{DEADLINE_MIN_BYTES_PER_SECOND // 1024} KiB/s) or ")
-    return (_check_seconds(timeout, "timeout (--timeout)", MAX_TIMEOUT_SECONDS),
-            None if deadline is None else _check_seconds(deadline, "deadline", MAX_DEADLINE_SECONDS, unset))
+    """``timeout`` and ``deadline`` in seconds as floats (``deadline`` may be None), or DataSettingError."""
+    automatic = (f"automatic: {DEADLINE_BASE_SECONDS:g} s plus the file's size at "
+                 f"{DEADLINE_MIN_BYTES_PER_SECOND // 1024} KiB/s")
+    deadline_range = Optional(Real(0, MAX_DEADLINE_SECONDS, low_open=True), automatic)
+    try:
+        return (Real(0, MAX_TIMEOUT_SECONDS, low_open=True).check("timeout (--timeout, seconds)", timeout),
+                deadline_range.check("deadline (seconds)", deadline))
+    except (TypeError, ValueError) as error:
+        raise DataSettingError(str(error)) from None
 
 
 def download_deadline(file: DatasetFile) -> float:
-    """The automatic overall deadline, in seconds, of one attempt to download ``file`` from one mirror.
-
-    ``DEADLINE_BASE_SECONDS + file.decompressed_size / DEADLINE_MIN_BYTES_PER_SECOND``: 60 s of setup plus
-    the time to move the uncompressed file (the most a mirror can have to send) at 64 KiB/s, a bandwidth
-    any working connection exceeds (the gzip files are smaller still).
-    """
+    """The automatic deadline in seconds of one attempt: ``DEADLINE_BASE_SECONDS + decompressed_size /
+    DEADLINE_MIN_BYTES_PER_SECOND``, 60 s of setup plus the uncompressed file (the most a mirror can have to
+    send) at 64 KiB/s, which any working connection exceeds; about 13 min for the train images."""
     return DEADLINE_BASE_SECONDS + file.decompressed_size / DEADLINE_MIN_BYTES_PER_SECOND
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Downloading one file
 
 
 def _stderr_is_terminal() -> bool:
@@ -98,13 +83,9 @@ def _pooch_hash(file: DatasetFile) -> str | None:
 
 
 def _retrieve(url: str, file: DatasetFile, folder: Path, **limits) -> tuple[Path, Verification]:
-    """One mirror: ``pooch.retrieve`` with fedsim's downloader; where the copy was saved and how it verified.
-
-    pooch makes the temporary file beside the target, checks :func:`_pooch_hash` and moves the file into place
-    (or removes it). The downloader fills that file: :func:`~fedsim.data.download.receive` (size cap and
-    deadline), then :meth:`DatasetFile.verify`, so only a verified copy reaches the target. The move is not
-    fsynced: a copy damaged by a crash fails verification when next searched, and is downloaded again.
-    """
+    """One mirror: ``pooch.retrieve`` with fedsim's downloader (the module docstring); where the copy was
+    saved and how it verified. The move is not fsynced: a copy damaged by a crash fails verification when
+    next searched, and is downloaded again."""
     import pooch   # imports requests (~0.1 s) only when a download happens
     from fedsim.data.download import DownloadFailed, receive
     received = {}
@@ -146,19 +127,14 @@ def _download(info: DatasetInfo, file: DatasetFile, outcome: Outcome, *, urls: l
     target = folder / file.filename
     try:
         folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        outcome.download_note = (f"no download tried: cannot create the cache folder {folder} "
-                                 f"({error.strerror or error}); set {ENV_CACHE} to a writable folder")
-        return
-    if not os.access(folder, os.W_OK):
-        outcome.download_note = (f"no download tried: the cache folder {folder} is not writable; "
-                                 f"set {ENV_CACHE} to a writable folder")
-        return
-    try:   # a copy here failed verification when searched: pooch would keep it (and move a download into a folder)
+        if not os.access(folder, os.W_OK):
+            raise PermissionError(errno.EACCES, "not writable", str(folder))
+        # a copy here failed verification when searched: pooch would keep it (and move a download into a folder)
         target.unlink(missing_ok=True)
-    except OSError as error:   # a folder, say
-        outcome.download_note = (f"no download tried: {target} is in the way of the download "
-                                 f"({error.strerror or error}); remove it, or set {ENV_CACHE} to another folder")
+    except OSError as error:   # a file where a folder belongs, no permission, a folder in the way
+        outcome.download_note = (f"no download tried: the cache folder {folder} cannot take the file: "
+                                 f"{error.strerror or error} ({error.filename or folder}); fix that, or set "
+                                 f"{ENV_CACHE} to another, writable folder")
         return
     limits = {"limit": download_size_limit(file), "timeout": timeout,
               "seconds": download_deadline(file) if deadline is None else deadline,
@@ -209,37 +185,11 @@ def _obtain(info: DatasetInfo, keys, *, data_dir, download: bool, mirrors, progr
     return outcomes
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Public API
-
-
 def fetch(name: str, file_key: str, *, data_dir=None, download: bool = True, mirrors=None,
           progress: bool | None = None, timeout: float = 30, deadline: float | None = None) -> Path:
-    """A verified copy of a dataset file: found locally (:func:`locate`), else downloaded into :func:`cache_dir`.
-
-    Parameters
-    ----------
-    name, file_key, data_dir
-        As in :func:`~fedsim.data.search.locate`.
-    download : bool
-        Whether to download when no verified local copy exists.
-    mirrors : str or sequence of str, optional
-        Base URLs replacing the registry's mirrors (see :func:`~fedsim.data.mirrors.mirror_urls`).
-    progress : bool, optional
-        Show a progress bar; default: only when stderr is a terminal.
-    timeout : float
-        Seconds to wait for a server on each connect and each read; in (0, 3600].
-    deadline : float, optional
-        Seconds one download attempt (one mirror) may take in all; in (0, 86400]. Default:
-        :func:`download_deadline` of the file.
-
-    Raises
-    ------
-    DataSettingError
-        For a setting that is not allowed (see the module docstring); checked before anything is searched.
-    DatasetNotFoundError
-        Listing the folders searched, copies that failed verification, and mirrors tried with their errors.
-    """
+    """A verified copy of a dataset file, found locally or downloaded (the module docstring); ``progress``
+    shows a bar (default: when stderr is a terminal). DatasetNotFoundError lists the folders searched, the
+    copies that failed verification, and the mirrors tried with their errors."""
     info = get_dataset(name)
     [outcome] = _obtain(info, [info.file(file_key).key], data_dir=data_dir, download=download, mirrors=mirrors,
                         progress=progress, timeout=timeout, deadline=deadline)
@@ -248,31 +198,9 @@ def fetch(name: str, file_key: str, *, data_dir=None, download: bool = True, mir
 
 def load_split(name: str, split: str, *, data_dir=None, download: bool = True, progress: bool | None = None,
                mirrors=None, timeout: float = 30, deadline: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Images and labels of one split of a registered dataset, located or downloaded and verified.
-
-    Parameters
-    ----------
-    name : str
-        Registry name (``"mnist"`` or ``"fashion-mnist"``).
-    split : str
-        ``"train"`` or ``"test"``.
-    data_dir, download, progress, mirrors, timeout, deadline
-        As in :func:`fetch`.
-
-    Returns
-    -------
-    images : numpy.ndarray
-        uint8, shape (N, 28, 28).
-    labels : numpy.ndarray
-        int64, shape (N,), in ``[0, n_classes)``.
-
-    Raises
-    ------
-    DataSettingError
-        For a setting that is not allowed.
-    DatasetNotFoundError
-        One error covering every file of the split that could not be had.
-    """
+    """uint8 images (N, 28, 28) and int64 labels (N,) of split ``"train"`` or ``"test"`` of a registered
+    dataset, located or downloaded and verified; the settings and errors as in :func:`fetch` (one error
+    covering every file of the split that could not be had)."""
     info = get_dataset(name)
     if split not in SPLIT_FILES:
         raise DataSettingError(f"split must be one of {', '.join(SPLIT_FILES)}; got {split!r}")

@@ -28,14 +28,12 @@ from math import prod
 
 import numpy as np
 
-from fedsim.data.registry import is_gzip
+from fedsim.constraints import Integer, Optional
+from fedsim.data.registry import is_gzip, read_into
 
 # IDX type bytes other than 0x08, to name them when rejecting a file.
 _OTHER_IDX_TYPES = {0x09: "signed byte", 0x0B: "int16", 0x0C: "int32", 0x0D: "float32", 0x0E: "float64"}
 _UINT8_TYPE = 0x08
-# The payload is read in pieces of this size; a few pieces are all the memory reading needs beyond the
-# output array.
-_CHUNK_BYTES = 1 << 18
 # Past the payload, a gzip stream (or a stream of unknown size) is read at most this far: enough to count a
 # few stray bytes exactly, and the most memory a gzip bomb's tail can take.
 _TRAILING_BYTES = 1 << 16
@@ -61,7 +59,6 @@ class _BufferReader(io.RawIOBase):
         target[:count] = self._view[self._position:self._position + count]
         self._position += count
         return count
-
 
 
 @contextlib.contextmanager
@@ -100,61 +97,21 @@ def _opened(source, name: str | None):
 
 def _read_up_to(stream, count: int) -> bytes:
     """Up to ``count`` bytes, fewer only at the end of the stream."""
-    pieces, have = [], 0
-    while have < count:
-        piece = stream.read(count - have)
-        if not piece:
-            break
-        pieces.append(piece)
-        have += len(piece)
-    return b"".join(pieces)
-
-
-def _read_into(stream, out: np.ndarray) -> int:
-    """Fill ``out`` (1-D uint8) from ``stream`` piece by piece; the number of bytes read."""
-    view, filled = memoryview(out), 0
-    while filled < len(out):
-        count = stream.readinto(view[filled:filled + _CHUNK_BYTES])
-        if not count:
-            break
-        filled += count
-    return filled
+    buffer = bytearray(count)
+    with memoryview(buffer) as view:
+        filled = read_into(stream, view)
+    return bytes(buffer[:filled])
 
 
 def read_idx(source, *, name: str | None = None, max_bytes: int | None = None) -> np.ndarray:
-    """Read an IDX array of unsigned bytes from a file or from bytes, gzip-compressed or raw.
+    """A new, writable uint8 array of shape ``dims`` from an IDX file (a path) or its bytes, gzip or raw.
 
-    Memory is bounded by what the header declares: gzip is decompressed as a stream, the payload goes
-    straight into the output array, and at most 64 KiB past the declared end are looked at. So a small gzip
-    file that decompresses to gigabytes (a "gzip bomb") fails after a few kilobytes, and a header declaring
-    more than the file can hold (or more than ``max_bytes``) fails before anything is allocated.
-
-    Parameters
-    ----------
-    source : str, os.PathLike or bytes
-        The file to read, or its contents.
-    name : str, optional
-        What to call the source in error messages (default: the path, or ``"<IDX bytes>"``).
-    max_bytes : int, optional
-        The most bytes (header included, decompressed) the IDX file may have, when the caller knows its size
-        (e.g. from the dataset registry); a header declaring more is rejected at once.
-
-    Returns
-    -------
-    numpy.ndarray
-        A new, writable uint8 array of shape ``dims``.
-
-    Raises
-    ------
-    ValueError
-        If the data is not a well-formed IDX file of type 0x08 (see the module docstring), or is larger
-        than ``max_bytes``.
-    OSError
-        If the file cannot be opened or read.
+    A header declaring more than the file can hold, or more than ``max_bytes`` (the most bytes the
+    decompressed file may have, header included, when the caller knows it), fails before anything is
+    allocated. ``name`` is the source in error messages (default: the path, or ``"<IDX bytes>"``).
+    ValueError for anything but a well-formed IDX file of type 0x08; OSError if the file cannot be read.
     """
-    if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, (int, np.integer))
-                                  or max_bytes < 0):
-        raise ValueError(f"max_bytes must be None or an integer >= 0, got {max_bytes!r}")
+    Optional(Integer(low=0), "no limit").check("max_bytes", max_bytes)
     with _opened(source, name) as (stream, label, compressed, stored):
         try:
             return _parse(stream, label, compressed, stored, max_bytes)
@@ -206,7 +163,7 @@ def _parse(stream, label: str, compressed: bool, stored: int | None, max_bytes: 
     except (MemoryError, ValueError):
         raise ValueError(f"IDX file {label}: dims {dims} need {expected} bytes, more than can be "
                          f"allocated") from None
-    filled = _read_into(stream, out)
+    filled = read_into(stream, memoryview(out))
     if filled < expected:
         raise ValueError(f"IDX file {label}: truncated payload: dims {dims} need {expected} bytes, "
                          f"only {filled} present")
@@ -225,35 +182,13 @@ def read_images_and_labels(images_path, labels_path, n_classes: int = 10, *,
                            images_name: str | None = None, labels_name: str | None = None,
                            images_max_bytes: int | None = None,
                            labels_max_bytes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Read a matching pair of image and label IDX files.
+    """A matching pair of IDX files (paths or bytes, as :func:`read_idx`): uint8 images (N, height, width)
+    and int64 labels (N,) in ``[0, n_classes)``, ``n_classes`` between 1 and 256.
 
-    Parameters
-    ----------
-    images_path, labels_path : str, os.PathLike or bytes
-        The images (3-D IDX: samples x height x width) and labels (1-D IDX) files, or their contents.
-    n_classes : int
-        Labels must lie in ``[0, n_classes)``; between 1 and 256.
-    images_name, labels_name : str, optional
-        Names for the sources in error messages, when they are given as bytes.
-    images_max_bytes, labels_max_bytes : int, optional
-        The most bytes each decompressed IDX file may have (``max_bytes`` of :func:`read_idx`), when the
-        caller knows the files' sizes.
-
-    Returns
-    -------
-    images : numpy.ndarray
-        uint8, shape (N, height, width): (N, 28, 28) for MNIST and Fashion-MNIST.
-    labels : numpy.ndarray
-        int64, shape (N,).
-
-    Raises
-    ------
-    ValueError
-        If either file is malformed, the images are not 3-D or the labels not 1-D, the counts differ, or a
-        label is out of range.
+    ValueError if either file is malformed, the images are not 3-D or the labels not 1-D, the counts
+    differ, or a label is out of range.
     """
-    if isinstance(n_classes, bool) or not isinstance(n_classes, (int, np.integer)) or not 1 <= n_classes <= 256:
-        raise ValueError(f"n_classes must be an integer in [1, 256], got {n_classes!r}")
+    Integer(1, 256).check("n_classes", n_classes)
     images = read_idx(images_path, name=images_name, max_bytes=images_max_bytes)
     labels = read_idx(labels_path, name=labels_name, max_bytes=labels_max_bytes)
     images_label = images_name or _describe(images_path, "images")

@@ -33,40 +33,19 @@ def load_dataset(name: str, pipeline: str = "stc", *, data_dir=None, download: b
                  train_split: str = "train", dtype=None, synthetic_alpha: float = 1.0,
                  synthetic_beta: float = 1.0, synthetic_devices: int = 30, seed: int = 0,
                  progress: bool | None = None, cache: bool | None = None) -> Dataset:
-    """Load and preprocess a dataset.
+    """Load dataset ``name`` (one of ``DATASET_NAMES``) and preprocess it.
 
-    Parameters
-    ----------
-    name : {"mnist", "fashion-mnist", "synthetic"}
-    pipeline : {"stc", "laq"}
-        ``"stc"``: /255, bilinear resize to 32x32, normalize (1024 features, float32 by default);
-        ``"laq"``: /255 (784 features, float64 by default). Ignored for synthetic data.
-    train_split : {"train", "test"}
-        Which file split serves as training data. ``"test"`` trains on the 10,000-image test split (the
-        MNIST train images are not always at hand) and then evaluates on that same split: say so when
-        reporting accuracies.
-    synthetic_alpha, synthetic_beta, synthetic_devices, seed
-        Synthetic(alpha, beta) settings and the seed of its generator.
-    data_dir, download, progress
-        As in :func:`fedsim.data.fetch.load_split`; ``data_dir``, if given, must be an existing folder.
-    cache : bool, optional
-        Read and write the STC pipeline's output in the cache of computed arrays (:mod:`fedsim.data.cache`);
-        default: ``FEDSIM_ARRAY_CACHE`` (unset: yes). The arrays are bitwise the same either way.
-
-    Raises
-    ------
-    fedsim.data.registry.DataSettingError
-        A ValueError with a one-line message, for an unknown dataset, pipeline or split, or a ``data_dir``
-        that is not an existing folder.
-    fedsim.data.search.DatasetNotFoundError
-        If the dataset's files are neither on disk nor downloadable.
+    ``pipeline`` ``"stc"``: /255, bilinear resize to 32x32, normalize (1024 features, float32 by default);
+    ``"laq"``: /255 (784 features, float64 by default); ignored for synthetic data. ``train_split="test"``
+    trains on the 10,000-image test split (the MNIST train images are not always at hand) and evaluates on
+    that same split: say so when reporting accuracies. ``cache`` (default ``FEDSIM_ARRAY_CACHE``) keeps the
+    STC output, bitwise the same either way. DataSettingError (one line) for a setting not allowed,
+    DatasetNotFoundError for missing files.
     """
-    if not isinstance(name, str) or name not in DATASET_NAMES:
-        raise DataSettingError(f"dataset must be one of {list(DATASET_NAMES)}, got {name!r}")
-    if not isinstance(pipeline, str) or pipeline not in PIPELINES:
-        raise DataSettingError(f"pipeline must be one of {list(PIPELINES)}, got {pipeline!r}")
-    if not isinstance(train_split, str) or train_split not in TRAIN_SPLITS:
-        raise DataSettingError(f"train_split must be one of {list(TRAIN_SPLITS)}, got {train_split!r}")
+    for setting, value, allowed in (("dataset", name, DATASET_NAMES), ("pipeline", pipeline, PIPELINES),
+                                    ("train_split", train_split, TRAIN_SPLITS)):
+        if not isinstance(value, str) or value not in allowed:
+            raise DataSettingError(f"{setting} must be one of {list(allowed)}, got {value!r}")
     cache_enabled(cache)   # a bad FEDSIM_ARRAY_CACHE is reported before anything is loaded
     if dtype is None:
         dtype = np.float32 if pipeline == "stc" else np.float64
@@ -98,22 +77,12 @@ def load_dataset(name: str, pipeline: str = "stc", *, data_dir=None, download: b
                                              f"{pipeline} pipeline")
 
 
-def source_identity(file: DatasetFile) -> dict:
-    """What the registry records of ``file``'s content: every copy that verifies has exactly that content
-    (the SHA-256 of the decompressed IDX, or where it is unknown the accepted gzip MD5s, and the size)."""
-    identity = {"file": file.filename, "bytes": file.decompressed_size}
-    if file.sha256 is not None:
-        identity["sha256"] = file.sha256
-    else:
-        identity["gzip_md5"] = list(file.gzip_md5)
-    return identity
-
-
 def stc_cache_key(source: DatasetFile, *, size: int, mean: float, std: float, dtype) -> dict:
-    """The key under which :func:`fedsim.data.cache.cached_array` keeps the STC pipeline's output of the
-    images in ``source``: everything that output depends on."""
+    """The cache key of the STC pipeline's output of the images in ``source`` (the module docstring); the
+    source is the SHA-256 of its decompressed IDX, or where it is unknown its accepted gzip MD5s."""
+    checksum = {"sha256": source.sha256} if source.sha256 is not None else {"gzip_md5": list(source.gzip_md5)}
     return {"function": "fedsim.data.preprocess.stc_pipeline", "version": preprocess.PREPROCESS_VERSION,
-            "source": source_identity(source),
+            "source": {"file": source.filename, "bytes": source.decompressed_size, **checksum},
             "parameters": {"size": int(size), "mean": float(mean), "std": float(std),
                            "dtype": np.dtype(dtype).str, "chunk_images": preprocess._CHUNK_IMAGES},
             "environment": compute_environment()}

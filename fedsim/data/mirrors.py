@@ -1,12 +1,14 @@
-"""The mirrors a dataset file is downloaded from: the registry's, or base URLs given by the user.
+"""The mirrors a dataset file is downloaded from, in the order they are tried: the registry's, or base URLs
+given by the user.
 
-``FEDSIM_MIRRORS`` (or the ``mirrors`` argument of :func:`fedsim.data.fetch.fetch`) holds base URLs that
-replace the registry's mirrors for every dataset, separated by whitespace or ``os.pathsep`` (a ``:`` inside a
-URL is kept); empty entries are skipped. Each is ``http://host[:port][/path]``, ``https://...`` or
-``file:///absolute/folder``, with no query (``?``) or fragment (``#``). A file is fetched from
-``<base>/<name>/<filename>``, so an HTTP server (or a ``file://`` URL) over a folder laid out like the cache
-works as a mirror. Unset or blank: the registry's mirrors, where a file is at ``<mirror>/<filename>``.
-Anything else raises :class:`~fedsim.data.registry.DataSettingError` with a one-line message.
+``FEDSIM_MIRRORS`` (or the ``mirrors`` argument of :func:`fedsim.data.fetch.fetch`, a string or a sequence)
+holds base URLs that replace the registry's mirrors for every dataset, separated by whitespace or
+``os.pathsep`` (a ``:`` inside a URL is kept); empty entries are skipped. Each is
+``http://host[:port][/path]``, ``https://...`` or ``file:///absolute/folder``, with no query (``?``) or
+fragment (``#``). A file is fetched from ``<base>/<name>/<filename>``, so an HTTP server (or a ``file://``
+URL) over a folder laid out like the cache works as a mirror. Unset or blank: the registry's mirrors, where a
+file is at ``<mirror>/<filename>``. Anything else raises :class:`~fedsim.data.registry.DataSettingError`
+with a one-line message.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import os
 import re
 import urllib.parse
 
-from fedsim.data.registry import DatasetFile, DatasetInfo, DataSettingError, get_dataset
+from fedsim.data.registry import DatasetFile, DatasetInfo, DataSettingError
 
 ENV_MIRRORS = "FEDSIM_MIRRORS"
 
@@ -24,6 +26,7 @@ MIRROR_SCHEMES: tuple[str, ...] = ("http", "https", "file")
 
 _URL_START = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 _MIRROR_EXAMPLES = "http://host:port/path, https://host/path or file:///folder"
+
 
 def _mirror_problem(url: str) -> str:
     """``""`` if ``url`` is a usable base URL for a mirror, else what is wrong with it."""
@@ -60,13 +63,9 @@ def _mirror_format_error(setting: str, piece, problem: str, text: bool = True) -
 
 
 def parse_mirror_list(text: str, setting: str = ENV_MIRRORS) -> list[str]:
-    """Split a list of base URLs separated by whitespace or ``os.pathsep``, and check each.
-
-    A separator is only recognised where the next URL begins (``<scheme>://``), so ``:`` inside a URL, as in
-    ``http://127.0.0.1:8000``, is kept; empty entries are skipped. Raises :class:`DataSettingError` naming
-    ``setting`` for an entry that is not an ``http``, ``https`` or ``file`` URL as described in the module
-    docstring.
-    """
+    """Split a list of base URLs separated by whitespace or ``os.pathsep``, and check each (DataSettingError
+    naming ``setting``). A separator counts only where the next URL begins (``<scheme>://``), so the ``:`` of
+    ``http://127.0.0.1:8000`` is kept; empty entries are skipped."""
     if not isinstance(text, str):
         raise _mirror_format_error(setting, text, f"a {type(text).__name__}, not a string")
     splitter = re.compile(re.escape(os.pathsep) + r"(?=[A-Za-z][A-Za-z0-9+.-]*://)")
@@ -101,9 +100,7 @@ def mirror_bases(mirrors) -> list[str] | None:
     except TypeError:
         raise _mirror_format_error("mirrors", mirrors, "not a string or a sequence of strings", False) from None
     for base in bases:
-        if not isinstance(base, str):
-            raise _mirror_format_error("mirrors", base, f"a {type(base).__name__}, not a string", False)
-        problem = _mirror_problem(base)
+        problem = _mirror_problem(base) if isinstance(base, str) else f"a {type(base).__name__}, not a string"
         if problem:
             raise _mirror_format_error("mirrors", base, problem, False)
     return bases
@@ -116,25 +113,4 @@ def download_urls(info: DatasetInfo, file: DatasetFile, bases: list[str] | None)
     return [f"{base.rstrip('/')}/{info.name}/{file.filename}" for base in bases]
 
 
-def mirror_urls(name: str, file_key: str, mirrors=None) -> list[str]:
-    """The URLs to download one file from, in the order they are tried.
-
-    Parameters
-    ----------
-    name, file_key : str
-        Dataset and file.
-    mirrors : str or sequence of str, optional
-        Base URLs replacing the registry's mirrors; a file is then at ``<base>/<name>/<filename>``.
-        Default: ``FEDSIM_MIRRORS`` if set (same layout), else the registry's mirrors, where a file is at
-        ``<mirror>/<filename>``.
-
-    Raises
-    ------
-    DataSettingError
-        If ``mirrors`` or ``FEDSIM_MIRRORS`` holds something that is not a base URL.
-    """
-    info = get_dataset(name)
-    return download_urls(info, info.file(file_key), mirror_bases(mirrors))
-
-
-__all__ = ["ENV_MIRRORS", "MIRROR_SCHEMES", "download_urls", "mirror_bases", "mirror_urls", "parse_mirror_list"]
+__all__ = ["ENV_MIRRORS", "MIRROR_SCHEMES", "download_urls", "mirror_bases", "parse_mirror_list"]

@@ -26,9 +26,6 @@ import numpy as np
 
 from fedsim.constraints import Integer, Real
 
-# ------------------------------------------------------------------------------------------------------
-# validation helpers
-
 
 def _check_labels(labels) -> np.ndarray:
     labels = np.asarray(labels)
@@ -66,10 +63,6 @@ def _resolve_n_classes(labels: np.ndarray, n_classes) -> int:
 def _equal_bounds(n_samples: int, n_parts: int) -> np.ndarray:
     """Boundaries of n_parts blocks as equal as possible: block m is [m N // M, (m + 1) N // M)."""
     return (np.arange(n_parts + 1, dtype=np.int64) * n_samples) // n_parts
-
-
-# ------------------------------------------------------------------------------------------------------
-# partitioners
 
 
 def stc_client_sizes(n_samples: int, n_clients: int, balancedness: float) -> np.ndarray:
@@ -112,33 +105,9 @@ def classes_per_client(labels, n_clients: int, classes_per_client: int, balanced
     that runs short sends the client on to further ones (late clients, finding most classes exhausted,
     may instead wrap around and take more from a class they already hold). :func:`partition_report`
     flags clients with too many classes. When the sizes do not add up to N, the leftover samples go to
-    no client (the report counts them).
-
-    Parameters
-    ----------
-    labels : ndarray of int, shape (N,)
-        Class of every training sample, in [0, n_classes).
-    n_clients : int
-        Number of clients, in [1, N].
-    classes_per_client : int
-        Classes a client aims to cover, in [1, n_classes].
-    balancedness : float
-        In (0, 1]. 1 gives every client ``N // n_clients`` samples; smaller values make the sizes a
-        geometric sequence (see :func:`stc_client_sizes`).
-    rng : numpy.random.Generator
-        Source of the class shuffles and the clients' starting classes.
-    n_classes : int, optional
-        Number of classes L (default ``labels.max() + 1``); the starting class is uniform over [0, L).
-
-    Returns
-    -------
-    list of n_clients int64 arrays, each client's indices in the order they were taken.
-
-    Raises
-    ------
-    ValueError
-        For a setting out of range, or when some client would get no sample (the reference then
-        produced an empty client; raise the number of samples per client or ``balancedness``).
+    no client (the report counts them). ``n_classes`` is L (default ``labels.max() + 1``). Each client's
+    indices come in the order taken. ValueError when some client would get no sample (the reference then
+    produced an empty client).
     """
     labels = _check_labels(labels)
     n_samples = len(labels)
@@ -205,26 +174,7 @@ def dirichlet(labels, n_clients: int, alpha: float, rng: np.random.Generator, mi
     Minimum size: if some client ends up with fewer than ``min_size`` samples, the whole split is drawn
     again (fresh proportions and shuffles from ``rng``), at most ``max_attempts`` times; then a
     ``ValueError`` says so. Nothing is moved between clients to force the minimum, so the accepted split
-    is an exact Dirichlet draw conditioned on all sizes >= min_size.
-
-    Parameters
-    ----------
-    labels : ndarray of int, shape (N,)
-    n_clients : int
-        In [1, N].
-    alpha : float
-        Concentration, > 0 and finite.
-    rng : numpy.random.Generator
-    min_size : int
-        Smallest client size accepted, in [0, N // n_clients].
-    n_classes : int, optional
-        Default ``labels.max() + 1``.
-    max_attempts : int
-        Draws tried before giving up, >= 1.
-
-    Returns
-    -------
-    list of n_clients int64 arrays, each sorted ascending.
+    is an exact Dirichlet draw conditioned on all sizes >= min_size. Each client's indices are sorted.
     """
     labels = _check_labels(labels)
     n_samples = len(labels)
@@ -266,20 +216,8 @@ def shards(labels, n_clients: int, rng: np.random.Generator, shards_per_client: 
     Sort the sample indices by label (a stable sort, so file order within a class), cut them into
     S = n_clients * shards_per_client contiguous shards as equal as possible (shard j is
     [j N // S, (j + 1) N // S) of the sorted order), and give every client ``shards_per_client`` shards
-    chosen uniformly at random without replacement. Every sample goes to exactly one client.
-
-    Parameters
-    ----------
-    labels : ndarray of int, shape (N,)
-    n_clients : int
-        In [1, N // shards_per_client].
-    rng : numpy.random.Generator
-    shards_per_client : int
-        In [1, N // n_clients] (every shard must hold a sample).
-
-    Returns
-    -------
-    list of n_clients int64 arrays (each the concatenation of its shards).
+    chosen uniformly at random without replacement. Every sample goes to exactly one client;
+    ``shards_per_client`` lies in [1, N // n_clients], so that every shard holds a sample.
     """
     labels = _check_labels(labels)
     n_samples = len(labels)
@@ -295,10 +233,7 @@ def shards(labels, n_clients: int, rng: np.random.Generator, shards_per_client: 
 
 
 def iid(n_samples: int, n_clients: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """Uniformly random split into equal shares: a random permutation cut at [m N // M] (m = 0..M).
-
-    Sizes differ by at most one. Returns n_clients int64 arrays.
-    """
+    """Uniformly random split into equal shares: a random permutation cut at [m N // M] (m = 0..M)."""
     n_samples = Integer(low=1).check("n_samples", n_samples)
     n_clients = _check_n_clients(n_clients, n_samples)
     _check_rng(rng)
@@ -308,18 +243,11 @@ def iid(n_samples: int, n_clients: int, rng: np.random.Generator) -> list[np.nda
 
 
 def contiguous(n_samples: int, n_clients: int) -> list[np.ndarray]:
-    """Equal blocks in file order, as the LAQ reference: worker m gets [m N // M, (m + 1) N // M).
-
-    Deterministic. Returns n_clients int64 arrays.
-    """
+    """Equal blocks in file order, as the LAQ reference: worker m gets [m N // M, (m + 1) N // M)."""
     n_samples = Integer(low=1).check("n_samples", n_samples)
     n_clients = _check_n_clients(n_clients, n_samples)
     bounds = _equal_bounds(n_samples, n_clients)
     return [np.arange(bounds[m], bounds[m + 1], dtype=np.int64) for m in range(n_clients)]
-
-
-# ------------------------------------------------------------------------------------------------------
-# dispatch by name
 
 
 # method -> (required settings, optional settings)
@@ -353,15 +281,8 @@ def partition(method: str, labels, n_clients: int, rng: np.random.Generator | No
         return contiguous(len(_check_labels(labels)), n_clients)
     if method == "iid":
         return iid(len(_check_labels(labels)), n_clients, rng)
-    if method == "shards":
-        return shards(labels, n_clients, rng, **settings)
-    if method == "dirichlet":
-        return dirichlet(labels, n_clients, rng=rng, **settings)
-    return classes_per_client(labels, n_clients, rng=rng, **settings)
-
-
-# ------------------------------------------------------------------------------------------------------
-# reports
+    splitter = {"shards": shards, "dirichlet": dirichlet, "classes_per_client": classes_per_client}[method]
+    return splitter(labels, n_clients, rng=rng, **settings)
 
 
 def class_counts(labels, parts, n_classes: int) -> np.ndarray:

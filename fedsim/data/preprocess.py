@@ -23,6 +23,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from fedsim.constraints import Integer, Real
+
 # Images are resized and normalized this many at a time, to bound the memory of the temporaries.
 _CHUNK_IMAGES = 8192
 
@@ -66,18 +68,10 @@ def bilinear_matrix(n_in: int, n_out: int, dtype=np.float64) -> np.ndarray:
         out_i = (1 - lambda) * in_lo + lambda * in_hi
 
     so the first output samples clamp to the first input sample and the last ones to the last input
-    sample. Every row sums to 1.
-
-    Parameters
-    ----------
-    n_in, n_out : int
-        Input and output lengths, both >= 1.
-    dtype : numpy dtype
-        Dtype of the returned matrix (the weights are computed in float64, then cast).
+    sample. Every row sums to 1. The weights are computed in float64, then cast to ``dtype``.
     """
     for name, value in (("n_in", n_in), ("n_out", n_out)):
-        if not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"bilinear_matrix: {name} must be an integer >= 1, got {value!r}")
+        Integer(low=1).check(f"bilinear_matrix: {name}", value)
     out_positions = np.arange(n_out, dtype=np.float64)
     source = np.maximum((out_positions + 0.5) * (n_in / n_out) - 0.5, 0.0)
     lower = np.floor(source).astype(np.int64)  # <= n_in - 1, since source < n_in - 0.5
@@ -92,19 +86,8 @@ def bilinear_matrix(n_in: int, n_out: int, dtype=np.float64) -> np.ndarray:
 
 
 def resize_bilinear(images: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
-    """Bilinear resize of a stack of images, ``out[n] = R_h @ images[n] @ R_w^T`` for all n at once.
-
-    Parameters
-    ----------
-    images : ndarray of float, shape (N, H, W)
-        The images; their dtype is kept (float32 in, float32 out).
-    out_h, out_w : int
-        Output height and width (>= 1). Shrinking and growing both follow :func:`bilinear_matrix`.
-
-    Returns
-    -------
-    ndarray, shape (N, out_h, out_w), the dtype of ``images``
-    """
+    """Bilinear resize of a stack of float images (N, H, W) to (N, out_h, out_w), their dtype kept:
+    ``out[n] = R_h @ images[n] @ R_w^T`` for all n at once (:func:`bilinear_matrix`)."""
     images = np.asarray(images)
     if images.ndim != 3:
         raise ValueError(f"resize_bilinear: images must be 3-D (N, H, W), got shape {images.shape}")
@@ -112,8 +95,7 @@ def resize_bilinear(images: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
         raise ValueError(f"resize_bilinear: images must be floating point (divide uint8 pixels by 255 "
                          f"first), got dtype {images.dtype}")
     for name, value in (("out_h", out_h), ("out_w", out_w)):
-        if not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"resize_bilinear: {name} must be an integer >= 1, got {value!r}")
+        Integer(low=1).check(f"resize_bilinear: {name}", value)
     n_images, height, width = images.shape
     rows_matrix = bilinear_matrix(height, out_h, images.dtype)   # R_h, (out_h, H)
     cols_matrix = bilinear_matrix(width, out_w, images.dtype)    # R_w, (out_w, W)
@@ -141,27 +123,16 @@ def _scaled_resized_chunks(images: np.ndarray, size: int, dtype):
         yield start, resize_bilinear(scaled, size, size)
 
 
-def _check_size(size) -> None:
-    if not isinstance(size, (int, np.integer)) or size < 1:
-        raise ValueError(f"size must be an integer >= 1 (the output height and width), got {size!r}")
-
-
 def pixel_statistics(images: np.ndarray, size: int = 32) -> tuple[float, float]:
     """Mean and population standard deviation (ddof=0) of all pixels after ``/ 255`` and the resize.
 
     Sums are accumulated in float64 over chunks of images, so the result does not depend on the chunking
     beyond float64 rounding. ``std = sqrt(E[x^2] - E[x]^2)`` with both moments taken about a shift
-    (the first chunk's mean) to avoid cancellation.
-
-    Parameters
-    ----------
-    images : ndarray of uint8, shape (N, H, W)
-        Raw pixels (the training split, to normalize without looking at the test set).
-    size : int
-        The side of the square the images are resized to (32 for the STC pipeline).
+    (the first chunk's mean) to avoid cancellation. ``images`` are raw uint8 pixels (N, H, W): the training
+    split, to normalize without looking at the test set.
     """
     images = _check_pixels(images, "pixel_statistics")
-    _check_size(size)
+    Integer(low=1).check("size (the output height and width)", size)
     if len(images) == 0:
         raise ValueError("pixel_statistics: images must hold at least one image, got 0")
     count = 0
@@ -182,27 +153,14 @@ def pixel_statistics(images: np.ndarray, size: int = 32) -> tuple[float, float]:
 
 def stc_pipeline(images: np.ndarray, size: int = 32, mean: float | None = 0.06078,
                  std: float | None = 0.1957, dtype=np.float32) -> np.ndarray:
-    """STC preprocessing: ``((resize(pixels / 255) - mean) / std).reshape(N, size * size)``.
+    """STC preprocessing of uint8 pixels (N, H, W): ``((resize(pixels / 255) - mean) / std).reshape(N, size ** 2)``.
 
-    Parameters
-    ----------
-    images : ndarray of uint8, shape (N, H, W)
-        Raw pixels (28x28 for MNIST and Fashion-MNIST).
-    size : int
-        Output side; 32 as in the STC seed (1,024 features, 10,250 softmax parameters).
-    mean, std : float or None
-        Normalization constants; the defaults are the STC reference's MNIST values
-        (``PIXEL_STATISTICS["mnist"]``). ``None`` computes that statistic from ``images`` with
-        :func:`pixel_statistics`. ``std`` must be > 0.
-    dtype : numpy float dtype
-        Dtype of the computation and of the result.
-
-    Returns
-    -------
-    ndarray of dtype, shape (N, size * size), each row a row-major flattened image.
+    ``size`` 32 is the STC seed's (1,024 features, 10,250 softmax parameters). The default ``mean`` and
+    ``std`` are the STC reference's MNIST values (``PIXEL_STATISTICS["mnist"]``); ``None`` computes that
+    statistic from ``images`` (:func:`pixel_statistics`). ``dtype`` is that of the computation and the result.
     """
     images = _check_pixels(images, "stc_pipeline")
-    _check_size(size)
+    Integer(low=1).check("size (the output height and width)", size)
     dtype = np.dtype(dtype)
     if not np.issubdtype(dtype, np.floating):
         raise ValueError(f"stc_pipeline: dtype must be a floating-point dtype, got {dtype}")
@@ -210,10 +168,8 @@ def stc_pipeline(images: np.ndarray, size: int = 32, mean: float | None = 0.0607
         data_mean, data_std = pixel_statistics(images, size)
         mean = data_mean if mean is None else mean
         std = data_std if std is None else std
-    if not np.isfinite(mean):
-        raise ValueError(f"stc_pipeline: mean must be a finite number, got {mean!r}")
-    if not (np.isfinite(std) and std > 0):
-        raise ValueError(f"stc_pipeline: std must be a finite number > 0, got {std!r}")
+    Real().check("stc_pipeline: mean", mean)
+    Real(low=0, low_open=True).check("stc_pipeline: std", std)
     features = np.empty((len(images), size * size), dtype=dtype)
     mean_d, std_d = dtype.type(mean), dtype.type(std)
     for start, chunk in _scaled_resized_chunks(images, size, dtype.type):
@@ -223,15 +179,8 @@ def stc_pipeline(images: np.ndarray, size: int = 32, mean: float | None = 0.0607
 
 
 def laq_pipeline(images: np.ndarray, dtype=np.float64) -> np.ndarray:
-    """LAQ preprocessing: ``(pixels / 255).reshape(N, H * W)`` (784 features for 28x28 images).
-
-    Parameters
-    ----------
-    images : ndarray of uint8, shape (N, H, W)
-        Raw pixels.
-    dtype : numpy float dtype
-        Dtype of the result (float64, as the LAQ reference ran).
-    """
+    """LAQ preprocessing of uint8 pixels (N, H, W): ``(pixels / 255).reshape(N, H * W)`` (784 features for
+    28x28 images), in ``dtype`` (float64, as the LAQ reference ran)."""
     images = _check_pixels(images, "laq_pipeline")
     dtype = np.dtype(dtype)
     if not np.issubdtype(dtype, np.floating):

@@ -35,8 +35,8 @@ SPLIT_FILES: Mapping[str, tuple[str, str]] = MappingProxyType({
 })
 
 GZIP_MAGIC = b"\x1f\x8b"
-# Gzip is decompressed in pieces of this size; a few pieces are all the memory a check needs beyond the
-# file's size.
+# Streams are read (and gzip decompressed) in pieces of this size: a few pieces are all the memory reading
+# needs beyond the output buffer.
 _CHUNK_BYTES = 1 << 18
 
 
@@ -57,26 +57,29 @@ def gunzip_at_most(data: bytes, limit: int) -> bytearray:
     Raises OSError (gzip.BadGzipFile), EOFError or zlib.error for data that is not valid gzip.
     """
     out = bytearray(limit)
-    filled = 0
     with memoryview(out) as view, gzip.GzipFile(fileobj=io.BytesIO(data)) as stream:
-        while filled < limit:
-            count = stream.readinto(view[filled:filled + _CHUNK_BYTES])
-            if not count:
-                break
-            filled += count
+        filled = read_into(stream, view)
     del out[filled:]
     return out
 
 
+def read_into(stream, view: memoryview, chunk_bytes: int = _CHUNK_BYTES) -> int:
+    """Fill the bytes of ``view`` from the binary ``stream``, ``chunk_bytes`` at a time; the number of bytes
+    read (fewer than ``len(view)`` only at the end of the stream)."""
+    filled = 0
+    while filled < len(view):
+        count = stream.readinto(view[filled:filled + chunk_bytes])
+        if not count:
+            break
+        filled += count
+    return filled
+
+
 @dataclass(frozen=True)
 class Verification:
-    """The outcome of checking one copy of a registry file.
-
-    ``method`` is ``"md5"`` (the gzip bytes' MD5 is an accepted one) or ``"sha256"`` (the decompressed IDX's
-    SHA-256 matches) when ``ok``, else ``None``, and ``reason`` then says what did not match. ``payload`` is
-    the decompressed IDX, bytes or a bytearray (kept so a caller that loads the file does not read and
-    decompress it again).
-    """
+    """The outcome of checking one copy of a registry file: ``method`` ``"md5"`` or ``"sha256"`` when ``ok``,
+    else None, ``reason`` what (did not) match, and ``payload`` the decompressed IDX, kept so that a caller
+    that loads the file does not read and decompress it again."""
 
     ok: bool
     method: str | None
@@ -151,8 +154,6 @@ class DatasetInfo:
     """A downloadable dataset: its four files, the folders it is published in, and its classes."""
 
     name: str                         # registry name, also the sub-folder name in caches and mirrors
-    description: str                  # one line for humans
-    homepage: str                     # where the dataset is described
     mirrors: tuple[str, ...]          # base URLs, tried in order; a file is at <mirror>/<filename>
     files: tuple[DatasetFile, ...]    # one per FILE_KEYS entry, in that order
     class_names: tuple[str, ...]      # label i means class_names[i]
@@ -191,10 +192,9 @@ def _files(checksums: Mapping[str, tuple[tuple[str, ...], str | None]]) -> tuple
     return tuple(DatasetFile(key, *_IDX_FILES[key], *checksums[key]) for key in FILE_KEYS)
 
 
+# MNIST handwritten digits (http://yann.lecun.com/exdb/mnist/): 60,000 train + 10,000 test, 28x28 grey
 _MNIST = DatasetInfo(
     name="mnist",
-    description="MNIST handwritten digits: 60,000 train + 10,000 test, 28x28 grey, 10 classes",
-    homepage="http://yann.lecun.com/exdb/mnist/",
     mirrors=(
         "https://ossci-datasets.s3.amazonaws.com/mnist/",
         "https://storage.googleapis.com/cvdf-datasets/mnist/",
@@ -212,10 +212,9 @@ _MNIST = DatasetInfo(
     class_names=tuple(str(digit) for digit in range(10)),
 )
 
+# Fashion-MNIST (Zalando, https://github.com/zalandoresearch/fashion-mnist) clothing: as MNIST's sizes
 _FASHION_MNIST = DatasetInfo(
     name="fashion-mnist",
-    description="Fashion-MNIST (Zalando) clothing images: 60,000 train + 10,000 test, 28x28 grey, 10 classes",
-    homepage="https://github.com/zalandoresearch/fashion-mnist",
     mirrors=(
         "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
         "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",

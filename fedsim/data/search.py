@@ -3,8 +3,9 @@
 Where fedsim looks for a file, in order (see :func:`search_path`):
 
 1. the ``data_dir`` argument (it must be an existing folder: anything else is a :class:`DataSettingError`);
-2. each folder in ``FEDSIM_DATA`` (several separated by ``os.pathsep``, ``:`` on POSIX);
-3. the checkout's ``data/`` folder, when fedsim runs from a source checkout (:func:`repo_data_dir`);
+2. each folder in ``FEDSIM_DATA`` (separated by ``os.pathsep``; folders that do not exist are listed as such);
+3. the checkout's ``data/`` folder, when fedsim runs from a source checkout (:func:`repo_data_dir`), unless
+   ``FEDSIM_NO_REPO_DATA=1`` (then it is neither searched nor the cache; the tests set it);
 4. the user cache: ``FEDSIM_CACHE`` if set, else ``$XDG_CACHE_HOME/fedsim``, else ``~/.cache/fedsim``;
 5. ``/usr/share/datasets`` (Debian's ``dataset-fashion-mnist`` installs ``/usr/share/datasets/fashion-mnist``).
 
@@ -13,17 +14,7 @@ and as an uncompressed copy (the name without ``.gz``). Only a copy that verifie
 Fashion-MNIST share file names, so a file in a flat folder may belong to the other dataset); a copy that is
 present but fails verification is skipped and reported if nothing better is found. A copy larger than
 :func:`download_size_limit` is rejected without being read. Downloads go to ``<cache_dir()>/<name>/``
-(:mod:`fedsim.data.fetch`).
-
-Environment variables
----------------------
-FEDSIM_DATA
-    Extra folders to search, separated by ``os.pathsep``. Folders that do not exist are listed as such.
-FEDSIM_CACHE
-    The download cache (overrides both the checkout's ``data/`` folder and the user cache).
-FEDSIM_NO_REPO_DATA
-    Set to ``1`` to ignore the checkout's ``data/`` folder, both for searching and as the cache (the tests
-    set it so they never touch a developer's data).
+(:mod:`fedsim.data.fetch`): ``FEDSIM_CACHE`` if set, else the checkout's ``data/`` if writable, else the user cache.
 """
 
 from __future__ import annotations
@@ -52,18 +43,8 @@ _DATA_DIR_SETTING = "data_dir (--data-dir)"
 class DatasetNotFoundError(FileNotFoundError):
     """A dataset file is neither on disk (verified) nor downloadable; the message says where fedsim looked.
 
-    Attributes
-    ----------
-    dataset : str
-        The dataset's registry name.
-    missing : tuple of str
-        File keys that could not be had.
-    searched : tuple of pathlib.Path
-        Folders searched, in order.
-    rejected : tuple of (pathlib.Path, str)
-        Copies that were found but failed verification, with the reason.
-    attempts : tuple of (str, str)
-        URLs tried, with what went wrong.
+    Its attributes: the ``dataset`` name, the ``missing`` file keys, the folders ``searched`` in order, the
+    copies ``rejected`` by verification as (path, reason), and the download ``attempts`` as (URL, error).
     """
 
     def __init__(self, message: str, *, dataset: str = "", missing: tuple[str, ...] = (),
@@ -71,22 +52,13 @@ class DatasetNotFoundError(FileNotFoundError):
                  attempts: tuple[tuple[str, str], ...] = ()):
         super().__init__(message)
         self.dataset = dataset
-        self.missing = tuple(missing)
-        self.searched = tuple(searched)
-        self.rejected = tuple(rejected)
-        self.attempts = tuple(attempts)
+        self.missing, self.searched = tuple(missing), tuple(searched)
+        self.rejected, self.attempts = tuple(rejected), tuple(attempts)
 
 
 def download_size_limit(file: DatasetFile) -> int:
-    """The most bytes a copy of ``file`` can have: its decompressed size plus 1 MiB of slack.
-
-    A download is cut off, and a file found on disk rejected unread, beyond this.
-    """
+    """The most bytes a copy of ``file`` can have: its decompressed size plus 1 MiB of slack (``_SLACK_BYTES``)."""
     return file.decompressed_size + _SLACK_BYTES
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Folders
 
 
 def _expand(text: str, setting: str) -> Path:
@@ -122,12 +94,10 @@ def folder_problem(folder) -> str:
 def _checked_data_dir(data_dir) -> Path:
     """The ``data_dir`` argument as a Path, if it names an existing, readable folder; else DataSettingError."""
     try:
-        text = os.fspath(data_dir)
+        text = os.fsdecode(data_dir)
     except TypeError:
         raise DataSettingError(f"{_DATA_DIR_SETTING} must be the path of a folder (str or os.PathLike); "
                                f"got {type(data_dir).__name__}") from None
-    if isinstance(text, bytes):
-        text = os.fsdecode(text)
     must = f"{_DATA_DIR_SETTING} must be an existing folder holding dataset files"
     if not text.strip():
         raise DataSettingError(f"{must}; got an empty path")
@@ -141,11 +111,8 @@ def _checked_data_dir(data_dir) -> Path:
 
 
 def repo_data_dir() -> Path | None:
-    """The checkout's ``data/`` folder, or None when fedsim is not running from a source checkout.
-
-    A checkout is recognised by a ``data/README.md`` next to the ``fedsim/`` package folder and a
-    ``pyproject.toml`` beside them. ``FEDSIM_NO_REPO_DATA=1`` makes this return None.
-    """
+    """The checkout's ``data/`` folder (with a ``README.md``, beside ``fedsim/`` and ``pyproject.toml``), or
+    None when fedsim is not running from a source checkout or ``FEDSIM_NO_REPO_DATA=1``."""
     if os.environ.get(ENV_NO_REPO_DATA, "").strip() not in ("", "0"):
         return None
     root = Path(__file__).resolve().parents[2]
@@ -177,8 +144,7 @@ def user_cache_dir() -> Path:
 
 
 def cache_dir() -> Path:
-    """Where downloads go: ``FEDSIM_CACHE`` if set, else the checkout's ``data/`` if writable, else the user
-    cache (:func:`user_cache_dir`). Files land in ``<cache_dir()>/<name>/<filename>``."""
+    """Where downloads go (the module docstring)."""
     explicit = _env_cache()
     if explicit is not None:
         return explicit
@@ -189,16 +155,9 @@ def cache_dir() -> Path:
 
 
 def search_path(data_dir=None) -> list[tuple[Path, str]]:
-    """The folders searched for dataset files, in order, each with where it came from.
-
-    Duplicates (the same folder reached twice) are kept once, at their first position.
-
-    Raises
-    ------
-    DataSettingError
-        If ``data_dir`` is given but is not an existing, readable folder, or a ``~`` in a setting cannot be
-        expanded. Folders from ``FEDSIM_DATA`` that do not exist are kept (and listed as such in errors).
-    """
+    """The folders searched for dataset files, in order, each with where it came from; a folder reached
+    twice is kept at its first position. Folders of ``FEDSIM_DATA`` that do not exist are kept (and listed as
+    such in errors); a ``data_dir`` that is not an existing, readable folder is a DataSettingError."""
     folders: list[tuple[Path, str]] = []
     if data_dir is not None:
         folders.append((_checked_data_dir(data_dir), "data_dir argument"))
@@ -210,13 +169,10 @@ def search_path(data_dir=None) -> list[tuple[Path, str]]:
         folders.append((repo, "checkout data/ folder"))
     folders.append((user_cache_dir(), "user cache"))
     folders.extend((folder, "system datasets folder") for folder in SYSTEM_DATASET_DIRS)
-    unique, seen = [], set()
+    unique = {}
     for folder, source in folders:
-        key = _identity(folder)
-        if key not in seen:
-            seen.add(key)
-            unique.append((folder, source))
-    return unique
+        unique.setdefault(_identity(folder), (folder, source))
+    return list(unique.values())
 
 
 def _identity(path: Path) -> str:
@@ -233,10 +189,6 @@ def _is_file(path: Path) -> bool:
         return False
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Finding one file
-
-
 @dataclass
 class Outcome:
     """What happened while obtaining one file: the verified copy, if any, and what was tried."""
@@ -250,10 +202,8 @@ class Outcome:
 
 
 def verify_path(path: Path, file: DatasetFile, verified: dict[str, Verification]) -> Verification:
-    """Verify the copy at ``path``, at most once per ``verified`` memo (one public call).
-
-    At most :func:`download_size_limit` + 1 bytes are read: a larger file is rejected without reading it all.
-    """
+    """Verify the copy at ``path``, at most once per ``verified`` memo (one public call); a file larger than
+    :func:`download_size_limit` is rejected after reading one byte more."""
     key = _identity(path)
     if key not in verified:
         limit = download_size_limit(file)
@@ -325,27 +275,9 @@ def not_found_error(info: DatasetInfo, failures: list[Outcome], folders: list[tu
         attempts=tuple(item for o in failures for item in o.attempts))
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Public API
-
-
 def locate(name: str, file_key: str, data_dir=None) -> Path | None:
-    """The first verified local copy of a dataset file, or None; never downloads.
-
-    Parameters
-    ----------
-    name : str
-        Registry name (``"mnist"`` or ``"fashion-mnist"``).
-    file_key : str
-        One of ``"train-images"``, ``"train-labels"``, ``"test-images"``, ``"test-labels"``.
-    data_dir : str or os.PathLike, optional
-        Folder searched first; it must exist.
-
-    Raises
-    ------
-    DataSettingError
-        For an unknown name or file key, or a ``data_dir`` that is not an existing folder.
-    """
+    """The first verified local copy of file ``file_key`` of dataset ``name``, or None; never downloads.
+    DataSettingError for a bad ``data_dir``, an unknown name or file key."""
     info = get_dataset(name)
     outcome = Outcome(info.file(file_key))
     find_local(info, outcome.file, search_path(data_dir), {}, outcome)
@@ -355,18 +287,10 @@ def locate(name: str, file_key: str, data_dir=None) -> Path | None:
 def dataset_status(name: str, data_dir=None) -> list[dict]:
     """What is on disk for each file of a dataset (for ``fedsim data info``); never downloads.
 
-    Returns
-    -------
-    list of dict
-        One per file key, in :data:`~fedsim.data.registry.FILE_KEYS` order, with ``key``, ``filename``,
-        ``path`` (the verified copy; else the first copy found that failed verification; else None),
-        ``verified`` (bool), ``method`` (``"md5"``, ``"sha256"`` or None) and ``reason`` (how it verified,
-        why it failed, or ``"not found"``).
-
-    Raises
-    ------
-    DataSettingError
-        For an unknown name, or a ``data_dir`` that is not an existing folder.
+    One dict per file key, in ``FILE_KEYS`` order: ``key``, ``filename``, ``path`` (the verified copy; else
+    the first copy that failed verification; else None), ``verified``, ``method`` (``"md5"``, ``"sha256"``
+    or None) and ``reason`` (how it verified, why it failed, or ``"not found"``). DataSettingError as
+    :func:`locate`.
     """
     info = get_dataset(name)
     folders = search_path(data_dir)

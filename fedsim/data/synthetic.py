@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedsim.constraints import Integer, OneOf, Optional, Real
 from fedsim.data.dataset import Dataset
 
 
@@ -46,17 +47,10 @@ class LognormalCounts:
     max_per_device: int | None = None   # explicit cap: n_k = min(n_k, max_per_device); None = no cap
 
     def __post_init__(self):
-        if not np.isfinite(self.log_mean):
-            raise ValueError(f"LognormalCounts: log_mean must be finite, got {self.log_mean!r}")
-        if not (np.isfinite(self.log_sigma) and self.log_sigma >= 0):
-            raise ValueError(f"LognormalCounts: log_sigma must be a finite number >= 0, "
-                             f"got {self.log_sigma!r}")
-        if not isinstance(self.minimum, (int, np.integer)) or self.minimum < 1:
-            raise ValueError(f"LognormalCounts: minimum must be an integer >= 1, got {self.minimum!r}")
-        if self.max_per_device is not None and (not isinstance(self.max_per_device, (int, np.integer))
-                                                or self.max_per_device < self.minimum):
-            raise ValueError(f"LognormalCounts: max_per_device must be None or an integer >= minimum "
-                             f"({self.minimum}), got {self.max_per_device!r}")
+        Real().check("LognormalCounts: log_mean", self.log_mean)
+        Real(low=0).check("LognormalCounts: log_sigma", self.log_sigma)
+        Integer(low=1).check("LognormalCounts: minimum", self.minimum)
+        Optional(Integer(low=self.minimum), "no cap").check("LognormalCounts: max_per_device", self.max_per_device)
 
     def draw(self, n_devices: int, rng: np.random.Generator) -> np.ndarray:
         """Sample counts of ``n_devices`` devices, an int64 array."""
@@ -89,52 +83,25 @@ def make_synthetic(alpha: float, beta: float, n_devices: int, rng: np.random.Gen
                    n_features: int = 60, n_classes: int = 10, test_fraction: float = 0.2,
                    dtype=np.float32, samples=LognormalCounts(), prior_scale: str = "std",
                    max_total_samples: int = 2_000_000) -> Dataset:
-    """Generate Synthetic(alpha, beta) (FedProx, arXiv 1812.06127; model in the module docstring).
+    """Generate Synthetic(alpha, beta) (FedProx, arXiv 1812.06127; model in the module docstring) on
+    ``n_devices`` devices (FedProx used 30, with d = 60 features and C = 10 classes).
 
-    Parameters
-    ----------
-    alpha, beta : float
-        Spread of the device priors u_k and B_k, finite and >= 0 (see ``prior_scale``).
-    n_devices : int
-        Number of devices K >= 1 (FedProx used 30).
-    rng : numpy.random.Generator
-        The only source of randomness. Draw order: sample counts, u (K), B (K), then per device
-        v_k, W_k, b_k and the samples' noise.
-    n_features, n_classes : int
-        d >= 1 and C >= 2 (60 and 10 in FedProx).
-    test_fraction : float
-        In [0, 1). Device k keeps its first ``n_k - floor(test_fraction * n_k)`` samples for training and
-        the rest for testing (its samples are i.i.d., so this is a uniformly random split); every device
-        has at least one training sample.
-    dtype : numpy float dtype
-        Dtype of x. The model draws are float64; labels are the argmax of the logits of x as stored.
-    samples : LognormalCounts, int or sequence of int
-        Samples per device: a law (default: FedProx's), one count for every device, or one per device.
-    prior_scale : {"std", "variance"}
-        How N(0, alpha) and N(0, beta) are read: alpha is the standard deviation (FedProx's code, the
-        default) or the variance.
-    max_total_samples : int
-        Refuse (``ValueError``) to generate more samples than this in total, instead of exhausting memory
-        after an extreme heavy-tail draw; nothing is clipped. Raise it, or cap devices explicitly with
-        ``LognormalCounts(max_per_device=...)``.
+    ``rng`` is the only source of randomness; draw order: sample counts, u (K), B (K), then per device
+    v_k, W_k, b_k and the samples' noise. Device k keeps its first ``n_k - floor(test_fraction * n_k)``
+    samples for training and the rest for testing (i.i.d. samples: a uniformly random split). The model
+    draws are float64; x is stored in ``dtype`` and labels are the argmax of the logits of x as stored.
+    ``samples``: a law, one count for every device, or one per device. More than ``max_total_samples`` in
+    all is refused (ValueError), not clipped: raise it, or cap with ``LognormalCounts(max_per_device=...)``.
 
-    Returns
-    -------
-    Dataset
-        Named ``"synthetic(alpha,beta)"``; x_train/y_train and x_test/y_test are the devices' splits
-        concatenated in device order; ``client_indices[k]`` are device k's rows of the training set.
+    The splits are concatenated in device order; ``client_indices[k]`` are device k's training rows.
     """
     for name, value in (("alpha", alpha), ("beta", beta)):
-        if not (np.isfinite(value) and value >= 0):
-            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        Real(low=0).check(name, value)
     for name, value, low in (("n_devices", n_devices, 1), ("n_features", n_features, 1),
                              ("n_classes", n_classes, 2), ("max_total_samples", max_total_samples, 1)):
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    if not (np.isfinite(test_fraction) and 0 <= test_fraction < 1):
-        raise ValueError(f"test_fraction must lie in [0, 1), got {test_fraction!r}")
-    if prior_scale not in ("std", "variance"):
-        raise ValueError(f"prior_scale must be 'std' or 'variance', got {prior_scale!r}")
+        Integer(low=low).check(name, value)
+    Real(0, 1, high_open=True).check("test_fraction", test_fraction)
+    OneOf("std", "variance").check("prior_scale", prior_scale)
     dtype = np.dtype(dtype)
     if not np.issubdtype(dtype, np.floating):
         raise ValueError(f"dtype must be a floating-point dtype, got {dtype}")

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from fedsim.data import search
+from fedsim.data.registry import DataSettingError
 
 MNIST_TEST_LABEL_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 LABELS_GZ = "t10k-labels-idx1-ubyte.gz"
@@ -66,7 +67,10 @@ def serve():
         thread.join(timeout=5)
 
 
-def one_line_setting_error(raised, *words) -> str:
+def one_line_setting_error(call, *words, error: type = DataSettingError) -> str:
+    """The message of the ``error`` (a ValueError) that ``call()`` raises: one line holding every word."""
+    with pytest.raises(error) as raised:
+        call()
     message = str(raised.value)
     assert isinstance(raised.value, ValueError) and "\n" not in message, message
     for word in words:

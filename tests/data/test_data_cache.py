@@ -94,7 +94,7 @@ def test_the_key_and_the_name_select_the_entry(isolated_cache):
     assert compute.calls == 3
 
 
-def test_stc_key_changes_with_every_input():
+def test_stc_key_changes_with_every_input(monkeypatch):
     fashion, mnist = DATASETS["fashion-mnist"], DATASETS["mnist"]
     base = dict(size=32, mean=0.25, std=0.5, dtype=np.float32)
     key = load.stc_cache_key(fashion.file("train-images"), **base)
@@ -108,72 +108,41 @@ def test_stc_key_changes_with_every_input():
                 load.stc_cache_key(fashion.file("train-images"), **dict(base, std=0.51)),
                 load.stc_cache_key(fashion.file("train-images"), **dict(base, dtype=np.float64))]
     assert variants[1]["source"]["gzip_md5"] == list(mnist.file("train-images").gzip_md5)
-    paths = {entry_path("x", k) for k in [key] + variants}
-    assert len(paths) == len(variants) + 1
     assert load.stc_cache_key(fashion.file("train-images"), **base) == key
-
-
-def test_stc_key_changes_with_the_code_version_and_the_chunking(monkeypatch):
-    file = DATASETS["fashion-mnist"].file("test-images")
-    before = load.stc_cache_key(file, size=32, mean=0.1, std=0.2, dtype=np.float32)
     monkeypatch.setattr(preprocess, "PREPROCESS_VERSION", preprocess.PREPROCESS_VERSION + 1)
-    bumped = load.stc_cache_key(file, size=32, mean=0.1, std=0.2, dtype=np.float32)
+    variants.append(load.stc_cache_key(fashion.file("train-images"), **base))      # the code's version
     monkeypatch.setattr(preprocess, "_CHUNK_IMAGES", 100)
-    rechunked = load.stc_cache_key(file, size=32, mean=0.1, std=0.2, dtype=np.float32)
-    assert len({entry_path("x", k) for k in (before, bumped, rechunked)}) == 3
+    variants.append(load.stc_cache_key(fashion.file("train-images"), **base))      # the chunking
+    assert len({entry_path("x", k) for k in [key] + variants}) == len(variants) + 1
 
 
-def entry_parts(path: Path):
-    data = path.read_bytes()
-    magic_end = data.index(b"\n") + 1
-    header_end = data.index(b"\n", magic_end) + 1
-    return data[:magic_end], json.loads(data[magic_end:header_end]), data[header_end:]
+def edit_header(data: bytes, **changes) -> bytes:
+    """The entry ``data`` with the header's entries in ``changes`` replaced (``key`` merged)."""
+    magic, line, payload = data.split(b"\n", 2)
+    header = json.loads(line)
+    header.update(changes, key=dict(header["key"], **changes.get("key", {})))
+    return magic + b"\n" + json.dumps(header).encode() + b"\n" + payload
 
 
-def flip_last_byte(path: Path) -> None:
-    data = bytearray(path.read_bytes())
-    data[-1] ^= 0x01
-    path.write_bytes(bytes(data))
+DAMAGES = {   # name: (what becomes of the entry's bytes, the reason the warning gives)
+    "last byte flipped": (lambda data: data[:-1] + bytes([data[-1] ^ 0x01]), "SHA-256"),
+    "truncated": (lambda data: data[:-3], "bytes of data"),
+    "wrong magic": (lambda data: b"NOT-OURS 1\n" + data.split(b"\n", 1)[1], "wrong first line"),
+    "garbled header": (lambda data: b"\n".join([data.split(b"\n")[0], b"{not json", data.split(b"\n", 2)[2]]),
+                       "header"),
+    "other key": (lambda data: edit_header(data, key={"version": 2}), "another name or key"),
+    "huge shape": (lambda data: edit_header(data, shape=[1 << 40, 1 << 20], nbytes=(1 << 60) * 4), "bytes of data"),
+    "empty": (lambda data: b"", "wrong first line"),
+}
 
 
-def truncate(path: Path) -> None:
-    path.write_bytes(path.read_bytes()[:-3])
-
-
-def wrong_magic(path: Path) -> None:
-    path.write_bytes(b"NOT-OURS 1\n" + path.read_bytes().split(b"\n", 1)[1])
-
-
-def garbled_header(path: Path) -> None:
-    magic, _, payload = entry_parts(path)
-    path.write_bytes(magic + b"{not json\n" + payload)
-
-
-def other_key(path: Path) -> None:
-    magic, header, payload = entry_parts(path)
-    header["key"]["version"] = 2
-    path.write_bytes(magic + json.dumps(header).encode() + b"\n" + payload)
-
-
-def huge_shape(path: Path) -> None:
-    magic, header, payload = entry_parts(path)
-    header["shape"], header["nbytes"] = [1 << 40, 1 << 20], (1 << 60) * 4
-    path.write_bytes(magic + json.dumps(header).encode() + b"\n" + payload)
-
-
-def empty(path: Path) -> None:
-    path.write_bytes(b"")
-
-
-@pytest.mark.parametrize("damage, reason", [(flip_last_byte, "SHA-256"), (truncate, "bytes of data"),
-                                            (wrong_magic, "wrong first line"), (garbled_header, "header"),
-                                            (other_key, "another name or key"), (huge_shape, "bytes of data"),
-                                            (empty, "wrong first line")])
-def test_a_damaged_entry_is_recomputed_with_one_warning_line(isolated_cache, capsys, damage, reason):
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_a_damaged_entry_is_recomputed_with_one_warning_line(isolated_cache, capsys, damage):
     compute = Counter(awkward_array())
     cached_array("values", KEY, compute)
     path = only_entry(isolated_cache)
-    damage(path)
+    spoil, reason = DAMAGES[damage]
+    path.write_bytes(spoil(path.read_bytes()))
     capsys.readouterr()
     got = cached_array("values", KEY, compute)
     assert compute.calls == 2, "a damaged entry must never be trusted"
@@ -223,18 +192,13 @@ def test_a_bad_environment_value_is_a_one_line_setting_error(monkeypatch):
         load.load_dataset("synthetic", synthetic_devices=3)   # checked before anything is loaded
 
 
-def test_bad_names_keys_and_results_are_refused():
-    for name in ("", ".hidden", "a/b", "a b", None):
-        with pytest.raises(ValueError, match="name must be"):
-            cached_array(name, KEY, Counter(np.zeros(1)))
-    with pytest.raises(ValueError, match="JSON values"):
-        cached_array("values", {"mean": float("nan")}, Counter(np.zeros(1)))
-    with pytest.raises(ValueError, match="JSON values"):
-        cached_array("values", {"what": object()}, Counter(np.zeros(1)))
-    with pytest.raises(TypeError, match="NumPy array of numbers"):
-        cached_array("values", KEY, lambda: [1.0, 2.0])
-    with pytest.raises(TypeError, match="NumPy array of numbers"):
-        cached_array("values", KEY, lambda: np.array([object()]))
+@pytest.mark.parametrize("name, key, result, error, pattern", [
+    *((name, KEY, np.zeros(1), ValueError, "name must be") for name in ("", ".hidden", "a/b", "a b", None)),
+    *(("values", key, np.zeros(1), ValueError, "JSON values") for key in ({"mean": float("nan")}, {"what": object()})),
+    *(("values", KEY, result, TypeError, "NumPy array of numbers") for result in ([1.0, 2.0], np.array([object()])))])
+def test_bad_names_keys_and_results_are_refused(name, key, result, error, pattern):
+    with pytest.raises(error, match=pattern):
+        cached_array(name, key, lambda: result)
 
 
 class FailingFile:
@@ -258,48 +222,27 @@ class FailingFile:
         return False
 
 
-@pytest.mark.parametrize("allowed", [0, 1, 2])
-def test_a_write_that_fails_leaves_no_file_and_returns_the_computed_array(isolated_cache, monkeypatch, capsys,
-                                                                           allowed):
-    real_fdopen = os.fdopen
-    monkeypatch.setattr(cache.os, "fdopen", lambda *a, **k: FailingFile(real_fdopen(*a, **k), allowed))
+@pytest.mark.parametrize("failure", [0, 1, 2, "the cache is a file"])
+def test_a_cache_that_cannot_take_the_entry_costs_one_warning_line(isolated_cache, tmp_path, monkeypatch, capsys,
+                                                                   failure):
+    # a disk that fills up at the 1st, 2nd or 3rd write (magic, header, data), or a file where the cache should be
+    if failure == "the cache is a file":
+        (tmp_path / "a-file").write_text("not a folder")
+        monkeypatch.setenv("FEDSIM_CACHE", str(tmp_path / "a-file"))
+        reason = "Not a directory"
+    else:
+        real_fdopen = os.fdopen
+        monkeypatch.setattr(cache.os, "fdopen", lambda *a, **k: FailingFile(real_fdopen(*a, **k), failure))
+        reason = "No space left on device"
     compute = Counter(awkward_array())
-    got = cached_array("values", KEY, compute)
-    assert_bitwise(got, compute.array)
-    assert list(isolated_cache.iterdir()) == [], "neither a partial entry nor a temporary file may be left"
-    warning = capsys.readouterr().err
-    assert warning.count("\n") == 1 and "No space left on device" in warning and "continuing without it" in warning
-
-
-def test_the_entry_appears_whole_in_one_rename(isolated_cache, monkeypatch):
-    """Until os.replace, the final path does not exist and the temporary file is already complete; after
-    it, only the final file is there."""
-    seen = []
-    real_replace = os.replace
-
-    def replace(source, target):
-        source, target = Path(source), Path(target)
-        seen.append((source.name, target.exists(), source.stat().st_size))
-        assert source.parent == target.parent and source.name.startswith(".") and source.suffix == ".part"
-        return real_replace(source, target)
-
-    monkeypatch.setattr(cache.os, "replace", replace)
-    array = awkward_array()
-    cached_array("values", KEY, Counter(array))
-    (name, final_existed, size), = seen
-    path = entry_path("values", KEY)
-    assert not final_existed and size == path.stat().st_size and size > array.nbytes
-    assert [p.name for p in isolated_cache.iterdir()] == [path.name]
-
-
-def test_an_unwritable_folder_costs_a_warning_only(tmp_path, monkeypatch, capsys):
-    blocker = tmp_path / "a-file"
-    blocker.write_text("not a folder")
-    monkeypatch.setenv("FEDSIM_CACHE", str(blocker))
-    compute = Counter(np.arange(3.0))
-    assert_bitwise(cached_array("values", KEY, compute), compute.array)
-    assert_bitwise(cached_array("values", KEY, compute), compute.array)
-    assert compute.calls == 2 and "cannot store the computed array" in capsys.readouterr().err
+    for calls in (1, 2):
+        assert_bitwise(cached_array("values", KEY, compute), compute.array)
+        *unreadable, warning = capsys.readouterr().err.splitlines()   # a file is also an entry that cannot be read
+        assert compute.calls == calls and len(unreadable) == (failure == "the cache is a file"), unreadable
+        assert "cannot store the computed array" in warning and "continuing without it" in warning
+        assert reason in warning and warning.startswith("fedsim: warning: "), warning
+    # neither a partial entry nor a temporary file may be left
+    assert not isolated_cache.exists() or list(isolated_cache.iterdir()) == []
 
 
 WRITER = """

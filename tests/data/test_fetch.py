@@ -6,6 +6,7 @@ import hashlib
 import http.server
 import json
 import os
+import re
 import socket
 import stat
 import subprocess
@@ -79,6 +80,14 @@ def silent_url():
     listener.close()
 
 
+def failed_fetch(isolated, mirrors, name="mnist", **settings) -> DatasetNotFoundError:
+    """The error of fetching ``name``'s test labels from ``mirrors`` alone; the cache must hold nothing after."""
+    with pytest.raises(DatasetNotFoundError) as raised:
+        fetch.fetch(name, "test-labels", mirrors=mirrors, progress=False, **settings)
+    assert files_under(isolated) == []                         # neither the final file nor a temporary one
+    return raised.value
+
+
 # --------------------------------------------------------------------------------------------------------
 # Downloads from servers on 127.0.0.1
 
@@ -136,71 +145,57 @@ def corrupt_copies(shared_data) -> dict[str, bytes]:
     }
 
 
-@pytest.mark.parametrize("kind", ["one label changed", "truncated gzip", "error page with status 200",
-                                  "gzip of wrong size"])
-def test_corrupt_download_rejected_and_nothing_left(isolated, shared_data, tmp_path, serve, kind):
-    served = tmp_path / "served"
-    (served / "mnist").mkdir(parents=True)
-    (served / "mnist" / LABELS_GZ).write_bytes(corrupt_copies(shared_data)[kind])
-    base = serve(served)
-    with pytest.raises(DatasetNotFoundError) as raised:
-        fetch.fetch("mnist", "test-labels", mirrors=[base], progress=False, timeout=5)
-    [(url, error)] = raised.value.attempts
-    assert url == f"{base}/mnist/{LABELS_GZ}"
-    assert "failed verification" in error, error
-    assert url in str(raised.value)
-    assert files_under(isolated) == []                         # neither the final file nor a temporary one
+LIMIT = 10008 + (1 << 20)     # download_size_limit of the test labels (checked below)
+FAST = {"timeout": 0.5}
+#: Each way a mirror can fail: how it is served, a pattern its attempt's error matches, and the fetch settings
+#: (a trickle of a byte a second passes a per-read timeout of 5 s: only the deadline ends it).
+BAD_MIRRORS = {
+    "closed port": ("closed port", "cannot connect", FAST),
+    "404": ("empty folder", "HTTP 404", FAST),
+    "silent server": ("silent", "timed out after 0.5 s", FAST),
+    "truncated transfer": (TRUNCATING, "IncompleteRead|connection closed", FAST),
+    "endless body": (ENDLESS, f"more than {LIMIT} bytes received; no copy of {LABELS_GZ} is that large", FAST),
+    "a terabyte announced": (HUGE_ANNOUNCED, rf"server announces {10 ** 12} bytes; no copy of {LABELS_GZ} is "
+                                             rf"larger than {LIMIT}", FAST),
+    "trickled body": (TRICKLE_BODY, r"gave up at the download's deadline of 1.5 s \(\d+ bytes received\)",
+                      {"timeout": 5, "deadline": 1.5}),
+    "trickled header": (TRICKLE_HEADER, "gave up at the download's deadline of 1.5 s",
+                        {"timeout": 5, "deadline": 1.5}),
+    **{kind: (kind, "failed verification", FAST) for kind in ("one label changed", "truncated gzip",
+                                                                "error page with status 200", "gzip of wrong size")},
+}
 
 
-def test_truncated_transfer_rejected_and_nothing_left(isolated, serve):
-    base = serve(handler=TRUNCATING)
-    with pytest.raises(DatasetNotFoundError) as raised:
-        fetch.fetch("mnist", "test-labels", mirrors=[base], progress=False, timeout=5)
-    [(_, error)] = raised.value.attempts
-    assert "IncompleteRead" in error or "connection closed" in error, error
-    assert files_under(isolated) == []
-
-
-@pytest.mark.parametrize("dead", ["closed port", "404", "silent server"])
-def test_dead_first_mirror_falls_back(isolated, shared_data, tmp_path, serve, closed_port_url, silent_url,
-                                      dead):
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    dead_url = {"closed port": closed_port_url, "404": None, "silent server": silent_url}[dead] or serve(empty)
-    good_url = serve(shared_data)
-    path = fetch.fetch("mnist", "test-labels", mirrors=[dead_url, good_url], progress=False, timeout=0.5)
+@pytest.mark.parametrize("kind", BAD_MIRRORS)
+def test_a_bad_mirror_fails_its_attempt_and_the_next_is_tried(isolated, shared_data, tmp_path, serve, request,
+                                                              kind):
+    how, pattern, settings = BAD_MIRRORS[kind]
+    if how in ("closed port", "silent"):
+        bad = request.getfixturevalue("closed_port_url" if how == "closed port" else "silent_url")
+    elif isinstance(how, type):
+        bad = serve(handler=how)
+    else:                                                      # a folder without the file, or a corrupt copy
+        (tmp_path / "served" / "mnist").mkdir(parents=True)
+        if how != "empty folder":
+            (tmp_path / "served" / "mnist" / LABELS_GZ).write_bytes(corrupt_copies(shared_data)[how])
+        bad = serve(tmp_path / "served")
+    raised = failed_fetch(isolated, [bad], **settings)
+    [(url, error)] = raised.attempts
+    assert url == f"{bad}/mnist/{LABELS_GZ}" and f"{url}: {error}" in str(raised)
+    assert re.search(pattern, error), error
+    start = time.monotonic()
+    path = fetch.fetch("mnist", "test-labels", mirrors=[bad, serve(shared_data)], progress=False, **settings)
+    assert time.monotonic() - start < settings.get("deadline", 0.5) + 3
     assert path == isolated / "mnist" / LABELS_GZ and files_under(isolated) == [path]
     assert hashlib.md5(path.read_bytes()).hexdigest() == "ec29112dd5afa0611ce80d1b7f02629c"
 
 
-def test_all_mirrors_dead_error_lists_each(isolated, tmp_path, serve, closed_port_url, silent_url):
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    not_found_url = serve(empty)
-    with pytest.raises(DatasetNotFoundError) as raised:
-        fetch.fetch("fashion-mnist", "test-labels", mirrors=[closed_port_url, not_found_url, silent_url],
-                    progress=False, timeout=0.5)
-    attempts = dict(raised.value.attempts)
-    assert list(attempts) == [f"{base}/fashion-mnist/{LABELS_GZ}"
-                              for base in (closed_port_url, not_found_url, silent_url)]
-    errors = list(attempts.values())
-    assert "cannot connect" in errors[0], errors
-    assert "HTTP 404" in errors[1], errors
-    assert "timed out" in errors[2], errors
-    message = str(raised.value)
-    for url, error in attempts.items():
-        assert f"{url}: {error}" in message
-    assert "apt-get install dataset-fashion-mnist" in message
-    assert files_under(isolated) == []
-
-
-def test_bad_cached_copy_replaced_by_download(isolated, shared_data, serve):
-    stale = isolated / "mnist" / LABELS_GZ
-    stale.parent.mkdir(parents=True)
-    stale.write_bytes(b"\x1f\x8b partial download from some other tool")
-    path = fetch.fetch("mnist", "test-labels", mirrors=[serve(shared_data)], progress=False, timeout=5)
-    assert path == stale and path.read_bytes() == (shared_data / "mnist" / LABELS_GZ).read_bytes()
-    assert files_under(isolated) == [path]
+def test_all_mirrors_failing_are_listed_in_order(isolated, tmp_path, serve, closed_port_url, silent_url):
+    (tmp_path / "empty").mkdir()
+    bases = [closed_port_url, serve(tmp_path / "empty"), silent_url]
+    raised = failed_fetch(isolated, bases, "fashion-mnist", timeout=0.5)
+    assert [url for url, _ in raised.attempts] == [f"{base}/fashion-mnist/{LABELS_GZ}" for base in bases]
+    assert "apt-get install dataset-fashion-mnist" in str(raised)
 
 
 def serve_unzipped_labels(shared_data, tmp_path, serve) -> tuple[str, bytes]:
@@ -212,15 +207,19 @@ def serve_unzipped_labels(shared_data, tmp_path, serve) -> tuple[str, bytes]:
     return serve(served), raw
 
 
-def test_unzipped_download_saved_under_the_uncompressed_name(isolated, shared_data, tmp_path, serve):
-    # it verifies by SHA-256, and replaces a stale copy under the name without .gz
-    base, raw = serve_unzipped_labels(shared_data, tmp_path, serve)
-    stale = isolated / "mnist" / LABELS_GZ.removesuffix(".gz")
+@pytest.mark.parametrize("unzipped", [False, True])
+def test_bad_cached_copy_replaced_by_download(isolated, shared_data, tmp_path, serve, unzipped):
+    # a raw IDX sent for the .gz name verifies by SHA-256, and is saved under the name without .gz
+    if unzipped:
+        base, sent = serve_unzipped_labels(shared_data, tmp_path, serve)
+    else:
+        base, sent = serve(shared_data), (shared_data / "mnist" / LABELS_GZ).read_bytes()
+    stale = isolated / "mnist" / (LABELS_GZ.removesuffix(".gz") if unzipped else LABELS_GZ)
     stale.parent.mkdir(parents=True)
-    stale.write_bytes(raw[:-1])
+    stale.write_bytes(sent[:-1])      # a partial download from some other tool
     path = fetch.fetch("mnist", "test-labels", mirrors=[base], progress=False, timeout=5)
-    assert path == stale and path.read_bytes() == raw and files_under(isolated) == [path]
-    assert search.dataset_status("mnist")[3]["method"] == "sha256"
+    assert path == stale and path.read_bytes() == sent and files_under(isolated) == [path]
+    assert search.dataset_status("mnist")[3]["method"] == ("sha256" if unzipped else "md5")
 
 
 def test_cache_that_cannot_take_the_download_stops_the_downloads(isolated, shared_data, tmp_path, serve):
@@ -228,14 +227,11 @@ def test_cache_that_cannot_take_the_download_stops_the_downloads(isolated, share
     first, _ = serve_unzipped_labels(shared_data, tmp_path, serve)
     blocker = isolated / "mnist" / LABELS_GZ.removesuffix(".gz")
     blocker.mkdir(parents=True)
-    with pytest.raises(DatasetNotFoundError) as raised:
-        fetch.fetch("mnist", "test-labels", mirrors=[first, serve(shared_data)], progress=False, timeout=5)
-    assert raised.value.attempts == ((f"{first}/mnist/{LABELS_GZ}", "not saved: the cache folder cannot take "
-                                                                     "the file"),)
-    message = str(raised.value)
+    raised = failed_fetch(isolated, [first, serve(shared_data)], timeout=5)
+    assert raised.attempts == ((f"{first}/mnist/{LABELS_GZ}", "not saved: the cache folder cannot take the file"),)
+    message = str(raised)
     assert f"downloads stopped: cannot save the download in the cache folder {isolated / 'mnist'}" in message
-    assert "Is a directory" in message and "set FEDSIM_CACHE to another folder" in message
-    assert files_under(isolated) == [] and blocker.is_dir()   # neither the download nor a temporary file
+    assert "Is a directory" in message and "set FEDSIM_CACHE to another folder" in message and blocker.is_dir()
 
 
 @pytest.mark.parametrize("meanwhile", ["good copy", "bad copy"])
@@ -268,10 +264,8 @@ def test_file_url_mirror(isolated, shared_data, tmp_path):
     with open(oversized / "mnist" / LABELS_GZ, "wb") as handle:
         handle.truncate(64 << 20)
     mirrors = [folder.resolve().as_uri() for folder in (empty, oversized, shared_data)]
-    with pytest.raises(DatasetNotFoundError) as raised:
-        fetch.fetch("mnist", "test-labels", mirrors=mirrors[:2], progress=False)
     limit = search.download_size_limit(get_dataset("mnist").file("test-labels"))
-    assert [error for _, error in raised.value.attempts] == [
+    assert [error for _, error in failed_fetch(isolated, mirrors[:2]).attempts] == [
         "FileNotFoundError: No such file or directory",
         f"more than {limit} bytes received; no copy of {LABELS_GZ} is that large"]
     path = fetch.fetch("mnist", "test-labels", mirrors=mirrors, progress=False)
@@ -285,22 +279,21 @@ def test_file_url_mirror(isolated, shared_data, tmp_path):
 # raise DatasetNotFoundError; never anything else.
 
 
-@pytest.mark.parametrize("timeout", [0, -1, -0.5, float("nan"), float("inf"), float("-inf"), 3601, 1e300,
-                                     "30", None, True])
-def test_timeout_out_of_range_is_a_setting_error(isolated, timeout):
-    with pytest.raises(DataSettingError) as raised:
-        fetch.fetch("mnist", "test-labels", timeout=timeout, mirrors=["http://127.0.0.1:9"])
-    one_line_setting_error(raised, "timeout (--timeout)", "> 0 and <= 3600", f"got {timeout!r}")
+ALLOWED_LIMITS = {"timeout": "timeout (--timeout, seconds) must be a finite number in (0, 3600], got",
+                  "deadline": "deadline (seconds) must be a finite number in (0, 86400], or unset (automatic: "
+                              "60 s plus the file's size at 64 KiB/s), got"}
+
+
+@pytest.mark.parametrize("setting, value", [
+    *(("timeout", value) for value in [0, -1, -0.5, float("nan"), float("inf"), float("-inf"), 3601, 1e300, "30",
+                                       None, True]),
+    *(("deadline", value) for value in [0, -3, float("nan"), float("inf"), 86401, "60", False])])
+def test_limits_out_of_range_are_setting_errors(isolated, setting, value):
+    one_line_setting_error(lambda: fetch.fetch("mnist", "test-labels", mirrors=["http://127.0.0.1:9"],
+                                               **{setting: value}), f"{ALLOWED_LIMITS[setting]} {value!r}")
     with pytest.raises(DataSettingError):
-        fetch.load_split("mnist", "test", timeout=timeout, download=False)
+        fetch.load_split("mnist", "test", download=False, **{setting: value})
     assert not files_under(isolated)
-
-
-@pytest.mark.parametrize("deadline", [0, -3, float("nan"), float("inf"), 86401, "60", False])
-def test_deadline_out_of_range_is_a_setting_error(isolated, deadline):
-    with pytest.raises(DataSettingError) as raised:
-        fetch.fetch("mnist", "test-labels", deadline=deadline, mirrors=["http://127.0.0.1:9"])
-    one_line_setting_error(raised, "deadline must be None (automatic", "> 0 and <= 86400", f"got {deadline!r}")
 
 
 def test_valid_timeouts_and_deadlines_are_accepted(isolated, shared_data):
@@ -316,72 +309,54 @@ def download_threads() -> list[threading.Thread]:
     return [thread for thread in threading.enumerate() if thread.name.startswith("fedsim-download")]
 
 
-def test_trickling_servers_stopped_by_the_deadline(isolated, shared_data, serve):
+def test_trickling_servers_stopped_by_the_deadline(isolated, serve):
     body, header = serve(handler=TRICKLE_BODY), serve(handler=TRICKLE_HEADER)
     start = time.monotonic()
-    with pytest.raises(DatasetNotFoundError) as raised:
-        fetch.fetch("mnist", "test-labels", mirrors=[body, header], progress=False, timeout=5, deadline=1.5)
-    elapsed = time.monotonic() - start
-    attempts = dict(raised.value.attempts)
+    attempts = dict(failed_fetch(isolated, [body, header], timeout=5, deadline=1.5).attempts)
     assert list(attempts) == [f"{base}/mnist/{LABELS_GZ}" for base in (body, header)]
-    for error in attempts.values():
-        assert "gave up at the download's deadline of 1.5 s" in error, attempts
-    assert "bytes received" in attempts[f"{body}/mnist/{LABELS_GZ}"]
-    assert elapsed < 2 * 1.5 + 3, elapsed
-    assert files_under(isolated) == []
+    assert time.monotonic() - start < 2 * 1.5 + 3
     time.sleep(0.2)
     assert download_threads() == []     # the connections were shut down: no worker is left trickling
-    # the next mirror is tried after a trickling one
-    start = time.monotonic()
-    path = fetch.fetch("mnist", "test-labels", mirrors=[body, serve(shared_data)], progress=False, timeout=5,
-                       deadline=1.0)
-    assert path == isolated / "mnist" / LABELS_GZ and files_under(isolated) == [path]
-    assert time.monotonic() - start < 1.0 + 3
 
 
 def test_automatic_deadline_follows_the_file_size(isolated, serve, monkeypatch):
     labels, images = get_dataset("mnist").file("test-labels"), get_dataset("mnist").file("train-images")
     assert fetch.download_deadline(labels) == pytest.approx(60 + 10008 / 65536)
     assert fetch.download_deadline(images) == pytest.approx(60 + 47040016 / 65536)   # about 13 minutes
-    assert search.download_size_limit(labels) == 10008 + (1 << 20)
+    assert search.download_size_limit(labels) == LIMIT == 10008 + (1 << 20)
     # deadline=None uses download_deadline: shrink its constants to see it at work
     monkeypatch.setattr(fetch, "DEADLINE_BASE_SECONDS", 0.5)
     monkeypatch.setattr(fetch, "DEADLINE_MIN_BYTES_PER_SECOND", 10 ** 9)
-    with pytest.raises(DatasetNotFoundError) as raised:
-        fetch.fetch("mnist", "test-labels", mirrors=[serve(handler=TRICKLE_BODY)], progress=False)
-    [(_, error)] = raised.value.attempts
+    [(_, error)] = failed_fetch(isolated, [serve(handler=TRICKLE_BODY)]).attempts
     assert "deadline of 0.50001 s" in error, error
-
-
-def test_oversized_bodies_cut_off_at_the_size_cap(isolated, shared_data, serve):
-    endless, huge = serve(handler=ENDLESS), serve(handler=HUGE_ANNOUNCED)
-    limit = search.download_size_limit(get_dataset("mnist").file("test-labels"))
-    with pytest.raises(DatasetNotFoundError) as raised:
-        fetch.fetch("mnist", "test-labels", mirrors=[endless, huge], progress=False, timeout=5)
-    errors = [error for _, error in raised.value.attempts]
-    assert errors == [f"more than {limit} bytes received; no copy of {LABELS_GZ} is that large",
-                      f"server announces {10 ** 12} bytes; no copy of {LABELS_GZ} is larger than {limit}"]
-    assert files_under(isolated) == []
-    path = fetch.fetch("mnist", "test-labels", mirrors=[endless, huge, serve(shared_data)], progress=False)
-    assert files_under(isolated) == [path]
 
 
 # --- broken caches and search folders
 
 
-def test_folder_in_the_way_stops_the_downloads(isolated, shared_data, serve):
-    # where the file should go, there is a folder: no mirror can help, so none is tried
-    blocker = isolated / "mnist" / LABELS_GZ
-    blocker.mkdir(parents=True)
-    with pytest.raises(DatasetNotFoundError) as raised:
-        fetch.fetch("mnist", "test-labels", mirrors=[serve(shared_data), serve(shared_data)], progress=False,
-                    timeout=5)
-    assert raised.value.attempts == ()
-    message = str(raised.value)
-    assert f"no download tried: {blocker} is in the way of the download (Is a directory)" in message
-    assert "set FEDSIM_CACHE to another folder" in message
-    assert files_under(isolated) == []       # no temporary file left behind
-    assert blocker.is_dir()
+@pytest.mark.parametrize("problem, words", [("a folder in the way", ["Is a directory"]),
+                                            ("under a file", ["Not a directory"]), ("read-only", ["not writable"])])
+def test_cache_folder_that_cannot_take_the_file_stops_before_any_download(isolated, shared_data, tmp_path,
+                                                                         monkeypatch, serve, problem, words):
+    folder = isolated / "mnist"
+    if problem == "read-only" and (not hasattr(os, "geteuid") or os.geteuid() == 0):
+        pytest.skip("permissions do not stop root")
+    if problem == "under a file":
+        (tmp_path / "a-file").write_text("in the way")
+        monkeypatch.setenv("FEDSIM_CACHE", str(tmp_path / "a-file" / "cache"))
+    else:
+        (folder / LABELS_GZ if problem == "a folder in the way" else folder).mkdir(parents=True)
+        folder.chmod(0o500 if problem == "read-only" else 0o700)
+    try:   # no mirror can help, so none is tried
+        raised = failed_fetch(isolated, [serve(shared_data), serve(shared_data)], timeout=5)
+    finally:
+        if folder.is_dir():
+            folder.chmod(0o700)
+    assert raised.attempts == () and (problem != "a folder in the way" or (folder / LABELS_GZ).is_dir())
+    [note] = [line for line in str(raised).splitlines() if "no download tried" in line]
+    for word in [f"no download tried: the cache folder {search.cache_dir() / 'mnist'}", "cannot take the file", *words,
+                 "set FEDSIM_CACHE to another, writable folder"]:
+        assert word in note, note
 
 
 FULL_DISK_SCRIPT = """
@@ -408,26 +383,3 @@ def test_full_disk_stops_the_downloads_and_leaves_nothing(isolated, shared_data,
     assert "downloads stopped: cannot save the download" in report["message"]
     assert "File too large" in report["message"] and "free space there" in report["message"]
     assert files_under(isolated) == []
-
-
-def test_cache_folder_that_cannot_be_created(isolated, tmp_path, serve, shared_data, monkeypatch):
-    a_file = tmp_path / "a-file"
-    a_file.write_text("in the way")
-    monkeypatch.setenv("FEDSIM_CACHE", str(a_file / "cache"))
-    with pytest.raises(DatasetNotFoundError) as raised:
-        fetch.fetch("mnist", "test-labels", mirrors=[serve(shared_data)], progress=False)
-    assert "no download tried: cannot create the cache folder" in str(raised.value)
-    assert raised.value.attempts == ()
-
-
-@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0,
-                    reason="permissions do not stop root")
-def test_unwritable_cache_folder(isolated, serve, shared_data):
-    (isolated / "mnist").mkdir(parents=True)
-    (isolated / "mnist").chmod(0o500)
-    try:
-        with pytest.raises(DatasetNotFoundError) as raised:
-            fetch.fetch("mnist", "test-labels", mirrors=[serve(shared_data)], progress=False)
-        assert "is not writable" in str(raised.value) and raised.value.attempts == ()
-    finally:
-        (isolated / "mnist").chmod(0o700)

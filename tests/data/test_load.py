@@ -1,7 +1,6 @@
 """load_dataset: names to ready arrays, with each pipeline."""
 
 import numpy as np
-import pytest
 
 from fedsim.data.load import load_dataset
 
@@ -28,13 +27,3 @@ def test_synthetic_needs_no_files():
     assert data.n_features == 60 and len(data.client_indices) == 5
     again = load_dataset("synthetic", synthetic_devices=5, seed=1)
     np.testing.assert_array_equal(data.x_train, again.x_train)
-
-
-@pytest.mark.parametrize("kwargs, setting", [
-    (dict(name="cifar"), "dataset"),
-    (dict(name="mnist", pipeline="vgg"), "pipeline"),
-    (dict(name="mnist", train_split="validation"), "train_split"),
-])
-def test_bad_names_are_rejected(kwargs, setting):
-    with pytest.raises(ValueError, match=setting):
-        load_dataset(**kwargs)

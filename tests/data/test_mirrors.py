@@ -5,29 +5,37 @@ import os
 import pytest
 
 from fedsim.data import fetch
-from fedsim.data.mirrors import mirror_urls, parse_mirror_list
+from fedsim.data.mirrors import download_urls, mirror_bases
 from fedsim.data.registry import DataSettingError, get_dataset
 from tests.data.conftest import LABELS_GZ, files_under, one_line_setting_error
 
 
-def test_parse_mirror_list():
-    sep = os.pathsep
-    text = f"http://127.0.0.1:8000/a{sep}https://example.org:8443/b/{sep}  file:///srv/mirror\n"
-    assert parse_mirror_list(text) == ["http://127.0.0.1:8000/a", "https://example.org:8443/b/",
-                                             "file:///srv/mirror"]
-    with pytest.raises(ValueError, match="FEDSIM_MIRRORS must hold base URLs.*'not-a-url'"):
-        parse_mirror_list("http://ok not-a-url")
+def mirror_urls(name, file_key, mirrors=None):
+    """The URLs fetch tries for one file, in order."""
+    info = get_dataset(name)
+    return download_urls(info, info.file(file_key), mirror_bases(mirrors))
 
 
-def test_mirror_urls(isolated, monkeypatch):
-    assert mirror_urls("mnist", "test-labels") == [
-        f"{mirror.rstrip('/')}/{LABELS_GZ}" for mirror in get_dataset("mnist").mirrors]
-    monkeypatch.setenv("FEDSIM_MIRRORS", "http://127.0.0.1:1/x/ http://127.0.0.1:2")
-    assert mirror_urls("fashion-mnist", "test-labels") == [
-        f"http://127.0.0.1:1/x/fashion-mnist/{LABELS_GZ}", f"http://127.0.0.1:2/fashion-mnist/{LABELS_GZ}"]
-    assert mirror_urls("mnist", "test-labels", mirrors=["http://h/"]) == [f"http://h/mnist/{LABELS_GZ}"]
-    with pytest.raises(ValueError, match="mirrors must be base URLs"):
-        mirror_urls("mnist", "test-labels", mirrors=["/just/a/folder"])
+SEP = os.pathsep
+REGISTRY_URLS = [f"{mirror.rstrip('/')}/{LABELS_GZ}" for mirror in get_dataset("mnist").mirrors]
+
+
+@pytest.mark.parametrize("env, mirrors, urls", [
+    (None, None, REGISTRY_URLS),
+    ("  \n\t ", None, REGISTRY_URLS),                              # blank: the registry's mirrors
+    ("http://127.0.0.1:1/x/ http://127.0.0.1:2", None, ["http://127.0.0.1:1/x/mnist/", "http://127.0.0.1:2/mnist/"]),
+    (f"http://127.0.0.1:8000/a{SEP}https://example.org:8443/b/{SEP}  file:///srv/mirror\n", None,
+     ["http://127.0.0.1:8000/a/mnist/", "https://example.org:8443/b/mnist/", "file:///srv/mirror/mnist/"]),
+    # empty entries between URLs are skipped
+    (f"{SEP}http://127.0.0.1:1{SEP}{SEP}https://mirror.example/x/{SEP} file://localhost/srv", None,
+     ["http://127.0.0.1:1/mnist/", "https://mirror.example/x/mnist/", "file://localhost/srv/mnist/"]),
+    ("http://127.0.0.1:1/", ["http://h/"], ["http://h/mnist/"]),     # the argument wins over FEDSIM_MIRRORS
+    (None, "http://h/a http://h/b", ["http://h/a/mnist/", "http://h/b/mnist/"])])
+def test_mirror_urls(isolated, monkeypatch, env, mirrors, urls):
+    if env is not None:
+        monkeypatch.setenv("FEDSIM_MIRRORS", env)
+    expected = urls if urls is REGISTRY_URLS else [url + LABELS_GZ for url in urls]
+    assert mirror_urls("mnist", "test-labels", mirrors) == expected
 
 
 @pytest.mark.parametrize("value, problem", [
@@ -52,9 +60,8 @@ def test_mirror_urls(isolated, monkeypatch):
 ])
 def test_malformed_env_mirrors_is_a_setting_error(isolated, shared_data, monkeypatch, value, problem):
     monkeypatch.setenv("FEDSIM_MIRRORS", value)
-    with pytest.raises(DataSettingError) as raised:
-        fetch.fetch("mnist", "test-labels", progress=False, timeout=1)
-    one_line_setting_error(raised, "FEDSIM_MIRRORS must hold base URLs such as http://host:port/path",
+    one_line_setting_error(lambda: fetch.fetch("mnist", "test-labels", progress=False, timeout=1),
+                           "FEDSIM_MIRRORS must hold base URLs such as http://host:port/path",
                            f"separated by whitespace or {os.pathsep!r}", problem)
     with pytest.raises(DataSettingError):
         mirror_urls("fashion-mnist", "test-images")
@@ -66,29 +73,15 @@ def test_malformed_env_mirrors_is_a_setting_error(isolated, shared_data, monkeyp
     assert not files_under(isolated)
 
 
-def test_blank_env_mirrors_means_the_registry_mirrors(isolated, monkeypatch):
-    monkeypatch.setenv("FEDSIM_MIRRORS", "  \n\t ")
-    assert mirror_urls("mnist", "test-labels") == [
-        f"{mirror.rstrip('/')}/{LABELS_GZ}" for mirror in get_dataset("mnist").mirrors]
-    # empty entries between URLs are skipped
-    monkeypatch.setenv("FEDSIM_MIRRORS", f"{os.pathsep}http://127.0.0.1:1{os.pathsep}{os.pathsep}"
-                                         f"https://mirror.example/x/{os.pathsep} file://localhost/srv")
-    assert mirror_urls("mnist", "test-labels") == [
-        f"http://127.0.0.1:1/mnist/{LABELS_GZ}", f"https://mirror.example/x/mnist/{LABELS_GZ}",
-        f"file://localhost/srv/mnist/{LABELS_GZ}"]
-
-
 @pytest.mark.parametrize("mirrors, problem", [
     (5, "not a string or a sequence"),
     ([b"http://127.0.0.1/"], "a bytes, not a string"),
     (["http://127.0.0.1/", None], "a NoneType, not a string"),
     (["ftp://127.0.0.1/"], "scheme 'ftp'"),
     (["http://127.0.0.1/a b"], "contains a space"),
+    (["/just/a/folder"], "must be base URLs such as"),
     ("http://127.0.0.1/ nonsense", "'nonsense' is not one"),
 ])
 def test_malformed_mirrors_argument_is_a_setting_error(isolated, mirrors, problem):
-    with pytest.raises(DataSettingError) as raised:
-        fetch.fetch("mnist", "test-labels", mirrors=mirrors, progress=False, timeout=1)
-    one_line_setting_error(raised, "mirrors must", problem)
-
-
+    one_line_setting_error(lambda: fetch.fetch("mnist", "test-labels", mirrors=mirrors, progress=False, timeout=1),
+                           "mirrors must", problem)

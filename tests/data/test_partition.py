@@ -119,39 +119,6 @@ def test_classes_per_client_unbalanced_properties(n_samples, n_classes, seed, ba
     _assert_disjoint_in_range(parts, n_samples)
 
 
-def test_classes_per_client_different_seeds_differ():
-    labels = _labels(1000, 10, 0)
-    a = classes_per_client(labels, 10, 2, 0.9, np.random.default_rng(0))
-    b = classes_per_client(labels, 10, 2, 0.9, np.random.default_rng(1))
-    assert not _same(a, b)
-
-
-def test_classes_per_client_errors():
-    labels = _labels(100, 10, 0)
-    rng = np.random.default_rng(0)
-    with pytest.raises(ValueError, match="n_clients"):
-        classes_per_client(labels, 0, 2, 1.0, rng)
-    with pytest.raises(ValueError, match="more clients than samples"):
-        classes_per_client(labels, 101, 2, 1.0, rng)
-    with pytest.raises(ValueError, match=r"classes_per_client must be an integer in \[1, 10\]"):
-        classes_per_client(labels, 5, 11, 1.0, rng)
-    with pytest.raises(ValueError, match="classes_per_client"):
-        classes_per_client(labels, 5, 0, 1.0, rng)
-    for bad in (0.0, -0.5, 1.5, float("nan")):
-        with pytest.raises(ValueError, match=r"balancedness must be a finite number in \(0, 1\]"):
-            classes_per_client(labels, 5, 2, bad, rng)
-    with pytest.raises(ValueError, match="impossible split"):
-        classes_per_client(labels, 50, 2, 0.5, rng)   # 0.1 * 100 / 50 < 1: empty clients
-    with pytest.raises(ValueError, match="n_classes"):
-        classes_per_client(labels, 5, 2, 1.0, rng, n_classes=3)
-    with pytest.raises(ValueError, match="rng"):
-        classes_per_client(labels, 5, 2, 1.0, 0)
-    with pytest.raises(ValueError, match="labels"):
-        classes_per_client(labels.astype(float), 5, 2, 1.0, rng)
-    with pytest.raises(ValueError, match="labels"):
-        classes_per_client(-labels - 1, 5, 2, 1.0, rng)
-
-
 # ------------------------------------------------------------------------------------- dirichlet
 
 @PROPERTY
@@ -169,12 +136,10 @@ def test_dirichlet_properties(n_samples, n_classes, alpha, seed, data):
     assert _same(parts, again)
 
 
-def test_dirichlet_min_size_and_seeds():
+def test_dirichlet_min_size():
     labels = _labels(2000, 10, 1)
     parts = dirichlet(labels, 20, 0.3, np.random.default_rng(0), min_size=20)
     assert min(len(p) for p in parts) >= 20
-    other = dirichlet(labels, 20, 0.3, np.random.default_rng(1), min_size=20)
-    assert not _same(parts, other)
 
 
 def test_dirichlet_alpha_controls_skew():
@@ -186,20 +151,6 @@ def test_dirichlet_alpha_controls_skew():
         return np.mean(counts.max(axis=1) / np.maximum(counts.sum(axis=1), 1))
     assert mean_classes_present(0.05) > 0.7   # nearly one class per client
     assert mean_classes_present(1000.0) < 0.2  # nearly uniform: about 0.1 per class
-
-
-def test_dirichlet_errors():
-    labels = _labels(100, 10, 0)
-    rng = np.random.default_rng(0)
-    for bad in (0.0, -1.0, float("inf")):
-        with pytest.raises(ValueError, match="alpha must be a finite number > 0"):
-            dirichlet(labels, 5, bad, rng)
-    with pytest.raises(ValueError, match=r"min_size must be an integer in \[0, 20\]"):
-        dirichlet(labels, 5, 1.0, rng, min_size=21)
-    with pytest.raises(ValueError, match="max_attempts"):
-        dirichlet(labels, 5, 1.0, rng, max_attempts=0)
-    with pytest.raises(ValueError, match="min_size = 20 samples in max_attempts = 3 draws"):
-        dirichlet(labels, 5, 0.01, rng, min_size=20, max_attempts=3)   # each client exactly 20: hopeless
 
 
 # ------------------------------------------------------------------------------------- shards
@@ -228,16 +179,6 @@ def test_shards_properties(n_samples, n_classes, seed, data):
     assert _same(parts, shards(labels, n_clients, np.random.default_rng(seed), shards_per_client=per_client))
 
 
-def test_shards_seeds_differ_and_errors():
-    labels = _labels(1000, 10, 0)
-    assert not _same(shards(labels, 50, np.random.default_rng(0)),
-                     shards(labels, 50, np.random.default_rng(1)))
-    with pytest.raises(ValueError, match=r"shards_per_client must be an integer in \[1, 10\]"):
-        shards(labels, 100, np.random.default_rng(0), shards_per_client=11)
-    with pytest.raises(ValueError, match="shards_per_client"):
-        shards(labels, 10, np.random.default_rng(0), shards_per_client=0)
-
-
 # ------------------------------------------------------------------------------------- iid and contiguous
 
 @PROPERTY
@@ -249,10 +190,6 @@ def test_iid_properties(n_samples, seed, data):
     sizes = [len(p) for p in parts]
     assert max(sizes) - min(sizes) <= 1
     assert _same(parts, iid(n_samples, n_clients, np.random.default_rng(seed)))
-
-
-def test_iid_seeds_differ():
-    assert not _same(iid(100, 4, np.random.default_rng(0)), iid(100, 4, np.random.default_rng(1)))
 
 
 @PROPERTY
@@ -269,13 +206,6 @@ def test_contiguous_exact_blocks(n_samples, data):
 def test_contiguous_laq_reference_shards():
     parts = contiguous(60000, 10)
     assert [(p[0], p[-1]) for p in parts[:2]] == [(0, 5999), (6000, 11999)]
-
-
-@pytest.mark.parametrize("call", [lambda: iid(10, 11, np.random.default_rng(0)),
-                                  lambda: contiguous(10, 11)])
-def test_more_clients_than_samples(call):
-    with pytest.raises(ValueError, match="more clients than samples"):
-        call()
 
 
 # ------------------------------------------------------------------------------------- dispatcher, reports
@@ -297,20 +227,6 @@ def test_partition_dispatches_to_each_method():
         assert _same(partition(method, labels, 6, np.random.default_rng(5), **given_settings[method]), parts)
 
 
-def test_partition_errors_list_the_allowed_values():
-    labels = _labels(100, 10, 0)
-    rng = np.random.default_rng(0)
-    allowed = "allowed: classes_per_client, dirichlet, shards, iid, contiguous"
-    with pytest.raises(ValueError, match=f"unknown partition method 'pathological'; {allowed}"):
-        partition("pathological", labels, 5, rng)
-    with pytest.raises(ValueError, match=r"unknown settings \['beta'\]; allowed: alpha, min_size"):
-        partition("dirichlet", labels, 5, rng, alpha=1.0, beta=2.0)
-    with pytest.raises(ValueError, match=r"needs the settings \['balancedness'\]"):
-        partition("classes_per_client", labels, 5, rng, classes_per_client=2)
-    with pytest.raises(ValueError, match="rng must be a numpy.random.Generator"):
-        partition("iid", labels, 5)
-
-
 def test_class_counts_and_report():
     labels = np.array([0, 0, 1, 2, 2, 2])
     parts = [np.array([0, 3]), np.array([1, 2, 4])]
@@ -326,3 +242,59 @@ def test_class_counts_and_report():
     assert "1 clients hold more than classes_per_client = 2 classes: [1]" in report
     with pytest.raises(ValueError, match="indices must lie in"):
         class_counts(labels, [np.array([6])], 4)
+
+
+# ------------------------------------------------------------------------------------- seeds and errors
+
+@pytest.mark.parametrize("split", [lambda labels, rng: classes_per_client(labels, 10, 2, 0.9, rng),
+                                   lambda labels, rng: dirichlet(labels, 20, 0.3, rng, min_size=20),
+                                   lambda labels, rng: shards(labels, 50, rng),
+                                   lambda labels, rng: iid(len(labels), 4, rng)])
+def test_different_seeds_give_different_splits(split):
+    labels = _labels(2000, 10, 1)
+    assert not _same(split(labels, np.random.default_rng(0)), split(labels, np.random.default_rng(1)))
+
+
+LABELS = _labels(100, 10, 0)
+ALLOWED_METHODS = "allowed: classes_per_client, dirichlet, shards, iid, contiguous"
+
+
+def _rng():
+    return np.random.default_rng(0)
+
+
+@pytest.mark.parametrize("call, pattern", [
+    (lambda: classes_per_client(LABELS, 0, 2, 1.0, _rng()), "n_clients"),
+    (lambda: classes_per_client(LABELS, 101, 2, 1.0, _rng()), "more clients than samples"),
+    (lambda: classes_per_client(LABELS, 5, 11, 1.0, _rng()), r"classes_per_client must be an integer in \[1, 10\]"),
+    (lambda: classes_per_client(LABELS, 5, 0, 1.0, _rng()), "classes_per_client"),
+    # 0.1 * 100 / 50 < 1: empty clients
+    (lambda: classes_per_client(LABELS, 50, 2, 0.5, _rng()), "impossible split"),
+    (lambda: classes_per_client(LABELS, 5, 2, 1.0, _rng(), n_classes=3), "n_classes"),
+    (lambda: classes_per_client(LABELS, 5, 2, 1.0, 0), "rng"),
+    (lambda: classes_per_client(LABELS.astype(float), 5, 2, 1.0, _rng()), "labels"),
+    (lambda: classes_per_client(-LABELS - 1, 5, 2, 1.0, _rng()), "labels"),
+    *((lambda bad=bad: classes_per_client(LABELS, 5, 2, bad, _rng()),
+       r"balancedness must be a finite number in \(0, 1\]") for bad in (0.0, -0.5, 1.5, float("nan"))),
+    *((lambda bad=bad: dirichlet(LABELS, 5, bad, _rng()), "alpha must be a finite number > 0")
+      for bad in (0.0, -1.0, float("inf"))),
+    (lambda: dirichlet(LABELS, 5, 1.0, _rng(), min_size=21), r"min_size must be an integer in \[0, 20\]"),
+    (lambda: dirichlet(LABELS, 5, 1.0, _rng(), max_attempts=0), "max_attempts"),
+    # each client exactly 20: hopeless
+    (lambda: dirichlet(LABELS, 5, 0.01, _rng(), min_size=20, max_attempts=3),
+     "min_size = 20 samples in max_attempts = 3 draws"),
+    (lambda: shards(_labels(1000, 10, 0), 100, _rng(), shards_per_client=11),
+     r"shards_per_client must be an integer in \[1, 10\]"),
+    (lambda: shards(_labels(1000, 10, 0), 10, _rng(), shards_per_client=0), "shards_per_client"),
+    (lambda: iid(10, 11, _rng()), "more clients than samples"),
+    (lambda: contiguous(10, 11), "more clients than samples"),
+    (lambda: partition("pathological", LABELS, 5, _rng()),
+     f"unknown partition method 'pathological'; {ALLOWED_METHODS}"),
+    (lambda: partition("dirichlet", LABELS, 5, _rng(), alpha=1.0, beta=2.0),
+     r"unknown settings \['beta'\]; allowed: alpha, min_size"),
+    (lambda: partition("classes_per_client", LABELS, 5, _rng(), classes_per_client=2),
+     r"needs the settings \['balancedness'\]"),
+    (lambda: partition("iid", LABELS, 5), "rng must be a numpy.random.Generator")])
+def test_bad_settings_raise(call, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        call()

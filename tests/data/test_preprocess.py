@@ -26,16 +26,13 @@ def _torch_resize(torch, images, out_h, out_w):
 
 # ----------------------------------------------------------------------------------------------- matrices
 
-def test_bilinear_matrix_hand_computed_upsample():
+@pytest.mark.parametrize("n_in, n_out, expected", [
     # 2 -> 4: src = (i + 0.5) / 2 - 0.5 = -0.25, 0.25, 0.75, 1.25; clamp below at 0, above at the last pixel
-    expected = np.array([[1.0, 0.0], [0.75, 0.25], [0.25, 0.75], [0.0, 1.0]])
-    np.testing.assert_allclose(bilinear_matrix(2, 4), expected, rtol=0, atol=1e-15)
-
-
-def test_bilinear_matrix_hand_computed_downsample():
+    (2, 4, [[1.0, 0.0], [0.75, 0.25], [0.25, 0.75], [0.0, 1.0]]),
     # 4 -> 2: src = (i + 0.5) * 2 - 0.5 = 0.5, 2.5: the mean of each pair (no antialiasing)
-    expected = np.array([[0.5, 0.5, 0.0, 0.0], [0.0, 0.0, 0.5, 0.5]])
-    np.testing.assert_allclose(bilinear_matrix(4, 2), expected, rtol=0, atol=1e-15)
+    (4, 2, [[0.5, 0.5, 0.0, 0.0], [0.0, 0.0, 0.5, 0.5]])])
+def test_bilinear_matrix_hand_computed(n_in, n_out, expected):
+    np.testing.assert_allclose(bilinear_matrix(n_in, n_out), expected, rtol=0, atol=1e-15)
 
 
 @pytest.mark.parametrize("n_in, n_out", [(28, 32), (32, 28), (1, 5), (5, 1), (7, 7), (3, 100)])
@@ -50,12 +47,6 @@ def test_bilinear_matrix_rows_are_convex_weights(n_in, n_out):
 def test_bilinear_matrix_same_size_is_identity_and_dtype_is_kept():
     np.testing.assert_array_equal(bilinear_matrix(9, 9), np.eye(9))
     assert bilinear_matrix(28, 32, np.float32).dtype == np.float32
-
-
-@pytest.mark.parametrize("n_in, n_out", [(0, 3), (3, 0), (2.5, 3), (-1, 2)])
-def test_bilinear_matrix_rejects_bad_sizes(n_in, n_out):
-    with pytest.raises(ValueError, match="n_in|n_out"):
-        bilinear_matrix(n_in, n_out)
 
 
 # ----------------------------------------------------------------------------------------------- resize
@@ -74,15 +65,6 @@ def test_resize_equals_one_image_at_a_time_and_keeps_dtype():
 def test_resize_keeps_constant_images_constant():
     images = np.full((3, 28, 28), 0.37)
     np.testing.assert_allclose(resize_bilinear(images, 32, 17), 0.37, rtol=1e-14)
-
-
-def test_resize_rejects_bad_input():
-    with pytest.raises(ValueError, match="3-D"):
-        resize_bilinear(np.zeros((28, 28)), 32, 32)
-    with pytest.raises(ValueError, match="floating"):
-        resize_bilinear(np.zeros((1, 28, 28), dtype=np.uint8), 32, 32)
-    with pytest.raises(ValueError, match="out_w must be an integer >= 1"):
-        resize_bilinear(np.zeros((1, 28, 28)), 32, 0)
 
 
 @pytest.mark.oracle
@@ -104,14 +86,18 @@ def _pixels(count=7, size=28, seed=2):
     return np.random.default_rng(seed).integers(0, 256, size=(count, size, size), dtype=np.uint8)
 
 
-def test_stc_pipeline_is_the_documented_formula():
-    images = _pixels()
-    features = stc_pipeline(images, dtype=np.float64)
+def test_stc_pipeline_is_the_documented_formula_across_chunks(monkeypatch):
+    import fedsim.data.preprocess as preprocess
+    images = _pixels(23, seed=5)
     resized = resize_bilinear(images / 255.0, 32, 32)
-    expected = ((resized - 0.06078) / 0.1957).reshape(len(images), 1024)
-    assert features.shape == (7, 1024) and features.dtype == np.float64
-    np.testing.assert_allclose(features, expected, rtol=1e-13, atol=1e-13)
+    monkeypatch.setattr(preprocess, "_CHUNK_IMAGES", 4)  # several chunks, the last one short
+    features = stc_pipeline(images, dtype=np.float64)
+    assert features.shape == (23, 1024) and features.dtype == np.float64
+    np.testing.assert_allclose(features, ((resized - 0.06078) / 0.1957).reshape(23, 1024), rtol=1e-13, atol=1e-13)
     assert stc_pipeline(images).dtype == np.float32
+    mean, std = pixel_statistics(images)
+    assert abs(mean - resized.mean()) < 1e-14
+    assert abs(std - resized.std()) < 1e-13
 
 
 def test_stc_pipeline_with_data_statistics_standardizes():
@@ -125,18 +111,6 @@ def test_stc_pipeline_with_data_statistics_standardizes():
                                stc_pipeline(images, mean=mean, std=0.5, dtype=np.float64), rtol=1e-14)
 
 
-def test_pixel_statistics_equal_direct_moments_across_chunks(monkeypatch):
-    import fedsim.data.preprocess as preprocess
-    images = _pixels(23, seed=5)
-    resized = resize_bilinear(images / 255.0, 32, 32)
-    monkeypatch.setattr(preprocess, "_CHUNK_IMAGES", 4)  # several chunks, the last one short
-    mean, std = pixel_statistics(images)
-    assert abs(mean - resized.mean()) < 1e-14
-    assert abs(std - resized.std()) < 1e-13
-    np.testing.assert_allclose(stc_pipeline(images, dtype=np.float64),
-                               ((resized - 0.06078) / 0.1957).reshape(23, 1024), rtol=1e-13, atol=1e-13)
-
-
 def test_laq_pipeline():
     images = _pixels(4)
     features = laq_pipeline(images)
@@ -145,26 +119,27 @@ def test_laq_pipeline():
     assert laq_pipeline(images, dtype=np.float32).dtype == np.float32
 
 
-@pytest.mark.parametrize("pipeline", [stc_pipeline, laq_pipeline, pixel_statistics])
-def test_pipelines_reject_bad_images(pipeline):
-    with pytest.raises(ValueError, match="uint8"):
-        pipeline(np.zeros((2, 28, 28), dtype=np.float32))
-    with pytest.raises(ValueError, match="3-D"):
-        pipeline(np.zeros((28, 28), dtype=np.uint8))
+FLOATS, PIXELS = np.zeros((1, 28, 28)), np.zeros((2, 28, 28), np.uint8)
+PIPELINES = (stc_pipeline, laq_pipeline, pixel_statistics)
 
 
-def test_pipelines_reject_bad_settings():
-    images = _pixels(2)
-    with pytest.raises(ValueError, match="std"):
-        stc_pipeline(images, std=0.0)
-    with pytest.raises(ValueError, match="mean"):
-        stc_pipeline(images, mean=float("nan"))
-    with pytest.raises(ValueError, match="size"):
-        stc_pipeline(images, size=0)
-    with pytest.raises(ValueError, match="dtype"):
-        stc_pipeline(images, dtype=np.int32)
-    with pytest.raises(ValueError, match="dtype"):
-        laq_pipeline(images, dtype=np.uint8)
+@pytest.mark.parametrize("call, error, pattern", [
+    *((lambda n_in=n_in, n_out=n_out: bilinear_matrix(n_in, n_out), error, "bilinear_matrix: n_(in|out) must be an "
+       "integer >= 1") for n_in, n_out, error in [(0, 3, ValueError), (3, 0, ValueError), (2.5, 3, TypeError),
+                                                   (-1, 2, ValueError)]),
+    (lambda: resize_bilinear(np.zeros((28, 28)), 32, 32), ValueError, "3-D"),
+    (lambda: resize_bilinear(PIXELS, 32, 32), ValueError, "floating"),
+    (lambda: resize_bilinear(FLOATS, 32, 0), ValueError, "resize_bilinear: out_w must be an integer >= 1"),
+    *((lambda pipeline=pipeline: pipeline(FLOATS.astype(np.float32)), ValueError, "uint8") for pipeline in PIPELINES),
+    *((lambda pipeline=pipeline: pipeline(PIXELS[0]), ValueError, "3-D") for pipeline in PIPELINES),
+    (lambda: stc_pipeline(PIXELS, std=0.0), ValueError, "stc_pipeline: std must be a finite number > 0"),
+    (lambda: stc_pipeline(PIXELS, mean=float("nan")), ValueError, "stc_pipeline: mean must be a finite number"),
+    (lambda: stc_pipeline(PIXELS, size=0), ValueError, r"size \(the output height and width\) must be an integer"),
+    (lambda: stc_pipeline(PIXELS, dtype=np.int32), ValueError, "dtype"),
+    (lambda: laq_pipeline(PIXELS, dtype=np.uint8), ValueError, "dtype")])
+def test_bad_input_raises(call, error, pattern):
+    with pytest.raises(error, match=pattern):
+        call()
 
 
 def test_recorded_statistics():

@@ -1,5 +1,6 @@
-"""Finding verified copies on disk: the search path, the cache folders, the data_dir and FEDSIM_DATA settings,
-copies that fail verification, and the one error listing where fedsim looked (all with download=False)."""
+"""The registry, and finding verified copies on disk: the search path, the cache folders, the data_dir and
+FEDSIM_DATA settings, copies that fail verification, and the one error listing where fedsim looked (all with
+download=False)."""
 
 import gzip
 import os
@@ -10,23 +11,44 @@ import numpy as np
 import pytest
 
 from fedsim.data import fetch, search
-from fedsim.data.registry import DataSettingError, DatasetFile, get_dataset
+from fedsim.data.registry import DATASETS, FILE_KEYS, DatasetFile, get_dataset
 from fedsim.data.search import DatasetNotFoundError
 from tests.data.conftest import (LABELS_GZ, MNIST_TEST_LABEL_COUNTS, files_under, one_line_setting_error,
                                  raised_and_peak_memory)
 
 
-def test_unknown_names_list_the_allowed_ones(isolated):
-    with pytest.raises(ValueError, match="mnist, fashion-mnist; got 'cifar10'"):
-        fetch.load_split("cifar10", "train")
-    with pytest.raises(ValueError, match="train, test; got 'validation'"):
-        fetch.load_split("mnist", "validation")
-    with pytest.raises(ValueError, match="train-images, train-labels, test-images, test-labels; got 'images'"):
-        search.locate("mnist", "images")
-    with pytest.raises(ValueError, match="mnist, fashion-mnist"):
-        search.dataset_status("emnist")
-    with pytest.raises(ValueError, match=r"timeout \(--timeout\) must be a number of seconds > 0"):
-        fetch.fetch("mnist", "test-labels", timeout=0)
+def test_registry_entries():
+    assert set(DATASETS) == {"mnist", "fashion-mnist"}
+    for info in DATASETS.values():
+        assert tuple(file.key for file in info.files) == FILE_KEYS
+        assert len(info.mirrors) >= 2 and all(m.startswith(("http://", "https://")) for m in info.mirrors)
+        assert info.n_classes == 10
+        for file in info.files:
+            assert file.filename.endswith("-ubyte.gz") and file.gzip_md5
+    mnist_train_images = get_dataset("mnist").file("train-images")
+    assert mnist_train_images.sha256 is None       # unknown: gzip MD5 only, so an uncompressed copy cannot verify
+    verification = mnist_train_images.verify(bytes(mnist_train_images.decompressed_size))
+    assert not verification.ok and "no SHA-256" in verification.reason
+    assert len(get_dataset("fashion-mnist").file("train-images").gzip_md5) == 2   # upstream and Debian
+    with pytest.raises(Exception):
+        get_dataset("mnist").mirrors = ()   # frozen
+
+
+def test_unknown_names_are_setting_errors_listing_the_allowed_ones(isolated):
+    from fedsim.data.load import load_dataset
+    files = "train-images, train-labels, test-images, test-labels"
+    datasets = "dataset name must be one of mnist, fashion-mnist"
+    for call, words in [
+            (lambda: fetch.load_split("cifar10", "train"), f"{datasets}; got 'cifar10'"),
+            (lambda: fetch.fetch("cifar10", "test-labels"), "dataset name must be one of"),
+            (lambda: search.dataset_status("emnist"), datasets),
+            (lambda: fetch.load_split("mnist", "validation"), "split must be one of train, test; got 'validation'"),
+            (lambda: search.locate("mnist", "images"), f"file_key must be one of {files}; got 'images'"),
+            (lambda: fetch.fetch("mnist", ["test-labels"]), "file_key must be one of"),
+            (lambda: load_dataset("cifar10"), "dataset must be one of"),
+            (lambda: load_dataset("mnist", pipeline="vgg"), "pipeline must be one of"),
+            (lambda: load_dataset("mnist", train_split="all"), "train_split must be one of")]:
+        one_line_setting_error(call, words)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -55,11 +77,8 @@ def test_mnist_test_split_verifies_by_published_md5(isolated, shared_data, monke
     images, labels = fetch.load_split("mnist", "test", download=False)
     assert images.shape == (10000, 28, 28) and images.dtype == np.uint8
     assert np.bincount(labels).tolist() == MNIST_TEST_LABEL_COUNTS
-
-
-def test_debian_fashion_copy_verifies_by_its_md5(isolated, shared_data):
-    status = search.dataset_status("fashion-mnist", data_dir=shared_data)
-    assert [row["method"] for row in status] == ["md5"] * 4, status
+    # the shared Fashion-MNIST files are Debian's copies: they verify by Debian's MD5s
+    assert [row["method"] for row in search.dataset_status("fashion-mnist")] == ["md5"] * 4
 
 
 def test_partial_split_error_names_only_the_missing_file(isolated, shared_data):
@@ -194,14 +213,11 @@ def test_cache_dir_choices(isolated, tmp_path, monkeypatch):
     assert (checkout_data, "checkout data/ folder") in search.search_path()
     monkeypatch.setenv("FEDSIM_CACHE", str(isolated))
     assert search.cache_dir() == isolated
-
-
-def test_repo_data_dir_detection(monkeypatch):
+    monkeypatch.undo()   # the real repo_data_dir and FEDSIM_NO_REPO_DATA=1 again
     monkeypatch.setenv("FEDSIM_NO_REPO_DATA", "1")
     assert search.repo_data_dir() is None
     monkeypatch.delenv("FEDSIM_NO_REPO_DATA")
-    checkout = Path(__file__).resolve().parents[2]
-    assert search.repo_data_dir() == checkout / "data"           # the tests run from a checkout
+    assert search.repo_data_dir() == Path(__file__).resolve().parents[2] / "data"   # the tests run from a checkout
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -234,9 +250,7 @@ def test_bad_data_dir_is_a_setting_error(isolated, tmp_path, kind):
              lambda: search.search_path(data_dir),
              lambda: load_dataset("mnist", data_dir=data_dir, download=False)]
     for call in calls:
-        with pytest.raises(DataSettingError) as raised:
-            call()
-        one_line_setting_error(raised, "data_dir (--data-dir)", *words)
+        one_line_setting_error(call, "data_dir (--data-dir)", *words)
     assert not files_under(isolated)
 
 
@@ -249,54 +263,29 @@ def test_bad_env_folders(isolated, tmp_path, monkeypatch):
     assert f"{loop}  [FEDSIM_DATA]  (cannot be examined" in str(raised.value)
     # a ~user that cannot be expanded, in FEDSIM_DATA or FEDSIM_CACHE
     monkeypatch.setenv("FEDSIM_DATA", "~no-such-user-fedsim/data")
-    with pytest.raises(DataSettingError) as raised:
-        search.locate("mnist", "test-labels")
-    one_line_setting_error(raised, "FEDSIM_DATA", "cannot expand '~'", "~no-such-user-fedsim/data")
+    one_line_setting_error(lambda: search.locate("mnist", "test-labels"), "FEDSIM_DATA", "cannot expand '~'",
+                           "~no-such-user-fedsim/data")
     monkeypatch.delenv("FEDSIM_DATA")
     monkeypatch.setenv("FEDSIM_CACHE", "~no-such-user-fedsim/cache")
-    with pytest.raises(DataSettingError) as raised:
-        fetch.fetch("mnist", "test-labels", mirrors=["http://127.0.0.1:9"])
-    one_line_setting_error(raised, "FEDSIM_CACHE", "cannot expand '~'")
+    one_line_setting_error(lambda: fetch.fetch("mnist", "test-labels", mirrors=["http://127.0.0.1:9"]),
+                           "FEDSIM_CACHE", "cannot expand '~'")
 
 
-def test_unknown_names_are_setting_errors(isolated):
-    from fedsim.data.load import load_dataset
-    for call, setting in [(lambda: fetch.fetch("cifar10", "test-labels"), "dataset name"),
-                          (lambda: fetch.fetch("mnist", ["test-labels"]), "file_key"),
-                          (lambda: fetch.load_split("mnist", "validation"), "split"),
-                          (lambda: load_dataset("cifar10"), "dataset"),
-                          (lambda: load_dataset("mnist", pipeline="vgg"), "pipeline"),
-                          (lambda: load_dataset("mnist", train_split="all"), "train_split")]:
-        with pytest.raises(DataSettingError) as raised:
-            call()
-        one_line_setting_error(raised, setting, "must be one of")
-
-
-
-
-def test_oversized_file_in_a_search_folder_is_rejected_unread(isolated, tmp_path):
-    folder = tmp_path / "junk"
-    junk = folder / "mnist" / LABELS_GZ
+@pytest.mark.parametrize("key", ["test-labels", "test-images"])
+def test_hostile_copy_in_a_search_folder_is_rejected_in_bounded_memory(isolated, tmp_path, key):
+    file = get_dataset("mnist").file(key)
+    junk = tmp_path / "junk" / "mnist" / file.filename
     junk.parent.mkdir(parents=True)
-    with open(junk, "wb") as handle:         # 64 MiB, sparse: takes no disk space
-        handle.truncate(64 << 20)
-    limit = search.download_size_limit(get_dataset("mnist").file("test-labels"))
-    error, peak = raised_and_peak_memory(lambda: fetch.fetch("mnist", "test-labels", data_dir=folder, download=False),
-                                         DatasetNotFoundError)
-    reason = f"larger than {limit} bytes, more than any copy of {LABELS_GZ} can be"
+    if key == "test-labels":   # 64 MiB, sparse (it takes no disk space): rejected unread
+        with open(junk, "wb") as handle:
+            handle.truncate(64 << 20)
+        limit = search.download_size_limit(file)
+        reason = f"larger than {limit} bytes, more than any copy of {LABELS_GZ} can be"
+    else:                      # a gzip bomb: 512 KiB that decompress to 512 MiB
+        junk.write_bytes(gzip.compress(bytes(1 << 20)) * 512)
+        limit = file.decompressed_size      # one buffer of the registry's size, and a little
+        reason = (f"decompressed size is more than {limit} bytes (reading stopped there), expected {limit}")
+    error, peak = raised_and_peak_memory(lambda: fetch.fetch("mnist", key, data_dir=tmp_path / "junk",
+                                                             download=False), DatasetNotFoundError)
     assert error.rejected == ((junk, reason),)
     assert peak < limit + (2 << 20), peak
-
-
-def test_gzip_bomb_in_a_search_folder_is_rejected_in_bounded_memory(isolated, tmp_path):
-    file = get_dataset("mnist").file("test-images")
-    bomb = gzip.compress(bytes(1 << 20)) * 512          # 512 KiB that decompress to 512 MiB
-    folder = tmp_path / "bombs"
-    (folder / "mnist").mkdir(parents=True)
-    (folder / "mnist" / file.filename).write_bytes(bomb)
-    error, peak = raised_and_peak_memory(lambda: fetch.load_split("mnist", "test", data_dir=folder, download=False),
-                                         DatasetNotFoundError)
-    reason = (f"decompressed size is more than {file.decompressed_size} bytes (reading stopped there), "
-              f"expected {file.decompressed_size}")
-    assert [(path.name, why) for path, why in error.rejected] == [(file.filename, reason)]
-    assert peak < file.decompressed_size + (2 << 20), peak    # one buffer of the registry's size, and a little

@@ -123,8 +123,8 @@ def test_prior_scale_variance_reads_alpha_as_variance():
     (dict(n_devices=0), "n_devices must be an integer >= 1"),
     (dict(n_classes=1), "n_classes must be an integer >= 2"),
     (dict(n_features=0), "n_features must be an integer >= 1"),
-    (dict(test_fraction=1.0), r"test_fraction must lie in \[0, 1\)"),
-    (dict(prior_scale="sd"), "prior_scale must be 'std' or 'variance'"),
+    (dict(test_fraction=1.0), r"test_fraction must be a finite number in \[0, 1\)"),
+    (dict(prior_scale="sd"), "prior_scale must be one of 'std', 'variance'"),
     (dict(dtype=np.int32), "dtype must be a floating-point dtype"),
     (dict(samples=0), "samples must be >= 1"),
     (dict(samples=[10, 20]), "samples must be a LognormalCounts law"),
@@ -136,10 +136,11 @@ def test_bad_settings_raise(kwargs, message):
         make_synthetic(**settings)
 
 
-def test_bad_count_law_raises():
-    with pytest.raises(ValueError, match="max_per_device must be None or an integer >= minimum"):
-        LognormalCounts(max_per_device=10)
-    with pytest.raises(ValueError, match="log_sigma"):
-        LognormalCounts(log_sigma=-1.0)
-    with pytest.raises(ValueError, match="minimum"):
-        LognormalCounts(minimum=0)
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(max_per_device=10), r"max_per_device must be an integer >= 50, or unset \(no cap\)"),
+    (dict(log_sigma=-1.0), "log_sigma must be a finite number >= 0"),
+    (dict(log_mean=float("inf")), "log_mean must be a finite number"),
+    (dict(minimum=0), "minimum must be an integer >= 1")])
+def test_bad_count_law_raises(kwargs, message):
+    with pytest.raises(ValueError, match=f"LognormalCounts: {message}"):
+        LognormalCounts(**kwargs)
