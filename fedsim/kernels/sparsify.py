@@ -10,6 +10,8 @@ and raise ValueError or TypeError naming the argument; the jitted cores ``_<name
 
 from __future__ import annotations
 
+import functools
+
 import numba
 import numpy as np
 
@@ -81,8 +83,9 @@ def _write_ternary(sent_out, row, start, stop, positions, signs, count, mu, floa
 
 
 @_jit
-def _stc_batch_core(updates, segment_offsets, budgets, float_bits, sent_out, counts_out, encoded_bits_out):
-    """Exact STC of every row (see :func:`sparse_compress_batch`)."""
+def _exact_batch_core(updates, segment_offsets, budgets, ternary, float_bits, sent_out, counts_out,
+                      encoded_bits_out):
+    """Exact STC (``ternary``) or top-k with values of every row (see :func:`sparse_compress_batch`)."""
     n_segments = segment_offsets.shape[0] - 1
     candidate_positions, candidate_magnitudes, scratch, _, positions, signs = _batch_buffers(segment_offsets,
                                                                                             updates)
@@ -91,29 +94,16 @@ def _stc_batch_core(updates, segment_offsets, budgets, float_bits, sent_out, cou
         for j in range(n_segments):
             start = segment_offsets[j]
             stop = segment_offsets[j + 1]
-            count, mu = _ternarize_into(updates[row, start:stop], budgets[j], candidate_positions,
-                                        candidate_magnitudes, scratch, positions, signs)
-            total_bits += _write_ternary(sent_out, row, start, stop, positions, signs, count, mu, float_bits)
-            counts_out[row, j] = count
-        encoded_bits_out[row] = total_bits
-
-
-@_jit
-def _top_k_batch_core(updates, segment_offsets, budgets, float_bits, sent_out, counts_out, encoded_bits_out):
-    """Top-k (with values) of every row (see :func:`sparse_compress_batch`)."""
-    n_segments = segment_offsets.shape[0] - 1
-    candidate_positions, candidate_magnitudes, scratch, _, positions, _ = _batch_buffers(segment_offsets,
-                                                                                        updates)
-    for row in range(updates.shape[0]):
-        total_bits = 0
-        for j in range(n_segments):
-            start = segment_offsets[j]
-            stop = segment_offsets[j + 1]
             x = updates[row, start:stop]
-            count = _top_k_into(x, budgets[j], candidate_positions, candidate_magnitudes, scratch, positions)
-            for t in range(count):
-                sent_out[row, start + positions[t]] = x[positions[t]]
-            total_bits += _sparse_segment_bits_core(positions[:count], stop - start, float_bits, np.int64(0))
+            if ternary:
+                count, mu = _ternarize_into(x, budgets[j], candidate_positions, candidate_magnitudes, scratch,
+                                            positions, signs)
+                total_bits += _write_ternary(sent_out, row, start, stop, positions, signs, count, mu, float_bits)
+            else:
+                count = _top_k_into(x, budgets[j], candidate_positions, candidate_magnitudes, scratch, positions)
+                for t in range(count):
+                    sent_out[row, start + positions[t]] = x[positions[t]]
+                total_bits += _sparse_segment_bits_core(positions[:count], stop - start, float_bits, np.int64(0))
             counts_out[row, j] = count
         encoded_bits_out[row] = total_bits
 
@@ -142,29 +132,19 @@ def _sampled_batch_core(updates, segment_offsets, budgets, float_bits, sample_po
 
 def _sparse_compress_batch_core(updates, segment_offsets, budgets, ternary, float_bits, sampled,
                                 sample_positions, sample_starts, sample_budgets,
-                                sent_out, counts_out, encoded_bits_out):
-    """:func:`sparse_compress_batch` without the argument checks: one jitted kernel for each of top-k,
-    exact STC and sampled STC, so that a run compiles only the one it uses."""
+                                sent_out, counts_out, encoded_bits_out, py_func=False):
+    """:func:`sparse_compress_batch` without the argument checks: one jitted kernel for exact top-k and
+    STC, one for sampled STC, so that a run compiles only the one it uses (``py_func``: their pure-Python
+    bodies, for the tests)."""
     if ternary and sampled:
-        return _sampled_batch_core(updates, segment_offsets, budgets, float_bits, sample_positions,
-                                   sample_starts, sample_budgets, sent_out, counts_out, encoded_bits_out)
-    exact = _stc_batch_core if ternary else _top_k_batch_core
-    return exact(updates, segment_offsets, budgets, float_bits, sent_out, counts_out, encoded_bits_out)
+        kernel = _sampled_batch_core.py_func if py_func else _sampled_batch_core
+        return kernel(updates, segment_offsets, budgets, float_bits, sample_positions, sample_starts,
+                      sample_budgets, sent_out, counts_out, encoded_bits_out)
+    kernel = _exact_batch_core.py_func if py_func else _exact_batch_core
+    return kernel(updates, segment_offsets, budgets, ternary, float_bits, sent_out, counts_out, encoded_bits_out)
 
 
-def _sparse_compress_batch_py(updates, segment_offsets, budgets, ternary, float_bits, sampled,
-                              sample_positions, sample_starts, sample_budgets,
-                              sent_out, counts_out, encoded_bits_out):
-    """The same in pure Python (the kernels' ``py_func``), for the tests."""
-    if ternary and sampled:
-        return _sampled_batch_core.py_func(updates, segment_offsets, budgets, float_bits, sample_positions,
-                                           sample_starts, sample_budgets, sent_out, counts_out,
-                                           encoded_bits_out)
-    exact = _stc_batch_core if ternary else _top_k_batch_core
-    return exact.py_func(updates, segment_offsets, budgets, float_bits, sent_out, counts_out, encoded_bits_out)
-
-
-_sparse_compress_batch_core.py_func = _sparse_compress_batch_py
+_sparse_compress_batch_core.py_func = functools.partial(_sparse_compress_batch_core, py_func=True)
 
 
 def _sample_starts_shape(updates, segment_offsets, ternary, sampled):
