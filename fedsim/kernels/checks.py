@@ -74,7 +74,8 @@ def checked(core, extra=None, **contract):
     ``contract`` gives every argument a spec (:class:`Array`, :class:`Count`, :class:`Budget`, :class:`Real`,
     :class:`Flag`, :class:`Choice`, :class:`Offsets`, :class:`Stream`). A bound that depends on other
     arguments is a function whose parameters are named after them (``at_least=lambda k, x: min(k,
-    x.shape[0])``), or just the name of the argument whose length it is (``within="x"``); it sees those
+    x.shape[0])``), or just the name of the argument whose length (an array) or value (an integer) it is
+    (``within="x"``, ``at_least="count"``); it sees those
     arguments checked: the specs run in signature order, except that a spec runs after the arguments its
     bounds name.
 
@@ -173,11 +174,16 @@ def _named(bound):
     return ()
 
 
+def _length_or_value(value):
+    return value.shape[0] if isinstance(value, np.ndarray) else value
+
+
 def resolve(bound, args):
     """A bound's value for the arguments ``args`` (by name): a constant as it is, an argument's name as
-    that argument's length, a function called with the arguments it names."""
+    that argument's length (an array) or value (an integer), a function called with the arguments it
+    names."""
     if isinstance(bound, str):
-        return args[bound].shape[0]
+        return _length_or_value(args[bound])
     if callable(bound):
         return bound(**{name: args[name] for name in inspect.signature(bound).parameters})
     return bound
@@ -187,7 +193,7 @@ def _positional(bound, names):
     """``bound`` (see :func:`resolve`) as a function of the list of a kernel's arguments (``names``)."""
     if isinstance(bound, str):
         index = names.index(bound)
-        return lambda values: values[index].shape[0]
+        return lambda values: _length_or_value(values[index])
     if callable(bound):
         indices = [names.index(name) for name in inspect.signature(bound).parameters]
         if len(indices) == 1:                  # (the common cases spelled out: cheaper than a loop)

@@ -16,14 +16,7 @@ taken as ``max(0, .)`` (for ``q' >= 1 - (phi - 1)^2 ~ 0.62`` the formula drops b
 unary code) and capped at 62 (gaps are int64). ``ln(1 - q')`` is computed as ``log1p(-q')`` so tiny
 densities keep their precision.
 
-Arguments
----------
-The public kernels check their arguments in plain Python before any jitted code runs
-(:mod:`fedsim.kernels.checks`): streams are C-contiguous 1-D uint8 arrays (writable where written),
-bit offsets are integers >= 0 and every field, code or sign bit must lie inside the stream, outputs must
-be long enough, widths are in [0, 64] and the Rice parameter in [0, 62]; a violation raises ValueError
-(TypeError for a wrong type or dtype) naming the argument. The jitted cores ``_<name>_core`` behind them
-trust their arguments (jitted code that calls a public name compiles to its core).
+The arguments are checked as :mod:`fedsim.kernels.checks` says (codes inside the stream, b in [0, 62]).
 """
 
 from __future__ import annotations
@@ -34,8 +27,8 @@ import numba
 import numpy as np
 
 from fedsim.kernels import JIT_OPTIONS
-from fedsim.kernels.bitstream import (BIT_END, BIT_OFFSET, BIT_OFFSET_TO_END, STREAM, MAX_FIELD_BITS, _count,
-                                     _from_bit_offset, _get_bit, _read_uint_core, _write_uint_core)
+from fedsim.kernels.bitstream import (BIT_END, BIT_OFFSET, BIT_OFFSET_TO_END, MAX_FIELD_BITS, STREAM, _get_bit,
+                                     _read_uint_core, _write_uint_core)
 from fedsim.kernels.checks import INT64, Array, Count, Stream, checked
 
 _jit = numba.njit(**JIT_OPTIONS)
@@ -50,18 +43,9 @@ MAX_SEGMENT_SIZE = 1 << 56
 GOLOMB_END_MESSAGE = "Golomb-Rice stream ends before the last position"
 
 
-# ----------------------------------------------------------------------------------------------------
-# Argument checks shared by the kernels and their twins
-# ----------------------------------------------------------------------------------------------------
-
 RICE = Count(0, MAX_RICE_PARAMETER, label="Golomb-Rice parameter b")
 POSITIONS = Array(INT64)
 FIELD_WIDTH = Count(0, MAX_FIELD_BITS)
-
-
-def _code_bits(positions, b):
-    """The length of the positions' code (one pass over them; rejects positions that do not increase)."""
-    return _golomb_rice_bits_core(positions, b)
 
 
 def _room_for(count, b, first, last):
@@ -78,11 +62,6 @@ def _decode_fits(n_bits, count, b):
     _room_for(count, b, 0, n_bits)
 
 
-
-# ----------------------------------------------------------------------------------------------------
-# Rice parameter
-# ----------------------------------------------------------------------------------------------------
-
 @_jit
 def _rice_parameter_core(count, size):
     """:func:`rice_parameter` without the argument checks (it still rejects count outside [0, size])."""
@@ -98,7 +77,7 @@ def _rice_parameter_core(count, size):
     return min(parameter, MAX_RICE_PARAMETER)
 
 
-@checked(_rice_parameter_core, count=Count(0, high=lambda size: size), size=Count())
+@checked(_rice_parameter_core, count=Count(0, high="size"), size=Count())
 def rice_parameter(count, size):
     """b* for ``count`` kept positions out of ``size`` (density q' = count / size); 0 if count is 0.
 
@@ -117,10 +96,6 @@ def rice_parameter_numpy(count, size):
         return 0
     return int(min(1 + np.floor(np.log2(ratio)), MAX_RICE_PARAMETER))
 
-
-# ----------------------------------------------------------------------------------------------------
-# Golomb-Rice code of positions
-# ----------------------------------------------------------------------------------------------------
 
 @_jit
 def _golomb_rice_bits_core(positions, b):
@@ -186,7 +161,7 @@ def _golomb_rice_encode_into_core(positions, b, stream, bit_offset):
 
 
 @checked(_golomb_rice_encode_into_core, positions=POSITIONS, b=RICE,
-         stream=Stream(output=True, start=_from_bit_offset, bits=_code_bits), bit_offset=BIT_OFFSET)
+         stream=Stream(output=True, start="bit_offset", bits=_golomb_rice_bits_core), bit_offset=BIT_OFFSET)
 def golomb_rice_encode_into(positions, b, stream, bit_offset):
     """Write the Golomb-Rice code of ``positions`` into ``stream`` from ``bit_offset`` (the stream must
     be long enough: :func:`golomb_rice_bits` tells how much, and is computed here to check it: one pass
@@ -273,7 +248,7 @@ def _golomb_rice_decode_from_core(stream, bit_offset, bit_end, count, b, positio
 
 @checked(_golomb_rice_decode_from_core, extra=_decode_from_fits, stream=STREAM,
          bit_offset=BIT_OFFSET_TO_END, bit_end=BIT_END, count=Count(),
-         b=RICE, positions_out=Array(INT64, output=True, at_least=_count))
+         b=RICE, positions_out=Array(INT64, output=True, at_least="count"))
 def golomb_rice_decode_from(stream, bit_offset, bit_end, count, b, positions_out):
     """Read ``count`` Golomb-Rice coded positions from ``stream`` starting at ``bit_offset``, never past
     ``bit_end`` (0 <= bit_offset <= bit_end <= 8 len(stream)), into ``positions_out[:count]`` (int64,
@@ -317,11 +292,6 @@ def golomb_rice_decode_numpy(stream, n_bits, count, b):
         positions[j] = previous
     return positions
 
-
-
-# ----------------------------------------------------------------------------------------------------
-# Message sizes (the formats are described in fedsim.compress.base)
-# ----------------------------------------------------------------------------------------------------
 
 # Width of the count field that starts every sparse segment and every sign segment.
 COUNT_BITS = 32
