@@ -42,24 +42,15 @@ MAX_RICE_PARAMETER = 62
 MAX_SEGMENT_SIZE = 1 << 56
 GOLOMB_END_MESSAGE = "Golomb-Rice stream ends before the last position"
 
-
 RICE = Count(0, MAX_RICE_PARAMETER, label="Golomb-Rice parameter b")
 POSITIONS = Array(INT64)
 FIELD_WIDTH = Count(0, MAX_FIELD_BITS)
 
 
-def _room_for(count, b, first, last):
-    """Room for ``count`` code words of at least 1 + b bits each in [first, last)."""
-    if count * (b + 1) > last - first:
+def _room_for(bit_offset, bit_end, count, b):
+    """Room for ``count`` code words of at least 1 + b bits each in [bit_offset, bit_end)."""
+    if count * (b + 1) > bit_end - bit_offset:
         raise ValueError(GOLOMB_END_MESSAGE)
-
-
-def _decode_from_fits(bit_offset, bit_end, count, b):
-    _room_for(count, b, bit_offset, bit_end)
-
-
-def _decode_fits(n_bits, count, b):
-    _room_for(count, b, 0, n_bits)
 
 
 @_jit
@@ -81,7 +72,7 @@ def _rice_parameter_core(count, size):
 def rice_parameter(count, size):
     """b* for ``count`` kept positions out of ``size`` (density q' = count / size); 0 if count is 0.
 
-    b* = max(0, min(62, 1 + floor(log2(ln(phi - 1) / ln(1 - q'))))). Integers, 0 <= count <= size < 2^63.
+    b* = max(0, min(62, 1 + floor(log2(ln(phi - 1) / ln(1 - q')))))
     """
 
 
@@ -117,9 +108,8 @@ def _golomb_rice_bits_core(positions, b):
 
 @checked(_golomb_rice_bits_core, positions=POSITIONS, b=RICE)
 def golomb_rice_bits(positions, b):
-    """Exact length in bits of the Golomb-Rice code of ``positions`` (int64, strictly increasing,
-    non-negative; sum of q + 1 + b over the gaps), equal to the encoder's ``n_bits``, computed without
-    encoding."""
+    """The length in bits of the Golomb-Rice code of ``positions`` (the sum of q + 1 + b over the gaps),
+    without encoding."""
 
 
 def golomb_rice_bits_numpy(positions, b):
@@ -163,9 +153,8 @@ def _golomb_rice_encode_into_core(positions, b, stream, bit_offset):
 @checked(_golomb_rice_encode_into_core, positions=POSITIONS, b=RICE,
          stream=Stream(output=True, start="bit_offset", bits=_golomb_rice_bits_core), bit_offset=BIT_OFFSET)
 def golomb_rice_encode_into(positions, b, stream, bit_offset):
-    """Write the Golomb-Rice code of ``positions`` into ``stream`` from ``bit_offset`` (the stream must
-    be long enough: :func:`golomb_rice_bits` tells how much, and is computed here to check it: one pass
-    over the positions). Returns the offset after the code."""
+    """Write the Golomb-Rice code of ``positions`` from ``bit_offset`` (the check computes its length,
+    :func:`golomb_rice_bits`: one pass); returns the offset after the code."""
 
 
 @_jit
@@ -179,22 +168,8 @@ def _golomb_rice_encode_core(positions, b):
 
 @checked(_golomb_rice_encode_core, positions=POSITIONS, b=RICE)
 def golomb_rice_encode(positions, b):
-    """Golomb-Rice code of sorted positions.
-
-    Parameters
-    ----------
-    positions : (n,) int64
-        Strictly increasing, non-negative.
-    b : int
-        Rice parameter, 0 <= b <= 62.
-
-    Returns
-    -------
-    stream : (ceil(n_bits / 8),) uint8
-        The code, most significant bit first, zero-padded to a whole byte.
-    n_bits : int
-        Its length in bits (= :func:`golomb_rice_bits`).
-    """
+    """(stream, n_bits): the Golomb-Rice code of ``positions`` (strictly increasing, non-negative int64),
+    zero-padded to a whole byte, and its length in bits."""
 
 
 def golomb_rice_encode_numpy(positions, b):
@@ -246,14 +221,12 @@ def _golomb_rice_decode_from_core(stream, bit_offset, bit_end, count, b, positio
     return offset
 
 
-@checked(_golomb_rice_decode_from_core, extra=_decode_from_fits, stream=STREAM,
-         bit_offset=BIT_OFFSET_TO_END, bit_end=BIT_END, count=Count(),
-         b=RICE, positions_out=Array(INT64, output=True, at_least="count"))
+@checked(_golomb_rice_decode_from_core, extra=_room_for, stream=STREAM, bit_offset=BIT_OFFSET_TO_END,
+         bit_end=BIT_END, count=Count(), b=RICE, positions_out=Array(INT64, output=True, at_least="count"))
 def golomb_rice_decode_from(stream, bit_offset, bit_end, count, b, positions_out):
-    """Read ``count`` Golomb-Rice coded positions from ``stream`` starting at ``bit_offset``, never past
-    ``bit_end`` (0 <= bit_offset <= bit_end <= 8 len(stream)), into ``positions_out[:count]`` (int64,
-    at least ``count`` entries). Returns the offset after the code. There must be room for ``count``
-    code words of at least 1 + b bits each."""
+    """Read ``count`` coded positions from ``bit_offset``, never past ``bit_end``, into
+    ``positions_out[:count]``; returns the offset after the code (room for ``count`` words of 1 + b bits
+    is checked first)."""
 
 
 @_jit
@@ -264,11 +237,10 @@ def _golomb_rice_decode_core(stream, n_bits, count, b):
     return positions
 
 
-@checked(_golomb_rice_decode_core, extra=_decode_fits, stream=STREAM, n_bits=BIT_END,
-         count=Count(), b=RICE)
+@checked(_golomb_rice_decode_core, extra=lambda n_bits, count, b: _room_for(0, n_bits, count, b),
+         stream=STREAM, n_bits=BIT_END, count=Count(), b=RICE)
 def golomb_rice_decode(stream, n_bits, count, b):
-    """Inverse of :func:`golomb_rice_encode`: ``count`` positions (int64) from the first ``n_bits`` bits
-    (``n_bits <= 8 len(stream)``)."""
+    """Inverse of :func:`golomb_rice_encode`: ``count`` positions (int64) from the first ``n_bits`` bits."""
 
 
 def golomb_rice_decode_numpy(stream, n_bits, count, b):
@@ -321,7 +293,5 @@ def _segment_holds(local_positions, size):
          size=Count(0, MAX_SEGMENT_SIZE), bits_per_entry=FIELD_WIDTH, trailer_bits=FIELD_WIDTH)
 def sparse_segment_bits(local_positions, size, bits_per_entry, trailer_bits):
     """Encoded bits of one sparse segment: 32-bit count + Golomb-Rice positions (b* from count / size)
-    + ``bits_per_entry`` per kept entry + ``trailer_bits`` (the mean, if any entry is kept).
-
-    ``local_positions``: int64, strictly increasing, in [0, size); ``size`` <= 2^56; the two widths are
-    integers in [0, 64]."""
+    + ``bits_per_entry`` per kept entry + ``trailer_bits`` (the mean, if any entry is kept); the
+    positions strictly increase in [0, size)."""

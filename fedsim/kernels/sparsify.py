@@ -2,10 +2,8 @@
 
 Each batched kernel compresses K updates (rows) segment by segment in one call, each segment exactly as
 the one-vector helpers of :mod:`fedsim.kernels.selection` (the kept set K(x, k) of top-k and STC, its mean
-magnitude, the sampled threshold) and :mod:`fedsim.kernels.ternary` (_ternarize, sign) give it. Every kernel
-raises ``ValueError("update contains NaN or inf")`` when it meets a non-finite entry (the simulator relies
-on this to detect divergence). The public kernels check their arguments first (:mod:`fedsim.kernels.checks`)
-and raise ValueError or TypeError naming the argument; the jitted cores ``_<name>_core`` trust them.
+magnitude, the sampled threshold) and :mod:`fedsim.kernels.ternary` (_ternarize, sign) give it, and raises
+``ValueError(NONFINITE_MESSAGE)`` at a non-finite entry.
 """
 
 from __future__ import annotations
@@ -41,8 +39,7 @@ def _all_finite_core(x):
 
 @checked(_all_finite_core, x=Array(checks.FLOAT, ndim=None))
 def all_finite(x):
-    """True if every entry of ``x`` (a C-contiguous float32 or float64 array of any shape, at least 1-D)
-    is finite."""
+    """True if every entry of ``x`` (of any shape) is finite."""
 
 
 def all_finite_numpy(x):
@@ -50,10 +47,6 @@ def all_finite_numpy(x):
     (x,) = all_finite.check(x)
     return bool(np.all(np.isfinite(x)))
 
-
-# ----------------------------------------------------------------------------------------------------
-# Batched kernels: K updates (rows) in one call, each row exactly as the single-update kernels give it
-# ----------------------------------------------------------------------------------------------------
 
 @_jit
 def _longest_segment(segment_offsets):
@@ -207,35 +200,12 @@ def sparse_compress_batch(updates, segment_offsets, budgets, ternary, float_bits
     :func:`_top_k_sparsify` (``ternary`` False), :func:`_ternarize` (``ternary`` True) or
     :func:`_sampled_ternarize` (``ternary`` and ``sampled``) give it with budget ``budgets[j]``.
 
-    Parameters
-    ----------
-    updates : (K, P) float32 or float64, C-contiguous
-    segment_offsets : (S + 1,) int64
-        From 0 to P, non-decreasing.
-    budgets : (S,) int64
-        k of each segment (>= 0).
-    ternary : bool
-        STC (True) or top-k with values (False).
-    float_bits : int
-        Bits of one encoded float (32 or 64): the values of top-k, the mu of STC.
-    sampled : bool
-        Sampled threshold (STC only).
-    sample_positions : (total,) int64
-        All samples, row-major over (row, segment), positions within the segment.
-    sample_starts : (K S + 1,) int64
-        Sample of row r, segment j: ``sample_positions[sample_starts[r S + j]:sample_starts[r S + j + 1]]``
-        (at most as many positions as the segment has entries).
-    sample_budgets : (S,) int64
-        k_s of each segment (>= 0).
-    sent_out : (K, P), the dtype of ``updates``, zero-filled
-        Receives the decompressed messages.
-    counts_out : (K, S) int64
-        Kept entries per row and segment.
-    encoded_bits_out : (K,) int64
-        Encoded message length per row (the message formats of :mod:`fedsim.compress.base`).
-
-    The three sample arrays must be int64 vectors in any case; their lengths and contents are checked
-    (and used) only for sampled STC.
+    ``float_bits`` (32 or 64) is the width of one encoded float (top-k's values, STC's mu). Sampled STC
+    reads the samples of row r, segment j as ``sample_positions[sample_starts[r S + j]:sample_starts[r S + j
+    + 1]]`` (positions within the segment, at most as many as it has entries) with budgets
+    ``sample_budgets``; otherwise the three sample arrays need only be int64 vectors. Out: ``sent_out``
+    (zero-filled) the decompressed messages, ``counts_out`` (K, S) the kept entries, ``encoded_bits_out``
+    (K,) each row's encoded length (the message formats of :mod:`fedsim.compress.base`).
     """
 
 
