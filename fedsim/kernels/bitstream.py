@@ -9,7 +9,7 @@ fields are written most significant bit first. Bits after the last written one a
 Sign bits
 ---------
 One bit per sign: 1 for a negative sign (-1), 0 for a positive one (+1), like an IEEE sign bit; so
-``pack_signs(s) == np.packbits(s < 0)``. Only +-1 can be packed: zeros need a separate code (see the sign
+``pack_signs_into(s, stream, 0)`` writes ``np.packbits(s < 0)``. Only +-1 can be packed: zeros need a separate code (see the sign
 compressor's message format in :mod:`fedsim.compress.base`).
 
 The arguments are checked as :mod:`fedsim.kernels.checks` says: every field, code or sign bit must lie
@@ -202,44 +202,3 @@ def _unpack_signs_from_core(stream, bit_offset, count, signs_out):
          bit_offset=BIT_OFFSET, count=COUNT, signs_out=Array(checks.INT8, output=True, at_least="count"))
 def unpack_signs_from(stream, bit_offset, count, signs_out):
     """Read ``count`` sign bits from ``bit_offset`` into ``signs_out`` (int8 +-1); returns the end offset."""
-
-
-@_jit
-def _pack_signs_core(signs):
-    """:func:`_pack_signs` without the argument checks."""
-    stream = np.zeros((signs.shape[0] + 7) // 8, np.uint8)
-    _pack_signs_into_core(signs, stream, 0)
-    return stream
-
-
-@checked(_pack_signs_core, signs=INTEGERS)
-def _pack_signs(signs):
-    """Signs (+-1) as a new bit stream, ``np.packbits(signs < 0)``."""
-
-
-def _pack_signs_numpy(signs):
-    """NumPy twin of :func:`_pack_signs`."""
-    (signs,) = _pack_signs.check(signs)
-    if np.any((signs != 1) & (signs != -1)):
-        raise ValueError("only signs +1 and -1 can be packed")
-    return np.packbits(signs < 0)
-
-
-@_jit
-def _unpack_signs_core(stream, count):
-    """:func:`_unpack_signs` without the argument checks."""
-    signs = np.empty(count, np.int8)
-    _unpack_signs_from_core(stream, 0, count, signs)
-    return signs
-
-
-@checked(_unpack_signs_core, stream=Stream(bits="count", message=SIGNS_MESSAGE), count=COUNT)
-def _unpack_signs(stream, count):
-    """Inverse of :func:`_pack_signs`: ``count`` int8 signs (+-1)."""
-
-
-def _unpack_signs_numpy(stream, count):
-    """NumPy twin of :func:`_unpack_signs`."""
-    stream, count = _unpack_signs.check(stream, count)
-    bits = np.unpackbits(stream, count=count)
-    return (1 - 2 * bits.astype(np.int8)).astype(np.int8)
