@@ -50,63 +50,40 @@ def vector_and_budget(draw):
 # hand-computed cases
 # ----------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_ternarize_hand_computed(dtype):
-    x = np.array([3.0, -1.0, 2.0, -3.0, 0.0], dtype)
-    positions = np.empty(2, np.int64)
-    signs = np.empty(2, np.int8)
-    count, mu = ternary._ternarize(x, 2, positions, signs)
-    assert count == 2
-    np.testing.assert_array_equal(positions, [0, 3])
-    np.testing.assert_array_equal(signs, [1, -1])
-    assert mu == 3.0
-    threshold, mu, count = selection._top_k_threshold(x, 3)
-    assert (threshold, count) == (2.0, 3)
-    assert mu == dtype((3.0 + 2.0 + 3.0) / 3)
-
-
-def test_ties_keep_exactly_k_lowest_indices_first():
-    x = np.array([1.0, -1.0, 1.0, 1.0, 0.5], np.float32)
-    count, positions = run_select(selection._top_k_select, x, 2)
-    assert count == 2
-    np.testing.assert_array_equal(positions, [0, 1])
-    x = np.array([0.5, 2.0, 1.0, 1.0, 1.0], np.float32)
-    count, positions = run_select(selection._top_k_select, x, 3)
-    np.testing.assert_array_equal(positions, [1, 2, 3])
-
-
-def test_fewer_nonzeros_than_k_keeps_only_nonzeros():
-    x = np.array([0.0, -0.0, 2.0, 0.0, -4.0], np.float32)
-    positions = np.empty(4, np.int64)
-    signs = np.empty(4, np.int8)
-    count, mu = ternary._ternarize(x, 4, positions, signs)
-    assert count == 2
-    np.testing.assert_array_equal(positions[:2], [2, 4])
-    np.testing.assert_array_equal(signs[:2], [1, -1])
-    assert mu == 3.0
-    threshold, _, _ = selection._top_k_threshold(x, 4)
-    assert threshold == 0.0
+# x, k, the kept positions, mu (a float64 sum in index order, rounded once to x's dtype)
+HAND_COMPUTED = [
+    ([3.0, -1.0, 2.0, -3.0, 0.0], 2, [0, 3], 3.0),
+    ([1.0, -1.0, 1.0, 1.0, 0.5], 2, [0, 1], 1.0),                     # ties: exactly k, lowest indices first
+    ([0.5, 2.0, 1.0, 1.0, 1.0], 3, [1, 2, 3], 4.0 / 3),
+    ([0.0, -0.0, 2.0, 0.0, -4.0], 4, [2, 4], 3.0),                    # fewer nonzeros than k: only those
+    ([-2.5], 1, [0], 2.5),
+    ([1.0, -3.0, 2.0], 10, [0, 1, 2], 2.0),                           # k above N
+    ([0.0] * 7, 7, [], 0.0),                                          # nothing to send
+    ([-0.0, 0.0], 2, [], 0.0),
+    ([], 1, [], 0.0),
+    # a float32 running sum would lose the small terms
+    ([1.0, 2.0 ** -30, 2.0 ** -30, 2.0 ** -30, 3.0], 5, [0, 1, 2, 3, 4], (1.0 + 3 * 2.0 ** -30 + 3.0) / 5),
+]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_all_zero_and_empty_give_empty_message(dtype):
-    for x in (np.zeros(7, dtype), np.array([-0.0, 0.0], dtype), np.zeros(0, dtype)):
-        positions = np.empty(x.size, np.int64)
-        signs = np.empty(x.size, np.int8)
-        count, mu = ternary._ternarize(x, max(1, x.size), positions, signs)
-        assert count == 0 and mu == 0.0
+@pytest.mark.parametrize("x, k, kept, mu", HAND_COMPUTED)
+def test_hand_computed(x, k, kept, mu, dtype):
+    x = np.array(x, dtype)
+    count, positions = run_select(selection._top_k_select, x, k)
+    np.testing.assert_array_equal(positions, kept)
+    positions, signs = np.empty(min(k, x.size), np.int64), np.empty(min(k, x.size), np.int8)
+    count, got_mu = ternary._ternarize(x, k, positions, signs)
+    assert count == len(kept) and got_mu == dtype(mu), (count, got_mu, dtype(mu))
+    np.testing.assert_array_equal(positions[:count], kept)
+    np.testing.assert_array_equal(signs[:count], np.sign(x[kept]))
 
 
-def test_single_entry_and_k_at_least_n():
-    x = np.array([-2.5], np.float32)
-    positions = np.empty(1, np.int64)
-    signs = np.empty(1, np.int8)
-    assert ternary._ternarize(x, 1, positions, signs) == (1, 2.5)
-    assert signs[0] == -1
-    x = np.array([1.0, -3.0, 2.0], np.float64)
-    count, positions = run_select(selection._top_k_select, x, 10)
-    assert count == 3
-    np.testing.assert_array_equal(positions, [0, 1, 2])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_top_k_threshold_hand_computed(dtype):
+    threshold, mu, count = selection._top_k_threshold(np.array([3.0, -1.0, 2.0, -3.0, 0.0], dtype), 3)
+    assert (threshold, count) == (2.0, 3) and mu == dtype((3.0 + 2.0 + 3.0) / 3)
+    assert selection._top_k_threshold(np.array([0.0, -0.0, 2.0, 0.0, -4.0], dtype), 4)[0] == 0.0
 
 
 def test_float64_mu_overflow_is_inf_as_documented():
