@@ -228,51 +228,8 @@ def test_huge_dynamic_range_and_subnormals(dtype):
 
 
 # ----------------------------------------------------------------------------------------------------
-# long vectors: the pivot-sample path, its fallback and compaction
+# long vectors (the pivot-sample path, its fallback and compaction against the twins: test_kernels_fast_paths)
 # ----------------------------------------------------------------------------------------------------
-
-def _compare_long(x, k):
-    count, positions = run_select(selection._top_k_select, x, k)
-    twin_count, twin_positions = run_select(selection._top_k_select_numpy, x, k)
-    assert count == twin_count
-    np.testing.assert_array_equal(positions, twin_positions)
-    length = min(k, x.size)
-    signs = np.empty(length, np.int8)
-    twin_signs = np.empty(length, np.int8)
-    positions = np.empty(length, np.int64)
-    result = ternary._ternarize(x, k, positions, signs)
-    twin = ternary._ternarize_numpy(x, k, np.empty(length, np.int64), twin_signs)
-    assert result[0] == twin[0]
-    assert_same_scalar(result[1], twin[1], "long mu")
-    return count
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_long_random_vector(dtype):
-    x = np.random.default_rng(0).standard_normal(300_000).astype(dtype)
-    for k in (1, 300, 3_000, 100_000, 300_000):
-        assert _compare_long(x, k) == k
-
-
-def test_long_vector_guess_too_high_recollects():
-    # large values exactly at the strided sample positions: the guessed bound lets fewer than k through
-    size = 200_000
-    stride = size // selection.PIVOT_SAMPLE
-    rng = np.random.default_rng(1)
-    x = rng.uniform(0, 1, size).astype(np.float32)
-    x[stride // 2::stride] = 10 + rng.uniform(0, 1, x[stride // 2::stride].size)
-    assert _compare_long(x, 100) == 100
-    assert _compare_long(x, 7_000) == 7_000
-
-
-def test_long_vector_compaction_and_ties():
-    size = 150_000
-    assert size > selection.SMALL_SEGMENT and size > selection.CANDIDATE_ROOM + 10
-    for x in (np.ones(size, np.float32), np.arange(size, dtype=np.float64),
-              np.random.default_rng(2).integers(-3, 4, size).astype(np.float32)):
-        _compare_long(x, 10)
-        _compare_long(x, 5_000)
-
 
 def test_long_mostly_zero_vector():
     x = np.zeros(100_000, np.float32)
