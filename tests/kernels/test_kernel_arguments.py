@@ -686,18 +686,6 @@ def beyond_omega(name, values, rng):
     return [("a level beyond 2^62", name, bad, (ValueError,), name)]
 
 
-def build_elias_omega_bits(draw):
-    return Call({"value": draw(st.one_of(st.integers(1, 300), st.integers(1, omega.MAX_OMEGA_VALUE)))})
-
-
-def build_write_elias_omega(draw):
-    rng = rng_of(draw)
-    value = draw(st.one_of(st.integers(1, 300), st.integers(1, omega.MAX_OMEGA_VALUE)))
-    bit_offset = draw(st.integers(0, 13))
-    return Call({"stream": stream_of(rng, bit_offset + omega._elias_omega_bits(value)), "bit_offset": bit_offset,
-                 "value": value})
-
-
 def build_read_elias_omega(draw):
     rng = rng_of(draw)
     value = draw(st.one_of(st.integers(1, 300), st.integers(1, omega.MAX_OMEGA_VALUE)))
@@ -956,8 +944,8 @@ CASES = {
              build_randomk_compress_batch),
     ],
     "qsgd": [
-        Case("elias_omega_bits", omega._elias_omega_bits, omega._elias_omega_bits_numpy, build_elias_omega_bits),
-        Case("write_elias_omega", omega._write_elias_omega, None, build_write_elias_omega),
+        case(omega._elias_omega_bits, omega._elias_omega_bits_numpy),
+        case(omega._write_elias_omega),
         Case("read_elias_omega", omega._read_elias_omega, None, build_read_elias_omega),
         Case("bucket_bits", qsgd._bucket_bits, None, build_bucket_bits),
         Case("qsgd_bits", qsgd.qsgd_bits, qsgd.qsgd_bits_numpy, build_qsgd_bits),
