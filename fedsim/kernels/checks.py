@@ -172,11 +172,8 @@ def resolve(bound, args):
     """A bound's value for the arguments ``args`` (by name): a constant as it is, an argument's name as
     that argument's length (an array) or value (an integer), a function called with the arguments it
     names."""
-    if isinstance(bound, str):
-        return _length_or_value(args[bound])
-    if callable(bound):
-        return bound(**{name: args[name] for name in inspect.signature(bound).parameters})
-    return bound
+    names = tuple(args)
+    return _positional(bound, names)([args[name] for name in names])
 
 
 def _positional(bound, names):
