@@ -342,12 +342,10 @@ def _sample(draw, rng, args):
 
 
 def _crowded_sample(draw, rng, args):
+    """More sample positions than entries (sampled_ternarize's extra check), and a NaN or inf in x."""
     longer = np.zeros(args["x"].size + 1, np.int64)
-    return [("more sample positions than entries", "sample_positions", longer, (ValueError,), "sample_positions")]
-
-
-def _with_nonfinite_x(draw, rng, args):
-    return _crowded_sample(draw, rng, args) + nonfinite("x", args["x"], rng)
+    return [("more sample positions than entries", "sample_positions", longer, (ValueError,), "sample_positions")
+            ] + nonfinite("x", args["x"], rng)
 
 
 def build_sparse_compress_batch(draw):
@@ -391,14 +389,11 @@ def build_sparse_compress_batch(draw):
     return Call(args, custom=custom)
 
 
-def _zero_dimensional(draw, rng, args):
+def _zero_dimensional(draw, rng, args):      # (all_finite takes any number of dimensions but 0)
     return [("a 0-D array", "x", np.array(1.0), (ValueError,), "x")]
 
 
 # --- golomb ----------------------------------------------------------------------------------------
-
-UINT8 = checks.UINT8
-
 
 def _positions(draw, rng, args=None, high=5000, max_count=30):
     return np.sort(rng.choice(high, draw(st.integers(0, max_count)), replace=False)).astype(np.int64)
@@ -895,7 +890,7 @@ CASES = {
         case(selection._top_k_sparsify, selection._top_k_sparsify_numpy, nonfinite_in("x")),
         case(selection._sampled_top_k_threshold, selection._sampled_top_k_threshold_numpy),
         case(selection._select_at_least, selection._select_at_least_numpy, nonfinite_in("x")),
-        case(ternary._sampled_ternarize, ternary._sampled_ternarize_numpy, _with_nonfinite_x,
+        case(ternary._sampled_ternarize, ternary._sampled_ternarize_numpy, _crowded_sample,
              sample_positions=_sample),
         case(ternary._sign, ternary._sign_numpy, nonfinite_in("x")),
         case(ternary._mean_magnitude, ternary._mean_magnitude_numpy, nonfinite_in("x")),
