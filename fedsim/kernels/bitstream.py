@@ -9,17 +9,11 @@ fields are written most significant bit first. Bits after the last written one a
 Sign bits
 ---------
 One bit per sign: 1 for a negative sign (-1), 0 for a positive one (+1), like an IEEE sign bit; so
-``pack_signs(s) == np.packbits(s < 0)``. Only +-1 can be packed: zeros need a separate code (see the sign
+``pack_signs_into(s, stream, 0)`` writes ``np.packbits(s < 0)``. Only +-1 can be packed: zeros need a separate code (see the sign
 compressor's message format in :mod:`fedsim.compress.base`).
 
-Arguments
----------
-The public kernels check their arguments in plain Python before any jitted code runs
-(:mod:`fedsim.kernels.checks`): streams are C-contiguous 1-D uint8 arrays (writable where written),
-bit offsets are integers >= 0 and every field, code or sign bit must lie inside the stream, outputs must
-be long enough, widths are in [0, 64]; a violation raises ValueError (TypeError for a wrong type or
-dtype) naming the argument. The jitted cores ``_<name>_core`` behind them trust their arguments (jitted
-code that calls a public name compiles to its core).
+The arguments are checked as :mod:`fedsim.kernels.checks` says: every field, code or sign bit must lie
+inside the stream, widths are in [0, 64].
 """
 
 from __future__ import annotations
@@ -38,9 +32,6 @@ MAX_FIELD_BITS = 64
 FIELD_MESSAGE = "bit stream ends inside a fixed-width field"
 SIGNS_MESSAGE = "bit stream ends before the last sign bit"
 
-# ----------------------------------------------------------------------------------------------------
-# Argument checks shared by the kernels and their twins
-# ----------------------------------------------------------------------------------------------------
 
 class _FieldValue(Count):
     """The value of a ``width``-bit field: in [0, 2^width), or for a 64-bit field any integer in
@@ -56,43 +47,15 @@ class _FieldValue(Count):
         return value - (1 << 64) if value > checks.INT64_MAX else value
 
 
-def _from_bit_offset(bit_offset):
+def _from_bit_offset(bit_offset):        # (qsgd's stream bounds)
     return bit_offset
-
-
-def _count(count):
-    return count
-
-
-def _field_bits(width):
-    return width
-
-
-def _fields_bits(values, width):
-    return values.shape[0] * width
-
-
-def _fields_out_bits(width, values_out):
-    return values_out.shape[0] * width
-
-
-def _sign_bits(signs):
-    return signs.shape[0]
-
-
-def _stream_bits(stream):
-    return 8 * stream.shape[0]
-
-
-def _bit_end(bit_end):
-    return bit_end
 
 
 BIT_OFFSET = Count(0, checks.COUNT_MAX)
 # A read from a stream that stops at bit_end: 0 <= bit_offset <= bit_end <= 8 len(stream)
 STREAM = Array(checks.UINT8)
-BIT_END = Count(0, high=_stream_bits)
-BIT_OFFSET_TO_END = Count(0, high=_bit_end)
+BIT_END = Count(0, high=lambda stream: 8 * stream.shape[0])
+BIT_OFFSET_TO_END = Count(0, high="bit_end")
 WIDTH = Count(0, MAX_FIELD_BITS)
 COUNT = Count(0, checks.COUNT_MAX)
 INTEGERS = Array(checks.INTEGER)
@@ -104,10 +67,6 @@ def _holds_fields(width, values_out):
     if not (held >= width if values_out.dtype.kind == "u" else held > width or held == width == 64):
         raise TypeError(f"values_out of dtype {values_out.dtype} cannot hold {width}-bit fields")
 
-
-# ----------------------------------------------------------------------------------------------------
-# Single bits and fixed-width fields
-# ----------------------------------------------------------------------------------------------------
 
 @_jit
 def _put_bit(stream, bit_offset, bit):
@@ -126,11 +85,8 @@ def _get_bit(stream, bit_offset):
 
 @_jit
 def _write_uint_core(stream, bit_offset, value, width):
-    """:func:`write_uint` without the argument checks.
-
-    Byte by byte: each byte the field touches is masked and merged once (bits around the field keep
-    their values).
-    """
+    """:func:`write_uint` without the argument checks: each byte the field touches is masked and merged
+    once (bits around the field keep their values)."""
     bits = np.int64(value)
     offset = bit_offset
     remaining = width
@@ -147,12 +103,11 @@ def _write_uint_core(stream, bit_offset, value, width):
     return bit_offset + width
 
 
-@checked(_write_uint_core, stream=Stream(output=True, start=_from_bit_offset, bits=_field_bits),
+@checked(_write_uint_core, stream=Stream(output=True, start="bit_offset", bits="width"),
          bit_offset=BIT_OFFSET, value=_FieldValue(), width=WIDTH)
 def write_uint(stream, bit_offset, value, width):
-    """Write ``value`` (0 <= value < 2^width, width <= 64) in ``width`` bits at ``bit_offset``, most
-    significant first. Returns the offset after it. A 64-bit field takes the value's int64 bit pattern
-    (any integer in [-2^63, 2^64)). The field must lie inside ``stream`` (writable uint8)."""
+    """Write ``value`` (in [0, 2^width); for width 64 any integer in [-2^63, 2^64), as its int64 bit
+    pattern) in ``width`` bits at ``bit_offset``, most significant first; returns the offset after it."""
 
 
 @_jit
@@ -173,16 +128,12 @@ def _read_uint_core(stream, bit_offset, width):
     return value
 
 
-@checked(_read_uint_core, stream=Stream(start=_from_bit_offset, bits=_field_bits, message=FIELD_MESSAGE),
+@checked(_read_uint_core, stream=Stream(start="bit_offset", bits="width", message=FIELD_MESSAGE),
          bit_offset=BIT_OFFSET, width=WIDTH)
 def read_uint(stream, bit_offset, width):
-    """Read a ``width``-bit field (0 <= width <= 64, most significant first) at ``bit_offset``; returns
-    it as int64 (a 64-bit field comes back as the same int64 bit pattern that :func:`write_uint` took)."""
+    """The ``width``-bit field at ``bit_offset`` as int64 (a 64-bit field: the bit pattern
+    :func:`write_uint` took)."""
 
-
-# ----------------------------------------------------------------------------------------------------
-# Sign bits
-# ----------------------------------------------------------------------------------------------------
 
 @_jit
 def _write_uints_core(stream, bit_offset, values, width):
@@ -193,12 +144,11 @@ def _write_uints_core(stream, bit_offset, values, width):
     return offset
 
 
-@checked(_write_uints_core, stream=Stream(output=True, start=_from_bit_offset, bits=_fields_bits),
-         bit_offset=BIT_OFFSET, values=INTEGERS, width=WIDTH)
+@checked(_write_uints_core, bit_offset=BIT_OFFSET, values=INTEGERS, width=WIDTH,
+         stream=Stream(output=True, start="bit_offset", bits=lambda values, width: values.shape[0] * width))
 def write_uints(stream, bit_offset, values, width):
-    """Write each of ``values`` (a 1-D integer array; their low ``width`` bits, 0 <= width <= 64) as a
-    ``width``-bit field, in order. Returns the offset after them. Used for IEEE bit patterns of floats
-    (viewed as integers). All fields must lie inside ``stream``."""
+    """Write the low ``width`` bits of each of ``values`` as a field, in order (IEEE bit patterns of
+    floats viewed as integers); returns the offset after them."""
 
 
 @_jit
@@ -211,13 +161,13 @@ def _read_uints_core(stream, bit_offset, width, values_out):
     return offset
 
 
-@checked(_read_uints_core, extra=_holds_fields,
-         stream=Stream(start=_from_bit_offset, bits=_fields_out_bits, message=FIELD_MESSAGE),
-         bit_offset=BIT_OFFSET, width=WIDTH, values_out=Array(checks.INTEGER, output=True))
+@checked(_read_uints_core, extra=_holds_fields, bit_offset=BIT_OFFSET, width=WIDTH,
+         values_out=Array(checks.INTEGER, output=True),
+         stream=Stream(start="bit_offset", bits=lambda width, values_out: values_out.shape[0] * width,
+                       message=FIELD_MESSAGE))
 def read_uints(stream, bit_offset, width, values_out):
-    """Read ``len(values_out)`` fields of ``width`` bits into ``values_out`` (an integer array wide
-    enough: an unsigned type of at least ``width`` bits, e.g. uint32 for 32-bit fields, or a signed type
-    of more than ``width`` bits, or int64 for 64-bit fields). Returns the offset after them."""
+    """Read ``len(values_out)`` fields of ``width`` bits into ``values_out`` (unsigned of at least
+    ``width`` bits, signed of more, or int64 for 64); returns the offset after them."""
 
 
 @_jit
@@ -232,11 +182,10 @@ def _pack_signs_into_core(signs, stream, bit_offset):
 
 
 @checked(_pack_signs_into_core, signs=INTEGERS,
-         stream=Stream(output=True, start=_from_bit_offset, bits=_sign_bits, message=SIGNS_MESSAGE),
+         stream=Stream(output=True, start="bit_offset", bits="signs", message=SIGNS_MESSAGE),
          bit_offset=BIT_OFFSET)
 def pack_signs_into(signs, stream, bit_offset):
-    """Write one bit per sign (``signs``: 1-D integers +-1; bit 1 for -1, 0 for +1) from ``bit_offset``;
-    returns the offset after them. The bits must lie inside ``stream``."""
+    """Write one bit per sign (+-1) from ``bit_offset``; returns the offset after them."""
 
 
 @_jit
@@ -249,50 +198,7 @@ def _unpack_signs_from_core(stream, bit_offset, count, signs_out):
     return bit_offset + count
 
 
-@checked(_unpack_signs_from_core, stream=Stream(start=_from_bit_offset, bits=_count, message=SIGNS_MESSAGE),
-         bit_offset=BIT_OFFSET, count=COUNT, signs_out=Array(checks.INT8, output=True, at_least=_count))
+@checked(_unpack_signs_from_core, stream=Stream(start="bit_offset", bits="count", message=SIGNS_MESSAGE),
+         bit_offset=BIT_OFFSET, count=COUNT, signs_out=Array(checks.INT8, output=True, at_least="count"))
 def unpack_signs_from(stream, bit_offset, count, signs_out):
-    """Read ``count`` sign bits from ``bit_offset`` into ``signs_out`` (int8 +-1, at least ``count``
-    entries); returns the end offset."""
-
-
-@_jit
-def _pack_signs_core(signs):
-    """:func:`_pack_signs` without the argument checks."""
-    stream = np.zeros((signs.shape[0] + 7) // 8, np.uint8)
-    _pack_signs_into_core(signs, stream, 0)
-    return stream
-
-
-@checked(_pack_signs_core, signs=INTEGERS)
-def _pack_signs(signs):
-    """Signs (+-1, a 1-D array of any integer dtype) as a bit stream: bit 1 for -1; equals
-    ``np.packbits(signs < 0)``."""
-
-
-def _pack_signs_numpy(signs):
-    """NumPy twin of :func:`_pack_signs`."""
-    (signs,) = _pack_signs.check(signs)
-    if np.any((signs != 1) & (signs != -1)):
-        raise ValueError("only signs +1 and -1 can be packed")
-    return np.packbits(signs < 0)
-
-
-@_jit
-def _unpack_signs_core(stream, count):
-    """:func:`_unpack_signs` without the argument checks."""
-    signs = np.empty(count, np.int8)
-    _unpack_signs_from_core(stream, 0, count, signs)
-    return signs
-
-
-@checked(_unpack_signs_core, stream=Stream(bits=_count, message=SIGNS_MESSAGE), count=COUNT)
-def _unpack_signs(stream, count):
-    """Inverse of :func:`_pack_signs`: ``count`` int8 signs (+-1), ``count <= 8 len(stream)``."""
-
-
-def _unpack_signs_numpy(stream, count):
-    """NumPy twin of :func:`_unpack_signs`."""
-    stream, count = _unpack_signs.check(stream, count)
-    bits = np.unpackbits(stream, count=count)
-    return (1 - 2 * bits.astype(np.int8)).astype(np.int8)
+    """Read ``count`` sign bits from ``bit_offset`` into ``signs_out`` (int8 +-1); returns the end offset."""

@@ -13,9 +13,6 @@ derived from it::
     def ternarize(x, k, positions_out, signs_out):
         '''The public contract (the body is not run).'''
 
-A relation that no spec can say (samples within their segments, a stream holding enough bits) is a small
-function of the checked arguments, passed as ``extra=`` and declared next to the kernel.
-
 :func:`checked` makes the kernel ``core(*check(...))``. The result also has
 
 * ``.contract`` and ``.extra``: the declaration (the hostile-argument tests read it);
@@ -62,7 +59,6 @@ INT64_MAX = (1 << 63) - 1
 # Integers that jitted code receives as int64 must stay below 2^62 wherever the kernel doubles them or
 # adds a few bits to them (counts, sizes, bit offsets).
 COUNT_MAX = (1 << 62) - 1
-FLOAT_BIT_WIDTHS = (32, 64)
 # Index arrays up to this length are checked as Python lists (cheaper than NumPy calls on short arrays).
 SHORT_ARRAY = 64
 
@@ -71,18 +67,13 @@ def checked(core, extra=None, **contract):
     """Decorator: the public kernel ``core(*check(...))`` from the argument contract of the decorated
     function (its signature and docstring; its body is not run).
 
-    ``contract`` gives every argument a spec (:class:`Array`, :class:`Count`, :class:`Budget`, :class:`Real`,
-    :class:`Flag`, :class:`Choice`, :class:`Offsets`, :class:`Stream`). A bound that depends on other
-    arguments is a function whose parameters are named after them (``at_least=lambda k, x: min(k,
-    x.shape[0])``), or just the name of the argument whose length it is (``within="x"``); it sees those
-    arguments checked: the specs run in signature order, except that a spec runs after the arguments its
-    bounds name.
-
-    Relations a spec cannot say are small functions of the arguments they name, declared next to the
-    kernel: a spec's ``then`` runs right after that spec (for a relation that later bounds rely on), and
-    ``extra`` after all of them. The kernel keeps the specs as ``.contract`` and ``extra`` as ``.extra``
-    (the hostile-argument tests read them) and has ``.core``, ``.check`` and ``.py_func`` (module
-    docstring)."""
+    ``contract`` gives every argument a spec. A bound that depends on other arguments is a function whose
+    parameters are named after them (``at_least=lambda k, x: min(k, x.shape[0])``), or the name of the
+    argument whose length (an array) or value (an integer) it is (``within="x"``, ``at_least="count"``);
+    the specs run in signature order, except that a spec runs after the arguments its bounds name.
+    Relations a spec cannot say (samples within their segments) are small functions of the arguments they
+    name, declared next to the kernel: a spec's ``then`` runs right after that spec (for a relation that
+    later bounds rely on), ``extra`` after all of them."""
     def decorate(public):
         signature = inspect.signature(public)
         names = tuple(signature.parameters)
@@ -173,21 +164,23 @@ def _named(bound):
     return ()
 
 
+def _length_or_value(value):
+    return value.shape[0] if isinstance(value, np.ndarray) else value
+
+
 def resolve(bound, args):
     """A bound's value for the arguments ``args`` (by name): a constant as it is, an argument's name as
-    that argument's length, a function called with the arguments it names."""
-    if isinstance(bound, str):
-        return args[bound].shape[0]
-    if callable(bound):
-        return bound(**{name: args[name] for name in inspect.signature(bound).parameters})
-    return bound
+    that argument's length (an array) or value (an integer), a function called with the arguments it
+    names."""
+    names = tuple(args)
+    return _positional(bound, names)([args[name] for name in names])
 
 
 def _positional(bound, names):
     """``bound`` (see :func:`resolve`) as a function of the list of a kernel's arguments (``names``)."""
     if isinstance(bound, str):
         index = names.index(bound)
-        return lambda values: values[index].shape[0]
+        return lambda values: _length_or_value(values[index])
     if callable(bound):
         indices = [names.index(name) for name in inspect.signature(bound).parameters]
         if len(indices) == 1:                  # (the common cases spelled out: cheaper than a loop)
@@ -242,7 +235,6 @@ class Array(Spec):
         self.at_least, self.shape, self.like = at_least, shape, like
         self.within, self.nonnegative = within, nonnegative
         self._bounded = not (at_least is like is within is None and not nonnegative)
-        self._plain = ndim is not None and shape is None and not self._bounded
         self._like_index = None
 
     def depends(self):
@@ -255,19 +247,11 @@ class Array(Spec):
         return bound
 
     def check(self, name, value, values):
-        if self._plain:        # (the common case, kept cheap: the checks run on every kernel call)
-            return array(name, value, self.dtypes, self.ndim, self.output, self.contiguous)
-        if self.ndim is None:
-            return any_ndim(name, value, self.dtypes)
-        shape = self.shape
+        shape = None if self.shape is None else self.shape(values)
         if shape is None:
             array(name, value, self.dtypes, self.ndim, self.output, self.contiguous)
         else:
-            shape = shape(values)
-            array(name, value, self.dtypes, self.ndim if shape is None else len(shape), self.output,
-                  self.contiguous)
-            if shape is not None and value.shape != shape:
-                raise ValueError(f"{name} must have shape {shape}, got {value.shape}")
+            shaped(name, value, self.dtypes, shape, self.output, self.contiguous)
         if self._bounded:
             self._check_bounds(name, value, values)
         return value
@@ -387,7 +371,7 @@ class Offsets(Spec):
         return value
 
 
-FLOAT_BITS = Choice(FLOAT_BIT_WIDTHS)
+FLOAT_BITS = Choice((32, 64))
 FLOAT_VECTOR = Array(FLOAT)
 
 
@@ -422,14 +406,17 @@ def _dtype_names(dtypes) -> str:
 
 
 def array(name, value, dtypes, ndim=1, writable=False, contiguous=True):
-    """``value`` if it is a C-contiguous (unless ``contiguous`` is False) ``ndim``-D NumPy array of one of
-    ``dtypes`` (and writable if asked); TypeError for a wrong type or dtype, ValueError otherwise."""
+    """``value`` if it is a C-contiguous (unless ``contiguous`` is False) ``ndim``-D (None: at least 1-D)
+    NumPy array of one of ``dtypes`` (and writable if asked); TypeError for a wrong type or dtype,
+    ValueError otherwise."""
     if not isinstance(value, np.ndarray):
         raise TypeError(f"{name} must be a NumPy array of dtype {_dtype_names(dtypes)}, got "
                         f"{type(value).__name__}")
     if value.dtype not in dtypes:
         raise TypeError(f"{name} must have dtype {_dtype_names(dtypes)}, got {value.dtype}")
-    if value.ndim != ndim:
+    if ndim is None and value.ndim == 0:
+        raise ValueError(f"{name} must be an array of at least one dimension, got a 0-D array")
+    if ndim is not None and value.ndim != ndim:
         raise ValueError(f"{name} must be a {ndim}-D array, got shape {value.shape}")
     flags = value.flags
     if contiguous and not flags.c_contiguous:
@@ -439,25 +426,15 @@ def array(name, value, dtypes, ndim=1, writable=False, contiguous=True):
     return value
 
 
-def any_ndim(name, value, dtypes):
-    """A C-contiguous array of one of ``dtypes`` with at least one dimension."""
-    if not isinstance(value, np.ndarray):
-        raise TypeError(f"{name} must be a NumPy array of dtype {_dtype_names(dtypes)}, got "
-                        f"{type(value).__name__}")
-    if value.ndim == 0:
-        raise ValueError(f"{name} must be an array of at least one dimension, got a 0-D array")
-    return array(name, value, dtypes, value.ndim)
-
-
 def same_dtype(name, value, like_name, like):
     if value.dtype != like.dtype:
         raise TypeError(f"{name} must have the dtype of {like_name} ({like.dtype}), got {value.dtype}")
     return value
 
 
-def shaped(name, value, dtypes, shape, writable=False):
-    """A C-contiguous array of one of ``dtypes`` with exactly this ``shape``."""
-    array(name, value, dtypes, len(shape), writable)
+def shaped(name, value, dtypes, shape, writable=False, contiguous=True):
+    """An array (:func:`array`) of one of ``dtypes`` with exactly this ``shape``."""
+    array(name, value, dtypes, len(shape), writable, contiguous)
     if value.shape != shape:
         raise ValueError(f"{name} must have shape {shape}, got {value.shape}")
     return value

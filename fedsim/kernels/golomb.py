@@ -16,14 +16,7 @@ taken as ``max(0, .)`` (for ``q' >= 1 - (phi - 1)^2 ~ 0.62`` the formula drops b
 unary code) and capped at 62 (gaps are int64). ``ln(1 - q')`` is computed as ``log1p(-q')`` so tiny
 densities keep their precision.
 
-Arguments
----------
-The public kernels check their arguments in plain Python before any jitted code runs
-(:mod:`fedsim.kernels.checks`): streams are C-contiguous 1-D uint8 arrays (writable where written),
-bit offsets are integers >= 0 and every field, code or sign bit must lie inside the stream, outputs must
-be long enough, widths are in [0, 64] and the Rice parameter in [0, 62]; a violation raises ValueError
-(TypeError for a wrong type or dtype) naming the argument. The jitted cores ``_<name>_core`` behind them
-trust their arguments (jitted code that calls a public name compiles to its core).
+The arguments are checked as :mod:`fedsim.kernels.checks` says (codes inside the stream, b in [0, 62]).
 """
 
 from __future__ import annotations
@@ -34,8 +27,8 @@ import numba
 import numpy as np
 
 from fedsim.kernels import JIT_OPTIONS
-from fedsim.kernels.bitstream import (BIT_END, BIT_OFFSET, BIT_OFFSET_TO_END, STREAM, MAX_FIELD_BITS, _count,
-                                     _from_bit_offset, _get_bit, _read_uint_core, _write_uint_core)
+from fedsim.kernels.bitstream import (BIT_END, BIT_OFFSET, BIT_OFFSET_TO_END, MAX_FIELD_BITS, STREAM, _get_bit,
+                                     _read_uint_core, _write_uint_core)
 from fedsim.kernels.checks import INT64, Array, Count, Stream, checked
 
 _jit = numba.njit(**JIT_OPTIONS)
@@ -49,39 +42,16 @@ MAX_RICE_PARAMETER = 62
 MAX_SEGMENT_SIZE = 1 << 56
 GOLOMB_END_MESSAGE = "Golomb-Rice stream ends before the last position"
 
-
-# ----------------------------------------------------------------------------------------------------
-# Argument checks shared by the kernels and their twins
-# ----------------------------------------------------------------------------------------------------
-
 RICE = Count(0, MAX_RICE_PARAMETER, label="Golomb-Rice parameter b")
 POSITIONS = Array(INT64)
 FIELD_WIDTH = Count(0, MAX_FIELD_BITS)
 
 
-def _code_bits(positions, b):
-    """The length of the positions' code (one pass over them; rejects positions that do not increase)."""
-    return _golomb_rice_bits_core(positions, b)
-
-
-def _room_for(count, b, first, last):
-    """Room for ``count`` code words of at least 1 + b bits each in [first, last)."""
-    if count * (b + 1) > last - first:
+def _room_for(bit_offset, bit_end, count, b):
+    """Room for ``count`` code words of at least 1 + b bits each in [bit_offset, bit_end)."""
+    if count * (b + 1) > bit_end - bit_offset:
         raise ValueError(GOLOMB_END_MESSAGE)
 
-
-def _decode_from_fits(bit_offset, bit_end, count, b):
-    _room_for(count, b, bit_offset, bit_end)
-
-
-def _decode_fits(n_bits, count, b):
-    _room_for(count, b, 0, n_bits)
-
-
-
-# ----------------------------------------------------------------------------------------------------
-# Rice parameter
-# ----------------------------------------------------------------------------------------------------
 
 @_jit
 def _rice_parameter_core(count, size):
@@ -98,11 +68,11 @@ def _rice_parameter_core(count, size):
     return min(parameter, MAX_RICE_PARAMETER)
 
 
-@checked(_rice_parameter_core, count=Count(0, high=lambda size: size), size=Count())
+@checked(_rice_parameter_core, count=Count(0, high="size"), size=Count())
 def rice_parameter(count, size):
     """b* for ``count`` kept positions out of ``size`` (density q' = count / size); 0 if count is 0.
 
-    b* = max(0, min(62, 1 + floor(log2(ln(phi - 1) / ln(1 - q'))))). Integers, 0 <= count <= size < 2^63.
+    b* = max(0, min(62, 1 + floor(log2(ln(phi - 1) / ln(1 - q')))))
     """
 
 
@@ -117,10 +87,6 @@ def rice_parameter_numpy(count, size):
         return 0
     return int(min(1 + np.floor(np.log2(ratio)), MAX_RICE_PARAMETER))
 
-
-# ----------------------------------------------------------------------------------------------------
-# Golomb-Rice code of positions
-# ----------------------------------------------------------------------------------------------------
 
 @_jit
 def _golomb_rice_bits_core(positions, b):
@@ -142,9 +108,8 @@ def _golomb_rice_bits_core(positions, b):
 
 @checked(_golomb_rice_bits_core, positions=POSITIONS, b=RICE)
 def golomb_rice_bits(positions, b):
-    """Exact length in bits of the Golomb-Rice code of ``positions`` (int64, strictly increasing,
-    non-negative; sum of q + 1 + b over the gaps), equal to the encoder's ``n_bits``, computed without
-    encoding."""
+    """The length in bits of the Golomb-Rice code of ``positions`` (the sum of q + 1 + b over the gaps),
+    without encoding."""
 
 
 def golomb_rice_bits_numpy(positions, b):
@@ -186,11 +151,10 @@ def _golomb_rice_encode_into_core(positions, b, stream, bit_offset):
 
 
 @checked(_golomb_rice_encode_into_core, positions=POSITIONS, b=RICE,
-         stream=Stream(output=True, start=_from_bit_offset, bits=_code_bits), bit_offset=BIT_OFFSET)
+         stream=Stream(output=True, start="bit_offset", bits=_golomb_rice_bits_core), bit_offset=BIT_OFFSET)
 def golomb_rice_encode_into(positions, b, stream, bit_offset):
-    """Write the Golomb-Rice code of ``positions`` into ``stream`` from ``bit_offset`` (the stream must
-    be long enough: :func:`golomb_rice_bits` tells how much, and is computed here to check it: one pass
-    over the positions). Returns the offset after the code."""
+    """Write the Golomb-Rice code of ``positions`` from ``bit_offset`` (the check computes its length,
+    :func:`golomb_rice_bits`: one pass); returns the offset after the code."""
 
 
 @_jit
@@ -204,22 +168,8 @@ def _golomb_rice_encode_core(positions, b):
 
 @checked(_golomb_rice_encode_core, positions=POSITIONS, b=RICE)
 def golomb_rice_encode(positions, b):
-    """Golomb-Rice code of sorted positions.
-
-    Parameters
-    ----------
-    positions : (n,) int64
-        Strictly increasing, non-negative.
-    b : int
-        Rice parameter, 0 <= b <= 62.
-
-    Returns
-    -------
-    stream : (ceil(n_bits / 8),) uint8
-        The code, most significant bit first, zero-padded to a whole byte.
-    n_bits : int
-        Its length in bits (= :func:`golomb_rice_bits`).
-    """
+    """(stream, n_bits): the Golomb-Rice code of ``positions`` (strictly increasing, non-negative int64),
+    zero-padded to a whole byte, and its length in bits."""
 
 
 def golomb_rice_encode_numpy(positions, b):
@@ -271,14 +221,12 @@ def _golomb_rice_decode_from_core(stream, bit_offset, bit_end, count, b, positio
     return offset
 
 
-@checked(_golomb_rice_decode_from_core, extra=_decode_from_fits, stream=STREAM,
-         bit_offset=BIT_OFFSET_TO_END, bit_end=BIT_END, count=Count(),
-         b=RICE, positions_out=Array(INT64, output=True, at_least=_count))
+@checked(_golomb_rice_decode_from_core, extra=_room_for, stream=STREAM, bit_offset=BIT_OFFSET_TO_END,
+         bit_end=BIT_END, count=Count(), b=RICE, positions_out=Array(INT64, output=True, at_least="count"))
 def golomb_rice_decode_from(stream, bit_offset, bit_end, count, b, positions_out):
-    """Read ``count`` Golomb-Rice coded positions from ``stream`` starting at ``bit_offset``, never past
-    ``bit_end`` (0 <= bit_offset <= bit_end <= 8 len(stream)), into ``positions_out[:count]`` (int64,
-    at least ``count`` entries). Returns the offset after the code. There must be room for ``count``
-    code words of at least 1 + b bits each."""
+    """Read ``count`` coded positions from ``bit_offset``, never past ``bit_end``, into
+    ``positions_out[:count]``; returns the offset after the code (room for ``count`` words of 1 + b bits
+    is checked first)."""
 
 
 @_jit
@@ -289,11 +237,10 @@ def _golomb_rice_decode_core(stream, n_bits, count, b):
     return positions
 
 
-@checked(_golomb_rice_decode_core, extra=_decode_fits, stream=STREAM, n_bits=BIT_END,
-         count=Count(), b=RICE)
+@checked(_golomb_rice_decode_core, extra=lambda n_bits, count, b: _room_for(0, n_bits, count, b),
+         stream=STREAM, n_bits=BIT_END, count=Count(), b=RICE)
 def golomb_rice_decode(stream, n_bits, count, b):
-    """Inverse of :func:`golomb_rice_encode`: ``count`` positions (int64) from the first ``n_bits`` bits
-    (``n_bits <= 8 len(stream)``)."""
+    """Inverse of :func:`golomb_rice_encode`: ``count`` positions (int64) from the first ``n_bits`` bits."""
 
 
 def golomb_rice_decode_numpy(stream, n_bits, count, b):
@@ -317,11 +264,6 @@ def golomb_rice_decode_numpy(stream, n_bits, count, b):
         positions[j] = previous
     return positions
 
-
-
-# ----------------------------------------------------------------------------------------------------
-# Message sizes (the formats are described in fedsim.compress.base)
-# ----------------------------------------------------------------------------------------------------
 
 # Width of the count field that starts every sparse segment and every sign segment.
 COUNT_BITS = 32
@@ -351,7 +293,5 @@ def _segment_holds(local_positions, size):
          size=Count(0, MAX_SEGMENT_SIZE), bits_per_entry=FIELD_WIDTH, trailer_bits=FIELD_WIDTH)
 def sparse_segment_bits(local_positions, size, bits_per_entry, trailer_bits):
     """Encoded bits of one sparse segment: 32-bit count + Golomb-Rice positions (b* from count / size)
-    + ``bits_per_entry`` per kept entry + ``trailer_bits`` (the mean, if any entry is kept).
-
-    ``local_positions``: int64, strictly increasing, in [0, size); ``size`` <= 2^56; the two widths are
-    integers in [0, 64]."""
+    + ``bits_per_entry`` per kept entry + ``trailer_bits`` (the mean, if any entry is kept); the
+    positions strictly increase in [0, size)."""

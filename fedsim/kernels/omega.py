@@ -21,8 +21,8 @@ import numba
 import numpy as np
 
 from fedsim.kernels import JIT_OPTIONS
-from fedsim.kernels.bitstream import (BIT_END, BIT_OFFSET, BIT_OFFSET_TO_END, STREAM, _from_bit_offset, _get_bit,
-                                     _read_uint_core, _write_uint_core)
+from fedsim.kernels.bitstream import (BIT_END, BIT_OFFSET, BIT_OFFSET_TO_END, STREAM, _get_bit, _read_uint_core,
+                                     _write_uint_core)
 from fedsim.kernels.checks import Count, Stream, checked
 
 _jit = numba.njit(**JIT_OPTIONS)
@@ -67,13 +67,6 @@ class _OmegaValue(Count):
 
 OMEGA_VALUE = _OmegaValue()
 
-
-def _code_bits(value):
-    return _omega_bits_unchecked(value)
-
-# ----------------------------------------------------------------------------------------------------
-# Elias omega code
-# ----------------------------------------------------------------------------------------------------
 
 @_jit
 def _bit_length(value):
@@ -140,7 +133,7 @@ def _write_elias_omega_core(stream, bit_offset, value):
     return bit_offset + total
 
 
-@checked(_write_elias_omega_core, stream=Stream(output=True, start=_from_bit_offset, bits=_code_bits),
+@checked(_write_elias_omega_core, stream=Stream(output=True, start="bit_offset", bits=_omega_bits_unchecked),
          bit_offset=BIT_OFFSET, value=OMEGA_VALUE)
 def _write_elias_omega(stream, bit_offset, value):
     """Write the omega code of ``value`` (an integer in [1, 2^62)) at ``bit_offset``; returns the offset

@@ -2,15 +2,9 @@
 
 Private helpers of the batched kernels of :mod:`fedsim.kernels.sparsify` (the entry points the library
 calls) and of :mod:`fedsim.kernels.ternary`; each is checked (:mod:`fedsim.kernels.checks`) and has a NumPy
-twin ``_<name>_numpy``, so that the tests and benchmarks can call it alone.
-
-Conventions
------------
-All kernels take one 1-D float32 or float64 array ``x`` (one tensor, or the whole flat vector) and work in
-its dtype; outputs go into preallocated arrays where their size is known to the caller. Every kernel raises
-``ValueError("update contains NaN or inf")`` when it meets a non-finite entry (the simulator relies on this
-to detect divergence). The checked helpers raise ValueError or TypeError naming a bad argument (types,
-shapes, contiguity, buffer lengths, ranges); the jitted cores ``_<name>_core`` behind them trust theirs.
+twin ``_<name>_numpy``, so that the tests and benchmarks can call it alone. Each takes one 1-D float32 or
+float64 ``x`` and works in its dtype; a non-finite entry raises ``ValueError(NONFINITE_MESSAGE)`` (how the
+simulator detects divergence).
 
 **The kept set** ``K(x, k)`` of top-k selection (top-k sparsification and STC, arXiv 1903.02891) is the
 positions of the ``k`` largest magnitudes among the *nonzero* entries of ``x``::
@@ -74,10 +68,6 @@ NONFINITE_MESSAGE = "update contains NaN or inf"
 
 _jit = numba.njit(**JIT_OPTIONS)
 
-
-# ----------------------------------------------------------------------------------------------------
-# Selection helpers (jitted only; the twins use np.partition)
-# ----------------------------------------------------------------------------------------------------
 
 @_jit
 def _copy_prefix(source, count, destination):
@@ -321,12 +311,17 @@ def _mean_of(x, positions, count):
 
 
 @_jit
+def _work_buffers(x, size, k):
+    """(candidate_positions, candidate_magnitudes, scratch) for a segment of ``size`` entries, budget k."""
+    capacity = _candidate_capacity(size, k)
+    return (np.empty(capacity, np.int64), np.empty(capacity, x.dtype),
+            np.empty(_scratch_length(size, k), x.dtype))
+
+
+@_jit
 def _top_k_select_core(x, k, positions_out):
     """:func:`_top_k_select` without the argument checks."""
-    capacity = _candidate_capacity(x.shape[0], k)
-    candidate_positions = np.empty(capacity, np.int64)
-    candidate_magnitudes = np.empty(capacity, x.dtype)
-    scratch = np.empty(_scratch_length(x.shape[0], k), x.dtype)
+    candidate_positions, candidate_magnitudes, scratch = _work_buffers(x, x.shape[0], k)
     return _top_k_into(x, k, candidate_positions, candidate_magnitudes, scratch, positions_out)
 
 
@@ -341,21 +336,8 @@ _POSITIONS_OUT = Array(INT64, output=True, at_least=_kept)
 
 @checked(_top_k_select_core, x=FLOAT_VECTOR, k=_BUDGET, positions_out=_POSITIONS_OUT)
 def _top_k_select(x, k, positions_out):
-    """Write the kept set K(x, k) (module docstring) into ``positions_out``; return its size.
-
-    Parameters
-    ----------
-    x : (N,) float32 or float64
-    k : int
-        Budget, ``k >= 0``.
-    positions_out : (>= min(k, N),) int64
-        Receives the kept positions, increasing, in ``positions_out[:count]``.
-
-    Returns
-    -------
-    count : int
-        ``min(k, number of nonzeros of x)``.
-    """
+    """Write the kept set K(x, k) (module docstring), increasing, into ``positions_out``; return its size
+    ``min(k, number of nonzeros of x)``."""
 
 
 def _check_finite_numpy(x):
@@ -401,17 +383,8 @@ def _top_k_threshold_core(x, k):
 
 @checked(_top_k_threshold_core, x=FLOAT_VECTOR, k=_BUDGET)
 def _top_k_threshold(x, k):
-    """Threshold and mean of the top-k magnitudes (``x``: (N,) float32 or float64, ``k >= 0``).
-
-    Returns
-    -------
-    threshold : dtype of x
-        v = the k-th largest |x_i| (0 when x has fewer than k nonzeros, or k = 0).
-    mu : dtype of x
-        Mean magnitude of the kept set K(x, k) (module docstring), 0 if it is empty.
-    count : int
-        |K(x, k)| = min(k, number of nonzeros).
-    """
+    """(v, mu, |K|) of the kept set K(x, k) (module docstring), v and mu in x's dtype: v = the k-th
+    largest |x_i| (0 when x has fewer than k nonzeros, or k = 0), mu its mean magnitude (0 if empty)."""
 
 
 def _top_k_threshold_numpy(x, k):
@@ -438,11 +411,8 @@ def _top_k_sparsify_core(x, k, positions_out, values_out):
 @checked(_top_k_sparsify_core, x=FLOAT_VECTOR, k=_BUDGET, positions_out=_POSITIONS_OUT,
          values_out=Array(checks.FLOAT, output=True, at_least=_kept, like="x"))
 def _top_k_sparsify(x, k, positions_out, values_out):
-    """Top-k sparsification: keep x_i (exact copies) on the kept set K(x, k), drop the rest.
-
-    ``x`` is (N,) float32 or float64 and ``k >= 0``; ``positions_out`` (int64) and ``values_out`` (x's
-    dtype) each need length >= min(k, N). Returns the count ``min(k, number of nonzeros)``.
-    """
+    """Top-k sparsification: the kept set K(x, k) and its x_i (exact copies) into the outputs; returns
+    its size."""
 
 
 def _top_k_sparsify_numpy(x, k, positions_out, values_out):
@@ -484,11 +454,9 @@ def _sampled_threshold_into(x, sample_positions, k_sample, sample_buffer, candid
 def _sampled_top_k_threshold_core(x, sample_positions, k_sample):
     """:func:`_sampled_top_k_threshold` without the argument checks."""
     n_sample = sample_positions.shape[0]
-    capacity = _candidate_capacity(n_sample, k_sample)
-    return _sampled_threshold_into(x, sample_positions, k_sample, np.empty(n_sample, x.dtype),
-                                   np.empty(capacity, np.int64), np.empty(capacity, x.dtype),
-                                   np.empty(_scratch_length(n_sample, k_sample), x.dtype),
-                                   np.empty(n_sample, np.int64))
+    candidate_positions, candidate_magnitudes, scratch = _work_buffers(x, n_sample, k_sample)
+    return _sampled_threshold_into(x, sample_positions, k_sample, np.empty(n_sample, x.dtype), candidate_positions,
+                                   candidate_magnitudes, scratch, np.empty(n_sample, np.int64))
 
 
 _SAMPLE_POSITIONS = Array(INT64, within="x")
@@ -497,13 +465,8 @@ _SAMPLE_POSITIONS = Array(INT64, within="x")
 @checked(_sampled_top_k_threshold_core, x=FLOAT_VECTOR, sample_positions=_SAMPLE_POSITIONS,
          k_sample=Budget(size="sample_positions"))
 def _sampled_top_k_threshold(x, sample_positions, k_sample):
-    """Threshold and mean estimated from a sample (the reference's approximate threshold).
-
-    The sample is ``x[sample_positions]`` in the given order (``sample_positions``: int64, each in
-    [0, N)); its statistics are those of :func:`_top_k_threshold` with budget ``k_sample >= 0``:
-    threshold = the k_sample-th largest sampled magnitude (0 if the sample has fewer than k_sample
-    nonzeros), mu = mean magnitude of the sample's kept set. Returns (threshold, mu) in x's dtype.
-    """
+    """(v, mu) of :func:`_top_k_threshold` on the sample ``x[sample_positions]`` (in that order) with budget
+    ``k_sample``: the reference's approximate threshold."""
 
 
 def _sampled_top_k_threshold_numpy(x, sample_positions, k_sample):
@@ -534,9 +497,8 @@ def _select_at_least_core(x, threshold, positions_out):
 @checked(_select_at_least_core, x=FLOAT_VECTOR, threshold=Real(0.0, low_open=True),
          positions_out=Array(INT64, output=True, at_least="x"))
 def _select_at_least(x, threshold, positions_out):
-    """Positions with ``|x_i| >= threshold`` (a finite threshold > 0), increasing, into ``positions_out``
-    (int64, at least N entries: the count is not known in advance). Returns (count, largest magnitude
-    among them, 0 if none)."""
+    """Positions with ``|x_i| >= threshold``, increasing, into ``positions_out`` (N entries: the count is
+    not known in advance); returns (count, their largest magnitude, 0 if none)."""
 
 
 def _select_at_least_numpy(x, threshold, positions_out):

@@ -2,13 +2,13 @@
 
 Each batched kernel compresses K updates (rows) segment by segment in one call, each segment exactly as
 the one-vector helpers of :mod:`fedsim.kernels.selection` (the kept set K(x, k) of top-k and STC, its mean
-magnitude, the sampled threshold) and :mod:`fedsim.kernels.ternary` (_ternarize, sign) give it. Every kernel
-raises ``ValueError("update contains NaN or inf")`` when it meets a non-finite entry (the simulator relies
-on this to detect divergence). The public kernels check their arguments first (:mod:`fedsim.kernels.checks`)
-and raise ValueError or TypeError naming the argument; the jitted cores ``_<name>_core`` trust them.
+magnitude, the sampled threshold) and :mod:`fedsim.kernels.ternary` (_ternarize, sign) give it, and raises
+``ValueError(NONFINITE_MESSAGE)`` at a non-finite entry.
 """
 
 from __future__ import annotations
+
+import functools
 
 import numba
 import numpy as np
@@ -39,8 +39,7 @@ def _all_finite_core(x):
 
 @checked(_all_finite_core, x=Array(checks.FLOAT, ndim=None))
 def all_finite(x):
-    """True if every entry of ``x`` (a C-contiguous float32 or float64 array of any shape, at least 1-D)
-    is finite."""
+    """True if every entry of ``x`` (of any shape) is finite."""
 
 
 def all_finite_numpy(x):
@@ -48,10 +47,6 @@ def all_finite_numpy(x):
     (x,) = all_finite.check(x)
     return bool(np.all(np.isfinite(x)))
 
-
-# ----------------------------------------------------------------------------------------------------
-# Batched kernels: K updates (rows) in one call, each row exactly as the single-update kernels give it
-# ----------------------------------------------------------------------------------------------------
 
 @_jit
 def _longest_segment(segment_offsets):
@@ -81,8 +76,9 @@ def _write_ternary(sent_out, row, start, stop, positions, signs, count, mu, floa
 
 
 @_jit
-def _stc_batch_core(updates, segment_offsets, budgets, float_bits, sent_out, counts_out, encoded_bits_out):
-    """Exact STC of every row (see :func:`sparse_compress_batch`)."""
+def _exact_batch_core(updates, segment_offsets, budgets, ternary, float_bits, sent_out, counts_out,
+                      encoded_bits_out):
+    """Exact STC (``ternary``) or top-k with values of every row (see :func:`sparse_compress_batch`)."""
     n_segments = segment_offsets.shape[0] - 1
     candidate_positions, candidate_magnitudes, scratch, _, positions, signs = _batch_buffers(segment_offsets,
                                                                                             updates)
@@ -91,29 +87,16 @@ def _stc_batch_core(updates, segment_offsets, budgets, float_bits, sent_out, cou
         for j in range(n_segments):
             start = segment_offsets[j]
             stop = segment_offsets[j + 1]
-            count, mu = _ternarize_into(updates[row, start:stop], budgets[j], candidate_positions,
-                                        candidate_magnitudes, scratch, positions, signs)
-            total_bits += _write_ternary(sent_out, row, start, stop, positions, signs, count, mu, float_bits)
-            counts_out[row, j] = count
-        encoded_bits_out[row] = total_bits
-
-
-@_jit
-def _top_k_batch_core(updates, segment_offsets, budgets, float_bits, sent_out, counts_out, encoded_bits_out):
-    """Top-k (with values) of every row (see :func:`sparse_compress_batch`)."""
-    n_segments = segment_offsets.shape[0] - 1
-    candidate_positions, candidate_magnitudes, scratch, _, positions, _ = _batch_buffers(segment_offsets,
-                                                                                        updates)
-    for row in range(updates.shape[0]):
-        total_bits = 0
-        for j in range(n_segments):
-            start = segment_offsets[j]
-            stop = segment_offsets[j + 1]
             x = updates[row, start:stop]
-            count = _top_k_into(x, budgets[j], candidate_positions, candidate_magnitudes, scratch, positions)
-            for t in range(count):
-                sent_out[row, start + positions[t]] = x[positions[t]]
-            total_bits += _sparse_segment_bits_core(positions[:count], stop - start, float_bits, np.int64(0))
+            if ternary:
+                count, mu = _ternarize_into(x, budgets[j], candidate_positions, candidate_magnitudes, scratch,
+                                            positions, signs)
+                total_bits += _write_ternary(sent_out, row, start, stop, positions, signs, count, mu, float_bits)
+            else:
+                count = _top_k_into(x, budgets[j], candidate_positions, candidate_magnitudes, scratch, positions)
+                for t in range(count):
+                    sent_out[row, start + positions[t]] = x[positions[t]]
+                total_bits += _sparse_segment_bits_core(positions[:count], stop - start, float_bits, np.int64(0))
             counts_out[row, j] = count
         encoded_bits_out[row] = total_bits
 
@@ -142,29 +125,19 @@ def _sampled_batch_core(updates, segment_offsets, budgets, float_bits, sample_po
 
 def _sparse_compress_batch_core(updates, segment_offsets, budgets, ternary, float_bits, sampled,
                                 sample_positions, sample_starts, sample_budgets,
-                                sent_out, counts_out, encoded_bits_out):
-    """:func:`sparse_compress_batch` without the argument checks: one jitted kernel for each of top-k,
-    exact STC and sampled STC, so that a run compiles only the one it uses."""
+                                sent_out, counts_out, encoded_bits_out, py_func=False):
+    """:func:`sparse_compress_batch` without the argument checks: one jitted kernel for exact top-k and
+    STC, one for sampled STC, so that a run compiles only the one it uses (``py_func``: their pure-Python
+    bodies, for the tests)."""
     if ternary and sampled:
-        return _sampled_batch_core(updates, segment_offsets, budgets, float_bits, sample_positions,
-                                   sample_starts, sample_budgets, sent_out, counts_out, encoded_bits_out)
-    exact = _stc_batch_core if ternary else _top_k_batch_core
-    return exact(updates, segment_offsets, budgets, float_bits, sent_out, counts_out, encoded_bits_out)
+        kernel = _sampled_batch_core.py_func if py_func else _sampled_batch_core
+        return kernel(updates, segment_offsets, budgets, float_bits, sample_positions, sample_starts,
+                      sample_budgets, sent_out, counts_out, encoded_bits_out)
+    kernel = _exact_batch_core.py_func if py_func else _exact_batch_core
+    return kernel(updates, segment_offsets, budgets, ternary, float_bits, sent_out, counts_out, encoded_bits_out)
 
 
-def _sparse_compress_batch_py(updates, segment_offsets, budgets, ternary, float_bits, sampled,
-                              sample_positions, sample_starts, sample_budgets,
-                              sent_out, counts_out, encoded_bits_out):
-    """The same in pure Python (the kernels' ``py_func``), for the tests."""
-    if ternary and sampled:
-        return _sampled_batch_core.py_func(updates, segment_offsets, budgets, float_bits, sample_positions,
-                                           sample_starts, sample_budgets, sent_out, counts_out,
-                                           encoded_bits_out)
-    exact = _stc_batch_core if ternary else _top_k_batch_core
-    return exact.py_func(updates, segment_offsets, budgets, float_bits, sent_out, counts_out, encoded_bits_out)
-
-
-_sparse_compress_batch_core.py_func = _sparse_compress_batch_py
+_sparse_compress_batch_core.py_func = functools.partial(_sparse_compress_batch_core, py_func=True)
 
 
 def _sample_starts_shape(updates, segment_offsets, ternary, sampled):
@@ -227,35 +200,12 @@ def sparse_compress_batch(updates, segment_offsets, budgets, ternary, float_bits
     :func:`_top_k_sparsify` (``ternary`` False), :func:`_ternarize` (``ternary`` True) or
     :func:`_sampled_ternarize` (``ternary`` and ``sampled``) give it with budget ``budgets[j]``.
 
-    Parameters
-    ----------
-    updates : (K, P) float32 or float64, C-contiguous
-    segment_offsets : (S + 1,) int64
-        From 0 to P, non-decreasing.
-    budgets : (S,) int64
-        k of each segment (>= 0).
-    ternary : bool
-        STC (True) or top-k with values (False).
-    float_bits : int
-        Bits of one encoded float (32 or 64): the values of top-k, the mu of STC.
-    sampled : bool
-        Sampled threshold (STC only).
-    sample_positions : (total,) int64
-        All samples, row-major over (row, segment), positions within the segment.
-    sample_starts : (K S + 1,) int64
-        Sample of row r, segment j: ``sample_positions[sample_starts[r S + j]:sample_starts[r S + j + 1]]``
-        (at most as many positions as the segment has entries).
-    sample_budgets : (S,) int64
-        k_s of each segment (>= 0).
-    sent_out : (K, P), the dtype of ``updates``, zero-filled
-        Receives the decompressed messages.
-    counts_out : (K, S) int64
-        Kept entries per row and segment.
-    encoded_bits_out : (K,) int64
-        Encoded message length per row (the message formats of :mod:`fedsim.compress.base`).
-
-    The three sample arrays must be int64 vectors in any case; their lengths and contents are checked
-    (and used) only for sampled STC.
+    ``float_bits`` (32 or 64) is the width of one encoded float (top-k's values, STC's mu). Sampled STC
+    reads the samples of row r, segment j as ``sample_positions[sample_starts[r S + j]:sample_starts[r S + j
+    + 1]]`` (positions within the segment, at most as many as it has entries) with budgets
+    ``sample_budgets``; otherwise the three sample arrays need only be int64 vectors. Out: ``sent_out``
+    (zero-filled) the decompressed messages, ``counts_out`` (K, S) the kept entries, ``encoded_bits_out``
+    (K,) each row's encoded length (the message formats of :mod:`fedsim.compress.base`).
     """
 
 

@@ -16,7 +16,7 @@ from fedsim.kernels.selection import (_BUDGET, _POSITIONS_OUT, _SAMPLE_POSITIONS
                                       _candidate_capacity, _check_finite_numpy, _kept, _mean_of, _mean_of_numpy,
                                       _round_to_dtype, _sampled_threshold_into, _sampled_top_k_threshold_numpy,
                                       _scratch_length, _select_at_least_core, _select_at_least_numpy, _top_k_into,
-                                      _top_k_select_numpy)
+                                      _top_k_select_numpy, _work_buffers)
 
 _jit = numba.njit(**JIT_OPTIONS)
 
@@ -39,10 +39,7 @@ def _ternarize_into(x, k, candidate_positions, candidate_magnitudes, scratch, po
 @_jit
 def _ternarize_core(x, k, positions_out, signs_out):
     """:func:`_ternarize` without the argument checks."""
-    capacity = _candidate_capacity(x.shape[0], k)
-    candidate_positions = np.empty(capacity, np.int64)
-    candidate_magnitudes = np.empty(capacity, x.dtype)
-    scratch = np.empty(_scratch_length(x.shape[0], k), x.dtype)
+    candidate_positions, candidate_magnitudes, scratch = _work_buffers(x, x.shape[0], k)
     return _ternarize_into(x, k, candidate_positions, candidate_magnitudes, scratch, positions_out,
                            signs_out)
 
@@ -52,23 +49,9 @@ def _ternarize_core(x, k, positions_out, signs_out):
 def _ternarize(x, k, positions_out, signs_out):
     """Sparse ternary compression of one tensor (STC, arXiv 1903.02891, exact threshold).
 
-    STC(x)_i = mu * sign(x_i) for i in the kept set K(x, k), 0 elsewhere; mu = mean |x_i| over K (module
-    docstring: exactly ``min(k, nonzeros)`` entries, ties at the threshold go to the lowest indices).
-
-    Parameters
-    ----------
-    x : (N,) float32 or float64
-    k : int
-        ``ceil(p N)`` for sparsity p (any ``k >= 0``).
-    positions_out : (>= min(k, N),) int64
-        Kept positions, increasing.
-    signs_out : (>= min(k, N),) int8
-        +1 or -1 for each kept position.
-
-    Returns
-    -------
-    count : int
-    mu : dtype of x
+    STC(x)_i = mu * sign(x_i) for i in the kept set K(x, k), 0 elsewhere; mu = mean |x_i| over K (both
+    defined in :mod:`fedsim.kernels.selection`). Writes K (increasing) and the signs (+-1); returns
+    (|K|, mu), mu in x's dtype.
     """
 
 
@@ -126,29 +109,11 @@ def _sample_fits(x, sample_positions):
 def _sampled_ternarize(x, sample_positions, k_sample, k, positions_out, signs_out):
     """STC with the sampled threshold (DESIGN "Approximate threshold"), with its exact fallback.
 
-    threshold, mu = :func:`_sampled_top_k_threshold` of the sample; output mu * sign(x_i) wherever
-    ``|x_i| >= threshold`` (every such entry, ties included; the count is not fixed, and mu is the
-    sample's estimate, as in the reference). If the threshold is 0 or equals max |x_i|, the exact
-    :func:`_ternarize` with budget ``k`` is used instead.
-
-    Parameters
-    ----------
-    x : (N,) float32 or float64
-    sample_positions : (n_s,) int64
-        Positions of the sample (drawn by the caller), each in [0, N), at most N of them.
-    k_sample : int
-        ``ceil(n_s p)`` (any integer >= 0).
-    k : int
-        ``ceil(N p)``, for the fallback (any integer >= 0).
-    positions_out, signs_out : (>= N,) int64 and int8
-        Outputs (length N suffices whatever the threshold, and is required).
-
-    Returns
-    -------
-    count : int
-    mu : dtype of x
-    exact : bool
-        True if the exact fallback was used.
+    threshold, mu = :func:`_sampled_top_k_threshold` of the sample (at most N positions, ``k_sample =
+    ceil(n_s p)``); output mu * sign(x_i) wherever ``|x_i| >= threshold`` (ties included: the count is not
+    fixed, and mu is the sample's estimate, as in the reference). If the threshold is 0 or equals
+    max |x_i|, the exact :func:`_ternarize` with budget ``k = ceil(N p)`` is used instead. The outputs
+    need N entries whatever the threshold. Returns (count, mu, whether the exact fallback was used).
     """
 
 
@@ -185,8 +150,7 @@ def _sign_core(x, signs_out):
 
 @checked(_sign_core, x=FLOAT_VECTOR, signs_out=_SIGNS_OUT)
 def _sign(x, signs_out):
-    """signs_out[i] = sign(x_i) in {-1, 0, +1} (int8, at least N entries; sign(0) = sign(-0) = 0).
-    Returns the zero count.
+    """signs_out[i] = sign(x_i) in {-1, 0, +1} (sign(0) = sign(-0) = 0); returns the zero count.
 
     One branch-free pass that the compiler vectorizes (random signs would mispredict a branch on every
     other entry): sign = [x > 0] - [x < 0]; the finiteness check ``x - x == 0`` (false for NaN and +-inf)
@@ -218,8 +182,7 @@ def _mean_magnitude_core(x):
 
 @checked(_mean_magnitude_core, x=FLOAT_VECTOR)
 def _mean_magnitude(x):
-    """dtype( (sequential float64 sum of |x_i|) / N ), 0 for an empty x (the scale of scaled sign);
-    ``x``: (N,) float32 or float64."""
+    """dtype( (sequential float64 sum of |x_i|) / N ), 0 for an empty x (the scale of scaled sign)."""
 
 
 def _mean_magnitude_numpy(x):

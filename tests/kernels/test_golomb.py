@@ -168,23 +168,24 @@ def test_analytic_message_bits():
 # ----------------------------------------------------------------------------------------------------
 
 @SETTINGS
-@given(st.lists(st.sampled_from([-1, 1]), max_size=100))
-def test_sign_packing_round_trip(values):
+@given(st.lists(st.sampled_from([-1, 1]), max_size=100), st.integers(0, 7))
+def test_sign_packing_round_trip(values, start):
     signs = np.array(values, np.int8)
-    stream = bitstream._pack_signs(signs)
-    np.testing.assert_array_equal(stream, np.packbits(signs < 0))
-    np.testing.assert_array_equal(stream, bitstream._pack_signs_numpy(signs))
-    np.testing.assert_array_equal(bitstream._unpack_signs(stream, signs.size), signs)
-    np.testing.assert_array_equal(bitstream._unpack_signs_numpy(stream, signs.size), signs)
+    stream = np.full((start + signs.size + 7) // 8, 0xFF, np.uint8)
+    for pack, unpack in ((bitstream.pack_signs_into, bitstream.unpack_signs_from),
+                         (bitstream.pack_signs_into.py_func, bitstream.unpack_signs_from.py_func)):
+        assert pack(signs, stream, start) == start + signs.size
+        np.testing.assert_array_equal(np.unpackbits(stream)[start:start + signs.size], signs < 0)
+        back = np.empty(signs.size, np.int8)
+        assert unpack(stream, start, signs.size, back) == start + signs.size
+        np.testing.assert_array_equal(back, signs)
 
 
 def test_sign_packing_rejects_zero_and_short_streams():
     with pytest.raises(ValueError, match="only signs"):
-        bitstream._pack_signs(np.array([1, 0, -1], np.int8))
-    with pytest.raises(ValueError, match="only signs"):
-        bitstream._pack_signs_numpy(np.array([1, 0, -1], np.int8))
+        bitstream.pack_signs_into(np.array([1, 0, -1], np.int8), np.zeros(1, np.uint8), 0)
     with pytest.raises(ValueError, match="ends before"):
-        bitstream._unpack_signs(np.zeros(1, np.uint8), 9)
+        bitstream.unpack_signs_from(np.zeros(1, np.uint8), 0, 9, np.empty(9, np.int8))
 
 
 @SETTINGS

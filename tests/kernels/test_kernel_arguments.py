@@ -1,17 +1,17 @@
 """Hostile arguments to the public kernels (issue 12): a clean ValueError or TypeError that names the
 argument, never a crash and never a silent result.
 
-* Property tests (hypothesis): every public kernel of ``fedsim.kernels`` sparsify, golomb, laq, terngrad,
-  randomk, qsgd, powersgd and softmax (and its NumPy twin) is called with valid arguments of random sizes in which
-  at most one argument is spoiled: the wrong type, dtype or number of dimensions, a non-contiguous array,
-  a read-only output, an output one entry too short (or an exact-shape array one entry too long), a count,
-  offset, width or index out of range, NaN or inf, a code out of range, decreasing offsets... A spoiled call
-  must raise the documented exception with a message naming the argument (the twin the same exception type);
-  an unspoiled call must be accepted. What each argument is, and so which spoilers apply, is read from the
-  kernel's declared contract (``kernel.contract``, fedsim.kernels.checks; :func:`declared`); the builders
-  make valid random calls and list beside them only the cases of the relations a spec cannot say (the
-  kernel's ``extra`` and ``then`` checks) and of the data (NaN or inf entries). The loops run in a child
-  process (this file run as a script), so that a segfault fails the test instead of killing pytest.
+* Property tests (hypothesis): every checked kernel of ``fedsim.kernels`` (and its NumPy twin) is called
+  with valid arguments of random sizes in which at most one argument is spoiled: the wrong type, dtype or
+  number of dimensions, a non-contiguous array, a read-only output, an output one entry too short (or an
+  exact-shape array one entry too long), a count, offset, width or index out of range, NaN or inf, a code
+  out of range, decreasing offsets... A spoiled call must raise the documented exception with a message
+  naming the argument (the twin the same exception type); an unspoiled call must be accepted. Both the
+  valid call and the spoilers are read from the kernel's declared contract (``kernel.contract``,
+  fedsim.kernels.checks): :func:`drawn` draws each argument from its spec, a case names only what the
+  contract cannot say (data such as strictly increasing positions or a decodable stream, and the cases of
+  the relations checked by ``extra`` and ``then`` or of the data: NaN or inf entries). The loops run in a
+  child process (this file run as a script), so that a segfault fails the test instead of killing pytest.
 * One hand-picked call per kernel that crashed or corrupted memory before the argument checks, run here
   in the main process (the canaries behind the short buffers must survive).
 """
@@ -47,95 +47,14 @@ FLOAT = checks.FLOAT
 INT64 = checks.INT64
 INT64_MAX = checks.INT64_MAX
 NONFINITE = "NaN or inf"
-
-
-# ----------------------------------------------------------------------------------------------------
-# What each argument is (drives the generic spoilers)
-# ----------------------------------------------------------------------------------------------------
-
-@dataclass
-class Arr:
-    dtypes: tuple                        # the dtypes the argument accepts
-    output: bool = False                 # written by the kernel: must be writable
-    length: str | None = None            # "at_least": the valid value has the minimal first axis;
-    #                                      "shape": the valid value has the only accepted shape
-    contiguous: bool = True              # C-contiguity is required
-    fixed_ndim: bool = True              # one more dimension is rejected
-    strict_type: bool = True             # a list is rejected (TypeError)
-    dtype_errors: tuple = (TypeError,)
-    shrink_match: str | None = None      # what a too-short value's message names (default: the argument)
-    within: int | None = None            # every entry must be in [0, within)
-    nonnegative: bool = False            # every entry must be >= 0
-
-
-@dataclass
-class Int:
-    low: int
-    high: int
-    type_errors: tuple = (TypeError,)
-
-
-@dataclass
-class Real:
-    low: float | None = None
-    low_open: bool = False
-
-
-@dataclass
-class Flag:
-    pass
-
-
-@dataclass
-class Choice:
-    values: tuple
-
-
-@dataclass
-class Offs:
-    total: int | None                    # segment offsets: from 0 to total, never decreasing
-    past_end: bool = True                # ending past the total is an error (not if they give it)
+SIZE_LIMIT = 64        # the largest size or offset drawn for an argument that sizes another
 
 
 @dataclass
 class Call:
     args: dict                           # the valid arguments, in signature order
-    kinds: dict | None = None            # name -> Arr / Int / Real / Flag / Choice / Offs (unlisted: not
-    #                                      spoiled); None: read from the kernel's contract (declared)
+    contract: dict | None = None         # name -> spec (unlisted: not spoiled); None: the kernel's contract
     custom: list = field(default_factory=list)   # (label, name, value, errors, match)
-
-
-def declared(kernel, args):
-    """The kinds of a kernel's arguments, read from its declared contract (``kernel.contract``, the specs of
-    fedsim.kernels.checks) for the valid arguments ``args``."""
-    kinds = {}
-    # an array whose length bounds an integer (a stream's bit_end): a shorter one puts it out of range
-    bounding = {array: other for other, spec in kernel.contract.items() if isinstance(spec, checks.Count)
-                for array in spec.depends() if isinstance(kernel.contract[array], checks.Array)}
-    for name, spec in kernel.contract.items():
-        if isinstance(spec, checks.Array):
-            shape = checks.resolve(spec.shape, args)
-            length = "shape" if shape is not None else "at_least" if spec.at_least or name in bounding else None
-            kinds[name] = Arr(spec.accepted_dtypes(args), output=spec.output, length=length,
-                              contiguous=spec.contiguous, fixed_ndim=spec.ndim is not None,
-                              shrink_match=bounding.get(name), within=checks.resolve(spec.within, args),
-                              nonnegative=bool(checks.resolve(spec.nonnegative, args)))
-        elif isinstance(spec, checks.Stream):
-            kinds[name] = Arr(checks.UINT8, output=spec.output, length="at_least")
-        elif isinstance(spec, (checks.Count, checks.Budget)):
-            kinds[name] = Int(checks.resolve(spec.low, args), checks.resolve(spec.high, args),
-                              getattr(spec, "type_errors", (TypeError,)))
-        elif isinstance(spec, checks.Real):
-            kinds[name] = Real(spec.low, spec.low_open)
-        elif isinstance(spec, checks.Flag):
-            kinds[name] = Flag()
-        elif isinstance(spec, checks.Choice):
-            kinds[name] = Choice(spec.values)
-        elif isinstance(spec, checks.Offsets):
-            kinds[name] = Offs(checks.resolve(spec.total, args), past_end=spec.total is not None)
-        else:
-            raise TypeError(f"{name}: no kind for the spec {spec!r}")
-    return kinds
 
 
 @dataclass
@@ -144,6 +63,13 @@ class Case:
     kernel: object
     twin: object
     build: object                        # draw -> Call
+
+
+class Loose(checks.Array):
+    """The spec of an argument of an unchecked kernel that converts what it is given: a list is accepted,
+    a wrong dtype may raise ValueError."""
+    strict_type = False
+    dtype_errors = (TypeError, ValueError)
 
 
 def strided(value):
@@ -162,30 +88,37 @@ def grown(value):
     return np.concatenate([value, np.zeros((1,) + value.shape[1:], value.dtype)])
 
 
-def array_spoilers(draw, name, kind, value):
+def array_spoilers(draw, name, spec, value, args, shrink_match):
+    """The spoilers of an array argument (``spec``: its Array, Stream or Offsets spec)."""
     rng = rng_of(draw)
+    dtypes = spec.accepted_dtypes(args) if isinstance(spec, checks.Array) else (
+        checks.UINT8 if isinstance(spec, checks.Stream) else INT64)
+    shape = checks.resolve(getattr(spec, "shape", None), args)
+    length = "shape" if shape is not None else "at_least" if (
+        isinstance(spec, checks.Stream) or getattr(spec, "at_least", None) or shrink_match) else None
     found = []
-    if kind.strict_type:
+    if getattr(spec, "strict_type", True):
         found.append(("a list", value.tolist(), (TypeError,), name))
-    dtype = draw(st.sampled_from([d for d in ALL_DTYPES if d not in kind.dtypes]))
+    dtype = draw(st.sampled_from([d for d in ALL_DTYPES if d not in dtypes]))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        found.append((f"dtype {dtype}", value.astype(dtype), kind.dtype_errors, name))
-    if kind.fixed_ndim:
+        found.append((f"dtype {dtype}", value.astype(dtype), getattr(spec, "dtype_errors", (TypeError,)), name))
+    if getattr(spec, "ndim", 1) is not None:
         found.append(("one more dimension", value[None], (ValueError,), name))
-    if kind.contiguous and value.shape[-1] >= 2 and value.size >= 2:
+    if getattr(spec, "contiguous", True) and value.shape[-1] >= 2 and value.size >= 2:
         found.append(("not contiguous", strided(value), (ValueError,), name))
-    if kind.output:
+    if getattr(spec, "output", False):
         found.append(("read-only", read_only(value), (ValueError,), name))
-    if kind.length and value.shape[0] > 0:
-        found.append(("one entry short", value[:-1].copy(), (ValueError,), kind.shrink_match or name))
-    if kind.length == "shape":
+    if length and value.shape[0] > 0:
+        found.append(("one entry short", value[:-1].copy(), (ValueError,), shrink_match or name))
+    if length == "shape":
         found.append(("one entry long", grown(value), (ValueError,), name))
         if value.ndim == 2 and value.shape[1] > 0:
             found.append(("one column short", np.ascontiguousarray(value[:, :-1]), (ValueError,), name))
-    if kind.within is not None:
-        found += [(label, v, e, m) for label, _, v, e, m in out_of_range(name, value, kind.within, rng)]
-    if kind.nonnegative:
+    within = checks.resolve(getattr(spec, "within", None), args)
+    if within is not None:
+        found += [(label, v, e, m) for label, _, v, e, m in out_of_range(name, value, within, rng)]
+    if checks.resolve(getattr(spec, "nonnegative", False), args):
         found += [(label, v, e, m) for label, _, v, e, m in negative_entry(name, value, rng)]
     return found
 
@@ -194,34 +127,39 @@ def spoilers(draw, call):
     """(label, name, value, errors, match) for every applicable spoiler; name None is the valid call (a
     tuple of names and a tuple of values change several arguments at once)."""
     found = [("valid", None, None, None, None)]
-    for name, kind in call.kinds.items():
+    # an array whose length bounds an integer (a stream's bit_end): a shorter one puts it out of range
+    bounding = {array: other for other, spec in call.contract.items() if isinstance(spec, checks.Count)
+                for array in spec.depends() if isinstance(call.contract.get(array), checks.Array)}
+    for name, spec in call.contract.items():
         value = call.args[name]
-        if isinstance(kind, Arr):
-            found += [(label, name, v, e, m) for label, v, e, m in array_spoilers(draw, name, kind, value)]
-        elif isinstance(kind, Int):
+        if isinstance(spec, (checks.Array, checks.Stream, checks.Offsets)):
+            found += [(label, name, v, e, m) for label, v, e, m in
+                      array_spoilers(draw, name, spec, value, call.args, bounding.get(name))]
+        if isinstance(spec, (checks.Count, checks.Budget)):
+            errors = getattr(spec, "type_errors", (TypeError,))
             for label, bad in (("a float", float(value) + 0.5), ("a bool", True), ("a string", "1"),
                                ("None", None), ("a numpy float", np.float64(value))):
-                found.append((label, name, bad, kind.type_errors, name))
-            found.append(("below range", name, kind.low - draw(st.integers(1, 1 << 66)), (ValueError,), name))
-            found.append(("above range", name, kind.high + draw(st.integers(1, 1 << 66)), (ValueError,), name))
-        elif isinstance(kind, Real):
+                found.append((label, name, bad, errors, name))
+            low, high = checks.resolve(spec.low, call.args), checks.resolve(spec.high, call.args)
+            found.append(("below range", name, low - draw(st.integers(1, 1 << 66)), (ValueError,), name))
+            found.append(("above range", name, high + draw(st.integers(1, 1 << 66)), (ValueError,), name))
+        elif isinstance(spec, checks.Real):
             for bad in (np.nan, np.inf, -np.inf):
                 found.append((f"{bad}", name, bad, (ValueError,), name))
             for label, bad in (("a string", "1.0"), ("None", None), ("a bool", True), ("complex", 1j)):
                 found.append((label, name, bad, (TypeError,), name))
-            if kind.low is not None:
-                below = kind.low if kind.low_open else kind.low - draw(st.floats(1e-6, 1e6))
+            if spec.low is not None:
+                below = spec.low if spec.low_open else spec.low - draw(st.floats(1e-6, 1e6))
                 found.append(("below range", name, below, (ValueError,), name))
-        elif isinstance(kind, Flag):
+        elif isinstance(spec, checks.Flag):
             for label, bad in (("an int", 1), ("a string", "yes"), ("None", None)):
                 found.append((label, name, bad, (TypeError,), name))
-        elif isinstance(kind, Offs):
-            found += [(label, name, v, e, m) for label, v, e, m in array_spoilers(draw, name, Arr(INT64), value)]
-            found += offsets_spoilers(value, rng_of(draw), name, kind.past_end)
-        elif isinstance(kind, Choice):
+        elif isinstance(spec, checks.Offsets):
+            found += offsets_spoilers(value, rng_of(draw), name, past_end=spec.total is not None)
+        elif isinstance(spec, checks.Choice):
             found.append(("not a choice", name, draw(st.sampled_from([0, 1, 16, 33, 63, 65, 128, -32])),
                           (ValueError,), name))
-            found.append(("a float", name, float(kind.values[0]), (TypeError,), name))
+            found.append(("a float", name, float(spec.values[0]), (TypeError,), name))
     return found + call.custom
 
 
@@ -250,8 +188,74 @@ def exercise(case, call, spoiler):
 
 
 # ----------------------------------------------------------------------------------------------------
-# Builders of valid calls
+# Valid calls drawn from the contract
 # ----------------------------------------------------------------------------------------------------
+
+def drawn_value(draw, rng, spec, args, sizes):
+    """A valid random value of an argument with this spec, given the arguments its bounds name (``sizes``:
+    it sizes another argument, so it stays small)."""
+    def bound(value):
+        return checks.resolve(value, args)
+
+    if isinstance(spec, (checks.Count, checks.Budget)):
+        low = bound(spec.low)
+        high = bound(spec.size) + 3 if isinstance(spec, checks.Budget) else bound(spec.high)
+        return draw(st.integers(low, min(high, low + SIZE_LIMIT) if sizes else high))
+    if isinstance(spec, checks.Real):
+        low = -3.0 if spec.low is None else spec.low
+        return draw(st.floats(low, low + 3, exclude_min=spec.low_open))
+    if isinstance(spec, checks.Flag):
+        return draw(st.booleans())
+    if isinstance(spec, checks.Choice):
+        return draw(st.sampled_from(spec.values))
+    if isinstance(spec, checks.Stream):
+        return stream_of(rng, bound(spec.start) + bound(spec.bits))
+    if isinstance(spec, checks.Offsets):
+        total = bound(spec.total)
+        cuts = sorted(draw(st.lists(st.integers(0, total), max_size=3)))
+        return np.array([0] + cuts + [total] if total or draw(st.booleans()) else [0], np.int64)
+    dtype = args[spec.like].dtype if spec.like else np.dtype(draw(st.sampled_from(spec.dtypes)))
+    shape = bound(spec.shape)
+    if shape is None and spec.at_least:
+        shape = (bound(spec.at_least),)
+    elif shape is None:
+        shape = {1: (draw(st.integers(0, 40)),), 2: (draw(st.integers(0, 3)), draw(st.integers(0, 20)))}[
+            spec.ndim or draw(st.sampled_from([1, 2]))]
+    if spec.output:
+        return np.zeros(shape, dtype)
+    if dtype.kind == "f":
+        return vector(rng, dtype, shape)
+    within = bound(spec.within)
+    if within == 0:
+        return np.zeros((0,) + shape[1:], dtype)
+    return rng.integers(0, within or 100, shape).astype(dtype)
+
+
+def drawn(kernel, custom=None, **given):
+    """A builder of valid calls of ``kernel``: the arguments in ``given`` (name -> function of (draw, rng,
+    the arguments drawn so far)) as given, every other drawn from its spec in the order the checks run;
+    ``custom``: a function of (draw, rng, args) listing the cases the contract cannot say."""
+    names = tuple(kernel.contract)
+    sizing = {other for spec in kernel.contract.values() for other in spec.depends()}
+    if kernel.extra is not None:
+        sizing |= set(checks._named(kernel.extra))
+
+    def build(draw):
+        rng = rng_of(draw)
+        args = {}
+        for name in checks._order(names, kernel.contract):
+            spec = kernel.contract[name]
+            args[name] = (given[name](draw, rng, args) if name in given else
+                          drawn_value(draw, rng, spec, args, name in sizing))
+        args = {name: args[name] for name in names}
+        return Call(args, custom=custom(draw, rng, args) if custom else [])
+    return build
+
+
+def case(kernel, twin=None, custom=None, **given):
+    """The Case of a checked kernel whose valid calls are drawn from its contract (:func:`drawn`)."""
+    return Case(kernel.__name__.lstrip("_"), kernel, twin, drawn(kernel, custom, **given))
+
 
 def rng_of(draw):
     return np.random.default_rng(draw(st.integers(0, 2 ** 32 - 1)))
@@ -269,6 +273,11 @@ def nonfinite(name, x, rng):
     bad = x.copy()
     bad.flat[int(rng.integers(0, x.size))] = rng.choice([np.nan, np.inf, -np.inf])
     return [("a non-finite entry", name, bad, (ValueError,), NONFINITE)]
+
+
+def nonfinite_in(name):
+    """``custom`` of :func:`drawn`: a non-finite entry in the argument ``name``."""
+    return lambda draw, rng, args: nonfinite(name, args[name], rng)
 
 
 def out_of_range(name, values, size, rng, what=None):
@@ -318,96 +327,25 @@ def negative_entry(name, values, rng):
 
 # --- sparsify --------------------------------------------------------------------------------------
 
-def _x(draw, rng, max_size=40):
-    dtype = draw(st.sampled_from([np.float32, np.float64]))
-    return vector(rng, dtype, draw(st.integers(0, max_size)))
-
-
-def build_top_k_select(draw):
-    rng = rng_of(draw)
-    x = _x(draw, rng)
-    k = draw(st.integers(0, x.size + 3))
-    return Call({"x": x, "k": k, "positions_out": np.empty(min(k, x.size), np.int64)},
-                custom=nonfinite("x", x, rng))
-
-
-def build_top_k_threshold(draw):
-    rng = rng_of(draw)
-    x = _x(draw, rng)
-    return Call({"x": x, "k": draw(st.integers(0, x.size + 3))}, custom=nonfinite("x", x, rng))
-
-
-def build_ternarize(draw):
-    call = build_top_k_select(draw)
-    call.args["signs_out"] = np.empty(call.args["positions_out"].size, np.int8)
-    return call
-
-
-def build_top_k_sparsify(draw):
-    call = build_top_k_select(draw)
-    x = call.args["x"]
-    call.args["values_out"] = np.empty(call.args["positions_out"].size, x.dtype)
-    return call
-
-
-def _sample(draw, rng, x, longest=2):
-    n_sample = draw(st.integers(0, longest * x.size)) if x.size else 0
-    return rng.integers(0, max(1, x.size), n_sample).astype(np.int64)
-
-
-def build_sampled_top_k_threshold(draw):
-    rng = rng_of(draw)
-    x = _x(draw, rng)
-    sample = _sample(draw, rng, x)
-    return Call({"x": x, "sample_positions": sample, "k_sample": draw(st.integers(0, sample.size + 2))})
-
-
-def build_select_at_least(draw):
-    rng = rng_of(draw)
-    x = _x(draw, rng)
-    return Call({"x": x, "threshold": draw(st.floats(1e-3, 3.0)), "positions_out": np.empty(x.size, np.int64)},
-                custom=nonfinite("x", x, rng))
-
-
-def build_sampled_ternarize(draw):
-    rng = rng_of(draw)
-    x = _x(draw, rng)
-    sample = _sample(draw, rng, x, longest=1)              # at most N positions
-    args = {"x": x, "sample_positions": sample, "k_sample": draw(st.integers(0, sample.size + 2)),
-            "k": draw(st.integers(0, x.size + 2)), "positions_out": np.empty(x.size, np.int64),
-            "signs_out": np.empty(x.size, np.int8)}
-    longer = np.zeros(x.size + 1, np.int64)          # (the extra check: at most N sample positions)
-    custom = [("more sample positions than entries", "sample_positions", longer, (ValueError,),
-               "sample_positions")]
-    return Call(args, custom=custom + nonfinite("x", x, rng))
-
-
-def build_sign(draw):
-    rng = rng_of(draw)
-    x = _x(draw, rng)
-    return Call({"x": x, "signs_out": np.empty(x.size, np.int8)}, custom=nonfinite("x", x, rng))
-
-
-def build_mean_magnitude(draw):
-    rng = rng_of(draw)
-    x = _x(draw, rng)
-    return Call({"x": x}, custom=nonfinite("x", x, rng))
-
-
-def build_all_finite(draw):
-    rng = rng_of(draw)
-    x = _x(draw, rng)
-    if draw(st.booleans()):
-        x = np.concatenate([x, x]).reshape(2, -1)
-    return Call({"x": x}, custom=[("a 0-D array", "x", np.array(1.0), (ValueError,), "x")])
-
-
 def _batch(draw, rng):
     dtype = draw(st.sampled_from([np.float32, np.float64]))
     sizes, offsets = layout(draw)
     n_rows = draw(st.integers(0, 3))
     updates = vector(rng, dtype, (n_rows, int(offsets[-1])))
     return dtype, sizes, offsets, n_rows, updates
+
+
+def _sample(draw, rng, args):
+    """At most N sample positions within x (sampled_ternarize's extra check)."""
+    n = args["x"].size
+    return rng.integers(0, max(1, n), draw(st.integers(0, n))).astype(np.int64)
+
+
+def _crowded_sample(draw, rng, args):
+    """More sample positions than entries (sampled_ternarize's extra check), and a NaN or inf in x."""
+    longer = np.zeros(args["x"].size + 1, np.int64)
+    return [("more sample positions than entries", "sample_positions", longer, (ValueError,), "sample_positions")
+            ] + nonfinite("x", args["x"], rng)
 
 
 def build_sparse_compress_batch(draw):
@@ -451,21 +389,13 @@ def build_sparse_compress_batch(draw):
     return Call(args, custom=custom)
 
 
-def build_sign_compress_batch(draw):
-    rng = rng_of(draw)
-    dtype, sizes, offsets, n_rows, updates = _batch(draw, rng)
-    args = {"updates": updates, "segment_offsets": offsets, "scaled": draw(st.booleans()),
-            "float_bits": 32 if dtype == np.float32 else 64, "sent_out": np.zeros_like(updates),
-            "scales_out": np.zeros((n_rows, len(sizes)), dtype), "encoded_bits_out": np.zeros(n_rows, np.int64)}
-    return Call(args, custom=nonfinite("updates", updates, rng))
+def _zero_dimensional(draw, rng, args):      # (all_finite takes any number of dimensions but 0)
+    return [("a 0-D array", "x", np.array(1.0), (ValueError,), "x")]
 
 
 # --- golomb ----------------------------------------------------------------------------------------
 
-UINT8 = checks.UINT8
-
-
-def _positions(draw, rng, high=5000, max_count=30):
+def _positions(draw, rng, args=None, high=5000, max_count=30):
     return np.sort(rng.choice(high, draw(st.integers(0, max_count)), replace=False)).astype(np.int64)
 
 
@@ -479,47 +409,8 @@ def not_increasing(name, positions, rng):
     return found
 
 
-def build_rice_parameter(draw):
-    size = draw(st.integers(0, 10 ** 7))
-    return Call({"count": draw(st.integers(0, size)), "size": size})
-
-
-def _field(draw):
-    width = draw(st.integers(0, 64))
-    low, high = (-(1 << 63), (1 << 64) - 1) if width == 64 else (0, (1 << width) - 1)
-    return width, low, high
-
-
-def build_write_uint(draw):
-    rng = rng_of(draw)
-    width, low, high = _field(draw)
-    bit_offset = draw(st.integers(0, 20))
-    return Call({"stream": stream_of(rng, bit_offset + width), "bit_offset": bit_offset,
-                 "value": draw(st.integers(low, high)), "width": width})
-
-
-def build_read_uint(draw):
-    rng = rng_of(draw)
-    width = draw(st.integers(0, 64))
-    bit_offset = draw(st.integers(0, 20))
-    return Call({"stream": stream_of(rng, bit_offset + width), "bit_offset": bit_offset, "width": width})
-
-
-def build_golomb_rice_bits(draw):
-    rng = rng_of(draw)
-    positions = _positions(draw, rng)
-    return Call({"positions": positions, "b": draw(st.integers(0, 62))},
-                custom=not_increasing("positions", positions, rng))
-
-
-def build_golomb_rice_encode_into(draw):
-    rng = rng_of(draw)
-    positions = _positions(draw, rng)
-    b = draw(st.integers(0, 62))
-    bit_offset = draw(st.integers(0, 13))
-    stream = stream_of(rng, bit_offset + golomb.golomb_rice_bits(positions, b))
-    return Call({"positions": positions, "b": b, "stream": stream, "bit_offset": bit_offset},
-                custom=not_increasing("positions", positions, rng))
+def _not_increasing(draw, rng, args):
+    return not_increasing("positions", args["positions"], rng)
 
 
 def _coded(draw, rng):
@@ -550,35 +441,24 @@ def build_golomb_rice_decode(draw):
                 custom=[("one position more than coded", "count", positions.size + 1, (ValueError,), "ends before")])
 
 
-def build_write_uints(draw):
-    rng = rng_of(draw)
-    width = draw(st.integers(0, 64))
-    dtype = np.uint32 if width <= 32 and draw(st.booleans()) else np.int64
-    values = rng.integers(0, 1 << 31, draw(st.integers(0, 12))).astype(dtype)
-    bit_offset = draw(st.integers(0, 13))
-    return Call({"stream": stream_of(rng, bit_offset + values.size * width), "bit_offset": bit_offset,
-                 "values": values, "width": width})
-
-
 def _holds(dtype, width):
     held = 8 * dtype.itemsize
     return held >= width if dtype.kind == "u" else held > width or held == width == 64
 
 
-def build_read_uints(draw):
-    rng = rng_of(draw)
-    width = draw(st.integers(0, 64))
-    dtype = np.dtype(np.uint32 if width <= 32 and draw(st.booleans()) else np.int64)
-    count = draw(st.integers(0, 12))
-    bit_offset = draw(st.integers(0, 13))
-    narrow = [d for d in checks.INTEGER if not _holds(d, width)]      # (the extra check: wide enough)
-    custom = [("an integer dtype too narrow", "values_out", np.zeros(count, narrow[0]), (TypeError,),
-               "values_out")] if narrow else []
-    return Call({"stream": stream_of(rng, bit_offset + count * width), "bit_offset": bit_offset, "width": width,
-                 "values_out": np.zeros(count, dtype)}, custom=custom)
+def _wide_enough(draw, rng, args):
+    """values_out of an integer dtype that holds the fields (read_uints' extra check)."""
+    wide = [d for d in checks.INTEGER if _holds(d, args["width"])]
+    return np.zeros(draw(st.integers(0, 12)), draw(st.sampled_from(wide)))
 
 
-def _signs(draw, rng):
+def _too_narrow(draw, rng, args):
+    narrow = [d for d in checks.INTEGER if not _holds(d, args["width"])]
+    return [("an integer dtype too narrow", "values_out", np.zeros(args["values_out"].size, narrow[0]),
+             (TypeError,), "values_out")] if narrow else []
+
+
+def _signs(draw, rng, args=None):
     return rng.choice(np.array([-1, 1], np.int8), draw(st.integers(0, 40)))
 
 
@@ -590,43 +470,17 @@ def bad_sign(name, signs, rng, values=(0, 2, -2), match="only signs"):
     return [("a value that is not a sign", name, bad, (ValueError,), match)]
 
 
-def build_pack_signs_into(draw):
-    rng = rng_of(draw)
-    signs = _signs(draw, rng)
-    bit_offset = draw(st.integers(0, 13))
-    return Call({"signs": signs, "stream": stream_of(rng, bit_offset + signs.size), "bit_offset": bit_offset},
-                custom=bad_sign("signs", signs, rng))
+def _segment_size(draw, rng, args):
+    positions = args["local_positions"]
+    return int(positions[-1]) + 1 + draw(st.integers(0, 100)) if positions.size else draw(st.integers(0, 100))
 
 
-def build_unpack_signs_from(draw):
-    rng = rng_of(draw)
-    count = draw(st.integers(0, 40))
-    bit_offset = draw(st.integers(0, 13))
-    return Call({"stream": stream_of(rng, bit_offset + count), "bit_offset": bit_offset, "count": count,
-                 "signs_out": np.empty(count, np.int8)})
-
-
-def build_pack_signs(draw):
-    rng = rng_of(draw)
-    signs = _signs(draw, rng)
-    return Call({"signs": signs}, custom=bad_sign("signs", signs, rng))
-
-
-def build_unpack_signs(draw):
-    rng = rng_of(draw)
-    count = draw(st.integers(0, 40))
-    return Call({"stream": stream_of(rng, count), "count": count})
-
-
-def build_sparse_segment_bits(draw):
-    rng = rng_of(draw)
-    positions = _positions(draw, rng)
-    size = int(positions[-1]) + 1 + draw(st.integers(0, 100)) if positions.size else draw(st.integers(0, 100))
-    custom = not_increasing("local_positions", positions, rng)
+def _segment_cases(draw, rng, args):
+    positions = args["local_positions"]
+    found = not_increasing("local_positions", positions, rng)
     if positions.size:
-        custom.append(("a position at size", "size", int(positions[-1]), (ValueError,), "local_positions"))
-    return Call({"local_positions": positions, "size": size, "bits_per_entry": draw(st.integers(0, 64)),
-                 "trailer_bits": draw(st.integers(0, 64))}, custom=custom)
+        found.append(("a position at size", "size", int(positions[-1]), (ValueError,), "local_positions"))
+    return found
 
 
 # --- laq -------------------------------------------------------------------------------------------
@@ -639,7 +493,8 @@ def _laq_problem(draw, rng):
     return dtype, shape, gradients, previous, draw(st.integers(1, 16))
 
 
-LAQ_BITS = Int(1, 16, type_errors=(ValueError,))
+LAQ_BITS = checks.Count(1, 16)
+LAQ_BITS.type_errors = (ValueError,)
 
 
 def build_laq_quantize(draw):
@@ -657,9 +512,9 @@ def build_laq_quantize(draw):
 def build_quantize_innovation(draw):
     rng = rng_of(draw)
     _, _, gradients, previous, bits = _laq_problem(draw, rng)
-    loose = {"contiguous": False, "strict_type": False, "dtype_errors": (TypeError, ValueError)}
     return Call({"gradients": gradients, "previous": previous, "bits": bits, "jit": draw(st.booleans())},
-                {"gradients": Arr(FLOAT, **loose), "previous": Arr(FLOAT, length="shape", **loose),
+                {"gradients": Loose(FLOAT, ndim=2, contiguous=False),
+                 "previous": Loose(FLOAT, contiguous=False, shape=lambda gradients: gradients.shape),
                  "bits": LAQ_BITS})
 
 
@@ -668,7 +523,6 @@ def build_laq_dequantize(draw):
     _, shape, _, previous, bits = _laq_problem(draw, rng)
     codes = rng.integers(0, 1 << bits, shape).astype(laq.code_dtype(bits))
     radius = rng.uniform(0, 2, shape[0]) * (rng.random(shape[0]) < 0.8)
-    loose = {"contiguous": False, "length": "shape"}
     custom = []
     if codes.size:
         for bad_code in (1 << bits, -1):
@@ -681,8 +535,11 @@ def build_laq_dequantize(draw):
             bad[int(rng.integers(0, bad.size))] = bad_radius
             custom.append((f"a radius {bad_radius}", "radius", bad, (ValueError,), "radius"))
     return Call({"codes": codes, "previous": previous, "radius": radius, "bits": bits},
-                {"codes": Arr(checks.INTEGER, **loose), "previous": Arr(FLOAT, **loose),
-                 "radius": Arr(FLOAT, **loose), "bits": LAQ_BITS}, custom)
+                {"codes": checks.Array(checks.INTEGER, ndim=2, contiguous=False,
+                                       shape=lambda previous: previous.shape),
+                 "previous": checks.Array(FLOAT, ndim=2, contiguous=False, shape=lambda codes: codes.shape),
+                 "radius": checks.Array(FLOAT, contiguous=False, shape=lambda codes: codes.shape[:1]),
+                 "bits": LAQ_BITS}, custom)
 
 
 # --- terngrad --------------------------------------------------------------------------------------
@@ -795,18 +652,6 @@ def beyond_omega(name, values, rng):
     bad = values.astype(np.int64)
     bad[int(rng.integers(0, bad.size))] = rng.choice([1 << 62, -(1 << 62), INT64_MAX, -INT64_MAX - 1])
     return [("a level beyond 2^62", name, bad, (ValueError,), name)]
-
-
-def build_elias_omega_bits(draw):
-    return Call({"value": draw(st.one_of(st.integers(1, 300), st.integers(1, omega.MAX_OMEGA_VALUE)))})
-
-
-def build_write_elias_omega(draw):
-    rng = rng_of(draw)
-    value = draw(st.one_of(st.integers(1, 300), st.integers(1, omega.MAX_OMEGA_VALUE)))
-    bit_offset = draw(st.integers(0, 13))
-    return Call({"stream": stream_of(rng, bit_offset + omega._elias_omega_bits(value)), "bit_offset": bit_offset,
-                 "value": value})
 
 
 def build_read_elias_omega(draw):
@@ -1005,42 +850,37 @@ def build_gather_rows(draw):
 
 CASES = {
     "sparsify": [
-        Case("top_k_select", selection._top_k_select, selection._top_k_select_numpy, build_top_k_select),
-        Case("top_k_threshold", selection._top_k_threshold, selection._top_k_threshold_numpy,
-             build_top_k_threshold),
-        Case("ternarize", ternary._ternarize, ternary._ternarize_numpy, build_ternarize),
-        Case("top_k_sparsify", selection._top_k_sparsify, selection._top_k_sparsify_numpy, build_top_k_sparsify),
-        Case("sampled_top_k_threshold", selection._sampled_top_k_threshold,
-             selection._sampled_top_k_threshold_numpy, build_sampled_top_k_threshold),
-        Case("select_at_least", selection._select_at_least, selection._select_at_least_numpy,
-             build_select_at_least),
-        Case("sampled_ternarize", ternary._sampled_ternarize, ternary._sampled_ternarize_numpy,
-             build_sampled_ternarize),
-        Case("sign", ternary._sign, ternary._sign_numpy, build_sign),
-        Case("mean_magnitude", ternary._mean_magnitude, ternary._mean_magnitude_numpy, build_mean_magnitude),
-        Case("all_finite", sparsify.all_finite, sparsify.all_finite_numpy, build_all_finite),
+        case(selection._top_k_select, selection._top_k_select_numpy, nonfinite_in("x")),
+        case(selection._top_k_threshold, selection._top_k_threshold_numpy, nonfinite_in("x")),
+        case(ternary._ternarize, ternary._ternarize_numpy, nonfinite_in("x")),
+        case(selection._top_k_sparsify, selection._top_k_sparsify_numpy, nonfinite_in("x")),
+        case(selection._sampled_top_k_threshold, selection._sampled_top_k_threshold_numpy),
+        case(selection._select_at_least, selection._select_at_least_numpy, nonfinite_in("x")),
+        case(ternary._sampled_ternarize, ternary._sampled_ternarize_numpy, _crowded_sample,
+             sample_positions=_sample),
+        case(ternary._sign, ternary._sign_numpy, nonfinite_in("x")),
+        case(ternary._mean_magnitude, ternary._mean_magnitude_numpy, nonfinite_in("x")),
+        case(sparsify.all_finite, sparsify.all_finite_numpy, _zero_dimensional),
         Case("sparse_compress_batch", sparsify.sparse_compress_batch, None, build_sparse_compress_batch),
-        Case("sign_compress_batch", sparsify.sign_compress_batch, None, build_sign_compress_batch),
+        case(sparsify.sign_compress_batch, None, nonfinite_in("updates")),
     ],
     "golomb": [
-        Case("rice_parameter", golomb.rice_parameter, golomb.rice_parameter_numpy, build_rice_parameter),
-        Case("write_uint", bitstream.write_uint, None, build_write_uint),
-        Case("read_uint", bitstream.read_uint, None, build_read_uint),
-        Case("golomb_rice_bits", golomb.golomb_rice_bits, golomb.golomb_rice_bits_numpy,
-             build_golomb_rice_bits),
-        Case("golomb_rice_encode_into", golomb.golomb_rice_encode_into, None, build_golomb_rice_encode_into),
-        Case("golomb_rice_encode", golomb.golomb_rice_encode, golomb.golomb_rice_encode_numpy,
-             build_golomb_rice_bits),
+        case(golomb.rice_parameter, golomb.rice_parameter_numpy,
+             size=lambda draw, rng, args: draw(st.integers(0, 10 ** 7))),
+        case(bitstream.write_uint),
+        case(bitstream.read_uint),
+        case(golomb.golomb_rice_bits, golomb.golomb_rice_bits_numpy, _not_increasing, positions=_positions),
+        case(golomb.golomb_rice_encode_into, None, _not_increasing, positions=_positions),
+        case(golomb.golomb_rice_encode, golomb.golomb_rice_encode_numpy, _not_increasing, positions=_positions),
         Case("golomb_rice_decode_from", golomb.golomb_rice_decode_from, None, build_golomb_rice_decode_from),
         Case("golomb_rice_decode", golomb.golomb_rice_decode, golomb.golomb_rice_decode_numpy,
              build_golomb_rice_decode),
-        Case("write_uints", bitstream.write_uints, None, build_write_uints),
-        Case("read_uints", bitstream.read_uints, None, build_read_uints),
-        Case("pack_signs_into", bitstream.pack_signs_into, None, build_pack_signs_into),
-        Case("unpack_signs_from", bitstream.unpack_signs_from, None, build_unpack_signs_from),
-        Case("pack_signs", bitstream._pack_signs, bitstream._pack_signs_numpy, build_pack_signs),
-        Case("unpack_signs", bitstream._unpack_signs, bitstream._unpack_signs_numpy, build_unpack_signs),
-        Case("sparse_segment_bits", golomb.sparse_segment_bits, None, build_sparse_segment_bits),
+        case(bitstream.write_uints),
+        case(bitstream.read_uints, None, _too_narrow, values_out=_wide_enough),
+        case(bitstream.pack_signs_into, None, lambda draw, rng, args: bad_sign("signs", args["signs"], rng),
+             signs=_signs),
+        case(bitstream.unpack_signs_from),
+        case(golomb.sparse_segment_bits, None, _segment_cases, local_positions=_positions, size=_segment_size),
     ],
     "laq": [
         Case("laq_quantize", laq.laq_quantize, laq.laq_quantize_numpy, build_laq_quantize),
@@ -1060,8 +900,8 @@ CASES = {
              build_randomk_compress_batch),
     ],
     "qsgd": [
-        Case("elias_omega_bits", omega._elias_omega_bits, omega._elias_omega_bits_numpy, build_elias_omega_bits),
-        Case("write_elias_omega", omega._write_elias_omega, None, build_write_elias_omega),
+        case(omega._elias_omega_bits, omega._elias_omega_bits_numpy),
+        case(omega._write_elias_omega),
         Case("read_elias_omega", omega._read_elias_omega, None, build_read_elias_omega),
         Case("qsgd_bits", qsgd.qsgd_bits, qsgd.qsgd_bits_numpy, build_qsgd_bits),
         Case("qsgd_quantize", qsgd.qsgd_quantize, qsgd.qsgd_quantize_numpy, build_qsgd_quantize),
@@ -1094,8 +934,8 @@ def run_hostile(module: str, examples: int) -> None:
     def hostile(data):
         case = data.draw(st.sampled_from(cases), label="kernel")
         call = case.build(data.draw)
-        if call.kinds is None:
-            call.kinds = declared(case.kernel, call.args)
+        if call.contract is None:
+            call.contract = case.kernel.contract
         spoiler = data.draw(st.sampled_from(spoilers(data.draw, call)), label="spoiler")
         exercise(case, call, spoiler)
 

@@ -21,7 +21,8 @@ import pytest
 from fedsim.algorithms.federated import paged_zeros
 from fedsim.kernels import bitstream, golomb, laq, selection, ternary
 
-SAMPLED_SIZES = [selection.SHORT_SEGMENT + 1, 10_240, selection.SMALL_SEGMENT, 100_000, 200_003]
+# (150,000 > SMALL_SEGMENT and CANDIDATE_ROOM + 10: a full candidate buffer compacts for a small k)
+SAMPLED_SIZES = [selection.SHORT_SEGMENT + 1, 10_240, selection.SMALL_SEGMENT, 100_000, 150_000, 200_003]
 
 
 def _select(kernel, x, k):
@@ -40,7 +41,8 @@ def _sampled_inputs(size, rng):
     spiky[stride // 2::stride] = 10 + rng.uniform(0, 1, spiky[stride // 2::stride].size)   # guess too high
     sparse = np.zeros(size)
     sparse[rng.choice(size, 7, replace=False)] = rng.standard_normal(7)
-    return {"normal": rng.standard_normal(size).astype(np.float32), "spiky": spiky, "ones": np.ones(size),
+    return {"normal": rng.standard_normal(size).astype(np.float32), "normal64": rng.standard_normal(size),
+            "spiky": spiky, "ones": np.ones(size),
             "integers": rng.integers(-3, 4, size).astype(np.float32), "sparse": sparse,
             "ramp": np.arange(size, dtype=np.float64)}
 
@@ -49,7 +51,7 @@ def _sampled_inputs(size, rng):
 def test_sampled_segments_match_twin(size):
     rng = np.random.default_rng(size)
     for name, x in _sampled_inputs(size, rng).items():
-        for k in (1, 2, 11, 100, size // 3, size - 1, size):
+        for k in (1, 2, 10, 11, 100, 300, 3_000, 7_000, size // 3, size - 1, size):
             got, want = _select(selection._top_k_select, x, k), _select(selection._top_k_select_numpy, x, k)
             assert got[0] == want[0], (name, k, got[0], want[0])
             np.testing.assert_array_equal(got[1], want[1], err_msg=f"{name}, k={k}")

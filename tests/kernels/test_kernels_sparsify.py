@@ -50,63 +50,40 @@ def vector_and_budget(draw):
 # hand-computed cases
 # ----------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_ternarize_hand_computed(dtype):
-    x = np.array([3.0, -1.0, 2.0, -3.0, 0.0], dtype)
-    positions = np.empty(2, np.int64)
-    signs = np.empty(2, np.int8)
-    count, mu = ternary._ternarize(x, 2, positions, signs)
-    assert count == 2
-    np.testing.assert_array_equal(positions, [0, 3])
-    np.testing.assert_array_equal(signs, [1, -1])
-    assert mu == 3.0
-    threshold, mu, count = selection._top_k_threshold(x, 3)
-    assert (threshold, count) == (2.0, 3)
-    assert mu == dtype((3.0 + 2.0 + 3.0) / 3)
-
-
-def test_ties_keep_exactly_k_lowest_indices_first():
-    x = np.array([1.0, -1.0, 1.0, 1.0, 0.5], np.float32)
-    count, positions = run_select(selection._top_k_select, x, 2)
-    assert count == 2
-    np.testing.assert_array_equal(positions, [0, 1])
-    x = np.array([0.5, 2.0, 1.0, 1.0, 1.0], np.float32)
-    count, positions = run_select(selection._top_k_select, x, 3)
-    np.testing.assert_array_equal(positions, [1, 2, 3])
-
-
-def test_fewer_nonzeros_than_k_keeps_only_nonzeros():
-    x = np.array([0.0, -0.0, 2.0, 0.0, -4.0], np.float32)
-    positions = np.empty(4, np.int64)
-    signs = np.empty(4, np.int8)
-    count, mu = ternary._ternarize(x, 4, positions, signs)
-    assert count == 2
-    np.testing.assert_array_equal(positions[:2], [2, 4])
-    np.testing.assert_array_equal(signs[:2], [1, -1])
-    assert mu == 3.0
-    threshold, _, _ = selection._top_k_threshold(x, 4)
-    assert threshold == 0.0
+# x, k, the kept positions, mu (a float64 sum in index order, rounded once to x's dtype)
+HAND_COMPUTED = [
+    ([3.0, -1.0, 2.0, -3.0, 0.0], 2, [0, 3], 3.0),
+    ([1.0, -1.0, 1.0, 1.0, 0.5], 2, [0, 1], 1.0),                     # ties: exactly k, lowest indices first
+    ([0.5, 2.0, 1.0, 1.0, 1.0], 3, [1, 2, 3], 4.0 / 3),
+    ([0.0, -0.0, 2.0, 0.0, -4.0], 4, [2, 4], 3.0),                    # fewer nonzeros than k: only those
+    ([-2.5], 1, [0], 2.5),
+    ([1.0, -3.0, 2.0], 10, [0, 1, 2], 2.0),                           # k above N
+    ([0.0] * 7, 7, [], 0.0),                                          # nothing to send
+    ([-0.0, 0.0], 2, [], 0.0),
+    ([], 1, [], 0.0),
+    # a float32 running sum would lose the small terms
+    ([1.0, 2.0 ** -30, 2.0 ** -30, 2.0 ** -30, 3.0], 5, [0, 1, 2, 3, 4], (1.0 + 3 * 2.0 ** -30 + 3.0) / 5),
+]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_all_zero_and_empty_give_empty_message(dtype):
-    for x in (np.zeros(7, dtype), np.array([-0.0, 0.0], dtype), np.zeros(0, dtype)):
-        positions = np.empty(x.size, np.int64)
-        signs = np.empty(x.size, np.int8)
-        count, mu = ternary._ternarize(x, max(1, x.size), positions, signs)
-        assert count == 0 and mu == 0.0
+@pytest.mark.parametrize("x, k, kept, mu", HAND_COMPUTED)
+def test_hand_computed(x, k, kept, mu, dtype):
+    x = np.array(x, dtype)
+    count, positions = run_select(selection._top_k_select, x, k)
+    np.testing.assert_array_equal(positions, kept)
+    positions, signs = np.empty(min(k, x.size), np.int64), np.empty(min(k, x.size), np.int8)
+    count, got_mu = ternary._ternarize(x, k, positions, signs)
+    assert count == len(kept) and got_mu == dtype(mu), (count, got_mu, dtype(mu))
+    np.testing.assert_array_equal(positions[:count], kept)
+    np.testing.assert_array_equal(signs[:count], np.sign(x[kept]))
 
 
-def test_single_entry_and_k_at_least_n():
-    x = np.array([-2.5], np.float32)
-    positions = np.empty(1, np.int64)
-    signs = np.empty(1, np.int8)
-    assert ternary._ternarize(x, 1, positions, signs) == (1, 2.5)
-    assert signs[0] == -1
-    x = np.array([1.0, -3.0, 2.0], np.float64)
-    count, positions = run_select(selection._top_k_select, x, 10)
-    assert count == 3
-    np.testing.assert_array_equal(positions, [0, 1, 2])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_top_k_threshold_hand_computed(dtype):
+    threshold, mu, count = selection._top_k_threshold(np.array([3.0, -1.0, 2.0, -3.0, 0.0], dtype), 3)
+    assert (threshold, count) == (2.0, 3) and mu == dtype((3.0 + 2.0 + 3.0) / 3)
+    assert selection._top_k_threshold(np.array([0.0, -0.0, 2.0, 0.0, -4.0], dtype), 4)[0] == 0.0
 
 
 def test_float64_mu_overflow_is_inf_as_documented():
@@ -251,51 +228,8 @@ def test_huge_dynamic_range_and_subnormals(dtype):
 
 
 # ----------------------------------------------------------------------------------------------------
-# long vectors: the pivot-sample path, its fallback and compaction
+# long vectors (the pivot-sample path, its fallback and compaction against the twins: test_kernels_fast_paths)
 # ----------------------------------------------------------------------------------------------------
-
-def _compare_long(x, k):
-    count, positions = run_select(selection._top_k_select, x, k)
-    twin_count, twin_positions = run_select(selection._top_k_select_numpy, x, k)
-    assert count == twin_count
-    np.testing.assert_array_equal(positions, twin_positions)
-    length = min(k, x.size)
-    signs = np.empty(length, np.int8)
-    twin_signs = np.empty(length, np.int8)
-    positions = np.empty(length, np.int64)
-    result = ternary._ternarize(x, k, positions, signs)
-    twin = ternary._ternarize_numpy(x, k, np.empty(length, np.int64), twin_signs)
-    assert result[0] == twin[0]
-    assert_same_scalar(result[1], twin[1], "long mu")
-    return count
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_long_random_vector(dtype):
-    x = np.random.default_rng(0).standard_normal(300_000).astype(dtype)
-    for k in (1, 300, 3_000, 100_000, 300_000):
-        assert _compare_long(x, k) == k
-
-
-def test_long_vector_guess_too_high_recollects():
-    # large values exactly at the strided sample positions: the guessed bound lets fewer than k through
-    size = 200_000
-    stride = size // selection.PIVOT_SAMPLE
-    rng = np.random.default_rng(1)
-    x = rng.uniform(0, 1, size).astype(np.float32)
-    x[stride // 2::stride] = 10 + rng.uniform(0, 1, x[stride // 2::stride].size)
-    assert _compare_long(x, 100) == 100
-    assert _compare_long(x, 7_000) == 7_000
-
-
-def test_long_vector_compaction_and_ties():
-    size = 150_000
-    assert size > selection.SMALL_SEGMENT and size > selection.CANDIDATE_ROOM + 10
-    for x in (np.ones(size, np.float32), np.arange(size, dtype=np.float64),
-              np.random.default_rng(2).integers(-3, 4, size).astype(np.float32)):
-        _compare_long(x, 10)
-        _compare_long(x, 5_000)
-
 
 def test_long_mostly_zero_vector():
     x = np.zeros(100_000, np.float32)
