@@ -1,8 +1,13 @@
 """What a sweep worker process does: pin its threads before anything numerical loads, then run one run
 folder to its end (start it, resume it, or find it finished).
 
-This module imports nothing numerical at its top, so that :func:`pin_threads`, the process pool's
-initializer, sets the thread variables before NumPy, SciPy or Numba are first imported in the worker.
+This module imports nothing numerical at its top, so that :func:`pin_threads`, the first thing a local
+worker (:func:`serve`) does, sets the thread variables before NumPy, SciPy or Numba are first imported.
+
+Signals in a local worker: SIGINT, SIGTERM and SIGHUP only note that the sweep is stopping
+(:data:`STOPPING`); while a run steps, the run loop's own handlers take SIGINT and SIGTERM and stop it at a
+step boundary with a checkpoint, as in ``fedsim run``. The coordinator sends SIGTERM to a busy worker until
+it answers, so a signal that came while the run was being built (before the loop's handlers) is not lost.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"
 
 
 def pin_threads(threads: int) -> None:
-    """Initializer of a local worker: at most ``threads`` threads for BLAS, OpenMP and Numba, set before
+    """First call of a local worker: at most ``threads`` threads for BLAS, OpenMP and Numba, set before
     they load; the worker dies with the process that started it (Linux), so a killed sweep leaves no
     worker holding a run folder."""
     for name in THREAD_VARIABLES:
@@ -38,6 +43,39 @@ def limit_threads(threads: int) -> None:
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     from threadpoolctl import threadpool_limits
     threadpool_limits(limits=threads)
+
+
+#: Set by a signal to a local worker: the sweep is stopping (no run is started after it).
+STOPPING = {"signal": None}
+STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
+
+
+def _note_stop(number, frame) -> None:
+    STOPPING["signal"] = number
+
+
+def serve(connection, threads: int) -> None:
+    """The main loop of a local pool worker: pin the threads, then run each task ``(config, folder,
+    name, command)`` received on ``connection`` (a pipe to the coordinator, one task at a time) and send
+    back :func:`run_one`'s answer, until the coordinator sends None or goes away.
+
+    A task received after a stop signal is not started: the answer is ``{"status": "pending"}``.
+    """
+    import signal
+    pin_threads(threads)
+    for name in STOP_SIGNALS:
+        signal.signal(getattr(signal, name), _note_stop)
+    while True:
+        try:
+            task = connection.recv()
+        except (EOFError, OSError):          # the coordinator went away
+            return
+        if task is None:
+            return
+        if STOPPING["signal"] is not None:
+            connection.send({"status": "pending", "message": "not started: the sweep was stopped", "ran": False})
+        else:
+            connection.send(run_one(*task))
 
 
 def run_one(config, folder: str, name: str, command: list[str], threads: int | None = None) -> dict:
@@ -69,4 +107,4 @@ def run_one(config, folder: str, name: str, command: list[str], threads: int | N
                 "ran": True}
 
 
-__all__ = ["THREAD_VARIABLES", "limit_threads", "pin_threads", "run_one"]
+__all__ = ["STOPPING", "THREAD_VARIABLES", "limit_threads", "pin_threads", "run_one", "serve"]
