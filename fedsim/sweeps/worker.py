@@ -87,7 +87,7 @@ def run_one(config, folder: str, name: str, command: list[str], threads: int | N
     """
     from fedsim.experiment_data import keep_datasets_in_memory
     from fedsim.runs import resume_run, start_run
-    from fedsim.runs.folder import RunFolder, SUMMARY_FILE
+    from fedsim.runs.folder import CONFIG_FILE, META_FILE, RunFolder, SUMMARY_FILE
 
     keep_datasets_in_memory(True)
     path = Path(folder)
@@ -96,7 +96,13 @@ def run_one(config, folder: str, name: str, command: list[str], threads: int | N
         if summary is not None:
             return {"status": summary.get("status", "completed"), "completed": summary.get("completed"),
                     "planned": summary.get("planned"), "message": summary.get("message", ""), "ran": False}
-        if (path / "config.toml").exists():
+        if (path / CONFIG_FILE).exists() and not (path / META_FILE).exists():
+            # start_run writes config.toml, then meta.json: a worker killed between the two left a run
+            # that never stepped and cannot be resumed (no run id); it starts afresh.
+            with RunFolder(path).lock():
+                if not (path / META_FILE).exists():
+                    (path / CONFIG_FILE).unlink()
+        if (path / CONFIG_FILE).exists():
             outcome = resume_run(path, quiet=True)
         else:
             outcome = start_run(config, path, name=name, quiet=True, command=command)

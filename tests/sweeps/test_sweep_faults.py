@@ -171,6 +171,25 @@ def test_a_run_that_keeps_killing_its_worker_is_marked_failed_and_the_queue_goes
     assert f"fedsim: {first.name}: failed: {message}" in lines, stderr
 
 
+def test_a_start_killed_between_config_and_meta_starts_afresh(tmp_path):
+    """A worker killed inside start_run after config.toml and before meta.json left a folder that no step
+    ran in and that cannot be resumed (no run id): its next worker starts the run instead of failing it."""
+    from fedsim.experiment_data import keep_datasets_in_memory
+    from fedsim.sweeps.worker import run_one
+    path = tmp_path / "s.toml"
+    path.write_text(SWEEP.replace(f"rounds\" = {ROUNDS}", "rounds\" = 3"))
+    planned = load_sweep(path).runs[0]
+    folder = RunFolder(tmp_path / "run")
+    folder.path.mkdir()
+    folder.write_config(planned.config)
+    try:
+        result = run_one(planned.config, str(folder.path), planned.label, ["test"])
+    finally:
+        keep_datasets_in_memory(False)
+    assert (result["status"], result["completed"]) == ("completed", 3), result
+    assert [session["from"] for session in folder.read_json("meta.json")["sessions"]] == [0]
+
+
 @pytest.mark.parametrize("number, to_group", [(signal.SIGINT, True), (signal.SIGTERM, False),
                                               (signal.SIGHUP, False)], ids=["ctrl-c", "sigterm", "sighup"])
 def test_a_signal_stops_the_sweep_at_a_checkpoint_and_the_same_command_finishes_it(tmp_path, reference, number,

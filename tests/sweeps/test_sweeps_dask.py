@@ -21,7 +21,7 @@ import pytest
 
 from fedsim.runs import RunFolder, strip_wall_time
 from fedsim.sweeps import load_sweep
-from tests.conftest import clean_env, fedsim
+from tests.conftest import clean_env, error_lines, fedsim
 
 if os.environ.get("FEDSIM_REQUIRE_ORACLE") != "1":
     pytest.importorskip("distributed", reason="dask.distributed is not installed (pip install -e '.[dask]')")
@@ -235,3 +235,50 @@ def test_the_threads_option_reaches_the_workers_of_a_local_dask_cluster(tmp_path
     for folder in folders:
         recorded = RunFolder(folder).read_json("meta.json")["threads"]["environment"]
         assert recorded["OMP_NUM_THREADS"] == "1" and recorded["NUMBA_NUM_THREADS"] == "1", recorded
+
+
+@pytest.fixture
+def http_server(tmp_path):
+    """``python -m http.server`` on 127.0.0.1 (a free port): a server that accepts a connection and never
+    answers as a Dask scheduler would; its address as tcp://127.0.0.1:PORT."""
+    process = subprocess.Popen([sys.executable, "-u", "-m", "http.server", "0", "--bind", "127.0.0.1"], cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        line = process.stdout.readline()            # "Serving HTTP on 127.0.0.1 port PORT (http://...) ..."
+        assert " port " in line, line
+        yield f"tcp://127.0.0.1:{line.split(' port ')[1].split()[0]}"
+    finally:
+        _kill(process)
+
+
+def test_a_scheduler_address_that_is_not_dask_fails_in_bounded_time_with_one_line(tmp_path, http_server):
+    from fedsim.sweeps.execute import SCHEDULER_TIMEOUT
+    path = tmp_path / "sweep.toml"
+    path.write_text(SWEEP)
+    out = tmp_path / "out"
+    started = time.monotonic()
+    result = fedsim(tmp_path, "sweep", path, "--backend", "dask", "--scheduler", http_server, "--out", out, "--quiet",
+                    timeout=SCHEDULER_TIMEOUT + 40)
+    assert time.monotonic() - started < SCHEDULER_TIMEOUT + 20
+    lines = error_lines(result.stderr)
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert lines[0] == (f"fedsim: error: --scheduler {http_server}: no Dask scheduler answered within "
+                        f"{SCHEDULER_TIMEOUT:g} s (it accepted the connection but never answered as a Dask "
+                        f"scheduler); check that a Dask scheduler runs there (`dask scheduler --port PORT`) and "
+                        f"that the address is its tcp://HOST:PORT, not its dashboard's"), lines
+    assert not out.exists(), "nothing may be written before the scheduler answers"
+
+
+@pytest.mark.parametrize("address, fragment", [
+    ("bogus://x", "unknown address scheme 'bogus'"),
+    ("localhost", "missing port number in address 'localhost'"),
+])
+def test_a_malformed_scheduler_address_is_one_line(tmp_path, address, fragment):
+    path = tmp_path / "sweep.toml"
+    path.write_text(SWEEP)
+    result = fedsim(tmp_path, "sweep", path, "--backend", "dask", "--scheduler", address, "--out", tmp_path / "out")
+    lines = error_lines(result.stderr)
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"fedsim: error: --scheduler {address!r} is not a Dask scheduler address (") \
+        and fragment in lines[0] and lines[0].endswith("; give tcp://HOST:PORT"), lines
+    assert not (tmp_path / "out").exists()
