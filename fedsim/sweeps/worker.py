@@ -87,7 +87,7 @@ def run_one(config, folder: str, name: str, command: list[str], threads: int | N
     """
     from fedsim.experiment_data import keep_datasets_in_memory
     from fedsim.runs import resume_run, start_run
-    from fedsim.runs.folder import CONFIG_FILE, META_FILE, RunFolder, SUMMARY_FILE
+    from fedsim.runs.folder import CONFIG_FILE, META_FILE, SUMMARY_FILE, RunFolder
 
     keep_datasets_in_memory(True)
     path = Path(folder)

@@ -18,37 +18,29 @@ from types import SimpleNamespace
 
 import pytest
 
-from fedsim.runs import RunFolder, strip_wall_time
+from fedsim.runs import RunFolder
 from fedsim.sweeps import load_sweep
 from fedsim.sweeps.execute import RUN_MEMORY, RUN_RETRIES, capped_workers
 from tests.conftest import clean_env, error_lines, fedsim
+from tests.sweeps.test_sweeps import histories
 
 ROUNDS = 600
 CHECKPOINT_EVERY = 10
 RUNS = 3
-SWEEP = f'''base = "synthetic"
-name = "faults"
 
-[set]
-"data.synthetic_devices" = 8
-"federated.n_clients" = 8
-"federated.rounds" = {ROUNDS}
-"run.checkpoint_every" = {CHECKPOINT_EVERY}
 
-[grid]
-"federated.method" = ["stc_updown"]
-seed = [0, 1, 2]
-'''
+def sweep_text(name: str, rounds: int, checkpoint_every: int, grid: str) -> str:
+    """A sweep file of tiny synthetic runs (8 clients) of ``rounds`` rounds over the axes ``grid``."""
+    return (f'base = "synthetic"\nname = "{name}"\n\n[set]\n"data.synthetic_devices" = 8\n"federated.n_clients" = 8\n'
+            f'"federated.rounds" = {rounds}\n"run.checkpoint_every" = {checkpoint_every}\n\n[grid]\n{grid}\n')
+
+
+SWEEP = sweep_text("faults", ROUNDS, CHECKPOINT_EVERY, '"federated.method" = ["stc_updown"]\nseed = [0, 1, 2]')
 # Seconds: for a sweep to reach the state a fault needs, for a sweep to stop after a signal, for a whole sweep.
 PROGRESS_TIMEOUT = 120
 STOP_TIMEOUT = 20
 SWEEP_TIMEOUT = 300
 UNPINNED = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
-
-
-def histories(out: Path) -> dict[str, list]:
-    return {folder.name: strip_wall_time(RunFolder(folder).read_history())
-            for folder in sorted((out / "runs").iterdir())}
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +53,7 @@ def reference(tmp_path_factory):
     env = {key: value for key, value in clean_env(folder).items() if key not in UNPINNED}
     result = subprocess.run([sys.executable, "-m", "fedsim", "sweep", str(path), "--workers", "2", "--out",
                              str(folder / "out"), "--quiet"], cwd=folder, env=env, capture_output=True, text=True,
-                            timeout=SWEEP_TIMEOUT)
+                            timeout=SWEEP_TIMEOUT, check=False)
     assert result.returncode == 0, result.stderr
     recorded = [RunFolder(run).read_json("meta.json")["threads"]["environment"]
                 for run in (folder / "out" / "runs").iterdir()]
@@ -138,8 +130,8 @@ def test_a_killed_pool_worker_costs_no_run_and_changes_no_history(tmp_path, refe
     assert f"{RUNS} completed" in stdout, stdout
     label = next(planned.label for planned in sweep.runs if planned.folder_name == killed.name)
     told = [line for line in error_lines(stderr) if "died" in line]
-    assert told == [f"fedsim: sweep: the worker running {label} died (killed by SIGKILL); the run goes on in a new "
-                    f"worker from its last checkpoint (retry 1 of {RUN_RETRIES})"], stderr
+    assert told == [(f"fedsim: sweep: the worker running {label} died (killed by SIGKILL); the run goes on in a "
+                     f"new worker from its last checkpoint (retry 1 of {RUN_RETRIES})")], stderr
     manifest = json.loads((out / "manifest.json").read_text())
     assert [run["status"] for run in manifest["runs"]] == ["completed"] * RUNS, manifest
     # resumed from its checkpoint by a new worker, not started again
@@ -160,7 +152,7 @@ def test_a_run_that_keeps_killing_its_worker_is_marked_failed_and_the_queue_goes
                          "a new worker took the first run")
         os.kill(pid, signal.SIGKILL)
         killed.append(pid)
-    stdout, stderr = finish(process, SWEEP_TIMEOUT)
+    _, stderr = finish(process, SWEEP_TIMEOUT)
     assert process.returncode == 1, stderr
     manifest = json.loads((out / "manifest.json").read_text())
     assert [run["status"] for run in manifest["runs"]] == ["failed"] + ["completed"] * (RUNS - 1), manifest
@@ -177,7 +169,7 @@ def test_a_start_killed_between_config_and_meta_starts_afresh(tmp_path):
     from fedsim.experiment_data import keep_datasets_in_memory
     from fedsim.sweeps.worker import run_one
     path = tmp_path / "s.toml"
-    path.write_text(SWEEP.replace(f"rounds\" = {ROUNDS}", "rounds\" = 3"))
+    path.write_text(sweep_text("faults", 3, CHECKPOINT_EVERY, "seed = [0]"))
     planned = load_sweep(path).runs[0]
     folder = RunFolder(tmp_path / "run")
     folder.path.mkdir()
@@ -204,7 +196,7 @@ def test_a_signal_stops_the_sweep_at_a_checkpoint_and_the_same_command_finishes_
     assert len(queued) == 1
     (os.killpg if to_group else os.kill)(process.pid, number)
     sent = time.monotonic()
-    stdout, stderr = finish(process, STOP_TIMEOUT)
+    _, stderr = finish(process, STOP_TIMEOUT)
     assert process.returncode == 128 + number, stderr
     assert time.monotonic() - sent < STOP_TIMEOUT
     assert not queued[0].exists(), "a queued run started after the signal"
@@ -259,7 +251,7 @@ def test_workers_are_capped_by_cores_and_memory_with_one_line_saying_why(tmp_pat
 
 def test_the_command_says_when_it_caps_workers(tmp_path):
     path = tmp_path / "s.toml"
-    path.write_text(SWEEP.replace(f"rounds\" = {ROUNDS}", "rounds\" = 3").replace("[0, 1, 2]", "[0, 1]"))
+    path.write_text(sweep_text("faults", 3, CHECKPOINT_EVERY, '"federated.method" = ["stc_updown"]\nseed = [0, 1]'))
     result = fedsim(tmp_path, "sweep", path, "--workers", "500", "--out", tmp_path / "out", "--quiet")
     assert result.returncode == 0 and "2 completed" in result.stdout, result.stderr
     told = [line for line in error_lines(result.stderr) if "capped" in line]

@@ -22,25 +22,15 @@ import pytest
 from fedsim.runs import RunFolder, strip_wall_time
 from fedsim.sweeps import load_sweep
 from tests.conftest import clean_env, error_lines, fedsim
+from tests.sweeps.test_sweep_faults import checkpointed, owner, sweep_text
+from tests.sweeps.test_sweeps import histories
 
 if os.environ.get("FEDSIM_REQUIRE_ORACLE") != "1":
     pytest.importorskip("distributed", reason="dask.distributed is not installed (pip install -e '.[dask]')")
 
 ROUNDS = 1000
 CHECKPOINT_EVERY = 10
-SWEEP = f'''base = "synthetic"
-name = "dask-kill"
-
-[set]
-"data.synthetic_devices" = 8
-"federated.n_clients" = 8
-"federated.rounds" = {ROUNDS}
-"run.checkpoint_every" = {CHECKPOINT_EVERY}
-
-[grid]
-"federated.method" = ["fedavg", "stc_updown"]
-seed = [0, 1]
-'''
+SWEEP = sweep_text("dask-kill", ROUNDS, CHECKPOINT_EVERY, '"federated.method" = ["fedavg", "stc_updown"]\nseed = [0, 1]')
 RUNS = 4
 # Seconds: for the cluster to come up, for the sweep to reach a killable state, for a whole sweep.
 START_TIMEOUT = 60
@@ -122,27 +112,6 @@ def dask_cluster(tmp_path):
             _kill(process)
 
 
-def _histories(out: Path) -> dict[str, list]:
-    return {folder.name: strip_wall_time(RunFolder(folder).read_history())
-            for folder in sorted((out / "runs").iterdir())}
-
-
-def _checkpointed(folder: Path) -> int:
-    try:
-        return int(json.loads((folder / "checkpoint.json").read_text())["completed"])
-    except (OSError, ValueError, KeyError):
-        return 0          # not written yet (or being replaced)
-
-
-def _owner(folder: Path) -> int | None:
-    """The pid holding the run folder's lock (written by the owner, emptied when it lets go)."""
-    try:
-        text = (folder / ".lock").read_text().strip()
-    except OSError:
-        return None
-    return int(text) if text.isdigit() else None
-
-
 def _kill_a_worker_mid_run(sweep_process, out: Path, cluster: Cluster):
     """Wait until some run, owned by one of the workers, has a checkpoint of at least a tenth of its rounds
     but is less than half done; SIGKILL that worker. Returns (run folder, worker, rounds in its checkpoint)."""
@@ -154,13 +123,13 @@ def _kill_a_worker_mid_run(sweep_process, out: Path, cluster: Cluster):
         assert len(list(out.glob("runs/*/summary.json"))) < RUNS
         runs = out / "runs"
         for folder in sorted(runs.iterdir()) if runs.is_dir() else []:
-            completed = _checkpointed(folder)
-            owner = _owner(folder)
+            completed = checkpointed(folder)
+            holder = owner(folder)
             unfinished = not (folder / "summary.json").exists()
-            if owner in pids and ROUNDS // 10 <= completed <= ROUNDS // 2 and unfinished:
-                os.killpg(owner, signal.SIGKILL)
-                pids[owner].wait(timeout=10)
-                return folder, pids[owner], completed
+            if holder in pids and ROUNDS // 10 <= completed <= ROUNDS // 2 and unfinished:
+                os.killpg(holder, signal.SIGKILL)
+                pids[holder].wait(timeout=10)
+                return folder, pids[holder], completed
         time.sleep(0.02)
     raise AssertionError(f"no run reached a checkpoint within {KILL_TIMEOUT} s\n{cluster.log_tails()}")
 
@@ -199,16 +168,16 @@ def test_a_worker_killed_mid_sweep_loses_no_run_and_changes_no_history(tmp_path,
     assert "ended" not in sessions[0], sessions          # the killed session never ended
     assert at <= sessions[1]["from"] < ROUNDS and sessions[1]["from"] % CHECKPOINT_EVERY == 0, (at, sessions)
     assert sessions[1]["status"] == "completed" and sessions[1]["to"] == ROUNDS
-    assert _owner(killed_folder) is None                # the lock was let go
+    assert owner(killed_folder) is None                # the lock was let go
 
     # The same sweep on the local backend: the same folders, bitwise the same histories.
     local = fedsim(tmp_path, "sweep", path, "--backend", "local", "--workers", "2", "--out", tmp_path / "local",
                    "--quiet", timeout=SWEEP_TIMEOUT)
     assert local.returncode == 0, local.stderr
-    dask_histories = _histories(out)
+    dask_histories = histories(out)
     assert set(dask_histories) == {planned.folder_name for planned in sweep.runs}
     assert all(len(history) == ROUNDS for history in dask_histories.values())
-    assert dask_histories == _histories(tmp_path / "local")
+    assert dask_histories == histories(tmp_path / "local")
 
     # The killed run, run alone and uninterrupted with `fedsim run`, has the same history too.
     planned = next(planned for planned in sweep.runs if planned.folder_name == killed_folder.name)
