@@ -14,7 +14,8 @@
     fedsim sweep SWEEP.toml [--workers N] [--backend local | dask] ... | fedsim sweep report | plot DIR
 
 Exit status: 0 success; 1 the run diverged, or data could not be had; 2 a bad command line or config
-(one error line on stderr); 128 + signal number when a run was stopped by a signal (130 for Ctrl-C).
+(one error line on stderr); 128 + signal number when a run or a sweep was stopped by a signal (130 for
+Ctrl-C).
 """
 
 from __future__ import annotations

@@ -50,6 +50,7 @@ from fedsim.progress import Progress
 from fedsim.runs.folder import RunFolder, RunFolderError, now, to_json
 from fedsim.runs.loop import EXIT_SIGNAL_BASE, _StopOnSignals
 from fedsim.sweeps.spec import Sweep
+from fedsim.sweeps.worker import STOP_SIGNALS
 
 MANIFEST = "manifest.json"
 RUNS_FOLDER = "runs"
@@ -65,8 +66,6 @@ SCHEDULER_TIMEOUT = 20.0
 #: worker while the sweep stops (a signal that came while the run was being built is otherwise not seen).
 POLL_SECONDS = 0.2
 RESEND_SECONDS = 0.5
-#: The signals that stop a sweep (the first stops it at the runs' step boundaries, a second at once).
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 #: Peak resident memory of one run, in bytes, by dataset, rounded up from ``fedsim run`` measured with
 #: getrusage's ru_maxrss: Fashion-MNIST through the STC pipeline 503 MB with the array cache off (460 MB
 #: with it; MNIST has the same shapes), synthetic 233 MB (most of it NumPy, Numba and the compiled
@@ -374,7 +373,9 @@ def _open_dask(scheduler: str | None, workers: int, threads: int):
 
 def _run_dask(pending, out: Path, client, threads: int, command, finished, stop) -> None:
     """Run ``pending`` as tasks of ``client``'s cluster (each retried by Dask on another worker if its
-    worker dies); on a stop, the tasks not finished are cancelled."""
+    worker dies); on a stop, the tasks not finished are cancelled, those begun recorded as interrupted
+    (a run in a Dask worker's thread cannot be stopped at a step boundary: it resumes from its last
+    periodic checkpoint)."""
     from fedsim.sweeps.worker import run_one
     futures = {client.submit(run_one, planned.config, str(Path(run_folder(out, planned)).resolve()),
                              planned.label, command, threads, pure=False, retries=3, key=f"run-{planned.folder_name}"):
@@ -383,6 +384,9 @@ def _run_dask(pending, out: Path, client, threads: int, command, finished, stop)
     while remaining:
         if stop.received is not None:
             client.cancel(remaining)
+            for future in remaining:
+                if run_folder(out, futures[future]).is_dir():
+                    finished(futures[future], {"status": "interrupted", "message": "cancelled as the sweep stopped"})
             return
         ready = [future for future in remaining if future.done()]
         if not ready:

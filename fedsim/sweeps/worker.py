@@ -13,6 +13,7 @@ it answers, so a signal that came while the run was being built (before the loop
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -28,7 +29,6 @@ def pin_threads(threads: int) -> None:
         os.environ[name] = str(threads)
     if sys.platform.startswith("linux"):
         import ctypes
-        import signal
         try:
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))   # PR_SET_PDEATHSIG
         except (OSError, AttributeError):
@@ -45,9 +45,10 @@ def limit_threads(threads: int) -> None:
     threadpool_limits(limits=threads)
 
 
-#: Set by a signal to a local worker: the sweep is stopping (no run is started after it).
+#: The signals that stop a sweep: in the coordinator, the first stops the runs at a step boundary, a
+#: second at once; in a local worker, each only sets :data:`STOPPING` (no run is started after it).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 STOPPING = {"signal": None}
-STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
 
 
 def _note_stop(number, frame) -> None:
@@ -61,10 +62,9 @@ def serve(connection, threads: int) -> None:
 
     A task received after a stop signal is not started: the answer is ``{"status": "pending"}``.
     """
-    import signal
     pin_threads(threads)
-    for name in STOP_SIGNALS:
-        signal.signal(getattr(signal, name), _note_stop)
+    for number in STOP_SIGNALS:
+        signal.signal(number, _note_stop)
     while True:
         try:
             task = connection.recv()
@@ -113,4 +113,4 @@ def run_one(config, folder: str, name: str, command: list[str], threads: int | N
                 "ran": True}
 
 
-__all__ = ["STOPPING", "THREAD_VARIABLES", "limit_threads", "pin_threads", "run_one", "serve"]
+__all__ = ["STOPPING", "STOP_SIGNALS", "THREAD_VARIABLES", "limit_threads", "pin_threads", "run_one", "serve"]
