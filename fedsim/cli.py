@@ -492,9 +492,9 @@ def command_sweep(args) -> int:
     except SweepInterrupted as stopped:
         counts = Counter(entry.get("status") for entry in stopped.statuses.values())
         waiting = len(sweep.runs) - len(stopped.statuses)
-        print(f"fedsim: sweep {sweep.name} {stopped}: {counts['interrupted']} runs interrupted (checkpointed), "
-              f"{waiting} pending, {counts['completed']} completed; manifest: {out / 'manifest.json'}. "
-              f"Continue with: {again}", file=sys.stderr)
+        print(f"fedsim: sweep {sweep.name} {stopped}: {counts['interrupted']} runs interrupted (each resumes "
+              f"from its checkpoint), {waiting} pending, {counts['completed']} completed; manifest: "
+              f"{out / 'manifest.json'}. Continue with: {again}", file=sys.stderr)
         return stopped.exit_code
     except KeyboardInterrupt:       # a second Ctrl-C: stopped mid-step
         raise KeyboardInterrupt(stopped_at_once(again)) from None

@@ -202,9 +202,9 @@ def test_a_signal_stops_the_sweep_at_a_checkpoint_and_the_same_command_finishes_
     assert not queued[0].exists(), "a queued run started after the signal"
     lines = error_lines(stderr)
     assert len(lines) == 1 and lines[0].startswith(
-        f"fedsim: sweep faults stopped by {signal.Signals(number).name}: 2 runs interrupted (checkpointed), "
-        f"1 pending, 0 completed; manifest: {out / 'manifest.json'}. Continue with: fedsim sweep {path} "
-        f"--out {out}"), stderr
+        f"fedsim: sweep faults stopped by {signal.Signals(number).name}: 2 runs interrupted (each resumes from "
+        f"its checkpoint), 1 pending, 0 completed; manifest: {out / 'manifest.json'}. Continue with: fedsim sweep "
+        f"{path} --out {out}"), stderr
     manifest = {run["folder"]: run for run in json.loads((out / "manifest.json").read_text())["runs"]}
     for folder in folders:
         entry = manifest[f"runs/{folder.name}"]
