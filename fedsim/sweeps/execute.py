@@ -30,8 +30,9 @@ Every run's history is bitwise the same whichever backend ran it and with how ma
 seeds its own random streams from its config and pins its BLAS threads (``run.blas_threads``).
 
 Signals: SIGINT (Ctrl-C), SIGTERM and SIGHUP stop a sweep as they stop ``fedsim run``: no queued run
-starts after them, each running run stops at a step boundary with a checkpoint (local workers: the
-coordinator passes the stop on as SIGTERM), the manifest records the runs as interrupted or pending, and
+starts after them, each running run of a local worker stops at a step boundary with a checkpoint (the
+coordinator passes the stop on as SIGTERM; a Dask task is cancelled, its run resumes from its last
+periodic checkpoint), the manifest records the runs as interrupted or pending, and
 :class:`SweepInterrupted` tells the caller (exit status 128 + the signal). A second signal stops at once.
 """
 
@@ -78,8 +79,8 @@ class SweepError(ValueError):
 
 
 class SweepInterrupted(Exception):
-    """A sweep stopped by the signal ``number``: its running runs checkpointed, no queued run started;
-    ``statuses`` are those of :func:`run_sweep` (the runs not started are not in it: pending)."""
+    """A sweep stopped by the signal ``number``: no queued run started; ``statuses`` are those of
+    :func:`run_sweep` (the runs not started are not in it: pending)."""
 
     def __init__(self, number: int, statuses: dict[str, dict]):
         super().__init__(f"stopped by {signal.Signals(number).name}")
