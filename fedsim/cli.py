@@ -14,13 +14,15 @@
     fedsim sweep SWEEP.toml [--workers N] [--backend local | dask] ... | fedsim sweep report | plot DIR
 
 Exit status: 0 success; 1 the run diverged, or data could not be had; 2 a bad command line or config
-(one error line on stderr); 128 + signal number when a run was stopped by a signal (130 for Ctrl-C).
+(one error line on stderr); 128 + signal number when a run or a sweep was stopped by a signal (130 for
+Ctrl-C).
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import shlex
 import signal
 import sys
 from collections import Counter
@@ -205,8 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "seeds and the final metric against an axis.")
     sweep.add_argument("target", metavar="SWEEP.toml | report | plot", help="a sweep file, or report / plot")
     sweep.add_argument("folder", nargs="?", metavar="DIR", help="with report / plot: the sweep folder")
-    sweep.add_argument("--workers", type=int, default=None, help="processes running runs (default: the cores, "
-                                                                 "at most the number of runs)")
+    sweep.add_argument("--workers", type=int, default=None, help="processes running runs (default and cap: the "
+                                                                 "cores, the memory for one run each, the runs)")
     sweep.add_argument("--threads", type=int, default=1, help="BLAS / OpenMP / Numba threads per worker (default 1)")
     sweep.add_argument("--backend", default="local", help="local (a process pool, default) | dask")
     sweep.add_argument("--scheduler", metavar="ADDRESS", help="with --backend dask: tcp://host:port of a running "
@@ -459,9 +461,9 @@ def command_compare(args) -> int:
 
 
 def command_sweep(args) -> int:
-    import os
-
     from fedsim.sweeps import all_finished, load_sweep, run_sweep
+    from fedsim.sweeps.execute import SweepInterrupted
+    from fedsim.sweeps.folder import resume_hint
     from fedsim.sweeps.report import collect, format_summary, plot_sweep, summarize_over_seeds, tidy_rows, write_csv
     if args.target in ("report", "plot"):
         if not args.folder:
@@ -488,9 +490,19 @@ def command_sweep(args) -> int:
         for planned in sweep.runs:
             print(f"  runs/{planned.folder_name}  {planned.label}")
         return EXIT_OK
-    workers = args.workers if args.workers is not None else min(os.cpu_count() or 1, max(len(sweep.runs), 1))
-    statuses = run_sweep(sweep, out, backend=args.backend, workers=workers, threads=args.threads,
-                         scheduler=args.scheduler, quiet=args.quiet)
+    again = shlex.join(["fedsim", "sweep", args.target, "--out", str(out)])
+    try:
+        statuses = run_sweep(sweep, out, backend=args.backend, workers=args.workers, threads=args.threads,
+                             scheduler=args.scheduler, quiet=args.quiet)
+    except SweepInterrupted as stopped:
+        counts = Counter(entry.get("status") for entry in stopped.statuses.values())
+        waiting = len(sweep.runs) - len(stopped.statuses)
+        print(f"fedsim: sweep {sweep.name} {stopped}: {counts['interrupted']} runs interrupted (each resumes "
+              f"from its checkpoint), {waiting} pending, {counts['completed']} completed; manifest: "
+              f"{out / 'manifest.json'}; {resume_hint(args.target, out)}", file=sys.stderr)
+        return stopped.exit_code
+    except KeyboardInterrupt:       # a second Ctrl-C: stopped mid-step
+        raise KeyboardInterrupt(stopped_at_once(again)) from None
     counts = Counter(entry.get("status", "failed") for entry in statuses.values())
     print(f"sweep {sweep.name}: " + ", ".join(f"{count} {status}" for status, count in sorted(counts.items()))
           + f"; manifest: {out / 'manifest.json'}")

@@ -89,17 +89,19 @@ class RunOutcome:
 
 
 class _StopOnSignals:
-    """While active, SIGINT and SIGTERM only set :attr:`received`; the loop stops at a step boundary.
-    A second signal gets the previous handler (Ctrl-C then raises KeyboardInterrupt at once)."""
+    """While active, SIGINT and SIGTERM (or the signals ``numbers``) only set :attr:`received`; the loop
+    stops at a step boundary. A second signal gets the previous handler (Ctrl-C then raises
+    KeyboardInterrupt at once)."""
 
-    def __init__(self, active: bool = True):
+    def __init__(self, active: bool = True, numbers=(signal.SIGINT, signal.SIGTERM)):
         self.active = active
+        self.numbers = numbers
         self.received: int | None = None
         self._previous: dict[int, object] = {}
 
     def __enter__(self):
         if self.active and threading.current_thread() is threading.main_thread():
-            for number in (signal.SIGINT, signal.SIGTERM):
+            for number in self.numbers:
                 self._previous[number] = signal.signal(number, self._handle)
         return self
 

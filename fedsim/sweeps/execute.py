@@ -13,7 +13,11 @@ Backends
 --------
 ``local`` (default): a pool of ``workers`` processes (spawned), each with BLAS, OpenMP and Numba pinned to
 ``threads`` before anything numerical loads, each keeping the datasets it loaded for its next runs, and
-each dying with the coordinator (so a killed sweep leaves no worker holding a run folder).
+each dying with the coordinator (so a killed sweep leaves no worker holding a run folder). The
+coordinator hands each worker one run at a time, so it knows which run a worker held: a worker that dies
+(kill -9, out of memory) is replaced, and its run goes on in the new worker from its folder's last
+checkpoint (:data:`RUN_RETRIES` times; then the run is marked failed). ``workers`` is capped by the cores
+this process may use and by the memory available for one run each (:func:`capped_workers`).
 
 ``dask``: the same runs as tasks of a ``dask.distributed`` cluster: the scheduler at ``scheduler``
 (``tcp://host:port``), or a ``LocalCluster`` of ``workers`` processes when none is given. The workers write
@@ -25,26 +29,80 @@ client, keeps what matters on a cluster: a run's checkpoints are written as it g
 
 Every run's history is bitwise the same whichever backend ran it and with how many workers: each run
 seeds its own random streams from its config and pins its BLAS threads (``run.blas_threads``).
+
+Signals: SIGINT (Ctrl-C), SIGTERM and SIGHUP stop a sweep as they stop ``fedsim run``: no queued run
+starts after them, each running run of a local worker stops at a step boundary with a checkpoint (the
+coordinator passes the stop on as SIGTERM; a Dask task is cancelled, its run resumes from its last
+periodic checkpoint), the manifest records the runs as interrupted or pending, and
+:class:`SweepInterrupted` tells the caller (exit status 128 + the signal). A second signal stops at once.
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
+import time
+from collections import Counter, deque
+from dataclasses import dataclass
 from pathlib import Path
 
 import fedsim.sweeps.folder as sweep_folder
 from fedsim.progress import Progress
+from fedsim.runs.loop import EXIT_SIGNAL_BASE, _StopOnSignals
 from fedsim.sweeps.folder import FINAL, RUNS_FOLDER, SweepError, run_folder, write_manifest
 from fedsim.sweeps.spec import Sweep
+from fedsim.sweeps.worker import STOP_SIGNALS
 
 BACKENDS = ("local", "dask")
+#: Times a run is given to a new worker after the worker running it died, before it is marked failed.
+RUN_RETRIES = 2
+#: Seconds to reach a Dask scheduler, its handshake included (distributed's own connect timeout does not
+#: cover a server that accepts the connection and never answers, such as an HTTP server).
+SCHEDULER_TIMEOUT = 20.0
+#: Seconds between the coordinator's looks at its workers, and between the SIGTERMs it sends a busy local
+#: worker while the sweep stops (a signal that came while the run was being built is otherwise not seen).
+POLL_SECONDS = 0.2
+RESEND_SECONDS = 0.5
+#: Peak resident memory of one run, in bytes, by dataset, rounded up from ``fedsim run`` measured with
+#: getrusage's ru_maxrss: Fashion-MNIST through the STC pipeline 503 MB with the array cache off (460 MB
+#: with it; MNIST has the same shapes), synthetic 233 MB (most of it NumPy, Numba and the compiled
+#: kernels). A dataset not listed counts as the largest.
+RUN_MEMORY = {"mnist": 550_000_000, "fashion-mnist": 550_000_000, "synthetic": 250_000_000}
 
 
-def run_sweep(sweep: Sweep, out, *, backend: str = "local", workers: int = 1, threads: int = 1,
+class SweepInterrupted(Exception):
+    """A sweep stopped by the signal ``number``: no queued run started; ``statuses`` are those of
+    :func:`run_sweep` (the runs not started are not in it: pending)."""
+
+    def __init__(self, number: int, statuses: dict[str, dict]):
+        super().__init__(f"stopped by {signal.Signals(number).name}")
+        self.number, self.statuses = number, statuses
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_SIGNAL_BASE + self.number
+
+
+def run_sweep(sweep: Sweep, out, *, backend: str = "local", workers: int | None = 1, threads: int = 1,
               scheduler: str | None = None, quiet: bool = False) -> dict[str, dict]:
-    """Run every planned run of ``sweep`` into ``out``; the status of each run folder (by folder name)."""
+    """Run every planned run of ``sweep`` into ``out``; the status of each run folder (by folder name).
+
+    ``workers``: processes running runs (None: as many as :func:`capped_workers` allows), capped by the
+    cores and the memory (saying so on stderr) unless the runs go to a Dask scheduler of its own.
+
+    Raises
+    ------
+    SweepError
+        A bad backend, worker or thread count, folder, or a scheduler that does not answer as Dask's
+        (before anything is written).
+    SweepInterrupted
+        SIGINT, SIGTERM or SIGHUP stopped the sweep (the manifest says which runs are interrupted and
+        which pending).
+    """
     if backend not in BACKENDS:
         raise SweepError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    for name, value, low in (("--workers", workers, 1), ("--threads", threads, 1)):
+    for name, value, low in (("--workers", 1 if workers is None else workers, 1), ("--threads", threads, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise SweepError(f"{name} must be an integer >= {low}, got {value!r}")
     if scheduler is not None and backend != "dask":
@@ -53,21 +111,34 @@ def run_sweep(sweep: Sweep, out, *, backend: str = "local", workers: int = 1, th
     if out.exists() and not out.is_dir():
         raise SweepError(f"--out {out} is a file, not a folder")
     sweep_folder.claim(out, sweep)             # before anything is written; again once the folder is ours
-    out.mkdir(parents=True, exist_ok=True)
-    with sweep_folder.lock(out):
-        sweep_folder.claim(out, sweep)
-        (out / RUNS_FOLDER).mkdir(exist_ok=True)
-        statuses, pending = sweep_folder.reuse_decision(out, sweep)
-        write_manifest(out, sweep, statuses)
-        try:
-            return _run_pending(sweep, out, statuses, pending, backend, workers, threads, scheduler, quiet)
-        finally:        # however the sweep ends, the manifest says what each run folder holds
-            sweep_folder.record_from_folders(out, sweep, statuses)
+    if scheduler is None:
+        workers = capped_workers(workers, sweep.runs, threads)
+    # A scheduler is reached (or the cluster started) before anything is written into the sweep folder.
+    client, cluster = _open_dask(scheduler, workers, threads) if backend == "dask" else (None, None)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with sweep_folder.lock(out):
+            sweep_folder.claim(out, sweep)
+            (out / RUNS_FOLDER).mkdir(exist_ok=True)
+            statuses, pending = sweep_folder.reuse_decision(out, sweep)
             write_manifest(out, sweep, statuses)
+            try:
+                _dispatch(sweep, out, statuses, pending, backend, workers, threads, client, quiet)
+            finally:        # however the sweep ends, the manifest says what each run folder holds
+                sweep_folder.record_from_folders(out, sweep, statuses)
+                write_manifest(out, sweep, statuses)
+    finally:
+        if client is not None:
+            client.close()
+        if cluster is not None:
+            cluster.close()
+    return statuses
 
 
-def _run_pending(sweep: Sweep, out: Path, statuses: dict[str, dict], pending: list, backend: str, workers: int,
-                 threads: int, scheduler: str | None, quiet: bool) -> dict[str, dict]:
+def _dispatch(sweep: Sweep, out: Path, statuses: dict, pending: list, backend: str, workers: int, threads: int,
+              client, quiet: bool) -> None:
+    """Run ``pending`` on the backend, recording each result in ``statuses`` and the manifest as it comes,
+    and the signals that stop the sweep meanwhile (:class:`SweepInterrupted`)."""
     done, not_finished = len(sweep.runs) - len(pending), 0
     progress = Progress("sweep", len(sweep.runs), done, "run", quiet,
                         line="{completed}/{total} runs done, {not_finished} not finished ({timing})")
@@ -81,76 +152,224 @@ def _run_pending(sweep: Sweep, out: Path, statuses: dict[str, dict], pending: li
         not_finished += result.get("status", "failed") not in FINAL
         progress.update(done, f"failed {not_finished}", not_finished=not_finished)
 
-    try:
-        if not pending:
-            pass
-        elif backend == "local":
-            _run_local(pending, out, workers, threads, command, finished)
-        else:
-            _run_dask(pending, out, workers, threads, scheduler, command, finished)
-    finally:
-        progress.close()
-    return statuses
-
-
-def _run_local(pending, out: Path, workers: int, threads: int, command, finished) -> None:
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    from fedsim.sweeps.worker import pin_threads, run_one
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=context,
-                             initializer=pin_threads, initargs=(threads,)) as pool:
-        futures = {pool.submit(run_one, planned.config, str(run_folder(out, planned)), planned.label, command):
-                   planned for planned in pending}
+    with _StopOnSignals(numbers=STOP_SIGNALS) as stop:
         try:
-            for future in as_completed(futures):
-                try:
-                    result = future.result()
-                except Exception as error:       # a worker that died (killed, out of memory)
-                    result = {"status": "failed", "message": f"worker lost: {type(error).__name__}: {error}"}
-                finished(futures[future], result)
-        except KeyboardInterrupt:
-            for future in futures:
-                future.cancel()
-            raise
+            if not pending:
+                pass
+            elif backend == "local":
+                _run_local(pending, out, workers, threads, command, finished, stop)
+            else:
+                _run_dask(pending, out, client, threads, command, finished, stop)
+        finally:
+            progress.close()
+    if stop.received is not None:
+        write_manifest(out, sweep, statuses)
+        raise SweepInterrupted(stop.received, statuses)
 
 
-def _run_dask(pending, out: Path, workers: int, threads: int, scheduler: str | None, command, finished) -> None:
+def capped_workers(workers: int | None, runs, threads: int = 1) -> int:
+    """``workers`` (None: as many as allowed) capped by the cores this process may use (each worker
+    using ``threads``), by the available memory over the largest peak memory of one of ``runs``
+    (:data:`RUN_MEMORY`) and by the number of runs; one line on stderr says which cap applied to a
+    number that was asked for."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    per_run = max(RUN_MEMORY.get(planned.config.data.dataset, max(RUN_MEMORY.values())) for planned in runs)
+    available = _available_memory()
+    caps = {max(cores // threads, 1): f"{cores} cores may be used by this process, {threads} thread(s) per worker"}
+    if available is not None:
+        caps.setdefault(max(available // per_run, 1),
+                        f"{available / 1e9:.1f} GB of memory available, up to {per_run / 1e9:.2f} GB per run")
+    cap = min(caps)
+    if workers is None:
+        return min(cap, len(runs))
+    if workers > cap:
+        print(f"fedsim: sweep: --workers {workers} capped to {cap}: {caps[cap]}", file=sys.stderr)
+    return min(workers, cap, len(runs))
+
+
+def _available_memory() -> int | None:
+    """MemAvailable of /proc/meminfo in bytes (Linux); None where it cannot be read."""
     try:
-        from dask.distributed import Client, LocalCluster, as_completed
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+@dataclass
+class _Worker:
+    """A local worker process, the coordinator's end of its pipe, and the run it holds (None: idle)."""
+
+    process: object
+    connection: object
+    planned: object = None
+
+
+def _ended(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        return f"killed by {signal.Signals(-exitcode).name}"
+    return f"exit status {exitcode}"
+
+
+def _run_local(pending, out: Path, workers: int, threads: int, command, finished, stop) -> None:
+    """Run ``pending`` on up to ``workers`` spawned processes, one run at a time each; a dead worker is
+    replaced and its run given to a new one (resumed from its folder), :data:`RUN_RETRIES` times."""
+    import multiprocessing
+    from multiprocessing.connection import wait
+
+    from fedsim.sweeps.worker import serve
+    context = multiprocessing.get_context("spawn")
+    queue, deaths, pool = deque(pending), Counter(), []
+    resent = 0.0
+
+    def start_worker() -> _Worker:
+        ours, theirs = context.Pipe()
+        process = context.Process(target=serve, args=(theirs, threads), name="fedsim-sweep-worker", daemon=True)
+        process.start()
+        theirs.close()
+        return _Worker(process, ours)
+
+    def hand_out() -> None:
+        for worker in pool:
+            if worker.planned is None and queue:
+                worker.planned = queue.popleft()
+                try:
+                    worker.connection.send((worker.planned.config, str(run_folder(out, worker.planned)),
+                                            worker.planned.label, command))
+                except OSError:
+                    pass            # the worker is dead: seen below, and its run given to a new one
+
+    def lost(worker: _Worker) -> None:
+        pool.remove(worker)
+        worker.connection.close()
+        planned, how = worker.planned, _ended(worker.process.exitcode)
+        deaths[planned.folder_name] += 1
+        if stop.received is not None:
+            finished(planned, {"status": "interrupted", "message": f"its worker died ({how}) as the sweep stopped"})
+        elif deaths[planned.folder_name] > RUN_RETRIES:
+            finished(planned, {"status": "failed", "message": f"its worker died {deaths[planned.folder_name]} times "
+                                                              f"(last: {how}); not tried again"})
+        else:
+            print(f"fedsim: sweep: the worker running {planned.label} died ({how}); the run goes on in a new "
+                  f"worker from its last checkpoint (retry {deaths[planned.folder_name]} of {RUN_RETRIES})",
+                  file=sys.stderr)
+            queue.appendleft(planned)
+
+    clean = False
+    try:
+        while queue or any(worker.planned is not None for worker in pool):
+            if stop.received is None:
+                while len(queue) > sum(worker.planned is None for worker in pool) and len(pool) < workers:
+                    pool.append(start_worker())
+                hand_out()
+            else:
+                queue.clear()                       # not started: pending in the manifest
+                if time.monotonic() - resent >= RESEND_SECONDS:
+                    resent = time.monotonic()
+                    for worker in pool:
+                        if worker.planned is not None and worker.process.is_alive():
+                            os.kill(worker.process.pid, signal.SIGTERM)
+            busy = [worker for worker in pool if worker.planned is not None]
+            wait([worker.connection for worker in busy] + [worker.process.sentinel for worker in busy],
+                 timeout=POLL_SECONDS)
+            for worker in busy:
+                result = None
+                try:
+                    if worker.connection.poll():
+                        result = worker.connection.recv()
+                except (EOFError, OSError):
+                    pass
+                if result is not None:
+                    planned, worker.planned = worker.planned, None
+                    if result.get("status") != "pending":       # "pending": not started, the sweep stopping
+                        finished(planned, result)
+                elif not worker.process.is_alive():
+                    lost(worker)
+        clean = True
+    finally:
+        for worker in pool:                 # idle workers end when told; the others (an error) at once
+            if clean:
+                try:
+                    worker.connection.send(None)
+                except OSError:
+                    pass
+            else:
+                worker.process.kill()
+        for worker in pool:
+            worker.process.join(timeout=10)
+            if worker.process.is_alive():
+                worker.process.kill()
+
+
+def _open_dask(scheduler: str | None, workers: int, threads: int):
+    """(client, cluster): a client of the scheduler at ``scheduler``, reached within
+    :data:`SCHEDULER_TIMEOUT` seconds, handshake included (cluster None); or of a new LocalCluster."""
+    try:
+        from dask.distributed import Client, LocalCluster
     except ImportError:
         raise SweepError("--backend dask needs dask.distributed: pip install 'fedsim-compress[dask]'") from None
-    from fedsim.sweeps.worker import THREAD_VARIABLES, run_one
-    cluster = None
+    from fedsim.sweeps.worker import THREAD_VARIABLES
     if scheduler is None:
         # The nannies start each worker with the thread variables set, before anything numerical loads.
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
                                env={name: str(threads) for name in THREAD_VARIABLES})
-        client = Client(cluster)
-    else:
-        try:
-            client = Client(scheduler, timeout=30)
-        except (OSError, TimeoutError) as error:
-            raise SweepError(f"--scheduler {scheduler}: cannot reach a Dask scheduler there ({error})") from None
+        return Client(cluster), cluster
+    import asyncio
+
+    from distributed.comm import connect
+
+    async def handshake():
+        comm = await asyncio.wait_for(connect(scheduler, timeout=SCHEDULER_TIMEOUT), SCHEDULER_TIMEOUT + 5)
+        await comm.close()
+
+    check = ("check that a Dask scheduler runs there (`dask scheduler --port PORT`) and that the address is "
+             "its tcp://HOST:PORT, not its dashboard's")
     try:
-        futures = {client.submit(run_one, planned.config, str(Path(run_folder(out, planned)).resolve()),
-                                 planned.label, command, threads, pure=False, retries=3, key=f"run-{planned.folder_name}"):
-                   planned for planned in pending}
-        for future in as_completed(list(futures)):
+        asyncio.run(handshake())
+        return Client(scheduler, timeout=SCHEDULER_TIMEOUT), None
+    except ValueError as error:
+        raise SweepError(f"--scheduler {scheduler!r} is not a Dask scheduler address ({error}); give "
+                         f"tcp://HOST:PORT") from None
+    except (OSError, TimeoutError) as error:
+        reason = str(error) or "it accepted the connection but never answered as a Dask scheduler"
+        raise SweepError(f"--scheduler {scheduler}: no Dask scheduler answered within {SCHEDULER_TIMEOUT:g} s "
+                         f"({reason}); {check}") from None
+
+
+def _run_dask(pending, out: Path, client, threads: int, command, finished, stop) -> None:
+    """Run ``pending`` as tasks of ``client``'s cluster (each retried by Dask on another worker if its
+    worker dies); on a stop, the tasks not finished are cancelled, those begun recorded as interrupted
+    (a run in a Dask worker's thread cannot be stopped at a step boundary: it resumes from its last
+    periodic checkpoint)."""
+    from fedsim.sweeps.worker import run_one
+    futures = {client.submit(run_one, planned.config, str(Path(run_folder(out, planned)).resolve()),
+                             planned.label, command, threads, pure=False, retries=3, key=f"run-{planned.folder_name}"):
+               planned for planned in pending}
+    remaining = list(futures)
+    while remaining:
+        if stop.received is not None:
+            client.cancel(remaining)
+            for future in remaining:
+                if run_folder(out, futures[future]).is_dir():
+                    finished(futures[future], {"status": "interrupted", "message": "cancelled as the sweep stopped"})
+            return
+        ready = [future for future in remaining if future.done()]
+        if not ready:
+            time.sleep(POLL_SECONDS)
+        for future in ready:
+            remaining.remove(future)
             try:
                 result = future.result()
             except Exception as error:
                 result = {"status": "failed", "message": f"{type(error).__name__}: {error}"}
             finished(futures[future], result)
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
 
 
 def all_finished(statuses: dict[str, dict]) -> bool:
     return all(entry.get("status") == "completed" for entry in statuses.values())
 
 
-__all__ = ["BACKENDS", "all_finished", "run_sweep"]
+__all__ = ["BACKENDS", "SweepInterrupted", "all_finished", "capped_workers", "run_sweep"]

@@ -1,13 +1,19 @@
 """What a sweep worker process does: pin its threads before anything numerical loads, then run one run
 folder to its end (start it, resume it, or find it finished).
 
-This module imports nothing numerical at its top, so that :func:`pin_threads`, the process pool's
-initializer, sets the thread variables before NumPy, SciPy or Numba are first imported in the worker.
+This module imports nothing numerical at its top, so that :func:`pin_threads`, the first thing a local
+worker (:func:`serve`) does, sets the thread variables before NumPy, SciPy or Numba are first imported.
+
+Signals in a local worker: SIGINT, SIGTERM and SIGHUP only note that the sweep is stopping
+(:data:`STOPPING`); while a run steps, the run loop's own handlers take SIGINT and SIGTERM and stop it at a
+step boundary with a checkpoint, as in ``fedsim run``. The coordinator sends SIGTERM to a busy worker until
+it answers, so a signal that came while the run was being built (before the loop's handlers) is not lost.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -16,14 +22,13 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"
 
 
 def pin_threads(threads: int) -> None:
-    """Initializer of a local worker: at most ``threads`` threads for BLAS, OpenMP and Numba, set before
+    """First call of a local worker: at most ``threads`` threads for BLAS, OpenMP and Numba, set before
     they load; the worker dies with the process that started it (Linux), so a killed sweep leaves no
     worker holding a run folder."""
     for name in THREAD_VARIABLES:
         os.environ[name] = str(threads)
     if sys.platform.startswith("linux"):
         import ctypes
-        import signal
         try:
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))   # PR_SET_PDEATHSIG
         except (OSError, AttributeError):
@@ -40,6 +45,39 @@ def limit_threads(threads: int) -> None:
     threadpool_limits(limits=threads)
 
 
+#: The signals that stop a sweep: in the coordinator, the first stops the runs at a step boundary, a
+#: second at once; in a local worker, each only sets :data:`STOPPING` (no run is started after it).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+STOPPING = {"signal": None}
+
+
+def _note_stop(number, frame) -> None:
+    STOPPING["signal"] = number
+
+
+def serve(connection, threads: int) -> None:
+    """The main loop of a local pool worker: pin the threads, then run each task ``(config, folder,
+    name, command)`` received on ``connection`` (a pipe to the coordinator, one task at a time) and send
+    back :func:`run_one`'s answer, until the coordinator sends None or goes away.
+
+    A task received after a stop signal is not started: the answer is ``{"status": "pending"}``.
+    """
+    pin_threads(threads)
+    for number in STOP_SIGNALS:
+        signal.signal(number, _note_stop)
+    while True:
+        try:
+            task = connection.recv()
+        except (EOFError, OSError):          # the coordinator went away
+            return
+        if task is None:
+            return
+        if STOPPING["signal"] is not None:
+            connection.send({"status": "pending", "message": "not started: the sweep was stopped", "ran": False})
+        else:
+            connection.send(run_one(*task))
+
+
 def run_one(config, folder: str, name: str, command: list[str], threads: int | None = None) -> dict:
     """Bring the run folder ``folder`` of ``config`` to its end; how it ended, as a JSON-able dict.
 
@@ -49,7 +87,7 @@ def run_one(config, folder: str, name: str, command: list[str], threads: int | N
     """
     from fedsim.experiment_data import keep_datasets_in_memory
     from fedsim.runs import resume_run, start_run
-    from fedsim.runs.folder import RunFolder, SUMMARY_FILE
+    from fedsim.runs.folder import CONFIG_FILE, META_FILE, SUMMARY_FILE, RunFolder
 
     keep_datasets_in_memory(True)
     path = Path(folder)
@@ -58,7 +96,13 @@ def run_one(config, folder: str, name: str, command: list[str], threads: int | N
         if summary is not None:
             return {"status": summary.get("status", "completed"), "completed": summary.get("completed"),
                     "planned": summary.get("planned"), "message": summary.get("message", ""), "ran": False}
-        if (path / "config.toml").exists():
+        if (path / CONFIG_FILE).exists() and not (path / META_FILE).exists():
+            # start_run writes config.toml, then meta.json: a worker killed between the two left a run
+            # that never stepped and cannot be resumed (no run id); it starts afresh.
+            with RunFolder(path).lock():
+                if not (path / META_FILE).exists():
+                    (path / CONFIG_FILE).unlink()
+        if (path / CONFIG_FILE).exists():
             outcome = resume_run(path, quiet=True)
         else:
             outcome = start_run(config, path, name=name, quiet=True, command=command)
@@ -69,4 +113,4 @@ def run_one(config, folder: str, name: str, command: list[str], threads: int | N
                 "ran": True}
 
 
-__all__ = ["THREAD_VARIABLES", "limit_threads", "pin_threads", "run_one"]
+__all__ = ["STOPPING", "STOP_SIGNALS", "THREAD_VARIABLES", "limit_threads", "pin_threads", "run_one", "serve"]

@@ -21,26 +21,16 @@ import pytest
 
 from fedsim.runs import RunFolder, strip_wall_time
 from fedsim.sweeps import load_sweep
-from tests.conftest import clean_env, fedsim
+from tests.conftest import clean_env, error_lines, fedsim
+from tests.sweeps.test_sweep_faults import checkpointed, owner, sweep_text
+from tests.sweeps.test_sweeps import histories
 
 if os.environ.get("FEDSIM_REQUIRE_ORACLE") != "1":
     pytest.importorskip("distributed", reason="dask.distributed is not installed (pip install -e '.[dask]')")
 
 ROUNDS = 1000
 CHECKPOINT_EVERY = 10
-SWEEP = f'''base = "synthetic"
-name = "dask-kill"
-
-[set]
-"data.synthetic_devices" = 8
-"federated.n_clients" = 8
-"federated.rounds" = {ROUNDS}
-"run.checkpoint_every" = {CHECKPOINT_EVERY}
-
-[grid]
-"federated.method" = ["fedavg", "stc_updown"]
-seed = [0, 1]
-'''
+SWEEP = sweep_text("dask-kill", ROUNDS, CHECKPOINT_EVERY, '"federated.method" = ["fedavg", "stc_updown"]\nseed = [0, 1]')
 RUNS = 4
 # Seconds: for the cluster to come up, for the sweep to reach a killable state, for a whole sweep.
 START_TIMEOUT = 60
@@ -122,27 +112,6 @@ def dask_cluster(tmp_path):
             _kill(process)
 
 
-def _histories(out: Path) -> dict[str, list]:
-    return {folder.name: strip_wall_time(RunFolder(folder).read_history())
-            for folder in sorted((out / "runs").iterdir())}
-
-
-def _checkpointed(folder: Path) -> int:
-    try:
-        return int(json.loads((folder / "checkpoint.json").read_text())["completed"])
-    except (OSError, ValueError, KeyError):
-        return 0          # not written yet (or being replaced)
-
-
-def _owner(folder: Path) -> int | None:
-    """The pid holding the run folder's lock (written by the owner, emptied when it lets go)."""
-    try:
-        text = (folder / ".lock").read_text().strip()
-    except OSError:
-        return None
-    return int(text) if text.isdigit() else None
-
-
 def _kill_a_worker_mid_run(sweep_process, out: Path, cluster: Cluster):
     """Wait until some run, owned by one of the workers, has a checkpoint of at least a tenth of its rounds
     but is less than half done; SIGKILL that worker. Returns (run folder, worker, rounds in its checkpoint)."""
@@ -154,13 +123,13 @@ def _kill_a_worker_mid_run(sweep_process, out: Path, cluster: Cluster):
         assert len(list(out.glob("runs/*/summary.json"))) < RUNS
         runs = out / "runs"
         for folder in sorted(runs.iterdir()) if runs.is_dir() else []:
-            completed = _checkpointed(folder)
-            owner = _owner(folder)
+            completed = checkpointed(folder)
+            holder = owner(folder)
             unfinished = not (folder / "summary.json").exists()
-            if owner in pids and ROUNDS // 10 <= completed <= ROUNDS // 2 and unfinished:
-                os.killpg(owner, signal.SIGKILL)
-                pids[owner].wait(timeout=10)
-                return folder, pids[owner], completed
+            if holder in pids and ROUNDS // 10 <= completed <= ROUNDS // 2 and unfinished:
+                os.killpg(holder, signal.SIGKILL)
+                pids[holder].wait(timeout=10)
+                return folder, pids[holder], completed
         time.sleep(0.02)
     raise AssertionError(f"no run reached a checkpoint within {KILL_TIMEOUT} s\n{cluster.log_tails()}")
 
@@ -199,16 +168,16 @@ def test_a_worker_killed_mid_sweep_loses_no_run_and_changes_no_history(tmp_path,
     assert "ended" not in sessions[0], sessions          # the killed session never ended
     assert at <= sessions[1]["from"] < ROUNDS and sessions[1]["from"] % CHECKPOINT_EVERY == 0, (at, sessions)
     assert sessions[1]["status"] == "completed" and sessions[1]["to"] == ROUNDS
-    assert _owner(killed_folder) is None                # the lock was let go
+    assert owner(killed_folder) is None                # the lock was let go
 
     # The same sweep on the local backend: the same folders, bitwise the same histories.
     local = fedsim(tmp_path, "sweep", path, "--backend", "local", "--workers", "2", "--out", tmp_path / "local",
                    "--quiet", timeout=SWEEP_TIMEOUT)
     assert local.returncode == 0, local.stderr
-    dask_histories = _histories(out)
+    dask_histories = histories(out)
     assert set(dask_histories) == {planned.folder_name for planned in sweep.runs}
     assert all(len(history) == ROUNDS for history in dask_histories.values())
-    assert dask_histories == _histories(tmp_path / "local")
+    assert dask_histories == histories(tmp_path / "local")
 
     # The killed run, run alone and uninterrupted with `fedsim run`, has the same history too.
     planned = next(planned for planned in sweep.runs if planned.folder_name == killed_folder.name)
@@ -235,3 +204,50 @@ def test_the_threads_option_reaches_the_workers_of_a_local_dask_cluster(tmp_path
     for folder in folders:
         recorded = RunFolder(folder).read_json("meta.json")["threads"]["environment"]
         assert recorded["OMP_NUM_THREADS"] == "1" and recorded["NUMBA_NUM_THREADS"] == "1", recorded
+
+
+@pytest.fixture
+def http_server(tmp_path):
+    """``python -m http.server`` on 127.0.0.1 (a free port): a server that accepts a connection and never
+    answers as a Dask scheduler would; its address as tcp://127.0.0.1:PORT."""
+    process = subprocess.Popen([sys.executable, "-u", "-m", "http.server", "0", "--bind", "127.0.0.1"], cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        line = process.stdout.readline()            # "Serving HTTP on 127.0.0.1 port PORT (http://...) ..."
+        assert " port " in line, line
+        yield f"tcp://127.0.0.1:{line.split(' port ')[1].split()[0]}"
+    finally:
+        _kill(process)
+
+
+def test_a_scheduler_address_that_is_not_dask_fails_in_bounded_time_with_one_line(tmp_path, http_server):
+    from fedsim.sweeps.execute import SCHEDULER_TIMEOUT
+    path = tmp_path / "sweep.toml"
+    path.write_text(SWEEP)
+    out = tmp_path / "out"
+    started = time.monotonic()
+    result = fedsim(tmp_path, "sweep", path, "--backend", "dask", "--scheduler", http_server, "--out", out, "--quiet",
+                    timeout=SCHEDULER_TIMEOUT + 40)
+    assert time.monotonic() - started < SCHEDULER_TIMEOUT + 20
+    lines = error_lines(result.stderr)
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert lines[0] == (f"fedsim: error: --scheduler {http_server}: no Dask scheduler answered within "
+                        f"{SCHEDULER_TIMEOUT:g} s (it accepted the connection but never answered as a Dask "
+                        f"scheduler); check that a Dask scheduler runs there (`dask scheduler --port PORT`) and "
+                        f"that the address is its tcp://HOST:PORT, not its dashboard's"), lines
+    assert not out.exists(), "nothing may be written before the scheduler answers"
+
+
+@pytest.mark.parametrize("address, fragment", [
+    ("bogus://x", "unknown address scheme 'bogus'"),
+    ("localhost", "missing port number in address 'localhost'"),
+])
+def test_a_malformed_scheduler_address_is_one_line(tmp_path, address, fragment):
+    path = tmp_path / "sweep.toml"
+    path.write_text(SWEEP)
+    result = fedsim(tmp_path, "sweep", path, "--backend", "dask", "--scheduler", address, "--out", tmp_path / "out")
+    lines = error_lines(result.stderr)
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"fedsim: error: --scheduler {address!r} is not a Dask scheduler address (") \
+        and fragment in lines[0] and lines[0].endswith("; give tcp://HOST:PORT"), lines
+    assert not (tmp_path / "out").exists()

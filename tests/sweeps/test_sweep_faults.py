@@ -1,0 +1,258 @@
+"""A local sweep under the faults a single run survives: a pool worker killed (kill -9) mid-run, a run
+that keeps killing its worker, Ctrl-C to the sweep's process group, SIGTERM and SIGHUP to the sweep
+process; and ``--workers`` capped by the cores and the memory.
+
+Each fault is a real signal to a real ``fedsim sweep`` process; the test waits for the run folders'
+progress (checkpoints, the lock's owner), never a fixed time. After any interruption the same command
+finishes the sweep, and every history equals that of the same sweep run without interruption, bit for bit.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from fedsim.runs import RunFolder
+from fedsim.sweeps import load_sweep
+from fedsim.sweeps.execute import RUN_MEMORY, RUN_RETRIES, capped_workers
+from tests.conftest import clean_env, error_lines, fedsim
+from tests.sweeps.test_sweeps import histories
+
+ROUNDS = 600
+CHECKPOINT_EVERY = 10
+RUNS = 3
+
+
+def sweep_text(name: str, rounds: int, checkpoint_every: int, grid: str) -> str:
+    """A sweep file of tiny synthetic runs (8 clients) of ``rounds`` rounds over the axes ``grid``."""
+    return (f'base = "synthetic"\nname = "{name}"\n\n[set]\n"data.synthetic_devices" = 8\n"federated.n_clients" = 8\n'
+            f'"federated.rounds" = {rounds}\n"run.checkpoint_every" = {checkpoint_every}\n\n[grid]\n{grid}\n')
+
+
+SWEEP = sweep_text("faults", ROUNDS, CHECKPOINT_EVERY, '"federated.method" = ["stc_updown"]\nseed = [0, 1, 2]')
+# Seconds: for a sweep to reach the state a fault needs, for a sweep to stop after a signal, for a whole sweep.
+PROGRESS_TIMEOUT = 120
+STOP_TIMEOUT = 20
+SWEEP_TIMEOUT = 300
+UNPINNED = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """(sweep file, histories) of the sweep run without interruption, its parent's thread variables unset:
+    each pool worker pins BLAS, OpenMP and Numba to one thread itself (each run records it)."""
+    folder = tmp_path_factory.mktemp("reference")
+    path = folder / "faults.toml"
+    path.write_text(SWEEP)
+    env = {key: value for key, value in clean_env(folder).items() if key not in UNPINNED}
+    result = subprocess.run([sys.executable, "-m", "fedsim", "sweep", str(path), "--workers", "2", "--out",
+                             str(folder / "out"), "--quiet"], cwd=folder, env=env, capture_output=True, text=True,
+                            timeout=SWEEP_TIMEOUT, check=False)
+    assert result.returncode == 0, result.stderr
+    recorded = [RunFolder(run).read_json("meta.json")["threads"]["environment"]
+                for run in (folder / "out" / "runs").iterdir()]
+    assert len(recorded) == RUNS and all(entry[name] == "1" for entry in recorded for name in UNPINNED), recorded
+    found = histories(folder / "out")
+    assert len(found) == RUNS and all(len(history) == ROUNDS for history in found.values())
+    return path, found
+
+
+def start_sweep(tmp_path, path: Path, out: Path, workers: int = 2) -> subprocess.Popen:
+    """``fedsim sweep`` in a process group of its own (the group Ctrl-C goes to)."""
+    return subprocess.Popen([sys.executable, "-m", "fedsim", "sweep", str(path), "--workers", str(workers), "--out",
+                             str(out), "--quiet"], cwd=tmp_path, env=clean_env(tmp_path), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def finish(process: subprocess.Popen, timeout: float) -> tuple[str, str]:
+    try:
+        return process.communicate(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+
+def checkpointed(folder: Path) -> int:
+    try:
+        return int(json.loads((folder / "checkpoint.json").read_text())["completed"])
+    except (OSError, ValueError, KeyError):
+        return 0          # not written yet (or being replaced)
+
+
+def owner(folder: Path) -> int | None:
+    """The pid written into the run folder's lock by the process that owns (or last owned) it."""
+    try:
+        text = (folder / ".lock").read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def wait_until(process: subprocess.Popen, condition, what: str):
+    """Poll ``condition()`` until it returns something true (returned); fails if the sweep ends first."""
+    deadline = time.monotonic() + PROGRESS_TIMEOUT
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"the sweep ended before {what}:\n{process.communicate()}"
+        found = condition()
+        if found:
+            return found
+        time.sleep(0.02)
+    raise AssertionError(f"not within {PROGRESS_TIMEOUT} s: {what}")
+
+
+def run_folders(out: Path, sweep) -> list[Path]:
+    return [out / "runs" / planned.folder_name for planned in sweep.runs]
+
+
+def test_a_killed_pool_worker_costs_no_run_and_changes_no_history(tmp_path, reference):
+    path, expected = reference
+    sweep, out = load_sweep(path), tmp_path / "out"
+    process = start_sweep(tmp_path, path, out)
+
+    def running_run():        # a run owned by a worker, a tenth to a half done
+        for folder in run_folders(out, sweep):
+            pid = owner(folder)
+            if pid not in (None, process.pid) and ROUNDS // 10 <= checkpointed(folder) <= ROUNDS // 2 \
+                    and not (folder / "summary.json").exists():
+                return folder, pid, checkpointed(folder)
+
+    killed, pid, at = wait_until(process, running_run, "a worker's run reached a checkpoint")
+    os.kill(pid, signal.SIGKILL)
+    stdout, stderr = finish(process, SWEEP_TIMEOUT)
+    assert process.returncode == 0, stderr
+    assert f"{RUNS} completed" in stdout, stdout
+    label = next(planned.label for planned in sweep.runs if planned.folder_name == killed.name)
+    told = [line for line in error_lines(stderr) if "died" in line]
+    assert told == [(f"fedsim: sweep: the worker running {label} died (killed by SIGKILL); the run goes on in a "
+                     f"new worker from its last checkpoint (retry 1 of {RUN_RETRIES})")], stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [run["status"] for run in manifest["runs"]] == ["completed"] * RUNS, manifest
+    # resumed from its checkpoint by a new worker, not started again
+    sessions = RunFolder(killed).read_json("meta.json")["sessions"]
+    assert len(sessions) == 2 and "ended" not in sessions[0], sessions
+    assert at <= sessions[1]["from"] < ROUNDS and sessions[1]["to"] == ROUNDS, (at, sessions)
+    assert histories(out) == expected
+
+
+def test_a_run_that_keeps_killing_its_worker_is_marked_failed_and_the_queue_goes_on(tmp_path, reference):
+    path, _ = reference
+    sweep, out = load_sweep(path), tmp_path / "out"
+    first = run_folders(out, sweep)[0]
+    process = start_sweep(tmp_path, path, out, workers=1)
+    killed: list[int] = []
+    for _ in range(RUN_RETRIES + 1):       # every worker that takes the first run dies
+        pid = wait_until(process, lambda: (owner(first) not in (None, process.pid, *killed)) and owner(first),
+                         "a new worker took the first run")
+        os.kill(pid, signal.SIGKILL)
+        killed.append(pid)
+    _, stderr = finish(process, SWEEP_TIMEOUT)
+    assert process.returncode == 1, stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [run["status"] for run in manifest["runs"]] == ["failed"] + ["completed"] * (RUNS - 1), manifest
+    message = f"its worker died {RUN_RETRIES + 1} times (last: killed by SIGKILL); not tried again"
+    assert manifest["runs"][0]["message"] == message
+    lines = error_lines(stderr)
+    assert sum("the run goes on in a new worker" in line for line in lines) == RUN_RETRIES, stderr
+    assert f"fedsim: {first.name}: failed: {message}" in lines, stderr
+
+
+def test_a_start_killed_between_config_and_meta_starts_afresh(tmp_path):
+    """A worker killed inside start_run after config.toml and before meta.json left a folder that no step
+    ran in and that cannot be resumed (no run id): its next worker starts the run instead of failing it."""
+    from fedsim.experiment_data import keep_datasets_in_memory
+    from fedsim.sweeps.worker import run_one
+    path = tmp_path / "s.toml"
+    path.write_text(sweep_text("faults", 3, CHECKPOINT_EVERY, "seed = [0]"))
+    planned = load_sweep(path).runs[0]
+    folder = RunFolder(tmp_path / "run")
+    folder.path.mkdir()
+    folder.write_config(planned.config)
+    try:
+        result = run_one(planned.config, str(folder.path), planned.label, ["test"])
+    finally:
+        keep_datasets_in_memory(False)
+    assert (result["status"], result["completed"]) == ("completed", 3), result
+    assert [session["from"] for session in folder.read_json("meta.json")["sessions"]] == [0]
+
+
+@pytest.mark.parametrize("number, to_group", [(signal.SIGINT, True), (signal.SIGTERM, False),
+                                              (signal.SIGHUP, False)], ids=["ctrl-c", "sigterm", "sighup"])
+def test_a_signal_stops_the_sweep_at_a_checkpoint_and_the_same_command_finishes_it(tmp_path, reference, number,
+                                                                                  to_group):
+    path, expected = reference
+    sweep, out = load_sweep(path), tmp_path / "out"
+    folders = run_folders(out, sweep)
+    process = start_sweep(tmp_path, path, out)
+    wait_until(process, lambda: sum(checkpointed(folder) > 0 for folder in folders) == 2,
+               "two runs reached a checkpoint")
+    queued = [folder for folder in folders if not folder.exists()]
+    assert len(queued) == 1
+    (os.killpg if to_group else os.kill)(process.pid, number)
+    sent = time.monotonic()
+    _, stderr = finish(process, STOP_TIMEOUT)
+    assert process.returncode == 128 + number, stderr
+    assert time.monotonic() - sent < STOP_TIMEOUT
+    assert not queued[0].exists(), "a queued run started after the signal"
+    lines = error_lines(stderr)
+    assert len(lines) == 1 and lines[0].startswith(
+        f"fedsim: sweep faults stopped by {signal.Signals(number).name}: 2 runs interrupted (each resumes from "
+        f"its checkpoint), 1 pending, 0 completed; manifest: {out / 'manifest.json'}; finished runs and checkpoints are kept. Continue with: fedsim sweep "
+        f"{path} --out {out}"), stderr
+    manifest = {run["folder"]: run for run in json.loads((out / "manifest.json").read_text())["runs"]}
+    for folder in folders:
+        entry = manifest[f"runs/{folder.name}"]
+        if folder in queued:
+            assert entry["status"] == "pending", entry
+            continue
+        # stopped at a step boundary with a checkpoint there: every recorded round is in the checkpoint
+        assert entry["status"] == "interrupted" and entry["completed"] == checkpointed(folder), entry
+        session = RunFolder(folder).read_json("meta.json")["sessions"][-1]
+        assert session["status"] == "interrupted" and session["to"] == checkpointed(folder), session
+        assert len(RunFolder(folder).read_history()) == checkpointed(folder) < ROUNDS
+    again = fedsim(tmp_path, "sweep", path, "--workers", "2", "--out", out, "--quiet", timeout=SWEEP_TIMEOUT)
+    assert again.returncode == 0 and f"{RUNS} completed" in again.stdout, again.stderr
+    assert histories(out) == expected
+
+
+def planned_on(dataset: str, count: int) -> list:
+    """Stand-ins of planned runs on ``dataset``: all that :func:`capped_workers` reads of a run."""
+    return [SimpleNamespace(config=SimpleNamespace(data=SimpleNamespace(dataset=dataset)))] * count
+
+
+def test_workers_are_capped_by_cores_and_memory_with_one_line_saying_why(tmp_path, monkeypatch, capsys):
+    synthetic, fashion = planned_on("synthetic", 8), planned_on("fashion-mnist", 8)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setattr("fedsim.sweeps.execute._available_memory", lambda: 64 * 10**9)
+    assert capped_workers(48, synthetic) == 4
+    assert capsys.readouterr().err == ("fedsim: sweep: --workers 48 capped to 4: 4 cores may be used by this "
+                                       "process, 1 thread(s) per worker\n")
+    assert capped_workers(48, synthetic, threads=2) == 2 and "capped to 2" in capsys.readouterr().err
+    assert capped_workers(None, synthetic) == 4 and capped_workers(3, synthetic) == 3
+    assert capped_workers(4, synthetic[:2]) == 2 and capped_workers(None, synthetic[:2]) == 2
+    assert capsys.readouterr().err == ""          # nothing asked for beyond a cap: nothing said
+    monkeypatch.setattr("fedsim.sweeps.execute._available_memory", lambda: 2 * RUN_MEMORY["fashion-mnist"] + 1)
+    assert capped_workers(48, fashion) == 2 and capped_workers(None, fashion) == 2
+    assert capsys.readouterr().err == (f"fedsim: sweep: --workers 48 capped to 2: 1.1 GB of memory available, up "
+                                       f"to {RUN_MEMORY['fashion-mnist'] / 1e9:.2f} GB per run\n")
+    assert capped_workers(3, synthetic) == 3      # a synthetic run needs less memory
+    assert capped_workers(3, synthetic + fashion[:1]) == 2      # the largest run counts
+    monkeypatch.setattr("fedsim.sweeps.execute._available_memory", lambda: 10**6)
+    assert capped_workers(8, fashion) == 1        # one worker at least, however little memory is left
+    monkeypatch.setattr("fedsim.sweeps.execute._available_memory", lambda: None)
+    assert capped_workers(8, fashion) == 4        # memory unknown: the cores alone
+
+
+def test_the_command_says_when_it_caps_workers(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text(sweep_text("faults", 3, CHECKPOINT_EVERY, '"federated.method" = ["stc_updown"]\nseed = [0, 1]'))
+    result = fedsim(tmp_path, "sweep", path, "--workers", "500", "--out", tmp_path / "out", "--quiet")
+    assert result.returncode == 0 and "2 completed" in result.stdout, result.stderr
+    told = [line for line in error_lines(result.stderr) if "capped" in line]
+    assert len(told) == 1 and told[0].startswith("fedsim: sweep: --workers 500 capped to "), result.stderr
