@@ -20,6 +20,7 @@ Exit status: 0 success; 1 the run diverged, or data could not be had; 2 a bad co
 from __future__ import annotations
 
 import argparse
+import errno
 import math
 import signal
 import sys
@@ -93,6 +94,20 @@ def stopped_at_once(again: str) -> str:
     """What a second Ctrl-C during a run means: stopped mid-step; ``again`` (the command that continues)
     starts from the last checkpoint."""
     return f"stopped at once; continue from the last checkpoint (if any; else from the start) with: {again}"
+
+
+#: The errors of a write refused for want of room, and what each means.
+NO_SPACE = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+            errno.EFBIG: "the file size limit is reached"}
+
+
+def no_space(error: OSError, folder: Path, again: str | None) -> OSError:
+    """``error`` (a write refused for want of room: :data:`NO_SPACE`) told in one line: which folder,
+    why, and ``again``, the command that continues from what was saved (None: nothing was)."""
+    where = f"{error.filename} in {folder}" if error.filename else str(folder)
+    then = (f"everything up to the last checkpoint is saved; make room, then continue with: {again}" if again
+            else "make room, then run the same command again")
+    return OSError(error.errno, f"cannot write {where}: {NO_SPACE[error.errno]} ({error.strerror}); {then}")
 
 
 def report_outcome(outcome, *, prog: str = "fedsim", again: str | None = None) -> int:
@@ -327,6 +342,11 @@ def command_run(args) -> int:
         outcome = run()
     except KeyboardInterrupt:       # a second Ctrl-C: stopped mid-step
         raise KeyboardInterrupt(stopped_at_once(f"fedsim run --resume {out}")) from None
+    except OSError as error:
+        if error.errno not in NO_SPACE:
+            raise
+        resumable = (out / "config.toml").is_file()
+        raise no_space(error, out, f"fedsim run --resume {out}" if resumable else None) from None
     if outcome.status == "completed":
         _print_results(outcome, args.quiet)
     return report_outcome(outcome)
@@ -418,9 +438,12 @@ def command_plot(args) -> int:
     for run in runs:
         if not run.history:
             print(f"fedsim: warning: {run.path} has no records yet; left out", file=sys.stderr)
-    paths = plot_runs([run for run in runs if run.history], out)
+    notes: list[str] = []
+    paths = plot_runs([run for run in runs if run.history], out, notes=notes)
+    for note in notes:
+        print(f"fedsim: warning: {note}", file=sys.stderr)
     if not paths:
-        raise UsageError("none of the runs has any records to plot")
+        raise UsageError("none of the runs has any records to plot (with values a figure can show)")
     for path in paths:
         print(path)
     return EXIT_OK
@@ -435,14 +458,37 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def same_data(runs) -> dict[str, list]:
+    """``runs`` grouped by the data they ran on, each group named: the [data] table (not where its files
+    are) and, for synthetic data, the seed that generates it (as ``load_data`` keys the data it loaded)."""
+    keys = []
+    for run in runs:
+        data = {key: value for key, value in (run.config.get("data") or {}).items()
+                if key not in ("data_dir", "download")}
+        if data.get("dataset") == "synthetic":
+            data["seed"] = run.config.get("seed", 0)
+        keys.append(data)
+    differing = sorted({key for data in keys for key in data if len({repr(d.get(key)) for d in keys}) > 1})
+    groups: dict[str, list] = {}
+    for run, data in zip(runs, keys):
+        name = ", ".join([str(data.get("dataset", "?"))] + [f"{key} {data.get(key)}" for key in differing])
+        groups.setdefault(name, []).append(run)
+    return groups
+
+
 def compare_tables(runs, target_accuracy: float, target_residual: float) -> str:
-    """The text of ``fedsim compare``: one table per family present, each drawn up by its family."""
+    """The text of ``fedsim compare``: one table per family present, each drawn up by its family. A
+    family whose numbers are relative to the best objective of the runs (its sweep curve is a residual,
+    f - f*) gets one table per data the runs ran on: f* is a property of the data, not shared across it."""
     from fedsim.algorithms.family import group_by_family
     targets = {"accuracy": target_accuracy, "residual": target_residual}
     blocks = []
     for declared, chosen in group_by_family(runs):
-        title, headers, rows = declared.report.compare(chosen, targets)
-        blocks.append(f"{title}\n{_table(headers, rows)}")
+        relative = declared.report.curve[3:] == ("residual",)
+        groups = same_data(chosen) if relative else {"": chosen}
+        for data, grouped in groups.items():
+            title, headers, rows = declared.report.compare(grouped, targets)
+            blocks.append(f"{title}" + (f" on data: {data}" if len(groups) > 1 else "") + f"\n{_table(headers, rows)}")
     return "\n\n".join(blocks)
 
 
@@ -458,20 +504,39 @@ def command_compare(args) -> int:
 # ---------------------------------------------------------------------------------------------------------
 
 
+def check_scheduler(address: str) -> None:
+    """``--scheduler`` must be an address dask can connect to (``tcp://HOST:PORT``, ...): UsageError if
+    its scheme is not one dask knows."""
+    try:
+        from distributed.comm.addressing import parse_address
+        from distributed.comm.registry import get_backend
+    except ImportError:
+        return              # the dask backend itself says that dask is not installed
+    try:
+        get_backend(parse_address(address)[0])
+    except ValueError as error:
+        raise UsageError(f"--scheduler must be the address of a Dask scheduler, such as tcp://HOST:PORT; "
+                         f"{address!r}: {error}") from None
+
+
 def command_sweep(args) -> int:
     import os
 
     from fedsim.sweeps import all_finished, load_sweep, run_sweep
-    from fedsim.sweeps.report import format_summary, plot_sweep, summarize_over_seeds, tidy_rows, write_csv
+    from fedsim.sweeps.report import (checked_manifest, format_summary, plot_sweep, summarize_over_seeds,
+                                      tidy_rows, write_csv)
     if args.target in ("report", "plot"):
         if not args.folder:
             raise UsageError(f"fedsim sweep {args.target} needs the sweep folder DIR")
         if args.target == "plot":
-            for path in plot_sweep(args.folder, args.out):
+            notes: list[str] = []
+            paths = plot_sweep(args.folder, args.out, notes=notes)
+            for note in notes:
+                print(f"fedsim: warning: {note}", file=sys.stderr)
+            for path in paths:
                 print(path)
             return EXIT_OK
-        from fedsim.sweeps import read_manifest
-        axes = list(read_manifest(args.folder)["axes"])
+        axes = list(checked_manifest(args.folder)["axes"])
         rows = tidy_rows(args.folder)
         print(f"tidy table: {write_csv(args.folder, rows)} ({len(rows)} rows)")
         print(format_summary(summarize_over_seeds(rows, axes), axes))
@@ -485,6 +550,8 @@ def command_sweep(args) -> int:
         for planned in sweep.runs:
             print(f"  runs/{planned.folder_name}  {planned.label}")
         return EXIT_OK
+    if args.scheduler is not None and args.backend == "dask":
+        check_scheduler(args.scheduler)
     workers = args.workers if args.workers is not None else min(os.cpu_count() or 1, max(len(sweep.runs), 1))
     statuses = run_sweep(sweep, out, backend=args.backend, workers=workers, threads=args.threads,
                          scheduler=args.scheduler, quiet=args.quiet)

@@ -8,7 +8,7 @@ A run folder holds::
     checkpoint.npz     the run's state after `completed` steps: arrays + the JSON metadata (key __meta__)
     checkpoint.json    a small readable note of the checkpoint: completed steps, time, checksum of the npz
     summary.json       written when the run ends (completed or diverged)
-    .lock              held (an OS file lock) by the one process writing the folder; holds its pid
+    .lock              the pid of the one process writing the folder (which holds an OS lock on the folder)
 
 Identity: meta.json records a random ``run_id`` and the sha256 of the canonical effective config
 (:func:`fedsim.config.config_fingerprint`); every checkpoint carries both, and checkpoint.json the sha256
@@ -226,7 +226,7 @@ class RunFolder:
 
     # ownership
     def lock(self) -> "FolderLock":
-        """Own the folder for this process (an exclusive OS file lock on .lock, released when the
+        """Own the folder for this process (an exclusive OS lock on the folder, released when the
         process ends in any way); RunFolderError naming the holder's pid if another process owns it."""
         return FolderLock(self.file(LOCK_FILE))
 
@@ -245,40 +245,57 @@ def _short(error: BaseException, limit: int = 200) -> str:
 
 
 class FolderLock:
-    """An exclusive, non-blocking lock on a file (fcntl.flock); the file holds the owner's pid.
+    """An exclusive, non-blocking OS lock (fcntl.flock) on the folder of file ``path``; ``path`` holds the
+    owner's pid, for the message another process gets.
 
-    The operating system releases the lock when the process ends, however it ends (kill -9 included), so
-    a lock left by a dead process is no lock: the next owner takes it and writes its own pid.
+    The lock is on the folder itself, not on the pid file: deleting ``path`` (``rm .lock``) while the
+    owner runs leaves the owner's lock in place, so a second writer is still refused. The operating
+    system releases the lock when the process ends, however it ends (kill -9 included), so a lock left by
+    a dead process is no lock: the next owner takes it and writes its own pid.
     """
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self._descriptor: int | None = None
+        self._descriptors: tuple[int, int] | None = None
 
     def __enter__(self) -> "FolderLock":
+        import errno
         import fcntl
+        folder = self.path.parent
+        try:
+            folder_descriptor = os.open(folder, os.O_RDONLY)
+        except OSError as error:
+            raise RunFolderError(f"cannot open the run folder {folder} ({error.strerror})") from None
+        try:
+            fcntl.flock(folder_descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            os.close(folder_descriptor)
+            if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise RunFolderError(f"cannot lock the run folder {folder} ({error.strerror})") from None
+            try:
+                holder = self.path.read_text(encoding="ascii", errors="replace").strip() or "unknown"
+            except OSError:
+                holder = "unknown"        # its .lock was deleted: the owner lives on all the same
+            raise RunFolderError(f"{folder} is in use by another fedsim process (pid {holder}); "
+                                 f"wait for it to end, or stop it, before writing this run folder") from None
         try:
             descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as error:
+            os.close(folder_descriptor)
             raise RunFolderError(f"cannot create {self.path} ({error.strerror}); the run folder must be "
                                  f"writable") from None
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.pread(descriptor, 32, 0).decode("ascii", "replace").strip() or "unknown"
-            os.close(descriptor)
-            raise RunFolderError(f"{self.path.parent} is in use by another fedsim process (pid {holder}); "
-                                 f"wait for it to end, or stop it, before writing this run folder") from None
         os.ftruncate(descriptor, 0)
         os.pwrite(descriptor, f"{os.getpid()}\n".encode("ascii"), 0)
-        self._descriptor = descriptor
+        self._descriptors = (folder_descriptor, descriptor)
         return self
 
     def __exit__(self, *exc) -> bool:
-        if self._descriptor is not None:
-            os.ftruncate(self._descriptor, 0)
-            os.close(self._descriptor)          # releases the lock
-            self._descriptor = None
+        if self._descriptors is not None:
+            folder_descriptor, descriptor = self._descriptors
+            os.ftruncate(descriptor, 0)
+            os.close(descriptor)
+            os.close(folder_descriptor)         # releases the lock
+            self._descriptors = None
         return False
 
 
