@@ -440,10 +440,10 @@ def command_plot(args) -> int:
             print(f"fedsim: warning: {run.path} has no records yet; left out", file=sys.stderr)
     notes: list[str] = []
     paths = plot_runs([run for run in runs if run.history], out, notes=notes)
-    for note in notes:
-        print(f"fedsim: warning: {note}", file=sys.stderr)
     if not paths:
         raise UsageError("none of the runs has any records to plot (with values a figure can show)")
+    for note in notes:
+        print(f"fedsim: warning: {note}", file=sys.stderr)
     for path in paths:
         print(path)
     return EXIT_OK

@@ -93,3 +93,18 @@ def test_a_long_title_is_wrapped_inside_the_figure(federated_runs, tmp_path, mon
     monkeypatch.setattr(plot, "describe", lambda runs: ("synthetic, 8 clients", describe(runs)[1]))
     federated_figure(federated_runs, tmp_path)
     assert captured["federated_accuracy"]._suptitle.get_text() == "synthetic, 8 clients"
+
+
+def test_lazy_runs_of_one_iteration_are_drawn(tmp_path, monkeypatch):
+    """`examples/laq_mnist.py --iterations 1`: one record per run, nothing spent before it and the best
+    run's residual 0 (NaN on the log axis); no marker on an empty curve, linear axes where a log one has
+    nothing positive to show."""
+    runs = [run(tmp_path, method, "laq-synthetic", TINY_LAZY + ["lazy.iterations=1", f"lazy.method={method}"])
+            for method in ("gd", "laq")]
+    captured = {}
+    import fedsim.plot as plot
+    original = plot._save
+    monkeypatch.setattr(plot, "_save", lambda figure, out, stem: captured.setdefault(stem, figure) and original(figure, out, stem))
+    assert len(lazy_figures(runs, tmp_path)) == 4
+    residual_axes = captured["lazy_residual"].axes
+    assert [axis.get_xscale() for axis in residual_axes[:3]] == ["linear", "linear", "linear"]
