@@ -89,6 +89,23 @@ def test_a_full_disk_names_the_folder_and_the_command_that_continues(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
 
 
+def test_a_full_tmpfs_says_the_disk_is_full(tmp_path):
+    """The same on a real full disk: a 1 MB tmpfs (mounted when the tests run as root), filled up first."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    try:
+        with open(disk / "filler", "wb") as filler:
+            filler.write(bytes(1_000_000 - 20_000))
+        result = fedsim(tmp_path, "run", "--preset", "synthetic", *ROUNDS12, "--quiet", "--out", disk / "run")
+        one_line_error(result, 1, f"cannot write {disk / 'run'}: the disk is full (No space left on device)",
+                       f"continue with: fedsim run --resume {disk / 'run'}")
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
 def test_a_second_writer_is_refused_after_the_first_ones_lock_file_was_deleted(tmp_path):
     run_dir = tmp_path / "run"
     writer = subprocess.Popen([sys.executable, "-m", "fedsim", "run", "--preset", "synthetic", *TINY, "--set",
@@ -102,7 +119,10 @@ def test_a_second_writer_is_refused_after_the_first_ones_lock_file_was_deleted(t
             time.sleep(0.1)
         assert (run_dir / ".lock").read_text().strip() == str(writer.pid)
         (run_dir / ".lock").unlink()
-        second = fedsim(tmp_path, "run", "--resume", run_dir, "--extend-to", "200000", "--quiet")
+        try:
+            second = fedsim(tmp_path, "run", "--resume", run_dir, "--extend-to", "200000", "--quiet", timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail("a second writer ran in the run folder beside its owner")
         one_line_error(second, 2, f"{run_dir} is in use by another fedsim process")
         assert writer.poll() is None          # the owner goes on, alone
         writer.send_signal(signal.SIGINT)
