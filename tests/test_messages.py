@@ -134,3 +134,33 @@ def test_a_second_writer_is_refused_after_the_first_ones_lock_file_was_deleted(t
     assert len(sessions) == 1                 # only the owner's
     with RunFolder(run_dir).lock():           # and its lock went with it
         assert (run_dir / ".lock").read_text().strip() == str(os.getpid())
+
+
+@pytest.mark.parametrize("folders_lockable", [True, False])
+def test_the_lock_refuses_a_second_owner_also_where_a_folder_cannot_be_locked(tmp_path, monkeypatch,
+                                                                             folders_lockable):
+    """Two locks in one process conflict as two processes would (flock is per open file). Where flock on a
+    folder fails (NFS), the pid file is locked instead: a second owner is still refused (only a deleted
+    `.lock` is no longer noticed there)."""
+    import fcntl
+
+    from fedsim.runs import RunFolderError
+    from fedsim.runs.folder import FolderLock
+    real_flock = fcntl.flock
+
+    def flock_of_files_only(descriptor, operation):
+        if os.path.isdir(f"/proc/self/fd/{descriptor}"):
+            raise OSError(9, "Bad file descriptor")
+        return real_flock(descriptor, operation)
+
+    if not folders_lockable:
+        monkeypatch.setattr(fcntl, "flock", flock_of_files_only)
+    with FolderLock(tmp_path / ".lock"):
+        with pytest.raises(RunFolderError, match=f"in use by another fedsim process \\(pid {os.getpid()}\\)"):
+            FolderLock(tmp_path / ".lock").__enter__()
+        if folders_lockable:
+            (tmp_path / ".lock").unlink()
+            with pytest.raises(RunFolderError, match="in use by another fedsim process \\(pid unknown\\)"):
+                FolderLock(tmp_path / ".lock").__enter__()
+    with FolderLock(tmp_path / ".lock"):          # let go: free again
+        assert (tmp_path / ".lock").read_text().strip() == str(os.getpid())

@@ -249,53 +249,65 @@ class FolderLock:
     owner's pid, for the message another process gets.
 
     The lock is on the folder itself, not on the pid file: deleting ``path`` (``rm .lock``) while the
-    owner runs leaves the owner's lock in place, so a second writer is still refused. The operating
-    system releases the lock when the process ends, however it ends (kill -9 included), so a lock left by
-    a dead process is no lock: the next owner takes it and writes its own pid.
+    owner runs leaves the owner's lock in place, so a second writer is still refused. Where a folder
+    cannot be locked (NFS emulates flock with write locks, which a folder cannot take), the pid file is
+    locked instead. The operating system releases the lock when the process ends, however it ends (kill -9
+    included), so a lock left by a dead process is no lock: the next owner takes it and writes its pid.
     """
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self._descriptors: tuple[int, int] | None = None
+        self._descriptors: list[int] = []
 
-    def __enter__(self) -> "FolderLock":
+    def _take(self, descriptor: int) -> bool:
+        """flock ``descriptor``: True if taken, False if another process holds it (OSError otherwise)."""
         import errno
         import fcntl
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                return False
+            raise
+        return True
+
+    def __enter__(self) -> "FolderLock":
         folder = self.path.parent
         try:
-            folder_descriptor = os.open(folder, os.O_RDONLY)
-        except OSError as error:
-            raise RunFolderError(f"cannot open the run folder {folder} ({error.strerror})") from None
-        try:
-            fcntl.flock(folder_descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as error:
-            os.close(folder_descriptor)
-            if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise RunFolderError(f"cannot lock the run folder {folder} ({error.strerror})") from None
+            self._descriptors.append(os.open(folder, os.O_RDONLY))
+            taken = self._take(self._descriptors[0])
+        except OSError:          # a folder that cannot be locked: the pid file is, below
+            self._release()
+            taken = None
+        if taken is not False:
+            try:
+                self._descriptors.append(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666))
+                taken = taken or self._take(self._descriptors[-1])
+            except OSError as error:
+                self._release()
+                raise RunFolderError(f"cannot create and lock {self.path} ({error.strerror}); the run folder "
+                                     f"must be writable") from None
+        if not taken:
+            self._release()
             try:
                 holder = self.path.read_text(encoding="ascii", errors="replace").strip() or "unknown"
             except OSError:
                 holder = "unknown"        # its .lock was deleted: the owner lives on all the same
             raise RunFolderError(f"{folder} is in use by another fedsim process (pid {holder}); "
-                                 f"wait for it to end, or stop it, before writing this run folder") from None
-        try:
-            descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-        except OSError as error:
-            os.close(folder_descriptor)
-            raise RunFolderError(f"cannot create {self.path} ({error.strerror}); the run folder must be "
-                                 f"writable") from None
+                                 f"wait for it to end, or stop it, before writing this run folder")
+        descriptor = self._descriptors[-1]
         os.ftruncate(descriptor, 0)
         os.pwrite(descriptor, f"{os.getpid()}\n".encode("ascii"), 0)
-        self._descriptors = (folder_descriptor, descriptor)
         return self
 
+    def _release(self) -> None:
+        while self._descriptors:
+            os.close(self._descriptors.pop())
+
     def __exit__(self, *exc) -> bool:
-        if self._descriptors is not None:
-            folder_descriptor, descriptor = self._descriptors
-            os.ftruncate(descriptor, 0)
-            os.close(descriptor)
-            os.close(folder_descriptor)         # releases the lock
-            self._descriptors = None
+        if self._descriptors:
+            os.ftruncate(self._descriptors[-1], 0)
+            self._release()                     # closing releases the lock
         return False
 
 
