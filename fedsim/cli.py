@@ -488,7 +488,8 @@ def compare_tables(runs, target_accuracy: float, target_residual: float) -> str:
         groups = same_data(chosen) if relative else {"": chosen}
         for data, grouped in groups.items():
             title, headers, rows = declared.report.compare(grouped, targets)
-            blocks.append(f"{title}" + (f" on data: {data}" if len(groups) > 1 else "") + f"\n{_table(headers, rows)}")
+            title += f" on data: {data}" if len(groups) > 1 else ""
+            blocks.append(f"{title}\n{_table(headers, rows)}")
     return "\n\n".join(blocks)
 
 

@@ -307,4 +307,5 @@ def plot_runs(runs: list[RunResult], out, notes: list[str] | None = None, **opti
     return paths
 
 
-__all__ = ["DRAWABLE", "describe", "drawable", "drawn_in_part", "drawn_records", "federated_figure", "lazy_figures", "plot_runs"]
+__all__ = ["DRAWABLE", "describe", "drawable", "drawn_in_part", "drawn_records", "federated_figure", "lazy_figures",
+           "plot_runs"]

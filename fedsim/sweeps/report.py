@@ -114,7 +114,8 @@ def plot_sweep(out, figures_out=None, notes: list[str] | None = None) -> list[Pa
 
     Values a figure cannot show (a diverged run's) are left out; ``notes``, if given, gets one line per run
     drawn only in part."""
-    from fedsim.plot import COLOURS, LINE_STYLES, MARKERS, _figure, _finish, _plot, _save, drawable, drawn_in_part
+    from fedsim.plot import (COLOURS, LINE_STYLES, MARKERS, _figure, _finish, _plot, _save, drawable,
+                             drawn_in_part)
     manifest, entries = collect(out)
     figures_out = Path(figures_out) if figures_out else Path(out) / "plots"
     figures_out.mkdir(parents=True, exist_ok=True)
@@ -192,4 +193,5 @@ def plot_sweep(out, figures_out=None, notes: list[str] | None = None) -> list[Pa
     return paths
 
 
-__all__ = ["checked_manifest", "collect", "format_summary", "plot_sweep", "summarize_over_seeds", "tidy_rows", "write_csv"]
+__all__ = ["checked_manifest", "collect", "format_summary", "plot_sweep", "summarize_over_seeds", "tidy_rows",
+           "write_csv"]
