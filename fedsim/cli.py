@@ -532,6 +532,9 @@ def command_sweep(args) -> int:
         if args.target == "plot":
             notes: list[str] = []
             paths = plot_sweep(args.folder, args.out, notes=notes)
+            if not paths:
+                raise UsageError(f"none of the runs of {args.folder} has any records to plot (with values a "
+                                 f"figure can show)")
             for note in notes:
                 print(f"fedsim: warning: {note}", file=sys.stderr)
             for path in paths:

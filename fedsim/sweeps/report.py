@@ -115,13 +115,13 @@ def plot_sweep(out, figures_out=None, notes: list[str] | None = None) -> list[Pa
     Values a figure cannot show (a diverged run's) are left out; ``notes``, if given, gets one line per run
     drawn only in part."""
     from fedsim.plot import (COLOURS, LINE_STYLES, MARKERS, _figure, _finish, _plot, _save, drawable,
-                             drawn_in_part)
+                             drawn_in_part, drawn_records)
     manifest, entries = collect(out)
     figures_out = Path(figures_out) if figures_out else Path(out) / "plots"
     figures_out.mkdir(parents=True, exist_ok=True)
     axes = list(manifest["axes"])
     grouping = [axis for axis in axes if axis != SEED]
-    finished = [entry for entry in entries if entry["result"] is not None and entry["result"].history]
+    finished = [entry for entry in entries if entry["result"] is not None and drawn_records(entry["result"].history)]
     if not finished:
         return []
     if notes is not None:

@@ -45,6 +45,15 @@ def test_a_sweep_with_diverged_runs_is_plotted_and_reported(diverged_sweep, tmp_
     assert "1000000.0  final_objective" in reported.stdout and "+- inf" in reported.stdout
 
 
+def test_a_sweep_with_nothing_drawable_is_one_line(diverged_sweep, tmp_path):
+    copy = tmp_path / "S"
+    shutil.copytree(diverged_sweep, copy)
+    for history in copy.glob("runs/*/history.jsonl"):
+        records = [json.loads(line) for line in history.read_text().splitlines()]
+        history.write_text("".join(json.dumps({**record, "objective": 1e300}) + "\n" for record in records))
+    one_line_error(fedsim(tmp_path, "sweep", "plot", copy), 2, f"none of the runs of {copy} has any records to plot")
+
+
 @pytest.mark.parametrize("command", ["report", "plot"])
 @pytest.mark.parametrize("damage, missing", [(lambda m: m.pop("axes"), "has no dict 'axes'"),
                                              (lambda m: m["runs"][1].pop("values"), "run 2 has no dict 'values'")])
