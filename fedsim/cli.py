@@ -21,6 +21,7 @@ Ctrl-C).
 from __future__ import annotations
 
 import argparse
+import errno
 import math
 import shlex
 import signal
@@ -95,6 +96,20 @@ def stopped_at_once(again: str) -> str:
     """What a second Ctrl-C during a run means: stopped mid-step; ``again`` (the command that continues)
     starts from the last checkpoint."""
     return f"stopped at once; continue from the last checkpoint (if any; else from the start) with: {again}"
+
+
+#: The errors of a write refused for want of room, and what each means.
+NO_SPACE = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+            errno.EFBIG: "the file size limit is reached"}
+
+
+def no_space(error: OSError, folder: Path, again: str | None) -> OSError:
+    """``error`` (a write refused for want of room: :data:`NO_SPACE`) told in one line: which folder,
+    why, and ``again``, the command that continues from what was saved (None: nothing was)."""
+    where = f"{error.filename} in {folder}" if error.filename else str(folder)
+    then = (f"everything up to the last checkpoint is saved; make room, then continue with: {again}" if again
+            else "make room, then run the same command again")
+    return OSError(error.errno, f"cannot write {where}: {NO_SPACE[error.errno]} ({error.strerror}); {then}")
 
 
 def report_outcome(outcome, *, prog: str = "fedsim", again: str | None = None) -> int:
@@ -329,6 +344,11 @@ def command_run(args) -> int:
         outcome = run()
     except KeyboardInterrupt:       # a second Ctrl-C: stopped mid-step
         raise KeyboardInterrupt(stopped_at_once(f"fedsim run --resume {out}")) from None
+    except OSError as error:
+        if error.errno not in NO_SPACE:
+            raise
+        resumable = (out / "config.toml").is_file()
+        raise no_space(error, out, f"fedsim run --resume {out}" if resumable else None) from None
     if outcome.status == "completed":
         _print_results(outcome, args.quiet)
     return report_outcome(outcome)
@@ -420,9 +440,12 @@ def command_plot(args) -> int:
     for run in runs:
         if not run.history:
             print(f"fedsim: warning: {run.path} has no records yet; left out", file=sys.stderr)
-    paths = plot_runs([run for run in runs if run.history], out)
+    notes: list[str] = []
+    paths = plot_runs([run for run in runs if run.history], out, notes=notes)
     if not paths:
-        raise UsageError("none of the runs has any records to plot")
+        raise UsageError("none of the runs has any records to plot (with values a figure can show)")
+    for note in notes:
+        print(f"fedsim: warning: {note}", file=sys.stderr)
     for path in paths:
         print(path)
     return EXIT_OK
@@ -437,14 +460,38 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def same_data(runs) -> dict[str, list]:
+    """``runs`` grouped by the data they ran on, each group named: the [data] table (not where its files
+    are) and, for synthetic data, the seed that generates it (as ``load_data`` keys the data it loaded)."""
+    keys = []
+    for run in runs:
+        data = {key: value for key, value in (run.config.get("data") or {}).items()
+                if key not in ("data_dir", "download")}
+        if data.get("dataset") == "synthetic":
+            data["seed"] = run.config.get("seed", 0)
+        keys.append(data)
+    differing = sorted({key for data in keys for key in data if len({repr(d.get(key)) for d in keys}) > 1})
+    groups: dict[str, list] = {}
+    for run, data in zip(runs, keys):
+        name = ", ".join([str(data.get("dataset", "?"))] + [f"{key} {data.get(key)}" for key in differing])
+        groups.setdefault(name, []).append(run)
+    return groups
+
+
 def compare_tables(runs, target_accuracy: float, target_residual: float) -> str:
-    """The text of ``fedsim compare``: one table per family present, each drawn up by its family."""
+    """The text of ``fedsim compare``: one table per family present, each drawn up by its family. A
+    family whose numbers are relative to the best objective of the runs (its sweep curve is a residual,
+    f - f*) gets one table per data the runs ran on: f* is a property of the data, not shared across it."""
     from fedsim.algorithms.family import group_by_family
     targets = {"accuracy": target_accuracy, "residual": target_residual}
     blocks = []
     for declared, chosen in group_by_family(runs):
-        title, headers, rows = declared.report.compare(chosen, targets)
-        blocks.append(f"{title}\n{_table(headers, rows)}")
+        relative = declared.report.curve[3:] == ("residual",)
+        groups = same_data(chosen) if relative else {"": chosen}
+        for data, grouped in groups.items():
+            title, headers, rows = declared.report.compare(grouped, targets)
+            title += f" on data: {data}" if len(groups) > 1 else ""
+            blocks.append(f"{title}\n{_table(headers, rows)}")
     return "\n\n".join(blocks)
 
 
@@ -469,7 +516,14 @@ def command_sweep(args) -> int:
         if not args.folder:
             raise UsageError(f"fedsim sweep {args.target} needs the sweep folder DIR")
         if args.target == "plot":
-            for path in plot_sweep(args.folder, args.out):
+            notes: list[str] = []
+            paths = plot_sweep(args.folder, args.out, notes=notes)
+            if not paths:
+                raise UsageError(f"none of the runs of {args.folder} has any records to plot (with values a "
+                                 f"figure can show)")
+            for note in notes:
+                print(f"fedsim: warning: {note}", file=sys.stderr)
+            for path in paths:
                 print(path)
             return EXIT_OK
         manifest, entries = collect(args.folder)

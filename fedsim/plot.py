@@ -13,12 +13,16 @@ Titles hold the dataset, the partition and the settings the runs share; legends 
 settings in which the runs differ. Colours, line styles and markers all change from run to run, so the
 figures survive greyscale printing; bits and communications are on log axes in both families.
 
+A diverged run is drawn up to its last value a figure can show (:data:`DRAWABLE`); its legend label says
+where it diverged, and :func:`plot_runs` adds one line per such run to ``notes``.
+
 Every figure is written as PNG and SVG. Only :class:`matplotlib.figure.Figure` is used (no pyplot), so
 plotting never touches a GUI backend or global figure state.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import textwrap
 from pathlib import Path
@@ -30,6 +34,47 @@ from fedsim.algorithms.lazy import f_star_of, records_to_arrays
 from fedsim.runs import RunResult
 
 FORMATS = ("png", "svg")
+#: The largest magnitude drawn: sqrt of the largest float64, about 1.3e154. A value whose square overflows
+#: is as good as infinite to a figure (a log axis padded around it puts ticks past the float range).
+DRAWABLE = math.sqrt(np.finfo(np.float64).max)
+
+
+def drawable(values) -> np.ndarray:
+    """``values`` as float64, NaN where a figure cannot show them (NaN, inf, or beyond :data:`DRAWABLE`)."""
+    values = np.asarray(values, dtype=np.float64)
+    return np.where(np.abs(values) <= DRAWABLE, values, np.nan)
+
+
+def drawn_records(history: list[dict]) -> int:
+    """How many of the records, from the first, hold only drawable numbers (a diverged run's part shown)."""
+    for index, record in enumerate(history):
+        numbers = [value for value in record.values() if isinstance(value, (int, float))]
+        if np.isnan(drawable(numbers)).any():
+            return index
+    return len(history)
+
+
+def drawn_in_part(run: RunResult) -> str | None:
+    """The line telling that ``run`` is drawn only in part (it diverged, or holds values too large to
+    draw), or None when it is drawn whole."""
+    shown = drawn_records(run.history)
+    declared = FAMILIES[run.family]
+    if run.status == "diverged":
+        where = f"diverged at {declared.unit} {run.summary.get('completed', len(run.history))}"
+    elif shown < len(run.history):
+        where = f"has values too large to draw (above {DRAWABLE:.2g})"
+    else:
+        return None
+    return f"{run.path} {where}: the figures show its first {shown} {declared.units}"
+
+
+def _plot(axis, x, y, **style) -> None:
+    """``axis.plot`` of the drawable points; no markers on a curve with none (matplotlib's ``markevery``
+    fails on an empty path)."""
+    y = drawable(y)
+    if np.isnan(y).all():
+        style.pop("markevery", None)
+    axis.plot(x, y, **style)
 
 
 def _figure(rows: int, columns: int, width: float = 4.6, height: float = 3.4):
@@ -142,6 +187,8 @@ def describe(runs: list[RunResult]) -> tuple[str, list[str]]:
     labels = []
     for run, flat in zip(runs, flats):
         extra = [_short(key, flat.get(key)) for key in differing if key != method_key and key in flat]
+        if run.status == "diverged":
+            extra.append(f"diverged at {run.summary.get('completed', len(run.history))}")
         labels.append(", ".join([run.method] + extra))
     if len(set(labels)) < len(labels):             # the same settings twice: tell them apart by folder
         labels = [f"{label} ({run.label})" for label, run in zip(labels, runs)]
@@ -150,7 +197,12 @@ def describe(runs: list[RunResult]) -> tuple[str, list[str]]:
 
 def _finish(axis, xlabel: str, ylabel: str, xscale: str = "linear", yscale: str = "linear",
             integer_x: bool = False) -> None:
+    """Labels, scales, grid; a log scale only over data with a positive value (else linear: a run of one
+    step has spent nothing before its only record, and a log axis cannot show that)."""
     from matplotlib.ticker import MaxNLocator
+    limits = axis.dataLim
+    xscale = xscale if xscale != "log" or limits.x1 > 0 else "linear"
+    yscale = yscale if yscale != "log" or limits.y1 > 0 else "linear"
     axis.set(xlabel=xlabel, ylabel=ylabel, xscale=xscale, yscale=yscale)
     axis.grid(alpha=0.3)
     if integer_x:
@@ -174,7 +226,7 @@ def federated_figure(runs: list[RunResult], out: Path) -> list[Path]:
         accuracy = [history[i]["test_accuracy"] for i in evaluated]
         for axis, key, _ in panels:
             x = [history[i]["round"] for i in evaluated] if key is None else totals[key][evaluated]
-            axis.plot(x, accuracy, label=label, **_style(index))
+            _plot(axis, x, accuracy, label=label, **_style(index))
     for axis, key, xlabel in panels:
         _finish(axis, xlabel, "test accuracy", xscale="linear" if key is None else "log", integer_x=key is None)
     axes[0, 0].legend(fontsize="small")
@@ -188,7 +240,7 @@ def lazy_figures(runs: list[RunResult], out: Path, max_workers: int = 10, f_star
 
     ``f_star``: a known optimum (e.g. from L-BFGS) instead of the runs' own; ``tolerance``: a dotted line
     at that residual."""
-    runs = [run for run in runs if run.history]
+    runs = [run for run in runs if drawn_records(run.history)]
     if not runs:
         return []
     title, labels = describe(runs)
@@ -199,12 +251,12 @@ def lazy_figures(runs: list[RunResult], out: Path, max_workers: int = 10, f_star
     figure, axes = _figure(2, 3)
     for index, (run, label) in enumerate(zip(runs, labels)):
         arrays = records_to_arrays(run.history)
-        residual = arrays["objective"] - f_star
+        residual = drawable(arrays["objective"]) - f_star
         residual = np.where(residual > 0, residual, np.nan)      # a log axis cannot show 0 (the best run)
         x_axes = (np.arange(len(run.history)), arrays["communications_before"], arrays["bits_before"])
         for column, x in enumerate(x_axes):
-            axes[0, column].plot(x, residual, label=label, **_style(index))
-            axes[1, column].plot(x, arrays["grad_norm_sq"], label=label, **_style(index))
+            _plot(axes[0, column], x, residual, label=label, **_style(index))
+            _plot(axes[1, column], x, arrays["grad_norm_sq"], label=label, **_style(index))
     for column, xlabel in enumerate(("iteration", "communications (uploads, cumulative)", "bits (cumulative)")):
         xscale = "linear" if column == 0 else "log"
         if tolerance is not None:
@@ -237,13 +289,17 @@ def lazy_figures(runs: list[RunResult], out: Path, max_workers: int = 10, f_star
     return paths
 
 
-def plot_runs(runs: list[RunResult], out, **options) -> list[Path]:
+def plot_runs(runs: list[RunResult], out, notes: list[str] | None = None, **options) -> list[Path]:
     """All figures for ``runs`` into folder ``out``: each family's runs drawn by the figure function
-    its registration names (``Report.figure``), with the ``options`` that function takes."""
+    its registration names (``Report.figure``), with the ``options`` that function takes.
+
+    ``notes``, if given, gets one line per run drawn only in part (diverged, or too large to draw)."""
     import inspect
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
+    if notes is not None:
+        notes += filter(None, map(drawn_in_part, runs))
     for declared, chosen in group_by_family(runs):
         draw = globals()[declared.report.figure]
         accepted = inspect.signature(draw).parameters
@@ -251,4 +307,5 @@ def plot_runs(runs: list[RunResult], out, **options) -> list[Path]:
     return paths
 
 
-__all__ = ["describe", "federated_figure", "lazy_figures", "plot_runs"]
+__all__ = ["DRAWABLE", "describe", "drawable", "drawn_in_part", "drawn_records", "federated_figure", "lazy_figures",
+           "plot_runs"]

@@ -3,6 +3,7 @@ both families, styles that survive greyscale, and an honest reference for a lazy
 
 import pytest
 
+import fedsim.plot as plot
 from fedsim.config import load_preset
 from fedsim.plot import _style, describe, federated_figure, lazy_figures
 from fedsim.runs import read_run, start_run
@@ -24,6 +25,18 @@ def federated_runs(tmp_path_factory):
             run(base, "c", "synthetic", TINY + ["federated.method=stc_updown"])]
 
 
+@pytest.fixture
+def captured(monkeypatch):
+    """The figures that the figure functions save, by file stem."""
+    figures, original = {}, plot._save
+
+    def save(figure, out, stem):
+        figures.setdefault(stem, figure)
+        return original(figure, out, stem)
+    monkeypatch.setattr(plot, "_save", save)
+    return figures
+
+
 def test_titles_hold_the_shared_settings_and_legends_what_differs(federated_runs):
     title, labels = describe(federated_runs)
     assert title.startswith("synthetic, partition natural, 8 clients") and "p_up 0.05" in title
@@ -31,11 +44,7 @@ def test_titles_hold_the_shared_settings_and_legends_what_differs(federated_runs
     assert labels == ["fedavg, lr 0.05", "stc_updown, lr 0.1", "stc_updown, lr 0.05"]
 
 
-def test_federated_axes(federated_runs, tmp_path, monkeypatch):
-    captured = {}
-    import fedsim.plot as plot
-    original = plot._save
-    monkeypatch.setattr(plot, "_save", lambda figure, out, stem: captured.setdefault(stem, figure) and original(figure, out, stem))
+def test_federated_axes(federated_runs, tmp_path, captured):
     paths = federated_figure(federated_runs, tmp_path)
     assert {path.suffix for path in paths} == {".png", ".svg"}
     axes = captured["federated_accuracy"].axes
@@ -52,12 +61,8 @@ def test_styles_differ_in_more_than_colour():
     assert first["linestyle"] != second["linestyle"] and first["marker"] != second["marker"]
 
 
-def test_a_single_lazy_run_says_what_its_residual_is_relative_to(tmp_path, monkeypatch):
+def test_a_single_lazy_run_says_what_its_residual_is_relative_to(tmp_path, captured):
     lazy = run(tmp_path, "laq", "laq-synthetic", TINY_LAZY)
-    captured = {}
-    import fedsim.plot as plot
-    original = plot._save
-    monkeypatch.setattr(plot, "_save", lambda figure, out, stem: captured.setdefault(stem, figure) and original(figure, out, stem))
     lazy_figures([lazy], tmp_path)
     residual_axes = captured["lazy_residual"].axes
     assert residual_axes[0].get_ylabel() == "f - (smallest f of these runs)"
@@ -70,13 +75,9 @@ def test_a_single_lazy_run_says_what_its_residual_is_relative_to(tmp_path, monke
     assert captured["lazy_residual"].axes[0].get_ylabel() == "f - f*"
 
 
-def test_a_long_title_is_wrapped_inside_the_figure(federated_runs, tmp_path, monkeypatch):
+def test_a_long_title_is_wrapped_inside_the_figure(federated_runs, tmp_path, monkeypatch, captured):
     """A title of many shared settings (the STC example's is about 130 characters) is wrapped at spaces
     until it lies within the saved figure, instead of running off both edges."""
-    import fedsim.plot as plot
-    captured = {}
-    original = plot._save
-    monkeypatch.setattr(plot, "_save", lambda figure, out, stem: captured.setdefault(stem, figure) and original(figure, out, stem))
     long_title = ("fashion-mnist, partition classes_per_client (10 classes per client), 50 clients; lr 0.04, "
                   "p_up 0.001, p_down 0.002, batch_size 100, and a few more words to be sure")
     monkeypatch.setattr(plot, "describe", lambda runs: (long_title, describe(runs)[1]))
@@ -93,3 +94,14 @@ def test_a_long_title_is_wrapped_inside_the_figure(federated_runs, tmp_path, mon
     monkeypatch.setattr(plot, "describe", lambda runs: ("synthetic, 8 clients", describe(runs)[1]))
     federated_figure(federated_runs, tmp_path)
     assert captured["federated_accuracy"]._suptitle.get_text() == "synthetic, 8 clients"
+
+
+def test_lazy_runs_of_one_iteration_are_drawn(tmp_path, captured):
+    """`examples/laq_mnist.py --iterations 1`: one record per run, nothing spent before it and the best
+    run's residual 0 (NaN on the log axis); no marker on an empty curve, linear axes where a log one has
+    nothing positive to show."""
+    runs = [run(tmp_path, method, "laq-synthetic", TINY_LAZY + ["lazy.iterations=1", f"lazy.method={method}"])
+            for method in ("gd", "laq")]
+    assert len(lazy_figures(runs, tmp_path)) == 4
+    residual_axes = captured["lazy_residual"].axes
+    assert [axis.get_xscale() for axis in residual_axes[:3]] == ["linear", "linear", "linear"]

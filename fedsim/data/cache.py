@@ -72,8 +72,9 @@ def cache_enabled(enabled: bool | None = None) -> bool:
         return True
     if value in _OFF:
         return False
-    raise DataSettingError(f"{ENV_ARRAY_CACHE} must be 1 (use the cache of computed arrays, the default) or 0 "
-                           f"(never read or write it); got {os.environ[ENV_ARRAY_CACHE]!r}")
+    raise DataSettingError(f"{ENV_ARRAY_CACHE} must be 1 (use the cache of computed arrays, the default; also "
+                           f"{'/'.join(_ON[2:])}) or 0 (never read or write it; also {'/'.join(_OFF[1:])}); "
+                           f"got {os.environ[ENV_ARRAY_CACHE]!r}")
 
 
 def array_cache_dir() -> Path:

@@ -8,7 +8,7 @@ A run folder holds::
     checkpoint.npz     the run's state after `completed` steps: arrays + the JSON metadata (key __meta__)
     checkpoint.json    a small readable note of the checkpoint: completed steps, time, checksum of the npz
     summary.json       written when the run ends (completed or diverged)
-    .lock              held (an OS file lock) by the one process writing the folder; holds its pid
+    .lock              the pid of the one process writing the folder (which holds an OS lock on the folder)
 
 Identity: meta.json records a random ``run_id`` and the sha256 of the canonical effective config
 (:func:`fedsim.config.config_fingerprint`); every checkpoint carries both, and checkpoint.json the sha256
@@ -226,7 +226,7 @@ class RunFolder:
 
     # ownership
     def lock(self) -> "FolderLock":
-        """Own the folder for this process (an exclusive OS file lock on .lock, released when the
+        """Own the folder for this process (an exclusive OS lock on the folder, released when the
         process ends in any way); RunFolderError naming the holder's pid if another process owns it."""
         return FolderLock(self.file(LOCK_FILE))
 
@@ -245,40 +245,69 @@ def _short(error: BaseException, limit: int = 200) -> str:
 
 
 class FolderLock:
-    """An exclusive, non-blocking lock on a file (fcntl.flock); the file holds the owner's pid.
+    """An exclusive, non-blocking OS lock (fcntl.flock) on the folder of file ``path``; ``path`` holds the
+    owner's pid, for the message another process gets.
 
-    The operating system releases the lock when the process ends, however it ends (kill -9 included), so
-    a lock left by a dead process is no lock: the next owner takes it and writes its own pid.
+    The lock is on the folder itself, not on the pid file: deleting ``path`` (``rm .lock``) while the
+    owner runs leaves the owner's lock in place, so a second writer is still refused. Where a folder
+    cannot be locked (NFS emulates flock with write locks, which a folder cannot take), the pid file is
+    locked instead. The operating system releases the lock when the process ends, however it ends (kill -9
+    included), so a lock left by a dead process is no lock: the next owner takes it and writes its pid.
     """
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self._descriptor: int | None = None
+        self._descriptors: list[int] = []
 
-    def __enter__(self) -> "FolderLock":
+    def _take(self, descriptor: int) -> bool:
+        """flock ``descriptor``: True if taken, False if another process holds it (OSError otherwise)."""
+        import errno
         import fcntl
         try:
-            descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-        except OSError as error:
-            raise RunFolderError(f"cannot create {self.path} ({error.strerror}); the run folder must be "
-                                 f"writable") from None
-        try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.pread(descriptor, 32, 0).decode("ascii", "replace").strip() or "unknown"
-            os.close(descriptor)
-            raise RunFolderError(f"{self.path.parent} is in use by another fedsim process (pid {holder}); "
-                                 f"wait for it to end, or stop it, before writing this run folder") from None
+        except OSError as error:
+            if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                return False
+            raise
+        return True
+
+    def __enter__(self) -> "FolderLock":
+        folder = self.path.parent
+        try:
+            self._descriptors.append(os.open(folder, os.O_RDONLY))
+            taken = self._take(self._descriptors[0])
+        except OSError:          # a folder that cannot be locked: the pid file is, below
+            self._release()
+            taken = None
+        if taken is not False:
+            try:
+                self._descriptors.append(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666))
+                taken = taken or self._take(self._descriptors[-1])
+            except OSError as error:
+                self._release()
+                raise RunFolderError(f"cannot create and lock {self.path} ({error.strerror}); the run folder "
+                                     f"must be writable") from None
+        if not taken:
+            self._release()
+            try:
+                holder = self.path.read_text(encoding="ascii", errors="replace").strip() or "unknown"
+            except OSError:
+                holder = "unknown"        # its .lock was deleted: the owner lives on all the same
+            raise RunFolderError(f"{folder} is in use by another fedsim process (pid {holder}); "
+                                 f"wait for it to end, or stop it, before writing this run folder")
+        descriptor = self._descriptors[-1]
         os.ftruncate(descriptor, 0)
         os.pwrite(descriptor, f"{os.getpid()}\n".encode("ascii"), 0)
-        self._descriptor = descriptor
         return self
 
+    def _release(self) -> None:
+        while self._descriptors:
+            os.close(self._descriptors.pop())
+
     def __exit__(self, *exc) -> bool:
-        if self._descriptor is not None:
-            os.ftruncate(self._descriptor, 0)
-            os.close(self._descriptor)          # releases the lock
-            self._descriptor = None
+        if self._descriptors:
+            os.ftruncate(self._descriptors[-1], 0)
+            self._release()                     # closing releases the lock
         return False
 
 

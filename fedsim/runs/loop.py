@@ -25,6 +25,7 @@ from fedsim import __version__
 from fedsim.algorithms.family import family
 from fedsim.config import ConfigError, ExperimentConfig, config_differences, config_fingerprint, config_to_dict
 from fedsim.errors import DivergenceError
+from fedsim.data.registry import DataSettingError
 from fedsim.experiment_data import load_data, split_among_clients
 from fedsim.files import write_atomic
 from fedsim.progress import Progress, show_progress
@@ -53,9 +54,12 @@ def build_run(config: ExperimentConfig, progress: bool | None = None):
 
 def _build_checked(config: ExperimentConfig, progress: bool | None):
     """:func:`build_run`, with a setting that turns out unusable for the data (an impossible partition,
-    more clients than samples, ...) reported as a :class:`ConfigError`."""
+    more clients than samples, ...) reported as a :class:`ConfigError`; a data setting outside the config
+    (FEDSIM_ARRAY_CACHE, FEDSIM_MIRRORS: a DataSettingError) goes on in its own words."""
     try:
         return build_run(config, progress=progress)
+    except DataSettingError:
+        raise
     except ValueError as error:
         raise ConfigError(f"the config does not fit the data: {' '.join(str(error).split())}") from None
 

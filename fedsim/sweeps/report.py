@@ -23,6 +23,22 @@ from fedsim.sweeps.spec import run_label
 SEED = "seed"
 
 
+def checked_manifest(out) -> dict:
+    """The sweep folder's manifest, with the keys a report reads (RunFolderError naming the one missing)."""
+    manifest = read_manifest(out)
+    where = Path(out) / MANIFEST
+    for key, kind in (("name", str), ("axes", dict), ("runs", list)):
+        if not isinstance(manifest.get(key), kind):
+            raise RunFolderError(f"{where} has no {kind.__name__} '{key}'; it was changed or damaged outside "
+                                 f"fedsim (run the sweep file again to rewrite it)")
+    for number, run in enumerate(manifest["runs"], start=1):
+        for key, kind in (("folder", str), ("values", dict)):
+            if not isinstance(run, dict) or not isinstance(run.get(key), kind):
+                raise RunFolderError(f"{where}: run {number} has no {kind.__name__} '{key}'; it was changed or "
+                                     f"damaged outside fedsim (run the sweep file again to rewrite it)")
+    return manifest
+
+
 def collect(out) -> tuple[dict, list[dict]]:
     """(manifest, one entry per run: folder, status, axis values, run result or None, problem or None).
 
@@ -31,7 +47,7 @@ def collect(out) -> tuple[dict, list[dict]]:
     gets a one-line ``problem`` and no result, so no number is reported under the wrong settings.
     """
     out = Path(out)
-    manifest = read_manifest(out)
+    manifest = checked_manifest(out)
     entries = []
     for run in manifest["runs"]:
         relative = Path(run["folder"])
@@ -81,23 +97,18 @@ def write_csv(out, rows: list[dict]) -> Path:
 def summarize_over_seeds(rows: list[dict], axes: list[str]) -> list[dict]:
     """Per group of runs equal in every axis but the seed, and per metric: mean, std (ddof 1) and n."""
     grouping = [axis for axis in axes if axis != SEED]
-    groups: dict[tuple, list[float]] = {}
+    groups: dict[tuple, tuple[dict, list[float]]] = {}
     for row in rows:
-        key = tuple(repr(row.get(axis)) for axis in grouping) + (row["metric"],)
-        groups.setdefault(key, []).append(float(row["value"]))
+        key = tuple(repr(row.get(axis)) for axis in grouping) + (row["metric"],)     # 1 and 1.0 apart
+        groups.setdefault(key, ({axis: row.get(axis) for axis in grouping}, []))[1].append(float(row["value"]))
     summary = []
-    for key, values in groups.items():
+    for key, (values_of_axes, values) in groups.items():
         array = np.asarray(values)
-        summary.append({**{axis: eval_repr(text) for axis, text in zip(grouping, key[:-1])}, "metric": key[-1],
-                        "mean": float(array.mean()), "std": float(array.std(ddof=1)) if len(array) > 1 else math.nan,
+        with np.errstate(over="ignore"):        # a diverged run's 1e288: the std is inf, and says so
+            std = float(array.std(ddof=1)) if len(array) > 1 else math.nan
+        summary.append({**values_of_axes, "metric": key[-1], "mean": float(array.mean()), "std": std,
                         "n": len(array)})
     return summary
-
-
-def eval_repr(text: str):
-    """Back from the repr of a TOML value (str, int, float, bool)."""
-    import ast
-    return ast.literal_eval(text)
 
 
 def format_summary(summary: list[dict], axes: list[str]) -> str:
@@ -114,17 +125,23 @@ def format_summary(summary: list[dict], axes: list[str]) -> str:
     return "\n".join(text)
 
 
-def plot_sweep(out, figures_out=None) -> list[Path]:
-    """The sweep's figures (PNG and SVG): curves with a band over seeds, and final metrics against an axis."""
-    from fedsim.plot import COLOURS, LINE_STYLES, MARKERS, _figure, _finish, _save
+def plot_sweep(out, figures_out=None, notes: list[str] | None = None) -> list[Path]:
+    """The sweep's figures (PNG and SVG): curves with a band over seeds, and final metrics against an axis.
+
+    Values a figure cannot show (a diverged run's) are left out; ``notes``, if given, gets one line per run
+    drawn only in part."""
+    from fedsim.plot import (COLOURS, LINE_STYLES, MARKERS, _figure, _finish, _plot, _save, drawable,
+                             drawn_in_part, drawn_records)
     manifest, entries = collect(out)
     figures_out = Path(figures_out) if figures_out else Path(out) / "plots"
     figures_out.mkdir(parents=True, exist_ok=True)
     axes = list(manifest["axes"])
     grouping = [axis for axis in axes if axis != SEED]
-    finished = [entry for entry in entries if entry["result"] is not None and entry["result"].history]
+    finished = [entry for entry in entries if entry["result"] is not None and drawn_records(entry["result"].history)]
     if not finished:
         return []
+    if notes is not None:
+        notes += filter(None, (drawn_in_part(entry["result"]) for entry in finished))
     declared = family(finished[0]["result"].family)
     x_name, y_name, ylabel, kind = declared.report.curve
     residual = kind == "residual"
@@ -142,7 +159,7 @@ def plot_sweep(out, figures_out=None) -> list[Path]:
             records = [r for r in result.history if y_name in r]
             x = np.array([r[x_name] for r in records], dtype=float)
             y = np.array([r[y_name] for r in records], dtype=float)
-            curves.append((x, np.maximum(y - floor, np.finfo(float).tiny) if residual else y))
+            curves.append((x, drawable(np.maximum(y - floor, np.finfo(float).tiny) if residual else y)))
         length = min(len(x) for x, _ in curves)
         x = curves[0][0][:length]
         stack = np.vstack([y[:length] for _, y in curves])
@@ -152,9 +169,9 @@ def plot_sweep(out, figures_out=None) -> list[Path]:
                      (mean, mean))
         label = ", ".join(f"{name.rsplit('.', 1)[-1]} {value}" for name, value in zip(grouping, key)) or "runs"
         style = {"color": COLOURS[index % len(COLOURS)], "linestyle": LINE_STYLES[index % len(LINE_STYLES)]}
-        axis.plot(x, mean, label=f"{label} (n={len(curves)})", marker=MARKERS[index % len(MARKERS)], markevery=0.1,
-                  markersize=4, **style)
-        axis.fill_between(x, low, high, color=style["color"], alpha=0.15, linewidth=0)
+        _plot(axis, x, mean, label=f"{label} (n={len(curves)})", marker=MARKERS[index % len(MARKERS)], markevery=0.1,
+              markersize=4, **style)
+        axis.fill_between(x, drawable(low), drawable(high), color=style["color"], alpha=0.15, linewidth=0)
     _finish(axis, x_name, ylabel, yscale="log" if residual else "linear", integer_x=True)
     axis.legend(fontsize="x-small")
     figure.suptitle(f"sweep {manifest['name']}: mean over seeds, band +-1 std (min-max for 2)", fontsize="medium")
@@ -177,8 +194,8 @@ def plot_sweep(out, figures_out=None) -> list[Path]:
         for index, (key, points) in enumerate(sorted(lines.items(), key=lambda item: repr(item[0]))):
             points.sort(key=lambda row: row[x_axis])
             xs = [position[row[x_axis]] for row in points]
-            means = np.array([row["mean"] for row in points])
-            spread = np.nan_to_num(np.array([row["std"] for row in points]))
+            means = drawable([row["mean"] for row in points])
+            spread = np.where(np.isnan(means), 0.0, np.nan_to_num(drawable([row["std"] for row in points])))
             label = ", ".join(f"{name.rsplit('.', 1)[-1]} {value}" for name, value in zip(others, key)) or metric
             axis.errorbar(xs, means, yerr=spread, label=label, color=COLOURS[index % len(COLOURS)],
                           linestyle=LINE_STYLES[index % len(LINE_STYLES)], marker=MARKERS[index % len(MARKERS)],
@@ -192,4 +209,5 @@ def plot_sweep(out, figures_out=None) -> list[Path]:
     return paths
 
 
-__all__ = ["collect", "format_summary", "plot_sweep", "summarize_over_seeds", "tidy_rows", "write_csv"]
+__all__ = ["checked_manifest", "collect", "format_summary", "plot_sweep", "summarize_over_seeds", "tidy_rows",
+           "write_csv"]

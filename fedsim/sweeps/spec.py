@@ -137,6 +137,8 @@ def load_sweep(path) -> Sweep:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise ConfigError(f"cannot read sweep file {path}: {error.strerror}") from None
+    except UnicodeDecodeError as error:     # as a config file's: a TOML file is UTF-8
+        raise ConfigError(f"cannot read sweep file {path}: {error}") from None
     raw = parse_toml(text, path.name)
     for key in raw:
         if key not in TOP_LEVEL:
