@@ -60,6 +60,8 @@ def _imported(what: str, load):
         return load()
     except Exception as error:      # an ImportError, or anything the module raised while running
         message = " ".join(str(error).split()) or type(error).__name__
+        if isinstance(error, ModuleNotFoundError):
+            message += " (a plugin must be importable: an installed package, or its folder on PYTHONPATH)"
         raise PluginError(f"plugin {what} failed to import: {message}") from None
 
 
