@@ -86,8 +86,8 @@ class ExperimentConfig:
     federated: FederatedConfig = setting(MISSING, 'family "federated"', default_factory=FederatedConfig)
     lazy: LazyConfig = setting(MISSING, 'family "lazy" (its seed is `seed`)', default_factory=LazyConfig)
     run: RunConfig = setting(MISSING, "checkpoints, f*", default_factory=RunConfig)
-    plugins: tuple = setting((), "modules imported before the config is read (importable names, e.g. "
-                                 "'mypkg.int8'): their compressors, partitioners", MODULE_NAMES)
+    plugins: tuple = setting((), "your modules imported first (names like 'mypkg.int8'): compressors, "
+                                 "partitioners", MODULE_NAMES)
 
     def __post_init__(self):
         check_fields(self)
