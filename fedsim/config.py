@@ -1,9 +1,10 @@
 """Experiment configs: TOML files validated into frozen dataclasses.
 
-A config file has two top-level settings and four tables, each table one frozen dataclass::
+A config file has three top-level settings and four tables, each table one frozen dataclass::
 
     family = "federated"      # federated (STC, FedAvg, signSGD, top-k) | lazy (GD, QGD, LAG, LAQ, SLAQ)
     seed = 0                  # seeds everything: data generation, partition, sampling, initialization
+    plugins = []              # modules imported first, registering compressors, partitioners (fedsim.plugins)
 
     [data]                    # DataConfig (fedsim.experiment_data): dataset, preprocessing, partition
     [federated]               # FederatedConfig (fedsim.algorithms.federated), used when family = "federated"
@@ -11,7 +12,8 @@ A config file has two top-level settings and four tables, each table one frozen 
     [run]                     # RunConfig (below): checkpoints, f*
 
 Every setting may be left out (it takes its default). Validation happens in one place,
-:func:`config_from_dict`, in three steps, each failing with a :class:`ConfigError` whose one-line
+:func:`config_from_dict`: first the plugins are imported (:func:`fedsim.plugins.load_plugins`: the
+entry points of ``fedsim.plugins`` and the modules the config names), then three steps, each failing with a :class:`ConfigError` whose one-line
 message names the setting:
 
 1. keys: an unknown key is reported with the closest valid key (``difflib``);
@@ -52,6 +54,7 @@ from fedsim.algorithms.lazy import LazyConfig
 from fedsim.constraints import (Integer, Optional, Real, Registered, check_fields, constraint_of, descriptions,
                                 setting)
 from fedsim.experiment_data import DataConfig
+from fedsim.plugins import MODULE_NAMES, load_plugins
 
 
 class ConfigError(ValueError):
@@ -83,6 +86,8 @@ class ExperimentConfig:
     federated: FederatedConfig = setting(MISSING, 'family "federated"', default_factory=FederatedConfig)
     lazy: LazyConfig = setting(MISSING, 'family "lazy" (its seed is `seed`)', default_factory=LazyConfig)
     run: RunConfig = setting(MISSING, "checkpoints, f*", default_factory=RunConfig)
+    plugins: tuple = setting((), "your modules imported first (names like 'mypkg.int8'): compressors, "
+                                 "partitioners", MODULE_NAMES)
 
     def __post_init__(self):
         check_fields(self)
@@ -148,8 +153,8 @@ COMPRESSOR_TABLES: dict[str, type] = _compressor_tables()
 TABLES: dict[str, type] = {"data": DataConfig,
                            **{name: declared.config_class for name, declared in FAMILIES.items()},
                            "run": RunConfig, **COMPRESSOR_TABLES}
-#: Top-level scalar settings.
-TOP_LEVEL = ("family", "seed")
+#: Top-level settings.
+TOP_LEVEL = ("family", "seed", "plugins")
 #: Dataclass fields that a config file does not set (derived from other settings).
 DERIVED = {**{(name, setting): where for name, declared in FAMILIES.items()
               for setting, where in declared.derived.items()},
@@ -157,6 +162,14 @@ DERIVED = {**{(name, setting): where for name, declared in FAMILIES.items()
               for setting, where in COMPRESSOR_SETTINGS_ELSEWHERE.items()}}
 #: The table that holds the compressor tables' settings (its field ``compressors``).
 COMPRESSORS_HOLDER = next(name for name, declared in FAMILIES.items() if "compressors" in declared.derived)
+
+
+def _add_plugin_tables() -> None:
+    """Add the tables of the compressors registered since this module was imported (by plugins)."""
+    for name, cls in _compressor_tables().items():
+        if name not in COMPRESSOR_TABLES:
+            COMPRESSOR_TABLES[name] = TABLES[name] = cls
+            DERIVED.update({(name, setting): where for setting, where in COMPRESSOR_SETTINGS_ELSEWHERE.items()})
 
 
 def section(config: "ExperimentConfig", table: str):
@@ -273,7 +286,13 @@ def _one_line(error: BaseException, limit: int = 400) -> str:
 
 def config_from_dict(raw: dict, source: str = "") -> ExperimentConfig:
     """Validate a parsed TOML document (nested dicts, every key optional) into an
-    :class:`ExperimentConfig`; ``source`` (a file name) goes into the one-line :class:`ConfigError`."""
+    :class:`ExperimentConfig`; ``source`` (a file name) goes into the one-line :class:`ConfigError`.
+    The plugins (``raw["plugins"]`` and the entry points) are imported first."""
+    try:
+        load_plugins(raw.get("plugins", ()))
+    except (ValueError, TypeError) as error:
+        raise ConfigError(_one_line(error)) from None
+    _add_plugin_tables()
     top, tables, compressors = {}, {}, {}
     for key, value in raw.items():
         if key in TABLES:
@@ -318,6 +337,8 @@ def unused_tables(raw: dict, config: ExperimentConfig) -> list[str]:
 def config_to_dict(config: ExperimentConfig, *, keep_unset: bool = False) -> dict:
     """Nested plain dict of ``config`` (derived settings left out; ``None`` values only if ``keep_unset``)."""
     document = {"family": config.family, "seed": config.seed}
+    if config.plugins:      # left out when empty: the fingerprints of configs without plugins stay as they were
+        document["plugins"] = list(config.plugins)
     for table in TABLES:
         settings = section(config, table)
         document[table] = {name: getattr(settings, name) for name in table_fields(table)
@@ -385,7 +406,9 @@ def load_config_file(path, overrides=(), source: str | None = None, notes: list 
 
 
 def toml_value(value) -> str:
-    """One value as TOML: a boolean, integer, float (``repr``, exact) or basic string."""
+    """One value as TOML: a boolean, integer, float (``repr``, exact), basic string, or an array of them."""
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(map(toml_value, value)) + "]"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):

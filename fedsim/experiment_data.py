@@ -13,15 +13,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedsim.constraints import Flag, Integer, OneOf, Optional, Real, Text, check_fields, setting
+from fedsim.constraints import Flag, Integer, OneOf, Optional, Real, Registered, Text, check_fields, setting
 from fedsim.data.dataset import Dataset
 from fedsim.data.load import DATASET_NAMES, PIPELINES, TRAIN_SPLITS, load_dataset
-from fedsim.data.partition import partition
+from fedsim.data.partition import METHOD_SETTINGS, split_indices
 from fedsim.data.preprocess import PIXEL_STATISTICS
 from fedsim.models.features import Codes
 from fedsim.rng import RunStreams
 
-PARTITIONS = ("classes_per_client", "dirichlet", "shards", "iid", "contiguous", "natural")
 STORAGES = ("float", "uint8")
 
 
@@ -39,7 +38,7 @@ class DataConfig:
         Optional(Text(), "only the standard search path (FEDSIM_DATA, data/, the cache)"))
     download: bool = setting(True, "fetch missing files from the registry's mirrors", Flag())
     partition: str = setting("classes_per_client", "classes_per_client | dirichlet | shards | iid | contiguous | "
-                             "natural (synthetic's own)", OneOf(*PARTITIONS))
+                             "natural (synthetic's own)", Registered(lambda: (*METHOD_SETTINGS, "natural")))
     classes_per_client: int = setting(10, "classes_per_client partition: classes per client", Integer(low=1))
     balancedness: float = setting(1.0, "classes_per_client partition: 1 equal sizes, < 1 geometric sizes",
                                   Real(0, 1, low_open=True))
@@ -158,4 +157,4 @@ def _split(config: DataConfig, dataset: Dataset, n_clients: int, seed: int) -> l
         "dirichlet": dict(alpha=config.dirichlet_alpha),
         "shards": dict(shards_per_client=config.shards_per_client),
     }.get(config.partition, {})
-    return partition(config.partition, dataset.y_train, n_clients, rng, **settings)
+    return split_indices(config.partition, dataset.y_train, n_clients, rng, **settings)

@@ -16,7 +16,7 @@ method                 what a client gets                                       
 ``contiguous``         the block [m N / M, (m + 1) N / M) in file order (LAQ seed)     yes
 =====================  =============================================================  ==================
 
-:func:`partition` dispatches by name; :func:`class_counts` and :func:`partition_report` show what each
+:func:`split_indices` dispatches by name, also to a plugin's partitioner (:func:`register_partitioner`); :func:`class_counts` and :func:`partition_report` show what each
 client received.
 """
 
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedsim.constraints import Integer, Real
+from fedsim.constraints import Integer, Real, register_into
 
 
 def _check_labels(labels) -> np.ndarray:
@@ -258,14 +258,27 @@ METHOD_SETTINGS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "iid": ((), ()),
     "contiguous": ((), ()),
 }
+#: The partitioners registered by plugins (:func:`register_partitioner`), by name.
+PLUGIN_PARTITIONERS: dict = {}
 
 
-def partition(method: str, labels, n_clients: int, rng: np.random.Generator | None = None,
-              **settings) -> list[np.ndarray]:
+def register_partitioner(name: str):
+    """Decorator: ``split(labels, n_clients, rng)``, which returns one int64 index array per client, becomes
+    the partitioner ``name`` of ``data.partition`` (a plugin's, :mod:`fedsim.plugins`; no settings of its
+    own)."""
+    def add(split):
+        register_into(PLUGIN_PARTITIONERS, name, split, "partition method")
+        METHOD_SETTINGS.setdefault(name, ((), ()))
+        return split
+    return add
+
+
+def split_indices(method: str, labels, n_clients: int, rng: np.random.Generator | None = None,
+                  **settings) -> list[np.ndarray]:
     """Split ``labels``' indices among ``n_clients`` with the partitioner named ``method``.
 
     ``settings`` are the method's own keyword arguments (see ``METHOD_SETTINGS``), e.g.
-    ``partition("dirichlet", labels, 100, rng, alpha=0.5)``. ``contiguous`` ignores ``rng``.
+    ``split_indices("dirichlet", labels, 100, rng, alpha=0.5)``. ``contiguous`` ignores ``rng``.
     """
     if method not in METHOD_SETTINGS:
         raise ValueError(f"unknown partition method {method!r}; allowed: {', '.join(METHOD_SETTINGS)}")
@@ -277,6 +290,11 @@ def partition(method: str, labels, n_clients: int, rng: np.random.Generator | No
     missing = [name for name in required if name not in settings]
     if missing:
         raise ValueError(f"partition method {method!r} needs the settings {missing}")
+    if method in PLUGIN_PARTITIONERS:
+        parts = PLUGIN_PARTITIONERS[method](_check_labels(labels), n_clients, rng)
+        if len(parts) != n_clients:
+            raise ValueError(f"partition method {method!r} gave {len(parts)} index arrays for {n_clients} clients")
+        return [np.asarray(part, np.int64) for part in parts]
     if method == "contiguous":
         return contiguous(len(_check_labels(labels)), n_clients)
     if method == "iid":

@@ -7,7 +7,7 @@ from fedsim.algorithms.federated import FederatedConfig, FederatedRun, methods
 from fedsim.compress.bits import sparse_vector_bits
 from fedsim.errors import DivergenceError
 from fedsim.data.load import load_dataset
-from fedsim.data.partition import partition
+from fedsim.data.partition import split_indices
 from fedsim.experiment_data import DataConfig, split_among_clients
 
 
@@ -158,7 +158,7 @@ def test_more_clients_than_samples_and_too_many_classes_are_rejected(synthetic):
         split_among_clients(DataConfig(dataset="synthetic", partition="iid"), synthetic,
                             len(synthetic.y_train) + 1, seed=0)
     with pytest.raises(ValueError, match="classes_per_client"):
-        partition("classes_per_client", synthetic.y_train, 5, np.random.default_rng(0),
+        split_indices("classes_per_client", synthetic.y_train, 5, np.random.default_rng(0),
                   classes_per_client=11, balancedness=1.0)
     with pytest.raises(ValueError, match="n_clients is 3"):
         FederatedRun(FederatedConfig(n_clients=3), synthetic, synthetic.client_indices)

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedsim.data.partition import (METHOD_SETTINGS, class_counts, classes_per_client, contiguous, dirichlet,
-                                   iid, partition, partition_report, shards, stc_client_sizes)
+                                   iid, partition_report, shards, split_indices, stc_client_sizes)
 
 PROPERTY = settings(max_examples=40, deadline=None)
 
@@ -224,7 +224,7 @@ def test_partition_dispatches_to_each_method():
                       "contiguous": {}}
     assert set(expected) == set(METHOD_SETTINGS)
     for method, parts in expected.items():
-        assert _same(partition(method, labels, 6, np.random.default_rng(5), **given_settings[method]), parts)
+        assert _same(split_indices(method, labels, 6, np.random.default_rng(5), **given_settings[method]), parts)
 
 
 def test_class_counts_and_report():
@@ -288,13 +288,13 @@ def _rng():
     (lambda: shards(_labels(1000, 10, 0), 10, _rng(), shards_per_client=0), "shards_per_client"),
     (lambda: iid(10, 11, _rng()), "more clients than samples"),
     (lambda: contiguous(10, 11), "more clients than samples"),
-    (lambda: partition("pathological", LABELS, 5, _rng()),
+    (lambda: split_indices("pathological", LABELS, 5, _rng()),
      f"unknown partition method 'pathological'; {ALLOWED_METHODS}"),
-    (lambda: partition("dirichlet", LABELS, 5, _rng(), alpha=1.0, beta=2.0),
+    (lambda: split_indices("dirichlet", LABELS, 5, _rng(), alpha=1.0, beta=2.0),
      r"unknown settings \['beta'\]; allowed: alpha, min_size"),
-    (lambda: partition("classes_per_client", LABELS, 5, _rng(), classes_per_client=2),
+    (lambda: split_indices("classes_per_client", LABELS, 5, _rng(), classes_per_client=2),
      r"needs the settings \['balancedness'\]"),
-    (lambda: partition("iid", LABELS, 5), "rng must be a numpy.random.Generator")])
+    (lambda: split_indices("iid", LABELS, 5), "rng must be a numpy.random.Generator")])
 def test_bad_settings_raise(call, pattern):
     with pytest.raises(ValueError, match=pattern):
         call()
