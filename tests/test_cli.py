@@ -343,6 +343,19 @@ def test_data_fetch_downloads_verifies_and_reports(tmp_path, shared_data):
     assert partial.stdout.count("verified by") == 3
 
 
+def test_a_batch_larger_than_a_client_is_refused_and_a_loss_beyond_the_float_range_is_divergence(in_process):
+    status, out, err = in_process("run", "--preset", "synthetic", "--set", "federated.batch_size=5000", "--quiet")
+    assert status == 2 and err == ("fedsim: error: the config does not fit the data: federated.batch_size (5000) is "
+                                   "larger than the smallest client's data (40 samples, client 12): set "
+                                   "federated.batch_size <= 40, or fewer federated.n_clients\n")
+    assert not (Path("runs")).exists()
+    status, out, err = in_process("run", "--preset", "synthetic", "--set", "federated.lr=1e30", "--out", "far",
+                                  "--quiet")
+    assert status == 1 and "fedsim: the run diverged after 1 rounds: round 1: the train loss of the server model " \
+                           "is NaN or inf, or above 8.39e+06" in err, err
+    assert json.loads(Path("far/summary.json").read_text())["status"] == "diverged"
+
+
 # --- real data ----------------------------------------------------------------------------------------------
 
 @pytest.mark.slow
