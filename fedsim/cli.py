@@ -136,7 +136,7 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
                         help="override a setting, e.g. --set federated.lr=0.1 --set "
                              "data.dataset=fashion-mnist (values are TOML values; repeatable)")
     parser.add_argument("--seed", type=int, metavar="N", help="the run's seed (same as --set seed=N)")
-    parser.add_argument("--dataset", metavar="NAME", help="mnist | fashion-mnist | synthetic "
+    parser.add_argument("--dataset", metavar="NAME", help="mnist | fashion-mnist | synthetic | npz:PATH "
                                                           "(same as --set data.dataset=NAME)")
     parser.add_argument("--data-dir", metavar="DIR", help="a folder searched first for dataset files")
 

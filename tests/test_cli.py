@@ -393,7 +393,8 @@ def test_missing_data_says_over_several_lines_what_to_do_and_what_is_present(in_
     status, out, err = in_process("run", "--preset", "stc-mnist", "--set", "data.download=false", "--quiet")
     lines = err.splitlines()
     assert status == 1 and lines[0].startswith("fedsim: error: dataset 'mnist': no verified copy of train-images")
-    for fragment in ("`fedsim data fetch mnist`", "FEDSIM_DATA", 'mnist, its test split only: data.train_split = "test"',
+    for fragment in ("`fedsim data fetch mnist`", "FEDSIM_DATA",
+                     'mnist, its test split only: data.train_split = "test"',
                      'fashion-mnist, all files: data.dataset = "fashion-mnist" (--dataset fashion-mnist)'):
         assert any(fragment in line for line in lines), (fragment, err)
     # A sweep over that data: checked once, before any run starts (not once per run).

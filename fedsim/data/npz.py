@@ -75,7 +75,8 @@ def _whole_numbers(path: Path, name: str, values: np.ndarray, low: int = 0) -> n
     exact = values.astype(np.int64)
     wrong = np.flatnonzero((exact != values) | (exact < low))
     if len(wrong):
-        raise _problem(path, f"{name} must hold whole numbers >= {low}; {name}[{wrong[0]}] is {values[wrong[0]].item()!r}")
+        raise _problem(path, f"{name} must hold whole numbers >= {low}; {name}[{wrong[0]}] is "
+                             f"{values[wrong[0]].item()!r}")
     return exact
 
 

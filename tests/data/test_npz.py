@@ -110,7 +110,7 @@ def test_a_sweep_runs_on_npz_data(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     saved(tmp_path)
     (tmp_path / "own.toml").write_text('base = "synthetic"\nname = "own"\n[set]\n"data.dataset" = "npz:mine.npz"\n'
-                                       '"federated.n_clients" = 4\n"federated.rounds" = 2\n"federated.batch_size" = 10\n'
-                                       '[grid]\nseed = [0, 1]\n')
+                                       '"federated.n_clients" = 4\n"federated.rounds" = 2\n'
+                                       '"federated.batch_size" = 10\n[grid]\nseed = [0, 1]\n')
     assert main(["sweep", "own.toml", "--workers", "1", "--quiet"]) == 0
     assert "2 completed" in capsys.readouterr().out
