@@ -85,7 +85,9 @@ def one_line_errors(prog: str, body, *, interrupted: str = "interrupted", debug:
         if told is None and unexpected is None:
             raise
         status, text = told or (EXIT_FAILED, f"unexpected {type(error).__name__}: {error} ({unexpected})")
-        text = " ".join(text.split())
+        from fedsim.data.search import DatasetNotFoundError
+        if not isinstance(error, DatasetNotFoundError):      # its lines: where fedsim looked, what to do
+            text = " ".join(text.split())
         if len(text) > 4000:
             text = f"{text[:2000]} ... [{len(text) - 4000:,} characters cut] ... {text[-2000:]}"
         print(f"{prog}: error: {text}", file=sys.stderr)
@@ -149,7 +151,7 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
                         help="override a setting, e.g. --set federated.lr=0.1 --set "
                              "data.dataset=fashion-mnist (values are TOML values; repeatable)")
     parser.add_argument("--seed", type=int, metavar="N", help="the run's seed (same as --set seed=N)")
-    parser.add_argument("--dataset", metavar="NAME", help="mnist | fashion-mnist | synthetic "
+    parser.add_argument("--dataset", metavar="NAME", help="mnist | fashion-mnist | synthetic | npz:PATH "
                                                           "(same as --set data.dataset=NAME)")
     parser.add_argument("--data-dir", metavar="DIR", help="a folder searched first for dataset files")
 
@@ -168,7 +170,9 @@ class _Parser(argparse.ArgumentParser):
     """argparse with its errors as fedsim's one line (usage through --help)."""
 
     def error(self, message):
-        self.exit(EXIT_USAGE, f"fedsim: error: {self.prog}: {message} (see {self.prog} --help)\n")
+        command = self.prog.removeprefix("fedsim").strip()     # "run" for `fedsim run`; "" for fedsim itself
+        self.exit(EXIT_USAGE, f"fedsim: error: {command + ': ' if command else ''}{message} (see {self.prog} "
+                              f"--help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -544,6 +548,8 @@ def command_sweep(args) -> int:
         for planned in sweep.runs:
             print(f"  runs/{planned.folder_name}  {planned.label}")
         return EXIT_OK
+    from fedsim.experiment_data import check_data
+    check_data(planned.config.data for planned in sweep.runs)      # once, before any run starts
     again = shlex.join(["fedsim", "sweep", args.target, "--out", str(out)])
     try:
         statuses = run_sweep(sweep, out, backend=args.backend, workers=args.workers, threads=args.threads,
@@ -572,6 +578,13 @@ COMMANDS = {"run": command_run, "sweep": command_sweep, "presets": command_prese
 
 def main(argv=None) -> int:
     """Run the ``fedsim`` command with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    spaced = next((argv[i:i + 3] for i, token in enumerate(argv[:-1]) if token == "--set" and "=" not in argv[i + 1]),
+                  None)
+    if spaced:      # `--set federated.lr 0.1` would take 0.1 for a CONFIG file or an unrecognized argument
+        print(f"fedsim: error: --set needs key=value, joined by '=' with no space (e.g. --set federated.lr=0.1); got "
+              f"{shlex.join(spaced)}", file=sys.stderr)
+        return EXIT_USAGE
     args = build_parser().parse_args(argv)
     if args.command == "data":
         handler = command_data_fetch if args.data_command == "fetch" else command_data_info

@@ -96,7 +96,8 @@ class ExperimentConfig:
             settings = getattr(self, name)
             if "seed" in declared.derived and settings.seed != self.seed:
                 object.__setattr__(self, name, dataclasses.replace(settings, seed=self.seed))
-        if self.data.partition == "natural" and self.n_clients != self.data.synthetic_devices:
+        if self.data.partition == "natural" and self.data.dataset == "synthetic" \
+                and self.n_clients != self.data.synthetic_devices:
             raise ValueError(
                 f"data.synthetic_devices ({self.data.synthetic_devices}) must equal {self.clients_setting} "
                 f"({self.n_clients}) with data.partition = 'natural' (one client per device)")

@@ -7,6 +7,7 @@ natural partition). The run loop that uses them is :mod:`fedsim.runs.loop`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
 from dataclasses import dataclass
@@ -15,8 +16,12 @@ import numpy as np
 
 from fedsim.constraints import Flag, Integer, OneOf, Optional, Real, Registered, Text, check_fields, setting
 from fedsim.data.dataset import Dataset
+from fedsim.data.fetch import load_split
 from fedsim.data.load import DATASET_NAMES, PIPELINES, TRAIN_SPLITS, load_dataset
+from fedsim.data.npz import PREFIX, file_sha256, npz_path, read_npz
 from fedsim.data.partition import METHOD_SETTINGS, split_indices
+from fedsim.data.registry import DATASETS, DataSettingError
+from fedsim.data.search import DatasetNotFoundError, dataset_status
 from fedsim.data.preprocess import PIXEL_STATISTICS
 from fedsim.models.features import Codes
 from fedsim.rng import RunStreams
@@ -24,11 +29,22 @@ from fedsim.rng import RunStreams
 STORAGES = ("float", "uint8")
 
 
+class DatasetName(OneOf):
+    """A registered dataset's name, or ``npz:PATH`` (a user's own arrays, :mod:`fedsim.data.npz`)."""
+
+    def describe(self) -> str:
+        return f"{super().describe()} or '{PREFIX}PATH' (a .npz file of your own arrays)"
+
+    def allows(self, value) -> bool:
+        return super().allows(value) or value.startswith(PREFIX)
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Which dataset, preprocessed how, split among the clients how."""
 
-    dataset: str = setting("mnist", "mnist | fashion-mnist | synthetic", OneOf(*DATASET_NAMES))
+    dataset: str = setting("mnist", "mnist | fashion-mnist | synthetic | npz:PATH (your arrays; PATH made absolute)",
+                           DatasetName(*DATASET_NAMES))
     pipeline: str | None = setting(None, "stc (32x32, normalized) | laq (784 raw / 255); None: the family's",
                                    Optional(OneOf(*PIPELINES), "the family's"))
     train_split: str = setting("train", "train | test (train on the test split, when train images are absent)",
@@ -38,7 +54,8 @@ class DataConfig:
         Optional(Text(), "only the standard search path (FEDSIM_DATA, data/, the cache)"))
     download: bool = setting(True, "fetch missing files from the registry's mirrors", Flag())
     partition: str = setting("classes_per_client", "classes_per_client | dirichlet | shards | iid | contiguous | "
-                             "natural (synthetic's own)", Registered(lambda: (*METHOD_SETTINGS, "natural")))
+                             "natural (synthetic's devices, an npz file's client_ids)",
+                             Registered(lambda: (*METHOD_SETTINGS, "natural")))
     classes_per_client: int = setting(10, "classes_per_client partition: classes per client", Integer(low=1))
     balancedness: float = setting(1.0, "classes_per_client partition: 1 equal sizes, < 1 geometric sizes",
                                   Real(0, 1, low_open=True))
@@ -55,12 +72,17 @@ class DataConfig:
 
     def __post_init__(self):
         check_fields(self)
-        if self.storage == "uint8" and self.dataset == "synthetic":
-            raise ValueError("storage 'uint8' needs an 8-bit image dataset (mnist, fashion-mnist); "
-                             "synthetic data are floats: use storage 'float'")
-        if self.partition == "natural" and self.dataset != "synthetic":
-            raise ValueError(f"partition 'natural' needs a dataset with a natural partition ('synthetic'), "
-                             f"not {self.dataset!r}")
+        path = npz_path(self.dataset)
+        if path is not None:     # a relative PATH is from the current folder now; the config keeps it absolute
+            object.__setattr__(self, "dataset", f"{PREFIX}{path}")
+            if self.train_split != "train":
+                raise ValueError("train_split must be 'train' with npz data (the file has its own x_train)")
+        if self.storage == "uint8" and self.dataset not in DATASETS:
+            raise ValueError(f"storage 'uint8' needs an 8-bit image dataset ({', '.join(DATASETS)}), not "
+                             f"{self.dataset!r}: use storage 'float'")
+        if self.partition == "natural" and self.dataset != "synthetic" and path is None:
+            raise ValueError(f"partition 'natural' needs a dataset with a natural partition ('synthetic', or "
+                             f"npz data with client_ids), not {self.dataset!r}")
 
 
 _MEMORY: dict | None = None      # the datasets kept by keep_datasets_in_memory(True), by their settings
@@ -78,7 +100,8 @@ def load_data(config: DataConfig, family_pipeline: str, seed: int, progress: boo
     if _MEMORY is None:
         return _load(config, family_pipeline, seed, progress)
     # Only synthetic data depends on the seed; the partition is drawn later, from the run's seed.
-    key = (config, config.pipeline or family_pipeline, seed if config.dataset == "synthetic" else None)
+    key = (config, config.pipeline or family_pipeline, seed if config.dataset == "synthetic" else None,
+           str(data_record(config)))     # an npz file's SHA-256: a changed file is loaded again
     if key not in _MEMORY:
         dataset = _load(config, family_pipeline, seed, progress)
         for array in (dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test):
@@ -88,11 +111,12 @@ def load_data(config: DataConfig, family_pipeline: str, seed: int, progress: boo
 
 
 def _load(config: DataConfig, family_pipeline: str, seed: int, progress: bool | None) -> Dataset:
-    dataset = load_dataset(
-        config.dataset, config.pipeline or family_pipeline, data_dir=config.data_dir,
-        download=config.download, train_split=config.train_split,
-        synthetic_alpha=config.synthetic_alpha, synthetic_beta=config.synthetic_beta,
-        synthetic_devices=config.synthetic_devices, seed=seed, progress=progress)
+    with _advice_when_missing(config):
+        dataset = load_dataset(
+            config.dataset, config.pipeline or family_pipeline, data_dir=config.data_dir,
+            download=config.download, train_split=config.train_split,
+            synthetic_alpha=config.synthetic_alpha, synthetic_beta=config.synthetic_beta,
+            synthetic_devices=config.synthetic_devices, seed=seed, progress=progress)
     if config.storage == "uint8":
         dataset = stored_as_codes(dataset, config.pipeline or family_pipeline)
     return dataset
@@ -145,10 +169,12 @@ def split_among_clients(config: DataConfig, dataset: Dataset, n_clients: int, se
 def _split(config: DataConfig, dataset: Dataset, n_clients: int, seed: int) -> list[np.ndarray]:
     if config.partition == "natural":
         if dataset.client_indices is None:
-            raise ValueError(f"dataset {dataset.name!r} has no natural partition")
+            raise ValueError(f"dataset {dataset.name!r} has no natural partition (an npz file needs the array "
+                             f"client_ids)")
         if n_clients != len(dataset.client_indices):
+            what = "set synthetic_devices" if config.dataset == "synthetic" else "distinct client_ids"
             raise ValueError(f"the natural partition of {dataset.name!r} has {len(dataset.client_indices)} "
-                             f"devices, but {n_clients} clients were asked for (set synthetic_devices)")
+                             f"devices ({what}), but n_clients is {n_clients}")
         return [np.asarray(ix) for ix in dataset.client_indices]
     rng = RunStreams(seed).generator("partition")
     settings = {
@@ -158,3 +184,64 @@ def _split(config: DataConfig, dataset: Dataset, n_clients: int, seed: int) -> l
         "shards": dict(shards_per_client=config.shards_per_client),
     }.get(config.partition, {})
     return split_indices(config.partition, dataset.y_train, n_clients, rng, **settings)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the data checked once, before a run or a sweep starts; an npz file's identity in the run folder
+
+
+def check_data(configs) -> None:
+    """Check once that the data of each of ``configs`` (DataConfigs) can be had, before anything runs: the
+    files of a registered dataset are found (or downloaded) and verified, an npz file is read and checked.
+    The first problem is raised: DatasetNotFoundError (several lines: what to do, what is present) or a
+    one-line DataSettingError."""
+    done = set()
+    for config in configs:
+        key = (config.dataset, config.data_dir, config.download, config.train_split)
+        if key in done or config.dataset == "synthetic":
+            continue
+        done.add(key)
+        if npz_path(config.dataset) is not None:
+            read_npz(npz_path(config.dataset))
+            continue
+        with _advice_when_missing(config):
+            for split in dict.fromkeys(("test", config.train_split)):
+                load_split(config.dataset, split, data_dir=config.data_dir, download=config.download)
+
+
+@contextlib.contextmanager
+def _advice_when_missing(config: DataConfig):
+    """Add to a DatasetNotFoundError the datasets and splits that are present, and the settings that use them."""
+    try:
+        yield
+    except DatasetNotFoundError as error:
+        present = []
+        for name in DATASETS:
+            found = {row["key"] for row in dataset_status(name, config.data_dir) if row["verified"]}
+            complete = {"train-images", "train-labels"} <= found
+            settings = ([f'data.dataset = "{name}" (--dataset {name})'] if name != config.dataset else []) + \
+                ([] if complete else ['data.train_split = "test" (--set data.train_split=test: trains on the test '
+                                      'split, and reports accuracy on it)'])
+            if {"test-images", "test-labels"} <= found and settings:
+                present.append(f"  - {name}, {'all files' if complete else 'its test split only'}: "
+                               f"{' with '.join(settings)}")
+        if present:
+            error.args = (f"{error}\nPresent here, usable now:\n" + "\n".join(present),)
+        raise
+
+
+def data_record(config: DataConfig) -> dict:
+    """What meta.json records of the data a run reads: for npz data the file's absolute path and SHA-256
+    (``{"data_file": {...}}``); nothing for the registered datasets (their files' checksums are fedsim's)."""
+    path = npz_path(config.dataset)
+    return {} if path is None else {"data_file": {"path": str(path), "sha256": file_sha256(path)}}
+
+
+def check_data_record(config: DataConfig, meta: dict) -> None:
+    """Refuse to resume a run whose npz file changed since it started (DataSettingError, one line)."""
+    recorded = (meta.get("data_file") or {}).get("sha256")
+    now = recorded and data_record(config)["data_file"]["sha256"]
+    if now != recorded:
+        raise DataSettingError(f"data.dataset {config.dataset}: the file changed since the run started (sha256 "
+                               f"{recorded[:16]}... in meta.json, now {now[:16]}...); put the run's file back, or "
+                               f"start a new run")

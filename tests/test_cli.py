@@ -343,6 +343,19 @@ def test_data_fetch_downloads_verifies_and_reports(tmp_path, shared_data):
     assert partial.stdout.count("verified by") == 3
 
 
+def test_a_batch_larger_than_a_client_is_refused_and_a_loss_beyond_the_float_range_is_divergence(in_process):
+    status, out, err = in_process("run", "--preset", "synthetic", "--set", "federated.batch_size=5000", "--quiet")
+    assert status == 2 and err == ("fedsim: error: the config does not fit the data: federated.batch_size (5000) is "
+                                   "larger than the smallest client's data (40 samples, client 12): set "
+                                   "federated.batch_size <= 40, or fewer federated.n_clients\n")
+    assert not (Path("runs")).exists()
+    status, out, err = in_process("run", "--preset", "synthetic", "--set", "federated.lr=1e30", "--out", "far",
+                                  "--quiet")
+    assert status == 1 and "fedsim: the run diverged after 1 rounds: round 1: the train loss of the server model " \
+                           "is NaN or inf, or above 8.39e+06" in err, err
+    assert json.loads(Path("far/summary.json").read_text())["status"] == "diverged"
+
+
 # --- real data ----------------------------------------------------------------------------------------------
 
 @pytest.mark.slow
@@ -367,6 +380,49 @@ def test_missing_data_is_a_data_error_not_a_config_error(in_process):
     status, out, err = in_process("run", "--preset", "stc-mnist", "--set", "data.download=false", "--quiet")
     assert status == 1 and out == ""
     assert err.startswith("fedsim: error: dataset 'mnist': no verified copy of") and "How to fix" in err, err
+
+
+def test_missing_data_says_over_several_lines_what_to_do_and_what_is_present(in_process, tmp_path, shared_data,
+                                                                           monkeypatch):
+    present = tmp_path / "present"
+    (present / "mnist").mkdir(parents=True)
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        (present / "mnist" / name).symlink_to(shared_data / "mnist" / name)
+    (present / "fashion-mnist").symlink_to(shared_data / "fashion-mnist")
+    monkeypatch.setenv("FEDSIM_DATA", str(present))
+    status, out, err = in_process("run", "--preset", "stc-mnist", "--set", "data.download=false", "--quiet")
+    lines = err.splitlines()
+    assert status == 1 and lines[0].startswith("fedsim: error: dataset 'mnist': no verified copy of train-images")
+    for fragment in ("`fedsim data fetch mnist`", "FEDSIM_DATA",
+                     'mnist, its test split only: data.train_split = "test"',
+                     'fashion-mnist, all files: data.dataset = "fashion-mnist" (--dataset fashion-mnist)'):
+        assert any(fragment in line for line in lines), (fragment, err)
+    # A sweep over that data: checked once, before any run starts (not once per run).
+    (tmp_path / "s.toml").write_text('base = "stc-mnist"\nname = "s"\n[set]\n"data.download" = false\n'
+                                     '[grid]\nseed = [0, 1, 2]\n"federated.lr" = [0.1, 0.2]\n')
+    status, out, err = in_process("sweep", "s.toml", "--quiet")
+    assert status == 1 and err.count("no verified copy") == 1 and "test split only" in err, err
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("args", [["run", "--preset", "synthetic", "--set", "federated.lr", "0.1"],
+                                  ["run", "exp.toml", "--set", "federated.lr", "0.1", "--quiet"],
+                                  ["show-config", "--set", "federated.lr", "0.1"]])
+def test_a_space_for_the_equals_sign_of_set_says_set_takes_key_value(in_process, tmp_path, args):
+    (tmp_path / "exp.toml").write_text("")
+    assert in_process(*args) == (2, "", "fedsim: error: --set needs key=value, joined by '=' with no space (e.g. "
+                                        "--set federated.lr=0.1); got --set federated.lr 0.1\n")
+
+
+@pytest.mark.parametrize("args, line", [
+    (["run", "--preset", "synthetic", "--bogus"], "fedsim: error: unrecognized arguments: --bogus (see fedsim --help)"),
+    (["run", "--extend-to", "x"], "fedsim: error: run: argument --extend-to: invalid int value: 'x' (see fedsim run "
+                                  "--help)"),
+])
+def test_argument_errors_name_fedsim_once(in_process, capsys, args, line):
+    with pytest.raises(SystemExit) as ended:
+        in_process(*args)
+    assert ended.value.code == 2 and capsys.readouterr().err == line + "\n"
 
 
 # --- how a command ends: one mapping of errors, one outcome reporter (the examples share both) -------------

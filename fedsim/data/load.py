@@ -20,6 +20,7 @@ from fedsim.data import preprocess
 from fedsim.data.cache import cache_enabled, cached_array, compute_environment
 from fedsim.data.dataset import Dataset
 from fedsim.data.fetch import load_split
+from fedsim.data.npz import load_npz, npz_path
 from fedsim.data.preprocess import PIXEL_STATISTICS, laq_pipeline, stc_pipeline
 from fedsim.data.registry import DATASETS, SPLIT_FILES, DatasetFile, DataSettingError
 from fedsim.data.synthetic import make_synthetic
@@ -36,7 +37,8 @@ def load_dataset(name: str, pipeline: str = "stc", *, data_dir=None, download: b
     """Load dataset ``name`` (one of ``DATASET_NAMES``) and preprocess it.
 
     ``pipeline`` ``"stc"``: /255, bilinear resize to 32x32, normalize (1024 features, float32 by default);
-    ``"laq"``: /255 (784 features, float64 by default); ignored for synthetic data. ``train_split="test"``
+    ``"laq"``: /255 (784 features, float64 by default); ignored for synthetic data. ``"npz:PATH"`` is a
+    user's own arrays (:mod:`fedsim.data.npz`; the pipeline applies to its uint8 images). ``train_split="test"``
     trains on the 10,000-image test split (the MNIST train images are not always at hand) and evaluates on
     that same split: say so when reporting accuracies. ``cache`` (default ``FEDSIM_ARRAY_CACHE``) keeps the
     STC output, bitwise the same either way. DataSettingError (one line) for a setting not allowed,
@@ -44,11 +46,13 @@ def load_dataset(name: str, pipeline: str = "stc", *, data_dir=None, download: b
     """
     for setting, value, allowed in (("dataset", name, DATASET_NAMES), ("pipeline", pipeline, PIPELINES),
                                     ("train_split", train_split, TRAIN_SPLITS)):
-        if not isinstance(value, str) or value not in allowed:
+        if not isinstance(value, str) or value not in allowed and not (setting == "dataset" and npz_path(value)):
             raise DataSettingError(f"{setting} must be one of {list(allowed)}, got {value!r}")
     cache_enabled(cache)   # a bad FEDSIM_ARRAY_CACHE is reported before anything is loaded
     if dtype is None:
         dtype = np.float32 if pipeline == "stc" else np.float64
+    if npz_path(name) is not None:
+        return load_npz(name, pipeline, dtype)
     if name == "synthetic":
         return make_synthetic(synthetic_alpha, synthetic_beta, synthetic_devices,
                               np.random.default_rng(seed), dtype=dtype)

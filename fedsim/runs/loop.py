@@ -26,7 +26,7 @@ from fedsim.algorithms.family import family
 from fedsim.config import ConfigError, ExperimentConfig, config_differences, config_fingerprint, config_to_dict
 from fedsim.errors import DivergenceError
 from fedsim.data.registry import DataSettingError
-from fedsim.experiment_data import load_data, split_among_clients
+from fedsim.experiment_data import check_data_record, data_record, load_data, split_among_clients
 from fedsim.files import write_atomic
 from fedsim.progress import Progress, show_progress
 from fedsim.runs.folder import (CHECKPOINT_FILE, CHECKPOINT_NOTE_FILE, CONFIG_FILE, HISTORY_FILE, META_FILE,
@@ -232,7 +232,7 @@ def start_run(config: ExperimentConfig, out, *, name: str, quiet: bool = False, 
             raise RunFolderError(f"cannot write into {folder.path} ({error.strerror})") from None
         meta = {"name": name, "family": config.family, "method": config.method, "seed": config.seed,
                 "run_id": uuid.uuid4().hex, "config_sha256": config_fingerprint(config),
-                "config": config_to_dict(config, keep_unset=True),
+                "config": config_to_dict(config, keep_unset=True), **data_record(config.data),
                 **environment(), "threads": thread_settings(config.run.blas_threads), **git_commit(),
                 "started": now(), "command": list(sys.argv if command is None else command),
                 "sessions": [{"started": now(), "from": 0}]}
@@ -313,6 +313,7 @@ def resume_run(path, *, quiet: bool = False, progress_data: bool | None = None,
         config = folder.read_config()
         meta = folder.read_json(META_FILE) or {}
         _check_identity(folder, config, meta)
+        check_data_record(config.data, meta)
         if extend_to is not None:
             config, meta = _extend(folder, config, meta, extend_to)
         summary = folder.read_json(SUMMARY_FILE)

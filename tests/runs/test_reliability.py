@@ -349,7 +349,7 @@ def test_run_files_follow_the_umask(tmp_path):
 def test_a_loss_that_overflows_stops_as_divergence_with_the_last_finite_values(tmp_path):
     out = tmp_path / "run"
     result = fedsim(tmp_path, "run", "--preset", "synthetic", *TINY, "--set", "federated.method=fedavg",
-                    "--set", "federated.lr=1e35", "--set", "federated.rounds=10", "--quiet", "--out", out)
+                    "--set", "federated.lr=1e6", "--set", "federated.rounds=10", "--quiet", "--out", out)
     assert result.returncode == 1, result.stderr
     summary = json.loads((out / SUMMARY_FILE).read_text())
     assert summary["status"] == "diverged" and "NaN or inf" in summary["message"]

@@ -3,7 +3,6 @@ of returning clients: :mod:`fedsim.algorithms.federated`)."""
 
 from __future__ import annotations
 
-import math
 import mmap
 import time
 from dataclasses import dataclass, field
@@ -93,10 +92,17 @@ class FederatedRun:
         if np.any(sizes == 0):
             raise ValueError(f"clients {np.flatnonzero(sizes == 0)[:10].tolist()} hold no samples; every "
                              f"client needs at least one (use fewer clients or another partition)")
+        if config.batch_size > sizes.min():
+            raise ValueError(f"federated.batch_size ({config.batch_size}) is larger than the smallest client's data "
+                             f"({sizes.min()} samples, client {sizes.argmin()}): set federated.batch_size <= "
+                             f"{sizes.min()}, or fewer federated.n_clients")
         self.config = config
         self.resolved_method = config.resolved_method
         self.dataset = dataset
         self.dtype = np.dtype(config.dtype)
+        # A loss beyond 1 / eps of the run's floats has left their range: it no longer resolves a change of one
+        # nat (cross-entropy at chance is ln C), so the run has diverged although the number is finite.
+        self.loss_limit = 1.0 / float(np.finfo(self.dtype).eps)
         # The model: softmax regression, shaped by the dataset.
         self.model = SoftmaxRegression(dataset.n_features, dataset.n_classes)
         self.x_train = as_dtype(dataset.x_train, self.dtype)        # floats, or 8-bit Codes
@@ -160,9 +166,10 @@ class FederatedRun:
             # One pass: each client's batch is gathered from x_train block by block, in cache.
             client_loss, grad = self.model.loss_and_grad(weights, self.x_train, self.y_train[samples], mask,
                                                          rows=samples)
-            if not np.all(np.isfinite(client_loss)):
-                bad = participants[~np.isfinite(client_loss)]
-                self._diverge(t, f"the training losses of clients {bad[:10].tolist()} are NaN or inf")
+            out_of_range = ~(np.abs(client_loss) <= self.loss_limit)       # NaN included
+            if np.any(out_of_range):
+                self._diverge(t, f"the training losses of clients {participants[out_of_range][:10].tolist()} are "
+                                 f"NaN or inf, or above {self.loss_limit:.3g}")
             if config.l2:
                 grad += config.l2 * weights                    # g + l2 w
             if momentum is not None:
@@ -221,8 +228,9 @@ class FederatedRun:
         if t % config.eval_every == 0 or t == config.rounds:
             for split, (x, y) in self.eval_sets.items():
                 loss, accuracy = self.model.evaluate(server.weights, x, y)
-                if not math.isfinite(loss):
-                    self._diverge(t, f"the {split} loss of the server model is NaN or inf")
+                if not abs(loss) <= self.loss_limit:
+                    self._diverge(t, f"the {split} loss of the server model is NaN or inf, or above "
+                                     f"{self.loss_limit:.3g}")
                 record[f"{split}_loss"] = float(loss)
                 record[f"{split}_accuracy"] = float(accuracy)
         record["time"] = time.perf_counter() - started

@@ -1,0 +1,116 @@
+"""A user's own data, ``data.dataset = "npz:PATH"``: each malformed file refused in one line naming the file
+and the array; the pipelines and the natural partition; a run whose folder records the file's absolute path and
+SHA-256, and whose resume refuses a changed file; plot, compare and a sweep on it."""
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+from fedsim.cli import main
+from fedsim.config import ConfigError, load_preset
+from fedsim.data.load import load_dataset
+from fedsim.data.npz import read_npz
+from fedsim.data.registry import DataSettingError
+from fedsim.experiment_data import split_among_clients
+
+TINY_NPZ = ["--set", "federated.n_clients=4", "--set", "federated.rounds=3", "--set", "federated.batch_size=10"]
+
+
+def arrays(n_train=80, n_test=20, features=6, classes=3, seed=0) -> dict:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n_train + n_test, features)).astype(np.float32)
+    y = np.argmax(x @ rng.standard_normal((features, classes)), axis=1)
+    return {"x_train": x[:n_train], "y_train": y[:n_train], "x_test": x[n_train:], "y_test": y[n_train:],
+            "client_ids": np.repeat([7, 3, 5, 9], n_train // 4)}
+
+
+def saved(tmp_path, name="mine.npz", **changes):
+    contents = {key: value for key, value in {**arrays(), **changes}.items() if value is not None}
+    np.savez(tmp_path / name, **contents)
+    return tmp_path / name
+
+
+@pytest.mark.parametrize("changes, fragment", [
+    ({"y_test": None}, "has no array y_test; it needs x_train, y_train, x_test, y_test"),
+    ({"x_train": np.zeros((80, 2, 3))}, "x_train must be (samples, features) numbers or (samples, height, width) "
+                                        "uint8 images; got float64 of shape (80, 2, 3)"),
+    ({"x_test": np.full((20, 6), np.nan)}, "x_test must be finite; row 0 holds NaN or inf"),
+    ({"y_train": np.full(80, 0.5)}, "y_train must hold whole numbers >= 0; y_train[0] is 0.5"),
+    ({"y_train": -np.ones(80, int)}, "y_train must hold whole numbers >= 0; y_train[0] is -1"),
+    ({"y_train": np.zeros((80, 1), int)}, "y_train must be a 1-D array of whole numbers; got int64 of shape (80, 1)"),
+    ({"y_train": np.zeros(79, int)}, "x_train has 80 samples, y_train 79; they must be equal"),
+    ({"x_test": np.zeros((20, 5))}, "x_train has samples of shape (6,), x_test of shape (5,); they must be the same"),
+    ({"client_ids": np.zeros(3, int)}, "client_ids has 3 entries, x_train 80 samples; they must be equal"),
+    ({"y_train": np.zeros(80, int), "y_test": np.zeros(20, int)}, "must name at least 2 classes"),
+])
+def test_a_malformed_file_is_refused_in_one_line_naming_file_and_array(tmp_path, changes, fragment):
+    path = saved(tmp_path, **changes)
+    with pytest.raises(DataSettingError) as error:
+        read_npz(path)
+    assert fragment in str(error.value) and f"npz:{path}" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_missing_or_foreign_file_is_refused_in_one_line(tmp_path):
+    for path, fragment in ((tmp_path / "absent.npz", "no such file"), (tmp_path / "foreign.npz", "not a readable")):
+        if path.name == "foreign.npz":
+            path.write_text("not a zip")
+        with pytest.raises(DataSettingError, match=fragment):
+            read_npz(path)
+
+
+def test_features_are_used_as_they_are_and_images_go_through_the_pipeline(tmp_path):
+    own = arrays()
+    data = load_dataset(f"npz:{saved(tmp_path)}", "laq")
+    assert data.x_train.dtype == np.float64 and np.array_equal(data.x_train, own["x_train"].astype(np.float64))
+    assert data.n_classes == 1 + max(own["y_train"].max(), own["y_test"].max())
+    images = np.random.default_rng(1).integers(0, 256, (100, 28, 28), dtype=np.uint8)
+    path = saved(tmp_path, "images.npz", x_train=images[:80], x_test=images[80:])
+    assert np.array_equal(load_dataset(f"npz:{path}", "laq").x_test, images[80:].reshape(20, 784) / 255.0)
+    stc = load_dataset(f"npz:{path}", "stc")
+    assert stc.x_train.shape == (80, 1024) and stc.x_train.dtype == np.float32
+    assert abs(float(stc.x_train.mean())) < 1e-4 and abs(float(stc.x_train.std()) - 1) < 1e-3  # own statistics
+
+
+def test_client_ids_are_the_natural_partition(tmp_path):
+    path = saved(tmp_path)
+    config = load_preset("synthetic", [f"data.dataset=npz:{path}", "federated.n_clients=4"])
+    clients = split_among_clients(config.data, load_dataset(config.data.dataset), 4, seed=0)
+    ids = arrays()["client_ids"]
+    assert [ix.tolist() for ix in clients] == [np.flatnonzero(ids == k).tolist() for k in (3, 5, 7, 9)]
+    with pytest.raises(ValueError, match=r"has 4 devices \(distinct client_ids\), but federated.n_clients is 5"):
+        split_among_clients(config.data, load_dataset(config.data.dataset), 5, seed=0,
+                            clients_setting="federated.n_clients")
+    with pytest.raises(ConfigError, match="data.train_split must be 'train' with npz data"):
+        load_preset("synthetic", [f"data.dataset=npz:{path}", "data.train_split=test"])
+
+
+def test_a_run_records_the_file_and_its_resume_refuses_a_changed_file(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    path = saved(tmp_path)
+    assert main(["run", "--preset", "synthetic", "--set", "data.dataset=npz:mine.npz", *TINY_NPZ,
+                 "--out", "one", "--quiet"]) == 0
+    assert main(["run", "--preset", "synthetic", "--set", "data.dataset=npz:mine.npz", "--set",
+                 "data.partition=iid", *TINY_NPZ, "--out", "two", "--quiet"]) == 0
+    meta = json.loads((tmp_path / "one" / "meta.json").read_text())
+    assert meta["data_file"] == {"path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    assert f'dataset = "npz:{path}"' in (tmp_path / "one" / "config.toml").read_text()   # absolute
+    assert main(["compare", "one", "two"]) == 0 and main(["plot", "one", "two", "--out", "figures"]) == 0
+    capsys.readouterr()
+    assert main(["run", "--resume", "one", "--extend-to", "4", "--quiet"]) == 0
+    saved(tmp_path, y_test=np.zeros(20, int))
+    assert main(["run", "--resume", "one", "--extend-to", "5", "--quiet"]) == 2
+    [error] = [line for line in capsys.readouterr().err.splitlines() if "error" in line]   # (a BLAS warning may come)
+    assert error.startswith("fedsim: error: data.dataset npz:") and "the file changed since the run started" in error
+    assert json.loads((tmp_path / "one" / "summary.json").read_text())["completed"] == 4
+
+
+def test_a_sweep_runs_on_npz_data(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    saved(tmp_path)
+    (tmp_path / "own.toml").write_text('base = "synthetic"\nname = "own"\n[set]\n"data.dataset" = "npz:mine.npz"\n'
+                                       '"federated.n_clients" = 4\n"federated.rounds" = 2\n'
+                                       '"federated.batch_size" = 10\n[grid]\nseed = [0, 1]\n')
+    assert main(["sweep", "own.toml", "--workers", "1", "--quiet"]) == 0
+    assert "2 completed" in capsys.readouterr().out
