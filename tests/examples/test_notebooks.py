@@ -32,19 +32,21 @@ REGENERATE = "jupytext --update --to ipynb examples/notebooks/*.py"
 class Notebook(NamedTuple):
     dataset: str | None           # the dataset it reads (None: no data)
     files: tuple[str, ...]        # which of the dataset's files
-    budget: float                 # seconds it may take, kernel start included
+    budget: float                 # seconds it should take, kernel start included (a hang: 10 times that)
     figure: str                   # its figure in the README, under figures/
 
 
 FASHION = ("train-images", "train-labels", "test-images", "test-labels")
 #: The budgets add up to the 2 minutes the notebooks may add to CI; each is 2 to 4 times what its
-#: notebook takes on a 2-core machine (about 5, 12, 22 and 6 s).
+#: notebook takes on a 2-core machine (about 5, 12, 22 and 6 s). Speed is not asserted here (a busy machine
+#: is slower): a notebook fails only past HANG_FACTOR times its budget, as a hang.
 NOTEBOOKS = {
     "01_softmax_regression": Notebook("fashion-mnist", FASHION, 20, "01_softmax_weights.png"),
     "02_sparse_ternary_compression": Notebook("fashion-mnist", FASHION, 35, "02_stc_accuracy_vs_bits.png"),
     "03_lazy_aggregation": Notebook("mnist", ("test-images", "test-labels"), 45, "03_lazy_residual.png"),
     "04_measuring_kernels": Notebook(None, (), 20, "04_kernel_vs_copy.png"),
 }
+HANG_FACTOR = 10
 
 
 def canonical(notebook) -> dict:
@@ -106,14 +108,15 @@ def test_notebook_runs(name, tmp_path):
     environment.pop("FEDSIM_NOTEBOOK_FIGURES", None)       # write nothing into the checkout
     # The backend a student's Jupyter uses, so that every figure is really drawn (Agg would skip it).
     environment["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
-    deadline = time.monotonic() + budget
+    deadline = time.monotonic() + HANG_FACTOR * budget
     client = NotebookClient(notebook, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}},
                             timeout_func=lambda cell: max(1, int(deadline - time.monotonic())))
     started = time.monotonic()
     try:
         client.execute(env=environment)
     except CellTimeoutError:
-        pytest.fail(f"{name} did not finish within its budget of {budget} s")
-    print(f"{name}: {time.monotonic() - started:.1f} s")
+        pytest.fail(f"{name} did not finish within {HANG_FACTOR * budget:g} s ({HANG_FACTOR} times its budget): "
+                    f"a hang")
+    print(f"{name}: {time.monotonic() - started:.1f} s (budget {budget:g} s)")
     written = sorted(path.name for path in tmp_path.iterdir())
     assert not written, f"{name} wrote files into its working directory: {written}"
