@@ -453,8 +453,23 @@ def command_compare(args) -> int:
         raise UsageError(f"--target-accuracy must be in [0, 1], got {args.target_accuracy}")
     if not (math.isfinite(args.target_residual) and args.target_residual >= 0):
         raise UsageError(f"--target-residual must be a finite number >= 0, got {args.target_residual}")
-    print(compare_tables(_read_runs(args.runs), args.target_accuracy, args.target_residual))
+    print(compare_tables(_read_runs(_run_folders_among(args.runs)), args.target_accuracy, args.target_residual))
     return EXIT_OK
+
+
+def _run_folders_among(paths: list[str]) -> list[str]:
+    """``paths`` without the folders that are not run folders, each left out with a line (``fedsim compare
+    runs/*`` meets the examples' folders of run folders); all of ``paths`` when none is a run folder (the
+    error then names them). A path that does not exist stays: a typo is an error."""
+    from fedsim.runs.folder import CONFIG_FILE
+    kept = [path for path in paths if not Path(path).is_dir() or (Path(path) / CONFIG_FILE).is_file()]
+    for path in paths if kept else []:
+        if path not in kept:
+            inner = sorted(found.parent.name for found in Path(path).glob(f"*/{CONFIG_FILE}"))
+            holds = f" (it holds the run folders {', '.join(inner[:3])}{' ...' if len(inner) > 3 else ''}: " \
+                    f"fedsim compare {Path(path) / '*'})" if inner else ""
+            print(f"fedsim: {path} is not a run folder; left out{holds}", file=sys.stderr)
+    return kept or paths
 
 
 # ---------------------------------------------------------------------------------------------------------
