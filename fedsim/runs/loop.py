@@ -130,7 +130,8 @@ def execute(run, folder: RunFolder, config: ExperimentConfig, *, name: str, quie
     Appends each record to history.jsonl (flushed), checkpoints every ``config.run.checkpoint_every``
     steps and at the end, stops at a step boundary on SIGINT/SIGTERM (checkpointing there), and writes
     summary.json when the run completes or diverges. ``observer(record)``, if given, is called after
-    each step (the examples print a block per round with it).
+    each step's record is written (the examples print a block per round with it; what it is given and
+    may do: :mod:`fedsim.runs`).
     """
     planned = config.steps
     every = config.run.checkpoint_every
