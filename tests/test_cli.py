@@ -100,6 +100,13 @@ def test_show_config_prints_every_setting_as_toml(tmp_path):
     assert again.stdout.split("\n", 1)[1] == result.stdout.split("\n", 1)[1]     # all but the header line
 
 
+def test_the_readmes_offline_quickstart_names_only_presets_that_need_no_download():
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"## Quickstart \(works offline\)\n\n```bash\n(.*?)```", readme, re.S).group(1)
+    presets = re.findall(r"--preset (\S+)", block)
+    assert presets and all(load_preset(name).data.dataset == "synthetic" for name in presets), presets
+
+
 def test_show_config_of_a_file(tmp_path):
     (tmp_path / "exp.toml").write_text('family = "lazy"\n[lazy]\nmethod = "gd"\n')
     result = fedsim(tmp_path, "show-config", "exp.toml", "--dataset", "fashion-mnist")
