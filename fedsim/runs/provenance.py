@@ -8,6 +8,10 @@ depend on the thread count: pinning makes a run's history the same on any machin
 environment for one value of ``run.blas_threads`` (1 by default). The block threads change no result
 (each model's blocks stay on one thread, in order), and the blocks' products are small enough that
 OpenBLAS runs each on one thread. fedsim's Numba kernels are single-threaded.
+
+BLAS: meta.json records NumPy's BLAS (:func:`numpy_blas`), the library the run's products call, when the
+run starts; a resume warns when it differs (:func:`blas_changed`), never because another library (SciPy's)
+happens to be loaded or not.
 """
 
 from __future__ import annotations
