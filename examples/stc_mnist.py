@@ -9,7 +9,7 @@ history.jsonl, checkpoints): run the same command again to resume an interrupted
 and stops), or to skip the finished ones. The figure is ``fedsim plot``'s, over all the methods. Run::
 
     python examples/stc_mnist.py --dataset synthetic --rounds 20 --method stc_updown fedavg signsgd   # ~5 s
-    python examples/stc_mnist.py --dataset fashion-mnist --rounds 300      # ~2 min on one core
+    python examples/stc_mnist.py --dataset fashion-mnist --rounds 300      # ~15 s on one core
     python examples/stc_mnist.py                                           # MNIST (downloaded when online)
 
 Expected time (this project's 2-core machine, one thread, measured): 0.4-0.8 s per 100 synthetic rounds per

@@ -11,6 +11,7 @@
     fedsim data info
     fedsim plot RUN_DIR [RUN_DIR ...] [--out DIR]
     fedsim compare RUN_DIR [RUN_DIR ...] [--target-accuracy 0.8] [--target-residual 1e-6]
+    fedsim export RUN_DIR [RUN_DIR ...] --to tensorboard DIR
     fedsim sweep SWEEP.toml [--workers N] [--backend local | dask] ... | fedsim sweep report | plot DIR
 
 Exit status: 0 success; 1 the run diverged, or data could not be had; 2 a bad command line or config
@@ -244,6 +245,12 @@ def build_parser() -> argparse.ArgumentParser:
                          help="federated runs: bits and rounds to the first test accuracy >= A (default 0.8)")
     compare.add_argument("--target-residual", type=float, default=1e-6, metavar="R",
                          help="lazy runs: iterations, communications and bits to f - f* <= R (default 1e-6)")
+
+    export = commands.add_parser("export", help="write runs for another tool: TensorBoard event files")
+    export.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (of `fedsim run`; finished or not)")
+    export.add_argument("--to", nargs=2, required=True, metavar=("FORMAT", "DIR"),
+                        help="tensorboard DIR: one TensorBoard run per run folder under DIR (then: tensorboard "
+                             "--logdir DIR)")
     return parser
 
 
@@ -504,7 +511,40 @@ def command_compare(args) -> int:
         raise UsageError(f"--target-accuracy must be in [0, 1], got {args.target_accuracy}")
     if not (math.isfinite(args.target_residual) and args.target_residual >= 0):
         raise UsageError(f"--target-residual must be a finite number >= 0, got {args.target_residual}")
-    print(compare_tables(_read_runs(args.runs), args.target_accuracy, args.target_residual))
+    print(compare_tables(_read_runs(_run_folders_among(args.runs)), args.target_accuracy, args.target_residual))
+    return EXIT_OK
+
+
+def _run_folders_among(paths: list[str]) -> list[str]:
+    """``paths`` without the folders that are not run folders, each left out with a line (``fedsim compare
+    runs/*`` meets the examples' folders of run folders); all of ``paths`` when none is a run folder (the
+    error then names them). A path that does not exist stays: a typo is an error."""
+    from fedsim.runs.folder import CONFIG_FILE
+    kept = [path for path in paths if not Path(path).is_dir() or (Path(path) / CONFIG_FILE).is_file()]
+    for path in paths if kept else []:
+        if path not in kept:
+            inner = sorted(found.parent.name for found in Path(path).glob(f"*/{CONFIG_FILE}"))
+            holds = f" (it holds the run folders {', '.join(inner[:3])}{' ...' if len(inner) > 3 else ''}: " \
+                    f"fedsim compare {Path(path) / '*'})" if inner else ""
+            print(f"fedsim: {path} is not a run folder; left out{holds}", file=sys.stderr)
+    return kept or paths
+
+
+def command_export(args) -> int:
+    from fedsim import export
+    kind, out = args.to
+    if kind != "tensorboard":
+        raise UsageError(f"--to FORMAT must be tensorboard, got {kind!r}")
+    runs = _read_runs(_run_folders_among(args.runs))
+    for run in runs:
+        if not run.history:
+            print(f"fedsim: warning: {run.path} has no records yet; left out", file=sys.stderr)
+    try:
+        folders = export.to_tensorboard([run for run in runs if run.history], out)
+    except ImportError as error:        # the extra is not installed
+        raise UsageError(str(error)) from None
+    for folder in folders:
+        print(folder)
     return EXIT_OK
 
 
@@ -573,7 +613,7 @@ def command_sweep(args) -> int:
 
 
 COMMANDS = {"run": command_run, "sweep": command_sweep, "presets": command_presets, "show-config": command_show_config,
-            "plot": command_plot, "compare": command_compare}
+            "plot": command_plot, "compare": command_compare, "export": command_export}
 
 
 def main(argv=None) -> int:

@@ -319,10 +319,14 @@ def config_from_dict(raw: dict, source: str = "") -> ExperimentConfig:
 
 def unused_tables(raw: dict, config: ExperimentConfig) -> list[str]:
     """The tables a document sets that ``config`` does not use: another family's, or a compressor's that
-    neither direction of the federated method uses (their settings would be ignored without a word)."""
+    neither direction of the federated method uses (their settings would be ignored without a word). A
+    table whose values are all its defaults is no such table: ``show-config`` writes every table so."""
     unused = []
     for table, values in raw.items():
-        if not isinstance(values, dict) or not values:
+        if not isinstance(values, dict) or not values or table not in TABLES:
+            continue
+        defaults = {field.name: field.default for field in dataclasses.fields(TABLES[table])}
+        if all(defaults.get(name, MISSING) == value for name, value in values.items()):
             continue
         if table in FAMILIES and table != config.family:
             unused.append(f"[{table}] (family is {config.family!r})")

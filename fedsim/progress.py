@@ -30,16 +30,17 @@ class Progress:
     nothing when ``quiet``.
 
     ``line`` is a :meth:`str.format` template with the fields ``unit``, ``completed``, ``total``,
-    ``postfix``, ``timing`` (seconds so far and, once there is a rate, those left:
-    left = (total - completed) / rate, rate = units done this session / elapsed) and any extra fields
-    given to :meth:`update`.
+    ``postfix``, ``timing`` (seconds so far and, from the second unit of this session on, those left:
+    left = (total - completed) / rate, rate = units done since the first / seconds since the first; the
+    first unit is left out, as it carries the start's costs: a run's first step compiles its kernels)
+    and any extra fields given to :meth:`update`.
     """
 
     def __init__(self, name: str, total: int, done: int, unit: str, quiet: bool,
                  line: str = "{unit} {completed}/{total}  {postfix}  ({timing})"):
         self.name, self.total, self.unit, self.quiet, self.line = name, total, unit, quiet, line
         self.started = time.perf_counter()
-        self.first_done = done
+        self.first: tuple[float, int] | None = None        # (moment, completed) of the session's first unit
         self.last_line = -math.inf
         self.bar = None
         if show_progress(quiet):
@@ -71,11 +72,14 @@ class Progress:
             self.bar.update(1)
             return
         moment = time.perf_counter()
+        if self.first is None:
+            self.first = (moment, completed)
         if self.quiet or (moment - self.last_line < PROGRESS_LINE_SECONDS and completed < self.total):
             return
         self.last_line = moment
         elapsed = moment - self.started
-        rate = (completed - self.first_done) / elapsed if elapsed > 0 else 0.0
+        since, first_completed = self.first
+        rate = (completed - first_completed) / (moment - since) if moment > since else 0.0
         left = f", ~{(self.total - completed) / rate:.0f} s left" if rate > 0 and completed < self.total else ""
         text = self.line.format(unit=self.unit, completed=completed, total=self.total, postfix=postfix,
                                 timing=f"{elapsed:.0f} s{left}", **fields)

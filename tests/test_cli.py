@@ -93,6 +93,18 @@ def test_show_config_prints_every_setting_as_toml(tmp_path):
     assert config_from_dict(document) == load_preset("synthetic", ["federated.lr=0.125", "seed=5"])
     defaults = fedsim(tmp_path, "show-config")
     assert defaults.returncode == 0 and 'method = "stc_updown"' in defaults.stdout
+    # its output is a config that gives the same config, without a warning about the tables it does not use
+    (tmp_path / "shown.toml").write_text(result.stdout)
+    again = fedsim(tmp_path, "show-config", "shown.toml")
+    assert (again.returncode, again.stderr) == (0, "")
+    assert again.stdout.split("\n", 1)[1] == result.stdout.split("\n", 1)[1]     # all but the header line
+
+
+def test_the_readmes_offline_quickstart_names_only_presets_that_need_no_download():
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"## Quickstart \(works offline\)\n\n```bash\n(.*?)```", readme, re.S).group(1)
+    presets = re.findall(r"--preset (\S+)", block)
+    assert presets and all(load_preset(name).data.dataset == "synthetic" for name in presets), presets
 
 
 def test_show_config_of_a_file(tmp_path):
@@ -310,6 +322,11 @@ def test_compare_prints_a_table(tmp_path, finished_runs):
     assert rows["stc"][1:5] == ["stc_updown", "6", f"{stc['final_test_accuracy']:.4f}",
                                 f"{stc['best_test_accuracy']:.4f}"]
     assert rows["gd"][2] == "30" and rows["gd"][-1] == "completed"
+    # a folder of run folders among them (`fedsim compare runs/*` after the examples ran): left out, saying so
+    among = fedsim(tmp_path, "compare", *runs, finished_runs, "--target-accuracy", "0.5", "--target-residual", "1e-3")
+    assert (among.returncode, among.stdout) == (0, text)
+    assert error_lines(among.stderr) == [f"fedsim: {finished_runs} is not a run folder; left out (it holds the run "
+                                         f"folders fedavg, gd, laq ...: fedsim compare {finished_runs / '*'})"]
     bad = fedsim(tmp_path, "compare", *runs, "--target-accuracy", "2")
     assert_one_error_line(bad, "--target-accuracy must be in [0, 1]")
 

@@ -22,21 +22,25 @@ def clock(monkeypatch):
 def test_on_a_pipe_a_line_every_few_seconds_at_most_and_the_last(clock, capsys):
     assert PROGRESS_LINE_SECONDS == 5.0
     bar = Progress("synthetic", 10, 2, "round", quiet=False)      # 2 rounds were done before this session
-    for completed, moment in ((3, 101.0), (4, 104.0), (5, 106.0), (6, 106.5), (10, 107.0)):
+    # round 3 takes 20 s (the kernels compiling), the later ones 1 s
+    for completed, moment in ((3, 120.0), (4, 121.0), (5, 122.0), (6, 126.5), (10, 127.0)):
         clock[0] = moment
         bar.update(completed, "loss 0.5")
     bar.close()
-    # time left = rounds left / (rounds done this session / elapsed): 7 / (1 / 1), 5 / (3 / 6)
-    assert capsys.readouterr() == ("", "fedsim: synthetic: round 3/10  loss 0.5  (1 s, ~7 s left)\n"
-                                       "fedsim: synthetic: round 5/10  loss 0.5  (6 s, ~10 s left)\n"
-                                       "fedsim: synthetic: round 10/10  loss 0.5  (7 s)\n")
+    # no time left after the first round; then left = rounds left / (rounds since the first / seconds
+    # since the first), the first round's 20 s left out: 4 / (3 / 6.5), not 4 / (4 / 26.5) = 26 s
+    assert capsys.readouterr() == ("", "fedsim: synthetic: round 3/10  loss 0.5  (20 s)\n"
+                                       "fedsim: synthetic: round 6/10  loss 0.5  (26 s, ~9 s left)\n"
+                                       "fedsim: synthetic: round 10/10  loss 0.5  (27 s)\n")
 
 
 def test_a_line_of_its_own_with_extra_fields(clock, capsys):
     bar = Progress("sweep", 4, 0, "run", quiet=False, line="{completed}/{total} runs done, {failed} failed ({timing})")
-    clock[0] = 102.0
-    bar.update(1, "failed 1", failed=1)
-    assert capsys.readouterr().err == "fedsim: sweep: 1/4 runs done, 1 failed (2 s, ~6 s left)\n"
+    for completed, moment in ((1, 102.0), (2, 110.0)):
+        clock[0] = moment
+        bar.update(completed, "failed 1", failed=1)
+    assert capsys.readouterr().err == ("fedsim: sweep: 1/4 runs done, 1 failed (2 s)\n"
+                                       "fedsim: sweep: 2/4 runs done, 1 failed (10 s, ~16 s left)\n")
 
 
 def test_quiet_says_nothing(clock, capsys):

@@ -82,17 +82,12 @@ def array_cache_dir() -> Path:
     return user_cache_dir() / FOLDER_NAME
 
 
-def compute_environment() -> dict:
-    """What of this machine can change the bits of a NumPy computation: for a key of :func:`cached_array`.
+def numpy_blas_pools() -> list[dict]:
+    """threadpoolctl's entries of the BLAS NumPy's products call, whatever else is loaded (SciPy's own).
 
-    The NumPy version, the CPU architecture and byte order, and NumPy's BLAS library with its version, the
-    kernel it chose for this CPU and its current thread count (a product split over several threads may
-    sum in another order). NumPy's BLAS is the one its wheel ships (in ``numpy.libs`` or inside the
-    package); where none is found there (a NumPy linked to a system BLAS) every BLAS loaded is listed, which
-    may make keys differ between processes that loaded different libraries: a miss, never a wrong hit.
+    NumPy's BLAS is the one its wheel ships (in ``numpy.libs`` or inside the package); where none is found
+    there (a NumPy linked to a system BLAS) every BLAS loaded is listed.
     """
-    import platform
-
     from threadpoolctl import threadpool_info
     pools = [pool for pool in threadpool_info() if pool.get("user_api") == "blas"]
     numpy_folder = Path(np.__file__).resolve().parent
@@ -101,9 +96,22 @@ def compute_environment() -> dict:
         location = Path(pool.get("filepath") or "").resolve()
         return location.parent.name.startswith("numpy") or numpy_folder in location.parents
 
-    chosen = [pool for pool in pools if shipped_with_numpy(pool)] or pools
+    return [pool for pool in pools if shipped_with_numpy(pool)] or pools
+
+
+def compute_environment() -> dict:
+    """What of this machine can change the bits of a NumPy computation: for a key of :func:`cached_array`.
+
+    The NumPy version, the CPU architecture and byte order, and NumPy's BLAS library
+    (:func:`numpy_blas_pools`) with its version, the kernel it chose for this CPU and its current thread
+    count (a product split over several threads may sum in another order). With a system BLAS every BLAS
+    loaded is listed, which may make keys differ between processes that loaded different libraries: a
+    miss, never a wrong hit.
+    """
+    import platform
+
     blas = sorted(f"{pool.get('internal_api')} {pool.get('version')} {pool.get('architecture', '')} "
-                  f"threads={pool.get('num_threads')}" for pool in chosen)
+                  f"threads={pool.get('num_threads')}" for pool in numpy_blas_pools())
     return {"numpy": np.__version__, "machine": platform.machine(), "byteorder": sys.byteorder, "blas": blas}
 
 
@@ -246,4 +254,4 @@ def cache_entries(folder=None) -> list[Path]:
 
 
 __all__ = ["ENV_ARRAY_CACHE", "array_cache_dir", "cache_enabled", "cache_entries", "cached_array",
-           "compute_environment", "entry_path", "stored_bytes"]
+           "compute_environment", "entry_path", "numpy_blas_pools", "stored_bytes"]

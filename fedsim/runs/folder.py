@@ -13,7 +13,8 @@ A run folder holds::
 Identity: meta.json records a random ``run_id`` and the sha256 of the canonical effective config
 (:func:`fedsim.config.config_fingerprint`); every checkpoint carries both, and checkpoint.json the sha256
 of checkpoint.npz. A resume refuses an edited config.toml (listing the changed settings), a checkpoint
-of another run, and a corrupt or truncated checkpoint, each with one line; nothing is deleted.
+of another run, and a corrupt or truncated checkpoint, each with one line; nothing is deleted but the
+temporary files of writes a kill interrupted (``.<file>.<pid>-<random>.part``).
 
 Consistency rules (so that a run killed at any instant, even by SIGKILL, resumes exactly):
 
@@ -223,6 +224,14 @@ class RunFolder:
                                  f"{digest[:12]}... instead of {str(note['sha256'])[:12]}...): it was replaced "
                                  f"or damaged; the run cannot be resumed from it")
         return arrays, meta, identity
+
+    def remove_partial_writes(self) -> None:
+        """Delete what a kill in the middle of an atomic write left: ``.<run file>.<pid>-<random>.part``
+        (:func:`fedsim.files.atomic_file`). Only for the folder's owner (:meth:`lock`): no write is then
+        under way."""
+        for name in RUN_FILES:
+            for partial in self.path.glob(f".{name}.*.part"):
+                partial.unlink(missing_ok=True)
 
     # ownership
     def lock(self) -> "FolderLock":

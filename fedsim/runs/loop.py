@@ -31,7 +31,7 @@ from fedsim.files import write_atomic
 from fedsim.progress import Progress, show_progress
 from fedsim.runs.folder import (CHECKPOINT_FILE, CHECKPOINT_NOTE_FILE, CONFIG_FILE, HISTORY_FILE, META_FILE,
                                 SUMMARY_FILE, RunFolder, RunFolderError, check_new_run_target, now, to_json)
-from fedsim.runs.provenance import environment, git_commit, pinned_threads, thread_settings
+from fedsim.runs.provenance import blas_changed, environment, git_commit, pinned_threads, thread_settings
 from fedsim.runs.records import summarize
 
 #: Exit status of a run stopped by a signal: 128 + the signal number (130 for Ctrl-C), as shells report.
@@ -134,7 +134,8 @@ def execute(run, folder: RunFolder, config: ExperimentConfig, *, name: str, quie
     Appends each record to history.jsonl (flushed), checkpoints every ``config.run.checkpoint_every``
     steps and at the end, stops at a step boundary on SIGINT/SIGTERM (checkpointing there), and writes
     summary.json when the run completes or diverges. ``observer(record)``, if given, is called after
-    each step (the examples print a block per round with it).
+    each step's record is written (the examples print a block per round with it; what it is given and
+    may do: :mod:`fedsim.runs`).
     """
     planned = config.steps
     every = config.run.checkpoint_every
@@ -310,6 +311,7 @@ def resume_run(path, *, quiet: bool = False, progress_data: bool | None = None,
     if not folder.path.is_dir():
         raise RunFolderError(f"{folder.path} is not a fedsim run folder (no such folder)")
     with folder.lock():
+        folder.remove_partial_writes()
         config = folder.read_config()
         meta = folder.read_json(META_FILE) or {}
         _check_identity(folder, config, meta)
@@ -366,7 +368,7 @@ def _warn_on_changes(meta: dict) -> None:
                if key in ("fedsim", "numpy", "numba") and meta.get(key) not in (None, value)}
     recorded = meta.get("threads") or {}
     now_settings = thread_settings(recorded.get("blas_threads", 1))
-    if recorded.get("blas") not in (None, now_settings["blas"]):
+    if blas_changed(recorded.get("blas"), now_settings["blas"]):
         changed["BLAS"] = (recorded["blas"], now_settings["blas"])
     if recorded.get("environment", {}) != now_settings["environment"]:
         print(f"fedsim: warning: the thread settings of the environment differ from the run's start "

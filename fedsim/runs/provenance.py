@@ -8,6 +8,10 @@ depend on the thread count: pinning makes a run's history the same on any machin
 environment for one value of ``run.blas_threads`` (1 by default). The block threads change no result
 (each model's blocks stay on one thread, in order), and the blocks' products are small enough that
 OpenBLAS runs each on one thread. fedsim's Numba kernels are single-threaded.
+
+BLAS: meta.json records NumPy's BLAS (:func:`numpy_blas`), the library the run's products call, when the
+run starts; a resume warns when it differs (:func:`blas_changed`), never because another library (SciPy's)
+happens to be loaded or not.
 """
 
 from __future__ import annotations
@@ -65,18 +69,33 @@ def pinned_threads(blas_threads: int):
             softmax.set_threads(previous)
 
 
+def numpy_blas() -> str:
+    """The BLAS library NumPy's products call, as ``"API VERSION KERNEL"`` (``openblas 0.3.31 SkylakeX``):
+    the one a run's products use, the same whatever else is loaded (SciPy's own BLAS, loaded by the
+    array cache's first computation, is not it). With a NumPy linked to a system BLAS, every BLAS loaded."""
+    from fedsim.data.cache import numpy_blas_pools
+    return ", ".join(sorted(f"{pool.get('internal_api')} {pool.get('version')} {pool.get('architecture', '')}".strip()
+                            for pool in numpy_blas_pools()))
+
+
 def thread_settings(blas_threads: int) -> dict:
-    """The thread settings a run records: its pinned BLAS threads, the BLAS libraries loaded (API,
-    version, kernel) and the thread variables of the environment."""
+    """The thread settings a run records: its pinned BLAS threads, NumPy's BLAS (:func:`numpy_blas`) and
+    the thread variables of the environment."""
     import os
 
-    from threadpoolctl import threadpool_info
-    libraries = sorted({f"{pool.get('internal_api')} {pool.get('version')} {pool.get('architecture', '')}".strip()
-                        for pool in threadpool_info() if pool.get("user_api") == "blas"})
     variables = {name: os.environ[name] for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                                                      "NUMBA_NUM_THREADS", "OPENBLAS_CORETYPE")
                  if name in os.environ}
-    return {"blas_threads": int(blas_threads), "blas": libraries, "environment": variables}
+    return {"blas_threads": int(blas_threads), "blas": numpy_blas(), "environment": variables}
 
 
-__all__ = ["environment", "git_commit", "pinned_threads", "thread_settings"]
+def blas_changed(recorded, current: str) -> bool:
+    """Whether NumPy's BLAS ``current`` differs from the one a run ``recorded`` (a run folder written
+    before fedsim recorded NumPy's alone holds the list of every BLAS then loaded: a change only if
+    ``current`` is not among them)."""
+    if recorded is None:
+        return False
+    return current not in (recorded if isinstance(recorded, list) else [recorded])
+
+
+__all__ = ["blas_changed", "environment", "git_commit", "numpy_blas", "pinned_threads", "thread_settings"]

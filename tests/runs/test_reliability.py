@@ -203,10 +203,12 @@ def test_a_kill_during_the_checkpoint_write_leaves_a_resumable_folder(tmp_path, 
     """What a kill -9 inside the atomic write leaves: a half-written temporary file beside the
     complete old checkpoint. The resume uses the old one and ends as an uninterrupted run."""
     run_dir = unfinished_copy(finished, tmp_path)
-    (run_dir / f".{CHECKPOINT_FILE}.4242-x1y2z3.part").write_bytes(b"PK\x03\x04 half a zip")
+    partial = run_dir / f".{CHECKPOINT_FILE}.4242-x1y2z3.part"
+    partial.write_bytes(b"PK\x03\x04 half a zip")
     result = fedsim(tmp_path, "run", "--resume", run_dir, "--quiet")
     assert result.returncode == 0, result.stderr
     assert history(run_dir) == finished[1]
+    assert not partial.exists(), "the resume must delete the interrupted write's temporary file"
 
 
 # --- 4. results independent of the thread count -----------------------------------------------------------
@@ -251,6 +253,27 @@ def test_a_resume_under_other_thread_settings_warns(tmp_path, finished):
     assert result.returncode == 0, result.stderr
     assert "thread settings of the environment differ" in result.stderr
     assert history(run_dir) == finished[1]
+
+
+def test_the_blas_recorded_is_numpys_whatever_else_is_loaded_and_a_resume_does_not_warn(tmp_path, finished):
+    """The first session loads SciPy's BLAS too (as the array cache's first computation does), the
+    resume does not: meta.json holds NumPy's BLAS alone, and the resume warns of no change."""
+    check = ("from fedsim.runs.provenance import numpy_blas; before = numpy_blas(); import scipy.linalg; "
+             "from threadpoolctl import threadpool_info; "
+             "print(len([p for p in threadpool_info() if p['user_api'] == 'blas']), before == numpy_blas())")
+    loaded = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
+                            env=clean_env(tmp_path), timeout=120)
+    libraries, same = loaded.stdout.split()          # NumPy's and SciPy's wheels each ship an OpenBLAS
+    assert int(libraries) >= 2 and same == "True", loaded.stdout + loaded.stderr
+    import scipy.linalg  # noqa: F401  (SciPy's BLAS loaded in this process, which starts the run)
+    run_dir = unfinished_copy(finished, tmp_path)
+    recorded = json.loads((run_dir / META_FILE).read_text())["threads"]["blas"]
+    assert isinstance(recorded, str) and recorded.count("openblas") <= 1, recorded
+    result = fedsim(tmp_path, "run", "--resume", run_dir, "--quiet")
+    assert result.returncode == 0 and "warning" not in result.stderr, result.stderr
+    from fedsim.runs.provenance import blas_changed
+    assert not blas_changed([recorded, "openblas 0.3.30 SkylakeX"], recorded)    # a folder of older fedsim
+    assert blas_changed(recorded, "mkl 2025.1 avx512") and not blas_changed(None, recorded)
 
 
 # --- 5. never overwrite a file fedsim did not write --------------------------------------------------------

@@ -155,19 +155,25 @@ def crash():
 
 
 def test_crash_then_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch, reference_run):
+    """... and the observer of each session sees the records written to history.jsonl, in order: the
+    resume's from the checkpoint on (rounds 5 and 6, done again, are observed again, equal bit for bit)."""
     config, reference = reference_run
     out = tmp_path / "run"
     before_step(monkeypatch, FederatedRun, 6, crash)           # in round 7
+    first_session, second_session = [], []
     with pytest.raises(RuntimeError, match="simulated crash"):
-        start_run(config, out, name="crash", quiet=True)
+        start_run(config, out, name="crash", quiet=True, observer=first_session.append)
     monkeypatch.undo()
     folder = RunFolder(out)
+    assert first_session == folder.read_history()
     assert len(folder.read_history()) == 6                  # rounds 5 and 6 are past the checkpoint
     assert json.loads((out / CHECKPOINT_NOTE_FILE).read_text())["completed"] == 4
     assert not (out / SUMMARY_FILE).exists()
-    outcome = resume_run(out, quiet=True)
+    outcome = resume_run(out, quiet=True, observer=second_session.append)
     assert (outcome.status, outcome.completed) == ("completed", 12)
     assert strip_wall_time(folder.read_history()) == reference
+    assert second_session == folder.read_history()[4:]
+    assert strip_wall_time(second_session[:2]) == strip_wall_time(first_session[4:])
     meta = json.loads((out / META_FILE).read_text())
     assert [s["from"] for s in meta["sessions"]] == [0, 4]
     again = resume_run(out, quiet=True)
@@ -229,12 +235,25 @@ def test_setting_that_does_not_fit_the_data_is_a_config_error(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_lazy_progress_ends_with_the_accuracy_the_summary_reports(tmp_path, capsys):
+    """At the final theta^K (0.8302), not at the last evaluation's theta^8 (0.8113)."""
+    out = tmp_path / "lazy"
+    start_run(load_preset("laq-synthetic", TINY_LAZY + ["lazy.iterations=9", "lazy.eval_every=8"]), out,
+              name="lazy")
+    last_line = capsys.readouterr().err.strip().splitlines()[-1]
+    final = json.loads((out / SUMMARY_FILE).read_text())["final_test_accuracy"]
+    assert last_line.startswith("fedsim: lazy: iteration 9/9") and f"acc {final:.4f}" in last_line, last_line
+    assert f"{RunFolder(out).read_history()[8]['test_accuracy']:.4f}" != f"{final:.4f}"
+
+
 def test_lazy_run(tmp_path):
     config = load_preset("laq-synthetic", TINY_LAZY)
     out = tmp_path / "lazy"
-    outcome = start_run(config, out, name="lazy", quiet=True)
+    observed = []
+    outcome = start_run(config, out, name="lazy", quiet=True, observer=observed.append)
     assert outcome.status == "completed" and outcome.completed == 25
     history = RunFolder(out).read_history()
+    assert observed == history
     assert [r["iteration"] for r in history] == list(range(25))
     first, last = history[0], history[-1]
     assert first["uploads"] == list(range(6))             # every worker uploads at k = 0

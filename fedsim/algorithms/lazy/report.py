@@ -97,9 +97,11 @@ def summarize(history: list[dict]) -> dict:
 
 
 def progress_text(record: dict, state: dict) -> str:
-    """The progress bar's text after ``record``: objective, gradient norm, bits and the last accuracy."""
-    if "test_accuracy" in record:
-        state["accuracy"] = record["test_accuracy"]
+    """The progress bar's text after ``record``: objective, gradient norm, bits and the last accuracy
+    (after the last iteration, the one at the final theta^K that the summary and tables report)."""
+    for key in ("test_accuracy", "final_test_accuracy"):        # the record's test_accuracy is at theta^k
+        if key in record:
+            state["accuracy"] = record[key]
     accuracy = f"  acc {state['accuracy']:.4f}" if "accuracy" in state else ""
     return (f"f {record['objective']:.6g}  |grad|^2 {record['grad_norm_sq']:.3g}  "
             f"bits {record['bits']:.3g}{accuracy}")
