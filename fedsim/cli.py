@@ -437,6 +437,14 @@ def _read_runs(paths):
     return [read_run(path) for path in paths]
 
 
+def _with_records(runs) -> list:
+    """The runs that have records; each of the others is left out with a warning line."""
+    for run in runs:
+        if not run.history:
+            print(f"fedsim: warning: {run.path} has no records yet; left out", file=sys.stderr)
+    return [run for run in runs if run.history]
+
+
 def plot_folder(runs, out=None) -> Path:
     """Where ``fedsim plot`` writes: ``out`` if given, else RUN_DIR/plots for one run, else ./plots."""
     if out:
@@ -448,11 +456,8 @@ def command_plot(args) -> int:
     from fedsim.plot import plot_runs
     runs = _read_runs(args.runs)
     out = plot_folder(runs, args.out)
-    for run in runs:
-        if not run.history:
-            print(f"fedsim: warning: {run.path} has no records yet; left out", file=sys.stderr)
     notes: list[str] = []
-    paths = plot_runs([run for run in runs if run.history], out, notes=notes)
+    paths = plot_runs(_with_records(runs), out, notes=notes)
     if not paths:
         raise UsageError("none of the runs has any records to plot (with values a figure can show)")
     for note in notes:
@@ -462,55 +467,12 @@ def command_plot(args) -> int:
     return EXIT_OK
 
 
-def _table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
-    lines = ["  ".join(str(cell).rjust(width) if i else str(cell).ljust(width)
-                       for i, (cell, width) in enumerate(zip(line, widths)))
-             for line in [headers, *rows]]
-    lines.insert(1, "  ".join("-" * width for width in widths))
-    return "\n".join(lines)
-
-
-def same_data(runs) -> dict[str, list]:
-    """``runs`` grouped by the data they ran on, each group named: the [data] table (not where its files
-    are) and, for synthetic data, the seed that generates it (as ``load_data`` keys the data it loaded)."""
-    keys = []
-    for run in runs:
-        data = {key: value for key, value in (run.config.get("data") or {}).items()
-                if key not in ("data_dir", "download")}
-        if data.get("dataset") == "synthetic":
-            data["seed"] = run.config.get("seed", 0)
-        keys.append(data)
-    differing = sorted({key for data in keys for key in data if len({repr(d.get(key)) for d in keys}) > 1})
-    groups: dict[str, list] = {}
-    for run, data in zip(runs, keys):
-        name = ", ".join([str(data.get("dataset", "?"))] + [f"{key} {data.get(key)}" for key in differing])
-        groups.setdefault(name, []).append(run)
-    return groups
-
-
-def compare_tables(runs, target_accuracy: float, target_residual: float) -> str:
-    """The text of ``fedsim compare``: one table per family present, each drawn up by its family. A
-    family whose numbers are relative to the best objective of the runs (its sweep curve is a residual,
-    f - f*) gets one table per data the runs ran on: f* is a property of the data, not shared across it."""
-    from fedsim.algorithms.family import group_by_family
-    targets = {"accuracy": target_accuracy, "residual": target_residual}
-    blocks = []
-    for declared, chosen in group_by_family(runs):
-        relative = declared.report.curve[3:] == ("residual",)
-        groups = same_data(chosen) if relative else {"": chosen}
-        for data, grouped in groups.items():
-            title, headers, rows = declared.report.compare(grouped, targets)
-            title += f" on data: {data}" if len(groups) > 1 else ""
-            blocks.append(f"{title}\n{_table(headers, rows)}")
-    return "\n\n".join(blocks)
-
-
 def command_compare(args) -> int:
     if not 0 <= args.target_accuracy <= 1:
         raise UsageError(f"--target-accuracy must be in [0, 1], got {args.target_accuracy}")
     if not (math.isfinite(args.target_residual) and args.target_residual >= 0):
         raise UsageError(f"--target-residual must be a finite number >= 0, got {args.target_residual}")
+    from fedsim.runs.compare import compare_tables
     print(compare_tables(_read_runs(_run_folders_among(args.runs)), args.target_accuracy, args.target_residual))
     return EXIT_OK
 
@@ -535,12 +497,9 @@ def command_export(args) -> int:
     kind, out = args.to
     if kind != "tensorboard":
         raise UsageError(f"--to FORMAT must be tensorboard, got {kind!r}")
-    runs = _read_runs(_run_folders_among(args.runs))
-    for run in runs:
-        if not run.history:
-            print(f"fedsim: warning: {run.path} has no records yet; left out", file=sys.stderr)
+    runs = _with_records(_read_runs(_run_folders_among(args.runs)))
     try:
-        folders = export.to_tensorboard([run for run in runs if run.history], out)
+        folders = export.to_tensorboard(runs, out)
     except ImportError as error:        # the extra is not installed
         raise UsageError(str(error)) from None
     for folder in folders:

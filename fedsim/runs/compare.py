@@ -1,0 +1,51 @@
+"""``fedsim compare``'s tables: one per family present, each drawn up by its family; runs compared against
+one f* only when they ran on the same data."""
+
+from __future__ import annotations
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
+    lines = ["  ".join(str(cell).rjust(width) if i else str(cell).ljust(width)
+                       for i, (cell, width) in enumerate(zip(line, widths)))
+             for line in [headers, *rows]]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def same_data(runs) -> dict[str, list]:
+    """``runs`` grouped by the data they ran on, each group named: the [data] table (not where its files
+    are) and, for synthetic data, the seed that generates it (as ``load_data`` keys the data it loaded)."""
+    keys = []
+    for run in runs:
+        data = {key: value for key, value in (run.config.get("data") or {}).items()
+                if key not in ("data_dir", "download")}
+        if data.get("dataset") == "synthetic":
+            data["seed"] = run.config.get("seed", 0)
+        keys.append(data)
+    differing = sorted({key for data in keys for key in data if len({repr(d.get(key)) for d in keys}) > 1})
+    groups: dict[str, list] = {}
+    for run, data in zip(runs, keys):
+        name = ", ".join([str(data.get("dataset", "?"))] + [f"{key} {data.get(key)}" for key in differing])
+        groups.setdefault(name, []).append(run)
+    return groups
+
+
+def compare_tables(runs, target_accuracy: float, target_residual: float) -> str:
+    """The text of ``fedsim compare``: one table per family present, each drawn up by its family. A
+    family whose numbers are relative to the best objective of the runs (its sweep curve is a residual,
+    f - f*) gets one table per data the runs ran on: f* is a property of the data, not shared across it."""
+    from fedsim.algorithms.family import group_by_family
+    targets = {"accuracy": target_accuracy, "residual": target_residual}
+    blocks = []
+    for declared, chosen in group_by_family(runs):
+        relative = declared.report.curve[3:] == ("residual",)
+        groups = same_data(chosen) if relative else {"": chosen}
+        for data, grouped in groups.items():
+            title, headers, rows = declared.report.compare(grouped, targets)
+            title += f" on data: {data}" if len(groups) > 1 else ""
+            blocks.append(f"{title}\n{_table(headers, rows)}")
+    return "\n\n".join(blocks)
+
+
+__all__ = ["compare_tables", "same_data"]
