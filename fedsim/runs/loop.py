@@ -4,7 +4,7 @@ signals, resume.
 The loop only knows the run protocol of :mod:`fedsim.algorithms.family`; what is written where is
 :mod:`fedsim.runs.folder`'s (its docstring gives the consistency rules that make any kill resumable).
 
-SIGINT (Ctrl-C) and SIGTERM stop the run at the next step boundary: a checkpoint is written there and
+SIGINT (Ctrl-C), SIGTERM and SIGHUP stop the run at the next step boundary: a checkpoint is written there and
 the run can be resumed with ``fedsim run --resume RUN_DIR``. A second signal stops it at once (the last
 periodic checkpoint is then what a resume starts from).
 """
@@ -92,12 +92,16 @@ class RunOutcome:
         return 1 if self.status == "diverged" else 0
 
 
-class _StopOnSignals:
-    """While active, SIGINT and SIGTERM (or the signals ``numbers``) only set :attr:`received`; the loop
-    stops at a step boundary. A second signal gets the previous handler (Ctrl-C then raises
+#: The signals that stop a run (and a sweep) at a step boundary with a checkpoint.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class StopOnSignals:
+    """While active, the :data:`STOP_SIGNALS` (or the signals ``numbers``) only set :attr:`received`; the
+    loop stops at a step boundary. A second signal gets the previous handler (Ctrl-C then raises
     KeyboardInterrupt at once)."""
 
-    def __init__(self, active: bool = True, numbers=(signal.SIGINT, signal.SIGTERM)):
+    def __init__(self, active: bool = True, numbers=STOP_SIGNALS):
         self.active = active
         self.numbers = numbers
         self.received: int | None = None
@@ -132,7 +136,7 @@ def execute(run, folder: RunFolder, config: ExperimentConfig, *, name: str, quie
     The step protocol: ``run.completed`` (steps done), ``run.step() -> record``, ``run.history``,
     ``run.state_dict() -> (arrays, meta)``.
     Appends each record to history.jsonl (flushed), checkpoints every ``config.run.checkpoint_every``
-    steps and at the end, stops at a step boundary on SIGINT/SIGTERM (checkpointing there), and writes
+    steps and at the end, stops at a step boundary on SIGINT/SIGTERM/SIGHUP (checkpointing there), and writes
     summary.json when the run completes or diverges. ``observer(record)``, if given, is called after
     each step's record is written (the examples print a block per round with it; what it is given and
     may do: :mod:`fedsim.runs`).
@@ -149,7 +153,7 @@ def execute(run, folder: RunFolder, config: ExperimentConfig, *, name: str, quie
     def checkpoint():
         folder.write_checkpoint(*run.state_dict(), planned=planned, identity=identity)
 
-    with _StopOnSignals() as stop, folder.open_history() as history_file, \
+    with StopOnSignals() as stop, folder.open_history() as history_file, \
             pinned_threads(config.run.blas_threads):
         bar = Progress(name, planned, run.completed, algorithms.unit, quiet)
         compiling = bar.note_if_slow(COMPILE_NOTE_SECONDS, COMPILE_NOTE)

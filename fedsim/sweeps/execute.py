@@ -49,10 +49,9 @@ from pathlib import Path
 
 import fedsim.sweeps.folder as sweep_folder
 from fedsim.progress import Progress
-from fedsim.runs.loop import EXIT_SIGNAL_BASE, _StopOnSignals
+from fedsim.runs.loop import EXIT_SIGNAL_BASE, StopOnSignals
 from fedsim.sweeps.folder import FINAL, RUNS_FOLDER, SweepError, run_folder, write_manifest
 from fedsim.sweeps.spec import Sweep
-from fedsim.sweeps.worker import STOP_SIGNALS
 
 BACKENDS = ("local", "dask")
 #: Times a run is given to a new worker after the worker running it died, before it is marked failed.
@@ -152,7 +151,7 @@ def _dispatch(sweep: Sweep, out: Path, statuses: dict, pending: list, backend: s
         not_finished += result.get("status", "failed") not in FINAL
         progress.update(done, f"failed {not_finished}", not_finished=not_finished)
 
-    with _StopOnSignals(numbers=STOP_SIGNALS) as stop:
+    with StopOnSignals() as stop:
         try:
             if not pending:
                 pass

@@ -5,7 +5,7 @@ This module imports nothing numerical at its top, so that :func:`pin_threads`, t
 worker (:func:`serve`) does, sets the thread variables before NumPy, SciPy or Numba are first imported.
 
 Signals in a local worker: SIGINT, SIGTERM and SIGHUP only note that the sweep is stopping
-(:data:`STOPPING`); while a run steps, the run loop's own handlers take SIGINT and SIGTERM and stop it at a
+(:data:`STOPPING`); while a run steps, the run loop's own handlers take them and stop it at a
 step boundary with a checkpoint, as in ``fedsim run``. The coordinator sends SIGTERM to a busy worker until
 it answers, so a signal that came while the run was being built (before the loop's handlers) is not lost.
 """
@@ -45,9 +45,7 @@ def limit_threads(threads: int) -> None:
     threadpool_limits(limits=threads)
 
 
-#: The signals that stop a sweep: in the coordinator, the first stops the runs at a step boundary, a
-#: second at once; in a local worker, each only sets :data:`STOPPING` (no run is started after it).
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+#: In a local worker, a stop signal (fedsim.runs.loop.STOP_SIGNALS) only sets this: no run is started after it.
 STOPPING = {"signal": None}
 
 
@@ -63,6 +61,7 @@ def serve(connection, threads: int) -> None:
     A task received after a stop signal is not started: the answer is ``{"status": "pending"}``.
     """
     pin_threads(threads)
+    from fedsim.runs.loop import STOP_SIGNALS       # once the threads are pinned: it loads NumPy
     for number in STOP_SIGNALS:
         signal.signal(number, _note_stop)
     while True:
@@ -115,4 +114,4 @@ def run_one(config, folder: str, name: str, command: list[str], threads: int | N
                 "ran": True}
 
 
-__all__ = ["STOPPING", "STOP_SIGNALS", "THREAD_VARIABLES", "limit_threads", "pin_threads", "run_one", "serve"]
+__all__ = ["STOPPING", "THREAD_VARIABLES", "limit_threads", "pin_threads", "run_one", "serve"]

@@ -180,15 +180,17 @@ def test_crash_then_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch, re
     assert again.status == "finished-before" and again.exit_code == 0
 
 
-def test_sigint_stops_at_a_round_boundary_and_resumes(tmp_path, monkeypatch, reference_run):
+@pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_a_stop_signal_stops_at_a_round_boundary_and_resumes(tmp_path, monkeypatch, reference_run, number):
     config, reference = reference_run
     out = tmp_path / "run"
-    # as Ctrl-C during round 6: the round still completes
-    before_step(monkeypatch, FederatedRun, 5, lambda: signal.raise_signal(signal.SIGINT))
-    outcome = start_run(config, out, name="sigint", quiet=True)
+    handler = signal.getsignal(number)
+    # as Ctrl-C (or a SIGTERM, a closed terminal's SIGHUP) during round 6: the round still completes
+    before_step(monkeypatch, FederatedRun, 5, lambda: signal.raise_signal(number))
+    outcome = start_run(config, out, name="stopped", quiet=True)
     monkeypatch.undo()
-    assert (outcome.status, outcome.completed, outcome.exit_code) == ("interrupted", 6, 130)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler      # handlers restored
+    assert (outcome.status, outcome.completed, outcome.exit_code) == ("interrupted", 6, 128 + number)
+    assert signal.getsignal(number) is handler      # handlers restored
     folder = RunFolder(out)
     assert len(folder.read_history()) == 6
     assert json.loads((out / CHECKPOINT_NOTE_FILE).read_text())["completed"] == 6
