@@ -1,0 +1,268 @@
+"""A multilayer perceptron with hand-written forward and backward passes, batched over clients.
+
+Parameters are one flat vector ``theta`` (:mod:`fedsim.params`) holding, layer by layer, the weights
+``W1`` (n_features x H1, row-major), the bias ``b1`` (H1), ``W2`` (H1 x H2), ``b2``, ..., and last the
+output layer ``WL`` (H_{L-1} x n_classes) and ``bL`` (n_classes): a compressor's per-tensor scope follows
+the layers. With no hidden layer the layout and the results are those of softmax regression.
+
+Every function also takes a stack of models, ``theta`` of shape ``(K, size)``, with ``x`` of shape
+``(K, n, n_features)`` (each client its batch) or ``(n, n_features)`` (one batch for all); leading axes
+broadcast as in ``np.matmul``, and each layer is one batched matrix product for all K clients. The
+computation is in the parameters' dtype (float32 or float64); the layers' weights are views of ``theta``,
+never copies.
+
+Equations (L layers, h_0 = x; one-hot labels Y; optional sample weights m_i, else m_i = 1)::
+
+    z_l = h_{l-1} W_l + b_l                         l = 1 .. L
+    h_l = act(z_l)                                  act = relu (max(z, 0)) or tanh, l < L
+    p = softmax(z_L) = exp(z_L - max z_L) / sum exp(z_L - max z_L)
+    loss = sum_i m_i (-log p[i, y_i]) / sum_i m_i + (l2 / 2) ||theta||^2
+
+    dz_L = (p - Y) m / sum m                        dL/dz_L, one row per sample
+    dW_l = h_{l-1}^T dz_l + l2 W_l,   db_l = sum_i dz_l[i] + l2 b_l
+    dh_{l-1} = dz_l W_l^T
+    dz_{l-1} = dh_{l-1} * act'(z_{l-1})             relu' = [z > 0] = [h > 0];  tanh' = 1 - h^2
+
+The L2 penalty covers weights and biases alike, as softmax regression's does (the LAQ reference's).
+"""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, dataclass
+
+import numpy as np
+
+from fedsim.constraints import Integer, OneOf, Real, check_fields, setting
+from fedsim.models.features import FLOAT_DTYPES, Codes, decoded
+from fedsim.params import ParamSpec
+
+ACTIVATIONS = ("relu", "tanh")
+
+
+@dataclass(frozen=True)
+class MLP:
+    """A network ``n_features -> hidden[0] -> ... -> hidden[-1] -> n_classes`` with ``activation`` on the
+    hidden layers and a softmax cross-entropy output (the LAQ reference's network: ``MLP(784, (200,), 10)``)."""
+
+    n_features: int = setting(MISSING, "input dimension", Integer(low=1))
+    hidden: tuple[int, ...] = setting(MISSING, "widths of the hidden layers, input side first, e.g. [200]")
+    n_classes: int = setting(MISSING, "number of classes", Integer(low=2))
+    activation: str = setting("relu", "activation of the hidden layers", OneOf(*ACTIVATIONS))
+    l2: float = setting(0.0, "coefficient of the (l2 / 2) ||theta||^2 penalty; 0 disables it", Real(low=0))
+    dtype: np.dtype = setting(np.dtype(np.float64), "float type of the parameters init makes")
+
+    def __post_init__(self):
+        check_fields(self)
+        if isinstance(self.hidden, (str, bytes)) or not np.iterable(self.hidden):
+            raise TypeError(f"hidden must be a list of integer widths >= 1, got {self.hidden!r}")
+        widths = tuple(Integer(low=1).check(f"hidden[{i}]", width) for i, width in enumerate(self.hidden))
+        object.__setattr__(self, "hidden", widths)
+        try:
+            dtype = np.dtype(self.dtype)
+        except TypeError:
+            dtype = None
+        if dtype not in FLOAT_DTYPES:
+            raise ValueError(f"dtype must be float32 or float64, got {self.dtype!r}")
+        object.__setattr__(self, "dtype", dtype)
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """The widths of all layers' outputs, the input first: ``(n_features, *hidden, n_classes)``."""
+        return (self.n_features,) + self.hidden + (self.n_classes,)
+
+    @property
+    def spec(self) -> ParamSpec:
+        """``W1, b1, ..., WL, bL``: layer l's weights ``(fan_in, fan_out)`` and bias ``(fan_out,)``."""
+        names, shapes = [], []
+        for layer, (fan_in, fan_out) in enumerate(zip(self.widths[:-1], self.widths[1:]), start=1):
+            names += [f"W{layer}", f"b{layer}"]
+            shapes += [(fan_in, fan_out), (fan_out,)]
+        return ParamSpec(tuple(names), tuple(shapes))
+
+    @property
+    def size(self) -> int:
+        return self.spec.size
+
+    def layers(self, theta: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``[(W_l, b_l), ...]`` as views of ``theta`` (shape ``(..., size)``), shapes ``(..., fan_in,
+        fan_out)`` and ``(..., fan_out)``; writing into them writes into ``theta``."""
+        spec = self.spec
+        return [(spec.view(theta, f"W{l}"), spec.view(theta, f"b{l}")) for l in range(1, len(self.widths))]
+
+    def init(self, rng: np.random.Generator | None = None, kind: str = "glorot", dtype=None,
+             batch: tuple[int, ...] = ()) -> np.ndarray:
+        """Initial parameters of ``dtype`` (the model's ``dtype`` if None): ``"glorot"`` (Xavier-uniform,
+        each layer W_l ~ U(-a_l, a_l), a_l = sqrt(6 / (fan_in + fan_out)), drawn layer by layer; b_l = 0)
+        or ``"zeros"`` (every parameter 0: the hidden units then stay equal, so only for tests)."""
+        theta = self.spec.zeros(self.dtype if dtype is None else dtype, batch)
+        if kind == "zeros":
+            return theta
+        if kind != "glorot":
+            raise ValueError(f"init kind must be 'zeros' or 'glorot', got {kind!r}")
+        if rng is None:
+            raise ValueError("init kind 'glorot' needs a numpy.random.Generator (rng)")
+        for W, _ in self.layers(theta):
+            limit = np.sqrt(6.0 / (W.shape[-2] + W.shape[-1]))
+            W[...] = rng.uniform(-limit, limit, size=W.shape)
+        return theta
+
+    # -- forward and backward ------------------------------------------------------------------------
+    def forward(self, theta: np.ndarray, x, rows: np.ndarray | None = None) -> list[np.ndarray]:
+        """The layers' outputs ``[h_0 = x, h_1, ..., h_{L-1}, z_L]`` (the last: the logits), computed in
+        ``theta``'s dtype; shapes ``(..., n, width)``. ``x``: floats or :class:`Codes`; with ``rows``, the
+        samples are ``x[rows]`` of one ``(N, n_features)`` set."""
+        theta = self._checked_theta(theta)
+        outputs = [self._samples(x, rows, theta.dtype)]
+        layers = self.layers(theta)
+        for l, (W, b) in enumerate(layers, start=1):
+            z = np.matmul(outputs[-1], W)                         # z_l = h_{l-1} W_l + b_l
+            z += b[..., None, :]
+            if l < len(layers):                                   # h_l = act(z_l), in place
+                if self.activation == "relu":
+                    np.maximum(z, 0, out=z)
+                else:
+                    np.tanh(z, out=z)
+            outputs.append(z)
+        return outputs
+
+    def loss_and_grad(self, theta: np.ndarray, x, y: np.ndarray, weights: np.ndarray | None = None,
+                      rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Loss (shape: the broadcast batch of ``theta``, ``x`` and ``y``) and its gradient (that batch +
+        ``(size,)``), by one forward and one backward pass.
+
+        ``weights`` (shape ``(..., n)``, optional) weigh the samples: the mean becomes
+        ``sum_i m_i l_i / sum_i m_i``, so a 0/1 mask pads ragged client batches to one array. ``rows``
+        (shape ``(..., n)``, optional): the samples are ``x[rows]`` of a ``(N, n_features)`` set.
+        """
+        outputs = self.forward(theta, x, rows)
+        theta = np.asarray(theta)
+        dtype = theta.dtype
+        logits = outputs.pop()
+        batch = np.broadcast_shapes(theta.shape[:-1], logits.shape[:-2], np.shape(y)[:-1])
+        labels = self._checked_labels(y, batch + logits.shape[-2:-1])
+        share = self._sample_shares(weights, labels.shape, dtype)          # m_i / sum m, or 1 / n
+        nll, delta = self._nll_and_residual(np.broadcast_to(logits, labels.shape + logits.shape[-1:]), labels)
+        loss = np.sum(nll * share, axis=-1)
+        delta *= share[..., None]                                 # dz_L = (p - Y) m / sum m
+
+        grad = np.empty(batch + (self.size,), dtype=dtype)
+        layers, grads = self.layers(theta), self.layers(grad)
+        for l in range(len(layers), 0, -1):
+            h_below = outputs[l - 1]
+            grad_W, grad_b = grads[l - 1]
+            np.matmul(np.swapaxes(h_below, -1, -2), delta, out=grad_W)   # dW_l = h_{l-1}^T dz_l
+            np.sum(delta, axis=-2, out=grad_b)                           # db_l = sum_i dz_l[i]
+            if l > 1:
+                delta = np.matmul(delta, np.swapaxes(layers[l - 1][0], -1, -2))   # dh_{l-1} = dz_l W_l^T
+                if self.activation == "relu":                         # dz_{l-1} = dh_{l-1} * act'(z_{l-1})
+                    delta *= h_below > 0
+                else:
+                    delta *= 1 - h_below * h_below
+        if self.l2:
+            loss = loss + self._penalty(theta)
+            grad += dtype.type(self.l2) * theta
+        return loss, grad
+
+    # -- evaluation ----------------------------------------------------------------------------------
+    def logits(self, theta: np.ndarray, x) -> np.ndarray:
+        """z_L, shape ``(..., n, n_classes)``."""
+        return self.forward(theta, x)[-1]
+
+    def predict(self, theta: np.ndarray, x) -> np.ndarray:
+        """Predicted class of each sample, ``argmax_c z_L``."""
+        return np.argmax(self.logits(theta, x), axis=-1)
+
+    def accuracy(self, theta: np.ndarray, x, y: np.ndarray) -> np.ndarray:
+        """Fraction of samples whose predicted class equals the label."""
+        return np.mean(self.predict(theta, x) == y, axis=-1)
+
+    def loss(self, theta: np.ndarray, x, y: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+        """Mean cross-entropy plus the L2 penalty; one value per model of the stack."""
+        logits = self.logits(theta, x)
+        labels = self._checked_labels(y, np.broadcast_shapes(logits.shape[:-1], np.shape(y)))
+        nll, _ = self._nll_and_residual(np.broadcast_to(logits, labels.shape + logits.shape[-1:]), labels)
+        share = self._sample_shares(weights, labels.shape, logits.dtype)
+        return np.sum(nll * share, axis=-1) + self._penalty(np.asarray(theta))
+
+    def evaluate(self, theta: np.ndarray, x, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Mean loss (with the L2 penalty) and accuracy from one forward pass."""
+        logits = self.logits(theta, x)
+        labels = self._checked_labels(y, np.broadcast_shapes(logits.shape[:-1], np.shape(y)))
+        accuracy = np.mean(np.argmax(logits, axis=-1) == labels, axis=-1)
+        nll, _ = self._nll_and_residual(np.broadcast_to(logits, labels.shape + logits.shape[-1:]), labels)
+        return nll.mean(axis=-1) + self._penalty(np.asarray(theta)), accuracy
+
+    # -- pieces --------------------------------------------------------------------------------------
+    @staticmethod
+    def _nll_and_residual(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """-log p[y] and p - Y (a new array), by the stable log-softmax:
+        s = z - max z,  -log p[y] = log sum exp(s) - s[y],  p = exp(s) / sum exp(s)."""
+        shifted = logits - logits.max(axis=-1, keepdims=True)
+        exp = np.exp(shifted)
+        total = exp.sum(axis=-1, keepdims=True)
+        nll = np.log(total[..., 0]) - np.take_along_axis(shifted, labels[..., None], axis=-1)[..., 0]
+        exp /= total                                              # p
+        np.put_along_axis(exp, labels[..., None], np.take_along_axis(exp, labels[..., None], axis=-1) - 1,
+                          axis=-1)                                # p - Y
+        return nll, exp
+
+    def _penalty(self, theta: np.ndarray):
+        """(l2 / 2) ||theta||^2 per model (0 without a penalty)."""
+        if not self.l2:
+            return 0.0
+        return theta.dtype.type(0.5 * self.l2) * np.einsum("...i,...i->...", theta, theta)
+
+    def _checked_theta(self, theta) -> np.ndarray:
+        theta = np.asarray(theta)
+        if theta.dtype not in FLOAT_DTYPES:
+            raise ValueError(f"theta must be a float32 or float64 array, got dtype {theta.dtype}")
+        if theta.ndim < 1 or theta.shape[-1] != self.size:
+            raise ValueError(f"theta must have shape (..., {self.size}) for layers {self.widths}, "
+                             f"got {theta.shape}")
+        return theta
+
+    def _samples(self, x, rows, dtype: np.dtype) -> np.ndarray:
+        """The samples as floats of ``dtype``, shape ``(..., n, n_features)`` (``x[rows]`` with rows)."""
+        if not isinstance(x, Codes):
+            x = np.asarray(x)
+            if x.dtype not in FLOAT_DTYPES:
+                raise ValueError(f"x must be a float32 or float64 array or Codes, got dtype {x.dtype}")
+        if x.ndim < 2 or x.shape[-1] != self.n_features:
+            raise ValueError(f"x must have shape (..., samples, {self.n_features}), got {x.shape}")
+        if rows is not None:
+            rows = np.asarray(rows)
+            if x.ndim != 2 or rows.ndim < 1 or not np.issubdtype(rows.dtype, np.integer):
+                raise ValueError("with rows, x must be one (samples, features) set and rows an integer "
+                                 f"index array, got x of shape {x.shape} and rows of {rows.dtype} {rows.shape}")
+            if rows.size and (rows.min() < 0 or rows.max() >= x.shape[0]):
+                raise ValueError(f"rows must lie in [0, {x.shape[0]}) (the rows of x), got range "
+                                 f"[{rows.min()}, {rows.max()}]")
+            x = x[rows]
+        return decoded(x).astype(dtype, copy=False)
+
+    def _checked_labels(self, y, shape: tuple[int, ...]) -> np.ndarray:
+        """``y`` as int64 labels broadcast to ``shape`` (the batch and the samples)."""
+        y = np.asarray(y)
+        if not np.issubdtype(y.dtype, np.integer):
+            raise ValueError(f"y must be integer labels, got dtype {y.dtype}")
+        try:
+            y = np.broadcast_to(y.astype(np.int64, copy=False), shape)
+        except ValueError:
+            raise ValueError(f"y of shape {y.shape} does not fit the samples {shape}") from None
+        if y.size and (y.min() < 0 or y.max() >= self.n_classes):
+            raise ValueError(f"labels must lie in [0, {self.n_classes - 1}], got range [{y.min()}, {y.max()}]")
+        return y
+
+    @staticmethod
+    def _sample_shares(weights, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """Each sample's share of the mean, ``m_i / sum m`` (shape ``shape``), or ``1 / n`` without weights."""
+        if weights is None:
+            return np.full(shape[-1:], 1 / shape[-1], dtype=dtype)
+        weights = np.asarray(weights, dtype=dtype)
+        try:
+            weights = np.broadcast_to(weights, shape)
+        except ValueError:
+            raise ValueError(f"weights of shape {weights.shape} do not fit the samples {shape}") from None
+        if not np.all(np.isfinite(weights) & (weights >= 0)) or not np.all(weights.sum(axis=-1) > 0):
+            raise ValueError("weights must be finite and >= 0, with a positive sum for every model")
+        return weights / weights.sum(axis=-1, keepdims=True)
