@@ -1,5 +1,6 @@
 """Models over flat parameter vectors."""
 
+from fedsim.models.mlp import MLP
 from fedsim.models.softmax import SoftmaxRegression
 
-__all__ = ["SoftmaxRegression"]
+__all__ = ["MLP", "SoftmaxRegression"]

@@ -60,8 +60,8 @@ class MLP:
         try:
             dtype = np.dtype(self.dtype)
         except TypeError:
-            dtype = None
-        if dtype not in FLOAT_DTYPES:
+            dtype = np.dtype(object)                             # not a dtype: refused below
+        if self.dtype is None or dtype not in FLOAT_DTYPES:     # (np.dtype(None) would be float64)
             raise ValueError(f"dtype must be float32 or float64, got {self.dtype!r}")
         object.__setattr__(self, "dtype", dtype)
 
