@@ -1,6 +1,5 @@
 """Models over flat parameter vectors."""
 
-from fedsim.models.mlp import MLP
 from fedsim.models.softmax import SoftmaxRegression
 
-__all__ = ["MLP", "SoftmaxRegression"]
+__all__ = ["SoftmaxRegression"]

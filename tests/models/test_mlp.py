@@ -4,8 +4,9 @@ its initialization and its one-line errors. No data files: every problem is draw
 import numpy as np
 import pytest
 
-from fedsim.models import MLP, SoftmaxRegression
+from fedsim.models import SoftmaxRegression
 from fedsim.models.features import Codes
+from fedsim.models.mlp import MLP
 
 FEATURES, CLASSES, CLIENTS, SAMPLES = 7, 4, 3, 9
 
