@@ -34,6 +34,7 @@ import numpy as np
 
 from fedsim.constraints import Integer, OneOf, Real, check_fields, setting
 from fedsim.models.features import FLOAT_DTYPES, Codes, decoded
+from fedsim.models.softmax import initialize_weights
 from fedsim.params import ParamSpec
 
 ACTIVATIONS = ("relu", "tanh")
@@ -95,15 +96,7 @@ class MLP:
         each layer W_l ~ U(-a_l, a_l), a_l = sqrt(6 / (fan_in + fan_out)), drawn layer by layer; b_l = 0)
         or ``"zeros"`` (every parameter 0: the hidden units then stay equal, so only for tests)."""
         theta = self.spec.zeros(self.dtype if dtype is None else dtype, batch)
-        if kind == "zeros":
-            return theta
-        if kind != "glorot":
-            raise ValueError(f"init kind must be 'zeros' or 'glorot', got {kind!r}")
-        if rng is None:
-            raise ValueError("init kind 'glorot' needs a numpy.random.Generator (rng)")
-        for W, _ in self.layers(theta):
-            limit = np.sqrt(6.0 / (W.shape[-2] + W.shape[-1]))
-            W[...] = rng.uniform(-limit, limit, size=W.shape)
+        initialize_weights([W for W, _ in self.layers(theta)], kind, rng)
         return theta
 
     # -- forward and backward ------------------------------------------------------------------------

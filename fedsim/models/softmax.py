@@ -59,15 +59,7 @@ class SoftmaxRegression:
              dtype=np.float32, batch: tuple[int, ...] = ()) -> np.ndarray:
         """Initial parameters: ``"zeros"``, or ``"glorot"`` (W ~ U(-a, a), a = sqrt(6 / (F + C)); b = 0)."""
         theta = self.spec.zeros(dtype, batch)
-        if kind == "zeros":
-            return theta
-        if kind != "glorot":
-            raise ValueError(f"init kind must be 'zeros' or 'glorot', got {kind!r}")
-        if rng is None:
-            raise ValueError("init kind 'glorot' needs a numpy.random.Generator (rng)")
-        limit = np.sqrt(6.0 / (self.n_features + self.n_classes))
-        W = self.spec.view(theta, "W")
-        W[...] = rng.uniform(-limit, limit, size=W.shape)
+        initialize_weights([self.spec.view(theta, "W")], kind, rng)
         return theta
 
     def logits(self, theta: np.ndarray, x) -> np.ndarray:
@@ -200,6 +192,19 @@ class SoftmaxRegression:
         if not self.l2:
             return 0.0
         return 0.5 * self.l2 * np.einsum("...i,...i->...", theta, theta)
+
+
+def initialize_weights(weights: list[np.ndarray], kind: str, rng: np.random.Generator | None) -> None:
+    """Fill a model's weight matrices (views of its zero flat vector, each ``(..., fan_in, fan_out)``) for
+    init ``kind``: ``"zeros"`` leaves them 0; ``"glorot"`` (Xavier-uniform) draws them from ``rng`` in list
+    order, W ~ U(-a, a) with a = sqrt(6 / (fan_in + fan_out)). The biases stay 0 either way."""
+    if kind not in ("zeros", "glorot"):
+        raise ValueError(f"init kind must be 'zeros' or 'glorot', got {kind!r}")
+    if kind == "glorot" and rng is None:
+        raise ValueError("init kind 'glorot' needs a numpy.random.Generator (rng)")
+    for W in weights if kind == "glorot" else ():
+        limit = np.sqrt(6.0 / (W.shape[-2] + W.shape[-1]))
+        W[...] = rng.uniform(-limit, limit, size=W.shape)
 
 
 # Block sizes, measured at 1 thread (in cache; float64, 784 features, 10 classes): a product of at most
