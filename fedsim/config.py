@@ -353,8 +353,10 @@ def config_to_dict(config: ExperimentConfig, *, keep_unset: bool = False) -> dic
         document["plugins"] = list(config.plugins)
     for table in TABLES:
         settings = section(config, table)
-        document[table] = {name: getattr(settings, name) for name in table_fields(table)
-                           if keep_unset or getattr(settings, name) is not None}
+        values = {name: getattr(settings, name) for name in table_fields(table)}
+        # Lists as JSON reads them back (model.hidden is a tuple): a run's meta.json compares equal.
+        document[table] = {name: list(value) if isinstance(value, tuple) else value
+                           for name, value in values.items() if keep_unset or value is not None}
     return document
 
 

@@ -27,7 +27,8 @@ class LazyRun:
 
     ``partition``: one index array into ``data.x_train`` per worker; default contiguous blocks in file
     order, worker m gets ``[m N // M, (m + 1) N // M)``. ``smoothness``: LAG-PS's ``L_m``, computed by
-    :func:`smoothness_bounds` when omitted. The test data may be empty.
+    :func:`smoothness_bounds` (softmax regression's bound) when omitted. ``model_config``: the ``[model]`` table
+(softmax regression by default). The test data may be empty.
 
     ``history`` holds one JSON-able record per completed iteration k: ``objective`` f(theta^k),
     ``grad_norm_sq``, ``aggregate_norm_sq``, ``uploads`` (the workers that uploaded), cumulative
