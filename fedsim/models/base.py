@@ -86,7 +86,8 @@ class Widths(Constraint):
 class ModelConfig:
     """The ``[model]`` table: which registered model the run trains, its hidden layers and its init."""
 
-    name: str = setting("softmax", "a registered model: softmax (regression), ...", _ModelName(lambda: MODELS))
+    name: str = setting("softmax", "softmax (regression), or another registered model (fedsim.models)",
+                       _ModelName(lambda: MODELS))
     hidden: tuple = setting((), "widths of the hidden layers, input side first (models with hidden layers)",
                             Widths())
     activation: str = setting("relu", "activation of the hidden layers (models with hidden layers)",
