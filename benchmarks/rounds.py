@@ -419,7 +419,7 @@ def laq_iteration_benchmark(mode: str, data_dir=None) -> dict:
 
     from benchmarks.torch_reference import TorchLAQRun
     from fedsim.algorithms.lazy import LazyConfig, LazyRun, records_to_arrays, stack_shards
-    from fedsim.models.softmax import SoftmaxRegression
+    from fedsim.models import ModelConfig
     from fedsim.rng import RunStreams
 
     settings = SETTINGS[common.check_mode(mode)]
@@ -436,14 +436,14 @@ def laq_iteration_benchmark(mode: str, data_dir=None) -> dict:
     # Glorot initial weights: from zeros, the first gradients of b are exact fractions (0.1 - n_c / n) whose
     # quantization can land exactly on a rounding boundary, where the last bit of a differently ordered
     # sum decides the code; the timing does not depend on the starting point.
-    config = LazyConfig(method="laq", n_workers=n_workers, iterations=iterations, eval_every=10 ** 9,
-                        init="glorot")
+    config = LazyConfig(method="laq", n_workers=n_workers, iterations=iterations, eval_every=10 ** 9)
+    model_config = ModelConfig(init="glorot")
     n_samples = len(dataset.y_train)
     partition = [np.arange(m * n_samples // n_workers, (m + 1) * n_samples // n_workers)
                  for m in range(n_workers)]
     shards = stack_shards(dataset.x_train, dataset.y_train, partition, np.float64)
-    model = SoftmaxRegression(dataset.n_features, dataset.n_classes, config.l2)
-    initial = model.init(RunStreams(config.seed).generator("init"), kind=config.init, dtype=np.float64)
+    model = model_config.build(dataset.n_features, dataset.n_classes, config.l2)
+    initial = model.init(RunStreams(config.seed).generator("init"), model_config.init_kind, np.float64)
     reference = TorchLAQRun(shards.x, shards.y, dataset.n_classes, initial,
                             config.step_size, config.bits, config.l2, config.history_length,
                             config.history_weight, config.max_skips)
@@ -472,7 +472,7 @@ def laq_iteration_benchmark(mode: str, data_dir=None) -> dict:
         moments.append((arrived, time.perf_counter()))
 
     run_started = time.perf_counter()
-    run = LazyRun(config, dataset, partition)
+    run = LazyRun(config, dataset, partition, model_config=model_config)
     upload_raster = records_to_arrays(run.run(callback=callback), n_workers)["uploads"]
     # fedsim's iteration k (k >= 1) runs between the callback of k - 1 returning and the callback of k
     fedsim_seconds = [moments[k][0] - moments[k - 1][1] for k in range(1, len(moments))]

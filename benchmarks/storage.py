@@ -48,14 +48,17 @@ def _images_dataset(pipeline: str, data_dir, shape, seed: int = 0):
 def laq_storage_benchmark(mode: str, data_dir=None) -> dict:
     from fedsim.algorithms.lazy import LazyConfig, LazyRun
     from fedsim.experiment_data import stored_as_codes
+    from fedsim.models import ModelConfig
     settings = SETTINGS[common.check_mode(mode)]
     shape = settings["laq_shape"]
     dataset, source = _images_dataset("laq", data_dir, None if shape is None else (shape[0] * shape[1], shape[2]))
     n_workers = 10 if shape is None else shape[0]
     validate, repeats = settings["validate"], settings["repeats"]
     config = LazyConfig(method="laq", n_workers=n_workers, iterations=validate + repeats + 2,
-                        eval_every=10 ** 9, init="glorot")
-    runs = {"float64": LazyRun(config, dataset), "uint8": LazyRun(config, stored_as_codes(dataset, "laq"))}
+                        eval_every=10 ** 9)
+    glorot = ModelConfig(init="glorot")
+    runs = {"float64": LazyRun(config, dataset, model_config=glorot),
+            "uint8": LazyRun(config, stored_as_codes(dataset, "laq"), model_config=glorot)}
     for k in range(validate):
         records = {name: run.step() for name, run in runs.items()}
         assert_close(f"LAQ objective at iteration {k} (uint8 vs float64)", records["uint8"]["objective"],

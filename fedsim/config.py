@@ -1,12 +1,13 @@
 """Experiment configs: TOML files validated into frozen dataclasses.
 
-A config file has three top-level settings and four tables, each table one frozen dataclass::
+A config file has three top-level settings and five tables, each table one frozen dataclass::
 
     family = "federated"      # federated (STC, FedAvg, signSGD, top-k) | lazy (GD, QGD, LAG, LAQ, SLAQ)
     seed = 0                  # seeds everything: data generation, partition, sampling, initialization
     plugins = []              # modules imported first, registering compressors, partitioners (fedsim.plugins)
 
     [data]                    # DataConfig (fedsim.experiment_data): dataset, preprocessing, partition
+    [model]                   # ModelConfig (fedsim.models): the registered model, its layers and init
     [federated]               # FederatedConfig (fedsim.algorithms.federated), used when family = "federated"
     [lazy]                    # LazyConfig (fedsim.algorithms.lazy), used when family = "lazy"
     [run]                     # RunConfig (below): checkpoints, f*
@@ -54,6 +55,7 @@ from fedsim.algorithms.lazy import LazyConfig
 from fedsim.constraints import (Integer, Optional, Real, Registered, check_fields, constraint_of, descriptions,
                                 setting)
 from fedsim.experiment_data import DataConfig
+from fedsim.models import ModelConfig
 from fedsim.plugins import MODULE_NAMES, load_plugins
 
 
@@ -83,6 +85,7 @@ class ExperimentConfig:
     family: str = setting("federated", "federated | lazy", Registered(lambda: FAMILIES))
     seed: int = setting(0, "seeds every random choice of the run", Integer(low=0))
     data: DataConfig = setting(MISSING, "dataset, pipeline, partition", default_factory=DataConfig)
+    model: ModelConfig = setting(MISSING, "the model trained", default_factory=ModelConfig)
     federated: FederatedConfig = setting(MISSING, 'family "federated"', default_factory=FederatedConfig)
     lazy: LazyConfig = setting(MISSING, 'family "lazy" (its seed is `seed`)', default_factory=LazyConfig)
     run: RunConfig = setting(MISSING, "checkpoints, f*", default_factory=RunConfig)
@@ -151,7 +154,7 @@ def _compressor_tables() -> dict[str, type]:
 COMPRESSOR_TABLES: dict[str, type] = _compressor_tables()
 #: The tables of a config file and the dataclass each is validated into: data, one per algorithm family,
 #: run, and one per compressor with settings of its own.
-TABLES: dict[str, type] = {"data": DataConfig,
+TABLES: dict[str, type] = {"data": DataConfig, "model": ModelConfig,
                            **{name: declared.config_class for name, declared in FAMILIES.items()},
                            "run": RunConfig, **COMPRESSOR_TABLES}
 #: Top-level settings.
@@ -161,6 +164,8 @@ DERIVED = {**{(name, setting): where for name, declared in FAMILIES.items()
               for setting, where in declared.derived.items()},
            **{(name, setting): where for name in COMPRESSOR_TABLES
               for setting, where in COMPRESSOR_SETTINGS_ELSEWHERE.items()}}
+#: Settings that moved to another table: an old config setting one is told where it went.
+MOVED = {("federated", "init"): "model.init", ("lazy", "init"): "model.init"}
 #: The table that holds the compressor tables' settings (its field ``compressors``).
 COMPRESSORS_HOLDER = next(name for name, declared in FAMILIES.items() if "compressors" in declared.derived)
 
@@ -260,6 +265,8 @@ def _build_table(table: str, values: dict, source: str, **derived):
     cls = TABLES[table]
     kwargs = dict(derived)
     for key, value in values.items():
+        if (table, key) in MOVED:
+            raise ConfigError(f"{table}.{key} has moved: {MOVED[(table, key)]} replaces it")
         if (table, key) in DERIVED:
             raise ConfigError(f"{table}.{key} cannot be set here; set {DERIVED[(table, key)]} instead")
         if key not in table_fields(table):
@@ -346,8 +353,10 @@ def config_to_dict(config: ExperimentConfig, *, keep_unset: bool = False) -> dic
         document["plugins"] = list(config.plugins)
     for table in TABLES:
         settings = section(config, table)
-        document[table] = {name: getattr(settings, name) for name in table_fields(table)
-                           if keep_unset or getattr(settings, name) is not None}
+        values = {name: getattr(settings, name) for name in table_fields(table)}
+        # Lists as JSON reads them back (model.hidden is a tuple): a run's meta.json compares equal.
+        document[table] = {name: list(value) if isinstance(value, tuple) else value
+                           for name, value in values.items() if keep_unset or value is not None}
     return document
 
 
@@ -434,6 +443,8 @@ def _unset_meaning(config: ExperimentConfig, table: str, name: str) -> str:
     """What an unset (None) setting means for this config, for the comment written in its place."""
     if (table, name) == ("data", "pipeline"):
         return f"the family's, {toml_value(config.algorithm_family.pipeline)}"
+    if (table, name) == ("model", "init"):
+        return f"the model's, {toml_value(config.model.init_kind)}"
     if table in FAMILIES and name in FAMILIES[table].unset_meanings:
         whose, value_of = FAMILIES[table].unset_meanings[name]
         return f"{whose}, {toml_value(value_of(config))}"

@@ -42,7 +42,7 @@ def cases() -> dict[str, tuple[str, list[str], int]]:
                                                 f"federated.participation_rate={rate}"], 8)
     found["federated optimizer"] = ("synthetic", SMALL_FEDERATED + [
         "federated.momentum=0.8", "federated.l2=0.01", "federated.lr_schedule=exponential",
-        "federated.lr_decay=0.9", "federated.local_iterations=3", "federated.init=glorot"], 6)
+        "federated.lr_decay=0.9", "federated.local_iterations=3", "model.init=glorot"], 6)
     found["federated stc sampled window global"] = ("synthetic", SMALL_FEDERATED + [
         "stc.threshold=sampled", "stc.sample_mode=window", "federated.compression_scope=global",
         "stc.sample_fraction=0.3"], 6)
@@ -54,7 +54,7 @@ def cases() -> dict[str, tuple[str, list[str], int]]:
         extra = ["lazy.minibatch_size=20"] if method == "slaq" else []
         found[f"lazy {method}"] = ("laq-synthetic", SMALL_LAZY + [f"lazy.method={method}"] + extra, 40)
     found["lazy laq float32 glorot"] = ("laq-synthetic", SMALL_LAZY + [
-        "lazy.dtype=float32", "lazy.init=glorot", "lazy.bits=2"], 30)
+        "lazy.dtype=float32", "model.init=glorot", "lazy.bits=2"], 30)
     return found
 
 

@@ -13,6 +13,7 @@ import pytest
 from fedsim.algorithms.federated import FederatedConfig, FederatedRun
 from fedsim.data.dataset import Dataset
 from fedsim.data.partition import classes_per_client
+from fedsim.models import ModelConfig
 
 ROUNDS = 5
 N_CLIENTS = 10
@@ -121,13 +122,12 @@ def test_server_weights_match_torch_round_by_round(torch, small_dataset, method,
     # Non-IID: two classes per client, unequal sizes (balancedness < 1), so weighting matters.
     parts = classes_per_client(dataset.y_train, N_CLIENTS, 2, 0.8, rng)
     settings = dict(method=method, rounds=ROUNDS, n_clients=N_CLIENTS, participation_rate=participation,
-                    batch_size=32, p_up=0.01, p_down=0.02, lr=0.05,
-                    # From zero weights every first-round b-gradient is a multiple of 1 / batch_size: exact
-                    # ties that rounding order decides. Random initial weights leave only genuine ties.
-                    init="glorot")
+                    batch_size=32, p_up=0.01, p_down=0.02, lr=0.05)
     settings.update(extra)
     config = FederatedConfig(**settings)
-    run = FederatedRun(config, dataset, parts, seed=3, trace_batches=True)
+    # From zero weights every first-round b-gradient is a multiple of 1 / batch_size: exact ties that
+    # rounding order decides. Random initial weights leave only genuine ties.
+    run = FederatedRun(config, dataset, parts, seed=3, model_config=ModelConfig(init="glorot"), trace_batches=True)
     spec = run.model.spec
     boundary = spec.sizes[0]
     sizes = run.clients.sizes

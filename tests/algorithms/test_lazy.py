@@ -12,7 +12,7 @@ from fedsim.algorithms.lazy import (METHODS, DivergenceError, LazyConfig, LazyRu
                                     records_reach, records_to_arrays, smallest_objective, smoothness_bounds,
                                     stack_shards)
 from fedsim.data.dataset import Dataset
-from fedsim.models import SoftmaxRegression
+from fedsim.models import ModelConfig, SoftmaxRegression
 from fedsim.rng import RunStreams
 
 
@@ -25,18 +25,22 @@ def _toy(n_samples=600, n_features=12, n_classes=4, seed=0, n_test=100):
     return Dataset("toy", x[:n_samples], y[:n_samples], x[n_samples:], y[n_samples:], n_classes)
 
 
-def _finished(config, data, partition=None, progress=False):
+GLOROT = ModelConfig(init="glorot")
+
+
+def _finished(config, data, partition=None, progress=False, model_config=ModelConfig()):
     """A run to its end: its records as arrays (records_to_arrays), its final theta, the run and the records."""
-    run = LazyRun(config, data, partition)
+    run = LazyRun(config, data, partition, model_config=model_config)
     records = run.run(progress=progress)
     return SimpleNamespace(**records_to_arrays(records, config.n_workers), theta=run.theta, run=run,
                            records=records)
 
 
-def _run(method, data=None, progress=False, **settings):
+def _run(method, data=None, progress=False, model_config=ModelConfig(), **settings):
     settings.setdefault("iterations", 60)
     settings.setdefault("eval_every", 20)
-    return _finished(LazyConfig.reference(method, **settings), data or _toy(), progress=progress)
+    return _finished(LazyConfig.reference(method, **settings), data or _toy(), progress=progress,
+                     model_config=model_config)
 
 
 # --- settings --------------------------------------------------------------------------------------------
@@ -53,7 +57,6 @@ def _run(method, data=None, progress=False, **settings):
     ("n_workers", 0, r"n_workers \(M\)"),
     ("history_weight", -1.0, r"history_weight \(xi\) must be a finite number >= 0"),
     ("iterations", 0, "iterations"),
-    ("init", "normal", r"init must be one of 'zeros', 'glorot'"),
     ("dtype", "float16", "dtype must be one of"),
     ("eval_every", 0, "eval_every"),
     ("minibatch_size", 0, "minibatch_size"),
@@ -276,7 +279,7 @@ def test_ragged_partition_objective():
     rng = np.random.default_rng(5)
     order = rng.permutation(600)
     parts = [order[:50], order[50:250], order[250:600]]
-    history = _finished(LazyConfig(method="laq", n_workers=3, iterations=3, init="glorot", seed=4), data, parts)
+    history = _finished(LazyConfig(method="laq", n_workers=3, iterations=3, seed=4), data, parts, model_config=GLOROT)
     model = SoftmaxRegression(data.n_features, data.n_classes, 0.01)
     theta0 = model.init(RunStreams(4).generator("init"), kind="glorot", dtype=np.float64)
     expected = sum(model.loss(theta0, data.x_train[p], data.y_train[p]) for p in parts)
@@ -285,7 +288,7 @@ def test_ragged_partition_objective():
 
 @pytest.mark.parametrize("method", METHODS)
 def test_same_seed_same_history(method):
-    settings = dict(iterations=15, init="glorot", seed=7, minibatch_size=20)
+    settings = dict(iterations=15, seed=7, minibatch_size=20, model_config=GLOROT)
     first, second = _run(method, **settings), _run(method, **settings)
     for name in ("objective", "grad_norm_sq", "aggregate_norm_sq", "uploads", "communications", "bits",
                  "eval_iterations", "test_accuracy", "theta"):

@@ -15,6 +15,7 @@ from fedsim.algorithms.lazy import LazyConfig, LazyRun, records_to_arrays
 from fedsim.data.dataset import Dataset
 from fedsim.data.preprocess import PIXEL_STATISTICS, laq_pipeline, stc_pipeline
 from fedsim.experiment_data import DataConfig, pixel_affine, split_among_clients, stored_as_codes, to_codes
+from fedsim.models import ModelConfig
 from fedsim.models.features import Codes
 from tests.conftest import synthetic_images
 
@@ -58,9 +59,9 @@ def test_features_outside_the_8_bit_range_are_refused():
 @pytest.mark.parametrize("method", ["laq", "gd"])
 def test_a_lazy_run_on_codes_follows_the_float_run_to_rounding(method):
     dataset, _ = _dataset("laq")
-    config = LazyConfig(method=method, n_workers=4, iterations=40, eval_every=10, init="glorot")
-    floats = LazyRun(config, dataset)
-    codes = LazyRun(config, stored_as_codes(dataset, "laq"))
+    config = LazyConfig(method=method, n_workers=4, iterations=40, eval_every=10)
+    floats = LazyRun(config, dataset, model_config=ModelConfig(init="glorot"))
+    codes = LazyRun(config, stored_as_codes(dataset, "laq"), model_config=ModelConfig(init="glorot"))
     float_history, code_history = (records_to_arrays(run.run(), config.n_workers) for run in (floats, codes))
     np.testing.assert_allclose(code_history["objective"], float_history["objective"], rtol=1e-12)
     np.testing.assert_allclose(codes.theta, floats.theta, rtol=1e-9, atol=1e-12)

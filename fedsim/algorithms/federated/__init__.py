@@ -34,7 +34,7 @@ from fedsim.algorithms.federated.run import BatchTrace, ClientStates, FederatedR
 
 
 def _make_run(config, dataset, clients) -> FederatedRun:
-    return FederatedRun(config.federated, dataset, clients, seed=config.seed)
+    return FederatedRun(config.federated, dataset, clients, seed=config.seed, model_config=config.model)
 
 
 FAMILY = register_family(Family(

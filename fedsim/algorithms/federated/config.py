@@ -84,7 +84,6 @@ class FederatedConfig:
     eval_train_samples: int = setting(5000, "evaluate on the first this-many training samples", AT_LEAST_ONE)
     eval_every: int = setting(1, "evaluate every this-many rounds (and at the last)", AT_LEAST_ONE)
     dtype: str = setting("float32", "float32 | float64", OneOf("float32", "float64"))
-    init: str = setting("zeros", "zeros | glorot", OneOf("zeros", "glorot"))
     # The settings of each compressor by name (the config file's [stc], [qsgd], ... tables); p and scope
     # come from p_up / p_down and compression_scope above. A compressor not listed takes its defaults.
     compressors: dict = setting(dataclasses.MISSING, "the compressor tables ([stc], [sign], ...)",

@@ -15,7 +15,7 @@ from fedsim.compress import ErrorFeedback, ErrorFeedbackState
 from fedsim.compress.bits import dense_bits, sparse_vector_bits
 from fedsim.data.dataset import Dataset
 from fedsim.errors import DivergenceError
-from fedsim.models import SoftmaxRegression
+from fedsim.models import ModelConfig
 from fedsim.models.features import as_dtype
 from fedsim.rng import RunStreams
 
@@ -77,14 +77,15 @@ class ServerState:
 
 
 class FederatedRun:
-    """A federated learning run on softmax regression; :meth:`step` runs one round.
+    """A federated learning run; :meth:`step` runs one round.
 
     ``client_indices``: the training samples each client holds (a partitioner's output, one array per
-    client); ``seed`` seeds every random choice (sampling, batch order, initialization, thresholds).
+    client); ``seed`` seeds every random choice (sampling, batch order, initialization, thresholds);
+    ``model_config``: the ``[model]`` table (softmax regression by default).
     """
 
     def __init__(self, config: FederatedConfig, dataset: Dataset, client_indices, seed: int = 0, *,
-                 trace_batches: bool = False):
+                 model_config: ModelConfig = ModelConfig(), trace_batches: bool = False):
         if len(client_indices) != config.n_clients:
             raise ValueError(f"n_clients is {config.n_clients} but the partition has "
                              f"{len(client_indices)} clients")
@@ -103,8 +104,8 @@ class FederatedRun:
         # A loss beyond 1 / eps of the run's floats has left their range: it no longer resolves a change of one
         # nat (cross-entropy at chance is ln C), so the run has diverged although the number is finite.
         self.loss_limit = 1.0 / float(np.finfo(self.dtype).eps)
-        # The model: softmax regression, shaped by the dataset.
-        self.model = SoftmaxRegression(dataset.n_features, dataset.n_classes)
+        # The model, from the registry, shaped by the dataset (the clients add the L2 term: g + l2 w).
+        self.model = model_config.build(dataset.n_features, dataset.n_classes)
         self.x_train = as_dtype(dataset.x_train, self.dtype)        # floats, or 8-bit Codes
         self.y_train = np.asarray(dataset.y_train, dtype=np.int64)
         n_eval = min(config.eval_train_samples, len(self.y_train))
@@ -140,7 +141,7 @@ class FederatedRun:
             momentum=paged_zeros((config.n_clients, P), self.dtype) if config.momentum else None)
         init_rng = self.streams.generator("init")
         self.server = ServerState(
-            weights=self.model.init(init_rng, config.init, self.dtype),
+            weights=self.model.init(init_rng, model_config.init_kind, self.dtype),
             residual=np.zeros(P, self.dtype) if self.resolved_method.accumulate_down else None)
         self.history: list[dict] = []
         # With trace_batches, every local step's participants and batch rows, so that another

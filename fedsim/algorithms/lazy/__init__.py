@@ -52,7 +52,7 @@ which carries the records of the iterations completed before it. (The modules: A
 """
 
 from fedsim.algorithms.family import Family, register_family
-from fedsim.algorithms.lazy.config import (DTYPES, INIT_KINDS, LAQ_ERROR_FACTOR, MAX_BITS, METHODS, MIN_BITS,
+from fedsim.algorithms.lazy.config import (DTYPES, LAQ_ERROR_FACTOR, MAX_BITS, METHODS, MIN_BITS,
                                            RULES, LazyConfig, LazyRule, bits_per_upload)
 from fedsim.algorithms.lazy.report import (REPORT, f_star_of, records_reach, records_spent_before,
                                            records_to_arrays, smallest_objective)
@@ -63,7 +63,8 @@ from fedsim.errors import DivergenceError
 
 
 def _make_run(config, dataset, clients) -> LazyRun:
-    return LazyRun(config.lazy, dataset, clients)       # f* (run.f_star) is read by the report, not the run
+    # f* (run.f_star) is read by the report, not the run.
+    return LazyRun(config.lazy, dataset, clients, model_config=config.model)
 
 
 FAMILY = register_family(Family(
@@ -71,7 +72,7 @@ FAMILY = register_family(Family(
     clients_setting="n_workers", steps_setting="iterations", method_names=lambda: list(RULES), report=REPORT,
     derived={"seed": "the top-level `seed`"}))
 
-__all__ = ["DTYPES", "DivergenceError", "FAMILY", "INIT_KINDS", "LAQ_ERROR_FACTOR", "LazyConfig", "LazyRule",
+__all__ = ["DTYPES", "DivergenceError", "FAMILY", "LAQ_ERROR_FACTOR", "LazyConfig", "LazyRule",
            "LazyRun", "MAX_BITS", "METHODS", "MIN_BITS", "RULES", "Shards", "bits_per_upload", "f_star_of",
            "history_threshold", "lag_ps_request_decision", "laq_upload_decision", "records_reach",
            "records_spent_before", "records_to_arrays", "smallest_objective", "smoothness_bounds",

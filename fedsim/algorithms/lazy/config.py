@@ -30,7 +30,6 @@ RULES = {
     "slaq": LazyRule("quantized", "minibatch", "worker", slaq_terms=True),
 }
 METHODS = tuple(RULES)
-INIT_KINDS = ("zeros", "glorot")
 DTYPES = ("float64", "float32")
 LAQ_ERROR_FACTOR = 3.0       # the 3 in 3 (e + e_hat) of the LAQ rule (arXiv 1909.07588)
 
@@ -64,8 +63,7 @@ class LazyConfig:
     slaq_error_scale: float = setting(0.5, "the SLAQ factor on the error term 3 (e + e_hat)", NONNEGATIVE,
                                       symbol="ec")
     slaq_threshold_offset: float = setting(0.2, "SLAQ: constant added to the upload threshold", NONNEGATIVE)
-    init: str = setting("zeros", 'theta^0: "zeros" or seeded "glorot" (uniform)', OneOf(*INIT_KINDS))
-    seed: int = setting(0, "seeds the glorot init and SLAQ's minibatches", Integer(low=0))
+    seed: int = setting(0, "seeds the glorot init (model.init) and SLAQ's minibatches", Integer(low=0))
     dtype: str = setting("float64", "float type of data, parameters and gradients", OneOf(*DTYPES))
     eval_every: int = setting(100, "test accuracy every this many iterations (and at the end)", AT_LEAST_ONE)
 

@@ -17,8 +17,8 @@ from fedsim.data.dataset import Dataset
 from fedsim.data.partition import contiguous
 from fedsim.errors import DivergenceError
 from fedsim.kernels import laq
+from fedsim.models import ModelConfig
 from fedsim.models.features import as_dtype
-from fedsim.models.softmax import SoftmaxRegression
 from fedsim.rng import RunStreams
 
 
@@ -27,7 +27,8 @@ class LazyRun:
 
     ``partition``: one index array into ``data.x_train`` per worker; default contiguous blocks in file
     order, worker m gets ``[m N // M, (m + 1) N // M)``. ``smoothness``: LAG-PS's ``L_m``, computed by
-    :func:`smoothness_bounds` when omitted. The test data may be empty.
+    :func:`smoothness_bounds` (softmax regression's bound) when omitted. ``model_config``: the ``[model]`` table
+(softmax regression by default). The test data may be empty.
 
     ``history`` holds one JSON-able record per completed iteration k: ``objective`` f(theta^k),
     ``grad_norm_sq``, ``aggregate_norm_sq``, ``uploads`` (the workers that uploaded), cumulative
@@ -37,7 +38,7 @@ class LazyRun:
     """
 
     def __init__(self, config: LazyConfig, data: Dataset, partition: Sequence[np.ndarray] | None = None, *,
-                 smoothness: np.ndarray | None = None):
+                 smoothness: np.ndarray | None = None, model_config: ModelConfig = ModelConfig()):
         n_samples = len(data.x_train)
         n_workers = config.n_workers
         if n_workers > n_samples:
@@ -53,14 +54,14 @@ class LazyRun:
         if RULES[config.method].gradient == "minibatch" and config.minibatch_size > self.shards.sizes.min():
             raise ValueError(f"minibatch_size must be in [1, {self.shards.sizes.min()}] (the smallest "
                              f"shard), got {config.minibatch_size}")
-        # The model: softmax regression with the config's L2 term, shaped by the dataset.
-        self.model = SoftmaxRegression(data.n_features, data.n_classes, config.l2)
+        # The model, from the registry, with the config's L2 term, shaped by the dataset.
+        self.model = model_config.build(data.n_features, data.n_classes, config.l2)
         self.x_test = as_dtype(data.x_test, dtype)
         self.y_test = data.y_test
         streams = RunStreams(config.seed)
-        self.theta = self.model.init(streams.generator("init"), kind=config.init, dtype=dtype)
+        self.theta = self.model.init(streams.generator("init"), model_config.init_kind, dtype)
         self.minibatch_rng = streams.generator("minibatch")
-        n_params = self.model.size
+        n_params = self.model.spec.size
         if RULES[config.method].skip == "server":
             if smoothness is None:
                 smoothness, _ = smoothness_bounds(self.shards, config.l2)
@@ -221,7 +222,7 @@ class LazyRun:
     def _evaluate(self, k: int, point: np.ndarray) -> float | None:
         if not len(self.y_test):
             return None
-        return float(self.model.accuracy(point, self.x_test, self.y_test))
+        return float(self.model.evaluate(point, self.x_test, self.y_test)[1])
 
     def _diverge(self, k: int, what: str) -> None:
         last = (f"; last finite objective {self.history[-1]['objective']:.10g} at iteration "

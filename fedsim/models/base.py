@@ -1,0 +1,118 @@
+"""The model protocol, the registry of models (:data:`MODELS`) and the config table ``[model]``.
+
+A model is one module of this package plus its registration line (in ``fedsim/models/__init__.py``, or in a
+plugin's own module): ``register_model(name, build, default_init=..., hidden_layers=...)``, where
+``build(settings, n_features, n_classes, l2)`` makes the model from the ``[model]`` table
+(:class:`ModelConfig`), the dataset's shape and the family's L2 coefficient (0 where the family adds its own
+penalty). Both families build their model so (:meth:`ModelConfig.build`) and call only this protocol::
+
+    model.spec                                  its flat vector's tensors (fedsim.params.ParamSpec): a
+                                                compressor's per-tensor scope follows them
+    theta = model.init(rng, kind, dtype)        (P,) initial parameters: "zeros" | "glorot" (Xavier-uniform
+                                                weights, zero biases), drawn from the Generator rng
+    loss, grad = model.loss_and_grad(theta, x, y, weights=None, rows=None)
+                                                K clients at once: theta (K, P) or (P,); x (K, n, F), or
+                                                (N, F) with rows (K, n) the samples' indices; y (K, n);
+                                                weights (K, n) weigh the mean (a 0/1 mask pads ragged
+                                                batches); loss (K,) and grad (K, P), the L2 term included
+    loss, accuracy = model.evaluate(theta, x, y)     on one evaluation set
+
+``x`` is a float array or 8-bit :class:`~fedsim.models.features.Codes` (``features.decoded`` gives floats).
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Callable
+
+from fedsim.constraints import (Constraint, OneOf, Optional, Registered, check_fields, lookup, register_into,
+                                setting)
+
+INIT_KINDS = ("zeros", "glorot")
+ACTIVATIONS = ("relu", "tanh")
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One registered model: how to build it from the ``[model]`` table, and its defaults."""
+
+    name: str
+    build: Callable            # (ModelConfig, n_features, n_classes, l2) -> a model (the protocol above)
+    default_init: str          # the init kind of an unset model.init
+    hidden_layers: bool        # whether model.hidden and model.activation apply to it
+
+
+MODELS: dict[str, ModelEntry] = {}
+
+
+def register_model(name: str, build: Callable, *, default_init: str = "zeros",
+                   hidden_layers: bool = False) -> ModelEntry:
+    """Make a model available as ``model.name = name`` (``build``: see the module docstring)."""
+    if default_init not in INIT_KINDS:
+        raise ValueError(f"default_init must be one of {', '.join(map(repr, INIT_KINDS))}, got {default_init!r}")
+    return register_into(MODELS, name, ModelEntry(name, build, default_init, hidden_layers), "model name")
+
+
+class _ModelName(Registered):
+    """A registered model's name; an unknown one is answered with the closest name."""
+
+    def check(self, name: str, value):
+        try:
+            return super().check(name, value)
+        except ValueError as error:
+            close = difflib.get_close_matches(value, list(self.names()), n=1)
+            raise ValueError(f"{error}; did you mean {close[0]!r}?" if close else str(error)) from None
+
+
+@dataclass(frozen=True)
+class Widths(Constraint):
+    """A list of layer widths, each an integer >= 1 (kept as a tuple); empty for no hidden layer."""
+
+    def describe(self) -> str:
+        return "a list of integer widths >= 1, like [200] or [256, 128]"
+
+    def normalize(self, value) -> tuple:
+        if not isinstance(value, (list, tuple)) or not all(
+                isinstance(width, int) and not isinstance(width, bool) for width in value):
+            raise TypeError
+        return tuple(value)
+
+    def allows(self, value: tuple) -> bool:
+        return all(width >= 1 for width in value)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The ``[model]`` table: which registered model the run trains, its hidden layers and its init."""
+
+    name: str = setting("softmax", "softmax (regression), or another registered model (fedsim.models)",
+                       _ModelName(lambda: MODELS))
+    hidden: tuple = setting((), "widths of the hidden layers, input side first (models with hidden layers)",
+                            Widths())
+    activation: str = setting("relu", "activation of the hidden layers (models with hidden layers)",
+                              OneOf(*ACTIVATIONS))
+    init: str | None = setting(None, 'theta^0: "zeros", or seeded "glorot" (Xavier-uniform W, zero b)',
+                               Optional(OneOf(*INIT_KINDS), "the model's own default"))
+
+    def __post_init__(self):
+        check_fields(self)
+        if self.hidden and not self.entry.hidden_layers:
+            raise ValueError(f"hidden must be empty for model {self.name!r} (it has no hidden layer), "
+                             f"got {list(self.hidden)}")
+
+    @property
+    def entry(self) -> ModelEntry:
+        return lookup(MODELS, self.name, "model.name")
+
+    @property
+    def init_kind(self) -> str:
+        """``init``, or the model's own default when unset (zeros for softmax regression)."""
+        return self.init or self.entry.default_init
+
+    def build(self, n_features: int, n_classes: int, l2: float = 0.0):
+        """The model for data of ``n_features`` inputs and ``n_classes`` classes (protocol above)."""
+        return self.entry.build(self, n_features, n_classes, l2)
+
+
+__all__ = ["ACTIVATIONS", "INIT_KINDS", "MODELS", "ModelConfig", "ModelEntry", "Widths", "register_model"]

@@ -1,0 +1,142 @@
+"""The model registry and the [model] table: validation, the moved init settings, show-config, and a model
+registered here, outside fedsim, trained by both families through the registry alone."""
+
+import numpy as np
+import pytest
+
+from fedsim.config import ConfigError, config_from_dict, config_to_toml, load_preset, parse_toml
+from fedsim.models import MODELS, ModelConfig, SoftmaxRegression, register_model
+from fedsim.models.features import decoded
+from fedsim.params import ParamSpec
+from fedsim.rng import RunStreams
+from fedsim.runs import build_run
+
+
+def _config_error(raw: dict) -> str:
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(raw, "test.toml")
+    assert "\n" not in str(info.value)
+    return str(info.value)
+
+
+def test_softmax_is_the_default_model_with_zero_init():
+    settings = ModelConfig()
+    assert (settings.name, settings.hidden, settings.init, settings.init_kind) == ("softmax", (), None, "zeros")
+    model = settings.build(5, 3, 0.5)
+    assert model == SoftmaxRegression(5, 3, 0.5)
+    assert ModelConfig(init="glorot").init_kind == "glorot"
+
+
+@pytest.mark.parametrize("table, message", [
+    ({"name": "sofmax"}, "model.name must be one of 'softmax', got 'sofmax'; did you mean 'softmax'?"),
+    ({"name": "perceptron"}, "model.name must be one of 'softmax', got 'perceptron'"),
+    ({"name": 3}, "model.name must be one of 'softmax', got 3"),
+    ({"hidden": [200]}, "model.hidden must be empty for model 'softmax' (it has no hidden layer), got [200]"),
+    ({"hidden": [0]}, "model.hidden must be a list of integer widths >= 1, like [200] or [256, 128], got [0]"),
+    ({"hidden": [2.5]}, "model.hidden must be a list of integer widths >= 1"),
+    ({"hidden": 200}, "model.hidden must be a list of integer widths >= 1"),
+    ({"activation": "sigmoid"}, "model.activation must be one of 'relu', 'tanh', got 'sigmoid'"),
+    ({"init": "normal"}, "model.init must be one of 'zeros', 'glorot', or unset (the model's own default), got"),
+    ({"width": 3}, "unknown setting 'model.width'"),
+])
+def test_bad_model_settings_are_one_line_naming_the_setting(table, message):
+    got = _config_error({"model": table})
+    assert got.startswith(message), got
+    if table == {"name": "perceptron"}:
+        assert "did you mean" not in got
+
+
+@pytest.mark.parametrize("family", ["federated", "lazy"])
+def test_the_old_init_settings_are_answered_with_model_init(family):
+    assert _config_error({"family": family, family: {"init": "glorot"}}) == \
+        f"{family}.init has moved: model.init replaces it"
+    with pytest.raises(ConfigError, match=rf"^{family}.init has moved: model.init replaces it$"):
+        load_preset("synthetic", [f"{family}.init=zeros"])
+
+
+def test_show_config_lists_the_model_table():
+    text = config_to_toml(load_preset("stc-mnist"))
+    table = text.split("[model]\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert [line.split(" =")[0] for line in table] == ["name", "hidden", "activation", "# init"], table
+    assert table[0].startswith('name = "softmax"') and table[1].startswith("hidden = []")
+    assert table[3] == "# init = (unset: the model's, \"zeros\")"
+    assert "init =" not in text.split("[federated]", 1)[1]
+    glorot = load_preset("stc-mnist", ["model.init=glorot"])
+    assert config_from_dict(parse_toml(config_to_toml(glorot))) == glorot
+
+
+def test_a_model_registered_twice_under_one_name_is_refused():
+    with pytest.raises(ValueError, match="model name 'softmax' is registered twice"):
+        register_model("softmax", lambda settings, n_features, n_classes, l2: None)
+    with pytest.raises(ValueError, match="default_init must be one of 'zeros', 'glorot', got 'ones'"):
+        register_model("ones", lambda settings, n_features, n_classes, l2: None, default_init="ones")
+
+
+# -- a model of this test module ---------------------------------------------------------------------------
+
+class TinyLinear:
+    """Scores ``z = x W`` (no bias) with the squared loss ``(1/2) sum_c (z_c - Y_c)^2`` per sample, plus
+    ``(l2 / 2) ||W||^2``: the protocol of fedsim.models.base in a few lines."""
+
+    def __init__(self, n_features, n_classes, l2):
+        self.spec = ParamSpec(("W",), ((n_features, n_classes),))
+        self.n_classes, self.l2 = n_classes, l2
+
+    def init(self, rng, kind, dtype):
+        theta = self.spec.zeros(dtype)
+        if kind == "glorot":
+            theta[:] = rng.uniform(-0.1, 0.1, theta.shape)
+        return theta
+
+    def _scores(self, theta, x, rows=None):
+        x = decoded(x) if rows is None else decoded(x)[rows]
+        return x, np.matmul(x, self.spec.view(theta, "W"))
+
+    def loss_and_grad(self, theta, x, y, weights=None, rows=None):
+        x, z = self._scores(theta, x, rows)
+        residual = z - np.eye(self.n_classes, dtype=z.dtype)[y]                    # z - Y
+        share = np.ones(y.shape, z.dtype) if weights is None else weights.astype(z.dtype)
+        share = share / share.sum(axis=-1, keepdims=True)                           # m_i / sum m
+        loss = 0.5 * np.einsum("...n,...nc,...nc->...", share, residual, residual)
+        grad = np.matmul(np.swapaxes(x, -1, -2), share[..., None] * residual)      # x^T (m (z - Y))
+        grad = grad.reshape(grad.shape[:-2] + (-1,)) + self.l2 * theta
+        return loss + 0.5 * self.l2 * np.einsum("...p,...p->...", theta, theta), grad
+
+    def evaluate(self, theta, x, y):
+        _, z = self._scores(theta, x)
+        return self.loss_and_grad(theta, x, y)[0], np.mean(np.argmax(z, axis=-1) == y)
+
+
+@pytest.fixture()
+def tiny_linear():
+    """The model registered as "tiny-linear" (glorot by default), for the length of one test."""
+    register_model("tiny-linear", lambda settings, n_features, n_classes, l2: TinyLinear(n_features, n_classes, l2),
+                   default_init="glorot")
+    yield "tiny-linear"
+    MODELS.pop("tiny-linear")
+
+
+def test_a_registered_model_trains_through_federated_rounds(tiny_linear):
+    """STC up and down (the preset's method) over the model's one tensor."""
+    config = load_preset("synthetic", [f"model.name={tiny_linear}", "data.synthetic_devices=6",
+                                       "federated.n_clients=6", "federated.lr=0.002"])
+    assert config.model.init_kind == "glorot"
+    run = build_run(config, progress=False)
+    assert isinstance(run.model, TinyLinear) and run.up_state.segment_offsets == (0, 60 * 10)   # W, one segment
+    initial = run.model.init(RunStreams(config.seed).generator("init"), "glorot", np.float32)
+    np.testing.assert_array_equal(run.server.weights, initial)
+    records = [run.step() for _ in range(5)]
+    assert all(np.isfinite(record["train_loss"]) for record in records)
+    assert records[-1]["train_loss"] < records[0]["train_loss"], records
+
+
+def test_a_registered_model_takes_a_lazy_gradient_step(tiny_linear):
+    config = load_preset("laq-synthetic", [f"model.name={tiny_linear}", "model.init=zeros", "lazy.method=gd",
+                                           "data.synthetic_devices=6", "lazy.n_workers=6"])
+    run = build_run(config, progress=False)
+    theta = run.theta.copy()
+    assert not theta.any()
+    _, gradients = TinyLinear(60, 10, config.lazy.l2).loss_and_grad(theta, run.shards.x, run.shards.y,
+                                                                     run.shards.weights)
+    run.step()                                 # theta^1 = theta^0 - alpha sum_m grad f_m(theta^0)
+    np.testing.assert_allclose(run.theta, theta - config.lazy.step_size * gradients.sum(axis=0), rtol=1e-12)
