@@ -4,6 +4,8 @@ registered here, outside fedsim, trained by both families through the registry a
 import numpy as np
 import pytest
 
+from fedsim.algorithms.federated import methods as federated_methods
+from fedsim.algorithms.lazy import METHODS as LAZY_METHODS
 from fedsim.config import ConfigError, config_from_dict, config_to_toml, load_preset, parse_toml
 from fedsim.models import MODELS, ModelConfig, SoftmaxRegression, register_model
 from fedsim.models.features import decoded
@@ -28,9 +30,9 @@ def test_softmax_is_the_default_model_with_zero_init():
 
 
 @pytest.mark.parametrize("table, message", [
-    ({"name": "sofmax"}, "model.name must be one of 'softmax', got 'sofmax'; did you mean 'softmax'?"),
-    ({"name": "perceptron"}, "model.name must be one of 'softmax', got 'perceptron'"),
-    ({"name": 3}, "model.name must be one of 'softmax', got 3"),
+    ({"name": "sofmax"}, "model.name must be one of 'softmax', 'mlp', got 'sofmax'; did you mean 'softmax'?"),
+    ({"name": "perceptron"}, "model.name must be one of 'softmax', 'mlp', got 'perceptron'"),
+    ({"name": 3}, "model.name must be one of 'softmax', 'mlp', got 3"),
     ({"hidden": [200]}, "model.hidden must be empty for model 'softmax' (it has no hidden layer), got [200]"),
     ({"hidden": [0]}, "model.hidden must be a list of integer widths >= 1, like [200] or [256, 128], got [0]"),
     ({"hidden": [2.5]}, "model.hidden must be a list of integer widths >= 1"),
@@ -140,3 +142,20 @@ def test_a_registered_model_takes_a_lazy_gradient_step(tiny_linear):
                                                                      run.shards.weights)
     run.step()                                 # theta^1 = theta^0 - alpha sum_m grad f_m(theta^0)
     np.testing.assert_allclose(run.theta, theta - config.lazy.step_size * gradients.sum(axis=0), rtol=1e-12)
+
+
+@pytest.mark.parametrize("preset, setting, method", [
+    *(("synthetic", "federated.method", name) for name in sorted(federated_methods())),
+    *(("laq-synthetic", "lazy.method", name) for name in LAZY_METHODS),
+])
+def test_every_method_of_both_families_runs_on_the_mlp(preset, setting, method):
+    """``model.name = "mlp"`` (one hidden layer of 8, glorot): three steps, finite records, the model's
+    per-layer tensors as the run's parameter layout."""
+    steps = ["federated.rounds=3"] if preset == "synthetic" else ["lazy.iterations=3", "lazy.minibatch_size=20"]
+    config = load_preset(preset, ["model.name=mlp", "model.hidden=[8]", f"{setting}={method}", *steps])
+    run = build_run(config, progress=False)
+    assert run.model.spec.names == ("W1", "b1", "W2", "b2")
+    for _ in range(3):
+        record = run.step()
+    losses = [value for key, value in record.items() if key in ("train_loss", "objective")]
+    assert losses and all(np.isfinite(losses)), record
