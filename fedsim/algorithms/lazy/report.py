@@ -139,8 +139,19 @@ def compare(runs, targets: dict) -> tuple[str, list[str], list[list[str]]]:
                           "bits total"], rows)
 
 
+def unused_settings(table: dict) -> set[str]:
+    """The settings of a ``[lazy]`` table its method ignores: ``bits`` unless it quantizes (qgd, laq,
+    slaq), ``minibatch_size`` unless it samples minibatches (slaq)."""
+    from fedsim.algorithms.lazy.config import RULES
+    rule = RULES.get(table.get("method"))
+    if rule is None:
+        return set()
+    return ({"bits"} if rule.upload != "quantized" else set()) | ({"minibatch_size"} if rule.gradient == "full"
+                                                                  else set())
+
+
 REPORT = Report(
     clients_word="workers", summarize=summarize, progress=progress_text, achieved=achieved, compare=compare,
     figure="lazy_figures",
     metrics=("final_objective", "min_objective", "communications", "bits", "final_test_accuracy"),
-    curve=("iteration", "objective", "f - (smallest f of the sweep)", "residual"))
+    curve=("iteration", "objective", "f - (smallest f of the sweep)", "residual"), unused=unused_settings)
