@@ -262,7 +262,7 @@ def report(args, out: Path, first, data, partition, smoothness, runs) -> dict:
     (out / "table.txt").write_text(f"f* = {f_star:.12g} ({f_star_source})\n{text}\n")
     (out / "table.json").write_text(json.dumps({"f_star": f_star, "f_star_source": f_star_source,
                                                 "smoothness": smoothness, "table": rows, "notes": notes}))
-    figures = plot_runs(runs, out, f_star=f_star, tolerance=args.tolerance)
+    figures = plot_runs(runs, out, f_star=f_star if honest else None, tolerance=args.tolerance)
     print(f"run folders: {out}/<method>   figures: "
           f"{', '.join(str(path) for path in figures if path.suffix == '.png')}")
     return {"table": rows, "runs": runs, "f_star": f_star, "f_star_source": f_star_source, "figures": figures}

@@ -306,7 +306,7 @@ def lazy_figures(runs: list[RunResult], out: Path, max_workers: int = 10, f_star
     x_labels = (("iteration", "communications (uploads, cumulative)", "bits (cumulative)") if x == "iterations"
                 else ({"bits": "bits (cumulative, before the iterate)",
                        "time": "wall time, s (cumulative 'time' of the records, before the iterate)"}[x],))
-    figure, axes = _figure(2, len(x_labels))
+    figure, axes = _figure(2, len(x_labels), width=4.6 if len(x_labels) > 1 else 6.0)
     for index, (run, label) in enumerate(zip(runs, labels)):
         arrays = records_to_arrays(run.history)
         residual = drawable(arrays["objective"]) - f_star

@@ -139,3 +139,50 @@ def test_lazy_runs_of_one_iteration_are_drawn(tmp_path, captured):
     assert len(lazy_figures(runs, tmp_path)) == 4
     residual_axes = captured["lazy_residual"].axes
     assert [axis.get_xscale() for axis in residual_axes[:3]] == ["linear", "linear", "linear"]
+
+
+SWEEP = """base = "synthetic"
+name = "tiny"
+[set]
+"data.synthetic_devices" = 8
+"federated.n_clients" = 8
+"federated.rounds" = 3
+[grid]
+"federated.method" = ["stc_updown", "fedavg"]
+"federated.batch_size" = [10, 2, 5]
+"""
+
+
+@pytest.mark.parametrize("seeds", [[0, 1], None])
+def test_sweep_figures_in_natural_order_with_a_bits_panel_and_the_true_n(tmp_path, captured, seeds):
+    """`fedsim sweep plot`: series in natural order (numbers as numbers, methods as given), each unlike the
+    others, the legend outside the panels, n per series, a bits panel; no "over seeds" without seeds."""
+    from fedsim.cli import main
+    (tmp_path / "tiny.toml").write_text(SWEEP + (f"seed = {seeds}\n" if seeds else ""))
+    assert main(["sweep", str(tmp_path / "tiny.toml"), "--out", str(tmp_path / "S"), "--workers", "1", "--quiet"]) == 0
+    assert main(["sweep", "plot", str(tmp_path / "S")]) == 0
+    curves, final = captured["sweep_curves"], captured["sweep_final"]
+    n = len(seeds) if seeds else 1
+    assert [text.get_text() for text in curves.legends[0].get_texts()] == [
+        f"method {method}, batch_size {size} (n={n})" for method in ("stc_updown", "fedavg") for size in (2, 5, 10)]
+    rounds, bits = curves.axes
+    assert "bits sent up" in bits.get_xlabel() and bits.get_xscale() == "log"
+    lines = rounds.get_lines()
+    assert len({(line.get_color(), line.get_linestyle(), line.get_marker()) for line in lines}) == len(lines) == 6
+    legend_box = curves.legends[0].get_window_extent()
+    assert not any(legend_box.overlaps(axis.get_window_extent()) for axis in curves.axes)
+    assert [tick.get_text() for tick in final.axes[0].get_xticklabels()] == ["2", "5", "10"]
+    titles = curves._suptitle.get_text() + final._suptitle.get_text()
+    assert "min-max for 2" not in titles
+    assert ("n in the legend" in titles) if seeds else ("one run per" in titles and "seeds" not in titles)
+    # a metric spanning decades (the LAQ bits sweep's final objective: 5 to 2,347) is drawn on a log axis
+    assert final.axes[0].get_yscale() == "linear"
+    import fedsim.sweeps.report as report
+    summarize = report.summarize_over_seeds
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setattr(report, "summarize_over_seeds", lambda rows, axes: [
+        {**row, "mean": row["mean"] * 10.0 ** row["federated.batch_size"]} for row in summarize(rows, axes)])
+    captured.clear()
+    assert main(["sweep", "plot", str(tmp_path / "S")]) == 0
+    monkeypatch.undo()
+    assert captured["sweep_final"].axes[0].get_yscale() == "log"
