@@ -1,6 +1,8 @@
 """Figures fit for a paper: titles and legends that say what differs, integer round ticks, log bits axes in
 both families, styles that survive greyscale, and an honest reference for a lazy run's residual."""
 
+import itertools
+
 import pytest
 
 import fedsim.plot as plot
@@ -75,7 +77,7 @@ def test_methods_titles_and_labels_name_only_the_settings_they_read(federated_ru
 def test_every_series_looks_different_from_every_other():
     styles = [_style(index) for index in range(256)]
     assert len({(style["color"], style["linestyle"], style["marker"]) for style in styles}) == 256
-    assert all(a[key] != b[key] for a, b in zip(styles, styles[1:]) for key in ("color", "linestyle", "marker"))
+    assert all(a[key] != b[key] for a, b in itertools.pairwise(styles) for key in ("color", "linestyle", "marker"))
 
 
 @pytest.mark.parametrize("x, xlabel, xscale", [("bits", "bits up + down (cumulative)", "log"),
@@ -177,7 +179,7 @@ def test_sweep_figures_in_natural_order_with_a_bits_panel_and_the_true_n(tmp_pat
     assert ("n in the legend" in titles) if seeds else ("one run per" in titles and "seeds" not in titles)
     # a metric spanning decades (the LAQ bits sweep's final objective: 5 to 2,347) is drawn on a log axis
     assert final.axes[0].get_yscale() == "linear"
-    import fedsim.sweeps.report as report
+    from fedsim.sweeps import report
     summarize = report.summarize_over_seeds
     monkeypatch = pytest.MonkeyPatch()
     monkeypatch.setattr(report, "summarize_over_seeds", lambda rows, axes: [

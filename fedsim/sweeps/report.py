@@ -137,8 +137,13 @@ def natural_order(manifest: dict, names: list[str]):
     return key
 
 
-def _series_label(names, values) -> str:
-    return ", ".join(f"{name.rsplit('.', 1)[-1]} {value}" for name, value in zip(names, values))
+def _series_label(names, values, result=None) -> str:
+    """``name value, ...`` of the axes, without the settings the method of ``result`` (a run) ignores."""
+    unused = set()
+    if result is not None:
+        unused = {f"{result.family}.{name}"
+                  for name in family(result.family).report.unused(result.config.get(result.family) or {})}
+    return ", ".join(f"{name.rsplit('.', 1)[-1]} {value}" for name, value in zip(names, values) if name not in unused)
 
 
 def bits_up_through(history: list[dict]) -> np.ndarray | None:
@@ -158,7 +163,8 @@ def plot_sweep(out, figures_out=None, notes: list[str] | None = None) -> list[Pa
 
     Series are in natural order (:func:`natural_order`); values a figure cannot show (a diverged run's) are
     left out; ``notes``, if given, gets one line per run drawn only in part."""
-    from fedsim.plot import _figure, _finish, _legend, _plot, _save, _style, drawable, drawn_in_part, drawn_records
+    from fedsim.plot import (_figure, _finish, _legend, _plot, _save, _style, drawable, drawn_in_part,
+                             drawn_records)
     manifest, entries = collect(out)
     figures_out = Path(figures_out) if figures_out else Path(out) / "plots"
     figures_out.mkdir(parents=True, exist_ok=True)
@@ -186,9 +192,11 @@ def plot_sweep(out, figures_out=None, notes: list[str] | None = None) -> list[Pa
             records = [r for r in result.history if y_name in r]
             y = np.array([r[y_name] for r in records], dtype=float)
             bits = bits_up_through(result.history)
+            if residual:                # a log axis cannot show the best run's 0: left out
+                y = np.where(y > floor, y - floor, np.nan)
             curves.append((np.array([r[x_name] for r in records], dtype=float),
                            None if bits is None else bits[[i for i, r in enumerate(result.history) if y_name in r]],
-                           drawable(np.maximum(y - floor, np.finfo(float).tiny) if residual else y)))
+                           drawable(y)))
         length = min(len(y) for _, _, y in curves)
         stack = np.vstack([y[:length] for _, _, y in curves])
         mean = stack.mean(axis=0)
@@ -197,7 +205,8 @@ def plot_sweep(out, figures_out=None, notes: list[str] | None = None) -> list[Pa
         if with_bits:                   # the runs of a series may send different bits: their mean
             x_values.append(np.mean([bits[:length] for _, bits, _ in curves], axis=0))
         for axis, x in zip(panels[0], x_values):
-            _plot(axis, x, mean, label=f"{_series_label(grouping, key) or 'runs'} (n={len(curves)})", **style)
+            _plot(axis, x, mean, label=f"{_series_label(grouping, key, results[0]) or 'runs'} (n={len(curves)})",
+                  **style)
             axis.fill_between(x, drawable(stack.min(axis=0)), drawable(stack.max(axis=0)), color=style["color"],
                               alpha=0.15, linewidth=0)
     yscale = "log" if residual else "linear"
