@@ -9,7 +9,7 @@
     fedsim show-config [CONFIG.toml | --preset NAME] [--set key=value ...] [--seed N] [--dataset NAME]
     fedsim data fetch NAME
     fedsim data info
-    fedsim plot RUN_DIR [RUN_DIR ...] [--out DIR]
+    fedsim plot RUN_DIR [RUN_DIR ...] [--out DIR] [--x rounds | bits | time]
     fedsim compare RUN_DIR [RUN_DIR ...] [--target-accuracy 0.8] [--target-residual 1e-6]
     fedsim export RUN_DIR [RUN_DIR ...] --to tensorboard DIR
     fedsim sweep SWEEP.toml [--workers N] [--backend local | dask] ... | fedsim sweep report | plot DIR
@@ -218,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="run folders (of `fedsim run`; finished or not); runs of one family are overlaid")
     plot.add_argument("--out", metavar="DIR", help="where the figures go (default: RUN_DIR/plots for one "
                                                    "run, ./plots for several)")
+    plot.add_argument("--x", choices=("rounds", "iterations", "bits", "time"), help="the x axis: the steps (default), "
+                      "bits up + down, or wall time (the records' 'time'), cumulative")
 
     sweep = commands.add_parser(
         "sweep", help="run a grid of runs (local cores or Dask), or report / plot a sweep folder",
@@ -457,7 +459,7 @@ def command_plot(args) -> int:
     runs = _read_runs(args.runs)
     out = plot_folder(runs, args.out)
     notes: list[str] = []
-    paths = plot_runs(_with_records(runs), out, notes=notes)
+    paths = plot_runs(_with_records(runs), out, notes=notes, x=args.x)
     if not paths:
         raise UsageError("none of the runs has any records to plot (with values a figure can show)")
     for note in notes:

@@ -31,7 +31,7 @@ import numpy as np
 
 from fedsim.algorithms.family import FAMILIES, group_by_family
 from fedsim.algorithms.lazy import f_star_of, records_to_arrays
-from fedsim.runs import RunResult
+from fedsim.runs import RunFolderError, RunResult
 
 FORMATS = ("png", "svg")
 #: The largest magnitude drawn: sqrt of the largest float64, about 1.3e154. A value whose square overflows
@@ -139,20 +139,34 @@ _BOOKKEEPING = ("run.checkpoint_every", "data.data_dir", "data.download", "feder
 
 
 def _style(index: int) -> dict:
-    """Colour, line style and marker of the index-th run: no two of the first 32 runs look alike."""
-    cycle = index // len(COLOURS)
-    return {"color": COLOURS[index % len(COLOURS)], "linestyle": LINE_STYLES[(index + cycle) % len(LINE_STYLES)],
-            "marker": MARKERS[(index + 3 * cycle) % len(MARKERS)], "markevery": 0.1, "markersize": 4,
+    """Colour, line style and marker of the index-th series, walking their product: index = 8 a + c gets
+    colour c, marker (c + a) mod 8 and line style (c + a // 8) mod 4, so no two of the first 256 series look
+    alike and each differs from the one before in all three."""
+    cycle, colour = divmod(index, len(COLOURS))
+    return {"color": COLOURS[colour], "linestyle": LINE_STYLES[(colour + cycle // len(MARKERS)) % len(LINE_STYLES)],
+            "marker": MARKERS[(colour + cycle) % len(MARKERS)], "markevery": 0.1, "markersize": 4,
             "linewidth": 1.4}
 
 
+def _legend(figure, axis) -> None:
+    """The legend of ``axis``'s series, in the order they were drawn, outside every panel (below them, in
+    up to three columns; the constrained layout makes room for it)."""
+    handles, labels = axis.get_legend_handles_labels()
+    if handles:
+        figure.legend(handles, labels, loc="outside lower center", ncols=min(3, len(labels)), fontsize="small")
+
+
 def _flat_settings(run: RunResult) -> dict:
-    """The run's settings as ``table.name -> value`` (the family's own table and [data], [run], seed)."""
+    """The run's settings as ``table.name -> value`` (the family's own table and [data], [run], seed),
+    without those its method ignores (QSGD's p_up: ``Report.unused``)."""
     settings = {"seed": run.config.get("seed", 0)}
     for table in ("data", run.family, "run"):
         for name, value in (run.config.get(table) or {}).items():
             settings[f"{table}.{name}"] = value
-    return {key: value for key, value in settings.items() if key not in _BOOKKEEPING}
+    declared = FAMILIES.get(run.family)
+    unused = {f"{run.family}.{name}" for name in declared.report.unused(run.config.get(run.family) or {})} \
+        if declared is not None else set()
+    return {key: value for key, value in settings.items() if key not in _BOOKKEEPING and key not in unused}
 
 
 def _short(key: str, value) -> str:
@@ -162,7 +176,8 @@ def _short(key: str, value) -> str:
 
 def describe(runs: list[RunResult]) -> tuple[str, list[str]]:
     """(title, one legend label per run): the title holds the dataset, partition and the settings the
-    runs share that matter most; each label the method and the settings in which the runs differ."""
+    runs share that matter most; each label the method and the settings in which the runs differ. A
+    setting a run's method ignores is in neither (one that only some runs read is in their labels)."""
     flats = [_flat_settings(run) for run in runs]
     keys = sorted(set().union(*flats))
     differing = [key for key in keys if len({repr(flat.get(key)) for flat in flats}) > 1]
@@ -209,10 +224,48 @@ def _finish(axis, xlabel: str, ylabel: str, xscale: str = "linear", yscale: str 
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
-def federated_figure(runs: list[RunResult], out: Path) -> list[Path]:
-    """Test accuracy against rounds and cumulative bits (up, down, total); returns the files written."""
+#: The x axes of ``fedsim plot --x``, per family (the first is the default), and each one's label.
+X_AXES = {"federated": ("rounds", "bits", "time"), "lazy": ("iterations", "bits", "time")}
+X_LABELS = {"bits": "bits up + down (cumulative)", "time": "wall time, s (cumulative 'time' of the records)"}
+
+
+def spent(history: list[dict], x: str, before: bool = False) -> np.ndarray:
+    """Cumulative bits (up + down) or wall time (the records' ``time``) through each record, or with
+    ``before`` spent before it (what reaching a lazy iterate theta^k cost)."""
+    step = [record.get("time", 0.0) for record in history] if x == "time" else \
+        [record.get("bits_up", 0) + record.get("bits_down", 0) for record in history]
+    through = np.cumsum(step, dtype=np.float64)
+    if x == "bits" and history and "bits" in history[0]:           # lazy records hold it cumulative
+        through = np.array([record["bits"] for record in history], dtype=np.float64)
+    return np.concatenate(([0.0], through[:-1])) if before else through
+
+
+def _check_x(x: str, family: str, runs: list[RunResult]) -> None:
+    """A one-line error for an x axis the family has not, or a wall time that a run did not record."""
+    if x not in X_AXES[family]:
+        raise ValueError(f"--x must be one of {' | '.join(X_AXES[family])} for {family} runs, got {x!r}")
+    for run in runs:
+        if x == "time" and not any("time" in record for record in run.history):
+            raise RunFolderError(f"--x time: the records of {run.path} hold no wall time ('time'); plot them "
+                                 f"against {X_AXES[family][0]} or bits")
+
+
+def federated_figure(runs: list[RunResult], out: Path, x: str = "rounds") -> list[Path]:
+    """Test accuracy against rounds and cumulative bits (up, down, total), or with ``x`` "bits" | "time"
+    against that alone (file ``federated_accuracy_by_<x>``); returns the files written."""
+    _check_x(x, "federated", runs)
     runs = [run for run in runs if run.history]
     title, labels = describe(runs)
+    if x != "rounds":
+        figure, axes = _figure(1, 1, width=6.0, height=4.2)
+        for index, (run, label) in enumerate(zip(runs, labels)):
+            evaluated = [i for i, r in enumerate(run.history) if "test_accuracy" in r]
+            _plot(axes[0, 0], spent(run.history, x)[evaluated], [run.history[i]["test_accuracy"] for i in evaluated],
+                  label=label, **_style(index))
+        _finish(axes[0, 0], X_LABELS[x], "test accuracy", xscale="log" if x == "bits" else "linear")
+        _legend(figure, axes[0, 0])
+        figure.suptitle(title)
+        return _save(figure, out, f"federated_accuracy_by_{x}")
     figure, axes = _figure(2, 2)
     panels = [(axes[0, 0], None, "round"), (axes[0, 1], "bits_up", "bits sent up (cumulative)"),
               (axes[1, 0], "bits_down", "bits sent down (cumulative)"),
@@ -229,17 +282,19 @@ def federated_figure(runs: list[RunResult], out: Path) -> list[Path]:
             _plot(axis, x, accuracy, label=label, **_style(index))
     for axis, key, xlabel in panels:
         _finish(axis, xlabel, "test accuracy", xscale="linear" if key is None else "log", integer_x=key is None)
-    axes[0, 0].legend(fontsize="small")
+    _legend(figure, axes[0, 0])
     figure.suptitle(title)
     return _save(figure, out, "federated_accuracy")
 
 
 def lazy_figures(runs: list[RunResult], out: Path, max_workers: int = 10, f_star: float | None = None,
-                 tolerance: float | None = None) -> list[Path]:
-    """Residual and gradient norm against iterations, communications and bits; upload rasters.
+                 tolerance: float | None = None, x: str = "iterations") -> list[Path]:
+    """Residual and gradient norm against iterations, communications and bits, or with ``x`` "bits" |
+    "time" against that alone (file ``lazy_residual_by_<x>``); upload rasters.
 
     ``f_star``: a known optimum (e.g. from L-BFGS) instead of the runs' own; ``tolerance``: a dotted line
     at that residual."""
+    _check_x(x, "lazy", runs)
     runs = [run for run in runs if drawn_records(run.history)]
     if not runs:
         return []
@@ -248,25 +303,32 @@ def lazy_figures(runs: list[RunResult], out: Path, max_workers: int = 10, f_star
     f_star = f_star_of(runs) if f_star is None else f_star
     # Without a known f*, the residual is relative to the best value these runs reached, and says so.
     residual_label = "f - f*" if configured else "f - (smallest f of these runs)"
-    figure, axes = _figure(2, 3)
+    x_labels = (("iteration", "communications (uploads, cumulative)", "bits (cumulative)") if x == "iterations"
+                else ({"bits": "bits (cumulative, before the iterate)",
+                       "time": "wall time, s (cumulative 'time' of the records, before the iterate)"}[x],))
+    figure, axes = _figure(2, len(x_labels), width=4.6 if len(x_labels) > 1 else 6.0)
     for index, (run, label) in enumerate(zip(runs, labels)):
         arrays = records_to_arrays(run.history)
         residual = drawable(arrays["objective"]) - f_star
         residual = np.where(residual > 0, residual, np.nan)      # a log axis cannot show 0 (the best run)
-        x_axes = (np.arange(len(run.history)), arrays["communications_before"], arrays["bits_before"])
-        for column, x in enumerate(x_axes):
-            _plot(axes[0, column], x, residual, label=label, **_style(index))
-            _plot(axes[1, column], x, arrays["grad_norm_sq"], label=label, **_style(index))
-    for column, xlabel in enumerate(("iteration", "communications (uploads, cumulative)", "bits (cumulative)")):
-        xscale = "linear" if column == 0 else "log"
+        x_axes = ((np.arange(len(run.history)), arrays["communications_before"], arrays["bits_before"])
+                  if x == "iterations" else (spent(run.history, x, before=True),))
+        for column, x_values in enumerate(x_axes):
+            _plot(axes[0, column], x_values, residual, label=label, **_style(index))
+            _plot(axes[1, column], x_values, arrays["grad_norm_sq"], label=label, **_style(index))
+    for column, xlabel in enumerate(x_labels):
+        xscale = "linear" if xlabel.startswith(("iteration", "wall")) else "log"
         if tolerance is not None:
             axes[0, column].axhline(tolerance, color="grey", linewidth=0.8, linestyle=":")
-        _finish(axes[0, column], xlabel, residual_label, xscale=xscale, yscale="log", integer_x=column == 0)
-        _finish(axes[1, column], xlabel, "||grad f||^2", xscale=xscale, yscale="log", integer_x=column == 0)
-    axes[0, 0].legend(fontsize="small")
+        integer_x = xlabel == "iteration"
+        _finish(axes[0, column], xlabel, residual_label, xscale=xscale, yscale="log", integer_x=integer_x)
+        _finish(axes[1, column], xlabel, "||grad f||^2", xscale=xscale, yscale="log", integer_x=integer_x)
+    _legend(figure, axes[0, 0])
     reference = f"f* = {f_star:.10g}" if configured else f"relative to the best value reached, {f_star:.10g}"
     figure.suptitle(f"{title}\nresidual ({reference}) and gradient norm")
-    paths = _save(figure, out, "lazy_residual")
+    paths = _save(figure, out, "lazy_residual" if x == "iterations" else f"lazy_residual_by_{x}")
+    if x != "iterations":
+        return paths
 
     raster, raster_axes = _figure(len(runs), 1, width=9.0, height=max(1.4, 0.25 * max_workers + 0.8))
     for index, (axis, run, label) in enumerate(zip(raster_axes[:, 0], runs, labels)):
@@ -293,7 +355,8 @@ def plot_runs(runs: list[RunResult], out, notes: list[str] | None = None, **opti
     """All figures for ``runs`` into folder ``out``: each family's runs drawn by the figure function
     its registration names (``Report.figure``), with the ``options`` that function takes.
 
-    ``notes``, if given, gets one line per run drawn only in part (diverged, or too large to draw)."""
+    ``notes``, if given, gets one line per run drawn only in part (diverged, or too large to draw).
+    ``x`` (an option): "rounds" or "iterations" (each family's steps, the default), "bits" or "time"."""
     import inspect
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -303,9 +366,12 @@ def plot_runs(runs: list[RunResult], out, notes: list[str] | None = None, **opti
     for declared, chosen in group_by_family(runs):
         draw = globals()[declared.report.figure]
         accepted = inspect.signature(draw).parameters
-        paths += draw(chosen, out, **{key: value for key, value in options.items() if key in accepted})
+        chosen_options = {key: value for key, value in options.items() if key in accepted}
+        if options.get("x") in (None, *(steps for steps, *_ in X_AXES.values())):
+            chosen_options["x"] = X_AXES[declared.name][0]
+        paths += draw(chosen, out, **chosen_options)
     return paths
 
 
-__all__ = ["DRAWABLE", "describe", "drawable", "drawn_in_part", "drawn_records", "federated_figure", "lazy_figures",
-           "plot_runs"]
+__all__ = ["DRAWABLE", "X_AXES", "describe", "drawable", "drawn_in_part", "drawn_records", "federated_figure",
+           "lazy_figures", "plot_runs", "spent"]

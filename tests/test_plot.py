@@ -1,6 +1,8 @@
 """Figures fit for a paper: titles and legends that say what differs, integer round ticks, log bits axes in
 both families, styles that survive greyscale, and an honest reference for a lazy run's residual."""
 
+import itertools
+
 import pytest
 
 import fedsim.plot as plot
@@ -39,9 +41,12 @@ def captured(monkeypatch):
 
 def test_titles_hold_the_shared_settings_and_legends_what_differs(federated_runs):
     title, labels = describe(federated_runs)
-    assert title.startswith("synthetic, partition natural, 8 clients") and "p_up 0.05" in title
-    assert "lr" not in title                                      # lr differs between the runs
-    assert labels == ["fedavg, lr 0.05", "stc_updown, lr 0.1", "stc_updown, lr 0.05"]
+    assert title.startswith("synthetic, partition natural, 8 clients") and "batch_size 10" in title
+    assert "lr" not in title and "p_up" not in title     # lr differs; fedavg ignores p_up, the STC runs read it
+    assert labels == ["fedavg, lr 0.05", "stc_updown, lr 0.1, p_down 0.1, p_up 0.05",
+                      "stc_updown, lr 0.05, p_down 0.1, p_up 0.05"]
+    title, _ = describe(federated_runs[1:])
+    assert "p_up 0.05, p_down 0.1" in title
 
 
 def test_federated_axes(federated_runs, tmp_path, captured):
@@ -51,9 +56,40 @@ def test_federated_axes(federated_runs, tmp_path, captured):
     rounds = axes[0]
     assert rounds.get_xscale() == "linear" and all(tick == int(tick) for tick in rounds.get_xticks())
     assert [axis.get_xscale() for axis in axes[1:]] == ["log", "log", "log"]
-    assert [text.get_text() for text in rounds.get_legend().get_texts()] == describe(federated_runs)[1]
+    figure = captured["federated_accuracy"]
+    legend_box = figure.legends[0].get_window_extent()
+    assert [text.get_text() for text in figure.legends[0].get_texts()] == describe(federated_runs)[1]
+    assert not any(legend_box.overlaps(axis.get_window_extent()) for axis in axes)    # outside every panel
     lines = rounds.get_lines()
     assert len({(line.get_color(), line.get_linestyle(), line.get_marker()) for line in lines}) == len(lines)
+
+
+def test_methods_titles_and_labels_name_only_the_settings_they_read(federated_runs, tmp_path):
+    """QSGD, TernGrad and PowerSGD send every entry: p_up / p_down are neither in the title nor in their
+    labels; a run that reads them (STC) carries them in its label."""
+    qsgd = run(tmp_path, "q", "synthetic", TINY + ["federated.method=qsgd_updown"])
+    title, labels = describe([qsgd])
+    assert "p_up" not in title and "p_down" not in title
+    title, labels = describe([federated_runs[0], federated_runs[2], qsgd])
+    assert "p_up" not in title and labels[2] == "qsgd_updown" and "p_up 0.05" in labels[1]
+
+
+def test_every_series_looks_different_from_every_other():
+    styles = [_style(index) for index in range(256)]
+    assert len({(style["color"], style["linestyle"], style["marker"]) for style in styles}) == 256
+    assert all(a[key] != b[key] for a, b in itertools.pairwise(styles) for key in ("color", "linestyle", "marker"))
+
+
+@pytest.mark.parametrize("x, xlabel, xscale", [("bits", "bits up + down (cumulative)", "log"),
+                                                ("time", "wall time, s (cumulative 'time' of the records)", "linear")])
+def test_fedsim_plot_x_bits_and_time(federated_runs, tmp_path, captured, x, xlabel, xscale):
+    from fedsim.cli import main
+    assert main(["plot", *(str(r.path) for r in federated_runs), "--out", str(tmp_path), "--x", x]) == 0
+    (axis,) = captured[f"federated_accuracy_by_{x}"].axes
+    assert (axis.get_xlabel(), axis.get_xscale()) == (xlabel, xscale)
+    first = federated_runs[0].history
+    expected = {"bits": first[0]["bits_up"] + first[0]["bits_down"], "time": first[0]["time"]}[x]
+    assert axis.get_lines()[0].get_xdata()[0] == pytest.approx(expected)
 
 
 def test_styles_differ_in_more_than_colour():
@@ -105,3 +141,50 @@ def test_lazy_runs_of_one_iteration_are_drawn(tmp_path, captured):
     assert len(lazy_figures(runs, tmp_path)) == 4
     residual_axes = captured["lazy_residual"].axes
     assert [axis.get_xscale() for axis in residual_axes[:3]] == ["linear", "linear", "linear"]
+
+
+SWEEP = """base = "synthetic"
+name = "tiny"
+[set]
+"data.synthetic_devices" = 8
+"federated.n_clients" = 8
+"federated.rounds" = 3
+[grid]
+"federated.method" = ["stc_updown", "fedavg"]
+"federated.batch_size" = [10, 2, 5]
+"""
+
+
+@pytest.mark.parametrize("seeds", [[0, 1], None])
+def test_sweep_figures_in_natural_order_with_a_bits_panel_and_the_true_n(tmp_path, captured, seeds):
+    """`fedsim sweep plot`: series in natural order (numbers as numbers, methods as given), each unlike the
+    others, the legend outside the panels, n per series, a bits panel; no "over seeds" without seeds."""
+    from fedsim.cli import main
+    (tmp_path / "tiny.toml").write_text(SWEEP + (f"seed = {seeds}\n" if seeds else ""))
+    assert main(["sweep", str(tmp_path / "tiny.toml"), "--out", str(tmp_path / "S"), "--workers", "1", "--quiet"]) == 0
+    assert main(["sweep", "plot", str(tmp_path / "S")]) == 0
+    curves, final = captured["sweep_curves"], captured["sweep_final"]
+    n = len(seeds) if seeds else 1
+    assert [text.get_text() for text in curves.legends[0].get_texts()] == [
+        f"method {method}, batch_size {size} (n={n})" for method in ("stc_updown", "fedavg") for size in (2, 5, 10)]
+    rounds, bits = curves.axes
+    assert "bits sent up" in bits.get_xlabel() and bits.get_xscale() == "log"
+    lines = rounds.get_lines()
+    assert len({(line.get_color(), line.get_linestyle(), line.get_marker()) for line in lines}) == len(lines) == 6
+    legend_box = curves.legends[0].get_window_extent()
+    assert not any(legend_box.overlaps(axis.get_window_extent()) for axis in curves.axes)
+    assert [tick.get_text() for tick in final.axes[0].get_xticklabels()] == ["2", "5", "10"]
+    titles = curves._suptitle.get_text() + final._suptitle.get_text()
+    assert "min-max for 2" not in titles
+    assert ("n in the legend" in titles) if seeds else ("one run per" in titles and "seeds" not in titles)
+    # a metric spanning decades (the LAQ bits sweep's final objective: 5 to 2,347) is drawn on a log axis
+    assert final.axes[0].get_yscale() == "linear"
+    from fedsim.sweeps import report
+    summarize = report.summarize_over_seeds
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setattr(report, "summarize_over_seeds", lambda rows, axes: [
+        {**row, "mean": row["mean"] * 10.0 ** row["federated.batch_size"]} for row in summarize(rows, axes)])
+    captured.clear()
+    assert main(["sweep", "plot", str(tmp_path / "S")]) == 0
+    monkeypatch.undo()
+    assert captured["sweep_final"].axes[0].get_yscale() == "log"

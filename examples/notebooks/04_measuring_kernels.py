@@ -14,7 +14,9 @@
 # # 4. Measuring kernels honestly
 #
 # **Goal.** A compressor kernel such as STC's ternarization reads a vector once and writes a few
-# positions: on a modern machine it should take about as long as copying the vector, and no faster.
+# positions: on a modern machine it should take about as long as reading the vector once. `numpy.copy`
+# reads it once and writes it once, so the kernel may take less time than a copy or more; the figure
+# shows the measured ratio on this machine.
 # Measuring that is easy to get wrong: the first call compiles, thread pools compete with other programs,
 # one slow repeat spoils a mean, and two implementations timed minutes apart see different machines.
 # This notebook times fedsim's STC kernel the way the benchmark suite does (`benchmarks/common.py`: pinned
@@ -160,8 +162,9 @@ print({name: f"median {t.median * 1e3:.3f} ms, min {t.minimum * 1e3:.3f} ms" for
 # %% [markdown]
 # ## Step 5: time against size, and the copy floor
 #
-# A kernel that must read all $N$ entries cannot beat reading them, and `numpy.copy` (read once, write
-# once) is a fair stand-in for that floor. Small vectors fit in the caches and are dominated by the
+# A kernel that must read all $N$ entries cannot beat reading them. `numpy.copy` reads them once and
+# writes them once, so it is a yardstick of that floor, not the floor itself: a kernel that writes only
+# 1% of the entries can take less time than the copy (a ratio below 1 in the right panel) as well as more. Small vectors fit in the caches and are dominated by the
 # fixed cost of a call (fedsim's kernels check their arguments in Python first); large ones stream from
 # memory, and there the ratio to the copy is what to watch. `numpy.copy` also allocates its output, and
 # the first write to fresh memory costs page faults; `numpy.copyto` into a buffer allocated once (as
@@ -227,5 +230,6 @@ else:
 
 # %% [markdown]
 # **What to take away.** Pin the threads, warm up, interleave, report medians and ratios from one run,
-# and check the answers first. Then compare against the floor the hardware sets: a one-pass kernel near
-# the time of `numpy.copy` has little left to gain.
+# and check the answers first. Then compare against what the hardware allows: a one-pass kernel whose time
+# is within a small factor of `numpy.copy` (or below it: the copy also writes every entry) has little
+# left to gain.

@@ -40,6 +40,7 @@ class Report:
     figure: str                # name of the fedsim.plot function that draws the family's runs
     metrics: tuple = ()        # the summary.json metrics a sweep report tabulates; the first is "the result"
     curve: tuple = ()          # (x field, y field, y label, "value" | "residual"): a record's curve in a sweep
+    unused: Callable = lambda table: set()   # (the family's config table) -> settings its method ignores
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,8 @@
 ``report.csv`` has one row per (run, metric): the run's folder, its status, one column per axis, then
 ``metric`` and ``value``. The summary groups the runs by every axis except ``seed`` and gives, per metric,
 mean +- standard deviation (over seeds, ``ddof=1``) and n. The figures: the runs' curves as the mean over
-seeds with a band of +-1 standard deviation (min-max when n = 2), and each metric at the end against the
-first axis that is not the method or the seed.
+seeds with a band from their minimum to their maximum (and cumulative bits sent up as a second x axis),
+and the first metric at the end against the first axis that is not the method or the seed.
 """
 
 from __future__ import annotations
@@ -125,13 +125,46 @@ def format_summary(summary: list[dict], axes: list[str]) -> str:
     return "\n".join(text)
 
 
-def plot_sweep(out, figures_out=None, notes: list[str] | None = None) -> list[Path]:
-    """The sweep's figures (PNG and SVG): curves with a band over seeds, and final metrics against an axis.
+def natural_order(manifest: dict, names: list[str]):
+    """A sort key of axis values in natural order: numbers as numbers (1, 2, 4, 10), other values (methods)
+    in the order the sweep file gives them."""
+    given = {name: [repr(value) for value in manifest["axes"].get(name, [])] for name in names}
 
-    Values a figure cannot show (a diverged run's) are left out; ``notes``, if given, gets one line per run
-    drawn only in part."""
-    from fedsim.plot import (COLOURS, LINE_STYLES, MARKERS, _figure, _finish, _plot, _save, drawable,
-                             drawn_in_part, drawn_records)
+    def key(values) -> tuple:
+        return tuple((0, value, 0) if isinstance(value, (int, float)) and not isinstance(value, bool) else
+                     (1, 0, given[name].index(repr(value)) if repr(value) in given[name] else len(given[name]))
+                     for name, value in zip(names, values))
+    return key
+
+
+def _series_label(names, values, result=None) -> str:
+    """``name value, ...`` of the axes, without the settings the method of ``result`` (a run) ignores."""
+    unused = set()
+    if result is not None:
+        unused = {f"{result.family}.{name}"
+                  for name in family(result.family).report.unused(result.config.get(result.family) or {})}
+    return ", ".join(f"{name.rsplit('.', 1)[-1]} {value}" for name, value in zip(names, values) if name not in unused)
+
+
+def bits_up_through(history: list[dict]) -> np.ndarray | None:
+    """Cumulative bits sent up through each record (a federated run's ``bits_up``, a lazy run's uploads'
+    ``bits``), or None for records without bits."""
+    if history and "bits_up" in history[0]:
+        return np.cumsum([record["bits_up"] for record in history], dtype=np.float64)
+    if history and "bits" in history[0]:
+        return np.array([record["bits"] for record in history], dtype=np.float64)
+    return None
+
+
+def plot_sweep(out, figures_out=None, notes: list[str] | None = None) -> list[Path]:
+    """The sweep's figures (PNG and SVG): each series' curve (the mean over its runs, a band from their
+    minimum to their maximum, n in the legend) against the steps and against cumulative bits sent up, and
+    the first metric at the end against the first axis that is not the method or the seed.
+
+    Series are in natural order (:func:`natural_order`); values a figure cannot show (a diverged run's) are
+    left out; ``notes``, if given, gets one line per run drawn only in part."""
+    from fedsim.plot import (_figure, _finish, _legend, _plot, _save, _style, drawable, drawn_in_part,
+                             drawn_records)
     manifest, entries = collect(out)
     figures_out = Path(figures_out) if figures_out else Path(out) / "plots"
     figures_out.mkdir(parents=True, exist_ok=True)
@@ -150,31 +183,42 @@ def plot_sweep(out, figures_out=None, notes: list[str] | None = None) -> list[Pa
     groups: dict[tuple, list] = {}
     for entry in finished:
         groups.setdefault(tuple(entry["values"].get(axis) for axis in grouping), []).append(entry["result"])
+    with_bits = all(bits_up_through(result.history) is not None for results in groups.values() for result in results)
     paths = []
-    figure, panels = _figure(1, 1, width=6.0, height=4.2)
-    axis = panels[0, 0]
-    for index, (key, results) in enumerate(sorted(groups.items(), key=lambda item: repr(item[0]))):
+    figure, panels = _figure(1, 2 if with_bits else 1, width=5.0, height=4.2)
+    for index, (key, results) in enumerate(sorted(groups.items(), key=lambda item: natural_order(manifest, grouping)(item[0]))):
         curves = []
         for result in results:
             records = [r for r in result.history if y_name in r]
-            x = np.array([r[x_name] for r in records], dtype=float)
             y = np.array([r[y_name] for r in records], dtype=float)
-            curves.append((x, drawable(np.maximum(y - floor, np.finfo(float).tiny) if residual else y)))
-        length = min(len(x) for x, _ in curves)
-        x = curves[0][0][:length]
-        stack = np.vstack([y[:length] for _, y in curves])
+            bits = bits_up_through(result.history)
+            if residual:                # a log axis cannot show the best run's 0: left out
+                y = np.where(y > floor, y - floor, np.nan)
+            curves.append((np.array([r[x_name] for r in records], dtype=float),
+                           None if bits is None else bits[[i for i, r in enumerate(result.history) if y_name in r]],
+                           drawable(y)))
+        length = min(len(y) for _, _, y in curves)
+        stack = np.vstack([y[:length] for _, _, y in curves])
         mean = stack.mean(axis=0)
-        low, high = ((stack.min(axis=0), stack.max(axis=0)) if len(curves) == 2 else
-                     (mean - stack.std(axis=0, ddof=1), mean + stack.std(axis=0, ddof=1)) if len(curves) > 2 else
-                     (mean, mean))
-        label = ", ".join(f"{name.rsplit('.', 1)[-1]} {value}" for name, value in zip(grouping, key)) or "runs"
-        style = {"color": COLOURS[index % len(COLOURS)], "linestyle": LINE_STYLES[index % len(LINE_STYLES)]}
-        _plot(axis, x, mean, label=f"{label} (n={len(curves)})", marker=MARKERS[index % len(MARKERS)], markevery=0.1,
-              markersize=4, **style)
-        axis.fill_between(x, drawable(low), drawable(high), color=style["color"], alpha=0.15, linewidth=0)
-    _finish(axis, x_name, ylabel, yscale="log" if residual else "linear", integer_x=True)
-    axis.legend(fontsize="x-small")
-    figure.suptitle(f"sweep {manifest['name']}: mean over seeds, band +-1 std (min-max for 2)", fontsize="medium")
+        style = _style(index)
+        x_values = [curves[0][0][:length]]
+        if with_bits:                   # the runs of a series may send different bits: their mean
+            x_values.append(np.mean([bits[:length] for _, bits, _ in curves], axis=0))
+        for axis, x in zip(panels[0], x_values):
+            _plot(axis, x, mean, label=f"{_series_label(grouping, key, results[0]) or 'runs'} (n={len(curves)})",
+                  **style)
+            axis.fill_between(x, drawable(stack.min(axis=0)), drawable(stack.max(axis=0)), color=style["color"],
+                              alpha=0.15, linewidth=0)
+    yscale = "log" if residual else "linear"
+    _finish(panels[0, 0], x_name, ylabel, yscale=yscale, integer_x=True)
+    if with_bits:
+        _finish(panels[0, 1], "bits sent up (cumulative; mean of the series' runs)", ylabel, xscale="log",
+                yscale=yscale)
+    _legend(figure, panels[0, 0])
+    sizes = {len(results) for results in groups.values()}
+    band = ("one run per series" if sizes == {1} else
+            "mean of each series' n runs (n in the legend), band from their minimum to their maximum")
+    figure.suptitle(f"sweep {manifest['name']}: {band}", fontsize="medium")
     paths += _save(figure, figures_out, "sweep_curves")
 
     numeric = [axis for axis in grouping if not axis.endswith(".method")]
@@ -189,22 +233,26 @@ def plot_sweep(out, figures_out=None, notes: list[str] | None = None) -> list[Pa
         for row in rows:
             if row["metric"] == metric:
                 lines.setdefault(tuple(row[name] for name in others), []).append(row)
-        values = sorted({row[x_axis] for group in lines.values() for row in group})
+        values = sorted({row[x_axis] for group in lines.values() for row in group}, key=lambda value:
+                        natural_order(manifest, [x_axis])((value,)))
         position = {value: i for i, value in enumerate(values)}       # evenly spaced, labelled by value
-        for index, (key, points) in enumerate(sorted(lines.items(), key=lambda item: repr(item[0]))):
-            points.sort(key=lambda row: row[x_axis])
-            xs = [position[row[x_axis]] for row in points]
+        for index, (key, points) in enumerate(sorted(lines.items(), key=lambda item: natural_order(manifest, others)(item[0]))):
+            points.sort(key=lambda row: position[row[x_axis]])
             means = drawable([row["mean"] for row in points])
             spread = np.where(np.isnan(means), 0.0, np.nan_to_num(drawable([row["std"] for row in points])))
-            label = ", ".join(f"{name.rsplit('.', 1)[-1]} {value}" for name, value in zip(others, key)) or metric
-            axis.errorbar(xs, means, yerr=spread, label=label, color=COLOURS[index % len(COLOURS)],
-                          linestyle=LINE_STYLES[index % len(LINE_STYLES)], marker=MARKERS[index % len(MARKERS)],
-                          capsize=3)
-        _finish(axis, x_axis.rsplit(".", 1)[-1].replace("_", " "), metric.replace("_", " "))
+            counts = sorted({row["n"] for row in points})
+            label = f"{_series_label(others, key) or metric} (n={'/'.join(map(str, counts))})"
+            style = {name: value for name, value in _style(index).items() if name != "markevery"}
+            axis.errorbar([position[row[x_axis]] for row in points], means, yerr=spread, label=label, capsize=3,
+                          **style)
+        spans_decades = axis.dataLim.y0 > 0 and axis.dataLim.y1 >= 100 * axis.dataLim.y0
+        _finish(axis, x_axis.rsplit(".", 1)[-1].replace("_", " "), metric.replace("_", " "),
+                yscale="log" if spans_decades else "linear")
         axis.set_xticks(range(len(values)), [str(value) for value in values])
-        axis.legend(fontsize="x-small")
-        figure.suptitle(f"sweep {manifest['name']}: {metric.replace('_', ' ')} (mean +- std over seeds)",
-                        fontsize="medium")
+        _legend(figure, axis)
+        over = ("one run per point" if {row["n"] for row in rows} == {1} else
+                "mean +- std over the n runs of each point")
+        figure.suptitle(f"sweep {manifest['name']}: {metric.replace('_', ' ')} ({over})", fontsize="medium")
         paths += _save(figure, figures_out, "sweep_final")
     return paths
 

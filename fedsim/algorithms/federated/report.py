@@ -4,6 +4,8 @@ holds them): bits, the round that reaches a target accuracy, the summary, the pr
 
 from __future__ import annotations
 
+import dataclasses
+
 from fedsim.algorithms.family import Report, cell, compare_row, compare_table
 
 
@@ -66,8 +68,20 @@ def compare(runs, targets: dict) -> tuple[str, list[str], list[list[str]]]:
                          ["final acc", "best acc", "rounds to target", "bits to target", "bits total"], rows)
 
 
+def unused_settings(table: dict) -> set[str]:
+    """The settings of a ``[federated]`` table its method ignores: ``p_up`` / ``p_down`` unless the up /
+    down compressor keeps a fraction ``p`` (QSGD, TernGrad, PowerSGD and sign send every entry)."""
+    from fedsim.algorithms.federated.config import methods
+    from fedsim.compress import COMPRESSORS
+    method = methods().get(table.get("method"))
+    if method is None:
+        return set()
+    return {setting for setting, name in (("p_up", method.up), ("p_down", method.down))
+            if name in COMPRESSORS and "p" not in {field.name for field in dataclasses.fields(COMPRESSORS[name])}}
+
+
 REPORT = Report(
     clients_word="clients", summarize=summarize, progress=progress_text, achieved=achieved, compare=compare,
     figure="federated_figure",
     metrics=("final_test_accuracy", "best_test_accuracy", "bits_up", "bits_down", "bits"),
-    curve=("round", "test_accuracy", "test accuracy", "value"))
+    curve=("round", "test_accuracy", "test accuracy", "value"), unused=unused_settings)
