@@ -30,7 +30,8 @@ import numpy as np
 from scipy.special import softmax
 from threadpoolctl import threadpool_limits
 
-from fedsim.data import load_dataset, partition
+from fedsim.data import load_dataset
+from fedsim.data.partition import split_indices
 from fedsim.data.registry import get_dataset
 from fedsim.models import SoftmaxRegression
 
@@ -200,11 +201,11 @@ ax.legend();
 # In the STC experiment 50 clients each hold 1/50 of the training set. Here is what one of them does
 # locally, written out: mini-batch SGD, $\theta \leftarrow \theta - \eta \nabla L_{\text{batch}}(\theta)$,
 # with $\eta = 0.1$ and batches of 100 from a shuffled order, reshuffled every epoch, from a zero start.
-# `fedsim.data.partition` makes the split (here every client gets all ten classes in equal shares).
+# `fedsim.data.partition.split_indices` makes the split (here every client gets all ten classes in equal shares).
 
 # %%
-clients = partition("classes_per_client", data.y_train, 50, np.random.default_rng(0),
-                    classes_per_client=10, balancedness=1.0)
+clients = split_indices("classes_per_client", data.y_train, 50, np.random.default_rng(0),
+                        classes_per_client=10, balancedness=1.0)
 mine = np.arange(len(data.y_train)) if FULL else clients[0]
 x_mine, y_mine = data.x_train[mine], data.y_train[mine]
 print(len(mine), "training images; per class:", np.bincount(y_mine, minlength=10))
