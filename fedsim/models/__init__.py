@@ -8,6 +8,6 @@ from fedsim.models.softmax import SoftmaxRegression
 register_model("softmax", lambda settings, n_features, n_classes, l2: SoftmaxRegression(n_features, n_classes, l2))
 register_model("mlp", lambda settings, n_features, n_classes, l2: MLP(n_features, settings.hidden, n_classes,
                                                                      settings.activation, l2),
-               default_init="glorot", hidden_layers=True)
+               default_init="glorot", hidden_layers=True, convex=False)
 
 __all__ = ["MLP", "MODELS", "ModelConfig", "SoftmaxRegression", "register_model"]

@@ -41,17 +41,18 @@ class ModelEntry:
     build: Callable            # (ModelConfig, n_features, n_classes, l2) -> a model (the protocol above)
     default_init: str          # the init kind of an unset model.init
     hidden_layers: bool        # whether model.hidden and model.activation apply to it
+    convex: bool               # whether its loss is convex in theta (then with l2 > 0 strongly convex)
 
 
 MODELS: dict[str, ModelEntry] = {}
 
 
 def register_model(name: str, build: Callable, *, default_init: str = "zeros",
-                   hidden_layers: bool = False) -> ModelEntry:
+                   hidden_layers: bool = False, convex: bool = True) -> ModelEntry:
     """Make a model available as ``model.name = name`` (``build``: see the module docstring)."""
     if default_init not in INIT_KINDS:
         raise ValueError(f"default_init must be one of {', '.join(map(repr, INIT_KINDS))}, got {default_init!r}")
-    return register_into(MODELS, name, ModelEntry(name, build, default_init, hidden_layers), "model name")
+    return register_into(MODELS, name, ModelEntry(name, build, default_init, hidden_layers, convex), "model name")
 
 
 class _ModelName(Registered):

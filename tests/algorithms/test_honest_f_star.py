@@ -41,6 +41,8 @@ def test_a_certified_or_configured_f_star_is_f_star(tmp_path):
     assert best_value_certified([run], 1e4) and not best_value_certified([run], 1e-6)
     title, columns = compare_text([run], residual=1e4)               # ||grad f||^2 / (2 M l2) below 1000
     assert "f - f* <= 10000" in title and columns["its to target"] != ("-",)
+    network = lazy_run(tmp_path / "mlp", "gd", "lazy.l2=0.01", "model.name=mlp", "model.hidden=[4]")
+    assert not best_value_certified([network], 1e4), "a non-convex model's best value is no f*"
     known = lazy_run(tmp_path / "known", "gd", f"run.f_star={min(r['objective'] for r in run.history) - 1e-3}")
     title, columns = compare_text([known])
     assert "f*" in title and re.fullmatch(r"1\.0+e-03", columns["final f - f*"][0])

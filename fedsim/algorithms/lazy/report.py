@@ -14,6 +14,7 @@ import math
 import numpy as np
 
 from fedsim.algorithms.family import Report, cell, compare_row, compare_table
+from fedsim.models import MODELS
 
 
 def records_to_arrays(records: list[dict], n_workers: int | None = None) -> dict[str, np.ndarray]:
@@ -87,11 +88,15 @@ CERTIFIED_FRACTION = 0.1
 def best_value_certified(runs, tolerance: float) -> bool:
     """Whether the smallest objective of ``runs`` is f* to within ``CERTIFIED_FRACTION * tolerance``.
 
-    f = sum_m f_m, each f_m convex plus (l2 / 2) ||theta||^2, is mu-strongly convex with mu = M l2, so at the
-    best iterate theta: f(theta) - f* <= ||grad f(theta)||^2 / (2 mu)."""
+    For a convex model (its registry entry says so), f = sum_m f_m, each f_m convex plus (l2 / 2) ||theta||^2,
+    is mu-strongly convex with mu = M l2, so at the best iterate theta: f(theta) - f* <= ||grad f(theta)||^2 /
+    (2 mu). A non-convex model's best value is never certified."""
     best = min(((r["objective"], r["grad_norm_sq"], run) for run in runs for r in run.history),
                key=lambda item: item[0], default=None)
     if best is None:
+        return False
+    model = MODELS.get((best[2].config.get("model") or {}).get("name", "softmax"))
+    if model is None or not model.convex:
         return False
     settings = best[2].config.get("lazy", {})
     mu = settings.get("n_workers", 0) * settings.get("l2", 0.0)
