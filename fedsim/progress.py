@@ -51,10 +51,12 @@ class Progress:
             self.bar = tqdm(total=total, initial=done, desc=name, unit=unit, file=sys.stderr,
                             dynamic_ncols=sized, ncols=None if sized else 100, nrows=None if sized else 20)
 
-    def note_if_slow(self, seconds: float, text: str) -> threading.Timer:
-        """A started timer that says ``text`` once if it is not cancelled within ``seconds`` (nothing
-        when quiet); cancel it when the slow part is over."""
+    def note_if_slow(self, seconds: float, text: str, when=lambda: True) -> threading.Timer:
+        """A started timer that says ``text`` once if it is not cancelled within ``seconds`` and ``when()``
+        is then true (nothing when quiet); cancel it when the slow part is over."""
         def note():
+            if not when():
+                return
             if self.bar is not None:
                 self.bar.write(text, file=sys.stderr)
             else:

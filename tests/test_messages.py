@@ -69,9 +69,10 @@ def test_lazy_runs_on_different_synthetic_data_are_each_measured_against_their_o
     assert len(tables) == 2
     for seed, (folder, table) in enumerate(zip(folders, tables)):
         f_star = min(record["objective"] for record in RunFolder(folder).read_history())
-        title, _, _, row = table.splitlines()
-        assert title.endswith(f"f* = {f_star:.12g}) on data: synthetic, seed {seed}"), title
-        assert row.startswith(folder.name)
+        title, note, _, _, row = table.splitlines()       # one run: its own best value, so "-" and a note
+        assert title.endswith(f"f_best = {f_star:.12g}, the best value of these runs, not certified as f*) "
+                              f"on data: synthetic, seed {seed}"), title
+        assert note.startswith("-: this run attains f_best") and row.startswith(folder.name)
 
 
 def test_a_full_disk_names_the_folder_and_the_command_that_continues(tmp_path):

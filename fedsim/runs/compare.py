@@ -43,7 +43,9 @@ def compare_tables(runs, target_accuracy: float, target_residual: float) -> str:
         groups = same_data(chosen) if relative else {"": chosen}
         for data, grouped in groups.items():
             title, headers, rows = declared.report.compare(grouped, targets)
-            title += f" on data: {data}" if len(groups) > 1 else ""
+            if len(groups) > 1:                 # on the title's first line (a footnote may follow it)
+                first, *notes = title.split("\n")
+                title = "\n".join([f"{first} on data: {data}", *notes])
             blocks.append(f"{title}\n{_table(headers, rows)}")
     return "\n\n".join(blocks)
 

@@ -11,6 +11,7 @@ periodic checkpoint is then what a resume starts from).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import signal
@@ -123,10 +124,28 @@ class StopOnSignals:
         return False
 
 
-#: The note shown when the first step takes longer than :data:`COMPILE_NOTE_SECONDS` (the Numba kernels
-#: compiling into their on-disk cache).
+#: The note shown when the first step takes longer than :data:`COMPILE_NOTE_SECONDS` while Numba compiles
+#: kernels into their on-disk cache (a first step slow for another reason, a busy machine, says nothing).
 COMPILE_NOTE = "fedsim: compiling the kernels this run uses (once per machine; later runs start at once)"
 COMPILE_NOTE_SECONDS = 2.0
+
+
+@contextlib.contextmanager
+def _counting_compiles():
+    """A dict whose ``"started"`` counts the Numba compilations begun meanwhile (not cache loads)."""
+    from numba.core import event
+
+    count = {"started": 0}
+
+    class Counter(event.Listener):
+        def on_start(self, _):
+            count["started"] += 1
+
+        def on_end(self, _):
+            pass
+
+    with event.install_listener("numba:compile", Counter()):
+        yield count
 
 
 def execute(run, folder: RunFolder, config: ExperimentConfig, *, name: str, quiet: bool = False,
@@ -154,9 +173,9 @@ def execute(run, folder: RunFolder, config: ExperimentConfig, *, name: str, quie
         folder.write_checkpoint(*run.state_dict(), planned=planned, identity=identity)
 
     with StopOnSignals() as stop, folder.open_history() as history_file, \
-            pinned_threads(config.run.blas_threads):
+            pinned_threads(config.run.blas_threads), _counting_compiles() as compiles:
         bar = Progress(name, planned, run.completed, algorithms.unit, quiet)
-        compiling = bar.note_if_slow(COMPILE_NOTE_SECONDS, COMPILE_NOTE)
+        compiling = bar.note_if_slow(COMPILE_NOTE_SECONDS, COMPILE_NOTE, when=lambda: compiles["started"] > 0)
         try:
             while run.completed < planned:
                 if stop.received is not None:
