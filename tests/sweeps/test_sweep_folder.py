@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from fedsim.runs import RunFolder, strip_wall_time
+from fedsim.runs.folder import LOCK_FILE
 from fedsim.sweeps import load_sweep, resume_hint
 from tests.conftest import clean_env, error_lines, fedsim
 from tests.sweeps.test_sweeps import signal_when
@@ -160,9 +161,13 @@ def test_a_sweep_folder_belongs_to_one_sweep(sweep, tmp_path):
 
 
 def test_two_sweeps_of_one_file_into_one_folder_at_once(tmp_path):
-    path = write_sweep(tmp_path, rounds=150)
+    path = write_sweep(tmp_path, rounds=300)
     out = tmp_path / "S"
-    processes = [start_sweep(tmp_path, path, out) for _ in range(2)]
+    first = start_sweep(tmp_path, path, out)
+    deadline = time.monotonic() + 120          # the second starts once the first holds the folder
+    while not (out / LOCK_FILE).exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    processes = [first, start_sweep(tmp_path, path, out)]
     results = [(process.wait(timeout=300), *process.communicate()) for process in processes]
     (refused,) = [stderr for status, _, stderr in results if status == 2]
     assert sorted(status for status, _, _ in results) == [0, 2], results
