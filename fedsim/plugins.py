@@ -17,6 +17,7 @@ The module must be importable wherever the run goes: an installed package, or it
 
 from __future__ import annotations
 
+import functools
 import importlib
 import re
 from dataclasses import dataclass
@@ -48,9 +49,6 @@ class ModuleNames(Constraint):
 #: The constraint of a config's ``plugins``.
 MODULE_NAMES = ModuleNames()
 
-_ENTRY_POINTS_LOADED = []       # the entry points imported in this process (once)
-
-
 class PluginError(ValueError):
     """A plugin that cannot be imported; the message is one line naming it."""
 
@@ -65,15 +63,15 @@ def _imported(what: str, load):
         raise PluginError(f"plugin {what} failed to import: {message}") from None
 
 
-def load_entry_points() -> list[str]:
-    """Import every plugin declared in the entry point group ``fedsim.plugins`` (the first call only);
-    the names of the entry points imported."""
-    if not _ENTRY_POINTS_LOADED:
-        for point in entry_points(group=ENTRY_POINT_GROUP):
-            _imported(f"'{point.name}' (entry point {point.value} of {ENTRY_POINT_GROUP})", point.load)
-            _ENTRY_POINTS_LOADED.append(point.name)
-        _ENTRY_POINTS_LOADED.append(None)       # marks the scan done, also when it found none
-    return [name for name in _ENTRY_POINTS_LOADED if name is not None]
+@functools.cache
+def load_entry_points() -> tuple[str, ...]:
+    """Import every plugin declared in the entry point group ``fedsim.plugins`` (once per process: a
+    failed import is tried again on the next call); the names of the entry points imported."""
+    names = []
+    for point in entry_points(group=ENTRY_POINT_GROUP):
+        _imported(f"'{point.name}' (entry point {point.value} of {ENTRY_POINT_GROUP})", point.load)
+        names.append(point.name)
+    return tuple(names)
 
 
 def load_plugins(modules=()) -> None:
