@@ -515,7 +515,7 @@ def command_export(args) -> int:
 def command_sweep(args) -> int:
     from fedsim.sweeps import all_finished, load_sweep, run_sweep
     from fedsim.sweeps.execute import SweepInterrupted
-    from fedsim.sweeps.folder import resume_hint
+    from fedsim.sweeps.folder import resume_command, resume_hint
     from fedsim.sweeps.report import collect, format_summary, plot_sweep, summarize_over_seeds, tidy_rows, write_csv
     if args.target in ("report", "plot"):
         if not args.folder:
@@ -551,7 +551,7 @@ def command_sweep(args) -> int:
         return EXIT_OK
     from fedsim.experiment_data import check_data
     check_data(planned.config.data for planned in sweep.runs)      # once, before any run starts
-    again = shlex.join(["fedsim", "sweep", args.target, "--out", str(out)])
+    again = resume_command(args.target, out)
     try:
         statuses = run_sweep(sweep, out, backend=args.backend, workers=args.workers, threads=args.threads,
                              scheduler=args.scheduler, quiet=args.quiet)

@@ -52,11 +52,15 @@ def run_folder(out: Path, planned) -> Path:
     return Path(out) / RUNS_FOLDER / planned.folder_name
 
 
+def resume_command(sweep_path, out) -> str:
+    """The command that continues a sweep (finished runs are skipped, interrupted ones resume from their
+    checkpoints), quoted for a shell."""
+    return shlex.join(["fedsim", "sweep", str(sweep_path), "--out", str(out)])
+
+
 def resume_hint(sweep_path, out) -> str:
-    """What to say when a sweep stops early: the command that continues it (finished runs are skipped,
-    interrupted ones resume from their checkpoints)."""
-    command = shlex.join(["fedsim", "sweep", str(sweep_path), "--out", str(out)])
-    return f"finished runs and checkpoints are kept. Continue with: {command}"
+    """What to say when a sweep stops early."""
+    return f"finished runs and checkpoints are kept. Continue with: {resume_command(sweep_path, out)}"
 
 
 def say(text: str) -> None:
