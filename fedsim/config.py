@@ -178,6 +178,16 @@ def _add_plugin_tables() -> None:
             DERIVED.update({(name, setting): where for setting, where in COMPRESSOR_SETTINGS_ELSEWHERE.items()})
 
 
+def import_plugins(modules=()) -> None:
+    """Import the plugins (the entry points and ``modules``, :func:`fedsim.plugins.load_plugins`) and add the
+    tables of the compressors they register; a failure is one :class:`ConfigError` line naming it."""
+    try:
+        load_plugins(modules)
+    except (ValueError, TypeError) as error:
+        raise ConfigError(_one_line(error)) from None
+    _add_plugin_tables()
+
+
 def section(config: "ExperimentConfig", table: str):
     """The dataclass instance that holds ``table``'s settings in ``config``."""
     if table in COMPRESSOR_TABLES:
@@ -296,11 +306,7 @@ def config_from_dict(raw: dict, source: str = "") -> ExperimentConfig:
     """Validate a parsed TOML document (nested dicts, every key optional) into an
     :class:`ExperimentConfig`; ``source`` (a file name) goes into the one-line :class:`ConfigError`.
     The plugins (``raw["plugins"]`` and the entry points) are imported first."""
-    try:
-        load_plugins(raw.get("plugins", ()))
-    except (ValueError, TypeError) as error:
-        raise ConfigError(_one_line(error)) from None
-    _add_plugin_tables()
+    import_plugins(raw.get("plugins", ()))
     top, tables, compressors = {}, {}, {}
     for key, value in raw.items():
         if key in TABLES:
@@ -589,6 +595,6 @@ def load_preset(name: str, overrides=(), notes: list | None = None) -> Experimen
 
 
 __all__ = ["unused_tables", "config_differences", "config_fingerprint", "ConfigError", "ExperimentConfig", "FAMILIES", "RunConfig", "TABLES", "all_settings",
-           "apply_overrides", "config_from_dict", "config_to_dict", "config_to_toml",
+           "apply_overrides", "config_from_dict", "config_to_dict", "config_to_toml", "import_plugins",
            "list_presets", "load_config_file", "load_preset", "parse_override", "parse_toml", "preset_text",
            "suggest", "table_fields", "toml_value"]

@@ -40,8 +40,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fedsim.config import (ConfigError, ExperimentConfig, all_settings, config_fingerprint, load_config_file,
-                           load_preset, parse_toml, suggest)
+from fedsim.config import (ConfigError, ExperimentConfig, all_settings, config_fingerprint, import_plugins,
+                           load_config_file, load_preset, parse_toml, suggest)
 
 TOP_LEVEL = ("base", "config", "name", "set", "grid", "zip")
 #: A sweep's name is the name of its folder (runs/<name> by default): no path separators, no "..", not empty.
@@ -130,6 +130,18 @@ def _sweep_name(raw: dict, path: Path) -> str:
     return name
 
 
+def _base_plugins(raw: dict, path: Path) -> list:
+    """The ``plugins`` of the sweep's base config file (none for a preset); the file's own errors are left
+    for when it is loaded."""
+    if "config" not in raw:
+        return []
+    try:
+        plugins = parse_toml((path.parent / str(raw["config"])).read_text(encoding="utf-8"), "").get("plugins", [])
+    except (OSError, UnicodeDecodeError, ConfigError):
+        return []
+    return plugins if isinstance(plugins, list) else []
+
+
 def load_sweep(path) -> Sweep:
     """Read and expand the sweep file at ``path`` (ConfigError, one line, on anything invalid)."""
     path = Path(path)
@@ -152,6 +164,13 @@ def load_sweep(path) -> Sweep:
     fixed = _flatten(raw.get("set", {}))
     grid = _flatten(raw.get("grid", {}))
     zipped = _flatten(raw.get("zip", {}))
+    # The plugins the runs import first (the base config file's, then [set]'s): their compressors' tables
+    # are settings the sweep may set.
+    plugins = fixed.get("plugins", [])
+    try:
+        import_plugins([*_base_plugins(raw, path), *plugins] if isinstance(plugins, list) else plugins)
+    except ConfigError as error:
+        raise ConfigError(f"{path.name}: {error}") from None
     for where, table in (("[set]", fixed), ("[grid]", grid), ("[zip]", zipped)):
         for key in table:
             _check_setting(key, f"{path.name} {where}")

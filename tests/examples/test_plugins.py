@@ -74,6 +74,15 @@ def test_the_int8_message_keeps_the_compressor_contract():
                 for start, stop in ((0, 4), (4, 10)):
                     scale = np.abs(rows[row, start:stop]).max()
                     assert np.abs(compressed.decoded[row, start:stop] - rows[row, start:stop]).max() <= scale / 254 * 1.0001
+        # Stochastic rounding: within one step s / 127 of x, and unbiased (the mean of 4,000 draws of one row
+        # within 5 standard errors of x; a draw's variance is at most (s / 127)^2 / 4).
+        stochastic = make_compressor("int8", rounding="stochastic")
+        x = np.random.default_rng(1).standard_normal(10)
+        draws = np.vstack([stochastic.compress(np.tile(x, (400, 1)), stochastic.init(Layout((0, 10))),
+                                               np.random.default_rng(seed))[0].decoded for seed in range(10)])
+        step = np.abs(x).max() / 127
+        assert np.abs(draws - x).max() <= step * 1.0001 and len(np.unique(draws[:, 0])) == 2
+        assert np.abs(draws.mean(axis=0) - x).max() <= 5 * (step / 2) / np.sqrt(len(draws))
         print("ok")
     """
     result = subprocess.run([sys.executable, "-c", code], env=clean_env(Path.cwd(), PYTHONPATH=WITH_PLUGIN),
@@ -116,6 +125,21 @@ def test_run_resume_and_show_config_import_the_plugins_the_config_names(tmp_path
         assert expected in line, line
     line = one_error_line(fedsim(tmp_path, "show-config", "--set", "federated.method=int8_up", PYTHONPATH=WITH_PLUGIN))
     assert "int8_up" in line and "stc_updown" in line, line        # without plugins = [...]: an unknown method
+
+
+def test_a_sweep_sets_the_plugins_own_table(tmp_path):
+    """A plugin compressor's own table (``int8.rounding``) in a sweep's [set] and [grid] is known once the
+    plugins the sweep names are imported; without them on the path, one line naming the plugin (exit 2)."""
+    path = sweep_file(tmp_path, rounds=2, seeds="[0]")
+    path.write_text(path.read_text().replace("[grid]\n", '"int8.rounding" = "stochastic"\n\n[grid]\n'))
+    planned = fedsim(tmp_path, "sweep", path, "--dry-run", PYTHONPATH=WITH_PLUGIN)
+    assert planned.returncode == 0 and "2 runs" in planned.stdout, planned.stderr
+    path.write_text(path.read_text().replace('"int8.rounding" = "stochastic"\n', "") +
+                    '"int8.rounding" = ["nearest", "stochastic"]\n')
+    planned = fedsim(tmp_path, "sweep", path, "--dry-run", PYTHONPATH=WITH_PLUGIN)
+    assert planned.returncode == 0 and "4 runs" in planned.stdout, planned.stderr
+    line = one_error_line(fedsim(tmp_path, "sweep", path, "--dry-run", PYTHONPATH=str(REPO)))
+    assert "int8.toml: plugin 'fedsim_int8' failed to import" in line, line
 
 
 @pytest.mark.slow

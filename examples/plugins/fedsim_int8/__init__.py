@@ -9,7 +9,9 @@ with its settings and ``_compress_rows``, and its wire message.
 The quantizer, per segment j (a parameter tensor, or the whole vector with ``scope = "global"``)::
 
     s_j = max_i |x_i|                        the segment's scale
-    q_i = round(127 x_i / s_j)               an integer in [-127, 127]
+    q_i = round(127 x_i / s_j)               an integer in [-127, 127]; with ``[int8] rounding =
+                                             "stochastic"``: floor(127 x_i / s_j + u_i), u_i ~ U[0, 1),
+                                             so that E[q_i] = 127 x_i / s_j (unbiased)
     x_hat_i = q_i (s_j / 127)                what the receiver reconstructs (0 where s_j = 0)
 
 Wire format (``int8``), per segment: s_j as a float of the message dtype (32 bits, 64 in float64), then
@@ -25,8 +27,9 @@ import numpy as np
 
 from fedsim.compress.base import (Compressor, Layout, MessageFormat, SegmentedMessage, float_bits, float_dtype,
                                   frozen_array, new_stream, read_floats, register, register_message,
-                                  scope_setting, write_floats)
+                                  require_generator, scope_setting, write_floats)
 from fedsim.compress.bits import FLOAT_BITS
+from fedsim.constraints import OneOf, setting
 from fedsim.data.partition import register_partitioner
 from fedsim.kernels.selection import NONFINITE_MESSAGE
 
@@ -104,10 +107,14 @@ class Int8(Compressor):
     name: ClassVar[str] = "int8"
 
     scope: str = scope_setting("the segments that share one scale")
+    rounding: str = setting("nearest", "nearest | stochastic (up with probability the fraction: unbiased)",
+                            OneOf("nearest", "stochastic"))
 
     def _compress_rows(self, rows, layout, rng):
         if not np.all(np.isfinite(rows)):
             raise ValueError(NONFINITE_MESSAGE)
+        if self.rounding == "stochastic":
+            require_generator(rng, "int8's stochastic rounding")
         codes = np.empty(rows.shape, np.int8)
         scales = np.empty((rows.shape[0], layout.n_segments), rows.dtype)
         for j, (start, stop) in enumerate(layout.segments()):
@@ -115,7 +122,10 @@ class Int8(Compressor):
             scales[:, j] = np.abs(block).max(axis=1, initial=0)
             step = scales[:, j:j + 1] / rows.dtype.type(LEVELS)
             divisor = np.where(step > 0, step, 1)          # an all-zero segment: codes 0
-            codes[:, start:stop] = np.clip(np.rint(block / divisor), -LEVELS, LEVELS)
+            scaled = block / divisor
+            rounded = (np.rint(scaled) if self.rounding == "nearest" else
+                       np.floor(scaled + rng.random(scaled.shape).astype(rows.dtype)))
+            codes[:, start:stop] = np.clip(rounded, -LEVELS, LEVELS)
         decoded = dequantize(codes, np.repeat(scales, layout.sizes, axis=1))
         encoded = np.full(rows.shape[0], float_bits(rows.dtype) * layout.n_segments + CODE_BITS * layout.size,
                           np.int64)
