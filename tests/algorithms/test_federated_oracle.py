@@ -49,6 +49,7 @@ class ModelCase(NamedTuple):
     settings: dict         # FederatedConfig settings of this model's runs
     tolerance: float       # allowed difference, relative to the largest parameter
 
+
 # Softmax regression as the seed experiment runs it (float32: torch agrees to float32 rounding); the MLP in
 # float64, where the two implementations agree to accumulated double rounding. From zero weights every
 # first-round b-gradient is a multiple of 1 / batch_size: exact ties that rounding order decides, so the
@@ -91,8 +92,8 @@ def torch_compress_per_tensor(torch, kind, vector, p, tensor_sizes):
 
 def torch_rounds(torch, dataset, network, run_log, sizes, config, up, down, aggregation, initial):
     """Yield (round, server weights, each participant's loss at its last local step) after each round,
-    computed in torch from the replayed batches. Clients run SGD with L2 (g + l2 w) and momentum
-    (v <- momentum v + g, kept per client across rounds) as ``config`` says."""
+    computed in torch from the replayed batches. Clients run SGD with L2 and momentum as ``config`` says
+    (v <- momentum v + g + l2 w, v kept per client across rounds; w <- w - lr v)."""
     x_all = torch.tensor(dataset.x_train, dtype=torch.float64 if config.dtype == "float64" else torch.float32)
     y_all = torch.tensor(dataset.y_train)
     tensor_sizes = network.tensor_sizes
@@ -109,9 +110,8 @@ def torch_rounds(torch, dataset, network, run_log, sizes, config, up, down, aggr
             for _, _, samples, count in steps:
                 batch = torch.tensor(samples[row, : count[row]])
                 loss, grad = network.loss_and_grad(torch, w, x_all[batch], y_all[batch])
-                grad = grad + config.l2 * w
-                velocity = config.momentum * velocity + grad
-                w = w - config.lr * (velocity if config.momentum else grad)
+                velocity = config.momentum * velocity + (grad + config.l2 * w)   # v <- momentum v + g + l2 w
+                w = w - config.lr * velocity                                      # (momentum 0: v = g + l2 w)
             client_momentum[int(client)] = velocity
             losses.append(float(loss))
             update = w - server

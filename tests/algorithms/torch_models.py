@@ -23,7 +23,7 @@ class TorchNetwork(NamedTuple):
     activation: str               # "relu" | "tanh" (unused without a hidden layer)
 
     @classmethod
-    def of(cls, model_config, n_features: int, n_classes: int) -> "TorchNetwork":
+    def of(cls, model_config, n_features: int, n_classes: int) -> TorchNetwork:
         """The network of a ``[model]`` table (softmax regression: no hidden layer)."""
         return cls((n_features, *model_config.hidden, n_classes), model_config.activation)
 
