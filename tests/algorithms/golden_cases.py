@@ -1,4 +1,4 @@
-"""The runs whose histories are recorded in ``tests/algorithms/golden/histories.json`` and checked bit for bit.
+"""The runs whose histories are recorded in ``tests/algorithms/golden/`` and checked bit for bit.
 
 Every preset, every federated method at full and half participation, every lazy method, and the client
 optimizer, threshold, scope and dtype variants, on offline data (plus the two MNIST-scale presets on the
@@ -14,6 +14,10 @@ Re-recorded only when a change alters results on purpose, each time listed here:
   blocks; its iteration-0 quantized aggregate moved (an exact tie of the all-zero start, rounded the
   other way). Every offline case and stc-mnist stayed bitwise equal.
 
+The multilayer perceptron's cases (:func:`mlp_cases`, issue #24) were recorded when the MLP landed, into
+a file of their own (``golden/mlp_histories.json``, by ``python -m tests.algorithms.golden_cases
+--record-mlp``), so that recording them leaves the softmax histories above untouched.
+
 A case is (preset, overrides, steps). Overrides use today's setting names; a renamed setting is renamed
 here, with the recorded numbers left as they are.
 """
@@ -25,6 +29,7 @@ import sys
 from pathlib import Path
 
 GOLDEN_FILE = Path(__file__).with_name("golden") / "histories.json"
+MLP_GOLDEN_FILE = GOLDEN_FILE.with_name("mlp_histories.json")
 
 FEDERATED_METHODS = ("none", "fedavg", "signsgd", "topk_up", "topk_updown", "stc_up", "stc_updown")
 LAZY_METHODS = ("gd", "qgd", "lag-wk", "lag-ps", "laq", "slaq")
@@ -58,6 +63,26 @@ def cases() -> dict[str, tuple[str, list[str], int]]:
     return found
 
 
+def mlp_cases() -> dict[str, tuple[str, list[str], int]]:
+    """The MLP (issue #24) in both families, float32 and float64, relu and tanh, one and two hidden layers;
+    each under 0.3 s."""
+    relu_8 = ["model.name=mlp", "model.hidden=[8]"]
+    tanh_6_5 = ["model.name=mlp", "model.hidden=[6, 5]", "model.activation=tanh"]
+    return {
+        "mlp federated stc_updown relu float32 participation 0.5": (
+            "synthetic", SMALL_FEDERATED + relu_8 + ["federated.participation_rate=0.5"], 8),
+        "mlp federated fedavg tanh float64 optimizer": (
+            "synthetic", SMALL_FEDERATED + tanh_6_5 + [
+                "federated.method=fedavg", "federated.dtype=float64", "federated.local_iterations=3",
+                "federated.momentum=0.5", "federated.l2=0.01"], 6),
+        "mlp lazy laq relu float64": (
+            "laq-synthetic", SMALL_LAZY + relu_8 + ["lazy.step_size=0.01"], 40),
+        "mlp lazy lag-wk tanh float32": (
+            "laq-synthetic", SMALL_LAZY + tanh_6_5 + ["lazy.method=lag-wk", "lazy.dtype=float32",
+                                                      "lazy.step_size=0.01"], 30),
+    }
+
+
 def data_cases() -> dict[str, tuple[str, list[str], int]]:
     """The MNIST-scale presets on Fashion-MNIST (need the shared data folder)."""
     return {"preset stc-mnist on fashion-mnist": ("stc-mnist", ["data.dataset=fashion-mnist"], 2),
@@ -79,19 +104,27 @@ def history_of(preset: str, overrides: list[str], steps: int) -> list[dict]:
     return json.loads(to_json(strip_wall_time(run.history)))
 
 
-def record(include_data: bool) -> None:
-    chosen = dict(cases())
-    if include_data:
-        chosen.update(data_cases())
+def record(chosen: dict[str, tuple[str, list[str], int]], path: Path) -> None:
+    """Run each chosen case and write all their histories into ``path`` (replacing the file)."""
     golden = {name: {"preset": preset, "overrides": overrides, "steps": steps,
                      "history": history_of(preset, overrides, steps)}
               for name, (preset, overrides, steps) in chosen.items()}
-    GOLDEN_FILE.parent.mkdir(exist_ok=True)
-    GOLDEN_FILE.write_text(json.dumps(golden, indent=0, sort_keys=True) + "\n")
-    print(f"recorded {len(golden)} cases into {GOLDEN_FILE}")
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(golden, indent=0, sort_keys=True) + "\n")
+    print(f"recorded {len(golden)} cases into {path}")
+
+
+def recorded() -> dict:
+    """Every recorded case by name, from all the golden files."""
+    softmax, mlp = (json.loads(path.read_text()) for path in (GOLDEN_FILE, MLP_GOLDEN_FILE))
+    assert not set(softmax) & set(mlp), "a case name is recorded in two golden files"
+    return {**softmax, **mlp}
 
 
 if __name__ == "__main__":
-    if "--record" not in sys.argv:
-        sys.exit("usage: python -m tests.algorithms.golden_cases --record [--with-data]")
-    record("--with-data" in sys.argv)
+    if "--record-mlp" in sys.argv:
+        record(mlp_cases(), MLP_GOLDEN_FILE)
+    elif "--record" in sys.argv:
+        record({**cases(), **(data_cases() if "--with-data" in sys.argv else {})}, GOLDEN_FILE)
+    else:
+        sys.exit("usage: python -m tests.algorithms.golden_cases --record [--with-data] | --record-mlp")

@@ -1,14 +1,13 @@
 """Every preset and method gives, record for record and bit for bit, the history recorded before the
-compressor and algorithm registries replaced the family branches (see tests/algorithms/golden_cases.py)."""
-
-import json
+compressor and algorithm registries replaced the family branches, and the MLP cases theirs recorded when the
+MLP landed (see tests/algorithms/golden_cases.py)."""
 
 import pytest
 
-from tests.algorithms.golden_cases import GOLDEN_FILE, cases, data_cases, history_of
+from tests.algorithms.golden_cases import cases, data_cases, history_of, mlp_cases, recorded
 
-GOLDEN = json.loads(GOLDEN_FILE.read_text())
-OFFLINE = cases()
+GOLDEN = recorded()
+OFFLINE = {**cases(), **mlp_cases()}
 WITH_DATA = data_cases()
 
 

@@ -1,20 +1,24 @@
-"""Torch oracle for the lazy family: the LAQ quantizer, the upload rule and whole GD / LAG-WK / LAQ runs.
+"""Torch oracle for the lazy family: the LAQ quantizer, the upload rule and whole GD / QGD / LAG-WK /
+LAG-PS / LAQ runs, on softmax regression and on the MLP.
 
 The torch side is written independently, in the shape of the reference code (arXiv 1909.07588): a Python
-loop over workers, autograd gradients of ``cross_entropy + (l2 / 2) ||theta||^2``, the quantizer in its
-published form ``q = floor((g - Q_prev + R) / (2 tau R) + 1/2)``, a plain list of past squared steps, and
-the upload test written out per worker. fedsim must produce the same iterates (to 1e-10 relative) and
-exactly the same upload events.
+loop over workers, autograd gradients of ``cross_entropy + (l2 / 2) ||theta||^2`` (the model's logits:
+``tests.algorithms.torch_models``), the quantizer in its published form
+``q = floor((g - Q_prev + R) / (2 tau R) + 1/2)``, a plain list of past squared steps, and the upload test
+written out per worker. fedsim must produce the same iterates (to 1e-10 relative) and exactly the same
+upload events.
 """
 
 from types import SimpleNamespace
+from typing import NamedTuple
 
 import numpy as np
 import pytest
 
 from fedsim.algorithms.lazy import LazyConfig, LazyRun, laq_upload_decision, records_to_arrays
-from fedsim.data.dataset import Dataset
 from fedsim.kernels.laq import quantize_innovation
+from fedsim.models import ModelConfig
+from tests.algorithms.torch_models import TorchNetwork, teacher_dataset
 
 pytestmark = pytest.mark.oracle
 
@@ -77,27 +81,44 @@ def test_upload_decision_matches_torch(torch):
 
 # --- whole runs ------------------------------------------------------------------------------------------
 
-def _data(n_workers=10, per_worker=30, n_features=20, n_classes=5, seed=0):
-    rng = np.random.default_rng(seed)
-    teacher = rng.normal(size=(n_features, n_classes)) * 2
-    x = rng.random((n_workers * per_worker, n_features))
-    y = np.argmax(x @ teacher + rng.normal(size=(len(x), n_classes)), axis=1)
-    return Dataset("oracle", x, y, x[:10], y[:10], n_classes)
+class LazyModelCase(NamedTuple):
+    model: ModelConfig
+    n_features: int
+    n_classes: int
+    ragged: bool           # shards of unequal sizes in shuffled order (else contiguous equal blocks)
 
 
-def torch_run(torch, data, method, n_workers, step_size, bits, history_length, history_weight, max_skips,
-              l2, iterations):
-    """GD / LAG-WK / LAQ written out per worker in torch; returns iterates, events, objectives."""
-    n_features, n_classes = data.n_features, data.n_classes
-    per_worker = len(data.x_train) // n_workers
-    xs = [torch.tensor(data.x_train[m * per_worker:(m + 1) * per_worker]) for m in range(n_workers)]
-    ys = [torch.tensor(data.y_train[m * per_worker:(m + 1) * per_worker]) for m in range(n_workers)]
-    size = n_features * n_classes + n_classes
-    theta = torch.zeros(size, dtype=torch.float64)
-    last = [torch.zeros(size, dtype=torch.float64) for _ in range(n_workers)]
+# Softmax regression from zeros on the LAQ reference's contiguous shards; the MLP from its glorot start on
+# ragged shards (fedsim pads them and masks the padding out of each mean).
+MODEL_CASES = {
+    "softmax": LazyModelCase(ModelConfig(), 20, 5, ragged=False),
+    "mlp-relu-7": LazyModelCase(ModelConfig(name="mlp", hidden=(7,), activation="relu"), 12, 4, ragged=True),
+    "mlp-tanh-6-5": LazyModelCase(ModelConfig(name="mlp", hidden=(6, 5), activation="tanh"), 12, 4,
+                                  ragged=True),
+}
+
+
+def _partition(n_samples, n_workers, ragged):
+    """Contiguous equal blocks, or a shuffled split at random distinct cut points (every shard non-empty)."""
+    if not ragged:
+        return [np.arange(m * n_samples // n_workers, (m + 1) * n_samples // n_workers) for m in range(n_workers)]
+    rng = np.random.default_rng(4)
+    cuts = np.sort(rng.choice(np.arange(1, n_samples), n_workers - 1, replace=False))
+    return np.split(rng.permutation(n_samples), cuts)
+
+
+def torch_run(torch, data, network, partition, initial, smoothness, method, n_workers, step_size, bits,
+              history_length, history_weight, max_skips, l2, iterations):
+    """GD / QGD / LAG-WK / LAG-PS / LAQ written out per worker in torch; returns iterates, events,
+    objectives."""
+    xs = [torch.tensor(data.x_train[part]) for part in partition]
+    ys = [torch.tensor(data.y_train[part]) for part in partition]
+    theta = torch.tensor(initial)
+    last = [torch.zeros_like(theta) for _ in range(n_workers)]
+    theta_hat = [theta.clone() for _ in range(n_workers)]       # LAG-PS: where worker m's gradient was taken
     error_hat = [0.0] * n_workers
     clock = [0] * n_workers
-    server_sum = torch.zeros(size, dtype=torch.float64)
+    server_sum = torch.zeros_like(theta)
     squared_steps = []
     iterates, events, objectives = [], [], []
     for k in range(iterations):
@@ -106,19 +127,24 @@ def torch_run(torch, data, method, n_workers, step_size, bits, history_length, h
         threshold = weighted / (step_size ** 2 * n_workers ** 2)
         row, objective = [], 0.0
         for m in range(n_workers):
-            point = theta.clone().requires_grad_(True)
-            weights = point[: n_features * n_classes].reshape(n_features, n_classes)
-            bias = point[n_features * n_classes:]
-            loss = torch.nn.functional.cross_entropy(xs[m] @ weights + bias, ys[m]) \
-                + 0.5 * l2 * (point * point).sum()
-            (gradient,) = torch.autograd.grad(loss, point)
-            objective += float(loss.detach())
+            loss, gradient = network.loss_and_grad(torch, theta, xs[m], ys[m], l2)
+            objective += float(loss)
             if method == "gd":
                 new, error, upload = gradient, 0.0, True
+            elif method == "qgd":
+                new, _, _, error = torch_quantize(torch, gradient, last[m], bits)
+                upload = True
             elif method == "lag-wk":
                 change = gradient - last[m]
                 new, error = gradient, 0.0
                 upload = bool(change.dot(change) >= threshold) or clock[m] == max_skips
+            elif method == "lag-ps":   # the server asks: L_m^2 ||theta_hat_m - theta||^2 > H, everyone at k = 0
+                offset = theta_hat[m] - theta
+                new, error = gradient, 0.0
+                upload = k == 0 or bool(smoothness[m] ** 2 * offset.dot(offset) > threshold) \
+                    or clock[m] == max_skips
+                if upload:
+                    theta_hat[m] = theta.clone()
             else:
                 new, _, _, error = torch_quantize(torch, gradient, last[m], bits)
                 change = new - last[m]
@@ -139,16 +165,27 @@ def torch_run(torch, data, method, n_workers, step_size, bits, history_length, h
     return np.array(iterates), np.array(events), np.array(objectives)
 
 
-@pytest.mark.parametrize("method, bits", [("gd", 4), ("lag-wk", 4), ("laq", 4), ("laq", 2)])
-def test_run_matches_torch_iterate_by_iterate(torch, method, bits):
-    data = _data()
+@pytest.mark.parametrize("model_name", list(MODEL_CASES))
+@pytest.mark.parametrize("method, bits", [("gd", 4), ("qgd", 4), ("lag-wk", 4), ("lag-ps", 4), ("laq", 4),
+                                          ("laq", 2)])
+def test_run_matches_torch_iterate_by_iterate(torch, model_name, method, bits):
+    case = MODEL_CASES[model_name]
+    data = teacher_dataset(300, case.n_features, case.n_classes, seed=0)
     settings = dict(n_workers=10, step_size=0.02, bits=bits, history_length=10, history_weight=0.8,
                     max_skips=8, l2=0.01, iterations=50)
+    partition = _partition(len(data.x_train), settings["n_workers"], case.ragged)
+    # LAG-PS needs each f_m's smoothness L_m: softmax regression's bound (fedsim's default), for the MLP,
+    # which has none, a vector passed in.
+    smoothness = np.linspace(0.5, 2.0, settings["n_workers"]) if method == "lag-ps" and case.ragged else None
     iterates = []
     config = LazyConfig(method=method, eval_every=100, **settings)
-    records = LazyRun(config, data).run(callback=lambda k, theta: iterates.append(theta.copy()))
+    run = LazyRun(config, data, partition, smoothness=smoothness, model_config=case.model)
+    initial = run.theta.copy()
+    records = run.run(callback=lambda k, theta: iterates.append(theta.copy()))
     history = SimpleNamespace(**records_to_arrays(records, config.n_workers))
-    ref_iterates, ref_events, ref_objectives = torch_run(torch, data, method, **settings)
+    network = TorchNetwork.of(case.model, data.n_features, data.n_classes)
+    ref_iterates, ref_events, ref_objectives = torch_run(torch, data, network, partition, initial,
+                                                         run.smoothness, method, **settings)
     mismatched = np.flatnonzero((history.uploads != ref_events).any(axis=1))
     first = mismatched[:1]
     assert mismatched.size == 0, (f"upload events differ first at iteration {first}:\n"
@@ -156,9 +193,9 @@ def test_run_matches_torch_iterate_by_iterate(torch, method, bits):
     for k, (ours, ref) in enumerate(zip(iterates, ref_iterates)):
         scale = np.abs(ref).max()
         np.testing.assert_allclose(ours, ref, rtol=1e-10, atol=1e-10 * scale,
-                                   err_msg=f"theta^{k + 1} (fedsim vs torch)")
+                                   err_msg=f"{model_name}: theta^{k + 1} (fedsim vs torch)")
     np.testing.assert_allclose(history.objective, ref_objectives, rtol=1e-12)
-    if method != "gd":
+    if method not in ("gd", "qgd"):
         # The comparison must exercise both branches of the rule, and the clock.
         skipped = ~history.uploads[1:]
         assert skipped.any() and history.uploads[1:].any(), history.uploads.sum(axis=1)
