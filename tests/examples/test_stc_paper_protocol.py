@@ -1,0 +1,77 @@
+"""examples/stc_paper_protocol.py and its two sweeps: the STC paper's protocol (equal training iterations:
+FedAvg with delay n against STC at p = 1/n) planned as the paper says, and the script's table, verdict and
+figure computed from the run folders."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+
+from fedsim.runs import read_run
+from fedsim.sweeps import load_sweep
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def load_example():
+    spec = importlib.util.spec_from_file_location("stc_paper_protocol", EXAMPLES / "stc_paper_protocol.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_both_sweeps_compare_fedavg_with_delay_n_and_stc_at_one_over_n_at_equal_iterations():
+    for model, hidden in (("softmax", ()), ("mlp", (200,))):
+        sweep = load_sweep(EXAMPLES / "sweeps" / f"stc_paper_{model}.toml")
+        assert len(sweep.runs) == 72, model
+        plans = set()
+        for run in sweep.runs:
+            config = run.config
+            federated = config.federated
+            assert (config.model.name, config.model.hidden) == (model, hidden)
+            assert config.data.dataset == "fashion-mnist" and federated.n_clients == 10
+            assert federated.local_iterations * federated.rounds == 2000, run.label     # equal iterations
+            if federated.method == "fedavg":
+                n = federated.local_iterations
+            else:
+                assert federated.method == "stc_updown" and federated.local_iterations == 1
+                n = round(1 / federated.p_up)
+                assert federated.p_up == federated.p_down == 1 / n
+            plans.add((federated.method, n, config.data.classes_per_client, config.seed))
+        assert plans == {(method, n, classes, seed) for method in ("fedavg", "stc_updown") for n in (25, 100, 400)
+                         for classes in (1, 2, 4, 10) for seed in (0, 1, 2)}
+
+
+def test_the_report_is_computed_from_the_run_folders(tmp_path, monkeypatch, capsys):
+    """The script on a small sweep of the same shape (synthetic data, 8 local iterations in all): each table
+    cell is the mean and standard deviation over seeds of the runs' final accuracies, the drop and verdict
+    follow from them, and the figure is drawn."""
+    small = tmp_path / "small.toml"
+    small.write_text('base = "synthetic"\nname = "small"\n\n[set]\n"data.partition" = "classes_per_client"\n'
+                     '"federated.n_clients" = 6\n"federated.eval_every" = 2\n\n[zip]\n'
+                     '"federated.method" = ["fedavg", "stc_updown"]\n"federated.local_iterations" = [4, 1]\n'
+                     '"federated.rounds" = [2, 8]\n"federated.p_up" = [0.25, 0.25]\n"federated.p_down" = [0.25, 0.25]\n\n'
+                     '[grid]\n"data.classes_per_client" = [1, 10]\nseed = [0, 1]\n')
+    example = load_example()
+    monkeypatch.setattr(example, "SWEEPS", {"softmax": small})
+    example.main(["--models", "softmax", "--out", str(tmp_path / "out"), "--workers", "1", "--quiet"])
+    printed = capsys.readouterr().out
+    finals = {}
+    for folder in (tmp_path / "out" / "softmax" / "runs").iterdir():
+        config = read_run(folder).config
+        summary = json.loads((folder / "summary.json").read_text())
+        method = "FedAvg n = 4" if config["federated"]["method"] == "fedavg" else "STC p = 1/4"
+        classes = config["data"]["classes_per_client"]
+        finals.setdefault((method, classes), []).append(100 * summary["final_test_accuracy"])
+    assert sorted(len(values) for values in finals.values()) == [2, 2, 2, 2]
+    for method in ("FedAvg n = 4", "STC p = 1/4"):
+        row = next(line for line in printed.splitlines() if line.startswith(f"| {method} |"))
+        cells = [f"{np.mean(finals[method, c]):.1f} ± {np.std(finals[method, c], ddof=1):.1f}" for c in (1, 10)]
+        drop = np.mean(finals[method, 10]) - np.mean(finals[method, 1])
+        assert row.startswith(f"| {method} | {cells[0]} | {cells[1]} | {drop:.1f} | "), row
+    drops = {method: np.mean(finals[method, 10]) - np.mean(finals[method, 1]) for method in ("FedAvg n = 4", "STC p = 1/4")}
+    holds = "holds" if drops["STC p = 1/4"] < drops["FedAvg n = 4"] else "does not hold"
+    assert f"n = 4, 10 -> 1 class: FedAvg loses {drops['FedAvg n = 4']:.1f} points, STC " \
+           f"{drops['STC p = 1/4']:.1f}: the claim {holds}" in printed
+    assert (tmp_path / "out" / "stc_paper_protocol.png").stat().st_size > 10_000
