@@ -117,8 +117,8 @@ def figures(all_series: dict, out: Path) -> list[Path]:
     for column, model in enumerate(models):
         delays = sorted({series_name_n(name) for name in all_series[model]})
         for name, per_class in all_series[model].items():
-            style = dict(color=COLOURS[delays.index(series_name_n(name))],
-                         linestyle="-" if name.startswith("STC") else "--")
+            style = {"color": COLOURS[delays.index(series_name_n(name))],
+                     "linestyle": "-" if name.startswith("STC") else "--"}
             classes = sorted(per_class)
             means, stds = zip(*(accuracy(per_class[c]) for c in classes))
             axes[0, column].errorbar(classes, means, yerr=stds, marker="o", capsize=3, label=name, **style)
