@@ -127,24 +127,23 @@ def check_step_size(config, data, partition) -> dict:
     smoothness = smoothness_of(model, stack_shards(data.x_train, data.y_train, partition), theta,
                                RunStreams(lazy.seed).generator("curvature"))      # the stream of LazyRun's
     per_worker, total = smoothness.per_worker, smoothness.total
-    if not smoothness.bound:
-        print(f"smoothness: model {config.model.name!r} has no bound; curvature estimates at theta^0: "
-              f"L_f ~ {total:.4g} (2 / L_f = {2 / total:.4g}); L_m in [{per_worker.min():.4g}, "
-              f"{per_worker.max():.4g}] (estimates, not bounds)")
-        if lazy.step_size > 2 / total:
-            warnings.warn(f"step size alpha = {lazy.step_size} exceeds 2 / L_f = {2 / total:.4g} (L_f = "
-                          f"{total:.4g}, an estimate of the curvature of f = sum_m f_m at theta^0, not a bound): "
-                          f"gradient descent may oscillate or diverge", stacklevel=2)
-        return {"per_worker": per_worker.tolist(), "total": total, "estimated_at_theta0": True}
-    at_zero = (total - lazy.n_workers * lazy.l2) * 2 / data.n_classes + lazy.n_workers * lazy.l2
-    print(f"smoothness: Hessian bound L_f = {total:.4g} (2 / L_f = {2 / total:.4g}); curvature at "
-          f"theta = 0: {at_zero:.4g} (2 / L = {2 / at_zero:.4g}); L_m in [{per_worker.min():.4g}, "
-          f"{per_worker.max():.4g}]")
+    workers = f"L_m in [{per_worker.min():.4g}, {per_worker.max():.4g}]"
+    if smoothness.bound:
+        at_zero = (total - lazy.n_workers * lazy.l2) * 2 / data.n_classes + lazy.n_workers * lazy.l2
+        found = (f"Hessian bound L_f = {total:.4g} (2 / L_f = {2 / total:.4g}); curvature at theta = 0: "
+                 f"{at_zero:.4g} (2 / L = {2 / at_zero:.4g}); {workers}")
+        what, outcome = "the Hessian bound of f = sum_m f_m on this data", "is not guaranteed to converge and may"
+        extra = {"at_zero": at_zero}
+    else:
+        found = (f"model {config.model.name!r} has no bound; curvature estimates at theta^0: L_f ~ {total:.4g} "
+                 f"(2 / L_f = {2 / total:.4g}); {workers} (estimates, not bounds)")
+        what, outcome = "an estimate of the curvature of f = sum_m f_m at theta^0, not a bound", "may"
+        extra = {"estimated_at_theta0": True}
+    print(f"smoothness: {found}")
     if lazy.step_size > 2 / total:
         warnings.warn(f"step size alpha = {lazy.step_size} exceeds 2 / L_f = {2 / total:.4g} (L_f = {total:.4g}, "
-                      f"the Hessian bound of f = sum_m f_m on this data): gradient descent is not guaranteed "
-                      f"to converge and may oscillate or diverge", stacklevel=2)
-    return {"per_worker": per_worker.tolist(), "total": total, "at_zero": at_zero}
+                      f"{what}): gradient descent {outcome} oscillate or diverge", stacklevel=2)
+    return {"per_worker": per_worker.tolist(), "total": total, **extra}
 
 
 def minimize_objective(config, data, partition) -> float:
@@ -243,7 +242,8 @@ def main(argv=None) -> dict | int:
         print(f"{data.description or data.name}: {len(data.y_train):,} training samples in {len(partition)} shards "
               f"of {min(map(len, partition)):,}-{max(map(len, partition)):,}, {data.n_features} features; "
               f"{describe_model(first.model)}alpha {lazy.step_size:g}, b {lazy.bits}, D {lazy.history_length}, "
-              f"xi {lazy.history_weight:g}, C {lazy.max_skips}, l2 {lazy.l2:g}, {lazy.iterations} iterations ({PRESETS[args.dataset]} preset)")
+              f"xi {lazy.history_weight:g}, C {lazy.max_skips}, l2 {lazy.l2:g}, {lazy.iterations} iterations "
+              f"({PRESETS[args.dataset]} preset)")
         if args.dataset != "synthetic" and first.data.train_split == "test":
             print("note: trained on the test split, so the accuracy below is measured on the training data")
         smoothness = check_step_size(first, data, partition)

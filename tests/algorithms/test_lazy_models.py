@@ -12,7 +12,7 @@ from fedsim.algorithms.lazy import (METHODS, LazyConfig, LazyRun, curvature_esti
                                     smoothness_of, stack_shards)
 from fedsim.algorithms.lazy.report import REPORT
 from fedsim.cli import main
-from fedsim.config import load_preset
+from fedsim.config import list_presets, load_preset
 from fedsim.data.dataset import Dataset
 from fedsim.models import MLP, ModelConfig, SoftmaxRegression
 from fedsim.rng import RunStreams
@@ -140,3 +140,32 @@ def test_an_mlp_run_claims_no_certified_f_star(tmp_path):
     network_title, _, _ = REPORT.compare([read_run(tmp_path / "mlp")], {"residual": 1e6})
     assert "f - f* <= 1e+06" in softmax_title
     assert "f_best" in network_title and "not certified as f*" in network_title, network_title
+
+
+# --- the presets of the networks ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, small", [
+    ("stc-mlp", ["federated.rounds=2", "federated.n_clients=8", "data.synthetic_devices=8"]),
+    ("laq-mlp", ["lazy.iterations=2", "lazy.n_workers=6", "data.synthetic_devices=6"]),
+])
+def test_the_network_presets_are_listed_shown_and_run_two_steps(name, small, tmp_path, capsys):
+    """Each preset is listed, `fedsim show-config --preset NAME` shows its [model] table, and it runs 2 rounds
+    or iterations on synthetic data (its network unchanged: 200 ReLU units)."""
+    assert name in list_presets()
+    assert main(["show-config", "--preset", name]) == 0
+    shown = tomllib.loads(capsys.readouterr().out)
+    assert shown["model"] == {"name": "mlp", "hidden": [200], "activation": "relu", "init": "glorot"}
+    start_run(load_preset(name, ["data.dataset=synthetic", *small]), tmp_path / name, name=name, quiet=True)
+    run = read_run(tmp_path / name)
+    assert len(run.history) == 2 and run.config["model"]["hidden"] == [200] and run.status == "completed"
+
+
+def test_the_network_presets_keep_the_settings_they_cite():
+    stc, seed = load_preset("stc-mlp"), load_preset("stc-mnist")
+    assert stc.data.dataset == "fashion-mnist" and stc.pipeline == "stc"
+    assert stc.federated == seed.federated and stc.data.partition == seed.data.partition
+    laq = load_preset("laq-mlp")
+    assert (laq.data.dataset, laq.data.partition, laq.pipeline) == ("mnist", "contiguous", "laq")
+    assert (laq.lazy.method, laq.lazy.n_workers, laq.lazy.step_size, laq.lazy.bits, laq.lazy.history_length,
+            laq.lazy.history_weight, laq.lazy.max_skips, laq.lazy.l2, laq.lazy.iterations) == \
+        ("laq", 10, 0.02, 4, 10, 0.8, 100, 0.01, 4000)
