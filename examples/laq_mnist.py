@@ -1,4 +1,5 @@
-"""The LAQ reference experiment: GD, QGD, LAG-WK, LAG-PS and LAQ on softmax regression, one run folder each.
+"""The LAQ reference experiment: GD, QGD, LAG-WK, LAG-PS and LAQ, one run folder each (softmax regression, or
+``--model``).
 
 Sun, Chen, Giannakis, Yang, arXiv 1909.07588 (LAQ) and Chen et al., arXiv 1805.09965 (LAG). A thin layer
 over the same experiment API as ``fedsim run``: the settings come from the dataset's preset (``laq-mnist``
@@ -11,6 +12,11 @@ again to resume an interrupted method (Ctrl-C saves and stops) or to skip finish
     python examples/laq_mnist.py --dataset fashion-mnist --train-split test --alpha 0.01 --iterations 7000 \\
         --methods gd lag-wk laq --f-star-from lbfgs
     python examples/laq_mnist.py --dataset synthetic --methods gd laq    # offline, seconds
+    python examples/laq_mnist.py --dataset mnist --train-split test --model mlp --hidden 200   # the network
+
+``--model`` chooses a registered model (the preset's, softmax regression, by default) and ``--hidden`` the
+widths of its hidden layers (default 200 for a model with hidden layers, the reference's network): the
+``[model]`` table of every run.
 
 Expected time, measured on this project's 2-core machine with one BLAS thread per run while other jobs
 shared it: the reference's 4,000 iterations on the 10,000-image split took 90-180 s per method, 11 minutes
@@ -38,6 +44,9 @@ Choices to know about
   (X~ = [X, 1]; :func:`fedsim.algorithms.lazy.smoothness_bounds`, computed exactly); alpha > 2 / L_f gives a
   warning (GD is then not guaranteed to converge). The bound takes the softmax curvature at its worst
   (1/2); the curvature at theta = 0 (uniform predictions, exactly ``lambda_max / C + M l2``) is printed too.
+  A model without a smoothness bound (the MLP) gets estimates of the curvature at theta^0 instead
+  (:func:`fedsim.algorithms.lazy.smoothness_of`, the L_m LAG-PS uses), checked and warned about alike, and
+  said to be estimates. Its f* is never certified (it is not convex): L-BFGS-B gives a local minimum.
 """
 
 from __future__ import annotations
@@ -57,6 +66,7 @@ AGAIN = "this command again"        # what continues the runs after an interrupt
 
 def parse_args(argv=None) -> argparse.Namespace:
     from fedsim.algorithms.lazy import METHODS
+    from fedsim.cli import add_model_options
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="mnist", choices=sorted(PRESETS),
                         help="the data; it chooses the preset whose settings are the defaults (default mnist)")
@@ -68,6 +78,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--bits", type=int, help="b, bits per entry of qgd, laq, slaq (lazy.bits)")
     parser.add_argument("--minibatch", type=int, help="slaq: samples per worker per iteration")
     parser.add_argument("--eval-every", type=int, help="test accuracy every this many iterations")
+    add_model_options(parser)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="any other setting, as for `fedsim run` (e.g. lazy.history_length=5)")
     parser.add_argument("--tolerance", type=float, default=1e-6, help="residual f - f* of the table")
@@ -84,8 +95,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def config_of(args, method: str):
     """The experiment of one method: the dataset's preset, then the options (as `fedsim run` does)."""
+    from fedsim.cli import model_overrides
     from fedsim.config import load_preset
     overrides = [("data.dataset", args.dataset), ("seed", args.seed), ("lazy.method", method)]
+    overrides += model_overrides(args)
     for option, setting in (("iterations", "lazy.iterations"), ("alpha", "lazy.step_size"), ("bits", "lazy.bits"),
                             ("minibatch", "lazy.minibatch_size"), ("eval_every", "lazy.eval_every"),
                             ("train_split", "data.train_split")):
@@ -105,35 +118,48 @@ def load(config):
 
 
 def check_step_size(config, data, partition) -> dict:
-    """Smoothness bounds of the data, and a warning when alpha > 2 / L_f."""
-    from fedsim.algorithms.lazy import smoothness_bounds, stack_shards
+    """Smoothness of f_m and f (the model's bounds, or its curvature estimates at theta^0), and a warning when
+    alpha > 2 / L_f."""
+    from fedsim.algorithms.lazy import smoothness_of, stack_shards, starting_point
+    from fedsim.rng import RunStreams
     lazy = config.lazy
-    per_worker, total = smoothness_bounds(stack_shards(data.x_train, data.y_train, partition), lazy.l2)
-    at_zero = (total - lazy.n_workers * lazy.l2) * 2 / data.n_classes + lazy.n_workers * lazy.l2
-    print(f"smoothness: Hessian bound L_f = {total:.4g} (2 / L_f = {2 / total:.4g}); curvature at "
-          f"theta = 0: {at_zero:.4g} (2 / L = {2 / at_zero:.4g}); L_m in [{per_worker.min():.4g}, "
-          f"{per_worker.max():.4g}]")
+    model, theta = starting_point(lazy, config.model, data.n_features, data.n_classes)
+    smoothness = smoothness_of(model, stack_shards(data.x_train, data.y_train, partition), theta,
+                               RunStreams(lazy.seed).generator("curvature"))      # the stream of LazyRun's
+    per_worker, total = smoothness.per_worker, smoothness.total
+    workers = f"L_m in [{per_worker.min():.4g}, {per_worker.max():.4g}]"
+    if smoothness.bound:
+        at_zero = (total - lazy.n_workers * lazy.l2) * 2 / data.n_classes + lazy.n_workers * lazy.l2
+        found = (f"Hessian bound L_f = {total:.4g} (2 / L_f = {2 / total:.4g}); curvature at theta = 0: "
+                 f"{at_zero:.4g} (2 / L = {2 / at_zero:.4g}); {workers}")
+        what, outcome = "the Hessian bound of f = sum_m f_m on this data", "is not guaranteed to converge and may"
+        extra = {"at_zero": at_zero}
+    else:
+        found = (f"model {config.model.name!r} has no bound; curvature estimates at theta^0: L_f ~ {total:.4g} "
+                 f"(2 / L_f = {2 / total:.4g}); {workers} (estimates, not bounds)")
+        what, outcome = "an estimate of the curvature of f = sum_m f_m at theta^0, not a bound", "may"
+        extra = {"estimated_at_theta0": True}
+    print(f"smoothness: {found}")
     if lazy.step_size > 2 / total:
         warnings.warn(f"step size alpha = {lazy.step_size} exceeds 2 / L_f = {2 / total:.4g} (L_f = {total:.4g}, "
-                      f"the Hessian bound of f = sum_m f_m on this data): gradient descent is not guaranteed "
-                      f"to converge and may oscillate or diverge", stacklevel=2)
-    return {"per_worker": per_worker.tolist(), "total": total, "at_zero": at_zero}
+                      f"{what}): gradient descent {outcome} oscillate or diverge", stacklevel=2)
+    return {"per_worker": per_worker.tolist(), "total": total, **extra}
 
 
-def minimize_objective(data, partition, l2: float) -> float:
-    """min f = sum_m f_m by SciPy's L-BFGS-B from theta = 0 (one batched gradient per evaluation)."""
+def minimize_objective(config, data, partition) -> float:
+    """min f = sum_m f_m by SciPy's L-BFGS-B from the runs' theta^0 (one batched gradient per evaluation):
+    the minimum for a convex model, a local minimum for another."""
     from scipy.optimize import minimize
 
-    from fedsim.algorithms.lazy import stack_shards
-    from fedsim.models import SoftmaxRegression
+    from fedsim.algorithms.lazy import stack_shards, starting_point
     shards = stack_shards(data.x_train, data.y_train, partition)
-    model = SoftmaxRegression(data.n_features, data.n_classes, l2)
+    model, start = starting_point(config.lazy, config.model, data.n_features, data.n_classes)
 
     def objective_and_gradient(theta):
         loss, gradients = model.loss_and_grad(theta, shards.x, shards.y, shards.weights)
         return float(loss.sum()), gradients.sum(axis=0)
 
-    result = minimize(objective_and_gradient, np.zeros(model.size), jac=True, method="L-BFGS-B",
+    result = minimize(objective_and_gradient, start.astype(np.float64), jac=True, method="L-BFGS-B",
                       options=dict(maxiter=5000, maxcor=30, ftol=0.0, gtol=1e-10))
     print(f"L-BFGS-B: f = {result.fun:.12g} after {result.nit} iterations, ||grad f|| = "
           f"{float(np.linalg.norm(result.jac)):.2e} ({result.message})")
@@ -201,7 +227,7 @@ def oscillation_notes(objectives: dict) -> list[str]:
 
 
 def main(argv=None) -> dict | int:
-    from fedsim.cli import one_line_errors, report_outcomes, stopped_at_once
+    from fedsim.cli import describe_model, one_line_errors, report_outcomes, stopped_at_once
     from fedsim.runs import read_run, run_each
 
     args = parse_args(argv)
@@ -215,8 +241,9 @@ def main(argv=None) -> dict | int:
         lazy = first.lazy
         print(f"{data.description or data.name}: {len(data.y_train):,} training samples in {len(partition)} shards "
               f"of {min(map(len, partition)):,}-{max(map(len, partition)):,}, {data.n_features} features; "
-              f"alpha {lazy.step_size:g}, b {lazy.bits}, D {lazy.history_length}, xi {lazy.history_weight:g}, "
-              f"C {lazy.max_skips}, l2 {lazy.l2:g}, {lazy.iterations} iterations ({PRESETS[args.dataset]} preset)")
+              f"{describe_model(first.model)}alpha {lazy.step_size:g}, b {lazy.bits}, D {lazy.history_length}, "
+              f"xi {lazy.history_weight:g}, C {lazy.max_skips}, l2 {lazy.l2:g}, {lazy.iterations} iterations "
+              f"({PRESETS[args.dataset]} preset)")
         if args.dataset != "synthetic" and first.data.train_split == "test":
             print("note: trained on the test split, so the accuracy below is measured on the training data")
         smoothness = check_step_size(first, data, partition)
@@ -240,20 +267,29 @@ def report(args, out: Path, first, data, partition, smoothness, runs) -> dict:
     from fedsim.algorithms.lazy.report import best_value_certified, own_best
     from fedsim.plot import plot_runs
 
+    convex = first.model.entry.convex
     if args.f_star is not None:
         f_star, f_star_source = args.f_star, "given (--f-star)"
     elif args.f_star_from == "lbfgs":
-        f_star = min(minimize_objective(data, partition, first.lazy.l2), f_star_of(runs))
+        f_star = min(minimize_objective(first, data, partition), f_star_of(runs))
         f_star_source = "the smaller of an L-BFGS-B minimum and the best value of these runs"
+        if not convex:
+            f_star_source += f" (a local minimum: model {first.model.name!r} is not convex)"
     else:
         f_star, f_star_source = f_star_of(runs), "smallest objective seen in these runs"
     # f* from the runs alone is honest only where ||grad f||^2 / (2 M l2) at the best iterate certifies it to
-    # a tenth of the tolerance; else the residual is f - f_best and the run attaining it is not compared.
-    honest = args.f_star is not None or args.f_star_from == "lbfgs" or best_value_certified(runs, args.tolerance)
+    # a tenth of the tolerance (a convex model); else the residual is f - f_best and the run attaining it is not
+    # compared. L-BFGS-B's minimum is f* only for a convex model.
+    honest = (args.f_star is not None or (args.f_star_from == "lbfgs" and convex)
+              or best_value_certified(runs, args.tolerance))
     hidden = set() if honest else own_best(runs, f_star)
     rows = table(runs, f_star, args.tolerance, hidden)
     notes = oscillation_notes({run.method: [r["objective"] for r in run.history] for run in runs})
-    if not honest:
+    if not honest and not convex:
+        notes.append(f"note: f_best = {f_star:.12g} ({f_star_source}) is not certified as f*: model "
+                     f"{first.model.name!r} is not convex, so no value is known to be its minimum; the residuals "
+                     f"are f - f_best" + ("; the run attaining it is '-', compared with itself" if hidden else ""))
+    elif not honest:
         notes.append(f"note: f_best = {f_star:.12g} is the best value of these runs, not certified as f* (its "
                      f"||grad f||^2 / (2 M l2) is above {args.tolerance / 10:g}): the residuals are f - f_best; "
                      f"the run attaining it is '-', compared with itself (--f-star-from lbfgs gives a true f*)")

@@ -141,6 +141,40 @@ def report_outcomes(outcomes: dict, *, prog: str, again: str) -> int | None:
     return None
 
 
+#: ``--hidden`` of an example's ``--model`` with hidden layers when not given (the STC and LAQ networks' width).
+DEFAULT_HIDDEN = (200,)
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """The examples' ``--model`` (a registered model: model.name) and ``--hidden`` (model.hidden)."""
+    from fedsim.models import MODELS
+    parser.add_argument("--model", choices=sorted(MODELS),
+                        help="the model of every run (model.name; default: the preset's, softmax regression)")
+    parser.add_argument("--hidden", nargs="+", type=int, metavar="WIDTH",
+                        help=f"widths of its hidden layers, e.g. --hidden 256 128 (model.hidden; default "
+                             f"{' '.join(map(str, DEFAULT_HIDDEN))} for a model with hidden layers)")
+
+
+def model_overrides(args) -> list[tuple[str, object]]:
+    """The ``[model]`` settings of :func:`add_model_options`' options; none without them (the preset's model)."""
+    from fedsim.models import MODELS
+    overrides = [] if args.model is None else [("model.name", args.model)]
+    if args.hidden is not None:
+        overrides.append(("model.hidden", list(args.hidden)))
+    elif args.model is not None and MODELS[args.model].hidden_layers:
+        overrides.append(("model.hidden", list(DEFAULT_HIDDEN)))
+    return overrides
+
+
+def describe_model(model) -> str:
+    """A ``[model]`` table in a few words and a comma, or nothing for the default table (softmax regression)."""
+    from fedsim.models import ModelConfig
+    if model == ModelConfig():
+        return ""
+    layers = f" {'-'.join(map(str, model.hidden))} {model.activation}" if model.hidden else ""
+    return f"model {model.name}{layers} ({model.init_kind} init), "
+
+
 # ---------------------------------------------------------------------------------------------------------
 # argument parsing
 

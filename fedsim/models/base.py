@@ -16,6 +16,10 @@ penalty). Both families build their model so (:meth:`ModelConfig.build`) and cal
                                                 weights (K, n) weigh the mean (a 0/1 mask pads ragged
                                                 batches); loss (K,) and grad (K, P), the L2 term included
     loss, accuracy = model.evaluate(theta, x, y)     on one evaluation set
+    L_m, L_f = model.smoothness_bounds(x, sizes)     optional: bounds on the smoothness of each worker's
+                                                loss and of their sum (x (M, n, F), sizes (M,)), for a
+                                                model that has one (softmax regression); the lazy family
+                                                estimates the curvature of a model without it
 
 ``x`` is a float array or 8-bit :class:`~fedsim.models.features.Codes` (``features.decoded`` gives floats).
 """

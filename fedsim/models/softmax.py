@@ -31,7 +31,7 @@ import numpy as np
 
 from fedsim.constraints import Integer, Real, check_fields, setting
 from fedsim.kernels import softmax as softmax_kernels
-from fedsim.models.features import split as split_features
+from fedsim.models.features import decoded, split as split_features
 from fedsim.params import ParamSpec
 
 
@@ -192,6 +192,42 @@ class SoftmaxRegression:
         if not self.l2:
             return 0.0
         return 0.5 * self.l2 * np.einsum("...i,...i->...", theta, theta)
+
+    def smoothness_bounds(self, x, sizes: np.ndarray) -> tuple[np.ndarray, float]:
+        """Upper bounds on the smoothness constants of each worker's loss ``f_m`` and of ``f = sum_m f_m``.
+
+        ``x``: the workers' samples stacked, (M, n_max, F) floats or :class:`Codes`, rows past a shard's end
+        zero; ``sizes``: (M,) samples per shard. The Hessian of the mean cross-entropy is
+        ``(1/n) sum_i (diag(p_i) - p_i p_i^T) (x) x~_i x~_i^T`` with ``x~_i = [x_i, 1]`` (the 1 is the bias),
+        and ``diag(p) - p p^T <= I / 2`` (Boehning's bound), so::
+
+            L_m = 0.5 * lambda_max(X~_m^T X~_m) / n_m + l2               (LAG-PS's L_m)
+            L_f = 0.5 * lambda_max(sum_m X~_m^T X~_m / n_m) + M * l2     (<= sum_m L_m; for the 2 / L check)
+
+        Both are bounds, not the curvature along the actual path, which can be several times smaller.
+        The bias column makes them valid for the parameters [W, b] (``0.5 lambda_max(X^T X) / n`` alone,
+        without it, bounds only the W block). Computed exactly: one (F+1)^2 Gram matrix per worker
+        (a batched matmul) and ``scipy.linalg.eigvalsh`` for its largest eigenvalue.
+        """
+        x, sizes = decoded(x), np.asarray(sizes)
+        n_workers, _, n_features = x.shape
+        gram = np.empty((n_workers, n_features + 1, n_features + 1), dtype=np.float64)
+        gram[:, :n_features, :n_features] = np.matmul(np.swapaxes(x, 1, 2), x)       # X^T X (padding is 0)
+        column_sums = x.sum(axis=1)                                                   # X^T 1 over real rows
+        gram[:, :n_features, n_features] = column_sums
+        gram[:, n_features, :n_features] = column_sums
+        gram[:, n_features, n_features] = sizes                                       # 1^T 1 = n_m
+        gram /= sizes[:, None, None]
+        top = [_largest_eigenvalue(gram[m]) for m in range(n_workers)]
+        per_worker = 0.5 * np.array(top) + self.l2
+        total = 0.5 * _largest_eigenvalue(gram.sum(axis=0)) + n_workers * self.l2
+        return per_worker, float(total)
+
+
+def _largest_eigenvalue(symmetric: np.ndarray) -> float:
+    import scipy.linalg   # here, not at the top: a federated run, or a config, needs no SciPy
+    size = symmetric.shape[0]
+    return float(scipy.linalg.eigvalsh(symmetric, subset_by_index=[size - 1, size - 1])[0])
 
 
 def initialize_weights(weights: list[np.ndarray], kind: str, rng: np.random.Generator | None) -> None:

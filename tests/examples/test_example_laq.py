@@ -3,11 +3,14 @@ f* and figures, on real and synthetic data."""
 
 import importlib.util
 import json
+import tomllib
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from fedsim.config import load_preset
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "laq_mnist.py"
 METHODS = ["gd", "qgd", "lag-wk", "lag-ps", "laq"]
@@ -86,3 +89,28 @@ def test_oscillation_notes(example):
     zigzag = steady + np.where(np.arange(100) % 2, 0.5, 0.0)     # period 2, as GD with alpha too large
     notes = example.oscillation_notes({"gd": zigzag, "laq": steady})
     assert len(notes) == 1 and notes[0].startswith("note: gd: f rose in 25 of the last 49 iterations")
+
+
+def test_model_option_on_synthetic_data(example, tmp_path, capsys, monkeypatch):
+    """--model mlp: every run's [model] table, the step size checked against curvature estimates said to be
+    estimates (LAG-PS warns that its L_m are), and no certified f* for the non-convex network. (No figures:
+    the tests above draw them; here they would be most of the time.)"""
+    monkeypatch.setattr("fedsim.plot.plot_runs", lambda runs, out, **options: [])
+    out = tmp_path / "mlp"
+    with pytest.warns(UserWarning, match=r"lag-ps: model 'mlp' has no smoothness bound.*not a bound"):
+        result = example.main(["--dataset", "synthetic", "--model", "mlp", "--hidden", "8", "--iterations", "5",
+                               "--methods", "gd", "lag-ps", "--out", str(out), "--quiet"])
+    printed = capsys.readouterr().out
+    assert "model mlp 8 relu (glorot init), alpha 0.001" in printed
+    assert "smoothness: model 'mlp' has no bound; curvature estimates at theta^0: L_f ~ " in printed
+    assert "is not certified as f*: model 'mlp' is not convex" in printed and "to reach f - f_best" in printed
+    for method in ("gd", "lag-ps"):
+        config = tomllib.loads((out / method / "config.toml").read_text())
+        assert config["model"]["name"] == "mlp" and config["model"]["hidden"] == [8], config["model"]
+    smoothness = json.loads((out / "table.json").read_text())["smoothness"]
+    assert smoothness["estimated_at_theta0"] and len(smoothness["per_worker"]) == 30
+    lag_ps = next(run for run in result["runs"] if run.method == "lag-ps")
+    assert lag_ps.history[0]["uploads"] == list(range(30))
+    default = example.config_of(example.parse_args(["--model", "mlp"]), "laq")
+    assert default.model.hidden == (200,) and example.config_of(example.parse_args([]), "laq").model.name == \
+        load_preset("laq-mnist").model.name

@@ -3,7 +3,10 @@ errors), and its default settings showing STC at its best on the offline data.""
 
 import importlib.util
 import json
+import tomllib
 from pathlib import Path
+
+from fedsim.config import load_preset
 
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "stc_mnist.py"
@@ -57,3 +60,22 @@ def test_two_rounds_on_fashion_mnist(shared_data, tmp_path, capsys, monkeypatch)
     assert "settings (stc-mnist preset): fashion-mnist, 50 clients" in out and "[qsgd_up] round 2/2" in out
     for method in ("stc_updown", "qsgd_up"):
         assert 0 < json.loads((tmp_path / method / "summary.json").read_text())["final_test_accuracy"] <= 1
+
+
+def test_model_option_sets_the_model_of_every_run(tmp_path, capsys, monkeypatch):
+    """--model mlp (choices from the model registry) with its default hidden layer, or --hidden; without
+    --model the preset's model is untouched. (No figure: the first test draws it.)"""
+    monkeypatch.setattr("fedsim.plot.plot_runs", lambda runs, out, **options: [])
+    example = load_example()
+    assert example.main(["--dataset", "synthetic", "--rounds", "2", "--method", "stc_updown", "--model", "mlp", "--hidden", "16", "8", "--out", str(tmp_path / "mlp"), "--quiet"]) == 0
+    assert "settings (synthetic preset): synthetic, model mlp 16-8 relu (glorot init), 30 clients" in \
+        capsys.readouterr().out
+    config = tomllib.loads((tmp_path / "mlp" / "stc_updown" / "config.toml").read_text())
+    assert config["model"]["name"] == "mlp" and config["model"]["hidden"] == [16, 8], config["model"]
+    default_hidden = example.config_of(example.parse_args(["--model", "mlp"]), "stc_updown")
+    assert default_hidden.model.name == "mlp" and default_hidden.model.hidden == (200,)
+    unchanged = example.config_of(example.parse_args(["--dataset", "synthetic"]), "stc_updown")
+    assert unchanged == load_preset("synthetic", ["seed=0", "federated.method=stc_updown"])
+    assert example.main(["--dataset", "synthetic", "--model", "softmax", "--hidden", "5", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "hidden must be empty for model 'softmax'" in err, err

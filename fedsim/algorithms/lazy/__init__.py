@@ -1,4 +1,5 @@
-"""Lazy aggregation: GD, QGD, LAG-WK, LAG-PS, LAQ and SLAQ on softmax regression.
+"""Lazy aggregation: GD, QGD, LAG-WK, LAG-PS, LAQ and SLAQ on any registered model (softmax regression by
+default).
 
 LAG: Chen, Giannakis, Sun, Yin, "LAG: Lazily Aggregated Gradient for Communication-Efficient Distributed
 Learning", NeurIPS 2018, arXiv 1805.09965. LAQ/SLAQ: Sun, Chen, Giannakis, Yang, "Communication-Efficient
@@ -6,7 +7,7 @@ Distributed Learning via Lazily Aggregated Quantized Gradients", NeurIPS 2019, a
 
 Setting
 -------
-M workers; worker m holds ``f_m(theta)`` = mean cross-entropy on its shard + ``(l2 / 2) ||theta||^2``, and
+M workers; worker m holds ``f_m(theta)`` = the model's mean cross-entropy on its shard + ``(l2 / 2) ||theta||^2``, and
 the objective is ``f = sum_m f_m``. The server keeps each worker's last upload ``Q_m`` and their running sum;
 an upload adds only its innovation ``Q_m^new - Q_m`` to that sum. Iteration k (``theta^0`` is the
 initialization)::
@@ -29,8 +30,10 @@ steps, kept as a ring of D scalars)::
                            H^k + ec * 3 (e_m + e_hat_m) + offset  (reference: ec = 0.5, offset = 0.2)
     LAG-PS  the server asks worker m (which then uploads g_m) if
                            L_m^2 ||theta_hat_m - theta^k||^2 > H^k
-            theta_hat_m: the point of worker m's last gradient; L_m: its smoothness bound
-            (:func:`smoothness_bounds`); every worker is asked at k = 0.
+            theta_hat_m: the point of worker m's last gradient; L_m: the model's smoothness bound
+            (:func:`smoothness_bounds`: softmax regression's), or for a model without one (the MLP) an
+            estimate of f_m's curvature at theta^0, with a warning (:func:`smoothness_of`); every worker
+            is asked at k = 0.
 
 ``Q = quantize(g | Q_m)`` is the LAQ quantizer of :mod:`fedsim.kernels.laq` (b bits relative to the last
 upload), ``e_m = ||Q - g_m||^2`` its error now and ``e_hat_m`` its error at worker m's last upload. On a
@@ -56,9 +59,10 @@ from fedsim.algorithms.lazy.config import (DTYPES, LAQ_ERROR_FACTOR, MAX_BITS, M
                                            RULES, LazyConfig, LazyRule, bits_per_upload)
 from fedsim.algorithms.lazy.report import (REPORT, f_star_of, records_reach, records_spent_before,
                                            records_to_arrays, smallest_objective)
-from fedsim.algorithms.lazy.rules import (Shards, history_threshold, lag_ps_request_decision,
-                                          laq_upload_decision, smoothness_bounds, stack_shards)
-from fedsim.algorithms.lazy.run import LazyRun
+from fedsim.algorithms.lazy.rules import (CURVATURE_STEPS, Shards, Smoothness, curvature_estimates,
+                                          history_threshold, lag_ps_request_decision, laq_upload_decision,
+                                          smoothness_bounds, smoothness_of, stack_shards)
+from fedsim.algorithms.lazy.run import LazyRun, starting_point
 from fedsim.errors import DivergenceError
 
 
@@ -72,8 +76,8 @@ FAMILY = register_family(Family(
     clients_setting="n_workers", steps_setting="iterations", method_names=lambda: list(RULES), report=REPORT,
     derived={"seed": "the top-level `seed`"}))
 
-__all__ = ["DTYPES", "DivergenceError", "FAMILY", "LAQ_ERROR_FACTOR", "LazyConfig", "LazyRule",
-           "LazyRun", "MAX_BITS", "METHODS", "MIN_BITS", "RULES", "Shards", "bits_per_upload", "f_star_of",
-           "history_threshold", "lag_ps_request_decision", "laq_upload_decision", "records_reach",
-           "records_spent_before", "records_to_arrays", "smallest_objective", "smoothness_bounds",
-           "stack_shards"]
+__all__ = ["CURVATURE_STEPS", "DTYPES", "DivergenceError", "FAMILY", "LAQ_ERROR_FACTOR", "LazyConfig", "LazyRule",
+           "LazyRun", "MAX_BITS", "METHODS", "MIN_BITS", "RULES", "Shards", "Smoothness", "bits_per_upload",
+           "curvature_estimates", "f_star_of", "history_threshold", "lag_ps_request_decision",
+           "laq_upload_decision", "records_reach", "records_spent_before", "records_to_arrays",
+           "smallest_objective", "smoothness_bounds", "smoothness_of", "stack_shards", "starting_point"]

@@ -14,7 +14,7 @@ import math
 import numpy as np
 
 from fedsim.algorithms.family import Report, cell, compare_row, compare_table
-from fedsim.models import MODELS
+from fedsim.models import MODELS, ModelConfig
 
 
 def records_to_arrays(records: list[dict], n_workers: int | None = None) -> dict[str, np.ndarray]:
@@ -95,7 +95,7 @@ def best_value_certified(runs, tolerance: float) -> bool:
                key=lambda item: item[0], default=None)
     if best is None:
         return False
-    model = MODELS.get((best[2].config.get("model") or {}).get("name", "softmax"))
+    model = MODELS.get((best[2].config.get("model") or {}).get("name", ModelConfig().name))
     if model is None or not model.convex:
         return False
     settings = best[2].config.get("lazy", {})

@@ -1,5 +1,5 @@
 """The lazy rules as pure functions of per-worker scalars, and the data they read: the workers' shards
-stacked into one (M, n, F) array and their smoothness bounds (LAG-PS). Equations:
+stacked into one (M, n, F) array, and LAG-PS's smoothness constants (the model's bounds, or estimates). Equations:
 :mod:`fedsim.algorithms.lazy`."""
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 from fedsim.algorithms.lazy.config import LAQ_ERROR_FACTOR
-from fedsim.models.features import Codes, decoded
+from fedsim.models import ModelConfig
+from fedsim.models.features import Codes
 
 
 def history_threshold(step_history: np.ndarray, n_steps: int, history_weight: float, step_size: float,
@@ -98,37 +99,87 @@ def stack_shards(x: np.ndarray, y: np.ndarray, partition: Sequence[np.ndarray], 
     return Shards(wrap(x_shards), y_shards, None if np.all(sizes == n_max) else weights, sizes)
 
 
-def smoothness_bounds(shards: Shards, l2: float) -> tuple[np.ndarray, float]:
-    """Upper bounds on the smoothness constants of each ``f_m`` and of ``f = sum_m f_m``.
+#: Power-iteration steps of :func:`curvature_estimates`.
+CURVATURE_STEPS = 10
 
-    For softmax regression the Hessian of the mean cross-entropy is
-    ``(1/n) sum_i (diag(p_i) - p_i p_i^T) (x) x~_i x~_i^T`` with ``x~_i = [x_i, 1]`` (the 1 is the bias),
-    and ``diag(p) - p p^T <= I / 2`` (Boehning's bound), so::
 
-        L_m = 0.5 * lambda_max(X~_m^T X~_m) / n_m + l2               (used by LAG-PS)
-        L_f = 0.5 * lambda_max(sum_m X~_m^T X~_m / n_m) + M * l2     (<= sum_m L_m; for the 2 / L check)
+class Smoothness(NamedTuple):
+    """LAG-PS's ``L_m`` and the step-size check's ``L_f``, and what kind of number they are."""
 
-    Both are bounds, not the curvature along the actual path, which can be several times smaller.
-    The bias column makes them valid for the parameters [W, b] (``0.5 lambda_max(X^T X) / n`` alone,
-    without it, bounds only the W block). Computed exactly: one (F+1)^2 Gram matrix per worker
-    (a batched matmul) and ``scipy.linalg.eigvalsh`` for its largest eigenvalue.
+    per_worker: np.ndarray   # (M,) L_m, of each f_m
+    total: float             # L_f, of f = sum_m f_m
+    bound: bool              # True: the model's own bounds; False: curvature estimates at one point
+
+
+def smoothness_bounds(shards: Shards, l2: float, model_config: ModelConfig = ModelConfig(),
+                      n_classes: int | None = None) -> tuple[np.ndarray, float]:
+    """The model's own upper bounds on the smoothness constants ``L_m`` of each ``f_m`` and ``L_f`` of
+    ``f = sum_m f_m`` (its optional ``smoothness_bounds`` method: softmax regression's, the default
+    ``[model]``, is Boehning's bound), for L2 coefficient ``l2``. ``n_classes``: default the labels' count.
+
+    A model without a bound (the MLP) raises ValueError; :func:`smoothness_of` then estimates the curvature.
     """
-    x, sizes = decoded(shards.x), shards.sizes
-    n_workers, _, n_features = x.shape
-    gram = np.empty((n_workers, n_features + 1, n_features + 1), dtype=np.float64)
-    gram[:, :n_features, :n_features] = np.matmul(np.swapaxes(x, 1, 2), x)       # X^T X (padding is 0)
-    column_sums = x.sum(axis=1)                                                   # X^T 1 over real rows
-    gram[:, :n_features, n_features] = column_sums
-    gram[:, n_features, :n_features] = column_sums
-    gram[:, n_features, n_features] = sizes                                       # 1^T 1 = n_m
-    gram /= sizes[:, None, None]
-    top = [_largest_eigenvalue(gram[m]) for m in range(n_workers)]
-    per_worker = 0.5 * np.array(top) + l2
-    total = 0.5 * _largest_eigenvalue(gram.sum(axis=0)) + n_workers * l2
-    return per_worker, float(total)
+    n_classes = n_classes or max(2, int(shards.y.max()) + 1)
+    model = model_config.build(shards.x.shape[-1], n_classes, l2)
+    if not hasattr(model, "smoothness_bounds"):
+        raise ValueError(f"model.name = {model_config.name!r} has no smoothness bound (only models with a "
+                         f"smoothness_bounds method have one); curvature_estimates gives an estimate")
+    return model.smoothness_bounds(shards.x, shards.sizes)
 
 
-def _largest_eigenvalue(symmetric: np.ndarray) -> float:
-    import scipy.linalg   # here, not at the top: a federated run, or a config, needs no SciPy
-    size = symmetric.shape[0]
-    return float(scipy.linalg.eigvalsh(symmetric, subset_by_index=[size - 1, size - 1])[0])
+def smoothness_of(model, shards: Shards, theta: np.ndarray, rng: np.random.Generator) -> Smoothness:
+    """``L_m`` and ``L_f`` of ``model`` on ``shards``: its own bounds if it has them, else estimates at ``theta``.
+
+    A model with a known bound says so with a method ``smoothness_bounds(x, sizes)`` (softmax regression:
+    Boehning's bound). A network has no such bound that holds everywhere (a ReLU network's curvature is not
+    even defined at a kink), so for a model without one, the curvature at ``theta`` (the run's theta^0) is
+    measured by :func:`curvature_estimates` (``rng`` draws its starting vectors). Why an estimate rather than
+    requiring ``L_m`` from the user: LAG-PS then runs from any config, and its rule
+    ``L_m^2 ||theta_hat_m - theta^k||^2 > H^k`` needs only the scale of the curvature, which the estimate
+    gives where the run starts. It is not a bound, so LAG-PS's convergence guarantee does not hold with it
+    (callers warn: ``bound`` is False); the curvature along the path may grow above it.
+    """
+    if hasattr(model, "smoothness_bounds"):
+        per_worker, total = model.smoothness_bounds(shards.x, shards.sizes)
+        return Smoothness(np.asarray(per_worker, dtype=np.float64), float(total), True)
+    return Smoothness(*curvature_estimates(model, shards, theta, rng), False)
+
+
+def curvature_estimates(model, shards: Shards, theta: np.ndarray, rng: np.random.Generator,
+                        steps: int = CURVATURE_STEPS) -> tuple[np.ndarray, float]:
+    """Estimates of the local curvature of each ``f_m`` and of ``f = sum_m f_m`` at ``theta``: the largest
+    absolute eigenvalue of their Hessians, by ``steps`` power-iteration steps on Hessian-vector products
+    from central differences of the gradient (one batched call for all M workers each way)::
+
+        H v ~= (grad f(theta + h v) - grad f(theta - h v)) / (2 h),     ||v|| = 1
+        v <- H v / ||H v||;   the estimate is ||H v|| at the last step
+
+    with ``h = eps^(1/3) max(1, ||theta||)`` (eps of theta's dtype: the step that balances the differences'
+    truncation and rounding errors) and the starting vectors ``v ~ N(0, I)`` drawn from ``rng``, normalized:
+    one per worker and one for f. A few steps give the order of magnitude, not the exact top eigenvalue.
+    Returns ``(L_m (M,), L_f)``.
+    """
+    n_workers = len(shards.sizes)
+    theta = np.asarray(theta)
+    h = float(np.cbrt(np.finfo(theta.dtype).eps)) * max(1.0, float(np.linalg.norm(theta)))
+
+    def gradients(points):              # grad f_m at points (M, P), or the M gradients at one point (P,)
+        return model.loss_and_grad(points, shards.x, shards.y, shards.weights)[1].astype(np.float64)
+
+    def hessian_times(direction, summed):   # (grad(theta + h v) - grad(theta - h v)) / (2 h)
+        shift = (h * direction).astype(theta.dtype)
+        plus, minus = gradients(theta + shift), gradients(theta - shift)
+        difference = (plus.sum(axis=0) - minus.sum(axis=0)) if summed else plus - minus
+        return difference / (2 * h)
+
+    def normalized(vectors):
+        norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+        return vectors / np.where(norms > 0, norms, 1.0)
+
+    per_worker_direction = normalized(rng.standard_normal((n_workers, theta.size)))
+    total_direction = normalized(rng.standard_normal(theta.size))
+    for _ in range(steps):
+        per_worker_product = hessian_times(per_worker_direction, summed=False)
+        total_product = hessian_times(total_direction, summed=True)
+        per_worker_direction, total_direction = normalized(per_worker_product), normalized(total_product)
+    return np.linalg.norm(per_worker_product, axis=1), float(np.linalg.norm(total_product))

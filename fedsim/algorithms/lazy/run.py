@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from typing import Callable, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from fedsim.algorithms.lazy.config import RULES, LazyConfig, bits_per_upload
-from fedsim.algorithms.lazy.rules import (history_threshold, lag_ps_request_decision, laq_upload_decision,
-                                          smoothness_bounds, stack_shards)
+from fedsim.algorithms.lazy.rules import (CURVATURE_STEPS, history_threshold, lag_ps_request_decision,
+                                          laq_upload_decision, smoothness_of, stack_shards)
 from fedsim.data.dataset import Dataset
 from fedsim.data.partition import contiguous
 from fedsim.errors import DivergenceError
@@ -26,9 +27,10 @@ class LazyRun:
     """One lazy-aggregation run, an iteration per :meth:`step` (the equations: :mod:`fedsim.algorithms.lazy`).
 
     ``partition``: one index array into ``data.x_train`` per worker; default contiguous blocks in file
-    order, worker m gets ``[m N // M, (m + 1) N // M)``. ``smoothness``: LAG-PS's ``L_m``, computed by
-    :func:`smoothness_bounds` (softmax regression's bound) when omitted. ``model_config``: the ``[model]`` table
-(softmax regression by default). The test data may be empty.
+    order, worker m gets ``[m N // M, (m + 1) N // M)``. ``smoothness``: LAG-PS's ``L_m``; when omitted,
+    the model's own bound if it has one (softmax regression's), else an estimate of each worker's curvature
+    at theta^0, with a warning that it is not a bound (:func:`~fedsim.algorithms.lazy.rules.smoothness_of`).
+    ``model_config``: the ``[model]`` table (softmax regression by default). The test data may be empty.
 
     ``history`` holds one JSON-able record per completed iteration k: ``objective`` f(theta^k),
     ``grad_norm_sq``, ``aggregate_norm_sq``, ``uploads`` (the workers that uploaded), cumulative
@@ -54,17 +56,15 @@ class LazyRun:
         if RULES[config.method].gradient == "minibatch" and config.minibatch_size > self.shards.sizes.min():
             raise ValueError(f"minibatch_size must be in [1, {self.shards.sizes.min()}] (the smallest "
                              f"shard), got {config.minibatch_size}")
-        # The model, from the registry, with the config's L2 term, shaped by the dataset.
-        self.model = model_config.build(data.n_features, data.n_classes, config.l2)
+        self.model, self.theta = starting_point(config, model_config, data.n_features, data.n_classes)
         self.x_test = as_dtype(data.x_test, dtype)
         self.y_test = data.y_test
         streams = RunStreams(config.seed)
-        self.theta = self.model.init(streams.generator("init"), model_config.init_kind, dtype)
         self.minibatch_rng = streams.generator("minibatch")
         n_params = self.model.spec.size
         if RULES[config.method].skip == "server":
             if smoothness is None:
-                smoothness, _ = smoothness_bounds(self.shards, config.l2)
+                smoothness = self._smoothness(model_config.name, streams.generator("curvature"))
             smoothness = np.asarray(smoothness, dtype=np.float64)
             if smoothness.shape != (n_workers,) or not np.all(np.isfinite(smoothness) & (smoothness > 0)):
                 raise ValueError(f"smoothness must hold {n_workers} finite positive numbers, "
@@ -219,6 +219,17 @@ class LazyRun:
         self.minibatch_rng.bit_generator.state = meta["minibatch_rng"]
 
     # -- pieces --------------------------------------------------------------------------------------
+    def _smoothness(self, model_name: str, rng: np.random.Generator) -> np.ndarray:
+        """LAG-PS's L_m: the model's bound, or (a model without one) an estimate at theta^0, with a warning."""
+        smoothness = smoothness_of(self.model, self.shards, self.theta, rng)
+        if not smoothness.bound:
+            warnings.warn(
+                f"lag-ps: model {model_name!r} has no smoothness bound, so L_m is an estimate of worker m's "
+                f"curvature at theta^0 ({CURVATURE_STEPS} power-iteration steps on finite differences of its "
+                f"gradient; L_m in [{smoothness.per_worker.min():.4g}, {smoothness.per_worker.max():.4g}]), "
+                f"not a bound: LAG-PS's convergence guarantee does not hold", UserWarning, stacklevel=3)
+        return smoothness.per_worker
+
     def _evaluate(self, k: int, point: np.ndarray) -> float | None:
         if not len(self.y_test):
             return None
@@ -231,6 +242,14 @@ class LazyRun:
             f"{self.config.method}: {what} is not finite at iteration {k} (step_size alpha = "
             f"{self.config.step_size}); the run diverged - try a smaller step_size{last}",
             self.history)
+
+
+def starting_point(config: LazyConfig, model_config: ModelConfig, n_features: int, n_classes: int):
+    """The run's model (from the registry, with the config's L2 term, shaped by the data) and theta^0
+    (``model_config.init_kind``, drawn from the run's "init" stream): ``(model, theta)``."""
+    model = model_config.build(n_features, n_classes, config.l2)
+    theta = model.init(RunStreams(config.seed).generator("init"), model_config.init_kind, np.dtype(config.dtype))
+    return model, theta
 
 
 def _minibatch_indices(rng: np.random.Generator, sizes: np.ndarray, batch: int) -> np.ndarray:
