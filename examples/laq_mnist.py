@@ -66,7 +66,7 @@ AGAIN = "this command again"        # what continues the runs after an interrupt
 
 def parse_args(argv=None) -> argparse.Namespace:
     from fedsim.algorithms.lazy import METHODS
-    from fedsim.cli import add_model_options
+    from fedsim.programs import add_model_options
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="mnist", choices=sorted(PRESETS),
                         help="the data; it chooses the preset whose settings are the defaults (default mnist)")
@@ -95,7 +95,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def config_of(args, method: str):
     """The experiment of one method: the dataset's preset, then the options (as `fedsim run` does)."""
-    from fedsim.cli import model_overrides
+    from fedsim.programs import model_overrides
     from fedsim.config import load_preset
     overrides = [("data.dataset", args.dataset), ("seed", args.seed), ("lazy.method", method)]
     overrides += model_overrides(args)
@@ -227,7 +227,7 @@ def oscillation_notes(objectives: dict) -> list[str]:
 
 
 def main(argv=None) -> dict | int:
-    from fedsim.cli import describe_model, one_line_errors, report_outcomes, stopped_at_once
+    from fedsim.programs import describe_model, one_line_errors, report_outcomes, stopped_at_once
     from fedsim.runs import read_run, run_each
 
     args = parse_args(argv)

@@ -41,7 +41,7 @@ AGAIN = "this command again"        # what continues the runs after an interrupt
 
 def parse_args(argv=None) -> argparse.Namespace:
     from fedsim.algorithms.federated import methods
-    from fedsim.cli import add_model_options
+    from fedsim.programs import add_model_options
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="mnist", choices=sorted(PRESETS),
                         help="the data; it chooses the preset whose settings are the defaults (default mnist)")
@@ -62,7 +62,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def config_of(args, method: str):
     """The experiment of one method: the dataset's preset, then the options (as `fedsim run` does)."""
-    from fedsim.cli import model_overrides
+    from fedsim.programs import model_overrides
     from fedsim.config import load_preset
     overrides = [("data.dataset", args.dataset), ("seed", args.seed), ("federated.method", method)]
     if args.rounds is not None:
@@ -76,7 +76,7 @@ def config_of(args, method: str):
 
 
 def describe(config) -> str:
-    from fedsim.cli import describe_model
+    from fedsim.programs import describe_model
     federated, data = config.federated, config.data
     partition = data.partition + (f" ({data.classes_per_client} classes per client)"
                                   if data.partition == "classes_per_client" else "")
@@ -106,7 +106,7 @@ def print_partition(config) -> None:
 
 
 def main(argv=None) -> int:
-    from fedsim.cli import one_line_errors, report_outcomes, stopped_at_once
+    from fedsim.programs import one_line_errors, report_outcomes, stopped_at_once
     from fedsim.runs import read_run, run_each
 
     args = parse_args(argv)

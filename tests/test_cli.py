@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from fedsim.cli import (UsageError, main, one_line_errors, plot_folder, report_outcome, report_outcomes,
-                        stopped_at_once)
+from fedsim.cli import main, plot_folder
+from fedsim.programs import UsageError, one_line_errors, report_outcome, report_outcomes, stopped_at_once
 from fedsim.config import ConfigError, config_from_dict, load_preset, parse_toml
 from fedsim.data.registry import DataSettingError
 from fedsim.data.search import DatasetNotFoundError
