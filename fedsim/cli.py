@@ -12,6 +12,7 @@
     fedsim plot RUN_DIR [RUN_DIR ...] [--out DIR] [--x rounds | bits | time]
     fedsim compare RUN_DIR [RUN_DIR ...] [--target-accuracy 0.8] [--target-residual 1e-6]
     fedsim export RUN_DIR [RUN_DIR ...] --to tensorboard DIR
+    fedsim compressors report [NAME ...] [--vectors gaussian | heavy-tailed | RUN_DIR | preset:NAME] [--draws N] ...
     fedsim sweep SWEEP.toml [--workers N] [--backend local | dask] ... | fedsim sweep report | plot DIR
 
 Exit status: 0 success; 1 the run diverged, or data could not be had; 2 a bad command line or config
@@ -31,7 +32,7 @@ from collections import Counter
 from functools import partial
 from pathlib import Path
 
-from fedsim import __version__
+from fedsim import __version__, report_card
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -46,12 +47,13 @@ def error_status(error: Exception) -> tuple[int, str] | None:
     """The exit status and the one line telling of an error a user can fix: 2 for a setting (a command
     line, a config, a run or sweep folder), 1 for data that cannot be had or the system refusing (a disk,
     a permission, a path); None for an error fedsim did not expect."""
+    from fedsim.compress.budget import BudgetError
     from fedsim.config import ConfigError
     from fedsim.data.registry import DataSettingError
     from fedsim.data.search import DatasetNotFoundError
     from fedsim.runs import RunFolderError
     from fedsim.sweeps.folder import SweepError
-    if isinstance(error, (UsageError, ConfigError, RunFolderError, SweepError, DataSettingError)):
+    if isinstance(error, (UsageError, ConfigError, RunFolderError, SweepError, DataSettingError, BudgetError)):
         return EXIT_USAGE, str(error)
     if isinstance(error, DatasetNotFoundError):
         return EXIT_FAILED, str(error)
@@ -253,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--to", nargs=2, required=True, metavar=("FORMAT", "DIR"),
                         help="tensorboard DIR: one TensorBoard run per run folder under DIR (then: tensorboard "
                              "--logdir DIR)")
+    report_card.add_report_parser(commands)       # fedsim compressors report: its options beside its logic
     return parser
 
 
@@ -509,9 +512,6 @@ def command_export(args) -> int:
     return EXIT_OK
 
 
-# ---------------------------------------------------------------------------------------------------------
-
-
 def command_sweep(args) -> int:
     from fedsim.sweeps import all_finished, load_sweep, run_sweep
     from fedsim.sweeps.execute import SweepInterrupted
@@ -574,7 +574,8 @@ def command_sweep(args) -> int:
 
 
 COMMANDS = {"run": command_run, "sweep": command_sweep, "presets": command_presets, "show-config": command_show_config,
-            "plot": command_plot, "compare": command_compare, "export": command_export}
+            "plot": command_plot, "compare": command_compare, "export": command_export,
+            "compressors": report_card.command}
 
 
 def main(argv=None) -> int:
