@@ -64,3 +64,16 @@ def test_unset_records_nothing_and_a_method_without_a_knob_or_an_unreachable_bud
         synthetic_run("stc_up", 100000.0, rounds=1).run()
     with pytest.raises(BudgetError, match=r"reachable range starts at 2560 bits per client \(rank = 1\)"):
         synthetic_run("powersgd_up", 2000.0, rounds=1).run()
+
+
+def test_lazy_bits_per_upload_takes_the_largest_b_that_fits():
+    """LAQ's upload is b P + 32 bits: b = floor((budget - 32) / P); out of [MIN, MAX] is one line."""
+    config = load_preset("laq-synthetic", [("lazy.iterations", 1), ("lazy.bits_per_upload", 3000)])
+    run = build_run(config, progress=False)
+    size = run.model.spec.size
+    assert run.config.bits == (3000 - 32) // size and run.bits_per_upload == run.config.bits * size + 32 <= 3000
+    run.step()
+    with pytest.raises(ConfigError, match="bits_per_upload sets b of the quantized methods"):
+        load_preset("laq-synthetic", [("lazy.method", "gd"), ("lazy.bits_per_upload", 3000)])
+    with pytest.raises(ValueError, match=r"lazy.bits_per_upload = 100 is out of reach of \d+ parameters"):
+        build_run(load_preset("laq-synthetic", [("lazy.bits_per_upload", 100)]), progress=False)
