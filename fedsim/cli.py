@@ -12,6 +12,7 @@
     fedsim plot RUN_DIR [RUN_DIR ...] [--out DIR] [--x rounds | bits | time]
     fedsim compare RUN_DIR [RUN_DIR ...] [--target-accuracy 0.8] [--target-residual 1e-6]
     fedsim export RUN_DIR [RUN_DIR ...] --to tensorboard DIR
+    fedsim compressors report [NAME ...] [--vectors gaussian | heavy-tailed | RUN_DIR | preset:NAME] [--draws N] ...
     fedsim sweep SWEEP.toml [--workers N] [--backend local | dask] ... | fedsim sweep report | plot DIR
 
 Exit status: 0 success; 1 the run diverged, or data could not be had; 2 a bad command line or config
@@ -29,7 +30,7 @@ from collections import Counter
 from functools import partial
 from pathlib import Path
 
-from fedsim import __version__
+from fedsim import __version__, report_card
 from fedsim.programs import (EXIT_FAILED, EXIT_OK, EXIT_USAGE, NO_SPACE, UsageError, no_space, one_line_errors,
                              report_outcome, stopped_at_once)
 
@@ -146,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--to", nargs=2, required=True, metavar=("FORMAT", "DIR"),
                         help="tensorboard DIR: one TensorBoard run per run folder under DIR (then: tensorboard "
                              "--logdir DIR)")
+    report_card.add_report_parser(commands)       # fedsim compressors report: its options beside its logic
     return parser
 
 
@@ -402,9 +404,6 @@ def command_export(args) -> int:
     return EXIT_OK
 
 
-# ---------------------------------------------------------------------------------------------------------
-
-
 def command_sweep(args) -> int:
     from fedsim.sweeps import all_finished, load_sweep, run_sweep
     from fedsim.sweeps.execute import SweepInterrupted
@@ -467,7 +466,8 @@ def command_sweep(args) -> int:
 
 
 COMMANDS = {"run": command_run, "sweep": command_sweep, "presets": command_presets, "show-config": command_show_config,
-            "plot": command_plot, "compare": command_compare, "export": command_export}
+            "plot": command_plot, "compare": command_compare, "export": command_export,
+            "compressors": report_card.command}
 
 
 def main(argv=None) -> int:

@@ -27,12 +27,13 @@ def error_status(error: Exception) -> tuple[int, str] | None:
     """The exit status and the one line telling of an error a user can fix: 2 for a setting (a command
     line, a config, a run or sweep folder), 1 for data that cannot be had or the system refusing (a disk,
     a permission, a path); None for an error fedsim did not expect."""
+    from fedsim.compress.budget import BudgetError
     from fedsim.config import ConfigError
     from fedsim.data.registry import DataSettingError
     from fedsim.data.search import DatasetNotFoundError
     from fedsim.runs import RunFolderError
     from fedsim.sweeps.folder import SweepError
-    if isinstance(error, (UsageError, ConfigError, RunFolderError, SweepError, DataSettingError)):
+    if isinstance(error, (UsageError, ConfigError, RunFolderError, SweepError, DataSettingError, BudgetError)):
         return EXIT_USAGE, str(error)
     if isinstance(error, DatasetNotFoundError):
         return EXIT_FAILED, str(error)

@@ -518,3 +518,22 @@ def test_one_reporter_tells_how_a_run_ended(tmp_path, capsys, status, completed,
     stopped = report_outcomes({"a": outcome, "b": outcome}, prog="p", again="x")
     assert stopped == (exit_status if status == "interrupted" else None)
     assert len(capsys.readouterr().err.splitlines()) == len(told) * (1 if status == "interrupted" else 2)
+
+
+def test_compressors_report_prints_every_compressor_against_its_theory_with_csv_and_figure(tmp_path, capsys):
+    """The report card on small Gaussian vectors: a line per registered compressor, each stated theory met,
+    the CSV and the figure written; an unknown name or --set is one error line."""
+    from fedsim.compress import COMPRESSORS
+    table, figure = tmp_path / "card.csv", tmp_path / "card.png"
+    assert main(["compressors", "report", "--size", "400", "--draws", "50", "--set", "qsgd.levels=4",
+                 "--csv", str(table), "--figure", str(figure)]) == 0
+    out = capsys.readouterr().out
+    lines = {line.split()[0]: line for line in out.splitlines() if line.split() and line.split()[0] in COMPRESSORS}
+    assert set(lines) == set(COMPRESSORS)
+    assert "levels=4 bucket_size=512" in out and "lemma 3.1" in out
+    rows = table.read_text().splitlines()
+    assert rows[0].startswith("compressor,settings,vectors") and len(rows) == 1 + len(COMPRESSORS)
+    assert all(",no," not in row for row in rows[1:]) and figure.stat().st_size > 0
+    assert main(["compressors", "report", "nosuch"]) == 2
+    assert main(["compressors", "report", "--set", "levels=4"]) == 2
+    assert "NAME.SETTING=VALUE" in capsys.readouterr().err

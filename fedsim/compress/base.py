@@ -417,6 +417,7 @@ class Compressor:
     aggregations: ClassVar[tuple[str, ...]] = ("mean", "weighted")   # allowed for its rows; first: default
     error_feedback: ClassVar[bool] = False       # do its methods keep residuals by default (biased ones do)
     directions: ClassVar[tuple[str, ...]] = ("up", "updown")   # the methods <name>_up, <name>_updown; () none
+    budget_knob: ClassVar[str | None] = None     # the setting its bits grow with (fedsim.compress.budget)
     scope: str = "tensor"
 
     def __post_init__(self):
@@ -455,6 +456,12 @@ class Compressor:
             raise ValueError(f"aggregation {how!r} does not fit {self.name} messages; allowed: "
                              f"{self.aggregations}")
         return aggregation.aggregate(how, decoded, sizes, lr)
+
+    def theory(self, x: np.ndarray, state):
+        """What the compressor's paper says of C(x) for the vector ``x`` laid out by ``state``: a
+        :class:`fedsim.compress.theory.Theory` (its bias and its error E||C(x) - x||^2 / ||x||^2, a bound,
+        an exact value or a floor, with the source), or None where nothing is published (the default)."""
+        return None
 
     def state_arrays(self, state) -> dict[str, np.ndarray]:
         """What of ``state`` must be checkpointed (nothing for a stateless compressor)."""

@@ -14,6 +14,7 @@ import numpy as np
 from fedsim.compress import bits as analytic
 from fedsim.compress.base import (Compressor, Message, MessageFormat, float_bits, float_dtype, frozen_array,
                                   register, register_message, scope_setting)
+from fedsim.compress.theory import Theory, segment_squares
 from fedsim.kernels import sparsify
 
 
@@ -78,6 +79,10 @@ class Identity(Compressor):
         encoded = np.full(n_rows, float_bits(rows.dtype) * size, np.int64)
         estimated = np.full(n_rows, analytic.dense_analytic_bits(size), np.float64)
         return rows.copy(), encoded, estimated, {}
+
+    def theory(self, x, state):
+        """Exact: C(x) = x, no bias and no error."""
+        return Theory(True, 0.0, "=", "the identity: C(x) = x")
 
     def message(self, compressed, row):
         return DenseMessage(compressed.decoded[row])

@@ -63,6 +63,7 @@ from fedsim.compress.base import (as_rows, Compressed, Compressor, float_bits, f
                                   frozen_array, Layout, make_layout, MessageFormat, new_stream, read_floats,
                                   register, register_message, require_generator, same_array, SegmentedMessage,
                                   write_floats)
+from fedsim.compress.theory import Theory, segment_squares
 from fedsim.compress.bits import FLOAT_BITS
 from fedsim.constraints import Integer, OneOf, setting
 from fedsim.kernels import powersgd as kernels
@@ -235,6 +236,7 @@ class PowerSGD(Compressor):
     name: ClassVar[str] = "powersgd"
     aggregations: ClassVar[tuple[str, ...]] = ("mean",)
     error_feedback: ClassVar[bool] = True
+    budget_knob: ClassVar[str] = "rank"
 
     rank: int = setting(2, "r, the rank of each matrix's approximation (at most min(n, m))", RANK)
     scope: str = setting("tensor", "must be \"tensor\": each tensor of the ParamSpec is factored as a matrix",
@@ -338,6 +340,17 @@ class PowerSGD(Compressor):
         broadcast = float_bits(dtype) * left_floats if n_rows > 1 else 0
         compressed = Compressed(decoded, encoded, analytic, layout, self, fields, broadcast)
         return compressed, PowerSGDState(layout, tuple(new_factors))
+
+    def theory(self, x, state):
+        """A floor (Eckart-Young): no rank-r matrix is nearer a matrix M than its truncated SVD, whose
+        error is sum_{i > r} sigma_i(M)^2; summed over the matrix segments (the others are sent exactly)
+        and divided by ||x||^2. One power step (Vogels et al., arXiv 1905.13727) can only do worse."""
+        x = np.asarray(x, np.float64)
+        floor = 0.0
+        for _, start, n, m in self.matrix_segments(state.layout):
+            singular = np.linalg.svd(x[start:start + n * m].reshape(n, m), compute_uv=False)
+            floor += float(np.square(singular[self.rank:]).sum())
+        return Theory(False, floor / float(x @ x), ">=", "Eckart-Young: the best rank-r error (SVD)")
 
     def message(self, compressed: Compressed, row: int) -> PowerSGDMessage:
         layout = compressed.layout

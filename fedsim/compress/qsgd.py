@@ -66,6 +66,7 @@ from fedsim.compress import bits as analytic
 from fedsim.compress.base import (Compressor, float_bits, float_dtype, frozen_array, Layout, layout_of,
                                   MessageFormat, new_stream, register, register_message, require_generator,
                                   scope_setting, SegmentedMessage, uniform_chunks)
+from fedsim.compress.theory import Theory, segment_squares
 from fedsim.constraints import Integer, setting
 from fedsim.kernels import qsgd as kernels
 
@@ -210,6 +211,7 @@ class QSGD(Compressor):
     """Stochastic quantization to s levels per bucket (module docstring); sends a QSGDMessage."""
 
     name: ClassVar[str] = "qsgd"     # unbiased: no residuals by default (Compressor.error_feedback)
+    budget_knob: ClassVar[str] = "levels"
 
     levels: int = setting(16, "s: magnitudes are sent as multiples 0, 1/s, ..., 1 of their bucket's norm",
                           LEVELS)
@@ -236,6 +238,17 @@ class QSGD(Compressor):
                                        signed_levels[first:last], encoded[first:last])
         estimated = np.full(n_rows, qsgd_analytic_bits(self.levels, np.diff(offsets)), np.float64)
         return decoded, encoded, estimated, {"norms": norms, "signed_levels": signed_levels}
+
+    def theory(self, x, state):
+        """Alistarh et al. (arXiv 1610.02132), lemma 3.1: unbiased, and per bucket v of n entries (fedsim
+        normalizes by ||v||_2, as the lemma does) E||Q(v) - v||^2 <= min(n / s^2, sqrt(n) / s) ||v||^2;
+        summed over the buckets and divided by ||x||^2."""
+        offsets = self.bucket_offsets(state)
+        squares = segment_squares(x, Layout(tuple(int(o) for o in offsets)))
+        sizes, s = np.diff(offsets).astype(np.float64), float(self.levels)
+        factors = np.minimum(sizes / s ** 2, np.sqrt(sizes) / s)
+        return Theory(True, float(factors @ squares / squares.sum()), "<=",
+                      "Alistarh et al. 2017 (1610.02132) lemma 3.1: min(d/s^2, sqrt(d)/s)")
 
     def message(self, compressed, row):
         return QSGDMessage(compressed.layout.segment_offsets, self.levels, self.bucket_size,

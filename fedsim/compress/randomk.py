@@ -41,9 +41,10 @@ from typing import ClassVar
 import numpy as np
 
 from fedsim.compress import bits as analytic
-from fedsim.compress.base import (FRACTION, Compressor, float_bits, float_dtype, frozen_array, Layout,
+from fedsim.compress.base import (layout_of, FRACTION, Compressor, float_bits, float_dtype, frozen_array, Layout,
                                   MessageFormat, new_stream, read_floats, register, register_message,
                                   require_generator, scope_setting, SegmentedMessage, write_floats)
+from fedsim.compress.theory import Theory, segment_squares
 from fedsim.constraints import Integer, OneOf, setting
 from fedsim.compress.topk import budgets
 from fedsim.kernels import bitstream
@@ -181,6 +182,7 @@ class RandomK(Compressor):
     """
 
     name: ClassVar[str] = "randomk"
+    budget_knob: ClassVar[str] = "p"
 
     p: float = setting(0.01, "fraction of entries kept per segment", FRACTION)
     scaling: str = setting("unbiased", "unbiased (N / k x_i, E[decoded] = x) | none (x_i as is, for error "
@@ -201,6 +203,26 @@ class RandomK(Compressor):
         encoded = np.full(n_rows, SEED_BITS + float_bits(rows.dtype) * int(ks.sum()), np.int64)
         estimated = np.full(n_rows, float(analytic.FLOAT_BITS * int(ks.sum())), np.float64)
         return decoded, encoded, estimated, {"seeds": seeds, "values": values}
+
+    def theory(self, x, state):
+        """Exact, per segment of N_j entries with k_j kept and summed over the segments, over ||x||^2::
+
+            unbiased (N / k scaling):  E||C(x_j) - x_j||^2 = (N_j / k_j - 1) ||x_j||^2, E[C(x)] = x
+            none:                      E||C(x_j) - x_j||^2 = (1 - k_j / N_j) ||x_j||^2   (a k/N contraction)
+
+        (each entry is kept with probability k / N: Wangni et al., arXiv 1710.09854; Stich et al., arXiv
+        1809.07599, definition 2.1)."""
+        layout = layout_of(state)
+        squares = segment_squares(x, layout)
+        ks = budgets(self.p, layout)
+        if self.scaling == "unbiased":
+            factors = [n / k - 1.0 if k else 0.0 for k, n in zip(ks, layout.sizes)]
+            source = "Wangni et al. 2017 (1710.09854): unbiased, variance d/k - 1"
+        else:
+            factors = [1.0 - k / n if n else 0.0 for k, n in zip(ks, layout.sizes)]
+            source = "Stich et al. 2018 (1809.07599) def. 2.1: a k/d contraction"
+        return Theory(self.scaling == "unbiased", float(np.array(factors) @ squares / squares.sum()), "=",
+                      source)
 
     def message(self, compressed, row):
         layout = compressed.layout

@@ -18,9 +18,10 @@ from typing import ClassVar
 import numpy as np
 
 from fedsim.compress import bits as analytic
-from fedsim.compress.base import (SegmentedMessage, Compressor, Layout, MessageFormat, scope_setting,
+from fedsim.compress.base import (layout_of, SegmentedMessage, Compressor, Layout, MessageFormat, scope_setting,
                                   decode_positions, encode_positions, float_bits, float_dtype, frozen_array,
                                   new_stream, read_floats, register, register_message, write_floats)
+from fedsim.compress.theory import Theory, segment_squares
 from fedsim.constraints import OneOf, setting
 from fedsim.kernels import bitstream, golomb, sparsify
 
@@ -129,6 +130,29 @@ class Sign(Compressor):
                                      sent_out=decoded, scales_out=scales, encoded_bits_out=encoded)
         estimated = np.full(n_rows, analytic.sign_analytic_bits(layout.size, layout.n_segments if scaled else 0))
         return decoded, encoded, estimated, {"scales": scales}
+
+    def theory(self, x, state):
+        """``scale="mean"``: the scaled sign of Karimireddy, Rebjock, Stich, Jaggi (arXiv 1901.09847, its
+        scaled sign compressor), per segment with a = ||x_j||_1 / N_j and z_j zero entries::
+
+            ||C(x_j) - x_j||^2 = ||x_j||^2 - 2 a ||x_j||_1 + a^2 (N_j - z_j)
+                               = (1 - ||x_j||_1^2 / (N_j ||x_j||^2)) ||x_j||^2   when no entry is zero
+
+        exact (deterministic), summed over the segments and divided by ||x||^2. ``scale="none"``: the
+        signs alone, not meant to approximate x (Bernstein et al., arXiv 1802.04434): measured only."""
+        if self.scale != "mean":
+            return Theory(False, None, "=", "Bernstein et al. 2018 (1802.04434): signs only, measured only")
+        x = np.asarray(x)
+        total = 0.0
+        for start, stop in layout_of(state).segments():
+            segment = x[start:stop].astype(np.float64)
+            if segment.size == 0:
+                continue
+            l1 = float(np.abs(segment).sum())
+            scale = float(x.dtype.type(l1 / segment.size))        # the mean magnitude, in the data's dtype
+            total += float(segment @ segment) - 2.0 * scale * l1 + scale ** 2 * np.count_nonzero(segment)
+        return Theory(False, total / float(segment_squares(x, state).sum()), "=",
+                      "Karimireddy et al. 2019 (1901.09847): scaled sign, exact")
 
     def message(self, compressed, row):
         scales = compressed.fields["scales"][row]

@@ -28,6 +28,7 @@ from fedsim.compress import bits as analytic
 from fedsim.compress.base import (FRACTION, ceil_product, Compressor, decode_positions, float_bits, float_dtype,
                                   frozen_array, Layout, layout_of, MessageFormat, PositionsMessage, read_floats,
                                   register, register_message, require_generator, scope_setting, write_floats)
+from fedsim.compress.theory import Theory, segment_squares
 from fedsim.constraints import OneOf, setting
 from fedsim.compress.topk import budgets
 from fedsim.kernels import bitstream, golomb, sparsify
@@ -124,6 +125,7 @@ class STC(Compressor):
 
     name: ClassVar[str] = "stc"
     error_feedback: ClassVar[bool] = True
+    budget_knob: ClassVar[str] = "p"
 
     p: float = setting(0.01, "fraction of entries kept per segment", FRACTION)
     threshold: str = setting("exact", "exact | sampled (the reference's approximate top-k threshold)",
@@ -177,6 +179,10 @@ class STC(Compressor):
                sample_budgets=self.sample_budgets(layout), sent_out=decoded, counts_out=counts,
                encoded_bits_out=encoded)
         return decoded, encoded, analytic.stc_analytic_bits(counts, layout.sizes), {}
+
+    def theory(self, x, state):
+        """Sattler et al. (arXiv 1903.02891) state no bound on the error of STC: measured only. Biased."""
+        return Theory(False, None, "<=", "Sattler et al. 2019 (1903.02891): no bound stated, measured only")
 
     def message(self, compressed, row):
         return TernaryMessage.from_dense(compressed.decoded[row], compressed.layout.segment_offsets)

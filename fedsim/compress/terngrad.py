@@ -41,9 +41,10 @@ from typing import ClassVar
 import numpy as np
 
 from fedsim.compress import bits as analytic
-from fedsim.compress.base import (Compressor, float_bits, float_dtype, frozen_array, Layout, MessageFormat,
+from fedsim.compress.base import (layout_of, Compressor, float_bits, float_dtype, frozen_array, Layout, MessageFormat,
                                   new_stream, read_floats, register, register_message, require_generator,
                                   scope_setting, SegmentedMessage, uniform_chunks, write_floats)
+from fedsim.compress.theory import Theory, segment_squares
 from fedsim.constraints import Real, setting
 from fedsim.kernels import terngrad as kernels
 
@@ -152,6 +153,27 @@ class TernGrad(Compressor):
                                    decoded[first:last], scales[first:last], encoded[first:last])
         estimated = np.full(n_rows, terngrad_analytic_bits(layout.sizes), np.float64)
         return decoded, encoded, estimated, {"scales": scales}
+
+    def theory(self, x, state):
+        """Exact, per segment with h the clipped entries and s = max |h_i| (Wen et al., arXiv 1705.07878:
+        m_i = s sign(h_i) Bernoulli(|h_i| / s), so E[m] = h and Var m_i = s |h_i| - h_i^2)::
+
+            E||m - x_j||^2 = s ||h||_1 - ||h||^2 + ||h - x_j||^2
+
+        summed over the segments, over ||x||^2; unbiased when nothing is clipped (``clip = 0``)."""
+        x = np.asarray(x)
+        total, clipped = 0.0, False
+        for start, stop in layout_of(state).segments():
+            segment = x[start:stop].astype(np.float64)
+            if segment.size == 0:
+                continue
+            limit = float(x.dtype.type(self.clip * segment.std())) if self.clip else 0.0
+            held = np.clip(segment, -limit, limit) if limit > 0 else segment
+            clipped = clipped or bool(np.any(held != segment))
+            scale = float(np.abs(held).max())
+            total += scale * float(np.abs(held).sum()) - float(held @ held) + float(np.square(held - segment).sum())
+        return Theory(not clipped, total / float(segment_squares(x, state).sum()), "=",
+                      "Wen et al. 2017 (1705.07878): variance max|x| ||x||_1 - ||x||^2")
 
     def message(self, compressed, row):
         codes = np.sign(compressed.decoded[row]).astype(np.int8)

@@ -16,8 +16,9 @@ import numpy as np
 
 from fedsim.compress import bits as analytic
 from fedsim.compress.base import (FRACTION, Compressor, Layout, MessageFormat, PositionsMessage, ceil_product,
-                                  decode_positions, float_bits, float_dtype, frozen_array,
+                                  decode_positions, float_bits, float_dtype, frozen_array, layout_of,
                                   read_floats, register, register_message, scope_setting, write_floats)
+from fedsim.compress.theory import Theory, segment_squares
 from fedsim.constraints import setting
 from fedsim.kernels import golomb, sparsify
 
@@ -96,6 +97,7 @@ class TopK(Compressor):
 
     name: ClassVar[str] = "topk"
     error_feedback: ClassVar[bool] = True
+    budget_knob: ClassVar[str] = "p"
 
     p: float = setting(0.01, "fraction of entries kept per segment", FRACTION)
     scope: str = scope_setting('"tensor": per parameter tensor (the reference); "global": whole vector')
@@ -111,6 +113,16 @@ class TopK(Compressor):
                                        sample_starts=np.zeros(1, np.int64), sample_budgets=empty,
                                        sent_out=decoded, counts_out=counts, encoded_bits_out=encoded)
         return decoded, encoded, analytic.top_k_analytic_bits(counts, layout.sizes), {}
+
+    def theory(self, x, state):
+        """The k/N contraction of Stich, Cordonnier, Jaggi (arXiv 1809.07599, definition 2.1 and the top-k
+        example beside it), per segment: ||C(x_j) - x_j||^2 <= (1 - k_j / N_j) ||x_j||^2, summed over the
+        segments and divided by ||x||^2. Biased."""
+        layout = layout_of(state)
+        squares = segment_squares(x, layout)
+        kept = np.array([1.0 - k / n if n else 0.0 for k, n in zip(budgets(self.p, layout), layout.sizes)])
+        return Theory(False, float(kept @ squares / squares.sum()), "<=",
+                      "Stich et al. 2018 (1809.07599) def. 2.1: a k/d contraction")
 
     def message(self, compressed, row):
         dense = compressed.decoded[row]

@@ -84,6 +84,9 @@ class FederatedConfig:
     eval_train_samples: int = setting(5000, "evaluate on the first this-many training samples", AT_LEAST_ONE)
     eval_every: int = setting(1, "evaluate every this-many rounds (and at the last)", AT_LEAST_ONE)
     dtype: str = setting("float32", "float32 | float64", OneOf("float32", "float64"))
+    bits_per_round: float | None = setting(
+        None, "mean upload bits per participant per round: the up compressor's knob (p, levels, rank) is "
+              "solved on the first round's updates to meet it", Optional(Real(0, low_open=True), "the knobs as set"))
     # The settings of each compressor by name (the config file's [stc], [qsgd], ... tables); p and scope
     # come from p_up / p_down and compression_scope above. A compressor not listed takes its defaults.
     compressors: dict = setting(dataclasses.MISSING, "the compressor tables ([stc], [sign], ...)",
@@ -106,6 +109,11 @@ class FederatedConfig:
                              f"updates, method 'signsgd')")
         for direction in ("up", "down"):
             self.compressor(direction)        # builds (and so validates) both compressors
+        knob = COMPRESSORS[resolved.up].budget_knob
+        if self.bits_per_round is not None and knob is None:
+            with_knobs = sorted(name for name, cls in COMPRESSORS.items() if cls.budget_knob)
+            raise ValueError(f"bits_per_round needs a method whose up compressor has a knob ({', '.join(with_knobs)}"
+                             f"); method {self.method!r} sends {resolved.up}, which has none")
 
     @property
     def resolved_method(self) -> Method:

@@ -31,6 +31,9 @@ def summarize(history: list[dict]) -> dict:
     summary = {"bits_up": sum(int(r.get("bits_up", 0)) for r in history),
                "bits_down": sum(int(r.get("bits_down", 0)) for r in history)}
     summary["bits"] = summary["bits_up"] + summary["bits_down"]
+    if history and "bits_per_round_knob" in history[0]:      # federated.bits_per_round: the knob and what it sent
+        summary.update({key: history[0][key] for key in ("bits_per_round_knob", "bits_per_round_knob_value")})
+        summary["bits_up_per_participant"] = sum(r["bits_up"] / r["participants"] for r in history) / len(history)
     accuracies = [(r["test_accuracy"], i) for i, r in enumerate(history) if "test_accuracy" in r]
     if accuracies:
         best, at = max(accuracies)
@@ -50,7 +53,11 @@ def progress_text(record: dict, state: dict) -> str:
 
 def achieved(summary: dict) -> list[str]:
     """What the run achieved, for the command line's closing line."""
-    return [f"bits up {summary['bits_up']:.4g}, down {summary['bits_down']:.4g}"]
+    said = [f"bits up {summary['bits_up']:.4g}, down {summary['bits_down']:.4g}"]
+    if "bits_per_round_knob" in summary:
+        said.append(f"{summary['bits_per_round_knob']} = {summary['bits_per_round_knob_value']:.6g} for a mean upload "
+                    f"of {summary['bits_up_per_participant']:.6g} bits per participant per round")
+    return said
 
 
 def compare(runs, targets: dict) -> tuple[str, list[str], list[list[str]]]:

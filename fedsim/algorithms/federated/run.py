@@ -3,6 +3,7 @@ of returning clients: :mod:`fedsim.algorithms.federated`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import mmap
 import time
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ import numpy as np
 from fedsim.algorithms.federated.config import FederatedConfig
 from fedsim.compress import ErrorFeedback, ErrorFeedbackState
 from fedsim.compress.bits import dense_bits, sparse_vector_bits
+from fedsim.compress.budget import solve_knob
 from fedsim.data.dataset import Dataset
 from fedsim.errors import DivergenceError
 from fedsim.models import ModelConfig
@@ -154,39 +156,9 @@ class FederatedRun:
         config, clients, server = self.config, self.clients, self.server
         started = time.perf_counter()
         t = server.round + 1
-        participants = np.sort(self.sampling_rng.choice(config.n_clients, config.participants_per_round,
-                                                        replace=False))
-        catch_up_bits = self._synchronize(participants, t)
-
+        participants, catch_up_bits, update, client_loss = self._local_round(t)
         K = len(participants)
-        weights = np.broadcast_to(server.weights, (K, server.weights.size)).copy()
-        momentum = clients.momentum[participants] if clients.momentum is not None else None
-        lr = self._learning_rates(participants)
-        for _ in range(config.local_iterations):
-            samples, mask = self._next_batches(participants)
-            # One pass: each client's batch is gathered from x_train block by block, in cache.
-            client_loss, grad = self.model.loss_and_grad(weights, self.x_train, self.y_train[samples], mask,
-                                                         rows=samples)
-            out_of_range = ~(np.abs(client_loss) <= self.loss_limit)       # NaN included
-            if np.any(out_of_range):
-                self._diverge(t, f"the training losses of clients {participants[out_of_range][:10].tolist()} are "
-                                 f"NaN or inf, or above {self.loss_limit:.3g}")
-            if config.l2:
-                grad += config.l2 * weights                    # g + l2 w
-            if momentum is not None:
-                momentum *= config.momentum                     # v <- momentum * v + g
-                momentum += grad
-                grad = momentum
-            weights -= lr[:, None] * grad                       # w <- w - lr * v
-            lr = self._learning_rates(participants)
-        if momentum is not None:
-            clients.momentum[participants] = momentum
-
-        update = weights
-        update -= server.weights                                # dW_k = w_k - W
-        if not np.all(np.isfinite(update)):
-            bad = participants[~np.all(np.isfinite(update), axis=1)]
-            self._diverge(t, f"the updates of clients {bad[:10].tolist()} contain NaN or inf")
+        solved = self._meet_bits_budget(update) if t == 1 and config.bits_per_round is not None else {}
 
         # Upstream: the participants' rows (with their residuals under error feedback).
         up = self._send(self.up, "up_state", update,
@@ -225,6 +197,7 @@ class FederatedRun:
             "bits_down": int(bits_down[0]) * K + catch_up_bits + protocol_bits,
             "bits_down_analytic": float(analytic_down[0]) * K + catch_up_bits + protocol_bits,
             "bits_down_catch_up": int(catch_up_bits),
+            **solved,
         }
         if t % config.eval_every == 0 or t == config.rounds:
             for split, (x, y) in self.eval_sets.items():
@@ -237,6 +210,71 @@ class FederatedRun:
         record["time"] = time.perf_counter() - started
         self.history.append(record)
         return record
+
+    def _local_round(self, t: int):
+        """The first half of round ``t``: sample the participants, bring them up to date and train them;
+        ``(participants, catch-up bits, updates (K, P), client losses (K,))``."""
+        config, clients, server = self.config, self.clients, self.server
+        participants = np.sort(self.sampling_rng.choice(config.n_clients, config.participants_per_round,
+                                                        replace=False))
+        catch_up_bits = self._synchronize(participants, t)
+
+        K = len(participants)
+        weights = np.broadcast_to(server.weights, (K, server.weights.size)).copy()
+        momentum = clients.momentum[participants] if clients.momentum is not None else None
+        lr = self._learning_rates(participants)
+        for _ in range(config.local_iterations):
+            samples, mask = self._next_batches(participants)
+            # One pass: each client's batch is gathered from x_train block by block, in cache.
+            client_loss, grad = self.model.loss_and_grad(weights, self.x_train, self.y_train[samples], mask,
+                                                         rows=samples)
+            out_of_range = ~(np.abs(client_loss) <= self.loss_limit)       # NaN included
+            if np.any(out_of_range):
+                self._diverge(t, f"the training losses of clients {participants[out_of_range][:10].tolist()} are "
+                                 f"NaN or inf, or above {self.loss_limit:.3g}")
+            if config.l2:
+                grad += config.l2 * weights                    # g + l2 w
+            if momentum is not None:
+                momentum *= config.momentum                     # v <- momentum * v + g
+                momentum += grad
+                grad = momentum
+            weights -= lr[:, None] * grad                       # w <- w - lr * v
+            lr = self._learning_rates(participants)
+        if momentum is not None:
+            clients.momentum[participants] = momentum
+
+        update = weights
+        update -= server.weights                                # dW_k = w_k - W
+        if not np.all(np.isfinite(update)):
+            bad = participants[~np.all(np.isfinite(update), axis=1)]
+            self._diverge(t, f"the updates of clients {bad[:10].tolist()} contain NaN or inf")
+
+        return participants, catch_up_bits, update, client_loss
+
+    def _meet_bits_budget(self, update: np.ndarray) -> dict:
+        """Solve the up compressor's knob so that its mean encoded bits on the first round's updates meet
+        ``bits_per_round`` (:func:`fedsim.compress.budget.solve_knob`; the residuals are still zero), use
+        it from this round on, and return what the round's record keeps of it."""
+        compressor = self.compressors["up"]
+        _, value, bits = solve_knob(compressor, update, self.model.spec, self.config.bits_per_round,
+                                    lambda: self.streams.generator("bits_per_round"),
+                                    setting="federated.bits_per_round")
+        self._use_knob(value)
+        return {"bits_per_round_knob": compressor.budget_knob, "bits_per_round_knob_value": value,
+                "bits_per_round_first": bits}
+
+    def _use_knob(self, value) -> None:
+        """Send upstream with the up compressor's knob at ``value`` (the down link keeps its settings)."""
+        up = dataclasses.replace(self.compressors["up"], **{self.compressors["up"].budget_knob: value})
+        self.compressors["up"] = up
+        self.up = ErrorFeedback(up) if self.resolved_method.accumulate_up else up
+        self.up_state = up.init(self.model.spec)
+
+    def next_updates(self) -> np.ndarray:
+        """The updates w_k - W (K, P) the participants of the next round would send, their training done
+        (it consumes the run's streams and moves its clients on: for a run that is then thrown away, as
+        ``fedsim compressors report`` does with a run folder's checkpoint)."""
+        return self._local_round(self.server.round + 1)[2]
 
     def run(self, rounds: int | None = None, callback=None) -> list[dict]:
         """Run until ``rounds`` (default: ``config.rounds``) rounds are complete."""
@@ -395,6 +433,8 @@ class FederatedRun:
         if arrays["server_weights"].shape != server.weights.shape:
             raise ValueError(f"checkpoint has {arrays['server_weights'].shape[0]} parameters, this run "
                              f"{server.weights.shape[0]}: it belongs to another config or dataset")
+        if self.config.bits_per_round is not None and meta["history"]:     # the knob solved at round 1
+            self._use_knob(meta["history"][0]["bits_per_round_knob_value"])
         server.weights = np.array(arrays["server_weights"], dtype=self.dtype)
         if server.residual is not None:
             server.residual = np.array(arrays["server_residual"], dtype=self.dtype)

@@ -3,11 +3,12 @@ upload (the equations: :mod:`fedsim.algorithms.lazy`)."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import NamedTuple
 
 from fedsim.compress.bits import dense_bits, quantized_bits
-from fedsim.constraints import Integer, OneOf, Real, check_fields, setting
+from fedsim.constraints import Integer, OneOf, Optional, Real, check_fields, setting
 from fedsim.kernels import LAQ_MAX_BITS as MAX_BITS, LAQ_MIN_BITS as MIN_BITS
 
 
@@ -66,9 +67,28 @@ class LazyConfig:
     seed: int = setting(0, "seeds the glorot init (model.init) and SLAQ's minibatches", Integer(low=0))
     dtype: str = setting("float64", "float type of data, parameters and gradients", OneOf(*DTYPES))
     eval_every: int = setting(100, "test accuracy every this many iterations (and at the end)", AT_LEAST_ONE)
+    bits_per_upload: float | None = setting(None, "bits of one quantized upload (qgd, laq, slaq): b is the largest "
+                                            "that fits, b P + 32 <= this", Optional(Real(0, low_open=True), "b as set"))
 
     def __post_init__(self):
         check_fields(self)
+        if self.bits_per_upload is not None and not self.quantized:
+            raise ValueError(f"bits_per_upload sets b of the quantized methods (qgd, laq, slaq); method "
+                             f"{self.method!r} uploads 32-bit gradients")
+
+    def for_parameters(self, n_params: int) -> "LazyConfig":
+        """This config with b solved for ``bits_per_upload`` on P = ``n_params``: the largest integer b with
+        b P + 32 <= bits_per_upload (quantized_bits); itself when unset. A ValueError naming the setting and
+        the reachable range when no b in [MIN_BITS, MAX_BITS] fits or even MAX_BITS leaves 5% unused."""
+        if self.bits_per_upload is None:
+            return self
+        bits = min(MAX_BITS, int((self.bits_per_upload - quantized_bits(n_params, 0)) // n_params))
+        reachable = (f"{quantized_bits(n_params, MIN_BITS)} to {quantized_bits(n_params, MAX_BITS)} bits (b = "
+                     f"{MIN_BITS} to {MAX_BITS})")
+        if bits < MIN_BITS or (bits == MAX_BITS and quantized_bits(n_params, bits) < 0.95 * self.bits_per_upload):
+            raise ValueError(f"lazy.bits_per_upload = {self.bits_per_upload:g} is out of reach of "
+                             f"{n_params} parameters: one upload sends {reachable}")
+        return dataclasses.replace(self, bits=bits, bits_per_upload=None)
 
     @classmethod
     def reference(cls, method: str, **overrides) -> "LazyConfig":

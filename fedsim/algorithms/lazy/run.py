@@ -72,6 +72,7 @@ class LazyRun:
         else:
             smoothness = None
         self.smoothness = smoothness
+        self.config = config = config.for_parameters(n_params)     # lazy.bits_per_upload: b solved for P
         self.bits_per_upload = bits_per_upload(config.method, n_params, config.bits)
 
         # Server and worker state.

@@ -1,0 +1,225 @@
+"""``fedsim compressors report``: each registered compressor measured against its theory (the report card).
+
+For each compressor (every registered one, or those named) at its settings (its config table's defaults,
+or ``--set qsgd.levels=4``), on vectors of a chosen kind, over ``--draws`` draws
+(:func:`fedsim.compress.theory.measure`): the bias with its standard error, the normalized error beside
+the theoretical value or bound the compressor states (:meth:`~fedsim.compress.base.Compressor.theory`;
+"-" where none is published) and whether the measurement meets it, and bits per entry by the real
+encoder, the empirical entropy of the message's symbols and the paper's formula. A text table, and on
+request a CSV file and a figure.
+
+Vectors: ``gaussian`` (standard normal), ``heavy-tailed`` (Student's t with 2 degrees of freedom: a few
+entries dominate), in float32 (a run's default), laid out as one (size / 10) x 10 matrix, the weights of a
+10-class model (plus a 1-D tensor of the remainder); or real updates: the next round's client updates of
+a federated run folder's last checkpoint (a run folder given as the path; its data must be at hand) or of
+a preset after two rounds (``preset:NAME``), laid out as the run's model. On heavy-tailed vectors an
+error dominated by a few rarely drawn entries (random-k keeps each with probability k / N) needs many
+more draws before its mean and standard error can be trusted.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import sys
+from pathlib import Path
+
+SYNTHETIC = ("gaussian", "heavy-tailed")
+COLUMNS = ("compressor", "settings", "vectors", "size", "draws", "bias", "bias_se", "error", "error_se",
+           "theory", "relation", "meets", "source", "bits_encoder", "bits_entropy", "bits_formula", "problem")
+#: Rounds a preset runs before its updates are taken (``--vectors preset:NAME``).
+PRESET_ROUNDS = 2
+#: Clients whose updates are measured, at most (each one is a vector of its own).
+MAX_CLIENTS = 4
+
+
+def add_report_parser(commands) -> None:
+    """The ``compressors`` command and its ``report`` action (the options below)."""
+    parser = commands.add_parser("compressors", help="each compressor measured against its theory: bias, "
+                                                     "error and bits (fedsim compressors report)")
+    actions = parser.add_subparsers(dest="compressors_command", metavar="ACTION", required=True)
+    report = actions.add_parser("report", help="bias, error against theory and bits per entry three ways")
+    report.add_argument("names", nargs="*", metavar="NAME", help="compressors to measure (default: every one)")
+    report.add_argument("--vectors", default="gaussian", metavar="KIND", help="gaussian (default) | heavy-tailed "
+                        "| RUN_DIR (a federated run folder's next updates) | preset:NAME")
+    report.add_argument("--draws", type=int, default=200, metavar="N", help="draws per vector (default 200)")
+    report.add_argument("--size", type=int, default=7850, metavar="D",
+                        help="entries of a synthetic vector (default 7850, a 785 x 10 matrix)")
+    report.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the vectors and the draws")
+    report.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME.SETTING=VALUE",
+                        help="a compressor's setting, e.g. --set qsgd.levels=4 (a TOML value; repeatable)")
+    report.add_argument("--csv", metavar="FILE", help="also write the table as CSV")
+    report.add_argument("--figure", metavar="FILE", help="also draw the error and bits of each compressor")
+
+
+def command(args) -> int:
+    """Run ``fedsim compressors report``; exit status 0, or 1 when a measurement misses its theory."""
+    from fedsim.cli import UsageError
+    from fedsim.compress import COMPRESSORS
+    unknown = [name for name in args.names if name not in COMPRESSORS]
+    if unknown:
+        raise UsageError(f"compressor NAME must be one of {', '.join(COMPRESSORS)}, got {', '.join(unknown)}")
+    if args.draws < 2:
+        raise UsageError(f"--draws must be an integer >= 2 (a standard error needs two), got {args.draws}")
+    if args.size < 10:
+        raise UsageError(f"--size must be an integer >= 10 (a matrix of 10 columns), got {args.size}")
+    settings = parse_overrides(args.overrides, UsageError)
+    vectors, spec, kind = load_vectors(args.vectors, args.size, args.seed, UsageError)
+    rows = report(args.names or list(COMPRESSORS), settings, vectors, spec, kind, args.draws, args.seed)
+    print(format_table(rows))
+    if args.csv:
+        print(f"table: {write_csv(rows, args.csv)}")
+    if args.figure:
+        print(f"figure: {draw(rows, args.figure)}")
+    missed = [row["compressor"] for row in rows if row["meets"] == "no"]
+    for name in missed:
+        print(f"fedsim: compressors report: {name}'s measurement misses its theory", file=sys.stderr)
+    return 1 if missed else 0
+
+
+def parse_overrides(overrides: list[str], error) -> dict[str, dict]:
+    """``["qsgd.levels=4"]`` -> ``{"qsgd": {"levels": 4}}`` (values read as TOML)."""
+    import tomllib
+    settings: dict[str, dict] = {}
+    for text in overrides:
+        key, equals, value = text.partition("=")
+        name, dot, setting = key.strip().partition(".")
+        if not (equals and dot and setting):
+            raise error(f"--set takes NAME.SETTING=VALUE (e.g. qsgd.levels=4), got {text!r}")
+        try:
+            settings.setdefault(name, {})[setting] = tomllib.loads(f"value = {value}")["value"]
+        except tomllib.TOMLDecodeError:
+            settings[name][setting] = value.strip()        # a bare word: a string setting
+    return settings
+
+
+def load_vectors(kind: str, size: int, seed: int, error):
+    """``(vectors (V, P), spec, description)`` for ``--vectors`` (module docstring)."""
+    import numpy as np
+    from fedsim.compress import Layout
+    if kind in SYNTHETIC:
+        rng = np.random.default_rng([seed, 1])
+        vector = rng.standard_normal(size) if kind == "gaussian" else rng.standard_t(2, size)
+        rows, rest = divmod(size, 10)
+        shapes = ((rows, 10),) + (((rest,),) if rest else ())
+        offsets = (0, rows * 10) + ((size,) if rest else ())
+        return vector.astype(np.float32)[None, :], Layout(offsets, shapes), kind
+    from fedsim.runs import build_run
+    if kind.startswith("preset:"):
+        from fedsim.config import load_preset
+        run = build_run(load_preset(kind.removeprefix("preset:")), progress=False)
+        run.run(PRESET_ROUNDS)
+    else:
+        from fedsim.runs.folder import CONFIG_FILE, RunFolder
+        folder = RunFolder(kind)
+        if not folder.file(CONFIG_FILE).is_file():
+            raise error(f"--vectors must be gaussian, heavy-tailed, preset:NAME or a run folder; {kind!r} is none")
+        run = build_run(folder.read_config(), progress=False)
+        checkpoint = folder.read_checkpoint()
+        if checkpoint is not None:
+            run.load_state_dict(checkpoint[0], checkpoint[1])
+    if not hasattr(run, "next_updates"):
+        raise error(f"--vectors {kind}: real updates come from federated runs (this is a {type(run).__name__})")
+    updates = run.next_updates()[:MAX_CLIENTS]
+    return updates, run.model.spec, f"{kind} (round {run.completed + 1} updates of {len(updates)} clients)"
+
+
+def report(names, settings: dict, vectors, spec, kind: str, draws: int, seed: int) -> list[dict]:
+    """One row per compressor: its measurement on ``vectors`` combined over them (COLUMNS), or the problem
+    that kept it from being measured (a setting it refuses, a layout it cannot take)."""
+    import numpy as np
+    from fedsim.compress import make_compressor
+    from fedsim.compress.theory import combine, measure, meets
+    rows = []
+    for name in names:
+        row = {"compressor": name, "vectors": kind, "size": vectors.shape[1], "draws": draws, "problem": ""}
+        try:
+            compressor = make_compressor(name, **settings.get(name, {}))
+            row["settings"] = " ".join(f"{key}={value}" for key, value in compressor.settings.items())
+            rng = np.random.default_rng([seed, 2])
+            measured = combine([measure(compressor, vector, spec, draws, rng) for vector in vectors])
+        except (ValueError, TypeError) as problem:
+            row.update(settings=row.get("settings", ""), problem=" ".join(str(problem).split()))
+            rows.append(row)
+            continue
+        theory = measured.theory
+        verdict = meets(measured, vectors.dtype)
+        row.update(bias=measured.bias, bias_se=measured.bias_se, error=measured.error, error_se=measured.error_se,
+                   theory=None if theory is None else theory.error, relation="" if theory is None else theory.relation,
+                   source="" if theory is None else theory.source,
+                   meets={True: "yes", False: "no", None: "-"}[verdict], bits_encoder=measured.bits_encoder,
+                   bits_entropy=measured.bits_entropy, bits_formula=measured.bits_formula)
+        rows.append(row)
+    return rows
+
+
+def _number(value, spec: str = ".4g") -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
+
+
+def format_table(rows: list[dict]) -> str:
+    """The report card as text: one line per compressor, then the sources of the theories."""
+    header = (f"{'compressor':<10} {'bias +- se':>19} {'error +- se':>21} {'theory':>13} {'meets':>5} "
+              f"{'bits/entry: encoder':>19} {'entropy':>8} {'formula':>8}")
+    lines = [f"compressors on {rows[0]['vectors']} vectors of {rows[0]['size']} entries, {rows[0]['draws']} draws"
+             if rows else "no compressors", header, "-" * len(header)]
+    for row in rows:
+        if row["problem"]:
+            lines.append(f"{row['compressor']:<10} not measured: {row['problem']}")
+            continue
+        theory = "-" if row["theory"] is None else f"{row['relation']} {_number(row['theory'])}"
+        lines.append(f"{row['compressor']:<10} {_number(row['bias']):>9} +- {_number(row['bias_se']):<6} "
+                     f"{_number(row['error']):>10} +- {_number(row['error_se']):<7} {theory:>13} {row['meets']:>5} "
+                     f"{_number(row['bits_encoder'], '.3f'):>19} {_number(row['bits_entropy'], '.3f'):>8} "
+                     f"{_number(row['bits_formula'], '.3f'):>8}")
+    lines.append("error = E||C(x) - x||^2 / ||x||^2; theory: <= a bound, = exact, >= a floor; meets: within 4 "
+                 "standard errors (and, if unbiased, |bias z| <= 4)")
+    lines += [f"  {row['compressor']}: {row['settings']}; {row['source'] or 'no theory stated'}"
+              for row in rows if not row["problem"]]
+    return "\n".join(lines)
+
+
+def write_csv(rows: list[dict], path) -> Path:
+    """The rows as CSV (COLUMNS), written atomically."""
+    import io
+    from fedsim.files import write_atomic
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({column: "" if row.get(column) is None else row.get(column, "") for column in COLUMNS})
+    path = Path(path)
+    write_atomic(path, buffer.getvalue().encode("utf-8"))
+    return path
+
+
+def draw(rows: list[dict], path) -> Path:
+    """Two panels: each compressor's measured error beside its theory (log scale), and its bits per entry
+    by encoder, entropy and formula."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    measured = [row for row in rows if not row["problem"]]
+    names = [row["compressor"] for row in measured]
+    place = np.arange(len(measured))
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    left.bar(place - 0.2, [max(row["error"], 1e-12) for row in measured], 0.4, label="measured")
+    left.bar(place + 0.2, [max(row["theory"], 1e-12) if row["theory"] is not None else 0 for row in measured], 0.4,
+             label="theory (bound, exact or floor)")
+    left.set(yscale="log", ylabel="E||C(x) - x||^2 / ||x||^2", title="error against theory")
+    for way, shift in (("encoder", -0.27), ("entropy", 0.0), ("formula", 0.27)):
+        right.bar(place + shift, [row[f"bits_{way}"] for row in measured], 0.27, label=way)
+    right.set(yscale="log", ylabel="bits per entry", title="bits: real encoder, entropy, paper's formula")
+    for axes in (left, right):
+        axes.set_xticks(place, names, rotation=30)
+        axes.legend(fontsize=8)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)
+    return path
+
+
+__all__ = ["add_report_parser", "command", "COLUMNS", "draw", "format_table", "load_vectors", "parse_overrides",
+           "report", "write_csv"]

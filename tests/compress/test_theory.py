@@ -1,0 +1,90 @@
+"""Each compressor against its paper (fedsim.compress.theory): on random vectors of several sizes, dtypes
+and scales, the measured bias and error meet the theory the compressor states, and a compressor with a
+wrong scale, registered only inside a test, fails the same check."""
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from fedsim.compress import COMPRESSORS, Layout, PowerSGD, QSGD, RandomK, Sign, STC, TernGrad, TopK, make_compressor
+from fedsim.compress.base import register
+from fedsim.compress.theory import measure, meets
+
+DRAWS = 300
+# Each compressor with a theory, at settings that exercise it (several segments, buckets, clipping).
+WITH_THEORY = [make_compressor("identity"), TopK(p=0.1), RandomK(p=0.2), RandomK(p=0.05, scaling="none"),
+               QSGD(levels=4, bucket_size=16), QSGD(levels=1, bucket_size=0), TernGrad(), TernGrad(clip=1.0),
+               Sign(scale="mean"), PowerSGD(rank=1)]
+CASES = st.tuples(st.integers(2, 12), st.integers(3, 12), st.sampled_from([np.float32, np.float64]),
+                  st.sampled_from([1e-3, 1.0, 1e3]), st.integers(0, 2 ** 32 - 1))
+
+
+def vector_and_layout(rows: int, columns: int, dtype, scale: float, seed: int):
+    """A normal vector of a rows x columns matrix and a bias of ``columns`` entries (a softmax model's)."""
+    size = rows * columns
+    x = (scale * np.random.default_rng(seed).standard_normal(size + columns)).astype(dtype)
+    return x, Layout((0, size, size + columns), ((rows, columns), (columns,)))
+
+
+@pytest.mark.parametrize("compressor", WITH_THEORY, ids=lambda c: f"{c.name}-{c.settings}")
+@settings(max_examples=4, deadline=None, derandomize=True)
+@given(case=CASES)
+def test_the_measured_bias_and_error_meet_the_theory(compressor, case):
+    rows, columns, dtype, scale, seed = case
+    x, layout = vector_and_layout(rows, min(columns, rows) if compressor.name == "powersgd" else columns, dtype,
+                                  scale, seed)
+    measured = measure(compressor, x, layout, DRAWS, np.random.default_rng(seed))
+    assert measured.theory is not None and measured.theory.error is not None
+    assert meets(measured, dtype) is True, (measured, compressor)
+
+
+def test_stc_and_plain_sign_state_no_bound_and_every_registered_compressor_is_measurable():
+    x, layout = vector_and_layout(20, 10, np.float32, 1.0, 0)
+    for compressor in (STC(p=0.1), Sign()):
+        measured = measure(compressor, x, layout, 2, np.random.default_rng(0))
+        assert measured.theory.error is None and meets(measured) is None
+    for name, cls in COMPRESSORS.items():
+        measured = measure(cls(), x, layout, 4, np.random.default_rng(0))
+        assert measured.bits_encoder > 0 and measured.bits_formula > 0 and measured.bits_entropy >= 0
+
+
+@dataclass(frozen=True)
+class WrongScaleRandomK(RandomK):
+    """Random-k that scales by 1.1 N / k: biased, and its error is not (N / k - 1) ||x||^2."""
+
+    name: ClassVar[str] = "test_wrong_scale_randomk"
+
+    def _compress_rows(self, rows, layout, rng):
+        decoded, encoded, analytic, fields = super()._compress_rows(rows, layout, rng)
+        return decoded * rows.dtype.type(1.1), encoded, analytic, fields
+
+
+@dataclass(frozen=True)
+class BiasedQSGD(QSGD):
+    """QSGD that rounds every magnitude down 5% of a level: biased toward zero."""
+
+    name: ClassVar[str] = "test_biased_qsgd"
+
+    def _compress_rows(self, rows, layout, rng):
+        decoded, encoded, analytic, fields = super()._compress_rows(rows, layout, rng)
+        return decoded * rows.dtype.type(0.95), encoded, analytic, fields
+
+
+@pytest.mark.parametrize("broken", [WrongScaleRandomK(p=0.2), BiasedQSGD(levels=4, bucket_size=16)],
+                         ids=lambda c: c.name)
+def test_a_compressor_with_a_wrong_scale_fails_the_same_check(broken):
+    register(type(broken))                 # as a plugin would; unregistered at the end of this test only
+    try:
+        check_fails(make_compressor(broken.name, **broken.settings))
+    finally:
+        COMPRESSORS.pop(broken.name)
+
+
+def check_fails(broken):
+    x, layout = vector_and_layout(12, 10, np.float64, 1.0, 7)
+    measured = measure(broken, x, layout, 10 * DRAWS, np.random.default_rng(7))     # enough to see a 5% bias
+    assert meets(measured, np.float64) is False, measured
+    assert abs(measured.bias_z) > 4, measured
