@@ -61,6 +61,12 @@ def collect_runs(out: Path) -> dict:
     return dict(sorted(series.items(), key=lambda item: (item[0].startswith("STC"), len(item[0]), item[0])))
 
 
+def points(value: float) -> str:
+    """A difference in points to one decimal, never "-0.0"."""
+    text = f"{value:.1f}"
+    return "0.0" if text == "-0.0" else text
+
+
 def accuracy(results) -> tuple[float, float]:
     values = np.array([100 * result.summary["final_test_accuracy"] for result in results])
     return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else float("nan")
@@ -79,7 +85,7 @@ def table(model: str, series: dict) -> list[str]:
         drop = accuracy(per_class[max(classes)])[0] - accuracy(per_class[min(classes)])[0]
         bits = np.mean([result.summary["bits_up"] / result.history[0]["participants"]
                         for results in per_class.values() for result in results])
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {drop:.1f} | {bits / 1e6:.2f} M |")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {points(drop)} | {bits / 1e6:.2f} M |")
     return lines
 
 
@@ -95,8 +101,8 @@ def verdict(series: dict) -> list[str]:
                 continue
             drops = [accuracy(s[10])[0] - accuracy(s[few])[0] for s in (fedavg, stc)]
             holds = "holds" if drops[1] < drops[0] else "does not hold"
-            lines.append(f"n = {n}, 10 -> {few} class{'es' if few > 1 else ''}: FedAvg loses {drops[0]:.1f} "
-                         f"points, STC {drops[1]:.1f}: the claim {holds}")
+            lines.append(f"n = {n}, 10 -> {few} class{'es' if few > 1 else ''}: FedAvg loses {points(drops[0])} "
+                         f"points, STC {points(drops[1])}: the claim {holds}")
     return lines
 
 

@@ -84,15 +84,17 @@ def run_one(config, folder: str, name: str, command: list[str], threads: int | N
     reported as it is; a folder with a config is resumed (from its checkpoint); otherwise the run starts. Any failure is reported, never raised, so one bad run does not
     stop the others. Datasets are kept in memory between the runs of this process.
     """
+    from fedsim.config import import_plugins
     from fedsim.experiment_data import keep_datasets_in_memory
-    from fedsim.plugins import load_plugins
     from fedsim.runs import resume_run, start_run
     from fedsim.runs.folder import CONFIG_FILE, META_FILE, SUMMARY_FILE, RunFolder
 
     keep_datasets_in_memory(True)
     path = Path(folder)
     try:
-        load_plugins(config.plugins)     # the config's own plugins: this process may not have imported them
+        # The config's own plugins, and their compressors' tables (a run folder's config.toml lists them):
+        # this process may not have imported them.
+        import_plugins(config.plugins)
         summary = RunFolder(path).read_json(SUMMARY_FILE)
         if summary is not None:
             return {"status": summary.get("status", "completed"), "completed": summary.get("completed"),

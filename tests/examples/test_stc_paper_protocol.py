@@ -69,9 +69,10 @@ def test_the_report_is_computed_from_the_run_folders(tmp_path, monkeypatch, caps
         row = next(line for line in printed.splitlines() if line.startswith(f"| {method} |"))
         cells = [f"{np.mean(finals[method, c]):.1f} ± {np.std(finals[method, c], ddof=1):.1f}" for c in (1, 10)]
         drop = np.mean(finals[method, 10]) - np.mean(finals[method, 1])
-        assert row.startswith(f"| {method} | {cells[0]} | {cells[1]} | {drop:.1f} | "), row
+        assert row.startswith(f"| {method} | {cells[0]} | {cells[1]} | {example.points(drop)} | "), row
     drops = {method: np.mean(finals[method, 10]) - np.mean(finals[method, 1]) for method in ("FedAvg n = 4", "STC p = 1/4")}
     holds = "holds" if drops["STC p = 1/4"] < drops["FedAvg n = 4"] else "does not hold"
-    assert f"n = 4, 10 -> 1 class: FedAvg loses {drops['FedAvg n = 4']:.1f} points, STC " \
-           f"{drops['STC p = 1/4']:.1f}: the claim {holds}" in printed
+    assert f"n = 4, 10 -> 1 class: FedAvg loses {example.points(drops['FedAvg n = 4'])} points, STC " \
+           f"{example.points(drops['STC p = 1/4'])}: the claim {holds}" in printed
+    assert example.points(-0.04) == "0.0" and example.points(-0.06) == "-0.1"
     assert (tmp_path / "out" / "stc_paper_protocol.png").stat().st_size > 10_000
