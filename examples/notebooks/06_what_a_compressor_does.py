@@ -137,7 +137,8 @@ if FIGURES:
 # magnitudes they take, and how far from $x$ the mean over the draws lies.
 
 # %%
-scale = np.linalg.norm(x[:512]) / COMPRESSORS["qsgd"].levels
+quantizer = COMPRESSORS["qsgd"]
+scale = np.linalg.norm(x[:quantizer.bucket_size]) / quantizer.levels     # ||v|| / s, the first bucket
 for name, decoded in DECODED.items():
     sent = decoded[0] != 0
     magnitudes = np.unique(np.abs(decoded[0][sent]))
