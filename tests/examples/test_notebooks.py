@@ -45,6 +45,7 @@ NOTEBOOKS = {
     "02_sparse_ternary_compression": Notebook("fashion-mnist", FASHION, 35, "02_stc_accuracy_vs_bits.png"),
     "03_lazy_aggregation": Notebook("mnist", ("test-images", "test-labels"), 45, "03_lazy_residual.png"),
     "04_measuring_kernels": Notebook(None, (), 20, "04_kernel_vs_copy.png"),
+    "06_what_a_compressor_does": Notebook(None, (), 15, "06_compressor_panels.png"),   # about 6 s
 }
 HANG_FACTOR = 10
 
