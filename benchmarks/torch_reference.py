@@ -408,28 +408,13 @@ class TorchSTCClientLoop(_TorchSTCState):
         super().__init__(x_train, y_train, eval_sets, n_classes, lr, p_up, p_down, weights, client_residuals,
                          server_residual, hidden)
         n_clients = self.client_residuals.shape[0]
-        self.models = [self._network() for _ in range(n_clients)]
+        self.models = [torch_network(self.widths, self.x_train.dtype) for _ in range(n_clients)]
         self.optimizers = [torch.optim.SGD(model.parameters(), lr=lr) for model in self.models]
-        self.server_model = self._network()
-
-    def _network(self) -> torch.nn.Module:
-        """An ``nn.Linear`` (softmax regression), or Linear, ReLU, ..., Linear for hidden layers."""
-        layers = []
-        for fan_in, fan_out in zip(self.widths[:-1], self.widths[1:]):
-            layers += [torch.nn.Linear(fan_in, fan_out, dtype=self.x_train.dtype), torch.nn.ReLU()]
-        return layers[0] if len(layers) == 2 else torch.nn.Sequential(*layers[:-1])
-
-    @staticmethod
-    def _linears(model: torch.nn.Module) -> list[torch.nn.Linear]:
-        return [module for module in model.modules() if isinstance(module, torch.nn.Linear)]
+        self.server_model = torch_network(self.widths, self.x_train.dtype)
 
     def _load(self, model: torch.nn.Module) -> None:
-        """Copy the server weights (flat, each layer's W (fan_in, fan_out) then b) into ``model``'s layers
-        (weight (fan_out, fan_in), bias (fan_out,))."""
-        with torch.no_grad():
-            for linear, (weight, bias) in zip(self._linears(model), mlp_layers(self.weights, self.widths)):
-                linear.weight.copy_(weight.t())
-                linear.bias.copy_(bias)
+        """Copy the server weights into ``model`` (:func:`load_network`)."""
+        load_network(model, self.weights, self.widths)
 
     def step(self, participants: np.ndarray, batch_rows: np.ndarray) -> dict:
         """One round. ``batch_rows`` (iterations, K, B): the samples of each local step of each participant."""
@@ -451,8 +436,7 @@ class TorchSTCClientLoop(_TorchSTCState):
                 optimizer.step()
                 losses[slot] = loss.detach()
             with torch.no_grad():
-                update = torch.cat([tensor for linear in self._linears(model)
-                                    for tensor in (linear.weight.t().reshape(-1), linear.bias)]).sub_(self.weights)
+                update = network_vector(model, lambda parameter: parameter).sub_(self.weights)
                 accumulated = update.add_(self.client_residuals[client])       # A_k + dW_k
                 for (start, stop), k in zip(self.segments, self.k_up):
                     message, bits = stc_rows(accumulated[None, start:stop], k)
@@ -613,9 +597,10 @@ def sample_size(p: float, fraction: float, size: int) -> int:
     return min(max(ceil_product(fraction, size), ceil_product(100 / p, 1)), size)
 
 
-__all__ = ["MLPGradients", "TorchLAQMLPRun", "TorchLAQRun", "TorchMLPRound", "TorchSTCClientLoop", "TorchSTCRound",
-           "budget", "fastest", "laq_quantize", "mlp_layers", "mlp_loss", "sample_size", "sampled_ternarize", "sign",
-           "stc_rows", "ternarize", "top_k_sparsify", "top_k_threshold", "torch_tensor"]
+__all__ = ["MLPGradients", "TorchLAQMLPRun", "TorchLAQRun", "TorchMLPRound", "TorchSTCClientLoop",
+           "TorchSTCRound", "budget", "fastest", "laq_quantize", "load_network", "mlp_layers", "mlp_logits",
+           "mlp_loss", "network_vector", "sample_size", "sampled_ternarize", "sign", "stc_rows", "ternarize",
+           "top_k_sparsify", "top_k_threshold", "torch_network", "torch_tensor"]
 
 
 # --- terngrad ---
@@ -867,15 +852,47 @@ def mlp_layers(theta: torch.Tensor, widths: tuple[int, ...]) -> list[tuple[torch
     return layers
 
 
-def mlp_loss(theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, widths: tuple[int, ...]) -> torch.Tensor:
-    """Mean cross-entropy of one model (theta (P,)) on one batch (x (n, F), y (n,)): relu between layers."""
+def mlp_logits(theta: torch.Tensor, x: torch.Tensor, widths: tuple[int, ...]) -> torch.Tensor:
+    """z_L of one model (theta (P,)) for x (n, F): relu between the layers."""
     layers = mlp_layers(theta, widths)
     h = x
     for index, (weight, bias) in enumerate(layers):
         h = torch.addmm(bias, h, weight)                      # z_l = h_{l-1} W_l + b_l
         if index < len(layers) - 1:
             h = torch.relu(h)
-    return torch.nn.functional.cross_entropy(h, y)
+    return h
+
+
+def mlp_loss(theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, widths: tuple[int, ...]) -> torch.Tensor:
+    """Mean cross-entropy of one model (theta (P,)) on one batch (x (n, F), y (n,))."""
+    return torch.nn.functional.cross_entropy(mlp_logits(theta, x, widths), y)
+
+
+def torch_network(widths: tuple[int, ...], dtype: torch.dtype) -> torch.nn.Module:
+    """The model as users write it: an ``nn.Linear`` (softmax regression, no hidden layer), or an
+    ``nn.Sequential`` of Linear, ReLU, ..., Linear."""
+    layers = []
+    for fan_in, fan_out in zip(widths[:-1], widths[1:]):
+        layers += [torch.nn.Linear(fan_in, fan_out, dtype=dtype), torch.nn.ReLU()]
+    return layers[0] if len(layers) == 2 else torch.nn.Sequential(*layers[:-1])
+
+
+def load_network(model: torch.nn.Module, theta: torch.Tensor, widths: tuple[int, ...]) -> None:
+    """Copy the flat ``theta`` (each layer's W (fan_in, fan_out) then b) into ``model``'s ``nn.Linear``
+    layers (weight (fan_out, fan_in), bias (fan_out,))."""
+    linears = [module for module in model.modules() if isinstance(module, torch.nn.Linear)]
+    with torch.no_grad():
+        for linear, (weight, bias) in zip(linears, mlp_layers(theta, widths)):
+            linear.weight.copy_(weight.t())
+            linear.bias.copy_(bias)
+
+
+def network_vector(model: torch.nn.Module, tensor_of: Callable, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``tensor_of(parameter)`` of every ``nn.Linear`` layer (its weight or its gradient) in fedsim's flat
+    layout: W (fan_in, fan_out) row-major, then b, layer by layer."""
+    linears = [module for module in model.modules() if isinstance(module, torch.nn.Linear)]
+    return torch.cat([tensor for linear in linears
+                      for tensor in (tensor_of(linear.weight).t().reshape(-1), tensor_of(linear.bias))], out=out)
 
 
 class MLPGradients:
@@ -972,13 +989,7 @@ class TorchLAQMLPRun(TorchLAQRun):
         self.widths = (self.n_features, *hidden, n_classes)
         self.batched = MLPGradients(self.widths)
         self.per_worker = per_worker
-        if per_worker:
-            self.workers = []
-            for _ in range(self.n_workers):
-                layers = []
-                for fan_in, fan_out in zip(self.widths[:-1], self.widths[1:]):
-                    layers += [torch.nn.Linear(fan_in, fan_out, dtype=self.x.dtype), torch.nn.ReLU()]
-                self.workers.append(torch.nn.Sequential(*layers[:-1]))
+        self.workers = [torch_network(self.widths, self.x.dtype) for _ in range(self.n_workers if per_worker else 0)]
 
     def choose_formulations(self, repeats: int = 3) -> dict:
         if self.per_worker:
@@ -989,17 +1000,12 @@ class TorchLAQMLPRun(TorchLAQRun):
         losses = torch.empty(self.n_workers, dtype=theta.dtype)
         gradients = torch.empty(self.n_workers, theta.numel(), dtype=theta.dtype)
         for m, model in enumerate(self.workers):
-            linears = [module for module in model if isinstance(module, torch.nn.Linear)]
-            with torch.no_grad():
-                for linear, (weight, bias) in zip(linears, mlp_layers(theta, self.widths)):
-                    linear.weight.copy_(weight.t())
-                    linear.bias.copy_(bias)
+            load_network(model, theta, self.widths)
             model.zero_grad(set_to_none=True)
             loss = torch.nn.functional.cross_entropy(model(self.x[m]), self.y[m])
             loss.backward()
             losses[m] = loss.detach()
-            torch.cat([tensor for linear in linears
-                       for tensor in (linear.weight.grad.t().reshape(-1), linear.bias.grad)], out=gradients[m])
+            network_vector(model, lambda parameter: parameter.grad, out=gradients[m])
         return losses, gradients
 
     def gradients(self, theta: torch.Tensor):
@@ -1009,10 +1015,4 @@ class TorchLAQMLPRun(TorchLAQRun):
         return losses + 0.5 * self.l2 * float(theta @ theta), gradients
 
     def test_accuracy(self, x_test: torch.Tensor, y_test: torch.Tensor) -> float:
-        layers = mlp_layers(self.theta, self.widths)
-        h = x_test
-        for index, (weight, bias) in enumerate(layers):
-            h = torch.addmm(bias, h, weight)
-            if index < len(layers) - 1:
-                h = torch.relu(h)
-        return float((h.argmax(dim=1) == y_test).double().mean())
+        return float((mlp_logits(self.theta, x_test, self.widths).argmax(dim=1) == y_test).double().mean())
