@@ -110,7 +110,21 @@ FLOOR_NAME = "its floor, max(samples read once / read bandwidth, product flops /
 
 
 def _round_targets(rounds: dict) -> list[dict]:
-    """The round targets of issue #14, each against the floor or the baseline it names."""
+    """The round targets of issues #14 (softmax regression) and #24 (the MLP), each against the floor or
+    the baseline it names; a results file of ``python -m benchmarks.mlp`` holds the MLP's alone."""
+    rows = _softmax_round_targets(rounds) if "stc_round" in rounds and "laq_iteration" in rounds else []
+    for key, unit in (("mlp_round", "round"), ("mlp_laq_iteration", "iteration")):
+        if key in rounds:
+            label, summary = _mlp_label(rounds[key]), rounds[key]["summary"]
+            rows.append(_target(f"{label}: speed-up over batched torch (all clients in one call)",
+                                summary[f"{unit}_speedup_vs_torch"], ">=", 2.0))
+            rows.append(_target(f"{label}: speed-up over the per-client torch loop (one client at a time: "
+                                "nn.Sequential, cross_entropy, backward)",
+                                summary[f"{unit}_speedup_vs_torch_per_client"], ">=", 10.0))
+    return rows
+
+
+def _softmax_round_targets(rounds: dict) -> list[dict]:
     rows = []
     laq = rounds["laq_iteration"]["summary"]
     if "iteration_over_floor" in laq:
@@ -128,6 +142,13 @@ def _round_targets(rounds: dict) -> list[dict]:
                             "time: nn.Linear, cross_entropy, backward, optim.SGD)",
                             stc["round_with_evaluation_speedup_vs_torch_per_client"], ">=", 10.0))
     return rows
+
+
+def _mlp_label(result: dict) -> str:
+    """``mlp round (784-200-10 relu, float32)``: the MLP benchmarks' names (each contains "mlp")."""
+    what = "STC seed round" if result["name"] == "mlp_round" else "LAQ seed iteration"
+    setting = result["setting"]
+    return f"{what} on the mlp ({'-'.join(map(str, setting['layers']))} {setting['activation']}, {setting['dtype']})"
 
 
 def _target(name: str, value: float, relation: str, bound: float) -> dict:
@@ -259,8 +280,18 @@ def _round_tables(rounds: dict) -> list[str]:
             (f"LAQ evaluation (test accuracy, {laq['setting']['evaluation_samples']:,} samples)", laq_eval)):
         loop_cells = "| | |" if loop is None else f"| {_ms(loop)} | {_ratio(loop / ours)} |"
         lines.append(f"| {label} | {_ms(ours)} | {_ms(theirs)} | {_ratio(theirs / ours)} {loop_cells}")
+    mlp = [rounds[key] for key in ("mlp_round", "mlp_laq_iteration") if key in rounds]
+    for result in mlp:
+        ours, theirs, loop = medians(result["round" if result["name"] == "mlp_round" else "iteration"])
+        lines.append(f"| {_mlp_label(result)} | {_ms(ours)} | {_ms(theirs)} | {_ratio(theirs / ours)} "
+                     f"| {_ms(loop)} | {_ratio(loop / ours)} |")
+    if mlp:
+        lines += ["", "The mlp rows: fedsim's MLP (model.name = mlp); batched torch: the faster of torch.func.vmap "
+                      "of grad_and_value and a baddbmm forward with one backward() ("
+                  + "; ".join(f"{result['name']}: {_chosen(result)}" for result in mlp)
+                  + "); per-client torch: one client (worker) at a time, each with its own nn.Sequential."]
     if "floor" in stc and "floor" in laq:
-        lines += _floor_tables(stc, laq)
+        lines += _floor_tables(stc, laq, mlp)
     stc_peak, laq_peak = stc["peak_matmul"], laq["peak_matmul"]
     stc_summary, laq_summary = stc["summary"], laq["summary"]
     lines += [
@@ -305,13 +336,20 @@ def _variables(values: dict) -> str:
     return ", ".join(f"{name}={value}" if value is not None else f"{name} unset" for name, value in values.items())
 
 
-def _floor_tables(stc: dict, laq: dict) -> list[str]:
-    """Each round, iteration and evaluation against its floor, and the two peak measurements."""
+def _chosen(result: dict) -> str:
+    """The batched torch formulation an MLP benchmark kept."""
+    formulations = result["torch_formulations"]
+    return (formulations.get("torch", formulations).get("gradients", {})).get("chosen", "n/a")
+
+
+def _floor_tables(stc: dict, laq: dict, mlp: list[dict] = ()) -> list[str]:
+    """Each round, iteration and evaluation against its floor (and the MLP benchmarks'), and the two peak
+    measurements."""
     lines = ["", "Floors, measured in the same run: floor = max(bytes / read bandwidth, flops / peak). Bytes: the "
-                 "samples read once (the STC round's gathered training rows, the evaluation sets, the LAQ shards); "
+                 "samples read once (the STC rounds' gathered training rows, the evaluation sets, the LAQ shards); "
                  "read bandwidth: a streaming sum over those very arrays, timed interleaved with the rounds; "
-                 "flops: the matrix products'; peak: the in-environment peak below (float32 for STC, float64 "
-                 "for LAQ).", "",
+                 "flops: the matrix products' (for the mlp: forward, dW and the gradient passed down); peak: the "
+                 "in-environment peak below (float32 for STC, float64 for LAQ).", "",
              "| | bytes | read GB/s | read ms | flops | peak GFLOP/s | flops at peak ms | floor ms | binds "
              "| fedsim / floor | batched torch / floor | per-client torch / floor |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
@@ -319,6 +357,7 @@ def _floor_tables(stc: dict, laq: dict) -> list[str]:
             ("STC evaluation", stc["floor"]["evaluation"]),
             ("STC seed round with evaluation", stc["floor"]["round_with_evaluation"]),
             ("LAQ seed iteration", laq["floor"]["iteration"]), ("LAQ evaluation", laq["floor"]["evaluation"])]
+    rows += [(_mlp_label(result), result["floor"]) for result in mlp]
     for label, floor in rows:
         multiple = floor["multiple"]
         loop = multiple.get("torch_per_client")

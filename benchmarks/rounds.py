@@ -1,6 +1,6 @@
 """Round benchmarks: a round of the STC seed experiment and an iteration of the LAQ seed experiment,
 fedsim against equivalent torch (CPU) implementations and against the machine's floor, evaluation timed
-apart.
+apart; then both on fedsim's MLP (:mod:`benchmarks.mlp`).
 
 STC seed round: 50 clients (all participate), softmax regression on 32x32 Fashion-MNIST (1024 features,
 10 classes, 10,250 parameters), batch 100, 1 local iteration, ``stc_updown`` (p_up 0.001, p_down 0.002,
@@ -209,9 +209,10 @@ def _replay(run) -> tuple[np.ndarray, np.ndarray]:
     return participants, np.stack(rows)
 
 
-def _validate_stc(label: str, reference, outcome: dict, run, record: dict, fedsim_eval: dict) -> dict:
+def _validate_stc(label: str, reference, outcome: dict, run, record: dict, fedsim_eval: dict | None) -> dict:
     """Check one torch round (``outcome`` of ``reference.step``) against fedsim's (``record``, the run's
-    state after it) and the evaluations; raise ValidationError, else return the deviations found."""
+    state after it) and the evaluations (None: no evaluation to check); raise ValidationError, else return
+    the deviations found."""
     scale = float(np.abs(run.server.weights).max())
     weights = reference.weights.numpy()
     losses = outcome["client_losses"].numpy()
@@ -221,17 +222,21 @@ def _validate_stc(label: str, reference, outcome: dict, run, record: dict, fedsi
                  rtol=1e-4, atol=1e-6)
     assert_equal(f"STC round: upstream bits ({label} vs fedsim)", outcome["bits_up"], record["bits_up"])
     assert_equal(f"STC round: downstream bits ({label} vs fedsim)", outcome["bits_down"], record["bits_down"])
+    checked = {"passed": True,
+               "server_weights_max_abs_difference": float(np.abs(weights.astype(np.float64) - run.server.weights).max()),
+               "server_weights_max_abs": scale,
+               "client_losses_max_abs_difference": float(np.abs(losses - np.asarray(record["client_losses"])).max()),
+               "bits_up": int(outcome["bits_up"]), "bits_down": int(outcome["bits_down"]),
+               "tolerances": {"server_weights": "rtol 1e-4, atol 1e-5 max|W|", "client_losses": "rtol 1e-4, atol 1e-6",
+                              "bits": "exact"}}
+    if fedsim_eval is None:
+        return checked
     evaluation = reference.evaluate()
     for key, value in fedsim_eval.items():
         assert_close(f"STC evaluation ({label} vs fedsim): {key}", evaluation[key], value, rtol=1e-4, atol=1e-6)
-    return {"passed": True,
-            "server_weights_max_abs_difference": float(np.abs(weights.astype(np.float64) - run.server.weights).max()),
-            "server_weights_max_abs": scale,
-            "client_losses_max_abs_difference": float(np.abs(losses - np.asarray(record["client_losses"])).max()),
-            "bits_up": int(outcome["bits_up"]), "bits_down": int(outcome["bits_down"]),
-            "evaluation_max_abs_difference": max(abs(evaluation[key] - value) for key, value in fedsim_eval.items()),
-            "tolerances": {"server_weights": "rtol 1e-4, atol 1e-5 max|W|", "client_losses": "rtol 1e-4, atol 1e-6",
-                           "bits": "exact", "evaluation": "rtol 1e-4, atol 1e-6"}}
+    checked["evaluation_max_abs_difference"] = max(abs(evaluation[key] - value) for key, value in fedsim_eval.items())
+    checked["tolerances"]["evaluation"] = "rtol 1e-4, atol 1e-6"
+    return checked
 
 
 def stc_round_benchmark(mode: str, data_dir=None) -> dict:
@@ -548,13 +553,23 @@ def laq_iteration_benchmark(mode: str, data_dir=None) -> dict:
     }
 
 
-def run(mode: str, threads: int, data_dir=None) -> dict:
+def run(mode: str, threads: int, data_dir=None, mlp_only: bool = False) -> dict:
+    """The suite: the STC round and the LAQ iteration, then both on the MLP with the same peaks (with
+    ``mlp_only``, the MLP's alone, measuring their peaks)."""
     thread_report = common.apply_threads(threads)
     results = {"suite": "rounds", "mode": mode, "machine": common.machine_info(thread_report)}
-    log("rounds: STC seed round")
-    results["stc_round"] = stc_round_benchmark(mode, data_dir)
-    log("rounds: LAQ seed iteration")
-    results["laq_iteration"] = laq_iteration_benchmark(mode, data_dir)
+    if not mlp_only:
+        log("rounds: STC seed round")
+        results["stc_round"] = stc_round_benchmark(mode, data_dir)
+        log("rounds: LAQ seed iteration")
+        results["laq_iteration"] = laq_iteration_benchmark(mode, data_dir)
+    from benchmarks import mlp
+    peaks = {name: results[name]["peak_matmul"] if name in results else None
+             for name in ("stc_round", "laq_iteration")}
+    log("rounds: MLP round")
+    results["mlp_round"] = mlp.mlp_round_benchmark(mode, data_dir, peaks["stc_round"])
+    log("rounds: MLP LAQ iteration")
+    results["mlp_laq_iteration"] = mlp.mlp_laq_iteration_benchmark(mode, data_dir, peaks["laq_iteration"])
     return results
 
 

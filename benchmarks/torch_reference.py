@@ -1,5 +1,5 @@
 """The torch (CPU) baselines: compressor kernels, a round of the STC seed experiment, an iteration of the
-LAQ seed experiment.
+LAQ seed experiment, and both on fedsim's MLP.
 
 These are written to be fast in torch, not to mirror fedsim's code: data is preloaded as tensors, every
 client (worker) of a round is handled in one batched call (``bmm`` over clients, never a Python loop over
@@ -204,12 +204,14 @@ def _sparse_bits(keep: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
 
 
 class _TorchSTCState:
-    """What both torch STC rounds start from: the data as tensors, a copy of a fedsim run's server and
-    residual state, and the per-segment budgets k of the two links."""
+    """What the torch STC rounds start from: the data as tensors, a copy of a fedsim run's server and
+    residual state, and the per-segment budgets k of the two links. The model is softmax regression
+    (``hidden = ()``) or fedsim's MLP with those hidden widths; its segments are the flat vector's tensors
+    (W1, b1, ..., WL, bL, as :mod:`fedsim.models.mlp` lays them out)."""
 
     def __init__(self, x_train: np.ndarray, y_train: np.ndarray, eval_sets: dict, n_classes: int,
                  lr: float, p_up: float, p_down: float, weights: np.ndarray,
-                 client_residuals: np.ndarray, server_residual: np.ndarray):
+                 client_residuals: np.ndarray, server_residual: np.ndarray, hidden: tuple[int, ...] = ()):
         self.x_train = torch.from_numpy(np.ascontiguousarray(x_train))
         self.y_train = torch.from_numpy(np.asarray(y_train, dtype=np.int64))
         self.eval_sets = {name: (torch.from_numpy(np.ascontiguousarray(x)),
@@ -221,11 +223,26 @@ class _TorchSTCState:
         self.weights = torch.tensor(weights)
         self.client_residuals = torch.tensor(client_residuals)
         self.server_residual = torch.tensor(server_residual)
-        w_size = self.n_features * n_classes
-        self.segments = ((0, w_size), (w_size, w_size + n_classes))
+        self.widths = (self.n_features, *hidden, n_classes)
+        sizes = [size for fan_in, fan_out in zip(self.widths[:-1], self.widths[1:])
+                 for size in (fan_in * fan_out, fan_out)]
+        ends = np.cumsum(sizes).tolist()
+        self.segments = tuple(zip([0] + ends[:-1], ends))
         self.k_up = [ceil_product(p_up, stop - start) for start, stop in self.segments]
         self.k_down = [ceil_product(p_down, stop - start) for start, stop in self.segments]
 
+    def _compress(self, local: torch.Tensor, participants: torch.Tensor) -> tuple[int, int]:
+        """Both links of a round from the participants' trained models ``local`` (K, P), overwritten: STC
+        with error feedback up (per client and segment), the mean, the server's half; (bits up, bits down)."""
+        accumulated = local.sub_(self.weights)                       # dW_k = w_k - W
+        accumulated += self.client_residuals[participants]           # A_k + dW_k
+        sent = torch.empty_like(accumulated)
+        bits_up = torch.zeros(accumulated.shape[0], dtype=torch.int64)
+        for (start, stop), k in zip(self.segments, self.k_up):
+            sent[:, start:stop], bits = stc_rows(accumulated[:, start:stop], k)
+            bits_up += bits
+        self.client_residuals[participants] = accumulated - sent      # A_k <- A_k - m_k
+        return int(bits_up.sum()), self._downstream(sent.mean(dim=0)) * accumulated.shape[0]
 
     def _downstream(self, aggregate: torch.Tensor) -> int:
         """The server's half of a round: STC of residual + aggregate per segment, the new residual, the
@@ -345,16 +362,8 @@ class TorchSTCRound(_TorchSTCState):
             self._weight_gradient(x, delta, gradient_w)
             torch.sum(delta, dim=1, out=gradient[:, w_size:])
             local.add_(gradient, alpha=-self.lr)                     # w <- w - lr * g
-        accumulated = local.sub_(self.weights)                       # dW_k = w_k - W
-        accumulated += self.client_residuals[participants]           # A_k + dW_k
-        sent = torch.empty_like(accumulated)
-        bits_up = torch.zeros(K, dtype=torch.int64)
-        for (start, stop), k in zip(self.segments, self.k_up):
-            sent[:, start:stop], bits = stc_rows(accumulated[:, start:stop], k)
-            bits_up += bits
-        self.client_residuals[participants] = accumulated - sent      # A_k <- A_k - m_k
-        bits_down = self._downstream(sent.mean(dim=0))
-        return {"client_losses": client_loss, "bits_up": int(bits_up.sum()), "bits_down": bits_down * K}
+        bits_up, bits_down = self._compress(local, participants)
+        return {"client_losses": client_loss, "bits_up": bits_up, "bits_down": bits_down}
 
     def evaluate(self) -> dict:
         """Loss and accuracy of the server model on every evaluation set."""
@@ -380,35 +389,32 @@ class TorchSTCClientLoop(_TorchSTCState):
 
     This is the baseline a user would write with torch (the way Flower and FedLab simulations and the STC
     authors' reference code run their clients): every client owns a model (``torch.nn.Linear``, softmax
-    regression) and a ``torch.optim.SGD`` with the run's learning rate, both made once; in a round each
+    regression; with ``hidden`` widths, an ``nn.Sequential`` of ``nn.Linear`` and ``nn.ReLU``, fedsim's MLP)
+    and a ``torch.optim.SGD`` with the run's learning rate, both made once; in a round each
     participant in turn loads the server weights into its model, trains on its batches with
     ``torch.nn.functional.cross_entropy``, ``loss.backward()`` and ``optimizer.step()``, takes its update
     (local weights minus server weights), adds its residual and compresses it with STC per parameter
     tensor (:func:`stc_rows` on its own row), keeping the new residual. The server then averages the
     messages and compresses the aggregate with its own error feedback, as :class:`TorchSTCRound` does.
 
-    The server state (``weights`` in fedsim's flat layout, W (F, C) row-major then b; the clients'
-    residuals; the server's residual) starts as copies of a fedsim run's state, and :meth:`step` replays
+    The server state (``weights`` in fedsim's flat layout, W (F, C) row-major then b, layer by layer; the
+    clients' residuals; the server's residual) starts as copies of a fedsim run's state, and :meth:`step` replays
     fedsim's participants and batches, so the round can be checked against fedsim's before it is timed.
     """
 
     def __init__(self, x_train: np.ndarray, y_train: np.ndarray, eval_sets: dict, n_classes: int,
                  lr: float, p_up: float, p_down: float, weights: np.ndarray,
-                 client_residuals: np.ndarray, server_residual: np.ndarray):
+                 client_residuals: np.ndarray, server_residual: np.ndarray, hidden: tuple[int, ...] = ()):
         super().__init__(x_train, y_train, eval_sets, n_classes, lr, p_up, p_down, weights, client_residuals,
-                         server_residual)
-        dtype = self.x_train.dtype
+                         server_residual, hidden)
         n_clients = self.client_residuals.shape[0]
-        self.models = [torch.nn.Linear(self.n_features, n_classes, dtype=dtype) for _ in range(n_clients)]
+        self.models = [torch_network(self.widths, self.x_train.dtype) for _ in range(n_clients)]
         self.optimizers = [torch.optim.SGD(model.parameters(), lr=lr) for model in self.models]
-        self.server_model = torch.nn.Linear(self.n_features, n_classes, dtype=dtype)
+        self.server_model = torch_network(self.widths, self.x_train.dtype)
 
-    def _load(self, model: torch.nn.Linear) -> None:
-        """Copy the server weights (flat, W (F, C) then b) into ``model`` (weight (C, F), bias (C,))."""
-        F, C = self.n_features, self.n_classes
-        with torch.no_grad():
-            model.weight.copy_(self.weights[:F * C].view(F, C).t())
-            model.bias.copy_(self.weights[F * C:])
+    def _load(self, model: torch.nn.Module) -> None:
+        """Copy the server weights into ``model`` (:func:`load_network`)."""
+        load_network(model, self.weights, self.widths)
 
     def step(self, participants: np.ndarray, batch_rows: np.ndarray) -> dict:
         """One round. ``batch_rows`` (iterations, K, B): the samples of each local step of each participant."""
@@ -430,7 +436,7 @@ class TorchSTCClientLoop(_TorchSTCState):
                 optimizer.step()
                 losses[slot] = loss.detach()
             with torch.no_grad():
-                update = torch.cat([model.weight.t().reshape(-1), model.bias]).sub_(self.weights)
+                update = network_vector(model, lambda parameter: parameter).sub_(self.weights)
                 accumulated = update.add_(self.client_residuals[client])       # A_k + dW_k
                 for (start, stop), k in zip(self.segments, self.k_up):
                     message, bits = stc_rows(accumulated[None, start:stop], k)
@@ -591,9 +597,10 @@ def sample_size(p: float, fraction: float, size: int) -> int:
     return min(max(ceil_product(fraction, size), ceil_product(100 / p, 1)), size)
 
 
-__all__ = ["TorchLAQRun", "TorchSTCClientLoop", "TorchSTCRound", "budget", "fastest", "laq_quantize", "sample_size",
-           "sampled_ternarize", "sign", "stc_rows", "ternarize", "top_k_sparsify", "top_k_threshold",
-           "torch_tensor"]
+__all__ = ["MLPGradients", "TorchLAQMLPRun", "TorchLAQRun", "TorchMLPRound", "TorchSTCClientLoop",
+           "TorchSTCRound", "budget", "fastest", "laq_quantize", "load_network", "mlp_layers", "mlp_logits",
+           "mlp_loss", "network_vector", "sample_size", "sampled_ternarize", "sign", "stc_rows", "ternarize",
+           "top_k_sparsify", "top_k_threshold", "torch_network", "torch_tensor"]
 
 
 # --- terngrad ---
@@ -825,3 +832,187 @@ def qsgd(x: torch.Tensor, segment_offsets, bucket_size: int, levels: int, unifor
             bits += block[3]
     norms = torch.cat(norms, dim=1) if norms else torch.zeros((rows, 0), dtype=x.dtype)
     return decoded, norms, signed, bits
+
+
+# --- mlp ---
+# fedsim's multilayer perceptron (fedsim.models.mlp) in torch, autograd for the gradients: a federated STC
+# round and a LAQ iteration with all clients (workers) in one call, and the LAQ iteration one worker at a
+# time (the federated per-client loop is TorchSTCClientLoop with hidden widths).
+
+
+def mlp_layers(theta: torch.Tensor, widths: tuple[int, ...]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``[(W_l, b_l), ...]`` as views of the flat ``theta`` (..., P) in fedsim's layout: each layer's W
+    (fan_in, fan_out) row-major, then its b (fan_out)."""
+    layers, start = [], 0
+    for fan_in, fan_out in zip(widths[:-1], widths[1:]):
+        weight = theta[..., start:start + fan_in * fan_out].unflatten(-1, (fan_in, fan_out))
+        start += fan_in * fan_out
+        layers.append((weight, theta[..., start:start + fan_out]))
+        start += fan_out
+    return layers
+
+
+def mlp_logits(theta: torch.Tensor, x: torch.Tensor, widths: tuple[int, ...]) -> torch.Tensor:
+    """z_L of one model (theta (P,)) for x (n, F): relu between the layers."""
+    layers = mlp_layers(theta, widths)
+    h = x
+    for index, (weight, bias) in enumerate(layers):
+        h = torch.addmm(bias, h, weight)                      # z_l = h_{l-1} W_l + b_l
+        if index < len(layers) - 1:
+            h = torch.relu(h)
+    return h
+
+
+def mlp_loss(theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, widths: tuple[int, ...]) -> torch.Tensor:
+    """Mean cross-entropy of one model (theta (P,)) on one batch (x (n, F), y (n,))."""
+    return torch.nn.functional.cross_entropy(mlp_logits(theta, x, widths), y)
+
+
+def torch_network(widths: tuple[int, ...], dtype: torch.dtype) -> torch.nn.Module:
+    """The model as users write it: an ``nn.Linear`` (softmax regression, no hidden layer), or an
+    ``nn.Sequential`` of Linear, ReLU, ..., Linear."""
+    layers = []
+    for fan_in, fan_out in zip(widths[:-1], widths[1:]):
+        layers += [torch.nn.Linear(fan_in, fan_out, dtype=dtype), torch.nn.ReLU()]
+    return layers[0] if len(layers) == 2 else torch.nn.Sequential(*layers[:-1])
+
+
+def load_network(model: torch.nn.Module, theta: torch.Tensor, widths: tuple[int, ...]) -> None:
+    """Copy the flat ``theta`` (each layer's W (fan_in, fan_out) then b) into ``model``'s ``nn.Linear``
+    layers (weight (fan_out, fan_in), bias (fan_out,))."""
+    linears = [module for module in model.modules() if isinstance(module, torch.nn.Linear)]
+    with torch.no_grad():
+        for linear, (weight, bias) in zip(linears, mlp_layers(theta, widths)):
+            linear.weight.copy_(weight.t())
+            linear.bias.copy_(bias)
+
+
+def network_vector(model: torch.nn.Module, tensor_of: Callable, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``tensor_of(parameter)`` of every ``nn.Linear`` layer (its weight or its gradient) in fedsim's flat
+    layout: W (fan_in, fan_out) row-major, then b, layer by layer."""
+    linears = [module for module in model.modules() if isinstance(module, torch.nn.Linear)]
+    return torch.cat([tensor for linear in linears
+                      for tensor in (tensor_of(linear.weight).t().reshape(-1), tensor_of(linear.bias))], out=out)
+
+
+class MLPGradients:
+    """Each client's loss and gradient, all clients in one call: ``(theta (K, P) or (P,) shared, x (K, n, F),
+    y (K, n)) -> (losses (K,), gradients (K, P))``, written two ways; :meth:`choose` keeps the faster.
+
+    * ``"vmap(grad)"``: ``torch.func.vmap`` of ``torch.func.grad_and_value`` of :func:`mlp_loss` over the
+      clients (torch's batching of the per-client gradient);
+    * ``"bmm + autograd"``: the stacked forward written with ``baddbmm`` (one product per layer for all
+      clients), the clients' losses summed and ``backward()`` once: each client's parameters reach only
+      its own loss, so the gradient of the sum is the stack of the clients' gradients.
+    """
+
+    def __init__(self, widths: tuple[int, ...]):
+        self.widths = tuple(widths)
+        self.how = "vmap(grad)"
+        self._vmapped = {}
+
+    def __call__(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, how: str | None = None):
+        how = how or self.how
+        if how == "vmap(grad)":
+            shared = theta.dim() == 1
+            if shared not in self._vmapped:
+                per_client = torch.func.grad_and_value(lambda t, xb, yb: mlp_loss(t, xb, yb, self.widths))
+                self._vmapped[shared] = torch.func.vmap(per_client, in_dims=(None if shared else 0, 0, 0))
+            gradients, losses = self._vmapped[shared](theta, x, y)
+            return losses, gradients
+        stacked = theta.expand(x.shape[0], -1).clone() if theta.dim() == 1 else theta.detach().clone()
+        stacked.requires_grad_(True)
+        layers = mlp_layers(stacked, self.widths)
+        h = x
+        for index, (weight, bias) in enumerate(layers):
+            h = torch.baddbmm(bias[:, None, :], h, weight)
+            if index < len(layers) - 1:
+                h = torch.relu(h)
+        K, n, C = h.shape
+        losses = torch.nn.functional.cross_entropy(h.reshape(K * n, C), y.reshape(-1), reduction="none")
+        losses = losses.view(K, n).mean(dim=1)
+        losses.sum().backward()
+        return losses.detach(), stacked.grad
+
+    def choose(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, repeats: int = 3,
+               rtol: float = 1e-4) -> dict:
+        """Time both ways on these inputs (after checking they agree), keep the faster."""
+        candidates = {how: (lambda how=how: self(theta, x, y, how)[1])
+                      for how in ("vmap(grad)", "bmm + autograd")}
+        self.how, seconds = fastest(candidates, repeats, rtol=rtol)
+        return {"chosen": self.how, "seconds": seconds}
+
+
+class TorchMLPRound(_TorchSTCState):
+    """One round of the STC seed experiment on fedsim's MLP, batched over the participants: every local
+    step is one :class:`MLPGradients` call for all of them; then STC with error feedback both ways exactly
+    as :class:`TorchSTCRound` (same state, same replayed participants and batches)."""
+
+    def __init__(self, x_train: np.ndarray, y_train: np.ndarray, n_classes: int, lr: float, p_up: float,
+                 p_down: float, weights: np.ndarray, client_residuals: np.ndarray, server_residual: np.ndarray,
+                 hidden: tuple[int, ...]):
+        super().__init__(x_train, y_train, {}, n_classes, lr, p_up, p_down, weights, client_residuals,
+                         server_residual, hidden)
+        self.gradients = MLPGradients(self.widths)
+
+    def _batch(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64))
+        K, B = rows.shape
+        return self.x_train.index_select(0, rows.reshape(-1)).view(K, B, -1), self.y_train[rows]
+
+    def choose_formulations(self, batch_rows: np.ndarray, repeats: int = 3) -> dict:
+        """Both ways of :class:`MLPGradients` timed on a round's first local step at the server weights."""
+        x, y = self._batch(batch_rows)
+        return {"gradients": self.gradients.choose(self.weights.expand(x.shape[0], -1), x, y, repeats)}
+
+    def step(self, participants: np.ndarray, batch_rows: np.ndarray) -> dict:
+        """One round. ``batch_rows`` (iterations, K, B): the samples of each local step of each participant."""
+        participants = torch.from_numpy(np.asarray(participants, dtype=np.int64))
+        local = self.weights.expand(participants.numel(), -1).clone()   # every participant starts from W
+        for rows in batch_rows:
+            client_losses, gradients = self.gradients(local, *self._batch(rows))
+            local.add_(gradients, alpha=-self.lr)                       # w <- w - lr * g
+        bits_up, bits_down = self._compress(local, participants)
+        return {"client_losses": client_losses, "bits_up": bits_up, "bits_down": bits_down}
+
+
+class TorchLAQMLPRun(TorchLAQRun):
+    """LAQ iterations (the rule of :class:`TorchLAQRun`) on fedsim's MLP: the M workers' gradients at the
+    shared theta all in one :class:`MLPGradients` call, or (``per_worker=True``) the way a user would
+    write it, one worker at a time, each with its own ``nn.Sequential`` of ``nn.Linear`` and ``nn.ReLU``
+    loaded with theta, ``cross_entropy`` on its shard and ``loss.backward()``."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, n_classes: int, theta: np.ndarray, step_size: float,
+                 bits: int, l2: float, history_length: int, history_weight: float, max_skips: int,
+                 hidden: tuple[int, ...], per_worker: bool = False):
+        super().__init__(x, y, n_classes, theta, step_size, bits, l2, history_length, history_weight, max_skips)
+        self.widths = (self.n_features, *hidden, n_classes)
+        self.batched = MLPGradients(self.widths)
+        self.per_worker = per_worker
+        self.workers = [torch_network(self.widths, self.x.dtype) for _ in range(self.n_workers if per_worker else 0)]
+
+    def choose_formulations(self, repeats: int = 3) -> dict:
+        if self.per_worker:
+            return {"gradients": {"chosen": "per worker: nn.Sequential, loss.backward()"}}
+        return {"gradients": self.batched.choose(self.theta, self.x, self.y, repeats, rtol=1e-9)}
+
+    def _worker_gradients(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        losses = torch.empty(self.n_workers, dtype=theta.dtype)
+        gradients = torch.empty(self.n_workers, theta.numel(), dtype=theta.dtype)
+        for m, model in enumerate(self.workers):
+            load_network(model, theta, self.widths)
+            model.zero_grad(set_to_none=True)
+            loss = torch.nn.functional.cross_entropy(model(self.x[m]), self.y[m])
+            loss.backward()
+            losses[m] = loss.detach()
+            network_vector(model, lambda parameter: parameter.grad, out=gradients[m])
+        return losses, gradients
+
+    def gradients(self, theta: torch.Tensor):
+        """Each worker's loss and gradient at theta, the L2 term included: (M,), (M, P)."""
+        losses, gradients = self._worker_gradients(theta) if self.per_worker else self.batched(theta, self.x, self.y)
+        gradients += self.l2 * theta                                   # grad f_m + l2 theta
+        return losses + 0.5 * self.l2 * float(theta @ theta), gradients
+
+    def test_accuracy(self, x_test: torch.Tensor, y_test: torch.Tensor) -> float:
+        return float((mlp_logits(self.theta, x_test, self.widths).argmax(dim=1) == y_test).double().mean())

@@ -1,12 +1,13 @@
 """Smoke tests of the benchmark suite: it runs, validates and reports; never how fast anything is.
 
-``python -m benchmarks.run --smoke`` runs every suite on tiny inputs into a temporary folder; the other
-tests check that validation catches deliberately wrong implementations (a benchmark must refuse to time
+``python -m benchmarks.run --smoke --threads 1 2`` runs every suite on tiny inputs into a temporary folder,
+once for the module (:func:`smoke_run`: the first two tests read it); the other tests check that validation catches deliberately wrong implementations (a benchmark must refuse to time
 implementations that disagree) and that the target check reads the numbers the right way round.
 """
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -61,19 +62,33 @@ def _check_startup(compiled: dict, readme) -> None:
     assert "### Time to a first result" in text and f"`fedsim run {' '.join(arguments)}` | warm |" in text
 
 
-def test_smoke_run_writes_validated_results_and_tables_and_leaves_the_checkout_alone(tmp_path):
-    """The README's command as a user runs it (no --out): results into the user cache, no tracked file
-    touched; then the tables are regenerated into a README of our own, as --write-readme would."""
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """The README's smoke command as a user runs it (no --out: results into the user cache), at two thread
+    counts: every suite at 1 thread, kernels and rounds again at 2. Run once for the tests that read it.
+    A results file of an earlier run at another count (4 threads) is left in the folder first: the run
+    must replace it. Returns the finished process, the results folder and the checkout's git status
+    before and after."""
+    cache = tmp_path_factory.mktemp("smoke") / "cache"
+    out = cache / "benchmarks" / "smoke"
+    out.mkdir(parents=True)
+    (out / "kernels.threads-4.json").write_text("{}")         # an earlier run's: replaced, not reported
     environment = dict(os.environ)
     environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), environment.get("PYTHONPATH")]))
-    environment["FEDSIM_CACHE"] = str(tmp_path / "cache")
+    environment["FEDSIM_CACHE"] = str(cache)
     status_before = _git_status()
-    finished = subprocess.run([sys.executable, "-m", "benchmarks.run", "--smoke"], cwd=REPO, env=environment,
-                              capture_output=True, text=True, timeout=240)
-    assert finished.returncode == 0, finished.stderr[-3000:]
-    assert _git_status() == status_before, "the benchmark run changed files of the checkout"
-    out = tmp_path / "cache" / "benchmarks" / "smoke"
-    assert (out / "tables.md").read_text().count("### Kernels") == 1
+    finished = subprocess.run([sys.executable, "-m", "benchmarks.run", "--smoke", "--threads", "1", "2"], cwd=REPO,
+                              env=environment, capture_output=True, text=True, timeout=600)
+    return SimpleNamespace(finished=finished, out=out, status_before=status_before, status_after=_git_status())
+
+
+def test_smoke_run_writes_validated_results_and_tables_and_leaves_the_checkout_alone(smoke_run, tmp_path):
+    """The smoke run: results into the user cache, no tracked file touched; then the tables are regenerated
+    into a README of our own, as --write-readme would."""
+    assert smoke_run.finished.returncode == 0, smoke_run.finished.stderr[-3000:]
+    assert smoke_run.status_after == smoke_run.status_before, "the benchmark run changed files of the checkout"
+    out = smoke_run.out
+    assert len(re.findall(r"^### Kernels$", (out / "tables.md").read_text(), flags=re.MULTILINE)) == 1
     results = {suite: json.loads((out / f"{suite}.json").read_text())
                for suite in ("kernels", "rounds", "storage", "scale", "compile", "products", "sweep")}
     readme = tmp_path / "README.md"
@@ -106,6 +121,7 @@ def test_smoke_run_writes_validated_results_and_tables_and_leaves_the_checkout_a
             assert products[side]["total"] == pytest.approx(sum(products[side]["parts"].values()))
         assert results["rounds"][name]["summary"]["speedup_ceiling_with_these_products"] > 0
     _check_round_floors_and_baselines(results["rounds"])
+    _check_mlp(results["rounds"], out / "tables.md")
     storage = results["storage"]
     laq_storage = storage["laq_iteration"]
     assert laq_storage["validated_iterations"] > 0 and storage["stc_round"]["validated_rounds"] > 0
@@ -238,7 +254,7 @@ def _check_round_floors_and_baselines(rounds_results: dict) -> None:
     assert summary["round_with_evaluation_speedup_vs_torch_per_client"] == pytest.approx(
         combined["seconds"]["torch_per_client"] / combined["seconds"]["fedsim"])
     assert laq["summary"]["iteration_over_floor"] == laq["floor"]["iteration"]["multiple"]["fedsim"]
-    rows = {row["target"]: row for row in report.targets({"rounds": rounds_results})}
+    rows = {row["target"]: row for row in report.targets({"rounds": rounds_results}) if "mlp" not in row["target"]}
     floor_rows = [row for name, row in rows.items() if "/ its floor" in name]
     assert [row["value"] for row in floor_rows] == [laq["summary"]["iteration_over_floor"],
                                                    summary["round_with_evaluation_over_floor"]]
@@ -247,6 +263,71 @@ def _check_round_floors_and_baselines(rounds_results: dict) -> None:
     assert len(per_client) == 1 and per_client[0]["bound"] == ">= 10"
     assert per_client[0]["value"] == summary["round_with_evaluation_speedup_vs_torch_per_client"]
     assert sum("batched torch" in name for name in rows) == 2
+
+
+def _check_mlp(rounds_results: dict, tables) -> None:
+    """The MLP round and LAQ iteration: validated against fedsim, timed for the three implementations,
+    their floors, the summaries the targets read, the four targets and their table rows."""
+    from benchmarks import mlp
+    settings = mlp.SETTINGS["smoke"]
+    text = tables.read_text()
+    targets = {row["target"]: row for row in report.targets({"rounds": rounds_results}) if "mlp" in row["target"]}
+    for key, unit, repeats in (("mlp_round", "round", settings["repeats"]),
+                               ("mlp_laq_iteration", "iteration", settings["laq_repeats"])):
+        result = rounds_results[key]
+        assert result["setting"]["layers"][1:-1] == list(settings["hidden"]), key
+        timings = result[unit]
+        assert set(timings) == set(mlp.IMPLEMENTATIONS), key
+        assert all(timings[name]["repeats"] == repeats for name in mlp.IMPLEMENTATIONS), key
+        _check_floor(result["floor"], set(mlp.IMPLEMENTATIONS))
+        widths = result["setting"]["layers"]
+        samples = result["floor"]["flops"] // mlp.training_flops(widths, 1)
+        assert result["floor"]["flops"] == mlp.training_flops(widths, samples) == result["flops"] > 0, key
+        summary = result["summary"]
+        for name, ratio in (("torch", f"{unit}_speedup_vs_torch"), ("torch_per_client",
+                                                                      f"{unit}_speedup_vs_torch_per_client")):
+            assert summary[ratio] == pytest.approx(timings[name]["median"] / timings["fedsim"]["median"]), key
+        assert summary[f"{unit}_over_floor"] == result["floor"]["multiple"]["fedsim"]
+        label = report._mlp_label(result)
+        rows = [row for name, row in targets.items() if name.startswith(label)]
+        assert [(row["bound"], row["value"]) for row in rows] == [
+            (">= 2", summary[f"{unit}_speedup_vs_torch"]), (">= 10", summary[f"{unit}_speedup_vs_torch_per_client"])]
+        assert text.count(f"| {label} |") == 2, key           # its timing row and its floor row
+    for name in ("torch", "torch_per_client"):
+        check = rounds_results["mlp_round"]["validation"][name]
+        assert check["passed"] and check["bits_up"] > 0 and check["bits_down"] > 0, name
+    assert rounds_results["mlp_laq_iteration"]["validated_iterations"] == settings["laq_validate"]
+    assert len(targets) == 4
+
+
+def test_mlp_validation_catches_wrong_torch_gradients(monkeypatch):
+    """The MLP benchmarks refuse to time torch implementations whose gradients are off by 1%: the batched
+    round, the per-client loop's round (its clients start 1% off) and the per-worker LAQ iteration."""
+    from benchmarks import mlp, torch_reference
+    peak = {"gflops": 1.0, "dtype": "float32"}             # skips the peak measurement
+    original = torch_reference.MLPGradients.__call__
+    with monkeypatch.context() as patch:
+        patch.setattr(torch_reference.MLPGradients, "__call__",
+                      lambda self, *args, **kwargs: (lambda out: (out[0], out[1] * 1.01))(original(self, *args, **kwargs)))
+        with pytest.raises(ValidationError, match="MLP, batched torch"):
+            mlp.mlp_round_benchmark("smoke", peak=peak)
+    original_load = torch_reference.TorchSTCClientLoop._load
+
+    def off_by_a_percent(self, model):                     # each client starts from 1.01 W
+        original_load(self, model)
+        with torch_reference.torch.no_grad():
+            for parameter in model.parameters():
+                parameter.mul_(1.01)
+    with monkeypatch.context() as patch:
+        patch.setattr(torch_reference.TorchSTCClientLoop, "_load", off_by_a_percent)
+        with pytest.raises(ValidationError, match="MLP, per-client torch"):
+            mlp.mlp_round_benchmark("smoke", peak=peak)
+    original_workers = torch_reference.TorchLAQMLPRun._worker_gradients
+    with monkeypatch.context() as patch:
+        patch.setattr(torch_reference.TorchLAQMLPRun, "_worker_gradients",
+                      lambda self, theta: (lambda out: (out[0], out[1] * 1.01))(original_workers(self, theta)))
+        with pytest.raises(ValidationError, match=r"MLP LAQ iterate theta\^1 \(torch_per_client vs fedsim\)"):
+            mlp.mlp_laq_iteration_benchmark("smoke", peak={"gflops": 1.0, "dtype": "float64"})
 
 
 def _wrong_implementations():
@@ -410,24 +491,20 @@ def _table_under(text: str, heading: str) -> tuple[list[str], list[list[str]]]:
     return table[0], table[2:]
 
 
-def test_smoke_run_at_two_thread_counts_reports_the_scaling(tmp_path):
-    """``--threads 1 2``: kernels and rounds once per count, each in its own process and file, and a thread
-    scaling table whose medians are the files' and whose speed-ups are their ratios."""
+def test_smoke_run_at_two_thread_counts_reports_the_scaling(smoke_run):
+    """``--threads 1 2``: kernels and rounds once per count, each in its own process and file, the other
+    suites at the first count only, and a thread scaling table whose medians are the files' and whose
+    speed-ups are their ratios."""
     from benchmarks import run as benchmarks_run
-    environment = dict(os.environ)
-    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), environment.get("PYTHONPATH")]))
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "kernels.threads-4.json").write_text("{}")         # an earlier run's: replaced, not reported
-    finished = subprocess.run([sys.executable, "-m", "benchmarks.run", "--smoke", "--threads", "1", "2", "--only",
-                               "kernels", "rounds", "--out", str(out)], cwd=REPO, env=environment,
-                              capture_output=True, text=True, timeout=600)
-    assert finished.returncode == 0, finished.stderr[-3000:]
-    assert sorted(path.name for path in out.glob("*.json")) == [
-        "kernels.json", "kernels.threads-2.json", "rounds.json", "rounds.threads-2.json"]
+    assert smoke_run.finished.returncode == 0, smoke_run.finished.stderr[-3000:]
+    out = smoke_run.out
+    assert sorted(path.name for path in out.glob("*.json")) == sorted(
+        [f"{suite}.json" for suite in benchmarks_run.SUITES] + ["kernels.threads-2.json", "rounds.threads-2.json"])
     results = benchmarks_run.load_results(out)
-    assert list(results) == ["kernels", "rounds", "kernels.threads-2", "rounds.threads-2"]
+    assert list(results) == list(benchmarks_run.SUITES) + ["kernels.threads-2", "rounds.threads-2"]
     for name, payload in results.items():
+        if name.split(".")[0] not in benchmarks_run.SCALING_SUITES:
+            continue
         threads = 2 if name.endswith("threads-2") else 1
         reported = payload["machine"]["threads"]
         assert reported["requested"] == threads and reported["torch"] == threads, name
