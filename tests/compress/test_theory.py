@@ -51,29 +51,22 @@ def test_stc_and_plain_sign_state_no_bound_and_every_registered_compressor_is_me
         assert measured.bits_encoder > 0 and measured.bits_formula > 0 and measured.bits_entropy >= 0
 
 
-@dataclass(frozen=True)
-class WrongScaleRandomK(RandomK):
-    """Random-k that scales by 1.1 N / k: biased, and its error is not (N / k - 1) ||x||^2."""
+def wrongly_scaled(base: type, factor: float) -> type:
+    """``base`` with every decoded entry times ``factor``: a compressor with a wrong scale, as a plugin's bug
+    would make it (random-k at 1.1 N / k is biased and its error is not (N / k - 1) ||x||^2; QSGD at 0.95 is
+    biased toward zero)."""
+    class WronglyScaled(base):
+        name: ClassVar[str] = f"test_{base.name}_times_{factor}"
 
-    name: ClassVar[str] = "test_wrong_scale_randomk"
+        def _compress_rows(self, rows, layout, rng):
+            decoded, encoded, analytic, fields = super()._compress_rows(rows, layout, rng)
+            return decoded * rows.dtype.type(factor), encoded, analytic, fields
 
-    def _compress_rows(self, rows, layout, rng):
-        decoded, encoded, analytic, fields = super()._compress_rows(rows, layout, rng)
-        return decoded * rows.dtype.type(1.1), encoded, analytic, fields
-
-
-@dataclass(frozen=True)
-class BiasedQSGD(QSGD):
-    """QSGD that rounds every magnitude down 5% of a level: biased toward zero."""
-
-    name: ClassVar[str] = "test_biased_qsgd"
-
-    def _compress_rows(self, rows, layout, rng):
-        decoded, encoded, analytic, fields = super()._compress_rows(rows, layout, rng)
-        return decoded * rows.dtype.type(0.95), encoded, analytic, fields
+    return dataclass(frozen=True)(WronglyScaled)
 
 
-@pytest.mark.parametrize("broken", [WrongScaleRandomK(p=0.2), BiasedQSGD(levels=4, bucket_size=16)],
+@pytest.mark.parametrize("broken", [wrongly_scaled(RandomK, 1.1)(p=0.2),
+                                    wrongly_scaled(QSGD, 0.95)(levels=4, bucket_size=16)],
                          ids=lambda c: c.name)
 def test_a_compressor_with_a_wrong_scale_fails_the_same_check(broken):
     register(type(broken))                 # as a plugin would; unregistered at the end of this test only
