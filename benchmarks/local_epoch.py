@@ -202,11 +202,14 @@ def case_benchmark(torch, dataset, n_clients: int, batch: int, settings: dict, p
     trained = common.time_interleaved({"fedsim": training.step, "fedsim_general": training_general.step},
                                       settings["repeats"])
     step_seconds = {name: timing.median / steps for name, timing in trained.items()}
-    read, read_bytes = row_reader(run.x_train, rows[0].numpy())
-    read_timing = common.time_interleaved({"read": read}, 3 * settings["repeats"])["read"]
+    # The bandwidth: a streaming read of all the rows a round gathers (the whole training set, in the
+    # round's order: from memory, as the round reads them); a step's bytes are its share of them.
+    read, round_bytes = row_reader(run.x_train, rows.numpy())
+    read_timing = common.time_interleaved({"read": read}, settings["repeats"])["read"]
+    read_bytes, read_seconds = round_bytes // steps, read_timing.median / steps
     F, C = run.model.n_features, run.model.n_classes
     flops = 2 * (2 * n_clients * batch * F * C)                 # forward x W and backward x^T delta
-    step_floor = floor(read_bytes, read_timing.median, flops, peak, step_seconds)
+    step_floor = floor(read_bytes, read_seconds, flops, peak, step_seconds)
     medians = {name: timing.median for name, timing in rounds.items()}
     return {"clients": n_clients, "batch": batch, "steps": steps, "validation": validation,
             "rounds": {name: timing.to_dict() for name, timing in rounds.items()},
@@ -235,5 +238,33 @@ def run(mode: str, threads: int, data_dir=None) -> dict:
             "peak": peak, "cases": cases}
 
 
+def table(results: dict) -> list[str]:
+    """The results as markdown: per case, the rounds (medians, ms) and ratios, the step against its floor."""
+    lines = [f"Data: {results['data']}; peak {results['peak']['gflops']:.1f} GFLOP/s (float32, "
+             f"{results['peak']['size']}x{results['peak']['size']} NumPy matmul). Rounds with evaluation, medians.", "",
+             "| clients x batch (steps) | fedsim ms | fedsim general path ms | batched torch ms | per-client torch ms "
+             "| general / fedsim | batched torch / fedsim | per-client torch / fedsim | fedsim step us "
+             "| general step us | step floor us (binds) | fedsim step / floor |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for case in results["cases"]:
+        summary, step_floor = case["summary"], case["step_floor"]
+        seconds, step = summary["round_seconds"], summary["step_seconds"]
+        lines.append(
+            f"| {case['clients']} x {case['batch']} ({case['steps']}) | {seconds['fedsim'] * 1e3:.1f} "
+            f"| {seconds['fedsim_general'] * 1e3:.1f} | {seconds['torch_batched'] * 1e3:.1f} "
+            f"| {seconds['torch_per_client'] * 1e3:.1f} | {summary['speedup_vs_fedsim_general']:.2f} "
+            f"| {summary['speedup_vs_torch_batched']:.2f} | {summary['speedup_vs_torch_per_client']:.2f} "
+            f"| {step['fedsim'] * 1e6:.0f} | {step['fedsim_general'] * 1e6:.0f} "
+            f"| {step_floor['floor_seconds'] * 1e6:.0f} ({step_floor['binds']}) | {summary['step_over_floor']:.2f} |")
+    return lines
+
+
+def main(argv=None) -> None:
+    args = common.suite_arguments(__doc__.splitlines()[0], argv)
+    results = run(args.mode, args.threads, args.data_dir)
+    common.write_json(args.json, results)
+    print("\n".join(table(results)))
+
+
 if __name__ == "__main__":
-    common.suite_main(__doc__, run)
+    main()

@@ -291,7 +291,12 @@ class BatchGradient:
             self.grad_W *= dtype(self.scale)
         if self.offset != 0.0:
             self.grad_W += dtype(self.offset) * self.grad_b[:, None, :]
-        loss = self.model._mean(self.nll, mask) + self.model._penalty(theta)
+        if mask is None:                                          # nll.mean(axis=-1), without its wrapper
+            loss = np.add.reduce(self.nll, axis=-1)
+            np.true_divide(loss, labels.shape[-1], out=loss)
+        else:
+            loss = self.model._mean(self.nll, mask)
+        loss = loss + self.model._penalty(theta)
         if self.model.l2:
             self.grad += self.model.l2 * theta
         return loss, self.grad
