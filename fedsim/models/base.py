@@ -25,7 +25,8 @@ penalty). Both families build their model so (:meth:`ModelConfig.build`) and cal
                                                 local steps) with buffers allocated once: gradient(theta,
                                                 rows, labels, mask) -> (loss, grad), bitwise loss_and_grad's
                                                 results, grad overwritten by the next call; or None where
-                                                it cannot (the run then calls loss_and_grad)
+                                                it cannot (the run then calls loss_and_grad); softmax
+                                                regression and the MLP have one
 
 ``x`` is a float array or 8-bit :class:`~fedsim.models.features.Codes` (``features.decoded`` gives floats).
 """

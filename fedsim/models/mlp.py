@@ -156,6 +156,14 @@ class MLP:
             grad += dtype.type(self.l2) * theta
         return loss, grad
 
+    def batch_gradient(self, x, models: int, batch: int, dtype) -> "MLPBatchGradient | None":
+        """Optional (:mod:`fedsim.models.base`): :meth:`loss_and_grad` for ``models`` stacked batches of ``batch``
+        rows of the ``(N, F)`` float set ``x`` (None for 8-bit Codes or another dtype), with its layers' slices
+        and buffers made once for many calls (a round's local steps), bitwise the same results."""
+        if isinstance(x, Codes) or np.asarray(x).dtype != np.dtype(dtype) or np.asarray(x).ndim != 2:
+            return None
+        return MLPBatchGradient(self, np.asarray(x), models, batch)
+
     # -- evaluation ----------------------------------------------------------------------------------
     def logits(self, theta: np.ndarray, x) -> np.ndarray:
         """z_L, shape ``(..., n, n_classes)``."""
@@ -259,3 +267,67 @@ class MLP:
         if not np.all(np.isfinite(weights) & (weights >= 0)) or not np.all(weights.sum(axis=-1) > 0):
             raise ValueError("weights must be finite and >= 0, with a positive sum for every model")
         return weights / weights.sum(axis=-1, keepdims=True)
+
+
+class MLPBatchGradient:
+    """:meth:`MLP.loss_and_grad` of K models, each on a batch of B rows of one ``(N, F)`` float set, for one
+    call after another: ``gradient(theta, rows, labels, mask) -> (loss (K,), grad (K, P))``, the grad a
+    buffer that the next call overwrites. The same operations in the same order as ``loss_and_grad`` (the
+    products into buffers made once, the gather by a kernel), without re-deriving the layers' slices,
+    checks and shares on every call: bitwise equal results."""
+
+    def __init__(self, model: MLP, x: np.ndarray, models: int, batch: int):
+        from fedsim.kernels import softmax as softmax_kernels
+        self.gather = softmax_kernels.gather_rows.core
+        self.model, self.x, self.dtype = model, x, x.dtype
+        spec = model.spec
+        self.slices = [(spec.slice(f"W{l}"), spec.shapes[2 * l - 2], spec.slice(f"b{l}"))
+                       for l in range(1, len(model.widths))]
+        K, B = models, batch
+        self.samples = np.empty((K, B, model.n_features), self.dtype)
+        self.z = [np.empty((K, B, width), self.dtype) for width in model.widths[1:]]
+        self.grad = np.empty((K, model.size), self.dtype)
+        self.grads = self._layers(self.grad)
+        self.even_share = np.full(B, 1 / B, dtype=self.dtype)      # 1 / n without weights
+
+    def _layers(self, theta: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """:meth:`MLP.layers` of a (K, P) stack, from the slices made once."""
+        K = theta.shape[0]
+        return [(theta[:, w].reshape((K,) + shape), theta[:, b]) for w, shape, b in self.slices]
+
+    def __call__(self, theta: np.ndarray, rows: np.ndarray, labels: np.ndarray,
+                 mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Loss (K,) and gradient (K, P) at ``theta`` (K, P) on ``x[rows]`` (rows (K, B) int64, in range),
+        ``labels`` (K, B) int64 in [0, C), an optional 0/1 ``mask`` (K, B) of the real rows."""
+        model, layers = self.model, self._layers(theta)
+        self.gather(self.x, rows, self.samples)
+        outputs = [self.samples]
+        for l, ((W, b), z) in enumerate(zip(layers, self.z), start=1):
+            np.matmul(outputs[-1], W, out=z)                          # z_l = h_{l-1} W_l + b_l
+            z += b[..., None, :]
+            if l < len(layers):
+                if model.activation == "relu":
+                    np.maximum(z, 0, out=z)
+                else:
+                    np.tanh(z, out=z)
+            outputs.append(z)
+        logits = outputs.pop()
+        share = self.even_share if mask is None else model._sample_shares(mask, labels.shape, self.dtype)
+        nll, delta = model._nll_and_residual(logits, labels)
+        loss = np.sum(nll * share, axis=-1)
+        delta *= share[..., None]                                     # dz_L = (p - Y) m / sum m
+        for l in range(len(layers), 0, -1):
+            h_below = outputs[l - 1]
+            grad_W, grad_b = self.grads[l - 1]
+            np.matmul(np.swapaxes(h_below, -1, -2), delta, out=grad_W)   # dW_l = h_{l-1}^T dz_l
+            np.sum(delta, axis=-2, out=grad_b)                           # db_l = sum_i dz_l[i]
+            if l > 1:
+                delta = np.matmul(delta, np.swapaxes(layers[l - 1][0], -1, -2))   # dh_{l-1} = dz_l W_l^T
+                if model.activation == "relu":
+                    delta *= h_below > 0
+                else:
+                    delta *= 1 - h_below * h_below
+        if model.l2:
+            loss = loss + model._penalty(theta)
+            self.grad += self.dtype.type(model.l2) * theta
+        return loss, self.grad

@@ -1,14 +1,15 @@
-"""SoftmaxRegression.batch_gradient (a round's K batches, buffers allocated once) against the model's general
-``loss_and_grad`` on the same rows: bitwise equal loss and gradient, on float and 8-bit data, with and without
-a mask, over one block and several, with and without L2; and None where the general call would split a batch
-into several products."""
+"""The models' batch_gradient (a round's K batches, buffers allocated once) against their general
+``loss_and_grad`` on the same rows: bitwise equal loss and gradient. Softmax regression on float and 8-bit
+data, with and without a mask, over one block and several, with and without L2, and None where the general
+call would split a batch into several products; the MLP (relu and tanh, one and two hidden layers) on
+float data, and None for 8-bit data or another dtype."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from fedsim.models import SoftmaxRegression
+from fedsim.models import MLP, SoftmaxRegression
 from fedsim.models.features import Codes
 
 
@@ -57,3 +58,33 @@ def test_batch_gradient_declines_a_batch_split_into_several_products():
     assert model.batch_gradient(x, 4, 130, np.float32) is not None
     # One model of 150 rows a block (470 KB each): split again.
     assert model.batch_gradient(x, 4, 150, np.float32) is None
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("hidden, activation", [((32,), "relu"), ((16, 8), "tanh")])
+@pytest.mark.parametrize("K, B", [(10, 20), (1, 7)])
+def test_mlp_batch_gradient_equals_loss_and_grad_bitwise(dtype, hidden, activation, K, B):
+    rng = np.random.default_rng(K * 100 + B + len(hidden))
+    F, C, N = 50, 10, 300
+    x, y = data(rng, N, F, dtype), rng.integers(0, C, N)
+    for l2 in (0.0, 0.01):
+        model = MLP(F, hidden, C, activation, l2)
+        gradient = model.batch_gradient(x, K, B, dtype)
+        for call in range(3):
+            theta = np.stack([model.init(rng, "glorot", dtype) for _ in range(K)])
+            rows = rng.integers(0, N, (K, B))
+            mask = None
+            if call == 2:
+                mask = (np.arange(B) < rng.integers(1, B + 1, K)[:, None]).astype(dtype)
+            want_loss, want_grad = model.loss_and_grad(theta, x, y[rows], mask, rows=rows)
+            loss, grad = gradient(theta, rows, y[rows], mask)
+            assert loss.tobytes() == want_loss.tobytes(), (loss, want_loss)
+            assert grad.tobytes() == want_grad.tobytes(), np.abs(grad - want_grad).max()
+
+
+def test_mlp_batch_gradient_declines_codes_and_another_dtype():
+    rng = np.random.default_rng(5)
+    model = MLP(16, (8,), 4)
+    assert model.batch_gradient(Codes(rng.integers(0, 256, (30, 16), dtype=np.uint8), 1 / 255), 2, 5,
+                                np.float64) is None
+    assert model.batch_gradient(data(rng, 30, 16, np.float32), 2, 5, np.float64) is None
