@@ -105,11 +105,15 @@ class MLP:
         ``theta``'s dtype; shapes ``(..., n, width)``. ``x``: floats or :class:`Codes`; with ``rows``, the
         samples are ``x[rows]`` of one ``(N, n_features)`` set."""
         theta = self._checked_theta(theta)
-        outputs = [self._samples(x, rows, theta.dtype)]
-        layers = self.layers(theta)
+        return self._forward(self._samples(x, rows, theta.dtype), self.layers(theta))
+
+    def _forward(self, samples: np.ndarray, layers: list, buffers: list | None = None) -> list[np.ndarray]:
+        """:meth:`forward` from the samples as floats and the layers' views; each z_l into ``buffers[l - 1]``
+        if given (else a new array)."""
+        outputs = [samples]
         for l, (W, b) in enumerate(layers, start=1):
-            z = np.matmul(outputs[-1], W)                         # z_l = h_{l-1} W_l + b_l
-            z += b[..., None, :]
+            z = np.matmul(outputs[-1], W, out=None if buffers is None else buffers[l - 1])
+            z += b[..., None, :]                                  # z_l = h_{l-1} W_l + b_l
             if l < len(layers):                                   # h_l = act(z_l), in place
                 if self.activation == "relu":
                     np.maximum(z, 0, out=z)
@@ -134,12 +138,18 @@ class MLP:
         batch = np.broadcast_shapes(theta.shape[:-1], logits.shape[:-2], np.shape(y)[:-1])
         labels = self._checked_labels(y, batch + logits.shape[-2:-1])
         share = self._sample_shares(weights, labels.shape, dtype)          # m_i / sum m, or 1 / n
+        grad = np.empty(batch + (self.size,), dtype=dtype)
+        loss = self._backward(theta, self.layers(theta), outputs, logits, labels, share, grad, self.layers(grad))
+        return loss, grad
+
+    def _backward(self, theta: np.ndarray, layers: list, outputs: list, logits: np.ndarray, labels: np.ndarray,
+                  share: np.ndarray, grad: np.ndarray, grads: list) -> np.ndarray:
+        """The loss, and its gradient into ``grad`` (``grads``: its layers' views), from the forward pass's
+        ``outputs`` (the logits popped off) and each sample's share of the mean."""
+        dtype = theta.dtype
         nll, delta = self._nll_and_residual(np.broadcast_to(logits, labels.shape + logits.shape[-1:]), labels)
         loss = np.sum(nll * share, axis=-1)
         delta *= share[..., None]                                 # dz_L = (p - Y) m / sum m
-
-        grad = np.empty(batch + (self.size,), dtype=dtype)
-        layers, grads = self.layers(theta), self.layers(grad)
         for l in range(len(layers), 0, -1):
             h_below = outputs[l - 1]
             grad_W, grad_b = grads[l - 1]
@@ -154,7 +164,7 @@ class MLP:
         if self.l2:
             loss = loss + self._penalty(theta)
             grad += dtype.type(self.l2) * theta
-        return loss, grad
+        return loss
 
     def batch_gradient(self, x, models: int, batch: int, dtype) -> "MLPBatchGradient | None":
         """Optional (:mod:`fedsim.models.base`): :meth:`loss_and_grad` for ``models`` stacked batches of ``batch``
@@ -272,9 +282,10 @@ class MLP:
 class MLPBatchGradient:
     """:meth:`MLP.loss_and_grad` of K models, each on a batch of B rows of one ``(N, F)`` float set, for one
     call after another: ``gradient(theta, rows, labels, mask) -> (loss (K,), grad (K, P))``, the grad a
-    buffer that the next call overwrites. The same operations in the same order as ``loss_and_grad`` (the
-    products into buffers made once, the gather by a kernel), without re-deriving the layers' slices,
-    checks and shares on every call: bitwise equal results."""
+    buffer that the next call overwrites. ``loss_and_grad``'s own passes (:meth:`MLP._forward`,
+    :meth:`MLP._backward`), with the layers' slices, the logits' and gradient's buffers and the even shares
+    made once, and the samples gathered by a kernel: bitwise equal results without re-deriving them (and
+    the checks) on every call."""
 
     def __init__(self, model: MLP, x: np.ndarray, models: int, batch: int):
         from fedsim.kernels import softmax as softmax_kernels
@@ -300,34 +311,8 @@ class MLPBatchGradient:
         """Loss (K,) and gradient (K, P) at ``theta`` (K, P) on ``x[rows]`` (rows (K, B) int64, in range),
         ``labels`` (K, B) int64 in [0, C), an optional 0/1 ``mask`` (K, B) of the real rows."""
         model, layers = self.model, self._layers(theta)
-        self.gather(self.x, rows, self.samples)
-        outputs = [self.samples]
-        for l, ((W, b), z) in enumerate(zip(layers, self.z), start=1):
-            np.matmul(outputs[-1], W, out=z)                          # z_l = h_{l-1} W_l + b_l
-            z += b[..., None, :]
-            if l < len(layers):
-                if model.activation == "relu":
-                    np.maximum(z, 0, out=z)
-                else:
-                    np.tanh(z, out=z)
-            outputs.append(z)
+        self.gather(self.x, rows, self.samples)                       # x[rows]
+        outputs = model._forward(self.samples, layers, self.z)
         logits = outputs.pop()
         share = self.even_share if mask is None else model._sample_shares(mask, labels.shape, self.dtype)
-        nll, delta = model._nll_and_residual(logits, labels)
-        loss = np.sum(nll * share, axis=-1)
-        delta *= share[..., None]                                     # dz_L = (p - Y) m / sum m
-        for l in range(len(layers), 0, -1):
-            h_below = outputs[l - 1]
-            grad_W, grad_b = self.grads[l - 1]
-            np.matmul(np.swapaxes(h_below, -1, -2), delta, out=grad_W)   # dW_l = h_{l-1}^T dz_l
-            np.sum(delta, axis=-2, out=grad_b)                           # db_l = sum_i dz_l[i]
-            if l > 1:
-                delta = np.matmul(delta, np.swapaxes(layers[l - 1][0], -1, -2))   # dh_{l-1} = dz_l W_l^T
-                if model.activation == "relu":
-                    delta *= h_below > 0
-                else:
-                    delta *= 1 - h_below * h_below
-        if model.l2:
-            loss = loss + model._penalty(theta)
-            self.grad += self.dtype.type(model.l2) * theta
-        return loss, self.grad
+        return model._backward(theta, layers, outputs, logits, labels, share, self.grad, self.grads), self.grad

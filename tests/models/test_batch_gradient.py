@@ -20,6 +20,23 @@ def data(rng, n, F, dtype, zero_columns=True):
     return x
 
 
+def assert_same_as_loss_and_grad(rng, model, x, y, K: int, B: int, dtype, draw_theta) -> None:
+    """Three calls of the model's batch gradient (its buffers reused), the last with a mask, each bitwise
+    equal to ``loss_and_grad`` on the same rows."""
+    gradient = model.batch_gradient(x, K, B, dtype)
+    assert gradient is not None
+    for call in range(3):
+        theta, rows = draw_theta(), rng.integers(0, len(y), (K, B))
+        mask = None
+        if call == 2:
+            mask = (np.arange(B) < rng.integers(1, B + 1, K)[:, None]).astype(dtype)
+        want_loss, want_grad = model.loss_and_grad(theta, x, y[rows], mask, rows=rows)
+        loss, grad = gradient(theta, rows, y[rows], mask)
+        assert loss.dtype == want_loss.dtype and grad.dtype == want_grad.dtype
+        assert loss.tobytes() == want_loss.tobytes(), (loss, want_loss)
+        assert grad.tobytes() == want_grad.tobytes(), np.abs(grad - want_grad).max()
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("K, B, F, C", [(10, 20, 784, 10), (1, 20, 100, 10), (30, 50, 300, 10), (3, 1, 16, 4)])
 @pytest.mark.parametrize("storage", ["float", "codes"])
@@ -33,19 +50,8 @@ def test_batch_gradient_equals_loss_and_grad_bitwise(dtype, K, B, F, C, storage)
     y = rng.integers(0, C, N)
     for l2 in (0.0, 0.01):
         model = SoftmaxRegression(F, C, l2)
-        gradient = model.batch_gradient(x, K, B, dtype)
-        assert gradient is not None
-        for call in range(3):               # the buffers are reused from call to call
-            theta = (rng.standard_normal((K, model.size)) * 0.1).astype(dtype)
-            rows = rng.integers(0, N, (K, B))
-            mask = None
-            if call == 2:
-                mask = (np.arange(B) < rng.integers(1, B + 1, K)[:, None]).astype(dtype)
-            want_loss, want_grad = model.loss_and_grad(theta, x, y[rows], mask, rows=rows)
-            loss, grad = gradient(theta, rows, y[rows], mask)
-            assert loss.dtype == want_loss.dtype and grad.dtype == want_grad.dtype
-            assert loss.tobytes() == want_loss.tobytes(), (loss, want_loss)
-            assert grad.tobytes() == want_grad.tobytes(), np.abs(grad - want_grad).max()
+        assert_same_as_loss_and_grad(rng, model, x, y, K, B, dtype,
+                                     lambda: (rng.standard_normal((K, model.size)) * 0.1).astype(dtype))
 
 
 def test_batch_gradient_declines_a_batch_split_into_several_products():
@@ -69,17 +75,8 @@ def test_mlp_batch_gradient_equals_loss_and_grad_bitwise(dtype, hidden, activati
     x, y = data(rng, N, F, dtype), rng.integers(0, C, N)
     for l2 in (0.0, 0.01):
         model = MLP(F, hidden, C, activation, l2)
-        gradient = model.batch_gradient(x, K, B, dtype)
-        for call in range(3):
-            theta = np.stack([model.init(rng, "glorot", dtype) for _ in range(K)])
-            rows = rng.integers(0, N, (K, B))
-            mask = None
-            if call == 2:
-                mask = (np.arange(B) < rng.integers(1, B + 1, K)[:, None]).astype(dtype)
-            want_loss, want_grad = model.loss_and_grad(theta, x, y[rows], mask, rows=rows)
-            loss, grad = gradient(theta, rows, y[rows], mask)
-            assert loss.tobytes() == want_loss.tobytes(), (loss, want_loss)
-            assert grad.tobytes() == want_grad.tobytes(), np.abs(grad - want_grad).max()
+        assert_same_as_loss_and_grad(rng, model, x, y, K, B, dtype,
+                                     lambda: np.stack([model.init(rng, "glorot", dtype) for _ in range(K)]))
 
 
 def test_mlp_batch_gradient_declines_codes_and_another_dtype():
