@@ -33,8 +33,8 @@ LAQ_MAX_BITS = 16
 import importlib.util as _import_util
 import sys as _sys
 
-_KERNEL_MODULES = ("bitstream", "golomb", "laq", "local_sgd", "omega", "powersgd", "qsgd", "randomk", "selection", "softmax",
-                   "sparsify", "ternary", "terngrad")
+_KERNEL_MODULES = ("bitstream", "golomb", "laq", "local_sgd", "omega", "powersgd", "qsgd", "randomk", "selection",
+                   "softmax", "sparsify", "ternary", "terngrad")
 
 
 def __getattr__(name: str):

@@ -68,7 +68,7 @@ def plan_batches(order, offsets, cursor, epoch, participants, first, samples, co
 
 def plan_batches_numpy(order, offsets, cursor, epoch, participants, first, samples, counts):
     """NumPy twin of :func:`plan_batches` (the run's former ``_next_batches`` arithmetic, step by step)."""
-    steps, K, B = samples.shape
+    steps, _, B = samples.shape
     sizes = offsets[participants + 1] - offsets[participants]
     slot = np.arange(B)
     for s in range(first, steps):

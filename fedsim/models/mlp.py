@@ -166,7 +166,7 @@ class MLP:
             grad += dtype.type(self.l2) * theta
         return loss
 
-    def batch_gradient(self, x, models: int, batch: int, dtype) -> "MLPBatchGradient | None":
+    def batch_gradient(self, x, models: int, batch: int, dtype) -> MLPBatchGradient | None:
         """Optional (:mod:`fedsim.models.base`): :meth:`loss_and_grad` for ``models`` stacked batches of ``batch``
         rows of the ``(N, F)`` float set ``x`` (None for 8-bit Codes or another dtype), with its layers' slices
         and buffers made once for many calls (a round's local steps), bitwise the same results."""

@@ -158,7 +158,7 @@ class SoftmaxRegression:
             grad += self.l2 * theta
         return loss, grad
 
-    def batch_gradient(self, x, models: int, batch: int, dtype) -> "BatchGradient | None":
+    def batch_gradient(self, x, models: int, batch: int, dtype) -> BatchGradient | None:
         """Optional (:mod:`fedsim.models.base`): :meth:`loss_and_grad` for ``models`` stacked batches of
         ``batch`` rows of the ``(N, F)`` set ``x``, with its buffers allocated once for many calls (a round's
         local steps), bitwise the same results; None where this model's calls would split a batch into
@@ -257,7 +257,7 @@ class BatchGradient:
         self.no_share = np.empty((0, 0), self.dtype)
 
     @classmethod
-    def build(cls, model: SoftmaxRegression, x, models: int, batch: int, dtype) -> "BatchGradient | None":
+    def build(cls, model: SoftmaxRegression, x, models: int, batch: int, dtype) -> BatchGradient | None:
         """The gradient of ``models`` batches of ``batch`` rows of ``x`` (floats or Codes) for parameters of
         ``dtype``, or None where the general call would split a model's batch (see the class docstring)."""
         plan = _Plan(model, np.zeros((models, model.size), dtype), x, np.zeros((models, batch), np.int64))

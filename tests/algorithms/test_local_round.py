@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
 import pytest
 
 from fedsim.algorithms.federated import FederatedConfig, FederatedRun
@@ -47,9 +46,9 @@ SETTINGS = [
 ]
 
 
-def run_rounds(dataset, general: bool, settings: dict, rounds: int = 3, model_config=ModelConfig()):
+def run_rounds(dataset, general: bool, settings: dict, rounds: int = 3, model_config=None):
     config = FederatedConfig(n_clients=len(dataset.client_indices), rounds=rounds, lr=0.05, **settings)
-    run = FederatedRun(config, dataset, dataset.client_indices, seed=4, model_config=model_config)
+    run = FederatedRun(config, dataset, dataset.client_indices, seed=4, model_config=model_config or ModelConfig())
     if general:
         model = run.model
         run.model = (GeneralSoftmax(model.n_features, model.n_classes, model.l2) if isinstance(model, SoftmaxRegression)

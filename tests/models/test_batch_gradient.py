@@ -51,7 +51,7 @@ def test_batch_gradient_equals_loss_and_grad_bitwise(dtype, K, B, F, C, storage)
     for l2 in (0.0, 0.01):
         model = SoftmaxRegression(F, C, l2)
         assert_same_as_loss_and_grad(rng, model, x, y, K, B, dtype,
-                                     lambda: (rng.standard_normal((K, model.size)) * 0.1).astype(dtype))
+                                     lambda model=model: (rng.standard_normal((K, model.size)) * 0.1).astype(dtype))
 
 
 def test_batch_gradient_declines_a_batch_split_into_several_products():
@@ -76,7 +76,7 @@ def test_mlp_batch_gradient_equals_loss_and_grad_bitwise(dtype, hidden, activati
     for l2 in (0.0, 0.01):
         model = MLP(F, hidden, C, activation, l2)
         assert_same_as_loss_and_grad(rng, model, x, y, K, B, dtype,
-                                     lambda: np.stack([model.init(rng, "glorot", dtype) for _ in range(K)]))
+                                     lambda model=model: np.stack([model.init(rng, "glorot", dtype) for _ in range(K)]))
 
 
 def test_mlp_batch_gradient_declines_codes_and_another_dtype():
