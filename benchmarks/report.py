@@ -103,6 +103,21 @@ def targets(results: dict) -> list[dict]:
                                 summary["dask_over_sequential"], "<=", 0.6))
     if results.get("compile"):
         rows += _startup_targets(results["compile"])
+    if results.get("local_epoch"):
+        rows += local_epoch_targets(results["local_epoch"])
+    return rows
+
+
+def local_epoch_targets(local_epoch: dict) -> list[dict]:
+    """Issue #27's targets: FedAvg's one local epoch at batch 20 (benchmarks/local_epoch.py), per client count."""
+    rows = []
+    for case in (c for c in local_epoch["cases"] if c["batch"] == 20):
+        name, summary = f"FedAvg local epoch, {case['clients']} clients, batch 20", case["summary"]
+        rows += [_target(f"{name}, round with evaluation: speed-up over per-client torch",
+                         summary["speedup_vs_torch_per_client"], ">=", 10.0),
+                 _target(f"{name}, round with evaluation: speed-up over batched torch",
+                         summary["speedup_vs_torch_batched"], ">=", 3.0),
+                 _target(f"{name}: step time / {FLOOR_NAME}", summary["step_over_floor"], "<=", 2.0)]
     return rows
 
 

@@ -4,7 +4,8 @@ One module per job: sparsify (the batched top-k, STC and sign of the sparsifying
 one-vector helpers of selection (top-k selection, the thresholds) and ternary (ternarize, sign)), bitstream
 (bits, fixed-width fields and sign bits of the encoded messages), golomb (the Golomb-Rice code of
 positions), omega (the Elias omega code of QSGD's messages), qsgd, terngrad, randomk and powersgd (their
-compressors' hot paths), laq (the LAQ quantizer) and softmax (the softmax model's loss and gradient passes).
+compressors' hot paths), laq (the LAQ quantizer), softmax (the softmax model's loss and gradient passes) and
+local_sgd (a federated round's batches and SGD updates).
 
 Every kernel ``foo`` has a plain NumPy twin ``foo_numpy`` with the same contract; the tests compare the
 two (and the jitted function's ``.py_func``) on random and adversarial inputs. All kernels are compiled
@@ -32,8 +33,8 @@ LAQ_MAX_BITS = 16
 import importlib.util as _import_util
 import sys as _sys
 
-_KERNEL_MODULES = ("bitstream", "golomb", "laq", "omega", "powersgd", "qsgd", "randomk", "selection", "softmax",
-                   "sparsify", "ternary", "terngrad")
+_KERNEL_MODULES = ("bitstream", "golomb", "laq", "local_sgd", "omega", "powersgd", "qsgd", "randomk", "selection",
+                   "softmax", "sparsify", "ternary", "terngrad")
 
 
 def __getattr__(name: str):

@@ -20,6 +20,13 @@ penalty). Both families build their model so (:meth:`ModelConfig.build`) and cal
                                                 loss and of their sum (x (M, n, F), sizes (M,)), for a
                                                 model that has one (softmax regression); the lazy family
                                                 estimates the curvature of a model without it
+    gradient = model.batch_gradient(x, K, B, dtype)  optional: loss_and_grad for K batches of B rows of
+                                                the (N, F) set x, called many times (a federated round's
+                                                local steps) with buffers allocated once: gradient(theta,
+                                                rows, labels, mask) -> (loss, grad), bitwise loss_and_grad's
+                                                results, grad overwritten by the next call; or None where
+                                                it cannot (the run then calls loss_and_grad); softmax
+                                                regression and the MLP have one
 
 ``x`` is a float array or 8-bit :class:`~fedsim.models.features.Codes` (``features.decoded`` gives floats).
 """

@@ -105,11 +105,15 @@ class MLP:
         ``theta``'s dtype; shapes ``(..., n, width)``. ``x``: floats or :class:`Codes`; with ``rows``, the
         samples are ``x[rows]`` of one ``(N, n_features)`` set."""
         theta = self._checked_theta(theta)
-        outputs = [self._samples(x, rows, theta.dtype)]
-        layers = self.layers(theta)
+        return self._forward(self._samples(x, rows, theta.dtype), self.layers(theta))
+
+    def _forward(self, samples: np.ndarray, layers: list, buffers: list | None = None) -> list[np.ndarray]:
+        """:meth:`forward` from the samples as floats and the layers' views; each z_l into ``buffers[l - 1]``
+        if given (else a new array)."""
+        outputs = [samples]
         for l, (W, b) in enumerate(layers, start=1):
-            z = np.matmul(outputs[-1], W)                         # z_l = h_{l-1} W_l + b_l
-            z += b[..., None, :]
+            z = np.matmul(outputs[-1], W, out=None if buffers is None else buffers[l - 1])
+            z += b[..., None, :]                                  # z_l = h_{l-1} W_l + b_l
             if l < len(layers):                                   # h_l = act(z_l), in place
                 if self.activation == "relu":
                     np.maximum(z, 0, out=z)
@@ -134,12 +138,18 @@ class MLP:
         batch = np.broadcast_shapes(theta.shape[:-1], logits.shape[:-2], np.shape(y)[:-1])
         labels = self._checked_labels(y, batch + logits.shape[-2:-1])
         share = self._sample_shares(weights, labels.shape, dtype)          # m_i / sum m, or 1 / n
+        grad = np.empty(batch + (self.size,), dtype=dtype)
+        loss = self._backward(theta, self.layers(theta), outputs, logits, labels, share, grad, self.layers(grad))
+        return loss, grad
+
+    def _backward(self, theta: np.ndarray, layers: list, outputs: list, logits: np.ndarray, labels: np.ndarray,
+                  share: np.ndarray, grad: np.ndarray, grads: list) -> np.ndarray:
+        """The loss, and its gradient into ``grad`` (``grads``: its layers' views), from the forward pass's
+        ``outputs`` (the logits popped off) and each sample's share of the mean."""
+        dtype = theta.dtype
         nll, delta = self._nll_and_residual(np.broadcast_to(logits, labels.shape + logits.shape[-1:]), labels)
         loss = np.sum(nll * share, axis=-1)
         delta *= share[..., None]                                 # dz_L = (p - Y) m / sum m
-
-        grad = np.empty(batch + (self.size,), dtype=dtype)
-        layers, grads = self.layers(theta), self.layers(grad)
         for l in range(len(layers), 0, -1):
             h_below = outputs[l - 1]
             grad_W, grad_b = grads[l - 1]
@@ -154,7 +164,15 @@ class MLP:
         if self.l2:
             loss = loss + self._penalty(theta)
             grad += dtype.type(self.l2) * theta
-        return loss, grad
+        return loss
+
+    def batch_gradient(self, x, models: int, batch: int, dtype) -> MLPBatchGradient | None:
+        """Optional (:mod:`fedsim.models.base`): :meth:`loss_and_grad` for ``models`` stacked batches of ``batch``
+        rows of the ``(N, F)`` float set ``x`` (None for 8-bit Codes or another dtype), with its layers' slices
+        and buffers made once for many calls (a round's local steps), bitwise the same results."""
+        if isinstance(x, Codes) or np.asarray(x).dtype != np.dtype(dtype) or np.asarray(x).ndim != 2:
+            return None
+        return MLPBatchGradient(self, np.asarray(x), models, batch)
 
     # -- evaluation ----------------------------------------------------------------------------------
     def logits(self, theta: np.ndarray, x) -> np.ndarray:
@@ -259,3 +277,42 @@ class MLP:
         if not np.all(np.isfinite(weights) & (weights >= 0)) or not np.all(weights.sum(axis=-1) > 0):
             raise ValueError("weights must be finite and >= 0, with a positive sum for every model")
         return weights / weights.sum(axis=-1, keepdims=True)
+
+
+class MLPBatchGradient:
+    """:meth:`MLP.loss_and_grad` of K models, each on a batch of B rows of one ``(N, F)`` float set, for one
+    call after another: ``gradient(theta, rows, labels, mask) -> (loss (K,), grad (K, P))``, the grad a
+    buffer that the next call overwrites. ``loss_and_grad``'s own passes (:meth:`MLP._forward`,
+    :meth:`MLP._backward`), with the layers' slices, the logits' and gradient's buffers and the even shares
+    made once, and the samples gathered by a kernel: bitwise equal results without re-deriving them (and
+    the checks) on every call."""
+
+    def __init__(self, model: MLP, x: np.ndarray, models: int, batch: int):
+        from fedsim.kernels import softmax as softmax_kernels
+        self.gather = softmax_kernels.gather_rows.core
+        self.model, self.x, self.dtype = model, x, x.dtype
+        spec = model.spec
+        self.slices = [(spec.slice(f"W{l}"), spec.shapes[2 * l - 2], spec.slice(f"b{l}"))
+                       for l in range(1, len(model.widths))]
+        K, B = models, batch
+        self.samples = np.empty((K, B, model.n_features), self.dtype)
+        self.z = [np.empty((K, B, width), self.dtype) for width in model.widths[1:]]
+        self.grad = np.empty((K, model.size), self.dtype)
+        self.grads = self._layers(self.grad)
+        self.even_share = np.full(B, 1 / B, dtype=self.dtype)      # 1 / n without weights
+
+    def _layers(self, theta: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """:meth:`MLP.layers` of a (K, P) stack, from the slices made once."""
+        K = theta.shape[0]
+        return [(theta[:, w].reshape((K,) + shape), theta[:, b]) for w, shape, b in self.slices]
+
+    def __call__(self, theta: np.ndarray, rows: np.ndarray, labels: np.ndarray,
+                 mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Loss (K,) and gradient (K, P) at ``theta`` (K, P) on ``x[rows]`` (rows (K, B) int64, in range),
+        ``labels`` (K, B) int64 in [0, C), an optional 0/1 ``mask`` (K, B) of the real rows."""
+        model, layers = self.model, self._layers(theta)
+        self.gather(self.x, rows, self.samples)                       # x[rows]
+        outputs = model._forward(self.samples, layers, self.z)
+        logits = outputs.pop()
+        share = self.even_share if mask is None else model._sample_shares(mask, labels.shape, self.dtype)
+        return model._backward(theta, layers, outputs, logits, labels, share, self.grad, self.grads), self.grad

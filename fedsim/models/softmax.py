@@ -158,6 +158,13 @@ class SoftmaxRegression:
             grad += self.l2 * theta
         return loss, grad
 
+    def batch_gradient(self, x, models: int, batch: int, dtype) -> BatchGradient | None:
+        """Optional (:mod:`fedsim.models.base`): :meth:`loss_and_grad` for ``models`` stacked batches of
+        ``batch`` rows of the ``(N, F)`` set ``x``, with its buffers allocated once for many calls (a round's
+        local steps), bitwise the same results; None where this model's calls would split a batch into
+        several products (:class:`BatchGradient`)."""
+        return BatchGradient.build(self, x, models, batch, dtype)
+
     @staticmethod
     def weight_gradient(x: np.ndarray, delta: np.ndarray, out: np.ndarray) -> None:
         """``out = x^T delta`` (shape ``(..., n_features, n_classes)``): the backward matrix product."""
@@ -222,6 +229,77 @@ class SoftmaxRegression:
         per_worker = 0.5 * np.array(top) + self.l2
         total = 0.5 * _largest_eigenvalue(gram.sum(axis=0)) + n_workers * self.l2
         return per_worker, float(total)
+
+
+class BatchGradient:
+    """:meth:`SoftmaxRegression.loss_and_grad` of K models, each on a batch of B rows of one ``(N, F)`` set, for
+    one call after another with the same shapes: ``gradient(theta, rows, labels, mask) -> (loss (K,), grad
+    (K, P))``, where the grad is a buffer that the next call overwrites.
+
+    The same operations as :meth:`~SoftmaxRegression.loss_and_grad` on the same shapes, in the same order
+    (the gather, one batched forward product, the two softmax kernels with NumPy's exp, sum and log
+    between them, one batched backward product), so the results are bitwise equal, without what a
+    general call re-derives each time (its plan of blocks, label checks, fresh arrays). That equality
+    holds where every batch is one product of its own there: :meth:`build` returns None otherwise
+    (a single model whose batch exceeds ``product_rows``, or a batch over the block size).
+    """
+
+    def __init__(self, model: SoftmaxRegression, plan: _Plan, models: int, batch: int):
+        F, C, K, B = model.n_features, model.n_classes, models, batch
+        self.model = model
+        self.x, self.scale, self.offset, self.dtype = plan.x, plan.scale, plan.offset, plan.dtype
+        self.rows_buffer = np.empty((K, B, F), self.dtype)        # the gathered batches, reused
+        self.z = np.empty((K, B, C), self.dtype)                  # logits, then delta
+        self.z_y, self.total, self.log_total, self.nll = (np.empty((K, B), self.dtype) for _ in range(4))
+        self.grad = np.empty((K, model.size), self.dtype)
+        self.grad_W = self.grad[:, :F * C].reshape(K, F, C)
+        self.grad_b = self.grad[:, F * C:]
+        self.no_share = np.empty((0, 0), self.dtype)
+
+    @classmethod
+    def build(cls, model: SoftmaxRegression, x, models: int, batch: int, dtype) -> BatchGradient | None:
+        """The gradient of ``models`` batches of ``batch`` rows of ``x`` (floats or Codes) for parameters of
+        ``dtype``, or None where the general call would split a model's batch (see the class docstring)."""
+        plan = _Plan(model, np.zeros((models, model.size), dtype), x, np.zeros((models, batch), np.int64))
+        whole_batches = all(s0 == 0 and s1 == batch for _, _, s0, s1 in plan.blocks())
+        one_product = batch <= plan.product_rows or all(k1 - k0 > 1 for k0, k1, _, _ in plan.blocks())
+        return cls(model, plan, models, batch) if whole_batches and one_product else None
+
+    def __call__(self, theta: np.ndarray, rows: np.ndarray, labels: np.ndarray,
+                 mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Loss (K,) and gradient (K, P) at ``theta`` (K, P) on the samples ``x[rows]`` (rows (K, B) int64, in
+        range) with ``labels`` (K, B) int64 in [0, C) and an optional 0/1 ``mask`` (K, B) of the real rows."""
+        dtype = self.dtype.type
+        F, C = self.model.n_features, self.model.n_classes
+        W = theta[:, :F * C].reshape(len(theta), F, C)            # views of theta = [W, b]
+        bias = theta[:, F * C:]
+        if self.offset != 0.0:                                    # x = scale u + offset: offset 1^T W + b
+            bias = bias + dtype(self.offset) * W.sum(axis=-2, dtype=self.dtype)
+        x, z = self.rows_buffer, self.z
+        softmax_kernels.gather_rows.core(self.x, rows, x)         # 8-bit codes are cast exactly
+        np.matmul(x, W, out=z)                                    # u = x W
+        softmax_kernels.shift_logits.core(z, bias, dtype(self.scale), labels, self.z_y)   # z = scale u + b - max
+        np.exp(z, out=z)
+        np.add.reduce(z, axis=-1, out=self.total)
+        np.log(self.total, out=self.log_total)
+        share = self.no_share if mask is None else mask / mask.sum(axis=-1, keepdims=True)
+        self.grad_b[...] = 0
+        softmax_kernels.softmax_residual.core(z, self.total, self.log_total, self.z_y, labels, share,
+                                              dtype(labels.shape[-1]), self.nll, self.grad_b)   # z = delta
+        np.matmul(np.swapaxes(x, -1, -2), z, out=self.grad_W)      # grad_W = x^T delta
+        if self.scale != 1.0:
+            self.grad_W *= dtype(self.scale)
+        if self.offset != 0.0:
+            self.grad_W += dtype(self.offset) * self.grad_b[:, None, :]
+        if mask is None:                                          # nll.mean(axis=-1), without its wrapper
+            loss = np.add.reduce(self.nll, axis=-1)
+            np.true_divide(loss, labels.shape[-1], out=loss)
+        else:
+            loss = self.model._mean(self.nll, mask)
+        loss = loss + self.model._penalty(theta)
+        if self.model.l2:
+            self.grad += self.model.l2 * theta
+        return loss, self.grad
 
 
 def _largest_eigenvalue(symmetric: np.ndarray) -> float:

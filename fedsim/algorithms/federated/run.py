@@ -17,6 +17,7 @@ from fedsim.compress.bits import dense_bits, sparse_vector_bits
 from fedsim.compress.budget import solve_knob
 from fedsim.data.dataset import Dataset
 from fedsim.errors import DivergenceError
+from fedsim.kernels import local_sgd
 from fedsim.models import ModelConfig
 from fedsim.models.features import as_dtype
 from fedsim.rng import RunStreams
@@ -149,6 +150,7 @@ class FederatedRun:
         # With trace_batches, every local step's participants and batch rows, so that another
         # implementation (the torch oracle and baselines) can replay the same rounds.
         self.batch_trace: list[BatchTrace] | None = [] if trace_batches else None
+        self._local_buffers: dict = {}     # the local rounds' buffers and gradient, made at first use
 
     # -- the round ----------------------------------------------------------------------------------
     def step(self) -> dict:
@@ -222,24 +224,32 @@ class FederatedRun:
         K = len(participants)
         weights = np.broadcast_to(server.weights, (K, server.weights.size)).copy()
         momentum = clients.momentum[participants] if clients.momentum is not None else None
-        lr = self._learning_rates(participants)
-        for _ in range(config.local_iterations):
-            samples, mask = self._next_batches(participants)
-            # One pass: each client's batch is gathered from x_train block by block, in cache.
-            client_loss, grad = self.model.loss_and_grad(weights, self.x_train, self.y_train[samples], mask,
-                                                         rows=samples)
-            out_of_range = ~(np.abs(client_loss) <= self.loss_limit)       # NaN included
-            if np.any(out_of_range):
-                self._diverge(t, f"the training losses of clients {participants[out_of_range][:10].tolist()} are "
-                                 f"NaN or inf, or above {self.loss_limit:.3g}")
-            if config.l2:
-                grad += config.l2 * weights                    # g + l2 w
-            if momentum is not None:
-                momentum *= config.momentum                     # v <- momentum * v + g
-                momentum += grad
-                grad = momentum
-            weights -= lr[:, None] * grad                       # w <- w - lr * v
+        gradient = self._batch_gradient(K)
+        buffers = self._round_buffers(K)
+        dtype = self.dtype.type
+        l2, momentum_factor = dtype(config.l2), dtype(config.momentum)
+        momentum_rows = momentum if momentum is not None else buffers["no_momentum"]
+        step = 0
+        while step < config.local_iterations:
+            # A run of steps at one learning rate: up to a step that completes some participant's epoch.
             lr = self._learning_rates(participants)
+            end = self._next_batches(participants, step, buffers["samples"], buffers["counts"])
+            labels = self.y_train[buffers["samples"][step:end]]
+            for s in range(step, end):
+                samples, count = buffers["samples"][s], buffers["counts"][s]
+                mask = None
+                if count.min() < config.batch_size:    # an epoch's last, smaller batch: 0/1 over its rows
+                    mask = (buffers["slot"] < count[:, None]).astype(self.dtype)
+                # One pass: each client's batch is gathered from x_train block by block, in cache.
+                client_loss, grad = gradient(weights, samples, labels[s - step], mask)
+                # g + l2 w; v <- momentum * v + g; w <- w - lr * v (fedsim.kernels.local_sgd), unless a
+                # loss is NaN, inf or out of range
+                if not local_sgd.sgd_update(weights, grad, momentum_rows, lr, l2, momentum_factor,
+                                            client_loss, self.loss_limit):
+                    out_of_range = ~(np.abs(client_loss) <= self.loss_limit)
+                    self._diverge(t, f"the training losses of clients {participants[out_of_range][:10].tolist()} "
+                                     f"are NaN or inf, or above {self.loss_limit:.3g}")
+            step = end
         if momentum is not None:
             clients.momentum[participants] = momentum
 
@@ -352,35 +362,50 @@ class FederatedRun:
             factor = np.ones(len(participants))
         return (config.lr * factor).astype(self.dtype)
 
-    def _next_batches(self, participants: np.ndarray):
-        """The rows of the next mini-batch of every participant, padded to one (K, B) index array.
+    def _next_batches(self, participants: np.ndarray, first: int, samples: np.ndarray, counts: np.ndarray) -> int:
+        """The rows of the next mini-batches of every participant, steps ``first, ...`` of the round, into
+        ``samples[s]`` (K, B) with ``counts[s]`` (K,) real rows each; returns the step after the last one
+        planned: a run of steps ends after one that completes some participant's epoch.
 
         A batch never crosses an epoch boundary: the last batch of an epoch holds what is left of it
-        (as a data loader that keeps its last, smaller batch), marked by a 0/1 ``mask`` (None when every
-        batch is full). Then the client's order is reshuffled for its next epoch.
+        (as a data loader that keeps its last, smaller batch; the rest of its row repeats its last sample,
+        to be masked out). Then the client's order is reshuffled for its next epoch, before its next batch.
         """
-        clients, B = self.clients, self.config.batch_size
+        clients = self.clients
         # Shuffle lazily: only a client that trains needs its order for the current epoch.
         for k in participants[clients.order_epoch[participants] != clients.epoch[participants]]:
             self._shuffle(k)
-        sizes = clients.sizes[participants]
-        cursor = clients.cursor[participants]
-        count = np.minimum(B, sizes - cursor)
-        slot = np.arange(B)
-        positions = (clients.offsets[participants] + cursor)[:, None] + np.minimum(slot, count[:, None] - 1)
-        samples = clients.order[positions]
-        mask = None
-        if np.any(count < B):
-            mask = (slot < count[:, None]).astype(self.dtype)
+        end = local_sgd.plan_batches(clients.order, clients.offsets, clients.cursor, clients.epoch, participants,
+                                     first, samples, counts)
         if self.batch_trace is not None:
-            self.batch_trace.append(BatchTrace(self.server.round + 1, participants.copy(), samples.copy(),
-                                               count.copy()))
-        cursor = cursor + count
-        clients.cursor[participants] = cursor
-        finished = participants[cursor == sizes]
-        clients.cursor[finished] = 0
-        clients.epoch[finished] += 1
-        return samples, mask
+            for s in range(first, end):
+                self.batch_trace.append(BatchTrace(self.server.round + 1, participants.copy(), samples[s].copy(),
+                                                   counts[s].copy()))
+        return end
+
+    def _batch_gradient(self, K: int):
+        """``(weights, rows, labels, mask) -> (loss, grad)`` of K participants' batches: the model's reusable
+        one (its optional ``batch_gradient``, buffers allocated once per run) where it has one, else its
+        ``loss_and_grad``."""
+        key = ("gradient", K)
+        if key not in self._local_buffers:
+            prepared = getattr(self.model, "batch_gradient", None)
+            gradient = None if prepared is None else prepared(self.x_train, K, self.config.batch_size, self.dtype)
+            if gradient is None:
+                def gradient(weights, rows, labels, mask):
+                    return self.model.loss_and_grad(weights, self.x_train, labels, mask, rows=rows)
+            self._local_buffers[key] = gradient
+        return self._local_buffers[key]
+
+    def _round_buffers(self, K: int) -> dict:
+        """The local round's index buffers for K participants, allocated once per run."""
+        key = ("batches", K)
+        if key not in self._local_buffers:
+            steps, B = self.config.local_iterations, self.config.batch_size
+            self._local_buffers[key] = {"samples": np.empty((steps, K, B), np.int64),
+                                        "counts": np.empty((steps, K), np.int64),
+                                        "slot": np.arange(B), "no_momentum": np.empty((0, 0), self.dtype)}
+        return self._local_buffers[key]
 
     def _shuffle(self, client: int) -> None:
         """Client ``client``'s order for its current epoch: a permutation of its samples drawn from a
