@@ -693,6 +693,9 @@ def render(results: dict) -> str:
                   "NumPy and torch columns mean fedsim is faster."] + _kernel_tables(results["kernels"])
     if "rounds" in results:
         lines += ["", "### Rounds"] + _round_tables(results["rounds"])
+    if "local_epoch" in results:
+        from benchmarks.local_epoch import table as local_epoch_table
+        lines += ["", "### One local epoch of small batches (FedAvg)", ""] + local_epoch_table(results["local_epoch"])
     if "storage" in results:
         lines += ["", "### 8-bit storage"] + _storage_table(results["storage"])
     if "scale" in results:

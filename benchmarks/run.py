@@ -36,7 +36,7 @@ from pathlib import Path
 
 from benchmarks import common, report
 
-SUITES = ("kernels", "rounds", "storage", "scale", "compile", "products", "sweep")
+SUITES = ("kernels", "rounds", "local_epoch", "storage", "scale", "compile", "products", "sweep")
 # The suites that run at every count of ``--threads`` (the others run at the first count only).
 SCALING_SUITES = ("kernels", "rounds")
 RESULTS = Path(__file__).resolve().parent / "results"
