@@ -226,6 +226,9 @@ def _sign_compress_batch_core(updates, segment_offsets, scaled, float_bits, sent
             x = updates[row, start:stop]
             n_zeros = _sign_core(x, signs)
             scale = _mean_magnitude_core(x) if scaled else _round_to_dtype(x, 1.0)
+            if scale == 0:          # mean |x| underflowed to 0: the segment is sent as zeros, no sign bits
+                signs[:stop - start] = 0
+                n_zeros = stop - start
             scales_out[row, j] = scale
             found = 0
             for i in range(stop - start):
@@ -253,5 +256,6 @@ def sign_compress_batch(updates, segment_offsets, scaled, float_bits, sent_out, 
     (K, P) in the dtype of ``updates``), ``scales_out[r, j]`` the scale ((K, S), same dtype),
     ``encoded_bits_out[r]`` ((K,) int64) the sign message length: per segment 32 + Golomb-Rice bits of
     the zero positions + one bit per nonzero entry (+ ``float_bits``, 32 or 64, for the scale when
-    scaled).
+    scaled). A segment whose mean magnitude rounds to 0 (all zeros, or subnormals whose mean underflows)
+    is sent as zeros: its signs would reach the receiver multiplied by 0.
     """
