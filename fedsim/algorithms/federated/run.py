@@ -18,8 +18,10 @@ from fedsim.compress.budget import solve_knob
 from fedsim.data.dataset import Dataset
 from fedsim.errors import DivergenceError
 from fedsim.models import ModelConfig
+from fedsim.models.base import multiply_adds_per_sample
 from fedsim.models.features import as_dtype
 from fedsim.rng import RunStreams
+from fedsim.system import FederatedClock, SystemConfig
 
 
 class BatchTrace(NamedTuple):
@@ -83,11 +85,13 @@ class FederatedRun:
 
     ``client_indices``: the training samples each client holds (a partitioner's output, one array per
     client); ``seed`` seeds every random choice (sampling, batch order, initialization, thresholds);
-    ``model_config``: the ``[model]`` table (softmax regression by default).
+    ``model_config``: the ``[model]`` table (softmax regression by default); ``system``: the ``[system]``
+    table (off by default; on, each record gets ``simulated_seconds`` and ``dropped``: :mod:`fedsim.system`).
     """
 
     def __init__(self, config: FederatedConfig, dataset: Dataset, client_indices, seed: int = 0, *,
-                 model_config: ModelConfig = ModelConfig(), trace_batches: bool = False):
+                 model_config: ModelConfig = ModelConfig(), trace_batches: bool = False,
+                 system: SystemConfig = SystemConfig()):
         if len(client_indices) != config.n_clients:
             raise ValueError(f"n_clients is {config.n_clients} but the partition has "
                              f"{len(client_indices)} clients")
@@ -99,6 +103,10 @@ class FederatedRun:
             raise ValueError(f"federated.batch_size ({config.batch_size}) is larger than the smallest client's data "
                              f"({sizes.min()} samples, client {sizes.argmin()}): set federated.batch_size <= "
                              f"{sizes.min()}, or fewer federated.n_clients")
+        # With over-selection the run samples more clients than it aggregates (system.over_select).
+        self.needed = config.participants_needed
+        if system.enabled and system.sampled(self.needed, config.n_clients) != config.participants_per_round:
+            config = dataclasses.replace(config, sampled_per_round=system.sampled(self.needed, config.n_clients))
         self.config = config
         self.resolved_method = config.resolved_method
         self.dataset = dataset
@@ -145,6 +153,10 @@ class FederatedRun:
         self.server = ServerState(
             weights=self.model.init(init_rng, model_config.init_kind, self.dtype),
             residual=np.zeros(P, self.dtype) if self.resolved_method.accumulate_down else None)
+        # The simulated clock (None when [system] is off): devices from the run's "system" stream.
+        self.clock = (FederatedClock(system, self.streams, config.n_clients, multiply_adds_per_sample(self.model),
+                                     config.local_iterations * config.batch_size) if system.enabled else None)
+        self.catch_up_bits = np.zeros(0, np.int64)      # (K,) each participant's catch-up bits this round
         self.history: list[dict] = []
         # With trace_batches, every local step's participants and batch rows, so that another
         # implementation (the torch oracle and baselines) can replay the same rounds.
@@ -161,12 +173,25 @@ class FederatedRun:
         solved = self._meet_bits_budget(update) if t == 1 and config.bits_per_round is not None else {}
 
         # Upstream: the participants' rows (with their residuals under error feedback).
-        up = self._send(self.up, "up_state", update,
-                                 clients.residual[participants] if clients.residual is not None else None)
+        residual = clients.residual[participants] if clients.residual is not None else None
+        up = self._send(self.up, "up_state", update, residual)
+        kept = None
+        if self.clock is not None:     # which updates arrive in time: each participant receives its catch-up
+            # and the mid-protocol bits (PowerSGD's P_hat), trains, sends its encoded update
+            kept, wait = self.clock.wait(t, participants, self.catch_up_bits + up.compressed.broadcast_bits,
+                                         up.compressed.encoded_bits, self.needed)
+            if residual is not None:   # a dropped client keeps its whole update: A_k <- A_k + dW_k
+                up.residual[~kept] = residual[~kept] + update[~kept]
         if clients.residual is not None:
             clients.residual[participants] = up.residual
-        aggregate = self.up.aggregate(up.compressed.decoded, clients.sizes[participants],
-                                      self.resolved_method.aggregation, config.lr)
+        if kept is None or kept.all():
+            aggregate = self.up.aggregate(up.compressed.decoded, clients.sizes[participants],
+                                          self.resolved_method.aggregation, config.lr)
+        elif kept.any():
+            aggregate = self.up.aggregate(up.compressed.decoded[kept], clients.sizes[participants][kept],
+                                          self.resolved_method.aggregation, config.lr)
+        else:                          # no update arrived: the server model stays
+            aggregate = np.zeros_like(server.weights)
         # Downstream: the server's aggregate, one row (with the server's residual).
         down = self._send(self.down, "down_state", aggregate[None, :],
                              None if server.residual is None else server.residual[None, :])
@@ -199,6 +224,12 @@ class FederatedRun:
             "bits_down_catch_up": int(catch_up_bits),
             **solved,
         }
+        if self.clock is not None:
+            previous = self.history[-1]["simulated_seconds"] if self.history else 0.0
+            # then the round's encoded broadcast reaches every participant
+            record["simulated_seconds"] = previous + wait + self.clock.broadcast_seconds(participants,
+                                                                                         int(bits_down[0]))
+            record["dropped"] = int(K - kept.sum())
         if t % config.eval_every == 0 or t == config.rounds:
             for split, (x, y) in self.eval_sets.items():
                 loss, accuracy = self.model.evaluate(server.weights, x, y)
@@ -309,12 +340,15 @@ class FederatedRun:
 
     def _synchronize(self, participants: np.ndarray, t: int) -> int:
         """Bits to bring returning participants up to date: per client, the sparse sum of the
-        downstream messages it missed, or the full model (32 P bits) when that is cheaper."""
+        downstream messages it missed, or the full model (32 P bits) when that is cheaper. Each
+        participant's share is kept in ``catch_up_bits`` (K,) for the simulated clock."""
+        self.catch_up_bits = np.zeros(len(participants), np.int64)
         behind = participants[self.clients.last_sync[participants] < t - 1]
         if len(behind) == 0:
             return 0
         P = self.server.weights.size
         total = 0
+        last_sync = self.clients.last_sync[participants]
         for since, count in zip(*np.unique(self.clients.last_sync[behind], return_counts=True)):
             missed = np.zeros(P, self.dtype)
             covered = False
@@ -325,6 +359,7 @@ class FederatedRun:
             full_model = dense_bits(P)
             cost = sparse_vector_bits(np.flatnonzero(missed), P) if covered else full_model
             total += int(count) * min(cost, full_model)
+            self.catch_up_bits[last_sync == since] = min(cost, full_model)
         return total
 
     def _prune_cache(self) -> None:
