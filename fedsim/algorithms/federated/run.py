@@ -53,6 +53,62 @@ def paged_zeros(shape: tuple[int, ...], dtype) -> np.ndarray:
     return np.frombuffer(mmap.mmap(-1, size), dtype=dtype).reshape(shape)
 
 
+class ClientRows:
+    """One row of ``width`` entries per client that has taken part, kept only for those clients: a client
+    never written reads as zeros, so memory grows with the participants, not with the population.
+
+    ``rows[clients]`` returns a (K, width) copy and ``rows[clients] = values`` stores (both with an int
+    array of distinct clients, like a dense (n_clients, width) array indexed by rows). The rows live in
+    one array that doubles when full; ``slots`` maps a client to its row.
+    """
+
+    def __init__(self, n_clients: int, width: int, dtype):
+        self.n_clients, self.width, self.dtype = int(n_clients), int(width), np.dtype(dtype)
+        self.slots: dict[int, int] = {}
+        self.rows = np.zeros((0, self.width), self.dtype)
+
+    def _slots(self, clients, create: bool) -> np.ndarray:
+        """Each client's row (-1 for a client without one, unless ``create``: then a new zero row)."""
+        clients = np.asarray(clients, dtype=np.int64).reshape(-1)
+        if len(clients) and (clients.min() < 0 or clients.max() >= self.n_clients):
+            raise IndexError(f"clients must lie in [0, {self.n_clients - 1}]")
+        slots = np.array([self.slots.get(int(k), -1) for k in clients], dtype=np.int64)
+        if create and np.any(slots < 0):
+            new = np.flatnonzero(slots < 0)
+            needed = len(self.slots) + len(new)
+            if needed > len(self.rows):          # grow by doubling: amortized O(1) per new client
+                grown = np.zeros((max(needed, 2 * len(self.rows), 16), self.width), self.dtype)
+                grown[:len(self.rows)] = self.rows
+                self.rows = grown
+            for i in new:
+                slots[i] = self.slots[int(clients[i])] = len(self.slots)
+        return slots
+
+    def __getitem__(self, clients) -> np.ndarray:
+        slots = self._slots(clients, create=False)
+        out = np.zeros((len(slots), self.width), self.dtype)
+        held = slots >= 0
+        out[held] = self.rows[slots[held]]
+        return out
+
+    def __setitem__(self, clients, values) -> None:
+        slots = self._slots(clients, create=True)      # first: it may grow self.rows
+        self.rows[slots] = values
+
+    def dense(self) -> np.ndarray:
+        """Every client's row as one (n_clients, width) array (a copy; for small populations)."""
+        out = np.zeros((self.n_clients, self.width), self.dtype)
+        clients = np.fromiter(self.slots.keys(), dtype=np.int64, count=len(self.slots))
+        slots = np.fromiter(self.slots.values(), dtype=np.int64, count=len(self.slots))
+        out[clients] = self.rows[slots]
+        return out
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the rows held (the clients that have taken part), not of a dense population array."""
+        return len(self.slots) * self.width * self.dtype.itemsize
+
+
 @dataclass
 class ClientStates:
     """Everything each client keeps between rounds, one row or entry per client."""
@@ -64,8 +120,8 @@ class ClientStates:
     epoch: np.ndarray          # (n_clients,) completed epochs
     order_epoch: np.ndarray    # (n_clients,) the epoch `order` is shuffled for; -1: not yet shuffled
     last_sync: np.ndarray      # (n_clients,) last round whose downstream message the client holds
-    residual: np.ndarray | None = None   # (n_clients, P) upstream error accumulation
-    momentum: np.ndarray | None = None   # (n_clients, P) SGD momentum buffers
+    residual: ClientRows | None = None   # (n_clients, P) upstream error accumulation, held for participants
+    momentum: ClientRows | None = None   # (n_clients, P) SGD momentum buffers, held for participants
 
     @property
     def sizes(self) -> np.ndarray:
@@ -145,10 +201,10 @@ class FederatedRun:
             cursor=np.zeros(config.n_clients, np.int64), epoch=np.zeros(config.n_clients, np.int64),
             order_epoch=np.full(config.n_clients, -1, np.int64),
             last_sync=np.zeros(config.n_clients, np.int64),
-            # Pages are mapped only when written: an idle client's rows cost no physical memory.
-            residual=(paged_zeros((config.n_clients, P), self.dtype) if self.resolved_method.accumulate_up
+            # Rows only for the clients that take part: an idle client's rows cost no memory at all.
+            residual=(ClientRows(config.n_clients, P, self.dtype) if self.resolved_method.accumulate_up
                       else None),
-            momentum=paged_zeros((config.n_clients, P), self.dtype) if config.momentum else None)
+            momentum=ClientRows(config.n_clients, P, self.dtype) if config.momentum else None)
         init_rng = self.streams.generator("init")
         self.server = ServerState(
             weights=self.model.init(init_rng, model_config.init_kind, self.dtype),
