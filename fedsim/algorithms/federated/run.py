@@ -4,6 +4,7 @@ of returning clients: :mod:`fedsim.algorithms.federated`)."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import mmap
 import time
 from dataclasses import dataclass, field
@@ -123,9 +124,20 @@ class ClientStates:
     residual: ClientRows | None = None   # (n_clients, P) upstream error accumulation, held for participants
     momentum: ClientRows | None = None   # (n_clients, P) SGD momentum buffers, held for participants
 
-    @property
+    @functools.cached_property
     def sizes(self) -> np.ndarray:
+        """(n_clients,) samples of each client (computed once: the offsets never change)."""
         return np.diff(self.offsets)
+
+    def __post_init__(self):
+        # Clients that never synchronized (last_sync 0), kept as a count so that a round with a million
+        # clients does not scan them all (FederatedRun._prune_cache).
+        self.never_synced = int(np.count_nonzero(self.last_sync == 0))
+
+    def synchronized(self, clients: np.ndarray, t: int) -> None:
+        """``clients`` now hold round ``t``'s downstream message."""
+        self.never_synced -= int(np.count_nonzero(self.last_sync[clients] == 0))
+        self.last_sync[clients] = t
 
 
 @dataclass
@@ -260,7 +272,7 @@ class FederatedRun:
         server.weights += message                                # W <- W + m_down
         positions = np.flatnonzero(message)
         server.cache.append((t, positions, message[positions]))
-        clients.last_sync[participants] = t
+        clients.synchronized(participants, t)
         server.round = t
         self._prune_cache()
 
@@ -428,7 +440,7 @@ class FederatedRun:
             if sparse_vector_bits(np.flatnonzero(support), P) >= dense_bits(P):
                 del self.server.cache[:i]
                 return
-        oldest_needed = int(self.clients.last_sync.min())
+        oldest_needed = 0 if self.clients.never_synced else int(self.clients.last_sync.min())
         self.server.cache = [entry for entry in self.server.cache if entry[0] > oldest_needed]
 
     def _learning_rates(self, participants: np.ndarray) -> np.ndarray:
@@ -537,6 +549,7 @@ class FederatedRun:
         clients.cursor[:] = arrays["cursor"]
         clients.epoch[:] = arrays["epoch"]
         clients.last_sync[:] = arrays["last_sync"]
+        clients.never_synced = int(np.count_nonzero(clients.last_sync == 0))
         touched = arrays["touched"]
         if clients.residual is not None:
             clients.residual[touched] = arrays["client_residual"]
