@@ -174,3 +174,40 @@ def test_without_system_the_records_and_fingerprint_are_unchanged():
     assert "simulated_seconds" not in record and "dropped" not in record
     on = load_preset("synthetic", ["federated.rounds=1", 'system.profile="4g"'])
     assert config_fingerprint(on) != config_fingerprint(config)
+
+
+def test_run_folders_carry_simulated_time_to_summary_compare_and_plot(tmp_path):
+    from fedsim.plot import plot_runs, spent
+    from fedsim.runs import RunFolderError
+    from fedsim.runs.compare import compare_tables
+    from fedsim.runs.folder import read_run
+    from fedsim.runs.loop import start_run
+    overrides = ["federated.rounds=3", 'system.profile="4g"']
+    start_run(load_preset("synthetic", overrides), tmp_path / "on", name="on", quiet=True)
+    start_run(load_preset("synthetic", ["federated.rounds=3"]), tmp_path / "off", name="off", quiet=True)
+    on, off = read_run(tmp_path / "on"), read_run(tmp_path / "off")
+    times = [record["simulated_seconds"] for record in on.history]
+    assert on.summary["simulated_seconds"] == times[-1] and on.summary["dropped"] == 0
+    np.testing.assert_array_equal(spent(on.history, "simulated"), times)
+    np.testing.assert_array_equal(spent(on.history, "simulated", before=True), [0.0] + times[:-1])
+    table = compare_tables([on, off], target_accuracy=0.0, target_residual=1.0)
+    assert "simulated s to target" in table and f"{times[0]:.4g}" in table
+    assert "simulated s to target" not in compare_tables([off], target_accuracy=0.0, target_residual=1.0)
+    assert plot_runs([on], tmp_path / "plots", x="simulated")
+    with pytest.raises(RunFolderError, match=r"^--x simulated: the records of .* hold no simulated time"):
+        plot_runs([off], tmp_path / "plots", x="simulated")
+
+
+def test_a_resumed_run_continues_the_clock_and_the_drops_bitwise():
+    config = load_preset("synthetic", ["federated.rounds=4", 'system.profile="mixed"', "system.deadline=0.5",
+                                       "system.availability=0.7", "federated.participation_rate=0.5"])
+    straight = build_run(config, progress=False).run()
+    first = build_run(config, progress=False)
+    first.run(2)
+    resumed = build_run(config, progress=False)
+    resumed.load_state_dict(*first.state_dict())
+    resumed.run()
+    drop_time = [{key: r[key] for key in ("simulated_seconds", "dropped", "test_accuracy")} for r in straight]
+    assert drop_time == [{key: r[key] for key in ("simulated_seconds", "dropped", "test_accuracy")}
+                         for r in resumed.history]
+    assert sum(r["dropped"] for r in straight) > 0
