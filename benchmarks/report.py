@@ -88,6 +88,7 @@ def targets(results: dict) -> list[dict]:
         largest = max(scale["configurations"], key=lambda c: (c["clients"], c["participation"]))
         rows.append({"target": f"{largest['clients']:,} clients fit in memory (peak RSS of the process)",
                      "measured": _bytes(largest["memory"]["peak_rss_bytes"]), "bound": "fits", "met": True})
+        rows += _population_targets(scale.get("population") or [])
     storage = results.get("storage")
     if storage:
         rows.append(_target("LAQ seed iteration with data.storage = uint8: speed-up over the float64 path",
@@ -119,6 +120,19 @@ def local_epoch_targets(local_epoch: dict) -> list[dict]:
                          summary["speedup_vs_torch_batched"], ">=", 3.0),
                  _target(f"{name}: step time / {FLOOR_NAME}", summary["step_over_floor"], "<=", 2.0)]
     return rows
+
+
+def _population_targets(population: list[dict]) -> list[dict]:
+    """The population targets of issue #25: 1e6 clients and 1,000 rounds in at most 4 GB of peak RSS, and the
+    round time at the largest population at most 1.3x that at the smallest (same participants per round)."""
+    if len(population) < 2:
+        return []
+    smallest, largest = population[0], population[-1]
+    return [_target(f"{largest['clients']:,} clients, {largest['rounds']:,} rounds: peak RSS, GB",
+                    largest["peak_rss_bytes"] / 1e9, "<=", 4.0),
+            _target(f"Round time at {largest['participants']} participants, {largest['clients']:,} vs "
+                    f"{smallest['clients']:,} clients (ratio)",
+                    largest["round"]["median"] / smallest["round"]["median"], "<=", 1.3)]
 
 
 FLOOR_NAME = "its floor, max(samples read once / read bandwidth, product flops / peak)"

@@ -14,8 +14,15 @@ report splits it into the interpreter with its libraries, the data, and the run'
 building the run and while running). The fixed-participants series is timed once more with its three
 runs in one process, rounds interleaved, so that the comparison does not depend on when each process ran
 on this shared machine. An idle client's cost is also computed from the arrays that hold it:
-index and bookkeeping arrays are allocated up front; the residual row (P floats) is a row of one
-``np.zeros`` array whose pages the operating system maps only when a client first writes to it.
+index and bookkeeping arrays are allocated up front; the residual row (P floats) exists only for a
+client that has taken part (the client state store, ``ClientRows``).
+
+The population series (issue #25): 1,000 to 1,000,000 clients at 100 participants per round, STC with
+error feedback, each population in its own process for ``POPULATION_ROUNDS`` rounds: peak RSS, seconds
+per round and the state store's bytes per client that took part. Its clients share the data of
+``POPULATION_DEVICES`` synthetic devices (client k holds device k mod 1,000's samples): the run's state,
+not the data, is what grows with the population here (data generated per client on demand is not wired
+into the run yet).
 """
 
 from __future__ import annotations
@@ -34,14 +41,18 @@ from benchmarks import common
 from benchmarks.common import log
 
 SAMPLES_PER_DEVICE = 10
+POPULATION_DEVICES = 1_000
+POPULATION_PARTICIPANTS = 100
 # Every configuration times the same number of rounds after the same warm-up, so that all are measured
 # in the same state (the server's message cache, the share of clients that have participated).
 SETTINGS = {
-    "smoke": dict(grid=((200, 0.05),), fixed=(), rounds=2, warmup=1),
+    "smoke": dict(grid=((200, 0.05),), fixed=(), rounds=2, warmup=1, population=(1_000,), population_rounds=5),
     "quick": dict(grid=tuple((n, r) for n in (100, 1_000, 10_000, 100_000) for r in (0.01, 0.1)),
-                  fixed=((1_000, 0.1), (10_000, 0.01), (100_000, 0.001)), rounds=10, warmup=3),
+                  fixed=((1_000, 0.1), (10_000, 0.01), (100_000, 0.001)), rounds=10, warmup=3,
+                  population=(1_000, 10_000, 100_000, 1_000_000), population_rounds=1_000),
     "full": dict(grid=tuple((n, r) for n in (100, 1_000, 10_000, 100_000) for r in (0.01, 0.1)),
-                 fixed=((1_000, 0.1), (10_000, 0.01), (100_000, 0.001)), rounds=30, warmup=3),
+                 fixed=((1_000, 0.1), (10_000, 0.01), (100_000, 0.001)), rounds=30, warmup=3,
+                 population=(1_000, 10_000, 100_000, 1_000_000), population_rounds=1_000),
 }
 
 
@@ -86,7 +97,7 @@ def measure_one(n_clients: int, participation: float, rounds: int, warmup: int, 
     clients = run.clients
     per_client_arrays = {name: getattr(clients, name).nbytes for name in
                          ("samples", "order", "offsets", "cursor", "epoch", "order_epoch", "last_sync")}
-    residual_row = clients.residual[0].nbytes if clients.residual is not None else 0
+    residual_row = clients.residual.width * clients.residual.dtype.itemsize if clients.residual is not None else 0
     return {
         "clients": n_clients, "participation": participation,
         "participants": config.participants_per_round, "parameters": int(run.model.size),
@@ -101,9 +112,39 @@ def measure_one(n_clients: int, participation: float, rounds: int, warmup: int, 
             "client_bookkeeping_bytes": int(sum(per_client_arrays.values())),
             "client_bookkeeping_arrays": per_client_arrays,
             "residual_row_bytes": int(residual_row),
-            "residual_array_virtual_bytes": int(clients.residual.nbytes) if clients.residual is not None else 0,
+            "residual_store_bytes": int(clients.residual.rows.nbytes) if clients.residual is not None else 0,
         },
     }
+
+
+def measure_population(n_clients: int, rounds: int, threads: int) -> dict:
+    """One population of the series (call it in a fresh process): ``n_clients`` clients sharing the data of
+    ``POPULATION_DEVICES`` devices, ``POPULATION_PARTICIPANTS`` per round, ``rounds`` rounds of STC with
+    error feedback; peak RSS, seconds per round (median of all rounds but the first five) and the state
+    store's bytes per client that took part."""
+    common.apply_threads(threads, torch=False)
+    from fedsim.algorithms.federated import FederatedConfig, FederatedRun
+    from fedsim.data.synthetic import make_synthetic
+
+    dataset = make_synthetic(1.0, 1.0, POPULATION_DEVICES, np.random.default_rng(0), samples=SAMPLES_PER_DEVICE,
+                             test_fraction=0.0)
+    devices = dataset.client_indices
+    never = 10 ** 9
+    config = FederatedConfig(method="stc_updown", rounds=never, n_clients=n_clients,
+                             participation_rate=POPULATION_PARTICIPANTS / n_clients, batch_size=SAMPLES_PER_DEVICE,
+                             eval_every=never)
+    run = FederatedRun(config, dataset, [devices[k % POPULATION_DEVICES] for k in range(n_clients)], seed=0)
+    seconds = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        run.step()
+        seconds.append(time.perf_counter() - started)
+    store = run.clients.residual
+    return {"clients": n_clients, "participants": config.participants_per_round, "rounds": rounds,
+            "round": common.Timing(tuple(seconds[5:] or seconds)).to_dict(),
+            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "clients_taken_part": len(store.slots),
+            "store_bytes_per_client_taken_part": store.rows.nbytes / max(1, len(store.slots))}
 
 
 def measure_series_interleaved(configurations, rounds: int, warmup: int, threads: int) -> dict:
@@ -164,6 +205,15 @@ def run(mode: str, threads: int) -> dict:
         if finished.returncode != 0:
             raise RuntimeError(f"the interleaved fixed-participants series failed:\n{finished.stderr}")
         results["fixed_participants_interleaved"] = json.loads(finished.stdout.strip().splitlines()[-1])
+    results["population"] = []
+    for n_clients in settings["population"]:
+        log(f"scale: population of {n_clients:,} clients, {POPULATION_PARTICIPANTS} per round")
+        command = [sys.executable, "-m", "benchmarks.scale", "--population", str(n_clients),
+                   "--rounds", str(settings["population_rounds"]), "--threads", str(threads)]
+        finished = subprocess.run(command, cwd=common.REPO, env=environment, capture_output=True, text=True)
+        if finished.returncode != 0:
+            raise RuntimeError(f"the population of {n_clients} clients failed:\n{finished.stderr}")
+        results["population"].append(json.loads(finished.stdout.strip().splitlines()[-1]))
     return results
 
 
@@ -177,10 +227,15 @@ def main(argv=None) -> None:
                         help="measure one configuration in this process and print its JSON")
     parser.add_argument("--series", nargs="+", metavar="CLIENTS:PARTICIPATION",
                         help="measure these configurations interleaved in this process and print JSON")
+    parser.add_argument("--population", type=int, metavar="CLIENTS",
+                        help="measure one population of the series in this process and print its JSON")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--data-dir", type=Path, default=None, help="unused (synthetic data)")
     args = parser.parse_args(argv)
+    if args.population:
+        print(json.dumps(measure_population(args.population, args.rounds, args.threads)))
+        return
     if args.series:
         configurations = [(int(item.split(":")[0]), float(item.split(":")[1])) for item in args.series]
         print(json.dumps(measure_series_interleaved(configurations, args.rounds, args.warmup, args.threads)))

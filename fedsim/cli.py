@@ -112,8 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="run folders (of `fedsim run`; finished or not); runs of one family are overlaid")
     plot.add_argument("--out", metavar="DIR", help="where the figures go (default: RUN_DIR/plots for one "
                                                    "run, ./plots for several)")
-    plot.add_argument("--x", choices=("rounds", "iterations", "bits", "time"), help="the x axis: the steps (default), "
-                      "bits up + down, or wall time (the records' 'time'), cumulative")
+    plot.add_argument("--x", choices=("rounds", "iterations", "bits", "time", "simulated"),
+                      help="the x axis: the steps (default), bits up + down, wall time (the records' 'time') or "
+                           "simulated time ([system]), cumulative")
 
     sweep = commands.add_parser(
         "sweep", help="run a grid of runs (local cores or Dask), or report / plot a sweep folder",

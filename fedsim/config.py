@@ -11,6 +11,7 @@ A config file has three top-level settings and five tables, each table one froze
     [federated]               # FederatedConfig (fedsim.algorithms.federated), used when family = "federated"
     [lazy]                    # LazyConfig (fedsim.algorithms.lazy), used when family = "lazy"
     [run]                     # RunConfig (below): checkpoints, f*
+    [system]                  # SystemConfig (fedsim.system): links, devices, deadline; off by default
 
 Every setting may be left out (it takes its default). Validation happens in one place,
 :func:`config_from_dict`: first the plugins are imported (:func:`fedsim.plugins.load_plugins`: the
@@ -57,6 +58,7 @@ from fedsim.constraints import (Integer, Optional, Real, Registered, check_field
 from fedsim.experiment_data import DataConfig
 from fedsim.models import ModelConfig
 from fedsim.plugins import MODULE_NAMES, load_plugins
+from fedsim.system import SystemConfig
 
 
 class ConfigError(ValueError):
@@ -89,6 +91,8 @@ class ExperimentConfig:
     federated: FederatedConfig = setting(MISSING, 'family "federated"', default_factory=FederatedConfig)
     lazy: LazyConfig = setting(MISSING, 'family "lazy" (its seed is `seed`)', default_factory=LazyConfig)
     run: RunConfig = setting(MISSING, "checkpoints, f*", default_factory=RunConfig)
+    system: SystemConfig = setting(MISSING, "links, devices, deadline: the simulated clock (off by default)",
+                                   default_factory=SystemConfig)
     plugins: tuple = setting((), "your modules imported first (names like 'mypkg.int8'): compressors, "
                                  "partitioners", MODULE_NAMES)
 
@@ -104,6 +108,9 @@ class ExperimentConfig:
             raise ValueError(
                 f"data.synthetic_devices ({self.data.synthetic_devices}) must equal {self.clients_setting} "
                 f"({self.n_clients}) with data.partition = 'natural' (one client per device)")
+        if self.family != "federated" and (self.system.deadline is not None or self.system.over_select != 1):
+            raise ValueError(f"system.deadline and system.over_select apply to family 'federated' only "
+                             f"(family is {self.family!r}); leave them unset")
 
     @property
     def algorithm_family(self) -> Family:
@@ -156,7 +163,7 @@ COMPRESSOR_TABLES: dict[str, type] = _compressor_tables()
 #: run, and one per compressor with settings of its own.
 TABLES: dict[str, type] = {"data": DataConfig, "model": ModelConfig,
                            **{name: declared.config_class for name, declared in FAMILIES.items()},
-                           "run": RunConfig, **COMPRESSOR_TABLES}
+                           "run": RunConfig, "system": SystemConfig, **COMPRESSOR_TABLES}
 #: Top-level settings.
 TOP_LEVEL = ("family", "seed", "plugins")
 #: Dataclass fields that a config file does not set (derived from other settings).
@@ -359,6 +366,8 @@ def config_to_dict(config: ExperimentConfig, *, keep_unset: bool = False) -> dic
         document["plugins"] = list(config.plugins)
     for table in TABLES:
         settings = section(config, table)
+        if table == "system" and not settings.enabled:     # left out when off: fingerprints stay as they were
+            continue
         values = {name: getattr(settings, name) for name in table_fields(table)}
         # Lists as JSON reads them back (model.hidden is a tuple): a run's meta.json compares equal.
         document[table] = {name: list(value) if isinstance(value, tuple) else value

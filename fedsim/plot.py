@@ -225,13 +225,18 @@ def _finish(axis, xlabel: str, ylabel: str, xscale: str = "linear", yscale: str 
 
 
 #: The x axes of ``fedsim plot --x``, per family (the first is the default), and each one's label.
-X_AXES = {"federated": ("rounds", "bits", "time"), "lazy": ("iterations", "bits", "time")}
-X_LABELS = {"bits": "bits up + down (cumulative)", "time": "wall time, s (cumulative 'time' of the records)"}
+X_AXES = {"federated": ("rounds", "bits", "time", "simulated"), "lazy": ("iterations", "bits", "time", "simulated")}
+X_LABELS = {"bits": "bits up + down (cumulative)", "time": "wall time, s (cumulative 'time' of the records)",
+            "simulated": "simulated time, s ([system]: links, devices, deadline)"}
 
 
 def spent(history: list[dict], x: str, before: bool = False) -> np.ndarray:
-    """Cumulative bits (up + down) or wall time (the records' ``time``) through each record, or with
-    ``before`` spent before it (what reaching a lazy iterate theta^k cost)."""
+    """Cumulative bits (up + down), wall time (the records' ``time``) or simulated time (their cumulative
+    ``simulated_seconds``) through each record, or with ``before`` spent before it (what reaching a lazy
+    iterate theta^k cost)."""
+    if x == "simulated":
+        through = np.array([record["simulated_seconds"] for record in history], dtype=np.float64)
+        return np.concatenate(([0.0], through[:-1])) if before else through
     step = [record.get("time", 0.0) for record in history] if x == "time" else \
         [record.get("bits_up", 0) + record.get("bits_down", 0) for record in history]
     through = np.cumsum(step, dtype=np.float64)
@@ -248,6 +253,9 @@ def _check_x(x: str, family: str, runs: list[RunResult]) -> None:
         if x == "time" and not any("time" in record for record in run.history):
             raise RunFolderError(f"--x time: the records of {run.path} hold no wall time ('time'); plot them "
                                  f"against {X_AXES[family][0]} or bits")
+        if x == "simulated" and not all("simulated_seconds" in record for record in run.history):
+            raise RunFolderError(f"--x simulated: the records of {run.path} hold no simulated time; run with a "
+                                 f"[system] profile (e.g. --set system.profile='\"4g\"')")
 
 
 def federated_figure(runs: list[RunResult], out: Path, x: str = "rounds") -> list[Path]:
@@ -305,7 +313,8 @@ def lazy_figures(runs: list[RunResult], out: Path, max_workers: int = 10, f_star
     residual_label = "f - f*" if configured else "f - (smallest f of these runs)"
     x_labels = (("iteration", "communications (uploads, cumulative)", "bits (cumulative)") if x == "iterations"
                 else ({"bits": "bits (cumulative, before the iterate)",
-                       "time": "wall time, s (cumulative 'time' of the records, before the iterate)"}[x],))
+                       "time": "wall time, s (cumulative 'time' of the records, before the iterate)",
+                       "simulated": "simulated time, s (before the iterate)"}[x],))
     figure, axes = _figure(2, len(x_labels), width=4.6 if len(x_labels) > 1 else 6.0)
     for index, (run, label) in enumerate(zip(runs, labels)):
         arrays = records_to_arrays(run.history)
@@ -317,7 +326,7 @@ def lazy_figures(runs: list[RunResult], out: Path, max_workers: int = 10, f_star
             _plot(axes[0, column], x_values, residual, label=label, **_style(index))
             _plot(axes[1, column], x_values, arrays["grad_norm_sq"], label=label, **_style(index))
     for column, xlabel in enumerate(x_labels):
-        xscale = "linear" if xlabel.startswith(("iteration", "wall")) else "log"
+        xscale = "linear" if xlabel.startswith(("iteration", "wall", "simulated")) else "log"
         if tolerance is not None:
             axes[0, column].axhline(tolerance, color="grey", linewidth=0.8, linestyle=":")
         integer_x = xlabel == "iteration"
@@ -356,7 +365,8 @@ def plot_runs(runs: list[RunResult], out, notes: list[str] | None = None, **opti
     its registration names (``Report.figure``), with the ``options`` that function takes.
 
     ``notes``, if given, gets one line per run drawn only in part (diverged, or too large to draw).
-    ``x`` (an option): "rounds" or "iterations" (each family's steps, the default), "bits" or "time"."""
+    ``x`` (an option): "rounds" or "iterations" (each family's steps, the default), "bits", "time" or
+    "simulated"."""
     import inspect
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

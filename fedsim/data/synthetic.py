@@ -21,11 +21,18 @@ the label skew between devices comes from the per-device noise in W_k, b_k and f
 
 Samples per device follow a heavy-tailed law: the paper says "a power law", its code draws
 ``floor(lognormal(4, 2)) + 50``; :class:`LognormalCounts` is that law, with an optional explicit cap.
+
+A population too large to hold (a million devices of ~450 samples: ~27 GB of float32 features) is
+generated per device on demand: :class:`SyntheticPopulation` draws every device's sample count at once
+(one small array) and device k's priors, model and samples from a stream of its own,
+``SeedSequence([seed, POPULATION_KEY, k])``, so a device's data does not depend on which other devices
+were generated, or in which order.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import zlib
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -79,6 +86,75 @@ def _sample_counts(samples, n_devices: int, rng: np.random.Generator) -> np.ndar
     return counts.astype(np.int64)
 
 
+def _device_samples(rng: np.random.Generator, model_mean: float, feature_prior: float, count: int,
+                    feature_std: np.ndarray, n_classes: int, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """One device's ``count`` samples given its priors u_k and B_k; draws v_k, W_k, b_k, then the noise."""
+    n_features = len(feature_std)
+    feature_mean = feature_prior + rng.standard_normal(n_features)                    # v_k
+    weights = model_mean + rng.standard_normal((n_features, n_classes))               # W_k
+    bias = model_mean + rng.standard_normal(n_classes)                                # b_k
+    noise = rng.standard_normal((count, n_features))
+    x = (feature_mean + noise * feature_std).astype(dtype)                            # x ~ N(v_k, Sigma)
+    y = np.argmax(x.astype(np.float64) @ weights + bias, axis=1)                      # argmax softmax
+    return x, y
+
+
+#: The purpose key of a population's streams (a stable integer of the name, as fedsim.rng keys purposes).
+POPULATION_KEY = zlib.crc32(b"synthetic-population")
+
+
+@dataclass(frozen=True)
+class SyntheticPopulation:
+    """Synthetic(alpha, beta) on ``n_devices`` devices, each device's data generated when asked for.
+
+    ``counts`` (n_devices,) are drawn at construction from ``SeedSequence([seed, POPULATION_KEY])``;
+    :meth:`device` draws device k's u_k, B_k (in that order), then v_k, W_k, b_k and its samples (the
+    model of the module docstring) from ``SeedSequence([seed, POPULATION_KEY, k])``, and splits them as
+    :func:`make_synthetic` does (the first ``n_k - floor(test_fraction n_k)`` for training).
+    """
+
+    alpha: float
+    beta: float
+    n_devices: int
+    seed: int = 0
+    n_features: int = 60
+    n_classes: int = 10
+    test_fraction: float = 0.2
+    dtype: str = "float32"
+    samples: object = LognormalCounts()
+    prior_scale: str = "std"
+    counts: np.ndarray = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        for name, value in (("alpha", self.alpha), ("beta", self.beta)):
+            Real(low=0).check(name, value)
+        for name, value, low in (("n_devices", self.n_devices, 1), ("n_features", self.n_features, 1),
+                                 ("n_classes", self.n_classes, 2), ("seed", self.seed, 0)):
+            Integer(low=low).check(name, value)
+        Real(0, 1, high_open=True).check("test_fraction", self.test_fraction)
+        OneOf("std", "variance").check("prior_scale", self.prior_scale)
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, POPULATION_KEY]))
+        object.__setattr__(self, "counts", _sample_counts(self.samples, self.n_devices, rng))
+
+    @property
+    def train_counts(self) -> np.ndarray:
+        """(n_devices,) training samples of each device."""
+        return self.counts - np.floor(self.test_fraction * self.counts).astype(np.int64)
+
+    def device(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Device ``k``'s ``(x_train, y_train, x_test, y_test)``, the same whenever it is asked for."""
+        Integer(0, self.n_devices - 1).check("device", k)
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, POPULATION_KEY, int(k)]))
+        scale = (self.alpha, self.beta) if self.prior_scale == "std" else (np.sqrt(self.alpha), np.sqrt(self.beta))
+        model_mean = scale[0] * rng.standard_normal()              # u_k ~ N(0, alpha)
+        feature_prior = scale[1] * rng.standard_normal()           # B_k ~ N(0, beta)
+        feature_std = np.arange(1, self.n_features + 1, dtype=np.float64) ** -0.6
+        x, y = _device_samples(rng, model_mean, feature_prior, int(self.counts[k]), feature_std, self.n_classes,
+                               np.dtype(self.dtype))
+        n_train = int(self.train_counts[k])
+        return x[:n_train], y[:n_train], x[n_train:], y[n_train:]
+
+
 def make_synthetic(alpha: float, beta: float, n_devices: int, rng: np.random.Generator,
                    n_features: int = 60, n_classes: int = 10, test_fraction: float = 0.2,
                    dtype=np.float32, samples=LognormalCounts(), prior_scale: str = "std",
@@ -129,12 +205,8 @@ def make_synthetic(alpha: float, beta: float, n_devices: int, rng: np.random.Gen
     y_train = np.empty(len(x_train), dtype=np.int64)
     y_test = np.empty(len(x_test), dtype=np.int64)
     for device in range(n_devices):
-        feature_mean = feature_priors[device] + rng.standard_normal(n_features)               # v_k
-        weights = model_means[device] + rng.standard_normal((n_features, n_classes))          # W_k
-        bias = model_means[device] + rng.standard_normal(n_classes)                           # b_k
-        noise = rng.standard_normal((int(counts[device]), n_features))
-        x = (feature_mean + noise * feature_std).astype(dtype)                             # x ~ N(v_k, Sigma)
-        y = np.argmax(x.astype(np.float64) @ weights + bias, axis=1)                          # argmax softmax
+        x, y = _device_samples(rng, model_means[device], feature_priors[device], int(counts[device]),
+                               feature_std, n_classes, dtype)
         n_train = int(train_counts[device])
         x_train[train_offsets[device]:train_offsets[device + 1]] = x[:n_train]
         y_train[train_offsets[device]:train_offsets[device + 1]] = y[:n_train]

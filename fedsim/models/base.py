@@ -27,6 +27,9 @@ penalty). Both families build their model so (:meth:`ModelConfig.build`) and cal
                                                 results, grad overwritten by the next call; or None where
                                                 it cannot (the run then calls loss_and_grad); softmax
                                                 regression and the MLP have one
+    model.multiply_adds_per_sample()            optional: multiply-adds of one sample's forward and backward
+                                                pass, for the simulated clock (fedsim.system); without it,
+                                                :func:`multiply_adds_per_sample` derives them from the spec
 
 ``x`` is a float array or 8-bit :class:`~fedsim.models.features.Codes` (``features.decoded`` gives floats).
 """
@@ -127,4 +130,15 @@ class ModelConfig:
         return self.entry.build(self, n_features, n_classes, l2)
 
 
-__all__ = ["ACTIVATIONS", "INIT_KINDS", "MODELS", "ModelConfig", "ModelEntry", "Widths", "register_model"]
+def multiply_adds_per_sample(model) -> int:
+    """Multiply-adds of one training sample (forward and backward) of ``model``: its own
+    ``multiply_adds_per_sample()`` if it has one, else 3 x sum over the spec's 2-D tensors of fan_in x fan_out
+    (forward: one multiply-add per weight; backward about twice that: the weight's gradient a^T delta and the
+    input's delta W^T; biases and activations are not counted)."""
+    own = getattr(model, "multiply_adds_per_sample", None)
+    if callable(own):
+        return int(own())
+    return 3 * sum(shape[0] * shape[1] for shape in model.spec.shapes if len(shape) == 2)
+
+
+__all__ = ["multiply_adds_per_sample", "ACTIVATIONS", "INIT_KINDS", "MODELS", "ModelConfig", "ModelEntry", "Widths", "register_model"]

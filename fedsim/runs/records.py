@@ -14,9 +14,12 @@ WALL_TIME_FIELDS = ("time",)
 
 
 def summarize(config: ExperimentConfig, history: list[dict]) -> dict:
-    """Family, method, steps done and planned, compute seconds, and the family's own summary."""
+    """Family, method, steps done and planned, compute seconds, the simulated seconds (with [system] on),
+    and the family's own summary."""
     summary = {"family": config.family, "method": config.method, "completed": len(history),
                "planned": config.steps, "seconds": float(sum(r.get("time", 0.0) for r in history))}
+    if history and "simulated_seconds" in history[-1]:       # cumulative: the last record's is the total
+        summary["simulated_seconds"] = history[-1]["simulated_seconds"]
     summary.update(config.algorithm_family.report.summarize(history))
     return summary
 

@@ -34,13 +34,14 @@ from fedsim.algorithms.federated.run import BatchTrace, ClientStates, FederatedR
 
 
 def _make_run(config, dataset, clients) -> FederatedRun:
-    return FederatedRun(config.federated, dataset, clients, seed=config.seed, model_config=config.model)
+    return FederatedRun(config.federated, dataset, clients, seed=config.seed, model_config=config.model,
+                        system=config.system)
 
 
 FAMILY = register_family(Family(
     name="federated", config_class=FederatedConfig, make_run=_make_run, pipeline="stc", unit="round",
     clients_setting="n_clients", steps_setting="rounds", method_names=lambda: sorted(methods()), report=REPORT,
-    derived={"compressors": "the compressor tables ([stc], [sign], ...)"},
+    derived={"compressors": "the compressor tables ([stc], [sign], ...)", "sampled_per_round": "system.over_select"},
     unset_meanings={name: ("the method's", lambda config, name=name: getattr(config.federated.resolved_method,
                                                                              name))
                     for name in ("accumulate_up", "accumulate_down", "aggregation")}))

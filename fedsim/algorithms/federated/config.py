@@ -91,6 +91,9 @@ class FederatedConfig:
     # come from p_up / p_down and compression_scope above. A compressor not listed takes its defaults.
     compressors: dict = setting(dataclasses.MISSING, "the compressor tables ([stc], [sign], ...)",
                                 default_factory=dict)
+    # Clients sampled per round when the server over-selects (system.over_select; the run sets it).
+    sampled_per_round: int | None = setting(None, "clients sampled per round (system.over_select)",
+                                            Optional(AT_LEAST_ONE, "the participants needed"))
 
     def __post_init__(self):
         check_fields(self)
@@ -141,5 +144,11 @@ class FederatedConfig:
         return dataclasses.replace(base, **changes)
 
     @property
-    def participants_per_round(self) -> int:
+    def participants_needed(self) -> int:
+        """Updates the server aggregates per round: max(1, floor(n_clients x participation_rate))."""
         return max(1, int(math.floor(self.n_clients * self.participation_rate)))
+
+    @property
+    def participants_per_round(self) -> int:
+        """Clients sampled per round: the participants needed, or more when the server over-selects."""
+        return self.sampled_per_round or self.participants_needed

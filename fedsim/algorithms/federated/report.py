@@ -15,14 +15,17 @@ def total_bits(record: dict) -> int:
 
 
 def reach(history: list[dict], target_accuracy: float) -> dict | None:
-    """The first round whose test accuracy is >= ``target_accuracy``: its round and the bits (up, down,
-    total) spent through it; None if never reached."""
+    """The first round whose test accuracy is >= ``target_accuracy``: its round, the bits (up, down,
+    total) spent through it and, with [system] on, the simulated seconds; None if never reached."""
     up = down = 0
     for record in history:
         up += int(record.get("bits_up", 0))
         down += int(record.get("bits_down", 0))
         if record.get("test_accuracy", -1.0) >= target_accuracy:
-            return {"round": int(record["round"]), "bits_up": up, "bits_down": down, "bits": up + down}
+            reached = {"round": int(record["round"]), "bits_up": up, "bits_down": down, "bits": up + down}
+            if "simulated_seconds" in record:
+                reached["simulated_seconds"] = record["simulated_seconds"]
+            return reached
     return None
 
 
@@ -31,6 +34,8 @@ def summarize(history: list[dict]) -> dict:
     summary = {"bits_up": sum(int(r.get("bits_up", 0)) for r in history),
                "bits_down": sum(int(r.get("bits_down", 0)) for r in history)}
     summary["bits"] = summary["bits_up"] + summary["bits_down"]
+    if history and "dropped" in history[0]:                   # [system]: updates that missed the deadline
+        summary["dropped"] = sum(int(r["dropped"]) for r in history)
     if history and "bits_per_round_knob" in history[0]:      # federated.bits_per_round: the knob and what it sent
         summary.update({key: history[0][key] for key in ("bits_per_round_knob", "bits_per_round_knob_value")})
         summary["bits_up_per_participant"] = sum(r["bits_up"] / r["participants"] for r in history) / len(history)
@@ -61,18 +66,22 @@ def achieved(summary: dict) -> list[str]:
 
 
 def compare(runs, targets: dict) -> tuple[str, list[str], list[list[str]]]:
-    """The `fedsim compare` table of federated runs: accuracy, and rounds and bits to the target."""
+    """The `fedsim compare` table of federated runs: accuracy, and rounds and bits to the target; when a run
+    has the simulated clock ([system]), the simulated seconds to the target too."""
     target = targets["accuracy"]
+    simulated = any("simulated_seconds" in r for run in runs for r in run.history[:1])
     rows = []
     for run in runs:
         accuracies = [r["test_accuracy"] for r in run.history if "test_accuracy" in r]
         reached = reach(run.history, target)
+        seconds = [cell(reached and reached.get("simulated_seconds"), ".4g")] if simulated else []
         rows.append(compare_row(run, cell(accuracies[-1] if accuracies else None, ".4f"),
                                 cell(max(accuracies) if accuracies else None, ".4f"),
                                 cell(reached and reached["round"], "d"), cell(reached and reached["bits"], ".4g"),
-                                cell(sum(map(total_bits, run.history)), ".4g")))
+                                *seconds, cell(sum(map(total_bits, run.history)), ".4g")))
     return compare_table(f"federated runs (target: test accuracy >= {target:g})", "rounds",
-                         ["final acc", "best acc", "rounds to target", "bits to target", "bits total"], rows)
+                         ["final acc", "best acc", "rounds to target", "bits to target",
+                          *(["simulated s to target"] if simulated else []), "bits total"], rows)
 
 
 def unused_settings(table: dict) -> set[str]:
@@ -90,5 +99,6 @@ def unused_settings(table: dict) -> set[str]:
 REPORT = Report(
     clients_word="clients", summarize=summarize, progress=progress_text, achieved=achieved, compare=compare,
     figure="federated_figure",
-    metrics=("final_test_accuracy", "best_test_accuracy", "bits_up", "bits_down", "bits"),
+    metrics=("final_test_accuracy", "best_test_accuracy", "bits_up", "bits_down", "bits", "simulated_seconds",
+             "dropped"),
     curve=("round", "test_accuracy", "test accuracy", "value"), unused=unused_settings)

@@ -4,6 +4,7 @@ of returning clients: :mod:`fedsim.algorithms.federated`)."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import mmap
 import time
 from dataclasses import dataclass, field
@@ -19,8 +20,10 @@ from fedsim.data.dataset import Dataset
 from fedsim.errors import DivergenceError
 from fedsim.kernels import local_sgd
 from fedsim.models import ModelConfig
+from fedsim.models.base import multiply_adds_per_sample
 from fedsim.models.features import as_dtype
 from fedsim.rng import RunStreams
+from fedsim.system import FederatedClock, SystemConfig
 
 
 class BatchTrace(NamedTuple):
@@ -52,6 +55,62 @@ def paged_zeros(shape: tuple[int, ...], dtype) -> np.ndarray:
     return np.frombuffer(mmap.mmap(-1, size), dtype=dtype).reshape(shape)
 
 
+class ClientRows:
+    """One row of ``width`` entries per client that has taken part, kept only for those clients: a client
+    never written reads as zeros, so memory grows with the participants, not with the population.
+
+    ``rows[clients]`` returns a (K, width) copy and ``rows[clients] = values`` stores (both with an int
+    array of distinct clients, like a dense (n_clients, width) array indexed by rows). The rows live in
+    one array that doubles when full; ``slots`` maps a client to its row.
+    """
+
+    def __init__(self, n_clients: int, width: int, dtype):
+        self.n_clients, self.width, self.dtype = int(n_clients), int(width), np.dtype(dtype)
+        self.slots: dict[int, int] = {}
+        self.rows = np.zeros((0, self.width), self.dtype)
+
+    def _slots(self, clients, create: bool) -> np.ndarray:
+        """Each client's row (-1 for a client without one, unless ``create``: then a new zero row)."""
+        clients = np.asarray(clients, dtype=np.int64).reshape(-1)
+        if len(clients) and (clients.min() < 0 or clients.max() >= self.n_clients):
+            raise IndexError(f"clients must lie in [0, {self.n_clients - 1}]")
+        slots = np.array([self.slots.get(int(k), -1) for k in clients], dtype=np.int64)
+        if create and np.any(slots < 0):
+            new = np.flatnonzero(slots < 0)
+            needed = len(self.slots) + len(new)
+            if needed > len(self.rows):          # grow by doubling: amortized O(1) per new client
+                grown = np.zeros((max(needed, 2 * len(self.rows), 16), self.width), self.dtype)
+                grown[:len(self.rows)] = self.rows
+                self.rows = grown
+            for i in new:
+                slots[i] = self.slots[int(clients[i])] = len(self.slots)
+        return slots
+
+    def __getitem__(self, clients) -> np.ndarray:
+        slots = self._slots(clients, create=False)
+        out = np.zeros((len(slots), self.width), self.dtype)
+        held = slots >= 0
+        out[held] = self.rows[slots[held]]
+        return out
+
+    def __setitem__(self, clients, values) -> None:
+        slots = self._slots(clients, create=True)      # first: it may grow self.rows
+        self.rows[slots] = values
+
+    def dense(self) -> np.ndarray:
+        """Every client's row as one (n_clients, width) array (a copy; for small populations)."""
+        out = np.zeros((self.n_clients, self.width), self.dtype)
+        clients = np.fromiter(self.slots.keys(), dtype=np.int64, count=len(self.slots))
+        slots = np.fromiter(self.slots.values(), dtype=np.int64, count=len(self.slots))
+        out[clients] = self.rows[slots]
+        return out
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the rows held (the clients that have taken part), not of a dense population array."""
+        return len(self.slots) * self.width * self.dtype.itemsize
+
+
 @dataclass
 class ClientStates:
     """Everything each client keeps between rounds, one row or entry per client."""
@@ -63,12 +122,23 @@ class ClientStates:
     epoch: np.ndarray          # (n_clients,) completed epochs
     order_epoch: np.ndarray    # (n_clients,) the epoch `order` is shuffled for; -1: not yet shuffled
     last_sync: np.ndarray      # (n_clients,) last round whose downstream message the client holds
-    residual: np.ndarray | None = None   # (n_clients, P) upstream error accumulation
-    momentum: np.ndarray | None = None   # (n_clients, P) SGD momentum buffers
+    residual: ClientRows | None = None   # (n_clients, P) upstream error accumulation, held for participants
+    momentum: ClientRows | None = None   # (n_clients, P) SGD momentum buffers, held for participants
 
-    @property
+    @functools.cached_property
     def sizes(self) -> np.ndarray:
+        """(n_clients,) samples of each client (computed once: the offsets never change)."""
         return np.diff(self.offsets)
+
+    def __post_init__(self):
+        # Clients that never synchronized (last_sync 0), kept as a count so that a round with a million
+        # clients does not scan them all (FederatedRun._prune_cache).
+        self.never_synced = int(np.count_nonzero(self.last_sync == 0))
+
+    def synchronized(self, clients: np.ndarray, t: int) -> None:
+        """``clients`` now hold round ``t``'s downstream message."""
+        self.never_synced -= int(np.count_nonzero(self.last_sync[clients] == 0))
+        self.last_sync[clients] = t
 
 
 @dataclass
@@ -84,11 +154,13 @@ class FederatedRun:
 
     ``client_indices``: the training samples each client holds (a partitioner's output, one array per
     client); ``seed`` seeds every random choice (sampling, batch order, initialization, thresholds);
-    ``model_config``: the ``[model]`` table (softmax regression by default).
+    ``model_config``: the ``[model]`` table (softmax regression by default); ``system``: the ``[system]``
+    table (off by default; on, each record gets ``simulated_seconds`` and ``dropped``: :mod:`fedsim.system`).
     """
 
     def __init__(self, config: FederatedConfig, dataset: Dataset, client_indices, seed: int = 0, *,
-                 model_config: ModelConfig = ModelConfig(), trace_batches: bool = False):
+                 model_config: ModelConfig = ModelConfig(), trace_batches: bool = False,
+                 system: SystemConfig = SystemConfig()):
         if len(client_indices) != config.n_clients:
             raise ValueError(f"n_clients is {config.n_clients} but the partition has "
                              f"{len(client_indices)} clients")
@@ -100,6 +172,10 @@ class FederatedRun:
             raise ValueError(f"federated.batch_size ({config.batch_size}) is larger than the smallest client's data "
                              f"({sizes.min()} samples, client {sizes.argmin()}): set federated.batch_size <= "
                              f"{sizes.min()}, or fewer federated.n_clients")
+        # With over-selection the run samples more clients than it aggregates (system.over_select).
+        self.needed = config.participants_needed
+        if system.enabled and system.sampled(self.needed, config.n_clients) != config.participants_per_round:
+            config = dataclasses.replace(config, sampled_per_round=system.sampled(self.needed, config.n_clients))
         self.config = config
         self.resolved_method = config.resolved_method
         self.dataset = dataset
@@ -138,14 +214,18 @@ class FederatedRun:
             cursor=np.zeros(config.n_clients, np.int64), epoch=np.zeros(config.n_clients, np.int64),
             order_epoch=np.full(config.n_clients, -1, np.int64),
             last_sync=np.zeros(config.n_clients, np.int64),
-            # Pages are mapped only when written: an idle client's rows cost no physical memory.
-            residual=(paged_zeros((config.n_clients, P), self.dtype) if self.resolved_method.accumulate_up
+            # Rows only for the clients that take part: an idle client's rows cost no memory at all.
+            residual=(ClientRows(config.n_clients, P, self.dtype) if self.resolved_method.accumulate_up
                       else None),
-            momentum=paged_zeros((config.n_clients, P), self.dtype) if config.momentum else None)
+            momentum=ClientRows(config.n_clients, P, self.dtype) if config.momentum else None)
         init_rng = self.streams.generator("init")
         self.server = ServerState(
             weights=self.model.init(init_rng, model_config.init_kind, self.dtype),
             residual=np.zeros(P, self.dtype) if self.resolved_method.accumulate_down else None)
+        # The simulated clock (None when [system] is off): devices from the run's "system" stream.
+        self.clock = (FederatedClock(system, self.streams, config.n_clients, multiply_adds_per_sample(self.model),
+                                     config.local_iterations * config.batch_size) if system.enabled else None)
+        self.catch_up_bits = np.zeros(0, np.int64)      # (K,) each participant's catch-up bits this round
         self.history: list[dict] = []
         # With trace_batches, every local step's participants and batch rows, so that another
         # implementation (the torch oracle and baselines) can replay the same rounds.
@@ -163,12 +243,25 @@ class FederatedRun:
         solved = self._meet_bits_budget(update) if t == 1 and config.bits_per_round is not None else {}
 
         # Upstream: the participants' rows (with their residuals under error feedback).
-        up = self._send(self.up, "up_state", update,
-                                 clients.residual[participants] if clients.residual is not None else None)
+        residual = clients.residual[participants] if clients.residual is not None else None
+        up = self._send(self.up, "up_state", update, residual)
+        kept = None
+        if self.clock is not None:     # which updates arrive in time: each participant receives its catch-up
+            # and the mid-protocol bits (PowerSGD's P_hat), trains, sends its encoded update
+            kept, wait = self.clock.wait(t, participants, self.catch_up_bits + up.compressed.broadcast_bits,
+                                         up.compressed.encoded_bits, self.needed)
+            if residual is not None:   # a dropped client keeps its whole update: A_k <- A_k + dW_k
+                up.residual[~kept] = residual[~kept] + update[~kept]
         if clients.residual is not None:
             clients.residual[participants] = up.residual
-        aggregate = self.up.aggregate(up.compressed.decoded, clients.sizes[participants],
-                                      self.resolved_method.aggregation, config.lr)
+        if kept is None or kept.all():
+            aggregate = self.up.aggregate(up.compressed.decoded, clients.sizes[participants],
+                                          self.resolved_method.aggregation, config.lr)
+        elif kept.any():
+            aggregate = self.up.aggregate(up.compressed.decoded[kept], clients.sizes[participants][kept],
+                                          self.resolved_method.aggregation, config.lr)
+        else:                          # no update arrived: the server model stays
+            aggregate = np.zeros_like(server.weights)
         # Downstream: the server's aggregate, one row (with the server's residual).
         down = self._send(self.down, "down_state", aggregate[None, :],
                              None if server.residual is None else server.residual[None, :])
@@ -181,7 +274,7 @@ class FederatedRun:
         server.weights += message                                # W <- W + m_down
         positions = np.flatnonzero(message)
         server.cache.append((t, positions, message[positions]))
-        clients.last_sync[participants] = t
+        clients.synchronized(participants, t)
         server.round = t
         self._prune_cache()
 
@@ -201,6 +294,12 @@ class FederatedRun:
             "bits_down_catch_up": int(catch_up_bits),
             **solved,
         }
+        if self.clock is not None:
+            previous = self.history[-1]["simulated_seconds"] if self.history else 0.0
+            # then the round's encoded broadcast reaches every participant
+            record["simulated_seconds"] = previous + wait + self.clock.broadcast_seconds(participants,
+                                                                                         int(bits_down[0]))
+            record["dropped"] = int(K - kept.sum())
         if t % config.eval_every == 0 or t == config.rounds:
             for split, (x, y) in self.eval_sets.items():
                 loss, accuracy = self.model.evaluate(server.weights, x, y)
@@ -319,12 +418,15 @@ class FederatedRun:
 
     def _synchronize(self, participants: np.ndarray, t: int) -> int:
         """Bits to bring returning participants up to date: per client, the sparse sum of the
-        downstream messages it missed, or the full model (32 P bits) when that is cheaper."""
+        downstream messages it missed, or the full model (32 P bits) when that is cheaper. Each
+        participant's share is kept in ``catch_up_bits`` (K,) for the simulated clock."""
+        self.catch_up_bits = np.zeros(len(participants), np.int64)
         behind = participants[self.clients.last_sync[participants] < t - 1]
         if len(behind) == 0:
             return 0
         P = self.server.weights.size
         total = 0
+        last_sync = self.clients.last_sync[participants]
         for since, count in zip(*np.unique(self.clients.last_sync[behind], return_counts=True)):
             missed = np.zeros(P, self.dtype)
             covered = False
@@ -335,6 +437,7 @@ class FederatedRun:
             full_model = dense_bits(P)
             cost = sparse_vector_bits(np.flatnonzero(missed), P) if covered else full_model
             total += int(count) * min(cost, full_model)
+            self.catch_up_bits[last_sync == since] = min(cost, full_model)
         return total
 
     def _prune_cache(self) -> None:
@@ -347,7 +450,7 @@ class FederatedRun:
             if sparse_vector_bits(np.flatnonzero(support), P) >= dense_bits(P):
                 del self.server.cache[:i]
                 return
-        oldest_needed = int(self.clients.last_sync.min())
+        oldest_needed = 0 if self.clients.never_synced else int(self.clients.last_sync.min())
         self.server.cache = [entry for entry in self.server.cache if entry[0] > oldest_needed]
 
     def _learning_rates(self, participants: np.ndarray) -> np.ndarray:
@@ -471,6 +574,7 @@ class FederatedRun:
         clients.cursor[:] = arrays["cursor"]
         clients.epoch[:] = arrays["epoch"]
         clients.last_sync[:] = arrays["last_sync"]
+        clients.never_synced = int(np.count_nonzero(clients.last_sync == 0))
         touched = arrays["touched"]
         if clients.residual is not None:
             clients.residual[touched] = arrays["client_residual"]

@@ -68,7 +68,7 @@ from fedsim.errors import DivergenceError
 
 def _make_run(config, dataset, clients) -> LazyRun:
     # f* (run.f_star) is read by the report, not the run.
-    return LazyRun(config.lazy, dataset, clients, model_config=config.model)
+    return LazyRun(config.lazy, dataset, clients, model_config=config.model, system=config.system)
 
 
 FAMILY = register_family(Family(

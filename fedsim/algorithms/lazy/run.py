@@ -14,13 +14,16 @@ from tqdm.auto import tqdm
 from fedsim.algorithms.lazy.config import RULES, LazyConfig, bits_per_upload
 from fedsim.algorithms.lazy.rules import (CURVATURE_STEPS, history_threshold, lag_ps_request_decision,
                                           laq_upload_decision, smoothness_of, stack_shards)
+from fedsim.compress.bits import dense_bits
 from fedsim.data.dataset import Dataset
 from fedsim.data.partition import contiguous
 from fedsim.errors import DivergenceError
 from fedsim.kernels import laq
 from fedsim.models import ModelConfig
+from fedsim.models.base import multiply_adds_per_sample
 from fedsim.models.features import as_dtype
 from fedsim.rng import RunStreams
+from fedsim.system import LazyClock, SystemConfig
 
 
 class LazyRun:
@@ -35,12 +38,14 @@ class LazyRun:
     ``history`` holds one JSON-able record per completed iteration k: ``objective`` f(theta^k),
     ``grad_norm_sq``, ``aggregate_norm_sq``, ``uploads`` (the workers that uploaded), cumulative
     ``communications`` and ``bits``, ``test_accuracy`` where measured at theta^k, ``time``; the last
-    iteration's record also has ``final_test_accuracy`` at theta^K. :meth:`state_dict` and
+    iteration's record also has ``final_test_accuracy`` at theta^K; with ``system`` (the ``[system]`` table)
+    on, ``simulated_seconds`` (cumulative, :class:`fedsim.system.LazyClock`). :meth:`state_dict` and
     :meth:`load_state_dict` checkpoint and restore the run bitwise.
     """
 
     def __init__(self, config: LazyConfig, data: Dataset, partition: Sequence[np.ndarray] | None = None, *,
-                 smoothness: np.ndarray | None = None, model_config: ModelConfig = ModelConfig()):
+                 smoothness: np.ndarray | None = None, model_config: ModelConfig = ModelConfig(),
+                 system: SystemConfig = SystemConfig()):
         n_samples = len(data.x_train)
         n_workers = config.n_workers
         if n_workers > n_samples:
@@ -74,6 +79,11 @@ class LazyRun:
         self.smoothness = smoothness
         self.config = config = config.for_parameters(n_params)     # lazy.bits_per_upload: b solved for P
         self.bits_per_upload = bits_per_upload(config.method, n_params, config.bits)
+        # The simulated clock: theta broadcast (32 P bits), each worker's gradient, the uploaders' uplinks.
+        samples = (np.full(n_workers, config.minibatch_size) if RULES[config.method].gradient == "minibatch"
+                   else self.shards.sizes)
+        self.clock = (LazyClock(system, streams, n_workers, multiply_adds_per_sample(self.model), samples,
+                                dense_bits(n_params), self.bits_per_upload) if system.enabled else None)
 
         # Server and worker state.
         self.uploaded = np.zeros((n_workers, n_params), dtype=dtype)     # Q_m, each worker's last upload
@@ -169,6 +179,9 @@ class LazyRun:
                  "aggregate_norm_sq": aggregate_norm_sq,
                  "uploads": np.flatnonzero(upload).tolist(), "communications": uploads_so_far,
                  "bits": uploads_so_far * self.bits_per_upload}
+        if self.clock is not None:
+            entry["simulated_seconds"] = ((self.history[-1]["simulated_seconds"] if self.history else 0.0)
+                                          + self.clock.iteration(upload))
         if accuracy is not None:
             entry["test_accuracy"] = accuracy
         if self.completed == config.iterations:

@@ -1,0 +1,298 @@
+"""The system model: each client's links and device, and the simulated clock of a round (the ``[system]`` table).
+
+Off by default (``profile = "off"``): a run without it computes exactly what it computed before. On, every
+client k gets an uplink ``up_k`` and a downlink ``down_k`` (bits/s), a one-way latency ``lat_k`` (s) and a
+compute speed ``speed_k`` (multiply-adds/s), drawn once per run from the stream ``"system"`` of the run's seed
+(the same seed gives the same devices whatever else changes), and each record gets ``simulated_seconds``
+(cumulative) and ``dropped``.
+
+The clock of one federated round, from the exact sizes of the messages the encoders produced::
+
+    transfer(bits)  = lat_k + bits / bandwidth_k                          one message on one link
+    arrival_k       = transfer_down(catch-up_k + mid-protocol_k)          what k receives before it trains
+                      + samples_k * multiply-adds per sample / speed_k    its local work
+                      + transfer_up(encoded bits of its update)
+    wait            = the time the server stops waiting: when it holds the updates it needs (the first
+                      `needed` to arrive), or at system.deadline, or when every reachable participant
+                      has reported, whichever comes first
+    round           = wait + max_k transfer_down(broadcast)               the new model reaches the participants
+
+``samples_k`` is local_iterations x batch_size (an epoch's last, smaller batch is counted whole: fedsim
+computes its padded rows too). A participant is reachable with probability ``availability`` (drawn per
+round and client from the stream ``("system", round)``, so the same seed drops the same clients, also after
+a resume); an unreachable one, and one whose update arrives after the deadline or after the first
+`needed`, is dropped: the server aggregates only the updates it kept. A dropped client keeps its whole
+update: under error feedback its residual becomes A_k + dW_k (nothing of it was delivered, so all of it
+waits for the client's next round); without error feedback the update is lost. Every participant, kept
+or dropped, receives the round's broadcast (it counts in bits_down, as before). ``over_select``: the
+server samples ceil(over_select x needed) clients, keeps the first `needed` to arrive (as production
+cross-device systems do: Bonawitz et al., arXiv 1902.01046) and drops the others.
+
+The lazy family, per iteration: every worker receives theta (32 P bits), computes its gradient (its
+samples x multiply-adds per sample / speed) and, if it uploads, sends its upload; the iteration takes the
+longest of these: ``max_m [transfer_down_m(32 P) + compute_m + upload_m transfer_up_m(bits)]``.
+
+Profiles (medians; each client draws each number lognormally around its median with sigma ``spread``,
+0.5 by default: measured speeds spread over an order of magnitude; the spread is an assumption)::
+
+    profile   uplink      downlink    latency   source
+    wifi      40 Mbit/s   90 Mbit/s   20 ms     Ookla Speedtest Global Index, fixed broadband global medians
+                                                (2024: about 90 down / 40 up); latency an assumption (Ookla's
+                                                idle latency to a nearby server is ~10 ms, plus the Wi-Fi hop)
+    4g        8 Mbit/s    25 Mbit/s   50 ms     Opensignal, "The State of Mobile Network Experience" and
+                                                "4G/LTE" reports (4G download 20-30, upload 5-10 Mbit/s,
+                                                latency 40-60 ms across countries), rounded
+    3g        1 Mbit/s    4 Mbit/s    120 ms    Opensignal, "The State of LTE" / "Global State of Mobile
+                                                Networks" (2017-2018: 3G download 2-8 Mbit/s, latency above
+                                                100 ms); the 1 Mbit/s upload is an assumption in that range
+    mixed     per client: wifi with probability 0.3, 4g 0.5, 3g 0.2 (an assumption)
+
+The compute speed of every profile is 1e9 multiply-adds/s, an assumption (a phone CPU core runs a few
+GFLOP/s peak; training code reaches a fraction of it), not a measurement. ``custom`` takes the medians
+from ``uplink``, ``downlink``, ``latency`` and ``speed``; ``trace`` reads every client's numbers from a CSV
+file with the header ``client,up,down,latency,speed`` and one row per client 0..n-1.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from fedsim.constraints import OneOf, Optional, Real, Text, check_fields, setting
+
+
+class Profile(NamedTuple):
+    """The median numbers of one kind of device (see the module docstring for their sources)."""
+
+    uplink: float        # bits/s
+    downlink: float      # bits/s
+    latency: float       # seconds, one way, per message
+    speed: float         # multiply-adds/s
+
+
+#: The named profiles (sources: the module docstring).
+PROFILES = {
+    "wifi": Profile(uplink=40e6, downlink=90e6, latency=0.020, speed=1e9),
+    "4g": Profile(uplink=8e6, downlink=25e6, latency=0.050, speed=1e9),
+    "3g": Profile(uplink=1e6, downlink=4e6, latency=0.120, speed=1e9),
+}
+#: The "mixed" population: each client's profile drawn with these probabilities (an assumption).
+MIXED = {"wifi": 0.3, "4g": 0.5, "3g": 0.2}
+PROFILE_CHOICES = ("off", *PROFILES, "mixed", "custom", "trace")
+TRACE_COLUMNS = ("client", "up", "down", "latency", "speed")
+POSITIVE = Real(0, low_open=True)
+
+
+@dataclass(frozen=True)
+class SystemConfig:
+    """The ``[system]`` table: the clients' links and devices, the deadline (off by default)."""
+
+    profile: str = setting("off", "off | wifi | 4g | 3g | mixed | custom (the medians below) | trace (a CSV file)",
+                           OneOf(*PROFILE_CHOICES))
+    uplink: float = setting(8e6, "custom: median uplink, bits/s", POSITIVE)
+    downlink: float = setting(25e6, "custom: median downlink, bits/s", POSITIVE)
+    latency: float = setting(0.05, "custom: median one-way latency per message, s", Real(low=0))
+    speed: float = setting(1e9, "custom: median compute speed, multiply-adds/s", POSITIVE)
+    spread: float = setting(0.5, "lognormal sigma of each client's numbers around the medians; 0: all equal",
+                            Real(low=0))
+    trace: str | None = setting(None, "trace: CSV file, header client,up,down,latency,speed, a row per client",
+                                Optional(Text(nonempty=True), "no trace"))
+    availability: float = setting(1.0, "probability that a sampled client stays reachable through the round",
+                                  Real(0, 1, low_open=True))
+    deadline: float | None = setting(None, "federated: seconds the server waits for updates; later ones are dropped",
+                                     Optional(POSITIVE, "wait for every participant"))
+    over_select: float = setting(1.0, "federated: sample this many times the participants needed, keep the "
+                                      "first to arrive", Real(low=1))
+
+    def __post_init__(self):
+        check_fields(self)
+        if self.profile == "trace" and self.trace is None:
+            raise ValueError("trace must name a CSV file with system.profile = 'trace'")
+        if self.trace is not None and self.profile != "trace":
+            raise ValueError(f"trace is read only with system.profile = 'trace', not {self.profile!r}")
+        if self.trace is not None:       # a relative path is from the current folder now; kept absolute
+            object.__setattr__(self, "trace", str(Path(self.trace).expanduser().absolute()))
+        changed = [f.name for f in dataclasses.fields(self) if getattr(self, f.name) != f.default]
+        if not self.enabled and changed:
+            raise ValueError("profile is 'off', so the other [system] settings would be ignored; set "
+                             "system.profile (wifi, 4g, 3g, mixed, custom or trace)")
+
+    @property
+    def enabled(self) -> bool:
+        return self.profile != "off"
+
+    def sampled(self, needed: int, population: int) -> int:
+        """Clients sampled per round: ceil(over_select x needed), at most the population."""
+        return min(population, math.ceil(self.over_select * needed - 1e-9))
+
+
+class Devices(NamedTuple):
+    """Every client's numbers, arrays of shape (n_clients,)."""
+
+    uplink: np.ndarray       # bits/s
+    downlink: np.ndarray     # bits/s
+    latency: np.ndarray      # s
+    speed: np.ndarray        # multiply-adds/s
+
+
+def draw_devices(config: SystemConfig, n_clients: int, rng: np.random.Generator) -> Devices:
+    """The devices of ``n_clients`` clients: from the profile (each number lognormal around its median with
+    sigma ``spread``; "mixed" first draws each client's profile), the custom medians, or the trace file."""
+    if config.profile == "trace":
+        return read_trace(config.trace, n_clients)
+    if config.profile == "custom":
+        medians = np.array([[config.uplink, config.downlink, config.latency, config.speed]] * n_clients)
+    elif config.profile == "mixed":
+        names = list(MIXED)
+        chosen = rng.choice(len(names), size=n_clients, p=list(MIXED.values()))
+        medians = np.array([PROFILES[name] for name in names])[chosen]
+    else:
+        medians = np.array([PROFILES[config.profile]] * n_clients)
+    factors = np.exp(config.spread * rng.standard_normal(medians.shape))   # x = median exp(sigma z)
+    return Devices(*(medians * factors).T.copy())
+
+
+def read_trace(path, n_clients: int) -> Devices:
+    """The devices written in the CSV file at ``path`` (header ``client,up,down,latency,speed``, one row per
+    client 0..n_clients-1, in any order); a malformed file is one ValueError line naming system.trace."""
+    where = f"system.trace {path}"
+    try:
+        with open(Path(path), newline="", encoding="utf-8") as handle:
+            rows = list(csv.reader(handle))
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"{where}: cannot be read ({error.strerror if isinstance(error, OSError) else error})") \
+            from None
+    if not rows or tuple(cell.strip() for cell in rows[0]) != TRACE_COLUMNS:
+        raise ValueError(f"{where}: the first line must be the header {','.join(TRACE_COLUMNS)}")
+    values = np.empty((len(rows) - 1, len(TRACE_COLUMNS)))
+    for line, row in enumerate(rows[1:], start=2):
+        try:
+            if len(row) != len(TRACE_COLUMNS):
+                raise ValueError
+            values[line - 2] = [float(cell) for cell in row]
+        except ValueError:
+            raise ValueError(f"{where}: line {line} must hold {len(TRACE_COLUMNS)} numbers "
+                             f"({','.join(TRACE_COLUMNS)}), got {','.join(row)[:60]!r}") from None
+    clients = values[:, 0]
+    if not np.all(np.isfinite(values)) or np.any(values[:, [1, 2, 4]] <= 0) or np.any(values[:, 3] < 0):
+        raise ValueError(f"{where}: up, down and speed must be finite and > 0, latency finite and >= 0")
+    if np.any(clients != np.round(clients)) or len(np.unique(clients)) != len(clients):
+        raise ValueError(f"{where}: the client column must hold distinct integers")
+    missing = np.setdiff1d(np.arange(n_clients), clients.astype(np.int64))
+    if len(missing):
+        raise ValueError(f"{where}: {len(missing)} of the {n_clients} clients have no row "
+                         f"(first: {missing[:5].tolist()})")
+    ordered = values[np.argsort(clients)][:n_clients]
+    return Devices(*ordered[:, 1:].T.copy())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the clock
+
+
+def transfer_seconds(bits, bandwidth, latency):
+    """One message on one link: latency + bits / bandwidth (s)."""
+    return latency + np.asarray(bits, dtype=np.float64) / bandwidth
+
+
+def compute_seconds(samples, multiply_adds_per_sample: float, speed):
+    """Local work: samples x multiply-adds per sample / speed (s)."""
+    return np.asarray(samples, dtype=np.float64) * multiply_adds_per_sample / speed
+
+
+def arrival_seconds(devices: Devices, clients: np.ndarray, down_bits, samples, multiply_adds_per_sample: float,
+                    up_bits) -> np.ndarray:
+    """When each of ``clients`` has delivered its update, from the round's start:
+    transfer_down(down_bits) + compute(samples) + transfer_up(up_bits)."""
+    latency = devices.latency[clients]
+    return (transfer_seconds(down_bits, devices.downlink[clients], latency)
+            + compute_seconds(samples, multiply_adds_per_sample, devices.speed[clients])
+            + transfer_seconds(up_bits, devices.uplink[clients], latency))
+
+
+def kept_updates(arrival: np.ndarray, reachable: np.ndarray, needed: int, deadline: float | None):
+    """Which updates the server aggregates and when it stops waiting: ``(kept (K,) bool, wait seconds)``.
+
+    Kept: the first ``needed`` reachable updates to arrive (ties: in client order), among those that arrive
+    by the deadline. The wait ends when it holds ``needed`` updates, at the deadline, or when every
+    reachable participant has reported, whichever is first (0 if no one is reachable).
+    """
+    limit = math.inf if deadline is None else deadline
+    candidates = np.flatnonzero(reachable & (arrival <= limit))
+    order = candidates[np.argsort(arrival[candidates], kind="stable")][:needed]
+    kept = np.zeros(len(arrival), dtype=bool)
+    kept[order] = True
+    if len(order) == needed:
+        wait = float(arrival[order].max()) if needed else 0.0
+    elif deadline is not None and np.any(reachable & (arrival > limit)):
+        wait = float(deadline)
+    else:
+        wait = float(arrival[reachable].max()) if np.any(reachable) else 0.0
+    return kept, wait
+
+
+def reachable_clients(config: SystemConfig, streams, round_: int, participants: np.ndarray) -> np.ndarray:
+    """Which participants stay reachable in round ``round_``: one uniform draw per participant (in client
+    order) from the stream ``("system", round_)``, so the same seed drops the same clients (also after a
+    resume): reachable where the draw is below ``availability``."""
+    if config.availability >= 1.0:
+        return np.ones(len(participants), dtype=bool)
+    return streams.generator("system", round_).random(len(participants)) < config.availability
+
+
+class FederatedClock:
+    """A federated run's devices and its round clock (:func:`arrival_seconds`, :func:`kept_updates`)."""
+
+    def __init__(self, config: SystemConfig, streams, n_clients: int, multiply_adds_per_sample: float,
+                 samples_per_round: int):
+        self.config = config
+        self.streams = streams
+        self.devices = draw_devices(config, n_clients, streams.generator("system"))
+        self.multiply_adds = float(multiply_adds_per_sample)
+        self.samples = int(samples_per_round)
+        if config.deadline is not None:
+            fastest = float(np.min(arrival_seconds(self.devices, np.arange(n_clients), 0, self.samples,
+                                                   self.multiply_adds, 0)))
+            if fastest > config.deadline:
+                raise ValueError(f"system.deadline ({config.deadline:g} s) is shorter than the fastest client's "
+                                 f"round ({fastest:.4g} s: two latencies and its local work, sending nothing); "
+                                 f"raise it above {fastest:.4g}")
+
+    def wait(self, t: int, participants: np.ndarray, down_bits, up_bits, needed: int):
+        """Round ``t`` up to the aggregation: ``(kept (K,) bool, wait seconds)``, from what each participant
+        receives before it trains (``down_bits``) and the encoded bits of its update (``up_bits``)."""
+        arrival = arrival_seconds(self.devices, participants, down_bits, self.samples, self.multiply_adds, up_bits)
+        reachable = reachable_clients(self.config, self.streams, t, participants)
+        return kept_updates(arrival, reachable, needed, self.config.deadline)
+
+    def broadcast_seconds(self, participants: np.ndarray, bits: float) -> float:
+        """The new model reaching every participant: max_k transfer_down_k(bits)."""
+        return float(transfer_seconds(bits, self.devices.downlink[participants],
+                                      self.devices.latency[participants]).max())
+
+
+class LazyClock:
+    """A lazy run's devices and its iteration clock: max_m [down_m(theta) + compute_m + upload_m up_m(bits)]."""
+
+    def __init__(self, config: SystemConfig, streams, n_workers: int, multiply_adds_per_sample: float,
+                 samples: np.ndarray, broadcast_bits: float, bits_per_upload: float):
+        self.devices = draw_devices(config, n_workers, streams.generator("system"))
+        workers = np.arange(n_workers)
+        self.before_upload = arrival_seconds(self.devices, workers, broadcast_bits, samples,
+                                             multiply_adds_per_sample, 0) - self.devices.latency
+        self.upload = transfer_seconds(bits_per_upload, self.devices.uplink, self.devices.latency)
+
+    def iteration(self, uploads: np.ndarray) -> float:
+        """Seconds of one iteration in which the workers ``uploads`` (a bool mask) upload."""
+        return float(np.max(self.before_upload + np.where(uploads, self.upload, 0.0)))
+
+
+__all__ = ["Devices", "FederatedClock", "LazyClock", "MIXED", "PROFILES", "Profile", "SystemConfig",
+           "arrival_seconds", "compute_seconds", "draw_devices", "kept_updates", "read_trace",
+           "reachable_clients", "transfer_seconds"]

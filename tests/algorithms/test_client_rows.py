@@ -1,0 +1,28 @@
+"""The client state store (ClientRows): rows only for clients that have taken part, read as a dense array."""
+
+import numpy as np
+import pytest
+
+from fedsim.algorithms.federated.run import ClientRows
+
+
+def test_rows_read_as_a_dense_array_and_hold_only_written_clients():
+    rows = ClientRows(1_000_000, 4, np.float32)
+    dense = {}
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        clients = np.sort(rng.choice(1_000_000, 7, replace=False))
+        values = rng.standard_normal((7, 4)).astype(np.float32)
+        expected = np.array([dense.get(int(k), np.zeros(4, np.float32)) for k in clients])
+        np.testing.assert_array_equal(rows[clients], expected)        # unseen clients read as zeros
+        rows[clients] = values
+        dense.update({int(k): v for k, v in zip(clients, values)})
+    assert len(rows.slots) == len(dense) and rows.nbytes == len(dense) * 4 * 4
+    assert rows.rows.nbytes <= 2 * rows.nbytes + 16 * 4 * 4                  # memory follows the participants
+    clients = np.array(sorted(dense))
+    np.testing.assert_array_equal(rows.dense()[clients], np.array([dense[int(k)] for k in clients]))
+
+
+def test_a_client_outside_the_population_is_refused():
+    with pytest.raises(IndexError, match=r"clients must lie in \[0, 9\]"):
+        ClientRows(10, 3, np.float64)[np.array([10])]

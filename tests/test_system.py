@@ -1,0 +1,213 @@
+"""The system model (fedsim.system): each formula against a hand computation, deterministic drops, the
+records, and one-line errors for bad settings."""
+
+import numpy as np
+import pytest
+
+from fedsim.config import ConfigError, load_preset
+from fedsim.models.base import multiply_adds_per_sample
+from fedsim.rng import RunStreams
+from fedsim.runs.loop import build_run
+from fedsim.system import (Devices, LazyClock, SystemConfig, arrival_seconds, draw_devices,
+                           kept_updates, read_trace)
+
+
+def _devices():
+    """Three clients with round numbers: up, down (bits/s), latency (s), speed (multiply-adds/s)."""
+    return Devices(uplink=np.array([1e6, 2e6, 4e6]), downlink=np.array([8e6, 8e6, 16e6]),
+                   latency=np.array([0.1, 0.05, 0.2]), speed=np.array([1e9, 2e9, 1e9]))
+
+
+def test_arrival_is_download_compute_upload_by_hand():
+    devices = _devices()
+    clients = np.array([0, 2])
+    got = arrival_seconds(devices, clients, down_bits=np.array([8e5, 0]), samples=100,
+                          multiply_adds_per_sample=3e6, up_bits=np.array([5e5, 2e6]))
+    # client 0: (0.1 + 8e5/8e6) + 100*3e6/1e9 + (0.1 + 5e5/1e6) = 0.2 + 0.3 + 0.6
+    # client 2: (0.2 + 0) + 0.3 + (0.2 + 2e6/4e6) = 0.2 + 0.3 + 0.7
+    np.testing.assert_allclose(got, [1.1, 1.2], rtol=1e-15)
+
+
+def test_the_server_keeps_the_first_needed_arrivals_before_the_deadline():
+    arrival = np.array([3.0, 1.0, 2.0, 5.0])
+    reachable = np.array([True, True, False, True])
+    kept, wait = kept_updates(arrival, reachable, needed=2, deadline=None)
+    assert kept.tolist() == [True, True, False, False] and wait == 3.0        # over-selection: first two
+    kept, wait = kept_updates(arrival, reachable, needed=4, deadline=4.0)
+    assert kept.tolist() == [True, True, False, False] and wait == 4.0        # client 3 is late
+    kept, wait = kept_updates(arrival, reachable, needed=4, deadline=None)
+    assert kept.tolist() == [True, True, False, True] and wait == 5.0         # all reachable reported
+    kept, wait = kept_updates(arrival, np.zeros(4, bool), needed=2, deadline=None)
+    assert not kept.any() and wait == 0.0
+
+
+def test_a_federated_round_by_hand_equals_the_simulator():
+    """FedAvg (every upload and the broadcast a dense message of the same size) on clients with equal
+    custom numbers; the first round has no catch-up."""
+    config = load_preset("synthetic", ["federated.rounds=2", "federated.participation_rate=0.1",
+                                       'federated.method="fedavg"', 'system.profile="custom"', "system.spread=0",
+                                       "system.uplink=1e5", "system.downlink=1e6", "system.latency=0.05",
+                                       "system.speed=1e7"])
+    run = build_run(config, progress=False)
+    first = run.step()
+    macs = 3 * 60 * 10                                  # softmax regression: W is 60 x 10
+    assert multiply_adds_per_sample(run.model) == macs
+    samples = config.federated.batch_size * config.federated.local_iterations
+    K = first["participants"]
+    upload = first["bits_up"] / K                       # each participant's encoded message
+    wait = (0.05 + 0) + samples * macs / 1e7 + (0.05 + upload / 1e5)
+    broadcast = 0.05 + (first["bits_down"] / K) / 1e6
+    assert first["simulated_seconds"] == pytest.approx(wait + broadcast, rel=1e-12)
+    assert first["dropped"] == 0
+    # Round 2: a participant that missed round 1 first receives its catch-up (the same for each of them).
+    synced_before = run.clients.last_sync.copy()
+    second = run.step()
+    participants = np.flatnonzero(run.clients.last_sync == 2)
+    behind = np.count_nonzero(synced_before[participants] == 0)
+    catch_up = second["bits_down_catch_up"] / behind if behind else 0.0
+    wait = (0.05 + catch_up / 1e6) + samples * macs / 1e7 + (0.05 + upload / 1e5)
+    assert second["simulated_seconds"] - first["simulated_seconds"] == pytest.approx(wait + broadcast, rel=1e-12)
+    assert behind > 0 and catch_up > 0
+
+
+def test_the_lazy_clock_by_hand():
+    devices_config = SystemConfig(profile="custom", spread=0.0, uplink=1e6, downlink=4e6, latency=0.1, speed=1e9)
+    clock = LazyClock(devices_config, RunStreams(0), 2, multiply_adds_per_sample=1e3,
+                      samples=np.array([1000, 4000]), broadcast_bits=4e5, bits_per_upload=5e5)
+    # worker m: 0.1 + 4e5/4e6 + n_m 1e3/1e9 (+ 0.1 + 5e5/1e6 if it uploads)
+    assert clock.iteration(np.array([True, False])) == pytest.approx(max(0.2 + 0.001 + 0.6, 0.2 + 0.004))
+    assert clock.iteration(np.array([False, False])) == pytest.approx(0.204)
+
+
+def test_profiles_draw_the_same_devices_from_the_same_seed():
+    config = SystemConfig(profile="mixed")
+    first = draw_devices(config, 50, RunStreams(3).generator("system"))
+    again = draw_devices(config, 50, RunStreams(3).generator("system"))
+    other = draw_devices(config, 50, RunStreams(4).generator("system"))
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    assert not np.array_equal(first.uplink, other.uplink)
+    assert np.all(first.uplink > 0) and np.all(first.latency > 0)
+
+
+def test_a_deadline_drops_the_same_clients_and_counts_them():
+    overrides = ["federated.rounds=4", 'system.profile="3g"', "system.deadline=0.35", "system.availability=0.8"]
+    histories = [build_run(load_preset("synthetic", overrides), progress=False).run() for _ in range(2)]
+    dropped = [record["dropped"] for record in histories[0]]
+    assert dropped == [record["dropped"] for record in histories[1]]
+    assert all(d > 0 for d in dropped) and all(d < record["participants"] for d, record in zip(dropped, histories[0]))
+    times = [record["simulated_seconds"] for record in histories[0]]
+    assert times == sorted(times) and times == [record["simulated_seconds"] for record in histories[1]]
+
+
+def test_a_dropped_client_keeps_its_whole_update_in_its_residual():
+    """FedAvg with error feedback: a kept client's residual is update - update = 0, a dropped one's the
+    whole update (the updates: the same run's next_updates, before any round)."""
+    overrides = ["federated.rounds=1", 'federated.method="fedavg"', "federated.accumulate_up=true",
+                 'system.profile="3g"', "system.deadline=0.35"]
+    updates = build_run(load_preset("synthetic", overrides), progress=False).next_updates()
+    run = build_run(load_preset("synthetic", overrides), progress=False)
+    record = run.step()
+    residual = run.clients.residual[np.arange(record["participants"])]     # every client takes part
+    dropped = np.any(residual != 0, axis=1)
+    assert 0 < dropped.sum() == record["dropped"]
+    np.testing.assert_array_equal(residual[dropped], updates[dropped])
+
+
+def test_over_selection_samples_more_and_keeps_the_needed():
+    config = load_preset("synthetic", ["federated.rounds=1", "federated.participation_rate=0.5",
+                                       'system.profile="mixed"', "system.over_select=1.5"])
+    record = build_run(config, progress=False).step()
+    assert record["participants"] == 23 and record["dropped"] == 23 - 15
+
+
+def test_the_deadline_no_client_can_meet_is_one_line():
+    config = load_preset("synthetic", ['system.profile="3g"', "system.deadline=0.01"])
+    with pytest.raises(ValueError, match=r"^system.deadline \(0.01 s\) is shorter than the fastest client"):
+        build_run(config, progress=False)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("system.uplink=-1", r"^system.uplink must be a finite number > 0, got -1"),
+    ("system.latency=-0.1", r"^system.latency must be"),
+    ('system.profile="5g"', r"^system.profile must be one of"),
+    ("system.availability=0", r"^system.availability must be"),
+    ("system.over_select=0.5", r"^system.over_select must be"),
+])
+def test_bad_settings_are_one_line(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_preset("synthetic", ['system.profile="4g"', override])
+
+
+def test_settings_without_a_profile_are_refused():
+    with pytest.raises(ConfigError, match=r"^system.profile is 'off'"):
+        load_preset("synthetic", ["system.deadline=3"])
+
+
+def _trace(tmp_path, text):
+    path = tmp_path / "trace.csv"
+    path.write_text(text)
+    return path
+
+
+def test_a_trace_gives_every_client_its_row(tmp_path):
+    path = _trace(tmp_path, "client,up,down,latency,speed\n1,2e6,8e6,0.1,1e9\n0,1e6,4e6,0.05,2e9\n")
+    devices = read_trace(path, 2)
+    assert devices.uplink.tolist() == [1e6, 2e6] and devices.speed.tolist() == [2e9, 1e9]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("client,up,down,latency,speed\n0,1e6,4e6,0.05,2e9\n", r"1 of the 2 clients have no row \(first: \[1\]\)"),
+    ("client,up,down\n0,1,1\n", r"the first line must be the header"),
+    ("client,up,down,latency,speed\n0,fast,4e6,0.05,2e9\n1,1,1,1,1\n", r"line 2 must hold 5 numbers"),
+    ("client,up,down,latency,speed\n0,-1,4e6,0.05,2e9\n1,1,1,1,1\n", r"up, down and speed must be finite and > 0"),
+])
+def test_a_bad_trace_is_one_line(tmp_path, text, message):
+    with pytest.raises(ValueError, match=r"^system.trace .*: " + message):
+        read_trace(_trace(tmp_path, text), 2)
+
+
+def test_without_system_the_records_and_fingerprint_are_unchanged():
+    from fedsim.config import config_fingerprint, config_to_dict
+    config = load_preset("synthetic", ["federated.rounds=1"])
+    assert "system" not in config_to_dict(config)
+    record = build_run(config, progress=False).step()
+    assert "simulated_seconds" not in record and "dropped" not in record
+    on = load_preset("synthetic", ["federated.rounds=1", 'system.profile="4g"'])
+    assert config_fingerprint(on) != config_fingerprint(config)
+
+
+def test_run_folders_carry_simulated_time_to_summary_compare_and_plot(tmp_path):
+    from fedsim.plot import plot_runs, spent
+    from fedsim.runs import RunFolderError
+    from fedsim.runs.compare import compare_tables
+    from fedsim.runs.folder import read_run
+    from fedsim.runs.loop import start_run
+    overrides = ["federated.rounds=3", 'system.profile="4g"']
+    start_run(load_preset("synthetic", overrides), tmp_path / "on", name="on", quiet=True)
+    start_run(load_preset("synthetic", ["federated.rounds=3"]), tmp_path / "off", name="off", quiet=True)
+    on, off = read_run(tmp_path / "on"), read_run(tmp_path / "off")
+    times = [record["simulated_seconds"] for record in on.history]
+    assert on.summary["simulated_seconds"] == times[-1] and on.summary["dropped"] == 0
+    np.testing.assert_array_equal(spent(on.history, "simulated"), times)
+    np.testing.assert_array_equal(spent(on.history, "simulated", before=True), [0.0] + times[:-1])
+    table = compare_tables([on, off], target_accuracy=0.0, target_residual=1.0)
+    assert "simulated s to target" in table and f"{times[0]:.4g}" in table
+    assert "simulated s to target" not in compare_tables([off], target_accuracy=0.0, target_residual=1.0)
+    assert plot_runs([on], tmp_path / "plots", x="simulated")
+    with pytest.raises(RunFolderError, match=r"^--x simulated: the records of .* hold no simulated time"):
+        plot_runs([off], tmp_path / "plots", x="simulated")
+
+
+def test_a_resumed_run_continues_the_clock_and_the_drops_bitwise():
+    config = load_preset("synthetic", ["federated.rounds=4", 'system.profile="mixed"', "system.deadline=0.5",
+                                       "system.availability=0.7", "federated.participation_rate=0.5"])
+    straight = build_run(config, progress=False).run()
+    first = build_run(config, progress=False)
+    first.run(2)
+    resumed = build_run(config, progress=False)
+    resumed.load_state_dict(*first.state_dict())
+    resumed.run()
+    drop_time = [{key: r[key] for key in ("simulated_seconds", "dropped", "test_accuracy")} for r in straight]
+    assert drop_time == [{key: r[key] for key in ("simulated_seconds", "dropped", "test_accuracy")}
+                         for r in resumed.history]
+    assert sum(r["dropped"] for r in straight) > 0
