@@ -97,7 +97,7 @@ def mlp_round_benchmark(mode: str, data_dir=None, peak: dict | None = None) -> d
         run.step()
 
     # -- validation: one round from the same state ---------------------------------------------------
-    state = (run.server.weights.copy(), run.clients.residual.copy(), run.server.residual.copy())
+    state = (run.server.weights.copy(), run.clients.residual.dense(), run.server.residual.copy())
     run.batch_trace.clear()
     record = run.step()
     participants, rows = rounds._replay(run)
