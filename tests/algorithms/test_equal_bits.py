@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 
 from fedsim.algorithms.federated import summarize
+from fedsim.algorithms.lazy.report import achieved as lazy_achieved
+from fedsim.algorithms.lazy.report import summarize as lazy_summarize
 from fedsim.compress.budget import BudgetError
 from fedsim.config import ConfigError, load_preset
 from fedsim.runs import build_run
@@ -72,7 +74,14 @@ def test_lazy_bits_per_upload_takes_the_largest_b_that_fits():
     run = build_run(config, progress=False)
     size = run.model.spec.size
     assert run.config.bits == (3000 - 32) // size and run.bits_per_upload == run.config.bits * size + 32 <= 3000
-    run.step()
+    record = run.step()
+    # The b chosen and what it sends are recorded (the run folder's first record, then summary.json).
+    assert (record["bits_per_upload_b"], record["bits_per_upload_achieved"], record["bits_per_upload_budget"]) == \
+        (run.config.bits, run.bits_per_upload, 3000)
+    summary = lazy_summarize(run.history)
+    assert summary["bits_per_upload_b"] == run.config.bits and "b = " in " ".join(lazy_achieved(summary))
+    unset = build_run(load_preset("laq-synthetic", [("lazy.iterations", 1)]), progress=False)
+    assert not any(key.startswith("bits_per_upload_") for key in unset.step())
     with pytest.raises(ConfigError, match="bits_per_upload sets b of the quantized methods"):
         load_preset("laq-synthetic", [("lazy.method", "gd"), ("lazy.bits_per_upload", 3000)])
     with pytest.raises(ValueError, match=r"lazy.bits_per_upload = 100 is out of reach of \d+ parameters"):

@@ -122,6 +122,7 @@ def summarize(history: list[dict]) -> dict:
     summary = {"final_objective": last["objective"], "final_grad_norm_sq": last["grad_norm_sq"],
                "communications": last["communications"], "bits": last["bits"],
                "min_objective": float(min(r["objective"] for r in history))}
+    summary.update({key: value for key, value in history[0].items() if key.startswith("bits_per_upload_")})
     accuracies = [r["test_accuracy"] for r in history if "test_accuracy" in r]
     final = last.get("final_test_accuracy", accuracies[-1] if accuracies else None)
     if final is not None:
@@ -145,8 +146,11 @@ def achieved(summary: dict) -> list[str]:
     """What the run achieved, for the command line's closing line."""
     if "final_objective" not in summary:
         return []
-    return [f"f {summary['final_objective']:.8g}, uploads {summary['communications']}, "
-            f"bits {summary['bits']:.4g}"]
+    said = [f"f {summary['final_objective']:.8g}, uploads {summary['communications']}, bits {summary['bits']:.4g}"]
+    if "bits_per_upload_b" in summary:          # lazy.bits_per_upload: the b it chose
+        said.append(f"b = {summary['bits_per_upload_b']} for {summary['bits_per_upload_achieved']:.6g} bits per "
+                    f"upload (budget {summary['bits_per_upload_budget']:.6g})")
+    return said
 
 
 def compare(runs, targets: dict) -> tuple[str, list[str], list[list[str]]]:

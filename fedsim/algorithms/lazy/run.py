@@ -77,8 +77,12 @@ class LazyRun:
         else:
             smoothness = None
         self.smoothness = smoothness
-        self.config = config = config.for_parameters(n_params)     # lazy.bits_per_upload: b solved for P
+        # lazy.bits_per_upload: b solved for P, recorded in the first record (budget_record)
+        self.budget_record = {} if config.bits_per_upload is None else {"bits_per_upload_budget": config.bits_per_upload}
+        self.config = config = config.for_parameters(n_params)
         self.bits_per_upload = bits_per_upload(config.method, n_params, config.bits)
+        if self.budget_record:
+            self.budget_record.update(bits_per_upload_b=config.bits, bits_per_upload_achieved=self.bits_per_upload)
         # The simulated clock: theta broadcast (32 P bits), each worker's gradient, the uploaders' uplinks.
         samples = (np.full(n_workers, config.minibatch_size) if RULES[config.method].gradient == "minibatch"
                    else self.shards.sizes)
@@ -184,6 +188,8 @@ class LazyRun:
                                           + self.clock.iteration(upload))
         if accuracy is not None:
             entry["test_accuracy"] = accuracy
+        if k == 0:
+            entry.update(self.budget_record)
         if self.completed == config.iterations:
             final = self._evaluate(self.completed, self.theta)
             if final is not None:
