@@ -217,3 +217,34 @@ def error_lines(stderr: str) -> list[str]:
         if line.strip():
             lines.append(line)
     return lines
+
+
+@pytest.fixture
+def in_process(tmp_path, monkeypatch, capsys):
+    """``fedsim.cli.main`` called in this process, in ``tmp_path``: returns (exit status, stdout, stderr)."""
+    monkeypatch.chdir(tmp_path)
+    for variable, value in clean_env(tmp_path).items():
+        monkeypatch.setenv(variable, value)
+    for variable in ("FEDSIM_DATA", "FEDSIM_MIRRORS", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(variable, raising=False)
+
+    from fedsim.cli import main
+
+    def call(*args):
+        status = main([str(arg) for arg in args])
+        captured = capsys.readouterr()
+        return status, captured.out, captured.err
+    return call
+
+
+@pytest.fixture
+def fedsim_here(in_process, monkeypatch):
+    """``fedsim`` (a CompletedProcess) with ``fedsim.cli.main`` called in this process (about 1.3 s
+    of interpreter start and imports less a call), for what a command prints and returns; each command keeps
+    a test of its real process (``fedsim``), and the tests of signals and of a real process run one."""
+    def call(*args, **env):
+        for variable, value in env.items():
+            monkeypatch.setenv(variable, str(value))
+        status, out, err = in_process(*args)
+        return subprocess.CompletedProcess(["fedsim", *map(str, args)], status, out, err)
+    return call

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from fedsim.cli import (UsageError, main, one_line_errors, plot_folder, report_outcome, report_outcomes,
+from fedsim.cli import (UsageError, one_line_errors, plot_folder, report_outcome, report_outcomes,
                         stopped_at_once)
 from fedsim.config import ConfigError, config_from_dict, load_preset, parse_toml
 from fedsim.data.registry import DataSettingError
@@ -125,35 +125,6 @@ def test_bad_config_file_gives_one_error_line_and_exit_2(tmp_path, fedsim_here):
     bad_type = fedsim_here("show-config", "--preset", "synthetic", "--set", "federated.lr=fast")
     assert_one_error_line(bad_type, "federated.lr must be a finite number > 0, got 'fast'")
     assert not (tmp_path / "runs").exists()
-
-
-@pytest.fixture
-def in_process(tmp_path, monkeypatch, capsys):
-    """``fedsim.cli.main`` called in this process, in ``tmp_path``: returns (exit status, stdout, stderr)."""
-    monkeypatch.chdir(tmp_path)
-    for variable, value in clean_env(tmp_path).items():
-        monkeypatch.setenv(variable, value)
-    for variable in ("FEDSIM_DATA", "FEDSIM_MIRRORS", "XDG_CACHE_HOME"):
-        monkeypatch.delenv(variable, raising=False)
-
-    def call(*args):
-        status = main([str(arg) for arg in args])
-        captured = capsys.readouterr()
-        return status, captured.out, captured.err
-    return call
-
-
-@pytest.fixture
-def fedsim_here(in_process, monkeypatch):
-    """conftest's ``fedsim`` (a CompletedProcess) with ``fedsim.cli.main`` called in this process (about 1.3 s
-    of interpreter start and imports less a call), for what a command prints and returns; each command keeps
-    a test of its real process (``fedsim``), and the tests of signals and exits run one."""
-    def call(*args, **env):
-        for variable, value in env.items():
-            monkeypatch.setenv(variable, str(value))
-        status, out, err = in_process(*args)
-        return subprocess.CompletedProcess(["fedsim", *map(str, args)], status, out, err)
-    return call
 
 
 @pytest.mark.parametrize("text, args, fragments", [

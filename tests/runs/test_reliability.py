@@ -4,7 +4,7 @@ One test (or a few) per item of the reliability issue: folder ownership, resume 
 checkpoints, thread-count independence, foreign files in --out, one-line errors, and the smaller items.
 The commands whose process is what is tested (a second writer, concurrent runs, thread settings, the
 umask, --debug's traceback) run as real subprocesses (tests/conftest.py's ``fedsim``); the others call
-``fedsim.cli.main`` in this process (tests/test_cli.py's ``fedsim_here``: the same exit status and lines).
+``fedsim.cli.main`` in this process (tests/conftest.py's ``fedsim_here``: the same exit status and lines).
 """
 
 import json
@@ -21,7 +21,6 @@ import pytest
 from fedsim.runs import RunFolder, strip_wall_time
 from fedsim.runs.folder import CHECKPOINT_FILE, CONFIG_FILE, HISTORY_FILE, META_FILE, SUMMARY_FILE
 from tests.conftest import TINY, TINY_LAZY, clean_env, error_lines, fedsim
-from tests.test_cli import fedsim_here, in_process  # noqa: F401 (fixtures)
 
 ROUNDS12 = TINY + ["--set", "federated.rounds=12", "--set", "run.checkpoint_every=4"]
 
