@@ -150,29 +150,6 @@ def pytest_runtest_makereport(item, call):
         report.longrepr = f"oracle test {item.nodeid} was skipped, but FEDSIM_REQUIRE_ORACLE=1"
 
 
-#: The two tests that take minutes each (the README's LAQ tables rerun). Under pytest-xdist each starts
-#: first on a worker of its own, instead of both waiting in one worker's share of the suite.
-LONGEST_TESTS = ("test_readme_laq_mnist_table_and_bits_sweep_sentence",
-                 "test_readme_table_is_what_the_example_prints[laq-fashion-mnist]")
-
-
-def pytest_collection_modifyitems(config, items):
-    """Under ``pytest -n W --dist worksteal``: the k-th of LONGEST_TESTS moves to where the k-th worker's
-    share begins. The work-stealing scheduler gives worker i the i-th contiguous share of the collection
-    (``remaining // workers left``, as xdist's ``check_schedule``); idle workers then steal from the
-    others' queues, so the order changes only when the long tests start, not which tests run."""
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    longest = [item for item in items if item.name in LONGEST_TESTS]
-    if workers < 2 or not longest:
-        return
-    starts, start, remaining = [], 0, len(items)
-    for left in range(workers, 0, -1):
-        starts.append(start)
-        start, remaining = start + remaining // left, remaining - remaining // left
-    placed = dict(zip(starts, longest))                 # one long test at the start of a worker's share
-    others = iter(longest[len(placed):] + [item for item in items if item.name not in LONGEST_TESTS])
-    items[:] = [placed[index] if index in placed else next(others) for index in range(len(items))]
-
 # ---------------------------------------------------------------------------------------------------------
 # The fedsim command as a subprocess, shared by the tests of the CLI, runs, sweeps and the first hour
 # (``from tests.conftest import fedsim, ...``). Its imports are here, so that the section stands alone.
