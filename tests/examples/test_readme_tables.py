@@ -19,7 +19,7 @@ two steps:
   are rerun from its config.toml with only ``lazy.iterations`` changed: their records must equal the
   recorded ones bitwise (all but the wall time);
 * on demand (``python -m pytest -m reproduce tests/examples/test_readme_tables.py``, deselected by
-  setup.cfg's ``addopts``; about 15 minutes on two cores): every recorded run rerun in full, its whole
+  setup.cfg's ``addopts``; 16.5 minutes on two busy cores): every recorded run rerun in full, its whole
   history compared bitwise, and so every LAQ number of the README.
 """
 
