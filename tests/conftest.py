@@ -150,29 +150,6 @@ def pytest_runtest_makereport(item, call):
         report.longrepr = f"oracle test {item.nodeid} was skipped, but FEDSIM_REQUIRE_ORACLE=1"
 
 
-#: The two tests that take minutes each (the README's LAQ tables rerun). Under pytest-xdist each starts
-#: first on a worker of its own, instead of both waiting in one worker's share of the suite.
-LONGEST_TESTS = ("test_readme_laq_mnist_table_and_bits_sweep_sentence",
-                 "test_readme_table_is_what_the_example_prints[laq-fashion-mnist]")
-
-
-def pytest_collection_modifyitems(config, items):
-    """Under ``pytest -n W --dist worksteal``: the k-th of LONGEST_TESTS moves to where the k-th worker's
-    share begins. The work-stealing scheduler gives worker i the i-th contiguous share of the collection
-    (``remaining // workers left``, as xdist's ``check_schedule``); idle workers then steal from the
-    others' queues, so the order changes only when the long tests start, not which tests run."""
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    longest = [item for item in items if item.name in LONGEST_TESTS]
-    if workers < 2 or not longest:
-        return
-    starts, start, remaining = [], 0, len(items)
-    for left in range(workers, 0, -1):
-        starts.append(start)
-        start, remaining = start + remaining // left, remaining - remaining // left
-    placed = dict(zip(starts, longest))                 # one long test at the start of a worker's share
-    others = iter(longest[len(placed):] + [item for item in items if item.name not in LONGEST_TESTS])
-    items[:] = [placed[index] if index in placed else next(others) for index in range(len(items))]
-
 # ---------------------------------------------------------------------------------------------------------
 # The fedsim command as a subprocess, shared by the tests of the CLI, runs, sweeps and the first hour
 # (``from tests.conftest import fedsim, ...``). Its imports are here, so that the section stands alone.
@@ -217,3 +194,34 @@ def error_lines(stderr: str) -> list[str]:
         if line.strip():
             lines.append(line)
     return lines
+
+
+@pytest.fixture
+def in_process(tmp_path, monkeypatch, capsys):
+    """``fedsim.cli.main`` called in this process, in ``tmp_path``: returns (exit status, stdout, stderr)."""
+    monkeypatch.chdir(tmp_path)
+    for variable, value in clean_env(tmp_path).items():
+        monkeypatch.setenv(variable, value)
+    for variable in ("FEDSIM_DATA", "FEDSIM_MIRRORS", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(variable, raising=False)
+
+    from fedsim.cli import main
+
+    def call(*args):
+        status = main([str(arg) for arg in args])
+        captured = capsys.readouterr()
+        return status, captured.out, captured.err
+    return call
+
+
+@pytest.fixture
+def fedsim_here(in_process, monkeypatch):
+    """``fedsim`` (a CompletedProcess) with ``fedsim.cli.main`` called in this process (about 1.3 s
+    of interpreter start and imports less a call), for what a command prints and returns; each command keeps
+    a test of its real process (``fedsim``), and the tests of signals and of a real process run one."""
+    def call(*args, **env):
+        for variable, value in env.items():
+            monkeypatch.setenv(variable, str(value))
+        status, out, err = in_process(*args)
+        return subprocess.CompletedProcess(["fedsim", *map(str, args)], status, out, err)
+    return call

@@ -1,5 +1,7 @@
-"""The ``fedsim`` command, run as a subprocess of the installed package (``python -m fedsim`` and the
-console script): configs and their errors, runs, kill -9 / Ctrl-C and resume, plots, compare, data."""
+"""The ``fedsim`` command: configs and their errors, runs, kill -9 / Ctrl-C and resume, plots, compare, data.
+
+Each command runs at least once as a subprocess of the installed package (``python -m fedsim`` and the
+console script), as do the tests of signals; the other calls run ``fedsim.cli.main`` in this process."""
 
 import json
 import os
@@ -83,7 +85,7 @@ def test_console_script_and_version(tmp_path):
     assert version.returncode == 0 and version.stdout.startswith("fedsim "), version
 
 
-def test_show_config_prints_every_setting_as_toml(tmp_path):
+def test_show_config_prints_every_setting_as_toml(tmp_path, fedsim_here):
     result = fedsim(tmp_path, "show-config", "--preset", "synthetic", "--set", "federated.lr=0.125",
                     "--seed", "5")
     assert result.returncode == 0, result.stderr
@@ -91,11 +93,11 @@ def test_show_config_prints_every_setting_as_toml(tmp_path):
     assert document["seed"] == 5 and document["federated"]["lr"] == 0.125
     assert document["data"]["dataset"] == "synthetic" and document["federated"]["batch_size"] == 10
     assert config_from_dict(document) == load_preset("synthetic", ["federated.lr=0.125", "seed=5"])
-    defaults = fedsim(tmp_path, "show-config")
+    defaults = fedsim_here("show-config")
     assert defaults.returncode == 0 and 'method = "stc_updown"' in defaults.stdout
     # its output is a config that gives the same config, without a warning about the tables it does not use
     (tmp_path / "shown.toml").write_text(result.stdout)
-    again = fedsim(tmp_path, "show-config", "shown.toml")
+    again = fedsim_here("show-config", "shown.toml")
     assert (again.returncode, again.stderr) == (0, "")
     assert again.stdout.split("\n", 1)[1] == result.stdout.split("\n", 1)[1]     # all but the header line
 
@@ -107,38 +109,22 @@ def test_the_readmes_offline_quickstart_names_only_presets_that_need_no_download
     assert presets and all(load_preset(name).data.dataset == "synthetic" for name in presets), presets
 
 
-def test_show_config_of_a_file(tmp_path):
+def test_show_config_of_a_file(tmp_path, fedsim_here):
     (tmp_path / "exp.toml").write_text('family = "lazy"\n[lazy]\nmethod = "gd"\n')
-    result = fedsim(tmp_path, "show-config", "exp.toml", "--dataset", "fashion-mnist")
+    result = fedsim_here("show-config", "exp.toml", "--dataset", "fashion-mnist")
     assert result.returncode == 0, result.stderr
     document = tomllib.loads(result.stdout)
     assert (document["family"], document["lazy"]["method"], document["data"]["dataset"]) == \
         ("lazy", "gd", "fashion-mnist")
 
 
-def test_bad_config_file_gives_one_error_line_and_exit_2(tmp_path):
+def test_bad_config_file_gives_one_error_line_and_exit_2(tmp_path, fedsim_here):
     (tmp_path / "exp.toml").write_text("[federated]\nlrr = 0.1\n")
     assert_one_error_line(fedsim(tmp_path, "run", "exp.toml", "--quiet"),
                           "unknown setting 'federated.lrr' in exp.toml; did you mean 'federated.lr'?")
-    bad_type = fedsim(tmp_path, "show-config", "--preset", "synthetic", "--set", "federated.lr=fast")
+    bad_type = fedsim_here("show-config", "--preset", "synthetic", "--set", "federated.lr=fast")
     assert_one_error_line(bad_type, "federated.lr must be a finite number > 0, got 'fast'")
     assert not (tmp_path / "runs").exists()
-
-
-@pytest.fixture
-def in_process(tmp_path, monkeypatch, capsys):
-    """``fedsim.cli.main`` called in this process, in ``tmp_path``: returns (exit status, stdout, stderr)."""
-    monkeypatch.chdir(tmp_path)
-    for variable, value in clean_env(tmp_path).items():
-        monkeypatch.setenv(variable, value)
-    for variable in ("FEDSIM_DATA", "FEDSIM_MIRRORS", "XDG_CACHE_HOME"):
-        monkeypatch.delenv(variable, raising=False)
-
-    def call(*args):
-        status = main([str(arg) for arg in args])
-        captured = capsys.readouterr()
-        return status, captured.out, captured.err
-    return call
 
 
 @pytest.mark.parametrize("text, args, fragments", [
@@ -183,8 +169,8 @@ def test_command_line_errors(in_process, tmp_path, args, fragments):
 
 # --- runs ---------------------------------------------------------------------------------------------------
 
-def test_run_writes_a_run_folder(tmp_path):
-    result = fedsim(tmp_path, "run", "--preset", "synthetic", *TINY, "--set", "federated.rounds=3")
+def test_run_writes_a_run_folder(tmp_path, fedsim_here):
+    result = fedsim_here("run", "--preset", "synthetic", *TINY, "--set", "federated.rounds=3")
     assert result.returncode == 0, result.stderr
     assert "run completed: 3 rounds; final test accuracy" in result.stdout
     folders = list((tmp_path / "runs").iterdir())
@@ -198,8 +184,8 @@ def test_run_writes_a_run_folder(tmp_path):
                                                "federated.rounds=3"])
     assert len(RunFolder(run_dir).read_history()) == 3
     # --quiet: only the run folder on stdout, nothing on stderr but library warnings
-    quiet = fedsim(tmp_path, "run", "--preset", "synthetic", *TINY, "--set", "federated.rounds=2", "--quiet",
-                   "--out", "q")
+    quiet = fedsim_here("run", "--preset", "synthetic", *TINY, "--set", "federated.rounds=2", "--quiet",
+                        "--out", "q")
     assert quiet.returncode == 0 and quiet.stdout.strip() == "q" and error_lines(quiet.stderr) == []
 
 
@@ -212,8 +198,8 @@ def test_a_finished_run_folder_is_neither_overwritten_nor_resumed(in_process, tm
     assert status == 0 and "nothing to resume in q: the run already ended (completed)" in err, err
 
 
-def test_lazy_run(tmp_path):
-    result = fedsim(tmp_path, "run", "--preset", "laq-synthetic", *TINY_LAZY, "--out", "lazy")
+def test_lazy_run(tmp_path, fedsim_here):
+    result = fedsim_here("run", "--preset", "laq-synthetic", *TINY_LAZY, "--out", "lazy")
     assert result.returncode == 0, result.stderr
     assert "run completed: 20 iterations" in result.stdout
     history = RunFolder(tmp_path / "lazy").read_history()
@@ -308,7 +294,7 @@ def test_plot_writes_png_and_svg(tmp_path, finished_runs):
     assert plot_folder([one, two]) == Path("plots") and plot_folder([one], "x") == Path("x")
 
 
-def test_compare_prints_a_table(tmp_path, finished_runs):
+def test_compare_prints_a_table(tmp_path, finished_runs, fedsim_here):
     runs = [finished_runs / name for name in ("stc", "fedavg", "laq", "gd")]
     result = fedsim(tmp_path, "compare", *runs, "--target-accuracy", "0.5", "--target-residual", "1e-3")
     assert result.returncode == 0, result.stderr
@@ -323,11 +309,11 @@ def test_compare_prints_a_table(tmp_path, finished_runs):
                                 f"{stc['best_test_accuracy']:.4f}"]
     assert rows["gd"][2] == "30" and rows["gd"][-1] == "completed"
     # a folder of run folders among them (`fedsim compare runs/*` after the examples ran): left out, saying so
-    among = fedsim(tmp_path, "compare", *runs, finished_runs, "--target-accuracy", "0.5", "--target-residual", "1e-3")
+    among = fedsim_here("compare", *runs, finished_runs, "--target-accuracy", "0.5", "--target-residual", "1e-3")
     assert (among.returncode, among.stdout) == (0, text)
     assert error_lines(among.stderr) == [f"fedsim: {finished_runs} is not a run folder; left out (it holds the run "
                                          f"folders fedavg, gd, laq ...: fedsim compare {finished_runs / '*'})"]
-    bad = fedsim(tmp_path, "compare", *runs, "--target-accuracy", "2")
+    bad = fedsim_here("compare", *runs, "--target-accuracy", "2")
     assert_one_error_line(bad, "--target-accuracy must be in [0, 1]")
 
 
@@ -345,7 +331,7 @@ def test_data_info_reports_where_and_how_files_verified(tmp_path, shared_data):
     assert re.search(r"train-images\s+not found", mnist) and mnist.count("verified by md5") == 3, text
 
 
-def test_data_fetch_downloads_verifies_and_reports(tmp_path, shared_data):
+def test_data_fetch_downloads_verifies_and_reports(tmp_path, shared_data, fedsim_here):
     mirror = shared_data.resolve().as_uri()          # file:///.../data, laid out as <base>/<name>/<file>
     result = fedsim(tmp_path, "data", "fetch", "fashion-mnist", FEDSIM_MIRRORS=mirror)
     assert result.returncode == 0, result.stderr
@@ -354,7 +340,7 @@ def test_data_fetch_downloads_verifies_and_reports(tmp_path, shared_data):
                                                  "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"])
     assert result.stdout.count("verified by") == 4 and str(cached) in result.stdout
     # MNIST's train images are not on this mirror: the three others arrive, the error says what is missing
-    partial = fedsim(tmp_path, "data", "fetch", "mnist", FEDSIM_MIRRORS=mirror)
+    partial = fedsim_here("data", "fetch", "mnist", FEDSIM_MIRRORS=mirror)
     assert partial.returncode == 1
     assert "no verified copy of train-images" in partial.stderr and "Traceback" not in partial.stderr
     assert partial.stdout.count("verified by") == 3
@@ -376,18 +362,19 @@ def test_a_batch_larger_than_a_client_is_refused_and_a_loss_beyond_the_float_ran
 # --- real data ----------------------------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_real_data_runs_of_both_families(tmp_path, shared_data):
-    federated = fedsim(tmp_path, "run", "--preset", "stc-mnist", "--dataset", "fashion-mnist", "--data-dir",
-                       shared_data, "--set", "data.train_split=test", "--set", "federated.n_clients=10",
-                       "--set", "federated.rounds=2", "--set", "federated.eval_train_samples=500",
-                       "--quiet", "--out", "fashion")
+def test_real_data_runs_of_both_families(tmp_path, shared_data, fedsim_here):
+    federated = fedsim_here("run", "--preset", "stc-mnist", "--dataset", "fashion-mnist", "--data-dir",
+                            shared_data, "--set", "data.train_split=test", "--set", "federated.n_clients=10",
+                            "--set", "federated.rounds=2", "--set", "federated.eval_train_samples=500",
+                            "--quiet", "--out", "fashion")
     assert federated.returncode == 0, federated.stderr
     history = RunFolder(tmp_path / "fashion").read_history()
     assert len(history) == 2 and 0.1 < history[-1]["test_accuracy"] <= 1
     saved = tomllib.loads((tmp_path / "fashion" / "config.toml").read_text())
     assert saved["data"]["data_dir"] == str(shared_data.resolve())
-    lazy = fedsim(tmp_path, "run", "--preset", "laq-mnist", "--set", "data.train_split=test",
-                  "--set", "lazy.iterations=3", "--quiet", "--out", "mnist-laq", FEDSIM_DATA=str(shared_data))
+    lazy = fedsim_here("run", "--preset", "laq-mnist", "--set", "data.train_split=test",
+                       "--set", "lazy.iterations=3", "--quiet", "--out", "mnist-laq",
+                       FEDSIM_DATA=str(shared_data))
     assert lazy.returncode == 0, lazy.stderr
     records = RunFolder(tmp_path / "mnist-laq").read_history()
     assert len(records) == 3 and records[0]["uploads"] == list(range(10))

@@ -2,7 +2,9 @@
 
 One test (or a few) per item of the reliability issue: folder ownership, resume identity, corrupt
 checkpoints, thread-count independence, foreign files in --out, one-line errors, and the smaller items.
-Every fedsim command runs as a real subprocess (tests/conftest.py's helpers).
+The commands whose process is what is tested (a second writer, concurrent runs, thread settings, the
+umask, --debug's traceback) run as real subprocesses (tests/conftest.py's ``fedsim``); the others call
+``fedsim.cli.main`` in this process (tests/conftest.py's ``fedsim_here``: the same exit status and lines).
 """
 
 import json
@@ -41,9 +43,11 @@ def history(run_dir) -> list[dict]:
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     """A finished 12-round run and its history: (folder, records without wall time)."""
+    from fedsim.config import load_preset
+    from fedsim.runs import start_run
     base = tmp_path_factory.mktemp("finished")
-    result = fedsim(base, "run", "--preset", "synthetic", *ROUNDS12, "--quiet", "--out", base / "run")
-    assert result.returncode == 0, result.stderr
+    outcome = start_run(load_preset("synthetic", ROUNDS12[1::2]), base / "run", name="run", quiet=True)
+    assert outcome.status == "completed", outcome.message
     return base / "run", history(base / "run")
 
 
@@ -118,58 +122,58 @@ def test_two_concurrent_runs_into_one_folder_leave_one_consistent_run(tmp_path, 
     (('method = "stc_updown"', 'method = "fedavg"'), 'federated.method: "stc_updown" -> "fedavg"'),
     (("rounds = 12", "rounds = 5"), "federated.rounds: 12 -> 5"),
 ])
-def test_an_edited_config_is_refused_with_the_changed_settings(tmp_path, finished, edit, changed):
+def test_an_edited_config_is_refused_with_the_changed_settings(tmp_path, finished, edit, changed, fedsim_here):
     run_dir = unfinished_copy(finished, tmp_path)
     config = run_dir / CONFIG_FILE
     text = config.read_text()
     assert edit[0] in text
     config.write_text(text.replace(edit[0], edit[1], 1))
     before = {path.name: path.read_bytes() for path in run_dir.iterdir()}
-    result = fedsim(tmp_path, "run", "--resume", run_dir, "--quiet")
+    result = fedsim_here("run", "--resume", run_dir, "--quiet")
     one_line_error(result, 2, "was edited after the run started", changed)
     after = {path.name: path.read_bytes() for path in run_dir.iterdir()}
     assert after == before                                   # nothing lost, nothing changed
 
 
-def test_a_checkpoint_of_another_run_is_refused(tmp_path, finished):
+def test_a_checkpoint_of_another_run_is_refused(tmp_path, finished, fedsim_here):
     run_dir = unfinished_copy(finished, tmp_path, "run")
     other = unfinished_copy(finished, tmp_path, "other")     # the same settings: only its id differs
     (run_dir / CHECKPOINT_FILE).write_bytes((other / CHECKPOINT_FILE).read_bytes())
-    result = fedsim(tmp_path, "run", "--resume", run_dir, "--quiet")
+    result = fedsim_here("run", "--resume", run_dir, "--quiet")
     one_line_error(result, 2, "is not the checkpoint checkpoint.json recorded")
     # with its note copied too, the checksum agrees; the run id inside the checkpoint does not
     (run_dir / "checkpoint.json").write_bytes((other / "checkpoint.json").read_bytes())
-    result = fedsim(tmp_path, "run", "--resume", run_dir, "--quiet")
+    result = fedsim_here("run", "--resume", run_dir, "--quiet")
     one_line_error(result, 2, "belongs to another run")
 
 
-def test_more_steps_than_asked_is_impossible_and_extend_to_continues(tmp_path, finished):
+def test_more_steps_than_asked_is_impossible_and_extend_to_continues(tmp_path, finished, fedsim_here):
     source, reference = finished
     run_dir = unfinished_copy(finished, tmp_path)
-    result = fedsim(tmp_path, "run", "--resume", run_dir, "--quiet", "--extend-to", "5")
+    result = fedsim_here("run", "--resume", run_dir, "--quiet", "--extend-to", "5")
     one_line_error(result, 2, "--extend-to must be an integer >= 9")
     # extending to 20 rounds gives the first 20 rounds of a 20-round run
-    longer = fedsim(tmp_path, "run", "--preset", "synthetic", *TINY, "--set", "federated.rounds=20",
-                    "--set", "run.checkpoint_every=4", "--quiet", "--out", tmp_path / "twenty")
+    longer = fedsim_here("run", "--preset", "synthetic", *TINY, "--set", "federated.rounds=20",
+                         "--set", "run.checkpoint_every=4", "--quiet", "--out", tmp_path / "twenty")
     assert longer.returncode == 0, longer.stderr
-    extended = fedsim(tmp_path, "run", "--resume", run_dir, "--quiet", "--extend-to", "20")
+    extended = fedsim_here("run", "--resume", run_dir, "--quiet", "--extend-to", "20")
     assert extended.returncode == 0, extended.stderr
     assert history(run_dir) == history(tmp_path / "twenty")
     summary = json.loads((run_dir / SUMMARY_FILE).read_text())
     assert summary["completed"] == summary["planned"] == 20
     assert "federated.rounds: 12 -> 20" in json.dumps(json.loads((run_dir / META_FILE).read_text()))
     # a finished run can be extended too, and then resumes as the config says
-    again = fedsim(tmp_path, "run", "--resume", run_dir, "--quiet", "--extend-to", "24")
+    again = fedsim_here("run", "--resume", run_dir, "--quiet", "--extend-to", "24")
     assert again.returncode == 0, again.stderr
     assert len(history(run_dir)) == 24
 
 
-def test_a_lazy_run_extends_like_a_longer_one_except_for_the_old_final_evaluation(tmp_path):
-    short = fedsim(tmp_path, "run", "--preset", "laq-synthetic", *TINY_LAZY, "--quiet", "--out", tmp_path / "a")
-    long = fedsim(tmp_path, "run", "--preset", "laq-synthetic", *TINY_LAZY, "--set", "lazy.iterations=30",
-                  "--quiet", "--out", tmp_path / "b")
+def test_a_lazy_run_extends_like_a_longer_one_except_for_the_old_final_evaluation(tmp_path, fedsim_here):
+    short = fedsim_here("run", "--preset", "laq-synthetic", *TINY_LAZY, "--quiet", "--out", tmp_path / "a")
+    long = fedsim_here("run", "--preset", "laq-synthetic", *TINY_LAZY, "--set", "lazy.iterations=30",
+                       "--quiet", "--out", tmp_path / "b")
     assert short.returncode == 0 and long.returncode == 0, short.stderr + long.stderr
-    extended = fedsim(tmp_path, "run", "--resume", tmp_path / "a", "--quiet", "--extend-to", "30")
+    extended = fedsim_here("run", "--resume", tmp_path / "a", "--quiet", "--extend-to", "30")
     assert extended.returncode == 0, extended.stderr
     got, want = history(tmp_path / "a"), history(tmp_path / "b")
     assert "final_test_accuracy" in got[19] and "final_test_accuracy" not in want[19]
@@ -180,7 +184,7 @@ def test_a_lazy_run_extends_like_a_longer_one_except_for_the_old_final_evaluatio
 # --- 3. a corrupt checkpoint: one line, nothing lost -----------------------------------------------------
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "one byte changed", "empty"])
-def test_a_damaged_checkpoint_is_refused_in_one_line(tmp_path, finished, damage):
+def test_a_damaged_checkpoint_is_refused_in_one_line(tmp_path, finished, damage, fedsim_here):
     run_dir = unfinished_copy(finished, tmp_path)
     path = run_dir / CHECKPOINT_FILE
     data = bytearray(path.read_bytes())
@@ -193,19 +197,19 @@ def test_a_damaged_checkpoint_is_refused_in_one_line(tmp_path, finished, damage)
     else:
         data = bytearray()
     path.write_bytes(bytes(data))
-    result = fedsim(tmp_path, "run", "--resume", run_dir, "--quiet")
+    result = fedsim_here("run", "--resume", run_dir, "--quiet")
     line = one_line_error(result, 2, str(path))
     assert "allow_pickle" not in line
     assert path.read_bytes() == bytes(data)                  # left as found, for the user to look at
 
 
-def test_a_kill_during_the_checkpoint_write_leaves_a_resumable_folder(tmp_path, finished):
+def test_a_kill_during_the_checkpoint_write_leaves_a_resumable_folder(tmp_path, finished, fedsim_here):
     """What a kill -9 inside the atomic write leaves: a half-written temporary file beside the
     complete old checkpoint. The resume uses the old one and ends as an uninterrupted run."""
     run_dir = unfinished_copy(finished, tmp_path)
     partial = run_dir / f".{CHECKPOINT_FILE}.4242-x1y2z3.part"
     partial.write_bytes(b"PK\x03\x04 half a zip")
-    result = fedsim(tmp_path, "run", "--resume", run_dir, "--quiet")
+    result = fedsim_here("run", "--resume", run_dir, "--quiet")
     assert result.returncode == 0, result.stderr
     assert history(run_dir) == finished[1]
     assert not partial.exists(), "the resume must delete the interrupted write's temporary file"
@@ -278,25 +282,25 @@ def test_the_blas_recorded_is_numpys_whatever_else_is_loaded_and_a_resume_does_n
 
 # --- 5. never overwrite a file fedsim did not write --------------------------------------------------------
 
-def test_out_with_files_of_the_user_is_refused_and_left_alone(tmp_path):
+def test_out_with_files_of_the_user_is_refused_and_left_alone(tmp_path, fedsim_here):
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "history.jsonl").write_text("my own notes\n")
     (mine / "thesis.tex").write_text("chapter 1\n")
-    result = fedsim(tmp_path, "run", "--preset", "synthetic", *ROUNDS12, "--quiet", "--out", mine)
+    result = fedsim_here("run", "--preset", "synthetic", *ROUNDS12, "--quiet", "--out", mine)
     one_line_error(result, 2, "not empty and not a fedsim run folder", "thesis.tex")
     assert (mine / "history.jsonl").read_text() == "my own notes\n"
     assert sorted(p.name for p in mine.iterdir()) == ["history.jsonl", "thesis.tex"]
 
 
-def test_out_naming_a_file_or_an_unwritable_place_is_one_line(tmp_path):
+def test_out_naming_a_file_or_an_unwritable_place_is_one_line(tmp_path, fedsim_here):
     (tmp_path / "file").write_text("x")
-    one_line_error(fedsim(tmp_path, "run", "--preset", "synthetic", *ROUNDS12, "--quiet", "--out",
-                          tmp_path / "file"), 2, "is a file, not a folder")
+    one_line_error(fedsim_here("run", "--preset", "synthetic", *ROUNDS12, "--quiet", "--out",
+                               tmp_path / "file"), 2, "is a file, not a folder")
     assert (tmp_path / "file").read_text() == "x"
     # /proc refuses new folders even to root (CI runs as root, for whom a read-only mode means nothing)
-    one_line_error(fedsim(tmp_path, "run", "--preset", "synthetic", *ROUNDS12, "--quiet", "--out",
-                          "/proc/fedsim-run"), 2, "cannot create the run folder")
+    one_line_error(fedsim_here("run", "--preset", "synthetic", *ROUNDS12, "--quiet", "--out",
+                               "/proc/fedsim-run"), 2, "cannot create the run folder")
 
 
 # --- 6. one line, never a traceback ---------------------------------------------------------------------------
@@ -306,7 +310,8 @@ def test_out_naming_a_file_or_an_unwritable_place_is_one_line(tmp_path):
     (META_FILE, lambda text: text[: len(text) // 2]),
     (SUMMARY_FILE, lambda text: "[1, 2"),
 ])
-def test_damaged_run_files_give_one_line_in_resume_compare_and_plot(tmp_path, finished, name, damage):
+def test_damaged_run_files_give_one_line_in_resume_compare_and_plot(tmp_path, finished, name, damage,
+                                                                     fedsim_here):
     unfinished = unfinished_copy(finished, tmp_path, "unfinished")
     complete = tmp_path / "complete"
     complete.mkdir()
@@ -324,10 +329,10 @@ def test_damaged_run_files_give_one_line_in_resume_compare_and_plot(tmp_path, fi
         path.write_text(damage(path.read_text()))
     for command in commands:
         folder = Path(command[2] if command[0] == "run" else command[1])
-        one_line_error(fedsim(tmp_path, *command), 2, str(folder / name))
+        one_line_error(fedsim_here(*command), 2, str(folder / name))
 
 
-def test_an_edited_history_line_is_refused_on_resume(tmp_path, finished):
+def test_an_edited_history_line_is_refused_on_resume(tmp_path, finished, fedsim_here):
     run_dir = unfinished_copy(finished, tmp_path)
     path = run_dir / HISTORY_FILE
     lines = path.read_text().splitlines(keepends=True)
@@ -335,7 +340,7 @@ def test_an_edited_history_line_is_refused_on_resume(tmp_path, finished):
     record["test_accuracy"] = 0.99
     lines[2] = json.dumps(record) + "\n"
     path.write_text("".join(lines))
-    one_line_error(fedsim(tmp_path, "run", "--resume", run_dir, "--quiet"), 2,
+    one_line_error(fedsim_here("run", "--resume", run_dir, "--quiet"), 2,
                    f"{HISTORY_FILE} line 3 differs from the checkpoint")
 
 
@@ -369,10 +374,10 @@ def test_run_files_follow_the_umask(tmp_path):
         assert stat.S_IMODE((out / name).stat().st_mode) == 0o644, name
 
 
-def test_a_loss_that_overflows_stops_as_divergence_with_the_last_finite_values(tmp_path):
+def test_a_loss_that_overflows_stops_as_divergence_with_the_last_finite_values(tmp_path, fedsim_here):
     out = tmp_path / "run"
-    result = fedsim(tmp_path, "run", "--preset", "synthetic", *TINY, "--set", "federated.method=fedavg",
-                    "--set", "federated.lr=1e6", "--set", "federated.rounds=10", "--quiet", "--out", out)
+    result = fedsim_here("run", "--preset", "synthetic", *TINY, "--set", "federated.method=fedavg",
+                         "--set", "federated.lr=1e6", "--set", "federated.rounds=10", "--quiet", "--out", out)
     assert result.returncode == 1, result.stderr
     summary = json.loads((out / SUMMARY_FILE).read_text())
     assert summary["status"] == "diverged" and "NaN or inf" in summary["message"]
@@ -380,15 +385,15 @@ def test_a_loss_that_overflows_stops_as_divergence_with_the_last_finite_values(t
     assert all(np.isfinite(r["test_loss"]) for r in RunFolder(out).read_history())
 
 
-def test_a_huge_config_value_is_not_echoed_whole(tmp_path):
+def test_a_huge_config_value_is_not_echoed_whole(tmp_path, fedsim_here):
     (tmp_path / "huge.toml").write_text('[federated]\nmethod = "' + "x" * 5_000_000 + '"\n')
-    result = fedsim(tmp_path, "run", "huge.toml")
+    result = fedsim_here("run", "huge.toml")
     line = one_line_error(result, 2, "federated.method", "characters cut")
     assert len(line) < 2_000
 
 
-def test_a_lazy_error_names_the_lazy_setting(tmp_path):
-    result = fedsim(tmp_path, "run", "--preset", "laq-synthetic", "--set", "lazy.n_workers=5000",
-                    "--set", "data.partition=iid", "--quiet")
+def test_a_lazy_error_names_the_lazy_setting(tmp_path, fedsim_here):
+    result = fedsim_here("run", "--preset", "laq-synthetic", "--set", "lazy.n_workers=5000",
+                         "--set", "data.partition=iid", "--quiet")
     line = one_line_error(result, 2, "lazy.n_workers")
     assert "n_clients" not in line
