@@ -359,6 +359,11 @@ def unused_tables(raw: dict, config: ExperimentConfig) -> list[str]:
     return unused
 
 
+#: Optional settings added after configs were fingerprinted, left out of a config's dict while unset, so that
+#: the fingerprints (and the run folders) of configs that do not use them stay as they were.
+LEFT_OUT_UNSET = {("federated", "bits_per_round"), ("lazy", "bits_per_upload")}
+
+
 def config_to_dict(config: ExperimentConfig, *, keep_unset: bool = False) -> dict:
     """Nested plain dict of ``config`` (derived settings left out; ``None`` values only if ``keep_unset``)."""
     document = {"family": config.family, "seed": config.seed}
@@ -371,7 +376,8 @@ def config_to_dict(config: ExperimentConfig, *, keep_unset: bool = False) -> dic
         values = {name: getattr(settings, name) for name in table_fields(table)}
         # Lists as JSON reads them back (model.hidden is a tuple): a run's meta.json compares equal.
         document[table] = {name: list(value) if isinstance(value, tuple) else value
-                           for name, value in values.items() if keep_unset or value is not None}
+                           for name, value in values.items()
+                           if value is not None or (keep_unset and (table, name) not in LEFT_OUT_UNSET)}
     return document
 
 
