@@ -225,7 +225,7 @@ def _toml_type_name(value) -> str:
     return next((name for kind, name in _TOML_TYPES if isinstance(value, kind)), type(value).__name__)
 
 
-def _format_value(value) -> str:
+def format_value(value) -> str:
     """A value as it would be written in TOML (shortened if long)."""
     try:
         text = toml_value(value)
@@ -318,7 +318,7 @@ def config_from_dict(raw: dict, source: str = "") -> ExperimentConfig:
     for key, value in raw.items():
         if key in TABLES:
             if not isinstance(value, dict):
-                raise ConfigError(f"'{key}' must be a table ([{key}]), got {_format_value(value)} "
+                raise ConfigError(f"'{key}' must be a table ([{key}]), got {format_value(value)} "
                                   f"({_toml_type_name(value)})")
             if key in COMPRESSOR_TABLES:
                 compressors[key] = _build_table(key, value, source)
@@ -386,22 +386,6 @@ def config_fingerprint(config: ExperimentConfig) -> str:
     import hashlib
     document = config_to_dict(config, keep_unset=True)
     return hashlib.sha256(json.dumps(document, sort_keys=True).encode("utf-8")).hexdigest()
-
-
-def config_differences(before: dict, after: dict) -> list[str]:
-    """``"table.setting: old -> new"`` for every setting that differs between two config dicts (as
-    :func:`config_to_dict` gives them, with ``keep_unset``)."""
-    def flat(document: dict) -> dict:
-        items = {}
-        for key, value in document.items():
-            if isinstance(value, dict):
-                items.update({f"{key}.{name}": inner for name, inner in value.items()})
-            else:
-                items[key] = value
-        return items
-    old, new = flat(before), flat(after)
-    return [f"{key}: {_format_value(old.get(key))} -> {_format_value(new.get(key))}"
-            for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -567,7 +551,7 @@ def apply_overrides(raw: dict, overrides=()) -> dict:
             raise _unknown_key(f"{table}.{name}", None, "--set")
         section = document.setdefault(table, {})
         if not isinstance(section, dict):
-            raise ConfigError(f"'{table}' must be a table ([{table}]), got {_format_value(section)}")
+            raise ConfigError(f"'{table}' must be a table ([{table}]), got {format_value(section)}")
         section[name] = value
     return document
 
@@ -609,7 +593,7 @@ def load_preset(name: str, overrides=(), notes: list | None = None) -> Experimen
     return _validated(apply_overrides(parse_toml(preset_text(name), source), overrides), source, notes)
 
 
-__all__ = ["unused_tables", "config_differences", "config_fingerprint", "ConfigError", "ExperimentConfig", "FAMILIES", "RunConfig", "TABLES", "all_settings",
-           "apply_overrides", "config_from_dict", "config_to_dict", "config_to_toml", "import_plugins",
+__all__ = ["unused_tables", "config_fingerprint", "ConfigError", "ExperimentConfig", "FAMILIES", "RunConfig", "TABLES", "all_settings",
+           "apply_overrides", "config_from_dict", "config_to_dict", "config_to_toml", "format_value", "import_plugins",
            "list_presets", "load_config_file", "load_preset", "parse_override", "parse_toml", "preset_text",
            "suggest", "table_fields", "toml_value"]

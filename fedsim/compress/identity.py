@@ -14,7 +14,7 @@ import numpy as np
 from fedsim.compress import bits as analytic
 from fedsim.compress.base import (Compressor, Message, MessageFormat, float_bits, float_dtype, frozen_array,
                                   register, register_message, scope_setting)
-from fedsim.compress.theory import Theory, segment_squares
+from fedsim.compress.theory import Theory
 from fedsim.kernels import sparsify
 
 

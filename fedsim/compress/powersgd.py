@@ -63,7 +63,7 @@ from fedsim.compress.base import (as_rows, Compressed, Compressor, float_bits, f
                                   frozen_array, Layout, make_layout, MessageFormat, new_stream, read_floats,
                                   register, register_message, require_generator, same_array, SegmentedMessage,
                                   write_floats)
-from fedsim.compress.theory import Theory, segment_squares
+from fedsim.compress.theory import Theory
 from fedsim.compress.bits import FLOAT_BITS
 from fedsim.constraints import Integer, OneOf, setting
 from fedsim.kernels import powersgd as kernels

@@ -28,7 +28,7 @@ from fedsim.compress import bits as analytic
 from fedsim.compress.base import (FRACTION, ceil_product, Compressor, decode_positions, float_bits, float_dtype,
                                   frozen_array, Layout, layout_of, MessageFormat, PositionsMessage, read_floats,
                                   register, register_message, require_generator, scope_setting, write_floats)
-from fedsim.compress.theory import Theory, segment_squares
+from fedsim.compress.theory import Theory
 from fedsim.constraints import OneOf, setting
 from fedsim.compress.topk import budgets
 from fedsim.kernels import bitstream, golomb, sparsify

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedsim.config import ExperimentConfig, config_to_toml, load_config_file, parse_toml
+from fedsim.config import ExperimentConfig, config_to_toml, format_value, load_config_file, parse_toml
 from fedsim.files import write_atomic
 
 CONFIG_FILE = "config.toml"
@@ -382,6 +382,22 @@ class RunResult:
         return "unfinished"
 
 
+def config_differences(before: dict, after: dict) -> list[str]:
+    """``"table.setting: old -> new"`` for every setting that differs between two config dicts (as
+    :func:`fedsim.config.config_to_dict` gives them, with ``keep_unset``)."""
+    def flat(document: dict) -> dict:
+        items = {}
+        for key, value in document.items():
+            if isinstance(value, dict):
+                items.update({f"{key}.{name}": inner for name, inner in value.items()})
+            else:
+                items[key] = value
+        return items
+    old, new = flat(before), flat(after)
+    return [f"{key}: {format_value(old.get(key))} -> {format_value(new.get(key))}"
+            for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
+
+
 def read_run(path) -> RunResult:
     """Read a run folder (finished or not) for plots and comparisons."""
     folder = RunFolder(path)
@@ -392,5 +408,5 @@ def read_run(path) -> RunResult:
                      folder.read_json(META_FILE) or {})
 
 
-__all__ = ["FolderLock", "LOCK_FILE", "RUN_FILES", "check_new_run_target", "CHECKPOINT_FILE", "CHECKPOINT_NOTE_FILE", "CONFIG_FILE", "HISTORY_FILE", "META_FILE", "SUMMARY_FILE",
+__all__ = ["config_differences", "FolderLock", "LOCK_FILE", "RUN_FILES", "check_new_run_target", "CHECKPOINT_FILE", "CHECKPOINT_NOTE_FILE", "CONFIG_FILE", "HISTORY_FILE", "META_FILE", "SUMMARY_FILE",
            "RunFolder", "RunFolderError", "RunResult", "default_run_dir", "now", "read_run", "to_json"]

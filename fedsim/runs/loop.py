@@ -24,14 +24,15 @@ from dataclasses import dataclass
 
 from fedsim import __version__
 from fedsim.algorithms.family import family
-from fedsim.config import ConfigError, ExperimentConfig, config_differences, config_fingerprint, config_to_dict
+from fedsim.config import ConfigError, ExperimentConfig, config_fingerprint, config_to_dict
 from fedsim.errors import DivergenceError
 from fedsim.data.registry import DataSettingError
 from fedsim.experiment_data import check_data_record, data_record, load_data, split_among_clients
 from fedsim.files import write_atomic
 from fedsim.progress import Progress, show_progress
 from fedsim.runs.folder import (CHECKPOINT_FILE, CHECKPOINT_NOTE_FILE, CONFIG_FILE, HISTORY_FILE, META_FILE,
-                                SUMMARY_FILE, RunFolder, RunFolderError, check_new_run_target, now, to_json)
+                                SUMMARY_FILE, RunFolder, RunFolderError, check_new_run_target, config_differences, now,
+                                to_json)
 from fedsim.runs.provenance import blas_changed, environment, git_commit, pinned_threads, thread_settings
 from fedsim.runs.records import summarize
 

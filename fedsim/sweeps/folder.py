@@ -26,10 +26,10 @@ import shlex
 import sys
 from pathlib import Path
 
-from fedsim.config import config_differences, config_to_dict
+from fedsim.config import config_to_dict
 from fedsim.files import write_atomic
 from fedsim.runs.folder import (CHECKPOINT_NOTE_FILE, CONFIG_FILE, LOCK_FILE, META_FILE, SUMMARY_FILE, FolderLock,
-                                RunFolder, RunFolderError, now, to_json)
+                                RunFolder, RunFolderError, config_differences, now, to_json)
 from fedsim.sweeps.spec import Sweep
 
 MANIFEST = "manifest.json"
