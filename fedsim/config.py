@@ -55,7 +55,7 @@ from fedsim.algorithms.family import FAMILIES, Family, family
 from fedsim.algorithms.lazy import LazyConfig
 from fedsim.constraints import (Integer, Optional, Real, Registered, check_fields, constraint_of, descriptions,
                                 setting)
-from fedsim.experiment_data import DataConfig
+from fedsim.experiment_data import DataConfig, check_clients
 from fedsim.models import ModelConfig
 from fedsim.plugins import MODULE_NAMES, load_plugins
 from fedsim.system import SystemConfig
@@ -103,11 +103,7 @@ class ExperimentConfig:
             settings = getattr(self, name)
             if "seed" in declared.derived and settings.seed != self.seed:
                 object.__setattr__(self, name, dataclasses.replace(settings, seed=self.seed))
-        if self.data.partition == "natural" and self.data.dataset == "synthetic" \
-                and self.n_clients != self.data.synthetic_devices:
-            raise ValueError(
-                f"data.synthetic_devices ({self.data.synthetic_devices}) must equal {self.clients_setting} "
-                f"({self.n_clients}) with data.partition = 'natural' (one client per device)")
+        check_clients(self.data, self.family, self.n_clients, self.clients_setting)
         if self.family != "federated" and (self.system.deadline is not None or self.system.over_select != 1):
             raise ValueError(f"system.deadline and system.over_select apply to family 'federated' only "
                              f"(family is {self.family!r}); leave them unset")
@@ -359,9 +355,10 @@ def unused_tables(raw: dict, config: ExperimentConfig) -> list[str]:
     return unused
 
 
-#: Optional settings added after configs were fingerprinted, left out of a config's dict while unset, so that
-#: the fingerprints (and the run folders) of configs that do not use them stay as they were.
-LEFT_OUT_UNSET = {("federated", "bits_per_round"), ("lazy", "bits_per_upload")}
+#: Settings added after configs were fingerprinted, left out of a config's dict while at their defaults, so
+#: that the fingerprints (and the run folders) of configs that do not use them stay as they were.
+LEFT_OUT_AT_DEFAULT = {("federated", "bits_per_round"): None, ("lazy", "bits_per_upload"): None,
+                       ("data", "synthetic_on_demand"): False, ("data", "synthetic_eval_devices"): 1000}
 
 
 def config_to_dict(config: ExperimentConfig, *, keep_unset: bool = False) -> dict:
@@ -377,7 +374,8 @@ def config_to_dict(config: ExperimentConfig, *, keep_unset: bool = False) -> dic
         # Lists as JSON reads them back (model.hidden is a tuple): a run's meta.json compares equal.
         document[table] = {name: list(value) if isinstance(value, tuple) else value
                            for name, value in values.items()
-                           if value is not None or (keep_unset and (table, name) not in LEFT_OUT_UNSET)}
+                           if (value is not None or keep_unset)
+                           and not ((table, name) in LEFT_OUT_AT_DEFAULT and value == LEFT_OUT_AT_DEFAULT[table, name])}
     return document
 
 

@@ -22,11 +22,15 @@ from fedsim.data.npz import PREFIX, file_sha256, npz_path, read_npz
 from fedsim.data.partition import METHOD_SETTINGS, split_indices
 from fedsim.data.registry import DATASETS, DataSettingError
 from fedsim.data.search import DatasetNotFoundError, dataset_status
+from fedsim.data.synthetic import TooManySamples
 from fedsim.data.preprocess import PIXEL_STATISTICS
 from fedsim.models.features import Codes
 from fedsim.rng import RunStreams
 
 STORAGES = ("float", "uint8")
+#: Devices beyond which Synthetic data held whole would pass make_synthetic's 2,000,000 samples (453 per device
+#: on average): then a one-line error names data.synthetic_on_demand.
+ON_DEMAND_ABOVE = 4000
 
 
 class DatasetName(OneOf):
@@ -67,6 +71,12 @@ class DataConfig:
     synthetic_beta: float = setting(1.0, "Synthetic(alpha, beta): feature heterogeneity across devices",
                                     Real(low=0))
     synthetic_devices: int = setting(30, "Synthetic(alpha, beta): number of devices", Integer(low=1))
+    synthetic_on_demand: bool = setting(
+        False, "Synthetic(alpha, beta): draw each device's data when it takes part, from its own seed (a "
+               "population too large to hold, e.g. a million devices; family federated, partition natural)",
+        Flag())
+    synthetic_eval_devices: int = setting(1000, "synthetic_on_demand: evaluate on devices 0 .. this - 1",
+                                          Integer(low=1))
     storage: str = setting("float", "float | uint8 (image pixels kept as 8-bit codes: 4-8x fewer bytes read)",
                            OneOf(*STORAGES))
 
@@ -80,9 +90,26 @@ class DataConfig:
         if self.storage == "uint8" and self.dataset not in DATASETS:
             raise ValueError(f"storage 'uint8' needs an 8-bit image dataset ({', '.join(DATASETS)}), not "
                              f"{self.dataset!r}: use storage 'float'")
+        if self.synthetic_on_demand and (self.dataset != "synthetic" or self.partition != "natural"):
+            raise ValueError(f"synthetic_on_demand needs dataset 'synthetic' with partition 'natural' (one client "
+                             f"per device), not {self.dataset!r} with {self.partition!r}")
         if self.partition == "natural" and self.dataset != "synthetic" and path is None:
             raise ValueError(f"partition 'natural' needs a dataset with a natural partition ('synthetic', or "
                              f"npz data with client_ids), not {self.dataset!r}")
+
+
+def check_clients(config: DataConfig, family: str, n_clients: int, clients_setting: str) -> None:
+    """The checks between the data and the family's clients (``clients_setting`` of them, a dotted name)."""
+    if config.partition == "natural" and config.dataset == "synthetic" and n_clients != config.synthetic_devices:
+        large = n_clients > ON_DEMAND_ABOVE and not config.synthetic_on_demand
+        raise ValueError(
+            f"data.synthetic_devices ({config.synthetic_devices}) must equal {clients_setting} ({n_clients}) with "
+            f"data.partition = 'natural' (one client per device)"
+            + ("; so many devices also need data.synthetic_on_demand = true (data drawn per device when it takes "
+               "part)" if large else ""))
+    if config.synthetic_on_demand and family != "federated":
+        raise ValueError(f"data.synthetic_on_demand applies to family 'federated' only (family is {family!r}: "
+                         f"every worker computes every iteration); leave it unset")
 
 
 _MEMORY: dict | None = None      # the datasets kept by keep_datasets_in_memory(True), by their settings
@@ -111,12 +138,13 @@ def load_data(config: DataConfig, family_pipeline: str, seed: int, progress: boo
 
 
 def _load(config: DataConfig, family_pipeline: str, seed: int, progress: bool | None) -> Dataset:
-    with _advice_when_missing(config):
+    with _advice_when_missing(config), _advice_when_too_large(config):
         dataset = load_dataset(
             config.dataset, config.pipeline or family_pipeline, data_dir=config.data_dir,
             download=config.download, train_split=config.train_split,
             synthetic_alpha=config.synthetic_alpha, synthetic_beta=config.synthetic_beta,
-            synthetic_devices=config.synthetic_devices, seed=seed, progress=progress)
+            synthetic_devices=config.synthetic_devices, seed=seed, progress=progress,
+            synthetic_on_demand=config.synthetic_on_demand, synthetic_eval_devices=config.synthetic_eval_devices)
     if config.storage == "uint8":
         dataset = stored_as_codes(dataset, config.pipeline or family_pipeline)
     return dataset
@@ -157,9 +185,10 @@ def stored_as_codes(dataset: Dataset, pipeline: str) -> Dataset:
 
 
 def split_among_clients(config: DataConfig, dataset: Dataset, n_clients: int, seed: int,
-                        clients_setting: str = "n_clients") -> list[np.ndarray]:
-    """One index array of training samples per client, as ``config.partition`` says; an error names the
-    number of clients by ``clients_setting`` (``federated.n_clients``, ``lazy.n_workers``)."""
+                        clients_setting: str = "n_clients") -> list[np.ndarray] | None:
+    """One index array of training samples per client, as ``config.partition`` says (None for a population
+    drawn on demand: one client per device); an error names the number of clients by ``clients_setting``
+    (``federated.n_clients``, ``lazy.n_workers``)."""
     try:
         return _split(config, dataset, n_clients, seed)
     except ValueError as error:
@@ -167,6 +196,11 @@ def split_among_clients(config: DataConfig, dataset: Dataset, n_clients: int, se
 
 
 def _split(config: DataConfig, dataset: Dataset, n_clients: int, seed: int) -> list[np.ndarray]:
+    if dataset.population is not None:      # drawn per round by the run; no index arrays
+        if n_clients != dataset.population.n_devices:
+            raise ValueError(f"the population has {dataset.population.n_devices} devices (set synthetic_devices), "
+                             f"but n_clients is {n_clients}")
+        return None
     if config.partition == "natural":
         if dataset.client_indices is None:
             raise ValueError(f"dataset {dataset.name!r} has no natural partition (an npz file needs the array "
@@ -207,6 +241,18 @@ def check_data(configs) -> None:
         with _advice_when_missing(config):
             for split in dict.fromkeys(("test", config.train_split)):
                 load_split(config.dataset, split, data_dir=config.data_dir, download=config.download)
+
+
+@contextlib.contextmanager
+def _advice_when_too_large(config: DataConfig):
+    """Name the setting that holds a Synthetic population too large to generate whole."""
+    try:
+        yield
+    except TooManySamples as error:
+        raise ValueError(f"data.synthetic_devices = {config.synthetic_devices}: Synthetic data would hold "
+                         f"{error.total:,} samples, more than the {error.limit:,} generated whole; set "
+                         f"data.synthetic_on_demand = true (each device's data drawn when it takes part), or use "
+                         f"fewer devices") from None
 
 
 @contextlib.contextmanager

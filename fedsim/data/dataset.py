@@ -14,6 +14,9 @@ class Dataset:
     ``x_*`` are float arrays of shape (samples, features); ``y_*`` are int64 labels in [0, n_classes).
     ``client_indices`` is the dataset's natural partition of the training set (one index array per
     device, as Synthetic(alpha, beta) has); ``None`` for datasets that a partitioner must split.
+    ``population`` (a :class:`~fedsim.data.synthetic.SyntheticPopulation`) is a population too large to hold,
+    one client per device, whose training data a run draws per round for that round's participants; then
+    ``x_train`` .. ``y_test`` hold only an evaluation sample of its devices.
     """
 
     name: str
@@ -24,6 +27,7 @@ class Dataset:
     n_classes: int
     client_indices: tuple[np.ndarray, ...] | None = None
     description: str = ""
+    population: object | None = None
 
     def __post_init__(self):
         for split in ("train", "test"):

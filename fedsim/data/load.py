@@ -23,7 +23,7 @@ from fedsim.data.fetch import load_split
 from fedsim.data.npz import load_npz, npz_path
 from fedsim.data.preprocess import PIXEL_STATISTICS, laq_pipeline, stc_pipeline
 from fedsim.data.registry import DATASETS, SPLIT_FILES, DatasetFile, DataSettingError
-from fedsim.data.synthetic import make_synthetic
+from fedsim.data.synthetic import SyntheticPopulation, make_synthetic, population_dataset
 
 PIPELINES = ("stc", "laq")
 DATASET_NAMES = tuple(sorted(DATASETS)) + ("synthetic",)
@@ -33,7 +33,8 @@ TRAIN_SPLITS = ("train", "test")
 def load_dataset(name: str, pipeline: str = "stc", *, data_dir=None, download: bool = True,
                  train_split: str = "train", dtype=None, synthetic_alpha: float = 1.0,
                  synthetic_beta: float = 1.0, synthetic_devices: int = 30, seed: int = 0,
-                 progress: bool | None = None, cache: bool | None = None) -> Dataset:
+                 progress: bool | None = None, cache: bool | None = None,
+                 synthetic_on_demand: bool = False, synthetic_eval_devices: int = 1000) -> Dataset:
     """Load dataset ``name`` (one of ``DATASET_NAMES``) and preprocess it.
 
     ``pipeline`` ``"stc"``: /255, bilinear resize to 32x32, normalize (1024 features, float32 by default);
@@ -41,7 +42,9 @@ def load_dataset(name: str, pipeline: str = "stc", *, data_dir=None, download: b
     user's own arrays (:mod:`fedsim.data.npz`; the pipeline applies to its uint8 images). ``train_split="test"``
     trains on the 10,000-image test split (the MNIST train images are not always at hand) and evaluates on
     that same split: say so when reporting accuracies. ``cache`` (default ``FEDSIM_ARRAY_CACHE``) keeps the
-    STC output, bitwise the same either way. DataSettingError (one line) for a setting not allowed,
+    STC output, bitwise the same either way. ``synthetic_on_demand`` makes a population of
+    ``synthetic_devices`` whose data is drawn per device when a run asks for it
+    (:func:`~fedsim.data.synthetic.population_dataset`, evaluated on ``synthetic_eval_devices`` devices). DataSettingError (one line) for a setting not allowed,
     DatasetNotFoundError for missing files.
     """
     for setting, value, allowed in (("dataset", name, DATASET_NAMES), ("pipeline", pipeline, PIPELINES),
@@ -53,6 +56,9 @@ def load_dataset(name: str, pipeline: str = "stc", *, data_dir=None, download: b
         dtype = np.float32 if pipeline == "stc" else np.float64
     if npz_path(name) is not None:
         return load_npz(name, pipeline, dtype)
+    if name == "synthetic" and synthetic_on_demand:
+        return population_dataset(SyntheticPopulation(synthetic_alpha, synthetic_beta, synthetic_devices, seed,
+                                                      dtype=np.dtype(dtype).name), synthetic_eval_devices)
     if name == "synthetic":
         return make_synthetic(synthetic_alpha, synthetic_beta, synthetic_devices,
                               np.random.default_rng(seed), dtype=dtype)

@@ -99,6 +99,14 @@ def _device_samples(rng: np.random.Generator, model_mean: float, feature_prior: 
     return x, y
 
 
+class TooManySamples(ValueError):
+    """:func:`make_synthetic` was asked for more samples than it may hold."""
+
+    def __init__(self, total: int, limit: int, message: str):
+        super().__init__(message)
+        self.total, self.limit = total, limit
+
+
 #: The purpose key of a population's streams (a stable integer of the name, as fedsim.rng keys purposes).
 POPULATION_KEY = zlib.crc32(b"synthetic-population")
 
@@ -124,6 +132,7 @@ class SyntheticPopulation:
     samples: object = LognormalCounts()
     prior_scale: str = "std"
     counts: np.ndarray = field(init=False, repr=False, compare=False)
+    train_counts: np.ndarray = field(init=False, repr=False, compare=False)   # (n_devices,) training samples
 
     def __post_init__(self):
         for name, value in (("alpha", self.alpha), ("beta", self.beta)):
@@ -135,11 +144,8 @@ class SyntheticPopulation:
         OneOf("std", "variance").check("prior_scale", self.prior_scale)
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, POPULATION_KEY]))
         object.__setattr__(self, "counts", _sample_counts(self.samples, self.n_devices, rng))
-
-    @property
-    def train_counts(self) -> np.ndarray:
-        """(n_devices,) training samples of each device."""
-        return self.counts - np.floor(self.test_fraction * self.counts).astype(np.int64)
+        object.__setattr__(self, "train_counts",
+                           self.counts - np.floor(self.test_fraction * self.counts).astype(np.int64))
 
     def device(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Device ``k``'s ``(x_train, y_train, x_test, y_test)``, the same whenever it is asked for."""
@@ -153,6 +159,28 @@ class SyntheticPopulation:
                                np.dtype(self.dtype))
         n_train = int(self.train_counts[k])
         return x[:n_train], y[:n_train], x[n_train:], y[n_train:]
+
+    def training_data(self, devices) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The training splits of ``devices``, concatenated in the order given: ``(x, y, offsets)``, device
+        ``devices[i]``'s rows at ``offsets[i]:offsets[i + 1]``."""
+        parts = [self.device(k)[:2] for k in devices]
+        offsets = np.concatenate(([0], np.cumsum([len(y) for _, y in parts]))).astype(np.int64)
+        return _stacked([x for x, _ in parts], self.n_features, self.dtype), _labels(y for _, y in parts), offsets
+
+    def evaluation_data(self, n_devices: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(x_train, y_train, x_test, y_test)`` of devices ``0 .. n_devices - 1`` (all, when there are fewer):
+        every device is an independent draw of the generator, so the first ones are a uniform sample."""
+        parts = [self.device(k) for k in range(min(int(n_devices), self.n_devices))]
+        return (_stacked([p[0] for p in parts], self.n_features, self.dtype), _labels(p[1] for p in parts),
+                _stacked([p[2] for p in parts], self.n_features, self.dtype), _labels(p[3] for p in parts))
+
+
+def _stacked(blocks: list, n_features: int, dtype) -> np.ndarray:
+    return np.concatenate(blocks) if blocks else np.zeros((0, n_features), dtype)
+
+
+def _labels(blocks) -> np.ndarray:
+    return np.concatenate([np.zeros(0, np.int64), *blocks]).astype(np.int64)
 
 
 def make_synthetic(alpha: float, beta: float, n_devices: int, rng: np.random.Generator,
@@ -186,9 +214,10 @@ def make_synthetic(alpha: float, beta: float, n_devices: int, rng: np.random.Gen
 
     counts = _sample_counts(samples, n_devices, rng)
     if counts.sum() > max_total_samples:
-        raise ValueError(f"Synthetic({alpha}, {beta}) would hold {counts.sum()} samples, more than "
-                         f"max_total_samples = {max_total_samples}; raise max_total_samples or cap the "
-                         f"devices with samples=LognormalCounts(max_per_device=...)")
+        raise TooManySamples(int(counts.sum()), max_total_samples,
+                             f"Synthetic({alpha}, {beta}) would hold {counts.sum()} samples, more than "
+                             f"max_total_samples = {max_total_samples}; raise max_total_samples or cap the "
+                             f"devices with samples=LognormalCounts(max_per_device=...)")
     test_counts = np.floor(test_fraction * counts).astype(np.int64)
     train_counts = counts - test_counts
     train_offsets = np.concatenate(([0], np.cumsum(train_counts)))
@@ -223,3 +252,19 @@ def make_synthetic(alpha: float, beta: float, n_devices: int, rng: np.random.Gen
     return Dataset(name=f"synthetic({alpha:g},{beta:g})", x_train=x_train, y_train=y_train,
                    x_test=x_test, y_test=y_test, n_classes=int(n_classes),
                    client_indices=client_indices, description=description)
+
+
+def population_dataset(population: SyntheticPopulation, eval_devices: int) -> Dataset:
+    """A :class:`~fedsim.data.dataset.Dataset` of ``population``: its splits are the evaluation sample of
+    :meth:`SyntheticPopulation.evaluation_data`; a run draws its participants' training data from
+    ``dataset.population``."""
+    x_train, y_train, x_test, y_test = population.evaluation_data(eval_devices)
+    shown = min(int(eval_devices), population.n_devices)
+    description = (f"FedProx Synthetic(alpha={population.alpha:g}, beta={population.beta:g}) (arXiv 1812.06127), "
+                   f"generated per device on demand: {population.n_devices} devices, {population.n_features} "
+                   f"features, {population.n_classes} classes, {int(population.train_counts.sum())} training "
+                   f"samples in all; evaluated on devices 0-{shown - 1} ({len(y_train)} train and {len(y_test)} "
+                   f"test samples)")
+    return Dataset(name=f"synthetic({population.alpha:g},{population.beta:g})", x_train=x_train, y_train=y_train,
+                   x_test=x_test, y_test=y_test, n_classes=population.n_classes, description=description,
+                   population=population)

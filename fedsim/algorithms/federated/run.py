@@ -35,6 +35,23 @@ class BatchTrace(NamedTuple):
     counts: np.ndarray         # (K,) real rows of each batch (the rest repeat the last one, masked out)
 
 
+class _RoundData(NamedTuple):
+    """Where a round's batches come from: the training rows, and each participant's sample order and place in
+    it. For data held whole these are the run's own arrays (``rows`` = ``clients`` = the participants); for a
+    population drawn on demand, the round's participants only (``rows`` = 0 .. K-1)."""
+
+    x: np.ndarray              # training features (floats, or 8-bit Codes)
+    y: np.ndarray              # their labels
+    samples: np.ndarray        # each entry's sample rows, entry r's at samples[offsets[r]:offsets[r + 1]]
+    order: np.ndarray          # the same, shuffled for the entry's current epoch
+    offsets: np.ndarray
+    cursor: np.ndarray         # position in the current epoch's order, per entry
+    epoch: np.ndarray          # completed epochs, per entry
+    order_epoch: np.ndarray    # the epoch `order` is shuffled for, per entry; -1: not yet shuffled
+    rows: np.ndarray           # (K,) the participants' entries
+    clients: np.ndarray        # (K,) the participants (the keys of their batch streams)
+
+
 class _Sent(NamedTuple):
     compressed: object                 # fedsim.compress.Compressed
     residual: np.ndarray | None        # the senders' new residuals under error feedback
@@ -115,8 +132,9 @@ class ClientRows:
 class ClientStates:
     """Everything each client keeps between rounds, one row or entry per client."""
 
-    samples: np.ndarray        # all clients' sample indices, client k's at samples[offsets[k]:offsets[k+1]]
-    order: np.ndarray          # the same, each client's segment in its current epoch's shuffled order
+    samples: np.ndarray | None  # all clients' sample indices, client k's at samples[offsets[k]:offsets[k+1]]
+    order: np.ndarray | None    # the same, each client's segment in its current epoch's shuffled order
+    # (both None for a population drawn on demand: a round makes its participants' own, _RoundData)
     offsets: np.ndarray        # (n_clients + 1,) segment boundaries of `order`
     cursor: np.ndarray         # (n_clients,) position in the current epoch's order
     epoch: np.ndarray          # (n_clients,) completed epochs
@@ -153,7 +171,8 @@ class FederatedRun:
     """A federated learning run; :meth:`step` runs one round.
 
     ``client_indices``: the training samples each client holds (a partitioner's output, one array per
-    client); ``seed`` seeds every random choice (sampling, batch order, initialization, thresholds);
+    client), or None when ``dataset.population`` draws each client's data on demand (one client per device;
+    its rounds touch only their participants' data); ``seed`` seeds every random choice (sampling, batch order, initialization, thresholds);
     ``model_config``: the ``[model]`` table (softmax regression by default); ``system``: the ``[system]``
     table (off by default; on, each record gets ``simulated_seconds`` and ``dropped``: :mod:`fedsim.system`).
     """
@@ -161,10 +180,14 @@ class FederatedRun:
     def __init__(self, config: FederatedConfig, dataset: Dataset, client_indices, seed: int = 0, *,
                  model_config: ModelConfig = ModelConfig(), trace_batches: bool = False,
                  system: SystemConfig = SystemConfig()):
-        if len(client_indices) != config.n_clients:
-            raise ValueError(f"n_clients is {config.n_clients} but the partition has "
-                             f"{len(client_indices)} clients")
-        sizes = np.array([len(ix) for ix in client_indices], dtype=np.int64)
+        self.population = dataset.population
+        if self.population is not None and trace_batches:
+            raise ValueError("trace_batches needs a dataset held whole: a population's batch rows are the round's")
+        held = client_indices if self.population is None else self.population.train_counts
+        if len(held) != config.n_clients:
+            raise ValueError(f"n_clients is {config.n_clients} but the partition has {len(held)} clients")
+        sizes = (self.population.train_counts if self.population is not None
+                 else np.array([len(ix) for ix in client_indices], dtype=np.int64))
         if np.any(sizes == 0):
             raise ValueError(f"clients {np.flatnonzero(sizes == 0)[:10].tolist()} hold no samples; every "
                              f"client needs at least one (use fewer clients or another partition)")
@@ -208,9 +231,10 @@ class FederatedRun:
         P = spec.size
 
         offsets = np.concatenate(([0], np.cumsum(sizes)))
-        samples = np.concatenate([np.asarray(ix, dtype=np.int64) for ix in client_indices])
+        samples = (None if self.population is not None
+                   else np.concatenate([np.asarray(ix, dtype=np.int64) for ix in client_indices]))
         self.clients = ClientStates(
-            samples=samples, order=samples.copy(), offsets=offsets,
+            samples=samples, order=None if samples is None else samples.copy(), offsets=offsets,
             cursor=np.zeros(config.n_clients, np.int64), epoch=np.zeros(config.n_clients, np.int64),
             order_epoch=np.full(config.n_clients, -1, np.int64),
             last_sync=np.zeros(config.n_clients, np.int64),
@@ -281,7 +305,7 @@ class FederatedRun:
         record = {
             "round": t,
             "participants": int(K),
-            "lr": float(np.mean(self._learning_rates(participants))),
+            "lr": float(np.mean(self._learning_rates(clients.epoch[participants]))),
             "epoch": float(np.mean(clients.epoch[participants]
                                    + clients.cursor[participants] / clients.sizes[participants])),
             "iteration": t * config.local_iterations,
@@ -321,9 +345,10 @@ class FederatedRun:
         catch_up_bits = self._synchronize(participants, t)
 
         K = len(participants)
+        data = self._round_data(participants)
         weights = np.broadcast_to(server.weights, (K, server.weights.size)).copy()
         momentum = clients.momentum[participants] if clients.momentum is not None else None
-        gradient = self._batch_gradient(K)
+        gradient = self._batch_gradient(K, data.x)
         buffers = self._round_buffers(K)
         dtype = self.dtype.type
         l2, momentum_factor = dtype(config.l2), dtype(config.momentum)
@@ -331,9 +356,9 @@ class FederatedRun:
         step = 0
         while step < config.local_iterations:
             # A run of steps at one learning rate: up to a step that completes some participant's epoch.
-            lr = self._learning_rates(participants)
-            end = self._next_batches(participants, step, buffers["samples"], buffers["counts"])
-            labels = self.y_train[buffers["samples"][step:end]]
+            lr = self._learning_rates(data.epoch[data.rows])
+            end = self._next_batches(data, step, buffers["samples"], buffers["counts"])
+            labels = data.y[buffers["samples"][step:end]]
             for s in range(step, end):
                 samples, count = buffers["samples"][s], buffers["counts"][s]
                 mask = None
@@ -351,6 +376,8 @@ class FederatedRun:
             step = end
         if momentum is not None:
             clients.momentum[participants] = momentum
+        if data.cursor is not clients.cursor:     # a population's round: its participants move on
+            clients.cursor[participants], clients.epoch[participants] = data.cursor, data.epoch
 
         update = weights
         update -= server.weights                                # dW_k = w_k - W
@@ -453,19 +480,32 @@ class FederatedRun:
         oldest_needed = 0 if self.clients.never_synced else int(self.clients.last_sync.min())
         self.server.cache = [entry for entry in self.server.cache if entry[0] > oldest_needed]
 
-    def _learning_rates(self, participants: np.ndarray) -> np.ndarray:
+    def _learning_rates(self, epoch: np.ndarray) -> np.ndarray:
         """lr, lr * decay^epoch or lr * decay^(epoch // step), from each client's own epoch count."""
         config = self.config
-        epoch = self.clients.epoch[participants]
         if config.lr_schedule == "exponential":
             factor = config.lr_decay ** epoch
         elif config.lr_schedule == "step":
             factor = config.lr_decay ** (epoch // config.lr_step_epochs)
         else:
-            factor = np.ones(len(participants))
+            factor = np.ones(len(epoch))
         return (config.lr * factor).astype(self.dtype)
 
-    def _next_batches(self, participants: np.ndarray, first: int, samples: np.ndarray, counts: np.ndarray) -> int:
+    def _round_data(self, participants: np.ndarray) -> _RoundData:
+        """The training data of round's ``participants``: the run's own arrays, or, for a population drawn
+        on demand, the participants' data generated now (each device's from its own seed), their sample
+        orders made again from their (seed, client, epoch) streams."""
+        clients = self.clients
+        if self.population is None:
+            return _RoundData(self.x_train, self.y_train, clients.samples, clients.order, clients.offsets,
+                              clients.cursor, clients.epoch, clients.order_epoch, participants, participants)
+        x, y, offsets = self.population.training_data(participants)
+        samples = np.arange(len(y), dtype=np.int64)
+        K = len(participants)
+        return _RoundData(as_dtype(x, self.dtype), y, samples, samples.copy(), offsets, clients.cursor[participants],
+                          clients.epoch[participants], np.full(K, -1, np.int64), np.arange(K), participants)
+
+    def _next_batches(self, data: _RoundData, first: int, samples: np.ndarray, counts: np.ndarray) -> int:
         """The rows of the next mini-batches of every participant, steps ``first, ...`` of the round, into
         ``samples[s]`` (K, B) with ``counts[s]`` (K,) real rows each; returns the step after the last one
         planned: a run of steps ends after one that completes some participant's epoch.
@@ -474,29 +514,30 @@ class FederatedRun:
         (as a data loader that keeps its last, smaller batch; the rest of its row repeats its last sample,
         to be masked out). Then the client's order is reshuffled for its next epoch, before its next batch.
         """
-        clients = self.clients
         # Shuffle lazily: only a client that trains needs its order for the current epoch.
-        for k in participants[clients.order_epoch[participants] != clients.epoch[participants]]:
-            self._shuffle(k)
-        end = local_sgd.plan_batches(clients.order, clients.offsets, clients.cursor, clients.epoch, participants,
+        for i in np.flatnonzero(data.order_epoch[data.rows] != data.epoch[data.rows]):
+            self._shuffle(data, data.rows[i], data.clients[i])
+        end = local_sgd.plan_batches(data.order, data.offsets, data.cursor, data.epoch, data.rows,
                                      first, samples, counts)
         if self.batch_trace is not None:
             for s in range(first, end):
-                self.batch_trace.append(BatchTrace(self.server.round + 1, participants.copy(), samples[s].copy(),
+                self.batch_trace.append(BatchTrace(self.server.round + 1, data.clients.copy(), samples[s].copy(),
                                                    counts[s].copy()))
         return end
 
-    def _batch_gradient(self, K: int):
-        """``(weights, rows, labels, mask) -> (loss, grad)`` of K participants' batches: the model's reusable
-        one (its optional ``batch_gradient``, buffers allocated once per run) where it has one, else its
-        ``loss_and_grad``."""
+    def _batch_gradient(self, K: int, x):
+        """``(weights, rows, labels, mask) -> (loss, grad)`` of K participants' batches of rows of ``x``: the
+        model's reusable one (its optional ``batch_gradient``, buffers allocated once per run for the run's
+        own data, per round for a population's) where it has one, else its ``loss_and_grad``."""
         key = ("gradient", K)
-        if key not in self._local_buffers:
+        if x is not self.x_train or key not in self._local_buffers:
             prepared = getattr(self.model, "batch_gradient", None)
-            gradient = None if prepared is None else prepared(self.x_train, K, self.config.batch_size, self.dtype)
+            gradient = None if prepared is None else prepared(x, K, self.config.batch_size, self.dtype)
             if gradient is None:
                 def gradient(weights, rows, labels, mask):
-                    return self.model.loss_and_grad(weights, self.x_train, labels, mask, rows=rows)
+                    return self.model.loss_and_grad(weights, x, labels, mask, rows=rows)
+            if x is not self.x_train:
+                return gradient
             self._local_buffers[key] = gradient
         return self._local_buffers[key]
 
@@ -510,14 +551,13 @@ class FederatedRun:
                                         "slot": np.arange(B), "no_momentum": np.empty((0, 0), self.dtype)}
         return self._local_buffers[key]
 
-    def _shuffle(self, client: int) -> None:
-        """Client ``client``'s order for its current epoch: a permutation of its samples drawn from a
-        stream keyed by (run seed, client, epoch), so no per-client generator needs storing."""
-        clients = self.clients
-        rng = self.streams.generator("batches", client, clients.epoch[client])
-        lo, hi = clients.offsets[client], clients.offsets[client + 1]
-        clients.order[lo:hi] = clients.samples[lo:hi][rng.permutation(hi - lo)]
-        clients.order_epoch[client] = clients.epoch[client]
+    def _shuffle(self, data: _RoundData, row: int, client: int) -> None:
+        """Client ``client``'s order (entry ``row`` of ``data``) for its current epoch: a permutation of its
+        samples drawn from a stream keyed by (run seed, client, epoch), so no per-client generator is stored."""
+        rng = self.streams.generator("batches", client, data.epoch[row])
+        lo, hi = data.offsets[row], data.offsets[row + 1]
+        data.order[lo:hi] = data.samples[lo:hi][rng.permutation(hi - lo)]
+        data.order_epoch[row] = data.epoch[row]
 
     # -- checkpoints ----------------------------------------------------------------------------------
     @property
