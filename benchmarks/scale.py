@@ -19,10 +19,10 @@ client that has taken part (the client state store, ``ClientRows``).
 
 The population series (issue #25): 1,000 to 1,000,000 clients at 100 participants per round, STC with
 error feedback, each population in its own process for ``POPULATION_ROUNDS`` rounds: peak RSS, seconds
-per round and the state store's bytes per client that took part. Its clients share the data of
-``POPULATION_DEVICES`` synthetic devices (client k holds device k mod 1,000's samples): the run's state,
-not the data, is what grows with the population here (data generated per client on demand is not wired
-into the run yet).
+per round and the state store's bytes per client that took part. Client k is device k of FedProx's
+Synthetic(1, 1) with its own sample-count law (mean ~450), generated on demand
+(``data.synthetic_on_demand``: a round draws its participants' data from their own seeds), as
+``fedsim run --preset synthetic --set data.synthetic_on_demand=true ...`` runs it; one local step of batch 10.
 """
 
 from __future__ import annotations
@@ -41,7 +41,6 @@ from benchmarks import common
 from benchmarks.common import log
 
 SAMPLES_PER_DEVICE = 10
-POPULATION_DEVICES = 1_000
 POPULATION_PARTICIPANTS = 100
 # Every configuration times the same number of rounds after the same warm-up, so that all are measured
 # in the same state (the server's message cache, the share of clients that have participated).
@@ -118,22 +117,20 @@ def measure_one(n_clients: int, participation: float, rounds: int, warmup: int, 
 
 
 def measure_population(n_clients: int, rounds: int, threads: int) -> dict:
-    """One population of the series (call it in a fresh process): ``n_clients`` clients sharing the data of
-    ``POPULATION_DEVICES`` devices, ``POPULATION_PARTICIPANTS`` per round, ``rounds`` rounds of STC with
+    """One population of the series (call it in a fresh process): ``n_clients`` clients, one Synthetic(1, 1)
+    device each, generated on demand, ``POPULATION_PARTICIPANTS`` per round, ``rounds`` rounds of STC with
     error feedback; peak RSS, seconds per round (median of all rounds but the first five) and the state
     store's bytes per client that took part."""
     common.apply_threads(threads, torch=False)
     from fedsim.algorithms.federated import FederatedConfig, FederatedRun
-    from fedsim.data.synthetic import make_synthetic
+    from fedsim.data.synthetic import SyntheticPopulation, population_dataset
 
-    dataset = make_synthetic(1.0, 1.0, POPULATION_DEVICES, np.random.default_rng(0), samples=SAMPLES_PER_DEVICE,
-                             test_fraction=0.0)
-    devices = dataset.client_indices
+    dataset = population_dataset(SyntheticPopulation(1.0, 1.0, n_clients, seed=0), eval_devices=1)
     never = 10 ** 9
     config = FederatedConfig(method="stc_updown", rounds=never, n_clients=n_clients,
                              participation_rate=POPULATION_PARTICIPANTS / n_clients, batch_size=SAMPLES_PER_DEVICE,
                              eval_every=never)
-    run = FederatedRun(config, dataset, [devices[k % POPULATION_DEVICES] for k in range(n_clients)], seed=0)
+    run = FederatedRun(config, dataset, None, seed=0)
     seconds = []
     for _ in range(rounds):
         started = time.perf_counter()

@@ -104,9 +104,10 @@ class ExperimentConfig:
             if "seed" in declared.derived and settings.seed != self.seed:
                 object.__setattr__(self, name, dataclasses.replace(settings, seed=self.seed))
         check_clients(self.data, self.family, self.n_clients, self.clients_setting)
-        if self.family != "federated" and (self.system.deadline is not None or self.system.over_select != 1):
-            raise ValueError(f"system.deadline and system.over_select apply to family 'federated' only "
-                             f"(family is {self.family!r}); leave them unset")
+        if self.family != "federated" and (self.system.deadline is not None or self.system.over_select != 1
+                                           or self.system.availability != 1):
+            raise ValueError(f"system.deadline, system.over_select and system.availability apply to family "
+                             f"'federated' only (family is {self.family!r}); leave them unset")
 
     @property
     def algorithm_family(self) -> Family:

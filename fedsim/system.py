@@ -18,13 +18,14 @@ The clock of one federated round, from the exact sizes of the messages the encod
     round           = wait + max_k transfer_down(broadcast)               the new model reaches the participants
 
 ``samples_k`` is local_iterations x batch_size (an epoch's last, smaller batch is counted whole: fedsim
-computes its padded rows too). A participant is reachable with probability ``availability`` (drawn per
+computes its padded rows too). A sampled client is reachable with probability ``availability`` (drawn per
 round and client from the stream ``("system", round)``, so the same seed drops the same clients, also after
-a resume); an unreachable one, and one whose update arrives after the deadline or after the first
-`needed`, is dropped: the server aggregates only the updates it kept. A dropped client keeps its whole
+a resume); an unreachable one takes no part: it receives nothing, trains nothing, keeps its state and is
+counted in ``dropped``. A reachable one whose update arrives after the deadline or after the first
+`needed` is dropped too: the server aggregates only the updates it kept. Such a client keeps its whole
 update: under error feedback its residual becomes A_k + dW_k (nothing of it was delivered, so all of it
-waits for the client's next round); without error feedback the update is lost. Every participant, kept
-or dropped, receives the round's broadcast (it counts in bits_down, as before). ``over_select``: the
+waits for the client's next round); without error feedback the update is lost. Every reachable
+participant, kept or dropped, receives the round's broadcast (it counts in bits_down, as before). ``over_select``: the
 server samples ceil(over_select x needed) clients, keeps the first `needed` to arrive (as production
 cross-device systems do: Bonawitz et al., arXiv 1902.01046) and drops the others.
 
@@ -103,7 +104,7 @@ class SystemConfig:
                             Real(low=0))
     trace: str | None = setting(None, "trace: CSV file, header client,up,down,latency,speed, a row per client",
                                 Optional(Text(nonempty=True), "no trace"))
-    availability: float = setting(1.0, "probability that a sampled client stays reachable through the round",
+    availability: float = setting(1.0, "probability that a sampled client is reachable (else it takes no part)",
                                   Real(0, 1, low_open=True))
     deadline: float | None = setting(None, "federated: seconds the server waits for updates; later ones are dropped",
                                      Optional(POSITIVE, "wait for every participant"))
@@ -264,17 +265,20 @@ class FederatedClock:
                                  f"round ({fastest:.4g} s: two latencies and its local work, sending nothing); "
                                  f"raise it above {fastest:.4g}")
 
-    def wait(self, t: int, participants: np.ndarray, down_bits, up_bits, needed: int):
-        """Round ``t`` up to the aggregation: ``(kept (K,) bool, wait seconds)``, from what each participant
-        receives before it trains (``down_bits``) and the encoded bits of its update (``up_bits``)."""
+    def reachable(self, t: int, sampled: np.ndarray) -> np.ndarray:
+        """Which of round ``t``'s sampled clients are reachable (:func:`reachable_clients`)."""
+        return reachable_clients(self.config, self.streams, t, sampled)
+
+    def wait(self, participants: np.ndarray, down_bits, up_bits, needed: int):
+        """A round up to the aggregation: ``(kept (K,) bool, wait seconds)``, from what each (reachable)
+        participant receives before it trains (``down_bits``) and the encoded bits of its update (``up_bits``)."""
         arrival = arrival_seconds(self.devices, participants, down_bits, self.samples, self.multiply_adds, up_bits)
-        reachable = reachable_clients(self.config, self.streams, t, participants)
-        return kept_updates(arrival, reachable, needed, self.config.deadline)
+        return kept_updates(arrival, np.ones(len(participants), bool), needed, self.config.deadline)
 
     def broadcast_seconds(self, participants: np.ndarray, bits: float) -> float:
-        """The new model reaching every participant: max_k transfer_down_k(bits)."""
+        """The new model reaching every participant: max_k transfer_down_k(bits) (0 with none)."""
         return float(transfer_seconds(bits, self.devices.downlink[participants],
-                                      self.devices.latency[participants]).max())
+                                      self.devices.latency[participants]).max(initial=0.0))
 
 
 class LazyClock:

@@ -113,6 +113,38 @@ def test_a_dropped_client_keeps_its_whole_update_in_its_residual():
     np.testing.assert_array_equal(residual[dropped], updates[dropped])
 
 
+def test_an_unreachable_client_takes_no_part_and_is_counted():
+    """The same sampling with every client reachable, then with availability 0.5: the unreachable ones
+    receive nothing (no synchronization), train nothing (cursor, epoch, residual untouched)."""
+    base = ["federated.rounds=1", 'federated.method="fedavg"', "federated.accumulate_up=true",
+            "federated.participation_rate=0.5", 'system.profile="4g"']
+    everyone = build_run(load_preset("synthetic", base), progress=False)
+    everyone.step()
+    sampled = np.flatnonzero(everyone.clients.last_sync == 1)
+    run = build_run(load_preset("synthetic", base + ["system.availability=0.5"]), progress=False)
+    record = run.step()
+    took_part = np.flatnonzero(run.clients.last_sync == 1)
+    unreachable = np.setdiff1d(sampled, took_part)
+    assert np.all(np.isin(took_part, sampled)) and len(unreachable) > 0
+    assert record["participants"] == len(sampled) and record["dropped"] == len(unreachable)
+    assert np.all(run.clients.cursor[unreachable] == 0) and np.all(run.clients.epoch[unreachable] == 0)
+    assert not np.any(run.clients.residual[unreachable]) and run.clients.residual.nbytes == (
+        len(took_part) * run.server.weights.size * 4)
+    assert len(record["client_losses"]) == len(took_part)
+
+
+def test_a_round_without_a_reachable_client_leaves_the_model():
+    config = load_preset("synthetic", ["federated.rounds=3", 'federated.method="fedavg"',
+                                       "federated.participation_rate=0.04", 'system.profile="wifi"',
+                                       "system.availability=0.01"])
+    run = build_run(config, progress=False)
+    before = run.server.weights.copy()
+    records = run.run()
+    assert [(r["participants"], r["dropped"], r["bits_up"], r["lr"]) for r in records] == [(1, 1, 0, None)] * 3
+    np.testing.assert_array_equal(run.server.weights, before)
+    assert records[-1]["simulated_seconds"] == 0.0
+
+
 def test_over_selection_samples_more_and_keeps_the_needed():
     config = load_preset("synthetic", ["federated.rounds=1", "federated.participation_rate=0.5",
                                        'system.profile="mixed"', "system.over_select=1.5"])
@@ -136,6 +168,12 @@ def test_the_deadline_no_client_can_meet_is_one_line():
 def test_bad_settings_are_one_line(override, message):
     with pytest.raises(ConfigError, match=message):
         load_preset("synthetic", ['system.profile="4g"', override])
+
+
+@pytest.mark.parametrize("override", ["system.deadline=3", "system.over_select=2", "system.availability=0.5"])
+def test_settings_of_the_federated_round_are_refused_for_the_lazy_family(override):
+    with pytest.raises(ConfigError, match=r"apply to family 'federated' only \(family is 'lazy'\)"):
+        load_preset("laq-synthetic", ['system.profile="4g"', override])
 
 
 def test_settings_without_a_profile_are_refused():

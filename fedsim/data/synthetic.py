@@ -244,27 +244,27 @@ def make_synthetic(alpha: float, beta: float, n_devices: int, rng: np.random.Gen
 
     client_indices = tuple(np.arange(train_offsets[k], train_offsets[k + 1], dtype=np.int64)
                            for k in range(n_devices))
-    description = (f"FedProx Synthetic(alpha={alpha:g}, beta={beta:g}) (arXiv 1812.06127): "
-                   f"{n_devices} devices, {n_features} features, {n_classes} classes, "
-                   f"priors read as {prior_scale}, "
-                   f"samples per device {samples!r}, test_fraction {test_fraction:g}; "
-                   f"{len(y_train)} train and {len(y_test)} test samples")
-    return Dataset(name=f"synthetic({alpha:g},{beta:g})", x_train=x_train, y_train=y_train,
-                   x_test=x_test, y_test=y_test, n_classes=int(n_classes),
-                   client_indices=client_indices, description=description)
+    return _dataset(alpha, beta, n_classes, (x_train, y_train, x_test, y_test),
+                    f"{n_devices} devices, {n_features} features, {n_classes} classes, priors read as {prior_scale}, "
+                    f"samples per device {samples!r}, test_fraction {test_fraction:g}", client_indices=client_indices)
 
 
 def population_dataset(population: SyntheticPopulation, eval_devices: int) -> Dataset:
     """A :class:`~fedsim.data.dataset.Dataset` of ``population``: its splits are the evaluation sample of
     :meth:`SyntheticPopulation.evaluation_data`; a run draws its participants' training data from
     ``dataset.population``."""
-    x_train, y_train, x_test, y_test = population.evaluation_data(eval_devices)
     shown = min(int(eval_devices), population.n_devices)
-    description = (f"FedProx Synthetic(alpha={population.alpha:g}, beta={population.beta:g}) (arXiv 1812.06127), "
-                   f"generated per device on demand: {population.n_devices} devices, {population.n_features} "
-                   f"features, {population.n_classes} classes, {int(population.train_counts.sum())} training "
-                   f"samples in all; evaluated on devices 0-{shown - 1} ({len(y_train)} train and {len(y_test)} "
-                   f"test samples)")
-    return Dataset(name=f"synthetic({population.alpha:g},{population.beta:g})", x_train=x_train, y_train=y_train,
-                   x_test=x_test, y_test=y_test, n_classes=population.n_classes, description=description,
-                   population=population)
+    return _dataset(population.alpha, population.beta, population.n_classes,
+                    population.evaluation_data(eval_devices),
+                    f"generated per device on demand: {population.n_devices} devices, {population.n_features} "
+                    f"features, {population.n_classes} classes, {int(population.train_counts.sum())} training "
+                    f"samples in all; evaluated on devices 0-{shown - 1}", population=population)
+
+
+def _dataset(alpha: float, beta: float, n_classes: int, splits: tuple, how: str, **fields) -> Dataset:
+    """The Dataset of Synthetic(alpha, beta) ``splits`` (x_train, y_train, x_test, y_test); ``how`` describes it."""
+    x_train, y_train, x_test, y_test = splits
+    return Dataset(name=f"synthetic({alpha:g},{beta:g})", x_train=x_train, y_train=y_train, x_test=x_test,
+                   y_test=y_test, n_classes=int(n_classes),
+                   description=f"FedProx Synthetic(alpha={alpha:g}, beta={beta:g}) (arXiv 1812.06127): {how}; "
+                               f"{len(y_train)} train and {len(y_test)} test samples", **fields)

@@ -727,9 +727,10 @@ def build_qsgd_encode_into(draw):
     patterns = _patterns(norms)
     stream = stream_of(rng, bit_offset + qsgd.qsgd_bits(levels, offsets, norms, float_bits))
     custom = beyond_omega("signed_levels", levels, rng)
-    if float_bits == 32 and patterns.size:
+    sending = np.flatnonzero(patterns)      # buckets that send levels: the stream fits them either way
+    if float_bits == 32 and sending.size:
         bad = patterns.copy()
-        bad[int(rng.integers(0, bad.size))] = rng.choice([1 << 32, -1, 1 << 40])
+        bad[int(rng.choice(sending))] = rng.choice([1 << 32, -1, 1 << 40])
         custom.append(("a pattern beyond 32 bits", "norm_patterns", bad, (ValueError,), "norm_patterns"))
     return Call({"signed_levels": levels, "bucket_offsets": offsets, "norm_patterns": patterns,
                  "float_bits": float_bits, "stream": stream, "bit_offset": bit_offset}, custom=custom)

@@ -13,7 +13,8 @@ from typing import NamedTuple
 import numpy as np
 
 from fedsim.algorithms.federated.config import FederatedConfig
-from fedsim.compress import ErrorFeedback, ErrorFeedbackState
+from fedsim.compress import Compressed, ErrorFeedback, ErrorFeedbackState
+from fedsim.compress.base import layout_of
 from fedsim.compress.bits import dense_bits, sparse_vector_bits
 from fedsim.compress.budget import solve_knob
 from fedsim.data.dataset import Dataset
@@ -255,6 +256,8 @@ class FederatedRun:
         # implementation (the torch oracle and baselines) can replay the same rounds.
         self.batch_trace: list[BatchTrace] | None = [] if trace_batches else None
         self._local_buffers: dict = {}     # the local rounds' buffers and gradient, made at first use
+        self.unreachable = 0               # sampled clients unreachable this round (system.availability)
+        self.knob = None                   # the up compressor's knob, once solved for bits_per_round
 
     # -- the round ----------------------------------------------------------------------------------
     def step(self) -> dict:
@@ -263,16 +266,17 @@ class FederatedRun:
         started = time.perf_counter()
         t = server.round + 1
         participants, catch_up_bits, update, client_loss = self._local_round(t)
-        K = len(participants)
-        solved = self._meet_bits_budget(update) if t == 1 and config.bits_per_round is not None else {}
+        K = len(participants)           # the sampled clients that were reachable (all, without [system])
+        solved = (self._meet_bits_budget(update) if K and config.bits_per_round is not None and self.knob is None
+                  else {})
 
         # Upstream: the participants' rows (with their residuals under error feedback).
         residual = clients.residual[participants] if clients.residual is not None else None
-        up = self._send(self.up, "up_state", update, residual)
+        up = self._send(self.up, "up_state", update, residual) if K else self._nothing_sent()
         kept = None
         if self.clock is not None:     # which updates arrive in time: each participant receives its catch-up
             # and the mid-protocol bits (PowerSGD's P_hat), trains, sends its encoded update
-            kept, wait = self.clock.wait(t, participants, self.catch_up_bits + up.compressed.broadcast_bits,
+            kept, wait = self.clock.wait(participants, self.catch_up_bits + up.compressed.broadcast_bits,
                                          up.compressed.encoded_bits, self.needed)
             if residual is not None:   # a dropped client keeps its whole update: A_k <- A_k + dW_k
                 up.residual[~kept] = residual[~kept] + update[~kept]
@@ -304,10 +308,11 @@ class FederatedRun:
 
         record = {
             "round": t,
-            "participants": int(K),
-            "lr": float(np.mean(self._learning_rates(clients.epoch[participants]))),
+            "participants": int(K) + self.unreachable,
+            # (with no reachable participant: the lr and epoch of none, written as nothing)
+            "lr": float(np.mean(self._learning_rates(clients.epoch[participants]))) if K else None,
             "epoch": float(np.mean(clients.epoch[participants]
-                                   + clients.cursor[participants] / clients.sizes[participants])),
+                                   + clients.cursor[participants] / clients.sizes[participants])) if K else None,
             "iteration": t * config.local_iterations,
             "client_losses": client_loss.astype(float).tolist(),
             "bits_up": int(bits_up.sum()),
@@ -323,7 +328,7 @@ class FederatedRun:
             # then the round's encoded broadcast reaches every participant
             record["simulated_seconds"] = previous + wait + self.clock.broadcast_seconds(participants,
                                                                                          int(bits_down[0]))
-            record["dropped"] = int(K - kept.sum())
+            record["dropped"] = int(K - kept.sum()) + self.unreachable
         if t % config.eval_every == 0 or t == config.rounds:
             for split, (x, y) in self.eval_sets.items():
                 loss, accuracy = self.model.evaluate(server.weights, x, y)
@@ -337,24 +342,30 @@ class FederatedRun:
         return record
 
     def _local_round(self, t: int):
-        """The first half of round ``t``: sample the participants, bring them up to date and train them;
-        ``(participants, catch-up bits, updates (K, P), client losses (K,))``."""
+        """The first half of round ``t``: sample the participants, bring the reachable ones up to date and
+        train them; ``(participants, catch-up bits, updates (K, P), client losses (K,))``. A sampled client
+        that is unreachable (system.availability) takes no part: it receives, trains and keeps nothing."""
         config, clients, server = self.config, self.clients, self.server
         participants = np.sort(self.sampling_rng.choice(config.n_clients, config.participants_per_round,
                                                         replace=False))
+        self.unreachable = 0
+        if self.clock is not None:
+            reachable = self.clock.reachable(t, participants)
+            self.unreachable = int(np.count_nonzero(~reachable))
+            participants = participants[reachable]
         catch_up_bits = self._synchronize(participants, t)
 
         K = len(participants)
         data = self._round_data(participants)
         weights = np.broadcast_to(server.weights, (K, server.weights.size)).copy()
         momentum = clients.momentum[participants] if clients.momentum is not None else None
-        gradient = self._batch_gradient(K, data.x)
+        gradient = self._batch_gradient(K, data.x) if K else None
         buffers = self._round_buffers(K)
         dtype = self.dtype.type
         l2, momentum_factor = dtype(config.l2), dtype(config.momentum)
         momentum_rows = momentum if momentum is not None else buffers["no_momentum"]
         step = 0
-        while step < config.local_iterations:
+        while K and step < config.local_iterations:
             # A run of steps at one learning rate: up to a step that completes some participant's epoch.
             lr = self._learning_rates(data.epoch[data.rows])
             end = self._next_batches(data, step, buffers["samples"], buffers["counts"])
@@ -379,6 +390,8 @@ class FederatedRun:
         if data.cursor is not clients.cursor:     # a population's round: its participants move on
             clients.cursor[participants], clients.epoch[participants] = data.cursor, data.epoch
 
+        if K == 0:
+            return participants, catch_up_bits, weights, np.zeros(0, self.dtype)
         update = weights
         update -= server.weights                                # dW_k = w_k - W
         if not np.all(np.isfinite(update)):
@@ -396,6 +409,7 @@ class FederatedRun:
                                     lambda: self.streams.generator("bits_per_round"),
                                     setting="federated.bits_per_round")
         self._use_knob(value)
+        self.knob = value
         return {"bits_per_round_knob": compressor.budget_knob, "bits_per_round_knob_value": value,
                 "bits_per_round_first": bits}
 
@@ -429,6 +443,13 @@ class FederatedRun:
                 f"{evaluated[-1]['test_loss']:.4g} at round {evaluated[-1]['round']}") if evaluated else ""
         raise DivergenceError(f"round {t}: {what} (the run diverged; try a smaller lr than "
                               f"{self.config.lr}){last}; {len(self.history)} completed rounds kept", self.history)
+
+    def _nothing_sent(self) -> _Sent:
+        """The upstream of a round without a reachable participant: no rows, no bits."""
+        P = self.server.weights.size
+        return _Sent(Compressed(np.zeros((0, P), self.dtype), np.zeros(0, np.int64), np.zeros(0), layout_of(self.up_state),
+                                self.compressors["up"]), np.zeros((0, P), self.dtype) if self.clients.residual
+                     is not None else None)
 
     def _send(self, link, state_name: str, rows: np.ndarray, residual: np.ndarray | None):
         """Compress ``rows`` over ``link`` (with ``residual`` under error feedback), keeping the
@@ -568,14 +589,15 @@ class FederatedRun:
     def state_dict(self) -> tuple[dict[str, np.ndarray], dict]:
         """Everything needed to continue the run bitwise identically: (arrays, JSON-able metadata).
 
-        Client rows are saved only for clients that ever participated (the others are still zero), so a
-        checkpoint of 100,000 mostly idle clients stays small. Each client's sample order is not saved:
+        Client rows and counters are saved only for clients that ever participated (the others are as they
+        started), so a checkpoint of a million mostly idle clients stays small. Each client's sample order is not saved:
         it is a function of (seed, client, epoch) and is recomputed on load.
         """
         clients, server = self.clients, self.server
         touched = np.flatnonzero(clients.last_sync > 0)
-        arrays = {"server_weights": server.weights, "cursor": clients.cursor, "epoch": clients.epoch,
-                  "last_sync": clients.last_sync, "touched": touched}
+        # Only clients that took part have moved from their start (cursor 0, epoch 0, last_sync 0).
+        arrays = {"server_weights": server.weights, "cursor": clients.cursor[touched],
+                  "epoch": clients.epoch[touched], "last_sync": clients.last_sync[touched], "touched": touched}
         if server.residual is not None:
             arrays["server_residual"] = server.residual
         if clients.residual is not None:
@@ -601,8 +623,10 @@ class FederatedRun:
         if arrays["server_weights"].shape != server.weights.shape:
             raise ValueError(f"checkpoint has {arrays['server_weights'].shape[0]} parameters, this run "
                              f"{server.weights.shape[0]}: it belongs to another config or dataset")
-        if self.config.bits_per_round is not None and meta["history"]:     # the knob solved at round 1
-            self._use_knob(meta["history"][0]["bits_per_round_knob_value"])
+        solved = [r["bits_per_round_knob_value"] for r in meta["history"] if "bits_per_round_knob_value" in r]
+        if self.config.bits_per_round is not None and solved:     # the knob solved at the first round with updates
+            self._use_knob(solved[0])
+            self.knob = solved[0]
         server.weights = np.array(arrays["server_weights"], dtype=self.dtype)
         if server.residual is not None:
             server.residual = np.array(arrays["server_residual"], dtype=self.dtype)
@@ -611,11 +635,12 @@ class FederatedRun:
         server.cache = [(int(r), arrays["cache_positions"][offsets[i]:offsets[i + 1]].copy(),
                          arrays["cache_values"][offsets[i]:offsets[i + 1]].astype(self.dtype))
                         for i, r in enumerate(arrays["cache_rounds"])]
-        clients.cursor[:] = arrays["cursor"]
-        clients.epoch[:] = arrays["epoch"]
-        clients.last_sync[:] = arrays["last_sync"]
-        clients.never_synced = int(np.count_nonzero(clients.last_sync == 0))
         touched = arrays["touched"]
+        for name in ("cursor", "epoch", "last_sync"):     # the touched clients' (or, in older checkpoints, all)
+            values, saved = getattr(clients, name), arrays[name]
+            values[:] = 0
+            values[touched if len(saved) == len(touched) else slice(None)] = saved
+        clients.never_synced = int(np.count_nonzero(clients.last_sync == 0))
         if clients.residual is not None:
             clients.residual[touched] = arrays["client_residual"]
         if clients.momentum is not None:
