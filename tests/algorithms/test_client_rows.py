@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fedsim.algorithms.federated.run import ClientRows
+from fedsim.algorithms.federated.clients import ClientRows
 
 
 def test_rows_read_as_a_dense_array_and_hold_only_written_clients():

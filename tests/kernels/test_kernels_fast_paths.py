@@ -7,18 +7,14 @@
   must equal the twin's ``column_order_sum`` bitwise at every row boundary, and stay within a few ulp of
   the exactly rounded sum;
 * fixed-width bit fields are written and read byte by byte, and a Golomb-Rice code word is written as one
-  field: the bits around a field must survive, and the stream must equal the twin's;
-* the federated run's per-client matrices map memory page by page, when written.
+  field: the bits around a field must survive, and the stream must equal the twin's.
 """
-
-import os
 
 import math
 
 import numpy as np
 import pytest
 
-from fedsim.algorithms.federated import paged_zeros
 from fedsim.kernels import bitstream, golomb, laq, selection, ternary
 
 # (150,000 > SMALL_SEGMENT and CANDIDATE_ROOM + 10: a full candidate buffer compacts for a small k)
@@ -131,32 +127,6 @@ def test_laq_long_vector_bitwise():
     for a, b in zip(_laq(laq.laq_quantize, gradients, previous, 4),
                     _laq(laq.laq_quantize_numpy, gradients, previous, 4)):
         np.testing.assert_array_equal(a, b)
-
-
-def test_paged_zeros_is_a_writable_zero_array():
-    array = paged_zeros((3, 5), np.float32)
-    assert array.shape == (3, 5) and array.dtype == np.float32 and not array.any()
-    array[1, 2] = 7
-    assert array.sum() == 7 and array.flags.writeable and array.flags.c_contiguous
-    other = paged_zeros((3, 5), np.float32)
-    assert not other.any()                          # a fresh mapping each time
-    empty = paged_zeros((0, 5), np.float64)
-    assert empty.shape == (0, 5) and empty.dtype == np.float64
-
-
-@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs Linux /proc to read the RSS")
-def test_paged_zeros_maps_only_the_rows_written():
-    def resident():
-        with open("/proc/self/statm") as handle:
-            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-    rows, row_floats = 20_000, 2_500          # 200 MB of float32, 10 kB per row
-    before = resident()
-    array = paged_zeros((rows, row_floats), np.float32)
-    array[::100] = 1.0                         # 200 rows, spread over the whole array
-    grown = resident() - before
-    assert grown < 30e6, f"writing 200 rows of 10 kB made {grown / 1e6:.0f} MB resident"
-    del array
 
 
 @pytest.mark.parametrize("width", [1, 3, 8, 13, 32, 57, 63, 64])

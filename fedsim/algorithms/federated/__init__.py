@@ -30,7 +30,8 @@ from fedsim.algorithms.family import Family, register_family
 from fedsim.algorithms.federated.config import (AGGREGATIONS, LR_SCHEDULES, NAMED_METHODS, FederatedConfig,
                                                 Method, methods)
 from fedsim.algorithms.federated.report import REPORT, reach, summarize, total_bits
-from fedsim.algorithms.federated.run import BatchTrace, ClientStates, FederatedRun, ServerState, paged_zeros
+from fedsim.algorithms.federated.clients import ClientRows, ClientStates
+from fedsim.algorithms.federated.run import BatchTrace, FederatedRun, ServerState
 
 
 def _make_run(config, dataset, clients) -> FederatedRun:
@@ -46,6 +47,6 @@ FAMILY = register_family(Family(
                                                                              name))
                     for name in ("accumulate_up", "accumulate_down", "aggregation")}))
 
-__all__ = ["AGGREGATIONS", "BatchTrace", "ClientStates", "FAMILY", "FederatedConfig", "FederatedRun",
-           "LR_SCHEDULES", "Method", "NAMED_METHODS", "ServerState", "methods", "paged_zeros", "reach",
+__all__ = ["AGGREGATIONS", "BatchTrace", "ClientRows", "ClientStates", "FAMILY", "FederatedConfig", "FederatedRun",
+           "LR_SCHEDULES", "Method", "NAMED_METHODS", "ServerState", "methods", "reach",
            "summarize", "total_bits"]

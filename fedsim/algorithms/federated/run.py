@@ -4,14 +4,13 @@ of returning clients: :mod:`fedsim.algorithms.federated`)."""
 from __future__ import annotations
 
 import dataclasses
-import functools
-import mmap
 import time
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
 
+from fedsim.algorithms.federated.clients import ClientRows, ClientStates, RoundData
 from fedsim.algorithms.federated.config import FederatedConfig
 from fedsim.compress import Compressed, ErrorFeedback, ErrorFeedbackState
 from fedsim.compress.base import layout_of
@@ -36,128 +35,9 @@ class BatchTrace(NamedTuple):
     counts: np.ndarray         # (K,) real rows of each batch (the rest repeat the last one, masked out)
 
 
-class _RoundData(NamedTuple):
-    """Where a round's batches come from: the training rows, and each participant's sample order and place in
-    it. For data held whole these are the run's own arrays (``rows`` = ``clients`` = the participants); for a
-    population drawn on demand, the round's participants only (``rows`` = 0 .. K-1)."""
-
-    x: np.ndarray              # training features (floats, or 8-bit Codes)
-    y: np.ndarray              # their labels
-    samples: np.ndarray        # each entry's sample rows, entry r's at samples[offsets[r]:offsets[r + 1]]
-    order: np.ndarray          # the same, shuffled for the entry's current epoch
-    offsets: np.ndarray
-    cursor: np.ndarray         # position in the current epoch's order, per entry
-    epoch: np.ndarray          # completed epochs, per entry
-    order_epoch: np.ndarray    # the epoch `order` is shuffled for, per entry; -1: not yet shuffled
-    rows: np.ndarray           # (K,) the participants' entries
-    clients: np.ndarray        # (K,) the participants (the keys of their batch streams)
-
-
 class _Sent(NamedTuple):
     compressed: object                 # fedsim.compress.Compressed
     residual: np.ndarray | None        # the senders' new residuals under error feedback
-
-
-def paged_zeros(shape: tuple[int, ...], dtype) -> np.ndarray:
-    """A zero array whose memory the operating system provides page by page, when first written.
-
-    An anonymous memory map in the system's small pages (4 KiB). ``np.zeros`` is lazy too, but NumPy
-    advises Linux to back large arrays with 2 MiB huge pages, so writing one client's row would make the
-    2 MiB around it resident: with 100,000 clients a few rounds of 1% participation touch every huge page
-    of the residual matrix. Here a participant costs the pages of its own row.
-    """
-    dtype = np.dtype(dtype)
-    size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if size == 0:
-        return np.zeros(shape, dtype)
-    return np.frombuffer(mmap.mmap(-1, size), dtype=dtype).reshape(shape)
-
-
-class ClientRows:
-    """One row of ``width`` entries per client that has taken part, kept only for those clients: a client
-    never written reads as zeros, so memory grows with the participants, not with the population.
-
-    ``rows[clients]`` returns a (K, width) copy and ``rows[clients] = values`` stores (both with an int
-    array of distinct clients, like a dense (n_clients, width) array indexed by rows). The rows live in
-    one array that doubles when full; ``slots`` maps a client to its row.
-    """
-
-    def __init__(self, n_clients: int, width: int, dtype):
-        self.n_clients, self.width, self.dtype = int(n_clients), int(width), np.dtype(dtype)
-        self.slots: dict[int, int] = {}
-        self.rows = np.zeros((0, self.width), self.dtype)
-
-    def _slots(self, clients, create: bool) -> np.ndarray:
-        """Each client's row (-1 for a client without one, unless ``create``: then a new zero row)."""
-        clients = np.asarray(clients, dtype=np.int64).reshape(-1)
-        if len(clients) and (clients.min() < 0 or clients.max() >= self.n_clients):
-            raise IndexError(f"clients must lie in [0, {self.n_clients - 1}]")
-        slots = np.array([self.slots.get(int(k), -1) for k in clients], dtype=np.int64)
-        if create and np.any(slots < 0):
-            new = np.flatnonzero(slots < 0)
-            needed = len(self.slots) + len(new)
-            if needed > len(self.rows):          # grow by doubling: amortized O(1) per new client
-                grown = np.zeros((max(needed, 2 * len(self.rows), 16), self.width), self.dtype)
-                grown[:len(self.rows)] = self.rows
-                self.rows = grown
-            for i in new:
-                slots[i] = self.slots[int(clients[i])] = len(self.slots)
-        return slots
-
-    def __getitem__(self, clients) -> np.ndarray:
-        slots = self._slots(clients, create=False)
-        out = np.zeros((len(slots), self.width), self.dtype)
-        held = slots >= 0
-        out[held] = self.rows[slots[held]]
-        return out
-
-    def __setitem__(self, clients, values) -> None:
-        slots = self._slots(clients, create=True)      # first: it may grow self.rows
-        self.rows[slots] = values
-
-    def dense(self) -> np.ndarray:
-        """Every client's row as one (n_clients, width) array (a copy; for small populations)."""
-        out = np.zeros((self.n_clients, self.width), self.dtype)
-        clients = np.fromiter(self.slots.keys(), dtype=np.int64, count=len(self.slots))
-        slots = np.fromiter(self.slots.values(), dtype=np.int64, count=len(self.slots))
-        out[clients] = self.rows[slots]
-        return out
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes of the rows held (the clients that have taken part), not of a dense population array."""
-        return len(self.slots) * self.width * self.dtype.itemsize
-
-
-@dataclass
-class ClientStates:
-    """Everything each client keeps between rounds, one row or entry per client."""
-
-    samples: np.ndarray | None  # all clients' sample indices, client k's at samples[offsets[k]:offsets[k+1]]
-    order: np.ndarray | None    # the same, each client's segment in its current epoch's shuffled order
-    # (both None for a population drawn on demand: a round makes its participants' own, _RoundData)
-    offsets: np.ndarray        # (n_clients + 1,) segment boundaries of `order`
-    cursor: np.ndarray         # (n_clients,) position in the current epoch's order
-    epoch: np.ndarray          # (n_clients,) completed epochs
-    order_epoch: np.ndarray    # (n_clients,) the epoch `order` is shuffled for; -1: not yet shuffled
-    last_sync: np.ndarray      # (n_clients,) last round whose downstream message the client holds
-    residual: ClientRows | None = None   # (n_clients, P) upstream error accumulation, held for participants
-    momentum: ClientRows | None = None   # (n_clients, P) SGD momentum buffers, held for participants
-
-    @functools.cached_property
-    def sizes(self) -> np.ndarray:
-        """(n_clients,) samples of each client (computed once: the offsets never change)."""
-        return np.diff(self.offsets)
-
-    def __post_init__(self):
-        # Clients that never synchronized (last_sync 0), kept as a count so that a round with a million
-        # clients does not scan them all (FederatedRun._prune_cache).
-        self.never_synced = int(np.count_nonzero(self.last_sync == 0))
-
-    def synchronized(self, clients: np.ndarray, t: int) -> None:
-        """``clients`` now hold round ``t``'s downstream message."""
-        self.never_synced -= int(np.count_nonzero(self.last_sync[clients] == 0))
-        self.last_sync[clients] = t
 
 
 @dataclass
@@ -512,21 +392,21 @@ class FederatedRun:
             factor = np.ones(len(epoch))
         return (config.lr * factor).astype(self.dtype)
 
-    def _round_data(self, participants: np.ndarray) -> _RoundData:
+    def _round_data(self, participants: np.ndarray) -> RoundData:
         """The training data of round's ``participants``: the run's own arrays, or, for a population drawn
         on demand, the participants' data generated now (each device's from its own seed), their sample
         orders made again from their (seed, client, epoch) streams."""
         clients = self.clients
         if self.population is None:
-            return _RoundData(self.x_train, self.y_train, clients.samples, clients.order, clients.offsets,
+            return RoundData(self.x_train, self.y_train, clients.samples, clients.order, clients.offsets,
                               clients.cursor, clients.epoch, clients.order_epoch, participants, participants)
         x, y, offsets = self.population.training_data(participants)
         samples = np.arange(len(y), dtype=np.int64)
         K = len(participants)
-        return _RoundData(as_dtype(x, self.dtype), y, samples, samples.copy(), offsets, clients.cursor[participants],
+        return RoundData(as_dtype(x, self.dtype), y, samples, samples.copy(), offsets, clients.cursor[participants],
                           clients.epoch[participants], np.full(K, -1, np.int64), np.arange(K), participants)
 
-    def _next_batches(self, data: _RoundData, first: int, samples: np.ndarray, counts: np.ndarray) -> int:
+    def _next_batches(self, data: RoundData, first: int, samples: np.ndarray, counts: np.ndarray) -> int:
         """The rows of the next mini-batches of every participant, steps ``first, ...`` of the round, into
         ``samples[s]`` (K, B) with ``counts[s]`` (K,) real rows each; returns the step after the last one
         planned: a run of steps ends after one that completes some participant's epoch.
@@ -572,7 +452,7 @@ class FederatedRun:
                                         "slot": np.arange(B), "no_momentum": np.empty((0, 0), self.dtype)}
         return self._local_buffers[key]
 
-    def _shuffle(self, data: _RoundData, row: int, client: int) -> None:
+    def _shuffle(self, data: RoundData, row: int, client: int) -> None:
         """Client ``client``'s order (entry ``row`` of ``data``) for its current epoch: a permutation of its
         samples drawn from a stream keyed by (run seed, client, epoch), so no per-client generator is stored."""
         rng = self.streams.generator("batches", client, data.epoch[row])
