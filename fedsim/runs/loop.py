@@ -150,7 +150,7 @@ def _counting_compiles():
 
 
 def execute(run, folder: RunFolder, config: ExperimentConfig, *, name: str, quiet: bool = False,
-            identity: dict | None = None, observer=None) -> RunOutcome:
+            identity: dict | None = None, observer=None, stop_requested=None) -> RunOutcome:
     """Step ``run`` to the end of ``config``, recording into ``folder``.
 
     The step protocol: ``run.completed`` (steps done), ``run.step() -> record``, ``run.history``,
@@ -159,7 +159,8 @@ def execute(run, folder: RunFolder, config: ExperimentConfig, *, name: str, quie
     steps and at the end, stops at a step boundary on SIGINT/SIGTERM/SIGHUP (checkpointing there), and writes
     summary.json when the run completes or diverges. ``observer(record)``, if given, is called after
     each step's record is written (the examples print a block per round with it; what it is given and
-    may do: :mod:`fedsim.runs`).
+    may do: :mod:`fedsim.runs`). ``stop_requested()``, if given, is asked before each step: True stops the run
+    there as a signal would (a sweep's Dask task, whose thread no signal reaches).
     """
     planned = config.steps
     every = config.run.checkpoint_every
@@ -179,7 +180,7 @@ def execute(run, folder: RunFolder, config: ExperimentConfig, *, name: str, quie
         compiling = bar.note_if_slow(COMPILE_NOTE_SECONDS, COMPILE_NOTE, when=lambda: compiles["started"] > 0)
         try:
             while run.completed < planned:
-                if stop.received is not None:
+                if stop.received is not None or (stop_requested is not None and stop_requested()):
                     status = "interrupted"
                     break
                 try:
@@ -229,7 +230,7 @@ def _identity(meta: dict) -> dict:
 
 
 def start_run(config: ExperimentConfig, out, *, name: str, quiet: bool = False, command=None,
-              progress_data: bool | None = None, observer=None) -> RunOutcome:
+              progress_data: bool | None = None, observer=None, stop_requested=None) -> RunOutcome:
     """Create the run folder ``out``, write config.toml and meta.json, build the run and execute it,
     owning the folder (its lock) throughout.
 
@@ -263,7 +264,8 @@ def start_run(config: ExperimentConfig, out, *, name: str, quiet: bool = False, 
                 "sessions": [{"started": now(), "from": 0}]}
         folder.write_json(META_FILE, meta)
         write_atomic(folder.file(HISTORY_FILE), b"")
-        return execute(run, folder, config, name=name, quiet=quiet, identity=_identity(meta), observer=observer)
+        return execute(run, folder, config, name=name, quiet=quiet, identity=_identity(meta), observer=observer,
+                       stop_requested=stop_requested)
 
 
 def _check_identity(folder: RunFolder, config: ExperimentConfig, meta: dict) -> None:
@@ -316,7 +318,7 @@ def _check_history(folder: RunFolder, run, completed: int) -> None:
 
 
 def resume_run(path, *, quiet: bool = False, progress_data: bool | None = None,
-               extend_to: int | None = None, observer=None) -> RunOutcome:
+               extend_to: int | None = None, observer=None, stop_requested=None) -> RunOutcome:
     """Continue the run in folder ``path`` from its last checkpoint (or from the start if it has none).
 
     ``extend_to``: continue to this many rounds / iterations in all (at least the steps done); the
@@ -356,7 +358,7 @@ def resume_run(path, *, quiet: bool = False, progress_data: bool | None = None,
         _warn_on_changes(meta)
         folder.write_json(META_FILE, meta)
         return execute(run, folder, config, name=meta.get("name", folder.path.name), quiet=quiet,
-                       identity=_identity(meta), observer=observer)
+                       identity=_identity(meta), observer=observer, stop_requested=stop_requested)
 
 
 def _extend(folder: RunFolder, config: ExperimentConfig, meta: dict, extend_to: int):

@@ -31,9 +31,9 @@ Every run's history is bitwise the same whichever backend ran it and with how ma
 seeds its own random streams from its config and pins its BLAS threads (``run.blas_threads``).
 
 Signals: SIGINT (Ctrl-C), SIGTERM and SIGHUP stop a sweep as they stop ``fedsim run``: no queued run
-starts after them, each running run of a local worker stops at a step boundary with a checkpoint (the
-coordinator passes the stop on as SIGTERM; a Dask task is cancelled, its run resumes from its last
-periodic checkpoint), the manifest records the runs as interrupted or pending, and
+starts after them, each running run stops at a step boundary with a checkpoint (the coordinator passes the
+stop on to a local worker as SIGTERM, to Dask tasks through a ``distributed.Event`` they look at between
+steps), the manifest records the runs as interrupted or pending, and
 :class:`SweepInterrupted` tells the caller (exit status 128 + the signal). A second signal stops at once.
 """
 
@@ -43,6 +43,7 @@ import os
 import signal
 import sys
 import time
+import uuid
 from collections import Counter, deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +63,8 @@ SCHEDULER_TIMEOUT = 20.0
 #: Seconds between the coordinator's looks at its workers, and between the SIGTERMs it sends a busy local
 #: worker while the sweep stops (a signal that came while the run was being built is otherwise not seen).
 POLL_SECONDS = 0.2
+#: Seconds a stopping sweep waits for its Dask tasks to reach a step boundary before it cancels them.
+DASK_STOP_SECONDS = 30.0
 RESEND_SECONDS = 0.5
 #: Peak resident memory of one run, in bytes, by dataset, rounded up from ``fedsim run`` measured with
 #: getrusage's ru_maxrss: Fashion-MNIST through the STC pipeline 503 MB with the array cache off (460 MB
@@ -340,16 +343,23 @@ def _open_dask(scheduler: str | None, workers: int, threads: int):
 
 def _run_dask(pending, out: Path, client, threads: int, command, finished, stop) -> None:
     """Run ``pending`` as tasks of ``client``'s cluster (each retried by Dask on another worker if its
-    worker dies); on a stop, the tasks not finished are cancelled, those begun recorded as interrupted
-    (a run in a Dask worker's thread cannot be stopped at a step boundary: it resumes from its last
-    periodic checkpoint)."""
+    worker dies). On a stop, the sweep's ``distributed.Event`` is set: a task not yet started returns without
+    starting its run, a running one stops at its next step boundary with a checkpoint; a task still running
+    after :data:`DASK_STOP_SECONDS` is cancelled and its run resumes from its last periodic checkpoint."""
+    from distributed import Event
+
     from fedsim.sweeps.worker import run_one
+    event = Event(f"fedsim-stop-{uuid.uuid4().hex}", client=client)
     futures = {client.submit(run_one, planned.config, str(Path(run_folder(out, planned)).resolve()),
-                             planned.label, command, threads, pure=False, retries=3, key=f"run-{planned.folder_name}"):
-               planned for planned in pending}
+                             planned.label, command, threads, event.name, pure=False, retries=3,
+                             key=f"run-{planned.folder_name}"): planned for planned in pending}
     remaining = list(futures)
+    stopping_since = None
     while remaining:
-        if stop.received is not None:
+        if stop.received is not None and stopping_since is None:
+            event.set()
+            stopping_since = time.monotonic()
+        if stopping_since is not None and time.monotonic() - stopping_since > DASK_STOP_SECONDS:
             client.cancel(remaining)
             for future in remaining:
                 if run_folder(out, futures[future]).is_dir():
@@ -364,7 +374,8 @@ def _run_dask(pending, out: Path, client, threads: int, command, finished, stop)
                 result = future.result()
             except Exception as error:
                 result = {"status": "failed", "message": f"{type(error).__name__}: {error}"}
-            finished(futures[future], result)
+            if result.get("status") != "pending":       # "pending": not started, the sweep stopping
+                finished(futures[future], result)
 
 
 def all_finished(statuses: dict[str, dict]) -> bool:

@@ -77,12 +77,17 @@ def serve(connection, threads: int) -> None:
             connection.send(run_one(*task))
 
 
-def run_one(config, folder: str, name: str, command: list[str], threads: int | None = None) -> dict:
+def run_one(config, folder: str, name: str, command: list[str], threads: int | None = None,
+            stop_event: str | None = None) -> dict:
     """Bring the run folder ``folder`` of ``config`` to its end; how it ended, as a JSON-able dict.
 
     The config's plugins are imported first (:mod:`fedsim.plugins`). A finished folder (summary.json) is
     reported as it is; a folder with a config is resumed (from its checkpoint); otherwise the run starts. Any failure is reported, never raised, so one bad run does not
     stop the others. Datasets are kept in memory between the runs of this process.
+
+    ``stop_event``: in a Dask task, the name of the sweep's ``distributed.Event``; once it is set, a run not
+    yet started is not started (``{"status": "pending"}``) and a running one stops at its next step boundary
+    with a checkpoint, as a signal stops a local worker's run.
     """
     from fedsim.config import import_plugins
     from fedsim.experiment_data import keep_datasets_in_memory
@@ -91,6 +96,9 @@ def run_one(config, folder: str, name: str, command: list[str], threads: int | N
 
     keep_datasets_in_memory(True)
     path = Path(folder)
+    stop_requested = None if stop_event is None else _event_poll(stop_event)
+    if stop_requested is not None and stop_requested():
+        return {"status": "pending", "message": "not started: the sweep was stopped", "ran": False}
     try:
         # The config's own plugins, and their compressors' tables (a run folder's config.toml lists them):
         # this process may not have imported them.
@@ -106,14 +114,33 @@ def run_one(config, folder: str, name: str, command: list[str], threads: int | N
                 if not (path / META_FILE).exists():
                     (path / CONFIG_FILE).unlink()
         if (path / CONFIG_FILE).exists():
-            outcome = resume_run(path, quiet=True)
+            outcome = resume_run(path, quiet=True, stop_requested=stop_requested)
         else:
-            outcome = start_run(config, path, name=name, quiet=True, command=command)
+            outcome = start_run(config, path, name=name, quiet=True, command=command, stop_requested=stop_requested)
         return {"status": outcome.status, "completed": outcome.completed, "planned": outcome.planned,
                 "message": outcome.message, "ran": True}
     except Exception as error:       # recorded in the manifest; the sweep goes on
         return {"status": "failed", "message": f"{type(error).__name__}: {' '.join(str(error).split())}",
                 "ran": True}
+
+
+#: Seconds between two looks of a Dask task at its sweep's stop event (each look asks the scheduler).
+STOP_POLL_SECONDS = 0.25
+
+
+def _event_poll(name: str):
+    """``() -> bool``: whether the ``distributed.Event`` ``name`` is set, asking the scheduler at most every
+    :data:`STOP_POLL_SECONDS` (a step can take a millisecond)."""
+    import time
+    from distributed import Event
+
+    event, last = Event(name), {"at": -float("inf"), "set": False}
+
+    def stop_requested() -> bool:
+        if not last["set"] and time.monotonic() - last["at"] >= STOP_POLL_SECONDS:
+            last["set"], last["at"] = event.is_set(), time.monotonic()
+        return last["set"]
+    return stop_requested
 
 
 __all__ = ["STOPPING", "THREAD_VARIABLES", "limit_threads", "pin_threads", "run_one", "serve"]

@@ -251,3 +251,49 @@ def test_a_malformed_scheduler_address_is_one_line(tmp_path, address, fragment):
     assert lines[0].startswith(f"fedsim: error: --scheduler {address!r} is not a Dask scheduler address (") \
         and fragment in lines[0] and lines[0].endswith("; give tcp://HOST:PORT"), lines
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_dask_tasks_at_a_step_boundary_and_the_same_command_finishes(tmp_path, dask_cluster):
+    """A Dask task's run gets no signal: the sweep sets an Event its tasks look at between steps. The runs
+    begun stop with a checkpoint at their last step (nothing recorded past it), the queued ones never start,
+    and the same command finishes the sweep with the histories of the local backend."""
+    path = tmp_path / "sweep.toml"
+    path.write_text(SWEEP)
+    sweep = load_sweep(path)
+    out = tmp_path / "dask"
+    folders = [out / "runs" / planned.folder_name for planned in sweep.runs]
+    command = ["sweep", str(path), "--backend", "dask", "--scheduler", dask_cluster.address, "--out", str(out),
+               "--quiet"]
+    process = subprocess.Popen([sys.executable, "-m", "fedsim", *command], cwd=tmp_path, env=clean_env(tmp_path),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + KILL_TIMEOUT
+        while sum(checkpointed(folder) > 0 for folder in folders) < 2:
+            assert process.poll() is None and time.monotonic() < deadline, \
+                f"no two runs reached a checkpoint:\n{process.communicate()}\n{dask_cluster.log_tails()}"
+            time.sleep(0.02)
+        os.killpg(process.pid, signal.SIGINT)          # the sweep's group; the cluster has its own sessions
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        _kill(process)
+    assert process.returncode == 128 + signal.SIGINT, stderr
+    assert "Continue with: fedsim sweep" in error_lines(stderr)[0], stderr
+    manifest = {run["folder"]: run for run in json.loads((out / "manifest.json").read_text())["runs"]}
+    statuses = []
+    for folder in folders:
+        entry = manifest[f"runs/{folder.name}"]
+        statuses.append(entry["status"])
+        if entry["status"] == "pending":
+            assert not folder.exists(), "a queued run started after the stop"
+        elif entry["status"] == "interrupted":      # stopped at a step boundary: every recorded round checkpointed
+            history = RunFolder(folder).read_history()
+            assert entry["completed"] == checkpointed(folder) == len(history) < ROUNDS, entry
+            assert RunFolder(folder).read_json("meta.json")["sessions"][-1]["status"] == "interrupted"
+    assert "interrupted" in statuses, statuses
+    again = fedsim(tmp_path, *command, timeout=SWEEP_TIMEOUT)
+    assert again.returncode == 0 and f"{RUNS} completed" in again.stdout, again.stderr
+    local = fedsim(tmp_path, "sweep", path, "--backend", "local", "--workers", "2", "--out", tmp_path / "local",
+                   "--quiet", timeout=SWEEP_TIMEOUT)
+    assert local.returncode == 0, local.stderr
+    assert histories(out) == histories(tmp_path / "local")
