@@ -133,8 +133,9 @@ def test_an_unreachable_client_takes_no_part_and_is_counted():
     assert len(record["client_losses"]) == len(took_part)
 
 
-def test_a_round_without_a_reachable_client_leaves_the_model():
-    config = load_preset("synthetic", ["federated.rounds=3", 'federated.method="fedavg"',
+@pytest.mark.parametrize("method", ["fedavg", "stc_updown", "signsgd"])
+def test_a_round_without_a_reachable_client_leaves_the_model(method):
+    config = load_preset("synthetic", ["federated.rounds=3", f'federated.method="{method}"',
                                        "federated.participation_rate=0.04", 'system.profile="wifi"',
                                        "system.availability=0.01"])
     run = build_run(config, progress=False)
@@ -143,6 +144,16 @@ def test_a_round_without_a_reachable_client_leaves_the_model():
     assert [(r["participants"], r["dropped"], r["bits_up"], r["lr"]) for r in records] == [(1, 1, 0, None)] * 3
     np.testing.assert_array_equal(run.server.weights, before)
     assert records[-1]["simulated_seconds"] == 0.0
+
+
+def test_rounds_with_and_without_reachable_clients_follow_each_other():
+    config = load_preset("synthetic", ["federated.rounds=30", 'system.profile="3g"', "system.availability=0.5",
+                                       "federated.participation_rate=0.1"])
+    records = build_run(config, progress=False).run()
+    nobody = [r["round"] for r in records if r["dropped"] == r["participants"]]
+    assert nobody and len(nobody) < len(records)
+    assert all(0 <= r["test_accuracy"] <= 1 for r in records)
+    assert all(r["lr"] is None for r in records if r["round"] in nobody)
 
 
 def test_over_selection_samples_more_and_keeps_the_needed():

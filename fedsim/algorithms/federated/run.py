@@ -162,10 +162,10 @@ class FederatedRun:
                 up.residual[~kept] = residual[~kept] + update[~kept]
         if clients.residual is not None:
             clients.residual[participants] = up.residual
-        if kept is None or kept.all():
+        if K and (kept is None or kept.all()):
             aggregate = self.up.aggregate(up.compressed.decoded, clients.sizes[participants],
                                           self.resolved_method.aggregation, config.lr)
-        elif kept.any():
+        elif K and kept.any():
             aggregate = self.up.aggregate(up.compressed.decoded[kept], clients.sizes[participants][kept],
                                           self.resolved_method.aggregation, config.lr)
         else:                          # no update arrived: the server model stays
