@@ -247,6 +247,25 @@ def test_run_folders_carry_simulated_time_to_summary_compare_and_plot(tmp_path):
         plot_runs([off], tmp_path / "plots", x="simulated")
 
 
+def test_lazy_runs_carry_simulated_time_to_compare_and_the_sweep_metrics(tmp_path):
+    from fedsim.algorithms.lazy.report import REPORT, records_reach
+    from fedsim.runs.compare import compare_tables
+    from fedsim.runs.folder import read_run
+    from fedsim.runs.loop import start_run
+    start_run(load_preset("laq-synthetic", ["lazy.iterations=30", 'system.profile="4g"', "run.f_star=0.0"]),
+              tmp_path / "on", name="on", quiet=True)
+    on = read_run(tmp_path / "on")
+    objectives = [record["objective"] for record in on.history]
+    target = objectives[9]                      # reached first at theta^9 (the objective decreases here)
+    assert min(objectives[:9]) > target
+    reached = records_reach(on.history, 0.0, target)
+    assert reached["iteration"] == 9 and reached["simulated_seconds"] == on.history[8]["simulated_seconds"]
+    table = compare_tables([on], target_accuracy=0.0, target_residual=target)
+    assert "simulated s to target" in table and f"{on.history[8]['simulated_seconds']:.4g}" in table
+    assert "simulated_seconds" in REPORT.metrics and on.summary["simulated_seconds"] == on.history[-1][
+        "simulated_seconds"]
+
+
 def test_a_resumed_run_continues_the_clock_and_the_drops_bitwise():
     config = load_preset("synthetic", ["federated.rounds=4", 'system.profile="mixed"', "system.deadline=0.5",
                                        "system.availability=0.7", "federated.participation_rate=0.5"])

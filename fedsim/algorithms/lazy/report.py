@@ -52,8 +52,8 @@ def records_spent_before(records: list[dict]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def records_reach(records: list[dict], f_star: float, tolerance: float) -> dict | None:
-    """Iterations, communications and bits to the first theta^k with ``f(theta^k) - f* <= tolerance``
-    (None if no record gets there)."""
+    """Iterations, communications and bits (and, with [system] on, simulated seconds) to the first theta^k
+    with ``f(theta^k) - f* <= tolerance`` (None if no record gets there)."""
     if f_star is None:
         raise ValueError("the residual needs f_star: pass it, or take smallest_objective(histories)")
     hits = np.flatnonzero(np.array([r["objective"] for r in records]) - f_star <= tolerance)
@@ -61,7 +61,10 @@ def records_reach(records: list[dict], f_star: float, tolerance: float) -> dict 
         return None
     k = int(hits[0])
     communications, bits = records_spent_before(records)
-    return {"iteration": k, "communications": int(communications[k]), "bits": int(bits[k])}
+    reached = {"iteration": k, "communications": int(communications[k]), "bits": int(bits[k])}
+    if "simulated_seconds" in records[k]:       # cumulative through each iteration: theta^k after k of them
+        reached["simulated_seconds"] = records[k - 1]["simulated_seconds"] if k else 0.0
+    return reached
 
 
 def smallest_objective(histories) -> float:
@@ -154,13 +157,15 @@ def achieved(summary: dict) -> list[str]:
 
 
 def compare(runs, targets: dict) -> tuple[str, list[str], list[list[str]]]:
-    """The `fedsim compare` table of lazy runs: iterations, uploads and bits to the target residual."""
+    """The `fedsim compare` table of lazy runs: iterations, uploads and bits to the target residual; when a run
+    has the simulated clock ([system]), the simulated seconds to it too."""
     target = targets["residual"]
     usable = [run for run in runs if run.history]
     f_star = f_star_of(usable) if usable else math.nan
     configured = {run.config.get("run", {}).get("f_star") for run in usable}
     honest = (len(configured) == 1 and None not in configured) or best_value_certified(usable, target)
     hidden = set() if honest else own_best(runs, f_star)
+    simulated = any("simulated_seconds" in r for run in runs for r in run.history[:1])
     rows = []
     for index, run in enumerate(runs):
         history = [] if index in hidden else run.history
@@ -174,13 +179,15 @@ def compare(runs, targets: dict) -> tuple[str, list[str], list[list[str]]]:
                                 cell(reached and reached["iteration"], "d"),
                                 cell(reached and reached["communications"], "d"),
                                 cell(reached and reached["bits"], ".4g"),
+                                *([cell(reached and reached.get("simulated_seconds"), ".4g")] if simulated else []),
                                 cell(run.history[-1]["bits"] if run.history else None, ".4g")))
     name = "f*" if honest else "f_best"
     title = (f"lazy runs (target: f - f* <= {target:g}; f* = {f_star:.12g})" if honest else
              f"lazy runs (target: f - f_best <= {target:g}; f_best = {f_star:.12g}, the best value of these runs, "
              f"not certified as f*)" + (f"\n{OWN_BEST_NOTE}" if hidden else ""))
     return compare_table(title, "iterations", ["final acc", f"final f - {name}", "its to target", "uploads to target",
-                                               "bits to target", "bits total"], rows)
+                                               "bits to target", *(["simulated s to target"] if simulated else []),
+                                               "bits total"], rows)
 
 
 def unused_settings(table: dict) -> set[str]:
@@ -197,5 +204,6 @@ def unused_settings(table: dict) -> set[str]:
 REPORT = Report(
     clients_word="workers", summarize=summarize, progress=progress_text, achieved=achieved, compare=compare,
     figure="lazy_figures",
-    metrics=("final_objective", "min_objective", "communications", "bits", "final_test_accuracy"),
+    metrics=("final_objective", "min_objective", "communications", "bits", "final_test_accuracy",
+             "simulated_seconds"),
     curve=("iteration", "objective", "f - (smallest f of the sweep)", "residual"), unused=unused_settings)
