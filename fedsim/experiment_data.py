@@ -112,6 +112,13 @@ def check_clients(config: DataConfig, family: str, n_clients: int, clients_setti
                          f"every worker computes every iteration); leave it unset")
 
 
+def feature_count(config: DataConfig, pipeline: str) -> int | None:
+    """The features of ``config``'s data under ``pipeline``, without loading it (None for npz data)."""
+    if config.dataset == "synthetic":
+        return 60
+    return None if npz_path(config.dataset) is not None else (1024 if pipeline == "stc" else 784)
+
+
 _MEMORY: dict | None = None      # the datasets kept by keep_datasets_in_memory(True), by their settings
 
 

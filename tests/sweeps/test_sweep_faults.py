@@ -20,7 +20,7 @@ import pytest
 
 from fedsim.runs import RunFolder
 from fedsim.sweeps import load_sweep
-from fedsim.sweeps.execute import RUN_MEMORY, RUN_RETRIES, capped_workers
+from fedsim.sweeps.execute import RUN_MEMORY, RUN_RETRIES, capped_workers, run_memory
 from tests.conftest import clean_env, error_lines, fedsim
 from tests.sweeps.test_sweeps import histories
 
@@ -221,13 +221,16 @@ def test_a_signal_stops_the_sweep_at_a_checkpoint_and_the_same_command_finishes_
     assert histories(out) == expected
 
 
-def planned_on(dataset: str, count: int) -> list:
-    """Stand-ins of planned runs on ``dataset``: all that :func:`capped_workers` reads of a run."""
-    return [SimpleNamespace(config=SimpleNamespace(data=SimpleNamespace(dataset=dataset)))] * count
+def planned_on(preset: str, count: int, *overrides: str) -> list:
+    """Stand-ins of planned runs of ``preset``: all that :func:`capped_workers` reads of a run (its config)."""
+    from fedsim.config import load_preset
+    return [SimpleNamespace(config=load_preset(preset, list(overrides)))] * count
 
 
 def test_workers_are_capped_by_cores_and_memory_with_one_line_saying_why(tmp_path, monkeypatch, capsys):
-    synthetic, fashion = planned_on("synthetic", 8), planned_on("fashion-mnist", 8)
+    synthetic, fashion = planned_on("synthetic", 8), planned_on("stc-mnist", 8, 'data.dataset="fashion-mnist"')
+    fashion_bytes = run_memory(fashion[0].config)
+    assert RUN_MEMORY["fashion-mnist"] < fashion_bytes < 1.1 * RUN_MEMORY["fashion-mnist"]
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
     monkeypatch.setattr("fedsim.sweeps.execute._available_memory", lambda: 64 * 10**9)
     assert capped_workers(48, synthetic) == 4
@@ -237,16 +240,32 @@ def test_workers_are_capped_by_cores_and_memory_with_one_line_saying_why(tmp_pat
     assert capped_workers(None, synthetic) == 4 and capped_workers(3, synthetic) == 3
     assert capped_workers(4, synthetic[:2]) == 2 and capped_workers(None, synthetic[:2]) == 2
     assert capsys.readouterr().err == ""          # nothing asked for beyond a cap: nothing said
-    monkeypatch.setattr("fedsim.sweeps.execute._available_memory", lambda: 2 * RUN_MEMORY["fashion-mnist"] + 1)
+    monkeypatch.setattr("fedsim.sweeps.execute._available_memory", lambda: 2 * fashion_bytes + 1)
     assert capped_workers(48, fashion) == 2 and capped_workers(None, fashion) == 2
-    assert capsys.readouterr().err == (f"fedsim: sweep: --workers 48 capped to 2: 1.1 GB of memory available, up "
-                                       f"to {RUN_MEMORY['fashion-mnist'] / 1e9:.2f} GB per run\n")
+    assert capsys.readouterr().err == (f"fedsim: sweep: --workers 48 capped to 2: "
+                                       f"{(2 * fashion_bytes + 1) / 1e9:.1f} GB of memory available, up "
+                                       f"to {fashion_bytes / 1e9:.2f} GB per run\n")
     assert capped_workers(3, synthetic) == 3      # a synthetic run needs less memory
     assert capped_workers(3, synthetic + fashion[:1]) == 2      # the largest run counts
     monkeypatch.setattr("fedsim.sweeps.execute._available_memory", lambda: 10**6)
     assert capped_workers(8, fashion) == 1        # one worker at least, however little memory is left
     monkeypatch.setattr("fedsim.sweeps.execute._available_memory", lambda: None)
     assert capped_workers(8, fashion) == 4        # memory unknown: the cores alone
+
+
+def test_a_runs_memory_grows_with_its_clients_and_model():
+    """The counters of every client, the rows of those that can take part, a round's (K, P) arrays: a million
+    clients over 1,000 rounds of 100 count about 1 GB (measured: 1.26 GB), a 30-client run hardly more than
+    its data."""
+    million = planned_on("synthetic", 1, "federated.n_clients=1000000", "data.synthetic_devices=1000000",
+                         "data.synthetic_on_demand=true", "federated.participation_rate=0.0001",
+                         "federated.rounds=1000")[0].config
+    small = planned_on("synthetic", 1)[0].config
+    assert 0.9e9 < run_memory(million) < 1.3e9 and run_memory(small) < 1.01 * RUN_MEMORY["synthetic"]
+    # rows of 100,000 clients of 610 float32 parameters, thrice, beside 48 bytes of counters per client
+    assert run_memory(million) - RUN_MEMORY["synthetic"] >= 3 * 100_000 * 610 * 4 + 48 * 10**6
+    mlp = planned_on("stc-mlp", 1)[0].config
+    assert run_memory(mlp) > run_memory(planned_on("stc-mnist", 1, 'data.dataset="fashion-mnist"')[0].config)
 
 
 def test_the_command_says_when_it_caps_workers(tmp_path):
