@@ -33,6 +33,11 @@ The lazy family, per iteration: every worker receives theta (32 P bits), compute
 samples x multiply-adds per sample / speed) and, if it uploads, sends its upload; the iteration takes the
 longest of these: ``max_m [transfer_down_m(32 P) + compute_m + upload_m transfer_up_m(bits)]``.
 
+A client keeps its device for the whole run (links do not vary from round to round): under a deadline and
+messages of fixed size the same slow clients miss it every round, and under error feedback their residuals
+keep growing; sampling, over-selection and availability are what vary who takes part. Each client draws the
+same standard normal factors whatever the profile, so runs on two profiles compare client by client.
+
 Profiles (medians; each client draws each number lognormally around its median with sigma ``spread``,
 0.5 by default: measured speeds spread over an order of magnitude; the spread is an assumption)::
 
