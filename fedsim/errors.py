@@ -12,3 +12,7 @@ class DivergenceError(RuntimeError):
     def __init__(self, message: str, history):
         super().__init__(message)
         self.history = history
+
+
+class UsageError(Exception):
+    """A command line that cannot be carried out; printed as one line, exit status 2."""

@@ -14,13 +14,11 @@ import sys
 import warnings
 from pathlib import Path
 
+from fedsim.errors import UsageError
+
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
-
-
-class UsageError(Exception):
-    """A command line that cannot be carried out; printed as one line, exit status 2."""
 
 
 def error_status(error: Exception) -> tuple[int, str] | None:

@@ -54,7 +54,7 @@ def add_report_parser(commands) -> None:
 
 def command(args) -> int:
     """Run ``fedsim compressors report``; exit status 0, or 1 when a measurement misses its theory."""
-    from fedsim.cli import UsageError
+    from fedsim.errors import UsageError
     from fedsim.compress import COMPRESSORS
     unknown = [name for name in args.names if name not in COMPRESSORS]
     if unknown:
