@@ -24,7 +24,7 @@ rounds must give fedsim's server model (float32 tolerance) and its evaluation. T
 step of all clients, evaluation apart): ``max(bytes / bandwidth, flops / peak)`` with the bytes of the
 clients' batch rows read once (bandwidth: a streaming sum over those very rows) and the flops of the two
 products (forward ``x W`` and backward ``x^T delta``, 2 F C per sample each) at the peak of a large
-float32 NumPy matmul, both measured in this run (:func:`benchmarks.rounds.floor`). The step's time is a
+float32 NumPy matmul, both measured in this run (:func:`benchmarks.round_parts.floor`). The step's time is a
 training-only round (fedsim with evaluation off) divided by its steps.
 
 Run on its own: ``python -m benchmarks.local_epoch --mode quick --json out.json``.
@@ -38,7 +38,7 @@ import numpy as np
 
 from benchmarks import common
 from benchmarks.common import ValidationError, assert_close, log
-from benchmarks.rounds import floor, load_or_synthesize, peak_here, row_reader
+from benchmarks.round_parts import floor, load_or_synthesize, peak_here, row_reader
 
 # Per mode: repeats of each timed round, the peak-matmul size, the data (None: Fashion-MNIST; else random
 # data of the given shape) and the (clients, batch) cases; the first two cases carry the targets.

@@ -28,12 +28,11 @@ down, which the first layer does not need).
 
 from __future__ import annotations
 
-import functools
 import time
 
 import numpy as np
 
-from benchmarks import common, rounds
+from benchmarks import common, round_parts
 from benchmarks.common import assert_close, assert_equal, log
 
 # Per mode: the hidden widths; the federated round's clients, batch and repeats; the LAQ shape (None: the
@@ -76,7 +75,7 @@ def _summary(unit: str, timings: dict, floor: dict, flops: int, peak: dict) -> d
 def mlp_round_benchmark(mode: str, data_dir=None, peak: dict | None = None) -> dict:
     """Validate, then time fedsim's STC seed round on the MLP, the batched torch round and the per-client
     torch loop, and the streaming read of the rows they gather (the floor). ``peak``: a float32
-    :func:`benchmarks.rounds.peak_here` measured already (else measured here)."""
+    :func:`benchmarks.round_parts.peak_here` measured already (else measured here)."""
     import torch
 
     from benchmarks.torch_reference import TorchMLPRound, TorchSTCClientLoop
@@ -85,7 +84,7 @@ def mlp_round_benchmark(mode: str, data_dir=None, peak: dict | None = None) -> d
     from fedsim.models import ModelConfig
 
     settings = SETTINGS[common.check_mode(mode)]
-    data = rounds.load_or_synthesize("laq", data_dir, settings["synthetic_shape"], None)
+    data = round_parts.load_or_synthesize("laq", data_dir, settings["synthetic_shape"], None)
     dataset, hidden, n_clients = data.dataset, settings["hidden"], settings["n_clients"]
     clients = split_among_clients(DataConfig(dataset="fashion-mnist"), dataset, n_clients, seed=0)
     never = 10 ** 9                                       # no evaluation inside step()
@@ -100,15 +99,15 @@ def mlp_round_benchmark(mode: str, data_dir=None, peak: dict | None = None) -> d
     state = (run.server.weights.copy(), run.clients.residual.dense(), run.server.residual.copy())
     run.batch_trace.clear()
     record = run.step()
-    participants, rows = rounds._replay(run)
+    participants, rows = round_parts.replay(run)
     arguments = (run.x_train, run.y_train)
     batched = TorchMLPRound(*arguments, dataset.n_classes, config.lr, config.p_up, config.p_down, *state, hidden)
     loop = TorchSTCClientLoop(*arguments, {}, dataset.n_classes, config.lr, config.p_up, config.p_down, *state,
                               hidden=hidden)
     choices = batched.choose_formulations(rows[0])
-    validation = {"torch": rounds._validate_stc("MLP, batched torch", batched, batched.step(participants, rows),
+    validation = {"torch": round_parts.validate_stc("MLP, batched torch", batched, batched.step(participants, rows),
                                                 run, record, None),
-                  "torch_per_client": rounds._validate_stc("MLP, per-client torch", loop,
+                  "torch_per_client": round_parts.validate_stc("MLP, per-client torch", loop,
                                                            loop.step(participants, rows), run, record, None)}
 
     # -- timing: the same batches for all, interleaved, and the read of the rows they gather -----------
@@ -117,12 +116,12 @@ def mlp_round_benchmark(mode: str, data_dir=None, peak: dict | None = None) -> d
         started = time.perf_counter()
         run.step()
         samples["fedsim"].append(time.perf_counter() - started)
-        participants, rows = rounds._replay(run)
+        participants, rows = round_parts.replay(run)
         for name, reference in (("torch", batched), ("torch_per_client", loop)):
             started = time.perf_counter()
             reference.step(participants, rows)
             samples[name].append(time.perf_counter() - started)
-        read_rows, round_bytes = rounds.row_reader(run.x_train, rows)
+        read_rows, round_bytes = round_parts.row_reader(run.x_train, rows)
         started = time.perf_counter()
         read_rows()
         samples["read"].append(time.perf_counter() - started)
@@ -132,8 +131,8 @@ def mlp_round_benchmark(mode: str, data_dir=None, peak: dict | None = None) -> d
     widths = run.model.widths
     K, B = len(participants), config.batch_size
     flops = training_flops(widths, K * B * config.local_iterations)
-    peak = peak or rounds.peak_here(settings["peak_size"], np.float32, rounds.PEAK_REPEATS)
-    floor = rounds.floor(round_bytes, read.median, flops, peak, _medians(timings))
+    peak = peak or round_parts.peak_here(settings["peak_size"], np.float32, round_parts.PEAK_REPEATS)
+    floor = round_parts.floor(round_bytes, read.median, flops, peak, _medians(timings))
     return {
         "name": "mlp_round", "data": data.source,
         "setting": {"clients": n_clients, "participants": K, "batch": B, "layers": list(widths),
@@ -157,17 +156,17 @@ def mlp_round_benchmark(mode: str, data_dir=None, peak: dict | None = None) -> d
 def mlp_laq_iteration_benchmark(mode: str, data_dir=None, peak: dict | None = None) -> dict:
     """Validate, then time fedsim's LAQ seed iteration on the MLP, the batched torch iteration and the
     per-worker torch loop, and the streaming read of the shards (the floor). ``peak``: a float64
-    :func:`benchmarks.rounds.peak_here` measured already (else measured here)."""
+    :func:`benchmarks.round_parts.peak_here` measured already (else measured here)."""
     from benchmarks.torch_reference import TorchLAQMLPRun
     from fedsim.algorithms.lazy import LazyConfig, LazyRun
     from fedsim.models import ModelConfig
 
     settings = SETTINGS[common.check_mode(mode)]
     if settings["laq_shape"] is None:
-        data, n_workers = rounds.load_or_synthesize("laq", data_dir, None, None), 10
+        data, n_workers = round_parts.load_or_synthesize("laq", data_dir, None, None), 10
     else:
         n_workers, per_worker, n_features = settings["laq_shape"]
-        data = rounds.load_or_synthesize("laq", data_dir, (n_workers * per_worker, n_features), 300)
+        data = round_parts.load_or_synthesize("laq", data_dir, (n_workers * per_worker, n_features), 300)
     dataset, hidden = data.dataset, settings["hidden"]
     validate, repeats = settings["laq_validate"], settings["laq_repeats"]
     iterations = validate + WARMUP + repeats
@@ -181,7 +180,7 @@ def mlp_laq_iteration_benchmark(mode: str, data_dir=None, peak: dict | None = No
                                        config.max_skips, hidden, per_worker=name == "torch_per_client")
                   for name in IMPLEMENTATIONS[1:]}
     choices = {name: reference.choose_formulations() for name, reference in references.items()}
-    read_shards, shard_bytes = rounds.array_reader([shards.x])
+    read_shards, shard_bytes = round_parts.array_reader([shards.x])
 
     samples = {name: [] for name in IMPLEMENTATIONS + ("read",)}
     uploads = 0
@@ -210,8 +209,8 @@ def mlp_laq_iteration_benchmark(mode: str, data_dir=None, peak: dict | None = No
     M, n, F = shards.x.shape
     widths = run.model.widths
     flops = training_flops(widths, M * n)
-    peak = peak or rounds.peak_here(settings["peak_size"], np.float64, rounds.PEAK_REPEATS)
-    floor = rounds.floor(shard_bytes, read.median, flops, peak, _medians(timings))
+    peak = peak or round_parts.peak_here(settings["peak_size"], np.float64, round_parts.PEAK_REPEATS)
+    floor = round_parts.floor(shard_bytes, read.median, flops, peak, _medians(timings))
     log(f"MLP LAQ: {validate} iterations validated, {repeats} timed")
     return {
         "name": "mlp_laq_iteration", "data": data.source,
@@ -233,8 +232,26 @@ def mlp_laq_iteration_benchmark(mode: str, data_dir=None, peak: dict | None = No
     }
 
 
+def run(mode: str, threads: int, data_dir=None, peaks: dict | None = None) -> dict:
+    """The MLP's part of the ``rounds`` suite: its round and its LAQ iteration, against the product peaks
+    ``peaks`` of the softmax benchmarks (``{"stc_round": ..., "laq_iteration": ...}``; None: measured here)."""
+    peaks = peaks or {}
+    log("rounds: MLP round")
+    results = {"mlp_round": mlp_round_benchmark(mode, data_dir, peaks.get("stc_round"))}
+    log("rounds: MLP LAQ iteration")
+    results["mlp_laq_iteration"] = mlp_laq_iteration_benchmark(mode, data_dir, peaks.get("laq_iteration"))
+    return results
+
+
+def _alone(mode: str, threads: int, data_dir=None) -> dict:
+    """``python -m benchmarks.mlp``: the MLP's benchmarks as a results file of the ``rounds`` suite."""
+    thread_report = common.apply_threads(threads)
+    return {"suite": "rounds", "mode": mode, "machine": common.machine_info(thread_report),
+            **run(mode, threads, data_dir)}
+
+
 def main(argv=None) -> None:
-    common.suite_main(__doc__, functools.partial(rounds.run, mlp_only=True), argv)
+    common.suite_main(__doc__, _alone, argv)
 
 
 if __name__ == "__main__":

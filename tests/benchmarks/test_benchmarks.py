@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks import common, kernels, report, rounds  # noqa: E402
+from benchmarks import common, kernels, report, round_parts, rounds  # noqa: E402
 from benchmarks import sweep as benchmarks_sweep  # noqa: E402
 from benchmarks.common import ValidationError  # noqa: E402
 
@@ -404,12 +404,12 @@ def test_round_validation_catches_a_wrong_per_client_loop(monkeypatch):
 
 def test_floor_is_the_larger_part_and_multiples_are_times_over_it():
     peak = {"gflops": 100.0, "dtype": "float32"}
-    memory_bound = rounds.floor(2_000_000_000, 0.2, 1e9, peak, {"fedsim": 0.5, "torch": 1.0})
+    memory_bound = round_parts.floor(2_000_000_000, 0.2, 1e9, peak, {"fedsim": 0.5, "torch": 1.0})
     assert memory_bound["bandwidth_gbps"] == pytest.approx(10.0)
     assert memory_bound["compute_seconds"] == pytest.approx(0.01)
     assert memory_bound["floor_seconds"] == pytest.approx(0.2) and memory_bound["binds"] == "memory"
     assert memory_bound["multiple"] == pytest.approx({"fedsim": 2.5, "torch": 5.0})
-    compute_bound = rounds.floor(1_000_000, 0.001, 1e12, peak, {"fedsim": 20.0})
+    compute_bound = round_parts.floor(1_000_000, 0.001, 1e12, peak, {"fedsim": 20.0})
     assert compute_bound["floor_seconds"] == pytest.approx(10.0) and compute_bound["binds"] == "compute"
     assert compute_bound["multiple"]["fedsim"] == pytest.approx(2.0)
 
