@@ -156,6 +156,22 @@ def test_rounds_with_and_without_reachable_clients_follow_each_other():
     assert all(r["lr"] is None for r in records if r["round"] in nobody)
 
 
+def test_a_bit_budget_is_solved_at_the_first_round_with_updates():
+    from fedsim.algorithms.federated.report import summarize
+    settings = ['federated.method="topk_up"', "federated.participation_rate=0.04", "federated.bits_per_round=2000",
+                'system.profile="wifi"', "system.availability=0.5", "federated.rounds=6"]
+    for seed in range(20):                     # a seed whose round 1 reached nobody, and a later round someone
+        records = build_run(load_preset("synthetic", settings + [f"seed={seed}"]), progress=False).run()
+        reached = [r["dropped"] == 0 for r in records]
+        if not reached[0] and any(reached):
+            break
+    else:
+        pytest.fail("no seed in 0..19 leaves round 1 without a reachable client")
+    first = reached.index(True)
+    assert "bits_per_round_knob" in records[first] and not any("bits_per_round_knob" in r for r in records[:first])
+    assert summarize(records)["bits_per_round_knob_value"] == records[first]["bits_per_round_knob_value"]
+
+
 def test_over_selection_samples_more_and_keeps_the_needed():
     config = load_preset("synthetic", ["federated.rounds=1", "federated.participation_rate=0.5",
                                        'system.profile="mixed"', "system.over_select=1.5"])

@@ -36,8 +36,9 @@ def summarize(history: list[dict]) -> dict:
     summary["bits"] = summary["bits_up"] + summary["bits_down"]
     if history and "dropped" in history[0]:                   # [system]: updates that missed the deadline
         summary["dropped"] = sum(int(r["dropped"]) for r in history)
-    if history and "bits_per_round_knob" in history[0]:      # federated.bits_per_round: the knob and what it sent
-        summary.update({key: history[0][key] for key in ("bits_per_round_knob", "bits_per_round_knob_value")})
+    solved = next((r for r in history if "bits_per_round_knob" in r), None)   # the first round with updates
+    if solved is not None:                                   # federated.bits_per_round: the knob and what it sent
+        summary.update({key: solved[key] for key in ("bits_per_round_knob", "bits_per_round_knob_value")})
         summary["bits_up_per_participant"] = sum(r["bits_up"] / r["participants"] for r in history) / len(history)
     accuracies = [(r["test_accuracy"], i) for i, r in enumerate(history) if "test_accuracy" in r]
     if accuracies:

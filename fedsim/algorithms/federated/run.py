@@ -53,7 +53,8 @@ class FederatedRun:
 
     ``client_indices``: the training samples each client holds (a partitioner's output, one array per
     client), or None when ``dataset.population`` draws each client's data on demand (one client per device;
-    its rounds touch only their participants' data); ``seed`` seeds every random choice (sampling, batch order, initialization, thresholds);
+    its rounds touch only their participants' data); ``seed`` seeds every random choice (sampling, batch
+    order, initialization, thresholds);
     ``model_config``: the ``[model]`` table (softmax regression by default); ``system``: the ``[system]``
     table (off by default; on, each record gets ``simulated_seconds`` and ``dropped``: :mod:`fedsim.system`).
     """
@@ -327,9 +328,9 @@ class FederatedRun:
     def _nothing_sent(self) -> _Sent:
         """The upstream of a round without a reachable participant: no rows, no bits."""
         P = self.server.weights.size
-        return _Sent(Compressed(np.zeros((0, P), self.dtype), np.zeros(0, np.int64), np.zeros(0), layout_of(self.up_state),
-                                self.compressors["up"]), np.zeros((0, P), self.dtype) if self.clients.residual
-                     is not None else None)
+        none = Compressed(np.zeros((0, P), self.dtype), np.zeros(0, np.int64), np.zeros(0),
+                          layout_of(self.up_state), self.compressors["up"])
+        return _Sent(none, None if self.clients.residual is None else np.zeros((0, P), self.dtype))
 
     def _send(self, link, state_name: str, rows: np.ndarray, residual: np.ndarray | None):
         """Compress ``rows`` over ``link`` (with ``residual`` under error feedback), keeping the
