@@ -359,7 +359,8 @@ def unused_tables(raw: dict, config: ExperimentConfig) -> list[str]:
 #: Settings added after configs were fingerprinted, left out of a config's dict while at their defaults, so
 #: that the fingerprints (and the run folders) of configs that do not use them stay as they were.
 LEFT_OUT_AT_DEFAULT = {("federated", "bits_per_round"): None, ("lazy", "bits_per_upload"): None,
-                       ("data", "synthetic_on_demand"): False, ("data", "synthetic_eval_devices"): 1000}
+                       ("data", "synthetic_on_demand"): False, ("data", "synthetic_eval_devices"): 1000,
+                       ("system", "round_spread"): 0.0}
 
 
 def config_to_dict(config: ExperimentConfig, *, keep_unset: bool = False) -> dict:

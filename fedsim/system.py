@@ -33,10 +33,12 @@ The lazy family, per iteration: every worker receives theta (32 P bits), compute
 samples x multiply-adds per sample / speed) and, if it uploads, sends its upload; the iteration takes the
 longest of these: ``max_m [transfer_down_m(32 P) + compute_m + upload_m transfer_up_m(bits)]``.
 
-A client keeps its device for the whole run (links do not vary from round to round): under a deadline and
-messages of fixed size the same slow clients miss it every round, and under error feedback their residuals
-keep growing; sampling, over-selection and availability are what vary who takes part. Each client draws the
-same standard normal factors whatever the profile, so runs on two profiles compare client by client.
+A client keeps its device for the whole run unless ``round_spread`` > 0: then each round (iteration) its four
+numbers are its own times exp(round_spread z), z standard normal from the stream ``("system-round", round,
+client)`` (links and load vary from round to round). With round_spread 0, under a deadline and messages of
+fixed size the same slow clients miss it every round, and under error feedback their residuals keep growing.
+Each client draws the same standard normal factors whatever the profile, so runs on two profiles compare
+client by client.
 
 Profiles (medians; each client draws each number lognormally around its median with sigma ``spread``,
 0.5 by default: measured speeds spread over an order of magnitude; the spread is an assumption)::
@@ -107,6 +109,8 @@ class SystemConfig:
     speed: float = setting(1e9, "custom: median compute speed, multiply-adds/s", POSITIVE)
     spread: float = setting(0.5, "lognormal sigma of each client's numbers around the medians; 0: all equal",
                             Real(low=0))
+    round_spread: float = setting(0.0, "lognormal sigma of each client's numbers from round to round around its "
+                                       "own; 0: the same device every round", Real(low=0))
     trace: str | None = setting(None, "trace: CSV file, header client,up,down,latency,speed, a row per client",
                                 Optional(Text(nonempty=True), "no trace"))
     availability: float = setting(1.0, "probability that a sampled client is reachable (else it takes no part)",
@@ -252,6 +256,18 @@ def reachable_clients(config: SystemConfig, streams, round_: int, participants: 
     return streams.generator("system", round_).random(len(participants)) < config.availability
 
 
+def round_devices(config: SystemConfig, streams, devices: Devices, round_: int, clients: np.ndarray) -> Devices:
+    """The devices of ``clients`` in round (iteration) ``round_``: each of a client's four numbers times
+    exp(round_spread z), z standard normal from the stream ``("system-round", round_, client)``, so a client's
+    links in a round do not depend on who else takes part; its own devices when round_spread is 0."""
+    own = Devices(*(values[clients] for values in devices))
+    if config.round_spread == 0:
+        return own
+    z = np.array([streams.generator("system-round", round_, client).standard_normal(4) for client in clients])
+    factors = np.exp(config.round_spread * z.reshape(len(clients), 4))          # x_t = x exp(sigma_r z_t)
+    return Devices(*(values * factors[:, i] for i, values in enumerate(own)))
+
+
 class FederatedClock:
     """A federated run's devices and its round clock (:func:`arrival_seconds`, :func:`kept_updates`)."""
 
@@ -274,16 +290,18 @@ class FederatedClock:
         """Which of round ``t``'s sampled clients are reachable (:func:`reachable_clients`)."""
         return reachable_clients(self.config, self.streams, t, sampled)
 
-    def wait(self, participants: np.ndarray, down_bits, up_bits, needed: int):
-        """A round up to the aggregation: ``(kept (K,) bool, wait seconds)``, from what each (reachable)
+    def wait(self, t: int, participants: np.ndarray, down_bits, up_bits, needed: int):
+        """Round ``t`` up to the aggregation: ``(kept (K,) bool, wait seconds)``, from what each (reachable)
         participant receives before it trains (``down_bits``) and the encoded bits of its update (``up_bits``)."""
-        arrival = arrival_seconds(self.devices, participants, down_bits, self.samples, self.multiply_adds, up_bits)
+        devices = round_devices(self.config, self.streams, self.devices, t, participants)
+        arrival = arrival_seconds(devices, np.arange(len(participants)), down_bits, self.samples,
+                                  self.multiply_adds, up_bits)
         return kept_updates(arrival, np.ones(len(participants), bool), needed, self.config.deadline)
 
-    def broadcast_seconds(self, participants: np.ndarray, bits: float) -> float:
-        """The new model reaching every participant: max_k transfer_down_k(bits) (0 with none)."""
-        return float(transfer_seconds(bits, self.devices.downlink[participants],
-                                      self.devices.latency[participants]).max(initial=0.0))
+    def broadcast_seconds(self, t: int, participants: np.ndarray, bits: float) -> float:
+        """Round ``t``'s new model reaching every participant: max_k transfer_down_k(bits) (0 with none)."""
+        devices = round_devices(self.config, self.streams, self.devices, t, participants)
+        return float(transfer_seconds(bits, devices.downlink, devices.latency).max(initial=0.0))
 
 
 class LazyClock:
@@ -291,17 +309,25 @@ class LazyClock:
 
     def __init__(self, config: SystemConfig, streams, n_workers: int, multiply_adds_per_sample: float,
                  samples: np.ndarray, broadcast_bits: float, bits_per_upload: float):
+        self.config, self.streams = config, streams
         self.devices = draw_devices(config, n_workers, streams.generator("system"))
-        workers = np.arange(n_workers)
-        self.before_upload = arrival_seconds(self.devices, workers, broadcast_bits, samples,
-                                             multiply_adds_per_sample, 0) - self.devices.latency
-        self.upload = transfer_seconds(bits_per_upload, self.devices.uplink, self.devices.latency)
+        self.workers = np.arange(n_workers)
+        self.message = (broadcast_bits, samples, multiply_adds_per_sample, bits_per_upload)
+        self.parts = self._parts(self.devices)      # the same every iteration unless round_spread > 0
 
-    def iteration(self, uploads: np.ndarray) -> float:
-        """Seconds of one iteration in which the workers ``uploads`` (a bool mask) upload."""
-        return float(np.max(self.before_upload + np.where(uploads, self.upload, 0.0)))
+    def _parts(self, devices: Devices) -> tuple[np.ndarray, np.ndarray]:
+        """Each worker's seconds before its upload (theta down, its gradient, one latency) and of its upload."""
+        broadcast_bits, samples, multiply_adds, bits_per_upload = self.message
+        before = arrival_seconds(devices, self.workers, broadcast_bits, samples, multiply_adds, 0) - devices.latency
+        return before, transfer_seconds(bits_per_upload, devices.uplink, devices.latency)
+
+    def iteration(self, k: int, uploads: np.ndarray) -> float:
+        """Seconds of iteration ``k``, in which the workers ``uploads`` (a bool mask) upload."""
+        before, upload = (self.parts if self.config.round_spread == 0 else
+                          self._parts(round_devices(self.config, self.streams, self.devices, k, self.workers)))
+        return float(np.max(before + np.where(uploads, upload, 0.0)))
 
 
 __all__ = ["Devices", "FederatedClock", "LazyClock", "MIXED", "PROFILES", "Profile", "SystemConfig",
            "arrival_seconds", "compute_seconds", "draw_devices", "kept_updates", "read_trace",
-           "reachable_clients", "transfer_seconds"]
+           "reachable_clients", "round_devices", "transfer_seconds"]

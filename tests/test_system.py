@@ -1,6 +1,8 @@
 """The system model (fedsim.system): each formula against a hand computation, deterministic drops, the
 records, and one-line errors for bad settings."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -75,8 +77,57 @@ def test_the_lazy_clock_by_hand():
     clock = LazyClock(devices_config, RunStreams(0), 2, multiply_adds_per_sample=1e3,
                       samples=np.array([1000, 4000]), broadcast_bits=4e5, bits_per_upload=5e5)
     # worker m: 0.1 + 4e5/4e6 + n_m 1e3/1e9 (+ 0.1 + 5e5/1e6 if it uploads)
-    assert clock.iteration(np.array([True, False])) == pytest.approx(max(0.2 + 0.001 + 0.6, 0.2 + 0.004))
-    assert clock.iteration(np.array([False, False])) == pytest.approx(0.204)
+    assert clock.iteration(0, np.array([True, False])) == pytest.approx(max(0.2 + 0.001 + 0.6, 0.2 + 0.004))
+    assert clock.iteration(7, np.array([False, False])) == pytest.approx(0.204)
+
+
+def test_round_spread_varies_each_clients_links_per_round_by_hand():
+    """x_t = x exp(sigma_r z), z from the stream ("system-round", t, client): the same for a client whoever
+    else takes part; a round's clock and a lazy iteration computed by hand from those numbers."""
+    from fedsim.system import round_devices
+    config = SystemConfig(profile="custom", spread=0.0, uplink=1e6, downlink=4e6, latency=0.1, speed=1e9,
+                          round_spread=0.3)
+    streams, base = RunStreams(5), draw_devices(config, 6, RunStreams(5).generator("system"))
+    both = round_devices(config, streams, base, 3, np.array([1, 4]))
+    alone = round_devices(config, streams, base, 3, np.array([4]))
+    assert all(values[1] == single[0] for values, single in zip(both, alone))
+    z = streams.generator("system-round", 3, 4).standard_normal(4)
+    np.testing.assert_allclose([values[1] for values in both], np.array([1e6, 4e6, 0.1, 1e9]) * np.exp(0.3 * z),
+                               rtol=1e-15)
+    other_round = round_devices(config, streams, base, 4, np.array([4]))
+    assert other_round.uplink[0] != alone.uplink[0]
+    assert round_devices(dataclasses.replace(config, round_spread=0.0), streams, base, 3, np.array([4])) == \
+        Devices(*(values[[4]] for values in base))
+    # the lazy clock of iteration 3 from worker 0's and 1's numbers of that iteration
+    clock = LazyClock(config, streams, 2, multiply_adds_per_sample=1e3, samples=np.array([1000, 4000]),
+                      broadcast_bits=4e5, bits_per_upload=5e5)
+    up, down, latency, speed = round_devices(config, streams, clock.devices, 3, np.arange(2))
+    by_hand = max(latency[0] + 4e5 / down[0] + 1000 * 1e3 / speed[0] + latency[0] + 5e5 / up[0],
+                  latency[1] + 4e5 / down[1] + 4000 * 1e3 / speed[1])
+    assert clock.iteration(3, np.array([True, False])) == pytest.approx(by_hand, rel=1e-12)
+
+
+def test_with_round_spread_a_deadline_drops_different_clients_from_round_to_round():
+    base = ['federated.method="fedavg"', "federated.accumulate_up=true", 'system.profile="3g"',
+            "system.deadline=0.3", "federated.rounds=6"]
+    late_sets = {}
+    for spread in (0.0, 0.5):
+        run = build_run(load_preset("synthetic", base + [f"system.round_spread={spread}"]), progress=False)
+        sets = []
+        for _ in range(6):
+            residual_before = run.clients.residual[np.arange(30)].copy()
+            record = run.step()
+            late = np.any(run.clients.residual[np.arange(30)] != 0, axis=1)
+            sets.append(frozenset(np.flatnonzero(late).tolist()))
+            assert record["dropped"] == len(sets[-1]) and record["dropped"] > 0, (spread, residual_before.any())
+        late_sets[spread] = sets
+    assert len(set(late_sets[0.0])) == 1            # fixed devices: the same late clients every round
+    assert len(set(late_sets[0.5])) > 1             # links that vary: other clients miss the deadline
+    again = build_run(load_preset("synthetic", base + ["system.round_spread=0.5"]), progress=False).run()
+    assert [r["dropped"] for r in again] == [len(s) for s in late_sets[0.5]]
+    from fedsim.config import config_fingerprint
+    assert config_fingerprint(load_preset("synthetic", base)) == config_fingerprint(
+        load_preset("synthetic", base + ["system.round_spread=0"]))
 
 
 def test_profiles_draw_the_same_devices_from_the_same_seed():

@@ -230,7 +230,8 @@ print(f"dropped {record['dropped']}: exactly the predicted ones; their residuals
 # The drops are not random: the devices come from the seed, and so does everything else. The same seed
 # drops the same clients in every run; another seed draws other devices. With every client taking part
 # every round and every message of the same size, the same clients are late in every round, and their
-# residuals only grow: a fixed deadline silences the slow devices for good.
+# residuals only grow: a fixed deadline silences the slow devices for good. (`system.round_spread` $> 0$
+# lets each client's links and speed vary from round to round around its own, so that others are late.)
 
 # %%
 def dropped_and_residual(seed, rounds=5):

@@ -157,7 +157,7 @@ class FederatedRun:
         kept = None
         if self.clock is not None:     # which updates arrive in time: each participant receives its catch-up
             # and the mid-protocol bits (PowerSGD's P_hat), trains, sends its encoded update
-            kept, wait = self.clock.wait(participants, self.catch_up_bits + up.compressed.broadcast_bits,
+            kept, wait = self.clock.wait(t, participants, self.catch_up_bits + up.compressed.broadcast_bits,
                                          up.compressed.encoded_bits, self.needed)
             if residual is not None:   # a dropped client keeps its whole update: A_k <- A_k + dW_k
                 up.residual[~kept] = residual[~kept] + update[~kept]
@@ -207,7 +207,7 @@ class FederatedRun:
         if self.clock is not None:
             previous = self.history[-1]["simulated_seconds"] if self.history else 0.0
             # then the round's encoded broadcast reaches every participant
-            record["simulated_seconds"] = previous + wait + self.clock.broadcast_seconds(participants,
+            record["simulated_seconds"] = previous + wait + self.clock.broadcast_seconds(t, participants,
                                                                                          int(bits_down[0]))
             record["dropped"] = int(K - kept.sum()) + self.unreachable
         if t % config.eval_every == 0 or t == config.rounds:

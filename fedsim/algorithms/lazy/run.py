@@ -185,7 +185,7 @@ class LazyRun:
                  "bits": uploads_so_far * self.bits_per_upload}
         if self.clock is not None:
             entry["simulated_seconds"] = ((self.history[-1]["simulated_seconds"] if self.history else 0.0)
-                                          + self.clock.iteration(upload))
+                                          + self.clock.iteration(k, upload))
         if accuracy is not None:
             entry["test_accuracy"] = accuracy
         if k == 0:
