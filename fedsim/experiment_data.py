@@ -22,7 +22,7 @@ from fedsim.data.npz import PREFIX, file_sha256, npz_path, read_npz
 from fedsim.data.partition import METHOD_SETTINGS, split_indices
 from fedsim.data.registry import DATASETS, DataSettingError
 from fedsim.data.search import DatasetNotFoundError, dataset_status
-from fedsim.data.synthetic import TooManySamples
+from fedsim.data.synthetic import FEATURES as SYNTHETIC_FEATURES, TooManySamples
 from fedsim.data.preprocess import PIXEL_STATISTICS
 from fedsim.models.features import Codes
 from fedsim.rng import RunStreams
@@ -115,7 +115,7 @@ def check_clients(config: DataConfig, family: str, n_clients: int, clients_setti
 def feature_count(config: DataConfig, pipeline: str) -> int | None:
     """The features of ``config``'s data under ``pipeline``, without loading it (None for npz data)."""
     if config.dataset == "synthetic":
-        return 60
+        return SYNTHETIC_FEATURES
     return None if npz_path(config.dataset) is not None else (1024 if pipeline == "stc" else 784)
 
 

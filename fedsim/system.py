@@ -290,17 +290,21 @@ class FederatedClock:
         """Which of round ``t``'s sampled clients are reachable (:func:`reachable_clients`)."""
         return reachable_clients(self.config, self.streams, t, sampled)
 
-    def wait(self, t: int, participants: np.ndarray, down_bits, up_bits, needed: int):
-        """Round ``t`` up to the aggregation: ``(kept (K,) bool, wait seconds)``, from what each (reachable)
-        participant receives before it trains (``down_bits``) and the encoded bits of its update (``up_bits``)."""
-        devices = round_devices(self.config, self.streams, self.devices, t, participants)
-        arrival = arrival_seconds(devices, np.arange(len(participants)), down_bits, self.samples,
-                                  self.multiply_adds, up_bits)
-        return kept_updates(arrival, np.ones(len(participants), bool), needed, self.config.deadline)
+    def devices_in(self, t: int, participants: np.ndarray) -> Devices:
+        """The (reachable) participants' devices in round ``t`` (:func:`round_devices`), one entry each."""
+        return round_devices(self.config, self.streams, self.devices, t, participants)
 
-    def broadcast_seconds(self, t: int, participants: np.ndarray, bits: float) -> float:
-        """Round ``t``'s new model reaching every participant: max_k transfer_down_k(bits) (0 with none)."""
-        devices = round_devices(self.config, self.streams, self.devices, t, participants)
+    def wait(self, devices: Devices, down_bits, up_bits, needed: int):
+        """A round up to the aggregation: ``(kept (K,) bool, wait seconds)``, from the participants' ``devices``
+        (:meth:`devices_in`), what each receives before it trains (``down_bits``) and the encoded bits of its
+        update (``up_bits``)."""
+        K = len(devices.uplink)
+        arrival = arrival_seconds(devices, np.arange(K), down_bits, self.samples, self.multiply_adds, up_bits)
+        return kept_updates(arrival, np.ones(K, bool), needed, self.config.deadline)
+
+    @staticmethod
+    def broadcast_seconds(devices: Devices, bits: float) -> float:
+        """The new model reaching every participant: max_k transfer_down_k(bits) (0 with none)."""
         return float(transfer_seconds(bits, devices.downlink, devices.latency).max(initial=0.0))
 
 

@@ -107,6 +107,9 @@ class TooManySamples(ValueError):
         self.total, self.limit = total, limit
 
 
+#: Features of FedProx's Synthetic data (d = 60), unless a caller asks for others.
+FEATURES = 60
+
 #: The purpose key of a population's streams (a stable integer of the name, as fedsim.rng keys purposes).
 POPULATION_KEY = zlib.crc32(b"synthetic-population")
 
@@ -125,7 +128,7 @@ class SyntheticPopulation:
     beta: float
     n_devices: int
     seed: int = 0
-    n_features: int = 60
+    n_features: int = FEATURES
     n_classes: int = 10
     test_fraction: float = 0.2
     dtype: str = "float32"
@@ -184,7 +187,7 @@ def _labels(blocks) -> np.ndarray:
 
 
 def make_synthetic(alpha: float, beta: float, n_devices: int, rng: np.random.Generator,
-                   n_features: int = 60, n_classes: int = 10, test_fraction: float = 0.2,
+                   n_features: int = FEATURES, n_classes: int = 10, test_fraction: float = 0.2,
                    dtype=np.float32, samples=LognormalCounts(), prior_scale: str = "std",
                    max_total_samples: int = 2_000_000) -> Dataset:
     """Generate Synthetic(alpha, beta) (FedProx, arXiv 1812.06127; model in the module docstring) on

@@ -83,7 +83,8 @@ def run_one(config, folder: str, name: str, command: list[str], threads: int | N
 
     The config's plugins are imported first (:mod:`fedsim.plugins`). A finished folder (summary.json) is
     reported as it is; a folder with a config is resumed (from its checkpoint); otherwise the run starts.
-    Any failure is reported, never raised, so one bad run does not stop the others. Datasets are kept in memory between the runs of this process.
+    Any failure is reported, never raised, so one bad run does not stop the others. Datasets are kept in
+    memory between the runs of this process.
 
     ``stop_event``: in a Dask task, the name of the sweep's ``distributed.Event``; once it is set, a run not
     yet started is not started (``{"status": "pending"}``) and a running one stops at its next step boundary

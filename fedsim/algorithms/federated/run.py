@@ -65,11 +65,10 @@ class FederatedRun:
         self.population = dataset.population
         if self.population is not None and trace_batches:
             raise ValueError("trace_batches needs a dataset held whole: a population's batch rows are the round's")
-        held = client_indices if self.population is None else self.population.train_counts
-        if len(held) != config.n_clients:
-            raise ValueError(f"n_clients is {config.n_clients} but the partition has {len(held)} clients")
         sizes = (self.population.train_counts if self.population is not None
                  else np.array([len(ix) for ix in client_indices], dtype=np.int64))
+        if len(sizes) != config.n_clients:
+            raise ValueError(f"n_clients is {config.n_clients} but the partition has {len(sizes)} clients")
         if np.any(sizes == 0):
             raise ValueError(f"clients {np.flatnonzero(sizes == 0)[:10].tolist()} hold no samples; every "
                              f"client needs at least one (use fewer clients or another partition)")
@@ -157,7 +156,8 @@ class FederatedRun:
         kept = None
         if self.clock is not None:     # which updates arrive in time: each participant receives its catch-up
             # and the mid-protocol bits (PowerSGD's P_hat), trains, sends its encoded update
-            kept, wait = self.clock.wait(t, participants, self.catch_up_bits + up.compressed.broadcast_bits,
+            devices = self.clock.devices_in(t, participants)
+            kept, wait = self.clock.wait(devices, self.catch_up_bits + up.compressed.broadcast_bits,
                                          up.compressed.encoded_bits, self.needed)
             if residual is not None:   # a dropped client keeps its whole update: A_k <- A_k + dW_k
                 up.residual[~kept] = residual[~kept] + update[~kept]
@@ -207,8 +207,7 @@ class FederatedRun:
         if self.clock is not None:
             previous = self.history[-1]["simulated_seconds"] if self.history else 0.0
             # then the round's encoded broadcast reaches every participant
-            record["simulated_seconds"] = previous + wait + self.clock.broadcast_seconds(t, participants,
-                                                                                         int(bits_down[0]))
+            record["simulated_seconds"] = previous + wait + self.clock.broadcast_seconds(devices, int(bits_down[0]))
             record["dropped"] = int(K - kept.sum()) + self.unreachable
         if t % config.eval_every == 0 or t == config.rounds:
             for split, (x, y) in self.eval_sets.items():
@@ -290,7 +289,6 @@ class FederatedRun:
                                     lambda: self.streams.generator("bits_per_round"),
                                     setting="federated.bits_per_round")
         self._use_knob(value)
-        self.knob = value
         return {"bits_per_round_knob": compressor.budget_knob, "bits_per_round_knob_value": value,
                 "bits_per_round_first": bits}
 
@@ -300,6 +298,7 @@ class FederatedRun:
         self.compressors["up"] = up
         self.up = ErrorFeedback(up) if self.resolved_method.accumulate_up else up
         self.up_state = up.init(self.model.spec)
+        self.knob = value
 
     def next_updates(self) -> np.ndarray:
         """The updates w_k - W (K, P) the participants of the next round would send, their training done
@@ -507,7 +506,6 @@ class FederatedRun:
         solved = [r["bits_per_round_knob_value"] for r in meta["history"] if "bits_per_round_knob_value" in r]
         if self.config.bits_per_round is not None and solved:     # the knob solved at the first round with updates
             self._use_knob(solved[0])
-            self.knob = solved[0]
         server.weights = np.array(arrays["server_weights"], dtype=self.dtype)
         if server.residual is not None:
             server.residual = np.array(arrays["server_residual"], dtype=self.dtype)
