@@ -145,13 +145,19 @@ def load_data(config: DataConfig, family_pipeline: str, seed: int, progress: boo
 
 
 def _load(config: DataConfig, family_pipeline: str, seed: int, progress: bool | None) -> Dataset:
-    with _advice_when_missing(config), _advice_when_too_large(config):
-        dataset = load_dataset(
-            config.dataset, config.pipeline or family_pipeline, data_dir=config.data_dir,
-            download=config.download, train_split=config.train_split,
-            synthetic_alpha=config.synthetic_alpha, synthetic_beta=config.synthetic_beta,
-            synthetic_devices=config.synthetic_devices, seed=seed, progress=progress,
-            synthetic_on_demand=config.synthetic_on_demand, synthetic_eval_devices=config.synthetic_eval_devices)
+    with _advice_when_missing(config):
+        try:
+            dataset = load_dataset(
+                config.dataset, config.pipeline or family_pipeline, data_dir=config.data_dir,
+                download=config.download, train_split=config.train_split,
+                synthetic_alpha=config.synthetic_alpha, synthetic_beta=config.synthetic_beta,
+                synthetic_devices=config.synthetic_devices, seed=seed, progress=progress,
+                synthetic_on_demand=config.synthetic_on_demand, synthetic_eval_devices=config.synthetic_eval_devices)
+        except TooManySamples as error:     # name the setting that holds a population too large to generate whole
+            raise ValueError(f"data.synthetic_devices = {config.synthetic_devices}: Synthetic data would hold "
+                             f"{error.total:,} samples, more than the {error.limit:,} generated whole; set "
+                             f"data.synthetic_on_demand = true (each device's data drawn when it takes part), or "
+                             f"use fewer devices") from None
     if config.storage == "uint8":
         dataset = stored_as_codes(dataset, config.pipeline or family_pipeline)
     return dataset
@@ -248,18 +254,6 @@ def check_data(configs) -> None:
         with _advice_when_missing(config):
             for split in dict.fromkeys(("test", config.train_split)):
                 load_split(config.dataset, split, data_dir=config.data_dir, download=config.download)
-
-
-@contextlib.contextmanager
-def _advice_when_too_large(config: DataConfig):
-    """Name the setting that holds a Synthetic population too large to generate whole."""
-    try:
-        yield
-    except TooManySamples as error:
-        raise ValueError(f"data.synthetic_devices = {config.synthetic_devices}: Synthetic data would hold "
-                         f"{error.total:,} samples, more than the {error.limit:,} generated whole; set "
-                         f"data.synthetic_on_demand = true (each device's data drawn when it takes part), or use "
-                         f"fewer devices") from None
 
 
 @contextlib.contextmanager

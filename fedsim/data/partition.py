@@ -53,6 +53,14 @@ def _check_rng(rng) -> None:
         raise ValueError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
 
 
+def _checked(labels, n_clients, rng) -> tuple[np.ndarray, int, int]:
+    """The labels, their number and ``n_clients`` of a random partitioner, checked in that order, then ``rng``."""
+    labels = _check_labels(labels)
+    n_clients = _check_n_clients(n_clients, len(labels))
+    _check_rng(rng)
+    return labels, len(labels), n_clients
+
+
 def _resolve_n_classes(labels: np.ndarray, n_classes) -> int:
     observed = int(labels.max()) + 1
     if n_classes is None:
@@ -109,10 +117,7 @@ def classes_per_client(labels, n_clients: int, classes_per_client: int, balanced
     indices come in the order taken. ValueError when some client would get no sample (the reference then
     produced an empty client).
     """
-    labels = _check_labels(labels)
-    n_samples = len(labels)
-    n_clients = _check_n_clients(n_clients, n_samples)
-    _check_rng(rng)
+    labels, n_samples, n_clients = _checked(labels, n_clients, rng)
     n_classes = _resolve_n_classes(labels, n_classes)
     classes_per_client = Integer(1, n_classes).check("classes_per_client", classes_per_client)
     Real(0, 1, low_open=True).check("balancedness", balancedness)      # 1: equal client sizes
@@ -176,10 +181,7 @@ def dirichlet(labels, n_clients: int, alpha: float, rng: np.random.Generator, mi
     ``ValueError`` says so. Nothing is moved between clients to force the minimum, so the accepted split
     is an exact Dirichlet draw conditioned on all sizes >= min_size. Each client's indices are sorted.
     """
-    labels = _check_labels(labels)
-    n_samples = len(labels)
-    n_clients = _check_n_clients(n_clients, n_samples)
-    _check_rng(rng)
+    labels, n_samples, n_clients = _checked(labels, n_clients, rng)
     n_classes = _resolve_n_classes(labels, n_classes)
     Real(0, low_open=True).check("alpha", alpha)
     min_size = Integer(0, n_samples // n_clients).check("min_size", min_size)
@@ -219,10 +221,7 @@ def shards(labels, n_clients: int, rng: np.random.Generator, shards_per_client: 
     chosen uniformly at random without replacement. Every sample goes to exactly one client;
     ``shards_per_client`` lies in [1, N // n_clients], so that every shard holds a sample.
     """
-    labels = _check_labels(labels)
-    n_samples = len(labels)
-    n_clients = _check_n_clients(n_clients, n_samples)
-    _check_rng(rng)
+    labels, n_samples, n_clients = _checked(labels, n_clients, rng)
     shards_per_client = Integer(1, n_samples // n_clients).check("shards_per_client", shards_per_client)
     n_shards = n_clients * shards_per_client
     sorted_indices = np.argsort(labels, kind="stable").astype(np.int64)

@@ -107,6 +107,14 @@ def resize_bilinear(images: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     return np.ascontiguousarray(resized.reshape(n_images, out_w, out_h).transpose(0, 2, 1))
 
 
+def float_dtype(dtype, prefix: str = "") -> np.dtype:
+    """``dtype`` as a NumPy dtype; ValueError (the message after ``prefix``) unless it is floating point."""
+    dtype = np.dtype(dtype)
+    if not np.issubdtype(dtype, np.floating):
+        raise ValueError(f"{prefix}dtype must be a floating-point dtype, got {dtype}")
+    return dtype
+
+
 def _check_pixels(images, caller: str) -> np.ndarray:
     images = np.asarray(images)
     if images.dtype != np.uint8:
@@ -161,9 +169,7 @@ def stc_pipeline(images: np.ndarray, size: int = 32, mean: float | None = 0.0607
     """
     images = _check_pixels(images, "stc_pipeline")
     Integer(low=1).check("size (the output height and width)", size)
-    dtype = np.dtype(dtype)
-    if not np.issubdtype(dtype, np.floating):
-        raise ValueError(f"stc_pipeline: dtype must be a floating-point dtype, got {dtype}")
+    dtype = float_dtype(dtype, "stc_pipeline: ")
     if mean is None or std is None:
         data_mean, data_std = pixel_statistics(images, size)
         mean = data_mean if mean is None else mean
@@ -182,8 +188,6 @@ def laq_pipeline(images: np.ndarray, dtype=np.float64) -> np.ndarray:
     """LAQ preprocessing of uint8 pixels (N, H, W): ``(pixels / 255).reshape(N, H * W)`` (784 features for
     28x28 images), in ``dtype`` (float64, as the LAQ reference ran)."""
     images = _check_pixels(images, "laq_pipeline")
-    dtype = np.dtype(dtype)
-    if not np.issubdtype(dtype, np.floating):
-        raise ValueError(f"laq_pipeline: dtype must be a floating-point dtype, got {dtype}")
+    dtype = float_dtype(dtype, "laq_pipeline: ")
     n_images, height, width = images.shape
     return images.reshape(n_images, height * width).astype(dtype) / dtype.type(255)

@@ -38,6 +38,7 @@ import numpy as np
 
 from fedsim.constraints import Integer, OneOf, Optional, Real
 from fedsim.data.dataset import Dataset
+from fedsim.data.preprocess import float_dtype
 
 
 @dataclass(frozen=True)
@@ -86,10 +87,22 @@ def _sample_counts(samples, n_devices: int, rng: np.random.Generator) -> np.ndar
     return counts.astype(np.int64)
 
 
+def _check_model(alpha, beta, n_devices, n_features, n_classes, test_fraction, prior_scale, extra) -> None:
+    """The settings of :func:`make_synthetic` and :class:`SyntheticPopulation`; ``extra``: (name, value, low)."""
+    for name, value in (("alpha", alpha), ("beta", beta)):
+        Real(low=0).check(name, value)
+    for name, value, low in (("n_devices", n_devices, 1), ("n_features", n_features, 1),
+                             ("n_classes", n_classes, 2), *extra):
+        Integer(low=low).check(name, value)
+    Real(0, 1, high_open=True).check("test_fraction", test_fraction)
+    OneOf("std", "variance").check("prior_scale", prior_scale)
+
+
 def _device_samples(rng: np.random.Generator, model_mean: float, feature_prior: float, count: int,
-                    feature_std: np.ndarray, n_classes: int, dtype) -> tuple[np.ndarray, np.ndarray]:
+                    n_features: int, n_classes: int, dtype) -> tuple[np.ndarray, np.ndarray]:
     """One device's ``count`` samples given its priors u_k and B_k; draws v_k, W_k, b_k, then the noise."""
-    n_features = len(feature_std)
+    # Sigma_jj = j^(-1.2), j = 1..d; x = v_k + sqrt(Sigma) * standard normal
+    feature_std = np.arange(1, n_features + 1, dtype=np.float64) ** -0.6
     feature_mean = feature_prior + rng.standard_normal(n_features)                    # v_k
     weights = model_mean + rng.standard_normal((n_features, n_classes))               # W_k
     bias = model_mean + rng.standard_normal(n_classes)                                # b_k
@@ -138,13 +151,8 @@ class SyntheticPopulation:
     train_counts: np.ndarray = field(init=False, repr=False, compare=False)   # (n_devices,) training samples
 
     def __post_init__(self):
-        for name, value in (("alpha", self.alpha), ("beta", self.beta)):
-            Real(low=0).check(name, value)
-        for name, value, low in (("n_devices", self.n_devices, 1), ("n_features", self.n_features, 1),
-                                 ("n_classes", self.n_classes, 2), ("seed", self.seed, 0)):
-            Integer(low=low).check(name, value)
-        Real(0, 1, high_open=True).check("test_fraction", self.test_fraction)
-        OneOf("std", "variance").check("prior_scale", self.prior_scale)
+        _check_model(self.alpha, self.beta, self.n_devices, self.n_features, self.n_classes, self.test_fraction,
+                     self.prior_scale, [("seed", self.seed, 0)])
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, POPULATION_KEY]))
         object.__setattr__(self, "counts", _sample_counts(self.samples, self.n_devices, rng))
         object.__setattr__(self, "train_counts",
@@ -154,11 +162,11 @@ class SyntheticPopulation:
         """Device ``k``'s ``(x_train, y_train, x_test, y_test)``, the same whenever it is asked for."""
         Integer(0, self.n_devices - 1).check("device", k)
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, POPULATION_KEY, int(k)]))
-        scale = (self.alpha, self.beta) if self.prior_scale == "std" else (np.sqrt(self.alpha), np.sqrt(self.beta))
-        model_mean = scale[0] * rng.standard_normal()              # u_k ~ N(0, alpha)
-        feature_prior = scale[1] * rng.standard_normal()           # B_k ~ N(0, beta)
-        feature_std = np.arange(1, self.n_features + 1, dtype=np.float64) ** -0.6
-        x, y = _device_samples(rng, model_mean, feature_prior, int(self.counts[k]), feature_std, self.n_classes,
+        alpha_std, beta_std = (self.alpha, self.beta) if self.prior_scale == "std" else (np.sqrt(self.alpha),
+                                                                                          np.sqrt(self.beta))
+        model_mean = alpha_std * rng.standard_normal()              # u_k ~ N(0, alpha)
+        feature_prior = beta_std * rng.standard_normal()            # B_k ~ N(0, beta)
+        x, y = _device_samples(rng, model_mean, feature_prior, int(self.counts[k]), self.n_features, self.n_classes,
                                np.dtype(self.dtype))
         n_train = int(self.train_counts[k])
         return x[:n_train], y[:n_train], x[n_train:], y[n_train:]
@@ -202,16 +210,9 @@ def make_synthetic(alpha: float, beta: float, n_devices: int, rng: np.random.Gen
 
     The splits are concatenated in device order; ``client_indices[k]`` are device k's training rows.
     """
-    for name, value in (("alpha", alpha), ("beta", beta)):
-        Real(low=0).check(name, value)
-    for name, value, low in (("n_devices", n_devices, 1), ("n_features", n_features, 1),
-                             ("n_classes", n_classes, 2), ("max_total_samples", max_total_samples, 1)):
-        Integer(low=low).check(name, value)
-    Real(0, 1, high_open=True).check("test_fraction", test_fraction)
-    OneOf("std", "variance").check("prior_scale", prior_scale)
-    dtype = np.dtype(dtype)
-    if not np.issubdtype(dtype, np.floating):
-        raise ValueError(f"dtype must be a floating-point dtype, got {dtype}")
+    _check_model(alpha, beta, n_devices, n_features, n_classes, test_fraction, prior_scale,
+                 [("max_total_samples", max_total_samples, 1)])
+    dtype = float_dtype(dtype)
     if not isinstance(rng, np.random.Generator):
         raise ValueError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
 
@@ -229,8 +230,6 @@ def make_synthetic(alpha: float, beta: float, n_devices: int, rng: np.random.Gen
     alpha_std, beta_std = (alpha, beta) if prior_scale == "std" else (np.sqrt(alpha), np.sqrt(beta))
     model_means = alpha_std * rng.standard_normal(n_devices)     # u_k ~ N(0, alpha)
     feature_priors = beta_std * rng.standard_normal(n_devices)   # B_k ~ N(0, beta)
-    # Sigma_jj = j^(-1.2), j = 1..d; x = v_k + sqrt(Sigma) * standard normal
-    feature_std = np.arange(1, n_features + 1, dtype=np.float64) ** -0.6
 
     x_train = np.empty((int(train_offsets[-1]), n_features), dtype=dtype)
     x_test = np.empty((int(test_offsets[-1]), n_features), dtype=dtype)
@@ -238,7 +237,7 @@ def make_synthetic(alpha: float, beta: float, n_devices: int, rng: np.random.Gen
     y_test = np.empty(len(x_test), dtype=np.int64)
     for device in range(n_devices):
         x, y = _device_samples(rng, model_means[device], feature_priors[device], int(counts[device]),
-                               feature_std, n_classes, dtype)
+                               n_features, n_classes, dtype)
         n_train = int(train_counts[device])
         x_train[train_offsets[device]:train_offsets[device + 1]] = x[:n_train]
         y_train[train_offsets[device]:train_offsets[device + 1]] = y[:n_train]
