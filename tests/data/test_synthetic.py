@@ -1,10 +1,11 @@
-"""Synthetic(alpha, beta) of FedProx: shapes, the per-device partition, seeding, and its statistics."""
+"""Synthetic(alpha, beta) of FedProx: shapes, the per-device partition, seeding, its statistics, and the
+population generated per device on demand (SyntheticPopulation)."""
 
 import numpy as np
 import pytest
 
 from fedsim.data.dataset import Dataset
-from fedsim.data.synthetic import LognormalCounts, make_synthetic
+from fedsim.data.synthetic import LognormalCounts, SyntheticPopulation, make_synthetic
 
 
 def _make(alpha=1.0, beta=1.0, n_devices=30, seed=0, **kwargs):
@@ -117,30 +118,61 @@ def test_prior_scale_variance_reads_alpha_as_variance():
     np.testing.assert_allclose(as_std.x_train, as_variance.x_train, rtol=1e-6)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(alpha=-1.0), "alpha must be a finite number >= 0"),
-    (dict(beta=float("nan")), "beta must be a finite number >= 0"),
-    (dict(n_devices=0), "n_devices must be an integer >= 1"),
-    (dict(n_classes=1), "n_classes must be an integer >= 2"),
-    (dict(n_features=0), "n_features must be an integer >= 1"),
-    (dict(test_fraction=1.0), r"test_fraction must be a finite number in \[0, 1\)"),
-    (dict(prior_scale="sd"), "prior_scale must be one of 'std', 'variance'"),
-    (dict(dtype=np.int32), "dtype must be a floating-point dtype"),
-    (dict(samples=0), "samples must be >= 1"),
-    (dict(samples=[10, 20]), "samples must be a LognormalCounts law"),
-    (dict(samples=100, max_total_samples=2999), "max_total_samples = 2999"),
-])
-def test_bad_settings_raise(kwargs, message):
-    settings = dict(alpha=1.0, beta=1.0, n_devices=30, rng=np.random.default_rng(0)) | kwargs
+def _make_with(**changes):
+    return lambda: make_synthetic(**(dict(alpha=1.0, beta=1.0, n_devices=30, rng=np.random.default_rng(0)) | changes))
+
+
+@pytest.mark.parametrize("call, message", [
+    (_make_with(alpha=-1.0), "alpha must be a finite number >= 0"),
+    (_make_with(beta=float("nan")), "beta must be a finite number >= 0"),
+    (_make_with(n_devices=0), "n_devices must be an integer >= 1"),
+    (_make_with(n_classes=1), "n_classes must be an integer >= 2"),
+    (_make_with(n_features=0), "n_features must be an integer >= 1"),
+    (_make_with(test_fraction=1.0), r"test_fraction must be a finite number in \[0, 1\)"),
+    (_make_with(prior_scale="sd"), "prior_scale must be one of 'std', 'variance'"),
+    (_make_with(dtype=np.int32), "dtype must be a floating-point dtype"),
+    (_make_with(samples=0), "samples must be >= 1"),
+    (_make_with(samples=[10, 20]), "samples must be a LognormalCounts law"),
+    (_make_with(samples=100, max_total_samples=2999), "max_total_samples = 2999"),
+    (lambda: LognormalCounts(max_per_device=10),
+     r"^LognormalCounts: max_per_device must be an integer >= 50, or unset \(no cap\)"),
+    (lambda: LognormalCounts(log_sigma=-1.0), "^LognormalCounts: log_sigma must be a finite number >= 0"),
+    (lambda: LognormalCounts(log_mean=float("inf")), "^LognormalCounts: log_mean must be a finite number"),
+    (lambda: LognormalCounts(minimum=0), "^LognormalCounts: minimum must be an integer >= 1"),
+    (lambda: SyntheticPopulation(-1.0, 1.0, 10), "^alpha must be"),
+    (lambda: SyntheticPopulation(1.0, 1.0, 10).device(10), "^device must be")])
+def test_bad_settings_raise(call, message):
     with pytest.raises(ValueError, match=message):
-        make_synthetic(**settings)
+        call()
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(max_per_device=10), r"max_per_device must be an integer >= 50, or unset \(no cap\)"),
-    (dict(log_sigma=-1.0), "log_sigma must be a finite number >= 0"),
-    (dict(log_mean=float("inf")), "log_mean must be a finite number"),
-    (dict(minimum=0), "minimum must be an integer >= 1")])
-def test_bad_count_law_raises(kwargs, message):
-    with pytest.raises(ValueError, match=f"LognormalCounts: {message}"):
-        LognormalCounts(**kwargs)
+# ------------------------------------------------------------------------------------- on demand
+
+
+def test_a_device_is_the_same_whenever_and_in_whatever_population_it_is_asked_for():
+    small = SyntheticPopulation(1.0, 1.0, 10, seed=3)
+    first = small.device(7)
+    for k in range(10):
+        small.device(k)
+    again = small.device(7)
+    large = SyntheticPopulation(1.0, 1.0, 1_000_000, seed=3)        # counts: one small array
+    for a, b, c in zip(first, again, large.device(7)):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
+    assert large.counts.shape == (1_000_000,) and large.counts.min() >= 50
+    other_seed = SyntheticPopulation(1.0, 1.0, 10, seed=4).device(7)
+    assert not np.array_equal(first[0][:1], other_seed[0][:1])
+
+
+def test_a_device_splits_its_samples_and_labels_by_its_own_model():
+    population = SyntheticPopulation(0.5, 0.5, 20, samples=LognormalCounts(max_per_device=200), test_fraction=0.25)
+    seen = set()
+    for k in range(20):
+        x_train, y_train, x_test, y_test = population.device(k)
+        n = population.counts[k]
+        assert len(x_train) == population.train_counts[k] == n - int(np.floor(0.25 * n))
+        assert len(x_train) + len(x_test) == n and x_train.shape[1] == 60 and x_train.dtype == np.float32
+        labels = np.concatenate([y_train, y_test])
+        assert labels.min() >= 0 and labels.max() < 10
+        seen.update(labels.tolist())
+    assert len(seen) > 2                             # each device's own W_k, b_k: labels differ across devices
