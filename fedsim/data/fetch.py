@@ -1,7 +1,7 @@
 """A verified copy of a registry file: found on disk, else downloaded with pooch; and loading one split.
 
 :func:`fetch` first searches the folders of :func:`~fedsim.data.search.search_path`. Failing that, it tries the
-mirrors in order (:mod:`fedsim.data.mirrors`), each with :func:`pooch.retrieve` into
+mirrors in order (below), each with :func:`pooch.retrieve` into
 ``<cache_dir()>/<name>/<filename>``. pooch does what it does for every project: the temporary file beside the
 target, the hash check where one hash decides (:func:`_pooch_hash`), the move into place, or the removal of
 the temporary file on any error. fedsim's downloader does the rest: the transfer within a size cap and an
@@ -15,6 +15,14 @@ An attempt (one file from one mirror) that passes a limit counts as that mirror 
 tried: ``timeout``, the seconds the server may stay silent (default 30); the ``deadline`` of the whole attempt
 (default :func:`download_deadline`); the size cap, :func:`~fedsim.data.search.download_size_limit`.
 
+The mirrors: the registry's, where a file is at ``<mirror>/<filename>``, unless ``FEDSIM_MIRRORS`` (or the
+``mirrors`` argument, a string or a sequence) holds base URLs, which then replace them for every dataset.
+They are separated by whitespace or ``os.pathsep`` (a ``:`` inside a URL is kept); empty entries are skipped;
+unset or blank means the registry's. Each is ``http://host[:port][/path]``, ``https://...`` or
+``file:///absolute/folder``, with no query (``?``) or fragment (``#``). A file is fetched from
+``<base>/<name>/<filename>``, so an HTTP server (or a ``file://`` URL) over a folder laid out like the cache
+works as a mirror.
+
 Settings that are not allowed (a timeout or deadline out of range, malformed mirrors, a bad ``data_dir``, an
 unknown dataset, file key or split) raise a one-line :class:`DataSettingError` before anything is searched;
 the mirrors whenever downloading is allowed, even if the files are on disk, so a typo shows before it matters.
@@ -24,14 +32,15 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import sys
+import urllib.parse
 from pathlib import Path
 
 import numpy as np
 
 from fedsim.constraints import Optional, Real
 from fedsim.data.idx import read_images_and_labels
-from fedsim.data.mirrors import download_urls, mirror_bases
 from fedsim.data.registry import (SPLIT_FILES, DatasetFile, DatasetInfo, DataSettingError,
                                   Verification, get_dataset, is_gzip)
 from fedsim.data.search import (ENV_CACHE, Outcome, cache_dir, download_size_limit, find_local, not_found_error,
@@ -45,6 +54,98 @@ MAX_DEADLINE_SECONDS = 86400
 #: size at DEADLINE_MIN_BYTES_PER_SECOND (see :func:`download_deadline`).
 DEADLINE_BASE_SECONDS = 60.0
 DEADLINE_MIN_BYTES_PER_SECOND = 64 * 1024
+
+ENV_MIRRORS = "FEDSIM_MIRRORS"
+#: URL schemes a mirror may use.
+MIRROR_SCHEMES: tuple[str, ...] = ("http", "https", "file")
+
+_URL_START = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+_MIRROR_EXAMPLES = "http://host:port/path, https://host/path or file:///folder"
+
+
+def _mirror_problem(url: str) -> str:
+    """``""`` if ``url`` is a usable base URL for a mirror, else what is wrong with it."""
+    if not url.isascii() or not url.isprintable() or any(char.isspace() for char in url):
+        return "it contains a space, a control character or a non-ASCII character"
+    if not _URL_START.match(url):
+        return "it does not start with a scheme such as http://"
+    scheme = url.split(":", 1)[0].lower()
+    if scheme not in MIRROR_SCHEMES:
+        return f"scheme {scheme!r} is not supported (only {', '.join(MIRROR_SCHEMES)})"
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError as error:
+        return f"it is not a valid URL ({error})"
+    if "?" in url or "#" in url:
+        return "a base URL has no query (?) or fragment (#)"
+    if scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            return f"a file URL names no host: file:///absolute/folder, not file://{parts.netloc}/..."
+        if not parts.path.startswith("/"):
+            return "it names no folder"
+    elif not parts.hostname:
+        return "it names no host"
+    elif port == 0:
+        return "port 0 is not a port a server listens on"
+    return ""
+
+
+def _mirror_format_error(setting: str, piece, problem: str, text: bool = True) -> DataSettingError:
+    what = (f"must hold base URLs such as {_MIRROR_EXAMPLES}, separated by whitespace or {os.pathsep!r}"
+            if text else f"must be base URLs such as {_MIRROR_EXAMPLES}")
+    return DataSettingError(f"{setting} {what}; {piece!r} is not one: {problem}")
+
+
+def parse_mirror_list(text: str, setting: str = ENV_MIRRORS) -> list[str]:
+    """Split a list of base URLs separated by whitespace or ``os.pathsep``, and check each (DataSettingError
+    naming ``setting``). A separator counts only where the next URL begins (``<scheme>://``), so the ``:`` of
+    ``http://127.0.0.1:8000`` is kept; empty entries are skipped."""
+    if not isinstance(text, str):
+        raise _mirror_format_error(setting, text, f"a {type(text).__name__}, not a string")
+    splitter = re.compile(re.escape(os.pathsep) + f"(?={_URL_START.pattern})")
+    urls = []
+    for token in text.split():
+        for piece in splitter.split(token):
+            piece = piece.strip(os.pathsep)
+            if not piece:
+                continue
+            problem = _mirror_problem(piece)
+            if problem:
+                raise _mirror_format_error(setting, piece, problem)
+            urls.append(piece)
+    return urls
+
+
+def mirror_bases(mirrors) -> list[str] | None:
+    """The checked base URLs that replace the registry's mirrors, or None to use the registry's."""
+    if mirrors is None:
+        text = os.environ.get(ENV_MIRRORS, "")
+        if not text.strip():
+            return None
+        bases = parse_mirror_list(text, ENV_MIRRORS)
+        if not bases:
+            raise _mirror_format_error(ENV_MIRRORS, text, "it holds no URL (unset it to use the registry's "
+                                                          "mirrors)")
+        return bases
+    if isinstance(mirrors, str):
+        return parse_mirror_list(mirrors, "mirrors")
+    try:
+        bases = list(mirrors)
+    except TypeError:
+        raise _mirror_format_error("mirrors", mirrors, "not a string or a sequence of strings", False) from None
+    for base in bases:
+        problem = _mirror_problem(base) if isinstance(base, str) else f"a {type(base).__name__}, not a string"
+        if problem:
+            raise _mirror_format_error("mirrors", base, problem, False)
+    return bases
+
+
+def download_urls(info: DatasetInfo, file: DatasetFile, bases: list[str] | None) -> list[str]:
+    """The URLs of ``file`` on each base of :func:`mirror_bases`, or on the registry's mirrors (``None``)."""
+    if bases is None:
+        return [f"{mirror.rstrip('/')}/{file.filename}" for mirror in info.mirrors]
+    return [f"{base.rstrip('/')}/{info.name}/{file.filename}" for base in bases]
 
 
 def _checked_limits(timeout, deadline) -> tuple[float, float | None]:
@@ -118,11 +219,13 @@ def _retrieve(url: str, file: DatasetFile, folder: Path, **limits) -> tuple[Path
     return saved, received["verification"]
 
 
-def _download(info: DatasetInfo, file: DatasetFile, outcome: Outcome, *, urls: list[str], progress,
-              timeout: float, deadline: float | None) -> None:
-    """Try ``urls`` in order until one delivers a copy that verifies; it is saved into the cache folder."""
+def _download(info: DatasetInfo, outcome: Outcome, *, urls: list[str], progress, timeout: float,
+              deadline: float | None) -> None:
+    """Try ``urls`` in order until one delivers a copy of ``outcome.file`` that verifies; it is saved into the
+    cache folder."""
     import pooch
     from fedsim.data.download import DownloadFailed
+    file = outcome.file
     folder = cache_dir() / info.name
     target = folder / file.filename
     try:
@@ -169,7 +272,7 @@ def _obtain(info: DatasetInfo, keys, *, data_dir, download: bool, mirrors, progr
     verified: dict[str, Verification] = {}
     outcomes = [Outcome(info.file(key)) for key in keys]
     for outcome in outcomes:
-        if find_local(info, outcome.file, folders, verified, outcome):
+        if find_local(info, folders, verified, outcome):
             continue
         urls = download_urls(info, outcome.file, bases)
         if not download:
@@ -177,8 +280,7 @@ def _obtain(info: DatasetInfo, keys, *, data_dir, download: bool, mirrors, progr
         elif not urls:
             outcome.download_note = "no download tried (the mirror list is empty)"
         else:
-            _download(info, outcome.file, outcome, urls=urls, progress=progress, timeout=timeout,
-                      deadline=deadline)
+            _download(info, outcome, urls=urls, progress=progress, timeout=timeout, deadline=deadline)
     failures = [outcome for outcome in outcomes if outcome.path is None]
     if failures:
         raise not_found_error(info, failures, folders)
@@ -214,4 +316,5 @@ def load_split(name: str, split: str, *, data_dir=None, download: bool = True, p
                                   labels_max_bytes=labels.file.decompressed_size)
 
 
-__all__ = ["download_deadline", "fetch", "load_split"]
+__all__ = ["ENV_MIRRORS", "MIRROR_SCHEMES", "download_deadline", "download_urls", "fetch", "load_split", "mirror_bases",
+           "parse_mirror_list"]

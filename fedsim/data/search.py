@@ -221,10 +221,11 @@ def verify_path(path: Path, file: DatasetFile, verified: dict[str, Verification]
     return verified[key]
 
 
-def find_local(info: DatasetInfo, file: DatasetFile, folders: list[tuple[Path, str]],
-               verified: dict[str, Verification], outcome: Outcome) -> bool:
-    """Whether a verified copy of ``file`` is in ``folders``; it goes into ``outcome``, with the copies that
-    failed verification."""
+def find_local(info: DatasetInfo, folders: list[tuple[Path, str]], verified: dict[str, Verification],
+               outcome: Outcome) -> bool:
+    """Whether a verified copy of ``outcome.file`` is in ``folders``; it goes into ``outcome``, with the copies
+    that failed verification."""
+    file = outcome.file
     for folder, _source in folders:
         for path in (folder / info.name / file.filename, folder / info.name / file.uncompressed_filename,
                      folder / file.filename, folder / file.uncompressed_filename):
@@ -280,7 +281,7 @@ def locate(name: str, file_key: str, data_dir=None) -> Path | None:
     DataSettingError for a bad ``data_dir``, an unknown name or file key."""
     info = get_dataset(name)
     outcome = Outcome(info.file(file_key))
-    find_local(info, outcome.file, search_path(data_dir), {}, outcome)
+    find_local(info, search_path(data_dir), {}, outcome)
     return outcome.path
 
 
@@ -298,7 +299,7 @@ def dataset_status(name: str, data_dir=None) -> list[dict]:
     for key in FILE_KEYS:
         outcome = Outcome(info.file(key))
         # a fresh memo per file: the payloads are not kept, and files of different keys never coincide
-        find_local(info, outcome.file, folders, {}, outcome)
+        find_local(info, folders, {}, outcome)
         if outcome.path is not None:
             path, ok = outcome.path, True
             method, reason = outcome.verification.method, outcome.verification.reason

@@ -5,7 +5,7 @@ import os
 import pytest
 
 from fedsim.data import fetch
-from fedsim.data.mirrors import download_urls, mirror_bases
+from fedsim.data.fetch import download_urls, mirror_bases
 from fedsim.data.registry import DataSettingError, get_dataset
 from tests.data.conftest import LABELS_GZ, files_under, one_line_setting_error
 
