@@ -44,7 +44,7 @@ _GZIP_ERRORS = (gzip.BadGzipFile, EOFError, zlib.error)
 
 
 class _BufferReader(io.RawIOBase):
-    """A read-only stream over a bytearray or memoryview, without copying it."""
+    """A read-only stream over a memoryview of bytes, without copying them."""
 
     def __init__(self, buffer: memoryview):
         super().__init__()
@@ -69,30 +69,18 @@ def _opened(source, name: str | None):
     stored (possibly compressed) bytes, or None when unknown (a pipe or device).
     """
     if isinstance(source, (bytes, bytearray, memoryview)):
-        if not isinstance(source, bytes):
-            view = memoryview(source)
-            source = view.cast("B") if view.c_contiguous else view.tobytes()
-        # bytes are shared by BytesIO; other buffers are read in place (no copy of a large payload)
-        raw = io.BytesIO(source) if isinstance(source, bytes) else io.BufferedReader(_BufferReader(source))
-        compressed = is_gzip(source)
-        size = len(source)
-        with raw, (gzip.GzipFile(fileobj=raw, mode="rb") if compressed else contextlib.nullcontext(raw)) \
-                as stream:
-            yield stream, name or "<IDX bytes>", compressed, size
-        return
-    if not isinstance(source, (str, os.PathLike)):
+        view = memoryview(source)
+        view = view.cast("B") if view.c_contiguous else memoryview(view.tobytes())
+        raw, label, stored = io.BufferedReader(_BufferReader(view)), name or "<IDX bytes>", len(view)
+    elif isinstance(source, (str, os.PathLike)):
+        raw = open(os.fspath(source), "rb")
+        info = os.fstat(raw.fileno())
+        label, stored = name or os.fspath(source), info.st_size if stat.S_ISREG(info.st_mode) else None
+    else:
         raise ValueError(f"IDX source must be a path (str or os.PathLike) or bytes, got {type(source).__name__}")
-    path = os.fspath(source)
-    with open(path, "rb") as handle:
-        info = os.fstat(handle.fileno())
-        stored = info.st_size if stat.S_ISREG(info.st_mode) else None
-        compressed = is_gzip(handle.peek(2)[:2])
-        label = name or str(path)
-        if compressed:
-            with gzip.GzipFile(fileobj=handle, mode="rb") as stream:
-                yield stream, label, True, stored
-        else:
-            yield handle, label, False, stored
+    compressed = is_gzip(raw.peek(2)[:2])
+    with raw, (gzip.GzipFile(fileobj=raw, mode="rb") if compressed else contextlib.nullcontext(raw)) as stream:
+        yield stream, label, compressed, stored
 
 
 def _read_up_to(stream, count: int) -> bytes:
