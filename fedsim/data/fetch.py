@@ -1,14 +1,14 @@
 """A verified copy of a registry file: found on disk, else downloaded with pooch; and loading one split.
 
 :func:`fetch` first searches the folders of :func:`~fedsim.data.search.search_path`. Failing that, it tries the
-mirrors in order (below), each with :func:`pooch.retrieve` into
-``<cache_dir()>/<name>/<filename>``. pooch does what it does for every project: the temporary file beside the
-target, the hash check where one hash decides (:func:`_pooch_hash`), the move into place, or the removal of
-the temporary file on any error. fedsim's downloader does the rest: the transfer within a size cap and an
-overall deadline (:func:`fedsim.data.download.receive`), and :meth:`~fedsim.data.registry.DatasetFile.verify`
-(any accepted MD5, or the SHA-256 of the decompressed IDX) before a byte reaches pooch's file, so a partial or
-corrupt download never sits at the final path. A problem with the cache folder itself (cannot be created,
-not writable, a folder in the way, disk full) stops the downloads of that file at once, as trying the other
+mirrors (below) in order, each with :func:`pooch.retrieve` into ``<cache_dir()>/<name>/<filename>``. pooch
+does what it does for every project: the temporary file beside the target, the hash check where one hash
+decides (:func:`_pooch_hash`), the move into place, or the removal of the temporary file on any error.
+fedsim's downloader does the rest: the transfer within a size cap and an overall deadline
+(:func:`fedsim.data.download.receive`), and :meth:`~fedsim.data.registry.DatasetFile.verify` (any accepted
+MD5, or the SHA-256 of the decompressed IDX) before a byte reaches pooch's file, so a partial or corrupt
+download never sits at the final path. A problem with the cache folder itself (cannot be created, not
+writable, a folder in the way, disk full) stops the downloads of that file at once, as trying the other
 mirrors cannot help.
 
 An attempt (one file from one mirror) that passes a limit counts as that mirror failing, and the next is

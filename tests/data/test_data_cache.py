@@ -11,8 +11,7 @@ import pytest
 
 from fedsim.data import cache, load, preprocess
 from fedsim.data.cache import cached_array, entry_path
-from fedsim.data.registry import DataSettingError
-from fedsim.data.registry import DATASETS
+from fedsim.data.registry import DATASETS, DataSettingError
 from tests.conftest import assert_bitwise
 
 REPO = Path(__file__).resolve().parents[2]
@@ -103,10 +102,8 @@ def test_stc_key_changes_with_every_input(monkeypatch):
     assert key["environment"]["numpy"] == np.__version__ and key["environment"]["blas"]
     variants = [load.stc_cache_key(fashion.file("test-images"), **base),
                 load.stc_cache_key(mnist.file("train-images"), **base),   # no SHA-256 known: its MD5s
-                load.stc_cache_key(fashion.file("train-images"), **dict(base, size=28)),
-                load.stc_cache_key(fashion.file("train-images"), **dict(base, mean=0.26)),
-                load.stc_cache_key(fashion.file("train-images"), **dict(base, std=0.51)),
-                load.stc_cache_key(fashion.file("train-images"), **dict(base, dtype=np.float64))]
+                *(load.stc_cache_key(fashion.file("train-images"), **dict(base, **change))
+                  for change in ({"size": 28}, {"mean": 0.26}, {"std": 0.51}, {"dtype": np.float64}))]
     assert variants[1]["source"]["gzip_md5"] == list(mnist.file("train-images").gzip_md5)
     assert load.stc_cache_key(fashion.file("train-images"), **base) == key
     monkeypatch.setattr(preprocess, "PREPROCESS_VERSION", preprocess.PREPROCESS_VERSION + 1)
