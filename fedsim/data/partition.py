@@ -16,8 +16,8 @@ method                 what a client gets                                       
 ``contiguous``         the block [m N / M, (m + 1) N / M) in file order (LAQ seed)     yes
 =====================  =============================================================  ==================
 
-:func:`split_indices` dispatches by name, also to a plugin's partitioner (:func:`register_partitioner`); :func:`class_counts` and :func:`partition_report` show what each
-client received.
+:func:`split_indices` dispatches by name, also to a plugin's partitioner (:func:`register_partitioner`);
+:func:`class_counts` and :func:`partition_report` show what each client received.
 """
 
 from __future__ import annotations
