@@ -162,10 +162,9 @@ class SyntheticPopulation:
         """Device ``k``'s ``(x_train, y_train, x_test, y_test)``, the same whenever it is asked for."""
         Integer(0, self.n_devices - 1).check("device", k)
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, POPULATION_KEY, int(k)]))
-        alpha_std, beta_std = (self.alpha, self.beta) if self.prior_scale == "std" else (np.sqrt(self.alpha),
-                                                                                          np.sqrt(self.beta))
-        model_mean = alpha_std * rng.standard_normal()              # u_k ~ N(0, alpha)
-        feature_prior = beta_std * rng.standard_normal()            # B_k ~ N(0, beta)
+        scale = (self.alpha, self.beta) if self.prior_scale == "std" else (np.sqrt(self.alpha), np.sqrt(self.beta))
+        model_mean = scale[0] * rng.standard_normal()              # u_k ~ N(0, alpha)
+        feature_prior = scale[1] * rng.standard_normal()           # B_k ~ N(0, beta)
         x, y = _device_samples(rng, model_mean, feature_prior, int(self.counts[k]), self.n_features, self.n_classes,
                                np.dtype(self.dtype))
         n_train = int(self.train_counts[k])
