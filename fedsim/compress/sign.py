@@ -20,7 +20,7 @@ import numpy as np
 from fedsim.compress import bits as analytic
 from fedsim.compress.base import (layout_of, SegmentedMessage, Compressor, Layout, MessageFormat, scope_setting,
                                   decode_positions, encode_positions, float_bits, float_dtype, frozen_array,
-                                  new_stream, read_floats, register, register_message, write_floats)
+                                  read_floats, register, register_message, write_floats)
 from fedsim.compress.theory import Theory, segment_squares
 from fedsim.constraints import OneOf, setting
 from fedsim.kernels import bitstream, golomb, sparsify
@@ -71,9 +71,7 @@ class SignMessage(SegmentedMessage):
             total += (stop - start - zeros.size) + scale_bits
         return int(total)
 
-    def encode_with_bit_count(self):
-        n_bits = self.encoded_bits()
-        stream = new_stream(n_bits)
+    def _write(self, stream):
         offset = 0
         for j, (start, stop) in enumerate(self.layout.segments()):
             segment = self.signs[start:stop]
@@ -81,8 +79,7 @@ class SignMessage(SegmentedMessage):
             offset = bitstream.pack_signs_into(segment[segment != 0], stream, offset)
             if self.scaled:
                 offset = write_floats(stream, offset, self.scales[j:j + 1])
-        assert offset == n_bits
-        return stream, n_bits
+        return offset
 
     def analytic_bits(self) -> float:
         return analytic.sign_analytic_bits(self.size, len(self.segment_offsets) - 1 if self.scaled else 0)

@@ -55,6 +55,13 @@ def segment_squares(x: np.ndarray, state) -> np.ndarray:
     return np.array([np.dot(x[a:b], x[a:b]) for a, b in layout_of(state).segments()], np.float64)
 
 
+def relative_error(factors, x: np.ndarray, state) -> float:
+    """sum_j factors_j ||x_j||^2 / ||x||^2 over the segments j of the state's layout: an error stated per
+    segment as a multiple of ||x_j||^2."""
+    squares = segment_squares(x, state)
+    return float(np.asarray(factors, np.float64) @ squares / squares.sum())
+
+
 @dataclass(frozen=True)
 class Measurement:
     """A compressor measured over ``draws`` draws on one vector (or averaged over several)."""
@@ -189,6 +196,3 @@ def meets(measurement: Measurement, dtype=np.float64) -> bool | None:
         ok = ok and abs(measurement.bias_z) <= SIGMAS
     return bool(ok)
 
-
-__all__ = ["combine", "entropy_bits", "measure", "Measurement", "meets", "RELATIONS", "segment_squares",
-           "SIGMAS", "Theory", "tolerance"]
