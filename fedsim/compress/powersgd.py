@@ -119,7 +119,6 @@ class PowerSGDMessage(SegmentedMessage):
                 raise ValueError(f"PowerSGD message: {name} has {getattr(self, name).size} floats, the "
                                  f"shapes {self.shapes} with rank {self.rank} need {expected}")
 
-
     @property
     def dtype(self) -> np.dtype:
         return self.left.dtype

@@ -73,9 +73,7 @@ from fedsim.kernels import qsgd as kernels
 # The rows compressed per kernel call are limited so that their uniforms (8 bytes per entry) stay below
 # this many bytes; the Generator is consumed in row order either way.
 UNIFORM_BUFFER_BYTES = 64 << 20
-# Largest number of levels (the signed levels are held in int32).
-MAX_LEVELS = 2 ** 31 - 1
-LEVELS = Integer(1, MAX_LEVELS)        # s, the number of levels
+LEVELS = Integer(1, 2 ** 31 - 1)       # s, the number of levels (at most 2^31 - 1: the signed levels are int32)
 BUCKET_SIZE = Integer(low=0)           # d, entries per bucket (0: one bucket per segment)
 # Levels up to this are held in int16 in the batch's fields (int32 beyond).
 INT16_LEVELS = 2 ** 15 - 1
@@ -135,7 +133,6 @@ class QSGDMessage(SegmentedMessage):
         zero_buckets = np.repeat(self.norms == 0, np.diff(offsets))
         if np.any(self.signed_levels[zero_buckets]):
             raise ValueError("a bucket whose norm is 0 has nonzero levels")
-
 
     @property
     def bucket_offsets(self) -> np.ndarray:

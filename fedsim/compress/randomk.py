@@ -50,14 +50,11 @@ from fedsim.compress.topk import budgets
 from fedsim.kernels import bitstream
 from fedsim.kernels import randomk as kernels
 
-SCALINGS = ("unbiased", "none")
 # Bits of the per-message seed (an unsigned 64-bit integer).
 SEED_BITS = 64
 SEED_MAX = (1 << SEED_BITS) - 1
-
-
 SEED = Integer(0, SEED_MAX)
-SCALING = OneOf(*SCALINGS)
+SCALING = OneOf("unbiased", "none")
 
 
 def segment_scales(p: float, scaling: str, layout: Layout, dtype) -> np.ndarray:
@@ -110,7 +107,6 @@ class RandomKMessage(SegmentedMessage):
         if self.values.size != expected:
             raise ValueError(f"random-k with p={self.p} on segments {layout.sizes} sends {expected} "
                              f"values, got {self.values.size}")
-
 
     @property
     def budgets(self) -> np.ndarray:

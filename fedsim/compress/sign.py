@@ -25,8 +25,6 @@ from fedsim.compress.theory import Theory, segment_squares
 from fedsim.constraints import OneOf, setting
 from fedsim.kernels import bitstream, golomb, sparsify
 
-SIGN_SCALES = ("none", "mean")
-
 
 @register_message
 @dataclass(frozen=True, eq=False)
@@ -52,7 +50,6 @@ class SignMessage(SegmentedMessage):
             raise ValueError("one scale per segment")
         if not self.scaled and np.any(self.scales != 1):
             raise ValueError("an unscaled sign message has scales 1")
-
 
     @property
     def format(self) -> MessageFormat:
@@ -114,7 +111,7 @@ class Sign(Compressor):
     directions: ClassVar[tuple[str, ...]] = ()   # used by the named method signsgd
 
     scale: str = setting("none", "none | mean (mean |x_i| per segment, sent as one float)",
-                         OneOf(*SIGN_SCALES))
+                         OneOf("none", "mean"))
     scope: str = scope_setting("the segments the scales (and the zero codes) refer to")
 
     def _compress_rows(self, rows, layout, rng):

@@ -33,8 +33,6 @@ from fedsim.constraints import OneOf, setting
 from fedsim.compress.topk import sparsify_rows
 from fedsim.kernels import bitstream, golomb
 
-THRESHOLDS = ("exact", "sampled")
-SAMPLE_MODES = ("uniform", "window")
 # The sampled threshold keeps at least this many expected entries in its sample: n_s >= ceil(100 / p).
 MIN_SAMPLED_ENTRIES = 100
 
@@ -126,10 +124,10 @@ class STC(Compressor):
 
     p: float = setting(0.01, "fraction of entries kept per segment", FRACTION)
     threshold: str = setting("exact", "exact | sampled (the reference's approximate top-k threshold)",
-                             OneOf(*THRESHOLDS))
+                             OneOf("exact", "sampled"))
     sample_fraction: float = setting(0.1, "sampled threshold: fraction f of each segment sampled", FRACTION)
     sample_mode: str = setting("uniform", "sampled threshold: uniform subset | window (the reference's)",
-                               OneOf(*SAMPLE_MODES))
+                               OneOf("uniform", "window"))
     scope: str = scope_setting('"tensor": per parameter tensor (the reference); "global": whole vector')
 
     def sample_sizes(self, state: Layout) -> np.ndarray:
@@ -161,7 +159,7 @@ class STC(Compressor):
                      for _ in range(rows.shape[0]) for j, (start, stop) in enumerate(layout.segments())]
             starts = np.concatenate(([0], np.cumsum([s.size for s in drawn]))).astype(np.int64)
             samples = (np.concatenate(drawn).astype(np.int64), starts, self.sample_budgets(layout))
-        decoded, counts, encoded = sparsify_rows(rows, layout, self.p, True, samples)
+        decoded, counts, encoded = sparsify_rows(rows, layout, self.p, ternary=True, samples=samples)
         return decoded, encoded, analytic.stc_analytic_bits(counts, layout.sizes), {}
 
     def theory(self, x, state):

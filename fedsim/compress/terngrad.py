@@ -88,7 +88,6 @@ class TernGradMessage(SegmentedMessage):
             if self.scales[j] == 0 and np.any(self.codes[start:stop]):
                 raise ValueError(f"segment {j} has scale 0 but nonzero codes")
 
-
     @property
     def format(self) -> MessageFormat:
         return MessageFormat(self.kind, self.segment_offsets, self.scales.dtype.name)

@@ -30,8 +30,6 @@ import numpy as np
 
 from fedsim.compress.base import Compressor, layout_of
 
-#: Relations between the measured error and a compressor's theoretical value.
-RELATIONS = ("<=", "=", ">=")
 #: Rows compressed per call are limited so that a chunk of draws stays below this many bytes.
 CHUNK_BYTES = 32 << 20
 #: How many standard errors a measured mean may lie beyond its theoretical value, and the largest |bias_z|
