@@ -15,7 +15,6 @@ from fedsim.params import ParamSpec
 from tests.compress.test_contract import ODD_LAYOUT, SETTINGS, SPEC, cases
 from tests.conftest import assert_bitwise, check_message, compress_one, updates_strategy
 
-LOG2_3 = math.log2(3.0)
 CONFIGS = SETTINGS["terngrad"]
 
 
@@ -34,7 +33,6 @@ def test_clip_is_kept_as_a_float():
 # ----------------------------------------------------------------------------------------------------
 # exact cases
 # ----------------------------------------------------------------------------------------------------
-
 
 def test_all_zero_and_empty_segments_send_the_scale_only():
     compressor = TernGrad()

@@ -39,7 +39,6 @@ def test_ceil_product_forgives_float_rounding():
 # messages: content, bits
 # ----------------------------------------------------------------------------------------------------
 
-
 def test_stc_all_zero_and_sparse_updates():
     compressor = STC(0.5)
     state = compressor.init(SPEC)
