@@ -220,6 +220,3 @@ def draw(rows: list[dict], path) -> Path:
     plt.close(figure)
     return path
 
-
-__all__ = ["add_report_parser", "command", "COLUMNS", "draw", "format_table", "load_vectors", "parse_overrides",
-           "report", "write_csv"]

@@ -271,7 +271,16 @@ class Message:
         return self.encode_with_bit_count()[0]
 
     def encode_with_bit_count(self) -> tuple[np.ndarray, int]:
-        """(stream, number of meaningful bits); the count equals :meth:`encoded_bits`."""
+        """(stream, number of meaningful bits); the count equals :meth:`encoded_bits`. A message type
+        writes its fields in :meth:`_write` (or overrides this method)."""
+        n_bits = self.encoded_bits()
+        stream = new_stream(n_bits)
+        end = self._write(stream)
+        assert end == n_bits
+        return stream, n_bits
+
+    def _write(self, stream: np.ndarray) -> int:
+        """Write the message into ``stream`` (zeros, long enough) from bit 0; returns the end offset."""
         raise NotImplementedError
 
     def encoded_bits(self) -> int:
@@ -316,19 +325,20 @@ class PositionsMessage(SegmentedMessage):
         return [self.positions[bounds[j]:bounds[j + 1]] - start
                 for j, start in enumerate(self.segment_offsets[:-1])]
 
-    def _encode_segments(self, write_segment) -> tuple[np.ndarray, int]:
-        """(stream, bits): each segment's count and coded positions (:func:`encode_positions`), then what
-        ``write_segment(stream, offset, j, start, count)`` writes of segment j (its entries start at
-        ``start`` of the message's arrays) and returns the new offset of."""
-        n_bits = self.encoded_bits()
-        stream = new_stream(n_bits)
+    def _write(self, stream) -> int:
+        """Each segment's count and coded positions (:func:`encode_positions`), then what
+        :meth:`_write_segment` writes of it."""
         offset = start = 0
         for j, (local, size) in enumerate(zip(self.local_positions(), self.layout.sizes)):
             offset = encode_positions(stream, offset, local, size)
-            offset = write_segment(stream, offset, j, start, local.size)
+            offset = self._write_segment(stream, offset, j, start, local.size)
             start += local.size
-        assert offset == n_bits
-        return stream, n_bits
+        return offset
+
+    def _write_segment(self, stream, offset: int, j: int, start: int, count: int) -> int:
+        """Write what segment j sends beside its positions (its entries start at ``start`` of the message's
+        arrays; ``count`` of them); returns the new offset."""
+        raise NotImplementedError
 
     def _check_positions(self):
         object.__setattr__(self, "segment_offsets", Layout(self.segment_offsets).segment_offsets)
@@ -471,10 +481,3 @@ class Compressor:
         """``state`` with the checkpointed ``arrays`` restored."""
         return state
 
-
-__all__ = ["as_rows", "BIT_PATTERN", "ceil_product", "Compressed", "Compressor", "compressor_class",
-           "COMPRESSORS", "decode", "decode_positions", "encode_positions", "float_bits", "float_dtype",
-           "FLOAT_DTYPES", "FRACTION", "frozen_array", "Layout", "layout_of", "make_compressor",
-           "make_layout", "Message", "MESSAGE_KINDS", "MessageFormat", "new_stream", "PositionsMessage",
-           "read_floats", "register", "register_message", "require_generator", "same_array", "scope_setting",
-           "SCOPES", "SegmentedMessage", "uniform_chunks", "write_floats"]

@@ -83,28 +83,22 @@ def _integer_search(bits, budget):
     value that fits and the first that does not: ``(the largest integer found to fit or None, {value:
     bits})``."""
     tried = {1: bits(1)}
+
+    def fits(value) -> bool:
+        try:
+            tried[value] = bits(value)
+        except (ValueError, TypeError):       # beyond the knob's range (PowerSGD: rank > min(n, m))
+            return False
+        return tried[value] <= budget
+
     if tried[1] > budget:
         return None, tried
     low = 1
-    while True:                               # bits(low) <= budget
-        try:
-            tried[2 * low] = bits(2 * low)
-        except (ValueError, TypeError):       # beyond the knob's range (PowerSGD: rank > min(n, m))
-            high = 2 * low
-            break
-        if tried[2 * low] > budget:
-            high = 2 * low
-            break
+    while fits(2 * low):                      # bits(low) <= budget
         low = 2 * low
+    high = 2 * low
     while high - low > 1:                     # bits(low) <= budget < bits(high), or high out of range
         middle = (low + high) // 2
-        try:
-            tried[middle] = bits(middle)
-        except (ValueError, TypeError):
-            high = middle
-            continue
-        low, high = (middle, high) if tried[middle] <= budget else (low, middle)
+        low, high = (middle, high) if fits(middle) else (low, middle)
     return low, tried
 
-
-__all__ = ["BudgetError", "mean_bits", "solve_knob"]

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from fedsim.compress.base import Compressed, Compressor, Layout, as_rows, float_dtype, layout_of
+from fedsim.compress.base import Compressor, Layout, as_rows, float_dtype, layout_of
 
 
 @dataclass(frozen=True)
@@ -83,5 +83,3 @@ class ErrorFeedback:
             raise AttributeError(name)
         return getattr(self.compressor, name)
 
-
-__all__ = ["Compressed", "ErrorFeedback", "ErrorFeedbackState"]

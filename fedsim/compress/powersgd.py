@@ -60,7 +60,7 @@ from typing import ClassVar
 import numpy as np
 
 from fedsim.compress.base import (as_rows, Compressed, Compressor, float_bits, float_dtype,
-                                  frozen_array, Layout, make_layout, MessageFormat, new_stream, read_floats,
+                                  frozen_array, Layout, make_layout, MessageFormat, read_floats,
                                   register, register_message, require_generator, same_array, SegmentedMessage,
                                   write_floats)
 from fedsim.compress.theory import Theory
@@ -81,17 +81,17 @@ def matrix_shape(shape) -> tuple[int, int] | None:
     return shape[0], math.prod(shape[1:])
 
 
-def _floats_per_message(shapes, rank: int) -> tuple[int, int]:
-    """(floats of one row's message, floats of P_hat over all matrices)."""
-    floats = left = 0
+def factor_sizes(shapes, rank: int) -> tuple[int, int, int]:
+    """Floats of one row's message: (P_hat, n r per matrix; Q_k, m r per matrix; the segments sent as is)."""
+    left = right = values = 0
     for shape in shapes:
         matrix = matrix_shape(shape)
         if matrix is None:
-            floats += math.prod(shape)
+            values += math.prod(shape)
         else:
-            floats += (matrix[0] + matrix[1]) * rank
             left += matrix[0] * rank
-    return floats, left
+            right += matrix[1] * rank
+    return left, right, values
 
 
 @register_message
@@ -114,19 +114,10 @@ class PowerSGDMessage(SegmentedMessage):
         dtype = float_dtype(np.asarray(self.left).dtype)
         for name in ("left", "right", "values"):
             object.__setattr__(self, name, frozen_array(getattr(self, name), dtype))
-        left = right = values = 0
-        for shape in self.shapes:
-            matrix = matrix_shape(shape)
-            if matrix is None:
-                values += math.prod(shape)
-            else:
-                left += matrix[0] * self.rank
-                right += matrix[1] * self.rank
-        for name, expected in (("left", left), ("right", right), ("values", values)):
+        for name, expected in zip(("left", "right", "values"), factor_sizes(self.shapes, self.rank)):
             if getattr(self, name).size != expected:
                 raise ValueError(f"PowerSGD message: {name} has {getattr(self, name).size} floats, the "
                                  f"shapes {self.shapes} with rank {self.rank} need {expected}")
-
 
     @property
     def dtype(self) -> np.dtype:
@@ -170,9 +161,7 @@ class PowerSGDMessage(SegmentedMessage):
     def encoded_bits(self) -> int:
         return float_bits(self.dtype) * self.floats()
 
-    def encode_with_bit_count(self):
-        n_bits = self.encoded_bits()
-        stream = new_stream(n_bits)
+    def _write(self, stream):
         offset = 0
         for _, _, matrix, left, right, values in self._pieces():
             if matrix is None:
@@ -180,8 +169,7 @@ class PowerSGDMessage(SegmentedMessage):
             else:
                 offset = write_floats(stream, offset, self.left[left])
                 offset = write_floats(stream, offset, self.right[right])
-        assert offset == n_bits
-        return stream, n_bits
+        return offset
 
     def analytic_bits(self) -> float:
         return float(FLOAT_BITS * self.floats())
@@ -332,7 +320,8 @@ class PowerSGD(Compressor):
             lefts.append(p_hat.reshape(-1))
             rights.append(q_each.reshape(n_rows, -1))
             new_factors.append(q_mean)
-        floats, left_floats = _floats_per_message(layout.shapes, self.rank)
+        left_floats, right_floats, value_floats = factor_sizes(layout.shapes, self.rank)
+        floats = left_floats + right_floats + value_floats
         encoded = np.full(n_rows, float_bits(dtype) * floats, np.int64)
         analytic = np.full(n_rows, float(FLOAT_BITS * floats), np.float64)
         fields = {"left": np.concatenate(lefts or [np.zeros(0, dtype)]),
@@ -361,5 +350,3 @@ class PowerSGD(Compressor):
                                compressed.fields["right"][row],
                                np.concatenate(values or [np.zeros(0, dense.dtype)]))
 
-
-__all__ = ["PowerSGD", "PowerSGDMessage", "PowerSGDState", "matrix_shape"]

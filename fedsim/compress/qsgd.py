@@ -63,19 +63,17 @@ from typing import ClassVar
 import numpy as np
 
 from fedsim.compress import bits as analytic
-from fedsim.compress.base import (Compressor, float_bits, float_dtype, frozen_array, Layout, layout_of,
-                                  MessageFormat, new_stream, register, register_message, require_generator,
+from fedsim.compress.base import (BIT_PATTERN, Compressor, float_bits, float_dtype, frozen_array, Layout,
+                                  layout_of, MessageFormat, register, register_message, require_generator,
                                   scope_setting, SegmentedMessage, uniform_chunks)
-from fedsim.compress.theory import Theory, segment_squares
+from fedsim.compress.theory import Theory, relative_error
 from fedsim.constraints import Integer, setting
 from fedsim.kernels import qsgd as kernels
 
 # The rows compressed per kernel call are limited so that their uniforms (8 bytes per entry) stay below
 # this many bytes; the Generator is consumed in row order either way.
 UNIFORM_BUFFER_BYTES = 64 << 20
-# Largest number of levels (the signed levels are held in int32).
-MAX_LEVELS = 2 ** 31 - 1
-LEVELS = Integer(1, MAX_LEVELS)        # s, the number of levels
+LEVELS = Integer(1, 2 ** 31 - 1)       # s, the number of levels (at most 2^31 - 1: the signed levels are int32)
 BUCKET_SIZE = Integer(low=0)           # d, entries per bucket (0: one bucket per segment)
 # Levels up to this are held in int16 in the batch's fields (int32 beyond).
 INT16_LEVELS = 2 ** 15 - 1
@@ -103,20 +101,6 @@ def qsgd_analytic_bits(levels: int, bucket_sizes) -> float:
     for size, count in zip(sizes, counts):
         total += int(count) * bucket_bound_bits(levels, int(size))
     return total
-
-
-def norm_patterns(norms: np.ndarray) -> np.ndarray:
-    """The IEEE bit patterns of float32/float64 norms as int64 (what the bit writer takes)."""
-    if norms.dtype == np.float32:
-        return norms.view(np.uint32).astype(np.int64)
-    return norms.view(np.int64).copy()
-
-
-def norms_from_patterns(patterns: np.ndarray, dtype) -> np.ndarray:
-    """Inverse of :func:`norm_patterns`."""
-    if np.dtype(dtype) == np.float32:
-        return patterns.astype(np.uint32).view(np.float32)
-    return patterns.astype(np.int64).view(np.float64)
 
 
 @register_message
@@ -150,7 +134,6 @@ class QSGDMessage(SegmentedMessage):
         if np.any(self.signed_levels[zero_buckets]):
             raise ValueError("a bucket whose norm is 0 has nonzero levels")
 
-
     @property
     def bucket_offsets(self) -> np.ndarray:
         return kernels.bucket_offsets(self.segment_offsets, self.bucket_size)
@@ -174,14 +157,10 @@ class QSGDMessage(SegmentedMessage):
         return int(kernels.qsgd_bits.core(self.signed_levels, self.bucket_offsets, self.norms,
                                           float_bits(self.norms.dtype)))
 
-    def encode_with_bit_count(self):
-        n_bits = self.encoded_bits()
-        stream = new_stream(n_bits)
-        end = kernels.qsgd_encode_into.core(self.signed_levels, self.bucket_offsets,
-                                            norm_patterns(self.norms), float_bits(self.norms.dtype),
-                                            stream, 0)
-        assert end == n_bits
-        return stream, n_bits
+    def _write(self, stream):
+        patterns = self.norms.view(BIT_PATTERN[self.norms.dtype]).astype(np.int64)     # what the writer takes
+        return kernels.qsgd_encode_into.core(self.signed_levels, self.bucket_offsets, patterns,
+                                             float_bits(self.norms.dtype), stream, 0)
 
     def analytic_bits(self) -> float:
         return qsgd_analytic_bits(self.levels, np.diff(self.bucket_offsets))
@@ -201,8 +180,9 @@ class QSGDMessage(SegmentedMessage):
             raise ValueError(f"qsgd stream has {stream.size} bytes, its code ends at bit {end}")
         if np.any(np.abs(levels) > options["levels"]):
             raise ValueError(f"corrupt qsgd stream: a level beyond s = {options['levels']}")
+        dtype = np.dtype(fmt.dtype)
         return cls(fmt.segment_offsets, options["levels"], options["bucket_size"],
-                   norms_from_patterns(patterns, fmt.dtype), levels)
+                   patterns.astype(BIT_PATTERN[dtype]).view(dtype), levels)
 
 
 @register
@@ -244,10 +224,9 @@ class QSGD(Compressor):
         normalizes by ||v||_2, as the lemma does) E||Q(v) - v||^2 <= min(n / s^2, sqrt(n) / s) ||v||^2;
         summed over the buckets and divided by ||x||^2."""
         offsets = self.bucket_offsets(state)
-        squares = segment_squares(x, Layout(tuple(int(o) for o in offsets)))
         sizes, s = np.diff(offsets).astype(np.float64), float(self.levels)
         factors = np.minimum(sizes / s ** 2, np.sqrt(sizes) / s)
-        return Theory(True, float(factors @ squares / squares.sum()), "<=",
+        return Theory(True, relative_error(factors, x, Layout(tuple(int(o) for o in offsets))), "<=",
                       "Alistarh et al. 2017 (1610.02132) lemma 3.1: min(d/s^2, sqrt(d)/s)")
 
     def message(self, compressed, row):

@@ -42,22 +42,19 @@ import numpy as np
 
 from fedsim.compress import bits as analytic
 from fedsim.compress.base import (layout_of, FRACTION, Compressor, float_bits, float_dtype, frozen_array, Layout,
-                                  MessageFormat, new_stream, read_floats, register, register_message,
+                                  MessageFormat, read_floats, register, register_message,
                                   require_generator, scope_setting, SegmentedMessage, write_floats)
-from fedsim.compress.theory import Theory, segment_squares
+from fedsim.compress.theory import Theory, relative_error
 from fedsim.constraints import Integer, OneOf, setting
 from fedsim.compress.topk import budgets
 from fedsim.kernels import bitstream
 from fedsim.kernels import randomk as kernels
 
-SCALINGS = ("unbiased", "none")
 # Bits of the per-message seed (an unsigned 64-bit integer).
 SEED_BITS = 64
 SEED_MAX = (1 << SEED_BITS) - 1
-
-
 SEED = Integer(0, SEED_MAX)
-SCALING = OneOf(*SCALINGS)
+SCALING = OneOf("unbiased", "none")
 
 
 def segment_scales(p: float, scaling: str, layout: Layout, dtype) -> np.ndarray:
@@ -111,7 +108,6 @@ class RandomKMessage(SegmentedMessage):
             raise ValueError(f"random-k with p={self.p} on segments {layout.sizes} sends {expected} "
                              f"values, got {self.values.size}")
 
-
     @property
     def budgets(self) -> np.ndarray:
         """k = ceil(p N) per segment."""
@@ -142,14 +138,10 @@ class RandomKMessage(SegmentedMessage):
     def encoded_bits(self) -> int:
         return SEED_BITS + float_bits(self.values.dtype) * self.values.size
 
-    def encode_with_bit_count(self):
-        n_bits = self.encoded_bits()
-        stream = new_stream(n_bits)
+    def _write(self, stream):
         seed = np.array([self.seed], np.uint64).view(np.int64)       # write_uint takes the int64 pattern
         offset = bitstream.write_uints(stream, 0, seed, SEED_BITS)
-        offset = write_floats(stream, offset, self.values)
-        assert offset == n_bits
-        return stream, n_bits
+        return write_floats(stream, offset, self.values)
 
     def analytic_bits(self) -> float:
         return float(analytic.FLOAT_BITS * self.values.size)
@@ -213,7 +205,6 @@ class RandomK(Compressor):
         (each entry is kept with probability k / N: Wangni et al., arXiv 1710.09854; Stich et al., arXiv
         1809.07599, definition 2.1)."""
         layout = layout_of(state)
-        squares = segment_squares(x, layout)
         ks = budgets(self.p, layout)
         if self.scaling == "unbiased":
             factors = [n / k - 1.0 if k else 0.0 for k, n in zip(ks, layout.sizes)]
@@ -221,8 +212,7 @@ class RandomK(Compressor):
         else:
             factors = [1.0 - k / n if n else 0.0 for k, n in zip(ks, layout.sizes)]
             source = "Stich et al. 2018 (1809.07599) def. 2.1: a k/d contraction"
-        return Theory(self.scaling == "unbiased", float(np.array(factors) @ squares / squares.sum()), "=",
-                      source)
+        return Theory(self.scaling == "unbiased", relative_error(factors, x, layout), "=", source)
 
     def message(self, compressed, row):
         layout = compressed.layout

@@ -20,12 +20,10 @@ import numpy as np
 from fedsim.compress import bits as analytic
 from fedsim.compress.base import (layout_of, SegmentedMessage, Compressor, Layout, MessageFormat, scope_setting,
                                   decode_positions, encode_positions, float_bits, float_dtype, frozen_array,
-                                  new_stream, read_floats, register, register_message, write_floats)
+                                  read_floats, register, register_message, write_floats)
 from fedsim.compress.theory import Theory, segment_squares
 from fedsim.constraints import OneOf, setting
 from fedsim.kernels import bitstream, golomb, sparsify
-
-SIGN_SCALES = ("none", "mean")
 
 
 @register_message
@@ -53,7 +51,6 @@ class SignMessage(SegmentedMessage):
         if not self.scaled and np.any(self.scales != 1):
             raise ValueError("an unscaled sign message has scales 1")
 
-
     @property
     def format(self) -> MessageFormat:
         return MessageFormat(self.kind, self.segment_offsets, self.scales.dtype.name, self.scaled)
@@ -71,9 +68,7 @@ class SignMessage(SegmentedMessage):
             total += (stop - start - zeros.size) + scale_bits
         return int(total)
 
-    def encode_with_bit_count(self):
-        n_bits = self.encoded_bits()
-        stream = new_stream(n_bits)
+    def _write(self, stream):
         offset = 0
         for j, (start, stop) in enumerate(self.layout.segments()):
             segment = self.signs[start:stop]
@@ -81,8 +76,7 @@ class SignMessage(SegmentedMessage):
             offset = bitstream.pack_signs_into(segment[segment != 0], stream, offset)
             if self.scaled:
                 offset = write_floats(stream, offset, self.scales[j:j + 1])
-        assert offset == n_bits
-        return stream, n_bits
+        return offset
 
     def analytic_bits(self) -> float:
         return analytic.sign_analytic_bits(self.size, len(self.segment_offsets) - 1 if self.scaled else 0)
@@ -117,7 +111,7 @@ class Sign(Compressor):
     directions: ClassVar[tuple[str, ...]] = ()   # used by the named method signsgd
 
     scale: str = setting("none", "none | mean (mean |x_i| per segment, sent as one float)",
-                         OneOf(*SIGN_SCALES))
+                         OneOf("none", "mean"))
     scope: str = scope_setting("the segments the scales (and the zero codes) refer to")
 
     def _compress_rows(self, rows, layout, rng):

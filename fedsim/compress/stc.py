@@ -30,11 +30,9 @@ from fedsim.compress.base import (FRACTION, ceil_product, Compressor, decode_pos
                                   register, register_message, require_generator, scope_setting, write_floats)
 from fedsim.compress.theory import Theory
 from fedsim.constraints import OneOf, setting
-from fedsim.compress.topk import budgets
-from fedsim.kernels import bitstream, golomb, sparsify
+from fedsim.compress.topk import sparsify_rows
+from fedsim.kernels import bitstream, golomb
 
-THRESHOLDS = ("exact", "sampled")
-SAMPLE_MODES = ("uniform", "window")
 # The sampled threshold keeps at least this many expected entries in its sample: n_s >= ceil(100 / p).
 MIN_SAMPLED_ENTRIES = 100
 
@@ -87,10 +85,7 @@ class TernaryMessage(PositionsMessage):
         return int(sum(golomb.sparse_segment_bits(local, size, 1, mu_bits)
                        for local, size in zip(self.local_positions(), self.layout.sizes)))
 
-    def encode_with_bit_count(self):
-        return self._encode_segments(self._write_segment)
-
-    def _write_segment(self, stream, offset: int, j: int, start: int, count: int) -> int:
+    def _write_segment(self, stream, offset, j, start, count):
         """Segment j after its positions: its signs, then its mu (if it keeps any entry)."""
         offset = bitstream.pack_signs_into(self.signs[start:start + count], stream, offset)
         if count:
@@ -129,10 +124,10 @@ class STC(Compressor):
 
     p: float = setting(0.01, "fraction of entries kept per segment", FRACTION)
     threshold: str = setting("exact", "exact | sampled (the reference's approximate top-k threshold)",
-                             OneOf(*THRESHOLDS))
+                             OneOf("exact", "sampled"))
     sample_fraction: float = setting(0.1, "sampled threshold: fraction f of each segment sampled", FRACTION)
     sample_mode: str = setting("uniform", "sampled threshold: uniform subset | window (the reference's)",
-                               OneOf(*SAMPLE_MODES))
+                               OneOf("uniform", "window"))
     scope: str = scope_setting('"tensor": per parameter tensor (the reference); "global": whole vector')
 
     def sample_sizes(self, state: Layout) -> np.ndarray:
@@ -155,29 +150,16 @@ class STC(Compressor):
         return np.arange(offset, offset + sample_size, dtype=np.int64)
 
     def _compress_rows(self, rows, layout, rng):
-        sampled = self.threshold == "sampled"
-        if sampled:
+        samples = None
+        if self.threshold == "sampled":
             require_generator(rng, "STC with threshold='sampled'")
-        n_rows = rows.shape[0]
-        decoded = np.zeros_like(rows)
-        counts = np.zeros((n_rows, layout.n_segments), np.int64)
-        encoded = np.zeros(n_rows, np.int64)
-        if sampled:     # drawn row by row, segment by segment: row r consumes what it would alone
             sample_sizes = self.sample_sizes(layout)
-            samples = [self.draw_sample(stop - start, sample_sizes[j], rng)
-                       for _ in range(n_rows) for j, (start, stop) in enumerate(layout.segments())]
-            sample_starts = np.concatenate(([0], np.cumsum([s.size for s in samples]))).astype(np.int64)
-            sample_positions = np.concatenate(samples).astype(np.int64)
-        else:
-            sample_positions = np.zeros(0, np.int64)
-            sample_starts = np.zeros(1, np.int64)
-        # The samples were drawn here, each within its segment: the unchecked core skips the public
-        # kernel's pass over them (every other argument is built here too).
-        kernel = sparsify.sparse_compress_batch.core if sampled else sparsify.sparse_compress_batch
-        kernel(rows, layout.offsets_array, budgets(self.p, layout), ternary=True, float_bits=float_bits(rows.dtype),
-               sampled=sampled, sample_positions=sample_positions, sample_starts=sample_starts,
-               sample_budgets=self.sample_budgets(layout), sent_out=decoded, counts_out=counts,
-               encoded_bits_out=encoded)
+            # drawn row by row, segment by segment: row r consumes what it would alone
+            drawn = [self.draw_sample(stop - start, sample_sizes[j], rng)
+                     for _ in range(rows.shape[0]) for j, (start, stop) in enumerate(layout.segments())]
+            starts = np.concatenate(([0], np.cumsum([s.size for s in drawn]))).astype(np.int64)
+            samples = (np.concatenate(drawn).astype(np.int64), starts, self.sample_budgets(layout))
+        decoded, counts, encoded = sparsify_rows(rows, layout, self.p, ternary=True, samples=samples)
         return decoded, encoded, analytic.stc_analytic_bits(counts, layout.sizes), {}
 
     def theory(self, x, state):

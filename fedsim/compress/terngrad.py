@@ -42,7 +42,7 @@ import numpy as np
 
 from fedsim.compress import bits as analytic
 from fedsim.compress.base import (layout_of, Compressor, float_bits, float_dtype, frozen_array, Layout, MessageFormat,
-                                  new_stream, read_floats, register, register_message, require_generator,
+                                  read_floats, register, register_message, require_generator,
                                   scope_setting, SegmentedMessage, uniform_chunks, write_floats)
 from fedsim.compress.theory import Theory, segment_squares
 from fedsim.constraints import Real, setting
@@ -88,7 +88,6 @@ class TernGradMessage(SegmentedMessage):
             if self.scales[j] == 0 and np.any(self.codes[start:stop]):
                 raise ValueError(f"segment {j} has scale 0 but nonzero codes")
 
-
     @property
     def format(self) -> MessageFormat:
         return MessageFormat(self.kind, self.segment_offsets, self.scales.dtype.name)
@@ -101,16 +100,13 @@ class TernGradMessage(SegmentedMessage):
         return int(sum(kernels.segment_bits(size, scale_nonzero=scale != 0, float_bits=scale_bits)
                        for size, scale in zip(self.layout.sizes, self.scales)))
 
-    def encode_with_bit_count(self):
-        n_bits = self.encoded_bits()
-        stream = new_stream(n_bits)
+    def _write(self, stream):
         offset = 0
         for j, (start, stop) in enumerate(self.layout.segments()):
             offset = write_floats(stream, offset, self.scales[j:j + 1])
             if self.scales[j] != 0:
                 offset = kernels.pack_ternary_into(self.codes[start:stop], stream, offset)
-        assert offset == n_bits
-        return stream, n_bits
+        return offset
 
     def analytic_bits(self) -> float:
         return terngrad_analytic_bits(self.layout.sizes)

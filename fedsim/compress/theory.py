@@ -30,8 +30,6 @@ import numpy as np
 
 from fedsim.compress.base import Compressor, layout_of
 
-#: Relations between the measured error and a compressor's theoretical value.
-RELATIONS = ("<=", "=", ">=")
 #: Rows compressed per call are limited so that a chunk of draws stays below this many bytes.
 CHUNK_BYTES = 32 << 20
 #: How many standard errors a measured mean may lie beyond its theoretical value, and the largest |bias_z|
@@ -53,6 +51,13 @@ def segment_squares(x: np.ndarray, state) -> np.ndarray:
     """||x_j||^2 of each segment j of the state's layout, in float64."""
     x = np.asarray(x, np.float64)
     return np.array([np.dot(x[a:b], x[a:b]) for a, b in layout_of(state).segments()], np.float64)
+
+
+def relative_error(factors, x: np.ndarray, state) -> float:
+    """sum_j factors_j ||x_j||^2 / ||x||^2 over the segments j of the state's layout: an error stated per
+    segment as a multiple of ||x_j||^2."""
+    squares = segment_squares(x, state)
+    return float(np.asarray(factors, np.float64) @ squares / squares.sum())
 
 
 @dataclass(frozen=True)
@@ -189,6 +194,3 @@ def meets(measurement: Measurement, dtype=np.float64) -> bool | None:
         ok = ok and abs(measurement.bias_z) <= SIGMAS
     return bool(ok)
 
-
-__all__ = ["combine", "entropy_bits", "measure", "Measurement", "meets", "RELATIONS", "segment_squares",
-           "SIGMAS", "Theory", "tolerance"]

@@ -18,7 +18,7 @@ from fedsim.compress import bits as analytic
 from fedsim.compress.base import (FRACTION, Compressor, Layout, MessageFormat, PositionsMessage, ceil_product,
                                   decode_positions, float_bits, float_dtype, frozen_array, layout_of,
                                   read_floats, register, register_message, scope_setting, write_floats)
-from fedsim.compress.theory import Theory, segment_squares
+from fedsim.compress.theory import Theory, relative_error
 from fedsim.constraints import setting
 from fedsim.kernels import golomb, sparsify
 
@@ -61,10 +61,8 @@ class SparseMessage(PositionsMessage):
         return int(sum(golomb.sparse_segment_bits(local, size, value_bits, 0)
                        for local, size in zip(self.local_positions(), self.layout.sizes)))
 
-    def encode_with_bit_count(self):
-        # each segment: its positions, then its values
-        return self._encode_segments(
-            lambda stream, offset, j, start, count: write_floats(stream, offset, self.values[start:start + count]))
+    def _write_segment(self, stream, offset, j, start, count):
+        return write_floats(stream, offset, self.values[start:start + count])     # after its positions
 
     def analytic_bits(self) -> float:
         return float(analytic.top_k_analytic_bits(self.counts, self.layout.sizes))
@@ -87,6 +85,24 @@ def budgets(p: float, layout: Layout) -> np.ndarray:
     return np.array([ceil_product(p, size) for size in layout.sizes], np.int64)
 
 
+def sparsify_rows(rows, layout: Layout, p: float, ternary: bool, samples=None):
+    """Top-k (``ternary=False``) or STC on the rows, by :func:`fedsim.kernels.sparsify.sparse_compress_batch`:
+    ``(decoded, kept entries per row and segment, encoded bits per row)``. ``samples`` is sampled STC's
+    ``(positions, starts, budgets)``; the caller drew them, each within its segment, so the unchecked core
+    skips the public kernel's pass over them (every other argument is built here too)."""
+    n_rows = rows.shape[0]
+    decoded = np.zeros_like(rows)
+    counts = np.zeros((n_rows, layout.n_segments), np.int64)
+    encoded = np.zeros(n_rows, np.int64)
+    empty = np.zeros(0, np.int64)
+    positions, starts, sample_budgets = (empty, np.zeros(1, np.int64), empty) if samples is None else samples
+    kernel = sparsify.sparse_compress_batch if samples is None else sparsify.sparse_compress_batch.core
+    kernel(rows, layout.offsets_array, budgets(p, layout), ternary=ternary, float_bits=float_bits(rows.dtype),
+           sampled=samples is not None, sample_positions=positions, sample_starts=starts,
+           sample_budgets=sample_budgets, sent_out=decoded, counts_out=counts, encoded_bits_out=encoded)
+    return decoded, counts, encoded
+
+
 @register
 @dataclass(frozen=True)
 class TopK(Compressor):
@@ -103,15 +119,7 @@ class TopK(Compressor):
     scope: str = scope_setting('"tensor": per parameter tensor (the reference); "global": whole vector')
 
     def _compress_rows(self, rows, layout, rng):
-        n_rows = rows.shape[0]
-        decoded = np.zeros_like(rows)
-        counts = np.zeros((n_rows, layout.n_segments), np.int64)
-        encoded = np.zeros(n_rows, np.int64)
-        empty = np.zeros(0, np.int64)
-        sparsify.sparse_compress_batch(rows, layout.offsets_array, budgets(self.p, layout), ternary=False,
-                                       float_bits=float_bits(rows.dtype), sampled=False, sample_positions=empty,
-                                       sample_starts=np.zeros(1, np.int64), sample_budgets=empty,
-                                       sent_out=decoded, counts_out=counts, encoded_bits_out=encoded)
+        decoded, counts, encoded = sparsify_rows(rows, layout, self.p, ternary=False)
         return decoded, encoded, analytic.top_k_analytic_bits(counts, layout.sizes), {}
 
     def theory(self, x, state):
@@ -119,11 +127,9 @@ class TopK(Compressor):
         example beside it), per segment: ||C(x_j) - x_j||^2 <= (1 - k_j / N_j) ||x_j||^2, summed over the
         segments and divided by ||x||^2. Biased."""
         layout = layout_of(state)
-        squares = segment_squares(x, layout)
-        kept = np.array([1.0 - k / n if n else 0.0 for k, n in zip(budgets(self.p, layout), layout.sizes)])
-        return Theory(False, float(kept @ squares / squares.sum()), "<=",
+        kept = [1.0 - k / n if n else 0.0 for k, n in zip(budgets(self.p, layout), layout.sizes)]
+        return Theory(False, relative_error(kept, x, layout), "<=",
                       "Stich et al. 2018 (1809.07599) def. 2.1: a k/d contraction")
 
     def message(self, compressed, row):
-        dense = compressed.decoded[row]
-        return SparseMessage.from_dense(dense, compressed.layout.segment_offsets)
+        return SparseMessage.from_dense(compressed.decoded[row], compressed.layout.segment_offsets)

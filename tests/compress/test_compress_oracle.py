@@ -26,25 +26,18 @@ def torch_segments(torch, x, scope):
     return [(start, stop, tensor[start:stop]) for start, stop in bounds]
 
 
-def torch_stc(torch, x, p, scope):
+def torch_sparsify(torch, x, p, scope, ternary=False):
+    """Top-k by torch.topk: (the dense row, each segment's mu); STC (``ternary``) sends the signs times mu,
+    the float64 mean of the kept magnitudes rounded to float32."""
     dense = torch.zeros(x.size, dtype=torch.float32)
     mus = []
     for start, stop, segment in torch_segments(torch, x, scope):
         k = math.ceil(p * (stop - start))
         magnitudes, indices = torch.topk(segment.abs(), k)
         mu = magnitudes.double().mean().float()
-        dense[start + indices] = torch.sign(segment[indices]) * mu
+        dense[start + indices] = torch.sign(segment[indices]) * mu if ternary else segment[indices]
         mus.append(mu.item())
     return dense.numpy(), np.array(mus, np.float32)
-
-
-def torch_top_k(torch, x, p, scope):
-    dense = torch.zeros(x.size, dtype=torch.float32)
-    for start, stop, segment in torch_segments(torch, x, scope):
-        k = math.ceil(p * (stop - start))
-        _, indices = torch.topk(segment.abs(), k)
-        dense[start + indices] = segment[indices]
-    return dense.numpy()
 
 
 def report(name, ours, theirs):
@@ -62,7 +55,7 @@ def test_stc_matches_torch(torch, scope, p):
         x = rng.standard_normal(SPEC.size).astype(np.float32)
         compressed, _ = compressor.compress(x, state)
         message, ours = compressed.message(0), compressed.decoded[0]
-        theirs, torch_mu = torch_stc(torch, x, p, scope)
+        theirs, torch_mu = torch_sparsify(torch, x, p, scope, ternary=True)
         print("mu fedsim", message.mu, "torch", torch_mu)
         assert np.all(np.abs(message.mu.astype(np.float64) - torch_mu) <= np.spacing(torch_mu)), \
             (message.mu, torch_mu)
@@ -82,7 +75,7 @@ def test_top_k_matches_torch(torch, scope, p):
     state = compressor.init(SPEC)
     x = rng.standard_normal(SPEC.size).astype(np.float32)
     ours = compressor.compress(x, state)[0].decoded[0]
-    theirs = torch_top_k(torch, x, p, scope)
+    theirs, _ = torch_sparsify(torch, x, p, scope)
     np.testing.assert_array_equal(ours, theirs, report("top-k", ours, theirs))
 
 
@@ -116,7 +109,7 @@ def test_error_feedback_top_k_matches_torch_over_rounds(torch):
         x = rng.standard_normal(SPEC.size).astype(np.float32)
         compressed, state = wrapper.compress(x, state)
         accumulated = torch.from_numpy(x) + torch_residual
-        sent = torch.from_numpy(torch_top_k(torch, accumulated.numpy(), 0.01, "tensor"))
+        sent = torch.from_numpy(torch_sparsify(torch, accumulated.numpy(), 0.01, "tensor")[0])
         torch_residual = accumulated - sent
         ours = compressed.decoded[0]
         np.testing.assert_array_equal(ours, sent.numpy(), report(f"round {round_index}", ours, sent.numpy()))

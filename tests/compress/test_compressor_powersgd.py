@@ -1,8 +1,8 @@
-"""PowerSGD (arXiv 1905.13727): its own settings, the power step against hand formulas, the coupled rows,
-the message's bits and wire order, the factors' draws and redraws, the Gram-Schmidt kernel (jitted,
-.py_func, NumPy twin), its checkpoint arrays, the federated methods, and a torch oracle over several rounds.
-The contract every compressor meets (round trip, error feedback, checkpoints continuing bitwise, ...) is
-tests/compress/test_contract.py."""
+"""PowerSGD (arXiv 1905.13727): its own settings, full rank and the coupled rows, the message's bits and
+wire order, the state's dtype, its checkpoint arrays and the federated methods. The power step against the
+paper's formulas, the factors' draws and redraws, the kernels against their twins and the torch oracle over
+several rounds are tests/kernels/test_powersgd.py; the contract every compressor meets (round trip, error
+feedback, checkpoints continuing bitwise, ...) is tests/compress/test_contract.py."""
 
 import dataclasses
 
@@ -19,11 +19,10 @@ from fedsim.compress.powersgd import (
 )
 from fedsim.params import ParamSpec
 from tests.algorithms.test_federated import make_run, without_time
+from tests.compress.test_contract import DTYPES
+from tests.compress.test_contract import SHAPED_SPEC as SPEC       # W (12 x 5), b, conv (6 x 3 x 2), s, e
 from tests.conftest import assert_bitwise
 
-DTYPES = [np.float32, np.float64]
-# W (12 x 5), a bias, a 3-D tensor (compressed as 6 x 6), a scalar, an empty matrix.
-SPEC = ParamSpec(("W", "b", "conv", "s", "e"), ((12, 5), (5,), (6, 3, 2), (), (0, 4)))
 MATRICES = ((0, 12, 5), (65, 6, 6))       # (start, n, m) of the compressed segments of SPEC
 VECTOR_ENTRIES = 5 + 1                    # b and s, sent as they are
 
@@ -68,7 +67,6 @@ def test_matrix_shapes():
 # ----------------------------------------------------------------------------------------------------
 # the power step
 # ----------------------------------------------------------------------------------------------------
-
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_full_rank_reproduces_the_matrix(dtype):
@@ -139,9 +137,8 @@ def test_message_validates_its_sizes():
 
 
 # ----------------------------------------------------------------------------------------------------
-# randomness: the first draws, zero columns
+# the state: its dtype, its checkpoint arrays
 # ----------------------------------------------------------------------------------------------------
-
 
 def test_state_dtype_must_match():
     compressor = PowerSGD()
@@ -149,10 +146,6 @@ def test_state_dtype_must_match():
     with pytest.raises(ValueError, match="dtype"):
         compressor.compress(np.ones(SPEC.size), state, np.random.default_rng(0))
 
-
-# ----------------------------------------------------------------------------------------------------
-# checkpoints
-# ----------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_checkpoint_arrays(dtype):
@@ -214,17 +207,3 @@ def test_federated_checkpoint_continues_bitwise(synthetic, tmp_path):
     np.testing.assert_array_equal(resumed.server.weights, straight.server.weights)
     assert straight.history[-1]["test_loss"] < straight.history[0]["test_loss"]
 
-
-# ----------------------------------------------------------------------------------------------------
-# torch oracle
-# ----------------------------------------------------------------------------------------------------
-
-# Tolerance, relative to the largest magnitude of the compared array. fedsim and the oracle compute the
-# same rounds with different floating-point paths (BLAS vs torch matmuls, modified Gram-Schmidt twice vs
-# Householder QR, sum / K vs torch.mean), each step correct to a few ulp of the data dtype times the
-# number of terms summed (<= 12 here); the power iteration and error feedback carry those differences
-# over the rounds without amplifying them much (the P columns are well conditioned). Observed: ~1e-6
-# up to 2e-6 (float32) and 5e-15 (float64) over 6 rounds; the bounds leave a factor of about 50 (float32)
-# and 200 (float64) for other seeds and BLAS builds, still far below any algorithmic difference (a wrong
-# sign, a missed column or a skipped residual changes values by O(1) of the scale).
-ORACLE_TOLERANCE = {np.float32: 1e-4, np.float64: 1e-12}

@@ -16,10 +16,8 @@ from fedsim.compress import (
 )
 from fedsim.compress import qsgd as qsgd_module
 from fedsim.params import ParamSpec
-from tests.compress.test_contract import ODD_LAYOUT, SETTINGS
+from tests.compress.test_contract import ODD_LAYOUT, SETTINGS, SPEC
 from tests.conftest import assert_bitwise
-
-SPEC = ParamSpec(("W", "b"), ((30, 4), (4,)))                 # 124 entries: segments of 120 and 4
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -15,14 +15,9 @@ from fedsim.compress.base import ceil_product
 from fedsim.compress.randomk import SEED_BITS
 from fedsim.constraints import descriptions
 from fedsim.params import ParamSpec
-from tests.compress.test_contract import SETTINGS
+from tests.compress.test_contract import DTYPES, SETTINGS, SPEC, cases
 from tests.kernels.test_randomk import python_positions
 from tests.conftest import assert_bitwise, check_message, message_of, random_updates
-
-SPEC = ParamSpec(("W", "b"), ((30, 4), (4,)))          # 124 entries: segments of 120 and 4
-CONFIGS = SETTINGS["randomk"]
-IDS = [repr(c) for c in CONFIGS]
-DTYPES = [np.float32, np.float64]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -55,7 +50,7 @@ def test_scaling_described_and_the_methods():
 # messages
 # ----------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("compressor", CONFIGS, ids=IDS)
+@cases(SETTINGS["randomk"])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_positions_and_values(compressor, dtype):
     """Each row sends exactly k positions per segment, those of the independent derivation from its seed,
@@ -159,7 +154,7 @@ def test_empty_layout():
 # the Generator: one seed per row, in row order
 # ----------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("compressor", CONFIGS, ids=IDS)
+@cases(SETTINGS["randomk"])
 def test_one_seed_per_row(compressor):
     updates = random_updates(np.random.default_rng(11), 5, SPEC.size)
     state = compressor.init(SPEC)

@@ -12,20 +12,10 @@ from hypothesis import strategies as st
 
 from fedsim.compress import TernGrad, TernGradMessage, decode
 from fedsim.params import ParamSpec
-from tests.compress.test_contract import ODD_LAYOUT, SETTINGS
-from tests.conftest import assert_bitwise, check_message, message_of, updates_strategy
+from tests.compress.test_contract import ODD_LAYOUT, SETTINGS, SPEC, cases
+from tests.conftest import assert_bitwise, check_message, compress_one, updates_strategy
 
-SPEC = ParamSpec(("W", "b"), ((30, 4), (4,)))          # 124 entries: segments of 120 and 4
-LOG2_3 = math.log2(3.0)
 CONFIGS = SETTINGS["terngrad"]
-IDS = [repr(c) for c in CONFIGS]
-
-
-def one(compressor, x, state, rng):
-    """Compress one vector: (the batch of one, its wire message checked against it)."""
-    compressed, new_state = compressor.compress(x, state, rng)
-    assert new_state == state
-    return compressed, message_of(compressed, 0)
 
 
 def clipped_magnitudes(x, clip):
@@ -44,17 +34,16 @@ def test_clip_is_kept_as_a_float():
 # exact cases
 # ----------------------------------------------------------------------------------------------------
 
-
 def test_all_zero_and_empty_segments_send_the_scale_only():
     compressor = TernGrad()
     state = compressor.init(ODD_LAYOUT)
     x = np.zeros(ODD_LAYOUT.size, np.float32)
-    compressed, message = one(compressor, x, state, np.random.default_rng(0))
+    message, _ = compress_one(compressor, x, state, np.random.default_rng(0))
     assert message.encoded_bits() == 32 * ODD_LAYOUT.n_segments
     assert np.all(message.scales == 0) and not np.any(message.codes)
     check_message(message, np.float32, ODD_LAYOUT.size)
     x[13] = -2.0                                  # one nonzero in the segment of 5 (entries 10..14)
-    compressed, message = one(compressor, x, state, np.random.default_rng(0))
+    message, _ = compress_one(compressor, x, state, np.random.default_rng(0))
     assert message.scales[5] == 2.0 and message.codes[13] == -1 and np.count_nonzero(message.codes) == 1
     assert message.encoded_bits() == 32 * ODD_LAYOUT.n_segments + 8
     check_message(message, np.float32, ODD_LAYOUT.size)
@@ -64,7 +53,7 @@ def test_all_zero_and_empty_segments_send_the_scale_only():
 # unbiasedness
 # ----------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("compressor", CONFIGS, ids=IDS)
+@cases(CONFIGS)
 def test_unbiased(compressor):
     """E[m_i] = sign(x_i) min(|x_i|, b) (= x_i without clipping), checked over T independent draws.
 

@@ -20,11 +20,9 @@ from fedsim.compress import (
     decode,
     expected_position_bits,
 )
-from fedsim.params import ParamSpec
+from tests.compress.test_contract import SPEC
 from tests.conftest import assert_bitwise, check_message, message_of, random_updates
 from tests.conftest import compress_one as one          # (message, new state) of one compressed vector
-
-SPEC = ParamSpec(("W", "b"), ((30, 4), (4,)))          # 124 entries: two segments
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -40,7 +38,6 @@ def test_ceil_product_forgives_float_rounding():
 # ----------------------------------------------------------------------------------------------------
 # messages: content, bits
 # ----------------------------------------------------------------------------------------------------
-
 
 def test_stc_all_zero_and_sparse_updates():
     compressor = STC(0.5)

@@ -71,13 +71,10 @@ def wrongly_scaled(base: type, factor: float) -> type:
 def test_a_compressor_with_a_wrong_scale_fails_the_same_check(broken):
     register(type(broken))                 # as a plugin would; unregistered at the end of this test only
     try:
-        check_fails(make_compressor(broken.name, **broken.settings))
+        registered = make_compressor(broken.name, **broken.settings)
+        x, layout = vector_and_layout(12, 10, np.float64, 1.0, 7)
+        measured = measure(registered, x, layout, 10 * DRAWS, np.random.default_rng(7))   # enough to see a 5% bias
+        assert meets(measured, np.float64) is False, measured
+        assert abs(measured.bias_z) > 4, measured
     finally:
         COMPRESSORS.pop(broken.name)
-
-
-def check_fails(broken):
-    x, layout = vector_and_layout(12, 10, np.float64, 1.0, 7)
-    measured = measure(broken, x, layout, 10 * DRAWS, np.random.default_rng(7))     # enough to see a 5% bias
-    assert meets(measured, np.float64) is False, measured
-    assert abs(measured.bias_z) > 4, measured
