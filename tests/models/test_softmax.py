@@ -179,7 +179,7 @@ def walk(request, monkeypatch):
 
 
 def _plan_blocks(model, theta, x, rows=None):
-    return softmax_module._Plan(model, theta, x, rows).blocks()
+    return softmax_module._Plan(model, theta, x, rows).blocks
 
 
 @pytest.mark.oracle
