@@ -156,12 +156,10 @@ class LazyRun:
             self.theta_at_gradient[upload] = theta
 
         # The server adds only the uploaders' innovations to its running sum of the last uploads.
-        if upload.all():
-            self.aggregate += (candidates - uploaded).sum(axis=0)
-            uploaded[...] = candidates
-        elif upload.any():
-            self.aggregate += (candidates[upload] - uploaded[upload]).sum(axis=0)
-            uploaded[upload] = candidates[upload]
+        if upload.any():
+            chosen = slice(None) if upload.all() else upload
+            self.aggregate += (candidates[chosen] - uploaded[chosen]).sum(axis=0)
+            uploaded[chosen] = candidates[chosen]
         if rule.upload == "quantized":
             self.error_at_upload[upload] = self._error[upload]
         skips[upload] = 0
