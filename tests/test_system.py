@@ -236,27 +236,23 @@ def test_the_deadline_no_client_can_meet_is_one_line():
         build_run(config, progress=False)
 
 
-@pytest.mark.parametrize("override, message", [
-    ("system.uplink=-1", r"^system.uplink must be a finite number > 0, got -1"),
-    ("system.latency=-0.1", r"^system.latency must be"),
-    ('system.profile="5g"', r"^system.profile must be one of"),
-    ("system.availability=0", r"^system.availability must be"),
-    ("system.over_select=0.5", r"^system.over_select must be"),
+LAZY_REFUSES = r"apply to family 'federated' only \(family is 'lazy'\)"     # the settings of the federated round
+
+
+@pytest.mark.parametrize("preset, overrides, message", [
+    ("synthetic", ['system.profile="4g"', "system.uplink=-1"], r"^system.uplink must be a finite number > 0, got -1"),
+    ("synthetic", ['system.profile="4g"', "system.latency=-0.1"], r"^system.latency must be"),
+    ("synthetic", ['system.profile="5g"'], r"^system.profile must be one of"),
+    ("synthetic", ['system.profile="4g"', "system.availability=0"], r"^system.availability must be"),
+    ("synthetic", ['system.profile="4g"', "system.over_select=0.5"], r"^system.over_select must be"),
+    ("synthetic", ["system.deadline=3"], r"^system.profile is 'off'"),       # settings without a profile
+    ("laq-synthetic", ['system.profile="4g"', "system.deadline=3"], LAZY_REFUSES),
+    ("laq-synthetic", ['system.profile="4g"', "system.over_select=2"], LAZY_REFUSES),
+    ("laq-synthetic", ['system.profile="4g"', "system.availability=0.5"], LAZY_REFUSES),
 ])
-def test_bad_settings_are_one_line(override, message):
+def test_bad_settings_are_one_line(preset, overrides, message):
     with pytest.raises(ConfigError, match=message):
-        load_preset("synthetic", ['system.profile="4g"', override])
-
-
-@pytest.mark.parametrize("override", ["system.deadline=3", "system.over_select=2", "system.availability=0.5"])
-def test_settings_of_the_federated_round_are_refused_for_the_lazy_family(override):
-    with pytest.raises(ConfigError, match=r"apply to family 'federated' only \(family is 'lazy'\)"):
-        load_preset("laq-synthetic", ['system.profile="4g"', override])
-
-
-def test_settings_without_a_profile_are_refused():
-    with pytest.raises(ConfigError, match=r"^system.profile is 'off'"):
-        load_preset("synthetic", ["system.deadline=3"])
+        load_preset(preset, overrides)
 
 
 def _trace(tmp_path, text):

@@ -5,6 +5,7 @@ import pytest
 
 from fedsim.models import SoftmaxRegression
 from fedsim.params import ParamSpec
+from tests.models.conftest import five_point_gradient, torch_loss_and_grad
 
 
 def _problem(dtype, batch=(), n=13, features=6, classes=4, seed=0, l2=0.0):
@@ -16,19 +17,6 @@ def _problem(dtype, batch=(), n=13, features=6, classes=4, seed=0, l2=0.0):
     return model, theta, x, y
 
 
-def _torch_loss_and_grad(torch, model, theta, x, y):
-    """An independent computation with torch's cross_entropy and autograd."""
-    t = torch.tensor(theta, requires_grad=True)
-    F, C = model.n_features, model.n_classes
-    W = t[..., : F * C].reshape(theta.shape[:-1] + (F, C))
-    b = t[..., F * C:]
-    z = torch.matmul(torch.tensor(x), W) + b.unsqueeze(-2)
-    nll = torch.nn.functional.cross_entropy(z.reshape(-1, C), torch.tensor(y).reshape(-1), reduction="none")
-    loss = nll.reshape(y.shape).mean(-1) + 0.5 * model.l2 * (t * t).sum(-1)
-    loss.sum().backward()
-    return loss.detach().numpy(), t.grad.numpy()
-
-
 @pytest.mark.oracle
 @pytest.mark.parametrize("dtype, tol", [(np.float32, 2e-6), (np.float64, 1e-13)])
 @pytest.mark.parametrize("l2", [0.0, 0.01])
@@ -36,7 +24,7 @@ def _torch_loss_and_grad(torch, model, theta, x, y):
 def test_loss_and_grad_match_torch_autograd(torch, dtype, tol, l2, batch):
     model, theta, x, y = _problem(dtype, batch, l2=l2)
     loss, grad = model.loss_and_grad(theta, x, y)
-    ref_loss, ref_grad = _torch_loss_and_grad(torch, model, theta, x, y)
+    ref_loss, ref_grad = torch_loss_and_grad(torch, model, theta, x, y)
     assert loss.dtype == dtype and grad.dtype == dtype
     np.testing.assert_allclose(loss, ref_loss, rtol=tol, atol=tol)
     np.testing.assert_allclose(grad, ref_grad, rtol=tol, atol=tol)
@@ -47,13 +35,7 @@ def test_loss_and_grad_match_torch_autograd(torch, dtype, tol, l2, batch):
 def test_gradient_equals_five_point_finite_differences(l2):
     model, theta, x, y = _problem(np.float64, l2=l2, seed=3)
     _, grad = model.loss_and_grad(theta, x, y)
-    h = 1e-3
-    numeric = np.empty_like(theta)
-    for i in range(theta.size):
-        e = np.zeros_like(theta)
-        e[i] = h
-        f = [model.loss(theta + s * e, x, y) for s in (-2, -1, 1, 2)]
-        numeric[i] = (f[0] - 8 * f[1] + 8 * f[2] - f[3]) / (12 * h)
+    numeric = five_point_gradient(lambda point: model.loss(point, x, y), theta, 1e-3)
     np.testing.assert_allclose(grad, numeric, rtol=1e-8, atol=1e-10)
 
 
@@ -200,7 +182,7 @@ def test_every_walk_over_the_data_matches_torch_autograd(torch, walk, batch):
         covered[k0:k1, s0:s1] += 1
     assert np.all(covered == 1), "every sample of every model in exactly one block"
     loss, grad = model.loss_and_grad(theta, x, y)
-    ref_loss, ref_grad = _torch_loss_and_grad(torch, model, theta, x, y)
+    ref_loss, ref_grad = torch_loss_and_grad(torch, model, theta, x, y)
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-13, atol=1e-13)
     np.testing.assert_allclose(grad, ref_grad, rtol=1e-12, atol=1e-13)
     loss_eval, accuracy = model.evaluate(theta, x, y)
@@ -261,7 +243,7 @@ def test_codes_fold_their_affine_map_into_the_weights_side(torch, walk, dtype, s
     np.testing.assert_array_equal(x, (codes.astype(dtype) * dtype(scale) + dtype(offset)))
     loss, grad = model.loss_and_grad(theta, features, y)
     assert loss.dtype == dtype and grad.dtype == dtype
-    ref_loss, ref_grad = _torch_loss_and_grad(torch, model, theta, x, y)
+    ref_loss, ref_grad = torch_loss_and_grad(torch, model, theta, x, y)
     np.testing.assert_allclose(loss, ref_loss, rtol=tol, atol=tol)
     np.testing.assert_allclose(grad, ref_grad, rtol=tol, atol=tol)
     np.testing.assert_allclose(model.logits(theta, features), model.logits(theta, x), rtol=tol, atol=tol)
