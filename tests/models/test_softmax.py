@@ -39,25 +39,6 @@ def test_gradient_equals_five_point_finite_differences(l2):
     np.testing.assert_allclose(grad, numeric, rtol=1e-8, atol=1e-10)
 
 
-def test_batched_equals_one_model_at_a_time():
-    model, theta, x, y = _problem(np.float64, (4,), l2=0.05)
-    loss, grad = model.loss_and_grad(theta, x, y)
-    for k in range(4):
-        loss_k, grad_k = model.loss_and_grad(theta[k], x[k], y[k])
-        np.testing.assert_allclose(loss[k], loss_k, rtol=1e-14)
-        np.testing.assert_allclose(grad[k], grad_k, rtol=1e-12, atol=1e-15)
-
-
-def test_shared_model_over_many_client_batches():
-    # theta (P,) broadcast against x (clients, n, F): one model, every client's gradient.
-    model, theta, x, y = _problem(np.float64, (3,))
-    loss, grad = model.loss_and_grad(theta[0], x, y)
-    assert grad.shape == (3, model.size)
-    loss_1, grad_1 = model.loss_and_grad(theta[0], x[1], y[1])
-    np.testing.assert_allclose(grad[1], grad_1, rtol=1e-12, atol=1e-15)
-    np.testing.assert_allclose(loss[1], loss_1, rtol=1e-14)
-
-
 def test_zero_weights_pad_ragged_batches():
     model, theta, x, y = _problem(np.float64, (2,), n=10)
     weights = np.ones((2, 10))
@@ -191,22 +172,22 @@ def test_every_walk_over_the_data_matches_torch_autograd(torch, walk, batch):
         batch + (9, 4))) + theta[..., 36:][..., None, :], axis=-1) == y, axis=-1))
 
 
-def test_a_shared_model_over_stacked_shards_and_stacked_models_over_one_set(walk):
-    """LAQ's call (one theta, M shards) and an evaluation of K models on one set, against one model at a
-    time."""
-    model, theta, x, y = _problem(np.float64, (4,), n=29, features=7, classes=3, seed=5)
-    loss, grad = model.loss_and_grad(theta[0], x, y)
-    for m in range(4):
-        one_loss, one_grad = model.loss_and_grad(theta[0], x[m], y[m])
-        np.testing.assert_allclose(loss[m], one_loss, rtol=1e-13)
-        np.testing.assert_allclose(grad[m], one_grad, rtol=1e-12, atol=1e-14)
-    loss, grad = model.loss_and_grad(theta, x[0], y[0])
-    logits = model.logits(theta, x[0])
+@pytest.mark.parametrize("l2", [0.0, 0.05])
+@pytest.mark.parametrize("stack", ["models and data", "shared model", "shared data"])
+def test_stacked_calls_equal_one_model_at_a_time(walk, stack, l2):
+    """K models on K batches (a round's clients), one model over M shards (LAQ's call: theta (P,) against
+    x (M, n, F)) and K models on one set (an evaluation): each entry is its model's call alone."""
+    model, theta, x, y = _problem(np.float64, (4,), n=29, features=7, classes=3, seed=5, l2=l2)
+    stacked, one = {"models and data": ((theta, x, y), lambda k: (theta[k], x[k], y[k])),
+                    "shared model": ((theta[0], x, y), lambda k: (theta[0], x[k], y[k])),
+                    "shared data": ((theta, x[0], y[0]), lambda k: (theta[k], x[0], y[0]))}[stack]
+    loss, grad = model.loss_and_grad(*stacked)
+    assert grad.shape == (4, model.size)
     for k in range(4):
-        one_loss, one_grad = model.loss_and_grad(theta[k], x[0], y[0])
-        np.testing.assert_allclose(loss[k], one_loss, rtol=1e-13)
-        np.testing.assert_allclose(grad[k], one_grad, rtol=1e-12, atol=1e-14)
-        np.testing.assert_allclose(logits[k], model.logits(theta[k], x[0]), rtol=1e-13)
+        one_loss, one_grad = model.loss_and_grad(*one(k))
+        np.testing.assert_allclose(loss[k], one_loss, rtol=1e-14)
+        np.testing.assert_allclose(grad[k], one_grad, rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(model.logits(*stacked[:2])[k], model.logits(*one(k)[:2]), rtol=1e-13)
 
 
 def test_gathered_rows_and_weights_equal_the_gathered_copy(walk):

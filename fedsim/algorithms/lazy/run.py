@@ -78,7 +78,8 @@ class LazyRun:
             smoothness = None
         self.smoothness = smoothness
         # lazy.bits_per_upload: b solved for P, recorded in the first record (budget_record)
-        self.budget_record = {} if config.bits_per_upload is None else {"bits_per_upload_budget": config.bits_per_upload}
+        self.budget_record = ({} if config.bits_per_upload is None
+                              else {"bits_per_upload_budget": config.bits_per_upload})
         self.config = config = config.for_parameters(n_params)
         self.bits_per_upload = bits_per_upload(config.method, n_params, config.bits)
         if self.budget_record:
