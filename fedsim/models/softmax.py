@@ -152,7 +152,10 @@ class SoftmaxRegression(Classifier):
         ``batch`` rows of the ``(N, F)`` set ``x``, with its buffers allocated once for many calls (a round's
         local steps), bitwise the same results; None where this model's calls would split a batch into
         several products (:class:`BatchGradient`)."""
-        return BatchGradient.build(self, x, models, batch, dtype)
+        plan = _Plan(self, np.zeros((models, self.size), dtype), x, np.zeros((models, batch), np.int64))
+        whole_batches = all(s0 == 0 and s1 == batch for _, _, s0, s1 in plan.blocks)
+        one_product = batch <= plan.product_rows or all(k1 - k0 > 1 for k0, k1, _, _ in plan.blocks)
+        return BatchGradient(self, plan, models, batch) if whole_batches and one_product else None
 
     @staticmethod
     def weight_gradient(x: np.ndarray, delta: np.ndarray, out: np.ndarray) -> None:
@@ -223,8 +226,8 @@ class BatchGradient:
     (the gather, one batched forward product, the two softmax kernels with NumPy's exp, sum and log
     between them, one batched backward product), so the results are bitwise equal, without what a
     general call re-derives each time (its plan of blocks, label checks, fresh arrays). That equality
-    holds where every batch is one product of its own there: :meth:`build` returns None otherwise
-    (a single model whose batch exceeds ``product_rows``, or a batch over the block size).
+    holds where every batch is one product of its own there: :meth:`SoftmaxRegression.batch_gradient` returns
+    None otherwise (a single model whose batch exceeds ``product_rows``, or a batch over the block size).
     """
 
     def __init__(self, model: SoftmaxRegression, plan: _Plan, models: int, batch: int):
@@ -238,15 +241,6 @@ class BatchGradient:
         self.grad_W = self.grad[:, :F * C].reshape(K, F, C)
         self.grad_b = self.grad[:, F * C:]
         self.no_share = np.empty((0, 0), self.dtype)
-
-    @classmethod
-    def build(cls, model: SoftmaxRegression, x, models: int, batch: int, dtype) -> BatchGradient | None:
-        """The gradient of ``models`` batches of ``batch`` rows of ``x`` (floats or Codes) for parameters of
-        ``dtype``, or None where the general call would split a model's batch (see the class docstring)."""
-        plan = _Plan(model, np.zeros((models, model.size), dtype), x, np.zeros((models, batch), np.int64))
-        whole_batches = all(s0 == 0 and s1 == batch for _, _, s0, s1 in plan.blocks)
-        one_product = batch <= plan.product_rows or all(k1 - k0 > 1 for k0, k1, _, _ in plan.blocks)
-        return cls(model, plan, models, batch) if whole_batches and one_product else None
 
     def __call__(self, theta: np.ndarray, rows: np.ndarray, labels: np.ndarray,
                  mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
