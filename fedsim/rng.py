@@ -15,11 +15,6 @@ import zlib
 import numpy as np
 
 
-def _purpose_key(purpose: str) -> int:
-    # A stable (across processes and Python versions) integer for a purpose name.
-    return zlib.crc32(purpose.encode("utf-8"))
-
-
 class RunStreams:
     """Independent, reproducible random streams of one run, addressed by purpose."""
 
@@ -31,5 +26,6 @@ class RunStreams:
     def generator(self, purpose: str, *keys: int) -> np.random.Generator:
         """A fresh Generator for ``purpose`` and optional integer keys (client, epoch): the same purpose and
         keys always give the same stream."""
-        sequence = np.random.SeedSequence([self.seed, _purpose_key(purpose), *map(int, keys)])
+        # crc32: an integer for the purpose name that is stable across processes and Python versions
+        sequence = np.random.SeedSequence([self.seed, zlib.crc32(purpose.encode("utf-8")), *map(int, keys)])
         return np.random.Generator(np.random.PCG64(sequence))

@@ -211,18 +211,13 @@ def transfer_seconds(bits, bandwidth, latency):
     return latency + np.asarray(bits, dtype=np.float64) / bandwidth
 
 
-def compute_seconds(samples, multiply_adds_per_sample: float, speed):
-    """Local work: samples x multiply-adds per sample / speed (s)."""
-    return np.asarray(samples, dtype=np.float64) * multiply_adds_per_sample / speed
-
-
 def arrival_seconds(devices: Devices, clients: np.ndarray, down_bits, samples, multiply_adds_per_sample: float,
                     up_bits) -> np.ndarray:
-    """When each of ``clients`` has delivered its update, from the round's start:
-    transfer_down(down_bits) + compute(samples) + transfer_up(up_bits)."""
+    """When each of ``clients`` has delivered its update, from the round's start: transfer_down(down_bits)
+    + samples x multiply-adds per sample / speed (its local work) + transfer_up(up_bits)."""
     latency = devices.latency[clients]
     return (transfer_seconds(down_bits, devices.downlink[clients], latency)
-            + compute_seconds(samples, multiply_adds_per_sample, devices.speed[clients])
+            + np.asarray(samples, dtype=np.float64) * multiply_adds_per_sample / devices.speed[clients]
             + transfer_seconds(up_bits, devices.uplink[clients], latency))
 
 
@@ -333,5 +328,5 @@ class LazyClock:
 
 
 __all__ = ["Devices", "FederatedClock", "LazyClock", "MIXED", "PROFILES", "Profile", "SystemConfig",
-           "arrival_seconds", "compute_seconds", "draw_devices", "kept_updates", "read_trace",
+           "arrival_seconds", "draw_devices", "kept_updates", "read_trace",
            "reachable_clients", "round_devices", "transfer_seconds"]

@@ -6,12 +6,17 @@ import dataclasses
 import numpy as np
 import pytest
 
-from fedsim.config import ConfigError, load_preset
+from fedsim.algorithms.federated.report import summarize
+from fedsim.algorithms.lazy.report import REPORT as LAZY_REPORT, records_reach
+from fedsim.config import ConfigError, config_fingerprint, config_to_dict, load_preset
 from fedsim.models.base import multiply_adds_per_sample
 from fedsim.rng import RunStreams
-from fedsim.runs.loop import build_run
-from fedsim.system import (Devices, LazyClock, SystemConfig, arrival_seconds, draw_devices,
-                           kept_updates, read_trace)
+from fedsim.runs import RunFolderError
+from fedsim.runs.compare import compare_tables
+from fedsim.runs.folder import read_run
+from fedsim.runs.loop import build_run, start_run
+from fedsim.system import (Devices, LazyClock, SystemConfig, arrival_seconds, draw_devices, kept_updates, read_trace,
+                           round_devices)
 
 
 def _devices():
@@ -84,7 +89,6 @@ def test_the_lazy_clock_by_hand():
 def test_round_spread_varies_each_clients_links_per_round_by_hand():
     """x_t = x exp(sigma_r z), z from the stream ("system-round", t, client): the same for a client whoever
     else takes part; a round's clock and a lazy iteration computed by hand from those numbers."""
-    from fedsim.system import round_devices
     config = SystemConfig(profile="custom", spread=0.0, uplink=1e6, downlink=4e6, latency=0.1, speed=1e9,
                           round_spread=0.3)
     streams, base = RunStreams(5), draw_devices(config, 6, RunStreams(5).generator("system"))
@@ -125,7 +129,6 @@ def test_with_round_spread_a_deadline_drops_different_clients_from_round_to_roun
     assert len(set(late_sets[0.5])) > 1             # links that vary: other clients miss the deadline
     again = build_run(load_preset("synthetic", base + ["system.round_spread=0.5"]), progress=False).run()
     assert [r["dropped"] for r in again] == [len(s) for s in late_sets[0.5]]
-    from fedsim.config import config_fingerprint
     assert config_fingerprint(load_preset("synthetic", base)) == config_fingerprint(
         load_preset("synthetic", base + ["system.round_spread=0"]))
 
@@ -208,7 +211,6 @@ def test_rounds_with_and_without_reachable_clients_follow_each_other():
 
 
 def test_a_bit_budget_is_solved_at_the_first_round_with_updates():
-    from fedsim.algorithms.federated.report import summarize
     settings = ['federated.method="topk_up"', "federated.participation_rate=0.04", "federated.bits_per_round=2000",
                 'system.profile="wifi"', "system.availability=0.5", "federated.rounds=6"]
     for seed in range(20):                     # a seed whose round 1 reached nobody, and a later round someone
@@ -236,27 +238,23 @@ def test_the_deadline_no_client_can_meet_is_one_line():
         build_run(config, progress=False)
 
 
-@pytest.mark.parametrize("override, message", [
-    ("system.uplink=-1", r"^system.uplink must be a finite number > 0, got -1"),
-    ("system.latency=-0.1", r"^system.latency must be"),
-    ('system.profile="5g"', r"^system.profile must be one of"),
-    ("system.availability=0", r"^system.availability must be"),
-    ("system.over_select=0.5", r"^system.over_select must be"),
+LAZY_REFUSES = r"apply to family 'federated' only \(family is 'lazy'\)"     # the settings of the federated round
+
+
+@pytest.mark.parametrize("preset, overrides, message", [
+    ("synthetic", ['system.profile="4g"', "system.uplink=-1"], r"^system.uplink must be a finite number > 0, got -1"),
+    ("synthetic", ['system.profile="4g"', "system.latency=-0.1"], r"^system.latency must be"),
+    ("synthetic", ['system.profile="5g"'], r"^system.profile must be one of"),
+    ("synthetic", ['system.profile="4g"', "system.availability=0"], r"^system.availability must be"),
+    ("synthetic", ['system.profile="4g"', "system.over_select=0.5"], r"^system.over_select must be"),
+    ("synthetic", ["system.deadline=3"], r"^system.profile is 'off'"),       # settings without a profile
+    ("laq-synthetic", ['system.profile="4g"', "system.deadline=3"], LAZY_REFUSES),
+    ("laq-synthetic", ['system.profile="4g"', "system.over_select=2"], LAZY_REFUSES),
+    ("laq-synthetic", ['system.profile="4g"', "system.availability=0.5"], LAZY_REFUSES),
 ])
-def test_bad_settings_are_one_line(override, message):
+def test_bad_settings_are_one_line(preset, overrides, message):
     with pytest.raises(ConfigError, match=message):
-        load_preset("synthetic", ['system.profile="4g"', override])
-
-
-@pytest.mark.parametrize("override", ["system.deadline=3", "system.over_select=2", "system.availability=0.5"])
-def test_settings_of_the_federated_round_are_refused_for_the_lazy_family(override):
-    with pytest.raises(ConfigError, match=r"apply to family 'federated' only \(family is 'lazy'\)"):
-        load_preset("laq-synthetic", ['system.profile="4g"', override])
-
-
-def test_settings_without_a_profile_are_refused():
-    with pytest.raises(ConfigError, match=r"^system.profile is 'off'"):
-        load_preset("synthetic", ["system.deadline=3"])
+        load_preset(preset, overrides)
 
 
 def _trace(tmp_path, text):
@@ -283,7 +281,6 @@ def test_a_bad_trace_is_one_line(tmp_path, text, message):
 
 
 def test_without_system_the_records_and_fingerprint_are_unchanged():
-    from fedsim.config import config_fingerprint, config_to_dict
     config = load_preset("synthetic", ["federated.rounds=1"])
     assert "system" not in config_to_dict(config)
     record = build_run(config, progress=False).step()
@@ -294,10 +291,6 @@ def test_without_system_the_records_and_fingerprint_are_unchanged():
 
 def test_run_folders_carry_simulated_time_to_summary_compare_and_plot(tmp_path):
     from fedsim.plot import plot_runs, spent
-    from fedsim.runs import RunFolderError
-    from fedsim.runs.compare import compare_tables
-    from fedsim.runs.folder import read_run
-    from fedsim.runs.loop import start_run
     overrides = ["federated.rounds=3", 'system.profile="4g"']
     start_run(load_preset("synthetic", overrides), tmp_path / "on", name="on", quiet=True)
     start_run(load_preset("synthetic", ["federated.rounds=3"]), tmp_path / "off", name="off", quiet=True)
@@ -315,10 +308,6 @@ def test_run_folders_carry_simulated_time_to_summary_compare_and_plot(tmp_path):
 
 
 def test_lazy_runs_carry_simulated_time_to_compare_and_the_sweep_metrics(tmp_path):
-    from fedsim.algorithms.lazy.report import REPORT, records_reach
-    from fedsim.runs.compare import compare_tables
-    from fedsim.runs.folder import read_run
-    from fedsim.runs.loop import start_run
     start_run(load_preset("laq-synthetic", ["lazy.iterations=30", 'system.profile="4g"', "run.f_star=0.0"]),
               tmp_path / "on", name="on", quiet=True)
     on = read_run(tmp_path / "on")
@@ -329,8 +318,8 @@ def test_lazy_runs_carry_simulated_time_to_compare_and_the_sweep_metrics(tmp_pat
     assert reached["iteration"] == 9 and reached["simulated_seconds"] == on.history[8]["simulated_seconds"]
     table = compare_tables([on], target_accuracy=0.0, target_residual=target)
     assert "simulated s to target" in table and f"{on.history[8]['simulated_seconds']:.4g}" in table
-    assert "simulated_seconds" in REPORT.metrics and on.summary["simulated_seconds"] == on.history[-1][
-        "simulated_seconds"]
+    assert "simulated_seconds" in LAZY_REPORT.metrics
+    assert on.summary["simulated_seconds"] == on.history[-1]["simulated_seconds"]
 
 
 def test_a_resumed_run_continues_the_clock_and_the_drops_bitwise():

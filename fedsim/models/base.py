@@ -40,6 +40,8 @@ import difflib
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
+
 from fedsim.constraints import (Constraint, OneOf, Optional, Registered, check_fields, lookup, register_into,
                                 setting)
 
@@ -130,6 +132,27 @@ class ModelConfig:
         return self.entry.build(self, n_features, n_classes, l2)
 
 
+class Classifier:
+    """What the built-in models share, from their ``spec`` and ``logits(theta, x)``: the flat vector's length,
+    the predicted classes, the accuracy and the labels' range check."""
+
+    @property
+    def size(self) -> int:
+        return self.spec.size
+
+    def predict(self, theta: np.ndarray, x) -> np.ndarray:
+        """Predicted class of each sample, ``argmax_c z``."""
+        return np.argmax(self.logits(theta, x), axis=-1)
+
+    def accuracy(self, theta: np.ndarray, x, y: np.ndarray) -> np.ndarray:
+        """Fraction of samples whose predicted class equals the label."""
+        return np.mean(self.predict(theta, x) == y, axis=-1)
+
+    def _check_label_range(self, y: np.ndarray) -> None:
+        if y.size and (y.min() < 0 or y.max() >= self.n_classes):
+            raise ValueError(f"labels must lie in [0, {self.n_classes - 1}], got range [{y.min()}, {y.max()}]")
+
+
 def multiply_adds_per_sample(model) -> int:
     """Multiply-adds of one training sample (forward and backward) of ``model``: its own
     ``multiply_adds_per_sample()`` if it has one, else 3 x sum over the spec's 2-D tensors of fan_in x fan_out
@@ -141,4 +164,5 @@ def multiply_adds_per_sample(model) -> int:
     return 3 * sum(shape[0] * shape[1] for shape in model.spec.shapes if len(shape) == 2)
 
 
-__all__ = ["multiply_adds_per_sample", "ACTIVATIONS", "INIT_KINDS", "MODELS", "ModelConfig", "ModelEntry", "Widths", "register_model"]
+__all__ = ["multiply_adds_per_sample", "ACTIVATIONS", "Classifier", "INIT_KINDS", "MODELS", "ModelConfig", "ModelEntry",
+           "Widths", "register_model"]

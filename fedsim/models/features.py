@@ -90,6 +90,18 @@ def decoded(x) -> np.ndarray:
     return x.decode() if isinstance(x, Codes) else x
 
 
+def checked_rows(x, rows) -> np.ndarray:
+    """``rows`` as int64 indices into the samples of ``x``, one ``(N, F)`` set: an integer array of at least one
+    axis, in [0, N) (no wrap-around of negative rows, no read past the set)."""
+    rows = np.asarray(rows)
+    if x.ndim != 2 or rows.ndim < 1 or not np.issubdtype(rows.dtype, np.integer):
+        raise ValueError("with rows, x must be one (samples, features) set and rows an integer index array, "
+                         f"got x of shape {x.shape} and rows of {rows.dtype} {rows.shape}")
+    if rows.size and (rows.min() < 0 or rows.max() >= x.shape[0]):
+        raise ValueError(f"rows must lie in [0, {x.shape[0]}) (the rows of x), got range [{rows.min()}, {rows.max()}]")
+    return rows.astype(np.int64, copy=False)
+
+
 def split(x) -> tuple[np.ndarray, float, float, np.dtype]:
     """``(array, scale, offset, float dtype)`` of a float array (scale 1, offset 0) or of :class:`Codes`."""
     if isinstance(x, Codes):
@@ -100,4 +112,4 @@ def split(x) -> tuple[np.ndarray, float, float, np.dtype]:
     return x, 1.0, 0.0, x.dtype
 
 
-__all__ = ["Codes", "FLOAT_DTYPES", "as_dtype", "decoded", "split"]
+__all__ = ["Codes", "FLOAT_DTYPES", "as_dtype", "checked_rows", "decoded", "split"]

@@ -33,15 +33,14 @@ from dataclasses import MISSING, dataclass
 import numpy as np
 
 from fedsim.constraints import Integer, OneOf, Real, check_fields, setting
-from fedsim.models.features import FLOAT_DTYPES, Codes, decoded
+from fedsim.models.base import ACTIVATIONS, Classifier
+from fedsim.models.features import FLOAT_DTYPES, Codes, checked_rows, decoded
 from fedsim.models.softmax import initialize_weights
 from fedsim.params import ParamSpec
 
-ACTIVATIONS = ("relu", "tanh")
-
 
 @dataclass(frozen=True)
-class MLP:
+class MLP(Classifier):
     """A network ``n_features -> hidden[0] -> ... -> hidden[-1] -> n_classes`` with ``activation`` on the
     hidden layers and a softmax cross-entropy output (the LAQ reference's network: ``MLP(784, (200,), 10)``)."""
 
@@ -79,10 +78,6 @@ class MLP:
             names += [f"W{layer}", f"b{layer}"]
             shapes += [(fan_in, fan_out), (fan_out,)]
         return ParamSpec(tuple(names), tuple(shapes))
-
-    @property
-    def size(self) -> int:
-        return self.spec.size
 
     def layers(self, theta: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
         """``[(W_l, b_l), ...]`` as views of ``theta`` (shape ``(..., size)``), shapes ``(..., fan_in,
@@ -179,14 +174,6 @@ class MLP:
         """z_L, shape ``(..., n, n_classes)``."""
         return self.forward(theta, x)[-1]
 
-    def predict(self, theta: np.ndarray, x) -> np.ndarray:
-        """Predicted class of each sample, ``argmax_c z_L``."""
-        return np.argmax(self.logits(theta, x), axis=-1)
-
-    def accuracy(self, theta: np.ndarray, x, y: np.ndarray) -> np.ndarray:
-        """Fraction of samples whose predicted class equals the label."""
-        return np.mean(self.predict(theta, x) == y, axis=-1)
-
     def loss(self, theta: np.ndarray, x, y: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
         """Mean cross-entropy plus the L2 penalty; one value per model of the stack."""
         logits = self.logits(theta, x)
@@ -241,14 +228,7 @@ class MLP:
         if x.ndim < 2 or x.shape[-1] != self.n_features:
             raise ValueError(f"x must have shape (..., samples, {self.n_features}), got {x.shape}")
         if rows is not None:
-            rows = np.asarray(rows)
-            if x.ndim != 2 or rows.ndim < 1 or not np.issubdtype(rows.dtype, np.integer):
-                raise ValueError("with rows, x must be one (samples, features) set and rows an integer "
-                                 f"index array, got x of shape {x.shape} and rows of {rows.dtype} {rows.shape}")
-            if rows.size and (rows.min() < 0 or rows.max() >= x.shape[0]):
-                raise ValueError(f"rows must lie in [0, {x.shape[0]}) (the rows of x), got range "
-                                 f"[{rows.min()}, {rows.max()}]")
-            x = x[rows]
+            x = x[checked_rows(x, rows)]
         return decoded(x).astype(dtype, copy=False)
 
     def _checked_labels(self, y, shape: tuple[int, ...]) -> np.ndarray:
@@ -260,8 +240,7 @@ class MLP:
             y = np.broadcast_to(y.astype(np.int64, copy=False), shape)
         except ValueError:
             raise ValueError(f"y of shape {y.shape} does not fit the samples {shape}") from None
-        if y.size and (y.min() < 0 or y.max() >= self.n_classes):
-            raise ValueError(f"labels must lie in [0, {self.n_classes - 1}], got range [{y.min()}, {y.max()}]")
+        self._check_label_range(y)
         return y
 
     @staticmethod

@@ -31,12 +31,13 @@ import numpy as np
 
 from fedsim.constraints import Integer, Real, check_fields, setting
 from fedsim.kernels import softmax as softmax_kernels
-from fedsim.models.features import decoded, split as split_features
+from fedsim.models.base import INIT_KINDS, Classifier
+from fedsim.models.features import checked_rows, decoded, split as split_features
 from fedsim.params import ParamSpec
 
 
 @dataclass(frozen=True)
-class SoftmaxRegression:
+class SoftmaxRegression(Classifier):
     """Softmax regression on ``n_features`` inputs (1024 for the STC pipeline, 784 for LAQ's) and
     ``n_classes`` classes; the L2 penalty covers W and b alike (as in the LAQ reference)."""
 
@@ -50,10 +51,6 @@ class SoftmaxRegression:
     @property
     def spec(self) -> ParamSpec:
         return ParamSpec(("W", "b"), ((self.n_features, self.n_classes), (self.n_classes,)))
-
-    @property
-    def size(self) -> int:
-        return self.spec.size
 
     def init(self, rng: np.random.Generator | None = None, kind: str = "zeros",
              dtype=np.float32, batch: tuple[int, ...] = ()) -> np.ndarray:
@@ -72,16 +69,8 @@ class SoftmaxRegression:
             for k0, k1, s0, s1 in blocks:
                 z[k0:k1, s0:s1] = plan.forward(k0, k1, s0, s1, scratch)[0]
 
-        _on_threads(work, _split(plan.blocks(), [[block] for block in plan.blocks()]))
+        _on_threads(work, _split(plan.blocks, [[block] for block in plan.blocks]))
         return z.reshape(plan.batch + (plan.n, self.n_classes))
-
-    def predict(self, theta: np.ndarray, x) -> np.ndarray:
-        """Predicted class of each sample, ``argmax_c z``."""
-        return np.argmax(self.logits(theta, x), axis=-1)
-
-    def accuracy(self, theta: np.ndarray, x, y: np.ndarray) -> np.ndarray:
-        """Fraction of samples whose predicted class equals the label."""
-        return np.mean(self.predict(theta, x) == y, axis=-1)
 
     def evaluate(self, theta: np.ndarray, x, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Mean loss (with the L2 penalty) and accuracy from one pass over the data."""
@@ -91,7 +80,7 @@ class SoftmaxRegression:
 
     def loss(self, theta: np.ndarray, x, y: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
         """Mean cross-entropy plus the L2 penalty; one value per model of the stack."""
-        self._check_labels(y)
+        self._check_label_range(np.asarray(y))
         return self._mean(self._nll(self.logits(theta, x), y), weights) + self._penalty(theta)
 
     def loss_and_grad(self, theta: np.ndarray, x, y: np.ndarray, weights: np.ndarray | None = None,
@@ -107,7 +96,7 @@ class SoftmaxRegression:
         ``delta = m (p - Y) / sum m`` and its share ``x_block^T delta`` of the weight gradient are computed
         while it is in cache (the products' summation order is that of the blocks, see ``_Plan``).
         """
-        self._check_labels(y)
+        self._check_label_range(np.asarray(y))
         plan = _Plan(self, theta, x, rows)
         L, n, F, C = plan.models, plan.n, self.n_features, self.n_classes
         dtype = plan.dtype.type
@@ -145,7 +134,7 @@ class SoftmaxRegression:
         # round, 16.3 ms on one block thread, 16.7 on two; the gradient alone gains, the rest of the round
         # loses it).
         runs = plan.by_model()
-        _on_threads(work, _split(plan.blocks(), runs) if max(map(len, runs)) > 1 else [plan.blocks()])
+        _on_threads(work, _split(plan.blocks, runs) if max(map(len, runs)) > 1 else [plan.blocks])
         if plan.scale != 1.0:                                    # x = scale u + offset (Codes)
             grad_W *= plan.dtype.type(plan.scale)
         if plan.offset != 0.0:
@@ -163,7 +152,10 @@ class SoftmaxRegression:
         ``batch`` rows of the ``(N, F)`` set ``x``, with its buffers allocated once for many calls (a round's
         local steps), bitwise the same results; None where this model's calls would split a batch into
         several products (:class:`BatchGradient`)."""
-        return BatchGradient.build(self, x, models, batch, dtype)
+        plan = _Plan(self, np.zeros((models, self.size), dtype), x, np.zeros((models, batch), np.int64))
+        whole_batches = all(s0 == 0 and s1 == batch for _, _, s0, s1 in plan.blocks)
+        one_product = batch <= plan.product_rows or all(k1 - k0 > 1 for k0, k1, _, _ in plan.blocks)
+        return BatchGradient(self, plan, models, batch) if whole_batches and one_product else None
 
     @staticmethod
     def weight_gradient(x: np.ndarray, delta: np.ndarray, out: np.ndarray) -> None:
@@ -182,12 +174,6 @@ class SoftmaxRegression:
         z -= z.max(axis=-1, keepdims=True)
         z_y = np.take_along_axis(z, np.broadcast_to(np.asarray(y), z.shape[:-1])[..., None], axis=-1)[..., 0]
         return np.log(np.exp(z).sum(axis=-1)) - z_y
-
-    def _check_labels(self, y):
-        y = np.asarray(y)
-        if y.size and (y.min() < 0 or y.max() >= self.n_classes):
-            raise ValueError(f"labels must lie in [0, {self.n_classes - 1}], got range "
-                             f"[{y.min()}, {y.max()}]")
 
     @staticmethod
     def _mean(nll, weights):
@@ -240,8 +226,8 @@ class BatchGradient:
     (the gather, one batched forward product, the two softmax kernels with NumPy's exp, sum and log
     between them, one batched backward product), so the results are bitwise equal, without what a
     general call re-derives each time (its plan of blocks, label checks, fresh arrays). That equality
-    holds where every batch is one product of its own there: :meth:`build` returns None otherwise
-    (a single model whose batch exceeds ``product_rows``, or a batch over the block size).
+    holds where every batch is one product of its own there: :meth:`SoftmaxRegression.batch_gradient` returns
+    None otherwise (a single model whose batch exceeds ``product_rows``, or a batch over the block size).
     """
 
     def __init__(self, model: SoftmaxRegression, plan: _Plan, models: int, batch: int):
@@ -255,15 +241,6 @@ class BatchGradient:
         self.grad_W = self.grad[:, :F * C].reshape(K, F, C)
         self.grad_b = self.grad[:, F * C:]
         self.no_share = np.empty((0, 0), self.dtype)
-
-    @classmethod
-    def build(cls, model: SoftmaxRegression, x, models: int, batch: int, dtype) -> BatchGradient | None:
-        """The gradient of ``models`` batches of ``batch`` rows of ``x`` (floats or Codes) for parameters of
-        ``dtype``, or None where the general call would split a model's batch (see the class docstring)."""
-        plan = _Plan(model, np.zeros((models, model.size), dtype), x, np.zeros((models, batch), np.int64))
-        whole_batches = all(s0 == 0 and s1 == batch for _, _, s0, s1 in plan.blocks())
-        one_product = batch <= plan.product_rows or all(k1 - k0 > 1 for k0, k1, _, _ in plan.blocks())
-        return cls(model, plan, models, batch) if whole_batches and one_product else None
 
     def __call__(self, theta: np.ndarray, rows: np.ndarray, labels: np.ndarray,
                  mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -312,7 +289,7 @@ def initialize_weights(weights: list[np.ndarray], kind: str, rng: np.random.Gene
     """Fill a model's weight matrices (views of its zero flat vector, each ``(..., fan_in, fan_out)``) for
     init ``kind``: ``"zeros"`` leaves them 0; ``"glorot"`` (Xavier-uniform) draws them from ``rng`` in list
     order, W ~ U(-a, a) with a = sqrt(6 / (fan_in + fan_out)). The biases stay 0 either way."""
-    if kind not in ("zeros", "glorot"):
+    if kind not in INIT_KINDS:
         raise ValueError(f"init kind must be 'zeros' or 'glorot', got {kind!r}")
     if kind == "glorot" and rng is None:
         raise ValueError("init kind 'glorot' needs a numpy.random.Generator (rng)")
@@ -355,15 +332,7 @@ class _Plan:
         if rows is None:
             data_batch, self.n = array.shape[:-2], array.shape[-2]
         else:
-            rows = np.asarray(rows)
-            if array.ndim != 2 or rows.ndim < 1:
-                raise ValueError("with rows, x must be one (samples, features) set and rows an index array")
-            if not np.issubdtype(rows.dtype, np.integer):
-                raise ValueError(f"rows must be an integer array, got dtype {rows.dtype}")
-            rows = rows.astype(np.int64, copy=False)
-            if rows.size and (rows.min() < 0 or rows.max() >= array.shape[0]):
-                raise ValueError(f"rows must lie in [0, {array.shape[0]}) (the rows of x), got range "
-                                 f"[{rows.min()}, {rows.max()}]")
+            rows = checked_rows(array, rows)
             data_batch, self.n = rows.shape[:-1], rows.shape[-1]
         self.batch = np.broadcast_shapes(theta.shape[:-1], data_batch)
         self.models = int(np.prod(self.batch, dtype=np.int64))
@@ -383,14 +352,14 @@ class _Plan:
         self.product_rows = max(1, min(PRODUCT_BYTES // row_bytes, SMALL_PRODUCT // (F * C)))
         L = self.models
         if (1 if shared_data else L) * model_bytes <= WHOLE_BYTES:
-            self._blocks = [(0, L, 0, self.n)]
+            self.blocks = [(0, L, 0, self.n)]
         elif model_bytes <= BLOCK_BYTES:
             g = max(1, BLOCK_BYTES // model_bytes)
-            self._blocks = [(k0, min(L, k0 + g), 0, self.n) for k0 in range(0, L, g)]
+            self.blocks = [(k0, min(L, k0 + g), 0, self.n) for k0 in range(0, L, g)]
         else:
             r = self.product_rows * max(1, BLOCK_BYTES // (self.product_rows * row_bytes))
-            self._blocks = [(k, k + 1, s0, min(self.n, s0 + r)) for k in range(L) for s0 in range(0, self.n, r)]
-        self.group = max(k1 - k0 for k0, k1, _, _ in self._blocks)
+            self.blocks = [(k, k + 1, s0, min(self.n, s0 + r)) for k in range(L) for s0 in range(0, self.n, r)]
+        self.group = max(k1 - k0 for k0, k1, _, _ in self.blocks)
 
     def flat(self, a: np.ndarray, tail: int) -> np.ndarray:
         """``a`` of shape ``(*lead, *tail shape)`` as ``(L, *tail shape)``, or ``(1, ...)`` if shared."""
@@ -401,13 +370,10 @@ class _Plan:
             a = np.broadcast_to(a, self.batch + rest)
         return a.reshape((self.models,) + rest)
 
-    def blocks(self) -> list[tuple[int, int, int, int]]:
-        return self._blocks
-
     def by_model(self) -> list[list[tuple[int, int, int, int]]]:
         """The blocks in runs that share their models (one model's row blocks; a group of whole models)."""
         runs = []
-        for block in self._blocks:
+        for block in self.blocks:
             if runs and runs[-1][-1][:2] == block[:2]:
                 runs[-1].append(block)
             else:

@@ -79,24 +79,16 @@ def test_reference_settings():
     assert LazyConfig.reference("slaq", bits=5).bits == 5
 
 
-def test_more_workers_than_samples_raises():
-    with pytest.raises(ValueError, match=r"n_workers \(M\) must be in \[1, 600\]"):
-        _run("gd", n_workers=601)
-
-
-def test_partition_checks():
-    data = _toy()
-    with pytest.raises(ValueError, match="partition has 2 index arrays but n_workers"):
-        LazyRun(LazyConfig(n_workers=3), data, [np.arange(10), np.arange(10, 20)])
-    with pytest.raises(ValueError, match=r"partition\[1\] must be a non-empty"):
-        LazyRun(LazyConfig(n_workers=2), data, [np.arange(10), np.arange(0)])
-    with pytest.raises(ValueError, match=r"partition\[0\] indexes"):
-        LazyRun(LazyConfig(n_workers=1), data, [np.arange(590, 610)])
-
-
-def test_slaq_minibatch_larger_than_a_shard_raises():
-    with pytest.raises(ValueError, match=r"minibatch_size must be in \[1, 60\]"):
-        _run("slaq", minibatch_size=61)
+@pytest.mark.parametrize("config, partition, message", [
+    (LazyConfig.reference("gd", n_workers=601), None, r"n_workers \(M\) must be in \[1, 600\]"),
+    (LazyConfig(n_workers=3), [np.arange(10), np.arange(10, 20)], "partition has 2 index arrays but n_workers"),
+    (LazyConfig(n_workers=2), [np.arange(10), np.arange(0)], r"partition\[1\] must be a non-empty"),
+    (LazyConfig(n_workers=1), [np.arange(590, 610)], r"partition\[0\] indexes"),
+    (LazyConfig.reference("slaq", minibatch_size=61), None, r"minibatch_size must be in \[1, 60\]"),
+])
+def test_a_run_its_data_cannot_hold_raises(config, partition, message):
+    with pytest.raises(ValueError, match=message):
+        LazyRun(config, _toy(), partition)
 
 
 # --- counting: the check values of DESIGN.md section 6 ---------------------------------------------------

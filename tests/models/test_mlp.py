@@ -7,6 +7,7 @@ import pytest
 from fedsim.models import SoftmaxRegression
 from fedsim.models.features import Codes
 from fedsim.models.mlp import MLP
+from tests.models.conftest import five_point_gradient, torch_loss_and_grad
 
 FEATURES, CLASSES, CLIENTS, SAMPLES = 7, 4, 3, 9
 
@@ -25,29 +26,6 @@ def _problem(dtype=np.float64, hidden=(5,), activation="relu", l2=0.0, clients=(
     return model, theta, x, y, mask
 
 
-def _torch_loss_and_grad(torch, model, theta, x, y, weights=None):
-    """An independent computation: torch's linear layers on the spec's slices, its activations,
-    cross_entropy and autograd."""
-    t = torch.tensor(theta, requires_grad=True)
-    h = torch.tensor(x)
-    widths, start = (model.n_features, *model.hidden, model.n_classes), 0
-    activation = {"relu": torch.relu, "tanh": torch.tanh}[model.activation]
-    for layer, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
-        W = t[..., start:start + fan_in * fan_out].reshape(theta.shape[:-1] + (fan_in, fan_out))
-        b = t[..., start + fan_in * fan_out:start + fan_in * fan_out + fan_out]
-        start += fan_in * fan_out + fan_out
-        h = torch.matmul(h, W) + b.unsqueeze(-2)
-        if layer < len(widths) - 2:
-            h = activation(h)
-    labels = torch.tensor(np.broadcast_to(y, h.shape[:-1]).copy())
-    nll = torch.nn.functional.cross_entropy(h.reshape(-1, model.n_classes), labels.reshape(-1),
-                                            reduction="none").reshape(labels.shape)
-    m = torch.ones_like(nll) if weights is None else torch.tensor(weights)
-    loss = (nll * m).sum(-1) / m.sum(-1) + 0.5 * model.l2 * (t * t).sum(-1)
-    loss.sum().backward()
-    return loss.detach().numpy(), t.grad.numpy()
-
-
 def _assert_close(got, expected, relative):
     """Equal to ``relative`` times the largest entry of ``expected`` (entries near 0 have no relative
     precision of their own); prints both arrays when it fails."""
@@ -64,7 +42,7 @@ def test_float64_loss_and_grad_match_torch_autograd(torch, hidden, activation, w
     model, theta, x, y, mask = _problem(np.float64, hidden, activation, l2, shared_x=shared_x)
     weights = mask if weighted else None
     loss, grad = model.loss_and_grad(theta, x, y, weights)
-    ref_loss, ref_grad = _torch_loss_and_grad(torch, model, theta, x, y, weights)
+    ref_loss, ref_grad = torch_loss_and_grad(torch, model, theta, x, y, weights)
     assert loss.shape == (CLIENTS,) and grad.shape == (CLIENTS, model.size)
     assert loss.dtype == np.float64 and grad.dtype == np.float64
     _assert_close(loss, ref_loss, 1e-12)
@@ -80,7 +58,7 @@ def test_float32_loss_and_grad_match_torch_float32(torch, hidden, activation, cl
     model, theta, x, y, mask = _problem(np.float32, hidden, activation, 0.01, clients)
     loss, grad = model.loss_and_grad(theta, x, y, mask)
     assert loss.dtype == np.float32 and grad.dtype == np.float32 and grad.shape == clients + (model.size,)
-    ref_loss, ref_grad = _torch_loss_and_grad(torch, model, theta, x, y, mask)
+    ref_loss, ref_grad = torch_loss_and_grad(torch, model, theta, x, y, mask)
     _assert_close(loss, ref_loss, 2e-6)
     _assert_close(grad, ref_grad, 5e-6)
 
@@ -89,14 +67,7 @@ def test_float32_loss_and_grad_match_torch_float32(torch, hidden, activation, cl
 def test_gradient_equals_five_point_finite_differences(activation):
     model, theta, x, y, mask = _problem(np.float64, (6, 4), activation, l2=0.05, clients=(), seed=3)
     _, grad = model.loss_and_grad(theta, x, y, mask)
-    h = 1e-4
-    numeric = np.empty_like(theta)
-    for i in range(theta.size):
-        step = np.zeros_like(theta)
-        step[i] = h
-        f = [model.loss(theta + s * step, x, y, mask) for s in (-2, -1, 1, 2)]
-        numeric[i] = (f[0] - 8 * f[1] + 8 * f[2] - f[3]) / (12 * h)
-    _assert_close(grad, numeric, 1e-8)
+    _assert_close(grad, five_point_gradient(lambda point: model.loss(point, x, y, mask), theta, 1e-4), 1e-8)
 
 
 def test_without_hidden_layers_it_is_softmax_regression():

@@ -5,6 +5,7 @@ import pytest
 
 from fedsim.models import SoftmaxRegression
 from fedsim.params import ParamSpec
+from tests.models.conftest import five_point_gradient, torch_loss_and_grad
 
 
 def _problem(dtype, batch=(), n=13, features=6, classes=4, seed=0, l2=0.0):
@@ -16,19 +17,6 @@ def _problem(dtype, batch=(), n=13, features=6, classes=4, seed=0, l2=0.0):
     return model, theta, x, y
 
 
-def _torch_loss_and_grad(torch, model, theta, x, y):
-    """An independent computation with torch's cross_entropy and autograd."""
-    t = torch.tensor(theta, requires_grad=True)
-    F, C = model.n_features, model.n_classes
-    W = t[..., : F * C].reshape(theta.shape[:-1] + (F, C))
-    b = t[..., F * C:]
-    z = torch.matmul(torch.tensor(x), W) + b.unsqueeze(-2)
-    nll = torch.nn.functional.cross_entropy(z.reshape(-1, C), torch.tensor(y).reshape(-1), reduction="none")
-    loss = nll.reshape(y.shape).mean(-1) + 0.5 * model.l2 * (t * t).sum(-1)
-    loss.sum().backward()
-    return loss.detach().numpy(), t.grad.numpy()
-
-
 @pytest.mark.oracle
 @pytest.mark.parametrize("dtype, tol", [(np.float32, 2e-6), (np.float64, 1e-13)])
 @pytest.mark.parametrize("l2", [0.0, 0.01])
@@ -36,7 +24,7 @@ def _torch_loss_and_grad(torch, model, theta, x, y):
 def test_loss_and_grad_match_torch_autograd(torch, dtype, tol, l2, batch):
     model, theta, x, y = _problem(dtype, batch, l2=l2)
     loss, grad = model.loss_and_grad(theta, x, y)
-    ref_loss, ref_grad = _torch_loss_and_grad(torch, model, theta, x, y)
+    ref_loss, ref_grad = torch_loss_and_grad(torch, model, theta, x, y)
     assert loss.dtype == dtype and grad.dtype == dtype
     np.testing.assert_allclose(loss, ref_loss, rtol=tol, atol=tol)
     np.testing.assert_allclose(grad, ref_grad, rtol=tol, atol=tol)
@@ -47,33 +35,8 @@ def test_loss_and_grad_match_torch_autograd(torch, dtype, tol, l2, batch):
 def test_gradient_equals_five_point_finite_differences(l2):
     model, theta, x, y = _problem(np.float64, l2=l2, seed=3)
     _, grad = model.loss_and_grad(theta, x, y)
-    h = 1e-3
-    numeric = np.empty_like(theta)
-    for i in range(theta.size):
-        e = np.zeros_like(theta)
-        e[i] = h
-        f = [model.loss(theta + s * e, x, y) for s in (-2, -1, 1, 2)]
-        numeric[i] = (f[0] - 8 * f[1] + 8 * f[2] - f[3]) / (12 * h)
+    numeric = five_point_gradient(lambda point: model.loss(point, x, y), theta, 1e-3)
     np.testing.assert_allclose(grad, numeric, rtol=1e-8, atol=1e-10)
-
-
-def test_batched_equals_one_model_at_a_time():
-    model, theta, x, y = _problem(np.float64, (4,), l2=0.05)
-    loss, grad = model.loss_and_grad(theta, x, y)
-    for k in range(4):
-        loss_k, grad_k = model.loss_and_grad(theta[k], x[k], y[k])
-        np.testing.assert_allclose(loss[k], loss_k, rtol=1e-14)
-        np.testing.assert_allclose(grad[k], grad_k, rtol=1e-12, atol=1e-15)
-
-
-def test_shared_model_over_many_client_batches():
-    # theta (P,) broadcast against x (clients, n, F): one model, every client's gradient.
-    model, theta, x, y = _problem(np.float64, (3,))
-    loss, grad = model.loss_and_grad(theta[0], x, y)
-    assert grad.shape == (3, model.size)
-    loss_1, grad_1 = model.loss_and_grad(theta[0], x[1], y[1])
-    np.testing.assert_allclose(grad[1], grad_1, rtol=1e-12, atol=1e-15)
-    np.testing.assert_allclose(loss[1], loss_1, rtol=1e-14)
 
 
 def test_zero_weights_pad_ragged_batches():
@@ -179,7 +142,7 @@ def walk(request, monkeypatch):
 
 
 def _plan_blocks(model, theta, x, rows=None):
-    return softmax_module._Plan(model, theta, x, rows).blocks()
+    return softmax_module._Plan(model, theta, x, rows).blocks
 
 
 @pytest.mark.oracle
@@ -200,7 +163,7 @@ def test_every_walk_over_the_data_matches_torch_autograd(torch, walk, batch):
         covered[k0:k1, s0:s1] += 1
     assert np.all(covered == 1), "every sample of every model in exactly one block"
     loss, grad = model.loss_and_grad(theta, x, y)
-    ref_loss, ref_grad = _torch_loss_and_grad(torch, model, theta, x, y)
+    ref_loss, ref_grad = torch_loss_and_grad(torch, model, theta, x, y)
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-13, atol=1e-13)
     np.testing.assert_allclose(grad, ref_grad, rtol=1e-12, atol=1e-13)
     loss_eval, accuracy = model.evaluate(theta, x, y)
@@ -209,22 +172,22 @@ def test_every_walk_over_the_data_matches_torch_autograd(torch, walk, batch):
         batch + (9, 4))) + theta[..., 36:][..., None, :], axis=-1) == y, axis=-1))
 
 
-def test_a_shared_model_over_stacked_shards_and_stacked_models_over_one_set(walk):
-    """LAQ's call (one theta, M shards) and an evaluation of K models on one set, against one model at a
-    time."""
-    model, theta, x, y = _problem(np.float64, (4,), n=29, features=7, classes=3, seed=5)
-    loss, grad = model.loss_and_grad(theta[0], x, y)
-    for m in range(4):
-        one_loss, one_grad = model.loss_and_grad(theta[0], x[m], y[m])
-        np.testing.assert_allclose(loss[m], one_loss, rtol=1e-13)
-        np.testing.assert_allclose(grad[m], one_grad, rtol=1e-12, atol=1e-14)
-    loss, grad = model.loss_and_grad(theta, x[0], y[0])
-    logits = model.logits(theta, x[0])
+@pytest.mark.parametrize("l2", [0.0, 0.05])
+@pytest.mark.parametrize("stack", ["models and data", "shared model", "shared data"])
+def test_stacked_calls_equal_one_model_at_a_time(walk, stack, l2):
+    """K models on K batches (a round's clients), one model over M shards (LAQ's call: theta (P,) against
+    x (M, n, F)) and K models on one set (an evaluation): each entry is its model's call alone."""
+    model, theta, x, y = _problem(np.float64, (4,), n=29, features=7, classes=3, seed=5, l2=l2)
+    stacked, one = {"models and data": ((theta, x, y), lambda k: (theta[k], x[k], y[k])),
+                    "shared model": ((theta[0], x, y), lambda k: (theta[0], x[k], y[k])),
+                    "shared data": ((theta, x[0], y[0]), lambda k: (theta[k], x[0], y[0]))}[stack]
+    loss, grad = model.loss_and_grad(*stacked)
+    assert grad.shape == (4, model.size)
     for k in range(4):
-        one_loss, one_grad = model.loss_and_grad(theta[k], x[0], y[0])
-        np.testing.assert_allclose(loss[k], one_loss, rtol=1e-13)
-        np.testing.assert_allclose(grad[k], one_grad, rtol=1e-12, atol=1e-14)
-        np.testing.assert_allclose(logits[k], model.logits(theta[k], x[0]), rtol=1e-13)
+        one_loss, one_grad = model.loss_and_grad(*one(k))
+        np.testing.assert_allclose(loss[k], one_loss, rtol=1e-14)
+        np.testing.assert_allclose(grad[k], one_grad, rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(model.logits(*stacked[:2])[k], model.logits(*one(k)[:2]), rtol=1e-13)
 
 
 def test_gathered_rows_and_weights_equal_the_gathered_copy(walk):
@@ -261,7 +224,7 @@ def test_codes_fold_their_affine_map_into_the_weights_side(torch, walk, dtype, s
     np.testing.assert_array_equal(x, (codes.astype(dtype) * dtype(scale) + dtype(offset)))
     loss, grad = model.loss_and_grad(theta, features, y)
     assert loss.dtype == dtype and grad.dtype == dtype
-    ref_loss, ref_grad = _torch_loss_and_grad(torch, model, theta, x, y)
+    ref_loss, ref_grad = torch_loss_and_grad(torch, model, theta, x, y)
     np.testing.assert_allclose(loss, ref_loss, rtol=tol, atol=tol)
     np.testing.assert_allclose(grad, ref_grad, rtol=tol, atol=tol)
     np.testing.assert_allclose(model.logits(theta, features), model.logits(theta, x), rtol=tol, atol=tol)

@@ -163,11 +163,9 @@ class FederatedRun:
                 up.residual[~kept] = residual[~kept] + update[~kept]
         if clients.residual is not None:
             clients.residual[participants] = up.residual
-        if K and (kept is None or kept.all()):
-            aggregate = self.up.aggregate(up.compressed.decoded, clients.sizes[participants],
-                                          self.resolved_method.aggregation, config.lr)
-        elif K and kept.any():
-            aggregate = self.up.aggregate(up.compressed.decoded[kept], clients.sizes[participants][kept],
+        if K and (kept is None or kept.any()):
+            arrived = slice(None) if kept is None or kept.all() else kept
+            aggregate = self.up.aggregate(up.compressed.decoded[arrived], clients.sizes[participants][arrived],
                                           self.resolved_method.aggregation, config.lr)
         else:                          # no update arrived: the server model stays
             aggregate = np.zeros_like(server.weights)
@@ -349,24 +347,19 @@ class FederatedRun:
         downstream messages it missed, or the full model (32 P bits) when that is cheaper. Each
         participant's share is kept in ``catch_up_bits`` (K,) for the simulated clock."""
         self.catch_up_bits = np.zeros(len(participants), np.int64)
-        behind = participants[self.clients.last_sync[participants] < t - 1]
-        if len(behind) == 0:
-            return 0
-        P = self.server.weights.size
-        total = 0
         last_sync = self.clients.last_sync[participants]
-        for since, count in zip(*np.unique(self.clients.last_sync[behind], return_counts=True)):
+        P = self.server.weights.size
+        full_model = dense_bits(P)
+        for since in np.unique(last_sync[last_sync < t - 1]):      # the returning participants, by last round
             missed = np.zeros(P, self.dtype)
             covered = False
             for round_, positions, values in self.server.cache:
                 if round_ > since:
                     missed[positions] += values
                     covered = covered or round_ == since + 1
-            full_model = dense_bits(P)
             cost = sparse_vector_bits(np.flatnonzero(missed), P) if covered else full_model
-            total += int(count) * min(cost, full_model)
             self.catch_up_bits[last_sync == since] = min(cost, full_model)
-        return total
+        return int(self.catch_up_bits.sum())
 
     def _prune_cache(self) -> None:
         """Drop downstream messages no client can need cheaper than the full model: once the union of

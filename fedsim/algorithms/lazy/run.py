@@ -78,7 +78,8 @@ class LazyRun:
             smoothness = None
         self.smoothness = smoothness
         # lazy.bits_per_upload: b solved for P, recorded in the first record (budget_record)
-        self.budget_record = {} if config.bits_per_upload is None else {"bits_per_upload_budget": config.bits_per_upload}
+        self.budget_record = ({} if config.bits_per_upload is None
+                              else {"bits_per_upload_budget": config.bits_per_upload})
         self.config = config = config.for_parameters(n_params)
         self.bits_per_upload = bits_per_upload(config.method, n_params, config.bits)
         if self.budget_record:
@@ -156,12 +157,10 @@ class LazyRun:
             self.theta_at_gradient[upload] = theta
 
         # The server adds only the uploaders' innovations to its running sum of the last uploads.
-        if upload.all():
-            self.aggregate += (candidates - uploaded).sum(axis=0)
-            uploaded[...] = candidates
-        elif upload.any():
-            self.aggregate += (candidates[upload] - uploaded[upload]).sum(axis=0)
-            uploaded[upload] = candidates[upload]
+        if upload.any():
+            chosen = slice(None) if upload.all() else upload
+            self.aggregate += (candidates[chosen] - uploaded[chosen]).sum(axis=0)
+            uploaded[chosen] = candidates[chosen]
         if rule.upload == "quantized":
             self.error_at_upload[upload] = self._error[upload]
         skips[upload] = 0
