@@ -24,7 +24,6 @@ def make_run(dataset, seed=0, trace=False, **settings):
                         trace_batches=trace)
 
 
-without_time = strip_wall_time      # the name tests/compress/test_compressor_powersgd.py imports with make_run
 
 # Methods whose test loss falls within these 8 rounds at these settings (signSGD's fixed step oscillates
 # here; the unbiased compressors' own tests show their learning at settings that suit them).
