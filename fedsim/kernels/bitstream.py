@@ -137,7 +137,6 @@ def read_uint(stream, bit_offset, width):
 
 @_jit
 def _write_uints_core(stream, bit_offset, values, width):
-    """:func:`write_uints` without the argument checks."""
     offset = bit_offset
     for j in range(values.shape[0]):
         offset = _write_uint_core(stream, offset, values[j], width)
@@ -153,7 +152,6 @@ def write_uints(stream, bit_offset, values, width):
 
 @_jit
 def _read_uints_core(stream, bit_offset, width, values_out):
-    """:func:`read_uints` without the argument checks."""
     offset = bit_offset
     for j in range(values_out.shape[0]):
         values_out[j] = _read_uint_core(stream, offset, width)

@@ -123,7 +123,6 @@ def golomb_rice_bits_numpy(positions, b):
 
 @_jit
 def _golomb_rice_encode_into_core(positions, b, stream, bit_offset):
-    """:func:`golomb_rice_encode_into` without the argument checks."""
     if b < 0 or b > MAX_RICE_PARAMETER:
         raise ValueError("Golomb-Rice parameter b must be in [0, 62]")
     remainder_mask = (1 << b) - 1
@@ -159,7 +158,6 @@ def golomb_rice_encode_into(positions, b, stream, bit_offset):
 
 @_jit
 def _golomb_rice_encode_core(positions, b):
-    """:func:`golomb_rice_encode` without the argument checks."""
     n_bits = _golomb_rice_bits_core(positions, b)
     stream = np.zeros((n_bits + 7) // 8, np.uint8)
     _golomb_rice_encode_into_core(positions, b, stream, 0)
@@ -231,7 +229,6 @@ def golomb_rice_decode_from(stream, bit_offset, bit_end, count, b, positions_out
 
 @_jit
 def _golomb_rice_decode_core(stream, n_bits, count, b):
-    """:func:`golomb_rice_decode` without the argument checks."""
     positions = np.empty(count, np.int64)
     _golomb_rice_decode_from_core(stream, 0, n_bits, count, b, positions)
     return positions
@@ -271,7 +268,6 @@ COUNT_BITS = 32
 
 @_jit
 def _sparse_segment_bits_core(local_positions, size, bits_per_entry, trailer_bits):
-    """:func:`sparse_segment_bits` without the argument checks."""
     count = local_positions.shape[0]
     total = COUNT_BITS + _golomb_rice_bits_core(local_positions, _rice_parameter_core(count, size))
     total += count * bits_per_entry

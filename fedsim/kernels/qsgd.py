@@ -346,7 +346,6 @@ def qsgd_quantize_numpy(updates, bucket_offsets, levels, uniforms, float_bits, d
 
 @_jit
 def _qsgd_encode_into_core(signed_levels, bucket_offsets, norm_patterns, float_bits, stream, bit_offset):
-    """:func:`qsgd_encode_into` without the argument checks."""
     offset = bit_offset
     for b in range(bucket_offsets.shape[0] - 1):
         start = bucket_offsets[b]

@@ -320,7 +320,6 @@ def _work_buffers(x, size, k):
 
 @_jit
 def _top_k_select_core(x, k, positions_out):
-    """:func:`_top_k_select` without the argument checks."""
     candidate_positions, candidate_magnitudes, scratch = _work_buffers(x, x.shape[0], k)
     return _top_k_into(x, k, candidate_positions, candidate_magnitudes, scratch, positions_out)
 
@@ -374,7 +373,6 @@ def _mean_of_numpy(x, positions):
 
 @_jit
 def _top_k_threshold_core(x, k):
-    """:func:`_top_k_threshold` without the argument checks."""
     positions = np.empty(max(0, min(k, x.shape[0])), np.int64)
     count = _top_k_select_core(x, k, positions)
     threshold, mu = _threshold_and_mean(x, positions, count, k)
@@ -401,7 +399,6 @@ def _top_k_threshold_numpy(x, k):
 
 @_jit
 def _top_k_sparsify_core(x, k, positions_out, values_out):
-    """:func:`_top_k_sparsify` without the argument checks."""
     count = _top_k_select_core(x, k, positions_out)
     for j in range(count):
         values_out[j] = x[positions_out[j]]
@@ -452,7 +449,6 @@ def _sampled_threshold_into(x, sample_positions, k_sample, sample_buffer, candid
 
 @_jit
 def _sampled_top_k_threshold_core(x, sample_positions, k_sample):
-    """:func:`_sampled_top_k_threshold` without the argument checks."""
     n_sample = sample_positions.shape[0]
     candidate_positions, candidate_magnitudes, scratch = _work_buffers(x, n_sample, k_sample)
     return _sampled_threshold_into(x, sample_positions, k_sample, np.empty(n_sample, x.dtype), candidate_positions,
@@ -478,7 +474,6 @@ def _sampled_top_k_threshold_numpy(x, sample_positions, k_sample):
 
 @_jit
 def _select_at_least_core(x, threshold, positions_out):
-    """:func:`_select_at_least` without the argument checks."""
     bound = np.float64(threshold)
     count = 0
     largest = _round_to_dtype(x, 0.0)

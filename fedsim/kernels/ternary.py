@@ -38,7 +38,6 @@ def _ternarize_into(x, k, candidate_positions, candidate_magnitudes, scratch, po
 
 @_jit
 def _ternarize_core(x, k, positions_out, signs_out):
-    """:func:`_ternarize` without the argument checks."""
     candidate_positions, candidate_magnitudes, scratch = _work_buffers(x, x.shape[0], k)
     return _ternarize_into(x, k, candidate_positions, candidate_magnitudes, scratch, positions_out,
                            signs_out)
@@ -83,7 +82,6 @@ def _sampled_ternarize_into(x, sample_positions, k_sample, k, sample_buffer, can
 
 @_jit
 def _sampled_ternarize_core(x, sample_positions, k_sample, k, positions_out, signs_out):
-    """:func:`_sampled_ternarize` without the argument checks."""
     size = x.shape[0]
     capacity = max(_candidate_capacity(size, k), _candidate_capacity(sample_positions.shape[0], k_sample))
     scratch_length = max(_scratch_length(size, k), _scratch_length(sample_positions.shape[0], k_sample))
@@ -133,7 +131,6 @@ def _sampled_ternarize_numpy(x, sample_positions, k_sample, k, positions_out, si
 
 @_jit
 def _sign_core(x, signs_out):
-    """:func:`_sign` without the argument checks."""
     zeros = 0
     finite = True
     for i in range(x.shape[0]):
@@ -168,7 +165,6 @@ def _sign_numpy(x, signs_out):
 
 @_jit
 def _mean_magnitude_core(x):
-    """:func:`_mean_magnitude` without the argument checks."""
     total = 0.0
     for i in range(x.shape[0]):
         value = x[i]

@@ -76,7 +76,6 @@ def _ternary_code_bits(count):
 
 @_jit
 def _segment_bits_core(size, scale_nonzero, float_bits):
-    """:func:`segment_bits` without the argument checks."""
     if scale_nonzero:
         return float_bits + _ternary_code_bits(size)
     return float_bits
@@ -174,7 +173,6 @@ def _ternarize_segment(x, uniforms, clip, out):
 @_jit
 def _terngrad_batch_core(updates, segment_offsets, uniforms, clip, float_bits, decoded_out, scales_out,
                          encoded_bits_out):
-    """:func:`terngrad_batch` without the argument checks."""
     n_rows = updates.shape[0]
     n_segments = segment_offsets.shape[0] - 1
     for row in range(n_rows):
