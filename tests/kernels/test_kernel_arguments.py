@@ -497,16 +497,15 @@ LAQ_BITS = checks.Count(1, 16)
 LAQ_BITS.type_errors = (ValueError,)
 
 
-def build_laq_quantize(draw):
-    rng = rng_of(draw)
-    dtype, shape, gradients, previous, bits = _laq_problem(draw, rng)
-    args = {"gradients": gradients, "previous": previous, "bits": bits,
-            "codes": np.zeros(shape, laq.code_dtype(bits)), "quantized": np.zeros(shape, dtype),
-            "radius": np.zeros(shape[0]), "error": np.zeros(shape[0]), "innovation": np.zeros(shape[0])}
-    # (the extra check: codes wide enough for the bits)
-    custom = [("codes too narrow for the bits", "bits", 12, (TypeError,), "codes") if bits <= 8 else
-              ("codes too narrow for the bits", "codes", np.zeros(shape, np.uint8), (TypeError,), "codes")]
-    return Call(args, custom=custom)
+def _codes_for(draw, rng, args):
+    """codes wide enough for the bits (laq_quantize's extra check)."""
+    return np.zeros(args["gradients"].shape, laq.code_dtype(args["bits"]))
+
+
+def _codes_too_narrow(draw, rng, args):
+    if args["bits"] <= 8:
+        return [("codes too narrow for the bits", "bits", 12, (TypeError,), "codes")]
+    return [("codes too narrow for the bits", "codes", args["codes"].astype(np.uint8), (TypeError,), "codes")]
 
 
 def build_quantize_innovation(draw):
@@ -548,13 +547,8 @@ def _ternary_codes(draw, rng):
     return rng.integers(-1, 2, draw(st.integers(0, 40))).astype(np.int8)
 
 
-def build_pack_ternary_into(draw):
-    rng = rng_of(draw)
-    codes = _ternary_codes(draw, rng)
-    bit_offset = draw(st.integers(0, 13))
-    stream = stream_of(rng, bit_offset + terngrad._ternary_code_bits(codes.size))
-    return Call({"codes": codes, "stream": stream, "bit_offset": bit_offset},
-                custom=bad_sign("codes", codes, rng, (2, -2, 5), "ternary codes"))
+def _bad_ternary_code(draw, rng, args):
+    return bad_sign("codes", args["codes"], rng, (2, -2, 5), "ternary codes")
 
 
 def _packed(draw, rng):
@@ -582,16 +576,13 @@ def build_unpack_ternary_from(draw):
 UINT64_MAX = (1 << 64) - 1
 
 
-def build_random_positions(draw):
-    size = draw(st.integers(0, 60))
-    k = draw(st.integers(0, size))
-    # (the relation checked after k: 0 <= k <= size <= 2^32)
-    custom = [("below range", "size", k - draw(st.integers(1, 1 << 66)), (ValueError,), "size"),
-              ("above range", "size", randomk.MAX_SEGMENT + draw(st.integers(1, 1 << 66)), (ValueError,), "size"),
-              ("below range", "k", -draw(st.integers(1, 1 << 66)), (ValueError,), "k"),
-              ("above range", "k", size + draw(st.integers(1, 1 << 66)), (ValueError,), "k")]
-    return Call({"seed": draw(st.integers(0, UINT64_MAX)), "segment": draw(st.integers(0, 10)), "size": size,
-                 "k": k, "positions_out": np.empty(k, np.int64)}, custom=custom)
+def _segment_relation(draw, rng, args):
+    """The relation checked after k: 0 <= k <= size <= 2^32."""
+    size, k = args["size"], args["k"]
+    return [("below range", "size", k - draw(st.integers(1, 1 << 66)), (ValueError,), "size"),
+            ("above range", "size", randomk.MAX_SEGMENT + draw(st.integers(1, 1 << 66)), (ValueError,), "size"),
+            ("below range", "k", -draw(st.integers(1, 1 << 66)), (ValueError,), "k"),
+            ("above range", "k", size + draw(st.integers(1, 1 << 66)), (ValueError,), "k")]
 
 
 def build_randomk_compress_batch(draw):
@@ -852,19 +843,21 @@ CASES = {
         case(golomb.sparse_segment_bits, None, _segment_cases, local_positions=_positions, size=_segment_size),
     ],
     "laq": [
-        Case("laq_quantize", laq.laq_quantize, laq.laq_quantize_numpy, build_laq_quantize),
+        case(laq.laq_quantize, laq.laq_quantize_numpy, _codes_too_narrow, codes=_codes_for),
         Case("quantize_innovation", laq.quantize_innovation, None, build_quantize_innovation),
         Case("laq_dequantize", laq._laq_dequantize, None, build_laq_dequantize),
     ],
     "terngrad": [
         case(terngrad.segment_bits),
         case(terngrad.terngrad_batch, terngrad.terngrad_batch_numpy, nonfinite_in("updates")),
-        Case("pack_ternary_into", terngrad.pack_ternary_into, None, build_pack_ternary_into),
+        case(terngrad.pack_ternary_into, None, _bad_ternary_code,
+             codes=lambda draw, rng, args: _ternary_codes(draw, rng)),
         Case("unpack_ternary_from", terngrad.unpack_ternary_from, None, build_unpack_ternary_from),
     ],
     "randomk": [
-        Case("random_positions", randomk.random_positions, randomk.random_positions_numpy,
-             build_random_positions),
+        case(randomk.random_positions, randomk.random_positions_numpy, _segment_relation,
+             size=lambda draw, rng, args: draw(st.integers(0, 60)),
+             k=lambda draw, rng, args: draw(st.integers(0, args["size"]))),
         Case("randomk_compress_batch", randomk.randomk_compress_batch, randomk.randomk_compress_batch_numpy,
              build_randomk_compress_batch),
     ],
