@@ -89,7 +89,7 @@ def grown(value):
 
 
 def array_spoilers(draw, name, spec, value, args, shrink_match):
-    """The spoilers of an array argument (``spec``: its Array, Stream or Offsets spec)."""
+    """The spoilers (as :func:`spoilers`) of an array argument (``spec``: its Array, Stream or Offsets spec)."""
     rng = rng_of(draw)
     dtypes = spec.accepted_dtypes(args) if isinstance(spec, checks.Array) else (
         checks.UINT8 if isinstance(spec, checks.Stream) else INT64)
@@ -98,28 +98,28 @@ def array_spoilers(draw, name, spec, value, args, shrink_match):
         isinstance(spec, checks.Stream) or getattr(spec, "at_least", None) or shrink_match) else None
     found = []
     if getattr(spec, "strict_type", True):
-        found.append(("a list", value.tolist(), (TypeError,), name))
+        found.append(("a list", name, value.tolist(), (TypeError,), name))
     dtype = draw(st.sampled_from([d for d in ALL_DTYPES if d not in dtypes]))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        found.append((f"dtype {dtype}", value.astype(dtype), getattr(spec, "dtype_errors", (TypeError,)), name))
+        found.append((f"dtype {dtype}", name, value.astype(dtype), getattr(spec, "dtype_errors", (TypeError,)), name))
     if getattr(spec, "ndim", 1) is not None:
-        found.append(("one more dimension", value[None], (ValueError,), name))
+        found.append(("one more dimension", name, value[None], (ValueError,), name))
     if getattr(spec, "contiguous", True) and value.shape[-1] >= 2 and value.size >= 2:
-        found.append(("not contiguous", strided(value), (ValueError,), name))
+        found.append(("not contiguous", name, strided(value), (ValueError,), name))
     if getattr(spec, "output", False):
-        found.append(("read-only", read_only(value), (ValueError,), name))
+        found.append(("read-only", name, read_only(value), (ValueError,), name))
     if length and value.shape[0] > 0:
-        found.append(("one entry short", value[:-1].copy(), (ValueError,), shrink_match or name))
+        found.append(("one entry short", name, value[:-1].copy(), (ValueError,), shrink_match or name))
     if length == "shape":
-        found.append(("one entry long", grown(value), (ValueError,), name))
+        found.append(("one entry long", name, grown(value), (ValueError,), name))
         if value.ndim == 2 and value.shape[1] > 0:
-            found.append(("one column short", np.ascontiguousarray(value[:, :-1]), (ValueError,), name))
+            found.append(("one column short", name, np.ascontiguousarray(value[:, :-1]), (ValueError,), name))
     within = checks.resolve(getattr(spec, "within", None), args)
     if within is not None:
-        found += [(label, v, e, m) for label, _, v, e, m in out_of_range(name, value, within, rng)]
+        found += out_of_range(name, value, within, rng)
     if checks.resolve(getattr(spec, "nonnegative", False), args):
-        found += [(label, v, e, m) for label, _, v, e, m in negative_entry(name, value, rng)]
+        found += negative_entry(name, value, rng)
     return found
 
 
@@ -133,8 +133,7 @@ def spoilers(draw, call):
     for name, spec in call.contract.items():
         value = call.args[name]
         if isinstance(spec, (checks.Array, checks.Stream, checks.Offsets)):
-            found += [(label, name, v, e, m) for label, v, e, m in
-                      array_spoilers(draw, name, spec, value, call.args, bounding.get(name))]
+            found += array_spoilers(draw, name, spec, value, call.args, bounding.get(name))
         if isinstance(spec, (checks.Count, checks.Budget)):
             errors = getattr(spec, "type_errors", (TypeError,))
             for label, bad in (("a float", float(value) + 0.5), ("a bool", True), ("a string", "1"),
