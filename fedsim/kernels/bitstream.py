@@ -47,10 +47,6 @@ class _FieldValue(Count):
         return value - (1 << 64) if value > checks.INT64_MAX else value
 
 
-def _from_bit_offset(bit_offset):        # (qsgd's stream bounds)
-    return bit_offset
-
-
 BIT_OFFSET = Count(0, checks.COUNT_MAX)
 # A read from a stream that stops at bit_end: 0 <= bit_offset <= bit_end <= 8 len(stream)
 STREAM = Array(checks.UINT8)

@@ -27,7 +27,7 @@ import numba
 import numpy as np
 
 from fedsim.kernels import JIT_OPTIONS
-from fedsim.kernels.bitstream import (BIT_END, BIT_OFFSET, BIT_OFFSET_TO_END, MAX_FIELD_BITS, STREAM, _get_bit,
+from fedsim.kernels.bitstream import (BIT_END, BIT_OFFSET, BIT_OFFSET_TO_END, STREAM, WIDTH, _get_bit,
                                      _read_uint_core, _write_uint_core)
 from fedsim.kernels.checks import INT64, Array, Count, Stream, checked
 
@@ -44,7 +44,6 @@ GOLOMB_END_MESSAGE = "Golomb-Rice stream ends before the last position"
 
 RICE = Count(0, MAX_RICE_PARAMETER, label="Golomb-Rice parameter b")
 POSITIONS = Array(INT64)
-FIELD_WIDTH = Count(0, MAX_FIELD_BITS)
 
 
 def _room_for(bit_offset, bit_end, count, b):
@@ -286,7 +285,7 @@ def _segment_holds(local_positions, size):
 
 
 @checked(_sparse_segment_bits_core, extra=_segment_holds, local_positions=POSITIONS,
-         size=Count(0, MAX_SEGMENT_SIZE), bits_per_entry=FIELD_WIDTH, trailer_bits=FIELD_WIDTH)
+         size=Count(0, MAX_SEGMENT_SIZE), bits_per_entry=WIDTH, trailer_bits=WIDTH)
 def sparse_segment_bits(local_positions, size, bits_per_entry, trailer_bits):
     """Encoded bits of one sparse segment: 32-bit count + Golomb-Rice positions (b* from count / size)
     + ``bits_per_entry`` per kept entry + ``trailer_bits`` (the mean, if any entry is kept); the
