@@ -76,7 +76,6 @@ def rice_parameter(count, size):
 
 
 def rice_parameter_numpy(count, size):
-    """NumPy twin of :func:`rice_parameter`."""
     count, size = rice_parameter.check(count, size)
     if count == 0:
         return 0
@@ -112,7 +111,6 @@ def golomb_rice_bits(positions, b):
 
 
 def golomb_rice_bits_numpy(positions, b):
-    """NumPy twin of :func:`golomb_rice_bits`."""
     positions, b = golomb_rice_bits.check(positions, b)
     gaps = np.diff(positions, prepend=-1)
     if np.any(gaps < 1):

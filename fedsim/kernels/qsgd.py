@@ -182,7 +182,6 @@ def qsgd_bits(signed_levels, bucket_offsets, norms, float_bits):
 
 
 def qsgd_bits_numpy(signed_levels, bucket_offsets, norms, float_bits):
-    """NumPy twin of :func:`qsgd_bits`."""
     levels, offsets, norms, float_bits = qsgd_bits.check(signed_levels, bucket_offsets, norms, float_bits)
     return int(_rows_bits_numpy(levels[None], offsets, norms[None], float_bits)[0])
 

@@ -386,7 +386,6 @@ def _top_k_threshold(x, k):
 
 
 def _top_k_threshold_numpy(x, k):
-    """NumPy twin of :func:`_top_k_threshold`."""
     x, k = _top_k_threshold.check(x, k)
     positions = np.empty(max(0, min(k, x.shape[0])), np.int64)
     count = _top_k_select_numpy(x, k, positions)
@@ -413,7 +412,6 @@ def _top_k_sparsify(x, k, positions_out, values_out):
 
 
 def _top_k_sparsify_numpy(x, k, positions_out, values_out):
-    """NumPy twin of :func:`_top_k_sparsify`."""
     x, k, positions_out, values_out = _top_k_sparsify.check(x, k, positions_out, values_out)
     count = _top_k_select_numpy(x, k, positions_out)
     values_out[:count] = x[positions_out[:count]]
@@ -466,7 +464,6 @@ def _sampled_top_k_threshold(x, sample_positions, k_sample):
 
 
 def _sampled_top_k_threshold_numpy(x, sample_positions, k_sample):
-    """NumPy twin of :func:`_sampled_top_k_threshold`."""
     x, sample_positions, k_sample = _sampled_top_k_threshold.check(x, sample_positions, k_sample)
     threshold, mu, _ = _top_k_threshold_numpy(x[sample_positions], k_sample)
     return threshold, mu
@@ -497,7 +494,6 @@ def _select_at_least(x, threshold, positions_out):
 
 
 def _select_at_least_numpy(x, threshold, positions_out):
-    """NumPy twin of :func:`_select_at_least`."""
     x, threshold, positions_out = _select_at_least.check(x, threshold, positions_out)
     _check_finite_numpy(x)
     magnitudes = np.abs(x)

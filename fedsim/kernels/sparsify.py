@@ -42,7 +42,6 @@ def all_finite(x):
 
 
 def all_finite_numpy(x):
-    """NumPy twin of :func:`all_finite`."""
     (x,) = all_finite.check(x)
     return bool(np.all(np.isfinite(x)))
 

@@ -55,7 +55,6 @@ def _ternarize(x, k, positions_out, signs_out):
 
 
 def _ternarize_numpy(x, k, positions_out, signs_out):
-    """NumPy twin of :func:`_ternarize`."""
     x, k, positions_out, signs_out = _ternarize.check(x, k, positions_out, signs_out)
     count = _top_k_select_numpy(x, k, positions_out)
     positions = positions_out[:count]
@@ -116,7 +115,6 @@ def _sampled_ternarize(x, sample_positions, k_sample, k, positions_out, signs_ou
 
 
 def _sampled_ternarize_numpy(x, sample_positions, k_sample, k, positions_out, signs_out):
-    """NumPy twin of :func:`_sampled_ternarize`."""
     x, sample_positions, k_sample, k, positions_out, signs_out = _sampled_ternarize.check(
         x, sample_positions, k_sample, k, positions_out, signs_out)
     threshold, mu = _sampled_top_k_threshold_numpy(x, sample_positions, k_sample)
@@ -156,7 +154,6 @@ def _sign(x, signs_out):
 
 
 def _sign_numpy(x, signs_out):
-    """NumPy twin of :func:`_sign`."""
     x, signs_out = _sign.check(x, signs_out)
     _check_finite_numpy(x)
     signs_out[:x.shape[0]] = np.sign(x).astype(np.int8)
@@ -182,7 +179,6 @@ def _mean_magnitude(x):
 
 
 def _mean_magnitude_numpy(x):
-    """NumPy twin of :func:`_mean_magnitude`."""
     (x,) = _mean_magnitude.check(x)
     _check_finite_numpy(x)
     if x.size == 0:

@@ -231,7 +231,6 @@ def _ternarize_segment_numpy(x, uniforms, clip, out):
 
 def terngrad_batch_numpy(updates, segment_offsets, uniforms, clip, float_bits, decoded_out, scales_out,
                          encoded_bits_out):
-    """NumPy twin of :func:`terngrad_batch`."""
     (updates, offsets, uniforms, clip, float_bits, decoded_out, scales_out,
      encoded_bits_out) = terngrad_batch.check(updates, segment_offsets, uniforms, clip, float_bits,
                                               decoded_out, scales_out, encoded_bits_out)
