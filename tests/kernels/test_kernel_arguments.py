@@ -251,9 +251,10 @@ def drawn(kernel, custom=None, **given):
     return build
 
 
-def case(kernel, twin=None, custom=None, **given):
-    """The Case of a checked kernel whose valid calls are drawn from its contract (:func:`drawn`)."""
-    return Case(kernel.__name__.lstrip("_"), kernel, twin, drawn(kernel, custom, **given))
+def case(kernel, twin=None, custom=None, build=None, **given):
+    """The Case of ``kernel``: its valid calls made by ``build`` (draw -> Call), or else drawn from its
+    contract (:func:`drawn`)."""
+    return Case(kernel.__name__.lstrip("_"), kernel, twin, build or drawn(kernel, custom, **given))
 
 
 def rng_of(draw):
@@ -820,7 +821,7 @@ CASES = {
         case(ternary._sign, ternary._sign_numpy, nonfinite_in("x")),
         case(ternary._mean_magnitude, ternary._mean_magnitude_numpy, nonfinite_in("x")),
         case(sparsify.all_finite, sparsify.all_finite_numpy, _zero_dimensional),
-        Case("sparse_compress_batch", sparsify.sparse_compress_batch, None, build_sparse_compress_batch),
+        case(sparsify.sparse_compress_batch, None, build=build_sparse_compress_batch),
         case(sparsify.sign_compress_batch, None, nonfinite_in("updates")),
     ],
     "golomb": [
@@ -831,9 +832,8 @@ CASES = {
         case(golomb.golomb_rice_bits, golomb.golomb_rice_bits_numpy, _not_increasing, positions=_positions),
         case(golomb.golomb_rice_encode_into, None, _not_increasing, positions=_positions),
         case(golomb.golomb_rice_encode, golomb.golomb_rice_encode_numpy, _not_increasing, positions=_positions),
-        Case("golomb_rice_decode_from", golomb.golomb_rice_decode_from, None, build_golomb_rice_decode_from),
-        Case("golomb_rice_decode", golomb.golomb_rice_decode, golomb.golomb_rice_decode_numpy,
-             build_golomb_rice_decode),
+        case(golomb.golomb_rice_decode_from, None, build=build_golomb_rice_decode_from),
+        case(golomb.golomb_rice_decode, golomb.golomb_rice_decode_numpy, build=build_golomb_rice_decode),
         case(bitstream.write_uints),
         case(bitstream.read_uints, None, _too_narrow, values_out=_wide_enough),
         case(bitstream.pack_signs_into, None, lambda draw, rng, args: bad_sign("signs", args["signs"], rng),
@@ -843,42 +843,39 @@ CASES = {
     ],
     "laq": [
         case(laq.laq_quantize, laq.laq_quantize_numpy, _codes_too_narrow, codes=_codes_for),
-        Case("quantize_innovation", laq.quantize_innovation, None, build_quantize_innovation),
-        Case("laq_dequantize", laq._laq_dequantize, None, build_laq_dequantize),
+        case(laq.quantize_innovation, None, build=build_quantize_innovation),
+        case(laq._laq_dequantize, None, build=build_laq_dequantize),
     ],
     "terngrad": [
         case(terngrad.segment_bits),
         case(terngrad.terngrad_batch, terngrad.terngrad_batch_numpy, nonfinite_in("updates")),
         case(terngrad.pack_ternary_into, None, _bad_ternary_code,
              codes=lambda draw, rng, args: _ternary_codes(draw, rng)),
-        Case("unpack_ternary_from", terngrad.unpack_ternary_from, None, build_unpack_ternary_from),
+        case(terngrad.unpack_ternary_from, None, build=build_unpack_ternary_from),
     ],
     "randomk": [
         case(randomk.random_positions, randomk.random_positions_numpy, _segment_relation,
              size=lambda draw, rng, args: draw(st.integers(0, 60)),
              k=lambda draw, rng, args: draw(st.integers(0, args["size"]))),
-        Case("randomk_compress_batch", randomk.randomk_compress_batch, randomk.randomk_compress_batch_numpy,
-             build_randomk_compress_batch),
+        case(randomk.randomk_compress_batch, randomk.randomk_compress_batch_numpy, build=build_randomk_compress_batch),
     ],
     "qsgd": [
         case(omega._elias_omega_bits, omega._elias_omega_bits_numpy),
         case(omega._write_elias_omega),
-        Case("read_elias_omega", omega._read_elias_omega, None, build_read_elias_omega),
-        Case("qsgd_bits", qsgd.qsgd_bits, qsgd.qsgd_bits_numpy, build_qsgd_bits),
-        Case("qsgd_quantize", qsgd.qsgd_quantize, qsgd.qsgd_quantize_numpy, build_qsgd_quantize),
-        Case("qsgd_encode_into", qsgd.qsgd_encode_into, None, build_qsgd_encode_into),
-        Case("qsgd_decode_from", qsgd.qsgd_decode_from, None, build_qsgd_decode_from),
+        case(omega._read_elias_omega, None, build=build_read_elias_omega),
+        case(qsgd.qsgd_bits, qsgd.qsgd_bits_numpy, build=build_qsgd_bits),
+        case(qsgd.qsgd_quantize, qsgd.qsgd_quantize_numpy, build=build_qsgd_quantize),
+        case(qsgd.qsgd_encode_into, None, build=build_qsgd_encode_into),
+        case(qsgd.qsgd_decode_from, None, build=build_qsgd_decode_from),
     ],
     "powersgd": [
         case(powersgd._orthogonalize, powersgd._orthogonalize_numpy, nonfinite_in("p")),
-        Case("low_rank_product", powersgd.low_rank_product, powersgd.low_rank_product_numpy,
-             build_low_rank_product),
-        Case("power_step", powersgd.power_step, powersgd.power_step_numpy, build_power_step),
+        case(powersgd.low_rank_product, powersgd.low_rank_product_numpy, build=build_low_rank_product),
+        case(powersgd.power_step, powersgd.power_step_numpy, build=build_power_step),
     ],
     "softmax": [
-        Case("shift_logits", softmax.shift_logits, softmax.shift_logits_numpy, build_shift_logits),
-        Case("softmax_residual", softmax.softmax_residual, softmax.softmax_residual_numpy,
-             build_softmax_residual),
+        case(softmax.shift_logits, softmax.shift_logits_numpy, build=build_shift_logits),
+        case(softmax.softmax_residual, softmax.softmax_residual_numpy, build=build_softmax_residual),
         case(softmax.gather_rows, softmax.gather_rows_numpy),
     ],
 }
