@@ -267,12 +267,18 @@ def vector(rng, dtype, shape):
     return x
 
 
-def nonfinite(name, x, rng):
-    if x.size == 0:
+def one_entry(label, name, values, bad, rng, match=None):
+    """The spoiler ``values`` with one random entry set to ``bad`` (none for an empty array); its message
+    names ``match`` (default: the argument)."""
+    if values.size == 0:
         return []
-    bad = x.copy()
-    bad.flat[int(rng.integers(0, x.size))] = rng.choice([np.nan, np.inf, -np.inf])
-    return [("a non-finite entry", name, bad, (ValueError,), NONFINITE)]
+    spoiled = values.copy()
+    spoiled.flat[int(rng.integers(0, values.size))] = bad
+    return [(label, name, spoiled, (ValueError,), match or name)]
+
+
+def nonfinite(name, x, rng):
+    return one_entry("a non-finite entry", name, x, rng.choice([np.nan, np.inf, -np.inf]), rng, NONFINITE)
 
 
 def nonfinite_in(name):
@@ -280,13 +286,8 @@ def nonfinite_in(name):
     return lambda draw, rng, args: nonfinite(name, args[name], rng)
 
 
-def out_of_range(name, values, size, rng, what=None):
-    """``values`` with one entry moved outside [0, size)."""
-    if values.size == 0:
-        return []
-    bad = values.copy()
-    bad.flat[int(rng.integers(0, values.size))] = rng.choice([size, size + 7, -1, 1 << 40])
-    return [("an index out of range", name, bad, (ValueError,), what or name)]
+def out_of_range(name, values, size, rng):
+    return one_entry("an index out of range", name, values, rng.choice([size, size + 7, -1, 1 << 40]), rng)
 
 
 def stream_of(rng, n_bits):
@@ -318,11 +319,7 @@ def offsets_spoilers(offsets, rng, name="segment_offsets", past_end=True):
 
 
 def negative_entry(name, values, rng):
-    if values.size == 0:
-        return []
-    bad = values.copy()
-    bad[int(rng.integers(0, values.size))] = -int(rng.integers(1, 1 << 40))
-    return [("a negative entry", name, bad, (ValueError,), name)]
+    return one_entry("a negative entry", name, values, -int(rng.integers(1, 1 << 40)), rng)
 
 
 # --- sparsify --------------------------------------------------------------------------------------
@@ -463,11 +460,7 @@ def _signs(draw, rng, args=None):
 
 
 def bad_sign(name, signs, rng, values=(0, 2, -2), match="only signs"):
-    if signs.size == 0:
-        return []
-    bad = signs.copy()
-    bad[int(rng.integers(0, bad.size))] = rng.choice(values)
-    return [("a value that is not a sign", name, bad, (ValueError,), match)]
+    return one_entry("a value that is not a sign", name, signs, rng.choice(values), rng, match)
 
 
 def _segment_size(draw, rng, args):
@@ -523,16 +516,10 @@ def build_laq_dequantize(draw):
     codes = rng.integers(0, 1 << bits, shape).astype(laq.code_dtype(bits))
     radius = rng.uniform(0, 2, shape[0]) * (rng.random(shape[0]) < 0.8)
     custom = []
-    if codes.size:
-        for bad_code in (1 << bits, -1):
-            bad = codes.astype(np.int64)
-            bad.flat[int(rng.integers(0, bad.size))] = bad_code
-            custom.append((f"a code {bad_code}", "codes", bad, (ValueError,), "codes"))
-    if radius.size:
-        for bad_radius in (np.nan, np.inf, -1.0):
-            bad = radius.copy()
-            bad[int(rng.integers(0, bad.size))] = bad_radius
-            custom.append((f"a radius {bad_radius}", "radius", bad, (ValueError,), "radius"))
+    for bad in (1 << bits, -1):
+        custom += one_entry(f"a code {bad}", "codes", codes.astype(np.int64), bad, rng)
+    for bad in (np.nan, np.inf, -1.0):
+        custom += one_entry(f"a radius {bad}", "radius", radius, bad, rng)
     return Call({"codes": codes, "previous": previous, "radius": radius, "bits": bits},
                 {"codes": checks.Array(checks.INTEGER, ndim=2, contiguous=False,
                                        shape=lambda previous: previous.shape),
@@ -623,11 +610,8 @@ def _signed(draw, rng, size, levels=None):
 
 def beyond_omega(name, values, rng):
     """``values`` as int64 with one entry beyond the omega code's +-(2^62 - 1)."""
-    if values.size == 0:
-        return []
-    bad = values.astype(np.int64)
-    bad[int(rng.integers(0, bad.size))] = rng.choice([1 << 62, -(1 << 62), INT64_MAX, -INT64_MAX - 1])
-    return [("a level beyond 2^62", name, bad, (ValueError,), name)]
+    bad = rng.choice([1 << 62, -(1 << 62), INT64_MAX, -INT64_MAX - 1])
+    return one_entry("a level beyond 2^62", name, values.astype(np.int64), bad, rng)
 
 
 def build_read_elias_omega(draw):
