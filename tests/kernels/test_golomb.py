@@ -27,7 +27,7 @@ def sorted_positions(draw):
     ([0, 1, 5], 1, 7, 0b00001010),     # gaps 1, 1, 4 -> g - 1 = 0, 0, 3; b = 1: "0 0" "0 0" "10 1" -> 0000101
     ([0, 1, 5], 0, 6, 0b00111000),     # b = 0 is the unary code of g - 1: "0" "0" "1110"
     ([20], 3, 6, 0b11010000),          # b = 3, one position 20: g - 1 = 20 = 2 * 8 + 4 -> "11" "0" "100"
-])
+], ids=["b=1", "b=0 (unary)", "b=3"])
 def test_golomb_rice_hand_example(positions, b, n_bits, byte):
     stream, got_bits = golomb.golomb_rice_encode(np.array(positions, np.int64), b)
     assert got_bits == n_bits
