@@ -47,10 +47,6 @@ class _FieldValue(Count):
         return value - (1 << 64) if value > checks.INT64_MAX else value
 
 
-def _from_bit_offset(bit_offset):        # (qsgd's stream bounds)
-    return bit_offset
-
-
 BIT_OFFSET = Count(0, checks.COUNT_MAX)
 # A read from a stream that stops at bit_end: 0 <= bit_offset <= bit_end <= 8 len(stream)
 STREAM = Array(checks.UINT8)
@@ -137,7 +133,6 @@ def read_uint(stream, bit_offset, width):
 
 @_jit
 def _write_uints_core(stream, bit_offset, values, width):
-    """:func:`write_uints` without the argument checks."""
     offset = bit_offset
     for j in range(values.shape[0]):
         offset = _write_uint_core(stream, offset, values[j], width)
@@ -153,7 +148,6 @@ def write_uints(stream, bit_offset, values, width):
 
 @_jit
 def _read_uints_core(stream, bit_offset, width, values_out):
-    """:func:`read_uints` without the argument checks."""
     offset = bit_offset
     for j in range(values_out.shape[0]):
         values_out[j] = _read_uint_core(stream, offset, width)

@@ -262,11 +262,17 @@ class Array(Spec):
             if value.shape[0] < length:
                 raise ValueError(f"{name} has {value.shape[0]} entries, needs at least {length}")
         if self.like is not None:
-            same_dtype(name, value, self.like, values[self._like_index])
-        if self.nonnegative and self.nonnegative(values):
-            nonnegative(name, value)
+            like = values[self._like_index]
+            if value.dtype != like.dtype:
+                raise TypeError(f"{name} must have the dtype of {self.like} ({like.dtype}), got {value.dtype}")
+        if self.nonnegative and self.nonnegative(values) and value.shape[0] and smallest(value) < 0:
+            raise ValueError(f"{name} must be >= 0, got {smallest(value)}")
         if self.within is not None:
-            within(name, value, self.within(values))
+            # one pass: the maximum of the entries read as unsigned integers (a negative one reads as >= 2^63)
+            size = self.within(values)
+            if value.size and value.view(f"u{value.dtype.itemsize}").max() >= size:
+                bad = value[(value < 0) | (value >= size)][0]
+                raise ValueError(f"{name} must be in [0, {size}), got {int(bad)}")
 
     def accepted_dtypes(self, args):
         """The dtypes accepted in a call with these (valid) arguments (by name)."""
@@ -284,7 +290,10 @@ class Stream(Spec):
 
     def check(self, name, value, values):
         array(name, value, UINT8, 1, self.output)
-        bits_fit(name, value, self.start(values), self.bits(values), self.message)
+        start, bits = self.start(values), self.bits(values)
+        if start + bits > 8 * value.shape[0]:
+            raise ValueError(self.message or f"{name} holds {8 * value.shape[0]} bits, too few for {bits} bits "
+                                             f"from bit {start}")
         return value
 
 
@@ -330,14 +339,25 @@ class Real(Spec):
         self.low, self.low_open = low, low_open
 
     def check(self, name, value, values):
-        return real(name, value, self.low, self.low_open)
+        if type(value) is not float:
+            if type(value) is not int and not isinstance(value, (np.integer, np.floating)):
+                raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+            value = float(value)
+        if not math.isfinite(value):
+            raise ValueError(f"{name} must be finite, got {value}")
+        low = self.low
+        if low is not None and (value <= low if self.low_open else value < low):
+            raise ValueError(f"{name} must be {'>' if self.low_open else '>='} {low}, got {value}")
+        return value
 
 
 class Flag(Spec):
     """A ``bool`` or ``numpy.bool_`` argument."""
 
     def check(self, name, value, values):
-        return flag(name, value)
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
+        return bool(value)
 
 
 class Choice(Spec):
@@ -426,12 +446,6 @@ def array(name, value, dtypes, ndim=1, writable=False, contiguous=True):
     return value
 
 
-def same_dtype(name, value, like_name, like):
-    if value.dtype != like.dtype:
-        raise TypeError(f"{name} must have the dtype of {like_name} ({like.dtype}), got {value.dtype}")
-    return value
-
-
 def shaped(name, value, dtypes, shape, writable=False, contiguous=True):
     """An array (:func:`array`) of one of ``dtypes`` with exactly this ``shape``."""
     array(name, value, dtypes, len(shape), writable, contiguous)
@@ -461,26 +475,6 @@ def _bound(value) -> str:
     return str(value)
 
 
-def real(name, value, low=None, low_open=False):
-    """``value`` as a float if it is a finite real number, ``>= low`` (``> low`` if ``low_open``)."""
-    if type(value) is not float:
-        if type(value) is not int and not isinstance(value, (np.integer, np.floating)):
-            raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
-        value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-    if low is not None and (value <= low if low_open else value < low):
-        raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {value}")
-    return value
-
-
-def flag(name, value):
-    """``value`` as a bool if it is a bool or numpy.bool_."""
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
-    return bool(value)
-
-
 def segment_count(name, offsets, total):
     """The number S of segments that ``offsets`` (int64, S + 1 entries) cut [0, total) into: the offsets
     must start at 0, never decrease and end at ``total``."""
@@ -502,27 +496,6 @@ def segment_count(name, offsets, total):
 def smallest(values):
     """The smallest entry of a nonempty integer array, as an int."""
     return min(values.tolist()) if values.shape[0] <= SHORT_ARRAY else int(values.min())
-
-
-def nonnegative(name, values):
-    """Every entry of the 1-D integer array ``values`` is >= 0."""
-    if values.shape[0] and smallest(values) < 0:
-        raise ValueError(f"{name} must be >= 0, got {smallest(values)}")
-
-
-def within(name, values, size):
-    """Every entry of the C-contiguous integer array ``values`` is in [0, size): one pass, the maximum of
-    the entries read as unsigned integers (a negative entry reads as one >= 2^63)."""
-    if values.size and values.view(f"u{values.dtype.itemsize}").max() >= size:
-        bad = values[(values < 0) | (values >= size)][0]
-        raise ValueError(f"{name} must be in [0, {size}), got {int(bad)}")
-
-
-def bits_fit(name, stream, bit_offset, n_bits, message=None):
-    """``bit_offset + n_bits`` bits fit in ``stream`` (uint8): ValueError ``message`` otherwise."""
-    if bit_offset + n_bits > 8 * stream.shape[0]:
-        raise ValueError(message or f"{name} holds {8 * stream.shape[0]} bits, too few for {n_bits} bits "
-                                    f"from bit {bit_offset}")
 
 
 def _preview(values, limit=8):

@@ -27,7 +27,7 @@ import numba
 import numpy as np
 
 from fedsim.kernels import JIT_OPTIONS
-from fedsim.kernels.bitstream import (BIT_END, BIT_OFFSET, BIT_OFFSET_TO_END, MAX_FIELD_BITS, STREAM, _get_bit,
+from fedsim.kernels.bitstream import (BIT_END, BIT_OFFSET, BIT_OFFSET_TO_END, STREAM, WIDTH, _get_bit,
                                      _read_uint_core, _write_uint_core)
 from fedsim.kernels.checks import INT64, Array, Count, Stream, checked
 
@@ -44,7 +44,6 @@ GOLOMB_END_MESSAGE = "Golomb-Rice stream ends before the last position"
 
 RICE = Count(0, MAX_RICE_PARAMETER, label="Golomb-Rice parameter b")
 POSITIONS = Array(INT64)
-FIELD_WIDTH = Count(0, MAX_FIELD_BITS)
 
 
 def _room_for(bit_offset, bit_end, count, b):
@@ -77,7 +76,6 @@ def rice_parameter(count, size):
 
 
 def rice_parameter_numpy(count, size):
-    """NumPy twin of :func:`rice_parameter`."""
     count, size = rice_parameter.check(count, size)
     if count == 0:
         return 0
@@ -113,7 +111,6 @@ def golomb_rice_bits(positions, b):
 
 
 def golomb_rice_bits_numpy(positions, b):
-    """NumPy twin of :func:`golomb_rice_bits`."""
     positions, b = golomb_rice_bits.check(positions, b)
     gaps = np.diff(positions, prepend=-1)
     if np.any(gaps < 1):
@@ -123,7 +120,6 @@ def golomb_rice_bits_numpy(positions, b):
 
 @_jit
 def _golomb_rice_encode_into_core(positions, b, stream, bit_offset):
-    """:func:`golomb_rice_encode_into` without the argument checks."""
     if b < 0 or b > MAX_RICE_PARAMETER:
         raise ValueError("Golomb-Rice parameter b must be in [0, 62]")
     remainder_mask = (1 << b) - 1
@@ -159,7 +155,6 @@ def golomb_rice_encode_into(positions, b, stream, bit_offset):
 
 @_jit
 def _golomb_rice_encode_core(positions, b):
-    """:func:`golomb_rice_encode` without the argument checks."""
     n_bits = _golomb_rice_bits_core(positions, b)
     stream = np.zeros((n_bits + 7) // 8, np.uint8)
     _golomb_rice_encode_into_core(positions, b, stream, 0)
@@ -231,7 +226,6 @@ def golomb_rice_decode_from(stream, bit_offset, bit_end, count, b, positions_out
 
 @_jit
 def _golomb_rice_decode_core(stream, n_bits, count, b):
-    """:func:`golomb_rice_decode` without the argument checks."""
     positions = np.empty(count, np.int64)
     _golomb_rice_decode_from_core(stream, 0, n_bits, count, b, positions)
     return positions
@@ -271,7 +265,6 @@ COUNT_BITS = 32
 
 @_jit
 def _sparse_segment_bits_core(local_positions, size, bits_per_entry, trailer_bits):
-    """:func:`sparse_segment_bits` without the argument checks."""
     count = local_positions.shape[0]
     total = COUNT_BITS + _golomb_rice_bits_core(local_positions, _rice_parameter_core(count, size))
     total += count * bits_per_entry
@@ -290,7 +283,7 @@ def _segment_holds(local_positions, size):
 
 
 @checked(_sparse_segment_bits_core, extra=_segment_holds, local_positions=POSITIONS,
-         size=Count(0, MAX_SEGMENT_SIZE), bits_per_entry=FIELD_WIDTH, trailer_bits=FIELD_WIDTH)
+         size=Count(0, MAX_SEGMENT_SIZE), bits_per_entry=WIDTH, trailer_bits=WIDTH)
 def sparse_segment_bits(local_positions, size, bits_per_entry, trailer_bits):
     """Encoded bits of one sparse segment: 32-bit count + Golomb-Rice positions (b* from count / size)
     + ``bits_per_entry`` per kept entry + ``trailer_bits`` (the mean, if any entry is kept); the

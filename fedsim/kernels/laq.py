@@ -198,7 +198,6 @@ def _column_total(columns):
 
 @numba.njit(**JIT_OPTIONS)
 def _laq_quantize_core(gradients, previous, bits, codes, quantized, radius, error, innovation):
-    """:func:`laq_quantize` without the argument checks."""
     n_workers, size = gradients.shape
     half_levels = 0.5 * ((1 << bits) - 1)        # h = (2^b - 1) / 2 = 1 / (2 tau)
     zero_code = 1 << (bits - 1)

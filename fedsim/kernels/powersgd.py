@@ -236,40 +236,15 @@ def _power_step_py_func(matrices, q, tolerance, decoded_out):
 _power_step_core.py_func = _power_step_py_func
 
 
-class _SenderMatrices(Array):
-    """A (K, n, m) float32/float64 array of K >= 1 matrices, any strides (only NumPy reads it)."""
-
-    def __init__(self):
-        super().__init__(FLOAT, ndim=3, contiguous=False)
-
-    def check(self, name, value, values):
-        if not isinstance(value, np.ndarray):
-            raise TypeError(f"{name} must be a NumPy array of dtype float32 or float64, got "
-                            f"{type(value).__name__}")
-        if value.dtype not in checks.FLOAT:
-            raise TypeError(f"{name} must have dtype float32 or float64, got {value.dtype}")
-        if value.ndim != 3:
-            raise ValueError(f"{name} must be a 3-D array (K, n, m), got shape {value.shape}")
-        if value.shape[0] == 0:
-            raise ValueError(f"{name} must hold K >= 1 senders' matrices, got shape {value.shape}")
-        return value
+def _has_senders(matrices):
+    if matrices.shape[0] == 0:
+        raise ValueError(f"matrices must hold K >= 1 senders' (n, m) matrices, got shape {matrices.shape}")
 
 
-class _WarmStart(Array):
-    """The (m, r) factor, r >= 1, of the matrices' dtype, any strides."""
-
-    def __init__(self):
-        super().__init__(FLOAT, ndim=2, contiguous=False, like="matrices")
-
-    def check(self, name, q, values):
-        matrices = values[self._like_index]
-        if not isinstance(q, np.ndarray):
-            raise TypeError(f"q must be a NumPy array of dtype {matrices.dtype}, got {type(q).__name__}")
-        checks.same_dtype("q", q, "matrices", matrices)
-        m = matrices.shape[2]
-        if q.ndim != 2 or q.shape[0] != m or q.shape[1] < 1:
-            raise ValueError(f"q must have shape (m, r) = ({m}, r) with r >= 1, got {q.shape}")
-        return q
+def _warm_start_fits(matrices, q):
+    m = matrices.shape[2]
+    if q.shape[0] != m or q.shape[1] < 1:
+        raise ValueError(f"q must have shape (m, r) = ({m}, r) with r >= 1, got {q.shape}")
 
 
 class _DecodedOut(Array):
@@ -281,21 +256,16 @@ class _DecodedOut(Array):
 
     def check(self, name, decoded_out, values):
         matrices = values[self._like_index]
-        if not isinstance(decoded_out, np.ndarray):
-            raise TypeError(f"decoded_out must be a NumPy array of dtype {matrices.dtype}, got "
-                            f"{type(decoded_out).__name__}")
-        checks.same_dtype("decoded_out", decoded_out, "matrices", matrices)
-        if decoded_out.shape != matrices.shape:
-            raise ValueError(f"decoded_out must have shape {matrices.shape}, got {decoded_out.shape}")
+        checks.shaped(name, decoded_out, (matrices.dtype,), matrices.shape, writable=True, contiguous=False)
         if not decoded_out[0].flags.c_contiguous:
             raise ValueError("decoded_out must hold C-contiguous (n, m) matrices (np.ascontiguousarray gives a "
                              "contiguous copy)")
-        if not decoded_out.flags.writeable:
-            raise ValueError("decoded_out must be writable (it is an output)")
         return decoded_out
 
 
-@checked(_power_step_core, matrices=_SenderMatrices(), q=_WarmStart(), tolerance=Real(0.0),
+# matrices and q: any strides (only NumPy reads them)
+@checked(_power_step_core, matrices=Array(FLOAT, ndim=3, contiguous=False, then=_has_senders),
+         q=Array(FLOAT, ndim=2, contiguous=False, like="matrices", then=_warm_start_fits), tolerance=Real(0.0),
          decoded_out=_DecodedOut())
 def power_step(matrices, q, tolerance, decoded_out):
     """One PowerSGD power step (module docstring) with the jitted kernels: the senders' matrices M_k

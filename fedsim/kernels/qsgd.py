@@ -58,7 +58,7 @@ import numba
 import numpy as np
 
 from fedsim.kernels import JIT_OPTIONS, checks
-from fedsim.kernels.bitstream import (BIT_END, BIT_OFFSET, BIT_OFFSET_TO_END, STREAM, _from_bit_offset, _get_bit,
+from fedsim.kernels.bitstream import (BIT_END, BIT_OFFSET, BIT_OFFSET_TO_END, STREAM, _get_bit,
                                      _read_uint_core, _write_uint_core)
 from fedsim.kernels.checks import Array, Count, Offsets, Stream, checked
 from fedsim.kernels.omega import (MAX_OMEGA_VALUE, _elias_omega_bits_numpy, _omega_bits_unchecked,
@@ -182,7 +182,6 @@ def qsgd_bits(signed_levels, bucket_offsets, norms, float_bits):
 
 
 def qsgd_bits_numpy(signed_levels, bucket_offsets, norms, float_bits):
-    """NumPy twin of :func:`qsgd_bits`."""
     levels, offsets, norms, float_bits = qsgd_bits.check(signed_levels, bucket_offsets, norms, float_bits)
     return int(_rows_bits_numpy(levels[None], offsets, norms[None], float_bits)[0])
 
@@ -346,7 +345,6 @@ def qsgd_quantize_numpy(updates, bucket_offsets, levels, uniforms, float_bits, d
 
 @_jit
 def _qsgd_encode_into_core(signed_levels, bucket_offsets, norm_patterns, float_bits, stream, bit_offset):
-    """:func:`qsgd_encode_into` without the argument checks."""
     offset = bit_offset
     for b in range(bucket_offsets.shape[0] - 1):
         start = bucket_offsets[b]
@@ -368,7 +366,7 @@ def _qsgd_encode_into_core(signed_levels, bucket_offsets, norm_patterns, float_b
 
 @checked(_qsgd_encode_into_core, extra=_patterns_fit, signed_levels=SIGNED_LEVELS, bucket_offsets=ROW_BUCKETS,
          norm_patterns=Array(checks.INT64, shape=_buckets), float_bits=checks.FLOAT_BITS,
-         stream=Stream(output=True, start=_from_bit_offset, bits=_message_bits), bit_offset=BIT_OFFSET)
+         stream=Stream(output=True, start="bit_offset", bits=_message_bits), bit_offset=BIT_OFFSET)
 def qsgd_encode_into(signed_levels, bucket_offsets, norm_patterns, float_bits, stream, bit_offset):
     """Write a row's buckets (module docstring) into ``stream`` from ``bit_offset``; returns the offset after
     them. ``norm_patterns`` (B,) int64 holds each norm's IEEE bit pattern (a float32's below 2^32); a bucket

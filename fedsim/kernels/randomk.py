@@ -189,7 +189,6 @@ def random_positions(seed, segment, size, k, positions_out):
 
 
 def random_positions_numpy(seed, segment, size, k, positions_out):
-    """NumPy twin of :func:`random_positions`."""
     seed, segment, size, k, positions_out = random_positions.check(seed, segment, size, k, positions_out)
     if k == 0:
         return
@@ -258,7 +257,6 @@ def randomk_compress_batch(updates, segment_offsets, budgets, scales, seeds, dec
 
 
 def randomk_compress_batch_numpy(updates, segment_offsets, budgets, scales, seeds, decoded_out, values_out):
-    """NumPy twin of :func:`randomk_compress_batch`."""
     updates, segment_offsets, budgets, scales, seeds, decoded_out, values_out = randomk_compress_batch.check(
         updates, segment_offsets, budgets, scales, seeds, decoded_out, values_out)
     sizes = np.diff(segment_offsets)

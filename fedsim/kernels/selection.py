@@ -320,7 +320,6 @@ def _work_buffers(x, size, k):
 
 @_jit
 def _top_k_select_core(x, k, positions_out):
-    """:func:`_top_k_select` without the argument checks."""
     candidate_positions, candidate_magnitudes, scratch = _work_buffers(x, x.shape[0], k)
     return _top_k_into(x, k, candidate_positions, candidate_magnitudes, scratch, positions_out)
 
@@ -374,7 +373,6 @@ def _mean_of_numpy(x, positions):
 
 @_jit
 def _top_k_threshold_core(x, k):
-    """:func:`_top_k_threshold` without the argument checks."""
     positions = np.empty(max(0, min(k, x.shape[0])), np.int64)
     count = _top_k_select_core(x, k, positions)
     threshold, mu = _threshold_and_mean(x, positions, count, k)
@@ -388,7 +386,6 @@ def _top_k_threshold(x, k):
 
 
 def _top_k_threshold_numpy(x, k):
-    """NumPy twin of :func:`_top_k_threshold`."""
     x, k = _top_k_threshold.check(x, k)
     positions = np.empty(max(0, min(k, x.shape[0])), np.int64)
     count = _top_k_select_numpy(x, k, positions)
@@ -401,7 +398,6 @@ def _top_k_threshold_numpy(x, k):
 
 @_jit
 def _top_k_sparsify_core(x, k, positions_out, values_out):
-    """:func:`_top_k_sparsify` without the argument checks."""
     count = _top_k_select_core(x, k, positions_out)
     for j in range(count):
         values_out[j] = x[positions_out[j]]
@@ -416,7 +412,6 @@ def _top_k_sparsify(x, k, positions_out, values_out):
 
 
 def _top_k_sparsify_numpy(x, k, positions_out, values_out):
-    """NumPy twin of :func:`_top_k_sparsify`."""
     x, k, positions_out, values_out = _top_k_sparsify.check(x, k, positions_out, values_out)
     count = _top_k_select_numpy(x, k, positions_out)
     values_out[:count] = x[positions_out[:count]]
@@ -452,7 +447,6 @@ def _sampled_threshold_into(x, sample_positions, k_sample, sample_buffer, candid
 
 @_jit
 def _sampled_top_k_threshold_core(x, sample_positions, k_sample):
-    """:func:`_sampled_top_k_threshold` without the argument checks."""
     n_sample = sample_positions.shape[0]
     candidate_positions, candidate_magnitudes, scratch = _work_buffers(x, n_sample, k_sample)
     return _sampled_threshold_into(x, sample_positions, k_sample, np.empty(n_sample, x.dtype), candidate_positions,
@@ -470,7 +464,6 @@ def _sampled_top_k_threshold(x, sample_positions, k_sample):
 
 
 def _sampled_top_k_threshold_numpy(x, sample_positions, k_sample):
-    """NumPy twin of :func:`_sampled_top_k_threshold`."""
     x, sample_positions, k_sample = _sampled_top_k_threshold.check(x, sample_positions, k_sample)
     threshold, mu, _ = _top_k_threshold_numpy(x[sample_positions], k_sample)
     return threshold, mu
@@ -478,7 +471,6 @@ def _sampled_top_k_threshold_numpy(x, sample_positions, k_sample):
 
 @_jit
 def _select_at_least_core(x, threshold, positions_out):
-    """:func:`_select_at_least` without the argument checks."""
     bound = np.float64(threshold)
     count = 0
     largest = _round_to_dtype(x, 0.0)
@@ -502,7 +494,6 @@ def _select_at_least(x, threshold, positions_out):
 
 
 def _select_at_least_numpy(x, threshold, positions_out):
-    """NumPy twin of :func:`_select_at_least`."""
     x, threshold, positions_out = _select_at_least.check(x, threshold, positions_out)
     _check_finite_numpy(x)
     magnitudes = np.abs(x)

@@ -116,7 +116,6 @@ def shift_logits(z, bias, scale, labels, z_y):
 
 
 def shift_logits_numpy(z, bias, scale, labels, z_y):
-    """NumPy twin of :func:`shift_logits`."""
     z, bias, scale, labels, z_y = shift_logits.check(z, bias, scale, labels, z_y)
     z *= scale
     z += bias[:, None, :]
@@ -168,7 +167,6 @@ def softmax_residual(z, total, log_total, z_y, labels, share, divisor, nll, grad
 
 
 def softmax_residual_numpy(z, total, log_total, z_y, labels, share, divisor, nll, grad_b):
-    """NumPy twin of :func:`softmax_residual`."""
     z, total, log_total, z_y, labels, share, divisor, nll, grad_b = softmax_residual.check(
         z, total, log_total, z_y, labels, share, divisor, nll, grad_b)
     G, R, C = z.shape
@@ -213,6 +211,5 @@ def gather_rows(x, index, out):
 
 
 def gather_rows_numpy(x, index, out):
-    """NumPy twin of :func:`gather_rows`."""
     x, index, out = gather_rows.check(x, index, out)
     out[...] = x[index]

@@ -29,7 +29,6 @@ _jit = numba.njit(**JIT_OPTIONS)
 
 @_jit
 def _all_finite_core(x):
-    """:func:`all_finite` without the argument checks."""
     flat = x.reshape(-1)
     for i in range(flat.shape[0]):
         if not np.isfinite(flat[i]):
@@ -43,7 +42,6 @@ def all_finite(x):
 
 
 def all_finite_numpy(x):
-    """NumPy twin of :func:`all_finite`."""
     (x,) = all_finite.check(x)
     return bool(np.all(np.isfinite(x)))
 
@@ -212,7 +210,6 @@ def sparse_compress_batch(updates, segment_offsets, budgets, ternary, float_bits
 @_jit
 def _sign_compress_batch_core(updates, segment_offsets, scaled, float_bits, sent_out, scales_out,
                               encoded_bits_out):
-    """:func:`sign_compress_batch` without the argument checks."""
     n_rows = updates.shape[0]
     n_segments = segment_offsets.shape[0] - 1
     longest = _longest_segment(segment_offsets)

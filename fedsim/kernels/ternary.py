@@ -38,7 +38,6 @@ def _ternarize_into(x, k, candidate_positions, candidate_magnitudes, scratch, po
 
 @_jit
 def _ternarize_core(x, k, positions_out, signs_out):
-    """:func:`_ternarize` without the argument checks."""
     candidate_positions, candidate_magnitudes, scratch = _work_buffers(x, x.shape[0], k)
     return _ternarize_into(x, k, candidate_positions, candidate_magnitudes, scratch, positions_out,
                            signs_out)
@@ -56,7 +55,6 @@ def _ternarize(x, k, positions_out, signs_out):
 
 
 def _ternarize_numpy(x, k, positions_out, signs_out):
-    """NumPy twin of :func:`_ternarize`."""
     x, k, positions_out, signs_out = _ternarize.check(x, k, positions_out, signs_out)
     count = _top_k_select_numpy(x, k, positions_out)
     positions = positions_out[:count]
@@ -83,7 +81,6 @@ def _sampled_ternarize_into(x, sample_positions, k_sample, k, sample_buffer, can
 
 @_jit
 def _sampled_ternarize_core(x, sample_positions, k_sample, k, positions_out, signs_out):
-    """:func:`_sampled_ternarize` without the argument checks."""
     size = x.shape[0]
     capacity = max(_candidate_capacity(size, k), _candidate_capacity(sample_positions.shape[0], k_sample))
     scratch_length = max(_scratch_length(size, k), _scratch_length(sample_positions.shape[0], k_sample))
@@ -118,7 +115,6 @@ def _sampled_ternarize(x, sample_positions, k_sample, k, positions_out, signs_ou
 
 
 def _sampled_ternarize_numpy(x, sample_positions, k_sample, k, positions_out, signs_out):
-    """NumPy twin of :func:`_sampled_ternarize`."""
     x, sample_positions, k_sample, k, positions_out, signs_out = _sampled_ternarize.check(
         x, sample_positions, k_sample, k, positions_out, signs_out)
     threshold, mu = _sampled_top_k_threshold_numpy(x, sample_positions, k_sample)
@@ -133,7 +129,6 @@ def _sampled_ternarize_numpy(x, sample_positions, k_sample, k, positions_out, si
 
 @_jit
 def _sign_core(x, signs_out):
-    """:func:`_sign` without the argument checks."""
     zeros = 0
     finite = True
     for i in range(x.shape[0]):
@@ -159,7 +154,6 @@ def _sign(x, signs_out):
 
 
 def _sign_numpy(x, signs_out):
-    """NumPy twin of :func:`_sign`."""
     x, signs_out = _sign.check(x, signs_out)
     _check_finite_numpy(x)
     signs_out[:x.shape[0]] = np.sign(x).astype(np.int8)
@@ -168,7 +162,6 @@ def _sign_numpy(x, signs_out):
 
 @_jit
 def _mean_magnitude_core(x):
-    """:func:`_mean_magnitude` without the argument checks."""
     total = 0.0
     for i in range(x.shape[0]):
         value = x[i]
@@ -186,7 +179,6 @@ def _mean_magnitude(x):
 
 
 def _mean_magnitude_numpy(x):
-    """NumPy twin of :func:`_mean_magnitude`."""
     (x,) = _mean_magnitude.check(x)
     _check_finite_numpy(x)
     if x.size == 0:

@@ -48,8 +48,8 @@ from numba import types
 from numba.extending import overload
 
 from fedsim.kernels import JIT_OPTIONS, checks
-from fedsim.kernels.checks import Array, Count, Flag, Real, Stream, checked
-from fedsim.kernels.bitstream import FIELD_MESSAGE, _from_bit_offset, _read_uint_core, _write_uint_core
+from fedsim.kernels.checks import Array, Flag, Real, Stream, checked
+from fedsim.kernels.bitstream import COUNT, FIELD_MESSAGE, _read_uint_core, _write_uint_core
 from fedsim.kernels.selection import NONFINITE_MESSAGE, _round_to_dtype
 
 _jit = numba.njit(**JIT_OPTIONS)
@@ -65,9 +65,6 @@ POWERS_OF_THREE = (1, 3, 9, 27, 81, 243)
 
 # --- Sizes ----------------------------------------------------------------------------------------
 
-COUNT = Count(0, checks.COUNT_MAX)
-
-
 @_jit
 def _ternary_code_bits(count):
     """Bits of the base-3 code of ``count`` digits: 8 floor(count / 5) + REMAINDER_BITS[count mod 5]."""
@@ -76,7 +73,6 @@ def _ternary_code_bits(count):
 
 @_jit
 def _segment_bits_core(size, scale_nonzero, float_bits):
-    """:func:`segment_bits` without the argument checks."""
     if scale_nonzero:
         return float_bits + _ternary_code_bits(size)
     return float_bits
@@ -174,7 +170,6 @@ def _ternarize_segment(x, uniforms, clip, out):
 @_jit
 def _terngrad_batch_core(updates, segment_offsets, uniforms, clip, float_bits, decoded_out, scales_out,
                          encoded_bits_out):
-    """:func:`terngrad_batch` without the argument checks."""
     n_rows = updates.shape[0]
     n_segments = segment_offsets.shape[0] - 1
     for row in range(n_rows):
@@ -236,7 +231,6 @@ def _ternarize_segment_numpy(x, uniforms, clip, out):
 
 def terngrad_batch_numpy(updates, segment_offsets, uniforms, clip, float_bits, decoded_out, scales_out,
                          encoded_bits_out):
-    """NumPy twin of :func:`terngrad_batch`."""
     (updates, offsets, uniforms, clip, float_bits, decoded_out, scales_out,
      encoded_bits_out) = terngrad_batch.check(updates, segment_offsets, uniforms, clip, float_bits,
                                               decoded_out, scales_out, encoded_bits_out)
@@ -292,7 +286,7 @@ def _count_bits(count):
     return _ternary_code_bits(count)
 
 
-@checked(_pack_ternary_into_core, codes=CODES, stream=Stream(output=True, start=_from_bit_offset, bits=_code_bits),
+@checked(_pack_ternary_into_core, codes=CODES, stream=Stream(output=True, start="bit_offset", bits=_code_bits),
          bit_offset=COUNT)
 def pack_ternary_into(codes, stream, bit_offset):
     """Write the base-3 code of ``codes`` (1-D integers in {-1, 0, +1}, int8 in practice) from
@@ -320,8 +314,8 @@ def _unpack_ternary_from_core(stream, bit_offset, count, codes_out):
     return offset
 
 
-@checked(_unpack_ternary_from_core, stream=Stream(start=_from_bit_offset, bits=_count_bits, message=FIELD_MESSAGE),
-         bit_offset=COUNT, count=COUNT, codes_out=Array(checks.INT8, output=True, at_least=lambda count: count))
+@checked(_unpack_ternary_from_core, stream=Stream(start="bit_offset", bits=_count_bits, message=FIELD_MESSAGE),
+         bit_offset=COUNT, count=COUNT, codes_out=Array(checks.INT8, output=True, at_least="count"))
 def unpack_ternary_from(stream, bit_offset, count, codes_out):
     """Read the base-3 code of ``count`` digits from ``bit_offset`` into ``codes_out`` (int8 -1/0/+1, at
     least ``count`` entries); returns the end offset. The code must lie inside ``stream``; a group value

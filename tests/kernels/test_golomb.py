@@ -23,19 +23,15 @@ def sorted_positions(draw):
 # Golomb-Rice
 # ----------------------------------------------------------------------------------------------------
 
-def test_golomb_rice_hand_example():
-    # positions 0, 1, 5 -> gaps 1, 1, 4 -> g - 1 = 0, 0, 3; b = 1: "0 0" "0 0" "10 1" -> 0000101
-    stream, n_bits = golomb.golomb_rice_encode(np.array([0, 1, 5], np.int64), 1)
-    assert n_bits == 7
-    np.testing.assert_array_equal(stream, [0b00001010])
-    # b = 0 is the unary code of g - 1: "0" "0" "1110"
-    stream, n_bits = golomb.golomb_rice_encode(np.array([0, 1, 5], np.int64), 0)
-    assert n_bits == 6
-    np.testing.assert_array_equal(stream, [0b00111000])
-    # b = 3, one position 20: g - 1 = 20 = 2 * 8 + 4 -> "11" "0" "100"
-    stream, n_bits = golomb.golomb_rice_encode(np.array([20], np.int64), 3)
-    assert n_bits == 6
-    np.testing.assert_array_equal(stream, [0b11010000])
+@pytest.mark.parametrize("positions, b, n_bits, byte", [
+    ([0, 1, 5], 1, 7, 0b00001010),     # gaps 1, 1, 4 -> g - 1 = 0, 0, 3; b = 1: "0 0" "0 0" "10 1" -> 0000101
+    ([0, 1, 5], 0, 6, 0b00111000),     # b = 0 is the unary code of g - 1: "0" "0" "1110"
+    ([20], 3, 6, 0b11010000),          # b = 3, one position 20: g - 1 = 20 = 2 * 8 + 4 -> "11" "0" "100"
+], ids=["b=1", "b=0 (unary)", "b=3"])
+def test_golomb_rice_hand_example(positions, b, n_bits, byte):
+    stream, got_bits = golomb.golomb_rice_encode(np.array(positions, np.int64), b)
+    assert got_bits == n_bits
+    np.testing.assert_array_equal(stream, [byte])
 
 
 def test_golomb_rice_empty():

@@ -89,7 +89,7 @@ def grown(value):
 
 
 def array_spoilers(draw, name, spec, value, args, shrink_match):
-    """The spoilers of an array argument (``spec``: its Array, Stream or Offsets spec)."""
+    """The spoilers (as :func:`spoilers`) of an array argument (``spec``: its Array, Stream or Offsets spec)."""
     rng = rng_of(draw)
     dtypes = spec.accepted_dtypes(args) if isinstance(spec, checks.Array) else (
         checks.UINT8 if isinstance(spec, checks.Stream) else INT64)
@@ -98,28 +98,28 @@ def array_spoilers(draw, name, spec, value, args, shrink_match):
         isinstance(spec, checks.Stream) or getattr(spec, "at_least", None) or shrink_match) else None
     found = []
     if getattr(spec, "strict_type", True):
-        found.append(("a list", value.tolist(), (TypeError,), name))
+        found.append(("a list", name, value.tolist(), (TypeError,), name))
     dtype = draw(st.sampled_from([d for d in ALL_DTYPES if d not in dtypes]))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        found.append((f"dtype {dtype}", value.astype(dtype), getattr(spec, "dtype_errors", (TypeError,)), name))
+        found.append((f"dtype {dtype}", name, value.astype(dtype), getattr(spec, "dtype_errors", (TypeError,)), name))
     if getattr(spec, "ndim", 1) is not None:
-        found.append(("one more dimension", value[None], (ValueError,), name))
+        found.append(("one more dimension", name, value[None], (ValueError,), name))
     if getattr(spec, "contiguous", True) and value.shape[-1] >= 2 and value.size >= 2:
-        found.append(("not contiguous", strided(value), (ValueError,), name))
+        found.append(("not contiguous", name, strided(value), (ValueError,), name))
     if getattr(spec, "output", False):
-        found.append(("read-only", read_only(value), (ValueError,), name))
+        found.append(("read-only", name, read_only(value), (ValueError,), name))
     if length and value.shape[0] > 0:
-        found.append(("one entry short", value[:-1].copy(), (ValueError,), shrink_match or name))
+        found.append(("one entry short", name, value[:-1].copy(), (ValueError,), shrink_match or name))
     if length == "shape":
-        found.append(("one entry long", grown(value), (ValueError,), name))
+        found.append(("one entry long", name, grown(value), (ValueError,), name))
         if value.ndim == 2 and value.shape[1] > 0:
-            found.append(("one column short", np.ascontiguousarray(value[:, :-1]), (ValueError,), name))
+            found.append(("one column short", name, np.ascontiguousarray(value[:, :-1]), (ValueError,), name))
     within = checks.resolve(getattr(spec, "within", None), args)
     if within is not None:
-        found += [(label, v, e, m) for label, _, v, e, m in out_of_range(name, value, within, rng)]
+        found += out_of_range(name, value, within, rng)
     if checks.resolve(getattr(spec, "nonnegative", False), args):
-        found += [(label, v, e, m) for label, _, v, e, m in negative_entry(name, value, rng)]
+        found += negative_entry(name, value, rng)
     return found
 
 
@@ -133,8 +133,7 @@ def spoilers(draw, call):
     for name, spec in call.contract.items():
         value = call.args[name]
         if isinstance(spec, (checks.Array, checks.Stream, checks.Offsets)):
-            found += [(label, name, v, e, m) for label, v, e, m in
-                      array_spoilers(draw, name, spec, value, call.args, bounding.get(name))]
+            found += array_spoilers(draw, name, spec, value, call.args, bounding.get(name))
         if isinstance(spec, (checks.Count, checks.Budget)):
             errors = getattr(spec, "type_errors", (TypeError,))
             for label, bad in (("a float", float(value) + 0.5), ("a bool", True), ("a string", "1"),
@@ -252,9 +251,10 @@ def drawn(kernel, custom=None, **given):
     return build
 
 
-def case(kernel, twin=None, custom=None, **given):
-    """The Case of a checked kernel whose valid calls are drawn from its contract (:func:`drawn`)."""
-    return Case(kernel.__name__.lstrip("_"), kernel, twin, drawn(kernel, custom, **given))
+def case(kernel, twin=None, custom=None, build=None, **given):
+    """The Case of ``kernel``: its valid calls made by ``build`` (draw -> Call), or else drawn from its
+    contract (:func:`drawn`)."""
+    return Case(kernel.__name__.lstrip("_"), kernel, twin, build or drawn(kernel, custom, **given))
 
 
 def rng_of(draw):
@@ -267,12 +267,18 @@ def vector(rng, dtype, shape):
     return x
 
 
-def nonfinite(name, x, rng):
-    if x.size == 0:
+def one_entry(label, name, values, bad, rng, match=None):
+    """The spoiler ``values`` with one random entry set to ``bad`` (none for an empty array); its message
+    names ``match`` (default: the argument)."""
+    if values.size == 0:
         return []
-    bad = x.copy()
-    bad.flat[int(rng.integers(0, x.size))] = rng.choice([np.nan, np.inf, -np.inf])
-    return [("a non-finite entry", name, bad, (ValueError,), NONFINITE)]
+    spoiled = values.copy()
+    spoiled.flat[int(rng.integers(0, values.size))] = bad
+    return [(label, name, spoiled, (ValueError,), match or name)]
+
+
+def nonfinite(name, x, rng):
+    return one_entry("a non-finite entry", name, x, rng.choice([np.nan, np.inf, -np.inf]), rng, NONFINITE)
 
 
 def nonfinite_in(name):
@@ -280,13 +286,8 @@ def nonfinite_in(name):
     return lambda draw, rng, args: nonfinite(name, args[name], rng)
 
 
-def out_of_range(name, values, size, rng, what=None):
-    """``values`` with one entry moved outside [0, size)."""
-    if values.size == 0:
-        return []
-    bad = values.copy()
-    bad.flat[int(rng.integers(0, values.size))] = rng.choice([size, size + 7, -1, 1 << 40])
-    return [("an index out of range", name, bad, (ValueError,), what or name)]
+def out_of_range(name, values, size, rng):
+    return one_entry("an index out of range", name, values, rng.choice([size, size + 7, -1, 1 << 40]), rng)
 
 
 def stream_of(rng, n_bits):
@@ -318,11 +319,7 @@ def offsets_spoilers(offsets, rng, name="segment_offsets", past_end=True):
 
 
 def negative_entry(name, values, rng):
-    if values.size == 0:
-        return []
-    bad = values.copy()
-    bad[int(rng.integers(0, values.size))] = -int(rng.integers(1, 1 << 40))
-    return [("a negative entry", name, bad, (ValueError,), name)]
+    return one_entry("a negative entry", name, values, -int(rng.integers(1, 1 << 40)), rng)
 
 
 # --- sparsify --------------------------------------------------------------------------------------
@@ -463,11 +460,7 @@ def _signs(draw, rng, args=None):
 
 
 def bad_sign(name, signs, rng, values=(0, 2, -2), match="only signs"):
-    if signs.size == 0:
-        return []
-    bad = signs.copy()
-    bad[int(rng.integers(0, bad.size))] = rng.choice(values)
-    return [("a value that is not a sign", name, bad, (ValueError,), match)]
+    return one_entry("a value that is not a sign", name, signs, rng.choice(values), rng, match)
 
 
 def _segment_size(draw, rng, args):
@@ -497,16 +490,15 @@ LAQ_BITS = checks.Count(1, 16)
 LAQ_BITS.type_errors = (ValueError,)
 
 
-def build_laq_quantize(draw):
-    rng = rng_of(draw)
-    dtype, shape, gradients, previous, bits = _laq_problem(draw, rng)
-    args = {"gradients": gradients, "previous": previous, "bits": bits,
-            "codes": np.zeros(shape, laq.code_dtype(bits)), "quantized": np.zeros(shape, dtype),
-            "radius": np.zeros(shape[0]), "error": np.zeros(shape[0]), "innovation": np.zeros(shape[0])}
-    # (the extra check: codes wide enough for the bits)
-    custom = [("codes too narrow for the bits", "bits", 12, (TypeError,), "codes") if bits <= 8 else
-              ("codes too narrow for the bits", "codes", np.zeros(shape, np.uint8), (TypeError,), "codes")]
-    return Call(args, custom=custom)
+def _codes_for(draw, rng, args):
+    """codes wide enough for the bits (laq_quantize's extra check)."""
+    return np.zeros(args["gradients"].shape, laq.code_dtype(args["bits"]))
+
+
+def _codes_too_narrow(draw, rng, args):
+    if args["bits"] <= 8:
+        return [("codes too narrow for the bits", "bits", 12, (TypeError,), "codes")]
+    return [("codes too narrow for the bits", "codes", args["codes"].astype(np.uint8), (TypeError,), "codes")]
 
 
 def build_quantize_innovation(draw):
@@ -524,16 +516,10 @@ def build_laq_dequantize(draw):
     codes = rng.integers(0, 1 << bits, shape).astype(laq.code_dtype(bits))
     radius = rng.uniform(0, 2, shape[0]) * (rng.random(shape[0]) < 0.8)
     custom = []
-    if codes.size:
-        for bad_code in (1 << bits, -1):
-            bad = codes.astype(np.int64)
-            bad.flat[int(rng.integers(0, bad.size))] = bad_code
-            custom.append((f"a code {bad_code}", "codes", bad, (ValueError,), "codes"))
-    if radius.size:
-        for bad_radius in (np.nan, np.inf, -1.0):
-            bad = radius.copy()
-            bad[int(rng.integers(0, bad.size))] = bad_radius
-            custom.append((f"a radius {bad_radius}", "radius", bad, (ValueError,), "radius"))
+    for bad in (1 << bits, -1):
+        custom += one_entry(f"a code {bad}", "codes", codes.astype(np.int64), bad, rng)
+    for bad in (np.nan, np.inf, -1.0):
+        custom += one_entry(f"a radius {bad}", "radius", radius, bad, rng)
     return Call({"codes": codes, "previous": previous, "radius": radius, "bits": bits},
                 {"codes": checks.Array(checks.INTEGER, ndim=2, contiguous=False,
                                        shape=lambda previous: previous.shape),
@@ -544,32 +530,12 @@ def build_laq_dequantize(draw):
 
 # --- terngrad --------------------------------------------------------------------------------------
 
-def build_segment_bits(draw):
-    return Call({"size": draw(st.integers(0, 10 ** 6)), "scale_nonzero": draw(st.booleans()),
-                 "float_bits": draw(st.sampled_from([32, 64]))})
-
-
-def build_terngrad_batch(draw):
-    rng = rng_of(draw)
-    dtype, sizes, offsets, n_rows, updates = _batch(draw, rng)
-    args = {"updates": updates, "segment_offsets": offsets, "uniforms": rng.random(updates.shape),
-            "clip": draw(st.sampled_from([0.0, 0.3, 2.5])), "float_bits": 32 if dtype == np.float32 else 64,
-            "decoded_out": np.zeros_like(updates), "scales_out": np.zeros((n_rows, len(sizes)), dtype),
-            "encoded_bits_out": np.zeros(n_rows, np.int64)}
-    return Call(args, custom=nonfinite("updates", updates, rng))
-
-
 def _ternary_codes(draw, rng):
     return rng.integers(-1, 2, draw(st.integers(0, 40))).astype(np.int8)
 
 
-def build_pack_ternary_into(draw):
-    rng = rng_of(draw)
-    codes = _ternary_codes(draw, rng)
-    bit_offset = draw(st.integers(0, 13))
-    stream = stream_of(rng, bit_offset + terngrad._ternary_code_bits(codes.size))
-    return Call({"codes": codes, "stream": stream, "bit_offset": bit_offset},
-                custom=bad_sign("codes", codes, rng, (2, -2, 5), "ternary codes"))
+def _bad_ternary_code(draw, rng, args):
+    return bad_sign("codes", args["codes"], rng, (2, -2, 5), "ternary codes")
 
 
 def _packed(draw, rng):
@@ -597,16 +563,13 @@ def build_unpack_ternary_from(draw):
 UINT64_MAX = (1 << 64) - 1
 
 
-def build_random_positions(draw):
-    size = draw(st.integers(0, 60))
-    k = draw(st.integers(0, size))
-    # (the relation checked after k: 0 <= k <= size <= 2^32)
-    custom = [("below range", "size", k - draw(st.integers(1, 1 << 66)), (ValueError,), "size"),
-              ("above range", "size", randomk.MAX_SEGMENT + draw(st.integers(1, 1 << 66)), (ValueError,), "size"),
-              ("below range", "k", -draw(st.integers(1, 1 << 66)), (ValueError,), "k"),
-              ("above range", "k", size + draw(st.integers(1, 1 << 66)), (ValueError,), "k")]
-    return Call({"seed": draw(st.integers(0, UINT64_MAX)), "segment": draw(st.integers(0, 10)), "size": size,
-                 "k": k, "positions_out": np.empty(k, np.int64)}, custom=custom)
+def _segment_relation(draw, rng, args):
+    """The relation checked after k: 0 <= k <= size <= 2^32."""
+    size, k = args["size"], args["k"]
+    return [("below range", "size", k - draw(st.integers(1, 1 << 66)), (ValueError,), "size"),
+            ("above range", "size", randomk.MAX_SEGMENT + draw(st.integers(1, 1 << 66)), (ValueError,), "size"),
+            ("below range", "k", -draw(st.integers(1, 1 << 66)), (ValueError,), "k"),
+            ("above range", "k", size + draw(st.integers(1, 1 << 66)), (ValueError,), "k")]
 
 
 def build_randomk_compress_batch(draw):
@@ -647,11 +610,8 @@ def _signed(draw, rng, size, levels=None):
 
 def beyond_omega(name, values, rng):
     """``values`` as int64 with one entry beyond the omega code's +-(2^62 - 1)."""
-    if values.size == 0:
-        return []
-    bad = values.astype(np.int64)
-    bad[int(rng.integers(0, bad.size))] = rng.choice([1 << 62, -(1 << 62), INT64_MAX, -INT64_MAX - 1])
-    return [("a level beyond 2^62", name, bad, (ValueError,), name)]
+    bad = rng.choice([1 << 62, -(1 << 62), INT64_MAX, -INT64_MAX - 1])
+    return one_entry("a level beyond 2^62", name, values.astype(np.int64), bad, rng)
 
 
 def build_read_elias_omega(draw):
@@ -762,14 +722,6 @@ def _matrix(rng, dtype, shape):
     return rng.standard_normal(shape).astype(dtype)
 
 
-def build_orthogonalize(draw):
-    rng = rng_of(draw)
-    dtype = draw(st.sampled_from([np.float32, np.float64]))
-    p = _matrix(rng, dtype, (draw(st.integers(0, 12)), draw(st.integers(0, 4))))
-    tolerance = draw(st.sampled_from([0.0, powersgd.drop_tolerance(dtype), 0.5]))
-    return Call({"p": p, "tolerance": tolerance, "out": np.zeros_like(p)}, custom=nonfinite("p", p, rng))
-
-
 def build_low_rank_product(draw):
     rng = rng_of(draw)
     dtype = draw(st.sampled_from([np.float32, np.float64]))
@@ -840,15 +792,6 @@ def build_softmax_residual(draw):
                  "grad_b": np.zeros((G, C), dtype)}, custom=custom)
 
 
-def build_gather_rows(draw):
-    rng = rng_of(draw)
-    dtype = np.dtype(draw(st.sampled_from([np.float32, np.float64])))
-    N, F, G, R = draw(st.integers(1, 9)), draw(st.integers(1, 6)), draw(st.integers(1, 3)), draw(st.integers(0, 5))
-    x = rng.standard_normal((N, F)).astype(dtype)
-    index = rng.integers(0, N, (G, R))
-    return Call({"x": x, "index": index, "out": np.zeros((G, R, F), dtype)})
-
-
 CASES = {
     "sparsify": [
         case(selection._top_k_select, selection._top_k_select_numpy, nonfinite_in("x")),
@@ -862,7 +805,7 @@ CASES = {
         case(ternary._sign, ternary._sign_numpy, nonfinite_in("x")),
         case(ternary._mean_magnitude, ternary._mean_magnitude_numpy, nonfinite_in("x")),
         case(sparsify.all_finite, sparsify.all_finite_numpy, _zero_dimensional),
-        Case("sparse_compress_batch", sparsify.sparse_compress_batch, None, build_sparse_compress_batch),
+        case(sparsify.sparse_compress_batch, None, build=build_sparse_compress_batch),
         case(sparsify.sign_compress_batch, None, nonfinite_in("updates")),
     ],
     "golomb": [
@@ -873,9 +816,8 @@ CASES = {
         case(golomb.golomb_rice_bits, golomb.golomb_rice_bits_numpy, _not_increasing, positions=_positions),
         case(golomb.golomb_rice_encode_into, None, _not_increasing, positions=_positions),
         case(golomb.golomb_rice_encode, golomb.golomb_rice_encode_numpy, _not_increasing, positions=_positions),
-        Case("golomb_rice_decode_from", golomb.golomb_rice_decode_from, None, build_golomb_rice_decode_from),
-        Case("golomb_rice_decode", golomb.golomb_rice_decode, golomb.golomb_rice_decode_numpy,
-             build_golomb_rice_decode),
+        case(golomb.golomb_rice_decode_from, None, build=build_golomb_rice_decode_from),
+        case(golomb.golomb_rice_decode, golomb.golomb_rice_decode_numpy, build=build_golomb_rice_decode),
         case(bitstream.write_uints),
         case(bitstream.read_uints, None, _too_narrow, values_out=_wide_enough),
         case(bitstream.pack_signs_into, None, lambda draw, rng, args: bad_sign("signs", args["signs"], rng),
@@ -884,42 +826,41 @@ CASES = {
         case(golomb.sparse_segment_bits, None, _segment_cases, local_positions=_positions, size=_segment_size),
     ],
     "laq": [
-        Case("laq_quantize", laq.laq_quantize, laq.laq_quantize_numpy, build_laq_quantize),
-        Case("quantize_innovation", laq.quantize_innovation, None, build_quantize_innovation),
-        Case("laq_dequantize", laq._laq_dequantize, None, build_laq_dequantize),
+        case(laq.laq_quantize, laq.laq_quantize_numpy, _codes_too_narrow, codes=_codes_for),
+        case(laq.quantize_innovation, None, build=build_quantize_innovation),
+        case(laq._laq_dequantize, None, build=build_laq_dequantize),
     ],
     "terngrad": [
-        Case("segment_bits", terngrad.segment_bits, None, build_segment_bits),
-        Case("terngrad_batch", terngrad.terngrad_batch, terngrad.terngrad_batch_numpy, build_terngrad_batch),
-        Case("pack_ternary_into", terngrad.pack_ternary_into, None, build_pack_ternary_into),
-        Case("unpack_ternary_from", terngrad.unpack_ternary_from, None, build_unpack_ternary_from),
+        case(terngrad.segment_bits),
+        case(terngrad.terngrad_batch, terngrad.terngrad_batch_numpy, nonfinite_in("updates")),
+        case(terngrad.pack_ternary_into, None, _bad_ternary_code,
+             codes=lambda draw, rng, args: _ternary_codes(draw, rng)),
+        case(terngrad.unpack_ternary_from, None, build=build_unpack_ternary_from),
     ],
     "randomk": [
-        Case("random_positions", randomk.random_positions, randomk.random_positions_numpy,
-             build_random_positions),
-        Case("randomk_compress_batch", randomk.randomk_compress_batch, randomk.randomk_compress_batch_numpy,
-             build_randomk_compress_batch),
+        case(randomk.random_positions, randomk.random_positions_numpy, _segment_relation,
+             size=lambda draw, rng, args: draw(st.integers(0, 60)),
+             k=lambda draw, rng, args: draw(st.integers(0, args["size"]))),
+        case(randomk.randomk_compress_batch, randomk.randomk_compress_batch_numpy, build=build_randomk_compress_batch),
     ],
     "qsgd": [
         case(omega._elias_omega_bits, omega._elias_omega_bits_numpy),
         case(omega._write_elias_omega),
-        Case("read_elias_omega", omega._read_elias_omega, None, build_read_elias_omega),
-        Case("qsgd_bits", qsgd.qsgd_bits, qsgd.qsgd_bits_numpy, build_qsgd_bits),
-        Case("qsgd_quantize", qsgd.qsgd_quantize, qsgd.qsgd_quantize_numpy, build_qsgd_quantize),
-        Case("qsgd_encode_into", qsgd.qsgd_encode_into, None, build_qsgd_encode_into),
-        Case("qsgd_decode_from", qsgd.qsgd_decode_from, None, build_qsgd_decode_from),
+        case(omega._read_elias_omega, None, build=build_read_elias_omega),
+        case(qsgd.qsgd_bits, qsgd.qsgd_bits_numpy, build=build_qsgd_bits),
+        case(qsgd.qsgd_quantize, qsgd.qsgd_quantize_numpy, build=build_qsgd_quantize),
+        case(qsgd.qsgd_encode_into, None, build=build_qsgd_encode_into),
+        case(qsgd.qsgd_decode_from, None, build=build_qsgd_decode_from),
     ],
     "powersgd": [
-        Case("orthogonalize", powersgd._orthogonalize, powersgd._orthogonalize_numpy, build_orthogonalize),
-        Case("low_rank_product", powersgd.low_rank_product, powersgd.low_rank_product_numpy,
-             build_low_rank_product),
-        Case("power_step", powersgd.power_step, powersgd.power_step_numpy, build_power_step),
+        case(powersgd._orthogonalize, powersgd._orthogonalize_numpy, nonfinite_in("p")),
+        case(powersgd.low_rank_product, powersgd.low_rank_product_numpy, build=build_low_rank_product),
+        case(powersgd.power_step, powersgd.power_step_numpy, build=build_power_step),
     ],
     "softmax": [
-        Case("shift_logits", softmax.shift_logits, softmax.shift_logits_numpy, build_shift_logits),
-        Case("softmax_residual", softmax.softmax_residual, softmax.softmax_residual_numpy,
-             build_softmax_residual),
-        Case("gather_rows", softmax.gather_rows, softmax.gather_rows_numpy, build_gather_rows),
+        case(softmax.shift_logits, softmax.shift_logits_numpy, build=build_shift_logits),
+        case(softmax.softmax_residual, softmax.softmax_residual_numpy, build=build_softmax_residual),
+        case(softmax.gather_rows, softmax.gather_rows_numpy),
     ],
 }
 # The groups of cases, each run in a child process of its own.
@@ -1011,196 +952,126 @@ def _qsgd_decode(size, d, patterns_out, levels_out):
 
 FLOAT32_ONE = np.array([int(np.float32(1).view(np.uint32))], np.int64)
 
-# name -> (what happened before, the call (given a guarded buffer maker), expected error, message)
-CRASHED_BEFORE = {
-    "ternarize (short signs_out)": (
-        "SIGSEGV",
-        lambda g: ternary._ternarize(np.ones(5000, np.float32), 5000, np.empty(5000, np.int64), g(1, np.int8)),
-        ValueError, "signs_out"),
-    "top_k_sparsify (short values_out)": (
-        "wrote past values_out",
-        lambda g: selection._top_k_sparsify(np.ones(3000), 3000, np.empty(3000, np.int64), g(1, np.float64)),
-        ValueError, "values_out"),
-    "select_at_least (short positions_out)": (
-        "wrote past positions_out",
-        lambda g: selection._select_at_least(np.ones(3000), 0.5, g(1, np.int64)), ValueError, "positions_out"),
-    "sampled_top_k_threshold (sample position 2^40)": (
-        "SIGSEGV",
-        lambda g: selection._sampled_top_k_threshold(np.ones(10), np.array([0, 1 << 40], np.int64), 1),
-        ValueError, "sample_positions"),
-    "sampled_ternarize (short positions_out)": (
-        "wrote past positions_out",
-        lambda g: ternary._sampled_ternarize(np.arange(1.0, 3001.0), np.array([2500], np.int64), 1, 30,
-                                             g(1, np.int64), np.empty(3000, np.int8)),
-        ValueError, "positions_out"),
-    "sign (short signs_out)": (
-        "wrote past signs_out", lambda g: ternary._sign(np.ones(3000), g(1, np.int8)), ValueError, "signs_out"),
-    "sparse_compress_batch (sample position 2^40)": (
-        "SIGSEGV",
-        lambda g: sparsify.sparse_compress_batch(
-            np.ones((1, 10)), np.array([0, 10], np.int64), np.array([3], np.int64), True, 64, True,
-            np.array([1 << 40], np.int64), np.array([0, 1], np.int64), np.array([1], np.int64),
-            np.zeros((1, 10)), np.zeros((1, 1), np.int64), np.zeros(1, np.int64)),
-        ValueError, "sample_positions"),
-    "sparse_compress_batch (short sent_out)": (
-        "wrote past sent_out",
-        lambda g: sparsify.sparse_compress_batch(*_stc_exact(4000), g(10, np.float64, (1, 10)),
-                                                 np.zeros((1, 1), np.int64), np.zeros(1, np.int64)),
-        ValueError, "sent_out"),
-    "sign_compress_batch (short scales_out)": (
-        "wrote past scales_out",
-        lambda g: sparsify.sign_compress_batch(np.ones((4, 10)), np.array([0, 5, 10], np.int64), True, 64,
-                                               np.zeros((4, 10)), g(1, np.float64, (1, 1)),
-                                               np.zeros(4, np.int64)),
-        ValueError, "scales_out"),
-    "write_uint (bit offset 2^40)": (
-        "SIGSEGV", lambda g: bitstream.write_uint(g(2, np.uint8), 1 << 40, 255, 8), ValueError, "stream"),
-    "read_uint (negative bit offset)": (
-        "read the stream's last byte",
-        lambda g: bitstream.read_uint(np.array([0, 0, 0, 0xF0], np.uint8), -8, 8), ValueError, "bit_offset"),
-    "golomb_rice_encode_into (short stream)": (
-        "wrote past the stream",
-        lambda g: golomb.golomb_rice_encode_into(np.arange(0, 20000, 7, dtype=np.int64), 0, g(1, np.uint8), 0),
-        ValueError, "stream"),
-    "golomb_rice_decode_from (short positions_out)": (
-        "wrote past positions_out",
-        lambda g: golomb.golomb_rice_decode_from(np.zeros(375, np.uint8), 0, 3000, 3000, 0, g(1, np.int64)),
-        ValueError, "positions_out"),
-    "write_uints (short stream)": (
-        "wrote past the stream",
-        lambda g: bitstream.write_uints(g(1, np.uint8), 0, np.full(1000, 0xFFFFFFFF, np.uint32), 32),
-        ValueError, "stream"),
-    "pack_signs_into (short stream)": (
-        "wrote past the stream",
-        lambda g: bitstream.pack_signs_into(-np.ones(8000, np.int8), g(1, np.uint8), 0), ValueError, "stream"),
-    "unpack_signs_from (short signs_out)": (
-        "SIGABRT (heap corruption)",
-        lambda g: bitstream.unpack_signs_from(np.zeros(1000, np.uint8), 0, 8000, g(1, np.int8)),
-        ValueError, "signs_out"),
-    "terngrad_batch (short decoded_out)": (
-        "wrote past decoded_out",
-        lambda g: terngrad.terngrad_batch(np.ones((1, 3000)), np.array([0, 3000], np.int64),
-                                          np.zeros((1, 3000)), 0.0, 64, g(10, np.float64, (1, 10)),
-                                          np.zeros((1, 1)), np.zeros(1, np.int64)),
-        ValueError, "decoded_out"),
-    "pack_ternary_into (short stream)": (
-        "wrote past the stream",
-        lambda g: terngrad.pack_ternary_into(-np.ones(8000, np.int8), g(1, np.uint8), 0), ValueError, "stream"),
-    "unpack_ternary_from (short codes_out)": (
-        "SIGABRT (heap corruption)",
-        lambda g: terngrad.unpack_ternary_from(np.zeros(2000, np.uint8), 0, 8000, g(1, np.int8)),
-        ValueError, "codes_out"),
-    "random_positions (short positions_out)": (
-        "wrote past positions_out",
-        lambda g: randomk.random_positions(1, 0, 5000, 3000, g(1, np.int64)), ValueError, "positions_out"),
-    "randomk_compress_batch (short values_out)": (
-        "wrote past values_out",
-        lambda g: randomk.randomk_compress_batch(np.ones((1, 5000)), np.array([0, 5000], np.int64),
-                                                 np.array([3000], np.int64), np.ones(1), np.zeros(1, np.uint64),
-                                                 np.zeros((1, 5000)), g(1, np.float64, (1, 1))),
-        ValueError, "values_out"),
-    "laq_quantize (short radius)": (
-        "wrote past radius",
-        lambda g: laq.laq_quantize(np.ones((50, 3000)), np.zeros((50, 3000)), 4, np.zeros((50, 3000), np.uint8),
-                                   np.zeros((50, 3000)), g(1, np.float64), np.zeros(50), np.zeros(50)),
-        ValueError, "radius"),
-    "laq_dequantize (NaN radius)": (
-        "silently returned Q_prev",
-        lambda g: laq._laq_dequantize(np.zeros((1, 3), np.uint8), np.zeros((1, 3)), np.array([np.nan]), 4),
-        ValueError, "radius"),
-    "qsgd_quantize (short decoded_out)": (
-        "SIGSEGV", lambda g: _qsgd_with(5, g(10, np.float64, (1, 10)), 1, 5000), ValueError, "decoded_out"),
-    "qsgd_quantize (short levels_out)": (
-        "SIGSEGV", lambda g: _qsgd_with(7, g(10, np.int16, (1, 10)), 1, 5000), ValueError, "levels_out"),
-    "qsgd_quantize (short norms_out)": (
-        "wrote past norms_out", lambda g: _qsgd_with(6, g(1, np.float64, (1, 1)), 1, 5000, 1), ValueError,
-        "norms_out"),
-    "qsgd_quantize (short encoded_bits_out)": (
-        "wrote past encoded_bits_out", lambda g: _qsgd_with(8, g(1, np.int64), 3000, 2), ValueError,
-        "encoded_bits_out"),
-    "qsgd_quantize (s = 100000 into int16 levels)": (
-        "silently wrapped the levels (1 became -31072)", lambda g: _qsgd_with(2, 100000, 1, 2), TypeError,
-        "levels_out"),
-    "qsgd_bits (short norms)": (
-        "read past norms (a count from garbage)",
-        lambda g: qsgd.qsgd_bits(np.ones(1 << 20, np.int16), np.arange((1 << 20) + 1, dtype=np.int64),
-                                 np.zeros(1), 32),
-        ValueError, "norms"),
-    "qsgd_encode_into (short stream)": (
-        "SIGABRT (heap corruption)",
-        lambda g: qsgd.qsgd_encode_into(np.ones(20000, np.int16), np.array([0, 20000], np.int64),
-                                        FLOAT32_ONE, 32, g(1, np.uint8), 0),
-        ValueError, "stream"),
-    "qsgd_encode_into (bit offset 2^40)": (
-        "SIGSEGV",
-        lambda g: qsgd.qsgd_encode_into(np.ones(4, np.int16), np.array([0, 4], np.int64), FLOAT32_ONE, 32,
-                                        g(2, np.uint8), 1 << 40),
-        ValueError, "stream"),
-    "qsgd_encode_into (bucket offset 2^40)": (
-        "SIGSEGV",
-        lambda g: qsgd.qsgd_encode_into(np.ones(4, np.int16), np.array([0, 1 << 40], np.int64),
-                                        FLOAT32_ONE, 32, g(1024, np.uint8), 0),
-        ValueError, "bucket_offsets"),
-    "qsgd_encode_into (float_bits 1000)": (
-        "wrote past the stream",
-        lambda g: qsgd.qsgd_encode_into(np.ones(4, np.int16), np.array([0, 4], np.int64), FLOAT32_ONE, 1000,
-                                        g(8, np.uint8), 0),
-        ValueError, "float_bits"),
-    "qsgd_decode_from (short levels_out)": (
-        "wrote past levels_out", lambda g: _qsgd_decode(3000, 0, np.zeros(1, np.int64), g(1, np.int64)),
-        ValueError, "levels_out"),
-    "qsgd_decode_from (short norm_patterns_out)": (
-        "wrote past norm_patterns_out",
-        lambda g: _qsgd_decode(3000, 1, g(1, np.int64), np.zeros(3000, np.int64)), ValueError,
-        "norm_patterns_out"),
-    "qsgd_decode_from (bit offset -2^40)": (
-        "SIGSEGV",
-        lambda g: qsgd.qsgd_decode_from(np.zeros(4, np.uint8), -(1 << 40), 32, np.array([0, 1], np.int64), 32,
-                                        np.zeros(1, np.int64), np.zeros(1, np.int64)),
-        ValueError, "bit_offset"),
-    "write_elias_omega (short stream)": (
-        "wrote past the stream", lambda g: omega._write_elias_omega(g(1, np.uint8), 0, (1 << 62) - 1), ValueError,
-        "stream"),
-    "write_elias_omega (bit offset 2^40)": (
-        "SIGSEGV", lambda g: omega._write_elias_omega(g(1, np.uint8), 1 << 40, 5), ValueError, "stream"),
-    "read_elias_omega (bit offset -2^40)": (
-        "SIGSEGV", lambda g: omega._read_elias_omega(np.zeros(1, np.uint8), -(1 << 40), 8), ValueError,
-        "bit_offset"),
-    "orthogonalize (short out)": (
-        "SIGSEGV (heap corruption)",
-        lambda g: powersgd._orthogonalize(np.ones((3000, 2)), 1e-4, g(2, np.float64, (1, 2))), ValueError,
-        "out"),
-    "orthogonalize (NaN tolerance)": (
-        "silently dropped every column",
-        lambda g: powersgd._orthogonalize(np.eye(3), np.nan, np.zeros((3, 3))), ValueError, "tolerance"),
-    "low_rank_product (short out)": (
-        "wrote past out",
-        lambda g: powersgd.low_rank_product(np.ones((100, 2)), np.ones((100, 2)), g(4, np.float64, (2, 2))),
-        ValueError, "out"),
-    "low_rank_product (rank 0)": (
-        "read past left and right (garbage out)",
-        lambda g: powersgd.low_rank_product(np.ones((3000, 0)), np.ones((3000, 0)), np.zeros((3000, 3000))),
-        ValueError, "left"),
-    "low_rank_product (right of rank 1 for a left of rank 4)": (
-        "read past right",
-        lambda g: powersgd.low_rank_product(np.ones((2000, 4)), np.ones((2000, 1)), np.zeros((2000, 2000))),
-        ValueError, "right"),
-    "power_step (short decoded_out)": (
-        "wrote past decoded_out",
-        lambda g: powersgd.power_step(np.ones((1, 100, 100)), np.ones((100, 2)), 1e-4,
-                                      g(4, np.float64, (1, 2, 2))),
-        ValueError, "decoded_out"),
-    "power_step (rank 0)": (
-        "read past P_hat and Q_k (garbage decoded)",
-        lambda g: powersgd.power_step(np.ones((1, 3000, 3000)), np.ones((3000, 0)), 1e-4,
-                                      np.zeros((1, 3000, 3000))),
-        ValueError, "q"),
-}
+# (name, what happened before, expected error, what its message names, the call given a guarded buffer maker)
+CRASHED_BEFORE = [
+    ("ternarize (short signs_out)", "SIGSEGV", ValueError, "signs_out",
+     lambda g: ternary._ternarize(np.ones(5000, np.float32), 5000, np.empty(5000, np.int64), g(1, np.int8))),
+    ("top_k_sparsify (short values_out)", "wrote past values_out", ValueError, "values_out",
+     lambda g: selection._top_k_sparsify(np.ones(3000), 3000, np.empty(3000, np.int64), g(1, np.float64))),
+    ("select_at_least (short positions_out)", "wrote past positions_out", ValueError, "positions_out",
+     lambda g: selection._select_at_least(np.ones(3000), 0.5, g(1, np.int64))),
+    ("sampled_top_k_threshold (sample position 2^40)", "SIGSEGV", ValueError, "sample_positions",
+     lambda g: selection._sampled_top_k_threshold(np.ones(10), np.array([0, 1 << 40], np.int64), 1)),
+    ("sampled_ternarize (short positions_out)", "wrote past positions_out", ValueError, "positions_out",
+     lambda g: ternary._sampled_ternarize(np.arange(1.0, 3001.0), np.array([2500], np.int64), 1, 30,
+                                          g(1, np.int64), np.empty(3000, np.int8))),
+    ("sign (short signs_out)", "wrote past signs_out", ValueError, "signs_out",
+     lambda g: ternary._sign(np.ones(3000), g(1, np.int8))),
+    ("sparse_compress_batch (sample position 2^40)", "SIGSEGV", ValueError, "sample_positions",
+     lambda g: sparsify.sparse_compress_batch(
+         np.ones((1, 10)), np.array([0, 10], np.int64), np.array([3], np.int64), True, 64, True,
+         np.array([1 << 40], np.int64), np.array([0, 1], np.int64), np.array([1], np.int64),
+         np.zeros((1, 10)), np.zeros((1, 1), np.int64), np.zeros(1, np.int64))),
+    ("sparse_compress_batch (short sent_out)", "wrote past sent_out", ValueError, "sent_out",
+     lambda g: sparsify.sparse_compress_batch(*_stc_exact(4000), g(10, np.float64, (1, 10)),
+                                              np.zeros((1, 1), np.int64), np.zeros(1, np.int64))),
+    ("sign_compress_batch (short scales_out)", "wrote past scales_out", ValueError, "scales_out",
+     lambda g: sparsify.sign_compress_batch(np.ones((4, 10)), np.array([0, 5, 10], np.int64), True, 64,
+                                            np.zeros((4, 10)), g(1, np.float64, (1, 1)),
+                                            np.zeros(4, np.int64))),
+    ("write_uint (bit offset 2^40)", "SIGSEGV", ValueError, "stream",
+     lambda g: bitstream.write_uint(g(2, np.uint8), 1 << 40, 255, 8)),
+    ("read_uint (negative bit offset)", "read the stream's last byte", ValueError, "bit_offset",
+     lambda g: bitstream.read_uint(np.array([0, 0, 0, 0xF0], np.uint8), -8, 8)),
+    ("golomb_rice_encode_into (short stream)", "wrote past the stream", ValueError, "stream",
+     lambda g: golomb.golomb_rice_encode_into(np.arange(0, 20000, 7, dtype=np.int64), 0, g(1, np.uint8), 0)),
+    ("golomb_rice_decode_from (short positions_out)", "wrote past positions_out", ValueError, "positions_out",
+     lambda g: golomb.golomb_rice_decode_from(np.zeros(375, np.uint8), 0, 3000, 3000, 0, g(1, np.int64))),
+    ("write_uints (short stream)", "wrote past the stream", ValueError, "stream",
+     lambda g: bitstream.write_uints(g(1, np.uint8), 0, np.full(1000, 0xFFFFFFFF, np.uint32), 32)),
+    ("pack_signs_into (short stream)", "wrote past the stream", ValueError, "stream",
+     lambda g: bitstream.pack_signs_into(-np.ones(8000, np.int8), g(1, np.uint8), 0)),
+    ("unpack_signs_from (short signs_out)", "SIGABRT (heap corruption)", ValueError, "signs_out",
+     lambda g: bitstream.unpack_signs_from(np.zeros(1000, np.uint8), 0, 8000, g(1, np.int8))),
+    ("terngrad_batch (short decoded_out)", "wrote past decoded_out", ValueError, "decoded_out",
+     lambda g: terngrad.terngrad_batch(np.ones((1, 3000)), np.array([0, 3000], np.int64),
+                                       np.zeros((1, 3000)), 0.0, 64, g(10, np.float64, (1, 10)),
+                                       np.zeros((1, 1)), np.zeros(1, np.int64))),
+    ("pack_ternary_into (short stream)", "wrote past the stream", ValueError, "stream",
+     lambda g: terngrad.pack_ternary_into(-np.ones(8000, np.int8), g(1, np.uint8), 0)),
+    ("unpack_ternary_from (short codes_out)", "SIGABRT (heap corruption)", ValueError, "codes_out",
+     lambda g: terngrad.unpack_ternary_from(np.zeros(2000, np.uint8), 0, 8000, g(1, np.int8))),
+    ("random_positions (short positions_out)", "wrote past positions_out", ValueError, "positions_out",
+     lambda g: randomk.random_positions(1, 0, 5000, 3000, g(1, np.int64))),
+    ("randomk_compress_batch (short values_out)", "wrote past values_out", ValueError, "values_out",
+     lambda g: randomk.randomk_compress_batch(np.ones((1, 5000)), np.array([0, 5000], np.int64),
+                                              np.array([3000], np.int64), np.ones(1), np.zeros(1, np.uint64),
+                                              np.zeros((1, 5000)), g(1, np.float64, (1, 1)))),
+    ("laq_quantize (short radius)", "wrote past radius", ValueError, "radius",
+     lambda g: laq.laq_quantize(np.ones((50, 3000)), np.zeros((50, 3000)), 4, np.zeros((50, 3000), np.uint8),
+                                np.zeros((50, 3000)), g(1, np.float64), np.zeros(50), np.zeros(50))),
+    ("laq_dequantize (NaN radius)", "silently returned Q_prev", ValueError, "radius",
+     lambda g: laq._laq_dequantize(np.zeros((1, 3), np.uint8), np.zeros((1, 3)), np.array([np.nan]), 4)),
+    ("qsgd_quantize (short decoded_out)", "SIGSEGV", ValueError, "decoded_out",
+     lambda g: _qsgd_with(5, g(10, np.float64, (1, 10)), 1, 5000)),
+    ("qsgd_quantize (short levels_out)", "SIGSEGV", ValueError, "levels_out",
+     lambda g: _qsgd_with(7, g(10, np.int16, (1, 10)), 1, 5000)),
+    ("qsgd_quantize (short norms_out)", "wrote past norms_out", ValueError, "norms_out",
+     lambda g: _qsgd_with(6, g(1, np.float64, (1, 1)), 1, 5000, 1)),
+    ("qsgd_quantize (short encoded_bits_out)", "wrote past encoded_bits_out", ValueError, "encoded_bits_out",
+     lambda g: _qsgd_with(8, g(1, np.int64), 3000, 2)),
+    ("qsgd_quantize (s = 100000 into int16 levels)", "silently wrapped the levels (1 became -31072)", TypeError,
+     "levels_out",
+     lambda g: _qsgd_with(2, 100000, 1, 2)),
+    ("qsgd_bits (short norms)", "read past norms (a count from garbage)", ValueError, "norms",
+     lambda g: qsgd.qsgd_bits(np.ones(1 << 20, np.int16), np.arange((1 << 20) + 1, dtype=np.int64),
+                              np.zeros(1), 32)),
+    ("qsgd_encode_into (short stream)", "SIGABRT (heap corruption)", ValueError, "stream",
+     lambda g: qsgd.qsgd_encode_into(np.ones(20000, np.int16), np.array([0, 20000], np.int64),
+                                     FLOAT32_ONE, 32, g(1, np.uint8), 0)),
+    ("qsgd_encode_into (bit offset 2^40)", "SIGSEGV", ValueError, "stream",
+     lambda g: qsgd.qsgd_encode_into(np.ones(4, np.int16), np.array([0, 4], np.int64), FLOAT32_ONE, 32,
+                                     g(2, np.uint8), 1 << 40)),
+    ("qsgd_encode_into (bucket offset 2^40)", "SIGSEGV", ValueError, "bucket_offsets",
+     lambda g: qsgd.qsgd_encode_into(np.ones(4, np.int16), np.array([0, 1 << 40], np.int64),
+                                     FLOAT32_ONE, 32, g(1024, np.uint8), 0)),
+    ("qsgd_encode_into (float_bits 1000)", "wrote past the stream", ValueError, "float_bits",
+     lambda g: qsgd.qsgd_encode_into(np.ones(4, np.int16), np.array([0, 4], np.int64), FLOAT32_ONE, 1000,
+                                     g(8, np.uint8), 0)),
+    ("qsgd_decode_from (short levels_out)", "wrote past levels_out", ValueError, "levels_out",
+     lambda g: _qsgd_decode(3000, 0, np.zeros(1, np.int64), g(1, np.int64))),
+    ("qsgd_decode_from (short norm_patterns_out)", "wrote past norm_patterns_out", ValueError, "norm_patterns_out",
+     lambda g: _qsgd_decode(3000, 1, g(1, np.int64), np.zeros(3000, np.int64))),
+    ("qsgd_decode_from (bit offset -2^40)", "SIGSEGV", ValueError, "bit_offset",
+     lambda g: qsgd.qsgd_decode_from(np.zeros(4, np.uint8), -(1 << 40), 32, np.array([0, 1], np.int64), 32,
+                                     np.zeros(1, np.int64), np.zeros(1, np.int64))),
+    ("write_elias_omega (short stream)", "wrote past the stream", ValueError, "stream",
+     lambda g: omega._write_elias_omega(g(1, np.uint8), 0, (1 << 62) - 1)),
+    ("write_elias_omega (bit offset 2^40)", "SIGSEGV", ValueError, "stream",
+     lambda g: omega._write_elias_omega(g(1, np.uint8), 1 << 40, 5)),
+    ("read_elias_omega (bit offset -2^40)", "SIGSEGV", ValueError, "bit_offset",
+     lambda g: omega._read_elias_omega(np.zeros(1, np.uint8), -(1 << 40), 8)),
+    ("orthogonalize (short out)", "SIGSEGV (heap corruption)", ValueError, "out",
+     lambda g: powersgd._orthogonalize(np.ones((3000, 2)), 1e-4, g(2, np.float64, (1, 2)))),
+    ("orthogonalize (NaN tolerance)", "silently dropped every column", ValueError, "tolerance",
+     lambda g: powersgd._orthogonalize(np.eye(3), np.nan, np.zeros((3, 3)))),
+    ("low_rank_product (short out)", "wrote past out", ValueError, "out",
+     lambda g: powersgd.low_rank_product(np.ones((100, 2)), np.ones((100, 2)), g(4, np.float64, (2, 2)))),
+    ("low_rank_product (rank 0)", "read past left and right (garbage out)", ValueError, "left",
+     lambda g: powersgd.low_rank_product(np.ones((3000, 0)), np.ones((3000, 0)), np.zeros((3000, 3000)))),
+    ("low_rank_product (right of rank 1 for a left of rank 4)", "read past right", ValueError, "right",
+     lambda g: powersgd.low_rank_product(np.ones((2000, 4)), np.ones((2000, 1)), np.zeros((2000, 2000)))),
+    ("power_step (short decoded_out)", "wrote past decoded_out", ValueError, "decoded_out",
+     lambda g: powersgd.power_step(np.ones((1, 100, 100)), np.ones((100, 2)), 1e-4,
+                                   g(4, np.float64, (1, 2, 2)))),
+    ("power_step (rank 0)", "read past P_hat and Q_k (garbage decoded)", ValueError, "q",
+     lambda g: powersgd.power_step(np.ones((1, 3000, 3000)), np.ones((3000, 0)), 1e-4,
+                                   np.zeros((1, 3000, 3000)))),
+]
 
 
-@pytest.mark.parametrize("name", list(CRASHED_BEFORE))
-def test_call_that_crashed_before_raises_in_process(name):
-    _, call, error, match = CRASHED_BEFORE[name]
+@pytest.mark.parametrize("name, before, error, match, call", CRASHED_BEFORE, ids=[c[0] for c in CRASHED_BEFORE])
+def test_call_that_crashed_before_raises_in_process(name, before, error, match, call):
     buffers = []
 
     def make(n, dtype, shape=None):
@@ -1211,7 +1082,7 @@ def test_call_that_crashed_before_raises_in_process(name):
     with pytest.raises(error, match=match):
         call(make)
     for buffer, n in buffers:
-        assert np.all(buffer[n:] == buffer.dtype.type(CANARY)), f"{name}: a canary behind the buffer changed"
+        assert np.all(buffer[n:] == buffer.dtype.type(CANARY)), f"{name} ({before} before the checks): a canary changed"
 
 
 def test_power_step_takes_views_into_a_batch():

@@ -16,15 +16,10 @@ import numpy as np
 import pytest
 
 from fedsim.kernels import bitstream, golomb, laq, selection, ternary
+from tests.kernels.conftest import run_laq, select
 
 # (150,000 > SMALL_SEGMENT and CANDIDATE_ROOM + 10: a full candidate buffer compacts for a small k)
 SAMPLED_SIZES = [selection.SHORT_SEGMENT + 1, 10_240, selection.SMALL_SEGMENT, 100_000, 150_000, 200_003]
-
-
-def _select(kernel, x, k):
-    positions = np.empty(max(1, min(k, x.size)), np.int64)
-    count = kernel(x, k, positions)
-    return count, positions[:count].copy()
 
 
 def _stride(size):
@@ -48,7 +43,7 @@ def test_sampled_segments_match_twin(size):
     rng = np.random.default_rng(size)
     for name, x in _sampled_inputs(size, rng).items():
         for k in (1, 2, 10, 11, 100, 300, 3_000, 7_000, size // 3, size - 1, size):
-            got, want = _select(selection._top_k_select, x, k), _select(selection._top_k_select_numpy, x, k)
+            got, want = select(selection._top_k_select, x, k), select(selection._top_k_select_numpy, x, k)
             assert got[0] == want[0], (name, k, got[0], want[0])
             np.testing.assert_array_equal(got[1], want[1], err_msg=f"{name}, k={k}")
             positions, signs = np.empty(size, np.int64), np.empty(size, np.int8)
@@ -73,14 +68,6 @@ LAQ_SIZES = [0, 1, 7, 8, 9, 127, 128, 129, 136, 255, 256, 1_000, laq.SUM_COLUMNS
              laq.SUM_COLUMNS + 1, 2 * laq.SUM_COLUMNS + 8, 7_850, 100_003]
 
 
-def _laq(kernel, gradients, previous, bits):
-    n_workers = gradients.shape[0]
-    out = (np.empty(gradients.shape, laq.code_dtype(bits)), np.empty_like(gradients), np.empty(n_workers),
-           np.empty(n_workers), np.empty(n_workers))
-    kernel(gradients, previous, bits, *out)
-    return out
-
-
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("bits", [1, 4, 9])
 def test_laq_sums_are_bitwise_column_order_sums(dtype, bits):
@@ -90,10 +77,10 @@ def test_laq_sums_are_bitwise_column_order_sums(dtype, bits):
         previous = (gradients + rng.normal(scale=0.3, size=gradients.shape)).astype(dtype)
         if size:
             previous[1] = gradients[1]                       # R = 0 for worker 1
-        jitted = _laq(laq.laq_quantize, gradients, previous, bits)
+        jitted = run_laq(laq.laq_quantize, gradients, previous, bits)
         for other in (laq.laq_quantize_numpy, laq.laq_quantize.py_func):
             for name, a, b in zip(("codes", "quantized", "radius", "error", "innovation"), jitted,
-                                  _laq(other, gradients, previous, bits)):
+                                  run_laq(other, gradients, previous, bits)):
                 np.testing.assert_array_equal(a, b, err_msg=f"{name}, size {size}, {other.__name__}")
         stored = jitted[1].astype(np.float64)
         error_terms = (stored - gradients.astype(np.float64)) ** 2
@@ -124,8 +111,8 @@ def test_laq_long_vector_bitwise():
     rng = np.random.default_rng(0)
     gradients = rng.standard_normal((1, 1_000_003))
     previous = rng.standard_normal((1, 1_000_003))
-    for a, b in zip(_laq(laq.laq_quantize, gradients, previous, 4),
-                    _laq(laq.laq_quantize_numpy, gradients, previous, 4)):
+    for a, b in zip(run_laq(laq.laq_quantize, gradients, previous, 4),
+                    run_laq(laq.laq_quantize_numpy, gradients, previous, 4)):
         np.testing.assert_array_equal(a, b)
 
 

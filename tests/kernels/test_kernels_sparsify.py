@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from fedsim.kernels import selection, sparsify, ternary
+from tests.kernels.conftest import select
 
 SETTINGS = settings(max_examples=60, deadline=None)
 DTYPES = (np.float32, np.float64)
@@ -16,12 +17,6 @@ DTYPES = (np.float32, np.float64)
 def assert_same_scalar(jitted, twin, what):
     """Bitwise equality of two scalars given as Python or NumPy floats/ints."""
     assert np.float64(jitted) == np.float64(twin), f"{what}: jitted {jitted!r} != twin {twin!r}"
-
-
-def run_select(kernel, x, k):
-    positions = np.full(max(0, min(k, x.size)), -1, np.int64)
-    count = kernel(x, k, positions)
-    return count, positions[:count]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -70,7 +65,7 @@ HAND_COMPUTED = [
 @pytest.mark.parametrize("x, k, kept, mu", HAND_COMPUTED)
 def test_hand_computed(x, k, kept, mu, dtype):
     x = np.array(x, dtype)
-    count, positions = run_select(selection._top_k_select, x, k)
+    count, positions = select(selection._top_k_select, x, k)
     np.testing.assert_array_equal(positions, kept)
     positions, signs = np.empty(min(k, x.size), np.int64), np.empty(min(k, x.size), np.int8)
     count, got_mu = ternary._ternarize(x, k, positions, signs)
@@ -98,16 +93,6 @@ def test_float64_mu_overflow_is_inf_as_documented():
     assert selection._top_k_threshold(x32, 1000)[1] == np.finfo(np.float32).max
 
 
-def test_mu_is_float64_sum_in_index_order_rounded_once():
-    # float32 values whose float32 running sum would lose the small terms
-    x = np.array([1.0, 2.0 ** -30, 2.0 ** -30, 2.0 ** -30, 3.0], np.float32)
-    positions = np.empty(5, np.int64)
-    signs = np.empty(5, np.int8)
-    count, mu = ternary._ternarize(x, 5, positions, signs)
-    expected = np.float32((1.0 + 3 * 2.0 ** -30 + 3.0) / 5)
-    assert np.float32(mu) == expected and count == 5
-
-
 # ----------------------------------------------------------------------------------------------------
 # jitted vs twin vs py_func
 # ----------------------------------------------------------------------------------------------------
@@ -116,9 +101,9 @@ def test_mu_is_float64_sum_in_index_order_rounded_once():
 @given(vector_and_budget())
 def test_top_k_select_matches_twin(case):
     x, k = case
-    count, positions = run_select(selection._top_k_select, x, k)
-    twin_count, twin_positions = run_select(selection._top_k_select_numpy, x, k)
-    py_count, py_positions = run_select(selection._top_k_select.py_func, x, k)
+    count, positions = select(selection._top_k_select, x, k)
+    twin_count, twin_positions = select(selection._top_k_select_numpy, x, k)
+    py_count, py_positions = select(selection._top_k_select.py_func, x, k)
     assert count == twin_count == py_count, (count, twin_count, py_count)
     np.testing.assert_array_equal(positions, twin_positions)
     np.testing.assert_array_equal(positions, py_positions)
@@ -217,8 +202,8 @@ def test_huge_dynamic_range_and_subnormals(dtype):
     x *= rng.choice([-1, 1], x.size)
     rng.shuffle(x)
     for k in range(0, x.size + 2):
-        count, positions = run_select(selection._top_k_select, x, k)
-        twin_count, twin_positions = run_select(selection._top_k_select_numpy, x, k)
+        count, positions = select(selection._top_k_select, x, k)
+        twin_count, twin_positions = select(selection._top_k_select_numpy, x, k)
         assert count == twin_count
         np.testing.assert_array_equal(positions, twin_positions)
         threshold, mu, _ = selection._top_k_threshold(x, k)
@@ -234,7 +219,7 @@ def test_huge_dynamic_range_and_subnormals(dtype):
 def test_long_mostly_zero_vector():
     x = np.zeros(100_000, np.float32)
     x[[5, 70_000, 99_999]] = [1.0, -2.0, 3.0]
-    count, positions = run_select(selection._top_k_select, x, 100)
+    count, positions = select(selection._top_k_select, x, 100)
     assert count == 3
     np.testing.assert_array_equal(positions, [5, 70_000, 99_999])
 

@@ -8,18 +8,7 @@ from hypothesis.extra import numpy as hnp
 
 from fedsim.kernels.laq import (check_bits, code_dtype, _laq_dequantize, laq_quantize, laq_quantize_numpy,
                                 quantize_innovation)
-
-
-def _outputs(gradients, bits):
-    n_workers = gradients.shape[0]
-    return (np.empty(gradients.shape, dtype=code_dtype(bits)), np.empty_like(gradients),
-            np.empty(n_workers), np.empty(n_workers), np.empty(n_workers))
-
-
-def _run(kernel, gradients, previous, bits):
-    out = _outputs(gradients, bits)
-    kernel(gradients, previous, bits, *out)
-    return out
+from tests.kernels.conftest import run_laq
 
 
 def _assert_same(got, want):
@@ -94,9 +83,9 @@ def test_hand_computed(jit, bits, gradient, codes, quantized, error, innovation)
 def test_kernel_matches_numpy_twin_and_py_func(bits, dtype):
     gradients, previous = _random_problem(bits, dtype=dtype)
     previous[1] = gradients[1]                         # a worker with R = 0
-    jitted = _run(laq_quantize, gradients, previous, bits)
-    _assert_same(jitted, _run(laq_quantize_numpy, gradients, previous, bits))
-    _assert_same(jitted, _run(laq_quantize.py_func, gradients, previous, bits))
+    jitted = run_laq(laq_quantize, gradients, previous, bits)
+    _assert_same(jitted, run_laq(laq_quantize_numpy, gradients, previous, bits))
+    _assert_same(jitted, run_laq(laq_quantize.py_func, gradients, previous, bits))
     assert jitted[1].dtype == dtype
 
 
@@ -105,9 +94,9 @@ def test_nonfinite_worker_is_all_nan_and_others_unaffected():
     gradients[1, 7] = np.nan
     gradients[2, 0] = np.inf
     previous[3, 5] = -np.inf
-    clean = _run(laq_quantize, gradients[[0, 4]], previous[[0, 4]], 4)
+    clean = run_laq(laq_quantize, gradients[[0, 4]], previous[[0, 4]], 4)
     for kernel in (laq_quantize, laq_quantize_numpy, laq_quantize.py_func):
-        codes, quantized, radius, error, innovation = _run(kernel, gradients, previous, 4)
+        codes, quantized, radius, error, innovation = run_laq(kernel, gradients, previous, 4)
         for m in (1, 2, 3):
             assert np.isnan(radius[m]) and np.isnan(error[m]) and np.isnan(innovation[m])
             assert np.all(codes[m] == 0) and np.all(np.isnan(quantized[m]))
@@ -206,13 +195,13 @@ def test_extreme_radii_use_the_division_form(bits):
     previous[1] *= 1e308
     gradients[2] *= 1e-300                                # ordinary scales: the multiplication form
     previous[2] *= 1e-300
-    jitted = _run(laq_quantize, gradients, previous, bits)
+    jitted = run_laq(laq_quantize, gradients, previous, bits)
     radius = jitted[2]
     with np.errstate(over="ignore", divide="ignore"):
         forms = [grid_constants(r, half_levels)[1] > 0 for r in radius]
     assert forms == [False, half_levels / radius[1] >= np.finfo(np.float64).tiny, True, True]
-    _assert_same(jitted, _run(laq_quantize_numpy, gradients, previous, bits))
-    _assert_same(jitted, _run(laq_quantize.py_func, gradients, previous, bits))
+    _assert_same(jitted, run_laq(laq_quantize_numpy, gradients, previous, bits))
+    _assert_same(jitted, run_laq(laq_quantize.py_func, gradients, previous, bits))
     with np.errstate(over="ignore"):          # worker 1's squared errors (~R^2) overflow to inf, as they should
         _check_invariants(gradients, previous, bits, quantize_innovation(gradients, previous, bits))
 
