@@ -355,9 +355,14 @@ def command_plot(args) -> int:
     runs = _read_runs(args.runs)
     out = plot_folder(runs, args.out)
     notes: list[str] = []
-    paths = plot_runs(_with_records(runs), out, notes=notes, x=args.x)
+    return _print_figures(plot_runs(_with_records(runs), out, notes=notes, x=args.x), notes, "the runs")
+
+
+def _print_figures(paths: list[Path], notes: list[str], runs: str) -> int:
+    """Each of ``notes`` as a warning line, then the figures' paths; a UsageError if there is no figure of
+    ``runs`` (``"the runs"``)."""
     if not paths:
-        raise UsageError("none of the runs has any records to plot (with values a figure can show)")
+        raise UsageError(f"none of {runs} has any records to plot (with values a figure can show)")
     for note in notes:
         print(f"fedsim: warning: {note}", file=sys.stderr)
     for path in paths:
@@ -415,15 +420,7 @@ def command_sweep(args) -> int:
             raise UsageError(f"fedsim sweep {args.target} needs the sweep folder DIR")
         if args.target == "plot":
             notes: list[str] = []
-            paths = plot_sweep(args.folder, args.out, notes=notes)
-            if not paths:
-                raise UsageError(f"none of the runs of {args.folder} has any records to plot (with values a "
-                                 f"figure can show)")
-            for note in notes:
-                print(f"fedsim: warning: {note}", file=sys.stderr)
-            for path in paths:
-                print(path)
-            return EXIT_OK
+            return _print_figures(plot_sweep(args.folder, args.out, notes=notes), notes, f"the runs of {args.folder}")
         manifest, entries = collect(args.folder)
         axes = list(manifest["axes"])
         rows = tidy_rows(args.folder, (manifest, entries))

@@ -160,17 +160,11 @@ class Registered(Constraint):
 
     names: Callable[[], Iterable]
 
-    def _now(self) -> OneOf:
-        return OneOf(*self.names())
-
     def describe(self) -> str:
-        return self._now().describe()
+        return OneOf(*self.names()).describe()
 
-    def normalize(self, value):
-        return self._now().normalize(value)
-
-    def allows(self, value) -> bool:
-        return self._now().allows(value)
+    def check(self, name: str, value):
+        return OneOf(*self.names()).check(name, value)
 
 
 @dataclass(frozen=True)
@@ -237,8 +231,6 @@ def setting(default, description: str, constraint: Constraint | None = None, *, 
     (``default_factory`` may replace ``default`` by passing ``default=dataclasses.MISSING``). ``symbol``:
     the letter the equations use for it (``"b"``), shown in its errors and before its description."""
     metadata = {DESCRIPTION: description, CONSTRAINT: constraint, SYMBOL: symbol}
-    if default is dataclasses.MISSING:
-        return dataclasses.field(metadata=metadata, **field_options)
     return dataclasses.field(default=default, metadata=metadata, **field_options)
 
 
@@ -262,10 +254,7 @@ def descriptions(cls) -> dict[str, str]:
 
 def constraint_of(cls, name: str) -> Constraint | None:
     """The constraint declared for field ``name`` of the dataclass ``cls`` (None if it declares none)."""
-    for field in dataclasses.fields(cls):
-        if field.name == name:
-            return field.metadata.get(CONSTRAINT)
-    raise KeyError(name)
+    return {field.name: field for field in dataclasses.fields(cls)}[name].metadata.get(CONSTRAINT)
 
 
 # ---------------------------------------------------------------------------------------------------------
