@@ -346,8 +346,8 @@ def lazy_figures(runs: list[RunResult], out: Path, max_workers: int = 10, f_star
         n_workers = run.config.get("lazy", {}).get("n_workers", max_workers)
         axis.set_ylim(-0.5, min(n_workers, max_workers) - 0.5)
         axis.invert_yaxis()
-        axis.set(xlabel="iteration", ylabel="worker", title=f"{label}: uploads"
-                 + (f" (first {max_workers} of {n_workers} workers)" if n_workers > max_workers else ""))
+        axis.set_title(f"{label}: uploads"
+                       + (f" (first {max_workers} of {n_workers} workers)" if n_workers > max_workers else ""))
         axis.set_xlim(-0.5, len(run.history) - 0.5)
         _finish(axis, "iteration", "worker", integer_x=True)
         axis.grid(False)
