@@ -22,13 +22,7 @@ from fedsim.data.search import DatasetNotFoundError
 from fedsim.runs import RunFolder, RunFolderError, RunOutcome, read_run, start_run
 from fedsim.sweeps import SweepError
 from tests.conftest import TINY, TINY_LAZY, clean_env, error_lines, fedsim
-from tests.runs.test_reliability import history as history_without_time
-from tests.runs.test_reliability import one_line_error
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:
-    import tomli as tomllib
+from tests.runs.test_reliability import history as history_without_time, one_line_error
 
 # The run that is killed: long enough to be caught mid-way (a few seconds), checkpoints every 2 rounds.
 LONG = TINY + ["--set", "federated.rounds=100", "--set", "run.checkpoint_every=2"]
@@ -83,7 +77,7 @@ def test_show_config_prints_every_setting_as_toml(tmp_path, fedsim_here):
     result = fedsim(tmp_path, "show-config", "--preset", "synthetic", "--set", "federated.lr=0.125",
                     "--seed", "5")
     assert result.returncode == 0, result.stderr
-    document = tomllib.loads(result.stdout)
+    document = parse_toml(result.stdout)
     assert document["seed"] == 5 and document["federated"]["lr"] == 0.125
     assert document["data"]["dataset"] == "synthetic" and document["federated"]["batch_size"] == 10
     assert config_from_dict(document) == load_preset("synthetic", ["federated.lr=0.125", "seed=5"])
@@ -107,7 +101,7 @@ def test_show_config_of_a_file(tmp_path, fedsim_here):
     (tmp_path / "exp.toml").write_text('family = "lazy"\n[lazy]\nmethod = "gd"\n')
     result = fedsim_here("show-config", "exp.toml", "--dataset", "fashion-mnist")
     assert result.returncode == 0, result.stderr
-    document = tomllib.loads(result.stdout)
+    document = parse_toml(result.stdout)
     assert (document["family"], document["lazy"]["method"], document["data"]["dataset"]) == \
         ("lazy", "gd", "fashion-mnist")
 
@@ -338,7 +332,7 @@ def test_real_data_runs_of_both_families(tmp_path, shared_data, fedsim_here):
     assert federated.returncode == 0, federated.stderr
     history = RunFolder(tmp_path / "fashion").read_history()
     assert len(history) == 2 and 0.1 < history[-1]["test_accuracy"] <= 1
-    saved = tomllib.loads((tmp_path / "fashion" / "config.toml").read_text())
+    saved = parse_toml((tmp_path / "fashion" / "config.toml").read_text())
     assert saved["data"]["data_dir"] == str(shared_data.resolve())
     lazy = fedsim_here("run", "--preset", "laq-mnist", "--set", "data.train_split=test",
                        "--set", "lazy.iterations=3", "--quiet", "--out", "mnist-laq",
