@@ -61,10 +61,6 @@ def _shown(value) -> str:
     return repr(value)
 
 
-def _is_integer(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-
-
 def _bound(value) -> str:
     """A bound as text; the largest values of unsigned and signed integer types as ``2^n - 1``."""
     if isinstance(value, int) and value >= 2 ** 16 - 1 and (value + 1) & value == 0:
@@ -96,7 +92,7 @@ class Integer(Constraint):
         return f"an integer {bounds}" if bounds else "an integer"
 
     def normalize(self, value) -> int:
-        if not _is_integer(value):
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
             raise TypeError
         return int(value)
 
