@@ -396,7 +396,10 @@ def parse_toml(text: str, source: str = "") -> dict:
         raise ConfigError(f"{where}not a usable config: its tables or arrays are nested too deeply") from None
 
 
-def _validated(raw: dict, source: str, notes: list | None) -> ExperimentConfig:
+def _validated(text: str, source: str, overrides, notes: list | None) -> ExperimentConfig:
+    """``text`` parsed, overridden (:func:`apply_overrides`) and validated; the tables it sets but does not
+    use are added to ``notes`` if given (:func:`unused_tables`)."""
+    raw = apply_overrides(parse_toml(text, source), overrides)
     config = config_from_dict(raw, source)
     if notes is not None:
         notes.extend(unused_tables(raw, config))
@@ -404,8 +407,7 @@ def _validated(raw: dict, source: str, notes: list | None) -> ExperimentConfig:
 
 
 def load_config_file(path, overrides=(), source: str | None = None, notes: list | None = None) -> ExperimentConfig:
-    """Read, override (:func:`apply_overrides`) and validate the TOML config at ``path``; the tables it
-    sets but does not use are added to ``notes`` if given (:func:`unused_tables`)."""
+    """Read, override and validate the TOML config at ``path`` (:func:`_validated`)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -413,8 +415,7 @@ def load_config_file(path, overrides=(), source: str | None = None, notes: list 
         raise ConfigError(f"config file {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(f"cannot read config file {path}: {_one_line(error)}") from None
-    name = source or path.name
-    return _validated(apply_overrides(parse_toml(text, name), overrides), name, notes)
+    return _validated(text, source or path.name, overrides, notes)
 
 
 def toml_value(value) -> str:
@@ -582,8 +583,7 @@ def preset_text(name: str) -> str:
 
 def load_preset(name: str, overrides=(), notes: list | None = None) -> ExperimentConfig:
     """Preset ``name`` with ``overrides`` applied, validated (unused tables into ``notes``, if given)."""
-    source = f"preset {name}"
-    return _validated(apply_overrides(parse_toml(preset_text(name), source), overrides), source, notes)
+    return _validated(preset_text(name), f"preset {name}", overrides, notes)
 
 
 __all__ = ["ConfigError", "ExperimentConfig", "FAMILIES", "RunConfig", "TABLES", "all_settings", "apply_overrides",
