@@ -15,9 +15,7 @@
     fedsim compressors report [NAME ...] [--vectors gaussian | heavy-tailed | RUN_DIR | preset:NAME] [--draws N] ...
     fedsim sweep SWEEP.toml [--workers N] [--backend local | dask] ... | fedsim sweep report | plot DIR
 
-Exit status: 0 success; 1 the run diverged, or data could not be had; 2 a bad command line or config
-(one error line on stderr); 128 + signal number when a run or a sweep was stopped by a signal (130 for
-Ctrl-C).
+Exit statuses and one-line errors: :mod:`fedsim.programs` (shared with the example scripts).
 """
 
 from __future__ import annotations
@@ -170,19 +168,17 @@ def resolve_config(args):
         overrides.append(("data.data_dir", str(Path(args.data_dir).expanduser().resolve())))
     notes: list[str] = []
     if args.preset:
-        resolved = load_preset(args.preset, overrides, notes=notes), args.preset
+        config, name = load_preset(args.preset, overrides, notes=notes), args.preset
     elif args.config:
-        resolved = load_config_file(args.config, overrides, notes=notes), Path(args.config).stem
+        config, name = load_config_file(args.config, overrides, notes=notes), Path(args.config).stem
+    elif args.command == "show-config":
+        from fedsim.config import apply_overrides, config_from_dict
+        config, name = config_from_dict(apply_overrides({}, overrides), "defaults"), "defaults"
     else:
-        resolved = None
+        raise UsageError("give a CONFIG file or --preset NAME (see `fedsim presets`), or --resume RUN_DIR")
     for note in notes:
         print(f"fedsim: warning: settings not used by this run: {note}", file=sys.stderr)
-    if resolved is not None:
-        return resolved
-    if args.command == "show-config":
-        from fedsim.config import apply_overrides, config_from_dict
-        return config_from_dict(apply_overrides({}, overrides), "defaults"), "defaults"
-    raise UsageError("give a CONFIG file or --preset NAME (see `fedsim presets`), or --resume RUN_DIR")
+    return config, name
 
 
 def command_presets(args) -> int:
@@ -355,9 +351,14 @@ def command_plot(args) -> int:
     runs = _read_runs(args.runs)
     out = plot_folder(runs, args.out)
     notes: list[str] = []
-    paths = plot_runs(_with_records(runs), out, notes=notes, x=args.x)
+    return _print_figures(plot_runs(_with_records(runs), out, notes=notes, x=args.x), notes, "the runs")
+
+
+def _print_figures(paths: list[Path], notes: list[str], runs: str) -> int:
+    """Each of ``notes`` as a warning line, then the figures' paths; a UsageError if there is no figure of
+    ``runs`` (``"the runs"``)."""
     if not paths:
-        raise UsageError("none of the runs has any records to plot (with values a figure can show)")
+        raise UsageError(f"none of {runs} has any records to plot (with values a figure can show)")
     for note in notes:
         print(f"fedsim: warning: {note}", file=sys.stderr)
     for path in paths:
@@ -415,15 +416,7 @@ def command_sweep(args) -> int:
             raise UsageError(f"fedsim sweep {args.target} needs the sweep folder DIR")
         if args.target == "plot":
             notes: list[str] = []
-            paths = plot_sweep(args.folder, args.out, notes=notes)
-            if not paths:
-                raise UsageError(f"none of the runs of {args.folder} has any records to plot (with values a "
-                                 f"figure can show)")
-            for note in notes:
-                print(f"fedsim: warning: {note}", file=sys.stderr)
-            for path in paths:
-                print(path)
-            return EXIT_OK
+            return _print_figures(plot_sweep(args.folder, args.out, notes=notes), notes, f"the runs of {args.folder}")
         manifest, entries = collect(args.folder)
         axes = list(manifest["axes"])
         rows = tidy_rows(args.folder, (manifest, entries))

@@ -1,6 +1,7 @@
 """Experiment configs: TOML files validated into frozen dataclasses.
 
-A config file has three top-level settings and five tables, each table one frozen dataclass::
+A config file has three top-level settings and a table per dataclass (every setting may be left out: it
+takes its default)::
 
     family = "federated"      # federated (STC, FedAvg, signSGD, top-k) | lazy (GD, QGD, LAG, LAQ, SLAQ)
     seed = 0                  # seeds everything: data generation, partition, sampling, initialization
@@ -12,11 +13,11 @@ A config file has three top-level settings and five tables, each table one froze
     [lazy]                    # LazyConfig (fedsim.algorithms.lazy), used when family = "lazy"
     [run]                     # RunConfig (below): checkpoints, f*
     [system]                  # SystemConfig (fedsim.system): links, devices, deadline; off by default
+    [stc], [qsgd], ...        # each registered compressor with settings of its own
 
-Every setting may be left out (it takes its default). Validation happens in one place,
-:func:`config_from_dict`: first the plugins are imported (:func:`fedsim.plugins.load_plugins`: the
-entry points of ``fedsim.plugins`` and the modules the config names), then three steps, each failing with a :class:`ConfigError` whose one-line
-message names the setting:
+Validation happens in one place, :func:`config_from_dict`: the plugins are imported first
+(:func:`fedsim.plugins.load_plugins`: the entry points of ``fedsim.plugins`` and the modules the config
+names), then three steps, each failing with a :class:`ConfigError` whose one-line message names the setting:
 
 1. keys: an unknown key is reported with the closest valid key (``difflib``);
 2. values: each dataclass checks its fields against the constraints they declare
@@ -24,12 +25,9 @@ message names the setting:
    never taken for a number), then the checks that relate several of its fields;
 3. the cross-table checks of :class:`ExperimentConfig`.
 
-Each field's one-line description is declared beside its constraint; ``show-config`` writes it as the
-setting's comment.
-
-:func:`config_to_toml` writes a config back with every setting filled in; reading that text again gives
-an equal config. Settings whose value is "unset" (``None``, which TOML cannot express) are written as
-comments that say what the unset value means.
+``show-config`` writes each field's one-line description, declared beside its constraint, as its comment.
+:func:`config_to_toml` writes a config with every setting filled in; reading that text again gives an equal
+config. Unset settings (``None``, which TOML cannot express) are comments saying what unset means.
 """
 
 from __future__ import annotations
@@ -146,40 +144,35 @@ class ExperimentConfig:
 #: Settings of a compressor that its table does not hold: the federated table sets them per direction.
 COMPRESSOR_SETTINGS_ELSEWHERE = {"p": "federated.p_up / federated.p_down",
                                  "scope": "federated.compression_scope"}
-
-
-def _compressor_tables() -> dict[str, type]:
-    """One table per registered compressor that has settings of its own ([stc], [sign], [qsgd], ...)."""
-    return {name: cls for name, cls in COMPRESSORS.items()
-            if any(f.name not in COMPRESSOR_SETTINGS_ELSEWHERE for f in dataclasses.fields(cls))}
-
-
-#: The compressor tables, each validated into the compressor class of that name.
-COMPRESSOR_TABLES: dict[str, type] = _compressor_tables()
-#: The tables of a config file and the dataclass each is validated into: data, one per algorithm family,
-#: run, and one per compressor with settings of its own.
+#: The tables of a config file and the dataclass each is validated into: data, model, one per algorithm
+#: family, run, system, then one per compressor with settings of its own (:data:`COMPRESSOR_TABLES`).
 TABLES: dict[str, type] = {"data": DataConfig, "model": ModelConfig,
                            **{name: declared.config_class for name, declared in FAMILIES.items()},
-                           "run": RunConfig, "system": SystemConfig, **COMPRESSOR_TABLES}
+                           "run": RunConfig, "system": SystemConfig}
+#: The compressor tables ([stc], [sign], [qsgd], ...), each validated into the compressor class of that name.
+COMPRESSOR_TABLES: dict[str, type] = {}
 #: Top-level settings.
 TOP_LEVEL = ("family", "seed", "plugins")
-#: Dataclass fields that a config file does not set (derived from other settings).
-DERIVED = {**{(name, setting): where for name, declared in FAMILIES.items()
-              for setting, where in declared.derived.items()},
-           **{(name, setting): where for name in COMPRESSOR_TABLES
-              for setting, where in COMPRESSOR_SETTINGS_ELSEWHERE.items()}}
+#: Dataclass fields that a config file does not set (derived from other settings), and where they are set.
+DERIVED = {(name, setting): where for name, declared in FAMILIES.items()
+           for setting, where in declared.derived.items()}
 #: Settings that moved to another table: an old config setting one is told where it went.
 MOVED = {("federated", "init"): "model.init", ("lazy", "init"): "model.init"}
 #: The table that holds the compressor tables' settings (its field ``compressors``).
 COMPRESSORS_HOLDER = next(name for name, declared in FAMILIES.items() if "compressors" in declared.derived)
 
 
-def _add_plugin_tables() -> None:
-    """Add the tables of the compressors registered since this module was imported (by plugins)."""
-    for name, cls in _compressor_tables().items():
-        if name not in COMPRESSOR_TABLES:
+def _add_compressor_tables() -> None:
+    """Add a table for each registered compressor with settings of its own that has none yet (at import, and
+    after plugins registered theirs)."""
+    for name, cls in COMPRESSORS.items():
+        if name not in COMPRESSOR_TABLES and any(f.name not in COMPRESSOR_SETTINGS_ELSEWHERE
+                                                 for f in dataclasses.fields(cls)):
             COMPRESSOR_TABLES[name] = TABLES[name] = cls
             DERIVED.update({(name, setting): where for setting, where in COMPRESSOR_SETTINGS_ELSEWHERE.items()})
+
+
+_add_compressor_tables()
 
 
 def import_plugins(modules=()) -> None:
@@ -189,7 +182,7 @@ def import_plugins(modules=()) -> None:
         load_plugins(modules)
     except (ValueError, TypeError) as error:
         raise ConfigError(_one_line(error)) from None
-    _add_plugin_tables()
+    _add_compressor_tables()
 
 
 def section(config: "ExperimentConfig", table: str):
@@ -403,7 +396,10 @@ def parse_toml(text: str, source: str = "") -> dict:
         raise ConfigError(f"{where}not a usable config: its tables or arrays are nested too deeply") from None
 
 
-def _validated(raw: dict, source: str, notes: list | None) -> ExperimentConfig:
+def _validated(text: str, source: str, overrides, notes: list | None) -> ExperimentConfig:
+    """``text`` parsed, overridden (:func:`apply_overrides`) and validated; the tables it sets but does not
+    use are added to ``notes`` if given (:func:`unused_tables`)."""
+    raw = apply_overrides(parse_toml(text, source), overrides)
     config = config_from_dict(raw, source)
     if notes is not None:
         notes.extend(unused_tables(raw, config))
@@ -411,8 +407,7 @@ def _validated(raw: dict, source: str, notes: list | None) -> ExperimentConfig:
 
 
 def load_config_file(path, overrides=(), source: str | None = None, notes: list | None = None) -> ExperimentConfig:
-    """Read, override (:func:`apply_overrides`) and validate the TOML config at ``path``; the tables it
-    sets but does not use are added to ``notes`` if given (:func:`unused_tables`)."""
+    """Read, override and validate the TOML config at ``path`` (:func:`_validated`)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -420,8 +415,7 @@ def load_config_file(path, overrides=(), source: str | None = None, notes: list 
         raise ConfigError(f"config file {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(f"cannot read config file {path}: {_one_line(error)}") from None
-    name = source or path.name
-    return _validated(apply_overrides(parse_toml(text, name), overrides), name, notes)
+    return _validated(text, source or path.name, overrides, notes)
 
 
 def toml_value(value) -> str:
@@ -549,10 +543,10 @@ def apply_overrides(raw: dict, overrides=()) -> dict:
         table, name = parts
         if table not in TABLES:
             raise _unknown_key(f"{table}.{name}", None, "--set")
-        section = document.setdefault(table, {})
-        if not isinstance(section, dict):
-            raise ConfigError(f"'{table}' must be a table ([{table}]), got {format_value(section)}")
-        section[name] = value
+        values = document.setdefault(table, {})
+        if not isinstance(values, dict):
+            raise ConfigError(f"'{table}' must be a table ([{table}]), got {format_value(values)}")
+        values[name] = value
     return document
 
 
@@ -589,11 +583,10 @@ def preset_text(name: str) -> str:
 
 def load_preset(name: str, overrides=(), notes: list | None = None) -> ExperimentConfig:
     """Preset ``name`` with ``overrides`` applied, validated (unused tables into ``notes``, if given)."""
-    source = f"preset {name}"
-    return _validated(apply_overrides(parse_toml(preset_text(name), source), overrides), source, notes)
+    return _validated(preset_text(name), f"preset {name}", overrides, notes)
 
 
-__all__ = ["unused_tables", "config_fingerprint", "ConfigError", "ExperimentConfig", "FAMILIES", "RunConfig", "TABLES", "all_settings",
-           "apply_overrides", "config_from_dict", "config_to_dict", "config_to_toml", "format_value", "import_plugins",
-           "list_presets", "load_config_file", "load_preset", "parse_override", "parse_toml", "preset_text",
-           "suggest", "table_fields", "toml_value"]
+__all__ = ["ConfigError", "ExperimentConfig", "FAMILIES", "RunConfig", "TABLES", "all_settings", "apply_overrides",
+           "config_fingerprint", "config_from_dict", "config_to_dict", "config_to_toml", "format_value",
+           "import_plugins", "list_presets", "load_config_file", "load_preset", "parse_override", "parse_toml",
+           "preset_text", "suggest", "table_fields", "toml_value", "unused_tables"]

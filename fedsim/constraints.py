@@ -61,10 +61,6 @@ def _shown(value) -> str:
     return repr(value)
 
 
-def _is_integer(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-
-
 def _bound(value) -> str:
     """A bound as text; the largest values of unsigned and signed integer types as ``2^n - 1``."""
     if isinstance(value, int) and value >= 2 ** 16 - 1 and (value + 1) & value == 0:
@@ -96,7 +92,7 @@ class Integer(Constraint):
         return f"an integer {bounds}" if bounds else "an integer"
 
     def normalize(self, value) -> int:
-        if not _is_integer(value):
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
             raise TypeError
         return int(value)
 
@@ -160,17 +156,11 @@ class Registered(Constraint):
 
     names: Callable[[], Iterable]
 
-    def _now(self) -> OneOf:
-        return OneOf(*self.names())
-
     def describe(self) -> str:
-        return self._now().describe()
+        return OneOf(*self.names()).describe()
 
-    def normalize(self, value):
-        return self._now().normalize(value)
-
-    def allows(self, value) -> bool:
-        return self._now().allows(value)
+    def check(self, name: str, value):
+        return OneOf(*self.names()).check(name, value)
 
 
 @dataclass(frozen=True)
@@ -237,8 +227,6 @@ def setting(default, description: str, constraint: Constraint | None = None, *, 
     (``default_factory`` may replace ``default`` by passing ``default=dataclasses.MISSING``). ``symbol``:
     the letter the equations use for it (``"b"``), shown in its errors and before its description."""
     metadata = {DESCRIPTION: description, CONSTRAINT: constraint, SYMBOL: symbol}
-    if default is dataclasses.MISSING:
-        return dataclasses.field(metadata=metadata, **field_options)
     return dataclasses.field(default=default, metadata=metadata, **field_options)
 
 
@@ -262,10 +250,7 @@ def descriptions(cls) -> dict[str, str]:
 
 def constraint_of(cls, name: str) -> Constraint | None:
     """The constraint declared for field ``name`` of the dataclass ``cls`` (None if it declares none)."""
-    for field in dataclasses.fields(cls):
-        if field.name == name:
-            return field.metadata.get(CONSTRAINT)
-    raise KeyError(name)
+    return {field.name: field for field in dataclasses.fields(cls)}[name].metadata.get(CONSTRAINT)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -236,12 +236,13 @@ def spent(history: list[dict], x: str, before: bool = False) -> np.ndarray:
     iterate theta^k cost)."""
     if x == "simulated":
         through = np.array([record["simulated_seconds"] for record in history], dtype=np.float64)
-        return np.concatenate(([0.0], through[:-1])) if before else through
-    step = [record.get("time", 0.0) for record in history] if x == "time" else \
-        [record.get("bits_up", 0) + record.get("bits_down", 0) for record in history]
-    through = np.cumsum(step, dtype=np.float64)
-    if x == "bits" and history and "bits" in history[0]:           # lazy records hold it cumulative
+    elif x == "bits" and history and "bits" in history[0]:           # lazy records hold it cumulative
         through = np.array([record["bits"] for record in history], dtype=np.float64)
+    elif x == "time":
+        through = np.cumsum([record.get("time", 0.0) for record in history], dtype=np.float64)
+    else:
+        through = np.cumsum([record.get("bits_up", 0) + record.get("bits_down", 0) for record in history],
+                            dtype=np.float64)
     return np.concatenate(([0.0], through[:-1])) if before else through
 
 
@@ -259,40 +260,35 @@ def _check_x(x: str, family: str, runs: list[RunResult]) -> None:
 
 
 def federated_figure(runs: list[RunResult], out: Path, x: str = "rounds") -> list[Path]:
-    """Test accuracy against rounds and cumulative bits (up, down, total), or with ``x`` "bits" | "time"
-    against that alone (file ``federated_accuracy_by_<x>``); returns the files written."""
+    """Test accuracy against rounds and cumulative bits (up, down, total), or with ``x`` "bits" | "time" |
+    "simulated" against that alone (file ``federated_accuracy_by_<x>``); returns the files written."""
     _check_x(x, "federated", runs)
     runs = [run for run in runs if run.history]
     title, labels = describe(runs)
-    if x != "rounds":
+    if x == "rounds":
+        figure, axes = _figure(2, 2)
+        x_labels = ("round", "bits sent up (cumulative)", "bits sent down (cumulative)", "bits up + down (cumulative)")
+    else:
         figure, axes = _figure(1, 1, width=6.0, height=4.2)
-        for index, (run, label) in enumerate(zip(runs, labels)):
-            evaluated = [i for i, r in enumerate(run.history) if "test_accuracy" in r]
-            _plot(axes[0, 0], spent(run.history, x)[evaluated], [run.history[i]["test_accuracy"] for i in evaluated],
-                  label=label, **_style(index))
-        _finish(axes[0, 0], X_LABELS[x], "test accuracy", xscale="log" if x == "bits" else "linear")
-        _legend(figure, axes[0, 0])
-        figure.suptitle(title)
-        return _save(figure, out, f"federated_accuracy_by_{x}")
-    figure, axes = _figure(2, 2)
-    panels = [(axes[0, 0], None, "round"), (axes[0, 1], "bits_up", "bits sent up (cumulative)"),
-              (axes[1, 0], "bits_down", "bits sent down (cumulative)"),
-              (axes[1, 1], "total", "bits up + down (cumulative)")]
+        x_labels = (X_LABELS[x],)
     for index, (run, label) in enumerate(zip(runs, labels)):
         history = run.history
-        up = np.cumsum([r.get("bits_up", 0) for r in history], dtype=np.float64)
-        down = np.cumsum([r.get("bits_down", 0) for r in history], dtype=np.float64)
-        totals = {"bits_up": up, "bits_down": down, "total": up + down}
+        if x == "rounds":
+            up = np.cumsum([r.get("bits_up", 0) for r in history], dtype=np.float64)
+            down = np.cumsum([r.get("bits_down", 0) for r in history], dtype=np.float64)
+            x_values = (np.array([r["round"] for r in history]), up, down, up + down)
+        else:
+            x_values = (spent(history, x),)
         evaluated = [i for i, r in enumerate(history) if "test_accuracy" in r]
         accuracy = [history[i]["test_accuracy"] for i in evaluated]
-        for axis, key, _ in panels:
-            x = [history[i]["round"] for i in evaluated] if key is None else totals[key][evaluated]
-            _plot(axis, x, accuracy, label=label, **_style(index))
-    for axis, key, xlabel in panels:
-        _finish(axis, xlabel, "test accuracy", xscale="linear" if key is None else "log", integer_x=key is None)
+        for axis, values in zip(axes.flat, x_values):
+            _plot(axis, values[evaluated], accuracy, label=label, **_style(index))
+    for axis, xlabel in zip(axes.flat, x_labels):
+        _finish(axis, xlabel, "test accuracy", xscale="log" if "bits" in xlabel else "linear",
+                integer_x=xlabel == "round")
     _legend(figure, axes[0, 0])
     figure.suptitle(title)
-    return _save(figure, out, "federated_accuracy")
+    return _save(figure, out, "federated_accuracy" if x == "rounds" else f"federated_accuracy_by_{x}")
 
 
 def lazy_figures(runs: list[RunResult], out: Path, max_workers: int = 10, f_star: float | None = None,
@@ -350,8 +346,8 @@ def lazy_figures(runs: list[RunResult], out: Path, max_workers: int = 10, f_star
         n_workers = run.config.get("lazy", {}).get("n_workers", max_workers)
         axis.set_ylim(-0.5, min(n_workers, max_workers) - 0.5)
         axis.invert_yaxis()
-        axis.set(xlabel="iteration", ylabel="worker", title=f"{label}: uploads"
-                 + (f" (first {max_workers} of {n_workers} workers)" if n_workers > max_workers else ""))
+        axis.set_title(f"{label}: uploads"
+                       + (f" (first {max_workers} of {n_workers} workers)" if n_workers > max_workers else ""))
         axis.set_xlim(-0.5, len(run.history) - 0.5)
         _finish(axis, "iteration", "worker", integer_x=True)
         axis.grid(False)

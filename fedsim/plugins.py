@@ -49,6 +49,7 @@ class ModuleNames(Constraint):
 #: The constraint of a config's ``plugins``.
 MODULE_NAMES = ModuleNames()
 
+
 class PluginError(ValueError):
     """A plugin that cannot be imported; the message is one line naming it."""
 

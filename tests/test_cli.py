@@ -19,46 +19,34 @@ from fedsim.programs import UsageError, one_line_errors, report_outcome, report_
 from fedsim.config import ConfigError, config_from_dict, load_preset, parse_toml
 from fedsim.data.registry import DataSettingError
 from fedsim.data.search import DatasetNotFoundError
-from fedsim.runs import RunFolder, RunFolderError, RunOutcome, read_run, start_run, strip_wall_time
+from fedsim.runs import RunFolder, RunFolderError, RunOutcome, read_run, start_run
 from fedsim.sweeps import SweepError
 from tests.conftest import TINY, TINY_LAZY, clean_env, error_lines, fedsim
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:
-    import tomli as tomllib
+from tests.runs.test_reliability import history as history_without_time, one_line_error
 
 # The run that is killed: long enough to be caught mid-way (a few seconds), checkpoints every 2 rounds.
 LONG = TINY + ["--set", "federated.rounds=100", "--set", "run.checkpoint_every=2"]
 
 
-def assert_one_error_line(result, *fragments):
-    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
-    lines = error_lines(result.stderr)
-    assert "Traceback" not in result.stderr, result.stderr
-    assert len(lines) == 1, f"want one error line, got:\n{result.stderr}"
-    assert lines[0].startswith("fedsim: error: "), lines[0]
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-
-
-def history_without_time(run_dir) -> list[dict]:
-    return strip_wall_time(RunFolder(run_dir).read_history())
-
-
-def wait_for_checkpoint(process, run_dir: Path, at_least: int, timeout: float = 60.0) -> int:
-    """Poll checkpoint.json until it records ``at_least`` completed rounds; returns that count."""
-    note = run_dir / "checkpoint.json"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"the run ended before it could be stopped: {process.communicate()}"
-        if note.is_file():
-            completed = json.loads(note.read_text())["completed"]
-            if completed >= at_least:
-                return completed
-        time.sleep(0.02)
-    process.kill()
-    raise AssertionError(f"no checkpoint with {at_least} rounds within {timeout} s")
+def stop_at_checkpoint(tmp_path, run_dir: Path, signal_number: int, at_least: int, *options: str,
+                       timeout: float) -> tuple[int, str]:
+    """Start the LONG run as a process, poll checkpoint.json until it records ``at_least`` completed rounds, then
+    send ``signal_number``; (exit status, stderr)."""
+    process = subprocess.Popen([sys.executable, "-m", "fedsim", "run", "--preset", "synthetic", *LONG, *options,
+                                "--out", str(run_dir)], cwd=tmp_path, env=clean_env(tmp_path),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    note, deadline = run_dir / "checkpoint.json", time.monotonic() + 60
+    try:
+        while not (note.is_file() and json.loads(note.read_text())["completed"] >= at_least):
+            assert process.poll() is None, f"the run ended before it could be stopped: {process.communicate()}"
+            assert time.monotonic() < deadline, f"no checkpoint with {at_least} rounds within 60 s"
+            time.sleep(0.02)
+        process.send_signal(signal_number)
+        _, stderr = process.communicate(timeout=timeout)
+        return process.returncode, stderr
+    finally:
+        if process.poll() is None:
+            process.kill()
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +77,7 @@ def test_show_config_prints_every_setting_as_toml(tmp_path, fedsim_here):
     result = fedsim(tmp_path, "show-config", "--preset", "synthetic", "--set", "federated.lr=0.125",
                     "--seed", "5")
     assert result.returncode == 0, result.stderr
-    document = tomllib.loads(result.stdout)
+    document = parse_toml(result.stdout)
     assert document["seed"] == 5 and document["federated"]["lr"] == 0.125
     assert document["data"]["dataset"] == "synthetic" and document["federated"]["batch_size"] == 10
     assert config_from_dict(document) == load_preset("synthetic", ["federated.lr=0.125", "seed=5"])
@@ -113,58 +101,52 @@ def test_show_config_of_a_file(tmp_path, fedsim_here):
     (tmp_path / "exp.toml").write_text('family = "lazy"\n[lazy]\nmethod = "gd"\n')
     result = fedsim_here("show-config", "exp.toml", "--dataset", "fashion-mnist")
     assert result.returncode == 0, result.stderr
-    document = tomllib.loads(result.stdout)
+    document = parse_toml(result.stdout)
     assert (document["family"], document["lazy"]["method"], document["data"]["dataset"]) == \
         ("lazy", "gd", "fashion-mnist")
 
 
 def test_bad_config_file_gives_one_error_line_and_exit_2(tmp_path, fedsim_here):
     (tmp_path / "exp.toml").write_text("[federated]\nlrr = 0.1\n")
-    assert_one_error_line(fedsim(tmp_path, "run", "exp.toml", "--quiet"),
-                          "unknown setting 'federated.lrr' in exp.toml; did you mean 'federated.lr'?")
+    one_line_error(fedsim(tmp_path, "run", "exp.toml", "--quiet"), 2,
+                   "unknown setting 'federated.lrr' in exp.toml; did you mean 'federated.lr'?")
     bad_type = fedsim_here("show-config", "--preset", "synthetic", "--set", "federated.lr=fast")
-    assert_one_error_line(bad_type, "federated.lr must be a finite number > 0, got 'fast'")
+    one_line_error(bad_type, 2, "federated.lr must be a finite number > 0, got 'fast'")
     assert not (tmp_path / "runs").exists()
+
+
+CONFIG = ["run", "exp.toml", "--quiet"]
 
 
 @pytest.mark.parametrize("text, args, fragments", [
-    ("[federated]\nlr = \"fast\"\n", [], ["federated.lr must be a finite number > 0, got 'fast'"]),
-    ("[federated]\np_up = 1.5\n", [], ["federated.p_up must be a finite number in (0, 1], got 1.5"]),
-    ("[federated\n", [], ["exp.toml: not valid TOML"]),
-    ("", ["--set", "federated.rounds=0"], ["federated.rounds must be an integer >= 1, got 0"]),
-    ("", ["--set", "data.datset=mnist"], ["did you mean 'data.dataset'?"]),
-    ("", ["--set", "federated.lr"], ["--set needs key=value"]),
-    ("", ["--dataset", "cifar"], ["data.dataset must be one of"]),
-    ("[lazy]\nseed = 1\n", [], ["lazy.seed cannot be set here; set the top-level `seed` instead"]),
+    ("[federated]\nlr = \"fast\"\n", CONFIG, ["federated.lr must be a finite number > 0, got 'fast'"]),
+    ("[federated]\np_up = 1.5\n", CONFIG, ["federated.p_up must be a finite number in (0, 1], got 1.5"]),
+    ("[federated\n", CONFIG, ["exp.toml: not valid TOML"]),
+    ("", [*CONFIG, "--set", "federated.rounds=0"], ["federated.rounds must be an integer >= 1, got 0"]),
+    ("", [*CONFIG, "--set", "data.datset=mnist"], ["did you mean 'data.dataset'?"]),
+    ("", [*CONFIG, "--set", "federated.lr"], ["--set needs key=value"]),
+    ("", [*CONFIG, "--dataset", "cifar"], ["data.dataset must be one of"]),
+    ("[lazy]\nseed = 1\n", CONFIG, ["lazy.seed cannot be set here; set the top-level `seed` instead"]),
+    ("", ["run", "--preset", "stc-minst"], ["did you mean 'stc-mnist'"]),
+    ("", ["run", "missing.toml"], ["config file missing.toml does not exist"]),
+    ("", ["run", "exp.toml", "--preset", "synthetic"], ["not both"]),
+    ("", ["run"], ["give a CONFIG file or --preset NAME"]),
+    ("", ["run", "--resume", "somewhere", "--set", "seed=1"],
+     ["--resume continues a run with the config saved in its folder", "--set"]),
+    ("", ["run", "--resume", "nowhere"], ["nowhere is not a fedsim run folder"]),
+    ("", ["run", "--preset", "synthetic", "--set", "data.partition=classes_per_client", "--set",
+          "federated.n_clients=100000"], ["the config does not fit the data"]),
+    ("", ["compare", "nothing"], ["nothing is not a fedsim run folder"]),
+    ("", ["data", "fetch", "synthetic"], ["needs no files"]),
 ])
-def test_bad_configs(in_process, tmp_path, text, args, fragments):
+def test_bad_configs_and_command_lines(in_process, tmp_path, text, args, fragments):
     (tmp_path / "exp.toml").write_text(text)
-    status, out, err = in_process("run", "exp.toml", "--quiet", *args)
-    assert status == 2 and out == "" and err.count("\n") == 1 and err.startswith("fedsim: error: "), err
+    status, out, err = in_process(*args)
+    assert status == 2 and err.count("\n") == 1 and err.startswith("fedsim: error: "), err
+    assert out == "" or "--quiet" not in args, out          # without --quiet, `run` first says what it runs
     for fragment in fragments:
         assert fragment in err, (fragment, err)
     assert not (tmp_path / "runs").exists()
-
-
-@pytest.mark.parametrize("args, fragments", [
-    (["run", "--preset", "stc-minst"], ["did you mean 'stc-mnist'"]),
-    (["run", "missing.toml"], ["config file missing.toml does not exist"]),
-    (["run", "exp.toml", "--preset", "synthetic"], ["not both"]),
-    (["run"], ["give a CONFIG file or --preset NAME"]),
-    (["run", "--resume", "somewhere", "--set", "seed=1"],
-     ["--resume continues a run with the config saved in its folder", "--set"]),
-    (["run", "--resume", "nowhere"], ["nowhere is not a fedsim run folder"]),
-    (["run", "--preset", "synthetic", "--set", "data.partition=classes_per_client", "--set",
-      "federated.n_clients=100000"], ["the config does not fit the data"]),
-    (["compare", "nothing"], ["nothing is not a fedsim run folder"]),
-    (["data", "fetch", "synthetic"], ["needs no files"]),
-])
-def test_command_line_errors(in_process, tmp_path, args, fragments):
-    (tmp_path / "exp.toml").write_text("")
-    status, out, err = in_process(*args)
-    assert status == 2 and err.count("\n") == 1 and err.startswith("fedsim: error: "), err
-    for fragment in fragments:
-        assert fragment in err, (fragment, err)
 
 
 # --- runs ---------------------------------------------------------------------------------------------------
@@ -209,17 +191,7 @@ def test_lazy_run(tmp_path, fedsim_here):
 
 def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path, reference_history):
     run_dir = tmp_path / "killed"
-    process = subprocess.Popen([sys.executable, "-m", "fedsim", "run", "--preset", "synthetic", *LONG,
-                                "--quiet", "--out", str(run_dir)], cwd=tmp_path, env=clean_env(tmp_path),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        wait_for_checkpoint(process, run_dir, at_least=10)
-        process.send_signal(signal.SIGKILL)
-        process.communicate(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert process.returncode == -signal.SIGKILL
+    assert stop_at_checkpoint(tmp_path, run_dir, signal.SIGKILL, 10, "--quiet", timeout=30)[0] == -signal.SIGKILL
     # checkpoint.npz is what a resume starts from; the note checkpoint.json is written after it, so a kill
     # between the two leaves the note one checkpoint behind (never ahead)
     _, state, _ = RunFolder(run_dir).read_checkpoint()
@@ -240,18 +212,8 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path, reference_hist
 
 def test_ctrl_c_stops_cleanly_and_resumes(tmp_path, reference_history):
     run_dir = tmp_path / "interrupted"
-    process = subprocess.Popen([sys.executable, "-m", "fedsim", "run", "--preset", "synthetic", *LONG,
-                                "--out", str(run_dir)], cwd=tmp_path, env=clean_env(tmp_path),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_for_checkpoint(process, run_dir, at_least=4)
-        process.send_signal(signal.SIGINT)
-        stdout, stderr = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert process.returncode == 130, (process.returncode, stderr)
-    assert "Traceback" not in stderr
+    status, stderr = stop_at_checkpoint(tmp_path, run_dir, signal.SIGINT, 4, timeout=60)
+    assert status == 130 and "Traceback" not in stderr, (status, stderr)
     assert f"fedsim run --resume {run_dir}" in stderr, stderr
     done = json.loads((run_dir / "checkpoint.json").read_text())["completed"]
     assert len(RunFolder(run_dir).read_history()) == done     # stopped at the checkpointed round boundary
@@ -314,7 +276,7 @@ def test_compare_prints_a_table(tmp_path, finished_runs, fedsim_here):
     assert error_lines(among.stderr) == [f"fedsim: {finished_runs} is not a run folder; left out (it holds the run "
                                          f"folders fedavg, gd, laq ...: fedsim compare {finished_runs / '*'})"]
     bad = fedsim_here("compare", *runs, "--target-accuracy", "2")
-    assert_one_error_line(bad, "--target-accuracy must be in [0, 1]")
+    one_line_error(bad, 2, "--target-accuracy must be in [0, 1]")
 
 
 # --- data ---------------------------------------------------------------------------------------------------
@@ -370,7 +332,7 @@ def test_real_data_runs_of_both_families(tmp_path, shared_data, fedsim_here):
     assert federated.returncode == 0, federated.stderr
     history = RunFolder(tmp_path / "fashion").read_history()
     assert len(history) == 2 and 0.1 < history[-1]["test_accuracy"] <= 1
-    saved = tomllib.loads((tmp_path / "fashion" / "config.toml").read_text())
+    saved = parse_toml((tmp_path / "fashion" / "config.toml").read_text())
     assert saved["data"]["data_dir"] == str(shared_data.resolve())
     lazy = fedsim_here("run", "--preset", "laq-mnist", "--set", "data.train_split=test",
                        "--set", "lazy.iterations=3", "--quiet", "--out", "mnist-laq",

@@ -103,5 +103,10 @@ def test_every_setting_a_config_file_may_hold_declares_a_constraint_and_a_descri
 
 def test_run_config_is_checked_by_its_declarations():
     assert RunConfig(checkpoint_every=0, f_star=1).f_star == 1.0
+    assert RunConfig(checkpoint_every=0).checkpoint_every == 0
     with pytest.raises(ValueError, match=r"f_star must be a finite number, or unset \(the smallest objective"):
         RunConfig(f_star=math.inf)
+    with pytest.raises(TypeError, match="checkpoint_every must be an integer >= 0"):
+        RunConfig(checkpoint_every=1.5)
+    with pytest.raises(ValueError, match=r"blas_threads must be an integer in \[1, 1024\], got 0"):
+        RunConfig(blas_threads=0)

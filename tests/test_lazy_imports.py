@@ -19,14 +19,18 @@ def run_python(code: str, *arguments: str) -> subprocess.CompletedProcess:
                           timeout=120, cwd=REPO)
 
 
-def loaded_after(commands: list[list[str]]) -> list[str]:
-    code = (f"import sys, fedsim.cli\n"
-            f"for argv in {commands!r}:\n"
-            f"    assert fedsim.cli.main(argv) == 0, argv\n"
-            f"print('LOADED', sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r})))\n")
+def loaded(code: str) -> str:
+    """What ``code``, run in a new Python, printed after ``LOADED`` (it must end with exit status 0)."""
     finished = run_python(code)
     assert finished.returncode == 0, finished.stderr[-3000:]
-    return eval(finished.stdout.rsplit("LOADED", 1)[1])
+    return finished.stdout.rsplit("LOADED", 1)[1]
+
+
+def loaded_after(commands: list[list[str]]) -> list[str]:
+    return eval(loaded(f"import sys, fedsim.cli\n"
+                       f"for argv in {commands!r}:\n"
+                       f"    assert fedsim.cli.main(argv) == 0, argv\n"
+                       f"print('LOADED', sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r})))\n"))
 
 
 @pytest.mark.parametrize("commands", [
@@ -57,9 +61,7 @@ def test_a_run_still_loads_what_it_needs(tmp_path):
             "import fedsim.kernels, fedsim.kernels.laq\n"
             "print('LOADED', 'numba' in sys.modules, 'scipy' in sys.modules, "
             "fedsim.kernels.laq is sys.modules['fedsim.kernels.laq'])\n")
-    finished = run_python(code)
-    assert finished.returncode == 0, finished.stderr[-3000:]
-    assert finished.stdout.rsplit("LOADED", 1)[1].split() == ["True", "True", "True"]
+    assert loaded(code).split() == ["True", "True", "True"]
 
 
 def test_deferred_kernel_modules_behave_like_the_modules():
@@ -79,9 +81,7 @@ def test_deferred_kernel_modules_behave_like_the_modules():
             "del sparsify.EXTRA\n"
             "assert not hasattr(real, 'EXTRA')\n"
             "print('LOADED', sparsify.__name__, 'numba' in sys.modules)\n")
-    finished = run_python(code)
-    assert finished.returncode == 0, finished.stderr[-3000:]
-    assert finished.stdout.rsplit("LOADED", 1)[1].split() == ["fedsim.kernels.sparsify", "True"]
+    assert loaded(code).split() == ["fedsim.kernels.sparsify", "True"]
 
 
 def test_the_laq_bit_range_is_the_kernels():

@@ -74,7 +74,7 @@ def test_methods_titles_and_labels_name_only_the_settings_they_read(federated_ru
     assert "p_up" not in title and labels[2] == "qsgd_updown" and "p_up 0.05" in labels[1]
 
 
-def test_every_series_looks_different_from_every_other():
+def test_every_series_looks_different_from_every_other_and_from_the_one_before_in_more_than_colour():
     styles = [_style(index) for index in range(256)]
     assert len({(style["color"], style["linestyle"], style["marker"]) for style in styles}) == 256
     assert all(a[key] != b[key] for a, b in itertools.pairwise(styles) for key in ("color", "linestyle", "marker"))
@@ -90,11 +90,6 @@ def test_fedsim_plot_x_bits_and_time(federated_runs, tmp_path, captured, x, xlab
     first = federated_runs[0].history
     expected = {"bits": first[0]["bits_up"] + first[0]["bits_down"], "time": first[0]["time"]}[x]
     assert axis.get_lines()[0].get_xdata()[0] == pytest.approx(expected)
-
-
-def test_styles_differ_in_more_than_colour():
-    first, second = _style(0), _style(1)
-    assert first["linestyle"] != second["linestyle"] and first["marker"] != second["marker"]
 
 
 def test_a_single_lazy_run_says_what_its_residual_is_relative_to(tmp_path, captured):
