@@ -45,6 +45,8 @@ def limit_threads(threads: int) -> None:
     threadpool_limits(limits=threads)
 
 
+#: The answer for a run not started because the sweep is stopping.
+NOT_STARTED = {"status": "pending", "message": "not started: the sweep was stopped", "ran": False}
 #: In a local worker, a stop signal (fedsim.runs.loop.STOP_SIGNALS) only sets this: no run is started after it.
 STOPPING = {"signal": None}
 
@@ -72,7 +74,7 @@ def serve(connection, threads: int) -> None:
         if task is None:
             return
         if STOPPING["signal"] is not None:
-            connection.send({"status": "pending", "message": "not started: the sweep was stopped", "ran": False})
+            connection.send(NOT_STARTED)
         else:
             connection.send(run_one(*task))
 
@@ -99,7 +101,7 @@ def run_one(config, folder: str, name: str, command: list[str], threads: int | N
     path = Path(folder)
     stop_requested = None if stop_event is None else _event_poll(stop_event)
     if stop_requested is not None and stop_requested():
-        return {"status": "pending", "message": "not started: the sweep was stopped", "ran": False}
+        return dict(NOT_STARTED)
     try:
         # The config's own plugins, and their compressors' tables (a run folder's config.toml lists them):
         # this process may not have imported them.
