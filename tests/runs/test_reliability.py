@@ -21,6 +21,7 @@ import pytest
 from fedsim.runs import RunFolder, strip_wall_time
 from fedsim.runs.folder import CHECKPOINT_FILE, CONFIG_FILE, HISTORY_FILE, META_FILE, SUMMARY_FILE
 from tests.conftest import TINY, TINY_LAZY, clean_env, error_lines, fedsim
+from tests.runs.conftest import before_step
 
 ROUNDS12 = TINY + ["--set", "federated.rounds=12", "--set", "run.checkpoint_every=4"]
 
@@ -52,22 +53,14 @@ def finished(tmp_path_factory):
 
 
 def unfinished_copy(finished, tmp_path, name="run", stop_after=9) -> Path:
-    """The finished run's settings, interrupted (a real SIGINT, handled by the runner) after round
+    """The finished run's settings, interrupted (a real SIGINT, handled by the runner) in round
     ``stop_after``: a folder checkpointed at that round, as Ctrl-C leaves it."""
     from fedsim.algorithms.federated import FederatedRun
     from fedsim.config import load_preset
     from fedsim.runs import start_run
     target = tmp_path / name
-    original = FederatedRun.step
-
-    def step(self):
-        record = original(self)
-        if self.completed == stop_after:
-            os.kill(os.getpid(), signal.SIGINT)
-        return record
-
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(FederatedRun, "step", step)
+        before_step(patch, FederatedRun, stop_after - 1, lambda: os.kill(os.getpid(), signal.SIGINT))
         outcome = start_run(load_preset("synthetic", ROUNDS12[1::2]), target, name=name, quiet=True)
     assert outcome.status == "interrupted" and outcome.completed == stop_after
     return target
@@ -217,37 +210,31 @@ def test_a_kill_during_the_checkpoint_write_leaves_a_resumable_folder(tmp_path, 
 
 # --- 4. results independent of the thread count -----------------------------------------------------------
 
-def test_lazy_results_do_not_depend_on_the_environments_thread_count(tmp_path, shared_data):
-    """LAQ at the MNIST scale, where two BLAS threads sum the gradient products in another order: with
-    run.blas_threads pinned, the histories at 1 and 2 environment threads are identical bit for bit."""
-    histories = []
-    for threads in ("1", "2"):
-        out = tmp_path / f"threads{threads}"
-        result = fedsim(tmp_path, "run", "--preset", "laq-mnist", "--dataset", "fashion-mnist",
-                        "--set", "data.train_split=test", "--set", "lazy.iterations=4", "--quiet", "--out", out,
-                        FEDSIM_DATA=str(shared_data), OPENBLAS_NUM_THREADS=threads, OMP_NUM_THREADS=threads)
-        assert result.returncode == 0, result.stderr
-        histories.append(history(out))
-        meta = json.loads((out / META_FILE).read_text())
-        assert meta["threads"]["blas_threads"] == 1 and meta["threads"]["blas"]
-        assert meta["threads"]["environment"]["OPENBLAS_NUM_THREADS"] == threads
-    assert histories[0] == histories[1]
+@pytest.mark.parametrize("threads_of", ["environment", "run"])
+def test_lazy_results_do_not_depend_on_the_thread_count(tmp_path, shared_data, threads_of):
+    """LAQ at the MNIST scale, where two BLAS threads sum the gradient products in another order, at 1 and
+    2 threads: the histories are identical bit for bit.
 
-
-def test_lazy_results_are_the_same_on_one_and_two_run_threads(tmp_path, shared_data):
-    """run.blas_threads = 2 walks the gradient's blocks on two threads (each worker's blocks on one, in
-    order) and gives BLAS two threads; the blocks' products are small enough that OpenBLAS runs each on
-    one thread, so the history equals the one-thread run's bit for bit."""
+    environment: run.blas_threads stays pinned to 1 whatever the environment's thread variables say.
+    run: run.blas_threads = 2 walks the gradient's blocks on two threads (each worker's blocks on one, in
+    order) and gives BLAS two threads; the blocks' products are small enough that OpenBLAS runs each on one
+    thread, so the history equals the one-thread run's."""
     histories = []
     for threads in (1, 2):
-        out = tmp_path / f"run-threads{threads}"
-        result = fedsim(tmp_path, "run", "--preset", "laq-mnist", "--dataset", "fashion-mnist",
-                        "--set", "data.train_split=test", "--set", "lazy.iterations=4",
-                        "--set", f"run.blas_threads={threads}", "--quiet", "--out", out,
-                        FEDSIM_DATA=str(shared_data))
+        out = tmp_path / f"threads{threads}"
+        if threads_of == "environment":
+            options, environment = [], {"OPENBLAS_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
+        else:
+            options, environment = ["--set", f"run.blas_threads={threads}"], {}
+        result = fedsim(tmp_path, "run", "--preset", "laq-mnist", "--dataset", "fashion-mnist", "--set",
+                        "data.train_split=test", "--set", "lazy.iterations=4", *options, "--quiet", "--out", out,
+                        FEDSIM_DATA=str(shared_data), **environment)
         assert result.returncode == 0, result.stderr
         histories.append(history(out))
-        assert json.loads((out / META_FILE).read_text())["threads"]["blas_threads"] == threads
+        recorded = json.loads((out / META_FILE).read_text())["threads"]
+        assert recorded["blas_threads"] == (1 if environment else threads) and recorded["blas"]
+        if environment:
+            assert recorded["environment"]["OPENBLAS_NUM_THREADS"] == str(threads)
     assert histories[0] == histories[1]
 
 
