@@ -105,11 +105,11 @@ def finish(process: subprocess.Popen, timeout: float) -> tuple[str, str]:
 
 
 def wait_until(process: subprocess.Popen, condition, what: str, timeout: float = PROGRESS_TIMEOUT, details=str):
-    """Poll ``condition()`` until it returns something true (returned); fails, with ``details()``, if the
-    sweep ends first or ``timeout`` seconds pass."""
+    """Poll ``condition()`` until it returns something true (returned); fails, with ``details()``, if
+    ``process`` ends first or ``timeout`` seconds pass."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        assert process.poll() is None, f"the sweep ended before {what}:\n{process.communicate()}\n{details()}"
+        assert process.poll() is None, f"{process.args[:4]} ended before {what}:\n{process.communicate()}\n{details()}"
         found = condition()
         if found:
             return found

@@ -42,7 +42,6 @@ SWEEP_TIMEOUT = 180
 @dataclass
 class Cluster:
     address: str
-    scheduler: subprocess.Popen
     workers: list[subprocess.Popen]
     logs: list[Path] = field(default_factory=list)
 
@@ -84,11 +83,8 @@ def dask_cluster(tmp_path):
         processes.append(_start(dask + ["scheduler", "--host", "127.0.0.1", "--port", "0", "--scheduler-file",
                                         str(scheduler_file), "--no-dashboard", "--dashboard-address",
                                         "127.0.0.1:0", "--idle-timeout", "600"], logs[0], folder, env))
-        deadline = time.monotonic() + START_TIMEOUT
-        while not scheduler_file.is_file():
-            assert processes[0].poll() is None and time.monotonic() < deadline, \
-                f"the scheduler did not start:\n{logs[0].read_text(errors='replace')[-3000:]}"
-            time.sleep(0.05)
+        wait_until(processes[0], scheduler_file.is_file, "the scheduler wrote its address", START_TIMEOUT,
+                   lambda: logs[0].read_text(errors="replace")[-3000:])
         time.sleep(0.2)                        # the file is written in one go; let it land
         address = json.loads(scheduler_file.read_text())["address"]
         assert address.startswith("tcp://127.0.0.1:"), address
@@ -102,8 +98,7 @@ def dask_cluster(tmp_path):
         with Client(address, timeout=START_TIMEOUT) as client:
             client.wait_for_workers(2, timeout=START_TIMEOUT)
             assert len(client.scheduler_info(n_workers=-1)["workers"]) == 2
-        cluster = Cluster(address, processes[0], processes[1:], logs)
-        yield cluster
+        yield Cluster(address, processes[1:], logs)
     finally:
         for process in reversed(processes):
             kill_group(process)
