@@ -229,7 +229,7 @@ def plot_sweep(out, figures_out=None, notes: list[str] | None = None) -> list[Pa
         x_axis = numeric[0]
         others = [axis for axis in grouping if axis != x_axis]
         metric = declared.report.metrics[0]
-        rows = summarize_over_seeds(tidy_rows(out), axes)
+        rows = summarize_over_seeds(tidy_rows(out, (manifest, entries)), axes)
         figure, panels = _figure(1, 1, width=6.0, height=4.2)
         axis = panels[0, 0]
         lines: dict[tuple, list] = {}
