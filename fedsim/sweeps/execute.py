@@ -185,7 +185,7 @@ def _dispatch(sweep: Sweep, out: Path, statuses: dict, pending: list, backend: s
             if pending and backend == "local":
                 _run_local(pending, out, workers, threads, command, finished, stop)
             elif pending:
-                _run_dask(pending, out, client, threads, command, finished, stop)
+                _run_dask(pending, out, client, command, finished, stop)
         finally:
             progress.close()
     if stop.received is not None:
@@ -359,7 +359,7 @@ def _open_dask(scheduler: str | None, workers: int, threads: int):
                          f"({reason}); {check}") from None
 
 
-def _run_dask(pending, out: Path, client, threads: int, command, finished, stop) -> None:
+def _run_dask(pending, out: Path, client, command, finished, stop) -> None:
     """Run ``pending`` as tasks of ``client``'s cluster (each retried by Dask on another worker if its
     worker dies). On a stop, the sweep's ``distributed.Event`` is set: a task not yet started returns without
     starting its run, a running one stops at its next step boundary with a checkpoint; a task still running
@@ -369,7 +369,7 @@ def _run_dask(pending, out: Path, client, threads: int, command, finished, stop)
     from fedsim.sweeps.worker import run_one
     event = Event(f"fedsim-stop-{uuid.uuid4().hex}", client=client)
     futures = {client.submit(run_one, planned.config, str(Path(run_folder(out, planned)).resolve()),
-                             planned.label, command, threads, event.name, pure=False, retries=3,
+                             planned.label, command, event.name, pure=False, retries=3,
                              key=f"run-{planned.folder_name}"): planned for planned in pending}
     remaining = list(futures)
     stopping_since = None

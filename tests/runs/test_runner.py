@@ -10,6 +10,7 @@ import pytest
 from fedsim.algorithms.federated import FederatedRun
 from fedsim.config import ConfigError, load_preset
 from fedsim.algorithms.federated import reach as federated_reach
+from fedsim.algorithms.lazy import LazyRun
 from fedsim.algorithms.lazy import f_star_of as lazy_f_star
 from fedsim.algorithms.lazy import records_reach as lazy_reach
 from fedsim.algorithms.lazy import records_spent_before as lazy_bits_before
@@ -262,8 +263,6 @@ def test_lazy_run(tmp_path):
 
 @pytest.mark.parametrize("method", ["laq", "lag-ps", "slaq"])
 def test_lazy_crash_then_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch, method):
-    from fedsim.algorithms.lazy import LazyRun
-
     overrides = TINY_LAZY + [f"lazy.method={method}", "run.checkpoint_every=4", "lazy.minibatch_size=5"]
     config = load_preset("laq-synthetic", overrides)
     start_run(config, tmp_path / "straight", name="straight", quiet=True)
