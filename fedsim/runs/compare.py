@@ -4,9 +4,11 @@ one f* only when they ran on the same data."""
 from __future__ import annotations
 
 
-def _table(headers: list[str], rows: list[list[str]]) -> str:
+def text_table(headers: list[str], rows: list[list], right: bool = True) -> str:
+    """Columns as wide as their widest cell, a rule under the headers; the first column to the left, the
+    others to the right (``right``) or to the left too."""
     widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
-    lines = ["  ".join(str(cell).rjust(width) if i else str(cell).ljust(width)
+    lines = ["  ".join(str(cell).rjust(width) if i and right else str(cell).ljust(width)
                        for i, (cell, width) in enumerate(zip(line, widths)))
              for line in [headers, *rows]]
     lines.insert(1, "  ".join("-" * width for width in widths))
@@ -46,8 +48,8 @@ def compare_tables(runs, target_accuracy: float, target_residual: float) -> str:
             if len(groups) > 1:                 # on the title's first line (a footnote may follow it)
                 first, *notes = title.split("\n")
                 title = "\n".join([f"{first} on data: {data}", *notes])
-            blocks.append(f"{title}\n{_table(headers, rows)}")
+            blocks.append(f"{title}\n{text_table(headers, rows)}")
     return "\n\n".join(blocks)
 
 
-__all__ = ["compare_tables", "same_data"]
+__all__ = ["compare_tables", "same_data", "text_table"]

@@ -19,8 +19,8 @@ temporary files of writes a kill interrupted (``.<file>.<pid>-<random>.part``).
 Consistency rules (so that a run killed at any instant, even by SIGKILL, resumes exactly):
 
 * every file except history.jsonl is replaced atomically (:func:`fedsim.files.write_atomic`: temporary
-  file in the same folder, fsync, rename); checkpoint.npz is self-contained (its metadata is inside it), so a kill between the
-  two checkpoint files leaves a usable checkpoint;
+  file in the same folder, fsync, rename); checkpoint.npz is self-contained (its metadata is inside it),
+  so a kill between the two checkpoint files leaves a usable checkpoint;
 * a history record is appended after its step and before any checkpoint that includes the step, so
   history.jsonl always holds at least the checkpoint's steps; on resume it is cut back (atomically) to
   exactly the checkpoint's ``completed`` records, dropping records of steps done after the checkpoint and
@@ -63,14 +63,9 @@ class RunFolderError(ValueError):
 
 
 def _json_default(value):
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.floating):
-        return float(value)
-    if isinstance(value, np.bool_):
-        return bool(value)
-    if isinstance(value, np.ndarray):
-        return value.tolist()
+    for kind, convert in ((np.integer, int), (np.floating, float), (np.bool_, bool), (np.ndarray, np.ndarray.tolist)):
+        if isinstance(value, kind):
+            return convert(value)
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
@@ -108,10 +103,14 @@ class RunFolder:
     def write_config(self, config: ExperimentConfig, header: str = "") -> None:
         write_atomic(self.file(CONFIG_FILE), config_to_toml(config, header=header))
 
-    def read_config(self) -> ExperimentConfig:
+    def config_file(self) -> Path:
+        """The folder's config.toml (RunFolderError if it has none: it is not a run folder)."""
         if not self.exists:
             raise RunFolderError(f"{self.path} is not a fedsim run folder (no {CONFIG_FILE} in it)")
-        return load_config_file(self.file(CONFIG_FILE), source=str(self.file(CONFIG_FILE)))
+        return self.file(CONFIG_FILE)
+
+    def read_config(self) -> ExperimentConfig:
+        return load_config_file(self.config_file(), source=str(self.config_file()))
 
     def write_json(self, name: str, value) -> None:
         write_atomic(self.file(name), to_json(value, indent=1) + "\n")
@@ -255,7 +254,7 @@ def _short(error: BaseException, limit: int = 200) -> str:
 
 class FolderLock:
     """An exclusive, non-blocking OS lock (fcntl.flock) on the folder of file ``path``; ``path`` holds the
-    owner's pid, for the message another process gets.
+    owner's pid, for the message another process gets (:attr:`refusal`, raised as :attr:`error`).
 
     The lock is on the folder itself, not on the pid file: deleting ``path`` (``rm .lock``) while the
     owner runs leaves the owner's lock in place, so a second writer is still refused. Where a folder
@@ -263,6 +262,10 @@ class FolderLock:
     locked instead. The operating system releases the lock when the process ends, however it ends (kill -9
     included), so a lock left by a dead process is no lock: the next owner takes it and writes its pid.
     """
+
+    error = RunFolderError
+    refusal = ("{folder} is in use by another fedsim process (pid {holder}); wait for it to end, or stop it, "
+               "before writing this run folder")
 
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -302,8 +305,7 @@ class FolderLock:
                 holder = self.path.read_text(encoding="ascii", errors="replace").strip() or "unknown"
             except OSError:
                 holder = "unknown"        # its .lock was deleted: the owner lives on all the same
-            raise RunFolderError(f"{folder} is in use by another fedsim process (pid {holder}); "
-                                 f"wait for it to end, or stop it, before writing this run folder")
+            raise self.error(self.refusal.format(folder=folder, holder=holder))
         descriptor = self._descriptors[-1]
         os.ftruncate(descriptor, 0)
         os.pwrite(descriptor, f"{os.getpid()}\n".encode("ascii"), 0)
@@ -348,7 +350,6 @@ def default_run_dir(name: str, root="runs") -> Path:
     return candidate
 
 
-
 # ---------------------------------------------------------------------------------------------------------
 # reading finished runs
 
@@ -382,6 +383,12 @@ class RunResult:
         return "unfinished"
 
 
+def listed_differences(before: dict, after: dict, limit: int) -> str:
+    """The first ``limit`` of :func:`config_differences` joined by ``; `` (and how many more)."""
+    changes = config_differences(before, after)
+    return "; ".join(changes[:limit]) + (f"; and {len(changes) - limit} more" if len(changes) > limit else "")
+
+
 def config_differences(before: dict, after: dict) -> list[str]:
     """``"table.setting: old -> new"`` for every setting that differs between two config dicts (as
     :func:`fedsim.config.config_to_dict` gives them, with ``keep_unset``)."""
@@ -401,12 +408,12 @@ def config_differences(before: dict, after: dict) -> list[str]:
 def read_run(path) -> RunResult:
     """Read a run folder (finished or not) for plots and comparisons."""
     folder = RunFolder(path)
-    if not folder.exists:
-        raise RunFolderError(f"{folder.path} is not a fedsim run folder (no {CONFIG_FILE} in it)")
-    config = parse_toml(folder.file(CONFIG_FILE).read_text(encoding="utf-8"), str(folder.file(CONFIG_FILE)))
+    config = parse_toml(folder.config_file().read_text(encoding="utf-8"), str(folder.config_file()))
     return RunResult(folder.path, config, folder.read_history(), folder.read_json(SUMMARY_FILE),
                      folder.read_json(META_FILE) or {})
 
 
-__all__ = ["config_differences", "FolderLock", "LOCK_FILE", "RUN_FILES", "check_new_run_target", "CHECKPOINT_FILE", "CHECKPOINT_NOTE_FILE", "CONFIG_FILE", "HISTORY_FILE", "META_FILE", "SUMMARY_FILE",
-           "RunFolder", "RunFolderError", "RunResult", "default_run_dir", "now", "read_run", "to_json"]
+__all__ = ["CHECKPOINT_FILE", "CHECKPOINT_NOTE_FILE", "CONFIG_FILE", "FolderLock", "HISTORY_FILE", "LOCK_FILE",
+           "META_FILE", "RUN_FILES", "SUMMARY_FILE", "RunFolder", "RunFolderError", "RunResult",
+           "check_new_run_target", "config_differences", "default_run_dir", "listed_differences", "now", "read_run",
+           "to_json"]

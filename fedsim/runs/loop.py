@@ -31,7 +31,7 @@ from fedsim.experiment_data import check_data_record, data_record, load_data, sp
 from fedsim.files import write_atomic
 from fedsim.progress import Progress, show_progress
 from fedsim.runs.folder import (CHECKPOINT_FILE, CHECKPOINT_NOTE_FILE, CONFIG_FILE, HISTORY_FILE, META_FILE,
-                                SUMMARY_FILE, RunFolder, RunFolderError, check_new_run_target, config_differences, now,
+                                SUMMARY_FILE, RunFolder, RunFolderError, check_new_run_target, listed_differences, now,
                                 to_json)
 from fedsim.runs.provenance import blas_changed, environment, git_commit, pinned_threads, thread_settings
 from fedsim.runs.records import summarize
@@ -54,12 +54,13 @@ def build_run(config: ExperimentConfig, progress: bool | None = None):
         return config.algorithm_family.make_run(config, dataset, clients)
 
 
-def _build_checked(config: ExperimentConfig, progress: bool | None):
-    """:func:`build_run`, with a setting that turns out unusable for the data (an impossible partition,
-    more clients than samples, ...) reported as a :class:`ConfigError`; a data setting outside the config
-    (FEDSIM_ARRAY_CACHE, FEDSIM_MIRRORS: a DataSettingError) goes on in its own words."""
+def _build_checked(config: ExperimentConfig, quiet: bool, progress: bool | None):
+    """:func:`build_run` (download bars unless ``quiet``, or as ``progress`` says), with a setting that turns
+    out unusable for the data (an impossible partition, more clients than samples, ...) reported as a
+    :class:`ConfigError`; a data setting outside the config (FEDSIM_ARRAY_CACHE, FEDSIM_MIRRORS: a
+    DataSettingError) goes on in its own words."""
     try:
-        return build_run(config, progress=progress)
+        return build_run(config, progress=show_progress(quiet) if progress is None else progress)
     except DataSettingError:
         raise
     except ValueError as error:
@@ -99,19 +100,17 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class StopOnSignals:
-    """While active, the :data:`STOP_SIGNALS` (or the signals ``numbers``) only set :attr:`received`; the
-    loop stops at a step boundary. A second signal gets the previous handler (Ctrl-C then raises
-    KeyboardInterrupt at once)."""
+    """While active, the :data:`STOP_SIGNALS` only set :attr:`received`; the loop stops at a step boundary.
+    A second signal gets the previous handler (Ctrl-C then raises KeyboardInterrupt at once). Outside the
+    main thread, where no handler can be set, nothing changes."""
 
-    def __init__(self, active: bool = True, numbers=STOP_SIGNALS):
-        self.active = active
-        self.numbers = numbers
+    def __init__(self):
         self.received: int | None = None
         self._previous: dict[int, object] = {}
 
     def __enter__(self):
-        if self.active and threading.current_thread() is threading.main_thread():
-            for number in self.numbers:
+        if threading.current_thread() is threading.main_thread():
+            for number in STOP_SIGNALS:
                 self._previous[number] = signal.signal(number, self._handle)
         return self
 
@@ -202,15 +201,14 @@ def execute(run, folder: RunFolder, config: ExperimentConfig, *, name: str, quie
             bar.close()
         if status in ("completed", "interrupted"):
             checkpoint()
-    _end_session(folder, status, run.completed, time.perf_counter() - session_started)
+    sessions = _end_session(folder, status, run.completed, time.perf_counter() - session_started)
     summary = None
     if status in ("completed", "diverged"):
         summary = summarize(config, list(run.history))
         summary["status"] = status
         if message:
             summary["message"] = message
-        meta = folder.read_json(META_FILE) or {}
-        summary["wall_seconds"] = float(sum(s.get("seconds", 0.0) for s in meta.get("sessions", [])))
+        summary["wall_seconds"] = float(sum(s.get("seconds", 0.0) for s in sessions))
         if not any("time" in record for record in run.history):   # records without their own timing
             summary["seconds"] = summary["wall_seconds"]
         folder.write_json(SUMMARY_FILE, summary)
@@ -218,11 +216,17 @@ def execute(run, folder: RunFolder, config: ExperimentConfig, *, name: str, quie
                       stop.received if status == "interrupted" else None)
 
 
-def _end_session(folder: RunFolder, status: str, completed: int, seconds: float) -> None:
+def _end_session(folder: RunFolder, status: str, completed: int, seconds: float) -> list[dict]:
+    """Record how this session ended in meta.json; the run's sessions."""
     meta = folder.read_json(META_FILE) or {}
     sessions = meta.setdefault("sessions", [{}])
     sessions[-1].update(ended=now(), status=status, to=completed, seconds=seconds)
     folder.write_json(META_FILE, meta)
+    return sessions
+
+
+def _write_config(folder: RunFolder, config: ExperimentConfig, name: str) -> None:
+    folder.write_config(config, header=f"fedsim {__version__} effective config of run {name!r}")
 
 
 def _identity(meta: dict) -> dict:
@@ -242,7 +246,7 @@ def start_run(config: ExperimentConfig, out, *, name: str, quiet: bool = False, 
     """
     folder = RunFolder(out)
     check_new_run_target(folder.path)
-    run = _build_checked(config, show_progress(quiet) if progress_data is None else progress_data)
+    run = _build_checked(config, quiet, progress_data)
     try:
         folder.path.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -253,7 +257,7 @@ def start_run(config: ExperimentConfig, out, *, name: str, quiet: bool = False, 
                                  f"`fedsim run --resume {folder.path}` or choose another --out")
         check_new_run_target(folder.path)
         try:
-            folder.write_config(config, header=f"fedsim {__version__} effective config of run {name!r}")
+            _write_config(folder, config, name)
         except OSError as error:
             raise RunFolderError(f"cannot write into {folder.path} ({error.strerror})") from None
         meta = {"name": name, "family": config.family, "method": config.method, "seed": config.seed,
@@ -275,8 +279,7 @@ def _check_identity(folder: RunFolder, config: ExperimentConfig, meta: dict) -> 
         raise RunFolderError(f"{folder.file(META_FILE)} has no config_sha256: the run was started by an older "
                              f"fedsim or meta.json was edited; it cannot be resumed safely")
     if config_fingerprint(config) != recorded:
-        changes = config_differences(meta.get("config", {}), config_to_dict(config, keep_unset=True))
-        listed = "; ".join(changes[:8]) + (f"; and {len(changes) - 8} more" if len(changes) > 8 else "")
+        listed = listed_differences(meta.get("config", {}), config_to_dict(config, keep_unset=True), 8)
         raise RunFolderError(f"{folder.file(CONFIG_FILE)} was edited after the run started "
                              f"({listed or 'its text changed'}); restore it, or start a new run with the new settings "
                              f"(to run more {config.algorithm_family.units}: fedsim run --resume "
@@ -349,7 +352,7 @@ def resume_run(path, *, quiet: bool = False, progress_data: bool | None = None,
             ended = summary.get("status", "completed")
             return RunOutcome("finished-before", config.family, folder, int(summary.get("completed", 0)),
                               config.steps, summary, f"the run already ended ({ended})")
-        run = _build_checked(config, show_progress(quiet) if progress_data is None else progress_data)
+        run = _build_checked(config, quiet, progress_data)
         with pinned_threads(config.run.blas_threads):
             completed = _load_checkpoint(folder, run, config, meta)
         _check_history(folder, run, completed)
@@ -376,8 +379,7 @@ def _extend(folder: RunFolder, config: ExperimentConfig, meta: dict, extend_to: 
         raise RunFolderError(f"{folder.path} diverged; extending it would only diverge again")
     extended = dataclasses.replace(config, **{declared.name: dataclasses.replace(
         config.algorithm, **{declared.steps_setting: extend_to})})
-    folder.write_config(extended, header=f"fedsim {__version__} effective config of run "
-                                         f"{meta.get('name', folder.path.name)!r}")
+    _write_config(folder, extended, meta.get("name", folder.path.name))
     meta["sessions"] = meta.get("sessions", []) + [
         {"extended": f"{setting}: {config.steps} -> {extend_to}", "at": now()}]
     meta.update(config_sha256=config_fingerprint(extended), config=config_to_dict(extended, keep_unset=True))

@@ -26,9 +26,9 @@ import numpy as np
 from fedsim import __version__
 
 
-def git_commit(path: Path | None = None) -> dict:
+def git_commit() -> dict:
     """The git commit (and whether the work tree has changes) of the checkout holding fedsim, if any."""
-    root = Path(__file__).resolve().parents[1] if path is None else Path(path)
+    root = Path(__file__).resolve().parents[1]
     if not (root / ".git").exists():
         return {}
     try:

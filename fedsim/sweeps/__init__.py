@@ -11,5 +11,5 @@ from fedsim.sweeps.execute import BACKENDS, all_finished, run_sweep
 from fedsim.sweeps.folder import SweepError, read_manifest, resume_hint
 from fedsim.sweeps.spec import PlannedRun, Sweep, load_sweep
 
-__all__ = ["BACKENDS", "PlannedRun", "Sweep", "SweepError", "all_finished", "load_sweep", "read_manifest", "resume_hint",
-           "run_sweep"]
+__all__ = ["BACKENDS", "PlannedRun", "Sweep", "SweepError", "all_finished", "load_sweep", "read_manifest",
+           "resume_hint", "run_sweep"]

@@ -39,6 +39,7 @@ steps), the manifest records the runs as interrupted or pending, and
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -129,9 +130,9 @@ def run_sweep(sweep: Sweep, out, *, backend: str = "local", workers: int | None 
     """
     if backend not in BACKENDS:
         raise SweepError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    for name, value, low in (("--workers", 1 if workers is None else workers, 1), ("--threads", threads, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise SweepError(f"{name} must be an integer >= {low}, got {value!r}")
+    for name, value in (("--workers", 1 if workers is None else workers), ("--threads", threads)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise SweepError(f"{name} must be an integer >= 1, got {value!r}")
     if scheduler is not None and backend != "dask":
         raise SweepError("--scheduler goes with --backend dask")
     out = Path(out)
@@ -181,12 +182,10 @@ def _dispatch(sweep: Sweep, out: Path, statuses: dict, pending: list, backend: s
 
     with StopOnSignals() as stop:
         try:
-            if not pending:
-                pass
-            elif backend == "local":
+            if pending and backend == "local":
                 _run_local(pending, out, workers, threads, command, finished, stop)
-            else:
-                _run_dask(pending, out, client, threads, command, finished, stop)
+            elif pending:
+                _run_dask(pending, out, client, command, finished, stop)
         finally:
             progress.close()
     if stop.received is not None:
@@ -263,11 +262,9 @@ def _run_local(pending, out: Path, workers: int, threads: int, command, finished
         for worker in pool:
             if worker.planned is None and queue:
                 worker.planned = queue.popleft()
-                try:
+                with contextlib.suppress(OSError):     # a dead worker: seen below, its run given to a new one
                     worker.connection.send((worker.planned.config, str(run_folder(out, worker.planned)),
                                             worker.planned.label, command))
-                except OSError:
-                    pass            # the worker is dead: seen below, and its run given to a new one
 
     def lost(worker: _Worker) -> None:
         pool.remove(worker)
@@ -304,11 +301,9 @@ def _run_local(pending, out: Path, workers: int, threads: int, command, finished
                  timeout=POLL_SECONDS)
             for worker in busy:
                 result = None
-                try:
+                with contextlib.suppress(EOFError, OSError):
                     if worker.connection.poll():
                         result = worker.connection.recv()
-                except (EOFError, OSError):
-                    pass
                 if result is not None:
                     planned, worker.planned = worker.planned, None
                     if result.get("status") != "pending":       # "pending": not started, the sweep stopping
@@ -319,10 +314,8 @@ def _run_local(pending, out: Path, workers: int, threads: int, command, finished
     finally:
         for worker in pool:                 # idle workers end when told; the others (an error) at once
             if clean:
-                try:
+                with contextlib.suppress(OSError):
                     worker.connection.send(None)
-                except OSError:
-                    pass
             else:
                 worker.process.kill()
         for worker in pool:
@@ -366,7 +359,7 @@ def _open_dask(scheduler: str | None, workers: int, threads: int):
                          f"({reason}); {check}") from None
 
 
-def _run_dask(pending, out: Path, client, threads: int, command, finished, stop) -> None:
+def _run_dask(pending, out: Path, client, command, finished, stop) -> None:
     """Run ``pending`` as tasks of ``client``'s cluster (each retried by Dask on another worker if its
     worker dies). On a stop, the sweep's ``distributed.Event`` is set: a task not yet started returns without
     starting its run, a running one stops at its next step boundary with a checkpoint; a task still running
@@ -376,7 +369,7 @@ def _run_dask(pending, out: Path, client, threads: int, command, finished, stop)
     from fedsim.sweeps.worker import run_one
     event = Event(f"fedsim-stop-{uuid.uuid4().hex}", client=client)
     futures = {client.submit(run_one, planned.config, str(Path(run_folder(out, planned)).resolve()),
-                             planned.label, command, threads, event.name, pure=False, retries=3,
+                             planned.label, command, event.name, pure=False, retries=3,
                              key=f"run-{planned.folder_name}"): planned for planned in pending}
     remaining = list(futures)
     stopping_since = None

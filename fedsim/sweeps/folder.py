@@ -29,7 +29,7 @@ from pathlib import Path
 from fedsim.config import config_to_dict
 from fedsim.files import write_atomic
 from fedsim.runs.folder import (CHECKPOINT_NOTE_FILE, CONFIG_FILE, LOCK_FILE, META_FILE, SUMMARY_FILE, FolderLock,
-                                RunFolder, RunFolderError, config_differences, now, to_json)
+                                RunFolder, RunFolderError, listed_differences, now, to_json)
 from fedsim.sweeps.spec import Sweep
 
 MANIFEST = "manifest.json"
@@ -95,14 +95,9 @@ def read_manifest(out) -> dict:
 class SweepLock(FolderLock):
     """The sweep folder's ``.lock``: the run folder's lock, refusing in a sweep's words."""
 
-    def __enter__(self) -> SweepLock:
-        try:
-            super().__enter__()
-        except RunFolderError:
-            holder = (self.path.read_text(encoding="ascii", errors="replace").split() or ["unknown"])[0]
-            raise SweepError(f"{self.path.parent} is in use by another fedsim sweep (pid {holder}); wait for it "
-                             f"to end (or stop it), then run the same command again to finish this one") from None
-        return self
+    error = SweepError
+    refusal = ("{folder} is in use by another fedsim sweep (pid {holder}); wait for it to end (or stop it), "
+               "then run the same command again to finish this one")
 
 
 def lock(out: Path) -> SweepLock:
@@ -138,14 +133,14 @@ def claim(out: Path, sweep: Sweep) -> None:
 # the run folders
 
 
-def check_run_folder(path: Path, *, label: str, config_sha256: str | None, config=None) -> str | None:
+def check_run_folder(path: Path, *, label: str, config_sha256: str | None) -> str | None:
     """What keeps the run folder ``path`` from being the run ``label`` of config ``config_sha256``, in a
     few words; None if it is that run (or holds no run yet). RunFolderError if a file cannot be read.
 
     Its meta.json must hold that name and config sha256 (:func:`identity_problem`) and, if it ended as
     completed, its summary the planned number of completed steps (:func:`summary_problem`).
     """
-    return (identity_problem(path, label=label, config_sha256=config_sha256, config=config)
+    return (identity_problem(path, label=label, config_sha256=config_sha256)
             or summary_problem(RunFolder(path).read_json(SUMMARY_FILE)))
 
 
@@ -166,9 +161,8 @@ def identity_problem(path: Path, *, label: str, config_sha256: str | None, confi
             return (f"its config sha256 {recorded[:10]}... is not the {named} in its name (it holds {holds} of "
                     f"other settings): it was extended, moved or edited")
     elif recorded != config_sha256:
-        changes = config_differences(config_to_dict(config, keep_unset=True), meta.get("config") or {}) \
-            if config is not None else []
-        listed = "; ".join(changes[:4]) + (f"; and {len(changes) - 4} more" if len(changes) > 4 else "")
+        listed = listed_differences(config_to_dict(config, keep_unset=True), meta.get("config") or {}, 4) \
+            if config is not None else ""
         listed = listed or f"config sha256 {recorded[:12]}... instead of {config_sha256[:12]}..."
         return f"it holds {holds} of other settings than planned ({listed}): it was extended, moved or edited"
     if name != label:
@@ -251,5 +245,5 @@ def record_from_folders(out: Path, sweep: Sweep, statuses: dict[str, dict]) -> N
 
 
 __all__ = ["DAMAGED_SUMMARY", "FINAL", "MANIFEST", "MISMATCHED", "RUNS_FOLDER", "SweepError", "SweepLock",
-           "check_run_folder", "claim", "identity_problem", "lock", "read_manifest", "record_from_folders", "resume_hint",
-           "reuse_decision", "run_folder", "say", "summary_problem", "write_manifest"]
+           "check_run_folder", "claim", "identity_problem", "lock", "read_manifest", "record_from_folders",
+           "resume_hint", "reuse_decision", "run_folder", "say", "summary_problem", "write_manifest"]

@@ -17,6 +17,7 @@ import numpy as np
 
 from fedsim.algorithms.family import family
 from fedsim.runs import RunFolderError, read_run
+from fedsim.runs.compare import text_table
 from fedsim.sweeps.folder import MANIFEST, RUNS_FOLDER, check_run_folder, read_manifest
 from fedsim.sweeps.spec import run_label
 
@@ -117,12 +118,8 @@ def format_summary(summary: list[dict], axes: list[str]) -> str:
     lines = []
     for row in summary:
         spread = "" if math.isnan(row["std"]) else f" +- {row['std']:.4g}"
-        lines.append([str(row[axis]) for axis in grouping] + [row["metric"], f"{row['mean']:.4g}{spread}", str(row["n"])])
-    widths = [max(len(cell) for cell in column) for column in zip(headers, *lines)] if lines else [len(h) for h in headers]
-    text = ["  ".join(cell.ljust(width) for cell, width in zip(headers, widths)),
-            "  ".join("-" * width for width in widths)]
-    text += ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)) for line in lines]
-    return "\n".join(text)
+        lines.append([row[axis] for axis in grouping] + [row["metric"], f"{row['mean']:.4g}{spread}", row["n"]])
+    return text_table(headers, lines, right=False)
 
 
 def natural_order(manifest: dict, names: list[str]):
@@ -135,6 +132,12 @@ def natural_order(manifest: dict, names: list[str]):
                      (1, 0, given[name].index(repr(value)) if repr(value) in given[name] else len(given[name]))
                      for name, value in zip(names, values))
     return key
+
+
+def _in_natural_order(manifest: dict, names: list[str], groups: dict) -> list:
+    """The items of ``groups``, keyed by values of the axes ``names``, in :func:`natural_order`."""
+    key = natural_order(manifest, names)
+    return sorted(groups.items(), key=lambda item: key(item[0]))
 
 
 def _series_label(names, values, result=None) -> str:
@@ -183,10 +186,10 @@ def plot_sweep(out, figures_out=None, notes: list[str] | None = None) -> list[Pa
     groups: dict[tuple, list] = {}
     for entry in finished:
         groups.setdefault(tuple(entry["values"].get(axis) for axis in grouping), []).append(entry["result"])
-    with_bits = all(bits_up_through(result.history) is not None for results in groups.values() for result in results)
+    with_bits = all(bits_up_through(entry["result"].history) is not None for entry in finished)
     paths = []
     figure, panels = _figure(1, 2 if with_bits else 1, width=5.0, height=4.2)
-    for index, (key, results) in enumerate(sorted(groups.items(), key=lambda item: natural_order(manifest, grouping)(item[0]))):
+    for index, (key, results) in enumerate(_in_natural_order(manifest, grouping, groups)):
         curves = []
         for result in results:
             records = [r for r in result.history if y_name in r]
@@ -226,7 +229,7 @@ def plot_sweep(out, figures_out=None, notes: list[str] | None = None) -> list[Pa
         x_axis = numeric[0]
         others = [axis for axis in grouping if axis != x_axis]
         metric = declared.report.metrics[0]
-        rows = summarize_over_seeds(tidy_rows(out), axes)
+        rows = summarize_over_seeds(tidy_rows(out, (manifest, entries)), axes)
         figure, panels = _figure(1, 1, width=6.0, height=4.2)
         axis = panels[0, 0]
         lines: dict[tuple, list] = {}
@@ -236,7 +239,7 @@ def plot_sweep(out, figures_out=None, notes: list[str] | None = None) -> list[Pa
         values = sorted({row[x_axis] for group in lines.values() for row in group}, key=lambda value:
                         natural_order(manifest, [x_axis])((value,)))
         position = {value: i for i, value in enumerate(values)}       # evenly spaced, labelled by value
-        for index, (key, points) in enumerate(sorted(lines.items(), key=lambda item: natural_order(manifest, others)(item[0]))):
+        for index, (key, points) in enumerate(_in_natural_order(manifest, others, lines)):
             points.sort(key=lambda row: position[row[x_axis]])
             means = drawable([row["mean"] for row in points])
             spread = np.where(np.isnan(means), 0.0, np.nan_to_num(drawable([row["std"] for row in points])))

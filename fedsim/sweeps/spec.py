@@ -38,6 +38,7 @@ import itertools
 import json
 import re
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from fedsim.config import (ConfigError, ExperimentConfig, all_settings, config_fingerprint, import_plugins,
@@ -161,9 +162,7 @@ def load_sweep(path) -> Sweep:
     for table in ("set", "grid", "zip"):
         if table in raw and not isinstance(raw[table], dict):
             raise ConfigError(f"{path.name}: '{table}' must be a table ([{table}])")
-    fixed = _flatten(raw.get("set", {}))
-    grid = _flatten(raw.get("grid", {}))
-    zipped = _flatten(raw.get("zip", {}))
+    fixed, grid, zipped = (_flatten(raw.get(table, {})) for table in ("set", "grid", "zip"))
     # The plugins the runs import first (the base config file's, then [set]'s): their compressors' tables
     # are settings the sweep may set.
     plugins = fixed.get("plugins", [])
@@ -191,19 +190,14 @@ def load_sweep(path) -> Sweep:
         raise ConfigError(f"{path.name} [zip]: two positions of the zipped axes give the same values")
 
     if "base" in raw:
-        base = str(raw["base"])
-        load = lambda overrides: load_preset(base, overrides)      # noqa: E731
-        base_text = f"preset {base}"
+        load, base_text = partial(load_preset, str(raw["base"])), f"preset {raw['base']}"
     else:
         config_path = (path.parent / str(raw["config"])).resolve()
-        load = lambda overrides: load_config_file(config_path, overrides)      # noqa: E731
-        base_text = str(config_path)
+        load, base_text = partial(load_config_file, config_path), str(config_path)
 
-    grid_axes = list(grid.items())
-    zip_rows = list(zip(*zipped.values())) if zipped else [()]
     runs, names = [], set()
-    for grid_values in itertools.product(*(values for _, values in grid_axes)):
-        for zip_values in zip_rows:
+    for grid_values in itertools.product(*grid.values()):
+        for zip_values in zip(*zipped.values()) if zipped else [()]:
             values = tuple(zip(grid, grid_values)) + tuple(zip(zipped, zip_values))
             overrides = tuple(fixed.items()) + values
             try:
@@ -211,13 +205,12 @@ def load_sweep(path) -> Sweep:
             except ConfigError as error:
                 combination = ", ".join(f"{key} = {value!r}" for key, value in values)
                 raise ConfigError(f"{path.name}: the run with {combination}: {error}") from None
-            planned = PlannedRun(values, overrides, config)
-            folder = f"{_safe(planned.label)}-{config_fingerprint(config)[:10]}"
+            folder = f"{_safe(run_label(values))}-{config_fingerprint(config)[:10]}"
             if folder in names:
-                raise ConfigError(f"{path.name}: two runs resolve to the same config ({planned.label})")
+                raise ConfigError(f"{path.name}: two runs resolve to the same config ({run_label(values)})")
             names.add(folder)
             runs.append(PlannedRun(values, overrides, config, folder))
-    axes = tuple((key, tuple(values)) for key, values in list(grid.items()) + list(zipped.items()))
+    axes = tuple((key, tuple(values)) for key, values in {**grid, **zipped}.items())
     return Sweep(name, path, base_text, tuple(fixed.items()), axes, tuple(zipped), tuple(runs), text)
 
 

@@ -23,8 +23,8 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"
 
 def pin_threads(threads: int) -> None:
     """First call of a local worker: at most ``threads`` threads for BLAS, OpenMP and Numba, set before
-    they load; the worker dies with the process that started it (Linux), so a killed sweep leaves no
-    worker holding a run folder."""
+    they load (the thread variables), then as runtime limits; the worker dies with the process that
+    started it (Linux), so a killed sweep leaves no worker holding a run folder."""
     for name in THREAD_VARIABLES:
         os.environ[name] = str(threads)
     if sys.platform.startswith("linux"):
@@ -33,18 +33,14 @@ def pin_threads(threads: int) -> None:
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))   # PR_SET_PDEATHSIG
         except (OSError, AttributeError):
             pass
-    limit_threads(threads)
-
-
-def limit_threads(threads: int) -> None:
-    """Limit BLAS, OpenMP and Numba to ``threads`` threads in a process where they may already be loaded
-    (a Dask worker): runtime limits, as the thread variables would come too late there."""
     import numba
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     from threadpoolctl import threadpool_limits
     threadpool_limits(limits=threads)
 
 
+#: The answer for a run not started because the sweep is stopping.
+NOT_STARTED = {"status": "pending", "message": "not started: the sweep was stopped", "ran": False}
 #: In a local worker, a stop signal (fedsim.runs.loop.STOP_SIGNALS) only sets this: no run is started after it.
 STOPPING = {"signal": None}
 
@@ -72,13 +68,12 @@ def serve(connection, threads: int) -> None:
         if task is None:
             return
         if STOPPING["signal"] is not None:
-            connection.send({"status": "pending", "message": "not started: the sweep was stopped", "ran": False})
+            connection.send(NOT_STARTED)
         else:
             connection.send(run_one(*task))
 
 
-def run_one(config, folder: str, name: str, command: list[str], threads: int | None = None,
-            stop_event: str | None = None) -> dict:
+def run_one(config, folder: str, name: str, command: list[str], stop_event: str | None = None) -> dict:
     """Bring the run folder ``folder`` of ``config`` to its end; how it ended, as a JSON-able dict.
 
     The config's plugins are imported first (:mod:`fedsim.plugins`). A finished folder (summary.json) is
@@ -99,7 +94,7 @@ def run_one(config, folder: str, name: str, command: list[str], threads: int | N
     path = Path(folder)
     stop_requested = None if stop_event is None else _event_poll(stop_event)
     if stop_requested is not None and stop_requested():
-        return {"status": "pending", "message": "not started: the sweep was stopped", "ran": False}
+        return dict(NOT_STARTED)
     try:
         # The config's own plugins, and their compressors' tables (a run folder's config.toml lists them):
         # this process may not have imported them.
@@ -144,4 +139,4 @@ def _event_poll(name: str):
     return stop_requested
 
 
-__all__ = ["STOPPING", "THREAD_VARIABLES", "limit_threads", "pin_threads", "run_one", "serve"]
+__all__ = ["STOPPING", "THREAD_VARIABLES", "pin_threads", "run_one", "serve"]

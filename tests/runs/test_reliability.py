@@ -18,9 +18,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedsim.runs import RunFolder, strip_wall_time
+from fedsim.algorithms.federated import FederatedRun
+from fedsim.config import load_preset
+from fedsim.runs import RunFolder, start_run, strip_wall_time
 from fedsim.runs.folder import CHECKPOINT_FILE, CONFIG_FILE, HISTORY_FILE, META_FILE, SUMMARY_FILE
 from tests.conftest import TINY, TINY_LAZY, clean_env, error_lines, fedsim
+from tests.runs.conftest import before_step
 
 ROUNDS12 = TINY + ["--set", "federated.rounds=12", "--set", "run.checkpoint_every=4"]
 
@@ -43,31 +46,18 @@ def history(run_dir) -> list[dict]:
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     """A finished 12-round run and its history: (folder, records without wall time)."""
-    from fedsim.config import load_preset
-    from fedsim.runs import start_run
     base = tmp_path_factory.mktemp("finished")
     outcome = start_run(load_preset("synthetic", ROUNDS12[1::2]), base / "run", name="run", quiet=True)
     assert outcome.status == "completed", outcome.message
     return base / "run", history(base / "run")
 
 
-def unfinished_copy(finished, tmp_path, name="run", stop_after=9) -> Path:
-    """The finished run's settings, interrupted (a real SIGINT, handled by the runner) after round
+def unfinished_copy(tmp_path, name="run", stop_after=9) -> Path:
+    """The finished run's settings, interrupted (a real SIGINT, handled by the runner) in round
     ``stop_after``: a folder checkpointed at that round, as Ctrl-C leaves it."""
-    from fedsim.algorithms.federated import FederatedRun
-    from fedsim.config import load_preset
-    from fedsim.runs import start_run
     target = tmp_path / name
-    original = FederatedRun.step
-
-    def step(self):
-        record = original(self)
-        if self.completed == stop_after:
-            os.kill(os.getpid(), signal.SIGINT)
-        return record
-
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(FederatedRun, "step", step)
+        before_step(patch, FederatedRun, stop_after - 1, lambda: os.kill(os.getpid(), signal.SIGINT))
         outcome = start_run(load_preset("synthetic", ROUNDS12[1::2]), target, name=name, quiet=True)
     assert outcome.status == "interrupted" and outcome.completed == stop_after
     return target
@@ -122,8 +112,8 @@ def test_two_concurrent_runs_into_one_folder_leave_one_consistent_run(tmp_path, 
     (('method = "stc_updown"', 'method = "fedavg"'), 'federated.method: "stc_updown" -> "fedavg"'),
     (("rounds = 12", "rounds = 5"), "federated.rounds: 12 -> 5"),
 ])
-def test_an_edited_config_is_refused_with_the_changed_settings(tmp_path, finished, edit, changed, fedsim_here):
-    run_dir = unfinished_copy(finished, tmp_path)
+def test_an_edited_config_is_refused_with_the_changed_settings(tmp_path, edit, changed, fedsim_here):
+    run_dir = unfinished_copy(tmp_path)
     config = run_dir / CONFIG_FILE
     text = config.read_text()
     assert edit[0] in text
@@ -135,9 +125,9 @@ def test_an_edited_config_is_refused_with_the_changed_settings(tmp_path, finishe
     assert after == before                                   # nothing lost, nothing changed
 
 
-def test_a_checkpoint_of_another_run_is_refused(tmp_path, finished, fedsim_here):
-    run_dir = unfinished_copy(finished, tmp_path, "run")
-    other = unfinished_copy(finished, tmp_path, "other")     # the same settings: only its id differs
+def test_a_checkpoint_of_another_run_is_refused(tmp_path, fedsim_here):
+    run_dir = unfinished_copy(tmp_path, "run")
+    other = unfinished_copy(tmp_path, "other")     # the same settings: only its id differs
     (run_dir / CHECKPOINT_FILE).write_bytes((other / CHECKPOINT_FILE).read_bytes())
     result = fedsim_here("run", "--resume", run_dir, "--quiet")
     one_line_error(result, 2, "is not the checkpoint checkpoint.json recorded")
@@ -147,9 +137,8 @@ def test_a_checkpoint_of_another_run_is_refused(tmp_path, finished, fedsim_here)
     one_line_error(result, 2, "belongs to another run")
 
 
-def test_more_steps_than_asked_is_impossible_and_extend_to_continues(tmp_path, finished, fedsim_here):
-    source, reference = finished
-    run_dir = unfinished_copy(finished, tmp_path)
+def test_more_steps_than_asked_is_impossible_and_extend_to_continues(tmp_path, fedsim_here):
+    run_dir = unfinished_copy(tmp_path)
     result = fedsim_here("run", "--resume", run_dir, "--quiet", "--extend-to", "5")
     one_line_error(result, 2, "--extend-to must be an integer >= 9")
     # extending to 20 rounds gives the first 20 rounds of a 20-round run
@@ -184,8 +173,8 @@ def test_a_lazy_run_extends_like_a_longer_one_except_for_the_old_final_evaluatio
 # --- 3. a corrupt checkpoint: one line, nothing lost -----------------------------------------------------
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "one byte changed", "empty"])
-def test_a_damaged_checkpoint_is_refused_in_one_line(tmp_path, finished, damage, fedsim_here):
-    run_dir = unfinished_copy(finished, tmp_path)
+def test_a_damaged_checkpoint_is_refused_in_one_line(tmp_path, damage, fedsim_here):
+    run_dir = unfinished_copy(tmp_path)
     path = run_dir / CHECKPOINT_FILE
     data = bytearray(path.read_bytes())
     if damage == "truncated":
@@ -206,7 +195,7 @@ def test_a_damaged_checkpoint_is_refused_in_one_line(tmp_path, finished, damage,
 def test_a_kill_during_the_checkpoint_write_leaves_a_resumable_folder(tmp_path, finished, fedsim_here):
     """What a kill -9 inside the atomic write leaves: a half-written temporary file beside the
     complete old checkpoint. The resume uses the old one and ends as an uninterrupted run."""
-    run_dir = unfinished_copy(finished, tmp_path)
+    run_dir = unfinished_copy(tmp_path)
     partial = run_dir / f".{CHECKPOINT_FILE}.4242-x1y2z3.part"
     partial.write_bytes(b"PK\x03\x04 half a zip")
     result = fedsim_here("run", "--resume", run_dir, "--quiet")
@@ -217,49 +206,43 @@ def test_a_kill_during_the_checkpoint_write_leaves_a_resumable_folder(tmp_path, 
 
 # --- 4. results independent of the thread count -----------------------------------------------------------
 
-def test_lazy_results_do_not_depend_on_the_environments_thread_count(tmp_path, shared_data):
-    """LAQ at the MNIST scale, where two BLAS threads sum the gradient products in another order: with
-    run.blas_threads pinned, the histories at 1 and 2 environment threads are identical bit for bit."""
-    histories = []
-    for threads in ("1", "2"):
-        out = tmp_path / f"threads{threads}"
-        result = fedsim(tmp_path, "run", "--preset", "laq-mnist", "--dataset", "fashion-mnist",
-                        "--set", "data.train_split=test", "--set", "lazy.iterations=4", "--quiet", "--out", out,
-                        FEDSIM_DATA=str(shared_data), OPENBLAS_NUM_THREADS=threads, OMP_NUM_THREADS=threads)
-        assert result.returncode == 0, result.stderr
-        histories.append(history(out))
-        meta = json.loads((out / META_FILE).read_text())
-        assert meta["threads"]["blas_threads"] == 1 and meta["threads"]["blas"]
-        assert meta["threads"]["environment"]["OPENBLAS_NUM_THREADS"] == threads
-    assert histories[0] == histories[1]
+@pytest.mark.parametrize("threads_of", ["environment", "run"])
+def test_lazy_results_do_not_depend_on_the_thread_count(tmp_path, shared_data, threads_of):
+    """LAQ at the MNIST scale, where two BLAS threads sum the gradient products in another order, at 1 and
+    2 threads: the histories are identical bit for bit.
 
-
-def test_lazy_results_are_the_same_on_one_and_two_run_threads(tmp_path, shared_data):
-    """run.blas_threads = 2 walks the gradient's blocks on two threads (each worker's blocks on one, in
-    order) and gives BLAS two threads; the blocks' products are small enough that OpenBLAS runs each on
-    one thread, so the history equals the one-thread run's bit for bit."""
+    environment: run.blas_threads stays pinned to 1 whatever the environment's thread variables say.
+    run: run.blas_threads = 2 walks the gradient's blocks on two threads (each worker's blocks on one, in
+    order) and gives BLAS two threads; the blocks' products are small enough that OpenBLAS runs each on one
+    thread, so the history equals the one-thread run's."""
     histories = []
     for threads in (1, 2):
-        out = tmp_path / f"run-threads{threads}"
-        result = fedsim(tmp_path, "run", "--preset", "laq-mnist", "--dataset", "fashion-mnist",
-                        "--set", "data.train_split=test", "--set", "lazy.iterations=4",
-                        "--set", f"run.blas_threads={threads}", "--quiet", "--out", out,
-                        FEDSIM_DATA=str(shared_data))
+        out = tmp_path / f"threads{threads}"
+        if threads_of == "environment":
+            options, environment = [], {"OPENBLAS_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
+        else:
+            options, environment = ["--set", f"run.blas_threads={threads}"], {}
+        result = fedsim(tmp_path, "run", "--preset", "laq-mnist", "--dataset", "fashion-mnist", "--set",
+                        "data.train_split=test", "--set", "lazy.iterations=4", *options, "--quiet", "--out", out,
+                        FEDSIM_DATA=str(shared_data), **environment)
         assert result.returncode == 0, result.stderr
         histories.append(history(out))
-        assert json.loads((out / META_FILE).read_text())["threads"]["blas_threads"] == threads
+        recorded = json.loads((out / META_FILE).read_text())["threads"]
+        assert recorded["blas_threads"] == (1 if environment else threads) and recorded["blas"]
+        if environment:
+            assert recorded["environment"]["OPENBLAS_NUM_THREADS"] == str(threads)
     assert histories[0] == histories[1]
 
 
 def test_a_resume_under_other_thread_settings_warns(tmp_path, finished):
-    run_dir = unfinished_copy(finished, tmp_path)
+    run_dir = unfinished_copy(tmp_path)
     result = fedsim(tmp_path, "run", "--resume", run_dir, "--quiet", OMP_NUM_THREADS="2")
     assert result.returncode == 0, result.stderr
     assert "thread settings of the environment differ" in result.stderr
     assert history(run_dir) == finished[1]
 
 
-def test_the_blas_recorded_is_numpys_whatever_else_is_loaded_and_a_resume_does_not_warn(tmp_path, finished):
+def test_the_blas_recorded_is_numpys_whatever_else_is_loaded_and_a_resume_does_not_warn(tmp_path):
     """The first session loads SciPy's BLAS too (as the array cache's first computation does), the
     resume does not: meta.json holds NumPy's BLAS alone, and the resume warns of no change."""
     check = ("from fedsim.runs.provenance import numpy_blas; before = numpy_blas(); import scipy.linalg; "
@@ -270,7 +253,7 @@ def test_the_blas_recorded_is_numpys_whatever_else_is_loaded_and_a_resume_does_n
     libraries, same = loaded.stdout.split()          # NumPy's and SciPy's wheels each ship an OpenBLAS
     assert int(libraries) >= 2 and same == "True", loaded.stdout + loaded.stderr
     import scipy.linalg  # noqa: F401  (SciPy's BLAS loaded in this process, which starts the run)
-    run_dir = unfinished_copy(finished, tmp_path)
+    run_dir = unfinished_copy(tmp_path)
     recorded = json.loads((run_dir / META_FILE).read_text())["threads"]["blas"]
     assert isinstance(recorded, str) and recorded.count("openblas") <= 1, recorded
     result = fedsim(tmp_path, "run", "--resume", run_dir, "--quiet")
@@ -312,7 +295,7 @@ def test_out_naming_a_file_or_an_unwritable_place_is_one_line(tmp_path, fedsim_h
 ])
 def test_damaged_run_files_give_one_line_in_resume_compare_and_plot(tmp_path, finished, name, damage,
                                                                      fedsim_here):
-    unfinished = unfinished_copy(finished, tmp_path, "unfinished")
+    unfinished = unfinished_copy(tmp_path, "unfinished")
     complete = tmp_path / "complete"
     complete.mkdir()
     for path in finished[0].iterdir():
@@ -332,8 +315,8 @@ def test_damaged_run_files_give_one_line_in_resume_compare_and_plot(tmp_path, fi
         one_line_error(fedsim_here(*command), 2, str(folder / name))
 
 
-def test_an_edited_history_line_is_refused_on_resume(tmp_path, finished, fedsim_here):
-    run_dir = unfinished_copy(finished, tmp_path)
+def test_an_edited_history_line_is_refused_on_resume(tmp_path, fedsim_here):
+    run_dir = unfinished_copy(tmp_path)
     path = run_dir / HISTORY_FILE
     lines = path.read_text().splitlines(keepends=True)
     record = json.loads(lines[2])

@@ -10,12 +10,15 @@ import pytest
 from fedsim.algorithms.federated import FederatedRun
 from fedsim.config import ConfigError, load_preset
 from fedsim.algorithms.federated import reach as federated_reach
+from fedsim.algorithms.lazy import LazyRun
 from fedsim.algorithms.lazy import f_star_of as lazy_f_star
 from fedsim.algorithms.lazy import records_reach as lazy_reach
 from fedsim.algorithms.lazy import records_spent_before as lazy_bits_before
-from fedsim.runs import RunFolder, RunFolderError, default_run_dir, read_run, resume_run, start_run, strip_wall_time, summarize
+from fedsim.runs import (RunFolder, RunFolderError, default_run_dir, read_run, resume_run, start_run, strip_wall_time,
+                         summarize)
 from fedsim.runs.folder import (CHECKPOINT_FILE, CHECKPOINT_NOTE_FILE, CONFIG_FILE, HISTORY_FILE, META_FILE,
                                 SUMMARY_FILE)
+from tests.runs.conftest import before_step
 
 # Small offline configs: 8 synthetic devices, a dozen rounds (about 10 ms each).
 TINY_FEDERATED = ["data.synthetic_devices=8", "federated.n_clients=8", "federated.rounds=12",
@@ -139,17 +142,6 @@ def test_run_writes_every_file(tmp_path, reference_run):
         start_run(config, out, name="tiny", quiet=True)
 
 
-def before_step(monkeypatch, run_class, completed: int, action) -> None:
-    """``run_class.step`` calls ``action()`` first when ``completed`` steps are done."""
-    original_step = run_class.step
-
-    def step(self):
-        if self.completed == completed:
-            action()
-        return original_step(self)
-    monkeypatch.setattr(run_class, "step", step)
-
-
 def crash():
     raise RuntimeError("simulated crash")
 
@@ -271,8 +263,6 @@ def test_lazy_run(tmp_path):
 
 @pytest.mark.parametrize("method", ["laq", "lag-ps", "slaq"])
 def test_lazy_crash_then_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch, method):
-    from fedsim.algorithms.lazy import LazyRun
-
     overrides = TINY_LAZY + [f"lazy.method={method}", "run.checkpoint_every=4", "lazy.minibatch_size=5"]
     config = load_preset("laq-synthetic", overrides)
     start_run(config, tmp_path / "straight", name="straight", quiet=True)

@@ -22,22 +22,14 @@ from fedsim.runs import RunFolder
 from fedsim.sweeps import load_sweep
 from fedsim.sweeps.execute import RUN_MEMORY, RUN_RETRIES, capped_workers, run_memory
 from tests.conftest import clean_env, error_lines, fedsim
-from tests.sweeps.test_sweeps import histories
+from tests.sweeps.conftest import (checkpointed, finish, histories, owner, start_sweep, stopped_statuses, sweep_text,
+                                  wait_until)
 
 ROUNDS = 600
 CHECKPOINT_EVERY = 10
 RUNS = 3
-
-
-def sweep_text(name: str, rounds: int, checkpoint_every: int, grid: str) -> str:
-    """A sweep file of tiny synthetic runs (8 clients) of ``rounds`` rounds over the axes ``grid``."""
-    return (f'base = "synthetic"\nname = "{name}"\n\n[set]\n"data.synthetic_devices" = 8\n"federated.n_clients" = 8\n'
-            f'"federated.rounds" = {rounds}\n"run.checkpoint_every" = {checkpoint_every}\n\n[grid]\n{grid}\n')
-
-
 SWEEP = sweep_text("faults", ROUNDS, CHECKPOINT_EVERY, '"federated.method" = ["stc_updown"]\nseed = [0, 1, 2]')
-# Seconds: for a sweep to reach the state a fault needs, for a sweep to stop after a signal, for a whole sweep.
-PROGRESS_TIMEOUT = 120
+# Seconds: for a sweep to stop after a signal, for a whole sweep.
 STOP_TIMEOUT = 20
 SWEEP_TIMEOUT = 300
 UNPINNED = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
@@ -63,50 +55,6 @@ def reference(tmp_path_factory):
     return path, found
 
 
-def start_sweep(tmp_path, path: Path, out: Path, workers: int = 2) -> subprocess.Popen:
-    """``fedsim sweep`` in a process group of its own (the group Ctrl-C goes to)."""
-    return subprocess.Popen([sys.executable, "-m", "fedsim", "sweep", str(path), "--workers", str(workers), "--out",
-                             str(out), "--quiet"], cwd=tmp_path, env=clean_env(tmp_path), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-
-
-def finish(process: subprocess.Popen, timeout: float) -> tuple[str, str]:
-    try:
-        return process.communicate(timeout=timeout)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
-
-
-def checkpointed(folder: Path) -> int:
-    try:
-        return int(json.loads((folder / "checkpoint.json").read_text())["completed"])
-    except (OSError, ValueError, KeyError):
-        return 0          # not written yet (or being replaced)
-
-
-def owner(folder: Path) -> int | None:
-    """The pid written into the run folder's lock by the process that owns (or last owned) it."""
-    try:
-        text = (folder / ".lock").read_text().strip()
-    except OSError:
-        return None
-    return int(text) if text.isdigit() else None
-
-
-def wait_until(process: subprocess.Popen, condition, what: str):
-    """Poll ``condition()`` until it returns something true (returned); fails if the sweep ends first."""
-    deadline = time.monotonic() + PROGRESS_TIMEOUT
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"the sweep ended before {what}:\n{process.communicate()}"
-        found = condition()
-        if found:
-            return found
-        time.sleep(0.02)
-    raise AssertionError(f"not within {PROGRESS_TIMEOUT} s: {what}")
-
-
 def run_folders(out: Path, sweep) -> list[Path]:
     return [out / "runs" / planned.folder_name for planned in sweep.runs]
 
@@ -114,7 +62,7 @@ def run_folders(out: Path, sweep) -> list[Path]:
 def test_a_killed_pool_worker_costs_no_run_and_changes_no_history(tmp_path, reference):
     path, expected = reference
     sweep, out = load_sweep(path), tmp_path / "out"
-    process = start_sweep(tmp_path, path, out)
+    process = start_sweep(tmp_path, path, out, "--workers", 2)
 
     def running_run():        # a run owned by a worker, a tenth to a half done
         for folder in run_folders(out, sweep):
@@ -145,7 +93,7 @@ def test_a_run_that_keeps_killing_its_worker_is_marked_failed_and_the_queue_goes
     path, _ = reference
     sweep, out = load_sweep(path), tmp_path / "out"
     first = run_folders(out, sweep)[0]
-    process = start_sweep(tmp_path, path, out, workers=1)
+    process = start_sweep(tmp_path, path, out, "--workers", 1)
     killed: list[int] = []
     for _ in range(RUN_RETRIES + 1):       # every worker that takes the first run dies
         pid = wait_until(process, lambda: (owner(first) not in (None, process.pid, *killed)) and owner(first),
@@ -189,7 +137,7 @@ def test_a_signal_stops_the_sweep_at_a_checkpoint_and_the_same_command_finishes_
     path, expected = reference
     sweep, out = load_sweep(path), tmp_path / "out"
     folders = run_folders(out, sweep)
-    process = start_sweep(tmp_path, path, out)
+    process = start_sweep(tmp_path, path, out, "--workers", 2)
     wait_until(process, lambda: sum(checkpointed(folder) > 0 for folder in folders) == 2,
                "two runs reached a checkpoint")
     queued = [folder for folder in folders if not folder.exists()]
@@ -199,23 +147,13 @@ def test_a_signal_stops_the_sweep_at_a_checkpoint_and_the_same_command_finishes_
     _, stderr = finish(process, STOP_TIMEOUT)
     assert process.returncode == 128 + number, stderr
     assert time.monotonic() - sent < STOP_TIMEOUT
-    assert not queued[0].exists(), "a queued run started after the signal"
     lines = error_lines(stderr)
     assert len(lines) == 1 and lines[0].startswith(
         f"fedsim: sweep faults stopped by {signal.Signals(number).name}: 2 runs interrupted (each resumes from "
-        f"its checkpoint), 1 pending, 0 completed; manifest: {out / 'manifest.json'}; finished runs and checkpoints are kept. Continue with: fedsim sweep "
-        f"{path} --out {out}"), stderr
-    manifest = {run["folder"]: run for run in json.loads((out / "manifest.json").read_text())["runs"]}
-    for folder in folders:
-        entry = manifest[f"runs/{folder.name}"]
-        if folder in queued:
-            assert entry["status"] == "pending", entry
-            continue
-        # stopped at a step boundary with a checkpoint there: every recorded round is in the checkpoint
-        assert entry["status"] == "interrupted" and entry["completed"] == checkpointed(folder), entry
-        session = RunFolder(folder).read_json("meta.json")["sessions"][-1]
-        assert session["status"] == "interrupted" and session["to"] == checkpointed(folder), session
-        assert len(RunFolder(folder).read_history()) == checkpointed(folder) < ROUNDS
+        f"its checkpoint), 1 pending, 0 completed; manifest: {out / 'manifest.json'}; finished runs and "
+        f"checkpoints are kept. Continue with: fedsim sweep {path} --out {out}"), stderr
+    assert stopped_statuses(out, folders, ROUNDS) == {folder: "pending" if folder in queued else "interrupted"
+                                                      for folder in folders}
     again = fedsim(tmp_path, "sweep", path, "--workers", "2", "--out", out, "--quiet", timeout=SWEEP_TIMEOUT)
     assert again.returncode == 0 and f"{RUNS} completed" in again.stdout, again.stderr
     assert histories(out) == expected

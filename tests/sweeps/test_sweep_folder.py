@@ -6,8 +6,6 @@ sweep file is read once; a damaged summary.json costs only its run; the sweep na
 import json
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,34 +14,17 @@ import pytest
 from fedsim.runs import RunFolder, strip_wall_time
 from fedsim.runs.folder import LOCK_FILE
 from fedsim.sweeps import load_sweep, resume_hint
-from tests.conftest import clean_env, error_lines, fedsim
-from tests.sweeps.test_sweeps import signal_when
+from tests.conftest import error_lines, fedsim
+from tests.sweeps.conftest import signal_when, start_sweep, sweep_text
 
-SWEEP = '''base = "synthetic"    # four seeds of one method
-name = "seeds"
-
-[set]
-"data.synthetic_devices" = 8
-"federated.n_clients" = 8
-"federated.rounds" = {rounds}
-"run.checkpoint_every" = 5
-
-[grid]
-seed = [0, 1, 2, 3]
-'''
+SEEDS = "seed = [0, 1, 2, 3]"
 
 
 def write_sweep(folder: Path, rounds: int = 12, text: str | None = None) -> Path:
+    """The sweep file of four seeds of one method (``text``, if given, instead)."""
     path = folder / "seeds.toml"
-    path.write_text(SWEEP.format(rounds=rounds) if text is None else text)
+    path.write_text(sweep_text("seeds", rounds, 5, SEEDS) if text is None else text)
     return path
-
-
-def start_sweep(tmp_path: Path, path: Path, out: Path, **popen) -> subprocess.Popen:
-    """``fedsim sweep PATH --workers 1 --out OUT --quiet`` started in ``tmp_path`` (text pipes)."""
-    return subprocess.Popen([sys.executable, "-m", "fedsim", "sweep", str(path), "--workers", "1", "--out", str(out),
-                             "--quiet"], cwd=tmp_path, env=clean_env(tmp_path), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **popen)
 
 
 def run_of(out: Path, seed: int) -> Path:
@@ -142,14 +123,17 @@ def test_a_sweep_folder_belongs_to_one_sweep(sweep, tmp_path):
     path, out = sweep
     before = (out / "manifest.json").read_bytes()
     other = tmp_path / "other.toml"
-    other.write_text(SWEEP.format(rounds=12).replace("[0, 1, 2, 3]", "[0, 1, 2, 3, 4]"))
+    other.write_text(sweep_text("seeds", 12, 5, "seed = [0, 1, 2, 3, 4]"))
     result = fedsim(tmp_path, "sweep", other, "--out", out, "--quiet")
     lines = error_lines(result.stderr)
     assert result.returncode == 2 and len(lines) == 1, result.stderr
     assert "holds another sweep ('seeds' of" in lines[0] and "give this one another --out" in lines[0]
     assert (out / "manifest.json").read_bytes() == before and len(list((out / "runs").iterdir())) == 4
     # the same sweep, its file reworded (comments, spacing, key order): resumes, nothing run again
-    path.write_text("# the same plan\n" + SWEEP.format(rounds=12).replace('"federated.rounds" = 12', '"federated.rounds"=12'))
+    reworded = sweep_text("seeds", 12, 5, "seed=[0,1,2,3]  # four seeds").replace(
+        '"data.synthetic_devices" = 8\n"federated.n_clients" = 8',
+        '"federated.n_clients"=8\n"data.synthetic_devices" = 8')
+    path.write_text("# the same plan\n" + reworded)
     again = fedsim(tmp_path, "sweep", path, "--out", out)
     assert again.returncode == 0 and "4 completed" in again.stdout, again.stderr
     # a folder holding files no sweep wrote
@@ -163,11 +147,11 @@ def test_a_sweep_folder_belongs_to_one_sweep(sweep, tmp_path):
 def test_two_sweeps_of_one_file_into_one_folder_at_once(tmp_path):
     path = write_sweep(tmp_path, rounds=300)
     out = tmp_path / "S"
-    first = start_sweep(tmp_path, path, out)
+    first = start_sweep(tmp_path, path, out, "--workers", 1)
     deadline = time.monotonic() + 120          # the second starts once the first holds the folder
     while not (out / LOCK_FILE).exists() and first.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    processes = [first, start_sweep(tmp_path, path, out)]
+    processes = [first, start_sweep(tmp_path, path, out, "--workers", 1)]
     results = [(process.wait(timeout=300), *process.communicate()) for process in processes]
     (refused,) = [stderr for status, _, stderr in results if status == 2]
     assert sorted(status for status, _, _ in results) == [0, 2], results
@@ -180,14 +164,14 @@ def test_the_sweep_file_is_read_once_and_the_manifest_follows_every_run(tmp_path
     path = write_sweep(tmp_path, rounds=60)
     text = path.read_text()
     out = tmp_path / "S"
-    process = start_sweep(tmp_path, path, out)
+    process = start_sweep(tmp_path, path, out, "--workers", 1)
     try:
         edited = deleted = False
         deadline = time.monotonic() + 240
         while process.poll() is None and time.monotonic() < deadline:
             finished = [folder for folder in out.glob("runs/*") if (folder / "summary.json").exists()]
             if finished and not edited:
-                path.write_text(SWEEP.format(rounds=7))             # edited mid-sweep ...
+                write_sweep(tmp_path, rounds=7)                     # edited mid-sweep ...
                 edited = True
             if len(finished) >= 2 and not deleted:
                 path.unlink()                                       # ... then deleted
@@ -210,7 +194,7 @@ def test_the_sweep_file_is_read_once_and_the_manifest_follows_every_run(tmp_path
 def test_ctrl_c_leaves_a_manifest_that_says_what_each_run_folder_holds(tmp_path):
     path = write_sweep(tmp_path, rounds=400)
     out = tmp_path / "S"
-    process = start_sweep(tmp_path, path, out, start_new_session=True)
+    process = start_sweep(tmp_path, path, out, "--workers", 1)
     signal_when(process, lambda: list(out.glob("runs/*/checkpoint.json")), signal.SIGINT, timeout=240)
     assert process.returncode == 130
     for run in manifest_of(out)["runs"]:
@@ -243,7 +227,7 @@ def test_a_truncated_summary_costs_only_its_run(sweep, tmp_path, finished):
 
 @pytest.mark.parametrize("name", ["/abs", "../x", "", "a/b", ".hidden", "x\\\\y"])
 def test_a_sweep_name_cannot_leave_runs(tmp_path, name):
-    path = write_sweep(tmp_path, text=SWEEP.format(rounds=2).replace('name = "seeds"', f'name = "{name}"'))
+    path = write_sweep(tmp_path, text=sweep_text(name, 2, 5, SEEDS))
     result = fedsim(tmp_path, "sweep", path, "--dry-run")      # (a real sweep on main wrote to /abs)
     lines = error_lines(result.stderr)
     assert result.returncode == 2 and len(lines) == 1, result.stderr
@@ -252,7 +236,7 @@ def test_a_sweep_name_cannot_leave_runs(tmp_path, name):
 
 def test_a_name_from_the_file_is_made_a_folder_name(tmp_path):
     path = tmp_path / "my sweep.toml"
-    path.write_text(SWEEP.format(rounds=2).replace('name = "seeds"\n', ""))
+    path.write_text(sweep_text(None, 2, 5, SEEDS))
     assert load_sweep(path).name == "my-sweep"
 
 

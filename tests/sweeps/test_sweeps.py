@@ -4,57 +4,28 @@ runs that do not stop the others, the report and the figures."""
 
 import csv
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from fedsim.runs import RunFolder, strip_wall_time
 from fedsim.sweeps import load_sweep
-from tests.conftest import clean_env, error_lines, fedsim
+from tests.conftest import error_lines, fedsim
+from tests.sweeps.conftest import histories, history_alone, signal_when, start_sweep, sweep_text
 
-SMALL = '''
-[set]
-"data.synthetic_devices" = 8
-"federated.n_clients" = 8
-"federated.rounds" = {rounds}
-"run.checkpoint_every" = 5
-'''
+METHODS_AND_SEEDS = '"federated.method" = ["fedavg", "stc_updown"]\nseed = [0, 1]'
 
 
-def sweep_file(tmp_path, name="small", rounds=12, grid='"federated.method" = ["fedavg", "stc_updown"]\nseed = [0, 1]',
-               extra="") -> Path:
-    path = tmp_path / f"{name}.toml"
-    path.write_text(f'base = "synthetic"\nname = "{name}"\n' + SMALL.format(rounds=rounds) + "\n[grid]\n" + grid
-                    + "\n" + extra)
+def sweep_file(tmp_path, rounds=12, grid=METHODS_AND_SEEDS, extra="") -> Path:
+    path = tmp_path / "small.toml"
+    path.write_text(sweep_text("small", rounds, 5, grid) + extra)
     return path
 
 
-def histories(out: Path) -> dict[str, list]:
-    return {folder.name: strip_wall_time(RunFolder(folder).read_history())
-            for folder in sorted((out / "runs").iterdir())}
-
-
-def signal_when(process: subprocess.Popen, ready, signum: int, timeout: float = 120) -> None:
-    """Send ``signum`` to the process group of ``process`` once ``ready()`` is true (or after ``timeout``
-    seconds) and wait for the process to end; the group is killed if it outlives the wait."""
-    try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and not ready():
-            time.sleep(0.05)
-        os.killpg(process.pid, signum)
-        process.communicate(timeout=120)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-
-
 def test_a_sweep_file_expands_to_named_runs(tmp_path):
-    sweep = load_sweep(sweep_file(tmp_path, extra='[zip]\n"federated.p_up" = [0.05, 0.1]\n"federated.p_down" = [0.1, 0.2]'))
+    zipped = '[zip]\n"federated.p_up" = [0.05, 0.1]\n"federated.p_down" = [0.1, 0.2]'
+    sweep = load_sweep(sweep_file(tmp_path, extra=zipped))
     assert len(sweep.runs) == 2 * 2 * 2
     assert sweep.axis_names == ["federated.method", "seed", "federated.p_up", "federated.p_down"]
     labels = [run.label for run in sweep.runs]
@@ -94,12 +65,7 @@ def test_pool_runs_equal_single_runs_at_any_worker_count_and_reruns_skip(tmp_pat
     assert histories(tmp_path / "two") == histories(tmp_path / "one")
     # a run of the sweep equals the same settings run alone with `fedsim run`
     planned = load_sweep(path).runs[3]
-    alone = fedsim(tmp_path, "run", "--preset", "synthetic", *[f"--set={key}={json.dumps(value)}"
-                                                            for key, value in planned.overrides],
-                   "--quiet", "--out", tmp_path / "alone")
-    assert alone.returncode == 0, alone.stderr
-    assert strip_wall_time(RunFolder(tmp_path / "alone").read_history()) == \
-        histories(tmp_path / "two")[planned.folder_name]
+    assert history_alone(tmp_path, planned) == histories(tmp_path / "two")[planned.folder_name]
     manifest = json.loads((tmp_path / "two" / "manifest.json").read_text())
     assert [run["status"] for run in manifest["runs"]] == ["completed"] * 4
     assert manifest["axes"] == {"federated.method": ["fedavg", "stc_updown"], "seed": [0, 1]}
@@ -116,12 +82,10 @@ def test_kill_9_of_the_whole_sweep_then_the_same_command_finishes_it_identically
                        timeout=300)
     assert reference.returncode == 0, reference.stderr
     out = tmp_path / "killed"
-    process = subprocess.Popen([sys.executable, "-m", "fedsim", "sweep", str(path), "--workers", "2", "--out",
-                                str(out), "--quiet"], cwd=tmp_path, env=clean_env(tmp_path),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    process = start_sweep(tmp_path, path, out, "--workers", 2)
     # once some run has a checkpoint and some run is unfinished
-    signal_when(process, lambda: list(out.glob("runs/*/checkpoint.npz")) and len(list(out.glob("runs/*/summary.json"))) < 4,
-                signal.SIGKILL)
+    signal_when(process, lambda: list(out.glob("runs/*/checkpoint.npz"))
+                and len(list(out.glob("runs/*/summary.json"))) < 4, signal.SIGKILL)
     assert len(list(out.glob("runs/*/summary.json"))) < 4
     time.sleep(0.5)                                # the pool's workers die with their parent
     finished = fedsim(tmp_path, "sweep", path, "--workers", "2", "--out", out, "--quiet", timeout=300)
@@ -144,7 +108,8 @@ def test_a_diverged_run_is_recorded_and_the_others_finish(tmp_path):
 
 
 def test_report_and_plot(tmp_path):
-    path = sweep_file(tmp_path, grid='"federated.method" = ["fedavg", "stc_updown"]\n"data.synthetic_alpha" = [0.5, 1.0]\nseed = [0, 1]')
+    path = sweep_file(tmp_path, grid='"federated.method" = ["fedavg", "stc_updown"]\n'
+                                     '"data.synthetic_alpha" = [0.5, 1.0]\nseed = [0, 1]')
     assert fedsim(tmp_path, "sweep", path, "--workers", "2", "--out", tmp_path / "out", "--quiet").returncode == 0
     report = fedsim(tmp_path, "sweep", "report", tmp_path / "out")
     assert report.returncode == 0, report.stderr

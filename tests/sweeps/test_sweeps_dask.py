@@ -19,18 +19,19 @@ from pathlib import Path
 
 import pytest
 
-from fedsim.runs import RunFolder, strip_wall_time
+from fedsim.runs import RunFolder
 from fedsim.sweeps import load_sweep
 from tests.conftest import clean_env, error_lines, fedsim
-from tests.sweeps.test_sweep_faults import checkpointed, owner, sweep_text
-from tests.sweeps.test_sweeps import histories
+from tests.sweeps.conftest import (checkpointed, histories, history_alone, kill_group, owner, start_sweep,
+                                  stopped_statuses, sweep_text, wait_until)
 
 if os.environ.get("FEDSIM_REQUIRE_ORACLE") != "1":
     pytest.importorskip("distributed", reason="dask.distributed is not installed (pip install -e '.[dask]')")
 
 ROUNDS = 1000
 CHECKPOINT_EVERY = 10
-SWEEP = sweep_text("dask-kill", ROUNDS, CHECKPOINT_EVERY, '"federated.method" = ["fedavg", "stc_updown"]\nseed = [0, 1]')
+SWEEP = sweep_text("dask-kill", ROUNDS, CHECKPOINT_EVERY,
+                   '"federated.method" = ["fedavg", "stc_updown"]\nseed = [0, 1]')
 RUNS = 4
 # Seconds: for the cluster to come up, for the sweep to reach a killable state, for a whole sweep.
 START_TIMEOUT = 60
@@ -41,7 +42,6 @@ SWEEP_TIMEOUT = 180
 @dataclass
 class Cluster:
     address: str
-    scheduler: subprocess.Popen
     workers: list[subprocess.Popen]
     logs: list[Path] = field(default_factory=list)
 
@@ -57,16 +57,12 @@ def _start(command: list[str], log: Path, cwd: Path, env: dict) -> subprocess.Po
                                 stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def _kill(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        pass
+@pytest.fixture
+def sweep_path(tmp_path) -> Path:
+    """The sweep file of :data:`SWEEP` in ``tmp_path``."""
+    path = tmp_path / "sweep.toml"
+    path.write_text(SWEEP)
+    return path
 
 
 @pytest.fixture
@@ -87,11 +83,8 @@ def dask_cluster(tmp_path):
         processes.append(_start(dask + ["scheduler", "--host", "127.0.0.1", "--port", "0", "--scheduler-file",
                                         str(scheduler_file), "--no-dashboard", "--dashboard-address",
                                         "127.0.0.1:0", "--idle-timeout", "600"], logs[0], folder, env))
-        deadline = time.monotonic() + START_TIMEOUT
-        while not scheduler_file.is_file():
-            assert processes[0].poll() is None and time.monotonic() < deadline, \
-                f"the scheduler did not start:\n{logs[0].read_text(errors='replace')[-3000:]}"
-            time.sleep(0.05)
+        wait_until(processes[0], scheduler_file.is_file, "the scheduler wrote its address", START_TIMEOUT,
+                   lambda: logs[0].read_text(errors="replace")[-3000:])
         time.sleep(0.2)                        # the file is written in one go; let it land
         address = json.loads(scheduler_file.read_text())["address"]
         assert address.startswith("tcp://127.0.0.1:"), address
@@ -105,51 +98,50 @@ def dask_cluster(tmp_path):
         with Client(address, timeout=START_TIMEOUT) as client:
             client.wait_for_workers(2, timeout=START_TIMEOUT)
             assert len(client.scheduler_info(n_workers=-1)["workers"]) == 2
-        cluster = Cluster(address, processes[0], processes[1:], logs)
-        yield cluster
+        yield Cluster(address, processes[1:], logs)
     finally:
         for process in reversed(processes):
-            _kill(process)
+            kill_group(process)
+
+
+def local_histories(tmp_path: Path, path: Path) -> dict[str, list]:
+    """The histories of the sweep ``path`` run on the local backend (2 workers) into ``tmp_path/local``."""
+    local = fedsim(tmp_path, "sweep", path, "--backend", "local", "--workers", "2", "--out", tmp_path / "local",
+                   "--quiet", timeout=SWEEP_TIMEOUT)
+    assert local.returncode == 0, local.stderr
+    return histories(tmp_path / "local")
 
 
 def _kill_a_worker_mid_run(sweep_process, out: Path, cluster: Cluster):
     """Wait until some run, owned by one of the workers, has a checkpoint of at least a tenth of its rounds
     but is less than half done; SIGKILL that worker. Returns (run folder, worker, rounds in its checkpoint)."""
     pids = {worker.pid: worker for worker in cluster.workers}
-    deadline = time.monotonic() + KILL_TIMEOUT
-    while time.monotonic() < deadline:
-        assert sweep_process.poll() is None, \
-            f"the sweep ended before a worker could be killed mid-run:\n{sweep_process.communicate()}"
+
+    def running_run():
         assert len(list(out.glob("runs/*/summary.json"))) < RUNS
-        runs = out / "runs"
-        for folder in sorted(runs.iterdir()) if runs.is_dir() else []:
-            completed = checkpointed(folder)
-            holder = owner(folder)
-            unfinished = not (folder / "summary.json").exists()
-            if holder in pids and ROUNDS // 10 <= completed <= ROUNDS // 2 and unfinished:
-                os.killpg(holder, signal.SIGKILL)
-                pids[holder].wait(timeout=10)
-                return folder, pids[holder], completed
-        time.sleep(0.02)
-    raise AssertionError(f"no run reached a checkpoint within {KILL_TIMEOUT} s\n{cluster.log_tails()}")
+        for folder in sorted(out.glob("runs/*")):
+            completed, holder = checkpointed(folder), owner(folder)
+            if holder in pids and ROUNDS // 10 <= completed <= ROUNDS // 2 and not (folder / "summary.json").exists():
+                return folder, holder, completed
+
+    folder, holder, completed = wait_until(sweep_process, running_run, "a worker could be killed mid-run",
+                                           KILL_TIMEOUT, cluster.log_tails)
+    os.killpg(holder, signal.SIGKILL)
+    pids[holder].wait(timeout=10)
+    return folder, pids[holder], completed
 
 
 @pytest.mark.slow
-def test_a_worker_killed_mid_sweep_loses_no_run_and_changes_no_history(tmp_path, dask_cluster):
-    path = tmp_path / "sweep.toml"
-    path.write_text(SWEEP)
+def test_a_worker_killed_mid_sweep_loses_no_run_and_changes_no_history(tmp_path, sweep_path, dask_cluster):
+    path, out = sweep_path, tmp_path / "dask"
     sweep = load_sweep(path)
     assert len(sweep.runs) == RUNS
-    out = tmp_path / "dask"
-    command = [sys.executable, "-m", "fedsim", "sweep", str(path), "--backend", "dask", "--scheduler",
-               dask_cluster.address, "--out", str(out), "--quiet"]
-    process = subprocess.Popen(command, cwd=tmp_path, env=clean_env(tmp_path), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    process = start_sweep(tmp_path, path, out, "--backend", "dask", "--scheduler", dask_cluster.address)
     try:
         killed_folder, killed_worker, at = _kill_a_worker_mid_run(process, out, dask_cluster)
         stdout, stderr = process.communicate(timeout=SWEEP_TIMEOUT)
     finally:
-        _kill(process)
+        kill_group(process)
     assert killed_worker.returncode == -signal.SIGKILL
     assert [worker.poll() for worker in dask_cluster.workers].count(None) == 1, "the other worker must live on"
     assert process.returncode == 0, f"{stdout}\n{stderr}\n{dask_cluster.log_tails()}"
@@ -171,29 +163,21 @@ def test_a_worker_killed_mid_sweep_loses_no_run_and_changes_no_history(tmp_path,
     assert owner(killed_folder) is None                # the lock was let go
 
     # The same sweep on the local backend: the same folders, bitwise the same histories.
-    local = fedsim(tmp_path, "sweep", path, "--backend", "local", "--workers", "2", "--out", tmp_path / "local",
-                   "--quiet", timeout=SWEEP_TIMEOUT)
-    assert local.returncode == 0, local.stderr
     dask_histories = histories(out)
     assert set(dask_histories) == {planned.folder_name for planned in sweep.runs}
     assert all(len(history) == ROUNDS for history in dask_histories.values())
-    assert dask_histories == histories(tmp_path / "local")
+    assert dask_histories == local_histories(tmp_path, path)
 
     # The killed run, run alone and uninterrupted with `fedsim run`, has the same history too.
     planned = next(planned for planned in sweep.runs if planned.folder_name == killed_folder.name)
-    alone = fedsim(tmp_path, "run", "--preset", "synthetic",
-                   *[f"--set={key}={json.dumps(value)}" for key, value in planned.overrides],
-                   "--quiet", "--out", tmp_path / "alone", timeout=SWEEP_TIMEOUT)
-    assert alone.returncode == 0, alone.stderr
-    assert strip_wall_time(RunFolder(tmp_path / "alone").read_history()) == dask_histories[planned.folder_name]
+    assert history_alone(tmp_path, planned, SWEEP_TIMEOUT) == dask_histories[planned.folder_name]
 
 
 def test_the_threads_option_reaches_the_workers_of_a_local_dask_cluster(tmp_path):
     """`--backend dask` without a scheduler starts a LocalCluster whose workers get --threads in their
     environment before anything numerical loads, as the local pool's do (each run records it)."""
     path = tmp_path / "sweep.toml"
-    path.write_text('base = "synthetic"\nname = "threads"\n\n[set]\n"federated.rounds" = 3\n'
-                    '"data.synthetic_devices" = 4\n"federated.n_clients" = 4\n\n[grid]\nseed = [0, 1]\n')
+    path.write_text(sweep_text("threads", 3, CHECKPOINT_EVERY, "seed = [0, 1]"))
     env = {key: value for key, value in os.environ.items() if key not in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS")}
     result = subprocess.run([sys.executable, "-m", "fedsim", "sweep", str(path), "--backend", "dask", "--workers",
                              "2", "--threads", "1", "--out", str(tmp_path / "out"), "--quiet"], cwd=tmp_path,
@@ -217,17 +201,16 @@ def http_server(tmp_path):
         assert " port " in line, line
         yield f"tcp://127.0.0.1:{line.split(' port ')[1].split()[0]}"
     finally:
-        _kill(process)
+        kill_group(process)
 
 
-def test_a_scheduler_address_that_is_not_dask_fails_in_bounded_time_with_one_line(tmp_path, http_server):
+def test_a_scheduler_address_that_is_not_dask_fails_in_bounded_time_with_one_line(tmp_path, sweep_path,
+                                                                                 http_server):
     from fedsim.sweeps.execute import SCHEDULER_TIMEOUT
-    path = tmp_path / "sweep.toml"
-    path.write_text(SWEEP)
     out = tmp_path / "out"
     started = time.monotonic()
-    result = fedsim(tmp_path, "sweep", path, "--backend", "dask", "--scheduler", http_server, "--out", out, "--quiet",
-                    timeout=SCHEDULER_TIMEOUT + 40)
+    result = fedsim(tmp_path, "sweep", sweep_path, "--backend", "dask", "--scheduler", http_server, "--out", out,
+                    "--quiet", timeout=SCHEDULER_TIMEOUT + 40)
     assert time.monotonic() - started < SCHEDULER_TIMEOUT + 20
     lines = error_lines(result.stderr)
     assert result.returncode == 2 and len(lines) == 1, result.stderr
@@ -242,10 +225,9 @@ def test_a_scheduler_address_that_is_not_dask_fails_in_bounded_time_with_one_lin
     ("bogus://x", "unknown address scheme 'bogus'"),
     ("localhost", "missing port number in address 'localhost'"),
 ])
-def test_a_malformed_scheduler_address_is_one_line(tmp_path, address, fragment):
-    path = tmp_path / "sweep.toml"
-    path.write_text(SWEEP)
-    result = fedsim(tmp_path, "sweep", path, "--backend", "dask", "--scheduler", address, "--out", tmp_path / "out")
+def test_a_malformed_scheduler_address_is_one_line(tmp_path, sweep_path, address, fragment):
+    result = fedsim(tmp_path, "sweep", sweep_path, "--backend", "dask", "--scheduler", address, "--out",
+                    tmp_path / "out")
     lines = error_lines(result.stderr)
     assert result.returncode == 2 and len(lines) == 1, result.stderr
     assert lines[0].startswith(f"fedsim: error: --scheduler {address!r} is not a Dask scheduler address (") \
@@ -254,46 +236,26 @@ def test_a_malformed_scheduler_address_is_one_line(tmp_path, address, fragment):
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_the_dask_tasks_at_a_step_boundary_and_the_same_command_finishes(tmp_path, dask_cluster):
+def test_ctrl_c_stops_the_dask_tasks_at_a_step_boundary_and_the_same_command_finishes(tmp_path, sweep_path,
+                                                                                      dask_cluster):
     """A Dask task's run gets no signal: the sweep sets an Event its tasks look at between steps. The runs
     begun stop with a checkpoint at their last step (nothing recorded past it), the queued ones never start,
     and the same command finishes the sweep with the histories of the local backend."""
-    path = tmp_path / "sweep.toml"
-    path.write_text(SWEEP)
-    sweep = load_sweep(path)
-    out = tmp_path / "dask"
-    folders = [out / "runs" / planned.folder_name for planned in sweep.runs]
-    command = ["sweep", str(path), "--backend", "dask", "--scheduler", dask_cluster.address, "--out", str(out),
-               "--quiet"]
-    process = subprocess.Popen([sys.executable, "-m", "fedsim", *command], cwd=tmp_path, env=clean_env(tmp_path),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    path, out = sweep_path, tmp_path / "dask"
+    folders = [out / "runs" / planned.folder_name for planned in load_sweep(path).runs]
+    on_dask = ("--backend", "dask", "--scheduler", dask_cluster.address)
+    process = start_sweep(tmp_path, path, out, *on_dask)
     try:
-        deadline = time.monotonic() + KILL_TIMEOUT
-        while sum(checkpointed(folder) > 0 for folder in folders) < 2:
-            assert process.poll() is None and time.monotonic() < deadline, \
-                f"no two runs reached a checkpoint:\n{process.communicate()}\n{dask_cluster.log_tails()}"
-            time.sleep(0.02)
+        wait_until(process, lambda: sum(checkpointed(folder) > 0 for folder in folders) >= 2,
+                   "two runs reached a checkpoint", KILL_TIMEOUT, dask_cluster.log_tails)
         os.killpg(process.pid, signal.SIGINT)          # the sweep's group; the cluster has its own sessions
         _, stderr = process.communicate(timeout=60)
     finally:
-        _kill(process)
+        kill_group(process)
     assert process.returncode == 128 + signal.SIGINT, stderr
     assert "Continue with: fedsim sweep" in error_lines(stderr)[0], stderr
-    manifest = {run["folder"]: run for run in json.loads((out / "manifest.json").read_text())["runs"]}
-    statuses = []
-    for folder in folders:
-        entry = manifest[f"runs/{folder.name}"]
-        statuses.append(entry["status"])
-        if entry["status"] == "pending":
-            assert not folder.exists(), "a queued run started after the stop"
-        elif entry["status"] == "interrupted":      # stopped at a step boundary: every recorded round checkpointed
-            history = RunFolder(folder).read_history()
-            assert entry["completed"] == checkpointed(folder) == len(history) < ROUNDS, entry
-            assert RunFolder(folder).read_json("meta.json")["sessions"][-1]["status"] == "interrupted"
-    assert "interrupted" in statuses, statuses
-    again = fedsim(tmp_path, *command, timeout=SWEEP_TIMEOUT)
+    statuses = stopped_statuses(out, folders, ROUNDS)
+    assert "interrupted" in statuses.values(), statuses
+    again = fedsim(tmp_path, "sweep", path, "--out", out, "--quiet", *on_dask, timeout=SWEEP_TIMEOUT)
     assert again.returncode == 0 and f"{RUNS} completed" in again.stdout, again.stderr
-    local = fedsim(tmp_path, "sweep", path, "--backend", "local", "--workers", "2", "--out", tmp_path / "local",
-                   "--quiet", timeout=SWEEP_TIMEOUT)
-    assert local.returncode == 0, local.stderr
-    assert histories(out) == histories(tmp_path / "local")
+    assert histories(out) == local_histories(tmp_path, path)
