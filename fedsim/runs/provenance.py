@@ -27,8 +27,10 @@ from fedsim import __version__
 
 
 def git_commit() -> dict:
-    """The git commit (and whether the work tree has changes) of the checkout holding fedsim, if any."""
-    root = Path(__file__).resolve().parents[1]
+    """The git commit (and whether the work tree has changes) of the checkout holding fedsim, if any: the
+    folder above the package (this file is fedsim/runs/provenance.py), whose ``.git`` is a folder, or a file
+    in a git worktree."""
+    root = Path(__file__).resolve().parents[2]
     if not (root / ".git").exists():
         return {}
     try:

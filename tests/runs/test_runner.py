@@ -3,10 +3,13 @@
 import json
 import os
 import signal
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+import fedsim
 from fedsim.algorithms.federated import FederatedRun
 from fedsim.config import ConfigError, load_preset
 from fedsim.algorithms.federated import reach as federated_reach
@@ -131,6 +134,12 @@ def test_run_writes_every_file(tmp_path, reference_run):
     assert meta["seed"] == 0 and meta["command"] == ["fedsim", "run"]
     for key in ("fedsim", "numpy", "numba", "python", "started"):
         assert meta[key], key
+    checkout = Path(fedsim.__file__).resolve().parents[1]
+    if (checkout / ".git").exists():       # fedsim imported from a git checkout (CI's clean clone is one)
+        head = subprocess.run(["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True, text=True)
+        assert meta["git_commit"] == head.stdout.strip() and isinstance(meta["git_dirty"], bool)
+    else:                                  # an installed copy: nothing to record
+        assert "git_commit" not in meta
     assert meta["sessions"][0]["status"] == "completed"
     summary = json.loads((out / SUMMARY_FILE).read_text())
     assert summary["status"] == "completed" and summary["completed"] == 12
