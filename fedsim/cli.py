@@ -124,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("folder", nargs="?", metavar="DIR", help="with report / plot: the sweep folder")
     sweep.add_argument("--workers", type=int, default=None, help="processes running runs (default and cap: the "
                                                                  "cores, the memory for one run each, the runs)")
-    sweep.add_argument("--threads", type=int, default=1, help="BLAS / OpenMP / Numba threads per worker (default 1)")
+    sweep.add_argument("--threads", type=int, default=None, help="BLAS / OpenMP / Numba threads per worker fedsim "
+                                                                 "starts (default 1; not with --scheduler)")
     sweep.add_argument("--backend", default="local", help="local (a process pool, default) | dask")
     sweep.add_argument("--scheduler", metavar="ADDRESS", help="with --backend dask: tcp://host:port of a running "
                                                               "scheduler (default: a LocalCluster)")

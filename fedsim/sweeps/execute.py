@@ -112,12 +112,14 @@ class SweepInterrupted(Exception):
         return EXIT_SIGNAL_BASE + self.number
 
 
-def run_sweep(sweep: Sweep, out, *, backend: str = "local", workers: int | None = 1, threads: int = 1,
+def run_sweep(sweep: Sweep, out, *, backend: str = "local", workers: int | None = 1, threads: int | None = None,
               scheduler: str | None = None, quiet: bool = False) -> dict[str, dict]:
     """Run every planned run of ``sweep`` into ``out``; the status of each run folder (by folder name).
 
     ``workers``: processes running runs (None: as many as :func:`capped_workers` allows), capped by the
     cores and the memory (saying so on stderr) unless the runs go to a Dask scheduler of its own.
+    ``threads``: BLAS, OpenMP and Numba threads of each worker fedsim starts (None: 1); a scheduler's
+    workers are started by their owner, with their own thread settings, so it goes without ``scheduler``.
 
     Raises
     ------
@@ -130,11 +132,16 @@ def run_sweep(sweep: Sweep, out, *, backend: str = "local", workers: int | None 
     """
     if backend not in BACKENDS:
         raise SweepError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if scheduler is not None and backend != "dask":
+        raise SweepError("--scheduler goes with --backend dask")
+    if scheduler is not None and threads is not None:
+        raise SweepError("--threads sets the workers fedsim starts; the workers of --scheduler keep their own "
+                         "(start each with its thread variables, e.g. `OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 "
+                         "NUMBA_NUM_THREADS=1 dask worker ADDRESS --nthreads 1`)")
+    threads = 1 if threads is None else threads
     for name, value in (("--workers", 1 if workers is None else workers), ("--threads", threads)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise SweepError(f"{name} must be an integer >= 1, got {value!r}")
-    if scheduler is not None and backend != "dask":
-        raise SweepError("--scheduler goes with --backend dask")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise SweepError(f"--out {out} is a file, not a folder")

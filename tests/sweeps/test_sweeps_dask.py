@@ -235,6 +235,18 @@ def test_a_malformed_scheduler_address_is_one_line(tmp_path, sweep_path, address
     assert not (tmp_path / "out").exists()
 
 
+def test_threads_with_a_scheduler_is_one_line(tmp_path, sweep_path):
+    """The workers of --scheduler are started by their owner: --threads cannot reach them and is refused (the
+    same sweep without --threads would contact the scheduler), before anything is written."""
+    result = fedsim(tmp_path, "sweep", sweep_path, "--backend", "dask", "--scheduler", "tcp://127.0.0.1:9",
+                    "--threads", "1", "--out", tmp_path / "out")
+    lines = error_lines(result.stderr)
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert lines[0].startswith("fedsim: error: --threads sets the workers fedsim starts; the workers of "
+                               "--scheduler keep their own") and "dask worker ADDRESS --nthreads 1" in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.slow
 def test_ctrl_c_stops_the_dask_tasks_at_a_step_boundary_and_the_same_command_finishes(tmp_path, sweep_path,
                                                                                       dask_cluster):
