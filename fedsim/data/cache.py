@@ -6,11 +6,9 @@ checking it. ``key`` must say everything the array depends on: the checksums of 
 function, its parameters, the version of its code and whatever of the machine changes its bits
 (:func:`compute_environment`). The array read back is bitwise the array ``compute()`` returned.
 
-Where: ``<user cache>/arrays/`` (:func:`array_cache_dir`), the user cache being ``FEDSIM_CACHE`` if set,
-else ``$XDG_CACHE_HOME/fedsim``, else ``~/.cache/fedsim`` (:func:`fedsim.data.search.user_cache_dir`; never
-the checkout). One file per entry, ``<name>-<digest>.array``, the digest being the SHA-256 of the canonical
-JSON of ``name`` and ``key``. Deleting the folder (or any file in it) clears the cache; nothing else refers
-to it.
+Where: ``<user cache>/arrays/`` (:func:`fedsim.data.search.user_cache_dir`, never the checkout), one file per
+entry, ``<name>-<digest>.array``, the digest being the SHA-256 of the canonical JSON of ``name`` and ``key``.
+Deleting the folder (or any file in it) clears the cache; nothing else refers to it.
 
 A file holds, in this order::
 
@@ -63,8 +61,7 @@ _CHUNK_BYTES = 1 << 24
 
 
 def cache_enabled(enabled: bool | None = None) -> bool:
-    """``enabled`` if given, else what ``FEDSIM_ARRAY_CACHE`` says (unset: on); DataSettingError for a value
-    other than 1/on/true/yes or 0/off/false/no."""
+    """``enabled`` if given, else what ``FEDSIM_ARRAY_CACHE`` says (unset: on); DataSettingError otherwise."""
     if enabled is not None:
         return bool(enabled)
     value = os.environ.get(ENV_ARRAY_CACHE, "").strip().lower()
@@ -78,7 +75,6 @@ def cache_enabled(enabled: bool | None = None) -> bool:
 
 
 def array_cache_dir() -> Path:
-    """The folder of the entries: ``<user cache>/arrays`` (see the module docstring)."""
     return user_cache_dir() / FOLDER_NAME
 
 
@@ -203,9 +199,8 @@ def _write(path: Path, name: str, key, array: np.ndarray) -> None:
 
 def cached_array(name: str, key: Mapping, compute: Callable[[], np.ndarray], *, enabled: bool | None = None,
                  folder=None) -> np.ndarray:
-    """``compute()``, or the array a previous call with the same ``name`` and ``key`` stored (the module docstring):
-    bitwise ``compute()``'s, a writable array that owns its memory when read back. ``name`` (such as
-    ``"fashion-mnist-train-stc"``) starts the entry's file name; ``key`` holds JSON values only."""
+    """``compute()``, or the array a call with the same ``name`` (such as ``"fashion-mnist-train-stc"``) and
+    ``key`` (JSON values only) stored (the module docstring), read back writable and owning its memory."""
     _check_name(name)
     try:
         _canonical(key)

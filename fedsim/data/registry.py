@@ -9,8 +9,7 @@ under their standard names. A copy of a file **verifies** when::
 Accepted gzip MD5s are the published upstream ones; for Fashion-MNIST also those of Debian's re-compressed
 copies (package ``dataset-fashion-mnist``), whose gzip bytes differ from upstream while the IDX inside is the
 same. An uncompressed copy (the file name without ``.gz``) has no gzip MD5: it verifies by size and SHA-256
-only, so where the SHA-256 is unknown (MNIST train images) only the gzip file can verify. Whether bytes are
-gzip is decided by the gzip magic ``1f 8b``, never by the file name.
+only, so where the SHA-256 is unknown (MNIST train images) only the gzip file can verify.
 
 Everything here is pure: no file system, no network (that is :mod:`fedsim.data.fetch`).
 """
@@ -46,18 +45,22 @@ class DataSettingError(ValueError):
 
 
 def is_gzip(data: bytes) -> bool:
-    """Whether ``data`` starts with the gzip magic bytes ``1f 8b``."""
+    """Whether ``data`` is gzip: it starts with the gzip magic ``1f 8b`` (a file's name never decides)."""
     return bytes(data[:2]) == GZIP_MAGIC
 
 
 def gunzip_at_most(data: bytes, limit: int) -> bytearray:
-    """The decompressed gzip ``data``, at most ``limit`` bytes of it (reading stops there).
+    """The decompressed gzip ``data``, at most ``limit`` bytes of it (:func:`read_at_most`), however far it
+    would decompress. OSError (gzip.BadGzipFile), EOFError or zlib.error for data that is not valid gzip."""
+    with gzip.GzipFile(fileobj=io.BytesIO(data)) as stream:
+        return read_at_most(stream, limit)
 
-    Memory is one buffer of ``limit`` bytes plus about 1 MiB, however far the data would decompress.
-    Raises OSError (gzip.BadGzipFile), EOFError or zlib.error for data that is not valid gzip.
-    """
+
+def read_at_most(stream, limit: int) -> bytearray:
+    """Up to ``limit`` bytes of the binary ``stream``, fewer only at its end; the memory is one buffer of
+    ``limit`` bytes, plus about 1 MiB when ``stream`` decompresses."""
     out = bytearray(limit)
-    with memoryview(out) as view, gzip.GzipFile(fileobj=io.BytesIO(data)) as stream:
+    with memoryview(out) as view:
         filled = read_into(stream, view)
     del out[filled:]
     return out
@@ -113,12 +116,11 @@ class DatasetFile:
         return self.filename[: -len(".gz")]
 
     def verify(self, data: bytes) -> Verification:
-        """Check the bytes of a copy (gzip or raw IDX, told apart by the gzip magic).
+        """Check the bytes of a copy, gzip or raw IDX (:func:`is_gzip`), by the rule of the module docstring.
 
-        The gzip MD5 is tried first (one pass over the small compressed bytes); the SHA-256 of the
-        decompressed IDX only when the MD5 is not an accepted one. The decompressed size is always checked.
-        Decompression reads at most ``decompressed_size + 1`` bytes (:func:`gunzip_at_most`), so a corrupt
-        or hostile file (a gzip bomb) cannot make it allocate more than that plus about 1 MiB.
+        The gzip MD5 is tried first (one pass over the small compressed bytes), the SHA-256 only when the MD5 is
+        not an accepted one. Decompression stops after ``decompressed_size + 1`` bytes, so a corrupt or hostile
+        file (a gzip bomb) cannot make it allocate more than that plus about 1 MiB.
         """
         compressed = is_gzip(data)
         md5_ok = False
@@ -171,10 +173,9 @@ class DatasetInfo:
         return len(self.class_names)
 
     def file(self, key: str) -> DatasetFile:
-        """The file with key ``key`` (one of :data:`FILE_KEYS`)."""
-        for candidate in self.files:
-            if candidate.key == key:
-                return candidate
+        """The file with key ``key`` (one of :data:`FILE_KEYS`, the order of ``files``)."""
+        if key in FILE_KEYS:
+            return self.files[FILE_KEYS.index(key)]
         raise DataSettingError(f"file_key must be one of {', '.join(FILE_KEYS)}; got {key!r}")
 
 

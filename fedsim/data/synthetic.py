@@ -20,13 +20,11 @@ normal draws, alpha therefore changes W_k and b_k but not the labels (up to floa
 the label skew between devices comes from the per-device noise in W_k, b_k and from beta through v_k.
 
 Samples per device follow a heavy-tailed law: the paper says "a power law", its code draws
-``floor(lognormal(4, 2)) + 50``; :class:`LognormalCounts` is that law, with an optional explicit cap.
+``floor(lognormal(4, 2)) + 50`` (:class:`LognormalCounts`).
 
-A population too large to hold (a million devices of ~450 samples: ~27 GB of float32 features) is
-generated per device on demand: :class:`SyntheticPopulation` draws every device's sample count at once
-(one small array) and device k's priors, model and samples from a stream of its own,
-``SeedSequence([seed, POPULATION_KEY, k])``, so a device's data does not depend on which other devices
-were generated, or in which order.
+A population too large to hold (a million devices of ~450 samples: ~27 GB of float32 features) is generated
+per device on demand (:class:`SyntheticPopulation`), each device from a stream of its own, so its data does
+not depend on which other devices were generated, or in which order.
 """
 
 from __future__ import annotations
@@ -132,9 +130,8 @@ class SyntheticPopulation:
     """Synthetic(alpha, beta) on ``n_devices`` devices, each device's data generated when asked for.
 
     ``counts`` (n_devices,) are drawn at construction from ``SeedSequence([seed, POPULATION_KEY])``;
-    :meth:`device` draws device k's u_k, B_k (in that order), then v_k, W_k, b_k and its samples (the
-    model of the module docstring) from ``SeedSequence([seed, POPULATION_KEY, k])``, and splits them as
-    :func:`make_synthetic` does (the first ``n_k - floor(test_fraction n_k)`` for training).
+    :meth:`device` draws device k's u_k, B_k (in that order), then v_k, W_k, b_k and its samples from
+    ``SeedSequence([seed, POPULATION_KEY, k])``, and splits them as :func:`make_synthetic` does.
     """
 
     alpha: float
@@ -197,8 +194,7 @@ def make_synthetic(alpha: float, beta: float, n_devices: int, rng: np.random.Gen
                    n_features: int = FEATURES, n_classes: int = 10, test_fraction: float = 0.2,
                    dtype=np.float32, samples=LognormalCounts(), prior_scale: str = "std",
                    max_total_samples: int = 2_000_000) -> Dataset:
-    """Generate Synthetic(alpha, beta) (FedProx, arXiv 1812.06127; model in the module docstring) on
-    ``n_devices`` devices (FedProx used 30, with d = 60 features and C = 10 classes).
+    """Generate Synthetic(alpha, beta) (the module docstring) on ``n_devices`` devices (FedProx used 30).
 
     ``rng`` is the only source of randomness; draw order: sample counts, u (K), B (K), then per device
     v_k, W_k, b_k and the samples' noise. Device k keeps its first ``n_k - floor(test_fraction * n_k)``
