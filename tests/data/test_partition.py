@@ -212,19 +212,18 @@ def test_contiguous_laq_reference_shards():
 
 def test_partition_dispatches_to_each_method():
     labels = _labels(600, 10, 4)
-    expected = {
-        "classes_per_client": classes_per_client(labels, 6, 2, 0.8, np.random.default_rng(5)),
-        "dirichlet": dirichlet(labels, 6, 0.5, np.random.default_rng(5)),
-        "shards": shards(labels, 6, np.random.default_rng(5), shards_per_client=3),
-        "iid": iid(600, 6, np.random.default_rng(5)),
-        "contiguous": contiguous(600, 6),
+    cases = {   # method: (its settings, the same split by the partitioner itself)
+        "classes_per_client": ({"classes_per_client": 2, "balancedness": 0.8},
+                               lambda rng: classes_per_client(labels, 6, 2, 0.8, rng)),
+        "dirichlet": ({"alpha": 0.5}, lambda rng: dirichlet(labels, 6, 0.5, rng)),
+        "shards": ({"shards_per_client": 3}, lambda rng: shards(labels, 6, rng, shards_per_client=3)),
+        "iid": ({}, lambda rng: iid(600, 6, rng)),
+        "contiguous": ({}, lambda rng: contiguous(600, 6)),
     }
-    given_settings = {"classes_per_client": dict(classes_per_client=2, balancedness=0.8),
-                      "dirichlet": dict(alpha=0.5), "shards": dict(shards_per_client=3), "iid": {},
-                      "contiguous": {}}
-    assert set(expected) == set(METHOD_SETTINGS)
-    for method, parts in expected.items():
-        assert _same(split_indices(method, labels, 6, np.random.default_rng(5), **given_settings[method]), parts)
+    assert set(cases) == set(METHOD_SETTINGS)
+    for method, (method_settings, split) in cases.items():
+        parts = split_indices(method, labels, 6, np.random.default_rng(5), **method_settings)
+        assert _same(parts, split(np.random.default_rng(5))), method
 
 
 def test_class_counts_and_report():
