@@ -146,13 +146,7 @@ def _sha256(array: np.ndarray) -> str:
 def _read(path: Path, name: str, key) -> np.ndarray | None:
     """The array of the entry at ``path``; None if there is none; _Unusable if it may not be used."""
     try:
-        handle = open(path, "rb")
-    except FileNotFoundError:
-        return None
-    except OSError as error:
-        raise _Unusable(f"cannot be read ({error.strerror or error})") from None
-    with handle:
-        try:
+        with open(path, "rb") as handle:
             magic = handle.readline(len(MAGIC))
             if magic != MAGIC:
                 raise _Unusable("it is not a fedsim array file of this format (wrong first line)")
@@ -179,8 +173,10 @@ def _read(path: Path, name: str, key) -> np.ndarray | None:
             filled = read_into(handle, memoryview(array.reshape(-1)).cast("B"), _CHUNK_BYTES)
             if filled < nbytes:
                 raise _Unusable(f"it ended after {filled} of {nbytes} bytes of data")
-        except OSError as error:
-            raise _Unusable(f"cannot be read ({error.strerror or error})") from None
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        raise _Unusable(f"cannot be read ({error.strerror or error})") from None
     if _sha256(array) != recorded:
         raise _Unusable("the SHA-256 of its data is not the recorded one")
     return array

@@ -113,14 +113,13 @@ def classes_per_client(labels, n_clients: int, classes_per_client: int, balanced
                 give the next `take` unused indices of class c to client i; budget -= take
                 c = (c + 1) mod L
 
-    A client whose visited classes are exhausted moves on to the next class, so a client can end up with **more** than ``classes_per_client`` classes: when
-    ``size_i > classes_per_client * quota_i`` the remainder comes from the next class, and a visited class
-    that runs short sends the client on to further ones (late clients, finding most classes exhausted,
-    may instead wrap around and take more from a class they already hold). :func:`partition_report`
-    flags clients with too many classes. When the sizes do not add up to N, the leftover samples go to
-    no client (the report counts them). ``n_classes`` is L (default ``labels.max() + 1``). Each client's
-    indices come in the order taken. ValueError when some client would get no sample (the reference then
-    produced an empty client).
+    A client can end up with **more** than ``classes_per_client`` classes (:func:`partition_report` flags
+    it): the remainder ``size_i - classes_per_client * quota_i`` comes from the next class, a visited class
+    that runs short sends the client on to further ones, and late clients, finding most classes exhausted,
+    may wrap around and take more from a class they already hold. Sizes that do not add up to N leave the
+    rest to no client (the report counts them). ``n_classes`` is L (default ``labels.max() + 1``). Each
+    client's indices come in the order taken. ValueError when some client would get no sample (the
+    reference then produced an empty client).
     """
     labels, n_samples, n_clients = _checked(labels, n_clients, rng)
     n_classes = _resolve_n_classes(labels, n_classes)

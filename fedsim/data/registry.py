@@ -100,16 +100,6 @@ class DatasetFile:
     gzip_md5: tuple[str, ...]         # accepted MD5s of the gzip bytes (hex, lower case)
     sha256: str | None                # SHA-256 of the decompressed IDX (hex), None where unknown
 
-    def __post_init__(self):
-        if self.key not in FILE_KEYS:
-            raise ValueError(f"DatasetFile.key must be one of {FILE_KEYS}, got {self.key!r}")
-        if not self.filename.endswith(".gz"):
-            raise ValueError(f"DatasetFile.filename must end in '.gz', got {self.filename!r}")
-        if self.decompressed_size < 1:
-            raise ValueError(f"DatasetFile.decompressed_size must be >= 1, got {self.decompressed_size}")
-        if not self.gzip_md5 and self.sha256 is None:
-            raise ValueError(f"DatasetFile {self.filename!r}: needs at least one gzip MD5 or a SHA-256")
-
     @property
     def uncompressed_filename(self) -> str:
         """The file name of an uncompressed copy: the standard name without ``.gz``."""
@@ -160,13 +150,6 @@ class DatasetInfo:
     files: tuple[DatasetFile, ...]    # one per FILE_KEYS entry, in that order
     class_names: tuple[str, ...]      # label i means class_names[i]
     install_hint: str | None = None   # a system package that provides the files, if any
-
-    def __post_init__(self):
-        keys = tuple(file.key for file in self.files)
-        if keys != FILE_KEYS:
-            raise ValueError(f"DatasetInfo {self.name!r}: files must be keyed {FILE_KEYS} in order, got {keys}")
-        if len(self.mirrors) < 1:
-            raise ValueError(f"DatasetInfo {self.name!r}: needs at least one mirror")
 
     @property
     def n_classes(self) -> int:

@@ -159,19 +159,15 @@ def test_fashion_mnist_statistics_are_the_recorded_ones(shared_data):
     assert abs(std - recorded.std) < 1e-7, (std, recorded.std)
 
 
-@pytest.mark.oracle
-def test_stc_pipeline_matches_torch(torch):
-    """On images made here (every machine runs it); the same check on the real files is below."""
-    from tests.conftest import synthetic_images
-    check_stc_pipeline_against_torch(torch, synthetic_images(2000, seed=3)[0])
-
-
-def test_stc_pipeline_on_fashion_mnist_matches_torch(torch, shared_data):
-    images = _read_gzip_idx_images(shared_data / "fashion-mnist" / "train-images-idx3-ubyte.gz", 2000)
-    check_stc_pipeline_against_torch(torch, images)
-
-
-def check_stc_pipeline_against_torch(torch, images):
+@pytest.mark.parametrize("source", [pytest.param("images made here", marks=pytest.mark.oracle), "Fashion-MNIST"])
+def test_stc_pipeline_matches_torch(torch, request, source):
+    # images made here: every machine runs it; the same check on the real files where they are
+    if source == "Fashion-MNIST":
+        images = _read_gzip_idx_images(request.getfixturevalue("shared_data") / "fashion-mnist" /
+                                       "train-images-idx3-ubyte.gz", 2000)
+    else:
+        from tests.conftest import synthetic_images
+        images = synthetic_images(2000, seed=3)[0]
     mean, std = PIXEL_STATISTICS["fashion-mnist"][:2]
     ours = stc_pipeline(images, mean=mean, std=std)
     scaled = torch.from_numpy(images.astype(np.float32)) / 255.0

@@ -18,13 +18,14 @@ from tests.data.conftest import (LABELS_GZ, MNIST_TEST_LABEL_COUNTS, files_under
 
 
 def test_registry_entries():
+    # what every entry must be (DatasetInfo.file relies on the order of the files)
     assert set(DATASETS) == {"mnist", "fashion-mnist"}
     for info in DATASETS.values():
         assert tuple(file.key for file in info.files) == FILE_KEYS
         assert len(info.mirrors) >= 2 and all(m.startswith(("http://", "https://")) for m in info.mirrors)
         assert info.n_classes == 10
         for file in info.files:
-            assert file.filename.endswith("-ubyte.gz") and file.gzip_md5
+            assert file.filename.endswith("-ubyte.gz") and file.gzip_md5 and file.decompressed_size >= 1
     mnist_train_images = get_dataset("mnist").file("train-images")
     assert mnist_train_images.sha256 is None       # unknown: gzip MD5 only, so an uncompressed copy cannot verify
     verification = mnist_train_images.verify(bytes(mnist_train_images.decompressed_size))
