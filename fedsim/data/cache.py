@@ -98,11 +98,10 @@ def numpy_blas_pools() -> list[dict]:
 def compute_environment() -> dict:
     """What of this machine can change the bits of a NumPy computation: for a key of :func:`cached_array`.
 
-    The NumPy version, the CPU architecture and byte order, and NumPy's BLAS library
-    (:func:`numpy_blas_pools`) with its version, the kernel it chose for this CPU and its current thread
-    count (a product split over several threads may sum in another order). With a system BLAS every BLAS
-    loaded is listed, which may make keys differ between processes that loaded different libraries: a
-    miss, never a wrong hit.
+    The NumPy version, the CPU architecture and byte order, and NumPy's BLAS (:func:`numpy_blas_pools`: with
+    a system BLAS, every BLAS loaded, so keys of processes that loaded different ones differ: a miss, never a
+    wrong hit) with its version, the kernel it chose for this CPU and its current thread count (a product
+    split over several threads may sum in another order).
     """
     import platform
 

@@ -94,8 +94,6 @@ def parse_mirror_list(text: str, setting: str = ENV_MIRRORS) -> list[str]:
     """Split a list of base URLs separated by whitespace or ``os.pathsep``, and check each (DataSettingError
     naming ``setting``). A separator counts only where the next URL begins (``<scheme>://``), so the ``:`` of
     ``http://127.0.0.1:8000`` is kept; empty entries are skipped."""
-    if not isinstance(text, str):
-        raise _mirror_format_error(setting, text, f"a {type(text).__name__}, not a string")
     splitter = re.compile(re.escape(os.pathsep) + f"(?={_URL_START.pattern})")
     urls = []
     for token in text.split():

@@ -36,13 +36,13 @@ def load_dataset(name: str, pipeline: str = "stc", *, data_dir=None, download: b
     """Load dataset ``name`` (one of ``DATASET_NAMES``) and preprocess it.
 
     ``pipeline`` (:mod:`fedsim.data.preprocess`): ``"stc"`` (1024 features, float32 by default) or ``"laq"``
-    (784 features, float64 by default); ignored for synthetic data. ``"npz:PATH"`` is a
-    user's own arrays (:mod:`fedsim.data.npz`; the pipeline applies to its uint8 images). ``train_split="test"``
-    trains on the 10,000-image test split (the MNIST train images are not always at hand) and evaluates on
-    that same split: say so when reporting accuracies. ``cache`` (default ``FEDSIM_ARRAY_CACHE``) keeps the
-    STC output, bitwise the same either way. ``synthetic_on_demand`` makes a population of ``synthetic_devices``
-    whose data is drawn per device when a run asks for it (:func:`~fedsim.data.synthetic.population_dataset`,
-    evaluated on ``synthetic_eval_devices`` devices). DataSettingError (one line) for a setting not allowed,
+    (784 features, float64 by default); ignored for synthetic data. ``"npz:PATH"`` is a user's own arrays
+    (:mod:`fedsim.data.npz`; the pipeline applies to its uint8 images). ``train_split="test"`` trains on the
+    10,000-image test split (the MNIST train images are not always at hand) and evaluates on that same split:
+    say so when reporting accuracies. ``cache`` (default ``FEDSIM_ARRAY_CACHE``) keeps the STC output, bitwise
+    the same either way. ``synthetic_on_demand`` makes a population of ``synthetic_devices`` whose data is
+    drawn per device when a run asks for it (:func:`~fedsim.data.synthetic.population_dataset`, evaluated on
+    ``synthetic_eval_devices`` devices). DataSettingError (one line) for a setting not allowed,
     DatasetNotFoundError for missing files.
     """
     for setting, value, allowed in (("dataset", name, DATASET_NAMES), ("pipeline", pipeline, PIPELINES),
