@@ -20,7 +20,7 @@ import pytest
 from fedsim.data import fetch, search
 from fedsim.data.registry import DATASETS, DataSettingError, get_dataset
 from fedsim.data.search import DatasetNotFoundError
-from tests.data.conftest import LABELS_GZ, MNIST_TEST_LABEL_COUNTS, files_under, one_line_setting_error
+from tests.data.conftest import LABELS_GZ, MNIST_TEST_LABEL_COUNTS, files_under, one_line_setting_error, write_file
 
 
 class ScriptedHandler(http.server.BaseHTTPRequestHandler):
@@ -203,11 +203,9 @@ def test_all_mirrors_failing_are_listed_in_order(isolated, tmp_path, serve, clos
 
 def serve_unzipped_labels(shared_data, tmp_path, serve) -> tuple[str, bytes]:
     """A server that sends the raw IDX for the .gz name; its base URL and the IDX."""
-    served = tmp_path / "served"
-    (served / "mnist").mkdir(parents=True)
     raw = gzip.decompress((shared_data / "mnist" / LABELS_GZ).read_bytes())
-    (served / "mnist" / LABELS_GZ).write_bytes(raw)
-    return serve(served), raw
+    write_file(tmp_path / "served" / "mnist" / LABELS_GZ, raw)
+    return serve(tmp_path / "served"), raw
 
 
 @pytest.mark.parametrize("unzipped", [False, True])
@@ -218,8 +216,7 @@ def test_bad_cached_copy_replaced_by_download(isolated, shared_data, tmp_path, s
     else:
         base, sent = serve(shared_data), (shared_data / "mnist" / LABELS_GZ).read_bytes()
     stale = isolated / "mnist" / (LABELS_GZ.removesuffix(".gz") if unzipped else LABELS_GZ)
-    stale.parent.mkdir(parents=True)
-    stale.write_bytes(sent[:-1])      # a partial download from some other tool
+    write_file(stale, sent[:-1])      # a partial download from some other tool
     path = fetch.fetch("mnist", "test-labels", mirrors=[base], progress=False, timeout=5)
     assert path == stale and path.read_bytes() == sent and files_under(isolated) == [path]
     assert search.dataset_status("mnist")[3]["method"] == ("sha256" if unzipped else "md5")
@@ -263,9 +260,7 @@ def test_file_url_mirror(isolated, shared_data, tmp_path):
     # a folder without the file, then one with a file larger than any copy (sparse), then the real one
     empty, oversized = tmp_path / "empty", tmp_path / "oversized"
     empty.mkdir()
-    (oversized / "mnist").mkdir(parents=True)
-    with open(oversized / "mnist" / LABELS_GZ, "wb") as handle:
-        handle.truncate(64 << 20)
+    write_file(oversized / "mnist" / LABELS_GZ, size=64 << 20)
     mirrors = [folder.resolve().as_uri() for folder in (empty, oversized, shared_data)]
     limit = search.download_size_limit(get_dataset("mnist").file("test-labels"))
     assert [error for _, error in failed_fetch(isolated, mirrors[:2]).attempts] == [
