@@ -163,8 +163,7 @@ def _read(path: Path, name: str, key) -> np.ndarray | None:
                 raise _Unusable("it was written for another name or key")
             if dtype.hasobject or dtype.kind not in "biufc" or any(size < 0 for size in shape) \
                     or nbytes != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
-                raise _Unusable(f"its header describes no plain array (dtype {dtype}, shape {shape}, "
-                                f"{nbytes} bytes)")
+                raise _Unusable(f"its header describes no plain array (dtype {dtype}, shape {shape}, {nbytes} bytes)")
             size = os.fstat(handle.fileno()).st_size
             if size != handle.tell() + nbytes:
                 raise _Unusable(f"it holds {size - handle.tell()} bytes of data, the header says {nbytes}")

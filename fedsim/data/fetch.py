@@ -116,8 +116,7 @@ def mirror_bases(mirrors) -> list[str] | None:
             return None
         bases = parse_mirror_list(text, ENV_MIRRORS)
         if not bases:
-            raise _mirror_format_error(ENV_MIRRORS, text, "it holds no URL (unset it to use the registry's "
-                                                          "mirrors)")
+            raise _mirror_format_error(ENV_MIRRORS, text, "it holds no URL (unset it to use the registry's mirrors)")
         return bases
     if isinstance(mirrors, str):
         return parse_mirror_list(mirrors, "mirrors")

@@ -98,8 +98,7 @@ def read_idx(source, *, name: str | None = None, max_bytes: int | None = None) -
         except _GZIP_ERRORS as error:
             if not compressed:
                 raise
-            raise ValueError(f"IDX file {label}: starts like gzip (1f 8b) but does not decompress: {error}") \
-                from None
+            raise ValueError(f"IDX file {label}: starts like gzip (1f 8b) but does not decompress: {error}") from None
 
 
 def _parse(stream, label: str, compressed: bool, stored: int | None, max_bytes: int | None) -> np.ndarray:
@@ -141,8 +140,7 @@ def _parse(stream, label: str, compressed: bool, stored: int | None, max_bytes: 
     try:
         out = np.empty(expected, dtype=np.uint8)
     except (MemoryError, ValueError):
-        raise ValueError(f"IDX file {label}: dims {dims} need {expected} bytes, more than can be "
-                         f"allocated") from None
+        raise ValueError(f"IDX file {label}: dims {dims} need {expected} bytes, more than can be allocated") from None
     filled = read_into(stream, memoryview(out))
     if filled < expected:
         raise ValueError(f"IDX file {label}: truncated payload: dims {dims} need {expected} bytes, "

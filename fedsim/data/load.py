@@ -71,13 +71,11 @@ def load_dataset(name: str, pipeline: str = "stc", *, data_dir=None, download: b
                             lambda: stc_pipeline(images, size=32, mean=stats.mean, std=stats.std, dtype=dtype),
                             enabled=cache)
 
-    test_images, test_labels = load_split(name, "test", data_dir=data_dir, download=download,
-                                          progress=progress)
+    test_images, test_labels = load_split(name, "test", data_dir=data_dir, download=download, progress=progress)
     if train_split == "test":
         train_images, train_labels = test_images, test_labels
     else:
-        train_images, train_labels = load_split(name, "train", data_dir=data_dir, download=download,
-                                                progress=progress)
+        train_images, train_labels = load_split(name, "train", data_dir=data_dir, download=download, progress=progress)
     x_test = prepare(test_images, "test")
     x_train = x_test if train_split == "test" else prepare(train_images, "train")
     return Dataset(name=name, x_train=x_train, y_train=train_labels, x_test=x_test, y_test=test_labels,

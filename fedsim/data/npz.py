@@ -71,8 +71,7 @@ def file_sha256(path: Path) -> str:
 def _whole_numbers(path: Path, name: str, values: np.ndarray, low: int = 0) -> np.ndarray:
     """``values`` as int64 if they are whole numbers >= ``low`` in a 1-D array; else DataSettingError."""
     if values.ndim != 1 or values.dtype.kind not in "biuf":
-        raise _problem(path, f"{name} must be a 1-D array of whole numbers; got {values.dtype} of shape "
-                             f"{values.shape}")
+        raise _problem(path, f"{name} must be a 1-D array of whole numbers; got {values.dtype} of shape {values.shape}")
     exact = values.astype(np.int64)
     wrong = np.flatnonzero((exact != values) | (exact < low))
     if len(wrong):

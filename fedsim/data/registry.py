@@ -125,20 +125,17 @@ class DatasetFile:
         if len(payload) != self.decompressed_size:
             got = (f"{len(payload)} bytes" if len(payload) <= self.decompressed_size
                    else f"more than {self.decompressed_size} bytes (reading stopped there)")
-            return Verification(False, None, f"decompressed size is {got}, expected "
-                                             f"{self.decompressed_size}")
+            return Verification(False, None, f"decompressed size is {got}, expected {self.decompressed_size}")
         if md5_ok:
             return Verification(True, "md5", "gzip MD5 is a published one", payload)
         if self.sha256 is None:
             what = "gzip MD5 is none of the accepted ones" if compressed else "the file is not gzip"
-            return Verification(False, None, f"{what}, and no SHA-256 of the decompressed file is "
-                                             f"recorded to check it by (accepted gzip MD5s: "
-                                             f"{', '.join(self.gzip_md5)})")
+            return Verification(False, None, f"{what}, and no SHA-256 of the decompressed file is recorded to "
+                                             f"check it by (accepted gzip MD5s: {', '.join(self.gzip_md5)})")
         if hashlib.sha256(payload).hexdigest() == self.sha256:
             return Verification(True, "sha256", "SHA-256 of the decompressed IDX matches", payload)
         md5_part = "gzip MD5 is none of the accepted ones and " if compressed else ""
-        return Verification(False, None, f"{md5_part}SHA-256 of the decompressed IDX is not "
-                                         f"{self.sha256}")
+        return Verification(False, None, f"{md5_part}SHA-256 of the decompressed IDX is not {self.sha256}")
 
 
 @dataclass(frozen=True)

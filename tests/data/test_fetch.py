@@ -359,8 +359,7 @@ def test_full_disk_stops_the_downloads_and_leaves_nothing(isolated, shared_data,
                             text=True, timeout=120, check=False)
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
     report = json.loads(result.stdout)
-    assert report["attempts"] == [[f"{first}/mnist/{LABELS_GZ}",
-                                   "not saved: the cache folder cannot take the file"]]
+    assert report["attempts"] == [[f"{first}/mnist/{LABELS_GZ}", "not saved: the cache folder cannot take the file"]]
     assert "downloads stopped: cannot save the download" in report["message"]
     assert "File too large" in report["message"] and "free space there" in report["message"]
     assert files_under(isolated) == []

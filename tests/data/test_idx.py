@@ -204,8 +204,7 @@ def test_endless_streams_are_read_only_as_far_as_needed(tmp_path):
 def test_max_bytes(shared_data):
     images = shared_data / "mnist" / "t10k-images-idx3-ubyte.gz"
     labels = shared_data / "mnist" / "t10k-labels-idx1-ubyte.gz"
-    read_images, read_labels = read_images_and_labels(images, labels, images_max_bytes=7840016,
-                                                      labels_max_bytes=10008)
+    read_images, read_labels = read_images_and_labels(images, labels, images_max_bytes=7840016, labels_max_bytes=10008)
     assert read_images.shape == (10000, 28, 28) and read_labels.shape == (10000,)
     with pytest.raises(ValueError, match=r"dims \(10000,\) make a file of 10008 bytes, more than the 10007"):
         read_images_and_labels(images, labels, labels_max_bytes=10007)

@@ -198,8 +198,7 @@ def test_contiguous_exact_blocks(n_samples, data):
     n_clients = data.draw(st.integers(1, min(n_samples, 500)))
     parts = contiguous(n_samples, n_clients)
     for m, part in enumerate(parts):
-        np.testing.assert_array_equal(part, np.arange(m * n_samples // n_clients,
-                                                      (m + 1) * n_samples // n_clients))
+        np.testing.assert_array_equal(part, np.arange(m * n_samples // n_clients, (m + 1) * n_samples // n_clients))
     assert sum(len(p) for p in parts) == n_samples
 
 

@@ -171,8 +171,7 @@ def test_stc_pipeline_matches_torch(torch, request, source):
     mean, std = PIXEL_STATISTICS["fashion-mnist"][:2]
     ours = stc_pipeline(images, mean=mean, std=std)
     scaled = torch.from_numpy(images.astype(np.float32)) / 255.0
-    resized = torch.nn.functional.interpolate(scaled[:, None], size=(32, 32), mode="bilinear",
-                                              align_corners=False)
+    resized = torch.nn.functional.interpolate(scaled[:, None], size=(32, 32), mode="bilinear", align_corners=False)
     reference = ((resized - mean) / std).reshape(len(images), 1024).numpy()
     assert ours.dtype == reference.dtype == np.float32
     err = np.abs(ours - reference).max()

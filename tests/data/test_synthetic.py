@@ -99,8 +99,7 @@ def test_devices_are_label_skewed_compared_with_an_iid_shuffle():
     for alpha, beta in [(0.0, 0.0), (1.0, 1.0)]:
         data = _make(alpha, beta, n_devices=30, seed=4, samples=500)
         shuffled = np.random.default_rng(0).permutation(data.y_train)
-        skew, iid_skew = (_label_skew(data.y_train, data.client_indices),
-                          _label_skew(shuffled, data.client_indices))
+        skew, iid_skew = _label_skew(data.y_train, data.client_indices), _label_skew(shuffled, data.client_indices)
         assert skew > 0.4 and iid_skew < 0.15, (alpha, beta, skew, iid_skew)
 
 
