@@ -5,9 +5,9 @@
 the temporary file beside the target, the hash check where one hash decides (:func:`_pooch_hash`), the move
 into place, the removal of the temporary file on any error. fedsim's downloader does the rest: the transfer
 within the limits of :mod:`fedsim.data.download` (``timeout``, default 30 s; the ``deadline``, default
-:func:`download_deadline`; the size cap, :func:`~fedsim.data.search.download_size_limit`), of which passing
-any fails that mirror, and :meth:`~fedsim.data.registry.DatasetFile.verify` before a byte reaches pooch's
-file, so a partial or corrupt download never sits at the final path. A problem with the cache folder itself
+:func:`download_deadline`; the size cap, :func:`~fedsim.data.search.download_size_limit`; past any, the next
+mirror is tried), and :meth:`~fedsim.data.registry.DatasetFile.verify` before a byte reaches pooch's file,
+so a partial or corrupt download never sits at the final path. A problem with the cache folder itself
 (cannot be created, not writable, a folder in the way, disk full) stops the downloads of that file at once,
 as no other mirror can help.
 

@@ -19,11 +19,10 @@ KEY = {"function": "test", "version": 1, "parameters": {"scale": 0.5, "size": 3}
 
 
 @pytest.fixture(autouse=True)
-def isolated_cache(tmp_path, monkeypatch):
-    """Every test gets its own user cache; the cache is on unless a test says otherwise."""
-    monkeypatch.setenv("FEDSIM_CACHE", str(tmp_path / "cache"))
+def isolated_cache(isolated, monkeypatch):
+    """Every test gets its own user cache (conftest's ``isolated``); the cache is on unless a test says otherwise."""
     monkeypatch.delenv("FEDSIM_ARRAY_CACHE", raising=False)
-    return tmp_path / "cache" / "arrays"
+    return isolated / "arrays"
 
 
 class Counter:
