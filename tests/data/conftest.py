@@ -76,7 +76,7 @@ def serve():
         thread.join(timeout=5)
 
 
-def one_line_setting_error(call, *words, error: type = DataSettingError) -> str:
+def one_line_error(call, *words, error: type = DataSettingError) -> str:
     """The message of the ``error`` (a ValueError) that ``call()`` raises: one line holding every word."""
     with pytest.raises(error) as raised:
         call()

@@ -20,7 +20,7 @@ import pytest
 from fedsim.data import fetch, search
 from fedsim.data.registry import DATASETS, DataSettingError, get_dataset
 from fedsim.data.search import DatasetNotFoundError
-from tests.data.conftest import LABELS_GZ, MNIST_TEST_LABEL_COUNTS, files_under, one_line_setting_error, write_file
+from tests.data.conftest import LABELS_GZ, MNIST_TEST_LABEL_COUNTS, files_under, one_line_error, write_file
 
 
 class ScriptedHandler(http.server.BaseHTTPRequestHandler):
@@ -287,7 +287,7 @@ ALLOWED_LIMITS = {"timeout": "timeout (--timeout, seconds) must be a finite numb
                                        None, True]),
     *(("deadline", value) for value in [0, -3, float("nan"), float("inf"), 86401, "60", False])])
 def test_limits_out_of_range_are_setting_errors(isolated, setting, value):
-    one_line_setting_error(lambda: fetch.fetch("mnist", "test-labels", mirrors=["http://127.0.0.1:9"],
+    one_line_error(lambda: fetch.fetch("mnist", "test-labels", mirrors=["http://127.0.0.1:9"],
                                                **{setting: value}), f"{ALLOWED_LIMITS[setting]} {value!r}")
     with pytest.raises(DataSettingError):
         fetch.load_split("mnist", "test", download=False, **{setting: value})

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedsim.data.idx import read_idx, read_images_and_labels
-from tests.data.conftest import raised_and_peak_memory, write_file
+from tests.data.conftest import one_line_error, raised_and_peak_memory, write_file
 
 
 def idx_bytes(array: np.ndarray, type_byte: int = 0x08) -> bytes:
@@ -79,13 +79,8 @@ def test_bad_input_raises_naming_file_and_problem(tmp_path, kind, compressed):
     data, words = BAD_INPUTS[kind]
     if compressed:
         data = gzip.compress(data)
-    path = tmp_path / f"{kind.replace(' ', '-')}.idx"
-    path.write_bytes(data)
-    with pytest.raises(ValueError) as raised:
-        read_idx(path)
-    message = str(raised.value)
-    for word in [str(path)] + words:
-        assert word in message, f"{word!r} missing from: {message}"
+    path = write_file(tmp_path / f"{kind.replace(' ', '-')}.idx", data)
+    one_line_error(lambda: read_idx(path), str(path), *words, error=ValueError)
 
 
 @pytest.mark.parametrize("source, name, pattern", [(b"\x01\x00\x08\x01", "my-labels.gz", "my-labels.gz.*wrong magic"),

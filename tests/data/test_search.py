@@ -12,7 +12,7 @@ import pytest
 from fedsim.data import fetch, search
 from fedsim.data.registry import DATASETS, FILE_KEYS, DatasetFile, get_dataset
 from fedsim.data.search import DatasetNotFoundError
-from tests.data.conftest import (LABELS_GZ, MNIST_TEST_LABEL_COUNTS, files_under, one_line_setting_error,
+from tests.data.conftest import (LABELS_GZ, MNIST_TEST_LABEL_COUNTS, files_under, one_line_error,
                                  raised_and_peak_memory, write_file)
 
 
@@ -48,7 +48,7 @@ def test_unknown_names_are_setting_errors_listing_the_allowed_ones(isolated):
             (lambda: load_dataset("cifar10"), "dataset must be one of"),
             (lambda: load_dataset("mnist", pipeline="vgg"), "pipeline must be one of"),
             (lambda: load_dataset("mnist", train_split="all"), "train_split must be one of")]:
-        one_line_setting_error(call, words)
+        one_line_error(call, words)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -241,7 +241,7 @@ def test_bad_data_dir_is_a_setting_error(isolated, tmp_path, kind):
              lambda: search.search_path(data_dir),
              lambda: load_dataset("mnist", data_dir=data_dir, download=False)]
     for call in calls:
-        one_line_setting_error(call, "data_dir (--data-dir)", *words)
+        one_line_error(call, "data_dir (--data-dir)", *words)
     assert not files_under(isolated)
 
 
@@ -254,11 +254,11 @@ def test_bad_env_folders(isolated, tmp_path, monkeypatch):
     assert f"{loop}  [FEDSIM_DATA]  (cannot be examined" in str(raised.value)
     # a ~user that cannot be expanded, in FEDSIM_DATA or FEDSIM_CACHE
     monkeypatch.setenv("FEDSIM_DATA", "~no-such-user-fedsim/data")
-    one_line_setting_error(lambda: search.locate("mnist", "test-labels"), "FEDSIM_DATA", "cannot expand '~'",
+    one_line_error(lambda: search.locate("mnist", "test-labels"), "FEDSIM_DATA", "cannot expand '~'",
                            "~no-such-user-fedsim/data")
     monkeypatch.delenv("FEDSIM_DATA")
     monkeypatch.setenv("FEDSIM_CACHE", "~no-such-user-fedsim/cache")
-    one_line_setting_error(lambda: fetch.fetch("mnist", "test-labels", mirrors=["http://127.0.0.1:9"]),
+    one_line_error(lambda: fetch.fetch("mnist", "test-labels", mirrors=["http://127.0.0.1:9"]),
                            "FEDSIM_CACHE", "cannot expand '~'")
 
 
