@@ -170,24 +170,21 @@ class SyntheticPopulation:
     def training_data(self, devices) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The training splits of ``devices``, concatenated in the order given: ``(x, y, offsets)``, device
         ``devices[i]``'s rows at ``offsets[i]:offsets[i + 1]``."""
-        parts = [self.device(k)[:2] for k in devices]
-        offsets = np.concatenate(([0], np.cumsum([len(y) for _, y in parts]))).astype(np.int64)
-        return _stacked([x for x, _ in parts], self.n_features, self.dtype), _labels(y for _, y in parts), offsets
+        parts = [self.device(k) for k in devices]
+        offsets = np.concatenate(([0], np.cumsum([len(part[1]) for part in parts]))).astype(np.int64)
+        return self._joined(parts, 0), self._joined(parts, 1), offsets
 
     def evaluation_data(self, n_devices: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """``(x_train, y_train, x_test, y_test)`` of devices ``0 .. n_devices - 1`` (all, when there are fewer):
         every device is an independent draw of the generator, so the first ones are a uniform sample."""
         parts = [self.device(k) for k in range(min(int(n_devices), self.n_devices))]
-        return (_stacked([p[0] for p in parts], self.n_features, self.dtype), _labels(p[1] for p in parts),
-                _stacked([p[2] for p in parts], self.n_features, self.dtype), _labels(p[3] for p in parts))
+        return tuple(self._joined(parts, column) for column in range(4))
 
-
-def _stacked(blocks: list, n_features: int, dtype) -> np.ndarray:
-    return np.concatenate(blocks) if blocks else np.zeros((0, n_features), dtype)
-
-
-def _labels(blocks) -> np.ndarray:
-    return np.concatenate([np.zeros(0, np.int64), *blocks]).astype(np.int64)
+    def _joined(self, parts: list, column: int) -> np.ndarray:
+        """Entry ``column`` of each of the :meth:`device` tuples ``parts``, concatenated (also of no device):
+        features (columns 0 and 2) or int64 labels (1 and 3)."""
+        empty = np.zeros((0, self.n_features), self.dtype) if column in (0, 2) else np.zeros(0, np.int64)
+        return np.concatenate([empty, *(part[column] for part in parts)])
 
 
 def make_synthetic(alpha: float, beta: float, n_devices: int, rng: np.random.Generator,
