@@ -222,18 +222,6 @@ def test_bad_cached_copy_replaced_by_download(isolated, shared_data, tmp_path, s
     assert search.dataset_status("mnist")[3]["method"] == ("sha256" if unzipped else "md5")
 
 
-def test_cache_that_cannot_take_the_download_stops_the_downloads(isolated, shared_data, tmp_path, serve):
-    # a folder where the unzipped download should go: no mirror can help, so only the first is tried
-    first, _ = serve_unzipped_labels(shared_data, tmp_path, serve)
-    blocker = isolated / "mnist" / LABELS_GZ.removesuffix(".gz")
-    blocker.mkdir(parents=True)
-    raised = failed_fetch(isolated, [first, serve(shared_data)], timeout=5)
-    assert raised.attempts == ((f"{first}/mnist/{LABELS_GZ}", "not saved: the cache folder cannot take the file"),)
-    message = str(raised)
-    assert f"downloads stopped: cannot save the download in the cache folder {isolated / 'mnist'}" in message
-    assert "Is a directory" in message and "set FEDSIM_CACHE to another folder" in message and blocker.is_dir()
-
-
 @pytest.mark.parametrize("meanwhile", ["good copy", "bad copy"])
 def test_copy_saved_meanwhile_by_another_process(isolated, shared_data, monkeypatch, meanwhile):
     # another process saves the file after this one searched and cleared the way: pooch finds it, fedsim checks it
@@ -353,13 +341,25 @@ except DatasetNotFoundError as error:
 """
 
 
-def test_full_disk_stops_the_downloads_and_leaves_nothing(isolated, shared_data, serve):
-    first, second = serve(shared_data), serve(shared_data)
-    result = subprocess.run([sys.executable, "-c", FULL_DISK_SCRIPT, first, second], capture_output=True,
-                            text=True, timeout=120, check=False)
-    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
-    report = json.loads(result.stdout)
-    assert report["attempts"] == [[f"{first}/mnist/{LABELS_GZ}", "not saved: the cache folder cannot take the file"]]
-    assert "downloads stopped: cannot save the download" in report["message"]
-    assert "File too large" in report["message"] and "free space there" in report["message"]
+@pytest.mark.parametrize("problem", ["a folder in the way", "a full disk"])
+def test_a_cache_that_cannot_save_the_download_stops_the_downloads(isolated, shared_data, tmp_path, serve, problem):
+    # no mirror can help, so only the first is tried; nothing is left in the cache
+    if problem == "a full disk":
+        first = serve(shared_data)
+        result = subprocess.run([sys.executable, "-c", FULL_DISK_SCRIPT, first, serve(shared_data)],
+                                capture_output=True, text=True, timeout=120, check=False)
+        assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+        report = json.loads(result.stdout)
+        attempts, message, cause = [tuple(item) for item in report["attempts"]], report["message"], "File too large"
+    else:                     # a folder where the unzipped download should go
+        first, _ = serve_unzipped_labels(shared_data, tmp_path, serve)
+        blocker = isolated / "mnist" / LABELS_GZ.removesuffix(".gz")
+        blocker.mkdir(parents=True)
+        raised = failed_fetch(isolated, [first, serve(shared_data)], timeout=5)
+        attempts, message, cause = list(raised.attempts), str(raised), "Is a directory"
+        assert blocker.is_dir()
+    assert attempts == [(f"{first}/mnist/{LABELS_GZ}", "not saved: the cache folder cannot take the file")]
+    for words in [f"downloads stopped: cannot save the download in the cache folder {isolated / 'mnist'}", cause,
+                  "free space there", "set FEDSIM_CACHE to another folder"]:
+        assert words in message, message
     assert files_under(isolated) == []
