@@ -41,7 +41,7 @@ from fedsim.data.registry import (SPLIT_FILES, DatasetFile, DatasetInfo, DataSet
 from fedsim.data.search import (ENV_CACHE, Outcome, cache_dir, download_size_limit, find_local, not_found_error,
                                 search_path, verify_path)
 
-#: The per-read ``timeout`` and an explicit ``deadline`` lie in (0, MAX_TIMEOUT_SECONDS], (0, MAX_DEADLINE_SECONDS].
+#: The per-read ``timeout`` lies in (0, MAX_TIMEOUT_SECONDS], an explicit ``deadline`` in (0, MAX_DEADLINE_SECONDS].
 MAX_TIMEOUT_SECONDS = 3600
 MAX_DEADLINE_SECONDS = 86400
 #: The constants of the automatic deadline (:func:`download_deadline`).
