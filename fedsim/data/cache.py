@@ -6,11 +6,9 @@ checking it. ``key`` must say everything the array depends on: the checksums of 
 function, its parameters, the version of its code and whatever of the machine changes its bits
 (:func:`compute_environment`). The array read back is bitwise the array ``compute()`` returned.
 
-Where: ``<user cache>/arrays/`` (:func:`array_cache_dir`), the user cache being ``FEDSIM_CACHE`` if set,
-else ``$XDG_CACHE_HOME/fedsim``, else ``~/.cache/fedsim`` (:func:`fedsim.data.search.user_cache_dir`; never
-the checkout). One file per entry, ``<name>-<digest>.array``, the digest being the SHA-256 of the canonical
-JSON of ``name`` and ``key``. Deleting the folder (or any file in it) clears the cache; nothing else refers
-to it.
+Where: ``<user cache>/arrays/`` (:func:`fedsim.data.search.user_cache_dir`, never the checkout), one file per
+entry, ``<name>-<digest>.array``, the digest being the SHA-256 of the canonical JSON of ``name`` and ``key``.
+Deleting the folder (or any file in it) clears the cache; nothing else refers to it.
 
 A file holds, in this order::
 
@@ -63,8 +61,7 @@ _CHUNK_BYTES = 1 << 24
 
 
 def cache_enabled(enabled: bool | None = None) -> bool:
-    """``enabled`` if given, else what ``FEDSIM_ARRAY_CACHE`` says (unset: on); DataSettingError for a value
-    other than 1/on/true/yes or 0/off/false/no."""
+    """``enabled`` if given, else what ``FEDSIM_ARRAY_CACHE`` says (unset: on); DataSettingError otherwise."""
     if enabled is not None:
         return bool(enabled)
     value = os.environ.get(ENV_ARRAY_CACHE, "").strip().lower()
@@ -78,7 +75,6 @@ def cache_enabled(enabled: bool | None = None) -> bool:
 
 
 def array_cache_dir() -> Path:
-    """The folder of the entries: ``<user cache>/arrays`` (see the module docstring)."""
     return user_cache_dir() / FOLDER_NAME
 
 
@@ -102,11 +98,10 @@ def numpy_blas_pools() -> list[dict]:
 def compute_environment() -> dict:
     """What of this machine can change the bits of a NumPy computation: for a key of :func:`cached_array`.
 
-    The NumPy version, the CPU architecture and byte order, and NumPy's BLAS library
-    (:func:`numpy_blas_pools`) with its version, the kernel it chose for this CPU and its current thread
-    count (a product split over several threads may sum in another order). With a system BLAS every BLAS
-    loaded is listed, which may make keys differ between processes that loaded different libraries: a
-    miss, never a wrong hit.
+    The NumPy version, the CPU architecture and byte order, and NumPy's BLAS (:func:`numpy_blas_pools`: with
+    a system BLAS, every BLAS loaded, so keys of processes that loaded different ones differ: a miss, never a
+    wrong hit) with its version, the kernel it chose for this CPU and its current thread count (a product
+    split over several threads may sum in another order).
     """
     import platform
 
@@ -150,13 +145,7 @@ def _sha256(array: np.ndarray) -> str:
 def _read(path: Path, name: str, key) -> np.ndarray | None:
     """The array of the entry at ``path``; None if there is none; _Unusable if it may not be used."""
     try:
-        handle = open(path, "rb")
-    except FileNotFoundError:
-        return None
-    except OSError as error:
-        raise _Unusable(f"cannot be read ({error.strerror or error})") from None
-    with handle:
-        try:
+        with open(path, "rb") as handle:
             magic = handle.readline(len(MAGIC))
             if magic != MAGIC:
                 raise _Unusable("it is not a fedsim array file of this format (wrong first line)")
@@ -174,8 +163,7 @@ def _read(path: Path, name: str, key) -> np.ndarray | None:
                 raise _Unusable("it was written for another name or key")
             if dtype.hasobject or dtype.kind not in "biufc" or any(size < 0 for size in shape) \
                     or nbytes != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
-                raise _Unusable(f"its header describes no plain array (dtype {dtype}, shape {shape}, "
-                                f"{nbytes} bytes)")
+                raise _Unusable(f"its header describes no plain array (dtype {dtype}, shape {shape}, {nbytes} bytes)")
             size = os.fstat(handle.fileno()).st_size
             if size != handle.tell() + nbytes:
                 raise _Unusable(f"it holds {size - handle.tell()} bytes of data, the header says {nbytes}")
@@ -183,8 +171,10 @@ def _read(path: Path, name: str, key) -> np.ndarray | None:
             filled = read_into(handle, memoryview(array.reshape(-1)).cast("B"), _CHUNK_BYTES)
             if filled < nbytes:
                 raise _Unusable(f"it ended after {filled} of {nbytes} bytes of data")
-        except OSError as error:
-            raise _Unusable(f"cannot be read ({error.strerror or error})") from None
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        raise _Unusable(f"cannot be read ({error.strerror or error})") from None
     if _sha256(array) != recorded:
         raise _Unusable("the SHA-256 of its data is not the recorded one")
     return array
@@ -203,9 +193,8 @@ def _write(path: Path, name: str, key, array: np.ndarray) -> None:
 
 def cached_array(name: str, key: Mapping, compute: Callable[[], np.ndarray], *, enabled: bool | None = None,
                  folder=None) -> np.ndarray:
-    """``compute()``, or the array a previous call with the same ``name`` and ``key`` stored (the module docstring):
-    bitwise ``compute()``'s, a writable array that owns its memory when read back. ``name`` (such as
-    ``"fashion-mnist-train-stc"``) starts the entry's file name; ``key`` holds JSON values only."""
+    """``compute()``, or the array a call with the same ``name`` (such as ``"fashion-mnist-train-stc"``) and
+    ``key`` (JSON values only) stored (the module docstring), read back writable and owning its memory."""
     _check_name(name)
     try:
         _canonical(key)

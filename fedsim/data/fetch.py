@@ -1,27 +1,22 @@
 """A verified copy of a registry file: found on disk, else downloaded with pooch; and loading one split.
 
-:func:`fetch` first searches the folders of :func:`~fedsim.data.search.search_path`. Failing that, it tries the
-mirrors (below) in order, each with :func:`pooch.retrieve` into ``<cache_dir()>/<name>/<filename>``. pooch
-does what it does for every project: the temporary file beside the target, the hash check where one hash
-decides (:func:`_pooch_hash`), the move into place, or the removal of the temporary file on any error.
-fedsim's downloader does the rest: the transfer within a size cap and an overall deadline
-(:func:`fedsim.data.download.receive`), and :meth:`~fedsim.data.registry.DatasetFile.verify` (any accepted
-MD5, or the SHA-256 of the decompressed IDX) before a byte reaches pooch's file, so a partial or corrupt
-download never sits at the final path. A problem with the cache folder itself (cannot be created, not
-writable, a folder in the way, disk full) stops the downloads of that file at once, as trying the other
-mirrors cannot help.
+:func:`fetch` first searches (:mod:`fedsim.data.search`), then tries the mirrors in order, each with
+:func:`pooch.retrieve` into ``<cache_dir()>/<name>/<filename>``. pooch does what it does for every project:
+the temporary file beside the target, the hash check where one hash decides (:func:`_pooch_hash`), the move
+into place, the removal of the temporary file on any error. fedsim's downloader does the rest: the transfer
+within the limits of :mod:`fedsim.data.download` (``timeout``, default 30 s; the ``deadline``, default
+:func:`download_deadline`; the size cap, :func:`~fedsim.data.search.download_size_limit`; past any, the next
+mirror is tried), and :meth:`~fedsim.data.registry.DatasetFile.verify` before a byte reaches pooch's file,
+so a partial or corrupt download never sits at the final path. A problem with the cache folder itself
+(cannot be created, not writable, a folder in the way, disk full) stops the downloads of that file at once,
+as no other mirror can help.
 
-An attempt (one file from one mirror) that passes a limit counts as that mirror failing, and the next is
-tried: ``timeout``, the seconds the server may stay silent (default 30); the ``deadline`` of the whole attempt
-(default :func:`download_deadline`); the size cap, :func:`~fedsim.data.search.download_size_limit`.
-
-The mirrors: the registry's, where a file is at ``<mirror>/<filename>``, unless ``FEDSIM_MIRRORS`` (or the
-``mirrors`` argument, a string or a sequence) holds base URLs, which then replace them for every dataset.
-They are separated by whitespace or ``os.pathsep`` (a ``:`` inside a URL is kept); empty entries are skipped;
-unset or blank means the registry's. Each is ``http://host[:port][/path]``, ``https://...`` or
-``file:///absolute/folder``, with no query (``?``) or fragment (``#``). A file is fetched from
-``<base>/<name>/<filename>``, so an HTTP server (or a ``file://`` URL) over a folder laid out like the cache
-works as a mirror.
+The mirrors are the registry's (a file at ``<mirror>/<filename>``), unless ``FEDSIM_MIRRORS`` (or the
+``mirrors`` argument, a string or a sequence) holds base URLs (:func:`parse_mirror_list`; unset or blank
+means the registry's), which then replace them for every dataset: ``http://host[:port][/path]``,
+``https://...`` or ``file:///absolute/folder``, with no query (``?``) or fragment (``#``). A file is fetched
+from ``<base>/<name>/<filename>``, so an HTTP server (or a ``file://`` URL) over a folder laid out like the
+cache works as a mirror.
 
 Settings that are not allowed (a timeout or deadline out of range, malformed mirrors, a bad ``data_dir``, an
 unknown dataset, file key or split) raise a one-line :class:`DataSettingError` before anything is searched;
@@ -46,12 +41,10 @@ from fedsim.data.registry import (SPLIT_FILES, DatasetFile, DatasetInfo, DataSet
 from fedsim.data.search import (ENV_CACHE, Outcome, cache_dir, download_size_limit, find_local, not_found_error,
                                 search_path, verify_path)
 
-#: The per-read ``timeout`` must lie in (0, MAX_TIMEOUT_SECONDS].
+#: The per-read ``timeout`` lies in (0, MAX_TIMEOUT_SECONDS], an explicit ``deadline`` in (0, MAX_DEADLINE_SECONDS].
 MAX_TIMEOUT_SECONDS = 3600
-#: An explicit ``deadline`` must lie in (0, MAX_DEADLINE_SECONDS].
 MAX_DEADLINE_SECONDS = 86400
-#: The automatic deadline of one download attempt is DEADLINE_BASE_SECONDS plus the file's decompressed
-#: size at DEADLINE_MIN_BYTES_PER_SECOND (see :func:`download_deadline`).
+#: The constants of the automatic deadline (:func:`download_deadline`).
 DEADLINE_BASE_SECONDS = 60.0
 DEADLINE_MIN_BYTES_PER_SECOND = 64 * 1024
 
@@ -101,8 +94,6 @@ def parse_mirror_list(text: str, setting: str = ENV_MIRRORS) -> list[str]:
     """Split a list of base URLs separated by whitespace or ``os.pathsep``, and check each (DataSettingError
     naming ``setting``). A separator counts only where the next URL begins (``<scheme>://``), so the ``:`` of
     ``http://127.0.0.1:8000`` is kept; empty entries are skipped."""
-    if not isinstance(text, str):
-        raise _mirror_format_error(setting, text, f"a {type(text).__name__}, not a string")
     splitter = re.compile(re.escape(os.pathsep) + f"(?={_URL_START.pattern})")
     urls = []
     for token in text.split():
@@ -125,8 +116,7 @@ def mirror_bases(mirrors) -> list[str] | None:
             return None
         bases = parse_mirror_list(text, ENV_MIRRORS)
         if not bases:
-            raise _mirror_format_error(ENV_MIRRORS, text, "it holds no URL (unset it to use the registry's "
-                                                          "mirrors)")
+            raise _mirror_format_error(ENV_MIRRORS, text, "it holds no URL (unset it to use the registry's mirrors)")
         return bases
     if isinstance(mirrors, str):
         return parse_mirror_list(mirrors, "mirrors")

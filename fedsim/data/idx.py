@@ -8,12 +8,12 @@ Layout (all integers big-endian)::
     4 * ndim    dims               uint32 size of each dimension
     prod(dims)  payload            the entries, row-major
 
-A file may be gzip-compressed; that is detected from its first two bytes (``1f 8b``), not from its name.
-Gzip is decompressed as a stream, so memory stays at the size the header declares (plus about 1 MiB): a
-small file that decompresses to gigabytes is rejected after reading a few kilobytes past the declared end.
-Anything else is rejected with a ValueError that names the file and says what is wrong: a wrong magic or type
-byte, a truncated header or payload, bytes after the payload, images and labels of different counts, labels
-outside ``[0, n_classes)``.
+A file may be gzip-compressed (:func:`~fedsim.data.registry.is_gzip`), and is then decompressed as a stream, so
+memory stays at the size the header declares (plus about 1 MiB): a small file that decompresses to gigabytes
+is rejected after reading a few kilobytes past the declared end, a header declaring more than the file can
+hold before anything is allocated. Anything else is rejected with a ValueError that names the file and says
+what is wrong: a wrong magic or type byte, a truncated header or payload, bytes after the payload, images and
+labels of different counts or dimensions, labels outside ``[0, n_classes)``.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from math import prod
 import numpy as np
 
 from fedsim.constraints import Integer, Optional
-from fedsim.data.registry import is_gzip, read_into
+from fedsim.data.registry import is_gzip, read_at_most, read_into
 
 # IDX type bytes other than 0x08, to name them when rejecting a file.
 _OTHER_IDX_TYPES = {0x09: "signed byte", 0x0B: "int16", 0x0C: "int32", 0x0D: "float32", 0x0E: "float64"}
@@ -83,21 +83,13 @@ def _opened(source, name: str | None):
         yield stream, label, compressed, stored
 
 
-def _read_up_to(stream, count: int) -> bytes:
-    """Up to ``count`` bytes, fewer only at the end of the stream."""
-    buffer = bytearray(count)
-    with memoryview(buffer) as view:
-        filled = read_into(stream, view)
-    return bytes(buffer[:filled])
-
-
 def read_idx(source, *, name: str | None = None, max_bytes: int | None = None) -> np.ndarray:
     """A new, writable uint8 array of shape ``dims`` from an IDX file (a path) or its bytes, gzip or raw.
 
-    A header declaring more than the file can hold, or more than ``max_bytes`` (the most bytes the
-    decompressed file may have, header included, when the caller knows it), fails before anything is
-    allocated. ``name`` is the source in error messages (default: the path, or ``"<IDX bytes>"``).
-    ValueError for anything but a well-formed IDX file of type 0x08; OSError if the file cannot be read.
+    ``max_bytes``: the most bytes the decompressed file may have, header included, when the caller knows it
+    (checked before anything is allocated). ``name`` is the source in error messages (default: the path, or
+    ``"<IDX bytes>"``). ValueError for anything but a well-formed IDX file of type 0x08 (the module docstring);
+    OSError if the file cannot be read.
     """
     Optional(Integer(low=0), "no limit").check("max_bytes", max_bytes)
     with _opened(source, name) as (stream, label, compressed, stored):
@@ -106,12 +98,11 @@ def read_idx(source, *, name: str | None = None, max_bytes: int | None = None) -
         except _GZIP_ERRORS as error:
             if not compressed:
                 raise
-            raise ValueError(f"IDX file {label}: starts like gzip (1f 8b) but does not decompress: {error}") \
-                from None
+            raise ValueError(f"IDX file {label}: starts like gzip (1f 8b) but does not decompress: {error}") from None
 
 
 def _parse(stream, label: str, compressed: bool, stored: int | None, max_bytes: int | None) -> np.ndarray:
-    head = _read_up_to(stream, 4)
+    head = read_at_most(stream, 4)
     if len(head) < 4:
         raise ValueError(f"IDX file {label}: only {len(head)} bytes, shorter than the 4-byte magic")
     if head[0] != 0 or head[1] != 0:
@@ -125,7 +116,7 @@ def _parse(stream, label: str, compressed: bool, stored: int | None, max_bytes: 
     if ndim < 1:
         raise ValueError(f"IDX file {label}: number of dimensions is 0, expected at least 1")
     header_size = 4 + 4 * ndim
-    dims_bytes = _read_up_to(stream, 4 * ndim)
+    dims_bytes = read_at_most(stream, 4 * ndim)
     if len(dims_bytes) < 4 * ndim:
         raise ValueError(f"IDX file {label}: truncated header: {ndim} dimensions need {header_size} bytes, "
                          f"the file has {4 + len(dims_bytes)}")
@@ -149,14 +140,13 @@ def _parse(stream, label: str, compressed: bool, stored: int | None, max_bytes: 
     try:
         out = np.empty(expected, dtype=np.uint8)
     except (MemoryError, ValueError):
-        raise ValueError(f"IDX file {label}: dims {dims} need {expected} bytes, more than can be "
-                         f"allocated") from None
+        raise ValueError(f"IDX file {label}: dims {dims} need {expected} bytes, more than can be allocated") from None
     filled = read_into(stream, memoryview(out))
     if filled < expected:
         raise ValueError(f"IDX file {label}: truncated payload: dims {dims} need {expected} bytes, "
                          f"only {filled} present")
     if compressed or stored is None:                # the end is only found by reading on (a little)
-        extra = len(_read_up_to(stream, _TRAILING_BYTES + 1))
+        extra = len(read_at_most(stream, _TRAILING_BYTES + 1))
         if extra > _TRAILING_BYTES:
             raise ValueError(f"IDX file {label}: more than {_TRAILING_BYTES} unexpected bytes after the "
                              f"payload (dims {dims} need {expected} bytes); stopped reading there")
@@ -171,11 +161,7 @@ def read_images_and_labels(images_path, labels_path, n_classes: int = 10, *,
                            images_max_bytes: int | None = None,
                            labels_max_bytes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """A matching pair of IDX files (paths or bytes, as :func:`read_idx`): uint8 images (N, height, width)
-    and int64 labels (N,) in ``[0, n_classes)``, ``n_classes`` between 1 and 256.
-
-    ValueError if either file is malformed, the images are not 3-D or the labels not 1-D, the counts
-    differ, or a label is out of range.
-    """
+    and int64 labels (N,) in ``[0, n_classes)``, ``n_classes`` between 1 and 256."""
     Integer(1, 256).check("n_classes", n_classes)
     images = read_idx(images_path, name=images_name, max_bytes=images_max_bytes)
     labels = read_idx(labels_path, name=labels_name, max_bytes=labels_max_bytes)

@@ -5,11 +5,9 @@ decodes them and applies a preprocessing pipeline; ``load_dataset("synthetic", .
 FedProx's Synthetic(alpha, beta) with its natural per-device partition and needs no files.
 
 The STC pipeline's output (a resize and a normalization of every image, about 2 s for Fashion-MNIST) is
-kept in the cache of computed arrays (:mod:`fedsim.data.cache`), keyed by the checksums the registry records
-for the image file (every copy that verifies has that content), the pipeline and its parameters,
-:data:`~fedsim.data.preprocess.PREPROCESS_VERSION` and :func:`~fedsim.data.cache.compute_environment`; the
-files are still located and verified on every load. The LAQ pipeline (one division) is faster to compute
-than to read back, and is not cached.
+kept in the cache of computed arrays (:mod:`fedsim.data.cache`, keyed by :func:`stc_cache_key`); the files are
+still located and verified on every load. The LAQ pipeline (one division) is faster to compute than to read
+back, and is not cached.
 """
 
 from __future__ import annotations
@@ -37,14 +35,14 @@ def load_dataset(name: str, pipeline: str = "stc", *, data_dir=None, download: b
                  synthetic_on_demand: bool = False, synthetic_eval_devices: int = 1000) -> Dataset:
     """Load dataset ``name`` (one of ``DATASET_NAMES``) and preprocess it.
 
-    ``pipeline`` ``"stc"``: /255, bilinear resize to 32x32, normalize (1024 features, float32 by default);
-    ``"laq"``: /255 (784 features, float64 by default); ignored for synthetic data. ``"npz:PATH"`` is a
-    user's own arrays (:mod:`fedsim.data.npz`; the pipeline applies to its uint8 images). ``train_split="test"``
-    trains on the 10,000-image test split (the MNIST train images are not always at hand) and evaluates on
-    that same split: say so when reporting accuracies. ``cache`` (default ``FEDSIM_ARRAY_CACHE``) keeps the
-    STC output, bitwise the same either way. ``synthetic_on_demand`` makes a population of ``synthetic_devices``
-    whose data is drawn per device when a run asks for it (:func:`~fedsim.data.synthetic.population_dataset`,
-    evaluated on ``synthetic_eval_devices`` devices). DataSettingError (one line) for a setting not allowed,
+    ``pipeline`` (:mod:`fedsim.data.preprocess`): ``"stc"`` (1024 features, float32 by default) or ``"laq"``
+    (784 features, float64 by default); ignored for synthetic data. ``"npz:PATH"`` is a user's own arrays
+    (:mod:`fedsim.data.npz`; the pipeline applies to its uint8 images). ``train_split="test"`` trains on the
+    10,000-image test split (the MNIST train images are not always at hand) and evaluates on that same split:
+    say so when reporting accuracies. ``cache`` (default ``FEDSIM_ARRAY_CACHE``) keeps the STC output, bitwise
+    the same either way. ``synthetic_on_demand`` makes a population of ``synthetic_devices`` whose data is
+    drawn per device when a run asks for it (:func:`~fedsim.data.synthetic.population_dataset`, evaluated on
+    ``synthetic_eval_devices`` devices). DataSettingError (one line) for a setting not allowed,
     DatasetNotFoundError for missing files.
     """
     for setting, value, allowed in (("dataset", name, DATASET_NAMES), ("pipeline", pipeline, PIPELINES),
@@ -73,13 +71,11 @@ def load_dataset(name: str, pipeline: str = "stc", *, data_dir=None, download: b
                             lambda: stc_pipeline(images, size=32, mean=stats.mean, std=stats.std, dtype=dtype),
                             enabled=cache)
 
-    test_images, test_labels = load_split(name, "test", data_dir=data_dir, download=download,
-                                          progress=progress)
+    test_images, test_labels = load_split(name, "test", data_dir=data_dir, download=download, progress=progress)
     if train_split == "test":
         train_images, train_labels = test_images, test_labels
     else:
-        train_images, train_labels = load_split(name, "train", data_dir=data_dir, download=download,
-                                                progress=progress)
+        train_images, train_labels = load_split(name, "train", data_dir=data_dir, download=download, progress=progress)
     x_test = prepare(test_images, "test")
     x_train = x_test if train_split == "test" else prepare(train_images, "train")
     return Dataset(name=name, x_train=x_train, y_train=train_labels, x_test=x_test, y_test=test_labels,
@@ -88,8 +84,10 @@ def load_dataset(name: str, pipeline: str = "stc", *, data_dir=None, download: b
 
 
 def stc_cache_key(source: DatasetFile, *, size: int, mean: float, std: float, dtype) -> dict:
-    """The cache key of the STC pipeline's output of the images in ``source`` (the module docstring); the
-    source is the SHA-256 of its decompressed IDX, or where it is unknown its accepted gzip MD5s."""
+    """The cache key of the STC pipeline's output of the images in ``source``: the checksums the registry
+    records for them (what every copy that verifies holds: the SHA-256 of the decompressed IDX, or where it is
+    unknown the accepted gzip MD5s), the pipeline, its parameters, ``PREPROCESS_VERSION`` and
+    :func:`~fedsim.data.cache.compute_environment`."""
     checksum = {"sha256": source.sha256} if source.sha256 is not None else {"gzip_md5": list(source.gzip_md5)}
     return {"function": "fedsim.data.preprocess.stc_pipeline", "version": preprocess.PREPROCESS_VERSION,
             "source": {"file": source.filename, "bytes": source.decompressed_size, **checksum},

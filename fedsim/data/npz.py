@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from fedsim.data.dataset import Dataset
+from fedsim.data.partition import indices_by_owner
 from fedsim.data.preprocess import laq_pipeline, pixel_statistics, stc_pipeline
 from fedsim.data.registry import DataSettingError
 
@@ -70,8 +71,7 @@ def file_sha256(path: Path) -> str:
 def _whole_numbers(path: Path, name: str, values: np.ndarray, low: int = 0) -> np.ndarray:
     """``values`` as int64 if they are whole numbers >= ``low`` in a 1-D array; else DataSettingError."""
     if values.ndim != 1 or values.dtype.kind not in "biuf":
-        raise _problem(path, f"{name} must be a 1-D array of whole numbers; got {values.dtype} of shape "
-                             f"{values.shape}")
+        raise _problem(path, f"{name} must be a 1-D array of whole numbers; got {values.dtype} of shape {values.shape}")
     exact = values.astype(np.int64)
     wrong = np.flatnonzero((exact != values) | (exact < low))
     if len(wrong):
@@ -144,8 +144,7 @@ def load_npz(dataset: str, pipeline: str, dtype) -> Dataset:
     client_indices = None
     if CLIENT_IDS in arrays:
         ids, owner = np.unique(arrays[CLIENT_IDS], return_inverse=True)
-        order = np.argsort(owner, kind="stable")
-        client_indices = tuple(np.split(order, np.cumsum(np.bincount(owner, minlength=len(ids)))[:-1]))
+        client_indices = tuple(indices_by_owner(owner, len(ids)))
     return Dataset(name=f"{PREFIX}{path}", x_train=x_train, y_train=arrays["y_train"], x_test=x_test,
                    y_test=arrays["y_test"], n_classes=arrays["n_classes"], client_indices=client_indices,
                    description=f"{path} (sha256 {file_sha256(path)}), {pipeline} pipeline")

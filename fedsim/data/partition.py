@@ -1,10 +1,10 @@
 """Partitioners: split a training set's sample indices among clients.
 
 Every partitioner returns a list with one int64 index array per client (indices into the training set).
-No index is used twice. Random partitioners take an explicit :class:`numpy.random.Generator`; the same
-generator state always gives the same split. Settings are validated up front: a bad one raises
-``ValueError`` naming the setting and its allowed range, and a split that cannot be made raises instead
-of looping forever or silently dropping samples.
+No index is used twice; where the table says so, every sample goes to exactly one client. Random
+partitioners take an explicit :class:`numpy.random.Generator`; the same generator state always gives the
+same split. Settings are validated up front: a bad one raises ``ValueError`` naming the setting and its
+allowed range, and a split that cannot be made raises instead of looping forever or silently dropping samples.
 
 =====================  =============================================================  ==================
 method                 what a client gets                                             uses all samples
@@ -68,6 +68,12 @@ def _resolve_n_classes(labels: np.ndarray, n_classes) -> int:
     return Integer(low=observed).check("n_classes", n_classes)
 
 
+def indices_by_owner(owner: np.ndarray, n_owners: int) -> list[np.ndarray]:
+    """For each owner ``o`` in ``0 .. n_owners - 1``, the int64 indices ``j`` with ``owner[j] == o``, increasing."""
+    order = np.argsort(owner, kind="stable").astype(np.int64, copy=False)
+    return np.split(order, np.cumsum(np.bincount(owner, minlength=n_owners))[:-1])
+
+
 def _equal_bounds(n_samples: int, n_parts: int) -> np.ndarray:
     """Boundaries of n_parts blocks as equal as possible: block m is [m N // M, (m + 1) N // M)."""
     return (np.arange(n_parts + 1, dtype=np.int64) * n_samples) // n_parts
@@ -107,15 +113,13 @@ def classes_per_client(labels, n_clients: int, classes_per_client: int, balanced
                 give the next `take` unused indices of class c to client i; budget -= take
                 c = (c + 1) mod L
 
-    Samples are drawn without replacement. A client whose visited classes are exhausted moves on to the
-    next class, so a client can end up with **more** than ``classes_per_client`` classes: when
-    ``size_i > classes_per_client * quota_i`` the remainder comes from the next class, and a visited class
-    that runs short sends the client on to further ones (late clients, finding most classes exhausted,
-    may instead wrap around and take more from a class they already hold). :func:`partition_report`
-    flags clients with too many classes. When the sizes do not add up to N, the leftover samples go to
-    no client (the report counts them). ``n_classes`` is L (default ``labels.max() + 1``). Each client's
-    indices come in the order taken. ValueError when some client would get no sample (the reference then
-    produced an empty client).
+    A client can end up with **more** than ``classes_per_client`` classes (:func:`partition_report` flags
+    it): the remainder ``size_i - classes_per_client * quota_i`` comes from the next class, a visited class
+    that runs short sends the client on to further ones, and late clients, finding most classes exhausted,
+    may wrap around and take more from a class they already hold. Sizes that do not add up to N leave the
+    rest to no client (the report counts them). ``n_classes`` is L (default ``labels.max() + 1``). Each
+    client's indices come in the order taken. ValueError when some client would get no sample (the
+    reference then produced an empty client).
     """
     labels, n_samples, n_clients = _checked(labels, n_clients, rng)
     n_classes = _resolve_n_classes(labels, n_classes)
@@ -173,8 +177,7 @@ def dirichlet(labels, n_clients: int, alpha: float, rng: np.random.Generator, mi
         cut_ck = floor(n_c * (p_c1 + ... + p_ck))
         client k gets the shuffled class-c indices [cut_c(k-1), cut_ck)
 
-    Small alpha concentrates each class on few clients; large alpha approaches an iid split. Every sample
-    goes to exactly one client.
+    Small alpha concentrates each class on few clients; large alpha approaches an iid split.
 
     Minimum size: if some client ends up with fewer than ``min_size`` samples, the whole split is drawn
     again (fresh proportions and shuffles from ``rng``), at most ``max_attempts`` times; then a
@@ -200,12 +203,9 @@ def dirichlet(labels, n_clients: int, alpha: float, rng: np.random.Generator, mi
             cuts[-1] = len(members)   # the last client takes the rest of the class: nothing is dropped
             counts = np.diff(cuts, prepend=0)
             owner[shuffled] = np.repeat(client_ids, counts)
-        sizes = np.bincount(owner, minlength=n_clients)
-        smallest = int(sizes.min())
+        smallest = int(np.bincount(owner, minlength=n_clients).min())
         if smallest >= min_size:
-            by_client = np.argsort(owner, kind="stable")
-            return [part.astype(np.int64, copy=False)
-                    for part in np.split(by_client, np.cumsum(sizes)[:-1])]
+            return indices_by_owner(owner, n_clients)
     raise ValueError(f"dirichlet: no split with every client holding >= min_size = {min_size} samples in "
                      f"max_attempts = {max_attempts} draws (alpha = {alpha}, n_clients = {n_clients}, "
                      f"last smallest client: {smallest}); raise alpha or max_attempts, lower min_size, "
@@ -218,8 +218,8 @@ def shards(labels, n_clients: int, rng: np.random.Generator, shards_per_client: 
     Sort the sample indices by label (a stable sort, so file order within a class), cut them into
     S = n_clients * shards_per_client contiguous shards as equal as possible (shard j is
     [j N // S, (j + 1) N // S) of the sorted order), and give every client ``shards_per_client`` shards
-    chosen uniformly at random without replacement. Every sample goes to exactly one client;
-    ``shards_per_client`` lies in [1, N // n_clients], so that every shard holds a sample.
+    chosen uniformly at random without replacement. ``shards_per_client`` lies in [1, N // n_clients], so
+    that every shard holds a sample.
     """
     labels, n_samples, n_clients = _checked(labels, n_clients, rng)
     shards_per_client = Integer(1, n_samples // n_clients).check("shards_per_client", shards_per_client)

@@ -9,8 +9,7 @@ under their standard names. A copy of a file **verifies** when::
 Accepted gzip MD5s are the published upstream ones; for Fashion-MNIST also those of Debian's re-compressed
 copies (package ``dataset-fashion-mnist``), whose gzip bytes differ from upstream while the IDX inside is the
 same. An uncompressed copy (the file name without ``.gz``) has no gzip MD5: it verifies by size and SHA-256
-only, so where the SHA-256 is unknown (MNIST train images) only the gzip file can verify. Whether bytes are
-gzip is decided by the gzip magic ``1f 8b``, never by the file name.
+only, so where the SHA-256 is unknown (MNIST train images) only the gzip file can verify.
 
 Everything here is pure: no file system, no network (that is :mod:`fedsim.data.fetch`).
 """
@@ -46,18 +45,22 @@ class DataSettingError(ValueError):
 
 
 def is_gzip(data: bytes) -> bool:
-    """Whether ``data`` starts with the gzip magic bytes ``1f 8b``."""
+    """Whether ``data`` is gzip: it starts with the gzip magic ``1f 8b`` (a file's name never decides)."""
     return bytes(data[:2]) == GZIP_MAGIC
 
 
 def gunzip_at_most(data: bytes, limit: int) -> bytearray:
-    """The decompressed gzip ``data``, at most ``limit`` bytes of it (reading stops there).
+    """The decompressed gzip ``data``, at most ``limit`` bytes of it (:func:`read_at_most`), however far it
+    would decompress. OSError (gzip.BadGzipFile), EOFError or zlib.error for data that is not valid gzip."""
+    with gzip.GzipFile(fileobj=io.BytesIO(data)) as stream:
+        return read_at_most(stream, limit)
 
-    Memory is one buffer of ``limit`` bytes plus about 1 MiB, however far the data would decompress.
-    Raises OSError (gzip.BadGzipFile), EOFError or zlib.error for data that is not valid gzip.
-    """
+
+def read_at_most(stream, limit: int) -> bytearray:
+    """Up to ``limit`` bytes of the binary ``stream``, fewer only at its end; the memory is one buffer of
+    ``limit`` bytes, plus about 1 MiB when ``stream`` decompresses."""
     out = bytearray(limit)
-    with memoryview(out) as view, gzip.GzipFile(fileobj=io.BytesIO(data)) as stream:
+    with memoryview(out) as view:
         filled = read_into(stream, view)
     del out[filled:]
     return out
@@ -97,28 +100,17 @@ class DatasetFile:
     gzip_md5: tuple[str, ...]         # accepted MD5s of the gzip bytes (hex, lower case)
     sha256: str | None                # SHA-256 of the decompressed IDX (hex), None where unknown
 
-    def __post_init__(self):
-        if self.key not in FILE_KEYS:
-            raise ValueError(f"DatasetFile.key must be one of {FILE_KEYS}, got {self.key!r}")
-        if not self.filename.endswith(".gz"):
-            raise ValueError(f"DatasetFile.filename must end in '.gz', got {self.filename!r}")
-        if self.decompressed_size < 1:
-            raise ValueError(f"DatasetFile.decompressed_size must be >= 1, got {self.decompressed_size}")
-        if not self.gzip_md5 and self.sha256 is None:
-            raise ValueError(f"DatasetFile {self.filename!r}: needs at least one gzip MD5 or a SHA-256")
-
     @property
     def uncompressed_filename(self) -> str:
         """The file name of an uncompressed copy: the standard name without ``.gz``."""
         return self.filename[: -len(".gz")]
 
     def verify(self, data: bytes) -> Verification:
-        """Check the bytes of a copy (gzip or raw IDX, told apart by the gzip magic).
+        """Check the bytes of a copy, gzip or raw IDX (:func:`is_gzip`), by the rule of the module docstring.
 
-        The gzip MD5 is tried first (one pass over the small compressed bytes); the SHA-256 of the
-        decompressed IDX only when the MD5 is not an accepted one. The decompressed size is always checked.
-        Decompression reads at most ``decompressed_size + 1`` bytes (:func:`gunzip_at_most`), so a corrupt
-        or hostile file (a gzip bomb) cannot make it allocate more than that plus about 1 MiB.
+        The gzip MD5 is tried first (one pass over the small compressed bytes), the SHA-256 only when the MD5 is
+        not an accepted one. Decompression stops after ``decompressed_size + 1`` bytes, so a corrupt or hostile
+        file (a gzip bomb) cannot make it allocate more than that plus about 1 MiB.
         """
         compressed = is_gzip(data)
         md5_ok = False
@@ -133,20 +125,17 @@ class DatasetFile:
         if len(payload) != self.decompressed_size:
             got = (f"{len(payload)} bytes" if len(payload) <= self.decompressed_size
                    else f"more than {self.decompressed_size} bytes (reading stopped there)")
-            return Verification(False, None, f"decompressed size is {got}, expected "
-                                             f"{self.decompressed_size}")
+            return Verification(False, None, f"decompressed size is {got}, expected {self.decompressed_size}")
         if md5_ok:
             return Verification(True, "md5", "gzip MD5 is a published one", payload)
         if self.sha256 is None:
             what = "gzip MD5 is none of the accepted ones" if compressed else "the file is not gzip"
-            return Verification(False, None, f"{what}, and no SHA-256 of the decompressed file is "
-                                             f"recorded to check it by (accepted gzip MD5s: "
-                                             f"{', '.join(self.gzip_md5)})")
+            return Verification(False, None, f"{what}, and no SHA-256 of the decompressed file is recorded to "
+                                             f"check it by (accepted gzip MD5s: {', '.join(self.gzip_md5)})")
         if hashlib.sha256(payload).hexdigest() == self.sha256:
             return Verification(True, "sha256", "SHA-256 of the decompressed IDX matches", payload)
         md5_part = "gzip MD5 is none of the accepted ones and " if compressed else ""
-        return Verification(False, None, f"{md5_part}SHA-256 of the decompressed IDX is not "
-                                         f"{self.sha256}")
+        return Verification(False, None, f"{md5_part}SHA-256 of the decompressed IDX is not {self.sha256}")
 
 
 @dataclass(frozen=True)
@@ -159,22 +148,14 @@ class DatasetInfo:
     class_names: tuple[str, ...]      # label i means class_names[i]
     install_hint: str | None = None   # a system package that provides the files, if any
 
-    def __post_init__(self):
-        keys = tuple(file.key for file in self.files)
-        if keys != FILE_KEYS:
-            raise ValueError(f"DatasetInfo {self.name!r}: files must be keyed {FILE_KEYS} in order, got {keys}")
-        if len(self.mirrors) < 1:
-            raise ValueError(f"DatasetInfo {self.name!r}: needs at least one mirror")
-
     @property
     def n_classes(self) -> int:
         return len(self.class_names)
 
     def file(self, key: str) -> DatasetFile:
-        """The file with key ``key`` (one of :data:`FILE_KEYS`)."""
-        for candidate in self.files:
-            if candidate.key == key:
-                return candidate
+        """The file with key ``key`` (one of :data:`FILE_KEYS`, the order of ``files``)."""
+        if key in FILE_KEYS:
+            return self.files[FILE_KEYS.index(key)]
         raise DataSettingError(f"file_key must be one of {', '.join(FILE_KEYS)}; got {key!r}")
 
 

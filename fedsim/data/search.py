@@ -6,14 +6,14 @@ Where fedsim looks for a file, in order (see :func:`search_path`):
 2. each folder in ``FEDSIM_DATA`` (separated by ``os.pathsep``; folders that do not exist are listed as such);
 3. the checkout's ``data/`` folder, when fedsim runs from a source checkout (:func:`repo_data_dir`), unless
    ``FEDSIM_NO_REPO_DATA=1`` (then it is neither searched nor the cache; the tests set it);
-4. the user cache: ``FEDSIM_CACHE`` if set, else ``$XDG_CACHE_HOME/fedsim``, else ``~/.cache/fedsim``;
+4. the user cache: ``FEDSIM_CACHE`` if set, else ``$XDG_CACHE_HOME/fedsim`` (if absolute), else ``~/.cache/fedsim``;
 5. ``/usr/share/datasets`` (Debian's ``dataset-fashion-mnist`` installs ``/usr/share/datasets/fashion-mnist``).
 
 In each folder ``<folder>/<name>/<filename>`` and then ``<folder>/<filename>`` are tried, each as the gzip file
 and as an uncompressed copy (the name without ``.gz``). Only a copy that verifies counts (MNIST and
 Fashion-MNIST share file names, so a file in a flat folder may belong to the other dataset); a copy that is
 present but fails verification is skipped and reported if nothing better is found. A copy larger than
-:func:`download_size_limit` is rejected without being read. Downloads go to ``<cache_dir()>/<name>/``
+:func:`download_size_limit` is rejected unread. Downloads go to ``<cache_dir()>/<name>/``
 (:mod:`fedsim.data.fetch`): ``FEDSIM_CACHE`` if set, else the checkout's ``data/`` if writable, else the user cache.
 """
 
@@ -57,7 +57,7 @@ class DatasetNotFoundError(FileNotFoundError):
 
 
 def download_size_limit(file: DatasetFile) -> int:
-    """The most bytes a copy of ``file`` can have: its decompressed size plus 1 MiB of slack (``_SLACK_BYTES``)."""
+    """The most bytes a copy of ``file`` can have: its decompressed size plus ``_SLACK_BYTES``."""
     return file.decompressed_size + _SLACK_BYTES
 
 
@@ -111,8 +111,7 @@ def _checked_data_dir(data_dir) -> Path:
 
 
 def repo_data_dir() -> Path | None:
-    """The checkout's ``data/`` folder (with a ``README.md``, beside ``fedsim/`` and ``pyproject.toml``), or
-    None when fedsim is not running from a source checkout or ``FEDSIM_NO_REPO_DATA=1``."""
+    """The checkout's ``data/`` folder (with a ``README.md``, beside ``fedsim/`` and ``pyproject.toml``), or None."""
     if os.environ.get(ENV_NO_REPO_DATA, "").strip() not in ("", "0"):
         return None
     root = Path(__file__).resolve().parents[2]
@@ -128,7 +127,6 @@ def _env_cache() -> Path | None:
 
 
 def user_cache_dir() -> Path:
-    """``FEDSIM_CACHE`` if set, else ``$XDG_CACHE_HOME/fedsim`` (if absolute), else ``~/.cache/fedsim``."""
     explicit = _env_cache()
     if explicit is not None:
         return explicit
@@ -145,19 +143,15 @@ def user_cache_dir() -> Path:
 
 def cache_dir() -> Path:
     """Where downloads go (the module docstring)."""
-    explicit = _env_cache()
-    if explicit is not None:
-        return explicit
     repo = repo_data_dir()
-    if repo is not None and os.access(repo, os.W_OK):
+    if _env_cache() is None and repo is not None and os.access(repo, os.W_OK):
         return repo
     return user_cache_dir()
 
 
 def search_path(data_dir=None) -> list[tuple[Path, str]]:
-    """The folders searched for dataset files, in order, each with where it came from; a folder reached
-    twice is kept at its first position. Folders of ``FEDSIM_DATA`` that do not exist are kept (and listed as
-    such in errors); a ``data_dir`` that is not an existing, readable folder is a DataSettingError."""
+    """The folders searched for dataset files (the module docstring), in order, each with where it came from;
+    a folder reached twice is kept at its first position."""
     folders: list[tuple[Path, str]] = []
     if data_dir is not None:
         folders.append((_checked_data_dir(data_dir), "data_dir argument"))
@@ -203,7 +197,7 @@ class Outcome:
 
 def verify_path(path: Path, file: DatasetFile, verified: dict[str, Verification]) -> Verification:
     """Verify the copy at ``path``, at most once per ``verified`` memo (one public call); a file larger than
-    :func:`download_size_limit` is rejected after reading one byte more."""
+    :func:`download_size_limit` is rejected after reading one byte more than that."""
     key = _identity(path)
     if key not in verified:
         limit = download_size_limit(file)

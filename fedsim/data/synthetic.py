@@ -20,13 +20,11 @@ normal draws, alpha therefore changes W_k and b_k but not the labels (up to floa
 the label skew between devices comes from the per-device noise in W_k, b_k and from beta through v_k.
 
 Samples per device follow a heavy-tailed law: the paper says "a power law", its code draws
-``floor(lognormal(4, 2)) + 50``; :class:`LognormalCounts` is that law, with an optional explicit cap.
+``floor(lognormal(4, 2)) + 50`` (:class:`LognormalCounts`).
 
-A population too large to hold (a million devices of ~450 samples: ~27 GB of float32 features) is
-generated per device on demand: :class:`SyntheticPopulation` draws every device's sample count at once
-(one small array) and device k's priors, model and samples from a stream of its own,
-``SeedSequence([seed, POPULATION_KEY, k])``, so a device's data does not depend on which other devices
-were generated, or in which order.
+A population too large to hold (a million devices of ~450 samples: ~27 GB of float32 features) is generated
+per device on demand (:class:`SyntheticPopulation`), each device from a stream of its own, so its data does
+not depend on which other devices were generated, or in which order.
 """
 
 from __future__ import annotations
@@ -132,9 +130,8 @@ class SyntheticPopulation:
     """Synthetic(alpha, beta) on ``n_devices`` devices, each device's data generated when asked for.
 
     ``counts`` (n_devices,) are drawn at construction from ``SeedSequence([seed, POPULATION_KEY])``;
-    :meth:`device` draws device k's u_k, B_k (in that order), then v_k, W_k, b_k and its samples (the
-    model of the module docstring) from ``SeedSequence([seed, POPULATION_KEY, k])``, and splits them as
-    :func:`make_synthetic` does (the first ``n_k - floor(test_fraction n_k)`` for training).
+    :meth:`device` draws device k's u_k, B_k (in that order), then v_k, W_k, b_k and its samples from
+    ``SeedSequence([seed, POPULATION_KEY, k])``, and splits them as :func:`make_synthetic` does.
     """
 
     alpha: float
@@ -173,32 +170,28 @@ class SyntheticPopulation:
     def training_data(self, devices) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The training splits of ``devices``, concatenated in the order given: ``(x, y, offsets)``, device
         ``devices[i]``'s rows at ``offsets[i]:offsets[i + 1]``."""
-        parts = [self.device(k)[:2] for k in devices]
-        offsets = np.concatenate(([0], np.cumsum([len(y) for _, y in parts]))).astype(np.int64)
-        return _stacked([x for x, _ in parts], self.n_features, self.dtype), _labels(y for _, y in parts), offsets
+        parts = [self.device(k) for k in devices]
+        offsets = np.concatenate(([0], np.cumsum([len(part[1]) for part in parts]))).astype(np.int64)
+        return self._joined(parts, 0), self._joined(parts, 1), offsets
 
     def evaluation_data(self, n_devices: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """``(x_train, y_train, x_test, y_test)`` of devices ``0 .. n_devices - 1`` (all, when there are fewer):
         every device is an independent draw of the generator, so the first ones are a uniform sample."""
         parts = [self.device(k) for k in range(min(int(n_devices), self.n_devices))]
-        return (_stacked([p[0] for p in parts], self.n_features, self.dtype), _labels(p[1] for p in parts),
-                _stacked([p[2] for p in parts], self.n_features, self.dtype), _labels(p[3] for p in parts))
+        return tuple(self._joined(parts, column) for column in range(4))
 
-
-def _stacked(blocks: list, n_features: int, dtype) -> np.ndarray:
-    return np.concatenate(blocks) if blocks else np.zeros((0, n_features), dtype)
-
-
-def _labels(blocks) -> np.ndarray:
-    return np.concatenate([np.zeros(0, np.int64), *blocks]).astype(np.int64)
+    def _joined(self, parts: list, column: int) -> np.ndarray:
+        """Entry ``column`` of each of the :meth:`device` tuples ``parts``, concatenated (also of no device):
+        features (columns 0 and 2) or int64 labels (1 and 3)."""
+        empty = np.zeros((0, self.n_features), self.dtype) if column in (0, 2) else np.zeros(0, np.int64)
+        return np.concatenate([empty, *(part[column] for part in parts)])
 
 
 def make_synthetic(alpha: float, beta: float, n_devices: int, rng: np.random.Generator,
                    n_features: int = FEATURES, n_classes: int = 10, test_fraction: float = 0.2,
                    dtype=np.float32, samples=LognormalCounts(), prior_scale: str = "std",
                    max_total_samples: int = 2_000_000) -> Dataset:
-    """Generate Synthetic(alpha, beta) (FedProx, arXiv 1812.06127; model in the module docstring) on
-    ``n_devices`` devices (FedProx used 30, with d = 60 features and C = 10 classes).
+    """Generate Synthetic(alpha, beta) (the module docstring) on ``n_devices`` devices (FedProx used 30).
 
     ``rng`` is the only source of randomness; draw order: sample counts, u (K), B (K), then per device
     v_k, W_k, b_k and the samples' noise. Device k keeps its first ``n_k - floor(test_fraction * n_k)``

@@ -38,6 +38,15 @@ def files_under(folder: Path) -> list[Path]:
     return sorted(path for path in folder.rglob("*") if path.is_file()) if folder.exists() else []
 
 
+def write_file(path: Path, data: bytes = b"", size: int = 0) -> Path:
+    """``path`` (its folders made) holding ``data``, then zeros up to ``size`` bytes (sparse: no disk space)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.truncate(max(size, len(data)))
+    return path
+
+
 class QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, format, *args):
         pass
@@ -67,7 +76,7 @@ def serve():
         thread.join(timeout=5)
 
 
-def one_line_setting_error(call, *words, error: type = DataSettingError) -> str:
+def one_line_error(call, *words, error: type = DataSettingError) -> str:
     """The message of the ``error`` (a ValueError) that ``call()`` raises: one line holding every word."""
     with pytest.raises(error) as raised:
         call()

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedsim.data.idx import read_idx, read_images_and_labels
-from tests.data.conftest import raised_and_peak_memory
+from tests.data.conftest import one_line_error, raised_and_peak_memory, write_file
 
 
 def idx_bytes(array: np.ndarray, type_byte: int = 0x08) -> bytes:
@@ -79,13 +79,8 @@ def test_bad_input_raises_naming_file_and_problem(tmp_path, kind, compressed):
     data, words = BAD_INPUTS[kind]
     if compressed:
         data = gzip.compress(data)
-    path = tmp_path / f"{kind.replace(' ', '-')}.idx"
-    path.write_bytes(data)
-    with pytest.raises(ValueError) as raised:
-        read_idx(path)
-    message = str(raised.value)
-    for word in [str(path)] + words:
-        assert word in message, f"{word!r} missing from: {message}"
+    path = write_file(tmp_path / f"{kind.replace(' ', '-')}.idx", data)
+    one_line_error(lambda: read_idx(path), str(path), *words, error=ValueError)
 
 
 @pytest.mark.parametrize("source, name, pattern", [(b"\x01\x00\x08\x01", "my-labels.gz", "my-labels.gz.*wrong magic"),
@@ -143,14 +138,6 @@ def gzip_of_zeros(mebibytes: int) -> bytes:
 SLACK = 2 << 20        # what reading may allocate beyond the declared payload: a read buffer or two
 
 
-def on_disk(tmp_path, data: bytes, size: int = 0):
-    path = tmp_path / "t10k-idx-ubyte.gz"
-    with open(path, "wb") as handle:
-        handle.write(data)
-        handle.truncate(max(size, len(data)))     # sparse: the zeros take no disk space
-    return path
-
-
 def gzip_bomb() -> bytes:   # ~1 MiB that decompresses to 1 GiB
     return gzip.compress(idx_bytes(np.zeros((10, 28, 28), np.uint8))) + gzip_of_zeros(1024)
 
@@ -164,7 +151,7 @@ BOMB_WORDS = "more than 65536 unexpected bytes after the payload (dims (10, 28, 
 
 @pytest.mark.parametrize("source, max_bytes, words, allowed_peak", [
     (lambda tmp_path: gzip_bomb(), None, BOMB_WORDS, 7840 + SLACK),     # the code before this check took 2 GiB
-    (lambda tmp_path: on_disk(tmp_path, gzip_bomb()), None, BOMB_WORDS, 7840 + SLACK),
+    (lambda tmp_path: write_file(tmp_path / "t10k-idx-ubyte.gz", gzip_bomb()), None, BOMB_WORDS, 7840 + SLACK),
     # dims (1000, 1000, 1000): 1 GB declared, and that many zeros follow; the registry says 47 MB at most
     (lambda tmp_path: gzip.compress(struct.pack(">BBBB3I", 0, 0, 8, 3, 1000, 1000, 1000)) + gzip_of_zeros(1000),
      47040016, "dims (1000, 1000, 1000) make a file of 1000000016 bytes, more than the 47040016 bytes this file "
@@ -173,7 +160,7 @@ BOMB_WORDS = "more than 65536 unexpected bytes after the payload (dims (10, 28, 
     (lambda tmp_path: lying_header(), None, "truncated payload: dims (4096, 4096, 4096) need 68719476736 bytes, "
                                             f"more than a gzip file of {len(lying_header())} bytes can hold", SLACK),
     # a raw file of 256 MiB: the code before this check read it all
-    (lambda tmp_path: on_disk(tmp_path, idx_bytes(np.zeros(10, np.uint8)), 256 << 20), None,
+    (lambda tmp_path: write_file(tmp_path / "t10k-idx-ubyte.gz", idx_bytes(np.zeros(10, np.uint8)), 256 << 20), None,
      f"{(256 << 20) - 18} unexpected bytes after the payload (dims (10,) need 10 bytes", SLACK)])
 def test_hostile_input_fails_early_in_bounded_memory(tmp_path, source, max_bytes, words, allowed_peak):
     source = source(tmp_path)
@@ -212,8 +199,7 @@ def test_endless_streams_are_read_only_as_far_as_needed(tmp_path):
 def test_max_bytes(shared_data):
     images = shared_data / "mnist" / "t10k-images-idx3-ubyte.gz"
     labels = shared_data / "mnist" / "t10k-labels-idx1-ubyte.gz"
-    read_images, read_labels = read_images_and_labels(images, labels, images_max_bytes=7840016,
-                                                      labels_max_bytes=10008)
+    read_images, read_labels = read_images_and_labels(images, labels, images_max_bytes=7840016, labels_max_bytes=10008)
     assert read_images.shape == (10000, 28, 28) and read_labels.shape == (10000,)
     with pytest.raises(ValueError, match=r"dims \(10000,\) make a file of 10008 bytes, more than the 10007"):
         read_images_and_labels(images, labels, labels_max_bytes=10007)

@@ -7,7 +7,7 @@ import pytest
 from fedsim.data import fetch
 from fedsim.data.fetch import download_urls, mirror_bases
 from fedsim.data.registry import DataSettingError, get_dataset
-from tests.data.conftest import LABELS_GZ, files_under, one_line_setting_error
+from tests.data.conftest import LABELS_GZ, files_under, one_line_error
 
 
 def mirror_urls(name, file_key, mirrors=None):
@@ -60,7 +60,7 @@ def test_mirror_urls(isolated, monkeypatch, env, mirrors, urls):
 ])
 def test_malformed_env_mirrors_is_a_setting_error(isolated, shared_data, monkeypatch, value, problem):
     monkeypatch.setenv("FEDSIM_MIRRORS", value)
-    one_line_setting_error(lambda: fetch.fetch("mnist", "test-labels", progress=False, timeout=1),
+    one_line_error(lambda: fetch.fetch("mnist", "test-labels", progress=False, timeout=1),
                            "FEDSIM_MIRRORS must hold base URLs such as http://host:port/path",
                            f"separated by whitespace or {os.pathsep!r}", problem)
     with pytest.raises(DataSettingError):
@@ -83,5 +83,5 @@ def test_malformed_env_mirrors_is_a_setting_error(isolated, shared_data, monkeyp
     ("http://127.0.0.1/ nonsense", "'nonsense' is not one"),
 ])
 def test_malformed_mirrors_argument_is_a_setting_error(isolated, mirrors, problem):
-    one_line_setting_error(lambda: fetch.fetch("mnist", "test-labels", mirrors=mirrors, progress=False, timeout=1),
+    one_line_error(lambda: fetch.fetch("mnist", "test-labels", mirrors=mirrors, progress=False, timeout=1),
                            "mirrors must", problem)

@@ -12,8 +12,8 @@ from fedsim.cli import main
 from fedsim.config import ConfigError, load_preset
 from fedsim.data.load import load_dataset
 from fedsim.data.npz import read_npz
-from fedsim.data.registry import DataSettingError
 from fedsim.experiment_data import split_among_clients
+from tests.data.conftest import one_line_error
 
 TINY_NPZ = ["--set", "federated.n_clients=4", "--set", "federated.rounds=3", "--set", "federated.batch_size=10"]
 
@@ -47,17 +47,13 @@ def saved(tmp_path, name="mine.npz", **changes):
 ])
 def test_a_malformed_file_is_refused_in_one_line_naming_file_and_array(tmp_path, changes, fragment):
     path = saved(tmp_path, **changes)
-    with pytest.raises(DataSettingError) as error:
-        read_npz(path)
-    assert fragment in str(error.value) and f"npz:{path}" in str(error.value) and "\n" not in str(error.value)
+    one_line_error(lambda: read_npz(path), fragment, f"npz:{path}")
 
 
 def test_a_missing_or_foreign_file_is_refused_in_one_line(tmp_path):
-    for path, fragment in ((tmp_path / "absent.npz", "no such file"), (tmp_path / "foreign.npz", "not a readable")):
-        if path.name == "foreign.npz":
-            path.write_text("not a zip")
-        with pytest.raises(DataSettingError, match=fragment):
-            read_npz(path)
+    (tmp_path / "foreign.npz").write_text("not a zip")
+    for name, fragment in (("absent.npz", "no such file"), ("foreign.npz", "not a readable")):
+        one_line_error(lambda: read_npz(tmp_path / name), f"npz:{tmp_path / name}: {fragment}")
 
 
 def test_features_are_used_as_they_are_and_images_go_through_the_pipeline(tmp_path):

@@ -18,15 +18,21 @@ def _labels(n_samples, n_classes, seed):
     return rng.permutation(labels[:n_samples])
 
 
-def _assert_disjoint_in_range(parts, n_samples):
-    assert all(part.dtype == np.int64 and part.ndim == 1 for part in parts)
+def _same(parts_a, parts_b):
+    return len(parts_a) == len(parts_b) and all(np.array_equal(a, b) for a, b in zip(parts_a, parts_b))
+
+
+def _checked_split(split, seed, n_samples, n_clients, every_sample=True):
+    """``split(rng)``, checked for what every partitioner promises: ``n_clients`` 1-D int64 arrays, no index
+    twice, all in [0, n_samples) (and every sample, with ``every_sample``), the same split from the same seed."""
+    parts = split(np.random.default_rng(seed))
+    assert len(parts) == n_clients and all(part.dtype == np.int64 and part.ndim == 1 for part in parts)
     joined = np.concatenate(parts)
     assert len(np.unique(joined)) == len(joined), "an index is used twice"
     assert joined.min() >= 0 and joined.max() < n_samples
-
-
-def _same(parts_a, parts_b):
-    return len(parts_a) == len(parts_b) and all(np.array_equal(a, b) for a, b in zip(parts_a, parts_b))
+    assert len(joined) == n_samples or not every_sample, "a sample went to no client"
+    assert _same(parts, split(np.random.default_rng(seed)))
+    return parts
 
 
 # ------------------------------------------------------------------------------------- classes_per_client
@@ -50,7 +56,7 @@ def _class_run(labels, part):
 
 def test_classes_per_client_balanced_two_classes_each():
     labels = np.repeat(np.arange(10), 100)   # 1,000 samples, 100 per class
-    parts = classes_per_client(labels, 10, 2, 1.0, np.random.default_rng(0))
+    parts = _checked_split(lambda rng: classes_per_client(labels, 10, 2, 1.0, rng), 0, 1000, 10)
     counts = class_counts(labels, parts, 10)
     assert (counts.sum(axis=1) == 100).all()
     assert (counts.sum(axis=0) == 100).all()       # N = 10 * (N // 10): every sample used
@@ -58,7 +64,6 @@ def test_classes_per_client_balanced_two_classes_each():
     # the first client meets no exhausted class: two consecutive classes, 50 each
     (first_class, first_count), (second_class, second_count) = _class_run(labels, parts[0])
     assert second_class == (first_class + 1) % 10 and first_count == second_count == 50
-    _assert_disjoint_in_range(parts, len(labels))
 
 
 def test_classes_per_client_takes_consecutive_classes_from_a_random_start():
@@ -98,12 +103,9 @@ def test_classes_per_client_balanced_properties(n_samples, n_classes, seed, data
     n_observed = int(labels.max()) + 1
     n_clients = data.draw(st.integers(1, n_samples))
     per_client = data.draw(st.integers(1, n_observed))
-    parts = classes_per_client(labels, n_clients, per_client, 1.0, np.random.default_rng(seed))
-    assert len(parts) == n_clients
+    parts = _checked_split(lambda rng: classes_per_client(labels, n_clients, per_client, 1.0, rng), seed, n_samples,
+                           n_clients, every_sample=False)
     assert all(len(part) == n_samples // n_clients for part in parts)
-    _assert_disjoint_in_range(parts, n_samples)
-    again = classes_per_client(labels, n_clients, per_client, 1.0, np.random.default_rng(seed))
-    assert _same(parts, again)
 
 
 @PROPERTY
@@ -113,10 +115,9 @@ def test_classes_per_client_unbalanced_properties(n_samples, n_classes, seed, ba
     labels = _labels(n_samples, n_classes, seed)
     n_clients = data.draw(st.integers(1, n_samples // 10))   # 0.1 N / n >= 1: nobody empty
     per_client = data.draw(st.integers(1, n_classes))
-    parts = classes_per_client(labels, n_clients, per_client, balancedness, np.random.default_rng(seed))
-    expected_sizes = stc_client_sizes(n_samples, n_clients, balancedness)
-    np.testing.assert_array_equal([len(p) for p in parts], expected_sizes)
-    _assert_disjoint_in_range(parts, n_samples)
+    parts = _checked_split(lambda rng: classes_per_client(labels, n_clients, per_client, balancedness, rng), seed,
+                           n_samples, n_clients, every_sample=False)
+    np.testing.assert_array_equal([len(p) for p in parts], stc_client_sizes(n_samples, n_clients, balancedness))
 
 
 # ------------------------------------------------------------------------------------- dirichlet
@@ -127,13 +128,8 @@ def test_classes_per_client_unbalanced_properties(n_samples, n_classes, seed, ba
 def test_dirichlet_properties(n_samples, n_classes, alpha, seed, data):
     labels = _labels(n_samples, n_classes, seed)
     n_clients = data.draw(st.integers(1, 30))
-    parts = dirichlet(labels, n_clients, alpha, np.random.default_rng(seed), min_size=0)
-    assert len(parts) == n_clients
-    # every sample goes to exactly one client
-    np.testing.assert_array_equal(np.sort(np.concatenate(parts)), np.arange(n_samples))
-    assert all(part.dtype == np.int64 and np.all(np.diff(part) > 0) for part in parts)
-    again = dirichlet(labels, n_clients, alpha, np.random.default_rng(seed), min_size=0)
-    assert _same(parts, again)
+    parts = _checked_split(lambda rng: dirichlet(labels, n_clients, alpha, rng, min_size=0), seed, n_samples, n_clients)
+    assert all(np.all(np.diff(part) > 0) for part in parts)   # each client's indices sorted
 
 
 def test_dirichlet_min_size():
@@ -171,12 +167,10 @@ def test_shards_properties(n_samples, n_classes, seed, data):
     labels = _labels(n_samples, n_classes, seed)
     per_client = data.draw(st.integers(1, min(4, n_samples)))
     n_clients = data.draw(st.integers(1, n_samples // per_client))
-    parts = shards(labels, n_clients, np.random.default_rng(seed), shards_per_client=per_client)
-    np.testing.assert_array_equal(np.sort(np.concatenate(parts)), np.arange(n_samples))
+    _checked_split(lambda rng: shards(labels, n_clients, rng, shards_per_client=per_client), seed, n_samples, n_clients)
     bounds = (np.arange(n_clients * per_client + 1) * n_samples) // (n_clients * per_client)
     shard_sizes = set(np.diff(bounds).tolist())
     assert max(shard_sizes) - min(shard_sizes) <= 1 and min(shard_sizes) >= 1
-    assert _same(parts, shards(labels, n_clients, np.random.default_rng(seed), shards_per_client=per_client))
 
 
 # ------------------------------------------------------------------------------------- iid and contiguous
@@ -185,11 +179,9 @@ def test_shards_properties(n_samples, n_classes, seed, data):
 @given(n_samples=st.integers(1, 3000), seed=st.integers(0, 2**32 - 1), data=st.data())
 def test_iid_properties(n_samples, seed, data):
     n_clients = data.draw(st.integers(1, n_samples))
-    parts = iid(n_samples, n_clients, np.random.default_rng(seed))
-    np.testing.assert_array_equal(np.sort(np.concatenate(parts)), np.arange(n_samples))
+    parts = _checked_split(lambda rng: iid(n_samples, n_clients, rng), seed, n_samples, n_clients)
     sizes = [len(p) for p in parts]
     assert max(sizes) - min(sizes) <= 1
-    assert _same(parts, iid(n_samples, n_clients, np.random.default_rng(seed)))
 
 
 @PROPERTY
@@ -198,8 +190,7 @@ def test_contiguous_exact_blocks(n_samples, data):
     n_clients = data.draw(st.integers(1, min(n_samples, 500)))
     parts = contiguous(n_samples, n_clients)
     for m, part in enumerate(parts):
-        np.testing.assert_array_equal(part, np.arange(m * n_samples // n_clients,
-                                                      (m + 1) * n_samples // n_clients))
+        np.testing.assert_array_equal(part, np.arange(m * n_samples // n_clients, (m + 1) * n_samples // n_clients))
     assert sum(len(p) for p in parts) == n_samples
 
 
@@ -212,19 +203,18 @@ def test_contiguous_laq_reference_shards():
 
 def test_partition_dispatches_to_each_method():
     labels = _labels(600, 10, 4)
-    expected = {
-        "classes_per_client": classes_per_client(labels, 6, 2, 0.8, np.random.default_rng(5)),
-        "dirichlet": dirichlet(labels, 6, 0.5, np.random.default_rng(5)),
-        "shards": shards(labels, 6, np.random.default_rng(5), shards_per_client=3),
-        "iid": iid(600, 6, np.random.default_rng(5)),
-        "contiguous": contiguous(600, 6),
+    cases = {   # method: (its settings, the same split by the partitioner itself)
+        "classes_per_client": ({"classes_per_client": 2, "balancedness": 0.8},
+                               lambda rng: classes_per_client(labels, 6, 2, 0.8, rng)),
+        "dirichlet": ({"alpha": 0.5}, lambda rng: dirichlet(labels, 6, 0.5, rng)),
+        "shards": ({"shards_per_client": 3}, lambda rng: shards(labels, 6, rng, shards_per_client=3)),
+        "iid": ({}, lambda rng: iid(600, 6, rng)),
+        "contiguous": ({}, lambda rng: contiguous(600, 6)),
     }
-    given_settings = {"classes_per_client": dict(classes_per_client=2, balancedness=0.8),
-                      "dirichlet": dict(alpha=0.5), "shards": dict(shards_per_client=3), "iid": {},
-                      "contiguous": {}}
-    assert set(expected) == set(METHOD_SETTINGS)
-    for method, parts in expected.items():
-        assert _same(split_indices(method, labels, 6, np.random.default_rng(5), **given_settings[method]), parts)
+    assert set(cases) == set(METHOD_SETTINGS)
+    for method, (method_settings, split) in cases.items():
+        parts = split_indices(method, labels, 6, np.random.default_rng(5), **method_settings)
+        assert _same(parts, split(np.random.default_rng(5))), method
 
 
 def test_class_counts_and_report():

@@ -18,12 +18,6 @@ def _read_gzip_idx_images(path, count=None):
     return images if count is None else images[:count]
 
 
-def _torch_resize(torch, images, out_h, out_w):
-    batch = torch.from_numpy(np.ascontiguousarray(images))[:, None]
-    return torch.nn.functional.interpolate(batch, size=(out_h, out_w), mode="bilinear",
-                                           align_corners=False)[:, 0].numpy()
-
-
 # ----------------------------------------------------------------------------------------------- matrices
 
 @pytest.mark.parametrize("n_in, n_out, expected", [
@@ -74,7 +68,8 @@ def test_resize_keeps_constant_images_constant():
 def test_resize_matches_torch_interpolate(torch, dtype, tol, shape, out):
     images = np.random.default_rng(1).random((6,) + shape).astype(dtype)
     ours = resize_bilinear(images, *out)
-    reference = _torch_resize(torch, images, *out)
+    reference = torch.nn.functional.interpolate(torch.from_numpy(images)[:, None], size=out, mode="bilinear",
+                                                align_corners=False)[:, 0].numpy()
     assert ours.shape == reference.shape == (6,) + out
     err = np.abs(ours - reference).max()
     assert err <= tol, f"max |fedsim - torch| = {err}\nfedsim {ours[0]}\ntorch {reference[0]}"
@@ -159,24 +154,19 @@ def test_fashion_mnist_statistics_are_the_recorded_ones(shared_data):
     assert abs(std - recorded.std) < 1e-7, (std, recorded.std)
 
 
-@pytest.mark.oracle
-def test_stc_pipeline_matches_torch(torch):
-    """On images made here (every machine runs it); the same check on the real files is below."""
-    from tests.conftest import synthetic_images
-    check_stc_pipeline_against_torch(torch, synthetic_images(2000, seed=3)[0])
-
-
-def test_stc_pipeline_on_fashion_mnist_matches_torch(torch, shared_data):
-    images = _read_gzip_idx_images(shared_data / "fashion-mnist" / "train-images-idx3-ubyte.gz", 2000)
-    check_stc_pipeline_against_torch(torch, images)
-
-
-def check_stc_pipeline_against_torch(torch, images):
+@pytest.mark.parametrize("source", [pytest.param("images made here", marks=pytest.mark.oracle), "Fashion-MNIST"])
+def test_stc_pipeline_matches_torch(torch, request, source):
+    # images made here: every machine runs it; the same check on the real files where they are
+    if source == "Fashion-MNIST":
+        images = _read_gzip_idx_images(request.getfixturevalue("shared_data") / "fashion-mnist" /
+                                       "train-images-idx3-ubyte.gz", 2000)
+    else:
+        from tests.conftest import synthetic_images
+        images = synthetic_images(2000, seed=3)[0]
     mean, std = PIXEL_STATISTICS["fashion-mnist"][:2]
     ours = stc_pipeline(images, mean=mean, std=std)
     scaled = torch.from_numpy(images.astype(np.float32)) / 255.0
-    resized = torch.nn.functional.interpolate(scaled[:, None], size=(32, 32), mode="bilinear",
-                                              align_corners=False)
+    resized = torch.nn.functional.interpolate(scaled[:, None], size=(32, 32), mode="bilinear", align_corners=False)
     reference = ((resized - mean) / std).reshape(len(images), 1024).numpy()
     assert ours.dtype == reference.dtype == np.float32
     err = np.abs(ours - reference).max()

@@ -4,7 +4,6 @@ download=False)."""
 
 import gzip
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,18 +12,19 @@ import pytest
 from fedsim.data import fetch, search
 from fedsim.data.registry import DATASETS, FILE_KEYS, DatasetFile, get_dataset
 from fedsim.data.search import DatasetNotFoundError
-from tests.data.conftest import (LABELS_GZ, MNIST_TEST_LABEL_COUNTS, files_under, one_line_setting_error,
-                                 raised_and_peak_memory)
+from tests.data.conftest import (LABELS_GZ, MNIST_TEST_LABEL_COUNTS, files_under, one_line_error,
+                                 raised_and_peak_memory, write_file)
 
 
 def test_registry_entries():
+    # what every entry must be (DatasetInfo.file relies on the order of the files)
     assert set(DATASETS) == {"mnist", "fashion-mnist"}
     for info in DATASETS.values():
         assert tuple(file.key for file in info.files) == FILE_KEYS
         assert len(info.mirrors) >= 2 and all(m.startswith(("http://", "https://")) for m in info.mirrors)
         assert info.n_classes == 10
         for file in info.files:
-            assert file.filename.endswith("-ubyte.gz") and file.gzip_md5
+            assert file.filename.endswith("-ubyte.gz") and file.gzip_md5 and file.decompressed_size >= 1
     mnist_train_images = get_dataset("mnist").file("train-images")
     assert mnist_train_images.sha256 is None       # unknown: gzip MD5 only, so an uncompressed copy cannot verify
     verification = mnist_train_images.verify(bytes(mnist_train_images.decompressed_size))
@@ -48,7 +48,7 @@ def test_unknown_names_are_setting_errors_listing_the_allowed_ones(isolated):
             (lambda: load_dataset("cifar10"), "dataset must be one of"),
             (lambda: load_dataset("mnist", pipeline="vgg"), "pipeline must be one of"),
             (lambda: load_dataset("mnist", train_split="all"), "train_split must be one of")]:
-        one_line_setting_error(call, words)
+        one_line_error(call, words)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -94,17 +94,11 @@ def test_partial_split_error_names_only_the_missing_file(isolated, shared_data):
 # Locating local copies
 
 
-def copy_file(source: Path, target: Path) -> Path:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(source, target)
-    return target
-
-
 def test_flat_folder_and_shared_filenames(isolated, shared_data, tmp_path):
     # A flat folder holding Fashion-MNIST's test labels: it serves fashion-mnist, and is skipped (with a
     # reason) for mnist, whose file has the same name.
     flat = tmp_path / "flat"
-    fashion_labels = copy_file(shared_data / "fashion-mnist" / LABELS_GZ, flat / LABELS_GZ)
+    fashion_labels = write_file(flat / LABELS_GZ, (shared_data / "fashion-mnist" / LABELS_GZ).read_bytes())
     assert search.locate("fashion-mnist", "test-labels", data_dir=flat) == fashion_labels
     assert search.locate("mnist", "test-labels", data_dir=flat) is None
     with pytest.raises(DatasetNotFoundError) as raised:
@@ -117,9 +111,8 @@ def test_flat_folder_and_shared_filenames(isolated, shared_data, tmp_path):
 
 def test_uncompressed_copy_verifies_by_sha256(isolated, shared_data, tmp_path, monkeypatch):
     folder = tmp_path / "raw"
-    raw_labels = folder / "mnist" / "t10k-labels-idx1-ubyte"
-    raw_labels.parent.mkdir(parents=True)
-    raw_labels.write_bytes(gzip.decompress((shared_data / "mnist" / LABELS_GZ).read_bytes()))
+    raw_labels = write_file(folder / "mnist" / "t10k-labels-idx1-ubyte",
+                            gzip.decompress((shared_data / "mnist" / LABELS_GZ).read_bytes()))
     assert search.locate("mnist", "test-labels", data_dir=folder) == raw_labels
     status = {row["key"]: row for row in search.dataset_status("mnist", data_dir=folder)}
     assert status["test-labels"]["method"] == "sha256" and status["test-labels"]["path"] == raw_labels
@@ -136,9 +129,9 @@ def test_uncompressed_copy_verifies_by_sha256(isolated, shared_data, tmp_path, m
 
 def test_search_order(isolated, shared_data, tmp_path, monkeypatch):
     first, second, third = (tmp_path / name for name in ("first", "second", "third"))
-    source = shared_data / "mnist" / LABELS_GZ
-    copies = [copy_file(source, folder / "mnist" / LABELS_GZ) for folder in (first, second, third)]
-    cached = copy_file(source, isolated / "mnist" / LABELS_GZ)
+    source = (shared_data / "mnist" / LABELS_GZ).read_bytes()
+    copies = [write_file(folder / "mnist" / LABELS_GZ, source) for folder in (first, second, third)]
+    cached = write_file(isolated / "mnist" / LABELS_GZ, source)
     missing = tmp_path / "missing"
     monkeypatch.setenv("FEDSIM_DATA", os.pathsep.join([str(missing), str(second), str(third)]))
     assert search.locate("mnist", "test-labels", data_dir=first) == copies[0]
@@ -166,9 +159,7 @@ def test_each_file_verified_once_per_call(isolated, shared_data, tmp_path, monke
     # a bad copy reachable through two folders (X and X/mnist) is read and rejected once
     calls.clear()
     outer = tmp_path / "outer"
-    bad = outer / "mnist" / LABELS_GZ
-    bad.parent.mkdir(parents=True)
-    bad.write_bytes(b"not a gzip file")
+    bad = write_file(outer / "mnist" / LABELS_GZ, b"not a gzip file")
     monkeypatch.setenv("FEDSIM_DATA", str(outer / "mnist"))
     with pytest.raises(DatasetNotFoundError) as raised:
         fetch.fetch("mnist", "test-labels", data_dir=outer, download=False)
@@ -250,7 +241,7 @@ def test_bad_data_dir_is_a_setting_error(isolated, tmp_path, kind):
              lambda: search.search_path(data_dir),
              lambda: load_dataset("mnist", data_dir=data_dir, download=False)]
     for call in calls:
-        one_line_setting_error(call, "data_dir (--data-dir)", *words)
+        one_line_error(call, "data_dir (--data-dir)", *words)
     assert not files_under(isolated)
 
 
@@ -263,11 +254,11 @@ def test_bad_env_folders(isolated, tmp_path, monkeypatch):
     assert f"{loop}  [FEDSIM_DATA]  (cannot be examined" in str(raised.value)
     # a ~user that cannot be expanded, in FEDSIM_DATA or FEDSIM_CACHE
     monkeypatch.setenv("FEDSIM_DATA", "~no-such-user-fedsim/data")
-    one_line_setting_error(lambda: search.locate("mnist", "test-labels"), "FEDSIM_DATA", "cannot expand '~'",
+    one_line_error(lambda: search.locate("mnist", "test-labels"), "FEDSIM_DATA", "cannot expand '~'",
                            "~no-such-user-fedsim/data")
     monkeypatch.delenv("FEDSIM_DATA")
     monkeypatch.setenv("FEDSIM_CACHE", "~no-such-user-fedsim/cache")
-    one_line_setting_error(lambda: fetch.fetch("mnist", "test-labels", mirrors=["http://127.0.0.1:9"]),
+    one_line_error(lambda: fetch.fetch("mnist", "test-labels", mirrors=["http://127.0.0.1:9"]),
                            "FEDSIM_CACHE", "cannot expand '~'")
 
 
@@ -275,14 +266,12 @@ def test_bad_env_folders(isolated, tmp_path, monkeypatch):
 def test_hostile_copy_in_a_search_folder_is_rejected_in_bounded_memory(isolated, tmp_path, key):
     file = get_dataset("mnist").file(key)
     junk = tmp_path / "junk" / "mnist" / file.filename
-    junk.parent.mkdir(parents=True)
     if key == "test-labels":   # 64 MiB, sparse (it takes no disk space): rejected unread
-        with open(junk, "wb") as handle:
-            handle.truncate(64 << 20)
+        write_file(junk, size=64 << 20)
         limit = search.download_size_limit(file)
         reason = f"larger than {limit} bytes, more than any copy of {LABELS_GZ} can be"
     else:                      # a gzip bomb: 512 KiB that decompress to 512 MiB
-        junk.write_bytes(gzip.compress(bytes(1 << 20)) * 512)
+        write_file(junk, gzip.compress(bytes(1 << 20)) * 512)
         limit = file.decompressed_size      # one buffer of the registry's size, and a little
         reason = (f"decompressed size is more than {limit} bytes (reading stopped there), expected {limit}")
     error, peak = raised_and_peak_memory(lambda: fetch.fetch("mnist", key, data_dir=tmp_path / "junk",

@@ -99,8 +99,7 @@ def test_devices_are_label_skewed_compared_with_an_iid_shuffle():
     for alpha, beta in [(0.0, 0.0), (1.0, 1.0)]:
         data = _make(alpha, beta, n_devices=30, seed=4, samples=500)
         shuffled = np.random.default_rng(0).permutation(data.y_train)
-        skew, iid_skew = (_label_skew(data.y_train, data.client_indices),
-                          _label_skew(shuffled, data.client_indices))
+        skew, iid_skew = _label_skew(data.y_train, data.client_indices), _label_skew(shuffled, data.client_indices)
         assert skew > 0.4 and iid_skew < 0.15, (alpha, beta, skew, iid_skew)
 
 
@@ -118,22 +117,18 @@ def test_prior_scale_variance_reads_alpha_as_variance():
     np.testing.assert_allclose(as_std.x_train, as_variance.x_train, rtol=1e-6)
 
 
-def _make_with(**changes):
-    return lambda: make_synthetic(**(dict(alpha=1.0, beta=1.0, n_devices=30, rng=np.random.default_rng(0)) | changes))
-
-
 @pytest.mark.parametrize("call, message", [
-    (_make_with(alpha=-1.0), "alpha must be a finite number >= 0"),
-    (_make_with(beta=float("nan")), "beta must be a finite number >= 0"),
-    (_make_with(n_devices=0), "n_devices must be an integer >= 1"),
-    (_make_with(n_classes=1), "n_classes must be an integer >= 2"),
-    (_make_with(n_features=0), "n_features must be an integer >= 1"),
-    (_make_with(test_fraction=1.0), r"test_fraction must be a finite number in \[0, 1\)"),
-    (_make_with(prior_scale="sd"), "prior_scale must be one of 'std', 'variance'"),
-    (_make_with(dtype=np.int32), "dtype must be a floating-point dtype"),
-    (_make_with(samples=0), "samples must be >= 1"),
-    (_make_with(samples=[10, 20]), "samples must be a LognormalCounts law"),
-    (_make_with(samples=100, max_total_samples=2999), "max_total_samples = 2999"),
+    (lambda: _make(alpha=-1.0), "alpha must be a finite number >= 0"),
+    (lambda: _make(beta=float("nan")), "beta must be a finite number >= 0"),
+    (lambda: _make(n_devices=0), "n_devices must be an integer >= 1"),
+    (lambda: _make(n_classes=1), "n_classes must be an integer >= 2"),
+    (lambda: _make(n_features=0), "n_features must be an integer >= 1"),
+    (lambda: _make(test_fraction=1.0), r"test_fraction must be a finite number in \[0, 1\)"),
+    (lambda: _make(prior_scale="sd"), "prior_scale must be one of 'std', 'variance'"),
+    (lambda: _make(dtype=np.int32), "dtype must be a floating-point dtype"),
+    (lambda: _make(samples=0), "samples must be >= 1"),
+    (lambda: _make(samples=[10, 20]), "samples must be a LognormalCounts law"),
+    (lambda: _make(samples=100, max_total_samples=2999), "max_total_samples = 2999"),
     (lambda: LognormalCounts(max_per_device=10),
      r"^LognormalCounts: max_per_device must be an integer >= 50, or unset \(no cap\)"),
     (lambda: LognormalCounts(log_sigma=-1.0), "^LognormalCounts: log_sigma must be a finite number >= 0"),
