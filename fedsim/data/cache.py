@@ -215,7 +215,7 @@ def cached_array(name: str, key: Mapping, compute: Callable[[], np.ndarray], *, 
         raise TypeError(f"cached_array: compute() must return a NumPy array of numbers, got "
                         f"{type(array).__name__}{f' of dtype {array.dtype}' if isinstance(array, np.ndarray) else ''}")
     try:
-        _write(path, name, key, np.ascontiguousarray(array))
+        _write(path, name, key, np.asarray(array, order="C"))   # (np.ascontiguousarray makes a 0-d array 1-d)
     except OSError as error:
         where = getattr(error, "filename", None) or path.parent
         _warn(f"cannot store the computed array in the cache folder {path.parent}: {error.strerror or error} "
