@@ -210,10 +210,10 @@ class MLP(Classifier):
 
 
 class MLPBatchGradient:
-    """The MLP's batch gradient (the protocol: :mod:`fedsim.models.base`): ``loss_and_grad``'s own passes (:meth:`MLP._forward`,
-    :meth:`MLP._backward`), with the layers' slices, the logits' and gradient's buffers and the even shares
-    made once, and the samples gathered by a kernel: bitwise equal results without re-deriving them (and
-    the checks) on every call."""
+    """The MLP's batch gradient (the protocol: :mod:`fedsim.models.base`): ``loss_and_grad``'s own passes
+    (:meth:`MLP._forward`, :meth:`MLP._backward`), with the layers' slices, the logits' and gradient's buffers
+    and the even shares made once, and the samples gathered by a kernel: bitwise equal results without
+    re-deriving them (and the checks) on every call."""
 
     def __init__(self, model: MLP, x: np.ndarray, models: int, batch: int):
         from fedsim.kernels import softmax as softmax_kernels
