@@ -27,20 +27,13 @@ from fedsim.system import LazyClock, SystemConfig
 
 
 class LazyRun:
-    """One lazy-aggregation run, an iteration per :meth:`step` (the equations: :mod:`fedsim.algorithms.lazy`).
+    """One lazy-aggregation run, an iteration per :meth:`step` (the equations: :mod:`fedsim.algorithms.lazy`;
+    its records' keys: :mod:`fedsim.runs`; with ``system``, the ``[system]`` table, on: :class:`LazyClock`).
 
     ``partition``: one index array into ``data.x_train`` per worker; default contiguous blocks in file
     order, worker m gets ``[m N // M, (m + 1) N // M)``. ``smoothness``: LAG-PS's ``L_m``; when omitted,
-    the model's own bound if it has one (softmax regression's), else an estimate of each worker's curvature
-    at theta^0, with a warning that it is not a bound (:func:`~fedsim.algorithms.lazy.rules.smoothness_of`).
-    ``model_config``: the ``[model]`` table (softmax regression by default). The test data may be empty.
-
-    ``history`` holds one JSON-able record per completed iteration k: ``objective`` f(theta^k),
-    ``grad_norm_sq``, ``aggregate_norm_sq``, ``uploads`` (the workers that uploaded), cumulative
-    ``communications`` and ``bits``, ``test_accuracy`` where measured at theta^k, ``time``; the last
-    iteration's record also has ``final_test_accuracy`` at theta^K; with ``system`` (the ``[system]`` table)
-    on, ``simulated_seconds`` (cumulative, :class:`fedsim.system.LazyClock`). :meth:`state_dict` and
-    :meth:`load_state_dict` checkpoint and restore the run bitwise.
+    :func:`~fedsim.algorithms.lazy.rules.smoothness_of` (with a warning where it is an estimate, not a bound).
+    ``model_config``: the ``[model]`` table. The test data may be empty.
     """
 
     def __init__(self, config: LazyConfig, data: Dataset, partition: Sequence[np.ndarray] | None = None, *,
@@ -239,7 +232,6 @@ class LazyRun:
 
     # -- pieces --------------------------------------------------------------------------------------
     def _smoothness(self, model_name: str, rng: np.random.Generator) -> np.ndarray:
-        """LAG-PS's L_m: the model's bound, or (a model without one) an estimate at theta^0, with a warning."""
         smoothness = smoothness_of(self.model, self.shards, self.theta, rng)
         if not smoothness.bound:
             warnings.warn(
