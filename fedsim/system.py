@@ -236,6 +236,14 @@ def kept_updates(arrival: np.ndarray, reachable: np.ndarray, needed: int, deadli
     return kept, wait
 
 
+def reachable_clients(config: SystemConfig, streams, round_: int, participants: np.ndarray) -> np.ndarray:
+    """Which participants stay reachable in round ``round_``: one uniform draw each (in client order) from the
+    stream ``("system", round_)``, below ``availability``."""
+    if config.availability >= 1.0:
+        return np.ones(len(participants), dtype=bool)
+    return streams.generator("system", round_).random(len(participants)) < config.availability
+
+
 def round_devices(config: SystemConfig, streams, devices: Devices, round_: int, clients: np.ndarray) -> Devices:
     """The devices of ``clients`` in round (iteration) ``round_`` under ``round_spread`` (the module docstring;
     one stream per client, so a client's links in a round do not depend on who else takes part)."""
@@ -266,11 +274,8 @@ class FederatedClock:
                                  f"raise it above {fastest:.4g}")
 
     def reachable(self, t: int, sampled: np.ndarray) -> np.ndarray:
-        """Which of round ``t``'s sampled clients are reachable: one uniform draw each (in client order) from the
-        stream ``("system", t)``, below ``availability``."""
-        if self.config.availability >= 1.0:
-            return np.ones(len(sampled), dtype=bool)
-        return self.streams.generator("system", t).random(len(sampled)) < self.config.availability
+        """Which of round ``t``'s sampled clients are reachable (:func:`reachable_clients`)."""
+        return reachable_clients(self.config, self.streams, t, sampled)
 
     def devices_in(self, t: int, participants: np.ndarray) -> Devices:
         """The (reachable) participants' devices in round ``t`` (:func:`round_devices`), one entry each."""
@@ -315,4 +320,5 @@ class LazyClock:
 
 
 __all__ = ["Devices", "FederatedClock", "LazyClock", "MIXED", "PROFILES", "Profile", "SystemConfig",
-           "arrival_seconds", "draw_devices", "kept_updates", "read_trace", "round_devices", "transfer_seconds"]
+           "arrival_seconds", "draw_devices", "kept_updates", "read_trace", "reachable_clients", "round_devices",
+           "transfer_seconds"]
