@@ -49,7 +49,6 @@ class LazyRun:
         if len(partition) != n_workers:
             raise ValueError(f"partition has {len(partition)} index arrays but n_workers (M) is {n_workers}")
         dtype = np.dtype(config.dtype)
-        self.config = config
         self.shards = stack_shards(data.x_train, data.y_train, partition, dtype)
         if RULES[config.method].gradient == "minibatch" and config.minibatch_size > self.shards.sizes.min():
             raise ValueError(f"minibatch_size must be in [1, {self.shards.sizes.min()}] (the smallest "
@@ -71,12 +70,12 @@ class LazyRun:
             smoothness = None
         self.smoothness = smoothness
         # lazy.bits_per_upload: b solved for P, recorded in the first record (budget_record)
-        self.budget_record = ({} if config.bits_per_upload is None
-                              else {"bits_per_upload_budget": config.bits_per_upload})
+        budget = config.bits_per_upload
         self.config = config = config.for_parameters(n_params)
         self.bits_per_upload = bits_per_upload(config.method, n_params, config.bits)
-        if self.budget_record:
-            self.budget_record.update(bits_per_upload_b=config.bits, bits_per_upload_achieved=self.bits_per_upload)
+        self.budget_record = {} if budget is None else {
+            "bits_per_upload_budget": budget, "bits_per_upload_b": config.bits,
+            "bits_per_upload_achieved": self.bits_per_upload}
         # The simulated clock: theta broadcast (32 P bits), each worker's gradient, the uploaders' uplinks.
         samples = (np.full(n_workers, config.minibatch_size) if RULES[config.method].gradient == "minibatch"
                    else self.shards.sizes)
@@ -203,7 +202,6 @@ class LazyRun:
 
     # -- checkpoints ---------------------------------------------------------------------------------
     def state_dict(self) -> tuple[dict[str, np.ndarray], dict]:
-        """Everything needed to continue bitwise identically: (arrays, JSON-able metadata)."""
         arrays = {"theta": self.theta, "uploaded": self.uploaded, "aggregate": self.aggregate,
                   "error_at_upload": self.error_at_upload, "skips": self.skips,
                   "step_history": self.step_history, "theta_at_gradient": self.theta_at_gradient}
