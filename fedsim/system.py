@@ -76,7 +76,7 @@ from fedsim.constraints import OneOf, Optional, Real, Text, check_fields, settin
 
 
 class Profile(NamedTuple):
-    """The median numbers of one kind of device (see the module docstring for their sources)."""
+    """The median numbers of one kind of device."""
 
     uplink: float        # bits/s
     downlink: float      # bits/s
