@@ -303,13 +303,11 @@ class FederatedRun:
         ``fedsim compressors report`` does with a run folder's checkpoint)."""
         return self._local_round(self.server.round + 1)[2]
 
-    def run(self, rounds: int | None = None, callback=None) -> list[dict]:
+    def run(self, rounds: int | None = None) -> list[dict]:
         """Run until ``rounds`` (default: ``config.rounds``) rounds are complete."""
         target = self.config.rounds if rounds is None else rounds
         while self.server.round < target:
-            record = self.step()
-            if callback is not None:
-                callback(record)
+            self.step()
         return self.history
 
     # -- pieces -------------------------------------------------------------------------------------
