@@ -173,6 +173,13 @@ class Classifier:
             return 0.0
         return 0.5 * self.l2 * np.einsum("...i,...i->...", theta, theta)
 
+    def _penalized(self, loss, grad: np.ndarray, theta: np.ndarray):
+        """The L2 term of a loss and its gradient: ``loss + (l2 / 2) ||theta||^2``, and ``grad += l2 theta``."""
+        if not self.l2:
+            return loss
+        grad += self.l2 * theta
+        return loss + self._penalty(theta)
+
     def _checked_labels(self, y, shape: tuple[int, ...]) -> np.ndarray:
         """``y`` as int64 labels broadcast to ``shape`` (the batch and the samples)."""
         y = np.asarray(y)

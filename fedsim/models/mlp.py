@@ -133,7 +133,6 @@ class MLP(Classifier):
                   share: np.ndarray, grad: np.ndarray, grads: list) -> np.ndarray:
         """The loss, and its gradient into ``grad`` (``grads``: its layers' views), from the forward pass's
         ``outputs`` (the logits popped off) and each sample's share of the mean."""
-        dtype = theta.dtype
         nll, delta, total = log_softmax(np.broadcast_to(logits, labels.shape + logits.shape[-1:]), labels)
         delta /= total                                            # p
         np.put_along_axis(delta, labels[..., None], np.take_along_axis(delta, labels[..., None], axis=-1) - 1,
@@ -151,10 +150,7 @@ class MLP(Classifier):
                     delta *= h_below > 0
                 else:
                     delta *= 1 - h_below * h_below
-        if self.l2:
-            loss = loss + self._penalty(theta)
-            grad += dtype.type(self.l2) * theta
-        return loss
+        return self._penalized(loss, grad, theta)
 
     def batch_gradient(self, x, models: int, batch: int, dtype) -> MLPBatchGradient | None:
         """The protocol's optional batch gradient (:mod:`fedsim.models.base`): None for 8-bit Codes or another

@@ -122,10 +122,7 @@ class SoftmaxRegression(Classifier):
         loss = self._mean(nll.reshape(plan.batch + (n,)),
                           None if weights is None else np.asarray(weights, dtype=plan.dtype))
         grad = grad.reshape(plan.batch + (self.size,))
-        loss = loss + self._penalty(theta)
-        if self.l2:
-            grad += self.l2 * theta
-        return loss, grad
+        return self._penalized(loss, grad, theta), grad
 
     def batch_gradient(self, x, models: int, batch: int, dtype) -> BatchGradient | None:
         """The protocol's optional batch gradient (:mod:`fedsim.models.base`); None where this model's calls
@@ -234,10 +231,7 @@ class BatchGradient:
             np.true_divide(loss, labels.shape[-1], out=loss)
         else:
             loss = self.model._mean(self.nll, mask)
-        loss = loss + self.model._penalty(theta)
-        if self.model.l2:
-            self.grad += self.model.l2 * theta
-        return loss, self.grad
+        return self.model._penalized(loss, self.grad, theta), self.grad
 
 
 def _largest_eigenvalue(symmetric: np.ndarray) -> float:
