@@ -104,12 +104,9 @@ class Smoothness(NamedTuple):
 
 def smoothness_bounds(shards: Shards, l2: float, model_config: ModelConfig = ModelConfig(),
                       n_classes: int | None = None) -> tuple[np.ndarray, float]:
-    """The model's own upper bounds on the smoothness constants ``L_m`` of each ``f_m`` and ``L_f`` of
-    ``f = sum_m f_m`` (its optional ``smoothness_bounds`` method: softmax regression's, the default
-    ``[model]``, is Boehning's bound), for L2 coefficient ``l2``. ``n_classes``: default the labels' count.
-
-    A model without a bound (the MLP) raises ValueError; :func:`smoothness_of` then estimates the curvature.
-    """
+    """The bounds ``L_m`` and ``L_f`` of the ``[model]`` table's model with L2 coefficient ``l2`` (its optional
+    ``smoothness_bounds`` method, :func:`smoothness_of`); ``n_classes``: default the labels' count. A model
+    without a bound (the MLP) raises ValueError."""
     n_classes = n_classes or max(2, int(shards.y.max()) + 1)
     model = model_config.build(shards.x.shape[-1], n_classes, l2)
     if not hasattr(model, "smoothness_bounds"):
@@ -119,10 +116,9 @@ def smoothness_bounds(shards: Shards, l2: float, model_config: ModelConfig = Mod
 
 
 def smoothness_of(model, shards: Shards, theta: np.ndarray, rng: np.random.Generator) -> Smoothness:
-    """``L_m`` and ``L_f`` of ``model`` on ``shards``: its own bounds if it has them, else estimates at ``theta``.
-
-    A model with a known bound says so with a method ``smoothness_bounds(x, sizes)`` (softmax regression:
-    Boehning's bound). A network has no such bound that holds everywhere (a ReLU network's curvature is not
+    """``L_m`` of each ``f_m`` and ``L_f`` of ``f = sum_m f_m`` for ``model`` on ``shards``: its own bounds if it
+    has them (a method ``smoothness_bounds(x, sizes)``: softmax regression's, Boehning's), else estimates at
+    ``theta``. A network has no such bound that holds everywhere (a ReLU network's curvature is not
     even defined at a kink), so for a model without one, the curvature at ``theta`` (the run's theta^0) is
     measured by :func:`curvature_estimates` (``rng`` draws its starting vectors). Why an estimate rather than
     requiring ``L_m`` from the user: LAG-PS then runs from any config, and its rule
