@@ -24,16 +24,11 @@ def _synthetic(*overrides):
     return build_run(load_preset("synthetic", list(overrides)), progress=False)
 
 
-def _devices():
-    """Three clients with round numbers: up, down (bits/s), latency (s), speed (multiply-adds/s)."""
-    return Devices(uplink=np.array([1e6, 2e6, 4e6]), downlink=np.array([8e6, 8e6, 16e6]),
-                   latency=np.array([0.1, 0.05, 0.2]), speed=np.array([1e9, 2e9, 1e9]))
-
-
 def test_arrival_is_download_compute_upload_by_hand():
-    devices = _devices()
-    clients = np.array([0, 2])
-    got = arrival_seconds(devices, clients, down_bits=np.array([8e5, 0]), samples=100,
+    # Three clients with round numbers: up, down (bits/s), latency (s), speed (multiply-adds/s).
+    devices = Devices(uplink=np.array([1e6, 2e6, 4e6]), downlink=np.array([8e6, 8e6, 16e6]),
+                      latency=np.array([0.1, 0.05, 0.2]), speed=np.array([1e9, 2e9, 1e9]))
+    got = arrival_seconds(devices, np.array([0, 2]), down_bits=np.array([8e5, 0]), samples=100,
                           multiply_adds_per_sample=3e6, up_bits=np.array([5e5, 2e6]))
     # client 0: (0.1 + 8e5/8e6) + 100*3e6/1e9 + (0.1 + 5e5/1e6) = 0.2 + 0.3 + 0.6
     # client 2: (0.2 + 0) + 0.3 + (0.2 + 2e6/4e6) = 0.2 + 0.3 + 0.7
