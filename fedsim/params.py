@@ -3,8 +3,7 @@
 Conventions (used everywhere in fedsim)
 ---------------------------------------
 A model's parameters are one contiguous 1-D array ``theta`` of length ``spec.size``. The tensors are laid
-out one after another in ``spec.names`` order, each row-major. Softmax regression stores ``W``
-(n_features x n_classes) then ``b`` (n_classes). Many clients at once are a 2-D array
+out one after another in ``spec.names`` order, each row-major. Many clients at once are a 2-D array
 (clients x spec.size); every function that takes ``theta`` also accepts such a stack, the parameter axis
 being the last one. :meth:`ParamSpec.view` returns a view, never a copy, so writing into it writes into
 the flat vector.

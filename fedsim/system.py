@@ -76,7 +76,7 @@ from fedsim.constraints import OneOf, Optional, Real, Text, check_fields, settin
 
 
 class Profile(NamedTuple):
-    """The median numbers of one kind of device (see the module docstring for their sources)."""
+    """The median numbers of one kind of device."""
 
     uplink: float        # bits/s
     downlink: float      # bits/s
@@ -152,8 +152,7 @@ class Devices(NamedTuple):
 
 
 def draw_devices(config: SystemConfig, n_clients: int, rng: np.random.Generator) -> Devices:
-    """The devices of ``n_clients`` clients: from the profile (each number lognormal around its median with
-    sigma ``spread``; "mixed" first draws each client's profile), the custom medians, or the trace file."""
+    """The devices of ``n_clients`` clients (the module docstring: profiles, spread, custom, trace)."""
     if config.profile == "trace":
         return read_trace(config.trace, n_clients)
     if config.profile == "custom":
@@ -169,8 +168,8 @@ def draw_devices(config: SystemConfig, n_clients: int, rng: np.random.Generator)
 
 
 def read_trace(path, n_clients: int) -> Devices:
-    """The devices written in the CSV file at ``path`` (header ``client,up,down,latency,speed``, one row per
-    client 0..n_clients-1, in any order); a malformed file is one ValueError line naming system.trace."""
+    """The devices of the CSV file at ``path`` (rows in any order); a malformed file is one ValueError line
+    naming system.trace."""
     where = f"system.trace {path}"
     try:
         with open(Path(path), newline="", encoding="utf-8") as handle:
@@ -213,8 +212,7 @@ def transfer_seconds(bits, bandwidth, latency):
 
 def arrival_seconds(devices: Devices, clients: np.ndarray, down_bits, samples, multiply_adds_per_sample: float,
                     up_bits) -> np.ndarray:
-    """When each of ``clients`` has delivered its update, from the round's start: transfer_down(down_bits)
-    + samples x multiply-adds per sample / speed (its local work) + transfer_up(up_bits)."""
+    """``arrival_k`` of the module docstring for each of ``clients``, from the round's start."""
     latency = devices.latency[clients]
     return (transfer_seconds(down_bits, devices.downlink[clients], latency)
             + np.asarray(samples, dtype=np.float64) * multiply_adds_per_sample / devices.speed[clients]
@@ -222,12 +220,8 @@ def arrival_seconds(devices: Devices, clients: np.ndarray, down_bits, samples, m
 
 
 def kept_updates(arrival: np.ndarray, reachable: np.ndarray, needed: int, deadline: float | None):
-    """Which updates the server aggregates and when it stops waiting: ``(kept (K,) bool, wait seconds)``.
-
-    Kept: the first ``needed`` reachable updates to arrive (ties: in client order), among those that arrive
-    by the deadline. The wait ends when it holds ``needed`` updates, at the deadline, or when every
-    reachable participant has reported, whichever is first (0 if no one is reachable).
-    """
+    """``(kept (K,) bool, wait seconds)``: the first ``needed`` reachable updates to arrive by the deadline
+    (ties: in client order) are kept; ``wait`` as in the module docstring (0 if no one is reachable)."""
     limit = math.inf if deadline is None else deadline
     candidates = np.flatnonzero(reachable & (arrival <= limit))
     order = candidates[np.argsort(arrival[candidates], kind="stable")][:needed]
@@ -243,18 +237,16 @@ def kept_updates(arrival: np.ndarray, reachable: np.ndarray, needed: int, deadli
 
 
 def reachable_clients(config: SystemConfig, streams, round_: int, participants: np.ndarray) -> np.ndarray:
-    """Which participants stay reachable in round ``round_``: one uniform draw per participant (in client
-    order) from the stream ``("system", round_)``, so the same seed drops the same clients (also after a
-    resume): reachable where the draw is below ``availability``."""
+    """Which participants stay reachable in round ``round_``: one uniform draw each (in client order) from the
+    stream ``("system", round_)``, below ``availability``."""
     if config.availability >= 1.0:
         return np.ones(len(participants), dtype=bool)
     return streams.generator("system", round_).random(len(participants)) < config.availability
 
 
 def round_devices(config: SystemConfig, streams, devices: Devices, round_: int, clients: np.ndarray) -> Devices:
-    """The devices of ``clients`` in round (iteration) ``round_``: each of a client's four numbers times
-    exp(round_spread z), z standard normal from the stream ``("system-round", round_, client)``, so a client's
-    links in a round do not depend on who else takes part; its own devices when round_spread is 0."""
+    """The devices of ``clients`` in round (iteration) ``round_`` under ``round_spread`` (the module docstring;
+    one stream per client, so a client's links in a round do not depend on who else takes part)."""
     own = Devices(*(values[clients] for values in devices))
     if config.round_spread == 0:
         return own
@@ -328,5 +320,5 @@ class LazyClock:
 
 
 __all__ = ["Devices", "FederatedClock", "LazyClock", "MIXED", "PROFILES", "Profile", "SystemConfig",
-           "arrival_seconds", "draw_devices", "kept_updates", "read_trace",
-           "reachable_clients", "round_devices", "transfer_seconds"]
+           "arrival_seconds", "draw_devices", "kept_updates", "read_trace", "reachable_clients", "round_devices",
+           "transfer_seconds"]

@@ -19,16 +19,16 @@ from fedsim.system import (Devices, LazyClock, SystemConfig, arrival_seconds, dr
                            round_devices)
 
 
-def _devices():
-    """Three clients with round numbers: up, down (bits/s), latency (s), speed (multiply-adds/s)."""
-    return Devices(uplink=np.array([1e6, 2e6, 4e6]), downlink=np.array([8e6, 8e6, 16e6]),
-                   latency=np.array([0.1, 0.05, 0.2]), speed=np.array([1e9, 2e9, 1e9]))
+def _synthetic(*overrides):
+    """A run of the synthetic preset with ``overrides``."""
+    return build_run(load_preset("synthetic", list(overrides)), progress=False)
 
 
 def test_arrival_is_download_compute_upload_by_hand():
-    devices = _devices()
-    clients = np.array([0, 2])
-    got = arrival_seconds(devices, clients, down_bits=np.array([8e5, 0]), samples=100,
+    # Three clients with round numbers: up, down (bits/s), latency (s), speed (multiply-adds/s).
+    devices = Devices(uplink=np.array([1e6, 2e6, 4e6]), downlink=np.array([8e6, 8e6, 16e6]),
+                      latency=np.array([0.1, 0.05, 0.2]), speed=np.array([1e9, 2e9, 1e9]))
+    got = arrival_seconds(devices, np.array([0, 2]), down_bits=np.array([8e5, 0]), samples=100,
                           multiply_adds_per_sample=3e6, up_bits=np.array([5e5, 2e6]))
     # client 0: (0.1 + 8e5/8e6) + 100*3e6/1e9 + (0.1 + 5e5/1e6) = 0.2 + 0.3 + 0.6
     # client 2: (0.2 + 0) + 0.3 + (0.2 + 2e6/4e6) = 0.2 + 0.3 + 0.7
@@ -116,7 +116,7 @@ def test_with_round_spread_a_deadline_drops_different_clients_from_round_to_roun
             "system.deadline=0.3", "federated.rounds=6"]
     late_sets = {}
     for spread in (0.0, 0.5):
-        run = build_run(load_preset("synthetic", base + [f"system.round_spread={spread}"]), progress=False)
+        run = _synthetic(*base, f"system.round_spread={spread}")
         sets = []
         for _ in range(6):
             residual_before = run.clients.residual[np.arange(30)].copy()
@@ -127,7 +127,7 @@ def test_with_round_spread_a_deadline_drops_different_clients_from_round_to_roun
         late_sets[spread] = sets
     assert len(set(late_sets[0.0])) == 1            # fixed devices: the same late clients every round
     assert len(set(late_sets[0.5])) > 1             # links that vary: other clients miss the deadline
-    again = build_run(load_preset("synthetic", base + ["system.round_spread=0.5"]), progress=False).run()
+    again = _synthetic(*base, "system.round_spread=0.5").run()
     assert [r["dropped"] for r in again] == [len(s) for s in late_sets[0.5]]
     assert config_fingerprint(load_preset("synthetic", base)) == config_fingerprint(
         load_preset("synthetic", base + ["system.round_spread=0"]))
@@ -145,7 +145,7 @@ def test_profiles_draw_the_same_devices_from_the_same_seed():
 
 def test_a_deadline_drops_the_same_clients_and_counts_them():
     overrides = ["federated.rounds=4", 'system.profile="3g"', "system.deadline=0.35", "system.availability=0.8"]
-    histories = [build_run(load_preset("synthetic", overrides), progress=False).run() for _ in range(2)]
+    histories = [_synthetic(*overrides).run() for _ in range(2)]
     dropped = [record["dropped"] for record in histories[0]]
     assert dropped == [record["dropped"] for record in histories[1]]
     assert all(d > 0 for d in dropped) and all(d < record["participants"] for d, record in zip(dropped, histories[0]))
@@ -158,8 +158,8 @@ def test_a_dropped_client_keeps_its_whole_update_in_its_residual():
     whole update (the updates: the same run's next_updates, before any round)."""
     overrides = ["federated.rounds=1", 'federated.method="fedavg"', "federated.accumulate_up=true",
                  'system.profile="3g"', "system.deadline=0.35"]
-    updates = build_run(load_preset("synthetic", overrides), progress=False).next_updates()
-    run = build_run(load_preset("synthetic", overrides), progress=False)
+    updates = _synthetic(*overrides).next_updates()
+    run = _synthetic(*overrides)
     record = run.step()
     residual = run.clients.residual[np.arange(record["participants"])]     # every client takes part
     dropped = np.any(residual != 0, axis=1)
@@ -172,10 +172,10 @@ def test_an_unreachable_client_takes_no_part_and_is_counted():
     receive nothing (no synchronization), train nothing (cursor, epoch, residual untouched)."""
     base = ["federated.rounds=1", 'federated.method="fedavg"', "federated.accumulate_up=true",
             "federated.participation_rate=0.5", 'system.profile="4g"']
-    everyone = build_run(load_preset("synthetic", base), progress=False)
+    everyone = _synthetic(*base)
     everyone.step()
     sampled = np.flatnonzero(everyone.clients.last_sync == 1)
-    run = build_run(load_preset("synthetic", base + ["system.availability=0.5"]), progress=False)
+    run = _synthetic(*base, "system.availability=0.5")
     record = run.step()
     took_part = np.flatnonzero(run.clients.last_sync == 1)
     unreachable = np.setdiff1d(sampled, took_part)
@@ -189,10 +189,8 @@ def test_an_unreachable_client_takes_no_part_and_is_counted():
 
 @pytest.mark.parametrize("method", ["fedavg", "stc_updown", "signsgd"])
 def test_a_round_without_a_reachable_client_leaves_the_model(method):
-    config = load_preset("synthetic", ["federated.rounds=3", f'federated.method="{method}"',
-                                       "federated.participation_rate=0.04", 'system.profile="wifi"',
-                                       "system.availability=0.01"])
-    run = build_run(config, progress=False)
+    run = _synthetic("federated.rounds=3", f'federated.method="{method}"', "federated.participation_rate=0.04",
+                     'system.profile="wifi"', "system.availability=0.01")
     before = run.server.weights.copy()
     records = run.run()
     assert [(r["participants"], r["dropped"], r["bits_up"], r["lr"]) for r in records] == [(1, 1, 0, None)] * 3
@@ -201,9 +199,8 @@ def test_a_round_without_a_reachable_client_leaves_the_model(method):
 
 
 def test_rounds_with_and_without_reachable_clients_follow_each_other():
-    config = load_preset("synthetic", ["federated.rounds=30", 'system.profile="3g"', "system.availability=0.5",
-                                       "federated.participation_rate=0.1"])
-    records = build_run(config, progress=False).run()
+    records = _synthetic("federated.rounds=30", 'system.profile="3g"', "system.availability=0.5",
+                         "federated.participation_rate=0.1").run()
     nobody = [r["round"] for r in records if r["dropped"] == r["participants"]]
     assert nobody and len(nobody) < len(records)
     assert all(0 <= r["test_accuracy"] <= 1 for r in records)
@@ -214,7 +211,7 @@ def test_a_bit_budget_is_solved_at_the_first_round_with_updates():
     settings = ['federated.method="topk_up"', "federated.participation_rate=0.04", "federated.bits_per_round=2000",
                 'system.profile="wifi"', "system.availability=0.5", "federated.rounds=6"]
     for seed in range(20):                     # a seed whose round 1 reached nobody, and a later round someone
-        records = build_run(load_preset("synthetic", settings + [f"seed={seed}"]), progress=False).run()
+        records = _synthetic(*settings, f"seed={seed}").run()
         reached = [r["dropped"] == 0 for r in records]
         if not reached[0] and any(reached):
             break
@@ -226,16 +223,14 @@ def test_a_bit_budget_is_solved_at_the_first_round_with_updates():
 
 
 def test_over_selection_samples_more_and_keeps_the_needed():
-    config = load_preset("synthetic", ["federated.rounds=1", "federated.participation_rate=0.5",
-                                       'system.profile="mixed"', "system.over_select=1.5"])
-    record = build_run(config, progress=False).step()
+    record = _synthetic("federated.rounds=1", "federated.participation_rate=0.5", 'system.profile="mixed"',
+                        "system.over_select=1.5").step()
     assert record["participants"] == 23 and record["dropped"] == 23 - 15
 
 
 def test_the_deadline_no_client_can_meet_is_one_line():
-    config = load_preset("synthetic", ['system.profile="3g"', "system.deadline=0.01"])
     with pytest.raises(ValueError, match=r"^system.deadline \(0.01 s\) is shorter than the fastest client"):
-        build_run(config, progress=False)
+        _synthetic('system.profile="3g"', "system.deadline=0.01")
 
 
 LAZY_REFUSES = r"apply to family 'federated' only \(family is 'lazy'\)"     # the settings of the federated round
@@ -323,15 +318,13 @@ def test_lazy_runs_carry_simulated_time_to_compare_and_the_sweep_metrics(tmp_pat
 
 
 def test_a_resumed_run_continues_the_clock_and_the_drops_bitwise():
-    config = load_preset("synthetic", ["federated.rounds=4", 'system.profile="mixed"', "system.deadline=0.5",
-                                       "system.availability=0.7", "federated.participation_rate=0.5"])
-    straight = build_run(config, progress=False).run()
-    first = build_run(config, progress=False)
+    overrides = ["federated.rounds=4", 'system.profile="mixed"', "system.deadline=0.5", "system.availability=0.7",
+                 "federated.participation_rate=0.5"]
+    straight = _synthetic(*overrides).run()
+    first = _synthetic(*overrides)
     first.run(2)
-    resumed = build_run(config, progress=False)
+    resumed = _synthetic(*overrides)
     resumed.load_state_dict(*first.state_dict())
-    resumed.run()
-    drop_time = [{key: r[key] for key in ("simulated_seconds", "dropped", "test_accuracy")} for r in straight]
-    assert drop_time == [{key: r[key] for key in ("simulated_seconds", "dropped", "test_accuracy")}
-                         for r in resumed.history]
+    keys = ("simulated_seconds", "dropped", "test_accuracy")
+    assert [[r[key] for key in keys] for r in resumed.run()] == [[r[key] for key in keys] for r in straight]
     assert sum(r["dropped"] for r in straight) > 0

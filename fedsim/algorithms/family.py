@@ -5,8 +5,7 @@ A family is the run protocol of one kind of algorithm, declared once beside its 
 config table, ``make_run`` and the few words the runner needs (unit, clients and steps settings), plus one
 :class:`Report` holding what the command line, the progress bar, ``compare``, ``plot`` and the sweeps say
 about its runs. Config validation, the runner and ``fedsim show-config`` ask :data:`FAMILIES` instead of
-branching on a family's name. A run builds its model in its constructor (``FederatedRun``, ``LazyRun``),
-from the model registry (:mod:`fedsim.models.base`): ``config.model.build(n_features, n_classes, l2)``.
+branching on a family's name. A run builds its model in its constructor (:mod:`fedsim.models.base`).
 
 The run protocol (what :meth:`Family.make_run` returns)::
 

@@ -133,8 +133,9 @@ class ModelConfig:
 
 
 class Classifier:
-    """What the built-in models share, from their ``spec`` and ``logits(theta, x)``: the flat vector's length,
-    the predicted classes, the accuracy and the labels' range check."""
+    """What the built-in models share, from their ``spec``, ``l2``, ``logits(theta, x)`` and ``_mean(nll,
+    weights)`` (the mean of per-sample losses, weighted as in ``loss_and_grad``): the flat vector's length, the
+    predicted classes, the loss and evaluation by the stable log-softmax, the L2 penalty and the labels' checks."""
 
     @property
     def size(self) -> int:
@@ -148,9 +149,75 @@ class Classifier:
         """Fraction of samples whose predicted class equals the label."""
         return np.mean(self.predict(theta, x) == y, axis=-1)
 
+    def loss(self, theta: np.ndarray, x, y: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+        """Mean cross-entropy plus the L2 penalty; one value per model of the stack."""
+        _, _, nll = self._scored(theta, x, y)
+        return self._mean(nll, weights) + self._penalty(theta)
+
+    def evaluate(self, theta: np.ndarray, x, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Mean loss (with the L2 penalty) and accuracy from one forward pass."""
+        logits, labels, nll = self._scored(theta, x, y)
+        accuracy = np.mean(np.argmax(logits, axis=-1) == labels, axis=-1)
+        return nll.mean(axis=-1) + self._penalty(theta), accuracy
+
+    def _scored(self, theta: np.ndarray, x, y) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The logits, the labels (checked, broadcast against the logits) and each sample's -log p[y]."""
+        logits = self.logits(theta, x)
+        labels = self._checked_labels(y, np.broadcast_shapes(logits.shape[:-1], np.shape(y)))
+        nll, _, _ = log_softmax(np.broadcast_to(logits, labels.shape + logits.shape[-1:]), labels)
+        return logits, labels, nll
+
+    def _penalty(self, theta):
+        """(l2 / 2) ||theta||^2 per model (0 without a penalty)."""
+        if not self.l2:
+            return 0.0
+        return 0.5 * self.l2 * np.einsum("...i,...i->...", theta, theta)
+
+    def _penalized(self, loss, grad: np.ndarray, theta: np.ndarray):
+        """The L2 term of a loss and its gradient: ``loss + (l2 / 2) ||theta||^2``, and ``grad += l2 theta``."""
+        if not self.l2:
+            return loss
+        grad += self.l2 * theta
+        return loss + self._penalty(theta)
+
+    def _checked_labels(self, y, shape: tuple[int, ...]) -> np.ndarray:
+        """``y`` as int64 labels broadcast to ``shape`` (the batch and the samples)."""
+        y = np.asarray(y)
+        if not np.issubdtype(y.dtype, np.integer):
+            raise ValueError(f"y must be integer labels, got dtype {y.dtype}")
+        try:
+            y = np.broadcast_to(y.astype(np.int64, copy=False), shape)
+        except ValueError:
+            raise ValueError(f"y of shape {y.shape} does not fit the samples {shape}") from None
+        self._check_label_range(y)
+        return y
+
     def _check_label_range(self, y: np.ndarray) -> None:
         if y.size and (y.min() < 0 or y.max() >= self.n_classes):
             raise ValueError(f"labels must lie in [0, {self.n_classes - 1}], got range [{y.min()}, {y.max()}]")
+
+
+def log_softmax(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """-log p[y] by the stable log-softmax, s = z - max z: ``log sum exp(s) - s[y]``; and ``exp(s)`` (a new
+    array) with its sum over the classes (keeping that axis), so that ``p = exp(s) / sum exp(s)``."""
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    total = exp.sum(axis=-1, keepdims=True)
+    nll = np.log(total[..., 0]) - np.take_along_axis(shifted, labels[..., None], axis=-1)[..., 0]
+    return nll, exp, total
+
+
+def initialize_weights(weights: list[np.ndarray], kind: str, rng: np.random.Generator | None) -> None:
+    """Fill a model's weight matrices (views of its zero flat vector, each ``(..., fan_in, fan_out)``) for
+    init ``kind``: ``"zeros"`` leaves them 0; ``"glorot"`` (Xavier-uniform) draws them from ``rng`` in list
+    order, W ~ U(-a, a) with a = sqrt(6 / (fan_in + fan_out)). The biases stay 0 either way."""
+    if kind not in INIT_KINDS:
+        raise ValueError(f"init kind must be 'zeros' or 'glorot', got {kind!r}")
+    if kind == "glorot" and rng is None:
+        raise ValueError("init kind 'glorot' needs a numpy.random.Generator (rng)")
+    for W in weights if kind == "glorot" else ():
+        limit = np.sqrt(6.0 / (W.shape[-2] + W.shape[-1]))
+        W[...] = rng.uniform(-limit, limit, size=W.shape)
 
 
 def multiply_adds_per_sample(model) -> int:
@@ -165,4 +232,4 @@ def multiply_adds_per_sample(model) -> int:
 
 
 __all__ = ["multiply_adds_per_sample", "ACTIVATIONS", "Classifier", "INIT_KINDS", "MODELS", "ModelConfig", "ModelEntry",
-           "Widths", "register_model"]
+           "Widths", "initialize_weights", "log_softmax", "register_model"]

@@ -5,11 +5,9 @@ Parameters are one flat vector ``theta`` (:mod:`fedsim.params`) holding, layer b
 output layer ``WL`` (H_{L-1} x n_classes) and ``bL`` (n_classes): a compressor's per-tensor scope follows
 the layers. With no hidden layer the layout and the results are those of softmax regression.
 
-Every function also takes a stack of models, ``theta`` of shape ``(K, size)``, with ``x`` of shape
-``(K, n, n_features)`` (each client its batch) or ``(n, n_features)`` (one batch for all); leading axes
-broadcast as in ``np.matmul``, and each layer is one batched matrix product for all K clients. The
-computation is in the parameters' dtype (float32 or float64); the layers' weights are views of ``theta``,
-never copies.
+Stacks of models and data (the protocol of :mod:`fedsim.models.base`) broadcast as in ``np.matmul``: each
+layer is one batched matrix product for all K clients. The computation is in the parameters' dtype (float32
+or float64); the layers' weights are views of ``theta``, never copies.
 
 Equations (L layers, h_0 = x; one-hot labels Y; optional sample weights m_i, else m_i = 1)::
 
@@ -33,9 +31,8 @@ from dataclasses import MISSING, dataclass
 import numpy as np
 
 from fedsim.constraints import Integer, OneOf, Real, check_fields, setting
-from fedsim.models.base import ACTIVATIONS, Classifier
+from fedsim.models.base import ACTIVATIONS, Classifier, initialize_weights, log_softmax
 from fedsim.models.features import FLOAT_DTYPES, Codes, checked_rows, decoded
-from fedsim.models.softmax import initialize_weights
 from fedsim.params import ParamSpec
 
 
@@ -119,13 +116,8 @@ class MLP(Classifier):
 
     def loss_and_grad(self, theta: np.ndarray, x, y: np.ndarray, weights: np.ndarray | None = None,
                       rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Loss (shape: the broadcast batch of ``theta``, ``x`` and ``y``) and its gradient (that batch +
-        ``(size,)``), by one forward and one backward pass.
-
-        ``weights`` (shape ``(..., n)``, optional) weigh the samples: the mean becomes
-        ``sum_i m_i l_i / sum_i m_i``, so a 0/1 mask pads ragged client batches to one array. ``rows``
-        (shape ``(..., n)``, optional): the samples are ``x[rows]`` of a ``(N, n_features)`` set.
-        """
+        """The protocol's loss and gradient (:mod:`fedsim.models.base`; the batch: that of ``theta``, ``x`` and
+        ``y`` broadcast), by one forward and one backward pass."""
         outputs = self.forward(theta, x, rows)
         theta = np.asarray(theta)
         dtype = theta.dtype
@@ -141,8 +133,10 @@ class MLP(Classifier):
                   share: np.ndarray, grad: np.ndarray, grads: list) -> np.ndarray:
         """The loss, and its gradient into ``grad`` (``grads``: its layers' views), from the forward pass's
         ``outputs`` (the logits popped off) and each sample's share of the mean."""
-        dtype = theta.dtype
-        nll, delta = self._nll_and_residual(np.broadcast_to(logits, labels.shape + logits.shape[-1:]), labels)
+        nll, delta, total = log_softmax(np.broadcast_to(logits, labels.shape + logits.shape[-1:]), labels)
+        delta /= total                                            # p
+        np.put_along_axis(delta, labels[..., None], np.take_along_axis(delta, labels[..., None], axis=-1) - 1,
+                          axis=-1)                                # p - Y
         loss = np.sum(nll * share, axis=-1)
         delta *= share[..., None]                                 # dz_L = (p - Y) m / sum m
         for l in range(len(layers), 0, -1):
@@ -156,15 +150,11 @@ class MLP(Classifier):
                     delta *= h_below > 0
                 else:
                     delta *= 1 - h_below * h_below
-        if self.l2:
-            loss = loss + self._penalty(theta)
-            grad += dtype.type(self.l2) * theta
-        return loss
+        return self._penalized(loss, grad, theta)
 
     def batch_gradient(self, x, models: int, batch: int, dtype) -> MLPBatchGradient | None:
-        """Optional (:mod:`fedsim.models.base`): :meth:`loss_and_grad` for ``models`` stacked batches of ``batch``
-        rows of the ``(N, F)`` float set ``x`` (None for 8-bit Codes or another dtype), with its layers' slices
-        and buffers made once for many calls (a round's local steps), bitwise the same results."""
+        """The protocol's optional batch gradient (:mod:`fedsim.models.base`): None for 8-bit Codes or another
+        dtype."""
         if isinstance(x, Codes) or np.asarray(x).dtype != np.dtype(dtype) or np.asarray(x).ndim != 2:
             return None
         return MLPBatchGradient(self, np.asarray(x), models, batch)
@@ -174,41 +164,10 @@ class MLP(Classifier):
         """z_L, shape ``(..., n, n_classes)``."""
         return self.forward(theta, x)[-1]
 
-    def loss(self, theta: np.ndarray, x, y: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
-        """Mean cross-entropy plus the L2 penalty; one value per model of the stack."""
-        logits = self.logits(theta, x)
-        labels = self._checked_labels(y, np.broadcast_shapes(logits.shape[:-1], np.shape(y)))
-        nll, _ = self._nll_and_residual(np.broadcast_to(logits, labels.shape + logits.shape[-1:]), labels)
-        share = self._sample_shares(weights, labels.shape, logits.dtype)
-        return np.sum(nll * share, axis=-1) + self._penalty(np.asarray(theta))
-
-    def evaluate(self, theta: np.ndarray, x, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Mean loss (with the L2 penalty) and accuracy from one forward pass."""
-        logits = self.logits(theta, x)
-        labels = self._checked_labels(y, np.broadcast_shapes(logits.shape[:-1], np.shape(y)))
-        accuracy = np.mean(np.argmax(logits, axis=-1) == labels, axis=-1)
-        nll, _ = self._nll_and_residual(np.broadcast_to(logits, labels.shape + logits.shape[-1:]), labels)
-        return nll.mean(axis=-1) + self._penalty(np.asarray(theta)), accuracy
-
     # -- pieces --------------------------------------------------------------------------------------
-    @staticmethod
-    def _nll_and_residual(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """-log p[y] and p - Y (a new array), by the stable log-softmax:
-        s = z - max z,  -log p[y] = log sum exp(s) - s[y],  p = exp(s) / sum exp(s)."""
-        shifted = logits - logits.max(axis=-1, keepdims=True)
-        exp = np.exp(shifted)
-        total = exp.sum(axis=-1, keepdims=True)
-        nll = np.log(total[..., 0]) - np.take_along_axis(shifted, labels[..., None], axis=-1)[..., 0]
-        exp /= total                                              # p
-        np.put_along_axis(exp, labels[..., None], np.take_along_axis(exp, labels[..., None], axis=-1) - 1,
-                          axis=-1)                                # p - Y
-        return nll, exp
-
-    def _penalty(self, theta: np.ndarray):
-        """(l2 / 2) ||theta||^2 per model (0 without a penalty)."""
-        if not self.l2:
-            return 0.0
-        return theta.dtype.type(0.5 * self.l2) * np.einsum("...i,...i->...", theta, theta)
+    def _mean(self, nll: np.ndarray, weights) -> np.ndarray:
+        """``sum_i m_i l_i / sum_i m_i`` (:meth:`_sample_shares`) of the per-sample losses ``nll``."""
+        return np.sum(nll * self._sample_shares(weights, nll.shape, nll.dtype), axis=-1)
 
     def _checked_theta(self, theta) -> np.ndarray:
         theta = np.asarray(theta)
@@ -231,18 +190,6 @@ class MLP(Classifier):
             x = x[checked_rows(x, rows)]
         return decoded(x).astype(dtype, copy=False)
 
-    def _checked_labels(self, y, shape: tuple[int, ...]) -> np.ndarray:
-        """``y`` as int64 labels broadcast to ``shape`` (the batch and the samples)."""
-        y = np.asarray(y)
-        if not np.issubdtype(y.dtype, np.integer):
-            raise ValueError(f"y must be integer labels, got dtype {y.dtype}")
-        try:
-            y = np.broadcast_to(y.astype(np.int64, copy=False), shape)
-        except ValueError:
-            raise ValueError(f"y of shape {y.shape} does not fit the samples {shape}") from None
-        self._check_label_range(y)
-        return y
-
     @staticmethod
     def _sample_shares(weights, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         """Each sample's share of the mean, ``m_i / sum m`` (shape ``shape``), or ``1 / n`` without weights."""
@@ -259,12 +206,10 @@ class MLP(Classifier):
 
 
 class MLPBatchGradient:
-    """:meth:`MLP.loss_and_grad` of K models, each on a batch of B rows of one ``(N, F)`` float set, for one
-    call after another: ``gradient(theta, rows, labels, mask) -> (loss (K,), grad (K, P))``, the grad a
-    buffer that the next call overwrites. ``loss_and_grad``'s own passes (:meth:`MLP._forward`,
-    :meth:`MLP._backward`), with the layers' slices, the logits' and gradient's buffers and the even shares
-    made once, and the samples gathered by a kernel: bitwise equal results without re-deriving them (and
-    the checks) on every call."""
+    """The MLP's batch gradient (the protocol: :mod:`fedsim.models.base`): ``loss_and_grad``'s own passes
+    (:meth:`MLP._forward`, :meth:`MLP._backward`), with the layers' slices, the logits' and gradient's buffers
+    and the even shares made once, and the samples gathered by a kernel: bitwise equal results without
+    re-deriving them (and the checks) on every call."""
 
     def __init__(self, model: MLP, x: np.ndarray, models: int, batch: int):
         from fedsim.kernels import softmax as softmax_kernels
@@ -287,8 +232,7 @@ class MLPBatchGradient:
 
     def __call__(self, theta: np.ndarray, rows: np.ndarray, labels: np.ndarray,
                  mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Loss (K,) and gradient (K, P) at ``theta`` (K, P) on ``x[rows]`` (rows (K, B) int64, in range),
-        ``labels`` (K, B) int64 in [0, C), an optional 0/1 ``mask`` (K, B) of the real rows."""
+        """``theta`` (K, P); ``rows`` (K, B) int64, in range; ``labels`` (K, B) int64 in [0, C); ``mask`` 0/1."""
         model, layers = self.model, self._layers(theta)
         self.gather(self.x, rows, self.samples)                       # x[rows]
         outputs = model._forward(self.samples, layers, self.z)

@@ -1,9 +1,7 @@
 """Softmax (multinomial logistic) regression with hand-written loss and gradient.
 
-Parameters are one flat vector ``theta`` = [W (n_features x n_classes, row-major), b (n_classes)]
-(:mod:`fedsim.params`). Every function also takes a stack of models, ``theta`` of shape
-``(clients, size)`` with ``x`` of shape ``(clients, batch, n_features)``, and data as a float array or
-as 8-bit :class:`~fedsim.models.features.Codes`.
+``theta`` = [W (n_features x n_classes, row-major), b (n_classes)]; the shapes, stacks and 8-bit data every
+call takes: the protocol of :mod:`fedsim.models.base`.
 
 One pass over the data: the samples are visited in cache-sized blocks (``_Plan``), and a gradient
 computes each block's logits, residual and weight-gradient share while the block is in cache, so each
@@ -31,7 +29,7 @@ import numpy as np
 
 from fedsim.constraints import Integer, Real, check_fields, setting
 from fedsim.kernels import softmax as softmax_kernels
-from fedsim.models.base import INIT_KINDS, Classifier
+from fedsim.models.base import Classifier, initialize_weights
 from fedsim.models.features import checked_rows, decoded, split as split_features
 from fedsim.params import ParamSpec
 
@@ -72,30 +70,12 @@ class SoftmaxRegression(Classifier):
         _on_threads(work, _split(plan.blocks, [[block] for block in plan.blocks]))
         return z.reshape(plan.batch + (plan.n, self.n_classes))
 
-    def evaluate(self, theta: np.ndarray, x, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Mean loss (with the L2 penalty) and accuracy from one pass over the data."""
-        z = self.logits(theta, x)
-        accuracy = np.mean(np.argmax(z, axis=-1) == y, axis=-1)
-        return self._nll(z, y).mean(axis=-1) + self._penalty(theta), accuracy
-
-    def loss(self, theta: np.ndarray, x, y: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
-        """Mean cross-entropy plus the L2 penalty; one value per model of the stack."""
-        self._check_label_range(np.asarray(y))
-        return self._mean(self._nll(self.logits(theta, x), y), weights) + self._penalty(theta)
-
     def loss_and_grad(self, theta: np.ndarray, x, y: np.ndarray, weights: np.ndarray | None = None,
                       rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Loss (shape ``theta.shape[:-1]``) and its gradient (shape of ``theta``), in one pass over x.
-
-        ``weights`` (shape ``(..., n)``, optional) weigh the samples: the mean becomes
-        ``sum_i m_i l_i / sum_i m_i``, so a 0/1 mask pads ragged client batches to one array.
-        ``rows`` (shape ``(..., n)``, optional): the samples are ``x[rows]`` of a ``(N, F)`` set, gathered
-        block by block rather than copied out first. ``x`` may be :class:`Codes` (8-bit features).
-
-        Each cache-sized block of samples is read from memory once: its logits, the residual
-        ``delta = m (p - Y) / sum m`` and its share ``x_block^T delta`` of the weight gradient are computed
-        while it is in cache (the products' summation order is that of the blocks, see ``_Plan``).
-        """
+        """The protocol's loss and gradient (:mod:`fedsim.models.base`), in one pass over x: each cache-sized
+        block of samples (``x[rows]`` gathered block by block) is read from memory once, its logits, the residual
+        ``delta = m (p - Y) / sum m`` and its share ``x_block^T delta`` of the weight gradient computed while it
+        is in cache (the products' summation order is that of the blocks, see ``_Plan``)."""
         self._check_label_range(np.asarray(y))
         plan = _Plan(self, theta, x, rows)
         L, n, F, C = plan.models, plan.n, self.n_features, self.n_classes
@@ -142,16 +122,11 @@ class SoftmaxRegression(Classifier):
         loss = self._mean(nll.reshape(plan.batch + (n,)),
                           None if weights is None else np.asarray(weights, dtype=plan.dtype))
         grad = grad.reshape(plan.batch + (self.size,))
-        loss = loss + self._penalty(theta)
-        if self.l2:
-            grad += self.l2 * theta
-        return loss, grad
+        return self._penalized(loss, grad, theta), grad
 
     def batch_gradient(self, x, models: int, batch: int, dtype) -> BatchGradient | None:
-        """Optional (:mod:`fedsim.models.base`): :meth:`loss_and_grad` for ``models`` stacked batches of
-        ``batch`` rows of the ``(N, F)`` set ``x``, with its buffers allocated once for many calls (a round's
-        local steps), bitwise the same results; None where this model's calls would split a batch into
-        several products (:class:`BatchGradient`)."""
+        """The protocol's optional batch gradient (:mod:`fedsim.models.base`); None where this model's calls
+        would split a batch into several products (:class:`BatchGradient`)."""
         plan = _Plan(self, np.zeros((models, self.size), dtype), x, np.zeros((models, batch), np.int64))
         whole_batches = all(s0 == 0 and s1 == batch for _, _, s0, s1 in plan.blocks)
         one_product = batch <= plan.product_rows or all(k1 - k0 > 1 for k0, k1, _, _ in plan.blocks)
@@ -169,22 +144,10 @@ class SoftmaxRegression(Classifier):
 
     # -- pieces -----------------------------------------------------------------------------------
     @staticmethod
-    def _nll(z: np.ndarray, y) -> np.ndarray:
-        """-log p[y] = log sum exp(z - max z) - (z - max z)[y], from logits ``z`` (overwritten)."""
-        z -= z.max(axis=-1, keepdims=True)
-        z_y = np.take_along_axis(z, np.broadcast_to(np.asarray(y), z.shape[:-1])[..., None], axis=-1)[..., 0]
-        return np.log(np.exp(z).sum(axis=-1)) - z_y
-
-    @staticmethod
     def _mean(nll, weights):
         if weights is None:
             return nll.mean(axis=-1)
         return (nll * weights).sum(axis=-1) / weights.sum(axis=-1)
-
-    def _penalty(self, theta):
-        if not self.l2:
-            return 0.0
-        return 0.5 * self.l2 * np.einsum("...i,...i->...", theta, theta)
 
     def smoothness_bounds(self, x, sizes: np.ndarray) -> tuple[np.ndarray, float]:
         """Upper bounds on the smoothness constants of each worker's loss ``f_m`` and of ``f = sum_m f_m``.
@@ -218,17 +181,13 @@ class SoftmaxRegression(Classifier):
 
 
 class BatchGradient:
-    """:meth:`SoftmaxRegression.loss_and_grad` of K models, each on a batch of B rows of one ``(N, F)`` set, for
-    one call after another with the same shapes: ``gradient(theta, rows, labels, mask) -> (loss (K,), grad
-    (K, P))``, where the grad is a buffer that the next call overwrites.
-
-    The same operations as :meth:`~SoftmaxRegression.loss_and_grad` on the same shapes, in the same order
-    (the gather, one batched forward product, the two softmax kernels with NumPy's exp, sum and log
-    between them, one batched backward product), so the results are bitwise equal, without what a
-    general call re-derives each time (its plan of blocks, label checks, fresh arrays). That equality
-    holds where every batch is one product of its own there: :meth:`SoftmaxRegression.batch_gradient` returns
-    None otherwise (a single model whose batch exceeds ``product_rows``, or a batch over the block size).
-    """
+    """Softmax regression's batch gradient (the protocol: :mod:`fedsim.models.base`): the operations of
+    :meth:`~SoftmaxRegression.loss_and_grad` on the same shapes, in the same order (the gather, one batched
+    forward product, the two softmax kernels with NumPy's exp, sum and log between them, one batched backward
+    product), so the results are bitwise equal, without what a general call re-derives each time (its plan of
+    blocks, label checks, fresh arrays). That equality holds where every batch is one product of its own
+    there: :meth:`SoftmaxRegression.batch_gradient` returns None otherwise (a single model whose batch exceeds
+    ``product_rows``, or a batch over the block size)."""
 
     def __init__(self, model: SoftmaxRegression, plan: _Plan, models: int, batch: int):
         F, C, K, B = model.n_features, model.n_classes, models, batch
@@ -244,8 +203,7 @@ class BatchGradient:
 
     def __call__(self, theta: np.ndarray, rows: np.ndarray, labels: np.ndarray,
                  mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Loss (K,) and gradient (K, P) at ``theta`` (K, P) on the samples ``x[rows]`` (rows (K, B) int64, in
-        range) with ``labels`` (K, B) int64 in [0, C) and an optional 0/1 ``mask`` (K, B) of the real rows."""
+        """``theta`` (K, P); ``rows`` (K, B) int64, in range; ``labels`` (K, B) int64 in [0, C); ``mask`` 0/1."""
         dtype = self.dtype.type
         F, C = self.model.n_features, self.model.n_classes
         W = theta[:, :F * C].reshape(len(theta), F, C)            # views of theta = [W, b]
@@ -273,29 +231,13 @@ class BatchGradient:
             np.true_divide(loss, labels.shape[-1], out=loss)
         else:
             loss = self.model._mean(self.nll, mask)
-        loss = loss + self.model._penalty(theta)
-        if self.model.l2:
-            self.grad += self.model.l2 * theta
-        return loss, self.grad
+        return self.model._penalized(loss, self.grad, theta), self.grad
 
 
 def _largest_eigenvalue(symmetric: np.ndarray) -> float:
     import scipy.linalg   # here, not at the top: a federated run, or a config, needs no SciPy
     size = symmetric.shape[0]
     return float(scipy.linalg.eigvalsh(symmetric, subset_by_index=[size - 1, size - 1])[0])
-
-
-def initialize_weights(weights: list[np.ndarray], kind: str, rng: np.random.Generator | None) -> None:
-    """Fill a model's weight matrices (views of its zero flat vector, each ``(..., fan_in, fan_out)``) for
-    init ``kind``: ``"zeros"`` leaves them 0; ``"glorot"`` (Xavier-uniform) draws them from ``rng`` in list
-    order, W ~ U(-a, a) with a = sqrt(6 / (fan_in + fan_out)). The biases stay 0 either way."""
-    if kind not in INIT_KINDS:
-        raise ValueError(f"init kind must be 'zeros' or 'glorot', got {kind!r}")
-    if kind == "glorot" and rng is None:
-        raise ValueError("init kind 'glorot' needs a numpy.random.Generator (rng)")
-    for W in weights if kind == "glorot" else ():
-        limit = np.sqrt(6.0 / (W.shape[-2] + W.shape[-1]))
-        W[...] = rng.uniform(-limit, limit, size=W.shape)
 
 
 # Block sizes, measured at 1 thread (in cache; float64, 784 features, 10 classes): a product of at most

@@ -24,7 +24,6 @@ def make_run(dataset, seed=0, trace=False, **settings):
                         trace_batches=trace)
 
 
-
 # Methods whose test loss falls within these 8 rounds at these settings (signSGD's fixed step oscillates
 # here; the unbiased compressors' own tests show their learning at settings that suit them).
 LEARNS_IN_EIGHT_ROUNDS = ("none", "fedavg", "topk_up", "topk_updown", "stc_up", "stc_updown")

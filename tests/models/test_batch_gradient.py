@@ -54,7 +54,9 @@ def test_batch_gradient_equals_loss_and_grad_bitwise(dtype, K, B, F, C, storage)
                                      lambda model=model: (rng.standard_normal((K, model.size)) * 0.1).astype(dtype))
 
 
-def test_batch_gradient_declines_a_batch_split_into_several_products():
+def test_batch_gradient_declines_what_it_cannot_compute_bitwise():
+    """Softmax regression: a batch the general call splits into several products; the MLP: 8-bit codes and
+    another dtype."""
     rng = np.random.default_rng(3)
     model = SoftmaxRegression(784, 10)
     x = data(rng, 500, 784, np.float32)
@@ -64,6 +66,11 @@ def test_batch_gradient_declines_a_batch_split_into_several_products():
     assert model.batch_gradient(x, 4, 130, np.float32) is not None
     # One model of 150 rows a block (470 KB each): split again.
     assert model.batch_gradient(x, 4, 150, np.float32) is None
+    rng = np.random.default_rng(5)
+    model = MLP(16, (8,), 4)
+    assert model.batch_gradient(Codes(rng.integers(0, 256, (30, 16), dtype=np.uint8), 1 / 255), 2, 5,
+                                np.float64) is None
+    assert model.batch_gradient(data(rng, 30, 16, np.float32), 2, 5, np.float64) is None
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -77,11 +84,3 @@ def test_mlp_batch_gradient_equals_loss_and_grad_bitwise(dtype, hidden, activati
         model = MLP(F, hidden, C, activation, l2)
         assert_same_as_loss_and_grad(rng, model, x, y, K, B, dtype,
                                      lambda model=model: np.stack([model.init(rng, "glorot", dtype) for _ in range(K)]))
-
-
-def test_mlp_batch_gradient_declines_codes_and_another_dtype():
-    rng = np.random.default_rng(5)
-    model = MLP(16, (8,), 4)
-    assert model.batch_gradient(Codes(rng.integers(0, 256, (30, 16), dtype=np.uint8), 1 / 255), 2, 5,
-                                np.float64) is None
-    assert model.batch_gradient(data(rng, 30, 16, np.float32), 2, 5, np.float64) is None

@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 
+import fedsim.models.softmax as softmax_module
 from fedsim.models import SoftmaxRegression
+from fedsim.models.features import Codes
 from fedsim.params import ParamSpec
 from tests.models.conftest import five_point_gradient, torch_loss_and_grad
 
@@ -51,7 +53,16 @@ def test_zero_weights_pad_ragged_batches():
     np.testing.assert_allclose(grad, ref_grad, rtol=1e-12, atol=1e-15)
 
 
-def test_extreme_logits_stay_finite():
+def test_evaluate_predict_and_extreme_logits():
+    model, theta, x, y = _problem(np.float64, l2=0.02, n=50)
+    loss, accuracy = model.evaluate(theta, x, y)
+    assert loss == pytest.approx(model.loss(theta, x, y), rel=1e-14)
+    assert accuracy == model.accuracy(theta, x, y)
+    model = SoftmaxRegression(2, 2)
+    theta = model.spec.flatten({"W": np.array([[1.0, -1.0], [0.0, 0.0]]), "b": np.zeros(2)})
+    x = np.array([[2.0, 0.0], [-2.0, 0.0], [3.0, 1.0]])
+    np.testing.assert_array_equal(model.predict(theta, x), [0, 1, 0])
+    assert model.accuracy(theta, x, np.array([0, 1, 1])) == pytest.approx(2 / 3)
     model = SoftmaxRegression(2, 3)
     theta = np.zeros(model.size)
     model.spec.view(theta, "W")[...] = [[1e4, -1e4, 0], [0, 0, 0]]
@@ -59,14 +70,6 @@ def test_extreme_logits_stay_finite():
     loss, grad = model.loss_and_grad(theta, x, np.array([1, 1]))
     assert np.isfinite(loss) and np.all(np.isfinite(grad))
     np.testing.assert_allclose(loss, 1e4, rtol=1e-12)
-
-
-def test_prediction_and_accuracy():
-    model = SoftmaxRegression(2, 2)
-    theta = model.spec.flatten({"W": np.array([[1.0, -1.0], [0.0, 0.0]]), "b": np.zeros(2)})
-    x = np.array([[2.0, 0.0], [-2.0, 0.0], [3.0, 1.0]])
-    np.testing.assert_array_equal(model.predict(theta, x), [0, 1, 0])
-    assert model.accuracy(theta, x, np.array([0, 1, 1])) == pytest.approx(2 / 3)
 
 
 def test_glorot_init_is_seeded_and_bounded():
@@ -112,16 +115,7 @@ def test_param_spec_views_write_through_and_round_trip():
         ParamSpec(("W", "W"), ((1,), (1,)))
 
 
-def test_evaluate_equals_loss_and_accuracy():
-    model, theta, x, y = _problem(np.float64, l2=0.02, n=50)
-    loss, accuracy = model.evaluate(theta, x, y)
-    assert loss == pytest.approx(model.loss(theta, x, y), rel=1e-14)
-    assert accuracy == model.accuracy(theta, x, y)
-
-
 # -- one pass over the data: the blocks -------------------------------------------------------------
-import fedsim.models.softmax as softmax_module  # noqa: E402
-from fedsim.models.features import Codes  # noqa: E402
 
 # (whole, block, product) byte sizes that force each way of walking the data on small problems.
 WALKS = {
@@ -141,15 +135,11 @@ def walk(request, monkeypatch):
     return request.param
 
 
-def _plan_blocks(model, theta, x, rows=None):
-    return softmax_module._Plan(model, theta, x, rows).blocks
-
-
 @pytest.mark.oracle
 @pytest.mark.parametrize("batch", [(), (5,), (2, 3)])
 def test_every_walk_over_the_data_matches_torch_autograd(torch, walk, batch):
     model, theta, x, y = _problem(np.float64, batch, n=37, features=9, classes=4, seed=4, l2=0.05)
-    blocks = _plan_blocks(model, theta, x)
+    blocks = softmax_module._Plan(model, theta, x).blocks
     if walk == "one block" or (walk == "models grouped" and batch == ()):
         assert len(blocks) == 1
     else:

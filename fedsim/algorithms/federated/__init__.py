@@ -15,9 +15,8 @@ One round t (all participants at once, as arrays of shape (participants, paramet
     A <- A + m;  m_down = C_down(A);  A <- A - m_down                             downstream, error feedback
     W <- W + m_down                                                               server update
 
-Client state that lasts across rounds: its residual A_k, its momentum buffer, its shuffled sample order
-and position in it, and the last round it synchronized. A client's model always equals the server model
-after synchronization, so it is not stored.
+What a client keeps across rounds: :mod:`~fedsim.algorithms.federated.clients` (not its model: after
+synchronization it equals the server model).
 
 Caching (STC paper, section "Communication-efficient ... partial participation"): the server keeps the
 downstream messages of recent rounds; a client that last synchronized at round t0 receives

@@ -18,29 +18,27 @@ import numpy as np
 
 class RoundData(NamedTuple):
     """Where a round's batches come from: the training rows, and each participant's sample order and place in
-    it. For data held whole these are the run's own arrays (``rows`` = ``clients`` = the participants); for a
-    population drawn on demand, the round's participants only (``rows`` = 0 .. K-1)."""
+    it (``samples`` ... ``order_epoch``: as :class:`ClientStates`, one entry each). For data held whole these
+    are the run's own arrays (``rows`` = ``clients`` = the participants); for a population drawn on demand,
+    the round's participants only (``rows`` = 0 .. K-1)."""
 
     x: np.ndarray              # training features (floats, or 8-bit Codes)
     y: np.ndarray              # their labels
-    samples: np.ndarray        # each entry's sample rows, entry r's at samples[offsets[r]:offsets[r + 1]]
-    order: np.ndarray          # the same, shuffled for the entry's current epoch
+    samples: np.ndarray
+    order: np.ndarray
     offsets: np.ndarray
-    cursor: np.ndarray         # position in the current epoch's order, per entry
-    epoch: np.ndarray          # completed epochs, per entry
-    order_epoch: np.ndarray    # the epoch `order` is shuffled for, per entry; -1: not yet shuffled
+    cursor: np.ndarray
+    epoch: np.ndarray
+    order_epoch: np.ndarray
     rows: np.ndarray           # (K,) the participants' entries
     clients: np.ndarray        # (K,) the participants (the keys of their batch streams)
 
 
 class ClientRows:
-    """One row of ``width`` entries per client that has taken part, kept only for those clients: a client
-    never written reads as zeros, so memory grows with the participants, not with the population.
-
-    ``rows[clients]`` returns a (K, width) copy and ``rows[clients] = values`` stores (both with an int
-    array of distinct clients, like a dense (n_clients, width) array indexed by rows). The rows live in
-    one array that doubles when full; ``slots`` maps a client to its row.
-    """
+    """One row of ``width`` entries per client that has taken part, kept only for those clients (a client never
+    written reads as zeros), read and written like a dense (n_clients, width) array indexed by an int array of
+    distinct clients (``rows[clients]`` a copy). The rows live in one array that doubles when full; ``slots``
+    maps a client to its row."""
 
     def __init__(self, n_clients: int, width: int, dtype):
         self.n_clients, self.width, self.dtype = int(n_clients), int(width), np.dtype(dtype)

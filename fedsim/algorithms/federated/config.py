@@ -8,7 +8,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from fedsim.compress import COMPRESSORS, aggregation, compressor_class
+from fedsim.compress import COMPRESSORS, aggregation
 from fedsim.compress.base import FRACTION, SCOPES
 from fedsim.constraints import Flag, Integer, OneOf, Optional, Real, Registered, check_fields, setting
 
@@ -87,11 +87,8 @@ class FederatedConfig:
     bits_per_round: float | None = setting(
         None, "mean upload bits per participant per round: the up compressor's knob (p, levels, rank) is "
               "solved on the first round's updates to meet it", Optional(Real(0, low_open=True), "the knobs as set"))
-    # The settings of each compressor by name (the config file's [stc], [qsgd], ... tables); p and scope
-    # come from p_up / p_down and compression_scope above. A compressor not listed takes its defaults.
     compressors: dict = setting(dataclasses.MISSING, "the compressor tables ([stc], [sign], ...)",
                                 default_factory=dict)
-    # Clients sampled per round when the server over-selects (system.over_select; the run sets it).
     sampled_per_round: int | None = setting(None, "clients sampled per round (system.over_select)",
                                             Optional(AT_LEAST_ONE, "the participants needed"))
 
@@ -122,26 +119,17 @@ class FederatedConfig:
     def resolved_method(self) -> Method:
         """The :class:`Method` named by ``method``, with this config's overrides (error feedback,
         aggregation) applied."""
-        base = methods()[self.method]
-        return Method(
-            base.up, base.down, self.aggregation or base.aggregation,
-            base.accumulate_up if self.accumulate_up is None else self.accumulate_up,
-            base.accumulate_down if self.accumulate_down is None else self.accumulate_down)
+        overrides = {name: getattr(self, name) for name in ("aggregation", "accumulate_up", "accumulate_down")}
+        return dataclasses.replace(methods()[self.method],
+                                   **{name: value for name, value in overrides.items() if value is not None})
 
     def compressor(self, direction: str):
         """The compressor of ``direction`` ("up" or "down"): the method's, with its settings from
         ``compressors``, its p from ``p_up`` / ``p_down`` and its scope from ``compression_scope``."""
-        resolved = self.resolved_method
-        name = resolved.up if direction == "up" else resolved.down
-        cls = compressor_class(name)
-        base = self.compressors[name]
-        names = {f.name for f in dataclasses.fields(cls)}
-        changes = {}
-        if "p" in names:
-            changes["p"] = self.p_up if direction == "up" else self.p_down
-        if "scope" in names:
-            changes["scope"] = self.compression_scope
-        return dataclasses.replace(base, **changes)
+        base = self.compressors[getattr(self.resolved_method, direction)]
+        given = {"p": self.p_up if direction == "up" else self.p_down, "scope": self.compression_scope}
+        names = {f.name for f in dataclasses.fields(base)}
+        return dataclasses.replace(base, **{name: value for name, value in given.items() if name in names})
 
     @property
     def participants_needed(self) -> int:

@@ -119,7 +119,6 @@ class FederatedRun:
             cursor=np.zeros(config.n_clients, np.int64), epoch=np.zeros(config.n_clients, np.int64),
             order_epoch=np.full(config.n_clients, -1, np.int64),
             last_sync=np.zeros(config.n_clients, np.int64),
-            # Rows only for the clients that take part: an idle client's rows cost no memory at all.
             residual=(ClientRows(config.n_clients, P, self.dtype) if self.resolved_method.accumulate_up
                       else None),
             momentum=ClientRows(config.n_clients, P, self.dtype) if config.momentum else None)
@@ -304,13 +303,11 @@ class FederatedRun:
         ``fedsim compressors report`` does with a run folder's checkpoint)."""
         return self._local_round(self.server.round + 1)[2]
 
-    def run(self, rounds: int | None = None, callback=None) -> list[dict]:
+    def run(self, rounds: int | None = None) -> list[dict]:
         """Run until ``rounds`` (default: ``config.rounds``) rounds are complete."""
         target = self.config.rounds if rounds is None else rounds
         while self.server.round < target:
-            record = self.step()
-            if callback is not None:
-                callback(record)
+            self.step()
         return self.history
 
     # -- pieces -------------------------------------------------------------------------------------
@@ -343,9 +340,8 @@ class FederatedRun:
         return _Sent(compressed, None)
 
     def _synchronize(self, participants: np.ndarray, t: int) -> int:
-        """Bits to bring returning participants up to date: per client, the sparse sum of the
-        downstream messages it missed, or the full model (32 P bits) when that is cheaper. Each
-        participant's share is kept in ``catch_up_bits`` (K,) for the simulated clock."""
+        """The bits of the returning participants' catch-up (:mod:`fedsim.algorithms.federated`); each one's
+        are kept in ``catch_up_bits`` (K,), for the simulated clock."""
         self.catch_up_bits = np.zeros(len(participants), np.int64)
         last_sync = self.clients.last_sync[participants]
         P = self.server.weights.size
@@ -456,19 +452,14 @@ class FederatedRun:
     # -- checkpoints ----------------------------------------------------------------------------------
     @property
     def completed(self) -> int:
-        """Rounds completed so far."""
         return self.server.round
 
     def state_dict(self) -> tuple[dict[str, np.ndarray], dict]:
-        """Everything needed to continue the run bitwise identically: (arrays, JSON-able metadata).
-
-        Client rows and counters are saved only for clients that ever participated (the others are as they
-        started), so a checkpoint of a million mostly idle clients stays small. Each client's sample order is not saved:
-        it is a function of (seed, client, epoch) and is recomputed on load.
-        """
+        """The protocol's checkpoint (:mod:`fedsim.algorithms.family`): rows and counters only of the clients that
+        took part (the others are at their start: cursor, epoch and last_sync 0), so a checkpoint of a million
+        mostly idle clients stays small; no sample order (a function of (seed, client, epoch), made again)."""
         clients, server = self.clients, self.server
         touched = np.flatnonzero(clients.last_sync > 0)
-        # Only clients that took part have moved from their start (cursor 0, epoch 0, last_sync 0).
         arrays = {"server_weights": server.weights, "cursor": clients.cursor[touched],
                   "epoch": clients.epoch[touched], "last_sync": clients.last_sync[touched], "touched": touched}
         if server.residual is not None:

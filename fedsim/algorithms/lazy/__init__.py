@@ -43,15 +43,10 @@ as one 32-bit float: ``b P + 32`` bits (the reference counted ``b P``).
 
 Records and f*
 --------------
-Each iteration k = 0..K-1 gives one JSON record (:class:`~fedsim.algorithms.lazy.run.LazyRun`):
-``f(theta^k)``, ``||grad f(theta^k)||^2`` (the full gradient, whatever the method uploads),
-``||sum_m Q_m||^2`` (the aggregate the step used), the workers that uploaded, the cumulative communications
-(uploads) and bits, test accuracy on ``theta^k`` every ``eval_every`` iterations and on the final
-``theta^K``. :mod:`~fedsim.algorithms.lazy.report` turns records into arrays and measures the cost of reaching
-a residual ``f - f*``.
-
-Divergence: a NaN or inf in the objective, a gradient or theta stops the run with :class:`DivergenceError`,
-which carries the records of the iterations completed before it. (The modules: ARCHITECTURE.md.)
+One JSON record per iteration k = 0..K-1 (its keys: :mod:`fedsim.runs`; ``grad_norm_sq`` is the full
+gradient's, whatever the method uploads). :mod:`~fedsim.algorithms.lazy.report` turns records into arrays and
+measures the cost of reaching a residual ``f - f*``. A NaN or inf in the objective, a gradient or theta stops
+the run with :class:`DivergenceError`, which carries the records of the iterations completed before it.
 """
 
 from fedsim.algorithms.family import Family, register_family

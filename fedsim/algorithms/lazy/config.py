@@ -92,7 +92,7 @@ class LazyConfig:
 
     @classmethod
     def reference(cls, method: str, **overrides) -> "LazyConfig":
-        """The reference code's settings for ``method`` (SLAQ: alpha 0.008, b 3), then ``overrides``."""
+        """The reference code's settings for ``method``, then ``overrides``."""
         settings = dict(step_size=0.008, bits=3) if method == "slaq" else {}
         settings.update(overrides)
         return cls(method=method, **settings)

@@ -18,14 +18,11 @@ from fedsim.models import MODELS, ModelConfig
 
 
 def records_to_arrays(records: list[dict], n_workers: int | None = None) -> dict[str, np.ndarray]:
-    """The records of a lazy run as arrays over its K iterations k = 0..K-1, for notebooks and plots.
-
-    ``objective``, ``grad_norm_sq`` (at theta^k), ``aggregate_norm_sq`` (the aggregate of step k),
-    ``communications`` and ``bits`` (cumulative through iteration k), ``communications_before`` and
-    ``bits_before`` (spent to reach theta^k: the x-axis of residual-vs-cost plots), ``uploads`` (K, M) bools
-    (with ``n_workers``; M defaults to one past the largest worker that uploaded), and ``eval_iterations``
-    with the ``test_accuracy`` measured there (the last at the final theta^K when the run completed).
-    """
+    """The records of a lazy run as arrays over its K iterations k = 0..K-1, for notebooks and plots: the
+    records' numbers by their keys (:mod:`fedsim.runs`); ``communications_before`` and ``bits_before`` (spent to
+    reach theta^k: the x-axis of residual-vs-cost plots); ``uploads`` (K, M) bools (M: ``n_workers``, by default
+    one past the largest worker that uploaded); ``eval_iterations`` with the ``test_accuracy`` measured there
+    (the last at the final theta^K when the run completed)."""
     arrays = {name: np.array([r.get(name, math.nan) for r in records], np.float64)
               for name in ("objective", "grad_norm_sq", "aggregate_norm_sq")}
     for name in ("communications", "bits"):

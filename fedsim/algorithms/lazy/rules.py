@@ -15,12 +15,8 @@ from fedsim.models.features import Codes
 
 def history_threshold(step_history: np.ndarray, n_steps: int, history_weight: float, step_size: float,
                       n_workers: int) -> float:
-    """``H^k = (1 / (alpha^2 M^2)) sum_{d=1..min(k,D)} xi_d ||theta^{k+1-d} - theta^{k-d}||^2``.
-
-    ``step_history``: ring of the last D squared steps (entries not yet written are 0); ``n_steps`` = k.
-    Each of the ``min(k, D)`` real entries gets ``xi_d = xi / min(k, D)`` (the reference's weighting:
-    ``xi / D`` once k >= D, normalised by the number of existing differences before). ``H^0 = 0``.
-    """
+    """The history threshold ``H^k`` (:mod:`fedsim.algorithms.lazy`) from ``step_history``, the ring of the
+    last D squared steps (entries not yet written are 0), at ``n_steps`` = k."""
     available = min(int(n_steps), len(step_history))
     if available == 0:
         return 0.0
@@ -31,22 +27,17 @@ def history_threshold(step_history: np.ndarray, n_steps: int, history_weight: fl
 def laq_upload_decision(innovation: np.ndarray, threshold: float, error: np.ndarray,
                         error_at_last_upload: np.ndarray, skips: np.ndarray, max_skips: int,
                         error_scale: float = 1.0, offset: float = 0.0) -> np.ndarray:
-    """Which workers upload under the LAQ / LAG-WK / SLAQ rule (bool, shape (M,)).
-
-    ``||Q_m - Q_m_prev||^2 >= H^k + error_scale * 3 (e_m + e_hat_m) + offset``, or ``skips_m >= C``.
-    LAG-WK is ``e = e_hat = 0``; SLAQ uses ``error_scale = ec`` and its ``offset``.
-    """
+    """Which workers upload under the LAQ / LAG-WK / SLAQ rule (bool, shape (M,)): ``innovation >= threshold +
+    error_scale * 3 (error + error_at_last_upload) + offset``, or ``skips >= max_skips`` (LAG-WK: errors 0;
+    SLAQ: ``error_scale`` = ec and its ``offset``)."""
     bound = threshold + error_scale * LAQ_ERROR_FACTOR * (error + error_at_last_upload) + offset
     return (innovation >= bound) | (skips >= max_skips)
 
 
 def lag_ps_request_decision(smoothness: np.ndarray, distance_sq: np.ndarray, threshold: float,
                             skips: np.ndarray, max_skips: int) -> np.ndarray:
-    """Which workers the LAG-PS server asks for a gradient (bool, shape (M,)).
-
-    ``L_m^2 ||theta_hat_m - theta^k||^2 > H^k``, or ``skips_m >= C``; ``distance_sq`` is
-    ``||theta_hat_m - theta^k||^2``.
-    """
+    """Which workers the LAG-PS server asks for a gradient (bool, shape (M,)): ``L_m^2 distance_sq > H^k``
+    (``distance_sq`` = ``||theta_hat_m - theta^k||^2``), or ``skips_m >= C``."""
     return (smoothness ** 2 * distance_sq > threshold) | (skips >= max_skips)
 
 
@@ -113,12 +104,9 @@ class Smoothness(NamedTuple):
 
 def smoothness_bounds(shards: Shards, l2: float, model_config: ModelConfig = ModelConfig(),
                       n_classes: int | None = None) -> tuple[np.ndarray, float]:
-    """The model's own upper bounds on the smoothness constants ``L_m`` of each ``f_m`` and ``L_f`` of
-    ``f = sum_m f_m`` (its optional ``smoothness_bounds`` method: softmax regression's, the default
-    ``[model]``, is Boehning's bound), for L2 coefficient ``l2``. ``n_classes``: default the labels' count.
-
-    A model without a bound (the MLP) raises ValueError; :func:`smoothness_of` then estimates the curvature.
-    """
+    """The bounds ``L_m`` and ``L_f`` of the ``[model]`` table's model with L2 coefficient ``l2`` (its optional
+    ``smoothness_bounds`` method, :func:`smoothness_of`); ``n_classes``: default the labels' count. A model
+    without a bound (the MLP) raises ValueError."""
     n_classes = n_classes or max(2, int(shards.y.max()) + 1)
     model = model_config.build(shards.x.shape[-1], n_classes, l2)
     if not hasattr(model, "smoothness_bounds"):
@@ -128,10 +116,9 @@ def smoothness_bounds(shards: Shards, l2: float, model_config: ModelConfig = Mod
 
 
 def smoothness_of(model, shards: Shards, theta: np.ndarray, rng: np.random.Generator) -> Smoothness:
-    """``L_m`` and ``L_f`` of ``model`` on ``shards``: its own bounds if it has them, else estimates at ``theta``.
-
-    A model with a known bound says so with a method ``smoothness_bounds(x, sizes)`` (softmax regression:
-    Boehning's bound). A network has no such bound that holds everywhere (a ReLU network's curvature is not
+    """``L_m`` of each ``f_m`` and ``L_f`` of ``f = sum_m f_m`` for ``model`` on ``shards``: its own bounds if it
+    has them (a method ``smoothness_bounds(x, sizes)``: softmax regression's, Boehning's), else estimates at
+    ``theta``. A network has no such bound that holds everywhere (a ReLU network's curvature is not
     even defined at a kink), so for a model without one, the curvature at ``theta`` (the run's theta^0) is
     measured by :func:`curvature_estimates` (``rng`` draws its starting vectors). Why an estimate rather than
     requiring ``L_m`` from the user: LAG-PS then runs from any config, and its rule

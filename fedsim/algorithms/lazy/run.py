@@ -27,20 +27,13 @@ from fedsim.system import LazyClock, SystemConfig
 
 
 class LazyRun:
-    """One lazy-aggregation run, an iteration per :meth:`step` (the equations: :mod:`fedsim.algorithms.lazy`).
+    """One lazy-aggregation run, an iteration per :meth:`step` (the equations: :mod:`fedsim.algorithms.lazy`;
+    its records' keys: :mod:`fedsim.runs`; with ``system``, the ``[system]`` table, on: :class:`LazyClock`).
 
     ``partition``: one index array into ``data.x_train`` per worker; default contiguous blocks in file
     order, worker m gets ``[m N // M, (m + 1) N // M)``. ``smoothness``: LAG-PS's ``L_m``; when omitted,
-    the model's own bound if it has one (softmax regression's), else an estimate of each worker's curvature
-    at theta^0, with a warning that it is not a bound (:func:`~fedsim.algorithms.lazy.rules.smoothness_of`).
-    ``model_config``: the ``[model]`` table (softmax regression by default). The test data may be empty.
-
-    ``history`` holds one JSON-able record per completed iteration k: ``objective`` f(theta^k),
-    ``grad_norm_sq``, ``aggregate_norm_sq``, ``uploads`` (the workers that uploaded), cumulative
-    ``communications`` and ``bits``, ``test_accuracy`` where measured at theta^k, ``time``; the last
-    iteration's record also has ``final_test_accuracy`` at theta^K; with ``system`` (the ``[system]`` table)
-    on, ``simulated_seconds`` (cumulative, :class:`fedsim.system.LazyClock`). :meth:`state_dict` and
-    :meth:`load_state_dict` checkpoint and restore the run bitwise.
+    :func:`~fedsim.algorithms.lazy.rules.smoothness_of` (with a warning where it is an estimate, not a bound).
+    ``model_config``: the ``[model]`` table. The test data may be empty.
     """
 
     def __init__(self, config: LazyConfig, data: Dataset, partition: Sequence[np.ndarray] | None = None, *,
@@ -56,7 +49,6 @@ class LazyRun:
         if len(partition) != n_workers:
             raise ValueError(f"partition has {len(partition)} index arrays but n_workers (M) is {n_workers}")
         dtype = np.dtype(config.dtype)
-        self.config = config
         self.shards = stack_shards(data.x_train, data.y_train, partition, dtype)
         if RULES[config.method].gradient == "minibatch" and config.minibatch_size > self.shards.sizes.min():
             raise ValueError(f"minibatch_size must be in [1, {self.shards.sizes.min()}] (the smallest "
@@ -78,12 +70,12 @@ class LazyRun:
             smoothness = None
         self.smoothness = smoothness
         # lazy.bits_per_upload: b solved for P, recorded in the first record (budget_record)
-        self.budget_record = ({} if config.bits_per_upload is None
-                              else {"bits_per_upload_budget": config.bits_per_upload})
+        budget = config.bits_per_upload
         self.config = config = config.for_parameters(n_params)
         self.bits_per_upload = bits_per_upload(config.method, n_params, config.bits)
-        if self.budget_record:
-            self.budget_record.update(bits_per_upload_b=config.bits, bits_per_upload_achieved=self.bits_per_upload)
+        self.budget_record = {} if budget is None else {
+            "bits_per_upload_budget": budget, "bits_per_upload_b": config.bits,
+            "bits_per_upload_achieved": self.bits_per_upload}
         # The simulated clock: theta broadcast (32 P bits), each worker's gradient, the uploaders' uplinks.
         samples = (np.full(n_workers, config.minibatch_size) if RULES[config.method].gradient == "minibatch"
                    else self.shards.sizes)
@@ -210,7 +202,6 @@ class LazyRun:
 
     # -- checkpoints ---------------------------------------------------------------------------------
     def state_dict(self) -> tuple[dict[str, np.ndarray], dict]:
-        """Everything needed to continue bitwise identically: (arrays, JSON-able metadata)."""
         arrays = {"theta": self.theta, "uploaded": self.uploaded, "aggregate": self.aggregate,
                   "error_at_upload": self.error_at_upload, "skips": self.skips,
                   "step_history": self.step_history, "theta_at_gradient": self.theta_at_gradient}
@@ -239,7 +230,6 @@ class LazyRun:
 
     # -- pieces --------------------------------------------------------------------------------------
     def _smoothness(self, model_name: str, rng: np.random.Generator) -> np.ndarray:
-        """LAG-PS's L_m: the model's bound, or (a model without one) an estimate at theta^0, with a warning."""
         smoothness = smoothness_of(self.model, self.shards, self.theta, rng)
         if not smoothness.bound:
             warnings.warn(
