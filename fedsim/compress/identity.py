@@ -12,8 +12,8 @@ from typing import ClassVar
 import numpy as np
 
 from fedsim.compress import bits as analytic
-from fedsim.compress.base import (Compressor, Message, MessageFormat, float_bits, float_dtype, frozen_array,
-                                  register, register_message, scope_setting)
+from fedsim.compress.base import (Compressor, Message, MessageFormat, float_bits, frozen_array, register,
+                                  register_message, scope_setting)
 from fedsim.compress.theory import Theory
 from fedsim.kernels import sparsify
 
@@ -27,8 +27,7 @@ class DenseMessage(Message):
     values: np.ndarray   # (N,) float32/float64
 
     def __post_init__(self):
-        dtype = float_dtype(np.asarray(self.values).dtype)
-        object.__setattr__(self, "values", frozen_array(self.values, dtype))
+        self._set(values=frozen_array(self.values))
 
     @property
     def size(self) -> int:

@@ -59,10 +59,9 @@ from typing import ClassVar
 
 import numpy as np
 
-from fedsim.compress.base import (as_rows, Compressed, Compressor, float_bits, float_dtype,
-                                  frozen_array, Layout, make_layout, MessageFormat, read_floats,
-                                  register, register_message, require_generator, same_array, SegmentedMessage,
-                                  write_floats)
+from fedsim.compress.base import (as_rows, Compressed, Compressor, float_bits, float_dtype, frozen_array, Layout,
+                                  make_layout, MessageFormat, read_floats, register, register_message,
+                                  require_generator, same_value, SegmentedMessage, write_floats)
 from fedsim.compress.theory import Theory
 from fedsim.compress.bits import FLOAT_BITS
 from fedsim.constraints import Integer, OneOf, setting
@@ -108,12 +107,9 @@ class PowerSGDMessage(SegmentedMessage):
 
     def __post_init__(self):
         layout = Layout(self.segment_offsets, self.shapes)
-        object.__setattr__(self, "segment_offsets", layout.segment_offsets)
-        object.__setattr__(self, "shapes", layout.shapes)
-        object.__setattr__(self, "rank", RANK.check("rank", self.rank))
-        dtype = float_dtype(np.asarray(self.left).dtype)
-        for name in ("left", "right", "values"):
-            object.__setattr__(self, name, frozen_array(getattr(self, name), dtype))
+        self._set(segment_offsets=layout.segment_offsets, shapes=layout.shapes, rank=RANK.check("rank", self.rank),
+                  left=frozen_array(self.left))
+        self._set(right=frozen_array(self.right, self.dtype), values=frozen_array(self.values, self.dtype))
         for name, expected in zip(("left", "right", "values"), factor_sizes(self.shapes, self.rank)):
             if getattr(self, name).size != expected:
                 raise ValueError(f"PowerSGD message: {name} has {getattr(self, name).size} floats, the "
@@ -206,12 +202,8 @@ class PowerSGDState:
     def __eq__(self, other):
         if not isinstance(other, PowerSGDState):
             return NotImplemented
-        if self.layout != other.layout or self.layout.shapes != other.layout.shapes:
-            return False
-        if self.factors is None or other.factors is None:
-            return self.factors is None and other.factors is None
-        return len(self.factors) == len(other.factors) and all(
-            same_array(a, b) for a, b in zip(self.factors, other.factors))
+        return same_value((self.layout, self.layout.shapes, self.factors),
+                          (other.layout, other.layout.shapes, other.factors))
 
     __hash__ = None
 

@@ -17,8 +17,7 @@ min(n / s^2, sqrt(n) / s) ||v||^2 per bucket (the paper's lemma 3.1, section 3).
 (the order of the operations, the roundings, the zero bucket) is that of :mod:`fedsim.kernels.qsgd`.
 A bucket whose norm is 0 sends its norm only.
 
-Randomness: each row consumes exactly P uniforms (``rng.random``, float64), row after row, whatever its
-values; so row r of a batch equals compressing ``updates[r]`` alone with the Generator consumed in row order.
+Randomness: P uniforms per row (``rng.random``, float64), :func:`fedsim.compress.base.uniform_chunks`.
 
 Defaults: s = 16 and d = 512. With d = 512 and s = 16 the variance bound is min(512 / 256, sqrt(512) / 16)
 = 1.41 ||v||^2 per bucket (measured on a normal vector: 0.33 ||v||^2), and a normal update costs about
@@ -63,25 +62,20 @@ from typing import ClassVar
 import numpy as np
 
 from fedsim.compress import bits as analytic
-from fedsim.compress.base import (BIT_PATTERN, Compressor, float_bits, float_dtype, frozen_array, Layout,
-                                  layout_of, MessageFormat, register, register_message, require_generator,
-                                  scope_setting, SegmentedMessage, uniform_chunks)
+from fedsim.compress.base import (BIT_PATTERN, Compressor, float_bits, frozen_array, Layout, layout_of, MessageFormat,
+                                  register, register_message, require_generator, scope_setting, SegmentedMessage,
+                                  uniform_chunks)
 from fedsim.compress.theory import Theory, relative_error
 from fedsim.constraints import Integer, setting
 from fedsim.kernels import qsgd as kernels
 
-# The rows compressed per kernel call are limited so that their uniforms (8 bytes per entry) stay below
-# this many bytes; the Generator is consumed in row order either way.
-UNIFORM_BUFFER_BYTES = 64 << 20
 LEVELS = Integer(1, 2 ** 31 - 1)       # s, the number of levels (at most 2^31 - 1: the signed levels are int32)
 BUCKET_SIZE = Integer(low=0)           # d, entries per bucket (0: one bucket per segment)
-# Levels up to this are held in int16 in the batch's fields (int32 beyond).
-INT16_LEVELS = 2 ** 15 - 1
 
 
 def level_dtype(levels: int) -> np.dtype:
     """The integer type of the signed levels in a batch's fields: int16 for s <= 32767, else int32."""
-    return np.dtype(np.int16) if levels <= INT16_LEVELS else np.dtype(np.int32)
+    return np.dtype(np.int16) if levels <= np.iinfo(np.int16).max else np.dtype(np.int32)
 
 
 def bucket_bound_bits(levels: int, size: int) -> float:
@@ -115,12 +109,10 @@ class QSGDMessage(SegmentedMessage):
     signed_levels: np.ndarray          # (N,) int32, sign(v_i) level_i; all 0 in a bucket whose norm is 0
 
     def __post_init__(self):
-        object.__setattr__(self, "segment_offsets", Layout(self.segment_offsets).segment_offsets)
-        object.__setattr__(self, "levels", LEVELS.check("levels", self.levels))
-        object.__setattr__(self, "bucket_size", BUCKET_SIZE.check("bucket_size", self.bucket_size))
-        dtype = float_dtype(np.asarray(self.norms).dtype)
-        object.__setattr__(self, "norms", frozen_array(self.norms, dtype))
-        object.__setattr__(self, "signed_levels", frozen_array(self.signed_levels, np.int32))
+        self._set(segment_offsets=Layout(self.segment_offsets).segment_offsets,
+                  levels=LEVELS.check("levels", self.levels),
+                  bucket_size=BUCKET_SIZE.check("bucket_size", self.bucket_size),
+                  norms=frozen_array(self.norms), signed_levels=frozen_array(self.signed_levels, np.int32))
         offsets = self.bucket_offsets
         if self.signed_levels.size != self.size:
             raise ValueError(f"{self.signed_levels.size} levels for a vector of {self.size}")
@@ -212,7 +204,7 @@ class QSGD(Compressor):
         signed_levels = np.empty((n_rows, size), level_dtype(self.levels))
         encoded = np.zeros(n_rows, np.int64)
         # every argument is built here (rows: contiguous (K, P) float from as_rows): the unchecked core
-        for first, last, uniforms in uniform_chunks(n_rows, size, rng, UNIFORM_BUFFER_BYTES):
+        for first, last, uniforms in uniform_chunks(n_rows, size, rng):
             kernels.qsgd_quantize.core(rows[first:last], offsets, self.levels, uniforms,
                                        float_bits(rows.dtype), decoded[first:last], norms[first:last],
                                        signed_levels[first:last], encoded[first:last])

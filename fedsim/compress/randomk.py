@@ -42,8 +42,8 @@ import numpy as np
 
 from fedsim.compress import bits as analytic
 from fedsim.compress.base import (layout_of, FRACTION, Compressor, float_bits, float_dtype, frozen_array, Layout,
-                                  MessageFormat, read_floats, register, register_message,
-                                  require_generator, scope_setting, SegmentedMessage, write_floats)
+                                  MessageFormat, read_floats, register, register_message, require_generator,
+                                  scope_setting, SegmentedMessage, write_floats)
 from fedsim.compress.theory import Theory, relative_error
 from fedsim.constraints import Integer, OneOf, setting
 from fedsim.compress.topk import budgets
@@ -96,12 +96,10 @@ class RandomKMessage(SegmentedMessage):
 
     def __post_init__(self):
         layout = Layout(self.segment_offsets)
-        object.__setattr__(self, "segment_offsets", layout.segment_offsets)
-        object.__setattr__(self, "p", FRACTION.check("p", self.p))
-        object.__setattr__(self, "seed", SEED.check("seed", self.seed))
+        self._set(segment_offsets=layout.segment_offsets, p=FRACTION.check("p", self.p),
+                  seed=SEED.check("seed", self.seed))
         SCALING.check("scaling", self.scaling)
-        dtype = float_dtype(np.asarray(self.values).dtype)
-        object.__setattr__(self, "values", frozen_array(self.values, dtype))
+        self._set(values=frozen_array(self.values))
         check_segments(layout)
         expected = int(self.budgets.sum())
         if self.values.size != expected:

@@ -17,8 +17,7 @@ trades a small bias for a smaller scale s (the paper's bound on the variance s |
 arithmetic (sums, roundings, the constant-segment rule) is that of :mod:`fedsim.kernels.terngrad`.
 A segment with s = 0 (all zero, or empty) sends its scale only.
 
-Randomness: each row consumes exactly P uniforms (``rng.random``, float64), row after row, whatever its
-values; so row r of a batch equals compressing ``updates[r]`` alone with the Generator consumed in row order.
+Randomness: P uniforms per row (``rng.random``, float64), :func:`fedsim.compress.base.uniform_chunks`.
 
 Wire format (``terngrad``), per segment in order: the scale s (32 bits for float32 data, 64 for float64);
 then, only if s != 0, the N ternary digits (0 for 0, 1 for +s, 2 for -s) in base 3, five per 8-bit field
@@ -41,16 +40,12 @@ from typing import ClassVar
 import numpy as np
 
 from fedsim.compress import bits as analytic
-from fedsim.compress.base import (layout_of, Compressor, float_bits, float_dtype, frozen_array, Layout, MessageFormat,
-                                  read_floats, register, register_message, require_generator,
-                                  scope_setting, SegmentedMessage, uniform_chunks, write_floats)
+from fedsim.compress.base import (layout_of, Compressor, float_bits, frozen_array, Layout, MessageFormat, read_floats,
+                                  register, register_message, require_generator, scope_setting, SegmentedMessage,
+                                  uniform_chunks, write_floats)
 from fedsim.compress.theory import Theory, segment_squares
 from fedsim.constraints import Real, setting
 from fedsim.kernels import terngrad as kernels
-
-# The rows compressed per kernel call are limited so that their uniforms (8 bytes per entry) stay below
-# this many bytes; the Generator is consumed in row order either way.
-UNIFORM_BUFFER_BYTES = 64 << 20
 
 
 def terngrad_analytic_bits(sizes) -> float:
@@ -71,10 +66,8 @@ class TernGradMessage(SegmentedMessage):
     scales: np.ndarray                 # (segments,) float32/float64, >= 0
 
     def __post_init__(self):
-        object.__setattr__(self, "segment_offsets", Layout(self.segment_offsets).segment_offsets)
-        object.__setattr__(self, "codes", frozen_array(self.codes, np.int8))
-        dtype = float_dtype(np.asarray(self.scales).dtype)
-        object.__setattr__(self, "scales", frozen_array(self.scales, dtype))
+        self._set(segment_offsets=Layout(self.segment_offsets).segment_offsets,
+                  codes=frozen_array(self.codes, np.int8), scales=frozen_array(self.scales))
         if self.codes.size != self.segment_offsets[-1]:
             raise ValueError(f"{self.codes.size} codes for a vector of {self.segment_offsets[-1]}")
         if np.any(np.abs(self.codes) > 1):
@@ -144,7 +137,7 @@ class TernGrad(Compressor):
         scales = np.empty((n_rows, layout.n_segments), rows.dtype)
         encoded = np.zeros(n_rows, np.int64)
         offsets = layout.offsets_array
-        for first, last, uniforms in uniform_chunks(n_rows, size, rng, UNIFORM_BUFFER_BYTES):
+        for first, last, uniforms in uniform_chunks(n_rows, size, rng):
             kernels.terngrad_batch(rows[first:last], offsets, uniforms, self.clip, float_bits(rows.dtype),
                                    decoded[first:last], scales[first:last], encoded[first:last])
         estimated = np.full(n_rows, terngrad_analytic_bits(layout.sizes), np.float64)

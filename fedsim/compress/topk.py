@@ -16,8 +16,8 @@ import numpy as np
 
 from fedsim.compress import bits as analytic
 from fedsim.compress.base import (FRACTION, Compressor, Layout, MessageFormat, PositionsMessage, ceil_product,
-                                  decode_positions, float_bits, float_dtype, frozen_array, layout_of,
-                                  read_floats, register, register_message, scope_setting, write_floats)
+                                  decode_positions, float_bits, frozen_array, layout_of, read_floats, register,
+                                  register_message, scope_setting, write_floats)
 from fedsim.compress.theory import Theory, relative_error
 from fedsim.constraints import setting
 from fedsim.kernels import golomb, sparsify
@@ -33,8 +33,7 @@ class SparseMessage(PositionsMessage):
 
     def __post_init__(self):
         self._check_positions()
-        dtype = float_dtype(np.asarray(self.values).dtype)
-        object.__setattr__(self, "values", frozen_array(self.values, dtype))
+        self._set(values=frozen_array(self.values))
         if self.values.size != self.positions.size:
             raise ValueError(f"{self.positions.size} positions but {self.values.size} values")
 

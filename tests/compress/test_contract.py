@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 from fedsim.algorithms.federated import methods
 from fedsim.config import COMPRESSOR_TABLES
+from fedsim.compress import base
 from fedsim.compress import (
     COMPRESSORS,
     QSGD,
@@ -80,8 +81,8 @@ def module_of(compressor):
 
 
 STATELESS = [compressor for compressor in CASES if not stateful(compressor)]
-# Compressors drawing their uniforms in chunks of at most UNIFORM_BUFFER_BYTES (rows at a time).
-CHUNKED_DRAWS = [compressor for compressor in CASES if hasattr(module_of(compressor), "UNIFORM_BUFFER_BYTES")]
+# Compressors drawing their uniforms in chunks of at most base.UNIFORM_BUFFER_BYTES (base.uniform_chunks).
+CHUNKED_DRAWS = [compressor for compressor in CASES if hasattr(module_of(compressor), "uniform_chunks")]
 DTYPES = [np.float32, np.float64]
 HYPOTHESIS = settings(max_examples=40, deadline=None)
 
@@ -394,7 +395,7 @@ def test_uniforms_drawn_in_chunks_equal_one_draw(compressor, monkeypatch):
     """Seven rows drawn two at a time give the messages of one draw for all seven."""
     x = np.random.default_rng(5).standard_normal((7, SPEC.size)).astype(np.float32)
     whole, _ = compressor.compress(x, compressor.init(SPEC), np.random.default_rng(9))
-    monkeypatch.setattr(module_of(compressor), "UNIFORM_BUFFER_BYTES", 8 * SPEC.size * 2)
+    monkeypatch.setattr(base, "UNIFORM_BUFFER_BYTES", 8 * SPEC.size * 2)
     chunked, _ = compressor.compress(x, compressor.init(SPEC), np.random.default_rng(9))
     assert_bitwise(chunked.decoded, whole.decoded, "decoded")
     assert [chunked.message(row) for row in range(7)] == [whole.message(row) for row in range(7)]
