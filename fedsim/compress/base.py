@@ -472,7 +472,7 @@ class Compressor:
         if how not in self.aggregations:
             raise ValueError(f"aggregation {how!r} does not fit {self.name} messages; allowed: "
                              f"{self.aggregations}")
-        return aggregation.aggregate(how, decoded, sizes, lr)
+        return aggregation.AGGREGATIONS[how](decoded, sizes, lr)
 
     def theory(self, x: np.ndarray, state):
         """What the compressor's paper says of C(x) for the vector ``x`` laid out by ``state``: a

@@ -19,21 +19,19 @@ A bucket whose norm is 0 sends its norm only.
 
 Randomness: P uniforms per row (``rng.random``, float64), :func:`fedsim.compress.base.uniform_chunks`.
 
-Defaults: s = 16 and d = 512. With d = 512 and s = 16 the variance bound is min(512 / 256, sqrt(512) / 16)
-= 1.41 ||v||^2 per bucket (measured on a normal vector: 0.33 ||v||^2), and a normal update costs about
-2.4 bits per entry (13 times fewer than 32-bit floats): the regime of the paper's bucketed practical
-variant. The basic scheme (d = 0) over the whole 10,240-entry weight tensor of the STC seed model at
-s = 16 would have a variance bound of 6.3 ||v||^2.
+Defaults: s = 16 and d = 512, the regime of the paper's bucketed practical variant: a variance bound of
+min(512 / 256, sqrt(512) / 16) = 1.41 ||v||^2 per bucket (measured on a normal vector: 0.33 ||v||^2) for
+about 2.4 bits per entry of a normal update (13 times fewer than 32-bit floats). The basic scheme (d = 0)
+over the STC seed model's whole 10,240-entry weight tensor at s = 16 would have a bound of 6.3 ||v||^2.
 
 Wire format (``qsgd``), bucket after bucket in order (the paper's Code_s with the Elias omega code,
-:mod:`fedsim.kernels.qsgd`): the norm as a float (its IEEE bit pattern: 32 bits for float32 data, 64 for
-float64); if the norm is 0, nothing else; otherwise for each nonzero level, in index order, the Elias
-omega code of the gap to it (first gap = local index + 1, then index differences), its sign bit (1 =
-negative) and the Elias omega code of |level|; then an end marker, the omega code of the gap to the
-position just past the bucket (n - last nonzero index, n + 1 if none). The marker is fedsim's addition:
-the paper does not say how a decoder finds the end of a bucket. The receiver knows the segments, d, s
-and the dtype from the configuration. Encoded bits per bucket (counted by a jitted counter in the
-quantization kernel, equal to the encoder's length)::
+:mod:`fedsim.kernels.qsgd`; d and s are the format's options): the norm as a float; if it is 0, nothing
+else; otherwise for each nonzero level, in index order, the Elias omega code of the gap to it (first gap =
+local index + 1, then index differences), its sign bit (1 = negative) and the Elias omega code of |level|;
+then an end marker, the omega code of the gap to the position just past the bucket (n - last nonzero
+index, n + 1 if none). The marker is fedsim's addition: the paper does not say how a decoder finds the end
+of a bucket. Encoded bits per bucket (counted by a jitted counter in the quantization kernel, equal to the
+encoder's length)::
 
     F                                                                          norm = 0
     F + sum over nonzero i (B(gap_i) + 1 + B(|level_i|)) + B(n - last)        norm > 0
@@ -180,7 +178,7 @@ class QSGDMessage(SegmentedMessage):
 @register
 @dataclass(frozen=True)
 class QSGD(Compressor):
-    """Stochastic quantization to s levels per bucket (module docstring); sends a QSGDMessage."""
+    """Stochastic quantization to s levels per bucket (module docstring). Message: :class:`QSGDMessage`."""
 
     name: ClassVar[str] = "qsgd"     # unbiased: no residuals by default (Compressor.error_feedback)
     budget_knob: ClassVar[str] = "levels"
@@ -212,9 +210,8 @@ class QSGD(Compressor):
         return decoded, encoded, estimated, {"norms": norms, "signed_levels": signed_levels}
 
     def theory(self, x, state):
-        """Alistarh et al. (arXiv 1610.02132), lemma 3.1: unbiased, and per bucket v of n entries (fedsim
-        normalizes by ||v||_2, as the lemma does) E||Q(v) - v||^2 <= min(n / s^2, sqrt(n) / s) ||v||^2;
-        summed over the buckets and divided by ||x||^2."""
+        """Unbiased, and lemma 3.1's variance bound per bucket (module docstring; fedsim normalizes by
+        ||v||_2, as the lemma does), summed over the buckets and divided by ||x||^2."""
         offsets = self.bucket_offsets(state)
         sizes, s = np.diff(offsets).astype(np.float64), float(self.levels)
         factors = np.minimum(sizes / s ** 2, np.sqrt(sizes) / s)

@@ -19,11 +19,11 @@ A segment with s = 0 (all zero, or empty) sends its scale only.
 
 Randomness: P uniforms per row (``rng.random``, float64), :func:`fedsim.compress.base.uniform_chunks`.
 
-Wire format (``terngrad``), per segment in order: the scale s (32 bits for float32 data, 64 for float64);
-then, only if s != 0, the N ternary digits (0 for 0, 1 for +s, 2 for -s) in base 3, five per 8-bit field
-(value d_0 + 3 d_1 + 9 d_2 + 27 d_3 + 81 d_4 <= 242), the last r = N mod 5 digits in 2, 4, 5 or 7 bits
-(ceil(log2 3^r)). Encoded bits per segment, in closed form: ``F + [s != 0] (8 floor(N / 5) + R[N mod 5])``
-with F the float width and R = (0, 2, 4, 5, 7); the simulation counts them in the ternarization kernel.
+Wire format (``terngrad``), per segment in order: the scale s (a float); then, only if s != 0, the N
+ternary digits (0 for 0, 1 for +s, 2 for -s) in base 3, five per 8-bit field (value d_0 + 3 d_1 + 9 d_2 +
+27 d_3 + 81 d_4 <= 242), the last r = N mod 5 digits in 2, 4, 5 or 7 bits (ceil(log2 3^r)). Encoded bits
+per segment, in closed form: ``F + [s != 0] (8 floor(N / 5) + R[N mod 5])`` with F the float width and
+R = (0, 2, 4, 5, 7); the simulation counts them in the ternarization kernel.
 
 Analytic bits: ``log2(3) N + 32`` per segment, the information content of N ternary digits plus the
 32-bit scale (what an ideal entropy-free ternary code needs; the code above is within 0.015 bits per
@@ -122,7 +122,7 @@ class TernGradMessage(SegmentedMessage):
 @register
 @dataclass(frozen=True)
 class TernGrad(Compressor):
-    """Stochastic ternarization, one scale per segment (module docstring); sends a TernGradMessage."""
+    """Stochastic ternarization, one scale per segment (module docstring). Message: :class:`TernGradMessage`."""
 
     name: ClassVar[str] = "terngrad"     # unbiased: no residuals by default (Compressor.error_feedback)
 
@@ -144,8 +144,7 @@ class TernGrad(Compressor):
         return decoded, encoded, estimated, {"scales": scales}
 
     def theory(self, x, state):
-        """Exact, per segment with h the clipped entries and s = max |h_i| (Wen et al., arXiv 1705.07878:
-        m_i = s sign(h_i) Bernoulli(|h_i| / s), so E[m] = h and Var m_i = s |h_i| - h_i^2)::
+        """Exact, per segment with h the clipped entries (module docstring: E[m] = h, Var m_i = s |h_i| - h_i^2)::
 
             E||m - x_j||^2 = s ||h||_1 - ||h||^2 + ||h - x_j||^2
 

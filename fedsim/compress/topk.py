@@ -105,10 +105,7 @@ def sparsify_rows(rows, layout: Layout, p: float, ternary: bool, samples=None):
 @register
 @dataclass(frozen=True)
 class TopK(Compressor):
-    """Top-k sparsification: the ``ceil(p N)`` largest-magnitude entries of each segment, values exact.
-
-    Message: :class:`SparseMessage`.
-    """
+    """Top-k sparsification (module docstring). Message: :class:`SparseMessage`."""
 
     name: ClassVar[str] = "topk"
     error_feedback: ClassVar[bool] = True
