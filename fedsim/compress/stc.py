@@ -13,8 +13,7 @@ estimate of the quantile) or ``"window"`` (the reference's contiguous window at 
 biased when magnitudes vary along the tensor).
 
 Wire format (``ternary``), per segment: count c (32 bits); Golomb-Rice code of the c positions (as top-k);
-c sign bits (1 = negative); mu (only if c > 0). Paper's estimate: c (E(c / N) + 1) + 32 per nonempty
-segment (:mod:`fedsim.compress.bits`).
+c sign bits (1 = negative); mu (only if c > 0). Paper's estimate: :mod:`fedsim.compress.bits`.
 """
 
 from __future__ import annotations
