@@ -476,8 +476,7 @@ class Compressor:
 
     def theory(self, x: np.ndarray, state):
         """What the compressor's paper says of C(x) for the vector ``x`` laid out by ``state``: a
-        :class:`fedsim.compress.theory.Theory` (its bias and its error E||C(x) - x||^2 / ||x||^2, a bound,
-        an exact value or a floor, with the source), or None where nothing is published (the default)."""
+        :class:`fedsim.compress.theory.Theory`, or None where nothing is published (the default)."""
         return None
 
     def state_arrays(self, state) -> dict[str, np.ndarray]:

@@ -1,7 +1,6 @@
 """No compression: every entry as is (FedAvg's and GD's upload).
 
-Wire format (``dense``, no segments): the N values, big-endian, in the message dtype. Bits: 32 N for
-float32 (64 N for float64); the paper's estimate counts 32 N whatever the dtype.
+Wire format (``dense``, no segments): the N values, floats as every format writes them (big-endian).
 """
 
 from __future__ import annotations
@@ -64,7 +63,7 @@ class DenseMessage(Message):
 @register
 @dataclass(frozen=True)
 class Identity(Compressor):
-    """No compression: the message is the update itself (32 bits per entry, 64 in float64)."""
+    """No compression (module docstring). Message: :class:`DenseMessage`."""
 
     name: ClassVar[str] = "identity"
     directions: ClassVar[tuple[str, ...]] = ()   # used by the named methods none, fedavg and GD

@@ -7,7 +7,7 @@ by its mean magnitude, which is sent too. Zero entries are sent exactly.
 Wire format (``sign``), per segment: zero count z (32 bits); Golomb-Rice code of the z positions of zero
 entries with b* = rice_parameter(z, N); N - z sign bits of the nonzero entries in order (1 = negative);
 the scale (only if scaled). sign(0) = 0 therefore costs almost nothing when zeros are rare (z = 0 costs
-the 32-bit count only). Paper's estimate: N bits (+ 32 per scale).
+the 32-bit count only).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Per segment of N entries, k = ceil(p N); the kept set is that of :mod:`fedsim.ke
 largest nonzero magnitudes, ties at the threshold to the lowest indices, zeros never sent).
 
 Wire format (``sparse``), per segment: count c (32 bits); Golomb-Rice code of the c positions within the
-segment with b* = rice_parameter(c, N); the c values. Paper's estimate: c (E(c / N) + 32) per segment.
+segment with b* = rice_parameter(c, N); the c values.
 """
 
 from __future__ import annotations

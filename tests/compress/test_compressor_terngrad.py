@@ -1,7 +1,6 @@
-"""TernGrad (arXiv 1705.07878): its own settings, exact hand-computed cases, clipping, unbiasedness, the
-decoded values' form, the wire message's validation and corrupt streams, the Generator's uniforms, the
-kernels against their NumPy twins and ``.py_func``, and the torch oracle (same uniforms: codes, scales and
-decoded values exact). The contract every compressor meets is tests/compress/test_contract.py."""
+"""TernGrad (arXiv 1705.07878): exact cases, unbiasedness, the decoded values' form, the wire message's
+validation and corrupt streams, and the torch oracle (same uniforms: codes, scales and decoded values
+exact). The kernels are tests/kernels/test_terngrad.py."""
 
 import math
 

@@ -1,6 +1,5 @@
-"""Identity, top-k, STC and sign: what is specific to each (settings, hand-computed messages and bit
-counts, sampled STC, message validation), ``ceil_product``, and the error-feedback wrapper's state. The
-contract every compressor meets is tests/compress/test_contract.py."""
+"""Identity, top-k, STC and sign: what is specific to each (hand-computed messages and bit counts, sampled
+STC, message validation), ``ceil_product``, and the error-feedback wrapper's state."""
 
 import math
 
