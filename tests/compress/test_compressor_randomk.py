@@ -12,7 +12,7 @@ from fedsim.compress import Layout, MessageFormat, RandomK, RandomKMessage, deco
 from fedsim.compress.base import ceil_product
 from fedsim.compress.randomk import SEED_BITS
 from fedsim.constraints import descriptions
-from fedsim.params import ParamSpec
+from tests.compress.test_compress_oracle import SPEC as ORACLE_SPEC
 from tests.compress.test_contract import DTYPES, SETTINGS, SPEC, cases
 from tests.kernels.test_randomk import python_positions
 from tests.conftest import assert_bitwise, check_message, message_of, random_updates
@@ -208,11 +208,10 @@ def test_matches_torch(torch, dtype, scaling, scope, p):
     none: every operation is one correctly rounded IEEE multiply (or a copy), so the rows agree bitwise."""
     from benchmarks import torch_reference as reference
 
-    spec = ParamSpec(("W", "b"), ((1024, 10), (10,)))           # the STC pipeline's softmax regression
     compressor = RandomK(p, scaling=scaling, scope=scope)
-    state = compressor.init(spec)
+    state = compressor.init(ORACLE_SPEC)
     layout = state
-    updates = np.random.default_rng(1).standard_normal((4, spec.size)).astype(dtype)
+    updates = np.random.default_rng(1).standard_normal((4, ORACLE_SPEC.size)).astype(dtype)
     compressed, _ = compressor.compress(updates, state, np.random.default_rng(2))
 
     positions, scales = [], []

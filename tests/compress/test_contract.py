@@ -132,9 +132,7 @@ def test_registered_rebuilt_by_name_and_its_methods(compressor):
     assert COMPRESSORS[cls.name] is cls and compressor.name == cls.name
     assert make_compressor(cls.name, **compressor.settings) == compressor
     assert set(compressor.settings) == {f.name for f in dataclasses.fields(compressor)}
-    assert cls.aggregations and set(cls.aggregations) <= {"mean", "weighted", "majority"}
-    assert set(cls.directions) <= {"up", "updown"}
-    table = methods()
+    table = methods()                     # (the class attributes themselves: test_class_attributes_and_defaults)
     for direction in cls.directions:
         method = table[f"{cls.name}_{direction}"]
         assert method.up == cls.name and method.down == (cls.name if direction == "updown" else "identity")
