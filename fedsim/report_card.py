@@ -1,12 +1,10 @@
 """``fedsim compressors report``: each registered compressor measured against its theory (the report card).
 
 For each compressor (every registered one, or those named) at its settings (its config table's defaults,
-or ``--set qsgd.levels=4``), on vectors of a chosen kind, over ``--draws`` draws
-(:func:`fedsim.compress.theory.measure`): the bias with its standard error, the normalized error beside
-the theoretical value or bound the compressor states (:meth:`~fedsim.compress.base.Compressor.theory`;
-"-" where none is published) and whether the measurement meets it, and bits per entry by the real
-encoder, the empirical entropy of the message's symbols and the paper's formula. A text table, and on
-request a CSV file and a figure.
+or ``--set qsgd.levels=4``), on vectors of a chosen kind, over ``--draws`` draws: the measurement of
+:mod:`fedsim.compress.theory` (bias, error beside the theory the compressor states, "-" where none is
+published, and whether it meets it; bits per entry three ways). A text table, and on request a CSV file
+and a figure.
 
 Vectors: ``gaussian`` (standard normal), ``heavy-tailed`` (Student's t with 2 degrees of freedom: a few
 entries dominate), in float32 (a run's default), laid out as one (size / 10) x 10 matrix, the weights of a
