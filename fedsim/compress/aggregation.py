@@ -17,15 +17,18 @@ import numpy as np
 
 
 def mean(decoded: np.ndarray, sizes: np.ndarray, lr: float) -> np.ndarray:
+    """(1 / K) sum_k m_k."""
     return decoded.mean(axis=0)
 
 
 def weighted_mean(decoded: np.ndarray, sizes: np.ndarray, lr: float) -> np.ndarray:
+    """sum_k n_k m_k / sum_k n_k."""
     n = np.asarray(sizes).astype(decoded.dtype)
     return (n / n.sum()) @ decoded
 
 
 def majority_vote(decoded: np.ndarray, sizes: np.ndarray, lr: float) -> np.ndarray:
+    """lr * sign(sum_k m_k)."""
     votes = decoded.sum(axis=0)
     return (lr * np.sign(votes)).astype(decoded.dtype)
 

@@ -410,6 +410,10 @@ COMPRESSORS: dict[str, type] = {}
 
 def register(cls):
     """Class decorator: make compressor ``cls`` available by its ``name`` (configs, methods, the CLI)."""
+    unknown = [how for how in cls.aggregations if how not in aggregation.AGGREGATIONS]
+    if unknown:
+        raise ValueError(f"compressor {cls.name!r}: aggregations must be among {tuple(aggregation.AGGREGATIONS)}, "
+                         f"got {unknown}")
     return register_into(COMPRESSORS, cls.name, cls, "compressor name")
 
 
