@@ -1,12 +1,10 @@
 """``fedsim compressors report``: each registered compressor measured against its theory (the report card).
 
 For each compressor (every registered one, or those named) at its settings (its config table's defaults,
-or ``--set qsgd.levels=4``), on vectors of a chosen kind, over ``--draws`` draws
-(:func:`fedsim.compress.theory.measure`): the bias with its standard error, the normalized error beside
-the theoretical value or bound the compressor states (:meth:`~fedsim.compress.base.Compressor.theory`;
-"-" where none is published) and whether the measurement meets it, and bits per entry by the real
-encoder, the empirical entropy of the message's symbols and the paper's formula. A text table, and on
-request a CSV file and a figure.
+or ``--set qsgd.levels=4``), on vectors of a chosen kind, over ``--draws`` draws: the measurement of
+:mod:`fedsim.compress.theory` (bias, error beside the theory the compressor states, "-" where none is
+published, and whether it meets it; bits per entry three ways). A text table, and on request a CSV file
+and a figure.
 
 Vectors: ``gaussian`` (standard normal), ``heavy-tailed`` (Student's t with 2 degrees of freedom: a few
 entries dominate), in float32 (a run's default), laid out as one (size / 10) x 10 matrix, the weights of a
@@ -27,6 +25,8 @@ from pathlib import Path
 SYNTHETIC = ("gaussian", "heavy-tailed")
 COLUMNS = ("compressor", "settings", "vectors", "size", "draws", "bias", "bias_se", "error", "error_se",
            "theory", "relation", "meets", "source", "bits_encoder", "bits_entropy", "bits_formula", "problem")
+#: The columns copied from the compressor's Measurement.
+MEASURED = ("bias", "bias_se", "error", "error_se", "bits_encoder", "bits_entropy", "bits_formula")
 #: Rounds a preset runs before its updates are taken (``--vectors preset:NAME``).
 PRESET_ROUNDS = 2
 #: Clients whose updates are measured, at most (each one is a vector of its own).
@@ -129,27 +129,24 @@ def report(names, settings: dict, vectors, spec, kind: str, draws: int, seed: in
     that kept it from being measured (a setting it refuses, a layout it cannot take)."""
     import numpy as np
     from fedsim.compress import make_compressor
-    from fedsim.compress.theory import combine, measure, meets
+    from fedsim.compress.theory import Theory, combine, measure, meets
     rows = []
     for name in names:
-        row = {"compressor": name, "vectors": kind, "size": vectors.shape[1], "draws": draws, "problem": ""}
+        row = {"compressor": name, "settings": "", "vectors": kind, "size": vectors.shape[1], "draws": draws,
+               "problem": ""}
+        rows.append(row)
         try:
             compressor = make_compressor(name, **settings.get(name, {}))
             row["settings"] = " ".join(f"{key}={value}" for key, value in compressor.settings.items())
             rng = np.random.default_rng([seed, 2])
             measured = combine([measure(compressor, vector, spec, draws, rng) for vector in vectors])
         except (ValueError, TypeError) as problem:
-            row.update(settings=row.get("settings", ""), problem=" ".join(str(problem).split()))
-            rows.append(row)
+            row["problem"] = " ".join(str(problem).split())
             continue
-        theory = measured.theory
-        verdict = meets(measured, vectors.dtype)
-        row.update(bias=measured.bias, bias_se=measured.bias_se, error=measured.error, error_se=measured.error_se,
-                   theory=None if theory is None else theory.error, relation="" if theory is None else theory.relation,
-                   source="" if theory is None else theory.source,
-                   meets={True: "yes", False: "no", None: "-"}[verdict], bits_encoder=measured.bits_encoder,
-                   bits_entropy=measured.bits_entropy, bits_formula=measured.bits_formula)
-        rows.append(row)
+        theory = measured.theory or Theory(None, None, "", "")        # nothing stated: no value, no relation
+        row.update({key: getattr(measured, key) for key in MEASURED}, theory=theory.error,
+                   relation=theory.relation, source=theory.source,
+                   meets={True: "yes", False: "no", None: "-"}[meets(measured, vectors.dtype)])
     return rows
 
 
@@ -186,11 +183,9 @@ def write_csv(rows: list[dict], path) -> Path:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
-    for row in rows:
-        writer.writerow({column: "" if row.get(column) is None else row.get(column, "") for column in COLUMNS})
-    path = Path(path)
-    write_atomic(path, buffer.getvalue().encode("utf-8"))
-    return path
+    writer.writerows({column: "" if row.get(column) is None else row[column] for column in COLUMNS} for row in rows)
+    write_atomic(path, buffer.getvalue())
+    return Path(path)
 
 
 def draw(rows: list[dict], path) -> Path:

@@ -15,14 +15,8 @@ from fedsim.compress.base import (
     compressor_class,
     decode,
     make_compressor,
-    make_layout,
 )
-from fedsim.compress.bits import (
-    expected_position_bits,
-    rice_parameter_for_density,
-    sparse_analytic_bits,
-    stc_bits_per_entry,
-)
+from fedsim.compress.bits import expected_position_bits, stc_bits_per_entry
 from fedsim.compress.error_feedback import ErrorFeedback, ErrorFeedbackState
 
 # The compressors (one registration line each).
@@ -39,7 +33,6 @@ __all__ = [
     "COMPRESSORS", "Compressed", "Compressor", "DenseMessage", "ErrorFeedback", "ErrorFeedbackState",
     "Identity", "Layout", "Message", "MessageFormat", "STC", "Sign", "SignMessage", "SparseMessage",
     "TernaryMessage", "TopK", "ceil_product", "compressor_class", "decode", "expected_position_bits",
-    "make_compressor", "make_layout", "rice_parameter_for_density", "sparse_analytic_bits",
-    "stc_bits_per_entry",
+    "make_compressor", "stc_bits_per_entry",
     "PowerSGD", "PowerSGDMessage", "QSGD", "QSGDMessage", "RandomK", "RandomKMessage", "TernGrad", "TernGradMessage",
 ]

@@ -62,17 +62,24 @@ def float_bits(dtype) -> int:
     return 8 * np.dtype(dtype).itemsize
 
 
-def frozen_array(values, dtype) -> np.ndarray:
-    array = np.ascontiguousarray(values, dtype=dtype)
+def frozen_array(values, dtype=None) -> np.ndarray:
+    """``values`` as a read-only 1-D array of ``dtype`` (by default their own dtype, float32 or float64)."""
+    array = np.ascontiguousarray(values, dtype=float_dtype(np.asarray(values).dtype) if dtype is None else dtype)
     if array.ndim != 1:
         raise ValueError(f"message arrays must be 1-D, got shape {array.shape}")
     array.setflags(write=False)
     return array
 
 
-def same_array(a: np.ndarray, b: np.ndarray) -> bool:
-    """Equal dtype, shape and bytes (so -0.0 != 0.0 and a NaN equals the same NaN)."""
-    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+def same_value(a, b) -> bool:
+    """``a == b``, with arrays equal only in dtype, shape and bytes (so -0.0 != 0.0 and a NaN equals the same
+    NaN) and tuples compared entry by entry."""
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return (isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.dtype == b.dtype
+                and a.shape == b.shape and a.tobytes() == b.tobytes())
+    if isinstance(a, tuple) and isinstance(b, tuple):
+        return len(a) == len(b) and all(map(same_value, a, b))
+    return a == b
 
 
 def ceil_product(fraction: float, count: int) -> int:
@@ -104,11 +111,16 @@ def require_generator(rng, needs: str) -> None:
         raise ValueError(f"{needs} needs a numpy.random.Generator (rng), got {type(rng).__name__}")
 
 
-def uniform_chunks(n_rows: int, size: int, rng: np.random.Generator, buffer_bytes: int):
+#: The uniforms of a stochastic quantizer (8 bytes per entry) are drawn at most this many bytes at a time.
+UNIFORM_BUFFER_BYTES = 64 << 20
+
+
+def uniform_chunks(n_rows: int, size: int, rng: np.random.Generator):
     """``(first, last, uniforms)`` over the rows in chunks: ``uniforms`` is ``rng.random((last - first,
-    size))``, at most ``buffer_bytes`` of them at once. The Generator gives the same numbers, row after row,
-    as one draw of all the rows would."""
-    chunk = max(1, buffer_bytes // max(1, 8 * size))
+    size))``, at most UNIFORM_BUFFER_BYTES of them at once. The Generator gives the same numbers, row after
+    row, as one draw of all the rows would: each row consumes exactly ``size`` uniforms, whatever its values,
+    so row r of a batch equals ``updates[r]`` compressed alone."""
+    chunk = max(1, UNIFORM_BUFFER_BYTES // max(1, 8 * size))
     for first in range(0, n_rows, chunk):
         last = min(n_rows, first + chunk)
         yield first, last, rng.random((last - first, size))
@@ -255,16 +267,14 @@ class Message:
     def __eq__(self, other):
         if type(self) is not type(other):
             return NotImplemented
-        for name in self.__dataclass_fields__:
-            a, b = getattr(self, name), getattr(other, name)
-            if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
-                if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and same_array(a, b)):
-                    return False
-            elif a != b:
-                return False
-        return True
+        return all(same_value(getattr(self, name), getattr(other, name)) for name in self.__dataclass_fields__)
 
     __hash__ = None
+
+    def _set(self, **fields):
+        """Set fields of the frozen message (what its ``__post_init__`` normalized)."""
+        for name, value in fields.items():
+            object.__setattr__(self, name, value)
 
     def encode(self) -> np.ndarray:
         """The message as a byte-padded bit stream (uint8); see the message type for the format."""
@@ -341,18 +351,15 @@ class PositionsMessage(SegmentedMessage):
         raise NotImplementedError
 
     def _check_positions(self):
-        object.__setattr__(self, "segment_offsets", Layout(self.segment_offsets).segment_offsets)
-        positions, size = frozen_array(self.positions, np.int64), self.size
-        object.__setattr__(self, "positions", positions)
+        self._set(segment_offsets=Layout(self.segment_offsets).segment_offsets,
+                  positions=frozen_array(self.positions, np.int64))
+        positions, size = self.positions, self.size
         if positions.size and (positions[0] < 0 or positions[-1] >= size or np.any(np.diff(positions) <= 0)):
             raise ValueError(f"positions must be strictly increasing and within [0, {size})")
 
 
 def decode(stream: np.ndarray, fmt: MessageFormat) -> Message:
-    """Rebuild a message from its encoded stream and the format the receiver knows in advance.
-
-    ``decode(m.encode(), m.format) == m`` for every message ``m``.
-    """
+    """Rebuild a message from its encoded stream and the format the receiver knows in advance."""
     kind = lookup(MESSAGE_KINDS, fmt.kind, "message kind")
     float_dtype(fmt.dtype)
     return kind.decode(np.asarray(stream, np.uint8), fmt)
@@ -403,6 +410,10 @@ COMPRESSORS: dict[str, type] = {}
 
 def register(cls):
     """Class decorator: make compressor ``cls`` available by its ``name`` (configs, methods, the CLI)."""
+    unknown = [how for how in cls.aggregations if how not in aggregation.AGGREGATIONS]
+    if unknown:
+        raise ValueError(f"compressor {cls.name!r}: aggregations must be among {tuple(aggregation.AGGREGATIONS)}, "
+                         f"got {unknown}")
     return register_into(COMPRESSORS, cls.name, cls, "compressor name")
 
 
@@ -465,12 +476,11 @@ class Compressor:
         if how not in self.aggregations:
             raise ValueError(f"aggregation {how!r} does not fit {self.name} messages; allowed: "
                              f"{self.aggregations}")
-        return aggregation.aggregate(how, decoded, sizes, lr)
+        return aggregation.AGGREGATIONS[how](decoded, sizes, lr)
 
     def theory(self, x: np.ndarray, state):
         """What the compressor's paper says of C(x) for the vector ``x`` laid out by ``state``: a
-        :class:`fedsim.compress.theory.Theory` (its bias and its error E||C(x) - x||^2 / ||x||^2, a bound,
-        an exact value or a floor, with the source), or None where nothing is published (the default)."""
+        :class:`fedsim.compress.theory.Theory`, or None where nothing is published (the default)."""
         return None
 
     def state_arrays(self, state) -> dict[str, np.ndarray]:

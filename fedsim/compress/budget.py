@@ -26,12 +26,6 @@ class BudgetError(ValueError):
     """A budget the compressor cannot meet: the message names the setting and the reachable range."""
 
 
-def mean_bits(compressor, rows: np.ndarray, spec, make_rng) -> float:
-    """Mean encoded bits per row of ``rows`` compressed by ``compressor`` from a fresh state."""
-    compressed, _ = compressor.compress(rows, compressor.init(spec), make_rng())
-    return float(np.mean(compressed.encoded_bits))
-
-
 def solve_knob(compressor, rows: np.ndarray, spec, budget: float, make_rng, setting: str = "bits budget"):
     """``(compressor with its knob set, knob value, mean encoded bits per row)``: the largest knob value
     whose mean bits on ``rows`` are at most ``budget`` (module docstring).
@@ -44,22 +38,18 @@ def solve_knob(compressor, rows: np.ndarray, spec, budget: float, make_rng, sett
         raise ValueError(f"{setting} needs a compressor with a knob (budget_knob); {compressor.name} has none")
 
     def bits(value):
-        return mean_bits(dataclasses.replace(compressor, **{knob: value}), rows, spec, make_rng)
+        """Mean encoded bits per row of ``rows`` compressed with the knob at ``value`` from a fresh state."""
+        trial = dataclasses.replace(compressor, **{knob: value})
+        return float(np.mean(trial.compress(rows, trial.init(spec), make_rng())[0].encoded_bits))
 
     search = _fraction_search if isinstance(getattr(compressor, knob), float) else _integer_search
     best, tried = search(bits, budget)
-    lowest, highest = min(tried), max(tried)
-    if best is None:
+    if best is None or (best == max(tried) and tried[best] < 0.95 * budget):
+        end, value = ("starts", min(tried)) if best is None else ("ends", best)
+        shown = f"{value:.3g}" if isinstance(value, float) else str(value)
         raise BudgetError(f"{setting} = {budget:g} is out of reach of {compressor.name}: its reachable range "
-                          f"starts at {tried[lowest]:.6g} bits per client ({knob} = {_show(lowest)})")
-    if best == highest and tried[best] < 0.95 * budget:
-        raise BudgetError(f"{setting} = {budget:g} is out of reach of {compressor.name}: its reachable range "
-                          f"ends at {tried[highest]:.6g} bits per client ({knob} = {_show(highest)})")
+                          f"{end} at {tried[value]:.6g} bits per client ({knob} = {shown})")
     return dataclasses.replace(compressor, **{knob: best}), best, tried[best]
-
-
-def _show(value) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 def _fraction_search(bits, budget):

@@ -1,7 +1,6 @@
 """No compression: every entry as is (FedAvg's and GD's upload).
 
-Wire format (``dense``, no segments): the N values, big-endian, in the message dtype. Bits: 32 N for
-float32 (64 N for float64); the paper's estimate counts 32 N whatever the dtype.
+Wire format (``dense``, no segments): the N values, floats as every format writes them (big-endian).
 """
 
 from __future__ import annotations
@@ -12,8 +11,8 @@ from typing import ClassVar
 import numpy as np
 
 from fedsim.compress import bits as analytic
-from fedsim.compress.base import (Compressor, Message, MessageFormat, float_bits, float_dtype, frozen_array,
-                                  register, register_message, scope_setting)
+from fedsim.compress.base import (Compressor, Message, MessageFormat, float_bits, frozen_array, register,
+                                  register_message, scope_setting)
 from fedsim.compress.theory import Theory
 from fedsim.kernels import sparsify
 
@@ -27,8 +26,7 @@ class DenseMessage(Message):
     values: np.ndarray   # (N,) float32/float64
 
     def __post_init__(self):
-        dtype = float_dtype(np.asarray(self.values).dtype)
-        object.__setattr__(self, "values", frozen_array(self.values, dtype))
+        self._set(values=frozen_array(self.values))
 
     @property
     def size(self) -> int:
@@ -65,7 +63,7 @@ class DenseMessage(Message):
 @register
 @dataclass(frozen=True)
 class Identity(Compressor):
-    """No compression: the message is the update itself (32 bits per entry, 64 in float64)."""
+    """No compression (module docstring). Message: :class:`DenseMessage`."""
 
     name: ClassVar[str] = "identity"
     directions: ClassVar[tuple[str, ...]] = ()   # used by the named methods none, fedavg and GD

@@ -1,13 +1,13 @@
 """PowerSGD (Vogels, Karimireddy, Jaggi, arXiv 1905.13727): rank-r compression by one power iteration.
 
-Segments. PowerSGD needs the parameter tensors' shapes (``scope="tensor"`` and a state built from a
-:class:`~fedsim.params.ParamSpec`, or a :class:`~fedsim.compress.base.Layout` with shapes). A segment of
-shape ``(n, m)`` is compressed as an ``n x m`` row-major matrix (a tensor of more dimensions as
-``(shape[0], prod(shape[1:]))``, the paper's reshaping of convolution kernels); a 1-D segment (a bias), a
-scalar or an empty tensor is sent as is, as in the paper. The rank r must not exceed ``min(n, m)`` of any
-matrix (a ValueError otherwise: nothing is silently clipped). The default r = 2 is the rank of most
-of the paper's CIFAR-10 experiments, reported on par with SGD's test accuracy (it compares ranks 1, 2
-and 4; the LSTM runs use rank 4); a softmax regression's 10-class weight matrix allows r <= 10.
+Segments. PowerSGD needs the parameter tensors' shapes (``scope="tensor"``, a state built from a
+:class:`~fedsim.params.ParamSpec` or a :class:`~fedsim.compress.base.Layout` with shapes). A segment of
+shape ``(n, m)`` is an ``n x m`` row-major matrix (more dimensions: ``(shape[0], prod(shape[1:]))``, the
+paper's reshaping of convolution kernels); a 1-D segment (a bias), a scalar or an empty tensor is sent as
+is, as in the paper. The rank r must not exceed ``min(n, m)`` of any matrix (a ValueError otherwise:
+nothing is silently clipped). The default r = 2 is the rank of most of the paper's CIFAR-10 experiments,
+on par with SGD's test accuracy (it compares ranks 1, 2 and 4; the LSTM runs use rank 4); a softmax
+regression's 10-class weight matrix allows r <= 10.
 
 One round (Algorithm 1 of the paper, with error feedback from the generic
 :class:`~fedsim.compress.error_feedback.ErrorFeedback` wrapper). The rows of a batch are the K senders
@@ -38,12 +38,10 @@ would stay zero forever (``M Q`` is zero there) and the rank would be lost for t
 ``compress`` always needs the Generator (a ValueError naming ``rng`` otherwise).
 
 Wire format (``powersgd``), per segment in order, no headers: a matrix segment sends ``P_hat`` (n r
-floats, row-major n x r) then ``Q_k`` (m r floats, row-major m x r); any other segment sends its N
-values. Floats are written in the message dtype (:mod:`fedsim.compress.base`). The receiver knows the
-shapes and r from the configuration (the format's options). Bits per sender:
-``float_bits (sum over matrices of (n + m) r + sum over other segments of N)``, the same float count as
-the sender's two uploads (P_k and Q_k); analytic (the paper's count): 32 bits per float of the same
-count. The server's P_hat, sent to each of the K senders between the two uploads, is
+floats, row-major n x r) then ``Q_k`` (m r floats, row-major m x r); any other segment its N values (the
+format's options: the shapes and r). Bits per sender: ``float_bits (sum over matrices of (n + m) r + sum
+over other segments of N)``, the float count of its two uploads (P_k and Q_k); analytic (the paper's
+count): 32 bits per float. The server's P_hat, sent to each of the K senders between the two uploads, is
 ``Compressed.broadcast_bits`` = ``float_bits sum n r`` when K > 1 (0 for K = 1); the simulation adds it,
 times K, to the round's downstream bits.
 
@@ -53,16 +51,16 @@ the algorithm computes and the federated configuration refuses it.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 
-from fedsim.compress.base import (as_rows, Compressed, Compressor, float_bits, float_dtype,
-                                  frozen_array, Layout, make_layout, MessageFormat, read_floats,
-                                  register, register_message, require_generator, same_array, SegmentedMessage,
-                                  write_floats)
+from fedsim.compress.base import (as_rows, Compressed, Compressor, float_bits, float_dtype, frozen_array, Layout,
+                                  make_layout, MessageFormat, read_floats, register, register_message,
+                                  require_generator, same_value, SegmentedMessage, write_floats)
 from fedsim.compress.theory import Theory
 from fedsim.compress.bits import FLOAT_BITS
 from fedsim.constraints import Integer, OneOf, setting
@@ -81,17 +79,25 @@ def matrix_shape(shape) -> tuple[int, int] | None:
     return shape[0], math.prod(shape[1:])
 
 
-def factor_sizes(shapes, rank: int) -> tuple[int, int, int]:
-    """Floats of one row's message: (P_hat, n r per matrix; Q_k, m r per matrix; the segments sent as is)."""
-    left = right = values = 0
+FIELDS = ("left", "right", "values")   # the message's arrays
+
+
+def wire_fields(shapes, rank: int):
+    """Per segment, in order, the (message array, floats) it sends (module docstring, wire format)."""
     for shape in shapes:
         matrix = matrix_shape(shape)
         if matrix is None:
-            values += math.prod(shape)
+            yield (("values", math.prod(shape)),)
         else:
-            left += matrix[0] * rank
-            right += matrix[1] * rank
-    return left, right, values
+            yield ("left", matrix[0] * rank), ("right", matrix[1] * rank)
+
+
+def factor_sizes(shapes, rank: int) -> tuple[int, int, int]:
+    """Floats of one row's message: (P_hat, n r per matrix; Q_k, m r per matrix; the segments sent as is)."""
+    totals = dict.fromkeys(FIELDS, 0)
+    for name, count in itertools.chain.from_iterable(wire_fields(shapes, rank)):
+        totals[name] += count
+    return totals["left"], totals["right"], totals["values"]
 
 
 @register_message
@@ -108,13 +114,10 @@ class PowerSGDMessage(SegmentedMessage):
 
     def __post_init__(self):
         layout = Layout(self.segment_offsets, self.shapes)
-        object.__setattr__(self, "segment_offsets", layout.segment_offsets)
-        object.__setattr__(self, "shapes", layout.shapes)
-        object.__setattr__(self, "rank", RANK.check("rank", self.rank))
-        dtype = float_dtype(np.asarray(self.left).dtype)
-        for name in ("left", "right", "values"):
-            object.__setattr__(self, name, frozen_array(getattr(self, name), dtype))
-        for name, expected in zip(("left", "right", "values"), factor_sizes(self.shapes, self.rank)):
+        self._set(segment_offsets=layout.segment_offsets, shapes=layout.shapes, rank=RANK.check("rank", self.rank),
+                  left=frozen_array(self.left))
+        self._set(right=frozen_array(self.right, self.dtype), values=frozen_array(self.values, self.dtype))
+        for name, expected in zip(FIELDS, factor_sizes(self.shapes, self.rank)):
             if getattr(self, name).size != expected:
                 raise ValueError(f"PowerSGD message: {name} has {getattr(self, name).size} floats, the "
                                  f"shapes {self.shapes} with rank {self.rank} need {expected}")
@@ -128,31 +131,25 @@ class PowerSGDMessage(SegmentedMessage):
         return MessageFormat(self.kind, self.segment_offsets, self.dtype.name,
                              options=(("shapes", self.shapes), ("rank", self.rank)))
 
-    def _pieces(self):
-        """Per segment: (start, stop, matrix shape or None, left slice, right slice, values slice)."""
-        left = right = values = 0
-        for (start, stop), shape in zip(Layout(self.segment_offsets).segments(), self.shapes):
-            matrix = matrix_shape(shape)
-            if matrix is None:
-                yield start, stop, None, None, None, slice(values, values + stop - start)
-                values += stop - start
-            else:
-                n, m = matrix
-                yield (start, stop, matrix, slice(left, left + n * self.rank),
-                       slice(right, right + m * self.rank), None)
-                left += n * self.rank
-                right += m * self.rank
+    def _segments(self):
+        """Per segment: (start, stop, shape, {message array: the segment's part of it}) in wire order."""
+        taken = dict.fromkeys(FIELDS, 0)
+        for (start, stop), shape, sent in zip(self.layout.segments(), self.shapes, wire_fields(self.shapes, self.rank)):
+            parts = {}
+            for name, count in sent:
+                parts[name] = getattr(self, name)[taken[name]:taken[name] + count]
+                taken[name] += count
+            yield start, stop, shape, parts
 
     def to_dense(self) -> np.ndarray:
         dense = np.empty(self.size, self.dtype)
-        for start, stop, matrix, left, right, values in self._pieces():
-            if matrix is None:
-                dense[start:stop] = self.values[values]
+        for start, stop, shape, parts in self._segments():
+            if "values" in parts:
+                dense[start:stop] = parts["values"]
             else:
-                n, m = matrix
-                kernels.low_rank_product.core(self.left[left].reshape(n, self.rank),
-                                         self.right[right].reshape(m, self.rank),
-                                         dense[start:stop].reshape(n, m))
+                n, m = matrix_shape(shape)
+                kernels.low_rank_product.core(parts["left"].reshape(n, self.rank), parts["right"].reshape(m, self.rank),
+                                              dense[start:stop].reshape(n, m))
         return dense
 
     def floats(self) -> int:
@@ -163,12 +160,9 @@ class PowerSGDMessage(SegmentedMessage):
 
     def _write(self, stream):
         offset = 0
-        for _, _, matrix, left, right, values in self._pieces():
-            if matrix is None:
-                offset = write_floats(stream, offset, self.values[values])
-            else:
-                offset = write_floats(stream, offset, self.left[left])
-                offset = write_floats(stream, offset, self.right[right])
+        for *_, parts in self._segments():
+            for part in parts.values():
+                offset = write_floats(stream, offset, part)
         return offset
 
     def analytic_bits(self) -> float:
@@ -178,21 +172,12 @@ class PowerSGDMessage(SegmentedMessage):
     def decode(cls, stream: np.ndarray, fmt: MessageFormat) -> PowerSGDMessage:
         options = dict(fmt.options)
         shapes, rank = options["shapes"], options["rank"]
-        left, right, values = [], [], []
+        read = {name: [np.zeros(0, fmt.dtype)] for name in FIELDS}
         offset = 0
-        for (start, stop), shape in zip(Layout(fmt.segment_offsets).segments(), shapes):
-            matrix = matrix_shape(shape)
-            if matrix is None:
-                chunk, offset = read_floats(stream, offset, stop - start, fmt.dtype)
-                values.append(chunk)
-            else:
-                chunk, offset = read_floats(stream, offset, matrix[0] * rank, fmt.dtype)
-                left.append(chunk)
-                chunk, offset = read_floats(stream, offset, matrix[1] * rank, fmt.dtype)
-                right.append(chunk)
-        empty = np.zeros(0, fmt.dtype)
-        return cls(fmt.segment_offsets, shapes, rank, np.concatenate(left or [empty]),
-                   np.concatenate(right or [empty]), np.concatenate(values or [empty]))
+        for name, count in itertools.chain.from_iterable(wire_fields(shapes, rank)):
+            chunk, offset = read_floats(stream, offset, count, fmt.dtype)
+            read[name].append(chunk)
+        return cls(fmt.segment_offsets, shapes, rank, *(np.concatenate(read[name]) for name in FIELDS))
 
 
 @dataclass(frozen=True, eq=False)
@@ -206,12 +191,8 @@ class PowerSGDState:
     def __eq__(self, other):
         if not isinstance(other, PowerSGDState):
             return NotImplemented
-        if self.layout != other.layout or self.layout.shapes != other.layout.shapes:
-            return False
-        if self.factors is None or other.factors is None:
-            return self.factors is None and other.factors is None
-        return len(self.factors) == len(other.factors) and all(
-            same_array(a, b) for a, b in zip(self.factors, other.factors))
+        return same_value((self.layout, self.layout.shapes, self.factors),
+                          (other.layout, other.layout.shapes, other.factors))
 
     __hash__ = None
 
@@ -237,21 +218,17 @@ class PowerSGD(Compressor):
         if layout.shapes is None:
             raise ValueError("PowerSGD needs the tensors' shapes (scope='tensor'): init it with a ParamSpec "
                              "or a Layout with shapes, not an int size or a Layout without shapes")
-        for shape in layout.shapes:
-            matrix = matrix_shape(shape)
-            if matrix is not None and self.rank > min(matrix):
-                raise ValueError(f"rank must be an integer in [1, {min(matrix)}] for the {shape} tensor "
+        for j, _, n, m in self.matrix_segments(layout):
+            if self.rank > min(n, m):
+                raise ValueError(f"rank must be an integer in [1, {min(n, m)}] for the {layout.shapes[j]} tensor "
                                  f"(at most min(n, m)), got {self.rank}")
         return PowerSGDState(layout)
 
     def matrix_segments(self, layout: Layout) -> list[tuple[int, int, int, int]]:
         """(segment index, start, n, m) of each segment compressed as a matrix."""
-        found = []
-        for j, ((start, _), shape) in enumerate(zip(layout.segments(), layout.shapes)):
-            matrix = matrix_shape(shape)
-            if matrix is not None:
-                found.append((j, start, matrix[0], matrix[1]))
-        return found
+        starts_and_shapes = zip(layout.segment_offsets, layout.shapes)
+        matrices = [(j, start, matrix_shape(shape)) for j, (start, shape) in enumerate(starts_and_shapes)]
+        return [(j, start, *matrix) for j, start, matrix in matrices if matrix is not None]
 
     def state_arrays(self, state: PowerSGDState) -> dict[str, np.ndarray]:
         """The factor Q of each matrix segment j as ``q_segment_<j>`` (nothing before the first call)."""

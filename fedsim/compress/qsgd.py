@@ -17,24 +17,21 @@ min(n / s^2, sqrt(n) / s) ||v||^2 per bucket (the paper's lemma 3.1, section 3).
 (the order of the operations, the roundings, the zero bucket) is that of :mod:`fedsim.kernels.qsgd`.
 A bucket whose norm is 0 sends its norm only.
 
-Randomness: each row consumes exactly P uniforms (``rng.random``, float64), row after row, whatever its
-values; so row r of a batch equals compressing ``updates[r]`` alone with the Generator consumed in row order.
+Randomness: P uniforms per row (``rng.random``, float64), :func:`fedsim.compress.base.uniform_chunks`.
 
-Defaults: s = 16 and d = 512. With d = 512 and s = 16 the variance bound is min(512 / 256, sqrt(512) / 16)
-= 1.41 ||v||^2 per bucket (measured on a normal vector: 0.33 ||v||^2), and a normal update costs about
-2.4 bits per entry (13 times fewer than 32-bit floats): the regime of the paper's bucketed practical
-variant. The basic scheme (d = 0) over the whole 10,240-entry weight tensor of the STC seed model at
-s = 16 would have a variance bound of 6.3 ||v||^2.
+Defaults: s = 16 and d = 512, the regime of the paper's bucketed practical variant: a variance bound of
+min(512 / 256, sqrt(512) / 16) = 1.41 ||v||^2 per bucket (measured on a normal vector: 0.33 ||v||^2) for
+about 2.4 bits per entry of a normal update (13 times fewer than 32-bit floats). The basic scheme (d = 0)
+over the STC seed model's whole 10,240-entry weight tensor at s = 16 would have a bound of 6.3 ||v||^2.
 
 Wire format (``qsgd``), bucket after bucket in order (the paper's Code_s with the Elias omega code,
-:mod:`fedsim.kernels.qsgd`): the norm as a float (its IEEE bit pattern: 32 bits for float32 data, 64 for
-float64); if the norm is 0, nothing else; otherwise for each nonzero level, in index order, the Elias
-omega code of the gap to it (first gap = local index + 1, then index differences), its sign bit (1 =
-negative) and the Elias omega code of |level|; then an end marker, the omega code of the gap to the
-position just past the bucket (n - last nonzero index, n + 1 if none). The marker is fedsim's addition:
-the paper does not say how a decoder finds the end of a bucket. The receiver knows the segments, d, s
-and the dtype from the configuration. Encoded bits per bucket (counted by a jitted counter in the
-quantization kernel, equal to the encoder's length)::
+:mod:`fedsim.kernels.qsgd`; d and s are the format's options): the norm as a float; if it is 0, nothing
+else; otherwise for each nonzero level, in index order, the Elias omega code of the gap to it (first gap =
+local index + 1, then index differences), its sign bit (1 = negative) and the Elias omega code of |level|;
+then an end marker, the omega code of the gap to the position just past the bucket (n - last nonzero
+index, n + 1 if none). The marker is fedsim's addition: the paper does not say how a decoder finds the end
+of a bucket. Encoded bits per bucket (counted by a jitted counter in the quantization kernel, equal to the
+encoder's length)::
 
     F                                                                          norm = 0
     F + sum over nonzero i (B(gap_i) + 1 + B(|level_i|)) + B(n - last)        norm > 0
@@ -63,25 +60,20 @@ from typing import ClassVar
 import numpy as np
 
 from fedsim.compress import bits as analytic
-from fedsim.compress.base import (BIT_PATTERN, Compressor, float_bits, float_dtype, frozen_array, Layout,
-                                  layout_of, MessageFormat, register, register_message, require_generator,
-                                  scope_setting, SegmentedMessage, uniform_chunks)
+from fedsim.compress.base import (BIT_PATTERN, Compressor, float_bits, frozen_array, Layout, layout_of, MessageFormat,
+                                  register, register_message, require_generator, scope_setting, SegmentedMessage,
+                                  uniform_chunks)
 from fedsim.compress.theory import Theory, relative_error
 from fedsim.constraints import Integer, setting
 from fedsim.kernels import qsgd as kernels
 
-# The rows compressed per kernel call are limited so that their uniforms (8 bytes per entry) stay below
-# this many bytes; the Generator is consumed in row order either way.
-UNIFORM_BUFFER_BYTES = 64 << 20
 LEVELS = Integer(1, 2 ** 31 - 1)       # s, the number of levels (at most 2^31 - 1: the signed levels are int32)
 BUCKET_SIZE = Integer(low=0)           # d, entries per bucket (0: one bucket per segment)
-# Levels up to this are held in int16 in the batch's fields (int32 beyond).
-INT16_LEVELS = 2 ** 15 - 1
 
 
 def level_dtype(levels: int) -> np.dtype:
     """The integer type of the signed levels in a batch's fields: int16 for s <= 32767, else int32."""
-    return np.dtype(np.int16) if levels <= INT16_LEVELS else np.dtype(np.int32)
+    return np.dtype(np.int16) if levels <= np.iinfo(np.int16).max else np.dtype(np.int32)
 
 
 def bucket_bound_bits(levels: int, size: int) -> float:
@@ -115,12 +107,10 @@ class QSGDMessage(SegmentedMessage):
     signed_levels: np.ndarray          # (N,) int32, sign(v_i) level_i; all 0 in a bucket whose norm is 0
 
     def __post_init__(self):
-        object.__setattr__(self, "segment_offsets", Layout(self.segment_offsets).segment_offsets)
-        object.__setattr__(self, "levels", LEVELS.check("levels", self.levels))
-        object.__setattr__(self, "bucket_size", BUCKET_SIZE.check("bucket_size", self.bucket_size))
-        dtype = float_dtype(np.asarray(self.norms).dtype)
-        object.__setattr__(self, "norms", frozen_array(self.norms, dtype))
-        object.__setattr__(self, "signed_levels", frozen_array(self.signed_levels, np.int32))
+        self._set(segment_offsets=Layout(self.segment_offsets).segment_offsets,
+                  levels=LEVELS.check("levels", self.levels),
+                  bucket_size=BUCKET_SIZE.check("bucket_size", self.bucket_size),
+                  norms=frozen_array(self.norms), signed_levels=frozen_array(self.signed_levels, np.int32))
         offsets = self.bucket_offsets
         if self.signed_levels.size != self.size:
             raise ValueError(f"{self.signed_levels.size} levels for a vector of {self.size}")
@@ -188,7 +178,7 @@ class QSGDMessage(SegmentedMessage):
 @register
 @dataclass(frozen=True)
 class QSGD(Compressor):
-    """Stochastic quantization to s levels per bucket (module docstring); sends a QSGDMessage."""
+    """Stochastic quantization to s levels per bucket (module docstring). Message: :class:`QSGDMessage`."""
 
     name: ClassVar[str] = "qsgd"     # unbiased: no residuals by default (Compressor.error_feedback)
     budget_knob: ClassVar[str] = "levels"
@@ -212,7 +202,7 @@ class QSGD(Compressor):
         signed_levels = np.empty((n_rows, size), level_dtype(self.levels))
         encoded = np.zeros(n_rows, np.int64)
         # every argument is built here (rows: contiguous (K, P) float from as_rows): the unchecked core
-        for first, last, uniforms in uniform_chunks(n_rows, size, rng, UNIFORM_BUFFER_BYTES):
+        for first, last, uniforms in uniform_chunks(n_rows, size, rng):
             kernels.qsgd_quantize.core(rows[first:last], offsets, self.levels, uniforms,
                                        float_bits(rows.dtype), decoded[first:last], norms[first:last],
                                        signed_levels[first:last], encoded[first:last])
@@ -220,9 +210,8 @@ class QSGD(Compressor):
         return decoded, encoded, estimated, {"norms": norms, "signed_levels": signed_levels}
 
     def theory(self, x, state):
-        """Alistarh et al. (arXiv 1610.02132), lemma 3.1: unbiased, and per bucket v of n entries (fedsim
-        normalizes by ||v||_2, as the lemma does) E||Q(v) - v||^2 <= min(n / s^2, sqrt(n) / s) ||v||^2;
-        summed over the buckets and divided by ||x||^2."""
+        """Unbiased, and lemma 3.1's variance bound per bucket (module docstring; fedsim normalizes by
+        ||v||_2, as the lemma does), summed over the buckets and divided by ||x||^2."""
         offsets = self.bucket_offsets(state)
         sizes, s = np.diff(offsets).astype(np.float64), float(self.levels)
         factors = np.minimum(sizes / s ** 2, np.sqrt(sizes) / s)

@@ -20,17 +20,15 @@ SplitMix64 streams and Floyd's algorithm, defined bit for bit in :mod:`fedsim.ke
 Generator is used for the seeds only.
 
 Wire format (``randomk``): the seed (64 bits, as an unsigned integer, most significant bit first); then,
-segment after segment, the k values ``x_i`` (unscaled) in increasing position order as floats of the
-message dtype (32 bits each for float32, 64 for float64). No count is sent (k follows from p and N, and
-the receiver knows p, the scaling and the segments from the configuration: the format's options).
+segment after segment, the k values ``x_i`` (unscaled, as floats) in increasing position order. No count
+is sent: k follows from p and N (p and the scaling are the format's options).
 
 Bits: encoded = 64 + sum over segments of k * float bits; the paper's estimate (analytic) = 32 k per
-segment. The 64 seed bits are counted because the seed is in the stream and the receiver reads it from
-there: in fedsim it is drawn from the run's shared compression stream, whose state at a given row depends
-on every draw made before it in the run, so a receiver holding only the message could not know it. A
-deployment that derives each sender's seed from state both sides already share (the run's seed, the
-round, the client's id) could leave it out and save these 64 bits per message; the analytic estimate, like
-the paper's, leaves it out (it counts no headers).
+segment, without the seed (it counts no headers). The seed is counted because the receiver reads it from
+the stream: fedsim draws it from the run's shared compression stream, whose state at a given row depends on
+every earlier draw of the run, so a receiver holding only the message could not know it. A deployment
+deriving each sender's seed from state both sides share (the run's seed, the round, the client's id)
+could leave it out and save these 64 bits per message.
 """
 
 from __future__ import annotations
@@ -42,8 +40,8 @@ import numpy as np
 
 from fedsim.compress import bits as analytic
 from fedsim.compress.base import (layout_of, FRACTION, Compressor, float_bits, float_dtype, frozen_array, Layout,
-                                  MessageFormat, read_floats, register, register_message,
-                                  require_generator, scope_setting, SegmentedMessage, write_floats)
+                                  MessageFormat, read_floats, register, register_message, require_generator,
+                                  scope_setting, SegmentedMessage, write_floats)
 from fedsim.compress.theory import Theory, relative_error
 from fedsim.constraints import Integer, OneOf, setting
 from fedsim.compress.topk import budgets
@@ -73,14 +71,14 @@ def check_segments(layout: Layout) -> None:
         raise ValueError(f"random-k needs segments of at most 2^32 entries, got {max(layout.sizes)}")
 
 
-def segment_positions(seed: int, layout: Layout, ks) -> list[np.ndarray]:
-    """The chosen positions of each segment (within the segment) in Floyd's order, for ``seed``."""
-    result = []
-    for j, (size, k) in enumerate(zip(layout.sizes, ks)):
-        positions = np.empty(int(k), np.int64)
-        kernels.random_positions(np.uint64(seed), j, size, int(k), positions)
-        result.append(positions)
-    return result
+def chosen_positions(seed: int, layout: Layout, ks) -> np.ndarray:
+    """The global positions ``seed`` chooses (int64), segment after segment, each segment's in Floyd's order."""
+    parts = [np.zeros(0, np.int64)]
+    for j, (start, size, k) in enumerate(zip(layout.segment_offsets, layout.sizes, ks)):
+        local = np.empty(int(k), np.int64)
+        kernels.random_positions(np.uint64(seed), j, size, int(k), local)
+        parts.append(local + start)
+    return np.concatenate(parts)
 
 
 @register_message
@@ -96,12 +94,10 @@ class RandomKMessage(SegmentedMessage):
 
     def __post_init__(self):
         layout = Layout(self.segment_offsets)
-        object.__setattr__(self, "segment_offsets", layout.segment_offsets)
-        object.__setattr__(self, "p", FRACTION.check("p", self.p))
-        object.__setattr__(self, "seed", SEED.check("seed", self.seed))
+        self._set(segment_offsets=layout.segment_offsets, p=FRACTION.check("p", self.p),
+                  seed=SEED.check("seed", self.seed))
         SCALING.check("scaling", self.scaling)
-        dtype = float_dtype(np.asarray(self.values).dtype)
-        object.__setattr__(self, "values", frozen_array(self.values, dtype))
+        self._set(values=frozen_array(self.values))
         check_segments(layout)
         expected = int(self.budgets.sum())
         if self.values.size != expected:
@@ -116,10 +112,7 @@ class RandomKMessage(SegmentedMessage):
     @property
     def positions(self) -> np.ndarray:
         """The global positions of the values (int64, increasing), rebuilt from the seed."""
-        starts = self.segment_offsets[:-1]
-        local = segment_positions(self.seed, self.layout, self.budgets)
-        return np.concatenate([np.sort(part) + start for part, start in zip(local, starts)] +
-                              [np.zeros(0, np.int64)])
+        return np.sort(chosen_positions(self.seed, self.layout, self.budgets))
 
     @property
     def format(self) -> MessageFormat:
@@ -166,12 +159,7 @@ class RandomKMessage(SegmentedMessage):
 @register
 @dataclass(frozen=True)
 class RandomK(Compressor):
-    """Random-k sparsification: ``ceil(p N)`` uniformly random entries of each segment, scaled by N / k
-    (unbiased) or as they are. Message: :class:`RandomKMessage`.
-
-    Rows are independent: row r gets seed r of the batch's draws, exactly what compressing ``updates[r]``
-    alone gives when the Generator is in the same state.
-    """
+    """Random-k sparsification (module docstring). Message: :class:`RandomKMessage`."""
 
     name: ClassVar[str] = "randomk"
     budget_knob: ClassVar[str] = "p"
@@ -216,12 +204,7 @@ class RandomK(Compressor):
 
     def message(self, compressed, row):
         layout = compressed.layout
-        ks = budgets(self.p, layout)
         seed = int(compressed.fields["seeds"][row])
-        values = compressed.fields["values"][row]
-        ordered, start = [], 0
-        for positions in segment_positions(seed, layout, ks):     # Floyd's order -> position order
-            ordered.append(values[start:start + positions.size][np.argsort(positions, kind="stable")])
-            start += positions.size
-        return RandomKMessage(layout.segment_offsets, self.p, seed,
-                              np.concatenate(ordered + [np.zeros(0, values.dtype)]), self.scaling)
+        in_position_order = np.argsort(chosen_positions(seed, layout, budgets(self.p, layout)), kind="stable")
+        return RandomKMessage(layout.segment_offsets, self.p, seed, compressed.fields["values"][row][in_position_order],
+                              self.scaling)

@@ -7,7 +7,7 @@ by its mean magnitude, which is sent too. Zero entries are sent exactly.
 Wire format (``sign``), per segment: zero count z (32 bits); Golomb-Rice code of the z positions of zero
 entries with b* = rice_parameter(z, N); N - z sign bits of the nonzero entries in order (1 = negative);
 the scale (only if scaled). sign(0) = 0 therefore costs almost nothing when zeros are rare (z = 0 costs
-the 32-bit count only). Paper's estimate: N bits (+ 32 per scale).
+the 32-bit count only).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import numpy as np
 
 from fedsim.compress import bits as analytic
 from fedsim.compress.base import (layout_of, SegmentedMessage, Compressor, Layout, MessageFormat, scope_setting,
-                                  decode_positions, encode_positions, float_bits, float_dtype, frozen_array,
-                                  read_floats, register, register_message, write_floats)
+                                  decode_positions, encode_positions, float_bits, frozen_array, read_floats, register,
+                                  register_message, write_floats)
 from fedsim.compress.theory import Theory, segment_squares
 from fedsim.constraints import OneOf, setting
 from fedsim.kernels import bitstream, golomb, sparsify
@@ -37,11 +37,8 @@ class SignMessage(SegmentedMessage):
     scaled: bool = False               # whether the scales are part of the message
 
     def __post_init__(self):
-        object.__setattr__(self, "segment_offsets", Layout(self.segment_offsets).segment_offsets)
-        object.__setattr__(self, "signs", frozen_array(self.signs, np.int8))
-        dtype = float_dtype(np.asarray(self.scales).dtype)
-        object.__setattr__(self, "scales", frozen_array(self.scales, dtype))
-        object.__setattr__(self, "scaled", bool(self.scaled))
+        self._set(segment_offsets=Layout(self.segment_offsets).segment_offsets, scaled=bool(self.scaled),
+                  signs=frozen_array(self.signs, np.int8), scales=frozen_array(self.scales))
         if self.signs.size != self.segment_offsets[-1]:
             raise ValueError(f"{self.signs.size} signs for a vector of {self.segment_offsets[-1]}")
         if np.any(np.abs(self.signs) > 1):

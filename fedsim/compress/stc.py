@@ -13,8 +13,7 @@ estimate of the quantile) or ``"window"`` (the reference's contiguous window at 
 biased when magnitudes vary along the tensor).
 
 Wire format (``ternary``), per segment: count c (32 bits); Golomb-Rice code of the c positions (as top-k);
-c sign bits (1 = negative); mu (only if c > 0). Paper's estimate: c (E(c / N) + 1) + 32 per nonempty
-segment (:mod:`fedsim.compress.bits`).
+c sign bits (1 = negative); mu (only if c > 0). Paper's estimate: :mod:`fedsim.compress.bits`.
 """
 
 from __future__ import annotations
@@ -25,9 +24,9 @@ from typing import ClassVar
 import numpy as np
 
 from fedsim.compress import bits as analytic
-from fedsim.compress.base import (FRACTION, ceil_product, Compressor, decode_positions, float_bits, float_dtype,
-                                  frozen_array, Layout, layout_of, MessageFormat, PositionsMessage, read_floats,
-                                  register, register_message, require_generator, scope_setting, write_floats)
+from fedsim.compress.base import (FRACTION, ceil_product, Compressor, decode_positions, float_bits, frozen_array,
+                                  Layout, layout_of, MessageFormat, PositionsMessage, read_floats, register,
+                                  register_message, require_generator, scope_setting, write_floats)
 from fedsim.compress.theory import Theory
 from fedsim.constraints import OneOf, setting
 from fedsim.compress.topk import sparsify_rows
@@ -48,9 +47,7 @@ class TernaryMessage(PositionsMessage):
 
     def __post_init__(self):
         self._check_positions()
-        object.__setattr__(self, "signs", frozen_array(self.signs, np.int8))
-        dtype = float_dtype(np.asarray(self.mu).dtype)
-        object.__setattr__(self, "mu", frozen_array(self.mu, dtype))
+        self._set(signs=frozen_array(self.signs, np.int8), mu=frozen_array(self.mu))
         if self.signs.size != self.positions.size:
             raise ValueError(f"{self.positions.size} positions but {self.signs.size} signs")
         if np.any(np.abs(self.signs) != 1):

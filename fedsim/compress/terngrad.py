@@ -17,14 +17,13 @@ trades a small bias for a smaller scale s (the paper's bound on the variance s |
 arithmetic (sums, roundings, the constant-segment rule) is that of :mod:`fedsim.kernels.terngrad`.
 A segment with s = 0 (all zero, or empty) sends its scale only.
 
-Randomness: each row consumes exactly P uniforms (``rng.random``, float64), row after row, whatever its
-values; so row r of a batch equals compressing ``updates[r]`` alone with the Generator consumed in row order.
+Randomness: P uniforms per row (``rng.random``, float64), :func:`fedsim.compress.base.uniform_chunks`.
 
-Wire format (``terngrad``), per segment in order: the scale s (32 bits for float32 data, 64 for float64);
-then, only if s != 0, the N ternary digits (0 for 0, 1 for +s, 2 for -s) in base 3, five per 8-bit field
-(value d_0 + 3 d_1 + 9 d_2 + 27 d_3 + 81 d_4 <= 242), the last r = N mod 5 digits in 2, 4, 5 or 7 bits
-(ceil(log2 3^r)). Encoded bits per segment, in closed form: ``F + [s != 0] (8 floor(N / 5) + R[N mod 5])``
-with F the float width and R = (0, 2, 4, 5, 7); the simulation counts them in the ternarization kernel.
+Wire format (``terngrad``), per segment in order: the scale s (a float); then, only if s != 0, the N
+ternary digits (0 for 0, 1 for +s, 2 for -s) in base 3, five per 8-bit field (value d_0 + 3 d_1 + 9 d_2 +
+27 d_3 + 81 d_4 <= 242), the last r = N mod 5 digits in 2, 4, 5 or 7 bits (ceil(log2 3^r)). Encoded bits
+per segment, in closed form: ``F + [s != 0] (8 floor(N / 5) + R[N mod 5])`` with F the float width and
+R = (0, 2, 4, 5, 7); the simulation counts them in the ternarization kernel.
 
 Analytic bits: ``log2(3) N + 32`` per segment, the information content of N ternary digits plus the
 32-bit scale (what an ideal entropy-free ternary code needs; the code above is within 0.015 bits per
@@ -41,16 +40,12 @@ from typing import ClassVar
 import numpy as np
 
 from fedsim.compress import bits as analytic
-from fedsim.compress.base import (layout_of, Compressor, float_bits, float_dtype, frozen_array, Layout, MessageFormat,
-                                  read_floats, register, register_message, require_generator,
-                                  scope_setting, SegmentedMessage, uniform_chunks, write_floats)
+from fedsim.compress.base import (layout_of, Compressor, float_bits, frozen_array, Layout, MessageFormat, read_floats,
+                                  register, register_message, require_generator, scope_setting, SegmentedMessage,
+                                  uniform_chunks, write_floats)
 from fedsim.compress.theory import Theory, segment_squares
 from fedsim.constraints import Real, setting
 from fedsim.kernels import terngrad as kernels
-
-# The rows compressed per kernel call are limited so that their uniforms (8 bytes per entry) stay below
-# this many bytes; the Generator is consumed in row order either way.
-UNIFORM_BUFFER_BYTES = 64 << 20
 
 
 def terngrad_analytic_bits(sizes) -> float:
@@ -71,10 +66,8 @@ class TernGradMessage(SegmentedMessage):
     scales: np.ndarray                 # (segments,) float32/float64, >= 0
 
     def __post_init__(self):
-        object.__setattr__(self, "segment_offsets", Layout(self.segment_offsets).segment_offsets)
-        object.__setattr__(self, "codes", frozen_array(self.codes, np.int8))
-        dtype = float_dtype(np.asarray(self.scales).dtype)
-        object.__setattr__(self, "scales", frozen_array(self.scales, dtype))
+        self._set(segment_offsets=Layout(self.segment_offsets).segment_offsets,
+                  codes=frozen_array(self.codes, np.int8), scales=frozen_array(self.scales))
         if self.codes.size != self.segment_offsets[-1]:
             raise ValueError(f"{self.codes.size} codes for a vector of {self.segment_offsets[-1]}")
         if np.any(np.abs(self.codes) > 1):
@@ -129,7 +122,7 @@ class TernGradMessage(SegmentedMessage):
 @register
 @dataclass(frozen=True)
 class TernGrad(Compressor):
-    """Stochastic ternarization, one scale per segment (module docstring); sends a TernGradMessage."""
+    """Stochastic ternarization, one scale per segment (module docstring). Message: :class:`TernGradMessage`."""
 
     name: ClassVar[str] = "terngrad"     # unbiased: no residuals by default (Compressor.error_feedback)
 
@@ -144,15 +137,14 @@ class TernGrad(Compressor):
         scales = np.empty((n_rows, layout.n_segments), rows.dtype)
         encoded = np.zeros(n_rows, np.int64)
         offsets = layout.offsets_array
-        for first, last, uniforms in uniform_chunks(n_rows, size, rng, UNIFORM_BUFFER_BYTES):
+        for first, last, uniforms in uniform_chunks(n_rows, size, rng):
             kernels.terngrad_batch(rows[first:last], offsets, uniforms, self.clip, float_bits(rows.dtype),
                                    decoded[first:last], scales[first:last], encoded[first:last])
         estimated = np.full(n_rows, terngrad_analytic_bits(layout.sizes), np.float64)
         return decoded, encoded, estimated, {"scales": scales}
 
     def theory(self, x, state):
-        """Exact, per segment with h the clipped entries and s = max |h_i| (Wen et al., arXiv 1705.07878:
-        m_i = s sign(h_i) Bernoulli(|h_i| / s), so E[m] = h and Var m_i = s |h_i| - h_i^2)::
+        """Exact, per segment with h the clipped entries (module docstring: E[m] = h, Var m_i = s |h_i| - h_i^2)::
 
             E||m - x_j||^2 = s ||h||_1 - ||h||^2 + ||h - x_j||^2
 

@@ -169,21 +169,18 @@ def combine(measurements: list[Measurement]) -> Measurement:
         bits_formula=mean("bits_formula"), theory=theory)
 
 
-def tolerance(dtype) -> float:
-    """Relative slack for the roundings of the decoded values: 1e-4 for float32, 1e-9 for float64."""
-    return 1e-4 if np.dtype(dtype) == np.float32 else 1e-9
-
-
 def meets(measurement: Measurement, dtype=np.float64) -> bool | None:
     """Whether the measurement agrees with its theory: the error within ``SIGMAS`` standard errors of its
-    relation to the theoretical value (plus the dtype's :func:`tolerance`), and |bias_z| <= ``SIGMAS``
-    where the theory says unbiased; None when the theory states neither."""
+    relation to the theoretical value (plus a relative slack for the roundings of the decoded values: 1e-4
+    in float32, 1e-9 in float64), and |bias_z| <= ``SIGMAS`` where the theory says unbiased; None when the
+    theory states neither."""
     theory = measurement.theory
     if theory is None or (theory.error is None and theory.unbiased is not True):
         return None
     ok = True
     if theory.error is not None:
-        slack = SIGMAS * measurement.error_se + tolerance(dtype) * max(theory.error, measurement.error, 1e-3)
+        rounding = 1e-4 if np.dtype(dtype) == np.float32 else 1e-9
+        slack = SIGMAS * measurement.error_se + rounding * max(theory.error, measurement.error, 1e-3)
         if theory.relation == "<=":
             ok = measurement.error <= theory.error + slack
         elif theory.relation == "=":

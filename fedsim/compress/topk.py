@@ -4,7 +4,7 @@ Per segment of N entries, k = ceil(p N); the kept set is that of :mod:`fedsim.ke
 largest nonzero magnitudes, ties at the threshold to the lowest indices, zeros never sent).
 
 Wire format (``sparse``), per segment: count c (32 bits); Golomb-Rice code of the c positions within the
-segment with b* = rice_parameter(c, N); the c values. Paper's estimate: c (E(c / N) + 32) per segment.
+segment with b* = rice_parameter(c, N); the c values.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import numpy as np
 
 from fedsim.compress import bits as analytic
 from fedsim.compress.base import (FRACTION, Compressor, Layout, MessageFormat, PositionsMessage, ceil_product,
-                                  decode_positions, float_bits, float_dtype, frozen_array, layout_of,
-                                  read_floats, register, register_message, scope_setting, write_floats)
+                                  decode_positions, float_bits, frozen_array, layout_of, read_floats, register,
+                                  register_message, scope_setting, write_floats)
 from fedsim.compress.theory import Theory, relative_error
 from fedsim.constraints import setting
 from fedsim.kernels import golomb, sparsify
@@ -33,8 +33,7 @@ class SparseMessage(PositionsMessage):
 
     def __post_init__(self):
         self._check_positions()
-        dtype = float_dtype(np.asarray(self.values).dtype)
-        object.__setattr__(self, "values", frozen_array(self.values, dtype))
+        self._set(values=frozen_array(self.values))
         if self.values.size != self.positions.size:
             raise ValueError(f"{self.positions.size} positions but {self.values.size} values")
 
@@ -106,10 +105,7 @@ def sparsify_rows(rows, layout: Layout, p: float, ternary: bool, samples=None):
 @register
 @dataclass(frozen=True)
 class TopK(Compressor):
-    """Top-k sparsification: the ``ceil(p N)`` largest-magnitude entries of each segment, values exact.
-
-    Message: :class:`SparseMessage`.
-    """
+    """Top-k sparsification (module docstring). Message: :class:`SparseMessage`."""
 
     name: ClassVar[str] = "topk"
     error_feedback: ClassVar[bool] = True

@@ -16,7 +16,7 @@ from fedsim.params import ParamSpec
 
 pytestmark = pytest.mark.oracle
 
-SPEC = ParamSpec(("W", "b"), ((1024, 10), (10,)))   # the STC pipeline's softmax regression
+SPEC = ParamSpec(("W", "b"), ((1024, 10), (10,)))   # the STC pipeline's softmax regression (every torch oracle's)
 
 
 def torch_segments(torch, x, scope):

@@ -1,8 +1,7 @@
 """PowerSGD (arXiv 1905.13727): its own settings, full rank and the coupled rows, the message's bits and
 wire order, the state's dtype, its checkpoint arrays and the federated methods. The power step against the
-paper's formulas, the factors' draws and redraws, the kernels against their twins and the torch oracle over
-several rounds are tests/kernels/test_powersgd.py; the contract every compressor meets (round trip, error
-feedback, checkpoints continuing bitwise, ...) is tests/compress/test_contract.py."""
+paper's formulas, the factors' draws and redraws, the kernels and the torch oracle over several rounds are
+tests/kernels/test_powersgd.py."""
 
 import dataclasses
 
@@ -159,7 +158,6 @@ def test_checkpoint_arrays(dtype):
     assert isinstance(state.inner, PowerSGDState) and state.inner.factors is not None
     assert set(link.compressor.state_arrays(state.inner)) == {"q_segment_0", "q_segment_2"}
     fresh = link.compressor.init(SPEC)
-    assert link.compressor.state_arrays(fresh) == {}
     with pytest.raises(ValueError, match="q_segment_2"):
         link.compressor.load_state_arrays(fresh, {"q_segment_0": np.zeros((5, 2), dtype)})
     with pytest.raises(ValueError, match="shape"):

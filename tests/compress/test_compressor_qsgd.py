@@ -1,7 +1,6 @@
-"""QSGD (arXiv 1610.02132): its own settings, hand-computed quantization and codes, the Elias omega coder,
-the paper's bit bound, unbiasedness, its message format and corrupt streams, the Generator's uniforms, the
-kernel against its NumPy twin, and (oracle) against an independent torch implementation. The contract every
-compressor meets (round trip, bit counts, batch == row by row, ...) is tests/compress/test_contract.py."""
+"""QSGD (arXiv 1610.02132): the paper's bit bound and measured bits, unbiasedness, its message format and
+batch fields, and (oracle) an independent torch implementation. The quantization kernel and its code are
+tests/kernels/test_qsgd.py."""
 
 import math
 

@@ -1,8 +1,6 @@
-"""Random-k sparsification: its own settings, the seeded position generator (against an independent
-pure-Python derivation and SplitMix64's published outputs), kernels vs their NumPy twins, the wire message
-(positions and values, bit counts, decoding from the stream alone), one seed per row, unbiasedness and
-uniformity (statistical, fixed seeds), and a torch oracle. The contract every compressor meets is
-tests/compress/test_contract.py."""
+"""Random-k sparsification: its settings in a federated config, the wire message (positions and values,
+bit counts, decoding from the stream alone), the seeds, unbiasedness and selection frequencies (fixed
+seeds) and a torch oracle. The seeded position generator and the kernels are tests/kernels/test_randomk.py."""
 
 import math
 
@@ -14,7 +12,7 @@ from fedsim.compress import Layout, MessageFormat, RandomK, RandomKMessage, deco
 from fedsim.compress.base import ceil_product
 from fedsim.compress.randomk import SEED_BITS
 from fedsim.constraints import descriptions
-from fedsim.params import ParamSpec
+from tests.compress.test_compress_oracle import SPEC as ORACLE_SPEC
 from tests.compress.test_contract import DTYPES, SETTINGS, SPEC, cases
 from tests.kernels.test_randomk import python_positions
 from tests.conftest import assert_bitwise, check_message, message_of, random_updates
@@ -156,13 +154,10 @@ def test_empty_layout():
 
 @cases(SETTINGS["randomk"])
 def test_one_seed_per_row(compressor):
+    """Row r's seed is the Generator's r-th uint64 draw (and a row's seed alone: the message equality of
+    test_contract.py's test_batch_equals_row_by_row, on these updates and Generator)."""
     updates = random_updates(np.random.default_rng(11), 5, SPEC.size)
-    state = compressor.init(SPEC)
-    batch, _ = compressor.compress(updates, state, np.random.default_rng(3))
-    row_rng = np.random.default_rng(3)
-    for row in range(5):
-        single, _ = compressor.compress(updates[row], state, row_rng)
-        assert batch.fields["seeds"][row] == single.fields["seeds"][0]
+    batch, _ = compressor.compress(updates, compressor.init(SPEC), np.random.default_rng(3))
     expected_seeds = np.random.default_rng(3).integers(0, 2 ** 64 - 1, size=5, dtype=np.uint64, endpoint=True)
     np.testing.assert_array_equal(batch.fields["seeds"], expected_seeds)
 
@@ -213,11 +208,10 @@ def test_matches_torch(torch, dtype, scaling, scope, p):
     none: every operation is one correctly rounded IEEE multiply (or a copy), so the rows agree bitwise."""
     from benchmarks import torch_reference as reference
 
-    spec = ParamSpec(("W", "b"), ((1024, 10), (10,)))           # the STC pipeline's softmax regression
     compressor = RandomK(p, scaling=scaling, scope=scope)
-    state = compressor.init(spec)
+    state = compressor.init(ORACLE_SPEC)
     layout = state
-    updates = np.random.default_rng(1).standard_normal((4, spec.size)).astype(dtype)
+    updates = np.random.default_rng(1).standard_normal((4, ORACLE_SPEC.size)).astype(dtype)
     compressed, _ = compressor.compress(updates, state, np.random.default_rng(2))
 
     positions, scales = [], []

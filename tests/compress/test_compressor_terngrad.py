@@ -1,7 +1,6 @@
-"""TernGrad (arXiv 1705.07878): its own settings, exact hand-computed cases, clipping, unbiasedness, the
-decoded values' form, the wire message's validation and corrupt streams, the Generator's uniforms, the
-kernels against their NumPy twins and ``.py_func``, and the torch oracle (same uniforms: codes, scales and
-decoded values exact). The contract every compressor meets is tests/compress/test_contract.py."""
+"""TernGrad (arXiv 1705.07878): exact cases, unbiasedness, the decoded values' form, the wire message's
+validation and corrupt streams, and the torch oracle (same uniforms: codes, scales and decoded values
+exact). The kernels are tests/kernels/test_terngrad.py."""
 
 import math
 
@@ -11,7 +10,7 @@ from hypothesis import given, note, settings
 from hypothesis import strategies as st
 
 from fedsim.compress import TernGrad, TernGradMessage, decode
-from fedsim.params import ParamSpec
+from tests.compress.test_compress_oracle import SPEC as ORACLE_SPEC
 from tests.compress.test_contract import ODD_LAYOUT, SETTINGS, SPEC, cases
 from tests.conftest import assert_bitwise, check_message, compress_one, updates_strategy
 
@@ -153,9 +152,6 @@ def test_message_validation_and_corrupt_streams():
 # ----------------------------------------------------------------------------------------------------
 # torch oracle
 # ----------------------------------------------------------------------------------------------------
-
-ORACLE_SPEC = ParamSpec(("W", "b"), ((1024, 10), (10,)))      # the STC pipeline's softmax regression
-
 
 @pytest.mark.oracle
 @pytest.mark.parametrize("scope", ["tensor", "global"])

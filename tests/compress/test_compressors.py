@@ -1,13 +1,15 @@
-"""Identity, top-k, STC and sign: what is specific to each (settings, hand-computed messages and bit
-counts, sampled STC, message validation), ``ceil_product``, and the error-feedback wrapper's state. The
-contract every compressor meets is tests/compress/test_contract.py."""
+"""Identity, top-k, STC and sign: what is specific to each (hand-computed messages and bit counts, sampled
+STC, message validation), ``ceil_product``, and the error-feedback wrapper's state."""
 
 import math
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import pytest
 
 from fedsim.compress import (
+    COMPRESSORS,
     STC,
     ErrorFeedback,
     Identity,
@@ -20,6 +22,7 @@ from fedsim.compress import (
     decode,
     expected_position_bits,
 )
+from fedsim.compress.base import register
 from tests.compress.test_contract import SPEC
 from tests.conftest import assert_bitwise, check_message, message_of, random_updates
 from tests.conftest import compress_one as one          # (message, new state) of one compressed vector
@@ -161,3 +164,15 @@ def test_error_feedback_state_and_dtype():
     assert message == bare and message.encoded_bits() == bare.encoded_bits()
     assert math.isclose(message.analytic_bits(), bare.analytic_bits())
     assert wrapper.name == "topk" and wrapper.aggregations == TopK.aggregations
+
+
+def test_a_plugin_with_an_unknown_aggregation_is_refused_at_registration():
+    @dataclass(frozen=True)
+    class MedianSign(Sign):
+        name: ClassVar[str] = "test_median_sign"
+        aggregations: ClassVar[tuple[str, ...]] = ("median",)
+
+    with pytest.raises(ValueError, match=r"compressor 'test_median_sign': aggregations must be among "
+                                         r"\('mean', 'weighted', 'majority'\), got \['median'\]"):
+        register(MedianSign)
+    assert "test_median_sign" not in COMPRESSORS
