@@ -172,24 +172,22 @@ def test_a_lazy_run_extends_like_a_longer_one_except_for_the_old_final_evaluatio
 
 # --- 3. a corrupt checkpoint: one line, nothing lost -----------------------------------------------------
 
-@pytest.mark.parametrize("damage", ["truncated", "garbage", "one byte changed", "empty"])
+def one_byte_changed(data: bytes) -> bytes:
+    middle = len(data) // 2
+    return data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1:]
+
+
+@pytest.mark.parametrize("damage", [lambda data: data[: len(data) // 2], lambda data: os.urandom(len(data)),
+                                    one_byte_changed, lambda data: b""],
+                         ids=["truncated", "garbage", "one byte changed", "empty"])
 def test_a_damaged_checkpoint_is_refused_in_one_line(tmp_path, damage, fedsim_here):
     run_dir = unfinished_copy(tmp_path)
     path = run_dir / CHECKPOINT_FILE
-    data = bytearray(path.read_bytes())
-    if damage == "truncated":
-        data = data[: len(data) // 2]
-    elif damage == "garbage":
-        data = bytearray(os.urandom(len(data)))
-    elif damage == "one byte changed":
-        data[len(data) // 2] ^= 0xFF
-    else:
-        data = bytearray()
-    path.write_bytes(bytes(data))
-    result = fedsim_here("run", "--resume", run_dir, "--quiet")
-    line = one_line_error(result, 2, str(path))
+    data = damage(path.read_bytes())
+    path.write_bytes(data)
+    line = one_line_error(fedsim_here("run", "--resume", run_dir, "--quiet"), 2, str(path))
     assert "allow_pickle" not in line
-    assert path.read_bytes() == bytes(data)                  # left as found, for the user to look at
+    assert path.read_bytes() == data                         # left as found, for the user to look at
 
 
 def test_a_kill_during_the_checkpoint_write_leaves_a_resumable_folder(tmp_path, finished, fedsim_here):

@@ -155,28 +155,38 @@ def crash():
     raise RuntimeError("simulated crash")
 
 
-def test_crash_then_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch, reference_run):
-    """... and the observer of each session sees the records written to history.jsonl, in order: the
-    resume's from the checkpoint on (rounds 5 and 6, done again, are observed again, equal bit for bit)."""
-    config, reference = reference_run
+@pytest.mark.parametrize("method", ["stc_updown", "laq", "lag-ps", "slaq"])
+def test_crash_then_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch, method):
+    """A crash in step 7 (federated) or 11 (lazy) of a run checkpointed every 4 steps; and the observer of each
+    session sees the records written to history.jsonl, in order: the resume's from the checkpoint on (the
+    steps done again after it are observed again, equal bit for bit)."""
+    if method == "stc_updown":
+        config, run_class, crashed_at = tiny_federated(), FederatedRun, 6
+    else:
+        config = load_preset("laq-synthetic", TINY_LAZY + [f"lazy.method={method}", "run.checkpoint_every=4",
+                                                           "lazy.minibatch_size=5"])
+        run_class, crashed_at = LazyRun, 10
+    checkpoint = crashed_at // 4 * 4
+    start_run(config, tmp_path / "straight", name="straight", quiet=True)
+    reference = strip_wall_time(RunFolder(tmp_path / "straight").read_history())
     out = tmp_path / "run"
-    before_step(monkeypatch, FederatedRun, 6, crash)           # in round 7
+    before_step(monkeypatch, run_class, crashed_at, crash)
     first_session, second_session = [], []
     with pytest.raises(RuntimeError, match="simulated crash"):
         start_run(config, out, name="crash", quiet=True, observer=first_session.append)
     monkeypatch.undo()
     folder = RunFolder(out)
     assert first_session == folder.read_history()
-    assert len(folder.read_history()) == 6                  # rounds 5 and 6 are past the checkpoint
-    assert json.loads((out / CHECKPOINT_NOTE_FILE).read_text())["completed"] == 4
+    assert len(folder.read_history()) == crashed_at            # steps past the checkpoint included
+    assert json.loads((out / CHECKPOINT_NOTE_FILE).read_text())["completed"] == checkpoint
     assert not (out / SUMMARY_FILE).exists()
     outcome = resume_run(out, quiet=True, observer=second_session.append)
-    assert (outcome.status, outcome.completed) == ("completed", 12)
+    assert (outcome.status, outcome.completed) == ("completed", config.steps)
     assert strip_wall_time(folder.read_history()) == reference
-    assert second_session == folder.read_history()[4:]
-    assert strip_wall_time(second_session[:2]) == strip_wall_time(first_session[4:])
+    assert second_session == folder.read_history()[checkpoint:]
+    assert strip_wall_time(second_session[:crashed_at - checkpoint]) == strip_wall_time(first_session[checkpoint:])
     meta = json.loads((out / META_FILE).read_text())
-    assert [s["from"] for s in meta["sessions"]] == [0, 4]
+    assert [s["from"] for s in meta["sessions"]] == [0, checkpoint]
     again = resume_run(out, quiet=True)
     assert again.status == "finished-before" and again.exit_code == 0
 
@@ -269,18 +279,3 @@ def test_lazy_run(tmp_path):
     runs = [read_run(out)]
     assert lazy_f_star(runs) == min(r["objective"] for r in history)
 
-
-@pytest.mark.parametrize("method", ["laq", "lag-ps", "slaq"])
-def test_lazy_crash_then_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch, method):
-    overrides = TINY_LAZY + [f"lazy.method={method}", "run.checkpoint_every=4", "lazy.minibatch_size=5"]
-    config = load_preset("laq-synthetic", overrides)
-    start_run(config, tmp_path / "straight", name="straight", quiet=True)
-    reference = strip_wall_time(RunFolder(tmp_path / "straight").read_history())
-    out = tmp_path / "crashed"
-    before_step(monkeypatch, LazyRun, 10, crash)               # in iteration 11
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        start_run(config, out, name="crashed", quiet=True)
-    monkeypatch.undo()
-    assert json.loads((out / CHECKPOINT_NOTE_FILE).read_text())["completed"] == 8
-    assert resume_run(out, quiet=True).status == "completed"
-    assert strip_wall_time(RunFolder(out).read_history()) == reference
