@@ -27,9 +27,8 @@ import sys
 from pathlib import Path
 
 from fedsim.config import config_to_dict
-from fedsim.files import write_atomic
 from fedsim.runs.folder import (CHECKPOINT_NOTE_FILE, CONFIG_FILE, META_FILE, SUMMARY_FILE, FolderLock, RunFolder,
-                                RunFolderError, foreign_files, listed_differences, now, to_json)
+                                RunFolderError, foreign_files, listed_differences, now)
 from fedsim.sweeps.spec import Sweep
 
 MANIFEST = "manifest.json"
@@ -82,7 +81,7 @@ def write_manifest(out: Path, sweep: Sweep, statuses: dict[str, dict]) -> None:
                 "sweep_file": str(sweep.source), "sweep_text": sweep.text, "fixed": dict(sweep.fixed),
                 "axes": {name: list(values) for name, values in sweep.axes}, "zipped": list(sweep.zipped),
                 "updated": now(), "runs": runs}
-    write_atomic(Path(out) / MANIFEST, to_json(manifest, indent=1) + "\n")
+    RunFolder(out).write_json(MANIFEST, manifest)
 
 
 def read_manifest(out) -> dict:

@@ -87,10 +87,6 @@ class Sweep:
     text: str = ""                               # the sweep file's text as read, once
 
     @property
-    def axis_names(self) -> list[str]:
-        return [name for name, _ in self.axes]
-
-    @property
     def identity(self) -> str:
         """sha256 of the normalized plan: the axes (zipped marked) and each run's label and config sha256."""
         plan = {"axes": [[name, list(values)] for name, values in self.axes], "zipped": list(self.zipped),

@@ -9,6 +9,7 @@ umask, --debug's traceback) run as real subprocesses (tests/conftest.py's ``feds
 
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -295,10 +296,7 @@ def test_damaged_run_files_give_one_line_in_resume_compare_and_plot(tmp_path, fi
                                                                      fedsim_here):
     unfinished = unfinished_copy(tmp_path, "unfinished")
     complete = tmp_path / "complete"
-    complete.mkdir()
-    for path in finished[0].iterdir():
-        if path.is_file():
-            (complete / path.name).write_bytes(path.read_bytes())
+    shutil.copytree(finished[0], complete)
     commands = [["compare", complete], ["plot", complete, "--out", tmp_path / "plots"]]
     damaged = [complete / name]
     if name != HISTORY_FILE:                 # a finished run's resume reads meta and summary, not history

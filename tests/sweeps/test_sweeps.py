@@ -27,7 +27,7 @@ def test_a_sweep_file_expands_to_named_runs(tmp_path):
     zipped = '[zip]\n"federated.p_up" = [0.05, 0.1]\n"federated.p_down" = [0.1, 0.2]'
     sweep = load_sweep(sweep_file(tmp_path, extra=zipped))
     assert len(sweep.runs) == 2 * 2 * 2
-    assert sweep.axis_names == ["federated.method", "seed", "federated.p_up", "federated.p_down"]
+    assert [name for name, _ in sweep.axes] == ["federated.method", "seed", "federated.p_up", "federated.p_down"]
     labels = [run.label for run in sweep.runs]
     assert labels[0] == "method=fedavg,seed=0,p_up=0.05,p_down=0.1"
     assert all(run.config.federated.rounds == 12 and run.config.federated.n_clients == 8 for run in sweep.runs)

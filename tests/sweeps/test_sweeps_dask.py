@@ -1,11 +1,10 @@
 """A sweep on a real Dask cluster: a ``dask scheduler`` and two ``dask worker`` processes on 127.0.0.1,
 started here as subprocesses; one worker is killed (SIGKILL) in the middle of a run, and every run must
 still complete, the killed one resumed from its checkpoint by the other worker, each with a history equal
-bit for bit to the local backend's and to a plain ``fedsim run`` of the same settings.
+bit for bit to the local backend's and to a plain ``fedsim run`` of the same settings. Every wait is bounded.
 
-The cluster's processes run in their own process groups and are killed in the fixture's teardown however
-the test ends; every wait is bounded. dask.distributed is the ``dask`` extra, which CI installs: there
-(``FEDSIM_REQUIRE_ORACLE=1``) a missing dask fails the test instead of skipping it.
+dask.distributed is the ``dask`` extra, which CI installs: there (``FEDSIM_REQUIRE_ORACLE=1``) a missing dask
+fails the test instead of skipping it.
 """
 
 import json
@@ -50,13 +49,6 @@ class Cluster:
                          for path in self.logs if path.exists())
 
 
-def _start(command: list[str], log: Path, cwd: Path, env: dict) -> subprocess.Popen:
-    """``command`` in its own process group (so that killing the group kills all of it), output to ``log``."""
-    with log.open("wb") as handle:
-        return subprocess.Popen(command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=handle,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-
-
 @pytest.fixture
 def sweep_path(tmp_path) -> Path:
     """The sweep file of the tests in ``tmp_path``: two methods, two seeds."""
@@ -67,33 +59,37 @@ def sweep_path(tmp_path) -> Path:
 @pytest.fixture
 def dask_cluster(tmp_path):
     """A scheduler and two single-threaded workers without nannies (SIGKILL of a worker's process is the
-    worker's death) on 127.0.0.1; all killed at teardown."""
+    worker's death) on 127.0.0.1, each in its own process group (killing the group kills all of it), its
+    output in a log; all killed at teardown, however the test ends."""
     from dask.distributed import Client
 
     folder = tmp_path / "cluster"
     folder.mkdir()
     env = clean_env(tmp_path, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
     scheduler_file = folder / "scheduler.json"
-    dask = [sys.executable, "-m", "dask"]
-    processes = []
-    logs = [folder / "scheduler.log", folder / "worker-0.log", folder / "worker-1.log"]
+    processes, logs = [], []
+
+    def start(name: str, *arguments: str) -> subprocess.Popen:
+        logs.append(folder / f"{name}.log")
+        with logs[-1].open("wb") as handle:
+            processes.append(subprocess.Popen([sys.executable, "-m", "dask", *arguments], cwd=folder, env=env,
+                                              stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT,
+                                              start_new_session=True))
+        return processes[-1]
     try:
         # --idle-timeout and --death-timeout: a safety net should this process die before its teardown.
-        processes.append(_start(dask + ["scheduler", "--host", "127.0.0.1", "--port", "0", "--scheduler-file",
-                                        str(scheduler_file), "--no-dashboard", "--dashboard-address",
-                                        "127.0.0.1:0", "--idle-timeout", "600"], logs[0], folder, env))
-        wait_until(processes[0], scheduler_file.is_file, "the scheduler wrote its address", START_TIMEOUT,
+        scheduler = start("scheduler", "scheduler", "--host", "127.0.0.1", "--port", "0", "--scheduler-file",
+                          str(scheduler_file), "--no-dashboard", "--dashboard-address", "127.0.0.1:0",
+                          "--idle-timeout", "600")
+        wait_until(scheduler, scheduler_file.is_file, "the scheduler wrote its address", START_TIMEOUT,
                    lambda: logs[0].read_text(errors="replace")[-3000:])
         time.sleep(0.2)                        # the file is written in one go; let it land
         address = json.loads(scheduler_file.read_text())["address"]
         assert address.startswith("tcp://127.0.0.1:"), address
-        for number in range(2):
-            processes.append(_start(dask + ["worker", "--scheduler-file", str(scheduler_file), "--nthreads", "1",
-                                            "--nworkers", "1", "--no-nanny", "--no-dashboard",
-                                            "--dashboard-address", "127.0.0.1:0", "--host", "127.0.0.1",
-                                            "--name", f"worker-{number}", "--local-directory",
-                                            str(folder / f"worker-{number}"), "--death-timeout", "60"],
-                                    logs[1 + number], folder, env))
+        for name in ("worker-0", "worker-1"):
+            start(name, "worker", "--scheduler-file", str(scheduler_file), "--nthreads", "1", "--nworkers", "1",
+                  "--no-nanny", "--no-dashboard", "--dashboard-address", "127.0.0.1:0", "--host", "127.0.0.1",
+                  "--name", name, "--local-directory", str(folder / name), "--death-timeout", "60")
         with Client(address, timeout=START_TIMEOUT) as client:
             client.wait_for_workers(2, timeout=START_TIMEOUT)
             assert len(client.scheduler_info(n_workers=-1)["workers"]) == 2
