@@ -20,37 +20,17 @@ import numpy as np
 import pytest
 
 from fedsim.algorithms.federated import FederatedRun
-from fedsim.config import load_preset
 from fedsim.runs import RunFolder, start_run, strip_wall_time
 from fedsim.runs.folder import CHECKPOINT_FILE, CONFIG_FILE, HISTORY_FILE, META_FILE, SUMMARY_FILE
-from tests.conftest import TINY, TINY_LAZY, clean_env, error_lines, fedsim
-from tests.runs.conftest import before_step
+from tests.conftest import TINY, TINY_LAZY, clean_env, fedsim
+from tests.runs.conftest import TINY_FEDERATED, before_step, one_line_error, tiny_federated
 
-ROUNDS12 = TINY + ["--set", "federated.rounds=12", "--set", "run.checkpoint_every=4"]
-
-
-def one_line_error(result, status=2, *fragments):
-    """The command failed with ``status`` and said so in exactly one line containing ``fragments``."""
-    lines = error_lines(result.stderr)
-    assert result.returncode == status, (result.returncode, result.stderr)
-    assert len(lines) == 1 and lines[0].startswith("fedsim: error: "), result.stderr
-    assert "Traceback" not in result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    return lines[0]
+#: tiny_federated() as options of `fedsim run`.
+ROUNDS12 = [part for setting in TINY_FEDERATED for part in ("--set", setting)]
 
 
 def history(run_dir) -> list[dict]:
     return strip_wall_time(RunFolder(run_dir).read_history())
-
-
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    """A finished 12-round run and its history: (folder, records without wall time)."""
-    base = tmp_path_factory.mktemp("finished")
-    outcome = start_run(load_preset("synthetic", ROUNDS12[1::2]), base / "run", name="run", quiet=True)
-    assert outcome.status == "completed", outcome.message
-    return base / "run", history(base / "run")
 
 
 def unfinished_copy(tmp_path, name="run", stop_after=9) -> Path:
@@ -59,7 +39,7 @@ def unfinished_copy(tmp_path, name="run", stop_after=9) -> Path:
     target = tmp_path / name
     with pytest.MonkeyPatch.context() as patch:
         before_step(patch, FederatedRun, stop_after - 1, lambda: os.kill(os.getpid(), signal.SIGINT))
-        outcome = start_run(load_preset("synthetic", ROUNDS12[1::2]), target, name=name, quiet=True)
+        outcome = start_run(tiny_federated(), target, name=name, quiet=True)
     assert outcome.status == "interrupted" and outcome.completed == stop_after
     return target
 

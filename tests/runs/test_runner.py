@@ -21,26 +21,10 @@ from fedsim.runs import (RunFolder, RunFolderError, default_run_dir, read_run, r
                          summarize)
 from fedsim.runs.folder import (CHECKPOINT_FILE, CHECKPOINT_NOTE_FILE, CONFIG_FILE, HISTORY_FILE, META_FILE,
                                 SUMMARY_FILE)
-from tests.runs.conftest import before_step
+from tests.runs.conftest import before_step, tiny_federated
 
-# Small offline configs: 8 synthetic devices, a dozen rounds (about 10 ms each).
-TINY_FEDERATED = ["data.synthetic_devices=8", "federated.n_clients=8", "federated.rounds=12",
-                  "run.checkpoint_every=4"]
+# A small offline lazy run: 6 synthetic devices, 25 iterations.
 TINY_LAZY = ["data.synthetic_devices=6", "lazy.n_workers=6", "lazy.iterations=25", "lazy.eval_every=10"]
-
-
-def tiny_federated(*overrides):
-    return load_preset("synthetic", TINY_FEDERATED + list(overrides))
-
-
-@pytest.fixture(scope="module")
-def reference_run(tmp_path_factory):
-    """An uninterrupted tiny federated run: (config, its records without wall time)."""
-    config = tiny_federated()
-    out = tmp_path_factory.mktemp("reference") / "run"
-    outcome = start_run(config, out, name="reference", quiet=True)
-    assert outcome.status == "completed"
-    return config, strip_wall_time(RunFolder(out).read_history())
 
 
 # --- the folder ---------------------------------------------------------------------------------------------
@@ -117,8 +101,8 @@ def test_lazy_reach_counts_the_cost_of_reaching_theta_k():
 
 # --- runs ---------------------------------------------------------------------------------------------------
 
-def test_run_writes_every_file(tmp_path, reference_run):
-    config, reference = reference_run
+def test_run_writes_every_file(tmp_path, finished):
+    config, reference = tiny_federated(), finished[1]
     out = tmp_path / "run"
     outcome = start_run(config, out, name="tiny", quiet=True, command=["fedsim", "run"])
     assert (outcome.status, outcome.completed, outcome.exit_code) == ("completed", 12, 0)
@@ -192,8 +176,8 @@ def test_crash_then_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch, me
 
 
 @pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
-def test_a_stop_signal_stops_at_a_round_boundary_and_resumes(tmp_path, monkeypatch, reference_run, number):
-    config, reference = reference_run
+def test_a_stop_signal_stops_at_a_round_boundary_and_resumes(tmp_path, monkeypatch, finished, number):
+    config, reference = tiny_federated(), finished[1]
     out = tmp_path / "run"
     handler = signal.getsignal(number)
     # as Ctrl-C (or a SIGTERM, a closed terminal's SIGHUP) during round 6: the round still completes
@@ -226,7 +210,7 @@ def test_checkpoint_of_another_config_is_refused(tmp_path):
     with pytest.raises(RunFolderError, match="does not fit the run's config"):
         resume_run(out, quiet=True)
     # and a config.toml edited to fit another run is refused before any checkpoint is read
-    RunFolder(out).write_config(load_preset("synthetic", TINY_FEDERATED + ["federated.rounds=6"]))
+    RunFolder(out).write_config(tiny_federated("federated.rounds=6"))
     with pytest.raises(RunFolderError, match=r"was edited after the run started \(federated.rounds: 4 -> 6\)"):
         resume_run(out, quiet=True)
 

@@ -14,7 +14,7 @@ from fedsim.runs import RunFolder, strip_wall_time
 from fedsim.runs.folder import LOCK_FILE
 from fedsim.sweeps import load_sweep, resume_hint
 from tests.conftest import error_lines, fedsim
-from tests.runs.test_reliability import one_line_error
+from tests.runs.conftest import one_line_error
 from tests.sweeps.conftest import manifest_of, sweep_text, wait_until, write_sweep
 
 SEEDS = "seed = [0, 1, 2, 3]"

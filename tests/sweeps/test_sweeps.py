@@ -11,7 +11,7 @@ import pytest
 
 from fedsim.sweeps import load_sweep
 from tests.conftest import error_lines, fedsim
-from tests.runs.test_reliability import one_line_error
+from tests.runs.conftest import one_line_error
 from tests.sweeps.conftest import histories, history_alone, manifest_of, signal_when, sweep_text
 
 METHODS_AND_SEEDS = '"federated.method" = ["fedavg", "stc_updown"]\nseed = [0, 1]'

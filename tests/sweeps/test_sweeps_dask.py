@@ -21,7 +21,7 @@ import pytest
 from fedsim.runs import RunFolder
 from fedsim.sweeps import load_sweep
 from tests.conftest import clean_env, error_lines, fedsim
-from tests.runs.test_reliability import one_line_error
+from tests.runs.conftest import one_line_error
 from tests.sweeps.conftest import (assert_resumed_once, checkpointed, histories, history_alone, kill_group,
                                   manifest_of, owner, run_folders, run_to_kill, stopped_statuses, wait_until,
                                   write_sweep)
