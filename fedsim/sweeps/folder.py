@@ -52,8 +52,7 @@ def run_folder(out: Path, planned) -> Path:
 
 
 def resume_command(sweep_path, out) -> str:
-    """The command that continues a sweep (finished runs are skipped, interrupted ones resume from their
-    checkpoints), quoted for a shell."""
+    """The command that continues a sweep, quoted for a shell."""
     return shlex.join(["fedsim", "sweep", str(sweep_path), "--out", str(out)])
 
 
@@ -63,7 +62,7 @@ def resume_hint(sweep_path, out) -> str:
 
 
 def say(text: str) -> None:
-    """One line about the sweep folder on stderr (``fedsim: sweep: ...``), also when progress is quiet."""
+    """One line about the sweep on stderr (``fedsim: sweep: ...``), also when progress is quiet."""
     print(f"fedsim: sweep: {text}", file=sys.stderr, flush=True)
 
 
