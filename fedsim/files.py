@@ -50,13 +50,10 @@ def fsync_folder(folder: Path) -> None:
 
 @contextlib.contextmanager
 def atomic_file(path, *, durable: bool = True) -> Iterator[BinaryIO]:
-    """A binary file to write that replaces ``path`` (its folder must exist) atomically when the ``with``
-    block ends without error.
-
-    ``durable`` fsyncs the file and the folder, so that the new content survives a crash; ``False`` for a
-    file whose damage after a crash is detected anyway (a checksummed cache entry). An OSError (folder not
-    writable, disk full, a folder in the way) removes the temporary file and leaves ``path`` as it was.
-    """
+    """A binary file to write that replaces ``path`` (its folder must exist) as the module says. ``durable``
+    fsyncs the file and the folder; ``False`` for a file whose damage after a crash is detected anyway (a
+    checksummed cache entry). An OSError (folder not writable, disk full, a folder in the way) is an error
+    of the block: ``path`` stays as it was."""
     path = Path(path)
     temporary, handle = _create_temporary(path)
     try:
@@ -75,7 +72,7 @@ def atomic_file(path, *, durable: bool = True) -> Iterator[BinaryIO]:
 
 
 def write_atomic(path, data: bytes | str) -> None:
-    """Replace ``path`` by ``data`` (text is written as UTF-8) atomically and durably (:func:`atomic_file`)."""
+    """Replace ``path`` by ``data`` (text as UTF-8) atomically and durably."""
     with atomic_file(path) as handle:
         handle.write(data.encode("utf-8") if isinstance(data, str) else data)
 

@@ -1,8 +1,5 @@
-"""Progress of a long job on stderr: a bar on a terminal, a line every few seconds on a pipe or a file,
-nothing when quiet. A run's steps (:mod:`fedsim.runs.loop`) and a sweep's runs (:mod:`fedsim.sweeps.execute`)
-are told this way.
-
-This module imports nothing numerical, and tqdm only when a bar is drawn.
+"""Progress of a long job on stderr: a run's steps (:mod:`fedsim.runs.loop`) and a sweep's runs
+(:mod:`fedsim.sweeps.execute`). This module imports nothing numerical, and tqdm only when a bar is drawn.
 """
 
 from __future__ import annotations
@@ -23,11 +20,9 @@ def show_progress(quiet: bool) -> bool:
 
 
 class Progress:
-    """How far a job of ``total`` units has come, ``done`` of them before this session.
-
-    On a terminal, a tqdm bar with a short postfix; on a pipe or a file, one line every
-    :data:`PROGRESS_LINE_SECONDS` at most (and the last), ``fedsim: NAME: `` and then ``line`` filled in;
-    nothing when ``quiet``.
+    """How far a job of ``total`` units has come, ``done`` of them before this session: on a terminal, a tqdm
+    bar with a short postfix; on a pipe or a file, one line every :data:`PROGRESS_LINE_SECONDS` at most (and
+    the last), ``fedsim: NAME: `` and then ``line`` filled in; nothing when ``quiet``.
 
     ``line`` is a :meth:`str.format` template with the fields ``unit``, ``completed``, ``total``,
     ``postfix``, ``timing`` (seconds so far and, from the second unit of this session on, those left:

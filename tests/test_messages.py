@@ -8,13 +8,14 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from fedsim.runs import RunFolder
 from tests.conftest import TINY, TINY_LAZY, clean_env, error_lines, fedsim
-from tests.runs.test_reliability import ROUNDS12, one_line_error
+from tests.runs.conftest import one_line_error
+from tests.runs.test_reliability import ROUNDS12
+from tests.sweeps.conftest import wait_until
 
 DIVERGING = TINY_LAZY + ["--set", "lazy.step_size=1e6", "--set", "lazy.iterations=200"]
 
@@ -114,10 +115,7 @@ def test_a_second_writer_is_refused_after_the_first_ones_lock_file_was_deleted(t
                                str(run_dir)], cwd=tmp_path, env=clean_env(tmp_path), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 60
-        while not (run_dir / "checkpoint.json").exists():
-            assert writer.poll() is None and time.monotonic() < deadline, writer.stderr.read()
-            time.sleep(0.1)
+        wait_until(writer, (run_dir / "checkpoint.json").exists, "the writer's first checkpoint", 60)
         assert (run_dir / ".lock").read_text().strip() == str(writer.pid)
         (run_dir / ".lock").unlink()
         try:

@@ -154,11 +154,8 @@ class RunFolder:
         return [line for line in lines[:-1] if line.strip()]   # the part after the last newline is partial
 
     def truncate_history(self, count: int, records: list[dict] | None = None) -> None:
-        """Cut history.jsonl back to its first ``count`` records (atomically).
-
-        If it holds fewer (it cannot, unless edited by hand), ``records`` (the checkpoint's own copy of
-        the history) are written instead.
-        """
+        """Cut history.jsonl back to its first ``count`` records (atomically); if it holds fewer (edited by
+        hand), ``records`` (the checkpoint's own copy of the history) are written instead."""
         lines = self._complete_lines()
         if len(lines) >= count:
             kept = b"".join(line + b"\n" for line in lines[:count])
@@ -225,17 +222,15 @@ class RunFolder:
         return arrays, meta, identity
 
     def remove_partial_writes(self) -> None:
-        """Delete what a kill in the middle of an atomic write left: ``.<run file>.<pid>-<random>.part``
-        (:func:`fedsim.files.atomic_file`). Only for the folder's owner (:meth:`lock`): no write is then
-        under way."""
+        """Delete the temporary files of atomic writes a kill interrupted; only for the folder's owner
+        (:meth:`lock`): no write is then under way."""
         for name in RUN_FILES:
             for partial in self.path.glob(f".{name}.*.part"):
                 partial.unlink(missing_ok=True)
 
     # ownership
     def lock(self) -> "FolderLock":
-        """Own the folder for this process (an exclusive OS lock on the folder, released when the
-        process ends in any way); RunFolderError naming the holder's pid if another process owns it."""
+        """Own the folder for this process (:class:`FolderLock`; RunFolderError if another process owns it)."""
         return FolderLock(self.file(LOCK_FILE))
 
 
@@ -322,20 +317,23 @@ class FolderLock:
         return False
 
 
+def foreign_files(path: Path, known, limit: int) -> str:
+    """The first ``limit`` entries of folder ``path`` that fedsim did not write (not in ``known``, not hidden),
+    listed ("" if none)."""
+    foreign = sorted(entry.name for entry in path.iterdir()
+                     if entry.name not in known and not entry.name.startswith("."))
+    return ", ".join(foreign[:limit]) + (" ..." if len(foreign) > limit else "")
+
+
 def check_new_run_target(path: Path) -> None:
     """Refuse an --out that is a file, or a folder that holds files fedsim did not write."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise RunFolderError(f"--out {path} is a file, not a folder; choose a new or empty folder")
-    if path.is_dir():
-        foreign = sorted(entry.name for entry in path.iterdir()
-                         if entry.name not in RUN_FILES and not entry.name.startswith(".")
-                         and entry.name != "plots")
-        if foreign:
-            listed = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
-            raise RunFolderError(f"--out {path} is not empty and not a fedsim run folder (it holds {listed}); "
-                                 f"fedsim writes only into a new or empty folder, so nothing of yours is "
-                                 f"overwritten")
+    listed = foreign_files(path, RUN_FILES + ("plots",), 5) if path.is_dir() else ""
+    if listed:
+        raise RunFolderError(f"--out {path} is not empty and not a fedsim run folder (it holds {listed}); "
+                             f"fedsim writes only into a new or empty folder, so nothing of yours is overwritten")
 
 
 def default_run_dir(name: str, root="runs") -> Path:
@@ -384,14 +382,9 @@ class RunResult:
 
 
 def listed_differences(before: dict, after: dict, limit: int) -> str:
-    """The first ``limit`` of :func:`config_differences` joined by ``; `` (and how many more)."""
-    changes = config_differences(before, after)
-    return "; ".join(changes[:limit]) + (f"; and {len(changes) - limit} more" if len(changes) > limit else "")
-
-
-def config_differences(before: dict, after: dict) -> list[str]:
-    """``"table.setting: old -> new"`` for every setting that differs between two config dicts (as
-    :func:`fedsim.config.config_to_dict` gives them, with ``keep_unset``)."""
+    """``"table.setting: old -> new"`` for each setting that differs between two config dicts (as
+    :func:`fedsim.config.config_to_dict` gives them, with ``keep_unset``): the first ``limit`` joined by
+    ``; `` (and how many more)."""
     def flat(document: dict) -> dict:
         items = {}
         for key, value in document.items():
@@ -401,8 +394,9 @@ def config_differences(before: dict, after: dict) -> list[str]:
                 items[key] = value
         return items
     old, new = flat(before), flat(after)
-    return [f"{key}: {format_value(old.get(key))} -> {format_value(new.get(key))}"
-            for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
+    changes = [f"{key}: {format_value(old.get(key))} -> {format_value(new.get(key))}"
+               for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
+    return "; ".join(changes[:limit]) + (f"; and {len(changes) - limit} more" if len(changes) > limit else "")
 
 
 def read_run(path) -> RunResult:
@@ -415,5 +409,5 @@ def read_run(path) -> RunResult:
 
 __all__ = ["CHECKPOINT_FILE", "CHECKPOINT_NOTE_FILE", "CONFIG_FILE", "FolderLock", "HISTORY_FILE", "LOCK_FILE",
            "META_FILE", "RUN_FILES", "SUMMARY_FILE", "RunFolder", "RunFolderError", "RunResult",
-           "check_new_run_target", "config_differences", "default_run_dir", "listed_differences", "now", "read_run",
+           "check_new_run_target", "default_run_dir", "foreign_files", "listed_differences", "now", "read_run",
            "to_json"]

@@ -41,12 +41,9 @@ EXIT_SIGNAL_BASE = 128
 
 
 def build_run(config: ExperimentConfig, progress: bool | None = None):
-    """Load the data, split it among the clients and construct the algorithm's run object.
-
-    Returns the family's run object (:meth:`fedsim.algorithms.family.Family.make_run`), which follows the
-    run protocol of :mod:`fedsim.algorithms.family`.
-    ``progress`` shows download bars (default: when stderr is a terminal).
-    """
+    """Load the data, split it among the clients and construct the family's run object
+    (:meth:`fedsim.algorithms.family.Family.make_run`). ``progress`` shows download bars (default: when
+    stderr is a terminal)."""
     dataset = load_data(config.data, config.pipeline, seed=config.seed, progress=progress)
     clients = split_among_clients(config.data, dataset, config.n_clients, seed=config.seed,
                                   clients_setting=config.clients_setting)
@@ -55,10 +52,9 @@ def build_run(config: ExperimentConfig, progress: bool | None = None):
 
 
 def _build_checked(config: ExperimentConfig, quiet: bool, progress: bool | None):
-    """:func:`build_run` (download bars unless ``quiet``, or as ``progress`` says), with a setting that turns
-    out unusable for the data (an impossible partition, more clients than samples, ...) reported as a
-    :class:`ConfigError`; a data setting outside the config (FEDSIM_ARRAY_CACHE, FEDSIM_MIRRORS: a
-    DataSettingError) goes on in its own words."""
+    """:func:`build_run` (download bars unless ``quiet``, or as ``progress`` says), a setting unusable for the
+    data (an impossible partition, more clients than samples, ...) reported as a :class:`ConfigError`; a
+    DataSettingError (FEDSIM_ARRAY_CACHE, FEDSIM_MIRRORS) goes on in its own words."""
     try:
         return build_run(config, progress=show_progress(quiet) if progress is None else progress)
     except DataSettingError:
@@ -124,8 +120,8 @@ class StopOnSignals:
         return False
 
 
-#: The note shown when the first step takes longer than :data:`COMPILE_NOTE_SECONDS` while Numba compiles
-#: kernels into their on-disk cache (a first step slow for another reason, a busy machine, says nothing).
+#: Shown when the first step takes over :data:`COMPILE_NOTE_SECONDS` while Numba compiles kernels into their
+#: on-disk cache (a first step slow for another reason, a busy machine, says nothing).
 COMPILE_NOTE = "fedsim: compiling the kernels this run uses (once per machine; later runs start at once)"
 COMPILE_NOTE_SECONDS = 2.0
 
@@ -150,16 +146,12 @@ def _counting_compiles():
 
 def execute(run, folder: RunFolder, config: ExperimentConfig, *, name: str, quiet: bool = False,
             identity: dict | None = None, observer=None, stop_requested=None) -> RunOutcome:
-    """Step ``run`` to the end of ``config``, recording into ``folder``.
-
-    The step protocol: ``run.completed`` (steps done), ``run.step() -> record``, ``run.history``,
-    ``run.state_dict() -> (arrays, meta)``.
-    Appends each record to history.jsonl (flushed), checkpoints every ``config.run.checkpoint_every``
-    steps and at the end, stops at a step boundary on SIGINT/SIGTERM/SIGHUP (checkpointing there), and writes
-    summary.json when the run completes or diverges. ``observer(record)``, if given, is called after
-    each step's record is written (the examples print a block per round with it; what it is given and
-    may do: :mod:`fedsim.runs`). ``stop_requested()``, if given, is asked before each step: True stops the run
-    there as a signal would (a sweep's Dask task, whose thread no signal reaches).
+    """Step ``run`` to the end of ``config``, recording into ``folder``: each record appended to history.jsonl
+    (flushed), a checkpoint every ``config.run.checkpoint_every`` steps, at the end and at a stop, and
+    summary.json when the run completes or diverges. ``observer(record)`` is called after each step's record
+    is written (the examples print a block per round with it; the rules: :mod:`fedsim.runs`).
+    ``stop_requested()`` is asked before each step: True stops the run there as a signal would (a sweep's
+    Dask task, whose thread no signal reaches).
     """
     planned = config.steps
     every = config.run.checkpoint_every
@@ -236,14 +228,8 @@ def _identity(meta: dict) -> dict:
 def start_run(config: ExperimentConfig, out, *, name: str, quiet: bool = False, command=None,
               progress_data: bool | None = None, observer=None, stop_requested=None) -> RunOutcome:
     """Create the run folder ``out``, write config.toml and meta.json, build the run and execute it,
-    owning the folder (its lock) throughout.
-
-    Raises
-    ------
-    RunFolderError
-        ``out`` is a file, a folder of other files, already holds a run (resume it, or choose another
-        folder), is owned by another process, or cannot be written.
-    """
+    owning the folder (its lock) throughout. RunFolderError if ``out`` is a file, a folder of other files,
+    already holds a run, is owned by another process, or cannot be written."""
     folder = RunFolder(out)
     check_new_run_target(folder.path)
     run = _build_checked(config, quiet, progress_data)
@@ -328,13 +314,9 @@ def resume_run(path, *, quiet: bool = False, progress_data: bool | None = None,
     folder's config is updated to it, and a finished run continues. The continued history equals that of
     a run started with the larger number, except for the evaluation the old last step made as the end.
 
-    Raises
-    ------
-    RunFolderError
-        Not a run folder, owned by another process, an edited config.toml, a checkpoint of another run,
-        a corrupt checkpoint, an edited history, or a checkpoint that does not fit the run's config.
-    ConfigError
-        The folder's config.toml is not valid (for this version of fedsim).
+    RunFolderError if the folder is not a run folder, is owned by another process, or holds an edited
+    config.toml or history, or a checkpoint that is corrupt, of another run or does not fit the run's config;
+    ConfigError if its config.toml is not valid (for this version of fedsim).
     """
     folder = RunFolder(path)
     if not folder.path.is_dir():

@@ -9,14 +9,15 @@ environment for one value of ``run.blas_threads`` (1 by default). The block thre
 (each model's blocks stay on one thread, in order), and the blocks' products are small enough that
 OpenBLAS runs each on one thread. fedsim's Numba kernels are single-threaded.
 
-BLAS: meta.json records NumPy's BLAS (:func:`numpy_blas`), the library the run's products call, when the
-run starts; a resume warns when it differs (:func:`blas_changed`), never because another library (SciPy's)
-happens to be loaded or not.
+BLAS: meta.json records NumPy's BLAS (:func:`numpy_blas`), the library the run's products call (not SciPy's
+own, loaded by the array cache's first computation), when the run starts; a resume warns when it differs
+(:func:`blas_changed`), never because another library happens to be loaded or not.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -28,8 +29,7 @@ from fedsim import __version__
 
 def git_commit() -> dict:
     """The git commit (and whether the work tree has changes) of the checkout holding fedsim, if any: the
-    folder above the package (this file is fedsim/runs/provenance.py), whose ``.git`` is a folder, or a file
-    in a git worktree."""
+    folder above the package, whose ``.git`` is a folder, or a file in a git worktree."""
     root = Path(__file__).resolve().parents[2]
     if not (root / ".git").exists():
         return {}
@@ -58,8 +58,7 @@ def environment() -> dict:
 @contextlib.contextmanager
 def pinned_threads(blas_threads: int):
     """A context in which BLAS (and OpenMP) thread pools use ``blas_threads`` threads, and so do the
-    softmax model's block loops (:func:`fedsim.models.softmax.set_threads`; their results do not depend
-    on the count)."""
+    softmax model's block loops (:func:`fedsim.models.softmax.set_threads`)."""
     from threadpoolctl import threadpool_limits
 
     from fedsim.models import softmax
@@ -72,19 +71,16 @@ def pinned_threads(blas_threads: int):
 
 
 def numpy_blas() -> str:
-    """The BLAS library NumPy's products call, as ``"API VERSION KERNEL"`` (``openblas 0.3.31 SkylakeX``):
-    the one a run's products use, the same whatever else is loaded (SciPy's own BLAS, loaded by the
-    array cache's first computation, is not it). With a NumPy linked to a system BLAS, every BLAS loaded."""
+    """The BLAS library NumPy's products call, as ``"API VERSION KERNEL"`` (``openblas 0.3.31 SkylakeX``),
+    whatever else is loaded; with a NumPy linked to a system BLAS, every BLAS loaded."""
     from fedsim.data.cache import numpy_blas_pools
     return ", ".join(sorted(f"{pool.get('internal_api')} {pool.get('version')} {pool.get('architecture', '')}".strip()
                             for pool in numpy_blas_pools()))
 
 
 def thread_settings(blas_threads: int) -> dict:
-    """The thread settings a run records: its pinned BLAS threads, NumPy's BLAS (:func:`numpy_blas`) and
-    the thread variables of the environment."""
-    import os
-
+    """The thread settings a run records: its pinned BLAS threads, NumPy's BLAS and the thread variables of
+    the environment."""
     variables = {name: os.environ[name] for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                                                      "NUMBA_NUM_THREADS", "OPENBLAS_CORETYPE")
                  if name in os.environ}
@@ -92,9 +88,9 @@ def thread_settings(blas_threads: int) -> dict:
 
 
 def blas_changed(recorded, current: str) -> bool:
-    """Whether NumPy's BLAS ``current`` differs from the one a run ``recorded`` (a run folder written
-    before fedsim recorded NumPy's alone holds the list of every BLAS then loaded: a change only if
-    ``current`` is not among them)."""
+    """Whether NumPy's BLAS ``current`` differs from the one a run ``recorded`` (a run folder written before
+    fedsim recorded NumPy's alone holds the list of every BLAS then loaded: a change only if ``current`` is
+    not among them)."""
     if recorded is None:
         return False
     return current not in (recorded if isinstance(recorded, list) else [recorded])

@@ -1,9 +1,5 @@
-"""What a run's records and summary hold: the summary of a history, and what of a record is reproducible.
-
-A record is one JSON object per round (federated) or iteration (lazy), written by the family's
-``step`` (:mod:`fedsim.algorithms`); ``summary.json`` holds :func:`summarize` of them, whose family part
-comes from the family's own ``summarize``.
-"""
+"""A run's summary (summary.json) and what of its records (:mod:`fedsim.runs`; each written by the family's
+``step``, :mod:`fedsim.algorithms`) is reproducible."""
 
 from __future__ import annotations
 
@@ -15,7 +11,7 @@ WALL_TIME_FIELDS = ("time",)
 
 def summarize(config: ExperimentConfig, history: list[dict]) -> dict:
     """Family, method, steps done and planned, compute seconds, the simulated seconds (with [system] on),
-    and the family's own summary."""
+    and the family's own ``summarize``."""
     summary = {"family": config.family, "method": config.method, "completed": len(history),
                "planned": config.steps, "seconds": float(sum(r.get("time", 0.0) for r in history))}
     if history and "simulated_seconds" in history[-1]:       # cumulative: the last record's is the total

@@ -1,13 +1,8 @@
-"""Running a sweep: every planned run into its own run folder, on a local process pool or a Dask cluster.
-
-The sweep folder (:mod:`fedsim.sweeps.folder`) holds ``manifest.json`` and ``runs/<label>-<hash>/``, each
-an ordinary run folder (the files of ``fedsim run``, resumable the same way). The coordinator (the process
-that runs ``fedsim sweep``) owns the sweep folder (its lock) and is the only writer of the manifest; each
-run folder is written by the worker running it, under the run folder's lock.
-
-Running the same sweep again skips finished runs and resumes interrupted ones from their checkpoints,
-once each folder is checked to be the planned run's; a run that fails or diverges is recorded and the
-others go on.
+"""Running a sweep: every planned run into its own run folder (:mod:`fedsim.sweeps.folder`), on a local
+process pool or a Dask cluster. The coordinator (the process that runs ``fedsim sweep``) owns the sweep
+folder and is the only writer of the manifest; each run folder is written by the worker running it, under
+the run folder's lock. Running the same sweep again skips finished runs and resumes interrupted ones from
+their checkpoints; a run that fails or diverges is recorded and the others go on.
 
 Backends
 --------
@@ -30,11 +25,10 @@ client, keeps what matters on a cluster: a run's checkpoints are written as it g
 Every run's history is bitwise the same whichever backend ran it and with how many workers: each run
 seeds its own random streams from its config and pins its BLAS threads (``run.blas_threads``).
 
-Signals: SIGINT (Ctrl-C), SIGTERM and SIGHUP stop a sweep as they stop ``fedsim run``: no queued run
-starts after them, each running run stops at a step boundary with a checkpoint (the coordinator passes the
-stop on to a local worker as SIGTERM, to Dask tasks through a ``distributed.Event`` they look at between
-steps), the manifest records the runs as interrupted or pending, and
-:class:`SweepInterrupted` tells the caller (exit status 128 + the signal). A second signal stops at once.
+Signals stop a sweep as they stop ``fedsim run`` (:mod:`fedsim.runs.loop`): no queued run starts after
+them, each running run stops at a step boundary with a checkpoint (the coordinator passes the stop on to a
+local worker as SIGTERM, to Dask tasks through a ``distributed.Event``), the manifest records the runs as
+interrupted or pending, and :class:`SweepInterrupted` tells the caller.
 """
 
 from __future__ import annotations
@@ -42,7 +36,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import sys
 import time
 import uuid
 from collections import Counter, deque
@@ -52,8 +45,9 @@ from pathlib import Path
 import fedsim.sweeps.folder as sweep_folder
 from fedsim.experiment_data import feature_count
 from fedsim.progress import Progress
+from fedsim.runs.folder import LOCK_FILE
 from fedsim.runs.loop import EXIT_SIGNAL_BASE, StopOnSignals
-from fedsim.sweeps.folder import FINAL, RUNS_FOLDER, SweepError, run_folder, write_manifest
+from fedsim.sweeps.folder import FINAL, RUNS_FOLDER, SweepError, SweepLock, run_folder, say, write_manifest
 from fedsim.sweeps.spec import Sweep
 
 BACKENDS = ("local", "dask")
@@ -100,7 +94,7 @@ def run_memory(config) -> int:
 
 
 class SweepInterrupted(Exception):
-    """A sweep stopped by the signal ``number``: no queued run started; ``statuses`` are those of
+    """A sweep stopped by the signal ``number`` (exit status 128 + it); ``statuses`` are those of
     :func:`run_sweep` (the runs not started are not in it: pending)."""
 
     def __init__(self, number: int, statuses: dict[str, dict]):
@@ -116,19 +110,12 @@ def run_sweep(sweep: Sweep, out, *, backend: str = "local", workers: int | None 
               scheduler: str | None = None, quiet: bool = False) -> dict[str, dict]:
     """Run every planned run of ``sweep`` into ``out``; the status of each run folder (by folder name).
 
-    ``workers``: processes running runs (None: as many as :func:`capped_workers` allows), capped by the
-    cores and the memory (saying so on stderr) unless the runs go to a Dask scheduler of its own.
-    ``threads``: BLAS, OpenMP and Numba threads of each worker fedsim starts (None: 1); a scheduler's
-    workers are started by their owner, with their own thread settings, so it goes without ``scheduler``.
+    ``workers``: processes running runs (None: as many as allowed), capped as :func:`capped_workers` says
+    unless the runs go to a Dask ``scheduler`` of its own. ``threads``: BLAS, OpenMP and Numba threads of each
+    worker fedsim starts (None: 1); not with ``scheduler``, whose workers are started by their owner.
 
-    Raises
-    ------
-    SweepError
-        A bad backend, worker or thread count, folder, or a scheduler that does not answer as Dask's
-        (before anything is written).
-    SweepInterrupted
-        SIGINT, SIGTERM or SIGHUP stopped the sweep (the manifest says which runs are interrupted and
-        which pending).
+    SweepError for a bad backend, count or folder, or a scheduler that does not answer as Dask's (before
+    anything is written); :class:`SweepInterrupted` when a signal stopped the sweep.
     """
     if backend not in BACKENDS:
         raise SweepError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
@@ -152,7 +139,7 @@ def run_sweep(sweep: Sweep, out, *, backend: str = "local", workers: int | None 
     client, cluster = _open_dask(scheduler, workers, threads) if backend == "dask" else (None, None)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        with sweep_folder.lock(out):
+        with SweepLock(out / LOCK_FILE):
             sweep_folder.claim(out, sweep)
             (out / RUNS_FOLDER).mkdir(exist_ok=True)
             statuses, pending = sweep_folder.reuse_decision(out, sweep)
@@ -216,7 +203,7 @@ def capped_workers(workers: int | None, runs, threads: int = 1) -> int:
     if workers is None:
         return min(cap, len(runs))
     if workers > cap:
-        print(f"fedsim: sweep: --workers {workers} capped to {cap}: {caps[cap]}", file=sys.stderr)
+        say(f"--workers {workers} capped to {cap}: {caps[cap]}")
     return min(workers, cap, len(runs))
 
 
@@ -239,12 +226,6 @@ class _Worker:
     process: object
     connection: object
     planned: object = None
-
-
-def _ended(exitcode: int | None) -> str:
-    if exitcode is not None and exitcode < 0:
-        return f"killed by {signal.Signals(-exitcode).name}"
-    return f"exit status {exitcode}"
 
 
 def _run_local(pending, out: Path, workers: int, threads: int, command, finished, stop) -> None:
@@ -276,7 +257,8 @@ def _run_local(pending, out: Path, workers: int, threads: int, command, finished
     def lost(worker: _Worker) -> None:
         pool.remove(worker)
         worker.connection.close()
-        planned, how = worker.planned, _ended(worker.process.exitcode)
+        planned, exitcode = worker.planned, worker.process.exitcode
+        how = f"killed by {signal.Signals(-exitcode).name}" if exitcode and exitcode < 0 else f"exit status {exitcode}"
         deaths[planned.folder_name] += 1
         if stop.received is not None:
             finished(planned, {"status": "interrupted", "message": f"its worker died ({how}) as the sweep stopped"})
@@ -284,9 +266,8 @@ def _run_local(pending, out: Path, workers: int, threads: int, command, finished
             finished(planned, {"status": "failed", "message": f"its worker died {deaths[planned.folder_name]} times "
                                                               f"(last: {how}); not tried again"})
         else:
-            print(f"fedsim: sweep: the worker running {planned.label} died ({how}); the run goes on in a new "
-                  f"worker from its last checkpoint (retry {deaths[planned.folder_name]} of {RUN_RETRIES})",
-                  file=sys.stderr)
+            say(f"the worker running {planned.label} died ({how}); the run goes on in a new worker from its last "
+                f"checkpoint (retry {deaths[planned.folder_name]} of {RUN_RETRIES})")
             queue.appendleft(planned)
 
     clean = False
@@ -368,9 +349,9 @@ def _open_dask(scheduler: str | None, workers: int, threads: int):
 
 def _run_dask(pending, out: Path, client, command, finished, stop) -> None:
     """Run ``pending`` as tasks of ``client``'s cluster (each retried by Dask on another worker if its
-    worker dies). On a stop, the sweep's ``distributed.Event`` is set: a task not yet started returns without
-    starting its run, a running one stops at its next step boundary with a checkpoint; a task still running
-    after :data:`DASK_STOP_SECONDS` is cancelled and its run resumes from its last periodic checkpoint."""
+    worker dies). On a stop, the sweep's ``distributed.Event`` is set (what a task then does:
+    :func:`fedsim.sweeps.worker.run_one`); a task still running after :data:`DASK_STOP_SECONDS` is cancelled
+    and its run resumes from its last periodic checkpoint."""
     from distributed import Event
 
     from fedsim.sweeps.worker import run_one

@@ -10,8 +10,8 @@ A sweep folder holds::
 
 Trust, in three rules:
 
-* **one sweep per folder**: a sweep whose identity differs from the manifest's is refused in one line
-  (the same sweep resumes); so is a folder holding files that no sweep wrote;
+* **one sweep per folder**: a sweep whose identity differs from the manifest's, or a folder holding files
+  no sweep wrote, is refused in one line (the same sweep resumes);
 * **one writer**: the coordinator holds ``.lock`` from before it reads the manifest to after it writes
   the last one, so a second sweep into the folder is refused at once and touches nothing;
 * **no run taken on trust**: a run folder is reused (skipped or resumed) or reported only if its
@@ -27,9 +27,8 @@ import sys
 from pathlib import Path
 
 from fedsim.config import config_to_dict
-from fedsim.files import write_atomic
-from fedsim.runs.folder import (CHECKPOINT_NOTE_FILE, CONFIG_FILE, LOCK_FILE, META_FILE, SUMMARY_FILE, FolderLock,
-                                RunFolder, RunFolderError, listed_differences, now, to_json)
+from fedsim.runs.folder import (CHECKPOINT_NOTE_FILE, CONFIG_FILE, META_FILE, SUMMARY_FILE, FolderLock, RunFolder,
+                                RunFolderError, foreign_files, listed_differences, now)
 from fedsim.sweeps.spec import Sweep
 
 MANIFEST = "manifest.json"
@@ -53,8 +52,7 @@ def run_folder(out: Path, planned) -> Path:
 
 
 def resume_command(sweep_path, out) -> str:
-    """The command that continues a sweep (finished runs are skipped, interrupted ones resume from their
-    checkpoints), quoted for a shell."""
+    """The command that continues a sweep, quoted for a shell."""
     return shlex.join(["fedsim", "sweep", str(sweep_path), "--out", str(out)])
 
 
@@ -64,7 +62,7 @@ def resume_hint(sweep_path, out) -> str:
 
 
 def say(text: str) -> None:
-    """One line about the sweep folder on stderr (``fedsim: sweep: ...``), also when progress is quiet."""
+    """One line about the sweep on stderr (``fedsim: sweep: ...``), also when progress is quiet."""
     print(f"fedsim: sweep: {text}", file=sys.stderr, flush=True)
 
 
@@ -82,7 +80,7 @@ def write_manifest(out: Path, sweep: Sweep, statuses: dict[str, dict]) -> None:
                 "sweep_file": str(sweep.source), "sweep_text": sweep.text, "fixed": dict(sweep.fixed),
                 "axes": {name: list(values) for name, values in sweep.axes}, "zipped": list(sweep.zipped),
                 "updated": now(), "runs": runs}
-    write_atomic(Path(out) / MANIFEST, to_json(manifest, indent=1) + "\n")
+    RunFolder(out).write_json(MANIFEST, manifest)
 
 
 def read_manifest(out) -> dict:
@@ -93,16 +91,12 @@ def read_manifest(out) -> dict:
 
 
 class SweepLock(FolderLock):
-    """The sweep folder's ``.lock``: the run folder's lock, refusing in a sweep's words."""
+    """The sweep folder's ``.lock`` (``SweepLock(out / LOCK_FILE)``): the run folder's lock, refusing in a
+    sweep's words."""
 
     error = SweepError
     refusal = ("{folder} is in use by another fedsim sweep (pid {holder}); wait for it to end (or stop it), "
                "then run the same command again to finish this one")
-
-
-def lock(out: Path) -> SweepLock:
-    """Own the sweep folder ``out`` for this process (SweepError naming the holder's pid if another has it)."""
-    return SweepLock(Path(out) / LOCK_FILE)
 
 
 def claim(out: Path, sweep: Sweep) -> None:
@@ -111,11 +105,10 @@ def claim(out: Path, sweep: Sweep) -> None:
         return
     manifest = RunFolder(out).read_json(MANIFEST)
     if manifest is None:
-        foreign = sorted(entry.name for entry in out.iterdir()
-                         if entry.name not in SWEEP_FILES and not entry.name.startswith("."))
-        if foreign:
-            raise SweepError(f"--out {out} is not a sweep folder (it holds {', '.join(foreign[:3])}"
-                             f"{' ...' if len(foreign) > 3 else ''}); give the sweep a new or empty folder")
+        listed = foreign_files(out, SWEEP_FILES, 3)
+        if listed:
+            raise SweepError(f"--out {out} is not a sweep folder (it holds {listed}); give the sweep a new or "
+                             f"empty folder")
         return
     recorded = manifest.get("spec_sha256")
     if recorded is None:        # a manifest of a fedsim before spec_sha256: the same runs, the same sweep
@@ -134,12 +127,9 @@ def claim(out: Path, sweep: Sweep) -> None:
 
 
 def check_run_folder(path: Path, *, label: str, config_sha256: str | None) -> str | None:
-    """What keeps the run folder ``path`` from being the run ``label`` of config ``config_sha256``, in a
-    few words; None if it is that run (or holds no run yet). RunFolderError if a file cannot be read.
-
-    Its meta.json must hold that name and config sha256 (:func:`identity_problem`) and, if it ended as
-    completed, its summary the planned number of completed steps (:func:`summary_problem`).
-    """
+    """What keeps the run folder ``path`` from being the run ``label`` of config ``config_sha256``, in a few
+    words (:func:`identity_problem`, then :func:`summary_problem`); None if it is that run (or holds no run
+    yet). RunFolderError if a file cannot be read."""
     return (identity_problem(path, label=label, config_sha256=config_sha256)
             or summary_problem(RunFolder(path).read_json(SUMMARY_FILE)))
 
@@ -180,8 +170,7 @@ def summary_problem(summary: dict | None) -> str | None:
 
 def reuse_decision(out: Path, sweep: Sweep) -> tuple[dict[str, dict], list]:
     """(the statuses of the planned runs not to run, finished or mismatched, by folder name; the planned
-    runs to start or resume). Every existing run folder is checked first (:func:`check_run_folder`); a
-    mismatch is left as found, a damaged summary.json put aside, each said in one line."""
+    runs to start or resume), each existing run folder checked as :func:`check_run_folder` does."""
     statuses: dict[str, dict] = {}
     pending = []
     for planned in sweep.runs:
@@ -198,7 +187,7 @@ def reuse_decision(out: Path, sweep: Sweep) -> tuple[dict[str, dict], list]:
             statuses[planned.folder_name] = {"status": MISMATCHED, "message": f"{problem}; left as found (move "
                                              f"it out of {RUNS_FOLDER}/ to run it again)"}
         elif summary is not None and summary.get("status") in FINAL:
-            statuses[planned.folder_name] = _ended(summary)
+            statuses[planned.folder_name] = run_entry(summary)
         else:
             pending.append(planned)
     return statuses, pending
@@ -219,8 +208,8 @@ def _readable_summary(path: Path, where: str) -> dict | None:
     return None
 
 
-def _ended(summary: dict) -> dict:
-    """A run's entry in the manifest, from its summary.json."""
+def run_entry(summary: dict) -> dict:
+    """A finished run's entry in the manifest (and a worker's answer for it), from its summary.json."""
     return {"status": summary.get("status", "completed"), "message": summary.get("message", ""),
             "completed": summary.get("completed")}
 
@@ -238,12 +227,12 @@ def record_from_folders(out: Path, sweep: Sweep, statuses: dict[str, dict]) -> N
         except RunFolderError:
             continue
         if summary is not None:
-            statuses[planned.folder_name] = _ended(summary)
+            statuses[planned.folder_name] = run_entry(summary)
         elif note is not None:
             statuses[planned.folder_name] = {"status": "interrupted", "message": "",
                                              "completed": note.get("completed")}
 
 
 __all__ = ["DAMAGED_SUMMARY", "FINAL", "MANIFEST", "MISMATCHED", "RUNS_FOLDER", "SweepError", "SweepLock",
-           "check_run_folder", "claim", "identity_problem", "lock", "read_manifest", "record_from_folders",
-           "resume_hint", "reuse_decision", "run_folder", "say", "summary_problem", "write_manifest"]
+           "check_run_folder", "claim", "identity_problem", "read_manifest", "record_from_folders", "resume_hint",
+           "reuse_decision", "run_entry", "run_folder", "say", "summary_problem", "write_manifest"]

@@ -43,9 +43,9 @@ def checked_manifest(out) -> dict:
 def collect(out) -> tuple[dict, list[dict]]:
     """(manifest, one entry per run: folder, status, axis values, run result or None, problem or None).
 
-    Each run folder is checked to be the run the manifest names (:func:`fedsim.sweeps.folder.check_run_folder`:
-    its config sha256, its name made of the manifest's axis values, its completed steps); one that is not
-    gets a one-line ``problem`` and no result, so no number is reported under the wrong settings.
+    A run folder that is not the run the manifest names (:func:`fedsim.sweeps.folder.check_run_folder`, its
+    name made of the manifest's axis values) gets a one-line ``problem`` and no result, so no number is
+    reported under the wrong settings.
     """
     out = Path(out)
     manifest = checked_manifest(out)
@@ -160,12 +160,9 @@ def bits_up_through(history: list[dict]) -> np.ndarray | None:
 
 
 def plot_sweep(out, figures_out=None, notes: list[str] | None = None) -> list[Path]:
-    """The sweep's figures (PNG and SVG): each series' curve (the mean over its runs, a band from their
-    minimum to their maximum, n in the legend) against the steps and against cumulative bits sent up, and
-    the first metric at the end against the first axis that is not the method or the seed.
-
-    Series are in natural order (:func:`natural_order`); values a figure cannot show (a diverged run's) are
-    left out; ``notes``, if given, gets one line per run drawn only in part."""
+    """The sweep's figures (PNG and SVG) the module describes, n in the legend, series in
+    :func:`natural_order`; values a figure cannot show (a diverged run's) are left out; ``notes``, if given,
+    gets one line per run drawn only in part."""
     from fedsim.plot import (_figure, _finish, _legend, _plot, _save, _style, drawable, drawn_in_part,
                              drawn_records)
     manifest, entries = collect(out)

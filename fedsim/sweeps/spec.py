@@ -69,7 +69,7 @@ class PlannedRun:
 
     @property
     def config_sha256(self) -> str:
-        """The sha256 of the resolved config (:func:`fedsim.config.config_fingerprint`), as meta.json records it."""
+        """As meta.json records it (:func:`fedsim.config.config_fingerprint`)."""
         return config_fingerprint(self.config)
 
 
@@ -85,10 +85,6 @@ class Sweep:
     zipped: tuple[str, ...]                      # which axes are walked together
     runs: tuple[PlannedRun, ...]
     text: str = ""                               # the sweep file's text as read, once
-
-    @property
-    def axis_names(self) -> list[str]:
-        return [name for name, _ in self.axes]
 
     @property
     def identity(self) -> str:
@@ -108,12 +104,6 @@ def _flatten(table: dict, prefix: str = "") -> dict:
         else:
             flat[dotted] = value
     return flat
-
-
-def _check_setting(key: str, where: str) -> None:
-    if key not in all_settings():
-        hint = suggest(key, key.split(".")[0] if "." in key else None)
-        raise ConfigError(f"{where}: unknown setting '{key}'" + (f"; did you mean '{hint}'?" if hint else ""))
 
 
 def _safe(text: str) -> str:
@@ -172,7 +162,10 @@ def load_sweep(path) -> Sweep:
         raise ConfigError(f"{path.name}: {error}") from None
     for where, table in (("[set]", fixed), ("[grid]", grid), ("[zip]", zipped)):
         for key in table:
-            _check_setting(key, f"{path.name} {where}")
+            if key not in all_settings():
+                hint = suggest(key, key.split(".")[0] if "." in key else None)
+                raise ConfigError(f"{path.name} {where}: unknown setting '{key}'"
+                                  + (f"; did you mean '{hint}'?" if hint else ""))
     for where, table in (("[grid]", grid), ("[zip]", zipped)):
         for key, values in table.items():
             if not isinstance(values, list) or not values:

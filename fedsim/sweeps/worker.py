@@ -1,12 +1,8 @@
-"""What a sweep worker process does: pin its threads before anything numerical loads, then run one run
-folder to its end (start it, resume it, or find it finished).
+"""What a sweep worker process does: pin its threads before anything numerical loads (this module imports
+nothing numerical at its top), then run one run folder to its end (start it, resume it, or find it finished).
 
-This module imports nothing numerical at its top, so that :func:`pin_threads`, the first thing a local
-worker (:func:`serve`) does, sets the thread variables before NumPy, SciPy or Numba are first imported.
-
-Signals in a local worker: SIGINT, SIGTERM and SIGHUP only note that the sweep is stopping
-(:data:`STOPPING`); while a run steps, the run loop's own handlers take them and stop it at a
-step boundary with a checkpoint, as in ``fedsim run``. The coordinator sends SIGTERM to a busy worker until
+Signals in a local worker only note that the sweep is stopping (:data:`STOPPING`); while a run steps, the
+run loop's own handlers take them, as in ``fedsim run``. The coordinator sends SIGTERM to a busy worker until
 it answers, so a signal that came while the run was being built (before the loop's handlers) is not lost.
 """
 
@@ -40,7 +36,7 @@ def pin_threads(threads: int) -> None:
 
 
 #: The answer for a run not started because the sweep is stopping.
-NOT_STARTED = {"status": "pending", "message": "not started: the sweep was stopped", "ran": False}
+NOT_STARTED = {"status": "pending", "message": "not started: the sweep was stopped"}
 #: In a local worker, a stop signal (fedsim.runs.loop.STOP_SIGNALS) only sets this: no run is started after it.
 STOPPING = {"signal": None}
 
@@ -52,10 +48,8 @@ def _note_stop(number, frame) -> None:
 def serve(connection, threads: int) -> None:
     """The main loop of a local pool worker: pin the threads, then run each task ``(config, folder,
     name, command)`` received on ``connection`` (a pipe to the coordinator, one task at a time) and send
-    back :func:`run_one`'s answer, until the coordinator sends None or goes away.
-
-    A task received after a stop signal is not started: the answer is ``{"status": "pending"}``.
-    """
+    back :func:`run_one`'s answer (:data:`NOT_STARTED` after a stop signal), until the coordinator sends
+    None or goes away."""
     pin_threads(threads)
     from fedsim.runs.loop import STOP_SIGNALS       # once the threads are pinned: it loads NumPy
     for number in STOP_SIGNALS:
@@ -74,7 +68,7 @@ def serve(connection, threads: int) -> None:
 
 
 def run_one(config, folder: str, name: str, command: list[str], stop_event: str | None = None) -> dict:
-    """Bring the run folder ``folder`` of ``config`` to its end; how it ended, as a JSON-able dict.
+    """Bring the run folder ``folder`` of ``config`` to its end; its status, message and completed steps.
 
     The config's plugins are imported first (:mod:`fedsim.plugins`). A finished folder (summary.json) is
     reported as it is; a folder with a config is resumed (from its checkpoint); otherwise the run starts.
@@ -82,13 +76,14 @@ def run_one(config, folder: str, name: str, command: list[str], stop_event: str 
     memory between the runs of this process.
 
     ``stop_event``: in a Dask task, the name of the sweep's ``distributed.Event``; once it is set, a run not
-    yet started is not started (``{"status": "pending"}``) and a running one stops at its next step boundary
+    yet started is not started (:data:`NOT_STARTED`) and a running one stops at its next step boundary
     with a checkpoint, as a signal stops a local worker's run.
     """
     from fedsim.config import import_plugins
     from fedsim.experiment_data import keep_datasets_in_memory
     from fedsim.runs import resume_run, start_run
     from fedsim.runs.folder import CONFIG_FILE, META_FILE, SUMMARY_FILE, RunFolder
+    from fedsim.sweeps.folder import run_entry
 
     keep_datasets_in_memory(True)
     path = Path(folder)
@@ -101,8 +96,7 @@ def run_one(config, folder: str, name: str, command: list[str], stop_event: str 
         import_plugins(config.plugins)
         summary = RunFolder(path).read_json(SUMMARY_FILE)
         if summary is not None:
-            return {"status": summary.get("status", "completed"), "completed": summary.get("completed"),
-                    "planned": summary.get("planned"), "message": summary.get("message", ""), "ran": False}
+            return run_entry(summary)
         if (path / CONFIG_FILE).exists() and not (path / META_FILE).exists():
             # start_run writes config.toml, then meta.json: a worker killed between the two left a run
             # that never stepped and cannot be resumed (no run id); it starts afresh.
@@ -113,11 +107,9 @@ def run_one(config, folder: str, name: str, command: list[str], stop_event: str 
             outcome = resume_run(path, quiet=True, stop_requested=stop_requested)
         else:
             outcome = start_run(config, path, name=name, quiet=True, command=command, stop_requested=stop_requested)
-        return {"status": outcome.status, "completed": outcome.completed, "planned": outcome.planned,
-                "message": outcome.message, "ran": True}
+        return {"status": outcome.status, "completed": outcome.completed, "message": outcome.message}
     except Exception as error:       # recorded in the manifest; the sweep goes on
-        return {"status": "failed", "message": f"{type(error).__name__}: {' '.join(str(error).split())}",
-                "ran": True}
+        return {"status": "failed", "message": f"{type(error).__name__}: {' '.join(str(error).split())}"}
 
 
 #: Seconds between two looks of a Dask task at its sweep's stop event (each look asks the scheduler).

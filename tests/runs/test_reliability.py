@@ -9,6 +9,7 @@ umask, --debug's traceback) run as real subprocesses (tests/conftest.py's ``feds
 
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -19,37 +20,17 @@ import numpy as np
 import pytest
 
 from fedsim.algorithms.federated import FederatedRun
-from fedsim.config import load_preset
 from fedsim.runs import RunFolder, start_run, strip_wall_time
 from fedsim.runs.folder import CHECKPOINT_FILE, CONFIG_FILE, HISTORY_FILE, META_FILE, SUMMARY_FILE
-from tests.conftest import TINY, TINY_LAZY, clean_env, error_lines, fedsim
-from tests.runs.conftest import before_step
+from tests.conftest import TINY, TINY_LAZY, clean_env, fedsim
+from tests.runs.conftest import TINY_FEDERATED, before_step, one_line_error, tiny_federated
 
-ROUNDS12 = TINY + ["--set", "federated.rounds=12", "--set", "run.checkpoint_every=4"]
-
-
-def one_line_error(result, status=2, *fragments):
-    """The command failed with ``status`` and said so in exactly one line containing ``fragments``."""
-    lines = error_lines(result.stderr)
-    assert result.returncode == status, (result.returncode, result.stderr)
-    assert len(lines) == 1 and lines[0].startswith("fedsim: error: "), result.stderr
-    assert "Traceback" not in result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    return lines[0]
+#: tiny_federated() as options of `fedsim run`.
+ROUNDS12 = [part for setting in TINY_FEDERATED for part in ("--set", setting)]
 
 
 def history(run_dir) -> list[dict]:
     return strip_wall_time(RunFolder(run_dir).read_history())
-
-
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    """A finished 12-round run and its history: (folder, records without wall time)."""
-    base = tmp_path_factory.mktemp("finished")
-    outcome = start_run(load_preset("synthetic", ROUNDS12[1::2]), base / "run", name="run", quiet=True)
-    assert outcome.status == "completed", outcome.message
-    return base / "run", history(base / "run")
 
 
 def unfinished_copy(tmp_path, name="run", stop_after=9) -> Path:
@@ -58,7 +39,7 @@ def unfinished_copy(tmp_path, name="run", stop_after=9) -> Path:
     target = tmp_path / name
     with pytest.MonkeyPatch.context() as patch:
         before_step(patch, FederatedRun, stop_after - 1, lambda: os.kill(os.getpid(), signal.SIGINT))
-        outcome = start_run(load_preset("synthetic", ROUNDS12[1::2]), target, name=name, quiet=True)
+        outcome = start_run(tiny_federated(), target, name=name, quiet=True)
     assert outcome.status == "interrupted" and outcome.completed == stop_after
     return target
 
@@ -172,24 +153,22 @@ def test_a_lazy_run_extends_like_a_longer_one_except_for_the_old_final_evaluatio
 
 # --- 3. a corrupt checkpoint: one line, nothing lost -----------------------------------------------------
 
-@pytest.mark.parametrize("damage", ["truncated", "garbage", "one byte changed", "empty"])
+def one_byte_changed(data: bytes) -> bytes:
+    middle = len(data) // 2
+    return data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1:]
+
+
+@pytest.mark.parametrize("damage", [lambda data: data[: len(data) // 2], lambda data: os.urandom(len(data)),
+                                    one_byte_changed, lambda data: b""],
+                         ids=["truncated", "garbage", "one byte changed", "empty"])
 def test_a_damaged_checkpoint_is_refused_in_one_line(tmp_path, damage, fedsim_here):
     run_dir = unfinished_copy(tmp_path)
     path = run_dir / CHECKPOINT_FILE
-    data = bytearray(path.read_bytes())
-    if damage == "truncated":
-        data = data[: len(data) // 2]
-    elif damage == "garbage":
-        data = bytearray(os.urandom(len(data)))
-    elif damage == "one byte changed":
-        data[len(data) // 2] ^= 0xFF
-    else:
-        data = bytearray()
-    path.write_bytes(bytes(data))
-    result = fedsim_here("run", "--resume", run_dir, "--quiet")
-    line = one_line_error(result, 2, str(path))
+    data = damage(path.read_bytes())
+    path.write_bytes(data)
+    line = one_line_error(fedsim_here("run", "--resume", run_dir, "--quiet"), 2, str(path))
     assert "allow_pickle" not in line
-    assert path.read_bytes() == bytes(data)                  # left as found, for the user to look at
+    assert path.read_bytes() == data                         # left as found, for the user to look at
 
 
 def test_a_kill_during_the_checkpoint_write_leaves_a_resumable_folder(tmp_path, finished, fedsim_here):
@@ -297,10 +276,7 @@ def test_damaged_run_files_give_one_line_in_resume_compare_and_plot(tmp_path, fi
                                                                      fedsim_here):
     unfinished = unfinished_copy(tmp_path, "unfinished")
     complete = tmp_path / "complete"
-    complete.mkdir()
-    for path in finished[0].iterdir():
-        if path.is_file():
-            (complete / path.name).write_bytes(path.read_bytes())
+    shutil.copytree(finished[0], complete)
     commands = [["compare", complete], ["plot", complete, "--out", tmp_path / "plots"]]
     damaged = [complete / name]
     if name != HISTORY_FILE:                 # a finished run's resume reads meta and summary, not history

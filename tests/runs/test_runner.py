@@ -21,26 +21,10 @@ from fedsim.runs import (RunFolder, RunFolderError, default_run_dir, read_run, r
                          summarize)
 from fedsim.runs.folder import (CHECKPOINT_FILE, CHECKPOINT_NOTE_FILE, CONFIG_FILE, HISTORY_FILE, META_FILE,
                                 SUMMARY_FILE)
-from tests.runs.conftest import before_step
+from tests.runs.conftest import before_step, tiny_federated
 
-# Small offline configs: 8 synthetic devices, a dozen rounds (about 10 ms each).
-TINY_FEDERATED = ["data.synthetic_devices=8", "federated.n_clients=8", "federated.rounds=12",
-                  "run.checkpoint_every=4"]
+# A small offline lazy run: 6 synthetic devices, 25 iterations.
 TINY_LAZY = ["data.synthetic_devices=6", "lazy.n_workers=6", "lazy.iterations=25", "lazy.eval_every=10"]
-
-
-def tiny_federated(*overrides):
-    return load_preset("synthetic", TINY_FEDERATED + list(overrides))
-
-
-@pytest.fixture(scope="module")
-def reference_run(tmp_path_factory):
-    """An uninterrupted tiny federated run: (config, its records without wall time)."""
-    config = tiny_federated()
-    out = tmp_path_factory.mktemp("reference") / "run"
-    outcome = start_run(config, out, name="reference", quiet=True)
-    assert outcome.status == "completed"
-    return config, strip_wall_time(RunFolder(out).read_history())
 
 
 # --- the folder ---------------------------------------------------------------------------------------------
@@ -117,8 +101,8 @@ def test_lazy_reach_counts_the_cost_of_reaching_theta_k():
 
 # --- runs ---------------------------------------------------------------------------------------------------
 
-def test_run_writes_every_file(tmp_path, reference_run):
-    config, reference = reference_run
+def test_run_writes_every_file(tmp_path, finished):
+    config, reference = tiny_federated(), finished[1]
     out = tmp_path / "run"
     outcome = start_run(config, out, name="tiny", quiet=True, command=["fedsim", "run"])
     assert (outcome.status, outcome.completed, outcome.exit_code) == ("completed", 12, 0)
@@ -155,35 +139,45 @@ def crash():
     raise RuntimeError("simulated crash")
 
 
-def test_crash_then_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch, reference_run):
-    """... and the observer of each session sees the records written to history.jsonl, in order: the
-    resume's from the checkpoint on (rounds 5 and 6, done again, are observed again, equal bit for bit)."""
-    config, reference = reference_run
+@pytest.mark.parametrize("method", ["stc_updown", "laq", "lag-ps", "slaq"])
+def test_crash_then_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch, method):
+    """A crash in step 7 (federated) or 11 (lazy) of a run checkpointed every 4 steps; and the observer of each
+    session sees the records written to history.jsonl, in order: the resume's from the checkpoint on (the
+    steps done again after it are observed again, equal bit for bit)."""
+    if method == "stc_updown":
+        config, run_class, crashed_at = tiny_federated(), FederatedRun, 6
+    else:
+        config = load_preset("laq-synthetic", TINY_LAZY + [f"lazy.method={method}", "run.checkpoint_every=4",
+                                                           "lazy.minibatch_size=5"])
+        run_class, crashed_at = LazyRun, 10
+    checkpoint = crashed_at // 4 * 4
+    start_run(config, tmp_path / "straight", name="straight", quiet=True)
+    reference = strip_wall_time(RunFolder(tmp_path / "straight").read_history())
     out = tmp_path / "run"
-    before_step(monkeypatch, FederatedRun, 6, crash)           # in round 7
+    before_step(monkeypatch, run_class, crashed_at, crash)
     first_session, second_session = [], []
     with pytest.raises(RuntimeError, match="simulated crash"):
         start_run(config, out, name="crash", quiet=True, observer=first_session.append)
     monkeypatch.undo()
     folder = RunFolder(out)
     assert first_session == folder.read_history()
-    assert len(folder.read_history()) == 6                  # rounds 5 and 6 are past the checkpoint
-    assert json.loads((out / CHECKPOINT_NOTE_FILE).read_text())["completed"] == 4
+    assert len(folder.read_history()) == crashed_at            # steps past the checkpoint included
+    assert json.loads((out / CHECKPOINT_NOTE_FILE).read_text())["completed"] == checkpoint
     assert not (out / SUMMARY_FILE).exists()
     outcome = resume_run(out, quiet=True, observer=second_session.append)
-    assert (outcome.status, outcome.completed) == ("completed", 12)
+    assert (outcome.status, outcome.completed) == ("completed", config.steps)
     assert strip_wall_time(folder.read_history()) == reference
-    assert second_session == folder.read_history()[4:]
-    assert strip_wall_time(second_session[:2]) == strip_wall_time(first_session[4:])
+    assert second_session == folder.read_history()[checkpoint:]
+    assert strip_wall_time(second_session[:crashed_at - checkpoint]) == strip_wall_time(first_session[checkpoint:])
     meta = json.loads((out / META_FILE).read_text())
-    assert [s["from"] for s in meta["sessions"]] == [0, 4]
+    assert [s["from"] for s in meta["sessions"]] == [0, checkpoint]
     again = resume_run(out, quiet=True)
     assert again.status == "finished-before" and again.exit_code == 0
 
 
 @pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
-def test_a_stop_signal_stops_at_a_round_boundary_and_resumes(tmp_path, monkeypatch, reference_run, number):
-    config, reference = reference_run
+def test_a_stop_signal_stops_at_a_round_boundary_and_resumes(tmp_path, monkeypatch, finished, number):
+    config, reference = tiny_federated(), finished[1]
     out = tmp_path / "run"
     handler = signal.getsignal(number)
     # as Ctrl-C (or a SIGTERM, a closed terminal's SIGHUP) during round 6: the round still completes
@@ -216,7 +210,7 @@ def test_checkpoint_of_another_config_is_refused(tmp_path):
     with pytest.raises(RunFolderError, match="does not fit the run's config"):
         resume_run(out, quiet=True)
     # and a config.toml edited to fit another run is refused before any checkpoint is read
-    RunFolder(out).write_config(load_preset("synthetic", TINY_FEDERATED + ["federated.rounds=6"]))
+    RunFolder(out).write_config(tiny_federated("federated.rounds=6"))
     with pytest.raises(RunFolderError, match=r"was edited after the run started \(federated.rounds: 4 -> 6\)"):
         resume_run(out, quiet=True)
 
@@ -269,18 +263,3 @@ def test_lazy_run(tmp_path):
     runs = [read_run(out)]
     assert lazy_f_star(runs) == min(r["objective"] for r in history)
 
-
-@pytest.mark.parametrize("method", ["laq", "lag-ps", "slaq"])
-def test_lazy_crash_then_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch, method):
-    overrides = TINY_LAZY + [f"lazy.method={method}", "run.checkpoint_every=4", "lazy.minibatch_size=5"]
-    config = load_preset("laq-synthetic", overrides)
-    start_run(config, tmp_path / "straight", name="straight", quiet=True)
-    reference = strip_wall_time(RunFolder(tmp_path / "straight").read_history())
-    out = tmp_path / "crashed"
-    before_step(monkeypatch, LazyRun, 10, crash)               # in iteration 11
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        start_run(config, out, name="crashed", quiet=True)
-    monkeypatch.undo()
-    assert json.loads((out / CHECKPOINT_NOTE_FILE).read_text())["completed"] == 8
-    assert resume_run(out, quiet=True).status == "completed"
-    assert strip_wall_time(RunFolder(out).read_history()) == reference

@@ -1,5 +1,6 @@
-"""What the sweep tests share: the sweep file of tiny synthetic runs, a real ``fedsim sweep`` process and
-bounded waits on it, and what a sweep folder's runs hold (their histories, checkpoints, lock owners)."""
+"""What the sweep tests share: the sweep file of tiny synthetic runs, real ``fedsim sweep`` processes (killed
+at teardown) and bounded waits on them, and what a sweep folder and its runs hold (the manifest, histories,
+checkpoints, lock owners, sessions)."""
 
 import json
 import os
@@ -8,6 +9,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 from fedsim.runs import RunFolder, strip_wall_time
 from tests.conftest import clean_env, fedsim
@@ -22,6 +25,22 @@ def sweep_text(name: str | None, rounds: int, checkpoint_every: int, grid: str) 
     named = "" if name is None else f'name = "{name}"\n'
     return (f'base = "synthetic"\n{named}\n[set]\n"data.synthetic_devices" = 8\n"federated.n_clients" = 8\n'
             f'"federated.rounds" = {rounds}\n"run.checkpoint_every" = {checkpoint_every}\n\n[grid]\n{grid}\n')
+
+
+def write_sweep(folder: Path, name: str, rounds: int, checkpoint_every: int, grid: str) -> Path:
+    """:func:`sweep_text` written to ``folder/<name>.toml``."""
+    path = folder / f"{name}.toml"
+    path.write_text(sweep_text(name, rounds, checkpoint_every, grid))
+    return path
+
+
+def manifest_of(out: Path) -> dict:
+    return json.loads((out / "manifest.json").read_text())
+
+
+def run_folders(out: Path, sweep) -> list[Path]:
+    """The run folders of the planned runs of ``sweep`` in the sweep folder ``out``, in plan order."""
+    return [out / "runs" / planned.folder_name for planned in sweep.runs]
 
 
 def histories(out: Path) -> dict[str, list]:
@@ -56,12 +75,31 @@ def owner(folder: Path) -> int | None:
     return int(text) if text.isdigit() else None
 
 
+def run_to_kill(folders, is_worker, rounds: int):
+    """(folder, owner's pid, steps checkpointed) of a run of ``folders`` owned by a worker (``is_worker(pid)``)
+    with a checkpoint of a tenth to a half of its ``rounds`` and not ended; None if there is none yet."""
+    for folder in folders:
+        pid, completed = owner(folder), checkpointed(folder)
+        if is_worker(pid) and rounds // 10 <= completed <= rounds // 2 and not (folder / "summary.json").exists():
+            return folder, pid, completed
+    return None
+
+
+def assert_resumed_once(folder: Path, at: int, rounds: int) -> list[dict]:
+    """The run of ``folder``, whose process was killed after a checkpoint of ``at`` steps, was resumed from a
+    checkpoint (``at`` or a later one) by a second session that ended it; its sessions."""
+    sessions = RunFolder(folder).read_json("meta.json")["sessions"]
+    assert len(sessions) == 2 and "ended" not in sessions[0], sessions      # the killed session never ended
+    assert at <= sessions[1]["from"] < rounds and sessions[1]["to"] == rounds, (at, sessions)
+    return sessions
+
+
 def stopped_statuses(out: Path, folders: list[Path], rounds: int) -> dict[Path, str]:
     """The manifest's status of each run folder of a sweep a signal stopped, checked against the folder: a
     pending run's folder does not exist (no queued run starts after the stop); an interrupted run stopped
     at a step boundary with a checkpoint there (every recorded round is in the checkpoint, which the
     manifest and the session's end record), before its end."""
-    manifest = {run["folder"]: run for run in json.loads((out / "manifest.json").read_text())["runs"]}
+    manifest = {run["folder"]: run for run in manifest_of(out)["runs"]}
     statuses = {}
     for folder in folders:
         entry = manifest[f"runs/{folder.name}"]
@@ -73,14 +111,6 @@ def stopped_statuses(out: Path, folders: list[Path], rounds: int) -> dict[Path, 
             session = RunFolder(folder).read_json("meta.json")["sessions"][-1]
             assert session["status"] == "interrupted" and session["to"] == checkpointed(folder), session
     return statuses
-
-
-def start_sweep(tmp_path: Path, path: Path, out: Path, *options) -> subprocess.Popen:
-    """``fedsim sweep PATH --out OUT --quiet OPTIONS`` started in ``tmp_path`` (text pipes), in a process
-    group of its own (the group Ctrl-C goes to)."""
-    return subprocess.Popen([sys.executable, "-m", "fedsim", "sweep", str(path), "--out", str(out), "--quiet",
-                             *map(str, options)], cwd=tmp_path, env=clean_env(tmp_path), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
 def kill_group(process: subprocess.Popen) -> None:
@@ -96,8 +126,26 @@ def kill_group(process: subprocess.Popen) -> None:
         pass
 
 
+@pytest.fixture
+def start_sweep(tmp_path):
+    """``start_sweep(PATH, OUT, *OPTIONS)``: ``fedsim sweep PATH --out OUT --quiet OPTIONS`` started in
+    ``tmp_path`` (text pipes), in a process group of its own (the group Ctrl-C goes to); every group started
+    is killed at teardown, however the test ends."""
+    processes = []
+
+    def start(path: Path, out: Path, *options) -> subprocess.Popen:
+        processes.append(subprocess.Popen(
+            [sys.executable, "-m", "fedsim", "sweep", str(path), "--out", str(out), "--quiet", *map(str, options)],
+            cwd=tmp_path, env=clean_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            start_new_session=True))
+        return processes[-1]
+    yield start
+    for process in processes:
+        kill_group(process)
+
+
 def finish(process: subprocess.Popen, timeout: float) -> tuple[str, str]:
-    """The (stdout, stderr) of ``process`` once it ends within ``timeout`` seconds; its group is killed if not."""
+    """The (stdout, stderr) of ``process`` once it ends within ``timeout`` seconds; its group is killed then."""
     try:
         return process.communicate(timeout=timeout)
     finally:

@@ -1,19 +1,17 @@
 """A local sweep under the faults a single run survives: a pool worker killed (kill -9) mid-run, a run
 that keeps killing its worker, Ctrl-C to the sweep's process group, SIGTERM and SIGHUP to the sweep
-process; and ``--workers`` capped by the cores and the memory.
+process; and ``--workers`` capped by the cores and the memory (the command's line: test_sweeps.py).
 
 Each fault is a real signal to a real ``fedsim sweep`` process; the test waits for the run folders'
 progress (checkpoints, the lock's owner), never a fixed time. After any interruption the same command
 finishes the sweep, and every history equals that of the same sweep run without interruption, bit for bit.
 """
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -22,8 +20,8 @@ from fedsim.runs import RunFolder
 from fedsim.sweeps import load_sweep
 from fedsim.sweeps.execute import RUN_MEMORY, RUN_RETRIES, capped_workers, run_memory
 from tests.conftest import clean_env, error_lines, fedsim
-from tests.sweeps.conftest import (checkpointed, finish, histories, owner, start_sweep, stopped_statuses, sweep_text,
-                                  wait_until)
+from tests.sweeps.conftest import (assert_resumed_once, checkpointed, finish, histories, manifest_of, owner,
+                                  run_folders, run_to_kill, stopped_statuses, sweep_text, wait_until, write_sweep)
 
 ROUNDS = 600
 CHECKPOINT_EVERY = 10
@@ -55,23 +53,15 @@ def reference(tmp_path_factory):
     return path, found
 
 
-def run_folders(out: Path, sweep) -> list[Path]:
-    return [out / "runs" / planned.folder_name for planned in sweep.runs]
-
-
-def test_a_killed_pool_worker_costs_no_run_and_changes_no_history(tmp_path, reference):
+def test_a_killed_pool_worker_costs_no_run_and_changes_no_history(tmp_path, reference, start_sweep):
     path, expected = reference
     sweep, out = load_sweep(path), tmp_path / "out"
-    process = start_sweep(tmp_path, path, out, "--workers", 2)
+    process = start_sweep(path, out, "--workers", 2)
 
-    def running_run():        # a run owned by a worker, a tenth to a half done
-        for folder in run_folders(out, sweep):
-            pid = owner(folder)
-            if pid not in (None, process.pid) and ROUNDS // 10 <= checkpointed(folder) <= ROUNDS // 2 \
-                    and not (folder / "summary.json").exists():
-                return folder, pid, checkpointed(folder)
-
-    killed, pid, at = wait_until(process, running_run, "a worker's run reached a checkpoint")
+    def a_worker(pid):              # not the coordinator
+        return pid not in (None, process.pid)
+    killed, pid, at = wait_until(process, lambda: run_to_kill(run_folders(out, sweep), a_worker, ROUNDS),
+                                 "a worker's run reached a checkpoint")
     os.kill(pid, signal.SIGKILL)
     stdout, stderr = finish(process, SWEEP_TIMEOUT)
     assert process.returncode == 0, stderr
@@ -80,20 +70,18 @@ def test_a_killed_pool_worker_costs_no_run_and_changes_no_history(tmp_path, refe
     told = [line for line in error_lines(stderr) if "died" in line]
     assert told == [(f"fedsim: sweep: the worker running {label} died (killed by SIGKILL); the run goes on in a "
                      f"new worker from its last checkpoint (retry 1 of {RUN_RETRIES})")], stderr
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = manifest_of(out)
     assert [run["status"] for run in manifest["runs"]] == ["completed"] * RUNS, manifest
-    # resumed from its checkpoint by a new worker, not started again
-    sessions = RunFolder(killed).read_json("meta.json")["sessions"]
-    assert len(sessions) == 2 and "ended" not in sessions[0], sessions
-    assert at <= sessions[1]["from"] < ROUNDS and sessions[1]["to"] == ROUNDS, (at, sessions)
+    assert_resumed_once(killed, at, ROUNDS)        # resumed from its checkpoint by a new worker, not started again
     assert histories(out) == expected
 
 
-def test_a_run_that_keeps_killing_its_worker_is_marked_failed_and_the_queue_goes_on(tmp_path, reference):
+def test_a_run_that_keeps_killing_its_worker_is_marked_failed_and_the_queue_goes_on(tmp_path, reference,
+                                                                                    start_sweep):
     path, _ = reference
     sweep, out = load_sweep(path), tmp_path / "out"
     first = run_folders(out, sweep)[0]
-    process = start_sweep(tmp_path, path, out, "--workers", 1)
+    process = start_sweep(path, out, "--workers", 1)
     killed: list[int] = []
     for _ in range(RUN_RETRIES + 1):       # every worker that takes the first run dies
         pid = wait_until(process, lambda: (owner(first) not in (None, process.pid, *killed)) and owner(first),
@@ -102,7 +90,7 @@ def test_a_run_that_keeps_killing_its_worker_is_marked_failed_and_the_queue_goes
         killed.append(pid)
     _, stderr = finish(process, SWEEP_TIMEOUT)
     assert process.returncode == 1, stderr
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = manifest_of(out)
     assert [run["status"] for run in manifest["runs"]] == ["failed"] + ["completed"] * (RUNS - 1), manifest
     message = f"its worker died {RUN_RETRIES + 1} times (last: killed by SIGKILL); not tried again"
     assert manifest["runs"][0]["message"] == message
@@ -116,9 +104,7 @@ def test_a_start_killed_between_config_and_meta_starts_afresh(tmp_path):
     ran in and that cannot be resumed (no run id): its next worker starts the run instead of failing it."""
     from fedsim.experiment_data import keep_datasets_in_memory
     from fedsim.sweeps.worker import run_one
-    path = tmp_path / "s.toml"
-    path.write_text(sweep_text("faults", 3, CHECKPOINT_EVERY, "seed = [0]"))
-    planned = load_sweep(path).runs[0]
+    planned = load_sweep(write_sweep(tmp_path, "faults", 3, CHECKPOINT_EVERY, "seed = [0]")).runs[0]
     folder = RunFolder(tmp_path / "run")
     folder.path.mkdir()
     folder.write_config(planned.config)
@@ -133,11 +119,11 @@ def test_a_start_killed_between_config_and_meta_starts_afresh(tmp_path):
 @pytest.mark.parametrize("number, to_group", [(signal.SIGINT, True), (signal.SIGTERM, False),
                                               (signal.SIGHUP, False)], ids=["ctrl-c", "sigterm", "sighup"])
 def test_a_signal_stops_the_sweep_at_a_checkpoint_and_the_same_command_finishes_it(tmp_path, reference, number,
-                                                                                  to_group):
+                                                                                  to_group, start_sweep):
     path, expected = reference
-    sweep, out = load_sweep(path), tmp_path / "out"
-    folders = run_folders(out, sweep)
-    process = start_sweep(tmp_path, path, out, "--workers", 2)
+    out = tmp_path / "out"
+    folders = run_folders(out, load_sweep(path))
+    process = start_sweep(path, out, "--workers", 2)
     wait_until(process, lambda: sum(checkpointed(folder) > 0 for folder in folders) == 2,
                "two runs reached a checkpoint")
     queued = [folder for folder in folders if not folder.exists()]
@@ -204,12 +190,3 @@ def test_a_runs_memory_grows_with_its_clients_and_model():
     assert run_memory(million) - RUN_MEMORY["synthetic"] >= 3 * 100_000 * 610 * 4 + 48 * 10**6
     mlp = planned_on("stc-mlp", 1)[0].config
     assert run_memory(mlp) > run_memory(planned_on("stc-mnist", 1, 'data.dataset="fashion-mnist"')[0].config)
-
-
-def test_the_command_says_when_it_caps_workers(tmp_path):
-    path = tmp_path / "s.toml"
-    path.write_text(sweep_text("faults", 3, CHECKPOINT_EVERY, '"federated.method" = ["stc_updown"]\nseed = [0, 1]'))
-    result = fedsim(tmp_path, "sweep", path, "--workers", "500", "--out", tmp_path / "out", "--quiet")
-    assert result.returncode == 0 and "2 completed" in result.stdout, result.stderr
-    told = [line for line in error_lines(result.stderr) if "capped" in line]
-    assert len(told) == 1 and told[0].startswith("fedsim: sweep: --workers 500 capped to "), result.stderr

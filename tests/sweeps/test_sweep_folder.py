@@ -5,7 +5,6 @@ sweep file is read once; a damaged summary.json costs only its run; the sweep na
 
 import json
 import shutil
-import signal
 import time
 from pathlib import Path
 
@@ -15,25 +14,20 @@ from fedsim.runs import RunFolder, strip_wall_time
 from fedsim.runs.folder import LOCK_FILE
 from fedsim.sweeps import load_sweep, resume_hint
 from tests.conftest import error_lines, fedsim
-from tests.sweeps.conftest import signal_when, start_sweep, sweep_text
+from tests.runs.conftest import one_line_error
+from tests.sweeps.conftest import manifest_of, sweep_text, wait_until, write_sweep
 
 SEEDS = "seed = [0, 1, 2, 3]"
 
 
-def write_sweep(folder: Path, rounds: int = 12, text: str | None = None) -> Path:
-    """The sweep file of four seeds of one method (``text``, if given, instead)."""
-    path = folder / "seeds.toml"
-    path.write_text(sweep_text("seeds", rounds, 5, SEEDS) if text is None else text)
-    return path
+def seeds_sweep(folder: Path, rounds: int = 12) -> Path:
+    """The sweep file ``seeds.toml`` of four seeds of one method."""
+    return write_sweep(folder, "seeds", rounds, 5, SEEDS)
 
 
 def run_of(out: Path, seed: int) -> Path:
     (folder,) = (out / "runs").glob(f"seed={seed}-*")
     return folder
-
-
-def manifest_of(out: Path) -> dict:
-    return json.loads((out / "manifest.json").read_text())
 
 
 def accuracy_rows(out: Path) -> dict[str, str]:
@@ -47,7 +41,7 @@ def accuracy_rows(out: Path) -> dict[str, str]:
 def finished(tmp_path_factory) -> Path:
     """A finished sweep of four seeds (and its sweep file beside it), built once; tests work on copies."""
     where = tmp_path_factory.mktemp("finished")
-    result = fedsim(where, "sweep", write_sweep(where), "--workers", "2", "--out", where / "S", "--quiet")
+    result = fedsim(where, "sweep", seeds_sweep(where), "--workers", "2", "--out", where / "S", "--quiet")
     assert result.returncode == 0, result.stderr
     assert fedsim(where, "sweep", "report", where / "S").returncode == 0
     return where
@@ -57,7 +51,7 @@ def finished(tmp_path_factory) -> Path:
 def sweep(finished, tmp_path) -> tuple[Path, Path]:
     """(the sweep file, a copy of the finished sweep folder) in ``tmp_path``."""
     shutil.copytree(finished / "S", tmp_path / "S")
-    return write_sweep(tmp_path), tmp_path / "S"
+    return seeds_sweep(tmp_path), tmp_path / "S"
 
 
 def test_a_run_extended_past_its_plan_is_neither_reused_nor_reported(sweep, tmp_path):
@@ -124,10 +118,8 @@ def test_a_sweep_folder_belongs_to_one_sweep(sweep, tmp_path):
     before = (out / "manifest.json").read_bytes()
     other = tmp_path / "other.toml"
     other.write_text(sweep_text("seeds", 12, 5, "seed = [0, 1, 2, 3, 4]"))
-    result = fedsim(tmp_path, "sweep", other, "--out", out, "--quiet")
-    lines = error_lines(result.stderr)
-    assert result.returncode == 2 and len(lines) == 1, result.stderr
-    assert "holds another sweep ('seeds' of" in lines[0] and "give this one another --out" in lines[0]
+    one_line_error(fedsim(tmp_path, "sweep", other, "--out", out, "--quiet"), 2, "holds another sweep ('seeds' of",
+                   "give this one another --out")
     assert (out / "manifest.json").read_bytes() == before and len(list((out / "runs").iterdir())) == 4
     # the same sweep, its file reworded (comments, spacing, key order): resumes, nothing run again
     reworded = sweep_text("seeds", 12, 5, "seed=[0,1,2,3]  # four seeds").replace(
@@ -144,14 +136,12 @@ def test_a_sweep_folder_belongs_to_one_sweep(sweep, tmp_path):
     assert [entry.name for entry in (tmp_path / "mine").iterdir()] == ["notes.txt"]
 
 
-def test_two_sweeps_of_one_file_into_one_folder_at_once(tmp_path):
-    path = write_sweep(tmp_path, rounds=300)
+def test_two_sweeps_of_one_file_into_one_folder_at_once(tmp_path, start_sweep):
+    path = seeds_sweep(tmp_path, rounds=300)
     out = tmp_path / "S"
-    first = start_sweep(tmp_path, path, out, "--workers", 1)
-    deadline = time.monotonic() + 120          # the second starts once the first holds the folder
-    while not (out / LOCK_FILE).exists() and first.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    processes = [first, start_sweep(tmp_path, path, out, "--workers", 1)]
+    first = start_sweep(path, out, "--workers", 1)
+    wait_until(first, (out / LOCK_FILE).exists, "the first sweep holds the folder")     # then the second starts
+    processes = [first, start_sweep(path, out, "--workers", 1)]
     results = [(process.wait(timeout=300), *process.communicate()) for process in processes]
     (refused,) = [stderr for status, _, stderr in results if status == 2]
     assert sorted(status for status, _, _ in results) == [0, 2], results
@@ -160,50 +150,31 @@ def test_two_sweeps_of_one_file_into_one_folder_at_once(tmp_path):
     assert [run["status"] for run in manifest_of(out)["runs"]] == ["completed"] * 4
 
 
-def test_the_sweep_file_is_read_once_and_the_manifest_follows_every_run(tmp_path):
-    path = write_sweep(tmp_path, rounds=60)
+def test_the_sweep_file_is_read_once_and_the_manifest_follows_every_run(tmp_path, start_sweep):
+    path = seeds_sweep(tmp_path, rounds=60)
     text = path.read_text()
     out = tmp_path / "S"
-    process = start_sweep(tmp_path, path, out, "--workers", 1)
-    try:
-        edited = deleted = False
-        deadline = time.monotonic() + 240
-        while process.poll() is None and time.monotonic() < deadline:
-            finished = [folder for folder in out.glob("runs/*") if (folder / "summary.json").exists()]
-            if finished and not edited:
-                write_sweep(tmp_path, rounds=7)                     # edited mid-sweep ...
-                edited = True
-            if len(finished) >= 2 and not deleted:
-                path.unlink()                                       # ... then deleted
-                deleted = True
-            if finished and (out / "manifest.json").exists():      # the manifest is never behind the folders
-                recorded = [run for run in manifest_of(out)["runs"] if run["status"] == "completed"]
-                assert len(recorded) >= len(finished) - 1           # at most the run ending now
-            time.sleep(0.05)
-        _, stderr = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
+    process = start_sweep(path, out, "--workers", 1)
+    edited = deleted = False
+    deadline = time.monotonic() + 240
+    while process.poll() is None and time.monotonic() < deadline:
+        finished = [folder for folder in out.glob("runs/*") if (folder / "summary.json").exists()]
+        if finished and not edited:
+            seeds_sweep(tmp_path, rounds=7)                         # edited mid-sweep ...
+            edited = True
+        if len(finished) >= 2 and not deleted:
+            path.unlink()                                           # ... then deleted
+            deleted = True
+        if finished and (out / "manifest.json").exists():          # the manifest is never behind the folders
+            recorded = [run for run in manifest_of(out)["runs"] if run["status"] == "completed"]
+            assert len(recorded) >= len(finished) - 1               # at most the run ending now
+        time.sleep(0.05)
+    _, stderr = process.communicate(timeout=60)
     assert edited and deleted and process.returncode == 0, stderr
     manifest = manifest_of(out)
     assert manifest["sweep_text"] == text
     assert [run["status"] for run in manifest["runs"]] == ["completed"] * 4
     assert all(len(RunFolder(folder).read_history()) == 60 for folder in out.glob("runs/*"))
-
-
-def test_ctrl_c_leaves_a_manifest_that_says_what_each_run_folder_holds(tmp_path):
-    path = write_sweep(tmp_path, rounds=400)
-    out = tmp_path / "S"
-    process = start_sweep(tmp_path, path, out, "--workers", 1)
-    signal_when(process, lambda: list(out.glob("runs/*/checkpoint.json")), signal.SIGINT, timeout=240)
-    assert process.returncode == 130
-    for run in manifest_of(out)["runs"]:
-        folder = RunFolder(out / run["folder"])
-        summary = folder.read_json("summary.json")
-        expected = (summary["status"] if summary else "interrupted" if folder.read_json("checkpoint.json")
-                    else "pending")
-        assert run["status"] == expected, (run, expected)
-    assert "interrupted" in {run["status"] for run in manifest_of(out)["runs"]}
 
 
 def test_a_truncated_summary_costs_only_its_run(sweep, tmp_path, finished):
@@ -227,11 +198,9 @@ def test_a_truncated_summary_costs_only_its_run(sweep, tmp_path, finished):
 
 @pytest.mark.parametrize("name", ["/abs", "../x", "", "a/b", ".hidden", "x\\\\y"])
 def test_a_sweep_name_cannot_leave_runs(tmp_path, name):
-    path = write_sweep(tmp_path, text=sweep_text(name, 2, 5, SEEDS))
-    result = fedsim(tmp_path, "sweep", path, "--dry-run")      # (a real sweep on main wrote to /abs)
-    lines = error_lines(result.stderr)
-    assert result.returncode == 2 and len(lines) == 1, result.stderr
-    assert "name = " in lines[0] and "cannot name the sweep's folder" in lines[0] and "letters, digits" in lines[0]
+    (tmp_path / "seeds.toml").write_text(sweep_text(name, 2, 5, SEEDS))
+    one_line_error(fedsim(tmp_path, "sweep", "seeds.toml", "--dry-run"), 2,      # (a real sweep on main wrote to /abs)
+                   "name = ", "cannot name the sweep's folder", "letters, digits")
 
 
 def test_a_name_from_the_file_is_made_a_folder_name(tmp_path):

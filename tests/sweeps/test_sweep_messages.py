@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from tests.conftest import error_lines, fedsim
-from tests.runs.test_reliability import one_line_error
+from tests.runs.conftest import one_line_error
 
 DIVERGING_SWEEP = """base = "laq-synthetic"
 name = "diverging"

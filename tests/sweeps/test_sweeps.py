@@ -3,7 +3,6 @@ and across worker counts, skipping and resuming on a rerun (after a kill -9 of t
 runs that do not stop the others, the report and the figures."""
 
 import csv
-import json
 import signal
 import time
 from pathlib import Path
@@ -12,7 +11,8 @@ import pytest
 
 from fedsim.sweeps import load_sweep
 from tests.conftest import error_lines, fedsim
-from tests.sweeps.conftest import histories, history_alone, signal_when, start_sweep, sweep_text
+from tests.runs.conftest import one_line_error
+from tests.sweeps.conftest import histories, history_alone, manifest_of, signal_when, sweep_text
 
 METHODS_AND_SEEDS = '"federated.method" = ["fedavg", "stc_updown"]\nseed = [0, 1]'
 
@@ -27,7 +27,7 @@ def test_a_sweep_file_expands_to_named_runs(tmp_path):
     zipped = '[zip]\n"federated.p_up" = [0.05, 0.1]\n"federated.p_down" = [0.1, 0.2]'
     sweep = load_sweep(sweep_file(tmp_path, extra=zipped))
     assert len(sweep.runs) == 2 * 2 * 2
-    assert sweep.axis_names == ["federated.method", "seed", "federated.p_up", "federated.p_down"]
+    assert [name for name, _ in sweep.axes] == ["federated.method", "seed", "federated.p_up", "federated.p_down"]
     labels = [run.label for run in sweep.runs]
     assert labels[0] == "method=fedavg,seed=0,p_up=0.05,p_down=0.1"
     assert all(run.config.federated.rounds == 12 and run.config.federated.n_clients == 8 for run in sweep.runs)
@@ -41,19 +41,11 @@ def test_a_sweep_file_expands_to_named_runs(tmp_path):
     ('"federated.lr" = [0.1, -1.0]', "federated.lr = -1.0"),
     ('"federated.method" = "fedavg"', "must be a non-empty array"),
     ('"federated.method" = []', "must be a non-empty array"),
+    ('seed = [0]\n[zip]\n"federated.p_up" = [0.05, 0.1]\n"federated.p_down" = [0.1]', "equal lengths"),
 ])
 def test_invalid_axes_fail_before_anything_runs_in_one_line(tmp_path, grid, fragment):
-    path = sweep_file(tmp_path, grid=grid)
-    result = fedsim(tmp_path, "sweep", path, "--out", tmp_path / "out")
-    lines = error_lines(result.stderr)
-    assert result.returncode == 2 and len(lines) == 1 and fragment in lines[0], result.stderr
+    one_line_error(fedsim(tmp_path, "sweep", sweep_file(tmp_path, grid=grid), "--out", tmp_path / "out"), 2, fragment)
     assert not (tmp_path / "out").exists()
-
-
-def test_zip_axes_of_unequal_length_are_refused(tmp_path):
-    path = sweep_file(tmp_path, extra='[zip]\n"federated.p_up" = [0.05, 0.1]\n"federated.p_down" = [0.1]')
-    result = fedsim(tmp_path, "sweep", path, "--dry-run")
-    assert result.returncode == 2 and "equal lengths" in result.stderr
 
 
 def test_pool_runs_equal_single_runs_at_any_worker_count_and_reruns_skip(tmp_path):
@@ -66,23 +58,25 @@ def test_pool_runs_equal_single_runs_at_any_worker_count_and_reruns_skip(tmp_pat
     # a run of the sweep equals the same settings run alone with `fedsim run`
     planned = load_sweep(path).runs[3]
     assert history_alone(tmp_path, planned) == histories(tmp_path / "two")[planned.folder_name]
-    manifest = json.loads((tmp_path / "two" / "manifest.json").read_text())
+    manifest = manifest_of(tmp_path / "two")
     assert [run["status"] for run in manifest["runs"]] == ["completed"] * 4
     assert manifest["axes"] == {"federated.method": ["fedavg", "stc_updown"], "seed": [0, 1]}
-    # the same command again: nothing is run again
+    # the same command again: nothing is run again (and more workers than the machine has are capped, in a line)
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "two" / "runs").rglob("history.jsonl")}
-    again = fedsim(tmp_path, "sweep", path, "--workers", "2", "--out", tmp_path / "two", "--quiet")
+    again = fedsim(tmp_path, "sweep", path, "--workers", "500", "--out", tmp_path / "two", "--quiet")
     assert again.returncode == 0 and "4 completed" in again.stdout
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    told = [line for line in error_lines(again.stderr) if "capped" in line]
+    assert len(told) == 1 and told[0].startswith("fedsim: sweep: --workers 500 capped to "), again.stderr
 
 
-def test_kill_9_of_the_whole_sweep_then_the_same_command_finishes_it_identically(tmp_path):
+def test_kill_9_of_the_whole_sweep_then_the_same_command_finishes_it_identically(tmp_path, start_sweep):
     path = sweep_file(tmp_path, rounds=300)
     reference = fedsim(tmp_path, "sweep", path, "--workers", "2", "--out", tmp_path / "reference", "--quiet",
                        timeout=300)
     assert reference.returncode == 0, reference.stderr
     out = tmp_path / "killed"
-    process = start_sweep(tmp_path, path, out, "--workers", 2)
+    process = start_sweep(path, out, "--workers", 2)
     # once some run has a checkpoint and some run is unfinished
     signal_when(process, lambda: list(out.glob("runs/*/checkpoint.npz"))
                 and len(list(out.glob("runs/*/summary.json"))) < 4, signal.SIGKILL)
@@ -100,7 +94,7 @@ def test_a_diverged_run_is_recorded_and_the_others_finish(tmp_path):
     path = sweep_file(tmp_path, grid='"federated.method" = ["fedavg"]\n"federated.lr" = [0.05, 1e35]')
     result = fedsim(tmp_path, "sweep", path, "--workers", "2", "--out", tmp_path / "out")
     assert result.returncode == 1, result.stderr
-    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    manifest = manifest_of(tmp_path / "out")
     assert sorted(run["status"] for run in manifest["runs"]) == ["completed", "diverged"]
     assert "1 completed, 1 diverged" in result.stdout and "NaN or inf" in result.stderr
     # progress on a pipe: the last line always (the diverged run counts as finished: it is not run again)

@@ -1,11 +1,10 @@
 """A sweep on a real Dask cluster: a ``dask scheduler`` and two ``dask worker`` processes on 127.0.0.1,
 started here as subprocesses; one worker is killed (SIGKILL) in the middle of a run, and every run must
 still complete, the killed one resumed from its checkpoint by the other worker, each with a history equal
-bit for bit to the local backend's and to a plain ``fedsim run`` of the same settings.
+bit for bit to the local backend's and to a plain ``fedsim run`` of the same settings. Every wait is bounded.
 
-The cluster's processes run in their own process groups and are killed in the fixture's teardown however
-the test ends; every wait is bounded. dask.distributed is the ``dask`` extra, which CI installs: there
-(``FEDSIM_REQUIRE_ORACLE=1``) a missing dask fails the test instead of skipping it.
+dask.distributed is the ``dask`` extra, which CI installs: there (``FEDSIM_REQUIRE_ORACLE=1``) a missing dask
+fails the test instead of skipping it.
 """
 
 import json
@@ -22,16 +21,16 @@ import pytest
 from fedsim.runs import RunFolder
 from fedsim.sweeps import load_sweep
 from tests.conftest import clean_env, error_lines, fedsim
-from tests.sweeps.conftest import (checkpointed, histories, history_alone, kill_group, owner, start_sweep,
-                                  stopped_statuses, sweep_text, wait_until)
+from tests.runs.conftest import one_line_error
+from tests.sweeps.conftest import (assert_resumed_once, checkpointed, histories, history_alone, kill_group,
+                                  manifest_of, owner, run_folders, run_to_kill, stopped_statuses, wait_until,
+                                  write_sweep)
 
 if os.environ.get("FEDSIM_REQUIRE_ORACLE") != "1":
     pytest.importorskip("distributed", reason="dask.distributed is not installed (pip install -e '.[dask]')")
 
 ROUNDS = 1000
 CHECKPOINT_EVERY = 10
-SWEEP = sweep_text("dask-kill", ROUNDS, CHECKPOINT_EVERY,
-                   '"federated.method" = ["fedavg", "stc_updown"]\nseed = [0, 1]')
 RUNS = 4
 # Seconds: for the cluster to come up, for the sweep to reach a killable state, for a whole sweep.
 START_TIMEOUT = 60
@@ -50,51 +49,47 @@ class Cluster:
                          for path in self.logs if path.exists())
 
 
-def _start(command: list[str], log: Path, cwd: Path, env: dict) -> subprocess.Popen:
-    """``command`` in its own process group (so that killing the group kills all of it), output to ``log``."""
-    with log.open("wb") as handle:
-        return subprocess.Popen(command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=handle,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-
-
 @pytest.fixture
 def sweep_path(tmp_path) -> Path:
-    """The sweep file of :data:`SWEEP` in ``tmp_path``."""
-    path = tmp_path / "sweep.toml"
-    path.write_text(SWEEP)
-    return path
+    """The sweep file of the tests in ``tmp_path``: two methods, two seeds."""
+    return write_sweep(tmp_path, "dask-kill", ROUNDS, CHECKPOINT_EVERY,
+                       '"federated.method" = ["fedavg", "stc_updown"]\nseed = [0, 1]')
 
 
 @pytest.fixture
 def dask_cluster(tmp_path):
     """A scheduler and two single-threaded workers without nannies (SIGKILL of a worker's process is the
-    worker's death) on 127.0.0.1; all killed at teardown."""
+    worker's death) on 127.0.0.1, each in its own process group (killing the group kills all of it), its
+    output in a log; all killed at teardown, however the test ends."""
     from dask.distributed import Client
 
     folder = tmp_path / "cluster"
     folder.mkdir()
     env = clean_env(tmp_path, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
     scheduler_file = folder / "scheduler.json"
-    dask = [sys.executable, "-m", "dask"]
-    processes = []
-    logs = [folder / "scheduler.log", folder / "worker-0.log", folder / "worker-1.log"]
+    processes, logs = [], []
+
+    def start(name: str, *arguments: str) -> subprocess.Popen:
+        logs.append(folder / f"{name}.log")
+        with logs[-1].open("wb") as handle:
+            processes.append(subprocess.Popen([sys.executable, "-m", "dask", *arguments], cwd=folder, env=env,
+                                              stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT,
+                                              start_new_session=True))
+        return processes[-1]
     try:
         # --idle-timeout and --death-timeout: a safety net should this process die before its teardown.
-        processes.append(_start(dask + ["scheduler", "--host", "127.0.0.1", "--port", "0", "--scheduler-file",
-                                        str(scheduler_file), "--no-dashboard", "--dashboard-address",
-                                        "127.0.0.1:0", "--idle-timeout", "600"], logs[0], folder, env))
-        wait_until(processes[0], scheduler_file.is_file, "the scheduler wrote its address", START_TIMEOUT,
+        scheduler = start("scheduler", "scheduler", "--host", "127.0.0.1", "--port", "0", "--scheduler-file",
+                          str(scheduler_file), "--no-dashboard", "--dashboard-address", "127.0.0.1:0",
+                          "--idle-timeout", "600")
+        wait_until(scheduler, scheduler_file.is_file, "the scheduler wrote its address", START_TIMEOUT,
                    lambda: logs[0].read_text(errors="replace")[-3000:])
         time.sleep(0.2)                        # the file is written in one go; let it land
         address = json.loads(scheduler_file.read_text())["address"]
         assert address.startswith("tcp://127.0.0.1:"), address
-        for number in range(2):
-            processes.append(_start(dask + ["worker", "--scheduler-file", str(scheduler_file), "--nthreads", "1",
-                                            "--nworkers", "1", "--no-nanny", "--no-dashboard",
-                                            "--dashboard-address", "127.0.0.1:0", "--host", "127.0.0.1",
-                                            "--name", f"worker-{number}", "--local-directory",
-                                            str(folder / f"worker-{number}"), "--death-timeout", "60"],
-                                    logs[1 + number], folder, env))
+        for name in ("worker-0", "worker-1"):
+            start(name, "worker", "--scheduler-file", str(scheduler_file), "--nthreads", "1", "--nworkers", "1",
+                  "--no-nanny", "--no-dashboard", "--dashboard-address", "127.0.0.1:0", "--host", "127.0.0.1",
+                  "--name", name, "--local-directory", str(folder / name), "--death-timeout", "60")
         with Client(address, timeout=START_TIMEOUT) as client:
             client.wait_for_workers(2, timeout=START_TIMEOUT)
             assert len(client.scheduler_info(n_workers=-1)["workers"]) == 2
@@ -112,54 +107,38 @@ def local_histories(tmp_path: Path, path: Path) -> dict[str, list]:
     return histories(tmp_path / "local")
 
 
-def _kill_a_worker_mid_run(sweep_process, out: Path, cluster: Cluster):
-    """Wait until some run, owned by one of the workers, has a checkpoint of at least a tenth of its rounds
-    but is less than half done; SIGKILL that worker. Returns (run folder, worker, rounds in its checkpoint)."""
-    pids = {worker.pid: worker for worker in cluster.workers}
-
-    def running_run():
-        assert len(list(out.glob("runs/*/summary.json"))) < RUNS
-        for folder in sorted(out.glob("runs/*")):
-            completed, holder = checkpointed(folder), owner(folder)
-            if holder in pids and ROUNDS // 10 <= completed <= ROUNDS // 2 and not (folder / "summary.json").exists():
-                return folder, holder, completed
-
-    folder, holder, completed = wait_until(sweep_process, running_run, "a worker could be killed mid-run",
-                                           KILL_TIMEOUT, cluster.log_tails)
-    os.killpg(holder, signal.SIGKILL)
-    pids[holder].wait(timeout=10)
-    return folder, pids[holder], completed
-
-
 @pytest.mark.slow
-def test_a_worker_killed_mid_sweep_loses_no_run_and_changes_no_history(tmp_path, sweep_path, dask_cluster):
+def test_a_worker_killed_mid_sweep_loses_no_run_and_changes_no_history(tmp_path, sweep_path, dask_cluster,
+                                                                      start_sweep):
     path, out = sweep_path, tmp_path / "dask"
     sweep = load_sweep(path)
     assert len(sweep.runs) == RUNS
-    process = start_sweep(tmp_path, path, out, "--backend", "dask", "--scheduler", dask_cluster.address)
-    try:
-        killed_folder, killed_worker, at = _kill_a_worker_mid_run(process, out, dask_cluster)
-        stdout, stderr = process.communicate(timeout=SWEEP_TIMEOUT)
-    finally:
-        kill_group(process)
+    process = start_sweep(path, out, "--backend", "dask", "--scheduler", dask_cluster.address)
+    workers = {worker.pid: worker for worker in dask_cluster.workers}
+
+    def running_run():              # a worker's run a tenth to a half done, while some run is unfinished
+        assert len(list(out.glob("runs/*/summary.json"))) < RUNS
+        return run_to_kill(run_folders(out, sweep), workers.__contains__, ROUNDS)
+    killed_folder, pid, at = wait_until(process, running_run, "a worker could be killed mid-run", KILL_TIMEOUT,
+                                        dask_cluster.log_tails)
+    os.killpg(pid, signal.SIGKILL)
+    killed_worker = workers[pid]
+    killed_worker.wait(timeout=10)
+    stdout, stderr = process.communicate(timeout=SWEEP_TIMEOUT)
     assert killed_worker.returncode == -signal.SIGKILL
     assert [worker.poll() for worker in dask_cluster.workers].count(None) == 1, "the other worker must live on"
     assert process.returncode == 0, f"{stdout}\n{stderr}\n{dask_cluster.log_tails()}"
     assert f"{RUNS} completed" in stdout, stdout
 
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = manifest_of(out)
     assert len(manifest["runs"]) == RUNS
     assert {run["folder"] for run in manifest["runs"]} == {f"runs/{planned.folder_name}" for planned in sweep.runs}
     assert all(run["status"] == "completed" and run["completed"] == ROUNDS for run in manifest["runs"]), manifest
 
-    # The killed worker's run was resumed by the surviving worker from its checkpoint, not started again:
-    # a second session that began at the checkpoint's round (or later: the killed worker may have written
-    # a newer checkpoint between our reading and the kill) and ended the run.
-    sessions = RunFolder(killed_folder).read_json("meta.json")["sessions"]
-    assert len(sessions) == 2, sessions
-    assert "ended" not in sessions[0], sessions          # the killed session never ended
-    assert at <= sessions[1]["from"] < ROUNDS and sessions[1]["from"] % CHECKPOINT_EVERY == 0, (at, sessions)
-    assert sessions[1]["status"] == "completed" and sessions[1]["to"] == ROUNDS
+    # The killed worker's run was resumed by the surviving worker from a checkpoint (the killed worker may
+    # have written a newer one between our reading and the kill), not started again.
+    sessions = assert_resumed_once(killed_folder, at, ROUNDS)
+    assert sessions[1]["from"] % CHECKPOINT_EVERY == 0 and sessions[1]["status"] == "completed", sessions
     assert owner(killed_folder) is None                # the lock was let go
 
     # The same sweep on the local backend: the same folders, bitwise the same histories.
@@ -176,8 +155,7 @@ def test_a_worker_killed_mid_sweep_loses_no_run_and_changes_no_history(tmp_path,
 def test_the_threads_option_reaches_the_workers_of_a_local_dask_cluster(tmp_path):
     """`--backend dask` without a scheduler starts a LocalCluster whose workers get --threads in their
     environment before anything numerical loads, as the local pool's do (each run records it)."""
-    path = tmp_path / "sweep.toml"
-    path.write_text(sweep_text("threads", 3, CHECKPOINT_EVERY, "seed = [0, 1]"))
+    path = write_sweep(tmp_path, "threads", 3, CHECKPOINT_EVERY, "seed = [0, 1]")
     env = {key: value for key, value in os.environ.items() if key not in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS")}
     result = subprocess.run([sys.executable, "-m", "fedsim", "sweep", str(path), "--backend", "dask", "--workers",
                              "2", "--threads", "1", "--out", str(tmp_path / "out"), "--quiet"], cwd=tmp_path,
@@ -212,12 +190,11 @@ def test_a_scheduler_address_that_is_not_dask_fails_in_bounded_time_with_one_lin
     result = fedsim(tmp_path, "sweep", sweep_path, "--backend", "dask", "--scheduler", http_server, "--out", out,
                     "--quiet", timeout=SCHEDULER_TIMEOUT + 40)
     assert time.monotonic() - started < SCHEDULER_TIMEOUT + 20
-    lines = error_lines(result.stderr)
-    assert result.returncode == 2 and len(lines) == 1, result.stderr
-    assert lines[0] == (f"fedsim: error: --scheduler {http_server}: no Dask scheduler answered within "
+    line = one_line_error(result, 2)
+    assert line == (f"fedsim: error: --scheduler {http_server}: no Dask scheduler answered within "
                         f"{SCHEDULER_TIMEOUT:g} s (it accepted the connection but never answered as a Dask "
                         f"scheduler); check that a Dask scheduler runs there (`dask scheduler --port PORT`) and "
-                        f"that the address is its tcp://HOST:PORT, not its dashboard's"), lines
+                        f"that the address is its tcp://HOST:PORT, not its dashboard's"), line
     assert not out.exists(), "nothing may be written before the scheduler answers"
 
 
@@ -226,44 +203,38 @@ def test_a_scheduler_address_that_is_not_dask_fails_in_bounded_time_with_one_lin
     ("localhost", "missing port number in address 'localhost'"),
 ])
 def test_a_malformed_scheduler_address_is_one_line(tmp_path, sweep_path, address, fragment):
-    result = fedsim(tmp_path, "sweep", sweep_path, "--backend", "dask", "--scheduler", address, "--out",
-                    tmp_path / "out")
-    lines = error_lines(result.stderr)
-    assert result.returncode == 2 and len(lines) == 1, result.stderr
-    assert lines[0].startswith(f"fedsim: error: --scheduler {address!r} is not a Dask scheduler address (") \
-        and fragment in lines[0] and lines[0].endswith("; give tcp://HOST:PORT"), lines
+    line = one_line_error(fedsim(tmp_path, "sweep", sweep_path, "--backend", "dask", "--scheduler", address,
+                                 "--out", tmp_path / "out"), 2, fragment)
+    assert line.startswith(f"fedsim: error: --scheduler {address!r} is not a Dask scheduler address (") \
+        and line.endswith("; give tcp://HOST:PORT"), line
     assert not (tmp_path / "out").exists()
 
 
 def test_threads_with_a_scheduler_is_one_line(tmp_path, sweep_path):
     """The workers of --scheduler are started by their owner: --threads cannot reach them and is refused (the
     same sweep without --threads would contact the scheduler), before anything is written."""
-    result = fedsim(tmp_path, "sweep", sweep_path, "--backend", "dask", "--scheduler", "tcp://127.0.0.1:9",
-                    "--threads", "1", "--out", tmp_path / "out")
-    lines = error_lines(result.stderr)
-    assert result.returncode == 2 and len(lines) == 1, result.stderr
-    assert lines[0].startswith("fedsim: error: --threads sets the workers fedsim starts; the workers of "
-                               "--scheduler keep their own") and "dask worker ADDRESS --nthreads 1" in lines[0]
+    line = one_line_error(fedsim(tmp_path, "sweep", sweep_path, "--backend", "dask", "--scheduler",
+                                 "tcp://127.0.0.1:9", "--threads", "1", "--out", tmp_path / "out"), 2,
+                          "dask worker ADDRESS --nthreads 1")
+    assert line.startswith("fedsim: error: --threads sets the workers fedsim starts; the workers of --scheduler "
+                           "keep their own"), line
     assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow
 def test_ctrl_c_stops_the_dask_tasks_at_a_step_boundary_and_the_same_command_finishes(tmp_path, sweep_path,
-                                                                                      dask_cluster):
+                                                                                      dask_cluster, start_sweep):
     """A Dask task's run gets no signal: the sweep sets an Event its tasks look at between steps. The runs
     begun stop with a checkpoint at their last step (nothing recorded past it), the queued ones never start,
     and the same command finishes the sweep with the histories of the local backend."""
     path, out = sweep_path, tmp_path / "dask"
-    folders = [out / "runs" / planned.folder_name for planned in load_sweep(path).runs]
+    folders = run_folders(out, load_sweep(path))
     on_dask = ("--backend", "dask", "--scheduler", dask_cluster.address)
-    process = start_sweep(tmp_path, path, out, *on_dask)
-    try:
-        wait_until(process, lambda: sum(checkpointed(folder) > 0 for folder in folders) >= 2,
-                   "two runs reached a checkpoint", KILL_TIMEOUT, dask_cluster.log_tails)
-        os.killpg(process.pid, signal.SIGINT)          # the sweep's group; the cluster has its own sessions
-        _, stderr = process.communicate(timeout=60)
-    finally:
-        kill_group(process)
+    process = start_sweep(path, out, *on_dask)
+    wait_until(process, lambda: sum(checkpointed(folder) > 0 for folder in folders) >= 2,
+               "two runs reached a checkpoint", KILL_TIMEOUT, dask_cluster.log_tails)
+    os.killpg(process.pid, signal.SIGINT)          # the sweep's group; the cluster has its own sessions
+    _, stderr = process.communicate(timeout=60)
     assert process.returncode == 128 + signal.SIGINT, stderr
     assert "Continue with: fedsim sweep" in error_lines(stderr)[0], stderr
     statuses = stopped_statuses(out, folders, ROUNDS)
