@@ -202,12 +202,6 @@ def command_show_config(args) -> int:
 # run
 
 
-def _describe(config) -> str:
-    family = config.algorithm_family
-    return (f"{config.method} on {config.data.dataset}, {config.n_clients} {family.report.clients_word}, "
-            f"{config.steps} {family.units}")
-
-
 def _print_results(outcome, quiet: bool) -> None:
     """What a run that completed now reached (the run folder alone when ``quiet``)."""
     folder, summary = outcome.folder.path, outcome.summary or {}
@@ -244,7 +238,9 @@ def command_run(args) -> int:
         config, name = resolve_config(args)
         out = Path(args.out) if args.out else default_run_dir(name)
         if not args.quiet:
-            print(f"fedsim: {name}: {_describe(config)} -> {out}", flush=True)
+            family = config.algorithm_family
+            print(f"fedsim: {name}: {config.method} on {config.data.dataset}, {config.n_clients} "
+                  f"{family.report.clients_word}, {config.steps} {family.units} -> {out}", flush=True)
         run = partial(start_run, config, out, name=name, quiet=args.quiet)
     try:
         outcome = run()

@@ -554,11 +554,8 @@ def apply_overrides(raw: dict, overrides=()) -> dict:
 # presets
 
 
-PRESETS_PACKAGE = "fedsim.presets"
-
-
 def _preset_files() -> dict:
-    folder = resources.files(PRESETS_PACKAGE)
+    folder = resources.files("fedsim.presets")
     return {entry.name[:-len(".toml")]: entry for entry in folder.iterdir() if entry.name.endswith(".toml")}
 
 
