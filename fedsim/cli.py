@@ -477,7 +477,3 @@ def main(argv=None) -> int:
         handler = COMMANDS[args.command]
     return one_line_errors("fedsim", partial(handler, args), debug=args.debug,
                            unexpected="run again with --debug for the traceback, and please report it")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

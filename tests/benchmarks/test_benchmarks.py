@@ -1,8 +1,9 @@
 """Smoke tests of the benchmark suite: it runs, validates and reports; never how fast anything is.
 
 ``python -m benchmarks.run --smoke --threads 1 2`` runs every suite on tiny inputs into a temporary folder,
-once for the module (:func:`smoke_run`: the first two tests read it); the other tests check that validation catches deliberately wrong implementations (a benchmark must refuse to time
-implementations that disagree) and that the target check reads the numbers the right way round.
+once for the module (:func:`smoke_run`: the first two tests read it); the other tests check that validation
+catches deliberately wrong implementations (a benchmark must refuse to time implementations that disagree) and
+that the target check reads the numbers the right way round.
 """
 
 import json
@@ -16,14 +17,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from benchmarks import common, kernels, report, round_parts, rounds
+from benchmarks import sweep as benchmarks_sweep
+from benchmarks.common import ValidationError
+
 REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from benchmarks import common, kernels, report, round_parts, rounds  # noqa: E402
-from benchmarks import sweep as benchmarks_sweep  # noqa: E402
-from benchmarks.common import ValidationError  # noqa: E402
-
 pytest.importorskip("torch")
 
 
