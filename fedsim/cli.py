@@ -1,21 +1,6 @@
-"""The ``fedsim`` command (also ``python -m fedsim``).
-
-::
-
-    fedsim run CONFIG.toml | --preset NAME  [--set key=value ...] [--seed N] [--dataset NAME]
-               [--data-dir DIR] [--out DIR] [--quiet]
-    fedsim run --resume RUN_DIR [--quiet]
-    fedsim presets
-    fedsim show-config [CONFIG.toml | --preset NAME] [--set key=value ...] [--seed N] [--dataset NAME]
-    fedsim data fetch NAME
-    fedsim data info
-    fedsim plot RUN_DIR [RUN_DIR ...] [--out DIR] [--x rounds | bits | time]
-    fedsim compare RUN_DIR [RUN_DIR ...] [--target-accuracy 0.8] [--target-residual 1e-6]
-    fedsim export RUN_DIR [RUN_DIR ...] --to tensorboard DIR
-    fedsim compressors report [NAME ...] [--vectors gaussian | heavy-tailed | RUN_DIR | preset:NAME] [--draws N] ...
-    fedsim sweep SWEEP.toml [--workers N] [--backend local | dask] ... | fedsim sweep report | plot DIR
-
-Exit statuses and one-line errors: :mod:`fedsim.programs` (shared with the example scripts).
+"""The ``fedsim`` command (also ``python -m fedsim``): :func:`build_parser` declares its commands and options
+(``fedsim --help``), a ``command_*`` function carries out each. Exit statuses and one-line errors:
+:mod:`fedsim.programs` (shared with the example scripts).
 """
 
 from __future__ import annotations
