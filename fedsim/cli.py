@@ -298,7 +298,7 @@ def command_data_info(args) -> int:
     print("search path, in order:")
     for folder, source in search_path(args.data_dir):
         print(f"  {folder}  [{source}]{'' if folder.is_dir() else '  (does not exist)'}")
-    for name, info in DATASETS.items():
+    for name in DATASETS:
         _print_status(name, dataset_status(name, args.data_dir))
     print("synthetic:\n  generated from the seed (FedProx's Synthetic(alpha, beta)); no files")
     return EXIT_OK
