@@ -5,8 +5,7 @@ Two algorithm families over one flat-parameter-vector convention (:mod:`fedsim.p
 * compressed federated averaging: STC (Sattler et al., arXiv 1903.02891), FedAvg, signSGD, top-k;
 * lazy aggregation: LAG (Chen et al., arXiv 1805.09965) and LAQ (Sun et al., arXiv 1909.07588).
 
-Layers, each importing only from the ones before it (ARCHITECTURE.md draws them):
-kernels -> compress / models / data -> algorithms -> experiment, config -> runs -> plot -> cli.
+ARCHITECTURE.md draws its layers, each importing only from the ones below it.
 """
 
 __version__ = "0.1.0"

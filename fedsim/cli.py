@@ -1,21 +1,6 @@
-"""The ``fedsim`` command (also ``python -m fedsim``).
-
-::
-
-    fedsim run CONFIG.toml | --preset NAME  [--set key=value ...] [--seed N] [--dataset NAME]
-               [--data-dir DIR] [--out DIR] [--quiet]
-    fedsim run --resume RUN_DIR [--quiet]
-    fedsim presets
-    fedsim show-config [CONFIG.toml | --preset NAME] [--set key=value ...] [--seed N] [--dataset NAME]
-    fedsim data fetch NAME
-    fedsim data info
-    fedsim plot RUN_DIR [RUN_DIR ...] [--out DIR] [--x rounds | bits | time]
-    fedsim compare RUN_DIR [RUN_DIR ...] [--target-accuracy 0.8] [--target-residual 1e-6]
-    fedsim export RUN_DIR [RUN_DIR ...] --to tensorboard DIR
-    fedsim compressors report [NAME ...] [--vectors gaussian | heavy-tailed | RUN_DIR | preset:NAME] [--draws N] ...
-    fedsim sweep SWEEP.toml [--workers N] [--backend local | dask] ... | fedsim sweep report | plot DIR
-
-Exit statuses and one-line errors: :mod:`fedsim.programs` (shared with the example scripts).
+"""The ``fedsim`` command (also ``python -m fedsim``): :func:`build_parser` declares its commands and options
+(``fedsim --help``), a ``command_*`` function carries out each. Exit statuses and one-line errors:
+:mod:`fedsim.programs` (shared with the example scripts).
 """
 
 from __future__ import annotations
@@ -202,12 +187,6 @@ def command_show_config(args) -> int:
 # run
 
 
-def _describe(config) -> str:
-    family = config.algorithm_family
-    return (f"{config.method} on {config.data.dataset}, {config.n_clients} {family.report.clients_word}, "
-            f"{config.steps} {family.units}")
-
-
 def _print_results(outcome, quiet: bool) -> None:
     """What a run that completed now reached (the run folder alone when ``quiet``)."""
     folder, summary = outcome.folder.path, outcome.summary or {}
@@ -244,7 +223,9 @@ def command_run(args) -> int:
         config, name = resolve_config(args)
         out = Path(args.out) if args.out else default_run_dir(name)
         if not args.quiet:
-            print(f"fedsim: {name}: {_describe(config)} -> {out}", flush=True)
+            family = config.algorithm_family
+            print(f"fedsim: {name}: {config.method} on {config.data.dataset}, {config.n_clients} "
+                  f"{family.report.clients_word}, {config.steps} {family.units} -> {out}", flush=True)
         run = partial(start_run, config, out, name=name, quiet=args.quiet)
     try:
         outcome = run()
@@ -317,7 +298,7 @@ def command_data_info(args) -> int:
     print("search path, in order:")
     for folder, source in search_path(args.data_dir):
         print(f"  {folder}  [{source}]{'' if folder.is_dir() else '  (does not exist)'}")
-    for name, info in DATASETS.items():
+    for name in DATASETS:
         _print_status(name, dataset_status(name, args.data_dir))
     print("synthetic:\n  generated from the seed (FedProx's Synthetic(alpha, beta)); no files")
     return EXIT_OK
@@ -481,7 +462,3 @@ def main(argv=None) -> int:
         handler = COMMANDS[args.command]
     return one_line_errors("fedsim", partial(handler, args), debug=args.debug,
                            unexpected="run again with --debug for the traceback, and please report it")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -20,14 +20,14 @@ Validation happens in one place, :func:`config_from_dict`: the plugins are impor
 names), then three steps, each failing with a :class:`ConfigError` whose one-line message names the setting:
 
 1. keys: an unknown key is reported with the closest valid key (``difflib``);
-2. values: each dataclass checks its fields against the constraints they declare
-   (:mod:`fedsim.constraints`: an integer is accepted for a float field and converted; ``true``/``false`` is
-   never taken for a number), then the checks that relate several of its fields;
+2. values: each dataclass checks its fields against the constraints they declare (:mod:`fedsim.constraints`),
+   then the checks that relate several of its fields;
 3. the cross-table checks of :class:`ExperimentConfig`.
 
 ``show-config`` writes each field's one-line description, declared beside its constraint, as its comment.
 :func:`config_to_toml` writes a config with every setting filled in; reading that text again gives an equal
-config. Unset settings (``None``, which TOML cannot express) are comments saying what unset means.
+config. Unset settings (``None``, which TOML cannot express) are comments saying what unset means
+(``# name = (unset: meaning)``).
 """
 
 from __future__ import annotations
@@ -452,12 +452,8 @@ def _unset_meaning(config: ExperimentConfig, table: str, name: str) -> str:
 
 
 def config_to_toml(config: ExperimentConfig, header: str = "", comments: bool = True) -> str:
-    """``config`` as TOML text with every setting written out.
-
-    Unset (``None``) settings become comment lines ``# name = (unset: meaning)``; reading the text back
-    with :func:`parse_toml` and :func:`config_from_dict` gives a config equal to ``config``. With
-    ``comments``, each setting carries its field's one-line description.
-    """
+    """``config`` as TOML text, every setting written out (the module docstring says how); with ``comments``,
+    each setting carries its field's one-line description."""
     lines = [f"# {line}".rstrip() for line in header.splitlines()] if header else []
     top_comments = _comments(ExperimentConfig) if comments else {}
     for key in TOP_LEVEL:
@@ -554,11 +550,8 @@ def apply_overrides(raw: dict, overrides=()) -> dict:
 # presets
 
 
-PRESETS_PACKAGE = "fedsim.presets"
-
-
 def _preset_files() -> dict:
-    folder = resources.files(PRESETS_PACKAGE)
+    folder = resources.files("fedsim.presets")
     return {entry.name[:-len(".toml")]: entry for entry in folder.iterdir() if entry.name.endswith(".toml")}
 
 

@@ -43,8 +43,7 @@ class Constraint:
         return True
 
     def check(self, name: str, value):
-        """``value``, normalized, if it is allowed; otherwise a one-line TypeError (wrong kind) or ValueError
-        (right kind, not allowed) naming ``name``."""
+        """``value``, normalized, if it is allowed; else the module's one-line TypeError or ValueError."""
         try:
             normalized = self.normalize(value)
         except TypeError:
@@ -102,8 +101,8 @@ class Integer(Constraint):
 
 @dataclass(frozen=True)
 class Real(Constraint):
-    """A finite real number (an integer is accepted and becomes a float) in the interval given by ``low``,
-    ``high`` and whether each end is open; either bound may be None."""
+    """A finite real number (an integer is accepted and becomes a float; a bool never is) in the interval given
+    by ``low``, ``high`` and whether each end is open; either bound may be None."""
 
     low: float | None = None
     high: float | None = None

@@ -44,24 +44,16 @@ def scalars(run) -> list[tuple[str, float, int]]:
     return rows
 
 
-def event_folders(runs, out) -> list[Path]:
-    """The event-file folder of each run under ``out``: its folder's name, with its parent's when two
-    runs share a name."""
-    names = Counter(run.path.name for run in runs)
-    return [Path(out) / (f"{run.path.parent.name}/{run.path.name}" if names[run.path.name] > 1 else run.path.name)
-            for run in runs]
-
-
 def to_tensorboard(runs, out) -> list[Path]:
-    """Write each run's :func:`scalars` as one TensorBoard run under ``out``; the folders written.
-
-    Raises ImportError (naming :data:`TENSORBOARD_INSTALL`) when tensorboardX is not installed.
-    """
+    """Write each run's :func:`scalars` as one TensorBoard run under ``out`` (named as the module says); the
+    folders written. ImportError (naming :data:`TENSORBOARD_INSTALL`) when tensorboardX is not installed."""
     try:
         from tensorboardX import SummaryWriter
     except ImportError:
         raise ImportError(f"the TensorBoard export needs the extra tensorboard: {TENSORBOARD_INSTALL}") from None
-    folders = event_folders(runs, out)
+    names = Counter(run.path.name for run in runs)
+    folders = [Path(out) / (f"{run.path.parent.name}/{run.path.name}" if names[run.path.name] > 1 else run.path.name)
+               for run in runs]
     for run, folder in zip(runs, folders):
         for old in folder.glob(f"events.out.tfevents.*{EVENT_FILE_SUFFIX}"):
             old.unlink()
@@ -72,4 +64,4 @@ def to_tensorboard(runs, out) -> list[Path]:
     return folders
 
 
-__all__ = ["EVENT_FILE_SUFFIX", "TENSORBOARD_INSTALL", "event_folders", "scalars", "to_tensorboard"]
+__all__ = ["EVENT_FILE_SUFFIX", "TENSORBOARD_INSTALL", "scalars", "to_tensorboard"]

@@ -357,12 +357,10 @@ def lazy_figures(runs: list[RunResult], out: Path, max_workers: int = 10, f_star
 
 
 def plot_runs(runs: list[RunResult], out, notes: list[str] | None = None, **options) -> list[Path]:
-    """All figures for ``runs`` into folder ``out``: each family's runs drawn by the figure function
-    its registration names (``Report.figure``), with the ``options`` that function takes.
-
-    ``notes``, if given, gets one line per run drawn only in part (diverged, or too large to draw).
-    ``x`` (an option): "rounds" or "iterations" (each family's steps, the default), "bits", "time" or
-    "simulated"."""
+    """All figures for ``runs`` into folder ``out``, and into ``notes`` (if given) the line of each run drawn
+    in part: each family's runs drawn by the figure function its registration names (``Report.figure``), with
+    the ``options`` it takes. ``x``: "rounds" or "iterations" (each family's steps, the default), "bits",
+    "time" or "simulated"."""
     import inspect
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

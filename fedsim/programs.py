@@ -1,8 +1,9 @@
 """What every command-line program of fedsim shares (the ``fedsim`` command, :mod:`fedsim.cli`, and the
 example scripts): exit statuses, one-line errors, a run's outcome reported, the ``--model`` options.
 
-Exit status: 0 success; 1 the run diverged, or data could not be had; 2 a bad command line or config (one
-error line on stderr); 128 + signal number when a run or a sweep was stopped by a signal (130 for Ctrl-C).
+Exit status: 0 success; 1 the run diverged, data could not be had, or the system refused (a disk, a permission,
+a path); 2 a bad command line, config, run or sweep folder (one error line on stderr); 128 + signal number when
+a run or a sweep was stopped by a signal (130 for Ctrl-C).
 """
 
 from __future__ import annotations
@@ -22,9 +23,8 @@ EXIT_USAGE = 2
 
 
 def error_status(error: Exception) -> tuple[int, str] | None:
-    """The exit status and the one line telling of an error a user can fix: 2 for a setting (a command
-    line, a config, a run or sweep folder), 1 for data that cannot be had or the system refusing (a disk,
-    a permission, a path); None for an error fedsim did not expect."""
+    """The exit status (module docstring) and the one line telling of an error a user can fix; None for an
+    error fedsim did not expect."""
     from fedsim.compress.budget import BudgetError
     from fedsim.config import ConfigError
     from fedsim.data.registry import DataSettingError
@@ -43,14 +43,12 @@ def error_status(error: Exception) -> tuple[int, str] | None:
 
 def one_line_errors(prog: str, body, *, interrupted: str = "interrupted", debug: bool = False,
                     unexpected: str | None = None) -> int:
-    """``body()``'s exit status, with an error printed as the one line ``PROG: error: ...`` and given its
-    exit status by :func:`error_status`, and each warning as the one line ``PROG: warning: ...``:
-    ``fedsim`` and the examples end alike.
+    """``body()``'s exit status; an error printed as the one line ``PROG: error: ...`` with the status of
+    :func:`error_status`, each warning as ``PROG: warning: ...`` (``fedsim`` and the examples end alike).
 
-    Ctrl-C prints ``PROG: `` and the interrupt's text (``interrupted`` if it has none) and gives
-    128 + SIGINT = 130; a closed pipe (``fedsim compare ... | head``) ends quietly with 0. An error fedsim
-    did not expect is one line too, with the advice ``unexpected``, if that is given; else it raises (its
-    traceback), as every error does with ``debug``.
+    Ctrl-C prints ``PROG: `` and the interrupt's text (else ``interrupted``): 128 + SIGINT = 130; a closed
+    pipe (``fedsim compare ... | head``) ends quietly with 0. An error fedsim did not expect is one line with
+    the advice ``unexpected`` if that is given, else raised (its traceback), as every error is with ``debug``.
     """
     def one_line_warning(message, category, filename, lineno, file=None, line=None):
         print(f"{prog}: warning: {' '.join(str(message).split())}", file=sys.stderr)

@@ -106,12 +106,10 @@ def test_show_config_of_a_file(tmp_path, fedsim_here):
         ("lazy", "gd", "fashion-mnist")
 
 
-def test_bad_config_file_gives_one_error_line_and_exit_2(tmp_path, fedsim_here):
+def test_bad_config_file_gives_one_error_line_and_exit_2(tmp_path):
     (tmp_path / "exp.toml").write_text("[federated]\nlrr = 0.1\n")
     one_line_error(fedsim(tmp_path, "run", "exp.toml", "--quiet"), 2,
                    "unknown setting 'federated.lrr' in exp.toml; did you mean 'federated.lr'?")
-    bad_type = fedsim_here("show-config", "--preset", "synthetic", "--set", "federated.lr=fast")
-    one_line_error(bad_type, 2, "federated.lr must be a finite number > 0, got 'fast'")
     assert not (tmp_path / "runs").exists()
 
 
@@ -120,6 +118,8 @@ CONFIG = ["run", "exp.toml", "--quiet"]
 
 @pytest.mark.parametrize("text, args, fragments", [
     ("[federated]\nlr = \"fast\"\n", CONFIG, ["federated.lr must be a finite number > 0, got 'fast'"]),
+    ("", ["show-config", "--preset", "synthetic", "--set", "federated.lr=fast"],
+     ["federated.lr must be a finite number > 0, got 'fast'"]),
     ("[federated]\np_up = 1.5\n", CONFIG, ["federated.p_up must be a finite number in (0, 1], got 1.5"]),
     ("[federated\n", CONFIG, ["exp.toml: not valid TOML"]),
     ("", [*CONFIG, "--set", "federated.rounds=0"], ["federated.rounds must be an integer >= 1, got 0"]),

@@ -18,12 +18,10 @@ def test_progress_on_a_pipe_is_a_line_every_few_seconds_at_most(tmp_path):
 
 
 def test_a_first_run_with_an_empty_kernel_cache_says_it_is_compiling(tmp_path):
-    result = fedsim(tmp_path, "run", "--preset", "synthetic", *TINY, "--set", "federated.rounds=2",
-                    "--out", tmp_path / "run", NUMBA_CACHE_DIR=str(tmp_path / "empty-cache"))
-    assert result.returncode == 0, result.stderr
-    assert "compiling the kernels this run uses (once per machine" in result.stderr
-    again = fedsim(tmp_path, "run", "--preset", "synthetic", *TINY, "--set", "federated.rounds=2",
-                   "--out", tmp_path / "again", NUMBA_CACHE_DIR=str(tmp_path / "empty-cache"))
+    first, again = (fedsim(tmp_path, "run", "--preset", "synthetic", *TINY, "--set", "federated.rounds=2", "--out",
+                           tmp_path / out, NUMBA_CACHE_DIR=str(tmp_path / "empty-cache")) for out in ("run", "again"))
+    assert first.returncode == 0, first.stderr
+    assert "compiling the kernels this run uses (once per machine" in first.stderr
     assert "compiling" not in again.stderr
 
 

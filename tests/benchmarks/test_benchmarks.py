@@ -1,8 +1,9 @@
 """Smoke tests of the benchmark suite: it runs, validates and reports; never how fast anything is.
 
 ``python -m benchmarks.run --smoke --threads 1 2`` runs every suite on tiny inputs into a temporary folder,
-once for the module (:func:`smoke_run`: the first two tests read it); the other tests check that validation catches deliberately wrong implementations (a benchmark must refuse to time
-implementations that disagree) and that the target check reads the numbers the right way round.
+once for the module (:func:`smoke_run`: the first two tests read it); the other tests check that validation
+catches deliberately wrong implementations (a benchmark must refuse to time implementations that disagree) and
+that the target check reads the numbers the right way round.
 """
 
 import json
@@ -16,14 +17,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from benchmarks import common, kernels, report, round_parts, rounds
+from benchmarks import sweep as benchmarks_sweep
+from benchmarks.common import ValidationError
+
 REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from benchmarks import common, kernels, report, round_parts, rounds  # noqa: E402
-from benchmarks import sweep as benchmarks_sweep  # noqa: E402
-from benchmarks.common import ValidationError  # noqa: E402
-
 pytest.importorskip("torch")
 
 
@@ -300,32 +298,44 @@ def _check_mlp(rounds_results: dict, tables) -> None:
     assert len(targets) == 4
 
 
+def _gradients_one_percent_off(method):
+    """``method``, which returns (losses, gradients), with its gradients 1% too large."""
+    def wrong(*args, **kwargs):
+        losses, gradients = method(*args, **kwargs)
+        return losses, gradients * 1.01
+    return wrong
+
+
+def _clients_start_one_percent_off(patch, parameters) -> None:
+    """The per-client torch loop with each client's ``parameters(model)`` starting at 1.01 times the server's."""
+    from benchmarks import torch_reference
+    load = torch_reference.TorchSTCClientLoop._load
+
+    def off_by_a_percent(self, model):
+        load(self, model)
+        with torch_reference.torch.no_grad():
+            for parameter in parameters(model):
+                parameter.mul_(1.01)
+    patch.setattr(torch_reference.TorchSTCClientLoop, "_load", off_by_a_percent)
+
+
 def test_mlp_validation_catches_wrong_torch_gradients(monkeypatch):
     """The MLP benchmarks refuse to time torch implementations whose gradients are off by 1%: the batched
     round, the per-client loop's round (its clients start 1% off) and the per-worker LAQ iteration."""
     from benchmarks import mlp, torch_reference
     peak = {"gflops": 1.0, "dtype": "float32"}             # skips the peak measurement
-    original = torch_reference.MLPGradients.__call__
     with monkeypatch.context() as patch:
         patch.setattr(torch_reference.MLPGradients, "__call__",
-                      lambda self, *args, **kwargs: (lambda out: (out[0], out[1] * 1.01))(original(self, *args, **kwargs)))
+                      _gradients_one_percent_off(torch_reference.MLPGradients.__call__))
         with pytest.raises(ValidationError, match="MLP, batched torch"):
             mlp.mlp_round_benchmark("smoke", peak=peak)
-    original_load = torch_reference.TorchSTCClientLoop._load
-
-    def off_by_a_percent(self, model):                     # each client starts from 1.01 W
-        original_load(self, model)
-        with torch_reference.torch.no_grad():
-            for parameter in model.parameters():
-                parameter.mul_(1.01)
     with monkeypatch.context() as patch:
-        patch.setattr(torch_reference.TorchSTCClientLoop, "_load", off_by_a_percent)
+        _clients_start_one_percent_off(patch, lambda model: model.parameters())
         with pytest.raises(ValidationError, match="MLP, per-client torch"):
             mlp.mlp_round_benchmark("smoke", peak=peak)
-    original_workers = torch_reference.TorchLAQMLPRun._worker_gradients
     with monkeypatch.context() as patch:
         patch.setattr(torch_reference.TorchLAQMLPRun, "_worker_gradients",
-                      lambda self, theta: (lambda out: (out[0], out[1] * 1.01))(original_workers(self, theta)))
+                      _gradients_one_percent_off(torch_reference.TorchLAQMLPRun._worker_gradients))
         with pytest.raises(ValidationError, match=r"MLP LAQ iterate theta\^1 \(torch_per_client vs fedsim\)"):
             mlp.mlp_laq_iteration_benchmark("smoke", peak={"gflops": 1.0, "dtype": "float64"})
 
@@ -389,15 +399,7 @@ def test_round_validation_catches_a_wrong_torch_round(monkeypatch):
 
 
 def test_round_validation_catches_a_wrong_per_client_loop(monkeypatch):
-    from benchmarks import torch_reference
-
-    original = torch_reference.TorchSTCClientLoop._load
-
-    def off_by_a_percent(self, model):                 # each client starts from 1.01 W
-        original(self, model)
-        with torch_reference.torch.no_grad():
-            model.weight.mul_(1.01)
-    monkeypatch.setattr(torch_reference.TorchSTCClientLoop, "_load", off_by_a_percent)
+    _clients_start_one_percent_off(monkeypatch, lambda model: [model.weight])      # each client starts from 1.01 W
     with pytest.raises(ValidationError, match="per-client torch"):
         rounds.stc_round_benchmark("smoke")
 

@@ -1,19 +1,12 @@
 """Smoke tests of the local epoch benchmark (benchmarks/local_epoch.py): one small case validates and
 reports, a wrong torch round is refused before anything is timed, and its targets read the right way round."""
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from benchmarks import local_epoch, report  # noqa: E402
-from benchmarks.common import ValidationError  # noqa: E402
-from benchmarks.rounds import load_or_synthesize, peak_here  # noqa: E402
+from benchmarks import local_epoch, report
+from benchmarks.common import ValidationError
+from benchmarks.rounds import load_or_synthesize, peak_here
 
 torch = pytest.importorskip("torch")
 SMOKE = dict(local_epoch.SETTINGS["smoke"], repeats=1)

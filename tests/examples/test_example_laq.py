@@ -1,7 +1,6 @@
 """examples/laq_mnist.py: the same experiment API as `fedsim run` (presets, run folders, resume), its table,
 f* and figures, on real and synthetic data."""
 
-import importlib.util
 import json
 import re
 import tomllib
@@ -11,17 +10,14 @@ import numpy as np
 import pytest
 
 from fedsim.config import load_preset
+from tests.examples.conftest import load_example
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "laq_mnist.py"
 METHODS = ["gd", "qgd", "lag-wk", "lag-ps", "laq"]
 
 
 @pytest.fixture(scope="module")
 def example():
-    spec = importlib.util.spec_from_file_location("laq_mnist_example", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_example("laq_mnist.py")
 
 
 def _check_outputs(result, out: Path, printed: str, methods, iterations):

@@ -1,26 +1,15 @@
 """examples/stc_mnist.py: the same experiment API as `fedsim run` (presets, run folders, resume, one-line
 errors), and its default settings showing STC at its best on the offline data."""
 
-import importlib.util
 import json
 import tomllib
-from pathlib import Path
 
 from fedsim.config import load_preset
-
-
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "stc_mnist.py"
-
-
-def load_example():
-    spec = importlib.util.spec_from_file_location("stc_mnist_example", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.examples.conftest import load_example
 
 
 def test_synthetic_stc_is_within_five_points_of_fedavg_and_reruns_skip(tmp_path, capsys):
-    example = load_example()
+    example = load_example("stc_mnist.py")
     args = ["--dataset", "synthetic", "--rounds", "20", "--method", "stc_updown", "fedavg", "--out", str(tmp_path)]
     assert example.main(args) == 0
     out = capsys.readouterr().out
@@ -41,7 +30,7 @@ def test_synthetic_stc_is_within_five_points_of_fedavg_and_reruns_skip(tmp_path,
 
 
 def test_errors_are_one_line_like_the_cli(tmp_path, capsys):
-    example = load_example()
+    example = load_example("stc_mnist.py")
     status = example.main(["--dataset", "synthetic", "--set", "federated.lrr=0.1", "--out", str(tmp_path)])
     err = capsys.readouterr().err
     assert status == 2 and err.count("\n") == 1 and "did you mean 'federated.lr'" in err, err
@@ -53,7 +42,7 @@ def test_errors_are_one_line_like_the_cli(tmp_path, capsys):
 
 def test_two_rounds_on_fashion_mnist(shared_data, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("FEDSIM_DATA", str(shared_data))
-    example = load_example()
+    example = load_example("stc_mnist.py")
     assert example.main(["--dataset", "fashion-mnist", "--rounds", "2", "--out", str(tmp_path),
                          "--method", "stc_updown", "qsgd_up"]) == 0
     out = capsys.readouterr().out
@@ -66,7 +55,7 @@ def test_model_option_sets_the_model_of_every_run(tmp_path, capsys, monkeypatch)
     """--model mlp (choices from the model registry) with its default hidden layer, or --hidden; without
     --model the preset's model is untouched. (No figure: the first test draws it.)"""
     monkeypatch.setattr("fedsim.plot.plot_runs", lambda runs, out, **options: [])
-    example = load_example()
+    example = load_example("stc_mnist.py")
     assert example.main(["--dataset", "synthetic", "--rounds", "2", "--method", "stc_updown", "--model", "mlp", "--hidden", "16", "8", "--out", str(tmp_path / "mlp"), "--quiet"]) == 0
     assert "settings (synthetic preset): synthetic, model mlp 16-8 relu (glorot init), 30 clients" in \
         capsys.readouterr().out

@@ -19,6 +19,7 @@ import pytest
 
 from fedsim.runs import RunFolder, strip_wall_time
 from tests.conftest import clean_env, error_lines, fedsim
+from tests.examples.conftest import REPO
 from tests.sweeps.test_sweep_faults import checkpointed
 from tests.sweeps.test_sweeps import histories, signal_when
 
@@ -29,7 +30,6 @@ except pytest.skip.Exception:          # no dask.distributed: only the Dask test
     def dask_cluster():
         pytest.skip("dask.distributed is not installed (pip install -e '.[dask]')")
 
-REPO = Path(__file__).resolve().parents[2]
 PLUGIN_FOLDER = REPO / "examples" / "plugins"
 WITH_PLUGIN = os.pathsep.join([str(REPO), str(PLUGIN_FOLDER)])
 CONFIG = ('plugins = ["fedsim_int8"]\n\n[data]\ndataset = "synthetic"\npartition = "round_robin"\n'

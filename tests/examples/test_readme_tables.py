@@ -26,7 +26,6 @@ two steps:
 import dataclasses
 import functools
 import gzip
-import importlib.util
 import json
 import os
 import re
@@ -38,20 +37,19 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.examples.conftest import REPO, load_example
+
 README = REPO / "README.md"
 TIMEOUT = 600                     # seconds for one example process
 STC, LAQ = "stc_mnist.py", "laq_mnist.py"
 
-# (test id, the table's header line in README.md, the example it reports)
-TABLES = [
-    ("stc-synthetic", "| method | test accuracy | bits up | bits down |", STC),
-    ("stc-fashion-mnist", "| method | test accuracy after 100 rounds | bits up | bits down |", STC),
-    ("laq-mnist", "| method | iterations to f - f* <= 1e-6 | communications | bits | fewer communications than GD "
-                  "| fewer bits than GD | accuracy |", LAQ),
-    ("laq-fashion-mnist", "| method (Fashion-MNIST, alpha 0.01, f* from L-BFGS) | iterations to 1e-6 | "
-                          "communications | bits | fewer communications | fewer bits | accuracy |", LAQ),
-]
+# The tables each example reports: test id -> the table's header line in README.md.
+STC_TABLES = {"stc-synthetic": "| method | test accuracy | bits up | bits down |",
+              "stc-fashion-mnist": "| method | test accuracy after 100 rounds | bits up | bits down |"}
+LAQ_TABLES = {"laq-mnist": "| method | iterations to f - f* <= 1e-6 | communications | bits | fewer communications "
+                           "than GD | fewer bits than GD | accuracy |",
+              "laq-fashion-mnist": "| method (Fashion-MNIST, alpha 0.01, f* from L-BFGS) | iterations to 1e-6 | "
+                                   "communications | bits | fewer communications | fewer bits | accuracy |"}
 # The columns of a LAQ table after the method, as keys of the example's table.json rows.
 LAQ_COLUMNS = ("iterations", "communications", "bits", "communications_saving", "bits_saving", "final_accuracy")
 # The columns of an STC table after the method, as keys of a run's summary.json.
@@ -133,11 +131,8 @@ def run(command: list[str], environment: dict) -> str:
 
 @functools.cache
 def laq_example():
-    """examples/laq_mnist.py as a module (its option parser and configs)."""
-    spec = importlib.util.spec_from_file_location("laq_mnist_example", REPO / "examples" / "laq_mnist.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """examples/laq_mnist.py as a module (its option parser and configs), loaded once."""
+    return load_example("laq_mnist.py")
 
 
 def example_environment(request, needs_data: bool) -> dict:
@@ -258,6 +253,20 @@ def strip_seconds(summary: dict) -> dict:
 # the tests
 
 
+def sentence_numbers(section: str, sentence: str, what: str) -> tuple[str, ...]:
+    """The numbers (groups) of the regular expression ``sentence`` in ``section``; a space of ``sentence`` is
+    any white space (the README wraps a sentence anywhere)."""
+    claim = re.search(sentence.replace(" ", r"\s+"), section, flags=re.DOTALL)
+    assert claim, f"README.md: {what} is not where the test looks"
+    return claim.groups()
+
+
+def assert_measured(measured: dict[str, tuple[str, str]], what: str) -> None:
+    """Each (claimed, measured) pair of ``measured`` equal, else the list of those that differ."""
+    differences = [f"{name}: README {claim}, measured {got}" for name, (claim, got) in measured.items() if claim != got]
+    assert not differences, f"README.md's {what} is out of date:\n" + "\n".join(differences)
+
+
 def check_table(rows: dict, values: dict, columns: tuple[str, ...]) -> list[str]:
     """Each differing cell of a README table against the example's values (method -> {column: value})."""
     differences = []
@@ -290,10 +299,9 @@ def laq_table_differences(table: dict, printed: str, out: Path) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name, header", [(name, header) for name, header, example in TABLES if example == STC],
-                         ids=[name for name, _, example in TABLES if example == STC])
-def test_readme_table_is_what_the_example_prints(name, header, tmp_path, request):
-    table = readme_table(README.read_text(), header)
+@pytest.mark.parametrize("name", STC_TABLES)
+def test_readme_table_is_what_the_example_prints(name, tmp_path, request):
+    table = readme_table(README.read_text(), STC_TABLES[name])
     command, out = table["command"], tmp_path / "out"
     assert command[1] == f"examples/{STC}", (name, command)
     printed = run(example_command(command, out), example_environment(request, needs_data="synthetic" not in command))
@@ -309,14 +317,13 @@ def test_readme_table_is_what_the_example_prints(name, header, tmp_path, request
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name, header", [(name, header) for name, header, example in TABLES if example == LAQ],
-                         ids=[name for name, _, example in TABLES if example == LAQ])
-def test_readme_laq_table_is_what_the_example_prints_from_the_recorded_runs(name, header, tmp_path, request):
+@pytest.mark.parametrize("name", LAQ_TABLES)
+def test_readme_laq_table_is_what_the_example_prints_from_the_recorded_runs(name, tmp_path, request):
     """The README's command over a copy of the table's recorded runs (examples/results/<name>): every run
     has the config the command builds for its method (by sha256); the example finds each finished and prints
     the table of them."""
     from fedsim.config import config_fingerprint
-    table = readme_table(README.read_text(), header)
+    table = readme_table(README.read_text(), LAQ_TABLES[name])
     command, out = table["command"], tmp_path / "out"
     assert command[1] == f"examples/{LAQ}", (name, command)
     options = laq_example().parse_args(command[2:])
@@ -358,9 +365,8 @@ def test_readme_stc_seed_experiment_sentence(tmp_path, request):
     sentence = (r"(\d+) rounds reach \*\*([0-9.]+)% test accuracy\*\* \((0\.[0-9]+)\) \(([0-9.]+)% on the first "
                 r"([0-9,]+) training samples\), with ([0-9.]+) Mbit sent up and ([0-9.]+) Mbit down in all \(the "
                 r"paper's estimate for the upstream: ([0-9.]+) Mbit\)")
-    claim = re.search(sentence.replace(" ", r"\s+"), section)          # the README wraps it anywhere
-    assert claim, "README.md: the STC seed experiment's sentence of results is not where the test looks"
-    rounds, percent, accuracy, train_percent, train_samples, up, down, estimate = claim.groups()
+    rounds, percent, accuracy, train_percent, train_samples, up, down, estimate = sentence_numbers(
+        section, sentence, "the STC seed experiment's sentence of results")
     command = next(command for _, command in commands(section) if f"--rounds {rounds}" in " ".join(command))
     out = tmp_path / "out"
     run(example_command(command, out), example_environment(request, needs_data=True))
@@ -380,9 +386,7 @@ def test_readme_stc_seed_experiment_sentence(tmp_path, request):
                 "training samples evaluated": (train_samples, f"{evaluated:,}"),
                 "Mbit up": mbit(up, summary["bits_up"]), "Mbit down": mbit(down, summary["bits_down"]),
                 "the paper's estimate, Mbit up": mbit(estimate, sum(r["bits_up_analytic"] for r in history))}
-    differences = [f"{what}: README {claimed}, the example {got}" for what, (claimed, got) in measured.items()
-                   if claimed != got]
-    assert not differences, "README.md's STC seed experiment sentence is out of date:\n" + "\n".join(differences)
+    assert_measured(measured, "STC seed experiment sentence")
 
 
 def test_readme_laq_bits_sweep_sentence():
@@ -406,9 +410,8 @@ def test_readme_laq_bits_sweep_sentence():
     sentence = (r"b = 8 and b = 4 reach the residual \(f - f\* <= 1e-([0-9]+), with the f\* of the LAQ table above\) "
                 r"with ([0-9,]+) and ([0-9,]+) uploads .*?\*\*b = 2 does not converge\*\*: f climbs above ([0-9,]+) "
                 r"within ([0-9,]+) iterations, peaks at ([0-9,]+) and ends at ([0-9,]+) after ([0-9,]+)")
-    claim = re.search(sentence.replace(" ", r"\s+"), section, flags=re.DOTALL)
-    assert claim, "README.md: the LAQ bits sweep's sentence is not where the test looks"
-    exponent, uploads_8, uploads_4, above, within, peak, final, iterations = claim.groups()
+    exponent, uploads_8, uploads_4, above, within, peak, final, iterations = sentence_numbers(
+        section, sentence, "the LAQ bits sweep's sentence")
     f_star = float(re.search(r"f\* is the smallest objective any of the five runs reached \(([0-9.]+)\)",
                              text).group(1))
     assert sorted(runs) == [2, 4, 8]
@@ -426,6 +429,4 @@ def test_readme_laq_bits_sweep_sentence():
                 "b = 2 peak": (peak, f"{max(objective):,.0f}"),
                 "b = 2 final": (final, f"{objective[-1]:,.0f}"),
                 "iterations": (iterations, f"{len(histories[2]):,}")}
-    differences = [f"{what}: README {claimed}, measured {got}" for what, (claimed, got) in measured.items()
-                   if claimed != got]
-    assert not differences, "README.md's LAQ bits sweep sentence is out of date:\n" + "\n".join(differences)
+    assert_measured(measured, "LAQ bits sweep sentence")

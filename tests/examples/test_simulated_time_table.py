@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.examples.conftest import REPO
+
 TARGETS = (0.70, 0.75)
 PROFILES = ("3g", "wifi")
 # The table's columns: per model, per profile, per target (README order).

@@ -2,28 +2,18 @@
 FedAvg with delay n against STC at p = 1/n) planned as the paper says, and the script's table, verdict and
 figure computed from the run folders."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 
 from fedsim.runs import read_run
 from fedsim.sweeps import load_sweep
-
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-
-
-def load_example():
-    spec = importlib.util.spec_from_file_location("stc_paper_protocol", EXAMPLES / "stc_paper_protocol.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.examples.conftest import REPO, load_example
 
 
 def test_both_sweeps_compare_fedavg_with_delay_n_and_stc_at_one_over_n_at_equal_iterations():
     for model, hidden in (("softmax", ()), ("mlp", (200,))):
-        sweep = load_sweep(EXAMPLES / "sweeps" / f"stc_paper_{model}.toml")
+        sweep = load_sweep(REPO / "examples" / "sweeps" / f"stc_paper_{model}.toml")
         assert len(sweep.runs) == 72, model
         plans = set()
         for run in sweep.runs:
@@ -53,7 +43,7 @@ def test_the_report_is_computed_from_the_run_folders(tmp_path, monkeypatch, caps
                      '"federated.method" = ["fedavg", "stc_updown"]\n"federated.local_iterations" = [4, 1]\n'
                      '"federated.rounds" = [2, 8]\n"federated.p_up" = [0.25, 0.25]\n"federated.p_down" = [0.25, 0.25]\n\n'
                      '[grid]\n"data.classes_per_client" = [1, 10]\nseed = [0, 1]\n')
-    example = load_example()
+    example = load_example("stc_paper_protocol.py")
     monkeypatch.setattr(example, "SWEEPS", {"softmax": small})
     example.main(["--models", "softmax", "--out", str(tmp_path / "out"), "--workers", "1", "--quiet"])
     printed = capsys.readouterr().out
