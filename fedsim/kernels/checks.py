@@ -98,36 +98,35 @@ def checked(core, extra=None, **contract):
                 relations(values)
             return values
 
+        @functools.wraps(public)
+        def kernel(*args, **kwargs):
+            return core(*check(*args, **kwargs))
+
+        def py_func(*args, **kwargs):
+            return core.py_func(*check(*args, **kwargs))
+
+        def jitted_call(*args):
+            def call_core(*args):
+                return core(*args)
+            return call_core
+
         check.__name__ = check.__qualname__ = f"{public.__name__}.check"
-        return _kernel(core, public, check, {name: contract[name] for name in names}, extra)
+        py_func.__name__ = public.__name__
+        py_func.__qualname__ = f"{public.__qualname__}.py_func"
+        py_func.__doc__ = f"{public.__name__} with the core's pure-Python body (core.py_func)."
+        kernel.core, kernel.check, kernel.py_func, kernel.extra = core, check, py_func, extra
+        kernel.contract = {name: contract[name] for name in names}
+        overload(kernel, jit_options=JIT_OPTIONS)(jitted_call)
+        return kernel
     return decorate
 
 
-def _kernel(core, public, check, contract, extra):
-    """``core(*check(...))`` named and documented as ``public``, with its attributes and its overload."""
-    @functools.wraps(public)
-    def kernel(*args, **kwargs):
-        return core(*check(*args, **kwargs))
-
-    def py_func(*args, **kwargs):
-        return core.py_func(*check(*args, **kwargs))
-
-    py_func.__name__ = public.__name__
-    py_func.__qualname__ = f"{public.__qualname__}.py_func"
-    py_func.__doc__ = f"{public.__name__} with the core's pure-Python body (core.py_func)."
-    kernel.core = core
-    kernel.check = check
-    kernel.py_func = py_func
-    kernel.contract = contract
-    kernel.extra = extra
-
-    def jitted_call(*args):
-        def call_core(*args):
-            return core(*args)
-        return call_core
-
-    overload(kernel, jit_options=JIT_OPTIONS)(jitted_call)
-    return kernel
+def python_core(body, **pieces):
+    """A core written in plain Python over jitted ``pieces`` (keyword arguments of ``body``): ``body`` with
+    them; its ``.py_func`` passes their pure-Python bodies instead."""
+    core = functools.partial(body, **pieces)
+    core.py_func = functools.partial(body, **{name: piece.py_func for name, piece in pieces.items()})
+    return core
 
 
 def _order(names, contract):
@@ -164,10 +163,6 @@ def _named(bound):
     return ()
 
 
-def _length_or_value(value):
-    return value.shape[0] if isinstance(value, np.ndarray) else value
-
-
 def resolve(bound, args):
     """A bound's value for the arguments ``args`` (by name): a constant as it is, an argument's name as
     that argument's length (an array) or value (an integer), a function called with the arguments it
@@ -180,7 +175,7 @@ def _positional(bound, names):
     """``bound`` (see :func:`resolve`) as a function of the list of a kernel's arguments (``names``)."""
     if isinstance(bound, str):
         index = names.index(bound)
-        return lambda values: _length_or_value(values[index])
+        return lambda values: values[index].shape[0] if isinstance(values[index], np.ndarray) else values[index]
     if callable(bound):
         indices = [names.index(name) for name in inspect.signature(bound).parameters]
         if len(indices) == 1:                  # (the common cases spelled out: cheaper than a loop)

@@ -11,8 +11,7 @@ Decoding starts from n = 1: read a bit; 0 ends with the value n; 1 starts a grou
 and n more) whose value becomes the new n. Fields are written most significant bit first, in the bit
 order of :mod:`fedsim.kernels.bitstream`.
 
-Private helpers of the QSGD kernels (:mod:`fedsim.kernels.qsgd`), each checked (an integer to code in
-[1, 2^62), the code inside the stream) and tested alone.
+Private helpers of the QSGD kernels (:mod:`fedsim.kernels.qsgd`), checked and tested alone.
 """
 
 from __future__ import annotations
@@ -87,7 +86,6 @@ def _omega_bits_unchecked(value):
 
 @_jit
 def _elias_omega_bits_core(value):
-    """:func:`_elias_omega_bits` without the argument checks (it still rejects a value out of range)."""
     if value < 1 or value > MAX_OMEGA_VALUE:
         raise ValueError(OMEGA_RANGE_MESSAGE)
     return _omega_bits_unchecked(value)
@@ -118,9 +116,7 @@ def _elias_omega_bits_numpy(values):
 
 @_jit
 def _write_elias_omega_core(stream, bit_offset, value):
-    """:func:`_write_elias_omega` without the argument checks.
-
-    The groups are placed from the end backwards (the terminating 0 last), so no group list is needed."""
+    """The groups are placed from the end backwards (the terminating 0 last), so no group list is needed."""
     total = _elias_omega_bits_core(value)
     position = bit_offset + total - 1
     _write_uint_core(stream, position, 0, 1)
@@ -142,7 +138,6 @@ def _write_elias_omega(stream, bit_offset, value):
 
 @_jit
 def _read_elias_omega_core(stream, bit_offset, bit_end):
-    """:func:`_read_elias_omega` without the argument checks (reads still stop at ``bit_end``)."""
     value = 1
     offset = bit_offset
     while True:

@@ -25,11 +25,8 @@ the largest |v_i| (float64, by one ulp): that entry gets level s. An all-zero bu
 and out = +0.0 everywhere; its uniforms are consumed all the same (each row takes P). The signed levels
 ``sign(v_i) level_i`` are the message's payload. float64 squares can overflow (entries beyond ~1e154) or
 underflow (a bucket whose entries are all below ~1e-162 has norm 0 and is sent as zero: QSGD is then
-biased there); an overflowing norm raises ``ValueError(NORM_OVERFLOW_MESSAGE)``.
-
-Arithmetic: a plain sequential float64 sum (fastmath off: no reassociation, no fused multiply-add); the
-NumPy twin sums with ``np.cumsum``, which adds in the same order; every other step is one correctly
-rounded IEEE operation, so kernel, twin and the torch reference agree bitwise.
+biased there); an overflowing norm raises ``ValueError(NORM_OVERFLOW_MESSAGE)``. Every step but the sum is
+one correctly rounded IEEE operation, so kernel, twin and the torch reference agree bitwise.
 
 Code of one bucket (the paper's Code_s, section 3 and its coding appendix)
 --------------------------------------------------------------------------
@@ -42,11 +39,6 @@ where the next bucket starts. Bits of a bucket (:func:`_bucket_bits`)::
 
     F                                                                         norm = 0
     F + sum over nonzero i of (B(gap_i) + 1 + B(|level_i|)) + B(n - last)    norm > 0
-
-Every public kernel ``foo`` has a NumPy twin ``foo_numpy``, bitwise equal; both check their arguments
-first (:mod:`fedsim.kernels.checks`: also signed levels within the omega code's +-(2^62 - 1), norm patterns
-within ``float_bits``, a code that fits its stream) and reject non-finite data with
-``ValueError(NONFINITE_MESSAGE)``.
 """
 
 from __future__ import annotations
@@ -165,8 +157,7 @@ def _bucket_bits(signed_levels, norm_nonzero, float_bits):
 
 @_jit
 def _qsgd_bits_core(signed_levels, bucket_offsets, norms, float_bits):
-    """:func:`qsgd_bits` without the argument checks (``norms`` may also be the norms' bit patterns: only
-    which of them are nonzero counts)."""
+    """``norms`` may also be the norms' bit patterns: only which of them are nonzero counts."""
     total = 0
     for b in range(bucket_offsets.shape[0] - 1):
         total += _bucket_bits(signed_levels[bucket_offsets[b]:bucket_offsets[b + 1]], norms[b] != 0,
@@ -256,8 +247,6 @@ def _quantize_bucket(x, uniforms, levels, norm_out, decoded_out, levels_out):
 @_jit
 def _qsgd_quantize_core(updates, bucket_offsets, levels, uniforms, float_bits, decoded_out, norms_out,
                         levels_out, encoded_bits_out):
-    """:func:`qsgd_quantize` without the argument checks (it still rejects non-finite data and an
-    overflowing norm)."""
     n_rows = updates.shape[0]
     n_buckets = bucket_offsets.shape[0] - 1
     for row in range(n_rows):
@@ -376,8 +365,6 @@ def qsgd_encode_into(signed_levels, bucket_offsets, norm_patterns, float_bits, s
 @_jit
 def _qsgd_decode_from_core(stream, bit_offset, bit_end, bucket_offsets, float_bits, norm_patterns_out,
                            levels_out):
-    """:func:`qsgd_decode_from` without the argument checks (reads still stop at ``bit_end``, which it
-    still rejects beyond the stream)."""
     if bit_end > stream.shape[0] * 8:
         raise ValueError("bit_end lies beyond the stream")
     offset = bit_offset

@@ -2,13 +2,10 @@
 
 Each batched kernel compresses K updates (rows) segment by segment in one call, each segment exactly as
 the one-vector helpers of :mod:`fedsim.kernels.selection` (the kept set K(x, k) of top-k and STC, its mean
-magnitude, the sampled threshold) and :mod:`fedsim.kernels.ternary` (_ternarize, sign) give it, and raises
-``ValueError(NONFINITE_MESSAGE)`` at a non-finite entry.
+magnitude, the sampled threshold) and :mod:`fedsim.kernels.ternary` (_ternarize, sign) give it.
 """
 
 from __future__ import annotations
-
-import functools
 
 import numba
 import numpy as np
@@ -121,21 +118,18 @@ def _sampled_batch_core(updates, segment_offsets, budgets, float_bits, sample_po
         encoded_bits_out[row] = total_bits
 
 
-def _sparse_compress_batch_core(updates, segment_offsets, budgets, ternary, float_bits, sampled,
-                                sample_positions, sample_starts, sample_budgets,
-                                sent_out, counts_out, encoded_bits_out, py_func=False):
-    """:func:`sparse_compress_batch` without the argument checks: one jitted kernel for exact top-k and
-    STC, one for sampled STC, so that a run compiles only the one it uses (``py_func``: their pure-Python
-    bodies, for the tests)."""
+def _sparse_batch(updates, segment_offsets, budgets, ternary, float_bits, sampled, sample_positions, sample_starts,
+                  sample_budgets, sent_out, counts_out, encoded_bits_out, exact_core, sampled_core):
+    """:func:`sparse_compress_batch`'s core: one jitted kernel for exact top-k and STC, one for sampled STC, so
+    that a run compiles only the one it uses."""
     if ternary and sampled:
-        kernel = _sampled_batch_core.py_func if py_func else _sampled_batch_core
-        return kernel(updates, segment_offsets, budgets, float_bits, sample_positions, sample_starts,
-                      sample_budgets, sent_out, counts_out, encoded_bits_out)
-    kernel = _exact_batch_core.py_func if py_func else _exact_batch_core
-    return kernel(updates, segment_offsets, budgets, ternary, float_bits, sent_out, counts_out, encoded_bits_out)
+        return sampled_core(updates, segment_offsets, budgets, float_bits, sample_positions, sample_starts,
+                            sample_budgets, sent_out, counts_out, encoded_bits_out)
+    return exact_core(updates, segment_offsets, budgets, ternary, float_bits, sent_out, counts_out, encoded_bits_out)
 
 
-_sparse_compress_batch_core.py_func = functools.partial(_sparse_compress_batch_core, py_func=True)
+_sparse_compress_batch_core = checks.python_core(_sparse_batch, exact_core=_exact_batch_core,
+                                                 sampled_core=_sampled_batch_core)
 
 
 def _sample_starts_shape(updates, segment_offsets, ternary, sampled):

@@ -21,8 +21,7 @@ So ``E[out_i] = sign(x_i) m_i``, the clipped entry, up to the rounding of ``r_i`
 uniforms; the largest magnitude is always kept. A segment with ``s = 0`` sends zeros and consumes its
 uniforms like any other. A constant segment (sigma = 0, also a single entry) is not clipped: clipping it to
 [0, 0] would erase it. For float64 data so large that a sum overflows, sigma is inf and nothing is clipped.
-The sums are plain sequential float64 loops (the NumPy twin uses ``np.cumsum``, which adds in the same
-order; fastmath is off); maxima and minima are exact in any order.
+Maxima and minima are exact in any order.
 
 Base-3 code of ternary symbols
 ------------------------------
@@ -32,10 +31,6 @@ form one value ``v = d_0 + 3 d_1 + 9 d_2 + 27 d_3 + 81 d_4 <= 242`` written in 8
 ``REMAINDER_BITS[r] = ceil(log2(3^r))`` = 2, 4, 5, 7 bits. Fields are most significant bit first
 (:mod:`fedsim.kernels.bitstream`); N digits take ``8 floor(N / 5) + REMAINDER_BITS[N mod 5]`` bits
 (:func:`_ternary_code_bits`). The decoder rejects a group value >= 3^r.
-
-:func:`terngrad_batch` has a NumPy twin, bitwise equal. The public kernels (and the twin) check their
-arguments first (:mod:`fedsim.kernels.checks`) and reject non-finite data with
-``ValueError(NONFINITE_MESSAGE)``.
 """
 
 from __future__ import annotations
@@ -260,7 +255,6 @@ def _digit(code):
 
 @_jit
 def _pack_ternary_into_core(codes, stream, bit_offset):
-    """:func:`pack_ternary_into` without the argument checks (it still rejects codes outside {-1, 0, 1})."""
     count = codes.shape[0]
     offset = bit_offset
     start = 0
@@ -296,7 +290,6 @@ def pack_ternary_into(codes, stream, bit_offset):
 
 @_jit
 def _unpack_ternary_from_core(stream, bit_offset, count, codes_out):
-    """:func:`unpack_ternary_from` without the argument checks (reads still stop at the stream's end)."""
     offset = bit_offset
     start = 0
     while start < count:

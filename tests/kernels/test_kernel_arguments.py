@@ -747,6 +747,9 @@ def build_power_step(draw):
                (ValueError,), "matrices"),
               ("rank 0", "q", np.zeros((m, 0), dtype), (ValueError,), "q"),
               ("q of another m", "q", _matrix(rng, dtype, (m + 1, rank)), (ValueError,), "q")]
+    if m >= 2:        # (decoded_out may have any strides, so long as each decoded_out[k] is contiguous)
+        custom.append(("not contiguous", "decoded_out", strided(np.zeros((senders, n, m), dtype)), (ValueError,),
+                       "decoded_out"))
     custom += nonfinite("matrices", matrices, rng)
     return Call({"matrices": matrices, "q": q, "tolerance": powersgd.drop_tolerance(dtype),
                  "decoded_out": np.zeros((senders, n, m), dtype)}, custom=custom)
