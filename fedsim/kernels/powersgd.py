@@ -132,7 +132,7 @@ def _orthogonalize_numpy(p, tolerance, out):
     p, tolerance, out = _orthogonalize.check(p, tolerance, out)
     if not np.all(np.isfinite(p)):
         raise ValueError(NONFINITE_MESSAGE)
-    columns = np.ascontiguousarray(p.T, dtype=np.float64)
+    columns = np.array(p.T, dtype=np.float64, order="C")       # a copy (a view would write into p)
     kept = 0
     for j in range(columns.shape[0]):
         before = _scaled_norm_numpy(columns[j])[0]

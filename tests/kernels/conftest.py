@@ -3,6 +3,44 @@
 import numpy as np
 
 from fedsim.kernels import laq
+from tests.conftest import assert_bitwise
+
+
+def implementations(kernel, twin):
+    """A checked kernel, its pure-Python ``.py_func`` and its NumPy ``twin``: what the tests compare."""
+    return kernel, kernel.py_func, twin
+
+
+def called(*args):
+    """A ``run`` of :func:`agree`: the function called on fresh copies of the array ``args`` (outputs, or
+    inputs it writes in place); its result (unpacked if a tuple) and those arrays after the call."""
+    def run(function):
+        fresh = [arg.copy() if isinstance(arg, np.ndarray) else arg for arg in args]
+        result = function(*fresh)
+        results = result if isinstance(result, tuple) else () if result is None else (result,)
+        return (*results, *(arg for arg in fresh if isinstance(arg, np.ndarray)))
+    return run
+
+
+def assert_same(got, want, what):
+    """Arrays bitwise (:func:`tests.conftest.assert_bitwise`), scalars by value (a jitted function returns a
+    float32 as a Python float)."""
+    if isinstance(got, np.ndarray) or isinstance(want, np.ndarray):
+        assert_bitwise(got, want, what)
+    else:
+        assert got == want, f"{what}: {got!r} != {want!r}"
+
+
+def agree(functions, run, what="", same=assert_same):
+    """``run(function)`` (a tuple of values) of each of ``functions``, asserted equal value by value to the
+    first one's (``same``); returns the first one's."""
+    want = run(functions[0])
+    for function in functions[1:]:
+        got = run(function)
+        assert len(got) == len(want), what
+        for i, (a, b) in enumerate(zip(got, want)):
+            same(a, b, f"{what}: {getattr(function, '__qualname__', function)} [{i}]")
+    return want
 
 
 def select(kernel, x, k):
@@ -10,6 +48,13 @@ def select(kernel, x, k):
     positions = np.full(max(1, min(k, x.size)), -1, np.int64)
     count = kernel(x, k, positions)
     return count, positions[:count].copy()
+
+
+def ternarized(kernel, x, k):
+    """(count, mu, kept positions, signs) of a ternarize kernel (or its twin, or .py_func) on fresh outputs."""
+    positions, signs = np.empty(min(k, x.size), np.int64), np.empty(min(k, x.size), np.int8)
+    count, mu = kernel(x, k, positions, signs)
+    return count, mu, positions[:count], signs[:count]
 
 
 def run_laq(kernel, gradients, previous, bits):

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from fedsim.kernels import bitstream, golomb, laq, selection, ternary
-from tests.kernels.conftest import run_laq, select
+from tests.kernels.conftest import agree, implementations, run_laq, select, ternarized
 
 # (150,000 > SMALL_SEGMENT and CANDIDATE_ROOM + 10: a full candidate buffer compacts for a small k)
 SAMPLED_SIZES = [selection.SHORT_SEGMENT + 1, 10_240, selection.SMALL_SEGMENT, 100_000, 150_000, 200_003]
@@ -43,15 +43,10 @@ def test_sampled_segments_match_twin(size):
     rng = np.random.default_rng(size)
     for name, x in _sampled_inputs(size, rng).items():
         for k in (1, 2, 10, 11, 100, 300, 3_000, 7_000, size // 3, size - 1, size):
-            got, want = select(selection._top_k_select, x, k), select(selection._top_k_select_numpy, x, k)
-            assert got[0] == want[0], (name, k, got[0], want[0])
-            np.testing.assert_array_equal(got[1], want[1], err_msg=f"{name}, k={k}")
-            positions, signs = np.empty(size, np.int64), np.empty(size, np.int8)
-            twin_positions, twin_signs = np.empty(size, np.int64), np.empty(size, np.int8)
-            count, mu = ternary._ternarize(x, k, positions, signs)
-            twin_count, twin_mu = ternary._ternarize_numpy(x, k, twin_positions, twin_signs)
-            assert (count, mu) == (twin_count, twin_mu), (name, k, mu, twin_mu)
-            np.testing.assert_array_equal(signs[:count], twin_signs[:count])
+            agree((selection._top_k_select, selection._top_k_select_numpy), lambda kernel: select(kernel, x, k),
+                  f"{name}, k={k}")
+            agree((ternary._ternarize, ternary._ternarize_numpy), lambda kernel: ternarized(kernel, x, k),
+                  f"{name}, k={k}: count, mu, positions, signs")
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
@@ -77,11 +72,9 @@ def test_laq_sums_are_bitwise_column_order_sums(dtype, bits):
         previous = (gradients + rng.normal(scale=0.3, size=gradients.shape)).astype(dtype)
         if size:
             previous[1] = gradients[1]                       # R = 0 for worker 1
-        jitted = run_laq(laq.laq_quantize, gradients, previous, bits)
-        for other in (laq.laq_quantize_numpy, laq.laq_quantize.py_func):
-            for name, a, b in zip(("codes", "quantized", "radius", "error", "innovation"), jitted,
-                                  run_laq(other, gradients, previous, bits)):
-                np.testing.assert_array_equal(a, b, err_msg=f"{name}, size {size}, {other.__name__}")
+        jitted = agree(implementations(laq.laq_quantize, laq.laq_quantize_numpy),
+                       lambda kernel: run_laq(kernel, gradients, previous, bits),
+                       f"codes, quantized, radius, error, innovation; size {size}")
         stored = jitted[1].astype(np.float64)
         error_terms = (stored - gradients.astype(np.float64)) ** 2
         innovation_terms = (stored - previous.astype(np.float64)) ** 2

@@ -10,6 +10,7 @@ from fedsim.kernels import bitstream, omega, sparsify
 from fedsim.kernels import qsgd as kernels
 from fedsim.params import ParamSpec
 from tests.conftest import assert_bitwise, check_message
+from tests.kernels.conftest import agree
 
 
 SPEC = ParamSpec(("W", "b"), ((30, 4), (4,)))                 # 124 entries: segments of 120 and 4
@@ -238,17 +239,14 @@ def test_kernel_equals_twin(dtype, levels, segments, bucket):
     rows = np.concatenate([random_rows, adversarial_rows(dtype)])
     uniforms = rng.random(rows.shape)
     uniforms[:, ::3] = 0.0                                        # the smallest uniform
-    jitted = run_kernel(kernels.qsgd_quantize, rows, offsets, levels, uniforms)
-    twin = run_kernel(kernels.qsgd_quantize_numpy, rows, offsets, levels, uniforms)
-    for name, a, b in zip(("decoded", "norms", "levels", "bits"), jitted, twin):
-        assert_bitwise(a, b, name)
+    jitted = agree((kernels.qsgd_quantize, kernels.qsgd_quantize_numpy),
+                   lambda function: run_kernel(function, rows, offsets, levels, uniforms), "decoded, norms, levels, bits")
     for row in range(rows.shape[0]):
         assert kernels.qsgd_bits(jitted[2][row], offsets, jitted[1][row], 8 * np.dtype(dtype).itemsize) \
             == jitted[3][row]
     if levels == 16:
-        python = run_kernel(kernels.qsgd_quantize.py_func, rows[:3], offsets, levels, uniforms[:3])
-        for name, a, b in zip(("decoded", "norms", "levels", "bits"), python, jitted):
-            assert_bitwise(a, b[:3], f"py_func {name}")
+        agree((kernels.qsgd_quantize, kernels.qsgd_quantize.py_func),
+              lambda function: run_kernel(function, rows[:3], offsets, levels, uniforms[:3]), "py_func")
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -257,10 +255,8 @@ def test_kernel_on_empty_and_tiny_batches(dtype):
         x = np.ones((rows, size), dtype)
         offsets = kernels.bucket_offsets((0, size), 4)
         uniforms = np.full((rows, size), 0.5)
-        jitted = run_kernel(kernels.qsgd_quantize, x, offsets, 3, uniforms)
-        twin = run_kernel(kernels.qsgd_quantize_numpy, x, offsets, 3, uniforms)
-        for a, b in zip(jitted, twin):
-            assert_bitwise(a, b, f"{rows}x{size}")
+        agree((kernels.qsgd_quantize, kernels.qsgd_quantize_numpy),
+              lambda function: run_kernel(function, x, offsets, 3, uniforms), f"{rows}x{size}")
     c = QSGD()
     compressed, _ = c.compress(np.zeros(0, dtype), c.init(0), np.random.default_rng(0))
     assert compressed.encoded_bits.tolist() == [0] and compressed.analytic_bits.tolist() == [0.0]

@@ -11,6 +11,7 @@ from fedsim.kernels import sparsify
 from fedsim.kernels import terngrad as kernels
 from fedsim.params import ParamSpec
 from tests.conftest import assert_bitwise, compress_one
+from tests.kernels.conftest import agree
 
 
 SPEC = ParamSpec(("W", "b"), ((30, 4), (4,)))          # 124 entries: segments of 120 and 4
@@ -136,13 +137,10 @@ def test_kernel_equals_twin(clip):
         uniforms = rng.random(updates.shape)
         if updates.size:
             uniforms.flat[::7] = 0.0                              # u = 0 keeps every nonzero entry
-        results = [run_kernel(function, updates, offsets, uniforms, clip)
-                   for function in (kernels.terngrad_batch, kernels.terngrad_batch_numpy)]
-        if updates.size <= 5000:
-            results.append(run_kernel(kernels.terngrad_batch.py_func, updates, offsets, uniforms, clip))
-        for other in results[1:]:
-            for key, a, b in zip(("decoded", "scales", "encoded bits"), results[0], other):
-                assert_bitwise(a, b, f"{name} ({updates.dtype}, clip {clip}): {key}")
+        functions = (kernels.terngrad_batch, kernels.terngrad_batch_numpy, kernels.terngrad_batch.py_func)
+        agree(functions[:3 if updates.size <= 5000 else 2],
+              lambda function: run_kernel(function, updates, offsets, uniforms, clip),
+              f"{name} ({updates.dtype}, clip {clip}): decoded, scales, encoded bits")
 
 
 def test_kernel_at_the_keep_boundary():
