@@ -233,8 +233,3 @@ def test_non_finite_raises(bad, size):
         with pytest.raises(ValueError, match="update contains NaN or inf"):
             call()
     assert not sparsify.all_finite(x) and not sparsify.all_finite_numpy(x)
-    x[size // 2 + 1] = 1.0
-    first_sampled = (size // selection.PIVOT_SAMPLE) // 2     # the strided sample's first position
-    x[first_sampled] = bad
-    with pytest.raises(ValueError, match="NaN or inf"):
-        selection._top_k_select(x, 2, positions)
