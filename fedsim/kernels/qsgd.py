@@ -269,15 +269,10 @@ def _qsgd_quantize_core(updates, bucket_offsets, levels, uniforms, float_bits, d
          encoded_bits_out=checks.ENCODED_BITS_OUT)
 def qsgd_quantize(updates, bucket_offsets, levels, uniforms, float_bits, decoded_out, norms_out, levels_out,
                   encoded_bits_out):
-    """QSGD of every row of ``updates`` (K, P), bucket by bucket (module docstring), in one call.
-
-    ``bucket_offsets`` (B + 1,) tile each row (:func:`bucket_offsets`); ``levels`` is s in [1, 2^31);
-    ``uniforms`` (K, P) float64 in [0, 1) are the u of each entry (their range is not checked);
-    ``float_bits`` is the width of an encoded norm (32 for float32 data, 64 for float64). Written:
-    ``decoded_out`` (K, P), what the receiver reconstructs; ``norms_out`` (K, B), each bucket's norm (both
-    in the updates' dtype); ``levels_out`` (K, P) int16 or int32, the signed levels (int16 holds s <=
-    32767); ``encoded_bits_out`` (K,) int64, each row's :func:`qsgd_bits`.
-    """
+    """QSGD of every row of ``updates``, bucket by bucket (module docstring), in one call: ``levels`` is s,
+    ``uniforms`` in [0, 1) the u of each entry (their range is not checked), ``float_bits`` the width of an
+    encoded norm. Written: what the receiver reconstructs, each bucket's norm, the signed levels (int16 holds
+    s <= 32767) and each row's :func:`qsgd_bits`."""
 
 
 def _bucket_norms_numpy(updates, offsets):

@@ -242,13 +242,9 @@ def _randomk_compress_batch_core(updates, segment_offsets, budgets, scales, seed
          seeds=Array(checks.UINT64, shape=checks.rows), decoded_out=checks.PER_ENTRY_OUT,
          values_out=Array(checks.FLOAT, output=True, shape=_sent_values_shape, like="updates"))
 def randomk_compress_batch(updates, segment_offsets, budgets, scales, seeds, decoded_out, values_out):
-    """Random-k of every row of ``updates`` (K, P) (module docstring, "Batch"), in one call.
-
-    ``budgets`` (S,) are the k_j (0 <= k_j <= N_j <= 2^32); ``scales`` (S,) the factor of each segment's sent
-    values, dtype(N / k) (unbiased) or 1; ``seeds`` (K,) uint64, one per row. Written: ``decoded_out``
-    (K, P) (zeros where nothing is sent), ``values_out`` (K, sum of budgets): the sent values ``x[i_t]``
-    (unscaled), segment after segment, each in Floyd's order.
-    """
+    """Random-k of every row of ``updates`` (module docstring, "Batch"), in one call, with the budgets k_j
+    (0 <= k_j <= N_j <= 2^32), the scales and one seed per row; ``values_out`` gets the sent values ``x[i_t]``
+    (unscaled), segment after segment, each in Floyd's order."""
 
 
 def randomk_compress_batch_numpy(updates, segment_offsets, budgets, scales, seeds, decoded_out, values_out):

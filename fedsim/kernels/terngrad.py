@@ -185,14 +185,11 @@ def _terngrad_batch_core(updates, segment_offsets, uniforms, clip, float_bits, d
          encoded_bits_out=checks.ENCODED_BITS_OUT)
 def terngrad_batch(updates, segment_offsets, uniforms, clip, float_bits, decoded_out, scales_out,
                    encoded_bits_out):
-    """TernGrad of every row of ``updates`` (K, P), segment by segment (module docstring), in one call.
-
-    ``uniforms`` (K, P) float64 in [0, 1) are the u of each entry (their range is not checked); ``clip`` is
-    c >= 0 (0: no clipping); ``float_bits`` is the width of an encoded scale (32 for float32 data, 64 for
-    float64). Written: ``decoded_out`` (K, P), the ternary rows (+-s_j or +0.0); ``scales_out`` (K, S),
-    s of every row and segment (both in the updates' dtype); ``encoded_bits_out`` (K,) int64, each row's
-    message length (the sum of :func:`segment_bits` over its segments).
-    """
+    """TernGrad of every row of ``updates``, segment by segment (module docstring), in one call: ``uniforms``
+    in [0, 1) are the u of each entry (their range is not checked), ``clip`` is c (0: no clipping),
+    ``float_bits`` the width of an encoded scale (32 for float32 data, 64 for float64). Written: the ternary
+    rows (+-s_j or +0.0), s of every row and segment, each row's message length (the sum of
+    :func:`segment_bits` over its segments)."""
 
 
 def clip_bound_numpy(x, clip):
