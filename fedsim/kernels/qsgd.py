@@ -126,10 +126,6 @@ def _zero_filled(levels_out):
         raise ValueError("levels_out must be zero-filled (the decoder writes the nonzero levels only)")
 
 
-def _message_bits(signed_levels, bucket_offsets, norm_patterns, float_bits):
-    return _qsgd_bits_core(signed_levels, bucket_offsets, norm_patterns, float_bits)
-
-
 # Signed levels: integers within +-(2^62 - 1), what the omega code carries (one pass for 64-bit dtypes)
 SIGNED_LEVELS = Array(checks.INTEGER, then=_within_omega)
 ROW_BUCKETS = Offsets(total=lambda signed_levels: signed_levels.shape[-1])
@@ -156,12 +152,12 @@ def _bucket_bits(signed_levels, norm_nonzero, float_bits):
 
 
 @_jit
-def _qsgd_bits_core(signed_levels, bucket_offsets, norms, float_bits):
-    """``norms`` may also be the norms' bit patterns: only which of them are nonzero counts."""
+def _qsgd_bits_core(signed_levels, bucket_offsets, norm_patterns, float_bits):
+    """``norm_patterns`` may also be the norms: only which of them are nonzero counts."""
     total = 0
     for b in range(bucket_offsets.shape[0] - 1):
-        total += _bucket_bits(signed_levels[bucket_offsets[b]:bucket_offsets[b + 1]], norms[b] != 0,
-                                   float_bits)
+        total += _bucket_bits(signed_levels[bucket_offsets[b]:bucket_offsets[b + 1]], norm_patterns[b] != 0,
+                              float_bits)
     return total
 
 
@@ -350,7 +346,7 @@ def _qsgd_encode_into_core(signed_levels, bucket_offsets, norm_patterns, float_b
 
 @checked(_qsgd_encode_into_core, extra=_patterns_fit, signed_levels=SIGNED_LEVELS, bucket_offsets=ROW_BUCKETS,
          norm_patterns=Array(checks.INT64, shape=_buckets), float_bits=checks.FLOAT_BITS,
-         stream=Stream(output=True, start="bit_offset", bits=_message_bits), bit_offset=BIT_OFFSET)
+         stream=Stream(output=True, start="bit_offset", bits=_qsgd_bits_core), bit_offset=BIT_OFFSET)
 def qsgd_encode_into(signed_levels, bucket_offsets, norm_patterns, float_bits, stream, bit_offset):
     """Write a row's buckets (module docstring) into ``stream`` from ``bit_offset``; returns the offset after
     them. ``norm_patterns`` (B,) int64 holds each norm's IEEE bit pattern (a float32's below 2^32); a bucket

@@ -273,10 +273,6 @@ def _code_bits(codes):
     return _ternary_code_bits(codes.shape[0])
 
 
-def _count_bits(count):
-    return _ternary_code_bits(count)
-
-
 @checked(_pack_ternary_into_core, codes=CODES, stream=Stream(output=True, start="bit_offset", bits=_code_bits),
          bit_offset=COUNT)
 def pack_ternary_into(codes, stream, bit_offset):
@@ -304,7 +300,7 @@ def _unpack_ternary_from_core(stream, bit_offset, count, codes_out):
     return offset
 
 
-@checked(_unpack_ternary_from_core, stream=Stream(start="bit_offset", bits=_count_bits, message=FIELD_MESSAGE),
+@checked(_unpack_ternary_from_core, stream=Stream(start="bit_offset", bits=_ternary_code_bits, message=FIELD_MESSAGE),
          bit_offset=COUNT, count=COUNT, codes_out=Array(checks.INT8, output=True, at_least="count"))
 def unpack_ternary_from(stream, bit_offset, count, codes_out):
     """Read the base-3 code of ``count`` digits from ``bit_offset`` into ``codes_out`` (int8 -1/0/+1, at
