@@ -762,12 +762,15 @@ def _softmax_block(draw, rng):
     return dtype, G, R, C, labels
 
 
-def _labels_spoilers(labels, C, rng):
+def _block_spoilers(z, labels, rng):
+    """Labels out of range or one sample short, z without classes, z_y one sample long."""
+    G, R, C = z.shape
     custom = out_of_range("labels", labels, C, rng)
     if labels.shape[1]:
         custom.append(("labels one sample short", "labels", np.ascontiguousarray(labels[:, :-1]),
                        (ValueError,), "labels"))
-    return custom
+    return custom + [("no classes", "z", np.ascontiguousarray(z[..., :0]), (ValueError,), "class"),
+                     ("z_y one sample long", "z_y", np.zeros((G, R + 1), z.dtype), (ValueError,), "z_y")]
 
 
 def build_shift_logits(draw):
@@ -775,7 +778,7 @@ def build_shift_logits(draw):
     dtype, G, R, C, labels = _softmax_block(draw, rng)
     z = (rng.standard_normal((G, R, C)) * 4).astype(dtype)
     bias = rng.standard_normal((draw(st.sampled_from([1, G])), C)).astype(dtype)
-    custom = _labels_spoilers(labels, C, rng)
+    custom = _block_spoilers(z, labels, rng)
     custom.append(("bias one class short", "bias", np.ascontiguousarray(bias[:, :-1]), (ValueError,), "bias"))
     return Call({"z": z, "bias": bias, "scale": float(rng.uniform(0.001, 2)), "labels": labels,
                  "z_y": np.zeros((G, R), dtype)}, custom=custom)
@@ -788,8 +791,9 @@ def build_softmax_residual(draw):
     total = z.sum(axis=-1) + dtype.type(1)
     weighted = draw(st.booleans())
     share = (rng.uniform(0, 1, (draw(st.sampled_from([1, G])), R)) if weighted else np.empty((0, 0))).astype(dtype)
-    custom = _labels_spoilers(labels, C, rng)
+    custom = _block_spoilers(z, labels, rng)
     custom.append(("share of another length", "share", np.zeros((1, R + 1), dtype), (ValueError,), "share"))
+    custom.append(("grad_b one class long", "grad_b", np.zeros((G, C + 1), dtype), (ValueError,), "grad_b"))
     return Call({"z": z, "total": total, "log_total": np.log(total), "z_y": np.zeros((G, R), dtype),
                  "labels": labels, "share": share, "divisor": float(max(R, 1)), "nll": np.zeros((G, R), dtype),
                  "grad_b": np.zeros((G, C), dtype)}, custom=custom)
