@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from fedsim.kernels import laq
+from fedsim.kernels import golomb, laq
 from tests.conftest import assert_bitwise
 
 
@@ -41,6 +41,26 @@ def agree(functions, run, what="", same=assert_same):
         for i, (a, b) in enumerate(zip(got, want)):
             same(a, b, f"{what}: {getattr(function, '__qualname__', function)} [{i}]")
     return want
+
+
+def assert_golomb_round_trip(positions, b, start):
+    """The Golomb-Rice code of ``positions``: its length (q + 1 + b bits a gap) from the encoder, its twin and
+    both bit counters; the twin's stream; decoded by the decoder and its twin; and written into a dirty stream
+    from bit ``start``, then read back from there."""
+    stream, n_bits = golomb.golomb_rice_encode(positions, b)
+    twin_stream, twin_bits = golomb.golomb_rice_encode_numpy(positions, b)
+    gaps = np.diff(positions, prepend=-1)
+    assert n_bits == twin_bits == int(np.sum((gaps - 1) // 2 ** b + 1 + b)) == golomb.golomb_rice_bits(positions, b) \
+        == golomb.golomb_rice_bits_numpy(positions, b)
+    np.testing.assert_array_equal(stream, twin_stream)
+    assert stream.size == (n_bits + 7) // 8
+    for decoder in (golomb.golomb_rice_decode, golomb.golomb_rice_decode_numpy):
+        np.testing.assert_array_equal(decoder(stream, n_bits, positions.size, b), positions)
+    stream = np.full((start + n_bits + 7) // 8 + 1, 0xFF, np.uint8)   # dirty bits must be overwritten
+    end = golomb.golomb_rice_encode_into(positions, b, stream, start)
+    decoded = np.empty(positions.size, np.int64)
+    assert end == start + n_bits == golomb.golomb_rice_decode_from(stream, start, end, positions.size, b, decoded)
+    np.testing.assert_array_equal(decoded, positions)
 
 
 def select(kernel, x, k):

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from fedsim.compress import bits
 from fedsim.kernels import bitstream, golomb
+from tests.kernels.conftest import assert_golomb_round_trip
 
 SETTINGS = settings(max_examples=60, deadline=None)
 
@@ -43,23 +44,7 @@ def test_golomb_rice_empty():
 @SETTINGS
 @given(sorted_positions(), st.integers(0, 14), st.integers(0, 13))
 def test_golomb_rice_round_trip_and_counts(positions, b, start):
-    stream, n_bits = golomb.golomb_rice_encode(positions, b)
-    twin_stream, twin_bits = golomb.golomb_rice_encode_numpy(positions, b)
-    gaps = np.diff(positions, prepend=-1)
-    expected_bits = int(np.sum((gaps - 1) // 2 ** b + 1 + b))
-    assert n_bits == twin_bits == expected_bits == golomb.golomb_rice_bits(positions, b) \
-        == golomb.golomb_rice_bits_numpy(positions, b)
-    np.testing.assert_array_equal(stream, twin_stream)
-    assert stream.size == (n_bits + 7) // 8
-    for decoder in (golomb.golomb_rice_decode, golomb.golomb_rice_decode_numpy):
-        np.testing.assert_array_equal(decoder(stream, n_bits, positions.size, b), positions)
-    # into a stream at an offset
-    stream = np.full((start + n_bits + 7) // 8 + 1, 0xFF, np.uint8)   # dirty bits must be overwritten
-    end = golomb.golomb_rice_encode_into(positions, b, stream, start)
-    assert end == start + n_bits
-    decoded = np.empty(positions.size, np.int64)
-    assert golomb.golomb_rice_decode_from(stream, start, end, positions.size, b, decoded) == end
-    np.testing.assert_array_equal(decoded, positions)
+    assert_golomb_round_trip(positions, b, start)
 
 
 def test_golomb_rice_rejects_bad_input():
@@ -80,10 +65,7 @@ def test_golomb_rice_rejects_bad_input():
 
 
 def test_golomb_rice_large_gaps_and_parameters():
-    positions = np.array([0, 2 ** 40, 2 ** 40 + 1, 2 ** 62], np.int64)
-    stream, n_bits = golomb.golomb_rice_encode(positions, 60)
-    np.testing.assert_array_equal(golomb.golomb_rice_decode(stream, n_bits, 4, 60), positions)
-    assert n_bits == golomb.golomb_rice_bits_numpy(positions, 60)
+    assert_golomb_round_trip(np.array([0, 2 ** 40, 2 ** 40 + 1, 2 ** 62], np.int64), 60, 5)
 
 
 def test_empirical_code_length_matches_expected_bits():

@@ -15,8 +15,8 @@ import math
 import numpy as np
 import pytest
 
-from fedsim.kernels import bitstream, golomb, laq, selection, ternary
-from tests.kernels.conftest import agree, implementations, run_laq, select, ternarized
+from fedsim.kernels import bitstream, laq, selection, ternary
+from tests.kernels.conftest import agree, assert_golomb_round_trip, implementations, run_laq, select, ternarized
 
 # (150,000 > SMALL_SEGMENT and CANDIDATE_ROOM + 10: a full candidate buffer compacts for a small k)
 SAMPLED_SIZES = [selection.SHORT_SEGMENT + 1, 10_240, selection.SMALL_SEGMENT, 100_000, 150_000, 200_003]
@@ -128,15 +128,4 @@ def test_bit_fields_at_every_offset_keep_their_neighbours(width):
 @pytest.mark.parametrize("b", [0, 1, 2, 5, 61, 62])
 def test_golomb_code_words_long_and_short_match_twin(b):
     # gaps whose code word is longer than one field (q + 1 + b > 62) take the run-of-ones path
-    positions = np.array([0, 1, 9, 200, 201, 5_000, 70_000, 70_001], np.int64)
-    stream, n_bits = golomb.golomb_rice_encode(positions, b)
-    twin_stream, twin_bits = golomb.golomb_rice_encode_numpy(positions, b)
-    assert n_bits == twin_bits
-    np.testing.assert_array_equal(stream, twin_stream)
-    np.testing.assert_array_equal(golomb.golomb_rice_decode(stream, n_bits, positions.size, b), positions)
-    garbage = np.full(stream.size + 2, 0xFF, np.uint8)          # encoding into a used stream overwrites
-    end = golomb.golomb_rice_encode_into(positions, b, garbage, 3)
-    assert end == 3 + n_bits
-    decoded = np.empty(positions.size, np.int64)
-    assert golomb.golomb_rice_decode_from(garbage, 3, end, positions.size, b, decoded) == end
-    np.testing.assert_array_equal(decoded, positions)
+    assert_golomb_round_trip(np.array([0, 1, 9, 200, 201, 5_000, 70_000, 70_001], np.int64), b, 3)
