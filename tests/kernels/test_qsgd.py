@@ -240,7 +240,8 @@ def test_kernel_equals_twin(dtype, levels, segments, bucket):
     uniforms = rng.random(rows.shape)
     uniforms[:, ::3] = 0.0                                        # the smallest uniform
     jitted = agree((kernels.qsgd_quantize, kernels.qsgd_quantize_numpy),
-                   lambda function: run_kernel(function, rows, offsets, levels, uniforms), "decoded, norms, levels, bits")
+                   lambda function: run_kernel(function, rows, offsets, levels, uniforms),
+                   "decoded, norms, levels, bits")
     for row in range(rows.shape[0]):
         assert kernels.qsgd_bits(jitted[2][row], offsets, jitted[1][row], 8 * np.dtype(dtype).itemsize) \
             == jitted[3][row]
