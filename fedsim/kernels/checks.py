@@ -243,10 +243,9 @@ class Array(Spec):
 
     def check(self, name, value, values):
         shape = None if self.shape is None else self.shape(values)
-        if shape is None:
-            array(name, value, self.dtypes, self.ndim, self.output, self.contiguous)
-        else:
-            shaped(name, value, self.dtypes, shape, self.output, self.contiguous)
+        array(name, value, self.dtypes, self.ndim if shape is None else len(shape), self.output, self.contiguous)
+        if shape is not None and value.shape != shape:
+            raise ValueError(f"{name} must have shape {shape}, got {value.shape}")
         if self._bounded:
             self._check_bounds(name, value, values)
         return value
@@ -369,8 +368,8 @@ class Choice(Spec):
 
 
 class Offsets(Spec):
-    """Segment offsets (int64, S + 1 entries) cutting [0, ``total``) (a bound, :func:`checked`): from 0,
-    never decreasing, to the total (:func:`segment_count`); ``total`` None: to wherever they end."""
+    """Segment offsets (int64, S + 1 >= 1 entries) cutting [0, ``total``) (a bound, :func:`checked`): from 0,
+    never decreasing, to the total; ``total`` None: to wherever they end."""
 
     BOUNDS = ("total",)
 
@@ -378,11 +377,19 @@ class Offsets(Spec):
         self.total = total
 
     def check(self, name, value, values):
-        if self.total is None:
-            array(name, value, INT64)
-            segment_count(name, value, int(value[-1]) if value.shape[0] else 0)
+        array(name, value, INT64)
+        n = value.shape[0]
+        if n == 0:
+            raise ValueError(f"{name} must hold S + 1 >= 1 offsets, got none")
+        total = int(value[-1]) if self.total is None else self.total(values)
+        if n <= SHORT_ARRAY:
+            listed = value.tolist()
+            valid = listed[0] == 0 and listed[-1] == total and listed == sorted(listed)
         else:
-            segment_count(name, value, self.total(values))
+            valid = value[0] == 0 and value[-1] == total and not np.any(value[1:] < value[:-1])
+        if not valid:
+            raise ValueError(f"{name} must run from 0 to {total} without decreasing, got "
+                             f"{value[:8].tolist()}{' ...' if n > 8 else ''}")
         return value
 
 
@@ -441,14 +448,6 @@ def array(name, value, dtypes, ndim=1, writable=False, contiguous=True):
     return value
 
 
-def shaped(name, value, dtypes, shape, writable=False, contiguous=True):
-    """An array (:func:`array`) of one of ``dtypes`` with exactly this ``shape``."""
-    array(name, value, dtypes, len(shape), writable, contiguous)
-    if value.shape != shape:
-        raise ValueError(f"{name} must have shape {shape}, got {value.shape}")
-    return value
-
-
 def integer(name, value, low=0, high=INT64_MAX):
     """``value`` as an int if it is an integer (not a bool) in [low, high]."""
     if type(value) is not int:                 # (bool is a subclass of int, but not int itself)
@@ -470,29 +469,6 @@ def _bound(value) -> str:
     return str(value)
 
 
-def segment_count(name, offsets, total):
-    """The number S of segments that ``offsets`` (int64, S + 1 entries) cut [0, total) into: the offsets
-    must start at 0, never decrease and end at ``total``."""
-    array(name, offsets, INT64)
-    n = offsets.shape[0]
-    if n == 0:
-        raise ValueError(f"{name} must hold S + 1 >= 1 offsets, got none")
-    if n <= SHORT_ARRAY:
-        values = offsets.tolist()
-        valid = values[0] == 0 and values[-1] == total and values == sorted(values)
-    else:
-        valid = offsets[0] == 0 and offsets[-1] == total and not np.any(offsets[1:] < offsets[:-1])
-    if not valid:
-        raise ValueError(f"{name} must run from 0 to {total} without decreasing, got "
-                         f"{_preview(offsets)}")
-    return n - 1
-
-
 def smallest(values):
     """The smallest entry of a nonempty integer array, as an int."""
     return min(values.tolist()) if values.shape[0] <= SHORT_ARRAY else int(values.min())
-
-
-def _preview(values, limit=8):
-    listed = values[:limit].tolist()
-    return f"{listed}{' ...' if values.shape[0] > limit else ''}"

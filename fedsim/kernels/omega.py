@@ -31,10 +31,6 @@ MAX_OMEGA_VALUE = (1 << 62) - 1
 OMEGA_RANGE_MESSAGE = "Elias omega codes integers in [1, 2^62)"
 
 
-def _bit_length_table() -> np.ndarray:
-    return np.array([int(v).bit_length() for v in range(256)], np.int64)
-
-
 def _omega_bits_table() -> np.ndarray:
     """OMEGA_BITS[L]: bits of the omega code of any integer of bit length L (1 <= L <= 63)."""
     table = np.zeros(64, np.int64)
@@ -44,7 +40,7 @@ def _omega_bits_table() -> np.ndarray:
     return table
 
 
-BYTE_BIT_LENGTH = _bit_length_table()
+BYTE_BIT_LENGTH = np.array([value.bit_length() for value in range(256)], np.int64)
 OMEGA_BITS = _omega_bits_table()
 # The omega code length of every value below 256 (index 0 unused: 0).
 OMEGA_BITS_SMALL = OMEGA_BITS[BYTE_BIT_LENGTH]

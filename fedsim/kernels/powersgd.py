@@ -46,8 +46,7 @@ from fedsim.kernels.checks import FLOAT, Array, Real, checked
 from fedsim.kernels.selection import NONFINITE_MESSAGE
 
 # Relative drop tolerance of the orthogonalization: sqrt(eps) of the data dtype (module docstring).
-DROP_TOLERANCE = {np.dtype(np.float32): float(np.sqrt(np.finfo(np.float32).eps)),
-                  np.dtype(np.float64): float(np.sqrt(np.finfo(np.float64).eps))}
+DROP_TOLERANCE = {np.dtype(t): float(np.sqrt(np.finfo(t).eps)) for t in (np.float32, np.float64)}
 # Projection passes of the Gram-Schmidt step (one pass and one reorthogonalization).
 PROJECTION_PASSES = 2
 
