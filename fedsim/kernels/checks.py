@@ -163,6 +163,10 @@ def _named(bound):
     return ()
 
 
+def _length_or_value(value):
+    return value.shape[0] if isinstance(value, np.ndarray) else value
+
+
 def resolve(bound, args):
     """A bound's value for the arguments ``args`` (by name): a constant as it is, an argument's name as
     that argument's length (an array) or value (an integer), a function called with the arguments it
@@ -175,7 +179,7 @@ def _positional(bound, names):
     """``bound`` (see :func:`resolve`) as a function of the list of a kernel's arguments (``names``)."""
     if isinstance(bound, str):
         index = names.index(bound)
-        return lambda values: values[index].shape[0] if isinstance(values[index], np.ndarray) else values[index]
+        return lambda values: _length_or_value(values[index])
     if callable(bound):
         indices = [names.index(name) for name in inspect.signature(bound).parameters]
         if len(indices) == 1:                  # (the common cases spelled out: cheaper than a loop)
