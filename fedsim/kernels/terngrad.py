@@ -44,7 +44,7 @@ from numba.extending import overload
 
 from fedsim.kernels import JIT_OPTIONS, checks
 from fedsim.kernels.checks import Array, Flag, Real, Stream, checked
-from fedsim.kernels.bitstream import COUNT, FIELD_MESSAGE, _read_uint_core, _write_uint_core
+from fedsim.kernels.bitstream import COUNT, FIELD_MESSAGE, INTEGERS, _read_uint_core, _write_uint_core
 from fedsim.kernels.selection import NONFINITE_MESSAGE, _round_to_dtype
 
 _jit = numba.njit(**JIT_OPTIONS)
@@ -266,14 +266,11 @@ def _pack_ternary_into_core(codes, stream, bit_offset):
     return offset
 
 
-CODES = Array(checks.INTEGER)
-
-
 def _code_bits(codes):
     return _ternary_code_bits(codes.shape[0])
 
 
-@checked(_pack_ternary_into_core, codes=CODES, stream=Stream(output=True, start="bit_offset", bits=_code_bits),
+@checked(_pack_ternary_into_core, codes=INTEGERS, stream=Stream(output=True, start="bit_offset", bits=_code_bits),
          bit_offset=COUNT)
 def pack_ternary_into(codes, stream, bit_offset):
     """Write the base-3 code of ``codes`` (1-D integers in {-1, 0, +1}, int8 in practice) from
