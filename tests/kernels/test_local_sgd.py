@@ -8,9 +8,7 @@ import numpy as np
 import pytest
 
 from fedsim.kernels import local_sgd
-from tests.kernels.conftest import agree, implementations
-
-DTYPES = (np.float32, np.float64)
+from tests.kernels.conftest import DTYPES, agree, implementations
 
 
 def clients(rng, n_clients: int, low: int, high: int):

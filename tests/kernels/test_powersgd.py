@@ -12,10 +12,7 @@ from fedsim.kernels import powersgd as kernels
 from fedsim.kernels.sparsify import NONFINITE_MESSAGE
 from fedsim.params import ParamSpec
 from tests.conftest import assert_bitwise
-from tests.kernels.conftest import agree, called, implementations
-
-
-DTYPES = [np.float32, np.float64]
+from tests.kernels.conftest import DTYPES, agree, called, implementations
 
 
 # W (12 x 5), a bias, a 3-D tensor (compressed as 6 x 6), a scalar, an empty matrix.

@@ -8,12 +8,10 @@ from fedsim.compress import QSGD, MessageFormat, QSGDMessage, decode
 from fedsim.compress import qsgd as qsgd_module
 from fedsim.kernels import bitstream, omega, sparsify
 from fedsim.kernels import qsgd as kernels
-from fedsim.params import ParamSpec
 from tests.conftest import assert_bitwise, check_message
-from tests.kernels.conftest import agree
+from tests.kernels.conftest import DTYPES, SPEC, agree
 
 
-SPEC = ParamSpec(("W", "b"), ((30, 4), (4,)))                 # 124 entries: segments of 120 and 4
 NONFINITE = sparsify.NONFINITE_MESSAGE.replace(" ", ".")
 
 
@@ -100,7 +98,7 @@ def test_elias_omega_lengths_and_round_trip():
         omega._read_elias_omega(np.array([0b10100100], np.uint8), 0, 8)     # 16 cut after 8 bits
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_hand_computed_quantization_and_code(dtype):
     """v = (0.5, -0.5, 0.5, -0.5): norm 1, s = 3, r = 1.5 everywhere: level 2 where u < 0.5, else 1."""
     c = QSGD(levels=3, bucket_size=0)
@@ -124,7 +122,7 @@ def test_hand_computed_quantization_and_code(dtype):
     assert set(np.abs(compressed.fields["signed_levels"][0]).tolist()) <= {1, 2}
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_exact_levels_zero_buckets_and_end_markers(dtype):
     """Integer ratios round deterministically; an all-zero bucket sends its norm only; a nonzero bucket
     whose levels all round to 0 sends its norm and the end marker omega(n + 1)."""
@@ -227,7 +225,7 @@ def adversarial_rows(dtype):
     return np.array(rows).astype(dtype)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("levels", [1, 2, 16, 255, 256, 40000])
 @pytest.mark.parametrize("segments, bucket", [((0, 97), 0), ((0, 10, 10, 97), 4), ((0, 97), 1),
                                               ((0, 50, 97), 300)])
@@ -250,7 +248,7 @@ def test_kernel_equals_twin(dtype, levels, segments, bucket):
               lambda function: run_kernel(function, rows[:3], offsets, levels, uniforms[:3]), "py_func")
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_kernel_on_empty_and_tiny_batches(dtype):
     for rows, size in ((0, 10), (3, 0), (1, 1)):
         x = np.ones((rows, size), dtype)
@@ -266,7 +264,7 @@ def test_kernel_on_empty_and_tiny_batches(dtype):
 
 @pytest.mark.parametrize("bad, match", [(np.nan, NONFINITE), (-np.nan, NONFINITE), (np.inf, NONFINITE),
                                         (-np.inf, NONFINITE), ("huge", "norm overflows")])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_kernel_rejects_non_finite_and_overflowing_norms(bad, match, dtype):
     """huge: float32's float64 norm 4.2e38 exceeds the float32 maximum; float64's sum of squares overflows."""
     x = np.ones((2, 9), dtype)

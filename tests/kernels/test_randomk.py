@@ -15,10 +15,9 @@ from fedsim.compress.randomk import segment_scales
 from fedsim.kernels import randomk as kernels
 from fedsim.kernels.sparsify import NONFINITE_MESSAGE
 from tests.conftest import assert_bitwise
-from tests.kernels.conftest import agree
+from tests.kernels.conftest import DTYPES, agree
 
 
-DTYPES = [np.float32, np.float64]
 MASK = (1 << 64) - 1
 GAMMA = 0x9E3779B97F4A7C15
 

@@ -8,9 +8,7 @@ import numpy as np
 import pytest
 
 from fedsim.kernels import softmax as kernels
-from tests.kernels.conftest import agree, called, implementations
-
-DTYPES = (np.float32, np.float64)
+from tests.kernels.conftest import DTYPES, agree, called, implementations
 
 
 def block(rng, dtype, G, R, C, extreme=False):
