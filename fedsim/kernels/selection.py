@@ -20,23 +20,24 @@ Positions are returned in increasing order.
     mu = dtype( (sum over i in K, in increasing i, of float64(|x_i|)) / |K| )
 
 a sequential float64 sum in index order, one float64 division, one rounding to ``x``'s dtype (``mu = 0``
-for an empty set). For float32 input the float64 sum cannot overflow; for float64 input whose kept magnitudes sum beyond
-the float64 maximum (~1.8e308, a diverged update) mu is inf, and the next round's update is rejected.
+for an empty set). For float32 input the float64 sum cannot overflow; for float64 input whose kept
+magnitudes sum beyond the float64 maximum (~1.8e308, a diverged update) mu is inf, and the next round's
+update is rejected.
 
 Speed of the exact selection
 ----------------------------
 A vector is read once. A strided sample of ``m = min(PIVOT_SAMPLE, N / SAMPLE_STRIDE)`` magnitudes (no
-randomness; none for a short segment) gives a
-lower bound ``L`` = its r-th largest, ``r = e + 4 sqrt(e) + 8`` where ``e = m k / N`` sample entries are
-expected above the true threshold, so that about ``r N / m`` (a little more than k) entries pass; one pass
-then collects the candidates ``|x_i| >= L`` (in index order) into a buffer, and the exact k-th largest is
-selected among those few candidates (quickselect). If the
-buffer fills, it is compacted to its own top k and ``L`` rises to the k-th candidate (so adversarial
-orderings stay linear time); if fewer than ``k`` entries pass a guessed ``L``, the pass is repeated with
-``L = 0+``. The result does not depend on the guess, only the running time does. The candidate pass is a
-branch-predictable scan, while a quickselect mispredicts about every other comparison, so the sample keeps
-the quickselects small (for the 10,240 weights of the STC seed model it makes the selection about 10 times
-faster than a quickselect over all of them; for N = 1e5 about 4 times).
+randomness; none for a short segment) gives a lower bound ``L`` = its r-th largest,
+``r = e + 4 sqrt(e) + 8`` where ``e = m k / N`` sample entries are expected above the true threshold, so
+that about ``r N / m`` (a little more than k) entries pass; one pass then collects the candidates
+``|x_i| >= L`` (in index order) into a buffer, and the exact k-th largest is selected among those few
+candidates (quickselect). If the buffer fills, it is compacted to its own top k and ``L`` rises to the
+k-th candidate (so adversarial orderings stay linear time); if fewer than ``k`` entries pass a guessed
+``L``, the pass is repeated with ``L = 0+``. The result does not depend on the guess, only the running
+time does. The candidate pass is a branch-predictable scan, while a quickselect mispredicts about every
+other comparison, so the sample keeps the quickselects small (for the 10,240 weights of the STC seed model
+it makes the selection about 10 times faster than a quickselect over all of them; for N = 1e5 about 4
+times).
 """
 
 from __future__ import annotations
