@@ -59,12 +59,12 @@ def test_sampled_segment_rejects_nonfinite_at_a_sample_position(bad):
         selection._top_k_select(x, 5, np.empty(5, np.int64))
 
 
-LAQ_SIZES = [0, 1, 7, 8, 9, 127, 128, 129, 136, 255, 256, 1_000, laq.SUM_COLUMNS - 1, laq.SUM_COLUMNS,
+LAQ_SIZES = [0, 1, 7, 8, 9, 127, 128, 129, 136, 255, 256, 300, 1_000, laq.SUM_COLUMNS - 1, laq.SUM_COLUMNS,
              laq.SUM_COLUMNS + 1, 2 * laq.SUM_COLUMNS + 8, 7_850, 100_003]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("bits", [1, 4, 9])
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 8, 9, 12, 16])
 def test_laq_sums_are_bitwise_column_order_sums(dtype, bits):
     rng = np.random.default_rng(bits)
     for size in LAQ_SIZES:
@@ -75,6 +75,7 @@ def test_laq_sums_are_bitwise_column_order_sums(dtype, bits):
         jitted = agree(implementations(laq.laq_quantize, laq.laq_quantize_numpy),
                        lambda kernel: run_laq(kernel, gradients, previous, bits),
                        f"codes, quantized, radius, error, innovation; size {size}")
+        assert jitted[1].dtype == dtype
         stored = jitted[1].astype(np.float64)
         error_terms = (stored - gradients.astype(np.float64)) ** 2
         innovation_terms = (stored - previous.astype(np.float64)) ** 2

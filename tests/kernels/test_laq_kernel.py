@@ -70,15 +70,6 @@ def test_hand_computed(jit, bits, gradient, codes, quantized, error, innovation)
 
 # --- jitted vs twin vs py_func ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("bits", [1, 2, 3, 4, 8, 9, 12, 16])
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_kernel_matches_numpy_twin_and_py_func(bits, dtype):
-    gradients, previous = _random_problem(bits, dtype=dtype)
-    previous[1] = gradients[1]                         # a worker with R = 0
-    jitted = agree(QUANTIZERS, lambda kernel: run_laq(kernel, gradients, previous, bits), OUTPUTS)
-    assert jitted[1].dtype == dtype
-
-
 def test_nonfinite_worker_is_all_nan_and_others_unaffected():
     gradients, previous = _random_problem(3)
     gradients[1, 7] = np.nan
