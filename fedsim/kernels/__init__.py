@@ -7,11 +7,15 @@ positions), omega (the Elias omega code of QSGD's messages), qsgd, terngrad, ran
 compressors' hot paths), laq (the LAQ quantizer), softmax (the softmax model's loss and gradient passes) and
 local_sgd (a federated round's batches and SGD updates).
 
-Every kernel ``foo`` has a plain NumPy twin ``foo_numpy`` with the same contract; the tests compare the
-two (and the jitted function's ``.py_func``) on random and adversarial inputs. All kernels are compiled
-with the one options dict below.
+Every kernel ``foo`` has a plain NumPy twin ``foo_numpy`` (``_foo_numpy`` for a private helper) with the same
+contract, bitwise equal; the tests compare the two (and the jitted function's ``.py_func``) on random and
+adversarial inputs. All kernels are compiled with the one options dict below (fastmath off: no
+reassociation, no fused multiply-add). A sum over the data is a sequential float64 loop in index order,
+which the twins compute with ``np.cumsum`` (``np.sum`` adds pairwise). The compressors' kernels reject
+non-finite data with ``ValueError(NONFINITE_MESSAGE)`` (:mod:`fedsim.kernels.selection`): how the simulator
+detects divergence.
 
-The public kernels check their arguments in plain Python before any jitted code runs
+The public kernels, and their twins, check their arguments in plain Python before any jitted code runs
 (:mod:`fedsim.kernels.checks`); their unchecked jitted cores are ``kernel.core`` (also ``_<name>_core``), for
 callers that built every argument themselves.
 """

@@ -9,11 +9,8 @@ fields are written most significant bit first. Bits after the last written one a
 Sign bits
 ---------
 One bit per sign: 1 for a negative sign (-1), 0 for a positive one (+1), like an IEEE sign bit; so
-``pack_signs_into(s, stream, 0)`` writes ``np.packbits(s < 0)``. Only +-1 can be packed: zeros need a separate code (see the sign
-compressor's message format in :mod:`fedsim.compress.base`).
-
-The arguments are checked as :mod:`fedsim.kernels.checks` says: every field, code or sign bit must lie
-inside the stream, widths are in [0, 64].
+``pack_signs_into(s, stream, 0)`` writes ``np.packbits(s < 0)``. Only +-1 can be packed: zeros need a
+separate code (see the sign compressor's message format in :mod:`fedsim.compress.base`).
 """
 
 from __future__ import annotations
@@ -81,8 +78,7 @@ def _get_bit(stream, bit_offset):
 
 @_jit
 def _write_uint_core(stream, bit_offset, value, width):
-    """:func:`write_uint` without the argument checks: each byte the field touches is masked and merged
-    once (bits around the field keep their values)."""
+    """Each byte the field touches is masked and merged once (bits around the field keep their values)."""
     bits = np.int64(value)
     offset = bit_offset
     remaining = width
@@ -108,7 +104,6 @@ def write_uint(stream, bit_offset, value, width):
 
 @_jit
 def _read_uint_core(stream, bit_offset, width):
-    """:func:`read_uint` without the argument checks (it still rejects a field past the stream's end)."""
     if bit_offset + width > stream.shape[0] * 8:
         raise ValueError(FIELD_MESSAGE)
     value = 0
@@ -166,7 +161,6 @@ def read_uints(stream, bit_offset, width, values_out):
 
 @_jit
 def _pack_signs_into_core(signs, stream, bit_offset):
-    """:func:`pack_signs_into` without the argument checks (it still rejects signs other than +-1)."""
     for j in range(signs.shape[0]):
         value = signs[j]
         if value != 1 and value != -1:
@@ -184,7 +178,6 @@ def pack_signs_into(signs, stream, bit_offset):
 
 @_jit
 def _unpack_signs_from_core(stream, bit_offset, count, signs_out):
-    """:func:`unpack_signs_from` without the argument checks (it still checks the stream's length)."""
     if bit_offset + count > stream.shape[0] * 8:
         raise ValueError(SIGNS_MESSAGE)
     for j in range(count):

@@ -98,36 +98,35 @@ def checked(core, extra=None, **contract):
                 relations(values)
             return values
 
+        @functools.wraps(public)
+        def kernel(*args, **kwargs):
+            return core(*check(*args, **kwargs))
+
+        def py_func(*args, **kwargs):
+            return core.py_func(*check(*args, **kwargs))
+
+        def jitted_call(*args):
+            def call_core(*args):
+                return core(*args)
+            return call_core
+
         check.__name__ = check.__qualname__ = f"{public.__name__}.check"
-        return _kernel(core, public, check, {name: contract[name] for name in names}, extra)
+        py_func.__name__ = public.__name__
+        py_func.__qualname__ = f"{public.__qualname__}.py_func"
+        py_func.__doc__ = f"{public.__name__} with the core's pure-Python body (core.py_func)."
+        kernel.core, kernel.check, kernel.py_func, kernel.extra = core, check, py_func, extra
+        kernel.contract = {name: contract[name] for name in names}
+        overload(kernel, jit_options=JIT_OPTIONS)(jitted_call)
+        return kernel
     return decorate
 
 
-def _kernel(core, public, check, contract, extra):
-    """``core(*check(...))`` named and documented as ``public``, with its attributes and its overload."""
-    @functools.wraps(public)
-    def kernel(*args, **kwargs):
-        return core(*check(*args, **kwargs))
-
-    def py_func(*args, **kwargs):
-        return core.py_func(*check(*args, **kwargs))
-
-    py_func.__name__ = public.__name__
-    py_func.__qualname__ = f"{public.__qualname__}.py_func"
-    py_func.__doc__ = f"{public.__name__} with the core's pure-Python body (core.py_func)."
-    kernel.core = core
-    kernel.check = check
-    kernel.py_func = py_func
-    kernel.contract = contract
-    kernel.extra = extra
-
-    def jitted_call(*args):
-        def call_core(*args):
-            return core(*args)
-        return call_core
-
-    overload(kernel, jit_options=JIT_OPTIONS)(jitted_call)
-    return kernel
+def python_core(body, **pieces):
+    """A core written in plain Python over jitted ``pieces`` (keyword arguments of ``body``): ``body`` with
+    them; its ``.py_func`` passes their pure-Python bodies instead."""
+    core = functools.partial(body, **pieces)
+    core.py_func = functools.partial(body, **{name: piece.py_func for name, piece in pieces.items()})
+    return core
 
 
 def _order(names, contract):
@@ -248,10 +247,9 @@ class Array(Spec):
 
     def check(self, name, value, values):
         shape = None if self.shape is None else self.shape(values)
-        if shape is None:
-            array(name, value, self.dtypes, self.ndim, self.output, self.contiguous)
-        else:
-            shaped(name, value, self.dtypes, shape, self.output, self.contiguous)
+        array(name, value, self.dtypes, self.ndim if shape is None else len(shape), self.output, self.contiguous)
+        if shape is not None and value.shape != shape:
+            raise ValueError(f"{name} must have shape {shape}, got {value.shape}")
         if self._bounded:
             self._check_bounds(name, value, values)
         return value
@@ -374,8 +372,8 @@ class Choice(Spec):
 
 
 class Offsets(Spec):
-    """Segment offsets (int64, S + 1 entries) cutting [0, ``total``) (a bound, :func:`checked`): from 0,
-    never decreasing, to the total (:func:`segment_count`); ``total`` None: to wherever they end."""
+    """Segment offsets (int64, S + 1 >= 1 entries) cutting [0, ``total``) (a bound, :func:`checked`): from 0,
+    never decreasing, to the total; ``total`` None: to wherever they end."""
 
     BOUNDS = ("total",)
 
@@ -383,11 +381,19 @@ class Offsets(Spec):
         self.total = total
 
     def check(self, name, value, values):
-        if self.total is None:
-            array(name, value, INT64)
-            segment_count(name, value, int(value[-1]) if value.shape[0] else 0)
+        array(name, value, INT64)
+        n = value.shape[0]
+        if n == 0:
+            raise ValueError(f"{name} must hold S + 1 >= 1 offsets, got none")
+        total = int(value[-1]) if self.total is None else self.total(values)
+        if n <= SHORT_ARRAY:
+            listed = value.tolist()
+            valid = listed[0] == 0 and listed[-1] == total and listed == sorted(listed)
         else:
-            segment_count(name, value, self.total(values))
+            valid = value[0] == 0 and value[-1] == total and not np.any(value[1:] < value[:-1])
+        if not valid:
+            raise ValueError(f"{name} must run from 0 to {total} without decreasing, got "
+                             f"{value[:8].tolist()}{' ...' if n > 8 else ''}")
         return value
 
 
@@ -446,14 +452,6 @@ def array(name, value, dtypes, ndim=1, writable=False, contiguous=True):
     return value
 
 
-def shaped(name, value, dtypes, shape, writable=False, contiguous=True):
-    """An array (:func:`array`) of one of ``dtypes`` with exactly this ``shape``."""
-    array(name, value, dtypes, len(shape), writable, contiguous)
-    if value.shape != shape:
-        raise ValueError(f"{name} must have shape {shape}, got {value.shape}")
-    return value
-
-
 def integer(name, value, low=0, high=INT64_MAX):
     """``value`` as an int if it is an integer (not a bool) in [low, high]."""
     if type(value) is not int:                 # (bool is a subclass of int, but not int itself)
@@ -475,29 +473,6 @@ def _bound(value) -> str:
     return str(value)
 
 
-def segment_count(name, offsets, total):
-    """The number S of segments that ``offsets`` (int64, S + 1 entries) cut [0, total) into: the offsets
-    must start at 0, never decrease and end at ``total``."""
-    array(name, offsets, INT64)
-    n = offsets.shape[0]
-    if n == 0:
-        raise ValueError(f"{name} must hold S + 1 >= 1 offsets, got none")
-    if n <= SHORT_ARRAY:
-        values = offsets.tolist()
-        valid = values[0] == 0 and values[-1] == total and values == sorted(values)
-    else:
-        valid = offsets[0] == 0 and offsets[-1] == total and not np.any(offsets[1:] < offsets[:-1])
-    if not valid:
-        raise ValueError(f"{name} must run from 0 to {total} without decreasing, got "
-                         f"{_preview(offsets)}")
-    return n - 1
-
-
 def smallest(values):
     """The smallest entry of a nonempty integer array, as an int."""
     return min(values.tolist()) if values.shape[0] <= SHORT_ARRAY else int(values.min())
-
-
-def _preview(values, limit=8):
-    listed = values[:limit].tolist()
-    return f"{listed}{' ...' if values.shape[0] > limit else ''}"

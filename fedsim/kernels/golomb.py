@@ -15,8 +15,6 @@ The parameter that the paper derives for a density ``q' = n / N`` is
 taken as ``max(0, .)`` (for ``q' >= 1 - (phi - 1)^2 ~ 0.62`` the formula drops below 0; ``b = 0`` is the
 unary code) and capped at 62 (gaps are int64). ``ln(1 - q')`` is computed as ``log1p(-q')`` so tiny
 densities keep their precision.
-
-The arguments are checked as :mod:`fedsim.kernels.checks` says (codes inside the stream, b in [0, 62]).
 """
 
 from __future__ import annotations
@@ -54,7 +52,6 @@ def _room_for(bit_offset, bit_end, count, b):
 
 @_jit
 def _rice_parameter_core(count, size):
-    """:func:`rice_parameter` without the argument checks (it still rejects count outside [0, size])."""
     if count < 0 or count > size:
         raise ValueError("rice_parameter: count must be in [0, size]")
     if count == 0:
@@ -88,7 +85,6 @@ def rice_parameter_numpy(count, size):
 
 @_jit
 def _golomb_rice_bits_core(positions, b):
-    """:func:`golomb_rice_bits` without the argument checks (it still checks b and the positions)."""
     if b < 0 or b > MAX_RICE_PARAMETER:
         raise ValueError("Golomb-Rice parameter b must be in [0, 62]")
     total = 0
@@ -189,8 +185,6 @@ def golomb_rice_encode_numpy(positions, b):
 
 @_jit
 def _golomb_rice_decode_from_core(stream, bit_offset, bit_end, count, b, positions_out):
-    """:func:`golomb_rice_decode_from` without the argument checks (it still never reads past
-    ``bit_end`` and rejects a ``bit_end`` beyond the stream)."""
     if b < 0 or b > MAX_RICE_PARAMETER:
         raise ValueError("Golomb-Rice parameter b must be in [0, 62]")
     if bit_end > stream.shape[0] * 8:

@@ -11,8 +11,7 @@ Decoding starts from n = 1: read a bit; 0 ends with the value n; 1 starts a grou
 and n more) whose value becomes the new n. Fields are written most significant bit first, in the bit
 order of :mod:`fedsim.kernels.bitstream`.
 
-Private helpers of the QSGD kernels (:mod:`fedsim.kernels.qsgd`), each checked (an integer to code in
-[1, 2^62), the code inside the stream) and tested alone.
+Private helpers of the QSGD kernels (:mod:`fedsim.kernels.qsgd`), checked and tested alone.
 """
 
 from __future__ import annotations
@@ -32,10 +31,6 @@ MAX_OMEGA_VALUE = (1 << 62) - 1
 OMEGA_RANGE_MESSAGE = "Elias omega codes integers in [1, 2^62)"
 
 
-def _bit_length_table() -> np.ndarray:
-    return np.array([int(v).bit_length() for v in range(256)], np.int64)
-
-
 def _omega_bits_table() -> np.ndarray:
     """OMEGA_BITS[L]: bits of the omega code of any integer of bit length L (1 <= L <= 63)."""
     table = np.zeros(64, np.int64)
@@ -45,7 +40,7 @@ def _omega_bits_table() -> np.ndarray:
     return table
 
 
-BYTE_BIT_LENGTH = _bit_length_table()
+BYTE_BIT_LENGTH = np.array([value.bit_length() for value in range(256)], np.int64)
 OMEGA_BITS = _omega_bits_table()
 # The omega code length of every value below 256 (index 0 unused: 0).
 OMEGA_BITS_SMALL = OMEGA_BITS[BYTE_BIT_LENGTH]
@@ -87,7 +82,6 @@ def _omega_bits_unchecked(value):
 
 @_jit
 def _elias_omega_bits_core(value):
-    """:func:`_elias_omega_bits` without the argument checks (it still rejects a value out of range)."""
     if value < 1 or value > MAX_OMEGA_VALUE:
         raise ValueError(OMEGA_RANGE_MESSAGE)
     return _omega_bits_unchecked(value)
@@ -118,9 +112,7 @@ def _elias_omega_bits_numpy(values):
 
 @_jit
 def _write_elias_omega_core(stream, bit_offset, value):
-    """:func:`_write_elias_omega` without the argument checks.
-
-    The groups are placed from the end backwards (the terminating 0 last), so no group list is needed."""
+    """The groups are placed from the end backwards (the terminating 0 last), so no group list is needed."""
     total = _elias_omega_bits_core(value)
     position = bit_offset + total - 1
     _write_uint_core(stream, position, 0, 1)
@@ -142,7 +134,6 @@ def _write_elias_omega(stream, bit_offset, value):
 
 @_jit
 def _read_elias_omega_core(stream, bit_offset, bit_end):
-    """:func:`_read_elias_omega` without the argument checks (reads still stop at ``bit_end``)."""
     value = 1
     offset = bit_offset
     while True:

@@ -31,10 +31,9 @@ data dtype (no fused multiply-add), so that sender, receiver and NumPy twin agre
     P_k = M_k Q;  P = (P_0 + P_1 + ... + P_(K-1)) / K;  P_hat = orthogonalize(P)
     Q_k = M_k^T P_hat;  decoded_k = low_rank_product(P_hat, Q_k);  Q_new = (Q_0 + ... + Q_(K-1)) / K
 
-(sums in sender order, elementwise in the data dtype). Each kernel has a NumPy twin ``*_numpy``, bitwise
-equal; :func:`power_step_numpy` is the same step built on the twins. Kernels and twins check their
-arguments first (:mod:`fedsim.kernels.checks`): arrays of one float dtype, C-contiguous where jitted code
-reads or writes them (the matrices and ``q``, read by NumPy's products only, may have any strides).
+(sums in sender order, elementwise in the data dtype); :func:`power_step_numpy` is the same step built on
+the twins. The arrays are of one float dtype, C-contiguous where jitted code reads or writes them (the
+matrices and ``q``, read by NumPy's products only, may have any strides).
 """
 
 from __future__ import annotations
@@ -47,8 +46,7 @@ from fedsim.kernels.checks import FLOAT, Array, Real, checked
 from fedsim.kernels.selection import NONFINITE_MESSAGE
 
 # Relative drop tolerance of the orthogonalization: sqrt(eps) of the data dtype (module docstring).
-DROP_TOLERANCE = {np.dtype(np.float32): float(np.sqrt(np.finfo(np.float32).eps)),
-                  np.dtype(np.float64): float(np.sqrt(np.finfo(np.float64).eps))}
+DROP_TOLERANCE = {np.dtype(t): float(np.sqrt(np.finfo(t).eps)) for t in (np.float32, np.float64)}
 # Projection passes of the Gram-Schmidt step (one pass and one reorthogonalization).
 PROJECTION_PASSES = 2
 
@@ -81,7 +79,6 @@ def _scaled_norm(columns, j):
 
 @_jit
 def _orthogonalize_core(p, tolerance, out):
-    """:func:`_orthogonalize` without the argument checks (it still rejects non-finite entries of ``p``)."""
     n, rank = p.shape
     columns = np.empty((rank, n), np.float64)     # column j of p as row j: contiguous
     for i in range(n):
@@ -117,9 +114,8 @@ def _orthogonalize_core(p, tolerance, out):
 @checked(_orthogonalize_core, p=Array(FLOAT, ndim=2), tolerance=Real(0.0),
          out=Array(FLOAT, output=True, shape=lambda p: p.shape, like="p"))
 def _orthogonalize(p, tolerance, out):
-    """Gram-Schmidt on the r columns of ``p`` (n, r; float32 or float64, C-contiguous) into ``out`` (n, r,
-    ``p``'s dtype, C-contiguous, writable); returns the number of kept (nonzero) columns. Definition, drop
-    rule and ``tolerance`` (finite, >= 0): module docstring."""
+    """Gram-Schmidt on the r columns of ``p`` (n, r) into ``out``; returns the number of kept (nonzero)
+    columns. Definition, drop rule and ``tolerance``: module docstring."""
 
 
 def _scaled_norm_numpy(column):
@@ -132,11 +128,10 @@ def _scaled_norm_numpy(column):
 
 
 def _orthogonalize_numpy(p, tolerance, out):
-    """NumPy twin of :func:`_orthogonalize` (bitwise equal)."""
     p, tolerance, out = _orthogonalize.check(p, tolerance, out)
     if not np.all(np.isfinite(p)):
         raise ValueError(NONFINITE_MESSAGE)
-    columns = np.ascontiguousarray(p.T, dtype=np.float64)
+    columns = np.array(p.T, dtype=np.float64, order="C")       # a copy (a view would write into p)
     kept = 0
     for j in range(columns.shape[0]):
         before = _scaled_norm_numpy(columns[j])[0]
@@ -157,8 +152,7 @@ def _orthogonalize_numpy(p, tolerance, out):
 # --- Low-rank product -----------------------------------------------------------------------------
 
 @_jit
-def _low_rank_product_core(left, right, out):
-    """:func:`low_rank_product` without the argument checks (r >= 1)."""
+def _low_rank_product_core(left, right, out):          # (r >= 1)
     n, rank = left.shape
     m = right.shape[0]
     transposed = np.empty((rank, m), right.dtype)   # rows of right^T: the inner loop runs contiguously
@@ -190,11 +184,10 @@ def _same_rank(left, right):
          out=Array(FLOAT, output=True, shape=lambda left, right: (left.shape[0], right.shape[0]), like="left"))
 def low_rank_product(left, right, out):
     """``out`` (n, m) = ``left`` (n, r) times ``right`` (m, r) transposed, summed over the rank in order
-    (r >= 1; float32 or float64 of one dtype, C-contiguous, ``out`` writable)."""
+    (r >= 1)."""
 
 
 def low_rank_product_numpy(left, right, out):
-    """NumPy twin of :func:`low_rank_product` (bitwise equal)."""
     left, right, out = low_rank_product.check(left, right, out)
     np.multiply(left[:, 0:1], right[:, 0][None, :], out=out)
     for t in range(1, left.shape[1]):
@@ -221,19 +214,9 @@ def _power_step(matrices, q, tolerance, decoded_out, orthogonalize_fn, product_f
     return p_hat, q_each, _sender_mean(q_each)
 
 
-def _power_step_core(matrices, q, tolerance, decoded_out):
-    """:func:`power_step` without the argument checks (plain Python: NumPy's products and the jitted
-    cores)."""
-    return _power_step(matrices, q, tolerance, decoded_out, _orthogonalize_core, _low_rank_product_core)
-
-
-def _power_step_py_func(matrices, q, tolerance, decoded_out):
-    """:func:`_power_step_core` with the cores' pure-Python bodies."""
-    return _power_step(matrices, q, tolerance, decoded_out, _orthogonalize_core.py_func,
-                       _low_rank_product_core.py_func)
-
-
-_power_step_core.py_func = _power_step_py_func
+# power_step's core: NumPy's products and the jitted cores
+_power_step_core = checks.python_core(_power_step, orthogonalize_fn=_orthogonalize_core,
+                                      product_fn=_low_rank_product_core)
 
 
 def _has_senders(matrices):
@@ -247,26 +230,19 @@ def _warm_start_fits(matrices, q):
         raise ValueError(f"q must have shape (m, r) = ({m}, r) with r >= 1, got {q.shape}")
 
 
-class _DecodedOut(Array):
-    """(K, n, m) of the matrices' dtype, writable, each decoded_out[k] C-contiguous (the rows of a batch may
-    be apart: a view into a wider (K, P) array is accepted)."""
-
-    def __init__(self):
-        super().__init__(FLOAT, ndim=3, output=True, shape=lambda matrices: matrices.shape, like="matrices")
-
-    def check(self, name, decoded_out, values):
-        matrices = values[self._like_index]
-        checks.shaped(name, decoded_out, (matrices.dtype,), matrices.shape, writable=True, contiguous=False)
-        if not decoded_out[0].flags.c_contiguous:
-            raise ValueError("decoded_out must hold C-contiguous (n, m) matrices (np.ascontiguousarray gives a "
-                             "contiguous copy)")
-        return decoded_out
+def _matrices_contiguous(decoded_out):
+    """Each decoded_out[k] C-contiguous (the rows of a batch may be apart: a view into a wider (K, P) array
+    is accepted)."""
+    if not decoded_out[0].flags.c_contiguous:
+        raise ValueError("decoded_out must hold C-contiguous (n, m) matrices (np.ascontiguousarray gives a "
+                         "contiguous copy)")
 
 
 # matrices and q: any strides (only NumPy reads them)
 @checked(_power_step_core, matrices=Array(FLOAT, ndim=3, contiguous=False, then=_has_senders),
          q=Array(FLOAT, ndim=2, contiguous=False, like="matrices", then=_warm_start_fits), tolerance=Real(0.0),
-         decoded_out=_DecodedOut())
+         decoded_out=Array(FLOAT, ndim=3, output=True, contiguous=False, shape=lambda matrices: matrices.shape,
+                           like="matrices", then=_matrices_contiguous))
 def power_step(matrices, q, tolerance, decoded_out):
     """One PowerSGD power step (module docstring) with the jitted kernels: the senders' matrices M_k
     (K, n, m), the shared warm start Q (m, r), the drop ``tolerance`` of :func:`_orthogonalize`; writes
@@ -276,7 +252,6 @@ def power_step(matrices, q, tolerance, decoded_out):
 
 
 def power_step_numpy(matrices, q, tolerance, decoded_out):
-    """:func:`power_step` built on the NumPy twins (bitwise equal to it)."""
     matrices, q, tolerance, decoded_out = power_step.check(matrices, q, tolerance, decoded_out)
     return _power_step(matrices, q, tolerance, decoded_out, _orthogonalize_numpy, low_rank_product_numpy)
 

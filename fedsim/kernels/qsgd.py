@@ -25,11 +25,8 @@ the largest |v_i| (float64, by one ulp): that entry gets level s. An all-zero bu
 and out = +0.0 everywhere; its uniforms are consumed all the same (each row takes P). The signed levels
 ``sign(v_i) level_i`` are the message's payload. float64 squares can overflow (entries beyond ~1e154) or
 underflow (a bucket whose entries are all below ~1e-162 has norm 0 and is sent as zero: QSGD is then
-biased there); an overflowing norm raises ``ValueError(NORM_OVERFLOW_MESSAGE)``.
-
-Arithmetic: a plain sequential float64 sum (fastmath off: no reassociation, no fused multiply-add); the
-NumPy twin sums with ``np.cumsum``, which adds in the same order; every other step is one correctly
-rounded IEEE operation, so kernel, twin and the torch reference agree bitwise.
+biased there); an overflowing norm raises ``ValueError(NORM_OVERFLOW_MESSAGE)``. Every step but the sum is
+one correctly rounded IEEE operation, so kernel, twin and the torch reference agree bitwise.
 
 Code of one bucket (the paper's Code_s, section 3 and its coding appendix)
 --------------------------------------------------------------------------
@@ -42,11 +39,6 @@ where the next bucket starts. Bits of a bucket (:func:`_bucket_bits`)::
 
     F                                                                         norm = 0
     F + sum over nonzero i of (B(gap_i) + 1 + B(|level_i|)) + B(n - last)    norm > 0
-
-Every public kernel ``foo`` has a NumPy twin ``foo_numpy``, bitwise equal; both check their arguments
-first (:mod:`fedsim.kernels.checks`: also signed levels within the omega code's +-(2^62 - 1), norm patterns
-within ``float_bits``, a code that fits its stream) and reject non-finite data with
-``ValueError(NONFINITE_MESSAGE)``.
 """
 
 from __future__ import annotations
@@ -134,10 +126,6 @@ def _zero_filled(levels_out):
         raise ValueError("levels_out must be zero-filled (the decoder writes the nonzero levels only)")
 
 
-def _message_bits(signed_levels, bucket_offsets, norm_patterns, float_bits):
-    return _qsgd_bits_core(signed_levels, bucket_offsets, norm_patterns, float_bits)
-
-
 # Signed levels: integers within +-(2^62 - 1), what the omega code carries (one pass for 64-bit dtypes)
 SIGNED_LEVELS = Array(checks.INTEGER, then=_within_omega)
 ROW_BUCKETS = Offsets(total=lambda signed_levels: signed_levels.shape[-1])
@@ -164,13 +152,12 @@ def _bucket_bits(signed_levels, norm_nonzero, float_bits):
 
 
 @_jit
-def _qsgd_bits_core(signed_levels, bucket_offsets, norms, float_bits):
-    """:func:`qsgd_bits` without the argument checks (``norms`` may also be the norms' bit patterns: only
-    which of them are nonzero counts)."""
+def _qsgd_bits_core(signed_levels, bucket_offsets, norm_patterns, float_bits):
+    """``norm_patterns`` may also be the norms: only which of them are nonzero counts."""
     total = 0
     for b in range(bucket_offsets.shape[0] - 1):
-        total += _bucket_bits(signed_levels[bucket_offsets[b]:bucket_offsets[b + 1]], norms[b] != 0,
-                                   float_bits)
+        total += _bucket_bits(signed_levels[bucket_offsets[b]:bucket_offsets[b + 1]], norm_patterns[b] != 0,
+                              float_bits)
     return total
 
 
@@ -256,8 +243,6 @@ def _quantize_bucket(x, uniforms, levels, norm_out, decoded_out, levels_out):
 @_jit
 def _qsgd_quantize_core(updates, bucket_offsets, levels, uniforms, float_bits, decoded_out, norms_out,
                         levels_out, encoded_bits_out):
-    """:func:`qsgd_quantize` without the argument checks (it still rejects non-finite data and an
-    overflowing norm)."""
     n_rows = updates.shape[0]
     n_buckets = bucket_offsets.shape[0] - 1
     for row in range(n_rows):
@@ -280,15 +265,10 @@ def _qsgd_quantize_core(updates, bucket_offsets, levels, uniforms, float_bits, d
          encoded_bits_out=checks.ENCODED_BITS_OUT)
 def qsgd_quantize(updates, bucket_offsets, levels, uniforms, float_bits, decoded_out, norms_out, levels_out,
                   encoded_bits_out):
-    """QSGD of every row of ``updates`` (K, P), bucket by bucket (module docstring), in one call.
-
-    ``bucket_offsets`` (B + 1,) tile each row (:func:`bucket_offsets`); ``levels`` is s in [1, 2^31);
-    ``uniforms`` (K, P) float64 in [0, 1) are the u of each entry (their range is not checked);
-    ``float_bits`` is the width of an encoded norm (32 for float32 data, 64 for float64). Written:
-    ``decoded_out`` (K, P), what the receiver reconstructs; ``norms_out`` (K, B), each bucket's norm (both
-    in the updates' dtype); ``levels_out`` (K, P) int16 or int32, the signed levels (int16 holds s <=
-    32767); ``encoded_bits_out`` (K,) int64, each row's :func:`qsgd_bits`.
-    """
+    """QSGD of every row of ``updates``, bucket by bucket (module docstring), in one call: ``levels`` is s,
+    ``uniforms`` in [0, 1) the u of each entry (their range is not checked), ``float_bits`` the width of an
+    encoded norm. Written: what the receiver reconstructs, each bucket's norm, the signed levels (int16 holds
+    s <= 32767) and each row's :func:`qsgd_bits`."""
 
 
 def _bucket_norms_numpy(updates, offsets):
@@ -366,7 +346,7 @@ def _qsgd_encode_into_core(signed_levels, bucket_offsets, norm_patterns, float_b
 
 @checked(_qsgd_encode_into_core, extra=_patterns_fit, signed_levels=SIGNED_LEVELS, bucket_offsets=ROW_BUCKETS,
          norm_patterns=Array(checks.INT64, shape=_buckets), float_bits=checks.FLOAT_BITS,
-         stream=Stream(output=True, start="bit_offset", bits=_message_bits), bit_offset=BIT_OFFSET)
+         stream=Stream(output=True, start="bit_offset", bits=_qsgd_bits_core), bit_offset=BIT_OFFSET)
 def qsgd_encode_into(signed_levels, bucket_offsets, norm_patterns, float_bits, stream, bit_offset):
     """Write a row's buckets (module docstring) into ``stream`` from ``bit_offset``; returns the offset after
     them. ``norm_patterns`` (B,) int64 holds each norm's IEEE bit pattern (a float32's below 2^32); a bucket
@@ -376,8 +356,6 @@ def qsgd_encode_into(signed_levels, bucket_offsets, norm_patterns, float_bits, s
 @_jit
 def _qsgd_decode_from_core(stream, bit_offset, bit_end, bucket_offsets, float_bits, norm_patterns_out,
                            levels_out):
-    """:func:`qsgd_decode_from` without the argument checks (reads still stop at ``bit_end``, which it
-    still rejects beyond the stream)."""
     if bit_end > stream.shape[0] * 8:
         raise ValueError("bit_end lies beyond the stream")
     offset = bit_offset

@@ -49,10 +49,8 @@ Batch
 A value beyond ``max / scale`` (a diverged update) overflows to inf in ``decoded``, silently as in IEEE
 arithmetic; the simulation rejects the next update that carries the inf. A NaN or an infinite entry
 anywhere in a row raises ``ValueError(NONFINITE_MESSAGE)``. Work per row: one pass over the row (the
-finiteness check fused with zeroing ``decoded``) and O(k) for the positions.
-
-Every kernel has a NumPy twin (``*_numpy``), bitwise equal: the draws in NumPy uint64 arithmetic, Floyd's
-loop with a Python set. Both check their arguments first (:mod:`fedsim.kernels.checks`; seeds in [0, 2^64)).
+finiteness check fused with zeroing ``decoded``) and O(k) for the positions. The twins draw in NumPy
+uint64 arithmetic and run Floyd's loop with a Python set.
 """
 
 from __future__ import annotations
@@ -171,7 +169,6 @@ def _floyd_into(seed, segment, size, k, positions_out, marks):
 
 @_jit
 def _random_positions_core(seed, segment, size, k, positions_out):
-    """:func:`random_positions` without the argument checks (it still checks k and size)."""
     if k < 0 or k > size or size > MAX_SEGMENT:
         raise ValueError("random positions need 0 <= k <= size <= 2^32")
     marks = np.zeros(size, np.uint8)
@@ -208,8 +205,6 @@ def random_positions_numpy(seed, segment, size, k, positions_out):
 
 @_jit
 def _randomk_compress_batch_core(updates, segment_offsets, budgets, scales, seeds, decoded_out, values_out):
-    """:func:`randomk_compress_batch` without the argument checks (it still checks the budgets and the
-    segment sizes)."""
     n_rows = updates.shape[0]
     n_segments = segment_offsets.shape[0] - 1
     longest = _longest_segment(segment_offsets)
@@ -247,13 +242,9 @@ def _randomk_compress_batch_core(updates, segment_offsets, budgets, scales, seed
          seeds=Array(checks.UINT64, shape=checks.rows), decoded_out=checks.PER_ENTRY_OUT,
          values_out=Array(checks.FLOAT, output=True, shape=_sent_values_shape, like="updates"))
 def randomk_compress_batch(updates, segment_offsets, budgets, scales, seeds, decoded_out, values_out):
-    """Random-k of every row of ``updates`` (K, P) (module docstring, "Batch"), in one call.
-
-    ``budgets`` (S,) are the k_j (0 <= k_j <= N_j <= 2^32); ``scales`` (S,) the factor of each segment's sent
-    values, dtype(N / k) (unbiased) or 1; ``seeds`` (K,) uint64, one per row. Written: ``decoded_out``
-    (K, P) (zeros where nothing is sent), ``values_out`` (K, sum of budgets): the sent values ``x[i_t]``
-    (unscaled), segment after segment, each in Floyd's order.
-    """
+    """Random-k of every row of ``updates`` (module docstring, "Batch"), in one call, with the budgets k_j
+    (0 <= k_j <= N_j <= 2^32), the scales and one seed per row; ``values_out`` gets the sent values ``x[i_t]``
+    (unscaled), segment after segment, each in Floyd's order."""
 
 
 def randomk_compress_batch_numpy(updates, segment_offsets, budgets, scales, seeds, decoded_out, values_out):

@@ -1,10 +1,8 @@
 """Top-k selection of one vector: the kept set, its threshold and mean, and the sampled threshold.
 
 Private helpers of the batched kernels of :mod:`fedsim.kernels.sparsify` (the entry points the library
-calls) and of :mod:`fedsim.kernels.ternary`; each is checked (:mod:`fedsim.kernels.checks`) and has a NumPy
-twin ``_<name>_numpy``, so that the tests and benchmarks can call it alone. Each takes one 1-D float32 or
-float64 ``x`` and works in its dtype; a non-finite entry raises ``ValueError(NONFINITE_MESSAGE)`` (how the
-simulator detects divergence).
+calls) and of :mod:`fedsim.kernels.ternary`, checked so that the tests and benchmarks can call each alone.
+Each takes one 1-D float32 or float64 ``x`` and works in its dtype.
 
 **The kept set** ``K(x, k)`` of top-k selection (top-k sparsification and STC, arXiv 1903.02891) is the
 positions of the ``k`` largest magnitudes among the *nonzero* entries of ``x``::
@@ -22,24 +20,24 @@ Positions are returned in increasing order.
     mu = dtype( (sum over i in K, in increasing i, of float64(|x_i|)) / |K| )
 
 a sequential float64 sum in index order, one float64 division, one rounding to ``x``'s dtype (``mu = 0``
-for an empty set). The NumPy twins compute the same with ``np.cumsum`` (sequential, unlike ``np.sum``).
-For float32 input the float64 sum cannot overflow; for float64 input whose kept magnitudes sum beyond
-the float64 maximum (~1.8e308, a diverged update) mu is inf, and the next round's update is rejected.
+for an empty set). For float32 input the float64 sum cannot overflow; for float64 input whose kept
+magnitudes sum beyond the float64 maximum (~1.8e308, a diverged update) mu is inf, and the next round's
+update is rejected.
 
 Speed of the exact selection
 ----------------------------
 A vector is read once. A strided sample of ``m = min(PIVOT_SAMPLE, N / SAMPLE_STRIDE)`` magnitudes (no
-randomness; none for a short segment) gives a
-lower bound ``L`` = its r-th largest, ``r = e + 4 sqrt(e) + 8`` where ``e = m k / N`` sample entries are
-expected above the true threshold, so that about ``r N / m`` (a little more than k) entries pass; one pass
-then collects the candidates ``|x_i| >= L`` (in index order) into a buffer, and the exact k-th largest is
-selected among those few candidates (quickselect). If the
-buffer fills, it is compacted to its own top k and ``L`` rises to the k-th candidate (so adversarial
-orderings stay linear time); if fewer than ``k`` entries pass a guessed ``L``, the pass is repeated with
-``L = 0+``. The result does not depend on the guess, only the running time does. The candidate pass is a
-branch-predictable scan, while a quickselect mispredicts about every other comparison, so the sample keeps
-the quickselects small (for the 10,240 weights of the STC seed model it makes the selection about 10 times
-faster than a quickselect over all of them; for N = 1e5 about 4 times).
+randomness; none for a short segment) gives a lower bound ``L`` = its r-th largest,
+``r = e + 4 sqrt(e) + 8`` where ``e = m k / N`` sample entries are expected above the true threshold, so
+that about ``r N / m`` (a little more than k) entries pass; one pass then collects the candidates
+``|x_i| >= L`` (in index order) into a buffer, and the exact k-th largest is selected among those few
+candidates (quickselect). If the buffer fills, it is compacted to its own top k and ``L`` rises to the
+k-th candidate (so adversarial orderings stay linear time); if fewer than ``k`` entries pass a guessed
+``L``, the pass is repeated with ``L = 0+``. The result does not depend on the guess, only the running
+time does. The candidate pass is a branch-predictable scan, while a quickselect mispredicts about every
+other comparison, so the sample keeps the quickselects small (for the 10,240 weights of the STC seed model
+it makes the selection about 10 times faster than a quickselect over all of them; for N = 1e5 about 4
+times).
 """
 
 from __future__ import annotations
@@ -286,15 +284,6 @@ def _top_k_into(x, k, candidate_positions, candidate_magnitudes, scratch, positi
 
 
 @_jit
-def _magnitude_sum(x, positions, count):
-    """sum over the first ``count`` positions, in order, of float64(|x_i|) (sequential)."""
-    total = 0.0
-    for j in range(count):
-        total += np.float64(abs(x[positions[j]]))
-    return total
-
-
-@_jit
 def _round_to_dtype(like, value):
     """``value`` rounded to the dtype of the array ``like`` (returned as that dtype's scalar)."""
     holder = np.empty(1, like.dtype)
@@ -304,10 +293,13 @@ def _round_to_dtype(like, value):
 
 @_jit
 def _mean_of(x, positions, count):
-    """mu = dtype(float64 sequential sum of |x_i| over the positions / count); 0 for count 0."""
+    """mu = dtype(float64 sequential sum of |x_i| over the first ``count`` positions / count); 0 for count 0."""
     if count == 0:
         return _round_to_dtype(x, 0.0)
-    return _round_to_dtype(x, _magnitude_sum(x, positions, count) / count)
+    total = 0.0
+    for j in range(count):
+        total += np.float64(abs(x[positions[j]]))
+    return _round_to_dtype(x, total / count)
 
 
 @_jit

@@ -60,19 +60,9 @@ def _shift_logits_core(z, bias, scale, labels, z_y):
             z_y[g, r] = z[g, r, labels[gl, r]]
 
 
-def _block_array(name, value, dtypes, shapes, writable=False):
-    """``value`` if it is a NumPy array (any strides) of one of ``dtypes`` whose shape is one of ``shapes``
-    (all of one number of dimensions), writable if it is an output."""
-    checks.array(name, value, dtypes, len(shapes[0]), writable, contiguous=False)
-    if value.shape not in shapes:
-        raise ValueError(f"{name} must have shape {' or '.join(str(s) for s in dict.fromkeys(shapes))}, "
-                         f"got {value.shape}")
-    return value
-
-
 class _Block(Array):
     """An array of a block (any strides) in the dtype of ``z`` (or of ``dtypes``), whose shape is one of
-    ``shapes`` (a function of ``z``'s shape (G, R, C)), writable if ``output`` (:func:`_block_array`)."""
+    ``shapes`` (a function of ``z``'s shape (G, R, C), all of two dimensions), writable if ``output``."""
 
     def __init__(self, shapes, dtypes=None, output=False, then=None):
         super().__init__(dtypes or FLOAT, ndim=2, output=output, contiguous=False,
@@ -81,8 +71,12 @@ class _Block(Array):
 
     def check(self, name, value, values):
         z = values[0]                                     # (z is each kernel's first argument)
-        dtypes = self.dtypes if self.like is None else (z.dtype,)
-        return _block_array(name, value, dtypes, self.shapes(*z.shape), self.output)
+        checks.array(name, value, self.dtypes if self.like is None else (z.dtype,), 2, self.output, contiguous=False)
+        shapes = self.shapes(*z.shape)
+        if value.shape not in shapes:
+            raise ValueError(f"{name} must have shape {' or '.join(str(s) for s in dict.fromkeys(shapes))}, "
+                             f"got {value.shape}")
+        return value
 
 
 class _ScalarOfZ(Real):
@@ -192,20 +186,10 @@ def _gather_rows_core(x, index, out):
                 out[g, r, f] = x[row, f]
 
 
-class _Gathered(Array):
-    """(G, R, F) in x's dtype, writable, any strides (:func:`_block_array`)."""
-
-    def __init__(self):
-        super().__init__(FLOAT, ndim=3, output=True, contiguous=False,
-                         shape=lambda x, index: index.shape + x.shape[1:], like="x")
-
-    def check(self, name, value, values):
-        x = values[self._like_index]
-        return _block_array(name, value, (x.dtype,), (self.shape(values),), writable=True)
-
-
 @checked(_gather_rows_core, x=Array(FLOAT, ndim=2),
-         index=Array(INT64, ndim=2, contiguous=False, within=lambda x: x.shape[0]), out=_Gathered())
+         index=Array(INT64, ndim=2, contiguous=False, within=lambda x: x.shape[0]),
+         out=Array(FLOAT, ndim=3, output=True, contiguous=False, shape=lambda x, index: index.shape + x.shape[1:],
+                   like="x"))
 def gather_rows(x, index, out):
     """``out[g, r] = x[index[g, r]]``: rows of the (N, F) array ``x`` into ``out`` (G, R, F)."""
 

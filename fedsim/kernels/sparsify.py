@@ -2,13 +2,10 @@
 
 Each batched kernel compresses K updates (rows) segment by segment in one call, each segment exactly as
 the one-vector helpers of :mod:`fedsim.kernels.selection` (the kept set K(x, k) of top-k and STC, its mean
-magnitude, the sampled threshold) and :mod:`fedsim.kernels.ternary` (_ternarize, sign) give it, and raises
-``ValueError(NONFINITE_MESSAGE)`` at a non-finite entry.
+magnitude, the sampled threshold) and :mod:`fedsim.kernels.ternary` (_ternarize, sign) give it.
 """
 
 from __future__ import annotations
-
-import functools
 
 import numba
 import numpy as np
@@ -121,21 +118,18 @@ def _sampled_batch_core(updates, segment_offsets, budgets, float_bits, sample_po
         encoded_bits_out[row] = total_bits
 
 
-def _sparse_compress_batch_core(updates, segment_offsets, budgets, ternary, float_bits, sampled,
-                                sample_positions, sample_starts, sample_budgets,
-                                sent_out, counts_out, encoded_bits_out, py_func=False):
-    """:func:`sparse_compress_batch` without the argument checks: one jitted kernel for exact top-k and
-    STC, one for sampled STC, so that a run compiles only the one it uses (``py_func``: their pure-Python
-    bodies, for the tests)."""
+def _sparse_batch(updates, segment_offsets, budgets, ternary, float_bits, sampled, sample_positions, sample_starts,
+                  sample_budgets, sent_out, counts_out, encoded_bits_out, exact_core, sampled_core):
+    """:func:`sparse_compress_batch`'s core: one jitted kernel for exact top-k and STC, one for sampled STC, so
+    that a run compiles only the one it uses."""
     if ternary and sampled:
-        kernel = _sampled_batch_core.py_func if py_func else _sampled_batch_core
-        return kernel(updates, segment_offsets, budgets, float_bits, sample_positions, sample_starts,
-                      sample_budgets, sent_out, counts_out, encoded_bits_out)
-    kernel = _exact_batch_core.py_func if py_func else _exact_batch_core
-    return kernel(updates, segment_offsets, budgets, ternary, float_bits, sent_out, counts_out, encoded_bits_out)
+        return sampled_core(updates, segment_offsets, budgets, float_bits, sample_positions, sample_starts,
+                            sample_budgets, sent_out, counts_out, encoded_bits_out)
+    return exact_core(updates, segment_offsets, budgets, ternary, float_bits, sent_out, counts_out, encoded_bits_out)
 
 
-_sparse_compress_batch_core.py_func = functools.partial(_sparse_compress_batch_core, py_func=True)
+_sparse_compress_batch_core = checks.python_core(_sparse_batch, exact_core=_exact_batch_core,
+                                                 sampled_core=_sampled_batch_core)
 
 
 def _sample_starts_shape(updates, segment_offsets, ternary, sampled):
@@ -196,14 +190,11 @@ def sparse_compress_batch(updates, segment_offsets, budgets, ternary, float_bits
 
     Row r, segment j (``updates[r, offsets[j]:offsets[j + 1]]``) gets exactly what
     :func:`_top_k_sparsify` (``ternary`` False), :func:`_ternarize` (``ternary`` True) or
-    :func:`_sampled_ternarize` (``ternary`` and ``sampled``) give it with budget ``budgets[j]``.
-
-    ``float_bits`` (32 or 64) is the width of one encoded float (top-k's values, STC's mu). Sampled STC
-    reads the samples of row r, segment j as ``sample_positions[sample_starts[r S + j]:sample_starts[r S + j
-    + 1]]`` (positions within the segment, at most as many as it has entries) with budgets
-    ``sample_budgets``; otherwise the three sample arrays need only be int64 vectors. Out: ``sent_out``
-    (zero-filled) the decompressed messages, ``counts_out`` (K, S) the kept entries, ``encoded_bits_out``
-    (K,) each row's encoded length (the message formats of :mod:`fedsim.compress.base`).
+    :func:`_sampled_ternarize` (``ternary`` and ``sampled``) give it with budget ``budgets[j]``;
+    ``float_bits`` is the width of one encoded float (top-k's values, STC's mu). Sampled STC reads the samples
+    of row r, segment j as ``sample_positions[sample_starts[r S + j]:sample_starts[r S + j + 1]]`` with
+    budgets ``sample_budgets``. Out: ``sent_out`` (zero-filled) the decompressed messages, ``counts_out``
+    the kept entries, ``encoded_bits_out`` each row's encoded length (the formats of :mod:`fedsim.compress.base`).
     """
 
 
@@ -246,13 +237,10 @@ def _sign_compress_batch_core(updates, segment_offsets, scaled, float_bits, sent
          encoded_bits_out=checks.ENCODED_BITS_OUT)
 def sign_compress_batch(updates, segment_offsets, scaled, float_bits, sent_out, scales_out,
                         encoded_bits_out):
-    """sign (times the segment's mean magnitude if ``scaled``) of every row, in one call.
-
-    ``updates`` (K, P) float32 or float64 and ``segment_offsets`` (S + 1,) int64 as in
-    :func:`sparse_compress_batch`; ``sent_out[r, i] = sign(x_ri) * scale_rj`` (scale 1 when unscaled;
-    (K, P) in the dtype of ``updates``), ``scales_out[r, j]`` the scale ((K, S), same dtype),
-    ``encoded_bits_out[r]`` ((K,) int64) the sign message length: per segment 32 + Golomb-Rice bits of
-    the zero positions + one bit per nonzero entry (+ ``float_bits``, 32 or 64, for the scale when
-    scaled). A segment whose mean magnitude rounds to 0 (all zeros, or subnormals whose mean underflows)
-    is sent as zeros: its signs would reach the receiver multiplied by 0.
+    """sign (times the segment's mean magnitude if ``scaled``) of every row, in one call:
+    ``sent_out[r, i] = sign(x_ri) * scale_rj`` (scale 1 when unscaled), ``scales_out[r, j]`` the scale,
+    ``encoded_bits_out[r]`` the sign message length: per segment 32 + Golomb-Rice bits of the zero positions
+    + one bit per nonzero entry (+ ``float_bits`` for the scale when scaled). A segment whose mean magnitude
+    rounds to 0 (all zeros, or subnormals whose mean underflows) is sent as zeros: its signs would reach the
+    receiver multiplied by 0.
     """

@@ -1,8 +1,7 @@
 """STC ternarization (exact and with the sampled threshold), sign and mean magnitude of one vector.
 
 Private helpers of the batched kernels of :mod:`fedsim.kernels.sparsify`; the kept set K(x, k), its mean
-magnitude mu and the sampled threshold are defined in :mod:`fedsim.kernels.selection`. Each is checked
-(:mod:`fedsim.kernels.checks`) and has a NumPy twin ``_<name>_numpy``.
+magnitude mu and the sampled threshold are defined in :mod:`fedsim.kernels.selection`.
 """
 
 from __future__ import annotations

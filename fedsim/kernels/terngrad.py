@@ -21,8 +21,7 @@ So ``E[out_i] = sign(x_i) m_i``, the clipped entry, up to the rounding of ``r_i`
 uniforms; the largest magnitude is always kept. A segment with ``s = 0`` sends zeros and consumes its
 uniforms like any other. A constant segment (sigma = 0, also a single entry) is not clipped: clipping it to
 [0, 0] would erase it. For float64 data so large that a sum overflows, sigma is inf and nothing is clipped.
-The sums are plain sequential float64 loops (the NumPy twin uses ``np.cumsum``, which adds in the same
-order; fastmath is off); maxima and minima are exact in any order.
+Maxima and minima are exact in any order.
 
 Base-3 code of ternary symbols
 ------------------------------
@@ -32,10 +31,6 @@ form one value ``v = d_0 + 3 d_1 + 9 d_2 + 27 d_3 + 81 d_4 <= 242`` written in 8
 ``REMAINDER_BITS[r] = ceil(log2(3^r))`` = 2, 4, 5, 7 bits. Fields are most significant bit first
 (:mod:`fedsim.kernels.bitstream`); N digits take ``8 floor(N / 5) + REMAINDER_BITS[N mod 5]`` bits
 (:func:`_ternary_code_bits`). The decoder rejects a group value >= 3^r.
-
-:func:`terngrad_batch` has a NumPy twin, bitwise equal. The public kernels (and the twin) check their
-arguments first (:mod:`fedsim.kernels.checks`) and reject non-finite data with
-``ValueError(NONFINITE_MESSAGE)``.
 """
 
 from __future__ import annotations
@@ -49,7 +44,7 @@ from numba.extending import overload
 
 from fedsim.kernels import JIT_OPTIONS, checks
 from fedsim.kernels.checks import Array, Flag, Real, Stream, checked
-from fedsim.kernels.bitstream import COUNT, FIELD_MESSAGE, _read_uint_core, _write_uint_core
+from fedsim.kernels.bitstream import COUNT, FIELD_MESSAGE, INTEGERS, _read_uint_core, _write_uint_core
 from fedsim.kernels.selection import NONFINITE_MESSAGE, _round_to_dtype
 
 _jit = numba.njit(**JIT_OPTIONS)
@@ -190,14 +185,11 @@ def _terngrad_batch_core(updates, segment_offsets, uniforms, clip, float_bits, d
          encoded_bits_out=checks.ENCODED_BITS_OUT)
 def terngrad_batch(updates, segment_offsets, uniforms, clip, float_bits, decoded_out, scales_out,
                    encoded_bits_out):
-    """TernGrad of every row of ``updates`` (K, P), segment by segment (module docstring), in one call.
-
-    ``uniforms`` (K, P) float64 in [0, 1) are the u of each entry (their range is not checked); ``clip`` is
-    c >= 0 (0: no clipping); ``float_bits`` is the width of an encoded scale (32 for float32 data, 64 for
-    float64). Written: ``decoded_out`` (K, P), the ternary rows (+-s_j or +0.0); ``scales_out`` (K, S),
-    s of every row and segment (both in the updates' dtype); ``encoded_bits_out`` (K,) int64, each row's
-    message length (the sum of :func:`segment_bits` over its segments).
-    """
+    """TernGrad of every row of ``updates``, segment by segment (module docstring), in one call: ``uniforms``
+    in [0, 1) are the u of each entry (their range is not checked), ``clip`` is c (0: no clipping),
+    ``float_bits`` the width of an encoded scale (32 for float32 data, 64 for float64). Written: the ternary
+    rows (+-s_j or +0.0), s of every row and segment, each row's message length (the sum of
+    :func:`segment_bits` over its segments)."""
 
 
 def clip_bound_numpy(x, clip):
@@ -260,7 +252,6 @@ def _digit(code):
 
 @_jit
 def _pack_ternary_into_core(codes, stream, bit_offset):
-    """:func:`pack_ternary_into` without the argument checks (it still rejects codes outside {-1, 0, 1})."""
     count = codes.shape[0]
     offset = bit_offset
     start = 0
@@ -275,18 +266,11 @@ def _pack_ternary_into_core(codes, stream, bit_offset):
     return offset
 
 
-CODES = Array(checks.INTEGER)
-
-
 def _code_bits(codes):
     return _ternary_code_bits(codes.shape[0])
 
 
-def _count_bits(count):
-    return _ternary_code_bits(count)
-
-
-@checked(_pack_ternary_into_core, codes=CODES, stream=Stream(output=True, start="bit_offset", bits=_code_bits),
+@checked(_pack_ternary_into_core, codes=INTEGERS, stream=Stream(output=True, start="bit_offset", bits=_code_bits),
          bit_offset=COUNT)
 def pack_ternary_into(codes, stream, bit_offset):
     """Write the base-3 code of ``codes`` (1-D integers in {-1, 0, +1}, int8 in practice) from
@@ -296,7 +280,6 @@ def pack_ternary_into(codes, stream, bit_offset):
 
 @_jit
 def _unpack_ternary_from_core(stream, bit_offset, count, codes_out):
-    """:func:`unpack_ternary_from` without the argument checks (reads still stop at the stream's end)."""
     offset = bit_offset
     start = 0
     while start < count:
@@ -314,7 +297,7 @@ def _unpack_ternary_from_core(stream, bit_offset, count, codes_out):
     return offset
 
 
-@checked(_unpack_ternary_from_core, stream=Stream(start="bit_offset", bits=_count_bits, message=FIELD_MESSAGE),
+@checked(_unpack_ternary_from_core, stream=Stream(start="bit_offset", bits=_ternary_code_bits, message=FIELD_MESSAGE),
          bit_offset=COUNT, count=COUNT, codes_out=Array(checks.INT8, output=True, at_least="count"))
 def unpack_ternary_from(stream, bit_offset, count, codes_out):
     """Read the base-3 code of ``count`` digits from ``bit_offset`` into ``codes_out`` (int8 -1/0/+1, at

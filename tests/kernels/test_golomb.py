@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from fedsim.compress import bits
 from fedsim.kernels import bitstream, golomb
+from tests.kernels.conftest import assert_golomb_round_trip
 
 SETTINGS = settings(max_examples=60, deadline=None)
 
@@ -41,30 +42,9 @@ def test_golomb_rice_empty():
 
 
 @SETTINGS
-@given(sorted_positions(), st.integers(0, 14))
-def test_golomb_rice_round_trip_and_counts(positions, b):
-    stream, n_bits = golomb.golomb_rice_encode(positions, b)
-    twin_stream, twin_bits = golomb.golomb_rice_encode_numpy(positions, b)
-    gaps = np.diff(positions, prepend=-1)
-    expected_bits = int(np.sum((gaps - 1) // 2 ** b + 1 + b))
-    assert n_bits == twin_bits == expected_bits == golomb.golomb_rice_bits(positions, b) \
-        == golomb.golomb_rice_bits_numpy(positions, b)
-    np.testing.assert_array_equal(stream, twin_stream)
-    assert stream.size == (n_bits + 7) // 8
-    for decoder in (golomb.golomb_rice_decode, golomb.golomb_rice_decode_numpy):
-        np.testing.assert_array_equal(decoder(stream, n_bits, positions.size, b), positions)
-
-
-@SETTINGS
-@given(sorted_positions(), st.integers(0, 10), st.integers(0, 13))
-def test_golomb_rice_into_a_stream_at_an_offset(positions, b, start):
-    n_bits = golomb.golomb_rice_bits(positions, b)
-    stream = np.full((start + n_bits + 7) // 8 + 1, 0xFF, np.uint8)   # dirty bits must be overwritten
-    end = golomb.golomb_rice_encode_into(positions, b, stream, start)
-    assert end == start + n_bits
-    decoded = np.empty(positions.size, np.int64)
-    assert golomb.golomb_rice_decode_from(stream, start, end, positions.size, b, decoded) == end
-    np.testing.assert_array_equal(decoded, positions)
+@given(sorted_positions(), st.integers(0, 14), st.integers(0, 13))
+def test_golomb_rice_round_trip_and_counts(positions, b, start):
+    assert_golomb_round_trip(positions, b, start)
 
 
 def test_golomb_rice_rejects_bad_input():
@@ -85,10 +65,7 @@ def test_golomb_rice_rejects_bad_input():
 
 
 def test_golomb_rice_large_gaps_and_parameters():
-    positions = np.array([0, 2 ** 40, 2 ** 40 + 1, 2 ** 62], np.int64)
-    stream, n_bits = golomb.golomb_rice_encode(positions, 60)
-    np.testing.assert_array_equal(golomb.golomb_rice_decode(stream, n_bits, 4, 60), positions)
-    assert n_bits == golomb.golomb_rice_bits_numpy(positions, 60)
+    assert_golomb_round_trip(np.array([0, 2 ** 40, 2 ** 40 + 1, 2 ** 62], np.int64), 60, 5)
 
 
 def test_empirical_code_length_matches_expected_bits():
@@ -175,13 +152,6 @@ def test_sign_packing_round_trip(values, start):
         back = np.empty(signs.size, np.int8)
         assert unpack(stream, start, signs.size, back) == start + signs.size
         np.testing.assert_array_equal(back, signs)
-
-
-def test_sign_packing_rejects_zero_and_short_streams():
-    with pytest.raises(ValueError, match="only signs"):
-        bitstream.pack_signs_into(np.array([1, 0, -1], np.int8), np.zeros(1, np.uint8), 0)
-    with pytest.raises(ValueError, match="ends before"):
-        bitstream.unpack_signs_from(np.zeros(1, np.uint8), 0, 9, np.empty(9, np.int8))
 
 
 @SETTINGS

@@ -560,9 +560,6 @@ def build_unpack_ternary_from(draw):
 
 # --- randomk ---------------------------------------------------------------------------------------
 
-UINT64_MAX = (1 << 64) - 1
-
-
 def _segment_relation(draw, rng, args):
     """The relation checked after k: 0 <= k <= size <= 2^32."""
     size, k = args["size"], args["k"]
@@ -572,22 +569,20 @@ def _segment_relation(draw, rng, args):
             ("above range", "k", size + draw(st.integers(1, 1 << 66)), (ValueError,), "k")]
 
 
-def build_randomk_compress_batch(draw):
-    rng = rng_of(draw)
-    dtype, sizes, offsets, n_rows, updates = _batch(draw, rng)
-    budgets = np.array([draw(st.integers(0, n)) for n in sizes], np.int64)
-    scales = np.array([n / k if k else 0.0 for n, k in zip(sizes, budgets.tolist())]).astype(dtype)
-    args = {"updates": updates, "segment_offsets": offsets, "budgets": budgets, "scales": scales,
-            "seeds": rng.integers(0, UINT64_MAX, n_rows, dtype=np.uint64, endpoint=True),
-            "decoded_out": np.zeros_like(updates), "values_out": np.zeros((n_rows, int(budgets.sum())), dtype)}
-    # (the relation checked after the budgets: each in [0, its segment's size])
-    custom = negative_entry("budgets", budgets, rng) + nonfinite("updates", updates, rng)
-    if sizes:
+def _budgets_within(draw, rng, args):
+    """Each budget in [0, its segment's size] (the relation checked after the budgets)."""
+    return np.array([draw(st.integers(0, n)) for n in np.diff(args["segment_offsets"]).tolist()], np.int64)
+
+
+def _budget_cases(draw, rng, args):
+    budgets, sizes = args["budgets"], np.diff(args["segment_offsets"])
+    custom = negative_entry("budgets", budgets, rng) + nonfinite("updates", args["updates"], rng)
+    if sizes.size:
         big = budgets.copy()
-        j = int(rng.integers(0, len(sizes)))
+        j = int(rng.integers(0, sizes.size))
         big[j] = sizes[j] + int(rng.integers(1, 5))
         custom.append(("a budget beyond its segment", "budgets", big, (ValueError,), "budgets"))
-    return Call(args, custom=custom)
+    return custom
 
 
 # --- qsgd ------------------------------------------------------------------------------------------
@@ -630,38 +625,19 @@ def _norms(rng, dtype, n_buckets):
     return norms
 
 
-def build_qsgd_bits(draw):
-    rng = rng_of(draw)
-    _, offsets = _buckets(draw)
-    dtype = draw(st.sampled_from([np.float32, np.float64]))
-    levels = _signed(draw, rng, int(offsets[-1]))
-    return Call({"signed_levels": levels, "bucket_offsets": offsets,
-                 "norms": _norms(rng, dtype, offsets.size - 1), "float_bits": draw(st.sampled_from([32, 64]))},
-                custom=beyond_omega("signed_levels", levels, rng))
+def _levels_out(draw, rng, args):
+    """int16 or int32 levels_out that holds +-s (the relation checked after levels_out)."""
+    return np.zeros(args["updates"].shape, np.int16 if args["levels"] <= 32767 else np.int32)
 
 
-def build_qsgd_quantize(draw):
-    rng = rng_of(draw)
-    dtype = draw(st.sampled_from([np.float32, np.float64]))
-    _, offsets = _buckets(draw)
-    n_rows = draw(st.integers(0, 3))
-    updates = vector(rng, dtype, (n_rows, int(offsets[-1])))
-    levels = draw(st.one_of(st.integers(1, 40), st.integers(1, qsgd.MAX_LEVELS)))
-    level_dtype = np.dtype(np.int16 if levels <= 32767 else np.int32)
-    args = {"updates": updates, "bucket_offsets": offsets, "levels": levels,
-            "uniforms": rng.random(updates.shape), "float_bits": 32 if dtype == np.float32 else 64,
-            "decoded_out": np.zeros_like(updates),
-            "norms_out": np.zeros((n_rows, offsets.size - 1), dtype),
-            "levels_out": np.zeros(updates.shape, level_dtype), "encoded_bits_out": np.zeros(n_rows, np.int64)}
-    custom = nonfinite("updates", updates, rng)
-    # (the relation checked after levels_out: wide enough for +-s)
-    custom.append(("levels beyond int16", ("levels", "levels_out"),
-                   (int(rng.integers(32768, 1 << 31)), np.zeros(updates.shape, np.int16)), (TypeError,),
-                   "levels_out"))
-    if levels > np.iinfo(np.int16).max:
-        custom.append(("levels beyond int16", "levels_out", np.zeros(updates.shape, np.int16), (TypeError,),
-                       "levels_out"))
-    return Call(args, custom=custom)
+def _levels_cases(draw, rng, args):
+    narrow = np.zeros(args["updates"].shape, np.int16)
+    custom = nonfinite("updates", args["updates"], rng) + [
+        ("levels beyond int16", ("levels", "levels_out"), (int(rng.integers(32768, 1 << 31)), narrow), (TypeError,),
+         "levels_out")]
+    if args["levels"] > np.iinfo(np.int16).max:
+        custom.append(("levels beyond int16", "levels_out", narrow, (TypeError,), "levels_out"))
+    return custom
 
 
 def _patterns(norms):
@@ -671,21 +647,23 @@ def _patterns(norms):
 
 
 def _qsgd_message(draw, rng):
+    """(bucket offsets, float_bits, norms, signed levels, bit offset, a random stream that fits the code from
+    the bit offset)."""
     _, offsets = _buckets(draw)
     dtype = draw(st.sampled_from([np.float32, np.float64]))
     float_bits = 32 if dtype == np.float32 else 64
     norms = _norms(rng, dtype, offsets.size - 1)
     levels = _signed(draw, rng, int(offsets[-1]))
     levels[np.repeat(norms == 0, np.diff(offsets))] = 0
-    return offsets, float_bits, norms, levels
+    bit_offset = draw(st.integers(0, 13))
+    stream = stream_of(rng, bit_offset + qsgd.qsgd_bits(levels, offsets, norms, float_bits))
+    return offsets, float_bits, norms, levels, bit_offset, stream
 
 
 def build_qsgd_encode_into(draw):
     rng = rng_of(draw)
-    offsets, float_bits, norms, levels = _qsgd_message(draw, rng)
-    bit_offset = draw(st.integers(0, 13))
+    offsets, float_bits, norms, levels, bit_offset, stream = _qsgd_message(draw, rng)
     patterns = _patterns(norms)
-    stream = stream_of(rng, bit_offset + qsgd.qsgd_bits(levels, offsets, norms, float_bits))
     custom = beyond_omega("signed_levels", levels, rng)
     sending = np.flatnonzero(patterns)      # buckets that send levels: the stream fits them either way
     if float_bits == 32 and sending.size:
@@ -698,9 +676,7 @@ def build_qsgd_encode_into(draw):
 
 def build_qsgd_decode_from(draw):
     rng = rng_of(draw)
-    offsets, float_bits, norms, levels = _qsgd_message(draw, rng)
-    bit_offset = draw(st.integers(0, 13))
-    stream = stream_of(rng, bit_offset + qsgd.qsgd_bits(levels, offsets, norms, float_bits))
+    offsets, float_bits, norms, levels, bit_offset, stream = _qsgd_message(draw, rng)
     end = qsgd.qsgd_encode_into(levels, offsets, _patterns(norms), float_bits, stream, bit_offset)
     size, n_buckets = int(offsets[-1]), offsets.size - 1
     args = {"stream": stream, "bit_offset": bit_offset, "bit_end": end, "bucket_offsets": offsets,
@@ -747,6 +723,9 @@ def build_power_step(draw):
                (ValueError,), "matrices"),
               ("rank 0", "q", np.zeros((m, 0), dtype), (ValueError,), "q"),
               ("q of another m", "q", _matrix(rng, dtype, (m + 1, rank)), (ValueError,), "q")]
+    if m >= 2:        # (decoded_out may have any strides, so long as each decoded_out[k] is contiguous)
+        custom.append(("not contiguous", "decoded_out", strided(np.zeros((senders, n, m), dtype)), (ValueError,),
+                       "decoded_out"))
     custom += nonfinite("matrices", matrices, rng)
     return Call({"matrices": matrices, "q": q, "tolerance": powersgd.drop_tolerance(dtype),
                  "decoded_out": np.zeros((senders, n, m), dtype)}, custom=custom)
@@ -759,12 +738,15 @@ def _softmax_block(draw, rng):
     return dtype, G, R, C, labels
 
 
-def _labels_spoilers(labels, C, rng):
+def _block_spoilers(z, labels, rng):
+    """Labels out of range or one sample short, z without classes, z_y one sample long."""
+    G, R, C = z.shape
     custom = out_of_range("labels", labels, C, rng)
     if labels.shape[1]:
         custom.append(("labels one sample short", "labels", np.ascontiguousarray(labels[:, :-1]),
                        (ValueError,), "labels"))
-    return custom
+    return custom + [("no classes", "z", np.ascontiguousarray(z[..., :0]), (ValueError,), "class"),
+                     ("z_y one sample long", "z_y", np.zeros((G, R + 1), z.dtype), (ValueError,), "z_y")]
 
 
 def build_shift_logits(draw):
@@ -772,7 +754,7 @@ def build_shift_logits(draw):
     dtype, G, R, C, labels = _softmax_block(draw, rng)
     z = (rng.standard_normal((G, R, C)) * 4).astype(dtype)
     bias = rng.standard_normal((draw(st.sampled_from([1, G])), C)).astype(dtype)
-    custom = _labels_spoilers(labels, C, rng)
+    custom = _block_spoilers(z, labels, rng)
     custom.append(("bias one class short", "bias", np.ascontiguousarray(bias[:, :-1]), (ValueError,), "bias"))
     return Call({"z": z, "bias": bias, "scale": float(rng.uniform(0.001, 2)), "labels": labels,
                  "z_y": np.zeros((G, R), dtype)}, custom=custom)
@@ -785,8 +767,9 @@ def build_softmax_residual(draw):
     total = z.sum(axis=-1) + dtype.type(1)
     weighted = draw(st.booleans())
     share = (rng.uniform(0, 1, (draw(st.sampled_from([1, G])), R)) if weighted else np.empty((0, 0))).astype(dtype)
-    custom = _labels_spoilers(labels, C, rng)
+    custom = _block_spoilers(z, labels, rng)
     custom.append(("share of another length", "share", np.zeros((1, R + 1), dtype), (ValueError,), "share"))
+    custom.append(("grad_b one class long", "grad_b", np.zeros((G, C + 1), dtype), (ValueError,), "grad_b"))
     return Call({"z": z, "total": total, "log_total": np.log(total), "z_y": np.zeros((G, R), dtype),
                  "labels": labels, "share": share, "divisor": float(max(R, 1)), "nll": np.zeros((G, R), dtype),
                  "grad_b": np.zeros((G, C), dtype)}, custom=custom)
@@ -841,14 +824,18 @@ CASES = {
         case(randomk.random_positions, randomk.random_positions_numpy, _segment_relation,
              size=lambda draw, rng, args: draw(st.integers(0, 60)),
              k=lambda draw, rng, args: draw(st.integers(0, args["size"]))),
-        case(randomk.randomk_compress_batch, randomk.randomk_compress_batch_numpy, build=build_randomk_compress_batch),
+        case(randomk.randomk_compress_batch, randomk.randomk_compress_batch_numpy, _budget_cases,
+             budgets=_budgets_within),
     ],
     "qsgd": [
         case(omega._elias_omega_bits, omega._elias_omega_bits_numpy),
         case(omega._write_elias_omega),
         case(omega._read_elias_omega, None, build=build_read_elias_omega),
-        case(qsgd.qsgd_bits, qsgd.qsgd_bits_numpy, build=build_qsgd_bits),
-        case(qsgd.qsgd_quantize, qsgd.qsgd_quantize_numpy, build=build_qsgd_quantize),
+        case(qsgd.qsgd_bits, qsgd.qsgd_bits_numpy,
+             lambda draw, rng, args: beyond_omega("signed_levels", args["signed_levels"], rng),
+             signed_levels=lambda draw, rng, args: _signed(draw, rng, draw(st.integers(0, 40)))),
+        case(qsgd.qsgd_quantize, qsgd.qsgd_quantize_numpy, _levels_cases, levels_out=_levels_out,
+             levels=lambda draw, rng, args: draw(st.one_of(st.integers(1, 40), st.integers(1, qsgd.MAX_LEVELS)))),
         case(qsgd.qsgd_encode_into, None, build=build_qsgd_encode_into),
         case(qsgd.qsgd_decode_from, None, build=build_qsgd_decode_from),
     ],

@@ -15,8 +15,8 @@ import math
 import numpy as np
 import pytest
 
-from fedsim.kernels import bitstream, golomb, laq, selection, ternary
-from tests.kernels.conftest import run_laq, select
+from fedsim.kernels import bitstream, laq, selection, ternary
+from tests.kernels.conftest import agree, assert_golomb_round_trip, implementations, run_laq, select, ternarized
 
 # (150,000 > SMALL_SEGMENT and CANDIDATE_ROOM + 10: a full candidate buffer compacts for a small k)
 SAMPLED_SIZES = [selection.SHORT_SEGMENT + 1, 10_240, selection.SMALL_SEGMENT, 100_000, 150_000, 200_003]
@@ -43,15 +43,10 @@ def test_sampled_segments_match_twin(size):
     rng = np.random.default_rng(size)
     for name, x in _sampled_inputs(size, rng).items():
         for k in (1, 2, 10, 11, 100, 300, 3_000, 7_000, size // 3, size - 1, size):
-            got, want = select(selection._top_k_select, x, k), select(selection._top_k_select_numpy, x, k)
-            assert got[0] == want[0], (name, k, got[0], want[0])
-            np.testing.assert_array_equal(got[1], want[1], err_msg=f"{name}, k={k}")
-            positions, signs = np.empty(size, np.int64), np.empty(size, np.int8)
-            twin_positions, twin_signs = np.empty(size, np.int64), np.empty(size, np.int8)
-            count, mu = ternary._ternarize(x, k, positions, signs)
-            twin_count, twin_mu = ternary._ternarize_numpy(x, k, twin_positions, twin_signs)
-            assert (count, mu) == (twin_count, twin_mu), (name, k, mu, twin_mu)
-            np.testing.assert_array_equal(signs[:count], twin_signs[:count])
+            agree((selection._top_k_select, selection._top_k_select_numpy), lambda kernel: select(kernel, x, k),
+                  f"{name}, k={k}")
+            agree((ternary._ternarize, ternary._ternarize_numpy), lambda kernel: ternarized(kernel, x, k),
+                  f"{name}, k={k}: count, mu, positions, signs")
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
@@ -64,12 +59,12 @@ def test_sampled_segment_rejects_nonfinite_at_a_sample_position(bad):
         selection._top_k_select(x, 5, np.empty(5, np.int64))
 
 
-LAQ_SIZES = [0, 1, 7, 8, 9, 127, 128, 129, 136, 255, 256, 1_000, laq.SUM_COLUMNS - 1, laq.SUM_COLUMNS,
+LAQ_SIZES = [0, 1, 7, 8, 9, 127, 128, 129, 136, 255, 256, 300, 1_000, laq.SUM_COLUMNS - 1, laq.SUM_COLUMNS,
              laq.SUM_COLUMNS + 1, 2 * laq.SUM_COLUMNS + 8, 7_850, 100_003]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("bits", [1, 4, 9])
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 8, 9, 12, 16])
 def test_laq_sums_are_bitwise_column_order_sums(dtype, bits):
     rng = np.random.default_rng(bits)
     for size in LAQ_SIZES:
@@ -77,11 +72,10 @@ def test_laq_sums_are_bitwise_column_order_sums(dtype, bits):
         previous = (gradients + rng.normal(scale=0.3, size=gradients.shape)).astype(dtype)
         if size:
             previous[1] = gradients[1]                       # R = 0 for worker 1
-        jitted = run_laq(laq.laq_quantize, gradients, previous, bits)
-        for other in (laq.laq_quantize_numpy, laq.laq_quantize.py_func):
-            for name, a, b in zip(("codes", "quantized", "radius", "error", "innovation"), jitted,
-                                  run_laq(other, gradients, previous, bits)):
-                np.testing.assert_array_equal(a, b, err_msg=f"{name}, size {size}, {other.__name__}")
+        jitted = agree(implementations(laq.laq_quantize, laq.laq_quantize_numpy),
+                       lambda kernel: run_laq(kernel, gradients, previous, bits),
+                       f"codes, quantized, radius, error, innovation; size {size}")
+        assert jitted[1].dtype == dtype
         stored = jitted[1].astype(np.float64)
         error_terms = (stored - gradients.astype(np.float64)) ** 2
         innovation_terms = (stored - previous.astype(np.float64)) ** 2
@@ -135,15 +129,4 @@ def test_bit_fields_at_every_offset_keep_their_neighbours(width):
 @pytest.mark.parametrize("b", [0, 1, 2, 5, 61, 62])
 def test_golomb_code_words_long_and_short_match_twin(b):
     # gaps whose code word is longer than one field (q + 1 + b > 62) take the run-of-ones path
-    positions = np.array([0, 1, 9, 200, 201, 5_000, 70_000, 70_001], np.int64)
-    stream, n_bits = golomb.golomb_rice_encode(positions, b)
-    twin_stream, twin_bits = golomb.golomb_rice_encode_numpy(positions, b)
-    assert n_bits == twin_bits
-    np.testing.assert_array_equal(stream, twin_stream)
-    np.testing.assert_array_equal(golomb.golomb_rice_decode(stream, n_bits, positions.size, b), positions)
-    garbage = np.full(stream.size + 2, 0xFF, np.uint8)          # encoding into a used stream overwrites
-    end = golomb.golomb_rice_encode_into(positions, b, garbage, 3)
-    assert end == 3 + n_bits
-    decoded = np.empty(positions.size, np.int64)
-    assert golomb.golomb_rice_decode_from(garbage, 3, end, positions.size, b, decoded) == end
-    np.testing.assert_array_equal(decoded, positions)
+    assert_golomb_round_trip(np.array([0, 1, 9, 200, 201, 5_000, 70_000, 70_001], np.int64), b, 3)

@@ -8,15 +8,9 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from fedsim.kernels import selection, sparsify, ternary
-from tests.kernels.conftest import select
+from tests.kernels.conftest import DTYPES, agree, called, implementations, select, ternarized
 
 SETTINGS = settings(max_examples=60, deadline=None)
-DTYPES = (np.float32, np.float64)
-
-
-def assert_same_scalar(jitted, twin, what):
-    """Bitwise equality of two scalars given as Python or NumPy floats/ints."""
-    assert np.float64(jitted) == np.float64(twin), f"{what}: jitted {jitted!r} != twin {twin!r}"
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -65,13 +59,11 @@ HAND_COMPUTED = [
 @pytest.mark.parametrize("x, k, kept, mu", HAND_COMPUTED)
 def test_hand_computed(x, k, kept, mu, dtype):
     x = np.array(x, dtype)
-    count, positions = select(selection._top_k_select, x, k)
-    np.testing.assert_array_equal(positions, kept)
-    positions, signs = np.empty(min(k, x.size), np.int64), np.empty(min(k, x.size), np.int8)
-    count, got_mu = ternary._ternarize(x, k, positions, signs)
+    np.testing.assert_array_equal(select(selection._top_k_select, x, k)[1], kept)
+    count, got_mu, positions, signs = ternarized(ternary._ternarize, x, k)
     assert count == len(kept) and got_mu == dtype(mu), (count, got_mu, dtype(mu))
-    np.testing.assert_array_equal(positions[:count], kept)
-    np.testing.assert_array_equal(signs[:count], np.sign(x[kept]))
+    np.testing.assert_array_equal(positions, kept)
+    np.testing.assert_array_equal(signs, np.sign(x[kept]))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -101,12 +93,8 @@ def test_float64_mu_overflow_is_inf_as_documented():
 @given(vector_and_budget())
 def test_top_k_select_matches_twin(case):
     x, k = case
-    count, positions = select(selection._top_k_select, x, k)
-    twin_count, twin_positions = select(selection._top_k_select_numpy, x, k)
-    py_count, py_positions = select(selection._top_k_select.py_func, x, k)
-    assert count == twin_count == py_count, (count, twin_count, py_count)
-    np.testing.assert_array_equal(positions, twin_positions)
-    np.testing.assert_array_equal(positions, py_positions)
+    count, _ = agree(implementations(selection._top_k_select, selection._top_k_select_numpy),
+                     lambda kernel: select(kernel, x, k))
     assert count == (min(k, np.count_nonzero(x)) if k > 0 else 0)
 
 
@@ -114,35 +102,22 @@ def test_top_k_select_matches_twin(case):
 @given(vector_and_budget())
 def test_threshold_ternarize_sparsify_match_twins(case):
     x, k = case
-    threshold, mu, count = selection._top_k_threshold(x, k)
-    twin = selection._top_k_threshold_numpy(x, k)
-    assert_same_scalar(threshold, twin[0], "threshold")
-    assert_same_scalar(mu, twin[1], "mu")
-    assert count == twin[2]
+    threshold, mu, count, _ = agree((selection._top_k_threshold, selection._top_k_threshold_numpy), called(x, k),
+                                    "threshold, mu, count")
     assert x.dtype.type(mu) == mu, "mu must be a value of x's dtype"
     if count == k and k > 0:
-        # v is the k-th largest magnitude
-        assert_same_scalar(threshold, np.sort(np.abs(x))[::-1][k - 1], "k-th largest")
+        assert threshold == np.sort(np.abs(x))[::-1][k - 1], "v is the k-th largest magnitude"
 
-    length = max(0, min(k, x.size))
-    outputs = []
-    for kernel in (ternary._ternarize, ternary._ternarize_numpy, ternary._ternarize.py_func):
-        positions, signs = np.empty(length, np.int64), np.empty(length, np.int8)
-        count_mu = kernel(x, k, positions, signs)
-        outputs.append((count_mu, positions[:count_mu[0]], signs[:count_mu[0]]))
-    for (count_mu, positions, signs) in outputs[1:]:
-        assert outputs[0][0][0] == count_mu[0]
-        assert_same_scalar(outputs[0][0][1], count_mu[1], "ternarize mu")
-        np.testing.assert_array_equal(outputs[0][1], positions)
-        np.testing.assert_array_equal(outputs[0][2], signs)
-    np.testing.assert_array_equal(outputs[0][2], np.sign(x[outputs[0][1]]))
+    def sparsify(kernel):
+        positions, values = np.empty(min(k, x.size), np.int64), np.empty(min(k, x.size), x.dtype)
+        count = kernel(x, k, positions, values)
+        return positions[:count], values[:count]
 
-    positions, values = np.empty(length, np.int64), np.empty(length, x.dtype)
-    twin_positions, twin_values = np.empty(length, np.int64), np.empty(length, x.dtype)
-    count = selection._top_k_sparsify(x, k, positions, values)
-    assert count == selection._top_k_sparsify_numpy(x, k, twin_positions, twin_values)
-    np.testing.assert_array_equal(positions[:count], twin_positions[:count])
-    assert values[:count].tobytes() == x[positions[:count]].tobytes()
+    _, _, positions, signs = agree(implementations(ternary._ternarize, ternary._ternarize_numpy),
+                                   lambda kernel: ternarized(kernel, x, k))
+    np.testing.assert_array_equal(signs, np.sign(x[positions]))
+    positions, values = agree((selection._top_k_sparsify, selection._top_k_sparsify_numpy), sparsify)
+    assert values.tobytes() == x[positions].tobytes()
 
 
 @SETTINGS
@@ -153,21 +128,16 @@ def test_sampled_kernels_match_twins(dtype, data):
     sample = np.array(data.draw(st.permutations(range(x.size)))[:n_sample], np.int64)
     k_sample = data.draw(st.integers(1, n_sample))
     k = data.draw(st.integers(1, x.size))
-    threshold, mu = selection._sampled_top_k_threshold(x, sample, k_sample)
-    twin = selection._sampled_top_k_threshold_numpy(x, sample, k_sample)
-    assert_same_scalar(threshold, twin[0], "sampled threshold")
-    assert_same_scalar(mu, twin[1], "sampled mu")
+    threshold, *_ = agree((selection._sampled_top_k_threshold, selection._sampled_top_k_threshold_numpy),
+                          called(x, sample, k_sample), "sampled threshold, mu")
 
-    results = []
-    for kernel in (ternary._sampled_ternarize, ternary._sampled_ternarize_numpy):
+    def sampled_ternarize(kernel):
         positions, signs = np.empty(x.size, np.int64), np.empty(x.size, np.int8)
         count, mu, exact = kernel(x, sample, k_sample, k, positions, signs)
-        results.append((count, mu, exact, positions[:count].copy(), signs[:count].copy()))
-    (count, mu, exact, positions, signs), twin = results
-    assert (count, exact) == (twin[0], twin[2])
-    assert_same_scalar(mu, twin[1], "sampled ternarize mu")
-    np.testing.assert_array_equal(positions, twin[3])
-    np.testing.assert_array_equal(signs, twin[4])
+        return count, mu, exact, positions[:count], signs[:count]
+
+    _, _, exact, positions, _ = agree((ternary._sampled_ternarize, ternary._sampled_ternarize_numpy),
+                                      sampled_ternarize)
     if not exact:
         np.testing.assert_array_equal(positions, np.flatnonzero(np.abs(x) >= threshold))
 
@@ -177,18 +147,10 @@ def test_sampled_kernels_match_twins(dtype, data):
 def test_select_at_least_sign_mean_match_twins(dtype, data):
     x = data.draw(vectors(dtype))
     threshold = data.draw(st.sampled_from([0.5, 1.0, 2.0, 1e-30, 1e30]))
-    positions, twin_positions = np.empty(x.size, np.int64), np.empty(x.size, np.int64)
-    count, largest = selection._select_at_least(x, threshold, positions)
-    twin_count, twin_largest = selection._select_at_least_numpy(x, threshold, twin_positions)
-    assert count == twin_count
-    assert_same_scalar(largest, twin_largest, "largest")
-    np.testing.assert_array_equal(positions[:count], twin_positions[:count])
-
-    signs, twin_signs = np.empty(x.size, np.int8), np.empty(x.size, np.int8)
-    assert ternary._sign(x, signs) == ternary._sign_numpy(x, twin_signs)
-    np.testing.assert_array_equal(signs, twin_signs)
-    assert_same_scalar(ternary._mean_magnitude(x), ternary._mean_magnitude_numpy(x), "mean magnitude")
-    assert_same_scalar(ternary._mean_magnitude.py_func(x), ternary._mean_magnitude_numpy(x), "py_func")
+    agree((selection._select_at_least, selection._select_at_least_numpy),
+          called(x, threshold, np.full(x.size, -1, np.int64)), "count, largest, positions")
+    agree((ternary._sign, ternary._sign_numpy), called(x, np.full(x.size, 7, np.int8)), "zeros, signs")
+    agree(implementations(ternary._mean_magnitude, ternary._mean_magnitude_numpy), called(x), "mean magnitude")
     assert sparsify.all_finite(x) and sparsify.all_finite_numpy(x)
 
 
@@ -202,14 +164,9 @@ def test_huge_dynamic_range_and_subnormals(dtype):
     x *= rng.choice([-1, 1], x.size)
     rng.shuffle(x)
     for k in range(0, x.size + 2):
-        count, positions = select(selection._top_k_select, x, k)
-        twin_count, twin_positions = select(selection._top_k_select_numpy, x, k)
-        assert count == twin_count
-        np.testing.assert_array_equal(positions, twin_positions)
-        threshold, mu, _ = selection._top_k_threshold(x, k)
-        twin = selection._top_k_threshold_numpy(x, k)
-        assert_same_scalar(threshold, twin[0], f"threshold k={k}")
-        assert_same_scalar(mu, twin[1], f"mu k={k}")
+        agree((selection._top_k_select, selection._top_k_select_numpy), lambda kernel: select(kernel, x, k), f"k={k}")
+        agree((selection._top_k_threshold, selection._top_k_threshold_numpy), called(x, k),
+              f"threshold, mu, count; k={k}")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -269,8 +226,3 @@ def test_non_finite_raises(bad, size):
         with pytest.raises(ValueError, match="update contains NaN or inf"):
             call()
     assert not sparsify.all_finite(x) and not sparsify.all_finite_numpy(x)
-    x[size // 2 + 1] = 1.0
-    first_sampled = (size // selection.PIVOT_SAMPLE) // 2     # the strided sample's first position
-    x[first_sampled] = bad
-    with pytest.raises(ValueError, match="NaN or inf"):
-        selection._top_k_select(x, 2, positions)

@@ -8,18 +8,10 @@ from hypothesis.extra import numpy as hnp
 
 from fedsim.kernels.laq import (check_bits, code_dtype, _laq_dequantize, laq_quantize, laq_quantize_numpy,
                                 quantize_innovation)
-from tests.kernels.conftest import run_laq
+from tests.kernels.conftest import agree, implementations, run_laq
 
-
-def _assert_same(got, want):
-    """codes, quantized and radius bitwise (NaN == NaN); the two sums to rounding."""
-    names = ("codes", "quantized", "radius", "error", "innovation")
-    for name, a, b in zip(names, got, want):
-        assert a.dtype == b.dtype, name
-        if name in ("error", "innovation"):
-            np.testing.assert_allclose(a, b, rtol=1e-12, atol=0, err_msg=name)
-        else:
-            np.testing.assert_array_equal(a, b, err_msg=name)
+QUANTIZERS = implementations(laq_quantize, laq_quantize_numpy)
+OUTPUTS = "codes, quantized, radius, error, innovation"
 
 
 def _random_problem(seed, n_workers=5, size=300, dtype=np.float64):
@@ -77,17 +69,6 @@ def test_hand_computed(jit, bits, gradient, codes, quantized, error, innovation)
 
 
 # --- jitted vs twin vs py_func ---------------------------------------------------------------------------
-
-@pytest.mark.parametrize("bits", [1, 2, 3, 4, 8, 9, 12, 16])
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_kernel_matches_numpy_twin_and_py_func(bits, dtype):
-    gradients, previous = _random_problem(bits, dtype=dtype)
-    previous[1] = gradients[1]                         # a worker with R = 0
-    jitted = run_laq(laq_quantize, gradients, previous, bits)
-    _assert_same(jitted, run_laq(laq_quantize_numpy, gradients, previous, bits))
-    _assert_same(jitted, run_laq(laq_quantize.py_func, gradients, previous, bits))
-    assert jitted[1].dtype == dtype
-
 
 def test_nonfinite_worker_is_all_nan_and_others_unaffected():
     gradients, previous = _random_problem(3)
@@ -174,8 +155,7 @@ def test_property_twin_and_invariants(data, bits):
         previous = gradients.copy()
     else:
         previous = gradients + 1.0
-    jitted = quantize_innovation(gradients, previous, bits)
-    _assert_same(jitted, quantize_innovation(gradients, previous, bits, jit=False))
+    jitted = agree((True, False), lambda jit: quantize_innovation(gradients, previous, bits, jit=jit), OUTPUTS)
     _check_invariants(gradients, previous, bits, jitted)
 
 
@@ -195,13 +175,10 @@ def test_extreme_radii_use_the_division_form(bits):
     previous[1] *= 1e308
     gradients[2] *= 1e-300                                # ordinary scales: the multiplication form
     previous[2] *= 1e-300
-    jitted = run_laq(laq_quantize, gradients, previous, bits)
-    radius = jitted[2]
+    radius = agree(QUANTIZERS, lambda kernel: run_laq(kernel, gradients, previous, bits), OUTPUTS)[2]
     with np.errstate(over="ignore", divide="ignore"):
         forms = [grid_constants(r, half_levels)[1] > 0 for r in radius]
     assert forms == [False, half_levels / radius[1] >= np.finfo(np.float64).tiny, True, True]
-    _assert_same(jitted, run_laq(laq_quantize_numpy, gradients, previous, bits))
-    _assert_same(jitted, run_laq(laq_quantize.py_func, gradients, previous, bits))
     with np.errstate(over="ignore"):          # worker 1's squared errors (~R^2) overflow to inf, as they should
         _check_invariants(gradients, previous, bits, quantize_innovation(gradients, previous, bits))
 

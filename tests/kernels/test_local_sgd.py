@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from fedsim.kernels import local_sgd
-
-DTYPES = (np.float32, np.float64)
+from tests.kernels.conftest import DTYPES, agree, implementations
 
 
 def clients(rng, n_clients: int, low: int, high: int):
@@ -25,8 +24,8 @@ def test_plan_batches_matches_its_twin_across_epoch_ends(batch, steps):
     rng = np.random.default_rng(batch * 100 + steps)
     order, offsets, cursor, epoch = clients(rng, 9, batch, 3 * batch + 5)
     participants = np.sort(rng.choice(9, 5, replace=False)).astype(np.int64)
-    results = []
-    for plan in (local_sgd.plan_batches, local_sgd.plan_batches.py_func, local_sgd.plan_batches_numpy):
+
+    def plan_all(plan):
         state = [cursor.copy(), epoch.copy()]
         samples = np.full((steps, 5, batch), -1, np.int64)
         counts = np.full((steps, 5), -1, np.int64)
@@ -34,11 +33,10 @@ def test_plan_batches_matches_its_twin_across_epoch_ends(batch, steps):
         while first < steps:
             first = plan(order, offsets, *state, participants, first, samples, counts)
             ends.append(first)
-        results.append((samples, counts, *state, ends))
-    for result in results[1:]:
-        for got, want in zip(result, results[0]):
-            np.testing.assert_array_equal(got, want)
-    samples, counts, cursor_after, epoch_after, ends = results[0]
+        return samples, counts, *state, ends
+
+    samples, counts, cursor_after, epoch_after, ends = agree(
+        implementations(local_sgd.plan_batches, local_sgd.plan_batches_numpy), plan_all)
     # Each batch holds `count` real rows of its client's segment, then repeats the last one.
     for s in range(steps):
         for k, client in enumerate(participants):
@@ -65,18 +63,18 @@ def test_sgd_update_matches_its_twin_bitwise(dtype, l2, momentum):
     velocity = rng.standard_normal((K, P)).astype(dtype) if momentum else np.empty((0, 0), dtype)
     lr = rng.uniform(0.01, 0.5, K).astype(dtype)
     loss = rng.uniform(0, 3, K).astype(dtype)
-    results = []
-    for update in (local_sgd.sgd_update, local_sgd.sgd_update.py_func, local_sgd.sgd_update_numpy):
+
+    def step(update):
         w, v = weights.copy(), velocity.copy()
         assert update(w, grad.copy(), v, lr, dtype(l2), dtype(momentum), loss, 1e6)
-        results.append((w, v))
-    for w, v in results[1:]:
-        assert w.tobytes() == results[0][0].tobytes() and v.tobytes() == results[0][1].tobytes()
+        return w, v
+
+    updated, _ = agree(implementations(local_sgd.sgd_update, local_sgd.sgd_update_numpy), step)
     # The definition, in the dtype: g = grad + l2 w; v = momentum v + g; w = w - lr v.
     g = grad + dtype(l2) * weights
     if momentum:
         g = velocity * dtype(momentum) + g
-    assert results[0][0].tobytes() == (weights - lr[:, None] * g).tobytes()
+    assert updated.tobytes() == (weights - lr[:, None] * g).tobytes()
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, 2e6])

@@ -12,9 +12,7 @@ from fedsim.kernels import powersgd as kernels
 from fedsim.kernels.sparsify import NONFINITE_MESSAGE
 from fedsim.params import ParamSpec
 from tests.conftest import assert_bitwise
-
-
-DTYPES = [np.float32, np.float64]
+from tests.kernels.conftest import DTYPES, agree, called, implementations
 
 
 # W (12 x 5), a bias, a 3-D tensor (compressed as 6 x 6), a scalar, an empty matrix.
@@ -169,15 +167,8 @@ def orthogonalize_inputs(dtype):
 def test_orthogonalize_twins_agree_bitwise(dtype):
     tolerance = kernels.drop_tolerance(dtype)
     for p in orthogonalize_inputs(dtype):
-        outs = {}
-        for name, function in (("jit", kernels._orthogonalize), ("py_func", kernels._orthogonalize.py_func),
-                               ("numpy", kernels._orthogonalize_numpy)):
-            out = np.full(p.shape, np.nan, dtype)
-            outs[name] = (function(p, tolerance, out), out)
-        for name in ("py_func", "numpy"):
-            assert outs[name][0] == outs["jit"][0], (name, p.shape)
-            assert_bitwise(outs[name][1], outs["jit"][1], f"{name} vs jit, shape {p.shape}")
-        kept, q = outs["jit"]
+        kept, _, q = agree(implementations(kernels._orthogonalize, kernels._orthogonalize_numpy),
+                           called(p, tolerance, np.full(p.shape, np.nan, dtype)), f"shape {p.shape}")
         nonzero = np.any(q != 0, axis=0)
         assert kept == nonzero.sum()
         wide = q[:, nonzero].astype(np.float64)
@@ -228,14 +219,9 @@ def test_low_rank_product_twins_agree_bitwise(dtype):
         if n and m:
             right[0] = -right[0]
             left[-1] = 0.0
-        outs = {}
-        for name, function in (("jit", kernels.low_rank_product), ("py_func", kernels.low_rank_product.py_func),
-                               ("numpy", kernels.low_rank_product_numpy)):
-            outs[name] = np.full((n, m), np.nan, dtype)
-            function(left, right, outs[name])
-        for name in ("py_func", "numpy"):
-            assert_bitwise(outs[name], outs["jit"], f"{name} vs jit, {(n, m, r)}")
-        np.testing.assert_allclose(outs["jit"], left.astype(np.float64) @ right.T.astype(np.float64), rtol=0,
+        *_, out = agree(implementations(kernels.low_rank_product, kernels.low_rank_product_numpy),
+                        called(left, right, np.full((n, m), np.nan, dtype)), str((n, m, r)))
+        np.testing.assert_allclose(out, left.astype(np.float64) @ right.T.astype(np.float64), rtol=0,
                                    atol=1e-5 if dtype == np.float32 else 1e-12)
 
 
@@ -245,12 +231,8 @@ def test_power_step_twin_agrees_bitwise(dtype):
     for K, n, m, r in [(1, 30, 20, 2), (4, 8, 9, 3), (3, 5, 5, 5), (2, 1, 1, 1)]:
         matrices = rng.standard_normal((K, n, m)).astype(dtype)
         q = rng.standard_normal((m, r)).astype(dtype)
-        outs = [np.empty((K, n, m), dtype), np.empty((K, n, m), dtype)]
-        results = [step(matrices, q, kernels.drop_tolerance(dtype), out)
-                   for step, out in zip((kernels.power_step, kernels.power_step_numpy), outs)]
-        for a, b in zip(*results):
-            assert_bitwise(b, a, "power step outputs")
-        assert_bitwise(outs[1], outs[0], "power step decoded")
+        agree((kernels.power_step, kernels.power_step_numpy),
+              called(matrices, q, kernels.drop_tolerance(dtype), np.empty((K, n, m), dtype)), "power step")
 
 
 # Tolerance, relative to the largest magnitude compared: fedsim and the oracle take different floating-point

@@ -15,9 +15,9 @@ from fedsim.compress.randomk import segment_scales
 from fedsim.kernels import randomk as kernels
 from fedsim.kernels.sparsify import NONFINITE_MESSAGE
 from tests.conftest import assert_bitwise
+from tests.kernels.conftest import DTYPES, agree
 
 
-DTYPES = [np.float32, np.float64]
 MASK = (1 << 64) - 1
 GAMMA = 0x9E3779B97F4A7C15
 
@@ -93,15 +93,6 @@ def test_bounded_map_is_multiply_high():
     assert [int(kernels._below(z, r)) for z, r in zip(words, bounds)] == expected
 
 
-def test_position_arguments_are_checked():
-    out = np.empty(10, np.int64)
-    for size, k in [(5, 6), (5, -1), (2 ** 32 + 1, 1)]:
-        with pytest.raises(ValueError, match="0 <= k <= size <= 2"):
-            kernels.random_positions(np.uint64(0), 0, size, k, out)
-        with pytest.raises(ValueError, match="0 <= k <= size <= 2"):
-            kernels.random_positions_numpy(np.uint64(0), 0, size, k, out)
-
-
 def test_subsets_are_uniform():
     """All C(5, 2) = 10 subsets of a segment of 5 with k = 2 over 20,000 seeds: Pearson's chi-square
     against the uniform law, 9 degrees of freedom. 27.88 is its 0.999 quantile; the seeds are fixed, so
@@ -129,12 +120,9 @@ BATCH_FUNCTIONS = [kernels.randomk_compress_batch, kernels.randomk_compress_batc
 
 
 def check_batch(updates, offsets, ks, scales, seeds):
-    reference = run_batch(BATCH_FUNCTIONS[0], updates, offsets, ks, scales, seeds)
-    for function in BATCH_FUNCTIONS[1:]:
-        with np.errstate(over="ignore"):            # huge values times N / k overflow to inf in all three
-            other = run_batch(function, updates, offsets, ks, scales, seeds)
-        assert_bitwise(other[0], reference[0], f"decoded, {function}")
-        assert_bitwise(other[1], reference[1], f"values, {function}")
+    with np.errstate(over="ignore"):            # huge values times N / k overflow to inf in all three
+        reference = agree(BATCH_FUNCTIONS, lambda function: run_batch(function, updates, offsets, ks, scales, seeds),
+                          "decoded, values")
     # and the definition: decoded = x * scale at the python positions, values = x there
     decoded, values = reference
     for row, seed in enumerate(seeds.tolist()):

@@ -5,13 +5,11 @@ import pytest
 
 from fedsim.compress import STC, ceil_product, expected_position_bits
 from fedsim.kernels import ternary
-from fedsim.params import ParamSpec
 from tests.conftest import assert_bitwise, check_message, compress_one, random_updates
+from tests.kernels.conftest import DTYPES, SPEC
 
-SPEC = ParamSpec(("W", "b"), ((30, 4), (4,)))          # 124 entries: two segments
 
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_stc_message_content(dtype):
     rng = np.random.default_rng(0)
     x = random_updates(rng, 1, SPEC.size, dtype)[0]

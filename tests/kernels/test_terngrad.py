@@ -9,11 +9,10 @@ import pytest
 from fedsim.compress import TernGrad
 from fedsim.kernels import sparsify
 from fedsim.kernels import terngrad as kernels
-from fedsim.params import ParamSpec
 from tests.conftest import assert_bitwise, compress_one
+from tests.kernels.conftest import DTYPES, SPEC, agree
 
 
-SPEC = ParamSpec(("W", "b"), ((30, 4), (4,)))          # 124 entries: segments of 120 and 4
 LOG2_3 = math.log2(3.0)
 
 
@@ -27,7 +26,7 @@ def run_kernel(function, updates, offsets, uniforms, clip):
     return decoded, scales, encoded
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_hand_computed_ternarization(dtype):
     x = np.array([[0.5, -1.0, 0.25, 0.0, -0.0, -0.5]], dtype)
     # ratios |x| / s with s = 1: 0.5, 1, 0.25, 0, 0, 0.5; keep iff u < ratio (strictly)
@@ -64,7 +63,7 @@ def test_hand_computed_clipping():
     assert scales[0, 0] == np.float32(sigma)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_constant_and_single_entry_segments_are_not_clipped(dtype):
     # sigma = 0: clipping to [0, 0] would erase the segment; it is sent unclipped (scale = |x|, all kept)
     x = np.array([[3.0, 3.0, 3.0, -2.0]], dtype)
@@ -136,13 +135,10 @@ def test_kernel_equals_twin(clip):
         uniforms = rng.random(updates.shape)
         if updates.size:
             uniforms.flat[::7] = 0.0                              # u = 0 keeps every nonzero entry
-        results = [run_kernel(function, updates, offsets, uniforms, clip)
-                   for function in (kernels.terngrad_batch, kernels.terngrad_batch_numpy)]
-        if updates.size <= 5000:
-            results.append(run_kernel(kernels.terngrad_batch.py_func, updates, offsets, uniforms, clip))
-        for other in results[1:]:
-            for key, a, b in zip(("decoded", "scales", "encoded bits"), results[0], other):
-                assert_bitwise(a, b, f"{name} ({updates.dtype}, clip {clip}): {key}")
+        functions = (kernels.terngrad_batch, kernels.terngrad_batch_numpy, kernels.terngrad_batch.py_func)
+        agree(functions[:3 if updates.size <= 5000 else 2],
+              lambda function: run_kernel(function, updates, offsets, uniforms, clip),
+              f"{name} ({updates.dtype}, clip {clip}): decoded, scales, encoded bits")
 
 
 def test_kernel_at_the_keep_boundary():
@@ -158,7 +154,7 @@ def test_kernel_at_the_keep_boundary():
 
 
 @pytest.mark.parametrize("bad", [np.nan, -np.nan, np.inf, -np.inf])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_kernel_rejects_non_finite(bad, dtype):
     x = np.ones((2, 9), dtype)
     x[1, 7] = bad
