@@ -18,7 +18,6 @@ more draws before its mean and standard error can be trusted.
 from __future__ import annotations
 
 import csv
-import math
 import sys
 from pathlib import Path
 
@@ -150,12 +149,9 @@ def report(names, settings: dict, vectors, spec, kind: str, draws: int, seed: in
     return rows
 
 
-def _number(value, spec: str = ".4g") -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
-
-
 def format_table(rows: list[dict]) -> str:
     """The report card as text: one line per compressor, then the sources of the theories."""
+    from fedsim.algorithms.family import cell
     header = (f"{'compressor':<10} {'bias +- se':>19} {'error +- se':>21} {'theory':>13} {'meets':>5} "
               f"{'bits/entry: encoder':>19} {'entropy':>8} {'formula':>8}")
     lines = [f"compressors on {rows[0]['vectors']} vectors of {rows[0]['size']} entries, {rows[0]['draws']} draws"
@@ -164,11 +160,11 @@ def format_table(rows: list[dict]) -> str:
         if row["problem"]:
             lines.append(f"{row['compressor']:<10} not measured: {row['problem']}")
             continue
-        theory = "-" if row["theory"] is None else f"{row['relation']} {_number(row['theory'])}"
-        lines.append(f"{row['compressor']:<10} {_number(row['bias']):>9} +- {_number(row['bias_se']):<6} "
-                     f"{_number(row['error']):>10} +- {_number(row['error_se']):<7} {theory:>13} {row['meets']:>5} "
-                     f"{_number(row['bits_encoder'], '.3f'):>19} {_number(row['bits_entropy'], '.3f'):>8} "
-                     f"{_number(row['bits_formula'], '.3f'):>8}")
+        theory = "-" if row["theory"] is None else f"{row['relation']} {cell(row['theory'], '.4g')}"
+        lines.append(f"{row['compressor']:<10} {cell(row['bias'], '.4g'):>9} +- {cell(row['bias_se'], '.4g'):<6} "
+                     f"{cell(row['error'], '.4g'):>10} +- {cell(row['error_se'], '.4g'):<7} {theory:>13} "
+                     f"{row['meets']:>5} {cell(row['bits_encoder'], '.3f'):>19} "
+                     f"{cell(row['bits_entropy'], '.3f'):>8} {cell(row['bits_formula'], '.3f'):>8}")
     lines.append("error = E||C(x) - x||^2 / ||x||^2; theory: <= a bound, = exact, >= a floor; meets: within 4 "
                  "standard errors (and, if unbiased, |bias z| <= 4)")
     lines += [f"  {row['compressor']}: {row['settings']}; {row['source'] or 'no theory stated'}"
