@@ -78,17 +78,14 @@ def command(args) -> int:
 
 def parse_overrides(overrides: list[str], error) -> dict[str, dict]:
     """``["qsgd.levels=4"]`` -> ``{"qsgd": {"levels": 4}}`` (values read as TOML)."""
-    import tomllib
+    from fedsim.config import override_value
     settings: dict[str, dict] = {}
     for text in overrides:
         key, equals, value = text.partition("=")
         name, dot, setting = key.strip().partition(".")
         if not (equals and dot and setting):
             raise error(f"--set takes NAME.SETTING=VALUE (e.g. qsgd.levels=4), got {text!r}")
-        try:
-            settings.setdefault(name, {})[setting] = tomllib.loads(f"value = {value}")["value"]
-        except tomllib.TOMLDecodeError:
-            settings[name][setting] = value.strip()        # a bare word: a string setting
+        settings.setdefault(name, {})[setting] = override_value(value)
     return settings
 
 
