@@ -184,14 +184,12 @@ def write_csv(rows: list[dict], path) -> Path:
 def draw(rows: list[dict], path) -> Path:
     """Two panels: each compressor's measured error beside its theory (log scale), and its bits per entry
     by encoder, entropy and formula."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+    from fedsim.plot import _figure
     measured = [row for row in rows if not row["problem"]]
     names = [row["compressor"] for row in measured]
     place = np.arange(len(measured))
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    figure, ((left, right),) = _figure(1, 2, width=5.5, height=4.0)
     left.bar(place - 0.2, [max(row["error"], 1e-12) for row in measured], 0.4, label="measured")
     left.bar(place + 0.2, [max(row["theory"], 1e-12) if row["theory"] is not None else 0 for row in measured], 0.4,
              label="theory (bound, exact or floor)")
@@ -205,6 +203,5 @@ def draw(rows: list[dict], path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)
-    plt.close(figure)
     return path
 
