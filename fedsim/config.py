@@ -511,12 +511,16 @@ def parse_override(text: str) -> tuple[list[str], object]:
     parts = key.split(".")
     if len(parts) > 2 or not all(parts):
         raise ConfigError(f"--set key must be a setting like 'seed' or 'federated.lr', got {key!r}")
-    value_text = value_text.strip()
+    return parts, override_value(value_text)
+
+
+def override_value(text: str):
+    """An override's value ``text``, read as :func:`parse_override` says."""
+    text = text.strip()
     try:
-        value = tomllib.loads(f"value = {value_text}")["value"]
+        return tomllib.loads(f"value = {text}")["value"]
     except tomllib.TOMLDecodeError:
-        value = value_text
-    return parts, value
+        return text
 
 
 def apply_overrides(raw: dict, overrides=()) -> dict:
@@ -581,5 +585,5 @@ def load_preset(name: str, overrides=(), notes: list | None = None) -> Experimen
 
 __all__ = ["ConfigError", "ExperimentConfig", "FAMILIES", "RunConfig", "TABLES", "all_settings", "apply_overrides",
            "config_fingerprint", "config_from_dict", "config_to_dict", "config_to_toml", "format_value",
-           "import_plugins", "list_presets", "load_config_file", "load_preset", "parse_override", "parse_toml",
-           "preset_text", "suggest", "table_fields", "toml_value", "unused_tables"]
+           "import_plugins", "list_presets", "load_config_file", "load_preset", "override_value", "parse_override",
+           "parse_toml", "preset_text", "suggest", "table_fields", "toml_value", "unused_tables"]

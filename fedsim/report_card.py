@@ -18,7 +18,6 @@ more draws before its mean and standard error can be trusted.
 from __future__ import annotations
 
 import csv
-import math
 import sys
 from pathlib import Path
 
@@ -79,17 +78,14 @@ def command(args) -> int:
 
 def parse_overrides(overrides: list[str], error) -> dict[str, dict]:
     """``["qsgd.levels=4"]`` -> ``{"qsgd": {"levels": 4}}`` (values read as TOML)."""
-    import tomllib
+    from fedsim.config import override_value
     settings: dict[str, dict] = {}
     for text in overrides:
         key, equals, value = text.partition("=")
         name, dot, setting = key.strip().partition(".")
         if not (equals and dot and setting):
             raise error(f"--set takes NAME.SETTING=VALUE (e.g. qsgd.levels=4), got {text!r}")
-        try:
-            settings.setdefault(name, {})[setting] = tomllib.loads(f"value = {value}")["value"]
-        except tomllib.TOMLDecodeError:
-            settings[name][setting] = value.strip()        # a bare word: a string setting
+        settings.setdefault(name, {})[setting] = override_value(value)
     return settings
 
 
@@ -150,12 +146,9 @@ def report(names, settings: dict, vectors, spec, kind: str, draws: int, seed: in
     return rows
 
 
-def _number(value, spec: str = ".4g") -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
-
-
 def format_table(rows: list[dict]) -> str:
     """The report card as text: one line per compressor, then the sources of the theories."""
+    from fedsim.algorithms.family import cell
     header = (f"{'compressor':<10} {'bias +- se':>19} {'error +- se':>21} {'theory':>13} {'meets':>5} "
               f"{'bits/entry: encoder':>19} {'entropy':>8} {'formula':>8}")
     lines = [f"compressors on {rows[0]['vectors']} vectors of {rows[0]['size']} entries, {rows[0]['draws']} draws"
@@ -164,11 +157,11 @@ def format_table(rows: list[dict]) -> str:
         if row["problem"]:
             lines.append(f"{row['compressor']:<10} not measured: {row['problem']}")
             continue
-        theory = "-" if row["theory"] is None else f"{row['relation']} {_number(row['theory'])}"
-        lines.append(f"{row['compressor']:<10} {_number(row['bias']):>9} +- {_number(row['bias_se']):<6} "
-                     f"{_number(row['error']):>10} +- {_number(row['error_se']):<7} {theory:>13} {row['meets']:>5} "
-                     f"{_number(row['bits_encoder'], '.3f'):>19} {_number(row['bits_entropy'], '.3f'):>8} "
-                     f"{_number(row['bits_formula'], '.3f'):>8}")
+        theory = "-" if row["theory"] is None else f"{row['relation']} {cell(row['theory'], '.4g')}"
+        lines.append(f"{row['compressor']:<10} {cell(row['bias'], '.4g'):>9} +- {cell(row['bias_se'], '.4g'):<6} "
+                     f"{cell(row['error'], '.4g'):>10} +- {cell(row['error_se'], '.4g'):<7} {theory:>13} "
+                     f"{row['meets']:>5} {cell(row['bits_encoder'], '.3f'):>19} "
+                     f"{cell(row['bits_entropy'], '.3f'):>8} {cell(row['bits_formula'], '.3f'):>8}")
     lines.append("error = E||C(x) - x||^2 / ||x||^2; theory: <= a bound, = exact, >= a floor; meets: within 4 "
                  "standard errors (and, if unbiased, |bias z| <= 4)")
     lines += [f"  {row['compressor']}: {row['settings']}; {row['source'] or 'no theory stated'}"
@@ -191,14 +184,12 @@ def write_csv(rows: list[dict], path) -> Path:
 def draw(rows: list[dict], path) -> Path:
     """Two panels: each compressor's measured error beside its theory (log scale), and its bits per entry
     by encoder, entropy and formula."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+    from fedsim.plot import _figure
     measured = [row for row in rows if not row["problem"]]
     names = [row["compressor"] for row in measured]
     place = np.arange(len(measured))
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    figure, ((left, right),) = _figure(1, 2, width=5.5, height=4.0)
     left.bar(place - 0.2, [max(row["error"], 1e-12) for row in measured], 0.4, label="measured")
     left.bar(place + 0.2, [max(row["theory"], 1e-12) if row["theory"] is not None else 0 for row in measured], 0.4,
              label="theory (bound, exact or floor)")
@@ -212,6 +203,5 @@ def draw(rows: list[dict], path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)
-    plt.close(figure)
     return path
 

@@ -66,8 +66,7 @@ MODELS: dict[str, ModelEntry] = {}
 def register_model(name: str, build: Callable, *, default_init: str = "zeros",
                    hidden_layers: bool = False, convex: bool = True) -> ModelEntry:
     """Make a model available as ``model.name = name`` (``build``: see the module docstring)."""
-    if default_init not in INIT_KINDS:
-        raise ValueError(f"default_init must be one of {', '.join(map(repr, INIT_KINDS))}, got {default_init!r}")
+    OneOf(*INIT_KINDS).check("default_init", default_init)
     return register_into(MODELS, name, ModelEntry(name, build, default_init, hidden_layers, convex), "model name")
 
 
