@@ -254,8 +254,7 @@ class FederatedRun:
                     mask = (buffers["slot"] < count[:, None]).astype(self.dtype)
                 # One pass: each client's batch is gathered from x_train block by block, in cache.
                 client_loss, grad = gradient(weights, samples, labels[s - step], mask)
-                # g + l2 w; v <- momentum * v + g; w <- w - lr * v (fedsim.kernels.local_sgd), unless a
-                # loss is NaN, inf or out of range
+                # The SGD step (fedsim.kernels.local_sgd), unless a loss is NaN, inf or out of range
                 if not local_sgd.sgd_update(weights, grad, momentum_rows, lr, l2, momentum_factor,
                                             client_loss, self.loss_limit):
                     out_of_range = ~(np.abs(client_loss) <= self.loss_limit)
