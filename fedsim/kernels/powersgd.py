@@ -28,8 +28,9 @@ data dtype (no fused multiply-add), so that sender, receiver and NumPy twin agre
 **One power step** (:func:`power_step`): the round of :mod:`fedsim.compress.powersgd` (its equations) on
 the K senders' matrices ``M_k`` with the shared warm start ``Q``: the matrix products NumPy's (BLAS), the
 means summed in sender order, elementwise in the data dtype, and ``decoded_k = low_rank_product(P_hat,
-Q_k)``; :func:`power_step_numpy` is the same step built on the twins. The arrays are of one float dtype, C-contiguous where jitted code reads or writes them (the
-matrices and ``q``, read by NumPy's products only, may have any strides).
+Q_k)``; :func:`power_step_numpy` is the same step built on the twins. The arrays are of one float dtype,
+C-contiguous where jitted code reads or writes them (the matrices and ``q``, read by NumPy's products only,
+may have any strides).
 """
 
 from __future__ import annotations
