@@ -10,9 +10,8 @@ Every message reports two numbers: :meth:`encoded_bits` is the length of the rea
     STC            sum over segments of  c (E(q') + 1) + 32 [c > 0]       (1 sign bit per entry, 32 for mu)
 
 with ``c`` the number of kept entries of a segment of ``N`` entries, density ``q' = c / N``, and the expected
-Golomb-Rice bits per position at the optimal parameter b*::
+Golomb-Rice bits per position at the paper's parameter b* for q' (:mod:`fedsim.kernels.golomb`)::
 
-    b*    = max(0, 1 + floor(log2( ln(phi - 1) / ln(1 - q') )))       phi = (1 + sqrt 5) / 2
     E(q') = b* + 1 / (1 - (1 - q')^(2^b*))
 
 Check values (bits per kept entry with the sign bit, E(p) + 1): p = 1/25: 7.085, 1/100: 9.108,
@@ -31,8 +30,7 @@ FLOAT_BITS = 32
 
 
 def rice_parameter_for_density(density):
-    """b* (module docstring) for a density q' in [0, 1] (array or scalar), at most 62; 0 where q' = 0.
-    ``ln(1 - q')`` is computed as ``log1p(-q')``."""
+    """b* of :mod:`fedsim.kernels.golomb` for a density q' in [0, 1] (array or scalar); 0 where q' = 0."""
     density = np.asarray(density, dtype=np.float64)
     if np.any((density < 0) | (density > 1)):
         raise ValueError(f"density must be in [0, 1], got {density}")
@@ -55,7 +53,7 @@ def expected_position_bits(density):
 
 
 def stc_bits_per_entry(p):
-    """Analytic bits per kept STC entry: E(p) + 1 sign bit (the DESIGN check values)."""
+    """Analytic bits per kept STC entry: E(p) + 1 sign bit (the module docstring's check values)."""
     return expected_position_bits(p) + 1.0
 
 
@@ -98,9 +96,8 @@ def stc_analytic_bits(counts, sizes):
 
 
 def sparse_vector_bits(positions: np.ndarray, size: int, value_bits: int = FLOAT_BITS) -> int:
-    """Encoded bits of a sparse vector sent as positions + values (the format of top-k's message, one
-    segment): a 32-bit count, the Golomb-Rice coded positions (b* for density count / size) and
-    ``value_bits`` per value. The partial-participation catch-up of the federated family uses it."""
+    """Encoded bits of a sparse vector sent as positions + ``value_bits``-bit values: top-k's message
+    (:mod:`fedsim.compress.topk`) of one segment. The federated family's catch-up uses it."""
     return int(golomb.sparse_segment_bits(np.asarray(positions, np.int64), size, value_bits, 0))
 
 

@@ -26,8 +26,8 @@ share P_hat, which depends on every row (this is the one compressor whose row r 
 ``updates[r]`` alone would give). With K = 1 (the server's downstream compression, with its own state)
 P_hat is orthogonalized locally and nothing is broadcast. The orthogonalization is defined bit for bit
 in :mod:`fedsim.kernels.powersgd`; a column of P that is zero or numerically dependent on the earlier ones
-(part outside their span below sqrt(eps) of its length) becomes a zero column of P_hat, so the matrix is
-sent at a lower rank that round and what is not sent stays in the residual.
+becomes a zero column of P_hat, so the matrix is sent at a lower rank that round and what is not sent
+stays in the residual.
 
 Randomness. ``Q`` starts as None in the state. At every compress call, each column of each matrix's Q
 that is entirely zero (all of them at the first call; afterwards only a column that the

@@ -3,19 +3,12 @@ arXiv 1610.02132).
 
 Each segment (one parameter tensor with ``scope="tensor"``, the whole vector with ``scope="global"``) is
 cut into buckets of ``bucket_size = d`` consecutive entries (the paper's practical variant; the last bucket
-of a segment may be shorter), or is one bucket when d = 0 (the paper's basic scheme). A bucket v of n
-entries is quantized with s = ``levels`` levels and one uniform u_i in [0, 1) per entry::
-
-    norm      = ||v||_2                                (float64 sum of squares in index order, sqrt,
-                                                        rounded to the data's dtype)
-    l_i       = floor(|v_i| s / norm)
-    level_i   = l_i + [u_i < |v_i| s / norm - l_i]     l_i + 1 with probability |v_i| s / norm - l_i
-    Q(v)_i    = norm sign(v_i) level_i / s             what the receiver reconstructs
-
-QSGD is unbiased, E[Q(v)_i] = v_i, so it needs no error feedback; its variance is at most
-min(n / s^2, sqrt(n) / s) ||v||^2 per bucket (the paper's lemma 3.1, section 3). The exact arithmetic
-(the order of the operations, the roundings, the zero bucket) is that of :mod:`fedsim.kernels.qsgd`.
-A bucket whose norm is 0 sends its norm only.
+of a segment may be shorter), or is one bucket when d = 0 (the paper's basic scheme). Entry i of a bucket
+v of n entries becomes ``Q(v)_i = ||v||_2 sign(v_i) level_i / s`` (s = ``levels``), its level
+``|v_i| s / ||v||_2`` rounded up with probability its fractional part (one uniform u_i in [0, 1) per entry);
+the equations bit for bit (the order of the operations, the roundings, the zero bucket) are those of
+:mod:`fedsim.kernels.qsgd`. QSGD is unbiased, E[Q(v)_i] = v_i, so it needs no error feedback; its variance
+is at most min(n / s^2, sqrt(n) / s) ||v||^2 per bucket (the paper's lemma 3.1, section 3).
 
 Randomness: P uniforms per row (``rng.random``, float64), :func:`fedsim.compress.base.uniform_chunks`.
 
@@ -24,19 +17,10 @@ min(512 / 256, sqrt(512) / 16) = 1.41 ||v||^2 per bucket (measured on a normal v
 about 2.4 bits per entry of a normal update (13 times fewer than 32-bit floats). The basic scheme (d = 0)
 over the STC seed model's whole 10,240-entry weight tensor at s = 16 would have a bound of 6.3 ||v||^2.
 
-Wire format (``qsgd``), bucket after bucket in order (the paper's Code_s with the Elias omega code,
-:mod:`fedsim.kernels.qsgd`; d and s are the format's options): the norm as a float; if it is 0, nothing
-else; otherwise for each nonzero level, in index order, the Elias omega code of the gap to it (first gap =
-local index + 1, then index differences), its sign bit (1 = negative) and the Elias omega code of |level|;
-then an end marker, the omega code of the gap to the position just past the bucket (n - last nonzero
-index, n + 1 if none). The marker is fedsim's addition: the paper does not say how a decoder finds the end
-of a bucket. Encoded bits per bucket (counted by a jitted counter in the quantization kernel, equal to the
-encoder's length)::
-
-    F                                                                          norm = 0
-    F + sum over nonzero i (B(gap_i) + 1 + B(|level_i|)) + B(n - last)        norm > 0
-
-with F the float width and B(k) the omega code length (B(1) = 1, B(k) = bitlen(k) + B(bitlen(k) - 1)).
+Wire format (``qsgd``), bucket after bucket in order: the paper's Code_s with the Elias omega code (a
+bucket whose norm is 0 sends its norm only) and an end marker of fedsim's (the paper does not say how a
+decoder finds the end of a bucket); the kernels of :mod:`fedsim.kernels.qsgd` write, read and count it,
+and its docstring gives it bit by bit with the bits of a bucket. d and s are the format's options.
 
 Analytic bits: the paper's bound on the expected code length (its coding theorem in section 3, for s
 levels and n entries), per bucket with the o(1) term dropped and logarithms to base 2::

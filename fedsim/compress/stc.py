@@ -1,13 +1,11 @@
 """Sparse Ternary Compression (Sattler, Wiedemann, Mueller, Samek, arXiv 1903.02891).
 
-Per segment of N entries: k = ceil(p N); the kept set K is the k largest nonzero magnitudes (exactly
-min(k, nonzeros) entries; ties at the threshold to the lowest indices) and the message is
-``mu * sign(x_i)`` on K, 0 elsewhere, with mu = mean |x_i| over K (:func:`fedsim.kernels.ternary._ternarize`).
+Per segment of N entries: k = ceil(p N), and the message is ``mu * sign(x_i)`` on the kept set K(x, k),
+0 elsewhere (K and mu: :mod:`fedsim.kernels.selection`; :func:`fedsim.kernels.ternary._ternarize`).
 
 With ``threshold="sampled"`` the threshold and mu are estimated from a sample of
-``n_s = min(max(ceil(N f), ceil(100 / p)), N)`` entries with ``k_s = ceil(n_s p)``, and every entry with
-``|x_i| >= threshold`` is sent (falling back to the exact computation when that threshold is 0 or equals
-max |x_i|; :func:`fedsim.kernels.ternary._sampled_ternarize`). The sample is drawn from the Generator
+``n_s = min(max(ceil(N f), ceil(100 / p)), N)`` entries with ``k_s = ceil(n_s p)`` (what is sent, and the
+exact fallback: :func:`fedsim.kernels.ternary._sampled_ternarize`). The sample is drawn from the Generator
 passed to ``compress``: ``"uniform"`` (the default, a uniform subset without replacement: an unbiased
 estimate of the quantile) or ``"window"`` (the reference's contiguous window at a uniform random offset,
 biased when magnitudes vary along the tensor).

@@ -1,29 +1,20 @@
 """TernGrad: ternary gradients (Wen, Xu, Yan, Wu, Wang, Chen, Li, NeurIPS 2017, arXiv 1705.07878).
 
 Per segment (one parameter tensor with ``scope="tensor"``: the paper's layer-wise ternarizing; the whole
-vector with ``scope="global"``) of N entries g_i, with the paper's optional gradient clipping at
-``clip = c`` (0: off; the paper uses c = 2.5)::
-
-    sigma = population standard deviation of the segment   (float64 mean and variance, summed in index order)
-    h_i   = g_i clipped to [-c sigma, c sigma]               (c sigma rounded to the data's dtype; no clipping
-                                                              when c = 0 or c sigma rounds to 0)
-    s     = max_i |h_i|                                      the scale, sent as one float
-    b_i   = [u_i < |h_i| / s]                                Bernoulli(|h_i| / s); u_i uniform in [0, 1) from
-                                                              the Generator, the division in float64
-    m_i   = s sign(g_i) b_i                                  what the receiver reconstructs (+-s or 0)
+vector with ``scope="global"``) of N entries g_i, entry i is clipped to h_i in [-c sigma, c sigma] (sigma
+the segment's standard deviation; the paper's optional clipping at ``clip = c``, 0: off, the paper uses
+c = 2.5) and sent as ``m_i = s sign(g_i) b_i`` (+-s or 0): the scale s = max_i |h_i| is sent as one float,
+and b_i ~ Bernoulli(|h_i| / s) takes one uniform u_i in [0, 1) from the Generator. The equations bit for bit
+(sums, roundings, the constant-segment rule) are those of :mod:`fedsim.kernels.terngrad`.
 
 TernGrad is unbiased: E[m_i] = h_i (= g_i without clipping), so it needs no error feedback. Clipping
-trades a small bias for a smaller scale s (the paper's bound on the variance s |h_i| - h_i^2). The exact
-arithmetic (sums, roundings, the constant-segment rule) is that of :mod:`fedsim.kernels.terngrad`.
-A segment with s = 0 (all zero, or empty) sends its scale only.
+trades a small bias for a smaller scale s (the paper's bound on the variance s |h_i| - h_i^2).
 
 Randomness: P uniforms per row (``rng.random``, float64), :func:`fedsim.compress.base.uniform_chunks`.
 
-Wire format (``terngrad``), per segment in order: the scale s (a float); then, only if s != 0, the N
-ternary digits (0 for 0, 1 for +s, 2 for -s) in base 3, five per 8-bit field (value d_0 + 3 d_1 + 9 d_2 +
-27 d_3 + 81 d_4 <= 242), the last r = N mod 5 digits in 2, 4, 5 or 7 bits (ceil(log2 3^r)). Encoded bits
-per segment, in closed form: ``F + [s != 0] (8 floor(N / 5) + R[N mod 5])`` with F the float width and
-R = (0, 2, 4, 5, 7); the simulation counts them in the ternarization kernel.
+Wire format (``terngrad``), per segment in order: the scale s (a float; a segment with s = 0, all zero or
+empty, sends it alone); then, only if s != 0, the N ternary digits (0 for 0, 1 for +s, 2 for -s) in the
+base-3 code of :mod:`fedsim.kernels.terngrad` (five digits per 8-bit field; its length there).
 
 Analytic bits: ``log2(3) N + 32`` per segment, the information content of N ternary digits plus the
 32-bit scale (what an ideal entropy-free ternary code needs; the code above is within 0.015 bits per

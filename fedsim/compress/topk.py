@@ -1,7 +1,6 @@
 """Top-k sparsification (DGC-style; Lin et al., arXiv 1712.01887): the k largest magnitudes, values kept.
 
-Per segment of N entries, k = ceil(p N); the kept set is that of :mod:`fedsim.kernels.sparsify` (the k
-largest nonzero magnitudes, ties at the threshold to the lowest indices, zeros never sent).
+Per segment of N entries, k = ceil(p N); the message is x_i on the kept set K(x, k) (:mod:`fedsim.kernels.selection`).
 
 Wire format (``sparse``), per segment: count c (32 bits); Golomb-Rice code of the c positions within the
 segment with b* = rice_parameter(c, N); the c values.

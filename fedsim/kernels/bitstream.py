@@ -10,7 +10,7 @@ Sign bits
 ---------
 One bit per sign: 1 for a negative sign (-1), 0 for a positive one (+1), like an IEEE sign bit; so
 ``pack_signs_into(s, stream, 0)`` writes ``np.packbits(s < 0)``. Only +-1 can be packed: zeros need a
-separate code (see the sign compressor's message format in :mod:`fedsim.compress.base`).
+separate code (the sign compressor's message format, :mod:`fedsim.compress.sign`).
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ call each:
 
 The batches (as the run's ``_next_batches`` draws them; ``sizes[c] = offsets[c + 1] - offsets[c]``)::
 
-    count = min(B, sizes[c] - cursor[c])                 a batch never crosses the epoch's end
+    count = min(B, sizes[c] - cursor[c])                 a batch never crosses the epoch's end (the last is smaller)
     samples[s, k, j] = order[offsets[c] + cursor[c] + min(j, count - 1)]    (padding repeats the last row)
     cursor[c] += count; at sizes[c]: cursor[c] = 0, epoch[c] += 1
 

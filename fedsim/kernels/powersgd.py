@@ -25,15 +25,12 @@ part of ``M`` in the error-feedback residual.
 ``out_ij = (((l_i0 r_j0) + l_i1 r_j1) + ...) + l_i(r-1) r_j(r-1)`` summed over the rank in order in the
 data dtype (no fused multiply-add), so that sender, receiver and NumPy twin agree whatever BLAS does.
 
-**One power step** (:func:`power_step`) on the K senders' matrices ``M_k`` with the shared warm start
-``Q`` (the matrix products are NumPy's, BLAS)::
-
-    P_k = M_k Q;  P = (P_0 + P_1 + ... + P_(K-1)) / K;  P_hat = orthogonalize(P)
-    Q_k = M_k^T P_hat;  decoded_k = low_rank_product(P_hat, Q_k);  Q_new = (Q_0 + ... + Q_(K-1)) / K
-
-(sums in sender order, elementwise in the data dtype); :func:`power_step_numpy` is the same step built on
-the twins. The arrays are of one float dtype, C-contiguous where jitted code reads or writes them (the
-matrices and ``q``, read by NumPy's products only, may have any strides).
+**One power step** (:func:`power_step`): the round of :mod:`fedsim.compress.powersgd` (its equations) on
+the K senders' matrices ``M_k`` with the shared warm start ``Q``: the matrix products NumPy's (BLAS), the
+means summed in sender order, elementwise in the data dtype, and ``decoded_k = low_rank_product(P_hat,
+Q_k)``; :func:`power_step_numpy` is the same step built on the twins. The arrays are of one float dtype,
+C-contiguous where jitted code reads or writes them (the matrices and ``q``, read by NumPy's products only,
+may have any strides).
 """
 
 from __future__ import annotations

@@ -187,11 +187,9 @@ def _compact(candidate_positions, candidate_magnitudes, count, k, kth):
 
 @_jit
 def _lower_bound_guess(x, k, scratch):
-    """A lower bound L (as float64) such that about ``k + 4 sqrt(k) + 8`` entries (scaled from a strided
-    sample) have ``|x_i| >= L``; ``TINY`` (i.e. "every nonzero") for short segments.
-
-    Sample: ``min(PIVOT_SAMPLE, N // SAMPLE_STRIDE)`` entries, every ``N // sample size``-th (``scratch``
-    holds the candidate buffer or PIVOT_SAMPLE entries, whichever is longer: enough)."""
+    """The lower bound L of the module docstring (as float64), from the sample of every ``N // m``-th entry;
+    ``TINY`` (i.e. "every nonzero") for short segments or r >= m. ``scratch`` holds the candidate buffer or
+    PIVOT_SAMPLE entries, whichever is longer: enough for the sample."""
     size = x.shape[0]
     if size <= SHORT_SEGMENT:
         return TINY

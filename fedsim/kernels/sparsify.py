@@ -194,7 +194,8 @@ def sparse_compress_batch(updates, segment_offsets, budgets, ternary, float_bits
     ``float_bits`` is the width of one encoded float (top-k's values, STC's mu). Sampled STC reads the samples
     of row r, segment j as ``sample_positions[sample_starts[r S + j]:sample_starts[r S + j + 1]]`` with
     budgets ``sample_budgets``. Out: ``sent_out`` (zero-filled) the decompressed messages, ``counts_out``
-    the kept entries, ``encoded_bits_out`` each row's encoded length (the formats of :mod:`fedsim.compress.base`).
+    the kept entries, ``encoded_bits_out`` each row's encoded length (the formats: :mod:`fedsim.compress.topk`,
+    :mod:`fedsim.compress.stc`).
     """
 
 
@@ -239,8 +240,7 @@ def sign_compress_batch(updates, segment_offsets, scaled, float_bits, sent_out, 
                         encoded_bits_out):
     """sign (times the segment's mean magnitude if ``scaled``) of every row, in one call:
     ``sent_out[r, i] = sign(x_ri) * scale_rj`` (scale 1 when unscaled), ``scales_out[r, j]`` the scale,
-    ``encoded_bits_out[r]`` the sign message length: per segment 32 + Golomb-Rice bits of the zero positions
-    + one bit per nonzero entry (+ ``float_bits`` for the scale when scaled). A segment whose mean magnitude
-    rounds to 0 (all zeros, or subnormals whose mean underflows) is sent as zeros: its signs would reach the
-    receiver multiplied by 0.
+    ``encoded_bits_out[r]`` the length of the sign message (:mod:`fedsim.compress.sign`). A segment whose mean
+    magnitude rounds to 0 (all zeros, or subnormals whose mean underflows) is sent as zeros: its signs would
+    reach the receiver multiplied by 0.
     """

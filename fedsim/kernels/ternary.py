@@ -103,13 +103,14 @@ def _sample_fits(x, sample_positions):
          k_sample=Budget(size="sample_positions"), k=_BUDGET,
          positions_out=Array(INT64, output=True, at_least="x"), signs_out=_SIGNS_OUT)
 def _sampled_ternarize(x, sample_positions, k_sample, k, positions_out, signs_out):
-    """STC with the sampled threshold (DESIGN "Approximate threshold"), with its exact fallback.
+    """STC with the sampled threshold (the sample and its budget: :mod:`fedsim.compress.stc`), with its
+    exact fallback.
 
-    threshold, mu = :func:`_sampled_top_k_threshold` of the sample (at most N positions, ``k_sample =
-    ceil(n_s p)``); output mu * sign(x_i) wherever ``|x_i| >= threshold`` (ties included: the count is not
-    fixed, and mu is the sample's estimate, as in the reference). If the threshold is 0 or equals
-    max |x_i|, the exact :func:`_ternarize` with budget ``k = ceil(N p)`` is used instead. The outputs
-    need N entries whatever the threshold. Returns (count, mu, whether the exact fallback was used).
+    threshold, mu = :func:`_sampled_top_k_threshold` of the sample (at most N positions); output
+    mu * sign(x_i) wherever ``|x_i| >= threshold`` (ties included: the count is not fixed, and mu is the
+    sample's estimate, as in the reference). If the threshold is 0 or equals max |x_i|, the exact
+    :func:`_ternarize` with budget ``k`` is used instead. The outputs need N entries whatever the
+    threshold. Returns (count, mu, whether the exact fallback was used).
     """
 
 

@@ -108,11 +108,9 @@ class SoftmaxRegression(Classifier):
                          nll[k0:k1, s0:s1], grad_b[k0:k1])         # nll = -log p[y]; grad_b += sum_i delta_i
                 plan.backward(x_block, z, grad_W[k0:k1], part[: k1 - k0])   # grad_W += x_block^T delta
 
-        # A model's blocks add into its gradient in block order, so they stay on one thread (in order):
-        # the result is bitwise the same on any number of threads. Only models of several row blocks (LAQ's
-        # shards) are shared out: a round's small client batches gained nothing on two threads (STC seed
-        # round, 16.3 ms on one block thread, 16.7 on two; the gradient alone gains, the rest of the round
-        # loses it).
+        # Only models of several row blocks (LAQ's shards) are shared out among the threads (see "threads"
+        # below): a round's small client batches gained nothing on two (STC seed round, 16.3 ms on one block
+        # thread, 16.7 on two; the gradient alone gains, the rest of the round loses it).
         runs = plan.by_model()
         _on_threads(work, _split(plan.blocks, runs) if max(map(len, runs)) > 1 else [plan.blocks])
         if plan.scale != 1.0:                                    # x = scale u + offset (Codes)

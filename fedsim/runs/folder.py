@@ -18,9 +18,8 @@ temporary files of writes a kill interrupted (``.<file>.<pid>-<random>.part``).
 
 Consistency rules (so that a run killed at any instant, even by SIGKILL, resumes exactly):
 
-* every file except history.jsonl is replaced atomically (:func:`fedsim.files.write_atomic`: temporary
-  file in the same folder, fsync, rename); checkpoint.npz is self-contained (its metadata is inside it),
-  so a kill between the two checkpoint files leaves a usable checkpoint;
+* every file except history.jsonl is replaced atomically (:func:`fedsim.files.write_atomic`); checkpoint.npz
+  is self-contained (its metadata is inside it), so a kill between the two checkpoint files leaves a usable one;
 * a history record is appended after its step and before any checkpoint that includes the step, so
   history.jsonl always holds at least the checkpoint's steps; on resume it is cut back (atomically) to
   exactly the checkpoint's ``completed`` records, dropping records of steps done after the checkpoint and

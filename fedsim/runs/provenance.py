@@ -5,9 +5,9 @@ the run's whole life whatever the environment says (OMP_NUM_THREADS, OPENBLAS_NU
 softmax gradient walks its blocks on as many threads of its own (:mod:`fedsim.models.softmax`). A BLAS
 product split over several threads sums in another order, so the last bits of a large product's result
 depend on the thread count: pinning makes a run's history the same on any machine and under any
-environment for one value of ``run.blas_threads`` (1 by default). The block threads change no result
-(each model's blocks stay on one thread, in order), and the blocks' products are small enough that
-OpenBLAS runs each on one thread. fedsim's Numba kernels are single-threaded.
+environment for one value of ``run.blas_threads`` (1 by default). The block threads change no result, and
+the blocks' products are small enough that OpenBLAS runs each on one thread. fedsim's Numba kernels are
+single-threaded.
 
 BLAS: meta.json records NumPy's BLAS (:func:`numpy_blas`), the library the run's products call (not SciPy's
 own, loaded by the array cache's first computation), when the run starts; a resume warns when it differs

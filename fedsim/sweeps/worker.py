@@ -18,9 +18,8 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"
 
 
 def pin_threads(threads: int) -> None:
-    """First call of a local worker: at most ``threads`` threads for BLAS, OpenMP and Numba, set before
-    they load (the thread variables), then as runtime limits; the worker dies with the process that
-    started it (Linux), so a killed sweep leaves no worker holding a run folder."""
+    """First call of a local worker: at most ``threads`` threads for BLAS, OpenMP and Numba, set before they
+    load (the thread variables), then as runtime limits; on Linux it dies with the process that started it."""
     for name in THREAD_VARIABLES:
         os.environ[name] = str(threads)
     if sys.platform.startswith("linux"):

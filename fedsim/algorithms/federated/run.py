@@ -254,8 +254,7 @@ class FederatedRun:
                     mask = (buffers["slot"] < count[:, None]).astype(self.dtype)
                 # One pass: each client's batch is gathered from x_train block by block, in cache.
                 client_loss, grad = gradient(weights, samples, labels[s - step], mask)
-                # g + l2 w; v <- momentum * v + g; w <- w - lr * v (fedsim.kernels.local_sgd), unless a
-                # loss is NaN, inf or out of range
+                # The SGD step (fedsim.kernels.local_sgd), unless a loss is NaN, inf or out of range
                 if not local_sgd.sgd_update(weights, grad, momentum_rows, lr, l2, momentum_factor,
                                             client_loss, self.loss_limit):
                     out_of_range = ~(np.abs(client_loss) <= self.loss_limit)
@@ -397,13 +396,9 @@ class FederatedRun:
 
     def _next_batches(self, data: RoundData, first: int, samples: np.ndarray, counts: np.ndarray) -> int:
         """The rows of the next mini-batches of every participant, steps ``first, ...`` of the round, into
-        ``samples[s]`` (K, B) with ``counts[s]`` (K,) real rows each; returns the step after the last one
-        planned: a run of steps ends after one that completes some participant's epoch.
-
-        A batch never crosses an epoch boundary: the last batch of an epoch holds what is left of it
-        (as a data loader that keeps its last, smaller batch; the rest of its row repeats its last sample,
-        to be masked out). Then the client's order is reshuffled for its next epoch, before its next batch.
-        """
+        ``samples[s]`` (K, B) with ``counts[s]`` (K,) real rows each (the batches:
+        :func:`fedsim.kernels.local_sgd.plan_batches`); returns the step after the last one planned. A
+        client's order is reshuffled for its next epoch before its next batch."""
         # Shuffle lazily: only a client that trains needs its order for the current epoch.
         for i in np.flatnonzero(data.order_epoch[data.rows] != data.epoch[data.rows]):
             self._shuffle(data, data.rows[i], data.clients[i])

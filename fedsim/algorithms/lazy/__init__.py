@@ -38,8 +38,7 @@ steps, kept as a ring of D scalars)::
 ``Q = quantize(g | Q_m)`` is the LAQ quantizer of :mod:`fedsim.kernels.laq` (b bits relative to the last
 upload), ``e_m = ||Q - g_m||^2`` its error now and ``e_hat_m`` its error at worker m's last upload. On a
 skip the new Q is discarded. Every lazy rule (LAG-WK, LAG-PS, LAQ, SLAQ) also forces an upload after C
-consecutive skips (the staleness clock; it resets on every upload). QGD and LAQ send the b-bit codes and R
-as one 32-bit float: ``b P + 32`` bits (the reference counted ``b P``).
+consecutive skips (the staleness clock; it resets on every upload).
 
 Records and f*
 --------------

@@ -30,10 +30,9 @@ class LazyRun:
     """One lazy-aggregation run, an iteration per :meth:`step` (the equations: :mod:`fedsim.algorithms.lazy`;
     its records' keys: :mod:`fedsim.runs`; with ``system``, the ``[system]`` table, on: :class:`LazyClock`).
 
-    ``partition``: one index array into ``data.x_train`` per worker; default contiguous blocks in file
-    order, worker m gets ``[m N // M, (m + 1) N // M)``. ``smoothness``: LAG-PS's ``L_m``; when omitted,
-    :func:`~fedsim.algorithms.lazy.rules.smoothness_of` (with a warning where it is an estimate, not a bound).
-    ``model_config``: the ``[model]`` table. The test data may be empty.
+    ``partition``: one index array into ``data.x_train`` per worker (default :func:`~fedsim.data.partition.contiguous`).
+    ``smoothness``: LAG-PS's ``L_m``; when omitted, :func:`~fedsim.algorithms.lazy.rules.smoothness_of` (with a
+    warning where it is an estimate, not a bound). ``model_config``: the ``[model]`` table. The test data may be empty.
     """
 
     def __init__(self, config: LazyConfig, data: Dataset, partition: Sequence[np.ndarray] | None = None, *,
