@@ -15,8 +15,8 @@ from fedsim.compress import (
 )
 from fedsim.compress import qsgd as qsgd_module
 from fedsim.params import ParamSpec
-from tests.compress.test_contract import ODD_LAYOUT, SETTINGS, SPEC
-from tests.conftest import assert_bitwise
+from tests.compress.test_contract import ODD_LAYOUT, SETTINGS
+from tests.conftest import DTYPES, SPEC, assert_bitwise
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -58,7 +58,7 @@ def test_encoded_bits_of_a_normal_vector(levels, bucket):
 # ----------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("levels, bucket", [(2, 16), (1, 0), (16, 7)])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_unbiased(levels, bucket, dtype):
     """T = 20000 draws of one fixed vector (rows of one batch). Per entry, Q_i = (norm / s) sign(v_i) L_i
     with L_i - l_i ~ Bernoulli(f_i), f_i = r_i - l_i, so Var(Q_i) = (norm / s)^2 f_i (1 - f_i) and the mean
@@ -99,7 +99,7 @@ def test_unbiased(levels, bucket, dtype):
 # messages
 # ----------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_message_format(dtype):
     """The receiver's format: the segments, the dtype, and the levels and bucket size as options."""
     for compressor in SETTINGS["qsgd"]:
@@ -130,7 +130,7 @@ def test_fields_of_compressed_rows():
 @pytest.mark.oracle
 @pytest.mark.parametrize("scope", ["tensor", "global"])
 @pytest.mark.parametrize("levels, bucket", [(16, 512), (4, 0), (1000, 0), (2, 7)])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_matches_torch(torch, scope, levels, bucket, dtype):
     """The torch reference (benchmarks.torch_reference.qsgd) on the uniforms fedsim drew: signed levels
     and encoded bits exactly; norms to 1 ulp and decoded values to 2 ulp of the dtype. torch's float64

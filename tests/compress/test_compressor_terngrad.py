@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from fedsim.compress import TernGrad, TernGradMessage, decode
 from tests.compress.test_compress_oracle import SPEC as ORACLE_SPEC
-from tests.compress.test_contract import ODD_LAYOUT, SETTINGS, SPEC, cases
-from tests.conftest import assert_bitwise, check_message, compress_one, updates_strategy
+from tests.compress.test_contract import ODD_LAYOUT, SETTINGS, cases
+from tests.conftest import DTYPES, SPEC, assert_bitwise, check_message, compress_one, updates_strategy
 
 CONFIGS = SETTINGS["terngrad"]
 
@@ -94,7 +94,7 @@ def test_unbiased(compressor):
 # messages
 # ----------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_decoded_values_hypothesis(dtype):
     """Decoded values are +-s_j or +0.0, with the sign of x; each segment's largest clipped magnitude is
     sent; without clipping s_j = max |x| over the segment. (Each example goes through every setting.)"""
@@ -156,7 +156,7 @@ def test_message_validation_and_corrupt_streams():
 @pytest.mark.oracle
 @pytest.mark.parametrize("scope", ["tensor", "global"])
 @pytest.mark.parametrize("clip", [0.0, 2.5, 0.5])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_matches_torch(torch, scope, clip, dtype):
     """The torch reference fed the same uniforms gives the same codes, scales and decoded values, exactly.
 

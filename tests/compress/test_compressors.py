@@ -23,8 +23,7 @@ from fedsim.compress import (
     expected_position_bits,
 )
 from fedsim.compress.base import register
-from tests.compress.test_contract import SPEC
-from tests.conftest import assert_bitwise, check_message, message_of, random_updates
+from tests.conftest import SPEC, assert_bitwise, check_message, message_of, random_updates
 from tests.conftest import compress_one as one          # (message, new state) of one compressed vector
 
 

@@ -8,8 +8,8 @@ from fedsim.compress import QSGD, MessageFormat, QSGDMessage, decode
 from fedsim.compress import qsgd as qsgd_module
 from fedsim.kernels import bitstream, omega, sparsify
 from fedsim.kernels import qsgd as kernels
-from tests.conftest import assert_bitwise, check_message
-from tests.kernels.conftest import DTYPES, SPEC, agree
+from tests.conftest import DTYPES, SPEC, assert_bitwise, check_message
+from tests.kernels.conftest import agree
 
 
 NONFINITE = sparsify.NONFINITE_MESSAGE.replace(" ", ".")

@@ -5,8 +5,7 @@ import pytest
 
 from fedsim.compress import STC, ceil_product, expected_position_bits
 from fedsim.kernels import ternary
-from tests.conftest import assert_bitwise, check_message, compress_one, random_updates
-from tests.kernels.conftest import DTYPES, SPEC
+from tests.conftest import DTYPES, SPEC, assert_bitwise, check_message, compress_one, random_updates
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

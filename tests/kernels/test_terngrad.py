@@ -9,8 +9,8 @@ import pytest
 from fedsim.compress import TernGrad
 from fedsim.kernels import sparsify
 from fedsim.kernels import terngrad as kernels
-from tests.conftest import assert_bitwise, compress_one
-from tests.kernels.conftest import DTYPES, SPEC, agree
+from tests.conftest import DTYPES, SPEC, assert_bitwise, compress_one
+from tests.kernels.conftest import agree
 
 
 LOG2_3 = math.log2(3.0)
