@@ -47,6 +47,7 @@ SPEC = ParamSpec(("W", "b"), ((30, 4), (4,)))                  # 124 entries: se
 # a scalar, an empty matrix.
 SHAPED_SPEC = ParamSpec(("W", "b", "conv", "s", "e"), ((12, 5), (5,), (6, 3, 2), (), (0, 4)))
 MATRICES = ((0, 12, 5), (65, 6, 6))       # (start, n, m) of the compressed segments of SHAPED_SPEC
+ORACLE_SPEC = ParamSpec(("W", "b"), ((1024, 10), (10,)))   # the STC pipeline's softmax regression (the torch oracles')
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -10,9 +10,8 @@ from hypothesis import given, note, settings
 from hypothesis import strategies as st
 
 from fedsim.compress import TernGrad, TernGradMessage, decode
-from tests.compress.test_compress_oracle import SPEC as ORACLE_SPEC
 from tests.compress.test_contract import ODD_LAYOUT, SETTINGS, cases
-from tests.conftest import DTYPES, SPEC, assert_bitwise, check_message, compress_one, updates_strategy
+from tests.conftest import DTYPES, ORACLE_SPEC, SPEC, assert_bitwise, check_message, compress_one, updates_strategy
 
 CONFIGS = SETTINGS["terngrad"]
 
