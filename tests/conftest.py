@@ -135,7 +135,6 @@ def synthetic_images(n: int, seed: int = 0, classes: int = 10):
     """``n`` 28 x 28 uint8 images in ``classes`` classes and their labels, made here (no download): each
     class is a smooth random prototype, each image its class's prototype plus noise, clipped to [0, 255].
     The oracle tests run on them, so every machine checks the math without the real datasets."""
-    import numpy as np
     rng = np.random.default_rng(seed)
     grid = np.linspace(-1.0, 1.0, 28)
     prototypes = np.empty((classes, 28, 28))
