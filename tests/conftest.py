@@ -1,8 +1,9 @@
 """Shared test setup and helpers.
 
 Helpers used by several test files live here, defined once: ``assert_bitwise`` (the comparison every
-bitwise claim uses) and the compressor helpers (random updates, the hypothesis strategy of updates, the
-message contract ``message_of`` / ``check_message``). Import them: ``from tests.conftest import ...``.
+bitwise claim uses), the dtypes and layouts that the kernel and compressor tests share, and the compressor
+helpers (random updates, the hypothesis strategy of updates, the message contract ``message_of`` /
+``check_message``). Import them: ``from tests.conftest import ...``.
 
 Oracle tests (marked ``oracle``) compare fedsim with an independent torch implementation. They skip when
 torch is missing on a developer's machine, but with ``FEDSIM_REQUIRE_ORACLE=1`` (set by CI) a skipped
@@ -14,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from fedsim.params import ParamSpec
 
 
 def assert_bitwise(got, want, what=""):
@@ -32,6 +35,19 @@ def assert_bitwise(got, want, what=""):
         where = np.flatnonzero(differs)[:5]
         raise AssertionError(f"{what}: {np.count_nonzero(differs)} of {flat_got.size} entries differ; at "
                              f"{where.tolist()}: got {flat_got[where]}, want {flat_want[where]}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# the dtypes and layouts of the kernel and compressor tests (tests/kernels, tests/compress)
+# ----------------------------------------------------------------------------------------------------
+
+DTYPES = (np.float32, np.float64)
+SPEC = ParamSpec(("W", "b"), ((30, 4), (4,)))                  # 124 entries: segments of 120 and 4
+# A compressor that needs tensor shapes (PowerSGD): W (12 x 5), a bias, a 3-D tensor (compressed as 6 x 6),
+# a scalar, an empty matrix.
+SHAPED_SPEC = ParamSpec(("W", "b", "conv", "s", "e"), ((12, 5), (5,), (6, 3, 2), (), (0, 4)))
+MATRICES = ((0, 12, 5), (65, 6, 6))       # (start, n, m) of the compressed segments of SHAPED_SPEC
+ORACLE_SPEC = ParamSpec(("W", "b"), ((1024, 10), (10,)))   # the STC pipeline's softmax regression (the torch oracles')
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -119,7 +135,6 @@ def synthetic_images(n: int, seed: int = 0, classes: int = 10):
     """``n`` 28 x 28 uint8 images in ``classes`` classes and their labels, made here (no download): each
     class is a smooth random prototype, each image its class's prototype plus noise, clipped to [0, 255].
     The oracle tests run on them, so every machine checks the math without the real datasets."""
-    import numpy as np
     rng = np.random.default_rng(seed)
     grid = np.linspace(-1.0, 1.0, 28)
     prototypes = np.empty((classes, 28, 28))

@@ -12,11 +12,9 @@ import numpy as np
 import pytest
 
 from fedsim.compress import STC, ErrorFeedback, Sign, TopK
-from fedsim.params import ParamSpec
+from tests.conftest import ORACLE_SPEC as SPEC
 
 pytestmark = pytest.mark.oracle
-
-SPEC = ParamSpec(("W", "b"), ((1024, 10), (10,)))   # the STC pipeline's softmax regression (every torch oracle's)
 
 
 def torch_segments(torch, x, scope):

@@ -19,11 +19,9 @@ from fedsim.compress.powersgd import (
 from fedsim.params import ParamSpec
 from fedsim.runs import strip_wall_time
 from tests.algorithms.test_federated import make_run
-from tests.compress.test_contract import DTYPES
-from tests.compress.test_contract import SHAPED_SPEC as SPEC       # W (12 x 5), b, conv (6 x 3 x 2), s, e
-from tests.conftest import assert_bitwise
+from tests.conftest import DTYPES, MATRICES, assert_bitwise
+from tests.conftest import SHAPED_SPEC as SPEC       # W (12 x 5), b, conv (6 x 3 x 2), s, e
 
-MATRICES = ((0, 12, 5), (65, 6, 6))       # (start, n, m) of the compressed segments of SPEC
 VECTOR_ENTRIES = 5 + 1                    # b and s, sent as they are
 
 

@@ -1,6 +1,6 @@
-"""QSGD (arXiv 1610.02132): the paper's bit bound and measured bits, unbiasedness, its message format and
-batch fields, and (oracle) an independent torch implementation. The quantization kernel and its code are
-tests/kernels/test_qsgd.py."""
+"""QSGD (arXiv 1610.02132): the paper's bit bound and measured bits, unbiasedness, its message format,
+batch fields, validation and corrupt streams, and (oracle) an independent torch implementation. The
+quantization kernel and its code are tests/kernels/test_qsgd.py."""
 
 import math
 
@@ -12,11 +12,14 @@ from fedsim.compress import (
     Compressed,
     Layout,
     MessageFormat,
+    QSGDMessage,
+    decode,
 )
 from fedsim.compress import qsgd as qsgd_module
+from fedsim.kernels import bitstream, omega
 from fedsim.params import ParamSpec
-from tests.compress.test_contract import ODD_LAYOUT, SETTINGS, SPEC
-from tests.conftest import assert_bitwise
+from tests.compress.test_contract import ODD_LAYOUT, SETTINGS
+from tests.conftest import DTYPES, SPEC, assert_bitwise
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -58,7 +61,7 @@ def test_encoded_bits_of_a_normal_vector(levels, bucket):
 # ----------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("levels, bucket", [(2, 16), (1, 0), (16, 7)])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_unbiased(levels, bucket, dtype):
     """T = 20000 draws of one fixed vector (rows of one batch). Per entry, Q_i = (norm / s) sign(v_i) L_i
     with L_i - l_i ~ Bernoulli(f_i), f_i = r_i - l_i, so Var(Q_i) = (norm / s)^2 f_i (1 - f_i) and the mean
@@ -99,7 +102,7 @@ def test_unbiased(levels, bucket, dtype):
 # messages
 # ----------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_message_format(dtype):
     """The receiver's format: the segments, the dtype, and the levels and bucket size as options."""
     for compressor in SETTINGS["qsgd"]:
@@ -123,6 +126,46 @@ def test_fields_of_compressed_rows():
         .fields["signed_levels"].dtype == np.int32
 
 
+def test_message_validation_and_corrupt_streams():
+    norms = np.array([1.0, 0.0], np.float32)
+    levels = np.array([1, -2, 0, 0], np.int32)
+    good = QSGDMessage((0, 2, 4), 2, 0, norms, levels)
+    with pytest.raises(ValueError, match="one norm per bucket"):
+        QSGDMessage((0, 2, 4), 2, 0, norms[:1], levels)
+    with pytest.raises(ValueError, match="levels for a vector"):
+        QSGDMessage((0, 2, 4), 2, 0, norms, levels[:3])
+    with pytest.raises(ValueError, match=r"levels must lie in \[-2, 2\]"):
+        QSGDMessage((0, 2, 4), 2, 0, norms, np.array([3, 0, 0, 0]))
+    with pytest.raises(ValueError, match="norm is 0 has nonzero levels"):
+        QSGDMessage((0, 2, 4), 2, 0, norms, np.array([1, 0, 0, 1]))
+    for bad in (-1.0, -0.0, np.inf, np.nan):
+        with pytest.raises(ValueError, match="norms must be finite"):
+            QSGDMessage((0, 2, 4), 2, 0, np.array([bad, 0.0], np.float32), levels * 0)
+    with pytest.raises(ValueError, match="levels must be an integer"):
+        QSGDMessage((0, 2, 4), 0, 0, norms, levels)
+    with pytest.raises(ValueError, match="float32 or float64"):
+        QSGDMessage((0, 2, 4), 2, 0, norms.astype(np.float16), levels)
+    stream = good.encode()
+    assert decode(stream, good.format) == good
+    with pytest.raises(ValueError, match="ends|past the end"):
+        decode(stream[:3], good.format)                                 # inside the first norm
+    with pytest.raises(ValueError, match="ends|past the end"):
+        decode(stream[:5], good.format)                                 # inside the entries
+    with pytest.raises(ValueError, match="bytes"):
+        decode(np.concatenate([stream, [0]]).astype(np.uint8), good.format)
+    with pytest.raises(ValueError, match="options"):
+        decode(stream, MessageFormat("qsgd", (0, 2, 4), "float32"))
+    with pytest.raises(ValueError, match="beyond s"):
+        decode(stream, MessageFormat("qsgd", (0, 2, 4), "float32",
+                                     options=(("levels", 1), ("bucket_size", 0))))
+    # a gap past the end of a bucket of 2: norm 1.0f, then omega(4) = 101000
+    corrupt = np.zeros(5, np.uint8)
+    offset = bitstream.write_uint(corrupt, 0, int(np.float32(1).view(np.uint32)), 32)
+    omega._write_elias_omega(corrupt, offset, 4)
+    with pytest.raises(ValueError, match="jumps past the end"):
+        decode(corrupt, MessageFormat("qsgd", (0, 2), "float32", options=(("levels", 2), ("bucket_size", 0))))
+
+
 # ----------------------------------------------------------------------------------------------------
 # oracle: an independent torch implementation fed the same uniforms
 # ----------------------------------------------------------------------------------------------------
@@ -130,7 +173,7 @@ def test_fields_of_compressed_rows():
 @pytest.mark.oracle
 @pytest.mark.parametrize("scope", ["tensor", "global"])
 @pytest.mark.parametrize("levels, bucket", [(16, 512), (4, 0), (1000, 0), (2, 7)])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_matches_torch(torch, scope, levels, bucket, dtype):
     """The torch reference (benchmarks.torch_reference.qsgd) on the uniforms fedsim drew: signed levels
     and encoded bits exactly; norms to 1 ulp and decoded values to 2 ulp of the dtype. torch's float64

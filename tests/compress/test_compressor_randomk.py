@@ -12,10 +12,9 @@ from fedsim.compress import Layout, MessageFormat, RandomK, RandomKMessage, deco
 from fedsim.compress.base import ceil_product
 from fedsim.compress.randomk import SEED_BITS
 from fedsim.constraints import descriptions
-from tests.compress.test_compress_oracle import SPEC as ORACLE_SPEC
-from tests.compress.test_contract import DTYPES, SETTINGS, SPEC, cases
+from tests.compress.test_contract import SETTINGS, cases
+from tests.conftest import DTYPES, ORACLE_SPEC, SPEC, assert_bitwise, check_message, message_of, random_updates
 from tests.kernels.test_randomk import python_positions
-from tests.conftest import assert_bitwise, check_message, message_of, random_updates
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""Identity, top-k, STC and sign: what is specific to each (hand-computed messages and bit counts, sampled
-STC, message validation), ``ceil_product``, and the error-feedback wrapper's state."""
+"""Identity, top-k, STC and sign: what is specific to each (hand-computed messages and bit counts, STC's
+message against its kernels' twin, sampled STC, message validation), ``ceil_product``, and the
+error-feedback wrapper's state."""
 
 import math
 from dataclasses import dataclass
@@ -23,8 +24,8 @@ from fedsim.compress import (
     expected_position_bits,
 )
 from fedsim.compress.base import register
-from tests.compress.test_contract import SPEC
-from tests.conftest import assert_bitwise, check_message, message_of, random_updates
+from fedsim.kernels import ternary
+from tests.conftest import DTYPES, SPEC, assert_bitwise, check_message, message_of, random_updates
 from tests.conftest import compress_one as one          # (message, new state) of one compressed vector
 
 
@@ -55,6 +56,28 @@ def test_stc_all_zero_and_sparse_updates():
     message, _ = one(compressor, x, state)               # budget 60 and 2, only 2 nonzeros
     np.testing.assert_array_equal(message.positions, [5, 121])
     assert_bitwise(message.to_dense(), x, "no densification")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_stc_message_content(dtype):
+    """Each segment's message against the ternarize kernels' NumPy twin (fedsim.kernels.ternary)."""
+    rng = np.random.default_rng(0)
+    x = random_updates(rng, 1, SPEC.size, dtype)[0]
+    compressor = STC(0.1)
+    message, _ = one(compressor, x, compressor.init(SPEC))
+    dense = check_message(message, dtype, SPEC.size)
+    for j, (start, stop) in enumerate([(0, 120), (120, 124)]):
+        k = ceil_product(0.1, stop - start)
+        positions = np.empty(k, np.int64)
+        signs = np.empty(k, np.int8)
+        count, mu = ternary._ternarize_numpy(x[start:stop], k, positions, signs)
+        expected = np.zeros(stop - start, dtype)
+        expected[positions[:count]] = signs[:count] * dtype(mu)
+        assert_bitwise(dense[start:stop], expected, f"segment {j}")
+        assert message.mu[j] == mu
+    np.testing.assert_array_equal(message.counts, [12, 1])
+    analytic = sum(c * (expected_position_bits(c / n) + 1) + 32 for c, n in zip([12, 1], [120, 124 - 120]))
+    assert message.analytic_bits() == pytest.approx(float(analytic), rel=1e-14)
 
 
 def test_top_k_keeps_exact_values_and_sign_codes_zeros():

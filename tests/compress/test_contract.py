@@ -43,8 +43,10 @@ from fedsim.compress import (
 )
 from fedsim.constraints import descriptions
 from fedsim.kernels.sparsify import NONFINITE_MESSAGE
-from fedsim.params import ParamSpec
 from tests.conftest import (
+    DTYPES,
+    SHAPED_SPEC,
+    SPEC,
     assert_bitwise,
     check_message,
     compress_one,
@@ -83,16 +85,11 @@ def module_of(compressor):
 STATELESS = [compressor for compressor in CASES if not stateful(compressor)]
 # Compressors drawing their uniforms in chunks of at most base.UNIFORM_BUFFER_BYTES (base.uniform_chunks).
 CHUNKED_DRAWS = [compressor for compressor in CASES if hasattr(module_of(compressor), "uniform_chunks")]
-DTYPES = [np.float32, np.float64]
 HYPOTHESIS = settings(max_examples=40, deadline=None)
 
-SPEC = ParamSpec(("W", "b"), ((30, 4), (4,)))                  # 124 entries: segments of 120 and 4
 # Segment sizes 0, 1, 2, 3, 4, 5, 12, 0, 33 and 1: empty and single-entry segments, every remainder of
 # TernGrad's base-3 groups of five, QSGD buckets cut short.
 ODD_LAYOUT = Layout((0, 0, 1, 3, 6, 10, 15, 27, 27, 60, 61))
-# A compressor that needs tensor shapes (PowerSGD): W (12 x 5), a bias, a 3-D tensor (compressed as 6 x 6),
-# a scalar, an empty matrix.
-SHAPED_SPEC = ParamSpec(("W", "b", "conv", "s", "e"), ((12, 5), (5,), (6, 3, 2), (), (0, 4)))
 
 
 def spec_of(compressor):

@@ -3,11 +3,7 @@
 import numpy as np
 
 from fedsim.kernels import golomb, laq
-from fedsim.params import ParamSpec
 from tests.conftest import assert_bitwise
-
-DTYPES = (np.float32, np.float64)
-SPEC = ParamSpec(("W", "b"), ((30, 4), (4,)))          # 124 entries: segments of 120 and 4
 
 
 def implementations(kernel, twin):

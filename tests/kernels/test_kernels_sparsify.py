@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from fedsim.kernels import selection, sparsify, ternary
-from tests.kernels.conftest import DTYPES, agree, called, implementations, select, ternarized
+from tests.conftest import DTYPES
+from tests.kernels.conftest import agree, called, implementations, select, ternarized
 
 SETTINGS = settings(max_examples=60, deadline=None)
 

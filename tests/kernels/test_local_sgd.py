@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from fedsim.kernels import local_sgd
-from tests.kernels.conftest import DTYPES, agree, implementations
+from tests.conftest import DTYPES
+from tests.kernels.conftest import agree, implementations
 
 
 def clients(rng, n_clients: int, low: int, high: int):

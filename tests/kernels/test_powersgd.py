@@ -11,15 +11,9 @@ from fedsim.compress.powersgd import PowerSGD
 from fedsim.kernels import powersgd as kernels
 from fedsim.kernels.sparsify import NONFINITE_MESSAGE
 from fedsim.params import ParamSpec
-from tests.conftest import assert_bitwise
-from tests.kernels.conftest import DTYPES, agree, called, implementations
-
-
-# W (12 x 5), a bias, a 3-D tensor (compressed as 6 x 6), a scalar, an empty matrix.
-SPEC = ParamSpec(("W", "b", "conv", "s", "e"), ((12, 5), (5,), (6, 3, 2), (), (0, 4)))
-
-
-MATRICES = ((0, 12, 5), (65, 6, 6))       # (start, n, m) of the compressed segments of SPEC
+from tests.conftest import DTYPES, MATRICES, assert_bitwise
+from tests.conftest import SHAPED_SPEC as SPEC       # W (12 x 5), b, conv (6 x 3 x 2), s, e
+from tests.kernels.conftest import agree, called, implementations
 
 
 def gram_schmidt(p, tolerance):

@@ -14,8 +14,8 @@ from fedsim.compress.base import ceil_product
 from fedsim.compress.randomk import segment_scales
 from fedsim.kernels import randomk as kernels
 from fedsim.kernels.sparsify import NONFINITE_MESSAGE
-from tests.conftest import assert_bitwise
-from tests.kernels.conftest import DTYPES, agree
+from tests.conftest import DTYPES, assert_bitwise
+from tests.kernels.conftest import agree
 
 
 MASK = (1 << 64) - 1

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from fedsim.kernels import softmax as kernels
-from tests.kernels.conftest import DTYPES, agree, called, implementations
+from tests.conftest import DTYPES
+from tests.kernels.conftest import agree, called, implementations
 
 
 def block(rng, dtype, G, R, C, extreme=False):

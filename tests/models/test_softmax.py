@@ -126,12 +126,15 @@ WALKS = {
 }
 
 
+def walk_by(name, monkeypatch):
+    """Make the model walk the data as WALKS[name] says."""
+    for constant, size in zip(("WHOLE_BYTES", "BLOCK_BYTES", "PRODUCT_BYTES"), WALKS[name]):
+        monkeypatch.setattr(softmax_module, constant, size)
+
+
 @pytest.fixture(params=list(WALKS))
 def walk(request, monkeypatch):
-    whole, block, product = WALKS[request.param]
-    monkeypatch.setattr(softmax_module, "WHOLE_BYTES", whole)
-    monkeypatch.setattr(softmax_module, "BLOCK_BYTES", block)
-    monkeypatch.setattr(softmax_module, "PRODUCT_BYTES", product)
+    walk_by(request.param, monkeypatch)
     return request.param
 
 
@@ -286,9 +289,7 @@ def test_the_blocks_run_on_the_pool_threads(monkeypatch, threads_restored):
     """With 2 threads the shares of a multi-model call run on two pool threads, each a contiguous run of
     whole models; with 1, everything stays on the calling thread."""
     import threading
-    monkeypatch.setattr(softmax_module, "WHOLE_BYTES", 0)
-    monkeypatch.setattr(softmax_module, "BLOCK_BYTES", 500)
-    monkeypatch.setattr(softmax_module, "PRODUCT_BYTES", 200)
+    walk_by("rows of one model", monkeypatch)
     from fedsim.kernels import softmax as kernels
     seen = []
     core = kernels.shift_logits.core
