@@ -12,8 +12,8 @@ written the way federated simulations usually are (one client at a time, each wi
 ``torch.nn.Linear`` and ``torch.optim.SGD``, autograd for the gradient), the baseline a user would
 actually pick.
 
-Semantics follow fedsim's definitions (DESIGN sections 5 and 6), so the benchmarks can check that both
-compute the same thing before timing them:
+Semantics follow fedsim's definitions (:mod:`fedsim.compress`, :mod:`fedsim.algorithms.lazy`), so the benchmarks
+can check that both compute the same thing before timing them:
 
 * top-k / STC keep ``min(k, nonzeros)`` entries; ties at the threshold go to the lowest indices (the
   rounds' :func:`stc_rows` implements that rule exactly, since aggregates of ternary messages do tie;
@@ -463,7 +463,7 @@ class TorchSTCClientLoop(_TorchSTCState):
 
 
 class TorchLAQRun:
-    """LAQ iterations (arXiv 1909.07588; fedsim's rule, DESIGN section 6) on preloaded tensors.
+    """LAQ iterations (arXiv 1909.07588; fedsim's rule, :mod:`fedsim.algorithms.lazy`) on preloaded tensors.
 
     ``x`` (M, n, F) and ``y`` (M, n) are the workers' shards; all M gradients come from one batched
     product per direction.
