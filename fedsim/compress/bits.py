@@ -30,7 +30,8 @@ FLOAT_BITS = 32
 
 
 def rice_parameter_for_density(density):
-    """b* of :mod:`fedsim.kernels.golomb` for a density q' in [0, 1] (array or scalar); 0 where q' = 0."""
+    """b* = max(0, min(62, 1 + floor(log2(ln(phi - 1) / ln(1 - q'))))) for a density q' in [0, 1] (array or
+    scalar; :mod:`fedsim.kernels.golomb`'s rule, vectorized); 0 where q' = 0. ``ln(1 - q')`` as ``log1p(-q')``."""
     density = np.asarray(density, dtype=np.float64)
     if np.any((density < 0) | (density > 1)):
         raise ValueError(f"density must be in [0, 1], got {density}")
@@ -42,7 +43,7 @@ def rice_parameter_for_density(density):
 
 
 def expected_position_bits(density):
-    """E(q'), the expected Golomb-Rice bits per kept position (module docstring); 0 at q' = 0.
+    """E(q') = b* + 1 / (1 - (1 - q')^(2^b*)), the expected Golomb-Rice bits per kept position; 0 at q' = 0.
     ``(1 - q')^(2^b)`` is computed as ``exp(2^b log1p(-q'))`` and ``1 - that`` as ``-expm1(...)``."""
     density = np.asarray(density, dtype=np.float64)
     parameter = rice_parameter_for_density(density)
