@@ -9,7 +9,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,8 @@ from fedsim.data.search import DatasetNotFoundError
 from fedsim.runs import RunFolder, RunFolderError, RunOutcome, read_run, start_run
 from fedsim.sweeps import SweepError
 from tests.conftest import TINY, TINY_LAZY, clean_env, error_lines, fedsim
-from tests.runs.test_reliability import history as history_without_time, one_line_error
+from tests.runs.conftest import finished_run, history as history_without_time, one_line_error
+from tests.sweeps.conftest import wait_until
 
 # The run that is killed: long enough to be caught mid-way (a few seconds), checkpoints every 2 rounds.
 LONG = TINY + ["--set", "federated.rounds=100", "--set", "run.checkpoint_every=2"]
@@ -35,12 +35,10 @@ def stop_at_checkpoint(tmp_path, run_dir: Path, signal_number: int, at_least: in
     process = subprocess.Popen([sys.executable, "-m", "fedsim", "run", "--preset", "synthetic", *LONG, *options,
                                 "--out", str(run_dir)], cwd=tmp_path, env=clean_env(tmp_path),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    note, deadline = run_dir / "checkpoint.json", time.monotonic() + 60
+    note = run_dir / "checkpoint.json"
     try:
-        while not (note.is_file() and json.loads(note.read_text())["completed"] >= at_least):
-            assert process.poll() is None, f"the run ended before it could be stopped: {process.communicate()}"
-            assert time.monotonic() < deadline, f"no checkpoint with {at_least} rounds within 60 s"
-            time.sleep(0.02)
+        wait_until(process, lambda: note.is_file() and json.loads(note.read_text())["completed"] >= at_least,
+                   f"a checkpoint with {at_least} rounds", 60)
         process.send_signal(signal_number)
         _, stderr = process.communicate(timeout=timeout)
         return process.returncode, stderr
@@ -234,8 +232,7 @@ def finished_runs(tmp_path_factory):
     specs = {"stc": ("synthetic", settings), "fedavg": ("synthetic", settings + ["federated.method=fedavg"]),
              "laq": ("laq-synthetic", lazy), "gd": ("laq-synthetic", lazy + ["lazy.method=gd"])}
     for name, (preset, overrides) in specs.items():
-        outcome = start_run(load_preset(preset, overrides), root / name, name=name, quiet=True)
-        assert outcome.status == "completed"
+        finished_run(root, name, preset, overrides)
     return root
 
 

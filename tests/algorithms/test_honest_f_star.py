@@ -4,16 +4,13 @@ best value; a best value of the runs is called f* only where the gradient norm c
 import re
 
 from fedsim.algorithms.lazy.report import REPORT, best_value_certified
-from fedsim.config import load_preset
-from fedsim.runs import read_run, start_run
+from tests.runs.conftest import finished_run
 
 TINY_LAZY = ["data.synthetic_devices=6", "lazy.n_workers=6", "lazy.iterations=30", "lazy.eval_every=10"]
 
 
 def lazy_run(tmp_path, method, *extra):
-    start_run(load_preset("laq-synthetic", TINY_LAZY + [f"lazy.method={method}", *extra]), tmp_path / method,
-              name=method, quiet=True)
-    return read_run(tmp_path / method)
+    return finished_run(tmp_path, method, "laq-synthetic", TINY_LAZY + [f"lazy.method={method}", *extra])
 
 
 def compare_text(runs, residual=1e-6):

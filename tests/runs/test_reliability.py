@@ -20,17 +20,10 @@ import numpy as np
 import pytest
 
 from fedsim.algorithms.federated import FederatedRun
-from fedsim.runs import RunFolder, start_run, strip_wall_time
+from fedsim.runs import RunFolder, start_run
 from fedsim.runs.folder import CHECKPOINT_FILE, CONFIG_FILE, HISTORY_FILE, META_FILE, SUMMARY_FILE
 from tests.conftest import TINY, TINY_LAZY, clean_env, fedsim
-from tests.runs.conftest import TINY_FEDERATED, before_step, one_line_error, tiny_federated
-
-#: tiny_federated() as options of `fedsim run`.
-ROUNDS12 = [part for setting in TINY_FEDERATED for part in ("--set", setting)]
-
-
-def history(run_dir) -> list[dict]:
-    return strip_wall_time(RunFolder(run_dir).read_history())
+from tests.runs.conftest import ROUNDS12, before_step, history, one_line_error, tiny_federated
 
 
 def unfinished_copy(tmp_path, name="run", stop_after=9) -> Path:
