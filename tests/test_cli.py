@@ -136,6 +136,8 @@ CONFIG = ["run", "exp.toml", "--quiet"]
           "federated.n_clients=100000"], ["the config does not fit the data"]),
     ("", ["compare", "nothing"], ["nothing is not a fedsim run folder"]),
     ("", ["data", "fetch", "synthetic"], ["needs no files"]),
+    ("x = " + "[" * 5000 + "]" * 5000 + "\n", CONFIG, ["nested too deeply"]),
+    ("", ["run", "--preset", "synthetic", "--extend-to", "3"], ["--extend-to goes with --resume"]),
 ])
 def test_bad_configs_and_command_lines(in_process, tmp_path, text, args, fragments):
     (tmp_path / "exp.toml").write_text(text)
@@ -381,6 +383,8 @@ def test_a_space_for_the_equals_sign_of_set_says_set_takes_key_value(in_process,
     (["run", "--preset", "synthetic", "--bogus"], "fedsim: error: unrecognized arguments: --bogus (see fedsim --help)"),
     (["run", "--extend-to", "x"], "fedsim: error: run: argument --extend-to: invalid int value: 'x' (see fedsim run "
                                   "--help)"),
+    *((["data", "fetch", "fashion-mnist", "--timeout", value], "fedsim: error: data fetch: argument --timeout: must be "
+       f"a number of seconds > 0, got '{value}' (see fedsim data fetch --help)") for value in ("0", "nan")),
 ])
 def test_argument_errors_name_fedsim_once(in_process, capsys, args, line):
     with pytest.raises(SystemExit) as ended:

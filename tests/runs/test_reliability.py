@@ -296,18 +296,6 @@ def test_an_edited_history_line_is_refused_on_resume(tmp_path, fedsim_here):
                    f"{HISTORY_FILE} line 3 differs from the checkpoint")
 
 
-@pytest.mark.parametrize("args, fragments", [
-    (["data", "fetch", "fashion-mnist", "--timeout", "0"], ["--timeout", "must be a number of seconds > 0"]),
-    (["data", "fetch", "fashion-mnist", "--timeout", "nan"], ["--timeout"]),
-    (["run", "nested.toml"], ["nested too deeply"]),
-    (["run", "--preset", "synthetic", "--extend-to", "3"], ["--extend-to goes with --resume"]),
-])
-def test_more_bad_command_lines_are_one_line(tmp_path, args, fragments):
-    (tmp_path / "nested.toml").write_text("x = " + "[" * 5000 + "]" * 5000 + "\n")
-    result = fedsim(tmp_path, *args)
-    one_line_error(result, 2, *fragments)
-
-
 def test_debug_shows_the_traceback(tmp_path):
     (tmp_path / "nested.toml").write_text("x = " + "[" * 5000 + "]" * 5000 + "\n")
     result = fedsim(tmp_path, "--debug", "run", "nested.toml")
