@@ -8,22 +8,19 @@ import numpy as np
 import pytest
 
 from fedsim.cli import main
-from fedsim.config import load_preset
-from fedsim.runs import read_run, start_run
+from fedsim.runs import read_run
 from tests.conftest import error_lines
+from tests.runs.conftest import finished_run
 
 
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory):
     """A tiny federated run and a tiny lazy run."""
     root = tmp_path_factory.mktemp("export")
-    configs = {"stc": load_preset("synthetic", ["data.synthetic_devices=8", "federated.n_clients=8",
-                                                "federated.rounds=6", "federated.eval_every=2"]),
-               "laq": load_preset("laq-synthetic", ["data.synthetic_devices=6", "lazy.n_workers=6",
-                                                    "lazy.iterations=12", "lazy.eval_every=5"])}
-    for name, config in configs.items():
-        assert start_run(config, root / name, name=name, quiet=True).status == "completed"
-    return root / "stc", root / "laq"
+    return (finished_run(root, "stc", "synthetic", ["data.synthetic_devices=8", "federated.n_clients=8",
+                                                    "federated.rounds=6", "federated.eval_every=2"]).path,
+            finished_run(root, "laq", "laq-synthetic", ["data.synthetic_devices=6", "lazy.n_workers=6",
+                                                        "lazy.iterations=12", "lazy.eval_every=5"]).path)
 
 
 def read_scalars(folder) -> dict[str, list[tuple[int, float]]]:

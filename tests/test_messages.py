@@ -13,8 +13,7 @@ import pytest
 
 from fedsim.runs import RunFolder
 from tests.conftest import TINY, TINY_LAZY, clean_env, error_lines, fedsim
-from tests.runs.conftest import one_line_error
-from tests.runs.test_reliability import ROUNDS12
+from tests.runs.conftest import ROUNDS12, one_line_error
 from tests.sweeps.conftest import wait_until
 
 DIVERGING = TINY_LAZY + ["--set", "lazy.step_size=1e6", "--set", "lazy.iterations=200"]

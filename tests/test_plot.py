@@ -6,25 +6,20 @@ import itertools
 import pytest
 
 import fedsim.plot as plot
-from fedsim.config import load_preset
 from fedsim.plot import _style, describe, federated_figure, lazy_figures
-from fedsim.runs import read_run, start_run
+from tests.runs.conftest import finished_run
+from tests.sweeps.conftest import sweep_text
 
 TINY = ["data.synthetic_devices=8", "federated.n_clients=8", "federated.rounds=6"]
 TINY_LAZY = ["data.synthetic_devices=6", "lazy.n_workers=6", "lazy.iterations=20", "lazy.eval_every=10"]
 
 
-def run(tmp_path, name, preset, overrides):
-    start_run(load_preset(preset, overrides), tmp_path / name, name=name, quiet=True)
-    return read_run(tmp_path / name)
-
-
 @pytest.fixture(scope="module")
 def federated_runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("figures")
-    return [run(base, "a", "synthetic", TINY + ["federated.method=fedavg"]),
-            run(base, "b", "synthetic", TINY + ["federated.method=stc_updown", "federated.lr=0.1"]),
-            run(base, "c", "synthetic", TINY + ["federated.method=stc_updown"])]
+    return [finished_run(base, "a", "synthetic", TINY + ["federated.method=fedavg"]),
+            finished_run(base, "b", "synthetic", TINY + ["federated.method=stc_updown", "federated.lr=0.1"]),
+            finished_run(base, "c", "synthetic", TINY + ["federated.method=stc_updown"])]
 
 
 @pytest.fixture
@@ -67,7 +62,7 @@ def test_federated_axes(federated_runs, tmp_path, captured):
 def test_methods_titles_and_labels_name_only_the_settings_they_read(federated_runs, tmp_path):
     """QSGD, TernGrad and PowerSGD send every entry: p_up / p_down are neither in the title nor in their
     labels; a run that reads them (STC) carries them in its label."""
-    qsgd = run(tmp_path, "q", "synthetic", TINY + ["federated.method=qsgd_updown"])
+    qsgd = finished_run(tmp_path, "q", "synthetic", TINY + ["federated.method=qsgd_updown"])
     title, labels = describe([qsgd])
     assert "p_up" not in title and "p_down" not in title
     title, labels = describe([federated_runs[0], federated_runs[2], qsgd])
@@ -93,7 +88,7 @@ def test_fedsim_plot_x_bits_and_time(federated_runs, tmp_path, captured, x, xlab
 
 
 def test_a_single_lazy_run_says_what_its_residual_is_relative_to(tmp_path, captured):
-    lazy = run(tmp_path, "laq", "laq-synthetic", TINY_LAZY)
+    lazy = finished_run(tmp_path, "laq", "laq-synthetic", TINY_LAZY)
     lazy_figures([lazy], tmp_path)
     residual_axes = captured["lazy_residual"].axes
     assert residual_axes[0].get_ylabel() == "f - (smallest f of these runs)"
@@ -131,23 +126,14 @@ def test_lazy_runs_of_one_iteration_are_drawn(tmp_path, captured):
     """`examples/laq_mnist.py --iterations 1`: one record per run, nothing spent before it and the best
     run's residual 0 (NaN on the log axis); no marker on an empty curve, linear axes where a log one has
     nothing positive to show."""
-    runs = [run(tmp_path, method, "laq-synthetic", TINY_LAZY + ["lazy.iterations=1", f"lazy.method={method}"])
+    runs = [finished_run(tmp_path, method, "laq-synthetic", TINY_LAZY + ["lazy.iterations=1", f"lazy.method={method}"])
             for method in ("gd", "laq")]
     assert len(lazy_figures(runs, tmp_path)) == 4
     residual_axes = captured["lazy_residual"].axes
     assert [axis.get_xscale() for axis in residual_axes[:3]] == ["linear", "linear", "linear"]
 
 
-SWEEP = """base = "synthetic"
-name = "tiny"
-[set]
-"data.synthetic_devices" = 8
-"federated.n_clients" = 8
-"federated.rounds" = 3
-[grid]
-"federated.method" = ["stc_updown", "fedavg"]
-"federated.batch_size" = [10, 2, 5]
-"""
+SWEEP = sweep_text("tiny", 3, 10, '"federated.method" = ["stc_updown", "fedavg"]\n"federated.batch_size" = [10, 2, 5]')
 
 
 @pytest.mark.parametrize("seeds", [[0, 1], None])

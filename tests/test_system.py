@@ -13,10 +13,10 @@ from fedsim.models.base import multiply_adds_per_sample
 from fedsim.rng import RunStreams
 from fedsim.runs import RunFolderError
 from fedsim.runs.compare import compare_tables
-from fedsim.runs.folder import read_run
-from fedsim.runs.loop import build_run, start_run
+from fedsim.runs.loop import build_run
 from fedsim.system import (Devices, LazyClock, SystemConfig, arrival_seconds, draw_devices, kept_updates, read_trace,
                            round_devices)
+from tests.runs.conftest import finished_run
 
 
 def _synthetic(*overrides):
@@ -287,9 +287,8 @@ def test_without_system_the_records_and_fingerprint_are_unchanged():
 def test_run_folders_carry_simulated_time_to_summary_compare_and_plot(tmp_path):
     from fedsim.plot import plot_runs, spent
     overrides = ["federated.rounds=3", 'system.profile="4g"']
-    start_run(load_preset("synthetic", overrides), tmp_path / "on", name="on", quiet=True)
-    start_run(load_preset("synthetic", ["federated.rounds=3"]), tmp_path / "off", name="off", quiet=True)
-    on, off = read_run(tmp_path / "on"), read_run(tmp_path / "off")
+    on = finished_run(tmp_path, "on", "synthetic", overrides)
+    off = finished_run(tmp_path, "off", "synthetic", ["federated.rounds=3"])
     times = [record["simulated_seconds"] for record in on.history]
     assert on.summary["simulated_seconds"] == times[-1] and on.summary["dropped"] == 0
     np.testing.assert_array_equal(spent(on.history, "simulated"), times)
@@ -303,9 +302,8 @@ def test_run_folders_carry_simulated_time_to_summary_compare_and_plot(tmp_path):
 
 
 def test_lazy_runs_carry_simulated_time_to_compare_and_the_sweep_metrics(tmp_path):
-    start_run(load_preset("laq-synthetic", ["lazy.iterations=30", 'system.profile="4g"', "run.f_star=0.0"]),
-              tmp_path / "on", name="on", quiet=True)
-    on = read_run(tmp_path / "on")
+    on = finished_run(tmp_path, "on", "laq-synthetic", ["lazy.iterations=30", 'system.profile="4g"',
+                                                        "run.f_star=0.0"])
     objectives = [record["objective"] for record in on.history]
     target = objectives[9]                      # reached first at theta^9 (the objective decreases here)
     assert min(objectives[:9]) > target

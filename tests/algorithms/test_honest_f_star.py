@@ -4,16 +4,13 @@ best value; a best value of the runs is called f* only where the gradient norm c
 import re
 
 from fedsim.algorithms.lazy.report import REPORT, best_value_certified
-from fedsim.config import load_preset
-from fedsim.runs import read_run, start_run
+from tests.runs.conftest import finished_run
 
 TINY_LAZY = ["data.synthetic_devices=6", "lazy.n_workers=6", "lazy.iterations=30", "lazy.eval_every=10"]
 
 
 def lazy_run(tmp_path, method, *extra):
-    start_run(load_preset("laq-synthetic", TINY_LAZY + [f"lazy.method={method}", *extra]), tmp_path / method,
-              name=method, quiet=True)
-    return read_run(tmp_path / method)
+    return finished_run(tmp_path, method, "laq-synthetic", TINY_LAZY + [f"lazy.method={method}", *extra])
 
 
 def compare_text(runs, residual=1e-6):
@@ -47,18 +44,3 @@ def test_a_certified_or_configured_f_star_is_f_star(tmp_path):
     title, columns = compare_text([known])
     assert "f*" in title and re.fullmatch(r"1\.0+e-03", columns["final f - f*"][0])
 
-
-def test_laq_example_prints_no_reached_against_its_own_best(tmp_path, capsys):
-    """`examples/laq_mnist.py --iterations 500` (here on synthetic data): the run attaining the best value
-    is '-' with a note, the others are relative to f_best."""
-    import importlib.util
-    from pathlib import Path
-    path = Path(__file__).parents[2] / "examples" / "laq_mnist.py"
-    spec = importlib.util.spec_from_file_location("laq_mnist_example", path)
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
-    result = example.main(["--dataset", "synthetic", "--methods", "gd", "lag-wk", "--iterations", "500",
-                           "--out", str(tmp_path), "--quiet"])
-    printed = capsys.readouterr().out
-    assert "to reach f - f_best <= 1e-06:" in printed and "note: f_best" in printed
-    assert [row["reached"] for row in result["table"] if row["own_best"]] == [False]

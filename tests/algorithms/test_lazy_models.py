@@ -17,7 +17,8 @@ from fedsim.config import list_presets, load_preset
 from fedsim.data.dataset import Dataset
 from fedsim.models import MLP, ModelConfig, SoftmaxRegression
 from fedsim.rng import RunStreams
-from fedsim.runs import read_run, start_run
+from fedsim.runs import read_run
+from tests.runs.conftest import finished_run
 
 NETWORK = ModelConfig(name="mlp", hidden=(4,), activation="tanh")
 ESTIMATE_WARNING = r"lag-ps: model 'mlp' has no smoothness bound, so L_m is an estimate .* not a bound"
@@ -138,10 +139,10 @@ def test_lag_ps_on_the_mlp_estimates_at_theta0_from_its_own_stream():
 def test_an_mlp_run_claims_no_certified_f_star(tmp_path):
     """A softmax run's best value is certified as f* at a loose residual; the MLP's never is (not convex)."""
     settings = ["data.synthetic_devices=6", "lazy.n_workers=6", "lazy.iterations=10", "lazy.method=gd"]
-    for name, extra in (("softmax", []), ("mlp", ["model.name=mlp", "model.hidden=[4]"])):
-        start_run(load_preset("laq-synthetic", settings + extra), tmp_path / name, name=name, quiet=True)
-    softmax_title, _, _ = REPORT.compare([read_run(tmp_path / "softmax")], {"residual": 1e6})
-    network_title, _, _ = REPORT.compare([read_run(tmp_path / "mlp")], {"residual": 1e6})
+    softmax, network = (finished_run(tmp_path, name, "laq-synthetic", settings + extra)
+                        for name, extra in (("softmax", []), ("mlp", ["model.name=mlp", "model.hidden=[4]"])))
+    softmax_title, _, _ = REPORT.compare([softmax], {"residual": 1e6})
+    network_title, _, _ = REPORT.compare([network], {"residual": 1e6})
     assert "f - f* <= 1e+06" in softmax_title
     assert "f_best" in network_title and "not certified as f*" in network_title, network_title
 
@@ -159,8 +160,7 @@ def test_the_network_presets_are_listed_shown_and_run_two_steps(name, small, tmp
     assert main(["show-config", "--preset", name]) == 0
     shown = tomllib.loads(capsys.readouterr().out)
     assert shown["model"] == {"name": "mlp", "hidden": [200], "activation": "relu", "init": "glorot"}
-    start_run(load_preset(name, ["data.dataset=synthetic", *small]), tmp_path / name, name=name, quiet=True)
-    run = read_run(tmp_path / name)
+    run = finished_run(tmp_path, name, name, ["data.dataset=synthetic", *small])
     assert len(run.history) == 2 and run.config["model"]["hidden"] == [200] and run.status == "completed"
 
 

@@ -80,6 +80,15 @@ def test_example_f_star_from_lbfgs(example, tmp_path, capsys):
     assert json.loads((out / "table.json").read_text())["f_star_source"].startswith("the smaller of")
 
 
+def test_example_prints_no_reached_against_its_own_best(example, tmp_path, capsys):
+    """`examples/laq_mnist.py --iterations 500` (here on synthetic data): the run attaining the best value
+    is '-' with a note, the others are relative to f_best (an honest f*: tests/algorithms/test_honest_f_star.py)."""
+    result = example.main(["--dataset", "synthetic", "--methods", "gd", "lag-wk", "--iterations", "500",
+                           "--out", str(tmp_path), "--quiet"])
+    printed = capsys.readouterr().out
+    assert "to reach f - f_best <= 1e-06:" in printed and "note: f_best" in printed
+    assert [row["reached"] for row in result["table"] if row["own_best"]] == [False]
+
 def test_errors_are_one_line(example, tmp_path, capsys):
     assert example.main(["--dataset", "synthetic", "--set", "lazy.bitz=3", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err

@@ -17,11 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from fedsim.runs import RunFolder, strip_wall_time
-from tests.conftest import clean_env, error_lines, fedsim
+from tests.conftest import clean_env, fedsim
 from tests.examples.conftest import REPO
-from tests.sweeps.test_sweep_faults import checkpointed
-from tests.sweeps.test_sweeps import histories, signal_when
+from tests.runs.conftest import history, one_line_error
+from tests.sweeps.conftest import checkpointed, histories, signal_when
 
 try:
     from tests.sweeps.test_sweeps_dask import dask_cluster  # noqa: F401  (a fixture)
@@ -42,16 +41,6 @@ def sweep_file(tmp_path, rounds: int, seeds: str) -> Path:
                     f'"data.synthetic_devices" = 8\n"federated.n_clients" = 8\n"federated.rounds" = {rounds}\n\n'
                     f'[grid]\n"federated.method" = ["int8_up", "int8_updown"]\nseed = {seeds}\n')
     return path
-
-
-def history(folder: Path) -> list:
-    return strip_wall_time(RunFolder(folder).read_history())
-
-
-def one_error_line(result) -> str:
-    lines = error_lines(result.stderr)
-    assert result.returncode == 2 and len(lines) == 1, (result.returncode, result.stderr)
-    return lines[0]
 
 
 def test_the_int8_message_keeps_the_compressor_contract():
@@ -105,8 +94,8 @@ def test_run_resume_and_show_config_import_the_plugins_the_config_names(tmp_path
     assert len(history(tmp_path / "whole")) == 6 and history(tmp_path / "part") == history(tmp_path / "whole")
 
     # The same resume where the plugin cannot be imported: one line naming it and the ImportError's message.
-    line = one_error_line(fedsim(tmp_path, "run", "--resume", "part", "--extend-to", "7", PYTHONPATH=str(REPO)))
-    assert "plugin 'fedsim_int8' failed to import: No module named 'fedsim_int8'" in line, line
+    one_line_error(fedsim(tmp_path, "run", "--resume", "part", "--extend-to", "7", PYTHONPATH=str(REPO)), 2,
+                   "plugin 'fedsim_int8' failed to import: No module named 'fedsim_int8'")
 
     # show-config writes the plugins; its output read again is the same config.
     shown = fedsim(tmp_path, "show-config", config, PYTHONPATH=WITH_PLUGIN)
@@ -121,10 +110,10 @@ def test_run_resume_and_show_config_import_the_plugins_the_config_names(tmp_path
     for value, expected in (('["no_such_plugin"]', "plugin 'no_such_plugin' failed to import: No module named"),
                             ('["examples/plugins/fedsim_int8"]', "module names like 'mypkg.int8' (no file paths)"),
                             ('"fedsim_int8"', "plugins must be a list of importable module names")):
-        line = one_error_line(fedsim(tmp_path, "show-config", "--set", f"plugins={value}", PYTHONPATH=WITH_PLUGIN))
-        assert expected in line, line
-    line = one_error_line(fedsim(tmp_path, "show-config", "--set", "federated.method=int8_up", PYTHONPATH=WITH_PLUGIN))
-    assert "int8_up" in line and "stc_updown" in line, line        # without plugins = [...]: an unknown method
+        refused = fedsim(tmp_path, "show-config", "--set", f"plugins={value}", PYTHONPATH=WITH_PLUGIN)
+        one_line_error(refused, 2, expected)
+    one_line_error(fedsim(tmp_path, "show-config", "--set", "federated.method=int8_up", PYTHONPATH=WITH_PLUGIN), 2,
+                   "int8_up", "stc_updown")        # without plugins = [...]: an unknown method
 
 
 def test_a_sweep_sets_the_plugins_own_table(tmp_path):
@@ -138,8 +127,8 @@ def test_a_sweep_sets_the_plugins_own_table(tmp_path):
                     '"int8.rounding" = ["nearest", "stochastic"]\n')
     planned = fedsim(tmp_path, "sweep", path, "--dry-run", PYTHONPATH=WITH_PLUGIN)
     assert planned.returncode == 0 and "4 runs" in planned.stdout, planned.stderr
-    line = one_error_line(fedsim(tmp_path, "sweep", path, "--dry-run", PYTHONPATH=str(REPO)))
-    assert "int8.toml: plugin 'fedsim_int8' failed to import" in line, line
+    one_line_error(fedsim(tmp_path, "sweep", path, "--dry-run", PYTHONPATH=str(REPO)), 2,
+                   "int8.toml: plugin 'fedsim_int8' failed to import")
 
 
 @pytest.mark.slow
@@ -203,6 +192,5 @@ def test_the_entry_point_route_needs_no_plugins_setting(tmp_path):
     assert resumed.returncode == 0 and len(history(tmp_path / "run")) == 3, resumed.stderr
 
     broken = distribution(tmp_path / "bad", "no_such_module")
-    line = one_error_line(fedsim(tmp_path, "show-config", PYTHONPATH=broken))
-    assert ("plugin 'int8' (entry point no_such_module of fedsim.plugins) failed to import: "
-            "No module named 'no_such_module'") in line, line
+    one_line_error(fedsim(tmp_path, "show-config", PYTHONPATH=broken), 2, "plugin 'int8' (entry point no_such_module "
+                   "of fedsim.plugins) failed to import: No module named 'no_such_module'")

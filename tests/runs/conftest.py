@@ -1,15 +1,18 @@
-"""What the run tests share: the tiny federated run (and the finished one), an action taken inside a run's step
-loop (a crash, a signal), and the check of a command's one-line error."""
+"""What the run tests share, and the other tests that run fedsim import: the tiny federated run (and the
+finished one), a preset run to its end and read back, a run folder's records without wall time, an action taken
+inside a run's step loop (a crash, a signal), and the check of a command's one-line error."""
 
 import pytest
 
 from fedsim.config import load_preset
-from fedsim.runs import RunFolder, start_run, strip_wall_time
+from fedsim.runs import RunFolder, read_run, start_run, strip_wall_time
 from tests.conftest import error_lines
 
 #: A small offline federated run: 8 synthetic devices, 12 rounds (about 10 ms each), a checkpoint every 4.
 TINY_FEDERATED = ["data.synthetic_devices=8", "federated.n_clients=8", "federated.rounds=12",
                   "run.checkpoint_every=4"]
+#: tiny_federated() as options of `fedsim run`.
+ROUNDS12 = [part for setting in TINY_FEDERATED for part in ("--set", setting)]
 
 
 def tiny_federated(*overrides):
@@ -22,7 +25,20 @@ def finished(tmp_path_factory):
     out = tmp_path_factory.mktemp("finished") / "run"
     outcome = start_run(tiny_federated(), out, name="run", quiet=True)
     assert outcome.status == "completed", outcome.message
-    return out, strip_wall_time(RunFolder(out).read_history())
+    return out, history(out)
+
+
+def finished_run(root, name: str, preset: str, overrides=()):
+    """The preset ``preset`` with ``overrides`` (``section.key=value`` strings) run to its end into ``root/name``,
+    read back (:func:`fedsim.runs.read_run`)."""
+    outcome = start_run(load_preset(preset, list(overrides)), root / name, name=name, quiet=True)
+    assert outcome.status == "completed", outcome.message
+    return read_run(root / name)
+
+
+def history(run_dir) -> list[dict]:
+    """The records of the run folder ``run_dir`` without wall time (what reproduces bit for bit)."""
+    return strip_wall_time(RunFolder(run_dir).read_history())
 
 
 def before_step(monkeypatch, run_class, completed: int, action) -> None:

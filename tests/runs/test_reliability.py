@@ -20,17 +20,10 @@ import numpy as np
 import pytest
 
 from fedsim.algorithms.federated import FederatedRun
-from fedsim.runs import RunFolder, start_run, strip_wall_time
+from fedsim.runs import RunFolder, start_run
 from fedsim.runs.folder import CHECKPOINT_FILE, CONFIG_FILE, HISTORY_FILE, META_FILE, SUMMARY_FILE
 from tests.conftest import TINY, TINY_LAZY, clean_env, fedsim
-from tests.runs.conftest import TINY_FEDERATED, before_step, one_line_error, tiny_federated
-
-#: tiny_federated() as options of `fedsim run`.
-ROUNDS12 = [part for setting in TINY_FEDERATED for part in ("--set", setting)]
-
-
-def history(run_dir) -> list[dict]:
-    return strip_wall_time(RunFolder(run_dir).read_history())
+from tests.runs.conftest import ROUNDS12, before_step, history, one_line_error, tiny_federated
 
 
 def unfinished_copy(tmp_path, name="run", stop_after=9) -> Path:
@@ -301,18 +294,6 @@ def test_an_edited_history_line_is_refused_on_resume(tmp_path, fedsim_here):
     path.write_text("".join(lines))
     one_line_error(fedsim_here("run", "--resume", run_dir, "--quiet"), 2,
                    f"{HISTORY_FILE} line 3 differs from the checkpoint")
-
-
-@pytest.mark.parametrize("args, fragments", [
-    (["data", "fetch", "fashion-mnist", "--timeout", "0"], ["--timeout", "must be a number of seconds > 0"]),
-    (["data", "fetch", "fashion-mnist", "--timeout", "nan"], ["--timeout"]),
-    (["run", "nested.toml"], ["nested too deeply"]),
-    (["run", "--preset", "synthetic", "--extend-to", "3"], ["--extend-to goes with --resume"]),
-])
-def test_more_bad_command_lines_are_one_line(tmp_path, args, fragments):
-    (tmp_path / "nested.toml").write_text("x = " + "[" * 5000 + "]" * 5000 + "\n")
-    result = fedsim(tmp_path, *args)
-    one_line_error(result, 2, *fragments)
 
 
 def test_debug_shows_the_traceback(tmp_path):

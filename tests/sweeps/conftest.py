@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from fedsim.runs import RunFolder, strip_wall_time
+from fedsim.runs import RunFolder
 from tests.conftest import clean_env, fedsim
+from tests.runs.conftest import history
 
 #: Seconds for a sweep to reach the state a test waits for (a checkpoint, a lock's owner).
 PROGRESS_TIMEOUT = 120
@@ -45,8 +46,7 @@ def run_folders(out: Path, sweep) -> list[Path]:
 
 def histories(out: Path) -> dict[str, list]:
     """The records (without wall time) of each run folder of the sweep folder ``out``, by folder name."""
-    return {folder.name: strip_wall_time(RunFolder(folder).read_history())
-            for folder in sorted((out / "runs").iterdir())}
+    return {folder.name: history(folder) for folder in sorted((out / "runs").iterdir())}
 
 
 def history_alone(tmp_path: Path, planned, timeout: float = 120) -> list[dict]:
@@ -55,7 +55,7 @@ def history_alone(tmp_path: Path, planned, timeout: float = 120) -> list[dict]:
                     *[f"--set={key}={json.dumps(value)}" for key, value in planned.overrides],
                     "--quiet", "--out", tmp_path / "alone", timeout=timeout)
     assert result.returncode == 0, result.stderr
-    return strip_wall_time(RunFolder(tmp_path / "alone").read_history())
+    return history(tmp_path / "alone")
 
 
 def checkpointed(folder: Path) -> int:

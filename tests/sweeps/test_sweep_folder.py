@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from fedsim.runs import RunFolder, strip_wall_time
+from fedsim.runs import RunFolder
 from fedsim.runs.folder import LOCK_FILE
 from fedsim.sweeps import load_sweep, resume_hint
 from tests.conftest import error_lines, fedsim
-from tests.runs.conftest import one_line_error
+from tests.runs.conftest import history, one_line_error
 from tests.sweeps.conftest import manifest_of, sweep_text, wait_until, write_sweep
 
 SEEDS = "seed = [0, 1, 2, 3]"
@@ -85,8 +85,7 @@ def test_run_folders_swapped_with_mv_are_detected(sweep, tmp_path, finished):
                                   if seed in ("2", "3")}
     again = fedsim(tmp_path, "sweep", path, "--out", out, "--quiet")
     assert again.returncode == 1 and again.stderr.count("mismatched: it holds the run 'seed=") == 2, again.stderr
-    assert strip_wall_time(RunFolder(zero).read_history()) == \
-        strip_wall_time(RunFolder(run_of(finished / "S", 1)).read_history())      # left as found
+    assert history(zero) == history(run_of(finished / "S", 1))      # left as found
 
 
 def test_a_manifest_pointing_a_run_at_another_folder_reports_nothing_wrong(sweep, tmp_path, finished):
@@ -191,8 +190,7 @@ def test_a_truncated_summary_costs_only_its_run(sweep, tmp_path, finished):
     again = json.loads(damaged.read_text())
     assert {key: value for key, value in again.items() if key not in wall} == \
         {key: value for key, value in original.items() if key not in wall}
-    assert strip_wall_time(RunFolder(damaged.parent).read_history()) == \
-        strip_wall_time(RunFolder(run_of(finished / "S", 2)).read_history())
+    assert history(damaged.parent) == history(run_of(finished / "S", 2))
     assert (damaged.parent / ".damaged-summary.json").stat().st_size == 40
 
 
