@@ -115,20 +115,25 @@ CONFIG = ["run", "exp.toml", "--quiet"]
 
 
 @pytest.mark.parametrize("text, args, fragments", [
+    ("[federated]\nlr = \"fast\"\n", CONFIG, ["federated.lr must be a finite number > 0, got 'fast'"]),
     ("", ["show-config", "--preset", "synthetic", "--set", "federated.lr=fast"],
      ["federated.lr must be a finite number > 0, got 'fast'"]),
     ("[federated]\np_up = 1.5\n", CONFIG, ["federated.p_up must be a finite number in (0, 1], got 1.5"]),
+    ("[federated\n", CONFIG, ["exp.toml: not valid TOML"]),
     ("", [*CONFIG, "--set", "federated.rounds=0"], ["federated.rounds must be an integer >= 1, got 0"]),
     ("", [*CONFIG, "--set", "data.datset=mnist"], ["did you mean 'data.dataset'?"]),
+    ("", [*CONFIG, "--set", "federated.lr"], ["--set needs key=value"]),
     ("", [*CONFIG, "--dataset", "cifar"], ["data.dataset must be one of"]),
     ("[lazy]\nseed = 1\n", CONFIG, ["lazy.seed cannot be set here; set the top-level `seed` instead"]),
+    ("", ["run", "--preset", "stc-minst"], ["did you mean 'stc-mnist'"]),
+    ("", ["run", "missing.toml"], ["config file missing.toml does not exist"]),
     ("", ["run", "exp.toml", "--preset", "synthetic"], ["not both"]),
     ("", ["run"], ["give a CONFIG file or --preset NAME"]),
     ("", ["run", "--resume", "somewhere", "--set", "seed=1"],
      ["--resume continues a run with the config saved in its folder", "--set"]),
     ("", ["run", "--resume", "nowhere"], ["nowhere is not a fedsim run folder"]),
     ("", ["run", "--preset", "synthetic", "--set", "data.partition=classes_per_client", "--set",
-          "federated.n_clients=100000"], ["the config does not fit the data: federated.n_clients"]),
+          "federated.n_clients=100000"], ["the config does not fit the data"]),
     ("", ["compare", "nothing"], ["nothing is not a fedsim run folder"]),
     ("", ["data", "fetch", "synthetic"], ["needs no files"]),
     ("x = " + "[" * 5000 + "]" * 5000 + "\n", CONFIG, ["nested too deeply"]),
@@ -154,9 +159,12 @@ def test_run_writes_a_run_folder(tmp_path, fedsim_here):
     assert len(folders) == 1 and re.fullmatch(r"synthetic-\d{8}-\d{6}", folders[0].name), folders
     run_dir = folders[0]
     assert f"results: {Path('runs') / run_dir.name}" in result.stdout
+    assert {"config.toml", "meta.json", "history.jsonl", "summary.json", "checkpoint.npz",
+            "checkpoint.json"} <= set(os.listdir(run_dir))
     config = config_from_dict(parse_toml((run_dir / "config.toml").read_text()))
     assert config == load_preset("synthetic", ["data.synthetic_devices=8", "federated.n_clients=8",
                                                "federated.rounds=3"])
+    assert len(RunFolder(run_dir).read_history()) == 3
     # --quiet: only the run folder on stdout, nothing on stderr but library warnings
     quiet = fedsim_here("run", "--preset", "synthetic", *TINY, "--set", "federated.rounds=2", "--quiet",
                         "--out", "q")
@@ -172,10 +180,13 @@ def test_a_finished_run_folder_is_neither_overwritten_nor_resumed(in_process, tm
     assert status == 0 and "nothing to resume in q: the run already ended (completed)" in err, err
 
 
-def test_lazy_run(fedsim_here):
+def test_lazy_run(tmp_path, fedsim_here):
     result = fedsim_here("run", "--preset", "laq-synthetic", *TINY_LAZY, "--out", "lazy")
     assert result.returncode == 0, result.stderr
     assert "run completed: 20 iterations" in result.stdout
+    history = RunFolder(tmp_path / "lazy").read_history()
+    assert [r["iteration"] for r in history] == list(range(20))
+    assert json.loads((tmp_path / "lazy" / "summary.json").read_text())["status"] == "completed"
 
 
 def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path, reference_history):

@@ -125,6 +125,7 @@ def test_derived_lazy_seed_cannot_be_set_and_follows_the_top_level_seed():
 @pytest.mark.parametrize("raw, expected", [
     ({"federated": {"lr": "fast"}}, "federated.lr must be a finite number > 0, got 'fast'"),
     ({"federated": {"rounds": 2.5}}, "federated.rounds must be an integer >= 1, got 2.5"),
+    ({"federated": {"rounds": True}}, "federated.rounds must be an integer >= 1, got True"),
     ({"data": {"download": 1}}, "data.download must be true or false, got 1"),
     ({"data": {"pipeline": 3}}, "data.pipeline must be one of 'stc', 'laq', or unset (the family's), got 3"),
     ({"federated": {"accumulate_up": "yes"}},
@@ -143,6 +144,7 @@ def test_derived_lazy_seed_cannot_be_set_and_follows_the_top_level_seed():
     ({"lazy": {"method": "lag"}}, "lazy.method must be one of"),
     ({"data": {"dataset": "cifar"}}, "data.dataset must be one of"),
     ({"run": {"checkpoint_every": -1}}, "run.checkpoint_every must be an integer >= 0"),
+    ({"run": {"f_star": math.inf}}, "run.f_star must be a finite number"),
     ({"seed": -1}, "seed must be an integer >= 0, got -1"),
     ({"family": "lazzy"}, "family must be one of 'federated', 'lazy', got 'lazzy'"),
     ({"data": {"dataset": "synthetic", "partition": "natural"}},

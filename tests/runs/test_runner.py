@@ -11,7 +11,7 @@ import pytest
 
 import fedsim
 from fedsim.algorithms.federated import FederatedRun
-from fedsim.config import load_preset
+from fedsim.config import ConfigError, load_preset
 from fedsim.algorithms.federated import reach as federated_reach
 from fedsim.algorithms.lazy import LazyRun
 from fedsim.algorithms.lazy import f_star_of as lazy_f_star
@@ -131,6 +131,8 @@ def test_run_writes_every_file(tmp_path, finished):
     assert summary["bits"] == sum(r["bits_up"] + r["bits_down"] for r in history)
     result = read_run(out)
     assert (result.family, result.method, result.status) == ("federated", "stc_updown", "completed")
+    with pytest.raises(RunFolderError, match="already holds a run"):
+        start_run(config, out, name="tiny", quiet=True)
 
 
 def crash():
@@ -169,6 +171,8 @@ def test_crash_then_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch, me
     assert strip_wall_time(second_session[:crashed_at - checkpoint]) == strip_wall_time(first_session[checkpoint:])
     meta = json.loads((out / META_FILE).read_text())
     assert [s["from"] for s in meta["sessions"]] == [0, checkpoint]
+    again = resume_run(out, quiet=True)
+    assert again.status == "finished-before" and again.exit_code == 0
 
 
 @pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
@@ -219,6 +223,13 @@ def test_divergence_is_recorded(tmp_path):
     assert "NaN or inf" in outcome.message
     summary = json.loads((tmp_path / "run" / SUMMARY_FILE).read_text())
     assert summary["status"] == "diverged" and "NaN or inf" in summary["message"]
+
+
+def test_setting_that_does_not_fit_the_data_is_a_config_error(tmp_path):
+    config = load_preset("synthetic", ["data.partition=classes_per_client", "federated.n_clients=100000"])
+    with pytest.raises(ConfigError, match="the config does not fit the data: federated.n_clients"):
+        start_run(config, tmp_path / "run", name="bad", quiet=True)
+    assert not (tmp_path / "run").exists()
 
 
 def test_lazy_progress_ends_with_the_accuracy_the_summary_reports(tmp_path, capsys):
