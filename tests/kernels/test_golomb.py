@@ -170,3 +170,10 @@ def test_fixed_width_fields(unsigned32, signed64, start):
     np.testing.assert_array_equal(back, patterns)
     with pytest.raises(ValueError, match="ends inside"):
         bitstream.read_uint(stream, 100, 32)
+
+
+def test_sign_packing_rejects_zero_and_short_streams():
+    with pytest.raises(ValueError, match="only signs"):
+        bitstream.pack_signs_into(np.array([1, 0, -1], np.int8), np.zeros(1, np.uint8), 0)
+    with pytest.raises(ValueError, match="ends before"):
+        bitstream.unpack_signs_from(np.zeros(1, np.uint8), 0, 9, np.empty(9, np.int8))

@@ -259,3 +259,11 @@ def test_bit_counter_equals_twin():
                                                                  for j, n in enumerate(np.diff(offsets))
                                                                  if norms[j] != 0)])
 
+
+def test_kernel_rejects_bad_offsets_and_levels():
+    x = np.ones((1, 8))
+    for function in (kernels.qsgd_quantize, kernels.qsgd_quantize_numpy):
+        with pytest.raises(ValueError, match="bucket_offsets"):
+            run_kernel(function, x, np.array([0, 4], np.int64), 4, np.zeros((1, 8)))
+        with pytest.raises(ValueError, match="levels"):
+            run_kernel(function, x, np.array([0, 8], np.int64), 0, np.zeros((1, 8)))

@@ -189,3 +189,11 @@ def test_batch_kernels_reject_non_finite_and_bad_budgets(bad):
             run_batch(function, np.ones((1, 10), np.float32), np.array([0, 10]), np.array([11]),
                       np.ones(1, np.float32), np.zeros(1, np.uint64))
 
+
+def test_position_arguments_are_checked():
+    out = np.empty(10, np.int64)
+    for size, k in [(5, 6), (5, -1), (2 ** 32 + 1, 1)]:
+        with pytest.raises(ValueError, match="0 <= k <= size <= 2"):
+            kernels.random_positions(np.uint64(0), 0, size, k, out)
+        with pytest.raises(ValueError, match="0 <= k <= size <= 2"):
+            kernels.random_positions_numpy(np.uint64(0), 0, size, k, out)

@@ -110,3 +110,24 @@ def test_gather_rows_copies_the_indexed_rows(dtype):
         assert identical(out, x[index])
     with pytest.raises(ValueError, match="index"):
         kernels.gather_rows(x, index + 40, np.empty((3, 15, 7), dtype))
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda z, b, y, o: kernels.shift_logits(z, b, 1.0, y + 10, o), "labels"),
+    (lambda z, b, y, o: kernels.shift_logits(z, b, 1.0, y.astype(np.int32), o), "labels"),
+    (lambda z, b, y, o: kernels.shift_logits(z, b[:, :-1], 1.0, y, o), "bias"),
+    (lambda z, b, y, o: kernels.shift_logits(z, b.astype(np.float32), 1.0, y, o), "bias"),
+    (lambda z, b, y, o: kernels.shift_logits(z, b, float("nan"), y, o), "scale"),
+    (lambda z, b, y, o: kernels.shift_logits(z[0], b, 1.0, y, o), "z"),
+    (lambda z, b, y, o: kernels.shift_logits(z[..., :0], b[:, :0], 1.0, y, o), "class"),
+    (lambda z, b, y, o: kernels.shift_logits(z, b, 1.0, y, o[:, :-1]), "z_y"),
+    (lambda z, b, y, o: kernels.softmax_residual(z, o, o, o, y, np.empty((0, 0)), 0.0, o, b), "divisor"),
+    (lambda z, b, y, o: kernels.softmax_residual(z, o, o, o, y, np.ones((2, 5)), 1.0, o, b), "share"),
+    (lambda z, b, y, o: kernels.softmax_residual(z, o, o, o, y, np.empty((0, 0)), 1.0, o, b[:, :-1]), "grad_b"),
+])
+def test_bad_arguments_raise_naming_the_argument(call, match):
+    G, R, C = 2, 6, 4
+    z, b = np.zeros((G, R, C)), np.zeros((G, C))
+    y, o = np.zeros((G, R), np.int64), np.zeros((G, R))
+    with pytest.raises((ValueError, TypeError), match=match):
+        call(z, b, y, o)
