@@ -3,8 +3,8 @@
 Every preset, every federated method at full and half participation, every lazy method, and the client
 optimizer, threshold, scope and dtype variants, on offline data (plus the two MNIST-scale presets on the
 shared Fashion-MNIST files when they are there). Recorded once before a refactor
-(``python -m tests.algorithms.golden_cases --record``); ``tests/algorithms/test_golden_histories.py`` reruns each case and
-compares every record field except wall time.
+(``python -m tests.algorithms.golden_cases --record``); ``tests/algorithms/test_golden_histories.py`` reruns
+each case and compares every record field except wall time.
 
 Re-recorded only when a change alters results on purpose, each time listed here:
 

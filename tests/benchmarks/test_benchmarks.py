@@ -154,7 +154,8 @@ def test_smoke_run_writes_validated_results_and_tables_and_leaves_the_checkout_a
     assert sum(target.startswith("Sweep of 8 runs") for target in targets) == len(ways) - 1
     for heading in ("### Targets", "### Kernels", "### Rounds", "### Scale", "### JIT compile time",
                     "ceiling: torch round / fedsim products", "### Hand-written products against BLAS",
-                    "### Sweeps", "| local pool, 2 workers |", "### 8-bit storage", "fedsim / floor | batched torch / floor",
+                    "### Sweeps", "| local pool, 2 workers |", "### 8-bit storage",
+                    "fedsim / floor | batched torch / floor",
                     "| per-client torch ms |", "in a child process with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE removed",
                     "BLAS loaded (threadpoolctl): openblas"):
         assert heading in text

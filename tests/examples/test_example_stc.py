@@ -56,7 +56,8 @@ def test_model_option_sets_the_model_of_every_run(tmp_path, capsys, monkeypatch)
     --model the preset's model is untouched. (No figure: the first test draws it.)"""
     monkeypatch.setattr("fedsim.plot.plot_runs", lambda runs, out, **options: [])
     example = load_example("stc_mnist.py")
-    assert example.main(["--dataset", "synthetic", "--rounds", "2", "--method", "stc_updown", "--model", "mlp", "--hidden", "16", "8", "--out", str(tmp_path / "mlp"), "--quiet"]) == 0
+    assert example.main(["--dataset", "synthetic", "--rounds", "2", "--method", "stc_updown", "--model", "mlp",
+                         "--hidden", "16", "8", "--out", str(tmp_path / "mlp"), "--quiet"]) == 0
     assert "settings (synthetic preset): synthetic, model mlp 16-8 relu (glorot init), 30 clients" in \
         capsys.readouterr().out
     config = tomllib.loads((tmp_path / "mlp" / "stc_updown" / "config.toml").read_text())

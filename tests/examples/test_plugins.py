@@ -62,7 +62,8 @@ def test_the_int8_message_keeps_the_compressor_contract():
                 assert message.to_dense().tobytes() == compressed.decoded[row].tobytes()
                 for start, stop in ((0, 4), (4, 10)):
                     scale = np.abs(rows[row, start:stop]).max()
-                    assert np.abs(compressed.decoded[row, start:stop] - rows[row, start:stop]).max() <= scale / 254 * 1.0001
+                    error = np.abs(compressed.decoded[row, start:stop] - rows[row, start:stop]).max()
+                    assert error <= scale / 254 * 1.0001
         # Stochastic rounding: within one step s / 127 of x, and unbiased (the mean of 4,000 draws of one row
         # within 5 standard errors of x; a draw's variance is at most (s / 127)^2 / 4).
         stochastic = make_compressor("int8", rounding="stochastic")

@@ -236,9 +236,9 @@ def check_recorded_run(folder: Path, out: Path, iterations: int | None) -> None:
         del rerun[-1]["final_test_accuracy"]      # the evaluation at the rerun's end; the recorded run's came later
     assert len(rerun) == len(expected) == iterations
     differing = next((index for index, (got, want) in enumerate(zip(rerun, expected)) if got != want), None)
-    assert differing is None, (f"{folder.parent.name}/{folder.name}: iteration {differing} differs from the recorded run "
-                               f"(recorded: {expected[differing]}, today: {rerun[differing]}); if the change is "
-                               f"intended, record again: python examples/results/record.py")
+    assert differing is None, (f"{folder.parent.name}/{folder.name}: iteration {differing} differs from the "
+                               f"recorded run (recorded: {expected[differing]}, today: {rerun[differing]}); if "
+                               f"the change is intended, record again: python examples/results/record.py")
     if iterations == len(history):
         summary_now = json.loads((out / "summary.json").read_text())
         assert strip_seconds(summary_now) == strip_seconds(summary), folder

@@ -41,7 +41,8 @@ def test_the_report_is_computed_from_the_run_folders(tmp_path, monkeypatch, caps
     small.write_text('base = "synthetic"\nname = "small"\n\n[set]\n"data.partition" = "classes_per_client"\n'
                      '"federated.n_clients" = 6\n"federated.eval_every" = 2\n\n[zip]\n'
                      '"federated.method" = ["fedavg", "stc_updown"]\n"federated.local_iterations" = [4, 1]\n'
-                     '"federated.rounds" = [2, 8]\n"federated.p_up" = [0.25, 0.25]\n"federated.p_down" = [0.25, 0.25]\n\n'
+                     '"federated.rounds" = [2, 8]\n"federated.p_up" = [0.25, 0.25]\n'
+                     '"federated.p_down" = [0.25, 0.25]\n\n'
                      '[grid]\n"data.classes_per_client" = [1, 10]\nseed = [0, 1]\n')
     example = load_example("stc_paper_protocol.py")
     monkeypatch.setattr(example, "SWEEPS", {"softmax": small})
@@ -60,7 +61,8 @@ def test_the_report_is_computed_from_the_run_folders(tmp_path, monkeypatch, caps
         cells = [f"{np.mean(finals[method, c]):.1f} ± {np.std(finals[method, c], ddof=1):.1f}" for c in (1, 10)]
         drop = np.mean(finals[method, 10]) - np.mean(finals[method, 1])
         assert row.startswith(f"| {method} | {cells[0]} | {cells[1]} | {example.points(drop)} | "), row
-    drops = {method: np.mean(finals[method, 10]) - np.mean(finals[method, 1]) for method in ("FedAvg n = 4", "STC p = 1/4")}
+    drops = {method: np.mean(finals[method, 10]) - np.mean(finals[method, 1])
+             for method in ("FedAvg n = 4", "STC p = 1/4")}
     holds = "holds" if drops["STC p = 1/4"] < drops["FedAvg n = 4"] else "does not hold"
     assert f"n = 4, 10 -> 1 class: FedAvg loses {example.points(drops['FedAvg n = 4'])} points, STC " \
            f"{example.points(drops['STC p = 1/4'])}: the claim {holds}" in printed
