@@ -472,11 +472,19 @@ def test_one_reporter_tells_how_a_run_ended(tmp_path, capsys, status, completed,
 
 def test_compressors_report_prints_every_compressor_against_its_theory_with_csv_and_figure(tmp_path, capsys):
     """The report card on small Gaussian vectors: a line per registered compressor, each stated theory met,
-    the CSV and the figure written; an unknown name or --set is one error line."""
+    the CSV and the figure written, the process's matplotlib backend left as it was (a notebook's stays inline);
+    an unknown name or --set is one error line."""
+    import matplotlib
     from fedsim.compress import COMPRESSORS
     table, figure = tmp_path / "card.csv", tmp_path / "card.png"
-    assert main(["compressors", "report", "--size", "400", "--draws", "50", "--set", "qsgd.levels=4",
-                 "--csv", str(table), "--figure", str(figure)]) == 0
+    backend = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        assert main(["compressors", "report", "--size", "400", "--draws", "50", "--set", "qsgd.levels=4",
+                     "--csv", str(table), "--figure", str(figure)]) == 0
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(backend)
     out = capsys.readouterr().out
     lines = {line.split()[0]: line for line in out.splitlines() if line.split() and line.split()[0] in COMPRESSORS}
     assert set(lines) == set(COMPRESSORS)
