@@ -430,14 +430,18 @@ def _scale_tables(scale: dict) -> list[str]:
                   f"| {c['round']['median']:.4f} |" for c in series]
     largest = max(scale["configurations"], key=lambda c: c["clients"])
     memory = largest["memory"]
-    per_client = memory["client_bookkeeping_bytes"] / largest["clients"]
+    arrays = memory["client_bookkeeping_arrays"]
+    idle = (memory["client_bookkeeping_bytes"] - arrays["last_sync"]) / largest["clients"]
+    held = (arrays["last_sync"] + memory["residual_store_bytes"]) / max(1, largest["touched_clients"])
     lines += ["", "Peak RSS includes the interpreter with NumPy and Numba (~"
                   f"{_bytes(largest['memory']['rss_after_imports_bytes'])}); growth while running includes "
                   "the compiled kernels loaded at the first round (~60 MB, also at 100 clients).",
-              "", f"An idle client costs {per_client:.0f} bytes of index and bookkeeping arrays (its "
-                  f"{scale['samples_per_device']} sample indices twice, as int64, plus 5 int64 counters), "
-                  f"besides its data; its residual row ({memory['residual_row_bytes']:,} bytes) is "
-                  f"resident only once it, or a neighbour sharing one of its 4 KiB pages, has participated."]
+              "", f"An idle client costs {idle:.0f} bytes of index and bookkeeping arrays (its "
+                  f"{scale['samples_per_device']} sample indices twice, its offset, cursor, epoch and order "
+                  f"epoch, int64), besides its data. Its last synchronization round and its residual row "
+                  f"({memory['residual_row_bytes']:,} bytes) are held only once it has taken part (the client "
+                  f"state store, ClientRows): {held:,.0f} bytes allocated per client that took part at "
+                  f"{largest['clients']:,} clients (the store doubles as it fills)."]
     return lines
 
 

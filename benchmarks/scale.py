@@ -95,14 +95,15 @@ def measure_one(n_clients: int, participation: float, rounds: int, warmup: int, 
     rss_end = _rss_bytes()
     clients = run.clients
     per_client_arrays = {name: getattr(clients, name).nbytes for name in
-                         ("samples", "order", "offsets", "cursor", "epoch", "order_epoch", "last_sync")}
-    residual_row = clients.residual.width * clients.residual.dtype.itemsize if clients.residual is not None else 0
+                         ("samples", "order", "offsets", "cursor", "epoch", "order_epoch")}
+    per_client_arrays["last_sync"] = clients.last_sync.allocated_bytes
+    residual_row = clients.residual.shape[0] * clients.residual.dtype.itemsize if clients.residual is not None else 0
     return {
         "clients": n_clients, "participation": participation,
         "participants": config.participants_per_round, "parameters": int(run.model.size),
         "rounds_timed": len(seconds), "round": common.Timing(tuple(seconds)).to_dict(),
         "data_seconds": data_seconds, "build_seconds": build_seconds,
-        "touched_clients": int(np.count_nonzero(clients.last_sync)),
+        "touched_clients": len(clients.last_sync),
         "memory": {
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             "rss_after_imports_bytes": rss_start, "data_bytes": rss_data - rss_start,
@@ -111,7 +112,7 @@ def measure_one(n_clients: int, participation: float, rounds: int, warmup: int, 
             "client_bookkeeping_bytes": int(sum(per_client_arrays.values())),
             "client_bookkeeping_arrays": per_client_arrays,
             "residual_row_bytes": int(residual_row),
-            "residual_store_bytes": int(clients.residual.rows.nbytes) if clients.residual is not None else 0,
+            "residual_store_bytes": clients.residual.allocated_bytes if clients.residual is not None else 0,
         },
     }
 
@@ -140,8 +141,8 @@ def measure_population(n_clients: int, rounds: int, threads: int) -> dict:
     return {"clients": n_clients, "participants": config.participants_per_round, "rounds": rounds,
             "round": common.Timing(tuple(seconds[5:] or seconds)).to_dict(),
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-            "clients_taken_part": len(store.slots),
-            "store_bytes_per_client_taken_part": store.rows.nbytes / max(1, len(store.slots))}
+            "clients_taken_part": len(store),
+            "store_bytes_per_client_taken_part": store.rows.nbytes / max(1, len(store))}
 
 
 def measure_series_interleaved(configurations, rounds: int, warmup: int, threads: int) -> dict:

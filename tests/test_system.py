@@ -67,9 +67,9 @@ def test_a_federated_round_by_hand_equals_the_simulator():
     assert first["simulated_seconds"] == pytest.approx(wait + broadcast, rel=1e-12)
     assert first["dropped"] == 0
     # Round 2: a participant that missed round 1 first receives its catch-up (the same for each of them).
-    synced_before = run.clients.last_sync.copy()
+    synced_before = run.clients.last_sync.dense()
     second = run.step()
-    participants = np.flatnonzero(run.clients.last_sync == 2)
+    participants = np.flatnonzero(run.clients.last_sync.dense() == 2)
     behind = np.count_nonzero(synced_before[participants] == 0)
     catch_up = second["bits_down_catch_up"] / behind if behind else 0.0
     wait = (0.05 + catch_up / 1e6) + samples * macs / 1e7 + (0.05 + upload / 1e5)
@@ -174,10 +174,10 @@ def test_an_unreachable_client_takes_no_part_and_is_counted():
             "federated.participation_rate=0.5", 'system.profile="4g"']
     everyone = _synthetic(*base)
     everyone.step()
-    sampled = np.flatnonzero(everyone.clients.last_sync == 1)
+    sampled = np.flatnonzero(everyone.clients.last_sync.dense() == 1)
     run = _synthetic(*base, "system.availability=0.5")
     record = run.step()
-    took_part = np.flatnonzero(run.clients.last_sync == 1)
+    took_part = np.flatnonzero(run.clients.last_sync.dense() == 1)
     unreachable = np.setdiff1d(sampled, took_part)
     assert np.all(np.isin(took_part, sampled)) and len(unreachable) > 0
     assert record["participants"] == len(sampled) and record["dropped"] == len(unreachable)

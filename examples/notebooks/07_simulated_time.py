@@ -125,7 +125,7 @@ run = synthetic_run('system.profile="3g"')
 record = run.step()
 devices = run.clock.devices
 assert all(np.array_equal(mine, drawn[:run.config.n_clients]) for mine, drawn in zip(devices, DEVICES["3g"]))
-participants = np.flatnonzero(run.clients.last_sync == 1)            # who took part: everyone
+participants = np.flatnonzero(run.clients.last_sync.dense() == 1)            # who took part: everyone
 K = len(participants)
 print({key: record[key] for key in ("participants", "bits_up", "bits_down", "bits_down_catch_up",
                                     "simulated_seconds", "dropped")})
@@ -259,7 +259,7 @@ print(f"after 5 rounds a late client's residual is {growth.min():.1f} to {growth
 # %%
 run = synthetic_run(*FEDAVG_3G, "federated.participation_rate=0.5", "system.over_select=1.5")
 record = run.step()
-sampled = np.flatnonzero(run.clients.last_sync == 1)
+sampled = np.flatnonzero(run.clients.last_sync.dense() == 1)
 arrival = arrival_seconds(devices, sampled, 0, samples, macs, dense_bits(P))
 wait = np.sort(arrival)[run.needed - 1]                               # the needed-th arrival
 broadcast = np.max(devices.latency[sampled] + dense_bits(P) / devices.downlink[sampled])
@@ -281,12 +281,12 @@ for over_select in (1.0, 1.5):
 HALF = FEDAVG_3G + ["federated.participation_rate=0.5"]
 everyone = synthetic_run(*HALF)
 everyone.step()
-sampled = np.flatnonzero(everyone.clients.last_sync == 1)
+sampled = np.flatnonzero(everyone.clients.last_sync.dense() == 1)
 run = synthetic_run(*HALF, "system.availability=0.8")
 record = run.step()
 reachable = RunStreams(SEED).generator("system", 1).random(len(sampled)) < 0.8       # U_k < q
 assert np.array_equal(reachable, reachable_clients(run.clock.config, RunStreams(SEED), 1, sampled))
-assert np.array_equal(np.flatnonzero(run.clients.last_sync == 1), sampled[reachable])
+assert np.array_equal(np.flatnonzero(run.clients.last_sync.dense() == 1), sampled[reachable])
 assert record["participants"] == len(sampled) and record["dropped"] == np.count_nonzero(~reachable)
 assert record["bits_down"] == dense_bits(P) * np.count_nonzero(reachable)   # nothing sent to the others
 history = run.run(20)                                                 # round 1 and 19 more

@@ -67,15 +67,17 @@ DASK_STOP_SECONDS = 30.0
 #: with it; MNIST has the same shapes), synthetic 233 MB (most of it NumPy, Numba and the compiled
 #: kernels). A dataset not listed counts as the largest.
 RUN_MEMORY = {"mnist": 550_000_000, "fashion-mnist": 550_000_000, "synthetic": 250_000_000}
-#: Bytes of the counters every client of a federated run has (cursor, epoch, order_epoch, last_sync, offsets,
-#: sizes: int64 each).
-CLIENT_COUNTER_BYTES = 48
+#: Bytes of the counters every client of a federated run has, idle or not (at most: offsets, sizes, and the cursor,
+#: epoch and order_epoch of data held whole; int64 each), and of those a client that took part adds (at most: its
+#: last round, and the cursor and epoch of data drawn on demand, in the client state store: 24 bytes each).
+CLIENT_COUNTER_BYTES = 40
+TAKEN_PART_COUNTER_BYTES = 72
 
 
 def run_memory(config) -> int:
     """The peak memory of one run: :data:`RUN_MEMORY` of its dataset, plus, for a federated run, what grows
-    with its clients and its model: the counters of every client (:mod:`fedsim.algorithms.federated.clients`);
-    three times the residual and momentum rows of the clients that can take part in its rounds (the rows double
+    with its clients and its model: the counters of every client and of those that can take part in its rounds
+    (:mod:`fedsim.algorithms.federated.clients`); three times the residual and momentum rows of the clients that can take part in its rounds (the rows double
     as they fill; a checkpoint copies them); and eight (K, P) arrays of a round's K participants (their models,
     gradients, updates, messages). Measured against it (ru_maxrss of ``fedsim run``): 1,000,000 clients, 1,000
     rounds of 100: 1.26 GB (this says 1.03); stc-mlp, 30 rounds: 0.80 GB (this says 1.01)."""
@@ -83,13 +85,13 @@ def run_memory(config) -> int:
     if config.family != "federated":
         return memory
     settings = config.federated
-    memory += CLIENT_COUNTER_BYTES * settings.n_clients
+    rows = min(settings.n_clients, settings.participants_per_round * settings.rounds)
+    memory += CLIENT_COUNTER_BYTES * settings.n_clients + TAKEN_PART_COUNTER_BYTES * rows
     features = feature_count(config.data, config.pipeline)
     if features is None:
         return memory
     parameter_bytes = config.model.build(features, 10).spec.size * (4 if settings.dtype == "float32" else 8)
     stores = int(bool(settings.resolved_method.accumulate_up)) + int(settings.momentum > 0)
-    rows = min(settings.n_clients, settings.participants_per_round * settings.rounds)
     return memory + parameter_bytes * (3 * rows * stores + 8 * settings.participants_per_round)
 
 

@@ -1,8 +1,9 @@
 """What the clients of a federated run keep between rounds, and where a round's batches come from.
 
 :class:`ClientStates` holds, per client, its place in its data (sample order, cursor, epoch), the last round it
-synchronized and, only for clients that have taken part, its residual and momentum rows (:class:`ClientRows`):
-a population of a million clients costs a few counters each, and rows for its participants.
+synchronized, and its residual and momentum rows; what changes as clients take part is held only for the
+clients that have (:class:`ClientRows`, for the rows and the last round; for the place in the data too when
+the data is drawn on demand): a population of a million clients costs the state of its participants.
 :class:`RoundData` is one round's view of the training data: the run's own arrays, or the participants' data
 drawn on demand (``data.synthetic_on_demand``).
 """
@@ -35,36 +36,46 @@ class RoundData(NamedTuple):
 
 
 class ClientRows:
-    """One row of ``width`` entries per client that has taken part, kept only for those clients (a client never
-    written reads as zeros), read and written like a dense (n_clients, width) array indexed by an int array of
-    distinct clients (``rows[clients]`` a copy). The rows live in one array that doubles when full; ``slots``
-    maps a client to its row."""
+    """One row of ``width`` entries (one entry: ``width`` None) per client that has taken part, kept only for
+    those clients (a client never written reads as zeros), read and written like a dense (n_clients, width)
+    array indexed by an int array of distinct clients (``rows[clients]`` a copy). The rows live in one array
+    that doubles when full; ``clients`` (ascending) and ``slots`` map a client to its row, 16 bytes a client."""
 
-    def __init__(self, n_clients: int, width: int, dtype):
-        self.n_clients, self.width, self.dtype = int(n_clients), int(width), np.dtype(dtype)
-        self.slots: dict[int, int] = {}
-        self.rows = np.zeros((0, self.width), self.dtype)
+    def __init__(self, n_clients: int, width: int | None, dtype):
+        self.n_clients, self.dtype = int(n_clients), np.dtype(dtype)
+        self.shape = () if width is None else (int(width),)
+        self.clients = np.zeros(0, np.int64)       # the clients held, ascending
+        self.slots = np.zeros(0, np.int64)         # their rows
+        self.rows = np.zeros((0,) + self.shape, self.dtype)
+
+    def __len__(self) -> int:
+        return len(self.clients)
 
     def _slots(self, clients, create: bool) -> np.ndarray:
         """Each client's row (-1 for a client without one, unless ``create``: then a new zero row)."""
         clients = np.asarray(clients, dtype=np.int64).reshape(-1)
         if len(clients) and (clients.min() < 0 or clients.max() >= self.n_clients):
             raise IndexError(f"clients must lie in [0, {self.n_clients - 1}]")
-        slots = np.array([self.slots.get(int(k), -1) for k in clients], dtype=np.int64)
-        if create and np.any(slots < 0):
-            new = np.flatnonzero(slots < 0)
-            needed = len(self.slots) + len(new)
-            if needed > len(self.rows):          # grow by doubling: amortized O(1) per new client
-                grown = np.zeros((max(needed, 2 * len(self.rows), 16), self.width), self.dtype)
-                grown[:len(self.rows)] = self.rows
+        at = np.searchsorted(self.clients, clients)
+        held = at < len(self)
+        held[held] = self.clients[at[held]] == clients[held]
+        slots = np.full(len(clients), -1, np.int64)
+        slots[held] = self.slots[at[held]]
+        if create and not held.all():
+            new, first = clients[~held], len(self)
+            if first + len(new) > len(self.rows):   # grow by doubling: amortized O(1) per new client
+                grown = np.zeros((max(first + len(new), 2 * len(self.rows), 16),) + self.shape, self.dtype)
+                grown[:first] = self.rows[:first]
                 self.rows = grown
-            for i in new:
-                slots[i] = self.slots[int(clients[i])] = len(self.slots)
+            slots[~held] = np.arange(first, first + len(new))   # new rows in the order the clients come
+            order = np.argsort(np.concatenate([self.clients, new]), kind="stable")
+            self.clients = np.concatenate([self.clients, new])[order]
+            self.slots = np.concatenate([self.slots, slots[~held]])[order]
         return slots
 
     def __getitem__(self, clients) -> np.ndarray:
         slots = self._slots(clients, create=False)
-        out = np.zeros((len(slots), self.width), self.dtype)
+        out = np.zeros((len(slots),) + self.shape, self.dtype)
         held = slots >= 0
         out[held] = self.rows[slots[held]]
         return out
@@ -73,46 +84,66 @@ class ClientRows:
         slots = self._slots(clients, create=True)      # first: it may grow self.rows
         self.rows[slots] = values
 
+    def held(self) -> tuple[np.ndarray, np.ndarray]:
+        """The clients held (ascending) and their rows (a copy)."""
+        return self.clients, self.rows[self.slots]
+
     def dense(self) -> np.ndarray:
         """Every client's row as one (n_clients, width) array (a copy; for small populations)."""
-        out = np.zeros((self.n_clients, self.width), self.dtype)
-        clients = np.fromiter(self.slots.keys(), dtype=np.int64, count=len(self.slots))
-        slots = np.fromiter(self.slots.values(), dtype=np.int64, count=len(self.slots))
-        out[clients] = self.rows[slots]
+        out = np.zeros((self.n_clients,) + self.shape, self.dtype)
+        out[self.clients] = self.rows[self.slots]
         return out
 
     @property
     def nbytes(self) -> int:
         """Bytes of the rows held (the clients that have taken part), not of a dense population array."""
-        return len(self.slots) * self.width * self.dtype.itemsize
+        return len(self) * int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+    @property
+    def allocated_bytes(self) -> int:
+        """Bytes allocated: the rows (held and spare, up to twice those held) and the map of clients to rows."""
+        return self.rows.nbytes + self.clients.nbytes + self.slots.nbytes
 
 
 @dataclass
 class ClientStates:
-    """Everything each client keeps between rounds, one row or entry per client."""
+    """Everything each client keeps between rounds: a dense entry per client where the run holds its data
+    whole (its sample order and place in it), else only for the clients that have taken part (ClientRows)."""
 
     samples: np.ndarray | None  # all clients' sample indices, client k's at samples[offsets[k]:offsets[k+1]]
     order: np.ndarray | None    # the same, each client's segment in its current epoch's shuffled order
     # (both None for a population drawn on demand: a round makes its participants' own, RoundData)
     offsets: np.ndarray        # (n_clients + 1,) segment boundaries of `order`
-    cursor: np.ndarray         # (n_clients,) position in the current epoch's order
-    epoch: np.ndarray          # (n_clients,) completed epochs
-    order_epoch: np.ndarray    # (n_clients,) the epoch `order` is shuffled for; -1: not yet shuffled
-    last_sync: np.ndarray      # (n_clients,) last round whose downstream message the client holds
-    residual: ClientRows | None = None   # (n_clients, P) upstream error accumulation, held for participants
-    momentum: ClientRows | None = None   # (n_clients, P) SGD momentum buffers, held for participants
+    cursor: np.ndarray | ClientRows        # (n_clients,) position in the current epoch's order
+    epoch: np.ndarray | ClientRows         # (n_clients,) completed epochs
+    order_epoch: np.ndarray | None         # (n_clients,) the epoch `order` is shuffled for; -1: not yet
+    last_sync: ClientRows                  # (n_clients,) last round whose downstream message the client holds
+    residual: ClientRows | None = None     # (n_clients, P) upstream error accumulation
+    momentum: ClientRows | None = None     # (n_clients, P) SGD momentum buffers
+
+    @classmethod
+    def start(cls, sizes: np.ndarray, samples: np.ndarray | None, rows: dict) -> ClientStates:
+        """Every client at its start: ``sizes`` (n_clients,) samples each; ``samples`` their indices, or None
+        for a population drawn on demand (then the counters too are held only for the clients that take part);
+        ``rows``: the (n_clients, P) stores (``residual``, ``momentum``)."""
+        n = len(sizes)
+        counters = (lambda: np.zeros(n, np.int64)) if samples is not None else lambda: ClientRows(n, None, np.int64)
+        return cls(samples=samples, order=None if samples is None else samples.copy(),
+                   offsets=np.concatenate(([0], np.cumsum(sizes))), cursor=counters(), epoch=counters(),
+                   order_epoch=None if samples is None else np.full(n, -1, np.int64),
+                   last_sync=ClientRows(n, None, np.int64), **rows)
 
     @functools.cached_property
     def sizes(self) -> np.ndarray:
         """(n_clients,) samples of each client (computed once: the offsets never change)."""
         return np.diff(self.offsets)
 
-    def __post_init__(self):
-        # Clients that never synchronized (last_sync 0), kept as a count so that a round with a million
-        # clients does not scan them all (FederatedRun._prune_cache).
-        self.never_synced = int(np.count_nonzero(self.last_sync == 0))
+    def oldest_sync(self) -> int:
+        """The round of the oldest downstream message some client holds (0 while a client never synchronized)."""
+        if len(self.last_sync) < self.last_sync.n_clients:
+            return 0
+        return int(self.last_sync.held()[1].min())
 
     def synchronized(self, clients: np.ndarray, t: int) -> None:
         """``clients`` now hold round ``t``'s downstream message."""
-        self.never_synced -= int(np.count_nonzero(self.last_sync[clients] == 0))
         self.last_sync[clients] = t

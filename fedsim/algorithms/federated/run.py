@@ -111,17 +111,11 @@ class FederatedRun:
         self.down_state = down.init(spec)
         P = spec.size
 
-        offsets = np.concatenate(([0], np.cumsum(sizes)))
         samples = (None if self.population is not None
                    else np.concatenate([np.asarray(ix, dtype=np.int64) for ix in client_indices]))
-        self.clients = ClientStates(
-            samples=samples, order=None if samples is None else samples.copy(), offsets=offsets,
-            cursor=np.zeros(config.n_clients, np.int64), epoch=np.zeros(config.n_clients, np.int64),
-            order_epoch=np.full(config.n_clients, -1, np.int64),
-            last_sync=np.zeros(config.n_clients, np.int64),
-            residual=(ClientRows(config.n_clients, P, self.dtype) if self.resolved_method.accumulate_up
-                      else None),
-            momentum=ClientRows(config.n_clients, P, self.dtype) if config.momentum else None)
+        self.clients = ClientStates.start(sizes, samples, {
+            "residual": ClientRows(config.n_clients, P, self.dtype) if self.resolved_method.accumulate_up else None,
+            "momentum": ClientRows(config.n_clients, P, self.dtype) if config.momentum else None})
         init_rng = self.streams.generator("init")
         self.server = ServerState(
             weights=self.model.init(init_rng, model_config.init_kind, self.dtype),
@@ -366,7 +360,7 @@ class FederatedRun:
             if sparse_vector_bits(np.flatnonzero(support), P) >= dense_bits(P):
                 del self.server.cache[:i]
                 return
-        oldest_needed = 0 if self.clients.never_synced else int(self.clients.last_sync.min())
+        oldest_needed = self.clients.oldest_sync()
         self.server.cache = [entry for entry in self.server.cache if entry[0] > oldest_needed]
 
     def _learning_rates(self, epoch: np.ndarray) -> np.ndarray:
@@ -454,7 +448,7 @@ class FederatedRun:
         took part (the others are at their start: cursor, epoch and last_sync 0), so a checkpoint of a million
         mostly idle clients stays small; no sample order (a function of (seed, client, epoch), made again)."""
         clients, server = self.clients, self.server
-        touched = np.flatnonzero(clients.last_sync > 0)
+        touched = clients.last_sync.held()[0].copy()          # ascending
         arrays = {"server_weights": server.weights, "cursor": clients.cursor[touched],
                   "epoch": clients.epoch[touched], "last_sync": clients.last_sync[touched], "touched": touched}
         if server.residual is not None:
@@ -494,11 +488,11 @@ class FederatedRun:
                          arrays["cache_values"][offsets[i]:offsets[i + 1]].astype(self.dtype))
                         for i, r in enumerate(arrays["cache_rounds"])]
         touched = arrays["touched"]
-        for name in ("cursor", "epoch", "last_sync"):     # the touched clients' (or, in older checkpoints, all)
-            values, saved = getattr(clients, name), arrays[name]
-            values[:] = 0
-            values[touched if len(saved) == len(touched) else slice(None)] = saved
-        clients.never_synced = int(np.count_nonzero(clients.last_sync == 0))
+        counters = {name: arrays[name] for name in ("cursor", "epoch", "last_sync")}
+        if len(counters["last_sync"]) != len(touched):       # an older checkpoint: every client's counters
+            counters = {name: values[touched] for name, values in counters.items()}
+        for name, values in counters.items():
+            getattr(clients, name)[touched] = values
         if clients.residual is not None:
             clients.residual[touched] = arrays["client_residual"]
         if clients.momentum is not None:
@@ -507,7 +501,8 @@ class FederatedRun:
             prefix, name = f"{direction}_", f"{direction}_state"
             saved = {key[len(prefix):]: value for key, value in arrays.items() if key.startswith(prefix)}
             setattr(self, name, compressor.load_state_arrays(getattr(self, name), saved))
-        clients.order_epoch[:] = -1  # orders are recomputed from (seed, client, epoch) when needed
+        if clients.order_epoch is not None:     # orders are made again from (seed, client, epoch) when needed
+            clients.order_epoch[:] = -1
         self.sampling_rng.bit_generator.state = meta["sampling_rng"]
         self.compression_rng.bit_generator.state = meta["compression_rng"]
         self.history = list(meta["history"])
