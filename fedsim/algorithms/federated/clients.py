@@ -39,39 +39,55 @@ class ClientRows:
     """One row of ``width`` entries (one entry: ``width`` None) per client that has taken part, kept only for
     those clients (a client never written reads as zeros), read and written like a dense (n_clients, width)
     array indexed by an int array of distinct clients (``rows[clients]`` a copy). The rows live in one array
-    that doubles when full; ``clients`` (ascending) and ``slots`` map a client to its row, 16 bytes a client."""
+    that doubles when full. Clients map to their rows through two sorted pairs of arrays (16 bytes a client),
+    a main map and the recent additions (cheap to insert into), merged once they exceed 256 + 1/16 of the main
+    map: a call on K clients costs O(K log held), a new client O(log held) amortized (one sort of all the
+    clients held every held/16 new ones), and no call scans the population."""
 
     def __init__(self, n_clients: int, width: int | None, dtype):
         self.n_clients, self.dtype = int(n_clients), np.dtype(dtype)
         self.shape = () if width is None else (int(width),)
-        self.clients = np.zeros(0, np.int64)       # the clients held, ascending
-        self.slots = np.zeros(0, np.int64)         # their rows
+        empty = np.zeros(0, np.int64)
+        self.maps = [(empty, empty), (empty, empty)]     # (clients ascending, their rows): main, recent
         self.rows = np.zeros((0,) + self.shape, self.dtype)
 
     def __len__(self) -> int:
-        return len(self.clients)
+        return len(self.maps[0][0]) + len(self.maps[1][0])
 
     def _slots(self, clients, create: bool) -> np.ndarray:
         """Each client's row (-1 for a client without one, unless ``create``: then a new zero row)."""
         clients = np.asarray(clients, dtype=np.int64).reshape(-1)
         if len(clients) and (clients.min() < 0 or clients.max() >= self.n_clients):
             raise IndexError(f"clients must lie in [0, {self.n_clients - 1}]")
-        at = np.searchsorted(self.clients, clients)
-        held = at < len(self)
-        held[held] = self.clients[at[held]] == clients[held]
         slots = np.full(len(clients), -1, np.int64)
-        slots[held] = self.slots[at[held]]
-        if create and not held.all():
-            new, first = clients[~held], len(self)
-            if first + len(new) > len(self.rows):   # grow by doubling: amortized O(1) per new client
-                grown = np.zeros((max(first + len(new), 2 * len(self.rows), 16),) + self.shape, self.dtype)
+        for keys, rows in self.maps:
+            at = np.searchsorted(keys, clients)
+            found = at < len(keys)
+            found[found] = keys[at[found]] == clients[found]
+            slots[found] = rows[at[found]]
+        new = slots < 0
+        if create and new.any():
+            first, count = len(self), int(new.sum())
+            if first + count > len(self.rows):   # grow by doubling: amortized O(1) per new client
+                grown = np.zeros((max(first + count, 2 * len(self.rows), 16),) + self.shape, self.dtype)
                 grown[:first] = self.rows[:first]
                 self.rows = grown
-            slots[~held] = np.arange(first, first + len(new))   # new rows in the order the clients come
-            order = np.argsort(np.concatenate([self.clients, new]), kind="stable")
-            self.clients = np.concatenate([self.clients, new])[order]
-            self.slots = np.concatenate([self.slots, slots[~held]])[order]
+            slots[new] = np.arange(first, first + count)   # new rows in the order the clients come
+            order = np.argsort(clients[new])
+            keys, rows = self.maps[1]
+            at = np.searchsorted(keys, clients[new][order])
+            self.maps[1] = (np.insert(keys, at, clients[new][order]), np.insert(rows, at, slots[new][order]))
+            if len(self.maps[1][0]) > 256 + len(self.maps[0][0]) // 16:
+                self._merge()
         return slots
+
+    def _merge(self) -> None:
+        """The recent additions into the main map (a sort of all the clients held)."""
+        if not len(self.maps[1][0]):
+            return
+        keys, rows = (np.concatenate(arrays) for arrays in zip(*self.maps))
+        order = np.argsort(keys)
+        self.maps = [(keys[order], rows[order]), (keys[:0], rows[:0])]
 
     def __getitem__(self, clients) -> np.ndarray:
         slots = self._slots(clients, create=False)
@@ -86,12 +102,15 @@ class ClientRows:
 
     def held(self) -> tuple[np.ndarray, np.ndarray]:
         """The clients held (ascending) and their rows (a copy)."""
-        return self.clients, self.rows[self.slots]
+        self._merge()
+        clients, slots = self.maps[0]
+        return clients, self.rows[slots]
 
     def dense(self) -> np.ndarray:
         """Every client's row as one (n_clients, width) array (a copy; for small populations)."""
+        clients, rows = self.held()
         out = np.zeros((self.n_clients,) + self.shape, self.dtype)
-        out[self.clients] = self.rows[self.slots]
+        out[clients] = rows
         return out
 
     @property
@@ -102,7 +121,7 @@ class ClientRows:
     @property
     def allocated_bytes(self) -> int:
         """Bytes allocated: the rows (held and spare, up to twice those held) and the map of clients to rows."""
-        return self.rows.nbytes + self.clients.nbytes + self.slots.nbytes
+        return self.rows.nbytes + sum(array.nbytes for pair in self.maps for array in pair)
 
 
 @dataclass
