@@ -394,7 +394,15 @@ def _warn_on_changes(meta: dict) -> None:
 def run_each(configs: dict, out, *, quiet: bool = False, observers: dict | None = None) -> dict:
     """Bring ``OUT/<name>`` of each named config to its end, one after the other, as ``fedsim run`` would:
     start it, resume it (interrupted), or find it finished. Stops at the first run a signal interrupted;
-    the outcomes by name (the examples' loop over methods)."""
+    the outcomes by name (the examples' loop over methods). RunFolderError if a folder holds a run of other
+    settings (listing them), before any run starts."""
+    for name, config in configs.items():
+        folder = RunFolder(Path(out) / name)
+        meta = folder.read_json(META_FILE) if folder.exists else None
+        if meta is not None and meta.get("config_sha256") != config_fingerprint(config):
+            listed = listed_differences(meta.get("config") or {}, config_to_dict(config, keep_unset=True), 4)
+            raise RunFolderError(f"{folder.path} holds a run of other settings ({listed or 'its config differs'}); "
+                                 f"choose another --out, or remove that folder to run these settings")
     outcomes = {}
     for name, config in configs.items():
         folder = Path(out) / name

@@ -27,6 +27,13 @@ def test_synthetic_stc_is_within_five_points_of_fedavg_and_reruns_skip(tmp_path,
     assert example.main(args + ["--quiet"]) == 0
     assert (tmp_path / "fedavg" / "history.jsonl").read_bytes() == before
     assert "round 1/20" not in capsys.readouterr().out
+    # other settings into the same folders: refused in one line naming them, not answered with the old runs
+    assert example.main(["--dataset", "synthetic", "--rounds", "5", "--method", "stc_updown", "fedavg",
+                         "--out", str(tmp_path), "--quiet"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and "holds a run of other settings (federated.rounds: 20 -> 5)" in \
+        captured.err and "test acc" not in captured.out, captured
+    assert (tmp_path / "fedavg" / "history.jsonl").read_bytes() == before
 
 
 def test_errors_are_one_line_like_the_cli(tmp_path, capsys):
