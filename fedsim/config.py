@@ -526,23 +526,25 @@ def override_value(text: str):
 def apply_overrides(raw: dict, overrides=()) -> dict:
     """A copy of the parsed document ``raw`` with each override set.
 
-    Each override is a ``"key=value"`` string (:func:`parse_override`) or a ``(dotted_key, value)`` pair.
+    Each override is a ``"key=value"`` string (:func:`parse_override`) or a ``(dotted_key, value)`` pair. The
+    plugins the result names are imported first, so that an override reaches their tables; an unknown key is
+    a :class:`ConfigError` that blames ``--set``.
     """
     document = {key: dict(value) if isinstance(value, dict) else value for key, value in raw.items()}
-    for item in overrides:
-        if isinstance(item, tuple):     # an already parsed (dotted key, value) pair
-            parts, value = item[0].split("."), item[1]
-        else:
-            parts, value = parse_override(item)
+    pairs = [(item[0].split("."), item[1]) if isinstance(item, tuple) else parse_override(item) for item in overrides]
+    import_plugins(next((value for parts, value in reversed(pairs) if parts == ["plugins"]), raw.get("plugins", ())))
+    for parts, value in pairs:
         if len(parts) == 1:
             if parts[0] in TABLES:
                 raise ConfigError(f"--set {parts[0]}=... needs a setting of the table, like "
                                   f"{parts[0]}.{table_fields(parts[0])[0]}=...")
+            if parts[0] not in TOP_LEVEL:
+                raise _unknown_key(parts[0], None, "--set")
             document[parts[0]] = value
             continue
         table, name = parts
-        if table not in TABLES:
-            raise _unknown_key(f"{table}.{name}", None, "--set")
+        if table not in TABLES or (name not in table_fields(table) and (table, name) not in {**MOVED, **DERIVED}):
+            raise _unknown_key(f"{table}.{name}", table if table in TABLES else None, "--set")
         values = document.setdefault(table, {})
         if not isinstance(values, dict):
             raise ConfigError(f"'{table}' must be a table ([{table}]), got {format_value(values)}")

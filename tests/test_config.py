@@ -212,8 +212,10 @@ def test_apply_overrides_copies_and_validates_through_the_config():
     document = apply_overrides(raw, ["federated.lr=0.1", ("data.dataset", "synthetic"), "seed=2"])
     assert raw == {"federated": {"lr": 0.5}}
     assert document == {"federated": {"lr": 0.1}, "data": {"dataset": "synthetic"}, "seed": 2}
-    with pytest.raises(ConfigError, match="did you mean 'federated.lr'"):
-        config_from_dict(apply_overrides({}, ["federated.lrr=1"]))
+    # a typo in an override is blamed on --set, not on the preset or file it overrides
+    for typo, hint in (("federated.lrr=1", "federated.lr"), ("sed=1", "seed")):
+        with pytest.raises(ConfigError, match=f"unknown setting '{typo[:-2]}' in --set; did you mean '{hint}'"):
+            load_preset("synthetic", [typo])
     with pytest.raises(ConfigError,
                        match="unknown setting 'federatd.lr' in --set; did you mean 'federated.lr'"):
         apply_overrides({}, ["federatd.lr=1"])

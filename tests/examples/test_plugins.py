@@ -103,6 +103,10 @@ def test_run_resume_and_show_config_import_the_plugins_the_config_names(tmp_path
     assert shown.returncode == 0, shown.stderr
     assert 'plugins = ["fedsim_int8"]' in shown.stdout and 'method = "int8_updown"' in shown.stdout
     assert 'partition = "round_robin"' in shown.stdout
+    # --set reaches the plugin's own table, the plugins named in the file or in another --set
+    for source in ([config], ["--preset", "synthetic", "--set", 'plugins=["fedsim_int8"]']):
+        rounding = fedsim(tmp_path, "show-config", *source, "--set", "int8.rounding=stochastic", PYTHONPATH=WITH_PLUGIN)
+        assert rounding.returncode == 0 and 'rounding = "stochastic"' in rounding.stdout, rounding.stderr
     (tmp_path / "shown.toml").write_text(shown.stdout)
     again = fedsim(tmp_path, "show-config", "shown.toml", PYTHONPATH=WITH_PLUGIN)
     assert again.stdout.splitlines()[1:] == shown.stdout.splitlines()[1:], again.stderr
