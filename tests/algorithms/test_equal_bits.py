@@ -41,6 +41,17 @@ def test_the_solved_knob_meets_the_budget_within_5_percent_and_is_recorded(metho
     assert all("bits_per_round_knob" not in record for record in history[1:])
 
 
+def test_the_upload_per_participant_counts_the_clients_that_uploaded():
+    """With system.availability 0.5 about half the sampled clients are unreachable and send nothing: the
+    mean upload is that of the clients that sent (one training loss each), as the knob was solved on."""
+    overrides = [("federated.method", "topk_up"), ("federated.rounds", ROUNDS), ("federated.bits_per_round", 1000.0),
+                 ("system.profile", "4g"), ("system.availability", 0.5)]
+    history = build_run(load_preset("synthetic", overrides), progress=False).run()
+    assert all(len(r["client_losses"]) < r["participants"] for r in history)       # some unreachable each round
+    sent = np.mean([r["bits_up"] / len(r["client_losses"]) for r in history])
+    assert summarize(history)["bits_up_per_participant"] == pytest.approx(sent) and 950 <= sent <= 1000
+
+
 def test_a_resumed_run_keeps_the_knob_and_continues_bit_for_bit():
     whole = synthetic_run("qsgd_up", 2000.0).run()
     first = synthetic_run("qsgd_up", 2000.0)

@@ -39,7 +39,9 @@ def summarize(history: list[dict]) -> dict:
     solved = next((r for r in history if "bits_per_round_knob" in r), None)   # the first round with updates
     if solved is not None:                                   # federated.bits_per_round: the knob and what it sent
         summary.update({key: solved[key] for key in ("bits_per_round_knob", "bits_per_round_knob_value")})
-        summary["bits_up_per_participant"] = sum(r["bits_up"] / r["participants"] for r in history) / len(history)
+        # per client that uploaded (one loss each): unreachable clients (system.availability) sent nothing
+        uploads = [r["bits_up"] / len(r["client_losses"]) for r in history if r["client_losses"]]
+        summary["bits_up_per_participant"] = sum(uploads) / len(uploads)
     accuracies = [(r["test_accuracy"], i) for i, r in enumerate(history) if "test_accuracy" in r]
     if accuracies:
         best, at = max(accuracies)
