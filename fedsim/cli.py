@@ -419,7 +419,11 @@ def command_sweep(args) -> int:
         return EXIT_OK
     from fedsim.experiment_data import check_data
     check_data(planned.config.data for planned in sweep.runs)      # once, before any run starts
-    again = resume_command(args.target, out)
+    # the options that say where and how it runs, repeated in the command that continues it
+    options = [item for flag, value in (("--backend", None if args.backend == "local" else args.backend),
+                                        ("--scheduler", args.scheduler), ("--workers", args.workers),
+                                        ("--threads", args.threads)) if value is not None for item in (flag, value)]
+    again = resume_command(args.target, out, options)
     try:
         statuses = run_sweep(sweep, out, backend=args.backend, workers=args.workers, threads=args.threads,
                              scheduler=args.scheduler, quiet=args.quiet)
@@ -428,7 +432,7 @@ def command_sweep(args) -> int:
         waiting = len(sweep.runs) - len(stopped.statuses)
         print(f"fedsim: sweep {sweep.name} {stopped}: {counts['interrupted']} runs interrupted (each resumes "
               f"from its checkpoint), {waiting} pending, {counts['completed']} completed; manifest: "
-              f"{out / 'manifest.json'}; {resume_hint(args.target, out)}", file=sys.stderr)
+              f"{out / 'manifest.json'}; {resume_hint(args.target, out, options)}", file=sys.stderr)
         return stopped.exit_code
     except KeyboardInterrupt:       # a second Ctrl-C: stopped mid-step
         raise KeyboardInterrupt(stopped_at_once(again)) from None

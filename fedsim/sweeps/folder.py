@@ -51,14 +51,15 @@ def run_folder(out: Path, planned) -> Path:
     return Path(out) / RUNS_FOLDER / planned.folder_name
 
 
-def resume_command(sweep_path, out) -> str:
-    """The command that continues a sweep, quoted for a shell."""
-    return shlex.join(["fedsim", "sweep", str(sweep_path), "--out", str(out)])
+def resume_command(sweep_path, out, options=()) -> str:
+    """The command that continues a sweep (``options``: the original command's backend, scheduler, workers and
+    threads, as arguments), quoted for a shell."""
+    return shlex.join(["fedsim", "sweep", str(sweep_path), "--out", str(out), *map(str, options)])
 
 
-def resume_hint(sweep_path, out) -> str:
+def resume_hint(sweep_path, out, options=()) -> str:
     """What to say when a sweep stops early."""
-    return f"finished runs and checkpoints are kept. Continue with: {resume_command(sweep_path, out)}"
+    return f"finished runs and checkpoints are kept. Continue with: {resume_command(sweep_path, out, options)}"
 
 
 def say(text: str) -> None:

@@ -137,7 +137,7 @@ def test_a_signal_stops_the_sweep_at_a_checkpoint_and_the_same_command_finishes_
     assert len(lines) == 1 and lines[0].startswith(
         f"fedsim: sweep faults stopped by {signal.Signals(number).name}: 2 runs interrupted (each resumes from "
         f"its checkpoint), 1 pending, 0 completed; manifest: {out / 'manifest.json'}; finished runs and "
-        f"checkpoints are kept. Continue with: fedsim sweep {path} --out {out}"), stderr
+        f"checkpoints are kept. Continue with: fedsim sweep {path} --out {out} --workers 2"), stderr
     assert stopped_statuses(out, folders, ROUNDS) == {folder: "pending" if folder in queued else "interrupted"
                                                       for folder in folders}
     again = fedsim(tmp_path, "sweep", path, "--workers", "2", "--out", out, "--quiet", timeout=SWEEP_TIMEOUT)

@@ -236,7 +236,9 @@ def test_ctrl_c_stops_the_dask_tasks_at_a_step_boundary_and_the_same_command_fin
     os.killpg(process.pid, signal.SIGINT)          # the sweep's group; the cluster has its own sessions
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 128 + signal.SIGINT, stderr
-    assert "Continue with: fedsim sweep" in error_lines(stderr)[0], stderr
+    # the command that continues it says where it runs, not only what
+    assert error_lines(stderr)[0].endswith(f"Continue with: fedsim sweep {path} --out {out} --backend dask "
+                                           f"--scheduler {dask_cluster.address}"), stderr
     statuses = stopped_statuses(out, folders, ROUNDS)
     assert "interrupted" in statuses.values(), statuses
     again = fedsim(tmp_path, "sweep", path, "--out", out, "--quiet", *on_dask, timeout=SWEEP_TIMEOUT)
