@@ -242,17 +242,18 @@ def start_run(config: ExperimentConfig, out, *, name: str, quiet: bool = False, 
             raise RunFolderError(f"{folder.path} already holds a run; continue it with "
                                  f"`fedsim run --resume {folder.path}` or choose another --out")
         check_new_run_target(folder.path)
-        try:
-            _write_config(folder, config, name)
-        except OSError as error:
-            raise RunFolderError(f"cannot write into {folder.path} ({error.strerror})") from None
         meta = {"name": name, "family": config.family, "method": config.method, "seed": config.seed,
                 "run_id": uuid.uuid4().hex, "config_sha256": config_fingerprint(config),
                 "config": config_to_dict(config, keep_unset=True), **data_record(config.data),
                 **environment(), "threads": thread_settings(config.run.blas_threads), **git_commit(),
                 "started": now(), "command": list(sys.argv if command is None else command),
                 "sessions": [{"started": now(), "from": 0}]}
-        folder.write_json(META_FILE, meta)
+        # meta.json first: config.toml marks a started run (a kill before it leaves a folder a new run may take)
+        try:
+            folder.write_json(META_FILE, meta)
+            _write_config(folder, config, name)
+        except OSError as error:
+            raise RunFolderError(f"cannot write into {folder.path} ({error.strerror})") from None
         write_atomic(folder.file(HISTORY_FILE), b"")
         return execute(run, folder, config, name=name, quiet=quiet, identity=_identity(meta), observer=observer,
                        stop_requested=stop_requested)

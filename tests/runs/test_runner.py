@@ -21,7 +21,7 @@ from fedsim.runs import (RunFolder, RunFolderError, default_run_dir, read_run, r
                          summarize)
 from fedsim.runs.folder import (CHECKPOINT_FILE, CHECKPOINT_NOTE_FILE, CONFIG_FILE, HISTORY_FILE, META_FILE,
                                 SUMMARY_FILE)
-from tests.runs.conftest import before_step, tiny_federated
+from tests.runs.conftest import before_step, history, tiny_federated
 
 # A small offline lazy run: 6 synthetic devices, 25 iterations.
 TINY_LAZY = ["data.synthetic_devices=6", "lazy.n_workers=6", "lazy.iterations=25", "lazy.eval_every=10"]
@@ -192,6 +192,32 @@ def test_a_stop_signal_stops_at_a_round_boundary_and_resumes(tmp_path, monkeypat
     assert not (out / SUMMARY_FILE).exists()
     assert resume_run(out, quiet=True).status == "completed"
     assert strip_wall_time(folder.read_history()) == reference
+
+
+@pytest.mark.parametrize("killed", ["before config.toml", "after config.toml"])
+def test_a_run_killed_while_it_starts_can_be_resumed_or_started_again(tmp_path, monkeypatch, finished, killed):
+    """A kill while start_run writes the folder's first files (simulated by an exception in the config's
+    write): a folder holding config.toml holds meta.json too, so --resume runs it from the start; one killed
+    before that may take the new run."""
+    import fedsim.runs.loop as loop
+    write_config = loop._write_config
+
+    def killed_there(folder, config, name):
+        if killed == "after config.toml":
+            write_config(folder, config, name)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "_write_config", killed_there)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        start_run(tiny_federated(), out, name="run", quiet=True)
+    monkeypatch.undo()
+    if killed == "after config.toml":
+        outcome = resume_run(out, quiet=True)
+    else:
+        assert not (out / CONFIG_FILE).exists()
+        outcome = start_run(tiny_federated(), out, name="run", quiet=True)
+    assert outcome.status == "completed" and history(out) == finished[1]
 
 
 def test_resume_refuses_a_folder_that_is_not_a_run(tmp_path):
