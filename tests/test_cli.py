@@ -495,3 +495,16 @@ def test_compressors_report_prints_every_compressor_against_its_theory_with_csv_
     assert main(["compressors", "report", "nosuch"]) == 2
     assert main(["compressors", "report", "--set", "levels=4"]) == 2
     assert "NAME.SETTING=VALUE" in capsys.readouterr().err
+
+
+def test_compressors_report_tells_of_a_compressor_it_cannot_measure(capsys):
+    """A setting the vectors' layout refuses (PowerSGD's rank 5 on the 1 x 10 matrix of 11 entries) leaves that
+    compressor unmeasured: its reason in the table and in one line on stderr, exit status 1, the others measured
+    (was: an unexpected KeyError 'meets')."""
+    assert main(["compressors", "report", "powersgd", "qsgd", "--size", "11", "--draws", "3",
+                 "--set", "powersgd.rank=5"]) == 1
+    captured = capsys.readouterr()
+    reason = "rank must be an integer in [1, 1] for the (1, 10) tensor (at most min(n, m)), got 5"
+    assert f"powersgd   not measured: {reason}" in captured.out
+    assert "qsgd: levels=16 bucket_size=512" in captured.out
+    assert captured.err == f"fedsim: compressors report: powersgd not measured: {reason}\n"
