@@ -81,7 +81,8 @@ def command(args) -> int:
 
 
 def parse_overrides(overrides: list[str], error) -> dict[str, dict]:
-    """``["qsgd.levels=4"]`` -> ``{"qsgd": {"levels": 4}}`` (values read as TOML)."""
+    """``["qsgd.levels=4"]`` -> ``{"qsgd": {"levels": 4}}`` (values read as TOML), checked
+    (:func:`check_settings`)."""
     from fedsim.config import override_value
     settings: dict[str, dict] = {}
     for text in overrides:
@@ -90,7 +91,31 @@ def parse_overrides(overrides: list[str], error) -> dict[str, dict]:
         if not (equals and dot and setting):
             raise error(f"--set takes NAME.SETTING=VALUE (e.g. qsgd.levels=4), got {text!r}")
         settings.setdefault(name, {})[setting] = override_value(value)
+    check_settings(settings, error)
     return settings
+
+
+def check_settings(settings: dict[str, dict], error) -> None:
+    """Each compressor's settings checked as its class checks them, before anything is measured: a name that is
+    none of its fields (p and scope included, which a config sets in [federated]) is one line with the closest
+    (:func:`fedsim.config.suggest`), a value its field's constraint refuses one line naming the setting and
+    what is allowed."""
+    import dataclasses
+    from fedsim.compress import COMPRESSORS, make_compressor
+    from fedsim.config import setting_error, suggest
+    for name, values in settings.items():
+        if name not in COMPRESSORS:
+            continue
+        fields = [field.name for field in dataclasses.fields(COMPRESSORS[name]) if field.init]
+        for setting in values:
+            if setting not in fields:
+                hint = suggest(f"{name}.{setting}", name, fields)
+                raise error(f"unknown setting '{name}.{setting}' in --set; "
+                            + (f"did you mean '{hint}'?" if hint else f"{name} has: {', '.join(fields)}"))
+        try:
+            make_compressor(name, **values)
+        except (ValueError, TypeError) as problem:
+            raise error(str(setting_error(name, problem, fields))) from None
 
 
 def load_vectors(kind: str, size: int, seed: int, error):

@@ -508,3 +508,17 @@ def test_compressors_report_tells_of_a_compressor_it_cannot_measure(capsys):
     assert f"powersgd   not measured: {reason}" in captured.out
     assert "qsgd: levels=16 bucket_size=512" in captured.out
     assert captured.err == f"fedsim: compressors report: powersgd not measured: {reason}\n"
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("qsgd.level=4", "unknown setting 'qsgd.level' in --set; did you mean 'qsgd.levels'?"),
+    ("topk.pp=0.1", "unknown setting 'topk.pp' in --set; did you mean 'topk.p'?"),      # p: a config's is elsewhere
+    ("qsgd.xyzzy=1", "unknown setting 'qsgd.xyzzy' in --set; qsgd has: levels, bucket_size, scope"),
+    ("qsgd.levels=0", "qsgd.levels must be an integer in [1, 2^31 - 1], got 0"),
+    ("stc.threshold=bogus", "stc.threshold must be one of 'exact', 'sampled', got 'bogus'")])
+def test_compressors_report_checks_each_setting_before_measuring(capsys, setting, message):
+    """A setting the compressor does not have, or a value its field's constraint refuses, is one line naming it
+    and exit status 2, before anything is measured or printed (was: 'not measured' and a KeyError, or for a
+    compressor not named, nothing)."""
+    assert main(["compressors", "report", "qsgd", "--set", setting, "--draws", "5", "--size", "100"]) == 2
+    assert capsys.readouterr() == ("", f"fedsim: error: {message}\n")
