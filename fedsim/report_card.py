@@ -64,8 +64,13 @@ def command(args) -> int:
     if args.size < 10:
         raise UsageError(f"--size must be an integer >= 10 (a matrix of 10 columns), got {args.size}")
     settings = parse_overrides(args.overrides, UsageError)
+    names = args.names or list(COMPRESSORS)
+    unused = [f"{name}.{setting}" for name, values in settings.items() if name not in names for setting in values]
+    if unused:
+        print(f"fedsim: warning: settings not used by this report: {', '.join(unused)} (the compressors measured: "
+              f"{', '.join(names)})", file=sys.stderr)
     vectors, spec, kind = load_vectors(args.vectors, args.size, args.seed, UsageError)
-    rows = report(args.names or list(COMPRESSORS), settings, vectors, spec, kind, args.draws, args.seed)
+    rows = report(names, settings, vectors, spec, kind, args.draws, args.seed)
     print(format_table(rows))
     if args.csv:
         print(f"table: {write_csv(rows, args.csv)}")
@@ -96,16 +101,24 @@ def parse_overrides(overrides: list[str], error) -> dict[str, dict]:
 
 
 def check_settings(settings: dict[str, dict], error) -> None:
-    """Each compressor's settings checked as its class checks them, before anything is measured: a name that is
-    none of its fields (p and scope included, which a config sets in [federated]) is one line with the closest
-    (:func:`fedsim.config.suggest`), a value its field's constraint refuses one line naming the setting and
-    what is allowed."""
+    """Each compressor's settings checked as its class checks them, before anything is measured: a NAME that is
+    no registered compressor is one line (the closest compressor; a config's table, such as federated, is told
+    that --set takes a compressor's settings), a setting that is none of its fields (p and scope included,
+    which a config sets in [federated]) one line with the closest (:func:`fedsim.config.suggest`), a value its
+    field's constraint refuses one line naming the setting and what is allowed."""
     import dataclasses
+    import difflib
     from fedsim.compress import COMPRESSORS, make_compressor
-    from fedsim.config import setting_error, suggest
+    from fedsim.config import TABLES, TOP_LEVEL, setting_error, suggest
     for name, values in settings.items():
         if name not in COMPRESSORS:
-            continue
+            key, names = f"{name}.{next(iter(values))}", ", ".join(COMPRESSORS)
+            if name in TABLES or name in TOP_LEVEL:
+                raise error(f"--set {key} is a run config's setting; report --set takes a compressor's settings, "
+                            f"NAME.SETTING with NAME one of {names} (e.g. qsgd.levels=4, stc.p=0.1)")
+            close = difflib.get_close_matches(name, list(COMPRESSORS), n=1, cutoff=0.6)
+            raise error(f"unknown compressor '{name}' in --set {key}; "
+                        + (f"did you mean '{close[0]}'?" if close else f"compressors: {names}"))
         fields = [field.name for field in dataclasses.fields(COMPRESSORS[name]) if field.init]
         for setting in values:
             if setting not in fields:

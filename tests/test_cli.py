@@ -522,3 +522,22 @@ def test_compressors_report_checks_each_setting_before_measuring(capsys, setting
     compressor not named, nothing)."""
     assert main(["compressors", "report", "qsgd", "--set", setting, "--draws", "5", "--size", "100"]) == 2
     assert capsys.readouterr() == ("", f"fedsim: error: {message}\n")
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("stcc.p=0.5", "unknown compressor 'stcc' in --set stcc.p; did you mean 'stc'?"),
+    ("zzz.p=0.5", "unknown compressor 'zzz' in --set zzz.p; compressors: identity, topk, stc,"),
+    ("federated.p_up=0.1", "--set federated.p_up is a run config's setting; report --set takes a compressor's "
+                           "settings, NAME.SETTING with NAME one of identity, topk, stc,")])
+def test_compressors_report_refuses_a_name_that_is_no_compressor(capsys, setting, message):
+    """--set of an unknown compressor, or of a config table that is not a compressor's, is one line and exit
+    status 2 before anything is measured (was: ignored, the report at the defaults, exit status 0); a compressor
+    not measured has its settings named in one warning line."""
+    assert main(["compressors", "report", "stc", "--set", setting, "--draws", "5", "--size", "100"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith(f"fedsim: error: {message}") and len(err.splitlines()) == 1, err
+    assert main(["compressors", "report", "stc", "--set", "qsgd.levels=4", "--set", "stc.p=0.5",
+                 "--draws", "5", "--size", "100"]) == 0
+    out, err = capsys.readouterr()
+    assert "stc: p=0.5 threshold=exact" in out
+    assert err == "fedsim: warning: settings not used by this report: qsgd.levels (the compressors measured: stc)\n"
