@@ -1,10 +1,11 @@
 """``fedsim compressors report``: each registered compressor measured against its theory (the report card).
 
-For each compressor (every registered one, or those named) at its settings (its config table's defaults,
-or ``--set qsgd.levels=4``), on vectors of a chosen kind, over ``--draws`` draws: the measurement of
-:mod:`fedsim.compress.theory` (bias, error beside the theory the compressor states, "-" where none is
-published, and whether it meets it; bits per entry three ways). A text table, and on request a CSV file
-and a figure.
+For each compressor (every registered one, a plugin's too: the entry points of ``fedsim.plugins`` and the
+modules of ``--plugin MODULE`` are imported first; or those named) at its settings (its defaults, or ``--set
+qsgd.levels=4``, each checked before anything is measured), on vectors of a chosen kind, over ``--draws``
+draws: the measurement of :mod:`fedsim.compress.theory` (bias, error beside the theory the compressor states,
+"-" where none is published, and whether it meets it; bits per entry three ways). A text table, and on
+request a CSV file and a figure.
 
 Vectors: ``gaussian`` (standard normal), ``heavy-tailed`` (Student's t with 2 degrees of freedom: a few
 entries dominate), in float32 (a run's default), laid out as one (size / 10) x 10 matrix, the weights of a
@@ -47,6 +48,9 @@ def add_report_parser(commands) -> None:
     report.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the vectors and the draws")
     report.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME.SETTING=VALUE",
                         help="a compressor's setting, e.g. --set qsgd.levels=4 (a TOML value; repeatable)")
+    report.add_argument("--plugin", dest="plugins", action="append", default=[], metavar="MODULE",
+                        help="import MODULE first, a plugin registering a compressor (as a config's plugins = "
+                             "[...]; an importable module name; repeatable)")
     report.add_argument("--csv", metavar="FILE", help="also write the table as CSV")
     report.add_argument("--figure", metavar="FILE", help="also draw the error and bits of each compressor")
 
@@ -56,9 +60,17 @@ def command(args) -> int:
     compressor could not be measured (a setting the vectors' layout refuses: one line each on stderr)."""
     from fedsim.errors import UsageError
     from fedsim.compress import COMPRESSORS
+    from fedsim.config import import_plugins
+    from fedsim.plugins import MODULE_NAME
+    for module in args.plugins:
+        if not MODULE_NAME.fullmatch(module):
+            raise UsageError(f"--plugin MODULE must be an importable module name like 'mypkg.int8' (no file paths), "
+                             f"got {module!r}")
+    import_plugins(args.plugins)    # the entry points of fedsim.plugins, then each MODULE: their compressors registered
     unknown = [name for name in args.names if name not in COMPRESSORS]
     if unknown:
-        raise UsageError(f"compressor NAME must be one of {', '.join(COMPRESSORS)}, got {', '.join(unknown)}")
+        raise UsageError(f"compressor NAME must be one of {', '.join(COMPRESSORS)}, got {', '.join(unknown)} (a "
+                         f"plugin's: --plugin MODULE imports it)")
     if args.draws < 2:
         raise UsageError(f"--draws must be an integer >= 2 (a standard error needs two), got {args.draws}")
     if args.size < 10:
