@@ -228,13 +228,18 @@ def format_value(value) -> str:
 # keys
 
 
-def suggest(key: str, table: str | None = None) -> str | None:
+def suggest(key: str, table: str | None = None, fields: list[str] | None = None) -> str | None:
     """The valid dotted setting closest to ``key`` (``table`` is where the key was met), or None.
 
     Tried in order: the closest field of the same table (``difflib``, cutoff 0.6); a field of that exact
-    name in another table (``lr`` -> ``federated.lr``); the closest field name in any table.
+    name in another table (``lr`` -> ``federated.lr``); the closest field name in any table. Given ``fields``
+    (the settings ``table`` takes where they are not a config's: ``fedsim compressors report`` sets a
+    compressor's p and scope too), only the closest of them is tried.
     """
     name = key.rsplit(".", 1)[-1]
+    if fields is not None:
+        close = difflib.get_close_matches(name, fields, n=1, cutoff=0.6)
+        return f"{table}.{close[0]}" if close else None
     if table in TABLES:
         close = difflib.get_close_matches(name, table_fields(table), n=1, cutoff=0.6)
         if close:
@@ -282,11 +287,16 @@ def _build_table(table: str, values: dict, source: str, **derived):
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as error:
-        message = _one_line(error)
-        # The dataclasses' messages start with the setting's name: make it the dotted one.
-        first_word = re.match(r"\w+", message)
-        named = first_word is not None and first_word.group(0) in table_fields(table)
-        raise ConfigError(f"{table}.{message}" if named else f"[{table}] {message}") from None
+        raise setting_error(table, error, table_fields(table)) from None
+
+
+def setting_error(table: str, error: Exception, fields) -> ConfigError:
+    """The error of a dataclass validating ``table``'s settings (``fields``) as one line naming the setting."""
+    message = _one_line(error)
+    # The dataclasses' messages start with the setting's name: make it the dotted one.
+    first_word = re.match(r"\w+", message)
+    named = first_word is not None and first_word.group(0) in fields
+    return ConfigError(f"{table}.{message}" if named else f"[{table}] {message}")
 
 
 def _one_line(error: BaseException, limit: int = 400) -> str:
@@ -588,4 +598,4 @@ def load_preset(name: str, overrides=(), notes: list | None = None) -> Experimen
 __all__ = ["ConfigError", "ExperimentConfig", "FAMILIES", "RunConfig", "TABLES", "all_settings", "apply_overrides",
            "config_fingerprint", "config_from_dict", "config_to_dict", "config_to_toml", "format_value",
            "import_plugins", "list_presets", "load_config_file", "load_preset", "override_value", "parse_override",
-           "parse_toml", "preset_text", "suggest", "table_fields", "toml_value", "unused_tables"]
+           "parse_toml", "preset_text", "setting_error", "suggest", "table_fields", "toml_value", "unused_tables"]

@@ -1,10 +1,11 @@
 """``fedsim compressors report``: each registered compressor measured against its theory (the report card).
 
-For each compressor (every registered one, or those named) at its settings (its config table's defaults,
-or ``--set qsgd.levels=4``), on vectors of a chosen kind, over ``--draws`` draws: the measurement of
-:mod:`fedsim.compress.theory` (bias, error beside the theory the compressor states, "-" where none is
-published, and whether it meets it; bits per entry three ways). A text table, and on request a CSV file
-and a figure.
+For each compressor (every registered one, a plugin's too: the entry points of ``fedsim.plugins`` and the
+modules of ``--plugin MODULE`` are imported first; or those named) at its settings (its defaults, or ``--set
+qsgd.levels=4``, each checked before anything is measured), on vectors of a chosen kind, over ``--draws``
+draws: the measurement of :mod:`fedsim.compress.theory` (bias, error beside the theory the compressor states,
+"-" where none is published, and whether it meets it; bits per entry three ways). A text table, and on
+request a CSV file and a figure.
 
 Vectors: ``gaussian`` (standard normal), ``heavy-tailed`` (Student's t with 2 degrees of freedom: a few
 entries dominate), in float32 (a run's default), laid out as one (size / 10) x 10 matrix, the weights of a
@@ -47,37 +48,58 @@ def add_report_parser(commands) -> None:
     report.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the vectors and the draws")
     report.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME.SETTING=VALUE",
                         help="a compressor's setting, e.g. --set qsgd.levels=4 (a TOML value; repeatable)")
+    report.add_argument("--plugin", dest="plugins", action="append", default=[], metavar="MODULE",
+                        help="import MODULE first, a plugin registering a compressor (as a config's plugins = "
+                             "[...]; an importable module name; repeatable)")
     report.add_argument("--csv", metavar="FILE", help="also write the table as CSV")
     report.add_argument("--figure", metavar="FILE", help="also draw the error and bits of each compressor")
 
 
 def command(args) -> int:
-    """Run ``fedsim compressors report``; exit status 0, or 1 when a measurement misses its theory."""
+    """Run ``fedsim compressors report``; exit status 0, or 1 when a measurement misses its theory or a
+    compressor could not be measured (a setting the vectors' layout refuses: one line each on stderr)."""
     from fedsim.errors import UsageError
     from fedsim.compress import COMPRESSORS
+    from fedsim.config import import_plugins
+    from fedsim.plugins import MODULE_NAME
+    for module in args.plugins:
+        if not MODULE_NAME.fullmatch(module):
+            raise UsageError(f"--plugin MODULE must be an importable module name like 'mypkg.int8' (no file paths), "
+                             f"got {module!r}")
+    import_plugins(args.plugins)    # the entry points of fedsim.plugins, then each MODULE: their compressors registered
     unknown = [name for name in args.names if name not in COMPRESSORS]
     if unknown:
-        raise UsageError(f"compressor NAME must be one of {', '.join(COMPRESSORS)}, got {', '.join(unknown)}")
+        raise UsageError(f"compressor NAME must be one of {', '.join(COMPRESSORS)}, got {', '.join(unknown)} (a "
+                         f"plugin's: --plugin MODULE imports it)")
     if args.draws < 2:
         raise UsageError(f"--draws must be an integer >= 2 (a standard error needs two), got {args.draws}")
     if args.size < 10:
         raise UsageError(f"--size must be an integer >= 10 (a matrix of 10 columns), got {args.size}")
     settings = parse_overrides(args.overrides, UsageError)
+    names = args.names or list(COMPRESSORS)
+    unused = [f"{name}.{setting}" for name, values in settings.items() if name not in names for setting in values]
+    if unused:
+        print(f"fedsim: warning: settings not used by this report: {', '.join(unused)} (the compressors measured: "
+              f"{', '.join(names)})", file=sys.stderr)
     vectors, spec, kind = load_vectors(args.vectors, args.size, args.seed, UsageError)
-    rows = report(args.names or list(COMPRESSORS), settings, vectors, spec, kind, args.draws, args.seed)
+    rows = report(names, settings, vectors, spec, kind, args.draws, args.seed)
     print(format_table(rows))
     if args.csv:
         print(f"table: {write_csv(rows, args.csv)}")
     if args.figure:
         print(f"figure: {draw(rows, args.figure)}")
-    missed = [row["compressor"] for row in rows if row["meets"] == "no"]
+    unmeasured = [row for row in rows if row["problem"]]          # no measurement, no "meets"
+    for row in unmeasured:
+        print(f"fedsim: compressors report: {row['compressor']} not measured: {row['problem']}", file=sys.stderr)
+    missed = [row["compressor"] for row in rows if row.get("meets") == "no"]
     for name in missed:
         print(f"fedsim: compressors report: {name}'s measurement misses its theory", file=sys.stderr)
-    return 1 if missed else 0
+    return 1 if missed or unmeasured else 0
 
 
 def parse_overrides(overrides: list[str], error) -> dict[str, dict]:
-    """``["qsgd.levels=4"]`` -> ``{"qsgd": {"levels": 4}}`` (values read as TOML)."""
+    """``["qsgd.levels=4"]`` -> ``{"qsgd": {"levels": 4}}`` (values read as TOML), checked
+    (:func:`check_settings`)."""
     from fedsim.config import override_value
     settings: dict[str, dict] = {}
     for text in overrides:
@@ -86,7 +108,39 @@ def parse_overrides(overrides: list[str], error) -> dict[str, dict]:
         if not (equals and dot and setting):
             raise error(f"--set takes NAME.SETTING=VALUE (e.g. qsgd.levels=4), got {text!r}")
         settings.setdefault(name, {})[setting] = override_value(value)
+    check_settings(settings, error)
     return settings
+
+
+def check_settings(settings: dict[str, dict], error) -> None:
+    """Each compressor's settings checked as its class checks them, before anything is measured: a NAME that is
+    no registered compressor is one line (the closest compressor; a config's table, such as federated, is told
+    that --set takes a compressor's settings), a setting that is none of its fields (p and scope included,
+    which a config sets in [federated]) one line with the closest (:func:`fedsim.config.suggest`), a value its
+    field's constraint refuses one line naming the setting and what is allowed."""
+    import dataclasses
+    import difflib
+    from fedsim.compress import COMPRESSORS, make_compressor
+    from fedsim.config import TABLES, TOP_LEVEL, setting_error, suggest
+    for name, values in settings.items():
+        if name not in COMPRESSORS:
+            key, names = f"{name}.{next(iter(values))}", ", ".join(COMPRESSORS)
+            if name in TABLES or name in TOP_LEVEL:
+                raise error(f"--set {key} is a run config's setting; report --set takes a compressor's settings, "
+                            f"NAME.SETTING with NAME one of {names} (e.g. qsgd.levels=4, stc.p=0.1)")
+            close = difflib.get_close_matches(name, list(COMPRESSORS), n=1, cutoff=0.6)
+            raise error(f"unknown compressor '{name}' in --set {key}; "
+                        + (f"did you mean '{close[0]}'?" if close else f"compressors: {names}"))
+        fields = [field.name for field in dataclasses.fields(COMPRESSORS[name]) if field.init]
+        for setting in values:
+            if setting not in fields:
+                hint = suggest(f"{name}.{setting}", name, fields)
+                raise error(f"unknown setting '{name}.{setting}' in --set; "
+                            + (f"did you mean '{hint}'?" if hint else f"{name} has: {', '.join(fields)}"))
+        try:
+            make_compressor(name, **values)
+        except (ValueError, TypeError) as problem:
+            raise error(str(setting_error(name, problem, fields))) from None
 
 
 def load_vectors(kind: str, size: int, seed: int, error):

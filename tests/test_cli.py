@@ -495,3 +495,49 @@ def test_compressors_report_prints_every_compressor_against_its_theory_with_csv_
     assert main(["compressors", "report", "nosuch"]) == 2
     assert main(["compressors", "report", "--set", "levels=4"]) == 2
     assert "NAME.SETTING=VALUE" in capsys.readouterr().err
+
+
+def test_compressors_report_tells_of_a_compressor_it_cannot_measure(capsys):
+    """A setting the vectors' layout refuses (PowerSGD's rank 5 on the 1 x 10 matrix of 11 entries) leaves that
+    compressor unmeasured: its reason in the table and in one line on stderr, exit status 1, the others measured
+    (was: an unexpected KeyError 'meets')."""
+    assert main(["compressors", "report", "powersgd", "qsgd", "--size", "11", "--draws", "3",
+                 "--set", "powersgd.rank=5"]) == 1
+    captured = capsys.readouterr()
+    reason = "rank must be an integer in [1, 1] for the (1, 10) tensor (at most min(n, m)), got 5"
+    assert f"powersgd   not measured: {reason}" in captured.out
+    assert "qsgd: levels=16 bucket_size=512" in captured.out
+    assert captured.err == f"fedsim: compressors report: powersgd not measured: {reason}\n"
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("qsgd.level=4", "unknown setting 'qsgd.level' in --set; did you mean 'qsgd.levels'?"),
+    ("topk.pp=0.1", "unknown setting 'topk.pp' in --set; did you mean 'topk.p'?"),      # p: a config's is elsewhere
+    ("qsgd.xyzzy=1", "unknown setting 'qsgd.xyzzy' in --set; qsgd has: levels, bucket_size, scope"),
+    ("qsgd.levels=0", "qsgd.levels must be an integer in [1, 2^31 - 1], got 0"),
+    ("stc.threshold=bogus", "stc.threshold must be one of 'exact', 'sampled', got 'bogus'")])
+def test_compressors_report_checks_each_setting_before_measuring(capsys, setting, message):
+    """A setting the compressor does not have, or a value its field's constraint refuses, is one line naming it
+    and exit status 2, before anything is measured or printed (was: 'not measured' and a KeyError, or for a
+    compressor not named, nothing)."""
+    assert main(["compressors", "report", "qsgd", "--set", setting, "--draws", "5", "--size", "100"]) == 2
+    assert capsys.readouterr() == ("", f"fedsim: error: {message}\n")
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("stcc.p=0.5", "unknown compressor 'stcc' in --set stcc.p; did you mean 'stc'?"),
+    ("zzz.p=0.5", "unknown compressor 'zzz' in --set zzz.p; compressors: identity, topk, stc,"),
+    ("federated.p_up=0.1", "--set federated.p_up is a run config's setting; report --set takes a compressor's "
+                           "settings, NAME.SETTING with NAME one of identity, topk, stc,")])
+def test_compressors_report_refuses_a_name_that_is_no_compressor(capsys, setting, message):
+    """--set of an unknown compressor, or of a config table that is not a compressor's, is one line and exit
+    status 2 before anything is measured (was: ignored, the report at the defaults, exit status 0); a compressor
+    not measured has its settings named in one warning line."""
+    assert main(["compressors", "report", "stc", "--set", setting, "--draws", "5", "--size", "100"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith(f"fedsim: error: {message}") and len(err.splitlines()) == 1, err
+    assert main(["compressors", "report", "stc", "--set", "qsgd.levels=4", "--set", "stc.p=0.5",
+                 "--draws", "5", "--size", "100"]) == 0
+    out, err = capsys.readouterr()
+    assert "stc: p=0.5 threshold=exact" in out
+    assert err == "fedsim: warning: settings not used by this report: qsgd.levels (the compressors measured: stc)\n"

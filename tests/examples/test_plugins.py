@@ -1,8 +1,9 @@
 """The plugin example (``examples/plugins/fedsim_int8``: an 8-bit quantizer and a round-robin partitioner)
 through every path a user takes: ``fedsim run`` with ``plugins = [...]`` in the config, ``--resume`` of a
 run stopped early (``--extend-to``), ``show-config``, a sweep on 2 local workers stopped by Ctrl-C and
-continued, a sweep on a real Dask cluster, and the entry point route (a ``*.dist-info`` folder on
-PYTHONPATH, install-free). A plugin that cannot be imported is one line naming it, exit status 2.
+continued, a sweep on a real Dask cluster, the report card (``--plugin``), and the entry point route (a
+``*.dist-info`` folder on PYTHONPATH, install-free). A plugin that cannot be imported is one line naming it,
+exit status 2.
 
 Every fedsim here runs in a child process whose PYTHONPATH holds the example's folder: importing the
 plugin into the test process would add its compressor to the registries that other tests walk.
@@ -121,6 +122,25 @@ def test_run_resume_and_show_config_import_the_plugins_the_config_names(tmp_path
                    "int8_up", "stc_updown")        # without plugins = [...]: an unknown method
 
 
+def test_the_report_card_measures_a_plugins_compressor_imported_with_plugin(tmp_path):
+    """``fedsim compressors report --plugin MODULE`` imports the plugin through fedsim's loader before the names
+    and --set are checked: its compressor is measured at its own settings; without it, int8 is no compressor."""
+    report = ("compressors", "report", "int8", "--draws", "5", "--size", "100")
+    measured = fedsim(tmp_path, *report, "--plugin", "fedsim_int8", "--set", "int8.rounding=stochastic",
+                      PYTHONPATH=WITH_PLUGIN)
+    assert measured.returncode == 0, measured.stderr
+    assert [line.split()[0] for line in measured.stdout.splitlines()[3:4]] == ["int8"], measured.stdout
+    assert "int8: scope=tensor rounding=stochastic; no theory stated" in measured.stdout
+    one_line_error(fedsim(tmp_path, *report, "--plugin", "fedsim_int8", "--set", "int8.roundin=nearest",
+                          PYTHONPATH=WITH_PLUGIN), 2, "unknown setting 'int8.roundin' in --set; did you mean "
+                                                      "'int8.rounding'?")
+    one_line_error(fedsim(tmp_path, *report, PYTHONPATH=WITH_PLUGIN), 2, "got int8 (a plugin's: --plugin MODULE")
+    one_line_error(fedsim(tmp_path, *report, "--plugin", "no_such_plugin", PYTHONPATH=WITH_PLUGIN), 2,
+                   "plugin 'no_such_plugin' failed to import: No module named 'no_such_plugin'")
+    one_line_error(fedsim(tmp_path, *report, "--plugin", "examples/plugins/fedsim_int8", PYTHONPATH=WITH_PLUGIN), 2,
+                   "--plugin MODULE must be an importable module name like 'mypkg.int8' (no file paths)")
+
+
 def test_a_sweep_sets_the_plugins_own_table(tmp_path):
     """A plugin compressor's own table (``int8.rounding``) in a sweep's [set] and [grid] is known once the
     plugins the sweep names are imported; without them on the path, one line naming the plugin (exit 2)."""
@@ -195,6 +215,8 @@ def test_the_entry_point_route_needs_no_plugins_setting(tmp_path):
     assert len(history(tmp_path / "run")) == 2
     resumed = fedsim(tmp_path, "run", "--resume", "run", "--extend-to", "3", "--quiet", PYTHONPATH=installed)
     assert resumed.returncode == 0 and len(history(tmp_path / "run")) == 3, resumed.stderr
+    card = fedsim(tmp_path, "compressors", "report", "int8", "--draws", "5", "--size", "100", PYTHONPATH=installed)
+    assert card.returncode == 0 and "int8: scope=tensor rounding=nearest" in card.stdout, card.stderr
 
     broken = distribution(tmp_path / "bad", "no_such_module")
     one_line_error(fedsim(tmp_path, "show-config", PYTHONPATH=broken), 2, "plugin 'int8' (entry point no_such_module "
