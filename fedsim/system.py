@@ -193,12 +193,15 @@ def read_trace(path, n_clients: int) -> Devices:
         raise ValueError(f"{where}: up, down and speed must be finite and > 0, latency finite and >= 0")
     if np.any(clients != np.round(clients)) or len(np.unique(clients)) != len(clients):
         raise ValueError(f"{where}: the client column must hold distinct integers")
+    outside = clients[(clients < 0) | (clients >= n_clients)]
+    if len(outside):
+        raise ValueError(f"{where}: the client column must hold the clients 0 .. {n_clients - 1} of the run, one row "
+                         f"each; it has rows for {len(outside)} others (first: {outside[:5].astype(np.int64).tolist()})")
     missing = np.setdiff1d(np.arange(n_clients), clients.astype(np.int64))
     if len(missing):
         raise ValueError(f"{where}: {len(missing)} of the {n_clients} clients have no row "
                          f"(first: {missing[:5].tolist()})")
-    ordered = values[np.argsort(clients)][:n_clients]
-    return Devices(*ordered[:, 1:].T.copy())
+    return Devices(*values[np.argsort(clients)][:, 1:].T.copy())
 
 
 # ---------------------------------------------------------------------------------------------------------

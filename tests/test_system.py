@@ -269,6 +269,10 @@ def test_a_trace_gives_every_client_its_row(tmp_path):
     ("client,up,down\n0,1,1\n", r"the first line must be the header"),
     ("client,up,down,latency,speed\n0,fast,4e6,0.05,2e9\n1,1,1,1,1\n", r"line 2 must hold 5 numbers"),
     ("client,up,down,latency,speed\n0,-1,4e6,0.05,2e9\n1,1,1,1,1\n", r"up, down and speed must be finite and > 0"),
+    # a row for a client the run does not have is refused, not used in another client's place nor dropped
+    ("client,up,down,latency,speed\n-1,1,1,1,1\n0,1,1,1,1\n1,1,1,1,1\n", r"the client column must hold the "
+     r"clients 0 \.\. 1 of the run, one row each; it has rows for 1 others \(first: \[-1\]\)"),
+    ("client,up,down,latency,speed\n0,1,1,1,1\n1,1,1,1,1\n2,1,1,1,1\n", r"the client column .* \(first: \[2\]\)"),
 ])
 def test_a_bad_trace_is_one_line(tmp_path, text, message):
     with pytest.raises(ValueError, match=r"^system.trace .*: " + message):
