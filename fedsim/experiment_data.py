@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -277,18 +278,31 @@ def _advice_when_missing(config: DataConfig):
         raise
 
 
-def data_record(config: DataConfig) -> dict:
-    """What meta.json records of the data a run reads: for npz data the file's absolute path and SHA-256
-    (``{"data_file": {...}}``); nothing for the registered datasets (their files' checksums are fedsim's)."""
-    path = npz_path(config.dataset)
-    return {} if path is None else {"data_file": {"path": str(path), "sha256": file_sha256(path)}}
+def _read_files(config: DataConfig, system=None) -> dict[str, Path]:
+    """The files a run reads besides the registered datasets (whose checksums are fedsim's), by the key
+    meta.json records them under: an npz dataset (``data_file``), a ``system.trace`` (``trace_file``)."""
+    files = {"data_file": npz_path(config.dataset),
+             "trace_file": Path(system.trace).resolve() if system is not None and system.profile == "trace" else None}
+    return {key: path for key, path in files.items() if path is not None}
 
 
-def check_data_record(config: DataConfig, meta: dict) -> None:
-    """Refuse to resume a run whose npz file changed since it started (DataSettingError, one line)."""
-    recorded = (meta.get("data_file") or {}).get("sha256")
-    now = recorded and data_record(config)["data_file"]["sha256"]
-    if now != recorded:
-        raise DataSettingError(f"data.dataset {config.dataset}: the file changed since the run started (sha256 "
-                               f"{recorded[:16]}... in meta.json, now {now[:16]}...); put the run's file back, or "
-                               f"start a new run")
+def data_record(config: DataConfig, system=None) -> dict:
+    """What meta.json records of the files a run reads (:func:`_read_files`; ``system``: the [system] table):
+    each one's absolute path and SHA-256."""
+    return {key: {"path": str(path), "sha256": file_sha256(path)} for key, path in _read_files(config, system).items()}
+
+
+def check_data_record(config: DataConfig, meta: dict, system=None) -> None:
+    """Refuse to resume a run whose npz file or trace changed since it started (DataSettingError, one line)."""
+    for key, path in _read_files(config, system).items():
+        recorded = (meta.get(key) or {}).get("sha256")
+        if recorded is None:
+            continue
+        try:
+            now = file_sha256(path)
+        except DataSettingError:
+            now = "(unreadable)"
+        if now != recorded:
+            setting = f"data.dataset {config.dataset}" if key == "data_file" else f"system.trace {path}"
+            raise DataSettingError(f"{setting}: the file changed since the run started (sha256 {recorded[:16]}... "
+                                   f"in meta.json, now {now[:16]}...); put the run's file back, or start a new run")

@@ -2,6 +2,8 @@
 records, and one-line errors for bad settings."""
 
 import dataclasses
+import hashlib
+import json
 
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ import pytest
 from fedsim.algorithms.federated.report import summarize
 from fedsim.algorithms.lazy.report import REPORT as LAZY_REPORT, records_reach
 from fedsim.config import ConfigError, config_fingerprint, config_to_dict, load_preset
+from fedsim.data.registry import DataSettingError
 from fedsim.models.base import multiply_adds_per_sample
 from fedsim.rng import RunStreams
 from fedsim.runs import RunFolderError
@@ -277,6 +280,19 @@ def test_a_trace_gives_every_client_its_row(tmp_path):
 def test_a_bad_trace_is_one_line(tmp_path, text, message):
     with pytest.raises(ValueError, match=r"^system.trace .*: " + message):
         read_trace(_trace(tmp_path, text), 2)
+
+
+def test_a_trace_changed_since_the_run_started_is_refused_on_resume(tmp_path):
+    """meta.json records the trace's SHA-256 (as an npz dataset's); a resume reading another file is one line."""
+    from fedsim.runs import resume_run, start_run
+    path = _trace(tmp_path, "client,up,down,latency,speed\n" + "".join(f"{k},1e6,4e6,0.05,1e9\n" for k in range(30)))
+    config = load_preset("synthetic", ["federated.rounds=2", 'system.profile="trace"', f"system.trace={str(path)!r}"])
+    assert start_run(config, tmp_path / "run", name="run", quiet=True).status == "completed"
+    meta = json.loads((tmp_path / "run" / "meta.json").read_text())
+    assert meta["trace_file"] == {"path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    path.write_text(path.read_text().replace("0,1e6,", "0,1e3,", 1))
+    with pytest.raises(DataSettingError, match=r"^system.trace .*trace.csv: the file changed since the run started"):
+        resume_run(tmp_path / "run", quiet=True, extend_to=3)
 
 
 def test_without_system_the_records_and_fingerprint_are_unchanged():

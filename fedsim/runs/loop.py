@@ -244,7 +244,7 @@ def start_run(config: ExperimentConfig, out, *, name: str, quiet: bool = False, 
         check_new_run_target(folder.path)
         meta = {"name": name, "family": config.family, "method": config.method, "seed": config.seed,
                 "run_id": uuid.uuid4().hex, "config_sha256": config_fingerprint(config),
-                "config": config_to_dict(config, keep_unset=True), **data_record(config.data),
+                "config": config_to_dict(config, keep_unset=True), **data_record(config.data, config.system),
                 **environment(), "threads": thread_settings(config.run.blas_threads), **git_commit(),
                 "started": now(), "command": list(sys.argv if command is None else command),
                 "sessions": [{"started": now(), "from": 0}]}
@@ -327,7 +327,7 @@ def resume_run(path, *, quiet: bool = False, progress_data: bool | None = None,
         config = folder.read_config()
         meta = folder.read_json(META_FILE) or {}
         _check_identity(folder, config, meta)
-        check_data_record(config.data, meta)
+        check_data_record(config.data, meta, config.system)
         if extend_to is not None:
             config, meta = _extend(folder, config, meta, extend_to)
         summary = folder.read_json(SUMMARY_FILE)
