@@ -4,7 +4,8 @@ The file (``numpy.savez``) holds::
 
     x_train, x_test   (samples, features) finite numbers, the same number of features in both;
                       or (samples, height, width) uint8 images, the same size in both
-    y_train, y_test   (samples,) whole numbers in [0, n_classes), n_classes = 1 + the largest label (>= 2)
+    y_train, y_test   (samples,) whole numbers in [0, n_classes), n_classes = 1 + the largest label (2 to
+                      MAX_CLASSES)
     client_ids        optional, (n_train,) whole numbers: the natural partition (``data.partition =
                       "natural"``), one client per distinct id, in increasing order of id
 
@@ -34,6 +35,8 @@ from fedsim.data.registry import DataSettingError
 PREFIX = "npz:"
 ARRAYS = ("x_train", "y_train", "x_test", "y_test")
 CLIENT_IDS = "client_ids"
+#: The most classes the labels may name (a model holds a column of weights for each).
+MAX_CLASSES = 65_536
 _HASHED: dict[tuple, str] = {}       # (path, size, mtime) -> SHA-256: a file is hashed once per process
 
 
@@ -75,7 +78,8 @@ def _whole_numbers(path: Path, name: str, values: np.ndarray, low: int = 0) -> n
     exact = values.astype(np.int64)
     wrong = np.flatnonzero((exact != values) | (exact < low))
     if len(wrong):
-        raise _problem(path, f"{name} must hold whole numbers >= {low}; {name}[{wrong[0]}] is "
+        bound = f" >= {low}" if low > np.iinfo(np.int64).min else ""
+        raise _problem(path, f"{name} must hold whole numbers{bound}; {name}[{wrong[0]}] is "
                              f"{values[wrong[0]].item()!r}")
     return exact
 
@@ -93,6 +97,8 @@ def _features(path: Path, name: str, x: np.ndarray) -> None:
 def read_npz(path: Path) -> dict[str, np.ndarray]:
     """The checked arrays of the npz file at ``path`` (the module docstring): x as stored, labels and
     client ids as int64, and ``n_classes``."""
+    if path.is_file() and not zipfile.is_zipfile(path):
+        raise _problem(path, "not an .npz file (numpy.savez writes a zip archive of arrays)")
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {name: archive[name] for name in archive.files if name in (*ARRAYS, CLIENT_IDS)}
@@ -120,6 +126,11 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
     n_classes = 1 + int(max(arrays["y_train"].max(), arrays["y_test"].max()))
     if n_classes < 2:
         raise _problem(path, "the labels y_train, y_test must name at least 2 classes (0 and 1); all are 0")
+    if n_classes > MAX_CLASSES:
+        split = "train" if arrays["y_train"].max() + 1 == n_classes else "test"
+        at = int(arrays[f"y_{split}"].argmax())
+        raise _problem(path, f"the labels must name at most {MAX_CLASSES:,} classes (0 .. {MAX_CLASSES - 1}); "
+                             f"y_{split}[{at}] is {n_classes - 1}")
     if CLIENT_IDS in arrays:
         arrays[CLIENT_IDS] = _whole_numbers(path, CLIENT_IDS, arrays[CLIENT_IDS], low=np.iinfo(np.int64).min)
         if len(arrays[CLIENT_IDS]) != len(arrays["y_train"]):

@@ -44,6 +44,9 @@ def saved(tmp_path, name="mine.npz", **changes):
     ({"x_test": np.zeros((20, 5))}, "x_train has samples of shape (6,), x_test of shape (5,); they must be the same"),
     ({"client_ids": np.zeros(3, int)}, "client_ids has 3 entries, x_train 80 samples; they must be equal"),
     ({"y_train": np.zeros(80, int), "y_test": np.zeros(20, int)}, "must name at least 2 classes"),
+    ({"y_test": np.r_[np.zeros(5, int), 10**9, np.zeros(14, int)]}, "the labels must name at most 65,536 classes "
+                                                                     "(0 .. 65535); y_test[5] is 1000000000"),
+    ({"client_ids": np.full(80, 0.5)}, "client_ids must hold whole numbers; client_ids[0] is 0.5"),
 ])
 def test_a_malformed_file_is_refused_in_one_line_naming_file_and_array(tmp_path, changes, fragment):
     path = saved(tmp_path, **changes)
@@ -52,7 +55,9 @@ def test_a_malformed_file_is_refused_in_one_line_naming_file_and_array(tmp_path,
 
 def test_a_missing_or_foreign_file_is_refused_in_one_line(tmp_path):
     (tmp_path / "foreign.npz").write_text("not a zip")
-    for name, fragment in (("absent.npz", "no such file"), ("foreign.npz", "not a readable")):
+    np.savez(tmp_path / "objects.npz", x_train=np.array([{}], dtype=object))
+    for name, fragment in (("absent.npz", "no such file"), ("foreign.npz", "not an .npz file (numpy.savez writes"),
+                           ("objects.npz", "not a readable .npz file of plain arrays")):
         one_line_error(lambda: read_npz(tmp_path / name), f"npz:{tmp_path / name}: {fragment}")
 
 
