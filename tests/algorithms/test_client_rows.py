@@ -10,14 +10,14 @@ def test_rows_read_as_a_dense_array_and_hold_only_written_clients():
     rows = ClientRows(1_000_000, 4, np.float32)
     dense = {}
     rng = np.random.default_rng(0)
-    for _ in range(20):
-        clients = np.sort(rng.choice(1_000_000, 7, replace=False))
+    for _ in range(400):          # 2,800 writes: the recent additions are merged into the main map several times
+        clients = rng.choice(5_000, 7, replace=False)          # of 1e6: many clients come back
         values = rng.standard_normal((7, 4)).astype(np.float32)
         expected = np.array([dense.get(int(k), np.zeros(4, np.float32)) for k in clients])
         np.testing.assert_array_equal(rows[clients], expected)        # unseen clients read as zeros
         rows[clients] = values
         dense.update({int(k): v for k, v in zip(clients, values)})
-    assert len(rows) == len(dense) and rows.nbytes == len(dense) * 4 * 4
+    assert len(rows) == len(dense) and rows.nbytes == len(dense) * 4 * 4 and len(rows.maps[0][0]) > 256
     assert rows.held()[0].tolist() == sorted(dense)
     assert rows.rows.nbytes <= 2 * rows.nbytes + 16 * 4 * 4                  # memory follows the participants
     clients = np.array(sorted(dense))
