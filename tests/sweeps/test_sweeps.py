@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from fedsim.sweeps import load_sweep
-from tests.conftest import error_lines, fedsim
+from tests.conftest import REPO, error_lines, fedsim
 from tests.runs.conftest import one_line_error
 from tests.sweeps.conftest import histories, history_alone, manifest_of, signal_when, sweep_text
 
@@ -34,6 +34,26 @@ def test_a_sweep_file_expands_to_named_runs(tmp_path):
     assert {(run.config.federated.p_up, run.config.federated.p_down) for run in sweep.runs} == {(0.05, 0.1), (0.1, 0.2)}
     # the folder name is stable: the same file gives the same names
     assert [run.folder_name for run in load_sweep(sweep.source).runs] == [run.folder_name for run in sweep.runs]
+
+
+def test_a_long_label_is_shortened_between_settings_never_in_a_value():
+    """A run folder's label over 80 characters keeps its first whole settings and ends ",..." (the STC paper
+    sweep's were cut in a value: `p_up=0.0` for 0.04)."""
+    for planned in load_sweep(REPO / "examples" / "sweeps" / "stc_paper_softmax.toml").runs:
+        label, digest = planned.folder_name.rsplit("-", 1)
+        assert digest == planned.config_sha256[:10] and len(label) <= 80 and label.endswith(",..."), label
+        shown = label.removesuffix(",...").split(",")
+        assert 1 <= len(shown) < len(planned.values) and shown == planned.label.split(",")[:len(shown)], label
+
+
+def test_a_label_that_fits_names_its_folder_as_before():
+    """Labels of 80 characters or fewer keep the names existing sweep folders hold (their runs are found); a
+    label whose first setting alone does not fit is "run"."""
+    from fedsim.sweeps.spec import folder_label
+    values = (("model.hidden", [8, 4]), ("federated.method", "stc_updown"), ("seed", 0))
+    assert folder_label(values) == "hidden=-8,-4-,method=stc_updown,seed=0"
+    assert folder_label((("federated.method", "m" * 73),)) == "method=" + "m" * 73
+    assert folder_label((("federated.method", "m" * 74),)) == "run"
 
 
 @pytest.mark.parametrize("grid, fragment", [
