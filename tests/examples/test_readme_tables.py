@@ -430,3 +430,24 @@ def test_readme_laq_bits_sweep_sentence():
                 "b = 2 final": (final, f"{objective[-1]:,.0f}"),
                 "iterations": (iterations, f"{len(histories[2]):,}")}
     assert_measured(measured, "LAQ bits sweep sentence")
+
+
+def test_record_errors_are_one_line(tmp_path, monkeypatch, capsys):
+    """examples/results/record.py ends as the examples do: an unknown recording is one line, exit 2; data
+    not found is fedsim's message, exit 1 (were a bare SystemExit, status 1, and a traceback). Its recordings
+    go to tmp_path here, never over the repository's."""
+    from fedsim.data import search
+    record = load_example("results/record.py")
+    monkeypatch.setattr(record, "RESULTS", tmp_path / "results")
+    assert record.main(["bogus"]) == 2
+    assert capsys.readouterr().err == ("record.py: error: unknown recording 'bogus'; choose from laq-mnist, "
+                                       "laq-fashion-mnist, laq-bits\n")
+    for variable in ("FEDSIM_DATA", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("FEDSIM_NO_REPO_DATA", "1")
+    monkeypatch.setenv("FEDSIM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("FEDSIM_MIRRORS", "http://127.0.0.1:9/")         # refused at once: offline
+    monkeypatch.setattr(search, "SYSTEM_DATASET_DIRS", (tmp_path / "system-datasets",))
+    assert record.main([BITS_SWEEP]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("record.py: error: ") and "Traceback" not in err and "FEDSIM_DATA" in err, err
