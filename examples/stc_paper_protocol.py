@@ -28,11 +28,13 @@ TITLES = {"softmax": "softmax regression", "mlp": "MLP 1,024-200-10 (ReLU)"}
 CLASSES = "data.classes_per_client"
 
 
-def run_sweep(model: str, out: Path, workers: int | None, quiet: bool) -> None:
+def run_sweep(model: str, out: Path, workers: int | None, quiet: bool) -> int:
+    """``fedsim sweep`` of the model's sweep file into ``out``; its exit status (it says why it is not 0)."""
     command = [sys.executable, "-m", "fedsim", "sweep", str(SWEEPS[model]), "--out", str(out)]
-    command += ["--workers", str(workers)] if workers else []
+    command += ["--workers", str(workers)] if workers is not None else []
     command += ["--quiet"] if quiet else []
-    subprocess.run(command, check=True)
+    status = subprocess.run(command).returncode
+    return 128 - status if status < 0 else status        # killed by a signal: 128 + its number
 
 
 def series_name(values: dict) -> tuple[str, int]:
@@ -45,14 +47,24 @@ def series_name(values: dict) -> tuple[str, int]:
 
 
 def collect_runs(out: Path) -> dict:
-    """{series: {classes: [run result, one per seed]}} of the sweep folder ``out`` (finished runs only)."""
+    """{series: {classes: [run result, one per seed]}} of the sweep folder ``out`` (finished runs only); a
+    folder without a sweep, or with runs not yet run, is a UsageError (one line)."""
+    from fedsim.errors import UsageError
+    from fedsim.runs import RunFolderError
+    from fedsim.sweeps.folder import MANIFEST
     from fedsim.sweeps.report import collect
 
+    first = "run the sweeps first (this command without --report-only)"
+    if not (out / MANIFEST).is_file():
+        raise UsageError(f"{out} is not a sweep folder (no {MANIFEST} in it): {first}")
     _, entries = collect(out)
+    waiting = [entry for entry in entries if entry["status"] in ("pending", "interrupted")]
+    if waiting:
+        raise UsageError(f"{out}: {len(waiting)} of its {len(entries)} runs are not finished: {first}")
     series: dict = {}
     for entry in entries:
         if entry["problem"]:
-            raise SystemExit(entry["problem"])
+            raise RunFolderError(entry["problem"])
         result = entry["result"]
         if result is None or result.summary is None or result.summary.get("status") != "completed":
             continue
@@ -151,7 +163,9 @@ def figures(all_series: dict, out: Path) -> list[Path]:
     return paths
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
+    from fedsim.programs import one_line_errors
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", choices=list(SWEEPS), default=list(SWEEPS))
     parser.add_argument("--out", type=Path, default=Path("runs") / "stc-paper", help="sweep folders go here")
@@ -159,16 +173,23 @@ def main(argv=None) -> None:
     parser.add_argument("--report-only", action="store_true", help="report the finished runs; run nothing")
     parser.add_argument("--quiet", action="store_true")
     options = parser.parse_args(argv)
-    all_series = {}
-    for model in options.models:
-        folder = options.out / model
-        if not options.report_only:
-            run_sweep(model, folder, options.workers, options.quiet)
-        all_series[model] = collect_runs(folder)
-        print("\n".join(table(model, all_series[model])), end="\n\n")
-        print("\n".join(verdict(all_series[model])), end="\n\n")
-    print("figures:", *figures(all_series, options.out))
+
+    def run_and_report() -> int:
+        all_series = {}
+        for model in options.models:
+            folder = options.out / model
+            if not options.report_only:
+                status = run_sweep(model, folder, options.workers, options.quiet)
+                if status:
+                    return status       # the sweep said why
+            all_series[model] = collect_runs(folder)
+            print("\n".join(table(model, all_series[model])), end="\n\n")
+            print("\n".join(verdict(all_series[model])), end="\n\n")
+        print("figures:", *figures(all_series, options.out))
+        return 0
+
+    return one_line_errors("stc_paper_protocol.py", run_and_report)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -392,7 +392,8 @@ def command_sweep(args) -> int:
     from fedsim.sweeps import all_finished, load_sweep, run_sweep
     from fedsim.sweeps.execute import SweepInterrupted
     from fedsim.sweeps.folder import resume_command, resume_hint
-    from fedsim.sweeps.report import collect, format_summary, plot_sweep, summarize_over_seeds, tidy_rows, write_csv
+    from fedsim.sweeps.report import (collect, format_budget, format_summary, plot_sweep, summarize_over_seeds,
+                                      tidy_rows, write_csv)
     if args.target in ("report", "plot"):
         if not args.folder:
             raise UsageError(f"fedsim sweep {args.target} needs the sweep folder DIR")
@@ -404,6 +405,9 @@ def command_sweep(args) -> int:
         rows = tidy_rows(args.folder, (manifest, entries))
         print(f"tidy table: {write_csv(args.folder, rows)} ({len(rows)} rows)")
         print(format_summary(summarize_over_seeds(rows, axes), axes))
+        budget = format_budget(manifest, entries)
+        if budget is not None:          # runs that solved a knob for federated.bits_per_round
+            print(f"\n{budget}")
         left_out = [entry["problem"] for entry in entries if entry["problem"]]
         for problem in left_out:          # checked folders only: no number under the wrong settings
             print(f"fedsim: sweep report: {problem}; left out of the report", file=sys.stderr)

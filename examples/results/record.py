@@ -86,17 +86,24 @@ def trim(name: str) -> None:
                 file.unlink()
 
 
-def main(argv=None) -> None:
-    names = (sys.argv[1:] if argv is None else argv) or [*TABLES, SWEEP]
-    unknown = sorted(set(names) - {*TABLES, SWEEP})
-    if unknown:
-        raise SystemExit(f"record.py: unknown recording {unknown[0]!r}; choose from {', '.join([*TABLES, SWEEP])}")
-    for name in names:
-        if (RESULTS / name).exists():
-            shutil.rmtree(RESULTS / name)       # a recording is made from scratch
-        record_sweep() if name == SWEEP else record_table(name)
-        trim(name)
+def main(argv=None) -> int:
+    from fedsim.errors import UsageError
+    from fedsim.programs import one_line_errors
+
+    def record() -> int:
+        names = (sys.argv[1:] if argv is None else argv) or [*TABLES, SWEEP]
+        unknown = sorted(set(names) - {*TABLES, SWEEP})
+        if unknown:
+            raise UsageError(f"unknown recording {unknown[0]!r}; choose from {', '.join([*TABLES, SWEEP])}")
+        for name in names:
+            if (RESULTS / name).exists():
+                shutil.rmtree(RESULTS / name)       # a recording is made from scratch
+            record_sweep() if name == SWEEP else record_table(name)
+            trim(name)
+        return 0
+
+    return one_line_errors("record.py", record)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -4,7 +4,9 @@
 ``metric`` and ``value``. The summary groups the runs by every axis except ``seed`` and gives, per metric,
 mean +- standard deviation (over seeds, ``ddof=1``) and n. The figures: the runs' curves as the mean over
 seeds with a band from their minimum to their maximum (and cumulative bits sent up as a second x axis),
-and the first metric at the end against the first axis that is not the method or the seed.
+and the first metric at the end against the first axis that is not the method or the seed. A sweep whose runs
+solved their up compressor's knob for a bit budget (``federated.bits_per_round``) also gets the knob and the
+upload per participant beside the first metric (:func:`format_budget`).
 """
 
 from __future__ import annotations
@@ -120,6 +122,48 @@ def format_summary(summary: list[dict], axes: list[str]) -> str:
         spread = "" if math.isnan(row["std"]) else f" +- {row['std']:.4g}"
         lines.append([row[axis] for axis in grouping] + [row["metric"], f"{row['mean']:.4g}{spread}", row["n"]])
     return text_table(headers, lines, right=False)
+
+
+#: What the summary of a run that solved its knob for a bit budget holds: the knob, its value, the mean upload.
+KNOB, KNOB_VALUE, UPLOAD = "bits_per_round_knob", "bits_per_round_knob_value", "bits_up_per_participant"
+
+
+def format_budget(manifest: dict, entries: list[dict]) -> str | None:
+    """The runs of :func:`collect` that solved their up compressor's knob for a bit budget (their summaries
+    say so), grouped as :func:`summarize_over_seeds` groups: the knob (one value, or its range over the seeds),
+    the mean upload per participant per round and the first metric (mean +- std over seeds), n; None if no run
+    solved one."""
+    solved = [entry for entry in entries if entry["result"] is not None and KNOB in (entry["result"].summary or {})]
+    if not solved:
+        return None
+    axes = list(manifest["axes"])
+    grouping = [axis for axis in axes if axis != SEED]
+    metric = family(solved[0]["result"].family).report.metrics[0]
+    rows, knobs = [], {}
+    for entry in solved:
+        summary = entry["result"].summary
+        values = {axis: entry["values"].get(axis) for axis in axes}
+        rows += [{**values, "metric": name, "value": summary[name]} for name in (UPLOAD, metric) if name in summary]
+        key = tuple(repr(values[axis]) for axis in grouping)
+        knobs.setdefault(key, []).append((summary[KNOB], summary[KNOB_VALUE]))
+    by_group: dict[tuple, dict] = {}
+    for row in summarize_over_seeds(rows, axes):
+        by_group.setdefault(tuple(repr(row[axis]) for axis in grouping), {"axes": row})[row["metric"]] = row
+    lines = []
+    for key, group in by_group.items():
+        names, numbers = {name for name, _ in knobs[key]}, sorted({value for _, value in knobs[key]})
+        knob = f"{'/'.join(sorted(names))} = {numbers[0]:.4g}" + (f" to {numbers[-1]:.4g}" if len(numbers) > 1 else "")
+        cells = [_mean_std(group[name]) if name in group else "-" for name in (UPLOAD, metric)]
+        lines.append([group["axes"][axis] for axis in grouping] + [knob, *cells, group.get(metric, {}).get("n", "-")])
+    headers = [axis.rsplit(".", 1)[-1] for axis in grouping] + [
+        "knob", "bits up per participant per round", metric.replace("_", " "), "n"]
+    return ("federated.bits_per_round: each run's knob (a range where the seeds differ); mean +- std over seeds\n"
+            + text_table(headers, lines, right=False))
+
+
+def _mean_std(row: dict) -> str:
+    """``mean +- std`` of a row of :func:`summarize_over_seeds` (the mean alone for one run), as format_summary."""
+    return f"{row['mean']:.4g}" + ("" if math.isnan(row["std"]) else f" +- {row['std']:.4g}")
 
 
 def natural_order(manifest: dict, names: list[str]):
@@ -257,5 +301,5 @@ def plot_sweep(out, figures_out=None, notes: list[str] | None = None) -> list[Pa
     return paths
 
 
-__all__ = ["checked_manifest", "collect", "format_summary", "plot_sweep", "summarize_over_seeds", "tidy_rows",
-           "write_csv"]
+__all__ = ["checked_manifest", "collect", "format_budget", "format_summary", "plot_sweep", "summarize_over_seeds",
+           "tidy_rows", "write_csv"]

@@ -21,9 +21,10 @@
 
 Keys are dotted settings, quoted or as TOML dotted keys (``federated.method = [...]``). Every run's
 config is resolved and validated before anything runs, so an invalid axis fails with one line naming the
-setting. A run's folder is ``runs/<label>-<hash>``: the label from its axis values, the hash the first 10
-hex digits of its full resolved config's sha256 (:func:`fedsim.config.config_fingerprint`), so the same
-settings always map to the same folder and a rerun finds it.
+setting. A run's folder is ``runs/<label>-<hash>``: the label from its axis values (one over
+:data:`LABEL_LENGTH` characters keeps its first whole settings that fit, then ``,...``: never part of a value),
+the hash the first 10 hex digits of its full resolved config's sha256 (:func:`fedsim.config.config_fingerprint`),
+so the same settings always map to the same folder and a rerun finds it.
 
 The file is read once: its text (:attr:`Sweep.text`) and the runs planned from it are all a sweep uses, so
 editing or deleting the file while the sweep runs changes nothing. A sweep's identity
@@ -47,6 +48,8 @@ from fedsim.config import (ConfigError, ExperimentConfig, all_settings, config_f
 TOP_LEVEL = ("base", "config", "name", "set", "grid", "zip")
 #: A sweep's name is the name of its folder (runs/<name> by default): no path separators, no "..", not empty.
 SWEEP_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
+#: The longest label a run folder's name shows (:func:`folder_label`).
+LABEL_LENGTH = 80
 
 
 def run_label(values) -> str:
@@ -106,8 +109,28 @@ def _flatten(table: dict, prefix: str = "") -> dict:
     return flat
 
 
+def _cleaned(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=,-]+", "-", text).strip("-.")
+
+
 def _safe(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.=,-]+", "-", text).strip("-.")[:80] or "run"
+    return _cleaned(text)[:80] or "run"
+
+
+def folder_label(values) -> str:
+    """The label in a run folder's name: :func:`run_label` made a folder name. One longer than
+    :data:`LABEL_LENGTH` keeps the first whole settings that fit and ends ``,...`` (the hash after it tells the
+    runs apart), so what a name shows is true; a label that fits is what it always was (sweep folders of
+    earlier fedsims find their runs)."""
+    label = _cleaned(run_label(values))
+    if len(label) <= LABEL_LENGTH:
+        return label or "run"
+    kept = []
+    for part in (_cleaned(run_label([pair])) for pair in values):
+        if len(",".join([*kept, part, "..."])) > LABEL_LENGTH:
+            break
+        kept.append(part)
+    return ",".join([*kept, "..."]) if kept else "run"
 
 
 def _sweep_name(raw: dict, path: Path) -> str:
@@ -198,7 +221,7 @@ def load_sweep(path) -> Sweep:
             except ConfigError as error:
                 combination = ", ".join(f"{key} = {value!r}" for key, value in values)
                 raise ConfigError(f"{path.name}: the run with {combination}: {error}") from None
-            folder = f"{_safe(run_label(values))}-{config_fingerprint(config)[:10]}"
+            folder = f"{folder_label(values)}-{config_fingerprint(config)[:10]}"
             if folder in names:
                 raise ConfigError(f"{path.name}: two runs resolve to the same config ({run_label(values)})")
             names.add(folder)
@@ -207,4 +230,4 @@ def load_sweep(path) -> Sweep:
     return Sweep(name, path, base_text, tuple(fixed.items()), axes, tuple(zipped), tuple(runs), text)
 
 
-__all__ = ["PlannedRun", "SWEEP_NAME", "Sweep", "load_sweep", "run_label"]
+__all__ = ["LABEL_LENGTH", "PlannedRun", "SWEEP_NAME", "Sweep", "folder_label", "load_sweep", "run_label"]

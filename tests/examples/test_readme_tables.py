@@ -5,7 +5,8 @@ Each table is checked against the command the README gives for it, taken from th
 ``python examples/...`` command before the table), run as a subprocess into a temporary folder: every cell
 must be the example's number as the README writes it (integers exactly, ratios and accuracies to the
 README's decimals, ``1.33 M`` as millions to its decimals). The README's f* of the LAQ experiment, the STC
-seed experiment's sentence and the LAQ bits sweep's sentence are checked the same way.
+seed experiment's sentence and the LAQ bits sweep's sentence are checked the same way, and the equal-bits
+table against the end of what ``fedsim sweep report`` prints after the README's sweep command (seconds).
 
 The STC tables and sentence rerun their commands in full (seconds). The LAQ runs take minutes each (MNIST:
 5 methods x 4,000 full-batch float64 iterations on 10,000 images; Fashion-MNIST: 3 x 7,000; the bits
@@ -37,6 +38,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import fedsim
 from tests.examples.conftest import REPO, load_example
 
 README = REPO / "README.md"
@@ -389,6 +391,25 @@ def test_readme_stc_seed_experiment_sentence(tmp_path, request):
     assert_measured(measured, "STC seed experiment sentence")
 
 
+@pytest.mark.slow
+def test_readme_equal_bits_table_is_what_the_sweep_report_prints(tmp_path):
+    """The README's equal-bits table is the end of what `fedsim sweep report` prints for the sweep: the two
+    commands of the README's block before it, run as given (in tmp_path, the sweep file from the checkout)."""
+    text = README.read_text()
+    section = text[text.index("`examples/sweeps/equal_bits.toml` compares"):text.index("## Simulated time")]
+    block, table = re.findall(r"```(?:bash)?\n(.*?)```", section, flags=re.DOTALL)
+    sweep, report = (shlex.split(line.split("#")[0]) for line in block.splitlines())
+    assert sweep[:3] == ["fedsim", "sweep", "examples/sweeps/equal_bits.toml"] and report[:3] == [
+        "fedsim", "sweep", "report"], block
+    ran = fedsim(tmp_path, "sweep", REPO / sweep[2], *sweep[3:], "--quiet", timeout=TIMEOUT)
+    assert ran.returncode == 0, ran.stderr
+    printed = fedsim(tmp_path, *report[1:])
+    assert printed.returncode == 0, printed.stderr
+    claimed = table.rstrip("\n").splitlines()
+    got = [line.rstrip() for line in printed.stdout.rstrip("\n").splitlines()[-len(claimed):]]
+    assert got == claimed, "README.md's equal-bits table is out of date; the report ends:\n" + "\n".join(got)
+
+
 def test_readme_laq_bits_sweep_sentence():
     """ "b = 8 and b = 4 reach the residual ... with 453 and 505 uploads ..., while b = 2 does not converge: f
     climbs above 1,000 within 400 iterations, peaks at 5,074 and ends at 1,945 after 4,000" against the sweep
@@ -430,3 +451,24 @@ def test_readme_laq_bits_sweep_sentence():
                 "b = 2 final": (final, f"{objective[-1]:,.0f}"),
                 "iterations": (iterations, f"{len(histories[2]):,}")}
     assert_measured(measured, "LAQ bits sweep sentence")
+
+
+def test_record_errors_are_one_line(tmp_path, monkeypatch, capsys):
+    """examples/results/record.py ends as the examples do: an unknown recording is one line, exit 2; data
+    not found is fedsim's message, exit 1 (were a bare SystemExit, status 1, and a traceback). Its recordings
+    go to tmp_path here, never over the repository's."""
+    from fedsim.data import search
+    record = load_example("results/record.py")
+    monkeypatch.setattr(record, "RESULTS", tmp_path / "results")
+    assert record.main(["bogus"]) == 2
+    assert capsys.readouterr().err == ("record.py: error: unknown recording 'bogus'; choose from laq-mnist, "
+                                       "laq-fashion-mnist, laq-bits\n")
+    for variable in ("FEDSIM_DATA", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("FEDSIM_NO_REPO_DATA", "1")
+    monkeypatch.setenv("FEDSIM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("FEDSIM_MIRRORS", "http://127.0.0.1:9/")         # refused at once: offline
+    monkeypatch.setattr(search, "SYSTEM_DATASET_DIRS", (tmp_path / "system-datasets",))
+    assert record.main([BITS_SWEEP]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("record.py: error: ") and "Traceback" not in err and "FEDSIM_DATA" in err, err

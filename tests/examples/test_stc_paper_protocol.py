@@ -3,11 +3,15 @@ FedAvg with delay n against STC at p = 1/n) planned as the paper says, and the s
 figure computed from the run folders."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
+import pytest
 
 from fedsim.runs import read_run
 from fedsim.sweeps import load_sweep
+from tests.conftest import clean_env, error_lines
 from tests.examples.conftest import REPO, load_example
 
 
@@ -33,10 +37,10 @@ def test_both_sweeps_compare_fedavg_with_delay_n_and_stc_at_one_over_n_at_equal_
                          for classes in (1, 2, 4, 10) for seed in (0, 1, 2)}
 
 
-def test_the_report_is_computed_from_the_run_folders(tmp_path, monkeypatch, capsys):
-    """The script on a small sweep of the same shape (synthetic data, 8 local iterations in all): each table
-    cell is the mean and standard deviation over seeds of the runs' final accuracies, the drop and verdict
-    follow from them, and the figure is drawn."""
+@pytest.fixture
+def small_example(tmp_path, monkeypatch):
+    """The script with its softmax sweep a small one of the same shape (synthetic data, 8 local iterations in
+    all, 8 runs)."""
     small = tmp_path / "small.toml"
     small.write_text('base = "synthetic"\nname = "small"\n\n[set]\n"data.partition" = "classes_per_client"\n'
                      '"federated.n_clients" = 6\n"federated.eval_every" = 2\n\n[zip]\n'
@@ -46,6 +50,13 @@ def test_the_report_is_computed_from_the_run_folders(tmp_path, monkeypatch, caps
                      '[grid]\n"data.classes_per_client" = [1, 10]\nseed = [0, 1]\n')
     example = load_example("stc_paper_protocol.py")
     monkeypatch.setattr(example, "SWEEPS", {"softmax": small})
+    return example
+
+
+def test_the_report_is_computed_from_the_run_folders(tmp_path, small_example, capsys):
+    """The script on the small sweep: each table cell is the mean and standard deviation over seeds of the
+    runs' final accuracies, the drop and verdict follow from them, and the figure is drawn."""
+    example = small_example
     example.main(["--models", "softmax", "--out", str(tmp_path / "out"), "--workers", "1", "--quiet"])
     printed = capsys.readouterr().out
     finals = {}
@@ -68,3 +79,40 @@ def test_the_report_is_computed_from_the_run_folders(tmp_path, monkeypatch, caps
            f"{example.points(drops['STC p = 1/4'])}: the claim {holds}" in printed
     assert example.points(-0.04) == "0.0" and example.points(-0.06) == "-0.1"
     assert (tmp_path / "out" / "stc_paper_protocol.png").stat().st_size > 10_000
+
+
+def test_report_only_before_the_sweeps_ran_is_one_line(tmp_path):
+    """`--report-only` before any sweep: one line saying to run the sweeps, exit 2 (was a traceback)."""
+    finished = subprocess.run([sys.executable, str(REPO / "examples" / "stc_paper_protocol.py"), "--report-only",
+                               "--out", "nowhere"], cwd=tmp_path, env=clean_env(tmp_path, MPLBACKEND="Agg"),
+                              capture_output=True, text=True, timeout=120)
+    assert (finished.returncode, error_lines(finished.stderr)) == (2, [
+        "stc_paper_protocol.py: error: nowhere/softmax is not a sweep folder (no manifest.json in it): run the "
+        "sweeps first (this command without --report-only)"]), finished.stderr
+    assert finished.stdout == "" and not (tmp_path / "nowhere").exists()
+
+
+def test_report_only_of_runs_not_yet_run_is_one_line(tmp_path, small_example, capfd):
+    """`--report-only` on a sweep folder whose runs are pending: one line, exit 2 (was a StopIteration
+    traceback)."""
+    from fedsim.sweeps import load_sweep
+    from fedsim.sweeps.folder import write_manifest
+    out = tmp_path / "out"
+    (out / "softmax").mkdir(parents=True)
+    write_manifest(out / "softmax", load_sweep(small_example.SWEEPS["softmax"]), {})
+    assert small_example.main(["--models", "softmax", "--out", str(out), "--report-only"]) == 2
+    assert error_lines(capfd.readouterr().err) == [
+        f"stc_paper_protocol.py: error: {out / 'softmax'}: 8 of its 8 runs are not finished: run the sweeps first "
+        f"(this command without --report-only)"]
+
+
+def test_a_sweep_refused_ends_the_script_with_its_one_line(tmp_path, small_example, capfd):
+    """A sweep that `fedsim sweep` refuses (--workers 0, once taken for the default) ends the script with the
+    sweep's one line and exit status (was a CalledProcessError traceback, for any refusal)."""
+    assert small_example.main(["--models", "softmax", "--out", str(tmp_path / "zero"), "--workers", "0"]) == 2
+    assert error_lines(capfd.readouterr().err) == ["fedsim: error: --workers must be an integer >= 1, got 0"]
+    assert not (tmp_path / "zero").exists()
+    (tmp_path / "a-file").write_text("mine")
+    assert small_example.main(["--models", "softmax", "--out", str(tmp_path / "a-file"), "--quiet"]) == 1
+    told = error_lines(capfd.readouterr().err)
+    assert told == [f"fedsim: error: Not a directory ({tmp_path / 'a-file' / 'softmax'})"], told

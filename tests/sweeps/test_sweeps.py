@@ -3,6 +3,7 @@ and across worker counts, skipping and resuming on a rerun (after a kill -9 of t
 runs that do not stop the others, the report and the figures."""
 
 import csv
+import re
 import signal
 import time
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from fedsim.sweeps import load_sweep
-from tests.conftest import error_lines, fedsim
+from tests.conftest import REPO, error_lines, fedsim
 from tests.runs.conftest import one_line_error
 from tests.sweeps.conftest import histories, history_alone, manifest_of, signal_when, sweep_text
 
@@ -34,6 +35,26 @@ def test_a_sweep_file_expands_to_named_runs(tmp_path):
     assert {(run.config.federated.p_up, run.config.federated.p_down) for run in sweep.runs} == {(0.05, 0.1), (0.1, 0.2)}
     # the folder name is stable: the same file gives the same names
     assert [run.folder_name for run in load_sweep(sweep.source).runs] == [run.folder_name for run in sweep.runs]
+
+
+def test_a_long_label_is_shortened_between_settings_never_in_a_value():
+    """A run folder's label over 80 characters keeps its first whole settings and ends ",..." (the STC paper
+    sweep's were cut in a value: `p_up=0.0` for 0.04)."""
+    for planned in load_sweep(REPO / "examples" / "sweeps" / "stc_paper_softmax.toml").runs:
+        label, digest = planned.folder_name.rsplit("-", 1)
+        assert digest == planned.config_sha256[:10] and len(label) <= 80 and label.endswith(",..."), label
+        shown = label.removesuffix(",...").split(",")
+        assert 1 <= len(shown) < len(planned.values) and shown == planned.label.split(",")[:len(shown)], label
+
+
+def test_a_label_that_fits_names_its_folder_as_before():
+    """Labels of 80 characters or fewer keep the names existing sweep folders hold (their runs are found); a
+    label whose first setting alone does not fit is "run"."""
+    from fedsim.sweeps.spec import folder_label
+    values = (("model.hidden", [8, 4]), ("federated.method", "stc_updown"), ("seed", 0))
+    assert folder_label(values) == "hidden=-8,-4-,method=stc_updown,seed=0"
+    assert folder_label((("federated.method", "m" * 73),)) == "method=" + "m" * 73
+    assert folder_label((("federated.method", "m" * 74),)) == "run"
 
 
 @pytest.mark.parametrize("grid, fragment", [
@@ -101,6 +122,39 @@ def test_a_diverged_run_is_recorded_and_the_others_finish(tmp_path):
     assert "fedsim: sweep: 2/2 runs done, 0 not finished (" in result.stderr, result.stderr
 
 
+def test_report_of_runs_at_a_bit_budget_gives_each_knob_and_upload(tmp_path):
+    """Runs that set federated.bits_per_round: the report adds, per method, the knob each solved and the
+    mean upload per participant per round beside the final accuracy, from the runs' summaries (the README's
+    equal-bits table; the report used to print only the generic table)."""
+    import json
+    import statistics
+    text = sweep_text("budget", 4, 5, '"federated.method" = ["topk_up", "qsgd_up"]\nseed = [0, 1]')
+    (tmp_path / "budget.toml").write_text(text.replace("[grid]", '"federated.bits_per_round" = 1000.0\n\n[grid]'))
+    out = tmp_path / "out"
+    assert fedsim(tmp_path, "sweep", "budget.toml", "--out", out, "--quiet").returncode == 0
+    report = fedsim(tmp_path, "sweep", "report", out)
+    assert report.returncode == 0, report.stderr
+    summaries: dict[str, list] = {}
+    for run in manifest_of(out)["runs"]:
+        summaries.setdefault(run["values"]["federated.method"], []).append(
+            json.loads((out / run["folder"] / "summary.json").read_text()))
+
+    def spread(values):
+        return f"{statistics.mean(values):.4g} +- {statistics.stdev(values):.4g}"
+    title = "federated.bits_per_round: each run's knob"
+    assert title in report.stdout, report.stdout
+    table = report.stdout.split(title)[1]
+    lines = [re.split(r"\s{2,}", line.strip()) for line in table.splitlines()[1:]]
+    assert lines[0] == ["method", "knob", "bits up per participant per round", "final test accuracy", "n"], lines
+    assert len(lines) == 2 + len(summaries) and set("".join(lines[1])) == {"-"}, lines
+    for cells, (method, runs) in zip(lines[2:], summaries.items()):
+        knobs = {(run["bits_per_round_knob"], run["bits_per_round_knob_value"]) for run in runs}
+        assert len(knobs) == 1 and next(iter(knobs))[0] == ("p" if method == "topk_up" else "levels"), knobs
+        name, value = next(iter(knobs))
+        assert cells == [method, f"{name} = {value:.4g}", spread([run["bits_up_per_participant"] for run in runs]),
+                         spread([run["final_test_accuracy"] for run in runs]), "2"], cells
+
+
 def test_report_and_plot(tmp_path):
     path = sweep_file(tmp_path, grid='"federated.method" = ["fedavg", "stc_updown"]\n'
                                      '"data.synthetic_alpha" = [0.5, 1.0]\nseed = [0, 1]')
@@ -113,6 +167,7 @@ def test_report_and_plot(tmp_path):
     assert len([row for row in rows if row["metric"] == "final_test_accuracy"]) == 8
     summary_lines = [line for line in report.stdout.splitlines() if "final_test_accuracy" in line]
     assert len(summary_lines) == 4 and all(line.rstrip().endswith(" 2") and "+-" in line for line in summary_lines)
+    assert "bits_per_round" not in report.stdout         # no knob solved: no budget table
     plot = fedsim(tmp_path, "sweep", "plot", tmp_path / "out")
     assert plot.returncode == 0, plot.stderr
     for name in ("sweep_curves.png", "sweep_final.png"):
