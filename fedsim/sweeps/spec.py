@@ -75,6 +75,12 @@ class PlannedRun:
         """As meta.json records it (:func:`fedsim.config.config_fingerprint`)."""
         return config_fingerprint(self.config)
 
+    @property
+    def earlier_folder_name(self) -> str:
+        """The folder fedsim named this run before labels over 80 characters were cut between settings (in a
+        value, then); the same as :attr:`folder_name` for a label that fits."""
+        return f"{_safe(self.label)}-{self.config_sha256[:10]}"
+
 
 @dataclass(frozen=True)
 class Sweep:

@@ -57,6 +57,28 @@ def test_a_label_that_fits_names_its_folder_as_before():
     assert folder_label((("federated.method", "m" * 74),)) == "run"
 
 
+def test_a_run_folder_named_by_an_earlier_fedsim_is_found_and_renamed(tmp_path):
+    """A sweep folder whose run folders carry labels cut in a value (fedsim before the cut went between
+    settings) is continued: each such folder takes its new name, and its run is not run again."""
+    long = '"federated.method" = ["fedavg", "stc_updown"]\n"federated.local_iterations" = [1]\n' \
+           '"federated.participation_rate" = [1.0]\n"federated.eval_every" = [4]\n"federated.batch_size" = [5]\n'
+    path = sweep_file(tmp_path, rounds=4, grid=long)
+    out = tmp_path / "out"
+    assert fedsim(tmp_path, "sweep", path, "--out", out, "--quiet").returncode == 0
+    runs = load_sweep(path).runs
+    assert all(run.earlier_folder_name != run.folder_name for run in runs)
+    before = {run.label: (out / "runs" / run.folder_name / "history.jsonl").read_bytes() for run in runs}
+    manifest = (out / "manifest.json").read_text()
+    for run in runs:                              # as the earlier fedsim left them
+        (out / "runs" / run.folder_name).rename(out / "runs" / run.earlier_folder_name)
+        manifest = manifest.replace(run.folder_name, run.earlier_folder_name)
+    (out / "manifest.json").write_text(manifest)
+    again = fedsim(tmp_path, "sweep", path, "--out", out)
+    assert again.returncode == 0 and "2 completed" in again.stdout and again.stderr.count(" is now runs/") == 2
+    # not run again: the histories are the same bytes, wall times included
+    assert {run.label: (out / "runs" / run.folder_name / "history.jsonl").read_bytes() for run in runs} == before
+
+
 @pytest.mark.parametrize("grid, fragment", [
     ('"federated.lrr" = [0.1]', "unknown setting 'federated.lrr'; did you mean 'federated.lr'?"),
     ('"federated.lr" = [0.1, -1.0]', "federated.lr = -1.0"),
