@@ -235,6 +235,11 @@ def main(argv=None) -> dict | int:
     prepared = {}
 
     def run_all():
+        from fedsim.errors import UsageError
+        if not (np.isfinite(args.tolerance) and args.tolerance > 0):
+            raise UsageError(f"--tolerance must be a finite number > 0, got {args.tolerance}")
+        if args.f_star is not None and not np.isfinite(args.f_star):
+            raise UsageError(f"--f-star must be a finite number, got {args.f_star}")
         configs = {method: config_of(args, method) for method in args.methods}
         first = next(iter(configs.values()))
         data, partition = load(first)

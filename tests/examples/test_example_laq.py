@@ -93,6 +93,12 @@ def test_errors_are_one_line(example, tmp_path, capsys):
     assert example.main(["--dataset", "synthetic", "--set", "lazy.bitz=3", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "did you mean 'lazy.bits'" in err, err
+    for option, value, message in (("--tolerance", "-1", "--tolerance must be a finite number > 0, got -1.0"),
+                                   ("--tolerance", "nan", "--tolerance must be a finite number > 0, got nan"),
+                                   ("--f-star", "nan", "--f-star must be a finite number, got nan")):
+        assert example.main(["--dataset", "synthetic", option, value, "--out", str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert err == f"laq_mnist.py: error: {message}\n", err
 
 
 def test_oscillation_notes(example):
