@@ -42,15 +42,16 @@ def laq_example():
     return module
 
 
-def record_table(name: str) -> None:
-    """The table's command into RESULTS/name (its runs, then its table printed)."""
-    result = laq_example().main(TABLES[name] + ["--out", str(RESULTS / name), "--quiet"])
+def record_table(name: str, folder: Path) -> None:
+    """The table's command into ``folder`` (its runs, then its table printed)."""
+    result = laq_example().main(TABLES[name] + ["--out", str(folder), "--quiet"])
     if isinstance(result, int):
         raise SystemExit(result)
 
 
-def record_sweep() -> None:
-    """The bits sweep's LAQ runs whose config none of the LAQ MNIST table's runs has, as ``fedsim run``."""
+def record_sweep(folder: Path) -> None:
+    """The bits sweep's LAQ runs whose config none of the LAQ MNIST table's runs has, as ``fedsim run``, into
+    ``folder``."""
     from fedsim.config import config_fingerprint
     from fedsim.runs import start_run
     from fedsim.sweeps import load_sweep
@@ -62,15 +63,14 @@ def record_sweep() -> None:
         config = planned.config
         if config.lazy.method == "laq" and config_fingerprint(config) not in in_table:
             name = f"laq-b{config.lazy.bits}"
-            outcome = start_run(config, RESULTS / SWEEP / name, name=name, quiet=True)
+            outcome = start_run(config, folder / name, name=name, quiet=True)
             if outcome.status != "completed":
                 raise SystemExit(f"record.py: {outcome.folder.path}: {outcome.status}")
 
 
-def trim(name: str) -> None:
-    """Keep, of each run folder of RESULTS/name, the files of :data:`KEPT` and the history gzipped; the
-    command in meta.json becomes this script's (no machine paths)."""
-    folder = RESULTS / name
+def trim(name: str, folder: Path) -> None:
+    """Keep, of each run folder of the recording ``name`` in ``folder``, the files of :data:`KEPT` and the
+    history gzipped; the command in meta.json becomes this script's (no machine paths)."""
     for path in sorted(folder.iterdir()):
         if not path.is_dir():
             path.unlink()                       # the example's table and figures: recomputed by the test
@@ -96,10 +96,16 @@ def main(argv=None) -> int:
         if unknown:
             raise UsageError(f"unknown recording {unknown[0]!r}; choose from {', '.join([*TABLES, SWEEP])}")
         for name in names:
-            if (RESULTS / name).exists():
-                shutil.rmtree(RESULTS / name)       # a recording is made from scratch
-            record_sweep() if name == SWEEP else record_table(name)
-            trim(name)
+            # made from scratch beside the recording, which it replaces only once complete (a failure keeps it)
+            staging = RESULTS / f".{name}.recording"
+            shutil.rmtree(staging, ignore_errors=True)
+            try:
+                record_sweep(staging) if name == SWEEP else record_table(name, staging)
+                trim(name, staging)
+                shutil.rmtree(RESULTS / name, ignore_errors=True)
+                staging.rename(RESULTS / name)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
         return 0
 
     return one_line_errors("record.py", record)

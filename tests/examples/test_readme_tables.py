@@ -469,6 +469,11 @@ def test_record_errors_are_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("FEDSIM_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("FEDSIM_MIRRORS", "http://127.0.0.1:9/")         # refused at once: offline
     monkeypatch.setattr(search, "SYSTEM_DATASET_DIRS", (tmp_path / "system-datasets",))
+    kept = tmp_path / "results" / BITS_SWEEP / "laq-b2" / "summary.json"     # the recording made before
+    kept.parent.mkdir(parents=True)
+    kept.write_text("{}")
     assert record.main([BITS_SWEEP]) == 1
     err = capsys.readouterr().err
     assert err.startswith("record.py: error: ") and "Traceback" not in err and "FEDSIM_DATA" in err, err
+    assert kept.read_text() == "{}"                   # a failed recording leaves the last one in place
+    assert sorted(path.name for path in (tmp_path / "results").iterdir()) == [BITS_SWEEP]     # and nothing else
