@@ -33,8 +33,21 @@ def run_sweep(model: str, out: Path, workers: int | None, quiet: bool) -> int:
     command = [sys.executable, "-m", "fedsim", "sweep", str(SWEEPS[model]), "--out", str(out)]
     command += ["--workers", str(workers)] if workers is not None else []
     command += ["--quiet"] if quiet else []
-    status = subprocess.run(command).returncode
-    return 128 - status if status < 0 else status        # killed by a signal: 128 + its number
+    return wait_for(command)
+
+
+def wait_for(command: list[str]) -> int:
+    """Run ``command`` to its end; its exit status (killed by a signal: 128 + its number). A Ctrl-C reaches the
+    command too (the terminal's process group): the sweep stops at a step boundary and saves its checkpoints
+    while this script waits for it, instead of killing it (as subprocess.run does a quarter second later)."""
+    process = subprocess.Popen(command)
+    while True:
+        try:
+            status = process.wait()
+            break
+        except KeyboardInterrupt:
+            continue
+    return 128 - status if status < 0 else status
 
 
 def series_name(values: dict) -> tuple[str, int]:

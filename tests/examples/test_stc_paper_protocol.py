@@ -81,6 +81,19 @@ def test_the_report_is_computed_from_the_run_folders(tmp_path, small_example, ca
     assert (tmp_path / "out" / "stc_paper_protocol.png").stat().st_size > 10_000
 
 
+def test_a_ctrl_c_waits_for_the_sweep_to_stop(tmp_path):
+    """Ctrl-C while the script waits for its sweep: the sweep (which gets the Ctrl-C too and saves its
+    checkpoints first) is waited for, not killed; here a command that needs 2 s after the signal to finish."""
+    import os
+    import signal
+    import threading
+    example = load_example("stc_paper_protocol.py")
+    done = tmp_path / "done"
+    command = [sys.executable, "-c", f"import time; time.sleep(2.5); open({str(done)!r}, 'w').write('saved')"]
+    threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()      # this process only, mid-wait
+    assert example.wait_for(command) == 0 and done.read_text() == "saved"
+
+
 def test_report_only_before_the_sweeps_ran_is_one_line(tmp_path):
     """`--report-only` before any sweep: one line saying to run the sweeps, exit 2 (was a traceback)."""
     finished = subprocess.run([sys.executable, str(REPO / "examples" / "stc_paper_protocol.py"), "--report-only",
