@@ -32,6 +32,7 @@ import numpy as np
 from fedsim.algorithms.family import FAMILIES, group_by_family
 from fedsim.algorithms.lazy import f_star_of, records_to_arrays
 from fedsim.runs import RunFolderError, RunResult
+from fedsim.runs.compare import same_data
 
 FORMATS = ("png", "svg")
 #: The largest magnitude drawn: sqrt of the largest float64, about 1.3e154. A value whose square overflows
@@ -296,15 +297,17 @@ def lazy_figures(runs: list[RunResult], out: Path, max_workers: int = 10, f_star
     """Residual and gradient norm against iterations, communications and bits, or with ``x`` "bits" |
     "time" against that alone (file ``lazy_residual_by_<x>``); upload rasters.
 
-    ``f_star``: a known optimum (e.g. from L-BFGS) instead of the runs' own; ``tolerance``: a dotted line
-    at that residual."""
+    ``f_star``: a known optimum (e.g. from L-BFGS) instead of the runs' own, each run's otherwise that of the runs
+    minimizing its objective (:func:`fedsim.runs.compare.same_data`); ``tolerance``: a dotted line at that
+    residual."""
     _check_x(x, "lazy", runs)
     runs = [run for run in runs if drawn_records(run.history)]
     if not runs:
         return []
     title, labels = describe(runs)
     configured = f_star is not None or all(run.config.get("run", {}).get("f_star") is not None for run in runs)
-    f_star = f_star_of(runs) if f_star is None else f_star
+    groups = [runs] if f_star is not None else list(same_data(runs, FAMILIES["lazy"].report.objective).values())
+    stars = {id(run): f_star_of(group) if f_star is None else f_star for group in groups for run in group}
     # Without a known f*, the residual is relative to the best value these runs reached, and says so.
     residual_label = "f - f*" if configured else "f - (smallest f of these runs)"
     x_labels = (("iteration", "communications (uploads, cumulative)", "bits (cumulative)") if x == "iterations"
@@ -314,7 +317,7 @@ def lazy_figures(runs: list[RunResult], out: Path, max_workers: int = 10, f_star
     figure, axes = _figure(2, len(x_labels), width=4.6 if len(x_labels) > 1 else 6.0)
     for index, (run, label) in enumerate(zip(runs, labels)):
         arrays = records_to_arrays(run.history)
-        residual = drawable(arrays["objective"]) - f_star
+        residual = drawable(arrays["objective"]) - stars[id(run)]
         residual = np.where(residual > 0, residual, np.nan)      # a log axis cannot show 0 (the best run)
         x_axes = ((np.arange(len(run.history)), arrays["communications_before"], arrays["bits_before"])
                   if x == "iterations" else (spent(run.history, x, before=True),))
@@ -329,7 +332,9 @@ def lazy_figures(runs: list[RunResult], out: Path, max_workers: int = 10, f_star
         _finish(axes[0, column], xlabel, residual_label, xscale=xscale, yscale="log", integer_x=integer_x)
         _finish(axes[1, column], xlabel, "||grad f||^2", xscale=xscale, yscale="log", integer_x=integer_x)
     _legend(figure, axes[0, 0])
-    reference = f"f* = {f_star:.10g}" if configured else f"relative to the best value reached, {f_star:.10g}"
+    values = ", ".join(f"{value:.10g}" for value in dict.fromkeys(stars.values()))
+    reference = (f"f* = {values}" if configured else f"relative to the best value reached, {values}") + (
+        f"; each run against its objective's ({len(groups)} objectives)" if len(groups) > 1 else "")
     figure.suptitle(f"{title}\nresidual ({reference}) and gradient norm")
     paths = _save(figure, out, "lazy_residual" if x == "iterations" else f"lazy_residual_by_{x}")
     if x != "iterations":

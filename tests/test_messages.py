@@ -71,7 +71,7 @@ def test_lazy_runs_on_different_synthetic_data_are_each_measured_against_their_o
         f_star = min(record["objective"] for record in RunFolder(folder).read_history())
         title, note, _, _, row = table.splitlines()       # one run: its own best value, so "-" and a note
         assert title.endswith(f"f_best = {f_star:.12g}, the best value of these runs, not certified as f*) "
-                              f"on data: synthetic, seed {seed}"), title
+                              f"on synthetic, seed {seed}"), title
         assert note.startswith("-: this run attains f_best") and row.startswith(folder.name)
 
 

@@ -39,6 +39,9 @@ class Report:
     figure: str                # name of the fedsim.plot function that draws the family's runs
     metrics: tuple = ()        # the summary.json metrics a sweep report tabulates; the first is "the result"
     curve: tuple = ()          # (x field, y field, y label, "value" | "residual"): a record's curve in a sweep
+    #: Dotted settings besides [data] and [model] that the objective of a "residual" curve depends on: runs
+    #: are compared against one f* only where these agree (fedsim.runs.compare.same_data).
+    objective: tuple = ()
     unused: Callable = lambda table: set()   # (the family's config table) -> settings its method ignores
 
 

@@ -1,5 +1,5 @@
 """``fedsim compare``'s tables: one per family present, each drawn up by its family; runs compared against
-one f* only when they ran on the same data."""
+one f* only when they minimize the same objective (the same data, model and the family's objective settings)."""
 
 from __future__ import annotations
 
@@ -15,15 +15,21 @@ def text_table(headers: list[str], rows: list[list], right: bool = True) -> str:
     return "\n".join(lines)
 
 
-def same_data(runs) -> dict[str, list]:
+def same_data(runs, objective: tuple = ()) -> dict[str, list]:
     """``runs`` grouped by the data they ran on, each group named: the [data] table (not where its files
-    are) and, for synthetic data, the seed that generates it (as ``load_data`` keys the data it loaded)."""
+    are) and, for synthetic data, the seed that generates it (as ``load_data`` keys the data it loaded); with
+    ``objective`` (a family's :attr:`~fedsim.algorithms.family.Report.objective`), by the objective they
+    minimize: also the [model] table (not its init) and those settings."""
     keys = []
     for run in runs:
         data = {key: value for key, value in (run.config.get("data") or {}).items()
                 if key not in ("data_dir", "download")}
         if data.get("dataset") == "synthetic":
             data["seed"] = run.config.get("seed", 0)
+        if objective:
+            model = {f"model.{key}": value for key, value in (run.config.get("model") or {}).items() if key != "init"}
+            data.update(model, **{name: (run.config.get(name.split(".")[0]) or {}).get(name.split(".")[1])
+                                  for name in objective})
         keys.append(data)
     differing = sorted({key for data in keys for key in data if len({repr(d.get(key)) for d in keys}) > 1})
     groups: dict[str, list] = {}
@@ -42,12 +48,12 @@ def compare_tables(runs, target_accuracy: float, target_residual: float) -> str:
     blocks = []
     for declared, chosen in group_by_family(runs):
         relative = declared.report.curve[3:] == ("residual",)
-        groups = same_data(chosen) if relative else {"": chosen}
+        groups = same_data(chosen, declared.report.objective) if relative else {"": chosen}
         for data, grouped in groups.items():
             title, headers, rows = declared.report.compare(grouped, targets)
             if len(groups) > 1:                 # on the title's first line (a footnote may follow it)
                 first, *notes = title.split("\n")
-                title = "\n".join([f"{first} on data: {data}", *notes])
+                title = "\n".join([f"{first} on {data}", *notes])
             blocks.append(f"{title}\n{text_table(headers, rows)}")
     return "\n\n".join(blocks)
 

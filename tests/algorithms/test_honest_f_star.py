@@ -3,6 +3,8 @@ best value; a best value of the runs is called f* only where the gradient norm c
 
 import re
 
+import numpy as np
+
 from fedsim.algorithms.lazy.report import REPORT, best_value_certified
 from tests.runs.conftest import finished_run
 
@@ -44,3 +46,27 @@ def test_a_certified_or_configured_f_star_is_f_star(tmp_path):
     title, columns = compare_text([known])
     assert "f*" in title and re.fullmatch(r"1\.0+e-03", columns["final f - f*"][0])
 
+
+
+def test_runs_of_different_objectives_get_an_f_star_each(tmp_path, monkeypatch):
+    """f = sum over the M workers of their mean loss + (l2 / 2)||theta||^2: runs of other l2, M or model
+    minimize other functions, so `fedsim compare` draws a table, and `fedsim plot` a residual, for each; runs
+    whose run.f_star differ are told so, and none of them is used."""
+    from fedsim.plot import lazy_figures
+    from fedsim.runs.compare import compare_tables
+    runs = [lazy_run(tmp_path / "a", "gd", "lazy.l2=0.01"), lazy_run(tmp_path / "b", "gd", "lazy.l2=0.02"),
+            lazy_run(tmp_path / "c", "gd", "lazy.l2=0.01", "data.partition=iid", "lazy.n_workers=3")]
+    tables = compare_tables(runs, target_accuracy=0.5, target_residual=1e-6).split("\n\n")
+    assert len(tables) == 3 and all(table.count("\ngd") == 1 for table in tables), tables
+    assert "on synthetic, lazy.l2 0.02" in tables[1] and "lazy.n_workers 3" in tables[2], tables
+    import fedsim.plot
+    drawn = []
+    monkeypatch.setattr(fedsim.plot, "_plot", lambda axis, x, y, **style: drawn.append(np.asarray(y)))
+    (tmp_path / "plots").mkdir()
+    lazy_figures(runs, tmp_path / "plots")
+    residuals = drawn[0::6]         # per run: its residual and gradient norm against 3 x axes, iterations first
+    # each run is the best of the runs minimizing its objective: its residual reaches 0 (not drawn: nan)
+    assert [bool(np.isnan(residual).any()) for residual in residuals] == [True] * 3, residuals
+    given = [lazy_run(tmp_path / f"f{value}", "gd", f"run.f_star={value}") for value in (25.0, 24.0)]
+    title, _ = compare_text(given)
+    assert "f_best" in title and "note: the runs' run.f_star differ (24, 25): none is used" in title, title
