@@ -37,6 +37,7 @@ penalty). Both families build their model so (:meth:`ModelConfig.build`) and cal
 from __future__ import annotations
 
 import difflib
+import os
 from dataclasses import dataclass
 from typing import Callable
 
@@ -127,8 +128,17 @@ class ModelConfig:
         return self.init or self.entry.default_init
 
     def build(self, n_features: int, n_classes: int, l2: float = 0.0):
-        """The model for data of ``n_features`` inputs and ``n_classes`` classes (protocol above)."""
-        return self.entry.build(self, n_features, n_classes, l2)
+        """The model for data of ``n_features`` inputs and ``n_classes`` classes (protocol above); one whose
+        parameter vector (float64) would not fit in this machine's memory is refused (a run holds several)."""
+        model = self.entry.build(self, n_features, n_classes, l2)
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else None
+        size = model.spec.size
+        if memory and 8 * size > memory:
+            layers = f"model.hidden = {list(self.hidden)} makes" if self.hidden else "makes"
+            raise ValueError(f"{layers} {self.name} on {n_features} features and {n_classes} classes {size:,} "
+                             f"parameters: {8 * size / 2**30:,.1f} GiB a vector, more than this machine's "
+                             f"{memory / 2**30:,.1f} GiB of memory")
+        return model
 
 
 class Classifier:

@@ -84,7 +84,7 @@ def test_reference_settings():
     (LazyConfig(n_workers=3), [np.arange(10), np.arange(10, 20)], "partition has 2 index arrays but n_workers"),
     (LazyConfig(n_workers=2), [np.arange(10), np.arange(0)], r"partition\[1\] must be a non-empty"),
     (LazyConfig(n_workers=1), [np.arange(590, 610)], r"partition\[0\] indexes"),
-    (LazyConfig.reference("slaq", minibatch_size=61), None, r"minibatch_size must be in \[1, 60\]"),
+    (LazyConfig.reference("slaq", minibatch_size=61), None, r"^lazy.minibatch_size must be in \[1, 60\]"),
 ])
 def test_a_run_its_data_cannot_hold_raises(config, partition, message):
     with pytest.raises(ValueError, match=message):

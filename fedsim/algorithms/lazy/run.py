@@ -50,7 +50,7 @@ class LazyRun:
         dtype = np.dtype(config.dtype)
         self.shards = stack_shards(data.x_train, data.y_train, partition, dtype)
         if RULES[config.method].gradient == "minibatch" and config.minibatch_size > self.shards.sizes.min():
-            raise ValueError(f"minibatch_size must be in [1, {self.shards.sizes.min()}] (the smallest "
+            raise ValueError(f"lazy.minibatch_size must be in [1, {self.shards.sizes.min()}] (the smallest "
                              f"shard), got {config.minibatch_size}")
         self.model, self.theta = starting_point(config, model_config, data.n_features, data.n_classes)
         self.x_test = as_dtype(data.x_test, dtype)
