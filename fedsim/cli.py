@@ -81,7 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = commands.add_parser("data", help="fetch datasets, or show what is on disk")
     data_commands = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
-    fetch = data_commands.add_parser("fetch", help="find or download (and verify) a dataset's four files")
+    fetch = data_commands.add_parser("fetch", help="find or download (and verify) a dataset's four files",
+                                     description="Find a dataset's four files (verified), else download them from "
+                                                 "the registry's mirrors, or from FEDSIM_MIRRORS: base URLs "
+                                                 "(http, https, file), a file at <base>/<dataset>/<file>.")
     fetch.add_argument("name", metavar="NAME", help="mnist | fashion-mnist")
     fetch.add_argument("--data-dir", metavar="DIR", help="a folder searched first")
     fetch.add_argument("--timeout", type=_positive_seconds, default=30.0,
