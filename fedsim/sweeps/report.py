@@ -18,7 +18,7 @@ import numpy as np
 from fedsim.algorithms.family import family
 from fedsim.runs import RunFolderError, read_run
 from fedsim.runs.compare import text_table
-from fedsim.sweeps.folder import MANIFEST, RUNS_FOLDER, check_run_folder, read_manifest
+from fedsim.sweeps.folder import FINAL, MANIFEST, RUNS_FOLDER, check_run_folder, read_manifest
 from fedsim.sweeps.spec import run_label
 
 SEED = "seed"
@@ -41,7 +41,8 @@ def checked_manifest(out) -> dict:
 
 
 def collect(out) -> tuple[dict, list[dict]]:
-    """(manifest, one entry per run: folder, status, axis values, run result or None, problem or None).
+    """(manifest, one entry per run: folder, status, axis values, the manifest's message and completed steps,
+    run result or None, problem or None).
 
     A run folder that is not the run the manifest names (:func:`fedsim.sweeps.folder.check_run_folder`, its
     name made of the manifest's axis values) gets a one-line ``problem`` and no result, so no number is
@@ -64,7 +65,8 @@ def collect(out) -> tuple[dict, list[dict]]:
             except RunFolderError as error:
                 problem = str(error)
         entries.append({"folder": run["folder"], "status": run.get("status", "pending"), "values": run["values"],
-                        "result": result, "problem": problem})
+                        "message": run.get("message"), "completed": run.get("completed"), "result": result,
+                        "problem": problem})
     return manifest, entries
 
 
@@ -83,6 +85,30 @@ def tidy_rows(out, collected: tuple[dict, list[dict]] | None = None) -> list[dic
                              **{axis: entry["values"].get(axis) for axis in axes},
                              "metric": metric, "value": result.summary[metric]})
     return rows
+
+
+def left_out(entries: list[dict], rows: list[dict]) -> list[str]:
+    """One line per run of ``entries`` (:func:`collect`) with no row in ``rows`` (:func:`tidy_rows`): its
+    folder's problem, or its status (failed, interrupted, pending) and message, so that no run (no setting
+    whose every seed failed) leaves the report unnoticed."""
+    reported = {row["run"] for row in rows}
+    lines = []
+    for entry in entries:
+        if entry["problem"]:
+            lines.append(entry["problem"])
+            continue
+        if entry["folder"] in reported:
+            continue
+        result, status, message = entry["result"], entry["status"], entry["message"]
+        if result is not None and result.summary is not None:      # ended without a metric to report
+            status, message = result.status, result.summary.get("message")
+        elif status in FINAL:
+            status, message = "not finished", f"the manifest says {status}, but the folder holds no summary.json"
+        elif status == "interrupted" and isinstance(entry["completed"], int):
+            status = f"interrupted after {entry['completed']} {family(result.family).units if result else 'steps'}"
+        lines.append(f"{entry['folder']} ({run_label(entry['values'].items())}): {status}"
+                     + (f": {' '.join(str(message).split())}" if message else ""))
+    return lines
 
 
 def write_csv(out, rows: list[dict]) -> Path:
@@ -257,5 +283,5 @@ def plot_sweep(out, figures_out=None, notes: list[str] | None = None) -> list[Pa
     return paths
 
 
-__all__ = ["checked_manifest", "collect", "format_summary", "plot_sweep", "summarize_over_seeds", "tidy_rows",
-           "write_csv"]
+__all__ = ["checked_manifest", "collect", "format_summary", "left_out", "plot_sweep", "summarize_over_seeds",
+           "tidy_rows", "write_csv"]
