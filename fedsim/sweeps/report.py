@@ -17,7 +17,7 @@ import numpy as np
 
 from fedsim.algorithms.family import family
 from fedsim.runs import RunFolderError, read_run
-from fedsim.runs.compare import text_table
+from fedsim.runs.compare import same_data, text_table
 from fedsim.sweeps.folder import FINAL, MANIFEST, RUNS_FOLDER, check_run_folder, read_manifest
 from fedsim.sweeps.spec import run_label
 
@@ -185,6 +185,23 @@ def bits_up_through(history: list[dict]) -> np.ndarray | None:
     return None
 
 
+def residual_floors(results) -> tuple[dict[int, float], str]:
+    """f* of each run of ``results`` (by id) as ``fedsim compare`` takes it, one per data the runs ran on
+    (:func:`fedsim.runs.compare.same_data`): their run.f_star if they agree on one, else their smallest f; and
+    what f* is, in words, for the figure."""
+    from fedsim.algorithms.lazy import configured_f_star, f_star_of
+    floors, configured = {}, set()
+    groups = same_data(results)
+    for grouped in groups.values():
+        configured.add(configured_f_star(grouped) is not None)
+        floors.update(dict.fromkeys(map(id, grouped), f_star_of(grouped)))
+    smallest = "smallest f of the sweep" if len(groups) == 1 else "smallest f on its data"
+    said = ("run.f_star" if configured == {True} else smallest if configured == {False} else
+            f"run.f_star, else {smallest}")
+    values = set(floors.values())
+    return floors, f"f* = {said}" + (f" = {values.pop():.10g}" if len(values) == 1 else "")
+
+
 def plot_sweep(out, figures_out=None, notes: list[str] | None = None) -> list[Path]:
     """The sweep's figures (PNG and SVG) the module describes, n in the legend, series in
     :func:`natural_order`; values a figure cannot show (a diverged run's) are left out; ``notes``, if given,
@@ -204,8 +221,9 @@ def plot_sweep(out, figures_out=None, notes: list[str] | None = None) -> list[Pa
     declared = family(finished[0]["result"].family)
     x_name, y_name, ylabel, kind = declared.report.curve
     residual = kind == "residual"
-    if residual:
-        floor = min(r[y_name] for entry in finished for r in entry["result"].history)
+    if residual:                        # f* as `fedsim compare` takes it: one per data
+        floors, reference = residual_floors([entry["result"] for entry in finished])
+        ylabel = f"{ylabel} ({reference})"
     groups: dict[tuple, list] = {}
     for entry in finished:
         groups.setdefault(tuple(entry["values"].get(axis) for axis in grouping), []).append(entry["result"])
@@ -219,7 +237,7 @@ def plot_sweep(out, figures_out=None, notes: list[str] | None = None) -> list[Pa
             y = np.array([r[y_name] for r in records], dtype=float)
             bits = bits_up_through(result.history)
             if residual:                # a log axis cannot show the best run's 0: left out
-                y = np.where(y > floor, y - floor, np.nan)
+                y = np.where(y > floors[id(result)], y - floors[id(result)], np.nan)
             curves.append((np.array([r[x_name] for r in records], dtype=float),
                            None if bits is None else bits[[i for i, r in enumerate(result.history) if y_name in r]],
                            drawable(y)))
