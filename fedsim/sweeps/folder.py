@@ -8,7 +8,7 @@ A sweep folder holds::
     runs/<folder>/    one ordinary run folder per planned run
     .lock             held (an OS file lock, :class:`fedsim.runs.folder.FolderLock`) by the sweep writing it
 
-Trust, in three rules:
+Trust, in four rules:
 
 * **one sweep per folder**: a sweep whose identity differs from the manifest's, or a folder holding files
   no sweep wrote, is refused in one line (the same sweep resumes);
@@ -17,7 +17,9 @@ Trust, in three rules:
 * **no run taken on trust**: a run folder is reused (skipped or resumed) or reported only if its
   meta.json is the planned run's (config sha256 and name) and, when it ended, its summary's completed
   steps are the planned ones (:func:`check_run_folder`). A folder that is not is left alone and named in
-  one line with what differs; a damaged summary.json is put aside and the run finished again.
+  one line with what differs; a damaged summary.json is put aside and the run finished again;
+* **one version of each file**: a sweep continued after a file its runs read (npz data, a trace: meta.json's
+  sha256) changed is refused before any run starts (:func:`check_recorded_files`).
 """
 
 from __future__ import annotations
@@ -169,6 +171,24 @@ def summary_problem(summary: dict | None) -> str | None:
     return None
 
 
+def check_recorded_files(out: Path, sweep: Sweep) -> None:
+    """SweepError (one line) if a file that a run of the sweep read (an npz dataset, a trace: meta.json's
+    data_file, trace_file) is not the same now: the runs still to run would read other data than those that ran.
+    Folders that are not their planned run are left to :func:`reuse_decision`."""
+    from fedsim.experiment_data import changed_file
+    for planned in sweep.runs:
+        path = run_folder(out, planned)
+        try:
+            meta = None if identity_problem(path, label=planned.label, config_sha256=planned.config_sha256) \
+                else RunFolder(path).read_json(META_FILE)
+        except RunFolderError:
+            continue
+        changed = meta and changed_file(planned.config.data, meta, planned.config.system)
+        if changed:
+            raise SweepError(f"{RUNS_FOLDER}/{planned.folder_name}: {changed}; the runs of a sweep read one file: "
+                             f"put it back, or start the sweep in a new folder (another --out)")
+
+
 def reuse_decision(out: Path, sweep: Sweep) -> tuple[dict[str, dict], list]:
     """(the statuses of the planned runs not to run, finished or mismatched, by folder name; the planned
     runs to start or resume), each existing run folder checked as :func:`check_run_folder` does."""
@@ -235,5 +255,6 @@ def record_from_folders(out: Path, sweep: Sweep, statuses: dict[str, dict]) -> N
 
 
 __all__ = ["DAMAGED_SUMMARY", "FINAL", "MANIFEST", "MISMATCHED", "RUNS_FOLDER", "SweepError", "SweepLock",
-           "check_run_folder", "claim", "identity_problem", "read_manifest", "record_from_folders", "resume_hint",
-           "reuse_decision", "run_entry", "run_folder", "say", "summary_problem", "write_manifest"]
+           "check_recorded_files", "check_run_folder", "claim", "identity_problem", "read_manifest",
+           "record_from_folders", "resume_hint", "reuse_decision", "run_entry", "run_folder", "say", "summary_problem",
+           "write_manifest"]

@@ -210,3 +210,35 @@ def test_a_name_from_the_file_is_made_a_folder_name(tmp_path):
 def test_the_resume_hint_is_a_command_to_paste(tmp_path):
     hint = resume_hint(Path("my sweeps/a.toml"), Path("runs/a"))
     assert hint.endswith("Continue with: fedsim sweep 'my sweeps/a.toml' --out runs/a")
+
+
+@pytest.mark.parametrize("kind", ["npz", "trace"])
+def test_a_sweep_continued_after_a_file_its_runs_read_changed_is_refused_before_any_run(tmp_path, kind):
+    """A file the runs read (npz data, a system.trace; its sha256 in their meta.json) changed between a sweep
+    and its continuation: refused in one line naming the file, before a run starts, the folder as found (the
+    runs still to run used to read the new file, reported beside the runs on the old one)."""
+    if kind == "npz":
+        from tests.data.test_npz import saved
+        path = saved(tmp_path)
+        settings = f'"data.dataset" = "npz:{path}"\n"data.partition" = "iid"\n'
+    else:
+        path = tmp_path / "trace.csv"
+        path.write_text("client,up,down,latency,speed\n" + "".join(f"{k},1e6,4e6,0.05,1e9\n" for k in range(8)))
+        settings = f'"system.profile" = "trace"\n"system.trace" = "{path}"\n'
+    sweep = tmp_path / "seeds.toml"
+    sweep.write_text(sweep_text("seeds", 3, 5, "seed = [0, 1]").replace("\n\n[grid]", f"\n{settings}\n[grid]"))
+    out = tmp_path / "S"
+    first = fedsim(tmp_path, "sweep", sweep, "--out", out, "--quiet")
+    assert first.returncode == 0 and "2 completed" in first.stdout, first.stderr
+    shutil.rmtree(run_of(out, 1))           # a run still to run
+    if kind == "npz":
+        from tests.data.test_npz import arrays
+        saved(tmp_path, x_test=arrays()["x_test"] + 1)
+    else:
+        path.write_text(path.read_text().replace("0,1e6,", "0,1e3,", 1))
+    manifest = (out / "manifest.json").read_bytes()
+    line = one_line_error(fedsim(tmp_path, "sweep", sweep, "--out", out, "--quiet"), 2,
+                          f"runs/{run_of(out, 0).name}: ", "the file changed since the run started",
+                          "put it back, or start the sweep in a new folder")
+    assert (f"data.dataset npz:{path}" if kind == "npz" else f"system.trace {path}") in line
+    assert not list((out / "runs").glob("seed=1-*")) and (out / "manifest.json").read_bytes() == manifest
