@@ -19,7 +19,8 @@ Trust, in four rules:
   steps are the planned ones (:func:`check_run_folder`). A folder that is not is left alone and named in
   one line with what differs; a damaged summary.json is put aside and the run finished again;
 * **one version of each file**: a sweep continued after a file its runs read (npz data, a trace: meta.json's
-  sha256) changed is refused before any run starts (:func:`check_recorded_files`).
+  sha256) changed is refused before any run starts (:func:`check_recorded_files`); the report names the runs
+  that read another version than the others (:func:`differing_versions`).
 """
 
 from __future__ import annotations
@@ -189,6 +190,39 @@ def check_recorded_files(out: Path, sweep: Sweep) -> None:
                              f"put it back, or start the sweep in a new folder (another --out)")
 
 
+def differing_versions(metas: dict[str, dict]) -> dict[str, str]:
+    """The run folders of ``metas`` (folder -> its meta.json) that read another version of a file (meta.json's
+    data_file, trace_file: path and sha256) than other runs did, each with a few words: those that did not read
+    the file as it is now (all of them if it is none of their versions). A sweep checks its files as it starts
+    (:func:`check_recorded_files`); a file changed while it ran, or a run folder of another sweep moved in, can
+    still mix versions."""
+    from fedsim.data.npz import file_sha256
+    from fedsim.data.registry import DataSettingError
+    versions: dict[tuple, dict[str, list]] = {}
+    for folder, meta in metas.items():
+        for key in ("data_file", "trace_file"):
+            record = meta.get(key)
+            if isinstance(record, dict) and isinstance(record.get("sha256"), str):
+                versions.setdefault((key, str(record.get("path"))), {}).setdefault(record["sha256"], []).append(folder)
+    problems = {}
+    for (key, path), readers in versions.items():
+        if len(readers) < 2:
+            continue
+        try:
+            now = file_sha256(Path(path))
+        except DataSettingError:
+            now = "(unreadable)"
+        counted = ", ".join(f"{sha[:16]}...: {len(folders)} run{'s' if len(folders) > 1 else ''}"
+                            for sha, folders in readers.items())
+        setting = f"data.dataset npz:{path}" if key == "data_file" else f"system.trace {path}"
+        for sha, folders in readers.items():
+            if sha != now:
+                problems.update(dict.fromkeys(folders, (
+                    f"{setting}: it read the file with sha256 {sha[:16]}..., other runs of the sweep another "
+                    f"version (sha256 {counted}; the file now is {now[:16]}...)")))
+    return problems
+
+
 def reuse_decision(out: Path, sweep: Sweep) -> tuple[dict[str, dict], list]:
     """(the statuses of the planned runs not to run, finished or mismatched, by folder name; the planned
     runs to start or resume), each existing run folder checked as :func:`check_run_folder` does."""
@@ -255,6 +289,6 @@ def record_from_folders(out: Path, sweep: Sweep, statuses: dict[str, dict]) -> N
 
 
 __all__ = ["DAMAGED_SUMMARY", "FINAL", "MANIFEST", "MISMATCHED", "RUNS_FOLDER", "SweepError", "SweepLock",
-           "check_recorded_files", "check_run_folder", "claim", "identity_problem", "read_manifest",
-           "record_from_folders", "resume_hint", "reuse_decision", "run_entry", "run_folder", "say", "summary_problem",
-           "write_manifest"]
+           "check_recorded_files", "check_run_folder", "claim", "differing_versions", "identity_problem",
+           "read_manifest", "record_from_folders", "resume_hint", "reuse_decision", "run_entry", "run_folder", "say",
+           "summary_problem", "write_manifest"]

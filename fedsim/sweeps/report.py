@@ -18,7 +18,7 @@ import numpy as np
 from fedsim.algorithms.family import family
 from fedsim.runs import RunFolderError, read_run
 from fedsim.runs.compare import same_data, text_table
-from fedsim.sweeps.folder import FINAL, MANIFEST, RUNS_FOLDER, check_run_folder, read_manifest
+from fedsim.sweeps.folder import FINAL, MANIFEST, RUNS_FOLDER, check_run_folder, differing_versions, read_manifest
 from fedsim.sweeps.spec import run_label
 
 SEED = "seed"
@@ -45,8 +45,9 @@ def collect(out) -> tuple[dict, list[dict]]:
     run result or None, problem or None).
 
     A run folder that is not the run the manifest names (:func:`fedsim.sweeps.folder.check_run_folder`, its
-    name made of the manifest's axis values) gets a one-line ``problem`` and no result, so no number is
-    reported under the wrong settings.
+    name made of the manifest's axis values), or that read another version of a file than the other runs
+    (:func:`fedsim.sweeps.folder.differing_versions`), gets a one-line ``problem`` and no result, so no number
+    is reported under the wrong settings.
     """
     out = Path(out)
     manifest = checked_manifest(out)
@@ -67,6 +68,10 @@ def collect(out) -> tuple[dict, list[dict]]:
         entries.append({"folder": run["folder"], "status": run.get("status", "pending"), "values": run["values"],
                         "message": run.get("message"), "completed": run.get("completed"), "result": result,
                         "problem": problem})
+    differing = differing_versions({entry["folder"]: entry["result"].meta for entry in entries if entry["result"]})
+    for entry in entries:           # runs on another version of a file: not beside the others' numbers
+        if entry["folder"] in differing:
+            entry["result"], entry["problem"] = None, f"{entry['folder']}: {differing[entry['folder']]}"
     return manifest, entries
 
 
