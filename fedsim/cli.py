@@ -395,8 +395,8 @@ def command_sweep(args) -> int:
     from fedsim.sweeps import all_finished, load_sweep, run_sweep
     from fedsim.sweeps.execute import SweepInterrupted
     from fedsim.sweeps.folder import resume_command, resume_hint
-    from fedsim.sweeps.report import (collect, format_budget, format_summary, plot_sweep, summarize_over_seeds,
-                                      tidy_rows, write_csv)
+    from fedsim.sweeps.report import (collect, format_budget, format_summary, left_out, plot_sweep,
+                                      summarize_over_seeds, tidy_rows, write_csv)
     if args.target in ("report", "plot"):
         if not args.folder:
             raise UsageError(f"fedsim sweep {args.target} needs the sweep folder DIR")
@@ -411,10 +411,11 @@ def command_sweep(args) -> int:
         budget = format_budget(manifest, entries)
         if budget is not None:          # runs that solved a knob for federated.bits_per_round
             print(f"\n{budget}")
-        left_out = [entry["problem"] for entry in entries if entry["problem"]]
-        for problem in left_out:          # checked folders only: no number under the wrong settings
-            print(f"fedsim: sweep report: {problem}; left out of the report", file=sys.stderr)
-        return EXIT_FAILED if left_out else EXIT_OK
+        # checked folders only (no number under the wrong settings), and every run not in the table said
+        missing = left_out(entries, rows)
+        for line in missing:
+            print(f"fedsim: sweep report: {line}; left out of the report", file=sys.stderr)
+        return EXIT_FAILED if missing else EXIT_OK
     if args.folder:
         raise UsageError(f"fedsim sweep SWEEP.toml takes no second argument (got {args.folder!r})")
     sweep = load_sweep(args.target)

@@ -292,8 +292,9 @@ def data_record(config: DataConfig, system=None) -> dict:
     return {key: {"path": str(path), "sha256": file_sha256(path)} for key, path in _read_files(config, system).items()}
 
 
-def check_data_record(config: DataConfig, meta: dict, system=None) -> None:
-    """Refuse to resume a run whose npz file or trace changed since it started (DataSettingError, one line)."""
+def changed_file(config: DataConfig, meta: dict, system=None) -> str | None:
+    """Which file of a run (npz data, trace) differs from the one its meta.json recorded, in a few words; None
+    if none does."""
     for key, path in _read_files(config, system).items():
         recorded = (meta.get(key) or {}).get("sha256")
         if recorded is None:
@@ -304,5 +305,13 @@ def check_data_record(config: DataConfig, meta: dict, system=None) -> None:
             now = "(unreadable)"
         if now != recorded:
             setting = f"data.dataset {config.dataset}" if key == "data_file" else f"system.trace {path}"
-            raise DataSettingError(f"{setting}: the file changed since the run started (sha256 {recorded[:16]}... "
-                                   f"in meta.json, now {now[:16]}...); put the run's file back, or start a new run")
+            return (f"{setting}: the file changed since the run started (sha256 {recorded[:16]}... in meta.json, "
+                    f"now {now[:16]}...)")
+    return None
+
+
+def check_data_record(config: DataConfig, meta: dict, system=None) -> None:
+    """Refuse to resume a run whose npz file or trace changed since it started (DataSettingError, one line)."""
+    changed = changed_file(config, meta, system)
+    if changed is not None:
+        raise DataSettingError(f"{changed}; put the run's file back, or start a new run")

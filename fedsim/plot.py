@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from fedsim.algorithms.family import FAMILIES, group_by_family
-from fedsim.algorithms.lazy import f_star_of, records_to_arrays
+from fedsim.algorithms.lazy import configured_f_star, f_star_of, records_to_arrays
 from fedsim.runs import RunFolderError, RunResult
 from fedsim.runs.compare import same_data
 
@@ -305,8 +305,8 @@ def lazy_figures(runs: list[RunResult], out: Path, max_workers: int = 10, f_star
     if not runs:
         return []
     title, labels = describe(runs)
-    configured = f_star is not None or all(run.config.get("run", {}).get("f_star") is not None for run in runs)
     groups = [runs] if f_star is not None else list(same_data(runs, FAMILIES["lazy"].report.objective).values())
+    configured = f_star is not None or all(configured_f_star(group) is not None for group in groups)
     stars = {id(run): f_star_of(group) if f_star is None else f_star for group in groups for run in group}
     # Without a known f*, the residual is relative to the best value these runs reached, and says so.
     residual_label = "f - f*" if configured else "f - (smallest f of these runs)"

@@ -3,6 +3,7 @@ both families, styles that survive greyscale, and an honest reference for a lazy
 
 import itertools
 
+import numpy as np
 import pytest
 
 import fedsim.plot as plot
@@ -169,3 +170,34 @@ def test_sweep_figures_in_natural_order_with_a_bits_panel_and_the_true_n(tmp_pat
     assert main(["sweep", "plot", str(tmp_path / "S")]) == 0
     monkeypatch.undo()
     assert captured["sweep_final"].axes[0].get_yscale() == "log"
+
+
+LAZY_SWEEP = ('base = "laq-synthetic"\nname = "lazy"\n[set]\n"data.synthetic_devices" = 6\n"lazy.n_workers" = 6\n'
+              '"lazy.iterations" = 20\n"lazy.eval_every" = 10\n{extra}[grid]\n"lazy.method" = ["gd", "laq"]\n{axis}')
+
+
+@pytest.mark.parametrize("extra, axis, ylabel", [
+    ('"run.f_star" = 5.0\n', "", "f - f* (f* = run.f_star = 5)"),
+    ("", "seed = [0, 1]\n", "f - f* (f* = smallest f of its objective)")], ids=["run.f_star", "seeds"])
+def test_sweep_residuals_use_the_f_star_of_fedsim_compare(tmp_path, captured, extra, axis, ylabel):
+    """`fedsim sweep plot` of lazy runs: f - f* with the runs' run.f_star when they set it, else the smallest f
+    on each run's data (a synthetic seed is other data), as `fedsim compare` takes it; the label says which."""
+    from fedsim.cli import main
+    from fedsim.runs import read_run
+    (tmp_path / "lazy.toml").write_text(LAZY_SWEEP.format(extra=extra, axis=axis))
+    assert main(["sweep", str(tmp_path / "lazy.toml"), "--out", str(tmp_path / "S"), "--workers", "1", "--quiet"]) == 0
+    assert main(["sweep", "plot", str(tmp_path / "S")]) == 0
+    runs = [read_run(folder) for folder in sorted((tmp_path / "S" / "runs").iterdir())]
+    objective = {(run.config["lazy"]["method"], run.config.get("seed", 0)): np.array(
+        [r["objective"] for r in run.history]) for run in runs}
+    floors = {seed: 5.0 if extra else min(min(f) for (_, s), f in objective.items() if s == seed)
+              for seed in (0, 1)}
+    assert floors[0] < min(map(min, objective.values())) if extra else floors[0] != floors[1]    # other data
+
+    def residual(method):
+        curves = [f - floors[seed] for (name, seed), f in objective.items() if name == method]
+        return np.mean([np.where(curve > 0, curve, np.nan) for curve in curves], axis=0)
+    axis = captured["sweep_curves"].axes[0]
+    assert axis.get_ylabel() == ylabel
+    for line, method in zip(axis.get_lines(), ("gd", "laq")):
+        np.testing.assert_allclose(line.get_ydata(), residual(method), rtol=1e-12)

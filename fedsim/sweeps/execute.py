@@ -143,6 +143,7 @@ def run_sweep(sweep: Sweep, out, *, backend: str = "local", workers: int | None 
         out.mkdir(parents=True, exist_ok=True)
         with SweepLock(out / LOCK_FILE):
             sweep_folder.claim(out, sweep)
+            sweep_folder.check_recorded_files(out, sweep)     # before any run starts
             (out / RUNS_FOLDER).mkdir(exist_ok=True)
             statuses, pending = sweep_folder.reuse_decision(out, sweep)
             write_manifest(out, sweep, statuses)

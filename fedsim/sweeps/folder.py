@@ -8,7 +8,7 @@ A sweep folder holds::
     runs/<folder>/    one ordinary run folder per planned run
     .lock             held (an OS file lock, :class:`fedsim.runs.folder.FolderLock`) by the sweep writing it
 
-Trust, in three rules:
+Trust, in four rules:
 
 * **one sweep per folder**: a sweep whose identity differs from the manifest's, or a folder holding files
   no sweep wrote, is refused in one line (the same sweep resumes);
@@ -17,7 +17,10 @@ Trust, in three rules:
 * **no run taken on trust**: a run folder is reused (skipped or resumed) or reported only if its
   meta.json is the planned run's (config sha256 and name) and, when it ended, its summary's completed
   steps are the planned ones (:func:`check_run_folder`). A folder that is not is left alone and named in
-  one line with what differs; a damaged summary.json is put aside and the run finished again.
+  one line with what differs; a damaged summary.json is put aside and the run finished again;
+* **one version of each file**: a sweep continued after a file its runs read (npz data, a trace: meta.json's
+  sha256) changed is refused before any run starts (:func:`check_recorded_files`); the report names the runs
+  that read another version than the others (:func:`differing_versions`).
 """
 
 from __future__ import annotations
@@ -169,6 +172,57 @@ def summary_problem(summary: dict | None) -> str | None:
     return None
 
 
+def check_recorded_files(out: Path, sweep: Sweep) -> None:
+    """SweepError (one line) if a file that a run of the sweep read (an npz dataset, a trace: meta.json's
+    data_file, trace_file) is not the same now: the runs still to run would read other data than those that ran.
+    Folders that are not their planned run are left to :func:`reuse_decision`."""
+    from fedsim.experiment_data import changed_file
+    for planned in sweep.runs:
+        path = run_folder(out, planned)
+        try:
+            meta = None if identity_problem(path, label=planned.label, config_sha256=planned.config_sha256) \
+                else RunFolder(path).read_json(META_FILE)
+        except RunFolderError:
+            continue
+        changed = meta and changed_file(planned.config.data, meta, planned.config.system)
+        if changed:
+            raise SweepError(f"{RUNS_FOLDER}/{planned.folder_name}: {changed}; the runs of a sweep read one file: "
+                             f"put it back, or start the sweep in a new folder (another --out)")
+
+
+def differing_versions(metas: dict[str, dict]) -> dict[str, str]:
+    """The run folders of ``metas`` (folder -> its meta.json) that read another version of a file (meta.json's
+    data_file, trace_file: path and sha256) than other runs did, each with a few words: those that did not read
+    the file as it is now (all of them if it is none of their versions). A sweep checks its files as it starts
+    (:func:`check_recorded_files`); a file changed while it ran, or a run folder of another sweep moved in, can
+    still mix versions."""
+    from fedsim.data.npz import file_sha256
+    from fedsim.data.registry import DataSettingError
+    versions: dict[tuple, dict[str, list]] = {}
+    for folder, meta in metas.items():
+        for key in ("data_file", "trace_file"):
+            record = meta.get(key)
+            if isinstance(record, dict) and isinstance(record.get("sha256"), str):
+                versions.setdefault((key, str(record.get("path"))), {}).setdefault(record["sha256"], []).append(folder)
+    problems = {}
+    for (key, path), readers in versions.items():
+        if len(readers) < 2:
+            continue
+        try:
+            now = file_sha256(Path(path))
+        except DataSettingError:
+            now = "(unreadable)"
+        counted = ", ".join(f"{sha[:16]}...: {len(folders)} run{'s' if len(folders) > 1 else ''}"
+                            for sha, folders in readers.items())
+        setting = f"data.dataset npz:{path}" if key == "data_file" else f"system.trace {path}"
+        for sha, folders in readers.items():
+            if sha != now:
+                problems.update(dict.fromkeys(folders, (
+                    f"{setting}: it read the file with sha256 {sha[:16]}..., other runs of the sweep another "
+                    f"version (sha256 {counted}; the file now is {now[:16]}...)")))
+    return problems
+
+
 def reuse_decision(out: Path, sweep: Sweep) -> tuple[dict[str, dict], list]:
     """(the statuses of the planned runs not to run, finished or mismatched, by folder name; the planned
     runs to start or resume), each existing run folder checked as :func:`check_run_folder` does."""
@@ -239,5 +293,6 @@ def record_from_folders(out: Path, sweep: Sweep, statuses: dict[str, dict]) -> N
 
 
 __all__ = ["DAMAGED_SUMMARY", "FINAL", "MANIFEST", "MISMATCHED", "RUNS_FOLDER", "SweepError", "SweepLock",
-           "check_run_folder", "claim", "identity_problem", "read_manifest", "record_from_folders", "resume_hint",
-           "reuse_decision", "run_entry", "run_folder", "say", "summary_problem", "write_manifest"]
+           "check_recorded_files", "check_run_folder", "claim", "differing_versions", "identity_problem",
+           "read_manifest", "record_from_folders", "resume_hint", "reuse_decision", "run_entry", "run_folder", "say",
+           "summary_problem", "write_manifest"]

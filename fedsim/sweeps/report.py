@@ -19,8 +19,8 @@ import numpy as np
 
 from fedsim.algorithms.family import family
 from fedsim.runs import RunFolderError, read_run
-from fedsim.runs.compare import text_table
-from fedsim.sweeps.folder import MANIFEST, RUNS_FOLDER, check_run_folder, read_manifest
+from fedsim.runs.compare import same_data, text_table
+from fedsim.sweeps.folder import FINAL, MANIFEST, RUNS_FOLDER, check_run_folder, differing_versions, read_manifest
 from fedsim.sweeps.spec import run_label
 
 SEED = "seed"
@@ -43,11 +43,13 @@ def checked_manifest(out) -> dict:
 
 
 def collect(out) -> tuple[dict, list[dict]]:
-    """(manifest, one entry per run: folder, status, axis values, run result or None, problem or None).
+    """(manifest, one entry per run: folder, status, axis values, the manifest's message and completed steps,
+    run result or None, problem or None).
 
     A run folder that is not the run the manifest names (:func:`fedsim.sweeps.folder.check_run_folder`, its
-    name made of the manifest's axis values) gets a one-line ``problem`` and no result, so no number is
-    reported under the wrong settings.
+    name made of the manifest's axis values), or that read another version of a file than the other runs
+    (:func:`fedsim.sweeps.folder.differing_versions`), gets a one-line ``problem`` and no result, so no number
+    is reported under the wrong settings.
     """
     out = Path(out)
     manifest = checked_manifest(out)
@@ -66,7 +68,12 @@ def collect(out) -> tuple[dict, list[dict]]:
             except RunFolderError as error:
                 problem = str(error)
         entries.append({"folder": run["folder"], "status": run.get("status", "pending"), "values": run["values"],
-                        "result": result, "problem": problem})
+                        "message": run.get("message"), "completed": run.get("completed"), "result": result,
+                        "problem": problem})
+    differing = differing_versions({entry["folder"]: entry["result"].meta for entry in entries if entry["result"]})
+    for entry in entries:           # runs on another version of a file: not beside the others' numbers
+        if entry["folder"] in differing:
+            entry["result"], entry["problem"] = None, f"{entry['folder']}: {differing[entry['folder']]}"
     return manifest, entries
 
 
@@ -85,6 +92,30 @@ def tidy_rows(out, collected: tuple[dict, list[dict]] | None = None) -> list[dic
                              **{axis: entry["values"].get(axis) for axis in axes},
                              "metric": metric, "value": result.summary[metric]})
     return rows
+
+
+def left_out(entries: list[dict], rows: list[dict]) -> list[str]:
+    """One line per run of ``entries`` (:func:`collect`) with no row in ``rows`` (:func:`tidy_rows`): its
+    folder's problem, or its status (failed, interrupted, pending) and message, so that no run (no setting
+    whose every seed failed) leaves the report unnoticed."""
+    reported = {row["run"] for row in rows}
+    lines = []
+    for entry in entries:
+        if entry["problem"]:
+            lines.append(entry["problem"])
+            continue
+        if entry["folder"] in reported:
+            continue
+        result, status, message = entry["result"], entry["status"], entry["message"]
+        if result is not None and result.summary is not None:      # ended without a metric to report
+            status, message = result.status, result.summary.get("message")
+        elif status in FINAL:
+            status, message = "not finished", f"the manifest says {status}, but the folder holds no summary.json"
+        elif status == "interrupted" and isinstance(entry["completed"], int):
+            status = f"interrupted after {entry['completed']} {family(result.family).units if result else 'steps'}"
+        lines.append(f"{entry['folder']} ({run_label(entry['values'].items())}): {status}"
+                     + (f": {' '.join(str(message).split())}" if message else ""))
+    return lines
 
 
 def write_csv(out, rows: list[dict]) -> Path:
@@ -203,6 +234,23 @@ def bits_up_through(history: list[dict]) -> np.ndarray | None:
     return None
 
 
+def residual_floors(results, objective: tuple) -> tuple[dict[int, float], str]:
+    """f* of each run of ``results`` (by id) as ``fedsim compare`` takes it, one per objective the runs minimize
+    (:func:`fedsim.runs.compare.same_data`, ``objective`` the family's settings): their run.f_star if they agree
+    on one, else their smallest f; and what f* is, in words, for the figure."""
+    from fedsim.algorithms.lazy import configured_f_star, f_star_of
+    floors, configured = {}, set()
+    groups = same_data(results, objective)
+    for grouped in groups.values():
+        configured.add(configured_f_star(grouped) is not None)
+        floors.update(dict.fromkeys(map(id, grouped), f_star_of(grouped)))
+    smallest = "smallest f of the sweep" if len(groups) == 1 else "smallest f of its objective"
+    said = ("run.f_star" if configured == {True} else smallest if configured == {False} else
+            f"run.f_star, else {smallest}")
+    values = set(floors.values())
+    return floors, f"f* = {said}" + (f" = {values.pop():.10g}" if len(values) == 1 else "")
+
+
 def plot_sweep(out, figures_out=None, notes: list[str] | None = None) -> list[Path]:
     """The sweep's figures (PNG and SVG) the module describes, n in the legend, series in
     :func:`natural_order`; values a figure cannot show (a diverged run's) are left out; ``notes``, if given,
@@ -222,8 +270,9 @@ def plot_sweep(out, figures_out=None, notes: list[str] | None = None) -> list[Pa
     declared = family(finished[0]["result"].family)
     x_name, y_name, ylabel, kind = declared.report.curve
     residual = kind == "residual"
-    if residual:
-        floor = min(r[y_name] for entry in finished for r in entry["result"].history)
+    if residual:                        # f* as `fedsim compare` takes it: one per objective
+        floors, reference = residual_floors([entry["result"] for entry in finished], declared.report.objective)
+        ylabel = f"{ylabel} ({reference})"
     groups: dict[tuple, list] = {}
     for entry in finished:
         groups.setdefault(tuple(entry["values"].get(axis) for axis in grouping), []).append(entry["result"])
@@ -237,7 +286,7 @@ def plot_sweep(out, figures_out=None, notes: list[str] | None = None) -> list[Pa
             y = np.array([r[y_name] for r in records], dtype=float)
             bits = bits_up_through(result.history)
             if residual:                # a log axis cannot show the best run's 0: left out
-                y = np.where(y > floor, y - floor, np.nan)
+                y = np.where(y > floors[id(result)], y - floors[id(result)], np.nan)
             curves.append((np.array([r[x_name] for r in records], dtype=float),
                            None if bits is None else bits[[i for i, r in enumerate(result.history) if y_name in r]],
                            drawable(y)))
@@ -301,5 +350,5 @@ def plot_sweep(out, figures_out=None, notes: list[str] | None = None) -> list[Pa
     return paths
 
 
-__all__ = ["checked_manifest", "collect", "format_budget", "format_summary", "plot_sweep", "summarize_over_seeds",
-           "tidy_rows", "write_csv"]
+__all__ = ["checked_manifest", "collect", "format_budget", "format_summary", "left_out", "plot_sweep",
+           "summarize_over_seeds", "tidy_rows", "write_csv"]

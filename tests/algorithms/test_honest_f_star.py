@@ -70,3 +70,7 @@ def test_runs_of_different_objectives_get_an_f_star_each(tmp_path, monkeypatch):
     given = [lazy_run(tmp_path / f"f{value}", "gd", f"run.f_star={value}") for value in (25.0, 24.0)]
     title, _ = compare_text(given)
     assert "f_best" in title and "note: the runs' run.f_star differ (24, 25): none is used" in title, title
+    labels = []
+    monkeypatch.setattr(fedsim.plot, "_finish", lambda axis, xlabel, ylabel, **options: labels.append(ylabel))
+    lazy_figures(given, tmp_path / "plots")                  # nor is either called f* in the figure
+    assert "f - (smallest f of these runs)" in labels and "f - f*" not in labels, labels

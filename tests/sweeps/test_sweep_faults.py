@@ -97,6 +97,11 @@ def test_a_run_that_keeps_killing_its_worker_is_marked_failed_and_the_queue_goes
     lines = error_lines(stderr)
     assert sum("the run goes on in a new worker" in line for line in lines) == RUN_RETRIES, stderr
     assert f"fedsim: {first.name}: failed: {message}" in lines, stderr
+    # the report names the failed run (a setting whose every seed failed cannot vanish from it), exit 1
+    report = fedsim(tmp_path, "sweep", "report", out)
+    assert report.returncode == 1 and error_lines(report.stderr) == [
+        f"fedsim: sweep report: runs/{first.name} ({sweep.runs[0].label}): failed: {message}; left out of the "
+        f"report"], report.stderr
 
 
 def test_a_start_killed_between_config_and_meta_starts_afresh(tmp_path):
@@ -138,8 +143,15 @@ def test_a_signal_stops_the_sweep_at_a_checkpoint_and_the_same_command_finishes_
         f"fedsim: sweep faults stopped by {signal.Signals(number).name}: 2 runs interrupted (each resumes from "
         f"its checkpoint), 1 pending, 0 completed; manifest: {out / 'manifest.json'}; finished runs and "
         f"checkpoints are kept. Continue with: fedsim sweep {path} --out {out} --workers 2"), stderr
-    assert stopped_statuses(out, folders, ROUNDS) == {folder: "pending" if folder in queued else "interrupted"
-                                                      for folder in folders}
+    statuses = stopped_statuses(out, folders, ROUNDS)
+    assert statuses == {folder: "pending" if folder in queued else "interrupted" for folder in folders}
+    # the report's table is empty: each run is named with its status, exit 1
+    report = fedsim(tmp_path, "sweep", "report", out)
+    completed = {run["folder"]: run.get("completed") for run in manifest_of(out)["runs"]}
+    assert report.returncode == 1 and error_lines(report.stderr) == [
+        f"fedsim: sweep report: runs/{folder.name} ({planned.label}): {statuses[folder]}"
+        + (f" after {completed[f'runs/{folder.name}']} rounds" if statuses[folder] == "interrupted" else "")
+        + "; left out of the report" for folder, planned in zip(folders, load_sweep(path).runs)], report.stderr
     again = fedsim(tmp_path, "sweep", path, "--workers", "2", "--out", out, "--quiet", timeout=SWEEP_TIMEOUT)
     assert again.returncode == 0 and f"{RUNS} completed" in again.stdout, again.stderr
     assert histories(out) == expected

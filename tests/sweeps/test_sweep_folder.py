@@ -6,6 +6,7 @@ sweep file is read once; a damaged summary.json costs only its run; the sweep na
 import json
 import shutil
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -210,3 +211,71 @@ def test_a_name_from_the_file_is_made_a_folder_name(tmp_path):
 def test_the_resume_hint_is_a_command_to_paste(tmp_path):
     hint = resume_hint(Path("my sweeps/a.toml"), Path("runs/a"))
     assert hint.endswith("Continue with: fedsim sweep 'my sweeps/a.toml' --out runs/a")
+
+
+
+def file_sweep(tmp_path: Path, kind: str, seeds: str) -> tuple[Path, Path, object]:
+    """(the sweep file ``seeds.toml`` of tiny runs over ``seeds`` reading a file of theirs, that file, a function
+    that changes it): an npz dataset (``kind`` "npz") or a system.trace ("trace")."""
+    if kind == "npz":
+        from tests.data.test_npz import arrays, saved
+        path = saved(tmp_path)
+        settings = f'"data.dataset" = "npz:{path}"\n"data.partition" = "iid"\n'
+        change = partial(saved, tmp_path, x_test=arrays()["x_test"] + 1)
+    else:
+        path = tmp_path / "trace.csv"
+        path.write_text("client,up,down,latency,speed\n" + "".join(f"{k},1e6,4e6,0.05,1e9\n" for k in range(8)))
+        settings = f'"system.profile" = "trace"\n"system.trace" = "{path}"\n'
+        change = partial(path.write_text, path.read_text().replace("0,1e6,", "0,1e3,", 1))
+    sweep = tmp_path / "seeds.toml"
+    sweep.write_text(sweep_text("seeds", 3, 5, seeds).replace("\n\n[grid]", f"\n{settings}\n[grid]"))
+    return sweep, path, change
+
+
+def setting_of(kind: str, path: Path) -> str:
+    return f"data.dataset npz:{path}" if kind == "npz" else f"system.trace {path}"
+
+
+@pytest.mark.parametrize("kind", ["npz", "trace"])
+def test_a_sweep_continued_after_a_file_its_runs_read_changed_is_refused_before_any_run(tmp_path, kind):
+    """A file the runs read (npz data, a system.trace; its sha256 in their meta.json) changed between a sweep
+    and its continuation: refused in one line naming the file, before a run starts, the folder as found (the
+    runs still to run used to read the new file, reported beside the runs on the old one)."""
+    sweep, path, change = file_sweep(tmp_path, kind, "seed = [0, 1]")
+    out = tmp_path / "S"
+    first = fedsim(tmp_path, "sweep", sweep, "--out", out, "--quiet")
+    assert first.returncode == 0 and "2 completed" in first.stdout, first.stderr
+    shutil.rmtree(run_of(out, 1))           # a run still to run
+    change()
+    manifest = (out / "manifest.json").read_bytes()
+    line = one_line_error(fedsim(tmp_path, "sweep", sweep, "--out", out, "--quiet"), 2,
+                          f"runs/{run_of(out, 0).name}: {setting_of(kind, path)}: ",
+                          "the file changed since the run started", "put it back, or start the sweep in a new folder")
+    assert not list((out / "runs").glob("seed=1-*")) and (out / "manifest.json").read_bytes() == manifest, line
+
+
+@pytest.mark.parametrize("kind", ["npz", "trace"])
+def test_the_report_names_the_runs_that_read_another_version_of_a_file(tmp_path, kind):
+    """Runs that read other versions of one file (a run folder of the sweep run on the changed file moved in;
+    a file changed while the sweep ran) are not reported beside each other: those that did not read the file
+    as it is now are named, one line each, and left out."""
+    sweep, path, change = file_sweep(tmp_path, kind, "seed = [0, 1, 2]")
+    original = path.read_bytes()
+    assert fedsim(tmp_path, "sweep", sweep, "--out", tmp_path / "S", "--quiet").returncode == 0
+    change()
+    assert fedsim(tmp_path, "sweep", sweep, "--out", tmp_path / "new", "--quiet").returncode == 0
+    mine, moved_in = run_of(tmp_path / "S", 1), run_of(tmp_path / "new", 1)
+    shutil.rmtree(mine)
+    shutil.copytree(moved_in, mine)
+    for now, named in ((None, [0, 2]), (original, [1])):       # the file as changed, then put back
+        if now is not None:
+            path.write_bytes(now)
+        report = fedsim(tmp_path, "sweep", "report", tmp_path / "S")
+        lines = error_lines(report.stderr)
+        assert report.returncode == 1 and len(lines) == len(named), report.stderr
+        for seed, line in zip(named, lines):
+            assert line.startswith(f"fedsim: sweep report: runs/{run_of(tmp_path / 'S', seed).name}: "
+                                   f"{setting_of(kind, path)}: it read the file with sha256 ") and \
+                "other runs of the sweep another version (sha256 " in line and \
+                line.endswith("; left out of the report"), line
+        assert sorted(accuracy_rows(tmp_path / "S")) == [str(seed) for seed in (0, 1, 2) if seed not in named]

@@ -51,8 +51,8 @@ the run with :class:`DivergenceError`, which carries the records of the iteratio
 from fedsim.algorithms.family import Family, register_family
 from fedsim.algorithms.lazy.config import (DTYPES, LAQ_ERROR_FACTOR, MAX_BITS, METHODS, MIN_BITS,
                                            RULES, LazyConfig, LazyRule, bits_per_upload)
-from fedsim.algorithms.lazy.report import (REPORT, f_star_of, records_reach, records_spent_before,
-                                           records_to_arrays, smallest_objective)
+from fedsim.algorithms.lazy.report import (REPORT, configured_f_star, f_star_of, records_reach,
+                                           records_spent_before, records_to_arrays, smallest_objective)
 from fedsim.algorithms.lazy.rules import (CURVATURE_STEPS, Shards, Smoothness, curvature_estimates,
                                           history_threshold, lag_ps_request_decision, laq_upload_decision,
                                           smoothness_bounds, smoothness_of, stack_shards)
@@ -72,6 +72,6 @@ FAMILY = register_family(Family(
 
 __all__ = ["CURVATURE_STEPS", "DTYPES", "DivergenceError", "FAMILY", "LAQ_ERROR_FACTOR", "LazyConfig", "LazyRule",
            "LazyRun", "MAX_BITS", "METHODS", "MIN_BITS", "RULES", "Shards", "Smoothness", "bits_per_upload",
-           "curvature_estimates", "f_star_of", "history_threshold", "lag_ps_request_decision",
+           "configured_f_star", "curvature_estimates", "f_star_of", "history_threshold", "lag_ps_request_decision",
            "laq_upload_decision", "records_reach", "records_spent_before", "records_to_arrays",
            "smallest_objective", "smoothness_bounds", "smoothness_of", "stack_shards", "starting_point"]

@@ -72,7 +72,7 @@ def smallest_objective(histories) -> float:
     return float(min(values))
 
 
-def _configured_f_star(runs) -> float | None:
+def configured_f_star(runs) -> float | None:
     """The ``run.f_star`` of the runs' configs if they all agree on one, else None."""
     configured = {run.config.get("run", {}).get("f_star") for run in runs}
     return float(configured.pop()) if len(configured) == 1 and None not in configured else None
@@ -81,7 +81,7 @@ def _configured_f_star(runs) -> float | None:
 def f_star_of(runs) -> float:
     """``f*`` for lazy runs read back together: the one in their configs if they all agree on one, else
     :func:`smallest_objective` of their records."""
-    configured = _configured_f_star(runs)
+    configured = configured_f_star(runs)
     return smallest_objective([run.history for run in runs]) if configured is None else configured
 
 
@@ -163,7 +163,7 @@ def compare(runs, targets: dict) -> tuple[str, list[str], list[list[str]]]:
     target = targets["residual"]
     usable = [run for run in runs if run.history]
     f_star = f_star_of(usable) if usable else math.nan
-    honest = _configured_f_star(usable) is not None or best_value_certified(usable, target)
+    honest = configured_f_star(usable) is not None or best_value_certified(usable, target)
     hidden = set() if honest else own_best(runs, f_star)
     simulated = any("simulated_seconds" in r for run in runs for r in run.history[:1])
     rows = []
@@ -209,5 +209,5 @@ REPORT = Report(
     figure="lazy_figures",
     metrics=("final_objective", "min_objective", "communications", "bits", "final_test_accuracy",
              "simulated_seconds"),
-    curve=("iteration", "objective", "f - (smallest f of the sweep)", "residual"), unused=unused_settings,
+    curve=("iteration", "objective", "f - f*", "residual"), unused=unused_settings,
     objective=("lazy.l2", "lazy.n_workers"))   # f = sum over the M workers of their mean loss + (l2 / 2)||theta||^2
