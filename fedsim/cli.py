@@ -450,7 +450,11 @@ def command_sweep(args) -> int:
     for name, entry in statuses.items():
         if entry.get("status") != "completed":
             print(f"fedsim: {name}: {entry.get('status')}: {entry.get('message', '')}", file=sys.stderr)
-    return EXIT_OK if all_finished(statuses) else EXIT_FAILED
+    # a file the runs read that changed while the sweep ran: its runs read two versions of it
+    mixed = [entry["problem"] for entry in collect(out)[1] if entry["problem"]]
+    for problem in mixed:
+        print(f"fedsim: sweep {sweep.name}: {problem}", file=sys.stderr)
+    return EXIT_OK if all_finished(statuses) and not mixed else EXIT_FAILED
 
 
 COMMANDS = {"run": command_run, "sweep": command_sweep, "presets": command_presets, "show-config": command_show_config,

@@ -279,3 +279,30 @@ def test_the_report_names_the_runs_that_read_another_version_of_a_file(tmp_path,
                 "other runs of the sweep another version (sha256 " in line and \
                 line.endswith("; left out of the report"), line
         assert sorted(accuracy_rows(tmp_path / "S")) == [str(seed) for seed in (0, 1, 2) if seed not in named]
+
+
+def test_a_file_changed_while_the_sweep_runs_is_told_at_its_end(tmp_path):
+    """The trace is rewritten while the sweep runs (by a plugin partitioner, at the second run's start): the
+    sweep ends with one line for the run that read the older version, and exit status 1."""
+    import os
+    from tests.conftest import REPO
+    sweep, path, change = file_sweep(tmp_path, "trace", "seed = [0, 1, 2]")
+    plug = tmp_path / "plug"
+    plug.mkdir()
+    (plug / "changer.py").write_text(
+        "import numpy as np\nfrom pathlib import Path\nfrom fedsim.data.partition import register_partitioner\n\n"
+        f"CALLS = Path({str(tmp_path / 'calls')!r})\n\n"
+        "@register_partitioner('changer')\ndef split(labels, n_clients, rng):\n"
+        "    CALLS.write_text(CALLS.read_text() + 'x' if CALLS.exists() else 'x')\n"
+        "    if CALLS.read_text() == 'xx':        # the second run: the trace changes before it reads it\n"
+        f"        path = Path({str(path)!r})\n"
+        "        path.write_text(path.read_text().replace('0,1e6,', '0,1e3,', 1))\n"
+        "    return np.array_split(np.arange(len(labels)), n_clients)\n")
+    sweep.write_text(sweep.read_text().replace("[grid]", 'plugins = ["changer"]\n"data.partition" = "changer"\n\n'
+                                               "[grid]"))
+    ran = fedsim(tmp_path, "sweep", sweep, "--out", tmp_path / "S", "--workers", "1", "--quiet",
+                 PYTHONPATH=os.pathsep.join([str(REPO), str(plug)]))
+    lines = error_lines(ran.stderr)
+    assert ran.returncode == 1 and "3 completed" in ran.stdout and len(lines) == 1, ran.stderr
+    assert lines[0].startswith(f"fedsim: sweep seeds: runs/{run_of(tmp_path / 'S', 0).name}: system.trace "
+                               f"{path}: it read the file with sha256 "), lines
