@@ -265,8 +265,9 @@ def plot_sweep(out, figures_out=None, notes: list[str] | None = None) -> list[Pa
     finished = [entry for entry in entries if entry["result"] is not None and drawn_records(entry["result"].history)]
     if not finished:
         return []
-    if notes is not None:
+    if notes is not None:           # runs drawn in part, and each run not drawn
         notes += filter(None, (drawn_in_part(entry["result"]) for entry in finished))
+        notes += [f"{line}; not drawn" for line in left_out(entries, [{"run": entry["folder"]} for entry in finished])]
     declared = family(finished[0]["result"].family)
     x_name, y_name, ylabel, kind = declared.report.curve
     residual = kind == "residual"

@@ -102,6 +102,9 @@ def test_a_run_that_keeps_killing_its_worker_is_marked_failed_and_the_queue_goes
     assert report.returncode == 1 and error_lines(report.stderr) == [
         f"fedsim: sweep report: runs/{first.name} ({sweep.runs[0].label}): failed: {message}; left out of the "
         f"report"], report.stderr
+    plotted = fedsim(tmp_path, "sweep", "plot", out)           # and the figure says it is not drawn
+    assert plotted.returncode == 0 and error_lines(plotted.stderr) == [
+        f"fedsim: warning: runs/{first.name} ({sweep.runs[0].label}): failed: {message}; not drawn"], plotted.stderr
 
 
 def test_a_start_killed_between_config_and_meta_starts_afresh(tmp_path):
