@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 from types import SimpleNamespace
 
 import numpy as np
@@ -53,7 +54,7 @@ def _run(method, data=None, progress=False, model_config=ModelConfig(), **settin
     ("step_size", float("nan"), r"step_size \(alpha\)"),
     ("history_length", 0, r"history_length \(D\) must be an integer >= 1"),
     ("max_skips", 0, r"max_skips \(C\) must be an integer >= 1"),
-    ("method", "lag", r"method must be one of 'gd', 'qgd', 'lag-wk', 'lag-ps', 'laq', 'slaq', got 'lag'"),
+    ("method", "lag", "method must be one of " + re.escape(", ".join(map(repr, METHODS))) + ", got 'lag'"),
     ("n_workers", 0, r"n_workers \(M\)"),
     ("history_weight", -1.0, r"history_weight \(xi\) must be a finite number >= 0"),
     ("iterations", 0, "iterations"),

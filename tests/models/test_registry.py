@@ -29,10 +29,13 @@ def test_softmax_is_the_default_model_with_zero_init():
     assert ModelConfig(init="glorot").init_kind == "glorot"
 
 
+NAMES = ", ".join(map(repr, MODELS))          # 'softmax', 'mlp' and any model added to the registry
+
+
 @pytest.mark.parametrize("table, message", [
-    ({"name": "sofmax"}, "model.name must be one of 'softmax', 'mlp', got 'sofmax'; did you mean 'softmax'?"),
-    ({"name": "perceptron"}, "model.name must be one of 'softmax', 'mlp', got 'perceptron'"),
-    ({"name": 3}, "model.name must be one of 'softmax', 'mlp', got 3"),
+    ({"name": "sofmax"}, f"model.name must be one of {NAMES}, got 'sofmax'; did you mean 'softmax'?"),
+    ({"name": "perceptron"}, f"model.name must be one of {NAMES}, got 'perceptron'"),
+    ({"name": 3}, f"model.name must be one of {NAMES}, got 3"),
     ({"hidden": [200]}, "model.hidden must be empty for model 'softmax' (it has no hidden layer), got [200]"),
     ({"hidden": [0]}, "model.hidden must be a list of integer widths >= 1, like [200] or [256, 128], got [0]"),
     ({"hidden": [2.5]}, "model.hidden must be a list of integer widths >= 1"),
