@@ -228,18 +228,13 @@ def format_value(value) -> str:
 # keys
 
 
-def suggest(key: str, table: str | None = None, fields: list[str] | None = None) -> str | None:
+def suggest(key: str, table: str | None = None) -> str | None:
     """The valid dotted setting closest to ``key`` (``table`` is where the key was met), or None.
 
     Tried in order: the closest field of the same table (``difflib``, cutoff 0.6); a field of that exact
-    name in another table (``lr`` -> ``federated.lr``); the closest field name in any table. Given ``fields``
-    (the settings ``table`` takes where they are not a config's: ``fedsim compressors report`` sets a
-    compressor's p and scope too), only the closest of them is tried.
+    name in another table (``lr`` -> ``federated.lr``); the closest field name in any table.
     """
     name = key.rsplit(".", 1)[-1]
-    if fields is not None:
-        close = difflib.get_close_matches(name, fields, n=1, cutoff=0.6)
-        return f"{table}.{close[0]}" if close else None
     if table in TABLES:
         close = difflib.get_close_matches(name, table_fields(table), n=1, cutoff=0.6)
         if close:

@@ -116,12 +116,12 @@ def check_settings(settings: dict[str, dict], error) -> None:
     """Each compressor's settings checked as its class checks them, before anything is measured: a NAME that is
     no registered compressor is one line (the closest compressor; a config's table, such as federated, is told
     that --set takes a compressor's settings), a setting that is none of its fields (p and scope included,
-    which a config sets in [federated]) one line with the closest (:func:`fedsim.config.suggest`), a value its
+    which a config sets in [federated]) one line with the closest of them (``difflib``), a value its
     field's constraint refuses one line naming the setting and what is allowed."""
     import dataclasses
     import difflib
     from fedsim.compress import COMPRESSORS, make_compressor
-    from fedsim.config import TABLES, TOP_LEVEL, setting_error, suggest
+    from fedsim.config import TABLES, TOP_LEVEL, setting_error
     for name, values in settings.items():
         if name not in COMPRESSORS:
             key, names = f"{name}.{next(iter(values))}", ", ".join(COMPRESSORS)
@@ -133,10 +133,10 @@ def check_settings(settings: dict[str, dict], error) -> None:
                         + (f"did you mean '{close[0]}'?" if close else f"compressors: {names}"))
         fields = [field.name for field in dataclasses.fields(COMPRESSORS[name]) if field.init]
         for setting in values:
-            if setting not in fields:
-                hint = suggest(f"{name}.{setting}", name, fields)
+            if setting not in fields:      # the closest of its fields, p and scope included (cutoff as config's)
+                close = difflib.get_close_matches(setting, fields, n=1, cutoff=0.6)
                 raise error(f"unknown setting '{name}.{setting}' in --set; "
-                            + (f"did you mean '{hint}'?" if hint else f"{name} has: {', '.join(fields)}"))
+                            + (f"did you mean '{name}.{close[0]}'?" if close else f"{name} has: {', '.join(fields)}"))
         try:
             make_compressor(name, **values)
         except (ValueError, TypeError) as problem:
