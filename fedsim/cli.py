@@ -451,7 +451,7 @@ def command_sweep(args) -> int:
         if entry.get("status") != "completed":
             print(f"fedsim: {name}: {entry.get('status')}: {entry.get('message', '')}", file=sys.stderr)
     # a file the runs read that changed while the sweep ran: its runs read two versions of it
-    mixed = [entry["problem"] for entry in collect(out)[1] if entry["problem"]]
+    mixed = [entry["problem"] for entry in collect(out)[1] if entry["mixed"]]
     for problem in mixed:
         print(f"fedsim: sweep {sweep.name}: {problem}", file=sys.stderr)
     return EXIT_OK if all_finished(statuses) and not mixed else EXIT_FAILED

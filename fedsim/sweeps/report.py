@@ -44,7 +44,7 @@ def checked_manifest(out) -> dict:
 
 def collect(out) -> tuple[dict, list[dict]]:
     """(manifest, one entry per run: folder, status, axis values, the manifest's message and completed steps,
-    run result or None, problem or None).
+    run result or None, problem or None, and whether the problem is another version of a file: ``mixed``).
 
     A run folder that is not the run the manifest names (:func:`fedsim.sweeps.folder.check_run_folder`, its
     name made of the manifest's axis values), or that read another version of a file than the other runs
@@ -72,7 +72,8 @@ def collect(out) -> tuple[dict, list[dict]]:
                         "problem": problem})
     differing = differing_versions({entry["folder"]: entry["result"].meta for entry in entries if entry["result"]})
     for entry in entries:           # runs on another version of a file: not beside the others' numbers
-        if entry["folder"] in differing:
+        entry["mixed"] = entry["folder"] in differing
+        if entry["mixed"]:
             entry["result"], entry["problem"] = None, f"{entry['folder']}: {differing[entry['folder']]}"
     return manifest, entries
 
