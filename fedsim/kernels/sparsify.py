@@ -13,13 +13,15 @@ import numpy as np
 from fedsim.kernels import JIT_OPTIONS, checks
 from fedsim.kernels.checks import Array, Flag, checked
 from fedsim.kernels.golomb import (COUNT_BITS, _golomb_rice_bits_core, _rice_parameter_core,
-                                   _sparse_segment_bits_core)
+                                   _sparse_segment_bits_core, golomb_rice_bits_numpy, rice_parameter_numpy)
 from fedsim.kernels.selection import (NONFINITE_MESSAGE, PIVOT_SAMPLE, SMALL_SEGMENT, _round_to_dtype,
-                                      _top_k_into)
-from fedsim.kernels.ternary import (_mean_magnitude_core, _sampled_ternarize_into, _sign_core,
-                                    _ternarize_into)
+                                      _top_k_into, _top_k_sparsify_numpy)
+from fedsim.kernels.ternary import (_mean_magnitude_core, _mean_magnitude_numpy, _sampled_ternarize_into,
+                                    _sampled_ternarize_numpy, _sign_core, _sign_numpy, _ternarize_into,
+                                    _ternarize_numpy)
 
-__all__ = ["NONFINITE_MESSAGE", "all_finite", "all_finite_numpy", "sign_compress_batch", "sparse_compress_batch"]
+__all__ = ["NONFINITE_MESSAGE", "all_finite", "all_finite_numpy", "sign_compress_batch", "sign_compress_batch_numpy",
+           "sparse_compress_batch", "sparse_compress_batch_numpy"]
 
 _jit = numba.njit(**JIT_OPTIONS)
 
@@ -199,6 +201,45 @@ def sparse_compress_batch(updates, segment_offsets, budgets, ternary, float_bits
     """
 
 
+def _segment_bits_numpy(kept, size, bits_per_entry, trailer_bits):
+    """A sparse segment's bits: 32-bit count + Golomb-Rice positions (b* from count / size) + ``bits_per_entry``
+    per kept entry + ``trailer_bits`` if any is kept (:func:`fedsim.kernels.golomb.sparse_segment_bits`)."""
+    count = kept.shape[0]
+    return (COUNT_BITS + golomb_rice_bits_numpy(kept, rice_parameter_numpy(count, size)) + count * bits_per_entry
+            + (trailer_bits if count else 0))
+
+
+def sparse_compress_batch_numpy(updates, segment_offsets, budgets, ternary, float_bits, sampled,
+                                sample_positions, sample_starts, sample_budgets, sent_out, counts_out,
+                                encoded_bits_out):
+    (updates, segment_offsets, budgets, ternary, float_bits, sampled, sample_positions, sample_starts,
+     sample_budgets, sent_out, counts_out, encoded_bits_out) = sparse_compress_batch.check(
+        updates, segment_offsets, budgets, ternary, float_bits, sampled, sample_positions, sample_starts,
+        sample_budgets, sent_out, counts_out, encoded_bits_out)
+    n_segments = segment_offsets.shape[0] - 1
+    for row in range(updates.shape[0]):
+        total = 0
+        for j in range(n_segments):
+            start, stop = segment_offsets[j], segment_offsets[j + 1]
+            x, k = updates[row, start:stop], budgets[j]
+            positions, signs, values = np.empty(stop - start, np.int64), np.empty(stop - start, np.int8), \
+                np.empty(stop - start, x.dtype)
+            if ternary and sampled:
+                first, last = sample_starts[row * n_segments + j], sample_starts[row * n_segments + j + 1]
+                count, mu, _ = _sampled_ternarize_numpy(x, sample_positions[first:last], sample_budgets[j], k,
+                                                        positions, signs)
+            elif ternary:
+                count, mu = _ternarize_numpy(x, k, positions, signs)
+            else:
+                count = _top_k_sparsify_numpy(x, k, positions, values)
+            kept = positions[:count]
+            sent_out[row, start + kept] = signs[:count] * mu if ternary else values[:count]
+            total += _segment_bits_numpy(kept, stop - start, 1 if ternary else float_bits,
+                                         float_bits if ternary else 0)
+            counts_out[row, j] = count
+        encoded_bits_out[row] = total
+
+
 @_jit
 def _sign_compress_batch_core(updates, segment_offsets, scaled, float_bits, sent_out, scales_out,
                               encoded_bits_out):
@@ -244,3 +285,23 @@ def sign_compress_batch(updates, segment_offsets, scaled, float_bits, sent_out, 
     magnitude rounds to 0 (all zeros, or subnormals whose mean underflows) is sent as zeros: its signs would
     reach the receiver multiplied by 0.
     """
+
+
+def sign_compress_batch_numpy(updates, segment_offsets, scaled, float_bits, sent_out, scales_out, encoded_bits_out):
+    updates, segment_offsets, scaled, float_bits, sent_out, scales_out, encoded_bits_out = sign_compress_batch.check(
+        updates, segment_offsets, scaled, float_bits, sent_out, scales_out, encoded_bits_out)
+    for row in range(updates.shape[0]):
+        total = 0
+        for j in range(segment_offsets.shape[0] - 1):
+            start, stop = segment_offsets[j], segment_offsets[j + 1]
+            x, signs = updates[row, start:stop], np.empty(stop - start, np.int8)
+            n_zeros = _sign_numpy(x, signs)
+            scale = _mean_magnitude_numpy(x) if scaled else x.dtype.type(1)
+            if scale == 0:          # as the kernel: the segment is sent as zeros, no sign bits
+                signs[:], n_zeros = 0, stop - start
+            scales_out[row, j] = scale
+            sent_out[row, start:stop] = signs * scale
+            total += COUNT_BITS + golomb_rice_bits_numpy(np.flatnonzero(signs == 0),
+                                                         rice_parameter_numpy(n_zeros, stop - start))
+            total += stop - start - n_zeros + (float_bits if scaled else 0)
+        encoded_bits_out[row] = total

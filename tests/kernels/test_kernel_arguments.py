@@ -788,8 +788,8 @@ CASES = {
         case(ternary._sign, ternary._sign_numpy, nonfinite_in("x")),
         case(ternary._mean_magnitude, ternary._mean_magnitude_numpy, nonfinite_in("x")),
         case(sparsify.all_finite, sparsify.all_finite_numpy, _zero_dimensional),
-        case(sparsify.sparse_compress_batch, None, build=build_sparse_compress_batch),
-        case(sparsify.sign_compress_batch, None, nonfinite_in("updates")),
+        case(sparsify.sparse_compress_batch, sparsify.sparse_compress_batch_numpy, build=build_sparse_compress_batch),
+        case(sparsify.sign_compress_batch, sparsify.sign_compress_batch_numpy, nonfinite_in("updates")),
     ],
     "golomb": [
         case(golomb.rice_parameter, golomb.rice_parameter_numpy,

@@ -227,3 +227,29 @@ def test_non_finite_raises(bad, size):
         with pytest.raises(ValueError, match="update contains NaN or inf"):
             call()
     assert not sparsify.all_finite(x) and not sparsify.all_finite_numpy(x)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_batch_kernels_match_their_twins(seed):
+    """sparse_compress_batch (top-k, STC exact and sampled) and sign_compress_batch against their NumPy twins,
+    bitwise: random rows of 1 to 3 segments (empty ones too), budgets up to past the segment's size."""
+    rng = np.random.default_rng(seed)
+    dtype = DTYPES[seed % len(DTYPES)]
+    sizes = rng.integers(0, 40, rng.integers(1, 4))
+    offsets = np.concatenate(([0], np.cumsum(sizes))).astype(np.int64)
+    rows = rng.standard_normal((3, offsets[-1])).astype(dtype)
+    rows[rng.random(rows.shape) < 0.3] = 0
+    budgets = np.array([rng.integers(0, n + 3) for n in sizes], np.int64)
+    samples = [rng.permutation(n)[:rng.integers(0, n + 1)].astype(np.int64) for _ in range(3) for n in sizes]
+    starts = np.concatenate(([0], np.cumsum([s.size for s in samples]))).astype(np.int64)
+    positions = np.concatenate(samples + [np.zeros(0, np.int64)])
+    sample_budgets = np.array([rng.integers(0, n + 3) for n in sizes], np.int64)
+    for is_stc, sampled in ((False, False), (True, False), (True, True)):
+        agree((sparsify.sparse_compress_batch, sparsify.sparse_compress_batch_numpy),
+              called(rows, offsets, budgets, is_stc, 32, sampled, positions, starts, sample_budgets,
+                     np.zeros_like(rows), np.zeros((3, len(sizes)), np.int64), np.zeros(3, np.int64)),
+              f"ternary {is_stc}, sampled {sampled}")
+    for scaled in (False, True):
+        agree((sparsify.sign_compress_batch, sparsify.sign_compress_batch_numpy),
+              called(rows, offsets, scaled, 32, np.zeros_like(rows), np.zeros((3, len(sizes)), dtype),
+                     np.zeros(3, np.int64)), f"scaled {scaled}")
