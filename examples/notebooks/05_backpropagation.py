@@ -162,12 +162,13 @@ print("dL/db1 =", grad_b1)
 # %% [markdown]
 # ## The same through fedsim
 #
-# `MLP.loss_and_grad` runs these steps for any number of layers: `delta` is $\Delta_l$, `h_below` the
-# layer's input ($X$ or $A$); the gradient's tensors are views of one flat vector laid out like
-# $\theta$. Here is its code, the equations beside the lines that compute them:
+# `MLP.loss_and_grad` runs the forward pass and hands its outputs to `MLP._backward`, which runs these steps
+# for any number of layers: `delta` is $\Delta_l$, `h_below` the layer's input ($X$ or $A$); the gradient's
+# tensors are views of one flat vector laid out like $\theta$. Here is its code, the equations beside the
+# lines that compute them:
 
 # %%
-print(inspect.getsource(MLP.loss_and_grad))
+print(inspect.getsource(MLP._backward))
 
 # %% [markdown]
 # Our five steps, flattened in fedsim's layout, against fedsim's gradient:
@@ -299,4 +300,7 @@ if FIGURES:
 # at the top, then for each layer its weight gradient $(\text{input})^\top \Delta$, its bias gradient
 # $\sum_i \Delta$, and $\Delta W^\top$ passed down, masked by the activation's derivative. fedsim's MLP
 # is these lines, batched over clients; every federated and lazy method of notebooks 2 and 3 runs on it
-# with `--set model.name=mlp --set model.hidden=[200]`.
+# with `--set model.name=mlp --set model.hidden=[200]`. One caution for LAQ (and QGD's grid) on a network: at
+# the Glorot init most gradient entries are near 0, which the b-bit grid quantizes with an error as large as
+# the innovation, so LAQ's rule skips every upload until the staleness clock (`lazy.max_skips`, C = 100)
+# forces one; the `laq-mlp` preset's header measures it (f stays at 40.43 until k = 100).
