@@ -196,7 +196,8 @@ def read_trace(path, n_clients: int) -> Devices:
     outside = clients[(clients < 0) | (clients >= n_clients)]
     if len(outside):
         raise ValueError(f"{where}: the client column must hold the clients 0 .. {n_clients - 1} of the run, one row "
-                         f"each; it has rows for {len(outside)} others (first: {outside[:5].astype(np.int64).tolist()})")
+                         f"each; it has rows for {len(outside)} others "
+                         f"(first: {outside[:5].astype(np.int64).tolist()})")
     missing = np.setdiff1d(np.arange(n_clients), clients.astype(np.int64))
     if len(missing):
         raise ValueError(f"{where}: {len(missing)} of the {n_clients} clients have no row "

@@ -13,8 +13,10 @@ private helper) with the same contract, bitwise equal; the tests compare the two
 ``.py_func``) on random and adversarial inputs. The bit-stream writers and readers (bitstream's fields, the
 ``*_into`` / ``*_from`` of golomb, qsgd and terngrad) and the bit counters of one segment (golomb's
 ``sparse_segment_bits``, terngrad's ``segment_bits``) have none: they are checked by round trips (written,
-then read back) and by the compressors' contract (every message's length is its ``encoded_bits``). All kernels are compiled with the one options dict below (fastmath off: no
-reassociation, no fused multiply-add). A sum over the data is a sequential float64 loop in index order,
+then read back) and by the compressors' contract (every message's length is its ``encoded_bits``).
+
+All kernels are compiled with the one options dict below (fastmath off: no reassociation, no fused
+multiply-add). A sum over the data is a sequential float64 loop in index order,
 which the twins compute with ``np.cumsum`` (``np.sum`` adds pairwise). The compressors' kernels reject
 non-finite data with ``ValueError(NONFINITE_MESSAGE)`` (:mod:`fedsim.kernels.selection`): how the simulator
 detects divergence.

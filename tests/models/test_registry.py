@@ -54,8 +54,9 @@ def test_bad_model_settings_are_one_line_naming_the_setting(table, message):
 def test_a_network_too_large_for_the_machine_is_one_line_naming_model_hidden():
     """Widths whose parameter vector would not fit in memory (an unexpected MemoryError, or numpy's 'maximum
     allowed dimension exceeded', before): refused when the model is built for its data."""
-    with pytest.raises(ValueError, match=r"^model.hidden = \[10{21}\] makes mlp on 60 features and 10 classes "
-                                         r"71,0{3}(,0{3}){5},010 parameters: .* GiB a vector, more than this machine's"):
+    with pytest.raises(ValueError, match=r"^model.hidden = \[10{21}\] makes mlp on 60 features and 10 "
+                                         r"classes 71,0{3}(,0{3}){5},010 parameters: .* GiB a vector, more than "
+                                         r"this machine's"):
         ModelConfig(name="mlp", hidden=(10**21,)).build(60, 10)
 
 
