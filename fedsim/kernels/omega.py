@@ -115,7 +115,7 @@ def _write_elias_omega_core(stream, bit_offset, value):
     """The groups are placed from the end backwards (the terminating 0 last), so no group list is needed."""
     total = _elias_omega_bits_core(value)
     position = bit_offset + total - 1
-    _write_uint_core(stream, position, 0, 1)
+    _write_uint_core(stream, position, np.int64(0), np.int64(1))
     group = value
     while group > 1:
         width = _bit_length(group)
@@ -134,7 +134,7 @@ def _write_elias_omega(stream, bit_offset, value):
 
 @_jit
 def _read_elias_omega_core(stream, bit_offset, bit_end):
-    value = 1
+    value = np.int64(1)
     offset = bit_offset
     while True:
         if offset >= bit_end:

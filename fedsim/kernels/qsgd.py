@@ -337,7 +337,7 @@ def _qsgd_encode_into_core(signed_levels, bucket_offsets, norm_patterns, float_b
             level = np.int64(signed_levels[start + i])
             if level != 0:
                 offset = _write_elias_omega_core(stream, offset, i - previous)
-                offset = _write_uint_core(stream, offset, 1 if level < 0 else 0, 1)
+                offset = _write_uint_core(stream, offset, np.int64(1 if level < 0 else 0), np.int64(1))
                 offset = _write_elias_omega_core(stream, offset, abs(level))
                 previous = i
         offset = _write_elias_omega_core(stream, offset, stop - start - previous)

@@ -104,7 +104,7 @@ def _heap_sort(values, start, end):
         swap = values[start]
         values[start] = values[start + last]
         values[start + last] = swap
-        _sift_down(values, start, 0, start + last)
+        _sift_down(values, start, np.int64(0), start + last)
 
 
 @_jit
@@ -116,7 +116,7 @@ def _kth_largest(values, count, k, spare_rounds=8):
     (introselect: linear on average, never worse than n log n).
     """
     target = count - k  # the answer's index in ascending order
-    low = 0
+    low = np.int64(0)
     high = count - 1
     round_limit = spare_rounds
     span = count
@@ -213,7 +213,7 @@ def _collect_candidates(x, lower, k, candidate_positions, candidate_magnitudes, 
     """One pass over ``x`` collecting ``|x_i| >= lower`` in index order; compacts to the top k when the
     buffer is full and raises ``lower`` past the k-th candidate. Returns (count, compacted)."""
     capacity = candidate_positions.shape[0]
-    count = 0
+    count = np.int64(0)
     compacted = False
     for i in range(x.shape[0]):
         magnitude = abs(x[i])

@@ -257,7 +257,7 @@ def _pack_ternary_into_core(codes, stream, bit_offset):
     start = 0
     while start < count:
         width = min(GROUP, count - start)
-        value = 0
+        value = np.int64(0)
         for t in range(width - 1, -1, -1):              # digit 0 least significant
             value = 3 * value + _digit(codes[start + t])
         offset = _write_uint_core(stream, offset, value,
