@@ -102,9 +102,10 @@ def sparse_vector_bits(positions: np.ndarray, size: int, value_bits: int = FLOAT
     return int(golomb.sparse_segment_bits(np.asarray(positions, np.int64), size, value_bits, 0))
 
 
-def dense_bits(size: int) -> int:
-    """Encoded bits of a dense vector of 32-bit floats (a full model, a GD or LAG upload): 32 N."""
-    return FLOAT_BITS * int(size)
+def dense_bits(size: int, value_bits: int = FLOAT_BITS) -> int:
+    """Encoded bits of a dense vector of ``value_bits``-bit floats (a full model, a GD or LAG upload): 32 N
+    by default."""
+    return int(value_bits) * int(size)
 
 
 def quantized_bits(size: int, bits: int) -> int:

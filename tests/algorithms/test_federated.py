@@ -99,13 +99,21 @@ def test_returning_clients_pay_for_what_they_missed(synthetic):
     assert sum(catch_up) > 0
 
 
-def test_catch_up_falls_back_to_the_full_model_when_cheaper(synthetic):
-    # dense downstream messages (FedAvg): any catch-up costs the full model, 32 bits per parameter
-    run = make_run(synthetic, method="fedavg", participation_rate=0.25, rounds=10)
-    records = run.run()
+@pytest.mark.parametrize("dtype, float_bits", [("float32", 32), ("float64", 64)])
+def test_catch_up_falls_back_to_the_full_model_when_cheaper(synthetic, dtype, float_bits):
+    # dense downstream messages (FedAvg): each returning client receives the full model, P floats of the
+    # width the run's own messages carry (as each participant's broadcast)
+    run = make_run(synthetic, method="fedavg", participation_rate=0.25, rounds=10, dtype=dtype)
     P = run.model.size
-    total = sum(r["bits_down_catch_up"] for r in records)
-    assert total > 0 and total % (32 * P) == 0
+    returning = 0
+    for _ in range(10):
+        before = run.clients.last_sync.dense()
+        record = run.step()
+        behind = int(np.sum(before[run.clients.last_sync.dense() == record["round"]] < record["round"] - 1))
+        assert record["bits_down_catch_up"] == behind * float_bits * P
+        assert record["bits_down"] == (record["participants"] + behind) * float_bits * P
+        returning += behind
+    assert returning > 0
 
 
 @pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning", "ignore:invalid value:RuntimeWarning")
@@ -138,7 +146,17 @@ def test_majority_vote_ties_give_zero(synthetic):
                                   [0, -np.float32(run.config.lr), 0])
 
 
+def test_majority_vote_counts_one_vote_per_sender_whatever_its_scale(synthetic):
+    # scaled sign messages (sign.scale = "mean"): two small + votes outvote one large - vote
+    run = make_run(synthetic, method="signsgd", n_clients=12)
+    decoded = np.array([[0.001, 0.001], [0.001, 0.001], [-1.0, -1.0]], np.float32)
+    lr = np.float32(run.config.lr)
+    np.testing.assert_array_equal(run.up.aggregate(decoded, run.clients.sizes[:3], "majority", run.config.lr),
+                                  [lr, lr])
+
+
 @pytest.mark.parametrize("settings, setting", [
+    (dict(method="signsgd", accumulate_up=True), 'accumulate_up = true needs sign.scale = "mean"'),
     (dict(p_up=0.0), "p_up"), (dict(p_up=1.5), "p_up"), (dict(p_down=-1), "p_down"),
     (dict(participation_rate=0.0), "participation_rate"), (dict(participation_rate=1.2), "participation_rate"),
     (dict(method="stc_sideways"), "method"), (dict(lr=-0.1), "lr"), (dict(batch_size=0), "batch_size"),

@@ -11,7 +11,7 @@ One round t (all participants at once, as arrays of shape (participants, paramet
     w_k <- w_k - lr_k * SGD-momentum(grad f_k(w_k; batch))  (local_iterations)   local training
     dW_k = w_k - W                                                                update
     A_k <- A_k + dW_k;  m_k = C_up(A_k);  A_k <- A_k - m_k                        upstream, error feedback
-    m = mean_k m_k | sum_k n_k m_k / sum_k n_k | lr * sign(sum_k m_k)             aggregation
+    m = mean_k m_k | sum_k n_k m_k / sum_k n_k | lr * sign(sum_k sign(m_k))       aggregation
     A <- A + m;  m_down = C_down(A);  A <- A - m_down                             downstream, error feedback
     W <- W + m_down                                                               server update
 
@@ -21,8 +21,10 @@ synchronization it equals the server model).
 Caching (STC paper, section "Communication-efficient ... partial participation"): the server keeps the
 downstream messages of recent rounds; a client that last synchronized at round t0 receives
 sum_{s = t0+1}^{t-1} m_down_s as a sparse vector (positions + 32-bit values) or the full model (32 P bits)
-when that is cheaper. Those bits count as downstream traffic, beside the round's broadcast to its
-participants. (The modules: ARCHITECTURE.md.)
+when that is cheaper (64-bit floats in a float64 run). The cache is bounded: older messages leave once the
+union of the newer ones' positions would cost as much as the full model, and a client that missed a message
+no longer held receives the full model. Those bits count as downstream traffic, beside the round's
+broadcast to its participants. (The modules: ARCHITECTURE.md.)
 """
 
 from fedsim.algorithms.family import Family, register_family

@@ -108,7 +108,12 @@ class FederatedConfig:
                              f"method {self.method!r} (allowed: {', '.join(allowed)}; 'majority' needs sign "
                              f"updates, method 'signsgd')")
         for direction in ("up", "down"):
-            self.compressor(direction)        # builds (and so validates) both compressors
+            compressor = self.compressor(direction)        # builds (and so validates) both compressors
+            if (compressor.name == "sign" and compressor.scale == "none"
+                    and getattr(self.resolved_method, f"accumulate_{direction}")):
+                raise ValueError(f'accumulate_{direction} = true needs sign.scale = "mean": an unscaled sign '
+                                 f"message (+-1) is not in the update's units, so its residual A - sign(A) would "
+                                 f"grow with every round")
         knob = COMPRESSORS[resolved.up].budget_knob
         if self.bits_per_round is not None and knob is None:
             with_knobs = sorted(name for name, cls in COMPRESSORS.items() if cls.budget_knob)

@@ -13,7 +13,7 @@ import numpy as np
 from fedsim.algorithms.federated.clients import ClientRows, ClientStates, RoundData
 from fedsim.algorithms.federated.config import FederatedConfig
 from fedsim.compress import Compressed, ErrorFeedback, ErrorFeedbackState
-from fedsim.compress.base import layout_of
+from fedsim.compress.base import float_bits, layout_of
 from fedsim.compress.bits import dense_bits, sparse_vector_bits
 from fedsim.compress.budget import solve_knob
 from fedsim.data.dataset import Dataset
@@ -338,7 +338,8 @@ class FederatedRun:
         self.catch_up_bits = np.zeros(len(participants), np.int64)
         last_sync = self.clients.last_sync[participants]
         P = self.server.weights.size
-        full_model = dense_bits(P)
+        value_bits = float_bits(self.dtype)         # the width of every float the run sends
+        full_model = dense_bits(P, value_bits)
         for since in np.unique(last_sync[last_sync < t - 1]):      # the returning participants, by last round
             missed = np.zeros(P, self.dtype)
             covered = False
@@ -346,18 +347,21 @@ class FederatedRun:
                 if round_ > since:
                     missed[positions] += values
                     covered = covered or round_ == since + 1
-            cost = sparse_vector_bits(np.flatnonzero(missed), P) if covered else full_model
+            cost = sparse_vector_bits(np.flatnonzero(missed), P, value_bits) if covered else full_model
             self.catch_up_bits[last_sync == since] = min(cost, full_model)
         return int(self.catch_up_bits.sum())
 
     def _prune_cache(self) -> None:
-        """Drop downstream messages no client can need cheaper than the full model: once the union of
-        the newest messages' positions makes a sparse catch-up cost 32 P bits or more, older ones go."""
+        """Keep the cache bounded: once the union of the newest messages' positions would make a sparse
+        catch-up cost as much as the full model, older messages go, and a client that missed them receives
+        the full model. Where messages cancel (majority votes add +-lr), the sum it missed may have been
+        sparser: the protocol simulated is this bounded cache, and its bits are the ones counted."""
         P = self.server.weights.size
+        value_bits = float_bits(self.dtype)
         support = np.zeros(P, bool)
         for i in range(len(self.server.cache) - 1, -1, -1):
             support[self.server.cache[i][1]] = True
-            if sparse_vector_bits(np.flatnonzero(support), P) >= dense_bits(P):
+            if sparse_vector_bits(np.flatnonzero(support), P, value_bits) >= dense_bits(P, value_bits):
                 del self.server.cache[:i]
                 return
         oldest_needed = self.clients.oldest_sync()
