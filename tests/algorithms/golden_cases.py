@@ -1,4 +1,4 @@
-"""The runs whose histories are recorded in ``tests/algorithms/golden/`` and checked bit for bit.
+"""The runs whose histories are recorded in ``tests/algorithms/golden/<BLAS>/`` and checked bit for bit.
 
 Every preset, every federated method at full and half participation, every lazy method, and the client
 optimizer, threshold, scope and dtype variants, on offline data (plus the two MNIST-scale presets on the
@@ -18,6 +18,14 @@ The multilayer perceptron's cases (:func:`mlp_cases`, issue #24) were recorded w
 a file of their own (``golden/mlp_histories.json``, by ``python -m tests.algorithms.golden_cases
 --record-mlp``), so that recording them leaves the softmax histories above untouched.
 
+The last bits of a matrix product depend on the BLAS kernel (OpenBLAS picks one per processor: SkylakeX,
+Haswell, ...), and so, through the models' products, does every history. Each kernel has its own folder,
+named after :func:`fedsim.runs.provenance.numpy_blas`, and a test compares against the folder of the BLAS it
+runs on. The SkylakeX histories are the ones described above; the Haswell ones were recorded from commit
+ed13263, whose results had been checked against the SkylakeX ones (CI on a SkylakeX machine), on an AMD EPYC
+processor running the Haswell kernel. A processor whose kernel has no folder fails the tests with the
+command that records one (``--record --with-data`` and ``--record-mlp``, from a commit checked elsewhere).
+
 A case is (preset, overrides, steps). Overrides use today's setting names; a renamed setting is renamed
 here, with the recorded numbers left as they are.
 """
@@ -25,10 +33,20 @@ here, with the recorded numbers left as they are.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
-GOLDEN_FILE = Path(__file__).with_name("golden") / "histories.json"
+GOLDEN = Path(__file__).with_name("golden")
+
+
+def blas_folder() -> Path:
+    """The golden files of the BLAS NumPy calls here (``golden/openblas-0.3.31.188.0-SkylakeX``)."""
+    from fedsim.runs.provenance import numpy_blas
+    return GOLDEN / re.sub(r"[^A-Za-z0-9.]+", "-", numpy_blas())
+
+
+GOLDEN_FILE = blas_folder() / "histories.json"
 MLP_GOLDEN_FILE = GOLDEN_FILE.with_name("mlp_histories.json")
 
 FEDERATED_METHODS = ("none", "fedavg", "signsgd", "topk_up", "topk_updown", "stc_up", "stc_updown")
@@ -109,13 +127,18 @@ def record(chosen: dict[str, tuple[str, list[str], int]], path: Path) -> None:
     golden = {name: {"preset": preset, "overrides": overrides, "steps": steps,
                      "history": history_of(preset, overrides, steps)}
               for name, (preset, overrides, steps) in chosen.items()}
-    path.parent.mkdir(exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(golden, indent=0, sort_keys=True) + "\n")
     print(f"recorded {len(golden)} cases into {path}")
 
 
 def recorded() -> dict:
-    """Every recorded case by name, from all the golden files."""
+    """Every recorded case by name, from all the golden files of this BLAS."""
+    if not GOLDEN_FILE.parent.is_dir():
+        recorded_for = ", ".join(sorted(path.name for path in GOLDEN.iterdir() if path.is_dir()))
+        raise AssertionError(f"no golden histories for this BLAS, {GOLDEN_FILE.parent.name} (recorded for: "
+                             f"{recorded_for}); record them from a commit checked on one of those: python -m "
+                             f"tests.algorithms.golden_cases --record --with-data, then --record-mlp")
     softmax, mlp = (json.loads(path.read_text()) for path in (GOLDEN_FILE, MLP_GOLDEN_FILE))
     assert not set(softmax) & set(mlp), "a case name is recorded in two golden files"
     return {**softmax, **mlp}
