@@ -45,7 +45,9 @@ def add_report_parser(commands) -> None:
     report.add_argument("--draws", type=int, default=200, metavar="N", help="draws per vector (default 200)")
     report.add_argument("--size", type=int, default=7850, metavar="D",
                         help="entries of a synthetic vector (default 7850, a 785 x 10 matrix)")
-    report.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the vectors and the draws")
+    report.add_argument("--seed", type=int, default=0, metavar="N",
+                        help="seed (>= 0) of the gaussian and heavy-tailed vectors and of the compressors' random "
+                             "draws (a preset's or run folder's vectors are fixed by its run)")
     report.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME.SETTING=VALUE",
                         help="a compressor's setting, e.g. --set qsgd.levels=4 (a TOML value; repeatable)")
     report.add_argument("--plugin", dest="plugins", action="append", default=[], metavar="MODULE",
@@ -75,6 +77,8 @@ def command(args) -> int:
         raise UsageError(f"--draws must be an integer >= 2 (a standard error needs two), got {args.draws}")
     if args.size < 10:
         raise UsageError(f"--size must be an integer >= 10 (a matrix of 10 columns), got {args.size}")
+    if args.seed < 0:
+        raise UsageError(f"--seed must be an integer >= 0, got {args.seed}")
     settings = parse_overrides(args.overrides, UsageError)
     names = args.names or list(COMPRESSORS)
     unused = [f"{name}.{setting}" for name, values in settings.items() if name not in names for setting in values]
@@ -155,21 +159,24 @@ def load_vectors(kind: str, size: int, seed: int, error):
         offsets = (0, rows * 10) + ((size,) if rest else ())
         return vector.astype(np.float32)[None, :], Layout(offsets, shapes), kind
     from fedsim.runs import build_run
-    if kind.startswith("preset:"):
+    preset = kind.startswith("preset:")
+    if preset:
         from fedsim.config import load_preset
         run = build_run(load_preset(kind.removeprefix("preset:")), progress=False)
-        run.run(PRESET_ROUNDS)
     else:
         from fedsim.runs.folder import CONFIG_FILE, RunFolder
         folder = RunFolder(kind)
         if not folder.file(CONFIG_FILE).is_file():
             raise error(f"--vectors must be gaussian, heavy-tailed, preset:NAME or a run folder; {kind!r} is none")
         run = build_run(folder.read_config(), progress=False)
+    if not hasattr(run, "next_updates"):      # before it runs (a lazy run's run() takes other arguments)
+        raise error(f"--vectors {kind}: real updates come from federated runs (this is a {type(run).__name__})")
+    if preset:
+        run.run(PRESET_ROUNDS)
+    else:
         checkpoint = folder.read_checkpoint()
         if checkpoint is not None:
             run.load_state_dict(checkpoint[0], checkpoint[1])
-    if not hasattr(run, "next_updates"):
-        raise error(f"--vectors {kind}: real updates come from federated runs (this is a {type(run).__name__})")
     updates = run.next_updates()[:MAX_CLIENTS]
     return updates, run.model.spec, f"{kind} (round {run.completed + 1} updates of {len(updates)} clients)"
 
