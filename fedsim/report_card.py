@@ -202,7 +202,7 @@ def report(names, settings: dict, vectors, spec, kind: str, draws: int, seed: in
             continue
         theory = measured.theory or Theory(None, None, "", "")        # nothing stated: no value, no relation
         row.update({key: getattr(measured, key) for key in MEASURED}, theory=theory.error,
-                   relation=theory.relation, source=theory.source,
+                   relation="" if theory.error is None else theory.relation, source=theory.source,
                    meets={True: "yes", False: "no", None: "-"}[meets(measured, vectors.dtype)])
     return rows
 

@@ -557,3 +557,15 @@ def test_compressors_report_refuses_a_lazy_preset_a_negative_seed_and_says_what_
     assert ("seed (>= 0) of the gaussian and heavy-tailed vectors and of the compressors' random draws (a preset's "
             "or run folder's vectors are fixed by its run)") in " ".join(capsys.readouterr().out.split())
 
+
+def test_compressors_report_csv_leaves_the_relation_empty_where_no_theory_is_stated(in_process, tmp_path):
+    """STC and the bare sign state no error: their relation is empty in the CSV as their theory is (was '<='
+    and '='), as the text table shows '-'."""
+    import csv
+    table = tmp_path / "card.csv"
+    assert in_process("compressors", "report", "stc", "sign", "topk", "--size", "100", "--draws", "3",
+                      "--csv", table)[0] == 0
+    rows = {row["compressor"]: row for row in csv.DictReader(table.read_text().splitlines())}
+    assert [(rows[name]["theory"], rows[name]["relation"]) for name in ("stc", "sign")] == [("", ""), ("", "")]
+    assert rows["topk"]["relation"] == "<=" and float(rows["topk"]["theory"]) > 0
+
