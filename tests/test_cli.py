@@ -569,3 +569,10 @@ def test_compressors_report_csv_leaves_the_relation_empty_where_no_theory_is_sta
     assert [(rows[name]["theory"], rows[name]["relation"]) for name in ("stc", "sign")] == [("", ""), ("", "")]
     assert rows["topk"]["relation"] == "<=" and float(rows["topk"]["theory"]) > 0
 
+
+def test_a_space_for_the_equals_sign_of_report_set_gives_an_example_report_takes(in_process):
+    """fedsim compressors report --set stc.p stc: the example is a compressor's setting (was federated.lr=0.1,
+    a key report refuses)."""
+    assert in_process("compressors", "report", "--set", "stc.p", "stc") == (
+        2, "", "fedsim: error: --set needs key=value, joined by '=' with no space (e.g. --set stc.p=0.01); got "
+               "--set stc.p stc\n")
