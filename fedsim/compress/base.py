@@ -483,6 +483,12 @@ class Compressor:
         :class:`fedsim.compress.theory.Theory`, or None where nothing is published (the default)."""
         return None
 
+    def knob_stretches(self, state):
+        """Where the encoded bits of rows laid out by ``state`` fall as a fraction ``budget_knob`` grows: the
+        smallest value of each stretch above which they grow with the knob again (:mod:`fedsim.compress.budget`
+        searches each); ``()`` when they grow with it throughout (the default), None when that is not known."""
+        return ()
+
     def state_arrays(self, state) -> dict[str, np.ndarray]:
         """What of ``state`` must be checkpointed (nothing for a stateless compressor)."""
         return {}
