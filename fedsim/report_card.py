@@ -225,6 +225,10 @@ def format_table(rows: list[dict]) -> str:
                      f"{cell(row['bits_entropy'], '.3f'):>8} {cell(row['bits_formula'], '.3f'):>8}")
     lines.append("error = E||C(x) - x||^2 / ||x||^2; theory: <= a bound, = exact, >= a floor; meets: within 4 "
                  "standard errors (and, if unbiased, |bias z| <= 4)")
+    lines.append("bits/entry: encoder = the real message; entropy = the plug-in entropy of the message's symbols "
+                 "(QSGD's signed levels, TernGrad's, STC's and the sign's ternary or sign symbols, without their "
+                 "scales; the floats of the others); formula = the paper's count (TernGrad's: log2(3) N + 32 per "
+                 "segment, where its paper counts 2 bits per entry)")
     lines += [f"  {row['compressor']}: {row['settings']}; {row['source'] or 'no theory stated'}"
               for row in rows if not row["problem"]]
     return "\n".join(lines)
@@ -257,7 +261,7 @@ def draw(rows: list[dict], path) -> Path:
     left.set(yscale="log", ylabel="E||C(x) - x||^2 / ||x||^2", title="error against theory")
     for way, shift in (("encoder", -0.27), ("entropy", 0.0), ("formula", 0.27)):
         right.bar(place + shift, [row[f"bits_{way}"] for row in measured], 0.27, label=way)
-    right.set(yscale="log", ylabel="bits per entry", title="bits: real encoder, entropy, paper's formula")
+    right.set(yscale="log", ylabel="bits per entry", title="bits: real encoder, symbols' entropy, formula")
     for axes in (left, right):
         axes.set_xticks(place, names, rotation=30)
         axes.legend(fontsize=8)

@@ -302,6 +302,12 @@ class Message:
     def to_dense(self) -> np.ndarray:
         raise NotImplementedError
 
+    def symbols(self) -> np.ndarray:
+        """The symbols the message codes, one per entry of the vector unless it codes fewer (the report
+        card's entropy column): by default the decoded entries, one value each (0: not sent); a message of
+        signs or levels overrides it with those, leaving out the scales and norms it also sends."""
+        return self.to_dense()
+
 
 @dataclass(frozen=True, eq=False)
 class SegmentedMessage(Message):

@@ -75,6 +75,12 @@ class TernaryMessage(PositionsMessage):
         dense[self.positions] = self.signs * np.repeat(self.mu, self.counts)
         return dense
 
+    def symbols(self) -> np.ndarray:
+        """Ternary: the sign at a kept position, 0 elsewhere (mu aside)."""
+        dense = np.zeros(self.size, np.int8)
+        dense[self.positions] = self.signs
+        return dense
+
     def encoded_bits(self) -> int:
         mu_bits = float_bits(self.mu.dtype)
         return int(sum(golomb.sparse_segment_bits(local, size, 1, mu_bits)
