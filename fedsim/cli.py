@@ -465,11 +465,11 @@ COMMANDS = {"run": command_run, "sweep": command_sweep, "presets": command_prese
 def main(argv=None) -> int:
     """Run the ``fedsim`` command with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    spaced = next((argv[i:i + 3] for i, token in enumerate(argv[:-1]) if token == "--set" and "=" not in argv[i + 1]),
-                  None)
-    if spaced:      # `--set federated.lr 0.1` would take 0.1 for a CONFIG file or an unrecognized argument
-        print(f"fedsim: error: --set needs key=value, joined by '=' with no space (e.g. --set federated.lr=0.1); got "
-              f"{shlex.join(spaced)}", file=sys.stderr)
+    spaced = next((i for i, token in enumerate(argv[:-1]) if token == "--set" and "=" not in argv[i + 1]), None)
+    if spaced is not None:      # `--set federated.lr 0.1` would take 0.1 for a CONFIG file or an unrecognized argument
+        example = "stc.p=0.01" if "compressors" in argv[:spaced] else "federated.lr=0.1"     # a key the command takes
+        print(f"fedsim: error: --set needs key=value, joined by '=' with no space (e.g. --set {example}); got "
+              f"{shlex.join(argv[spaced:spaced + 3])}", file=sys.stderr)
         return EXIT_USAGE
     args = build_parser().parse_args(argv)
     if args.command == "data":

@@ -45,7 +45,9 @@ def add_report_parser(commands) -> None:
     report.add_argument("--draws", type=int, default=200, metavar="N", help="draws per vector (default 200)")
     report.add_argument("--size", type=int, default=7850, metavar="D",
                         help="entries of a synthetic vector (default 7850, a 785 x 10 matrix)")
-    report.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the vectors and the draws")
+    report.add_argument("--seed", type=int, default=0, metavar="N",
+                        help="seed (>= 0) of the gaussian and heavy-tailed vectors and of the compressors' random "
+                             "draws (a preset's or run folder's vectors are fixed by its run)")
     report.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME.SETTING=VALUE",
                         help="a compressor's setting, e.g. --set qsgd.levels=4 (a TOML value; repeatable)")
     report.add_argument("--plugin", dest="plugins", action="append", default=[], metavar="MODULE",
@@ -75,6 +77,8 @@ def command(args) -> int:
         raise UsageError(f"--draws must be an integer >= 2 (a standard error needs two), got {args.draws}")
     if args.size < 10:
         raise UsageError(f"--size must be an integer >= 10 (a matrix of 10 columns), got {args.size}")
+    if args.seed < 0:
+        raise UsageError(f"--seed must be an integer >= 0, got {args.seed}")
     settings = parse_overrides(args.overrides, UsageError)
     names = args.names or list(COMPRESSORS)
     unused = [f"{name}.{setting}" for name, values in settings.items() if name not in names for setting in values]
@@ -155,21 +159,24 @@ def load_vectors(kind: str, size: int, seed: int, error):
         offsets = (0, rows * 10) + ((size,) if rest else ())
         return vector.astype(np.float32)[None, :], Layout(offsets, shapes), kind
     from fedsim.runs import build_run
-    if kind.startswith("preset:"):
+    preset = kind.startswith("preset:")
+    if preset:
         from fedsim.config import load_preset
         run = build_run(load_preset(kind.removeprefix("preset:")), progress=False)
-        run.run(PRESET_ROUNDS)
     else:
         from fedsim.runs.folder import CONFIG_FILE, RunFolder
         folder = RunFolder(kind)
         if not folder.file(CONFIG_FILE).is_file():
             raise error(f"--vectors must be gaussian, heavy-tailed, preset:NAME or a run folder; {kind!r} is none")
         run = build_run(folder.read_config(), progress=False)
+    if not hasattr(run, "next_updates"):      # before it runs (a lazy run's run() takes other arguments)
+        raise error(f"--vectors {kind}: real updates come from federated runs (this is a {type(run).__name__})")
+    if preset:
+        run.run(PRESET_ROUNDS)
+    else:
         checkpoint = folder.read_checkpoint()
         if checkpoint is not None:
             run.load_state_dict(checkpoint[0], checkpoint[1])
-    if not hasattr(run, "next_updates"):
-        raise error(f"--vectors {kind}: real updates come from federated runs (this is a {type(run).__name__})")
     updates = run.next_updates()[:MAX_CLIENTS]
     return updates, run.model.spec, f"{kind} (round {run.completed + 1} updates of {len(updates)} clients)"
 
@@ -195,7 +202,7 @@ def report(names, settings: dict, vectors, spec, kind: str, draws: int, seed: in
             continue
         theory = measured.theory or Theory(None, None, "", "")        # nothing stated: no value, no relation
         row.update({key: getattr(measured, key) for key in MEASURED}, theory=theory.error,
-                   relation=theory.relation, source=theory.source,
+                   relation="" if theory.error is None else theory.relation, source=theory.source,
                    meets={True: "yes", False: "no", None: "-"}[meets(measured, vectors.dtype)])
     return rows
 
@@ -218,6 +225,10 @@ def format_table(rows: list[dict]) -> str:
                      f"{cell(row['bits_entropy'], '.3f'):>8} {cell(row['bits_formula'], '.3f'):>8}")
     lines.append("error = E||C(x) - x||^2 / ||x||^2; theory: <= a bound, = exact, >= a floor; meets: within 4 "
                  "standard errors (and, if unbiased, |bias z| <= 4)")
+    lines.append("bits/entry: encoder = the real message; entropy = the plug-in entropy of the message's symbols "
+                 "(QSGD's signed levels, TernGrad's, STC's and the sign's ternary or sign symbols, without their "
+                 "scales; the floats of the others); formula = the paper's count (TernGrad's: log2(3) N + 32 per "
+                 "segment, where its paper counts 2 bits per entry)")
     lines += [f"  {row['compressor']}: {row['settings']}; {row['source'] or 'no theory stated'}"
               for row in rows if not row["problem"]]
     return "\n".join(lines)
@@ -250,7 +261,7 @@ def draw(rows: list[dict], path) -> Path:
     left.set(yscale="log", ylabel="E||C(x) - x||^2 / ||x||^2", title="error against theory")
     for way, shift in (("encoder", -0.27), ("entropy", 0.0), ("formula", 0.27)):
         right.bar(place + shift, [row[f"bits_{way}"] for row in measured], 0.27, label=way)
-    right.set(yscale="log", ylabel="bits per entry", title="bits: real encoder, entropy, paper's formula")
+    right.set(yscale="log", ylabel="bits per entry", title="bits: real encoder, symbols' entropy, formula")
     for axes in (left, right):
         axes.set_xticks(place, names, rotation=30)
         axes.legend(fontsize=8)

@@ -541,3 +541,38 @@ def test_compressors_report_refuses_a_name_that_is_no_compressor(capsys, setting
     out, err = capsys.readouterr()
     assert "stc: p=0.5 threshold=exact" in out
     assert err == "fedsim: warning: settings not used by this report: qsgd.levels (the compressors measured: stc)\n"
+
+
+def test_compressors_report_refuses_a_lazy_preset_a_negative_seed_and_says_what_seed_seeds(in_process, capsys):
+    """A lazy preset's vectors are refused in the line a lazy run folder gets, before it runs (was: an unexpected
+    TypeError from LazyRun.run); a negative --seed is one line naming it (was: an unexpected ValueError); --help
+    says that --seed seeds the synthetic vectors and the draws, not a preset's vectors."""
+    assert in_process("compressors", "report", "stc", "--vectors", "preset:laq-synthetic", "--draws", "5") == (
+        2, "", "fedsim: error: --vectors preset:laq-synthetic: real updates come from federated runs (this is a "
+               "LazyRun)\n")
+    assert in_process("compressors", "report", "stc", "--draws", "2", "--size", "100", "--seed", "-1") == (
+        2, "", "fedsim: error: --seed must be an integer >= 0, got -1\n")
+    with pytest.raises(SystemExit):
+        in_process("compressors", "report", "--help")
+    assert ("seed (>= 0) of the gaussian and heavy-tailed vectors and of the compressors' random draws (a preset's "
+            "or run folder's vectors are fixed by its run)") in " ".join(capsys.readouterr().out.split())
+
+
+def test_compressors_report_csv_leaves_the_relation_empty_where_no_theory_is_stated(in_process, tmp_path):
+    """STC and the bare sign state no error: their relation is empty in the CSV as their theory is (was '<='
+    and '='), as the text table shows '-'."""
+    import csv
+    table = tmp_path / "card.csv"
+    assert in_process("compressors", "report", "stc", "sign", "topk", "--size", "100", "--draws", "3",
+                      "--csv", table)[0] == 0
+    rows = {row["compressor"]: row for row in csv.DictReader(table.read_text().splitlines())}
+    assert [(rows[name]["theory"], rows[name]["relation"]) for name in ("stc", "sign")] == [("", ""), ("", "")]
+    assert rows["topk"]["relation"] == "<=" and float(rows["topk"]["theory"]) > 0
+
+
+def test_a_space_for_the_equals_sign_of_report_set_gives_an_example_report_takes(in_process):
+    """fedsim compressors report --set stc.p stc: the example is a compressor's setting (was federated.lr=0.1,
+    a key report refuses)."""
+    assert in_process("compressors", "report", "--set", "stc.p", "stc") == (
+        2, "", "fedsim: error: --set needs key=value, joined by '=' with no space (e.g. --set stc.p=0.01); got "
+               "--set stc.p stc\n")

@@ -302,6 +302,12 @@ class Message:
     def to_dense(self) -> np.ndarray:
         raise NotImplementedError
 
+    def symbols(self) -> np.ndarray:
+        """The symbols the message codes, one per entry of the vector unless it codes fewer (the report
+        card's entropy column): by default the decoded entries, one value each (0: not sent); a message of
+        signs or levels overrides it with those, leaving out the scales and norms it also sends."""
+        return self.to_dense()
+
 
 @dataclass(frozen=True, eq=False)
 class SegmentedMessage(Message):
@@ -482,6 +488,12 @@ class Compressor:
         """What the compressor's paper says of C(x) for the vector ``x`` laid out by ``state``: a
         :class:`fedsim.compress.theory.Theory`, or None where nothing is published (the default)."""
         return None
+
+    def knob_stretches(self, state):
+        """Where the encoded bits of rows laid out by ``state`` fall as a fraction ``budget_knob`` grows: the
+        smallest value of each stretch above which they grow with the knob again (:mod:`fedsim.compress.budget`
+        searches each); ``()`` when they grow with it throughout (the default), None when that is not known."""
+        return ()
 
     def state_arrays(self, state) -> dict[str, np.ndarray]:
         """What of ``state`` must be checkpointed (nothing for a stateless compressor)."""

@@ -152,6 +152,10 @@ class PowerSGDMessage(SegmentedMessage):
                                               dense[start:stop].reshape(n, m))
         return dense
 
+    def symbols(self) -> np.ndarray:
+        """The floats it sends: the factors, then the other segments' entries (fewer than the vector's)."""
+        return np.concatenate((self.left, self.right, self.values))
+
     def floats(self) -> int:
         return self.left.size + self.right.size + self.values.size
 

@@ -125,6 +125,10 @@ class QSGDMessage(SegmentedMessage):
         magnitudes = magnitudes.astype(self.norms.dtype)
         return np.where(self.signed_levels < 0, -magnitudes, magnitudes)
 
+    def symbols(self) -> np.ndarray:
+        """The signed levels (the norms aside)."""
+        return self.signed_levels
+
     # The message built and validated its arrays itself (__post_init__): it calls the kernels' unchecked
     # cores. decode reads a stream from outside and calls the checked kernel.
     def encoded_bits(self) -> int:

@@ -128,6 +128,10 @@ class RandomKMessage(SegmentedMessage):
             dense[positions] = self.values * np.repeat(scales, self.budgets)
         return dense
 
+    def symbols(self) -> np.ndarray:
+        """The values it sends, unscaled (their positions come from the seed)."""
+        return self.values
+
     def encoded_bits(self) -> int:
         return SEED_BITS + float_bits(self.values.dtype) * self.values.size
 

@@ -55,6 +55,10 @@ class SignMessage(SegmentedMessage):
     def to_dense(self) -> np.ndarray:
         return self.signs.astype(self.scales.dtype) * np.repeat(self.scales, self.layout.sizes)
 
+    def symbols(self) -> np.ndarray:
+        """The signs (-1, 0, +1; the scales aside)."""
+        return self.signs
+
     def encoded_bits(self) -> int:
         scale_bits = float_bits(self.scales.dtype) if self.scaled else 0
         total = 0

@@ -27,7 +27,7 @@ from fedsim.compress.base import (FRACTION, ceil_product, Compressor, decode_pos
                                   register_message, require_generator, scope_setting, write_floats)
 from fedsim.compress.theory import Theory
 from fedsim.constraints import OneOf, setting
-from fedsim.compress.topk import sparsify_rows
+from fedsim.compress.topk import rice_stretches, sparsify_rows
 from fedsim.kernels import bitstream, golomb
 
 # The sampled threshold keeps at least this many expected entries in its sample: n_s >= ceil(100 / p).
@@ -73,6 +73,12 @@ class TernaryMessage(PositionsMessage):
     def to_dense(self) -> np.ndarray:
         dense = np.zeros(self.size, self.mu.dtype)
         dense[self.positions] = self.signs * np.repeat(self.mu, self.counts)
+        return dense
+
+    def symbols(self) -> np.ndarray:
+        """Ternary: the sign at a kept position, 0 elsewhere (mu aside)."""
+        dense = np.zeros(self.size, np.int8)
+        dense[self.positions] = self.signs
         return dense
 
     def encoded_bits(self) -> int:
@@ -160,6 +166,10 @@ class STC(Compressor):
     def theory(self, x, state):
         """Sattler et al. (arXiv 1903.02891) state no bound on the error of STC: measured only. Biased."""
         return Theory(False, None, "<=", "Sattler et al. 2019 (1903.02891): no bound stated, measured only")
+
+    def knob_stretches(self, state):
+        """As top-k's with the exact threshold; None with the sampled one (each p draws a sample of its own)."""
+        return rice_stretches(layout_of(state)) if self.threshold == "exact" else None
 
     def message(self, compressed, row):
         return TernaryMessage.from_dense(compressed.decoded[row], compressed.layout.segment_offsets)

@@ -79,6 +79,10 @@ class TernGradMessage(SegmentedMessage):
     def to_dense(self) -> np.ndarray:
         return self.codes.astype(self.scales.dtype) * np.repeat(self.scales, self.layout.sizes)
 
+    def symbols(self) -> np.ndarray:
+        """The ternary codes (the scales aside)."""
+        return self.codes
+
     def encoded_bits(self) -> int:
         scale_bits = float_bits(self.scales.dtype)
         return int(sum(kernels.segment_bits(size, scale_nonzero=scale != 0, float_bits=scale_bits)

@@ -11,10 +11,13 @@ For a vector x and a compressor C, over n independent draws C_1(x), ..., C_n(x) 
     error     mean_j ||D_j||^2 / ||x||^2, with its standard error over the draws
 
 and bits per entry three ways: the real encoder (``Compressed.encoded_bits``), the empirical entropy of the
-message's symbols (the plug-in entropy -sum_v f_v log2 f_v of the decoded entries' values v with
-frequencies f_v: the cost of an ideal code of the symbols, without the cost of naming the values
-themselves, so a row of distinct floats gets log2 N, not 32), and the paper's formula
-(``Compressed.analytic_bits``).
+message's symbols (``Message.symbols``: QSGD's signed levels, TernGrad's, STC's and the sign's ternary or sign
+symbols, without the scales or norms sent beside them; the values of the others, one float per entry for the
+identity and top-k (0 where none is sent), the k values of random-k, PowerSGD's factor entries): n H / N for
+n symbols with the plug-in entropy H = -sum_v f_v log2 f_v of their values v with frequencies f_v, the cost
+of an ideal code of the symbols without the cost of naming the values themselves (so n distinct floats cost
+log2 n bits each, not 32), and the formula (``Compressed.analytic_bits``: the paper's count, except
+TernGrad's log2(3) N + 32 per segment where its paper counts 2 bits per entry).
 
 A compressor states its theory through :meth:`fedsim.compress.base.Compressor.theory`, which returns a
 :class:`Theory` for x (None: nothing published). :func:`meets` checks a measurement against it; the report
@@ -71,18 +74,19 @@ class Measurement:
     error: float              # mean_j ||D_j||^2 / ||x||^2
     error_se: float           # its standard error over the draws
     bits_encoder: float       # encoded bits per entry
-    bits_entropy: float       # empirical entropy of the decoded entries, bits per entry
+    bits_entropy: float       # empirical entropy of the message's symbols, bits per entry
     bits_formula: float       # the paper's bits per entry
     theory: Theory | None     # what the paper says (None: nothing)
 
 
-def entropy_bits(row: np.ndarray) -> float:
-    """The plug-in entropy of the values of ``row`` in bits per entry: -sum_v f_v log2 f_v."""
-    if row.size == 0:
+def entropy_bits(symbols: np.ndarray, size: int) -> float:
+    """n H / size for the n ``symbols`` with the plug-in entropy H = -sum_v f_v log2 f_v of their values:
+    bits per entry of a vector of ``size`` entries."""
+    if symbols.size == 0:
         return 0.0
-    _, counts = np.unique(row, return_counts=True)
-    frequencies = counts / row.size
-    return float(-np.sum(frequencies * np.log2(frequencies)))
+    _, counts = np.unique(symbols, return_counts=True)
+    frequencies = counts / symbols.size
+    return float(-np.sum(frequencies * np.log2(frequencies))) * symbols.size / size
 
 
 def _draw_chunks(compressor: Compressor, x: np.ndarray, spec, draws: int, rng: np.random.Generator):
@@ -120,7 +124,7 @@ def measure(compressor: Compressor, x, spec, draws: int, rng: np.random.Generato
         errors.append(np.einsum("ij,ij->i", differences, differences) / squared_norm)
         encoded.append(compressed.encoded_bits)
         analytic.append(compressed.analytic_bits)
-        entropies.extend(entropy_bits(row) for row in compressed.decoded)
+        entropies.extend(entropy_bits(compressed.message(row).symbols(), x.size) for row in range(compressed.rows))
     mean_error = error_sum / draws
     # s_i^2 = unbiased variance of D_ji over the draws, divided by the draws (the variance of its mean)
     variance_of_mean = np.maximum(error_squares / draws - mean_error ** 2, 0.0) / (draws - 1)

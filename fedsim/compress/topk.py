@@ -83,6 +83,23 @@ def budgets(p: float, layout: Layout) -> np.ndarray:
     return np.array([ceil_product(p, size) for size in layout.sizes], np.int64)
 
 
+def rice_stretches(layout: Layout) -> list[float]:
+    """Where the encoded bits of top-k and exact STC may fall as p grows (``Compressor.knob_stretches``): a
+    segment's kept set grows with k = ceil(p N), each entry kept adding bits, except where its Golomb-Rice
+    parameter falls from k - 1 to k (every position's code one bit shorter); each such k starts a stretch at
+    the smallest p above (k - 1) / N at which any segment's k changes."""
+    sizes, starts = layout.sizes, set()
+    for size in set(sizes):
+        parameters = analytic.rice_parameter_for_density(np.arange(1, size + 1) / size)
+        near = {int(k) + shift for k in np.flatnonzero(np.diff(parameters) < 0) + 2 for shift in (-1, 0, 1)}
+        for k in near:                    # the vectorized rule's falls, checked with the kernel's own
+            if 2 <= k <= size and golomb.rice_parameter(k, size) < golomb.rice_parameter(k - 1, size):
+                below = (k - 1) / size
+                starts.add(min(top for n in sizes if n for top in (ceil_product(below, n) / n,
+                                                                     (ceil_product(below, n) + 1) / n) if top > below))
+    return sorted(starts)
+
+
 def sparsify_rows(rows, layout: Layout, p: float, ternary: bool, samples=None):
     """Top-k (``ternary=False``) or STC on the rows, by :func:`fedsim.kernels.sparsify.sparse_compress_batch`:
     ``(decoded, kept entries per row and segment, encoded bits per row)``. ``samples`` is sampled STC's
@@ -125,6 +142,9 @@ class TopK(Compressor):
         kept = [1.0 - k / n if n else 0.0 for k, n in zip(budgets(self.p, layout), layout.sizes)]
         return Theory(False, relative_error(kept, x, layout), "<=",
                       "Stich et al. 2018 (1809.07599) def. 2.1: a k/d contraction")
+
+    def knob_stretches(self, state):
+        return rice_stretches(layout_of(state))
 
     def message(self, compressed, row):
         return SparseMessage.from_dense(compressed.decoded[row], compressed.layout.segment_offsets)

@@ -1,13 +1,16 @@
 """federated.bits_per_round: each compressor's knob solved on the first round's updates gives a run whose
 mean upload per participant is within 5% of the budget, recorded in the run's records and summary."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from fedsim.algorithms.federated import summarize
 from fedsim.algorithms.lazy.report import achieved as lazy_achieved
 from fedsim.algorithms.lazy.report import summarize as lazy_summarize
-from fedsim.compress.budget import BudgetError
+from fedsim.compress import Layout, ceil_product, make_compressor
+from fedsim.compress.budget import BudgetError, solve_knob
 from fedsim.config import ConfigError, load_preset
 from fedsim.runs import build_run
 
@@ -39,6 +42,25 @@ def test_the_solved_knob_meets_the_budget_within_5_percent_and_is_recorded(metho
     assert getattr(run.compressors["up"], KNOBS[method]) == value == summary["bits_per_round_knob_value"]
     assert history[0]["bits_per_round_first"] <= BUDGETS[method]      # the largest knob that fits
     assert all("bits_per_round_knob" not in record for record in history[1:])
+
+
+def test_the_largest_p_that_fits_where_the_bits_fall_as_p_grows():
+    """STC's bits fall where a segment's Golomb-Rice parameter drops (k = 229 -> 230 of 600 Gaussian entries
+    here: 970.5 -> 970.0 bits): the solver's k is the largest that fits, as trying every k finds, for top-k too,
+    and on the synthetic preset at 980 bits STC takes p = 0.405 (was: the bisection's, below the fall: k = 228
+    here, p = 0.3767 there)."""
+    layout = Layout((0, 600, 610))
+    rows = np.random.default_rng(0).standard_normal((2, 610)).astype(np.float32)
+    for compressor, budgets in ((make_compressor("stc"), (970.0, 970.2, 975.0)), (make_compressor("topk"), (5e3,))):
+        def bits(p):
+            trial = dataclasses.replace(compressor, p=p)
+            return float(np.mean(trial.compress(rows, layout)[0].encoded_bits))
+        by_k = {k: bits(k / 600) for k in range(1, 601)}          # the 10-entry segment keeps ceil(k / 60)
+        for budget in budgets:
+            _, p, sent = solve_knob(compressor, rows, layout, budget, lambda: None)
+            assert ceil_product(p, 600) == max(k for k, kbits in by_k.items() if kbits <= budget) and sent <= budget
+    first = synthetic_run("stc_up", 980.0, rounds=1).run()[0]
+    assert first["bits_per_round_knob_value"] == pytest.approx(0.405) and first["bits_per_round_first"] <= 980
 
 
 def test_the_upload_per_participant_counts_the_clients_that_uploaded():

@@ -87,3 +87,24 @@ def test_a_compressor_with_a_wrong_scale_fails_the_same_check(broken):
         assert abs(measured.bias_z) > 4, measured
     finally:
         COMPRESSORS.pop(broken.name)
+
+
+SPIKES = np.array([1, 0, 0, 0, 2, 0, 0, 0], np.float32)       # one entry per half; each half's scale differs
+HALVES = Layout((0, 4, 8))
+TWO_OF_EIGHT = 2 / 8 * np.log2(8 / 2) + 6 / 8 * np.log2(8 / 6)   # 0.811: two equal symbols and six zeros
+
+
+@pytest.mark.parametrize("compressor, x, layout, entropy", [
+    (QSGD(levels=1, bucket_size=4), SPIKES, Layout((0, 8)), TWO_OF_EIGHT),          # signed levels 1, 1
+    (TernGrad(), SPIKES, HALVES, TWO_OF_EIGHT),                                      # ternary codes +1, +1
+    (STC(p=0.25), SPIKES, HALVES, TWO_OF_EIGHT),                                     # signs +1, +1
+    (Sign(scale="mean"), SPIKES, HALVES, TWO_OF_EIGHT),                              # signs; zeros sent as 0
+    (RandomK(p=0.25), np.repeat(np.float32([1, 2]), 4), HALVES, 2 / 8),              # its 2 values 1 and 2
+    (PowerSGD(rank=1), np.random.default_rng(0).standard_normal(8).astype(np.float32),
+     Layout((0, 8), ((4, 2),)), 6 * np.log2(6) / 8)], ids=["qsgd", "terngrad", "stc", "sign", "randomk", "powersgd"])
+def test_the_entropy_is_that_of_the_symbols_the_message_codes(compressor, x, layout, entropy):
+    """The entropy column is n H / N for the n symbols the message codes (Message.symbols): QSGD's signed levels,
+    TernGrad's, STC's and the sign's ternary or sign symbols, without the scale, norm or mean of each half
+    (which made a third symbol: 1.061 bits per entry here), random-k's k values, PowerSGD's 6 factor floats
+    (log2 6 bits each; was: log2 8 for its 8 decoded entries)."""
+    assert measure(compressor, x, layout, 2, np.random.default_rng(0)).bits_entropy == pytest.approx(entropy)
