@@ -381,10 +381,13 @@ def _warn_on_changes(meta: dict) -> None:
     now_settings = thread_settings(recorded.get("blas_threads", 1))
     if blas_changed(recorded.get("blas"), now_settings["blas"]):
         changed["BLAS"] = (recorded["blas"], now_settings["blas"])
-    if recorded.get("environment", {}) != now_settings["environment"]:
+    # OPENBLAS_CORETYPE picks the BLAS kernel, not a thread count: its change is the BLAS's (above)
+    then, current = ({name: value for name, value in settings.items() if name != "OPENBLAS_CORETYPE"}
+                     for settings in (recorded.get("environment", {}), now_settings["environment"]))
+    if then != current:
         print(f"fedsim: warning: the thread settings of the environment differ from the run's start "
-              f"({recorded.get('environment', {})} -> {now_settings['environment']}); the results do not "
-              f"depend on them (run.blas_threads = {now_settings['blas_threads']} is pinned)", file=sys.stderr)
+              f"({then} -> {current}); the results do not depend on them (run.blas_threads = "
+              f"{now_settings['blas_threads']} is pinned)", file=sys.stderr)
     if changed:
         meta["sessions"][-1]["versions"] = versions
         details = ", ".join(f"{key} {old} -> {new}" for key, (old, new) in changed.items())

@@ -214,6 +214,16 @@ def test_a_resume_under_other_thread_settings_warns(tmp_path, finished):
     assert history(run_dir) == finished[1]
 
 
+def test_a_resume_on_another_blas_kernel_warns_of_the_kernel_not_of_thread_settings(tmp_path):
+    """OPENBLAS_CORETYPE picks the kernel (the products' last bits), so its change is no thread setting the
+    results do not depend on: the resume names the BLAS change and nothing else."""
+    run_dir = unfinished_copy(tmp_path)
+    result = fedsim(tmp_path, "run", "--resume", run_dir, "--quiet", OPENBLAS_CORETYPE="Prescott")
+    assert result.returncode == 0, result.stderr
+    assert "thread settings" not in result.stderr and "(BLAS openblas" in result.stderr, result.stderr
+    assert "may not be bitwise identical" in result.stderr
+
+
 def test_the_blas_recorded_is_numpys_whatever_else_is_loaded_and_a_resume_does_not_warn(tmp_path):
     """The first session loads SciPy's BLAS too (as the array cache's first computation does), the
     resume does not: meta.json holds NumPy's BLAS alone, and the resume warns of no change."""
