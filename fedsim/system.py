@@ -73,6 +73,7 @@ from typing import NamedTuple
 import numpy as np
 
 from fedsim.constraints import OneOf, Optional, Real, Text, check_fields, setting
+from fedsim.data.registry import DataSettingError
 
 
 class Profile(NamedTuple):
@@ -191,6 +192,15 @@ def read_trace(path, n_clients: int) -> Devices:
     clients = values[:, 0]
     if not np.all(np.isfinite(values)) or np.any(values[:, [1, 2, 4]] <= 0) or np.any(values[:, 3] < 0):
         raise ValueError(f"{where}: up, down and speed must be finite and > 0, latency finite and >= 0")
+    with np.errstate(over="ignore", divide="ignore"):   # a round of one bit each way and one multiply-add
+        terms = np.column_stack([1 / values[:, 1], 1 / values[:, 2], 2 * values[:, 3], 1 / values[:, 4]])
+        beyond = np.flatnonzero(~np.isfinite(terms.sum(axis=1)))
+    if len(beyond):
+        row = beyond[0]
+        column = 1 + int(np.argmax(terms[row]))
+        raise ValueError(f"{where}: line {row + 2}: {TRACE_COLUMNS[column]} {values[row, column]:g} makes the "
+                         f"simulated time of a round infinite (beyond {np.finfo(float).max:.3g} s); up, down "
+                         f"and speed must be larger, latency smaller")
     if np.any(clients != np.round(clients)) or len(np.unique(clients)) != len(clients):
         raise ValueError(f"{where}: the client column must hold distinct integers")
     outside = clients[(clients < 0) | (clients >= n_clients)]
@@ -209,11 +219,13 @@ def read_trace(path, n_clients: int) -> Devices:
 # the clock
 
 
+@np.errstate(over="ignore")     # a time beyond the float range is inf, refused by the clocks (_Clock.checked)
 def transfer_seconds(bits, bandwidth, latency):
     """One message on one link: latency + bits / bandwidth (s)."""
     return latency + np.asarray(bits, dtype=np.float64) / bandwidth
 
 
+@np.errstate(over="ignore")
 def arrival_seconds(devices: Devices, clients: np.ndarray, down_bits, samples, multiply_adds_per_sample: float,
                     up_bits) -> np.ndarray:
     """``arrival_k`` of the module docstring for each of ``clients``, from the round's start."""
@@ -259,7 +271,24 @@ def round_devices(config: SystemConfig, streams, devices: Devices, round_: int, 
     return Devices(*(values * factors[:, i] for i, values in enumerate(own)))
 
 
-class FederatedClock:
+class _Clock:
+    """What both clocks share: the [system] table, and the check of the simulated time so far."""
+
+    config: SystemConfig
+
+    def checked(self, seconds: float, step: str) -> float:
+        """``seconds``, the simulated time through ``step`` (``"round 3"``), if finite; else a one-line
+        DataSettingError naming where the devices came from."""
+        if math.isfinite(seconds):
+            return seconds
+        source = (f"system.trace {self.config.trace}" if self.config.profile == "trace" else
+                  f"system.profile {self.config.profile!r} (its links, latencies and speeds)")
+        raise DataSettingError(f"{source}: the simulated time through {step} is infinite (beyond "
+                               f"{np.finfo(float).max:.3g} s); give the devices larger up, down and speed, or "
+                               f"smaller latency")
+
+
+class FederatedClock(_Clock):
     """A federated run's devices and its round clock (:func:`arrival_seconds`, :func:`kept_updates`)."""
 
     def __init__(self, config: SystemConfig, streams, n_clients: int, multiply_adds_per_sample: float,
@@ -299,7 +328,7 @@ class FederatedClock:
         return float(transfer_seconds(bits, devices.downlink, devices.latency).max(initial=0.0))
 
 
-class LazyClock:
+class LazyClock(_Clock):
     """A lazy run's devices and its iteration clock: max_m [down_m(theta) + compute_m + upload_m up_m(bits)]."""
 
     def __init__(self, config: SystemConfig, streams, n_workers: int, multiply_adds_per_sample: float,
@@ -316,6 +345,7 @@ class LazyClock:
         before = arrival_seconds(devices, self.workers, broadcast_bits, samples, multiply_adds, 0) - devices.latency
         return before, transfer_seconds(bits_per_upload, devices.uplink, devices.latency)
 
+    @np.errstate(over="ignore")
     def iteration(self, k: int, uploads: np.ndarray) -> float:
         """Seconds of iteration ``k``, in which the workers ``uploads`` (a bool mask) upload."""
         before, upload = (self.parts if self.config.round_spread == 0 else
