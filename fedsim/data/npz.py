@@ -94,6 +94,19 @@ def _features(path: Path, name: str, x: np.ndarray) -> None:
         raise _problem(path, f"{name} must be finite; row {row} holds NaN or inf")
 
 
+def _in_dtype(path: Path, name: str, x: np.ndarray, dtype, pipeline: str) -> np.ndarray:
+    """``x`` cast to the pipeline's ``dtype``; DataSettingError naming the first entry beyond its range."""
+    with np.errstate(over="ignore"):
+        cast = x.astype(dtype)
+    if x.dtype.kind == "f" and not np.all(np.isfinite(cast)):    # finite float64 beyond float32's range
+        at = np.unravel_index(np.argmin(np.isfinite(cast)), x.shape)
+        raise _problem(path, f"{name}[{', '.join(map(str, at))}] is {x[at].item()!r}, beyond the range of "
+                             f"{np.dtype(dtype)}, the dtype of the {pipeline} pipeline (magnitudes up to "
+                             f"{np.finfo(dtype).max:.4g}); scale the features, or set data.pipeline = \"laq\" "
+                             f"(float64)")
+    return cast
+
+
 def read_npz(path: Path) -> dict[str, np.ndarray]:
     """The checked arrays of the npz file at ``path`` (the module docstring): x as stored, labels and
     client ids as int64, and ``n_classes``."""
@@ -151,7 +164,8 @@ def load_npz(dataset: str, pipeline: str, dtype) -> Dataset:
         mean, std = pixel_statistics(x_train)
         x_train, x_test = (stc_pipeline(x, mean=mean, std=std, dtype=dtype) for x in (x_train, x_test))
     else:
-        x_train, x_test = x_train.astype(dtype), x_test.astype(dtype)
+        x_train, x_test = (_in_dtype(path, name, x, dtype, pipeline) for name, x in (("x_train", x_train),
+                                                                                     ("x_test", x_test)))
     client_indices = None
     if CLIENT_IDS in arrays:
         ids, owner = np.unique(arrays[CLIENT_IDS], return_inverse=True)

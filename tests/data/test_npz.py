@@ -61,6 +61,16 @@ def test_a_missing_or_foreign_file_is_refused_in_one_line(tmp_path):
         one_line_error(lambda: read_npz(tmp_path / name), f"npz:{tmp_path / name}: {fragment}")
 
 
+def test_features_beyond_the_pipelines_float_range_are_refused_naming_the_entry(tmp_path, recwarn):
+    x = arrays()["x_train"].astype(np.float64)
+    x[3, 2] = 1e300
+    path = saved(tmp_path, x_train=x)
+    one_line_error(lambda: load_dataset(f"npz:{path}", "stc"), f"npz:{path}: x_train[3, 2] is 1e+300, beyond the "
+                   "range of float32, the dtype of the stc pipeline (magnitudes up to 3.403e+38)")
+    assert not recwarn.list             # no overflow warning of the cast
+    assert load_dataset(f"npz:{path}", "laq").x_train[3, 2] == 1e300       # float64 holds it
+
+
 def test_features_are_used_as_they_are_and_images_go_through_the_pipeline(tmp_path):
     own = arrays()
     data = load_dataset(f"npz:{saved(tmp_path)}", "laq")
