@@ -74,6 +74,7 @@ import numpy as np
 
 from fedsim.constraints import OneOf, Optional, Real, Text, check_fields, setting
 from fedsim.data.registry import DataSettingError
+from fedsim.data.search import expand_home
 
 
 class Profile(NamedTuple):
@@ -128,7 +129,7 @@ class SystemConfig:
         if self.trace is not None and self.profile != "trace":
             raise ValueError(f"trace is read only with system.profile = 'trace', not {self.profile!r}")
         if self.trace is not None:       # a relative path is from the current folder now; kept absolute
-            object.__setattr__(self, "trace", str(Path(self.trace).expanduser().absolute()))
+            object.__setattr__(self, "trace", str(expand_home(self.trace, "trace").absolute()))
         changed = [f.name for f in dataclasses.fields(self) if getattr(self, f.name) != f.default]
         if not self.enabled and changed:
             raise ValueError("profile is 'off', so the other [system] settings would be ignored; set "

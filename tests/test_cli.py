@@ -138,6 +138,13 @@ CONFIG = ["run", "exp.toml", "--quiet"]
     ("", ["data", "fetch", "synthetic"], ["needs no files"]),
     ("x = " + "[" * 5000 + "]" * 5000 + "\n", CONFIG, ["nested too deeply"]),
     ("", ["run", "--preset", "synthetic", "--extend-to", "3"], ["--extend-to goes with --resume"]),
+    # a ~user that cannot be expanded, in each path a user gives
+    ("", ["run", "--preset", "synthetic", "--dataset", "npz:~no-such-user-fedsim/x.npz"],
+     ["data.dataset: cannot expand '~' in '~no-such-user-fedsim/x.npz'"]),
+    ("", ["run", "--preset", "synthetic", "--data-dir", "~no-such-user-fedsim/x"],
+     ["data_dir (--data-dir): cannot expand '~'"]),
+    ("", ["run", "--preset", "synthetic", "--set", 'system.profile="trace"', "--set",
+          'system.trace="~no-such-user-fedsim/t.csv"'], ["system.trace: cannot expand '~'"]),
 ])
 def test_bad_configs_and_command_lines(in_process, tmp_path, text, args, fragments):
     (tmp_path / "exp.toml").write_text(text)

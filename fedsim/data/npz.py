@@ -30,6 +30,7 @@ from fedsim.data.dataset import Dataset
 from fedsim.data.partition import indices_by_owner
 from fedsim.data.preprocess import laq_pipeline, pixel_statistics, stc_pipeline
 from fedsim.data.registry import DataSettingError
+from fedsim.data.search import expand_home
 
 #: The prefix of ``data.dataset`` that names an npz file.
 PREFIX = "npz:"
@@ -48,7 +49,7 @@ def npz_path(dataset: str) -> Path | None:
     text = dataset[len(PREFIX):].strip()
     if not text:
         raise DataSettingError(f"data.dataset {dataset!r} names no file; give npz:PATH (PATH of a .npz file)")
-    return Path(os.path.abspath(Path(text).expanduser()))
+    return Path(os.path.abspath(expand_home(text, "data.dataset")))
 
 
 def _problem(path: Path, text: str) -> DataSettingError:

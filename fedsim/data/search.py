@@ -61,14 +61,14 @@ def download_size_limit(file: DatasetFile) -> int:
     return file.decompressed_size + _SLACK_BYTES
 
 
-def _expand(text: str, setting: str) -> Path:
+def expand_home(text: str, setting: str) -> Path:
     """``Path(text)`` with a leading ``~`` or ``~user`` expanded; DataSettingError naming ``setting`` if the
-    home folder cannot be determined."""
+    home folder cannot be determined (every path a user gives fedsim is expanded here)."""
     try:
         return Path(text).expanduser()
     except RuntimeError:
         raise DataSettingError(f"{setting}: cannot expand '~' in {text!r} (no such user, or no home folder); "
-                               f"give the folder's full path") from None
+                               f"give the full path") from None
 
 
 def folder_problem(folder) -> str:
@@ -103,7 +103,7 @@ def _checked_data_dir(data_dir) -> Path:
         raise DataSettingError(f"{must}; got an empty path")
     if "\0" in text:
         raise DataSettingError(f"{must}; {text!r} contains a NUL character")
-    path = _expand(text, _DATA_DIR_SETTING)
+    path = expand_home(text, _DATA_DIR_SETTING)
     problem = folder_problem(path)
     if problem:
         raise DataSettingError(f"{must}; {path} {problem}")
@@ -123,7 +123,7 @@ def repo_data_dir() -> Path | None:
 
 def _env_cache() -> Path | None:
     value = os.environ.get(ENV_CACHE, "").strip()
-    return _expand(value, ENV_CACHE) if value else None
+    return expand_home(value, ENV_CACHE) if value else None
 
 
 def user_cache_dir() -> Path:
@@ -157,7 +157,7 @@ def search_path(data_dir=None) -> list[tuple[Path, str]]:
         folders.append((_checked_data_dir(data_dir), "data_dir argument"))
     for entry in os.environ.get(ENV_DATA, "").split(os.pathsep):
         if entry.strip():
-            folders.append((_expand(entry.strip(), ENV_DATA), ENV_DATA))
+            folders.append((expand_home(entry.strip(), ENV_DATA), ENV_DATA))
     repo = repo_data_dir()
     if repo is not None:
         folders.append((repo, "checkout data/ folder"))
@@ -307,4 +307,4 @@ def dataset_status(name: str, data_dir=None) -> list[dict]:
 
 
 __all__ = ["DataSettingError", "DatasetNotFoundError", "cache_dir", "dataset_status", "download_size_limit",
-           "folder_problem", "locate", "repo_data_dir", "search_path", "user_cache_dir"]
+           "expand_home", "folder_problem", "locate", "repo_data_dir", "search_path", "user_cache_dir"]
