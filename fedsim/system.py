@@ -208,7 +208,7 @@ def read_trace(path, n_clients: int) -> Devices:
     if len(outside):
         raise ValueError(f"{where}: the client column must hold the clients 0 .. {n_clients - 1} of the run, one row "
                          f"each; it has rows for {len(outside)} others "
-                         f"(first: {outside[:5].astype(np.int64).tolist()})")
+                         f"(first: [{', '.join(f'{client:.16g}' for client in outside[:5])}])")
     missing = np.setdiff1d(np.arange(n_clients), clients.astype(np.int64))
     if len(missing):
         raise ValueError(f"{where}: {len(missing)} of the {n_clients} clients have no row "

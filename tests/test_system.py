@@ -276,10 +276,13 @@ def test_a_trace_gives_every_client_its_row(tmp_path):
     ("client,up,down,latency,speed\n-1,1,1,1,1\n0,1,1,1,1\n1,1,1,1,1\n", r"the client column must hold the "
      r"clients 0 \.\. 1 of the run, one row each; it has rows for 1 others \(first: \[-1\]\)"),
     ("client,up,down,latency,speed\n0,1,1,1,1\n1,1,1,1,1\n2,1,1,1,1\n", r"the client column .* \(first: \[2\]\)"),
+    ("client,up,down,latency,speed\n0,1,1,1,1\n1,1,1,1,1\n1e300,1,1,1,1\n", r"the client column .* \(first: "
+                                                                             r"\[1e\+300\]\)"),
 ])
-def test_a_bad_trace_is_one_line(tmp_path, text, message):
+def test_a_bad_trace_is_one_line(tmp_path, text, message, recwarn):
     with pytest.raises(ValueError, match=r"^system.trace .*: " + message):
         read_trace(_trace(tmp_path, text), 2)
+    assert not recwarn.list
 
 
 @pytest.mark.parametrize("row, column", [("2,1e6,1e7,1e308,1e9", "latency 1e[+]308"), ("2,1e-320,1e7,0.05,1e9",

@@ -73,16 +73,21 @@ def file_sha256(path: Path) -> str:
 
 
 def _whole_numbers(path: Path, name: str, values: np.ndarray, low: int = 0) -> np.ndarray:
-    """``values`` as int64 if they are whole numbers >= ``low`` in a 1-D array; else DataSettingError."""
+    """``values`` as int64 if they are whole numbers >= ``low`` in int64's range in a 1-D array; else
+    DataSettingError naming the first that is not."""
     if values.ndim != 1 or values.dtype.kind not in "biuf":
         raise _problem(path, f"{name} must be a 1-D array of whole numbers; got {values.dtype} of shape {values.shape}")
-    exact = values.astype(np.int64)
-    wrong = np.flatnonzero((exact != values) | (exact < low))
+    # compared before the cast to int64, which wraps (uint64) or is undefined (NaN, 1e300)
+    floats = values.dtype.kind == "f"
+    broken = ~np.isfinite(values) | (values != np.round(values)) if floats else np.zeros(values.shape, bool)
+    outside = (np.abs(values) >= 2.0 ** 63) & (values != -2.0 ** 63) if floats else values > np.iinfo(np.int64).max
+    wrong = np.flatnonzero(broken | outside | (values < low))
     if len(wrong):
+        at, value = wrong[0], values[wrong[0]].item()
         bound = f" >= {low}" if low > np.iinfo(np.int64).min else ""
-        raise _problem(path, f"{name} must hold whole numbers{bound}; {name}[{wrong[0]}] is "
-                             f"{values[wrong[0]].item()!r}")
-    return exact
+        why = f", too {'large' if value > 0 else 'small'} for int64" if outside[at] and not broken[at] else ""
+        raise _problem(path, f"{name} must hold whole numbers{bound}; {name}[{at}] is {value!r}{why}")
+    return values.astype(np.int64)
 
 
 def _features(path: Path, name: str, x: np.ndarray) -> None:
@@ -137,11 +142,12 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
     if arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:]:
         raise _problem(path, f"x_train has samples of shape {arrays['x_train'].shape[1:]}, x_test of shape "
                              f"{arrays['x_test'].shape[1:]}; they must be the same")
-    n_classes = 1 + int(max(arrays["y_train"].max(), arrays["y_test"].max()))
+    largest = {split: int(arrays[f"y_{split}"].max()) for split in ("train", "test")}    # Python ints: no overflow
+    n_classes = 1 + max(largest.values())
     if n_classes < 2:
         raise _problem(path, "the labels y_train, y_test must name at least 2 classes (0 and 1); all are 0")
     if n_classes > MAX_CLASSES:
-        split = "train" if arrays["y_train"].max() + 1 == n_classes else "test"
+        split = "train" if largest["train"] + 1 == n_classes else "test"
         at = int(arrays[f"y_{split}"].argmax())
         raise _problem(path, f"the labels must name at most {MAX_CLASSES:,} classes (0 .. {MAX_CLASSES - 1}); "
                              f"y_{split}[{at}] is {n_classes - 1}")

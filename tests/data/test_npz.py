@@ -47,10 +47,21 @@ def saved(tmp_path, name="mine.npz", **changes):
     ({"y_test": np.r_[np.zeros(5, int), 10**9, np.zeros(14, int)]}, "the labels must name at most 65,536 classes "
                                                                      "(0 .. 65535); y_test[5] is 1000000000"),
     ({"client_ids": np.full(80, 0.5)}, "client_ids must hold whole numbers; client_ids[0] is 0.5"),
+    # labels and ids beyond int64: the element named, the reason said, no warning of a cast
+    ({"y_train": np.r_[np.zeros(3, int), 2**63 - 1, np.ones(76, int)]}, "the labels must name at most 65,536 "
+                                                                         "classes (0 .. 65535); y_train[3] is 9223"),
+    ({"y_train": np.r_[np.zeros(3, np.uint64), 2**64 - 1, np.ones(76, np.uint64)]},
+     "y_train must hold whole numbers >= 0; y_train[3] is 18446744073709551615, too large for int64"),
+    ({"y_train": np.r_[np.zeros(3), 1e300, np.ones(76)]}, "y_train[3] is 1e+300, too large for int64"),
+    ({"y_train": np.r_[np.zeros(3), 2.0**63, np.ones(76)]}, "y_train[3] is 9.223372036854776e+18, too large"),
+    ({"y_train": np.r_[np.zeros(3), np.nan, np.ones(76)]}, "y_train must hold whole numbers >= 0; y_train[3] is nan"),
+    ({"client_ids": np.full(80, -1e300)}, "client_ids must hold whole numbers; client_ids[0] is -1e+300, too small "
+                                          "for int64"),
 ])
-def test_a_malformed_file_is_refused_in_one_line_naming_file_and_array(tmp_path, changes, fragment):
+def test_a_malformed_file_is_refused_in_one_line_naming_file_and_array(tmp_path, changes, fragment, recwarn):
     path = saved(tmp_path, **changes)
     one_line_error(lambda: read_npz(path), fragment, f"npz:{path}")
+    assert not recwarn.list
 
 
 def test_a_missing_or_foreign_file_is_refused_in_one_line(tmp_path):
