@@ -154,8 +154,8 @@ def resolve_config(args):
     if args.dataset is not None:
         overrides.append(("data.dataset", args.dataset))
     if args.data_dir is not None:   # absolute, so that the saved config works from any folder
-        from fedsim.data.search import expand_home
-        overrides.append(("data.data_dir", str(expand_home(args.data_dir, "data_dir (--data-dir)").resolve())))
+        from fedsim.data.search import data_dir_path
+        overrides.append(("data.data_dir", str(data_dir_path(args.data_dir).resolve())))
     notes: list[str] = []
     if args.preset:
         config, name = load_preset(args.preset, overrides, notes=notes), args.preset

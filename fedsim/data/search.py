@@ -91,22 +91,30 @@ def folder_problem(folder) -> str:
     return ""
 
 
-def _checked_data_dir(data_dir) -> Path:
-    """The ``data_dir`` argument as a Path, if it names an existing, readable folder; else DataSettingError."""
+_MUST = f"{_DATA_DIR_SETTING} must be an existing folder holding dataset files"
+
+
+def data_dir_path(data_dir) -> Path:
+    """The ``data_dir`` argument as a Path (``~`` expanded), if it is a path that is not empty; else
+    DataSettingError."""
     try:
         text = os.fsdecode(data_dir)
     except TypeError:
         raise DataSettingError(f"{_DATA_DIR_SETTING} must be the path of a folder (str or os.PathLike); "
                                f"got {type(data_dir).__name__}") from None
-    must = f"{_DATA_DIR_SETTING} must be an existing folder holding dataset files"
     if not text.strip():
-        raise DataSettingError(f"{must}; got an empty path")
+        raise DataSettingError(f"{_MUST}; got an empty path")
     if "\0" in text:
-        raise DataSettingError(f"{must}; {text!r} contains a NUL character")
-    path = expand_home(text, _DATA_DIR_SETTING)
+        raise DataSettingError(f"{_MUST}; {text!r} contains a NUL character")
+    return expand_home(text, _DATA_DIR_SETTING)
+
+
+def _checked_data_dir(data_dir) -> Path:
+    """The ``data_dir`` argument as a Path, if it names an existing, readable folder; else DataSettingError."""
+    path = data_dir_path(data_dir)
     problem = folder_problem(path)
     if problem:
-        raise DataSettingError(f"{must}; {path} {problem}")
+        raise DataSettingError(f"{_MUST}; {path} {problem}")
     return path
 
 
@@ -306,5 +314,6 @@ def dataset_status(name: str, data_dir=None) -> list[dict]:
     return rows
 
 
-__all__ = ["DataSettingError", "DatasetNotFoundError", "cache_dir", "dataset_status", "download_size_limit",
-           "expand_home", "folder_problem", "locate", "repo_data_dir", "search_path", "user_cache_dir"]
+__all__ = ["DataSettingError", "DatasetNotFoundError", "cache_dir", "data_dir_path", "dataset_status",
+           "download_size_limit", "expand_home", "folder_problem", "locate", "repo_data_dir", "search_path",
+           "user_cache_dir"]
