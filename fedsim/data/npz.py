@@ -2,16 +2,17 @@
 
 The file (``numpy.savez``) holds::
 
-    x_train, x_test   (samples, features) finite numbers, the same number of features in both;
-                      or (samples, height, width) uint8 images, the same size in both
+    x_train, x_test   (samples, features >= 1) finite numbers, the same number of features in both;
+                      or (samples, height >= 1, width >= 1) uint8 images, the same size in both
     y_train, y_test   (samples,) whole numbers in [0, n_classes), n_classes = 1 + the largest label (2 to
                       MAX_CLASSES)
-    client_ids        optional, (n_train,) whole numbers: the natural partition (``data.partition =
+    client_ids        optional, (n_train,) whole numbers (int64): the natural partition (``data.partition =
                       "natural"``), one client per distinct id, in increasing order of id
 
-Features are used as they are, in the pipeline's dtype (float32 for ``stc``, float64 for ``laq``). uint8
-images go through the pipeline as MNIST's do: ``laq`` divides by 255; ``stc`` divides by 255, resizes to
-32x32 and normalizes with the mean and std of the resized training images (:func:`pixel_statistics`).
+Features are used as they are, in the pipeline's dtype (float32 for ``stc``, float64 for ``laq``), which must
+hold them. uint8 images go through the pipeline as MNIST's do: ``laq`` divides by 255; ``stc`` divides by 255,
+resizes to 32x32 and normalizes with the mean and std of the resized training images (:func:`pixel_statistics`;
+a std of 0, images all of one shade, is refused).
 
 Every problem is a one-line :class:`DataSettingError` naming the file, the array and what is allowed. The
 file's SHA-256 (:func:`file_sha256`) is what a run folder records of it.
@@ -95,6 +96,9 @@ def _features(path: Path, name: str, x: np.ndarray) -> None:
     if not (images or (x.ndim == 2 and x.dtype.kind in "biuf")):
         raise _problem(path, f"{name} must be (samples, features) numbers or (samples, height, width) uint8 "
                              f"images; got {x.dtype} of shape {x.shape}")
+    if 0 in x.shape[1:]:
+        unit = "pixel" if images else "feature"
+        raise _problem(path, f"{name} has samples of shape {x.shape[1:]}, holding no {unit}; a sample needs at least one")
     if x.dtype.kind == "f" and not np.all(np.isfinite(x)):
         row = np.flatnonzero(~np.all(np.isfinite(x.reshape(len(x), -1)), axis=1))[0]
         raise _problem(path, f"{name} must be finite; row {row} holds NaN or inf")
@@ -169,6 +173,9 @@ def load_npz(dataset: str, pipeline: str, dtype) -> Dataset:
         x_train, x_test = laq_pipeline(x_train, dtype), laq_pipeline(x_test, dtype)
     elif x_train.ndim == 3:
         mean, std = pixel_statistics(x_train)
+        if not std > 0:
+            raise _problem(path, "x_train's images are all one shade (std 0 after the resize), and the stc pipeline "
+                                 "divides by their std; give images that vary, or set data.pipeline = \"laq\"")
         x_train, x_test = (stc_pipeline(x, mean=mean, std=std, dtype=dtype) for x in (x_train, x_test))
     else:
         x_train, x_test = (_in_dtype(path, name, x, dtype, pipeline) for name, x in (("x_train", x_train),

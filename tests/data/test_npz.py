@@ -47,6 +47,9 @@ def saved(tmp_path, name="mine.npz", **changes):
     ({"y_test": np.r_[np.zeros(5, int), 10**9, np.zeros(14, int)]}, "the labels must name at most 65,536 classes "
                                                                      "(0 .. 65535); y_test[5] is 1000000000"),
     ({"client_ids": np.full(80, 0.5)}, "client_ids must hold whole numbers; client_ids[0] is 0.5"),
+    ({"x_train": np.zeros((80, 0)), "x_test": np.zeros((20, 0))}, "x_train has samples of shape (0,), holding no "
+                                                                  "feature; a sample needs at least one"),
+    ({"x_train": np.zeros((80, 0, 5), np.uint8)}, "x_train has samples of shape (0, 5), holding no pixel"),
     # labels and ids beyond int64: the element named, the reason said, no warning of a cast
     ({"y_train": np.r_[np.zeros(3, int), 2**63 - 1, np.ones(76, int)]}, "the labels must name at most 65,536 "
                                                                          "classes (0 .. 65535); y_train[3] is 9223"),
@@ -80,6 +83,14 @@ def test_features_beyond_the_pipelines_float_range_are_refused_naming_the_entry(
                    "range of float32, the dtype of the stc pipeline (magnitudes up to 3.403e+38)")
     assert not recwarn.list             # no overflow warning of the cast
     assert load_dataset(f"npz:{path}", "laq").x_train[3, 2] == 1e300       # float64 holds it
+
+
+def test_images_of_one_shade_cannot_be_normalized_by_the_stc_pipeline(tmp_path):
+    images = np.full((100, 8, 8), 7, np.uint8)
+    path = saved(tmp_path, x_train=images[:80], x_test=images[80:])
+    one_line_error(lambda: load_dataset(f"npz:{path}", "stc"), f"npz:{path}: x_train's images are all one shade",
+                   'set data.pipeline = "laq"')
+    assert load_dataset(f"npz:{path}", "laq").x_train.max() == 7 / 255
 
 
 def test_features_are_used_as_they_are_and_images_go_through_the_pipeline(tmp_path):
