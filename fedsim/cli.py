@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("name", metavar="NAME", help="mnist | fashion-mnist")
     fetch.add_argument("--data-dir", metavar="DIR", help="a folder searched first")
     fetch.add_argument("--timeout", type=_positive_seconds, default=30.0,
-                       help="seconds to wait for a server to answer (a number > 0)")
+                       help="seconds to wait for a server to answer, in (0, 3600] (default 30)")
     info = data_commands.add_parser("info", help="for each dataset file: where it was found, whether and how "
                                                  "its checksum verified")
     info.add_argument("--data-dir", metavar="DIR", help="a folder searched first")
@@ -251,15 +251,13 @@ def command_run(args) -> int:
 
 def command_data_fetch(args) -> int:
     from fedsim.data.fetch import fetch
-    from fedsim.data.search import DatasetNotFoundError, dataset_status, locate
+    from fedsim.data.search import DatasetNotFoundError, dataset_status
     from fedsim.data.registry import DATASETS, FILE_KEYS
     if args.name not in DATASETS:
         hint = " (synthetic data is generated, it needs no files)" if args.name == "synthetic" else ""
         raise UsageError(f"dataset NAME must be one of {', '.join(DATASETS)}, got {args.name!r}{hint}")
     failures = []
-    for key in FILE_KEYS:
-        if locate(args.name, key, args.data_dir) is not None:
-            continue
+    for key in FILE_KEYS:       # fetch checks the settings (timeout, FEDSIM_MIRRORS), then takes a copy on disk
         try:
             fetch(args.name, key, data_dir=args.data_dir, progress=None, timeout=args.timeout)
         except DatasetNotFoundError as error:

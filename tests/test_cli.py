@@ -315,6 +315,20 @@ def test_data_fetch_downloads_verifies_and_reports(tmp_path, shared_data, fedsim
     assert "no verified copy of train-images" in partial.stderr and "Traceback" not in partial.stderr
     assert partial.stdout.count("verified by") == 3
 
+    # the files are on disk now; the settings are still checked first, so a typo shows before it matters
+    for setting, env, words in (("--timeout 3601", {}, "timeout (--timeout, seconds) must be a finite number in (0, "
+                                                        "3600], got 3601"),
+                                ("", {"FEDSIM_MIRRORS": "ftp://bad"}, "FEDSIM_MIRRORS must hold base URLs")):
+        refused = fedsim_here("data", "fetch", "fashion-mnist", *setting.split(), **env)
+        assert (refused.returncode, refused.stdout) == (2, "") and words in refused.stderr, refused
+
+
+def test_data_fetch_help_states_the_timeouts_range(capsys):
+    from fedsim.data.fetch import MAX_TIMEOUT_SECONDS
+    with pytest.raises(SystemExit):
+        main(["data", "fetch", "--help"])
+    assert f"in (0, {MAX_TIMEOUT_SECONDS}]" in " ".join(capsys.readouterr().out.split())
+
 
 def test_a_batch_larger_than_a_client_is_refused_and_a_loss_beyond_the_float_range_is_divergence(in_process):
     status, out, err = in_process("run", "--preset", "synthetic", "--set", "federated.batch_size=5000", "--quiet")
