@@ -425,7 +425,10 @@ def command_sweep(args) -> int:
             print(f"  runs/{planned.folder_name}  {planned.label}")
         return EXIT_OK
     from fedsim.experiment_data import check_data
-    check_data(planned.config.data for planned in sweep.runs)      # once, before any run starts
+    from fedsim.sweeps.spec import run_settings
+    # once, before any run starts: each run's data, and its partition of npz data
+    check_data((f"{sweep.source.name}: the run with {run_settings(planned.values)}", planned.config)
+               for planned in sweep.runs)
     # the options that say where and how it runs, repeated in the command that continues it
     options = [item for flag, value in (("--backend", None if args.backend == "local" else args.backend),
                                         ("--scheduler", args.scheduler), ("--workers", args.workers),

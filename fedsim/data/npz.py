@@ -164,12 +164,15 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
     return arrays
 
 
-def load_npz(dataset: str, pipeline: str, dtype) -> Dataset:
-    """The :class:`Dataset` of ``"npz:PATH"``, prepared by ``pipeline`` (the module docstring)."""
+def load_npz(dataset: str, pipeline: str | None, dtype=None) -> Dataset:
+    """The :class:`Dataset` of ``"npz:PATH"``, prepared by ``pipeline`` (the module docstring); with ``pipeline``
+    None, its labels and natural partition alone (no feature: all a partition reads)."""
     path = npz_path(dataset)
     arrays = read_npz(path)
     x_train, x_test = arrays["x_train"], arrays["x_test"]
-    if x_train.ndim == 3 and pipeline == "laq":
+    if pipeline is None:
+        x_train, x_test = np.empty((len(x_train), 0)), np.empty((len(x_test), 0))
+    elif x_train.ndim == 3 and pipeline == "laq":
         x_train, x_test = laq_pipeline(x_train, dtype), laq_pipeline(x_test, dtype)
     elif x_train.ndim == 3:
         mean, std = pixel_statistics(x_train)

@@ -119,6 +119,35 @@ def test_client_ids_are_the_natural_partition(tmp_path):
         load_preset("synthetic", [f"data.dataset=npz:{path}", "data.train_split=test"])
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["data.classes_per_client=7"], r"^data.classes_per_client must be an integer in \[1, 3\], got 7$"),
+    (['data.partition="shards"', "data.shards_per_client=30"], r"^data.shards_per_client must be an integer in "
+                                                                r"\[1, 10\], got 30$"),
+    (['data.partition="dirichlet"', "data.dirichlet_alpha=1e-3"], r"^dirichlet: in 100 draws, none gave every client "
+     r"at least 1 samples \(data.dirichlet_alpha = 0.001, federated.n_clients = 8; .*\); raise data.dirichlet_alpha, "
+     r"or lower federated.n_clients$"),
+])
+def test_a_partition_the_data_cannot_make_names_the_settings_as_written(tmp_path, overrides, message):
+    config = load_preset("synthetic", [f"data.dataset=npz:{saved(tmp_path)}", 'data.partition="classes_per_client"',
+                                       "federated.n_clients=8", *overrides])
+    with pytest.raises(ValueError, match=message):
+        split_among_clients(config.data, load_dataset(config.data.dataset), 8, seed=0,
+                            clients_setting="federated.n_clients")
+
+
+def test_a_sweep_refuses_a_partition_its_npz_data_cannot_make_before_any_run_starts(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    saved(tmp_path)
+    (tmp_path / "own.toml").write_text('base = "synthetic"\nname = "own"\n[set]\n"data.dataset" = "npz:mine.npz"\n'
+                                       '"federated.n_clients" = 4\n"data.partition" = "classes_per_client"\n'
+                                       '[grid]\n"data.classes_per_client" = [2, 7]\n')
+    assert main(["sweep", "own.toml", "--workers", "1", "--quiet"]) == 2
+    assert capsys.readouterr().err == ("fedsim: error: own.toml: the run with data.classes_per_client = 7: the config "
+                                       "does not fit the data: data.classes_per_client must be an integer in [1, 3], "
+                                       "got 7\n")
+    assert not (tmp_path / "runs").exists()
+
+
 def test_a_run_records_the_file_and_its_resume_refuses_a_changed_file(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     path = saved(tmp_path)
