@@ -171,22 +171,26 @@ def draw_devices(config: SystemConfig, n_clients: int, rng: np.random.Generator)
 
 def read_trace(path, n_clients: int) -> Devices:
     """The devices of the CSV file at ``path`` (rows in any order); a malformed file is one ValueError line
-    naming system.trace."""
+    naming system.trace. The file is UTF-8, with or without a byte order mark (Excel's "CSV UTF-8"); blank
+    lines (no cell holding more than spaces, as ``,,,,``) are skipped wherever they are, and a line's number
+    in a message is its number in the file."""
     where = f"system.trace {path}"
     try:
-        with open(Path(path), newline="", encoding="utf-8") as handle:
-            rows = list(csv.reader(handle))
+        with open(Path(path), newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            rows = [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row)]
     except (OSError, UnicodeDecodeError) as error:
         raise ValueError(f"{where}: cannot be read ({error.strerror if isinstance(error, OSError) else error})") \
             from None
-    if not rows or tuple(cell.strip() for cell in rows[0]) != TRACE_COLUMNS:
+    if not rows or tuple(cell.strip() for cell in rows[0][1]) != TRACE_COLUMNS:
         raise ValueError(f"{where}: the first line must be the header {','.join(TRACE_COLUMNS)}")
-    values = np.empty((len(rows) - 1, len(TRACE_COLUMNS)))
-    for line, row in enumerate(rows[1:], start=2):
+    lines = [line for line, _ in rows[1:]]
+    values = np.empty((len(lines), len(TRACE_COLUMNS)))
+    for index, (line, row) in enumerate(rows[1:]):
         try:
             if len(row) != len(TRACE_COLUMNS):
                 raise ValueError
-            values[line - 2] = [float(cell) for cell in row]
+            values[index] = [float(cell) for cell in row]
         except ValueError:
             raise ValueError(f"{where}: line {line} must hold {len(TRACE_COLUMNS)} numbers "
                              f"({','.join(TRACE_COLUMNS)}), got {','.join(row)[:60]!r}") from None
@@ -199,7 +203,7 @@ def read_trace(path, n_clients: int) -> Devices:
     if len(beyond):
         row = beyond[0]
         column = 1 + int(np.argmax(terms[row]))
-        raise ValueError(f"{where}: line {row + 2}: {TRACE_COLUMNS[column]} {values[row, column]:g} makes the "
+        raise ValueError(f"{where}: line {lines[row]}: {TRACE_COLUMNS[column]} {values[row, column]:g} makes the "
                          f"simulated time of a round infinite (beyond {np.finfo(float).max:.3g} s); up, down "
                          f"and speed must be larger, latency smaller")
     if np.any(clients != np.round(clients)) or len(np.unique(clients)) != len(clients):

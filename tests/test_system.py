@@ -267,6 +267,17 @@ def test_a_trace_gives_every_client_its_row(tmp_path):
     assert devices.uplink.tolist() == [1e6, 2e6] and devices.speed.tolist() == [2e9, 1e9]
 
 
+def test_a_trace_saved_by_excel_is_read_with_its_byte_order_mark_and_blank_lines(tmp_path):
+    """Excel's "CSV UTF-8" starts with a byte order mark; blank lines (also a row of empty cells) are skipped
+    wherever they are, and a message names a line by its number in the file."""
+    path = tmp_path / "trace.csv"
+    path.write_bytes(b"\xef\xbb\xbfclient,up,down,latency,speed\r\n\r\n1,2e6,8e6,0.1,1e9\r\n,,,,\r\n"
+                     b"0,1e6,4e6,0.05,2e9\r\n\r\n")
+    assert read_trace(path, 2).uplink.tolist() == [1e6, 2e6]
+    with pytest.raises(ValueError, match=r"line 4 must hold 5 numbers"):
+        read_trace(_trace(tmp_path, "client,up,down,latency,speed\n\n0,1,1,1,1\n1,x,1,1,1\n"), 2)
+
+
 @pytest.mark.parametrize("text, message", [
     ("client,up,down,latency,speed\n0,1e6,4e6,0.05,2e9\n", r"1 of the 2 clients have no row \(first: \[1\]\)"),
     ("client,up,down\n0,1,1\n", r"the first line must be the header"),
