@@ -289,7 +289,7 @@ def _print_status(name: str, rows: list[dict]) -> None:
 
 def command_data_info(args) -> int:
     from fedsim.data.cache import array_cache_dir, cache_enabled, cache_entries, stored_bytes
-    from fedsim.data.search import cache_dir, dataset_status, search_path
+    from fedsim.data.search import cache_dir, dataset_status, folder_problem, search_path
     from fedsim.data.registry import DATASETS
     print(f"download cache: {cache_dir()}")
     entries = cache_entries()
@@ -299,7 +299,8 @@ def command_data_info(args) -> int:
           f"delete the folder to clear it)")
     print("search path, in order:")
     for folder, source in search_path(args.data_dir):
-        print(f"  {folder}  [{source}]{'' if folder.is_dir() else '  (does not exist)'}")
+        problem = folder_problem(folder)        # as the error that lists the folders searched says it
+        print(f"  {folder}  [{source}]{f'  ({problem})' if problem else ''}")
     for name in DATASETS:
         _print_status(name, dataset_status(name, args.data_dir))
     print("synthetic:\n  generated from the seed (FedProx's Synthetic(alpha, beta)); no files")

@@ -290,10 +290,14 @@ def test_compare_prints_a_table(tmp_path, finished_runs, fedsim_here):
 # --- data ---------------------------------------------------------------------------------------------------
 
 def test_data_info_reports_where_and_how_files_verified(tmp_path, shared_data):
-    result = fedsim(tmp_path, "data", "info", FEDSIM_DATA=str(shared_data))
+    (tmp_path / "a-file").write_text("")
+    entries = os.pathsep.join([str(shared_data), str(tmp_path / "a-file"), str(tmp_path / "absent")])
+    result = fedsim(tmp_path, "data", "info", FEDSIM_DATA=entries)
     assert result.returncode == 0, result.stderr
     text = result.stdout
-    assert f"{shared_data}  [FEDSIM_DATA]" in text and f"download cache: {tmp_path / 'cache'}" in text
+    assert f"{shared_data}  [FEDSIM_DATA]\n" in text and f"download cache: {tmp_path / 'cache'}" in text
+    assert f"{tmp_path / 'a-file'}  [FEDSIM_DATA]  (is not a folder)" in text
+    assert f"{tmp_path / 'absent'}  [FEDSIM_DATA]  (does not exist)" in text
     block = text.split("fashion-mnist:")[1].split("synthetic:")[0]
     assert block.count("verified by") == 4, text
     assert str(shared_data / "fashion-mnist" / "train-images-idx3-ubyte.gz") in block
