@@ -143,8 +143,8 @@ CONFIG = ["run", "exp.toml", "--quiet"]
      ["data.dataset: cannot expand '~' in '~no-such-user-fedsim/x.npz'"]),
     ("", ["run", "--preset", "synthetic", "--data-dir", "~no-such-user-fedsim/x"],
      ["data_dir (--data-dir): cannot expand '~'"]),
-    ("", ["run", "--preset", "stc-mnist", "--data-dir", ""], ["data_dir (--data-dir) must be an existing folder holding "
-                                                              "dataset files; got an empty path"]),
+    ("", ["run", "--preset", "stc-mnist", "--data-dir", ""],
+     ["data_dir (--data-dir) must be an existing folder holding dataset files; got an empty path"]),
     ("", ["run", "--preset", "synthetic", "--set", 'system.profile="trace"', "--set",
           'system.trace="~no-such-user-fedsim/t.csv"'], ["system.trace: cannot expand '~'"]),
 ])

@@ -97,8 +97,8 @@ def _features(path: Path, name: str, x: np.ndarray) -> None:
         raise _problem(path, f"{name} must be (samples, features) numbers or (samples, height, width) uint8 "
                              f"images; got {x.dtype} of shape {x.shape}")
     if 0 in x.shape[1:]:
-        unit = "pixel" if images else "feature"
-        raise _problem(path, f"{name} has samples of shape {x.shape[1:]}, holding no {unit}; a sample needs at least one")
+        raise _problem(path, f"{name} has samples of shape {x.shape[1:]}, holding no {'pixel' if images else 'feature'}"
+                             f"; a sample needs at least one")
     if x.dtype.kind == "f" and not np.all(np.isfinite(x)):
         row = np.flatnonzero(~np.all(np.isfinite(x.reshape(len(x), -1)), axis=1))[0]
         raise _problem(path, f"{name} must be finite; row {row} holds NaN or inf")
