@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("name", metavar="NAME", help="mnist | fashion-mnist")
     fetch.add_argument("--data-dir", metavar="DIR", help="a folder searched first")
     fetch.add_argument("--timeout", type=_positive_seconds, default=30.0,
-                       help="seconds to wait for a server to answer (a number > 0)")
+                       help="seconds to wait for a server to answer, in (0, 3600] (default 30)")
     info = data_commands.add_parser("info", help="for each dataset file: where it was found, whether and how "
                                                  "its checksum verified")
     info.add_argument("--data-dir", metavar="DIR", help="a folder searched first")
@@ -154,7 +154,8 @@ def resolve_config(args):
     if args.dataset is not None:
         overrides.append(("data.dataset", args.dataset))
     if args.data_dir is not None:   # absolute, so that the saved config works from any folder
-        overrides.append(("data.data_dir", str(Path(args.data_dir).expanduser().resolve())))
+        from fedsim.data.search import data_dir_path
+        overrides.append(("data.data_dir", str(data_dir_path(args.data_dir).resolve())))
     notes: list[str] = []
     if args.preset:
         config, name = load_preset(args.preset, overrides, notes=notes), args.preset
@@ -250,15 +251,13 @@ def command_run(args) -> int:
 
 def command_data_fetch(args) -> int:
     from fedsim.data.fetch import fetch
-    from fedsim.data.search import DatasetNotFoundError, dataset_status, locate
+    from fedsim.data.search import DatasetNotFoundError, dataset_status
     from fedsim.data.registry import DATASETS, FILE_KEYS
     if args.name not in DATASETS:
         hint = " (synthetic data is generated, it needs no files)" if args.name == "synthetic" else ""
         raise UsageError(f"dataset NAME must be one of {', '.join(DATASETS)}, got {args.name!r}{hint}")
     failures = []
-    for key in FILE_KEYS:
-        if locate(args.name, key, args.data_dir) is not None:
-            continue
+    for key in FILE_KEYS:       # fetch checks the settings (timeout, FEDSIM_MIRRORS), then takes a copy on disk
         try:
             fetch(args.name, key, data_dir=args.data_dir, progress=None, timeout=args.timeout)
         except DatasetNotFoundError as error:
@@ -290,7 +289,7 @@ def _print_status(name: str, rows: list[dict]) -> None:
 
 def command_data_info(args) -> int:
     from fedsim.data.cache import array_cache_dir, cache_enabled, cache_entries, stored_bytes
-    from fedsim.data.search import cache_dir, dataset_status, search_path
+    from fedsim.data.search import cache_dir, dataset_status, folder_problem, search_path
     from fedsim.data.registry import DATASETS
     print(f"download cache: {cache_dir()}")
     entries = cache_entries()
@@ -300,7 +299,8 @@ def command_data_info(args) -> int:
           f"delete the folder to clear it)")
     print("search path, in order:")
     for folder, source in search_path(args.data_dir):
-        print(f"  {folder}  [{source}]{'' if folder.is_dir() else '  (does not exist)'}")
+        problem = folder_problem(folder)        # as the error that lists the folders searched says it
+        print(f"  {folder}  [{source}]{f'  ({problem})' if problem else ''}")
     for name in DATASETS:
         _print_status(name, dataset_status(name, args.data_dir))
     print("synthetic:\n  generated from the seed (FedProx's Synthetic(alpha, beta)); no files")
@@ -426,7 +426,10 @@ def command_sweep(args) -> int:
             print(f"  runs/{planned.folder_name}  {planned.label}")
         return EXIT_OK
     from fedsim.experiment_data import check_data
-    check_data(planned.config.data for planned in sweep.runs)      # once, before any run starts
+    from fedsim.sweeps.spec import run_settings
+    # once, before any run starts: each run's data, and its partition of npz data
+    check_data((f"{sweep.source.name}: the run with {run_settings(planned.values)}", planned.config)
+               for planned in sweep.runs)
     # the options that say where and how it runs, repeated in the command that continues it
     options = [item for flag, value in (("--backend", None if args.backend == "local" else args.backend),
                                         ("--scheduler", args.scheduler), ("--workers", args.workers),

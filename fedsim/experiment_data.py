@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from fedsim.constraints import Flag, Integer, OneOf, Optional, Real, Registered,
 from fedsim.data.dataset import Dataset
 from fedsim.data.fetch import load_split
 from fedsim.data.load import DATASET_NAMES, PIPELINES, TRAIN_SPLITS, load_dataset
-from fedsim.data.npz import PREFIX, file_sha256, npz_path, read_npz
+from fedsim.data.npz import PREFIX, file_sha256, load_npz, npz_path
 from fedsim.data.partition import METHOD_SETTINGS, split_indices
 from fedsim.data.registry import DATASETS, DataSettingError
 from fedsim.data.search import DatasetNotFoundError, dataset_status
@@ -198,6 +199,11 @@ def stored_as_codes(dataset: Dataset, pipeline: str) -> Dataset:
                                description=dataset.description + ", stored as 8-bit codes")
 
 
+#: The partitioners' arguments that a [data] setting gives (:func:`_split`), and that setting.
+PARTITION_SETTINGS = {"classes_per_client": "classes_per_client", "balancedness": "balancedness",
+                      "alpha": "dirichlet_alpha", "shards_per_client": "shards_per_client"}
+
+
 def split_among_clients(config: DataConfig, dataset: Dataset, n_clients: int, seed: int,
                         clients_setting: str = "n_clients") -> list[np.ndarray] | None:
     """One index array of training samples per client, as ``config.partition`` says (None for a population
@@ -205,14 +211,17 @@ def split_among_clients(config: DataConfig, dataset: Dataset, n_clients: int, se
     (``federated.n_clients``, ``lazy.n_workers``)."""
     try:
         return _split(config, dataset, n_clients, seed)
-    except ValueError as error:
-        raise ValueError(re.sub(r"\bn_clients\b", clients_setting, str(error))) from None
+    except ValueError as error:     # the partitioners' arguments named as the settings that give them
+        names = {**{argument: f"data.{name}" for argument, name in PARTITION_SETTINGS.items()},
+                 "n_clients": clients_setting}
+        raise ValueError(re.sub(rf"(?<![\w.'])({'|'.join(names)})\b(?!')", lambda found: names[found[1]],
+                                str(error))) from None
 
 
 def _split(config: DataConfig, dataset: Dataset, n_clients: int, seed: int) -> list[np.ndarray]:
     if dataset.population is not None:      # drawn per round by the run; no index arrays
         if n_clients != dataset.population.n_devices:
-            raise ValueError(f"the population has {dataset.population.n_devices} devices (set synthetic_devices), "
+            raise ValueError(f"the population has {dataset.population.n_devices} devices (data.synthetic_devices), "
                              f"but n_clients is {n_clients}")
         return None
     if config.partition == "natural":
@@ -220,17 +229,13 @@ def _split(config: DataConfig, dataset: Dataset, n_clients: int, seed: int) -> l
             raise ValueError(f"dataset {dataset.name!r} has no natural partition (an npz file needs the array "
                              f"client_ids)")
         if n_clients != len(dataset.client_indices):
-            what = "set synthetic_devices" if config.dataset == "synthetic" else "distinct client_ids"
+            what = "data.synthetic_devices" if config.dataset == "synthetic" else "distinct client_ids"
             raise ValueError(f"the natural partition of {dataset.name!r} has {len(dataset.client_indices)} "
                              f"devices ({what}), but n_clients is {n_clients}")
         return [np.asarray(ix) for ix in dataset.client_indices]
     rng = RunStreams(seed).generator("partition")
-    settings = {
-        "classes_per_client": dict(classes_per_client=config.classes_per_client,
-                                   balancedness=config.balancedness),
-        "dirichlet": dict(alpha=config.dirichlet_alpha),
-        "shards": dict(shards_per_client=config.shards_per_client),
-    }.get(config.partition, {})
+    settings = {argument: getattr(config, PARTITION_SETTINGS[argument])
+                for argument in itertools.chain(*METHOD_SETTINGS[config.partition]) if argument in PARTITION_SETTINGS}
     return split_indices(config.partition, dataset.y_train, n_clients, rng, **settings)
 
 
@@ -238,20 +243,28 @@ def _split(config: DataConfig, dataset: Dataset, n_clients: int, seed: int) -> l
 # the data checked once, before a run or a sweep starts; an npz file's identity in the run folder
 
 
-def check_data(configs) -> None:
-    """Check once that the data of each of ``configs`` (DataConfigs) can be had, before anything runs: the
-    files of a registered dataset are found (or downloaded) and verified, an npz file is read and checked.
-    The first problem is raised: DatasetNotFoundError (several lines: what to do, what is present) or a
-    one-line DataSettingError."""
-    done = set()
-    for config in configs:
+def check_data(runs) -> None:
+    """Check once that the data of each of ``runs`` (pairs: what names the run, its ExperimentConfig) can be had,
+    before anything runs: the files of a registered dataset are found (or downloaded) and verified, an npz file
+    is read and checked, and split among the run's clients as the run will split it. The first problem is
+    raised: DatasetNotFoundError (several lines: what to do, what is present) or a one-line DataSettingError
+    (a partition the npz data cannot make names the run)."""
+    done, labels = set(), {}
+    for name, experiment in runs:
+        config = experiment.data
         key = (config.dataset, config.data_dir, config.download, config.train_split)
+        if npz_path(config.dataset) is not None:
+            if config.dataset not in labels:
+                labels[config.dataset] = load_npz(config.dataset, None)
+            try:
+                split_among_clients(config, labels[config.dataset], experiment.n_clients, experiment.seed,
+                                    experiment.clients_setting)
+            except ValueError as error:
+                raise DataSettingError(f"{name}: the config does not fit the data: {error}") from None
+            continue
         if key in done or config.dataset == "synthetic":
             continue
         done.add(key)
-        if npz_path(config.dataset) is not None:
-            read_npz(npz_path(config.dataset))
-            continue
         with _advice_when_missing(config):
             for split in dict.fromkeys(("test", config.train_split)):
                 load_split(config.dataset, split, data_dir=config.data_dir, download=config.download)

@@ -70,12 +70,13 @@ def drawn_in_part(run: RunResult) -> str | None:
 
 
 def _plot(axis, x, y, **style) -> None:
-    """``axis.plot`` of the drawable points; no markers on a curve with none (matplotlib's ``markevery``
-    fails on an empty path)."""
-    y = drawable(y)
-    if np.isnan(y).all():
+    """``axis.plot`` of the points whose x and y are drawable; no markers on a curve with none (matplotlib's
+    ``markevery`` fails on an empty path)."""
+    x, y = drawable(x), drawable(y)
+    left_out = np.isnan(x) | np.isnan(y)
+    if left_out.all():
         style.pop("markevery", None)
-    axis.plot(x, y, **style)
+    axis.plot(np.where(left_out, np.nan, x), np.where(left_out, np.nan, y), **style)
 
 
 def _figure(rows: int, columns: int, width: float = 4.6, height: float = 3.4):

@@ -73,6 +73,8 @@ from typing import NamedTuple
 import numpy as np
 
 from fedsim.constraints import OneOf, Optional, Real, Text, check_fields, setting
+from fedsim.data.registry import DataSettingError
+from fedsim.data.search import expand_home
 
 
 class Profile(NamedTuple):
@@ -127,7 +129,7 @@ class SystemConfig:
         if self.trace is not None and self.profile != "trace":
             raise ValueError(f"trace is read only with system.profile = 'trace', not {self.profile!r}")
         if self.trace is not None:       # a relative path is from the current folder now; kept absolute
-            object.__setattr__(self, "trace", str(Path(self.trace).expanduser().absolute()))
+            object.__setattr__(self, "trace", str(expand_home(self.trace, "trace").absolute()))
         changed = [f.name for f in dataclasses.fields(self) if getattr(self, f.name) != f.default]
         if not self.enabled and changed:
             raise ValueError("profile is 'off', so the other [system] settings would be ignored; set "
@@ -169,35 +171,48 @@ def draw_devices(config: SystemConfig, n_clients: int, rng: np.random.Generator)
 
 def read_trace(path, n_clients: int) -> Devices:
     """The devices of the CSV file at ``path`` (rows in any order); a malformed file is one ValueError line
-    naming system.trace."""
+    naming system.trace. The file is UTF-8, with or without a byte order mark (Excel's "CSV UTF-8"); blank
+    lines (no cell holding more than spaces, as ``,,,,``) are skipped wherever they are, and a line's number
+    in a message is its number in the file."""
     where = f"system.trace {path}"
     try:
-        with open(Path(path), newline="", encoding="utf-8") as handle:
-            rows = list(csv.reader(handle))
+        with open(Path(path), newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            rows = [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row)]
     except (OSError, UnicodeDecodeError) as error:
         raise ValueError(f"{where}: cannot be read ({error.strerror if isinstance(error, OSError) else error})") \
             from None
-    if not rows or tuple(cell.strip() for cell in rows[0]) != TRACE_COLUMNS:
+    if not rows or tuple(cell.strip() for cell in rows[0][1]) != TRACE_COLUMNS:
         raise ValueError(f"{where}: the first line must be the header {','.join(TRACE_COLUMNS)}")
-    values = np.empty((len(rows) - 1, len(TRACE_COLUMNS)))
-    for line, row in enumerate(rows[1:], start=2):
+    lines = [line for line, _ in rows[1:]]
+    values = np.empty((len(lines), len(TRACE_COLUMNS)))
+    for index, (line, row) in enumerate(rows[1:]):
         try:
             if len(row) != len(TRACE_COLUMNS):
                 raise ValueError
-            values[line - 2] = [float(cell) for cell in row]
+            values[index] = [float(cell) for cell in row]
         except ValueError:
             raise ValueError(f"{where}: line {line} must hold {len(TRACE_COLUMNS)} numbers "
                              f"({','.join(TRACE_COLUMNS)}), got {','.join(row)[:60]!r}") from None
     clients = values[:, 0]
     if not np.all(np.isfinite(values)) or np.any(values[:, [1, 2, 4]] <= 0) or np.any(values[:, 3] < 0):
         raise ValueError(f"{where}: up, down and speed must be finite and > 0, latency finite and >= 0")
+    with np.errstate(over="ignore", divide="ignore"):   # a round of one bit each way and one multiply-add
+        terms = np.column_stack([1 / values[:, 1], 1 / values[:, 2], 2 * values[:, 3], 1 / values[:, 4]])
+        beyond = np.flatnonzero(~np.isfinite(terms.sum(axis=1)))
+    if len(beyond):
+        row = beyond[0]
+        column = 1 + int(np.argmax(terms[row]))
+        raise ValueError(f"{where}: line {lines[row]}: {TRACE_COLUMNS[column]} {values[row, column]:g} makes the "
+                         f"simulated time of a round infinite (beyond {np.finfo(float).max:.3g} s); up, down "
+                         f"and speed must be larger, latency smaller")
     if np.any(clients != np.round(clients)) or len(np.unique(clients)) != len(clients):
         raise ValueError(f"{where}: the client column must hold distinct integers")
     outside = clients[(clients < 0) | (clients >= n_clients)]
     if len(outside):
         raise ValueError(f"{where}: the client column must hold the clients 0 .. {n_clients - 1} of the run, one row "
                          f"each; it has rows for {len(outside)} others "
-                         f"(first: {outside[:5].astype(np.int64).tolist()})")
+                         f"(first: [{', '.join(f'{client:.16g}' for client in outside[:5])}])")
     missing = np.setdiff1d(np.arange(n_clients), clients.astype(np.int64))
     if len(missing):
         raise ValueError(f"{where}: {len(missing)} of the {n_clients} clients have no row "
@@ -209,11 +224,13 @@ def read_trace(path, n_clients: int) -> Devices:
 # the clock
 
 
+@np.errstate(over="ignore")     # a time beyond the float range is inf, refused by the clocks (_Clock.checked)
 def transfer_seconds(bits, bandwidth, latency):
     """One message on one link: latency + bits / bandwidth (s)."""
     return latency + np.asarray(bits, dtype=np.float64) / bandwidth
 
 
+@np.errstate(over="ignore")
 def arrival_seconds(devices: Devices, clients: np.ndarray, down_bits, samples, multiply_adds_per_sample: float,
                     up_bits) -> np.ndarray:
     """``arrival_k`` of the module docstring for each of ``clients``, from the round's start."""
@@ -259,7 +276,24 @@ def round_devices(config: SystemConfig, streams, devices: Devices, round_: int, 
     return Devices(*(values * factors[:, i] for i, values in enumerate(own)))
 
 
-class FederatedClock:
+class _Clock:
+    """What both clocks share: the [system] table, and the check of the simulated time so far."""
+
+    config: SystemConfig
+
+    def checked(self, seconds: float, step: str) -> float:
+        """``seconds``, the simulated time through ``step`` (``"round 3"``), if finite; else a one-line
+        DataSettingError naming where the devices came from."""
+        if math.isfinite(seconds):
+            return seconds
+        source = (f"system.trace {self.config.trace}" if self.config.profile == "trace" else
+                  f"system.profile {self.config.profile!r} (its links, latencies and speeds)")
+        raise DataSettingError(f"{source}: the simulated time through {step} is infinite (beyond "
+                               f"{np.finfo(float).max:.3g} s); give the devices larger up, down and speed, or "
+                               f"smaller latency")
+
+
+class FederatedClock(_Clock):
     """A federated run's devices and its round clock (:func:`arrival_seconds`, :func:`kept_updates`)."""
 
     def __init__(self, config: SystemConfig, streams, n_clients: int, multiply_adds_per_sample: float,
@@ -299,7 +333,7 @@ class FederatedClock:
         return float(transfer_seconds(bits, devices.downlink, devices.latency).max(initial=0.0))
 
 
-class LazyClock:
+class LazyClock(_Clock):
     """A lazy run's devices and its iteration clock: max_m [down_m(theta) + compute_m + upload_m up_m(bits)]."""
 
     def __init__(self, config: SystemConfig, streams, n_workers: int, multiply_adds_per_sample: float,
@@ -316,6 +350,7 @@ class LazyClock:
         before = arrival_seconds(devices, self.workers, broadcast_bits, samples, multiply_adds, 0) - devices.latency
         return before, transfer_seconds(bits_per_upload, devices.uplink, devices.latency)
 
+    @np.errstate(over="ignore")
     def iteration(self, k: int, uploads: np.ndarray) -> float:
         """Seconds of iteration ``k``, in which the workers ``uploads`` (a bool mask) upload."""
         before, upload = (self.parts if self.config.round_spread == 0 else

@@ -138,6 +138,15 @@ CONFIG = ["run", "exp.toml", "--quiet"]
     ("", ["data", "fetch", "synthetic"], ["needs no files"]),
     ("x = " + "[" * 5000 + "]" * 5000 + "\n", CONFIG, ["nested too deeply"]),
     ("", ["run", "--preset", "synthetic", "--extend-to", "3"], ["--extend-to goes with --resume"]),
+    # a ~user that cannot be expanded, in each path a user gives
+    ("", ["run", "--preset", "synthetic", "--dataset", "npz:~no-such-user-fedsim/x.npz"],
+     ["data.dataset: cannot expand '~' in '~no-such-user-fedsim/x.npz'"]),
+    ("", ["run", "--preset", "synthetic", "--data-dir", "~no-such-user-fedsim/x"],
+     ["data_dir (--data-dir): cannot expand '~'"]),
+    ("", ["run", "--preset", "stc-mnist", "--data-dir", ""],
+     ["data_dir (--data-dir) must be an existing folder holding dataset files; got an empty path"]),
+    ("", ["run", "--preset", "synthetic", "--set", 'system.profile="trace"', "--set",
+          'system.trace="~no-such-user-fedsim/t.csv"'], ["system.trace: cannot expand '~'"]),
 ])
 def test_bad_configs_and_command_lines(in_process, tmp_path, text, args, fragments):
     (tmp_path / "exp.toml").write_text(text)
@@ -281,10 +290,14 @@ def test_compare_prints_a_table(tmp_path, finished_runs, fedsim_here):
 # --- data ---------------------------------------------------------------------------------------------------
 
 def test_data_info_reports_where_and_how_files_verified(tmp_path, shared_data):
-    result = fedsim(tmp_path, "data", "info", FEDSIM_DATA=str(shared_data))
+    (tmp_path / "a-file").write_text("")
+    entries = os.pathsep.join([str(shared_data), str(tmp_path / "a-file"), str(tmp_path / "absent")])
+    result = fedsim(tmp_path, "data", "info", FEDSIM_DATA=entries)
     assert result.returncode == 0, result.stderr
     text = result.stdout
-    assert f"{shared_data}  [FEDSIM_DATA]" in text and f"download cache: {tmp_path / 'cache'}" in text
+    assert f"{shared_data}  [FEDSIM_DATA]\n" in text and f"download cache: {tmp_path / 'cache'}" in text
+    assert f"{tmp_path / 'a-file'}  [FEDSIM_DATA]  (is not a folder)" in text
+    assert f"{tmp_path / 'absent'}  [FEDSIM_DATA]  (does not exist)" in text
     block = text.split("fashion-mnist:")[1].split("synthetic:")[0]
     assert block.count("verified by") == 4, text
     assert str(shared_data / "fashion-mnist" / "train-images-idx3-ubyte.gz") in block
@@ -305,6 +318,20 @@ def test_data_fetch_downloads_verifies_and_reports(tmp_path, shared_data, fedsim
     assert partial.returncode == 1
     assert "no verified copy of train-images" in partial.stderr and "Traceback" not in partial.stderr
     assert partial.stdout.count("verified by") == 3
+
+    # the files are on disk now; the settings are still checked first, so a typo shows before it matters
+    for setting, env, words in (("--timeout 3601", {}, "timeout (--timeout, seconds) must be a finite number in (0, "
+                                                        "3600], got 3601"),
+                                ("", {"FEDSIM_MIRRORS": "ftp://bad"}, "FEDSIM_MIRRORS must hold base URLs")):
+        refused = fedsim_here("data", "fetch", "fashion-mnist", *setting.split(), **env)
+        assert (refused.returncode, refused.stdout) == (2, "") and words in refused.stderr, refused
+
+
+def test_data_fetch_help_states_the_timeouts_range(capsys):
+    from fedsim.data.fetch import MAX_TIMEOUT_SECONDS
+    with pytest.raises(SystemExit):
+        main(["data", "fetch", "--help"])
+    assert f"in (0, {MAX_TIMEOUT_SECONDS}]" in " ".join(capsys.readouterr().out.split())
 
 
 def test_a_batch_larger_than_a_client_is_refused_and_a_loss_beyond_the_float_range_is_divergence(in_process):

@@ -2,6 +2,7 @@
 both families, styles that survive greyscale, and an honest reference for a lazy run's residual."""
 
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -86,6 +87,22 @@ def test_fedsim_plot_x_bits_and_time(federated_runs, tmp_path, captured, x, xlab
     first = federated_runs[0].history
     expected = {"bits": first[0]["bits_up"] + first[0]["bits_down"], "time": first[0]["time"]}[x]
     assert axis.get_lines()[0].get_xdata()[0] == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("infinite_from", [1, 4])
+def test_a_simulated_time_beyond_the_float_range_is_left_out_and_said(tmp_path, captured, infinite_from):
+    """A run folder whose records hold an infinite simulated time (written before the clock refused one): the
+    finite part drawn, one note, no crash."""
+    import dataclasses
+    run = finished_run(tmp_path, "inf", "synthetic", TINY + ['system.profile="4g"'])
+    history = [{**record, "simulated_seconds": math.inf} if record["round"] >= infinite_from else record
+               for record in run.history]
+    notes = []
+    assert plot.plot_runs([dataclasses.replace(run, history=history)], tmp_path / "plots", notes=notes, x="simulated")
+    (line,) = captured["federated_accuracy_by_simulated"].axes[0].get_lines()
+    assert np.isfinite(line.get_xdata()).sum() == infinite_from - 1
+    assert notes == [f"{run.path} has values too large to draw (above 1.3e+154): the figures show its first "
+                     f"{infinite_from - 1} rounds"]
 
 
 def test_a_single_lazy_run_says_what_its_residual_is_relative_to(tmp_path, captured):

@@ -267,6 +267,17 @@ def test_a_trace_gives_every_client_its_row(tmp_path):
     assert devices.uplink.tolist() == [1e6, 2e6] and devices.speed.tolist() == [2e9, 1e9]
 
 
+def test_a_trace_saved_by_excel_is_read_with_its_byte_order_mark_and_blank_lines(tmp_path):
+    """Excel's "CSV UTF-8" starts with a byte order mark; blank lines (also a row of empty cells) are skipped
+    wherever they are, and a message names a line by its number in the file."""
+    path = tmp_path / "trace.csv"
+    path.write_bytes(b"\xef\xbb\xbfclient,up,down,latency,speed\r\n\r\n1,2e6,8e6,0.1,1e9\r\n,,,,\r\n"
+                     b"0,1e6,4e6,0.05,2e9\r\n\r\n")
+    assert read_trace(path, 2).uplink.tolist() == [1e6, 2e6]
+    with pytest.raises(ValueError, match=r"line 4 must hold 5 numbers"):
+        read_trace(_trace(tmp_path, "client,up,down,latency,speed\n\n0,1,1,1,1\n1,x,1,1,1\n"), 2)
+
+
 @pytest.mark.parametrize("text, message", [
     ("client,up,down,latency,speed\n0,1e6,4e6,0.05,2e9\n", r"1 of the 2 clients have no row \(first: \[1\]\)"),
     ("client,up,down\n0,1,1\n", r"the first line must be the header"),
@@ -276,10 +287,45 @@ def test_a_trace_gives_every_client_its_row(tmp_path):
     ("client,up,down,latency,speed\n-1,1,1,1,1\n0,1,1,1,1\n1,1,1,1,1\n", r"the client column must hold the "
      r"clients 0 \.\. 1 of the run, one row each; it has rows for 1 others \(first: \[-1\]\)"),
     ("client,up,down,latency,speed\n0,1,1,1,1\n1,1,1,1,1\n2,1,1,1,1\n", r"the client column .* \(first: \[2\]\)"),
+    ("client,up,down,latency,speed\n0,1,1,1,1\n1,1,1,1,1\n1e300,1,1,1,1\n", r"the client column .* \(first: "
+                                                                             r"\[1e\+300\]\)"),
 ])
-def test_a_bad_trace_is_one_line(tmp_path, text, message):
+def test_a_bad_trace_is_one_line(tmp_path, text, message, recwarn):
     with pytest.raises(ValueError, match=r"^system.trace .*: " + message):
         read_trace(_trace(tmp_path, text), 2)
+    assert not recwarn.list
+
+
+@pytest.mark.parametrize("row, column", [("2,1e6,1e7,1e308,1e9", "latency 1e[+]308"), ("2,1e-320,1e7,0.05,1e9",
+                                                                                     "up 9.99989e-321")])
+def test_a_trace_whose_clock_would_be_infinite_is_one_line(tmp_path, row, column, recwarn):
+    """Finite values whose round (two latencies, a bit each way, a multiply-add) is beyond the float range."""
+    text = "client,up,down,latency,speed\n0,1e6,4e6,0.05,1e9\n1,1e6,4e6,0.05,1e9\n" + row + "\n"
+    with pytest.raises(ValueError, match=rf"^system.trace .*: line 4: {column} makes the simulated time of a round "
+                                         rf"infinite"):
+        read_trace(_trace(tmp_path, text), 3)
+    assert not recwarn.list
+
+
+@pytest.mark.parametrize("preset, overrides, step", [
+    ("synthetic", ['system.profile="custom"', "system.uplink=1e-306", "system.spread=0"], "round 1"),
+    ("laq-synthetic", ['system.profile="custom"', "system.uplink=1e-306", "system.spread=0"], "iteration 0"),
+])
+def test_a_clock_that_overflows_stops_the_run_in_one_line(preset, overrides, step, recwarn):
+    """Each number is finite, but the encoded bits over a link of 1e-306 bits/s take longer than 1.8e308 s."""
+    run = build_run(load_preset(preset, overrides), progress=False)
+    with pytest.raises(DataSettingError, match=rf"^system.profile 'custom' \(its links, latencies and speeds\): "
+                                               rf"the simulated time through {step} is infinite"):
+        run.step()
+    assert not recwarn.list and not run.history
+
+
+def test_a_trace_whose_messages_overflow_the_clock_names_it(tmp_path):
+    rows = "".join(f"{k},{1e-306 if k == 3 else 1e6},4e6,0.05,1e9\n" for k in range(30))
+    path = _trace(tmp_path, "client,up,down,latency,speed\n" + rows)
+    run = _synthetic('system.profile="trace"', f"system.trace={str(path)!r}", "federated.participation_rate=1")
+    with pytest.raises(DataSettingError, match=r"^system.trace .*trace.csv: the simulated time through round 1"):
+        run.step()
 
 
 def test_a_trace_changed_since_the_run_started_is_refused_on_resume(tmp_path):

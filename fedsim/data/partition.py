@@ -131,7 +131,7 @@ def classes_per_client(labels, n_clients: int, classes_per_client: int, balanced
         empty = np.flatnonzero(sizes < 1)
         raise ValueError(f"impossible split: with {n_samples} samples, n_clients = {n_clients} and "
                          f"balancedness = {balancedness}, clients {empty.tolist()[:10]} would get no "
-                         f"sample; use fewer clients or a balancedness closer to 1")
+                         f"sample; lower n_clients, or raise balancedness toward 1")
     if sizes.sum() > n_samples:  # cannot happen with the sizes above; kept as the reference's guard
         raise ValueError(f"impossible split: client sizes sum to {sizes.sum()} > {n_samples} samples")
     quotas = np.maximum(1, sizes // classes_per_client)
@@ -206,10 +206,9 @@ def dirichlet(labels, n_clients: int, alpha: float, rng: np.random.Generator, mi
         smallest = int(np.bincount(owner, minlength=n_clients).min())
         if smallest >= min_size:
             return indices_by_owner(owner, n_clients)
-    raise ValueError(f"dirichlet: no split with every client holding >= min_size = {min_size} samples in "
-                     f"max_attempts = {max_attempts} draws (alpha = {alpha}, n_clients = {n_clients}, "
-                     f"last smallest client: {smallest}); raise alpha or max_attempts, lower min_size, "
-                     f"or use fewer clients")
+    raise ValueError(f"dirichlet: in {max_attempts} draws, none gave every client at least {min_size} samples "
+                     f"(alpha = {alpha}, n_clients = {n_clients}; the last draw's smallest client: {smallest}); "
+                     f"raise alpha, or lower n_clients")
 
 
 def shards(labels, n_clients: int, rng: np.random.Generator, shards_per_client: int = 2) -> list[np.ndarray]:

@@ -61,14 +61,14 @@ def download_size_limit(file: DatasetFile) -> int:
     return file.decompressed_size + _SLACK_BYTES
 
 
-def _expand(text: str, setting: str) -> Path:
+def expand_home(text: str, setting: str) -> Path:
     """``Path(text)`` with a leading ``~`` or ``~user`` expanded; DataSettingError naming ``setting`` if the
-    home folder cannot be determined."""
+    home folder cannot be determined (every path a user gives fedsim is expanded here)."""
     try:
         return Path(text).expanduser()
     except RuntimeError:
         raise DataSettingError(f"{setting}: cannot expand '~' in {text!r} (no such user, or no home folder); "
-                               f"give the folder's full path") from None
+                               f"give the full path") from None
 
 
 def folder_problem(folder) -> str:
@@ -91,22 +91,30 @@ def folder_problem(folder) -> str:
     return ""
 
 
-def _checked_data_dir(data_dir) -> Path:
-    """The ``data_dir`` argument as a Path, if it names an existing, readable folder; else DataSettingError."""
+_MUST = f"{_DATA_DIR_SETTING} must be an existing folder holding dataset files"
+
+
+def data_dir_path(data_dir) -> Path:
+    """The ``data_dir`` argument as a Path (``~`` expanded), if it is a path that is not empty; else
+    DataSettingError."""
     try:
         text = os.fsdecode(data_dir)
     except TypeError:
         raise DataSettingError(f"{_DATA_DIR_SETTING} must be the path of a folder (str or os.PathLike); "
                                f"got {type(data_dir).__name__}") from None
-    must = f"{_DATA_DIR_SETTING} must be an existing folder holding dataset files"
     if not text.strip():
-        raise DataSettingError(f"{must}; got an empty path")
+        raise DataSettingError(f"{_MUST}; got an empty path")
     if "\0" in text:
-        raise DataSettingError(f"{must}; {text!r} contains a NUL character")
-    path = _expand(text, _DATA_DIR_SETTING)
+        raise DataSettingError(f"{_MUST}; {text!r} contains a NUL character")
+    return expand_home(text, _DATA_DIR_SETTING)
+
+
+def _checked_data_dir(data_dir) -> Path:
+    """The ``data_dir`` argument as a Path, if it names an existing, readable folder; else DataSettingError."""
+    path = data_dir_path(data_dir)
     problem = folder_problem(path)
     if problem:
-        raise DataSettingError(f"{must}; {path} {problem}")
+        raise DataSettingError(f"{_MUST}; {path} {problem}")
     return path
 
 
@@ -123,7 +131,7 @@ def repo_data_dir() -> Path | None:
 
 def _env_cache() -> Path | None:
     value = os.environ.get(ENV_CACHE, "").strip()
-    return _expand(value, ENV_CACHE) if value else None
+    return expand_home(value, ENV_CACHE) if value else None
 
 
 def user_cache_dir() -> Path:
@@ -157,7 +165,7 @@ def search_path(data_dir=None) -> list[tuple[Path, str]]:
         folders.append((_checked_data_dir(data_dir), "data_dir argument"))
     for entry in os.environ.get(ENV_DATA, "").split(os.pathsep):
         if entry.strip():
-            folders.append((_expand(entry.strip(), ENV_DATA), ENV_DATA))
+            folders.append((expand_home(entry.strip(), ENV_DATA), ENV_DATA))
     repo = repo_data_dir()
     if repo is not None:
         folders.append((repo, "checkout data/ folder"))
@@ -306,5 +314,6 @@ def dataset_status(name: str, data_dir=None) -> list[dict]:
     return rows
 
 
-__all__ = ["DataSettingError", "DatasetNotFoundError", "cache_dir", "dataset_status", "download_size_limit",
-           "folder_problem", "locate", "repo_data_dir", "search_path", "user_cache_dir"]
+__all__ = ["DataSettingError", "DatasetNotFoundError", "cache_dir", "data_dir_path", "dataset_status",
+           "download_size_limit", "expand_home", "folder_problem", "locate", "repo_data_dir", "search_path",
+           "user_cache_dir"]

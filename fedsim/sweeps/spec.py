@@ -57,6 +57,11 @@ def run_label(values) -> str:
     return ",".join(f"{key.rsplit('.', 1)[-1]}={value}" for key, value in values)
 
 
+def run_settings(values) -> str:
+    """A run's (setting, value) pairs as messages name them: ``data.classes_per_client = 7, seed = 0``."""
+    return ", ".join(f"{key} = {value!r}" for key, value in values)
+
+
 @dataclass(frozen=True)
 class PlannedRun:
     """One run of a sweep: its axis values, its overrides and its resolved config."""
@@ -225,8 +230,7 @@ def load_sweep(path) -> Sweep:
             try:
                 config = load(list(overrides))
             except ConfigError as error:
-                combination = ", ".join(f"{key} = {value!r}" for key, value in values)
-                raise ConfigError(f"{path.name}: the run with {combination}: {error}") from None
+                raise ConfigError(f"{path.name}: the run with {run_settings(values)}: {error}") from None
             folder = f"{folder_label(values)}-{config_fingerprint(config)[:10]}"
             if folder in names:
                 raise ConfigError(f"{path.name}: two runs resolve to the same config ({run_label(values)})")
@@ -236,4 +240,5 @@ def load_sweep(path) -> Sweep:
     return Sweep(name, path, base_text, tuple(fixed.items()), axes, tuple(zipped), tuple(runs), text)
 
 
-__all__ = ["LABEL_LENGTH", "PlannedRun", "SWEEP_NAME", "Sweep", "folder_label", "load_sweep", "run_label"]
+__all__ = ["LABEL_LENGTH", "PlannedRun", "SWEEP_NAME", "Sweep", "folder_label", "load_sweep", "run_label",
+           "run_settings"]

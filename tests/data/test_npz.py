@@ -47,10 +47,24 @@ def saved(tmp_path, name="mine.npz", **changes):
     ({"y_test": np.r_[np.zeros(5, int), 10**9, np.zeros(14, int)]}, "the labels must name at most 65,536 classes "
                                                                      "(0 .. 65535); y_test[5] is 1000000000"),
     ({"client_ids": np.full(80, 0.5)}, "client_ids must hold whole numbers; client_ids[0] is 0.5"),
+    ({"x_train": np.zeros((80, 0)), "x_test": np.zeros((20, 0))}, "x_train has samples of shape (0,), holding no "
+                                                                  "feature; a sample needs at least one"),
+    ({"x_train": np.zeros((80, 0, 5), np.uint8)}, "x_train has samples of shape (0, 5), holding no pixel"),
+    # labels and ids beyond int64: the element named, the reason said, no warning of a cast
+    ({"y_train": np.r_[np.zeros(3, int), 2**63 - 1, np.ones(76, int)]}, "the labels must name at most 65,536 "
+                                                                         "classes (0 .. 65535); y_train[3] is 9223"),
+    ({"y_train": np.r_[np.zeros(3, np.uint64), 2**64 - 1, np.ones(76, np.uint64)]},
+     "y_train must hold whole numbers >= 0; y_train[3] is 18446744073709551615, too large for int64"),
+    ({"y_train": np.r_[np.zeros(3), 1e300, np.ones(76)]}, "y_train[3] is 1e+300, too large for int64"),
+    ({"y_train": np.r_[np.zeros(3), 2.0**63, np.ones(76)]}, "y_train[3] is 9.223372036854776e+18, too large"),
+    ({"y_train": np.r_[np.zeros(3), np.nan, np.ones(76)]}, "y_train must hold whole numbers >= 0; y_train[3] is nan"),
+    ({"client_ids": np.full(80, -1e300)}, "client_ids must hold whole numbers; client_ids[0] is -1e+300, too small "
+                                          "for int64"),
 ])
-def test_a_malformed_file_is_refused_in_one_line_naming_file_and_array(tmp_path, changes, fragment):
+def test_a_malformed_file_is_refused_in_one_line_naming_file_and_array(tmp_path, changes, fragment, recwarn):
     path = saved(tmp_path, **changes)
     one_line_error(lambda: read_npz(path), fragment, f"npz:{path}")
+    assert not recwarn.list
 
 
 def test_a_missing_or_foreign_file_is_refused_in_one_line(tmp_path):
@@ -59,6 +73,24 @@ def test_a_missing_or_foreign_file_is_refused_in_one_line(tmp_path):
     for name, fragment in (("absent.npz", "no such file"), ("foreign.npz", "not an .npz file (numpy.savez writes"),
                            ("objects.npz", "not a readable .npz file of plain arrays")):
         one_line_error(lambda: read_npz(tmp_path / name), f"npz:{tmp_path / name}: {fragment}")
+
+
+def test_features_beyond_the_pipelines_float_range_are_refused_naming_the_entry(tmp_path, recwarn):
+    x = arrays()["x_train"].astype(np.float64)
+    x[3, 2] = 1e300
+    path = saved(tmp_path, x_train=x)
+    one_line_error(lambda: load_dataset(f"npz:{path}", "stc"), f"npz:{path}: x_train[3, 2] is 1e+300, beyond the "
+                   "range of float32, the dtype of the stc pipeline (magnitudes up to 3.403e+38)")
+    assert not recwarn.list             # no overflow warning of the cast
+    assert load_dataset(f"npz:{path}", "laq").x_train[3, 2] == 1e300       # float64 holds it
+
+
+def test_images_of_one_shade_cannot_be_normalized_by_the_stc_pipeline(tmp_path):
+    images = np.full((100, 8, 8), 7, np.uint8)
+    path = saved(tmp_path, x_train=images[:80], x_test=images[80:])
+    one_line_error(lambda: load_dataset(f"npz:{path}", "stc"), f"npz:{path}: x_train's images are all one shade",
+                   'set data.pipeline = "laq"')
+    assert load_dataset(f"npz:{path}", "laq").x_train.max() == 7 / 255
 
 
 def test_features_are_used_as_they_are_and_images_go_through_the_pipeline(tmp_path):
@@ -85,6 +117,35 @@ def test_client_ids_are_the_natural_partition(tmp_path):
                             clients_setting="federated.n_clients")
     with pytest.raises(ConfigError, match="data.train_split must be 'train' with npz data"):
         load_preset("synthetic", [f"data.dataset=npz:{path}", "data.train_split=test"])
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["data.classes_per_client=7"], r"^data.classes_per_client must be an integer in \[1, 3\], got 7$"),
+    (['data.partition="shards"', "data.shards_per_client=30"], r"^data.shards_per_client must be an integer in "
+                                                                r"\[1, 10\], got 30$"),
+    (['data.partition="dirichlet"', "data.dirichlet_alpha=1e-3"], r"^dirichlet: in 100 draws, none gave every client "
+     r"at least 1 samples \(data.dirichlet_alpha = 0.001, federated.n_clients = 8; .*\); raise data.dirichlet_alpha, "
+     r"or lower federated.n_clients$"),
+])
+def test_a_partition_the_data_cannot_make_names_the_settings_as_written(tmp_path, overrides, message):
+    config = load_preset("synthetic", [f"data.dataset=npz:{saved(tmp_path)}", 'data.partition="classes_per_client"',
+                                       "federated.n_clients=8", *overrides])
+    with pytest.raises(ValueError, match=message):
+        split_among_clients(config.data, load_dataset(config.data.dataset), 8, seed=0,
+                            clients_setting="federated.n_clients")
+
+
+def test_a_sweep_refuses_a_partition_its_npz_data_cannot_make_before_any_run_starts(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    saved(tmp_path)
+    (tmp_path / "own.toml").write_text('base = "synthetic"\nname = "own"\n[set]\n"data.dataset" = "npz:mine.npz"\n'
+                                       '"federated.n_clients" = 4\n"data.partition" = "classes_per_client"\n'
+                                       '[grid]\n"data.classes_per_client" = [2, 7]\n')
+    assert main(["sweep", "own.toml", "--workers", "1", "--quiet"]) == 2
+    assert capsys.readouterr().err == ("fedsim: error: own.toml: the run with data.classes_per_client = 7: the config "
+                                       "does not fit the data: data.classes_per_client must be an integer in [1, 3], "
+                                       "got 7\n")
+    assert not (tmp_path / "runs").exists()
 
 
 def test_a_run_records_the_file_and_its_resume_refuses_a_changed_file(tmp_path, monkeypatch, capsys):

@@ -272,7 +272,7 @@ def _rng():
     (lambda: dirichlet(LABELS, 5, 1.0, _rng(), max_attempts=0), "max_attempts"),
     # each client exactly 20: hopeless
     (lambda: dirichlet(LABELS, 5, 0.01, _rng(), min_size=20, max_attempts=3),
-     "min_size = 20 samples in max_attempts = 3 draws"),
+     "in 3 draws, none gave every client at least 20 samples"),
     (lambda: shards(_labels(1000, 10, 0), 100, _rng(), shards_per_client=11),
      r"shards_per_client must be an integer in \[1, 10\]"),
     (lambda: shards(_labels(1000, 10, 0), 10, _rng(), shards_per_client=0), "shards_per_client"),

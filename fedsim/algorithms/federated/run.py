@@ -198,7 +198,8 @@ class FederatedRun:
         if self.clock is not None:
             previous = self.history[-1]["simulated_seconds"] if self.history else 0.0
             # then the round's encoded broadcast reaches every participant
-            record["simulated_seconds"] = previous + wait + self.clock.broadcast_seconds(devices, int(bits_down[0]))
+            record["simulated_seconds"] = self.clock.checked(
+                previous + wait + self.clock.broadcast_seconds(devices, int(bits_down[0])), f"round {t}")
             record["dropped"] = int(K - kept.sum()) + self.unreachable
         if t % config.eval_every == 0 or t == config.rounds:
             for split, (x, y) in self.eval_sets.items():

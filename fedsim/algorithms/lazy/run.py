@@ -174,8 +174,9 @@ class LazyRun:
                  "uploads": np.flatnonzero(upload).tolist(), "communications": uploads_so_far,
                  "bits": uploads_so_far * self.bits_per_upload}
         if self.clock is not None:
-            entry["simulated_seconds"] = ((self.history[-1]["simulated_seconds"] if self.history else 0.0)
-                                          + self.clock.iteration(k, upload))
+            entry["simulated_seconds"] = self.clock.checked(
+                (self.history[-1]["simulated_seconds"] if self.history else 0.0) + self.clock.iteration(k, upload),
+                f"iteration {k}")
         if accuracy is not None:
             entry["test_accuracy"] = accuracy
         if k == 0:
