@@ -39,7 +39,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import fedsim
-from tests.examples.conftest import REPO, load_example
+from tests.examples.conftest import README_BLAS, REPO, load_example, require_readme_blas
 
 README = REPO / "README.md"
 TIMEOUT = 600                     # seconds for one example process
@@ -233,6 +233,7 @@ def check_recorded_run(folder: Path, out: Path, iterations: int | None) -> None:
     assert config == dataclasses.replace(recorded, lazy=dataclasses.replace(recorded.lazy, iterations=iterations))
     outcome = start_run(config, out, name=folder.name, quiet=True)
     assert outcome.status == "completed", (folder, outcome.status, outcome.message)
+    require_readme_blas()                       # the recorded runs' BLAS (test_the_recorded_runs_blas...)
     rerun, expected = strip_wall_time(read_run(out).history), strip_wall_time(history[:iterations])
     if iterations < len(history):
         del rerun[-1]["final_test_accuracy"]      # the evaluation at the rerun's end; the recorded run's came later
@@ -314,6 +315,7 @@ def test_readme_table_is_what_the_example_prints(name, tmp_path, request):
         # the printed table shows the summary's integers as they are, its accuracy to 4 decimals
         assert printed_table[method][2:4] == [f"{summary['bits_up']:,}", f"{summary['bits_down']:,}"], method
         values[method] = summary
+    require_readme_blas()
     differences = check_table(table["rows"], values, STC_COLUMNS)
     assert not differences, f"README.md's table for `{' '.join(command)}` is out of date:\n" + "\n".join(differences)
 
@@ -338,6 +340,11 @@ def test_readme_laq_table_is_what_the_example_prints_from_the_recorded_runs(name
     printed = run(example_command(command, out), example_environment(request, needs_data=True))
     differences = laq_table_differences(table, printed, out)
     assert not differences, f"README.md's table for `{' '.join(command)}` is out of date:\n" + "\n".join(differences)
+
+
+def test_the_recorded_runs_were_computed_with_the_blas_the_readme_names():
+    assert {json.loads((folder / "meta.json").read_text())["threads"]["blas"] for folder in RECORDED_RUNS} == {
+        README_BLAS}
 
 
 @pytest.mark.slow
@@ -388,6 +395,7 @@ def test_readme_stc_seed_experiment_sentence(tmp_path, request):
                 "training samples evaluated": (train_samples, f"{evaluated:,}"),
                 "Mbit up": mbit(up, summary["bits_up"]), "Mbit down": mbit(down, summary["bits_down"]),
                 "the paper's estimate, Mbit up": mbit(estimate, sum(r["bits_up_analytic"] for r in history))}
+    require_readme_blas()
     assert_measured(measured, "STC seed experiment sentence")
 
 
@@ -406,6 +414,7 @@ def test_readme_equal_bits_table_is_what_the_sweep_report_prints(tmp_path):
     printed = fedsim(tmp_path, *report[1:])
     assert printed.returncode == 0, printed.stderr
     claimed = table.rstrip("\n").splitlines()
+    require_readme_blas()
     got = [line.rstrip() for line in printed.stdout.rstrip("\n").splitlines()[-len(claimed):]]
     assert got == claimed, "README.md's equal-bits table is out of date; the report ends:\n" + "\n".join(got)
 
