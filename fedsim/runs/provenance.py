@@ -4,8 +4,10 @@ Threads: a run's matrix products run on ``run.blas_threads`` BLAS threads, pinne
 the run's whole life whatever the environment says (OMP_NUM_THREADS, OPENBLAS_NUM_THREADS, ...), and the
 softmax gradient walks its blocks on as many threads of its own (:mod:`fedsim.models.softmax`). A BLAS
 product split over several threads sums in another order, so the last bits of a large product's result
-depend on the thread count: pinning makes a run's history the same on any machine and under any
-environment for one value of ``run.blas_threads`` (1 by default). The block threads change no result, and
+depend on the thread count: pinning makes a run's history the same under any environment for one value
+of ``run.blas_threads`` (1 by default), on any machine whose BLAS runs the same kernel (OpenBLAS picks one per
+processor, SkylakeX or Haswell for instance, each rounding the products in its own last bits; the loading of
+the data, where the STC pipeline's resize takes two products, is not pinned). The block threads change no result, and
 the blocks' products are small enough that OpenBLAS runs each on one thread. fedsim's Numba kernels are
 single-threaded.
 
