@@ -9,13 +9,17 @@ compute speed ``speed_k`` (multiply-adds/s), drawn once per run from the stream 
 The clock of one federated round, from the exact sizes of the messages the encoders produced::
 
     transfer(bits)  = lat_k + bits / bandwidth_k                          one message on one link
-    arrival_k       = transfer_down(catch-up_k + mid-protocol_k)          what k receives before it trains
+    arrival_k       = transfer_down(catch-up_k)                           what k receives before it trains
                       + samples_k * multiply-adds per sample / speed_k    its local work
                       + transfer_up(encoded bits of its update)
     wait            = the time the server stops waiting: when it holds the updates it needs (the first
                       `needed` to arrive), or at system.deadline, or when every reachable participant
                       has reported, whichever comes first
     round           = wait + max_k transfer_down(broadcast)               the new model reaches the participants
+
+PowerSGD (``powersgd_up``, ``powersgd_updown``) uploads in two messages, and its factor P_hat depends on every
+participant's first one, so its ``arrival_k`` is ``max_j [transfer_down_j(catch-up_j) + work_j +
+transfer_up_j(P_j)] + transfer_down_k(P_hat) + transfer_up_k(Q_k and the tensors sent as they are)``.
 
 ``samples_k`` is local_iterations x batch_size (an epoch's last, smaller batch is counted whole: fedsim
 computes its padded rows too). A sampled client is reachable with probability ``availability`` (drawn per
@@ -285,12 +289,17 @@ class FederatedClock:
         """The (reachable) participants' devices in round ``t`` (:func:`round_devices`), one entry each."""
         return round_devices(self.config, self.streams, self.devices, t, participants)
 
-    def wait(self, devices: Devices, down_bits, up_bits, needed: int):
+    def wait(self, devices: Devices, down_bits, up_bits, needed: int, protocol_bits: int = 0):
         """A round up to the aggregation: ``(kept (K,) bool, wait seconds)``, from the participants' ``devices``
         (:meth:`devices_in`), what each receives before it trains (``down_bits``) and the encoded bits of its
-        update (``up_bits``)."""
+        update (``up_bits``). With ``protocol_bits`` > 0 (PowerSGD, the module docstring) the update goes up in
+        two messages around the server's factor of ``protocol_bits``."""
         K = len(devices.uplink)
-        arrival = arrival_seconds(devices, np.arange(K), down_bits, self.samples, self.multiply_adds, up_bits)
+        first = up_bits if not protocol_bits else protocol_bits
+        arrival = arrival_seconds(devices, np.arange(K), down_bits, self.samples, self.multiply_adds, first)
+        if protocol_bits:      # every P_k is in: P_hat down, then Q_k up
+            arrival = (arrival.max(initial=0.0) + transfer_seconds(protocol_bits, devices.downlink, devices.latency)
+                       + transfer_seconds(np.asarray(up_bits) - protocol_bits, devices.uplink, devices.latency))
         return kept_updates(arrival, np.ones(K, bool), needed, self.config.deadline)
 
     @staticmethod

@@ -80,6 +80,25 @@ def test_a_federated_round_by_hand_equals_the_simulator():
     assert behind > 0 and catch_up > 0
 
 
+@pytest.mark.parametrize("method", ["powersgd_up", "powersgd_updown"])
+def test_a_powersgd_round_by_hand_waits_for_every_p_then_sends_p_hat_then_q(method):
+    """PowerSGD's two uploads: the slowest P_k (all equal here), the server's P_hat down, then Q_k (and the
+    bias) up, then the broadcast. Softmax 60 x 10 + bias 10, rank 2, float32: P_k 120 floats, Q_k 20 + 10."""
+    config = load_preset("synthetic", ["federated.rounds=1", f'federated.method="{method}"',
+                                       'system.profile="custom"', "system.spread=0", "system.uplink=1e6",
+                                       "system.downlink=2e6", "system.latency=0.1", "system.speed=1e6"])
+    record = build_run(config, progress=False).step()
+    assert record["participants"] == 30 and record["bits_up"] == 30 * 32 * 150
+    p_up = 0.1 + 10 * 1800 / 1e6 + 0.1 + 32 * 120 / 1e6             # no catch-up, local work, P_k up
+    p_hat, q_up = 0.1 + 32 * 120 / 2e6, 0.1 + 32 * 30 / 1e6
+    broadcast_bits = (record["bits_down"] - 30 * 32 * 120) / 30        # the rest of bits_down is P_hat
+    assert broadcast_bits == (32 * 610 if method == "powersgd_up" else 32 * 150)
+    broadcast = 0.1 + broadcast_bits / 2e6
+    assert record["simulated_seconds"] == pytest.approx(p_up + p_hat + q_up + broadcast, rel=1e-12)
+    if method == "powersgd_up":
+        assert record["simulated_seconds"] == pytest.approx(0.53448, rel=1e-12)
+
+
 def test_the_lazy_clock_by_hand():
     devices_config = SystemConfig(profile="custom", spread=0.0, uplink=1e6, downlink=4e6, latency=0.1, speed=1e9)
     clock = LazyClock(devices_config, RunStreams(0), 2, multiply_adds_per_sample=1e3,
