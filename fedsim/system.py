@@ -99,6 +99,8 @@ MIXED = {"wifi": 0.3, "4g": 0.5, "3g": 0.2}
 PROFILE_CHOICES = ("off", *PROFILES, "mixed", "custom", "trace")
 TRACE_COLUMNS = ("client", "up", "down", "latency", "speed")
 POSITIVE = Real(0, low_open=True)
+#: A lognormal sigma: NumPy's normal draws stay within |z| < 14, so exp(sigma z) stays far inside the floats.
+SIGMA = Real(0, 10)
 
 
 @dataclass(frozen=True)
@@ -112,9 +114,9 @@ class SystemConfig:
     latency: float = setting(0.05, "custom: median one-way latency per message, s", Real(low=0))
     speed: float = setting(1e9, "custom: median compute speed, multiply-adds/s", POSITIVE)
     spread: float = setting(0.5, "lognormal sigma of each client's numbers around the medians; 0: all equal",
-                            Real(low=0))
+                            SIGMA)
     round_spread: float = setting(0.0, "lognormal sigma of each client's numbers from round to round around its "
-                                       "own; 0: the same device every round", Real(low=0))
+                                       "own; 0: the same device every round", SIGMA)
     trace: str | None = setting(None, "trace: CSV file, header client,up,down,latency,speed, a row per client",
                                 Optional(Text(nonempty=True), "no trace"))
     availability: float = setting(1.0, "probability that a sampled client is reachable (else it takes no part)",

@@ -155,6 +155,13 @@ def test_with_round_spread_a_deadline_drops_different_clients_from_round_to_roun
         load_preset("synthetic", base + ["system.round_spread=0"]))
 
 
+def test_the_largest_spreads_give_finite_devices():
+    config = SystemConfig(profile="custom", spread=10.0, round_spread=10.0)
+    devices = round_devices(config, RunStreams(0), draw_devices(config, 20000, RunStreams(0).generator("system")),
+                            1, np.arange(20000))
+    assert all(np.all(np.isfinite(values)) and np.all(values > 0) for values in devices)
+
+
 def test_profiles_draw_the_same_devices_from_the_same_seed():
     config = SystemConfig(profile="mixed")
     first = draw_devices(config, 50, RunStreams(3).generator("system"))
@@ -265,6 +272,9 @@ LAZY_REFUSES = r"apply to family 'federated' only \(family is 'lazy'\)"     # th
     ("synthetic", ['system.profile="4g"', "system.availability=0"], r"^system.availability must be"),
     ("synthetic", ['system.profile="4g"', "system.over_select=0.5"], r"^system.over_select must be"),
     ("synthetic", ["system.deadline=3"], r"^system.profile is 'off'"),       # settings without a profile
+    # exp(sigma z) must stay finite: no inf or NaN time, no update silently dropped by it
+    ("synthetic", ['system.profile="4g"', "system.spread=300"], r"^system.spread must be a finite number in \[0, 10\]"),
+    ("synthetic", ['system.profile="4g"', "system.round_spread=1e308"], r"^system.round_spread must be .* in \[0, 10\]"),
     ("laq-synthetic", ['system.profile="4g"', "system.deadline=3"], LAZY_REFUSES),
     ("laq-synthetic", ['system.profile="4g"', "system.over_select=2"], LAZY_REFUSES),
     ("laq-synthetic", ['system.profile="4g"', "system.availability=0.5"], LAZY_REFUSES),
