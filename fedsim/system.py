@@ -97,6 +97,7 @@ PROFILES = {
 #: The "mixed" population: each client's profile drawn with these probabilities (an assumption).
 MIXED = {"wifi": 0.3, "4g": 0.5, "3g": 0.2}
 PROFILE_CHOICES = ("off", *PROFILES, "mixed", "custom", "trace")
+CUSTOM_MEDIANS = ("uplink", "downlink", "latency", "speed")     # the settings that only "custom" reads
 TRACE_COLUMNS = ("client", "up", "down", "latency", "speed")
 POSITIVE = Real(0, low_open=True)
 #: A lognormal sigma: NumPy's normal draws stay within |z| < 14, so exp(sigma z) stays far inside the floats.
@@ -113,7 +114,7 @@ class SystemConfig:
     downlink: float = setting(25e6, "custom: median downlink, bits/s", POSITIVE)
     latency: float = setting(0.05, "custom: median one-way latency per message, s", Real(low=0))
     speed: float = setting(1e9, "custom: median compute speed, multiply-adds/s", POSITIVE)
-    spread: float = setting(0.5, "lognormal sigma of each client's numbers around the medians; 0: all equal",
+    spread: float = setting(0.5, "lognormal sigma of each client's numbers around the medians (not trace); 0: equal",
                             SIGMA)
     round_spread: float = setting(0.0, "lognormal sigma of each client's numbers from round to round around its "
                                        "own; 0: the same device every round", SIGMA)
@@ -138,6 +139,13 @@ class SystemConfig:
         if not self.enabled and changed:
             raise ValueError("profile is 'off', so the other [system] settings would be ignored; set "
                              "system.profile (wifi, 4g, 3g, mixed, custom or trace)")
+        for names, readers in ((CUSTOM_MEDIANS, ("custom",)), (("spread",), ("wifi", "4g", "3g", "mixed", "custom"))):
+            ignored = [name for name in names if name in changed]
+            if ignored and self.profile not in readers:
+                others = "".join(f", system.{name}" for name in ignored[1:])
+                said = ", ".join(map(repr, readers[:-1])) + " or " * (len(readers) > 1) + repr(readers[-1])
+                raise ValueError(f"{ignored[0]}{others}: read only with system.profile = {said}, not "
+                                 f"{self.profile!r}, which would ignore it")
 
     @property
     def enabled(self) -> bool:

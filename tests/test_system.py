@@ -272,9 +272,15 @@ LAZY_REFUSES = r"apply to family 'federated' only \(family is 'lazy'\)"     # th
     ("synthetic", ['system.profile="4g"', "system.availability=0"], r"^system.availability must be"),
     ("synthetic", ['system.profile="4g"', "system.over_select=0.5"], r"^system.over_select must be"),
     ("synthetic", ["system.deadline=3"], r"^system.profile is 'off'"),       # settings without a profile
+    # settings the profile does not read (medians of "custom", the spread of drawn profiles) are refused
+    ("synthetic", ['system.profile="4g"', "system.uplink=1", "system.speed=2"],
+     r"^system.uplink, system.speed: read only with system.profile = 'custom', not '4g', which would ignore it"),
+    ("synthetic", ['system.profile="mixed"', "system.latency=0.3"], r"^system.latency: read only with .* = 'custom',"),
+    ("synthetic", ['system.profile="trace"', "system.trace='t.csv'", "system.spread=0"],
+     r"^system.spread: read only with system.profile = 'wifi', '4g', '3g', 'mixed' or 'custom', not 'trace'"),
     # exp(sigma z) must stay finite: no inf or NaN time, no update silently dropped by it
     ("synthetic", ['system.profile="4g"', "system.spread=300"], r"^system.spread must be a finite number in \[0, 10\]"),
-    ("synthetic", ['system.profile="4g"', "system.round_spread=1e308"], r"^system.round_spread must be .* in \[0, 10\]"),
+    ("synthetic", ['system.profile="4g"', "system.round_spread=1e308"], r"^system.round_spread must .* \[0, 10\]"),
     ("laq-synthetic", ['system.profile="4g"', "system.deadline=3"], LAZY_REFUSES),
     ("laq-synthetic", ['system.profile="4g"', "system.over_select=2"], LAZY_REFUSES),
     ("laq-synthetic", ['system.profile="4g"', "system.availability=0.5"], LAZY_REFUSES),
