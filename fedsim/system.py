@@ -29,9 +29,10 @@ counted in ``dropped``. A reachable one whose update arrives after the deadline 
 `needed` is dropped too: the server aggregates only the updates it kept. Such a client keeps its whole
 update: under error feedback its residual becomes A_k + dW_k (nothing of it was delivered, so all of it
 waits for the client's next round); without error feedback the update is lost. Every reachable
-participant, kept or dropped, receives the round's broadcast (it counts in bits_down, as before). ``over_select``: the
-server samples ceil(over_select x needed) clients, keeps the first `needed` to arrive (as production
-cross-device systems do: Bonawitz et al., arXiv 1902.01046) and drops the others.
+participant, kept or dropped, receives the round's broadcast (it counts in bits_down, as before).
+``over_select``: the server samples ceil(over_select x needed) clients (more than n_clients is refused),
+keeps the first `needed` to arrive (as production cross-device systems do: Bonawitz et al., arXiv
+1902.01046) and drops the others.
 
 The lazy family, per iteration: every worker receives theta (32 P bits), computes its gradient (its
 samples x multiply-adds per sample / speed) and, if it uploads, sends its upload; the iteration takes the
@@ -124,8 +125,8 @@ class SystemConfig:
                                   Real(0, 1, low_open=True))
     deadline: float | None = setting(None, "federated: seconds the server waits for updates; later ones are dropped",
                                      Optional(POSITIVE, "wait for every participant"))
-    over_select: float = setting(1.0, "federated: sample this many times the participants needed, keep the "
-                                      "first to arrive", Real(low=1))
+    over_select: float = setting(1.0, "federated: sample this many times the participants needed (at most "
+                                      "n_clients in all), keep the first to arrive", Real(low=1))
 
     def __post_init__(self):
         check_fields(self)
@@ -152,8 +153,14 @@ class SystemConfig:
         return self.profile != "off"
 
     def sampled(self, needed: int, population: int) -> int:
-        """Clients sampled per round: ceil(over_select x needed), at most the population."""
-        return min(population, math.ceil(self.over_select * needed - 1e-9))
+        """Clients sampled per round: ceil(over_select x needed); a ValueError if the population is smaller."""
+        sampled = math.ceil(self.over_select * needed - 1e-9)
+        if sampled > population:
+            largest = math.floor(population / needed * 1e4) / 1e4
+            raise ValueError(f"system.over_select ({self.over_select:g}) x the {needed} participants needed per round "
+                             f"(federated.participation_rate x n_clients) is {sampled} clients, more than the "
+                             f"{population} of federated.n_clients; at most {largest:g}")
+        return sampled
 
 
 class Devices(NamedTuple):

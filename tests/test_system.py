@@ -257,6 +257,17 @@ def test_over_selection_samples_more_and_keeps_the_needed():
     assert record["participants"] == 23 and record["dropped"] == 23 - 15
 
 
+def test_over_selection_beyond_the_population_is_one_line():
+    with pytest.raises(ValueError, match=r"^system.over_select \(2\) x the 30 participants needed per round "
+                                         r"\(federated.participation_rate x n_clients\) is 60 clients, more than "
+                                         r"the 30 of federated.n_clients; at most 1$"):
+        _synthetic('system.profile="4g"', "system.over_select=2")
+    with pytest.raises(ValueError, match=r"is 31 clients, .* at most 2$"):
+        _synthetic('system.profile="4g"', "federated.participation_rate=0.5", "system.over_select=2.01")
+    assert _synthetic('system.profile="4g"', "federated.participation_rate=0.5",
+                      "system.over_select=2").config.participants_per_round == 30
+
+
 def test_the_deadline_no_client_can_meet_is_one_line():
     with pytest.raises(ValueError, match=r"^system.deadline \(0.01 s\) is shorter than the fastest client"):
         _synthetic('system.profile="3g"', "system.deadline=0.01")
