@@ -176,6 +176,7 @@ def draw_devices(config: SystemConfig, n_clients: int, rng: np.random.Generator)
     """The devices of ``n_clients`` clients (the module docstring: profiles, spread, custom, trace)."""
     if config.profile == "trace":
         return read_trace(config.trace, n_clients)
+    z = rng.standard_normal((n_clients, len(Profile._fields)))    # first: the same z whatever the profile
     if config.profile == "custom":
         medians = np.array([[config.uplink, config.downlink, config.latency, config.speed]] * n_clients)
     elif config.profile == "mixed":
@@ -184,7 +185,7 @@ def draw_devices(config: SystemConfig, n_clients: int, rng: np.random.Generator)
         medians = np.array([PROFILES[name] for name in names])[chosen]
     else:
         medians = np.array([PROFILES[config.profile]] * n_clients)
-    factors = np.exp(config.spread * rng.standard_normal(medians.shape))   # x = median exp(sigma z)
+    factors = np.exp(config.spread * z)   # x = median exp(sigma z)
     return Devices(*(medians * factors).T.copy())
 
 

@@ -17,8 +17,8 @@ from fedsim.rng import RunStreams
 from fedsim.runs import RunFolderError
 from fedsim.runs.compare import compare_tables
 from fedsim.runs.loop import build_run
-from fedsim.system import (Devices, LazyClock, SystemConfig, arrival_seconds, draw_devices, kept_updates, read_trace,
-                           round_devices)
+from fedsim.system import (MIXED, PROFILES, Devices, LazyClock, SystemConfig, arrival_seconds, draw_devices,
+                           kept_updates, read_trace, round_devices)
 from tests.runs.conftest import finished_run
 
 
@@ -170,6 +170,19 @@ def test_profiles_draw_the_same_devices_from_the_same_seed():
     assert all(np.array_equal(a, b) for a, b in zip(first, again))
     assert not np.array_equal(first.uplink, other.uplink)
     assert np.all(first.uplink > 0) and np.all(first.latency > 0)
+
+
+def test_every_profile_gives_each_client_the_same_place_in_its_spread():
+    """x_k = median_k exp(sigma z_k) with the same z_k for every profile, "mixed" (which also draws each
+    client's profile) included: the factors over the medians are equal."""
+    drawn = {profile: draw_devices(SystemConfig(profile=profile), 40, RunStreams(3).generator("system"))
+             for profile in ("3g", "mixed", "custom")}
+    factors = {profile: devices.speed / 1e9 for profile, devices in drawn.items()}   # every median speed is 1e9
+    np.testing.assert_array_equal(factors["mixed"], factors["3g"])
+    np.testing.assert_array_equal(factors["custom"], factors["3g"])
+    # the mixed clients' uplinks are their drawn profile's medians times those factors
+    medians = {round(float(u)) for u in drawn["mixed"].uplink / (drawn["3g"].uplink / 1e6)}
+    assert medians == {round(PROFILES[name].uplink) for name in MIXED}
 
 
 def test_a_deadline_drops_the_same_clients_and_counts_them():
