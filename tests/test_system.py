@@ -352,6 +352,10 @@ def test_a_trace_changed_since_the_run_started_is_refused_on_resume(tmp_path):
     path.write_text(path.read_text().replace("0,1e6,", "0,1e3,", 1))
     with pytest.raises(DataSettingError, match=r"^system.trace .*trace.csv: the file changed since the run started"):
         resume_run(tmp_path / "run", quiet=True, extend_to=3)
+    path.unlink()
+    with pytest.raises(DataSettingError, match=r"^system.trace .*trace.csv: the file the run started with \(sha256 "
+                                               r"\w+\.\.\.\) is missing or unreadable; put the run's file back"):
+        resume_run(tmp_path / "run", quiet=True, extend_to=3)
 
 
 def test_without_system_the_records_and_fingerprint_are_unchanged():
