@@ -312,12 +312,12 @@ def changed_file(config: DataConfig, meta: dict, system=None) -> str | None:
         recorded = (meta.get(key) or {}).get("sha256")
         if recorded is None:
             continue
+        setting = f"data.dataset {config.dataset}" if key == "data_file" else f"system.trace {path}"
         try:
             now = file_sha256(path)
         except DataSettingError:
-            now = "(unreadable)"
+            return f"{setting}: the file the run started with (sha256 {recorded[:16]}...) is missing or unreadable"
         if now != recorded:
-            setting = f"data.dataset {config.dataset}" if key == "data_file" else f"system.trace {path}"
             return (f"{setting}: the file changed since the run started (sha256 {recorded[:16]}... in meta.json, "
                     f"now {now[:16]}...)")
     return None

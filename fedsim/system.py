@@ -9,13 +9,17 @@ compute speed ``speed_k`` (multiply-adds/s), drawn once per run from the stream 
 The clock of one federated round, from the exact sizes of the messages the encoders produced::
 
     transfer(bits)  = lat_k + bits / bandwidth_k                          one message on one link
-    arrival_k       = transfer_down(catch-up_k + mid-protocol_k)          what k receives before it trains
+    arrival_k       = transfer_down(catch-up_k)                           what k receives before it trains
                       + samples_k * multiply-adds per sample / speed_k    its local work
                       + transfer_up(encoded bits of its update)
     wait            = the time the server stops waiting: when it holds the updates it needs (the first
                       `needed` to arrive), or at system.deadline, or when every reachable participant
                       has reported, whichever comes first
     round           = wait + max_k transfer_down(broadcast)               the new model reaches the participants
+
+PowerSGD (``powersgd_up``, ``powersgd_updown``) uploads in two messages, and its factor P_hat depends on every
+participant's first one, so its ``arrival_k`` is ``max_j [transfer_down_j(catch-up_j) + work_j +
+transfer_up_j(P_j)] + transfer_down_k(P_hat) + transfer_up_k(Q_k and the tensors sent as they are)``.
 
 ``samples_k`` is local_iterations x batch_size (an epoch's last, smaller batch is counted whole: fedsim
 computes its padded rows too). A sampled client is reachable with probability ``availability`` (drawn per
@@ -25,9 +29,10 @@ counted in ``dropped``. A reachable one whose update arrives after the deadline 
 `needed` is dropped too: the server aggregates only the updates it kept. Such a client keeps its whole
 update: under error feedback its residual becomes A_k + dW_k (nothing of it was delivered, so all of it
 waits for the client's next round); without error feedback the update is lost. Every reachable
-participant, kept or dropped, receives the round's broadcast (it counts in bits_down, as before). ``over_select``: the
-server samples ceil(over_select x needed) clients, keeps the first `needed` to arrive (as production
-cross-device systems do: Bonawitz et al., arXiv 1902.01046) and drops the others.
+participant, kept or dropped, receives the round's broadcast (it counts in bits_down, as before).
+``over_select``: the server samples ceil(over_select x needed) clients (more than n_clients is refused),
+keeps the first `needed` to arrive (as production cross-device systems do: Bonawitz et al., arXiv
+1902.01046) and drops the others.
 
 The lazy family, per iteration: every worker receives theta (32 P bits), computes its gradient (its
 samples x multiply-adds per sample / speed) and, if it uploads, sends its upload; the iteration takes the
@@ -95,8 +100,11 @@ PROFILES = {
 #: The "mixed" population: each client's profile drawn with these probabilities (an assumption).
 MIXED = {"wifi": 0.3, "4g": 0.5, "3g": 0.2}
 PROFILE_CHOICES = ("off", *PROFILES, "mixed", "custom", "trace")
+CUSTOM_MEDIANS = ("uplink", "downlink", "latency", "speed")     # the settings that only "custom" reads
 TRACE_COLUMNS = ("client", "up", "down", "latency", "speed")
 POSITIVE = Real(0, low_open=True)
+#: A lognormal sigma: NumPy's normal draws stay within |z| < 14, so exp(sigma z) stays far inside the floats.
+SIGMA = Real(0, 10)
 
 
 @dataclass(frozen=True)
@@ -109,18 +117,18 @@ class SystemConfig:
     downlink: float = setting(25e6, "custom: median downlink, bits/s", POSITIVE)
     latency: float = setting(0.05, "custom: median one-way latency per message, s", Real(low=0))
     speed: float = setting(1e9, "custom: median compute speed, multiply-adds/s", POSITIVE)
-    spread: float = setting(0.5, "lognormal sigma of each client's numbers around the medians; 0: all equal",
-                            Real(low=0))
+    spread: float = setting(0.5, "lognormal sigma of each client's numbers around the medians (not trace); 0: equal",
+                            SIGMA)
     round_spread: float = setting(0.0, "lognormal sigma of each client's numbers from round to round around its "
-                                       "own; 0: the same device every round", Real(low=0))
+                                       "own; 0: the same device every round", SIGMA)
     trace: str | None = setting(None, "trace: CSV file, header client,up,down,latency,speed, a row per client",
                                 Optional(Text(nonempty=True), "no trace"))
     availability: float = setting(1.0, "probability that a sampled client is reachable (else it takes no part)",
                                   Real(0, 1, low_open=True))
     deadline: float | None = setting(None, "federated: seconds the server waits for updates; later ones are dropped",
                                      Optional(POSITIVE, "wait for every participant"))
-    over_select: float = setting(1.0, "federated: sample this many times the participants needed, keep the "
-                                      "first to arrive", Real(low=1))
+    over_select: float = setting(1.0, "federated: sample this many times the participants needed (at most "
+                                      "n_clients in all), keep the first to arrive", Real(low=1))
 
     def __post_init__(self):
         check_fields(self)
@@ -134,14 +142,27 @@ class SystemConfig:
         if not self.enabled and changed:
             raise ValueError("profile is 'off', so the other [system] settings would be ignored; set "
                              "system.profile (wifi, 4g, 3g, mixed, custom or trace)")
+        for names, readers in ((CUSTOM_MEDIANS, ("custom",)), (("spread",), ("wifi", "4g", "3g", "mixed", "custom"))):
+            ignored = [name for name in names if name in changed]
+            if ignored and self.profile not in readers:
+                others = "".join(f", system.{name}" for name in ignored[1:])
+                said = ", ".join(map(repr, readers[:-1])) + " or " * (len(readers) > 1) + repr(readers[-1])
+                raise ValueError(f"{ignored[0]}{others}: read only with system.profile = {said}, not "
+                                 f"{self.profile!r}, which would ignore it")
 
     @property
     def enabled(self) -> bool:
         return self.profile != "off"
 
     def sampled(self, needed: int, population: int) -> int:
-        """Clients sampled per round: ceil(over_select x needed), at most the population."""
-        return min(population, math.ceil(self.over_select * needed - 1e-9))
+        """Clients sampled per round: ceil(over_select x needed); a ValueError if the population is smaller."""
+        sampled = math.ceil(self.over_select * needed - 1e-9)
+        if sampled > population:
+            largest = math.floor(population / needed * 1e4) / 1e4
+            raise ValueError(f"system.over_select ({self.over_select:g}) x the {needed} participants needed per round "
+                             f"(federated.participation_rate x n_clients) is {sampled} clients, more than the "
+                             f"{population} of federated.n_clients; at most {largest:g}")
+        return sampled
 
 
 class Devices(NamedTuple):
@@ -157,6 +178,7 @@ def draw_devices(config: SystemConfig, n_clients: int, rng: np.random.Generator)
     """The devices of ``n_clients`` clients (the module docstring: profiles, spread, custom, trace)."""
     if config.profile == "trace":
         return read_trace(config.trace, n_clients)
+    z = rng.standard_normal((n_clients, len(Profile._fields)))    # first: the same z whatever the profile
     if config.profile == "custom":
         medians = np.array([[config.uplink, config.downlink, config.latency, config.speed]] * n_clients)
     elif config.profile == "mixed":
@@ -165,7 +187,7 @@ def draw_devices(config: SystemConfig, n_clients: int, rng: np.random.Generator)
         medians = np.array([PROFILES[name] for name in names])[chosen]
     else:
         medians = np.array([PROFILES[config.profile]] * n_clients)
-    factors = np.exp(config.spread * rng.standard_normal(medians.shape))   # x = median exp(sigma z)
+    factors = np.exp(config.spread * z)   # x = median exp(sigma z)
     return Devices(*(medians * factors).T.copy())
 
 
@@ -319,12 +341,17 @@ class FederatedClock(_Clock):
         """The (reachable) participants' devices in round ``t`` (:func:`round_devices`), one entry each."""
         return round_devices(self.config, self.streams, self.devices, t, participants)
 
-    def wait(self, devices: Devices, down_bits, up_bits, needed: int):
+    def wait(self, devices: Devices, down_bits, up_bits, needed: int, protocol_bits: int = 0):
         """A round up to the aggregation: ``(kept (K,) bool, wait seconds)``, from the participants' ``devices``
         (:meth:`devices_in`), what each receives before it trains (``down_bits``) and the encoded bits of its
-        update (``up_bits``)."""
+        update (``up_bits``). With ``protocol_bits`` > 0 (PowerSGD, the module docstring) the update goes up in
+        two messages around the server's factor of ``protocol_bits``."""
         K = len(devices.uplink)
-        arrival = arrival_seconds(devices, np.arange(K), down_bits, self.samples, self.multiply_adds, up_bits)
+        first = up_bits if not protocol_bits else protocol_bits
+        arrival = arrival_seconds(devices, np.arange(K), down_bits, self.samples, self.multiply_adds, first)
+        if protocol_bits:      # every P_k is in: P_hat down, then Q_k up
+            arrival = (arrival.max(initial=0.0) + transfer_seconds(protocol_bits, devices.downlink, devices.latency)
+                       + transfer_seconds(np.asarray(up_bits) - protocol_bits, devices.uplink, devices.latency))
         return kept_updates(arrival, np.ones(K, bool), needed, self.config.deadline)
 
     @staticmethod

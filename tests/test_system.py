@@ -17,8 +17,8 @@ from fedsim.rng import RunStreams
 from fedsim.runs import RunFolderError
 from fedsim.runs.compare import compare_tables
 from fedsim.runs.loop import build_run
-from fedsim.system import (Devices, LazyClock, SystemConfig, arrival_seconds, draw_devices, kept_updates, read_trace,
-                           round_devices)
+from fedsim.system import (MIXED, PROFILES, Devices, LazyClock, SystemConfig, arrival_seconds, draw_devices,
+                           kept_updates, read_trace, round_devices)
 from tests.runs.conftest import finished_run
 
 
@@ -80,6 +80,25 @@ def test_a_federated_round_by_hand_equals_the_simulator():
     assert behind > 0 and catch_up > 0
 
 
+@pytest.mark.parametrize("method", ["powersgd_up", "powersgd_updown"])
+def test_a_powersgd_round_by_hand_waits_for_every_p_then_sends_p_hat_then_q(method):
+    """PowerSGD's two uploads: the slowest P_k (all equal here), the server's P_hat down, then Q_k (and the
+    bias) up, then the broadcast. Softmax 60 x 10 + bias 10, rank 2, float32: P_k 120 floats, Q_k 20 + 10."""
+    config = load_preset("synthetic", ["federated.rounds=1", f'federated.method="{method}"',
+                                       'system.profile="custom"', "system.spread=0", "system.uplink=1e6",
+                                       "system.downlink=2e6", "system.latency=0.1", "system.speed=1e6"])
+    record = build_run(config, progress=False).step()
+    assert record["participants"] == 30 and record["bits_up"] == 30 * 32 * 150
+    p_up = 0.1 + 10 * 1800 / 1e6 + 0.1 + 32 * 120 / 1e6             # no catch-up, local work, P_k up
+    p_hat, q_up = 0.1 + 32 * 120 / 2e6, 0.1 + 32 * 30 / 1e6
+    broadcast_bits = (record["bits_down"] - 30 * 32 * 120) / 30        # the rest of bits_down is P_hat
+    assert broadcast_bits == (32 * 610 if method == "powersgd_up" else 32 * 150)
+    broadcast = 0.1 + broadcast_bits / 2e6
+    assert record["simulated_seconds"] == pytest.approx(p_up + p_hat + q_up + broadcast, rel=1e-12)
+    if method == "powersgd_up":
+        assert record["simulated_seconds"] == pytest.approx(0.53448, rel=1e-12)
+
+
 def test_the_lazy_clock_by_hand():
     devices_config = SystemConfig(profile="custom", spread=0.0, uplink=1e6, downlink=4e6, latency=0.1, speed=1e9)
     clock = LazyClock(devices_config, RunStreams(0), 2, multiply_adds_per_sample=1e3,
@@ -136,6 +155,13 @@ def test_with_round_spread_a_deadline_drops_different_clients_from_round_to_roun
         load_preset("synthetic", base + ["system.round_spread=0"]))
 
 
+def test_the_largest_spreads_give_finite_devices():
+    config = SystemConfig(profile="custom", spread=10.0, round_spread=10.0)
+    devices = round_devices(config, RunStreams(0), draw_devices(config, 20000, RunStreams(0).generator("system")),
+                            1, np.arange(20000))
+    assert all(np.all(np.isfinite(values)) and np.all(values > 0) for values in devices)
+
+
 def test_profiles_draw_the_same_devices_from_the_same_seed():
     config = SystemConfig(profile="mixed")
     first = draw_devices(config, 50, RunStreams(3).generator("system"))
@@ -144,6 +170,19 @@ def test_profiles_draw_the_same_devices_from_the_same_seed():
     assert all(np.array_equal(a, b) for a, b in zip(first, again))
     assert not np.array_equal(first.uplink, other.uplink)
     assert np.all(first.uplink > 0) and np.all(first.latency > 0)
+
+
+def test_every_profile_gives_each_client_the_same_place_in_its_spread():
+    """x_k = median_k exp(sigma z_k) with the same z_k for every profile, "mixed" (which also draws each
+    client's profile) included: the factors over the medians are equal."""
+    drawn = {profile: draw_devices(SystemConfig(profile=profile), 40, RunStreams(3).generator("system"))
+             for profile in ("3g", "mixed", "custom")}
+    factors = {profile: devices.speed / 1e9 for profile, devices in drawn.items()}   # every median speed is 1e9
+    np.testing.assert_array_equal(factors["mixed"], factors["3g"])
+    np.testing.assert_array_equal(factors["custom"], factors["3g"])
+    # the mixed clients' uplinks are their drawn profile's medians times those factors
+    medians = {round(float(u)) for u in drawn["mixed"].uplink / (drawn["3g"].uplink / 1e6)}
+    assert medians == {round(PROFILES[name].uplink) for name in MIXED}
 
 
 def test_a_deadline_drops_the_same_clients_and_counts_them():
@@ -231,6 +270,17 @@ def test_over_selection_samples_more_and_keeps_the_needed():
     assert record["participants"] == 23 and record["dropped"] == 23 - 15
 
 
+def test_over_selection_beyond_the_population_is_one_line():
+    with pytest.raises(ValueError, match=r"^system.over_select \(2\) x the 30 participants needed per round "
+                                         r"\(federated.participation_rate x n_clients\) is 60 clients, more than "
+                                         r"the 30 of federated.n_clients; at most 1$"):
+        _synthetic('system.profile="4g"', "system.over_select=2")
+    with pytest.raises(ValueError, match=r"is 31 clients, .* at most 2$"):
+        _synthetic('system.profile="4g"', "federated.participation_rate=0.5", "system.over_select=2.01")
+    assert _synthetic('system.profile="4g"', "federated.participation_rate=0.5",
+                      "system.over_select=2").config.participants_per_round == 30
+
+
 def test_the_deadline_no_client_can_meet_is_one_line():
     with pytest.raises(ValueError, match=r"^system.deadline \(0.01 s\) is shorter than the fastest client"):
         _synthetic('system.profile="3g"', "system.deadline=0.01")
@@ -246,6 +296,15 @@ LAZY_REFUSES = r"apply to family 'federated' only \(family is 'lazy'\)"     # th
     ("synthetic", ['system.profile="4g"', "system.availability=0"], r"^system.availability must be"),
     ("synthetic", ['system.profile="4g"', "system.over_select=0.5"], r"^system.over_select must be"),
     ("synthetic", ["system.deadline=3"], r"^system.profile is 'off'"),       # settings without a profile
+    # settings the profile does not read (medians of "custom", the spread of drawn profiles) are refused
+    ("synthetic", ['system.profile="4g"', "system.uplink=1", "system.speed=2"],
+     r"^system.uplink, system.speed: read only with system.profile = 'custom', not '4g', which would ignore it"),
+    ("synthetic", ['system.profile="mixed"', "system.latency=0.3"], r"^system.latency: read only with .* = 'custom',"),
+    ("synthetic", ['system.profile="trace"', "system.trace='t.csv'", "system.spread=0"],
+     r"^system.spread: read only with system.profile = 'wifi', '4g', '3g', 'mixed' or 'custom', not 'trace'"),
+    # exp(sigma z) must stay finite: no inf or NaN time, no update silently dropped by it
+    ("synthetic", ['system.profile="4g"', "system.spread=300"], r"^system.spread must be a finite number in \[0, 10\]"),
+    ("synthetic", ['system.profile="4g"', "system.round_spread=1e308"], r"^system.round_spread must .* \[0, 10\]"),
     ("laq-synthetic", ['system.profile="4g"', "system.deadline=3"], LAZY_REFUSES),
     ("laq-synthetic", ['system.profile="4g"', "system.over_select=2"], LAZY_REFUSES),
     ("laq-synthetic", ['system.profile="4g"', "system.availability=0.5"], LAZY_REFUSES),
@@ -338,6 +397,10 @@ def test_a_trace_changed_since_the_run_started_is_refused_on_resume(tmp_path):
     assert meta["trace_file"] == {"path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
     path.write_text(path.read_text().replace("0,1e6,", "0,1e3,", 1))
     with pytest.raises(DataSettingError, match=r"^system.trace .*trace.csv: the file changed since the run started"):
+        resume_run(tmp_path / "run", quiet=True, extend_to=3)
+    path.unlink()
+    with pytest.raises(DataSettingError, match=r"^system.trace .*trace.csv: the file the run started with \(sha256 "
+                                               r"\w+\.\.\.\) is missing or unreadable; put the run's file back"):
         resume_run(tmp_path / "run", quiet=True, extend_to=3)
 
 

@@ -21,20 +21,28 @@ call ``f(record)`` with each step's record, the dict written as one line of hist
 * what it may not do: change the record (it is the run's own, checkpointed and summarized; copy it
   first), or write into the run folder.
 
-A federated record (one per round): ``round`` (1, 2, ...), ``participants`` (clients this round),
-``lr`` (the participants' mean learning rate), ``epoch`` (mean passes over a participant's data),
-``iteration`` (local SGD steps so far), ``client_losses`` (each participant's last local batch loss,
-nats), ``bits_up`` / ``bits_down`` (bits of this round sent up / down, as encoded), ``bits_up_analytic`` /
+A federated record (one per round): ``round`` (1, 2, ...), ``participants`` (clients sampled this round,
+unreachable ones included; the rest take part), ``lr`` (the reachable participants' mean learning rate;
+null with none), ``epoch`` (mean passes over a participant's data; null with none), ``iteration`` (local
+SGD steps so far), ``client_losses`` (each reachable participant's last local batch loss, nats),
+``bits_up`` / ``bits_down`` (bits of this round sent up / down, as encoded), ``bits_up_analytic`` /
 ``bits_down_analytic`` (the paper's estimate of the same), ``bits_down_catch_up`` (of bits_down: the
-catch-up of returning clients), and in evaluated rounds (every ``eval_every`` and the last)
-``train_loss`` / ``test_loss`` (mean cross-entropy plus the L2 penalty, nats) and ``train_accuracy`` / ``test_accuracy``
-(fraction in [0, 1]) of the server model; ``time`` (seconds of the step, wall time).
+catch-up of returning clients); with ``federated.bits_per_round``, in the first round with updates,
+``bits_per_round_knob`` (the name of the up compressor's setting solved), ``bits_per_round_knob_value`` (its value) and
+``bits_per_round_first`` (mean encoded bits per participant that round); with ``[system]`` on,
+``simulated_seconds`` (simulated time since the start, cumulative, s) and ``dropped`` (sampled clients
+unreachable or whose update the server did not keep); in evaluated rounds (every ``eval_every`` and the last)
+``train_loss`` / ``test_loss`` (mean cross-entropy plus the L2 penalty, nats) and ``train_accuracy`` /
+``test_accuracy`` (fraction in [0, 1]) of the server model; ``time`` (seconds of the step, wall time).
 
 A lazy record (one per iteration k = 0, 1, ...): ``iteration`` (k), ``objective`` (f(theta^k), summed
 over workers), ``grad_norm_sq`` (||grad f(theta^k)||^2), ``aggregate_norm_sq`` (||sum_m Q_m||^2, the
 server's step direction), ``uploads`` (the workers that uploaded), ``communications`` and ``bits``
 (uploads and bits so far, cumulative), ``test_accuracy`` where measured (at theta^k, every
-``eval_every``), ``final_test_accuracy`` in the last record (at theta^K), ``time`` (seconds, wall time).
+``eval_every``), ``final_test_accuracy`` in the last record (at theta^K); with ``lazy.bits_per_upload``, in
+the first record, ``bits_per_upload_budget`` (the budget), ``bits_per_upload_b`` (the bits per entry solved)
+and ``bits_per_upload_achieved`` (bits per upload); with ``[system]`` on, ``simulated_seconds`` (simulated
+time since the start, cumulative, s); ``time`` (seconds, wall time).
 """
 
 from fedsim.runs.folder import RunFolder, RunFolderError, RunResult, default_run_dir, read_run

@@ -147,11 +147,11 @@ class FederatedRun:
         residual = clients.residual[participants] if clients.residual is not None else None
         up = self._send(self.up, "up_state", update, residual) if K else self._nothing_sent()
         kept = None
-        if self.clock is not None:     # which updates arrive in time: each participant receives its catch-up
-            # and the mid-protocol bits (PowerSGD's P_hat), trains, sends its encoded update
+        if self.clock is not None:     # which updates arrive in time: each participant receives its catch-up,
+            # trains, sends its encoded update (PowerSGD: P_k, then Q_k after the server's P_hat)
             devices = self.clock.devices_in(t, participants)
-            kept, wait = self.clock.wait(devices, self.catch_up_bits + up.compressed.broadcast_bits,
-                                         up.compressed.encoded_bits, self.needed)
+            kept, wait = self.clock.wait(devices, self.catch_up_bits, up.compressed.encoded_bits, self.needed,
+                                         up.compressed.broadcast_bits)
             if residual is not None:   # a dropped client keeps its whole update: A_k <- A_k + dW_k
                 up.residual[~kept] = residual[~kept] + update[~kept]
         if clients.residual is not None:
