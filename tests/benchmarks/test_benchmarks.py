@@ -585,3 +585,12 @@ def test_thread_counts_run_the_scaling_suites_at_each_and_the_others_once(tmp_pa
     assert list(report.runs_by_threads(results, "rounds")) == [1, 2]     # ascending, whichever came first
     assert report.thread_scaling({"scale": results["scale"]}) == {}
     assert "Thread scaling" not in "\n".join(report._thread_scaling_section({"rounds": results["rounds"]}))
+
+
+def test_the_readmes_generated_block_is_the_recorded_results():
+    """benchmarks/README.md's tables are what report.render makes of benchmarks/results/ today, so the prose
+    around them can be checked against the recorded numbers."""
+    from benchmarks import run as benchmarks_run
+    text = benchmarks_run.README.read_text()
+    block = report.BEGIN + text.split(report.BEGIN, 1)[1].split(report.END, 1)[0] + report.END
+    assert block == report.render(benchmarks_run.load_results(benchmarks_run.RESULTS))
