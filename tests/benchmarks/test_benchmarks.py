@@ -594,3 +594,10 @@ def test_the_readmes_generated_block_is_the_recorded_results():
     text = benchmarks_run.README.read_text()
     block = report.BEGIN + text.split(report.BEGIN, 1)[1].split(report.END, 1)[0] + report.END
     assert block == report.render(benchmarks_run.load_results(benchmarks_run.RESULTS))
+
+
+def test_the_readme_names_every_suite_of_benchmarks_run():
+    """benchmarks/README.md's list of ``--only`` choices is benchmarks.run's suites, in their order."""
+    from benchmarks import run as benchmarks_run
+    listed = re.search(r"`--only` picks suites \(([^)]*)\)", benchmarks_run.README.read_text())
+    assert listed and re.findall(r"`(\w+)`", listed.group(1)) == list(benchmarks_run.SUITES)
