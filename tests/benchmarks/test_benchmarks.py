@@ -562,13 +562,19 @@ def test_smoke_run_at_two_thread_counts_reports_the_scaling(smoke_run):
                 assert timing["speedups"] == {2: timing["medians"][1] / timing["medians"][2]}
 
 
-def test_thread_counts_run_the_scaling_suites_at_each_and_the_others_once(tmp_path, monkeypatch):
+def test_thread_counts_run_the_scaling_suites_at_each_and_the_others_once(tmp_path, monkeypatch, capsys):
     from benchmarks import run as benchmarks_run
     assert benchmarks_run.parse_args([]).threads == [1]
     assert benchmarks_run.parse_args(["--threads", "2"]).threads == [2]
     for bad in (["0"], ["1", "1"], ["2", "-1"], ["x"]):
         with pytest.raises(SystemExit):
             benchmarks_run.parse_args(["--threads", *bad])
+    # --write-readme replaces every table: a smoke run or a run of some suites would put their tables alone there
+    assert benchmarks_run.parse_args(["--full", "--write-readme"]).write_readme
+    for partial in (["--smoke"], ["--full", "--only", "sweep"], []):
+        with pytest.raises(SystemExit) as refused:
+            benchmarks_run.parse_args([*partial, "--write-readme", "--readme", str(tmp_path / "README.md")])
+        assert refused.value.code == 2 and "--write-readme: it replaces every table" in capsys.readouterr().err
     calls = []
 
     def run_suite(suite, mode, threads, out, data_dir, name=None):
