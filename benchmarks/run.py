@@ -74,9 +74,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="folder with the Fashion-MNIST files (default: ../shared/data if present, "
                              "else fedsim's search path; random data of the same shapes if none)")
     args = parser.parse_args(argv)
+    from fedsim.constraints import Integer
     for threads in args.threads:
-        if threads < 1:
-            parser.error(f"argument --threads: every count must be >= 1, got {threads}")
+        common.check_option(parser, "--threads", Integer(low=1), threads)
     if len(set(args.threads)) != len(args.threads):
         parser.error(f"argument --threads: counts repeated: {' '.join(map(str, args.threads))}")
     if args.write_readme and (args.mode != "full" or set(args.only) != set(SUITES)):

@@ -482,6 +482,24 @@ def test_thread_environment_and_bad_settings():
         kernels.make_case("fft", 100, "float32", None)
 
 
+@pytest.mark.parametrize("module, arguments, message", [
+    ("kernels", ["--mode", "smoke", "--threads", "0", "--json", "k.json"], "--threads must be an integer >= 1, got 0"),
+    ("compile", ["--threads", "-1", "--json", "c.json"], "--threads must be an integer >= 1, got -1"),
+    ("scale", ["--one", "0", "0.5"], "--one CLIENTS must be an integer >= 1, got 0"),
+    ("scale", ["--one", "100", "1.5"], "--one PARTICIPATION must be a finite number in (0, 1], got 1.5"),
+    ("scale", ["--series", "100:0.1", "1000:x"], "--series PARTICIPATION must be a finite number in (0, 1], got 'x'"),
+    ("scale", ["--one", "100", "0.5", "--rounds", "0"], "--rounds must be an integer >= 1, got 0"),
+    ("scale", ["--rounds", "0", "--json", "s.json"], "--rounds applies to --one, --series and --population")])
+def test_a_suite_run_alone_answers_bad_options_in_one_line(tmp_path, capsys, module, arguments, message):
+    """Each bad value is the parser's one-line error naming the option (exit status 2), before anything runs."""
+    import importlib
+    with pytest.raises(SystemExit) as stopped:
+        importlib.import_module(f"benchmarks.{module}").main([*arguments[:-1], str(tmp_path / arguments[-1])]
+                                                             if "--json" in arguments else arguments)
+    assert stopped.value.code == 2 and message in capsys.readouterr().err.splitlines()[-1]
+    assert not list(tmp_path.iterdir())
+
+
 def _table_under(text: str, heading: str) -> tuple[list[str], list[list[str]]]:
     """The header cells and row cells of the first Markdown table after ``heading`` in ``text``."""
     lines = text[text.index(heading):].splitlines()
