@@ -284,7 +284,19 @@ def suite_arguments(description: str, argv: Sequence[str] | None = None):
                         help="folder with the fashion-mnist IDX files (default: fedsim's search path)")
     args = parser.parse_args(argv)
     check_option(parser, "--threads", Integer(low=1), args.threads)
+    check_data_dir(parser, args.data_dir)
     return args
+
+
+def check_data_dir(parser, data_dir) -> None:
+    """A given --data-dir must be an existing folder (else the parser's one-line error): a mistyped one must not
+    leave the round benchmarks on random data."""
+    from fedsim.data.registry import DataSettingError
+    from fedsim.data.search import search_path
+    try:
+        search_path(data_dir)
+    except DataSettingError as error:
+        parser.error(str(error))
 
 
 def suite_main(doc: str, run: Callable[..., dict], argv: Sequence[str] | None = None) -> None:

@@ -79,6 +79,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         common.check_option(parser, "--threads", Integer(low=1), threads)
     if len(set(args.threads)) != len(args.threads):
         parser.error(f"argument --threads: counts repeated: {' '.join(map(str, args.threads))}")
+    common.check_data_dir(parser, args.data_dir)
     if args.write_readme and (args.mode != "full" or set(args.only) != set(SUITES)):
         parser.error("argument --write-readme: it replaces every table of the README, so it needs --full and "
                      "every suite (no --only)")

@@ -489,7 +489,9 @@ def test_thread_environment_and_bad_settings():
     ("scale", ["--one", "100", "1.5"], "--one PARTICIPATION must be a finite number in (0, 1], got 1.5"),
     ("scale", ["--series", "100:0.1", "1000:x"], "--series PARTICIPATION must be a finite number in (0, 1], got 'x'"),
     ("scale", ["--one", "100", "0.5", "--rounds", "0"], "--rounds must be an integer >= 1, got 0"),
-    ("scale", ["--rounds", "0", "--json", "s.json"], "--rounds applies to --one, --series and --population")])
+    ("scale", ["--rounds", "0", "--json", "s.json"], "--rounds applies to --one, --series and --population"),
+    ("rounds", ["--mode", "smoke", "--data-dir", "no-such-folder", "--json", "r.json"],
+     "data_dir (--data-dir) must be an existing folder holding dataset files; no-such-folder does not exist")])
 def test_a_suite_run_alone_answers_bad_options_in_one_line(tmp_path, capsys, module, arguments, message):
     """Each bad value is the parser's one-line error naming the option (exit status 2), before anything runs."""
     import importlib
