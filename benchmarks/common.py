@@ -256,16 +256,47 @@ def _json_default(value):
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
+def check_option(parser, option: str, constraint, value):
+    """``value`` (a text: the number it spells, if any) if the constraint (:mod:`fedsim.constraints`) allows
+    it, else the parser's one-line error naming the option."""
+    for kind in (int, float) if isinstance(value, str) else ():
+        try:
+            value = kind(value)
+            break
+        except ValueError:
+            pass
+    try:
+        return constraint.check(option, value)
+    except (TypeError, ValueError) as error:
+        parser.error(str(error))
+
+
 def suite_arguments(description: str, argv: Sequence[str] | None = None):
     """The command line every suite module accepts when run on its own (``python -m benchmarks.kernels``)."""
     import argparse
+
+    from fedsim.constraints import Integer
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--mode", default="quick", choices=MODES)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, required=True, help="where to write the results")
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="folder with the fashion-mnist IDX files (default: fedsim's search path)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    check_option(parser, "--threads", Integer(low=1), args.threads)
+    check_data_dir(parser, args.data_dir)
+    return args
+
+
+def check_data_dir(parser, data_dir) -> None:
+    """A given --data-dir must be an existing folder (else the parser's one-line error): a mistyped one must not
+    leave the round benchmarks on random data."""
+    from fedsim.data.registry import DataSettingError
+    from fedsim.data.search import search_path
+    try:
+        search_path(data_dir)
+    except DataSettingError as error:
+        parser.error(str(error))
 
 
 def suite_main(doc: str, run: Callable[..., dict], argv: Sequence[str] | None = None) -> None:

@@ -324,6 +324,8 @@ def main(argv=None) -> None:
         return
     if args.json is None:
         parser.error("--json is required unless --measure is given")
+    from fedsim.constraints import Integer
+    common.check_option(parser, "--threads", Integer(low=1), args.threads)
     common.write_json(args.json, run(args.mode, args.threads, args.data_dir))
 
 

@@ -340,7 +340,8 @@ def _round_tables(rounds: dict) -> list[str]:
         f"| {_ms(laq_summary['iteration_at_peak_seconds'])} |",
         "", "Where the time goes: each side's matrix products (and, for STC, the gather of the batches) timed "
             "alone on the round's shapes, interleaved; the ceiling is the speed-up over torch that fedsim would "
-            "reach if everything in its round but these calls took no time:", "",
+            "reach if everything in its round but these calls took no time (no bound where the share exceeds "
+            "100%: timed alone, the calls take longer than the whole round):", "",
         "| | fedsim products ms | share of fedsim's round | torch products ms | share of torch's round "
         "| torch / fedsim products | ceiling: torch round / fedsim products |",
         "|---|---:|---:|---:|---:|---:|---:|",

@@ -12,8 +12,9 @@ Every suite runs in a fresh process whose BLAS, OpenMP, torch and Numba thread c
 ``--threads`` (default 1) before any of them loads. Results go to ``--out`` (default: the user cache,
 ``$FEDSIM_CACHE/benchmarks/<mode>`` or ``~/.cache/fedsim/benchmarks/<mode>``) as one JSON file per suite,
 each with the machine, library versions, date and thread settings, and ``tables.md`` beside them (the
-tables of benchmarks/README.md). Only ``--write-readme`` touches tracked files: it writes the JSON into
-``benchmarks/results/`` (full mode) and regenerates the README's generated block. A suite that fails (for
+tables of benchmarks/README.md). Only ``--write-readme`` touches tracked files (a full run of every suite:
+it is refused otherwise): it writes the JSON into ``benchmarks/results/`` and regenerates the README's
+generated block. A suite that fails (for
 instance because two implementations disagree) makes the command exit with status 1 and writes no tables.
 
 Several thread counts (``--threads 1 2``): every suite runs at the first count as above (``<suite>.json``);
@@ -66,17 +67,22 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="results folder (default: the user cache's benchmarks/<mode>; with "
                              "--write-readme in full mode: benchmarks/results)")
     parser.add_argument("--write-readme", action="store_true",
-                        help="regenerate the generated block of --readme (a tracked file) from these results")
+                        help="regenerate the generated block of --readme (a tracked file) from these results "
+                             "(only with --full and every suite)")
     parser.add_argument("--readme", type=Path, default=README, help="README whose tables --write-readme regenerates")
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="folder with the Fashion-MNIST files (default: ../shared/data if present, "
                              "else fedsim's search path; random data of the same shapes if none)")
     args = parser.parse_args(argv)
+    from fedsim.constraints import Integer
     for threads in args.threads:
-        if threads < 1:
-            parser.error(f"argument --threads: every count must be >= 1, got {threads}")
+        common.check_option(parser, "--threads", Integer(low=1), threads)
     if len(set(args.threads)) != len(args.threads):
         parser.error(f"argument --threads: counts repeated: {' '.join(map(str, args.threads))}")
+    common.check_data_dir(parser, args.data_dir)
+    if args.write_readme and (args.mode != "full" or set(args.only) != set(SUITES)):
+        parser.error("argument --write-readme: it replaces every table of the README, so it needs --full and "
+                     "every suite (no --only)")
     return args
 
 

@@ -227,24 +227,40 @@ def main(argv=None) -> None:
                         help="measure these configurations interleaved in this process and print JSON")
     parser.add_argument("--population", type=int, metavar="CLIENTS",
                         help="measure one population of the series in this process and print its JSON")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=None, help="timed rounds of --one, --series and "
+                        "--population (default 5; a suite run takes them from --mode)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed rounds first (default 2), as --rounds")
     parser.add_argument("--data-dir", type=Path, default=None, help="unused (synthetic data)")
     args = parser.parse_args(argv)
-    if args.population:
-        print(json.dumps(measure_population(args.population, args.rounds, args.threads)))
+    from fedsim.algorithms.federated.config import FederatedConfig
+    from fedsim.constraints import Integer, constraint_of
+    common.check_option(parser, "--threads", Integer(low=1), args.threads)
+    if args.population is None and not args.series and not args.one:
+        for option, value in (("--rounds", args.rounds), ("--warmup", args.warmup)):
+            if value is not None:
+                parser.error(f"{option} applies to --one, --series and --population; a suite run (--json) takes "
+                             f"its rounds from --mode")
+        if args.json is None:
+            parser.error("--json is required unless --one, --series or --population is given")
+        common.write_json(args.json, run(args.mode, args.threads))
         return
+    rounds = common.check_option(parser, "--rounds", Integer(low=1), 5 if args.rounds is None else args.rounds)
+    warmup = common.check_option(parser, "--warmup", Integer(low=0), 2 if args.warmup is None else args.warmup)
+    clients, participation = constraint_of(FederatedConfig, "n_clients"), constraint_of(FederatedConfig,
+                                                                                         "participation_rate")
+    if args.population is not None:
+        population = common.check_option(parser, "--population", clients, args.population)
+        print(json.dumps(measure_population(population, rounds, args.threads)))
+        return
+    configurations = [args.one] if args.one else [item.partition(":")[::2] for item in args.series]
+    option = "--one" if args.one else "--series"
+    configurations = [(common.check_option(parser, f"{option} CLIENTS", clients, n),
+                       common.check_option(parser, f"{option} PARTICIPATION", participation, r))
+                      for n, r in configurations]
     if args.series:
-        configurations = [(int(item.split(":")[0]), float(item.split(":")[1])) for item in args.series]
-        print(json.dumps(measure_series_interleaved(configurations, args.rounds, args.warmup, args.threads)))
+        print(json.dumps(measure_series_interleaved(configurations, rounds, warmup, args.threads)))
         return
-    if args.one:
-        result = measure_one(int(args.one[0]), float(args.one[1]), args.rounds, args.warmup, args.threads)
-        print(json.dumps(result))
-        return
-    if args.json is None:
-        parser.error("--json is required unless --one is given")
-    common.write_json(args.json, run(args.mode, args.threads))
+    print(json.dumps(measure_one(*configurations[0], rounds, warmup, args.threads)))
 
 
 if __name__ == "__main__":

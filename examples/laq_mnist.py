@@ -240,6 +240,10 @@ def main(argv=None) -> dict | int:
             raise UsageError(f"--tolerance must be a finite number > 0, got {args.tolerance}")
         if args.f_star is not None and not np.isfinite(args.f_star):
             raise UsageError(f"--f-star must be a finite number, got {args.f_star}")
+        from fedsim.algorithms.lazy import METHODS, RULES
+        minibatch = [method for method in METHODS if RULES[method].gradient == "minibatch"]
+        if args.minibatch is not None and not set(minibatch) & set(args.methods):
+            raise UsageError(f"--minibatch applies only to {', '.join(minibatch)}, which --methods does not name")
         configs = {method: config_of(args, method) for method in args.methods}
         first = next(iter(configs.values()))
         data, partition = load(first)

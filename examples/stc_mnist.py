@@ -113,6 +113,10 @@ def main(argv=None) -> int:
     out = Path(args.out)
 
     def run_all():
+        from fedsim.errors import UsageError
+        repeated = sorted({method for method in args.method if args.method.count(method) > 1})
+        if repeated:
+            raise UsageError(f"--method must name each method once; repeated: {', '.join(repeated)}")
         configs = {method: config_of(args, method) for method in args.method}
         first = configs[args.method[0]]
         print(f"settings ({PRESETS[args.dataset]} preset{' + options' if args.overrides else ''}): "

@@ -482,6 +482,26 @@ def test_thread_environment_and_bad_settings():
         kernels.make_case("fft", 100, "float32", None)
 
 
+@pytest.mark.parametrize("module, arguments, message", [
+    ("kernels", ["--mode", "smoke", "--threads", "0", "--json", "k.json"], "--threads must be an integer >= 1, got 0"),
+    ("compile", ["--threads", "-1", "--json", "c.json"], "--threads must be an integer >= 1, got -1"),
+    ("scale", ["--one", "0", "0.5"], "--one CLIENTS must be an integer >= 1, got 0"),
+    ("scale", ["--one", "100", "1.5"], "--one PARTICIPATION must be a finite number in (0, 1], got 1.5"),
+    ("scale", ["--series", "100:0.1", "1000:x"], "--series PARTICIPATION must be a finite number in (0, 1], got 'x'"),
+    ("scale", ["--one", "100", "0.5", "--rounds", "0"], "--rounds must be an integer >= 1, got 0"),
+    ("scale", ["--rounds", "0", "--json", "s.json"], "--rounds applies to --one, --series and --population"),
+    ("rounds", ["--mode", "smoke", "--data-dir", "no-such-folder", "--json", "r.json"],
+     "data_dir (--data-dir) must be an existing folder holding dataset files; no-such-folder does not exist")])
+def test_a_suite_run_alone_answers_bad_options_in_one_line(tmp_path, capsys, module, arguments, message):
+    """Each bad value is the parser's one-line error naming the option (exit status 2), before anything runs."""
+    import importlib
+    with pytest.raises(SystemExit) as stopped:
+        importlib.import_module(f"benchmarks.{module}").main([*arguments[:-1], str(tmp_path / arguments[-1])]
+                                                             if "--json" in arguments else arguments)
+    assert stopped.value.code == 2 and message in capsys.readouterr().err.splitlines()[-1]
+    assert not list(tmp_path.iterdir())
+
+
 def _table_under(text: str, heading: str) -> tuple[list[str], list[list[str]]]:
     """The header cells and row cells of the first Markdown table after ``heading`` in ``text``."""
     lines = text[text.index(heading):].splitlines()
@@ -562,13 +582,19 @@ def test_smoke_run_at_two_thread_counts_reports_the_scaling(smoke_run):
                 assert timing["speedups"] == {2: timing["medians"][1] / timing["medians"][2]}
 
 
-def test_thread_counts_run_the_scaling_suites_at_each_and_the_others_once(tmp_path, monkeypatch):
+def test_thread_counts_run_the_scaling_suites_at_each_and_the_others_once(tmp_path, monkeypatch, capsys):
     from benchmarks import run as benchmarks_run
     assert benchmarks_run.parse_args([]).threads == [1]
     assert benchmarks_run.parse_args(["--threads", "2"]).threads == [2]
     for bad in (["0"], ["1", "1"], ["2", "-1"], ["x"]):
         with pytest.raises(SystemExit):
             benchmarks_run.parse_args(["--threads", *bad])
+    # --write-readme replaces every table: a smoke run or a run of some suites would put their tables alone there
+    assert benchmarks_run.parse_args(["--full", "--write-readme"]).write_readme
+    for partial in (["--smoke"], ["--full", "--only", "sweep"], []):
+        with pytest.raises(SystemExit) as refused:
+            benchmarks_run.parse_args([*partial, "--write-readme", "--readme", str(tmp_path / "README.md")])
+        assert refused.value.code == 2 and "--write-readme: it replaces every table" in capsys.readouterr().err
     calls = []
 
     def run_suite(suite, mode, threads, out, data_dir, name=None):
@@ -585,3 +611,19 @@ def test_thread_counts_run_the_scaling_suites_at_each_and_the_others_once(tmp_pa
     assert list(report.runs_by_threads(results, "rounds")) == [1, 2]     # ascending, whichever came first
     assert report.thread_scaling({"scale": results["scale"]}) == {}
     assert "Thread scaling" not in "\n".join(report._thread_scaling_section({"rounds": results["rounds"]}))
+
+
+def test_the_readmes_generated_block_is_the_recorded_results():
+    """benchmarks/README.md's tables are what report.render makes of benchmarks/results/ today, so the prose
+    around them can be checked against the recorded numbers."""
+    from benchmarks import run as benchmarks_run
+    text = benchmarks_run.README.read_text()
+    block = report.BEGIN + text.split(report.BEGIN, 1)[1].split(report.END, 1)[0] + report.END
+    assert block == report.render(benchmarks_run.load_results(benchmarks_run.RESULTS))
+
+
+def test_the_readme_names_every_suite_of_benchmarks_run():
+    """benchmarks/README.md's list of ``--only`` choices is benchmarks.run's suites, in their order."""
+    from benchmarks import run as benchmarks_run
+    listed = re.search(r"`--only` picks suites \(([^)]*)\)", benchmarks_run.README.read_text())
+    assert listed and re.findall(r"`(\w+)`", listed.group(1)) == list(benchmarks_run.SUITES)

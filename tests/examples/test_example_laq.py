@@ -95,7 +95,9 @@ def test_errors_are_one_line(example, tmp_path, capsys):
     assert err.count("\n") == 1 and "did you mean 'lazy.bits'" in err, err
     for option, value, message in (("--tolerance", "-1", "--tolerance must be a finite number > 0, got -1.0"),
                                    ("--tolerance", "nan", "--tolerance must be a finite number > 0, got nan"),
-                                   ("--f-star", "nan", "--f-star must be a finite number, got nan")):
+                                   ("--f-star", "nan", "--f-star must be a finite number, got nan"),
+                                   ("--minibatch", "20", "--minibatch applies only to slaq, which --methods does "
+                                                         "not name")):
         assert example.main(["--dataset", "synthetic", option, value, "--out", str(tmp_path)]) == 2
         err = capsys.readouterr().err
         assert err == f"laq_mnist.py: error: {message}\n", err

@@ -45,6 +45,10 @@ def test_errors_are_one_line_like_the_cli(tmp_path, capsys):
                            "--out", str(tmp_path)])
     err = capsys.readouterr().err
     assert status == 2 and err.count("\n") == 1 and "data_dir" in err and "Traceback" not in err, err
+    status = example.main(["--dataset", "synthetic", "--method", "stc_updown", "fedavg", "stc_updown",
+                           "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert status == 2 and err == "stc_mnist.py: error: --method must name each method once; repeated: stc_updown\n"
 
 
 def test_two_rounds_on_fashion_mnist(shared_data, tmp_path, capsys, monkeypatch):

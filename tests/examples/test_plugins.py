@@ -9,6 +9,7 @@ Every fedsim here runs in a child process whose PYTHONPATH holds the example's f
 plugin into the test process would add its compressor to the registries that other tests walk.
 """
 
+import configparser
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from fedsim.config import tomllib
 from tests.conftest import clean_env, fedsim
 from tests.examples.conftest import REPO
 from tests.runs.conftest import history, one_line_error
@@ -196,6 +198,15 @@ def test_a_dask_sweep_imports_the_plugins_in_its_workers(tmp_path, plugin_on_pat
     for result in results.values():
         assert result.returncode == 0 and "2 completed" in result.stdout, (result.stderr, dask_cluster.log_tails())
     assert histories(tmp_path / "dask") == histories(tmp_path / "local")
+
+
+def test_the_plugin_package_depends_on_this_projects_distribution():
+    """``pip install ./examples/plugins`` pulls in the distribution setup.cfg names (PyPI's ``fedsim`` is
+    an unrelated project)."""
+    setup = configparser.ConfigParser()
+    setup.read(REPO / "setup.cfg")
+    project = tomllib.loads((PLUGIN_FOLDER / "pyproject.toml").read_text())["project"]
+    assert project["dependencies"] == [setup["metadata"]["name"]]
 
 
 def test_the_entry_point_route_needs_no_plugins_setting(tmp_path):
