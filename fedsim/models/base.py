@@ -117,6 +117,9 @@ class ModelConfig:
         if self.hidden and not self.entry.hidden_layers:
             raise ValueError(f"hidden must be empty for model {self.name!r} (it has no hidden layer), "
                              f"got {list(self.hidden)}")
+        if self.hidden and self.init_kind == "zeros":
+            raise ValueError("init must be 'glorot' for a model with hidden layers, got 'zeros': a network "
+                             "started at zero never breaks the symmetry of its hidden units (they stay 0)")
 
     @property
     def entry(self) -> ModelEntry:
