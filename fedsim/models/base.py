@@ -107,7 +107,7 @@ class ModelConfig:
                        _ModelName(lambda: MODELS))
     hidden: tuple = setting((), "widths of the hidden layers, input side first (models with hidden layers)",
                             Widths())
-    activation: str = setting("relu", "activation of the hidden layers (models with hidden layers)",
+    activation: str = setting(ACTIVATIONS[0], "activation of the hidden layers (models with hidden layers)",
                               OneOf(*ACTIVATIONS))
     init: str | None = setting(None, 'theta^0: "zeros", or seeded "glorot" (Xavier-uniform W, zero b)',
                                Optional(OneOf(*INIT_KINDS), "the model's own default"))
@@ -117,6 +117,9 @@ class ModelConfig:
         if self.hidden and not self.entry.hidden_layers:
             raise ValueError(f"hidden must be empty for model {self.name!r} (it has no hidden layer), "
                              f"got {list(self.hidden)}")
+        if not self.hidden and self.activation != ACTIVATIONS[0]:
+            raise ValueError(f"activation applies to hidden layers only and model {self.name!r} has none: leave "
+                             f"it {ACTIVATIONS[0]!r} (the default), got {self.activation!r}")
         if self.hidden and self.init_kind == "zeros":
             raise ValueError("init must be 'glorot' for a model with hidden layers, got 'zeros': a network "
                              "started at zero never breaks the symmetry of its hidden units (they stay 0)")

@@ -41,6 +41,8 @@ NAMES = ", ".join(map(repr, MODELS))          # 'softmax', 'mlp' and any model a
     ({"hidden": [2.5]}, "model.hidden must be a list of integer widths >= 1"),
     ({"hidden": 200}, "model.hidden must be a list of integer widths >= 1"),
     ({"activation": "sigmoid"}, "model.activation must be one of 'relu', 'tanh', got 'sigmoid'"),
+    ({"activation": "tanh"}, "model.activation applies to hidden layers only and model 'softmax' has none: leave "
+                             "it 'relu' (the default), got 'tanh'"),
     ({"name": "mlp", "hidden": [16], "init": "zeros"}, "model.init must be 'glorot' for a model with hidden layers, "
      "got 'zeros': a network started at zero never breaks the symmetry of its hidden units (they stay 0)"),
     ({"init": "normal"}, "model.init must be one of 'zeros', 'glorot', or unset (the model's own default), got"),
@@ -54,7 +56,8 @@ def test_bad_model_settings_are_one_line_naming_the_setting(table, message):
 
 
 def test_the_settings_a_model_without_hidden_layers_takes():
-    """Zero init: accepted without hidden layers."""
+    """The default activation (the canonical config writes it) and zero init: accepted without hidden layers."""
+    assert ModelConfig(activation="relu").init_kind == "zeros"
     assert ModelConfig(name="mlp", hidden=(), init="zeros").build(5, 3).size == 18
 
 
