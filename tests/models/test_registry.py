@@ -70,6 +70,29 @@ def test_a_network_too_large_for_the_machine_is_one_line_naming_model_hidden():
         ModelConfig(name="mlp", hidden=(10**21,)).build(60, 10)
 
 
+@pytest.mark.parametrize("family, setting, rows", [
+    ("federated", "federated.rounds=1", "client sampled per round (30 of federated.n_clients = 30)"),
+    ("lazy", "lazy.iterations=1", "worker (lazy.n_workers = 30)")])
+def test_a_network_whose_per_client_arrays_exceed_the_machine_is_refused_before_its_folder(tmp_path, family,
+                                                                                          setting, rows):
+    """Widths whose vector fits but whose (K, P) arrays (federated) or (M, P) arrays (lazy) of 30 float32 rows
+    do not: one line naming model.hidden and the clients or workers, no run folder (was a MemoryError 'please
+    report it' mid-run, and a folder with an empty history)."""
+    import os
+    from tests.conftest import error_lines, fedsim
+    width = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (4 * 71 * 8)     # a vector: memory / 8
+    preset = "synthetic" if family == "federated" else "laq-synthetic"
+    finished = fedsim(tmp_path, "run", "--preset", preset, "--set", "model.name=mlp", "--set",
+                      f"model.hidden=[{width}]", "--set", f"{family}.dtype=float32", "--set", setting,
+                      "--out", "big", "--quiet")
+    told = error_lines(finished.stderr)
+    assert finished.returncode == 2 and len(told) == 1, finished.stderr
+    assert told[0].startswith(f"fedsim: error: the config does not fit the data: model.hidden = [{width}] makes "
+                              f"mlp on 60 features and 10 classes"), told
+    assert " GiB a vector, " in told[0] and f" GiB for one per {rows}, more than this machine's " in told[0], told
+    assert not (tmp_path / "big").exists()
+
+
 @pytest.mark.parametrize("family", ["federated", "lazy"])
 def test_the_old_init_settings_are_answered_with_model_init(family):
     assert _config_error({"family": family, family: {"init": "glorot"}}) == \
