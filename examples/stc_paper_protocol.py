@@ -59,13 +59,14 @@ def series_name(values: dict) -> tuple[str, int]:
     return f"STC p = 1/{n}", n
 
 
-def collect_runs(out: Path) -> dict:
-    """{series: {classes: [run result, one per seed]}} of the sweep folder ``out`` (finished runs only); a
+def collect_runs(out: Path) -> tuple[dict, dict, list[str]]:
+    """({series: {classes: [run result, one per seed]}} of the sweep folder ``out``'s completed runs, the number
+    of runs planned per (series, classes), and one line per run left out (diverged, failed) saying why); a
     folder without a sweep, or with runs not yet run, is a UsageError (one line)."""
     from fedsim.errors import UsageError
     from fedsim.runs import RunFolderError
     from fedsim.sweeps.folder import MANIFEST
-    from fedsim.sweeps.report import collect
+    from fedsim.sweeps.report import collect, left_out
 
     first = "run the sweeps first (this command without --report-only)"
     if not (out / MANIFEST).is_file():
@@ -75,15 +76,21 @@ def collect_runs(out: Path) -> dict:
     if waiting:
         raise UsageError(f"{out}: {len(waiting)} of its {len(entries)} runs are not finished: {first}")
     series: dict = {}
+    planned: dict = {}
+    kept = []
     for entry in entries:
         if entry["problem"]:
             raise RunFolderError(entry["problem"])
+        name, _ = series_name(entry["values"])
+        cell = (name, int(entry["values"][CLASSES]))
+        planned[cell] = planned.get(cell, 0) + 1
         result = entry["result"]
         if result is None or result.summary is None or result.summary.get("status") != "completed":
             continue
-        name, _ = series_name(entry["values"])
-        series.setdefault(name, {}).setdefault(int(entry["values"][CLASSES]), []).append(result)
-    return dict(sorted(series.items(), key=lambda item: (item[0].startswith("STC"), len(item[0]), item[0])))
+        kept.append({"run": entry["folder"]})
+        series.setdefault(name, {}).setdefault(cell[1], []).append(result)
+    series = dict(sorted(series.items(), key=lambda item: (item[0].startswith("STC"), len(item[0]), item[0])))
+    return series, planned, left_out(entries, kept)
 
 
 def points(value: float) -> str:
@@ -97,8 +104,9 @@ def accuracy(results) -> tuple[float, float]:
     return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else float("nan")
 
 
-def table(model: str, series: dict) -> list[str]:
-    """The README table of one model: final test accuracy (%) by method and classes per client, the drop."""
+def table(model: str, series: dict, planned: dict) -> list[str]:
+    """The README table of one model: final test accuracy (%) by method and classes per client (mean ± std over
+    the completed runs, "(k of m runs)" where fewer than the m planned completed), the drop."""
     classes = sorted({c for per_class in series.values() for c in per_class})
     iterations = next(iter(next(iter(series.values())).values()))[0].history[-1]["iteration"]
     lines = [f"| {TITLES[model]}: test accuracy % after {iterations:,} iterations | "
@@ -106,11 +114,17 @@ def table(model: str, series: dict) -> list[str]:
              + " | drop from 10 classes to 1 | bits up per client |",
              "|---|" + "---:|" * (len(classes) + 2)]
     for name, per_class in series.items():
-        cells = [f"{mean:.1f} ± {std:.1f}" for mean, std in (accuracy(per_class[c]) for c in classes)]
-        drop = accuracy(per_class[max(classes)])[0] - accuracy(per_class[min(classes)])[0]
+        cells = []
+        for c in classes:
+            results, wanted = per_class.get(c, []), planned.get((name, c), 0)
+            mean, std = accuracy(results) if results else (np.nan, np.nan)
+            cells.append("-" if not results else f"{mean:.1f}" + ("" if np.isnan(std) else f" ± {std:.1f}")
+                         + (f" ({len(results)} of {wanted} runs)" if len(results) < wanted else ""))
+        ends = [per_class.get(max(classes)), per_class.get(min(classes))]
+        drop = points(accuracy(ends[0])[0] - accuracy(ends[1])[0]) if all(ends) else "-"
         bits = np.mean([result.summary["bits_up"] / result.history[0]["participants"]
                         for results in per_class.values() for result in results])
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {points(drop)} | {bits / 1e6:.2f} M |")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {drop} | {bits / 1e6:.2f} M |")
     return lines
 
 
@@ -188,18 +202,24 @@ def main(argv=None) -> int:
     options = parser.parse_args(argv)
 
     def run_and_report() -> int:
-        all_series = {}
+        all_series, left = {}, []
         for model in options.models:
             folder = options.out / model
             if not options.report_only:
                 status = run_sweep(model, folder, options.workers, options.quiet)
                 if status:
                     return status       # the sweep said why
-            all_series[model] = collect_runs(folder)
-            print("\n".join(table(model, all_series[model])), end="\n\n")
-            print("\n".join(verdict(all_series[model])), end="\n\n")
-        print("figures:", *figures(all_series, options.out))
-        return 0
+            series, planned, missing = collect_runs(folder)
+            left += missing
+            if series:
+                all_series[model] = series
+                print("\n".join(table(model, series, planned)), end="\n\n")
+                print("\n".join(verdict(series)), end="\n\n")
+        if all_series:
+            print("figures:", *figures(all_series, options.out))
+        for line in left:       # a diverged or failed run: named, not silently left out of a mean
+            print(f"stc_paper_protocol.py: {line}; left out of the table", file=sys.stderr)
+        return 1 if left else 0
 
     return one_line_errors("stc_paper_protocol.py", run_and_report)
 

@@ -107,7 +107,7 @@ class ModelConfig:
                        _ModelName(lambda: MODELS))
     hidden: tuple = setting((), "widths of the hidden layers, input side first (models with hidden layers)",
                             Widths())
-    activation: str = setting("relu", "activation of the hidden layers (models with hidden layers)",
+    activation: str = setting(ACTIVATIONS[0], "activation of the hidden layers (models with hidden layers)",
                               OneOf(*ACTIVATIONS))
     init: str | None = setting(None, 'theta^0: "zeros", or seeded "glorot" (Xavier-uniform W, zero b)',
                                Optional(OneOf(*INIT_KINDS), "the model's own default"))
@@ -117,6 +117,12 @@ class ModelConfig:
         if self.hidden and not self.entry.hidden_layers:
             raise ValueError(f"hidden must be empty for model {self.name!r} (it has no hidden layer), "
                              f"got {list(self.hidden)}")
+        if not self.hidden and self.activation != ACTIVATIONS[0]:
+            raise ValueError(f"activation applies to hidden layers only and model {self.name!r} has none: leave "
+                             f"it {ACTIVATIONS[0]!r} (the default), got {self.activation!r}")
+        if self.hidden and self.init_kind == "zeros":
+            raise ValueError("init must be 'glorot' for a model with hidden layers, got 'zeros': a network "
+                             "started at zero never breaks the symmetry of its hidden units (they stay 0)")
 
     @property
     def entry(self) -> ModelEntry:
@@ -127,17 +133,21 @@ class ModelConfig:
         """``init``, or the model's own default when unset (zeros for softmax regression)."""
         return self.init or self.entry.default_init
 
-    def build(self, n_features: int, n_classes: int, l2: float = 0.0):
+    def build(self, n_features: int, n_classes: int, l2: float = 0.0, rows: int = 1, whose: str = "",
+              dtype="float64"):
         """The model for data of ``n_features`` inputs and ``n_classes`` classes (protocol above); one whose
-        parameter vector (float64) would not fit in this machine's memory is refused (a run holds several)."""
+        ``rows`` parameter vectors of ``dtype`` (a run's per-participant or per-worker (rows, P) arrays, of
+        ``whose``: e.g. "worker (lazy.n_workers = 10)") would not fit in this machine's memory is
+        refused."""
         model = self.entry.build(self, n_features, n_classes, l2)
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else None
-        size = model.spec.size
-        if memory and 8 * size > memory:
+        size, itemsize = model.spec.size, np.dtype(dtype).itemsize
+        if memory and rows * itemsize * size > memory:
             layers = f"model.hidden = {list(self.hidden)} makes" if self.hidden else "makes"
+            held = f", {rows * itemsize * size / 2**30:,.1f} GiB for one per {whose}" if rows > 1 else ""
             raise ValueError(f"{layers} {self.name} on {n_features} features and {n_classes} classes {size:,} "
-                             f"parameters: {8 * size / 2**30:,.1f} GiB a vector, more than this machine's "
-                             f"{memory / 2**30:,.1f} GiB of memory")
+                             f"parameters: {itemsize * size / 2**30:,.1f} GiB a vector{held}, more than this "
+                             f"machine's {memory / 2**30:,.1f} GiB of memory")
         return model
 
 

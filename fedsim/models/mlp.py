@@ -86,7 +86,8 @@ class MLP(Classifier):
              batch: tuple[int, ...] = ()) -> np.ndarray:
         """Initial parameters of ``dtype`` (the model's ``dtype`` if None): ``"glorot"`` (Xavier-uniform,
         each layer W_l ~ U(-a_l, a_l), a_l = sqrt(6 / (fan_in + fan_out)), drawn layer by layer; b_l = 0)
-        or ``"zeros"`` (every parameter 0: the hidden units then stay equal, so only for tests)."""
+        or ``"zeros"`` (every parameter 0: the hidden units then stay 0, so only for tests; model.init refuses
+        it with hidden layers)."""
         theta = self.spec.zeros(self.dtype if dtype is None else dtype, batch)
         initialize_weights([W for W, _ in self.layers(theta)], kind, rng)
         return theta

@@ -231,10 +231,11 @@ def reuse_decision(out: Path, sweep: Sweep) -> tuple[dict[str, dict], list]:
     for planned in sweep.runs:
         path = run_folder(out, planned)
         where = f"{RUNS_FOLDER}/{planned.folder_name}"
-        earlier = path.with_name(planned.earlier_folder_name)
-        if earlier != path and earlier.is_dir() and not path.exists():     # a run an earlier fedsim named
-            earlier.rename(path)
-            say(f"{RUNS_FOLDER}/{earlier.name} is now {where} (a long label is cut between settings, not in a value)")
+        for earlier in map(path.with_name, planned.earlier_folder_names):
+            if earlier != path and earlier.is_dir() and not path.exists():     # a run an earlier fedsim named
+                earlier.rename(path)
+                say(f"{RUNS_FOLDER}/{earlier.name} is now {where} (a name shows its values as they are: a long "
+                    f"label cut between settings, not in a value; '+' and brackets kept)")
         try:
             problem = identity_problem(path, label=planned.label, config_sha256=planned.config_sha256,
                                        config=planned.config)

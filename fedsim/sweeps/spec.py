@@ -81,10 +81,12 @@ class PlannedRun:
         return config_fingerprint(self.config)
 
     @property
-    def earlier_folder_name(self) -> str:
-        """The folder fedsim named this run before labels over 80 characters were cut between settings (in a
-        value, then); the same as :attr:`folder_name` for a label that fits."""
-        return f"{_safe(self.label)}-{self.config_sha256[:10]}"
+    def earlier_folder_names(self) -> tuple[str, str]:
+        """The folders earlier fedsims named this run: before labels over 80 characters were cut between settings
+        (in a value, then), and before names kept '+' and brackets (as '-', then); :attr:`folder_name` where the
+        label holds neither."""
+        digest = self.config_sha256[:10]
+        return f"{_safe(self.label)}-{digest}", f"{folder_label(self.values, _cleaned)}-{digest}"
 
 
 @dataclass(frozen=True)
@@ -128,16 +130,22 @@ def _safe(text: str) -> str:
     return _cleaned(text)[:80] or "run"
 
 
-def folder_label(values) -> str:
-    """The label in a run folder's name: :func:`run_label` made a folder name. One longer than
-    :data:`LABEL_LENGTH` keeps the first whole settings that fit and ends ``,...`` (the hash after it tells the
-    runs apart), so what a name shows is true; a label that fits is what it always was (sweep folders of
-    earlier fedsims find their runs)."""
-    label = _cleaned(run_label(values))
+def _shown(text: str) -> str:
+    """``text`` in a folder name: '+' and brackets kept (lr=1e+20, hidden=[32,16]), no space after a comma, any
+    other run of characters a name should not hold as '-'."""
+    return re.sub(r"[^A-Za-z0-9_.=,+\[\]-]+", "-", text.replace(", ", ",")).strip("-.")
+
+
+def folder_label(values, clean=_shown) -> str:
+    """The label in a run folder's name: :func:`run_label` made a folder name (``clean``: :func:`_cleaned` gives
+    earlier fedsims' names, brackets and '+' as '-'). One longer than :data:`LABEL_LENGTH` keeps the first whole
+    settings that fit and ends ``,...`` (the hash after it tells the runs apart), so what a name shows is true;
+    sweep folders of earlier fedsims find their runs (:attr:`PlannedRun.earlier_folder_names`)."""
+    label = clean(run_label(values))
     if len(label) <= LABEL_LENGTH:
         return label or "run"
     kept = []
-    for part in (_cleaned(run_label([pair])) for pair in values):
+    for part in (clean(run_label([pair])) for pair in values):
         if len(",".join([*kept, part, "..."])) > LABEL_LENGTH:
             break
         kept.append(part)

@@ -129,3 +129,22 @@ def test_a_sweep_refused_ends_the_script_with_its_one_line(tmp_path, small_examp
     assert small_example.main(["--models", "softmax", "--out", str(tmp_path / "a-file"), "--quiet"]) == 1
     told = error_lines(capfd.readouterr().err)
     assert told == [f"fedsim: error: Not a directory ({tmp_path / 'a-file' / 'softmax'})"], told
+
+
+def test_report_only_names_the_runs_left_out_of_the_means(tmp_path, small_example, capfd):
+    """`--report-only` on a sweep some of whose runs diverged: each cell says how many of its planned runs it
+    averages, one line per run left out says why, exit 1 (was: fewer seeds averaged unsaid, exit 0)."""
+    sweep = small_example.SWEEPS["softmax"]
+    sweep.write_text(sweep.read_text().replace("seed = [0, 1]", 'seed = [0, 1]\n"federated.lr" = [0.05, 1e30]'))
+    out = tmp_path / "out"
+    assert small_example.main(["--models", "softmax", "--out", str(out), "--workers", "1", "--quiet"]) == 1
+    capfd.readouterr()
+    assert small_example.main(["--models", "softmax", "--out", str(out), "--report-only"]) == 1
+    printed = capfd.readouterr()
+    for method in ("FedAvg n = 4", "STC p = 1/4"):
+        row = next(line for line in printed.out.splitlines() if line.startswith(f"| {method} |"))
+        assert row.count("(2 of 4 runs)") == 2, row
+    told = error_lines(printed.err)
+    assert len(told) == 8 and all(line.startswith("stc_paper_protocol.py: runs/") and "lr=1e+30" in line
+                                  and ": diverged: " in line and line.endswith("; left out of the table")
+                                  for line in told), told

@@ -41,6 +41,10 @@ NAMES = ", ".join(map(repr, MODELS))          # 'softmax', 'mlp' and any model a
     ({"hidden": [2.5]}, "model.hidden must be a list of integer widths >= 1"),
     ({"hidden": 200}, "model.hidden must be a list of integer widths >= 1"),
     ({"activation": "sigmoid"}, "model.activation must be one of 'relu', 'tanh', got 'sigmoid'"),
+    ({"activation": "tanh"}, "model.activation applies to hidden layers only and model 'softmax' has none: leave "
+                             "it 'relu' (the default), got 'tanh'"),
+    ({"name": "mlp", "hidden": [16], "init": "zeros"}, "model.init must be 'glorot' for a model with hidden layers, "
+     "got 'zeros': a network started at zero never breaks the symmetry of its hidden units (they stay 0)"),
     ({"init": "normal"}, "model.init must be one of 'zeros', 'glorot', or unset (the model's own default), got"),
     ({"width": 3}, "unknown setting 'model.width'"),
 ])
@@ -51,6 +55,12 @@ def test_bad_model_settings_are_one_line_naming_the_setting(table, message):
         assert "did you mean" not in got
 
 
+def test_the_settings_a_model_without_hidden_layers_takes():
+    """The default activation (the canonical config writes it) and zero init: accepted without hidden layers."""
+    assert ModelConfig(activation="relu").init_kind == "zeros"
+    assert ModelConfig(name="mlp", hidden=(), init="zeros").build(5, 3).size == 18
+
+
 def test_a_network_too_large_for_the_machine_is_one_line_naming_model_hidden():
     """Widths whose parameter vector would not fit in memory (an unexpected MemoryError, or numpy's 'maximum
     allowed dimension exceeded', before): refused when the model is built for its data."""
@@ -58,6 +68,29 @@ def test_a_network_too_large_for_the_machine_is_one_line_naming_model_hidden():
                                          r"classes 71,0{3}(,0{3}){5},010 parameters: .* GiB a vector, more than "
                                          r"this machine's"):
         ModelConfig(name="mlp", hidden=(10**21,)).build(60, 10)
+
+
+@pytest.mark.parametrize("family, setting, rows", [
+    ("federated", "federated.rounds=1", "client sampled per round (30 of federated.n_clients = 30)"),
+    ("lazy", "lazy.iterations=1", "worker (lazy.n_workers = 30)")])
+def test_a_network_whose_per_client_arrays_exceed_the_machine_is_refused_before_its_folder(tmp_path, family,
+                                                                                          setting, rows):
+    """Widths whose vector fits but whose (K, P) arrays (federated) or (M, P) arrays (lazy) of 30 float32 rows
+    do not: one line naming model.hidden and the clients or workers, no run folder (was a MemoryError 'please
+    report it' mid-run, and a folder with an empty history)."""
+    import os
+    from tests.conftest import error_lines, fedsim
+    width = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (4 * 71 * 8)     # a vector: memory / 8
+    preset = "synthetic" if family == "federated" else "laq-synthetic"
+    finished = fedsim(tmp_path, "run", "--preset", preset, "--set", "model.name=mlp", "--set",
+                      f"model.hidden=[{width}]", "--set", f"{family}.dtype=float32", "--set", setting,
+                      "--out", "big", "--quiet")
+    told = error_lines(finished.stderr)
+    assert finished.returncode == 2 and len(told) == 1, finished.stderr
+    assert told[0].startswith(f"fedsim: error: the config does not fit the data: model.hidden = [{width}] makes "
+                              f"mlp on 60 features and 10 classes"), told
+    assert " GiB a vector, " in told[0] and f" GiB for one per {rows}, more than this machine's " in told[0], told
+    assert not (tmp_path / "big").exists()
 
 
 @pytest.mark.parametrize("family", ["federated", "lazy"])

@@ -47,31 +47,36 @@ def test_a_long_label_is_shortened_between_settings_never_in_a_value():
         assert 1 <= len(shown) < len(planned.values) and shown == planned.label.split(",")[:len(shown)], label
 
 
-def test_a_label_that_fits_names_its_folder_as_before():
-    """Labels of 80 characters or fewer keep the names existing sweep folders hold (their runs are found); a
-    label whose first setting alone does not fit is "run"."""
-    from fedsim.sweeps.spec import folder_label
-    values = (("model.hidden", [8, 4]), ("federated.method", "stc_updown"), ("seed", 0))
-    assert folder_label(values) == "hidden=-8,-4-,method=stc_updown,seed=0"
+def test_a_label_that_fits_names_its_folder_with_its_values_as_they_are():
+    """Labels of 80 characters or fewer show their values as they are: lists in brackets, an exponent's sign
+    (earlier fedsims wrote '-' for both: `hidden=-8,-4-`, 1e+20 as `1e-20`); a label whose first setting alone
+    does not fit is "run"."""
+    from fedsim.sweeps.spec import _cleaned, folder_label
+    values = (("model.hidden", [8, 4]), ("federated.method", "stc_updown"), ("seed", 0), ("federated.lr", 1e20))
+    assert folder_label(values) == "hidden=[8,4],method=stc_updown,seed=0,lr=1e+20"
+    assert folder_label(values, _cleaned) == "hidden=-8,-4-,method=stc_updown,seed=0,lr=1e-20"     # the earlier
     assert folder_label((("federated.method", "m" * 73),)) == "method=" + "m" * 73
     assert folder_label((("federated.method", "m" * 74),)) == "run"
 
 
-def test_a_run_folder_named_by_an_earlier_fedsim_is_found_and_renamed(tmp_path):
+@pytest.mark.parametrize("grid, earlier", [
+    ('"federated.method" = ["fedavg", "stc_updown"]\n"federated.local_iterations" = [1]\n'
+     '"federated.participation_rate" = [1.0]\n"federated.eval_every" = [4]\n"federated.batch_size" = [5]\n', 0),
+    ('"model.name" = ["mlp"]\n"model.hidden" = [[4], [4, 2]]\n', 1)])
+def test_a_run_folder_named_by_an_earlier_fedsim_is_found_and_renamed(tmp_path, grid, earlier):
     """A sweep folder whose run folders carry labels cut in a value (fedsim before the cut went between
-    settings) is continued: each such folder takes its new name, and its run is not run again."""
-    long = '"federated.method" = ["fedavg", "stc_updown"]\n"federated.local_iterations" = [1]\n' \
-           '"federated.participation_rate" = [1.0]\n"federated.eval_every" = [4]\n"federated.batch_size" = [5]\n'
-    path = sweep_file(tmp_path, rounds=4, grid=long)
+    settings), or brackets as '-' (before names kept them), is continued: each such folder takes its new name,
+    and its run is not run again."""
+    path = sweep_file(tmp_path, rounds=4, grid=grid)
     out = tmp_path / "out"
     assert fedsim(tmp_path, "sweep", path, "--out", out, "--quiet").returncode == 0
     runs = load_sweep(path).runs
-    assert all(run.earlier_folder_name != run.folder_name for run in runs)
+    assert all(run.earlier_folder_names[earlier] != run.folder_name for run in runs)
     before = {run.label: (out / "runs" / run.folder_name / "history.jsonl").read_bytes() for run in runs}
     manifest = (out / "manifest.json").read_text()
     for run in runs:                              # as the earlier fedsim left them
-        (out / "runs" / run.folder_name).rename(out / "runs" / run.earlier_folder_name)
-        manifest = manifest.replace(run.folder_name, run.earlier_folder_name)
+        (out / "runs" / run.folder_name).rename(out / "runs" / run.earlier_folder_names[earlier])
+        manifest = manifest.replace(run.folder_name, run.earlier_folder_names[earlier])
     (out / "manifest.json").write_text(manifest)
     again = fedsim(tmp_path, "sweep", path, "--out", out)
     assert again.returncode == 0 and "2 completed" in again.stdout and again.stderr.count(" is now runs/") == 2

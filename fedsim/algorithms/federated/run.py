@@ -88,7 +88,10 @@ class FederatedRun:
         # nat (cross-entropy at chance is ln C), so the run has diverged although the number is finite.
         self.loss_limit = 1.0 / float(np.finfo(self.dtype).eps)
         # The model, from the registry, shaped by the dataset (the clients add the L2 term: g + l2 w).
-        self.model = model_config.build(dataset.n_features, dataset.n_classes)
+        sampled = config.participants_per_round     # its (K, P) arrays, refused if they would not fit
+        self.model = model_config.build(dataset.n_features, dataset.n_classes, rows=sampled, dtype=self.dtype,
+                                        whose=f"client sampled per round ({sampled} of federated.n_clients = "
+                                              f"{config.n_clients})")
         self.x_train = as_dtype(dataset.x_train, self.dtype)        # floats, or 8-bit Codes
         self.y_train = np.asarray(dataset.y_train, dtype=np.int64)
         n_eval = min(config.eval_train_samples, len(self.y_train))

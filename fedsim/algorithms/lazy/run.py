@@ -256,7 +256,8 @@ class LazyRun:
 def starting_point(config: LazyConfig, model_config: ModelConfig, n_features: int, n_classes: int):
     """The run's model (from the registry, with the config's L2 term, shaped by the data) and theta^0
     (``model_config.init_kind``, drawn from the run's "init" stream): ``(model, theta)``."""
-    model = model_config.build(n_features, n_classes, config.l2)
+    model = model_config.build(n_features, n_classes, config.l2, rows=config.n_workers,
+                               whose=f"worker (lazy.n_workers = {config.n_workers})", dtype=config.dtype)
     theta = model.init(RunStreams(config.seed).generator("init"), model_config.init_kind, np.dtype(config.dtype))
     return model, theta
 
