@@ -233,7 +233,6 @@ def check_recorded_run(folder: Path, out: Path, iterations: int | None) -> None:
     assert config == dataclasses.replace(recorded, lazy=dataclasses.replace(recorded.lazy, iterations=iterations))
     outcome = start_run(config, out, name=folder.name, quiet=True)
     assert outcome.status == "completed", (folder, outcome.status, outcome.message)
-    require_readme_blas()                       # the recorded runs' BLAS (test_the_recorded_runs_blas...)
     rerun, expected = strip_wall_time(read_run(out).history), strip_wall_time(history[:iterations])
     if iterations < len(history):
         del rerun[-1]["final_test_accuracy"]      # the evaluation at the rerun's end; the recorded run's came later
@@ -304,6 +303,7 @@ def laq_table_differences(table: dict, printed: str, out: Path) -> list[str]:
 @pytest.mark.slow
 @pytest.mark.parametrize("name", STC_TABLES)
 def test_readme_table_is_what_the_example_prints(name, tmp_path, request):
+    require_readme_blas()
     table = readme_table(README.read_text(), STC_TABLES[name])
     command, out = table["command"], tmp_path / "out"
     assert command[1] == f"examples/{STC}", (name, command)
@@ -315,7 +315,6 @@ def test_readme_table_is_what_the_example_prints(name, tmp_path, request):
         # the printed table shows the summary's integers as they are, its accuracy to 4 decimals
         assert printed_table[method][2:4] == [f"{summary['bits_up']:,}", f"{summary['bits_down']:,}"], method
         values[method] = summary
-    require_readme_blas()
     differences = check_table(table["rows"], values, STC_COLUMNS)
     assert not differences, f"README.md's table for `{' '.join(command)}` is out of date:\n" + "\n".join(differences)
 
@@ -352,6 +351,7 @@ def test_the_recorded_runs_were_computed_with_the_blas_the_readme_names():
 def test_recorded_run_begins_as_todays_code_computes(folder, tmp_path, shared_data, monkeypatch):
     """The first iterations of every recorded run (:func:`prefix_length`), rerun, are the recorded ones."""
     monkeypatch.setenv("FEDSIM_DATA", str(shared_data))
+    require_readme_blas()
     check_recorded_run(folder, tmp_path / "rerun", iterations=None)
 
 
@@ -361,6 +361,7 @@ def test_recorded_run_is_what_todays_code_computes(folder, tmp_path, shared_data
     """Every recorded run, rerun in full (minutes each: ``-m reproduce`` only), is the recorded one: its
     whole history and its summary, and so every LAQ number of the README."""
     monkeypatch.setenv("FEDSIM_DATA", str(shared_data))
+    require_readme_blas()
     check_recorded_run(folder, tmp_path / "rerun", iterations=len(recorded_history(folder)))
 
 
@@ -369,6 +370,7 @@ def test_readme_stc_seed_experiment_sentence(tmp_path, request):
     """ "300 rounds reach **79.3% test accuracy** (0.7931) (81.2% on the first 5,000 training samples), with
     4.0 Mbit sent up and 5.6 Mbit down in all (the paper's estimate for the upstream: 3.1 Mbit)" against the
     section's command with that many rounds."""
+    require_readme_blas()
     text = README.read_text()
     section = text[text.index("### The STC seed experiment"):text.index("All methods on the same data")]
     sentence = (r"(\d+) rounds reach \*\*([0-9.]+)% test accuracy\*\* \((0\.[0-9]+)\) \(([0-9.]+)% on the first "
@@ -395,7 +397,6 @@ def test_readme_stc_seed_experiment_sentence(tmp_path, request):
                 "training samples evaluated": (train_samples, f"{evaluated:,}"),
                 "Mbit up": mbit(up, summary["bits_up"]), "Mbit down": mbit(down, summary["bits_down"]),
                 "the paper's estimate, Mbit up": mbit(estimate, sum(r["bits_up_analytic"] for r in history))}
-    require_readme_blas()
     assert_measured(measured, "STC seed experiment sentence")
 
 
@@ -403,6 +404,7 @@ def test_readme_stc_seed_experiment_sentence(tmp_path, request):
 def test_readme_equal_bits_table_is_what_the_sweep_report_prints(tmp_path):
     """The README's equal-bits table is the end of what `fedsim sweep report` prints for the sweep: the two
     commands of the README's block before it, run as given (in tmp_path, the sweep file from the checkout)."""
+    require_readme_blas()
     text = README.read_text()
     section = text[text.index("`examples/sweeps/equal_bits.toml` compares"):text.index("## Simulated time")]
     block, table = re.findall(r"```(?:bash)?\n(.*?)```", section, flags=re.DOTALL)
@@ -414,7 +416,6 @@ def test_readme_equal_bits_table_is_what_the_sweep_report_prints(tmp_path):
     printed = fedsim(tmp_path, *report[1:])
     assert printed.returncode == 0, printed.stderr
     claimed = table.rstrip("\n").splitlines()
-    require_readme_blas()
     got = [line.rstrip() for line in printed.stdout.rstrip("\n").splitlines()[-len(claimed):]]
     assert got == claimed, "README.md's equal-bits table is out of date; the report ends:\n" + "\n".join(got)
 
