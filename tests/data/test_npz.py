@@ -135,12 +135,16 @@ def test_a_partition_the_data_cannot_make_names_the_settings_as_written(tmp_path
                             clients_setting="federated.n_clients")
 
 
+def npz_sweep(tmp_path, settings: str, grid: str) -> None:
+    """own.toml: a sweep of the synthetic preset on mine.npz among 4 clients, with these [set] lines and grid."""
+    (tmp_path / "own.toml").write_text(f'base = "synthetic"\nname = "own"\n[set]\n"data.dataset" = "npz:mine.npz"\n'
+                                       f'"federated.n_clients" = 4\n{settings}\n[grid]\n{grid}\n')
+
+
 def test_a_sweep_refuses_a_partition_its_npz_data_cannot_make_before_any_run_starts(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     saved(tmp_path)
-    (tmp_path / "own.toml").write_text('base = "synthetic"\nname = "own"\n[set]\n"data.dataset" = "npz:mine.npz"\n'
-                                       '"federated.n_clients" = 4\n"data.partition" = "classes_per_client"\n'
-                                       '[grid]\n"data.classes_per_client" = [2, 7]\n')
+    npz_sweep(tmp_path, '"data.partition" = "classes_per_client"', '"data.classes_per_client" = [2, 7]')
     assert main(["sweep", "own.toml", "--workers", "1", "--quiet"]) == 2
     assert capsys.readouterr().err == ("fedsim: error: own.toml: the run with data.classes_per_client = 7: the config "
                                        "does not fit the data: data.classes_per_client must be an integer in [1, 3], "
@@ -171,8 +175,6 @@ def test_a_run_records_the_file_and_its_resume_refuses_a_changed_file(tmp_path, 
 def test_a_sweep_runs_on_npz_data(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     saved(tmp_path)
-    (tmp_path / "own.toml").write_text('base = "synthetic"\nname = "own"\n[set]\n"data.dataset" = "npz:mine.npz"\n'
-                                       '"federated.n_clients" = 4\n"federated.rounds" = 2\n'
-                                       '"federated.batch_size" = 10\n[grid]\nseed = [0, 1]\n')
+    npz_sweep(tmp_path, '"federated.rounds" = 2\n"federated.batch_size" = 10', "seed = [0, 1]")
     assert main(["sweep", "own.toml", "--workers", "1", "--quiet"]) == 0
     assert "2 completed" in capsys.readouterr().out
