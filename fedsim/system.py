@@ -142,7 +142,7 @@ class SystemConfig:
         if not self.enabled and changed:
             raise ValueError("profile is 'off', so the other [system] settings would be ignored; set "
                              "system.profile (wifi, 4g, 3g, mixed, custom or trace)")
-        for names, readers in ((CUSTOM_MEDIANS, ("custom",)), (("spread",), ("wifi", "4g", "3g", "mixed", "custom"))):
+        for names, readers in ((CUSTOM_MEDIANS, ("custom",)), (("spread",), (*PROFILES, "mixed", "custom"))):
             ignored = [name for name in names if name in changed]
             if ignored and self.profile not in readers:
                 others = "".join(f", system.{name}" for name in ignored[1:])
@@ -347,7 +347,7 @@ class FederatedClock(_Clock):
         update (``up_bits``). With ``protocol_bits`` > 0 (PowerSGD, the module docstring) the update goes up in
         two messages around the server's factor of ``protocol_bits``."""
         K = len(devices.uplink)
-        first = up_bits if not protocol_bits else protocol_bits
+        first = up_bits if not protocol_bits else protocol_bits     # P_k: as many floats as P_hat
         arrival = arrival_seconds(devices, np.arange(K), down_bits, self.samples, self.multiply_adds, first)
         if protocol_bits:      # every P_k is in: P_hat down, then Q_k up
             arrival = (arrival.max(initial=0.0) + transfer_seconds(protocol_bits, devices.downlink, devices.latency)
