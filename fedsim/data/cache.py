@@ -95,19 +95,30 @@ def numpy_blas_pools() -> list[dict]:
     return [pool for pool in pools if shipped_with_numpy(pool)] or pools
 
 
+def numpy_simd() -> str:
+    """The SIMD extensions NumPy's dispatched loops use on this processor (``X86_V3 X86_V4 AVX512_ICL``):
+    its AVX-512 loops (X86_V4) round some functions in other last bits than its AVX2 ones (X86_V3)."""
+    try:
+        from numpy._core import _multiarray_umath as core      # NumPy 2
+    except ImportError:
+        from numpy.core import _multiarray_umath as core       # NumPy 1
+    found = getattr(core, "__cpu_features__", {})
+    return " ".join(name for name in getattr(core, "__cpu_dispatch__", []) if found.get(name)) or "baseline"
+
+
 def compute_environment() -> dict:
     """What of this machine can change the bits of a NumPy computation: for a key of :func:`cached_array`.
 
-    The NumPy version, the CPU architecture and byte order, and NumPy's BLAS (:func:`numpy_blas_pools`: with
-    a system BLAS, every BLAS loaded, so keys of processes that loaded different ones differ: a miss, never a
-    wrong hit) with its version, the kernel it chose for this CPU and its current thread count (a product
-    split over several threads may sum in another order).
+    The NumPy version and its SIMD extensions (:func:`numpy_simd`), the CPU architecture and byte order, and
+    NumPy's BLAS (:func:`numpy_blas_pools`: with a system BLAS, every BLAS loaded, so keys of processes that
+    loaded different ones differ: a miss, never a wrong hit) with its version, the kernel it chose for this
+    CPU and its current thread count (a product split over several threads may sum in another order).
     """
     import platform
 
     blas = sorted(f"{pool.get('internal_api')} {pool.get('version')} {pool.get('architecture', '')} "
                   f"threads={pool.get('num_threads')}" for pool in numpy_blas_pools())
-    return {"numpy": np.__version__, "machine": platform.machine(), "byteorder": sys.byteorder, "blas": blas}
+    return {"numpy": np.__version__, "simd": numpy_simd(), "machine": platform.machine(), "byteorder": sys.byteorder, "blas": blas}
 
 
 def _canonical(value) -> str:
@@ -243,4 +254,4 @@ def cache_entries(folder=None) -> list[Path]:
 
 
 __all__ = ["ENV_ARRAY_CACHE", "array_cache_dir", "cache_enabled", "cache_entries", "cached_array",
-           "compute_environment", "entry_path", "numpy_blas_pools", "stored_bytes"]
+           "compute_environment", "entry_path", "numpy_blas_pools", "numpy_simd", "stored_bytes"]

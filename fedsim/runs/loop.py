@@ -44,10 +44,10 @@ def build_run(config: ExperimentConfig, progress: bool | None = None):
     """Load the data, split it among the clients and construct the family's run object
     (:meth:`fedsim.algorithms.family.Family.make_run`). ``progress`` shows download bars (default: when
     stderr is a terminal)."""
-    dataset = load_data(config.data, config.pipeline, seed=config.seed, progress=progress)
-    clients = split_among_clients(config.data, dataset, config.n_clients, seed=config.seed,
-                                  clients_setting=config.clients_setting)
-    with pinned_threads(config.run.blas_threads):      # some runs compute with BLAS when built (LAG-PS)
+    with pinned_threads(config.run.blas_threads):      # resizing and LAG-PS's build compute with BLAS
+        dataset = load_data(config.data, config.pipeline, seed=config.seed, progress=progress)
+        clients = split_among_clients(config.data, dataset, config.n_clients, seed=config.seed,
+                                      clients_setting=config.clients_setting)
         return config.algorithm_family.make_run(config, dataset, clients)
 
 
@@ -373,7 +373,7 @@ def _extend(folder: RunFolder, config: ExperimentConfig, meta: dict, extend_to: 
 
 
 def _warn_on_changes(meta: dict) -> None:
-    """Warn when the versions or the BLAS library differ from those the run started with."""
+    """Warn when the versions, the BLAS library or NumPy's SIMD extensions differ from the run's start."""
     versions = environment()
     changed = {key: (meta.get(key), value) for key, value in versions.items()
                if key in ("fedsim", "numpy", "numba") and meta.get(key) not in (None, value)}
@@ -381,6 +381,8 @@ def _warn_on_changes(meta: dict) -> None:
     now_settings = thread_settings(recorded.get("blas_threads", 1))
     if blas_changed(recorded.get("blas"), now_settings["blas"]):
         changed["BLAS"] = (recorded["blas"], now_settings["blas"])
+    if recorded.get("simd") not in (None, now_settings["simd"]):
+        changed["NumPy SIMD"] = (recorded["simd"], now_settings["simd"])
     # OPENBLAS_CORETYPE picks the BLAS kernel, not a thread count: its change is the BLAS's (above)
     then, current = ({name: value for name, value in settings.items() if name != "OPENBLAS_CORETYPE"}
                      for settings in (recorded.get("environment", {}), now_settings["environment"]))

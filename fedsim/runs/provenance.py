@@ -5,14 +5,16 @@ the run's whole life whatever the environment says (OMP_NUM_THREADS, OPENBLAS_NU
 softmax gradient walks its blocks on as many threads of its own (:mod:`fedsim.models.softmax`). A BLAS
 product split over several threads sums in another order, so the last bits of a large product's result
 depend on the thread count: pinning makes a run's history the same under any environment for one value
-of ``run.blas_threads`` (1 by default), on any machine whose BLAS runs the same kernel (OpenBLAS picks one per
-processor, SkylakeX or Haswell for instance, each rounding the products in its own last bits; the loading of
-the data, where the STC pipeline's resize takes two products, is not pinned). The block threads change no result, and
-the blocks' products are small enough that OpenBLAS runs each on one thread. fedsim's Numba kernels are
-single-threaded.
+of ``run.blas_threads`` (1 by default; the data's loading, where the STC pipeline resizes with two products,
+included), on any machine whose BLAS runs the same kernel (OpenBLAS picks one per processor, SkylakeX or
+Haswell for instance, each rounding the products in its own last bits) and whose NumPy runs the same SIMD
+loops (its AVX-512 ones round some functions otherwise than its AVX2 ones). The block threads change no
+result, and the blocks' products are small enough that OpenBLAS runs each on one thread. fedsim's Numba
+kernels are single-threaded.
 
 BLAS: meta.json records NumPy's BLAS (:func:`numpy_blas`), the library the run's products call (not SciPy's
-own, loaded by the array cache's first computation), when the run starts; a resume warns when it differs
+own, loaded by the array cache's first computation), and NumPy's SIMD extensions
+(:func:`fedsim.data.cache.numpy_simd`), when the run starts; a resume warns when either differs
 (:func:`blas_changed`), never because another library happens to be loaded or not.
 """
 
@@ -81,12 +83,13 @@ def numpy_blas() -> str:
 
 
 def thread_settings(blas_threads: int) -> dict:
-    """The thread settings a run records: its pinned BLAS threads, NumPy's BLAS and the thread variables of
-    the environment."""
+    """The thread settings a run records: its pinned BLAS threads, NumPy's BLAS and SIMD extensions and the
+    thread variables of the environment."""
     variables = {name: os.environ[name] for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                                                      "NUMBA_NUM_THREADS", "OPENBLAS_CORETYPE")
                  if name in os.environ}
-    return {"blas_threads": int(blas_threads), "blas": numpy_blas(), "environment": variables}
+    from fedsim.data.cache import numpy_simd
+    return {"blas_threads": int(blas_threads), "blas": numpy_blas(), "simd": numpy_simd(), "environment": variables}
 
 
 def blas_changed(recorded, current: str) -> bool:

@@ -1,4 +1,4 @@
-"""The runs whose histories are recorded in ``tests/algorithms/golden/<BLAS>/`` and checked bit for bit.
+"""The runs whose histories are recorded in ``tests/algorithms/golden/<BLAS-SIMD>/`` and checked bit for bit.
 
 Every preset, every federated method at full and half participation, every lazy method, and the client
 optimizer, threshold, scope and dtype variants, on offline data (plus the two MNIST-scale presets on the
@@ -19,12 +19,16 @@ a file of their own (``golden/mlp_histories.json``, by ``python -m tests.algorit
 --record-mlp``), so that recording them leaves the softmax histories above untouched.
 
 The last bits of a matrix product depend on the BLAS kernel (OpenBLAS picks one per processor: SkylakeX,
-Haswell, ...), and so, through the models' products, does every history. Each kernel has its own folder,
-named after :func:`fedsim.runs.provenance.numpy_blas`, and a test compares against the folder of the BLAS it
-runs on. The SkylakeX histories are the ones described above; the Haswell ones were recorded from commit
-ed13263, whose results had been checked against the SkylakeX ones (CI on a SkylakeX machine), on an AMD EPYC
-processor running the Haswell kernel. A processor whose kernel has no folder fails the tests with the
-command that records one (``--record --with-data`` and ``--record-mlp``, from a commit checked elsewhere).
+Haswell, ...), and some of NumPy's functions' on its SIMD loops (AVX-512, x86-64 level X86_V4, or AVX2,
+X86_V3; the AVX512_ICL group changed no history here): through the models, so does every history. Each pair
+has its own folder (:func:`platform_folder`), and a test compares against the folder of the machine it runs
+on. The SkylakeX + X86_V4 histories are the ones described above. The Haswell + X86_V3 ones were recorded
+from commit ed13263, whose results had been checked against those (CI on a SkylakeX machine), on an AMD
+EPYC processor with AVX2. The Haswell + X86_V4 ones were recorded on an AMD EPYC with AVX-512 running the
+Haswell kernel (OPENBLAS_CORETYPE), by the commit that added them, after it had reproduced both other sets
+there (OPENBLAS_CORETYPE=SkylakeX; NPY_DISABLE_CPU_FEATURES="X86_V4 AVX512_ICL"). A machine whose pair has
+no folder fails the tests with the command that records one (``--record --with-data`` and
+``--record-mlp``, from a commit checked elsewhere).
 
 A case is (preset, overrides, steps). Overrides use today's setting names; a renamed setting is renamed
 here, with the recorded numbers left as they are.
@@ -40,13 +44,17 @@ from pathlib import Path
 GOLDEN = Path(__file__).with_name("golden")
 
 
-def blas_folder() -> Path:
-    """The golden files of the BLAS NumPy calls here (``golden/openblas-0.3.31.188.0-SkylakeX``)."""
+def platform_folder() -> Path:
+    """The golden files of this machine's arithmetic: NumPy's BLAS kernel and the widest x86-64 level of its
+    SIMD loops (``golden/openblas-0.3.31.188.0-SkylakeX-X86_V4``; elsewhere every SIMD extension named)."""
+    from fedsim.data.cache import numpy_simd
     from fedsim.runs.provenance import numpy_blas
-    return GOLDEN / re.sub(r"[^A-Za-z0-9.]+", "-", numpy_blas())
+    simd = numpy_simd().split()
+    levels = [name for name in simd if re.fullmatch(r"X86_V\d", name)]
+    return GOLDEN / re.sub(r"[^A-Za-z0-9._]+", "-", f"{numpy_blas()} {levels[-1] if levels else ' '.join(simd)}")
 
 
-GOLDEN_FILE = blas_folder() / "histories.json"
+GOLDEN_FILE = platform_folder() / "histories.json"
 MLP_GOLDEN_FILE = GOLDEN_FILE.with_name("mlp_histories.json")
 
 FEDERATED_METHODS = ("none", "fedavg", "signsgd", "topk_up", "topk_updown", "stc_up", "stc_updown")
@@ -133,10 +141,10 @@ def record(chosen: dict[str, tuple[str, list[str], int]], path: Path) -> None:
 
 
 def recorded() -> dict:
-    """Every recorded case by name, from all the golden files of this BLAS."""
+    """Every recorded case by name, from all the golden files of this machine's BLAS and SIMD."""
     if not GOLDEN_FILE.parent.is_dir():
         recorded_for = ", ".join(sorted(path.name for path in GOLDEN.iterdir() if path.is_dir()))
-        raise AssertionError(f"no golden histories for this BLAS, {GOLDEN_FILE.parent.name} (recorded for: "
+        raise AssertionError(f"no golden histories for this BLAS and SIMD, {GOLDEN_FILE.parent.name} (recorded for: "
                              f"{recorded_for}); record them from a commit checked on one of those: python -m "
                              f"tests.algorithms.golden_cases --record --with-data, then --record-mlp")
     softmax, mlp = (json.loads(path.read_text()) for path in (GOLDEN_FILE, MLP_GOLDEN_FILE))

@@ -91,6 +91,7 @@ def test_stc_key_changes_with_every_input(monkeypatch):
     assert key["source"]["sha256"] == fashion.file("train-images").sha256
     assert key["version"] == preprocess.PREPROCESS_VERSION
     assert key["environment"]["numpy"] == np.__version__ and key["environment"]["blas"]
+    assert key["environment"]["simd"] == cache.numpy_simd()       # NumPy's AVX-512 loops round otherwise
     variants = [load.stc_cache_key(fashion.file("test-images"), **base),
                 load.stc_cache_key(mnist.file("train-images"), **base),   # no SHA-256 known: its MD5s
                 *(load.stc_cache_key(fashion.file("train-images"), **dict(base, **change))

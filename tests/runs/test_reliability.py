@@ -224,6 +224,21 @@ def test_a_resume_on_another_blas_kernel_warns_of_the_kernel_not_of_thread_setti
     assert "may not be bitwise identical" in result.stderr
 
 
+def test_a_resume_with_other_numpy_simd_loops_warns_of_them(tmp_path):
+    """NumPy's AVX-512 loops round some functions otherwise than its AVX2 ones: meta.json records the SIMD
+    extensions the run started with, and a resume with its widest one turned off names the change."""
+    from fedsim.data.cache import numpy_simd
+    run_dir = unfinished_copy(tmp_path)
+    recorded = json.loads((run_dir / META_FILE).read_text())["threads"]["simd"]
+    assert recorded == numpy_simd()
+    if recorded in ("baseline", "unknown"):
+        pytest.skip(f"NumPy dispatches no SIMD loop beyond its baseline here ({recorded}): none to turn off")
+    result = fedsim(tmp_path, "run", "--resume", run_dir, "--quiet",
+                    NPY_DISABLE_CPU_FEATURES=recorded.split()[-1])
+    assert result.returncode == 0, result.stderr
+    assert f"NumPy SIMD {recorded} -> {' '.join(recorded.split()[:-1]) or 'baseline'}" in result.stderr, result.stderr
+
+
 def test_the_blas_recorded_is_numpys_whatever_else_is_loaded_and_a_resume_does_not_warn(tmp_path):
     """The first session loads SciPy's BLAS too (as the array cache's first computation does), the
     resume does not: meta.json holds NumPy's BLAS alone, and the resume warns of no change."""

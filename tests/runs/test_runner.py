@@ -289,3 +289,24 @@ def test_lazy_run(tmp_path):
     runs = [read_run(out)]
     assert lazy_f_star(runs) == min(r["objective"] for r in history)
 
+
+
+def test_the_data_is_loaded_and_split_on_the_runs_blas_threads(monkeypatch):
+    """The STC pipeline resizes with BLAS products: loading and splitting run pinned to run.blas_threads,
+    like the run, whatever the process's BLAS threads are."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    import fedsim.runs.loop as loop
+    seen = []
+
+    def watched(function):
+        def call(*args, **kwargs):
+            seen.append({pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"})
+            return function(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(loop, "load_data", watched(loop.load_data))
+    monkeypatch.setattr(loop, "split_among_clients", watched(loop.split_among_clients))
+    with threadpool_limits(limits=1):
+        loop.build_run(load_preset("synthetic", ["run.blas_threads=2"]), progress=False)
+    assert seen == [{2}, {2}]
