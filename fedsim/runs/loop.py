@@ -232,7 +232,9 @@ def start_run(config: ExperimentConfig, out, *, name: str, quiet: bool = False, 
     already holds a run, is owned by another process, or cannot be written."""
     folder = RunFolder(out)
     check_new_run_target(folder.path)
+    files = data_record(config.data, config.system)     # hashed before the run reads them, checked after
     run = _build_checked(config, quiet, progress_data)
+    check_data_record(config.data, files, config.system)
     try:
         folder.path.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -244,7 +246,7 @@ def start_run(config: ExperimentConfig, out, *, name: str, quiet: bool = False, 
         check_new_run_target(folder.path)
         meta = {"name": name, "family": config.family, "method": config.method, "seed": config.seed,
                 "run_id": uuid.uuid4().hex, "config_sha256": config_fingerprint(config),
-                "config": config_to_dict(config, keep_unset=True), **data_record(config.data, config.system),
+                "config": config_to_dict(config, keep_unset=True), **files,
                 **environment(), "threads": thread_settings(config.run.blas_threads), **git_commit(),
                 "started": now(), "command": list(sys.argv if command is None else command),
                 "sessions": [{"started": now(), "from": 0}]}

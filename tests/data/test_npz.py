@@ -178,3 +178,24 @@ def test_a_sweep_runs_on_npz_data(tmp_path, monkeypatch, capsys):
     npz_sweep(tmp_path, '"federated.rounds" = 2\n"federated.batch_size" = 10', "seed = [0, 1]")
     assert main(["sweep", "own.toml", "--workers", "1", "--quiet"]) == 0
     assert "2 completed" in capsys.readouterr().out
+
+
+def test_a_file_changed_while_the_run_reads_it_is_refused_not_recorded_with_its_new_hash(tmp_path, monkeypatch,
+                                                                                           capsys):
+    """meta.json's SHA-256 is that of the bytes the run read: hashed before the build, checked after it."""
+    import fedsim.runs.loop as loop
+    monkeypatch.chdir(tmp_path)
+    saved(tmp_path)
+    load_data = loop.load_data
+
+    def load_then_change(*args, **kwargs):
+        dataset = load_data(*args, **kwargs)
+        saved(tmp_path, y_test=np.zeros(20, int))          # another process rewrites the file meanwhile
+        return dataset
+
+    monkeypatch.setattr(loop, "load_data", load_then_change)
+    assert main(["run", "--preset", "synthetic", "--set", "data.dataset=npz:mine.npz", *TINY_NPZ,
+                 "--out", "one", "--quiet"]) == 2
+    [error] = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert error.startswith("fedsim: error: data.dataset npz:") and "the file changed since the run started" in error
+    assert not (tmp_path / "one").exists()
