@@ -2,7 +2,8 @@
 
 Kernels: top-k threshold selection, STC with the exact and the sampled threshold, top-k sparsification,
 sign, the LAQ quantizer, Golomb-Rice encoding and decoding; and the compressors added on the registry
-(QSGD, TernGrad, random-k, PowerSGD), each registered by its own ``@benchmark_case`` block at the end (``CASES``). Inputs: one vector of N standard normal
+(QSGD, TernGrad, random-k, PowerSGD), each registered by its own ``@benchmark_case`` block at the end
+(``CASES``), which names the registry's compressors it times. Inputs: one vector of N standard normal
 values (seeded) for N in 1e4, 1e5, 1e6, 1e7, in float32 and float64, with sparsity p in {0.001, 0.01}
 where the kernel has one (k = ceil(p N)). The LAQ quantizer takes a gradient and a previous quantized
 gradient (two normal vectors, one worker) and b = 4 bits; the Golomb-Rice coder takes ceil(p N) sorted
@@ -19,7 +20,8 @@ Implementations, each timed on the same inputs in the same run (interleaved):
 
 Before timing, every case validates: the NumPy twin must equal fedsim bitwise (all outputs), torch must
 select the same positions, signs, codes and thresholds, and agree on the means to 2 float32 ulp (float32
-data) or 1e-12 (float64 data), since it sums in another order. A disagreement raises :class:`~benchmarks.common.ValidationError`.
+data) or 1e-12 (float64 data), since it sums in another order. A disagreement raises
+:class:`~benchmarks.common.ValidationError`.
 """
 
 from __future__ import annotations
@@ -46,13 +48,15 @@ TWIN_DECODE_LIMIT = 3e8
 
 
 class Registered(NamedTuple):
-    """A registered benchmark case: its report title, whether it takes a sparsity p, its builder and the
-    dtypes it runs in (None: the mode's float dtypes)."""
+    """A registered benchmark case: its report title, whether it takes a sparsity p, its builder, the
+    dtypes it runs in (None: the mode's float dtypes) and the compressors of ``fedsim.compress.COMPRESSORS``
+    whose kernel it times."""
 
     title: str
     sparse: bool
     build: Callable
     dtypes: tuple[str, ...] | None
+    compressors: tuple[str, ...]
 
 
 #: Every benchmark case, one ``@benchmark_case`` block each, in run order: kernel name -> Registered.
@@ -61,10 +65,12 @@ class Registered(NamedTuple):
 CASES: dict[str, Registered] = {}
 
 
-def benchmark_case(kernel: str, title: str, sparse: bool = False, dtypes: tuple[str, ...] | None = None):
-    """Decorator registering the builder of the benchmark case ``kernel`` (a new compressor adds one)."""
+def benchmark_case(kernel: str, title: str, sparse: bool = False, dtypes: tuple[str, ...] | None = None,
+                   compressors: tuple[str, ...] = ()):
+    """Decorator registering the builder of the benchmark case ``kernel`` (a new compressor adds one, naming
+    itself in ``compressors``)."""
     def register(builder):
-        CASES[kernel] = Registered(title, sparse, builder, dtypes)
+        CASES[kernel] = Registered(title, sparse, builder, dtypes, compressors)
         return builder
     return register
 
@@ -147,7 +153,7 @@ def _vector_inputs(x, size, p, captured):
 
 
 @benchmark_case("top_k_threshold", "Top-k threshold selection (v and mu of the k largest magnitudes)",
-                sparse=True)
+                sparse=True, compressors=("topk", "stc"))
 def _top_k_threshold_case(x, size, dtype, p, rng, captured) -> Case:
     from benchmarks import torch_reference as reference
     from fedsim.kernels import selection
@@ -219,17 +225,19 @@ def _stc_case(kernel, x, size, dtype, p, rng, captured) -> Case:
                                                 "torch": unpack_torch}, tolerance={"mu": mean_tolerance})
 
 
-@benchmark_case("stc_exact", "STC, exact threshold", sparse=True)
+@benchmark_case("stc_exact", "STC, exact threshold", sparse=True, compressors=("stc",))
 def _stc_exact_case(x, size, dtype, p, rng, captured) -> Case:
     return _stc_case("stc_exact", x, size, dtype, p, rng, captured)
 
 
-@benchmark_case("stc_sampled", "STC, sampled threshold (sample fraction 0.01 here)", sparse=True)
+@benchmark_case("stc_sampled", "STC, sampled threshold (sample fraction 0.01 here)", sparse=True,
+                compressors=("stc",))
 def _stc_sampled_case(x, size, dtype, p, rng, captured) -> Case:
     return _stc_case("stc_sampled", x, size, dtype, p, rng, captured)
 
 
-@benchmark_case("top_k_sparsify", "Top-k sparsification (positions and values)", sparse=True)
+@benchmark_case("top_k_sparsify", "Top-k sparsification (positions and values)", sparse=True,
+                compressors=("topk",))
 def _top_k_sparsify_case(x, size, dtype, p, rng, captured) -> Case:
     from benchmarks import torch_reference as reference
     from fedsim.kernels import selection
@@ -249,7 +257,7 @@ def _top_k_sparsify_case(x, size, dtype, p, rng, captured) -> Case:
          "torch": lambda out: {"positions": out[0].numpy().astype(np.int64), "values": out[1].numpy()}})
 
 
-@benchmark_case("sign", "Sign")
+@benchmark_case("sign", "Sign", compressors=("sign",))
 def _sign_case(x, size, dtype, p, rng, captured) -> Case:
     from benchmarks import torch_reference as reference
     from fedsim.kernels import ternary
@@ -308,7 +316,8 @@ def _golomb_positions(x, size, p, rng, captured):
     return positions, parameter, k
 
 
-@benchmark_case("golomb_encode", "Golomb-Rice encoding of ceil(p N) positions", sparse=True, dtypes=("int64",))
+@benchmark_case("golomb_encode", "Golomb-Rice encoding of ceil(p N) positions", sparse=True, dtypes=("int64",),
+                compressors=("topk", "stc"))
 def _golomb_encode_case(x, size, dtype, p, rng, captured) -> Case:
     from fedsim.kernels import golomb
 
@@ -323,7 +332,8 @@ def _golomb_encode_case(x, size, dtype, p, rng, captured) -> Case:
         {"fedsim": unpack, "numpy": unpack}, skipped={"torch": "no tensor formulation of a bit-serial code"})
 
 
-@benchmark_case("golomb_decode", "Golomb-Rice decoding of ceil(p N) positions", sparse=True, dtypes=("int64",))
+@benchmark_case("golomb_decode", "Golomb-Rice decoding of ceil(p N) positions", sparse=True, dtypes=("int64",),
+                compressors=("topk", "stc"))
 def _golomb_decode_case(x, size, dtype, p, rng, captured) -> Case:
     from fedsim.kernels import golomb
 
@@ -395,7 +405,8 @@ QSGD_BUCKET = 512
 QSGD_ULPS = 4
 
 
-@benchmark_case("qsgd", f"QSGD (s = {QSGD_LEVELS} levels, buckets of {QSGD_BUCKET}, one row)")
+@benchmark_case("qsgd", f"QSGD (s = {QSGD_LEVELS} levels, buckets of {QSGD_BUCKET}, one row)",
+                compressors=("qsgd",))
 def _qsgd_case(x, size, dtype, p, rng, captured) -> Case:
     """QSGD of one row (1, N), one segment, s = 16, buckets of 512, on uniforms drawn up front.
 
@@ -451,7 +462,7 @@ def _ternary_message_bits(sizes, scales, float_bits: int) -> int:
     return total
 
 
-@benchmark_case("terngrad", f"TernGrad (clip c = {TERNGRAD_CLIP}, one segment, one row)")
+@benchmark_case("terngrad", f"TernGrad (clip c = {TERNGRAD_CLIP}, one segment, one row)", compressors=("terngrad",))
 def _terngrad_case(x, size, dtype, p, rng, captured) -> Case:
     """TernGrad of one row (1, N), one segment, clipped at c = 2.5 (so the mean and variance passes run),
     on uniforms drawn up front.
@@ -495,7 +506,8 @@ def _terngrad_case(x, size, dtype, p, rng, captured) -> Case:
 
 
 # --- randomk ---
-@benchmark_case("randomk", "Random-k (k = ceil(p N), unbiased N / k scaling, positions from a seed)", sparse=True)
+@benchmark_case("randomk", "Random-k (k = ceil(p N), unbiased N / k scaling, positions from a seed)", sparse=True,
+                compressors=("randomk",))
 def _randomk_case(x, size, dtype, p, rng, captured) -> Case:
     """Random-k of one row (1, N), one segment, k = ceil(p N), unbiased scaling dtype(N / k), one seed
     drawn up front.
@@ -584,7 +596,7 @@ def _powersgd_summaries(matrix, decoded, q_new) -> dict:
 
 
 @benchmark_case("powersgd", f"PowerSGD power step (rank {POWERSGD_RANK}, one sender, n x m matrix, "
-                             "n = floor(sqrt(N)), m = N // n)")
+                             "n = floor(sqrt(N)), m = N // n)", compressors=("powersgd",))
 def _powersgd_case(x, size, dtype, p, rng, captured) -> Case:
     """One PowerSGD power step, one sender, rank 2, on the n x m matrix of the first n m entries of x
     (n = floor(sqrt(N)), m = N // n), with the warm start Q (m, 2) drawn standard normal up front.

@@ -627,3 +627,12 @@ def test_the_readme_names_every_suite_of_benchmarks_run():
     from benchmarks import run as benchmarks_run
     listed = re.search(r"`--only` picks suites \(([^)]*)\)", benchmarks_run.README.read_text())
     assert listed and re.findall(r"`(\w+)`", listed.group(1)) == list(benchmarks_run.SUITES)
+
+
+def test_every_compressor_of_the_registry_has_a_kernel_benchmark_case():
+    """A compressor added to fedsim.compress.COMPRESSORS comes with a ``@benchmark_case`` naming it
+    (ARCHITECTURE.md's recipe, step 4); identity sends the update as it is and has no kernel to time."""
+    from fedsim.compress import COMPRESSORS
+    timed = {name for case in kernels.CASES.values() for name in case.compressors}
+    assert timed <= set(COMPRESSORS), timed - set(COMPRESSORS)
+    assert set(COMPRESSORS) - timed == {"identity"}
