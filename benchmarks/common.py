@@ -215,7 +215,8 @@ def blas_libraries() -> list[dict]:
 
 
 def machine_info(threads: dict | None = None) -> dict:
-    """Machine, versions, date, thread settings and the BLAS in use, for every results file."""
+    """Machine, versions (NumPy's SIMD extensions included), date, thread settings and the BLAS in use, for
+    every results file."""
     import numba
     import scipy
     versions = {"python": platform.python_version(), "numpy": np.__version__, "numba": numba.__version__,
@@ -230,6 +231,8 @@ def machine_info(threads: dict | None = None) -> dict:
         versions["numpy_blas"] = f"{blas.get('name', '?')} {blas.get('version', '')}".strip()
     except (TypeError, AttributeError):
         versions["numpy_blas"] = None
+    from fedsim.data.cache import numpy_simd
+    versions["numpy_simd"] = numpy_simd()      # NumPy's AVX-512 loops round some functions otherwise than AVX2's
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "cpu": _cpu_model(), "logical_cpus": os.cpu_count(), "memory_bytes": _memory_bytes(),

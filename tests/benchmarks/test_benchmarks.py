@@ -178,6 +178,8 @@ def _check_blas_record(machine: dict, suite: str) -> None:
         assert blas["num_threads"] == 1, (suite, blas)                  # --threads 1
         assert blas["filepath"] and "/" not in blas["filepath"], (suite, blas)     # a file name, no path
     assert machine["blas_environment"] == {name: os.environ.get(name) for name in common.BLAS_KERNEL_VARIABLES}
+    from fedsim.data.cache import numpy_simd
+    assert machine["versions"]["numpy_simd"] == numpy_simd(), suite
 
 
 def _check_floor(floor: dict, names: set) -> None:
