@@ -111,10 +111,26 @@ def test_alpha_does_not_change_labels_for_the_same_draws():
     assert np.mean(zero.y_train == one.y_train) > 0.999
 
 
-def test_prior_scale_variance_reads_alpha_as_variance():
-    as_std = _make(0.0, 0.25, seed=9, n_devices=5, samples=60, prior_scale="std")
-    as_variance = _make(0.0, 0.0625, seed=9, n_devices=5, samples=60, prior_scale="variance")
-    np.testing.assert_allclose(as_std.x_train, as_variance.x_train, rtol=1e-6)
+@pytest.mark.parametrize("generate", [
+    lambda alpha, beta, scale: _make(alpha, beta, seed=9, n_devices=5, samples=60, prior_scale=scale).x_train,
+    lambda alpha, beta, scale: SyntheticPopulation(alpha, beta, 5, seed=9, prior_scale=scale).training_data(
+        range(5))[0]], ids=["make_synthetic", "population"])
+def test_prior_scale_variance_reads_alpha_and_beta_as_variances(monkeypatch, generate):
+    """std 0.5 and 0.25 are variances 0.25 and 0.0625: the same priors u_k, B_k, so the same data. alpha
+    moves no label (the module docstring), so its u_k is watched where the samples are drawn."""
+    from fedsim.data import synthetic
+    drawn, draw = [], synthetic._device_samples
+
+    def watched(rng, model_mean, feature_prior, *args):
+        drawn.append((model_mean, feature_prior))
+        return draw(rng, model_mean, feature_prior, *args)
+
+    monkeypatch.setattr(synthetic, "_device_samples", watched)
+    as_std = generate(0.5, 0.25, "std")
+    priors_std, drawn[:] = list(drawn), []
+    as_variance = generate(0.25, 0.0625, "variance")
+    assert drawn == priors_std and all(u != 0 and b != 0 for u, b in drawn)
+    np.testing.assert_allclose(as_std, as_variance, rtol=1e-6)
 
 
 @pytest.mark.parametrize("call, message", [
