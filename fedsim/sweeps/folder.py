@@ -210,8 +210,9 @@ def differing_versions(metas: dict[str, dict]) -> dict[str, str]:
             continue
         try:
             now = file_sha256(Path(path))
+            now_text = f"the file now is {now[:16]}..."
         except DataSettingError:
-            now = "(unreadable)"
+            now, now_text = None, "the file is now missing or unreadable"
         counted = ", ".join(f"{sha[:16]}...: {len(folders)} run{'s' if len(folders) > 1 else ''}"
                             for sha, folders in readers.items())
         setting = f"data.dataset npz:{path}" if key == "data_file" else f"system.trace {path}"
@@ -219,7 +220,7 @@ def differing_versions(metas: dict[str, dict]) -> dict[str, str]:
             if sha != now:
                 problems.update(dict.fromkeys(folders, (
                     f"{setting}: it read the file with sha256 {sha[:16]}..., other runs of the sweep another "
-                    f"version (sha256 {counted}; the file now is {now[:16]}...)")))
+                    f"version (sha256 {counted}; {now_text})")))
     return problems
 
 

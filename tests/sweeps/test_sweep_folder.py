@@ -279,6 +279,10 @@ def test_the_report_names_the_runs_that_read_another_version_of_a_file(tmp_path,
                 "other runs of the sweep another version (sha256 " in line and \
                 line.endswith("; left out of the report"), line
         assert sorted(accuracy_rows(tmp_path / "S")) == [str(seed) for seed in (0, 1, 2) if seed not in named]
+    path.unlink()                                              # the file gone: no run read it as it is now
+    lines = error_lines(fedsim(tmp_path, "sweep", "report", tmp_path / "S").stderr)
+    assert len(lines) == 3 and all(line.endswith("; the file is now missing or unreadable); left out of the report")
+                                   for line in lines), lines
 
 
 def test_a_file_changed_while_the_sweep_runs_is_told_at_its_end(tmp_path):
