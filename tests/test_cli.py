@@ -221,15 +221,11 @@ def test_run_writes_a_run_folder(tmp_path, fedsim_here):
     quiet = fedsim_here("run", "--preset", "synthetic", *TINY, "--set", "federated.rounds=2", "--quiet",
                         "--out", "q")
     assert quiet.returncode == 0 and quiet.stdout.strip() == "q" and error_lines(quiet.stderr) == []
-
-
-def test_a_finished_run_folder_is_neither_overwritten_nor_resumed(in_process, tmp_path):
-    assert in_process("run", "--preset", "synthetic", *TINY, "--set", "federated.rounds=2", "--quiet",
-                      "--out", "q")[0] == 0
-    status, _, err = in_process("run", "--preset", "synthetic", "--out", "q")
-    assert status == 2 and "q already holds a run; continue it with `fedsim run --resume q`" in err, err
-    status, _, err = in_process("run", "--resume", "q")
-    assert status == 0 and "nothing to resume in q: the run already ended (completed)" in err, err
+    # a finished run folder is neither overwritten nor resumed
+    again = fedsim_here("run", "--preset", "synthetic", "--out", "q")
+    assert again.returncode == 2 and "q already holds a run; continue it with `fedsim run --resume q`" in again.stderr
+    resumed = fedsim_here("run", "--resume", "q")
+    assert resumed.returncode == 0 and "nothing to resume in q: the run already ended (completed)" in resumed.stderr
 
 
 def test_lazy_run(tmp_path, fedsim_here):

@@ -353,25 +353,23 @@ def test_a_bad_trace_is_one_line(tmp_path, text, clients, message, recwarn):
     assert not recwarn.list
 
 
-@pytest.mark.parametrize("preset, overrides, step", [
-    ("synthetic", ['system.profile="custom"', "system.uplink=1e-306", "system.spread=0"], "round 1"),
-    ("laq-synthetic", ['system.profile="custom"', "system.uplink=1e-306", "system.spread=0"], "iteration 0"),
+SLOW_LINK = ['system.profile="custom"', "system.uplink=1e-306", "system.spread=0"]
+PROFILE = r"system.profile 'custom' \(its links, latencies and speeds\)"
+
+
+@pytest.mark.parametrize("preset, overrides, source, step", [
+    ("synthetic", SLOW_LINK, PROFILE, "round 1"),
+    ("laq-synthetic", SLOW_LINK, PROFILE, "iteration 0"),
+    ("synthetic", ['system.profile="trace"', "system.trace={trace!r}", "federated.participation_rate=1"],
+     r"system.trace .*trace.csv", "round 1"),                        # the trace's client 3 has that link
 ])
-def test_a_clock_that_overflows_stops_the_run_in_one_line(preset, overrides, step, recwarn):
+def test_a_clock_that_overflows_stops_the_run_in_one_line(tmp_path, preset, overrides, source, step, recwarn):
     """Each number is finite, but the encoded bits over a link of 1e-306 bits/s take longer than 1.8e308 s."""
-    run = build_run(load_preset(preset, overrides), progress=False)
-    with pytest.raises(DataSettingError, match=rf"^system.profile 'custom' \(its links, latencies and speeds\): "
-                                               rf"the simulated time through {step} is infinite"):
+    trace = _trace(tmp_path, HEADER + "".join(f"{k},{1e-306 if k == 3 else 1e6},4e6,0.05,1e9\n" for k in range(30)))
+    run = build_run(load_preset(preset, [item.format(trace=str(trace)) for item in overrides]), progress=False)
+    with pytest.raises(DataSettingError, match=rf"^{source}: the simulated time through {step} is infinite"):
         run.step()
     assert not recwarn.list and not run.history
-
-
-def test_a_trace_whose_messages_overflow_the_clock_names_it(tmp_path):
-    rows = "".join(f"{k},{1e-306 if k == 3 else 1e6},4e6,0.05,1e9\n" for k in range(30))
-    path = _trace(tmp_path, HEADER + rows)
-    run = _synthetic('system.profile="trace"', f"system.trace={str(path)!r}", "federated.participation_rate=1")
-    with pytest.raises(DataSettingError, match=r"^system.trace .*trace.csv: the simulated time through round 1"):
-        run.step()
 
 
 def test_a_trace_changed_since_the_run_started_is_refused_on_resume(tmp_path):
