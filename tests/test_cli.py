@@ -16,6 +16,7 @@ import pytest
 from fedsim.cli import main, plot_folder
 from fedsim.programs import UsageError, one_line_errors, report_outcome, report_outcomes, stopped_at_once
 from fedsim.config import ConfigError, config_from_dict, load_preset, parse_toml
+from fedsim.data.fetch import MAX_TIMEOUT_SECONDS
 from fedsim.data.registry import DataSettingError
 from fedsim.data.search import DatasetNotFoundError
 from fedsim.runs import RunFolder, RunFolderError, RunOutcome, read_run, start_run
@@ -86,6 +87,12 @@ def test_show_config_prints_every_setting_as_toml(tmp_path, fedsim_here):
     again = fedsim_here("show-config", "shown.toml")
     assert (again.returncode, again.stderr) == (0, "")
     assert again.stdout.split("\n", 1)[1] == result.stdout.split("\n", 1)[1]     # all but the header line
+    (tmp_path / "exp.toml").write_text('family = "lazy"\n[lazy]\nmethod = "gd"\n')
+    of_file = fedsim_here("show-config", "exp.toml", "--dataset", "fashion-mnist")
+    assert of_file.returncode == 0, of_file.stderr
+    document = parse_toml(of_file.stdout)
+    assert (document["family"], document["lazy"]["method"], document["data"]["dataset"]) == \
+        ("lazy", "gd", "fashion-mnist")
 
 
 def test_the_readmes_offline_quickstart_names_only_presets_that_need_no_download():
@@ -93,15 +100,6 @@ def test_the_readmes_offline_quickstart_names_only_presets_that_need_no_download
     block = re.search(r"## Quickstart \(works offline\)\n\n```bash\n(.*?)```", readme, re.S).group(1)
     presets = re.findall(r"--preset (\S+)", block)
     assert presets and all(load_preset(name).data.dataset == "synthetic" for name in presets), presets
-
-
-def test_show_config_of_a_file(tmp_path, fedsim_here):
-    (tmp_path / "exp.toml").write_text('family = "lazy"\n[lazy]\nmethod = "gd"\n')
-    result = fedsim_here("show-config", "exp.toml", "--dataset", "fashion-mnist")
-    assert result.returncode == 0, result.stderr
-    document = parse_toml(result.stdout)
-    assert (document["family"], document["lazy"]["method"], document["data"]["dataset"]) == \
-        ("lazy", "gd", "fashion-mnist")
 
 
 def test_bad_config_file_gives_one_error_line_and_exit_2(tmp_path):
@@ -158,6 +156,51 @@ def test_bad_configs_and_command_lines(in_process, tmp_path, text, args, fragmen
     assert not (tmp_path / "runs").exists()
 
 
+SET_SPACE = "--set needs key=value, joined by '=' with no space (e.g. --set {}); got --set {}"
+SPACED_LR = SET_SPACE.format("federated.lr=0.1", "federated.lr 0.1")
+REPORT = ["compressors", "report"]
+
+
+@pytest.mark.parametrize("args, line", [
+    # a space for the '=' of --set: the example is a setting the command takes (report's: was federated.lr=0.1)
+    (["run", "--preset", "synthetic", "--set", "federated.lr", "0.1"], SPACED_LR),
+    (["run", "exp.toml", "--set", "federated.lr", "0.1", "--quiet"], SPACED_LR),
+    (["show-config", "--set", "federated.lr", "0.1"], SPACED_LR),
+    ([*REPORT, "--set", "stc.p", "stc"], SET_SPACE.format("stc.p=0.01", "stc.p stc")),
+    # report --set: a setting the compressor does not have, or a value its field's constraint refuses, before
+    # anything is measured (was: 'not measured' and a KeyError, or for a compressor not named, nothing)
+    *(([*REPORT, "qsgd", "--set", setting, "--draws", "5", "--size", "100"], line) for setting, line in [
+        ("qsgd.level=4", "unknown setting 'qsgd.level' in --set; did you mean 'qsgd.levels'?"),
+        ("topk.pp=0.1", "unknown setting 'topk.pp' in --set; did you mean 'topk.p'?"),   # p: a config's is elsewhere
+        ("qsgd.xyzzy=1", "unknown setting 'qsgd.xyzzy' in --set; qsgd has: levels, bucket_size, scope"),
+        ("qsgd.levels=0", "qsgd.levels must be an integer in [1, 2^31 - 1], got 0"),
+        ("stc.threshold=bogus", "stc.threshold must be one of 'exact', 'sampled', got 'bogus'")]),
+    # a lazy preset's vectors, in the line a lazy run folder gets (was: a TypeError from LazyRun.run)
+    ([*REPORT, "stc", "--vectors", "preset:laq-synthetic", "--draws", "5"],
+     "--vectors preset:laq-synthetic: real updates come from federated runs (this is a LazyRun)"),
+    ([*REPORT, "stc", "--draws", "2", "--size", "100", "--seed", "-1"], "--seed must be an integer >= 0, got -1"),
+    (["run", "--preset", "synthetic", "--set", "federated.batch_size=5000", "--quiet"],
+     "the config does not fit the data: federated.batch_size (5000) is larger than the smallest client's data (40 "
+     "samples, client 12): set federated.batch_size <= 40, or fewer federated.n_clients"),
+])
+def test_errors_of_exactly_one_line(in_process, tmp_path, args, line):
+    (tmp_path / "exp.toml").write_text("")
+    assert in_process(*args) == (2, "", f"fedsim: error: {line}\n")
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("args, text", [
+    (["data", "fetch", "--help"], f"in (0, {MAX_TIMEOUT_SECONDS}]"),
+    # report's --seed seeds the synthetic vectors and the draws, not a preset's vectors
+    ([*REPORT, "--help"], "seed (>= 0) of the gaussian and heavy-tailed vectors and of the compressors' random "
+                          "draws (a preset's or run folder's vectors are fixed by its run)"),
+])
+def test_help_says(in_process, capsys, args, text):
+    with pytest.raises(SystemExit):
+        in_process(*args)
+    assert text in " ".join(capsys.readouterr().out.split())
+
+
 # --- runs ---------------------------------------------------------------------------------------------------
 
 def test_run_writes_a_run_folder(tmp_path, fedsim_here):
@@ -178,15 +221,11 @@ def test_run_writes_a_run_folder(tmp_path, fedsim_here):
     quiet = fedsim_here("run", "--preset", "synthetic", *TINY, "--set", "federated.rounds=2", "--quiet",
                         "--out", "q")
     assert quiet.returncode == 0 and quiet.stdout.strip() == "q" and error_lines(quiet.stderr) == []
-
-
-def test_a_finished_run_folder_is_neither_overwritten_nor_resumed(in_process, tmp_path):
-    assert in_process("run", "--preset", "synthetic", *TINY, "--set", "federated.rounds=2", "--quiet",
-                      "--out", "q")[0] == 0
-    status, _, err = in_process("run", "--preset", "synthetic", "--out", "q")
-    assert status == 2 and "q already holds a run; continue it with `fedsim run --resume q`" in err, err
-    status, _, err = in_process("run", "--resume", "q")
-    assert status == 0 and "nothing to resume in q: the run already ended (completed)" in err, err
+    # a finished run folder is neither overwritten nor resumed
+    again = fedsim_here("run", "--preset", "synthetic", "--out", "q")
+    assert again.returncode == 2 and "q already holds a run; continue it with `fedsim run --resume q`" in again.stderr
+    resumed = fedsim_here("run", "--resume", "q")
+    assert resumed.returncode == 0 and "nothing to resume in q: the run already ended (completed)" in resumed.stderr
 
 
 def test_lazy_run(tmp_path, fedsim_here):
@@ -327,19 +366,7 @@ def test_data_fetch_downloads_verifies_and_reports(tmp_path, shared_data, fedsim
         assert (refused.returncode, refused.stdout) == (2, "") and words in refused.stderr, refused
 
 
-def test_data_fetch_help_states_the_timeouts_range(capsys):
-    from fedsim.data.fetch import MAX_TIMEOUT_SECONDS
-    with pytest.raises(SystemExit):
-        main(["data", "fetch", "--help"])
-    assert f"in (0, {MAX_TIMEOUT_SECONDS}]" in " ".join(capsys.readouterr().out.split())
-
-
-def test_a_batch_larger_than_a_client_is_refused_and_a_loss_beyond_the_float_range_is_divergence(in_process):
-    status, out, err = in_process("run", "--preset", "synthetic", "--set", "federated.batch_size=5000", "--quiet")
-    assert status == 2 and err == ("fedsim: error: the config does not fit the data: federated.batch_size (5000) is "
-                                   "larger than the smallest client's data (40 samples, client 12): set "
-                                   "federated.batch_size <= 40, or fewer federated.n_clients\n")
-    assert not (Path("runs")).exists()
+def test_a_loss_beyond_the_float_range_is_divergence(in_process):
     status, out, err = in_process("run", "--preset", "synthetic", "--set", "federated.lr=1e30", "--out", "far",
                                   "--quiet")
     assert status == 1 and "fedsim: the run diverged after 1 rounds: round 1: the train loss of the server model " \
@@ -368,14 +395,11 @@ def test_real_data_runs_of_both_families(tmp_path, shared_data, fedsim_here):
     assert len(records) == 3 and records[0]["uploads"] == list(range(10))
 
 
-def test_missing_data_is_a_data_error_not_a_config_error(in_process):
+def test_missing_data_is_a_data_error_that_says_what_to_do_and_what_is_present(in_process, tmp_path, shared_data,
+                                                                              monkeypatch):
     status, out, err = in_process("run", "--preset", "stc-mnist", "--set", "data.download=false", "--quiet")
     assert status == 1 and out == ""
     assert err.startswith("fedsim: error: dataset 'mnist': no verified copy of") and "How to fix" in err, err
-
-
-def test_missing_data_says_over_several_lines_what_to_do_and_what_is_present(in_process, tmp_path, shared_data,
-                                                                           monkeypatch):
     present = tmp_path / "present"
     (present / "mnist").mkdir(parents=True)
     for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
@@ -395,15 +419,6 @@ def test_missing_data_says_over_several_lines_what_to_do_and_what_is_present(in_
     status, out, err = in_process("sweep", "s.toml", "--quiet")
     assert status == 1 and err.count("no verified copy") == 1 and "test split only" in err, err
     assert not (tmp_path / "runs").exists()
-
-
-@pytest.mark.parametrize("args", [["run", "--preset", "synthetic", "--set", "federated.lr", "0.1"],
-                                  ["run", "exp.toml", "--set", "federated.lr", "0.1", "--quiet"],
-                                  ["show-config", "--set", "federated.lr", "0.1"]])
-def test_a_space_for_the_equals_sign_of_set_says_set_takes_key_value(in_process, tmp_path, args):
-    (tmp_path / "exp.toml").write_text("")
-    assert in_process(*args) == (2, "", "fedsim: error: --set needs key=value, joined by '=' with no space (e.g. "
-                                        "--set federated.lr=0.1); got --set federated.lr 0.1\n")
 
 
 @pytest.mark.parametrize("args, line", [
@@ -538,20 +553,6 @@ def test_compressors_report_tells_of_a_compressor_it_cannot_measure(capsys):
 
 
 @pytest.mark.parametrize("setting, message", [
-    ("qsgd.level=4", "unknown setting 'qsgd.level' in --set; did you mean 'qsgd.levels'?"),
-    ("topk.pp=0.1", "unknown setting 'topk.pp' in --set; did you mean 'topk.p'?"),      # p: a config's is elsewhere
-    ("qsgd.xyzzy=1", "unknown setting 'qsgd.xyzzy' in --set; qsgd has: levels, bucket_size, scope"),
-    ("qsgd.levels=0", "qsgd.levels must be an integer in [1, 2^31 - 1], got 0"),
-    ("stc.threshold=bogus", "stc.threshold must be one of 'exact', 'sampled', got 'bogus'")])
-def test_compressors_report_checks_each_setting_before_measuring(capsys, setting, message):
-    """A setting the compressor does not have, or a value its field's constraint refuses, is one line naming it
-    and exit status 2, before anything is measured or printed (was: 'not measured' and a KeyError, or for a
-    compressor not named, nothing)."""
-    assert main(["compressors", "report", "qsgd", "--set", setting, "--draws", "5", "--size", "100"]) == 2
-    assert capsys.readouterr() == ("", f"fedsim: error: {message}\n")
-
-
-@pytest.mark.parametrize("setting, message", [
     ("stcc.p=0.5", "unknown compressor 'stcc' in --set stcc.p; did you mean 'stc'?"),
     ("zzz.p=0.5", "unknown compressor 'zzz' in --set zzz.p; compressors: identity, topk, stc,"),
     ("federated.p_up=0.1", "--set federated.p_up is a run config's setting; report --set takes a compressor's "
@@ -570,21 +571,6 @@ def test_compressors_report_refuses_a_name_that_is_no_compressor(capsys, setting
     assert err == "fedsim: warning: settings not used by this report: qsgd.levels (the compressors measured: stc)\n"
 
 
-def test_compressors_report_refuses_a_lazy_preset_a_negative_seed_and_says_what_seed_seeds(in_process, capsys):
-    """A lazy preset's vectors are refused in the line a lazy run folder gets, before it runs (was: an unexpected
-    TypeError from LazyRun.run); a negative --seed is one line naming it (was: an unexpected ValueError); --help
-    says that --seed seeds the synthetic vectors and the draws, not a preset's vectors."""
-    assert in_process("compressors", "report", "stc", "--vectors", "preset:laq-synthetic", "--draws", "5") == (
-        2, "", "fedsim: error: --vectors preset:laq-synthetic: real updates come from federated runs (this is a "
-               "LazyRun)\n")
-    assert in_process("compressors", "report", "stc", "--draws", "2", "--size", "100", "--seed", "-1") == (
-        2, "", "fedsim: error: --seed must be an integer >= 0, got -1\n")
-    with pytest.raises(SystemExit):
-        in_process("compressors", "report", "--help")
-    assert ("seed (>= 0) of the gaussian and heavy-tailed vectors and of the compressors' random draws (a preset's "
-            "or run folder's vectors are fixed by its run)") in " ".join(capsys.readouterr().out.split())
-
-
 def test_compressors_report_csv_leaves_the_relation_empty_where_no_theory_is_stated(in_process, tmp_path):
     """STC and the bare sign state no error: their relation is empty in the CSV as their theory is (was '<='
     and '='), as the text table shows '-'."""
@@ -595,11 +581,3 @@ def test_compressors_report_csv_leaves_the_relation_empty_where_no_theory_is_sta
     rows = {row["compressor"]: row for row in csv.DictReader(table.read_text().splitlines())}
     assert [(rows[name]["theory"], rows[name]["relation"]) for name in ("stc", "sign")] == [("", ""), ("", "")]
     assert rows["topk"]["relation"] == "<=" and float(rows["topk"]["theory"]) > 0
-
-
-def test_a_space_for_the_equals_sign_of_report_set_gives_an_example_report_takes(in_process):
-    """fedsim compressors report --set stc.p stc: the example is a compressor's setting (was federated.lr=0.1,
-    a key report refuses)."""
-    assert in_process("compressors", "report", "--set", "stc.p", "stc") == (
-        2, "", "fedsim: error: --set needs key=value, joined by '=' with no space (e.g. --set stc.p=0.01); got "
-               "--set stc.p stc\n")

@@ -20,7 +20,8 @@ else:
 PRESETS = ("stc-mnist", "laq-mnist", "synthetic", "laq-synthetic")
 
 
-def _error(raw: dict) -> str:
+def config_error(raw: dict) -> str:
+    """The one-line ConfigError of ``raw`` read from test.toml (tests/models/test_registry.py uses it too)."""
     with pytest.raises(ConfigError) as info:
         config_from_dict(raw, "test.toml")
     message = str(info.value)
@@ -35,6 +36,8 @@ def test_presets_are_listed_with_one_line_descriptions():
     assert set(PRESETS) <= set(presets), presets
     for name, description in presets.items():
         assert description and "\n" not in description, (name, description)
+    with pytest.raises(ConfigError, match="unknown preset 'stc-minst'; did you mean 'stc-mnist'"):
+        preset_text("stc-minst")
 
 
 @pytest.mark.parametrize("name", PRESETS)
@@ -64,11 +67,6 @@ def test_seed_experiment_presets_hold_the_seed_settings():
             synthetic.federated.n_clients) == ("synthetic", "natural", "stc_updown", 30)
 
 
-def test_unknown_preset_suggests_the_closest():
-    with pytest.raises(ConfigError, match="unknown preset 'stc-minst'; did you mean 'stc-mnist'"):
-        preset_text("stc-minst")
-
-
 def test_defaults_round_trip_and_unset_settings_become_comments():
     config = ExperimentConfig()
     text = config_to_toml(config)
@@ -76,9 +74,7 @@ def test_defaults_round_trip_and_unset_settings_become_comments():
     assert '# pipeline = (unset: the family\'s, "stc")' in text
     assert "# accumulate_up = (unset: the method's, true)" in text
     assert "# not used: family = \"federated\"\n[lazy]" in text
-
-
-def test_to_dict_leaves_out_unset_and_derived_settings():
+    # a dict leaves out the unset and derived settings
     document = config_to_dict(ExperimentConfig(seed=3))
     assert "seed" not in document["lazy"] and "pipeline" not in document["data"]
     assert config_from_dict(document) == ExperimentConfig(seed=3)
@@ -98,14 +94,9 @@ def test_to_dict_leaves_out_unset_and_derived_settings():
     ({"federate": {"lr": 0.1}}, "federated"),
 ])
 def test_unknown_key_names_the_closest_valid_key(raw, suggestion):
-    message = _error(raw)
+    message = config_error(raw)
     assert "unknown setting" in message and f"did you mean '{suggestion}'?" in message, message
     assert "test.toml" in message
-
-
-def test_unknown_key_without_a_close_match_lists_the_table():
-    message = _error({"run": {"zzzzzz": 1}})
-    assert "[run] has: checkpoint_every, f_star" in message, message
 
 
 def test_suggest():
@@ -113,8 +104,7 @@ def test_suggest():
     assert suggest("qqqqqqqq", None) is None
 
 
-def test_derived_lazy_seed_cannot_be_set_and_follows_the_top_level_seed():
-    assert "set the top-level `seed` instead" in _error({"lazy": {"seed": 4}})
+def test_derived_lazy_seed_follows_the_top_level_seed():
     config = config_from_dict({"seed": 7, "family": "lazy"})
     assert config.lazy.seed == 7
     assert "seed" not in table_fields("lazy")
@@ -151,9 +141,12 @@ def test_derived_lazy_seed_cannot_be_set_and_follows_the_top_level_seed():
      "data.synthetic_devices (30) must equal federated.n_clients (50) with data.partition = 'natural'"),
     ({"family": "lazy", "data": {"dataset": "synthetic", "partition": "natural"}},
      "must equal lazy.n_workers (10)"),
+    # an unknown key without a close match lists the table; a derived setting cannot be set
+    ({"run": {"zzzzzz": 1}}, "[run] has: checkpoint_every, f_star"),
+    ({"lazy": {"seed": 4}}, "set the top-level `seed` instead"),
 ])
-def test_wrong_type_or_range_names_setting_and_what_is_allowed(raw, expected):
-    message = _error(raw)
+def test_a_bad_setting_names_it_and_what_is_allowed(raw, expected):
+    message = config_error(raw)
     assert expected in message, message
 
 

@@ -36,7 +36,7 @@ def captured(monkeypatch):
     return figures
 
 
-def test_titles_hold_the_shared_settings_and_legends_what_differs(federated_runs):
+def test_titles_hold_the_shared_settings_and_legends_what_differs(federated_runs, tmp_path):
     title, labels = describe(federated_runs)
     assert title.startswith("synthetic, partition natural, 8 clients") and "batch_size 10" in title
     assert "lr" not in title and "p_up" not in title     # lr differs; fedavg ignores p_up, the STC runs read it
@@ -44,6 +44,13 @@ def test_titles_hold_the_shared_settings_and_legends_what_differs(federated_runs
                       "stc_updown, lr 0.05, p_down 0.1, p_up 0.05"]
     title, _ = describe(federated_runs[1:])
     assert "p_up 0.05, p_down 0.1" in title
+    # QSGD, TernGrad and PowerSGD send every entry: p_up / p_down are neither in the title nor in their labels;
+    # a run that reads them (STC) carries them in its label
+    qsgd = finished_run(tmp_path, "q", "synthetic", TINY + ["federated.method=qsgd_updown"])
+    title, labels = describe([qsgd])
+    assert "p_up" not in title and "p_down" not in title
+    title, labels = describe([federated_runs[0], federated_runs[2], qsgd])
+    assert "p_up" not in title and labels[2] == "qsgd_updown" and "p_up 0.05" in labels[1]
 
 
 def test_federated_axes(federated_runs, tmp_path, captured):
@@ -59,16 +66,6 @@ def test_federated_axes(federated_runs, tmp_path, captured):
     assert not any(legend_box.overlaps(axis.get_window_extent()) for axis in axes)    # outside every panel
     lines = rounds.get_lines()
     assert len({(line.get_color(), line.get_linestyle(), line.get_marker()) for line in lines}) == len(lines)
-
-
-def test_methods_titles_and_labels_name_only_the_settings_they_read(federated_runs, tmp_path):
-    """QSGD, TernGrad and PowerSGD send every entry: p_up / p_down are neither in the title nor in their
-    labels; a run that reads them (STC) carries them in its label."""
-    qsgd = finished_run(tmp_path, "q", "synthetic", TINY + ["federated.method=qsgd_updown"])
-    title, labels = describe([qsgd])
-    assert "p_up" not in title and "p_down" not in title
-    title, labels = describe([federated_runs[0], federated_runs[2], qsgd])
-    assert "p_up" not in title and labels[2] == "qsgd_updown" and "p_up 0.05" in labels[1]
 
 
 def test_every_series_looks_different_from_every_other_and_from_the_one_before_in_more_than_colour():

@@ -131,6 +131,11 @@ def test_round_spread_varies_each_clients_links_per_round_by_hand():
     by_hand = max(latency[0] + 4e5 / down[0] + 1000 * 1e3 / speed[0] + latency[0] + 5e5 / up[0],
                   latency[1] + 4e5 / down[1] + 4000 * 1e3 / speed[1])
     assert clock.iteration(3, np.array([True, False])) == pytest.approx(by_hand, rel=1e-12)
+    # the largest spreads give finite devices
+    config = SystemConfig(profile="custom", spread=10.0, round_spread=10.0)
+    devices = round_devices(config, RunStreams(0), draw_devices(config, 20000, RunStreams(0).generator("system")),
+                            1, np.arange(20000))
+    assert all(np.all(np.isfinite(values)) and np.all(values > 0) for values in devices)
 
 
 def test_with_round_spread_a_deadline_drops_different_clients_from_round_to_round():
@@ -155,14 +160,9 @@ def test_with_round_spread_a_deadline_drops_different_clients_from_round_to_roun
         load_preset("synthetic", base + ["system.round_spread=0"]))
 
 
-def test_the_largest_spreads_give_finite_devices():
-    config = SystemConfig(profile="custom", spread=10.0, round_spread=10.0)
-    devices = round_devices(config, RunStreams(0), draw_devices(config, 20000, RunStreams(0).generator("system")),
-                            1, np.arange(20000))
-    assert all(np.all(np.isfinite(values)) and np.all(values > 0) for values in devices)
-
-
-def test_profiles_draw_the_same_devices_from_the_same_seed():
+def test_profiles_draw_the_same_devices_from_the_same_seed_each_client_in_the_same_place_of_its_spread():
+    """x_k = median_k exp(sigma z_k) with the same z_k for every profile, "mixed" (which also draws each
+    client's profile) included: the factors over the medians are equal."""
     config = SystemConfig(profile="mixed")
     first = draw_devices(config, 50, RunStreams(3).generator("system"))
     again = draw_devices(config, 50, RunStreams(3).generator("system"))
@@ -170,11 +170,6 @@ def test_profiles_draw_the_same_devices_from_the_same_seed():
     assert all(np.array_equal(a, b) for a, b in zip(first, again))
     assert not np.array_equal(first.uplink, other.uplink)
     assert np.all(first.uplink > 0) and np.all(first.latency > 0)
-
-
-def test_every_profile_gives_each_client_the_same_place_in_its_spread():
-    """x_k = median_k exp(sigma z_k) with the same z_k for every profile, "mixed" (which also draws each
-    client's profile) included: the factors over the medians are equal."""
     drawn = {profile: draw_devices(SystemConfig(profile=profile), 40, RunStreams(3).generator("system"))
              for profile in ("3g", "mixed", "custom")}
     factors = {profile: devices.speed / 1e9 for profile, devices in drawn.items()}   # every median speed is 1e9
@@ -268,22 +263,23 @@ def test_over_selection_samples_more_and_keeps_the_needed():
     record = _synthetic("federated.rounds=1", "federated.participation_rate=0.5", 'system.profile="mixed"',
                         "system.over_select=1.5").step()
     assert record["participants"] == 23 and record["dropped"] == 23 - 15
-
-
-def test_over_selection_beyond_the_population_is_one_line():
-    with pytest.raises(ValueError, match=r"^system.over_select \(2\) x the 30 participants needed per round "
-                                         r"\(federated.participation_rate x n_clients\) is 60 clients, more than "
-                                         r"the 30 of federated.n_clients; at most 1$"):
-        _synthetic('system.profile="4g"', "system.over_select=2")
-    with pytest.raises(ValueError, match=r"is 31 clients, .* at most 2$"):
-        _synthetic('system.profile="4g"', "federated.participation_rate=0.5", "system.over_select=2.01")
     assert _synthetic('system.profile="4g"', "federated.participation_rate=0.5",
                       "system.over_select=2").config.participants_per_round == 30
 
 
-def test_the_deadline_no_client_can_meet_is_one_line():
-    with pytest.raises(ValueError, match=r"^system.deadline \(0.01 s\) is shorter than the fastest client"):
-        _synthetic('system.profile="3g"', "system.deadline=0.01")
+@pytest.mark.parametrize("overrides, message", [
+    # over-selection beyond the population; a deadline no client can meet
+    (['system.profile="4g"', "system.over_select=2"], r"^system.over_select \(2\) x the 30 participants needed "
+     r"per round \(federated.participation_rate x n_clients\) is 60 clients, more than the 30 of "
+     r"federated.n_clients; at most 1$"),
+    (['system.profile="4g"', "federated.participation_rate=0.5", "system.over_select=2.01"],
+     r"is 31 clients, .* at most 2$"),
+    (['system.profile="3g"', "system.deadline=0.01"], r"^system.deadline \(0.01 s\) is shorter than the fastest "
+                                                      r"client"),
+])
+def test_an_over_selection_or_a_deadline_that_cannot_be_met_is_one_line(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        _synthetic(*overrides)
 
 
 LAZY_REFUSES = r"apply to family 'federated' only \(family is 'lazy'\)"     # the settings of the federated round
@@ -314,83 +310,72 @@ def test_bad_settings_are_one_line(preset, overrides, message):
         load_preset(preset, overrides)
 
 
+HEADER = "client,up,down,latency,speed\n"
+
+
 def _trace(tmp_path, text):
     path = tmp_path / "trace.csv"
     path.write_text(text)
     return path
 
 
-def test_a_trace_gives_every_client_its_row(tmp_path):
-    path = _trace(tmp_path, "client,up,down,latency,speed\n1,2e6,8e6,0.1,1e9\n0,1e6,4e6,0.05,2e9\n")
-    devices = read_trace(path, 2)
-    assert devices.uplink.tolist() == [1e6, 2e6] and devices.speed.tolist() == [2e9, 1e9]
-
-
-def test_a_trace_saved_by_excel_is_read_with_its_byte_order_mark_and_blank_lines(tmp_path):
+def test_a_trace_gives_every_client_its_row_also_as_saved_by_excel(tmp_path):
     """Excel's "CSV UTF-8" starts with a byte order mark; blank lines (also a row of empty cells) are skipped
-    wherever they are, and a message names a line by its number in the file."""
-    path = tmp_path / "trace.csv"
+    wherever they are."""
+    devices = read_trace(_trace(tmp_path, HEADER + "1,2e6,8e6,0.1,1e9\n0,1e6,4e6,0.05,2e9\n"), 2)
+    assert devices.uplink.tolist() == [1e6, 2e6] and devices.speed.tolist() == [2e9, 1e9]
+    path = tmp_path / "excel.csv"
     path.write_bytes(b"\xef\xbb\xbfclient,up,down,latency,speed\r\n\r\n1,2e6,8e6,0.1,1e9\r\n,,,,\r\n"
                      b"0,1e6,4e6,0.05,2e9\r\n\r\n")
     assert read_trace(path, 2).uplink.tolist() == [1e6, 2e6]
-    with pytest.raises(ValueError, match=r"line 4 must hold 5 numbers"):
-        read_trace(_trace(tmp_path, "client,up,down,latency,speed\n\n0,1,1,1,1\n1,x,1,1,1\n"), 2)
 
 
-@pytest.mark.parametrize("text, message", [
-    ("client,up,down,latency,speed\n0,1e6,4e6,0.05,2e9\n", r"1 of the 2 clients have no row \(first: \[1\]\)"),
-    ("client,up,down\n0,1,1\n", r"the first line must be the header"),
-    ("client,up,down,latency,speed\n0,fast,4e6,0.05,2e9\n1,1,1,1,1\n", r"line 2 must hold 5 numbers"),
-    ("client,up,down,latency,speed\n0,-1,4e6,0.05,2e9\n1,1,1,1,1\n", r"up, down and speed must be finite and > 0"),
+@pytest.mark.parametrize("text, clients, message", [
+    (HEADER + "0,1e6,4e6,0.05,2e9\n", 2, r"1 of the 2 clients have no row \(first: \[1\]\)"),
+    ("client,up,down\n0,1,1\n", 2, r"the first line must be the header"),
+    (HEADER + "0,fast,4e6,0.05,2e9\n1,1,1,1,1\n", 2, r"line 2 must hold 5 numbers"),
+    (HEADER + "\n0,1,1,1,1\n1,x,1,1,1\n", 2, r"line 4 must hold 5 numbers"),    # its number in the file, blanks too
+    (HEADER + "0,-1,4e6,0.05,2e9\n1,1,1,1,1\n", 2, r"up, down and speed must be finite and > 0"),
     # a row for a client the run does not have is refused, not used in another client's place nor dropped
-    ("client,up,down,latency,speed\n-1,1,1,1,1\n0,1,1,1,1\n1,1,1,1,1\n", r"the client column must hold the "
-     r"clients 0 \.\. 1 of the run, one row each; it has rows for 1 others \(first: \[-1\]\)"),
-    ("client,up,down,latency,speed\n0,1,1,1,1\n1,1,1,1,1\n2,1,1,1,1\n", r"the client column .* \(first: \[2\]\)"),
-    ("client,up,down,latency,speed\n0,1,1,1,1\n1,1,1,1,1\n1e300,1,1,1,1\n", r"the client column .* \(first: "
-                                                                             r"\[1e\+300\]\)"),
+    (HEADER + "-1,1,1,1,1\n0,1,1,1,1\n1,1,1,1,1\n", 2, r"the client column must hold the clients 0 \.\. 1 of the "
+     r"run, one row each; it has rows for 1 others \(first: \[-1\]\)"),
+    (HEADER + "0,1,1,1,1\n1,1,1,1,1\n2,1,1,1,1\n", 2, r"the client column .* \(first: \[2\]\)"),
+    (HEADER + "0,1,1,1,1\n1,1,1,1,1\n1e300,1,1,1,1\n", 2, r"the client column .* \(first: \[1e\+300\]\)"),
+    # finite values whose round (two latencies, a bit each way, a multiply-add) is beyond the float range
+    (HEADER + "0,1e6,4e6,0.05,1e9\n1,1e6,4e6,0.05,1e9\n2,1e6,1e7,1e308,1e9\n", 3,
+     r"line 4: latency 1e[+]308 makes the simulated time of a round infinite"),
+    (HEADER + "0,1e6,4e6,0.05,1e9\n1,1e6,4e6,0.05,1e9\n2,1e-320,1e7,0.05,1e9\n", 3,
+     r"line 4: up 9.99989e-321 makes the simulated time of a round infinite"),
 ])
-def test_a_bad_trace_is_one_line(tmp_path, text, message, recwarn):
+def test_a_bad_trace_is_one_line(tmp_path, text, clients, message, recwarn):
     with pytest.raises(ValueError, match=r"^system.trace .*: " + message):
-        read_trace(_trace(tmp_path, text), 2)
+        read_trace(_trace(tmp_path, text), clients)
     assert not recwarn.list
 
 
-@pytest.mark.parametrize("row, column", [("2,1e6,1e7,1e308,1e9", "latency 1e[+]308"), ("2,1e-320,1e7,0.05,1e9",
-                                                                                     "up 9.99989e-321")])
-def test_a_trace_whose_clock_would_be_infinite_is_one_line(tmp_path, row, column, recwarn):
-    """Finite values whose round (two latencies, a bit each way, a multiply-add) is beyond the float range."""
-    text = "client,up,down,latency,speed\n0,1e6,4e6,0.05,1e9\n1,1e6,4e6,0.05,1e9\n" + row + "\n"
-    with pytest.raises(ValueError, match=rf"^system.trace .*: line 4: {column} makes the simulated time of a round "
-                                         rf"infinite"):
-        read_trace(_trace(tmp_path, text), 3)
-    assert not recwarn.list
+SLOW_LINK = ['system.profile="custom"', "system.uplink=1e-306", "system.spread=0"]
+PROFILE = r"system.profile 'custom' \(its links, latencies and speeds\)"
 
 
-@pytest.mark.parametrize("preset, overrides, step", [
-    ("synthetic", ['system.profile="custom"', "system.uplink=1e-306", "system.spread=0"], "round 1"),
-    ("laq-synthetic", ['system.profile="custom"', "system.uplink=1e-306", "system.spread=0"], "iteration 0"),
+@pytest.mark.parametrize("preset, overrides, source, step", [
+    ("synthetic", SLOW_LINK, PROFILE, "round 1"),
+    ("laq-synthetic", SLOW_LINK, PROFILE, "iteration 0"),
+    ("synthetic", ['system.profile="trace"', "system.trace={trace!r}", "federated.participation_rate=1"],
+     r"system.trace .*trace.csv", "round 1"),                        # the trace's client 3 has that link
 ])
-def test_a_clock_that_overflows_stops_the_run_in_one_line(preset, overrides, step, recwarn):
+def test_a_clock_that_overflows_stops_the_run_in_one_line(tmp_path, preset, overrides, source, step, recwarn):
     """Each number is finite, but the encoded bits over a link of 1e-306 bits/s take longer than 1.8e308 s."""
-    run = build_run(load_preset(preset, overrides), progress=False)
-    with pytest.raises(DataSettingError, match=rf"^system.profile 'custom' \(its links, latencies and speeds\): "
-                                               rf"the simulated time through {step} is infinite"):
+    trace = _trace(tmp_path, HEADER + "".join(f"{k},{1e-306 if k == 3 else 1e6},4e6,0.05,1e9\n" for k in range(30)))
+    run = build_run(load_preset(preset, [item.format(trace=str(trace)) for item in overrides]), progress=False)
+    with pytest.raises(DataSettingError, match=rf"^{source}: the simulated time through {step} is infinite"):
         run.step()
     assert not recwarn.list and not run.history
-
-
-def test_a_trace_whose_messages_overflow_the_clock_names_it(tmp_path):
-    rows = "".join(f"{k},{1e-306 if k == 3 else 1e6},4e6,0.05,1e9\n" for k in range(30))
-    path = _trace(tmp_path, "client,up,down,latency,speed\n" + rows)
-    run = _synthetic('system.profile="trace"', f"system.trace={str(path)!r}", "federated.participation_rate=1")
-    with pytest.raises(DataSettingError, match=r"^system.trace .*trace.csv: the simulated time through round 1"):
-        run.step()
 
 
 def test_a_trace_changed_since_the_run_started_is_refused_on_resume(tmp_path):
     """meta.json records the trace's SHA-256 (as an npz dataset's); a resume reading another file is one line."""
     from fedsim.runs import resume_run, start_run
-    path = _trace(tmp_path, "client,up,down,latency,speed\n" + "".join(f"{k},1e6,4e6,0.05,1e9\n" for k in range(30)))
+    path = _trace(tmp_path, HEADER + "".join(f"{k},1e6,4e6,0.05,1e9\n" for k in range(30)))
     config = load_preset("synthetic", ["federated.rounds=2", 'system.profile="trace"', f"system.trace={str(path)!r}"])
     assert start_run(config, tmp_path / "run", name="run", quiet=True).status == "completed"
     meta = json.loads((tmp_path / "run" / "meta.json").read_text())

@@ -29,35 +29,27 @@ VECTOR_ENTRIES = 5 + 1                    # b and s, sent as they are
 # settings and init
 # ----------------------------------------------------------------------------------------------------
 
-def test_scope_must_be_tensor():
-    with pytest.raises(ValueError, match="scope must be one of 'tensor', got 'global'"):
-        PowerSGD(scope="global")
-    with pytest.raises(ValueError, match="scope"):
-        FederatedConfig(method="powersgd_up", compression_scope="global")
+@pytest.mark.parametrize("refused, message", [
+    (lambda: PowerSGD(scope="global"), "scope must be one of 'tensor', got 'global'"),
+    (lambda: FederatedConfig(method="powersgd_up", compression_scope="global"), "scope"),
+    (lambda: FederatedConfig(method="powersgd_up", aggregation="weighted"), "aggregation 'weighted' does not fit"),
+    (lambda: PowerSGD().init(100), "ParamSpec"),                        # init needs shapes
+    (lambda: PowerSGD().init(Layout((0, 60, 70))), "ParamSpec"),
+    (lambda: PowerSGD(rank=6).init(SPEC), r"rank must be an integer in \[1, 5\].*got 6"),   # above min(n, m)
+    (lambda: PowerSGDMessage((0, 6), ((3, 2),), 2, np.zeros(3, np.float32), np.zeros(4, np.float32),
+                             np.zeros(0, np.float32)), "left has 3 floats"),
+], ids=["scope", "config-scope", "aggregation", "int", "layout", "rank", "message-sizes"])
+def test_refused(refused, message):
+    with pytest.raises(ValueError, match=message):
+        refused()
 
 
-def test_init_needs_shapes():
-    for spec in (100, Layout((0, 60, 70))):
-        with pytest.raises(ValueError, match="ParamSpec"):
-            PowerSGD().init(spec)
+def test_init_rank_and_matrix_shapes():
     state = PowerSGD().init(Layout(SPEC.offsets, SPEC.shapes))      # a Layout with shapes will do
     assert state == PowerSGD().init(SPEC) and state.factors is None
-
-
-def test_rank_above_the_smaller_dimension_is_refused():
     assert PowerSGD(rank=5).init(SPEC).layout.shapes == SPEC.shapes
-    with pytest.raises(ValueError, match=r"rank must be an integer in \[1, 5\].*got 6"):
-        PowerSGD(rank=6).init(SPEC)
-
-
-def test_only_the_mean_and_rank_from_the_table():
-    with pytest.raises(ValueError, match="aggregation 'weighted' does not fit"):
-        FederatedConfig(method="powersgd_up", aggregation="weighted")
     assert FederatedConfig(method="powersgd_up", compressors={"powersgd": PowerSGD(rank=1)}).compressor(
-        "up") == PowerSGD(1)
-
-
-def test_matrix_shapes():
+        "up") == PowerSGD(1)                                         # the rank from the [powersgd] table
     assert matrix_shape((12, 5)) == (12, 5) and matrix_shape((6, 3, 2)) == (6, 6)
     assert matrix_shape((5,)) is None and matrix_shape(()) is None and matrix_shape((0, 4)) is None
 
@@ -126,12 +118,6 @@ def test_message_layout_on_the_wire():
     want = np.concatenate([message.left[:12], message.right[:5], x[60:65], message.left[12:],
                            message.right[5:], x[101:102]])
     assert_bitwise(words, want, "wire order")
-
-
-def test_message_validates_its_sizes():
-    with pytest.raises(ValueError, match="left has 3 floats"):
-        PowerSGDMessage((0, 6), ((3, 2),), 2, np.zeros(3, np.float32), np.zeros(4, np.float32),
-                        np.zeros(0, np.float32))
 
 
 # ----------------------------------------------------------------------------------------------------

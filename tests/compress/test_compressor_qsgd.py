@@ -130,34 +130,30 @@ def test_message_validation_and_corrupt_streams():
     norms = np.array([1.0, 0.0], np.float32)
     levels = np.array([1, -2, 0, 0], np.int32)
     good = QSGDMessage((0, 2, 4), 2, 0, norms, levels)
-    with pytest.raises(ValueError, match="one norm per bucket"):
-        QSGDMessage((0, 2, 4), 2, 0, norms[:1], levels)
-    with pytest.raises(ValueError, match="levels for a vector"):
-        QSGDMessage((0, 2, 4), 2, 0, norms, levels[:3])
-    with pytest.raises(ValueError, match=r"levels must lie in \[-2, 2\]"):
-        QSGDMessage((0, 2, 4), 2, 0, norms, np.array([3, 0, 0, 0]))
-    with pytest.raises(ValueError, match="norm is 0 has nonzero levels"):
-        QSGDMessage((0, 2, 4), 2, 0, norms, np.array([1, 0, 0, 1]))
-    for bad in (-1.0, -0.0, np.inf, np.nan):
-        with pytest.raises(ValueError, match="norms must be finite"):
-            QSGDMessage((0, 2, 4), 2, 0, np.array([bad, 0.0], np.float32), levels * 0)
-    with pytest.raises(ValueError, match="levels must be an integer"):
-        QSGDMessage((0, 2, 4), 0, 0, norms, levels)
-    with pytest.raises(ValueError, match="float32 or float64"):
-        QSGDMessage((0, 2, 4), 2, 0, norms.astype(np.float16), levels)
+    for (s, norms_sent, levels_sent), message in [
+        ((2, norms[:1], levels), "one norm per bucket"),
+        ((2, norms, levels[:3]), "levels for a vector"),
+        ((2, norms, np.array([3, 0, 0, 0])), r"levels must lie in \[-2, 2\]"),
+        ((2, norms, np.array([1, 0, 0, 1])), "norm is 0 has nonzero levels"),
+        *(((2, np.array([bad, 0.0], np.float32), levels * 0), "norms must be finite")
+          for bad in (-1.0, -0.0, np.inf, np.nan)),
+        ((0, norms, levels), "levels must be an integer"),
+        ((2, norms.astype(np.float16), levels), "float32 or float64"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            QSGDMessage((0, 2, 4), s, 0, norms_sent, levels_sent)
     stream = good.encode()
     assert decode(stream, good.format) == good
-    with pytest.raises(ValueError, match="ends|past the end"):
-        decode(stream[:3], good.format)                                 # inside the first norm
-    with pytest.raises(ValueError, match="ends|past the end"):
-        decode(stream[:5], good.format)                                 # inside the entries
-    with pytest.raises(ValueError, match="bytes"):
-        decode(np.concatenate([stream, [0]]).astype(np.uint8), good.format)
-    with pytest.raises(ValueError, match="options"):
-        decode(stream, MessageFormat("qsgd", (0, 2, 4), "float32"))
-    with pytest.raises(ValueError, match="beyond s"):
-        decode(stream, MessageFormat("qsgd", (0, 2, 4), "float32",
-                                     options=(("levels", 1), ("bucket_size", 0))))
+    for sent, format_, message in [
+        (stream[:3], good.format, "ends|past the end"),                 # inside the first norm
+        (stream[:5], good.format, "ends|past the end"),                 # inside the entries
+        (np.concatenate([stream, [0]]).astype(np.uint8), good.format, "bytes"),
+        (stream, MessageFormat("qsgd", (0, 2, 4), "float32"), "options"),
+        (stream, MessageFormat("qsgd", (0, 2, 4), "float32", options=(("levels", 1), ("bucket_size", 0))),
+         "beyond s"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            decode(sent, format_)
     # a gap past the end of a bucket of 2: norm 1.0f, then omega(4) = 101000
     corrupt = np.zeros(5, np.uint8)
     offset = bitstream.write_uint(corrupt, 0, int(np.float32(1).view(np.uint32)), 32)

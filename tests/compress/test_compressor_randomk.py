@@ -117,30 +117,25 @@ def test_receiver_rebuilds_positions_from_the_stream_alone():
 
 
 def test_message_validation():
-    with pytest.raises(ValueError, match="sends 2 values, got 3"):
-        RandomKMessage((0, 10), 0.2, 5, np.zeros(3, np.float32))
-    with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\^64 - 1\]"):
-        RandomKMessage((0, 10), 0.2, 2 ** 64, np.zeros(2, np.float32))
-    with pytest.raises(ValueError, match=r"seed must be an integer"):
-        RandomKMessage((0, 10), 0.2, -1, np.zeros(2, np.float32))
-    with pytest.raises(ValueError, match="scaling must be one of"):
-        RandomKMessage((0, 10), 0.2, 5, np.zeros(2, np.float32), "biased")
+    for seed, values, scaling, message in [(5, 3, "unbiased", "sends 2 values, got 3"),
+                                           (2 ** 64, 2, "unbiased", r"seed must be an integer in \[0, 2\^64 - 1\]"),
+                                           (-1, 2, "unbiased", r"seed must be an integer"),
+                                           (5, 2, "biased", "scaling must be one of")]:
+        with pytest.raises(ValueError, match=message):
+            RandomKMessage((0, 10), 0.2, seed, np.zeros(values, np.float32), scaling)
     message = RandomKMessage((0, 10), 0.2, 2 ** 64 - 1, np.array([1.0, -2.0], np.float32))
     assert message.values.flags.writeable is False
     assert decode(message.encode(), message.format) == message
     assert message.encoded_bits() == 64 + 64 and message.analytic_bits() == 64.0
 
 
-def test_full_budget_sends_everything():
+def test_full_budget_sends_everything_and_an_empty_layout_the_seed():
     for scaling in ("unbiased", "none"):
         compressor = RandomK(1.0, scaling=scaling)
         x = random_updates(np.random.default_rng(1), 3, SPEC.size)
         compressed, _ = compressor.compress(x, compressor.init(SPEC), np.random.default_rng(0))
         assert_bitwise(compressed.decoded, x, "p = 1: decoded == x (scale 1)")
-
-
-def test_empty_layout():
-    compressor = RandomK(0.5)
+    compressor = RandomK(0.5)                                   # an empty layout
     compressed, _ = compressor.compress(np.zeros((2, 0), np.float32), compressor.init(0),
                                         np.random.default_rng(0))
     assert compressed.decoded.shape == (2, 0) and list(compressed.encoded_bits) == [64, 64]

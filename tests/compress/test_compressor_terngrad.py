@@ -119,16 +119,13 @@ def test_decoded_values_hypothesis(dtype):
 
 
 def test_message_validation_and_corrupt_streams():
-    with pytest.raises(ValueError, match="ternary codes must be -1, 0 or \\+1"):
-        TernGradMessage((0, 3), np.array([0, 2, 0]), np.array([1.0], np.float32))
-    with pytest.raises(ValueError, match="one scale per segment"):
-        TernGradMessage((0, 2, 3), np.array([0, 1, 0]), np.array([1.0], np.float32))
-    with pytest.raises(ValueError, match="scale 0 but nonzero codes"):
-        TernGradMessage((0, 2, 3), np.array([0, 1, 0]), np.array([0.0, 1.0], np.float32))
-    with pytest.raises(ValueError, match="finite and >= 0"):
-        TernGradMessage((0, 3), np.array([0, 1, 0]), np.array([-1.0], np.float32))
-    with pytest.raises(ValueError, match="3 codes for a vector of 4"):
-        TernGradMessage((0, 4), np.array([0, 1, 0]), np.array([1.0], np.float32))
+    for segments, codes, scales, message in [((0, 3), [0, 2, 0], [1.0], "ternary codes must be -1, 0 or \\+1"),
+                                             ((0, 2, 3), [0, 1, 0], [1.0], "one scale per segment"),
+                                             ((0, 2, 3), [0, 1, 0], [0.0, 1.0], "scale 0 but nonzero codes"),
+                                             ((0, 3), [0, 1, 0], [-1.0], "finite and >= 0"),
+                                             ((0, 4), [0, 1, 0], [1.0], "3 codes for a vector of 4")]:
+        with pytest.raises(ValueError, match=message):
+            TernGradMessage(segments, np.array(codes), np.array(scales, np.float32))
     message = TernGradMessage((0, 5, 7), np.array([1, -1, 0, 0, 1, -1, -1]), np.array([0.5, 2.0], np.float32))
     assert message.codes.flags.writeable is False
     np.testing.assert_array_equal(message.to_dense(), [0.5, -0.5, 0, 0, 0.5, -2, -2])

@@ -80,7 +80,7 @@ def test_stc_message_content(dtype):
     assert message.analytic_bits() == pytest.approx(float(analytic), rel=1e-14)
 
 
-def test_top_k_keeps_exact_values_and_sign_codes_zeros():
+def test_top_k_and_identity_keep_exact_values_and_sign_codes_zeros():
     rng = np.random.default_rng(1)
     x = random_updates(rng, 1, SPEC.size)[0]
     compressor = TopK(0.25)
@@ -99,6 +99,10 @@ def test_top_k_keeps_exact_values_and_sign_codes_zeros():
     # 3 zeros among 6: count 32 + Golomb bits of [0, 1, 4] at b*(3, 6) = 0 -> 1 + 1 + 3 = 5; 3 sign bits
     message, _ = one(Sign(), x, Sign().init(6))
     assert message.encoded_bits() == 32 + 5 + 3 and message.analytic_bits() == 6.0
+    x = np.arange(10, dtype=np.float64)                   # identity: 64 bits a value, 32 in the analytic count
+    message, _ = one(Identity(), x, Identity().init(10))
+    assert message.encoded_bits() == 640 and message.analytic_bits() == 320
+    check_message(message, x.dtype, x.size)
 
 
 @pytest.mark.parametrize("tiny", [-1e-45, 1e-45])
@@ -122,13 +126,6 @@ def test_sparse_message_from_dense():
     assert decode(message.encode(), message.format) == message
     assert message.analytic_bits() == pytest.approx(
         2 * (float(expected_position_bits(2 / 120)) + 32) + float(expected_position_bits(1 / 4)) + 32)
-
-
-def test_identity_bits():
-    x = np.arange(10, dtype=np.float64)
-    message, _ = one(Identity(), x, Identity().init(10))
-    assert message.encoded_bits() == 640 and message.analytic_bits() == 320
-    check_message(message, x.dtype, x.size)
 
 
 def test_message_validation():

@@ -119,6 +119,7 @@ def test_every_registered_compressor_is_in_the_suite():
     for name, instances in SETTINGS.items():
         assert instances and all(type(c) is COMPRESSORS[name] for c in instances), name
     assert {c.name for c in CHUNKED_DRAWS} >= {"qsgd", "terngrad"}
+    assert {cls.name for cls in WITH_P} >= {"topk", "stc", "randomk"}
     with pytest.raises(ValueError, match="compressor must be one of"):
         make_compressor("no-such-compressor")
 
@@ -166,8 +167,10 @@ def test_class_attributes_and_defaults(name):
     assert COMPRESSOR_TABLES.get(name) is (cls if set(defaults) - {"p", "scope"} else None)
 
 
-# Each compressor's own settings: values they refuse, the error's type and the start of its message.
+# Each compressor's own settings, p of those with one and every compressor's scope: values they refuse, the
+# error's type and the start of its message.
 NUMBER_ERRORS = (TypeError, ValueError)      # a value of the wrong kind is a TypeError
+WITH_P = [cls for cls in COMPRESSORS.values() if "p" in {f.name for f in dataclasses.fields(cls)}]
 REFUSED = [(cls, setting, bad, errors, match) for cls, setting, values, errors, match in [
     (STC, "sample_fraction", [0], ValueError, r"sample_fraction must be a finite number in \(0, 1\]"),
     (STC, "threshold", ["approx"], ValueError, r"threshold must be one of 'exact', 'sampled'"),
@@ -179,6 +182,10 @@ REFUSED = [(cls, setting, bad, errors, match) for cls, setting, values, errors, 
      "clip must be a finite number >= 0"),
     (RandomK, "scaling", ["biased"], ValueError, r"scaling must be one of 'unbiased', 'none', got 'biased'"),
     (PowerSGD, "rank", [0, -1, 2.5, True, "2", None], NUMBER_ERRORS, "rank must be an integer"),
+    *((cls, "p", [0, -0.1, 1.5, float("nan"), float("inf"), "0.1", True], NUMBER_ERRORS,
+       r"p must be a finite number in \(0, 1\]") for cls in WITH_P),
+    *((cls, "scope", ["layer"], ValueError, r"scope must be one of 'tensor'(, 'global')?, got 'layer'")
+      for cls in COMPRESSORS.values()),
 ] for bad in values]
 
 
@@ -187,23 +194,6 @@ REFUSED = [(cls, setting, bad, errors, match) for cls, setting, values, errors, 
 def test_own_setting_outside_its_constraint_is_rejected(cls, setting, bad, errors, match):
     with pytest.raises(errors, match=match):
         cls(**{setting: bad})
-
-
-@pytest.mark.parametrize("bad", [0, -0.1, 1.5, float("nan"), float("inf"), "0.1", True])
-def test_p_outside_its_range_is_rejected(bad):
-    with_p = [cls for cls in COMPRESSORS.values() if "p" in {f.name for f in dataclasses.fields(cls)}]
-    assert {cls.name for cls in with_p} >= {"topk", "stc", "randomk"}
-    for cls in with_p:
-        with pytest.raises((TypeError, ValueError), match=r"p must be a finite number in \(0, 1\]"):
-            cls(p=bad)
-
-
-@pytest.mark.parametrize("name", list(SETTINGS))
-def test_scope_outside_its_choices_is_rejected(name):
-    cls = COMPRESSORS[name]
-    assert "scope" in {f.name for f in dataclasses.fields(cls)}
-    with pytest.raises(ValueError, match=r"scope must be one of 'tensor'(, 'global')?, got 'layer'"):
-        cls(scope="layer")
 
 
 @cases(STATELESS)

@@ -104,7 +104,7 @@ def test_zero_weights_pad_ragged_batches():
         _assert_close(got, expected, 1e-13)
 
 
-def test_gathered_rows_and_codes_equal_the_decoded_copy():
+def test_gathered_rows_codes_and_float64_data_equal_the_decoded_copy():
     """``rows=`` reads ``x[rows]`` of one set; 8-bit :class:`Codes` stand for ``scale u + offset``."""
     model, theta, _, _, _ = _problem(np.float32, (5,))
     rng = np.random.default_rng(4)
@@ -118,10 +118,8 @@ def test_gathered_rows_and_codes_equal_the_decoded_copy():
     for bad in (rows - 40, rows + 40):
         with pytest.raises(ValueError, match=r"rows must lie in \[0, 40\)"):
             model.loss_and_grad(theta, features, labels[rows], rows=bad)
-
-
-def test_float64_data_are_computed_in_the_parameters_float32():
-    model, theta, x, y, _ = _problem(np.float32, (5,))
+    # float64 data are computed in the parameters' float32
+    _, _, x, y, _ = _problem(np.float32, (5,))
     loss, grad = model.loss_and_grad(theta, x.astype(np.float64), y)
     assert loss.dtype == np.float32 and grad.dtype == np.float32
     np.testing.assert_array_equal(grad, model.loss_and_grad(theta, x, y)[1])
@@ -154,6 +152,7 @@ def test_spec_names_each_layer_and_its_views_write_through_the_flat_vector():
         np.testing.assert_array_equal(b, theta[:, spec.slice(f"b{layer}")])
         b[...] = -layer
     assert theta[1, 92:].tolist() == [-3.0] * 4 and theta[0, 42:48].tolist() == [-1.0] * 6
+    assert MLP(3, [4, np.int64(2)], 3).hidden == (4, 2)          # a list of widths becomes a tuple
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -191,10 +190,6 @@ def test_glorot_init_is_seeded_bounded_and_has_zero_biases(dtype):
 def test_bad_settings_name_the_setting(kwargs, error, message):
     with pytest.raises(error, match=message):
         MLP(**{**dict(n_features=3, hidden=(4,), n_classes=3), **kwargs})
-
-
-def test_a_list_of_widths_becomes_a_tuple():
-    assert MLP(3, [4, np.int64(2)], 3).hidden == (4, 2)
 
 
 def test_bad_arguments_name_the_argument():

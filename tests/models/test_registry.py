@@ -12,13 +12,7 @@ from fedsim.models.features import decoded
 from fedsim.params import ParamSpec
 from fedsim.rng import RunStreams
 from fedsim.runs import build_run
-
-
-def _config_error(raw: dict) -> str:
-    with pytest.raises(ConfigError) as info:
-        config_from_dict(raw, "test.toml")
-    assert "\n" not in str(info.value)
-    return str(info.value)
+from tests.test_config import config_error
 
 
 def test_softmax_is_the_default_model_with_zero_init():
@@ -27,6 +21,9 @@ def test_softmax_is_the_default_model_with_zero_init():
     model = settings.build(5, 3, 0.5)
     assert model == SoftmaxRegression(5, 3, 0.5)
     assert ModelConfig(init="glorot").init_kind == "glorot"
+    # the default activation (the canonical config writes it) and zero init: accepted without hidden layers
+    assert ModelConfig(activation="relu").init_kind == "zeros"
+    assert ModelConfig(name="mlp", hidden=(), init="zeros").build(5, 3).size == 18
 
 
 NAMES = ", ".join(map(repr, MODELS))          # 'softmax', 'mlp' and any model added to the registry
@@ -49,16 +46,10 @@ NAMES = ", ".join(map(repr, MODELS))          # 'softmax', 'mlp' and any model a
     ({"width": 3}, "unknown setting 'model.width'"),
 ])
 def test_bad_model_settings_are_one_line_naming_the_setting(table, message):
-    got = _config_error({"model": table})
+    got = config_error({"model": table})
     assert got.startswith(message), got
     if table == {"name": "perceptron"}:
         assert "did you mean" not in got
-
-
-def test_the_settings_a_model_without_hidden_layers_takes():
-    """The default activation (the canonical config writes it) and zero init: accepted without hidden layers."""
-    assert ModelConfig(activation="relu").init_kind == "zeros"
-    assert ModelConfig(name="mlp", hidden=(), init="zeros").build(5, 3).size == 18
 
 
 def test_a_network_too_large_for_the_machine_is_one_line_naming_model_hidden():
@@ -95,7 +86,7 @@ def test_a_network_whose_per_client_arrays_exceed_the_machine_is_refused_before_
 
 @pytest.mark.parametrize("family", ["federated", "lazy"])
 def test_the_old_init_settings_are_answered_with_model_init(family):
-    assert _config_error({"family": family, family: {"init": "glorot"}}) == \
+    assert config_error({"family": family, family: {"init": "glorot"}}) == \
         f"{family}.init has moved: model.init replaces it"
     with pytest.raises(ConfigError, match=rf"^{family}.init has moved: model.init replaces it$"):
         load_preset("synthetic", [f"{family}.init=zeros"])

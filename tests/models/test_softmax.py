@@ -93,13 +93,6 @@ def test_bad_settings_name_the_setting(kwargs, message):
         SoftmaxRegression(**kwargs)
 
 
-def test_labels_out_of_range_are_rejected():
-    model, theta, x, y = _problem(np.float64)
-    y[0] = model.n_classes
-    with pytest.raises(ValueError, match="labels must lie in"):
-        model.loss_and_grad(theta, x, y)
-
-
 def test_param_spec_views_write_through_and_round_trip():
     spec = ParamSpec(("W", "b"), ((3, 2), (2,)))
     theta = spec.zeros(np.float64, batch=(4,))
@@ -228,20 +221,22 @@ def test_codes_fold_their_affine_map_into_the_weights_side(torch, walk, dtype, s
                                rtol=tol, atol=tol)
 
 
-def test_codes_refuse_what_they_cannot_stand_for():
-    with pytest.raises(ValueError, match="uint8"):
-        Codes(np.zeros((3, 4), np.int16), 1.0)
-    with pytest.raises(ValueError, match="float32 or float64"):
-        Codes(np.zeros((3, 4), np.uint8), 1.0, dtype=np.float16)
-    with pytest.raises(ValueError, match="scale must not be 0"):
-        Codes(np.zeros((3, 4), np.uint8), 0.0)
-    with pytest.raises(ValueError, match="offset must be finite"):
-        Codes(np.zeros((3, 4), np.uint8), 1.0, float("nan"))
-    model = SoftmaxRegression(4, 3)
-    with pytest.raises(ValueError, match="float32 or float64 array or Codes"):
-        model.loss_and_grad(model.init(), np.zeros((5, 4), np.uint8), np.zeros(5, int))
-    with pytest.raises(ValueError, match="4 features"):
-        model.loss_and_grad(model.init(), np.zeros((5, 3)), np.zeros(5, int))
+def test_codes_features_and_labels_refuse_what_they_cannot_stand_for():
+    model, theta, x, y = _problem(np.float64)
+    y[0] = model.n_classes
+    small = SoftmaxRegression(4, 3)
+    for call, message in [
+        (lambda: Codes(np.zeros((3, 4), np.int16), 1.0), "uint8"),
+        (lambda: Codes(np.zeros((3, 4), np.uint8), 1.0, dtype=np.float16), "float32 or float64"),
+        (lambda: Codes(np.zeros((3, 4), np.uint8), 0.0), "scale must not be 0"),
+        (lambda: Codes(np.zeros((3, 4), np.uint8), 1.0, float("nan")), "offset must be finite"),
+        (lambda: small.loss_and_grad(small.init(), np.zeros((5, 4), np.uint8), np.zeros(5, int)),
+         "float32 or float64 array or Codes"),
+        (lambda: small.loss_and_grad(small.init(), np.zeros((5, 3)), np.zeros(5, int)), "4 features"),
+        (lambda: model.loss_and_grad(theta, x, y), "labels must lie in"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            call()
 
 
 # -- threads ----------------------------------------------------------------------------------------------
