@@ -1,11 +1,7 @@
-"""Run folders that cannot be corrupted, and one clear line (never a traceback) on bad input.
-
-One test (or a few) per item of the reliability issue: folder ownership, resume identity, corrupt
-checkpoints, thread-count independence, foreign files in --out, one-line errors, and the smaller items.
-The commands whose process is what is tested (a second writer, concurrent runs, thread settings, the
-umask, --debug's traceback) run as real subprocesses (tests/conftest.py's ``fedsim``); the others call
-``fedsim.cli.main`` in this process (tests/conftest.py's ``fedsim_here``: the same exit status and lines).
-"""
+"""Run folders that cannot be corrupted, and one clear line (never a traceback) on bad input: one section per
+item of the reliability issue. The commands whose process is what is tested (a second writer, concurrent runs,
+thread settings, the umask, --debug's traceback) run as real subprocesses (tests/conftest.py's ``fedsim``); the
+others call ``fedsim.cli.main`` in this process (``fedsim_here``: the same exit status and lines)."""
 
 import json
 import os
@@ -256,25 +252,22 @@ def test_the_blas_recorded_is_numpys_whatever_else_is_loaded_and_a_resume_does_n
 
 # --- 5. never overwrite a file fedsim did not write --------------------------------------------------------
 
-def test_out_with_files_of_the_user_is_refused_and_left_alone(tmp_path, fedsim_here):
+@pytest.mark.parametrize("out, fragments", [
+    ("mine", ["not empty and not a fedsim run folder", "thesis.tex"]),
+    ("file", ["is a file, not a folder"]),
+    # /proc refuses new folders even to root (CI runs as root, for whom a read-only mode means nothing)
+    ("/proc/fedsim-run", ["cannot create the run folder"])])
+def test_out_with_files_of_the_user_a_file_or_an_unwritable_place_is_one_line_and_left_alone(tmp_path, fedsim_here,
+                                                                                            out, fragments):
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "history.jsonl").write_text("my own notes\n")
     (mine / "thesis.tex").write_text("chapter 1\n")
-    result = fedsim_here("run", "--preset", "synthetic", *ROUNDS12, "--quiet", "--out", mine)
-    one_line_error(result, 2, "not empty and not a fedsim run folder", "thesis.tex")
-    assert (mine / "history.jsonl").read_text() == "my own notes\n"
-    assert sorted(p.name for p in mine.iterdir()) == ["history.jsonl", "thesis.tex"]
-
-
-def test_out_naming_a_file_or_an_unwritable_place_is_one_line(tmp_path, fedsim_here):
     (tmp_path / "file").write_text("x")
-    one_line_error(fedsim_here("run", "--preset", "synthetic", *ROUNDS12, "--quiet", "--out",
-                               tmp_path / "file"), 2, "is a file, not a folder")
-    assert (tmp_path / "file").read_text() == "x"
-    # /proc refuses new folders even to root (CI runs as root, for whom a read-only mode means nothing)
-    one_line_error(fedsim_here("run", "--preset", "synthetic", *ROUNDS12, "--quiet", "--out",
-                               "/proc/fedsim-run"), 2, "cannot create the run folder")
+    one_line_error(fedsim_here("run", "--preset", "synthetic", *ROUNDS12, "--quiet", "--out", tmp_path / out), 2,
+                   *fragments)
+    assert (mine / "history.jsonl").read_text() == "my own notes\n" and (tmp_path / "file").read_text() == "x"
+    assert sorted(p.name for p in mine.iterdir()) == ["history.jsonl", "thesis.tex"]
 
 
 # --- 6. one line, never a traceback ---------------------------------------------------------------------------
