@@ -1,10 +1,6 @@
-"""What the data tests share: an isolated environment, an HTTP server on 127.0.0.1, one-line error checks.
-
-Every test that takes the fixture ``isolated`` runs with FEDSIM_DATA, FEDSIM_MIRRORS and XDG_CACHE_HOME unset,
-FEDSIM_CACHE and HOME inside tmp_path, FEDSIM_NO_REPO_DATA=1 and the system dataset folder replaced by an empty
-tmp folder. So no test reads or writes the real user cache, the checkout's data/ folder or /usr/share/datasets,
-and nothing is ever written into the shared data folder.
-"""
+"""What the data tests share: an isolated environment (with ``isolated``, no test reads or writes the real user
+cache, the checkout's data/ folder or /usr/share/datasets, nor writes into the shared data folder), an HTTP server
+on 127.0.0.1, one-line error checks."""
 
 import functools
 import http.server

@@ -12,9 +12,8 @@ import pytest
 from fedsim.data import cache, load, preprocess
 from fedsim.data.cache import cached_array, entry_path
 from fedsim.data.registry import DATASETS, DataSettingError
-from tests.conftest import assert_bitwise
+from tests.conftest import REPO, assert_bitwise
 
-REPO = Path(__file__).resolve().parents[2]
 KEY = {"function": "test", "version": 1, "parameters": {"scale": 0.5, "size": 3}}
 
 
@@ -146,7 +145,8 @@ def test_a_damaged_entry_is_recomputed_with_one_warning_line(isolated_cache, cap
     assert compute.calls == 2 and capsys.readouterr().err == ""
 
 
-def test_disabled_by_the_environment_variable_or_the_argument(isolated_cache, monkeypatch):
+def test_disabled_by_the_environment_variable_or_the_argument_and_a_bad_value_is_one_line(isolated_cache,
+                                                                                          monkeypatch):
     compute = Counter(np.arange(3.0))
     for value in ("0", "off", "False", "no"):
         monkeypatch.setenv("FEDSIM_ARRAY_CACHE", value)
@@ -163,9 +163,6 @@ def test_disabled_by_the_environment_variable_or_the_argument(isolated_cache, mo
     monkeypatch.setenv("FEDSIM_ARRAY_CACHE", "0")
     cached_array("values", KEY, compute, enabled=True)           # the argument wins
     assert entry_path("values", KEY).exists()
-
-
-def test_a_bad_environment_value_is_a_one_line_setting_error(monkeypatch):
     monkeypatch.setenv("FEDSIM_ARRAY_CACHE", "maybe")
     with pytest.raises(DataSettingError, match="FEDSIM_ARRAY_CACHE must be 1 .* or 0 .*'maybe'"):
         cached_array("values", KEY, Counter(np.zeros(1)))

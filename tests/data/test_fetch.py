@@ -111,15 +111,13 @@ def test_download_lands_in_cache_and_verifies(isolated, shared_data, serve, caps
     assert fetch.fetch("mnist", "test-labels", download=False) == path
 
 
-def test_pooch_and_requests_are_imported_only_to_download(isolated, shared_data):
+def test_pooch_and_requests_are_imported_only_to_download_and_pooch_checks_one_md5(isolated, shared_data):
     code = ("import sys\nfrom fedsim.data import fetch\n"
             f"fetch.fetch('mnist', 'test-labels', data_dir={str(shared_data)!r})\n"
             "print(sorted({'pooch', 'requests'} & set(sys.modules)))\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0 and result.stdout.split() == ["[]"], (result.stdout, result.stderr)
-
-
-def test_pooch_checks_the_md5_only_where_it_alone_decides():
+    # pooch checks the MD5 only where it alone decides
     hashes = {(info.name, file.key): fetch._pooch_hash(file) for info in DATASETS.values()
               for file in info.files}
     assert {key: value for key, value in hashes.items() if value} == {

@@ -30,13 +30,10 @@ def random_uint8(rng, shape):
 @pytest.mark.parametrize("as_path", [False, True])
 def test_round_trip(tmp_path, shape, compressed, as_path):
     array = random_uint8(np.random.default_rng(sum(shape)), shape)
-    data = idx_bytes(array)
-    if compressed:
-        data = gzip.compress(data)
+    data = gzip.compress(idx_bytes(array)) if compressed else idx_bytes(array)
     source = data
     if as_path:   # gzip is told by its magic, not by the name: the name says the opposite
-        source = tmp_path / ("array-idx-ubyte" if compressed else "array-idx-ubyte.gz")
-        source.write_bytes(data)
+        source = write_file(tmp_path / ("array-idx-ubyte" if compressed else "array-idx-ubyte.gz"), data)
     result = read_idx(source)
     assert result.dtype == np.uint8 and result.shape == shape
     np.testing.assert_array_equal(result, array)
@@ -77,9 +74,7 @@ BAD_INPUTS = {
                                                 if not (kind == "broken gzip" and compressed)])
 def test_bad_input_raises_naming_file_and_problem(tmp_path, kind, compressed):
     data, words = BAD_INPUTS[kind]
-    if compressed:
-        data = gzip.compress(data)
-    path = write_file(tmp_path / f"{kind.replace(' ', '-')}.idx", data)
+    path = write_file(tmp_path / f"{kind.replace(' ', '-')}.idx", gzip.compress(data) if compressed else data)
     one_line_error(lambda: read_idx(path), str(path), *words, error=ValueError)
 
 

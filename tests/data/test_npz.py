@@ -141,7 +141,8 @@ def npz_sweep(tmp_path, settings: str, grid: str) -> None:
                                        f'"federated.n_clients" = 4\n{settings}\n[grid]\n{grid}\n')
 
 
-def test_a_sweep_refuses_a_partition_its_npz_data_cannot_make_before_any_run_starts(tmp_path, monkeypatch, capsys):
+def test_a_sweep_runs_on_npz_data_and_refuses_a_partition_it_cannot_make_before_any_run(tmp_path, monkeypatch,
+                                                                                        capsys):
     monkeypatch.chdir(tmp_path)
     saved(tmp_path)
     npz_sweep(tmp_path, '"data.partition" = "classes_per_client"', '"data.classes_per_client" = [2, 7]')
@@ -150,6 +151,9 @@ def test_a_sweep_refuses_a_partition_its_npz_data_cannot_make_before_any_run_sta
                                        "does not fit the data: data.classes_per_client must be an integer in [1, 3], "
                                        "got 7\n")
     assert not (tmp_path / "runs").exists()
+    npz_sweep(tmp_path, '"federated.rounds" = 2\n"federated.batch_size" = 10', "seed = [0, 1]")
+    assert main(["sweep", "own.toml", "--workers", "1", "--quiet"]) == 0
+    assert "2 completed" in capsys.readouterr().out
 
 
 def test_a_run_records_the_file_and_its_resume_refuses_a_changed_file(tmp_path, monkeypatch, capsys):
@@ -170,14 +174,6 @@ def test_a_run_records_the_file_and_its_resume_refuses_a_changed_file(tmp_path, 
     [error] = [line for line in capsys.readouterr().err.splitlines() if "error" in line]   # (a BLAS warning may come)
     assert error.startswith("fedsim: error: data.dataset npz:") and "the file changed since the run started" in error
     assert json.loads((tmp_path / "one" / "summary.json").read_text())["completed"] == 4
-
-
-def test_a_sweep_runs_on_npz_data(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    saved(tmp_path)
-    npz_sweep(tmp_path, '"federated.rounds" = 2\n"federated.batch_size" = 10', "seed = [0, 1]")
-    assert main(["sweep", "own.toml", "--workers", "1", "--quiet"]) == 0
-    assert "2 completed" in capsys.readouterr().out
 
 
 def test_a_file_changed_while_the_run_reads_it_is_refused_not_recorded_with_its_new_hash(tmp_path, monkeypatch,

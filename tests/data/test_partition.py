@@ -132,13 +132,9 @@ def test_dirichlet_properties(n_samples, n_classes, alpha, seed, data):
     assert all(np.all(np.diff(part) > 0) for part in parts)   # each client's indices sorted
 
 
-def test_dirichlet_min_size():
-    labels = _labels(2000, 10, 1)
-    parts = dirichlet(labels, 20, 0.3, np.random.default_rng(0), min_size=20)
+def test_dirichlet_min_size_and_alpha_controls_skew():
+    parts = dirichlet(_labels(2000, 10, 1), 20, 0.3, np.random.default_rng(0), min_size=20)
     assert min(len(p) for p in parts) >= 20
-
-
-def test_dirichlet_alpha_controls_skew():
     labels = _labels(5000, 10, 2)
     def mean_classes_present(alpha):
         parts = dirichlet(labels, 20, alpha, np.random.default_rng(3), min_size=0)

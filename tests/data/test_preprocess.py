@@ -45,7 +45,7 @@ def test_bilinear_matrix_same_size_is_identity_and_dtype_is_kept():
 
 # ----------------------------------------------------------------------------------------------- resize
 
-def test_resize_equals_one_image_at_a_time_and_keeps_dtype():
+def test_resize_equals_one_image_at_a_time_and_keeps_dtype_and_constant_images():
     rng = np.random.default_rng(0)
     images = rng.random((5, 6, 9))
     resized = resize_bilinear(images, 4, 11)
@@ -54,11 +54,8 @@ def test_resize_equals_one_image_at_a_time_and_keeps_dtype():
     np.testing.assert_allclose(resized, expected, rtol=1e-13, atol=1e-14)
     assert resized.dtype == np.float64
     assert resize_bilinear(images.astype(np.float32), 4, 11).dtype == np.float32
-
-
-def test_resize_keeps_constant_images_constant():
-    images = np.full((3, 28, 28), 0.37)
-    np.testing.assert_allclose(resize_bilinear(images, 32, 17), 0.37, rtol=1e-14)
+    # constant images stay constant
+    np.testing.assert_allclose(resize_bilinear(np.full((3, 28, 28), 0.37), 32, 17), 0.37, rtol=1e-14)
 
 
 @pytest.mark.oracle
@@ -81,8 +78,11 @@ def _pixels(count=7, size=28, seed=2):
     return np.random.default_rng(seed).integers(0, 256, size=(count, size, size), dtype=np.uint8)
 
 
-def test_stc_pipeline_is_the_documented_formula_across_chunks(monkeypatch):
+def test_stc_pipeline_is_the_documented_formula_across_chunks_with_the_recorded_statistics(monkeypatch):
     import fedsim.data.preprocess as preprocess
+    assert PIXEL_STATISTICS["mnist"][:2] == (0.06078, 0.1957)
+    for name, stats in PIXEL_STATISTICS.items():
+        assert 0 < stats.mean < 1 and 0 < stats.std < 1 and stats.source, name
     images = _pixels(23, seed=5)
     resized = resize_bilinear(images / 255.0, 32, 32)
     monkeypatch.setattr(preprocess, "_CHUNK_IMAGES", 4)  # several chunks, the last one short
@@ -135,12 +135,6 @@ PIPELINES = (stc_pipeline, laq_pipeline, pixel_statistics)
 def test_bad_input_raises(call, error, pattern):
     with pytest.raises(error, match=pattern):
         call()
-
-
-def test_recorded_statistics():
-    assert PIXEL_STATISTICS["mnist"][:2] == (0.06078, 0.1957)
-    for name, stats in PIXEL_STATISTICS.items():
-        assert 0 < stats.mean < 1 and 0 < stats.std < 1 and stats.source, name
 
 
 # ----------------------------------------------------------------------------------------------- real data

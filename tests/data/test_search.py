@@ -66,7 +66,12 @@ def test_fashion_mnist_from_shared_folder(isolated, shared_data, monkeypatch):
     assert images.shape == (10000, 28, 28) and np.bincount(labels).tolist() == [1000] * 10
 
 
-def test_mnist_test_split_verifies_by_published_md5(isolated, shared_data, monkeypatch):
+def test_mnist_test_split_verifies_by_published_md5_and_the_train_split_misses_its_images(isolated, shared_data,
+                                                                                          monkeypatch):
+    with pytest.raises(DatasetNotFoundError) as raised:       # the error names only the missing file
+        fetch.load_split("mnist", "train", data_dir=shared_data, download=False)
+    assert isinstance(raised.value, FileNotFoundError) and raised.value.missing == ("train-images",)
+    assert "train-images-idx3-ubyte.gz" in str(raised.value) and "train-labels-idx1-ubyte.gz" not in str(raised.value)
     monkeypatch.setenv("FEDSIM_DATA", str(shared_data))
     status = {row["key"]: row for row in search.dataset_status("mnist")}
     for key in ("test-images", "test-labels", "train-labels"):
@@ -79,15 +84,6 @@ def test_mnist_test_split_verifies_by_published_md5(isolated, shared_data, monke
     assert np.bincount(labels).tolist() == MNIST_TEST_LABEL_COUNTS
     # the shared Fashion-MNIST files are Debian's copies: they verify by Debian's MD5s
     assert [row["method"] for row in search.dataset_status("fashion-mnist")] == ["md5"] * 4
-
-
-def test_partial_split_error_names_only_the_missing_file(isolated, shared_data):
-    with pytest.raises(DatasetNotFoundError) as raised:
-        fetch.load_split("mnist", "train", data_dir=shared_data, download=False)
-    error = raised.value
-    assert isinstance(error, FileNotFoundError)
-    assert error.missing == ("train-images",)
-    assert "train-images-idx3-ubyte.gz" in str(error) and "train-labels-idx1-ubyte.gz" not in str(error)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -1,11 +1,7 @@
-"""Run folders that cannot be corrupted, and one clear line (never a traceback) on bad input.
-
-One test (or a few) per item of the reliability issue: folder ownership, resume identity, corrupt
-checkpoints, thread-count independence, foreign files in --out, one-line errors, and the smaller items.
-The commands whose process is what is tested (a second writer, concurrent runs, thread settings, the
-umask, --debug's traceback) run as real subprocesses (tests/conftest.py's ``fedsim``); the others call
-``fedsim.cli.main`` in this process (tests/conftest.py's ``fedsim_here``: the same exit status and lines).
-"""
+"""Run folders that cannot be corrupted, and one clear line (never a traceback) on bad input: one section per
+item of the reliability issue. The commands whose process is what is tested (a second writer, concurrent runs,
+thread settings, the umask, --debug's traceback) run as real subprocesses (tests/conftest.py's ``fedsim``); the
+others call ``fedsim.cli.main`` in this process (``fedsim_here``: the same exit status and lines)."""
 
 import json
 import os
@@ -93,8 +89,7 @@ def test_an_edited_config_is_refused_with_the_changed_settings(tmp_path, edit, c
     assert edit[0] in text
     config.write_text(text.replace(edit[0], edit[1], 1))
     before = {path.name: path.read_bytes() for path in run_dir.iterdir()}
-    result = fedsim_here("run", "--resume", run_dir, "--quiet")
-    one_line_error(result, 2, "was edited after the run started", changed)
+    one_line_error(fedsim_here("run", "--resume", run_dir, "--quiet"), 2, "was edited after the run started", changed)
     after = {path.name: path.read_bytes() for path in run_dir.iterdir()}
     assert after == before                                   # nothing lost, nothing changed
 
@@ -103,18 +98,17 @@ def test_a_checkpoint_of_another_run_is_refused(tmp_path, fedsim_here):
     run_dir = unfinished_copy(tmp_path, "run")
     other = unfinished_copy(tmp_path, "other")     # the same settings: only its id differs
     (run_dir / CHECKPOINT_FILE).write_bytes((other / CHECKPOINT_FILE).read_bytes())
-    result = fedsim_here("run", "--resume", run_dir, "--quiet")
-    one_line_error(result, 2, "is not the checkpoint checkpoint.json recorded")
+    one_line_error(fedsim_here("run", "--resume", run_dir, "--quiet"), 2,
+                   "is not the checkpoint checkpoint.json recorded")
     # with its note copied too, the checksum agrees; the run id inside the checkpoint does not
     (run_dir / "checkpoint.json").write_bytes((other / "checkpoint.json").read_bytes())
-    result = fedsim_here("run", "--resume", run_dir, "--quiet")
-    one_line_error(result, 2, "belongs to another run")
+    one_line_error(fedsim_here("run", "--resume", run_dir, "--quiet"), 2, "belongs to another run")
 
 
 def test_more_steps_than_asked_is_impossible_and_extend_to_continues(tmp_path, fedsim_here):
     run_dir = unfinished_copy(tmp_path)
-    result = fedsim_here("run", "--resume", run_dir, "--quiet", "--extend-to", "5")
-    one_line_error(result, 2, "--extend-to must be an integer >= 9")
+    one_line_error(fedsim_here("run", "--resume", run_dir, "--quiet", "--extend-to", "5"), 2,
+                   "--extend-to must be an integer >= 9")
     # extending to 20 rounds gives the first 20 rounds of a 20-round run
     longer = fedsim_here("run", "--preset", "synthetic", *TINY, "--set", "federated.rounds=20",
                          "--set", "run.checkpoint_every=4", "--quiet", "--out", tmp_path / "twenty")
@@ -171,8 +165,7 @@ def test_a_kill_during_the_checkpoint_write_leaves_a_resumable_folder(tmp_path, 
     partial = run_dir / f".{CHECKPOINT_FILE}.4242-x1y2z3.part"
     partial.write_bytes(b"PK\x03\x04 half a zip")
     result = fedsim_here("run", "--resume", run_dir, "--quiet")
-    assert result.returncode == 0, result.stderr
-    assert history(run_dir) == finished[1]
+    assert result.returncode == 0 and history(run_dir) == finished[1], result.stderr
     assert not partial.exists(), "the resume must delete the interrupted write's temporary file"
 
 
@@ -206,22 +199,19 @@ def test_lazy_results_do_not_depend_on_the_thread_count(tmp_path, shared_data, t
     assert histories[0] == histories[1]
 
 
-def test_a_resume_under_other_thread_settings_warns(tmp_path, finished):
+@pytest.mark.parametrize("environment, said, unsaid", [
+    ({"OMP_NUM_THREADS": "2"}, ["thread settings of the environment differ"], []),
+    # OPENBLAS_CORETYPE picks the kernel (the products' last bits), so its change is no thread setting the
+    # results do not depend on: the resume names the BLAS change and nothing else
+    ({"OPENBLAS_CORETYPE": "Prescott"}, ["(BLAS openblas", "may not be bitwise identical"], ["thread settings"])])
+def test_a_resume_under_other_thread_settings_or_blas_kernel_warns(tmp_path, finished, environment, said, unsaid):
     run_dir = unfinished_copy(tmp_path)
-    result = fedsim(tmp_path, "run", "--resume", run_dir, "--quiet", OMP_NUM_THREADS="2")
+    result = fedsim(tmp_path, "run", "--resume", run_dir, "--quiet", **environment)
     assert result.returncode == 0, result.stderr
-    assert "thread settings of the environment differ" in result.stderr
-    assert history(run_dir) == finished[1]
-
-
-def test_a_resume_on_another_blas_kernel_warns_of_the_kernel_not_of_thread_settings(tmp_path):
-    """OPENBLAS_CORETYPE picks the kernel (the products' last bits), so its change is no thread setting the
-    results do not depend on: the resume names the BLAS change and nothing else."""
-    run_dir = unfinished_copy(tmp_path)
-    result = fedsim(tmp_path, "run", "--resume", run_dir, "--quiet", OPENBLAS_CORETYPE="Prescott")
-    assert result.returncode == 0, result.stderr
-    assert "thread settings" not in result.stderr and "(BLAS openblas" in result.stderr, result.stderr
-    assert "may not be bitwise identical" in result.stderr
+    assert all(words in result.stderr for words in said), result.stderr
+    assert not any(words in result.stderr for words in unsaid), result.stderr
+    if "OMP_NUM_THREADS" in environment:          # a thread setting: the results do not depend on it
+        assert history(run_dir) == finished[1]
 
 
 def test_a_resume_with_other_numpy_simd_loops_warns_of_them(tmp_path):
@@ -262,25 +252,22 @@ def test_the_blas_recorded_is_numpys_whatever_else_is_loaded_and_a_resume_does_n
 
 # --- 5. never overwrite a file fedsim did not write --------------------------------------------------------
 
-def test_out_with_files_of_the_user_is_refused_and_left_alone(tmp_path, fedsim_here):
+@pytest.mark.parametrize("out, fragments", [
+    ("mine", ["not empty and not a fedsim run folder", "thesis.tex"]),
+    ("file", ["is a file, not a folder"]),
+    # /proc refuses new folders even to root (CI runs as root, for whom a read-only mode means nothing)
+    ("/proc/fedsim-run", ["cannot create the run folder"])])
+def test_out_with_files_of_the_user_a_file_or_an_unwritable_place_is_one_line_and_left_alone(tmp_path, fedsim_here,
+                                                                                            out, fragments):
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "history.jsonl").write_text("my own notes\n")
     (mine / "thesis.tex").write_text("chapter 1\n")
-    result = fedsim_here("run", "--preset", "synthetic", *ROUNDS12, "--quiet", "--out", mine)
-    one_line_error(result, 2, "not empty and not a fedsim run folder", "thesis.tex")
-    assert (mine / "history.jsonl").read_text() == "my own notes\n"
-    assert sorted(p.name for p in mine.iterdir()) == ["history.jsonl", "thesis.tex"]
-
-
-def test_out_naming_a_file_or_an_unwritable_place_is_one_line(tmp_path, fedsim_here):
     (tmp_path / "file").write_text("x")
-    one_line_error(fedsim_here("run", "--preset", "synthetic", *ROUNDS12, "--quiet", "--out",
-                               tmp_path / "file"), 2, "is a file, not a folder")
-    assert (tmp_path / "file").read_text() == "x"
-    # /proc refuses new folders even to root (CI runs as root, for whom a read-only mode means nothing)
-    one_line_error(fedsim_here("run", "--preset", "synthetic", *ROUNDS12, "--quiet", "--out",
-                               "/proc/fedsim-run"), 2, "cannot create the run folder")
+    one_line_error(fedsim_here("run", "--preset", "synthetic", *ROUNDS12, "--quiet", "--out", tmp_path / out), 2,
+                   *fragments)
+    assert (mine / "history.jsonl").read_text() == "my own notes\n" and (tmp_path / "file").read_text() == "x"
+    assert sorted(p.name for p in mine.iterdir()) == ["history.jsonl", "thesis.tex"]
 
 
 # --- 6. one line, never a traceback ---------------------------------------------------------------------------
@@ -352,8 +339,7 @@ def test_a_loss_that_overflows_stops_as_divergence_with_the_last_finite_values(t
 
 def test_a_huge_config_value_is_not_echoed_whole(tmp_path, fedsim_here):
     (tmp_path / "huge.toml").write_text('[federated]\nmethod = "' + "x" * 5_000_000 + '"\n')
-    result = fedsim_here("run", "huge.toml")
-    line = one_line_error(result, 2, "federated.method", "characters cut")
+    line = one_line_error(fedsim_here("run", "huge.toml"), 2, "federated.method", "characters cut")
     assert len(line) < 2_000
 
 

@@ -10,13 +10,10 @@ import numpy as np
 import pytest
 
 import fedsim
-from fedsim.algorithms.federated import FederatedRun
+from fedsim.algorithms.federated import FederatedRun, reach as federated_reach
+from fedsim.algorithms.lazy import (LazyRun, f_star_of as lazy_f_star, records_reach as lazy_reach,
+                                   records_spent_before as lazy_bits_before)
 from fedsim.config import ConfigError, load_preset
-from fedsim.algorithms.federated import reach as federated_reach
-from fedsim.algorithms.lazy import LazyRun
-from fedsim.algorithms.lazy import f_star_of as lazy_f_star
-from fedsim.algorithms.lazy import records_reach as lazy_reach
-from fedsim.algorithms.lazy import records_spent_before as lazy_bits_before
 from fedsim.runs import (RunFolder, RunFolderError, default_run_dir, read_run, resume_run, start_run, strip_wall_time,
                          summarize)
 from fedsim.runs.folder import (CHECKPOINT_FILE, CHECKPOINT_NOTE_FILE, CONFIG_FILE, HISTORY_FILE, META_FILE,
@@ -116,8 +113,7 @@ def test_run_writes_every_file(tmp_path, finished):
     assert strip_wall_time(history) == reference          # same seed, same records, bit for bit
     meta = json.loads((out / META_FILE).read_text())
     assert meta["seed"] == 0 and meta["command"] == ["fedsim", "run"]
-    for key in ("fedsim", "numpy", "numba", "python", "started"):
-        assert meta[key], key
+    assert all(meta[key] for key in ("fedsim", "numpy", "numba", "python", "started")), meta
     checkout = Path(fedsim.__file__).resolve().parents[1]
     if (checkout / ".git").exists():       # fedsim imported from a git checkout (CI's clean clone is one)
         head = subprocess.run(["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True, text=True)
@@ -169,8 +165,7 @@ def test_crash_then_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch, me
     assert strip_wall_time(folder.read_history()) == reference
     assert second_session == folder.read_history()[checkpoint:]
     assert strip_wall_time(second_session[:crashed_at - checkpoint]) == strip_wall_time(first_session[checkpoint:])
-    meta = json.loads((out / META_FILE).read_text())
-    assert [s["from"] for s in meta["sessions"]] == [0, checkpoint]
+    assert [s["from"] for s in json.loads((out / META_FILE).read_text())["sessions"]] == [0, checkpoint]
     again = resume_run(out, quiet=True)
     assert again.status == "finished-before" and again.exit_code == 0
 
@@ -220,12 +215,9 @@ def test_a_run_killed_while_it_starts_can_be_resumed_or_started_again(tmp_path, 
     assert outcome.status == "completed" and history(out) == finished[1]
 
 
-def test_resume_refuses_a_folder_that_is_not_a_run(tmp_path):
+def test_a_folder_that_is_no_run_or_a_checkpoint_of_another_config_is_refused(tmp_path):
     with pytest.raises(RunFolderError, match="is not a fedsim run folder"):
         resume_run(tmp_path, quiet=True)
-
-
-def test_checkpoint_of_another_config_is_refused(tmp_path):
     out = tmp_path / "run"
     start_run(tiny_federated("federated.rounds=4"), out, name="a", quiet=True)
     (out / SUMMARY_FILE).unlink()
@@ -245,8 +237,7 @@ def test_checkpoint_of_another_config_is_refused(tmp_path):
 def test_divergence_is_recorded(tmp_path):
     config = tiny_federated("federated.method=fedavg", "federated.lr=1e38", "federated.local_iterations=10")
     outcome = start_run(config, tmp_path / "run", name="diverge", quiet=True)
-    assert outcome.status == "diverged" and outcome.exit_code == 1
-    assert "NaN or inf" in outcome.message
+    assert outcome.status == "diverged" and outcome.exit_code == 1 and "NaN or inf" in outcome.message
     summary = json.loads((tmp_path / "run" / SUMMARY_FILE).read_text())
     assert summary["status"] == "diverged" and "NaN or inf" in summary["message"]
 
@@ -286,9 +277,7 @@ def test_lazy_run(tmp_path):
     assert [r["iteration"] for r in history if "test_accuracy" in r] == [0, 10, 20]
     summary = json.loads((out / SUMMARY_FILE).read_text())
     assert summary["final_objective"] == last["objective"] and "final_test_accuracy" in summary
-    runs = [read_run(out)]
-    assert lazy_f_star(runs) == min(r["objective"] for r in history)
-
+    assert lazy_f_star([read_run(out)]) == min(r["objective"] for r in history)
 
 
 def test_the_data_is_loaded_and_split_on_the_runs_blas_threads(monkeypatch):

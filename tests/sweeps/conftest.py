@@ -16,9 +16,6 @@ from fedsim.runs import RunFolder
 from tests.conftest import clean_env, fedsim
 from tests.runs.conftest import history
 
-#: Seconds for a sweep to reach the state a test waits for (a checkpoint, a lock's owner).
-PROGRESS_TIMEOUT = 120
-
 
 def sweep_text(name: str | None, rounds: int, checkpoint_every: int, grid: str) -> str:
     """A sweep file of tiny synthetic runs (8 clients) of ``rounds`` rounds over the axes ``grid``
@@ -152,9 +149,10 @@ def finish(process: subprocess.Popen, timeout: float) -> tuple[str, str]:
         kill_group(process)
 
 
-def wait_until(process: subprocess.Popen, condition, what: str, timeout: float = PROGRESS_TIMEOUT, details=str):
+def wait_until(process: subprocess.Popen, condition, what: str, timeout: float = 120, details=str):
     """Poll ``condition()`` until it returns something true (returned); fails, with ``details()``, if
-    ``process`` ends first or ``timeout`` seconds pass."""
+    ``process`` ends first or ``timeout`` seconds pass (by default, time for a sweep to reach a checkpoint or a
+    lock's owner)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert process.poll() is None, f"{process.args[:4]} ended before {what}:\n{process.communicate()}\n{details()}"

@@ -202,16 +202,12 @@ def test_a_sweep_name_cannot_leave_runs(tmp_path, name):
                    "name = ", "cannot name the sweep's folder", "letters, digits")
 
 
-def test_a_name_from_the_file_is_made_a_folder_name(tmp_path):
+def test_a_name_from_the_file_is_made_a_folder_name_and_the_resume_hint_a_command_to_paste(tmp_path):
     path = tmp_path / "my sweep.toml"
     path.write_text(sweep_text(None, 2, 5, SEEDS))
     assert load_sweep(path).name == "my-sweep"
-
-
-def test_the_resume_hint_is_a_command_to_paste(tmp_path):
     hint = resume_hint(Path("my sweeps/a.toml"), Path("runs/a"))
     assert hint.endswith("Continue with: fedsim sweep 'my sweeps/a.toml' --out runs/a")
-
 
 
 def file_sweep(tmp_path: Path, kind: str, seeds: str) -> tuple[Path, Path, object]:

@@ -37,21 +37,17 @@ def test_a_sweep_file_expands_to_named_runs(tmp_path):
     assert [run.folder_name for run in load_sweep(sweep.source).runs] == [run.folder_name for run in sweep.runs]
 
 
-def test_a_long_label_is_shortened_between_settings_never_in_a_value():
+def test_a_run_folders_label_shows_its_values_as_they_are_and_a_long_one_is_cut_between_settings():
     """A run folder's label over 80 characters keeps its first whole settings and ends ",..." (the STC paper
-    sweep's were cut in a value: `p_up=0.0` for 0.04)."""
+    sweep's were cut in a value: `p_up=0.0` for 0.04); shorter labels show their values as they are: lists in
+    brackets, an exponent's sign (earlier fedsims wrote '-' for both: `hidden=-8,-4-`, 1e+20 as `1e-20`); a
+    label whose first setting alone does not fit is "run"."""
+    from fedsim.sweeps.spec import _cleaned, folder_label
     for planned in load_sweep(REPO / "examples" / "sweeps" / "stc_paper_softmax.toml").runs:
         label, digest = planned.folder_name.rsplit("-", 1)
         assert digest == planned.config_sha256[:10] and len(label) <= 80 and label.endswith(",..."), label
         shown = label.removesuffix(",...").split(",")
         assert 1 <= len(shown) < len(planned.values) and shown == planned.label.split(",")[:len(shown)], label
-
-
-def test_a_label_that_fits_names_its_folder_with_its_values_as_they_are():
-    """Labels of 80 characters or fewer show their values as they are: lists in brackets, an exponent's sign
-    (earlier fedsims wrote '-' for both: `hidden=-8,-4-`, 1e+20 as `1e-20`); a label whose first setting alone
-    does not fit is "run"."""
-    from fedsim.sweeps.spec import _cleaned, folder_label
     values = (("model.hidden", [8, 4]), ("federated.method", "stc_updown"), ("seed", 0), ("federated.lr", 1e20))
     assert folder_label(values) == "hidden=[8,4],method=stc_updown,seed=0,lr=1e+20"
     assert folder_label(values, _cleaned) == "hidden=-8,-4-,method=stc_updown,seed=0,lr=1e-20"     # the earlier

@@ -198,27 +198,21 @@ def test_a_scheduler_address_that_is_not_dask_fails_in_bounded_time_with_one_lin
     assert not out.exists(), "nothing may be written before the scheduler answers"
 
 
-@pytest.mark.parametrize("address, fragment", [
-    ("bogus://x", "unknown address scheme 'bogus'"),
-    ("localhost", "missing port number in address 'localhost'"),
-])
-def test_a_malformed_scheduler_address_is_one_line(tmp_path, sweep_path, address, fragment):
-    line = one_line_error(fedsim(tmp_path, "sweep", sweep_path, "--backend", "dask", "--scheduler", address,
+@pytest.mark.parametrize("options, start, fragment, end", [
+    (["bogus://x"], "--scheduler 'bogus://x' is not a Dask scheduler address (", "unknown address scheme 'bogus'",
+     "; give tcp://HOST:PORT"),
+    (["localhost"], "--scheduler 'localhost' is not a Dask scheduler address (",
+     "missing port number in address 'localhost'", "; give tcp://HOST:PORT"),
+    # the workers of --scheduler are started by their owner: --threads cannot reach them and is refused (the
+    # same sweep without --threads would contact the scheduler)
+    (["tcp://127.0.0.1:9", "--threads", "1"], "--threads sets the workers fedsim starts; the workers of "
+     "--scheduler keep their own", "dask worker ADDRESS --nthreads 1", "")])
+def test_a_malformed_scheduler_address_or_threads_with_a_scheduler_is_one_line(tmp_path, sweep_path, options,
+                                                                              start, fragment, end):
+    line = one_line_error(fedsim(tmp_path, "sweep", sweep_path, "--backend", "dask", "--scheduler", *options,
                                  "--out", tmp_path / "out"), 2, fragment)
-    assert line.startswith(f"fedsim: error: --scheduler {address!r} is not a Dask scheduler address (") \
-        and line.endswith("; give tcp://HOST:PORT"), line
-    assert not (tmp_path / "out").exists()
-
-
-def test_threads_with_a_scheduler_is_one_line(tmp_path, sweep_path):
-    """The workers of --scheduler are started by their owner: --threads cannot reach them and is refused (the
-    same sweep without --threads would contact the scheduler), before anything is written."""
-    line = one_line_error(fedsim(tmp_path, "sweep", sweep_path, "--backend", "dask", "--scheduler",
-                                 "tcp://127.0.0.1:9", "--threads", "1", "--out", tmp_path / "out"), 2,
-                          "dask worker ADDRESS --nthreads 1")
-    assert line.startswith("fedsim: error: --threads sets the workers fedsim starts; the workers of --scheduler "
-                           "keep their own"), line
-    assert not (tmp_path / "out").exists()
+    assert line.startswith(f"fedsim: error: {start}") and line.endswith(end), line
+    assert not (tmp_path / "out").exists(), "nothing may be written before the command is refused"
 
 
 @pytest.mark.slow
