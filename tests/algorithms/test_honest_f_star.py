@@ -47,7 +47,6 @@ def test_a_certified_or_configured_f_star_is_f_star(tmp_path):
     assert "f*" in title and re.fullmatch(r"1\.0+e-03", columns["final f - f*"][0])
 
 
-
 def test_runs_of_different_objectives_get_an_f_star_each(tmp_path, monkeypatch):
     """f = sum over the M workers of their mean loss + (l2 / 2)||theta||^2: runs of other l2, M or model
     minimize other functions, so `fedsim compare` draws a table, and `fedsim plot` a residual, for each; runs

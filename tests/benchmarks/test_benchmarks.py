@@ -389,19 +389,13 @@ def test_validation_catches_a_wrong_implementation(kernel, name, wrong):
         kernels.run_case(case, repeats=1)              # and nothing gets timed
 
 
-def test_round_validation_catches_a_wrong_torch_round(monkeypatch):
+def test_round_validation_catches_a_wrong_torch_round_and_a_wrong_per_client_loop(monkeypatch):
     from benchmarks import torch_reference
-
     original = torch_reference.stc_rows
-
-    def one_more(accumulated, k):                      # STC that keeps k + 1 entries per row
-        return original(accumulated, k + 1)
-    monkeypatch.setattr(torch_reference, "stc_rows", one_more)
-    with pytest.raises(ValidationError, match="STC round"):
-        rounds.stc_round_benchmark("smoke")
-
-
-def test_round_validation_catches_a_wrong_per_client_loop(monkeypatch):
+    with monkeypatch.context() as patch:               # STC that keeps k + 1 entries per row
+        patch.setattr(torch_reference, "stc_rows", lambda accumulated, k: original(accumulated, k + 1))
+        with pytest.raises(ValidationError, match="STC round"):
+            rounds.stc_round_benchmark("smoke")
     _clients_start_one_percent_off(monkeypatch, lambda model: [model.weight])      # each client starts from 1.01 W
     with pytest.raises(ValidationError, match="per-client torch"):
         rounds.stc_round_benchmark("smoke")

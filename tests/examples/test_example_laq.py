@@ -89,6 +89,7 @@ def test_example_prints_no_reached_against_its_own_best(example, tmp_path, capsy
     assert "to reach f - f_best <= 1e-06:" in printed and "note: f_best" in printed
     assert [row["reached"] for row in result["table"] if row["own_best"]] == [False]
 
+
 def test_errors_are_one_line(example, tmp_path, capsys):
     assert example.main(["--dataset", "synthetic", "--set", "lazy.bitz=3", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err

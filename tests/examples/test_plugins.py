@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from fedsim.config import tomllib
-from tests.conftest import clean_env, fedsim
+from tests.conftest import TINY, clean_env, fedsim
 from tests.examples.conftest import REPO
 from tests.runs.conftest import history, one_line_error
 from tests.sweeps.conftest import checkpointed, histories, signal_when
@@ -176,9 +176,7 @@ def test_a_sweep_on_two_local_workers_stopped_by_ctrl_c_is_continued(tmp_path):
     config = metas[resumed[0]]["config"]
     alone = fedsim(tmp_path, "run", "--preset", "synthetic", "--set", 'plugins=["fedsim_int8"]',
                    "--set", f"federated.method={config['federated']['method']}", "--seed", config["seed"],
-                   "--set", "federated.rounds=300",
-                   "--set", "data.synthetic_devices=8", "--set", "federated.n_clients=8", "--out", "alone",
-                   "--quiet", PYTHONPATH=WITH_PLUGIN)
+                   "--set", "federated.rounds=300", *TINY, "--out", "alone", "--quiet", PYTHONPATH=WITH_PLUGIN)
     assert alone.returncode == 0, alone.stderr
     assert history(resumed[0]) == history(tmp_path / "alone")
 

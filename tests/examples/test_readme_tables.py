@@ -25,7 +25,6 @@ two steps:
 """
 
 import dataclasses
-import functools
 import gzip
 import json
 import os
@@ -129,12 +128,6 @@ def run(command: list[str], environment: dict) -> str:
                               timeout=TIMEOUT)
     assert finished.returncode == 0, f"{' '.join(command)}:\n{finished.stdout[-3000:]}\n{finished.stderr[-3000:]}"
     return finished.stdout
-
-
-@functools.cache
-def laq_example():
-    """examples/laq_mnist.py as a module (its option parser and configs), loaded once."""
-    return load_example("laq_mnist.py")
 
 
 def example_environment(request, needs_data: bool) -> dict:
@@ -329,11 +322,12 @@ def test_readme_laq_table_is_what_the_example_prints_from_the_recorded_runs(name
     table = readme_table(README.read_text(), LAQ_TABLES[name])
     command, out = table["command"], tmp_path / "out"
     assert command[1] == f"examples/{LAQ}", (name, command)
-    options = laq_example().parse_args(command[2:])
+    example = load_example(LAQ)
+    options = example.parse_args(command[2:])
     runs = unpack(name, out)
     assert sorted(runs) == sorted(options.methods), f"examples/results/{name} does not hold the command's methods"
     for method, folder in runs.items():
-        assert recorded_fingerprint(folder) == config_fingerprint(laq_example().config_of(options, method)), (
+        assert recorded_fingerprint(folder) == config_fingerprint(example.config_of(options, method)), (
             f"examples/results/{name}/{method} was recorded with other settings than `{' '.join(command)}`: "
             f"record again (python examples/results/record.py {name})")
     printed = run(example_command(command, out), example_environment(request, needs_data=True))
@@ -346,23 +340,16 @@ def test_the_recorded_runs_were_computed_with_the_blas_the_readme_names():
         README_BLAS}
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("folder", RECORDED_RUNS, ids=[f"{run.parent.name}/{run.name}" for run in RECORDED_RUNS])
-def test_recorded_run_begins_as_todays_code_computes(folder, tmp_path, shared_data, monkeypatch):
-    """The first iterations of every recorded run (:func:`prefix_length`), rerun, are the recorded ones."""
-    monkeypatch.setenv("FEDSIM_DATA", str(shared_data))
-    require_readme_blas()
-    check_recorded_run(folder, tmp_path / "rerun", iterations=None)
-
-
-@pytest.mark.reproduce
-@pytest.mark.parametrize("folder", RECORDED_RUNS, ids=[f"{run.parent.name}/{run.name}" for run in RECORDED_RUNS])
-def test_recorded_run_is_what_todays_code_computes(folder, tmp_path, shared_data, monkeypatch):
-    """Every recorded run, rerun in full (minutes each: ``-m reproduce`` only), is the recorded one: its
+@pytest.mark.parametrize("whole", [pytest.param(False, marks=pytest.mark.slow, id="begins"),
+                                   pytest.param(True, marks=pytest.mark.reproduce, id="whole")])
+def test_recorded_run_is_what_todays_code_computes(folder, whole, tmp_path, shared_data, monkeypatch):
+    """The first iterations of every recorded run (:func:`prefix_length`), rerun, are the recorded ones; with
+    ``whole`` (minutes each: ``-m reproduce`` only) every recorded run, rerun in full, is the recorded one: its
     whole history and its summary, and so every LAQ number of the README."""
     monkeypatch.setenv("FEDSIM_DATA", str(shared_data))
     require_readme_blas()
-    check_recorded_run(folder, tmp_path / "rerun", iterations=len(recorded_history(folder)))
+    check_recorded_run(folder, tmp_path / "rerun", iterations=len(recorded_history(folder)) if whole else None)
 
 
 @pytest.mark.slow

@@ -108,7 +108,6 @@ def test_report_only_before_the_sweeps_ran_is_one_line(tmp_path):
 def test_report_only_of_runs_not_yet_run_is_one_line(tmp_path, small_example, capfd):
     """`--report-only` on a sweep folder whose runs are pending: one line, exit 2 (was a StopIteration
     traceback)."""
-    from fedsim.sweeps import load_sweep
     from fedsim.sweeps.folder import write_manifest
     out = tmp_path / "out"
     (out / "softmax").mkdir(parents=True)

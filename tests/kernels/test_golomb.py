@@ -48,16 +48,12 @@ def test_golomb_rice_round_trip_and_counts(positions, b, start):
 
 
 def test_golomb_rice_rejects_bad_input():
-    for positions in ([3, 3], [5, 2], [-1, 4]):
-        with pytest.raises(ValueError, match="strictly increasing"):
-            golomb.golomb_rice_encode(np.array(positions, np.int64), 2)
-        with pytest.raises(ValueError, match="strictly increasing"):
-            golomb.golomb_rice_bits_numpy(np.array(positions, np.int64), 2)
-    for b in (-1, 63):
-        with pytest.raises(ValueError, match="parameter b"):
-            golomb.golomb_rice_bits(np.array([1], np.int64), b)
-        with pytest.raises(ValueError, match="parameter b"):
-            golomb.golomb_rice_bits_numpy(np.array([1], np.int64), b)
+    cases = [(bad, 2, "strictly increasing", golomb.golomb_rice_encode) for bad in ([3, 3], [5, 2], [-1, 4])]
+    cases += [([1], b, "parameter b", golomb.golomb_rice_bits) for b in (-1, 63)]
+    for positions, b, match, kernel in cases:                 # the kernel, then the bit counter's twin
+        for function in (kernel, golomb.golomb_rice_bits_numpy):
+            with pytest.raises(ValueError, match=match):
+                function(np.array(positions, np.int64), b)
     stream, n_bits = golomb.golomb_rice_encode(np.array([3, 40, 41], np.int64), 2)
     for decoder in (golomb.golomb_rice_decode, golomb.golomb_rice_decode_numpy):
         with pytest.raises(ValueError, match="ends before"):

@@ -43,9 +43,6 @@ CHILD_TIMEOUT = 240     # seconds; a first run may compile a few kernel signatur
 
 ALL_DTYPES = tuple(np.dtype(t) for t in (np.float32, np.float64, np.int8, np.int16, np.int32, np.int64,
                                          np.uint8, np.uint16, np.uint32, np.uint64, np.bool_, np.complex128))
-FLOAT = checks.FLOAT
-INT64 = checks.INT64
-INT64_MAX = checks.INT64_MAX
 NONFINITE = "NaN or inf"
 SIZE_LIMIT = 64        # the largest size or offset drawn for an argument that sizes another
 
@@ -92,7 +89,7 @@ def array_spoilers(draw, name, spec, value, args, shrink_match):
     """The spoilers (as :func:`spoilers`) of an array argument (``spec``: its Array, Stream or Offsets spec)."""
     rng = rng_of(draw)
     dtypes = spec.accepted_dtypes(args) if isinstance(spec, checks.Array) else (
-        checks.UINT8 if isinstance(spec, checks.Stream) else INT64)
+        checks.UINT8 if isinstance(spec, checks.Stream) else checks.INT64)
     shape = checks.resolve(getattr(spec, "shape", None), args)
     length = "shape" if shape is not None else "at_least" if (
         isinstance(spec, checks.Stream) or getattr(spec, "at_least", None) or shrink_match) else None
@@ -324,14 +321,6 @@ def negative_entry(name, values, rng):
 
 # --- sparsify --------------------------------------------------------------------------------------
 
-def _batch(draw, rng):
-    dtype = draw(st.sampled_from([np.float32, np.float64]))
-    sizes, offsets = layout(draw)
-    n_rows = draw(st.integers(0, 3))
-    updates = vector(rng, dtype, (n_rows, int(offsets[-1])))
-    return dtype, sizes, offsets, n_rows, updates
-
-
 def _sample(draw, rng, args):
     """At most N sample positions within x (sampled_ternarize's extra check)."""
     n = args["x"].size
@@ -347,7 +336,10 @@ def _crowded_sample(draw, rng, args):
 
 def build_sparse_compress_batch(draw):
     rng = rng_of(draw)
-    dtype, sizes, offsets, n_rows, updates = _batch(draw, rng)
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    sizes, offsets = layout(draw)
+    n_rows = draw(st.integers(0, 3))
+    updates = vector(rng, dtype, (n_rows, int(offsets[-1])))
     n_segments = len(sizes)
     budgets = np.array([draw(st.integers(0, n + 2)) for n in sizes], np.int64)
     ternary, sampled = draw(st.booleans()), draw(st.booleans())
@@ -410,18 +402,13 @@ def _not_increasing(draw, rng, args):
     return not_increasing("positions", args["positions"], rng)
 
 
-def _coded(draw, rng):
+def build_golomb_rice_decode_from(draw):
+    rng = rng_of(draw)
     positions = _positions(draw, rng)
     b = draw(st.integers(0, 20))
     bit_offset = draw(st.integers(0, 13))
     stream = stream_of(rng, bit_offset + golomb.golomb_rice_bits(positions, b))
     end = golomb.golomb_rice_encode_into(positions, b, stream, bit_offset)
-    return positions, b, bit_offset, stream, end
-
-
-def build_golomb_rice_decode_from(draw):
-    rng = rng_of(draw)
-    positions, b, bit_offset, stream, end = _coded(draw, rng)
     n = positions.size
     args = {"stream": stream, "bit_offset": bit_offset, "bit_end": end, "count": n, "b": b,
             "positions_out": np.empty(n, np.int64)}
@@ -505,8 +492,8 @@ def build_quantize_innovation(draw):
     rng = rng_of(draw)
     _, _, gradients, previous, bits = _laq_problem(draw, rng)
     return Call({"gradients": gradients, "previous": previous, "bits": bits, "jit": draw(st.booleans())},
-                {"gradients": Loose(FLOAT, ndim=2, contiguous=False),
-                 "previous": Loose(FLOAT, contiguous=False, shape=lambda gradients: gradients.shape),
+                {"gradients": Loose(checks.FLOAT, ndim=2, contiguous=False),
+                 "previous": Loose(checks.FLOAT, contiguous=False, shape=lambda gradients: gradients.shape),
                  "bits": LAQ_BITS})
 
 
@@ -523,8 +510,8 @@ def build_laq_dequantize(draw):
     return Call({"codes": codes, "previous": previous, "radius": radius, "bits": bits},
                 {"codes": checks.Array(checks.INTEGER, ndim=2, contiguous=False,
                                        shape=lambda previous: previous.shape),
-                 "previous": checks.Array(FLOAT, ndim=2, contiguous=False, shape=lambda codes: codes.shape),
-                 "radius": checks.Array(FLOAT, contiguous=False, shape=lambda codes: codes.shape[:1]),
+                 "previous": checks.Array(checks.FLOAT, ndim=2, contiguous=False, shape=lambda codes: codes.shape),
+                 "radius": checks.Array(checks.FLOAT, contiguous=False, shape=lambda codes: codes.shape[:1]),
                  "bits": LAQ_BITS}, custom)
 
 
@@ -538,7 +525,8 @@ def _bad_ternary_code(draw, rng, args):
     return bad_sign("codes", args["codes"], rng, (2, -2, 5), "ternary codes")
 
 
-def _packed(draw, rng):
+def build_unpack_ternary_from(draw):
+    rng = rng_of(draw)
     codes = _ternary_codes(draw, rng)
     bit_offset = draw(st.integers(0, 13))
     stream = stream_of(rng, bit_offset + terngrad._ternary_code_bits(codes.size))
@@ -548,14 +536,8 @@ def _packed(draw, rng):
         corrupt = stream.copy()
         bitstream.write_uint(corrupt, bit_offset, 243 + int(rng.integers(0, 13)), 8)
         custom.append(("a group value beyond 3^5", "stream", corrupt, (ValueError,), "corrupt stream"))
-    return codes.size, bit_offset, stream, custom
-
-
-def build_unpack_ternary_from(draw):
-    rng = rng_of(draw)
-    count, bit_offset, stream, custom = _packed(draw, rng)
-    return Call({"stream": stream, "bit_offset": bit_offset, "count": count,
-                 "codes_out": np.empty(count, np.int8)}, custom=custom)
+    return Call({"stream": stream, "bit_offset": bit_offset, "count": codes.size,
+                 "codes_out": np.empty(codes.size, np.int8)}, custom=custom)
 
 
 # --- randomk ---------------------------------------------------------------------------------------
@@ -590,12 +572,6 @@ def _budget_cases(draw, rng, args):
 SIGNED_DTYPES = (np.int8, np.int16, np.int32, np.int64)
 
 
-def _buckets(draw):
-    """(segment sizes, bucket offsets) of a random layout and bucket size (0: one bucket per segment)."""
-    sizes, segments = layout(draw)
-    return sizes, qsgd.bucket_offsets(segments, draw(st.integers(0, 5)))
-
-
 def _signed(draw, rng, size, levels=None):
     levels = levels or draw(st.integers(1, 300))
     dtype = draw(st.sampled_from(SIGNED_DTYPES if levels < 128 else SIGNED_DTYPES[1:]))
@@ -605,7 +581,7 @@ def _signed(draw, rng, size, levels=None):
 
 def beyond_omega(name, values, rng):
     """``values`` as int64 with one entry beyond the omega code's +-(2^62 - 1)."""
-    bad = rng.choice([1 << 62, -(1 << 62), INT64_MAX, -INT64_MAX - 1])
+    bad = rng.choice([1 << 62, -(1 << 62), checks.INT64_MAX, -checks.INT64_MAX - 1])
     return one_entry("a level beyond 2^62", name, values.astype(np.int64), bad, rng)
 
 
@@ -617,12 +593,6 @@ def build_read_elias_omega(draw):
     end = omega._write_elias_omega(stream, bit_offset, value)
     return Call({"stream": stream, "bit_offset": bit_offset, "bit_end": end},
                 custom=[("a code cut short", "bit_end", end - 1, (ValueError,), "past the end")])
-
-
-def _norms(rng, dtype, n_buckets):
-    norms = rng.random(n_buckets).astype(dtype) + dtype(0.5)
-    norms[rng.random(n_buckets) < 0.3] = 0
-    return norms
 
 
 def _levels_out(draw, rng, args):
@@ -649,10 +619,12 @@ def _patterns(norms):
 def _qsgd_message(draw, rng):
     """(bucket offsets, float_bits, norms, signed levels, bit offset, a random stream that fits the code from
     the bit offset)."""
-    _, offsets = _buckets(draw)
+    _, segments = layout(draw)
+    offsets = qsgd.bucket_offsets(segments, draw(st.integers(0, 5)))      # bucket size 0: one per segment
     dtype = draw(st.sampled_from([np.float32, np.float64]))
     float_bits = 32 if dtype == np.float32 else 64
-    norms = _norms(rng, dtype, offsets.size - 1)
+    norms = rng.random(offsets.size - 1).astype(dtype) + dtype(0.5)
+    norms[rng.random(offsets.size - 1) < 0.3] = 0
     levels = _signed(draw, rng, int(offsets[-1]))
     levels[np.repeat(norms == 0, np.diff(offsets))] = 0
     bit_offset = draw(st.integers(0, 13))
@@ -904,11 +876,6 @@ def guarded(n, dtype, shape=None):
     return buffer, view if shape is None else view.reshape(shape)
 
 
-def _stc_exact(n):
-    return (np.ones((1, n)), np.array([0, n], np.int64), np.array([n], np.int64), True, 64, False,
-            np.zeros(0, np.int64), np.zeros(1, np.int64), np.zeros(0, np.int64))
-
-
 def _qsgd_rows(n_rows, size, d=0, levels=4):
     """Valid qsgd_quantize arguments (ones, buckets of d) with fresh outputs."""
     offsets = qsgd.bucket_offsets((0, size), d)
@@ -923,17 +890,12 @@ def _qsgd_with(index, value, *args):
     return qsgd.qsgd_quantize(*call)
 
 
-def _qsgd_stream(size, d=0):
-    """(stream, bucket offsets) of a float32 message of ``size`` levels 1 in buckets of d."""
+def _qsgd_decode(size, d, patterns_out, levels_out):
+    """qsgd_decode_from of a float32 message of ``size`` levels 1 in buckets of d into the given outputs."""
     levels, offsets = np.ones(size, np.int16), qsgd.bucket_offsets((0, size), d)
     norms = np.ones(offsets.size - 1, np.float32)
     stream = np.zeros((qsgd.qsgd_bits(levels, offsets, norms, 32) + 7) // 8, np.uint8)
     qsgd.qsgd_encode_into(levels, offsets, norms.view(np.uint32).astype(np.int64), 32, stream, 0)
-    return stream, offsets
-
-
-def _qsgd_decode(size, d, patterns_out, levels_out):
-    stream, offsets = _qsgd_stream(size, d)
     return qsgd.qsgd_decode_from(stream, 0, 8 * stream.size, offsets, 32, patterns_out, levels_out)
 
 
@@ -960,8 +922,10 @@ CRASHED_BEFORE = [
          np.array([1 << 40], np.int64), np.array([0, 1], np.int64), np.array([1], np.int64),
          np.zeros((1, 10)), np.zeros((1, 1), np.int64), np.zeros(1, np.int64))),
     ("sparse_compress_batch (short sent_out)", "wrote past sent_out", ValueError, "sent_out",
-     lambda g: sparsify.sparse_compress_batch(*_stc_exact(4000), g(10, np.float64, (1, 10)),
-                                              np.zeros((1, 1), np.int64), np.zeros(1, np.int64))),
+     lambda g: sparsify.sparse_compress_batch(
+         np.ones((1, 4000)), np.array([0, 4000], np.int64), np.array([4000], np.int64), True, 64, False,
+         np.zeros(0, np.int64), np.zeros(1, np.int64), np.zeros(0, np.int64), g(10, np.float64, (1, 10)),
+         np.zeros((1, 1), np.int64), np.zeros(1, np.int64))),
     ("sign_compress_batch (short scales_out)", "wrote past scales_out", ValueError, "scales_out",
      lambda g: sparsify.sign_compress_batch(np.ones((4, 10)), np.array([0, 5, 10], np.int64), True, 64,
                                             np.zeros((4, 10)), g(1, np.float64, (1, 1)),

@@ -105,9 +105,8 @@ def test_laq_long_vector_bitwise():
     rng = np.random.default_rng(0)
     gradients = rng.standard_normal((1, 1_000_003))
     previous = rng.standard_normal((1, 1_000_003))
-    for a, b in zip(run_laq(laq.laq_quantize, gradients, previous, 4),
-                    run_laq(laq.laq_quantize_numpy, gradients, previous, 4)):
-        np.testing.assert_array_equal(a, b)
+    agree((laq.laq_quantize, laq.laq_quantize_numpy), lambda kernel: run_laq(kernel, gradients, previous, 4),
+          "codes, quantized, radius, error, innovation")
 
 
 @pytest.mark.parametrize("width", [1, 3, 8, 13, 32, 57, 63, 64])

@@ -38,12 +38,11 @@ def test_code_dtype():
 
 def test_shape_and_dtype_mismatch_raise():
     gradients, previous = _random_problem(0, 2, 4)
-    with pytest.raises(ValueError, match="shape"):
-        quantize_innovation(gradients, previous[:, :3], 4)
-    with pytest.raises(ValueError, match="shape"):
-        quantize_innovation(gradients[0], previous[0], 4)
-    with pytest.raises(ValueError, match="dtype"):
-        quantize_innovation(gradients, previous.astype(np.float32), 4)
+    for bad_gradients, bad_previous, match in ((gradients, previous[:, :3], "shape"),
+                                               (gradients[0], previous[0], "shape"),
+                                               (gradients, previous.astype(np.float32), "dtype")):
+        with pytest.raises(ValueError, match=match):
+            quantize_innovation(bad_gradients, bad_previous, 4)
 
 
 # --- exact hand-computed case ----------------------------------------------------------------------------
@@ -132,10 +131,9 @@ def _check_invariants(gradients, previous, bits, out):
 @pytest.mark.parametrize("bits", [1, 2, 4, 8, 16])
 def test_invariants_on_random_inputs(bits):
     gradients, previous = _random_problem(10 + bits, n_workers=7, size=2000)
-    gradients[2] *= 1e-200                               # tiny and huge scales
-    previous[2] *= 1e-200
-    gradients[3] *= 1e150
-    previous[3] *= 1e150
+    for row, scale in ((2, 1e-200), (3, 1e150)):          # tiny and huge scales
+        gradients[row] *= scale
+        previous[row] *= scale
     _check_invariants(gradients, previous, bits, quantize_innovation(gradients, previous, bits))
 
 
@@ -169,12 +167,11 @@ def test_extreme_radii_use_the_division_form(bits):
     half_levels = 0.5 * (2 ** bits - 1)
     gradients = rng.uniform(-1, 1, size=(4, 500))
     previous = gradients * rng.uniform(0.2, 0.8, size=gradients.shape)
-    gradients[0] *= 1e-310                                # subnormal innovations: R ~ 1e-310
-    previous[0] *= 1e-310
-    gradients[1] *= 1e308                                 # R ~ 8e307: h / R is subnormal for b = 1
-    previous[1] *= 1e308
-    gradients[2] *= 1e-300                                # ordinary scales: the multiplication form
-    previous[2] *= 1e-300
+    # subnormal innovations (R ~ 1e-310); R ~ 8e307 (h / R is subnormal for b = 1); ordinary scales (the
+    # multiplication form)
+    for row, scale in ((0, 1e-310), (1, 1e308), (2, 1e-300)):
+        gradients[row] *= scale
+        previous[row] *= scale
     radius = agree(QUANTIZERS, lambda kernel: run_laq(kernel, gradients, previous, bits), OUTPUTS)[2]
     with np.errstate(over="ignore", divide="ignore"):
         forms = [grid_constants(r, half_levels)[1] > 0 for r in radius]

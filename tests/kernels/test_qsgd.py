@@ -48,12 +48,10 @@ def run_kernel(function, updates, offsets, levels, uniforms, dtype=None):
 
 
 def test_bucket_offsets():
-    np.testing.assert_array_equal(kernels.bucket_offsets((0, 1500, 1500, 2000), 512),
-                                  [0, 512, 1024, 1500, 2000])
-    np.testing.assert_array_equal(kernels.bucket_offsets((0, 1500, 1500, 2000), 0), [0, 1500, 2000])
-    np.testing.assert_array_equal(kernels.bucket_offsets((0, 5, 10), 5), [0, 5, 10])
-    np.testing.assert_array_equal(kernels.bucket_offsets((0, 3), 100), [0, 3])
-    np.testing.assert_array_equal(kernels.bucket_offsets((0, 0), 4), [0])
+    for segments, bucket, offsets in (((0, 1500, 1500, 2000), 512, [0, 512, 1024, 1500, 2000]),
+                                      ((0, 1500, 1500, 2000), 0, [0, 1500, 2000]), ((0, 5, 10), 5, [0, 5, 10]),
+                                      ((0, 3), 100, [0, 3]), ((0, 0), 4, [0])):
+        np.testing.assert_array_equal(kernels.bucket_offsets(segments, bucket), offsets)
     assert QSGD(4, 50).bucket_offsets(QSGD(4, 50).init(SPEC)).tolist() == [0, 50, 100, 120, 124]
     assert QSGD(4, 50, scope="global").bucket_offsets(QSGD(scope="global").init(SPEC)).tolist() == \
         [0, 50, 100, 124]
@@ -90,10 +88,9 @@ def test_elias_omega_lengths_and_round_trip():
         got, offset = omega._read_elias_omega(stream, offset, stream.size * 8)
         assert got == v
     for bad in (0, -3, 2 ** 62):
-        with pytest.raises(ValueError, match="Elias omega codes integers"):
-            omega._elias_omega_bits(bad)
-        with pytest.raises(ValueError, match="Elias omega codes integers"):
-            omega._elias_omega_bits_numpy([5, bad])
+        for call in (lambda: omega._elias_omega_bits(bad), lambda: omega._elias_omega_bits_numpy([5, bad])):
+            with pytest.raises(ValueError, match="Elias omega codes integers"):
+                call()
     with pytest.raises(ValueError, match="past the end"):
         omega._read_elias_omega(np.array([0b10100100], np.uint8), 0, 8)     # 16 cut after 8 bits
 
@@ -261,9 +258,7 @@ def test_bit_counter_equals_twin():
 
 
 def test_kernel_rejects_bad_offsets_and_levels():
-    x = np.ones((1, 8))
     for function in (kernels.qsgd_quantize, kernels.qsgd_quantize_numpy):
-        with pytest.raises(ValueError, match="bucket_offsets"):
-            run_kernel(function, x, np.array([0, 4], np.int64), 4, np.zeros((1, 8)))
-        with pytest.raises(ValueError, match="levels"):
-            run_kernel(function, x, np.array([0, 8], np.int64), 0, np.zeros((1, 8)))
+        for end, levels, match in ((4, 4, "bucket_offsets"), (8, 0, "levels")):
+            with pytest.raises(ValueError, match=match):
+                run_kernel(function, np.ones((1, 8)), np.array([0, end], np.int64), levels, np.zeros((1, 8)))
