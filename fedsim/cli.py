@@ -262,8 +262,7 @@ def command_data_fetch(args) -> int:
             fetch(args.name, key, data_dir=args.data_dir, progress=None, timeout=args.timeout)
         except DatasetNotFoundError as error:
             failures.append(error)
-    rows = dataset_status(args.name, args.data_dir)
-    _print_status(args.name, rows)
+    _print_status(args.name, dataset_status(args.name, args.data_dir))
     for error in failures:
         print(error, file=sys.stderr)
     if failures:

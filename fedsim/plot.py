@@ -82,8 +82,7 @@ def _plot(axis, x, y, **style) -> None:
 def _figure(rows: int, columns: int, width: float = 4.6, height: float = 3.4):
     from matplotlib.figure import Figure
     figure = Figure(figsize=(width * columns, height * rows), layout="constrained")
-    axes = figure.subplots(rows, columns, squeeze=False)
-    return figure, axes
+    return figure, figure.subplots(rows, columns, squeeze=False)
 
 
 def _fit_title(figure, margin: float = 0.97) -> None:

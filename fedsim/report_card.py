@@ -73,12 +73,11 @@ def command(args) -> int:
     if unknown:
         raise UsageError(f"compressor NAME must be one of {', '.join(COMPRESSORS)}, got {', '.join(unknown)} (a "
                          f"plugin's: --plugin MODULE imports it)")
-    if args.draws < 2:
-        raise UsageError(f"--draws must be an integer >= 2 (a standard error needs two), got {args.draws}")
-    if args.size < 10:
-        raise UsageError(f"--size must be an integer >= 10 (a matrix of 10 columns), got {args.size}")
-    if args.seed < 0:
-        raise UsageError(f"--seed must be an integer >= 0, got {args.seed}")
+    for option, value, low, why in (("--draws", args.draws, 2, " (a standard error needs two)"),
+                                    ("--size", args.size, 10, " (a matrix of 10 columns)"),
+                                    ("--seed", args.seed, 0, "")):
+        if value < low:
+            raise UsageError(f"{option} must be an integer >= {low}{why}, got {value}")
     settings = parse_overrides(args.overrides, UsageError)
     names = args.names or list(COMPRESSORS)
     unused = [f"{name}.{setting}" for name, values in settings.items() if name not in names for setting in values]

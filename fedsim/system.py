@@ -320,8 +320,7 @@ class FederatedClock(_Clock):
 
     def __init__(self, config: SystemConfig, streams, n_clients: int, multiply_adds_per_sample: float,
                  samples_per_round: int):
-        self.config = config
-        self.streams = streams
+        self.config, self.streams = config, streams
         self.devices = draw_devices(config, n_clients, streams.generator("system"))
         self.multiply_adds = float(multiply_adds_per_sample)
         self.samples = int(samples_per_round)

@@ -142,11 +142,8 @@ def classes_per_client(labels, n_clients: int, classes_per_client: int, balanced
 
     parts = []
     for client in range(n_clients):
-        budget = int(sizes[client])
-        quota = int(quotas[client])
-        current = int(start_classes[client])
-        pieces = []
-        empty_visits = 0
+        budget, quota, current = int(sizes[client]), int(quotas[client]), int(start_classes[client])
+        pieces, empty_visits = [], 0
         while budget > 0:
             left = len(class_pools[current]) - used_per_class[current]
             take = min(quota, left, budget)

@@ -149,10 +149,7 @@ def summarize_over_seeds(rows: list[dict], axes: list[str]) -> list[dict]:
 def format_summary(summary: list[dict], axes: list[str]) -> str:
     grouping = [axis for axis in axes if axis != SEED]
     headers = [axis.rsplit(".", 1)[-1] for axis in grouping] + ["metric", "mean +- std", "n"]
-    lines = []
-    for row in summary:
-        spread = "" if math.isnan(row["std"]) else f" +- {row['std']:.4g}"
-        lines.append([row[axis] for axis in grouping] + [row["metric"], f"{row['mean']:.4g}{spread}", row["n"]])
+    lines = [[row[axis] for axis in grouping] + [row["metric"], _mean_std(row), row["n"]] for row in summary]
     return text_table(headers, lines, right=False)
 
 
@@ -194,7 +191,7 @@ def format_budget(manifest: dict, entries: list[dict]) -> str | None:
 
 
 def _mean_std(row: dict) -> str:
-    """``mean +- std`` of a row of :func:`summarize_over_seeds` (the mean alone for one run), as format_summary."""
+    """``mean +- std`` of a row of :func:`summarize_over_seeds` (the mean alone for one run)."""
     return f"{row['mean']:.4g}" + ("" if math.isnan(row["std"]) else f" +- {row['std']:.4g}")
 
 
@@ -279,7 +276,6 @@ def plot_sweep(out, figures_out=None, notes: list[str] | None = None) -> list[Pa
     for entry in finished:
         groups.setdefault(tuple(entry["values"].get(axis) for axis in grouping), []).append(entry["result"])
     with_bits = all(bits_up_through(entry["result"].history) is not None for entry in finished)
-    paths = []
     figure, panels = _figure(1, 2 if with_bits else 1, width=5.0, height=4.2)
     for index, (key, results) in enumerate(_in_natural_order(manifest, grouping, groups)):
         curves = []
@@ -314,7 +310,7 @@ def plot_sweep(out, figures_out=None, notes: list[str] | None = None) -> list[Pa
     band = ("one run per series" if sizes == {1} else
             "mean of each series' n runs (n in the legend), band from their minimum to their maximum")
     figure.suptitle(f"sweep {manifest['name']}: {band}", fontsize="medium")
-    paths += _save(figure, figures_out, "sweep_curves")
+    paths = _save(figure, figures_out, "sweep_curves")
 
     numeric = [axis for axis in grouping if not axis.endswith(".method")]
     if numeric:

@@ -60,10 +60,7 @@ def serve(connection, threads: int) -> None:
             return
         if task is None:
             return
-        if STOPPING["signal"] is not None:
-            connection.send(NOT_STARTED)
-        else:
-            connection.send(run_one(*task))
+        connection.send(NOT_STARTED if STOPPING["signal"] is not None else run_one(*task))
 
 
 def run_one(config, folder: str, name: str, command: list[str], stop_event: str | None = None) -> dict:

@@ -38,8 +38,7 @@ class LazyRun:
     def __init__(self, config: LazyConfig, data: Dataset, partition: Sequence[np.ndarray] | None = None, *,
                  smoothness: np.ndarray | None = None, model_config: ModelConfig = ModelConfig(),
                  system: SystemConfig = SystemConfig()):
-        n_samples = len(data.x_train)
-        n_workers = config.n_workers
+        n_samples, n_workers = len(data.x_train), config.n_workers
         if n_workers > n_samples:
             raise ValueError(f"n_workers (M) must be in [1, {n_samples}] (the number of training samples), "
                              f"got {n_workers}")
