@@ -4,6 +4,7 @@ nor reported under the wrong settings; a folder belongs to one sweep and one swe
 sweep file is read once; a damaged summary.json costs only its run; the sweep name cannot leave runs/."""
 
 import json
+import re
 import shutil
 import time
 from functools import partial
@@ -282,8 +283,9 @@ def test_the_report_names_the_runs_that_read_another_version_of_a_file(tmp_path,
 
 
 def test_a_file_changed_while_the_sweep_runs_is_told_at_its_end(tmp_path):
-    """The trace is rewritten while the sweep runs (by a plugin partitioner, at the second run's start): the
-    sweep ends with one line for the run that read the older version, and exit status 1."""
+    """The trace is rewritten while the sweep runs (by a plugin partitioner, while the second run is built):
+    that run is refused (its file changed between its hash and its build's end), the third reads the new
+    version, and the sweep ends with one line for the run that read the older one, and exit status 1."""
     import os
     from tests.conftest import REPO
     sweep, path, change = file_sweep(tmp_path, "trace", "seed = [0, 1, 2]")
@@ -294,7 +296,7 @@ def test_a_file_changed_while_the_sweep_runs_is_told_at_its_end(tmp_path):
         f"CALLS = Path({str(tmp_path / 'calls')!r})\n\n"
         "@register_partitioner('changer')\ndef split(labels, n_clients, rng):\n"
         "    CALLS.write_text(CALLS.read_text() + 'x' if CALLS.exists() else 'x')\n"
-        "    if CALLS.read_text() == 'xx':        # the second run: the trace changes before it reads it\n"
+        "    if CALLS.read_text() == 'xx':        # the second run: the trace changes while it is built\n"
         f"        path = Path({str(path)!r})\n"
         "        path.write_text(path.read_text().replace('0,1e6,', '0,1e3,', 1))\n"
         "    return np.array_split(np.arange(len(labels)), n_clients)\n")
@@ -302,7 +304,10 @@ def test_a_file_changed_while_the_sweep_runs_is_told_at_its_end(tmp_path):
                                                "[grid]"))
     ran = fedsim(tmp_path, "sweep", sweep, "--out", tmp_path / "S", "--workers", "1", "--quiet",
                  PYTHONPATH=os.pathsep.join([str(REPO), str(plug)]))
-    lines = error_lines(ran.stderr)
-    assert ran.returncode == 1 and "3 completed" in ran.stdout and len(lines) == 1, ran.stderr
-    assert lines[0].startswith(f"fedsim: sweep seeds: runs/{run_of(tmp_path / 'S', 0).name}: system.trace "
-                               f"{path}: it read the file with sha256 "), lines
+    refused, older = error_lines(ran.stderr)
+    assert ran.returncode == 1 and "2 completed, 1 failed" in ran.stdout, ran.stderr
+    assert re.match(rf"fedsim: seed=1-\w+: failed: DataSettingError: system.trace {re.escape(str(path))}: the file "
+                    r"changed since the run started \(sha256 ", refused), refused
+    assert not list((tmp_path / "S" / "runs").glob("seed=1-*"))                 # refused before its folder
+    assert older.startswith(f"fedsim: sweep seeds: runs/{run_of(tmp_path / 'S', 0).name}: system.trace "
+                            f"{path}: it read the file with sha256 "), older
