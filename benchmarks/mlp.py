@@ -136,8 +136,9 @@ def mlp_round_benchmark(mode: str, data_dir=None, peak: dict | None = None) -> d
     return {
         "name": "mlp_round", "data": data.source,
         "setting": {"clients": n_clients, "participants": K, "batch": B, "layers": list(widths),
-                    "activation": "relu", "parameters": int(run.model.size), "local_iterations": config.local_iterations,
-                    "method": "stc_updown", "p_up": config.p_up, "p_down": config.p_down, "dtype": "float32"},
+                    "activation": "relu", "parameters": int(run.model.size),
+                    "local_iterations": config.local_iterations, "method": "stc_updown", "p_up": config.p_up,
+                    "p_down": config.p_down, "dtype": "float32"},
         "torch_formulations": choices,
         "validation": validation,
         "round": {name: timing.to_dict() for name, timing in timings.items()},

@@ -413,7 +413,8 @@ def _floor_tables(stc: dict, laq: dict, mlp: list[dict] = ()) -> list[str]:
 
 def _scale_tables(scale: dict) -> list[str]:
     lines = ["", f"Synthetic(1, 1), {scale['samples_per_device']} samples per device, stc_updown, 610 parameters; "
-                 "median seconds per round over the timed rounds, which follow the same warm-up in every configuration.",
+                 "median seconds per round over the timed rounds, which follow the same warm-up in every "
+                 "configuration.",
              "", "| clients | participation | participants | s / round | rounds timed | peak RSS | data "
                  "| run state at build | growth while running | clients touched |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -687,7 +688,8 @@ def _storage_table(storage: dict) -> list[str]:
                  f"and stepped interleaved (medians of {laq['iteration']['float64']['repeats']}), after "
                  f"{laq['validated_iterations']} validated LAQ iterations (objective within 1e-10, the same "
                  f"uploads) and the first STC round (client losses within 1e-3, from the same start: the STC "
-                 f"codes round the resized pixels, and later rounds drift apart through the top-k picks). LAQ data: {laq['data']}; STC data: {stc['data']}.", "",
+                 f"codes round the resized pixels, and later rounds drift apart through the top-k picks). "
+                 f"LAQ data: {laq['data']}; STC data: {stc['data']}.", "",
              "| | float ms | uint8 ms | speed-up | bytes read per gradient, float / uint8 |",
              "|---|---:|---:|---:|---:|"]
     bytes_read = laq["bytes_per_gradient"]

@@ -192,7 +192,8 @@ def validate_stc(label: str, reference, outcome: dict, run, record: dict, fedsim
     assert_equal(f"STC round: upstream bits ({label} vs fedsim)", outcome["bits_up"], record["bits_up"])
     assert_equal(f"STC round: downstream bits ({label} vs fedsim)", outcome["bits_down"], record["bits_down"])
     checked = {"passed": True,
-               "server_weights_max_abs_difference": float(np.abs(weights.astype(np.float64) - run.server.weights).max()),
+               "server_weights_max_abs_difference": float(np.abs(weights.astype(np.float64)
+                                                                 - run.server.weights).max()),
                "server_weights_max_abs": scale,
                "client_losses_max_abs_difference": float(np.abs(losses - np.asarray(record["client_losses"])).max()),
                "bits_up": int(outcome["bits_up"]), "bits_down": int(outcome["bits_down"]),

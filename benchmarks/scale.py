@@ -181,7 +181,8 @@ def run(mode: str, threads: int) -> dict:
     settings = SETTINGS[mode]
     configurations = list(settings["grid"]) + [c for c in settings["fixed"] if c not in settings["grid"]]
     results = {"suite": "scale", "mode": mode, "machine": common.machine_info(thread_report),
-               "samples_per_device": SAMPLES_PER_DEVICE, "fixed_participants_series": [list(c) for c in settings["fixed"]],
+               "samples_per_device": SAMPLES_PER_DEVICE,
+               "fixed_participants_series": [list(c) for c in settings["fixed"]],
                "configurations": []}
     environment = common.thread_environment(threads)
     environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(common.REPO), environment.get("PYTHONPATH")]))

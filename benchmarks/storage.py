@@ -5,8 +5,9 @@ a gradient reads 1 byte per feature instead of 8 (LAQ, float64) or 4 (STC, float
 same run twice, on the float features and on the codes of the same dataset, validates that they agree
 (the LAQ objective to 1e-10 relative and the same upload decisions in each validated iteration; the STC
 client losses of the first round, from the same start, to 1e-3, since the STC codes round the resized
-pixels by up to half a grey level and later rounds drift apart through STC's top-k picks), then steps both runs interleaved and
-reports the medians and the speed-up of the codes. Both runs hold the same data in memory the whole time.
+pixels by up to half a grey level and later rounds drift apart through STC's top-k picks), then steps both
+runs interleaved and reports the medians and the speed-up of the codes. Both runs hold the same data in
+memory the whole time.
 """
 
 from __future__ import annotations

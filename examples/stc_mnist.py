@@ -50,7 +50,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, help="rounds (default: the preset's)")
     add_model_options(parser)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="any other setting, as for `fedsim run` (e.g. federated.lr=0.1, data.classes_per_client=2)")
+                        help="any other setting, as for `fedsim run` "
+                             "(e.g. federated.lr=0.1, data.classes_per_client=2)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", default=None, help="a folder searched first for dataset files")
     parser.add_argument("--train-split", choices=["train", "test"], help="train on the test split (no MNIST "
@@ -81,8 +82,8 @@ def describe(config) -> str:
     partition = data.partition + (f" ({data.classes_per_client} classes per client)"
                                   if data.partition == "classes_per_client" else "")
     return (f"{data.dataset}, {describe_model(config.model)}{federated.n_clients} clients, "
-            f"partition {partition}, {federated.rounds} rounds, lr {federated.lr:g}, batch {federated.batch_size}, {federated.local_iterations} local "
-            f"iteration(s), p_up {federated.p_up:g}, p_down {federated.p_down:g}")
+            f"partition {partition}, {federated.rounds} rounds, lr {federated.lr:g}, batch {federated.batch_size}, "
+            f"{federated.local_iterations} local iteration(s), p_up {federated.p_up:g}, p_down {federated.p_down:g}")
 
 
 def print_round(record: dict, rounds: int, method: str) -> None:

@@ -118,7 +118,8 @@ def compute_environment() -> dict:
 
     blas = sorted(f"{pool.get('internal_api')} {pool.get('version')} {pool.get('architecture', '')} "
                   f"threads={pool.get('num_threads')}" for pool in numpy_blas_pools())
-    return {"numpy": np.__version__, "simd": numpy_simd(), "machine": platform.machine(), "byteorder": sys.byteorder, "blas": blas}
+    return {"numpy": np.__version__, "simd": numpy_simd(), "machine": platform.machine(), "byteorder": sys.byteorder,
+            "blas": blas}
 
 
 def _canonical(value) -> str:
