@@ -1,29 +1,12 @@
-"""The multilayer perceptron: loss and gradient against torch autograd and finite differences, its layout,
-its initialization and its one-line errors. No data files: every problem is drawn here."""
+"""The multilayer perceptron: loss and gradient against torch autograd, its layout and its one-line errors.
+No data files: every problem is drawn here. What any model must do: tests/models/test_contract.py."""
 
 import numpy as np
 import pytest
 
 from fedsim.models import SoftmaxRegression
-from fedsim.models.features import Codes
 from fedsim.models.mlp import MLP
-from tests.models.conftest import five_point_gradient, torch_loss_and_grad
-
-FEATURES, CLASSES, CLIENTS, SAMPLES = 7, 4, 3, 9
-
-
-def _problem(dtype=np.float64, hidden=(5,), activation="relu", l2=0.0, clients=(CLIENTS,), shared_x=False,
-             seed=0):
-    """A model, K = clients stacked parameter vectors (glorot, plus noise so the biases are not 0), the
-    clients' batches (one shared batch with ``shared_x``), labels and a 0/1 padding mask."""
-    rng = np.random.default_rng(seed)
-    model = MLP(FEATURES, hidden, CLASSES, activation=activation, l2=l2, dtype=dtype)
-    theta = model.init(rng, batch=clients)
-    theta += rng.normal(scale=0.3, size=theta.shape).astype(dtype)
-    x = rng.normal(size=(() if shared_x else clients) + (SAMPLES, FEATURES)).astype(dtype)
-    y = rng.integers(0, CLASSES, size=clients + (SAMPLES,))
-    mask = (np.arange(SAMPLES) < rng.integers(1, SAMPLES + 1, size=clients + (1,))).astype(dtype)
-    return model, theta, x, y, mask
+from tests.models.conftest import CLASSES, CLIENTS, FEATURES, mlp_problem as _problem, torch_loss_and_grad
 
 
 def _assert_close(got, expected, relative):
@@ -63,13 +46,6 @@ def test_float32_loss_and_grad_match_torch_float32(torch, hidden, activation, cl
     _assert_close(grad, ref_grad, 5e-6)
 
 
-@pytest.mark.parametrize("activation", ["tanh", "relu"])
-def test_gradient_equals_five_point_finite_differences(activation):
-    model, theta, x, y, mask = _problem(np.float64, (6, 4), activation, l2=0.05, clients=(), seed=3)
-    _, grad = model.loss_and_grad(theta, x, y, mask)
-    _assert_close(grad, five_point_gradient(lambda point: model.loss(point, x, y, mask), theta, 1e-4), 1e-8)
-
-
 def test_without_hidden_layers_it_is_softmax_regression():
     """hidden = (): the layout W1, b1 is softmax regression's W, b, and so are loss and gradient."""
     model, theta, x, y, mask = _problem(np.float64, (), l2=0.02)
@@ -79,98 +55,15 @@ def test_without_hidden_layers_it_is_softmax_regression():
         _assert_close(got, expected, 1e-14)
 
 
-def test_batched_equals_one_model_at_a_time_and_a_shared_model_every_batch():
-    model, theta, x, y, mask = _problem(np.float64, (6, 4), "tanh", l2=0.05)
-    loss, grad = model.loss_and_grad(theta, x, y, mask)
-    shared_loss, shared_grad = model.loss_and_grad(theta[0], x, y)          # theta (P,), x (K, n, F)
-    assert shared_grad.shape == grad.shape
-    for k in range(CLIENTS):
-        one_loss, one_grad = model.loss_and_grad(theta[k], x[k], y[k], mask[k])
-        _assert_close(loss[k], one_loss, 1e-14)
-        _assert_close(grad[k], one_grad, 1e-13)
-        one_loss, one_grad = model.loss_and_grad(theta[0], x[k], y[k])
-        _assert_close(shared_loss[k], one_loss, 1e-14)
-        _assert_close(shared_grad[k], one_grad, 1e-13)
-
-
-def test_zero_weights_pad_ragged_batches():
-    model, theta, x, y, _ = _problem(np.float64, (5,))
-    mask = np.ones((CLIENTS, SAMPLES))
-    mask[:, 6:] = 0
-    padded = x.copy()
-    padded[:, 6:] = 1e3                                   # garbage in the padding must not matter
-    for got, expected in zip(model.loss_and_grad(theta, padded, y, mask),
-                             model.loss_and_grad(theta, x[:, :6], y[:, :6])):
-        _assert_close(got, expected, 1e-13)
-
-
-def test_gathered_rows_codes_and_float64_data_equal_the_decoded_copy():
-    """``rows=`` reads ``x[rows]`` of one set; 8-bit :class:`Codes` stand for ``scale u + offset``."""
-    model, theta, _, _, _ = _problem(np.float32, (5,))
-    rng = np.random.default_rng(4)
-    features = Codes(rng.integers(0, 256, size=(40, FEATURES), dtype=np.uint8), 1 / 255, -0.5, np.float32)
-    labels = rng.integers(0, CLASSES, size=40)
-    rows = rng.integers(0, 40, size=(CLIENTS, SAMPLES))
-    got = model.loss_and_grad(theta, features, labels[rows], rows=rows)
-    expected = model.loss_and_grad(theta, features.decode()[rows], labels[rows])
-    for a, b in zip(got, expected):
-        np.testing.assert_array_equal(a, b)
-    for bad in (rows - 40, rows + 40):
-        with pytest.raises(ValueError, match=r"rows must lie in \[0, 40\)"):
-            model.loss_and_grad(theta, features, labels[rows], rows=bad)
-    # float64 data are computed in the parameters' float32
-    _, _, x, y, _ = _problem(np.float32, (5,))
+def test_float64_data_are_computed_in_the_parameters_float32():
+    model, theta, x, y, _ = _problem(np.float32, (5,))
     loss, grad = model.loss_and_grad(theta, x.astype(np.float64), y)
     assert loss.dtype == np.float32 and grad.dtype == np.float32
     np.testing.assert_array_equal(grad, model.loss_and_grad(theta, x, y)[1])
 
 
-def test_evaluate_predict_and_extreme_logits():
-    model, theta, x, y, _ = _problem(np.float64, (6, 4), "tanh", l2=0.02)
-    loss, accuracy = model.evaluate(theta, x, y)
-    _assert_close(loss, model.loss(theta, x, y), 1e-15)
-    np.testing.assert_array_equal(accuracy, model.accuracy(theta, x, y))
-    np.testing.assert_array_equal(model.predict(theta, x), np.argmax(model.logits(theta, x), axis=-1))
-    np.testing.assert_array_equal(accuracy, np.mean(model.predict(theta, x) == y, axis=-1))
-    big = MLP(2, (1,), 3)                                 # logits (1e4, -1e4, 0) for x = (1, 0)
-    theta = big.spec.flatten({"W1": [[1.0], [0.0]], "b1": [0.0], "W2": [[1e4, -1e4, 0.0]], "b2": np.zeros(3)})
-    loss, grad = big.loss_and_grad(theta, np.array([[1.0, 0.0]]), np.array([1]))
-    assert np.all(np.isfinite(grad))
-    np.testing.assert_allclose(loss, 2e4, rtol=1e-12)
-
-
-def test_spec_names_each_layer_and_its_views_write_through_the_flat_vector():
-    model = MLP(FEATURES, (6, 4), CLASSES)
-    spec = model.spec
-    assert spec.names == ("W1", "b1", "W2", "b2", "W3", "b3")
-    assert spec.shapes == ((7, 6), (6,), (6, 4), (4,), (4, 4), (4,))
-    assert spec.offsets.tolist() == [0, 42, 48, 72, 76, 92, 96] and model.size == 96
-    theta = np.arange(2 * model.size, dtype=np.float64).reshape(2, model.size)
-    for layer, (W, b) in enumerate(model.layers(theta), start=1):
-        assert np.shares_memory(W, theta) and np.shares_memory(b, theta)
-        np.testing.assert_array_equal(W, theta[:, spec.slice(f"W{layer}")].reshape(W.shape))
-        np.testing.assert_array_equal(b, theta[:, spec.slice(f"b{layer}")])
-        b[...] = -layer
-    assert theta[1, 92:].tolist() == [-3.0] * 4 and theta[0, 42:48].tolist() == [-1.0] * 6
-    assert MLP(3, [4, np.int64(2)], 3).hidden == (4, 2)          # a list of widths becomes a tuple
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_glorot_init_is_seeded_bounded_and_has_zero_biases(dtype):
-    model = MLP(300, (200, 100), 10, dtype=dtype)
-    theta = model.init(np.random.default_rng(1))
-    np.testing.assert_array_equal(theta, model.init(np.random.default_rng(1)))
-    assert theta.dtype == dtype and theta.shape == (model.size,)
-    for W, b in model.layers(theta):
-        limit = np.sqrt(6 / (W.shape[0] + W.shape[1]))    # U(-a, a): mean 0, variance a^2 / 3
-        assert np.abs(W).max() <= limit and np.abs(W).max() > 0.99 * limit
-        # Within 5 standard errors: of the mean, a / sqrt(3 N); of the variance, sqrt(4 / 5 N) relative.
-        assert abs(W.mean()) < 5 * limit / np.sqrt(3 * W.size)
-        assert W.var() == pytest.approx(limit ** 2 / 3, rel=5 * np.sqrt(0.8 / W.size))
-        np.testing.assert_array_equal(b, 0)
-    stack = model.init(np.random.default_rng(1), "glorot", np.float64, batch=(2,))
-    assert stack.shape == (2, model.size) and not np.array_equal(stack[0], stack[1])
-    np.testing.assert_array_equal(model.init(kind="zeros"), 0)
+def test_a_list_of_widths_becomes_a_tuple():
+    assert MLP(3, [4, np.int64(2)], 3).hidden == (4, 2)
 
 
 @pytest.mark.parametrize("kwargs, error, message", [

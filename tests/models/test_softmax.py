@@ -1,4 +1,5 @@
-"""Softmax regression: loss and gradient against torch autograd and five-point finite differences."""
+"""Softmax regression: loss and gradient against torch autograd, its walks over the data in blocks and on
+threads, 8-bit codes, its one-line errors. What any model must do: tests/models/test_contract.py."""
 
 import numpy as np
 import pytest
@@ -6,17 +7,7 @@ import pytest
 import fedsim.models.softmax as softmax_module
 from fedsim.models import SoftmaxRegression
 from fedsim.models.features import Codes
-from fedsim.params import ParamSpec
-from tests.models.conftest import five_point_gradient, torch_loss_and_grad
-
-
-def _problem(dtype, batch=(), n=13, features=6, classes=4, seed=0, l2=0.0):
-    rng = np.random.default_rng(seed)
-    model = SoftmaxRegression(features, classes, l2=l2)
-    theta = rng.normal(size=batch + (model.size,)).astype(dtype)
-    x = rng.normal(size=batch + (n, features)).astype(dtype)
-    y = rng.integers(0, classes, size=batch + (n,))
-    return model, theta, x, y
+from tests.models.conftest import WALKS, softmax_problem as _problem, torch_loss_and_grad, walk_by
 
 
 @pytest.mark.oracle
@@ -33,54 +24,12 @@ def test_loss_and_grad_match_torch_autograd(torch, dtype, tol, l2, batch):
     np.testing.assert_allclose(model.loss(theta, x, y), loss, rtol=tol)
 
 
-@pytest.mark.parametrize("l2", [0.0, 0.3])
-def test_gradient_equals_five_point_finite_differences(l2):
-    model, theta, x, y = _problem(np.float64, l2=l2, seed=3)
-    _, grad = model.loss_and_grad(theta, x, y)
-    numeric = five_point_gradient(lambda point: model.loss(point, x, y), theta, 1e-3)
-    np.testing.assert_allclose(grad, numeric, rtol=1e-8, atol=1e-10)
-
-
-def test_zero_weights_pad_ragged_batches():
-    model, theta, x, y = _problem(np.float64, (2,), n=10)
-    weights = np.ones((2, 10))
-    weights[:, 7:] = 0
-    x_padded = x.copy()
-    x_padded[:, 7:] = 1e3  # garbage in the padding must not matter
-    loss, grad = model.loss_and_grad(theta, x_padded, y, weights)
-    ref_loss, ref_grad = model.loss_and_grad(theta, x[:, :7], y[:, :7])
-    np.testing.assert_allclose(loss, ref_loss, rtol=1e-13)
-    np.testing.assert_allclose(grad, ref_grad, rtol=1e-12, atol=1e-15)
-
-
-def test_evaluate_predict_and_extreme_logits():
-    model, theta, x, y = _problem(np.float64, l2=0.02, n=50)
-    loss, accuracy = model.evaluate(theta, x, y)
-    assert loss == pytest.approx(model.loss(theta, x, y), rel=1e-14)
-    assert accuracy == model.accuracy(theta, x, y)
+def test_predict_and_accuracy_of_a_hand_made_model():
     model = SoftmaxRegression(2, 2)
     theta = model.spec.flatten({"W": np.array([[1.0, -1.0], [0.0, 0.0]]), "b": np.zeros(2)})
     x = np.array([[2.0, 0.0], [-2.0, 0.0], [3.0, 1.0]])
     np.testing.assert_array_equal(model.predict(theta, x), [0, 1, 0])
     assert model.accuracy(theta, x, np.array([0, 1, 1])) == pytest.approx(2 / 3)
-    model = SoftmaxRegression(2, 3)
-    theta = np.zeros(model.size)
-    model.spec.view(theta, "W")[...] = [[1e4, -1e4, 0], [0, 0, 0]]
-    x = np.array([[1.0, 0.0], [-1.0, 0.0]])
-    loss, grad = model.loss_and_grad(theta, x, np.array([1, 1]))
-    assert np.isfinite(loss) and np.all(np.isfinite(grad))
-    np.testing.assert_allclose(loss, 1e4, rtol=1e-12)
-
-
-def test_glorot_init_is_seeded_and_bounded():
-    model = SoftmaxRegression(30, 10)
-    a = model.init(np.random.default_rng(1), "glorot", np.float64)
-    b = model.init(np.random.default_rng(1), "glorot", np.float64)
-    np.testing.assert_array_equal(a, b)
-    limit = np.sqrt(6 / 40)
-    W = model.spec.view(a, "W")
-    assert np.abs(W).max() <= limit and np.abs(W).max() > 0.9 * limit
-    np.testing.assert_array_equal(model.spec.view(a, "b"), 0)
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -93,37 +42,7 @@ def test_bad_settings_name_the_setting(kwargs, message):
         SoftmaxRegression(**kwargs)
 
 
-def test_param_spec_views_write_through_and_round_trip():
-    spec = ParamSpec(("W", "b"), ((3, 2), (2,)))
-    theta = spec.zeros(np.float64, batch=(4,))
-    spec.view(theta, "b")[...] = 7.0
-    assert theta[:, 6:].tolist() == [[7.0, 7.0]] * 4
-    W = np.arange(24.0).reshape(4, 3, 2)
-    flat = spec.flatten({"W": W, "b": np.ones((4, 2))})
-    np.testing.assert_array_equal(spec.view(flat, "W"), W)
-    assert spec.size == 8 and spec.offsets.tolist() == [0, 6, 8]
-    with pytest.raises(ValueError, match="needs 8"):
-        spec.view(np.zeros(7), "W")
-    with pytest.raises(ValueError, match="unique"):
-        ParamSpec(("W", "W"), ((1,), (1,)))
-
-
 # -- one pass over the data: the blocks -------------------------------------------------------------
-
-# (whole, block, product) byte sizes that force each way of walking the data on small problems.
-WALKS = {
-    "one block": (10 ** 9, 10 ** 9, 10 ** 9),
-    "models grouped": (0, 6000, 6000),                # several whole models a block
-    "rows of one model": (0, 500, 200),               # row blocks, each in several products (2 rows)
-    "one row a block": (0, 1, 1),
-}
-
-
-def walk_by(name, monkeypatch):
-    """Make the model walk the data as WALKS[name] says."""
-    for constant, size in zip(("WHOLE_BYTES", "BLOCK_BYTES", "PRODUCT_BYTES"), WALKS[name]):
-        monkeypatch.setattr(softmax_module, constant, size)
-
 
 @pytest.fixture(params=list(WALKS))
 def walk(request, monkeypatch):
@@ -156,43 +75,6 @@ def test_every_walk_over_the_data_matches_torch_autograd(torch, walk, batch):
     np.testing.assert_allclose(loss_eval, ref_loss, rtol=1e-13)
     np.testing.assert_array_equal(accuracy, np.mean(np.argmax(np.matmul(x, theta[..., :36].reshape(
         batch + (9, 4))) + theta[..., 36:][..., None, :], axis=-1) == y, axis=-1))
-
-
-@pytest.mark.parametrize("l2", [0.0, 0.05])
-@pytest.mark.parametrize("stack", ["models and data", "shared model", "shared data"])
-def test_stacked_calls_equal_one_model_at_a_time(walk, stack, l2):
-    """K models on K batches (a round's clients), one model over M shards (LAQ's call: theta (P,) against
-    x (M, n, F)) and K models on one set (an evaluation): each entry is its model's call alone."""
-    model, theta, x, y = _problem(np.float64, (4,), n=29, features=7, classes=3, seed=5, l2=l2)
-    stacked, one = {"models and data": ((theta, x, y), lambda k: (theta[k], x[k], y[k])),
-                    "shared model": ((theta[0], x, y), lambda k: (theta[0], x[k], y[k])),
-                    "shared data": ((theta, x[0], y[0]), lambda k: (theta[k], x[0], y[0]))}[stack]
-    loss, grad = model.loss_and_grad(*stacked)
-    assert grad.shape == (4, model.size)
-    for k in range(4):
-        one_loss, one_grad = model.loss_and_grad(*one(k))
-        np.testing.assert_allclose(loss[k], one_loss, rtol=1e-14)
-        np.testing.assert_allclose(grad[k], one_grad, rtol=1e-12, atol=1e-15)
-        np.testing.assert_allclose(model.logits(*stacked[:2])[k], model.logits(*one(k)[:2]), rtol=1e-13)
-
-
-def test_gathered_rows_and_weights_equal_the_gathered_copy(walk):
-    """``rows=`` gathers block by block what ``x[rows]`` would copy out; weights (a padding mask) too."""
-    model, theta, _, _ = _problem(np.float32, (3,), features=8, classes=5, seed=6)
-    rng = np.random.default_rng(7)
-    source = rng.normal(size=(50, 8)).astype(np.float32)
-    labels = rng.integers(0, 5, size=50)
-    rows = rng.integers(0, 50, size=(3, 11))
-    mask = (np.arange(11) < np.array([[11], [7], [3]])).astype(np.float32)
-    got = model.loss_and_grad(theta, source, labels[rows], mask, rows=rows)
-    expected = model.loss_and_grad(theta, source[rows], labels[rows], mask)
-    np.testing.assert_allclose(got[0], expected[0], rtol=1e-6)
-    np.testing.assert_allclose(got[1], expected[1], rtol=1e-5, atol=1e-7)
-    with pytest.raises(ValueError, match="rows"):
-        model.loss_and_grad(theta, source[None], labels[rows], rows=rows)
-    for bad in (rows - 50, rows + 50):                   # no wrap-around of negative rows, no read past the set
-        with pytest.raises(ValueError, match=r"rows must lie in \[0, 50\)"):
-            model.loss_and_grad(theta, source, labels[rows], rows=bad)
 
 
 @pytest.mark.oracle
