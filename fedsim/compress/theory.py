@@ -131,8 +131,10 @@ def measure(compressor: Compressor, x, spec, draws: int, rng: np.random.Generato
     noise = float(variance_of_mean.sum())
     spread = math.sqrt(2.0 * float(np.square(variance_of_mean).sum()))
     squared_bias = float(np.dot(mean_error, mean_error))
-    bias_z = ((squared_bias - noise) / spread if spread > 0 else
-              0.0 if squared_bias <= 1e-12 * squared_norm else math.inf)
+    if spread > 0:
+        bias_z = (squared_bias - noise) / spread
+    else:
+        bias_z = 0.0 if squared_bias <= 1e-12 * squared_norm else math.inf
     errors = np.concatenate(errors)
     size = max(1, x.size)
     return Measurement(
