@@ -394,7 +394,7 @@ def command_sweep(args) -> int:
     from fedsim.sweeps import all_finished, load_sweep, run_sweep
     from fedsim.sweeps.execute import SweepInterrupted
     from fedsim.sweeps.folder import resume_command, resume_hint
-    from fedsim.sweeps.report import (collect, format_budget, format_summary, left_out, plot_sweep,
+    from fedsim.sweeps.report import (collect, format_budget, format_summary, left_out, platforms_note, plot_sweep,
                                       summarize_over_seeds, tidy_rows, write_csv)
     if args.target in ("report", "plot"):
         if not args.folder:
@@ -410,6 +410,9 @@ def command_sweep(args) -> int:
         budget = format_budget(manifest, entries)
         if budget is not None:          # runs that solved a knob for federated.bits_per_round
             print(f"\n{budget}")
+        platforms = platforms_note(entries)
+        if platforms is not None:
+            print(f"fedsim: sweep report: note: {platforms}", file=sys.stderr)
         # checked folders only (no number under the wrong settings), and every run not in the table said
         missing = left_out(entries, rows)
         for line in missing:

@@ -6,7 +6,8 @@ mean +- standard deviation (over seeds, ``ddof=1``) and n. The figures: the runs
 seeds with a band from their minimum to their maximum (and cumulative bits sent up as a second x axis),
 and the first metric at the end against the first axis that is not the method or the seed. A sweep whose runs
 solved their up compressor's knob for a bit budget (``federated.bits_per_round``) also gets the knob and the
-upload per participant beside the first metric (:func:`format_budget`).
+upload per participant beside the first metric (:func:`format_budget`). Runs that started on unlike BLAS
+kernels or NumPy SIMD loops (a Dask sweep over unlike machines) are named in a note (:func:`platforms_note`).
 """
 
 from __future__ import annotations
@@ -117,6 +118,26 @@ def left_out(entries: list[dict], rows: list[dict]) -> list[str]:
         lines.append(f"{entry['folder']} ({run_label(entry['values'].items())}): {status}"
                      + (f": {' '.join(str(message).split())}" if message else ""))
     return lines
+
+
+def platforms_note(entries: list[dict]) -> str | None:
+    """A line naming the arithmetic each run of ``entries`` (:func:`collect`) started on, NumPy's BLAS and
+    SIMD extensions (meta.json's ``threads``), when they are not all the same (a Dask sweep over unlike
+    machines): their numbers stand beside each other, but each run reproduces bit for bit only on its own.
+    None when they agree."""
+    platforms: dict[str, list[str]] = {}
+    for entry in entries:
+        if entry["result"] is not None:
+            threads = entry["result"].meta.get("threads") or {}
+            platform = f"{threads.get('blas', 'BLAS not recorded')}, NumPy SIMD {threads.get('simd', 'not recorded')}"
+            platforms.setdefault(platform, []).append(entry["folder"])
+    if len(platforms) < 2:
+        return None
+    most, *others = sorted(platforms.items(), key=lambda item: -len(item[1]))      # the others' runs named
+    listed = "; ".join([f"{most[0]}: {len(most[1])} runs"] + [f"{platform}: {', '.join(folders)}"
+                                                            for platform, folders in others])
+    return (f"the runs ran on {len(platforms)} pairs of BLAS and NumPy SIMD loops, which round last bits their own "
+            f"way ({listed}); each run reproduces bit for bit on its own pair only")
 
 
 def write_csv(out, rows: list[dict]) -> Path:
@@ -348,5 +369,5 @@ def plot_sweep(out, figures_out=None, notes: list[str] | None = None) -> list[Pa
     return paths
 
 
-__all__ = ["checked_manifest", "collect", "format_budget", "format_summary", "left_out", "plot_sweep",
-           "summarize_over_seeds", "tidy_rows", "write_csv"]
+__all__ = ["checked_manifest", "collect", "format_budget", "format_summary", "left_out", "platforms_note",
+           "plot_sweep", "summarize_over_seeds", "tidy_rows", "write_csv"]

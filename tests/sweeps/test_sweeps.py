@@ -3,6 +3,7 @@ and across worker counts, skipping and resuming on a rerun (after a kill -9 of t
 runs that do not stop the others, the report and the figures."""
 
 import csv
+import json
 import re
 import signal
 import time
@@ -191,6 +192,21 @@ def test_report_and_plot(tmp_path):
     summary_lines = [line for line in report.stdout.splitlines() if "final_test_accuracy" in line]
     assert len(summary_lines) == 4 and all(line.rstrip().endswith(" 2") and "+-" in line for line in summary_lines)
     assert "bits_per_round" not in report.stdout         # no knob solved: no budget table
+    assert "note" not in report.stderr                  # every run on this machine's BLAS and SIMD
+    # a run that started on another machine's BLAS (a Dask worker elsewhere): named in a note, still reported
+    from fedsim.data.cache import numpy_simd
+    from fedsim.runs.provenance import numpy_blas
+    moved = next((tmp_path / "out" / "runs").iterdir()) / "meta.json"
+    meta = json.loads(moved.read_text())
+    meta["threads"]["blas"] = "openblas 0.3.31.188.0 Zen"
+    moved.write_text(json.dumps(meta))
+    noted = fedsim(tmp_path, "sweep", "report", tmp_path / "out")
+    assert noted.returncode == 0 and noted.stdout == report.stdout, noted.stderr
+    [note] = noted.stderr.splitlines()
+    assert note == (f"fedsim: sweep report: note: the runs ran on 2 pairs of BLAS and NumPy SIMD loops, which round "
+                    f"last bits their own way ({numpy_blas()}, NumPy SIMD {numpy_simd()}: 7 runs; openblas "
+                    f"0.3.31.188.0 Zen, NumPy SIMD {numpy_simd()}: runs/{moved.parent.name}); each run reproduces "
+                    f"bit for bit on its own pair only"), note
     plot = fedsim(tmp_path, "sweep", "plot", tmp_path / "out")
     assert plot.returncode == 0, plot.stderr
     for name in ("sweep_curves.png", "sweep_final.png"):
