@@ -338,6 +338,7 @@ def resume_run(path, *, quiet: bool = False, progress_data: bool | None = None,
             return RunOutcome("finished-before", config.family, folder, int(summary.get("completed", 0)),
                               config.steps, summary, f"the run already ended ({ended})")
         run = _build_checked(config, quiet, progress_data)
+        check_data_record(config.data, meta, config.system)         # again: not changed while the build read it
         with pinned_threads(config.run.blas_threads):
             completed = _load_checkpoint(folder, run, config, meta)
         _check_history(folder, run, completed)

@@ -182,16 +182,27 @@ def test_a_file_changed_while_the_run_reads_it_is_refused_not_recorded_with_its_
     import fedsim.runs.loop as loop
     monkeypatch.chdir(tmp_path)
     saved(tmp_path)
-    load_data = loop.load_data
+    load_data, changes = loop.load_data, []
 
     def load_then_change(*args, **kwargs):
         dataset = load_data(*args, **kwargs)
-        saved(tmp_path, y_test=np.zeros(20, int))          # another process rewrites the file meanwhile
+        changes.append(len(changes) + 1)                     # another process rewrites the file meanwhile
+        saved(tmp_path, y_test=np.full(20, changes[-1]))
         return dataset
 
-    monkeypatch.setattr(loop, "load_data", load_then_change)
-    assert main(["run", "--preset", "synthetic", "--set", "data.dataset=npz:mine.npz", *TINY_NPZ,
-                 "--out", "one", "--quiet"]) == 2
+    with monkeypatch.context() as patch:
+        patch.setattr(loop, "load_data", load_then_change)
+        assert main(["run", "--preset", "synthetic", "--set", "data.dataset=npz:mine.npz", *TINY_NPZ,
+                     "--out", "one", "--quiet"]) == 2
     [error] = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert error.startswith("fedsim: error: data.dataset npz:") and "the file changed since the run started" in error
     assert not (tmp_path / "one").exists()
+    # a resume: the file checked before its build and again after it
+    assert main(["run", "--preset", "synthetic", "--set", "data.dataset=npz:mine.npz", *TINY_NPZ,
+                 "--out", "two", "--quiet"]) == 0
+    history = (tmp_path / "two" / "history.jsonl").read_bytes()
+    monkeypatch.setattr(loop, "load_data", load_then_change)
+    assert main(["run", "--resume", "two", "--extend-to", "4", "--quiet"]) == 2
+    [error] = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert "the file changed since the run started" in error and (tmp_path / "two" / "history.jsonl").read_bytes() \
+        == history
