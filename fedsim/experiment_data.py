@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -295,7 +296,9 @@ def _read_files(config: DataConfig, system=None) -> dict[str, Path]:
     """The files a run reads besides the registered datasets (whose checksums are fedsim's), by the key
     meta.json records them under: an npz dataset (``data_file``), a ``system.trace`` (``trace_file``)."""
     files = {"data_file": npz_path(config.dataset),
-             "trace_file": Path(system.trace).resolve() if system is not None and system.profile == "trace" else None}
+             # absolute, links kept (as npz data's): runs that read two targets of one link are compared
+             "trace_file": Path(os.path.abspath(system.trace)) if system is not None and system.profile == "trace"
+             else None}
     return {key: path for key, path in files.items() if path is not None}
 
 

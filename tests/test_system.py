@@ -387,6 +387,14 @@ def test_a_trace_changed_since_the_run_started_is_refused_on_resume(tmp_path):
     with pytest.raises(DataSettingError, match=r"^system.trace .*trace.csv: the file the run started with \(sha256 "
                                                r"\w+\.\.\.\) is missing or unreadable; put the run's file back"):
         resume_run(tmp_path / "run", quiet=True, extend_to=3)
+    # a trace read through a link is recorded under the link (as npz data is), so that sweep report compares
+    # runs that read two targets of one link
+    link = tmp_path / "link.csv"
+    (tmp_path / "target.csv").write_text(HEADER + "".join(f"{k},1e6,4e6,0.05,1e9\n" for k in range(30)))
+    link.symlink_to(tmp_path / "target.csv")
+    linked = load_preset("synthetic", ["federated.rounds=2", 'system.profile="trace"', f"system.trace={str(link)!r}"])
+    assert start_run(linked, tmp_path / "linked", name="linked", quiet=True).status == "completed"
+    assert json.loads((tmp_path / "linked" / "meta.json").read_text())["trace_file"]["path"] == str(link)
 
 
 def test_without_system_the_records_and_fingerprint_are_unchanged():

@@ -58,10 +58,11 @@ def _problem(path: Path, text: str) -> DataSettingError:
 
 
 def file_sha256(path: Path) -> str:
-    """The SHA-256 (hex) of the file at ``path``, computed once per process for an unchanged file."""
+    """The SHA-256 (hex) of the file at ``path``, computed once per process for an unchanged file (the same
+    inode, size and change time: a copy that keeps its mtime, or a link retargeted, is hashed again)."""
     try:
         status = os.stat(path)
-        key = (str(path), status.st_size, status.st_mtime_ns)
+        key = (str(path), status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns)
         if key not in _HASHED:
             digest = hashlib.sha256()
             with open(path, "rb") as handle:

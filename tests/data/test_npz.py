@@ -206,3 +206,17 @@ def test_a_file_changed_while_the_run_reads_it_is_refused_not_recorded_with_its_
     [error] = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert "the file changed since the run started" in error and (tmp_path / "two" / "history.jsonl").read_bytes() \
         == history
+
+
+def test_a_file_replaced_with_its_size_and_mtime_kept_is_hashed_again(tmp_path):
+    """file_sha256 computes once per unchanged file: a copy that kept the size and mtime (``cp -p``) is not
+    unchanged (another inode, another change time)."""
+    import os
+    from fedsim.data.npz import file_sha256
+    path = saved(tmp_path)
+    before, status = file_sha256(path), os.stat(path)
+    other = saved(tmp_path, name="other.npz", y_test=np.full(20, 2))
+    assert other.stat().st_size == status.st_size
+    os.replace(other, path)
+    os.utime(path, ns=(status.st_atime_ns, status.st_mtime_ns))
+    assert file_sha256(path) == hashlib.sha256(path.read_bytes()).hexdigest() != before
