@@ -308,9 +308,9 @@ def data_record(config: DataConfig, system=None) -> dict:
     return {key: {"path": str(path), "sha256": file_sha256(path)} for key, path in _read_files(config, system).items()}
 
 
-def changed_file(config: DataConfig, meta: dict, system=None) -> str | None:
-    """Which file of a run (npz data, trace) differs from the one its meta.json recorded, in a few words; None
-    if none does."""
+def changed_file(config: DataConfig, meta: dict, system=None, building: bool = False) -> str | None:
+    """Which file of a run (npz data, trace) differs from the one its meta.json recorded (``building``: the
+    one hashed when a new run's build began), in a few words; None if none does."""
     for key, path in _read_files(config, system).items():
         recorded = (meta.get(key) or {}).get("sha256")
         if recorded is None:
@@ -319,15 +319,22 @@ def changed_file(config: DataConfig, meta: dict, system=None) -> str | None:
         try:
             now = file_sha256(path)
         except DataSettingError:
+            if building:
+                return f"{setting}: the file went missing or unreadable while the run was being built"
             return f"{setting}: the file the run started with (sha256 {recorded[:16]}...) is missing or unreadable"
+        if now != recorded and building:
+            return (f"{setting}: the file changed while the run was being built (sha256 {recorded[:16]}... when "
+                    f"the build began, now {now[:16]}...)")
         if now != recorded:
             return (f"{setting}: the file changed since the run started (sha256 {recorded[:16]}... in meta.json, "
                     f"now {now[:16]}...)")
     return None
 
 
-def check_data_record(config: DataConfig, meta: dict, system=None) -> None:
-    """Refuse to resume a run whose npz file or trace changed since it started (DataSettingError, one line)."""
-    changed = changed_file(config, meta, system)
+def check_data_record(config: DataConfig, meta: dict, system=None, building: bool = False) -> None:
+    """Refuse to resume a run whose npz file or trace changed since it started, or (``building``) to start
+    one whose file changed while it was built (DataSettingError, one line)."""
+    changed = changed_file(config, meta, system, building)
     if changed is not None:
-        raise DataSettingError(f"{changed}; put the run's file back, or start a new run")
+        raise DataSettingError(f"{changed}; " + ("start the run again once the file stays as it is" if building
+                                                 else "put the run's file back, or start a new run"))

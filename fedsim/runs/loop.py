@@ -234,7 +234,7 @@ def start_run(config: ExperimentConfig, out, *, name: str, quiet: bool = False, 
     check_new_run_target(folder.path)
     files = data_record(config.data, config.system)     # hashed before the run reads them, checked after
     run = _build_checked(config, quiet, progress_data)
-    check_data_record(config.data, files, config.system)
+    check_data_record(config.data, files, config.system, building=True)
     try:
         folder.path.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -332,13 +332,15 @@ def resume_run(path, *, quiet: bool = False, progress_data: bool | None = None,
         check_data_record(config.data, meta, config.system)
         if extend_to is not None:
             config, meta = _extend(folder, config, meta, extend_to)
-        summary = folder.read_json(SUMMARY_FILE)
+        summary = folder.read_json(SUMMARY_FILE) if extend_to is None else None
         if summary is not None:
             ended = summary.get("status", "completed")
             return RunOutcome("finished-before", config.family, folder, int(summary.get("completed", 0)),
                               config.steps, summary, f"the run already ended ({ended})")
         run = _build_checked(config, quiet, progress_data)
         check_data_record(config.data, meta, config.system)         # again: not changed while the build read it
+        if extend_to is not None:       # only now: a build refused leaves the folder as it was
+            _write_extension(folder, config, meta)
         with pinned_threads(config.run.blas_threads):
             completed = _load_checkpoint(folder, run, config, meta)
         _check_history(folder, run, completed)
@@ -351,8 +353,8 @@ def resume_run(path, *, quiet: bool = False, progress_data: bool | None = None,
 
 
 def _extend(folder: RunFolder, config: ExperimentConfig, meta: dict, extend_to: int):
-    """The config with ``extend_to`` steps, written into the folder (config.toml, meta.json), and the run
-    reopened if it had ended."""
+    """The config with ``extend_to`` steps and ``meta`` recording it, checked; nothing written yet
+    (:func:`_write_extension`, once the run is built)."""
     declared = config.algorithm_family
     setting = declared.setting(declared.steps_setting)
     checkpoint = folder.read_json(CHECKPOINT_NOTE_FILE) or {}
@@ -365,14 +367,18 @@ def _extend(folder: RunFolder, config: ExperimentConfig, meta: dict, extend_to: 
         raise RunFolderError(f"{folder.path} diverged; extending it would only diverge again")
     extended = dataclasses.replace(config, **{declared.name: dataclasses.replace(
         config.algorithm, **{declared.steps_setting: extend_to})})
-    _write_config(folder, extended, meta.get("name", folder.path.name))
     meta["sessions"] = meta.get("sessions", []) + [
         {"extended": f"{setting}: {config.steps} -> {extend_to}", "at": now()}]
     meta.update(config_sha256=config_fingerprint(extended), config=config_to_dict(extended, keep_unset=True))
-    folder.write_json(META_FILE, meta)
-    if summary is not None:
-        folder.file(SUMMARY_FILE).unlink()      # rewritten when the extended run ends
     return extended, meta
+
+
+def _write_extension(folder: RunFolder, config: ExperimentConfig, meta: dict) -> None:
+    """Write an extended run's config.toml and meta.json, and reopen it if it had ended."""
+    _write_config(folder, config, meta.get("name", folder.path.name))
+    folder.write_json(META_FILE, meta)
+    if folder.file(SUMMARY_FILE).exists():
+        folder.file(SUMMARY_FILE).unlink()      # rewritten when the extended run ends
 
 
 def _warn_on_changes(meta: dict) -> None:

@@ -4,6 +4,7 @@ SHA-256, and whose resume refuses a changed file; plot, compare and a sweep on i
 
 import hashlib
 import json
+import re
 
 import numpy as np
 import pytest
@@ -195,17 +196,20 @@ def test_a_file_changed_while_the_run_reads_it_is_refused_not_recorded_with_its_
         assert main(["run", "--preset", "synthetic", "--set", "data.dataset=npz:mine.npz", *TINY_NPZ,
                      "--out", "one", "--quiet"]) == 2
     [error] = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
-    assert error.startswith("fedsim: error: data.dataset npz:") and "the file changed since the run started" in error
+    assert re.fullmatch(r"fedsim: error: data.dataset npz:\S+: the file changed while the run was being built "
+                        r"\(sha256 \w{16}\.\.\. when the build began, now \w{16}\.\.\.\); start the run again "
+                        r"once the file stays as it is", error), error
     assert not (tmp_path / "one").exists()
-    # a resume: the file checked before its build and again after it
+    # a resume: the file checked before its build and again after it; refused, it leaves the folder as it was
     assert main(["run", "--preset", "synthetic", "--set", "data.dataset=npz:mine.npz", *TINY_NPZ,
                  "--out", "two", "--quiet"]) == 0
-    history = (tmp_path / "two" / "history.jsonl").read_bytes()
+    files = {name: (tmp_path / "two" / name).read_bytes() for name in ("history.jsonl", "config.toml", "meta.json",
+                                                                         "summary.json")}
     monkeypatch.setattr(loop, "load_data", load_then_change)
     assert main(["run", "--resume", "two", "--extend-to", "4", "--quiet"]) == 2
     [error] = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
-    assert "the file changed since the run started" in error and (tmp_path / "two" / "history.jsonl").read_bytes() \
-        == history
+    assert "the file changed since the run started" in error and "put the run's file back" in error
+    assert {name: (tmp_path / "two" / name).read_bytes() for name in files} == files
 
 
 def test_a_file_replaced_with_its_size_and_mtime_kept_is_hashed_again(tmp_path):

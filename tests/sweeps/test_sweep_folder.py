@@ -284,8 +284,8 @@ def test_the_report_names_the_runs_that_read_another_version_of_a_file(tmp_path,
 
 def test_a_file_changed_while_the_sweep_runs_is_told_at_its_end(tmp_path):
     """The trace is rewritten while the sweep runs (by a plugin partitioner, while the second run is built):
-    that run is refused (its file changed between its hash and its build's end), the third reads the new
-    version, and the sweep ends with one line for the run that read the older one, and exit status 1."""
+    that run is refused (its file changed while it was built), the third reads the new version, and the sweep
+    ends with one line for the run that read the older one, and exit status 1."""
     import os
     from tests.conftest import REPO
     sweep, path, change = file_sweep(tmp_path, "trace", "seed = [0, 1, 2]")
@@ -307,7 +307,7 @@ def test_a_file_changed_while_the_sweep_runs_is_told_at_its_end(tmp_path):
     refused, older = error_lines(ran.stderr)
     assert ran.returncode == 1 and "2 completed, 1 failed" in ran.stdout, ran.stderr
     assert re.match(rf"fedsim: seed=1-\w+: failed: DataSettingError: system.trace {re.escape(str(path))}: the file "
-                    r"changed since the run started \(sha256 ", refused), refused
+                    r"changed while the run was being built \(sha256 ", refused), refused
     assert not list((tmp_path / "S" / "runs").glob("seed=1-*"))                 # refused before its folder
     assert older.startswith(f"fedsim: sweep seeds: runs/{run_of(tmp_path / 'S', 0).name}: system.trace "
                             f"{path}: it read the file with sha256 "), older
