@@ -346,7 +346,7 @@ def resume_run(path, *, quiet: bool = False, progress_data: bool | None = None,
         _check_history(folder, run, completed)
         folder.truncate_history(completed, list(run.history) if completed else [])
         meta.setdefault("sessions", []).append({"started": now(), "from": completed})
-        _warn_on_changes(meta)
+        _warn_on_changes(meta, config.run.blas_threads)
         folder.write_json(META_FILE, meta)
         return execute(run, folder, config, name=meta.get("name", folder.path.name), quiet=quiet,
                        identity=_identity(meta), observer=observer, stop_requested=stop_requested)
@@ -381,28 +381,31 @@ def _write_extension(folder: RunFolder, config: ExperimentConfig, meta: dict) ->
         folder.file(SUMMARY_FILE).unlink()      # rewritten when the extended run ends
 
 
-def _warn_on_changes(meta: dict) -> None:
-    """Warn when the versions, the BLAS library or NumPy's SIMD extensions differ from the run's start."""
+def _warn_on_changes(meta: dict, blas_threads: int) -> None:
+    """Warn when the versions, the BLAS library or NumPy's SIMD extensions differ from the run's start (what
+    meta.json does not record, or records damaged, is not compared); the session records what it runs on."""
     versions = environment()
     changed = {key: (meta.get(key), value) for key, value in versions.items()
                if key in ("fedsim", "numpy", "numba") and meta.get(key) not in (None, value)}
-    recorded = meta.get("threads") or {}
-    now_settings = thread_settings(recorded.get("blas_threads", 1))
-    if blas_changed(recorded.get("blas"), now_settings["blas"]):
+    recorded = meta.get("threads") if isinstance(meta.get("threads"), dict) else {}
+    now_settings = thread_settings(blas_threads)
+    if isinstance(recorded.get("blas"), (str, list)) and blas_changed(recorded["blas"], now_settings["blas"]):
         changed["BLAS"] = (recorded["blas"], now_settings["blas"])
-    if recorded.get("simd") not in (None, now_settings["simd"]):
+    if isinstance(recorded.get("simd"), str) and recorded["simd"] != now_settings["simd"]:
         changed["NumPy SIMD"] = (recorded["simd"], now_settings["simd"])
-    # OPENBLAS_CORETYPE picks the BLAS kernel, not a thread count: its change is the BLAS's (above)
-    then, current = ({name: value for name, value in settings.items() if name != "OPENBLAS_CORETYPE"}
-                     for settings in (recorded.get("environment", {}), now_settings["environment"]))
-    if then != current:
-        print(f"fedsim: warning: the thread settings of the environment differ from the run's start "
-              f"({then} -> {current}); the results do not depend on them (run.blas_threads = "
-              f"{now_settings['blas_threads']} is pinned)", file=sys.stderr)
+    if isinstance(recorded.get("environment"), dict):
+        # OPENBLAS_CORETYPE picks the BLAS kernel, not a thread count: its change is the BLAS's (above)
+        then, current = ({name: value for name, value in settings.items() if name != "OPENBLAS_CORETYPE"}
+                         for settings in (recorded["environment"], now_settings["environment"]))
+        if then != current:
+            print(f"fedsim: warning: the thread settings of the environment differ from the run's start "
+                  f"({then} -> {current}); the results do not depend on them (run.blas_threads = {blas_threads} is "
+                  f"pinned)",
+                  file=sys.stderr)
     if changed:
-        meta["sessions"][-1]["versions"] = versions
+        meta["sessions"][-1].update(versions=versions, blas=now_settings["blas"], simd=now_settings["simd"])
         details = ", ".join(f"{key} {old} -> {new}" for key, (old, new) in changed.items())
-        print(f"fedsim: warning: resuming with other versions than the run started with ({details}); "
+        print(f"fedsim: warning: resuming on other versions or arithmetic than the run started with ({details}); "
               f"the continuation may not be bitwise identical", file=sys.stderr)
 
 

@@ -218,6 +218,7 @@ def test_a_resume_with_other_numpy_simd_loops_warns_of_them(tmp_path):
     """NumPy's AVX-512 loops round some functions otherwise than its AVX2 ones: meta.json records the SIMD
     extensions the run started with, and a resume with its widest one turned off names the change."""
     from fedsim.data.cache import numpy_simd
+    from fedsim.runs.provenance import numpy_blas
     run_dir = unfinished_copy(tmp_path)
     recorded = json.loads((run_dir / META_FILE).read_text())["threads"]["simd"]
     assert recorded == numpy_simd()
@@ -226,7 +227,21 @@ def test_a_resume_with_other_numpy_simd_loops_warns_of_them(tmp_path):
     turned_off = " ".join(filter(None, (os.environ.get("NPY_DISABLE_CPU_FEATURES"), recorded.split()[-1])))
     result = fedsim(tmp_path, "run", "--resume", run_dir, "--quiet", NPY_DISABLE_CPU_FEATURES=turned_off)
     assert result.returncode == 0, result.stderr
-    assert f"NumPy SIMD {recorded} -> {' '.join(recorded.split()[:-1]) or 'baseline'}" in result.stderr, result.stderr
+    now = ' '.join(recorded.split()[:-1]) or 'baseline'
+    assert f"NumPy SIMD {recorded} -> {now}" in result.stderr, result.stderr
+    session = json.loads((run_dir / META_FILE).read_text())["sessions"][-1]      # what the continuation ran on
+    assert session["simd"] == now and session["blas"] == numpy_blas()
+
+
+@pytest.mark.parametrize("threads", ["abc", None, {"blas": 5, "environment": None}])
+def test_a_resume_of_a_folder_whose_threads_are_not_recorded_or_damaged_compares_nothing(tmp_path, threads):
+    """meta.json's threads from an older fedsim (none) or damaged: nothing to compare, no warning, no crash."""
+    run_dir = unfinished_copy(tmp_path)
+    meta = json.loads((run_dir / META_FILE).read_text())
+    meta["threads"] = threads
+    (run_dir / META_FILE).write_text(json.dumps(meta))
+    result = fedsim(tmp_path, "run", "--resume", run_dir, "--quiet")
+    assert result.returncode == 0 and "warning" not in result.stderr, result.stderr
 
 
 def test_the_blas_recorded_is_numpys_whatever_else_is_loaded_and_a_resume_does_not_warn(tmp_path):

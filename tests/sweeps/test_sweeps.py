@@ -193,20 +193,27 @@ def test_report_and_plot(tmp_path):
     assert len(summary_lines) == 4 and all(line.rstrip().endswith(" 2") and "+-" in line for line in summary_lines)
     assert "bits_per_round" not in report.stdout         # no knob solved: no budget table
     assert "note" not in report.stderr                  # every run on this machine's BLAS and SIMD
-    # a run that started on another machine's BLAS (a Dask worker elsewhere): named in a note, still reported
+    # runs started or resumed on another machine's BLAS (a Dask worker elsewhere): named in a note, still
+    # reported; a run whose meta.json does not say (an older fedsim, a damaged file) is not compared
     from fedsim.data.cache import numpy_simd
     from fedsim.runs.provenance import numpy_blas
-    moved = next((tmp_path / "out" / "runs").iterdir()) / "meta.json"
-    meta = json.loads(moved.read_text())
-    meta["threads"]["blas"] = "openblas 0.3.31.188.0 Zen"
-    moved.write_text(json.dumps(meta))
+    here = f"{numpy_blas()}, NumPy SIMD {numpy_simd()}"
+    folders = sorted((tmp_path / "out" / "runs").iterdir())
+    moved, resumed, older, damaged = (folder / "meta.json" for folder in folders[:4])
+    edits = {moved: lambda meta: meta["threads"].update(blas="openblas 0.3.31.188.0 Zen"),
+             resumed: lambda meta: meta["sessions"].append({"blas": "openblas 0.3.31.188.0 Zen", "simd": "X86_V3"}),
+             older: lambda meta: meta["threads"].pop("simd"), damaged: lambda meta: meta.update(threads="abc")}
+    for path, edit in edits.items():
+        meta = json.loads(path.read_text())
+        edit(meta)
+        path.write_text(json.dumps(meta))
     noted = fedsim(tmp_path, "sweep", "report", tmp_path / "out")
     assert noted.returncode == 0 and noted.stdout == report.stdout, noted.stderr
-    [note] = noted.stderr.splitlines()
-    assert note == (f"fedsim: sweep report: note: the runs ran on 2 pairs of BLAS and NumPy SIMD loops, which round "
-                    f"last bits their own way ({numpy_blas()}, NumPy SIMD {numpy_simd()}: 7 runs; openblas "
-                    f"0.3.31.188.0 Zen, NumPy SIMD {numpy_simd()}: runs/{moved.parent.name}); each run reproduces "
-                    f"bit for bit on its own pair only"), note
+    assert noted.stderr.splitlines() == [
+        f"fedsim: sweep report: note: the runs ran on 3 pairs of BLAS and NumPy SIMD loops, which round last bits "
+        f"their own way ({here}: 4 runs; openblas 0.3.31.188.0 Zen, NumPy SIMD {numpy_simd()}: "
+        f"runs/{moved.parent.name}; {here} then openblas 0.3.31.188.0 Zen, NumPy SIMD X86_V3: runs/"
+        f"{resumed.parent.name}); each run reproduces bit for bit on its own pair only"]
     plot = fedsim(tmp_path, "sweep", "plot", tmp_path / "out")
     assert plot.returncode == 0, plot.stderr
     for name in ("sweep_curves.png", "sweep_final.png"):
