@@ -218,3 +218,25 @@ def test_report_and_plot(tmp_path):
     assert plot.returncode == 0, plot.stderr
     for name in ("sweep_curves.png", "sweep_final.png"):
         assert (tmp_path / "out" / "plots" / name).stat().st_size > 10_000
+
+
+def test_the_platforms_note_names_each_pair_and_compares_only_what_is_recorded():
+    """sweep report's note (fedsim.sweeps.report.platforms_note) on hand-made meta.json contents: runs started
+    or resumed on other pairs named, runs of an older fedsim (no simd, a list of BLAS) or damaged left out."""
+    from types import SimpleNamespace
+
+    from fedsim.sweeps.report import platforms_note
+
+    def run(folder, threads, *sessions):
+        return {"folder": folder, "result": SimpleNamespace(meta={"threads": threads, "sessions": list(sessions)})}
+
+    a, b = {"blas": "openblas Haswell", "simd": "X86_V3"}, {"blas": "openblas Zen", "simd": "X86_V3"}
+    same = [run("runs/1", a), run("runs/2", a, {"started": "then"}), run("runs/3", {"blas": ["x"], "simd": "X86_V3"}),
+            run("runs/4", {"blas": "openblas Zen"}), run("runs/5", "abc"), run("runs/6", None),
+            {"folder": "runs/7", "result": None}]
+    assert platforms_note(same) is None
+    assert platforms_note(same + [run("runs/8", b), run("runs/9", a, {}, b)]) == (
+        "the runs ran on 2 pairs of BLAS and NumPy SIMD loops, which round last bits their own way (openblas Haswell, "
+        "NumPy SIMD X86_V3: 2 runs; openblas Zen, NumPy SIMD X86_V3: runs/8; openblas Haswell, NumPy SIMD X86_V3 then "
+        "openblas Zen, NumPy SIMD X86_V3: runs/9); each run reproduces bit for bit on its own pair only")
+    assert platforms_note([run("runs/1", a), run("runs/2", b)]).count(": 1 run;") == 1
