@@ -233,6 +233,27 @@ def test_a_resume_with_other_numpy_simd_loops_warns_of_them(tmp_path):
     assert session["simd"] == now and session["blas"] == numpy_blas()
 
 
+def test_a_resume_on_another_arithmetic_and_threads_warns_in_process_and_records_the_session(tmp_path, capsys,
+                                                                                              monkeypatch):
+    """The warnings of the child-process tests above, in process: meta.json as a run on another machine left
+    it (another BLAS, other SIMD loops, other thread variables)."""
+    from fedsim.data.cache import numpy_simd
+    from fedsim.runs import resume_run
+    from fedsim.runs.provenance import numpy_blas
+    run_dir = unfinished_copy(tmp_path)
+    meta = json.loads((run_dir / META_FILE).read_text())
+    meta["threads"].update(blas="openblas 0.3.30 Zen", simd="X86_V9", environment={"OMP_NUM_THREADS": "64"})
+    (run_dir / META_FILE).write_text(json.dumps(meta))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    capsys.readouterr()
+    assert resume_run(run_dir, quiet=True).status == "completed"
+    err = capsys.readouterr().err
+    assert f"(BLAS openblas 0.3.30 Zen -> {numpy_blas()}, NumPy SIMD X86_V9 -> {numpy_simd()})" in err, err
+    assert "the thread settings of the environment differ from the run's start ({'OMP_NUM_THREADS': '64'} -> " in err
+    session = json.loads((run_dir / META_FILE).read_text())["sessions"][-1]
+    assert (session["blas"], session["simd"], session["status"]) == (numpy_blas(), numpy_simd(), "completed")
+
+
 @pytest.mark.parametrize("threads", ["abc", None, {"blas": 5, "environment": None}])
 def test_a_resume_of_a_folder_whose_threads_are_not_recorded_or_damaged_compares_nothing(tmp_path, capsys, threads):
     """meta.json's threads from an older fedsim (none) or damaged: nothing to compare, no warning, no crash."""
