@@ -322,12 +322,10 @@ def changed_file(config: DataConfig, meta: dict, system=None, building: bool = F
             if building:
                 return f"{setting}: the file went missing or unreadable while the run was being built"
             return f"{setting}: the file the run started with (sha256 {recorded[:16]}...) is missing or unreadable"
-        if now != recorded and building:
-            return (f"{setting}: the file changed while the run was being built (sha256 {recorded[:16]}... when "
-                    f"the build began, now {now[:16]}...)")
         if now != recorded:
-            return (f"{setting}: the file changed since the run started (sha256 {recorded[:16]}... in meta.json, "
-                    f"now {now[:16]}...)")
+            since = ("while the run was being built", "when the build began") if building else (
+                "since the run started", "in meta.json")
+            return f"{setting}: the file changed {since[0]} (sha256 {recorded[:16]}... {since[1]}, now {now[:16]}...)"
     return None
 
 

@@ -377,8 +377,7 @@ def _write_extension(folder: RunFolder, config: ExperimentConfig, meta: dict) ->
     """Write an extended run's config.toml and meta.json, and reopen it if it had ended."""
     _write_config(folder, config, meta.get("name", folder.path.name))
     folder.write_json(META_FILE, meta)
-    if folder.file(SUMMARY_FILE).exists():
-        folder.file(SUMMARY_FILE).unlink()      # rewritten when the extended run ends
+    folder.file(SUMMARY_FILE).unlink(missing_ok=True)      # rewritten when the extended run ends
 
 
 def _warn_on_changes(meta: dict, blas_threads: int) -> None:
@@ -399,9 +398,8 @@ def _warn_on_changes(meta: dict, blas_threads: int) -> None:
                          for settings in (recorded["environment"], now_settings["environment"]))
         if then != current:
             print(f"fedsim: warning: the thread settings of the environment differ from the run's start "
-                  f"({then} -> {current}); the results do not depend on them (run.blas_threads = {blas_threads} is "
-                  f"pinned)",
-                  file=sys.stderr)
+                  f"({then} -> {current}); the results do not depend on them (run.blas_threads = {blas_threads} "
+                  f"is pinned)", file=sys.stderr)
     if changed:
         meta["sessions"][-1].update(versions=versions, blas=now_settings["blas"], simd=now_settings["simd"])
         details = ", ".join(f"{key} {old} -> {new}" for key, (old, new) in changed.items())

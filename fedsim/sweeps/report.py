@@ -120,27 +120,27 @@ def left_out(entries: list[dict], rows: list[dict]) -> list[str]:
     return lines
 
 
-def _arithmetic(meta: dict) -> str | None:
+def _arithmetic(meta: dict) -> tuple[str, ...] | None:
     """The BLAS and NumPy SIMD pairs a run computed on, as its meta.json records them: its start's, then those
-    of the resumes on others (``"A then B"``); None if its start's pair is not recorded whole (an older
-    fedsim, a damaged file): it cannot be compared."""
+    of the resumes on others; None if its start's pair is not recorded whole (an older fedsim, a damaged
+    file): it cannot be compared."""
     threads = meta.get("threads") if isinstance(meta.get("threads"), dict) else {}
     sessions = [session for session in meta.get("sessions") or [] if isinstance(session, dict)]
-    pairs = []
+    pairs: list[str] = []
     for blas, simd in [(threads.get("blas"), threads.get("simd"))] + [
             (session.get("blas"), session.get("simd")) for session in sessions]:
         if isinstance(blas, str) and isinstance(simd, str) and f"{blas}, NumPy SIMD {simd}" not in pairs:
             pairs.append(f"{blas}, NumPy SIMD {simd}")
         elif not pairs:
             return None
-    return " then ".join(pairs)
+    return tuple(pairs)
 
 
 def platforms_note(entries: list[dict]) -> str | None:
     """A line naming the arithmetic the runs of ``entries`` (:func:`collect`) computed on, NumPy's BLAS and SIMD
     loops (:func:`_arithmetic`), when it is not the same for all (a Dask sweep over unlike machines): their
     numbers stand beside each other, but each run reproduces bit for bit on its own only. None when they agree."""
-    platforms: dict[str, list[str]] = {}
+    platforms: dict[tuple[str, ...], list[str]] = {}
     for entry in entries:
         arithmetic = None if entry["result"] is None else _arithmetic(entry["result"].meta)
         if arithmetic is not None:
@@ -148,9 +148,9 @@ def platforms_note(entries: list[dict]) -> str | None:
     if len(platforms) < 2:
         return None
     (most, commonest), *others = sorted(platforms.items(), key=lambda item: -len(item[1]))   # the others' named
-    listed = "; ".join([f"{most}: {len(commonest)} run{'s' if len(commonest) > 1 else ''}"] +
-                       [f"{platform}: {', '.join(folders)}" for platform, folders in others])
-    pairs = {pair for platform in platforms for pair in platform.split(" then ")}
+    listed = "; ".join([f"{' then '.join(most)}: {len(commonest)} run{'s' if len(commonest) > 1 else ''}"] +
+                       [f"{' then '.join(platform)}: {', '.join(folders)}" for platform, folders in others])
+    pairs = {pair for platform in platforms for pair in platform}
     return (f"the runs ran on {len(pairs)} pairs of BLAS and NumPy SIMD loops, which round last bits their own "
             f"way ({listed}); each run reproduces bit for bit on its own pair only")
 
