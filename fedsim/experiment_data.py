@@ -27,6 +27,7 @@ from fedsim.data.registry import DATASETS, DataSettingError
 from fedsim.data.search import DatasetNotFoundError, dataset_status
 from fedsim.data.synthetic import FEATURES as SYNTHETIC_FEATURES, TooManySamples
 from fedsim.data.preprocess import PIXEL_STATISTICS
+from fedsim.files import noted_reads
 from fedsim.models.features import Codes
 from fedsim.rng import RunStreams
 
@@ -137,14 +138,17 @@ def load_data(config: DataConfig, family_pipeline: str, seed: int, progress: boo
     if _MEMORY is None:
         return _load(config, family_pipeline, seed, progress)
     # Only synthetic data depends on the seed; the partition is drawn later, from the run's seed.
-    key = (config, config.pipeline or family_pipeline, seed if config.dataset == "synthetic" else None,
-           str(data_record(config)))     # an npz file's SHA-256: a changed file is loaded again
-    if key not in _MEMORY:
+    record = data_record(config)        # an npz file's SHA-256: a changed file is loaded again
+    key = (config, config.pipeline or family_pipeline, seed if config.dataset == "synthetic" else None, str(record))
+    if key in _MEMORY:
+        return _MEMORY[key]
+    with noted_reads() as reads:
         dataset = _load(config, family_pipeline, seed, progress)
+    if changed_file(config, record, reads=reads) is None:      # kept only under the hash of the bytes it read
         for array in (dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test):
             getattr(array, "codes", array).setflags(write=False)
         _MEMORY[key] = dataset
-    return _MEMORY[key]
+    return dataset
 
 
 def _load(config: DataConfig, family_pipeline: str, seed: int, progress: bool | None) -> Dataset:
@@ -308,31 +312,36 @@ def data_record(config: DataConfig, system=None) -> dict:
     return {key: {"path": str(path), "sha256": file_sha256(path)} for key, path in _read_files(config, system).items()}
 
 
-def changed_file(config: DataConfig, meta: dict, system=None, building: bool = False) -> str | None:
+def changed_file(config: DataConfig, meta: dict, system=None, building: bool = False, reads=None) -> str | None:
     """Which file of a run (npz data, trace) differs from the one its meta.json recorded (``building``: the
-    one hashed when a new run's build began), in a few words; None if none does."""
+    one hashed when a new run's build began), in a few words; None if none does. The file as it is now, or
+    with ``reads`` (what :func:`fedsim.files.noted_reads` noted while the run was built) the bytes it read."""
     for key, path in _read_files(config, system).items():
         recorded = (meta.get(key) or {}).get("sha256")
         if recorded is None:
             continue
         setting = f"data.dataset {config.dataset}" if key == "data_file" else f"system.trace {path}"
-        try:
-            now = file_sha256(path)
-        except DataSettingError:
-            if building:
-                return f"{setting}: the file went missing or unreadable while the run was being built"
-            return f"{setting}: the file the run started with (sha256 {recorded[:16]}...) is missing or unreadable"
-        if now != recorded:
+        if reads is not None:
+            seen = [digest for read, digest in reads if read == str(path)]
+        else:
+            try:
+                seen = [file_sha256(path)]
+            except DataSettingError:
+                return f"{setting}: the file the run started with (sha256 {recorded[:16]}...) is missing or unreadable"
+        other = next((digest for digest in seen if digest != recorded), None)
+        if other is not None:
             since = ("while the run was being built", "when the build began") if building else (
                 "since the run started", "in meta.json")
-            return f"{setting}: the file changed {since[0]} (sha256 {recorded[:16]}... {since[1]}, now {now[:16]}...)"
+            return (f"{setting}: the file changed {since[0]} (sha256 {recorded[:16]}... {since[1]}, "
+                    f"{'now' if reads is None else 'read'} {other[:16]}...)")
     return None
 
 
-def check_data_record(config: DataConfig, meta: dict, system=None, building: bool = False) -> None:
+def check_data_record(config: DataConfig, meta: dict, system=None, building: bool = False, reads=None) -> None:
     """Refuse to resume a run whose npz file or trace changed since it started, or (``building``) to start
-    one whose file changed while it was built (DataSettingError, one line)."""
-    changed = changed_file(config, meta, system, building)
+    one whose build read a file other than the one hashed when it began (DataSettingError, one line);
+    ``reads`` as :func:`changed_file`'s."""
+    changed = changed_file(config, meta, system, building, reads)
     if changed is not None:
         raise DataSettingError(f"{changed}; " + ("start the run again once the file stays as it is" if building
                                                  else "put the run's file back, or start a new run"))

@@ -1,4 +1,5 @@
-"""Writing a file atomically: the one place where fedsim moves a file into place (it imports nothing of fedsim).
+"""Writing a file atomically, the one place where fedsim moves a file into place, and reading a file whose hash a
+run records (this module imports nothing of fedsim).
 
 ``with atomic_file(path) as handle:`` gives a binary file opened under a temporary name
 ``.<name>.<pid>-<random>.part`` in the folder of ``path``. When the block ends without an error, the file is
@@ -11,13 +12,20 @@ either, even after a crash. When the block raises, the temporary file is removed
 * A new file gets mode ``0o666`` minus the umask, as :func:`open` gives.
 * The block writes what it likes through the handle, so a large array is streamed (``handle.write(memoryview)``)
   without a copy in memory.
+
+A run records the SHA-256 of each file of the user's it reads (npz data, a trace). :func:`read_hashed` reads a
+file whole and hashes the very bytes it returns, and inside :func:`noted_reads` notes ``(path, sha256)``: a run
+compares what its build read with what it records, so a file changed while the run was built (even changed
+back before the build ended) is never recorded under a hash of bytes the run did not read.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import secrets
+import threading
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
@@ -77,4 +85,30 @@ def write_atomic(path, data: bytes | str) -> None:
         handle.write(data.encode("utf-8") if isinstance(data, str) else data)
 
 
-__all__ = ["atomic_file", "fsync_folder", "write_atomic"]
+_NOTES = threading.local()      # .open: the lists of the noted_reads() blocks open in this thread, innermost last
+
+
+def read_hashed(path) -> tuple[bytes, str]:
+    """``(the bytes of the file at path, their SHA-256 in hex)``, noted in each open :func:`noted_reads` block."""
+    data = Path(path).read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    for notes in getattr(_NOTES, "open", ()):
+        notes.append((os.path.abspath(path), digest))
+    return data, digest
+
+
+@contextlib.contextmanager
+def noted_reads() -> Iterator[list[tuple[str, str]]]:
+    """A list that receives ``(absolute path, sha256)`` for each file :func:`read_hashed` reads in the block (in
+    this thread; a block inside another notes into both)."""
+    notes: list[tuple[str, str]] = []
+    if not hasattr(_NOTES, "open"):
+        _NOTES.open = []
+    _NOTES.open.append(notes)
+    try:
+        yield notes
+    finally:
+        _NOTES.open.pop()
+
+
+__all__ = ["atomic_file", "fsync_folder", "noted_reads", "read_hashed", "write_atomic"]

@@ -70,14 +70,15 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
 from fedsim.constraints import OneOf, Optional, Real, Text, check_fields, setting
+from fedsim.files import read_hashed
 from fedsim.data.registry import DataSettingError
 from fedsim.data.search import expand_home
 
@@ -198,9 +199,8 @@ def read_trace(path, n_clients: int) -> Devices:
     in a message is its number in the file."""
     where = f"system.trace {path}"
     try:
-        with open(Path(path), newline="", encoding="utf-8-sig") as handle:
-            reader = csv.reader(handle)
-            rows = [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row)]
+        reader = csv.reader(io.StringIO(read_hashed(path)[0].decode("utf-8-sig"), newline=""))
+        rows = [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row)]
     except (OSError, UnicodeDecodeError) as error:
         raise ValueError(f"{where}: cannot be read ({error.strerror if isinstance(error, OSError) else error})") \
             from None

@@ -21,6 +21,7 @@ file's SHA-256 (:func:`file_sha256`) is what a run folder records of it.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import zipfile
 from pathlib import Path
@@ -32,6 +33,7 @@ from fedsim.data.partition import indices_by_owner
 from fedsim.data.preprocess import laq_pipeline, pixel_statistics, stc_pipeline
 from fedsim.data.registry import DataSettingError
 from fedsim.data.search import expand_home
+from fedsim.files import read_hashed
 
 #: The prefix of ``data.dataset`` that names an npz file.
 PREFIX = "npz:"
@@ -120,14 +122,18 @@ def _in_dtype(path: Path, name: str, x: np.ndarray, dtype, pipeline: str) -> np.
 
 def read_npz(path: Path) -> dict[str, np.ndarray]:
     """The checked arrays of the npz file at ``path`` (the module docstring): x as stored, labels and
-    client ids as int64, and ``n_classes``."""
-    if path.is_file() and not zipfile.is_zipfile(path):
-        raise _problem(path, "not an .npz file (numpy.savez writes a zip archive of arrays)")
+    client ids as int64, ``n_classes``, and ``sha256``: that of the bytes read (:func:`fedsim.files.read_hashed`)."""
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {name: archive[name] for name in archive.files if name in (*ARRAYS, CLIENT_IDS)}
+        data, digest = read_hashed(path)      # parsed from the bytes hashed: the run records what it read
     except FileNotFoundError:
         raise _problem(path, "no such file") from None
+    except OSError as error:
+        raise _problem(path, f"cannot be read ({error.strerror or error})") from None
+    if not zipfile.is_zipfile(io.BytesIO(data)):
+        raise _problem(path, "not an .npz file (numpy.savez writes a zip archive of arrays)")
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files if name in (*ARRAYS, CLIENT_IDS)}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
         raise _problem(path, f"not a readable .npz file of plain arrays ({' '.join(str(error).split())[:200]})") \
             from None
@@ -161,7 +167,7 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
         if len(arrays[CLIENT_IDS]) != len(arrays["y_train"]):
             raise _problem(path, f"{CLIENT_IDS} has {len(arrays[CLIENT_IDS])} entries, x_train "
                                  f"{len(arrays['y_train'])} samples; they must be equal (one id per sample)")
-    arrays["n_classes"] = n_classes
+    arrays["n_classes"], arrays["sha256"] = n_classes, digest
     return arrays
 
 
@@ -190,7 +196,7 @@ def load_npz(dataset: str, pipeline: str | None, dtype=None) -> Dataset:
         client_indices = tuple(indices_by_owner(owner, len(ids)))
     return Dataset(name=f"{PREFIX}{path}", x_train=x_train, y_train=arrays["y_train"], x_test=x_test,
                    y_test=arrays["y_test"], n_classes=arrays["n_classes"], client_indices=client_indices,
-                   description=f"{path} (sha256 {file_sha256(path)}), {pipeline} pipeline")
+                   description=f"{path} (sha256 {arrays['sha256']}), {pipeline} pipeline")
 
 
 __all__ = ["PREFIX", "file_sha256", "load_npz", "npz_path", "read_npz"]

@@ -28,7 +28,7 @@ from fedsim.config import ConfigError, ExperimentConfig, config_fingerprint, con
 from fedsim.errors import DivergenceError
 from fedsim.data.registry import DataSettingError
 from fedsim.experiment_data import check_data_record, data_record, load_data, split_among_clients
-from fedsim.files import write_atomic
+from fedsim.files import noted_reads, write_atomic
 from fedsim.progress import Progress, show_progress
 from fedsim.runs.folder import (CHECKPOINT_FILE, CHECKPOINT_NOTE_FILE, CONFIG_FILE, HISTORY_FILE, META_FILE,
                                 SUMMARY_FILE, RunFolder, RunFolderError, check_new_run_target, listed_differences, now,
@@ -232,9 +232,10 @@ def start_run(config: ExperimentConfig, out, *, name: str, quiet: bool = False, 
     already holds a run, is owned by another process, or cannot be written."""
     folder = RunFolder(out)
     check_new_run_target(folder.path)
-    files = data_record(config.data, config.system)     # hashed before the run reads them, checked after
-    run = _build_checked(config, quiet, progress_data)
-    check_data_record(config.data, files, config.system, building=True)
+    files = data_record(config.data, config.system)     # hashed before the build; what it reads must match
+    with noted_reads() as reads:
+        run = _build_checked(config, quiet, progress_data)
+    check_data_record(config.data, files, config.system, building=True, reads=reads)
     try:
         folder.path.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -337,8 +338,9 @@ def resume_run(path, *, quiet: bool = False, progress_data: bool | None = None,
             ended = summary.get("status", "completed")
             return RunOutcome("finished-before", config.family, folder, int(summary.get("completed", 0)),
                               config.steps, summary, f"the run already ended ({ended})")
-        run = _build_checked(config, quiet, progress_data)
-        check_data_record(config.data, meta, config.system)         # again: not changed while the build read it
+        with noted_reads() as reads:
+            run = _build_checked(config, quiet, progress_data)
+        check_data_record(config.data, meta, config.system, reads=reads)      # and the bytes its build read
         if extend_to is not None:       # only now: a build refused leaves the folder as it was
             _write_extension(folder, config, meta)
         with pinned_threads(config.run.blas_threads):

@@ -177,38 +177,52 @@ def test_a_run_records_the_file_and_its_resume_refuses_a_changed_file(tmp_path, 
     assert json.loads((tmp_path / "one" / "summary.json").read_text())["completed"] == 4
 
 
-def test_a_file_changed_while_the_run_reads_it_is_refused_not_recorded_with_its_new_hash(tmp_path, monkeypatch,
-                                                                                           capsys):
-    """meta.json's SHA-256 is that of the bytes the run read: hashed before the build, checked after it."""
-    import fedsim.runs.loop as loop
+def test_meta_json_records_the_hash_of_the_bytes_the_build_read(tmp_path, monkeypatch, capsys):
+    """The file is hashed before the build and the build's reads are compared with that hash: a file changed
+    before the run reads it is refused, also when it is changed back before the build ends; a file changed
+    after the run read it is recorded with the hash of what the run read."""
+    import fedsim.data.npz as npz
     monkeypatch.chdir(tmp_path)
-    saved(tmp_path)
-    load_data, changes = loop.load_data, []
+    original = saved(tmp_path).read_bytes()
+    read_hashed, changed = npz.read_hashed, np.full(20, 1)
 
-    def load_then_change(*args, **kwargs):
-        dataset = load_data(*args, **kwargs)
-        changes.append(len(changes) + 1)                     # another process rewrites the file meanwhile
-        saved(tmp_path, y_test=np.full(20, changes[-1]))
-        return dataset
+    def read_changed_then_restore(path):       # another process rewrites the file, and then puts it back
+        saved(tmp_path, y_test=changed)
+        try:
+            return read_hashed(path)
+        finally:
+            (tmp_path / "mine.npz").write_bytes(original)
 
+    def read_then_change(path):
+        try:
+            return read_hashed(path)
+        finally:
+            saved(tmp_path, y_test=changed)
+
+    run = ["run", "--preset", "synthetic", "--set", "data.dataset=npz:mine.npz", *TINY_NPZ, "--quiet", "--out"]
     with monkeypatch.context() as patch:
-        patch.setattr(loop, "load_data", load_then_change)
-        assert main(["run", "--preset", "synthetic", "--set", "data.dataset=npz:mine.npz", *TINY_NPZ,
-                     "--out", "one", "--quiet"]) == 2
+        patch.setattr(npz, "read_hashed", read_changed_then_restore)
+        assert main([*run, "one"]) == 2
     [error] = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert re.fullmatch(r"fedsim: error: data.dataset npz:\S+: the file changed while the run was being built "
-                        r"\(sha256 \w{16}\.\.\. when the build began, now \w{16}\.\.\.\); start the run again "
+                        r"\(sha256 \w{16}\.\.\. when the build began, read \w{16}\.\.\.\); start the run again "
                         r"once the file stays as it is", error), error
-    assert not (tmp_path / "one").exists()
-    # a resume: the file checked before its build and again after it; refused, it leaves the folder as it was
-    assert main(["run", "--preset", "synthetic", "--set", "data.dataset=npz:mine.npz", *TINY_NPZ,
-                 "--out", "two", "--quiet"]) == 0
+    assert not (tmp_path / "one").exists() and (tmp_path / "mine.npz").read_bytes() == original
+    with monkeypatch.context() as patch:
+        patch.setattr(npz, "read_hashed", read_then_change)
+        assert main([*run, "two"]) == 0
+    meta = json.loads((tmp_path / "two" / "meta.json").read_text())
+    assert meta["data_file"]["sha256"] == hashlib.sha256(original).hexdigest()
+    assert (tmp_path / "mine.npz").read_bytes() != original
+    # a resume checks the file before its build and the bytes its build read; refused, it leaves the folder
+    (tmp_path / "mine.npz").write_bytes(original)
     files = {name: (tmp_path / "two" / name).read_bytes() for name in ("history.jsonl", "config.toml", "meta.json",
                                                                          "summary.json")}
-    monkeypatch.setattr(loop, "load_data", load_then_change)
+    monkeypatch.setattr(npz, "read_hashed", read_changed_then_restore)
     assert main(["run", "--resume", "two", "--extend-to", "4", "--quiet"]) == 2
     [error] = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
-    assert "the file changed since the run started" in error and "put the run's file back" in error
+    assert re.search(r"the file changed since the run started \(sha256 \w{16}\.\.\. in meta.json, read \w{16}\.\.\.\); "
+                     r"put the run's file back", error), error
     assert {name: (tmp_path / "two" / name).read_bytes() for name in files} == files
 
 
