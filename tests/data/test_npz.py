@@ -226,6 +226,29 @@ def test_meta_json_records_the_hash_of_the_bytes_the_build_read(tmp_path, monkey
     assert {name: (tmp_path / "two" / name).read_bytes() for name in files} == files
 
 
+def test_a_sweep_worker_keeps_a_dataset_in_memory_only_under_the_hash_of_the_bytes_it_read(tmp_path, monkeypatch):
+    import fedsim.data.npz as npz
+    from fedsim import experiment_data
+    monkeypatch.chdir(tmp_path)
+    original = saved(tmp_path).read_bytes()
+    read_hashed, changed = npz.read_hashed, np.full(20, 2)
+
+    def read_changed_then_restore(path):
+        saved(tmp_path, y_test=changed)
+        try:
+            return read_hashed(path)
+        finally:
+            (tmp_path / "mine.npz").write_bytes(original)
+
+    config = load_preset("synthetic", ["data.dataset=npz:mine.npz"]).data
+    monkeypatch.setattr(experiment_data, "_MEMORY", {})
+    with monkeypatch.context() as patch:
+        patch.setattr(npz, "read_hashed", read_changed_then_restore)
+        assert np.array_equal(experiment_data.load_data(config, "stc", 0).y_test, changed)
+    assert np.array_equal(experiment_data.load_data(config, "stc", 0).y_test, arrays()["y_test"])
+    assert len(experiment_data._MEMORY) == 1
+
+
 def test_a_file_replaced_with_its_size_and_mtime_kept_is_hashed_again(tmp_path):
     """file_sha256 computes once per unchanged file: a copy that kept the size and mtime (``cp -p``) is not
     unchanged (another inode, another change time)."""
