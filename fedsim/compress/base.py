@@ -493,7 +493,8 @@ class Compressor:
 
     def theory(self, x: np.ndarray, state):
         """What the compressor's paper says of C(x) for the vector ``x`` laid out by ``state``: a
-        :class:`fedsim.compress.theory.Theory`, or None where nothing is published (the default)."""
+        :class:`fedsim.compress.theory.Theory`, or None where nothing is published (the default). An error
+        relative to ||x||^2 refuses a zero x (``theory.relative_to``, ``relative_error``)."""
         return None
 
     def knob_stretches(self, state):
