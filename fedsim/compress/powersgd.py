@@ -175,6 +175,8 @@ class PowerSGDMessage(SegmentedMessage):
     @classmethod
     def decode(cls, stream: np.ndarray, fmt: MessageFormat) -> PowerSGDMessage:
         options = dict(fmt.options)
+        if set(options) != {"shapes", "rank"}:
+            raise ValueError(f"a powersgd format needs the options shapes and rank, got {fmt.options}")
         shapes, rank = options["shapes"], options["rank"]
         read = {name: [np.zeros(0, fmt.dtype)] for name in FIELDS}
         offset = 0
