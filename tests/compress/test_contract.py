@@ -459,6 +459,8 @@ def test_checkpoint_continues_bitwise(compressor, dtype):
     first, middle = run(start, rng, data[:3])
     arrays = {key: np.array(value) for key, value in link.state_arrays(middle).items()}
     assert set(arrays) == {"residual"} | set(compressor.state_arrays(middle.inner))
+    with pytest.raises(ValueError, match="checkpoint lacks the error-feedback array 'residual'"):
+        link.load_state_arrays(link.init(spec, dtype), {k: v for k, v in arrays.items() if k != "residual"})
     second, resumed = run(link.load_state_arrays(link.init(spec, dtype), arrays), rng, data[3:])
     for got, want in zip(first + second, straight):
         assert_bitwise(got, want, "resumed round")
