@@ -476,17 +476,25 @@ class Compressor:
 
     def aggregate(self, decoded: np.ndarray, sizes: np.ndarray, how: str | None = None,
                   lr: float = 1.0) -> np.ndarray:
-        """The server's combination of the decoded rows (:mod:`fedsim.compress.aggregation`); ``how``
+        """The server's combination of the decoded rows (K, P), K >= 1, with the senders' sample counts
+        ``sizes`` (K,), finite, >= 0 and of a positive sum (:mod:`fedsim.compress.aggregation`); ``how``
         defaults to the first of ``aggregations``."""
         how = self.aggregations[0] if how is None else how
         if how not in self.aggregations:
             raise ValueError(f"aggregation {how!r} does not fit {self.name} messages; allowed: "
                              f"{self.aggregations}")
+        sizes = np.asarray(sizes)
+        if np.ndim(decoded) != 2 or len(decoded) == 0:
+            raise ValueError(f"aggregate needs decoded rows (K, P) with K >= 1, got shape {np.shape(decoded)}")
+        if sizes.shape != (len(decoded),) or not (np.isfinite(sizes).all() and (sizes >= 0).all() and sizes.sum() > 0):
+            raise ValueError(f"sizes must be the {len(decoded)} senders' sample counts, finite, >= 0 and of a "
+                             f"positive sum, got {sizes}")
         return aggregation.AGGREGATIONS[how](decoded, sizes, lr)
 
     def theory(self, x: np.ndarray, state):
         """What the compressor's paper says of C(x) for the vector ``x`` laid out by ``state``: a
-        :class:`fedsim.compress.theory.Theory`, or None where nothing is published (the default)."""
+        :class:`fedsim.compress.theory.Theory`, or None where nothing is published (the default). An error
+        relative to ||x||^2 refuses a zero x (``theory.relative_to``, ``relative_error``)."""
         return None
 
     def knob_stretches(self, state):

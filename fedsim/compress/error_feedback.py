@@ -74,6 +74,8 @@ class ErrorFeedback:
         return {"residual": state.residual, **self.compressor.state_arrays(state.inner)}
 
     def load_state_arrays(self, state: ErrorFeedbackState, arrays) -> ErrorFeedbackState:
+        if "residual" not in arrays:
+            raise ValueError(f"checkpoint lacks the error-feedback array 'residual', got {sorted(arrays)}")
         inner = {key: value for key, value in arrays.items() if key != "residual"}
         return ErrorFeedbackState(self.compressor.load_state_arrays(state.inner, inner), arrays["residual"])
 

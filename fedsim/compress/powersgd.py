@@ -61,7 +61,7 @@ import numpy as np
 from fedsim.compress.base import (as_rows, Compressed, Compressor, float_bits, float_dtype, frozen_array, Layout,
                                   make_layout, MessageFormat, read_floats, register, register_message,
                                   require_generator, same_value, SegmentedMessage, write_floats)
-from fedsim.compress.theory import Theory
+from fedsim.compress.theory import Theory, relative_to
 from fedsim.compress.bits import FLOAT_BITS
 from fedsim.constraints import Integer, OneOf, setting
 from fedsim.kernels import powersgd as kernels
@@ -175,6 +175,8 @@ class PowerSGDMessage(SegmentedMessage):
     @classmethod
     def decode(cls, stream: np.ndarray, fmt: MessageFormat) -> PowerSGDMessage:
         options = dict(fmt.options)
+        if set(options) != {"shapes", "rank"}:
+            raise ValueError(f"a powersgd format needs the options shapes and rank, got {fmt.options}")
         shapes, rank = options["shapes"], options["rank"]
         read = {name: [np.zeros(0, fmt.dtype)] for name in FIELDS}
         offset = 0
@@ -320,7 +322,7 @@ class PowerSGD(Compressor):
         for _, start, n, m in self.matrix_segments(state.layout):
             singular = np.linalg.svd(x[start:start + n * m].reshape(n, m), compute_uv=False)
             floor += float(np.square(singular[self.rank:]).sum())
-        return Theory(False, floor / float(x @ x), ">=", "Eckart-Young: the best rank-r error (SVD)")
+        return Theory(False, relative_to(floor, float(x @ x)), ">=", "Eckart-Young: the best rank-r error (SVD)")
 
     def message(self, compressed: Compressed, row: int) -> PowerSGDMessage:
         layout = compressed.layout

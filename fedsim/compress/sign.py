@@ -21,7 +21,7 @@ from fedsim.compress import bits as analytic
 from fedsim.compress.base import (layout_of, SegmentedMessage, Compressor, Layout, MessageFormat, scope_setting,
                                   decode_positions, encode_positions, float_bits, frozen_array, read_floats, register,
                                   register_message, write_floats)
-from fedsim.compress.theory import Theory, segment_squares
+from fedsim.compress.theory import Theory, relative_to, segment_squares
 from fedsim.constraints import OneOf, setting
 from fedsim.kernels import bitstream, golomb, sparsify
 
@@ -146,7 +146,7 @@ class Sign(Compressor):
             l1 = float(np.abs(segment).sum())
             scale = float(x.dtype.type(l1 / segment.size))        # the mean magnitude, in the data's dtype
             total += float(segment @ segment) - 2.0 * scale * l1 + scale ** 2 * np.count_nonzero(segment)
-        return Theory(False, total / float(segment_squares(x, state).sum()), "=",
+        return Theory(False, relative_to(total, float(segment_squares(x, state).sum())), "=",
                       "Karimireddy et al. 2019 (1901.09847): scaled sign, exact")
 
     def message(self, compressed, row):

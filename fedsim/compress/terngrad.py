@@ -34,7 +34,7 @@ from fedsim.compress import bits as analytic
 from fedsim.compress.base import (layout_of, Compressor, float_bits, frozen_array, Layout, MessageFormat, read_floats,
                                   register, register_message, require_generator, scope_setting, SegmentedMessage,
                                   uniform_chunks, write_floats)
-from fedsim.compress.theory import Theory, segment_squares
+from fedsim.compress.theory import Theory, relative_to, segment_squares
 from fedsim.constraints import Real, setting
 from fedsim.kernels import terngrad as kernels
 
@@ -155,7 +155,7 @@ class TernGrad(Compressor):
             clipped = clipped or bool(np.any(held != segment))
             scale = float(np.abs(held).max())
             total += scale * float(np.abs(held).sum()) - float(held @ held) + float(np.square(held - segment).sum())
-        return Theory(not clipped, total / float(segment_squares(x, state).sum()), "=",
+        return Theory(not clipped, relative_to(total, float(segment_squares(x, state).sum())), "=",
                       "Wen et al. 2017 (1705.07878): variance max|x| ||x||_1 - ||x||^2")
 
     def message(self, compressed, row):

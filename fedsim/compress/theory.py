@@ -50,6 +50,16 @@ class Theory:
     source: str               # the paper and the statement, e.g. "Alistarh et al. 2017, Lemma 3.1"
 
 
+ZERO_VECTOR_MESSAGE = "the vector x is zero: bias and error relative to ||x|| are undefined"
+
+
+def relative_to(total: float, squared_norm: float) -> float:
+    """``total / ||x||^2`` (``squared_norm``): a theory's error relative to x, a ValueError for a zero x."""
+    if squared_norm == 0:
+        raise ValueError(ZERO_VECTOR_MESSAGE)
+    return total / squared_norm
+
+
 def segment_squares(x: np.ndarray, state) -> np.ndarray:
     """||x_j||^2 of each segment j of the state's layout, in float64."""
     x = np.asarray(x, np.float64)
@@ -60,7 +70,7 @@ def relative_error(factors, x: np.ndarray, state) -> float:
     """sum_j factors_j ||x_j||^2 / ||x||^2 over the segments j of the state's layout: an error stated per
     segment as a multiple of ||x_j||^2."""
     squares = segment_squares(x, state)
-    return float(np.asarray(factors, np.float64) @ squares / squares.sum())
+    return float(relative_to(np.asarray(factors, np.float64) @ squares, squares.sum()))
 
 
 @dataclass(frozen=True)
@@ -113,7 +123,7 @@ def measure(compressor: Compressor, x, spec, draws: int, rng: np.random.Generato
     x64 = x.astype(np.float64)
     squared_norm = float(np.dot(x64, x64))
     if squared_norm == 0:
-        raise ValueError("the vector x is zero: bias and error relative to ||x|| are undefined")
+        raise ValueError(ZERO_VECTOR_MESSAGE)
     error_sum = np.zeros(x.size)                 # sum_j D_j
     error_squares = np.zeros(x.size)             # sum_j D_j^2, entrywise
     errors, encoded, analytic, entropies = [], [], [], []

@@ -30,7 +30,9 @@ the K senders' matrices ``M_k`` with the shared warm start ``Q``: the matrix pro
 means summed in sender order, elementwise in the data dtype, and ``decoded_k = low_rank_product(P_hat,
 Q_k)``; :func:`power_step_numpy` is the same step built on the twins. The arrays are of one float dtype,
 C-contiguous where jitted code reads or writes them (the matrices and ``q``, read by NumPy's products only,
-may have any strides).
+may have any strides). Finite matrices whose products overflow the dtype (entries near the float maximum)
+raise ``ValueError(PRODUCT_OVERFLOW_MESSAGE)``: mean_k P_k and mean_k Q_k are checked, and the decoded
+rows only where some ``sum_t |Q_kjt|`` nears the maximum (``|P_hat| <= 1`` bounds them by it).
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ from fedsim.kernels.selection import NONFINITE_MESSAGE
 
 # Relative drop tolerance of the orthogonalization: sqrt(eps) of the data dtype (module docstring).
 DROP_TOLERANCE = {np.dtype(t): float(np.sqrt(np.finfo(t).eps)) for t in (np.float32, np.float64)}
+PRODUCT_OVERFLOW_MESSAGE = ("PowerSGD: the update is finite, but its products with the factors overflow its dtype "
+                            "(entries near the float maximum; the update has diverged)")
 # Projection passes of the Gram-Schmidt step (one pass and one reorthogonalization).
 PROJECTION_PASSES = 2
 
@@ -201,14 +205,25 @@ def _sender_mean(stacked):
     return total / stacked.dtype.type(stacked.shape[0])
 
 
+def _finite(products, matrices):
+    """``products`` if finite; else a ValueError: PRODUCT_OVERFLOW_MESSAGE when the matrices are finite."""
+    if not np.isfinite(products).all():
+        raise ValueError(PRODUCT_OVERFLOW_MESSAGE if np.isfinite(matrices).all() else NONFINITE_MESSAGE)
+    return products
+
+
 def _power_step(matrices, q, tolerance, decoded_out, orthogonalize_fn, product_fn):
-    p_each = np.matmul(matrices, q)                                     # P_k = M_k Q      (K, n, r)
-    p_hat = np.empty(p_each.shape[1:], matrices.dtype)
-    orthogonalize_fn(_sender_mean(p_each), tolerance, p_hat)           # P_hat = orth(mean_k P_k)
-    q_each = np.ascontiguousarray(np.matmul(matrices.transpose(0, 2, 1), p_hat))   # Q_k = M_k^T P_hat
-    for k in range(matrices.shape[0]):
-        product_fn(p_hat, q_each[k], decoded_out[k])                    # decoded_k = P_hat Q_k^T
-    return p_hat, q_each, _sender_mean(q_each)
+    with np.errstate(over="ignore", invalid="ignore"):     # an overflow is refused in one line (_finite)
+        p_each = np.matmul(matrices, q)                                 # P_k = M_k Q      (K, n, r)
+        p_hat = np.empty(p_each.shape[1:], matrices.dtype)
+        orthogonalize_fn(_finite(_sender_mean(p_each), matrices), tolerance, p_hat)   # P_hat = orth(mean_k P_k)
+        q_each = np.ascontiguousarray(np.matmul(matrices.transpose(0, 2, 1), p_hat))   # Q_k = M_k^T P_hat
+        q_mean = _finite(_sender_mean(q_each), matrices)
+        for k in range(matrices.shape[0]):
+            product_fn(p_hat, q_each[k], decoded_out[k])                # decoded_k = P_hat Q_k^T
+        if not np.isfinite(2 * np.abs(q_each).sum(axis=2)).all():     # (module docstring)
+            _finite(decoded_out, matrices)
+    return p_hat, q_each, q_mean
 
 
 # power_step's core: NumPy's products and the jitted cores

@@ -20,9 +20,9 @@ Positions are returned in increasing order.
     mu = dtype( (sum over i in K, in increasing i, of float64(|x_i|)) / |K| )
 
 a sequential float64 sum in index order, one float64 division, one rounding to ``x``'s dtype (``mu = 0``
-for an empty set). For float32 input the float64 sum cannot overflow; for float64 input whose kept
-magnitudes sum beyond the float64 maximum (~1.8e308, a diverged update) mu is inf, and the next round's
-update is rejected.
+for an empty set). For float32 input the float64 sum cannot overflow; float64 input whose kept
+magnitudes sum beyond the float64 maximum (~1.8e308, a diverged update) raises
+``ValueError(SCALE_OVERFLOW_MESSAGE)`` (as does the scaled sign's mean magnitude, :mod:`fedsim.kernels.ternary`).
 
 Speed of the exact selection
 ----------------------------
@@ -63,6 +63,8 @@ CANDIDATE_ROOM = 1 << 16
 # Smallest positive float64: for float32 and float64 magnitudes, ``m >= TINY`` <=> ``m > 0``.
 TINY = 5e-324
 NONFINITE_MESSAGE = "update contains NaN or inf"
+SCALE_OVERFLOW_MESSAGE = ("the update is finite, but a segment's mean magnitude (STC's mu, the scaled sign's scale) "
+                          "overflows its dtype (entries near the float maximum; the update has diverged)")
 
 _jit = numba.njit(**JIT_OPTIONS)
 
@@ -297,6 +299,8 @@ def _mean_of(x, positions, count):
     total = 0.0
     for j in range(count):
         total += np.float64(abs(x[positions[j]]))
+    if not np.isfinite(total):
+        raise ValueError(SCALE_OVERFLOW_MESSAGE)
     return _round_to_dtype(x, total / count)
 
 
@@ -357,7 +361,10 @@ def _top_k_select_numpy(x, k, positions_out):
 def _mean_of_numpy(x, positions):
     if positions.size == 0:
         return x.dtype.type(0)
-    total = np.cumsum(np.abs(x[positions]).astype(np.float64))[-1]
+    with np.errstate(over="ignore"):
+        total = np.cumsum(np.abs(x[positions]).astype(np.float64))[-1]
+    if not np.isfinite(total):
+        raise ValueError(SCALE_OVERFLOW_MESSAGE)
     return x.dtype.type(total / positions.size)
 
 

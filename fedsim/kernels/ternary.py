@@ -12,10 +12,10 @@ import numpy as np
 from fedsim.kernels import JIT_OPTIONS
 from fedsim.kernels.checks import FLOAT_VECTOR, INT8, INT64, Array, Budget, checked
 from fedsim.kernels.selection import (_BUDGET, _POSITIONS_OUT, _SAMPLE_POSITIONS, NONFINITE_MESSAGE,
-                                      _candidate_capacity, _check_finite_numpy, _kept, _mean_of, _mean_of_numpy,
-                                      _round_to_dtype, _sampled_threshold_into, _sampled_top_k_threshold_numpy,
-                                      _scratch_length, _select_at_least_core, _select_at_least_numpy, _top_k_into,
-                                      _top_k_select_numpy, _work_buffers)
+                                      SCALE_OVERFLOW_MESSAGE, _candidate_capacity, _check_finite_numpy, _kept,
+                                      _mean_of, _mean_of_numpy, _round_to_dtype, _sampled_threshold_into,
+                                      _sampled_top_k_threshold_numpy, _scratch_length, _select_at_least_core,
+                                      _select_at_least_numpy, _top_k_into, _top_k_select_numpy, _work_buffers)
 
 _jit = numba.njit(**JIT_OPTIONS)
 
@@ -168,6 +168,8 @@ def _mean_magnitude_core(x):
         if not np.isfinite(value):
             raise ValueError(NONFINITE_MESSAGE)
         total += np.float64(abs(value))
+    if not np.isfinite(total):
+        raise ValueError(SCALE_OVERFLOW_MESSAGE)
     if x.shape[0] == 0:
         return _round_to_dtype(x, 0.0)
     return _round_to_dtype(x, total / x.shape[0])
@@ -175,7 +177,8 @@ def _mean_magnitude_core(x):
 
 @checked(_mean_magnitude_core, x=FLOAT_VECTOR)
 def _mean_magnitude(x):
-    """dtype( (sequential float64 sum of |x_i|) / N ), 0 for an empty x (the scale of scaled sign)."""
+    """dtype( (sequential float64 sum of |x_i|) / N ), 0 for an empty x (the scale of scaled sign); a sum beyond
+    the float64 maximum raises ``ValueError(SCALE_OVERFLOW_MESSAGE)``."""
 
 
 def _mean_magnitude_numpy(x):
@@ -183,4 +186,8 @@ def _mean_magnitude_numpy(x):
     _check_finite_numpy(x)
     if x.size == 0:
         return x.dtype.type(0)
-    return x.dtype.type(np.cumsum(np.abs(x).astype(np.float64))[-1] / x.size)
+    with np.errstate(over="ignore"):
+        total = np.cumsum(np.abs(x).astype(np.float64))[-1]
+    if not np.isfinite(total):
+        raise ValueError(SCALE_OVERFLOW_MESSAGE)
+    return x.dtype.type(total / x.size)

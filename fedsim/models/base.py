@@ -32,6 +32,12 @@ penalty). Both families build their model so (:meth:`ModelConfig.build`) and cal
                                                 :func:`multiply_adds_per_sample` derives them from the spec
 
 ``x`` is a float array or 8-bit :class:`~fedsim.models.features.Codes` (``features.decoded`` gives floats).
+
+A run needs only this protocol (a plugin's model may stop there). A model of fedsim itself also passes the
+contract suite (tests/models/test_contract.py, its entry in ``SETTINGS``), which calls ``size``, ``logits(theta,
+x)``, ``loss``, ``predict`` and ``accuracy``, ``init`` with defaults (``init(kind="zeros")``) and ``batch=(K,)``,
+and ``loss_and_grad(..., rows=)`` refusing rows outside the set (``features.checked_rows``): subclass
+:class:`Classifier`, which gives all but ``logits`` and ``init`` (ARCHITECTURE.md, "Adding a model").
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from fedsim.algorithms.federated import FederatedConfig
-from fedsim.compress import ErrorFeedback, Layout
+from fedsim.compress import ErrorFeedback, Layout, decode
+from fedsim.compress.base import MessageFormat
 from fedsim.compress.powersgd import (
     PowerSGD,
     PowerSGDMessage,
@@ -38,7 +39,9 @@ VECTOR_ENTRIES = 5 + 1                    # b and s, sent as they are
     (lambda: PowerSGD(rank=6).init(SPEC), r"rank must be an integer in \[1, 5\].*got 6"),   # above min(n, m)
     (lambda: PowerSGDMessage((0, 6), ((3, 2),), 2, np.zeros(3, np.float32), np.zeros(4, np.float32),
                              np.zeros(0, np.float32)), "left has 3 floats"),
-], ids=["scope", "config-scope", "aggregation", "int", "layout", "rank", "message-sizes"])
+    (lambda: decode(np.zeros(10, np.uint8), MessageFormat("powersgd", (0, 120, 124), "float32")),
+     r"a powersgd format needs the options shapes and rank, got \(\)"),
+], ids=["scope", "config-scope", "aggregation", "int", "layout", "rank", "message-sizes", "format-options"])
 def test_refused(refused, message):
     with pytest.raises(ValueError, match=message):
         refused()

@@ -15,6 +15,7 @@ streams, its torch oracle) is in tests/compress/test_compressor_<name>.py.
 """
 
 import dataclasses
+import re
 import sys
 
 import numpy as np
@@ -241,6 +242,23 @@ def test_non_finite_update_is_rejected(compressor, bad):
 
 
 @cases(CASES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_finite_update_near_the_float_maximum_is_sent_finite_or_refused(compressor, dtype):
+    """Entries of +-max / 2 (a diverged update, still finite): the decoded rows are finite, or one ValueError says
+    what overflowed (STC's or the scaled sign's mean, QSGD's norm, PowerSGD's products), never a silent inf nor
+    "NaN or inf"; random-k's N / k scaling alone overflows to inf, as fedsim/kernels/randomk.py documents."""
+    spec = spec_of(compressor)
+    x = (np.finfo(dtype).max / 2 * np.where(np.arange(spec.size) % 2, 1, -1)).astype(dtype)
+    try:
+        decoded = compressor.compress(x, compressor.init(spec), np.random.default_rng(0))[0].decoded
+    except ValueError as error:
+        assert re.search(r"overflows? its dtype .*the update has diverged", str(error)), error
+    else:
+        scaled_up = isinstance(compressor, RandomK) and compressor.scaling == "unbiased" and compressor.p < 1
+        assert np.isfinite(decoded).all() != scaled_up
+
+
+@cases(CASES)
 def test_a_generator_is_required_or_ignored(compressor):
     """A compressor that may draw random numbers refuses anything but a numpy.random.Generator (a ValueError
     naming ``rng``); one that accepts ``rng=None`` draws none: any Generator gives the same messages."""
@@ -441,6 +459,8 @@ def test_checkpoint_continues_bitwise(compressor, dtype):
     first, middle = run(start, rng, data[:3])
     arrays = {key: np.array(value) for key, value in link.state_arrays(middle).items()}
     assert set(arrays) == {"residual"} | set(compressor.state_arrays(middle.inner))
+    with pytest.raises(ValueError, match="checkpoint lacks the error-feedback array 'residual'"):
+        link.load_state_arrays(link.init(spec, dtype), {k: v for k, v in arrays.items() if k != "residual"})
     second, resumed = run(link.load_state_arrays(link.init(spec, dtype), arrays), rng, data[3:])
     for got, want in zip(first + second, straight):
         assert_bitwise(got, want, "resumed round")

@@ -41,6 +41,17 @@ def test_the_measured_bias_and_error_meet_the_theory(compressor, case):
     assert meets(measured, dtype) is True, (measured, compressor)
 
 
+@pytest.mark.parametrize("compressor", WITH_THEORY[1:], ids=lambda c: f"{c.name}-{c.settings}")
+def test_theory_refuses_a_zero_vector_as_measure_does(compressor):
+    """An error relative to ||x||^2 is undefined for x = 0: theory() says so in measure's words (the identity,
+    C(x) = x exactly, keeps its 0)."""
+    x, layout = vector_and_layout(6, 5, np.float32, 1.0, 0)
+    for refuse in (lambda: compressor.theory(np.zeros_like(x), compressor.init(layout)),
+                   lambda: measure(compressor, np.zeros_like(x), layout, 2, np.random.default_rng(0))):
+        with pytest.raises(ValueError, match=r"the vector x is zero: bias and error relative to \|\|x\|\|"):
+            refuse()
+
+
 def test_every_compressor_that_states_a_bound_is_measured_against_it_and_every_one_is_measurable():
     """A registered compressor whose theory() states an error bound (at its defaults) is in WITH_THEORY, so
     that its bound is tested (ARCHITECTURE.md's compressor recipe); STC and the plain sign state none."""

@@ -74,13 +74,20 @@ def test_top_k_threshold_hand_computed(dtype):
     assert selection._top_k_threshold(np.array([0.0, -0.0, 2.0, 0.0, -4.0], dtype), 4)[0] == 0.0
 
 
-def test_float64_mu_overflow_is_inf_as_documented():
+def test_float64_mu_overflow_raises():
+    """float64 entries whose float64 sum overflows: mu (STC's, also sampled) and the scaled sign's mean magnitude
+    are refused in one line saying the update is finite, by each kernel and its twin."""
     x = np.array([1.5e308, -1.6e308, 1.0], np.float64)
-    positions, signs = np.empty(2, np.int64), np.empty(2, np.int8)
-    with np.errstate(over="ignore"):
-        count, mu = ternary._ternarize(x, 2, positions, signs)
-        twin = ternary._ternarize_numpy(x, 2, np.empty(2, np.int64), np.empty(2, np.int8))
-    assert count == 2 and mu == np.inf and twin[1] == np.inf
+    positions, signs, sample = np.empty(3, np.int64), np.empty(3, np.int8), np.arange(3, dtype=np.int64)
+    for kernel, twin, args in [(ternary._ternarize, ternary._ternarize_numpy, (x, 2, positions, signs)),
+                               (selection._top_k_threshold, selection._top_k_threshold_numpy, (x, 2)),
+                               (ternary._mean_magnitude, ternary._mean_magnitude_numpy, (x,)),
+                               (ternary._sampled_ternarize, ternary._sampled_ternarize_numpy,
+                                (x, sample, 2, 2, positions, signs))]:
+        for call in (kernel, kernel.py_func, twin):
+            with pytest.raises(ValueError, match="the update is finite, but a segment's mean magnitude"), \
+                    np.errstate(over="ignore"):                 # (py_func's scalar sum warns as it overflows)
+                call(*args)
     # float32 input never overflows: its sum is taken in float64
     x32 = np.full(1000, np.finfo(np.float32).max, np.float32)
     assert selection._top_k_threshold(x32, 1000)[1] == np.finfo(np.float32).max

@@ -229,6 +229,23 @@ def test_power_step_twin_agrees_bitwise(dtype):
               called(matrices, q, kernels.drop_tolerance(dtype), np.empty((K, n, m), dtype)), "power step")
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_power_step_refuses_finite_matrices_whose_products_overflow(dtype):
+    """Entries near the float maximum: P = M Q overflows (the first case), or only P_hat Q_k^T does (the
+    second: each Q_k entry finite); one line saying the update is finite, not "NaN or inf", which a NaN keeps."""
+    top = np.finfo(dtype).max
+    near_max = (np.array([[[-0.89, -0.17, 0.36], [0.79, 0.88, -0.23], [0.15, 0.85, -0.89]]]) * top).astype(dtype)
+    q = np.array([[-7, 15], [2, -10], [-5, -6]], dtype) / dtype(10000)
+    with_nan = near_max.copy()
+    with_nan[0, 1, 1] = np.nan
+    for matrices, factor, message in [(np.full((1, 3, 3), top / 2, dtype), np.ones((3, 2), dtype), "products"),
+                                      (near_max, q, "the update is finite, but its products"),
+                                      (with_nan, q, NONFINITE_MESSAGE)]:
+        for step in (kernels.power_step, kernels.power_step_numpy):
+            with pytest.raises(ValueError, match=message):
+                step(matrices, factor, kernels.drop_tolerance(dtype), np.empty_like(matrices))
+
+
 # Tolerance, relative to the largest magnitude compared: fedsim and the oracle take different floating-point
 # paths (BLAS vs torch matmuls, Gram-Schmidt twice vs Householder QR), a few ulp per step that the rounds
 # carry without amplifying much. Observed up to 2e-6 (float32) and 5e-15 (float64) over 6 rounds: a margin
