@@ -37,8 +37,10 @@ def laq_upload_decision(innovation: np.ndarray, threshold: float, error: np.ndar
 def lag_ps_request_decision(smoothness: np.ndarray, distance_sq: np.ndarray, threshold: float,
                             skips: np.ndarray, max_skips: int) -> np.ndarray:
     """Which workers the LAG-PS server asks for a gradient (bool, shape (M,)): ``L_m^2 distance_sq > H^k``
-    (``distance_sq`` = ``||theta_hat_m - theta^k||^2``), or ``skips_m >= C``."""
-    return (smoothness ** 2 * distance_sq > threshold) | (skips >= max_skips)
+    (``distance_sq`` = ``||theta_hat_m - theta^k||^2``), or ``skips_m >= C``. An overflow to inf (a diverging run,
+    which the caller then stops) asks the worker, without a NumPy warning."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return (smoothness ** 2 * distance_sq > threshold) | (skips >= max_skips)
 
 
 # ---------------------------------------------------------------------------------------------------------
