@@ -172,10 +172,10 @@ class LazyRun:
                  "aggregate_norm_sq": aggregate_norm_sq,
                  "uploads": np.flatnonzero(upload).tolist(), "communications": uploads_so_far,
                  "bits": uploads_so_far * self.bits_per_upload}
-        if self.clock is not None:
+        if self.clock is not None:      # LAG-PS: only the asked workers receive theta and compute
+            seconds = self.clock.iteration(k, upload, upload if rule.skip == "server" else None)
             entry["simulated_seconds"] = self.clock.checked(
-                (self.history[-1]["simulated_seconds"] if self.history else 0.0) + self.clock.iteration(k, upload),
-                f"iteration {k}")
+                (self.history[-1]["simulated_seconds"] if self.history else 0.0) + seconds, f"iteration {k}")
         if accuracy is not None:
             entry["test_accuracy"] = accuracy
         if k == 0:
