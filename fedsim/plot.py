@@ -7,7 +7,9 @@ upload-event raster per run (a mark where worker m uploaded at iteration k).
 
 ``f*`` is the runs' ``run.f_star`` if set (the LAQ example computes it with L-BFGS), else the smallest
 objective among the lazy runs plotted together, and the axis then says "relative to the best value
-reached" (the best run touches 0 there, which a log axis cannot show).
+reached" (the best run touches 0 there, which a log axis cannot show). The title counts the points left out
+(f - f* <= 0) and says when a run.f_star lies above the smallest f reached; theta^0, which spent nothing, is
+not drawn on the log axes of communications and bits (their labels say so).
 
 Titles hold the dataset, the partition and the settings the runs share; legends the method and the
 settings in which the runs differ. Colours, line styles and markers all change from run to run, so the
@@ -30,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from fedsim.algorithms.family import FAMILIES, group_by_family
-from fedsim.algorithms.lazy import configured_f_star, f_star_of, records_to_arrays
+from fedsim.algorithms.lazy import configured_f_star, f_star_of, records_to_arrays, smallest_objective
 from fedsim.runs import RunFolderError, RunResult
 from fedsim.runs.compare import same_data
 
@@ -293,13 +295,14 @@ def federated_figure(runs: list[RunResult], out: Path, x: str = "rounds") -> lis
 
 
 def lazy_figures(runs: list[RunResult], out: Path, max_workers: int = 10, f_star: float | None = None,
-                 tolerance: float | None = None, x: str = "iterations") -> list[Path]:
+                 tolerance: float | None = None, x: str = "iterations", notes: list[str] | None = None) -> list[Path]:
     """Residual and gradient norm against iterations, communications and bits, or with ``x`` "bits" |
     "time" against that alone (file ``lazy_residual_by_<x>``); upload rasters.
 
     ``f_star``: a known optimum (e.g. from L-BFGS) instead of the runs' own, each run's otherwise that of the runs
     minimizing its objective (:func:`fedsim.runs.compare.same_data`); ``tolerance``: a dotted line at that
-    residual."""
+    residual. The title says which points a log axis leaves out (f - f* <= 0; theta^0, which spent nothing, on a
+    log cost axis) and an f* above the smallest f reached (no lower bound of f), which goes to ``notes`` too."""
     _check_x(x, "lazy", runs)
     runs = [run for run in runs if drawn_records(run.history)]
     if not runs:
@@ -314,18 +317,25 @@ def lazy_figures(runs: list[RunResult], out: Path, max_workers: int = 10, f_star
                 else ({"bits": "bits (cumulative, before the iterate)",
                        "time": "wall time, s (cumulative 'time' of the records, before the iterate)",
                        "simulated": "simulated time, s (before the iterate)"}[x],))
+    log_x = [not xlabel.startswith(("iteration", "wall", "simulated")) for xlabel in x_labels]
+    x_labels = [f"{xlabel}; theta^0 (0 spent) not drawn" if log else xlabel for xlabel, log in zip(x_labels, log_x)]
+    left_out = []       # per run, its points with f - f* <= 0, which a log axis cannot show
     figure, axes = _figure(2, len(x_labels), width=4.6 if len(x_labels) > 1 else 6.0)
     for index, (run, label) in enumerate(zip(runs, labels)):
         arrays = records_to_arrays(run.history)
         residual = drawable(arrays["objective"]) - stars[id(run)]
+        if np.any(residual <= 0):
+            left_out.append(f"{np.count_nonzero(residual <= 0)} of {label}")
         residual = np.where(residual > 0, residual, np.nan)      # a log axis cannot show 0 (the best run)
         x_axes = ((np.arange(len(run.history)), arrays["communications_before"], arrays["bits_before"])
                   if x == "iterations" else (spent(run.history, x, before=True),))
         for column, x_values in enumerate(x_axes):
+            if log_x[column] and np.any(x_values > 0):          # theta^0 spent nothing: no place on a log axis
+                x_values = np.where(x_values > 0, x_values, np.nan)
             _plot(axes[0, column], x_values, residual, label=label, **_style(index))
             _plot(axes[1, column], x_values, arrays["grad_norm_sq"], label=label, **_style(index))
     for column, xlabel in enumerate(x_labels):
-        xscale = "linear" if xlabel.startswith(("iteration", "wall", "simulated")) else "log"
+        xscale = "log" if log_x[column] else "linear"
         if tolerance is not None:
             axes[0, column].axhline(tolerance, color="grey", linewidth=0.8, linestyle=":")
         integer_x = xlabel == "iteration"
@@ -335,7 +345,13 @@ def lazy_figures(runs: list[RunResult], out: Path, max_workers: int = 10, f_star
     values = ", ".join(f"{value:.10g}" for value in dict.fromkeys(stars.values()))
     reference = (f"f* = {values}" if configured else f"relative to the best value reached, {values}") + (
         f"; each run against its objective's ({len(groups)} objectives)" if len(groups) > 1 else "")
-    figure.suptitle(f"{title}\nresidual ({reference}) and gradient norm")
+    above = [f"{'f*' if f_star is not None else 'run.f_star'} = {stars[id(group[0])]:.10g} is above the smallest f "
+             f"reached, {lowest:.10g}: it is no lower bound of f" for group in groups
+             for lowest in [smallest_objective([run.history for run in group])] if stars[id(group[0])] > lowest]
+    if notes is not None:
+        notes += above
+    caption = above + ([f"points with f - f* <= 0 not drawn (log axis): {'; '.join(left_out)}"] if left_out else [])
+    figure.suptitle("\n".join([f"{title}\nresidual ({reference}) and gradient norm", *caption]))
     paths = _save(figure, out, "lazy_residual" if x == "iterations" else f"lazy_residual_by_{x}")
     if x != "iterations":
         return paths
@@ -363,7 +379,8 @@ def lazy_figures(runs: list[RunResult], out: Path, max_workers: int = 10, f_star
 
 def plot_runs(runs: list[RunResult], out, notes: list[str] | None = None, **options) -> list[Path]:
     """All figures for ``runs`` into folder ``out``, and into ``notes`` (if given) the line of each run drawn
-    in part: each family's runs drawn by the figure function its registration names (``Report.figure``), with
+    in part and a figure's own (a lazy f* above the smallest f reached): each family's runs drawn by the
+    figure function its registration names (``Report.figure``), with
     the ``options`` it takes. ``x``: "rounds" or "iterations" (each family's steps, the default), "bits",
     "time" or "simulated"."""
     import inspect
@@ -376,6 +393,8 @@ def plot_runs(runs: list[RunResult], out, notes: list[str] | None = None, **opti
         draw = globals()[declared.report.figure]
         accepted = inspect.signature(draw).parameters
         chosen_options = {key: value for key, value in options.items() if key in accepted}
+        if notes is not None and "notes" in accepted:
+            chosen_options["notes"] = notes
         if options.get("x") in (None, *(steps for steps, *_ in X_AXES.values())):
             chosen_options["x"] = X_AXES[declared.name][0]
         paths += draw(chosen, out, **chosen_options)

@@ -36,7 +36,8 @@ keeps the first `needed` to arrive (as production cross-device systems do: Bonaw
 
 The lazy family, per iteration: every worker receives theta (32 P bits), computes its gradient (its
 samples x multiply-adds per sample / speed) and, if it uploads, sends its upload; the iteration takes the
-longest of these: ``max_m [transfer_down_m(32 P) + compute_m + upload_m transfer_up_m(bits)]``.
+longest of these: ``max_m [transfer_down_m(32 P) + compute_m + upload_m transfer_up_m(bits)]``. Under LAG-PS
+only the workers the server asks receive theta, compute and upload (the max is over them; none asked: 0 s).
 
 A client keeps its device for the whole run unless ``round_spread`` > 0: then each round (iteration) its four
 numbers are its own times exp(round_spread z), z standard normal from the stream ``("system-round", round,
@@ -377,11 +378,13 @@ class LazyClock(_Clock):
         return before, transfer_seconds(bits_per_upload, devices.uplink, devices.latency)
 
     @np.errstate(over="ignore")
-    def iteration(self, k: int, uploads: np.ndarray) -> float:
-        """Seconds of iteration ``k``, in which the workers ``uploads`` (a bool mask) upload."""
+    def iteration(self, k: int, uploads: np.ndarray, working: np.ndarray | None = None) -> float:
+        """Seconds of iteration ``k``, in which the workers ``uploads`` (a bool mask) upload and ``working`` (a bool
+        mask; None: every worker) receive theta and compute; the others cost nothing (none working: 0 s)."""
         before, upload = (self.parts if self.config.round_spread == 0 else
                           self._parts(round_devices(self.config, self.streams, self.devices, k, self.workers)))
-        return float(np.max(before + np.where(uploads, upload, 0.0)))
+        seconds = before + np.where(uploads, upload, 0.0)
+        return float(np.max(seconds) if working is None else np.max(seconds, where=working, initial=0.0))
 
 
 __all__ = ["Devices", "FederatedClock", "LazyClock", "MIXED", "PROFILES", "Profile", "SystemConfig",

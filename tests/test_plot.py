@@ -109,11 +109,27 @@ def test_a_single_lazy_run_says_what_its_residual_is_relative_to(tmp_path, captu
     assert residual_axes[0].get_ylabel() == "f - (smallest f of these runs)"
     assert "relative to the best value reached" in captured["lazy_residual"]._suptitle.get_text()
     assert [axis.get_xscale() for axis in residual_axes[1:3]] == ["log", "log"]
+    # theta^0 spent nothing: not drawn on the log cost axes, and their labels say so
+    assert all(np.isnan(axis.lines[0].get_xdata()[0]) and not np.any(axis.lines[0].get_xdata() <= 0)
+               and axis.get_xlabel().endswith("; theta^0 (0 spent) not drawn") for axis in residual_axes[1:3])
+    at_best = sum(r["objective"] == min(r["objective"] for r in lazy.history) for r in lazy.history)
+    assert captured["lazy_residual"]._suptitle.get_text().endswith(
+        f"points with f - f* <= 0 not drawn (log axis): {at_best} of laq")
     # with a known f* (the LAQ example's L-BFGS one) the axis is the true residual
     captured.clear()
     f_star = min(r["objective"] for r in lazy.history) - 1e-3
-    lazy_figures([lazy], tmp_path, f_star=f_star, tolerance=1e-6)
+    notes = []
+    lazy_figures([lazy], tmp_path, f_star=f_star, tolerance=1e-6, notes=notes)
     assert captured["lazy_residual"].axes[0].get_ylabel() == "f - f*"
+    assert "not drawn (log axis)" not in captured["lazy_residual"]._suptitle.get_text() and notes == []
+    # an f* above the smallest f is no lower bound of f: a line in the title and the notes, and what is left out
+    above = finished_run(tmp_path, "above", "laq-synthetic", TINY_LAZY + ["run.f_star=1e3"])
+    captured.clear()
+    plot.plot_runs([above], tmp_path, notes=notes)
+    said = f"run.f_star = 1000 is above the smallest f reached, {min(r['objective'] for r in above.history):.10g}"
+    assert notes == [f"{said}: it is no lower bound of f"]
+    assert captured["lazy_residual"]._suptitle.get_text().split("\n")[-2:] == [
+        notes[0], "points with f - f* <= 0 not drawn (log axis): 20 of laq"]
 
 
 def test_a_long_title_is_wrapped_inside_the_figure(federated_runs, tmp_path, monkeypatch, captured):

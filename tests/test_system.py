@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 
 from fedsim.algorithms.federated.report import summarize
+from fedsim.algorithms.lazy import METHODS, LazyConfig, LazyRun
 from fedsim.algorithms.lazy.report import REPORT as LAZY_REPORT, records_reach
 from fedsim.config import ConfigError, config_fingerprint, config_to_dict, load_preset
+from fedsim.data.dataset import Dataset
 from fedsim.data.registry import DataSettingError
 from fedsim.models.base import multiply_adds_per_sample
 from fedsim.rng import RunStreams
@@ -106,6 +108,28 @@ def test_the_lazy_clock_by_hand():
     # worker m: 0.1 + 4e5/4e6 + n_m 1e3/1e9 (+ 0.1 + 5e5/1e6 if it uploads)
     assert clock.iteration(0, np.array([True, False])) == pytest.approx(max(0.2 + 0.001 + 0.6, 0.2 + 0.004))
     assert clock.iteration(7, np.array([False, False])) == pytest.approx(0.204)
+    # LAG-PS: only the asked workers receive theta and compute; an iteration that asks none costs nothing
+    assert clock.iteration(7, np.array([True, False]), working=np.array([True, False])) == pytest.approx(0.801)
+    assert clock.iteration(7, np.array([False, True]), working=np.array([False, True])) == pytest.approx(0.804)
+    assert clock.iteration(7, np.array([False, False]), working=np.array([False, False])) == 0.0
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_lazy_iteration_is_timed_over_the_workers_that_compute(method):
+    """Every worker receives theta and computes its gradient (to decide), except under LAG-PS, whose server asks
+    some: only they do; the uploaders then send theirs. Workers of spread devices, timed by hand."""
+    x = np.random.default_rng(0).random((400, 6))
+    data = Dataset("toy", x, (x[:, 0] * 3).astype(np.int64), x[:0], np.zeros(0, np.int64), 3)
+    run = LazyRun(LazyConfig.reference(method, iterations=30, n_workers=5, minibatch_size=20), data,
+                  system=SystemConfig(profile="custom", spread=1.0))
+    before, upload = run.clock.parts
+    records = run.run()
+    seconds = np.diff([0.0] + [r["simulated_seconds"] for r in records])
+    for record, spent in zip(records, seconds):
+        uploads = np.isin(np.arange(5), record["uploads"])
+        working = uploads if method == "lag-ps" else np.ones(5, bool)
+        assert spent == pytest.approx(np.max(before + upload * uploads, where=working, initial=0.0), rel=1e-12)
+    assert method != "lag-ps" or 0.0 in seconds          # LAG-PS asked no worker in some iteration
 
 
 def test_round_spread_varies_each_clients_links_per_round_by_hand():

@@ -17,14 +17,17 @@ def text_table(headers: list[str], rows: list[list], right: bool = True) -> str:
 
 def same_data(runs, objective: tuple = ()) -> dict[str, list]:
     """``runs`` grouped by the data they ran on, each group named: the [data] table (not where its files
-    are) and, for synthetic data, the seed that generates it (as ``load_data`` keys the data it loaded); with
+    are) and the seed where it draws the data or the clients' shards: for synthetic data (as ``load_data`` keys
+    the data it loaded) and every partition but contiguous and natural (f sums each client's mean loss, so it
+    depends on the shards: a dirichlet split, unequal iid or shards pieces, classes_per_client leaving samples
+    out; equal shards of all samples give the same f for every seed, but the config does not tell them); with
     ``objective`` (a family's :attr:`~fedsim.algorithms.family.Report.objective`), by the objective they
     minimize: also the [model] table (not its init) and those settings."""
     keys = []
     for run in runs:
         data = {key: value for key, value in (run.config.get("data") or {}).items()
                 if key not in ("data_dir", "download")}
-        if data.get("dataset") == "synthetic":
+        if data.get("dataset") == "synthetic" or data.get("partition") not in ("contiguous", "natural"):
             data["seed"] = run.config.get("seed", 0)
         if objective:
             model = {f"model.{key}": value for key, value in (run.config.get("model") or {}).items() if key != "init"}

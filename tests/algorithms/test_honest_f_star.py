@@ -44,13 +44,20 @@ def test_a_certified_or_configured_f_star_is_f_star(tmp_path):
     assert not best_value_certified([network], 1e4), "a non-convex model's best value is no f*"
     known = lazy_run(tmp_path / "known", "gd", f"run.f_star={min(r['objective'] for r in run.history) - 1e-3}")
     title, columns = compare_text([known])
-    assert "f*" in title and re.fullmatch(r"1\.0+e-03", columns["final f - f*"][0])
+    assert "f*" in title and re.fullmatch(r"1\.0+e-03", columns["final f - f*"][0]) and "note" not in title
+    # an f* above the smallest f reached is no lower bound of f: said in one line naming run.f_star
+    lowest = min(r["objective"] for r in run.history)
+    above = lazy_run(tmp_path / "above", "gd", "lazy.l2=0.01", f"run.f_star={lowest + 1e-3!r}")
+    title, _ = compare_text([above])
+    assert title.split("\n")[1] == (f"note: run.f_star = {lowest + 1e-3:.12g} is above the smallest f these runs "
+                                    f"reached, {lowest:.12g}: it is no lower bound of f, and a run below it counts "
+                                    f"as reaching the target"), title
 
 
 def test_runs_of_different_objectives_get_an_f_star_each(tmp_path, monkeypatch):
-    """f = sum over the M workers of their mean loss + (l2 / 2)||theta||^2: runs of other l2, M or model
-    minimize other functions, so `fedsim compare` draws a table, and `fedsim plot` a residual, for each; runs
-    whose run.f_star differ are told so, and none of them is used."""
+    """f = sum over the M workers of their mean loss + (l2 / 2)||theta||^2: runs of other l2, M, model or (with
+    a split drawn from it) seed minimize other functions, so `fedsim compare` draws a table, and `fedsim plot` a
+    residual, for each; runs whose run.f_star differ are told so, and none of them is used."""
     from fedsim.plot import lazy_figures
     from fedsim.runs.compare import compare_tables
     runs = [lazy_run(tmp_path / "a", "gd", "lazy.l2=0.01"), lazy_run(tmp_path / "b", "gd", "lazy.l2=0.02"),
@@ -66,6 +73,18 @@ def test_runs_of_different_objectives_get_an_f_star_each(tmp_path, monkeypatch):
     residuals = drawn[0::6]         # per run: its residual and gradient norm against 3 x axes, iterations first
     # each run is the best of the runs minimizing its objective: its residual reaches 0 (not drawn: nan)
     assert [bool(np.isnan(residual).any()) for residual in residuals] == [True] * 3, residuals
+    # the seed draws a dirichlet split, and f sums each worker's mean loss: two seeds, two objectives
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(40, 4))
+    y = np.argmax(x @ rng.normal(size=(4, 3)), axis=1)
+    np.savez(tmp_path / "tiny.npz", x_train=x, y_train=y, x_test=x[:10], y_test=y[:10])
+    seeds = [lazy_run(tmp_path / f"seed{seed}", "gd", f"seed={seed}", f"data.dataset=npz:{tmp_path}/tiny.npz",
+                      "data.partition=dirichlet", "data.dirichlet_alpha=0.3", "lazy.n_workers=4") for seed in (0, 1)]
+    tables = compare_tables(seeds, target_accuracy=0.5, target_residual=1e-6).split("\n\n")
+    assert len(tables) == 2 and tables[1].split("\n")[0].endswith("tiny.npz, seed 1"), tables
+    drawn.clear()
+    lazy_figures(seeds, tmp_path / "plots")
+    assert [bool(np.isnan(residual).any()) for residual in drawn[0::6]] == [True] * 2, drawn[0::6]
     given = [lazy_run(tmp_path / f"f{value}", "gd", f"run.f_star={value}") for value in (25.0, 24.0)]
     title, _ = compare_text(given)
     assert "f_best" in title and "note: the runs' run.f_star differ (24, 25): none is used" in title, title

@@ -3,6 +3,7 @@
 import json
 import math
 import re
+import warnings
 from types import SimpleNamespace
 
 import numpy as np
@@ -307,11 +308,16 @@ def test_evaluation_schedule_and_float32():
     assert history.records[-1]["final_test_accuracy"] == history.test_accuracy[-1]
 
 
-def test_divergence_raises_with_history_so_far():
-    run = LazyRun(LazyConfig.reference("gd", iterations=500, eval_every=20, step_size=1e5), _toy())
-    with pytest.raises(DivergenceError, match="not finite at iteration") as caught:
+@pytest.mark.parametrize("method", ["gd", "lag-ps"])
+def test_divergence_raises_with_history_so_far(method):
+    run = LazyRun(LazyConfig.reference(method, iterations=500, eval_every=20, step_size=1e3), _toy())
+    with warnings.catch_warnings(), pytest.raises(DivergenceError, match="not finite at iteration") as caught:
+        warnings.simplefilter("error")          # fedsim's own message, no NumPy overflow warning (LAG-PS's rule)
         run.run()
     records = caught.value.history
+    # theta^{k+1} overflowed at k = len(records): f(theta^k) was finite, and is the one named
+    last = float(run.model.loss_and_grad(run.theta, run.shards.x, run.shards.y, run.shards.weights)[0].sum())
+    assert str(caught.value).endswith(f"last finite objective {last:.10g} at iteration {len(records)}")
     assert records == run.history and 0 < len(records) < 500
     history = records_to_arrays(records, 10)
     assert np.all(np.isfinite(history["objective"]))

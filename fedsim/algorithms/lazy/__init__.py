@@ -33,7 +33,8 @@ steps, kept as a ring of D scalars)::
             theta_hat_m: the point of worker m's last gradient; L_m: the model's smoothness bound
             (:func:`smoothness_bounds`: softmax regression's), or for a model without one (the MLP) an
             estimate of f_m's curvature at theta^0, with a warning (:func:`smoothness_of`); every worker
-            is asked at k = 0.
+            is asked at k = 0. Only the asked workers receive theta^k and compute (the simulated clock,
+            :mod:`fedsim.system`, times only them; the run computes every g_m, for the records).
 
 ``Q = quantize(g | Q_m)`` is the LAQ quantizer of :mod:`fedsim.kernels.laq` (b bits relative to the last
 upload), ``e_m = ||Q - g_m||^2`` its error now and ``e_hat_m`` its error at worker m's last upload. On a

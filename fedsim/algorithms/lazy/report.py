@@ -159,7 +159,8 @@ def achieved(summary: dict) -> list[str]:
 
 def compare(runs, targets: dict) -> tuple[str, list[str], list[list[str]]]:
     """The `fedsim compare` table of lazy runs: iterations, uploads and bits to the target residual; when a run
-    has the simulated clock ([system]), the simulated seconds to it too."""
+    has the simulated clock ([system]), the simulated seconds to it too. A run.f_star above the smallest f the
+    runs reached (no lower bound of f) is said in a note."""
     target = targets["residual"]
     usable = [run for run in runs if run.history]
     f_star = f_star_of(usable) if usable else math.nan
@@ -185,7 +186,10 @@ def compare(runs, targets: dict) -> tuple[str, list[str], list[list[str]]]:
     given = sorted({run.config.get("run", {}).get("f_star") for run in usable} - {None})
     differ = (f"\nnote: the runs' run.f_star differ ({', '.join(f'{value:g}' for value in given)}): none is used"
               if len(given) > 1 else "")
-    title = (f"lazy runs (target: f - f* <= {target:g}; f* = {f_star:.12g})" if honest else
+    lowest = smallest_objective([run.history for run in usable]) if usable else math.nan
+    above = (f"\nnote: run.f_star = {f_star:.12g} is above the smallest f these runs reached, {lowest:.12g}: it is no "
+             f"lower bound of f, and a run below it counts as reaching the target" if f_star > lowest else "")
+    title = (f"lazy runs (target: f - f* <= {target:g}; f* = {f_star:.12g}){above}" if honest else
              f"lazy runs (target: f - f_best <= {target:g}; f_best = {f_star:.12g}, the best value of these runs, "
              f"not certified as f*)" + differ + (f"\n{OWN_BEST_NOTE}" if hidden else ""))
     return compare_table(title, "iterations", ["final acc", f"final f - {name}", "its to target", "uploads to target",

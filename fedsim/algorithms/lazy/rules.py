@@ -1,6 +1,16 @@
 """The lazy rules as pure functions of per-worker scalars, and the data they read: the workers' shards
 stacked into one (M, n, F) array, and LAG-PS's smoothness constants (the model's bounds, or estimates). Equations:
-:mod:`fedsim.algorithms.lazy`."""
+:mod:`fedsim.algorithms.lazy`.
+
+The history threshold's weights: every rule, LAG-PS's too, uses ``H^k`` with ``xi_d = xi / min(k, D)``
+(``lazy.history_weight`` = xi spread over the differences that exist). DESIGN.md §6 writes LAG-PS's threshold
+with ``xi`` on each of the D differences (``xi_d = xi``), D times larger once k >= D. Both papers write the
+threshold with free weights, ``(1 / (alpha^2 M^2)) sum_{d=1..D} xi_d ||theta^{k+1-d} - theta^{k-d}||^2`` (LAG,
+arXiv 1805.09965, for LAG-WK and LAG-PS alike; LAQ, arXiv 1909.07588), and the LAQ reference sets
+``xi_d = 0.8 / D`` (DESIGN.md §6's own constants for the LAQ rule). fedsim keeps the one weighting for every
+rule, so that one ``history_weight`` means one threshold whichever rule reads it and LAG-PS is compared with
+LAG-WK and LAQ at the same H^k; DESIGN.md §6's LAG-PS threshold is ``history_weight = D * xi``.
+"""
 
 from __future__ import annotations
 
@@ -37,8 +47,10 @@ def laq_upload_decision(innovation: np.ndarray, threshold: float, error: np.ndar
 def lag_ps_request_decision(smoothness: np.ndarray, distance_sq: np.ndarray, threshold: float,
                             skips: np.ndarray, max_skips: int) -> np.ndarray:
     """Which workers the LAG-PS server asks for a gradient (bool, shape (M,)): ``L_m^2 distance_sq > H^k``
-    (``distance_sq`` = ``||theta_hat_m - theta^k||^2``), or ``skips_m >= C``."""
-    return (smoothness ** 2 * distance_sq > threshold) | (skips >= max_skips)
+    (``distance_sq`` = ``||theta_hat_m - theta^k||^2``), or ``skips_m >= C``. An overflow to inf (a diverging run,
+    which the caller then stops) asks the worker, without a NumPy warning."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return (smoothness ** 2 * distance_sq > threshold) | (skips >= max_skips)
 
 
 # ---------------------------------------------------------------------------------------------------------

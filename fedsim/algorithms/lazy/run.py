@@ -111,13 +111,13 @@ class LazyRun:
         objective = float(loss.sum())                             # f = sum_m f_m
         grad_norm_sq = float(full_gradient @ full_gradient)
         if not (math.isfinite(objective) and math.isfinite(grad_norm_sq)):
-            self._diverge(k, "the objective or a gradient")
+            self._diverge(k, "the objective or a gradient", objective)
         if rule.gradient == "minibatch":
             # Each worker's gradient on its own minibatch, drawn without replacement.
             batch = _minibatch_indices(self.minibatch_rng, shards.sizes, config.minibatch_size)
             _, gradients = model.loss_and_grad(theta, shards.x[self._rows, batch], shards.y[self._rows, batch])
             if not np.all(np.isfinite(gradients)):
-                self._diverge(k, "a minibatch gradient")
+                self._diverge(k, "a minibatch gradient", objective)
         accuracy = self._evaluate(k, theta) if k % config.eval_every == 0 else None
 
         threshold = history_threshold(self.step_history, k, config.history_weight, alpha, n_workers)
@@ -162,7 +162,7 @@ class LazyRun:
             step = new_theta - theta
             step_sq = float(step @ step)
         if not math.isfinite(step_sq):
-            self._diverge(k, "theta")
+            self._diverge(k, "theta", objective)
         self.step_history[k % config.history_length] = step_sq
         self.theta = new_theta
         self.completed = k + 1
@@ -172,10 +172,10 @@ class LazyRun:
                  "aggregate_norm_sq": aggregate_norm_sq,
                  "uploads": np.flatnonzero(upload).tolist(), "communications": uploads_so_far,
                  "bits": uploads_so_far * self.bits_per_upload}
-        if self.clock is not None:
+        if self.clock is not None:      # LAG-PS: only the asked workers receive theta and compute
+            seconds = self.clock.iteration(k, upload, upload if rule.skip == "server" else None)
             entry["simulated_seconds"] = self.clock.checked(
-                (self.history[-1]["simulated_seconds"] if self.history else 0.0) + self.clock.iteration(k, upload),
-                f"iteration {k}")
+                (self.history[-1]["simulated_seconds"] if self.history else 0.0) + seconds, f"iteration {k}")
         if accuracy is not None:
             entry["test_accuracy"] = accuracy
         if k == 0:
@@ -243,9 +243,12 @@ class LazyRun:
             return None
         return float(self.model.evaluate(point, self.x_test, self.y_test)[1])
 
-    def _diverge(self, k: int, what: str) -> None:
-        last = (f"; last finite objective {self.history[-1]['objective']:.10g} at iteration "
-                f"{self.history[-1]['iteration']}") if self.history else ""
+    def _diverge(self, k: int, what: str, objective: float) -> None:
+        """Raise DivergenceError at iteration ``k``, naming the last finite objective: ``objective``, f(theta^k),
+        if it is finite (theta^{k+1} or a gradient was not), else the last record's."""
+        finite = (objective, k) if math.isfinite(objective) else (
+            (self.history[-1]["objective"], self.history[-1]["iteration"]) if self.history else None)
+        last = f"; last finite objective {finite[0]:.10g} at iteration {finite[1]}" if finite else ""
         raise DivergenceError(
             f"{self.config.method}: {what} is not finite at iteration {k} (step_size alpha = "
             f"{self.config.step_size}); the run diverged - try a smaller step_size{last}",
