@@ -369,9 +369,10 @@ def test_data_fetch_downloads_verifies_and_reports(tmp_path, shared_data, fedsim
 def test_a_loss_beyond_the_float_range_is_divergence(in_process):
     status, out, err = in_process("run", "--preset", "synthetic", "--set", "federated.lr=1e30", "--out", "far",
                                   "--quiet")
-    assert status == 1 and "fedsim: the run diverged after 1 rounds: round 1: the train loss of the server model " \
-                           "is NaN or inf, or above 8.39e+06" in err, err
-    assert json.loads(Path("far/summary.json").read_text())["status"] == "diverged"
+    assert status == 1 and "fedsim: the run diverged after 0 rounds: round 1: the train loss of the server model " \
+                           "is NaN or inf, or above 8.39e+06" in err and "; 0 completed rounds kept" in err, err
+    summary, meta = (json.loads(Path(f"far/{name}.json").read_text()) for name in ("summary", "meta"))
+    assert (summary["status"], summary["completed"], meta["sessions"][-1]["to"]) == ("diverged", 0, 0)
 
 
 # --- real data ----------------------------------------------------------------------------------------------
