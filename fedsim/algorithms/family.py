@@ -43,6 +43,9 @@ class Report:
     #: are compared against one f* only where these agree (fedsim.runs.compare.same_data).
     objective: tuple = ()
     unused: Callable = lambda table: set()   # (the family's config table) -> settings its method ignores
+    #: The record fields compare, plot and export read: name -> (int | float (any number) | list (of ints),
+    #: required); the first is the step's number, one more on each line (read_run checks every record).
+    fields: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -312,6 +312,12 @@ def test_out_with_files_of_the_user_a_file_or_an_unwritable_place_is_one_line_an
 
 @pytest.mark.parametrize("name, damage", [
     (HISTORY_FILE, lambda text: text.replace("\n", "\n{not json\n", 1)),
+    # valid JSON of another shape: a field missing, of another kind, a record twice, records out of turn
+    (HISTORY_FILE, lambda text: text.replace("\n", "\n{}\n", 1)),
+    (HISTORY_FILE, lambda text: text.replace("\n", '\n{"round": "x"}\n', 1)),
+    (HISTORY_FILE, lambda text: text.splitlines(keepends=True)[0] + text),
+    (HISTORY_FILE, lambda text: (lambda lines: "".join([lines[0], lines[2], lines[1], *lines[3:]]))(
+        text.splitlines(keepends=True))),
     (META_FILE, lambda text: text[: len(text) // 2]),
     (SUMMARY_FILE, lambda text: "[1, 2"),
 ])
@@ -320,7 +326,8 @@ def test_damaged_run_files_give_one_line_in_resume_compare_and_plot(tmp_path, fi
     unfinished = unfinished_copy(tmp_path, "unfinished")
     complete = tmp_path / "complete"
     shutil.copytree(finished[0], complete)
-    commands = [["compare", complete], ["plot", complete, "--out", tmp_path / "plots"]]
+    commands = [["compare", complete], ["plot", complete, "--out", tmp_path / "plots"],
+                ["export", complete, "--to", "tensorboard", tmp_path / "tb"]]
     damaged = [complete / name]
     if name != HISTORY_FILE:                 # a finished run's resume reads meta and summary, not history
         commands.append(["run", "--resume", complete])
@@ -332,6 +339,18 @@ def test_damaged_run_files_give_one_line_in_resume_compare_and_plot(tmp_path, fi
     for command in commands:
         folder = Path(command[2] if command[0] == "run" else command[1])
         one_line_error(fedsim_here(*command), 2, str(folder / name))
+
+
+def test_a_lazy_record_of_another_shape_is_one_line_naming_its_line(tmp_path, fedsim_here):
+    assert fedsim_here("run", "--preset", "laq-synthetic", *TINY_LAZY, "--quiet", "--out", "lazy").returncode == 0
+    path = tmp_path / "lazy" / HISTORY_FILE
+    text = path.read_text()
+    for field, value, said in (("uploads", ["a"], 'uploads must be a list of integers, got ["a"]'),
+                               ("objective", None, "objective must be a number, got null")):
+        lines = text.splitlines(keepends=True)
+        lines[1] = json.dumps({**json.loads(lines[1]), field: value}) + "\n"
+        path.write_text("".join(lines))
+        one_line_error(fedsim_here("compare", path.parent), 2, f"{path} line 2: {said}")
 
 
 def test_an_edited_history_line_is_refused_on_resume(tmp_path, fedsim_here):

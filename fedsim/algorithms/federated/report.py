@@ -104,4 +104,7 @@ REPORT = Report(
     figure="federated_figure",
     metrics=("final_test_accuracy", "best_test_accuracy", "bits_up", "bits_down", "bits", "simulated_seconds",
              "dropped"),
-    curve=("round", "test_accuracy", "test accuracy", "value"), unused=unused_settings)
+    curve=("round", "test_accuracy", "test accuracy", "value"), unused=unused_settings,
+    fields={"round": (int, True), "bits_up": (int, True), "bits_down": (int, True),
+            **dict.fromkeys(("test_accuracy", "train_accuracy", "test_loss", "train_loss", "simulated_seconds",
+                             "time"), (float, False))})

@@ -210,4 +210,8 @@ REPORT = Report(
     metrics=("final_objective", "min_objective", "communications", "bits", "final_test_accuracy",
              "simulated_seconds"),
     curve=("iteration", "objective", "f - f*", "residual"), unused=unused_settings,
-    objective=("lazy.l2", "lazy.n_workers"))   # f = sum over the M workers of their mean loss + (l2 / 2)||theta||^2
+    objective=("lazy.l2", "lazy.n_workers"),   # f = sum over the M workers of their mean loss + (l2 / 2)||theta||^2
+    fields={"iteration": (int, True), "objective": (float, True), "grad_norm_sq": (float, True),
+            "communications": (int, True), "bits": (int, True), "uploads": (list, False),
+            **dict.fromkeys(("aggregate_norm_sq", "test_accuracy", "final_test_accuracy", "simulated_seconds",
+                             "time"), (float, False))})
