@@ -6,6 +6,7 @@ console script), as do the tests of signals; the other calls run ``fedsim.cli.ma
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -324,6 +325,10 @@ def test_compare_prints_a_table(tmp_path, finished_runs, fedsim_here):
                                          f"folders fedavg, gd, laq ...: fedsim compare {finished_runs / '*'})"]
     bad = fedsim_here("compare", *runs, "--target-accuracy", "2")
     one_line_error(bad, 2, "--target-accuracy must be in [0, 1]")
+    # two folders of one name: each row named by as much of its path as tells them apart
+    shutil.copytree(runs[0], tmp_path / "B" / "stc")
+    twice = fedsim_here("compare", runs[0], tmp_path / "B" / "stc").stdout.splitlines()
+    assert [line.split()[0] for line in twice[3:]] == [f"{finished_runs.name}/stc", "B/stc"], twice
 
 
 # --- data ---------------------------------------------------------------------------------------------------

@@ -361,6 +361,10 @@ class RunResult:
     history: list[dict]
     summary: dict | None
     meta: dict
+    label: str = ""            # its name in tables and legends: the folder's, or more of its path (tell_apart)
+
+    def __post_init__(self):
+        self.label = self.label or self.path.name
 
     @property
     def family(self) -> str:
@@ -371,14 +375,21 @@ class RunResult:
         return self.config.get(self.family, {}).get("method", "?")
 
     @property
-    def label(self) -> str:
-        return self.path.name
-
-    @property
     def status(self) -> str:
         if self.summary is not None:
             return self.summary.get("status", "completed")
         return "unfinished"
+
+
+def tell_apart(runs: list[RunResult]) -> list[RunResult]:
+    """``runs``, each labelled by as many of its path's last parts as tell it from the others (``A/x``, ``B/x``)."""
+    paths = [Path(os.path.abspath(run.path)).parts for run in runs]
+    for run, parts in zip(runs, paths):
+        depth = 1
+        while depth < len(parts) and any(other != parts and other[-depth:] == parts[-depth:] for other in paths):
+            depth += 1
+        run.label = str(Path(*parts[-depth:]))
+    return runs
 
 
 def listed_differences(before: dict, after: dict, limit: int) -> str:
@@ -446,4 +457,4 @@ def read_run(path) -> RunResult:
 __all__ = ["CHECKPOINT_FILE", "CHECKPOINT_NOTE_FILE", "CONFIG_FILE", "FolderLock", "HISTORY_FILE", "LOCK_FILE",
            "META_FILE", "RUN_FILES", "SUMMARY_FILE", "RunFolder", "RunFolderError", "RunResult", "check_records",
            "check_new_run_target", "default_run_dir", "foreign_files", "listed_differences", "now", "read_run",
-           "to_json"]
+           "tell_apart", "to_json"]

@@ -193,15 +193,17 @@ def compare(runs, targets: dict) -> tuple[str, list[str], list[list[str]]]:
                                                "bits total"], rows)
 
 
-def unused_settings(table: dict) -> set[str]:
-    """The settings of a ``[lazy]`` table its method ignores: ``bits`` unless it quantizes (qgd, laq,
-    slaq), ``minibatch_size`` unless it samples minibatches (slaq)."""
+def unused_settings(config: dict) -> set[str]:
+    """What of a run's config (parsed TOML) its lazy method ignores: the compressors' tables (federated's),
+    ``lazy.bits`` unless it quantizes (qgd, laq, slaq), ``lazy.minibatch_size`` unless it samples minibatches
+    (slaq)."""
     from fedsim.algorithms.lazy.config import RULES
-    rule = RULES.get(table.get("method"))
+    from fedsim.config import COMPRESSOR_TABLES
+    rule = RULES.get((config.get("lazy") or {}).get("method"))
     if rule is None:
-        return set()
-    return ({"bits"} if rule.upload != "quantized" else set()) | ({"minibatch_size"} if rule.gradient == "full"
-                                                                  else set())
+        return set(COMPRESSOR_TABLES)
+    return set(COMPRESSOR_TABLES) | ({"lazy.bits"} if rule.upload != "quantized" else set()) | (
+        {"lazy.minibatch_size"} if rule.gradient == "full" else set())
 
 
 REPORT = Report(
