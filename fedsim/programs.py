@@ -24,13 +24,16 @@ EXIT_USAGE = 2
 
 def error_status(error: Exception) -> tuple[int, str] | None:
     """The exit status (module docstring) and the one line telling of an error a user can fix; None for an
-    error fedsim did not expect."""
+    error fedsim did not expect. A run folder refused while the system refused a write (a RunFolderError raised
+    in handling an OSError) is the system's refusal: 1."""
     from fedsim.compress.budget import BudgetError
     from fedsim.config import ConfigError
     from fedsim.data.registry import DataSettingError
     from fedsim.data.search import DatasetNotFoundError
     from fedsim.runs import RunFolderError
     from fedsim.sweeps.folder import SweepError
+    if isinstance(error, RunFolderError) and isinstance(error.__context__, OSError):
+        return EXIT_FAILED, str(error)
     if isinstance(error, (UsageError, ConfigError, RunFolderError, SweepError, DataSettingError, BudgetError)):
         return EXIT_USAGE, str(error)
     if isinstance(error, DatasetNotFoundError):

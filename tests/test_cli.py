@@ -287,7 +287,7 @@ def finished_runs(tmp_path_factory):
     return root
 
 
-def test_plot_writes_png_and_svg(tmp_path, finished_runs):
+def test_plot_writes_png_and_svg(tmp_path, finished_runs, fedsim_here):
     runs = [finished_runs / name for name in ("stc", "fedavg", "laq", "gd")]
     result = fedsim(tmp_path, "plot", *runs, "--out", "figures")
     assert result.returncode == 0, result.stderr
@@ -298,6 +298,9 @@ def test_plot_writes_png_and_svg(tmp_path, finished_runs):
         data = (tmp_path / "figures" / name).read_bytes()
         assert data.startswith(b"\x89PNG") if name.endswith(".png") else b"<svg" in data[:1000], name
     assert len(result.stdout.splitlines()) == 6
+    # a folder the system refuses (/proc, even to root): 1, and the way out
+    one_line_error(fedsim_here("plot", runs[0], "--out", "/proc/fedsim-plots"), 1,
+                   "cannot write the figures into /proc/fedsim-plots (", "); choose another folder with --out")
     # without --out: into the run folder for one run, into ./plots for several
     one, two = read_run(runs[0]), read_run(runs[2])
     assert plot_folder([one]) == runs[0] / "plots"
