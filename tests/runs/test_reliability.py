@@ -81,6 +81,8 @@ def test_two_concurrent_runs_into_one_folder_leave_one_consistent_run(tmp_path, 
     (("lr = 0.05", "lr = 0.1"), "federated.lr: 0.05 -> 0.1"),
     (('method = "stc_updown"', 'method = "fedavg"'), 'federated.method: "stc_updown" -> "fedavg"'),
     (("rounds = 12", "rounds = 5"), "federated.rounds: 12 -> 5"),
+    # an unset setting given the value it stands for is still an edit, told as config.toml tells it
+    (('# pipeline = (unset: the family\'s, "stc")', 'pipeline = "stc"'), 'data.pipeline: (unset) -> "stc"'),
 ])
 def test_an_edited_config_is_refused_with_the_changed_settings(tmp_path, edit, changed, fedsim_here):
     run_dir = unfinished_copy(tmp_path)
