@@ -82,6 +82,15 @@ def one_line_errors(prog: str, body, *, interrupted: str = "interrupted", debug:
         return status
 
 
+def command_line() -> list[str]:
+    """This process's command line as it can be run again: ``python -m fedsim ...`` with this interpreter when it
+    was started so (``sys.argv[0]`` is then the path of fedsim's ``__main__.py``), else ``sys.argv``."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is not None and spec.name.endswith(".__main__"):
+        return [sys.executable, "-m", spec.name.removesuffix(".__main__"), *sys.argv[1:]]
+    return list(sys.argv)
+
+
 def stopped_at_once(again: str) -> str:
     """What a second Ctrl-C during a run means: stopped mid-step; ``again`` (the command that continues)
     starts from the last checkpoint."""

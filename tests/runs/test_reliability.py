@@ -384,6 +384,9 @@ def test_run_files_follow_the_umask(tmp_path):
     assert result.returncode == 0, result.stderr
     for name in (CONFIG_FILE, META_FILE, HISTORY_FILE, SUMMARY_FILE, CHECKPOINT_FILE):
         assert stat.S_IMODE((out / name).stat().st_mode) == 0o644, name
+    # the command recorded runs again as it is (not the path of fedsim's __main__.py)
+    assert json.loads((out / META_FILE).read_text())["command"] == [sys.executable, "-m", "fedsim", "run", "--preset",
+                                                                    "synthetic", *ROUNDS12, "--quiet", "--out", str(out)]
 
 
 def test_a_loss_that_overflows_stops_as_divergence_with_the_last_finite_values(tmp_path, fedsim_here):
