@@ -334,6 +334,11 @@ def command_plot(args) -> int:
     from fedsim.plot import plot_runs
     runs = _read_runs(args.runs)
     out = plot_folder(runs, args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OSError(error.errno, f"cannot write the figures into {out} ({error.strerror}); choose another "
+                                   f"folder with --out") from None
     notes: list[str] = []
     return _print_figures(plot_runs(_with_records(runs), out, notes=notes, x=args.x), notes, "the runs")
 

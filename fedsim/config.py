@@ -216,7 +216,9 @@ def _toml_type_name(value) -> str:
 
 
 def format_value(value) -> str:
-    """A value as it would be written in TOML (shortened if long)."""
+    """A value as it would be written in TOML (shortened if long); None, a setting left unset, as ``(unset)``."""
+    if value is None:
+        return "(unset)"
     try:
         text = toml_value(value)
     except TypeError:

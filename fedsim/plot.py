@@ -12,8 +12,9 @@ reached" (the best run touches 0 there, which a log axis cannot show). The title
 not drawn on the log axes of communications and bits (their labels say so).
 
 Titles hold the dataset, the partition and the settings the runs share; legends the method and the
-settings in which the runs differ. Colours, line styles and markers all change from run to run, so the
-figures survive greyscale printing; bits and communications are on log axes in both families.
+settings in which the runs differ, of every table ([model], [system] and the compressors' too). Colours,
+line styles and markers all change from run to run, so the figures survive greyscale printing; bits and
+communications are on log axes in both families.
 
 A diverged run is drawn up to its last value a figure can show (:data:`DRAWABLE`); its legend label says
 where it diverged, and :func:`plot_runs` adds one line per such run to ``notes``.
@@ -24,6 +25,7 @@ plotting never touches a GUI backend or global figure state.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import textwrap
@@ -33,8 +35,10 @@ import numpy as np
 
 from fedsim.algorithms.family import FAMILIES, group_by_family
 from fedsim.algorithms.lazy import configured_f_star, f_star_of, records_to_arrays, smallest_objective
+from fedsim.config import COMPRESSOR_TABLES
 from fedsim.runs import RunFolderError, RunResult
 from fedsim.runs.compare import same_data
+from fedsim.runs.folder import tell_apart
 
 FORMATS = ("png", "svg")
 #: The largest magnitude drawn: sqrt of the largest float64, about 1.3e154. A value whose square overflows
@@ -160,30 +164,47 @@ def _legend(figure, axis) -> None:
 
 
 def _flat_settings(run: RunResult) -> dict:
-    """The run's settings as ``table.name -> value`` (the family's own table and [data], [run], seed),
-    without those its method ignores (QSGD's p_up: ``Report.unused``)."""
+    """The run's settings as ``table.name -> value`` (seed and every table but another family's: [data],
+    [model], [system], the compressors' ...), without those its method ignores (QSGD's p_up, the tables of
+    compressors it does not use: ``Report.unused``)."""
     settings = {"seed": run.config.get("seed", 0)}
-    for table in ("data", run.family, "run"):
-        for name, value in (run.config.get(table) or {}).items():
-            settings[f"{table}.{name}"] = value
+    for table, values in run.config.items():
+        if isinstance(values, dict) and (table == run.family or table not in FAMILIES):
+            settings.update({f"{table}.{name}": value for name, value in values.items()})
     declared = FAMILIES.get(run.family)
-    unused = {f"{run.family}.{name}" for name in declared.report.unused(run.config.get(run.family) or {})} \
-        if declared is not None else set()
-    return {key: value for key, value in settings.items() if key not in _BOOKKEEPING and key not in unused}
+    unused = declared.report.unused(run.config) if declared is not None else set()
+    return {key: value for key, value in settings.items()
+            if key not in _BOOKKEEPING and not {key, key.split(".")[0]} & unused}
 
 
-def _short(key: str, value) -> str:
-    name = key.rsplit(".", 1)[-1]
+def _short(key: str, value, family: str = "") -> str:
+    """``name value`` of a setting of [data] or the family's table, ``table.name value`` of another's."""
+    table, _, name = key.rpartition(".")
+    name = name if table in ("", "data", family) else key
     return f"{name} {value:g}" if isinstance(value, float) else f"{name} {value}"
+
+
+def _differs(key: str, flats: list[dict]) -> bool:
+    """Whether the runs' settings ``flats`` differ in ``key``; a compressor's setting that only the runs of its
+    method read counts only when one of them has it off its default (the method's name says the rest)."""
+    if len({repr(flat.get(key)) for flat in flats}) < 2:
+        return False
+    table, _, name = key.rpartition(".")
+    if table not in COMPRESSOR_TABLES or all(key in flat for flat in flats):
+        return True
+    default = {field.name: field.default for field in dataclasses.fields(COMPRESSOR_TABLES[table])}.get(name)
+    return any(flat[key] != default for flat in flats if key in flat)
 
 
 def describe(runs: list[RunResult]) -> tuple[str, list[str]]:
     """(title, one legend label per run): the title holds the dataset, partition and the settings the
-    runs share that matter most; each label the method and the settings in which the runs differ. A
-    setting a run's method ignores is in neither (one that only some runs read is in their labels)."""
+    runs share that matter most; each label the method and the settings in which the runs differ, of any
+    table (``model.hidden [16]``; the family's own and [data] by their names, ``lr 0.1``). A setting a run's
+    method ignores is in neither (one that only some runs read is in their labels: :func:`_differs`); runs
+    of the same settings are told apart by their folders (:func:`~fedsim.runs.folder.tell_apart`)."""
     flats = [_flat_settings(run) for run in runs]
     keys = sorted(set().union(*flats))
-    differing = [key for key in keys if len({repr(flat.get(key)) for flat in flats}) > 1]
+    differing = [key for key in keys if _differs(key, flats)]
     common = flats[0]
     family = runs[0].family
     data = [f"{common.get('data.dataset', '?')}"]
@@ -197,19 +218,19 @@ def describe(runs: list[RunResult]) -> tuple[str, list[str]]:
         clients_key = declared.setting(declared.clients_setting)
         if clients_key in common and clients_key not in differing:
             data.append(f"{common[clients_key]} {declared.report.clients_word}")
-    shared = [_short(key, common[key]) for key in (f"{family}.lr", f"{family}.step_size", f"{family}.p_up",
-                                                   f"{family}.p_down", f"{family}.batch_size", f"{family}.bits")
+    shared = [_short(key, common[key], family) for key in (f"{family}.lr", f"{family}.step_size", f"{family}.p_up",
+                                                           f"{family}.p_down", f"{family}.batch_size", f"{family}.bits")
               if key in common and key not in differing]
     title = ", ".join(data) + (f"; {', '.join(shared)}" if shared else "")
     method_key = f"{family}.method"
     labels = []
     for run, flat in zip(runs, flats):
-        extra = [_short(key, flat.get(key)) for key in differing if key != method_key and key in flat]
+        extra = [_short(key, flat.get(key), family) for key in differing if key != method_key and key in flat]
         if run.status == "diverged":
             extra.append(f"diverged at {run.summary.get('completed', len(run.history))}")
         labels.append(", ".join([run.method] + extra))
     if len(set(labels)) < len(labels):             # the same settings twice: tell them apart by folder
-        labels = [f"{label} ({run.label})" for label, run in zip(labels, runs)]
+        labels = [f"{label} ({run.label})" for label, run in zip(labels, tell_apart(runs))]
     return title, labels
 
 

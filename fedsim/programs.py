@@ -24,13 +24,16 @@ EXIT_USAGE = 2
 
 def error_status(error: Exception) -> tuple[int, str] | None:
     """The exit status (module docstring) and the one line telling of an error a user can fix; None for an
-    error fedsim did not expect."""
+    error fedsim did not expect. A run folder refused while the system refused a write (a RunFolderError raised
+    in handling an OSError) is the system's refusal: 1."""
     from fedsim.compress.budget import BudgetError
     from fedsim.config import ConfigError
     from fedsim.data.registry import DataSettingError
     from fedsim.data.search import DatasetNotFoundError
     from fedsim.runs import RunFolderError
     from fedsim.sweeps.folder import SweepError
+    if isinstance(error, RunFolderError) and isinstance(error.__context__, OSError):
+        return EXIT_FAILED, str(error)
     if isinstance(error, (UsageError, ConfigError, RunFolderError, SweepError, DataSettingError, BudgetError)):
         return EXIT_USAGE, str(error)
     if isinstance(error, DatasetNotFoundError):
@@ -77,6 +80,15 @@ def one_line_errors(prog: str, body, *, interrupted: str = "interrupted", debug:
             text = f"{text[:2000]} ... [{len(text) - 4000:,} characters cut] ... {text[-2000:]}"
         print(f"{prog}: error: {text}", file=sys.stderr)
         return status
+
+
+def command_line() -> list[str]:
+    """This process's command line as it can be run again: ``python -m fedsim ...`` with this interpreter when it
+    was started so (``sys.argv[0]`` is then the path of fedsim's ``__main__.py``), else ``sys.argv``."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is not None and spec.name.endswith(".__main__"):
+        return [sys.executable, "-m", spec.name.removesuffix(".__main__"), *sys.argv[1:]]
+    return list(sys.argv)
 
 
 def stopped_at_once(again: str) -> str:

@@ -6,6 +6,7 @@ console script), as do the tests of signals; the other calls run ``fedsim.cli.ma
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -286,7 +287,7 @@ def finished_runs(tmp_path_factory):
     return root
 
 
-def test_plot_writes_png_and_svg(tmp_path, finished_runs):
+def test_plot_writes_png_and_svg(tmp_path, finished_runs, fedsim_here):
     runs = [finished_runs / name for name in ("stc", "fedavg", "laq", "gd")]
     result = fedsim(tmp_path, "plot", *runs, "--out", "figures")
     assert result.returncode == 0, result.stderr
@@ -297,6 +298,9 @@ def test_plot_writes_png_and_svg(tmp_path, finished_runs):
         data = (tmp_path / "figures" / name).read_bytes()
         assert data.startswith(b"\x89PNG") if name.endswith(".png") else b"<svg" in data[:1000], name
     assert len(result.stdout.splitlines()) == 6
+    # a folder the system refuses (/proc, even to root): 1, and the way out
+    one_line_error(fedsim_here("plot", runs[0], "--out", "/proc/fedsim-plots"), 1,
+                   "cannot write the figures into /proc/fedsim-plots (", "); choose another folder with --out")
     # without --out: into the run folder for one run, into ./plots for several
     one, two = read_run(runs[0]), read_run(runs[2])
     assert plot_folder([one]) == runs[0] / "plots"
@@ -324,6 +328,10 @@ def test_compare_prints_a_table(tmp_path, finished_runs, fedsim_here):
                                          f"folders fedavg, gd, laq ...: fedsim compare {finished_runs / '*'})"]
     bad = fedsim_here("compare", *runs, "--target-accuracy", "2")
     one_line_error(bad, 2, "--target-accuracy must be in [0, 1]")
+    # two folders of one name: each row named by as much of its path as tells them apart
+    shutil.copytree(runs[0], tmp_path / "B" / "stc")
+    twice = fedsim_here("compare", runs[0], tmp_path / "B" / "stc").stdout.splitlines()
+    assert [line.split()[0] for line in twice[3:]] == [f"{finished_runs.name}/stc", "B/stc"], twice
 
 
 # --- data ---------------------------------------------------------------------------------------------------
@@ -369,9 +377,10 @@ def test_data_fetch_downloads_verifies_and_reports(tmp_path, shared_data, fedsim
 def test_a_loss_beyond_the_float_range_is_divergence(in_process):
     status, out, err = in_process("run", "--preset", "synthetic", "--set", "federated.lr=1e30", "--out", "far",
                                   "--quiet")
-    assert status == 1 and "fedsim: the run diverged after 1 rounds: round 1: the train loss of the server model " \
-                           "is NaN or inf, or above 8.39e+06" in err, err
-    assert json.loads(Path("far/summary.json").read_text())["status"] == "diverged"
+    assert status == 1 and "fedsim: the run diverged after 0 rounds: round 1: the train loss of the server model " \
+                           "is NaN or inf, or above 8.39e+06" in err and "; 0 completed rounds kept" in err, err
+    summary, meta = (json.loads(Path(f"far/{name}.json").read_text()) for name in ("summary", "meta"))
+    assert (summary["status"], summary["completed"], meta["sessions"][-1]["to"]) == ("diverged", 0, 0)
 
 
 # --- real data ----------------------------------------------------------------------------------------------

@@ -51,6 +51,19 @@ def test_titles_hold_the_shared_settings_and_legends_what_differs(federated_runs
     assert "p_up" not in title and "p_down" not in title
     title, labels = describe([federated_runs[0], federated_runs[2], qsgd])
     assert "p_up" not in title and labels[2] == "qsgd_updown" and "p_up 0.05" in labels[1]
+    # every table's settings that differ: [model], [system], a compressor's (not one the method does not use)
+    mlp = finished_run(tmp_path, "mlp", "synthetic", TINY + ["model.name=mlp", "model.hidden=[4]"])
+    assert describe([federated_runs[2], mlp])[1] == ["stc_updown, model.hidden [], model.name softmax",
+                                                     "stc_updown, model.hidden [4], model.name mlp"]
+    one_level = finished_run(tmp_path, "q1", "synthetic", TINY + ["federated.method=qsgd_updown", "qsgd.levels=1"])
+    slow = finished_run(tmp_path, "q3g", "synthetic", TINY + ["federated.method=qsgd_updown", "system.profile=3g"])
+    assert describe([one_level, slow])[1] == ["qsgd_updown, qsgd.levels 1, system.profile off",
+                                              "qsgd_updown, qsgd.levels 16, system.profile 3g"]
+    assert describe([federated_runs[2], finished_run(tmp_path, "stc_q1", "synthetic", TINY + ["qsgd.levels=1"])])[1] \
+        == ["stc_updown (c)", "stc_updown (stc_q1)"]
+    # the same settings in two folders of one name: told apart by as much of their paths as differs
+    twice = finished_run(tmp_path / "B", "q", "synthetic", TINY + ["federated.method=qsgd_updown"])
+    assert describe([qsgd, twice])[1] == [f"qsgd_updown ({tmp_path.name}/q)", "qsgd_updown (B/q)"]
 
 
 def test_federated_axes(federated_runs, tmp_path, captured):

@@ -42,7 +42,11 @@ class Report:
     #: Dotted settings besides [data] and [model] that the objective of a "residual" curve depends on: runs
     #: are compared against one f* only where these agree (fedsim.runs.compare.same_data).
     objective: tuple = ()
-    unused: Callable = lambda table: set()   # (the family's config table) -> settings its method ignores
+    #: (a run's config, as parsed TOML) -> the dotted settings and the tables its method ignores
+    unused: Callable = lambda config: set()
+    #: The record fields compare, plot and export read: name -> (int | float (any number) | list (of ints),
+    #: required); the first is the step's number, one more on each line (read_run checks every record).
+    fields: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,8 @@ def compare_tables(runs, target_accuracy: float, target_residual: float) -> str:
     family whose numbers are relative to the best objective of the runs (its sweep curve is a residual,
     f - f*) gets one table per data the runs ran on: f* is a property of the data, not shared across it."""
     from fedsim.algorithms.family import group_by_family
+    from fedsim.runs.folder import tell_apart
+    runs = tell_apart(list(runs))
     targets = {"accuracy": target_accuracy, "residual": target_residual}
     blocks = []
     for declared, chosen in group_by_family(runs):

@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedsim.algorithms.family import FAMILIES
 from fedsim.config import ExperimentConfig, config_to_toml, format_value, load_config_file, parse_toml
 from fedsim.files import write_atomic
 
@@ -360,6 +361,10 @@ class RunResult:
     history: list[dict]
     summary: dict | None
     meta: dict
+    label: str = ""            # its name in tables and legends: the folder's, or more of its path (tell_apart)
+
+    def __post_init__(self):
+        self.label = self.label or self.path.name
 
     @property
     def family(self) -> str:
@@ -370,14 +375,21 @@ class RunResult:
         return self.config.get(self.family, {}).get("method", "?")
 
     @property
-    def label(self) -> str:
-        return self.path.name
-
-    @property
     def status(self) -> str:
         if self.summary is not None:
             return self.summary.get("status", "completed")
         return "unfinished"
+
+
+def tell_apart(runs: list[RunResult]) -> list[RunResult]:
+    """``runs``, each labelled by as many of its path's last parts as tell it from the others (``A/x``, ``B/x``)."""
+    paths = [Path(os.path.abspath(run.path)).parts for run in runs]
+    for run, parts in zip(runs, paths):
+        depth = 1
+        while depth < len(parts) and any(other != parts and other[-depth:] == parts[-depth:] for other in paths):
+            depth += 1
+        run.label = str(Path(*parts[-depth:]))
+    return runs
 
 
 def listed_differences(before: dict, after: dict, limit: int) -> str:
@@ -398,15 +410,51 @@ def listed_differences(before: dict, after: dict, limit: int) -> str:
     return "; ".join(changes[:limit]) + (f"; and {len(changes) - limit} more" if len(changes) > limit else "")
 
 
+_KINDS = {int: "an integer", float: "a number", list: "a list of integers"}
+
+
+def _of_kind(value, kind) -> bool:
+    if kind is list:
+        return isinstance(value, list) and all(_of_kind(item, int) for item in value)
+    return isinstance(value, int if kind is int else (int, float)) and not isinstance(value, bool)
+
+
+def check_records(records: list[dict], declared, path, planned=None) -> None:
+    """RunFolderError naming ``path`` and the line of the first of ``records`` not of the shape the family
+    ``declared`` gives them (``Report.fields``): a field missing or of another kind, a step's number out of
+    turn, or a record past the ``planned`` steps."""
+    fields = declared.report.fields
+    step = next(iter(fields), None)
+    if isinstance(planned, int) and len(records) > planned:
+        raise RunFolderError(f"{path} line {planned + 1}: a record past the {planned} {declared.units} of the "
+                             f"run's {CONFIG_FILE}; it was changed or damaged outside fedsim")
+    for number, record in enumerate(records, start=1):
+        for name, (kind, required) in fields.items():
+            value = record.get(name)
+            if (value is not None or required) and not _of_kind(value, kind):
+                got = _short(to_json(value)) if name in record else "nothing"
+                raise RunFolderError(f"{path} line {number}: {name} must be {_KINDS[kind]}, got {got}; it was "
+                                     f"changed or damaged outside fedsim")
+        if step is not None and record[step] != records[0][step] + number - 1:
+            raise RunFolderError(f"{path} line {number} holds {step} {record[step]} after {step} "
+                                 f"{records[number - 2][step]}; it was changed or damaged outside fedsim")
+
+
 def read_run(path) -> RunResult:
-    """Read a run folder (finished or not) for plots and comparisons."""
+    """Read a run folder (finished or not) for plots and comparisons; its records are checked against their
+    family's fields (:func:`check_records`)."""
     folder = RunFolder(path)
     config = parse_toml(folder.config_file().read_text(encoding="utf-8"), str(folder.config_file()))
-    return RunResult(folder.path, config, folder.read_history(), folder.read_json(SUMMARY_FILE),
-                     folder.read_json(META_FILE) or {})
+    run = RunResult(folder.path, config, folder.read_history(), folder.read_json(SUMMARY_FILE),
+                    folder.read_json(META_FILE) or {})
+    declared = FAMILIES.get(run.family)
+    if declared is not None:
+        check_records(run.history, declared, folder.file(HISTORY_FILE),
+                      (config.get(run.family) or {}).get(declared.steps_setting))
+    return run
 
 
 __all__ = ["CHECKPOINT_FILE", "CHECKPOINT_NOTE_FILE", "CONFIG_FILE", "FolderLock", "HISTORY_FILE", "LOCK_FILE",
-           "META_FILE", "RUN_FILES", "SUMMARY_FILE", "RunFolder", "RunFolderError", "RunResult",
+           "META_FILE", "RUN_FILES", "SUMMARY_FILE", "RunFolder", "RunFolderError", "RunResult", "check_records",
            "check_new_run_target", "default_run_dir", "foreign_files", "listed_differences", "now", "read_run",
-           "to_json"]
+           "tell_apart", "to_json"]

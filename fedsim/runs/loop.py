@@ -29,6 +29,7 @@ from fedsim.errors import DivergenceError
 from fedsim.data.registry import DataSettingError
 from fedsim.experiment_data import check_data_record, data_record, load_data, split_among_clients
 from fedsim.files import noted_reads, write_atomic
+from fedsim.programs import command_line
 from fedsim.progress import Progress, show_progress
 from fedsim.runs.folder import (CHECKPOINT_FILE, CHECKPOINT_NOTE_FILE, CONFIG_FILE, HISTORY_FILE, META_FILE,
                                 SUMMARY_FILE, RunFolder, RunFolderError, check_new_run_target, listed_differences, now,
@@ -249,7 +250,7 @@ def start_run(config: ExperimentConfig, out, *, name: str, quiet: bool = False, 
                 "run_id": uuid.uuid4().hex, "config_sha256": config_fingerprint(config),
                 "config": config_to_dict(config, keep_unset=True), **files,
                 **environment(), "threads": thread_settings(config.run.blas_threads), **git_commit(),
-                "started": now(), "command": list(sys.argv if command is None else command),
+                "started": now(), "command": command_line() if command is None else list(command),
                 "sessions": [{"started": now(), "from": 0}]}
         # meta.json first: config.toml marks a started run (a kill before it leaves a folder a new run may take)
         try:

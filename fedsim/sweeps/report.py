@@ -251,10 +251,7 @@ def _in_natural_order(manifest: dict, names: list[str], groups: dict) -> list:
 
 def _series_label(names, values, result=None) -> str:
     """``name value, ...`` of the axes, without the settings the method of ``result`` (a run) ignores."""
-    unused = set()
-    if result is not None:
-        unused = {f"{result.family}.{name}"
-                  for name in family(result.family).report.unused(result.config.get(result.family) or {})}
+    unused = family(result.family).report.unused(result.config) if result is not None else set()
     return ", ".join(f"{name.rsplit('.', 1)[-1]} {value}" for name, value in zip(names, values) if name not in unused)
 
 

@@ -81,6 +81,8 @@ def test_two_concurrent_runs_into_one_folder_leave_one_consistent_run(tmp_path, 
     (("lr = 0.05", "lr = 0.1"), "federated.lr: 0.05 -> 0.1"),
     (('method = "stc_updown"', 'method = "fedavg"'), 'federated.method: "stc_updown" -> "fedavg"'),
     (("rounds = 12", "rounds = 5"), "federated.rounds: 12 -> 5"),
+    # an unset setting given the value it stands for is still an edit, told as config.toml tells it
+    (('# pipeline = (unset: the family\'s, "stc")', 'pipeline = "stc"'), 'data.pipeline: (unset) -> "stc"'),
 ])
 def test_an_edited_config_is_refused_with_the_changed_settings(tmp_path, edit, changed, fedsim_here):
     run_dir = unfinished_copy(tmp_path)
@@ -290,20 +292,21 @@ def test_the_blas_recorded_is_numpys_whatever_else_is_loaded_and_a_resume_does_n
 
 # --- 5. never overwrite a file fedsim did not write --------------------------------------------------------
 
-@pytest.mark.parametrize("out, fragments", [
-    ("mine", ["not empty and not a fedsim run folder", "thesis.tex"]),
-    ("file", ["is a file, not a folder"]),
-    # /proc refuses new folders even to root (CI runs as root, for whom a read-only mode means nothing)
-    ("/proc/fedsim-run", ["cannot create the run folder"])])
+@pytest.mark.parametrize("out, status, fragments", [
+    ("mine", 2, ["not empty and not a fedsim run folder", "thesis.tex"]),
+    ("file", 2, ["is a file, not a folder"]),
+    # /proc refuses new folders even to root (CI runs as root, for whom a read-only mode means nothing): the
+    # system refused, 1 (fedsim.programs)
+    ("/proc/fedsim-run", 1, ["cannot create the run folder"])])
 def test_out_with_files_of_the_user_a_file_or_an_unwritable_place_is_one_line_and_left_alone(tmp_path, fedsim_here,
-                                                                                            out, fragments):
+                                                                                            out, status, fragments):
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "history.jsonl").write_text("my own notes\n")
     (mine / "thesis.tex").write_text("chapter 1\n")
     (tmp_path / "file").write_text("x")
-    one_line_error(fedsim_here("run", "--preset", "synthetic", *ROUNDS12, "--quiet", "--out", tmp_path / out), 2,
-                   *fragments)
+    one_line_error(fedsim_here("run", "--preset", "synthetic", *ROUNDS12, "--quiet", "--out", tmp_path / out),
+                   status, *fragments)
     assert (mine / "history.jsonl").read_text() == "my own notes\n" and (tmp_path / "file").read_text() == "x"
     assert sorted(p.name for p in mine.iterdir()) == ["history.jsonl", "thesis.tex"]
 
@@ -312,6 +315,12 @@ def test_out_with_files_of_the_user_a_file_or_an_unwritable_place_is_one_line_an
 
 @pytest.mark.parametrize("name, damage", [
     (HISTORY_FILE, lambda text: text.replace("\n", "\n{not json\n", 1)),
+    # valid JSON of another shape: a field missing, of another kind, a record twice, records out of turn
+    (HISTORY_FILE, lambda text: text.replace("\n", "\n{}\n", 1)),
+    (HISTORY_FILE, lambda text: text.replace("\n", '\n{"round": "x"}\n', 1)),
+    (HISTORY_FILE, lambda text: text.splitlines(keepends=True)[0] + text),
+    (HISTORY_FILE, lambda text: (lambda lines: "".join([lines[0], lines[2], lines[1], *lines[3:]]))(
+        text.splitlines(keepends=True))),
     (META_FILE, lambda text: text[: len(text) // 2]),
     (SUMMARY_FILE, lambda text: "[1, 2"),
 ])
@@ -320,7 +329,8 @@ def test_damaged_run_files_give_one_line_in_resume_compare_and_plot(tmp_path, fi
     unfinished = unfinished_copy(tmp_path, "unfinished")
     complete = tmp_path / "complete"
     shutil.copytree(finished[0], complete)
-    commands = [["compare", complete], ["plot", complete, "--out", tmp_path / "plots"]]
+    commands = [["compare", complete], ["plot", complete, "--out", tmp_path / "plots"],
+                ["export", complete, "--to", "tensorboard", tmp_path / "tb"]]
     damaged = [complete / name]
     if name != HISTORY_FILE:                 # a finished run's resume reads meta and summary, not history
         commands.append(["run", "--resume", complete])
@@ -332,6 +342,18 @@ def test_damaged_run_files_give_one_line_in_resume_compare_and_plot(tmp_path, fi
     for command in commands:
         folder = Path(command[2] if command[0] == "run" else command[1])
         one_line_error(fedsim_here(*command), 2, str(folder / name))
+
+
+def test_a_lazy_record_of_another_shape_is_one_line_naming_its_line(tmp_path, fedsim_here):
+    assert fedsim_here("run", "--preset", "laq-synthetic", *TINY_LAZY, "--quiet", "--out", "lazy").returncode == 0
+    path = tmp_path / "lazy" / HISTORY_FILE
+    text = path.read_text()
+    for field, value, said in (("uploads", ["a"], 'uploads must be a list of integers, got ["a"]'),
+                               ("objective", None, "objective must be a number, got null")):
+        lines = text.splitlines(keepends=True)
+        lines[1] = json.dumps({**json.loads(lines[1]), field: value}) + "\n"
+        path.write_text("".join(lines))
+        one_line_error(fedsim_here("compare", path.parent), 2, f"{path} line 2: {said}")
 
 
 def test_an_edited_history_line_is_refused_on_resume(tmp_path, fedsim_here):
@@ -362,6 +384,9 @@ def test_run_files_follow_the_umask(tmp_path):
     assert result.returncode == 0, result.stderr
     for name in (CONFIG_FILE, META_FILE, HISTORY_FILE, SUMMARY_FILE, CHECKPOINT_FILE):
         assert stat.S_IMODE((out / name).stat().st_mode) == 0o644, name
+    # the command recorded runs again as it is (not the path of fedsim's __main__.py)
+    assert json.loads((out / META_FILE).read_text())["command"] == [sys.executable, "-m", "fedsim", "run", "--preset",
+                                                                    "synthetic", *ROUNDS12, "--quiet", "--out", str(out)]
 
 
 def test_a_loss_that_overflows_stops_as_divergence_with_the_last_finite_values(tmp_path, fedsim_here):

@@ -87,16 +87,19 @@ def compare(runs, targets: dict) -> tuple[str, list[str], list[list[str]]]:
                           *(["simulated s to target"] if simulated else []), "bits total"], rows)
 
 
-def unused_settings(table: dict) -> set[str]:
-    """The settings of a ``[federated]`` table its method ignores: ``p_up`` / ``p_down`` unless the up /
-    down compressor keeps a fraction ``p`` (QSGD, TernGrad, PowerSGD and sign send every entry)."""
+def unused_settings(config: dict) -> set[str]:
+    """What of a run's config (parsed TOML) its federated method ignores: ``federated.p_up`` / ``p_down`` unless
+    the up / down compressor keeps a fraction ``p`` (QSGD, TernGrad, PowerSGD and sign send every entry), and
+    the tables of the compressors it does not use."""
     from fedsim.algorithms.federated.config import methods
     from fedsim.compress import COMPRESSORS
-    method = methods().get(table.get("method"))
+    from fedsim.config import COMPRESSOR_TABLES
+    method = methods().get((config.get("federated") or {}).get("method"))
     if method is None:
         return set()
-    return {setting for setting, name in (("p_up", method.up), ("p_down", method.down))
-            if name in COMPRESSORS and "p" not in {field.name for field in dataclasses.fields(COMPRESSORS[name])}}
+    return {f"federated.{setting}" for setting, name in (("p_up", method.up), ("p_down", method.down))
+            if name in COMPRESSORS and "p" not in {field.name for field in dataclasses.fields(COMPRESSORS[name])}} \
+        | set(COMPRESSOR_TABLES) - {method.up, method.down}
 
 
 REPORT = Report(
@@ -104,4 +107,7 @@ REPORT = Report(
     figure="federated_figure",
     metrics=("final_test_accuracy", "best_test_accuracy", "bits_up", "bits_down", "bits", "simulated_seconds",
              "dropped"),
-    curve=("round", "test_accuracy", "test accuracy", "value"), unused=unused_settings)
+    curve=("round", "test_accuracy", "test accuracy", "value"), unused=unused_settings,
+    fields={"round": (int, True), "bits_up": (int, True), "bits_down": (int, True),
+            **dict.fromkeys(("test_accuracy", "train_accuracy", "test_loss", "train_loss", "simulated_seconds",
+                             "time"), (float, False))})

@@ -178,7 +178,6 @@ class FederatedRun:
         positions = np.flatnonzero(message)
         server.cache.append((t, positions, message[positions]))
         clients.synchronized(participants, t)
-        server.round = t
         self._prune_cache()
 
         record = {
@@ -213,6 +212,7 @@ class FederatedRun:
                 record[f"{split}_loss"] = float(loss)
                 record[f"{split}_accuracy"] = float(accuracy)
         record["time"] = time.perf_counter() - started
+        server.round = t                   # complete only now (a round whose evaluation diverges is not)
         self.history.append(record)
         return record
 

@@ -197,15 +197,17 @@ def compare(runs, targets: dict) -> tuple[str, list[str], list[list[str]]]:
                                                "bits total"], rows)
 
 
-def unused_settings(table: dict) -> set[str]:
-    """The settings of a ``[lazy]`` table its method ignores: ``bits`` unless it quantizes (qgd, laq,
-    slaq), ``minibatch_size`` unless it samples minibatches (slaq)."""
+def unused_settings(config: dict) -> set[str]:
+    """What of a run's config (parsed TOML) its lazy method ignores: the compressors' tables (federated's),
+    ``lazy.bits`` unless it quantizes (qgd, laq, slaq), ``lazy.minibatch_size`` unless it samples minibatches
+    (slaq)."""
     from fedsim.algorithms.lazy.config import RULES
-    rule = RULES.get(table.get("method"))
+    from fedsim.config import COMPRESSOR_TABLES
+    rule = RULES.get((config.get("lazy") or {}).get("method"))
     if rule is None:
-        return set()
-    return ({"bits"} if rule.upload != "quantized" else set()) | ({"minibatch_size"} if rule.gradient == "full"
-                                                                  else set())
+        return set(COMPRESSOR_TABLES)
+    return set(COMPRESSOR_TABLES) | ({"lazy.bits"} if rule.upload != "quantized" else set()) | (
+        {"lazy.minibatch_size"} if rule.gradient == "full" else set())
 
 
 REPORT = Report(
@@ -214,4 +216,8 @@ REPORT = Report(
     metrics=("final_objective", "min_objective", "communications", "bits", "final_test_accuracy",
              "simulated_seconds"),
     curve=("iteration", "objective", "f - f*", "residual"), unused=unused_settings,
-    objective=("lazy.l2", "lazy.n_workers"))   # f = sum over the M workers of their mean loss + (l2 / 2)||theta||^2
+    objective=("lazy.l2", "lazy.n_workers"),   # f = sum over the M workers of their mean loss + (l2 / 2)||theta||^2
+    fields={"iteration": (int, True), "objective": (float, True), "grad_norm_sq": (float, True),
+            "communications": (int, True), "bits": (int, True), "uploads": (list, False),
+            **dict.fromkeys(("aggregate_norm_sq", "test_accuracy", "final_test_accuracy", "simulated_seconds",
+                             "time"), (float, False))})
