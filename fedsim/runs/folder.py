@@ -36,6 +36,7 @@ import io
 import json
 import os
 import re
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -325,14 +326,33 @@ def foreign_files(path: Path, known, limit: int) -> str:
 
 
 def check_new_run_target(path: Path) -> None:
-    """Refuse an --out that is a file, or a folder that holds files fedsim did not write."""
+    """Refuse an --out that is a file, already holds a run, or holds files fedsim did not write: a folder is taken
+    only empty (hidden files aside) or as a kill left it before its config.toml, holding fedsim's meta.json."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise RunFolderError(f"--out {path} is a file, not a folder; choose a new or empty folder")
     listed = foreign_files(path, RUN_FILES + ("plots",), 5) if path.is_dir() else ""
+    if not listed and (path / CONFIG_FILE).is_file():
+        raise RunFolderError(f"{path} already holds a run; continue it with "
+                             f"`fedsim run --resume {shlex.quote(str(path))}` or choose another --out")
+    if not listed and path.is_dir() and not _started_here(path):
+        listed = foreign_files(path, (), 5)
     if listed:
         raise RunFolderError(f"--out {path} is not empty and not a fedsim run folder (it holds {listed}); "
                              f"fedsim writes only into a new or empty folder, so nothing of yours is overwritten")
+
+
+def _started_here(path: Path) -> bool:
+    """Whether folder ``path`` holds nothing but hidden files and a meta.json as fedsim writes it (with its run id
+    and config hash): a run killed before its config.toml was written."""
+    if foreign_files(path, (META_FILE,), 1) or not (path / META_FILE).is_file():
+        return not foreign_files(path, (), 1)
+    try:
+        meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return False
+    return isinstance(meta, dict) and all(isinstance(meta.get(key), str) and re.fullmatch(f"[0-9a-f]{{{size}}}",
+                                          meta[key]) for key, size in (("run_id", 32), ("config_sha256", 64)))
 
 
 def default_run_dir(name: str, root="runs") -> Path:

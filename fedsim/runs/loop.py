@@ -241,9 +241,6 @@ def start_run(config: ExperimentConfig, out, *, name: str, quiet: bool = False, 
     except OSError as error:
         raise RunFolderError(f"cannot create the run folder {folder.path} ({error.strerror})") from None
     with folder.lock():
-        if folder.exists or folder.file(HISTORY_FILE).exists():
-            raise RunFolderError(f"{folder.path} already holds a run; continue it with "
-                                 f"`fedsim run --resume {folder.path}` or choose another --out")
         check_new_run_target(folder.path)
         meta = {"name": name, "family": config.family, "method": config.method, "seed": config.seed,
                 "run_id": uuid.uuid4().hex, "config_sha256": config_fingerprint(config),

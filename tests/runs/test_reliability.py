@@ -292,20 +292,25 @@ def test_the_blas_recorded_is_numpys_whatever_else_is_loaded_and_a_resume_does_n
 
 @pytest.mark.parametrize("out, fragments", [
     ("mine", ["not empty and not a fedsim run folder", "thesis.tex"]),
+    # files of fedsim's names that a fedsim run did not write (a meta.json without its run id and config hash)
+    ("theirs", ["not empty and not a fedsim run folder (it holds checkpoint.npz, meta.json)"]),
+    ("notes", ["not empty and not a fedsim run folder (it holds summary.json)"]),
     ("file", ["is a file, not a folder"]),
     # /proc refuses new folders even to root (CI runs as root, for whom a read-only mode means nothing)
     ("/proc/fedsim-run", ["cannot create the run folder"])])
 def test_out_with_files_of_the_user_a_file_or_an_unwritable_place_is_one_line_and_left_alone(tmp_path, fedsim_here,
                                                                                             out, fragments):
-    mine = tmp_path / "mine"
-    mine.mkdir()
-    (mine / "history.jsonl").write_text("my own notes\n")
-    (mine / "thesis.tex").write_text("chapter 1\n")
+    for folder, files in {"mine": {"history.jsonl": "my own notes\n", "thesis.tex": "chapter 1\n"},
+                          "theirs": {"meta.json": '{"run_id": "mine"}', "checkpoint.npz": "weights"},
+                          "notes": {"summary.json": "{}"}}.items():
+        (tmp_path / folder).mkdir()
+        for name, text in files.items():
+            (tmp_path / folder / name).write_text(text)
     (tmp_path / "file").write_text("x")
+    before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
     one_line_error(fedsim_here("run", "--preset", "synthetic", *ROUNDS12, "--quiet", "--out", tmp_path / out), 2,
                    *fragments)
-    assert (mine / "history.jsonl").read_text() == "my own notes\n" and (tmp_path / "file").read_text() == "x"
-    assert sorted(p.name for p in mine.iterdir()) == ["history.jsonl", "thesis.tex"]
+    assert {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()} == before
 
 
 # --- 6. one line, never a traceback ---------------------------------------------------------------------------
