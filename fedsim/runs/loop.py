@@ -273,8 +273,9 @@ def _check_identity(folder: RunFolder, config: ExperimentConfig, meta: dict) -> 
                              f"{folder.path} --extend-to N)")
 
 
-def _load_checkpoint(folder: RunFolder, run, config: ExperimentConfig, meta: dict) -> int:
-    """Restore the last checkpoint into ``run`` (after checking it is this run's); the steps it holds."""
+def _load_checkpoint(folder: RunFolder, run, config: ExperimentConfig, meta: dict, extend_to=None) -> int:
+    """Restore the last checkpoint into ``run`` (after checking it is this run's); the steps it holds (more than
+    the config's are refused: as an ``extend_to`` too small, if that set them)."""
     checkpoint = folder.read_checkpoint()
     if checkpoint is None:
         return 0
@@ -288,6 +289,9 @@ def _load_checkpoint(folder: RunFolder, run, config: ExperimentConfig, meta: dic
     except (KeyError, ValueError, TypeError, IndexError) as error:
         raise RunFolderError(f"{folder.file(CHECKPOINT_FILE)} does not fit the run's config: "
                              f"{error}") from None
+    if run.completed > config.steps and extend_to is not None:
+        raise RunFolderError(f"--extend-to must be an integer >= {run.completed} (the "
+                             f"{config.algorithm_family.units} already done), got {extend_to!r}")
     if run.completed > config.steps:
         raise RunFolderError(f"{folder.file(CHECKPOINT_FILE)} holds {run.completed} "
                              f"{config.algorithm_family.units}, more than the {config.steps} the config asks "
@@ -326,6 +330,10 @@ def resume_run(path, *, quiet: bool = False, progress_data: bool | None = None,
         folder.remove_partial_writes()
         config = folder.read_config()
         meta = folder.read_json(META_FILE) or {}
+        sessions = meta.get("sessions", [])
+        if not isinstance(sessions, list) or not all(isinstance(session, dict) for session in sessions):
+            raise RunFolderError(f"{folder.file(META_FILE)} must hold its sessions as a list of JSON objects; it "
+                                 f"was changed or damaged outside fedsim")
         _check_identity(folder, config, meta)
         check_data_record(config.data, meta, config.system)
         if extend_to is not None:
@@ -338,11 +346,11 @@ def resume_run(path, *, quiet: bool = False, progress_data: bool | None = None,
         with noted_reads() as reads:
             run = _build_checked(config, quiet, progress_data)
         check_data_record(config.data, meta, config.system, reads=reads)      # and the bytes its build read
-        if extend_to is not None:       # only now: a build refused leaves the folder as it was
-            _write_extension(folder, config, meta)
         with pinned_threads(config.run.blas_threads):
-            completed = _load_checkpoint(folder, run, config, meta)
+            completed = _load_checkpoint(folder, run, config, meta, extend_to)
         _check_history(folder, run, completed)
+        if extend_to is not None:       # only now: a build or a checkpoint refused leaves the folder as it was
+            _write_extension(folder, config, meta)
         folder.truncate_history(completed, list(run.history) if completed else [])
         meta.setdefault("sessions", []).append({"started": now(), "from": completed})
         _warn_on_changes(meta, config.run.blas_threads)

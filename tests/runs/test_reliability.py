@@ -17,7 +17,7 @@ import pytest
 
 from fedsim.algorithms.federated import FederatedRun
 from fedsim.runs import RunFolder, start_run
-from fedsim.runs.folder import CHECKPOINT_FILE, CONFIG_FILE, HISTORY_FILE, META_FILE, SUMMARY_FILE
+from fedsim.runs.folder import CHECKPOINT_FILE, CHECKPOINT_NOTE_FILE, CONFIG_FILE, HISTORY_FILE, META_FILE, SUMMARY_FILE
 from tests.conftest import TINY, TINY_LAZY, clean_env, fedsim
 from tests.runs.conftest import ROUNDS12, before_step, history, one_line_error, tiny_federated
 
@@ -109,6 +109,16 @@ def test_more_steps_than_asked_is_impossible_and_extend_to_continues(tmp_path, f
     run_dir = unfinished_copy(tmp_path)
     one_line_error(fedsim_here("run", "--resume", run_dir, "--quiet", "--extend-to", "5"), 2,
                    "--extend-to must be an integer >= 9")
+    # a note older than its checkpoint (a kill between the two writes), or none: the checkpoint's count, nothing written
+    for note in ('{"completed": 4, "sha256": "' + "0" * 64 + '"}', None):
+        if note is None:
+            (run_dir / CHECKPOINT_NOTE_FILE).unlink()
+        else:
+            (run_dir / CHECKPOINT_NOTE_FILE).write_text(note)
+        before = {path.name: path.read_bytes() for path in run_dir.iterdir()}
+        one_line_error(fedsim_here("run", "--resume", run_dir, "--quiet", "--extend-to", "5"), 2,
+                       "--extend-to must be an integer >= 9 (the rounds already done), got 5")
+        assert {path.name: path.read_bytes() for path in run_dir.iterdir()} == before
     # extending to 20 rounds gives the first 20 rounds of a 20-round run
     longer = fedsim_here("run", "--preset", "synthetic", *TINY, "--set", "federated.rounds=20",
                          "--set", "run.checkpoint_every=4", "--quiet", "--out", tmp_path / "twenty")
@@ -337,6 +347,18 @@ def test_damaged_run_files_give_one_line_in_resume_compare_and_plot(tmp_path, fi
     for command in commands:
         folder = Path(command[2] if command[0] == "run" else command[1])
         one_line_error(fedsim_here(*command), 2, str(folder / name))
+
+
+@pytest.mark.parametrize("sessions", [{}, ["a note by hand"], "abc"])
+def test_meta_sessions_that_are_no_list_of_objects_are_refused_before_the_resume_runs(tmp_path, sessions, fedsim_here):
+    run_dir = unfinished_copy(tmp_path)
+    meta = json.loads((run_dir / META_FILE).read_text())
+    (run_dir / META_FILE).write_text(json.dumps({**meta, "sessions": sessions}))
+    before = {path.name: path.read_bytes() for path in run_dir.iterdir()}
+    for extend in ([], ["--extend-to", "20"]):
+        one_line_error(fedsim_here("run", "--resume", run_dir, "--quiet", *extend), 2,
+                       f"{run_dir / META_FILE} must hold its sessions as a list of JSON objects")
+    assert {path.name: path.read_bytes() for path in run_dir.iterdir()} == before
 
 
 def test_an_edited_history_line_is_refused_on_resume(tmp_path, fedsim_here):
