@@ -3,7 +3,8 @@
 A run folder holds::
 
     config.toml        the effective config (every setting written out); what --resume rebuilds the run from
-    meta.json          seed, versions (fedsim, numpy, numba, python), git commit, start time, sessions
+    meta.json          seed, versions (fedsim, numpy, numba, python), git commit, start time, sessions (each
+                       resume's start, fedsim version and git commit; each session's end, steps and seconds)
     history.jsonl      one JSON record per round (federated) or iteration (lazy), appended and flushed
     checkpoint.npz     the run's state after `completed` steps: arrays + the JSON metadata (key __meta__)
     checkpoint.json    a small readable note of the checkpoint: completed steps, time, checksum of the npz

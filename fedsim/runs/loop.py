@@ -388,11 +388,17 @@ def _write_extension(folder: RunFolder, config: ExperimentConfig, meta: dict) ->
 
 
 def _warn_on_changes(meta: dict, blas_threads: int) -> None:
-    """Warn when the versions, the BLAS library or NumPy's SIMD extensions differ from the run's start (what
-    meta.json does not record, or records damaged, is not compared); the session records what it runs on."""
-    versions = environment()
+    """Warn when the versions, fedsim's git commit (or its work tree's changes), the BLAS library or NumPy's SIMD
+    extensions differ from the run's start (what meta.json does not record, or records damaged, is not
+    compared); the session records its fedsim version and commit, and, on a change, what it runs on."""
+    versions, commit = environment(), git_commit()
     changed = {key: (meta.get(key), value) for key, value in versions.items()
                if key in ("fedsim", "numpy", "numba") and meta.get(key) not in (None, value)}
+    meta["sessions"][-1].update(fedsim=versions["fedsim"], **commit)
+    then, current = ((info.get("git_commit"), info.get("git_dirty")) for info in (meta, commit))
+    if then[0] is not None and then != current:
+        changed["fedsim commit"] = tuple(f"{str(hexa)[:12]}{' with changes' if dirty else ''}"
+                                         for hexa, dirty in (then, current))
     recorded = meta.get("threads") if isinstance(meta.get("threads"), dict) else {}
     now_settings = thread_settings(blas_threads)
     if isinstance(recorded.get("blas"), (str, list)) and blas_changed(recorded["blas"], now_settings["blas"]):

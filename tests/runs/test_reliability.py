@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fedsim import __version__
 from fedsim.algorithms.federated import FederatedRun
 from fedsim.runs import RunFolder, start_run
 from fedsim.runs.folder import CHECKPOINT_FILE, CHECKPOINT_NOTE_FILE, CONFIG_FILE, HISTORY_FILE, META_FILE, SUMMARY_FILE
@@ -246,22 +247,25 @@ def test_a_resume_with_other_numpy_simd_loops_warns_of_them(tmp_path):
 def test_a_resume_on_another_arithmetic_and_threads_warns_in_process_and_records_the_session(tmp_path, capsys,
                                                                                               monkeypatch):
     """The warnings of the child-process tests above, in process: meta.json as a run on another machine left
-    it (another BLAS, other SIMD loops, other thread variables)."""
+    it (another BLAS, other SIMD loops, other thread variables), and of another commit of fedsim."""
     from fedsim.data.cache import numpy_simd
     from fedsim.runs import resume_run
     from fedsim.runs.provenance import numpy_blas
     run_dir = unfinished_copy(tmp_path)
     meta = json.loads((run_dir / META_FILE).read_text())
     meta["threads"].update(blas="openblas 0.3.30 Zen", simd="X86_V9", environment={"OMP_NUM_THREADS": "64"})
-    (run_dir / META_FILE).write_text(json.dumps(meta))
+    (run_dir / META_FILE).write_text(json.dumps({**meta, "git_commit": "0" * 40, "git_dirty": True}))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setattr("fedsim.runs.loop.git_commit", lambda: {"git_commit": "1" * 40, "git_dirty": False})
     capsys.readouterr()
     assert resume_run(run_dir, quiet=True).status == "completed"
     err = capsys.readouterr().err
-    assert f"(BLAS openblas 0.3.30 Zen -> {numpy_blas()}, NumPy SIMD X86_V9 -> {numpy_simd()})" in err, err
+    assert (f"(fedsim commit 000000000000 with changes -> 111111111111, BLAS openblas 0.3.30 Zen -> {numpy_blas()}, "
+            f"NumPy SIMD X86_V9 -> {numpy_simd()})") in err, err
     assert "the thread settings of the environment differ from the run's start ({'OMP_NUM_THREADS': '64'} -> " in err
     session = json.loads((run_dir / META_FILE).read_text())["sessions"][-1]
     assert (session["blas"], session["simd"], session["status"]) == (numpy_blas(), numpy_simd(), "completed")
+    assert (session["fedsim"], session["git_commit"], session["git_dirty"]) == (__version__, "1" * 40, False)
 
 
 @pytest.mark.parametrize("threads", ["abc", None, {"blas": 5, "environment": None}])
