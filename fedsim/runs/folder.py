@@ -8,7 +8,8 @@ A run folder holds::
     history.jsonl      one JSON record per round (federated) or iteration (lazy), appended and flushed
     checkpoint.npz     the run's state after `completed` steps: arrays + the JSON metadata (key __meta__)
     checkpoint.json    a small readable note of the checkpoint: completed steps, time, checksum of the npz
-    summary.json       written when the run ends (completed or diverged)
+    summary.json       written when the run ends (completed or diverged); its ``seconds`` sum the records' step
+                       times, ``wall_seconds`` the sessions' (a killed session's up to its last checkpoint)
     .lock              the pid of the one process writing the folder (which holds an OS lock on the folder)
 
 Identity: meta.json records a random ``run_id`` and the sha256 of the canonical effective config

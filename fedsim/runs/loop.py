@@ -150,6 +150,9 @@ def execute(run, folder: RunFolder, config: ExperimentConfig, *, name: str, quie
     (flushed), a checkpoint every ``config.run.checkpoint_every`` steps, at the end and at a stop, and
     summary.json when the run completes or diverges. ``observer(record)`` is called after each step's record
     is written (the examples print a block per round with it; the rules: :mod:`fedsim.runs`).
+    summary.json's ``wall_seconds`` sums the sessions' wall time, each from its start (after the build) to its end,
+    a killed session's to its last checkpoint (the steps it did after that are done again by the next session);
+    ``seconds`` sums the records' ``time`` (the steps alone).
     ``stop_requested()`` is asked before each step: True stops the run there as a signal would (a sweep's
     Dask task, whose thread no signal reaches).
     """
@@ -164,6 +167,7 @@ def execute(run, folder: RunFolder, config: ExperimentConfig, *, name: str, quie
 
     def checkpoint():
         folder.write_checkpoint(*run.state_dict(), planned=planned, identity=identity)
+        _note_session(folder, run.completed, time.perf_counter() - session_started)     # what a kill leaves counted
 
     with StopOnSignals() as stop, folder.open_history() as history_file, \
             pinned_threads(config.run.blas_threads), _counting_compiles() as compiles:
@@ -193,7 +197,7 @@ def execute(run, folder: RunFolder, config: ExperimentConfig, *, name: str, quie
             bar.close()
         if status in ("completed", "interrupted"):
             checkpoint()
-    sessions = _end_session(folder, status, run.completed, time.perf_counter() - session_started)
+    sessions = _note_session(folder, run.completed, time.perf_counter() - session_started, ended=now(), status=status)
     summary = None
     if status in ("completed", "diverged"):
         summary = summarize(config, list(run.history))
@@ -208,11 +212,12 @@ def execute(run, folder: RunFolder, config: ExperimentConfig, *, name: str, quie
                       stop.received if status == "interrupted" else None)
 
 
-def _end_session(folder: RunFolder, status: str, completed: int, seconds: float) -> list[dict]:
-    """Record how this session ended in meta.json; the run's sessions."""
+def _note_session(folder: RunFolder, completed: int, seconds: float, **ended) -> list[dict]:
+    """Record this session's steps and wall seconds so far in meta.json (and how it ended: ``ended``); the run's
+    sessions."""
     meta = folder.read_json(META_FILE) or {}
     sessions = meta.setdefault("sessions", [{}])
-    sessions[-1].update(ended=now(), status=status, to=completed, seconds=seconds)
+    sessions[-1].update(**ended, to=completed, seconds=seconds)
     folder.write_json(META_FILE, meta)
     return sessions
 
