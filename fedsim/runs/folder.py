@@ -357,16 +357,25 @@ def _started_here(path: Path) -> bool:
                                           meta[key]) for key, size in (("run_id", 32), ("config_sha256", 64)))
 
 
-def default_run_dir(name: str, root="runs") -> Path:
-    """``<root>/<name>-<YYYYmmdd-HHMMSS>``, with ``-2``, ``-3``, ... appended if that exists already."""
+def default_run_dir(name: str, root="runs", create: bool = False) -> Path:
+    """``<root>/<name>-<YYYYmmdd-HHMMSS>``, with ``-2``, ``-3``, ... appended if that exists already; ``create``
+    makes the folder, taking the next name if another process took this one meanwhile."""
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-.") or "run"
     stamp = _datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     base = Path(root) / f"{safe}-{stamp}"
     candidate, count = base, 1
-    while candidate.exists():
-        count += 1
-        candidate = Path(f"{base}-{count}")
-    return candidate
+    while True:
+        try:
+            if create:
+                candidate.mkdir(parents=True)       # FileExistsError if taken, even by a process this instant
+            elif candidate.exists():
+                raise FileExistsError
+            return candidate
+        except FileExistsError:
+            count += 1
+            candidate = Path(f"{base}-{count}")
+        except OSError as error:
+            raise RunFolderError(f"cannot create the run folder {candidate} ({error.strerror})") from None
 
 
 # ---------------------------------------------------------------------------------------------------------

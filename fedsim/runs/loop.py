@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import shlex
 import signal
 import sys
 import threading
@@ -275,7 +276,7 @@ def _check_identity(folder: RunFolder, config: ExperimentConfig, meta: dict) -> 
         raise RunFolderError(f"{folder.file(CONFIG_FILE)} was edited after the run started "
                              f"({listed or 'its text changed'}); restore it, or start a new run with the new settings "
                              f"(to run more {config.algorithm_family.units}: fedsim run --resume "
-                             f"{folder.path} --extend-to N)")
+                             f"{shlex.quote(str(folder.path))} --extend-to N)")
 
 
 def _load_checkpoint(folder: RunFolder, run, config: ExperimentConfig, meta: dict, extend_to=None) -> int:

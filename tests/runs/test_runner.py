@@ -66,6 +66,10 @@ def test_default_run_dir_is_new_and_safe(tmp_path):
     first.mkdir()
     second = default_run_dir("my config/v1", root=tmp_path)
     assert second != first and not second.exists()
+    made = default_run_dir("my config/v1", root=tmp_path, create=True)    # what `fedsim run` without --out takes
+    assert made.is_dir() and made != first
+    with pytest.raises(RunFolderError, match="cannot create the run folder /proc/fedsim-runs/x-"):
+        default_run_dir("x", root="/proc/fedsim-runs", create=True)
 
 
 # --- summaries and targets ----------------------------------------------------------------------------------
