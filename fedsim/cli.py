@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import shlex
 import sys
@@ -211,6 +212,7 @@ def _print_results(outcome, quiet: bool) -> None:
 
 def command_run(args) -> int:
     from fedsim.runs import default_run_dir, resume_run, start_run
+    made: list[Path] = []       # folders made for a run without --out: removed again if it did not start in them
     if args.resume:
         given = [flag for flag, value in (("CONFIG", args.config), ("--preset", args.preset),
                                           ("--set", args.overrides), ("--seed", args.seed),
@@ -225,21 +227,32 @@ def command_run(args) -> int:
         if args.extend_to is not None:
             raise UsageError("--extend-to goes with --resume RUN_DIR")
         config, name = resolve_config(args)
-        out = Path(args.out) if args.out else default_run_dir(name)
+        # a folder of fedsim's naming is made now: a run started meanwhile without --out takes the next name
+        fresh = [] if args.out or Path("runs").exists() else [Path("runs")]
+        out = Path(args.out) if args.out else default_run_dir(name, create=True)
+        made = [] if args.out else [out, *fresh]
         if not args.quiet:
             family = config.algorithm_family
             print(f"fedsim: {name}: {config.method} on {config.data.dataset}, {config.n_clients} "
                   f"{family.report.clients_word}, {config.steps} {family.units} -> {out}", flush=True)
         run = partial(start_run, config, out, name=name, quiet=args.quiet)
+    again = shlex.join(["fedsim", "run", "--resume", str(out)]
+                       + (["--extend-to", str(args.extend_to)] if args.extend_to is not None else []))
     try:
         outcome = run()
-    except KeyboardInterrupt:       # a second Ctrl-C: stopped mid-step
-        raise KeyboardInterrupt(stopped_at_once(f"fedsim run --resume {out}")) from None
+    except KeyboardInterrupt:       # a Ctrl-C before the steps (the data loading), or a second one: stopped mid-step
+        if not (out / "config.toml").is_file():
+            raise KeyboardInterrupt("stopped before the run started: nothing is saved; run the same command "
+                                    "again") from None
+        raise KeyboardInterrupt(stopped_at_once(again)) from None
     except OSError as error:
         if error.errno not in NO_SPACE:
             raise
-        resumable = (out / "config.toml").is_file()
-        raise no_space(error, out, f"fedsim run --resume {out}" if resumable else None) from None
+        raise no_space(error, out, again if (out / "config.toml").is_file() else None) from None
+    finally:
+        with contextlib.suppress(OSError):
+            for folder in made:
+                folder.rmdir()          # only if empty
     if outcome.status == "completed":
         _print_results(outcome, args.quiet)
     return report_outcome(outcome)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import shlex
 import signal
 import sys
 import warnings
@@ -118,7 +119,8 @@ def report_outcome(outcome, *, prog: str = "fedsim", again: str | None = None) -
     folder, unit = outcome.folder.path, outcome.unit
     if outcome.status == "interrupted":
         print(f"{prog}: interrupted after {outcome.completed} of {outcome.planned} {unit}; everything so far "
-              f"is saved. Continue with: {again or f'fedsim run --resume {folder}'}", file=sys.stderr)
+              f"is saved. Continue with: {again or shlex.join(['fedsim', 'run', '--resume', str(folder)])}",
+              file=sys.stderr)
     elif outcome.status == "finished-before":
         print(f"{prog}: nothing to resume in {folder}: {outcome.message}", file=sys.stderr)
     elif outcome.status == "diverged":

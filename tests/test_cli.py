@@ -488,14 +488,64 @@ def test_ctrl_c_is_130_with_the_interrupts_own_words_or_the_callers(capsys):
         "prog: stopped here"]
 
 
-def test_a_second_ctrl_c_during_a_run_says_how_to_continue(in_process, monkeypatch):
-    def second_ctrl_c(*args, **kwargs):
+AT_ONCE = "fedsim: stopped at once; continue from the last checkpoint (if any; else from the start) with: "
+
+
+@pytest.mark.parametrize("args, started, told", [
+    (["--preset", "synthetic", "--out", "q"], True, AT_ONCE + "fedsim run --resume q"),
+    (["--preset", "synthetic", "--out", "run 1/ü"], True, AT_ONCE + "fedsim run --resume 'run 1/ü'"),
+    (["--resume", "q", "--extend-to", "30"], True, AT_ONCE + "fedsim run --resume q --extend-to 30"),
+    # Ctrl-C while the data loads: no run folder yet (and none left of fedsim's naming)
+    (["--preset", "synthetic", "--out", "q"], False, "fedsim: stopped before the run started: nothing is saved; "
+                                                     "run the same command again"),
+    (["--preset", "synthetic"], False, "fedsim: stopped before the run started: nothing is saved; run the same "
+                                       "command again")],
+    ids=["started", "quoted", "extension", "no folder yet", "no default folder yet"])
+def test_a_ctrl_c_during_a_run_says_how_to_continue_in_a_command_that_can_be_pasted(in_process, monkeypatch, tmp_path,
+                                                                                   args, started, told):
+    def ctrl_c(*positional, **options):
+        if started:
+            Path(positional[-1]).mkdir(parents=True, exist_ok=True)
+            (Path(positional[-1]) / "config.toml").write_text("")
         raise KeyboardInterrupt
-    monkeypatch.setattr("fedsim.runs.start_run", second_ctrl_c)
-    status, out, err = in_process("run", "--preset", "synthetic", "--quiet", "--out", "q")
-    assert (status, out) == (130, "") and err == (
-        "fedsim: stopped at once; continue from the last checkpoint (if any; else from the start) with: "
-        "fedsim run --resume q\n"), err
+    monkeypatch.setattr("fedsim.runs.start_run", ctrl_c)
+    monkeypatch.setattr("fedsim.runs.resume_run", ctrl_c)
+    if args[0] == "--resume":
+        (tmp_path / "q").mkdir()
+    status, out, err = in_process("run", *args, "--quiet")
+    assert (status, out, err) == (130, "", told + "\n")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_runs_started_at_once_without_out_take_folders_of_their_own(in_process, monkeypatch, tmp_path):
+    """A second `fedsim run` without --out in the same second, while the first loads its data: each run gets its
+    own folder (the second the first's name with -2)."""
+    import datetime
+
+    import fedsim.runs.folder
+    import fedsim.runs.loop
+    from fedsim.cli import main
+
+    class Frozen(datetime.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=tz)
+    monkeypatch.setattr(fedsim.runs.folder, "_datetime", type(datetime)("frozen"))
+    fedsim.runs.folder._datetime.__dict__.update(datetime=Frozen, timezone=datetime.timezone)
+    build = fedsim.runs.loop.build_run
+    started = []
+
+    def build_while_another_starts(config, **options):
+        if not started:         # the other run, whose own build is the one that follows
+            started.append(None)
+            started[0] = main(["run", "--preset", "synthetic", *TINY, "--seed", "1", "--quiet"])
+        return build(config, **options)
+    monkeypatch.setattr(fedsim.runs.loop, "build_run", build_while_another_starts)
+    status, out, err = in_process("run", "--preset", "synthetic", *TINY, "--quiet")
+    assert (status, started, err) == (0, [0], ""), err
+    folders = ["runs/synthetic-20260102-030405", "runs/synthetic-20260102-030405-2"]
+    assert sorted(out.split()) == folders
+    assert sorted(read_run(tmp_path / folder).config["seed"] for folder in folders) == [0, 1]
 
 
 @pytest.mark.parametrize("status, completed, message, signal_number, exit_status, told", [
@@ -509,11 +559,12 @@ def test_a_second_ctrl_c_during_a_run_says_how_to_continue(in_process, monkeypat
 ])
 def test_one_reporter_tells_how_a_run_ended(tmp_path, capsys, status, completed, message, signal_number,
                                             exit_status, told):
-    outcome = RunOutcome(status, "federated", RunFolder(tmp_path), completed, 6, None, message, signal_number)
+    folder = tmp_path / "run 1"       # the command to continue quotes it
+    outcome = RunOutcome(status, "federated", RunFolder(folder), completed, 6, None, message, signal_number)
     for again in (None, "this command again"):
         assert report_outcome(outcome, prog="p", again=again) == exit_status
-        hint = again or f"fedsim run --resume {tmp_path}"
-        assert capsys.readouterr() == ("", "".join(f"{line.format(again=hint, folder=tmp_path)}\n"
+        hint = again or f"fedsim run --resume '{folder}'"
+        assert capsys.readouterr() == ("", "".join(f"{line.format(again=hint, folder=folder)}\n"
                                                    for line in told))
     # a batch (the examples' methods) ends at its interrupted run, with that run's exit status
     stopped = report_outcomes({"a": outcome, "b": outcome}, prog="p", again="x")

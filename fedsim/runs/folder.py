@@ -3,11 +3,13 @@
 A run folder holds::
 
     config.toml        the effective config (every setting written out); what --resume rebuilds the run from
-    meta.json          seed, versions (fedsim, numpy, numba, python), git commit, start time, sessions
+    meta.json          seed, versions (fedsim, numpy, numba, python), git commit, start time, sessions (each
+                       resume's start, fedsim version and git commit; each session's end, steps and seconds)
     history.jsonl      one JSON record per round (federated) or iteration (lazy), appended and flushed
     checkpoint.npz     the run's state after `completed` steps: arrays + the JSON metadata (key __meta__)
     checkpoint.json    a small readable note of the checkpoint: completed steps, time, checksum of the npz
-    summary.json       written when the run ends (completed or diverged)
+    summary.json       written when the run ends (completed or diverged); its ``seconds`` sum the records' step
+                       times, ``wall_seconds`` the sessions' (a killed session's up to its last checkpoint)
     .lock              the pid of the one process writing the folder (which holds an OS lock on the folder)
 
 Identity: meta.json records a random ``run_id`` and the sha256 of the canonical effective config
@@ -36,6 +38,7 @@ import io
 import json
 import os
 import re
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -326,26 +329,54 @@ def foreign_files(path: Path, known, limit: int) -> str:
 
 
 def check_new_run_target(path: Path) -> None:
-    """Refuse an --out that is a file, or a folder that holds files fedsim did not write."""
+    """Refuse an --out that is a file, already holds a run, or holds files fedsim did not write: a folder is taken
+    only empty (hidden files aside) or as a kill left it before its config.toml, holding fedsim's meta.json."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise RunFolderError(f"--out {path} is a file, not a folder; choose a new or empty folder")
     listed = foreign_files(path, RUN_FILES + ("plots",), 5) if path.is_dir() else ""
+    if not listed and (path / CONFIG_FILE).is_file():
+        raise RunFolderError(f"{path} already holds a run; continue it with "
+                             f"`fedsim run --resume {shlex.quote(str(path))}` or choose another --out")
+    if not listed and path.is_dir() and not _started_here(path):
+        listed = foreign_files(path, (), 5)
     if listed:
         raise RunFolderError(f"--out {path} is not empty and not a fedsim run folder (it holds {listed}); "
                              f"fedsim writes only into a new or empty folder, so nothing of yours is overwritten")
 
 
-def default_run_dir(name: str, root="runs") -> Path:
-    """``<root>/<name>-<YYYYmmdd-HHMMSS>``, with ``-2``, ``-3``, ... appended if that exists already."""
+def _started_here(path: Path) -> bool:
+    """Whether folder ``path`` holds nothing but hidden files and a meta.json as fedsim writes it (with its run id
+    and config hash): a run killed before its config.toml was written."""
+    if foreign_files(path, (META_FILE,), 1) or not (path / META_FILE).is_file():
+        return not foreign_files(path, (), 1)
+    try:
+        meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return False
+    return isinstance(meta, dict) and all(isinstance(meta.get(key), str) and re.fullmatch(f"[0-9a-f]{{{size}}}",
+                                          meta[key]) for key, size in (("run_id", 32), ("config_sha256", 64)))
+
+
+def default_run_dir(name: str, root="runs", create: bool = False) -> Path:
+    """``<root>/<name>-<YYYYmmdd-HHMMSS>``, with ``-2``, ``-3``, ... appended if that exists already; ``create``
+    makes the folder, taking the next name if another process took this one meanwhile."""
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-.") or "run"
     stamp = _datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     base = Path(root) / f"{safe}-{stamp}"
     candidate, count = base, 1
-    while candidate.exists():
-        count += 1
-        candidate = Path(f"{base}-{count}")
-    return candidate
+    while True:
+        try:
+            if create:
+                candidate.mkdir(parents=True)       # FileExistsError if taken, even by a process this instant
+            elif candidate.exists():
+                raise FileExistsError
+            return candidate
+        except FileExistsError:
+            count += 1
+            candidate = Path(f"{base}-{count}")
+        except OSError as error:
+            raise RunFolderError(f"cannot create the run folder {candidate} ({error.strerror})") from None
 
 
 # ---------------------------------------------------------------------------------------------------------

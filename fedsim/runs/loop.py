@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import shlex
 import signal
 import sys
 import threading
@@ -151,6 +152,9 @@ def execute(run, folder: RunFolder, config: ExperimentConfig, *, name: str, quie
     (flushed), a checkpoint every ``config.run.checkpoint_every`` steps, at the end and at a stop, and
     summary.json when the run completes or diverges. ``observer(record)`` is called after each step's record
     is written (the examples print a block per round with it; the rules: :mod:`fedsim.runs`).
+    summary.json's ``wall_seconds`` sums the sessions' wall time, each from its start (after the build) to its end,
+    a killed session's to its last checkpoint (the steps it did after that are done again by the next session);
+    ``seconds`` sums the records' ``time`` (the steps alone).
     ``stop_requested()`` is asked before each step: True stops the run there as a signal would (a sweep's
     Dask task, whose thread no signal reaches).
     """
@@ -165,6 +169,7 @@ def execute(run, folder: RunFolder, config: ExperimentConfig, *, name: str, quie
 
     def checkpoint():
         folder.write_checkpoint(*run.state_dict(), planned=planned, identity=identity)
+        _note_session(folder, run.completed, time.perf_counter() - session_started)     # what a kill leaves counted
 
     with StopOnSignals() as stop, folder.open_history() as history_file, \
             pinned_threads(config.run.blas_threads), _counting_compiles() as compiles:
@@ -194,7 +199,7 @@ def execute(run, folder: RunFolder, config: ExperimentConfig, *, name: str, quie
             bar.close()
         if status in ("completed", "interrupted"):
             checkpoint()
-    sessions = _end_session(folder, status, run.completed, time.perf_counter() - session_started)
+    sessions = _note_session(folder, run.completed, time.perf_counter() - session_started, ended=now(), status=status)
     summary = None
     if status in ("completed", "diverged"):
         summary = summarize(config, list(run.history))
@@ -209,11 +214,12 @@ def execute(run, folder: RunFolder, config: ExperimentConfig, *, name: str, quie
                       stop.received if status == "interrupted" else None)
 
 
-def _end_session(folder: RunFolder, status: str, completed: int, seconds: float) -> list[dict]:
-    """Record how this session ended in meta.json; the run's sessions."""
+def _note_session(folder: RunFolder, completed: int, seconds: float, **ended) -> list[dict]:
+    """Record this session's steps and wall seconds so far in meta.json (and how it ended: ``ended``); the run's
+    sessions."""
     meta = folder.read_json(META_FILE) or {}
     sessions = meta.setdefault("sessions", [{}])
-    sessions[-1].update(ended=now(), status=status, to=completed, seconds=seconds)
+    sessions[-1].update(**ended, to=completed, seconds=seconds)
     folder.write_json(META_FILE, meta)
     return sessions
 
@@ -242,9 +248,6 @@ def start_run(config: ExperimentConfig, out, *, name: str, quiet: bool = False, 
     except OSError as error:
         raise RunFolderError(f"cannot create the run folder {folder.path} ({error.strerror})") from None
     with folder.lock():
-        if folder.exists or folder.file(HISTORY_FILE).exists():
-            raise RunFolderError(f"{folder.path} already holds a run; continue it with "
-                                 f"`fedsim run --resume {folder.path}` or choose another --out")
         check_new_run_target(folder.path)
         meta = {"name": name, "family": config.family, "method": config.method, "seed": config.seed,
                 "run_id": uuid.uuid4().hex, "config_sha256": config_fingerprint(config),
@@ -274,11 +277,12 @@ def _check_identity(folder: RunFolder, config: ExperimentConfig, meta: dict) -> 
         raise RunFolderError(f"{folder.file(CONFIG_FILE)} was edited after the run started "
                              f"({listed or 'its text changed'}); restore it, or start a new run with the new settings "
                              f"(to run more {config.algorithm_family.units}: fedsim run --resume "
-                             f"{folder.path} --extend-to N)")
+                             f"{shlex.quote(str(folder.path))} --extend-to N)")
 
 
-def _load_checkpoint(folder: RunFolder, run, config: ExperimentConfig, meta: dict) -> int:
-    """Restore the last checkpoint into ``run`` (after checking it is this run's); the steps it holds."""
+def _load_checkpoint(folder: RunFolder, run, config: ExperimentConfig, meta: dict, extend_to=None) -> int:
+    """Restore the last checkpoint into ``run`` (after checking it is this run's); the steps it holds (more than
+    the config's are refused: as an ``extend_to`` too small, if that set them)."""
     checkpoint = folder.read_checkpoint()
     if checkpoint is None:
         return 0
@@ -292,6 +296,9 @@ def _load_checkpoint(folder: RunFolder, run, config: ExperimentConfig, meta: dic
     except (KeyError, ValueError, TypeError, IndexError) as error:
         raise RunFolderError(f"{folder.file(CHECKPOINT_FILE)} does not fit the run's config: "
                              f"{error}") from None
+    if run.completed > config.steps and extend_to is not None:
+        raise RunFolderError(f"--extend-to must be an integer >= {run.completed} (the "
+                             f"{config.algorithm_family.units} already done), got {extend_to!r}")
     if run.completed > config.steps:
         raise RunFolderError(f"{folder.file(CHECKPOINT_FILE)} holds {run.completed} "
                              f"{config.algorithm_family.units}, more than the {config.steps} the config asks "
@@ -330,6 +337,10 @@ def resume_run(path, *, quiet: bool = False, progress_data: bool | None = None,
         folder.remove_partial_writes()
         config = folder.read_config()
         meta = folder.read_json(META_FILE) or {}
+        sessions = meta.get("sessions", [])
+        if not isinstance(sessions, list) or not all(isinstance(session, dict) for session in sessions):
+            raise RunFolderError(f"{folder.file(META_FILE)} must hold its sessions as a list of JSON objects; it "
+                                 f"was changed or damaged outside fedsim")
         _check_identity(folder, config, meta)
         check_data_record(config.data, meta, config.system)
         if extend_to is not None:
@@ -342,11 +353,11 @@ def resume_run(path, *, quiet: bool = False, progress_data: bool | None = None,
         with noted_reads() as reads:
             run = _build_checked(config, quiet, progress_data)
         check_data_record(config.data, meta, config.system, reads=reads)      # and the bytes its build read
-        if extend_to is not None:       # only now: a build refused leaves the folder as it was
-            _write_extension(folder, config, meta)
         with pinned_threads(config.run.blas_threads):
-            completed = _load_checkpoint(folder, run, config, meta)
+            completed = _load_checkpoint(folder, run, config, meta, extend_to)
         _check_history(folder, run, completed)
+        if extend_to is not None:       # only now: a build or a checkpoint refused leaves the folder as it was
+            _write_extension(folder, config, meta)
         folder.truncate_history(completed, list(run.history) if completed else [])
         meta.setdefault("sessions", []).append({"started": now(), "from": completed})
         _warn_on_changes(meta, config.run.blas_threads)
@@ -384,11 +395,17 @@ def _write_extension(folder: RunFolder, config: ExperimentConfig, meta: dict) ->
 
 
 def _warn_on_changes(meta: dict, blas_threads: int) -> None:
-    """Warn when the versions, the BLAS library or NumPy's SIMD extensions differ from the run's start (what
-    meta.json does not record, or records damaged, is not compared); the session records what it runs on."""
-    versions = environment()
+    """Warn when the versions, fedsim's git commit (or its work tree's changes), the BLAS library or NumPy's SIMD
+    extensions differ from the run's start (what meta.json does not record, or records damaged, is not
+    compared); the session records its fedsim version and commit, and, on a change, what it runs on."""
+    versions, commit = environment(), git_commit()
     changed = {key: (meta.get(key), value) for key, value in versions.items()
                if key in ("fedsim", "numpy", "numba") and meta.get(key) not in (None, value)}
+    meta["sessions"][-1].update(fedsim=versions["fedsim"], **commit)
+    then, current = ((info.get("git_commit"), info.get("git_dirty")) for info in (meta, commit))
+    if then[0] is not None and then != current:
+        changed["fedsim commit"] = tuple(f"{str(hexa)[:12]}{' with changes' if dirty else ''}"
+                                         for hexa, dirty in (then, current))
     recorded = meta.get("threads") if isinstance(meta.get("threads"), dict) else {}
     now_settings = thread_settings(blas_threads)
     if isinstance(recorded.get("blas"), (str, list)) and blas_changed(recorded["blas"], now_settings["blas"]):

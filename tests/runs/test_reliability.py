@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fedsim import __version__
 from fedsim.algorithms.federated import FederatedRun
 from fedsim.runs import RunFolder, start_run
-from fedsim.runs.folder import CHECKPOINT_FILE, CONFIG_FILE, HISTORY_FILE, META_FILE, SUMMARY_FILE
+from fedsim.runs.folder import CHECKPOINT_FILE, CHECKPOINT_NOTE_FILE, CONFIG_FILE, HISTORY_FILE, META_FILE, SUMMARY_FILE
 from tests.conftest import TINY, TINY_LAZY, clean_env, fedsim
 from tests.runs.conftest import ROUNDS12, before_step, history, one_line_error, tiny_federated
 
@@ -111,6 +112,16 @@ def test_more_steps_than_asked_is_impossible_and_extend_to_continues(tmp_path, f
     run_dir = unfinished_copy(tmp_path)
     one_line_error(fedsim_here("run", "--resume", run_dir, "--quiet", "--extend-to", "5"), 2,
                    "--extend-to must be an integer >= 9")
+    # a note older than its checkpoint (a kill between the two writes), or none: the checkpoint's count, nothing written
+    for note in ('{"completed": 4, "sha256": "' + "0" * 64 + '"}', None):
+        if note is None:
+            (run_dir / CHECKPOINT_NOTE_FILE).unlink()
+        else:
+            (run_dir / CHECKPOINT_NOTE_FILE).write_text(note)
+        before = {path.name: path.read_bytes() for path in run_dir.iterdir()}
+        one_line_error(fedsim_here("run", "--resume", run_dir, "--quiet", "--extend-to", "5"), 2,
+                       "--extend-to must be an integer >= 9 (the rounds already done), got 5")
+        assert {path.name: path.read_bytes() for path in run_dir.iterdir()} == before
     # extending to 20 rounds gives the first 20 rounds of a 20-round run
     longer = fedsim_here("run", "--preset", "synthetic", *TINY, "--set", "federated.rounds=20",
                          "--set", "run.checkpoint_every=4", "--quiet", "--out", tmp_path / "twenty")
@@ -238,22 +249,25 @@ def test_a_resume_with_other_numpy_simd_loops_warns_of_them(tmp_path):
 def test_a_resume_on_another_arithmetic_and_threads_warns_in_process_and_records_the_session(tmp_path, capsys,
                                                                                               monkeypatch):
     """The warnings of the child-process tests above, in process: meta.json as a run on another machine left
-    it (another BLAS, other SIMD loops, other thread variables)."""
+    it (another BLAS, other SIMD loops, other thread variables), and of another commit of fedsim."""
     from fedsim.data.cache import numpy_simd
     from fedsim.runs import resume_run
     from fedsim.runs.provenance import numpy_blas
     run_dir = unfinished_copy(tmp_path)
     meta = json.loads((run_dir / META_FILE).read_text())
     meta["threads"].update(blas="openblas 0.3.30 Zen", simd="X86_V9", environment={"OMP_NUM_THREADS": "64"})
-    (run_dir / META_FILE).write_text(json.dumps(meta))
+    (run_dir / META_FILE).write_text(json.dumps({**meta, "git_commit": "0" * 40, "git_dirty": True}))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setattr("fedsim.runs.loop.git_commit", lambda: {"git_commit": "1" * 40, "git_dirty": False})
     capsys.readouterr()
     assert resume_run(run_dir, quiet=True).status == "completed"
     err = capsys.readouterr().err
-    assert f"(BLAS openblas 0.3.30 Zen -> {numpy_blas()}, NumPy SIMD X86_V9 -> {numpy_simd()})" in err, err
+    assert (f"(fedsim commit 000000000000 with changes -> 111111111111, BLAS openblas 0.3.30 Zen -> {numpy_blas()}, "
+            f"NumPy SIMD X86_V9 -> {numpy_simd()})") in err, err
     assert "the thread settings of the environment differ from the run's start ({'OMP_NUM_THREADS': '64'} -> " in err
     session = json.loads((run_dir / META_FILE).read_text())["sessions"][-1]
     assert (session["blas"], session["simd"], session["status"]) == (numpy_blas(), numpy_simd(), "completed")
+    assert (session["fedsim"], session["git_commit"], session["git_dirty"]) == (__version__, "1" * 40, False)
 
 
 @pytest.mark.parametrize("threads", ["abc", None, {"blas": 5, "environment": None}])
@@ -294,21 +308,26 @@ def test_the_blas_recorded_is_numpys_whatever_else_is_loaded_and_a_resume_does_n
 
 @pytest.mark.parametrize("out, status, fragments", [
     ("mine", 2, ["not empty and not a fedsim run folder", "thesis.tex"]),
+    # files of fedsim's names that a fedsim run did not write (a meta.json without its run id and config hash)
+    ("theirs", 2, ["not empty and not a fedsim run folder (it holds checkpoint.npz, meta.json)"]),
+    ("notes", 2, ["not empty and not a fedsim run folder (it holds summary.json)"]),
     ("file", 2, ["is a file, not a folder"]),
     # /proc refuses new folders even to root (CI runs as root, for whom a read-only mode means nothing): the
     # system refused, 1 (fedsim.programs)
     ("/proc/fedsim-run", 1, ["cannot create the run folder"])])
 def test_out_with_files_of_the_user_a_file_or_an_unwritable_place_is_one_line_and_left_alone(tmp_path, fedsim_here,
                                                                                             out, status, fragments):
-    mine = tmp_path / "mine"
-    mine.mkdir()
-    (mine / "history.jsonl").write_text("my own notes\n")
-    (mine / "thesis.tex").write_text("chapter 1\n")
+    for folder, files in {"mine": {"history.jsonl": "my own notes\n", "thesis.tex": "chapter 1\n"},
+                          "theirs": {"meta.json": '{"run_id": "mine"}', "checkpoint.npz": "weights"},
+                          "notes": {"summary.json": "{}"}}.items():
+        (tmp_path / folder).mkdir()
+        for name, text in files.items():
+            (tmp_path / folder / name).write_text(text)
     (tmp_path / "file").write_text("x")
+    before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
     one_line_error(fedsim_here("run", "--preset", "synthetic", *ROUNDS12, "--quiet", "--out", tmp_path / out),
                    status, *fragments)
-    assert (mine / "history.jsonl").read_text() == "my own notes\n" and (tmp_path / "file").read_text() == "x"
-    assert sorted(p.name for p in mine.iterdir()) == ["history.jsonl", "thesis.tex"]
+    assert {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()} == before
 
 
 # --- 6. one line, never a traceback ---------------------------------------------------------------------------
@@ -354,6 +373,18 @@ def test_a_lazy_record_of_another_shape_is_one_line_naming_its_line(tmp_path, fe
         lines[1] = json.dumps({**json.loads(lines[1]), field: value}) + "\n"
         path.write_text("".join(lines))
         one_line_error(fedsim_here("compare", path.parent), 2, f"{path} line 2: {said}")
+
+
+@pytest.mark.parametrize("sessions", [{}, ["a note by hand"], "abc"])
+def test_meta_sessions_that_are_no_list_of_objects_are_refused_before_the_resume_runs(tmp_path, sessions, fedsim_here):
+    run_dir = unfinished_copy(tmp_path)
+    meta = json.loads((run_dir / META_FILE).read_text())
+    (run_dir / META_FILE).write_text(json.dumps({**meta, "sessions": sessions}))
+    before = {path.name: path.read_bytes() for path in run_dir.iterdir()}
+    for extend in ([], ["--extend-to", "20"]):
+        one_line_error(fedsim_here("run", "--resume", run_dir, "--quiet", *extend), 2,
+                       f"{run_dir / META_FILE} must hold its sessions as a list of JSON objects")
+    assert {path.name: path.read_bytes() for path in run_dir.iterdir()} == before
 
 
 def test_an_edited_history_line_is_refused_on_resume(tmp_path, fedsim_here):

@@ -66,6 +66,10 @@ def test_default_run_dir_is_new_and_safe(tmp_path):
     first.mkdir()
     second = default_run_dir("my config/v1", root=tmp_path)
     assert second != first and not second.exists()
+    made = default_run_dir("my config/v1", root=tmp_path, create=True)    # what `fedsim run` without --out takes
+    assert made.is_dir() and made != first
+    with pytest.raises(RunFolderError, match="cannot create the run folder /proc/fedsim-runs/x-"):
+        default_run_dir("x", root="/proc/fedsim-runs", create=True)
 
 
 # --- summaries and targets ----------------------------------------------------------------------------------
@@ -165,7 +169,11 @@ def test_crash_then_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch, me
     assert strip_wall_time(folder.read_history()) == reference
     assert second_session == folder.read_history()[checkpoint:]
     assert strip_wall_time(second_session[:crashed_at - checkpoint]) == strip_wall_time(first_session[checkpoint:])
-    assert [s["from"] for s in json.loads((out / META_FILE).read_text())["sessions"]] == [0, checkpoint]
+    sessions = json.loads((out / META_FILE).read_text())["sessions"]
+    assert [(s["from"], s["to"]) for s in sessions] == [(0, checkpoint), (checkpoint, config.steps)]
+    # the crashed session's wall time counts up to its checkpoint: the run's wall time holds its steps' time
+    summary = json.loads((out / SUMMARY_FILE).read_text())
+    assert summary["wall_seconds"] == sessions[0]["seconds"] + sessions[1]["seconds"] >= summary["seconds"] > 0
     again = resume_run(out, quiet=True)
     assert again.status == "finished-before" and again.exit_code == 0
 
