@@ -87,10 +87,22 @@ def test_a_run_folder_named_by_an_earlier_fedsim_is_found_and_renamed(tmp_path, 
     ('"federated.method" = "fedavg"', "must be a non-empty array"),
     ('"federated.method" = []', "must be a non-empty array"),
     ('seed = [0]\n[zip]\n"federated.p_up" = [0.05, 0.1]\n"federated.p_down" = [0.1]', "equal lengths"),
+    # values written apart that resolve to one config (its fingerprint), in [grid] or [zip]: run once, not twice
+    ('"federated.lr" = [1, 1.0]', "small.toml: two runs resolve to the same config (lr=1 and lr=1.0)"),
+    ('seed = [0]\n[zip]\n"federated.lr" = [1, 1.0]\n"federated.p_up" = [0.1, 0.1]',
+     "two runs resolve to the same config (seed=0,lr=1,p_up=0.1 and seed=0,lr=1.0,p_up=0.1)"),
+    # a table's name is no setting: what is allowed, not the name itself as a suggestion
+    ('federated = [1]', "small.toml [grid]: 'federated' needs a setting of the table, like 'federated.method'"),
 ])
 def test_invalid_axes_fail_before_anything_runs_in_one_line(tmp_path, grid, fragment):
     one_line_error(fedsim(tmp_path, "sweep", sweep_file(tmp_path, grid=grid), "--out", tmp_path / "out"), 2, fragment)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_bad_base_of_a_sweep_without_axes_is_one_line_naming_no_empty_run(tmp_path):
+    (tmp_path / "x.toml").write_text('base = "nope"\n')
+    line = one_line_error(fedsim(tmp_path, "sweep", "x.toml"), 2, "unknown preset 'nope'")
+    assert line.startswith("fedsim: error: x.toml: unknown preset 'nope'; presets: "), line
 
 
 def test_pool_runs_equal_single_runs_at_any_worker_count_and_reruns_skip(tmp_path):
