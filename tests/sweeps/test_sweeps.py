@@ -232,6 +232,28 @@ def test_report_and_plot(tmp_path):
         assert (tmp_path / "out" / "plots" / name).stat().st_size > 10_000
 
 
+def test_plot_and_report_of_a_list_axis_leave_out_an_interrupted_run_alike(tmp_path):
+    """An axis of lists (model.hidden) is plotted (was: TypeError, unhashable list); a run that did not finish is
+    named and left out of the figures as of the report (was: drawn as finished, cutting its series short)."""
+    path = sweep_file(tmp_path, rounds=3, grid='"model.hidden" = [[4], [8]]\nseed = [0, 1]')
+    path.write_text(path.read_text().replace("[set]", '[set]\n"model.name" = "mlp"'))
+    out = tmp_path / "out"
+    assert fedsim(tmp_path, "sweep", path, "--out", out, "--quiet").returncode == 0
+    manifest = manifest_of(out)
+    stopped = manifest["runs"][3]                       # as a sweep stopped after its round 2 leaves it
+    stopped.update(status="interrupted", completed=2)
+    (out / stopped["folder"] / "summary.json").unlink()
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    said = f"{stopped['folder']} (hidden=[8],seed=1): interrupted after 2 rounds"
+    plotted = fedsim(tmp_path, "sweep", "plot", out)
+    assert plotted.returncode == 0 and error_lines(plotted.stderr) == [f"fedsim: warning: {said}; not drawn"], \
+        plotted.stderr
+    assert sorted(path.name for path in (out / "plots").glob("*.png")) == ["sweep_curves.png", "sweep_final.png"]
+    reported = fedsim(tmp_path, "sweep", "report", out)
+    assert reported.returncode == 1 and error_lines(reported.stderr) == [
+        f"fedsim: sweep report: {said}; left out of the report"], reported.stderr
+
+
 def test_the_platforms_note_names_each_pair_and_compares_only_what_is_recorded():
     """sweep report's note (fedsim.sweeps.report.platforms_note) on hand-made meta.json contents: runs started
     or resumed on other pairs named, runs of an older fedsim (no simd, a list of BLAS) or damaged left out."""
