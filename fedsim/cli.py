@@ -112,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("target", metavar="SWEEP.toml | report | plot", help="a sweep file, or report / plot")
     sweep.add_argument("folder", nargs="?", metavar="DIR", help="with report / plot: the sweep folder")
     sweep.add_argument("--workers", type=int, default=None, help="processes running runs (default and cap: the "
-                                                                 "cores, the memory for one run each, the runs)")
+                                                                 "cores, the memory for one run each, the runs; "
+                                                                 "not with --scheduler)")
     sweep.add_argument("--threads", type=int, default=None, help="BLAS / OpenMP / Numba threads per worker fedsim "
                                                                  "starts (default 1; not with --scheduler)")
     sweep.add_argument("--backend", default="local", help="local (a process pool, default) | dask")
@@ -417,6 +418,9 @@ def command_sweep(args) -> int:
     if args.target in ("report", "plot"):
         if not args.folder:
             raise UsageError(f"fedsim sweep {args.target} needs the sweep folder DIR")
+        if args.target == "report" and args.out:
+            raise UsageError(f"--out goes with sweep SWEEP.toml and sweep plot; sweep report writes report.csv "
+                             f"into DIR ({args.folder})")
         if args.target == "plot":
             notes: list[str] = []
             return _print_figures(plot_sweep(args.folder, args.out, notes=notes), notes, f"the runs of {args.folder}")
@@ -438,6 +442,9 @@ def command_sweep(args) -> int:
         return EXIT_FAILED if missing else EXIT_OK
     if args.folder:
         raise UsageError(f"fedsim sweep SWEEP.toml takes no second argument (got {args.folder!r})")
+    if args.scheduler is not None and args.workers is not None:
+        raise UsageError("--workers sets how many workers fedsim starts; --scheduler runs the sweep on the workers "
+                         "its owner started (add some with `dask worker ADDRESS`)")
     sweep = load_sweep(args.target)
     out = Path(args.out) if args.out else Path("runs") / sweep.name
     if args.dry_run:
@@ -448,8 +455,8 @@ def command_sweep(args) -> int:
     from fedsim.experiment_data import check_data
     from fedsim.sweeps.spec import run_settings
     # once, before any run starts: each run's data, and its partition of npz data
-    check_data((f"{sweep.source.name}: the run with {run_settings(planned.values)}", planned.config)
-               for planned in sweep.runs)
+    check_data((f"{sweep.source.name}" + (f": the run with {run_settings(planned.values)}" if planned.values else ""),
+                planned.config) for planned in sweep.runs)
     # the options that say where and how it runs, repeated in the command that continues it
     options = [item for flag, value in (("--backend", None if args.backend == "local" else args.backend),
                                         ("--scheduler", args.scheduler), ("--workers", args.workers),

@@ -183,6 +183,12 @@ REPORT = ["compressors", "report"]
     (["run", "--preset", "synthetic", "--set", "federated.batch_size=5000", "--quiet"],
      "the config does not fit the data: federated.batch_size (5000) is larger than the smallest client's data (40 "
      "samples, client 12): set federated.batch_size <= 40, or fewer federated.n_clients"),
+    # options a sweep command cannot use, refused rather than ignored (as --threads with --scheduler)
+    (["sweep", "s.toml", "--backend", "dask", "--scheduler", "tcp://127.0.0.1:9", "--workers", "2"],
+     "--workers sets how many workers fedsim starts; --scheduler runs the sweep on the workers its owner started "
+     "(add some with `dask worker ADDRESS`)"),
+    (["sweep", "report", "S", "--out", "elsewhere"],
+     "--out goes with sweep SWEEP.toml and sweep plot; sweep report writes report.csv into DIR (S)"),
 ])
 def test_errors_of_exactly_one_line(in_process, tmp_path, args, line):
     (tmp_path / "exp.toml").write_text("")

@@ -20,7 +20,8 @@ the run folders themselves, so **the sweep folder must be on a file system every
 same path** (a cluster's shared home or scratch). That choice, rather than returning results to the
 client, keeps what matters on a cluster: a run's checkpoints are written as it goes, so a worker that dies
 (a pre-empted node) costs only the rounds since its last checkpoint; Dask gives the task to another worker
-(``retries``), which resumes the same folder.
+(``retries``), which resumes the same folder. A task's key names its run folder, so two sweeps never share a
+task; a task Dask gives up on (KilledWorker) is what its folder holds: ended if it has its summary.json.
 
 Every run's history is bitwise the same whichever backend ran it and with how many workers: each run
 seeds its own random streams from its config and pins its BLAS threads (``run.blas_threads``).
@@ -34,6 +35,7 @@ interrupted or pending, and :class:`SweepInterrupted` tells the caller.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import signal
 import time
@@ -45,9 +47,10 @@ from pathlib import Path
 import fedsim.sweeps.folder as sweep_folder
 from fedsim.experiment_data import feature_count
 from fedsim.progress import Progress
-from fedsim.runs.folder import LOCK_FILE
+from fedsim.runs.folder import LOCK_FILE, SUMMARY_FILE, RunFolder, RunFolderError
 from fedsim.runs.loop import EXIT_SIGNAL_BASE, StopOnSignals
-from fedsim.sweeps.folder import FINAL, RUNS_FOLDER, SweepError, SweepLock, run_folder, say, write_manifest
+from fedsim.sweeps.folder import (FINAL, RUNS_FOLDER, SweepError, SweepLock, run_entry, run_folder, say,
+                                  write_manifest)
 from fedsim.sweeps.spec import Sweep
 
 BACKENDS = ("local", "dask")
@@ -113,9 +116,10 @@ def run_sweep(sweep: Sweep, out, *, backend: str = "local", workers: int | None 
               scheduler: str | None = None, quiet: bool = False) -> dict[str, dict]:
     """Run every planned run of ``sweep`` into ``out``; the status of each run folder (by folder name).
 
-    ``workers``: processes running runs (None: as many as allowed), capped as :func:`capped_workers` says
-    unless the runs go to a Dask ``scheduler`` of its own. ``threads``: BLAS, OpenMP and Numba threads of each
-    worker fedsim starts (None: 1); not with ``scheduler``, whose workers are started by their owner.
+    ``workers``: processes running runs (None: as many as allowed), capped as :func:`capped_workers` says;
+    unused with a Dask ``scheduler``, which has its own (``fedsim sweep`` refuses --workers with it).
+    ``threads``: BLAS, OpenMP and Numba threads of each worker fedsim starts (None: 1); not with ``scheduler``,
+    whose workers are started by their owner.
 
     SweepError for a bad backend, count or folder, or a scheduler that does not answer as Dask's (before
     anything is written); :class:`SweepInterrupted` when a signal stopped the sweep.
@@ -174,6 +178,8 @@ def _dispatch(sweep: Sweep, out: Path, statuses: dict, pending: list, backend: s
         nonlocal done, not_finished
         statuses[planned.folder_name] = {key: result.get(key) for key in ("status", "message", "completed")}
         write_manifest(out, sweep, statuses)
+        if result.get("status") == "interrupted":       # not done: it resumes (the sweep's stop line counts it)
+            return
         done += 1
         not_finished += result.get("status", "failed") not in FINAL
         progress.update(done, f"failed {not_finished}", not_finished=not_finished)
@@ -186,7 +192,8 @@ def _dispatch(sweep: Sweep, out: Path, statuses: dict, pending: list, backend: s
                 _run_dask(pending, out, client, command, finished, stop)
         finally:
             progress.close()
-    if stop.received is not None:
+    if stop.received is not None and any(statuses.get(planned.folder_name, {}).get("status") in (None, "interrupted")
+                                         for planned in sweep.runs):      # a stop after the last run ended: none
         write_manifest(out, sweep, statuses)
         raise SweepInterrupted(stop.received, statuses)
 
@@ -360,9 +367,13 @@ def _run_dask(pending, out: Path, client, command, finished, stop) -> None:
 
     from fedsim.sweeps.worker import run_one
     event = Event(f"fedsim-stop-{uuid.uuid4().hex}", client=client)
-    futures = {client.submit(run_one, planned.config, str(Path(run_folder(out, planned)).resolve()),
-                             planned.label, command, event.name, pure=False, retries=3,
-                             key=f"run-{planned.folder_name}"): planned for planned in pending}
+    folders = {planned.folder_name: str(Path(run_folder(out, planned)).resolve()) for planned in pending}
+    # a task's key names its run folder (its absolute path hashed): another sweep's run of the same settings into
+    # another folder is another task, never this one's result
+    futures = {client.submit(run_one, planned.config, folders[planned.folder_name], planned.label, command, event.name,
+                             pure=False, retries=3, key=f"run-{planned.folder_name}-" + hashlib.sha256(
+                                 folders[planned.folder_name].encode()).hexdigest()[:16]): planned
+               for planned in pending}
     remaining = list(futures)
     stopping_since = None
     while remaining:
@@ -382,10 +393,20 @@ def _run_dask(pending, out: Path, client, command, finished, stop) -> None:
             remaining.remove(future)
             try:
                 result = future.result()
-            except Exception as error:
-                result = {"status": "failed", "message": f"{type(error).__name__}: {error}"}
+            except Exception as error:      # (KilledWorker: workers died holding it) its folder may hold its end
+                result = _ended(run_folder(out, futures[future])) or {
+                    "status": "failed", "message": f"{type(error).__name__}: {error}"}
             if result.get("status") != "pending":       # "pending": not started, the sweep stopping
                 finished(futures[future], result)
+
+
+def _ended(folder: Path) -> dict | None:
+    """The entry of the run folder's summary.json if its run ended (completed or diverged), else None."""
+    try:
+        summary = RunFolder(folder).read_json(SUMMARY_FILE)
+    except RunFolderError:
+        return None
+    return run_entry(summary) if summary is not None and summary.get("status", "completed") in FINAL else None
 
 
 def all_finished(statuses: dict[str, dict]) -> bool:

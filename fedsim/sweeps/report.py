@@ -1,4 +1,5 @@
-"""What a sweep found: a tidy table of every run's metrics, a summary over seeds, and figures.
+"""What a sweep found: a tidy table of every completed run's metrics, a summary over seeds, and figures.
+A run that did not complete (diverged, interrupted, failed) is in none of them: :func:`left_out` names it.
 
 ``report.csv`` has one row per (run, metric): the run's folder, its status, one column per axis, then
 ``metric`` and ``value``. The summary groups the runs by every axis except ``seed`` and gives, per metric,
@@ -80,13 +81,14 @@ def collect(out) -> tuple[dict, list[dict]]:
 
 
 def tidy_rows(out, collected: tuple[dict, list[dict]] | None = None) -> list[dict]:
-    """One row per (run, metric) of the finished runs (of ``collected``, :func:`collect`, if given)."""
+    """One row per (run, metric) of the completed runs (of ``collected``, :func:`collect`, if given): a diverged
+    run's last numbers are not a result (:func:`left_out` names it)."""
     manifest, entries = collected or collect(out)
     axes = list(manifest["axes"])
     rows = []
     for entry in entries:
         result = entry["result"]
-        if result is None or result.summary is None:
+        if result is None or result.status != "completed":
             continue
         for metric in family(result.family).report.metrics:
             if metric in result.summary:
@@ -109,7 +111,7 @@ def left_out(entries: list[dict], rows: list[dict]) -> list[str]:
         if entry["folder"] in reported:
             continue
         result, status, message = entry["result"], entry["status"], entry["message"]
-        if result is not None and result.summary is not None:      # ended without a metric to report
+        if result is not None and result.summary is not None:      # diverged, or ended without a metric to report
             status, message = result.status, result.summary.get("message")
         elif status in FINAL:
             status, message = "not finished", f"the manifest says {status}, but the folder holds no summary.json"
@@ -198,7 +200,8 @@ def format_budget(manifest: dict, entries: list[dict]) -> str | None:
     say so), grouped as :func:`summarize_over_seeds` groups: the knob (one value, or its range over the seeds),
     the mean upload per participant per round and the first metric (mean +- std over seeds), n; None if no run
     solved one."""
-    solved = [entry for entry in entries if entry["result"] is not None and KNOB in (entry["result"].summary or {})]
+    solved = [entry for entry in entries if entry["result"] is not None and entry["result"].status == "completed"
+              and KNOB in entry["result"].summary]
     if not solved:
         return None
     axes = list(manifest["axes"])
@@ -244,9 +247,14 @@ def natural_order(manifest: dict, names: list[str]):
 
 
 def _in_natural_order(manifest: dict, names: list[str], groups: dict) -> list:
-    """The items of ``groups``, keyed by values of the axes ``names``, in :func:`natural_order`."""
+    """The (values of the axes ``names``, items) of ``groups`` (:func:`_group`), in :func:`natural_order`."""
     key = natural_order(manifest, names)
-    return sorted(groups.items(), key=lambda item: key(item[0]))
+    return sorted(groups.values(), key=lambda item: key(item[0]))
+
+
+def _group(groups: dict, values: tuple, item) -> None:
+    """Put ``item`` in the group of the axis ``values`` (keyed by their reprs: a list value, hidden = [4], is one)."""
+    groups.setdefault(tuple(map(repr, values)), (values, []))[1].append(item)
 
 
 def _series_label(names, values, result=None) -> str:
@@ -265,27 +273,42 @@ def bits_up_through(history: list[dict]) -> np.ndarray | None:
     return None
 
 
-def residual_floors(results, objective: tuple) -> tuple[dict[int, float], str]:
+#: The residual at which ``fedsim compare`` (its --target-residual default) certifies a best value as f*.
+TARGET_RESIDUAL = 1e-6
+
+
+def residual_floors(results, objective: tuple) -> tuple[dict[int, float], set[int], str]:
     """f* of each run of ``results`` (by id) as ``fedsim compare`` takes it, one per objective the runs minimize
     (:func:`fedsim.runs.compare.same_data`, ``objective`` the family's settings): their run.f_star if they agree
-    on one, else their smallest f; and what f* is, in words, for the figure."""
-    from fedsim.algorithms.lazy import configured_f_star, f_star_of
-    floors, configured = {}, set()
+    on one, else their smallest f, f* if certified (:func:`fedsim.algorithms.lazy.report.best_value_certified`
+    at :data:`TARGET_RESIDUAL`) and else f_best; the runs (by id) that attain an f_best themselves (compared with
+    themselves: not drawn, as compare shows them "-"); and the residual's axis label, saying what f* is."""
+    from fedsim.algorithms.lazy.report import best_value_certified, configured_f_star, f_star_of, own_best
+    floors, kinds, hidden = {}, set(), set()
     groups = same_data(results, objective)
     for grouped in groups.values():
-        configured.add(configured_f_star(grouped) is not None)
-        floors.update(dict.fromkeys(map(id, grouped), f_star_of(grouped)))
+        floor = f_star_of(grouped)
+        kind = ("given" if configured_f_star(grouped) is not None else
+                "certified" if best_value_certified(grouped, TARGET_RESIDUAL) else "best")
+        kinds.add(kind)
+        if kind == "best":
+            hidden.update(id(grouped[index]) for index in own_best(grouped, floor))
+        floors.update(dict.fromkeys(map(id, grouped), floor))
     smallest = "smallest f of the sweep" if len(groups) == 1 else "smallest f of its objective"
-    said = ("run.f_star" if configured == {True} else smallest if configured == {False} else
-            f"run.f_star, else {smallest}")
     values = set(floors.values())
-    return floors, f"f* = {said}" + (f" = {values.pop():.10g}" if len(values) == 1 else "")
+    value = f" = {values.pop():.10g}" if len(values) == 1 else ""
+    if kinds == {"best"}:           # compare's f_best: the smallest f of the runs (on each data)
+        return floors, hidden, f"f - f_best ({f'f_best{value}' if value else 'of each objective'}, not certified as f*)"
+    said = ", else ".join(text for kind, text in (("given", "run.f_star"), ("certified", f"{smallest} (certified)"),
+                                                  ("best", f"{smallest} (f_best, not certified)")) if kind in kinds)
+    return floors, hidden, f"f - f* (f* = {said}{value})"
 
 
 def plot_sweep(out, figures_out=None, notes: list[str] | None = None) -> list[Path]:
     """The sweep's figures (PNG and SVG) the module describes, n in the legend, series in
-    :func:`natural_order`; values a figure cannot show (a diverged run's) are left out; ``notes``, if given,
-    gets one line per run drawn only in part."""
+    :func:`natural_order`, of the completed runs (as :func:`tidy_rows`: a diverged or interrupted run's curve
+    would cut its series short); values a figure cannot show are left out; ``notes``, if given, gets one line
+    per run drawn only in part and per run not drawn (:func:`left_out`; a run that is its own f_best)."""
     from fedsim.plot import (_figure, _finish, _legend, _plot, _save, _style, drawable, drawn_in_part,
                              drawn_records)
     manifest, entries = collect(out)
@@ -293,57 +316,63 @@ def plot_sweep(out, figures_out=None, notes: list[str] | None = None) -> list[Pa
     figures_out.mkdir(parents=True, exist_ok=True)
     axes = list(manifest["axes"])
     grouping = [axis for axis in axes if axis != SEED]
-    finished = [entry for entry in entries if entry["result"] is not None and drawn_records(entry["result"].history)]
+    finished = [entry for entry in entries if entry["result"] is not None and entry["result"].status == "completed"
+                and drawn_records(entry["result"].history)]
     if not finished:
         return []
-    if notes is not None:           # runs drawn in part, and each run not drawn
-        notes += filter(None, (drawn_in_part(entry["result"]) for entry in finished))
-        notes += [f"{line}; not drawn" for line in left_out(entries, [{"run": entry["folder"]} for entry in finished])]
     declared = family(finished[0]["result"].family)
     x_name, y_name, ylabel, kind = declared.report.curve
-    residual = kind == "residual"
+    residual, hidden = kind == "residual", set()
     if residual:                        # f* as `fedsim compare` takes it: one per objective
-        floors, reference = residual_floors([entry["result"] for entry in finished], declared.report.objective)
-        ylabel = f"{ylabel} ({reference})"
-    groups: dict[tuple, list] = {}
-    for entry in finished:
-        groups.setdefault(tuple(entry["values"].get(axis) for axis in grouping), []).append(entry["result"])
-    with_bits = all(bits_up_through(entry["result"].history) is not None for entry in finished)
-    figure, panels = _figure(1, 2 if with_bits else 1, width=5.0, height=4.2)
-    for index, (key, results) in enumerate(_in_natural_order(manifest, grouping, groups)):
-        curves = []
-        for result in results:
-            records = [r for r in result.history if y_name in r]
-            y = np.array([r[y_name] for r in records], dtype=float)
-            bits = bits_up_through(result.history)
-            if residual:                # a log axis cannot show the best run's 0: left out
-                y = np.where(y > floors[id(result)], y - floors[id(result)], np.nan)
-            curves.append((np.array([r[x_name] for r in records], dtype=float),
-                           None if bits is None else bits[[i for i, r in enumerate(result.history) if y_name in r]],
-                           drawable(y)))
-        length = min(len(y) for _, _, y in curves)
-        stack = np.vstack([y[:length] for _, _, y in curves])
-        mean = stack.mean(axis=0)
-        style = _style(index)
-        x_values = [curves[0][0][:length]]
-        if with_bits:                   # the runs of a series may send different bits: their mean
-            x_values.append(np.mean([bits[:length] for _, bits, _ in curves], axis=0))
-        for axis, x in zip(panels[0], x_values):
-            _plot(axis, x, mean, label=f"{_series_label(grouping, key, results[0]) or 'runs'} (n={len(curves)})",
-                  **style)
-            axis.fill_between(x, drawable(stack.min(axis=0)), drawable(stack.max(axis=0)), color=style["color"],
-                              alpha=0.15, linewidth=0)
-    yscale = "log" if residual else "linear"
-    _finish(panels[0, 0], x_name, ylabel, yscale=yscale, integer_x=True)
-    if with_bits:
-        _finish(panels[0, 1], "bits sent up (cumulative; mean of the series' runs)", ylabel, xscale="log",
-                yscale=yscale)
-    _legend(figure, panels[0, 0])
-    sizes = {len(results) for results in groups.values()}
-    band = ("one run per series" if sizes == {1} else
-            "mean of each series' n runs (n in the legend), band from their minimum to their maximum")
-    figure.suptitle(f"sweep {manifest['name']}: {band}", fontsize="medium")
-    paths = _save(figure, figures_out, "sweep_curves")
+        floors, hidden, ylabel = residual_floors([entry["result"] for entry in finished], declared.report.objective)
+    drawn = [entry for entry in finished if id(entry["result"]) not in hidden]
+    if notes is not None:           # runs drawn in part, and each run not drawn
+        notes += filter(None, (drawn_in_part(entry["result"]) for entry in drawn))
+        notes += [f"{line}; not drawn" for line in left_out(entries, [{"run": entry["folder"]} for entry in finished])]
+        notes += [f"{entry['folder']} ({run_label(entry['values'].items())}): it attains f_best, the best value of the "
+                  f"runs on its data, so it would be compared with itself; not drawn (give run.f_star, e.g. from "
+                  f"L-BFGS, for a true residual)" for entry in finished if id(entry["result"]) in hidden]
+    paths: list[Path] = []
+    if drawn:                           # none: each run is its own f_best (the final figure may still be drawn)
+        groups: dict[tuple, tuple] = {}
+        for entry in drawn:
+            _group(groups, tuple(entry["values"].get(axis) for axis in grouping), entry["result"])
+        with_bits = all(bits_up_through(entry["result"].history) is not None for entry in drawn)
+        figure, panels = _figure(1, 2 if with_bits else 1, width=5.0, height=4.2)
+        for index, (key, results) in enumerate(_in_natural_order(manifest, grouping, groups)):
+            curves = []
+            for result in results:
+                records = [r for r in result.history if y_name in r]
+                y = np.array([r[y_name] for r in records], dtype=float)
+                bits = bits_up_through(result.history)
+                if residual:                # a log axis cannot show the best run's 0: left out
+                    y = np.where(y > floors[id(result)], y - floors[id(result)], np.nan)
+                curves.append((np.array([r[x_name] for r in records], dtype=float),
+                               None if bits is None else bits[[i for i, r in enumerate(result.history) if y_name in r]],
+                               drawable(y)))
+            length = min(len(y) for _, _, y in curves)
+            stack = np.vstack([y[:length] for _, _, y in curves])
+            mean = stack.mean(axis=0)
+            style = _style(index)
+            x_values = [curves[0][0][:length]]
+            if with_bits:                   # the runs of a series may send different bits: their mean
+                x_values.append(np.mean([bits[:length] for _, bits, _ in curves], axis=0))
+            for axis, x in zip(panels[0], x_values):
+                _plot(axis, x, mean, label=f"{_series_label(grouping, key, results[0]) or 'runs'} (n={len(curves)})",
+                      **style)
+                axis.fill_between(x, drawable(stack.min(axis=0)), drawable(stack.max(axis=0)), color=style["color"],
+                                  alpha=0.15, linewidth=0)
+        yscale = "log" if residual else "linear"
+        _finish(panels[0, 0], x_name, ylabel, yscale=yscale, integer_x=True)
+        if with_bits:
+            _finish(panels[0, 1], "bits sent up (cumulative; mean of the series' runs)", ylabel, xscale="log",
+                    yscale=yscale)
+        _legend(figure, panels[0, 0])
+        sizes = {len(results) for _, results in groups.values()}
+        band = ("one run per series" if sizes == {1} else
+                "mean of each series' n runs (n in the legend), band from their minimum to their maximum")
+        figure.suptitle(f"sweep {manifest['name']}: {band}", fontsize="medium")
+        paths = _save(figure, figures_out, "sweep_curves")
 
     numeric = [axis for axis in grouping if not axis.endswith(".method")]
     if numeric:
@@ -353,21 +382,21 @@ def plot_sweep(out, figures_out=None, notes: list[str] | None = None) -> list[Pa
         rows = summarize_over_seeds(tidy_rows(out, (manifest, entries)), axes)
         figure, panels = _figure(1, 1, width=6.0, height=4.2)
         axis = panels[0, 0]
-        lines: dict[tuple, list] = {}
+        lines: dict[tuple, tuple] = {}
         for row in rows:
             if row["metric"] == metric:
-                lines.setdefault(tuple(row[name] for name in others), []).append(row)
-        values = sorted({row[x_axis] for group in lines.values() for row in group}, key=lambda value:
-                        natural_order(manifest, [x_axis])((value,)))
-        position = {value: i for i, value in enumerate(values)}       # evenly spaced, labelled by value
+                _group(lines, tuple(row[name] for name in others), row)
+        values = sorted({repr(row[x_axis]): row[x_axis] for _, group in lines.values() for row in group}.values(),
+                        key=lambda value: natural_order(manifest, [x_axis])((value,)))
+        position = {repr(value): i for i, value in enumerate(values)}       # evenly spaced, labelled by value
         for index, (key, points) in enumerate(_in_natural_order(manifest, others, lines)):
-            points.sort(key=lambda row: position[row[x_axis]])
+            points.sort(key=lambda row: position[repr(row[x_axis])])
             means = drawable([row["mean"] for row in points])
             spread = np.where(np.isnan(means), 0.0, np.nan_to_num(drawable([row["std"] for row in points])))
             counts = sorted({row["n"] for row in points})
             label = f"{_series_label(others, key) or metric} (n={'/'.join(map(str, counts))})"
             style = {name: value for name, value in _style(index).items() if name != "markevery"}
-            axis.errorbar([position[row[x_axis]] for row in points], means, yerr=spread, label=label, capsize=3,
+            axis.errorbar([position[repr(row[x_axis])] for row in points], means, yerr=spread, label=label, capsize=3,
                           **style)
         spans_decades = axis.dataLim.y0 > 0 and axis.dataLim.y1 >= 100 * axis.dataLim.y0
         _finish(axis, x_axis.rsplit(".", 1)[-1].replace("_", " "), metric.replace("_", " "),

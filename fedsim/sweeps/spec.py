@@ -42,8 +42,8 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-from fedsim.config import (ConfigError, ExperimentConfig, all_settings, config_fingerprint, import_plugins,
-                           load_config_file, load_preset, parse_toml, suggest)
+from fedsim.config import (TABLES, ConfigError, ExperimentConfig, all_settings, config_fingerprint, import_plugins,
+                           load_config_file, load_preset, parse_toml, suggest, table_fields)
 
 TOP_LEVEL = ("base", "config", "name", "set", "grid", "zip")
 #: A sweep's name is the name of its folder (runs/<name> by default): no path separators, no "..", not empty.
@@ -204,6 +204,9 @@ def load_sweep(path) -> Sweep:
         raise ConfigError(f"{path.name}: {error}") from None
     for where, table in (("[set]", fixed), ("[grid]", grid), ("[zip]", zipped)):
         for key in table:
+            if key in TABLES:
+                raise ConfigError(f"{path.name} {where}: '{key}' needs a setting of the table, like "
+                                  f"'{key}.{table_fields(key)[0]}'")
             if key not in all_settings():
                 hint = suggest(key, key.split(".")[0] if "." in key else None)
                 raise ConfigError(f"{path.name} {where}: unknown setting '{key}'"
@@ -230,7 +233,7 @@ def load_sweep(path) -> Sweep:
         config_path = (path.parent / str(raw["config"])).resolve()
         load, base_text = partial(load_config_file, config_path), str(config_path)
 
-    runs, names = [], set()
+    runs, labels = [], {}                     # config sha256 -> the label of the first run with it
     for grid_values in itertools.product(*grid.values()):
         for zip_values in zip(*zipped.values()) if zipped else [()]:
             values = tuple(zip(grid, grid_values)) + tuple(zip(zipped, zip_values))
@@ -238,12 +241,14 @@ def load_sweep(path) -> Sweep:
             try:
                 config = load(list(overrides))
             except ConfigError as error:
-                raise ConfigError(f"{path.name}: the run with {run_settings(values)}: {error}") from None
-            folder = f"{folder_label(values)}-{config_fingerprint(config)[:10]}"
-            if folder in names:
-                raise ConfigError(f"{path.name}: two runs resolve to the same config ({run_label(values)})")
-            names.add(folder)
-            runs.append(PlannedRun(values, overrides, config, folder))
+                raise ConfigError(f"{path.name}: " + (f"the run with {run_settings(values)}: " if values else "")
+                                  + str(error)) from None
+            fingerprint = config_fingerprint(config)      # 1 and 1.0 are one value: the same config, run once
+            if fingerprint in labels:
+                raise ConfigError(f"{path.name}: two runs resolve to the same config ({labels[fingerprint]} and "
+                                  f"{run_label(values)})")
+            labels[fingerprint] = run_label(values)
+            runs.append(PlannedRun(values, overrides, config, f"{folder_label(values)}-{fingerprint[:10]}"))
     axes = tuple((key, tuple(values)) for key, values in {**grid, **zipped}.items())
     return Sweep(name, path, base_text, tuple(fixed.items()), axes, tuple(zipped), tuple(runs), text)
 

@@ -151,6 +151,9 @@ def test_a_sweep_runs_on_npz_data_and_refuses_a_partition_it_cannot_make_before_
     assert capsys.readouterr().err == ("fedsim: error: own.toml: the run with data.classes_per_client = 7: the config "
                                        "does not fit the data: data.classes_per_client must be an integer in [1, 3], "
                                        "got 7\n")
+    npz_sweep(tmp_path, '"data.partition" = "classes_per_client"\n"data.classes_per_client" = 7', "")   # one run
+    assert main(["sweep", "own.toml", "--quiet"]) == 2
+    assert capsys.readouterr().err.startswith("fedsim: error: own.toml: the config does not fit the data: ")
     assert not (tmp_path / "runs").exists()
     npz_sweep(tmp_path, '"federated.rounds" = 2\n"federated.batch_size" = 10', "seed = [0, 1]")
     assert main(["sweep", "own.toml", "--workers", "1", "--quiet"]) == 0

@@ -206,3 +206,27 @@ def test_a_runs_memory_grows_with_its_clients_and_model():
     assert run_memory(million) - RUN_MEMORY["synthetic"] >= 3 * 100_000 * 610 * 4 + 40 * 10**6 + 72 * 100_000
     mlp = planned_on("stc-mlp", 1)[0].config
     assert run_memory(mlp) > run_memory(planned_on("stc-mnist", 1, 'data.dataset="fashion-mnist"')[0].config)
+
+
+@pytest.mark.parametrize("ends, interrupted", [(["completed", "completed"], False),
+                                               (["completed", "interrupted"], True)])
+def test_a_stop_ends_the_sweep_as_stopped_only_if_a_run_did_not_finish(tmp_path, monkeypatch, capsys, ends,
+                                                                       interrupted):
+    """SIGTERM once every run has ended: the sweep ended (was: "stopped by SIGTERM", exit 143, and a command to
+    continue nothing); an interrupted run is not done in the progress line (was: "2/2 runs done, 1 not finished")."""
+    from fedsim.sweeps import execute
+
+    def run_all(pending, out, workers, threads, command, finished, stop):
+        for planned, status in zip(pending, ends):
+            finished(planned, {"status": status, "completed": 1, "message": ""})
+        signal.raise_signal(signal.SIGTERM)
+    monkeypatch.setattr(execute, "_run_local", run_all)
+    sweep = load_sweep(write_sweep(tmp_path, "late", 3, CHECKPOINT_EVERY, "seed = [0, 1]"))
+    if interrupted:
+        with pytest.raises(execute.SweepInterrupted):
+            execute.run_sweep(sweep, tmp_path / "out")
+    else:
+        assert execute.all_finished(execute.run_sweep(sweep, tmp_path / "out"))
+    assert [run["status"] for run in manifest_of(tmp_path / "out")["runs"]] == ends
+    last = error_lines(capsys.readouterr().err)[-1]
+    assert last.startswith(f"fedsim: sweep: {ends.count('completed')}/2 runs done, 0 not finished ("), last

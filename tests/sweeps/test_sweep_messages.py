@@ -33,16 +33,24 @@ def diverged_sweep(tmp_path_factory):
 
 
 def test_a_sweep_with_diverged_runs_is_plotted_and_reported(diverged_sweep, tmp_path):
+    """The diverged runs are named and left out of the summary and the figures, alike (were: averaged into the
+    summary as final numbers, exit 0; drawn, cutting their series short). Each completed run is alone on its
+    data (its seed's), so it is its own f_best: no residual curve, said, and the final figure still drawn."""
     plotted = fedsim(tmp_path, "sweep", "plot", diverged_sweep, "--out", tmp_path / "plots")
     assert plotted.returncode == 0, plotted.stderr
-    lines = error_lines(plotted.stderr)
-    assert len(lines) == 2 and all(" diverged at iteration " in line and "the figures show its first" in line
-                                   and line.startswith("fedsim: warning: ") for line in lines), lines
-    assert sorted(path.name for path in (tmp_path / "plots").iterdir()) == [
-        "sweep_curves.png", "sweep_curves.svg", "sweep_final.png", "sweep_final.svg"]
+    lines, own_best = error_lines(plotted.stderr)[:2], error_lines(plotted.stderr)[2:]
+    assert len(lines) == 2 and all(line.startswith("fedsim: warning: runs/step_size=1000000.0,seed=") and
+                                   ": diverged: " in line and line.endswith("; not drawn") for line in lines), lines
+    assert len(own_best) == 2 and all(line.startswith("fedsim: warning: runs/step_size=0.02,seed=") and
+                                      ": it attains f_best, " in line for line in own_best), own_best
+    assert sorted(path.name for path in (tmp_path / "plots").iterdir()) == ["sweep_final.png", "sweep_final.svg"]
     reported = fedsim(tmp_path, "sweep", "report", diverged_sweep)
-    assert reported.returncode == 0 and not error_lines(reported.stderr), reported.stderr
-    assert "1000000.0  final_objective" in reported.stdout and "+- inf" in reported.stdout
+    told = error_lines(reported.stderr)
+    assert reported.returncode == 1 and [line.split(": diverged: ")[0] for line in told] == [
+        line.split(": diverged: ")[0].replace("warning", "sweep report") for line in lines], reported.stderr
+    assert all(line.endswith("; left out of the report") for line in told), told
+    summary = reported.stdout.splitlines()[3:]          # the tidy table's line, the headers, their rule
+    assert len(summary) > 2 and {line.split()[0] for line in summary} == {"0.02"}, reported.stdout
 
 
 def test_a_sweep_with_nothing_drawable_is_one_line(diverged_sweep, tmp_path):

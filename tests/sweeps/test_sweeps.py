@@ -87,10 +87,22 @@ def test_a_run_folder_named_by_an_earlier_fedsim_is_found_and_renamed(tmp_path, 
     ('"federated.method" = "fedavg"', "must be a non-empty array"),
     ('"federated.method" = []', "must be a non-empty array"),
     ('seed = [0]\n[zip]\n"federated.p_up" = [0.05, 0.1]\n"federated.p_down" = [0.1]', "equal lengths"),
+    # values written apart that resolve to one config (its fingerprint), in [grid] or [zip]: run once, not twice
+    ('"federated.lr" = [1, 1.0]', "small.toml: two runs resolve to the same config (lr=1 and lr=1.0)"),
+    ('seed = [0]\n[zip]\n"federated.lr" = [1, 1.0]\n"federated.p_up" = [0.1, 0.1]',
+     "two runs resolve to the same config (seed=0,lr=1,p_up=0.1 and seed=0,lr=1.0,p_up=0.1)"),
+    # a table's name is no setting: what is allowed, not the name itself as a suggestion
+    ('federated = [1]', "small.toml [grid]: 'federated' needs a setting of the table, like 'federated.method'"),
 ])
 def test_invalid_axes_fail_before_anything_runs_in_one_line(tmp_path, grid, fragment):
     one_line_error(fedsim(tmp_path, "sweep", sweep_file(tmp_path, grid=grid), "--out", tmp_path / "out"), 2, fragment)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_bad_base_of_a_sweep_without_axes_is_one_line_naming_no_empty_run(tmp_path):
+    (tmp_path / "x.toml").write_text('base = "nope"\n')
+    line = one_line_error(fedsim(tmp_path, "sweep", "x.toml"), 2, "unknown preset 'nope'")
+    assert line.startswith("fedsim: error: x.toml: unknown preset 'nope'; presets: "), line
 
 
 def test_pool_runs_equal_single_runs_at_any_worker_count_and_reruns_skip(tmp_path):
@@ -218,6 +230,28 @@ def test_report_and_plot(tmp_path):
     assert plot.returncode == 0, plot.stderr
     for name in ("sweep_curves.png", "sweep_final.png"):
         assert (tmp_path / "out" / "plots" / name).stat().st_size > 10_000
+
+
+def test_plot_and_report_of_a_list_axis_leave_out_an_interrupted_run_alike(tmp_path):
+    """An axis of lists (model.hidden) is plotted (was: TypeError, unhashable list); a run that did not finish is
+    named and left out of the figures as of the report (was: drawn as finished, cutting its series short)."""
+    path = sweep_file(tmp_path, rounds=3, grid='"model.hidden" = [[4], [8]]\nseed = [0, 1]')
+    path.write_text(path.read_text().replace("[set]", '[set]\n"model.name" = "mlp"'))
+    out = tmp_path / "out"
+    assert fedsim(tmp_path, "sweep", path, "--out", out, "--quiet").returncode == 0
+    manifest = manifest_of(out)
+    stopped = manifest["runs"][3]                       # as a sweep stopped after its round 2 leaves it
+    stopped.update(status="interrupted", completed=2)
+    (out / stopped["folder"] / "summary.json").unlink()
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    said = f"{stopped['folder']} (hidden=[8],seed=1): interrupted after 2 rounds"
+    plotted = fedsim(tmp_path, "sweep", "plot", out)
+    assert plotted.returncode == 0 and error_lines(plotted.stderr) == [f"fedsim: warning: {said}; not drawn"], \
+        plotted.stderr
+    assert sorted(path.name for path in (out / "plots").glob("*.png")) == ["sweep_curves.png", "sweep_final.png"]
+    reported = fedsim(tmp_path, "sweep", "report", out)
+    assert reported.returncode == 1 and error_lines(reported.stderr) == [
+        f"fedsim: sweep report: {said}; left out of the report"], reported.stderr
 
 
 def test_the_platforms_note_names_each_pair_and_compares_only_what_is_recorded():

@@ -9,12 +9,14 @@ fails the test instead of skipping it.
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -238,3 +240,50 @@ def test_ctrl_c_stops_the_dask_tasks_at_a_step_boundary_and_the_same_command_fin
     again = fedsim(tmp_path, "sweep", path, "--out", out, "--quiet", *on_dask, timeout=SWEEP_TIMEOUT)
     assert again.returncode == 0 and f"{RUNS} completed" in again.stdout, again.stderr
     assert histories(out) == local_histories(tmp_path, path)
+
+
+@pytest.mark.slow
+def test_two_sweeps_of_the_same_runs_into_two_folders_on_one_cluster_each_write_their_own(tmp_path, dask_cluster,
+                                                                                         start_sweep):
+    """A task's key names its run folder: the second sweep's runs are its own tasks, written into its own folder
+    (was: the same key, so it was handed the first sweep's results, said "2 completed" and wrote no run folder)."""
+    path = write_sweep(tmp_path, "twice", ROUNDS, CHECKPOINT_EVERY, "seed = [0, 1]")
+    on_dask = ("--backend", "dask", "--scheduler", dask_cluster.address)
+    first = start_sweep(path, tmp_path / "A", *on_dask)
+    wait_until(first, lambda: list(tmp_path.glob("A/runs/*/checkpoint.json")), "the first sweep's runs began",
+               KILL_TIMEOUT, dask_cluster.log_tails)
+    second = fedsim(tmp_path, "sweep", path, "--out", tmp_path / "B", "--quiet", *on_dask, timeout=2 * SWEEP_TIMEOUT)
+    stdout, stderr = first.communicate(timeout=SWEEP_TIMEOUT)
+    assert first.returncode == 0 and "2 completed" in stdout, stderr
+    assert second.returncode == 0 and "2 completed" in second.stdout, second.stderr
+    found = histories(tmp_path / "B")
+    assert len(found) == 2 and all(len(history) == ROUNDS for history in found.values()), found.keys()
+    assert found == histories(tmp_path / "A")
+
+
+def test_a_task_dask_gave_up_on_is_what_its_run_folder_holds(tmp_path, monkeypatch):
+    """A task whose workers all died (KilledWorker: Dask counts a death against every task on the worker, also one
+    whose run had ended) is the run its folder holds: completed with its summary.json, else failed (was: failed,
+    while the folder and `sweep report` said completed)."""
+    import distributed
+    from distributed.scheduler import KilledWorker
+
+    from fedsim.sweeps import execute
+    path = write_sweep(tmp_path, "killed", 3, CHECKPOINT_EVERY, "seed = [0, 1]")
+    assert fedsim(tmp_path, "sweep", path, "--out", tmp_path / "S", "--quiet").returncode == 0
+    sweep = load_sweep(path)
+    shutil.rmtree(run_folders(tmp_path / "S", sweep)[1])          # a run that never started
+
+    class Gone:
+        def done(self):
+            return True
+
+        def result(self):
+            raise KilledWorker("run-x", SimpleNamespace(address="tcp://127.0.0.1:1"), 3)
+    client = SimpleNamespace(submit=lambda *args, **options: Gone())
+    monkeypatch.setattr(distributed, "Event", lambda name, client: SimpleNamespace(name=name))
+    ended = {}
+    execute._run_dask(list(sweep.runs), tmp_path / "S", client, ["fedsim"],
+                      lambda planned, result: ended.update({planned.label: result}), SimpleNamespace(received=None))
+    assert ended["seed=0"] == {"status": "completed", "message": "", "completed": 3}, ended
+    assert ended["seed=1"]["status"] == "failed" and ended["seed=1"]["message"].startswith("KilledWorker: "), ended
