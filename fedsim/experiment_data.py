@@ -306,10 +306,16 @@ def _read_files(config: DataConfig, system=None) -> dict[str, Path]:
     return {key: path for key, path in files.items() if path is not None}
 
 
+def _setting_of(key: str, path: Path) -> str:
+    """The setting that names the file ``path`` read under ``key`` (:func:`_read_files`), for messages."""
+    return f"data.dataset {PREFIX}{path}" if key == "data_file" else f"system.trace {path}"
+
+
 def data_record(config: DataConfig, system=None) -> dict:
     """What meta.json records of the files a run reads (:func:`_read_files`; ``system``: the [system] table):
     each one's absolute path and SHA-256."""
-    return {key: {"path": str(path), "sha256": file_sha256(path)} for key, path in _read_files(config, system).items()}
+    return {key: {"path": str(path), "sha256": file_sha256(path, _setting_of(key, path))}
+            for key, path in _read_files(config, system).items()}
 
 
 def changed_file(config: DataConfig, meta: dict, system=None, building: bool = False, reads=None) -> str | None:
@@ -320,7 +326,7 @@ def changed_file(config: DataConfig, meta: dict, system=None, building: bool = F
         recorded = (meta.get(key) or {}).get("sha256")
         if recorded is None:
             continue
-        setting = f"data.dataset {config.dataset}" if key == "data_file" else f"system.trace {path}"
+        setting = _setting_of(key, path)
         if reads is not None:
             seen = [digest for read, digest in reads if read == str(path)]
         else:

@@ -387,6 +387,9 @@ def test_a_trace_changed_since_the_run_started_is_refused_on_resume(tmp_path):
     with pytest.raises(DataSettingError, match=r"^system.trace .*trace.csv: the file the run started with \(sha256 "
                                                r"\w+\.\.\.\) is missing or unreadable; put the run's file back"):
         resume_run(tmp_path / "run", quiet=True, extend_to=3)
+    with pytest.raises(DataSettingError, match=r"^system.trace .*trace.csv: cannot be read \(No such file"):
+        start_run(config, tmp_path / "new", name="new", quiet=True)       # named as the trace, not as npz data
+    assert not (tmp_path / "new").exists()
     # a trace read through a link is recorded under the link (as npz data is), so that sweep report compares
     # runs that read two targets of one link
     link = tmp_path / "link.csv"
