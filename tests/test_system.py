@@ -298,6 +298,10 @@ LAZY_REFUSES = r"apply to family 'federated' only \(family is 'lazy'\)"     # th
     ("synthetic", ['system.profile="mixed"', "system.latency=0.3"], r"^system.latency: read only with .* = 'custom',"),
     ("synthetic", ['system.profile="trace"', "system.trace='t.csv'", "system.spread=0"],
      r"^system.spread: read only with system.profile = 'wifi', '4g', '3g', 'mixed' or 'custom', not 'trace'"),
+    # custom medians whose round of one bit each way is beyond the floats: refused before a run folder, as a trace's
+    ("synthetic", ['system.profile="custom"', "system.uplink=1e-320"], r"^system.uplink = 9.99989e-321 makes the "
+     r"simulated time of a round infinite \(beyond 1.8e\+308 s\); uplink, downlink and speed must be larger"),
+    ("laq-synthetic", ['system.profile="custom"', "system.latency=1e308"], r"^system.latency = 1e\+308 makes"),
     # exp(sigma z) must stay finite: no inf or NaN time, no update silently dropped by it
     ("synthetic", ['system.profile="4g"', "system.spread=300"], r"^system.spread must be a finite number in \[0, 10\]"),
     ("synthetic", ['system.profile="4g"', "system.round_spread=1e308"], r"^system.round_spread must .* \[0, 10\]"),
