@@ -182,6 +182,10 @@ REPORT = ["compressors", "report"]
     (["run", "--preset", "synthetic", "--set", "federated.batch_size=5000", "--quiet"],
      "the config does not fit the data: federated.batch_size (5000) is larger than the smallest client's data (40 "
      "samples, client 12): set federated.batch_size <= 40, or fewer federated.n_clients"),
+    # beyond the training set: refused with its range, not clipped (the default 5000 means all if fewer)
+    (["run", "--preset", "synthetic", "--set", "federated.eval_train_samples=100000000", "--quiet"],
+     "the config does not fit the data: federated.eval_train_samples must be an integer in [1, 4321] (the training "
+     "samples; or 5000: all of them if fewer), got 100000000"),
 ])
 def test_errors_of_exactly_one_line(in_process, tmp_path, args, line):
     (tmp_path / "exp.toml").write_text("")

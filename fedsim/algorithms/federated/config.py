@@ -81,7 +81,8 @@ class FederatedConfig:
                                       Optional(OneOf(*AGGREGATIONS), METHODS_DEFAULT))
     compression_scope: str = setting("tensor", "tensor (per parameter tensor, as the reference) | global",
                                      OneOf(*SCOPES))
-    eval_train_samples: int = setting(5000, "evaluate on the first this-many training samples", AT_LEAST_ONE)
+    eval_train_samples: int = setting(5000, "evaluate on the first this-many training samples, at most all (the "
+                                            "default 5000: all if fewer)", AT_LEAST_ONE)
     eval_every: int = setting(1, "evaluate every this-many rounds (and at the last)", AT_LEAST_ONE)
     dtype: str = setting("float32", "float32 | float64", OneOf("float32", "float64"))
     bits_per_round: float | None = setting(

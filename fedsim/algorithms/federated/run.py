@@ -94,7 +94,11 @@ class FederatedRun:
                                               f"{config.n_clients})")
         self.x_train = as_dtype(dataset.x_train, self.dtype)        # floats, or 8-bit Codes
         self.y_train = np.asarray(dataset.y_train, dtype=np.int64)
-        n_eval = min(config.eval_train_samples, len(self.y_train))
+        n_eval, default = config.eval_train_samples, FederatedConfig.eval_train_samples     # the default: at most
+        if n_eval > len(self.y_train) and n_eval != default:
+            raise ValueError(f"federated.eval_train_samples must be an integer in [1, {len(self.y_train)}] (the "
+                             f"training samples; or {default}: all of them if fewer), got {n_eval}")
+        n_eval = min(n_eval, len(self.y_train))
         self.eval_sets = {
             "train": (self.x_train[:n_eval], self.y_train[:n_eval]),
             "test": (as_dtype(dataset.x_test, self.dtype),
