@@ -149,6 +149,11 @@ def resolve_config(args):
     if args.config and args.preset:
         raise UsageError("give either a CONFIG file or --preset NAME, not both")
     overrides = list(args.overrides)
+    keys = {text.partition("=")[0].strip() for text in overrides}
+    for option, key, value in (("--seed", "seed", args.seed), ("--dataset", "data.dataset", args.dataset),
+                               ("--data-dir", "data.data_dir", args.data_dir)):
+        if value is not None and key in keys:
+            raise UsageError(f"{option} and --set {key}=... give {key} two values; give one of them")
     if args.seed is not None:
         overrides.append(("seed", args.seed))
     if args.dataset is not None:

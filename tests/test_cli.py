@@ -136,6 +136,11 @@ CONFIG = ["run", "exp.toml", "--quiet"]
     ("", ["data", "fetch", "synthetic"], ["needs no files"]),
     ("x = " + "[" * 5000 + "]" * 5000 + "\n", CONFIG, ["nested too deeply"]),
     ("", ["run", "--preset", "synthetic", "--extend-to", "3"], ["--extend-to goes with --resume"]),
+    # a shortcut option and --set of its setting: two values for one setting, whatever the order (was: the option won)
+    ("", ["show-config", "--preset", "synthetic", "--seed", "3", "--set", "seed=5"],
+     ["--seed and --set seed=... give seed two values; give one of them"]),
+    ("", ["run", "--preset", "stc-mnist", "--set", "data.dataset=npz:x.npz", "--dataset", "fashion-mnist"],
+     ["--dataset and --set data.dataset=... give data.dataset two values"]),
     # a ~user that cannot be expanded, in each path a user gives
     ("", ["run", "--preset", "synthetic", "--dataset", "npz:~no-such-user-fedsim/x.npz"],
      ["data.dataset: cannot expand '~' in '~no-such-user-fedsim/x.npz'"]),
