@@ -167,8 +167,10 @@ def resolve_config(args):
     elif args.config:
         config, name = load_config_file(args.config, overrides, notes=notes), Path(args.config).stem
     elif args.command == "show-config":
-        from fedsim.config import apply_overrides, config_from_dict
-        config, name = config_from_dict(apply_overrides({}, overrides), "defaults"), "defaults"
+        from fedsim.config import apply_overrides, config_from_dict, unused_tables
+        raw = apply_overrides({}, overrides)
+        config, name = config_from_dict(raw, "defaults"), "defaults"
+        notes.extend(unused_tables(raw, config))
     else:
         raise UsageError("give a CONFIG file or --preset NAME (see `fedsim presets`), or --resume RUN_DIR")
     for note in notes:
