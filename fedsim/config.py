@@ -231,8 +231,9 @@ def format_value(value) -> str:
 def suggest(key: str, table: str | None = None) -> str | None:
     """The valid dotted setting closest to ``key`` (``table`` is where the key was met), or None.
 
-    Tried in order: the closest field of the same table (``difflib``, cutoff 0.6); a field of that exact
-    name in another table (``lr`` -> ``federated.lr``); the closest field name in any table.
+    Tried in order: the closest field of the same table (``difflib``, cutoff 0.6); a top-level setting of that
+    exact name (``federated.seed`` -> ``seed``) or a field of that exact name in another table (``lr`` ->
+    ``federated.lr``); the closest field name in any table.
     """
     name = key.rsplit(".", 1)[-1]
     if table in TABLES:
@@ -243,6 +244,8 @@ def suggest(key: str, table: str | None = None) -> str | None:
         close = difflib.get_close_matches(name, list(TOP_LEVEL) + list(TABLES), n=1, cutoff=0.6)
         if close:
             return close[0]
+    if table is not None and name in TOP_LEVEL:      # federated.seed -> seed
+        return name
     exact = [f"{other}.{name}" for other in TABLES if name in table_fields(other)]
     if exact:
         return exact[0]

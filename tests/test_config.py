@@ -93,6 +93,8 @@ def test_defaults_round_trip_and_unset_settings_become_comments():
     ({"data": {"rounds": 3}}, "federated.rounds"),   # ... or in the wrong table
     ({"run": {"n_worker": 3}}, "lazy.n_workers"),
     ({"federate": {"lr": 0.1}}, "federated"),
+    ({"federated": {"seed": 1}}, "seed"),       # a top-level setting written in a table (was: system.speed)
+    ({"data": {"family": "lazy"}}, "family"),
 ])
 def test_unknown_key_names_the_closest_valid_key(raw, suggestion):
     message = config_error(raw)
