@@ -14,8 +14,8 @@ from functools import partial
 from pathlib import Path
 
 from fedsim import __version__, report_card
-from fedsim.programs import (EXIT_FAILED, EXIT_OK, EXIT_USAGE, NO_SPACE, UsageError, no_space, one_line_errors,
-                             report_outcome, stopped_at_once)
+from fedsim.programs import (EXIT_FAILED, EXIT_OK, EXIT_USAGE, NO_SPACE, OneLineParser, UsageError, no_space,
+                             one_line_errors, report_outcome, stopped_at_once)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -44,17 +44,8 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse with its errors as fedsim's one line (usage through --help)."""
-
-    def error(self, message):
-        command = self.prog.removeprefix("fedsim").strip()     # "run" for `fedsim run`; "" for fedsim itself
-        self.exit(EXIT_USAGE, f"fedsim: error: {command + ': ' if command else ''}{message} (see {self.prog} "
-                              f"--help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = OneLineParser(
         prog="fedsim", description="Simulate communication-efficient federated learning (STC, FedAvg, "
                                    "signSGD, top-k) and lazy aggregation (GD, QGD, LAG, LAQ, SLAQ).")
     parser.add_argument("--version", action="version", version=f"fedsim {__version__}")
