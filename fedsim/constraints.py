@@ -21,6 +21,7 @@ each field for ``show-config``. Checks that relate several fields stay in ``__po
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import math
 from dataclasses import dataclass
 from typing import Callable, Iterable
@@ -58,6 +59,8 @@ def _shown(value) -> str:
     """``value`` for an error message: its repr, with its type where the repr hides it."""
     if isinstance(value, (np.generic, np.ndarray)):
         return f"{type(value).__name__} {value!r}"
+    if isinstance(value, (datetime.date, datetime.time)):      # a TOML date or time, as TOML writes it
+        return value.isoformat()
     return repr(value)
 
 
