@@ -291,6 +291,8 @@ def _build_table(table: str, values: dict, source: str, **derived):
 def setting_error(table: str, error: Exception, fields) -> ConfigError:
     """The error of a dataclass validating ``table``'s settings (``fields``) as one line naming the setting."""
     message = _one_line(error)
+    if message.startswith(f"{table}."):     # already dotted (data.dataset 'npz:' names no file)
+        return ConfigError(message)
     # The dataclasses' messages start with the setting's name: make it the dotted one.
     first_word = re.match(r"\w+", message)
     named = first_word is not None and first_word.group(0) in fields
@@ -492,6 +494,7 @@ def _comments(cls) -> dict[str, str]:
     comments = descriptions(cls)
     for name in comments:
         constraint = constraint_of(cls, name)
+        constraint = constraint.inner if isinstance(constraint, Optional) else constraint   # a value is set
         if isinstance(constraint, (Integer, Real)):
             comments[name] += f"; {constraint.describe()}"
     return comments

@@ -1,6 +1,7 @@
 """Experiment configs: TOML <-> frozen dataclasses, key / type / range validation, overrides, presets."""
 
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -75,6 +76,10 @@ def test_defaults_round_trip_and_unset_settings_become_comments():
     assert '# pipeline = (unset: the family\'s, "stc")' in text
     assert "# accumulate_up = (unset: the method's, true)" in text
     assert "# not used: family = \"federated\"\n[lazy]" in text
+    # each comment says the values allowed: the lazy dtype's choices, an optional number once it is set
+    assert re.search(r'\ndtype = "float64" +# float64 \| float32', text)
+    set_text = config_to_toml(config_from_dict({"run": {"f_star": 0.5}}))
+    assert re.search(r"\nf_star = 0.5 +# .*; a finite number\n", set_text), set_text
     # a dict leaves out the unset and derived settings
     document = config_to_dict(ExperimentConfig(seed=3))
     assert "seed" not in document["lazy"] and "pipeline" not in document["data"]
@@ -147,10 +152,11 @@ def test_derived_lazy_seed_follows_the_top_level_seed():
     # an unknown key without a close match lists the table; a derived setting cannot be set
     ({"run": {"zzzzzz": 1}}, "[run] has: checkpoint_every, f_star"),
     ({"lazy": {"seed": 4}}, "set the top-level `seed` instead"),
+    ({"data": {"dataset": "npz:"}}, "data.dataset 'npz:' names no file"),     # named once (was: [data] data....)
 ])
 def test_a_bad_setting_names_it_and_what_is_allowed(raw, expected):
     message = config_error(raw)
-    assert expected in message, message
+    assert expected in message and not message.startswith("["), message
 
 
 @pytest.mark.parametrize("text", ["dd", "./dd"])
