@@ -222,8 +222,10 @@ def command_run(args) -> int:
     else:
         if args.extend_to is not None:
             raise UsageError("--extend-to goes with --resume RUN_DIR")
+        if args.out is not None and not args.out.strip():
+            raise UsageError("--out must name the run folder; got an empty path")
         config, name = resolve_config(args)
-        out = Path(args.out) if args.out else default_run_dir(name)
+        out = Path(args.out) if args.out is not None else default_run_dir(name)
         if not args.quiet:
             family = config.algorithm_family
             print(f"fedsim: {name}: {config.method} on {config.data.dataset}, {config.n_clients} "

@@ -187,6 +187,7 @@ REPORT = ["compressors", "report"]
     (["run", "--preset", "synthetic", "--set", "federated.batch_size=5000", "--quiet"],
      "the config does not fit the data: federated.batch_size (5000) is larger than the smallest client's data (40 "
      "samples, client 12): set federated.batch_size <= 40, or fewer federated.n_clients"),
+    (["run", "--preset", "synthetic", "--out", "", "--quiet"], "--out must name the run folder; got an empty path"),
     # beyond the training set: refused with its range, not clipped (the default 5000 means all if fewer)
     (["run", "--preset", "synthetic", "--set", "federated.eval_train_samples=100000000", "--quiet"],
      "the config does not fit the data: federated.eval_train_samples must be an integer in [1, 4321] (the training "
