@@ -181,6 +181,7 @@ class Devices(NamedTuple):
     speed: np.ndarray        # multiply-adds/s
 
 
+@np.errstate(over="ignore")     # medians far out, times exp(sigma z): inf, refused by the clocks (_Clock.checked)
 def draw_devices(config: SystemConfig, n_clients: int, rng: np.random.Generator) -> Devices:
     """The devices of ``n_clients`` clients (the module docstring: profiles, spread, custom, trace)."""
     if config.profile == "trace":

@@ -364,6 +364,7 @@ PROFILE = r"system.profile 'custom' \(its links, latencies and speeds\)"
 @pytest.mark.parametrize("preset, overrides, source, step", [
     ("synthetic", SLOW_LINK, PROFILE, "round 1"),
     ("laq-synthetic", SLOW_LINK, PROFILE, "iteration 0"),
+    ("synthetic", ['system.profile="custom"', "system.latency=1e307", "system.spread=10"], PROFILE, "round 1"),
     ("synthetic", ['system.profile="trace"', "system.trace={trace!r}", "federated.participation_rate=1"],
      r"system.trace .*trace.csv", "round 1"),                        # the trace's client 3 has that link
 ])
