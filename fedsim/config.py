@@ -337,10 +337,40 @@ def config_from_dict(raw: dict, source: str = "") -> ExperimentConfig:
         raise ConfigError(_one_line(error)) from None
 
 
+#: Settings read only when another setting (dotted) has one of the values given: set otherwise, they are named
+#: by :func:`unused_tables` (a warning: a sweep over the other setting keeps them).
+READ_ONLY_WITH = {
+    ("data", "classes_per_client"): ("data.partition", ("classes_per_client",)),
+    ("data", "balancedness"): ("data.partition", ("classes_per_client",)),
+    ("data", "dirichlet_alpha"): ("data.partition", ("dirichlet",)),
+    ("data", "shards_per_client"): ("data.partition", ("shards",)),
+    **{("data", name): ("data.dataset", ("synthetic",)) for name in ("synthetic_alpha", "synthetic_beta",
+                                                                     "synthetic_devices")},
+    ("data", "synthetic_eval_devices"): ("data.synthetic_on_demand", (True,)),
+    ("data", "data_dir"): ("data.dataset", ("mnist", "fashion-mnist")),
+    ("data", "download"): ("data.dataset", ("mnist", "fashion-mnist")),
+    ("federated", "lr_decay"): ("federated.lr_schedule", ("exponential", "step")),
+    ("federated", "lr_step_epochs"): ("federated.lr_schedule", ("step",)),
+    ("stc", "sample_fraction"): ("stc.threshold", ("sampled",)),
+    ("stc", "sample_mode"): ("stc.threshold", ("sampled",)),
+    **{("lazy", name): ("lazy.method", ("lag-wk", "lag-ps", "laq", "slaq"))
+       for name in ("history_length", "history_weight", "max_skips")},
+    ("lazy", "slaq_error_scale"): ("lazy.method", ("slaq",)),
+    ("lazy", "slaq_threshold_offset"): ("lazy.method", ("slaq",)),
+    ("run", "f_star"): ("family", ("lazy",)),
+}
+
+
+def _value(config: ExperimentConfig, dotted: str):
+    *table, name = dotted.split(".")
+    return getattr(section(config, table[0]) if table else config, name)
+
+
 def unused_tables(raw: dict, config: ExperimentConfig) -> list[str]:
     """The tables a document sets that ``config`` does not use: another family's, or a compressor's that
-    neither direction of the federated method uses (their settings would be ignored without a word). A
-    table whose values are all its defaults is no such table: ``show-config`` writes every table so."""
+    neither direction of the federated method uses (their settings would be ignored without a word); then the
+    settings of used tables that are not read (:data:`READ_ONLY_WITH`, the family's ``Report.unused``). A
+    value equal to its default is no such setting: ``show-config`` writes every table so."""
     unused = []
     for table, values in raw.items():
         if not isinstance(values, dict) or not values or table not in TABLES:
@@ -356,6 +386,22 @@ def unused_tables(raw: dict, config: ExperimentConfig) -> list[str]:
             used = {resolved.up, resolved.down} if config.algorithm is holder else set()
             if table not in used:
                 unused.append(f"[{table}] (method {config.method!r} does not use the {table} compressor)")
+                continue
+        if table in FAMILIES and table != config.family:
+            continue
+        ignored = config.algorithm_family.report.unused(values) if table == config.family else set()
+        for name, value in values.items():
+            if defaults.get(name, MISSING) == value:
+                continue
+            if name in ignored:
+                unused.append(f"{table}.{name} (method {config.method!r} does not read it)")
+            elif (table, name) in READ_ONLY_WITH:
+                other, readers = READ_ONLY_WITH[table, name]
+                if _value(config, other) not in readers:
+                    said = ", ".join(map(toml_value, readers[:-1])) + " or " * (len(readers) > 1) + \
+                        toml_value(readers[-1])
+                    unused.append(f"{table}.{name} (read only with {other} = {said}, not "
+                                  f"{toml_value(_value(config, other))})")
     return unused
 
 

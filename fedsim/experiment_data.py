@@ -89,8 +89,9 @@ class DataConfig:
         path = npz_path(self.dataset)
         if path is not None:     # a relative PATH is from the current folder now; the config keeps it absolute
             object.__setattr__(self, "dataset", f"{PREFIX}{path}")
-            if self.train_split != "train":
-                raise ValueError("train_split must be 'train' with npz data (the file has its own x_train)")
+        if self.train_split != "train" and (path is not None or self.dataset == "synthetic"):
+            raise ValueError("train_split must be 'train' with " + ("npz data (the file has its own x_train)" if path
+                             else "synthetic data (generated with a training set of its own)"))
         if self.data_dir is not None and self.data_dir.strip():     # kept absolute too, as --data-dir makes it
             object.__setattr__(self, "data_dir", str(expand_home(self.data_dir, "data_dir").absolute()))
         if self.storage == "uint8" and self.dataset not in DATASETS:

@@ -153,6 +153,8 @@ def test_derived_lazy_seed_follows_the_top_level_seed():
     ({"run": {"zzzzzz": 1}}, "[run] has: checkpoint_every, f_star"),
     ({"lazy": {"seed": 4}}, "set the top-level `seed` instead"),
     ({"data": {"dataset": "npz:"}}, "data.dataset 'npz:' names no file"),     # named once (was: [data] data....)
+    # synthetic data has its own training set: a config saying it trained on the test split would be false
+    ({"data": {"dataset": "synthetic", "train_split": "test"}}, "data.train_split must be 'train' with synthetic"),
 ])
 def test_a_bad_setting_names_it_and_what_is_allowed(raw, expected):
     message = config_error(raw)
