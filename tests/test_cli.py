@@ -556,7 +556,7 @@ def test_compressors_report_tells_of_a_compressor_it_cannot_measure(capsys):
     assert main(["compressors", "report", "powersgd", "qsgd", "--size", "11", "--draws", "3",
                  "--set", "powersgd.rank=5"]) == 1
     captured = capsys.readouterr()
-    reason = "rank must be an integer in [1, 1] for the (1, 10) tensor (at most min(n, m)), got 5"
+    reason = "powersgd.rank must be an integer in [1, 1] for the (1, 10) tensor (at most min(n, m)), got 5"
     assert f"powersgd   not measured: {reason}" in captured.out
     assert "qsgd: levels=16 bucket_size=512" in captured.out
     assert captured.err == f"fedsim: compressors report: powersgd not measured: {reason}\n"

@@ -153,6 +153,9 @@ def test_derived_lazy_seed_follows_the_top_level_seed():
     ({"run": {"zzzzzz": 1}}, "[run] has: checkpoint_every, f_star"),
     ({"lazy": {"seed": 4}}, "set the top-level `seed` instead"),
     ({"data": {"dataset": "npz:"}}, "data.dataset 'npz:' names no file"),     # named once (was: [data] data....)
+    # a compressor's p and scope named as the [federated] settings that give them (was: [federated] scope ...)
+    ({"federated": {"method": "powersgd_up", "compression_scope": "global"}},
+     "federated.compression_scope must be one of 'tensor', got 'global' (the powersgd compressor, up)"),
     # synthetic data has its own training set: a config saying it trained on the test split would be false
     ({"data": {"dataset": "synthetic", "train_split": "test"}}, "data.train_split must be 'train' with synthetic"),
 ])

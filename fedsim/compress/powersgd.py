@@ -224,7 +224,7 @@ class PowerSGD(Compressor):
                              "or a Layout with shapes, not an int size or a Layout without shapes")
         for j, _, n, m in self.matrix_segments(layout):
             if self.rank > min(n, m):
-                raise ValueError(f"rank must be an integer in [1, {min(n, m)}] for the {layout.shapes[j]} tensor "
+                raise ValueError(f"powersgd.rank must be an integer in [1, {min(n, m)}] for the {layout.shapes[j]} tensor "
                                  f"(at most min(n, m)), got {self.rank}")
         return PowerSGDState(layout)
 

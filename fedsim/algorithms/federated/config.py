@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 
 from fedsim.compress import COMPRESSORS, aggregation
@@ -109,7 +110,12 @@ class FederatedConfig:
                              f"method {self.method!r} (allowed: {', '.join(allowed)}; 'majority' needs sign "
                              f"updates, method 'signsgd')")
         for direction in ("up", "down"):
-            compressor = self.compressor(direction)        # builds (and so validates) both compressors
+            try:
+                compressor = self.compressor(direction)        # builds (and so validates) both compressors
+            except (TypeError, ValueError) as error:          # p and scope: named as the settings that give them
+                named = {"p": f"p_{direction}", "scope": "compression_scope"}
+                raise type(error)(re.sub(r"^(p|scope)\b", lambda found: named[found[1]], str(error))
+                                  + f" (the {getattr(self.resolved_method, direction)} compressor, {direction})")
             if (compressor.name == "sign" and compressor.scale == "none"
                     and getattr(self.resolved_method, f"accumulate_{direction}")):
                 raise ValueError(f'accumulate_{direction} = true needs sign.scale = "mean": an unscaled sign '
