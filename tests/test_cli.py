@@ -188,6 +188,10 @@ REPORT = ["compressors", "report"]
      "the config does not fit the data: federated.batch_size (5000) is larger than the smallest client's data (40 "
      "samples, client 12): set federated.batch_size <= 40, or fewer federated.n_clients"),
     (["run", "--preset", "synthetic", "--out", "", "--quiet"], "--out must name the run folder; got an empty path"),
+    # a bit budget out of reach: refused before the run folder, as lazy.bits_per_upload (was: a folder left behind)
+    (["run", "--preset", "synthetic", "--set", "federated.bits_per_round=1e300", "--quiet"],
+     "federated.bits_per_round = 1e+300 is out of reach of stc: its reachable range ends at 1347.77 bits per client "
+     "(p = 1)"),
     # beyond the training set: refused with its range, not clipped (the default 5000 means all if fewer)
     (["run", "--preset", "synthetic", "--set", "federated.eval_train_samples=100000000", "--quiet"],
      "the config does not fit the data: federated.eval_train_samples must be an integer in [1, 4321] (the training "
