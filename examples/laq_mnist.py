@@ -66,8 +66,8 @@ AGAIN = "this command again"        # what continues the runs after an interrupt
 
 def parse_args(argv=None) -> argparse.Namespace:
     from fedsim.algorithms.lazy import METHODS
-    from fedsim.programs import add_model_options
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from fedsim.programs import OneLineParser, add_model_options
+    parser = OneLineParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="mnist", choices=sorted(PRESETS),
                         help="the data; it chooses the preset whose settings are the defaults (default mnist)")
     parser.add_argument("--train-split", choices=["train", "test"],

@@ -15,7 +15,6 @@ against the bits sent up. Finished runs are skipped, so a second call only repor
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 from pathlib import Path
@@ -191,9 +190,9 @@ def figures(all_series: dict, out: Path) -> list[Path]:
 
 
 def main(argv=None) -> int:
-    from fedsim.programs import one_line_errors
+    from fedsim.programs import OneLineParser, one_line_errors
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", choices=list(SWEEPS), default=list(SWEEPS))
     parser.add_argument("--out", type=Path, default=Path("runs") / "stc-paper", help="sweep folders go here")
     parser.add_argument("--workers", type=int, help="processes per sweep (default: fedsim sweep's)")

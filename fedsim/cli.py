@@ -15,8 +15,8 @@ from functools import partial
 from pathlib import Path
 
 from fedsim import __version__, report_card
-from fedsim.programs import (EXIT_FAILED, EXIT_OK, EXIT_USAGE, NO_SPACE, UsageError, no_space, one_line_errors,
-                             report_outcome, stopped_at_once)
+from fedsim.programs import (EXIT_FAILED, EXIT_OK, EXIT_USAGE, NO_SPACE, OneLineParser, UsageError, no_space,
+                             one_line_errors, report_outcome, stopped_at_once)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -45,17 +45,8 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse with its errors as fedsim's one line (usage through --help)."""
-
-    def error(self, message):
-        command = self.prog.removeprefix("fedsim").strip()     # "run" for `fedsim run`; "" for fedsim itself
-        self.exit(EXIT_USAGE, f"fedsim: error: {command + ': ' if command else ''}{message} (see {self.prog} "
-                              f"--help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = OneLineParser(
         prog="fedsim", description="Simulate communication-efficient federated learning (STC, FedAvg, "
                                    "signSGD, top-k) and lazy aggregation (GD, QGD, LAG, LAQ, SLAQ).")
     parser.add_argument("--version", action="version", version=f"fedsim {__version__}")
@@ -151,6 +142,11 @@ def resolve_config(args):
     if args.config and args.preset:
         raise UsageError("give either a CONFIG file or --preset NAME, not both")
     overrides = list(args.overrides)
+    keys = {text.partition("=")[0].strip() for text in overrides}
+    for option, key, value in (("--seed", "seed", args.seed), ("--dataset", "data.dataset", args.dataset),
+                               ("--data-dir", "data.data_dir", args.data_dir)):
+        if value is not None and key in keys:
+            raise UsageError(f"{option} and --set {key}=... give {key} two values; give one of them")
     if args.seed is not None:
         overrides.append(("seed", args.seed))
     if args.dataset is not None:
@@ -164,8 +160,10 @@ def resolve_config(args):
     elif args.config:
         config, name = load_config_file(args.config, overrides, notes=notes), Path(args.config).stem
     elif args.command == "show-config":
-        from fedsim.config import apply_overrides, config_from_dict
-        config, name = config_from_dict(apply_overrides({}, overrides), "defaults"), "defaults"
+        from fedsim.config import apply_overrides, config_from_dict, unused_tables
+        raw = apply_overrides({}, overrides)
+        config, name = config_from_dict(raw, "defaults"), "defaults"
+        notes.extend(unused_tables(raw, config))
     else:
         raise UsageError("give a CONFIG file or --preset NAME (see `fedsim presets`), or --resume RUN_DIR")
     for note in notes:
@@ -227,11 +225,13 @@ def command_run(args) -> int:
     else:
         if args.extend_to is not None:
             raise UsageError("--extend-to goes with --resume RUN_DIR")
+        if args.out is not None and not args.out.strip():
+            raise UsageError("--out must name the run folder; got an empty path")
         config, name = resolve_config(args)
         # a folder of fedsim's naming is made now: a run started meanwhile without --out takes the next name
-        fresh = [] if args.out or Path("runs").exists() else [Path("runs")]
-        out = Path(args.out) if args.out else default_run_dir(name, create=True)
-        made = [] if args.out else [out, *fresh]
+        fresh = [] if args.out is not None or Path("runs").exists() else [Path("runs")]
+        out = Path(args.out) if args.out is not None else default_run_dir(name, create=True)
+        made = [] if args.out is not None else [out, *fresh]
         if not args.quiet:
             family = config.algorithm_family
             print(f"fedsim: {name}: {config.method} on {config.data.dataset}, {config.n_clients} "

@@ -233,8 +233,9 @@ def format_value(value) -> str:
 def suggest(key: str, table: str | None = None) -> str | None:
     """The valid dotted setting closest to ``key`` (``table`` is where the key was met), or None.
 
-    Tried in order: the closest field of the same table (``difflib``, cutoff 0.6); a field of that exact
-    name in another table (``lr`` -> ``federated.lr``); the closest field name in any table.
+    Tried in order: the closest field of the same table (``difflib``, cutoff 0.6); a top-level setting of that
+    exact name (``federated.seed`` -> ``seed``) or a field of that exact name in another table (``lr`` ->
+    ``federated.lr``); the closest field name in any table.
     """
     name = key.rsplit(".", 1)[-1]
     if table in TABLES:
@@ -245,6 +246,8 @@ def suggest(key: str, table: str | None = None) -> str | None:
         close = difflib.get_close_matches(name, list(TOP_LEVEL) + list(TABLES), n=1, cutoff=0.6)
         if close:
             return close[0]
+    if table is not None and name in TOP_LEVEL:      # federated.seed -> seed
+        return name
     exact = [f"{other}.{name}" for other in TABLES if name in table_fields(other)]
     if exact:
         return exact[0]
@@ -290,6 +293,8 @@ def _build_table(table: str, values: dict, source: str, **derived):
 def setting_error(table: str, error: Exception, fields) -> ConfigError:
     """The error of a dataclass validating ``table``'s settings (``fields``) as one line naming the setting."""
     message = _one_line(error)
+    if message.startswith(f"{table}."):     # already dotted (data.dataset 'npz:' names no file)
+        return ConfigError(message)
     # The dataclasses' messages start with the setting's name: make it the dotted one.
     first_word = re.match(r"\w+", message)
     named = first_word is not None and first_word.group(0) in fields
@@ -334,10 +339,40 @@ def config_from_dict(raw: dict, source: str = "") -> ExperimentConfig:
         raise ConfigError(_one_line(error)) from None
 
 
+#: Settings read only when another setting (dotted) has one of the values given: set otherwise, they are named
+#: by :func:`unused_tables` (a warning: a sweep over the other setting keeps them).
+READ_ONLY_WITH = {
+    ("data", "classes_per_client"): ("data.partition", ("classes_per_client",)),
+    ("data", "balancedness"): ("data.partition", ("classes_per_client",)),
+    ("data", "dirichlet_alpha"): ("data.partition", ("dirichlet",)),
+    ("data", "shards_per_client"): ("data.partition", ("shards",)),
+    **{("data", name): ("data.dataset", ("synthetic",)) for name in ("synthetic_alpha", "synthetic_beta",
+                                                                     "synthetic_devices")},
+    ("data", "synthetic_eval_devices"): ("data.synthetic_on_demand", (True,)),
+    ("data", "data_dir"): ("data.dataset", ("mnist", "fashion-mnist")),
+    ("data", "download"): ("data.dataset", ("mnist", "fashion-mnist")),
+    ("federated", "lr_decay"): ("federated.lr_schedule", ("exponential", "step")),
+    ("federated", "lr_step_epochs"): ("federated.lr_schedule", ("step",)),
+    ("stc", "sample_fraction"): ("stc.threshold", ("sampled",)),
+    ("stc", "sample_mode"): ("stc.threshold", ("sampled",)),
+    **{("lazy", name): ("lazy.method", ("lag-wk", "lag-ps", "laq", "slaq"))
+       for name in ("history_length", "history_weight", "max_skips")},
+    ("lazy", "slaq_error_scale"): ("lazy.method", ("slaq",)),
+    ("lazy", "slaq_threshold_offset"): ("lazy.method", ("slaq",)),
+    ("run", "f_star"): ("family", ("lazy",)),
+}
+
+
+def _value(config: ExperimentConfig, dotted: str):
+    *table, name = dotted.split(".")
+    return getattr(section(config, table[0]) if table else config, name)
+
+
 def unused_tables(raw: dict, config: ExperimentConfig) -> list[str]:
     """The tables a document sets that ``config`` does not use: another family's, or a compressor's that
-    neither direction of the federated method uses (their settings would be ignored without a word). A
-    table whose values are all its defaults is no such table: ``show-config`` writes every table so."""
+    neither direction of the federated method uses (their settings would be ignored without a word); then the
+    settings of used tables that are not read (:data:`READ_ONLY_WITH`, the family's ``Report.unused``). A
+    value equal to its default is no such setting: ``show-config`` writes every table so."""
     unused = []
     for table, values in raw.items():
         if not isinstance(values, dict) or not values or table not in TABLES:
@@ -353,6 +388,22 @@ def unused_tables(raw: dict, config: ExperimentConfig) -> list[str]:
             used = {resolved.up, resolved.down} if config.algorithm is holder else set()
             if table not in used:
                 unused.append(f"[{table}] (method {config.method!r} does not use the {table} compressor)")
+                continue
+        if table in FAMILIES and table != config.family:
+            continue
+        ignored = config.algorithm_family.report.unused(values) if table == config.family else set()
+        for name, value in values.items():
+            if defaults.get(name, MISSING) == value:
+                continue
+            if name in ignored:
+                unused.append(f"{table}.{name} (method {config.method!r} does not read it)")
+            elif (table, name) in READ_ONLY_WITH:
+                other, readers = READ_ONLY_WITH[table, name]
+                if _value(config, other) not in readers:
+                    said = ", ".join(map(toml_value, readers[:-1])) + " or " * (len(readers) > 1) + \
+                        toml_value(readers[-1])
+                    unused.append(f"{table}.{name} (read only with {other} = {said}, not "
+                                  f"{toml_value(_value(config, other))})")
     return unused
 
 
@@ -491,6 +542,7 @@ def _comments(cls) -> dict[str, str]:
     comments = descriptions(cls)
     for name in comments:
         constraint = constraint_of(cls, name)
+        constraint = constraint.inner if isinstance(constraint, Optional) else constraint   # a value is set
         if isinstance(constraint, (Integer, Real)):
             comments[name] += f"; {constraint.describe()}"
     return comments

@@ -9,7 +9,8 @@ A constraint describes itself (``Integer(low=1).describe() == "an integer >= 1"`
 A value of the wrong kind (a string where a number belongs, a bool where an integer belongs) raises
 ``TypeError``; a value of the right kind outside the allowed set raises ``ValueError``. Both messages are one
 line naming the setting, what is allowed and what was given. ``check`` returns the value normalized to the
-Python type the constraint stands for (``numpy.int64(3)`` -> ``3``), so callers keep what it returns.
+Python type the constraint stands for (``numpy.int64(3)`` -> ``3``, ``-0.0`` -> ``0.0``), so callers keep what
+it returns.
 
 Config dataclasses declare each field with :func:`setting` (its default, its one-line description and its
 constraint) and call :func:`check_fields` in ``__post_init__``; :func:`descriptions` gives the description of
@@ -20,6 +21,7 @@ each field for ``show-config``. Checks that relate several fields stay in ``__po
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import math
 from dataclasses import dataclass
 from typing import Callable, Iterable
@@ -57,6 +59,8 @@ def _shown(value) -> str:
     """``value`` for an error message: its repr, with its type where the repr hides it."""
     if isinstance(value, (np.generic, np.ndarray)):
         return f"{type(value).__name__} {value!r}"
+    if isinstance(value, (datetime.date, datetime.time)):      # a TOML date or time, as TOML writes it
+        return value.isoformat()
     return repr(value)
 
 
@@ -116,7 +120,7 @@ class Real(Constraint):
     def normalize(self, value) -> float:
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
             raise TypeError
-        return float(value)
+        return float(value) + 0.0       # -0.0 as 0.0: equal values, one config fingerprint
 
     def allows(self, value: float) -> bool:
         if not math.isfinite(value):

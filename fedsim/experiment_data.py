@@ -24,7 +24,7 @@ from fedsim.data.load import DATASET_NAMES, PIPELINES, TRAIN_SPLITS, load_datase
 from fedsim.data.npz import PREFIX, file_sha256, load_npz, npz_path
 from fedsim.data.partition import METHOD_SETTINGS, split_indices
 from fedsim.data.registry import DATASETS, DataSettingError
-from fedsim.data.search import DatasetNotFoundError, dataset_status
+from fedsim.data.search import DatasetNotFoundError, dataset_status, expand_home
 from fedsim.data.synthetic import FEATURES as SYNTHETIC_FEATURES, TooManySamples
 from fedsim.data.preprocess import PIXEL_STATISTICS
 from fedsim.files import noted_reads
@@ -58,7 +58,7 @@ class DataConfig:
     train_split: str = setting("train", "train | test (train on the test split, when train images are absent)",
                                OneOf(*TRAIN_SPLITS))
     data_dir: str | None = setting(
-        None, "a folder searched first for the dataset files",
+        None, "a folder searched first for the dataset files (made absolute)",
         Optional(Text(), "only the standard search path (FEDSIM_DATA, data/, the cache)"))
     download: bool = setting(True, "fetch missing files from the registry's mirrors", Flag())
     partition: str = setting("classes_per_client", "classes_per_client | dirichlet | shards | iid | contiguous | "
@@ -89,8 +89,11 @@ class DataConfig:
         path = npz_path(self.dataset)
         if path is not None:     # a relative PATH is from the current folder now; the config keeps it absolute
             object.__setattr__(self, "dataset", f"{PREFIX}{path}")
-            if self.train_split != "train":
-                raise ValueError("train_split must be 'train' with npz data (the file has its own x_train)")
+        if self.train_split != "train" and (path is not None or self.dataset == "synthetic"):
+            raise ValueError("train_split must be 'train' with " + ("npz data (the file has its own x_train)" if path
+                             else "synthetic data (generated with a training set of its own)"))
+        if self.data_dir is not None and self.data_dir.strip():     # kept absolute too, as --data-dir makes it
+            object.__setattr__(self, "data_dir", str(expand_home(self.data_dir, "data_dir").absolute()))
         if self.storage == "uint8" and self.dataset not in DATASETS:
             raise ValueError(f"storage 'uint8' needs an 8-bit image dataset ({', '.join(DATASETS)}), not "
                              f"{self.dataset!r}: use storage 'float'")
@@ -306,10 +309,16 @@ def _read_files(config: DataConfig, system=None) -> dict[str, Path]:
     return {key: path for key, path in files.items() if path is not None}
 
 
+def _setting_of(key: str, path: Path) -> str:
+    """The setting that names the file ``path`` read under ``key`` (:func:`_read_files`), for messages."""
+    return f"data.dataset {PREFIX}{path}" if key == "data_file" else f"system.trace {path}"
+
+
 def data_record(config: DataConfig, system=None) -> dict:
     """What meta.json records of the files a run reads (:func:`_read_files`; ``system``: the [system] table):
     each one's absolute path and SHA-256."""
-    return {key: {"path": str(path), "sha256": file_sha256(path)} for key, path in _read_files(config, system).items()}
+    return {key: {"path": str(path), "sha256": file_sha256(path, _setting_of(key, path))}
+            for key, path in _read_files(config, system).items()}
 
 
 def changed_file(config: DataConfig, meta: dict, system=None, building: bool = False, reads=None) -> str | None:
@@ -320,7 +329,7 @@ def changed_file(config: DataConfig, meta: dict, system=None, building: bool = F
         recorded = (meta.get(key) or {}).get("sha256")
         if recorded is None:
             continue
-        setting = f"data.dataset {config.dataset}" if key == "data_file" else f"system.trace {path}"
+        setting = _setting_of(key, path)
         if reads is not None:
             seen = [digest for read, digest in reads if read == str(path)]
         else:

@@ -23,6 +23,15 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with its errors as one line, ``PROG: error: ...`` (usage through --help), as every other error."""
+
+    def error(self, message):
+        program, _, command = self.prog.partition(" ")      # "run" for `fedsim run`; "" for fedsim itself
+        self.exit(EXIT_USAGE, f"{program}: error: {command + ': ' if command else ''}{message} (see {self.prog} "
+                              f"--help)\n")
+
+
 def error_status(error: Exception) -> tuple[int, str] | None:
     """The exit status (module docstring) and the one line telling of an error a user can fix; None for an
     error fedsim did not expect. A run folder refused while the system refused a write (a RunFolderError raised

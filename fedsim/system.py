@@ -151,6 +151,12 @@ class SystemConfig:
                 said = ", ".join(map(repr, readers[:-1])) + " or " * (len(readers) > 1) + repr(readers[-1])
                 raise ValueError(f"{ignored[0]}{others}: read only with system.profile = {said}, not "
                                  f"{self.profile!r}, which would ignore it")
+        terms = _one_bit_round(np.array([[getattr(self, name) for name in CUSTOM_MEDIANS]]))[0]
+        if self.profile == "custom" and not np.isfinite(terms.sum()):     # as a trace's rows are checked
+            name = CUSTOM_MEDIANS[int(np.argmax(terms))]
+            raise ValueError(f"{name} = {getattr(self, name):g} makes the simulated time of a round infinite (beyond "
+                             f"{np.finfo(float).max:.3g} s); uplink, downlink and speed must be larger, latency "
+                             f"smaller")
 
     @property
     def enabled(self) -> bool:
@@ -176,6 +182,7 @@ class Devices(NamedTuple):
     speed: np.ndarray        # multiply-adds/s
 
 
+@np.errstate(over="ignore")     # medians far out, times exp(sigma z): inf, refused by the clocks (_Clock.checked)
 def draw_devices(config: SystemConfig, n_clients: int, rng: np.random.Generator) -> Devices:
     """The devices of ``n_clients`` clients (the module docstring: profiles, spread, custom, trace)."""
     if config.profile == "trace":
@@ -191,6 +198,13 @@ def draw_devices(config: SystemConfig, n_clients: int, rng: np.random.Generator)
         medians = np.array([PROFILES[config.profile]] * n_clients)
     factors = np.exp(config.spread * z)   # x = median exp(sigma z)
     return Devices(*(medians * factors).T.copy())
+
+
+@np.errstate(over="ignore", divide="ignore")
+def _one_bit_round(devices: np.ndarray) -> np.ndarray:
+    """The seconds of a round of one bit each way and one multiply-add, per term (1 / up, 1 / down, 2 latency,
+    1 / speed), of devices given as rows (up, down, latency, speed); inf where beyond the floats."""
+    return np.column_stack([1 / devices[:, 0], 1 / devices[:, 1], 2 * devices[:, 2], 1 / devices[:, 3]])
 
 
 def read_trace(path, n_clients: int) -> Devices:
@@ -220,9 +234,8 @@ def read_trace(path, n_clients: int) -> Devices:
     clients = values[:, 0]
     if not np.all(np.isfinite(values)) or np.any(values[:, [1, 2, 4]] <= 0) or np.any(values[:, 3] < 0):
         raise ValueError(f"{where}: up, down and speed must be finite and > 0, latency finite and >= 0")
-    with np.errstate(over="ignore", divide="ignore"):   # a round of one bit each way and one multiply-add
-        terms = np.column_stack([1 / values[:, 1], 1 / values[:, 2], 2 * values[:, 3], 1 / values[:, 4]])
-        beyond = np.flatnonzero(~np.isfinite(terms.sum(axis=1)))
+    terms = _one_bit_round(values[:, 1:])
+    beyond = np.flatnonzero(~np.isfinite(terms.sum(axis=1)))
     if len(beyond):
         row = beyond[0]
         column = 1 + int(np.argmax(terms[row]))

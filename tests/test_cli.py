@@ -137,6 +137,11 @@ CONFIG = ["run", "exp.toml", "--quiet"]
     ("", ["data", "fetch", "synthetic"], ["needs no files"]),
     ("x = " + "[" * 5000 + "]" * 5000 + "\n", CONFIG, ["nested too deeply"]),
     ("", ["run", "--preset", "synthetic", "--extend-to", "3"], ["--extend-to goes with --resume"]),
+    # a shortcut option and --set of its setting: two values for one setting, whatever the order (was: the option won)
+    ("", ["show-config", "--preset", "synthetic", "--seed", "3", "--set", "seed=5"],
+     ["--seed and --set seed=... give seed two values; give one of them"]),
+    ("", ["run", "--preset", "stc-mnist", "--set", "data.dataset=npz:x.npz", "--dataset", "fashion-mnist"],
+     ["--dataset and --set data.dataset=... give data.dataset two values"]),
     # a ~user that cannot be expanded, in each path a user gives
     ("", ["run", "--preset", "synthetic", "--dataset", "npz:~no-such-user-fedsim/x.npz"],
      ["data.dataset: cannot expand '~' in '~no-such-user-fedsim/x.npz'"]),
@@ -189,6 +194,15 @@ REPORT = ["compressors", "report"]
      "(add some with `dask worker ADDRESS`)"),
     (["sweep", "report", "S", "--out", "elsewhere"],
      "--out goes with sweep SWEEP.toml and sweep plot; sweep report writes report.csv into DIR (S)"),
+    (["run", "--preset", "synthetic", "--out", "", "--quiet"], "--out must name the run folder; got an empty path"),
+    # a bit budget out of reach: refused before the run folder, as lazy.bits_per_upload (was: a folder left behind)
+    (["run", "--preset", "synthetic", "--set", "federated.bits_per_round=1e300", "--quiet"],
+     "federated.bits_per_round = 1e+300 is out of reach of stc: its reachable range ends at 1347.77 bits per client "
+     "(p = 1)"),
+    # beyond the training set: refused with its range, not clipped (the default 5000 means all if fewer)
+    (["run", "--preset", "synthetic", "--set", "federated.eval_train_samples=100000000", "--quiet"],
+     "the config does not fit the data: federated.eval_train_samples must be an integer in [1, 4321] (the training "
+     "samples; or 5000: all of them if fewer), got 100000000"),
 ])
 def test_errors_of_exactly_one_line(in_process, tmp_path, args, line):
     (tmp_path / "exp.toml").write_text("")
@@ -612,7 +626,7 @@ def test_compressors_report_tells_of_a_compressor_it_cannot_measure(capsys):
     assert main(["compressors", "report", "powersgd", "qsgd", "--size", "11", "--draws", "3",
                  "--set", "powersgd.rank=5"]) == 1
     captured = capsys.readouterr()
-    reason = "rank must be an integer in [1, 1] for the (1, 10) tensor (at most min(n, m)), got 5"
+    reason = "powersgd.rank must be an integer in [1, 1] for the (1, 10) tensor (at most min(n, m)), got 5"
     assert f"powersgd   not measured: {reason}" in captured.out
     assert "qsgd: levels=16 bucket_size=512" in captured.out
     assert captured.err == f"fedsim: compressors report: powersgd not measured: {reason}\n"

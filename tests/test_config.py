@@ -1,7 +1,9 @@
 """Experiment configs: TOML <-> frozen dataclasses, key / type / range validation, overrides, presets."""
 
 import math
+import re
 import sys
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -74,6 +76,10 @@ def test_defaults_round_trip_and_unset_settings_become_comments():
     assert '# pipeline = (unset: the family\'s, "stc")' in text
     assert "# accumulate_up = (unset: the method's, true)" in text
     assert "# not used: family = \"federated\"\n[lazy]" in text
+    # each comment says the values allowed: the lazy dtype's choices, an optional number once it is set
+    assert re.search(r'\ndtype = "float64" +# float64 \| float32', text)
+    set_text = config_to_toml(config_from_dict({"run": {"f_star": 0.5}}))
+    assert re.search(r"\nf_star = 0.5 +# .*; a finite number\n", set_text), set_text
     # a dict leaves out the unset and derived settings
     document = config_to_dict(ExperimentConfig(seed=3))
     assert "seed" not in document["lazy"] and "pipeline" not in document["data"]
@@ -92,6 +98,8 @@ def test_defaults_round_trip_and_unset_settings_become_comments():
     ({"data": {"rounds": 3}}, "federated.rounds"),   # ... or in the wrong table
     ({"run": {"n_worker": 3}}, "lazy.n_workers"),
     ({"federate": {"lr": 0.1}}, "federated"),
+    ({"federated": {"seed": 1}}, "seed"),       # a top-level setting written in a table (was: system.speed)
+    ({"data": {"family": "lazy"}}, "family"),
 ])
 def test_unknown_key_names_the_closest_valid_key(raw, suggestion):
     message = config_error(raw)
@@ -144,10 +152,23 @@ def test_derived_lazy_seed_follows_the_top_level_seed():
     # an unknown key without a close match lists the table; a derived setting cannot be set
     ({"run": {"zzzzzz": 1}}, "[run] has: checkpoint_every, f_star"),
     ({"lazy": {"seed": 4}}, "set the top-level `seed` instead"),
+    ({"data": {"dataset": "npz:"}}, "data.dataset 'npz:' names no file"),     # named once (was: [data] data....)
+    # a compressor's p and scope named as the [federated] settings that give them (was: [federated] scope ...)
+    ({"federated": {"method": "powersgd_up", "compression_scope": "global"}},
+     "federated.compression_scope must be one of 'tensor', got 'global' (the powersgd compressor, up)"),
+    # synthetic data has its own training set: a config saying it trained on the test split would be false
+    ({"data": {"dataset": "synthetic", "train_split": "test"}}, "data.train_split must be 'train' with synthetic"),
 ])
 def test_a_bad_setting_names_it_and_what_is_allowed(raw, expected):
     message = config_error(raw)
-    assert expected in message, message
+    assert expected in message and not message.startswith("["), message
+
+
+@pytest.mark.parametrize("text", ["dd", "./dd"])
+def test_a_relative_data_dir_is_kept_absolute_as_the_option_makes_it(text, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)       # so that the saved config works from any folder (was kept as given)
+    assert config_from_dict({"data": {"data_dir": text}}).data.data_dir == str(tmp_path / "dd")
+    assert config_from_dict({"data": {"data_dir": "~/dd"}}).data.data_dir == str(Path.home() / "dd")
 
 
 def test_integer_is_accepted_for_a_float_setting_and_stored_as_float():

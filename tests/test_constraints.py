@@ -2,6 +2,7 @@
 of every config table declared with it."""
 
 import dataclasses
+import datetime
 import math
 from dataclasses import dataclass
 
@@ -31,11 +32,11 @@ def test_each_constraint_describes_itself(constraint, text):
 @pytest.mark.parametrize("constraint, value, normalized", [
     (Integer(low=1), np.int64(3), 3), (Real(low=0), 2, 2.0), (Real(), np.float32(0.5), 0.5),
     (Flag(), np.bool_(True), True), (Optional(Integer()), None, None), (OneOf("a", "b"), "b", "b"),
-    (Text(), "", ""),
+    (Text(), "", ""), (Real(low=0), -0.0, 0.0),     # -0.0 as 0.0: one config, one fingerprint
 ])
 def test_check_returns_the_value_normalized(constraint, value, normalized):
     checked = constraint.check("x", value)
-    assert checked == normalized and type(checked) is type(normalized)
+    assert repr(checked) == repr(normalized) and type(checked) is type(normalized)
 
 
 @pytest.mark.parametrize("constraint, value, error, message", [
@@ -51,6 +52,8 @@ def test_check_returns_the_value_normalized(constraint, value, normalized):
     (OneOf("a", "b"), "c", ValueError, "x must be one of 'a', 'b', got 'c'"),
     (OneOf("a", "b"), ["a"], TypeError, "x must be one of 'a', 'b', got ['a']"),
     (Flag(), 1, TypeError, "x must be true or false, got 1"),
+    (Real(), datetime.date(1979, 5, 27), TypeError, "x must be a finite number, got 1979-05-27"),   # TOML dates
+    (Integer(), datetime.time(7, 32), TypeError, "x must be an integer, got 07:32:00"),
     (Text(nonempty=True), "  ", ValueError, "x must be a non-empty string, got '  '"),
     (Optional(Integer(low=0), "none"), -1, ValueError, "x must be an integer >= 0, or unset (none), got -1"),
 ])

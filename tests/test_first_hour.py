@@ -3,6 +3,8 @@ values, a warning for settings a run does not use, help texts, a data_dir that d
 
 import re
 
+import pytest
+
 from tests.conftest import TINY, error_lines, fedsim
 
 
@@ -36,10 +38,16 @@ def test_show_config_lists_the_allowed_values(tmp_path):
     assert "one of METHODS" not in text and "one of PARTITIONS" not in text
 
 
-def test_settings_a_run_does_not_use_are_named(tmp_path):
-    result = fedsim(tmp_path, "show-config", "--preset", "synthetic", "--set", "lazy.bits=2",
-                    "--set", "qsgd.levels=4")
+@pytest.mark.parametrize("config", [["--preset", "synthetic"], []])     # also with no config: the defaults
+def test_settings_a_run_does_not_use_are_named(tmp_path, config):
+    result = fedsim(tmp_path, "show-config", *config, "--set", "lazy.bits=2", "--set", "qsgd.levels=4",
+                    "--set", "data.dirichlet_alpha=0.3", "--set", "federated.lr_decay=0.5", "--set", "run.f_star=1")
     assert result.returncode == 0
+    # a setting of a used table that the partition, the schedule or the family does not read
+    assert "data.dirichlet_alpha (read only with data.partition = \"dirichlet\", not " in result.stderr
+    assert "federated.lr_decay (read only with federated.lr_schedule = \"exponential\" or \"step\", not " \
+           "\"constant\")" in result.stderr
+    assert "run.f_star (read only with family = \"lazy\", not \"federated\")" in result.stderr
     assert "settings not used by this run: [lazy] (family is 'federated')" in result.stderr
     assert "[qsgd] (method 'stc_updown' does not use the qsgd compressor)" in result.stderr
 

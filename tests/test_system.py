@@ -322,6 +322,10 @@ LAZY_REFUSES = r"apply to family 'federated' only \(family is 'lazy'\)"     # th
     ("synthetic", ['system.profile="mixed"', "system.latency=0.3"], r"^system.latency: read only with .* = 'custom',"),
     ("synthetic", ['system.profile="trace"', "system.trace='t.csv'", "system.spread=0"],
      r"^system.spread: read only with system.profile = 'wifi', '4g', '3g', 'mixed' or 'custom', not 'trace'"),
+    # custom medians whose round of one bit each way is beyond the floats: refused before a run folder, as a trace's
+    ("synthetic", ['system.profile="custom"', "system.uplink=1e-320"], r"^system.uplink = 9.99989e-321 makes the "
+     r"simulated time of a round infinite \(beyond 1.8e\+308 s\); uplink, downlink and speed must be larger"),
+    ("laq-synthetic", ['system.profile="custom"', "system.latency=1e308"], r"^system.latency = 1e\+308 makes"),
     # exp(sigma z) must stay finite: no inf or NaN time, no update silently dropped by it
     ("synthetic", ['system.profile="4g"', "system.spread=300"], r"^system.spread must be a finite number in \[0, 10\]"),
     ("synthetic", ['system.profile="4g"', "system.round_spread=1e308"], r"^system.round_spread must .* \[0, 10\]"),
@@ -384,6 +388,7 @@ PROFILE = r"system.profile 'custom' \(its links, latencies and speeds\)"
 @pytest.mark.parametrize("preset, overrides, source, step", [
     ("synthetic", SLOW_LINK, PROFILE, "round 1"),
     ("laq-synthetic", SLOW_LINK, PROFILE, "iteration 0"),
+    ("synthetic", ['system.profile="custom"', "system.latency=1e307", "system.spread=10"], PROFILE, "round 1"),
     ("synthetic", ['system.profile="trace"', "system.trace={trace!r}", "federated.participation_rate=1"],
      r"system.trace .*trace.csv", "round 1"),                        # the trace's client 3 has that link
 ])
@@ -411,6 +416,9 @@ def test_a_trace_changed_since_the_run_started_is_refused_on_resume(tmp_path):
     with pytest.raises(DataSettingError, match=r"^system.trace .*trace.csv: the file the run started with \(sha256 "
                                                r"\w+\.\.\.\) is missing or unreadable; put the run's file back"):
         resume_run(tmp_path / "run", quiet=True, extend_to=3)
+    with pytest.raises(DataSettingError, match=r"^system.trace .*trace.csv: cannot be read \(No such file"):
+        start_run(config, tmp_path / "new", name="new", quiet=True)       # named as the trace, not as npz data
+    assert not (tmp_path / "new").exists()
     # a trace read through a link is recorded under the link (as npz data is), so that sweep report compares
     # runs that read two targets of one link
     link = tmp_path / "link.csv"

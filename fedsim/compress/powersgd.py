@@ -226,8 +226,8 @@ class PowerSGD(Compressor):
                              "or a Layout with shapes, not an int size or a Layout without shapes")
         for j, _, n, m in self.matrix_segments(layout):
             if self.rank > min(n, m):
-                raise ValueError(f"rank must be an integer in [1, {min(n, m)}] for the {layout.shapes[j]} tensor "
-                                 f"(at most min(n, m)), got {self.rank}")
+                raise ValueError(f"powersgd.rank must be an integer in [1, {min(n, m)}] for the {layout.shapes[j]} "
+                                 f"tensor (at most min(n, m)), got {self.rank}")
         return PowerSGDState(layout)
 
     def matrix_segments(self, layout: Layout) -> list[tuple[int, int, int, int]]:

@@ -59,9 +59,10 @@ def _problem(path: Path, text: str) -> DataSettingError:
     return DataSettingError(f"data.dataset npz:{path}: {text}")
 
 
-def file_sha256(path: Path) -> str:
+def file_sha256(path: Path, setting: str | None = None) -> str:
     """The SHA-256 (hex) of the file at ``path``, computed once per process for an unchanged file (the same
-    inode, size and change time: a copy that keeps its mtime, or a link retargeted, is hashed again)."""
+    inode, size and change time: a copy that keeps its mtime, or a link retargeted, is hashed again). A file
+    that cannot be read is a DataSettingError naming ``setting`` (default ``data.dataset npz:PATH``)."""
     try:
         status = os.stat(path)
         key = (str(path), status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns)
@@ -72,7 +73,8 @@ def file_sha256(path: Path) -> str:
                     digest.update(block)
             _HASHED[key] = digest.hexdigest()
     except OSError as error:
-        raise _problem(path, f"cannot be read ({error.strerror or error})") from None
+        why = f"cannot be read ({error.strerror or error})"
+        raise (DataSettingError(f"{setting}: {why}") if setting else _problem(path, why)) from None
     return _HASHED[key]
 
 

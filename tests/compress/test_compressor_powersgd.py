@@ -36,7 +36,7 @@ VECTOR_ENTRIES = 5 + 1                    # b and s, sent as they are
     (lambda: FederatedConfig(method="powersgd_up", aggregation="weighted"), "aggregation 'weighted' does not fit"),
     (lambda: PowerSGD().init(100), "ParamSpec"),                        # init needs shapes
     (lambda: PowerSGD().init(Layout((0, 60, 70))), "ParamSpec"),
-    (lambda: PowerSGD(rank=6).init(SPEC), r"rank must be an integer in \[1, 5\].*got 6"),   # above min(n, m)
+    (lambda: PowerSGD(rank=6).init(SPEC), r"^powersgd.rank must be an integer in \[1, 5\].*got 6"),   # above min(n, m)
     (lambda: PowerSGDMessage((0, 6), ((3, 2),), 2, np.zeros(3, np.float32), np.zeros(4, np.float32),
                              np.zeros(0, np.float32)), "left has 3 floats"),
     (lambda: decode(np.zeros(10, np.uint8), MessageFormat("powersgd", (0, 120, 124), "float32")),

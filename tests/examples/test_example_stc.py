@@ -4,6 +4,8 @@ errors), and its default settings showing STC at its best on the offline data.""
 import json
 import tomllib
 
+import pytest
+
 from fedsim.config import load_preset
 from tests.examples.conftest import load_example
 
@@ -49,6 +51,10 @@ def test_errors_are_one_line_like_the_cli(tmp_path, capsys):
                            "--out", str(tmp_path)])
     err = capsys.readouterr().err
     assert status == 2 and err == "stc_mnist.py: error: --method must name each method once; repeated: stc_updown\n"
+    with pytest.raises(SystemExit) as stopped:       # argparse's errors too: one line, no usage block
+        example.main(["--method", "bogus"])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and err.count("\n") == 1 and ": error: argument --method: invalid choice" in err, err
 
 
 def test_two_rounds_on_fashion_mnist(shared_data, tmp_path, capsys, monkeypatch):

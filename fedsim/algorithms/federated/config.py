@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 
 from fedsim.compress import COMPRESSORS, aggregation
@@ -81,7 +82,8 @@ class FederatedConfig:
                                       Optional(OneOf(*AGGREGATIONS), METHODS_DEFAULT))
     compression_scope: str = setting("tensor", "tensor (per parameter tensor, as the reference) | global",
                                      OneOf(*SCOPES))
-    eval_train_samples: int = setting(5000, "evaluate on the first this-many training samples", AT_LEAST_ONE)
+    eval_train_samples: int = setting(5000, "evaluate on the first this-many training samples, at most all (the "
+                                            "default 5000: all if fewer)", AT_LEAST_ONE)
     eval_every: int = setting(1, "evaluate every this-many rounds (and at the last)", AT_LEAST_ONE)
     dtype: str = setting("float32", "float32 | float64", OneOf("float32", "float64"))
     bits_per_round: float | None = setting(
@@ -108,7 +110,12 @@ class FederatedConfig:
                              f"method {self.method!r} (allowed: {', '.join(allowed)}; 'majority' needs sign "
                              f"updates, method 'signsgd')")
         for direction in ("up", "down"):
-            compressor = self.compressor(direction)        # builds (and so validates) both compressors
+            try:
+                compressor = self.compressor(direction)        # builds (and so validates) both compressors
+            except (TypeError, ValueError) as error:          # p and scope: named as the settings that give them
+                named = {"p": f"p_{direction}", "scope": "compression_scope"}
+                raise type(error)(re.sub(r"^(p|scope)\b", lambda found: named[found[1]], str(error))
+                                  + f" (the {getattr(self.resolved_method, direction)} compressor, {direction})")
             if (compressor.name == "sign" and compressor.scale == "none"
                     and getattr(self.resolved_method, f"accumulate_{direction}")):
                 raise ValueError(f'accumulate_{direction} = true needs sign.scale = "mean": an unscaled sign '

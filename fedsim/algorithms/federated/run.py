@@ -94,7 +94,11 @@ class FederatedRun:
                                               f"{config.n_clients})")
         self.x_train = as_dtype(dataset.x_train, self.dtype)        # floats, or 8-bit Codes
         self.y_train = np.asarray(dataset.y_train, dtype=np.int64)
-        n_eval = min(config.eval_train_samples, len(self.y_train))
+        n_eval, default = config.eval_train_samples, FederatedConfig.eval_train_samples     # the default: at most
+        if n_eval > len(self.y_train) and n_eval != default:
+            raise ValueError(f"federated.eval_train_samples must be an integer in [1, {len(self.y_train)}] (the "
+                             f"training samples; or {default}: all of them if fewer), got {n_eval}")
+        n_eval = min(n_eval, len(self.y_train))
         self.eval_sets = {
             "train": (self.x_train[:n_eval], self.y_train[:n_eval]),
             "test": (as_dtype(dataset.x_test, self.dtype),
@@ -134,17 +138,36 @@ class FederatedRun:
         self._local_buffers: dict = {}     # the local rounds' buffers and gradient, made at first use
         self.unreachable = 0               # sampled clients unreachable this round (system.availability)
         self.knob = None                   # the up compressor's knob, once solved for bits_per_round
+        self._first, self._solved, self._first_seconds = None, {}, 0.0     # round 1's first half (solve_budget)
+
+    def solve_budget(self) -> None:
+        """Solve ``bits_per_round`` now, on round 1's updates (kept for :meth:`step`: the same round), so that a
+        budget out of reach is refused before a run folder exists; nothing without a budget or updates."""
+        if self.config.bits_per_round is None or self.knob is not None or self.server.round:
+            return
+        started = time.perf_counter()
+        try:
+            self._first = self._local_round(1)
+        except DivergenceError as error:       # raised by step(), as it would have been
+            self._first = error
+            return
+        if len(self._first[0]):
+            self._solved = self._meet_bits_budget(self._first[2])
+        self._first_seconds = time.perf_counter() - started
 
     # -- the round ----------------------------------------------------------------------------------
     def step(self) -> dict:
         """Run one round; append its record to ``history`` and return it."""
         config, clients, server = self.config, self.clients, self.server
-        started = time.perf_counter()
+        started = time.perf_counter() - self._first_seconds
         t = server.round + 1
-        participants, catch_up_bits, update, client_loss = self._local_round(t)
+        first, solved, self._first, self._solved, self._first_seconds = self._first, self._solved, None, {}, 0.0
+        if isinstance(first, DivergenceError):
+            raise first
+        participants, catch_up_bits, update, client_loss = first or self._local_round(t)
         K = len(participants)           # the sampled clients that were reachable (all, without [system])
         solved = (self._meet_bits_budget(update) if K and config.bits_per_round is not None and self.knob is None
-                  else {})
+                  else solved)
 
         # Upstream: the participants' rows (with their residuals under error feedback).
         residual = clients.residual[participants] if clients.residual is not None else None

@@ -65,7 +65,7 @@ class LazyConfig:
                                       symbol="ec")
     slaq_threshold_offset: float = setting(0.2, "SLAQ: constant added to the upload threshold", NONNEGATIVE)
     seed: int = setting(0, "seeds the glorot init (model.init) and SLAQ's minibatches", Integer(low=0))
-    dtype: str = setting("float64", "float type of data, parameters and gradients", OneOf(*DTYPES))
+    dtype: str = setting("float64", "float64 | float32: data, parameters and gradients", OneOf(*DTYPES))
     eval_every: int = setting(100, "test accuracy every this many iterations (and at the end)", AT_LEAST_ONE)
     bits_per_upload: float | None = setting(None, "bits of one quantized upload (qgd, laq, slaq): b is the largest "
                                             "that fits, b P + 32 <= this", Optional(Real(0, low_open=True), "b as set"))
