@@ -7,7 +7,8 @@ upload-event raster per run (a mark where worker m uploaded at iteration k).
 
 ``f*`` is the runs' ``run.f_star`` if set (the LAQ example computes it with L-BFGS), else the smallest
 objective among the lazy runs plotted together, and the axis then says "relative to the best value
-reached" (the best run touches 0 there, which a log axis cannot show).
+reached"; the run attaining that value has no residual curve (compared with itself, it would plunge to 0 as
+if converging: ``fedsim compare`` shows it as "-").
 
 Titles hold the dataset, the partition and the settings the runs share; legends the method and the
 settings in which the runs differ. Colours, line styles and markers all change from run to run, so the
@@ -318,7 +319,8 @@ def lazy_figures(runs: list[RunResult], out: Path, max_workers: int = 10, f_star
     for index, (run, label) in enumerate(zip(runs, labels)):
         arrays = records_to_arrays(run.history)
         residual = drawable(arrays["objective"]) - stars[id(run)]
-        residual = np.where(residual > 0, residual, np.nan)      # a log axis cannot show 0 (the best run)
+        own_best = not configured and np.nanmin(drawable(arrays["objective"])) <= stars[id(run)]
+        residual = np.where((residual > 0) & ~own_best, residual, np.nan)     # none for the run attaining f_best
         x_axes = ((np.arange(len(run.history)), arrays["communications_before"], arrays["bits_before"])
                   if x == "iterations" else (spent(run.history, x, before=True),))
         for column, x_values in enumerate(x_axes):
@@ -333,7 +335,8 @@ def lazy_figures(runs: list[RunResult], out: Path, max_workers: int = 10, f_star
         _finish(axes[1, column], xlabel, "||grad f||^2", xscale=xscale, yscale="log", integer_x=integer_x)
     _legend(figure, axes[0, 0])
     values = ", ".join(f"{value:.10g}" for value in dict.fromkeys(stars.values()))
-    reference = (f"f* = {values}" if configured else f"relative to the best value reached, {values}") + (
+    reference = (f"f* = {values}" if configured else f"relative to the best value reached, {values}, not drawn "
+                 f"for its run") + (
         f"; each run against its objective's ({len(groups)} objectives)" if len(groups) > 1 else "")
     figure.suptitle(f"{title}\nresidual ({reference}) and gradient norm")
     paths = _save(figure, out, "lazy_residual" if x == "iterations" else f"lazy_residual_by_{x}")

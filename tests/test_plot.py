@@ -103,17 +103,24 @@ def test_a_simulated_time_beyond_the_float_range_is_left_out_and_said(tmp_path, 
 
 
 def test_a_single_lazy_run_says_what_its_residual_is_relative_to(tmp_path, captured):
+    """Without f*, the run attaining the best value has no residual curve (against itself it would plunge to 0
+    as if converging; the tables show it as '-'), the others do."""
     lazy = finished_run(tmp_path, "laq", "laq-synthetic", TINY_LAZY)
-    lazy_figures([lazy], tmp_path)
+    gd = finished_run(tmp_path, "gd", "laq-synthetic", TINY_LAZY + ["lazy.method=gd"])
+    lazy_figures([lazy, gd], tmp_path)
     residual_axes = captured["lazy_residual"].axes
     assert residual_axes[0].get_ylabel() == "f - (smallest f of these runs)"
     assert "relative to the best value reached" in captured["lazy_residual"]._suptitle.get_text()
-    assert [axis.get_xscale() for axis in residual_axes[1:3]] == ["log", "log"]
-    # with a known f* (the LAQ example's L-BFGS one) the axis is the true residual
+    best = min(r["objective"] for r in gd.history) < min(r["objective"] for r in lazy.history)
+    assert [np.isfinite(line.get_ydata()).sum() for line in residual_axes[0].lines] == ([20, 0] if best else [0, 20])
+    # with a known f* (the LAQ example's L-BFGS one) the axis is the true residual, every run drawn
     captured.clear()
-    f_star = min(r["objective"] for r in lazy.history) - 1e-3
-    lazy_figures([lazy], tmp_path, f_star=f_star, tolerance=1e-6)
-    assert captured["lazy_residual"].axes[0].get_ylabel() == "f - f*"
+    f_star = min(r["objective"] for r in lazy.history + gd.history) - 1e-3
+    lazy_figures([lazy, gd], tmp_path, f_star=f_star, tolerance=1e-6)
+    residual_axes = captured["lazy_residual"].axes
+    assert residual_axes[0].get_ylabel() == "f - f*"
+    assert [np.isfinite(line.get_ydata()).sum() for line in residual_axes[0].lines[:2]] == [20, 20]
+    assert [axis.get_xscale() for axis in residual_axes[1:3]] == ["log", "log"]
 
 
 def test_a_long_title_is_wrapped_inside_the_figure(federated_runs, tmp_path, monkeypatch, captured):
