@@ -370,9 +370,18 @@ def _wrong_implementations():
     def golomb_wrong_parameter(inputs):
         return lambda: golomb.golomb_rice_encode_numpy(inputs["positions"], inputs["parameter"] + 1)
 
+    def terngrad_minus_zero(inputs):     # -0.0 where a negative entry's level is 0 (fedsim: +0.0), equal as numbers
+        import torch
+
+        def call():
+            decoded, scales = reference.terngrad(inputs["updates_torch"], inputs["segment_offsets"],
+                                                 inputs["uniforms_torch"], inputs["clip"])
+            return torch.where(decoded == 0, torch.copysign(decoded, inputs["updates_torch"]), decoded), scales
+        return call
+
     return [("stc_exact", "numpy", stc_one_short), ("top_k_threshold", "torch", top_k_mean_off),
             ("sign", "numpy", sign_of_zero_is_plus), ("laq_quantize", "torch", laq_three_bits),
-            ("golomb_encode", "numpy", golomb_wrong_parameter)]
+            ("golomb_encode", "numpy", golomb_wrong_parameter), ("terngrad", "torch", terngrad_minus_zero)]
 
 
 @pytest.mark.parametrize("kernel, name, wrong", _wrong_implementations(),
