@@ -194,6 +194,20 @@ def _git_commit() -> str | None:
     return result.stdout.strip() or None
 
 
+def in_history(commit: str) -> bool | None:
+    """Whether ``commit`` is in this checkout's git history; None where git cannot tell (no git, no
+    repository, a shallow clone)."""
+    try:
+        shallow = subprocess.run(["git", "rev-parse", "--is-shallow-repository"], cwd=REPO, capture_output=True,
+                                 text=True, timeout=10)
+        if shallow.returncode or shallow.stdout.strip() != "false":
+            return None
+        return subprocess.run(["git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=REPO, capture_output=True,
+                              timeout=10).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 # OpenBLAS reads these when it loads: the kernel family it uses (instead of the one it detects) and the L2
 # size it blocks for. They are recorded, and the round benchmarks also measure the peak without them (in a
 # child process); the benchmarks never set or change them.

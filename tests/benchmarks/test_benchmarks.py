@@ -627,6 +627,20 @@ def test_the_readmes_generated_block_is_the_recorded_results():
     assert block == report.render(benchmarks_run.load_results(benchmarks_run.RESULTS))
 
 
+def test_the_header_names_each_suites_commit_and_flags_one_not_in_the_history(monkeypatch):
+    """The recorded scale suite ran at another commit than the others, one the history lacks."""
+    from benchmarks import common, run as benchmarks_run
+    results = benchmarks_run.load_results(benchmarks_run.RESULTS)
+    monkeypatch.setattr(common, "in_history", lambda commit: commit != "d8079fb")
+    header = report._machine(results).splitlines()[0]
+    assert ("fedsim commits f4a2ada: kernels, rounds, local_epoch, storage, compile, products, sweep, "
+            "kernels.threads-2, rounds.threads-2; d8079fb (not in this repository's history): scale.") in header
+    monkeypatch.setattr(common, "in_history", lambda commit: None)         # git cannot tell: no flag
+    assert "d8079fb: scale." in report._machine(results)
+    one = {"kernels": results["kernels"]}
+    assert "fedsim commit f4a2ada. Dates: kernels " in report._machine(one)
+
+
 def test_the_readme_names_every_suite_of_benchmarks_run():
     """benchmarks/README.md's list of ``--only`` choices is benchmarks.run's suites, in their order."""
     from benchmarks import run as benchmarks_run
