@@ -641,6 +641,28 @@ def test_the_header_names_each_suites_commit_and_flags_one_not_in_the_history(mo
     assert "fedsim commit f4a2ada. Dates: kernels " in report._machine(one)
 
 
+def test_the_prose_quotes_the_recorded_full_run():
+    """The ratios and times the READMEs' prose gives for the full run are those of benchmarks/results/."""
+    from benchmarks import run as benchmarks_run
+    recorded = benchmarks_run.load_results(benchmarks_run.RESULTS)
+    text = " ".join(benchmarks_run.README.read_text().split())
+    top = " ".join((common.REPO / "README.md").read_text().split())
+    ratios = [case["summary"][f"speedup_vs_torch_{way}"] for way in ("per_client", "batched")
+              for case in recorded["local_epoch"]["cases"][:2]]
+    assert ("per-client torch loop is {:.1f}x slower (10 clients) and {:.1f}x (100), batched torch {:.1f}x and "
+            "{:.1f}x".format(*ratios)) in top
+    laq = [recorded[name]["laq_iteration"] for name in ("rounds", "rounds.threads-2")]
+    assert ("The LAQ iteration runs {:.1f}x faster on 2 threads, its evaluation {:.1f}x".format(
+        *(laq[0][part]["fedsim"]["median"] / laq[1][part]["fedsim"]["median"] for part in ("iteration", "evaluation"))
+    )) in text
+    quantizer, = (case["ratios"]["fedsim_vs_copy"] for case in recorded["kernels"]["cases"]
+                  if case["kernel"] == "laq_quantize" and case["size"] == 10 ** 7 and case["dtype"] == "float64")
+    assert f"({quantizer:.1f}x in the run below" in text
+    started = sorted(result["machine"]["date"][11:16] for name, result in recorded.items()
+                     if result["machine"]["fedsim_commit"] == recorded["kernels"]["machine"]["fedsim_commit"])
+    assert f"its suites started from {started[0]} to {started[-1]}" in text
+
+
 def test_the_readme_names_every_suite_of_benchmarks_run():
     """benchmarks/README.md's list of ``--only`` choices is benchmarks.run's suites, in their order."""
     from benchmarks import run as benchmarks_run
