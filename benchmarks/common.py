@@ -135,15 +135,18 @@ def time_interleaved(functions: dict[str, Callable[[], object]], repeats: int,
 
 
 def assert_equal(name: str, got, want) -> None:
-    """Exact equality of two arrays or scalars (dtype, shape, bits; NaN equals NaN), else ValidationError."""
+    """Bitwise equality of two arrays or scalars: dtype, shape and bytes, as ``fedsim.compress.base.same_value``
+    (so -0.0 != 0.0, and a NaN equals only a NaN of the same bits), else ValidationError."""
     got_array, want_array = np.asarray(got), np.asarray(want)
     if got_array.shape != want_array.shape:
         raise ValidationError(f"{name}: shape {got_array.shape} != {want_array.shape}")
     if got_array.dtype != want_array.dtype:
         raise ValidationError(f"{name}: dtype {got_array.dtype} != {want_array.dtype}")
-    if not np.array_equal(got_array, want_array, equal_nan=got_array.dtype.kind in "fc"):
-        where = np.flatnonzero(got_array.ravel() != want_array.ravel())[:5]
-        raise ValidationError(f"{name}: values differ at flat positions {where.tolist()}: "
+    got_bytes, want_bytes = (np.ascontiguousarray(array).reshape(-1).view(np.uint8).reshape(-1, array.itemsize)
+                             for array in (got_array, want_array))
+    if not np.array_equal(got_bytes, want_bytes):
+        where = np.flatnonzero((got_bytes != want_bytes).any(axis=1))[:5]
+        raise ValidationError(f"{name}: values differ in their bits at flat positions {where.tolist()}: "
                               f"{got_array.ravel()[where].tolist()} != {want_array.ravel()[where].tolist()}")
 
 
@@ -189,6 +192,20 @@ def _git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return result.stdout.strip() or None
+
+
+def in_history(commit: str) -> bool | None:
+    """Whether ``commit`` is in this checkout's git history; None where git cannot tell (no git, no
+    repository, a shallow clone)."""
+    try:
+        shallow = subprocess.run(["git", "rev-parse", "--is-shallow-repository"], cwd=REPO, capture_output=True,
+                                 text=True, timeout=10)
+        if shallow.returncode or shallow.stdout.strip() != "false":
+            return None
+        return subprocess.run(["git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=REPO, capture_output=True,
+                              timeout=10).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 # OpenBLAS reads these when it loads: the kernel family it uses (instead of the one it detects) and the L2

@@ -226,6 +226,7 @@ def case_benchmark(torch, dataset, n_clients: int, batch: int, settings: dict, p
 def run(mode: str, threads: int, data_dir=None) -> dict:
     mode = common.check_mode(mode)
     threads_report = common.apply_threads(common.check_threads(threads))
+    machine = common.machine_info(threads_report)          # its date: the suite's start, as the others'
     import torch
     settings = SETTINGS[mode]
     data = load_or_synthesize("laq", data_dir, settings["synthetic_shape"], settings["n_test"])
@@ -234,7 +235,7 @@ def run(mode: str, threads: int, data_dir=None) -> dict:
     peak = peak_here(settings["peak_size"], np.float32)
     cases = [case_benchmark(torch, dataset, n_clients, batch, settings, peak)
              for n_clients, batch in settings["cases"]]
-    return {"machine": common.machine_info(threads_report), "mode": mode, "data": data.source + ", float32",
+    return {"machine": machine, "mode": mode, "data": data.source + ", float32",
             "peak": peak, "cases": cases}
 
 

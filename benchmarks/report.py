@@ -203,10 +203,17 @@ def _machine(results: dict) -> str:
     threads = machine.get("threads") or {}
     modes = sorted({r["mode"] for r in results.values()})
     dates = ", ".join(f"{suite} {r['machine']['date']}" for suite, r in results.items())
+    from benchmarks.common import in_history
+    suites_of = {}                                      # each suite's own commit, as it recorded it
+    for suite, r in results.items():
+        suites_of.setdefault(r["machine"].get("fedsim_commit"), []).append(suite)
+    commits = "; ".join(str(commit) + (" (not in this repository's history)" if in_history(str(commit)) is False
+                                       else "") + (f": {', '.join(suites)}" if len(suites_of) > 1 else "")
+                        for commit, suites in suites_of.items())
     return "\n".join([
         f"Mode `{', '.join(modes)}`, run on {machine['cpu']} "
         f"({machine['logical_cpus']} logical CPUs, {_bytes(machine['memory_bytes'] or 0)} RAM), "
-        f"fedsim commit {machine.get('fedsim_commit')}. Dates: {dates}.",
+        f"fedsim commit{'s' if len(suites_of) > 1 else ''} {commits}. Dates: {dates}.",
         f"Python {versions['python']}, NumPy {versions['numpy']} ({versions.get('numpy_blas')}), "
         f"Numba {versions['numba']}, torch {versions['torch']}, SciPy {versions['scipy']}.",
         f"Threads: {threads.get('requested')} for everything (BLAS and OpenMP through the environment, "

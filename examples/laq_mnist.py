@@ -36,7 +36,7 @@ Choices to know about
   1e-6" only relative to the best of the compared runs, which is meaningful only if that run converged
   far below 1e-6 (it does on MNIST; on Fashion-MNIST at small alpha it does not). ``--f-star-from lbfgs``
   also minimizes f with SciPy's L-BFGS-B until it stalls and takes the smaller of that and the runs'
-  best; ``--f-star`` gives f* outright.
+  best; ``--f-star`` gives f* outright (at most the smallest objective of the runs: else an error).
 * Communications and bits are those spent *before* the first iterate within the tolerance.
 * With ``--train-split test`` the test split is both training and evaluation data: the "test" accuracy is
   then a training accuracy.
@@ -240,7 +240,10 @@ def main(argv=None) -> dict | int:
             raise UsageError(f"--tolerance must be a finite number > 0, got {args.tolerance}")
         if args.f_star is not None and not np.isfinite(args.f_star):
             raise UsageError(f"--f-star must be a finite number, got {args.f_star}")
-        from fedsim.algorithms.lazy import METHODS, RULES
+        repeated = sorted({method for method in args.methods if args.methods.count(method) > 1})
+        if repeated:
+            raise UsageError(f"--methods must name each method once; repeated: {', '.join(repeated)}")
+        from fedsim.algorithms.lazy import METHODS, RULES, smallest_objective
         minibatch = [method for method in METHODS if RULES[method].gradient == "minibatch"]
         if args.minibatch is not None and not set(minibatch) & set(args.methods):
             raise UsageError(f"--minibatch applies only to {', '.join(minibatch)}, which --methods does not name")
@@ -260,8 +263,12 @@ def main(argv=None) -> dict | int:
                                   again=AGAIN)
         if stopped is not None:
             return stopped
-        prepared.update(first=first, data=data, partition=partition, smoothness=smoothness,
-                        runs=[read_run(out / method) for method in args.methods])
+        runs = [read_run(out / method) for method in args.methods]
+        best = smallest_objective([run.history for run in runs])
+        if args.f_star is not None and args.f_star > best:        # f* is the minimum: no run gets below it
+            raise UsageError(f"--f-star must be at most {best:.12g}, the smallest objective these runs reached, "
+                             f"got {args.f_star}")
+        prepared.update(first=first, data=data, partition=partition, smoothness=smoothness, runs=runs)
         return 0
 
     status = one_line_errors("laq_mnist.py", run_all, interrupted=stopped_at_once(AGAIN))

@@ -7,9 +7,10 @@ upload-event raster per run (a mark where worker m uploaded at iteration k).
 
 ``f*`` is the runs' ``run.f_star`` if set (the LAQ example computes it with L-BFGS), else the smallest
 objective among the lazy runs plotted together, and the axis then says "relative to the best value
-reached" (the best run touches 0 there, which a log axis cannot show). The title counts the points left out
-(f - f* <= 0) and says when a run.f_star lies above the smallest f reached; theta^0, which spent nothing, is
-not drawn on the log axes of communications and bits (their labels say so).
+reached"; the run attaining that value has no residual curve (compared with itself, it would plunge to 0 as
+if converging: ``fedsim compare`` shows it as "-"). The title counts the points left out (f - f* <= 0) and
+says when a run.f_star lies above the smallest f reached; theta^0, which spent nothing, is not drawn on the
+log axes of communications and bits (their labels say so).
 
 Titles hold the dataset, the partition and the settings the runs share; legends the method and the
 settings in which the runs differ, of every table ([model], [system] and the compressors' too). Colours,
@@ -345,9 +346,11 @@ def lazy_figures(runs: list[RunResult], out: Path, max_workers: int = 10, f_star
     for index, (run, label) in enumerate(zip(runs, labels)):
         arrays = records_to_arrays(run.history)
         residual = drawable(arrays["objective"]) - stars[id(run)]
-        if np.any(residual <= 0):
+        own_best = not configured and np.nanmin(drawable(arrays["objective"])) <= stars[id(run)]
+        if np.any(residual <= 0) and not own_best:
             left_out.append(f"{np.count_nonzero(residual <= 0)} of {label}")
-        residual = np.where(residual > 0, residual, np.nan)      # a log axis cannot show 0 (the best run)
+        # a log axis cannot show f - f* <= 0; no curve for the run attaining f_best (it is compared with itself)
+        residual = np.where((residual > 0) & ~own_best, residual, np.nan)
         x_axes = ((np.arange(len(run.history)), arrays["communications_before"], arrays["bits_before"])
                   if x == "iterations" else (spent(run.history, x, before=True),))
         for column, x_values in enumerate(x_axes):
@@ -364,7 +367,8 @@ def lazy_figures(runs: list[RunResult], out: Path, max_workers: int = 10, f_star
         _finish(axes[1, column], xlabel, "||grad f||^2", xscale=xscale, yscale="log", integer_x=integer_x)
     _legend(figure, axes[0, 0])
     values = ", ".join(f"{value:.10g}" for value in dict.fromkeys(stars.values()))
-    reference = (f"f* = {values}" if configured else f"relative to the best value reached, {values}") + (
+    reference = (f"f* = {values}" if configured else f"relative to the best value reached, {values}, not drawn "
+                 f"for its run") + (
         f"; each run against its objective's ({len(groups)} objectives)" if len(groups) > 1 else "")
     above = [f"{'f*' if f_star is not None else 'run.f_star'} = {stars[id(group[0])]:.10g} is above the smallest f "
              f"reached, {lowest:.10g}: it is no lower bound of f" for group in groups

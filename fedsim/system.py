@@ -21,6 +21,10 @@ PowerSGD (``powersgd_up``, ``powersgd_updown``) uploads in two messages, and its
 participant's first one, so its ``arrival_k`` is ``max_j [transfer_down_j(catch-up_j) + work_j +
 transfer_up_j(P_j)] + transfer_down_k(P_hat) + transfer_up_k(Q_k and the tensors sent as they are)``.
 
+Multiply-adds per sample are those of the model's forward and backward products as fedsim computes them
+(:func:`fedsim.models.base.multiply_adds_per_sample`: 2 F C for softmax regression, whose backward pass
+computes no gradient of the input).
+
 ``samples_k`` is local_iterations x batch_size (an epoch's last, smaller batch is counted whole: fedsim
 computes its padded rows too). A sampled client is reachable with probability ``availability`` (drawn per
 round and client from the stream ``("system", round)``, so the same seed drops the same clients, also after

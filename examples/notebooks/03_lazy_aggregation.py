@@ -98,9 +98,10 @@ print(f"L-BFGS: f* = {best.fun:.10f} after {best.nit} iterations")
 # $$\|g_m - Q_m\|^2 \ \ge\
 #   H^k = \frac{1}{\alpha^2 M^2} \sum_{d=1}^{D} \xi_d \|\theta^{k+1-d} - \theta^{k-d}\|^2 ,$$
 #
-# a threshold that shrinks with the server's recent steps ($D = 10$, $\xi_d = 0.8 / D$), or after $C = 100$
-# skips in a row. Both are one `LazyRun(...).run()`, which returns the run's records: one dict per
-# iteration, as a run folder's history.jsonl holds them. `records_to_arrays` turns them into arrays.
+# a threshold that shrinks with the server's recent steps ($D = 10$, $\xi_d = 0.8 / \min(k, D)$: before
+# iteration $D$ the weight is spread over the $k$ differences that exist), or after $C = 100$ skips in a row.
+# Both are one `LazyRun(...).run()`, which returns the run's records: one dict per iteration, as a run
+# folder's history.jsonl holds them. `records_to_arrays` turns them into arrays.
 
 # %%
 records = {method: LazyRun(dataclasses.replace(config, method=method), data, workers).run()

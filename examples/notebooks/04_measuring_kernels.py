@@ -123,8 +123,9 @@ print(f"first fedsim call {first_calls['fedsim'][0] * 1e3:.1f} ms, the later one
 # ## Step 3: validate before timing
 #
 # A fast wrong answer is worth nothing, so the suite first checks that what it compares computes the
-# same thing: the NumPy twin must equal the Numba kernel **bitwise** (`common.assert_equal`; torch, in
-# the suite, within a stated tolerance). A disagreement raises `ValidationError` and nothing is timed.
+# same thing: the NumPy twin must equal the Numba kernel **bitwise** (`common.assert_equal`: dtype, shape and
+# bytes, so -0.0 is not 0.0; torch, in the suite, within a stated tolerance where it rounds otherwise). A
+# disagreement raises `ValidationError` and nothing is timed.
 
 # %%
 results = {name: kernel() for name, kernel in kernels.items()}      # (count, mu) of each
@@ -214,7 +215,8 @@ print({size: round(f / c, 2) for size, f, c in zip(sizes, scan["fedsim"], scan["
 # `benchmarks/kernels.py` packages all of this per kernel: `make_case` builds the inputs and every
 # implementation (fedsim, the NumPy twin, torch on the CPU, `numpy.copy`), and `run_case` validates and
 # then times them interleaved. It needs torch for its torch column; `python -m benchmarks.run --quick`
-# runs every kernel this way and writes the tables of `benchmarks/README.md`.
+# runs every kernel this way and writes the JSON results and their tables (`tables.md`) to the user cache;
+# only the maintainers' `--full --write-readme` rewrites the tables of `benchmarks/README.md`.
 
 # %%
 if importlib.util.find_spec("torch") is None:

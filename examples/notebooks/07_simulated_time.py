@@ -111,7 +111,8 @@ print("x_k / median is the same on 3g and on wifi, for all four numbers of every
 #
 # where $c_k$ is what $k$ receives before it trains (its catch-up if it missed rounds, and PowerSGD's
 # mid-protocol factor), $n$ the samples of its local work (`local_iterations` x `batch_size`), $F$ the
-# model's multiply-adds per sample (3 per weight: one forward, two backward), and $b_k$ the **encoded**
+# model's multiply-adds per sample (those of its products as fedsim computes them: here $xW$ forward and
+# $x^\top\delta$ backward, 2 per weight; a first layer passes no gradient down to the input), and $b_k$ the **encoded**
 # bits of its update, the real message's length. The server waits until it holds the updates it needs,
 # here all of them, $w = \max_k a_k$; then the new model, encoded in $B$ bits, reaches every participant:
 #
@@ -147,7 +148,7 @@ assert broadcast_bits * K == record["bits_down"]
 samples = run.config.local_iterations * run.config.batch_size        # n
 macs = multiply_adds_per_sample(run.model)                            # F
 print(f"b_k from {up_bits.min()} to {up_bits.max()} bits (STC: its positions' code varies), B = "
-      f"{broadcast_bits} bits, n = {samples}, F = {macs} (3 x 60 x 10)")
+      f"{broadcast_bits} bits, n = {samples}, F = {macs} (2 x 60 x 10)")
 
 # %%
 uplink, downlink, latency, speed = (values[participants] for values in devices)      # u, d, l, s

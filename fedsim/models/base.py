@@ -28,8 +28,9 @@ penalty). Both families build their model so (:meth:`ModelConfig.build`) and cal
                                                 it cannot (the run then calls loss_and_grad); softmax
                                                 regression and the MLP have one
     model.multiply_adds_per_sample()            optional: multiply-adds of one sample's forward and backward
-                                                pass, for the simulated clock (fedsim.system); without it,
-                                                :func:`multiply_adds_per_sample` derives them from the spec
+                                                products as the model computes them, for the simulated clock
+                                                (fedsim.system); without it, :func:`multiply_adds_per_sample`
+                                                derives them from the spec (a chain of dense layers)
 
 ``x`` is a float array or 8-bit :class:`~fedsim.models.features.Codes` (``features.decoded`` gives floats).
 
@@ -246,14 +247,17 @@ def initialize_weights(weights: list[np.ndarray], kind: str, rng: np.random.Gene
 
 
 def multiply_adds_per_sample(model) -> int:
-    """Multiply-adds of one training sample (forward and backward) of ``model``: its own
-    ``multiply_adds_per_sample()`` if it has one, else 3 x sum over the spec's 2-D tensors of fan_in x fan_out
-    (forward: one multiply-add per weight; backward about twice that: the weight's gradient a^T delta and the
-    input's delta W^T; biases and activations are not counted)."""
+    """Multiply-adds of the matrix products of one training sample (forward and backward) of ``model``: its own
+    ``multiply_adds_per_sample()`` if it has one (softmax regression and the MLP count exactly what they
+    compute), else that of a chain of dense layers, assumed to be the spec's 2-D tensors W_l (fan_in x fan_out)
+    in input order: forward h_{l-1} W_l and the weight's gradient h_{l-1}^T delta_l for each, the gradient
+    passed down delta_l W_l^T for all but the first (the input needs none), so 3 x sum fan_in x fan_out - that
+    of W_1. Biases, activations and the loss are not counted."""
     own = getattr(model, "multiply_adds_per_sample", None)
     if callable(own):
         return int(own())
-    return 3 * sum(shape[0] * shape[1] for shape in model.spec.shapes if len(shape) == 2)
+    weights = [shape[0] * shape[1] for shape in model.spec.shapes if len(shape) == 2]
+    return 3 * sum(weights) - weights[0] if weights else 0
 
 
 __all__ = ["multiply_adds_per_sample", "ACTIVATIONS", "Classifier", "INIT_KINDS", "MODELS", "ModelConfig", "ModelEntry",

@@ -67,6 +67,13 @@ class MLP(Classifier):
         """The widths of all layers' outputs, the input first: ``(n_features, *hidden, n_classes)``."""
         return (self.n_features,) + self.hidden + (self.n_classes,)
 
+    def multiply_adds_per_sample(self) -> int:
+        """The products of one sample, for the simulated clock: z_l = h_{l-1} W_l forward, dW_l = h_{l-1}^T dz_l
+        and, above the first layer, dh_{l-1} = dz_l W_l^T backward: 3 sum_l a_{l-1} a_l - a_0 a_1 (a_l the
+        widths; biases, activations and the softmax not counted)."""
+        weights = [fan_in * fan_out for fan_in, fan_out in zip(self.widths, self.widths[1:])]
+        return 3 * sum(weights) - weights[0]
+
     @property
     def spec(self) -> ParamSpec:
         """``W1, b1, ..., WL, bL``: layer l's weights ``(fan_in, fan_out)`` and bias ``(fan_out,)``."""

@@ -50,6 +50,11 @@ class SoftmaxRegression(Classifier):
     def spec(self) -> ParamSpec:
         return ParamSpec(("W", "b"), ((self.n_features, self.n_classes), (self.n_classes,)))
 
+    def multiply_adds_per_sample(self) -> int:
+        """The products of one sample, for the simulated clock: u = x W forward, grad_W = x^T delta backward
+        (no gradient of the input): 2 F C (the bias, softmax and penalty not counted)."""
+        return 2 * self.n_features * self.n_classes
+
     def init(self, rng: np.random.Generator | None = None, kind: str = "zeros",
              dtype=np.float32, batch: tuple[int, ...] = ()) -> np.ndarray:
         """Initial parameters: ``"zeros"``, or ``"glorot"`` (W ~ U(-a, a), a = sqrt(6 / (F + C)); b = 0)."""

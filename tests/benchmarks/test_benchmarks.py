@@ -370,9 +370,18 @@ def _wrong_implementations():
     def golomb_wrong_parameter(inputs):
         return lambda: golomb.golomb_rice_encode_numpy(inputs["positions"], inputs["parameter"] + 1)
 
+    def terngrad_minus_zero(inputs):     # -0.0 where a negative entry's level is 0 (fedsim: +0.0), equal as numbers
+        import torch
+
+        def call():
+            decoded, scales = reference.terngrad(inputs["updates_torch"], inputs["segment_offsets"],
+                                                 inputs["uniforms_torch"], inputs["clip"])
+            return torch.where(decoded == 0, torch.copysign(decoded, inputs["updates_torch"]), decoded), scales
+        return call
+
     return [("stc_exact", "numpy", stc_one_short), ("top_k_threshold", "torch", top_k_mean_off),
             ("sign", "numpy", sign_of_zero_is_plus), ("laq_quantize", "torch", laq_three_bits),
-            ("golomb_encode", "numpy", golomb_wrong_parameter)]
+            ("golomb_encode", "numpy", golomb_wrong_parameter), ("terngrad", "torch", terngrad_minus_zero)]
 
 
 @pytest.mark.parametrize("kernel, name, wrong", _wrong_implementations(),
@@ -616,6 +625,42 @@ def test_the_readmes_generated_block_is_the_recorded_results():
     text = benchmarks_run.README.read_text()
     block = report.BEGIN + text.split(report.BEGIN, 1)[1].split(report.END, 1)[0] + report.END
     assert block == report.render(benchmarks_run.load_results(benchmarks_run.RESULTS))
+
+
+def test_the_header_names_each_suites_commit_and_flags_one_not_in_the_history(monkeypatch):
+    """The recorded scale suite ran at another commit than the others, one the history lacks."""
+    from benchmarks import common, run as benchmarks_run
+    results = benchmarks_run.load_results(benchmarks_run.RESULTS)
+    monkeypatch.setattr(common, "in_history", lambda commit: commit != "d8079fb")
+    header = report._machine(results).splitlines()[0]
+    assert ("fedsim commits f4a2ada: kernels, rounds, local_epoch, storage, compile, products, sweep, "
+            "kernels.threads-2, rounds.threads-2; d8079fb (not in this repository's history): scale.") in header
+    monkeypatch.setattr(common, "in_history", lambda commit: None)         # git cannot tell: no flag
+    assert "d8079fb: scale." in report._machine(results)
+    one = {"kernels": results["kernels"]}
+    assert "fedsim commit f4a2ada. Dates: kernels " in report._machine(one)
+
+
+def test_the_prose_quotes_the_recorded_full_run():
+    """The ratios and times the READMEs' prose gives for the full run are those of benchmarks/results/."""
+    from benchmarks import run as benchmarks_run
+    recorded = benchmarks_run.load_results(benchmarks_run.RESULTS)
+    text = " ".join(benchmarks_run.README.read_text().split())
+    top = " ".join((common.REPO / "README.md").read_text().split())
+    ratios = [case["summary"][f"speedup_vs_torch_{way}"] for way in ("per_client", "batched")
+              for case in recorded["local_epoch"]["cases"][:2]]
+    assert ("per-client torch loop is {:.1f}x slower (10 clients) and {:.1f}x (100), batched torch {:.1f}x and "
+            "{:.1f}x".format(*ratios)) in top
+    laq = [recorded[name]["laq_iteration"] for name in ("rounds", "rounds.threads-2")]
+    assert ("The LAQ iteration runs {:.1f}x faster on 2 threads, its evaluation {:.1f}x".format(
+        *(laq[0][part]["fedsim"]["median"] / laq[1][part]["fedsim"]["median"] for part in ("iteration", "evaluation"))
+    )) in text
+    quantizer, = (case["ratios"]["fedsim_vs_copy"] for case in recorded["kernels"]["cases"]
+                  if case["kernel"] == "laq_quantize" and case["size"] == 10 ** 7 and case["dtype"] == "float64")
+    assert f"({quantizer:.1f}x in the run below" in text
+    started = sorted(result["machine"]["date"][11:16] for name, result in recorded.items()
+                     if result["machine"]["fedsim_commit"] == recorded["kernels"]["machine"]["fedsim_commit"])
+    assert f"its suites started from {started[0]} to {started[-1]}" in text
 
 
 def test_the_readme_names_every_suite_of_benchmarks_run():

@@ -94,12 +94,16 @@ def test_errors_are_one_line(example, tmp_path, capsys):
     assert example.main(["--dataset", "synthetic", "--set", "lazy.bitz=3", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "did you mean 'lazy.bits'" in err, err
-    for option, value, message in (("--tolerance", "-1", "--tolerance must be a finite number > 0, got -1.0"),
-                                   ("--tolerance", "nan", "--tolerance must be a finite number > 0, got nan"),
-                                   ("--f-star", "nan", "--f-star must be a finite number, got nan"),
-                                   ("--minibatch", "20", "--minibatch applies only to slaq, which --methods does "
-                                                         "not name")):
-        assert example.main(["--dataset", "synthetic", option, value, "--out", str(tmp_path)]) == 2
+    for options, message in (("--tolerance -1", "--tolerance must be a finite number > 0, got -1.0"),
+                             ("--tolerance nan", "--tolerance must be a finite number > 0, got nan"),
+                             ("--f-star nan", "--f-star must be a finite number, got nan"),
+                             ("--minibatch 20", "--minibatch applies only to slaq, which --methods does not name"),
+                             ("--methods gd laq gd", "--methods must name each method once; repeated: gd"),
+                             # f(theta^0) = M log C, the only value one iteration sees: f* above it is refused
+                             ("--methods gd --iterations 1 --f-star 70", "--f-star must be at most 69.0775527898, "
+                                                                         "the smallest objective these runs reached, "
+                                                                         "got 70.0")):
+        assert example.main(["--dataset", "synthetic", *options.split(), "--out", str(tmp_path), "--quiet"]) == 2
         err = capsys.readouterr().err
         assert err == f"laq_mnist.py: error: {message}\n", err
 

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import pytest
 
 if os.environ.get("FEDSIM_REQUIRE_ORACLE") == "1":     # CI: the test extra is installed, never skip
@@ -85,6 +86,29 @@ def test_readme_shows_the_notebook_and_its_figure(name):
     assert f"({name}.ipynb)" in readme, f"examples/notebooks/README.md does not link {name}.ipynb"
     assert f"(figures/{figure})" in readme, f"examples/notebooks/README.md does not show figures/{figure}"
     assert (FOLDER / "figures" / figure).stat().st_size > 0, f"figures/{figure} is missing"
+
+
+def _history_weight_of_the_first_iterations():
+    """H^k at k = 3 < D = 10 of three unit steps: xi / min(k, D) on each, so xi / 3 * 3."""
+    from fedsim.algorithms.lazy.rules import history_threshold
+    return history_threshold(np.array([1.0] * 3 + [0.0] * 7), 3, 0.8, 1.0, 1) == pytest.approx(0.8)
+
+
+def _quick_run_leaves_the_readme():
+    """`benchmarks.run --quick --write-readme` is refused: only a full run writes benchmarks/README.md."""
+    from benchmarks import run
+    with pytest.raises(SystemExit):
+        run.parse_args(["--quick", "--write-readme"])
+    return True
+
+
+@pytest.mark.parametrize("name, said, holds", [
+    ("03_lazy_aggregation", r"$\xi_d = 0.8 / \min(k, D)$", _history_weight_of_the_first_iterations),
+    ("04_measuring_kernels", "only the maintainers' `--full --write-readme` rewrites the tables of "
+                             "`benchmarks/README.md`", _quick_run_leaves_the_readme)])
+def test_what_a_notebook_says_of_the_code_holds(name, said, holds):
+    assert said in " ".join(line.lstrip("# ") for line in (FOLDER / f"{name}.py").read_text().splitlines())
+    assert holds()
 
 
 @functools.cache

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from fedsim.models import MLP, MODELS, ModelConfig, SoftmaxRegression
-from fedsim.models.base import ModelEntry
+from fedsim.models.base import ModelEntry, multiply_adds_per_sample
 from fedsim.models.features import Codes, decoded
 from fedsim.params import ParamSpec
 from tests.models.conftest import (CLASSES, CLIENTS, FEATURES, SAMPLES, WALKS, five_point_gradient, mlp_problem,
@@ -111,6 +111,7 @@ SETTINGS = {
                   Tol(1e-14), Tol(1e-12, atol=1e-15), Tol(1e-13)) for l2 in (0.0, 0.05) for stack in STACKS],
         gathered=[(softmax_gathered, Tol(1e-6), Tol(1e-5, atol=1e-7))],
         spec=[(lambda: SoftmaxRegression(3, 2), ("W", "b"), ((3, 2), (2,)), [0, 6, 8])],
+        multiply_adds=[(lambda: SoftmaxRegression(60, 10), 2 * 60 * 10)],           # x W, x^T delta
     ),
     "mlp": dict(
         problem=mlp_problem,
@@ -128,10 +129,12 @@ SETTINGS = {
         gathered=[(mlp_gathered, EXACT, EXACT)],
         spec=[(lambda: MLP(FEATURES, (6, 4), CLASSES), ("W1", "b1", "W2", "b2", "W3", "b3"),
                ((7, 6), (6,), (6, 4), (4,), (4, 4), (4,)), [0, 42, 48, 72, 76, 92, 96])],
+        multiply_adds=[(lambda: MLP(784, (200,), 10), 2 * 784 * 200 + 3 * 200 * 10),   # no dh_0 = dz_1 W_1^T
+                       (lambda: MLP(FEATURES, (6, 4), CLASSES), 2 * 7 * 6 + 3 * (6 * 4 + 4 * 4))],
     ),
 }
 KEYS = ("problem", "layers", "modes", "five_point", "ragged", "evaluate", "extreme", "glorot", "stacked", "gathered",
-        "spec")
+        "spec", "multiply_adds")
 
 
 def each_model(key: str, with_modes: bool = False):
@@ -321,3 +324,20 @@ def test_spec_views_write_through_the_flat_vector_and_round_trip(name, row):
         spec.view(np.zeros(model.size - 1), names[0])
     with pytest.raises(ValueError, match="unique"):
         ParamSpec((names[0],) * 2, ((1,), (1,)))
+
+
+@each_model("multiply_adds")
+def test_multiply_adds_per_sample_are_the_products_one_sample_computes(name, row, monkeypatch):
+    """The simulated clock's local work (fedsim.system) is the multiply-adds of the matrix products that
+    ``loss_and_grad`` calls for one sample, counted here as they are called."""
+    build, expected = row
+    model, counted, matmul = build(), [], np.matmul
+
+    def counting(a, b, *args, **kwargs):
+        batch = np.broadcast_shapes(np.shape(a)[:-2], np.shape(b)[:-2])
+        counted.append(int(np.prod(batch)) * np.shape(a)[-2] * np.shape(a)[-1] * np.shape(b)[-1])
+        return matmul(a, b, *args, **kwargs)
+    monkeypatch.setattr(np, "matmul", counting)
+    x = np.random.default_rng(0).standard_normal((1, model.spec.shapes[0][0]))
+    model.loss_and_grad(model.init(np.random.default_rng(1), "glorot", np.float64), x, np.array([1]))
+    assert sum(counted) == model.multiply_adds_per_sample() == multiply_adds_per_sample(model) == expected

@@ -8,6 +8,7 @@ from fedsim.algorithms.federated import methods as federated_methods
 from fedsim.algorithms.lazy import METHODS as LAZY_METHODS
 from fedsim.config import ConfigError, config_from_dict, config_to_toml, load_preset, parse_toml
 from fedsim.models import MODELS, ModelConfig, SoftmaxRegression, register_model
+from fedsim.models.base import multiply_adds_per_sample
 from fedsim.models.features import decoded
 from fedsim.params import ParamSpec
 from fedsim.rng import RunStreams
@@ -155,7 +156,9 @@ def tiny_linear():
 
 
 def test_a_registered_model_trains_through_federated_rounds(tiny_linear):
-    """STC up and down (the preset's method) over the model's one tensor."""
+    """STC up and down (the preset's method) over the model's one tensor; its clock's work the default count
+    (x W and x^T residual, as of a dense layer taking no input gradient)."""
+    assert multiply_adds_per_sample(TinyLinear(60, 10, 0.0)) == 2 * 60 * 10
     config = load_preset("synthetic", [f"model.name={tiny_linear}", "data.synthetic_devices=6",
                                        "federated.n_clients=6", "federated.lr=0.002"])
     assert config.model.init_kind == "glorot"
