@@ -63,7 +63,9 @@ def test_runs_of_different_objectives_get_an_f_star_each(tmp_path, monkeypatch):
     runs = [lazy_run(tmp_path / "a", "gd", "lazy.l2=0.01"), lazy_run(tmp_path / "b", "gd", "lazy.l2=0.02"),
             lazy_run(tmp_path / "c", "gd", "lazy.l2=0.01", "data.partition=iid", "lazy.n_workers=3")]
     tables = compare_tables(runs, target_accuracy=0.5, target_residual=1e-6).split("\n\n")
-    assert len(tables) == 3 and all(table.count("\ngd") == 1 for table in tables), tables
+    # one row each, named by its folder's parent too (the three runs are all called gd)
+    assert len(tables) == 3 and [table.count("/gd ") for table in tables] == [1, 1, 1], tables
+    assert [f"\n{name}/gd " in table for name, table in zip("abc", tables)] == [True] * 3, tables
     assert "on synthetic, lazy.l2 0.02" in tables[1] and "lazy.n_workers 3" in tables[2], tables
     import fedsim.plot
     drawn = []
