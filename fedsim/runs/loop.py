@@ -242,7 +242,8 @@ def start_run(config: ExperimentConfig, out, *, name: str, quiet: bool = False, 
     files = data_record(config.data, config.system)     # hashed before the build; what it reads must match
     with noted_reads() as reads:
         run = _build_checked(config, quiet, progress_data)
-        getattr(run, "solve_budget", lambda: None)()      # a bit budget out of reach: refused before the folder
+        with pinned_threads(config.run.blas_threads):      # round 1's training, on the threads execute() pins
+            getattr(run, "solve_budget", lambda: None)()  # a bit budget out of reach: refused before the folder
     check_data_record(config.data, files, config.system, building=True, reads=reads)
     try:
         folder.path.mkdir(parents=True, exist_ok=True)

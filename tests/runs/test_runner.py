@@ -307,3 +307,24 @@ def test_the_data_is_loaded_and_split_on_the_runs_blas_threads(monkeypatch):
     with threadpool_limits(limits=1):
         loop.build_run(load_preset("synthetic", ["run.blas_threads=2"]), progress=False)
     assert seen == [{2}, {2}]
+
+
+def test_round_1_solved_for_a_bit_budget_before_the_folder_trains_on_the_runs_threads(tmp_path, monkeypatch):
+    """bits_per_round is solved on round 1's updates before the run folder is made: that round trains pinned to
+    run.blas_threads (BLAS and the softmax blocks), as execute() pins the rounds after it."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from fedsim.algorithms.federated.run import FederatedRun
+    from fedsim.models import softmax
+    seen, local_round = [], FederatedRun._local_round
+
+    def watched(self, t):
+        seen.append(({pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"},
+                     softmax._threads))
+        return local_round(self, t)
+
+    monkeypatch.setattr(FederatedRun, "_local_round", watched)
+    config = load_preset("synthetic", ["run.blas_threads=2", "federated.rounds=2", "federated.bits_per_round=1000"])
+    with threadpool_limits(limits=1):
+        assert start_run(config, tmp_path / "run", name="budget", quiet=True).status == "completed"
+    assert seen == [({2}, 2)] * 2
