@@ -181,7 +181,7 @@ def command_presets(args) -> int:
 
 
 def command_show_config(args) -> int:
-    from fedsim.config import config_to_toml
+    from fedsim.config_toml import config_to_toml
     config, name = resolve_config(args)
     print(config_to_toml(config, header=f"fedsim {__version__} effective config ({name})"), end="")
     return EXIT_OK

@@ -24,10 +24,8 @@ names), then three steps, each failing with a :class:`ConfigError` whose one-lin
    then the checks that relate several of its fields;
 3. the cross-table checks of :class:`ExperimentConfig`.
 
-``show-config`` writes each field's one-line description, declared beside its constraint, as its comment.
-:func:`config_to_toml` writes a config with every setting filled in; reading that text again gives an equal
-config. Unset settings (``None``, which TOML cannot express) are comments saying what unset means
-(``# name = (unset: meaning)``).
+:func:`fedsim.config_toml.config_to_toml` writes a config back as TOML (``show-config``, a run folder's
+config.toml).
 """
 
 from __future__ import annotations
@@ -51,8 +49,7 @@ from fedsim.algorithms.federated import FederatedConfig
 from fedsim.compress import COMPRESSORS
 from fedsim.algorithms.family import FAMILIES, Family, family
 from fedsim.algorithms.lazy import LazyConfig
-from fedsim.constraints import (Integer, Optional, Real, Registered, check_fields, constraint_of, descriptions,
-                                setting)
+from fedsim.constraints import Integer, Optional, Real, Registered, check_fields, setting
 from fedsim.experiment_data import DataConfig, check_clients
 from fedsim.models import ModelConfig
 from fedsim.plugins import MODULE_NAMES, load_plugins
@@ -496,63 +493,6 @@ def toml_value(value) -> str:
     raise TypeError(f"cannot write {type(value).__name__} {value!r} as a TOML value")
 
 
-def _unset_meaning(config: ExperimentConfig, table: str, name: str) -> str:
-    """What an unset (None) setting means for this config, for the comment written in its place."""
-    if (table, name) == ("data", "pipeline"):
-        return f"the family's, {toml_value(config.algorithm_family.pipeline)}"
-    if (table, name) == ("model", "init"):
-        return f"the model's, {toml_value(config.model.init_kind)}"
-    if table in FAMILIES and name in FAMILIES[table].unset_meanings:
-        whose, value_of = FAMILIES[table].unset_meanings[name]
-        return f"{whose}, {toml_value(value_of(config))}"
-    constraint = constraint_of(TABLES[table], name)
-    return constraint.unset if isinstance(constraint, Optional) else "default"
-
-
-def config_to_toml(config: ExperimentConfig, header: str = "", comments: bool = True) -> str:
-    """``config`` as TOML text, every setting written out (the module docstring says how); with ``comments``,
-    each setting carries its field's one-line description."""
-    lines = [f"# {line}".rstrip() for line in header.splitlines()] if header else []
-    top_comments = _comments(ExperimentConfig) if comments else {}
-    for key in TOP_LEVEL:
-        lines.append(_setting_line(key, getattr(config, key), top_comments.get(key)))
-    for table in TABLES:
-        settings = section(config, table)
-        lines.append("")
-        if table in FAMILIES and table != config.family:
-            lines.append(f"# not used: family = {toml_value(config.family)}")
-        if table in COMPRESSOR_TABLES:
-            lines.append(f"# the {table} compressor's settings (p and scope: [federated])")
-        lines.append(f"[{table}]")
-        notes = _comments(type(settings)) if comments else {}
-        if comments and table in FAMILIES and "method" in notes:
-            notes["method"] = f"{notes['method']}: {', '.join(FAMILIES[table].method_names())}"
-        for name in table_fields(table):
-            value = getattr(settings, name)
-            if value is None:
-                lines.append(f"# {name} = (unset: {_unset_meaning(config, table, name)})")
-            else:
-                lines.append(_setting_line(name, value, notes.get(name)))
-    return "\n".join(lines) + "\n"
-
-
-def _comments(cls) -> dict[str, str]:
-    """Each field's description, with the numbers its constraint allows (``communication rounds; an integer
-    >= 1``)."""
-    comments = descriptions(cls)
-    for name in comments:
-        constraint = constraint_of(cls, name)
-        constraint = constraint.inner if isinstance(constraint, Optional) else constraint   # a value is set
-        if isinstance(constraint, (Integer, Real)):
-            comments[name] += f"; {constraint.describe()}"
-    return comments
-
-
-def _setting_line(name: str, value, comment: str | None) -> str:
-    line = f"{name} = {toml_value(value)}"
-    return f"{line:<40} # {comment}" if comment else line
-
-
 # ---------------------------------------------------------------------------------------------------------
 # --set overrides
 
@@ -645,6 +585,6 @@ def load_preset(name: str, overrides=(), notes: list | None = None) -> Experimen
 
 
 __all__ = ["ConfigError", "ExperimentConfig", "FAMILIES", "RunConfig", "TABLES", "all_settings", "apply_overrides",
-           "config_fingerprint", "config_from_dict", "config_to_dict", "config_to_toml", "format_value",
+           "config_fingerprint", "config_from_dict", "config_to_dict", "format_value",
            "import_plugins", "list_presets", "load_config_file", "load_preset", "override_value", "parse_override",
            "parse_toml", "preset_text", "setting_error", "suggest", "table_fields", "toml_value", "unused_tables"]

@@ -10,9 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedsim.config import (ConfigError, ExperimentConfig, all_settings, apply_overrides,
-                           config_from_dict, config_to_dict, config_to_toml, list_presets, load_config_file,
+                           config_from_dict, config_to_dict, list_presets, load_config_file,
                            load_preset, parse_override, parse_toml, preset_text, suggest, table_fields,
                            toml_value)
+from fedsim.config_toml import config_to_toml
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -45,7 +45,8 @@ from pathlib import Path
 import numpy as np
 
 from fedsim.algorithms.family import FAMILIES
-from fedsim.config import ExperimentConfig, config_to_toml, format_value, load_config_file, parse_toml
+from fedsim.config import ExperimentConfig, format_value, load_config_file, parse_toml
+from fedsim.config_toml import config_to_toml
 from fedsim.files import write_atomic
 
 CONFIG_FILE = "config.toml"

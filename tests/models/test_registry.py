@@ -6,7 +6,8 @@ import pytest
 
 from fedsim.algorithms.federated import methods as federated_methods
 from fedsim.algorithms.lazy import METHODS as LAZY_METHODS
-from fedsim.config import ConfigError, config_from_dict, config_to_toml, load_preset, parse_toml
+from fedsim.config import ConfigError, config_from_dict, load_preset, parse_toml
+from fedsim.config_toml import config_to_toml
 from fedsim.models import MODELS, ModelConfig, SoftmaxRegression, register_model
 from fedsim.models.base import multiply_adds_per_sample
 from fedsim.models.features import decoded
