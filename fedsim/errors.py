@@ -14,5 +14,12 @@ class DivergenceError(RuntimeError):
         self.history = history
 
 
+class UpdateOverflowError(ValueError):
+    """A finite update that a compressor cannot encode: a scale it computes overflows the data dtype (STC's or
+    the scaled sign's mean magnitude, QSGD's norm, PowerSGD's products: the ``*_OVERFLOW_MESSAGE`` of
+    :mod:`fedsim.kernels`), so the update has diverged. Raised by the jitted kernels too; a run ends as
+    diverged (:class:`DivergenceError`)."""
+
+
 class UsageError(Exception):
     """A command line that cannot be carried out; printed as one line, exit status 2."""

@@ -155,9 +155,9 @@ class SystemConfig:
                 said = ", ".join(map(repr, readers[:-1])) + " or " * (len(readers) > 1) + repr(readers[-1])
                 raise ValueError(f"{ignored[0]}{others}: read only with system.profile = {said}, not "
                                  f"{self.profile!r}, which would ignore it")
-        terms = _one_bit_round(np.array([[getattr(self, name) for name in CUSTOM_MEDIANS]]))[0]
-        if self.profile == "custom" and not np.isfinite(terms.sum()):     # as a trace's rows are checked
-            name = CUSTOM_MEDIANS[int(np.argmax(terms))]
+        beyond = _beyond_the_floats(np.array([[getattr(self, name) for name in CUSTOM_MEDIANS]]))
+        if self.profile == "custom" and beyond:     # as a trace's rows are checked (and each client's draw)
+            name = CUSTOM_MEDIANS[beyond[1]]
             raise ValueError(f"{name} = {getattr(self, name):g} makes the simulated time of a round infinite (beyond "
                              f"{np.finfo(float).max:.3g} s); uplink, downlink and speed must be larger, latency "
                              f"smaller")
@@ -188,7 +188,8 @@ class Devices(NamedTuple):
 
 @np.errstate(over="ignore")     # medians far out, times exp(sigma z): inf, refused by the clocks (_Clock.checked)
 def draw_devices(config: SystemConfig, n_clients: int, rng: np.random.Generator) -> Devices:
-    """The devices of ``n_clients`` clients (the module docstring: profiles, spread, custom, trace)."""
+    """The devices of ``n_clients`` clients (the module docstring: profiles, spread, custom, trace); one drawn
+    whose round of one bit is beyond the floats is refused in one ValueError line, as a trace's row is."""
     if config.profile == "trace":
         return read_trace(config.trace, n_clients)
     z = rng.standard_normal((n_clients, len(Profile._fields)))    # first: the same z whatever the profile
@@ -200,15 +201,25 @@ def draw_devices(config: SystemConfig, n_clients: int, rng: np.random.Generator)
         medians = np.array([PROFILES[name] for name in names])[chosen]
     else:
         medians = np.array([PROFILES[config.profile]] * n_clients)
-    factors = np.exp(config.spread * z)   # x = median exp(sigma z)
-    return Devices(*(medians * factors).T.copy())
+    drawn = medians * np.exp(config.spread * z)   # x = median exp(sigma z)
+    beyond = _beyond_the_floats(drawn)      # custom medians (finite: SystemConfig) the spread draws beyond them
+    if beyond:
+        (client, column), name = beyond, CUSTOM_MEDIANS[beyond[1]]
+        raise ValueError(f"system.{name} = {medians[client, column]:g} with system.spread = {config.spread:g} draws "
+                         f"client {client} the {name} {drawn[client, column]:g}, which makes the simulated time of a "
+                         f"round infinite (beyond {np.finfo(float).max:.3g} s); uplink, downlink and speed must be "
+                         f"larger, latency or spread smaller")
+    return Devices(*drawn.T.copy())
 
 
 @np.errstate(over="ignore", divide="ignore")
-def _one_bit_round(devices: np.ndarray) -> np.ndarray:
-    """The seconds of a round of one bit each way and one multiply-add, per term (1 / up, 1 / down, 2 latency,
-    1 / speed), of devices given as rows (up, down, latency, speed); inf where beyond the floats."""
-    return np.column_stack([1 / devices[:, 0], 1 / devices[:, 1], 2 * devices[:, 2], 1 / devices[:, 3]])
+def _beyond_the_floats(devices: np.ndarray) -> tuple[int, int] | None:
+    """``(row, column)`` of the first device, of devices given as rows (up, down, latency, speed), whose round of
+    one bit each way and one multiply-add (1 / up + 1 / down + 2 latency + 1 / speed seconds) is beyond the
+    floats, and of its term that is; None if there is none."""
+    terms = np.column_stack([1 / devices[:, 0], 1 / devices[:, 1], 2 * devices[:, 2], 1 / devices[:, 3]])
+    beyond = np.flatnonzero(~np.isfinite(terms.sum(axis=1)))
+    return (int(beyond[0]), int(np.argmax(terms[beyond[0]]))) if len(beyond) else None
 
 
 def read_trace(path, n_clients: int) -> Devices:
@@ -238,11 +249,9 @@ def read_trace(path, n_clients: int) -> Devices:
     clients = values[:, 0]
     if not np.all(np.isfinite(values)) or np.any(values[:, [1, 2, 4]] <= 0) or np.any(values[:, 3] < 0):
         raise ValueError(f"{where}: up, down and speed must be finite and > 0, latency finite and >= 0")
-    terms = _one_bit_round(values[:, 1:])
-    beyond = np.flatnonzero(~np.isfinite(terms.sum(axis=1)))
-    if len(beyond):
-        row = beyond[0]
-        column = 1 + int(np.argmax(terms[row]))
+    beyond = _beyond_the_floats(values[:, 1:])
+    if beyond:
+        row, column = beyond[0], 1 + beyond[1]
         raise ValueError(f"{where}: line {lines[row]}: {TRACE_COLUMNS[column]} {values[row, column]:g} makes the "
                          f"simulated time of a round infinite (beyond {np.finfo(float).max:.3g} s); up, down "
                          f"and speed must be larger, latency smaller")
@@ -305,6 +314,7 @@ def reachable_clients(config: SystemConfig, streams, round_: int, participants: 
     return streams.generator("system", round_).random(len(participants)) < config.availability
 
 
+@np.errstate(over="ignore")     # numbers beyond the floats: inf, refused by the clocks (_Clock.checked)
 def round_devices(config: SystemConfig, streams, devices: Devices, round_: int, clients: np.ndarray) -> Devices:
     """The devices of ``clients`` in round (iteration) ``round_`` under ``round_spread`` (the module docstring;
     one stream per client, so a client's links in a round do not depend on who else takes part)."""

@@ -291,19 +291,25 @@ def test_over_selection_samples_more_and_keeps_the_needed():
                       "system.over_select=2").config.participants_per_round == 30
 
 
-@pytest.mark.parametrize("overrides, message", [
+@pytest.mark.parametrize("preset, overrides, message", [
     # over-selection beyond the population; a deadline no client can meet
-    (['system.profile="4g"', "system.over_select=2"], r"^system.over_select \(2\) x the 30 participants needed "
-     r"per round \(federated.participation_rate x n_clients\) is 60 clients, more than the 30 of "
+    ("synthetic", ['system.profile="4g"', "system.over_select=2"], r"^system.over_select \(2\) x the 30 "
+     r"participants needed per round \(federated.participation_rate x n_clients\) is 60 clients, more than the 30 of "
      r"federated.n_clients; at most 1$"),
-    (['system.profile="4g"', "federated.participation_rate=0.5", "system.over_select=2.01"],
+    ("synthetic", ['system.profile="4g"', "federated.participation_rate=0.5", "system.over_select=2.01"],
      r"is 31 clients, .* at most 2$"),
-    (['system.profile="3g"', "system.deadline=0.01"], r"^system.deadline \(0.01 s\) is shorter than the fastest "
-                                                      r"client"),
+    ("synthetic", ['system.profile="3g"', "system.deadline=0.01"], r"^system.deadline \(0.01 s\) is shorter than "
+                                                                   r"the fastest client"),
+    # custom medians within the floats, a client's draw beyond them: refused as the clock is built (a trace's row is)
+    ("synthetic", ['system.profile="custom"', "system.latency=1e307", "system.spread=3"], r"^system.latency = "
+     r"1e\+307 with system.spread = 3 draws client 2 the latency inf, which makes the simulated time of a round "
+     r"infinite \(beyond 1.8e\+308 s\); uplink, downlink and speed must be larger, latency or spread smaller$"),
+    ("laq-synthetic", ['system.profile="custom"', "system.uplink=1e-306", "system.spread=10"],
+     r"^system.uplink = 1e-306 with system.spread = 10 draws client \d+ the uplink [\d.e-]+, which makes"),
 ])
-def test_an_over_selection_or_a_deadline_that_cannot_be_met_is_one_line(overrides, message):
+def test_an_over_selection_a_deadline_or_a_device_that_cannot_be_met_is_one_line(preset, overrides, message):
     with pytest.raises(ValueError, match=message):
-        _synthetic(*overrides)
+        build_run(load_preset(preset, list(overrides)), progress=False)
 
 
 LAZY_REFUSES = r"apply to family 'federated' only \(family is 'lazy'\)"     # the settings of the federated round
@@ -388,7 +394,8 @@ PROFILE = r"system.profile 'custom' \(its links, latencies and speeds\)"
 @pytest.mark.parametrize("preset, overrides, source, step", [
     ("synthetic", SLOW_LINK, PROFILE, "round 1"),
     ("laq-synthetic", SLOW_LINK, PROFILE, "iteration 0"),
-    ("synthetic", ['system.profile="custom"', "system.latency=1e307", "system.spread=10"], PROFILE, "round 1"),
+    ("synthetic", ['system.profile="custom"', "system.latency=1e307", "system.round_spread=10", "system.spread=0"],
+     PROFILE, "round 1"),                                             # a round's own factors: known only then
     ("synthetic", ['system.profile="trace"', "system.trace={trace!r}", "federated.participation_rate=1"],
      r"system.trace .*trace.csv", "round 1"),                        # the trace's client 3 has that link
 ])

@@ -477,8 +477,8 @@ class Compressor:
     def aggregate(self, decoded: np.ndarray, sizes: np.ndarray, how: str | None = None,
                   lr: float = 1.0) -> np.ndarray:
         """The server's combination of the decoded rows (K, P), K >= 1, with the senders' sample counts
-        ``sizes`` (K,), finite, >= 0 and of a positive sum (:mod:`fedsim.compress.aggregation`); ``how``
-        defaults to the first of ``aggregations``."""
+        ``sizes`` (K,), finite, >= 0 and of a positive sum finite in the rows' dtype
+        (:mod:`fedsim.compress.aggregation`); ``how`` defaults to the first of ``aggregations``."""
         how = self.aggregations[0] if how is None else how
         if how not in self.aggregations:
             raise ValueError(f"aggregation {how!r} does not fit {self.name} messages; allowed: "
@@ -486,9 +486,11 @@ class Compressor:
         sizes = np.asarray(sizes)
         if np.ndim(decoded) != 2 or len(decoded) == 0:
             raise ValueError(f"aggregate needs decoded rows (K, P) with K >= 1, got shape {np.shape(decoded)}")
-        if sizes.shape != (len(decoded),) or not (np.isfinite(sizes).all() and (sizes >= 0).all() and sizes.sum() > 0):
+        with np.errstate(over="ignore"):        # the weights are sizes / sum in the rows' dtype: that sum must fit
+            total = sizes.astype(decoded.dtype).sum() if sizes.dtype.kind in "biuf" else np.nan
+        if sizes.shape != (len(decoded),) or not (np.isfinite(total) and (sizes >= 0).all() and total > 0):
             raise ValueError(f"sizes must be the {len(decoded)} senders' sample counts, finite, >= 0 and of a "
-                             f"positive sum, got {sizes}")
+                             f"positive sum finite in the rows' dtype ({decoded.dtype}), got {sizes}")
         return aggregation.AGGREGATIONS[how](decoded, sizes, lr)
 
     def theory(self, x: np.ndarray, state):

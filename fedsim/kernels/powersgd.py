@@ -31,8 +31,8 @@ means summed in sender order, elementwise in the data dtype, and ``decoded_k = l
 Q_k)``; :func:`power_step_numpy` is the same step built on the twins. The arrays are of one float dtype,
 C-contiguous where jitted code reads or writes them (the matrices and ``q``, read by NumPy's products only,
 may have any strides). Finite matrices whose products overflow the dtype (entries near the float maximum)
-raise ``ValueError(PRODUCT_OVERFLOW_MESSAGE)``: mean_k P_k and mean_k Q_k are checked, and the decoded
-rows only where some ``sum_t |Q_kjt|`` nears the maximum (``|P_hat| <= 1`` bounds them by it).
+raise ``UpdateOverflowError(PRODUCT_OVERFLOW_MESSAGE)`` (a ValueError): mean_k P_k and mean_k Q_k are checked,
+and the decoded rows only where some ``sum_t |Q_kjt|`` nears the maximum (``|P_hat| <= 1`` bounds them by it).
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from fedsim.errors import UpdateOverflowError
 from fedsim.kernels import JIT_OPTIONS, checks
 from fedsim.kernels.checks import FLOAT, Array, Real, checked
 from fedsim.kernels.selection import NONFINITE_MESSAGE
@@ -206,9 +207,11 @@ def _sender_mean(stacked):
 
 
 def _finite(products, matrices):
-    """``products`` if finite; else a ValueError: PRODUCT_OVERFLOW_MESSAGE when the matrices are finite."""
+    """``products`` if finite; else UpdateOverflowError(PRODUCT_OVERFLOW_MESSAGE) when the matrices are finite, a
+    ValueError(NONFINITE_MESSAGE) when not."""
     if not np.isfinite(products).all():
-        raise ValueError(PRODUCT_OVERFLOW_MESSAGE if np.isfinite(matrices).all() else NONFINITE_MESSAGE)
+        raise (UpdateOverflowError(PRODUCT_OVERFLOW_MESSAGE) if np.isfinite(matrices).all() else
+               ValueError(NONFINITE_MESSAGE))
     return products
 
 

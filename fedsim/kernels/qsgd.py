@@ -25,8 +25,8 @@ the largest |v_i| (float64, by one ulp): that entry gets level s. An all-zero bu
 and out = +0.0 everywhere; its uniforms are consumed all the same (each row takes P). The signed levels
 ``sign(v_i) level_i`` are the message's payload. float64 squares can overflow (entries beyond ~1e154) or
 underflow (a bucket whose entries are all below ~1e-162 has norm 0 and is sent as zero: QSGD is then
-biased there); an overflowing norm raises ``ValueError(NORM_OVERFLOW_MESSAGE)``. Every step but the sum is
-one correctly rounded IEEE operation, so kernel, twin and the torch reference agree bitwise.
+biased there); an overflowing norm raises ``UpdateOverflowError(NORM_OVERFLOW_MESSAGE)`` (a ValueError). Every
+step but the sum is one correctly rounded IEEE operation, so kernel, twin and the torch reference agree bitwise.
 
 Code of one bucket (the paper's Code_s, section 3 and its coding appendix)
 --------------------------------------------------------------------------
@@ -49,6 +49,7 @@ import math
 import numba
 import numpy as np
 
+from fedsim.errors import UpdateOverflowError
 from fedsim.kernels import JIT_OPTIONS, checks
 from fedsim.kernels.bitstream import (BIT_END, BIT_OFFSET, BIT_OFFSET_TO_END, STREAM, _get_bit,
                                      _read_uint_core, _write_uint_core)
@@ -213,11 +214,11 @@ def _quantize_bucket(x, uniforms, levels, norm_out, decoded_out, levels_out):
         for i in range(x.shape[0]):
             if not np.isfinite(x[i]):
                 raise ValueError(NONFINITE_MESSAGE)
-        raise ValueError(NORM_OVERFLOW_MESSAGE)
+        raise UpdateOverflowError(NORM_OVERFLOW_MESSAGE)
     norm_out[0] = math.sqrt(total)            # rounded to the dtype by the store
     norm = norm_out[0]
     if not np.isfinite(norm):
-        raise ValueError(NORM_OVERFLOW_MESSAGE)
+        raise UpdateOverflowError(NORM_OVERFLOW_MESSAGE)
     if norm == 0:
         for i in range(x.shape[0]):
             decoded_out[i] = 0.0
@@ -299,11 +300,11 @@ def qsgd_quantize_numpy(updates, bucket_offsets, levels, uniforms, float_bits, d
     dtype = updates.dtype
     sums = _bucket_norms_numpy(updates, offsets)
     if not np.all(np.isfinite(sums)):
-        raise ValueError(NORM_OVERFLOW_MESSAGE)
+        raise UpdateOverflowError(NORM_OVERFLOW_MESSAGE)
     with np.errstate(over="ignore"):
         norms = np.sqrt(sums).astype(dtype)
     if not np.all(np.isfinite(norms)):
-        raise ValueError(NORM_OVERFLOW_MESSAGE)
+        raise UpdateOverflowError(NORM_OVERFLOW_MESSAGE)
     sizes = np.diff(offsets)
     per_entry = np.repeat(norms.astype(np.float64), sizes, axis=1)      # (K, P) float64 norm of each entry
     live = per_entry != 0

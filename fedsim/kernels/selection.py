@@ -22,7 +22,8 @@ Positions are returned in increasing order.
 a sequential float64 sum in index order, one float64 division, one rounding to ``x``'s dtype (``mu = 0``
 for an empty set). For float32 input the float64 sum cannot overflow; float64 input whose kept
 magnitudes sum beyond the float64 maximum (~1.8e308, a diverged update) raises
-``ValueError(SCALE_OVERFLOW_MESSAGE)`` (as does the scaled sign's mean magnitude, :mod:`fedsim.kernels.ternary`).
+``UpdateOverflowError(SCALE_OVERFLOW_MESSAGE)``, a ValueError (as does the scaled sign's mean magnitude,
+:mod:`fedsim.kernels.ternary`).
 
 Speed of the exact selection
 ----------------------------
@@ -47,6 +48,7 @@ import math
 import numba
 import numpy as np
 
+from fedsim.errors import UpdateOverflowError
 from fedsim.kernels import JIT_OPTIONS, checks
 from fedsim.kernels.checks import FLOAT_VECTOR, INT64, Array, Budget, Real, checked
 
@@ -300,7 +302,7 @@ def _mean_of(x, positions, count):
     for j in range(count):
         total += np.float64(abs(x[positions[j]]))
     if not np.isfinite(total):
-        raise ValueError(SCALE_OVERFLOW_MESSAGE)
+        raise UpdateOverflowError(SCALE_OVERFLOW_MESSAGE)
     return _round_to_dtype(x, total / count)
 
 
@@ -364,7 +366,7 @@ def _mean_of_numpy(x, positions):
     with np.errstate(over="ignore"):
         total = np.cumsum(np.abs(x[positions]).astype(np.float64))[-1]
     if not np.isfinite(total):
-        raise ValueError(SCALE_OVERFLOW_MESSAGE)
+        raise UpdateOverflowError(SCALE_OVERFLOW_MESSAGE)
     return x.dtype.type(total / positions.size)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from fedsim.errors import UpdateOverflowError
 from fedsim.kernels import JIT_OPTIONS
 from fedsim.kernels.checks import FLOAT_VECTOR, INT8, INT64, Array, Budget, checked
 from fedsim.kernels.selection import (_BUDGET, _POSITIONS_OUT, _SAMPLE_POSITIONS, NONFINITE_MESSAGE,
@@ -169,7 +170,7 @@ def _mean_magnitude_core(x):
             raise ValueError(NONFINITE_MESSAGE)
         total += np.float64(abs(value))
     if not np.isfinite(total):
-        raise ValueError(SCALE_OVERFLOW_MESSAGE)
+        raise UpdateOverflowError(SCALE_OVERFLOW_MESSAGE)
     if x.shape[0] == 0:
         return _round_to_dtype(x, 0.0)
     return _round_to_dtype(x, total / x.shape[0])
@@ -178,7 +179,7 @@ def _mean_magnitude_core(x):
 @checked(_mean_magnitude_core, x=FLOAT_VECTOR)
 def _mean_magnitude(x):
     """dtype( (sequential float64 sum of |x_i|) / N ), 0 for an empty x (the scale of scaled sign); a sum beyond
-    the float64 maximum raises ``ValueError(SCALE_OVERFLOW_MESSAGE)``."""
+    the float64 maximum raises ``UpdateOverflowError(SCALE_OVERFLOW_MESSAGE)`` (a ValueError)."""
 
 
 def _mean_magnitude_numpy(x):
@@ -189,5 +190,5 @@ def _mean_magnitude_numpy(x):
     with np.errstate(over="ignore"):
         total = np.cumsum(np.abs(x).astype(np.float64))[-1]
     if not np.isfinite(total):
-        raise ValueError(SCALE_OVERFLOW_MESSAGE)
+        raise UpdateOverflowError(SCALE_OVERFLOW_MESSAGE)
     return x.dtype.type(total / x.size)

@@ -146,8 +146,23 @@ def _counting_compiles():
         yield count
 
 
+@contextlib.contextmanager
+def _session(run, config: ExperimentConfig, name: str, quiet: bool):
+    """A session's work from its start: ``(bar, compiling)``, its progress bar (whose clock, ``bar.started``, is
+    the session's) and a timer that says :data:`COMPILE_NOTE` if Numba compiles meanwhile and the first step is
+    not over (``compiling`` cancelled) within COMPILE_NOTE_SECONDS."""
+    with _counting_compiles() as compiles:
+        bar = Progress(name, config.steps, run.completed, config.algorithm_family.unit, quiet)
+        compiling = bar.note_if_slow(COMPILE_NOTE_SECONDS, COMPILE_NOTE, when=lambda: compiles["started"] > 0)
+        try:
+            yield bar, compiling
+        finally:
+            compiling.cancel()
+            bar.close()
+
+
 def execute(run, folder: RunFolder, config: ExperimentConfig, *, name: str, quiet: bool = False,
-            identity: dict | None = None, observer=None, stop_requested=None) -> RunOutcome:
+            identity: dict | None = None, observer=None, stop_requested=None, session=None) -> RunOutcome:
     """Step ``run`` to the end of ``config``, recording into ``folder``: each record appended to history.jsonl
     (flushed), a checkpoint every ``config.run.checkpoint_every`` steps, at the end and at a stop, and
     summary.json when the run completes or diverges. ``observer(record)`` is called after each step's record
@@ -156,7 +171,8 @@ def execute(run, folder: RunFolder, config: ExperimentConfig, *, name: str, quie
     a killed session's to its last checkpoint (the steps it did after that are done again by the next session);
     ``seconds`` sums the records' ``time`` (the steps alone).
     ``stop_requested()`` is asked before each step: True stops the run there as a signal would (a sweep's
-    Dask task, whose thread no signal reaches).
+    Dask task, whose thread no signal reaches). ``session``: a :func:`_session` begun before (start_run's, whose
+    round 1 may be trained before the folder exists: :meth:`FederatedRun.solve_budget`), else one begins now.
     """
     planned = config.steps
     every = config.run.checkpoint_every
@@ -164,17 +180,15 @@ def execute(run, folder: RunFolder, config: ExperimentConfig, *, name: str, quie
     state: dict = {}
     for record in run.history:           # a resumed run: the postfix starts from the totals so far
         algorithms.report.progress(record, state)
-    session_started = time.perf_counter()
     status, message = "completed", ""
 
     def checkpoint():
         folder.write_checkpoint(*run.state_dict(), planned=planned, identity=identity)
-        _note_session(folder, run.completed, time.perf_counter() - session_started)     # what a kill leaves counted
+        _note_session(folder, run.completed, time.perf_counter() - bar.started)     # what a kill leaves counted
 
-    with StopOnSignals() as stop, folder.open_history() as history_file, \
-            pinned_threads(config.run.blas_threads), _counting_compiles() as compiles:
-        bar = Progress(name, planned, run.completed, algorithms.unit, quiet)
-        compiling = bar.note_if_slow(COMPILE_NOTE_SECONDS, COMPILE_NOTE, when=lambda: compiles["started"] > 0)
+    with contextlib.ExitStack() as scope, StopOnSignals() as stop, folder.open_history() as history_file, \
+            pinned_threads(config.run.blas_threads):
+        bar, compiling = session or scope.enter_context(_session(run, config, name, quiet))
         try:
             while run.completed < planned:
                 if stop.received is not None or (stop_requested is not None and stop_requested()):
@@ -196,10 +210,9 @@ def execute(run, folder: RunFolder, config: ExperimentConfig, *, name: str, quie
                     checkpoint()
         finally:
             compiling.cancel()
-            bar.close()
         if status in ("completed", "interrupted"):
             checkpoint()
-    sessions = _note_session(folder, run.completed, time.perf_counter() - session_started, ended=now(), status=status)
+    sessions = _note_session(folder, run.completed, time.perf_counter() - bar.started, ended=now(), status=status)
     summary = None
     if status in ("completed", "diverged"):
         summary = summarize(config, list(run.history))
@@ -240,32 +253,36 @@ def start_run(config: ExperimentConfig, out, *, name: str, quiet: bool = False, 
     folder = RunFolder(out)
     check_new_run_target(folder.path)
     files = data_record(config.data, config.system)     # hashed before the build; what it reads must match
-    with noted_reads() as reads:
-        run = _build_checked(config, quiet, progress_data)
-        with pinned_threads(config.run.blas_threads):      # round 1's training, on the threads execute() pins
-            getattr(run, "solve_budget", lambda: None)()  # a bit budget out of reach: refused before the folder
-    check_data_record(config.data, files, config.system, building=True, reads=reads)
-    try:
-        folder.path.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise RunFolderError(f"cannot create the run folder {folder.path} ({error.strerror})") from None
-    with folder.lock():
-        check_new_run_target(folder.path)
-        meta = {"name": name, "family": config.family, "method": config.method, "seed": config.seed,
-                "run_id": uuid.uuid4().hex, "config_sha256": config_fingerprint(config),
-                "config": config_to_dict(config, keep_unset=True), **files,
-                **environment(), "threads": thread_settings(config.run.blas_threads), **git_commit(),
-                "started": now(), "command": command_line() if command is None else list(command),
-                "sessions": [{"started": now(), "from": 0}]}
-        # meta.json first: config.toml marks a started run (a kill before it leaves a folder a new run may take)
+    with contextlib.ExitStack() as scope:
+        with noted_reads() as reads:
+            run = _build_checked(config, quiet, progress_data)
+            # the session begins: round 1, trained now to solve a bit budget (one out of reach is refused before
+            # the folder), counts in its time and compile note, on the threads execute() pins
+            session = scope.enter_context(_session(run, config, name, quiet))
+            with pinned_threads(config.run.blas_threads):
+                getattr(run, "solve_budget", lambda: None)()
+        check_data_record(config.data, files, config.system, building=True, reads=reads)
         try:
-            folder.write_json(META_FILE, meta)
-            _write_config(folder, config, name)
+            folder.path.mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            raise RunFolderError(f"cannot write into {folder.path} ({error.strerror})") from None
-        write_atomic(folder.file(HISTORY_FILE), b"")
-        return execute(run, folder, config, name=name, quiet=quiet, identity=_identity(meta), observer=observer,
-                       stop_requested=stop_requested)
+            raise RunFolderError(f"cannot create the run folder {folder.path} ({error.strerror})") from None
+        with folder.lock():
+            check_new_run_target(folder.path)
+            meta = {"name": name, "family": config.family, "method": config.method, "seed": config.seed,
+                    "run_id": uuid.uuid4().hex, "config_sha256": config_fingerprint(config),
+                    "config": config_to_dict(config, keep_unset=True), **files,
+                    **environment(), "threads": thread_settings(config.run.blas_threads), **git_commit(),
+                    "started": now(), "command": command_line() if command is None else list(command),
+                    "sessions": [{"started": now(), "from": 0}]}
+            # meta.json first: config.toml marks a started run (a kill before it leaves a folder a new run may take)
+            try:
+                folder.write_json(META_FILE, meta)
+                _write_config(folder, config, name)
+            except OSError as error:
+                raise RunFolderError(f"cannot write into {folder.path} ({error.strerror})") from None
+            write_atomic(folder.file(HISTORY_FILE), b"")
+            return execute(run, folder, config, name=name, quiet=quiet, identity=_identity(meta), observer=observer,
+                           stop_requested=stop_requested, session=session)
 
 
 def _check_identity(folder: RunFolder, config: ExperimentConfig, meta: dict) -> None:

@@ -117,9 +117,17 @@ def test_catch_up_falls_back_to_the_full_model_when_cheaper(synthetic, dtype, fl
 
 
 @pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning", "ignore:invalid value:RuntimeWarning")
-def test_divergence_stops_with_the_history_so_far(synthetic):
-    run = make_run(synthetic, method="fedavg", lr=1e38, rounds=5, local_iterations=5)
-    with pytest.raises(DivergenceError, match="NaN or inf") as error:
+@pytest.mark.parametrize("settings, message", [
+    (dict(method="fedavg", lr=1e38, local_iterations=5), "NaN or inf"),
+    # finite updates a compressor cannot encode (a scale overflows the dtype) diverge too (were a ValueError)
+    (dict(method="powersgd_up", lr=3e37, local_iterations=1), "products with the factors overflow"),
+    (dict(method="powersgd_up", lr=3e37, local_iterations=1, bits_per_round=3000), "products with the factors"),
+    (dict(method="stc_up", dtype="float64", lr=1e307, local_iterations=1), r"mean magnitude \(STC's mu"),
+    (dict(method="qsgd_up", dtype="float64", lr=1e307, local_iterations=1), "a bucket's norm overflows"),
+], ids=["loss", "powersgd", "powersgd-budget", "stc", "qsgd"])
+def test_divergence_stops_with_the_history_so_far(synthetic, settings, message):
+    run = make_run(synthetic, rounds=5, **settings)
+    with pytest.raises(DivergenceError, match=message) as error:
         run.run()
     assert len(error.value.history) < 5
     assert all(np.isfinite(r["test_loss"]) for r in error.value.history)

@@ -190,11 +190,13 @@ def test_error_feedback_state_and_dtype():
     (np.ones((3, 4)), np.zeros(3), "weighted", "positive sum"),
     (np.ones((3, 4)), np.array([1, -1, 0]), "weighted", ">= 0"),
     (np.ones((3, 4)), np.array([1, np.inf, 2]), "weighted", "finite"),
+    (np.ones((3, 4)), np.array([2e38, 2e38, 1]), "weighted", r"positive sum finite in the rows' dtype \(float32\)"),
+    (np.ones((3, 4)), np.array([10**40, 1, 1]), "weighted", "finite"),        # beyond int64: an object array
     (np.ones((3, 4)), np.array([1, 2]), "weighted", "the 3 senders' sample counts"),
     (np.ones((3, 4)), np.array([1, 2]), "mean", "the 3 senders' sample counts"),
     (np.zeros((0, 4)), np.zeros(0), "mean", r"K >= 1, got shape \(0, 4\)"),
     (np.ones(4), np.ones(1), "mean", r"\(K, P\)"),
-], ids=["zero-sum", "negative", "inf", "too-few", "too-few-mean", "no-rows", "1-D"])
+], ids=["zero-sum", "negative", "inf", "sum-overflows", "beyond-int64", "too-few", "too-few-mean", "no-rows", "1-D"])
 def test_aggregate_refuses_bad_rows_and_sizes(decoded, sizes, how, message):
     with pytest.raises(ValueError, match=message):
         TopK().aggregate(decoded.astype(np.float32), sizes, how)

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from fedsim.errors import UpdateOverflowError
 from fedsim.kernels import selection, sparsify, ternary
 from tests.conftest import DTYPES
 from tests.kernels.conftest import agree, called, implementations, select, ternarized
@@ -85,7 +86,7 @@ def test_float64_mu_overflow_raises():
                                (ternary._sampled_ternarize, ternary._sampled_ternarize_numpy,
                                 (x, sample, 2, 2, positions, signs))]:
         for call in (kernel, kernel.py_func, twin):
-            with pytest.raises(ValueError, match="the update is finite, but a segment's mean magnitude"), \
+            with pytest.raises(UpdateOverflowError, match="the update is finite, but a segment's mean magnitude"), \
                     np.errstate(over="ignore"):                 # (py_func's scalar sum warns as it overflows)
                 call(*args)
     # float32 input never overflows: its sum is taken in float64

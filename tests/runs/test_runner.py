@@ -328,3 +328,30 @@ def test_round_1_solved_for_a_bit_budget_before_the_folder_trains_on_the_runs_th
     with threadpool_limits(limits=1):
         assert start_run(config, tmp_path / "run", name="budget", quiet=True).status == "completed"
     assert seen == [({2}, 2)] * 2
+
+
+def test_round_1_solved_for_a_bit_budget_counts_in_the_sessions_time_and_compile_note(tmp_path, monkeypatch, capsys):
+    """Round 1, trained before the folder to solve bits_per_round, is the session's: its time counts in its record,
+    its progress line and wall_seconds (no shorter than seconds), and a compile in it is announced as a first
+    step's is (here round 1's training "compiles" for 0.6 s)."""
+    import contextlib
+    import time
+
+    import fedsim.runs.loop as loop
+    compiles, local_round = {"started": 0}, FederatedRun._local_round
+
+    def compiling(self, t):
+        if t == 1:
+            compiles["started"] += 1
+            time.sleep(0.6)
+        return local_round(self, t)
+
+    monkeypatch.setattr(FederatedRun, "_local_round", compiling)
+    monkeypatch.setattr(loop, "_counting_compiles", contextlib.contextmanager(lambda: (yield compiles)))
+    monkeypatch.setattr(loop, "COMPILE_NOTE_SECONDS", 0.3)
+    config = load_preset("synthetic", ["federated.rounds=2", "federated.bits_per_round=1000"])
+    assert start_run(config, tmp_path / "run", name="budget").status == "completed"
+    summary = json.loads((tmp_path / "run" / SUMMARY_FILE).read_text())
+    assert summary["wall_seconds"] >= summary["seconds"] >= RunFolder(tmp_path / "run").read_history()[0]["time"] >= 0.6
+    said = capsys.readouterr().err.splitlines()
+    assert loop.COMPILE_NOTE in said and not any("round 1/2" in line and "(0 s)" in line for line in said), said

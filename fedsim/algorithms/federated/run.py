@@ -17,7 +17,7 @@ from fedsim.compress.base import float_bits, layout_of
 from fedsim.compress.bits import dense_bits, sparse_vector_bits
 from fedsim.compress.budget import solve_knob
 from fedsim.data.dataset import Dataset
-from fedsim.errors import DivergenceError
+from fedsim.errors import DivergenceError, UpdateOverflowError
 from fedsim.kernels import local_sgd
 from fedsim.models import ModelConfig
 from fedsim.models.base import multiply_adds_per_sample
@@ -148,11 +148,11 @@ class FederatedRun:
         started = time.perf_counter()
         try:
             self._first = self._local_round(1)
+            if len(self._first[0]):
+                self._solved = self._meet_bits_budget(self._first[2])
         except DivergenceError as error:       # raised by step(), as it would have been
             self._first = error
             return
-        if len(self._first[0]):
-            self._solved = self._meet_bits_budget(self._first[2])
         self._first_seconds = time.perf_counter() - started
 
     # -- the round ----------------------------------------------------------------------------------
@@ -302,9 +302,12 @@ class FederatedRun:
         ``bits_per_round`` (:func:`fedsim.compress.budget.solve_knob`; the residuals are still zero), use
         it from this round on, and return what the round's record keeps of it."""
         compressor = self.compressors["up"]
-        _, value, bits = solve_knob(compressor, update, self.model.spec, self.config.bits_per_round,
-                                    lambda: self.streams.generator("bits_per_round"),
-                                    setting="federated.bits_per_round")
+        try:
+            _, value, bits = solve_knob(compressor, update, self.model.spec, self.config.bits_per_round,
+                                        lambda: self.streams.generator("bits_per_round"),
+                                        setting="federated.bits_per_round")
+        except UpdateOverflowError as error:     # the update cannot be encoded at some knob value
+            self._diverge(self.server.round + 1, str(error))
         self._use_knob(value)
         return {"bits_per_round_knob": compressor.budget_knob, "bits_per_round_knob_value": value,
                 "bits_per_round_first": bits}
@@ -348,14 +351,17 @@ class FederatedRun:
 
     def _send(self, link, state_name: str, rows: np.ndarray, residual: np.ndarray | None):
         """Compress ``rows`` over ``link`` (with ``residual`` under error feedback), keeping the
-        compressor's state in ``self.<state_name>``."""
+        compressor's state in ``self.<state_name>``; rows the compressor cannot encode (a scale overflows) diverge."""
         state = getattr(self, state_name)
-        if residual is not None:
-            compressed, feedback = link.compress(rows, ErrorFeedbackState(state, residual),
-                                                 self.compression_rng)
-            setattr(self, state_name, feedback.inner)
-            return _Sent(compressed, feedback.residual)
-        compressed, state = link.compress(rows, state, self.compression_rng)
+        try:
+            if residual is not None:
+                compressed, feedback = link.compress(rows, ErrorFeedbackState(state, residual),
+                                                     self.compression_rng)
+                setattr(self, state_name, feedback.inner)
+                return _Sent(compressed, feedback.residual)
+            compressed, state = link.compress(rows, state, self.compression_rng)
+        except UpdateOverflowError as error:
+            self._diverge(self.server.round + 1, str(error))
         setattr(self, state_name, state)
         return _Sent(compressed, None)
 
