@@ -168,7 +168,8 @@ def execute(run, folder: RunFolder, config: ExperimentConfig, *, name: str, quie
     summary.json when the run completes or diverges. ``observer(record)`` is called after each step's record
     is written (the examples print a block per round with it; the rules: :mod:`fedsim.runs`).
     summary.json's ``wall_seconds`` sums the sessions' wall time, each from its start (after the build) to its end,
-    a killed session's to its last checkpoint (the steps it did after that are done again by the next session);
+    a killed session's to its last checkpoint (the steps it did after that are done again by the next session;
+    a kill between the checkpoint and its note in meta.json leaves that session counted to the one before);
     ``seconds`` sums the records' ``time`` (the steps alone).
     ``stop_requested()`` is asked before each step: True stops the run there as a signal would (a sweep's
     Dask task, whose thread no signal reaches). ``session``: a :func:`_session` begun before (start_run's, whose
@@ -357,9 +358,10 @@ def resume_run(path, *, quiet: bool = False, progress_data: bool | None = None,
         config = folder.read_config()
         meta = folder.read_json(META_FILE) or {}
         sessions = meta.get("sessions", [])
-        if not isinstance(sessions, list) or not all(isinstance(session, dict) for session in sessions):
-            raise RunFolderError(f"{folder.file(META_FILE)} must hold its sessions as a list of JSON objects; it "
-                                 f"was changed or damaged outside fedsim")
+        whole = isinstance(sessions, list) and all(isinstance(session, dict) for session in sessions)
+        if not whole or any(type(session.get("seconds", 0.0)) not in (int, float) for session in sessions):
+            raise RunFolderError(f"{folder.file(META_FILE)} must hold its sessions as a list of JSON objects (their "
+                                 f"seconds numbers); it was changed or damaged outside fedsim")
         _check_identity(folder, config, meta)
         check_data_record(config.data, meta, config.system)
         if extend_to is not None:

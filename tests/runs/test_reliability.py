@@ -375,15 +375,16 @@ def test_a_lazy_record_of_another_shape_is_one_line_naming_its_line(tmp_path, fe
         one_line_error(fedsim_here("compare", path.parent), 2, f"{path} line 2: {said}")
 
 
-@pytest.mark.parametrize("sessions", [{}, ["a note by hand"], "abc"])
+@pytest.mark.parametrize("sessions", [{}, ["a note by hand"], "abc", [{"from": 0, "seconds": "1.5"}],
+                                      [{"from": 0, "seconds": None}], [{"from": 0, "seconds": True}]])
 def test_meta_sessions_that_are_no_list_of_objects_are_refused_before_the_resume_runs(tmp_path, sessions, fedsim_here):
     run_dir = unfinished_copy(tmp_path)
     meta = json.loads((run_dir / META_FILE).read_text())
     (run_dir / META_FILE).write_text(json.dumps({**meta, "sessions": sessions}))
     before = {path.name: path.read_bytes() for path in run_dir.iterdir()}
     for extend in ([], ["--extend-to", "20"]):
-        one_line_error(fedsim_here("run", "--resume", run_dir, "--quiet", *extend), 2,
-                       f"{run_dir / META_FILE} must hold its sessions as a list of JSON objects")
+        one_line_error(fedsim_here("run", "--resume", run_dir, "--quiet", *extend), 2, f"{run_dir / META_FILE} must "
+                       f"hold its sessions as a list of JSON objects (their seconds numbers)")
     assert {path.name: path.read_bytes() for path in run_dir.iterdir()} == before
 
 
@@ -416,8 +417,8 @@ def test_run_files_follow_the_umask(tmp_path):
     for name in (CONFIG_FILE, META_FILE, HISTORY_FILE, SUMMARY_FILE, CHECKPOINT_FILE):
         assert stat.S_IMODE((out / name).stat().st_mode) == 0o644, name
     # the command recorded runs again as it is (not the path of fedsim's __main__.py)
-    assert json.loads((out / META_FILE).read_text())["command"] == [sys.executable, "-m", "fedsim", "run", "--preset",
-                                                                    "synthetic", *ROUNDS12, "--quiet", "--out", str(out)]
+    assert json.loads((out / META_FILE).read_text())["command"] == [
+        sys.executable, "-m", "fedsim", "run", "--preset", "synthetic", *ROUNDS12, "--quiet", "--out", str(out)]
 
 
 def test_a_loss_that_overflows_stops_as_divergence_with_the_last_finite_values(tmp_path, fedsim_here):
