@@ -31,7 +31,7 @@ from pathlib import Path
 
 from fedsim.config import config_to_dict
 from fedsim.runs.folder import (CHECKPOINT_NOTE_FILE, CONFIG_FILE, META_FILE, SUMMARY_FILE, FolderLock, RunFolder,
-                                RunFolderError, foreign_files, listed_differences, now)
+                                RunFolderError, foreign_files, listed_differences, now, read_run)
 from fedsim.sweeps.spec import Sweep
 
 MANIFEST = "manifest.json"
@@ -226,7 +226,8 @@ def differing_versions(metas: dict[str, dict]) -> dict[str, str]:
 
 def reuse_decision(out: Path, sweep: Sweep) -> tuple[dict[str, dict], list]:
     """(the statuses of the planned runs not to run, finished or mismatched, by folder name; the planned
-    runs to start or resume), each existing run folder checked as :func:`check_run_folder` does."""
+    runs to start or resume), each existing run folder checked as :func:`check_run_folder` does, and a finished
+    one's records as ``sweep report`` reads them (:func:`fedsim.runs.read_run`)."""
     statuses: dict[str, dict] = {}
     pending = []
     for planned in sweep.runs:
@@ -242,6 +243,8 @@ def reuse_decision(out: Path, sweep: Sweep) -> tuple[dict[str, dict], list]:
                                        config=planned.config)
             summary = None if problem else _readable_summary(path, where)
             problem = problem or summary_problem(summary)
+            if problem is None and summary is not None and summary.get("status") in FINAL:
+                read_run(path)          # its history checked as sweep report reads it (RunFolderError: a problem)
         except RunFolderError as error:
             problem = str(error)
         if problem is not None:        # said at the end (naming the folder), with every run that did not complete
