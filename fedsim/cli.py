@@ -412,7 +412,7 @@ def command_export(args) -> int:
 def command_sweep(args) -> int:
     from fedsim.sweeps import all_finished, load_sweep, run_sweep
     from fedsim.sweeps.execute import SweepInterrupted
-    from fedsim.sweeps.folder import resume_command, resume_hint
+    from fedsim.sweeps.folder import resume_command, resume_hint, sweep_options
     from fedsim.sweeps.report import (collect, format_budget, format_summary, left_out, platforms_note, plot_sweep,
                                       summarize_over_seeds, tidy_rows, write_csv)
     if args.target in ("report", "plot"):
@@ -458,9 +458,7 @@ def command_sweep(args) -> int:
     check_data((f"{sweep.source.name}" + (f": the run with {run_settings(planned.values)}" if planned.values else ""),
                 planned.config) for planned in sweep.runs)
     # the options that say where and how it runs, repeated in the command that continues it
-    options = [item for flag, value in (("--backend", None if args.backend == "local" else args.backend),
-                                        ("--scheduler", args.scheduler), ("--workers", args.workers),
-                                        ("--threads", args.threads)) if value is not None for item in (flag, value)]
+    options = sweep_options(args.backend, args.scheduler, args.workers, args.threads)
     again = resume_command(args.target, out, options)
     try:
         statuses = run_sweep(sweep, out, backend=args.backend, workers=args.workers, threads=args.threads,

@@ -54,9 +54,17 @@ def run_folder(out: Path, planned) -> Path:
     return Path(out) / RUNS_FOLDER / planned.folder_name
 
 
+def sweep_options(backend=None, scheduler=None, workers=None, threads=None) -> list[str]:
+    """The options that say where and how a sweep runs, as arguments (those not given, and the local backend, left
+    out): the command that continues it repeats them."""
+    return [str(item) for flag, value in (("--backend", None if backend in (None, "local") else backend),
+                                          ("--scheduler", scheduler), ("--workers", workers), ("--threads", threads))
+            if value is not None for item in (flag, value)]
+
+
 def resume_command(sweep_path, out, options=()) -> str:
     """The command that continues a sweep (``options``: the original command's backend, scheduler, workers and
-    threads, as arguments), quoted for a shell."""
+    threads, as arguments: :func:`sweep_options`), quoted for a shell."""
     return shlex.join(["fedsim", "sweep", str(sweep_path), "--out", str(out), *map(str, options)])
 
 
@@ -300,4 +308,4 @@ def record_from_folders(out: Path, sweep: Sweep, statuses: dict[str, dict]) -> N
 __all__ = ["DAMAGED_SUMMARY", "FINAL", "MANIFEST", "MISMATCHED", "RUNS_FOLDER", "SweepError", "SweepLock",
            "check_recorded_files", "check_run_folder", "claim", "differing_versions", "identity_problem",
            "read_manifest", "record_from_folders", "resume_hint", "reuse_decision", "run_entry", "run_folder", "say",
-           "summary_problem", "write_manifest"]
+           "summary_problem", "sweep_options", "write_manifest"]
