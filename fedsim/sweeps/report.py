@@ -4,7 +4,8 @@ A run that did not complete (diverged, interrupted, failed) is in none of them: 
 ``report.csv`` has one row per (run, metric): the run's folder, its status, one column per axis, then
 ``metric`` and ``value``. The summary groups the runs by every axis except ``seed`` and gives, per metric,
 mean +- standard deviation (over seeds, ``ddof=1``) and n. The figures: the runs' curves as the mean over
-seeds with a band from their minimum to their maximum (and cumulative bits sent up as a second x axis),
+seeds with a band from their minimum to their maximum (and cumulative bits sent up as a second x axis: through
+a federated round, before a lazy iterate, as ``fedsim plot`` draws them; legends by its rules too),
 and the first metric at the end against the first axis that is not the method or the seed. A sweep whose runs
 solved their up compressor's knob for a bit budget (``federated.bits_per_round``) also gets the knob and the
 upload per participant beside the first metric (:func:`format_budget`). Runs that started on unlike BLAS
