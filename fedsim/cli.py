@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                                  "not with --scheduler)")
     sweep.add_argument("--threads", type=int, default=None, help="BLAS / OpenMP / Numba threads per worker fedsim "
                                                                  "starts (default 1; not with --scheduler)")
-    sweep.add_argument("--backend", default="local", help="local (a process pool, default) | dask")
+    sweep.add_argument("--backend", help="local (a process pool, default) | dask")
     sweep.add_argument("--scheduler", metavar="ADDRESS", help="with --backend dask: tcp://host:port of a running "
                                                               "scheduler (default: a LocalCluster)")
     sweep.add_argument("--out", metavar="DIR", help="the sweep folder (default runs/<sweep name>); plot: where the "
@@ -216,7 +216,7 @@ def command_run(args) -> int:
         given = [flag for flag, value in (("CONFIG", args.config), ("--preset", args.preset),
                                           ("--set", args.overrides), ("--seed", args.seed),
                                           ("--dataset", args.dataset), ("--data-dir", args.data_dir),
-                                          ("--out", args.out)) if value]
+                                          ("--out", args.out)) if value not in (None, [])]
         if given:
             raise UsageError(f"--resume continues a run with the config saved in its folder; it does not "
                              f"take {', '.join(given)} (to run more steps: --extend-to N)")
@@ -412,15 +412,22 @@ def command_export(args) -> int:
 def command_sweep(args) -> int:
     from fedsim.sweeps import all_finished, load_sweep, run_sweep
     from fedsim.sweeps.execute import SweepInterrupted
-    from fedsim.sweeps.folder import resume_command, resume_hint
+    from fedsim.sweeps.folder import resume_command, resume_hint, sweep_options
     from fedsim.sweeps.report import (collect, format_budget, format_summary, left_out, platforms_note, plot_sweep,
                                       summarize_over_seeds, tidy_rows, write_csv)
     if args.target in ("report", "plot"):
         if not args.folder:
             raise UsageError(f"fedsim sweep {args.target} needs the sweep folder DIR")
-        if args.target == "report" and args.out:
+        if args.target == "report" and args.out is not None:
             raise UsageError(f"--out goes with sweep SWEEP.toml and sweep plot; sweep report writes report.csv "
                              f"into DIR ({args.folder})")
+        ignored = [flag for flag, value in (("--workers", args.workers), ("--threads", args.threads),
+                                            ("--backend", args.backend), ("--scheduler", args.scheduler),
+                                            ("--dry-run", args.dry_run or None), ("--quiet", args.quiet or None))
+                   if value is not None]
+        if ignored:
+            raise UsageError(f"{', '.join(ignored)} go{'es' if len(ignored) == 1 else ''} with sweep SWEEP.toml, "
+                             f"which runs the runs; sweep {args.target} only reads DIR ({args.folder})")
         if args.target == "plot":
             notes: list[str] = []
             return _print_figures(plot_sweep(args.folder, args.out, notes=notes), notes, f"the runs of {args.folder}")
@@ -458,12 +465,10 @@ def command_sweep(args) -> int:
     check_data((f"{sweep.source.name}" + (f": the run with {run_settings(planned.values)}" if planned.values else ""),
                 planned.config) for planned in sweep.runs)
     # the options that say where and how it runs, repeated in the command that continues it
-    options = [item for flag, value in (("--backend", None if args.backend == "local" else args.backend),
-                                        ("--scheduler", args.scheduler), ("--workers", args.workers),
-                                        ("--threads", args.threads)) if value is not None for item in (flag, value)]
+    options = sweep_options(args.backend, args.scheduler, args.workers, args.threads)
     again = resume_command(args.target, out, options)
     try:
-        statuses = run_sweep(sweep, out, backend=args.backend, workers=args.workers, threads=args.threads,
+        statuses = run_sweep(sweep, out, backend=args.backend or "local", workers=args.workers, threads=args.threads,
                              scheduler=args.scheduler, quiet=args.quiet)
     except SweepInterrupted as stopped:
         counts = Counter(entry.get("status") for entry in stopped.statuses.values())

@@ -172,10 +172,15 @@ def _flat_settings(run: RunResult) -> dict:
     for table, values in run.config.items():
         if isinstance(values, dict) and (table == run.family or table not in FAMILIES):
             settings.update({f"{table}.{name}": value for name, value in values.items()})
+    return {key: settings[key] for key in read_settings(run, settings) if key not in _BOOKKEEPING}
+
+
+def read_settings(run: RunResult, keys) -> list[str]:
+    """The settings of ``keys`` (``table.name``) that the method of ``run`` reads: neither named by its family's
+    ``Report.unused`` nor in a table it names whole (a compressor's the method does not use)."""
     declared = FAMILIES.get(run.family)
     unused = declared.report.unused(run.config) if declared is not None else set()
-    return {key: value for key, value in settings.items()
-            if key not in _BOOKKEEPING and not {key, key.split(".")[0]} & unused}
+    return [key for key in keys if not {key, key.split(".")[0]} & unused]
 
 
 def _short(key: str, value, family: str = "") -> str:
@@ -271,6 +276,35 @@ def spent(history: list[dict], x: str, before: bool = False) -> np.ndarray:
     return np.concatenate(([0.0], through[:-1])) if before else through
 
 
+#: The end of a log cost axis's label: theta^0, which spent nothing, has no place on it.
+THETA_0_LEFT_OUT = "; theta^0 (0 spent) not drawn"
+
+
+def on_log_axis(spent_before: np.ndarray) -> np.ndarray:
+    """What was spent before each lazy iterate, for a log axis: NaN for theta^0 (and any iterate that spent
+    nothing), unless nothing was spent at all (the axis is then linear: :func:`_finish`)."""
+    return np.where(spent_before > 0, spent_before, np.nan) if np.any(spent_before > 0) else spent_before
+
+
+def residual_points(objective, f_star: float, own_best: bool = False) -> tuple[np.ndarray, int]:
+    """``f - f_star`` of the ``objective`` values where a log axis can show it (NaN where it is <= 0, and everywhere
+    for a run compared with its own best value), and how many points f - f* <= 0 that leaves out (0 for such a run)."""
+    residual = drawable(objective) - f_star
+    if own_best:
+        return np.full(residual.shape, np.nan), 0
+    return np.where(residual > 0, residual, np.nan), int(np.count_nonzero(residual <= 0))
+
+
+def residual_captions(groups, stars: dict, name: str, left_out: list[str]) -> tuple[list[str], list[str]]:
+    """(one line per group of runs whose f* (``stars``, by run id; ``name`` says what it is) lies above the smallest
+    f they reached: no lower bound of f; those lines and the points left out, ``left_out`` "n of label" each: the
+    lines a residual figure's title adds)."""
+    above = [f"{name} = {stars[id(group[0])]:.10g} is above the smallest f reached, {lowest:.10g}: it is no lower "
+             f"bound of f" for group in groups
+             for lowest in [smallest_objective([run.history for run in group])] if stars[id(group[0])] > lowest]
+    return above, above + ([f"points with f - f* <= 0 not drawn (log axis): {'; '.join(left_out)}"] if left_out else [])
+
+
 def _check_x(x: str, family: str, runs: list[RunResult]) -> None:
     """A one-line error for an x axis the family has not, or a wall time that a run did not record."""
     if x not in X_AXES[family]:
@@ -340,22 +374,20 @@ def lazy_figures(runs: list[RunResult], out: Path, max_workers: int = 10, f_star
                        "time": "wall time, s (cumulative 'time' of the records, before the iterate)",
                        "simulated": "simulated time, s (before the iterate)"}[x],))
     log_x = [not xlabel.startswith(("iteration", "wall", "simulated")) for xlabel in x_labels]
-    x_labels = [f"{xlabel}; theta^0 (0 spent) not drawn" if log else xlabel for xlabel, log in zip(x_labels, log_x)]
+    x_labels = [xlabel + THETA_0_LEFT_OUT if log else xlabel for xlabel, log in zip(x_labels, log_x)]
     left_out = []       # per run, its points with f - f* <= 0, which a log axis cannot show
     figure, axes = _figure(2, len(x_labels), width=4.6 if len(x_labels) > 1 else 6.0)
     for index, (run, label) in enumerate(zip(runs, labels)):
         arrays = records_to_arrays(run.history)
-        residual = drawable(arrays["objective"]) - stars[id(run)]
         own_best = not configured and np.nanmin(drawable(arrays["objective"])) <= stars[id(run)]
-        if np.any(residual <= 0) and not own_best:
-            left_out.append(f"{np.count_nonzero(residual <= 0)} of {label}")
         # a log axis cannot show f - f* <= 0; no curve for the run attaining f_best (it is compared with itself)
-        residual = np.where((residual > 0) & ~own_best, residual, np.nan)
+        residual, below = residual_points(arrays["objective"], stars[id(run)], own_best)
+        if below:
+            left_out.append(f"{below} of {label}")
         x_axes = ((np.arange(len(run.history)), arrays["communications_before"], arrays["bits_before"])
                   if x == "iterations" else (spent(run.history, x, before=True),))
         for column, x_values in enumerate(x_axes):
-            if log_x[column] and np.any(x_values > 0):          # theta^0 spent nothing: no place on a log axis
-                x_values = np.where(x_values > 0, x_values, np.nan)
+            x_values = on_log_axis(x_values) if log_x[column] else x_values
             _plot(axes[0, column], x_values, residual, label=label, **_style(index))
             _plot(axes[1, column], x_values, arrays["grad_norm_sq"], label=label, **_style(index))
     for column, xlabel in enumerate(x_labels):
@@ -370,12 +402,9 @@ def lazy_figures(runs: list[RunResult], out: Path, max_workers: int = 10, f_star
     reference = (f"f* = {values}" if configured else f"relative to the best value reached, {values}, not drawn "
                  f"for its run") + (
         f"; each run against its objective's ({len(groups)} objectives)" if len(groups) > 1 else "")
-    above = [f"{'f*' if f_star is not None else 'run.f_star'} = {stars[id(group[0])]:.10g} is above the smallest f "
-             f"reached, {lowest:.10g}: it is no lower bound of f" for group in groups
-             for lowest in [smallest_objective([run.history for run in group])] if stars[id(group[0])] > lowest]
+    above, caption = residual_captions(groups, stars, "f*" if f_star is not None else "run.f_star", left_out)
     if notes is not None:
         notes += above
-    caption = above + ([f"points with f - f* <= 0 not drawn (log axis): {'; '.join(left_out)}"] if left_out else [])
     figure.suptitle("\n".join([f"{title}\nresidual ({reference}) and gradient norm", *caption]))
     paths = _save(figure, out, "lazy_residual" if x == "iterations" else f"lazy_residual_by_{x}")
     if x != "iterations":
@@ -427,4 +456,4 @@ def plot_runs(runs: list[RunResult], out, notes: list[str] | None = None, **opti
 
 
 __all__ = ["DRAWABLE", "X_AXES", "describe", "drawable", "drawn_in_part", "drawn_records", "federated_figure",
-           "lazy_figures", "plot_runs", "spent"]
+           "lazy_figures", "on_log_axis", "plot_runs", "read_settings", "residual_captions", "residual_points", "spent"]

@@ -194,6 +194,16 @@ REPORT = ["compressors", "report"]
      "(add some with `dask worker ADDRESS`)"),
     (["sweep", "report", "S", "--out", "elsewhere"],
      "--out goes with sweep SWEEP.toml and sweep plot; sweep report writes report.csv into DIR (S)"),
+    # (were ignored: sweep plot --dry-run wrote the figures)
+    (["sweep", "plot", "S", "--dry-run", "--workers", "9", "--backend", "nonsense"],
+     "--workers, --backend, --dry-run go with sweep SWEEP.toml, which runs the runs; sweep plot only reads DIR (S)"),
+    (["sweep", "report", "S", "--threads", "2", "--scheduler", "tcp://x:1", "--quiet"],
+     "--threads, --scheduler, --quiet go with sweep SWEEP.toml, which runs the runs; sweep report only reads DIR (S)"),
+    (["sweep", "report", "S", "--backend", "local"],
+     "--backend goes with sweep SWEEP.toml, which runs the runs; sweep report only reads DIR (S)"),
+    # an empty --out, or --seed 0, with --resume (were ignored)
+    *((["run", "--resume", "r1", flag, value], f"--resume continues a run with the config saved in its folder; it "
+       f"does not take {flag} (to run more steps: --extend-to N)") for flag, value in (("--out", ""), ("--seed", "0"))),
     (["run", "--preset", "synthetic", "--out", "", "--quiet"], "--out must name the run folder; got an empty path"),
     # a bit budget out of reach: refused before the run folder, as lazy.bits_per_upload (was: a folder left behind)
     (["run", "--preset", "synthetic", "--set", "federated.bits_per_round=1e300", "--quiet"],

@@ -64,6 +64,16 @@ def test_titles_hold_the_shared_settings_and_legends_what_differs(federated_runs
     # the same settings in two folders of one name: told apart by as much of their paths as differs
     twice = finished_run(tmp_path / "B", "q", "synthetic", TINY + ["federated.method=qsgd_updown"])
     assert describe([qsgd, twice])[1] == [f"qsgd_updown ({tmp_path.name}/q)", "qsgd_updown (B/q)"]
+    # `fedsim sweep plot`'s legends (of series: their axis values) by the same rule (was: qsgd.levels named on STC
+    # series, and two QSGD series of p_up 0.05 and 0.1 both "method qsgd_updown, levels 4"): series left alike are
+    # told apart by the values their method does not read
+    from fedsim.sweeps.report import _series_labels
+    names, stc = ["federated.method", "qsgd.levels", "federated.p_up"], federated_runs[2]
+    assert _series_labels(names, [("stc_updown", 4, 0.1), ("stc_updown", 16, 0.1), ("qsgd_updown", 4, 0.05),
+                                  ("qsgd_updown", 4, 0.1), ("qsgd_updown", 16, 0.1)], [stc, stc, qsgd, qsgd, qsgd]) == [
+        "method stc_updown, p_up 0.1 (not read: levels 4)", "method stc_updown, p_up 0.1 (not read: levels 16)",
+        "method qsgd_updown, levels 4 (not read: p_up 0.05)", "method qsgd_updown, levels 4 (not read: p_up 0.1)",
+        "method qsgd_updown, levels 16"]
 
 
 def test_federated_axes(federated_runs, tmp_path, captured):
@@ -226,22 +236,37 @@ LAZY_SWEEP = ('base = "laq-synthetic"\nname = "lazy"\n[set]\n"data.synthetic_dev
 
 @pytest.mark.parametrize("extra, axis, ylabel", [
     ('"run.f_star" = 5.0\n', "", "f - f* (f* = run.f_star = 5)"),
-    ("", "seed = [0, 1]\n", "f - f_best (of each objective, not certified as f*)")], ids=["run.f_star", "seeds"])
-def test_sweep_residuals_use_the_f_star_of_fedsim_compare(tmp_path, captured, extra, axis, ylabel):
+    ('"run.f_star" = 7.5\n', "", "f - f* (f* = run.f_star = 7.5)"),       # above the smallest f reached
+    ("", "seed = [0, 1]\n", "f - f_best (of each objective, not certified as f*)")],
+    ids=["run.f_star", "run.f_star-above", "seeds"])
+def test_sweep_residuals_use_the_f_star_of_fedsim_compare(tmp_path, captured, capsys, extra, axis, ylabel):
     """`fedsim sweep plot` of lazy runs: f - f* with the runs' run.f_star when they set it, else f - f_best, the
     smallest f on each run's data (a synthetic seed is other data), as `fedsim compare` takes and names it; a run
-    that is its own f_best is not drawn (compare shows it "-"; was: drawn plunging to its own last value)."""
+    that is its own f_best is not drawn (compare shows it "-"; was: drawn plunging to its own last value). As
+    `fedsim plot`: a run.f_star above the smallest f is said (title and a warning) and the points f - f* <= 0 left
+    out counted; bits are those spent before the iterate, theta^0 off the log axis (were: through it, unsaid)."""
     from fedsim.cli import main
     from fedsim.runs import read_run
     (tmp_path / "lazy.toml").write_text(LAZY_SWEEP.format(extra=extra, axis=axis))
     assert main(["sweep", str(tmp_path / "lazy.toml"), "--out", str(tmp_path / "S"), "--workers", "1", "--quiet"]) == 0
+    capsys.readouterr()
     assert main(["sweep", "plot", str(tmp_path / "S")]) == 0
     runs = [read_run(folder) for folder in sorted((tmp_path / "S" / "runs").iterdir())]
     objective = {(run.config["lazy"]["method"], run.config.get("seed", 0)): np.array(
         [r["objective"] for r in run.history]) for run in runs}
-    floors = {seed: 5.0 if extra else min(min(f) for (_, s), f in objective.items() if s == seed)
+    given = float(extra.split("= ")[1]) if extra else None
+    floors = {seed: given if extra else min(min(f) for (_, s), f in objective.items() if s == seed)
               for seed in (0, 1)}
-    assert floors[0] < min(map(min, objective.values())) if extra else floors[0] != floors[1]    # other data
+    lowest = min(map(min, objective.values()))
+    assert (floors[0] < lowest or given == 7.5 < max(map(max, objective.values()))) if extra else \
+        floors[0] != floors[1]    # other data
+    above = [f"run.f_star = 7.5 is above the smallest f reached, {lowest:.10g}: it is no lower bound of f"]
+    counted = "; ".join(f"{np.count_nonzero(f <= given)} of method {method}" for (method, _), f in objective.items()
+                        if given is not None)
+    title = captured["sweep_curves"]._suptitle.get_text().split("\n")
+    assert title[1:] == ([*above, f"points with f - f* <= 0 not drawn (log axis): {counted}"] if given == 7.5 else [])
+    assert [line for line in capsys.readouterr().err.splitlines() if "above" in line] == [
+        f"fedsim: warning: {line}" for line in above if given == 7.5]
 
     drawn = {key: f for key, f in objective.items() if extra or min(f) > floors[key[1]]}     # not their own f_best
     assert extra or len(drawn) == 2, drawn.keys()
@@ -253,5 +278,12 @@ def test_sweep_residuals_use_the_f_star_of_fedsim_compare(tmp_path, captured, ex
     assert axis.get_ylabel() == ylabel
     methods = [method for method in ("gd", "laq") if any(name == method for name, _ in drawn)]
     assert len(axis.get_lines()) == len(methods)
-    for line, method in zip(axis.get_lines(), methods):
+    bits = captured["sweep_curves"].axes[1]
+    assert bits.get_xlabel().endswith("before the iterate; mean of the series' runs); theta^0 (0 spent) not drawn")
+    for line, bits_line, method in zip(axis.get_lines(), bits.get_lines(), methods):
         np.testing.assert_allclose(line.get_ydata(), residual(method), rtol=1e-12)
+        before = [np.concatenate(([np.nan], [r["bits"] for r in run.history][:-1])) for run in runs
+                  if (run.config["lazy"]["method"], run.config.get("seed", 0)) in drawn
+                  and run.config["lazy"]["method"] == method]
+        drawn_y = np.isfinite(bits_line.get_ydata())            # (_plot leaves out the x of a point not drawn)
+        np.testing.assert_array_equal(bits_line.get_xdata(), np.where(drawn_y, np.mean(before, axis=0), np.nan))

@@ -38,6 +38,7 @@ import contextlib
 import hashlib
 import os
 import signal
+import sys
 import time
 import uuid
 from collections import Counter, deque
@@ -50,7 +51,7 @@ from fedsim.progress import Progress
 from fedsim.runs.folder import LOCK_FILE, SUMMARY_FILE, RunFolder, RunFolderError
 from fedsim.runs.loop import EXIT_SIGNAL_BASE, StopOnSignals
 from fedsim.sweeps.folder import (FINAL, RUNS_FOLDER, SweepError, SweepLock, run_entry, run_folder, say,
-                                  write_manifest)
+                                  sweep_options, write_manifest)
 from fedsim.sweeps.spec import Sweep
 
 BACKENDS = ("local", "dask")
@@ -139,6 +140,9 @@ def run_sweep(sweep: Sweep, out, *, backend: str = "local", workers: int | None 
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise SweepError(f"--out {out} is a file, not a folder")
+    # each run's meta.json command: the sweep's, run again as recorded from any folder, continues it (and the run)
+    command = [sys.executable, "-m", "fedsim", "sweep", str(Path(sweep.source).absolute()), "--out",
+               str(out.absolute()), *sweep_options(backend, scheduler, workers, None if threads == 1 else threads)]
     sweep_folder.claim(out, sweep)             # before anything is written; again once the folder is ours
     if scheduler is None:
         workers = capped_workers(workers, sweep.runs, threads)
@@ -153,7 +157,7 @@ def run_sweep(sweep: Sweep, out, *, backend: str = "local", workers: int | None 
             statuses, pending = sweep_folder.reuse_decision(out, sweep)
             write_manifest(out, sweep, statuses)
             try:
-                _dispatch(sweep, out, statuses, pending, backend, workers, threads, client, quiet)
+                _dispatch(sweep, out, statuses, pending, backend, workers, threads, client, quiet, command)
             finally:        # however the sweep ends, the manifest says what each run folder holds
                 sweep_folder.record_from_folders(out, sweep, statuses)
                 write_manifest(out, sweep, statuses)
@@ -166,13 +170,13 @@ def run_sweep(sweep: Sweep, out, *, backend: str = "local", workers: int | None 
 
 
 def _dispatch(sweep: Sweep, out: Path, statuses: dict, pending: list, backend: str, workers: int, threads: int,
-              client, quiet: bool) -> None:
-    """Run ``pending`` on the backend, recording each result in ``statuses`` and the manifest as it comes,
-    and the signals that stop the sweep meanwhile (:class:`SweepInterrupted`)."""
+              client, quiet: bool, command: list[str]) -> None:
+    """Run ``pending`` on the backend (``command``: the one each new run's meta.json records), recording each
+    result in ``statuses`` and the manifest as it comes, and the signals that stop the sweep meanwhile
+    (:class:`SweepInterrupted`)."""
     done, not_finished = len(sweep.runs) - len(pending), 0
     progress = Progress("sweep", len(sweep.runs), done, "run", quiet,
                         line="{completed}/{total} runs done, {not_finished} not finished ({timing})")
-    command = ["fedsim", "sweep", str(sweep.source)]
 
     def finished(planned, result: dict) -> None:
         nonlocal done, not_finished

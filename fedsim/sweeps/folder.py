@@ -31,7 +31,7 @@ from pathlib import Path
 
 from fedsim.config import config_to_dict
 from fedsim.runs.folder import (CHECKPOINT_NOTE_FILE, CONFIG_FILE, META_FILE, SUMMARY_FILE, FolderLock, RunFolder,
-                                RunFolderError, foreign_files, listed_differences, now)
+                                RunFolderError, foreign_files, listed_differences, now, read_run)
 from fedsim.sweeps.spec import Sweep
 
 MANIFEST = "manifest.json"
@@ -54,9 +54,17 @@ def run_folder(out: Path, planned) -> Path:
     return Path(out) / RUNS_FOLDER / planned.folder_name
 
 
+def sweep_options(backend=None, scheduler=None, workers=None, threads=None) -> list[str]:
+    """The options that say where and how a sweep runs, as arguments (those not given, and the local backend, left
+    out): the command that continues it repeats them."""
+    return [str(item) for flag, value in (("--backend", None if backend in (None, "local") else backend),
+                                          ("--scheduler", scheduler), ("--workers", workers), ("--threads", threads))
+            if value is not None for item in (flag, value)]
+
+
 def resume_command(sweep_path, out, options=()) -> str:
     """The command that continues a sweep (``options``: the original command's backend, scheduler, workers and
-    threads, as arguments), quoted for a shell."""
+    threads, as arguments: :func:`sweep_options`), quoted for a shell."""
     return shlex.join(["fedsim", "sweep", str(sweep_path), "--out", str(out), *map(str, options)])
 
 
@@ -226,7 +234,8 @@ def differing_versions(metas: dict[str, dict]) -> dict[str, str]:
 
 def reuse_decision(out: Path, sweep: Sweep) -> tuple[dict[str, dict], list]:
     """(the statuses of the planned runs not to run, finished or mismatched, by folder name; the planned
-    runs to start or resume), each existing run folder checked as :func:`check_run_folder` does."""
+    runs to start or resume), each existing run folder checked as :func:`check_run_folder` does, and a finished
+    one's records as ``sweep report`` reads them (:func:`fedsim.runs.read_run`)."""
     statuses: dict[str, dict] = {}
     pending = []
     for planned in sweep.runs:
@@ -242,6 +251,8 @@ def reuse_decision(out: Path, sweep: Sweep) -> tuple[dict[str, dict], list]:
                                        config=planned.config)
             summary = None if problem else _readable_summary(path, where)
             problem = problem or summary_problem(summary)
+            if problem is None and summary is not None and summary.get("status") in FINAL:
+                read_run(path)          # its history checked as sweep report reads it (RunFolderError: a problem)
         except RunFolderError as error:
             problem = str(error)
         if problem is not None:        # said at the end (naming the folder), with every run that did not complete
@@ -297,4 +308,4 @@ def record_from_folders(out: Path, sweep: Sweep, statuses: dict[str, dict]) -> N
 __all__ = ["DAMAGED_SUMMARY", "FINAL", "MANIFEST", "MISMATCHED", "RUNS_FOLDER", "SweepError", "SweepLock",
            "check_recorded_files", "check_run_folder", "claim", "differing_versions", "identity_problem",
            "read_manifest", "record_from_folders", "resume_hint", "reuse_decision", "run_entry", "run_folder", "say",
-           "summary_problem", "write_manifest"]
+           "summary_problem", "sweep_options", "write_manifest"]

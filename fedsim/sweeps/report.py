@@ -4,7 +4,8 @@ A run that did not complete (diverged, interrupted, failed) is in none of them: 
 ``report.csv`` has one row per (run, metric): the run's folder, its status, one column per axis, then
 ``metric`` and ``value``. The summary groups the runs by every axis except ``seed`` and gives, per metric,
 mean +- standard deviation (over seeds, ``ddof=1``) and n. The figures: the runs' curves as the mean over
-seeds with a band from their minimum to their maximum (and cumulative bits sent up as a second x axis),
+seeds with a band from their minimum to their maximum (and cumulative bits sent up as a second x axis: through
+a federated round, before a lazy iterate, as ``fedsim plot`` draws them; legends by its rules too),
 and the first metric at the end against the first axis that is not the method or the seed. A sweep whose runs
 solved their up compressor's knob for a bit budget (``federated.bits_per_round``) also gets the knob and the
 upload per participant beside the first metric (:func:`format_budget`). Runs that started on unlike BLAS
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import math
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -257,19 +259,31 @@ def _group(groups: dict, values: tuple, item) -> None:
     groups.setdefault(tuple(map(repr, values)), (values, []))[1].append(item)
 
 
-def _series_label(names, values, result=None) -> str:
-    """``name value, ...`` of the axes, without the settings the method of ``result`` (a run) ignores."""
-    unused = family(result.family).report.unused(result.config) if result is not None else set()
-    return ", ".join(f"{name.rsplit('.', 1)[-1]} {value}" for name, value in zip(names, values) if name not in unused)
+def _series_labels(names, keys, results) -> list[str]:
+    """``name value, ...`` of the axes ``names`` of each series (its values in ``keys``, one of its runs in
+    ``results``), without the settings its method ignores, as ``fedsim plot``'s legends
+    (:func:`fedsim.plot.read_settings`); series left with one label are told apart by the values it left out."""
+    from fedsim.plot import read_settings
+    labels, unread = [], []
+    for values, result in zip(keys, results):
+        read = set(read_settings(result, names))
+        for kept, into in ((True, labels), (False, unread)):
+            into.append(", ".join(f"{name.rsplit('.', 1)[-1]} {value}" for name, value in zip(names, values)
+                                  if (name in read) == kept))
+    counts = Counter(labels)
+    return [f"{label} (not read: {left})" if counts[label] > 1 and left else label
+            for label, left in zip(labels, unread)]
 
 
-def bits_up_through(history: list[dict]) -> np.ndarray | None:
-    """Cumulative bits sent up through each record (a federated run's ``bits_up``, a lazy run's uploads'
-    ``bits``), or None for records without bits."""
+def bits_up_spent(history: list[dict]) -> np.ndarray | None:
+    """Cumulative bits sent up by each record's point, as ``fedsim plot`` draws it: through a federated round (its
+    ``bits_up``: the accuracy comes after the round's uploads); before a lazy iterate theta^k (the uploads' ``bits``
+    of iterations 0..k-1; theta^0 spent nothing: NaN, :func:`fedsim.plot.on_log_axis`). None for records without."""
+    from fedsim.plot import on_log_axis, spent
     if history and "bits_up" in history[0]:
         return np.cumsum([record["bits_up"] for record in history], dtype=np.float64)
     if history and "bits" in history[0]:
-        return np.array([record["bits"] for record in history], dtype=np.float64)
+        return on_log_axis(spent(history, "bits", before=True))
     return None
 
 
@@ -277,12 +291,13 @@ def bits_up_through(history: list[dict]) -> np.ndarray | None:
 TARGET_RESIDUAL = 1e-6
 
 
-def residual_floors(results, objective: tuple) -> tuple[dict[int, float], set[int], str]:
+def residual_floors(results, objective: tuple) -> tuple[dict[int, float], set[int], str, list]:
     """f* of each run of ``results`` (by id) as ``fedsim compare`` takes it, one per objective the runs minimize
     (:func:`fedsim.runs.compare.same_data`, ``objective`` the family's settings): their run.f_star if they agree
     on one, else their smallest f, f* if certified (:func:`fedsim.algorithms.lazy.report.best_value_certified`
     at :data:`TARGET_RESIDUAL`) and else f_best; the runs (by id) that attain an f_best themselves (compared with
-    themselves: not drawn, as compare shows them "-"); and the residual's axis label, saying what f* is."""
+    themselves: not drawn, as compare shows them "-"); the residual's axis label, saying what f* is; and the
+    groups of runs on one objective."""
     from fedsim.algorithms.lazy.report import best_value_certified, configured_f_star, f_star_of, own_best
     floors, kinds, hidden = {}, set(), set()
     groups = same_data(results, objective)
@@ -298,19 +313,22 @@ def residual_floors(results, objective: tuple) -> tuple[dict[int, float], set[in
     values = set(floors.values())
     value = f" = {values.pop():.10g}" if len(values) == 1 else ""
     if kinds == {"best"}:           # compare's f_best: the smallest f of the runs (on each data)
-        return floors, hidden, f"f - f_best ({f'f_best{value}' if value else 'of each objective'}, not certified as f*)"
+        return floors, hidden, f"f - f_best ({f'f_best{value}' if value else 'of each objective'}, not certified as " \
+                               f"f*)", list(groups.values())
     said = ", else ".join(text for kind, text in (("given", "run.f_star"), ("certified", f"{smallest} (certified)"),
                                                   ("best", f"{smallest} (f_best, not certified)")) if kind in kinds)
-    return floors, hidden, f"f - f* (f* = {said}{value})"
+    return floors, hidden, f"f - f* (f* = {said}{value})", list(groups.values())
 
 
 def plot_sweep(out, figures_out=None, notes: list[str] | None = None) -> list[Path]:
     """The sweep's figures (PNG and SVG) the module describes, n in the legend, series in
     :func:`natural_order`, of the completed runs (as :func:`tidy_rows`: a diverged or interrupted run's curve
     would cut its series short); values a figure cannot show are left out; ``notes``, if given, gets one line
-    per run drawn only in part and per run not drawn (:func:`left_out`; a run that is its own f_best)."""
-    from fedsim.plot import (_figure, _finish, _legend, _plot, _save, _style, drawable, drawn_in_part,
-                             drawn_records)
+    per run drawn only in part and per run not drawn (:func:`left_out`; a run that is its own f_best), and a
+    residual's f* above the smallest f reached, as ``fedsim plot`` (the title says it too, and counts the points
+    f - f* <= 0 a log axis leaves out)."""
+    from fedsim.plot import (THETA_0_LEFT_OUT, _figure, _finish, _legend, _plot, _save, _style, drawable,
+                             drawn_in_part, drawn_records, residual_captions, residual_points)
     manifest, entries = collect(out)
     figures_out = Path(figures_out) if figures_out else Path(out) / "plots"
     figures_out.mkdir(parents=True, exist_ok=True)
@@ -322,9 +340,10 @@ def plot_sweep(out, figures_out=None, notes: list[str] | None = None) -> list[Pa
         return []
     declared = family(finished[0]["result"].family)
     x_name, y_name, ylabel, kind = declared.report.curve
-    residual, hidden = kind == "residual", set()
+    residual, hidden, objectives, left_out_points, caption = kind == "residual", set(), [], [], []
     if residual:                        # f* as `fedsim compare` takes it: one per objective
-        floors, hidden, ylabel = residual_floors([entry["result"] for entry in finished], declared.report.objective)
+        floors, hidden, ylabel, objectives = residual_floors([entry["result"] for entry in finished],
+                                                             declared.report.objective)
     drawn = [entry for entry in finished if id(entry["result"]) not in hidden]
     if notes is not None:           # runs drawn in part, and each run not drawn
         notes += filter(None, (drawn_in_part(entry["result"]) for entry in drawn))
@@ -337,19 +356,24 @@ def plot_sweep(out, figures_out=None, notes: list[str] | None = None) -> list[Pa
         groups: dict[tuple, tuple] = {}
         for entry in drawn:
             _group(groups, tuple(entry["values"].get(axis) for axis in grouping), entry["result"])
-        with_bits = all(bits_up_through(entry["result"].history) is not None for entry in drawn)
+        with_bits = all(bits_up_spent(entry["result"].history) is not None for entry in drawn)
         figure, panels = _figure(1, 2 if with_bits else 1, width=5.0, height=4.2)
-        for index, (key, results) in enumerate(_in_natural_order(manifest, grouping, groups)):
-            curves = []
+        series = _in_natural_order(manifest, grouping, groups)
+        labels = _series_labels(grouping, [key for key, _ in series], [results[0] for _, results in series])
+        for index, ((key, results), label) in enumerate(zip(series, labels)):
+            curves, below = [], 0
             for result in results:
                 records = [r for r in result.history if y_name in r]
                 y = np.array([r[y_name] for r in records], dtype=float)
-                bits = bits_up_through(result.history)
-                if residual:                # a log axis cannot show the best run's 0: left out
-                    y = np.where(y > floors[id(result)], y - floors[id(result)], np.nan)
+                bits = bits_up_spent(result.history)
+                if residual:                # a log axis cannot show f - f* <= 0 (the best run's 0): left out, counted
+                    y, points = residual_points(y, floors[id(result)])
+                    below += points
                 curves.append((np.array([r[x_name] for r in records], dtype=float),
                                None if bits is None else bits[[i for i, r in enumerate(result.history) if y_name in r]],
                                drawable(y)))
+            if below:
+                left_out_points.append(f"{below} of {label or 'runs'}")
             length = min(len(y) for _, _, y in curves)
             stack = np.vstack([y[:length] for _, _, y in curves])
             mean = stack.mean(axis=0)
@@ -358,20 +382,23 @@ def plot_sweep(out, figures_out=None, notes: list[str] | None = None) -> list[Pa
             if with_bits:                   # the runs of a series may send different bits: their mean
                 x_values.append(np.mean([bits[:length] for _, bits, _ in curves], axis=0))
             for axis, x in zip(panels[0], x_values):
-                _plot(axis, x, mean, label=f"{_series_label(grouping, key, results[0]) or 'runs'} (n={len(curves)})",
-                      **style)
+                _plot(axis, x, mean, label=f"{label or 'runs'} (n={len(curves)})", **style)
                 axis.fill_between(x, drawable(stack.min(axis=0)), drawable(stack.max(axis=0)), color=style["color"],
                                   alpha=0.15, linewidth=0)
         yscale = "log" if residual else "linear"
         _finish(panels[0, 0], x_name, ylabel, yscale=yscale, integer_x=True)
-        if with_bits:
-            _finish(panels[0, 1], "bits sent up (cumulative; mean of the series' runs)", ylabel, xscale="log",
-                    yscale=yscale)
+        if with_bits:                   # a lazy iterate's: spent before it, as fedsim plot draws it
+            _finish(panels[0, 1], "bits sent up (cumulative, before the iterate; mean of the series' runs)"
+                    + THETA_0_LEFT_OUT if residual else "bits sent up (cumulative; mean of the series' runs)",
+                    ylabel, xscale="log", yscale=yscale)
         _legend(figure, panels[0, 0])
         sizes = {len(results) for _, results in groups.values()}
         band = ("one run per series" if sizes == {1} else
                 "mean of each series' n runs (n in the legend), band from their minimum to their maximum")
-        figure.suptitle(f"sweep {manifest['name']}: {band}", fontsize="medium")
+        above, caption = residual_captions(objectives, floors, "run.f_star", left_out_points) if residual else ([], [])
+        if notes is not None:
+            notes += above
+        figure.suptitle("\n".join([f"sweep {manifest['name']}: {band}", *caption]), fontsize="medium")
         paths = _save(figure, figures_out, "sweep_curves")
 
     numeric = [axis for axis in grouping if not axis.endswith(".method")]
@@ -389,12 +416,17 @@ def plot_sweep(out, figures_out=None, notes: list[str] | None = None) -> list[Pa
         values = sorted({repr(row[x_axis]): row[x_axis] for _, group in lines.values() for row in group}.values(),
                         key=lambda value: natural_order(manifest, [x_axis])((value,)))
         position = {repr(value): i for i, value in enumerate(values)}       # evenly spaced, labelled by value
-        for index, (key, points) in enumerate(_in_natural_order(manifest, others, lines)):
+        ordered = _in_natural_order(manifest, others, lines)
+        run_of = {tuple(repr(entry["values"].get(name)) for name in others): entry["result"] for entry in entries
+                  if entry["result"] is not None and entry["result"].status == "completed"}     # a run of each line
+        labels = _series_labels(others, [key for key, _ in ordered],
+                                [run_of[tuple(map(repr, key))] for key, _ in ordered])
+        for index, ((key, points), label) in enumerate(zip(ordered, labels)):
             points.sort(key=lambda row: position[repr(row[x_axis])])
             means = drawable([row["mean"] for row in points])
             spread = np.where(np.isnan(means), 0.0, np.nan_to_num(drawable([row["std"] for row in points])))
             counts = sorted({row["n"] for row in points})
-            label = f"{_series_label(others, key) or metric} (n={'/'.join(map(str, counts))})"
+            label = f"{label or metric} (n={'/'.join(map(str, counts))})"
             style = {name: value for name, value in _style(index).items() if name != "markevery"}
             axis.errorbar([position[repr(row[x_axis])] for row in points], means, yerr=spread, label=label, capsize=3,
                           **style)

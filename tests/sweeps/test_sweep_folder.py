@@ -57,20 +57,27 @@ def sweep(finished, tmp_path) -> tuple[Path, Path]:
 
 
 def test_a_run_extended_past_its_plan_is_neither_reused_nor_reported(sweep, tmp_path):
+    """An extended run, and a finished run whose history.jsonl holds a record past its plan (was: counted completed
+    by the sweep run again, left out by the report): each named by both, left as found."""
     path, out = sweep
-    extended = run_of(out, 0)
+    extended, damaged = run_of(out, 0), run_of(out, 1) / "history.jsonl"
     result = fedsim(tmp_path, "run", "--resume", extended, "--extend-to", "16", "--quiet")
     assert result.returncode == 0, result.stderr
+    records = damaged.read_text().splitlines()
+    damaged.write_text("\n".join(records + [records[-1].replace('"round": 12', '"round": 13')]) + "\n")
     again = fedsim(tmp_path, "sweep", path, "--out", out, "--quiet")
-    lines = [line for line in error_lines(again.stderr) if extended.name in line]
-    assert again.returncode == 1 and len(lines) == 1, again.stderr
+    lines = [line for line in error_lines(again.stderr) if extended.name in line or damaged.parent.name in line]
+    assert again.returncode == 1 and len(lines) == 2 and "2 completed, 2 mismatched" in again.stdout, again.stderr
     assert "federated.rounds: 12 -> 16" in lines[0] and "left as found" in lines[0]
+    assert "history.jsonl line 13: a record past the 12 rounds" in lines[1] and "left as found" in lines[1]
     assert len(RunFolder(extended).read_history()) == 16           # not touched
+    assert len(damaged.read_text().splitlines()) == 13
     assert {run["status"] for run in manifest_of(out)["runs"]} == {"completed", "mismatched"}
     report = fedsim(tmp_path, "sweep", "report", out)
-    lines = [line for line in error_lines(report.stderr) if extended.name in line]
-    assert report.returncode == 1 and len(lines) == 1 and "left out of the report" in lines[0], report.stderr
-    assert sorted(accuracy_rows(out)) == ["1", "2", "3"]
+    lines = [line for line in error_lines(report.stderr) if extended.name in line or damaged.parent.name in line]
+    assert report.returncode == 1 and len(lines) == 2 and all("left out of the report" in line for line in lines), \
+        report.stderr
+    assert sorted(accuracy_rows(out)) == ["2", "3"]
 
 
 def test_run_folders_swapped_with_mv_are_detected(sweep, tmp_path, finished):

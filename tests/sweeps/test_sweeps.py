@@ -6,6 +6,7 @@ import csv
 import json
 import re
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -109,9 +110,19 @@ def test_pool_runs_equal_single_runs_at_any_worker_count_and_reruns_skip(tmp_pat
     path = sweep_file(tmp_path)
     two = fedsim(tmp_path, "sweep", path, "--workers", "2", "--out", tmp_path / "two", "--quiet")
     assert two.returncode == 0, two.stderr
-    one = fedsim(tmp_path, "sweep", path, "--workers", "1", "--out", tmp_path / "one", "--quiet")
+    one = fedsim(tmp_path, "sweep", path.name, "--workers", "1", "--out", "one", "--quiet")
     assert one.returncode == 0, one.stderr
     assert histories(tmp_path / "two") == histories(tmp_path / "one")
+    # each run's meta.json records the command that continues the sweep, from any folder (was: fedsim sweep
+    # small.toml: run again, a new sweep into runs/small, and only from tmp_path)
+    (command,) = {tuple(json.loads((run / "meta.json").read_text())["command"])
+                  for run in (tmp_path / "one").glob("runs/*")}
+    assert command == (sys.executable, "-m", "fedsim", "sweep", str(tmp_path.resolve() / path.name), "--out",
+                       str(tmp_path.resolve() / "one"), "--workers", "1")
+    (tmp_path / "elsewhere").mkdir()
+    continued = fedsim(tmp_path / "elsewhere", *command[3:], "--quiet")
+    assert continued.returncode == 0 and "4 completed" in continued.stdout, continued.stderr
+    assert not any((tmp_path / "elsewhere").iterdir())
     # a run of the sweep equals the same settings run alone with `fedsim run`
     planned = load_sweep(path).runs[3]
     assert history_alone(tmp_path, planned) == histories(tmp_path / "two")[planned.folder_name]
