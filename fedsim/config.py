@@ -370,7 +370,7 @@ def unused_tables(raw: dict, config: ExperimentConfig) -> list[str]:
     neither direction of the federated method uses (their settings would be ignored without a word); then the
     settings of used tables that are not read (:data:`READ_ONLY_WITH`, the family's ``Report.unused``). A
     value equal to its default is no such setting: ``show-config`` writes every table so."""
-    unused = []
+    unused, ignored = [], config.algorithm_family.report.unused(config_to_dict(config))     # dotted: lazy.bits
     for table, values in raw.items():
         if not isinstance(values, dict) or not values or table not in TABLES:
             continue
@@ -388,11 +388,10 @@ def unused_tables(raw: dict, config: ExperimentConfig) -> list[str]:
                 continue
         if table in FAMILIES and table != config.family:
             continue
-        ignored = config.algorithm_family.report.unused(values) if table == config.family else set()
         for name, value in values.items():
             if defaults.get(name, MISSING) == value:
                 continue
-            if name in ignored:
+            if f"{table}.{name}" in ignored:
                 unused.append(f"{table}.{name} (method {config.method!r} does not read it)")
             elif (table, name) in READ_ONLY_WITH:
                 other, readers = READ_ONLY_WITH[table, name]
