@@ -3,7 +3,6 @@
 import math
 import re
 import sys
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -163,13 +162,6 @@ def test_derived_lazy_seed_follows_the_top_level_seed():
 def test_a_bad_setting_names_it_and_what_is_allowed(raw, expected):
     message = config_error(raw)
     assert expected in message and not message.startswith("["), message
-
-
-@pytest.mark.parametrize("text", ["dd", "./dd"])
-def test_a_relative_data_dir_is_kept_absolute_as_the_option_makes_it(text, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)       # so that the saved config works from any folder (was kept as given)
-    assert config_from_dict({"data": {"data_dir": text}}).data.data_dir == str(tmp_path / "dd")
-    assert config_from_dict({"data": {"data_dir": "~/dd"}}).data.data_dir == str(Path.home() / "dd")
 
 
 @pytest.mark.parametrize("raw, named", [

@@ -38,6 +38,18 @@ def test_a_sweep_file_expands_to_named_runs(tmp_path):
     assert [run.folder_name for run in load_sweep(sweep.source).runs] == [run.folder_name for run in sweep.runs]
 
 
+def test_a_sweep_of_an_earlier_fedsim_keeps_its_identity_and_its_run_folders(tmp_path):
+    """A relative data.data_dir and a -0.0 resolve as fedsim bd3cc2d resolved them (the identity and the folder
+    names it recorded), so that its sweep folder continues (was: 'holds another sweep')."""
+    (tmp_path / "base.toml").write_text('[data]\ndataset = "synthetic"\npartition = "natural"\nsynthetic_devices = 8\n'
+                                        '[federated]\nn_clients = 8\nrounds = 1\nbatch_size = 10\n')
+    (tmp_path / "s.toml").write_text('config = "base.toml"\nname = "earlier"\n[set]\n"data.data_dir" = "dd"\n'
+                                     '"federated.l2" = -0.0\n[grid]\n"federated.lr" = [0.05, 0.1]\n')
+    sweep = load_sweep(tmp_path / "s.toml")
+    assert sweep.identity == "0d78cb70fecdbd637e00ff435a75c8b68c74c06dc075fefb5e8ccf5f4e08345d"
+    assert [run.folder_name for run in sweep.runs] == ["lr=0.05-3f5b157cb1", "lr=0.1-a95750ba93"]
+
+
 def test_a_run_folders_label_shows_its_values_as_they_are_and_a_long_one_is_cut_between_settings():
     """A run folder's label over 80 characters keeps its first whole settings and ends ",..." (the STC paper
     sweep's were cut in a value: `p_up=0.0` for 0.04); shorter labels show their values as they are: lists in
