@@ -466,7 +466,10 @@ def command_sweep(args) -> int:
     if args.scheduler is not None and args.workers is not None:
         raise UsageError("--workers sets how many workers fedsim starts; --scheduler runs the sweep on the workers "
                          "its owner started (add some with `dask worker ADDRESS`)")
-    sweep = load_sweep(args.target)
+    notes: list[str] = []
+    sweep = load_sweep(args.target, notes=notes)
+    for note in notes:      # as fedsim run says them, once each
+        print(f"fedsim: warning: settings not used by the sweep's runs: {note}", file=sys.stderr)
     out = Path(args.out) if args.out else Path("runs") / sweep.name
     if args.dry_run:
         print(f"sweep {sweep.name}: {len(sweep.runs)} runs of {sweep.base} into {out}")
