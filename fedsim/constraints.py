@@ -61,6 +61,10 @@ def _shown(value) -> str:
         return f"{type(value).__name__} {value!r}"
     if isinstance(value, (datetime.date, datetime.time)):      # a TOML date or time, as TOML writes it
         return value.isoformat()
+    if isinstance(value, list):                                 # ... also in an array or a table
+        return "[" + ", ".join(map(_shown, value)) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{key!r}: {_shown(item)}" for key, item in value.items()) + "}"
     return repr(value)
 
 

@@ -54,6 +54,8 @@ def test_check_returns_the_value_normalized(constraint, value, normalized):
     (Flag(), 1, TypeError, "x must be true or false, got 1"),
     (Real(), datetime.date(1979, 5, 27), TypeError, "x must be a finite number, got 1979-05-27"),   # TOML dates
     (Integer(), datetime.time(7, 32), TypeError, "x must be an integer, got 07:32:00"),
+    (Real(), [datetime.date(1979, 5, 27), "a"], TypeError, "x must be a finite number, got [1979-05-27, 'a']"),
+    (Real(), {"a": [datetime.date(1979, 5, 27)]}, TypeError, "x must be a finite number, got {'a': [1979-05-27]}"),
     (Text(nonempty=True), "  ", ValueError, "x must be a non-empty string, got '  '"),
     (Optional(Integer(low=0), "none"), -1, ValueError, "x must be an integer >= 0, or unset (none), got -1"),
 ])
