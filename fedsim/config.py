@@ -583,7 +583,15 @@ def load_preset(name: str, overrides=(), notes: list | None = None) -> Experimen
     return _validated(preset_text(name), f"preset {name}", overrides, notes)
 
 
+def __getattr__(name: str):
+    """``config_to_toml``, which moved to :mod:`fedsim.config_toml` (imported here when asked: it imports this)."""
+    if name == "config_to_toml":
+        from fedsim.config_toml import config_to_toml
+        return config_to_toml
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = ["ConfigError", "ExperimentConfig", "FAMILIES", "RunConfig", "TABLES", "all_settings", "apply_overrides",
-           "config_fingerprint", "config_from_dict", "config_to_dict", "format_value",
+           "config_fingerprint", "config_from_dict", "config_to_dict", "config_to_toml", "format_value",  # noqa: F822
            "import_plugins", "list_presets", "load_config_file", "load_preset", "override_value", "parse_override",
            "parse_toml", "preset_text", "setting_error", "suggest", "table_fields", "toml_value", "unused_tables"]

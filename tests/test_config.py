@@ -73,6 +73,8 @@ def test_defaults_round_trip_and_unset_settings_become_comments():
     config = ExperimentConfig()
     text = config_to_toml(config)
     assert config_from_dict(parse_toml(text)) == config
+    from fedsim.config import config_to_toml as imported_as_before      # it moved to fedsim.config_toml
+    assert imported_as_before is config_to_toml
     assert '# pipeline = (unset: the family\'s, "stc")' in text
     assert "# accumulate_up = (unset: the method's, true)" in text
     assert "# not used: family = \"federated\"\n[lazy]" in text
