@@ -266,8 +266,8 @@ def main(argv=None) -> dict | int:
         runs = [read_run(out / method) for method in args.methods]
         best = smallest_objective([run.history for run in runs])
         if args.f_star is not None and args.f_star > best:        # f* is the minimum: no run gets below it
-            raise UsageError(f"--f-star must be at most {best:.12g}, the smallest objective these runs reached, "
-                             f"got {args.f_star}")
+            raise UsageError(f"--f-star must be at most {best!r}, the smallest objective these runs reached, "
+                             f"got {args.f_star!r}")     # exact: the bound said is accepted
         prepared.update(first=first, data=data, partition=partition, smoothness=smoothness, runs=runs)
         return 0
 

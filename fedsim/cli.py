@@ -166,9 +166,30 @@ def resolve_config(args):
         notes.extend(unused_tables(raw, config))
     else:
         raise UsageError("give a CONFIG file or --preset NAME (see `fedsim presets`), or --resume RUN_DIR")
+    config = _as_entered(config)
     for note in notes:
         print(f"fedsim: warning: settings not used by this run: {note}", file=sys.stderr)
     return config, name
+
+
+def _as_entered(config):
+    """``config`` as a new run takes it from the user: -0.0 as 0.0 (one value, one fingerprint), a relative (or ~)
+    data.data_dir made absolute as --data-dir makes it (the saved config works from any folder), a blank one
+    refused. Here only: a run folder's config.toml and a sweep's or an example's runs are read as written, so
+    that the fingerprints of folders made before stay as they were."""
+    from fedsim.config import ConfigError, config_from_dict, config_to_dict
+    from fedsim.data.search import expand_home
+    document = config_to_dict(config)
+    for values in document.values():
+        if isinstance(values, dict):
+            values.update({name: 0.0 for name, value in values.items() if type(value) is float and value == 0})
+    data_dir = document["data"].get("data_dir")
+    if data_dir is not None and (not data_dir.strip() or "\0" in data_dir):
+        raise ConfigError(f"data.data_dir must be the path of a folder, or unset (only the standard search path), "
+                          f"got {data_dir!r}")
+    if data_dir is not None and not Path(data_dir).is_absolute():
+        document["data"]["data_dir"] = str(expand_home(data_dir, "data.data_dir").resolve())
+    return config_from_dict(document)
 
 
 def command_presets(args) -> int:
@@ -452,7 +473,10 @@ def command_sweep(args) -> int:
     if args.scheduler is not None and args.workers is not None:
         raise UsageError("--workers sets how many workers fedsim starts; --scheduler runs the sweep on the workers "
                          "its owner started (add some with `dask worker ADDRESS`)")
-    sweep = load_sweep(args.target)
+    notes: list[str] = []
+    sweep = load_sweep(args.target, notes=notes)
+    for note in notes:      # as fedsim run says them, once each
+        print(f"fedsim: warning: settings not used by the sweep's runs: {note}", file=sys.stderr)
     out = Path(args.out) if args.out else Path("runs") / sweep.name
     if args.dry_run:
         print(f"sweep {sweep.name}: {len(sweep.runs)} runs of {sweep.base} into {out}")

@@ -370,7 +370,7 @@ def unused_tables(raw: dict, config: ExperimentConfig) -> list[str]:
     neither direction of the federated method uses (their settings would be ignored without a word); then the
     settings of used tables that are not read (:data:`READ_ONLY_WITH`, the family's ``Report.unused``). A
     value equal to its default is no such setting: ``show-config`` writes every table so."""
-    unused = []
+    unused, ignored = [], config.algorithm_family.report.unused(config_to_dict(config))     # dotted: lazy.bits
     for table, values in raw.items():
         if not isinstance(values, dict) or not values or table not in TABLES:
             continue
@@ -388,11 +388,10 @@ def unused_tables(raw: dict, config: ExperimentConfig) -> list[str]:
                 continue
         if table in FAMILIES and table != config.family:
             continue
-        ignored = config.algorithm_family.report.unused(values) if table == config.family else set()
         for name, value in values.items():
             if defaults.get(name, MISSING) == value:
                 continue
-            if name in ignored:
+            if f"{table}.{name}" in ignored:
                 unused.append(f"{table}.{name} (method {config.method!r} does not read it)")
             elif (table, name) in READ_ONLY_WITH:
                 other, readers = READ_ONLY_WITH[table, name]
@@ -584,7 +583,15 @@ def load_preset(name: str, overrides=(), notes: list | None = None) -> Experimen
     return _validated(preset_text(name), f"preset {name}", overrides, notes)
 
 
+def __getattr__(name: str):
+    """``config_to_toml``, which moved to :mod:`fedsim.config_toml` (imported here when asked: it imports this)."""
+    if name == "config_to_toml":
+        from fedsim.config_toml import config_to_toml
+        return config_to_toml
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = ["ConfigError", "ExperimentConfig", "FAMILIES", "RunConfig", "TABLES", "all_settings", "apply_overrides",
-           "config_fingerprint", "config_from_dict", "config_to_dict", "format_value",
+           "config_fingerprint", "config_from_dict", "config_to_dict", "config_to_toml", "format_value",  # noqa: F822
            "import_plugins", "list_presets", "load_config_file", "load_preset", "override_value", "parse_override",
            "parse_toml", "preset_text", "setting_error", "suggest", "table_fields", "toml_value", "unused_tables"]

@@ -9,8 +9,8 @@ A constraint describes itself (``Integer(low=1).describe() == "an integer >= 1"`
 A value of the wrong kind (a string where a number belongs, a bool where an integer belongs) raises
 ``TypeError``; a value of the right kind outside the allowed set raises ``ValueError``. Both messages are one
 line naming the setting, what is allowed and what was given. ``check`` returns the value normalized to the
-Python type the constraint stands for (``numpy.int64(3)`` -> ``3``, ``-0.0`` -> ``0.0``), so callers keep what
-it returns.
+Python type the constraint stands for (``numpy.int64(3)`` -> ``3``), so callers keep what it returns (``-0.0`` is
+kept: a run folder's config.toml reads back to its fingerprint; ``fedsim run`` takes a new one as ``0.0``).
 
 Config dataclasses declare each field with :func:`setting` (its default, its one-line description and its
 constraint) and call :func:`check_fields` in ``__post_init__``; :func:`descriptions` gives the description of
@@ -61,6 +61,10 @@ def _shown(value) -> str:
         return f"{type(value).__name__} {value!r}"
     if isinstance(value, (datetime.date, datetime.time)):      # a TOML date or time, as TOML writes it
         return value.isoformat()
+    if isinstance(value, list):                                 # ... also in an array or a table
+        return "[" + ", ".join(map(_shown, value)) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{key!r}: {_shown(item)}" for key, item in value.items()) + "}"
     return repr(value)
 
 
@@ -120,7 +124,7 @@ class Real(Constraint):
     def normalize(self, value) -> float:
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
             raise TypeError
-        return float(value) + 0.0       # -0.0 as 0.0: equal values, one config fingerprint
+        return float(value)
 
     def allows(self, value: float) -> bool:
         if not math.isfinite(value):

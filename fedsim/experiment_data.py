@@ -24,7 +24,7 @@ from fedsim.data.load import DATASET_NAMES, PIPELINES, TRAIN_SPLITS, load_datase
 from fedsim.data.npz import PREFIX, file_sha256, load_npz, npz_path
 from fedsim.data.partition import METHOD_SETTINGS, split_indices
 from fedsim.data.registry import DATASETS, DataSettingError
-from fedsim.data.search import DatasetNotFoundError, dataset_status, expand_home
+from fedsim.data.search import DatasetNotFoundError, dataset_status
 from fedsim.data.synthetic import FEATURES as SYNTHETIC_FEATURES, TooManySamples
 from fedsim.data.preprocess import PIXEL_STATISTICS
 from fedsim.files import noted_reads
@@ -58,7 +58,7 @@ class DataConfig:
     train_split: str = setting("train", "train | test (train on the test split, when train images are absent)",
                                OneOf(*TRAIN_SPLITS))
     data_dir: str | None = setting(
-        None, "a folder searched first for the dataset files (made absolute)",
+        None, "a folder searched first for the dataset files (fedsim run makes a relative one absolute)",
         Optional(Text(), "only the standard search path (FEDSIM_DATA, data/, the cache)"))
     download: bool = setting(True, "fetch missing files from the registry's mirrors", Flag())
     partition: str = setting("classes_per_client", "classes_per_client | dirichlet | shards | iid | contiguous | "
@@ -92,8 +92,6 @@ class DataConfig:
         if self.train_split != "train" and (path is not None or self.dataset == "synthetic"):
             raise ValueError("train_split must be 'train' with " + ("npz data (the file has its own x_train)" if path
                              else "synthetic data (generated with a training set of its own)"))
-        if self.data_dir is not None and self.data_dir.strip():     # kept absolute too, as --data-dir makes it
-            object.__setattr__(self, "data_dir", str(expand_home(self.data_dir, "data_dir").absolute()))
         if self.storage == "uint8" and self.dataset not in DATASETS:
             raise ValueError(f"storage 'uint8' needs an 8-bit image dataset ({', '.join(DATASETS)}), not "
                              f"{self.dataset!r}: use storage 'float'")

@@ -103,6 +103,26 @@ def test_the_readmes_offline_quickstart_names_only_presets_that_need_no_download
     assert presets and all(load_preset(name).data.dataset == "synthetic" for name in presets), presets
 
 
+@pytest.mark.parametrize("options, table, name, value", [
+    # a relative or ~ data.data_dir from a file or --set, as --data-dir makes it: the saved config works anywhere
+    (["--set", "data.data_dir=dd"], "data", "data_dir", "{sub}/dd"),
+    (["--set", "data.data_dir=../dd"], "data", "data_dir", "{top}/dd"),      # normalized (was: {sub}/../dd)
+    (["--data-dir", "../dd"], "data", "data_dir", "{top}/dd"),
+    (["--set", "data.data_dir=~/dd"], "data", "data_dir", "{top}/home/dd"),
+    (["--set", "data.data_dir=/a/../b"], "data", "data_dir", "/a/../b"),     # an absolute one as written
+    # -0.0 as 0.0: one value, one fingerprint (a run folder's config.toml reads back as written: tests/runs)
+    (["--set", "federated.l2=-0.0"], "federated", "l2", 0.0),
+])
+def test_a_new_config_is_taken_as_given_with_its_data_dir_absolute(in_process, tmp_path, monkeypatch, options, table,
+                                                                     name, value):
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    status, out, err = in_process("show-config", *options)
+    expected = value.format(sub=tmp_path / "sub", top=tmp_path) if isinstance(value, str) else value
+    assert status == 0 and repr(parse_toml(out)[table][name]) == repr(expected), err
+
+
 def test_bad_config_file_gives_one_error_line_and_exit_2(tmp_path):
     (tmp_path / "exp.toml").write_text("[federated]\nlrr = 0.1\n")
     one_line_error(fedsim(tmp_path, "run", "exp.toml", "--quiet"), 2,
@@ -147,6 +167,8 @@ CONFIG = ["run", "exp.toml", "--quiet"]
      ["data.dataset: cannot expand '~' in '~no-such-user-fedsim/x.npz'"]),
     ("", ["run", "--preset", "synthetic", "--data-dir", "~no-such-user-fedsim/x"],
      ["data_dir (--data-dir): cannot expand '~'"]),
+    ("", ["run", "--preset", "synthetic", "--set", 'data.data_dir="~no-such-user-fedsim/x"'],
+     ["data.data_dir: cannot expand '~' in '~no-such-user-fedsim/x'"]),
     ("", ["run", "--preset", "stc-mnist", "--data-dir", ""],
      ["data_dir (--data-dir) must be an existing folder holding dataset files; got an empty path"]),
     ("", ["run", "--preset", "synthetic", "--set", 'system.profile="trace"', "--set",
@@ -205,6 +227,8 @@ REPORT = ["compressors", "report"]
     *((["run", "--resume", "r1", flag, value], f"--resume continues a run with the config saved in its folder; it "
        f"does not take {flag} (to run more steps: --extend-to N)") for flag, value in (("--out", ""), ("--seed", "0"))),
     (["run", "--preset", "synthetic", "--out", "", "--quiet"], "--out must name the run folder; got an empty path"),
+    (["show-config", "--set", 'data.data_dir=" "'],        # under its own name (was: kept, then data_dir (--data-dir))
+     "data.data_dir must be the path of a folder, or unset (only the standard search path), got ' '"),
     # a bit budget out of reach: refused before the run folder, as lazy.bits_per_upload (was: a folder left behind)
     (["run", "--preset", "synthetic", "--set", "federated.bits_per_round=1e300", "--quiet"],
      "federated.bits_per_round = 1e+300 is out of reach of stc: its reachable range ends at 1347.77 bits per client "

@@ -32,7 +32,7 @@ def test_each_constraint_describes_itself(constraint, text):
 @pytest.mark.parametrize("constraint, value, normalized", [
     (Integer(low=1), np.int64(3), 3), (Real(low=0), 2, 2.0), (Real(), np.float32(0.5), 0.5),
     (Flag(), np.bool_(True), True), (Optional(Integer()), None, None), (OneOf("a", "b"), "b", "b"),
-    (Text(), "", ""), (Real(low=0), -0.0, 0.0),     # -0.0 as 0.0: one config, one fingerprint
+    (Text(), "", ""), (Real(low=0), -0.0, -0.0),    # kept: a config.toml reads back to its fingerprint (tests/runs)
 ])
 def test_check_returns_the_value_normalized(constraint, value, normalized):
     checked = constraint.check("x", value)
@@ -54,6 +54,8 @@ def test_check_returns_the_value_normalized(constraint, value, normalized):
     (Flag(), 1, TypeError, "x must be true or false, got 1"),
     (Real(), datetime.date(1979, 5, 27), TypeError, "x must be a finite number, got 1979-05-27"),   # TOML dates
     (Integer(), datetime.time(7, 32), TypeError, "x must be an integer, got 07:32:00"),
+    (Real(), [datetime.date(1979, 5, 27), "a"], TypeError, "x must be a finite number, got [1979-05-27, 'a']"),
+    (Real(), {"a": [datetime.date(1979, 5, 27)]}, TypeError, "x must be a finite number, got {'a': [1979-05-27]}"),
     (Text(nonempty=True), "  ", ValueError, "x must be a non-empty string, got '  '"),
     (Optional(Integer(low=0), "none"), -1, ValueError, "x must be an integer >= 0, or unset (none), got -1"),
 ])

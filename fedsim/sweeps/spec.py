@@ -175,8 +175,10 @@ def _base_plugins(raw: dict, path: Path) -> list:
     return plugins if isinstance(plugins, list) else []
 
 
-def load_sweep(path) -> Sweep:
-    """Read and expand the sweep file at ``path`` (ConfigError, one line, on anything invalid)."""
+def load_sweep(path, notes: list | None = None) -> Sweep:
+    """Read and expand the sweep file at ``path`` (ConfigError, one line, on anything invalid); the settings its
+    runs set but do not use go into ``notes`` if given, each once (:func:`fedsim.config.unused_tables`), with
+    how many runs it concerns if not all."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -233,13 +235,14 @@ def load_sweep(path) -> Sweep:
         config_path = (path.parent / str(raw["config"])).resolve()
         load, base_text = partial(load_config_file, config_path), str(config_path)
 
-    runs, labels = [], {}                     # config sha256 -> the label of the first run with it
+    runs, labels, unused = [], {}, {}         # config sha256 -> the label of the first run with it
     for grid_values in itertools.product(*grid.values()):
         for zip_values in zip(*zipped.values()) if zipped else [()]:
             values = tuple(zip(grid, grid_values)) + tuple(zip(zipped, zip_values))
             overrides = tuple(fixed.items()) + values
             try:
-                config = load(list(overrides))
+                config = load(list(overrides), notes=(found := []))
+                unused.update({note: unused.get(note, 0) + 1 for note in dict.fromkeys(found)})
             except ConfigError as error:
                 raise ConfigError(f"{path.name}: " + (f"the run with {run_settings(values)}: " if values else "")
                                   + str(error)) from None
@@ -249,6 +252,9 @@ def load_sweep(path) -> Sweep:
                                   f"{run_label(values)})")
             labels[fingerprint] = run_label(values)
             runs.append(PlannedRun(values, overrides, config, f"{folder_label(values)}-{fingerprint[:10]}"))
+    if notes is not None:
+        notes.extend(note + (f" [{count} of the {len(runs)} runs]" if count < len(runs) else "")
+                     for note, count in unused.items())
     axes = tuple((key, tuple(values)) for key, values in {**grid, **zipped}.items())
     return Sweep(name, path, base_text, tuple(fixed.items()), axes, tuple(zipped), tuple(runs), text)
 

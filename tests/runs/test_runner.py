@@ -241,6 +241,28 @@ def test_a_folder_that_is_no_run_or_a_checkpoint_of_another_config_is_refused(tm
         resume_run(out, quiet=True)
 
 
+# A synthetic run's config.toml as fedsim bd3cc2d wrote it (the other settings at their defaults) and the
+# config_sha256 it recorded in meta.json: a relative or ~ data.data_dir and a -0.0 are read back as written.
+EARLIER = ('[data]\ndataset = "synthetic"\npartition = "natural"\nsynthetic_devices = 8\n{data}\n'
+           '[federated]\nn_clients = 8\nrounds = 1\nbatch_size = 10\n{federated}\n')
+
+
+@pytest.mark.parametrize("data, federated, recorded", [
+    ('data_dir = "dd"', "", "0bf569d6c9606766a464230887f950c7518d0854d5a3af1951b1a098aeae0114"),
+    ('data_dir = "~/dd"', "", "f0bf6767f9fde1ff35d65f0d1dde7c6cfbd5a6813d31080e07395e58d2166faa"),
+    ("", "l2 = -0.0", "39844c444c1441737d5b06969fd9f94ed93e8ac547efcf17ea14a88ccfca7bb8"),
+])
+def test_a_run_folder_of_an_earlier_fedsim_resumes(tmp_path, data, federated, recorded):
+    """Its config reads back to the fingerprint its meta.json recorded (was: 'edited after the run started')."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / CONFIG_FILE).write_text(EARLIER.format(data=data, federated=federated))
+    (out / META_FILE).write_text(json.dumps({"name": "earlier", "run_id": "0" * 32, "config_sha256": recorded,
+                                             "sessions": [{"started": "2026-12-07T01:00:00", "from": 0}]}))
+    assert resume_run(out, quiet=True).status == "completed"
+    assert json.loads((out / META_FILE).read_text())["config_sha256"] == recorded
+
+
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_divergence_is_recorded(tmp_path):
     config = tiny_federated("federated.method=fedavg", "federated.lr=1e38", "federated.local_iterations=10")

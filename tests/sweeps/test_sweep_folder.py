@@ -224,7 +224,7 @@ def file_sweep(tmp_path: Path, kind: str, seeds: str) -> tuple[Path, Path, objec
     if kind == "npz":
         from tests.data.test_npz import arrays, saved
         path = saved(tmp_path)
-        settings = f'"data.dataset" = "npz:{path}"\n"data.partition" = "iid"\n'
+        settings = f'"data.dataset" = "npz:{path}"\n"data.partition" = "iid"\n'      # no synthetic_devices (warned)
         change = partial(saved, tmp_path, x_test=arrays()["x_test"] + 1)
     else:
         path = tmp_path / "trace.csv"
@@ -232,7 +232,8 @@ def file_sweep(tmp_path: Path, kind: str, seeds: str) -> tuple[Path, Path, objec
         settings = f'"system.profile" = "trace"\n"system.trace" = "{path}"\n'
         change = partial(path.write_text, path.read_text().replace("0,1e6,", "0,1e3,", 1))
     sweep = tmp_path / "seeds.toml"
-    sweep.write_text(sweep_text("seeds", 3, 5, seeds).replace("\n\n[grid]", f"\n{settings}\n[grid]"))
+    text = sweep_text("seeds", 3, 5, seeds).replace("\n\n[grid]", f"\n{settings}\n[grid]")
+    sweep.write_text(text.replace('"data.synthetic_devices" = 8\n', "") if kind == "npz" else text)
     return sweep, path, change
 
 

@@ -39,6 +39,30 @@ def test_a_sweep_file_expands_to_named_runs(tmp_path):
     assert [run.folder_name for run in load_sweep(sweep.source).runs] == [run.folder_name for run in sweep.runs]
 
 
+def test_a_sweep_of_an_earlier_fedsim_keeps_its_identity_and_its_run_folders(tmp_path):
+    """A relative data.data_dir and a -0.0 resolve as fedsim bd3cc2d resolved them (the identity and the folder
+    names it recorded), so that its sweep folder continues (was: 'holds another sweep')."""
+    (tmp_path / "base.toml").write_text('[data]\ndataset = "synthetic"\npartition = "natural"\nsynthetic_devices = 8\n'
+                                        '[federated]\nn_clients = 8\nrounds = 1\nbatch_size = 10\n')
+    (tmp_path / "s.toml").write_text('config = "base.toml"\nname = "earlier"\n[set]\n"data.data_dir" = "dd"\n'
+                                     '"federated.l2" = -0.0\n[grid]\n"federated.lr" = [0.05, 0.1]\n')
+    sweep = load_sweep(tmp_path / "s.toml")
+    assert sweep.identity == "0d78cb70fecdbd637e00ff435a75c8b68c74c06dc075fefb5e8ccf5f4e08345d"
+    assert [run.folder_name for run in sweep.runs] == ["lr=0.05-3f5b157cb1", "lr=0.1-a95750ba93"]
+
+
+def test_settings_the_runs_do_not_use_are_named_as_fedsim_run_names_them_once_each(in_process, tmp_path):
+    """Once for all the runs, or with how many it concerns (was: never named by a sweep)."""
+    (tmp_path / "s.toml").write_text('base = "synthetic"\n[set]\n"data.dirichlet_alpha" = 0.3\n"federated.p_up" = 0.5\n'
+                                     '[grid]\n"federated.method" = ["fedavg", "stc_updown"]\nseed = [0, 1]\n')
+    status, out, err = in_process("sweep", "s.toml", "--dry-run")
+    said = "fedsim: warning: settings not used by the sweep's runs: "
+    assert status == 0 and err.splitlines() == [
+        said + 'data.dirichlet_alpha (read only with data.partition = "dirichlet", not "natural")',
+        said + "federated.p_up (method 'fedavg' does not read it) [2 of the 4 runs]",
+        said + "federated.p_down (method 'fedavg' does not read it) [2 of the 4 runs]"], err     # the preset's
+
+
 def test_a_run_folders_label_shows_its_values_as_they_are_and_a_long_one_is_cut_between_settings():
     """A run folder's label over 80 characters keeps its first whole settings and ends ",..." (the STC paper
     sweep's were cut in a value: `p_up=0.0` for 0.04); shorter labels show their values as they are: lists in

@@ -89,17 +89,23 @@ def compare(runs, targets: dict) -> tuple[str, list[str], list[list[str]]]:
 
 def unused_settings(config: dict) -> set[str]:
     """What of a run's config (parsed TOML) its federated method ignores: ``federated.p_up`` / ``p_down`` unless
-    the up / down compressor keeps a fraction ``p`` (QSGD, TernGrad, PowerSGD and sign send every entry), and
-    the tables of the compressors it does not use."""
-    from fedsim.algorithms.federated.config import methods
+    the up / down compressor keeps a fraction ``p`` (QSGD, TernGrad, PowerSGD and sign send every entry),
+    ``federated.compression_scope`` off its default if both send dense updates (none, fedavg: the identity's scope
+    is irrelevant; at the default it stays a setting all runs share, out of the legends), and the tables of the
+    compressors it does not use."""
+    from fedsim.algorithms.federated.config import FederatedConfig, methods
     from fedsim.compress import COMPRESSORS
     from fedsim.config import COMPRESSOR_TABLES
-    method = methods().get((config.get("federated") or {}).get("method"))
+    settings = config.get("federated") or {}
+    method = methods().get(settings.get("method"))
     if method is None:
         return set()
+    default = FederatedConfig.compression_scope
+    scope_set = settings.get("compression_scope", default) != default
     return {f"federated.{setting}" for setting, name in (("p_up", method.up), ("p_down", method.down))
             if name in COMPRESSORS and "p" not in {field.name for field in dataclasses.fields(COMPRESSORS[name])}} \
-        | set(COMPRESSOR_TABLES) - {method.up, method.down}
+        | set(COMPRESSOR_TABLES) - {method.up, method.down} \
+        | ({"federated.compression_scope"} if scope_set and {method.up, method.down} == {"identity"} else set())
 
 
 REPORT = Report(
