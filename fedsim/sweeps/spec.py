@@ -235,14 +235,16 @@ def load_sweep(path, notes: list | None = None) -> Sweep:
         config_path = (path.parent / str(raw["config"])).resolve()
         load, base_text = partial(load_config_file, config_path), str(config_path)
 
-    runs, labels, unused = [], {}, {}         # config sha256 -> the label of the first run with it
+    runs, labels, unused = [], {}, {}   # labels: config sha256 -> its first run's; unused: setting -> why -> runs
     for grid_values in itertools.product(*grid.values()):
         for zip_values in zip(*zipped.values()) if zipped else [()]:
             values = tuple(zip(grid, grid_values)) + tuple(zip(zipped, zip_values))
             overrides = tuple(fixed.items()) + values
             try:
                 config = load(list(overrides), notes=(found := []))
-                unused.update({note: unused.get(note, 0) + 1 for note in dict.fromkeys(found)})
+                for setting, _, why in dict.fromkeys(note.partition(" (") for note in found):   # setting (why)
+                    unused.setdefault(setting, {}).setdefault(why, 0)
+                    unused[setting][why] += 1
             except ConfigError as error:
                 raise ConfigError(f"{path.name}: " + (f"the run with {run_settings(values)}: " if values else "")
                                   + str(error)) from None
@@ -252,9 +254,9 @@ def load_sweep(path, notes: list | None = None) -> Sweep:
                                   f"{run_label(values)})")
             labels[fingerprint] = run_label(values)
             runs.append(PlannedRun(values, overrides, config, f"{folder_label(values)}-{fingerprint[:10]}"))
-    if notes is not None:
-        notes.extend(note + (f" [{count} of the {len(runs)} runs]" if count < len(runs) else "")
-                     for note, count in unused.items())
+    if notes is not None:       # what no run reads (a setting some runs read is what a sweep over methods needs)
+        notes.extend(f"{setting} ({'; '.join(why.removesuffix(')') for why in reasons)})"
+                     for setting, reasons in unused.items() if sum(reasons.values()) == len(runs))
     axes = tuple((key, tuple(values)) for key, values in {**grid, **zipped}.items())
     return Sweep(name, path, base_text, tuple(fixed.items()), axes, tuple(zipped), tuple(runs), text)
 

@@ -52,15 +52,19 @@ def test_a_sweep_of_an_earlier_fedsim_keeps_its_identity_and_its_run_folders(tmp
 
 
 def test_settings_the_runs_do_not_use_are_named_as_fedsim_run_names_them_once_each(in_process, tmp_path):
-    """Once for all the runs, or with how many it concerns (was: never named by a sweep)."""
+    """Once for all the runs, the settings none of them reads (was: never named by a sweep); a setting that some
+    runs read (the preset's p_up, p_down: STC's, not FedAvg's) is what a sweep over methods needs, not named."""
     (tmp_path / "s.toml").write_text('base = "synthetic"\n[set]\n"data.dirichlet_alpha" = 0.3\n"federated.p_up" = 0.5\n'
                                      '[grid]\n"federated.method" = ["fedavg", "stc_updown"]\nseed = [0, 1]\n')
     status, out, err = in_process("sweep", "s.toml", "--dry-run")
     said = "fedsim: warning: settings not used by the sweep's runs: "
     assert status == 0 and err.splitlines() == [
-        said + 'data.dirichlet_alpha (read only with data.partition = "dirichlet", not "natural")',
-        said + "federated.p_up (method 'fedavg' does not read it) [2 of the 4 runs]",
-        said + "federated.p_down (method 'fedavg' does not read it) [2 of the 4 runs]"], err     # the preset's
+        said + 'data.dirichlet_alpha (read only with data.partition = "dirichlet", not "natural")'], err
+    (tmp_path / "s.toml").write_text(tmp_path.joinpath("s.toml").read_text().replace('"stc_updown"', '"signsgd"'))
+    status, out, err = in_process("sweep", "s.toml", "--dry-run")
+    assert status == 0 and err.splitlines()[1:] == [
+        said + f"federated.{name} (method 'fedavg' does not read it; method 'signsgd' does not read it)"
+        for name in ("p_up", "p_down")], err
 
 
 def test_a_run_folders_label_shows_its_values_as_they_are_and_a_long_one_is_cut_between_settings():
