@@ -431,7 +431,7 @@ def command_export(args) -> int:
 
 
 def command_sweep(args) -> int:
-    from fedsim.sweeps import all_finished, load_sweep, run_sweep
+    from fedsim.sweeps import BACKENDS, all_finished, load_sweep, run_sweep
     from fedsim.sweeps.execute import SweepInterrupted
     from fedsim.sweeps.folder import resume_command, resume_hint, sweep_options
     from fedsim.sweeps.report import (collect, format_budget, format_summary, left_out, platforms_note, plot_sweep,
@@ -470,6 +470,8 @@ def command_sweep(args) -> int:
         return EXIT_FAILED if missing else EXIT_OK
     if args.folder:
         raise UsageError(f"fedsim sweep SWEEP.toml takes no second argument (got {args.folder!r})")
+    if args.backend is not None and args.backend not in BACKENDS:     # also before a --dry-run
+        raise UsageError(f"--backend must be one of {', '.join(BACKENDS)}, got {args.backend!r}")
     if args.scheduler is not None and args.workers is not None:
         raise UsageError("--workers sets how many workers fedsim starts; --scheduler runs the sweep on the workers "
                          "its owner started (add some with `dask worker ADDRESS`)")
@@ -492,7 +494,7 @@ def command_sweep(args) -> int:
     options = sweep_options(args.backend, args.scheduler, args.workers, args.threads)
     again = resume_command(args.target, out, options)
     try:
-        statuses = run_sweep(sweep, out, backend=args.backend or "local", workers=args.workers, threads=args.threads,
+        statuses = run_sweep(sweep, out, backend="local" if args.backend is None else args.backend, workers=args.workers, threads=args.threads,
                              scheduler=args.scheduler, quiet=args.quiet)
     except SweepInterrupted as stopped:
         counts = Counter(entry.get("status") for entry in stopped.statuses.values())

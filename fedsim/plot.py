@@ -299,8 +299,8 @@ def residual_captions(groups, stars: dict, name: str, left_out: list[str]) -> tu
     """(one line per group of runs whose f* (``stars``, by run id; ``name`` says what it is) lies above the smallest
     f they reached: no lower bound of f; those lines and the points left out, ``left_out`` "n of label" each: the
     lines a residual figure's title adds)."""
-    above = [f"{name} = {stars[id(group[0])]:.10g} is above the smallest f reached, {lowest:.10g}: it is no lower "
-             f"bound of f" for group in groups
+    above = [f"{name} = {float(stars[id(group[0])])!r} is above the smallest f reached, {float(lowest)!r}: it is no "
+             f"lower bound of f" for group in groups
              for lowest in [smallest_objective([run.history for run in group])] if stars[id(group[0])] > lowest]
     return above, above + ([f"points with f - f* <= 0 not drawn (log axis): {'; '.join(left_out)}"] if left_out else [])
 

@@ -214,6 +214,9 @@ REPORT = ["compressors", "report"]
     (["sweep", "s.toml", "--backend", "dask", "--scheduler", "tcp://127.0.0.1:9", "--workers", "2"],
      "--workers sets how many workers fedsim starts; --scheduler runs the sweep on the workers its owner started "
      "(add some with `dask worker ADDRESS`)"),
+    # an empty or unknown backend, also with --dry-run (were: run on local, listed)
+    *((["sweep", "s.toml", "--backend", name, "--dry-run"], f"--backend must be one of local, dask, got {name!r}")
+      for name in ("", "nonsense")),
     (["sweep", "report", "S", "--out", "elsewhere"],
      "--out goes with sweep SWEEP.toml and sweep plot; sweep report writes report.csv into DIR (S)"),
     # (were ignored: sweep plot --dry-run wrote the figures)

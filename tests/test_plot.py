@@ -154,7 +154,7 @@ def test_a_single_lazy_run_says_what_its_residual_is_relative_to(tmp_path, captu
     above = finished_run(tmp_path, "above", "laq-synthetic", TINY_LAZY + ["run.f_star=1e3"])
     captured.clear()
     plot.plot_runs([above], tmp_path, notes=notes)
-    said = f"run.f_star = 1000 is above the smallest f reached, {min(r['objective'] for r in above.history):.10g}"
+    said = f"run.f_star = 1000.0 is above the smallest f reached, {min(r['objective'] for r in above.history)!r}"
     assert notes == [f"{said}: it is no lower bound of f"]
     assert captured["lazy_residual"]._suptitle.get_text().split("\n")[-2:] == [
         notes[0], "points with f - f* <= 0 not drawn (log axis): 20 of laq"]
@@ -260,7 +260,7 @@ def test_sweep_residuals_use_the_f_star_of_fedsim_compare(tmp_path, captured, ca
     lowest = min(map(min, objective.values()))
     assert (floors[0] < lowest or given == 7.5 < max(map(max, objective.values()))) if extra else \
         floors[0] != floors[1]    # other data
-    above = [f"run.f_star = 7.5 is above the smallest f reached, {lowest:.10g}: it is no lower bound of f"]
+    above = [f"run.f_star = 7.5 is above the smallest f reached, {float(lowest)!r}: it is no lower bound of f"]
     counted = "; ".join(f"{np.count_nonzero(f <= given)} of method {method}" for (method, _), f in objective.items()
                         if given is not None)
     title = captured["sweep_curves"]._suptitle.get_text().split("\n")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import shlex
 import signal
 import sys
@@ -359,9 +360,10 @@ def resume_run(path, *, quiet: bool = False, progress_data: bool | None = None,
         meta = folder.read_json(META_FILE) or {}
         sessions = meta.get("sessions", [])
         whole = isinstance(sessions, list) and all(isinstance(session, dict) for session in sessions)
-        if not whole or any(type(session.get("seconds", 0.0)) not in (int, float) for session in sessions):
+        seconds = [session.get("seconds", 0.0) for session in sessions] if whole else []
+        if not whole or not all(type(value) in (int, float) and 0 <= value < math.inf for value in seconds):
             raise RunFolderError(f"{folder.file(META_FILE)} must hold its sessions as a list of JSON objects (their "
-                                 f"seconds numbers); it was changed or damaged outside fedsim")
+                                 f"seconds finite numbers >= 0); it was changed or damaged outside fedsim")
         _check_identity(folder, config, meta)
         check_data_record(config.data, meta, config.system)
         if extend_to is not None:

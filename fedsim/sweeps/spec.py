@@ -177,8 +177,8 @@ def _base_plugins(raw: dict, path: Path) -> list:
 
 def load_sweep(path, notes: list | None = None) -> Sweep:
     """Read and expand the sweep file at ``path`` (ConfigError, one line, on anything invalid); the settings its
-    runs set but do not use go into ``notes`` if given, each once (:func:`fedsim.config.unused_tables`), with
-    how many runs it concerns if not all."""
+    runs set but none of them uses go into ``notes`` if given, each once with every run's reason
+    (:func:`fedsim.config.unused_tables`)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")

@@ -124,7 +124,9 @@ def test_catch_up_falls_back_to_the_full_model_when_cheaper(synthetic, dtype, fl
     (dict(method="powersgd_up", lr=3e37, local_iterations=1, bits_per_round=3000), "products with the factors"),
     (dict(method="stc_up", dtype="float64", lr=1e307, local_iterations=1), r"mean magnitude \(STC's mu"),
     (dict(method="qsgd_up", dtype="float64", lr=1e307, local_iterations=1), "a bucket's norm overflows"),
-], ids=["loss", "powersgd", "powersgd-budget", "stc", "qsgd"])
+    # a decoded entry scaled beyond the dtype (random-k's N/k, documented as inf): the aggregate diverges
+    (dict(method="randomk_up", lr=3e37, local_iterations=1), "aggregate of the decoded updates is NaN or inf"),
+], ids=["loss", "powersgd", "powersgd-budget", "stc", "qsgd", "randomk"])
 def test_divergence_stops_with_the_history_so_far(synthetic, settings, message):
     run = make_run(synthetic, rounds=5, **settings)
     with pytest.raises(DivergenceError, match=message) as error:

@@ -47,11 +47,12 @@ def test_a_certified_or_configured_f_star_is_f_star(tmp_path):
     assert "f*" in title and re.fullmatch(r"1\.0+e-03", columns["final f - f*"][0]) and "note" not in title
     # an f* above the smallest f reached is no lower bound of f: said in one line naming run.f_star
     lowest = min(r["objective"] for r in run.history)
-    above = lazy_run(tmp_path / "above", "gd", "lazy.l2=0.01", f"run.f_star={lowest + 1e-3!r}")
-    title, _ = compare_text([above])
-    assert title.split("\n")[1] == (f"note: run.f_star = {lowest + 1e-3:.12g} is above the smallest f these runs "
-                                    f"reached, {lowest:.12g}: it is no lower bound of f, and a run below it counts "
-                                    f"as reaching the target"), title
+    for f_star in (lowest + 1e-3, float(np.nextafter(lowest, np.inf))):   # the two numbers told apart, exactly
+        above = lazy_run(tmp_path / f"above{f_star!r}", "gd", "lazy.l2=0.01", f"run.f_star={f_star!r}")
+        title, _ = compare_text([above])
+        assert title.split("\n")[1] == (f"note: run.f_star = {f_star!r} is above the smallest f these runs reached, "
+                                        f"{lowest!r}: it is no lower bound of f, and a run below it counts as "
+                                        f"reaching the target"), title
 
 
 def test_runs_of_different_objectives_get_an_f_star_each(tmp_path, monkeypatch):

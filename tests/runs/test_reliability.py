@@ -376,7 +376,8 @@ def test_a_lazy_record_of_another_shape_is_one_line_naming_its_line(tmp_path, fe
 
 
 @pytest.mark.parametrize("sessions", [{}, ["a note by hand"], "abc", [{"from": 0, "seconds": "1.5"}],
-                                      [{"from": 0, "seconds": None}], [{"from": 0, "seconds": True}]])
+                                      [{"from": 0, "seconds": None}], [{"from": 0, "seconds": True}],
+                                      [{"from": 0, "seconds": float("nan")}], [{"from": 0, "seconds": -1e9}]])
 def test_meta_sessions_that_are_no_list_of_objects_are_refused_before_the_resume_runs(tmp_path, sessions, fedsim_here):
     run_dir = unfinished_copy(tmp_path)
     meta = json.loads((run_dir / META_FILE).read_text())
@@ -384,7 +385,7 @@ def test_meta_sessions_that_are_no_list_of_objects_are_refused_before_the_resume
     before = {path.name: path.read_bytes() for path in run_dir.iterdir()}
     for extend in ([], ["--extend-to", "20"]):
         one_line_error(fedsim_here("run", "--resume", run_dir, "--quiet", *extend), 2, f"{run_dir / META_FILE} must "
-                       f"hold its sessions as a list of JSON objects (their seconds numbers)")
+                       f"hold its sessions as a list of JSON objects (their seconds finite numbers >= 0)")
     assert {path.name: path.read_bytes() for path in run_dir.iterdir()} == before
 
 

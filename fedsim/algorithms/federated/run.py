@@ -184,10 +184,13 @@ class FederatedRun:
             clients.residual[participants] = up.residual
         if K and (kept is None or kept.any()):
             arrived = slice(None) if kept is None or kept.all() else kept
-            aggregate = self.up.aggregate(up.compressed.decoded[arrived], clients.sizes[participants][arrived],
-                                          self.resolved_method.aggregation, config.lr)
+            with np.errstate(over="ignore", invalid="ignore"):     # an overflow diverges below, in fedsim's words
+                aggregate = self.up.aggregate(up.compressed.decoded[arrived], clients.sizes[participants][arrived],
+                                              self.resolved_method.aggregation, config.lr)
         else:                          # no update arrived: the server model stays
             aggregate = np.zeros_like(server.weights)
+        if not np.all(np.isfinite(aggregate)):     # a decoded update overflowed (random-k's N/k, TernGrad's scale)
+            self._diverge(t, "the server's aggregate of the decoded updates is NaN or inf (a scaled entry overflows)")
         # Downstream: the server's aggregate, one row (with the server's residual).
         down = self._send(self.down, "down_state", aggregate[None, :],
                              None if server.residual is None else server.residual[None, :])

@@ -187,8 +187,8 @@ def compare(runs, targets: dict) -> tuple[str, list[str], list[list[str]]]:
     differ = (f"\nnote: the runs' run.f_star differ ({', '.join(f'{value:g}' for value in given)}): none is used"
               if len(given) > 1 else "")
     lowest = smallest_objective([run.history for run in usable]) if usable else math.nan
-    above = (f"\nnote: run.f_star = {f_star:.12g} is above the smallest f these runs reached, {lowest:.12g}: it is no "
-             f"lower bound of f, and a run below it counts as reaching the target" if f_star > lowest else "")
+    above = (f"\nnote: run.f_star = {float(f_star)!r} is above the smallest f these runs reached, {float(lowest)!r}: "
+             f"it is no lower bound of f, and a run below it counts as reaching the target" if f_star > lowest else "")
     title = (f"lazy runs (target: f - f* <= {target:g}; f* = {f_star:.12g}){above}" if honest else
              f"lazy runs (target: f - f_best <= {target:g}; f_best = {f_star:.12g}, the best value of these runs, "
              f"not certified as f*)" + differ + (f"\n{OWN_BEST_NOTE}" if hidden else ""))
