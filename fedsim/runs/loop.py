@@ -260,6 +260,7 @@ def start_run(config: ExperimentConfig, out, *, name: str, quiet: bool = False, 
             run = _build_checked(config, quiet, progress_data)
             # the session begins: round 1, trained now to solve a bit budget (one out of reach is refused before
             # the folder), counts in its time and compile note, on the threads execute() pins
+            began = now()
             session = scope.enter_context(_session(run, config, name, quiet))
             with pinned_threads(config.run.blas_threads):
                 getattr(run, "solve_budget", lambda: None)()
@@ -275,7 +276,7 @@ def start_run(config: ExperimentConfig, out, *, name: str, quiet: bool = False, 
                     "config": config_to_dict(config, keep_unset=True), **files,
                     **environment(), "threads": thread_settings(config.run.blas_threads), **git_commit(),
                     "started": now(), "command": command_line() if command is None else list(command),
-                    "sessions": [{"started": now(), "from": 0}]}
+                    "sessions": [{"started": began, "from": 0}]}
             # meta.json first: config.toml marks a started run (a kill before it leaves a folder a new run may take)
             try:
                 folder.write_json(META_FILE, meta)

@@ -365,14 +365,19 @@ def test_round_1_solved_for_a_bit_budget_counts_in_the_sessions_time_and_compile
     def compiling(self, t):
         if t == 1:
             compiles["started"] += 1
+            compiles["round 1 at"] = loop.now()
             time.sleep(0.6)
         return local_round(self, t)
 
     monkeypatch.setattr(FederatedRun, "_local_round", compiling)
     monkeypatch.setattr(loop, "_counting_compiles", contextlib.contextmanager(lambda: (yield compiles)))
     monkeypatch.setattr(loop, "COMPILE_NOTE_SECONDS", 0.3)
+    stamps = iter(range(1000))
+    monkeypatch.setattr(loop, "now", lambda: f"t{next(stamps):03d}")     # the order of the stamps
     config = load_preset("synthetic", ["federated.rounds=2", "federated.bits_per_round=1000"])
     assert start_run(config, tmp_path / "run", name="budget").status == "completed"
+    # the session started before its round 1 was trained (was: stamped when the folder was made, after it)
+    assert json.loads((tmp_path / "run" / META_FILE).read_text())["sessions"][0]["started"] < compiles["round 1 at"]
     summary = json.loads((tmp_path / "run" / SUMMARY_FILE).read_text())
     assert summary["wall_seconds"] >= summary["seconds"] >= RunFolder(tmp_path / "run").read_history()[0]["time"] >= 0.6
     said = capsys.readouterr().err.splitlines()
