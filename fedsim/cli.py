@@ -494,8 +494,8 @@ def command_sweep(args) -> int:
     options = sweep_options(args.backend, args.scheduler, args.workers, args.threads)
     again = resume_command(args.target, out, options)
     try:
-        statuses = run_sweep(sweep, out, backend="local" if args.backend is None else args.backend, workers=args.workers, threads=args.threads,
-                             scheduler=args.scheduler, quiet=args.quiet)
+        statuses = run_sweep(sweep, out, backend="local" if args.backend is None else args.backend,
+                             workers=args.workers, threads=args.threads, scheduler=args.scheduler, quiet=args.quiet)
     except SweepInterrupted as stopped:
         counts = Counter(entry.get("status") for entry in stopped.statuses.values())
         waiting = len(sweep.runs) - len(stopped.statuses)

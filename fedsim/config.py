@@ -379,15 +379,14 @@ def unused_tables(raw: dict, config: ExperimentConfig) -> list[str]:
             continue
         if table in FAMILIES and table != config.family:
             unused.append(f"[{table}] (family is {config.family!r})")
-        elif table in COMPRESSOR_TABLES:
+            continue
+        if table in COMPRESSOR_TABLES:
             holder = getattr(config, COMPRESSORS_HOLDER)
             resolved = holder.resolved_method
             used = {resolved.up, resolved.down} if config.algorithm is holder else set()
             if table not in used:
                 unused.append(f"[{table}] (method {config.method!r} does not use the {table} compressor)")
                 continue
-        if table in FAMILIES and table != config.family:
-            continue
         for name, value in values.items():
             if defaults.get(name, MISSING) == value:
                 continue
