@@ -12,6 +12,8 @@ The run protocol (what :meth:`Family.make_run` returns)::
     run.completed          steps done so far
     run.step() -> dict     one round / iteration; returns its record (JSON-able), appended to run.history
     run.history            the records so far
+    run.solve_budget()     settles, before the run folder is made, what the config asks solved on the data
+                           (a bit budget out of reach is refused then); may take the first step's work
     run.state_dict()       (arrays, JSON metadata): everything to continue bitwise
     run.load_state_dict(arrays, meta)
 

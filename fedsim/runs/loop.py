@@ -263,7 +263,7 @@ def start_run(config: ExperimentConfig, out, *, name: str, quiet: bool = False, 
             began = now()
             session = scope.enter_context(_session(run, config, name, quiet))
             with pinned_threads(config.run.blas_threads):
-                getattr(run, "solve_budget", lambda: None)()
+                run.solve_budget()
         check_data_record(config.data, files, config.system, building=True, reads=reads)
         try:
             folder.path.mkdir(parents=True, exist_ok=True)

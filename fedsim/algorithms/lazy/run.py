@@ -200,6 +200,9 @@ class LazyRun:
         return self.history
 
     # -- checkpoints ---------------------------------------------------------------------------------
+    def solve_budget(self) -> None:
+        """Nothing left to settle before the run folder: lazy.bits_per_upload is solved when the run is built."""
+
     def state_dict(self) -> tuple[dict[str, np.ndarray], dict]:
         arrays = {"theta": self.theta, "uploaded": self.uploaded, "aggregate": self.aggregate,
                   "error_at_upload": self.error_at_upload, "skips": self.skips,
